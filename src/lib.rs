@@ -1,0 +1,28 @@
+//! shoal: a masterless container orchestrator.
+//!
+//! Every host runs the same agent (`shoal agent`). Code map (see `docs/ARCHITECTURE.md`):
+//!
+//! - [`model`]: plain resource types (node records, views) shared by all roles.
+//! - [`state`]: the replicated automerge document: typed reads/writes, persistence, sync, compaction.
+//! - [`membership`]: SWIM-like failure detection (pure core) and the epoch view.
+//! - [`sched`]: scheduler-leader choice per epoch (pure).
+//! - [`sim`]: deterministic many-node simulator of the pure cores.
+//! - [`security`]: cluster secret, join tokens, admission proofs, sealing, the cluster CA.
+//! - [`net`]: the libp2p swarm (QUIC): admission, membership messages, state push and sync (shell).
+//! - [`api`]: the Kubernetes-shaped HTTPS API served by every agent.
+//! - [`agent`]: wires the shells together and runs them until shutdown.
+//! - [`cli`]: the `shoal` command line.
+
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod membership;
+pub mod model;
+pub mod net;
+pub mod sched;
+pub mod security;
+pub mod sim;
+pub mod state;
+
+/// The version reported by `/version`, node info and `shoal --version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
