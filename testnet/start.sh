@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Boot NODE (again): same netns, address, data dir and runc root. The first start of a node
+# other than n1 joins the cluster through n1 with testnet/run/join-token; later starts only
+# pass --data-dir (the agent persisted its settings).
+#
+# Environment (for tests that add foreign nodes):
+#   JOIN_TOKEN   token for a first start (default: testnet/run/join-token)
+#   JOIN_ADDR    join address for a first start (default: n1's p2p address)
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+[ $# -eq 1 ] || die "usage: testnet/start.sh NODE"
+node="$1"
+node_index "$node" >/dev/null
+need_root
+[ -x "$SHOAL_BIN" ] || ensure_binary
+
+if pid="$(agent_pid "$node")"; then
+  die "agent of $node is already running (pid $pid)"
+fi
+mkdir -p "$(node_dir "$node")"
+ensure_node_net "$node"
+data="$(node_data "$node")"
+ip="$(node_ip "$node")"
+listen=(--listen-p2p "$ip:$P2P_PORT" --listen-api "$ip:$API_PORT" --advertise "$ip")
+
+if [ -d "$data" ]; then
+  spawn_agent "$node" --data-dir "$data"
+else
+  token="${JOIN_TOKEN:-$(cat "$RUN_DIR/join-token" 2>/dev/null || true)}"
+  [ -n "$token" ] || die "no join token (testnet/run/join-token missing; run testnet/up.sh)"
+  join="${JOIN_ADDR:-$(node_ip n1):$P2P_PORT}"
+  spawn_agent "$node" --data-dir "$data" --name "$node" --join "$join" --token "$token" "${listen[@]}"
+fi
+log "$node started (pid $(agent_pid "$node"), $ip)"
