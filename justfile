@@ -26,8 +26,8 @@ up: prereqs build
 down:
     testnet/down.sh
 
-# The whole suite: unit, property, simulator and integration layers, then the end-to-end layer
-# on a real netns testnet (root, runc, iproute2, kubectl; installed when missing).
+# The end-to-end layer needs root, runc, iproute2 and kubectl (packages installed when missing).
+# The whole suite: unit/property/simulator/integration layers, then end-to-end on a netns testnet.
 test: prereqs
     cargo build --release
     # Everything but the end-to-end layer (its tests live in `mod e2e` of tests/e2e.rs).
@@ -42,6 +42,7 @@ prereqs:
 testnet-up N="3": prereqs build
     testnet/up.sh {{N}}
 
+# Same as `just down`.
 testnet-down:
     testnet/down.sh
 
@@ -57,10 +58,11 @@ start NODE:
 restart NODE:
     testnet/restart.sh {{NODE}}
 
-# SIGSTOP / SIGCONT every process of NODE.
+# The host NODE hangs: SIGSTOP every process of its cgroup.
 stop NODE:
     testnet/stop.sh {{NODE}}
 
+# Resume a stopped NODE (SIGCONT).
 cont NODE:
     testnet/cont.sh {{NODE}}
 
@@ -68,17 +70,20 @@ cont NODE:
 partition A B:
     testnet/partition.sh "{{A}}" "{{B}}"
 
+# Remove every partition.
 heal:
     testnet/heal.sh
 
-# Benchmarks (figures go to docs/benchmarks.md).
-# TODO: benches/run.sh is being written separately; this recipe just calls it.
+# TODO: benches/run.sh is written separately; figures go to docs/benchmarks.md.
+# Benchmarks: propagation, failure detection, idle cost, state under churn.
 bench: build
     benches/run.sh
 
+# Format the code.
 fmt:
     cargo fmt --all
 
+# rustfmt check and clippy with warnings as errors.
 lint:
     cargo fmt --all -- --check
     cargo clippy --release --all-targets -- -D warnings
