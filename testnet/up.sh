@@ -48,7 +48,8 @@ if ! token="$(nsenter --net="/run/netns/$(node_ns n1)" -- "$SHOAL_BIN" "${init_a
   die "shoal init failed on n1"
 fi
 token="$(printf '%s\n' "$token" | tail -n 1)"
-[ -n "$token" ] || die "shoal init printed no join token"
+[ -n "$token" ] || token="$(cat "$(node_data n1)/join-token" 2>/dev/null || true)"
+[ -n "$token" ] || die "shoal init printed no join token (and wrote no $(node_data n1)/join-token)"
 printf '%s\n' "$token" > "$RUN_DIR/join-token"
 chmod 600 "$RUN_DIR/join-token"
 
