@@ -1,6 +1,85 @@
-//! The Kubernetes-shaped HTTPS API every agent serves (discovery, Tables, nodes, generic
-//! namespaced objects, backup), with bearer-token auth on every route and body limits.
+//! The Kubernetes-shaped HTTPS API every agent serves, so the real `kubectl` works against any
+//! node: discovery, OpenAPI v3, Tables, nodes, generic stored objects (create, get, list,
+//! replace, patch, delete, watch) and shoal's own `/shoal/v1` routes, with bearer-token auth on
+//! every route, bounded connections, header and body sizes, and request timeouts.
+//!
+//! Code map: [`serve`] and [`tls_config`] (`server.rs`) run the TLS accept loop; `router.rs`
+//! maps paths to handlers; `resources.rs` is the data-driven table of kinds that discovery,
+//! OpenAPI, validation and Tables read; `objects.rs` implements the verbs over [`Backend`];
+//! `nodes.rs` renders Node objects; `watch.rs` streams events by diffing snapshots;
+//! `patch.rs`, `selectors.rs`, `table.rs` and `status.rs` are pure helpers.
+//!
+//! **Architecture Invariant:** everything the API knows about the cluster comes through the
+//! [`Backend`] trait; the API never touches the replicated document or the network directly.
 
+mod auth;
 mod backend;
+mod discovery;
+mod nodes;
+mod objects;
+mod openapi;
+pub mod patch;
+mod resources;
+mod router;
+pub mod selectors;
+mod server;
+mod status;
+mod table;
+mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 pub use backend::{AgentStatus, Backend, BackendError, MemberStatus, ObjectKey};
+pub use nodes::node_object;
+pub use server::{serve, tls_config};
+pub use status::{ApiError, Cause};
+
+/// Limits and timeouts of the API server. Every size that comes from a client is bounded here.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Largest request body accepted; larger bodies get 413. Kubernetes uses 3 MiB.
+    pub max_body_bytes: usize,
+    /// Concurrent connections (TLS handshakes included); further clients wait in the backlog.
+    pub max_connections: usize,
+    /// Largest request head (HTTP/1 buffer and HTTP/2 header list); at least 8 KiB.
+    pub max_header_bytes: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_streams_per_connection: u32,
+    /// Time allowed for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time allowed to receive a request head (HTTP/1).
+    pub header_timeout: Duration,
+    /// Time allowed for a non-watch request.
+    pub request_timeout: Duration,
+    /// Longest a watch stays open when the client gives no `timeoutSeconds`.
+    pub max_watch: Duration,
+    /// How long shutdown waits for open connections before aborting them.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            max_body_bytes: 3 * 1024 * 1024,
+            max_connections: 1024,
+            max_header_bytes: 64 * 1024,
+            max_streams_per_connection: 250,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
+            max_watch: Duration::from_secs(1800),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every handler gets.
+#[derive(Clone)]
+pub(crate) struct ApiState {
+    pub backend: Arc<dyn Backend>,
+    pub config: Arc<ApiConfig>,
+    pub versions: Arc<objects::ResourceVersions>,
+    /// Becomes `true` when the server shuts down; open watches end.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}

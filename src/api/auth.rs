@@ -1,0 +1,27 @@
+//! Bearer-token authentication, applied to every route (health and discovery included).
+
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::status::ApiError;
+use super::ApiState;
+
+/// The token of an `Authorization: Bearer <token>` header, if well-formed.
+fn bearer_token(request: &Request) -> Option<&str> {
+    let value = request.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Rejects the request with a bare 401 Status unless the backend accepts its bearer token.
+pub async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let authenticated = bearer_token(&request).is_some_and(|t| state.backend.authenticate(t));
+    if !authenticated {
+        tracing::debug!(path = %request.uri().path(), "unauthenticated api request");
+        return ApiError::Unauthorized.into_response();
+    }
+    next.run(request).await
+}

@@ -1,0 +1,710 @@
+//! The verbs over the resource table: create, get, list, replace, patch, delete (and watch via
+//! `watch.rs`). The server owns the system metadata (uid, creationTimestamp, resourceVersion,
+//! generation), validates names and fields, and stores whole objects through the backend.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use chrono::{SecondsFormat, Utc};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::backend::ObjectKey;
+use super::nodes::node_objects;
+use super::patch::{self, PatchKind};
+use super::resources::{self, NameRule, ResourceInfo, Storage};
+use super::selectors::{FieldSelector, LabelSelector};
+use super::status::{success_status, ApiError, Cause};
+use super::table::{self, IncludeObject};
+use super::watch::{self, WatchRequest};
+use super::ApiState;
+
+/// Namespaces that exist even when nothing is stored for them.
+pub const BUILTIN_NAMESPACES: &[&str] = &["default", "kube-system"];
+
+/// Hands out resourceVersions: decimal microseconds since the epoch, strictly increasing in
+/// this process and roughly ordered across agents.
+#[derive(Debug, Default)]
+pub struct ResourceVersions {
+    last: AtomicU64,
+}
+
+impl ResourceVersions {
+    pub fn next(&self) -> String {
+        let now = u64::try_from(Utc::now().timestamp_micros()).unwrap_or(0);
+        let previous = self
+            .last
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| Some(last.saturating_add(1).max(now)))
+            .unwrap_or(0);
+        previous.saturating_add(1).max(now).to_string()
+    }
+}
+
+/// A request resolved against the resource table.
+pub struct Target {
+    pub info: &'static ResourceInfo,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub subresource: Option<String>,
+}
+
+type Query = BTreeMap<String, String>;
+
+pub async fn handle(
+    state: ApiState,
+    method: Method,
+    target: Target,
+    query: Query,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let info = target.info;
+    if let Some(sub) = &target.subresource {
+        // Only reading the status subresource is served for now.
+        if sub != "status" || method != Method::GET {
+            return Err(ApiError::NoRoute);
+        }
+    }
+    let verb = match (&method, &target.name) {
+        (&Method::GET, None) if is_true(query.get("watch")) => "watch",
+        (&Method::GET, None) => "list",
+        (&Method::POST, None) => "create",
+        (&Method::GET, Some(_)) => "get",
+        (&Method::PUT, Some(_)) => "update",
+        (&Method::PATCH, Some(_)) => "patch",
+        (&Method::DELETE, Some(_)) => "delete",
+        _ => return Err(ApiError::MethodNotAllowed),
+    };
+    if !info.allows(verb) {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    if verb == "create" && info.namespaced && target.namespace.is_none() {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let name = target.name.clone().unwrap_or_default();
+    match verb {
+        "watch" => Ok(watch::respond(state, watch_request(&target, &query, &headers)?)),
+        "list" => list(&state, &target, &query, &headers),
+        "get" => get(&state, &target, &name, &query, &headers),
+        "create" => {
+            let body = read_body(body, &headers, state.config.max_body_bytes).await?;
+            create(&state, &target, &query, &headers, &body)
+        }
+        "update" => {
+            let body = read_body(body, &headers, state.config.max_body_bytes).await?;
+            replace(&state, &target, &name, &query, &headers, &body)
+        }
+        "patch" => {
+            let body = read_body(body, &headers, state.config.max_body_bytes).await?;
+            patch(&state, &target, &name, &query, &headers, &body)
+        }
+        _ => {
+            let body = read_body(body, &headers, state.config.max_body_bytes).await?;
+            delete(&state, &target, &name, &query, &body)
+        }
+    }
+}
+
+fn is_true(value: Option<&String>) -> bool {
+    value.is_some_and(|v| v == "true" || v == "1" || v == "True")
+}
+
+fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+pub fn json_response(code: StatusCode, value: &Value) -> Response {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn key(info: &ResourceInfo, namespace: Option<&str>, name: &str) -> ObjectKey {
+    ObjectKey {
+        resource: info.backend_resource(),
+        namespace: if info.namespaced { namespace.map(str::to_string) } else { None },
+        name: name.to_string(),
+    }
+}
+
+/// A namespace that is not stored but always exists.
+fn builtin_namespace(state: &ApiState, name: &str) -> Value {
+    let created = state
+        .backend
+        .nodes()
+        .iter()
+        .map(|n| n.record.created)
+        .min()
+        .unwrap_or_else(Utc::now);
+    let digest = Sha256::digest(format!("shoal-namespace/{name}").as_bytes());
+    let h = hex::encode(&digest[..16]);
+    let uid = format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]);
+    json!({
+        "kind": "Namespace",
+        "apiVersion": "v1",
+        "metadata": {
+            "name": name,
+            "uid": uid,
+            "resourceVersion": "1",
+            "creationTimestamp": created.to_rfc3339_opts(SecondsFormat::Secs, true),
+            "labels": {"kubernetes.io/metadata.name": name},
+        },
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"},
+    })
+}
+
+fn with_type_meta(info: &ResourceInfo, mut object: Value) -> Value {
+    if let Some(map) = object.as_object_mut() {
+        map.insert("kind".into(), json!(info.kind));
+        map.insert("apiVersion".into(), json!(info.api_version()));
+    }
+    object
+}
+
+fn sort_key(object: &Value) -> (String, String) {
+    let meta = &object["metadata"];
+    (
+        meta["namespace"].as_str().unwrap_or_default().to_string(),
+        meta["name"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// Every object of `info` (in `namespace` if given), sorted by namespace and name.
+pub fn list_all(state: &ApiState, info: &ResourceInfo, namespace: Option<&str>) -> Vec<Value> {
+    let mut objects = match info.storage {
+        Storage::Nodes => node_objects(&state.backend.nodes()),
+        Storage::Objects => state
+            .backend
+            .list_objects(&info.backend_resource(), if info.namespaced { namespace } else { None })
+            .into_iter()
+            .map(|o| with_type_meta(info, o))
+            .collect(),
+    };
+    if info.plural == "namespaces" {
+        for name in BUILTIN_NAMESPACES {
+            if !objects.iter().any(|o| o["metadata"]["name"] == *name) {
+                objects.push(builtin_namespace(state, name));
+            }
+        }
+    }
+    objects.sort_by_key(sort_key);
+    objects
+}
+
+fn find(state: &ApiState, info: &ResourceInfo, namespace: Option<&str>, name: &str) -> Option<Value> {
+    match info.storage {
+        Storage::Nodes => node_objects(&state.backend.nodes())
+            .into_iter()
+            .find(|n| n["metadata"]["name"] == name),
+        Storage::Objects => state
+            .backend
+            .get_object(&key(info, namespace, name))
+            .map(|o| with_type_meta(info, o))
+            .or_else(|| {
+                (info.plural == "namespaces" && BUILTIN_NAMESPACES.contains(&name))
+                    .then(|| builtin_namespace(state, name))
+            }),
+    }
+}
+
+fn namespace_exists(state: &ApiState, namespace: &str) -> bool {
+    BUILTIN_NAMESPACES.contains(&namespace)
+        || state
+            .backend
+            .get_object(&ObjectKey { resource: "namespaces".into(), namespace: None, name: namespace.into() })
+            .is_some()
+}
+
+fn selectors(query: &Query) -> Result<(LabelSelector, FieldSelector), ApiError> {
+    let labels = LabelSelector::parse(query.get("labelSelector").map_or("", String::as_str))?;
+    let fields = FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str))?;
+    Ok((labels, fields))
+}
+
+fn watch_request(target: &Target, query: &Query, headers: &HeaderMap) -> Result<WatchRequest, ApiError> {
+    let (labels, fields) = selectors(query)?;
+    let timeout = match query.get("timeoutSeconds") {
+        Some(t) => Some(
+            t.parse::<u64>()
+                .map_err(|_| ApiError::BadRequest(format!("invalid timeoutSeconds {t:?}")))?,
+        ),
+        None => None,
+    };
+    Ok(WatchRequest {
+        info: target.info,
+        namespace: target.namespace.clone(),
+        labels,
+        fields,
+        resource_version: query.get("resourceVersion").cloned().filter(|rv| !rv.is_empty() && rv != "0"),
+        timeout_seconds: timeout,
+        table: table::negotiate(headers),
+        include: IncludeObject::parse(query.get("includeObject").map(String::as_str)),
+    })
+}
+
+fn list(state: &ApiState, target: &Target, query: &Query, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let info = target.info;
+    let (labels, fields) = selectors(query)?;
+    let items: Vec<Value> = list_all(state, info, target.namespace.as_deref())
+        .into_iter()
+        .filter(|o| labels.matches(o) && fields.matches(o))
+        .collect();
+    let resource_version = state.versions.next();
+    let body = match table::negotiate(headers) {
+        Some(table_version) => {
+            let include = IncludeObject::parse(query.get("includeObject").map(String::as_str));
+            table::table(info, table_version, &items, &resource_version, include, Utc::now())
+        }
+        None => json!({
+            "kind": format!("{}List", info.kind),
+            "apiVersion": info.api_version(),
+            "metadata": {"resourceVersion": resource_version},
+            "items": items,
+        }),
+    };
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+fn get(state: &ApiState, target: &Target, name: &str, query: &Query, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let info = target.info;
+    let object = find(state, info, target.namespace.as_deref(), name)
+        .ok_or_else(|| ApiError::not_found(info.plural, name))?;
+    let body = match table::negotiate(headers) {
+        Some(table_version) => {
+            let include = IncludeObject::parse(query.get("includeObject").map(String::as_str));
+            let rv = object["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
+            table::table(info, table_version, std::slice::from_ref(&object), &rv, include, Utc::now())
+        }
+        None => object,
+    };
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// Reads a request body up to `limit` bytes; larger bodies are a 413.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::TooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::TooLarge { limit }),
+        Err(e) => Err(ApiError::BadRequest(format!("reading the request body: {e}"))),
+    }
+}
+
+fn decode(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let value: Value = match content_type.as_str() {
+        "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not valid YAML: {e}")))?,
+        "application/json" | "" | "*/*" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?,
+        other => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "application/json, application/yaml (got {other})"
+            )))
+        }
+    };
+    if !value.is_object() {
+        return Err(ApiError::BadRequest("the body must be a JSON object".into()));
+    }
+    Ok(value)
+}
+
+/// The body's `apiVersion` and `kind` must name the URL's kind; missing ones are filled in.
+fn check_type_meta(info: &ResourceInfo, object: &mut Value) -> Result<(), ApiError> {
+    let api_version = info.api_version();
+    match object["apiVersion"].as_str() {
+        None | Some("") => object["apiVersion"] = json!(api_version),
+        Some(v) if v == api_version => {}
+        Some(v) => {
+            return Err(ApiError::BadRequest(format!(
+                "the API version in the data ({v}) does not match the expected API version ({api_version})"
+            )))
+        }
+    }
+    match object["kind"].as_str() {
+        None | Some("") => object["kind"] = json!(info.kind),
+        Some(k) if k == info.kind => {}
+        Some(k) => {
+            return Err(ApiError::BadRequest(format!(
+                "{k} in version \"{api_version}\" cannot be handled as a {}: the kind in the data ({k}) does not match the URL ({})",
+                info.kind, info.kind
+            )))
+        }
+    }
+    if !object["metadata"].is_object() && !object["metadata"].is_null() {
+        return Err(ApiError::BadRequest("metadata must be an object".into()));
+    }
+    if object["metadata"].is_null() {
+        object["metadata"] = json!({});
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FieldValidation {
+    Ignore,
+    Warn,
+    Strict,
+}
+
+fn field_validation(query: &Query) -> Result<FieldValidation, ApiError> {
+    match query.get("fieldValidation").map(String::as_str) {
+        None | Some("") | Some("Warn") => Ok(FieldValidation::Warn),
+        Some("Strict") => Ok(FieldValidation::Strict),
+        Some("Ignore") => Ok(FieldValidation::Ignore),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "fieldValidation must be Ignore, Warn or Strict, not {other:?}"
+        ))),
+    }
+}
+
+/// Checks field types and unknown fields (pruned); returns warnings for `Warn`.
+fn validate_fields(info: &ResourceInfo, object: &mut Value, query: &Query) -> Result<Vec<String>, ApiError> {
+    let mode = field_validation(query)?;
+    let report = resources::check_schema(info, object);
+    let prefix = format!("{} in version \"{}\" cannot be handled as a {}", info.kind, info.api_version(), info.kind);
+    if !report.type_errors.is_empty() {
+        return Err(ApiError::BadRequest(format!("{prefix}: {}", report.type_errors.join(", "))));
+    }
+    let unknown: Vec<String> = report.unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+    match mode {
+        FieldValidation::Strict if !unknown.is_empty() => {
+            Err(ApiError::BadRequest(format!("{prefix}: strict decoding error: {}", unknown.join(", "))))
+        }
+        FieldValidation::Warn => Ok(unknown),
+        _ => Ok(Vec::new()),
+    }
+}
+
+fn is_label(part: &str) -> bool {
+    let bytes = part.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+
+pub fn validate_name(info: &ResourceInfo, name: &str) -> Result<(), ApiError> {
+    if name.is_empty() {
+        return Err(ApiError::Invalid {
+            kind: info.kind.to_string(),
+            name: String::new(),
+            causes: vec![Cause {
+                reason: "FieldValueRequired".into(),
+                field: "metadata.name".into(),
+                message: "Required value: name or generateName is required".into(),
+            }],
+        });
+    }
+    let (ok, message) = match info.name_rule {
+        NameRule::Subdomain => (name.len() <= 253 && name.split('.').all(is_label), SUBDOMAIN_MSG),
+        NameRule::Label => (is_label(name), LABEL_MSG),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(info.kind, name, "metadata.name", name, message))
+    }
+}
+
+fn dry_run(query: &Query) -> bool {
+    query.get("dryRun").is_some_and(|v| v == "All")
+}
+
+fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
+    for warning in warnings {
+        let text = format!("299 - {:?}", warning);
+        if let Ok(value) = HeaderValue::from_str(&text) {
+            response.headers_mut().append("Warning", value);
+        }
+    }
+    response
+}
+
+/// Namespace from the URL; the body may repeat it but not contradict it.
+fn settle_namespace(target: &Target, object: &mut Value) -> Result<(), ApiError> {
+    let meta = &mut object["metadata"];
+    if !target.info.namespaced {
+        if let Some(map) = meta.as_object_mut() {
+            map.remove("namespace");
+        }
+        return Ok(());
+    }
+    let url_ns = target.namespace.clone().unwrap_or_default();
+    match meta["namespace"].as_str() {
+        None | Some("") => meta["namespace"] = json!(url_ns),
+        Some(ns) if ns == url_ns => {}
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "the namespace of the provided object does not match the namespace sent on the request".into(),
+            ))
+        }
+    }
+    Ok(())
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    uuid::Uuid::new_v4()
+        .as_bytes()
+        .iter()
+        .take(5)
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+fn create(state: &ApiState, target: &Target, query: &Query, headers: &HeaderMap, body: &Bytes) -> Result<Response, ApiError> {
+    let info = target.info;
+    let mut object = decode(headers, body)?;
+    check_type_meta(info, &mut object)?;
+    let warnings = validate_fields(info, &mut object, query)?;
+    settle_namespace(target, &mut object)?;
+    let mut name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    if name.is_empty() {
+        if let Some(prefix) = object["metadata"]["generateName"].as_str().filter(|p| !p.is_empty()) {
+            name = format!("{prefix}{}", random_suffix());
+        }
+    }
+    validate_name(info, &name)?;
+    if let Some(ns) = target.namespace.as_deref().filter(|_| info.namespaced) {
+        if !namespace_exists(state, ns) {
+            return Err(ApiError::not_found("namespaces", ns));
+        }
+    }
+    if find(state, info, target.namespace.as_deref(), &name).is_some() {
+        return Err(ApiError::AlreadyExists { resource: info.plural.into(), name });
+    }
+    let meta = object["metadata"].as_object_mut().ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))?;
+    meta.insert("name".into(), json!(name));
+    meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+    meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+    meta.insert("resourceVersion".into(), json!(state.versions.next()));
+    meta.insert("generation".into(), json!(1));
+    for field in ["deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+        meta.remove(field);
+    }
+    if info.plural == "namespaces" {
+        meta.entry("labels").or_insert_with(|| json!({}))["kubernetes.io/metadata.name"] = json!(name);
+        if object["spec"]["finalizers"].is_null() {
+            object["spec"] = json!({"finalizers": ["kubernetes"]});
+        }
+        object["status"] = json!({"phase": "Active"});
+    }
+    if !dry_run(query) {
+        state.backend.put_object(&key(info, target.namespace.as_deref(), &name), object.clone())?;
+    }
+    Ok(with_warnings(json_response(StatusCode::CREATED, &object), &warnings))
+}
+
+/// Carries the server-owned metadata of `existing` into `object`, bumps resourceVersion and,
+/// when anything outside metadata and status changed, generation.
+fn update_metadata(state: &ApiState, existing: &Value, object: &mut Value) {
+    let changed_spec = {
+        let strip = |v: &Value| {
+            let mut v = v.clone();
+            if let Some(m) = v.as_object_mut() {
+                m.remove("metadata");
+                m.remove("status");
+            }
+            v
+        };
+        strip(existing) != strip(object)
+    };
+    let old = &existing["metadata"];
+    let generation = old["generation"].as_i64().unwrap_or(1) + i64::from(changed_spec);
+    let meta = &mut object["metadata"];
+    meta["uid"] = old["uid"].clone();
+    meta["creationTimestamp"] = old["creationTimestamp"].clone();
+    meta["generation"] = json!(generation);
+    meta["resourceVersion"] = json!(state.versions.next());
+    if let Some(map) = meta.as_object_mut() {
+        map.retain(|_, v| !v.is_null());
+    }
+}
+
+/// Shared tail of replace and patch: checks, metadata, store.
+fn store_update(
+    state: &ApiState,
+    target: &Target,
+    name: &str,
+    existing: &Value,
+    mut object: Value,
+    query: &Query,
+    warnings: &[String],
+) -> Result<Response, ApiError> {
+    let info = target.info;
+    settle_namespace(target, &mut object)?;
+    let body_name = object["metadata"]["name"].as_str().unwrap_or_default();
+    if body_name.is_empty() {
+        object["metadata"]["name"] = json!(name);
+    } else if body_name != name {
+        return Err(ApiError::BadRequest(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    let wanted_rv = object["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+    let current_rv = existing["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+    if !wanted_rv.is_empty() && wanted_rv != current_rv {
+        return Err(ApiError::Conflict {
+            resource: info.plural.into(),
+            name: name.into(),
+            message: "the object has been modified; please apply your changes to the latest version and try again".into(),
+        });
+    }
+    if existing["immutable"] == json!(true) && existing.get("data") != object.get("data") {
+        return Err(ApiError::invalid(info.kind, name, "data", "", "field is immutable when `immutable` is set"));
+    }
+    update_metadata(state, existing, &mut object);
+    if !dry_run(query) {
+        state.backend.put_object(&key(info, target.namespace.as_deref(), name), object.clone())?;
+    }
+    Ok(with_warnings(json_response(StatusCode::OK, &object), warnings))
+}
+
+fn replace(
+    state: &ApiState,
+    target: &Target,
+    name: &str,
+    query: &Query,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let info = target.info;
+    let mut object = decode(headers, body)?;
+    check_type_meta(info, &mut object)?;
+    let warnings = validate_fields(info, &mut object, query)?;
+    let existing = find(state, info, target.namespace.as_deref(), name)
+        .ok_or_else(|| ApiError::not_found(info.plural, name))?;
+    store_update(state, target, name, &existing, object, query, &warnings)
+}
+
+fn patch(
+    state: &ApiState,
+    target: &Target,
+    name: &str,
+    query: &Query,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let info = target.info;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let kind = PatchKind::from_content_type(content_type)
+        .ok_or_else(|| ApiError::UnsupportedMediaType(PatchKind::ACCEPTED.to_string()))?;
+    let patch_body: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("the patch is not valid JSON: {e}")))?;
+    let existing = find(state, info, target.namespace.as_deref(), name)
+        .ok_or_else(|| ApiError::not_found(info.plural, name))?;
+    let mut patched = patch::apply(kind, &existing, &patch_body, info.merge_keys)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if !patched.is_object() {
+        return Err(ApiError::BadRequest("the patch does not leave an object".into()));
+    }
+    check_type_meta(info, &mut patched)?;
+    let warnings = validate_fields(info, &mut patched, query)?;
+    store_update(state, target, name, &existing, patched, query, &warnings)
+}
+
+fn delete(state: &ApiState, target: &Target, name: &str, query: &Query, body: &Bytes) -> Result<Response, ApiError> {
+    let info = target.info;
+    let options: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid DeleteOptions: {e}")))?
+    };
+    let dry = dry_run(query) || options["dryRun"].as_array().is_some_and(|d| d.iter().any(|v| v == "All"));
+    let namespace = target.namespace.as_deref();
+    let existing = find(state, info, namespace, name).ok_or_else(|| ApiError::not_found(info.plural, name))?;
+    let uid = existing["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+    let preconditions = &options["preconditions"];
+    let precondition_failed = |field: &str, have: &str| {
+        preconditions[field].as_str().is_some_and(|want| want != have)
+    };
+    if precondition_failed("uid", &uid)
+        || precondition_failed("resourceVersion", existing["metadata"]["resourceVersion"].as_str().unwrap_or_default())
+    {
+        return Err(ApiError::Conflict {
+            resource: info.plural.into(),
+            name: name.into(),
+            message: "the precondition in DeleteOptions does not match the object".into(),
+        });
+    }
+    if info.plural == "namespaces" && BUILTIN_NAMESPACES.contains(&name) {
+        return Err(ApiError::Forbidden(format!(
+            "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+        )));
+    }
+    if dry {
+        return Ok(json_response(StatusCode::OK, &success_status(info.plural, name, Some(&uid))));
+    }
+    match info.storage {
+        Storage::Nodes => state.backend.delete_node(name)?,
+        Storage::Objects => {
+            if info.plural == "namespaces" {
+                delete_namespace_contents(state, name)?;
+            }
+            state.backend.delete_object(&key(info, namespace, name))?;
+        }
+    }
+    Ok(json_response(StatusCode::OK, &success_status(info.plural, name, Some(&uid))))
+}
+
+/// Deleting a namespace deletes every object in it.
+fn delete_namespace_contents(state: &ApiState, namespace: &str) -> Result<(), ApiError> {
+    for info in resources::RESOURCES.iter().filter(|r| r.namespaced && r.storage == Storage::Objects) {
+        for object in state.backend.list_objects(&info.backend_resource(), Some(namespace)) {
+            if let Some(name) = object["metadata"]["name"].as_str() {
+                state.backend.delete_object(&key(info, Some(namespace), name))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated_per_rule() {
+        let cm = resources::by_plural("configmaps").unwrap();
+        let ns = resources::by_plural("namespaces").unwrap();
+        assert!(validate_name(cm, "a.b-c").is_ok());
+        assert!(validate_name(cm, "Bad_Name").is_err());
+        assert!(validate_name(cm, "-a").is_err());
+        assert!(validate_name(cm, "").is_err());
+        assert!(validate_name(ns, "a.b").is_err());
+        assert!(validate_name(ns, &"a".repeat(64)).is_err());
+        assert!(validate_name(ns, "team-1").is_ok());
+    }
+
+    #[test]
+    fn resource_versions_increase() {
+        let versions = ResourceVersions::default();
+        let a: u64 = versions.next().parse().unwrap();
+        let b: u64 = versions.next().parse().unwrap();
+        assert!(b > a);
+    }
+}

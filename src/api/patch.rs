@@ -1,0 +1,449 @@
+//! PATCH bodies: JSON merge patch (RFC 7386), JSON patch (RFC 6902) and Kubernetes strategic
+//! merge patch (lists of maps merge by a per-field key, `$patch`, `$retainKeys`,
+//! `$setElementOrder/` and `$deleteFromPrimitiveList/` directives). Kind-independent: the
+//! caller passes the list merge keys of its kind.
+
+use serde_json::{Map, Value};
+
+/// Which patch a request carries, from its `Content-Type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchKind {
+    Merge,
+    Json,
+    StrategicMerge,
+}
+
+impl PatchKind {
+    pub const ACCEPTED: &'static str = "application/json-patch+json, application/merge-patch+json, \
+         application/strategic-merge-patch+json, application/apply-patch+yaml";
+
+    pub fn from_content_type(content_type: &str) -> Option<Self> {
+        let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        match media.as_str() {
+            "application/merge-patch+json" => Some(PatchKind::Merge),
+            "application/json-patch+json" => Some(PatchKind::Json),
+            "application/strategic-merge-patch+json" => Some(PatchKind::StrategicMerge),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PatchError {
+    #[error("invalid patch: {0}")]
+    Malformed(String),
+    #[error("the json patch test operation failed at {0}")]
+    TestFailed(String),
+    #[error("json patch path {0} does not exist")]
+    MissingPath(String),
+}
+
+/// Merge keys of lists of maps for strategic merge patch: given the dotted path of a list
+/// field (e.g. `spec.template.spec.containers`), the key its elements merge on (`name`).
+pub type MergeKeys = fn(&str) -> Option<&'static str>;
+
+/// No list merges by key: every list is replaced (ConfigMap, Namespace, ...).
+pub fn no_merge_keys(_path: &str) -> Option<&'static str> {
+    None
+}
+
+pub fn apply(kind: PatchKind, target: &Value, patch: &Value, keys: MergeKeys) -> Result<Value, PatchError> {
+    match kind {
+        PatchKind::Merge => {
+            if !patch.is_object() {
+                return Err(PatchError::Malformed("a merge patch must be a JSON object".into()));
+            }
+            Ok(merge_patch(target, patch))
+        }
+        PatchKind::Json => json_patch(target, patch),
+        PatchKind::StrategicMerge => {
+            if !patch.is_object() {
+                return Err(PatchError::Malformed("a strategic merge patch must be a JSON object".into()));
+            }
+            strategic_merge(target, patch, keys, "")
+        }
+    }
+}
+
+/// RFC 7386: objects merge recursively, `null` deletes, everything else replaces.
+pub fn merge_patch(target: &Value, patch: &Value) -> Value {
+    let Value::Object(patch_map) = patch else {
+        return patch.clone();
+    };
+    let mut result = match target {
+        Value::Object(m) => m.clone(),
+        _ => Map::new(),
+    };
+    for (key, value) in patch_map {
+        if value.is_null() {
+            result.remove(key);
+        } else {
+            let merged = merge_patch(result.get(key).unwrap_or(&Value::Null), value);
+            result.insert(key.clone(), merged);
+        }
+    }
+    Value::Object(result)
+}
+
+fn unescape(token: &str) -> String {
+    token.replace("~1", "/").replace("~0", "~")
+}
+
+fn pointer_parts(path: &str) -> Result<Vec<String>, PatchError> {
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rest = path
+        .strip_prefix('/')
+        .ok_or_else(|| PatchError::Malformed(format!("path {path:?} must start with '/'")))?;
+    Ok(rest.split('/').map(unescape).collect())
+}
+
+fn parent_mut<'a>(doc: &'a mut Value, parts: &[String], path: &str) -> Result<&'a mut Value, PatchError> {
+    let mut cursor = doc;
+    for part in &parts[..parts.len() - 1] {
+        cursor = match cursor {
+            Value::Object(m) => m.get_mut(part),
+            Value::Array(a) => part.parse::<usize>().ok().and_then(move |i| a.get_mut(i)),
+            _ => None,
+        }
+        .ok_or_else(|| PatchError::MissingPath(path.to_string()))?;
+    }
+    Ok(cursor)
+}
+
+fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), PatchError> {
+    let parts = pointer_parts(path)?;
+    if parts.is_empty() {
+        *doc = value;
+        return Ok(());
+    }
+    let last = &parts[parts.len() - 1];
+    match parent_mut(doc, &parts, path)? {
+        Value::Object(m) => {
+            m.insert(last.clone(), value);
+        }
+        Value::Array(a) => {
+            let index = if last == "-" {
+                a.len()
+            } else {
+                last.parse::<usize>().map_err(|_| PatchError::MissingPath(path.to_string()))?
+            };
+            if index > a.len() {
+                return Err(PatchError::MissingPath(path.to_string()));
+            }
+            a.insert(index, value);
+        }
+        _ => return Err(PatchError::MissingPath(path.to_string())),
+    }
+    Ok(())
+}
+
+fn remove(doc: &mut Value, path: &str) -> Result<Value, PatchError> {
+    let parts = pointer_parts(path)?;
+    let Some(last) = parts.last() else {
+        return Err(PatchError::Malformed("cannot remove the whole document".into()));
+    };
+    match parent_mut(doc, &parts, path)? {
+        Value::Object(m) => m.remove(last).ok_or_else(|| PatchError::MissingPath(path.to_string())),
+        Value::Array(a) => {
+            let index = last.parse::<usize>().map_err(|_| PatchError::MissingPath(path.to_string()))?;
+            if index >= a.len() {
+                return Err(PatchError::MissingPath(path.to_string()));
+            }
+            Ok(a.remove(index))
+        }
+        _ => Err(PatchError::MissingPath(path.to_string())),
+    }
+}
+
+/// RFC 6902 operations: add, remove, replace, move, copy, test.
+pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
+    let ops = patch
+        .as_array()
+        .ok_or_else(|| PatchError::Malformed("a json patch must be a JSON array".into()))?;
+    let mut doc = target.clone();
+    for op in ops {
+        let name = op["op"].as_str().ok_or_else(|| PatchError::Malformed("operation without \"op\"".into()))?;
+        let path = op["path"].as_str().ok_or_else(|| PatchError::Malformed("operation without \"path\"".into()))?;
+        let value = || op.get("value").cloned().ok_or_else(|| PatchError::Malformed(format!("{name} without \"value\"")));
+        let from = || op["from"].as_str().ok_or_else(|| PatchError::Malformed(format!("{name} without \"from\"")));
+        match name {
+            "add" => add(&mut doc, path, value()?)?,
+            "remove" => {
+                remove(&mut doc, path)?;
+            }
+            "replace" => {
+                if doc.pointer(path).is_none() {
+                    return Err(PatchError::MissingPath(path.to_string()));
+                }
+                if let Some(slot) = doc.pointer_mut(path) {
+                    *slot = value()?;
+                }
+            }
+            "move" => {
+                let moved = remove(&mut doc, from()?)?;
+                add(&mut doc, path, moved)?;
+            }
+            "copy" => {
+                let copied = doc.pointer(from()?).cloned().ok_or_else(|| PatchError::MissingPath(path.to_string()))?;
+                add(&mut doc, path, copied)?;
+            }
+            "test" => {
+                if doc.pointer(path) != Some(&value()?) {
+                    return Err(PatchError::TestFailed(path.to_string()));
+                }
+            }
+            other => return Err(PatchError::Malformed(format!("unknown operation {other:?}"))),
+        }
+    }
+    Ok(doc)
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// Removes every `$`-directive from a value that is stored as is (an added subtree).
+fn strip_directives(value: &Value) -> Value {
+    match value {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| !k.starts_with('$'))
+                .map(|(k, v)| (k.clone(), strip_directives(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(strip_directives).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Strategic merge of `patch` into `target` at dotted `path`.
+pub fn strategic_merge(target: &Value, patch: &Value, keys: MergeKeys, path: &str) -> Result<Value, PatchError> {
+    let Value::Object(patch_map) = patch else {
+        return Ok(strip_directives(patch));
+    };
+    match patch_map.get("$patch").and_then(Value::as_str) {
+        Some("replace") => return Ok(strip_directives(patch)),
+        Some("delete") => return Ok(Value::Null),
+        Some("merge") | None => {}
+        Some(other) => return Err(PatchError::Malformed(format!("unknown $patch directive {other:?}"))),
+    }
+    let mut result = match target {
+        Value::Object(m) => m.clone(),
+        _ => Map::new(),
+    };
+    if let Some(retain) = patch_map.get("$retainKeys") {
+        let retain: Vec<&str> = retain
+            .as_array()
+            .ok_or_else(|| PatchError::Malformed("$retainKeys must be a list".into()))?
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        result.retain(|k, _| retain.contains(&k.as_str()));
+    }
+    for (key, value) in patch_map {
+        if let Some(field) = key.strip_prefix("$deleteFromPrimitiveList/") {
+            let drop: Vec<&Value> = value.as_array().map(|a| a.iter().collect()).unwrap_or_default();
+            if let Some(Value::Array(list)) = result.get_mut(field) {
+                list.retain(|item| !drop.contains(&item));
+            }
+            continue;
+        }
+        if key.starts_with('$') {
+            continue;
+        }
+        let field_path = join(path, key);
+        if value.is_null() {
+            result.remove(key);
+            continue;
+        }
+        let current = result.get(key).cloned().unwrap_or(Value::Null);
+        let merged = match value {
+            Value::Object(_) => strategic_merge(&current, value, keys, &field_path)?,
+            Value::Array(items) => merge_list(&current, items, keys, &field_path)?,
+            other => other.clone(),
+        };
+        if merged.is_null() {
+            result.remove(key);
+        } else {
+            result.insert(key.clone(), merged);
+        }
+    }
+    // `$setElementOrder/<field>` reorders a merged list after the merge.
+    for (key, order) in patch_map {
+        if let Some(field) = key.strip_prefix("$setElementOrder/") {
+            if let (Some(Value::Array(list)), Some(order)) = (result.get_mut(field), order.as_array()) {
+                reorder(list, order, keys(&join(path, field)));
+            }
+        }
+    }
+    Ok(Value::Object(result))
+}
+
+fn key_of<'a>(item: &'a Value, merge_key: &str) -> Option<&'a Value> {
+    item.as_object().and_then(|m| m.get(merge_key))
+}
+
+fn merge_list(current: &Value, items: &[Value], keys: MergeKeys, path: &str) -> Result<Value, PatchError> {
+    let Some(merge_key) = keys(path) else {
+        // Lists without a merge key are replaced; a `$patch: replace` marker is dropped.
+        let items: Vec<Value> = items
+            .iter()
+            .filter(|i| i.get("$patch").is_none())
+            .map(strip_directives)
+            .collect();
+        return Ok(Value::Array(items));
+    };
+    if items.iter().any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace")) {
+        let kept = items.iter().filter(|i| i.get("$patch").is_none()).map(strip_directives).collect();
+        return Ok(Value::Array(kept));
+    }
+    let mut list: Vec<Value> = current.as_array().cloned().unwrap_or_default();
+    for item in items {
+        let Some(id) = key_of(item, merge_key).cloned() else {
+            return Err(PatchError::Malformed(format!("an element of {path} lacks its merge key {merge_key:?}")));
+        };
+        let position = list.iter().position(|existing| key_of(existing, merge_key) == Some(&id));
+        let deleting = item.get("$patch").and_then(Value::as_str) == Some("delete");
+        match (position, deleting) {
+            (Some(i), true) => {
+                list.remove(i);
+            }
+            (None, true) => {}
+            (Some(i), false) => list[i] = strategic_merge(&list[i], item, keys, path)?,
+            (None, false) => list.push(strip_directives(item)),
+        }
+    }
+    Ok(Value::Array(list))
+}
+
+fn reorder(list: &mut Vec<Value>, order: &[Value], merge_key: Option<&str>) {
+    let rank = |item: &Value| {
+        let id = match merge_key {
+            Some(k) => key_of(item, k),
+            None => Some(item),
+        };
+        id.and_then(|id| {
+            order.iter().position(|o| match merge_key {
+                Some(k) => key_of(o, k) == Some(id),
+                None => o == id,
+            })
+        })
+        .unwrap_or(usize::MAX)
+    };
+    list.sort_by_key(|item| rank(item));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn containers_key(path: &str) -> Option<&'static str> {
+        (path == "spec.containers").then_some("name")
+    }
+
+    #[test]
+    fn merge_patch_rfc7386() {
+        let target = json!({"a": "b", "c": {"d": "e", "f": "g"}});
+        let patch = json!({"a": "z", "c": {"f": null}});
+        assert_eq!(merge_patch(&target, &patch), json!({"a": "z", "c": {"d": "e"}}));
+        assert_eq!(merge_patch(&json!({"a": [1, 2]}), &json!({"a": [3]})), json!({"a": [3]}));
+    }
+
+    #[test]
+    fn json_patch_operations() {
+        let target = json!({"data": {"a": "1"}, "list": [1, 2]});
+        let patch = json!([
+            {"op": "add", "path": "/data/b", "value": "2"},
+            {"op": "replace", "path": "/data/a", "value": "x"},
+            {"op": "remove", "path": "/list/0"},
+            {"op": "add", "path": "/list/-", "value": 9},
+            {"op": "copy", "from": "/data/b", "path": "/data/c"},
+            {"op": "move", "from": "/data/c", "path": "/data/d"},
+            {"op": "test", "path": "/data/d", "value": "2"},
+            {"op": "add", "path": "/data/with~1slash", "value": "s"},
+        ]);
+        let out = json_patch(&target, &patch).unwrap();
+        assert_eq!(out, json!({"data": {"a": "x", "b": "2", "d": "2", "with/slash": "s"}, "list": [2, 9]}));
+    }
+
+    #[test]
+    fn json_patch_errors() {
+        let target = json!({"a": 1});
+        assert!(matches!(json_patch(&target, &json!({})), Err(PatchError::Malformed(_))));
+        assert!(matches!(
+            json_patch(&target, &json!([{"op": "replace", "path": "/b", "value": 1}])),
+            Err(PatchError::MissingPath(_))
+        ));
+        assert!(matches!(
+            json_patch(&target, &json!([{"op": "test", "path": "/a", "value": 2}])),
+            Err(PatchError::TestFailed(_))
+        ));
+        assert!(json_patch(&target, &json!([{"op": "nope", "path": "/a"}])).is_err());
+    }
+
+    #[test]
+    fn strategic_merge_maps_like_merge_patch() {
+        let target = json!({"data": {"a": "1", "b": "2"}, "metadata": {"name": "x"}});
+        let patch = json!({"data": {"a": "9", "b": null, "c": "3"}});
+        let out = apply(PatchKind::StrategicMerge, &target, &patch, no_merge_keys).unwrap();
+        assert_eq!(out, json!({"data": {"a": "9", "c": "3"}, "metadata": {"name": "x"}}));
+    }
+
+    #[test]
+    fn strategic_merge_patch_directives_for_maps() {
+        let target = json!({"data": {"a": "1", "b": "2"}, "keep": 1});
+        let replace = json!({"data": {"$patch": "replace", "z": "26"}});
+        assert_eq!(
+            strategic_merge(&target, &replace, no_merge_keys, "").unwrap(),
+            json!({"data": {"z": "26"}, "keep": 1})
+        );
+        let delete = json!({"data": {"$patch": "delete"}});
+        assert_eq!(strategic_merge(&target, &delete, no_merge_keys, "").unwrap(), json!({"keep": 1}));
+        let retain = json!({"data": {"$retainKeys": ["a"], "a": "5"}});
+        assert_eq!(
+            strategic_merge(&target, &retain, no_merge_keys, "").unwrap(),
+            json!({"data": {"a": "5"}, "keep": 1})
+        );
+    }
+
+    #[test]
+    fn strategic_merge_lists_by_key() {
+        let target = json!({"spec": {"containers": [
+            {"name": "a", "image": "a:1"}, {"name": "b", "image": "b:1"}
+        ], "args": ["x", "y"]}});
+        let patch = json!({"spec": {
+            "containers": [{"name": "b", "image": "b:2"}, {"name": "c", "image": "c:1"}, {"name": "a", "$patch": "delete"}],
+            "$setElementOrder/containers": [{"name": "c"}, {"name": "b"}],
+            "$deleteFromPrimitiveList/args": ["x"],
+        }});
+        let out = strategic_merge(&target, &patch, containers_key, "").unwrap();
+        assert_eq!(out, json!({"spec": {"containers": [
+            {"name": "c", "image": "c:1"}, {"name": "b", "image": "b:2"}
+        ], "args": ["y"]}}));
+    }
+
+    #[test]
+    fn strategic_merge_lists_without_key_replace() {
+        let target = json!({"spec": {"finalizers": ["a", "b"]}});
+        let patch = json!({"spec": {"finalizers": ["c"]}});
+        assert_eq!(strategic_merge(&target, &patch, no_merge_keys, "").unwrap(), json!({"spec": {"finalizers": ["c"]}}));
+    }
+
+    #[test]
+    fn patch_kinds_from_content_type() {
+        assert_eq!(PatchKind::from_content_type("application/merge-patch+json"), Some(PatchKind::Merge));
+        assert_eq!(
+            PatchKind::from_content_type("application/strategic-merge-patch+json; charset=utf-8"),
+            Some(PatchKind::StrategicMerge)
+        );
+        assert_eq!(PatchKind::from_content_type("application/json-patch+json"), Some(PatchKind::Json));
+        assert_eq!(PatchKind::from_content_type("text/plain"), None);
+    }
+}

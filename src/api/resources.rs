@@ -1,0 +1,358 @@
+//! The resource table: every kind the API serves is one [`ResourceInfo`] entry (discovery,
+//! OpenAPI, routing, validation and Tables all read it), plus the field schemas used for
+//! `fieldValidation` and type checks.
+
+use serde_json::Value;
+
+use super::patch::{no_merge_keys, MergeKeys};
+
+/// The shape of a JSON value, as much as the server checks. `null` is accepted everywhere.
+#[derive(Debug)]
+pub enum Schema {
+    /// Anything, not inspected (free-form or not yet modelled).
+    Any,
+    String,
+    Bool,
+    Int,
+    /// A fixed set of fields; others are unknown.
+    Object(&'static [(&'static str, Schema)]),
+    /// A map from string keys to values of one schema.
+    MapOf(&'static Schema),
+    ListOf(&'static Schema),
+}
+
+/// How names of a kind are validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameRule {
+    /// RFC 1123 subdomain: most kinds.
+    Subdomain,
+    /// RFC 1123 label: namespaces, services.
+    Label,
+}
+
+/// Which Table columns a kind gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Columns {
+    Node,
+    Namespace,
+    ConfigMap,
+    Generic,
+}
+
+/// Where a kind's objects live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// Node records plus the local membership view (`Backend::nodes`).
+    Nodes,
+    /// Whole JSON objects in the replicated store (`Backend::*_object`).
+    Objects,
+}
+
+pub struct ResourceInfo {
+    /// API group; empty for the core group.
+    pub group: &'static str,
+    pub version: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub kind: &'static str,
+    pub short_names: &'static [&'static str],
+    pub namespaced: bool,
+    pub verbs: &'static [&'static str],
+    pub name_rule: NameRule,
+    pub schema: &'static Schema,
+    pub merge_keys: MergeKeys,
+    pub columns: Columns,
+    pub storage: Storage,
+}
+
+impl ResourceInfo {
+    /// `v1` or `group/version`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The resource key used by the backend: the plural, group-qualified unless core.
+    pub fn backend_resource(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    pub fn allows(&self, verb: &str) -> bool {
+        self.verbs.contains(&verb)
+    }
+
+    /// Path prefix of this kind's group version: `/api/v1` or `/apis/g/v`.
+    pub fn group_version_path(&self) -> String {
+        if self.group.is_empty() {
+            format!("/api/{}", self.version)
+        } else {
+            format!("/apis/{}/{}", self.group, self.version)
+        }
+    }
+}
+
+const ALL_VERBS: &[&str] = &["create", "delete", "get", "list", "patch", "update", "watch"];
+const READ_VERBS: &[&str] = &["get", "list", "watch"];
+
+/// `metadata` of every object (ObjectMeta).
+pub static OBJECT_META: Schema = Schema::Object(&[
+    ("name", Schema::String),
+    ("generateName", Schema::String),
+    ("namespace", Schema::String),
+    ("selfLink", Schema::String),
+    ("uid", Schema::String),
+    ("resourceVersion", Schema::String),
+    ("generation", Schema::Int),
+    ("creationTimestamp", Schema::String),
+    ("deletionTimestamp", Schema::String),
+    ("deletionGracePeriodSeconds", Schema::Int),
+    ("labels", Schema::MapOf(&Schema::String)),
+    ("annotations", Schema::MapOf(&Schema::String)),
+    ("ownerReferences", Schema::ListOf(&Schema::Any)),
+    ("finalizers", Schema::ListOf(&Schema::String)),
+    ("managedFields", Schema::ListOf(&Schema::Any)),
+]);
+
+static CONFIG_MAP: Schema = Schema::Object(&[
+    ("apiVersion", Schema::String),
+    ("kind", Schema::String),
+    ("metadata", Schema::Any),
+    ("data", Schema::MapOf(&Schema::String)),
+    ("binaryData", Schema::MapOf(&Schema::String)),
+    ("immutable", Schema::Bool),
+]);
+
+static NAMESPACE: Schema = Schema::Object(&[
+    ("apiVersion", Schema::String),
+    ("kind", Schema::String),
+    ("metadata", Schema::Any),
+    ("spec", Schema::Object(&[("finalizers", Schema::ListOf(&Schema::String))])),
+    ("status", Schema::Object(&[("phase", Schema::String), ("conditions", Schema::ListOf(&Schema::Any))])),
+]);
+
+static FREE_FORM: Schema = Schema::Any;
+
+/// Every kind served. Adding a kind is one entry here (plus its schema).
+pub static RESOURCES: &[ResourceInfo] = &[
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        plural: "nodes",
+        singular: "node",
+        kind: "Node",
+        short_names: &["no"],
+        namespaced: false,
+        verbs: &["delete", "get", "list", "watch"],
+        name_rule: NameRule::Subdomain,
+        schema: &FREE_FORM,
+        merge_keys: no_merge_keys,
+        columns: Columns::Node,
+        storage: Storage::Nodes,
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        plural: "namespaces",
+        singular: "namespace",
+        kind: "Namespace",
+        short_names: &["ns"],
+        namespaced: false,
+        verbs: ALL_VERBS,
+        name_rule: NameRule::Label,
+        schema: &NAMESPACE,
+        merge_keys: no_merge_keys,
+        columns: Columns::Namespace,
+        storage: Storage::Objects,
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        plural: "configmaps",
+        singular: "configmap",
+        kind: "ConfigMap",
+        short_names: &["cm"],
+        namespaced: true,
+        verbs: ALL_VERBS,
+        name_rule: NameRule::Subdomain,
+        schema: &CONFIG_MAP,
+        merge_keys: no_merge_keys,
+        columns: Columns::ConfigMap,
+        storage: Storage::Objects,
+    },
+    // Read-only until the kubelet issue lands; `kubectl describe node` lists pods and events.
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        plural: "pods",
+        singular: "pod",
+        kind: "Pod",
+        short_names: &["po"],
+        namespaced: true,
+        verbs: READ_VERBS,
+        name_rule: NameRule::Subdomain,
+        schema: &FREE_FORM,
+        merge_keys: no_merge_keys,
+        columns: Columns::Generic,
+        storage: Storage::Objects,
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        plural: "events",
+        singular: "event",
+        kind: "Event",
+        short_names: &["ev"],
+        namespaced: true,
+        verbs: READ_VERBS,
+        name_rule: NameRule::Subdomain,
+        schema: &FREE_FORM,
+        merge_keys: no_merge_keys,
+        columns: Columns::Generic,
+        storage: Storage::Objects,
+    },
+];
+
+pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+#[cfg(test)]
+pub fn by_plural(plural: &str) -> Option<&'static ResourceInfo> {
+    RESOURCES.iter().find(|r| r.plural == plural)
+}
+
+/// Group versions served, in table order: `("", "v1")`, `("apps", "v1")`, ...
+pub fn group_versions() -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for r in RESOURCES {
+        if !out.contains(&(r.group, r.version)) {
+            out.push((r.group, r.version));
+        }
+    }
+    out
+}
+
+pub fn in_group_version<'a>(group: &'a str, version: &'a str) -> impl Iterator<Item = &'static ResourceInfo> + 'a {
+    RESOURCES.iter().filter(move |r| r.group == group && r.version == version)
+}
+
+/// What schema checking found: unknown fields (pruned from the value) and type errors.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SchemaReport {
+    pub unknown: Vec<String>,
+    pub type_errors: Vec<String>,
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn check(value: &mut Value, schema: &Schema, path: &str, report: &mut SchemaReport) {
+    let mismatch = |expected: &str, report: &mut SchemaReport, v: &Value| {
+        report
+            .type_errors
+            .push(format!("{path}: expected {expected}, got {}", type_name(v)));
+    };
+    match (schema, &mut *value) {
+        (_, Value::Null) | (Schema::Any, _) => {}
+        (Schema::String, Value::String(_)) | (Schema::Bool, Value::Bool(_)) => {}
+        (Schema::Int, Value::Number(n)) if n.is_i64() || n.is_u64() => {}
+        (Schema::String, v) => mismatch("string", report, v),
+        (Schema::Bool, v) => mismatch("boolean", report, v),
+        (Schema::Int, v) => mismatch("integer", report, v),
+        (Schema::Object(fields), Value::Object(map)) => {
+            let keys: Vec<String> = map.keys().cloned().collect();
+            for key in keys {
+                match fields.iter().find(|(name, _)| *name == key) {
+                    Some((_, sub)) => {
+                        if let Some(v) = map.get_mut(&key) {
+                            check(v, sub, &join(path, &key), report);
+                        }
+                    }
+                    None => {
+                        report.unknown.push(join(path, &key));
+                        map.remove(&key);
+                    }
+                }
+            }
+        }
+        (Schema::MapOf(sub), Value::Object(map)) => {
+            for (key, v) in map.iter_mut() {
+                check(v, sub, &join(path, key), report);
+            }
+        }
+        (Schema::ListOf(sub), Value::Array(items)) => {
+            for (i, v) in items.iter_mut().enumerate() {
+                check(v, sub, &format!("{path}[{i}]"), report);
+            }
+        }
+        (Schema::Object(_) | Schema::MapOf(_), v) => mismatch("object", report, v),
+        (Schema::ListOf(_), v) => mismatch("array", report, v),
+    }
+}
+
+/// Checks `object` (a whole object of kind `info`) against its schema and ObjectMeta, pruning
+/// unknown fields in place.
+pub fn check_schema(info: &ResourceInfo, object: &mut Value) -> SchemaReport {
+    let mut report = SchemaReport::default();
+    check(object, info.schema, "", &mut report);
+    if let Some(meta) = object.get_mut("metadata") {
+        check(meta, &OBJECT_META, "metadata", &mut report);
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn table_is_consistent() {
+        for r in RESOURCES {
+            assert_eq!(find(r.group, r.version, r.plural).map(|f| f.kind), Some(r.kind));
+            assert!(r.allows("get"));
+        }
+        assert_eq!(group_versions(), vec![("", "v1")]);
+        assert_eq!(by_plural("configmaps").unwrap().backend_resource(), "configmaps");
+    }
+
+    #[test]
+    fn schema_prunes_unknown_fields_and_reports_types() {
+        let info = by_plural("configmaps").unwrap();
+        let mut obj = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "x", "bogus": 1, "creationTimestamp": null},
+            "data": {"a": "1", "b": 2},
+            "extra": true,
+        });
+        let report = check_schema(info, &mut obj);
+        assert_eq!(report.unknown, vec!["extra".to_string(), "metadata.bogus".to_string()]);
+        assert_eq!(report.type_errors, vec!["data.b: expected string, got number".to_string()]);
+        assert!(obj.get("extra").is_none());
+    }
+}

@@ -1,0 +1,234 @@
+//! Kubernetes `Status` errors: one [`ApiError`] enum whose responses are `meta/v1` Status JSON.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use super::backend::BackendError;
+
+/// One invalid field, reported in `details.causes`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cause {
+    /// `FieldValueInvalid`, `FieldValueRequired`, ...
+    pub reason: String,
+    pub field: String,
+    pub message: String,
+}
+
+/// Every error the API returns; each becomes a Kubernetes `Status` body.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("Unauthorized")]
+    Unauthorized,
+    #[error("{resource} \"{name}\" not found")]
+    NotFound { resource: String, name: String },
+    /// A path or resource the server does not serve.
+    #[error("the server could not find the requested resource")]
+    NoRoute,
+    #[error("{resource} \"{name}\" already exists")]
+    AlreadyExists { resource: String, name: String },
+    #[error("Operation cannot be fulfilled on {resource} \"{name}\": {message}")]
+    Conflict { resource: String, name: String, message: String },
+    #[error("{kind} \"{name}\" is invalid: {}", join_causes(.causes))]
+    Invalid { kind: String, name: String, causes: Vec<Cause> },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the server does not allow this method on the requested resource")]
+    MethodNotAllowed,
+    #[error("the request body is too large (limit {limit} bytes)")]
+    TooLarge { limit: usize },
+    #[error("the body of the request was in an unknown format - accepted media types include: {0}")]
+    UnsupportedMediaType(String),
+    #[error("the request did not complete within the allowed duration")]
+    Timeout,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+    /// Bad TLS material given to [`super::tls_config`].
+    #[error("tls: {0}")]
+    Tls(String),
+}
+
+fn join_causes(causes: &[Cause]) -> String {
+    causes
+        .iter()
+        .map(|c| format!("{}: {}", c.field, c.message))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl ApiError {
+    pub fn not_found(resource: &str, name: &str) -> Self {
+        ApiError::NotFound { resource: resource.to_string(), name: name.to_string() }
+    }
+
+    pub fn invalid(kind: &str, name: &str, field: &str, value: &str, message: &str) -> Self {
+        ApiError::Invalid {
+            kind: kind.to_string(),
+            name: name.to_string(),
+            causes: vec![Cause {
+                reason: "FieldValueInvalid".into(),
+                field: field.to_string(),
+                message: format!("Invalid value: {value:?}: {message}"),
+            }],
+        }
+    }
+
+    pub fn code(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound { .. } | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) | ApiError::Tls(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "Unauthorized",
+            ApiError::NotFound { .. } | ApiError::NoRoute => "NotFound",
+            ApiError::AlreadyExists { .. } => "AlreadyExists",
+            ApiError::Conflict { .. } => "Conflict",
+            ApiError::Invalid { .. } => "Invalid",
+            ApiError::BadRequest(_) => "BadRequest",
+            ApiError::Forbidden(_) => "Forbidden",
+            ApiError::MethodNotAllowed => "MethodNotAllowed",
+            ApiError::TooLarge { .. } => "RequestEntityTooLarge",
+            ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            ApiError::Timeout => "Timeout",
+            ApiError::Unavailable(_) => "ServiceUnavailable",
+            ApiError::Internal(_) | ApiError::Tls(_) => "InternalError",
+        }
+    }
+
+    fn details(&self) -> Option<Value> {
+        match self {
+            ApiError::NotFound { resource, name } | ApiError::AlreadyExists { resource, name } => {
+                Some(json!({ "name": name, "kind": resource }))
+            }
+            ApiError::Conflict { resource, name, .. } => Some(json!({ "name": name, "kind": resource })),
+            ApiError::Invalid { kind, name, causes } => Some(json!({
+                "name": name,
+                "kind": kind,
+                "causes": causes.iter().map(|c| json!({
+                    "reason": c.reason, "message": c.message, "field": c.field,
+                })).collect::<Vec<_>>(),
+            })),
+            _ => None,
+        }
+    }
+
+    /// The `meta/v1` Status object for this error.
+    pub fn to_status(&self) -> Value {
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.to_string(),
+            "reason": self.reason(),
+            "code": self.code().as_u16(),
+        });
+        if let Some(details) = self.details() {
+            status["details"] = details;
+        }
+        status
+    }
+}
+
+impl From<BackendError> for ApiError {
+    fn from(err: BackendError) -> Self {
+        match err {
+            BackendError::Invalid(m) => ApiError::BadRequest(m),
+            BackendError::NotFound(what) => ApiError::BadRequest(format!("{what} not found")),
+            BackendError::Conflict(m) => ApiError::Conflict {
+                resource: String::new(),
+                name: String::new(),
+                message: m,
+            },
+            BackendError::Unavailable(m) => ApiError::Unavailable(format!("state unavailable: {m}")),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.code().is_server_error() {
+            tracing::warn!(error = %self, "api request failed");
+        }
+        let body = serde_json::to_vec(&self.to_status()).unwrap_or_default();
+        let mut response = (self.code(), body).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+}
+
+/// A success `Status` (what `DELETE` returns when it has no object to return).
+pub fn success_status(resource: &str, name: &str, uid: Option<&str>) -> Value {
+    let mut details = json!({ "name": name, "kind": resource });
+    if let Some(uid) = uid {
+        details["uid"] = json!(uid);
+    }
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": details,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unauthorized_status_reveals_nothing_else() {
+        let status = ApiError::Unauthorized.to_status();
+        assert_eq!(
+            status,
+            json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
+                   "message":"Unauthorized","reason":"Unauthorized","code":401})
+        );
+    }
+
+    #[test]
+    fn not_found_has_kubernetes_message_shape() {
+        let err = ApiError::not_found("configmaps", "x");
+        let status = err.to_status();
+        assert_eq!(status["message"], "configmaps \"x\" not found");
+        assert_eq!(status["reason"], "NotFound");
+        assert_eq!(status["code"], 404);
+        assert_eq!(status["details"], json!({"name": "x", "kind": "configmaps"}));
+    }
+
+    #[test]
+    fn invalid_lists_causes_with_fields() {
+        let err = ApiError::invalid("ConfigMap", "Bad_Name", "metadata.name", "Bad_Name", "must be lower case");
+        assert_eq!(err.code(), StatusCode::UNPROCESSABLE_ENTITY);
+        let status = err.to_status();
+        assert_eq!(status["reason"], "Invalid");
+        assert_eq!(status["details"]["causes"][0]["field"], "metadata.name");
+        assert!(status["message"].as_str().unwrap().starts_with("ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value"));
+    }
+
+    #[test]
+    fn too_large_is_413() {
+        let status = ApiError::TooLarge { limit: 10 }.to_status();
+        assert_eq!(status["code"], 413);
+        assert_eq!(status["reason"], "RequestEntityTooLarge");
+    }
+}
