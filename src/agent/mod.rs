@@ -1,1 +1,219 @@
-//! TODO
+//! The agent: creates or joins a cluster in its data dir, then runs the network actor, the
+//! API server and the node registrar until shutdown. `shoal init` and `shoal agent` call in here.
+
+mod backend;
+mod datadir;
+mod init;
+mod node_info;
+mod settings;
+pub mod shared;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use automerge::ActorId;
+
+pub use backend::{AgentBackend, BackupFile, BACKUP_FORMAT};
+pub use datadir::{DataDir, DataDirError};
+pub use init::{init_cluster, InitOptions, InitOutput};
+pub use settings::AgentSettings;
+use shared::Shared;
+
+use crate::net::{self, NetConfig};
+use crate::security::{self, ClusterIdentity, JoinToken};
+use crate::state::{ClusterDoc, DocStore, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    #[error(transparent)]
+    Security(#[from] security::SecurityError),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What `shoal agent` was asked to do on this start.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    pub data_dir: std::path::PathBuf,
+    pub name: Option<String>,
+    pub join: Vec<SocketAddr>,
+    pub token: Option<JoinToken>,
+    pub listen_p2p: Option<SocketAddr>,
+    pub listen_api: Option<SocketAddr>,
+    pub advertise: Option<std::net::IpAddr>,
+}
+
+/// Prepares the data dir for this start: a first start of a joiner writes the identity from
+/// the token; later starts reuse what is there. Flags override stored settings.
+fn prepare(opts: &RunOptions) -> Result<(DataDir, AgentSettings, ClusterIdentity), AgentError> {
+    let dir = DataDir::new(&opts.data_dir);
+    let mut settings = dir.settings()?.unwrap_or_default();
+    if let Some(n) = &opts.name {
+        settings.name = n.clone();
+    }
+    if !opts.join.is_empty() {
+        settings.join = opts.join.clone();
+    }
+    if let Some(a) = opts.listen_p2p {
+        settings.listen_p2p = a;
+    }
+    if let Some(a) = opts.listen_api {
+        settings.listen_api = a;
+    }
+    if let Some(a) = opts.advertise {
+        settings.advertise = Some(a);
+    }
+    if settings.name.is_empty() {
+        settings.name = node_info::hostname();
+    }
+    if !net::valid_node_name(&settings.name) {
+        return Err(AgentError::Config(format!("node name {:?} is not a DNS-1123 subdomain", settings.name)));
+    }
+    let identity = if dir.is_initialized() {
+        let identity = dir.identity()?;
+        if let Some(t) = &opts.token {
+            if t.cluster_id != identity.cluster_id || t.secret != identity.secret || t.generation != identity.generation {
+                return Err(AgentError::Config(format!(
+                    "data dir {} belongs to cluster {} generation {}; the token is for cluster {} generation {} (use a fresh data dir to join another cluster)",
+                    opts.data_dir.display(), identity.cluster_id, identity.generation, t.cluster_id, t.generation
+                )));
+            }
+        }
+        identity
+    } else {
+        let token = opts.token.clone().ok_or_else(|| {
+            AgentError::Config(format!("{} is not a shoal data dir: run `shoal init` there, or join with --join ADDR --token TOKEN", opts.data_dir.display()))
+        })?;
+        if settings.join.is_empty() {
+            return Err(AgentError::Config("joining needs at least one --join ADDR (any member's p2p address)".into()));
+        }
+        dir.create()?;
+        let identity = token.into_identity();
+        dir.write_identity(&identity)?;
+        dir.write("join-token", format!("{}\n", identity.join_token()).as_bytes(), 0o600)?;
+        identity
+    };
+    dir.write_settings(&settings)?;
+    Ok((dir, settings, identity))
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(opts: RunOptions, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), AgentError> {
+    let (dir, settings, identity) = prepare(&opts)?;
+    let _lock = dir.lock()?;
+    let key = dir.node_key()?;
+    let peer_id = key.public().to_peer_id();
+    // A fresh actor id at every start: a crash may have lost changes that peers already hold,
+    // and reusing an actor with a shorter history would produce duplicate sequence numbers.
+    let actor = ActorId::random();
+    let doc = DocStore::new(dir.root()).load(actor.clone())?.unwrap_or_else(|| ClusterDoc::empty(actor));
+    let advertise = settings.advertise_ip();
+    tracing::info!(node = %settings.name, %peer_id, cluster = %identity.cluster_id, generation = identity.generation, %advertise, "agent starting");
+
+    let (shared, local_rx) = Shared::new(settings.name.clone(), identity, doc);
+    let shared = Arc::new(shared);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let mut net_config = NetConfig::new(settings.listen_p2p, advertise);
+    net_config.join = settings.join.clone();
+    let net_task = tokio::spawn(net::run(key, shared.clone(), net_config, dir.root().to_path_buf(), local_rx, stopped(stop_rx.clone())));
+
+    let api_task = {
+        let shared = shared.clone();
+        let dir = dir.clone();
+        let settings = settings.clone();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { serve_api(shared, dir, settings, peer_id.to_string(), stop).await })
+    };
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let api = api_task.await.map_err(|e| AgentError::Other(e.to_string()))?;
+    let net = net_task.await.map_err(|e| AgentError::Other(e.to_string()))?;
+    api?;
+    net?;
+    Ok(())
+}
+
+/// Waits for the cluster metadata (a joiner gets it by its first sync), registers this node,
+/// issues the API certificate from the cluster CA, and serves the API.
+async fn serve_api(
+    shared: Arc<Shared>,
+    dir: DataDir,
+    settings: AgentSettings,
+    peer_id: String,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    let mut changes = shared.subscribe();
+    let meta = loop {
+        if let Some(meta) = shared.doc().meta()? {
+            break meta;
+        }
+        tracing::info!("waiting for the cluster state from a member");
+        let _ = tokio::time::timeout(Duration::from_secs(5), changes.changed()).await;
+    };
+    if meta.cluster_id != shared.identity.cluster_id || meta.generation != shared.identity.generation {
+        return Err(AgentError::Config(format!(
+            "the document is of cluster {} generation {}, this node of {} generation {}",
+            meta.cluster_id, meta.generation, shared.identity.cluster_id, shared.identity.generation
+        )));
+    }
+    let ca_key = security::open(&shared.identity, "ca-key", &meta.ca_key_sealed)?;
+    let ca = security::CertPair { cert_pem: meta.ca_cert_pem.clone(), key_pem: String::from_utf8_lossy(&ca_key).into_owned() };
+    dir.write("tls/ca.crt", meta.ca_cert_pem.as_bytes(), 0o644)?;
+    let advertise = settings.advertise_ip();
+    let mut ips = vec![advertise];
+    if !settings.listen_api.ip().is_unspecified() {
+        ips.push(settings.listen_api.ip());
+    }
+    let server = security::issue_server_cert(&ca, &settings.name, &ips)?;
+    dir.write("tls/server.crt", server.cert_pem.as_bytes(), 0o644)?;
+    dir.write("tls/server.key", server.key_pem.as_bytes(), 0o600)?;
+
+    let api_addr = SocketAddr::new(advertise, settings.listen_api.port());
+    let p2p_addr = format!("/ip4/{}/udp/{}/quic-v1/p2p/{peer_id}", advertise, settings.listen_p2p.port());
+    let register = {
+        let shared = shared.clone();
+        let name = settings.name.clone();
+        move || {
+            let existing = shared.doc().node(&name).ok().flatten();
+            let record = node_info::record(&name, &peer_id, &p2p_addr, &api_addr.to_string(), advertise, existing.as_ref());
+            if let Err(e) = shared.write(|d| d.put_node(&record)) {
+                tracing::error!(%e, "registering this node failed");
+            }
+        }
+    };
+    register();
+
+    let tls = crate::api::tls_config(server.cert_pem.as_bytes(), server.key_pem.as_bytes()).map_err(|e| AgentError::Other(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(settings.listen_api)
+        .await
+        .map_err(|e| AgentError::Config(format!("binding the API on {}: {e}", settings.listen_api)))?;
+    tracing::info!(addr = %settings.listen_api, "API listening");
+    let backend: Arc<dyn crate::api::Backend> = Arc::new(AgentBackend { shared: shared.clone() });
+
+    // Re-register if someone deleted this node's record while it is alive.
+    let registrar = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            register();
+        }
+    });
+    let result = crate::api::serve(listener, Arc::new(tls), backend, crate::api::ApiConfig::default(), stop).await;
+    registrar.abort();
+    result.map_err(|e| AgentError::Other(format!("API server: {e}")))
+}

@@ -1,0 +1,78 @@
+//! State shared between the agent's shells: the document (behind a short-held lock), the
+//! membership view snapshot the API reads, and the channels that wake the network actor.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, RwLock};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, watch};
+
+use crate::api::MemberStatus;
+use crate::security::ClusterIdentity;
+use crate::state::{ClusterDoc, StateError};
+
+/// The membership view as last published by the network actor.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    pub epoch: u64,
+    pub view_hash: u64,
+    pub leader: Option<String>,
+    pub members: Vec<MemberStatus>,
+    /// When each member's state last changed, in this agent's wall clock.
+    pub since: BTreeMap<String, DateTime<Utc>>,
+    pub admitted: Vec<String>,
+}
+
+pub struct Shared {
+    pub node_name: String,
+    pub identity: ClusterIdentity,
+    doc: Mutex<ClusterDoc>,
+    pub view: RwLock<View>,
+    changes_tx: watch::Sender<u64>,
+    /// Locally made changes, for the push path. Bounded: if the network actor falls behind,
+    /// anti-entropy carries what the push path dropped.
+    local_tx: mpsc::Sender<Vec<Vec<u8>>>,
+}
+
+impl Shared {
+    pub fn new(node_name: String, identity: ClusterIdentity, doc: ClusterDoc) -> (Self, mpsc::Receiver<Vec<Vec<u8>>>) {
+        let (local_tx, local_rx) = mpsc::channel(1024);
+        let (changes_tx, _) = watch::channel(0);
+        let shared = Shared { node_name, identity, doc: Mutex::new(doc), view: RwLock::new(View::default()), changes_tx, local_tx };
+        (shared, local_rx)
+    }
+
+    /// Read access to the document.
+    pub fn doc(&self) -> MutexGuard<'_, ClusterDoc> {
+        self.doc.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs a local write; the changes it made are queued for the push path.
+    pub fn write<T>(&self, f: impl FnOnce(&mut ClusterDoc) -> Result<T, StateError>) -> Result<T, StateError> {
+        let mut doc = self.doc();
+        let before = doc.heads();
+        let out = f(&mut doc)?;
+        let changes = doc.changes_since(&before);
+        drop(doc);
+        if !changes.is_empty() {
+            if self.local_tx.try_send(changes).is_err() {
+                tracing::debug!("push queue full; anti-entropy will carry the change");
+            }
+            self.notify();
+        }
+        Ok(out)
+    }
+
+    /// Wakes watchers (API watches) after any change of state or view.
+    pub fn notify(&self) {
+        self.changes_tx.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes_tx.subscribe()
+    }
+
+    pub fn view(&self) -> View {
+        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}

@@ -1,0 +1,676 @@
+//! The network actor's event loop and handlers.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use automerge::sync;
+use futures::StreamExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{identity, Multiaddr, PeerId, Swarm};
+use rand::seq::IteratorRandom;
+use tokio::sync::mpsc;
+
+use super::behaviour::{build_swarm, Behaviour, BehaviourEvent};
+use super::protocol::{serde_bytes_vec::Bytes, Request, Response, MAX_PUSH_CHANGES};
+use crate::agent::shared::{Shared, View};
+use crate::api::MemberStatus;
+use crate::membership::{self, MemberState, Membership, MembershipEvent, Output};
+use crate::security::{admission_proof, verify_admission, AdmissionClaim};
+use crate::state::DocStore;
+
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    pub listen: SocketAddr,
+    /// The address peers dial (the host's address on the cluster network).
+    pub advertise: IpAddr,
+    /// Members to contact at start (join addresses and known peers).
+    pub join: Vec<SocketAddr>,
+    pub anti_entropy_interval: Duration,
+    pub save_interval: Duration,
+    pub membership: membership::Config,
+}
+
+impl NetConfig {
+    pub fn new(listen: SocketAddr, advertise: IpAddr) -> Self {
+        NetConfig {
+            listen,
+            advertise,
+            join: Vec::new(),
+            anti_entropy_interval: Duration::from_millis(1000),
+            save_interval: Duration::from_millis(300),
+            membership: membership::Config::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error(transparent)]
+    Swarm(#[from] super::SwarmError),
+    #[error("listening on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+}
+
+/// Most messages queued for a peer while its connection is being set up.
+const MAX_PENDING_PER_PEER: usize = 64;
+const TICK: Duration = Duration::from_millis(50);
+
+struct Peer {
+    name: String,
+    addr: Multiaddr,
+}
+
+/// What an outbound request was, to handle its failure or response.
+enum Sent {
+    Admit,
+    Gossip(String),
+    Push,
+    Sync,
+}
+
+struct Actor {
+    swarm: Swarm<Behaviour>,
+    shared: Arc<Shared>,
+    config: NetConfig,
+    me: PeerId,
+    my_addr: Multiaddr,
+    membership: Membership,
+    peers: HashMap<PeerId, Peer>,
+    admitting: HashSet<PeerId>,
+    pending: HashMap<PeerId, VecDeque<(Request, Option<String>)>>,
+    sent: HashMap<OutboundRequestId, Sent>,
+    sync_states: HashMap<PeerId, sync::State>,
+    to_disconnect: Vec<(Instant, PeerId)>,
+    store: DocStore,
+    dirty: bool,
+    last_save: Instant,
+    last_anti_entropy: Instant,
+    last_connect_sweep: Instant,
+    since: BTreeMap<String, chrono::DateTime<chrono::Utc>>,
+    refusals_logged: HashMap<PeerId, Instant>,
+}
+
+fn quic_addr(addr: SocketAddr) -> Multiaddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) => Protocol::Ip4(v4),
+        IpAddr::V6(v6) => Protocol::Ip6(v6),
+    };
+    Multiaddr::empty().with(ip).with(Protocol::Udp(addr.port())).with(Protocol::QuicV1)
+}
+
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}
+
+fn without_p2p(addr: &Multiaddr) -> Multiaddr {
+    addr.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect()
+}
+
+/// Runs the network actor until `shutdown` resolves; saves the document on the way out.
+pub async fn run(
+    key: identity::Keypair,
+    shared: Arc<Shared>,
+    config: NetConfig,
+    data_dir: std::path::PathBuf,
+    mut local_rx: mpsc::Receiver<Vec<Vec<u8>>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), NetError> {
+    let me = key.public().to_peer_id();
+    let mut swarm = build_swarm(key)?;
+    let listen = quic_addr(config.listen);
+    swarm.listen_on(listen.clone()).map_err(|e| NetError::Listen { addr: listen.to_string(), reason: e.to_string() })?;
+    let my_addr = quic_addr(SocketAddr::new(config.advertise, config.listen.port())).with(Protocol::P2p(me));
+    let now = Instant::now();
+    // A restarted agent starts with a higher incarnation than any it had, so its "alive"
+    // overrides the "dead" its peers remember without waiting for a refutation round.
+    let incarnation = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    let seed = rand::random();
+    let membership = Membership::new(shared.node_name.clone(), my_addr.to_string(), incarnation, config.membership.clone(), seed, now);
+    let mut actor = Actor {
+        swarm,
+        shared,
+        me,
+        my_addr,
+        membership,
+        peers: HashMap::new(),
+        admitting: HashSet::new(),
+        pending: HashMap::new(),
+        sent: HashMap::new(),
+        sync_states: HashMap::new(),
+        to_disconnect: Vec::new(),
+        store: DocStore::new(&data_dir),
+        dirty: false,
+        last_save: now,
+        last_anti_entropy: now,
+        last_connect_sweep: now - Duration::from_secs(10),
+        since: BTreeMap::new(),
+        refusals_logged: HashMap::new(),
+        config,
+    };
+    tracing::info!(peer = %actor.me, addr = %actor.my_addr, "network up");
+    actor.publish_view();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            Some(changes) = local_rx.recv() => actor.push_local(changes),
+            event = actor.swarm.select_next_some() => actor.on_swarm_event(event),
+            _ = tick.tick() => actor.on_tick(),
+        }
+    }
+    actor.membership.leave(Instant::now());
+    actor.drain_membership();
+    actor.save(true);
+    Ok(())
+}
+
+impl Actor {
+    // ---- time ----
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        self.membership.tick(now);
+        self.drain_membership();
+        if now.duration_since(self.last_anti_entropy) >= self.config.anti_entropy_interval {
+            self.last_anti_entropy = now;
+            self.anti_entropy();
+        }
+        if now.duration_since(self.last_connect_sweep) >= Duration::from_secs(2) {
+            self.last_connect_sweep = now;
+            self.connect_sweep();
+        }
+        let due: Vec<PeerId> = self.to_disconnect.iter().filter(|(t, _)| *t <= now).map(|(_, p)| *p).collect();
+        self.to_disconnect.retain(|(t, _)| *t > now);
+        for p in due {
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
+        self.save(false);
+    }
+
+    /// Keeps a connection to every live member (the push path reaches them directly), and
+    /// keeps trying the join addresses while no peer is admitted.
+    fn connect_sweep(&mut self) {
+        let wanted: Vec<(PeerId, Multiaddr)> = self
+            .membership
+            .members()
+            .filter(|m| m.id != *self.membership.me() && matches!(m.state, MemberState::Alive | MemberState::Suspect))
+            .filter_map(|m| {
+                let addr: Multiaddr = m.addr.parse().ok()?;
+                Some((peer_of(&addr)?, addr))
+            })
+            .collect();
+        for (peer, addr) in wanted {
+            if !self.swarm.is_connected(&peer) {
+                self.dial(peer, addr);
+            }
+        }
+        if self.peers.is_empty() {
+            let mut targets: Vec<Multiaddr> = self.config.join.iter().map(|a| quic_addr(*a)).collect();
+            let known: Vec<Multiaddr> = self
+                .shared
+                .doc()
+                .nodes()
+                .into_iter()
+                .filter(|n| n.name != self.shared.node_name)
+                .filter_map(|n| n.p2p_addr.parse().ok())
+                .collect();
+            targets.extend(known);
+            for addr in targets {
+                if let Err(e) = self.swarm.dial(DialOpts::unknown_peer_id().address(without_p2p(&addr)).build()) {
+                    tracing::debug!(%addr, %e, "dial failed");
+                }
+            }
+        }
+    }
+
+    fn dial(&mut self, peer: PeerId, addr: Multiaddr) {
+        let opts = DialOpts::peer_id(peer).addresses(vec![without_p2p(&addr)]).build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, %e, "dial failed");
+        }
+    }
+
+    // ---- membership ----
+
+    fn drain_membership(&mut self) {
+        let mut view_changed = false;
+        while let Some(out) = self.membership.poll_output() {
+            match out {
+                Output::Send { to, addr, msg } => self.send_gossip(to, addr, msg),
+                Output::Event(event) => {
+                    view_changed = true;
+                    self.on_membership_event(event);
+                }
+            }
+        }
+        if view_changed {
+            self.publish_view();
+        }
+    }
+
+    fn on_membership_event(&mut self, event: MembershipEvent) {
+        let now = chrono::Utc::now();
+        match &event {
+            MembershipEvent::Up(id) => {
+                tracing::info!(member = %id, "member up");
+                self.since.insert(id.clone(), now);
+            }
+            MembershipEvent::Suspect(id) => {
+                tracing::info!(member = %id, "member suspect");
+                self.since.insert(id.clone(), now);
+            }
+            MembershipEvent::Down(id) => {
+                tracing::warn!(member = %id, "member down");
+                self.since.insert(id.clone(), now);
+            }
+            MembershipEvent::Left(id) => {
+                tracing::info!(member = %id, "member left");
+                self.since.insert(id.clone(), now);
+            }
+            MembershipEvent::ViewChanged(epoch) => {
+                tracing::info!(epoch = epoch.number, view = format!("{:016x}", epoch.view), leader = ?epoch.leader, "new epoch");
+            }
+        }
+    }
+
+    fn send_gossip(&mut self, to: String, addr: String, msg: membership::Message) {
+        let Some(peer) = addr.parse::<Multiaddr>().ok().as_ref().and_then(peer_of) else {
+            tracing::debug!(member = %to, %addr, "member address has no peer id");
+            self.membership.handle_unreachable(&to, Instant::now());
+            return;
+        };
+        let request = Request::Gossip(msg);
+        if self.peers.contains_key(&peer) && self.swarm.is_connected(&peer) {
+            let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
+            self.sent.insert(id, Sent::Gossip(to));
+        } else {
+            self.queue(peer, request, Some(to));
+            if !self.swarm.is_connected(&peer) {
+                if let Ok(a) = addr.parse() {
+                    self.dial(peer, a);
+                }
+            }
+        }
+    }
+
+    fn queue(&mut self, peer: PeerId, request: Request, member: Option<String>) {
+        let q = self.pending.entry(peer).or_default();
+        if q.len() >= MAX_PENDING_PER_PEER {
+            q.pop_front();
+        }
+        q.push_back((request, member));
+    }
+
+    fn publish_view(&mut self) {
+        let epoch = self.membership.epoch();
+        let mut members: Vec<MemberStatus> = self
+            .membership
+            .members()
+            .map(|m| MemberStatus {
+                name: m.id.clone(),
+                state: match m.state {
+                    MemberState::Alive => "alive",
+                    MemberState::Suspect => "suspect",
+                    MemberState::Dead => "dead",
+                    MemberState::Left => "left",
+                }
+                .to_string(),
+                incarnation: m.incarnation,
+                addr: m.addr.clone(),
+            })
+            .collect();
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut admitted: Vec<String> = self.peers.values().map(|p| p.name.clone()).collect();
+        admitted.sort();
+        let view = View { epoch: epoch.number, view_hash: epoch.view, leader: epoch.leader, members, since: self.since.clone(), admitted };
+        *self.shared.view.write().unwrap_or_else(|p| p.into_inner()) = view;
+        self.shared.notify();
+    }
+
+    // ---- swarm events ----
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => self.on_connected(peer_id),
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => self.on_disconnected(peer_id),
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+                tracing::debug!(%peer, %error, "outgoing connection failed");
+                self.fail_pending(peer);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Rpc(event)) => self.on_rpc(event),
+            SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening"),
+            SwarmEvent::IncomingConnectionError { error, .. } => tracing::debug!(%error, "incoming connection failed"),
+            _ => {}
+        }
+    }
+
+    fn on_connected(&mut self, peer: PeerId) {
+        if self.peers.contains_key(&peer) || self.admitting.contains(&peer) {
+            return;
+        }
+        self.admitting.insert(peer);
+        let request = self.admit_request(peer);
+        let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
+        self.sent.insert(id, Sent::Admit);
+    }
+
+    fn on_disconnected(&mut self, peer: PeerId) {
+        self.admitting.remove(&peer);
+        if let Some(p) = self.peers.remove(&peer) {
+            tracing::debug!(member = %p.name, "peer disconnected");
+            self.publish_view();
+        }
+        // Keep only what both sides agreed on; in-flight bookkeeping dies with the connection.
+        if let Some(state) = self.sync_states.get_mut(&peer) {
+            *state = sync::State::decode(&state.encode()).unwrap_or_default();
+        }
+        self.fail_pending(peer);
+    }
+
+    fn fail_pending(&mut self, peer: PeerId) {
+        if let Some(q) = self.pending.remove(&peer) {
+            let now = Instant::now();
+            for member in q.into_iter().filter_map(|(_, m)| m) {
+                self.membership.handle_unreachable(&member, now);
+            }
+        }
+    }
+
+    fn on_rpc(&mut self, event: request_response::Event<Request, Response>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => self.on_request(peer, request, channel),
+                request_response::Message::Response { request_id, response } => self.on_response(peer, request_id, response),
+            },
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                match self.sent.remove(&request_id) {
+                    Some(Sent::Gossip(member)) => self.membership.handle_unreachable(&member, Instant::now()),
+                    Some(Sent::Admit) => {
+                        self.admitting.remove(&peer);
+                        tracing::debug!(%peer, %error, "admission request failed");
+                    }
+                    _ => tracing::debug!(%peer, %error, "request failed"),
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => tracing::debug!(%peer, %error, "inbound request failed"),
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn respond(&mut self, channel: ResponseChannel<Response>, response: Response) {
+        // The peer may have gone; nothing to do then.
+        let _ = self.swarm.behaviour_mut().rpc.send_response(channel, response);
+    }
+
+    fn on_request(&mut self, peer: PeerId, request: Request, channel: ResponseChannel<Response>) {
+        if let Request::Admit { claim: theirs, proof, p2p_addr } = request {
+            let response = match self.check_admission(peer, &theirs, &proof.0) {
+                Ok(()) => {
+                    let (claim, proof, mine) = self.admission_for(peer);
+                    self.admit(peer, theirs.node_name.clone(), p2p_addr);
+                    Response::Admitted { claim, proof, p2p_addr: mine }
+                }
+                Err(reason) => {
+                    self.log_refusal(peer, &reason);
+                    self.to_disconnect.push((Instant::now() + Duration::from_millis(500), peer));
+                    Response::Refused { reason }
+                }
+            };
+            self.respond(channel, response);
+            return;
+        }
+        let Some(name) = self.peers.get(&peer).map(|p| p.name.clone()) else {
+            self.log_refusal(peer, "message from a peer that has not been admitted");
+            self.respond(channel, Response::Refused { reason: "not admitted".into() });
+            return;
+        };
+        match request {
+            Request::Admit { .. } => {}
+            Request::Gossip(msg) => {
+                let addr = self.peers.get(&peer).map(|p| p.addr.to_string()).unwrap_or_default();
+                self.membership.handle_message(&name, &addr, msg, Instant::now());
+                self.respond(channel, Response::Ok);
+                self.drain_membership();
+            }
+            Request::Push { changes } => {
+                if changes.len() > MAX_PUSH_CHANGES {
+                    tracing::warn!(member = %name, count = changes.len(), "push with too many changes refused");
+                    self.respond(channel, Response::Refused { reason: "too many changes".into() });
+                    return;
+                }
+                let changes: Vec<Vec<u8>> = changes.into_iter().map(|b| b.0).collect();
+                let applied = self.shared.doc().apply_pushed(&changes);
+                match applied {
+                    Ok(moved) => self.doc_moved(moved),
+                    Err(e) => tracing::warn!(member = %name, %e, "rejected pushed changes"),
+                }
+                self.respond(channel, Response::Ok);
+            }
+            Request::Sync { message } => {
+                let reply = self.receive_sync(peer, &name, &message.0);
+                self.respond(channel, Response::Sync { message: reply.map(Bytes) });
+            }
+        }
+    }
+
+    fn on_response(&mut self, peer: PeerId, request_id: OutboundRequestId, response: Response) {
+        let sent = self.sent.remove(&request_id);
+        match (sent, response) {
+            (Some(Sent::Admit), Response::Admitted { claim, proof, p2p_addr }) => {
+                self.admitting.remove(&peer);
+                match self.check_admission(peer, &claim, &proof.0) {
+                    Ok(()) => {
+                        self.admit(peer, claim.node_name.clone(), p2p_addr);
+                    }
+                    Err(reason) => {
+                        self.log_refusal(peer, &reason);
+                        let _ = self.swarm.disconnect_peer_id(peer);
+                    }
+                }
+            }
+            (Some(Sent::Admit), Response::Refused { reason }) => {
+                self.admitting.remove(&peer);
+                if self.refusals_logged.get(&peer).is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+                    tracing::error!(%peer, %reason, "peer refused to admit us");
+                    self.refusals_logged.insert(peer, Instant::now());
+                }
+            }
+            (Some(Sent::Sync), Response::Sync { message: Some(message) }) => {
+                if let Some(name) = self.peers.get(&peer).map(|p| p.name.clone()) {
+                    if let Some(next) = self.receive_sync(peer, &name, &message.0) {
+                        self.send_to_admitted(peer, Request::Sync { message: Bytes(next) }, Sent::Sync);
+                    }
+                }
+            }
+            (_, Response::Refused { reason }) => tracing::debug!(%peer, %reason, "request refused"),
+            _ => {}
+        }
+    }
+
+    // ---- admission ----
+
+    fn admit_request(&self, peer: PeerId) -> Request {
+        let (claim, proof, p2p_addr) = self.admission_for(peer);
+        Request::Admit { claim, proof, p2p_addr }
+    }
+
+    /// Our claim and proof addressed to `peer`, and the address peers should dial us at.
+    fn admission_for(&self, peer: PeerId) -> (AdmissionClaim, Bytes, String) {
+        let identity = &self.shared.identity;
+        let claim = AdmissionClaim {
+            cluster_id: identity.cluster_id.clone(),
+            generation: identity.generation,
+            node_name: self.shared.node_name.clone(),
+            prover: self.me.to_string(),
+            verifier: peer.to_string(),
+        };
+        let proof = Bytes(admission_proof(identity, &claim));
+        (claim, proof, self.my_addr.to_string())
+    }
+
+    /// Checks a peer's claim. The peer id in the claim must be the one QUIC authenticated.
+    fn check_admission(&self, peer: PeerId, claim: &AdmissionClaim, proof: &[u8]) -> Result<(), String> {
+        let identity = &self.shared.identity;
+        if claim.cluster_id != identity.cluster_id {
+            return Err(format!("peer belongs to another cluster ({})", claim.cluster_id));
+        }
+        if claim.generation != identity.generation {
+            return Err(format!(
+                "peer is of cluster generation {} but this cluster is at generation {} (a restore started a new generation; old-generation agents are refused)",
+                claim.generation, identity.generation
+            ));
+        }
+        if claim.prover != peer.to_string() || claim.verifier != self.me.to_string() {
+            return Err("admission proof was made for other peer ids (replay?)".into());
+        }
+        verify_admission(identity, claim, proof).map_err(|_| "invalid admission proof (wrong join token)".to_string())?;
+        if !valid_node_name(&claim.node_name) {
+            return Err(format!("invalid node name {:?}", claim.node_name));
+        }
+        if claim.node_name == self.shared.node_name {
+            return Err(format!("peer claims our own node name {:?}", claim.node_name));
+        }
+        if let Ok(Some(record)) = self.shared.doc().node(&claim.node_name) {
+            if record.peer_id != peer.to_string() {
+                return Err(format!(
+                    "node name {:?} is registered to peer {}; delete that node first (kubectl delete node {})",
+                    claim.node_name, record.peer_id, claim.node_name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn log_refusal(&mut self, peer: PeerId, reason: &str) {
+        if self.refusals_logged.get(&peer).is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+            tracing::warn!(%peer, reason, "refused peer");
+            self.refusals_logged.insert(peer, Instant::now());
+        }
+    }
+
+    fn admit(&mut self, peer: PeerId, name: String, p2p_addr: String) {
+        let addr: Multiaddr = match p2p_addr.parse::<Multiaddr>() {
+            Ok(a) if peer_of(&a) == Some(peer) => a,
+            Ok(a) => a.with(Protocol::P2p(peer)),
+            Err(_) => {
+                tracing::warn!(%peer, %p2p_addr, "admitted peer sent a bad address");
+                return;
+            }
+        };
+        self.admitting.remove(&peer);
+        if self.peers.contains_key(&peer) {
+            return;
+        }
+        tracing::info!(member = %name, %peer, "peer admitted");
+        self.swarm.add_peer_address(peer, without_p2p(&addr));
+        self.peers.insert(peer, Peer { name: name.clone(), addr: addr.clone() });
+        self.membership.join(name, addr.to_string(), Instant::now());
+        if let Some(q) = self.pending.remove(&peer) {
+            for (request, member) in q {
+                let sent = match member {
+                    Some(m) => Sent::Gossip(m),
+                    None => Sent::Push,
+                };
+                self.send_to_admitted(peer, request, sent);
+            }
+        }
+        self.start_sync(peer);
+        self.drain_membership();
+        self.publish_view();
+    }
+
+    // ---- replication ----
+
+    fn send_to_admitted(&mut self, peer: PeerId, request: Request, sent: Sent) {
+        let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
+        self.sent.insert(id, sent);
+    }
+
+    fn push_local(&mut self, changes: Vec<Vec<u8>>) {
+        self.dirty = true;
+        let request = Request::Push { changes: changes.into_iter().map(Bytes).collect() };
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            self.send_to_admitted(peer, request.clone(), Sent::Push);
+        }
+    }
+
+    fn start_sync(&mut self, peer: PeerId) {
+        let message = {
+            let state = self.sync_states.entry(peer).or_default();
+            self.shared.doc().generate_sync(state)
+        };
+        if let Some(m) = message {
+            self.send_to_admitted(peer, Request::Sync { message: Bytes(m) }, Sent::Sync);
+        }
+    }
+
+    fn receive_sync(&mut self, peer: PeerId, name: &str, message: &[u8]) -> Option<Vec<u8>> {
+        let state = self.sync_states.entry(peer).or_default();
+        let mut doc = self.shared.doc();
+        let moved = match doc.receive_sync(state, message) {
+            Ok(moved) => moved,
+            Err(e) => {
+                tracing::warn!(member = %name, %e, "rejected sync message");
+                return None;
+            }
+        };
+        let reply = doc.generate_sync(state);
+        drop(doc);
+        self.doc_moved(moved);
+        reply
+    }
+
+    fn doc_moved(&mut self, moved: bool) {
+        if moved {
+            self.dirty = true;
+            self.shared.notify();
+        }
+    }
+
+    fn anti_entropy(&mut self) {
+        let Some(peer) = self.peers.keys().copied().choose(&mut rand::thread_rng()) else { return };
+        // Forget what we believe was in flight: the push path may have raced this peer's view.
+        if let Some(state) = self.sync_states.get_mut(&peer) {
+            *state = sync::State::decode(&state.encode()).unwrap_or_default();
+        }
+        self.start_sync(peer);
+    }
+
+    fn save(&mut self, force: bool) {
+        if !self.dirty || (!force && self.last_save.elapsed() < self.config.save_interval) {
+            return;
+        }
+        let bytes = self.shared.doc().save();
+        self.dirty = false;
+        self.last_save = Instant::now();
+        if let Err(e) = crate::state::write_atomic(self.store.path(), &bytes, 0o600) {
+            tracing::error!(%e, path = %self.store.path().display(), "saving the document failed");
+            self.dirty = true;
+        }
+    }
+}
+
+/// Node names are DNS-1123 subdomains (as Kubernetes requires of node names).
+pub fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}

@@ -1,0 +1,58 @@
+//! The libp2p swarm: QUIC transport (TLS 1.3 authenticates peer ids), connection limits and
+//! the `/shoal/1` request-response protocol with bounded message sizes.
+
+use std::time::Duration;
+
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{connection_limits, identity, request_response, StreamProtocol, Swarm};
+
+use super::protocol::{Request, Response, MAX_MESSAGE_BYTES, PROTOCOL};
+
+/// Most connections an agent keeps in total and per peer.
+pub const MAX_CONNECTIONS: u32 = 4096;
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
+pub const MAX_PENDING_INCOMING: u32 = 256;
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub limits: connection_limits::Behaviour,
+    pub rpc: request_response::cbor::Behaviour<Request, Response>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("building the libp2p swarm: {0}")]
+pub struct SwarmError(String);
+
+pub fn build_swarm(key: identity::Keypair) -> Result<Swarm<Behaviour>, SwarmError> {
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(MAX_CONNECTIONS))
+        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+        .with_max_pending_incoming(Some(MAX_PENDING_INCOMING));
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_quic_config(|mut c| {
+            c.max_idle_timeout = 10_000;
+            c.keep_alive_interval = Duration::from_secs(2);
+            c.handshake_timeout = Duration::from_secs(3);
+            c.max_concurrent_stream_limit = 64;
+            c
+        })
+        .with_behaviour(|_| {
+            let codec = request_response::cbor::codec::Codec::<Request, Response>::default()
+                .set_request_size_maximum(MAX_MESSAGE_BYTES)
+                .set_response_size_maximum(MAX_MESSAGE_BYTES);
+            let cfg = request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(5))
+                .with_max_concurrent_streams(256);
+            let rpc = request_response::Behaviour::with_codec(
+                codec,
+                [(StreamProtocol::new(PROTOCOL), request_response::ProtocolSupport::Full)],
+                cfg,
+            );
+            Behaviour { limits: connection_limits::Behaviour::new(limits), rpc }
+        })
+        .map_err(|e| SwarmError(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    Ok(swarm)
+}

@@ -1,0 +1,89 @@
+//! The wire protocol between agents: one request-response protocol (`/shoal/1`) carried over
+//! libp2p QUIC streams, CBOR-encoded (cbor4ii). Every message other than `Admit` is refused
+//! until the sender has been admitted.
+
+use serde::{Deserialize, Serialize};
+
+use crate::membership;
+use crate::security::AdmissionClaim;
+
+pub const PROTOCOL: &str = "/shoal/1";
+/// Largest request or response accepted from a peer (a first sync of a large document).
+pub const MAX_MESSAGE_BYTES: u64 = 32 << 20;
+/// Most changes carried by one push.
+pub const MAX_PUSH_CHANGES: usize = 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// Proof that the sender holds the cluster secret, bound to both peer ids and its name.
+    Admit { claim: AdmissionClaim, proof: serde_bytes_vec::Bytes, p2p_addr: String },
+    /// A membership (failure detector) message.
+    Gossip(membership::Message),
+    /// Fast path: automerge changes made or received since the last push.
+    Push { changes: Vec<serde_bytes_vec::Bytes> },
+    /// Anti-entropy: one automerge sync message.
+    Sync { message: serde_bytes_vec::Bytes },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Response {
+    Admitted { claim: AdmissionClaim, proof: serde_bytes_vec::Bytes, p2p_addr: String },
+    Ok,
+    /// The reply in a sync exchange, if the responder has anything to say.
+    Sync { message: Option<serde_bytes_vec::Bytes> },
+    Refused { reason: String },
+}
+
+/// Byte strings encoded as CBOR byte strings (not arrays of integers).
+pub mod serde_bytes_vec {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Clone, PartialEq, Eq)]
+    pub struct Bytes(pub Vec<u8>);
+
+    impl std::fmt::Debug for Bytes {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "<{} bytes>", self.0.len())
+        }
+    }
+
+    impl Serialize for Bytes {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(&self.0)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Bytes {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Bytes;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a byte string")
+                }
+                fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                    Ok(Bytes(v.to_vec()))
+                }
+                fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                    Ok(Bytes(v))
+                }
+            }
+            d.deserialize_bytes(V)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_round_trips_as_cbor_bytes() {
+        let req = Request::Push { changes: vec![serde_bytes_vec::Bytes(vec![1, 2, 3])] };
+        let enc = cbor4ii::serde::to_vec(Vec::new(), &req).unwrap();
+        assert!(enc.len() < 20, "bytes must encode compactly: {} bytes", enc.len());
+        let back: Request = cbor4ii::serde::from_slice(&enc).unwrap();
+        assert!(matches!(back, Request::Push { changes } if changes[0].0 == vec![1, 2, 3]));
+        assert!(cbor4ii::serde::from_slice::<Request>(&[0xff, 0x13]).is_err());
+    }
+}

@@ -1,0 +1,368 @@
+//! `ClusterDoc`: typed access to the automerge document. Values are CBOR blobs stored as
+//! automerge byte scalars, so a write replaces an object as a whole (never a field-by-field
+//! merge that nobody wrote) and concurrent writes resolve to automerge's deterministic winner.
+
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::Transactable;
+use automerge::{ActorId, AutoCommit, Change, ChangeHash, ReadDoc, ScalarValueRef, ValueRef, ROOT};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::keys::{self, object_key, prefix_end, ObjectPath};
+use crate::model::NodeRecord;
+
+/// Upper bound on one stored value (a Kubernetes object): the API limits bodies below this.
+pub const MAX_VALUE_BYTES: usize = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("automerge: {0}")]
+    Automerge(#[from] automerge::AutomergeError),
+    #[error("corrupt value at {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("value too large: {0} bytes")]
+    TooLarge(usize),
+    #[error("sync message: {0}")]
+    SyncMessage(String),
+    #[error("change: {0}")]
+    Change(String),
+    #[error("encoding: {0}")]
+    Encode(String),
+}
+
+/// Cluster-wide facts written once by `shoal init` (or a restore).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMeta {
+    pub cluster_id: String,
+    pub generation: u64,
+    pub created: chrono::DateTime<chrono::Utc>,
+    pub ca_cert_pem: String,
+    /// The CA's private key, sealed with the cluster secret (see `security::seal`).
+    pub ca_key_sealed: Vec<u8>,
+}
+
+pub struct ClusterDoc {
+    doc: AutoCommit,
+}
+
+pub(crate) fn to_cbor<T: Serialize>(value: &T) -> Result<Vec<u8>, StateError> {
+    cbor4ii::serde::to_vec(Vec::new(), value).map_err(|e| StateError::Encode(e.to_string()))
+}
+
+pub(crate) fn from_cbor<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StateError> {
+    cbor4ii::serde::from_slice(bytes).map_err(|e| StateError::Corrupt { key: key.to_string(), reason: e.to_string() })
+}
+
+fn bytes_of<'a>(value: &'a ValueRef<'a>) -> Option<&'a [u8]> {
+    match value {
+        ValueRef::Scalar(ScalarValueRef::Bytes(b)) => Some(b),
+        _ => None,
+    }
+}
+
+impl ClusterDoc {
+    /// An empty document (a joiner before its first sync).
+    pub fn empty(actor: ActorId) -> Self {
+        ClusterDoc { doc: AutoCommit::new().with_actor(actor) }
+    }
+
+    pub fn load(bytes: &[u8], actor: ActorId) -> Result<Self, StateError> {
+        Ok(ClusterDoc { doc: AutoCommit::load(bytes)?.with_actor(actor) })
+    }
+
+    pub fn save(&mut self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    pub fn heads(&mut self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.doc.is_empty()
+    }
+
+    fn get_bytes(&self, key: &str) -> Option<Vec<u8>> {
+        match self.doc.get(ROOT, key) {
+            Ok(Some((value, _))) => value.into_bytes().ok(),
+            _ => None,
+        }
+    }
+
+    fn put_bytes(&mut self, key: &str, bytes: Vec<u8>) -> Result<(), StateError> {
+        if bytes.len() > MAX_VALUE_BYTES {
+            return Err(StateError::TooLarge(bytes.len()));
+        }
+        self.doc.put(ROOT, key, bytes)?;
+        self.doc.commit();
+        Ok(())
+    }
+
+    fn delete_key(&mut self, key: &str) -> Result<bool, StateError> {
+        if self.doc.get(ROOT, key)?.is_none() {
+            return Ok(false);
+        }
+        self.doc.delete(ROOT, key)?;
+        self.doc.commit();
+        Ok(true)
+    }
+
+    fn get_typed<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StateError> {
+        self.get_bytes(key).map(|b| from_cbor(key, &b)).transpose()
+    }
+
+    /// Every `(key, bytes)` whose key starts with `prefix`, in key order.
+    fn scan(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        self.doc
+            .map_range(ROOT, prefix.to_string()..prefix_end(prefix))
+            .filter_map(|item| bytes_of(&item.value).map(|b| (item.key.to_string(), b.to_vec())))
+            .collect()
+    }
+
+    /// Keys with concurrent writes whose losers are still visible (surfaced as events).
+    pub fn conflicts(&self, prefix: &str) -> Vec<String> {
+        self.doc
+            .map_range(ROOT, prefix.to_string()..prefix_end(prefix))
+            .filter(|item| item.conflict)
+            .map(|item| item.key.to_string())
+            .collect()
+    }
+
+    // ---- cluster metadata and tokens ----
+
+    pub fn meta(&self) -> Result<Option<ClusterMeta>, StateError> {
+        self.get_typed(keys::META)
+    }
+
+    pub fn put_meta(&mut self, meta: &ClusterMeta) -> Result<(), StateError> {
+        self.put_bytes(keys::META, to_cbor(meta)?)
+    }
+
+    pub fn add_token(&mut self, hash: &str, user: &str) -> Result<(), StateError> {
+        self.put_bytes(&format!("{}{hash}", keys::TOKEN_PREFIX), to_cbor(&user)?)
+    }
+
+    /// The user a token hash belongs to.
+    pub fn token_user(&self, hash: &str) -> Option<String> {
+        self.get_typed(&format!("{}{hash}", keys::TOKEN_PREFIX)).ok().flatten()
+    }
+
+    // ---- nodes ----
+
+    pub fn node(&self, name: &str) -> Result<Option<NodeRecord>, StateError> {
+        self.get_typed(&format!("{}{name}", keys::NODE_PREFIX))
+    }
+
+    /// Writes the node record if it differs from what is stored (only real transitions).
+    pub fn put_node(&mut self, record: &NodeRecord) -> Result<bool, StateError> {
+        if self.node(&record.name)?.as_ref() == Some(record) {
+            return Ok(false);
+        }
+        self.put_bytes(&format!("{}{}", keys::NODE_PREFIX, record.name), to_cbor(record)?)?;
+        Ok(true)
+    }
+
+    pub fn delete_node(&mut self, name: &str) -> Result<bool, StateError> {
+        self.delete_key(&format!("{}{name}", keys::NODE_PREFIX))
+    }
+
+    /// All node records; corrupt entries are skipped (and logged), never fatal.
+    pub fn nodes(&self) -> Vec<NodeRecord> {
+        self.scan(keys::NODE_PREFIX)
+            .into_iter()
+            .filter_map(|(k, b)| match from_cbor(&k, &b) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(%e, "skipping corrupt node record");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    // ---- users' objects ----
+
+    pub fn get_object(&self, resource: &str, namespace: Option<&str>, name: &str) -> Result<Option<Value>, StateError> {
+        self.get_typed(&object_key(resource, namespace, name))
+    }
+
+    pub fn put_object(&mut self, resource: &str, namespace: Option<&str>, name: &str, object: &Value) -> Result<(), StateError> {
+        self.put_bytes(&object_key(resource, namespace, name), to_cbor(object)?)
+    }
+
+    pub fn delete_object(&mut self, resource: &str, namespace: Option<&str>, name: &str) -> Result<bool, StateError> {
+        self.delete_key(&object_key(resource, namespace, name))
+    }
+
+    /// Objects of `resource`, optionally within one namespace, in key order.
+    pub fn list_objects(&self, resource: &str, namespace: Option<&str>) -> Vec<(ObjectPath, Value)> {
+        let prefix = match namespace {
+            Some(ns) => format!("{}{resource}/{ns}/", keys::OBJ_PREFIX),
+            None => format!("{}{resource}/", keys::OBJ_PREFIX),
+        };
+        self.scan(&prefix)
+            .into_iter()
+            .filter_map(|(k, b)| {
+                let path = ObjectPath::parse(&k)?;
+                match from_cbor(&k, &b) {
+                    Ok(v) => Some((path, v)),
+                    Err(e) => {
+                        tracing::warn!(%e, "skipping corrupt object");
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    // ---- replication ----
+
+    /// Changes made since `heads`, encoded for the push path.
+    pub fn changes_since(&mut self, heads: &[ChangeHash]) -> Vec<Vec<u8>> {
+        self.doc.get_changes(heads).into_iter().map(|c| c.raw_bytes().to_vec()).collect()
+    }
+
+    /// Applies pushed changes. Returns whether the document's heads moved. Changes whose
+    /// dependencies are missing are queued by automerge until anti-entropy brings them.
+    pub fn apply_pushed(&mut self, changes: &[Vec<u8>]) -> Result<bool, StateError> {
+        let before = self.heads();
+        let decoded = changes
+            .iter()
+            .map(|b| Change::from_bytes(b.clone()).map_err(|e| StateError::Change(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.doc.apply_changes(decoded)?;
+        Ok(self.heads() != before)
+    }
+
+    pub fn generate_sync(&mut self, state: &mut sync::State) -> Option<Vec<u8>> {
+        self.doc.sync().generate_sync_message(state).map(|m| m.encode())
+    }
+
+    /// Receives a sync message; returns whether the document's heads moved.
+    pub fn receive_sync(&mut self, state: &mut sync::State, message: &[u8]) -> Result<bool, StateError> {
+        let before = self.heads();
+        let msg = sync::Message::decode(message).map_err(|e| StateError::SyncMessage(e.to_string()))?;
+        self.doc.sync().receive_sync_message(state, msg)?;
+        Ok(self.heads() != before)
+    }
+
+    /// A fresh document holding exactly the current state and no history, written by `actor`
+    /// in one change with keys in order: two replicas that rebuild the same state with the same
+    /// actor get byte-identical documents (the basis of compaction and of restore).
+    pub fn rebuild(&self, actor: ActorId, keep: impl Fn(&str) -> bool) -> Result<ClusterDoc, StateError> {
+        let mut fresh = AutoCommit::new().with_actor(actor);
+        for (key, bytes) in self.scan("") {
+            if keep(&key) {
+                fresh.put(ROOT, key.as_str(), bytes)?;
+            }
+        }
+        fresh.commit_with(automerge::transaction::CommitOptions::default().with_time(0));
+        Ok(ClusterDoc { doc: fresh })
+    }
+
+    pub fn set_actor(&mut self, actor: ActorId) {
+        self.doc.set_actor(actor);
+    }
+
+    pub fn change_count(&mut self) -> usize {
+        self.doc.get_changes(&[]).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn actor(n: u8) -> ActorId {
+        ActorId::from(vec![n; 16])
+    }
+
+    #[test]
+    fn objects_round_trip_and_list_by_namespace() {
+        let mut d = ClusterDoc::empty(actor(1));
+        d.put_object("configmaps", Some("a"), "x", &json!({"data": {"k": "v"}})).unwrap();
+        d.put_object("configmaps", Some("b"), "y", &json!({"data": {}})).unwrap();
+        d.put_object("namespaces", None, "a", &json!({})).unwrap();
+        assert_eq!(d.get_object("configmaps", Some("a"), "x").unwrap().unwrap()["data"]["k"], "v");
+        assert_eq!(d.list_objects("configmaps", None).len(), 2);
+        assert_eq!(d.list_objects("configmaps", Some("a")).len(), 1);
+        assert_eq!(d.list_objects("namespaces", None).len(), 1);
+        assert!(d.delete_object("configmaps", Some("a"), "x").unwrap());
+        assert!(!d.delete_object("configmaps", Some("a"), "x").unwrap());
+        assert_eq!(d.list_objects("configmaps", None).len(), 1);
+    }
+
+    #[test]
+    fn concurrent_whole_object_writes_pick_one_writer_everywhere() {
+        let mut a = ClusterDoc::empty(actor(1));
+        a.put_object("configmaps", Some("d"), "x", &json!({"data": {"from": "a", "a": "1"}})).unwrap();
+        let mut b = ClusterDoc::load(&a.save(), actor(2)).unwrap();
+        a.put_object("configmaps", Some("d"), "x", &json!({"data": {"from": "a2"}})).unwrap();
+        b.put_object("configmaps", Some("d"), "x", &json!({"data": {"from": "b", "b": "2"}})).unwrap();
+        let from_a = a.changes_since(&[]);
+        let from_b = b.changes_since(&[]);
+        a.apply_pushed(&from_b).unwrap();
+        b.apply_pushed(&from_a).unwrap();
+        let va = a.get_object("configmaps", Some("d"), "x").unwrap().unwrap();
+        let vb = b.get_object("configmaps", Some("d"), "x").unwrap().unwrap();
+        assert_eq!(va, vb);
+        // The winner is exactly one writer's object, never a mix.
+        assert!(va == json!({"data": {"from": "a2"}}) || va == json!({"data": {"from": "b", "b": "2"}}), "{va}");
+        assert_eq!(a.conflicts("obj/"), vec!["obj/configmaps/d/x".to_string()]);
+    }
+
+    #[test]
+    fn sync_converges_two_replicas() {
+        let mut a = ClusterDoc::empty(actor(1));
+        let mut b = ClusterDoc::empty(actor(2));
+        a.put_object("configmaps", Some("d"), "a", &json!(1)).unwrap();
+        b.put_object("configmaps", Some("d"), "b", &json!(2)).unwrap();
+        let (mut sa, mut sb) = (sync::State::new(), sync::State::new());
+        for _ in 0..10 {
+            if let Some(m) = a.generate_sync(&mut sa) {
+                b.receive_sync(&mut sb, &m).unwrap();
+            }
+            if let Some(m) = b.generate_sync(&mut sb) {
+                a.receive_sync(&mut sa, &m).unwrap();
+            }
+        }
+        assert_eq!(a.heads(), b.heads());
+        assert_eq!(a.list_objects("configmaps", None).len(), 2);
+    }
+
+    #[test]
+    fn garbage_is_rejected_without_changing_state() {
+        let mut a = ClusterDoc::empty(actor(1));
+        a.put_object("configmaps", Some("d"), "a", &json!(1)).unwrap();
+        let heads = a.heads();
+        assert!(a.apply_pushed(&[vec![1, 2, 3]]).is_err());
+        assert!(a.receive_sync(&mut sync::State::new(), &[0x42, 0, 1]).is_err());
+        assert!(ClusterDoc::load(b"not a document", actor(1)).is_err());
+        assert_eq!(a.heads(), heads);
+    }
+
+    #[test]
+    fn corrupt_values_are_skipped_not_fatal() {
+        let mut a = ClusterDoc::empty(actor(1));
+        a.put_bytes("node/bad", vec![0xff, 0x00]).unwrap();
+        assert!(a.nodes().is_empty());
+        assert!(a.node("bad").is_err());
+    }
+
+    #[test]
+    fn rebuild_is_byte_identical_across_replicas() {
+        let mut a = ClusterDoc::empty(actor(1));
+        for i in 0..50 {
+            a.put_object("configmaps", Some("d"), &format!("c{i}"), &json!({"v": i})).unwrap();
+            a.put_object("configmaps", Some("d"), &format!("c{i}"), &json!({"v": i + 1})).unwrap();
+        }
+        let mut b = ClusterDoc::load(&a.save(), actor(2)).unwrap();
+        let mut ra = a.rebuild(actor(9), |_| true).unwrap();
+        let mut rb = b.rebuild(actor(9), |_| true).unwrap();
+        assert_eq!(ra.save(), rb.save());
+        assert!(ra.save().len() < a.save().len());
+        assert_eq!(ra.list_objects("configmaps", None), b.list_objects("configmaps", None));
+    }
+}
