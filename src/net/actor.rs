@@ -93,6 +93,7 @@ struct Actor {
     last_connect_sweep: Instant,
     since: BTreeMap<String, chrono::DateTime<chrono::Utc>>,
     refusals_logged: HashMap<PeerId, Instant>,
+    refused_us_logged: HashMap<PeerId, Instant>,
 }
 
 fn quic_addr(addr: SocketAddr) -> Multiaddr {
@@ -153,6 +154,7 @@ pub async fn run(
         last_connect_sweep: now - Duration::from_secs(10),
         since: BTreeMap::new(),
         refusals_logged: HashMap::new(),
+        refused_us_logged: HashMap::new(),
         config,
     };
     tracing::info!(peer = %actor.me, addr = %actor.my_addr, "network up");
@@ -201,6 +203,9 @@ impl Actor {
     /// Keeps a connection to every live member (the push path reaches them directly), and
     /// keeps trying the join addresses while no peer is admitted.
     fn connect_sweep(&mut self) {
+        let window = Duration::from_secs(60);
+        self.refusals_logged.retain(|_, t| t.elapsed() < window);
+        self.refused_us_logged.retain(|_, t| t.elapsed() < window);
         let wanted: Vec<(PeerId, Multiaddr)> = self
             .membership
             .members()
@@ -481,9 +486,9 @@ impl Actor {
             }
             (Some(Sent::Admit), Response::Refused { reason }) => {
                 self.admitting.remove(&peer);
-                if self.refusals_logged.get(&peer).is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+                if self.refused_us_logged.get(&peer).is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
                     tracing::error!(%peer, %reason, "peer refused to admit us");
-                    self.refusals_logged.insert(peer, Instant::now());
+                    self.refused_us_logged.insert(peer, Instant::now());
                 }
             }
             (Some(Sent::Sync), Response::Sync { message: Some(message) }) => {
