@@ -51,16 +51,7 @@ mod e2e {
     fn five_agents_converge() {
         let tn = Testnet::up(5);
         for node in &tn.nodes {
-            kubectl_ok(
-                node,
-                &[
-                    "create",
-                    "configmap",
-                    &format!("cm-{node}"),
-                    &format!("--from-literal=origin={node}"),
-                    "--from-literal=shared=value",
-                ],
-            );
+            create_configmap_ok(node, &format!("cm-{node}"), &[("origin", node.as_str()), ("shared", "value")]);
         }
         let reference = eventually("every node lists all 5 configmaps with the same data", REACT, || {
             let first = configmaps_via("n1")?;
@@ -155,8 +146,8 @@ mod e2e {
     #[test]
     fn restart_resumes_state() {
         let tn = Testnet::up(3);
-        kubectl_ok("n3", &["create", "configmap", "cm-durable", "--from-literal=k=written-on-n3"]);
-        kubectl_ok("n1", &["create", "configmap", "cm-later", "--from-literal=k=written-on-n1"]);
+        create_configmap_ok("n3", "cm-durable", &[("k", "written-on-n3")]);
+        create_configmap_ok("n1", "cm-later", &[("k", "written-on-n1")]);
 
         // The host n3 dies; it comes back cut off from its peers, so whatever it serves comes
         // from its own disk.
@@ -228,7 +219,7 @@ mod e2e {
     fn bad_token_is_refused() {
         let tn = Testnet::up(3);
         let secret = "cm-only-for-members-7f3a9c";
-        kubectl_ok("n1", &["create", "configmap", secret, "--from-literal=k=members-only-value"]);
+        create_configmap_ok("n1", secret, &[("k", "members-only-value")]);
 
         // A token of another cluster, made by a separate `shoal init`.
         let other = tempfile::tempdir().expect("tempdir");
@@ -281,8 +272,8 @@ mod e2e {
     #[test]
     fn backup_and_restore_new_generation() {
         let mut tn = Testnet::up(3);
-        kubectl_ok("n1", &["create", "configmap", "cm-backup-a", "--from-literal=k=a"]);
-        kubectl_ok("n3", &["create", "configmap", "cm-backup-b", "--from-literal=k=b"]);
+        create_configmap_ok("n1", "cm-backup-a", &[("k", "a")]);
+        create_configmap_ok("n3", "cm-backup-b", &[("k", "b")]);
         eventually("n2 has both configmaps", REACT, || {
             let cms = configmaps_via("n2")?;
             if cms.contains_key("cm-backup-a") && cms.contains_key("cm-backup-b") {
@@ -387,9 +378,11 @@ mod e2e {
             format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"cm-too-big"}},"data":{{"x":"{filler}"}}}}"#),
         )
         .unwrap();
-        let (code, body) = curl_api("n1", "POST", cms, Some(&token), Some(&big));
-        assert_eq!(code, 413, "oversized body: {body}");
-        is_status(&body, 413).unwrap();
+        for http in ["--http1.1", "--http2"] {
+            let (code, body) = curl_api_with(&[http], "n1", "POST", cms, Some(&token), Some(&big));
+            assert_eq!(code, 413, "oversized body over {http}: {body}");
+            is_status(&body, 413).unwrap();
+        }
 
         // Garbage datagrams at the p2p (QUIC) port.
         let sock = std::net::UdpSocket::bind("10.77.0.1:0").expect("bind on the testnet bridge");

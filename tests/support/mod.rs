@@ -225,6 +225,45 @@ pub fn kubectl(ctx: &str, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// `kubectl ... create -f -` of a ConfigMap (JSON manifest on stdin). `kubectl create configmap`
+/// would send protobuf, which is a separate API feature; this exercises the replicated state.
+pub fn create_configmap(ctx: &str, name: &str, data: &[(&str, &str)]) -> Result<String, String> {
+    use std::io::Write;
+    let data: serde_json::Map<String, Value> =
+        data.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect();
+    let manifest = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "default"},
+        "data": data,
+    });
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig())
+        .args(["--context", ctx, "--request-timeout=10s", "create", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run kubectl: {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(manifest.to_string().as_bytes())
+        .map_err(|e| format!("write manifest: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| format!("kubectl: {e}"))?;
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(describe(&format!("kubectl --context {ctx} create -f - (ConfigMap {name})"), &out))
+    }
+}
+
+pub fn create_configmap_ok(ctx: &str, name: &str, data: &[(&str, &str)]) {
+    create_configmap(ctx, name, data).unwrap_or_else(|e| panic!("{e}\n{}", log_tails(40)));
+}
+
 pub fn kubectl_ok(ctx: &str, args: &[&str]) -> String {
     kubectl(ctx, args).unwrap_or_else(|e| panic!("{e}\n{}", log_tails(40)))
 }
@@ -320,9 +359,21 @@ pub fn agreed_leader(group: &[String]) -> Result<String, String> {
 
 /// HTTPS request to NODE's API with curl (cluster CA): returns (status code, body).
 pub fn curl_api(node: &str, method: &str, path: &str, token: Option<&str>, body: Option<&Path>) -> (u16, String) {
+    curl_api_with(&[], node, method, path, token, body)
+}
+
+/// As `curl_api`, with extra curl options first (e.g. `--http1.1`).
+pub fn curl_api_with(
+    opts: &[&str],
+    node: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Path>,
+) -> (u16, String) {
     let ca = run_dir().join("n1/data/tls/ca.crt");
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "60", "-X", method, "-o", "-", "-w", "\n%{http_code}"])
+    cmd.args(opts).args(["-sS", "--max-time", "60", "-X", method, "-o", "-", "-w", "\n%{http_code}"])
         .arg("--cacert")
         .arg(&ca)
         .args(["-H", "Content-Type: application/json"]);
@@ -336,10 +387,11 @@ pub fn curl_api(node: &str, method: &str, path: &str, token: Option<&str>, body:
     let out = cmd.output().expect("run curl");
     let all = text(&out.stdout);
     let (body, code) = all.rsplit_once('\n').unwrap_or(("", all.as_str()));
+    let body = if body.is_empty() { text(&out.stderr) } else { body.to_string() };
     let code = code.trim().parse().unwrap_or_else(|_| {
         panic!("curl {method} {path} on {node}: no status code\n{}", describe("curl", &out))
     });
-    (code, body.to_string())
+    (code, body)
 }
 
 pub fn admin_token() -> String {
