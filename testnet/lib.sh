@@ -241,7 +241,7 @@ spawn_agent() {
   setsid bash -c 'echo $$ > "$1/cgroup.procs" && echo $$ > "$2" && shift 2 && exec "$@"' \
     spawn "$cg" "$(node_pidfile "$node")" \
     nsenter --net="/run/netns/$ns" -- \
-    env SHOAL_RUNC_ROOT="$dir/runc" SHOAL_CGROUP_PARENT="$cg" SHOAL_NODE_DIR="$dir" \
+    env NO_COLOR=1 SHOAL_RUNC_ROOT="$dir/runc" SHOAL_CGROUP_PARENT="$cg" SHOAL_NODE_DIR="$dir" \
     "$SHOAL_BIN" agent "$@" \
     >> "$dir/agent.log" 2>&1 < /dev/null &
   local i
