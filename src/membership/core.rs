@@ -414,7 +414,11 @@ impl Membership {
         }
         let mut info = m.info.clone();
         info.state = MemberState::Suspect;
-        self.apply_update(Update { member: info, by: self.me.clone() }, now, false);
+        let addr = info.addr.clone();
+        let update = Update { member: info, by: self.me.clone() };
+        self.apply_update(update.clone(), now, false);
+        // Tell the suspect itself at once: after a stall or a lost ack it can refute right away.
+        self.send(p.target, addr, Message::Gossip { updates: vec![update] });
     }
 
     // ----- suspicion -----
@@ -476,7 +480,8 @@ impl Membership {
         let new = (info.incarnation, info.state);
         if new > old {
             self.transition(info, by, now);
-        } else if new == old && info.state == MemberState::Suspect {
+        } else if new == old && info.state == MemberState::Suspect && !via_push_pull {
+            // A push-pull relays state; only piggybacked updates name an independent witness.
             self.confirm(&info, by);
         }
     }
@@ -565,7 +570,15 @@ impl Membership {
         }
         self.incarnation = info.incarnation + 1;
         let record = self.set_self(MemberState::Alive, now);
-        self.broadcasts.push(Update { member: record, by: self.me.clone() });
+        let update = Update { member: record, by: self.me.clone() };
+        self.broadcasts.push(update.clone());
+        // Jump-start the refutation: a suspicion is racing against it.
+        let mut peers = self.others_in(&[MemberState::Alive, MemberState::Suspect]);
+        peers.shuffle(&mut self.rng);
+        peers.truncate(self.config.indirect_probes.max(1));
+        for (to, addr) in peers {
+            self.send(to, addr, Message::Gossip { updates: vec![update.clone()] });
+        }
     }
 
     fn set_self(&mut self, state: MemberState, now: Instant) -> MemberInfo {

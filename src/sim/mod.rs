@@ -407,6 +407,16 @@ impl Sim {
         self.messages += sync_pair(&mut a.replica, node, &mut b.replica, peer) as u64;
     }
 
+    /// Change the write rate; `None` stops writing (e.g. before checking convergence).
+    pub fn set_write_every(&mut self, every: Option<Duration>) {
+        let was = self.config.write_every;
+        self.config.write_every = every;
+        if let (None, Some(every)) = (was, every) {
+            let at = self.now + every.mul_f64(self.rng.gen_range(0.0..2.0));
+            self.schedule(at, Event::Write);
+        }
+    }
+
     // ----- faults -----
 
     /// Split the cluster: nodes in the same group reach each other; unlisted nodes are alone.
