@@ -1,3 +1,139 @@
-//! Cluster benchmarks (change propagation, failure detection, idle cost); driven by `benches/run.sh`.
+//! Cluster benchmarks: change propagation, failure detection after kill -9 (and Serf's, for
+//! comparison), false deaths at idle, and the idle cost of an agent. Each subcommand starts its
+//! own loopback agents (or uses an up netns testnet), prints a markdown section with the figures
+//! on stdout and a `RESULT ...` line per figure that `benches/run.sh` collects. Nothing here
+//! asserts on time: it measures and reports.
+//!
+//! Run through `benches/run.sh [quick|full]` (`just bench`); by hand:
+//! `target/release/deps/cluster-* --bin target/release/shoal --work /tmp/b propagation --agents 50`.
 
-fn main() {}
+mod api;
+mod cluster;
+mod failure;
+mod idle;
+mod lo;
+mod propagation;
+mod serf;
+mod stats;
+mod testnet;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::cluster::Cluster;
+
+#[derive(Parser)]
+#[command(about = "shoal cluster benchmarks (see benches/run.sh)")]
+struct Cli {
+    /// The shoal binary the agents run (a private copy, so concurrent builds cannot swap it).
+    #[arg(long, default_value = "target/release/shoal")]
+    bin: PathBuf,
+    /// Scratch directory for data dirs, logs and the pid file.
+    #[arg(long, default_value = "/tmp/shoal-bench")]
+    work: PathBuf,
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Args, Clone)]
+struct Where {
+    /// Number of loopback agents to start (ignored with --testnet).
+    #[arg(long, default_value_t = 5)]
+    agents: usize,
+    /// Use the netns testnet already up under this `testnet/` directory instead of loopback.
+    #[arg(long)]
+    testnet: Option<PathBuf>,
+    /// Number of testnet nodes (with --testnet).
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+}
+
+#[derive(Subcommand)]
+enum What {
+    /// POST configmaps round-robin over the nodes; time the ADDED event on every node's watch.
+    Propagation {
+        #[command(flatten)]
+        at: Where,
+        #[arg(long, default_value_t = 200)]
+        writes: usize,
+        /// Writes per second (open loop).
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+    },
+    /// kill -9 a node, time until every survivor reports it dead; restart; repeat.
+    Detection {
+        #[command(flatten)]
+        at: Where,
+        #[arg(long, default_value_t = 10)]
+        kills: usize,
+    },
+    /// Count suspicions and deaths in an idle cluster where nobody is killed.
+    FalseDeaths {
+        #[command(flatten)]
+        at: Where,
+        #[arg(long, default_value_t = 600)]
+        secs: u64,
+    },
+    /// RSS, CPU and bytes/s per node, idle and at --rate writes/s.
+    Idle {
+        #[command(flatten)]
+        at: Where,
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+    },
+    /// The detection procedure against Serf agents on loopback.
+    Serf {
+        #[arg(long, default_value_t = 5)]
+        agents: usize,
+        #[arg(long, default_value_t = 10)]
+        kills: usize,
+        #[arg(long, default_value = "serf")]
+        serf_bin: PathBuf,
+    },
+}
+
+async fn open(cli: &Cli, at: &Where, scenario: &str) -> Result<(Box<dyn Cluster>, String)> {
+    Ok(match &at.testnet {
+        Some(dir) => (Box::new(testnet::Testnet::open(dir, at.nodes)?), "netns testnet".to_string()),
+        None => {
+            let root = cli.work.join(scenario);
+            (Box::new(lo::Loopback::start(&cli.bin, &root, "a", at.agents).await?), "loopback".to_string())
+        }
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    // `cargo bench` passes `--bench`; this harness is driven by benches/run.sh instead.
+    let args: Vec<String> = std::env::args().filter(|a| a != "--bench").collect();
+    if args.len() == 1 {
+        eprintln!("cluster benchmarks: run `benches/run.sh quick` (or `just bench`); `--help` for the subcommands");
+        return Ok(());
+    }
+    let cli = Cli::parse_from(args);
+    let report = match &cli.what {
+        What::Propagation { at, writes, rate } => {
+            let (c, label) = open(&cli, at, "propagation").await?;
+            propagation::run(c.as_ref(), &label, &propagation::Params { writes: *writes, rate: *rate }).await?
+        }
+        What::Detection { at, kills } => {
+            let (mut c, label) = open(&cli, at, "detection").await?;
+            failure::detection(c.as_mut(), &label, *kills).await?
+        }
+        What::FalseDeaths { at, secs } => {
+            let (c, label) = open(&cli, at, "false-deaths").await?;
+            failure::false_deaths(c.as_ref(), &label, *secs).await?
+        }
+        What::Idle { at, secs, rate } => {
+            let (c, label) = open(&cli, at, "idle").await?;
+            idle::run(c.as_ref(), &label, *secs, *rate).await?
+        }
+        What::Serf { agents, kills, serf_bin } => serf::detection(serf_bin, &cli.work.join("serf"), *agents, *kills).await?,
+    };
+    println!("{report}");
+    Ok(())
+}

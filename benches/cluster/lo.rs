@@ -1,0 +1,149 @@
+//! A cluster of agents on loopback: one process per agent, distinct ports, data dirs under a root.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::api::Api;
+use crate::cluster::{self, Cluster};
+
+struct Agent {
+    name: String,
+    data: PathBuf,
+    p2p: u16,
+    api: u16,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Loopback {
+    bin: PathBuf,
+    pidfile: PathBuf,
+    token: String,
+    agents: Vec<Agent>,
+    api: Api,
+}
+
+fn free_tcp_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn free_udp_port() -> Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Loopback {
+    /// `shoal init` the first agent, start it, then start `n - 1` joiners and wait until every
+    /// agent sees all `n` alive.
+    pub async fn start(bin: &Path, root: &Path, prefix: &str, n: usize) -> Result<Self> {
+        std::fs::create_dir_all(root)?;
+        let mut agents = Vec::with_capacity(n);
+        for i in 1..=n {
+            let name = format!("{prefix}{i}");
+            let dir = root.join(&name);
+            std::fs::create_dir_all(&dir)?;
+            agents.push(Agent { data: dir.join("data"), log: dir.join("agent.log"), name, p2p: free_udp_port()?, api: free_tcp_port()?, child: None });
+        }
+        let a0 = &agents[0];
+        let out = Command::new(bin)
+            .args(["init", "--data-dir"])
+            .arg(&a0.data)
+            .args(["--name", &a0.name, "--listen-p2p", &format!("127.0.0.1:{}", a0.p2p), "--listen-api", &format!("127.0.0.1:{}", a0.api)])
+            .stderr(Stdio::null())
+            .output()
+            .context("shoal init")?;
+        if !out.status.success() {
+            bail!("shoal init failed: {}", out.status);
+        }
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let ca = std::fs::read(a0.data.join("tls/ca.crt"))?;
+        let admin = std::fs::read_to_string(a0.data.join("admin-token"))?;
+        let api = Api::new(&ca, &admin)?;
+        let mut c = Loopback { bin: bin.to_path_buf(), pidfile: root.join("pids"), token, agents, api };
+        c.spawn(0, false)?;
+        cluster::wait_all_alive(&c, &[0], Duration::from_secs(30)).await.context("first agent")?;
+        // Joiners in small batches, so that 50 agents do not all handshake with the seed at once.
+        for batch in (1..n).collect::<Vec<_>>().chunks(8) {
+            for &i in batch {
+                c.spawn(i, true)?;
+            }
+            let t0 = Instant::now();
+            while c.api.status(&c.api_url(batch[batch.len() - 1])).await.is_err() {
+                if t0.elapsed() > Duration::from_secs(30) {
+                    bail!("agent {} did not come up", c.name(batch[batch.len() - 1]));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let took = cluster::wait_all_alive(&c, &cluster::all(&c), Duration::from_secs(240)).await?;
+        eprintln!("loopback cluster of {n} converged ({:.1} s after the last start)", took.as_secs_f64());
+        Ok(c)
+    }
+
+    fn spawn(&mut self, i: usize, first_join: bool) -> Result<()> {
+        let a = &self.agents[i];
+        let log = OpenOptions::new().create(true).append(true).open(&a.log)?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["agent", "--data-dir"]).arg(&a.data);
+        if first_join {
+            let seed = format!("127.0.0.1:{}", self.agents[0].p2p);
+            cmd.args(["--name", &a.name, "--join", &seed, "--token", &self.token]);
+            cmd.args(["--listen-p2p", &format!("127.0.0.1:{}", a.p2p), "--listen-api", &format!("127.0.0.1:{}", a.api)]);
+        }
+        cmd.env("NO_COLOR", "1").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
+        let child = cmd.spawn().context("spawn shoal agent")?;
+        let mut pids: File = OpenOptions::new().create(true).append(true).open(&self.pidfile)?;
+        writeln!(pids, "{}", child.id())?;
+        self.agents[i].child = Some(child);
+        Ok(())
+    }
+}
+
+impl Cluster for Loopback {
+    fn len(&self) -> usize {
+        self.agents.len()
+    }
+    fn name(&self, i: usize) -> String {
+        self.agents[i].name.clone()
+    }
+    fn api_url(&self, i: usize) -> String {
+        format!("https://127.0.0.1:{}", self.agents[i].api)
+    }
+    fn api(&self) -> &Api {
+        &self.api
+    }
+    fn kill(&mut self, i: usize) -> Result<Instant> {
+        let mut child = self.agents[i].child.take().context("agent not running")?;
+        let at = Instant::now();
+        child.kill()?; // SIGKILL
+        child.wait()?;
+        Ok(at)
+    }
+    fn start(&mut self, i: usize) -> Result<()> {
+        self.spawn(i, false)
+    }
+    fn pid(&self, i: usize) -> Option<u32> {
+        self.agents[i].child.as_ref().map(|c| c.id())
+    }
+    fn log_path(&self, i: usize) -> PathBuf {
+        self.agents[i].log.clone()
+    }
+    fn net_bytes(&self, _i: usize) -> Option<(u64, u64)> {
+        None // one loopback interface for all agents: per-node traffic cannot be told apart
+    }
+}
+
+impl Drop for Loopback {
+    fn drop(&mut self) {
+        for a in &mut self.agents {
+            if let Some(mut c) = a.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
