@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Cluster benchmarks: change propagation, failure detection after kill -9 (with Serf side by side),
+# false deaths at idle, idle cost of an agent. Loopback agents first, then the netns testnet.
+#
+#   benches/run.sh [quick|full]      quick ≤ 10 min (default), full ≤ 40 min
+#
+# Environment:
+#   TESTNET=auto|0|force   auto (default): use the netns testnet when root and no testnet is up
+#                          (never tears down somebody else's); 0: loopback only; force: take it over
+#   FALSE_DEATH_MIN=N      minutes of idle watching for false deaths (quick 2, full 10)
+#   RECORD=0|1             append the report to docs/benchmarks.md (full: 1, quick: 0)
+#   KEEP=1                 keep the scratch dir (data dirs, agent logs) for inspection
+#
+# Every process it starts is tracked by pid (the bench writes a pid file per cluster) and killed
+# by pid on exit; the testnet, when this script brought it up, is torn down with testnet/down.sh.
+set -euo pipefail
+
+MODE="${1:-quick}"
+case "$MODE" in quick | full) ;; *) echo "usage: benches/run.sh [quick|full]" >&2; exit 64 ;; esac
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+if [ "$MODE" = quick ]; then
+  PROP_WRITES=100; KILLS=5; TN_KILLS=3; IDLE_SECS=20; FALSE_DEATH_MIN="${FALSE_DEATH_MIN:-2}"; RECORD="${RECORD:-0}"
+else
+  PROP_WRITES=200; KILLS=20; TN_KILLS=10; IDLE_SECS=60; FALSE_DEATH_MIN="${FALSE_DEATH_MIN:-10}"; RECORD="${RECORD:-1}"
+fi
+TESTNET="${TESTNET:-auto}"
+
+WORK="$(mktemp -d /tmp/shoal-bench.XXXXXX)"
+REPORT="$WORK/report.md"
+BENCH_PID=""
+TESTNET_OURS=0
+
+cleanup() {
+  set +e
+  if [ -n "$BENCH_PID" ] && kill -0 "$BENCH_PID" 2>/dev/null; then kill -9 "$BENCH_PID"; wait "$BENCH_PID" 2>/dev/null; fi
+  # Agents the bench started, by pid, only if the pid still runs something from our scratch dir.
+  for f in $(find "$WORK" -name pids 2>/dev/null); do
+    while read -r pid; do
+      if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$WORK"; then kill -9 "$pid"; fi
+    done <"$f"
+  done
+  if [ "$TESTNET_OURS" = 1 ]; then testnet/down.sh >/dev/null 2>&1; fi
+  if [ "${KEEP:-0}" = 1 ]; then echo "scratch kept: $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say() { echo "[bench $(date +%T)] $*" >&2; }
+
+# --- build (release only; the target dir is shared, cargo waits for its lock) -------------------
+say "building (cargo build --release)"
+cargo build --release
+CLUSTER_EXE="$(cargo build --release --bench cluster --message-format=json 2>/dev/null |
+  jq -r 'select(.reason == "compiler-artifact" and .target.name == "cluster") | .executable' | tail -1)"
+[ -x "$CLUSTER_EXE" ] || { echo "could not build the cluster bench" >&2; exit 1; }
+# Private copies: another build swapping target/release/shoal mid-run would skew the figures.
+mkdir -p "$WORK/bin"
+cp target/release/shoal "$WORK/bin/shoal"
+cp "$CLUSTER_EXE" "$WORK/bin/cluster"
+BIN="$WORK/bin/shoal"
+COMMIT="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo '+dirty')"
+
+# Run one benchmark: bench NAME ARGS...; its markdown goes to the report, its log to $WORK/NAME.log.
+FAILED=()
+bench() {
+  local name="$1"; shift
+  say "$name: $*"
+  set +e
+  RUST_BACKTRACE=0 "$WORK/bin/cluster" --bin "$BIN" --work "$WORK/$name" "$@" >"$WORK/$name.md" 2>"$WORK/$name.log" &
+  BENCH_PID=$!
+  wait "$BENCH_PID"
+  local rc=$?
+  BENCH_PID=""
+  set -e
+  if [ $rc -ne 0 ]; then
+    FAILED+=("$name")
+    { echo "### $name: FAILED (exit $rc)"; echo; echo '```'; tail -n 15 "$WORK/$name.log"; echo '```'; echo; } >>"$REPORT"
+    say "$name failed (exit $rc); see the report"
+  else
+    cat "$WORK/$name.md" >>"$REPORT"
+  fi
+  # Agents of this step are gone with the bench (it kills its children on exit); make sure.
+  for f in $(find "$WORK/$name" -name pids 2>/dev/null); do
+    while read -r pid; do
+      if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$WORK"; then kill -9 "$pid" 2>/dev/null || true; fi
+    done <"$f"
+  done
+}
+
+{
+  echo "## Run $(date -u '+%Y-%m-%d %H:%M UTC') — \`benches/run.sh $MODE\`"
+  echo
+  echo "- machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, kernel $(uname -r)"
+  echo "- shoal commit: $COMMIT; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo
+} >"$REPORT"
+
+# --- loopback --------------------------------------------------------------------------------
+bench propagation-lo50 propagation --agents 50 --writes "$PROP_WRITES" --rate 5
+bench detection-lo5 detection --agents 5 --kills "$KILLS"
+bench false-deaths-lo5 false-deaths --agents 5 --secs $((FALSE_DEATH_MIN * 60))
+bench idle-lo5 idle --agents 5 --secs "$IDLE_SECS" --rate 20
+
+# --- Serf, same procedure ----------------------------------------------------------------------
+if ! command -v serf >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  say "installing serf (apt-get)"
+  (apt-get install -y serf >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y serf >/dev/null 2>&1; }) || true
+fi
+if command -v serf >/dev/null 2>&1; then
+  bench serf-lo5 serf --agents 5 --kills "$KILLS" --serf-bin "$(command -v serf)"
+else
+  echo "### Serf: skipped (not installed, apt-get failed)" >>"$REPORT"
+fi
+
+# --- netns testnet -----------------------------------------------------------------------------
+use_testnet=0
+if [ "$TESTNET" != 0 ] && [ "$(id -u)" = 0 ]; then
+  if [ -n "$(ls -A testnet/run 2>/dev/null)" ] && [ "$TESTNET" != force ]; then
+    echo "### Testnet: skipped (a testnet is already up in testnet/run — somebody else's; TESTNET=force takes it over)" >>"$REPORT"
+  else
+    use_testnet=1
+  fi
+fi
+if [ "$use_testnet" = 1 ]; then
+  say "testnet/up.sh 5"
+  TESTNET_OURS=1
+  if SHOAL_BIN="$BIN" testnet/up.sh 5 >"$WORK/testnet-up.log" 2>&1; then
+    bench propagation-tn5 propagation --testnet testnet --nodes 5 --writes "$PROP_WRITES" --rate 5
+    bench detection-tn5 detection --testnet testnet --nodes 5 --kills "$TN_KILLS"
+    bench idle-tn5 idle --testnet testnet --nodes 5 --secs "$IDLE_SECS" --rate 20
+  else
+    FAILED+=(testnet-up)
+    { echo "### Testnet: up.sh failed"; echo; echo '```'; tail -n 15 "$WORK/testnet-up.log"; echo '```'; } >>"$REPORT"
+  fi
+  testnet/down.sh >/dev/null 2>&1 || true
+  TESTNET_OURS=0
+fi
+
+# --- summary -----------------------------------------------------------------------------------
+{
+  echo
+  echo "#### Summary"
+  echo
+  echo '```'
+  grep -h '^RESULT' "$WORK"/*.md 2>/dev/null | sed 's/^RESULT //' || true
+  [ ${#FAILED[@]} -eq 0 ] || echo "failed steps: ${FAILED[*]}"
+  echo '```'
+  echo
+} >>"$REPORT"
+
+cat "$REPORT"
+if [ "$RECORD" = 1 ]; then
+  cat "$REPORT" >>docs/benchmarks.md
+  say "appended to docs/benchmarks.md"
+fi
+[ ${#FAILED[@]} -eq 0 ]
