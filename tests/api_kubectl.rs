@@ -338,6 +338,14 @@ async fn kubectl_auth_discovery_and_shoal_routes() {
     h.stop().await;
 }
 
+async fn next_line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> String {
+    tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("watch output in time")
+        .unwrap()
+        .expect("watch still running")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kubectl_nodes() {
     let h = Harness::start().await;
@@ -387,18 +395,11 @@ async fn kubectl_nodes() {
     // Watch: the initial rows, then a change of beta's readiness.
     let mut child = h.command(&["get", "nodes", "-w"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next_line = || async {
-        tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .expect("watch output in time")
-            .unwrap()
-            .expect("watch still running")
-    };
-    assert!(next_line().await.starts_with("NAME"));
-    assert!(next_line().await.starts_with("alpha"));
-    assert!(next_line().await.starts_with("beta"));
+    assert!(next_line(&mut lines).await.starts_with("NAME"));
+    assert!(next_line(&mut lines).await.starts_with("alpha"));
+    assert!(next_line(&mut lines).await.starts_with("beta"));
     h.backend.set_readiness("beta", Readiness::Ready);
-    let update = next_line().await;
+    let update = next_line(&mut lines).await;
     assert!(update.starts_with("beta") && update.contains("Ready") && !update.contains("NotReady"), "{update}");
     child.kill().await.unwrap();
 

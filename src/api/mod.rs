@@ -19,6 +19,7 @@ mod nodes;
 mod objects;
 mod openapi;
 pub mod patch;
+mod proto;
 mod resources;
 mod router;
 pub mod selectors;

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use super::backend::ObjectKey;
 use super::nodes::node_objects;
 use super::patch::{self, PatchKind};
+use super::proto;
 use super::resources::{self, NameRule, ResourceInfo, Storage};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{success_status, ApiError, Cause};
@@ -301,7 +302,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     }
 }
 
-fn decode(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+fn decode(info: &ResourceInfo, headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -316,6 +317,16 @@ fn decode(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
             .map_err(|e| ApiError::BadRequest(format!("the body is not valid YAML: {e}")))?,
         "application/json" | "" | "*/*" => serde_json::from_slice(body)
             .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?,
+        "application/vnd.kubernetes.protobuf" => match info.proto {
+            Some(message) => {
+                proto::decode_object(body, message).map_err(|e| ApiError::BadRequest(e.to_string()))?
+            }
+            None => {
+                return Err(ApiError::UnsupportedMediaType(
+                    "application/json, application/yaml".to_string(),
+                ))
+            }
+        },
         other => {
             return Err(ApiError::UnsupportedMediaType(format!(
                 "application/json, application/yaml (got {other})"
@@ -478,7 +489,7 @@ fn random_suffix() -> String {
 
 fn create(state: &ApiState, target: &Target, query: &Query, headers: &HeaderMap, body: &Bytes) -> Result<Response, ApiError> {
     let info = target.info;
-    let mut object = decode(headers, body)?;
+    let mut object = decode(info, headers, body)?;
     check_type_meta(info, &mut object)?;
     let warnings = validate_fields(info, &mut object, query)?;
     settle_namespace(target, &mut object)?;
@@ -593,7 +604,7 @@ fn replace(
     body: &Bytes,
 ) -> Result<Response, ApiError> {
     let info = target.info;
-    let mut object = decode(headers, body)?;
+    let mut object = decode(info, headers, body)?;
     check_type_meta(info, &mut object)?;
     let warnings = validate_fields(info, &mut object, query)?;
     let existing = find(state, info, target.namespace.as_deref(), name)

@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use super::patch::{no_merge_keys, MergeKeys};
+use super::proto;
 
 /// The shape of a JSON value, as much as the server checks. `null` is accepted everywhere.
 #[derive(Debug)]
@@ -63,6 +64,8 @@ pub struct ResourceInfo {
     pub merge_keys: MergeKeys,
     pub columns: Columns,
     pub storage: Storage,
+    /// Protobuf descriptor for request bodies in `application/vnd.kubernetes.protobuf`.
+    pub proto: Option<&'static proto::Message>,
 }
 
 impl ResourceInfo {
@@ -155,6 +158,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         merge_keys: no_merge_keys,
         columns: Columns::Node,
         storage: Storage::Nodes,
+        proto: None,
     },
     ResourceInfo {
         group: "",
@@ -170,6 +174,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         merge_keys: no_merge_keys,
         columns: Columns::Namespace,
         storage: Storage::Objects,
+        proto: Some(proto::NAMESPACE),
     },
     ResourceInfo {
         group: "",
@@ -185,6 +190,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         merge_keys: no_merge_keys,
         columns: Columns::ConfigMap,
         storage: Storage::Objects,
+        proto: Some(proto::CONFIG_MAP),
     },
     // Read-only until the kubelet issue lands; `kubectl describe node` lists pods and events.
     ResourceInfo {
@@ -201,6 +207,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         merge_keys: no_merge_keys,
         columns: Columns::Generic,
         storage: Storage::Objects,
+        proto: None,
     },
     ResourceInfo {
         group: "",
@@ -216,6 +223,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         merge_keys: no_merge_keys,
         columns: Columns::Generic,
         storage: Storage::Objects,
+        proto: None,
     },
 ];
 
