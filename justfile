@@ -74,7 +74,7 @@ partition A B:
 heal:
     testnet/heal.sh
 
-# TODO: benches/run.sh is written separately; figures go to docs/benchmarks.md.
+# benches/run.sh is maintained with the benchmarks; figures go to docs/benchmarks.md.
 # Benchmarks: propagation, failure detection, idle cost, state under churn.
 bench: build
     benches/run.sh
