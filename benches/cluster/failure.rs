@@ -26,7 +26,8 @@ pub async fn detection(c: &mut dyn Cluster, label: &str, kills: usize) -> Result
     let mut first_suspect = Vec::new();
     let mut rejoin = Vec::new();
     let mut undetected = 0;
-    let mut false_suspicions = 0;
+    // Non-victims that a survivor reported in a state other than alive: (round, observer, member, state).
+    let mut false_states: std::collections::BTreeSet<(usize, String, String, String)> = Default::default();
     for r in 0..kills {
         let victim = 1 + r % (n - 1);
         let vname = c.name(victim);
@@ -53,7 +54,9 @@ pub async fn detection(c: &mut dyn Cluster, label: &str, kills: usize) -> Result
                     }
                     _ => {}
                 }
-                false_suspicions += st.members.iter().filter(|m| m.name != vname && m.state != "alive").count();
+                for m in st.members.iter().filter(|m| m.name != vname && m.state != "alive") {
+                    false_states.insert((r, c.name(i), m.name.clone(), m.state.clone()));
+                }
             }
             if survivors.iter().all(|&i| seen[i].dead.is_some()) || now > GIVE_UP {
                 break;
@@ -85,7 +88,15 @@ pub async fn detection(c: &mut dyn Cluster, label: &str, kills: usize) -> Result
     out += &format!("{}\n", row("first survivor reports the victim suspect", stats::summarize(&first_suspect)));
     out += &format!("{}\n", row("**every survivor reports it dead**", s));
     out += &format!("{}\n", row("restart → every node sees all alive", stats::summarize(&rejoin)));
-    out += &format!("\nundetected within {GIVE_UP:?}: {undetected}; (observer, member) samples of a non-victim not alive: {false_suspicions}\n");
+    out += &format!("\nundetected within {GIVE_UP:?}: {undetected}\n");
+    let false_dead = false_states.iter().filter(|f| f.3 == "dead").count();
+    out += &format!(
+        "\nnon-victims reported not alive while waiting (distinct round × observer × member × state): {} ({false_dead} dead)\n",
+        false_states.len()
+    );
+    for (r, obs, m, st) in false_states.iter().take(12) {
+        out += &format!("- round {r}: {obs} reported {m} {st}\n");
+    }
     if let Some(s) = s {
         out += &format!("\nRESULT detection {label} n={n} p50_ms={:.0} p99_ms={:.0} goal_p99_ms=3000 met={}\n", s.p50, s.p99, s.p99 <= 3000.0 && undetected == 0);
     }
