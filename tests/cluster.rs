@@ -20,6 +20,13 @@ fn five_agents_converge_and_agree_on_one_leader() {
     });
     let leader = c.agreed_leader(&c.nodes.iter().collect::<Vec<_>>(), Duration::from_secs(30));
     assert!(c.nodes.iter().any(|n| n.name == leader));
+    // Every node's status document is replicated to (and persisted by) every node.
+    poll("every node holds every node's status document", Duration::from_secs(30), || {
+        c.nodes
+            .iter()
+            .all(|holder| c.nodes.iter().all(|owner| holder.dir.join("status").join(format!("{}.cbor", owner.name)).exists()))
+            .then_some(())
+    });
     // Every node reads the same data for one object.
     let values: Vec<String> = c.nodes.iter().map(|n| c.configmap_value(n, "from-3").unwrap_or_default()).collect();
     assert!(values.iter().all(|v| v == "v3"), "{values:?}");

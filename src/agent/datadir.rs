@@ -4,7 +4,8 @@
 //! D/agent.json        AgentSettings (name, listen addresses, join addresses)
 //! D/cluster.cbor      ClusterIdentity (cluster id, generation, secret)      0600
 //! D/node.key          the node's libp2p ed25519 key (its peer id)         0600
-//! D/state.automerge   the replicated document                             0600
+//! D/state.automerge   the replicated cluster document                     0600
+//! D/status/<node>.cbor status documents (this node's own and replicas of its peers')
 //! D/tls/ca.crt        the cluster CA certificate
 //! D/tls/server.{crt,key}  this node's API certificate (re-issued at every start)
 //! D/join-token        the join token (0600)       D/admin-token  (init node only, 0600)
@@ -53,6 +54,7 @@ impl DataDir {
 
     pub fn create(&self) -> Result<(), DataDirError> {
         std::fs::create_dir_all(self.root.join("tls")).map_err(io(&self.root))?;
+        std::fs::create_dir_all(self.root.join("status")).map_err(io(&self.root))?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700)).map_err(io(&self.root))
     }

@@ -22,7 +22,27 @@ use shared::Shared;
 
 use crate::net::{self, NetConfig};
 use crate::security::{self, ClusterIdentity, JoinToken};
-use crate::state::{ClusterDoc, DocStore, StateError};
+use crate::state::{ClusterDoc, DocStore, StateError, StatusDoc};
+
+/// Status documents saved in `D/status/`; unreadable files are reported and skipped (peers
+/// hold replicas, anti-entropy brings them back).
+fn load_status_docs(dir: &DataDir) -> std::collections::BTreeMap<String, StatusDoc> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir.path("status")) else { return out };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("cbor") {
+            continue;
+        }
+        match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| StatusDoc::decode(&b, ActorId::random()).map_err(|e| e.to_string())) {
+            Ok(doc) => {
+                out.insert(doc.owner().to_string(), doc);
+            }
+            Err(e) => tracing::warn!(path = %path.display(), %e, "skipping unreadable status document"),
+        }
+    }
+    out
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -119,7 +139,9 @@ pub async fn run(opts: RunOptions, shutdown: impl std::future::Future<Output = (
     let advertise = settings.advertise_ip();
     tracing::info!(node = %settings.name, %peer_id, cluster = %identity.cluster_id, generation = identity.generation, %advertise, "agent starting");
 
-    let (shared, local_rx) = Shared::new(settings.name.clone(), identity, doc);
+    let mut status = load_status_docs(&dir);
+    status.entry(settings.name.clone()).or_insert_with(|| StatusDoc::empty(&settings.name, 0, ActorId::random()));
+    let (shared, local_rx) = Shared::new(settings.name.clone(), identity, doc, status);
     let shared = Arc::new(shared);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -185,6 +207,7 @@ async fn serve_api(
 
     let api_addr = SocketAddr::new(advertise, settings.listen_api.port());
     let p2p_addr = format!("/ip4/{}/udp/{}/quic-v1/p2p/{peer_id}", advertise, settings.listen_p2p.port());
+    let peer_id_for_status = peer_id.clone();
     let register = {
         let shared = shared.clone();
         let name = settings.name.clone();
@@ -197,6 +220,11 @@ async fn serve_api(
         }
     };
     register();
+    // The node's own status document records each agent start (a real transition).
+    let started = serde_json::json!({"version": crate::VERSION, "started": chrono::Utc::now().to_rfc3339(), "peer": peer_id_for_status});
+    if let Err(e) = shared.write_status(|d| d.put("agent", &started)) {
+        tracing::error!(%e, "writing the status document failed");
+    }
 
     let tls = crate::api::tls_config(server.cert_pem.as_bytes(), server.key_pem.as_bytes()).map_err(|e| AgentError::Other(e.to_string()))?;
     let listener = tokio::net::TcpListener::bind(settings.listen_api)

@@ -9,7 +9,17 @@ use tokio::sync::{mpsc, watch};
 
 use crate::api::MemberStatus;
 use crate::security::ClusterIdentity;
-use crate::state::{ClusterDoc, StateError};
+use crate::state::{ClusterDoc, DocId, StateError, StatusDoc};
+
+/// Most status documents an agent holds (one per node ever seen).
+pub const MAX_STATUS_DOCS: usize = 16384;
+
+/// Changes made locally to one document, for the push path.
+pub struct LocalChange {
+    pub doc: DocId,
+    pub version: u64,
+    pub changes: Vec<Vec<u8>>,
+}
 
 /// The membership view as last published by the network actor.
 #[derive(Clone, Debug, Default)]
@@ -27,18 +37,28 @@ pub struct Shared {
     pub node_name: String,
     pub identity: ClusterIdentity,
     doc: Mutex<ClusterDoc>,
+    /// Status documents by owner; this node's own is created at start.
+    status: Mutex<BTreeMap<String, StatusDoc>>,
     pub view: RwLock<View>,
     changes_tx: watch::Sender<u64>,
     /// Locally made changes, for the push path. Bounded: if the network actor falls behind,
     /// anti-entropy carries what the push path dropped.
-    local_tx: mpsc::Sender<Vec<Vec<u8>>>,
+    local_tx: mpsc::Sender<LocalChange>,
 }
 
 impl Shared {
-    pub fn new(node_name: String, identity: ClusterIdentity, doc: ClusterDoc) -> (Self, mpsc::Receiver<Vec<Vec<u8>>>) {
+    pub fn new(node_name: String, identity: ClusterIdentity, doc: ClusterDoc, status: BTreeMap<String, StatusDoc>) -> (Self, mpsc::Receiver<LocalChange>) {
         let (local_tx, local_rx) = mpsc::channel(1024);
         let (changes_tx, _) = watch::channel(0);
-        let shared = Shared { node_name, identity, doc: Mutex::new(doc), view: RwLock::new(View::default()), changes_tx, local_tx };
+        let shared = Shared {
+            node_name,
+            identity,
+            doc: Mutex::new(doc),
+            status: Mutex::new(status),
+            view: RwLock::new(View::default()),
+            changes_tx,
+            local_tx,
+        };
         (shared, local_rx)
     }
 
@@ -54,13 +74,38 @@ impl Shared {
         let out = f(&mut doc)?;
         let changes = doc.changes_since(&before);
         drop(doc);
-        if !changes.is_empty() {
-            if self.local_tx.try_send(changes).is_err() {
-                tracing::debug!("push queue full; anti-entropy will carry the change");
-            }
-            self.notify();
-        }
+        self.queue_push(DocId::Cluster, 0, changes);
         Ok(out)
+    }
+
+    /// All status documents (read, or replicate into).
+    pub fn status_docs(&self) -> MutexGuard<'_, BTreeMap<String, StatusDoc>> {
+        self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs a write on this node's own status document; its changes go to the push path.
+    pub fn write_status<T>(&self, f: impl FnOnce(&mut StatusDoc) -> Result<T, StateError>) -> Result<T, StateError> {
+        let mut docs = self.status_docs();
+        let own = docs
+            .entry(self.node_name.clone())
+            .or_insert_with(|| StatusDoc::empty(&self.node_name, 0, automerge::ActorId::random()));
+        let before = own.heads();
+        let out = f(own)?;
+        let changes = own.changes_since(&before);
+        let version = own.version();
+        drop(docs);
+        self.queue_push(DocId::Status(self.node_name.clone()), version, changes);
+        Ok(out)
+    }
+
+    pub fn queue_push(&self, doc: DocId, version: u64, changes: Vec<Vec<u8>>) {
+        if changes.is_empty() {
+            return;
+        }
+        if self.local_tx.try_send(LocalChange { doc, version, changes }).is_err() {
+            tracing::debug!("push queue full; anti-entropy will carry the change");
+        }
+        self.notify();
     }
 
     /// Wakes watchers (API watches) after any change of state or view.

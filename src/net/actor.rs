@@ -1,6 +1,6 @@
 //! The network actor's event loop and handlers.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,16 +12,17 @@ use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{identity, Multiaddr, PeerId, Swarm};
-use rand::seq::IteratorRandom;
 use tokio::sync::mpsc;
 
 use super::behaviour::{build_swarm, Behaviour, BehaviourEvent};
-use super::protocol::{serde_bytes_vec::Bytes, Request, Response, MAX_PUSH_CHANGES};
-use crate::agent::shared::{Shared, View};
+use super::protocol::{serde_bytes_vec::Bytes, Request, Response};
+use crate::agent::shared::{LocalChange, Shared, View};
 use crate::api::MemberStatus;
 use crate::membership::{self, MemberState, Membership, MembershipEvent, Output};
 use crate::security::{admission_proof, verify_admission, AdmissionClaim};
-use crate::state::DocStore;
+use crate::state::{DocId, DocStore};
+
+mod replication;
 
 #[derive(Clone, Debug)]
 pub struct NetConfig {
@@ -70,6 +71,7 @@ enum Sent {
     Admit,
     Gossip(String),
     Push,
+    Digest,
     Sync,
 }
 
@@ -84,10 +86,11 @@ struct Actor {
     admitting: HashSet<PeerId>,
     pending: HashMap<PeerId, VecDeque<(Request, Option<String>)>>,
     sent: HashMap<OutboundRequestId, Sent>,
-    sync_states: HashMap<PeerId, sync::State>,
+    sync_states: HashMap<(PeerId, DocId), (u64, sync::State)>,
     to_disconnect: Vec<(Instant, PeerId)>,
     store: DocStore,
-    dirty: bool,
+    status_dir: std::path::PathBuf,
+    dirty: BTreeSet<DocId>,
     last_save: Instant,
     last_anti_entropy: Instant,
     last_connect_sweep: Instant,
@@ -121,7 +124,7 @@ pub async fn run(
     shared: Arc<Shared>,
     config: NetConfig,
     data_dir: std::path::PathBuf,
-    mut local_rx: mpsc::Receiver<Vec<Vec<u8>>>,
+    mut local_rx: mpsc::Receiver<LocalChange>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NetError> {
     let me = key.public().to_peer_id();
@@ -148,7 +151,8 @@ pub async fn run(
         sync_states: HashMap::new(),
         to_disconnect: Vec::new(),
         store: DocStore::new(&data_dir),
-        dirty: false,
+        status_dir: data_dir.join("status"),
+        dirty: BTreeSet::new(),
         last_save: now,
         last_anti_entropy: now,
         last_connect_sweep: now - Duration::from_secs(10),
@@ -157,6 +161,9 @@ pub async fn run(
         refused_us_logged: HashMap::new(),
         config,
     };
+    if let Err(e) = std::fs::create_dir_all(&actor.status_dir) {
+        tracing::error!(%e, "creating the status dir failed");
+    }
     tracing::info!(peer = %actor.me, addr = %actor.my_addr, "network up");
     actor.publish_view();
     let mut tick = tokio::time::interval(TICK);
@@ -166,7 +173,7 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            Some(changes) = local_rx.recv() => actor.push_local(changes),
+            Some(change) = local_rx.recv() => actor.push_local(change),
             event = actor.swarm.select_next_some() => actor.on_swarm_event(event),
             _ = tick.tick() => actor.on_tick(),
         }
@@ -191,6 +198,7 @@ impl Actor {
         if now.duration_since(self.last_connect_sweep) >= Duration::from_secs(2) {
             self.last_connect_sweep = now;
             self.connect_sweep();
+            self.on_slow_tick();
         }
         let due: Vec<PeerId> = self.to_disconnect.iter().filter(|(t, _)| *t <= now).map(|(_, p)| *p).collect();
         self.to_disconnect.retain(|(t, _)| *t > now);
@@ -198,6 +206,10 @@ impl Actor {
             let _ = self.swarm.disconnect_peer_id(p);
         }
         self.save(false);
+    }
+
+    fn on_slow_tick(&mut self) {
+        self.maybe_rebase_own_status();
     }
 
     /// Keeps a connection to every live member (the push path reaches them directly), and
@@ -377,9 +389,7 @@ impl Actor {
             self.publish_view();
         }
         // Keep only what both sides agreed on; in-flight bookkeeping dies with the connection.
-        if let Some(state) = self.sync_states.get_mut(&peer) {
-            *state = sync::State::decode(&state.encode()).unwrap_or_default();
-        }
+        self.forget_in_flight(peer);
         self.fail_pending(peer);
     }
 
@@ -448,23 +458,17 @@ impl Actor {
                 self.respond(channel, Response::Ok);
                 self.drain_membership();
             }
-            Request::Push { changes } => {
-                if changes.len() > MAX_PUSH_CHANGES {
-                    tracing::warn!(member = %name, count = changes.len(), "push with too many changes refused");
-                    self.respond(channel, Response::Refused { reason: "too many changes".into() });
-                    return;
-                }
-                let changes: Vec<Vec<u8>> = changes.into_iter().map(|b| b.0).collect();
-                let applied = self.shared.doc().apply_pushed(&changes);
-                match applied {
-                    Ok(moved) => self.doc_moved(moved),
-                    Err(e) => tracing::warn!(member = %name, %e, "rejected pushed changes"),
-                }
-                self.respond(channel, Response::Ok);
+            Request::Push { doc, changes } => {
+                let response = self.on_push(&name, doc, changes);
+                self.respond(channel, response);
             }
-            Request::Sync { message } => {
-                let reply = self.receive_sync(peer, &name, &message.0);
-                self.respond(channel, Response::Sync { message: reply.map(Bytes) });
+            Request::Digest { docs } => {
+                let response = self.on_digest_request(docs);
+                self.respond(channel, response);
+            }
+            Request::Sync { doc, message } => {
+                let response = self.on_sync_request(peer, &name, doc, message);
+                self.respond(channel, response);
             }
         }
     }
@@ -491,13 +495,8 @@ impl Actor {
                     self.refused_us_logged.insert(peer, Instant::now());
                 }
             }
-            (Some(Sent::Sync), Response::Sync { message: Some(message) }) => {
-                if let Some(name) = self.peers.get(&peer).map(|p| p.name.clone()) {
-                    if let Some(next) = self.receive_sync(peer, &name, &message.0) {
-                        self.send_to_admitted(peer, Request::Sync { message: Bytes(next) }, Sent::Sync);
-                    }
-                }
-            }
+            (Some(Sent::Sync), Response::Sync { doc, message }) => self.on_sync_response(peer, doc, message),
+            (Some(Sent::Digest), Response::Digest { differ }) => self.on_digest_response(peer, differ),
             (_, Response::Refused { reason }) => tracing::debug!(%peer, %reason, "request refused"),
             _ => {}
         }
@@ -590,81 +589,11 @@ impl Actor {
                 self.send_to_admitted(peer, request, sent);
             }
         }
-        self.start_sync(peer);
+        self.anti_entropy_with(peer);
         self.drain_membership();
         self.publish_view();
     }
 
-    // ---- replication ----
-
-    fn send_to_admitted(&mut self, peer: PeerId, request: Request, sent: Sent) {
-        let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
-        self.sent.insert(id, sent);
-    }
-
-    fn push_local(&mut self, changes: Vec<Vec<u8>>) {
-        self.dirty = true;
-        let request = Request::Push { changes: changes.into_iter().map(Bytes).collect() };
-        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
-        for peer in peers {
-            self.send_to_admitted(peer, request.clone(), Sent::Push);
-        }
-    }
-
-    fn start_sync(&mut self, peer: PeerId) {
-        let message = {
-            let state = self.sync_states.entry(peer).or_default();
-            self.shared.doc().generate_sync(state)
-        };
-        if let Some(m) = message {
-            self.send_to_admitted(peer, Request::Sync { message: Bytes(m) }, Sent::Sync);
-        }
-    }
-
-    fn receive_sync(&mut self, peer: PeerId, name: &str, message: &[u8]) -> Option<Vec<u8>> {
-        let state = self.sync_states.entry(peer).or_default();
-        let mut doc = self.shared.doc();
-        let moved = match doc.receive_sync(state, message) {
-            Ok(moved) => moved,
-            Err(e) => {
-                tracing::warn!(member = %name, %e, "rejected sync message");
-                return None;
-            }
-        };
-        let reply = doc.generate_sync(state);
-        drop(doc);
-        self.doc_moved(moved);
-        reply
-    }
-
-    fn doc_moved(&mut self, moved: bool) {
-        if moved {
-            self.dirty = true;
-            self.shared.notify();
-        }
-    }
-
-    fn anti_entropy(&mut self) {
-        let Some(peer) = self.peers.keys().copied().choose(&mut rand::thread_rng()) else { return };
-        // Forget what we believe was in flight: the push path may have raced this peer's view.
-        if let Some(state) = self.sync_states.get_mut(&peer) {
-            *state = sync::State::decode(&state.encode()).unwrap_or_default();
-        }
-        self.start_sync(peer);
-    }
-
-    fn save(&mut self, force: bool) {
-        if !self.dirty || (!force && self.last_save.elapsed() < self.config.save_interval) {
-            return;
-        }
-        let bytes = self.shared.doc().save();
-        self.dirty = false;
-        self.last_save = Instant::now();
-        if let Err(e) = crate::state::write_atomic(self.store.path(), &bytes, 0o600) {
-            tracing::error!(%e, path = %self.store.path().display(), "saving the document failed");
-            self.dirty = true;
-        }
-    }
 }
 
 /// Node names are DNS-1123 subdomains (as Kubernetes requires of node names).

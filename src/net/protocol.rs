@@ -6,6 +6,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::membership;
 use crate::security::AdmissionClaim;
+use crate::state::DocId;
+
+/// Most documents one digest may list.
+pub const MAX_DIGEST_DOCS: usize = 16384 + 1;
+
+/// A document at a version. The cluster document is at version 0; a status document's
+/// version goes up each time its owner re-bases it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocRef {
+    pub id: DocId,
+    pub version: u64,
+}
+
+/// One line of an anti-entropy digest: a document and a hash of its heads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocDigest {
+    pub doc: DocRef,
+    pub heads: u64,
+}
 
 pub const PROTOCOL: &str = "/shoal/1";
 /// Largest request or response accepted from a peer (a first sync of a large document).
@@ -19,18 +38,23 @@ pub enum Request {
     Admit { claim: AdmissionClaim, proof: serde_bytes_vec::Bytes, p2p_addr: String },
     /// A membership (failure detector) message.
     Gossip(membership::Message),
-    /// Fast path: automerge changes made or received since the last push.
-    Push { changes: Vec<serde_bytes_vec::Bytes> },
-    /// Anti-entropy: one automerge sync message.
-    Sync { message: serde_bytes_vec::Bytes },
+    /// Fast path: automerge changes just made locally to one document.
+    Push { doc: DocRef, changes: Vec<serde_bytes_vec::Bytes> },
+    /// Anti-entropy, step 1: what the sender holds; the receiver answers with what differs.
+    Digest { docs: Vec<DocDigest> },
+    /// Anti-entropy, step 2: one automerge sync message for one document.
+    Sync { doc: DocRef, message: serde_bytes_vec::Bytes },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
     Admitted { claim: AdmissionClaim, proof: serde_bytes_vec::Bytes, p2p_addr: String },
     Ok,
-    /// The reply in a sync exchange, if the responder has anything to say.
-    Sync { message: Option<serde_bytes_vec::Bytes> },
+    /// The documents whose heads or versions differ between the two peers.
+    Digest { differ: Vec<DocId> },
+    /// The reply in a sync exchange, if the responder has anything to say; `doc` carries the
+    /// responder's version (higher than the sender's: the sender resets and re-syncs).
+    Sync { doc: DocRef, message: Option<serde_bytes_vec::Bytes> },
     Refused { reason: String },
 }
 
@@ -79,11 +103,12 @@ mod tests {
 
     #[test]
     fn push_round_trips_as_cbor_bytes() {
-        let req = Request::Push { changes: vec![serde_bytes_vec::Bytes(vec![1, 2, 3])] };
+        let doc = DocRef { id: DocId::Cluster, version: 0 };
+        let req = Request::Push { doc, changes: vec![serde_bytes_vec::Bytes(vec![1, 2, 3])] };
         let enc = cbor4ii::serde::to_vec(Vec::new(), &req).unwrap();
-        assert!(enc.len() < 20, "bytes must encode compactly: {} bytes", enc.len());
+        assert!(enc.len() < 40, "bytes must encode compactly: {} bytes", enc.len());
         let back: Request = cbor4ii::serde::from_slice(&enc).unwrap();
-        assert!(matches!(back, Request::Push { changes } if changes[0].0 == vec![1, 2, 3]));
+        assert!(matches!(back, Request::Push { changes, .. } if changes[0].0 == vec![1, 2, 3]));
         assert!(cbor4ii::serde::from_slice::<Request>(&[0xff, 0x13]).is_err());
     }
 }

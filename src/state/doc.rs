@@ -2,18 +2,13 @@
 //! automerge byte scalars, so a write replaces an object as a whole (never a field-by-field
 //! merge that nobody wrote) and concurrent writes resolve to automerge's deterministic winner.
 
-use automerge::sync::{self, SyncDoc};
-use automerge::transaction::Transactable;
-use automerge::{ActorId, AutoCommit, Change, ChangeHash, ReadDoc, ScalarValueRef, ValueRef, ROOT};
-use serde::de::DeserializeOwned;
+use automerge::ActorId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::keys::{self, object_key, prefix_end, ObjectPath};
+use super::keys::{self, object_key, ObjectPath};
+use super::replica::{from_cbor, Replica};
 use crate::model::NodeRecord;
-
-/// Upper bound on one stored value (a Kubernetes object): the API limits bodies below this.
-pub const MAX_VALUE_BYTES: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -42,91 +37,37 @@ pub struct ClusterMeta {
     pub ca_key_sealed: Vec<u8>,
 }
 
+/// The cluster document: cluster metadata, tokens, node records and users' objects.
 pub struct ClusterDoc {
-    doc: AutoCommit,
+    r: Replica,
 }
 
-pub(crate) fn to_cbor<T: Serialize>(value: &T) -> Result<Vec<u8>, StateError> {
-    cbor4ii::serde::to_vec(Vec::new(), value).map_err(|e| StateError::Encode(e.to_string()))
+impl std::ops::Deref for ClusterDoc {
+    type Target = Replica;
+    fn deref(&self) -> &Replica {
+        &self.r
+    }
 }
 
-pub(crate) fn from_cbor<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StateError> {
-    cbor4ii::serde::from_slice(bytes).map_err(|e| StateError::Corrupt { key: key.to_string(), reason: e.to_string() })
-}
-
-fn bytes_of<'a>(value: &'a ValueRef<'a>) -> Option<&'a [u8]> {
-    match value {
-        ValueRef::Scalar(ScalarValueRef::Bytes(b)) => Some(b),
-        _ => None,
+impl std::ops::DerefMut for ClusterDoc {
+    fn deref_mut(&mut self) -> &mut Replica {
+        &mut self.r
     }
 }
 
 impl ClusterDoc {
     /// An empty document (a joiner before its first sync).
     pub fn empty(actor: ActorId) -> Self {
-        ClusterDoc { doc: AutoCommit::new().with_actor(actor) }
+        ClusterDoc { r: Replica::empty(actor) }
     }
 
     pub fn load(bytes: &[u8], actor: ActorId) -> Result<Self, StateError> {
-        Ok(ClusterDoc { doc: AutoCommit::load(bytes)?.with_actor(actor) })
+        Ok(ClusterDoc { r: Replica::load(bytes, actor)? })
     }
 
-    pub fn save(&mut self) -> Vec<u8> {
-        self.doc.save()
-    }
-
-    pub fn heads(&mut self) -> Vec<ChangeHash> {
-        self.doc.get_heads()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.doc.is_empty()
-    }
-
-    fn get_bytes(&self, key: &str) -> Option<Vec<u8>> {
-        match self.doc.get(ROOT, key) {
-            Ok(Some((value, _))) => value.into_bytes().ok(),
-            _ => None,
-        }
-    }
-
-    fn put_bytes(&mut self, key: &str, bytes: Vec<u8>) -> Result<(), StateError> {
-        if bytes.len() > MAX_VALUE_BYTES {
-            return Err(StateError::TooLarge(bytes.len()));
-        }
-        self.doc.put(ROOT, key, bytes)?;
-        self.doc.commit();
-        Ok(())
-    }
-
-    fn delete_key(&mut self, key: &str) -> Result<bool, StateError> {
-        if self.doc.get(ROOT, key)?.is_none() {
-            return Ok(false);
-        }
-        self.doc.delete(ROOT, key)?;
-        self.doc.commit();
-        Ok(true)
-    }
-
-    fn get_typed<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StateError> {
-        self.get_bytes(key).map(|b| from_cbor(key, &b)).transpose()
-    }
-
-    /// Every `(key, bytes)` whose key starts with `prefix`, in key order.
-    fn scan(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
-        self.doc
-            .map_range(ROOT, prefix.to_string()..prefix_end(prefix))
-            .filter_map(|item| bytes_of(&item.value).map(|b| (item.key.to_string(), b.to_vec())))
-            .collect()
-    }
-
-    /// Keys with concurrent writes whose losers are still visible (surfaced as events).
-    pub fn conflicts(&self, prefix: &str) -> Vec<String> {
-        self.doc
-            .map_range(ROOT, prefix.to_string()..prefix_end(prefix))
-            .filter(|item| item.conflict)
-            .map(|item| item.key.to_string())
-            .collect()
+    /// See [`Replica::rebuild`].
+    pub fn rebuild(&self, actor: ActorId, keep: impl Fn(&str) -> bool) -> Result<ClusterDoc, StateError> {
+        Ok(ClusterDoc { r: self.r.rebuild(actor, keep)? })
     }
 
     // ---- cluster metadata and tokens ----
@@ -136,11 +77,11 @@ impl ClusterDoc {
     }
 
     pub fn put_meta(&mut self, meta: &ClusterMeta) -> Result<(), StateError> {
-        self.put_bytes(keys::META, to_cbor(meta)?)
+        self.put_typed(keys::META, meta)
     }
 
     pub fn add_token(&mut self, hash: &str, user: &str) -> Result<(), StateError> {
-        self.put_bytes(&format!("{}{hash}", keys::TOKEN_PREFIX), to_cbor(&user)?)
+        self.put_typed(&format!("{}{hash}", keys::TOKEN_PREFIX), &user)
     }
 
     /// The user a token hash belongs to.
@@ -159,7 +100,7 @@ impl ClusterDoc {
         if self.node(&record.name)?.as_ref() == Some(record) {
             return Ok(false);
         }
-        self.put_bytes(&format!("{}{}", keys::NODE_PREFIX, record.name), to_cbor(record)?)?;
+        self.put_typed(&format!("{}{}", keys::NODE_PREFIX, record.name), record)?;
         Ok(true)
     }
 
@@ -188,7 +129,7 @@ impl ClusterDoc {
     }
 
     pub fn put_object(&mut self, resource: &str, namespace: Option<&str>, name: &str, object: &Value) -> Result<(), StateError> {
-        self.put_bytes(&object_key(resource, namespace, name), to_cbor(object)?)
+        self.put_typed(&object_key(resource, namespace, name), object)
     }
 
     pub fn delete_object(&mut self, resource: &str, namespace: Option<&str>, name: &str) -> Result<bool, StateError> {
@@ -216,63 +157,12 @@ impl ClusterDoc {
             .collect()
     }
 
-    // ---- replication ----
-
-    /// Changes made since `heads`, encoded for the push path.
-    pub fn changes_since(&mut self, heads: &[ChangeHash]) -> Vec<Vec<u8>> {
-        self.doc.get_changes(heads).into_iter().map(|c| c.raw_bytes().to_vec()).collect()
-    }
-
-    /// Applies pushed changes. Returns whether the document's heads moved. Changes whose
-    /// dependencies are missing are queued by automerge until anti-entropy brings them.
-    pub fn apply_pushed(&mut self, changes: &[Vec<u8>]) -> Result<bool, StateError> {
-        let before = self.heads();
-        let decoded = changes
-            .iter()
-            .map(|b| Change::from_bytes(b.clone()).map_err(|e| StateError::Change(e.to_string())))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.doc.apply_changes(decoded)?;
-        Ok(self.heads() != before)
-    }
-
-    pub fn generate_sync(&mut self, state: &mut sync::State) -> Option<Vec<u8>> {
-        self.doc.sync().generate_sync_message(state).map(|m| m.encode())
-    }
-
-    /// Receives a sync message; returns whether the document's heads moved.
-    pub fn receive_sync(&mut self, state: &mut sync::State, message: &[u8]) -> Result<bool, StateError> {
-        let before = self.heads();
-        let msg = sync::Message::decode(message).map_err(|e| StateError::SyncMessage(e.to_string()))?;
-        self.doc.sync().receive_sync_message(state, msg)?;
-        Ok(self.heads() != before)
-    }
-
-    /// A fresh document holding exactly the current state and no history, written by `actor`
-    /// in one change with keys in order: two replicas that rebuild the same state with the same
-    /// actor get byte-identical documents (the basis of compaction and of restore).
-    pub fn rebuild(&self, actor: ActorId, keep: impl Fn(&str) -> bool) -> Result<ClusterDoc, StateError> {
-        let mut fresh = AutoCommit::new().with_actor(actor);
-        for (key, bytes) in self.scan("") {
-            if keep(&key) {
-                fresh.put(ROOT, key.as_str(), bytes)?;
-            }
-        }
-        fresh.commit_with(automerge::transaction::CommitOptions::default().with_time(0));
-        Ok(ClusterDoc { doc: fresh })
-    }
-
-    pub fn set_actor(&mut self, actor: ActorId) {
-        self.doc.set_actor(actor);
-    }
-
-    pub fn change_count(&mut self) -> usize {
-        self.doc.get_changes(&[]).len()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use automerge::sync;
     use serde_json::json;
 
     fn actor(n: u8) -> ActorId {

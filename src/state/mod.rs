@@ -1,11 +1,38 @@
-//! The replicated cluster state: one automerge document with a flat key space, typed reads and
-//! writes, change extraction for the push path, per-peer sync for anti-entropy, persistence to
-//! the data dir, and the deterministic rebuild that bounds history (compaction and restore).
+//! The replicated cluster state: the cluster document (cluster metadata, tokens, node records
+//! and users' objects; a flat key space of whole CBOR values), per-node status documents (one
+//! writer each, re-based by their owner to bound history), change extraction for the push path,
+//! sync for anti-entropy, persistence in the data dir, and the deterministic rebuild that
+//! compaction and restore are built on.
 
 mod doc;
 mod keys;
 mod persist;
+mod replica;
+mod status;
 
 pub use doc::{ClusterDoc, ClusterMeta, StateError};
 pub use keys::{object_key, ObjectPath};
 pub use persist::{write_atomic, DocStore};
+pub use replica::{Replica, MAX_VALUE_BYTES};
+pub use status::StatusDoc;
+
+/// Identifies one replicated document.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub enum DocId {
+    /// The cluster document (many writers).
+    Cluster,
+    /// The status document of the named node (one writer: that node).
+    Status(String),
+}
+
+/// Serde helper: `Vec<u8>` as a CBOR byte string.
+pub(crate) mod bytes_field {
+    use crate::net::protocol::serde_bytes_vec::Bytes;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        Bytes(v.to_vec()).serialize(s)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(Bytes::deserialize(d)?.0)
+    }
+}

@@ -1,0 +1,280 @@
+//! Replication of the documents between admitted peers: the push path (local changes to every
+//! peer at once), digest-driven anti-entropy (compare heads of every document with one random
+//! peer per interval, then automerge-sync the ones that differ), status-document versions
+//! (a newer version replaces an older one), and persistence of what changed.
+
+use automerge::sync;
+use libp2p::PeerId;
+use rand::seq::IteratorRandom;
+
+use super::{Actor, Sent};
+use crate::agent::shared::{LocalChange, Shared, MAX_STATUS_DOCS};
+use crate::net::protocol::{serde_bytes_vec::Bytes, DocDigest, DocRef, Request, Response, MAX_DIGEST_DOCS, MAX_PUSH_CHANGES};
+use crate::state::{DocId, Replica, StatusDoc};
+
+/// Runs `f` on our replica of `id`, if we hold one.
+fn with_replica<T>(shared: &Shared, id: &DocId, f: impl FnOnce(&mut Replica) -> T) -> Option<T> {
+    match id {
+        DocId::Cluster => Some(f(&mut shared.doc())),
+        DocId::Status(owner) => shared.status_docs().get_mut(owner).map(|d| f(d)),
+    }
+}
+
+impl Actor {
+    pub(super) fn send_to_admitted(&mut self, peer: PeerId, request: Request, sent: Sent) {
+        let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
+        self.sent.insert(id, sent);
+    }
+
+    fn mark_dirty(&mut self, id: DocId) {
+        self.dirty.insert(id);
+        self.shared.notify();
+    }
+
+    pub(super) fn push_local(&mut self, change: LocalChange) {
+        self.dirty.insert(change.doc.clone());
+        let request = Request::Push { doc: DocRef { id: change.doc, version: change.version }, changes: change.changes.into_iter().map(Bytes).collect() };
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            self.send_to_admitted(peer, request.clone(), Sent::Push);
+        }
+    }
+
+    /// Our version of `id` after taking a peer's `remote` version into account: an older
+    /// replica of someone else's status document is replaced by an empty one at the newer
+    /// version (sync then fills it); our own is re-based past any version a peer still holds
+    /// (our data dir was lost). `None`: a document we refuse to hold.
+    fn align(&mut self, id: &DocId, remote: u64) -> Option<u64> {
+        match id {
+            DocId::Cluster => (remote == 0).then_some(0),
+            DocId::Status(owner) if !crate::net::valid_node_name(owner) => None,
+            DocId::Status(owner) if *owner == self.shared.node_name => {
+                let mut docs = self.shared.status_docs();
+                let own = docs.get_mut(owner)?;
+                if remote > own.version() {
+                    let mut rebased = own.rebased(automerge::ActorId::random()).ok()?;
+                    while rebased.version() <= remote {
+                        rebased = rebased.rebased(automerge::ActorId::random()).ok()?;
+                    }
+                    *own = rebased;
+                    let version = own.version();
+                    let changes = own.changes_since(&[]);
+                    drop(docs);
+                    self.shared.queue_push(id.clone(), version, changes);
+                    return Some(version);
+                }
+                Some(own.version())
+            }
+            DocId::Status(owner) => {
+                let mut docs = self.shared.status_docs();
+                match docs.get(owner).map(|d| d.version()) {
+                    Some(mine) if mine >= remote => Some(mine),
+                    Some(_) => {
+                        docs.insert(owner.clone(), StatusDoc::empty(owner, remote, automerge::ActorId::random()));
+                        Some(remote)
+                    }
+                    None if docs.len() < MAX_STATUS_DOCS => {
+                        docs.insert(owner.clone(), StatusDoc::empty(owner, remote, automerge::ActorId::random()));
+                        Some(remote)
+                    }
+                    None => None,
+                }
+            }
+        }
+    }
+
+    /// The sync state for one peer and document at `version` (reset when the version moved).
+    fn sync_state(&mut self, peer: PeerId, id: &DocId, version: u64) -> &mut sync::State {
+        let entry = self.sync_states.entry((peer, id.clone())).or_insert_with(|| (version, sync::State::new()));
+        if entry.0 != version {
+            *entry = (version, sync::State::new());
+        }
+        &mut entry.1
+    }
+
+    /// Keeps only what both sides agreed on; in-flight bookkeeping dies with a connection.
+    pub(super) fn forget_in_flight(&mut self, peer: PeerId) {
+        for ((p, _), (_, state)) in self.sync_states.iter_mut() {
+            if *p == peer {
+                *state = sync::State::decode(&state.encode()).unwrap_or_default();
+            }
+        }
+    }
+
+    pub(super) fn on_push(&mut self, from: &str, doc: DocRef, changes: Vec<Bytes>) -> Response {
+        if changes.len() > MAX_PUSH_CHANGES {
+            tracing::warn!(member = %from, count = changes.len(), "push with too many changes refused");
+            return Response::Refused { reason: "too many changes".into() };
+        }
+        let Some(mine) = self.align(&doc.id, doc.version) else {
+            return Response::Refused { reason: format!("unknown document {:?}", doc.id) };
+        };
+        if mine != doc.version {
+            return Response::Ok; // The sender is behind; anti-entropy brings it forward.
+        }
+        let changes: Vec<Vec<u8>> = changes.into_iter().map(|b| b.0).collect();
+        match with_replica(&self.shared, &doc.id, |r| r.apply_pushed(&changes)) {
+            Some(Ok(true)) => self.mark_dirty(doc.id),
+            Some(Ok(false)) | None => {}
+            Some(Err(e)) => tracing::warn!(member = %from, %e, "rejected pushed changes"),
+        }
+        Response::Ok
+    }
+
+    pub(super) fn on_sync_request(&mut self, peer: PeerId, from: &str, doc: DocRef, message: Bytes) -> Response {
+        let Some(mine) = self.align(&doc.id, doc.version) else {
+            return Response::Refused { reason: format!("unknown document {:?}", doc.id) };
+        };
+        let reply_ref = DocRef { id: doc.id.clone(), version: mine };
+        if mine > doc.version {
+            // The sender holds an older version: open a fresh exchange at ours.
+            let state = self.sync_state(peer, &doc.id, mine);
+            *state = sync::State::new();
+            let mut state = std::mem::take(state);
+            let opening = with_replica(&self.shared, &doc.id, |r| r.generate_sync(&mut state)).flatten();
+            *self.sync_state(peer, &doc.id, mine) = state;
+            return Response::Sync { doc: reply_ref, message: opening.map(Bytes) };
+        }
+        let reply = self.exchange(peer, from, &doc.id, mine, &message.0);
+        Response::Sync { doc: reply_ref, message: reply.map(Bytes) }
+    }
+
+    /// Receives one sync message for `id` and returns our next message, if any.
+    fn exchange(&mut self, peer: PeerId, from: &str, id: &DocId, version: u64, message: &[u8]) -> Option<Vec<u8>> {
+        let mut state = std::mem::take(self.sync_state(peer, id, version));
+        let result = with_replica(&self.shared, id, |r| {
+            let moved = r.receive_sync(&mut state, message)?;
+            Ok::<_, crate::state::StateError>((moved, r.generate_sync(&mut state)))
+        });
+        *self.sync_state(peer, id, version) = state;
+        match result {
+            Some(Ok((moved, reply))) => {
+                if moved {
+                    self.mark_dirty(id.clone());
+                }
+                reply
+            }
+            Some(Err(e)) => {
+                tracing::warn!(member = %from, %e, doc = ?id, "rejected sync message");
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub(super) fn on_sync_response(&mut self, peer: PeerId, doc: DocRef, message: Option<Bytes>) {
+        let Some(mine) = self.align(&doc.id, doc.version) else { return };
+        if mine != doc.version {
+            return;
+        }
+        let Some(message) = message else { return };
+        let from = self.peers.get(&peer).map(|p| p.name.clone()).unwrap_or_default();
+        if let Some(next) = self.exchange(peer, &from, &doc.id, mine, &message.0) {
+            self.send_to_admitted(peer, Request::Sync { doc: DocRef { id: doc.id, version: mine }, message: Bytes(next) }, Sent::Sync);
+        }
+    }
+
+    fn start_sync(&mut self, peer: PeerId, id: &DocId) {
+        let version = match id {
+            DocId::Cluster => 0,
+            DocId::Status(owner) => {
+                let held = self.shared.status_docs().get(owner).map(|d| d.version());
+                match held.or_else(|| self.align(id, 0)) {
+                    Some(v) => v,
+                    None => return,
+                }
+            }
+        };
+        let mut state = std::mem::take(self.sync_state(peer, id, version));
+        let message = with_replica(&self.shared, id, |r| r.generate_sync(&mut state)).flatten();
+        *self.sync_state(peer, id, version) = state;
+        if let Some(m) = message {
+            self.send_to_admitted(peer, Request::Sync { doc: DocRef { id: id.clone(), version }, message: Bytes(m) }, Sent::Sync);
+        }
+    }
+
+    fn digest(&self) -> Vec<DocDigest> {
+        let mut out = vec![DocDigest { doc: DocRef { id: DocId::Cluster, version: 0 }, heads: self.shared.doc().heads_digest() }];
+        for (owner, doc) in self.shared.status_docs().iter_mut() {
+            out.push(DocDigest { doc: DocRef { id: DocId::Status(owner.clone()), version: doc.version() }, heads: doc.heads_digest() });
+        }
+        out
+    }
+
+    pub(super) fn on_digest_request(&mut self, docs: Vec<DocDigest>) -> Response {
+        if docs.len() > MAX_DIGEST_DOCS {
+            return Response::Refused { reason: "digest too large".into() };
+        }
+        let mine: std::collections::BTreeMap<DocId, (u64, u64)> = self.digest().into_iter().map(|d| (d.doc.id, (d.doc.version, d.heads))).collect();
+        let theirs: std::collections::BTreeMap<DocId, (u64, u64)> = docs.into_iter().map(|d| (d.doc.id, (d.doc.version, d.heads))).collect();
+        let mut differ: Vec<DocId> = mine.iter().filter(|(id, v)| theirs.get(*id) != Some(*v)).map(|(id, _)| id.clone()).collect();
+        differ.extend(theirs.keys().filter(|id| !mine.contains_key(*id)).cloned());
+        differ.truncate(MAX_DIGEST_DOCS);
+        Response::Digest { differ }
+    }
+
+    pub(super) fn on_digest_response(&mut self, peer: PeerId, differ: Vec<DocId>) {
+        for id in differ.into_iter().take(MAX_DIGEST_DOCS) {
+            // Forget what we believe was in flight: the push path may have raced this peer.
+            if let Some((_, state)) = self.sync_states.get_mut(&(peer, id.clone())) {
+                *state = sync::State::decode(&state.encode()).unwrap_or_default();
+            }
+            self.start_sync(peer, &id);
+        }
+    }
+
+    pub(super) fn anti_entropy(&mut self) {
+        if let Some(peer) = self.peers.keys().copied().choose(&mut rand::thread_rng()) {
+            self.anti_entropy_with(peer);
+        }
+    }
+
+    pub(super) fn anti_entropy_with(&mut self, peer: PeerId) {
+        let docs = self.digest();
+        self.send_to_admitted(peer, Request::Digest { docs }, Sent::Digest);
+    }
+
+    /// The owner re-bases its status document when history outgrew the state.
+    pub(super) fn maybe_rebase_own_status(&mut self) {
+        let mut docs = self.shared.status_docs();
+        let Some(own) = docs.get_mut(&self.shared.node_name) else { return };
+        if !own.needs_rebase() {
+            return;
+        }
+        let Ok(fresh) = own.rebased(automerge::ActorId::random()) else { return };
+        let before = own.save().len();
+        *own = fresh;
+        let version = own.version();
+        let changes = own.changes_since(&[]);
+        let after = own.save().len();
+        drop(docs);
+        tracing::info!(version, before, after, "re-based own status document");
+        self.shared.queue_push(DocId::Status(self.shared.node_name.clone()), version, changes);
+        self.dirty.insert(DocId::Status(self.shared.node_name.clone()));
+    }
+
+    /// Writes changed documents to the data dir (at most every `save_interval` unless forced).
+    pub(super) fn save(&mut self, force: bool) {
+        if self.dirty.is_empty() || (!force && self.last_save.elapsed() < self.config.save_interval) {
+            return;
+        }
+        self.last_save = std::time::Instant::now();
+        for id in std::mem::take(&mut self.dirty) {
+            let (path, bytes) = match &id {
+                DocId::Cluster => (self.store.path().to_path_buf(), Ok(self.shared.doc().save())),
+                DocId::Status(owner) => {
+                    let path = self.status_dir.join(format!("{owner}.cbor"));
+                    match self.shared.status_docs().get_mut(owner) {
+                        Some(doc) => (path, doc.encode()),
+                        None => continue,
+                    }
+                }
+            };
+            let result = bytes.map_err(|e| std::io::Error::other(e.to_string())).and_then(|b| crate::state::write_atomic(&path, &b, 0o600));
+            if let Err(e) = result {
+                tracing::error!(%e, path = %path.display(), "saving a document failed");
+                self.dirty.insert(id);
+            }
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! `Replica`: one automerge document with a flat key space of CBOR values, and the
+//! operations replication needs (changes for the push path, sync messages for anti-entropy,
+//! save/load, and the deterministic rebuild that drops history). `ClusterDoc` and `StatusDoc`
+//! are typed views over it.
+
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::Transactable;
+use automerge::{ActorId, AutoCommit, Change, ChangeHash, ReadDoc, ScalarValueRef, ValueRef, ROOT};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::keys::prefix_end;
+use super::StateError;
+
+/// Upper bound on one stored value (a Kubernetes object): the API limits bodies below this.
+pub const MAX_VALUE_BYTES: usize = 4 << 20;
+
+pub(crate) fn to_cbor<T: Serialize>(value: &T) -> Result<Vec<u8>, StateError> {
+    cbor4ii::serde::to_vec(Vec::new(), value).map_err(|e| StateError::Encode(e.to_string()))
+}
+
+pub(crate) fn from_cbor<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StateError> {
+    cbor4ii::serde::from_slice(bytes).map_err(|e| StateError::Corrupt { key: key.to_string(), reason: e.to_string() })
+}
+
+fn bytes_of<'a>(value: &'a ValueRef<'a>) -> Option<&'a [u8]> {
+    match value {
+        ValueRef::Scalar(ScalarValueRef::Bytes(b)) => Some(b),
+        _ => None,
+    }
+}
+
+pub struct Replica {
+    doc: AutoCommit,
+}
+
+impl Replica {
+    pub fn empty(actor: ActorId) -> Self {
+        Replica { doc: AutoCommit::new().with_actor(actor) }
+    }
+
+    pub fn load(bytes: &[u8], actor: ActorId) -> Result<Self, StateError> {
+        Ok(Replica { doc: AutoCommit::load(bytes)?.with_actor(actor) })
+    }
+
+    pub fn save(&mut self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    pub fn heads(&mut self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    /// A short digest of the heads: equal digests mean equal documents.
+    pub fn heads_digest(&mut self) -> u64 {
+        use sha2::{Digest, Sha256};
+        let mut heads = self.heads();
+        heads.sort();
+        let mut h = Sha256::new();
+        for head in heads {
+            h.update(head.0);
+        }
+        u64::from_be_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.doc.is_empty()
+    }
+
+    pub fn set_actor(&mut self, actor: ActorId) {
+        self.doc.set_actor(actor);
+    }
+
+    pub fn change_count(&mut self) -> usize {
+        self.doc.get_changes(&[]).len()
+    }
+
+    pub(crate) fn get_bytes(&self, key: &str) -> Option<Vec<u8>> {
+        match self.doc.get(ROOT, key) {
+            Ok(Some((value, _))) => value.into_bytes().ok(),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn put_bytes(&mut self, key: &str, bytes: Vec<u8>) -> Result<(), StateError> {
+        if bytes.len() > MAX_VALUE_BYTES {
+            return Err(StateError::TooLarge(bytes.len()));
+        }
+        self.doc.put(ROOT, key, bytes)?;
+        self.doc.commit();
+        Ok(())
+    }
+
+    pub(crate) fn delete_key(&mut self, key: &str) -> Result<bool, StateError> {
+        if self.doc.get(ROOT, key)?.is_none() {
+            return Ok(false);
+        }
+        self.doc.delete(ROOT, key)?;
+        self.doc.commit();
+        Ok(true)
+    }
+
+    pub(crate) fn get_typed<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StateError> {
+        self.get_bytes(key).map(|b| from_cbor(key, &b)).transpose()
+    }
+
+    pub(crate) fn put_typed<T: Serialize>(&mut self, key: &str, value: &T) -> Result<(), StateError> {
+        self.put_bytes(key, to_cbor(value)?)
+    }
+
+    /// Every `(key, bytes)` whose key starts with `prefix`, in key order.
+    pub(crate) fn scan(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        self.doc
+            .map_range(ROOT, prefix.to_string()..prefix_end(prefix))
+            .filter_map(|item| bytes_of(&item.value).map(|b| (item.key.to_string(), b.to_vec())))
+            .collect()
+    }
+
+    /// Number of live keys.
+    pub fn len(&self) -> usize {
+        self.doc.length(ROOT)
+    }
+
+    /// Keys with concurrent writes whose losers are still visible (surfaced as events).
+    pub fn conflicts(&self, prefix: &str) -> Vec<String> {
+        self.doc
+            .map_range(ROOT, prefix.to_string()..prefix_end(prefix))
+            .filter(|item| item.conflict)
+            .map(|item| item.key.to_string())
+            .collect()
+    }
+
+    /// Changes made since `heads`, encoded for the push path.
+    pub fn changes_since(&mut self, heads: &[ChangeHash]) -> Vec<Vec<u8>> {
+        self.doc.get_changes(heads).into_iter().map(|c| c.raw_bytes().to_vec()).collect()
+    }
+
+    /// Applies pushed changes. Returns whether the document's heads moved. Changes whose
+    /// dependencies are missing are queued by automerge until anti-entropy brings them.
+    pub fn apply_pushed(&mut self, changes: &[Vec<u8>]) -> Result<bool, StateError> {
+        let before = self.heads();
+        let decoded = changes
+            .iter()
+            .map(|b| Change::from_bytes(b.clone()).map_err(|e| StateError::Change(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.doc.apply_changes(decoded)?;
+        Ok(self.heads() != before)
+    }
+
+    pub fn generate_sync(&mut self, state: &mut sync::State) -> Option<Vec<u8>> {
+        self.doc.sync().generate_sync_message(state).map(|m| m.encode())
+    }
+
+    /// Receives a sync message; returns whether the document's heads moved.
+    pub fn receive_sync(&mut self, state: &mut sync::State, message: &[u8]) -> Result<bool, StateError> {
+        let before = self.heads();
+        let msg = sync::Message::decode(message).map_err(|e| StateError::SyncMessage(e.to_string()))?;
+        self.doc.sync().receive_sync_message(state, msg)?;
+        Ok(self.heads() != before)
+    }
+
+    /// A fresh document holding exactly the current state (keys for which `keep` holds) and no
+    /// history, written by `actor` in one change with keys in order and a zero timestamp: two
+    /// replicas that rebuild the same state with the same actor get byte-identical documents.
+    pub fn rebuild(&self, actor: ActorId, keep: impl Fn(&str) -> bool) -> Result<Replica, StateError> {
+        let mut fresh = AutoCommit::new().with_actor(actor);
+        for (key, bytes) in self.scan("") {
+            if keep(&key) {
+                fresh.put(ROOT, key.as_str(), bytes)?;
+            }
+        }
+        fresh.commit_with(automerge::transaction::CommitOptions::default().with_time(0));
+        Ok(Replica { doc: fresh })
+    }
+}
