@@ -140,7 +140,8 @@ remove_node_net() {
 cg_mode_and_root() {
   local v2
   v2="$(awk '$3 == "cgroup2" {print $2; exit}' /proc/mounts)"
-  if [ -n "$v2" ] && [ -w "$v2" ]; then
+  # TESTNET_CGROUP=v1 forces the v1 fallback (to test it on machines that have cgroup2).
+  if [ -n "$v2" ] && [ -w "$v2" ] && [ "${TESTNET_CGROUP:-}" != v1 ]; then
     echo "v2 $v2/$CG_NAME"; return
   fi
   local c
