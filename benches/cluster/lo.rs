@@ -65,23 +65,28 @@ impl Loopback {
         let api = Api::new(&ca, &admin)?;
         let mut c = Loopback { bin: bin.to_path_buf(), pidfile: root.join("pids"), token, agents, api };
         c.spawn(0, false)?;
-        cluster::wait_all_alive(&c, &[0], Duration::from_secs(30)).await.context("first agent")?;
+        c.wait_up(0).await?;
         // Joiners in small batches, so that 50 agents do not all handshake with the seed at once.
         for batch in (1..n).collect::<Vec<_>>().chunks(8) {
             for &i in batch {
                 c.spawn(i, true)?;
             }
-            let t0 = Instant::now();
-            while c.api.status(&c.api_url(batch[batch.len() - 1])).await.is_err() {
-                if t0.elapsed() > Duration::from_secs(30) {
-                    bail!("agent {} did not come up", c.name(batch[batch.len() - 1]));
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            c.wait_up(batch[batch.len() - 1]).await?;
         }
         let took = cluster::wait_all_alive(&c, &cluster::all(&c), Duration::from_secs(240)).await?;
         eprintln!("loopback cluster of {n} converged ({:.1} s after the last start)", took.as_secs_f64());
         Ok(c)
+    }
+
+    async fn wait_up(&self, i: usize) -> Result<()> {
+        let t0 = Instant::now();
+        while self.api.status(&self.api_url(i)).await.is_err() {
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("agent {} did not serve its API within 30 s (log: {})", self.name(i), self.agents[i].log.display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
     }
 
     fn spawn(&mut self, i: usize, first_join: bool) -> Result<()> {
