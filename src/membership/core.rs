@@ -46,6 +46,9 @@ struct Relay {
     expires: Instant,
 }
 
+/// Urgent updates (deaths, leaves, refutations) are pushed to this many random members on arrival.
+const FORWARD_FANOUT: usize = 2;
+
 /// A stall longer than this (tick called this late) shifts every timer: time the process did
 /// not observe is not evidence against others.
 fn stall_slack(config: &Config) -> Duration {
@@ -62,6 +65,8 @@ pub struct Membership {
     members: BTreeMap<MemberId, Member>,
     probe_order: Vec<MemberId>,
     probe_pos: usize,
+    /// Members suspected by others: probed next, out of turn, to confirm or clear quickly.
+    probe_first: VecDeque<MemberId>,
     probe: Option<Probe>,
     next_probe: Instant,
     next_push_pull: Instant,
@@ -99,6 +104,7 @@ impl Membership {
             members,
             probe_order: Vec::new(),
             probe_pos: 0,
+            probe_first: VecDeque::new(),
             probe: None,
             next_probe,
             next_push_pull,
@@ -343,6 +349,11 @@ impl Membership {
     }
 
     fn next_probe_target(&mut self) -> Option<MemberId> {
+        while let Some(id) = self.probe_first.pop_front() {
+            if self.state_of(&id) == Some(MemberState::Suspect) {
+                return Some(id);
+            }
+        }
         for _ in 0..2 {
             while self.probe_pos < self.probe_order.len() {
                 let id = self.probe_order[self.probe_pos].clone();
@@ -525,15 +536,43 @@ impl Membership {
         if is_live && !was_live {
             self.insert_in_probe_order(id.clone());
         }
-        self.broadcasts.push(Update { member: record, by });
+        let update = Update { member: record, by };
+        self.broadcasts.push(update.clone());
+        // Deaths, leaves and refutations race against timers elsewhere: besides riding on
+        // later messages, they are pushed at once to a few random members (an epidemic of
+        // fanout FORWARD_FANOUT, so a cluster learns them in a few network latencies).
+        let urgent = match info.state {
+            MemberState::Dead | MemberState::Left => was != info.state,
+            MemberState::Alive => was != MemberState::Alive,
+            MemberState::Suspect => false,
+        };
+        if urgent {
+            self.forward(&update, &id);
+        }
         if was != info.state {
             self.emit_state(&id, info.state);
         }
         self.update_epoch();
     }
 
+    fn forward(&mut self, update: &Update, about: &str) {
+        let mut peers: Vec<(MemberId, String)> = self
+            .others_in(&[MemberState::Alive])
+            .into_iter()
+            .filter(|(id, _)| id != about)
+            .collect();
+        peers.shuffle(&mut self.rng);
+        peers.truncate(FORWARD_FANOUT);
+        for (to, addr) in peers {
+            self.send(to, addr, Message::Gossip { updates: vec![update.clone()] });
+        }
+    }
+
     fn start_suspicion(&mut self, id: &str, by: MemberId, now: Instant) {
         let deadline = self.suspicion_deadline(now, 1);
+        if by != self.me && self.probe_first.len() < self.config.indirect_probes.max(1) && !self.probe_first.iter().any(|p| p == id) {
+            self.probe_first.push_back(id.to_string());
+        }
         if let Some(m) = self.members.get_mut(id) {
             let witnesses: BTreeSet<MemberId> = [by].into_iter().collect();
             m.suspicion = Some(Suspicion { started: now, witnesses, deadline });
@@ -573,12 +612,9 @@ impl Membership {
         let update = Update { member: record, by: self.me.clone() };
         self.broadcasts.push(update.clone());
         // Jump-start the refutation: a suspicion is racing against it.
-        let mut peers = self.others_in(&[MemberState::Alive, MemberState::Suspect]);
-        peers.shuffle(&mut self.rng);
-        peers.truncate(self.config.indirect_probes.max(1));
-        for (to, addr) in peers {
-            self.send(to, addr, Message::Gossip { updates: vec![update.clone()] });
-        }
+        let me = self.me.clone();
+        self.forward(&update, &me);
+        self.forward(&update, &me);
     }
 
     fn set_self(&mut self, state: MemberState, now: Instant) -> MemberInfo {
