@@ -100,11 +100,11 @@ impl Replica {
         Ok(true)
     }
 
-    pub(crate) fn get_typed<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StateError> {
+    pub fn get_typed<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StateError> {
         self.get_bytes(key).map(|b| from_cbor(key, &b)).transpose()
     }
 
-    pub(crate) fn put_typed<T: Serialize>(&mut self, key: &str, value: &T) -> Result<(), StateError> {
+    pub fn put_typed<T: Serialize>(&mut self, key: &str, value: &T) -> Result<(), StateError> {
         self.put_bytes(key, to_cbor(value)?)
     }
 
