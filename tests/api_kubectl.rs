@@ -143,6 +143,11 @@ impl Backend for Fake {
     }
 }
 
+/// `SHOAL_KUBECTL_VERBOSITY=6` runs kubectl with `-v=6` and prints what it did (debugging).
+fn verbosity() -> Option<String> {
+    std::env::var("SHOAL_KUBECTL_VERBOSITY").ok().filter(|v| !v.is_empty())
+}
+
 /// A running server plus a kubeconfig pointing at it.
 struct Harness {
     backend: Arc<Fake>,
@@ -211,6 +216,7 @@ impl Harness {
             .arg("--cache-dir")
             .arg(self.path("cache"))
             .args(args)
+            .args(verbosity().map(|v| format!("-v={v}")))
             .env("HOME", self.dir.path())
             .env_remove("KUBECONFIG")
             .stdin(Stdio::null())
@@ -232,7 +238,11 @@ impl Harness {
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success(), "kubectl {args:?} failed:\nstdout: {stdout}\nstderr: {stderr}");
-        assert!(!stderr.contains("warning"), "kubectl {args:?} warned: {stderr}");
+        if verbosity().is_some() {
+            eprintln!("== kubectl {args:?}\n{stdout}{stderr}");
+        } else {
+            assert!(!stderr.contains("warning"), "kubectl {args:?} warned: {stderr}");
+        }
         stdout
     }
 
@@ -600,5 +610,13 @@ async fn raw_bad_input_is_rejected_with_status() {
     drop(raw);
     let response = h.req(reqwest::Method::GET, "/healthz").send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
+
+    // Shutdown ends open watches instead of waiting for them.
+    let open_watch = h.req(reqwest::Method::GET, "/api/v1/nodes?watch=true").send().await.unwrap();
+    assert_eq!(open_watch.status().as_u16(), 200);
+    let started = std::time::Instant::now();
     h.stop().await;
+    let rest = tokio::time::timeout(Duration::from_secs(5), open_watch.text()).await.expect("watch ended");
+    assert!(rest.unwrap_or_default().contains("ADDED"));
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown waited for the watch");
 }

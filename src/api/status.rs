@@ -22,6 +22,12 @@ pub enum ApiError {
     Unauthorized,
     #[error("{resource} \"{name}\" not found")]
     NotFound { resource: String, name: String },
+    /// Something the backend could not find, in its own words.
+    #[error("{0} not found")]
+    Missing(String),
+    /// A conflicting write reported by the backend.
+    #[error("{0}")]
+    StateConflict(String),
     /// A path or resource the server does not serve.
     #[error("the server could not find the requested resource")]
     NoRoute,
@@ -80,8 +86,10 @@ impl ApiError {
     pub fn code(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::NotFound { .. } | ApiError::NoRoute => StatusCode::NOT_FOUND,
-            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::NotFound { .. } | ApiError::NoRoute | ApiError::Missing(_) => StatusCode::NOT_FOUND,
+            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } | ApiError::StateConflict(_) => {
+                StatusCode::CONFLICT
+            }
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -97,9 +105,9 @@ impl ApiError {
     fn reason(&self) -> &'static str {
         match self {
             ApiError::Unauthorized => "Unauthorized",
-            ApiError::NotFound { .. } | ApiError::NoRoute => "NotFound",
+            ApiError::NotFound { .. } | ApiError::NoRoute | ApiError::Missing(_) => "NotFound",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
-            ApiError::Conflict { .. } => "Conflict",
+            ApiError::Conflict { .. } | ApiError::StateConflict(_) => "Conflict",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::Forbidden(_) => "Forbidden",
@@ -151,12 +159,8 @@ impl From<BackendError> for ApiError {
     fn from(err: BackendError) -> Self {
         match err {
             BackendError::Invalid(m) => ApiError::BadRequest(m),
-            BackendError::NotFound(what) => ApiError::BadRequest(format!("{what} not found")),
-            BackendError::Conflict(m) => ApiError::Conflict {
-                resource: String::new(),
-                name: String::new(),
-                message: m,
-            },
+            BackendError::NotFound(what) => ApiError::Missing(what),
+            BackendError::Conflict(m) => ApiError::StateConflict(m),
             BackendError::Unavailable(m) => ApiError::Unavailable(format!("state unavailable: {m}")),
         }
     }
@@ -223,6 +227,15 @@ mod tests {
         assert_eq!(status["reason"], "Invalid");
         assert_eq!(status["details"]["causes"][0]["field"], "metadata.name");
         assert!(status["message"].as_str().unwrap().starts_with("ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value"));
+    }
+
+    #[test]
+    fn backend_errors_map_to_statuses() {
+        assert_eq!(ApiError::from(BackendError::NotFound("node \"x\"".into())).code(), StatusCode::NOT_FOUND);
+        assert_eq!(ApiError::from(BackendError::Conflict("lost a race".into())).code(), StatusCode::CONFLICT);
+        assert_eq!(ApiError::from(BackendError::Invalid("bad".into())).code(), StatusCode::BAD_REQUEST);
+        let unavailable = ApiError::from(BackendError::Unavailable("loading".into()));
+        assert_eq!(unavailable.code(), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]
