@@ -52,9 +52,9 @@ say() { echo "[bench $(date +%T)] $*" >&2; }
 # --- build (release only; the target dir is shared, cargo waits for its lock) -------------------
 say "building (cargo build --release)"
 cargo build --release
-CLUSTER_EXE="$(cargo build --release --bench cluster --message-format=json 2>/dev/null |
-  jq -r 'select(.reason == "compiler-artifact" and .target.name == "cluster") | .executable' | tail -1)"
-[ -x "$CLUSTER_EXE" ] || { echo "could not build the cluster bench" >&2; exit 1; }
+CLUSTER_EXE="$(cargo build --release --bench cluster --message-format=json 2>"$WORK/build.log" |
+  jq -r 'select(.reason == "compiler-artifact" and .target.name == "cluster") | .executable' | tail -1)" || true
+[ -x "$CLUSTER_EXE" ] || { tail -n 30 "$WORK/build.log" >&2; echo "could not build the cluster bench" >&2; exit 1; }
 # Private copies: another build swapping target/release/shoal mid-run would skew the figures.
 mkdir -p "$WORK/bin"
 cp target/release/shoal "$WORK/bin/shoal"
