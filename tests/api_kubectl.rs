@@ -461,6 +461,18 @@ async fn kubectl_configmaps_and_namespaces() {
     let stderr = h.fails(&["apply", "-f", &file]).await;
     assert!(stderr.contains("unknown field \"spec\""), "{stderr}");
 
+    // Invalid names come back as 422 with the field; namespaces apply and re-apply too.
+    let file = h.write("badname.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n");
+    let stderr = h.fails(&["create", "-f", &file]).await;
+    assert!(stderr.contains("The ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value"), "{stderr}");
+    let file = h.write("ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team-b\n  labels:\n    env: dev\n");
+    assert!(h.ok(&["apply", "-f", &file]).await.contains("namespace/team-b created"));
+    let file = h.write("ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team-b\n  labels:\n    env: prod\n");
+    assert!(h.ok(&["apply", "-f", &file]).await.contains("namespace/team-b configured"));
+    assert!(h.ok(&["get", "ns", "-l", "env=prod"]).await.contains("team-b"));
+    let replaced = h.write("cm-replace.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: two\n  namespace: team-a\ndata:\n  x: z\n");
+    assert!(h.ok(&["replace", "-f", &replaced]).await.contains("configmap/two replaced"));
+
     // Edits through patch and replace.
     h.ok(&["patch", "cm", "one", "--type=merge", "-p", r#"{"data":{"a":"9"}}"#]).await;
     h.ok(&["patch", "cm", "one", "--type=json", "-p", r#"[{"op":"remove","path":"/data/b"}]"#]).await;

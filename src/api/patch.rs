@@ -322,7 +322,7 @@ fn merge_list(current: &Value, items: &[Value], keys: MergeKeys, path: &str) -> 
     Ok(Value::Array(list))
 }
 
-fn reorder(list: &mut Vec<Value>, order: &[Value], merge_key: Option<&str>) {
+fn reorder(list: &mut [Value], order: &[Value], merge_key: Option<&str>) {
     let rank = |item: &Value| {
         let id = match merge_key {
             Some(k) => key_of(item, k),
