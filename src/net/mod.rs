@@ -9,4 +9,4 @@ mod behaviour;
 pub mod protocol;
 
 pub use actor::{run, valid_node_name, NetConfig, NetError};
-pub use behaviour::{build_swarm, Behaviour, SwarmError};
+pub use behaviour::{build_swarm, Behaviour, BehaviourEvent, SwarmError};
