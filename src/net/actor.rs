@@ -59,6 +59,7 @@ pub enum NetError {
 
 /// Most messages queued for a peer while its connection is being set up.
 const MAX_PENDING_PER_PEER: usize = 64;
+/// The first wake-up after start; later ones follow what is due.
 const TICK: Duration = Duration::from_millis(50);
 
 struct Peer {
@@ -166,8 +167,10 @@ pub async fn run(
     }
     tracing::info!(peer = %actor.me, addr = %actor.my_addr, "network up");
     actor.publish_view();
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One timer, always armed for the earliest thing due (a probe timeout, anti-entropy, a
+    // save): the actor wakes only when there is work, which keeps an idle agent cheap.
+    let timer = tokio::time::sleep(TICK);
+    tokio::pin!(timer);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -175,11 +178,26 @@ pub async fn run(
             _ = &mut shutdown => break,
             Some(change) = local_rx.recv() => actor.push_local(change),
             event = actor.swarm.select_next_some() => actor.on_swarm_event(event),
-            _ = tick.tick() => actor.on_tick(),
+            _ = &mut timer => {
+                actor.on_tick();
+                timer.as_mut().reset(actor.next_deadline().into());
+            }
+        }
+        let next = actor.next_deadline();
+        if next < timer.deadline().into_std() {
+            timer.as_mut().reset(next.into());
         }
     }
+    // Say goodbye: peers mark us Left at once instead of suspecting us.
     actor.membership.leave(Instant::now());
     actor.drain_membership();
+    let _ = tokio::time::timeout(Duration::from_millis(300), async {
+        loop {
+            let event = actor.swarm.select_next_some().await;
+            actor.on_swarm_event(event);
+        }
+    })
+    .await;
     actor.save(true);
     Ok(())
 }
@@ -206,6 +224,24 @@ impl Actor {
             let _ = self.swarm.disconnect_peer_id(p);
         }
         self.save(false);
+    }
+
+    /// The earliest moment something is due.
+    fn next_deadline(&self) -> Instant {
+        let now = Instant::now();
+        let mut next = now + Duration::from_secs(1);
+        if let Some(t) = self.membership.poll_timeout() {
+            next = next.min(t);
+        }
+        next = next.min(self.last_anti_entropy + self.config.anti_entropy_interval);
+        next = next.min(self.last_connect_sweep + Duration::from_secs(2));
+        if !self.dirty.is_empty() {
+            next = next.min(self.last_save + self.config.save_interval);
+        }
+        if let Some((t, _)) = self.to_disconnect.iter().min_by_key(|(t, _)| *t) {
+            next = next.min(*t);
+        }
+        next.max(now + Duration::from_millis(5))
     }
 
     fn on_slow_tick(&mut self) {
