@@ -41,6 +41,10 @@ impl Broadcasts {
             .iter()
             .map(|(id, p)| (p.transmits, std::cmp::Reverse(p.order), id))
             .collect();
+        if order.len() > max {
+            order.select_nth_unstable(max);
+            order.truncate(max);
+        }
         order.sort_unstable();
         let chosen: Vec<MemberId> = order.into_iter().take(max).map(|(_, _, id)| id.clone()).collect();
         let mut out = Vec::with_capacity(chosen.len());

@@ -77,8 +77,15 @@ pub struct Membership {
     told: BTreeMap<MemberId, Instant>,
     broadcasts: Broadcasts,
     outputs: VecDeque<Output>,
+    /// The live set (ids of `live_now`); the epoch is recomputed from it after each batch.
     live: BTreeSet<MemberId>,
+    /// The live set as it is now, with each member's leader weight (cached: SHA-256).
+    live_now: BTreeMap<MemberId, u64>,
+    /// `live_now` changed since the epoch was last computed.
+    live_dirty: bool,
     epoch: Epoch,
+    /// Members with a running suspicion (their deadlines live in `members`).
+    suspects: BTreeSet<MemberId>,
     /// While set, the epoch is recomputed once at the end of a batch (a push-pull).
     batching: bool,
 }
@@ -114,9 +121,12 @@ impl Membership {
             told: BTreeMap::new(),
             broadcasts: Broadcasts::default(),
             outputs: VecDeque::new(),
+            live_now: live.iter().map(|id| (id.clone(), crate::sched::leader::weight(id))).collect(),
             live,
+            live_dirty: false,
             epoch,
             batching: false,
+            suspects: BTreeSet::new(),
         }
     }
 
@@ -146,6 +156,11 @@ impl Membership {
         self.live.clone()
     }
 
+    /// The live set of the current epoch, borrowed (what `live_members` copies).
+    pub fn live(&self) -> &BTreeSet<MemberId> {
+        &self.live
+    }
+
     pub fn epoch(&self) -> Epoch {
         self.epoch.clone()
     }
@@ -169,6 +184,8 @@ impl Membership {
         self.left = true;
         self.probe = None;
         let info = self.set_self(MemberState::Left, now);
+        let me = self.me.clone();
+        self.set_liveness(&me, false);
         let update = Update { member: info, by: self.me.clone() };
         self.broadcasts.push(update.clone());
         let targets: Vec<(MemberId, String)> = self.others_in(&[MemberState::Alive, MemberState::Suspect]);
@@ -193,8 +210,8 @@ impl Membership {
                 next = next.min(p.direct_deadline);
             }
         }
-        for m in self.members.values() {
-            if let Some(s) = &m.suspicion {
+        for id in &self.suspects {
+            if let Some(s) = self.members.get(id).and_then(|m| m.suspicion.as_ref()) {
                 next = next.min(s.deadline);
             }
         }
@@ -398,14 +415,16 @@ impl Membership {
         let Some(target_addr) = self.members.get(&target).map(|m| m.info.addr.clone()) else {
             return;
         };
-        let mut helpers: Vec<(MemberId, String)> = self
+        let candidates: Vec<&MemberInfo> = self
             .members
             .values()
-            .filter(|m| m.info.state == MemberState::Alive && m.info.id != self.me && m.info.id != target)
-            .map(|m| (m.info.id.clone(), m.info.addr.clone()))
+            .map(|m| &m.info)
+            .filter(|i| i.state == MemberState::Alive && i.id != self.me && i.id != target)
             .collect();
-        helpers.shuffle(&mut self.rng);
-        helpers.truncate(self.config.indirect_probes);
+        let helpers: Vec<(MemberId, String)> = candidates
+            .choose_multiple(&mut self.rng, self.config.indirect_probes)
+            .map(|i| (i.id.clone(), i.addr.clone()))
+            .collect();
         for (to, addr) in helpers {
             let updates = self.take_piggyback(self.config.max_piggyback);
             let msg = Message::PingReq { seq, target: target.clone(), target_addr: target_addr.clone(), updates };
@@ -436,8 +455,9 @@ impl Membership {
 
     fn expire_suspicions(&mut self, now: Instant) {
         let expired: Vec<MemberInfo> = self
-            .members
-            .values()
+            .suspects
+            .iter()
+            .filter_map(|id| self.members.get(id))
             .filter(|m| m.suspicion.as_ref().is_some_and(|s| now >= s.deadline))
             .map(|m| m.info.clone())
             .collect();
@@ -448,8 +468,8 @@ impl Membership {
     }
 
     fn suspicion_deadline(&self, started: Instant, witnesses: usize) -> Instant {
-        let (min, max) = self.config.suspicion_timeouts(self.live.len());
-        let others = self.live.len().saturating_sub(2);
+        let (min, max) = self.config.suspicion_timeouts(self.live_now.len());
+        let others = self.live_now.len().saturating_sub(2);
         let k = self.config.indirect_probes.min(others);
         let confirmations = witnesses.saturating_sub(1);
         if k == 0 {
@@ -511,6 +531,7 @@ impl Membership {
             self.start_suspicion(&id, by.clone(), now);
         }
         self.insert_in_probe_order(id.clone());
+        self.set_liveness(&id, true);
         self.broadcasts.push(Update { member: info, by });
         self.emit_state(&id, state);
         self.update_epoch();
@@ -528,6 +549,7 @@ impl Membership {
         m.changed_at = now;
         m.suspicion = None;
         let record = m.info.clone();
+        self.suspects.remove(&id);
         if info.state == MemberState::Suspect {
             self.start_suspicion(&id, by.clone(), now);
         }
@@ -535,6 +557,9 @@ impl Membership {
         let is_live = matches!(info.state, MemberState::Alive | MemberState::Suspect);
         if is_live && !was_live {
             self.insert_in_probe_order(id.clone());
+        }
+        if is_live != was_live {
+            self.set_liveness(&id, is_live);
         }
         let update = Update { member: record, by };
         self.broadcasts.push(update.clone());
@@ -556,13 +581,16 @@ impl Membership {
     }
 
     fn forward(&mut self, update: &Update, about: &str) {
-        let mut peers: Vec<(MemberId, String)> = self
-            .others_in(&[MemberState::Alive])
-            .into_iter()
-            .filter(|(id, _)| id != about)
+        let candidates: Vec<&MemberInfo> = self
+            .members
+            .values()
+            .map(|m| &m.info)
+            .filter(|i| i.state == MemberState::Alive && i.id != self.me && i.id != about)
             .collect();
-        peers.shuffle(&mut self.rng);
-        peers.truncate(FORWARD_FANOUT);
+        let peers: Vec<(MemberId, String)> = candidates
+            .choose_multiple(&mut self.rng, FORWARD_FANOUT)
+            .map(|i| (i.id.clone(), i.addr.clone()))
+            .collect();
         for (to, addr) in peers {
             self.send(to, addr, Message::Gossip { updates: vec![update.clone()] });
         }
@@ -576,6 +604,7 @@ impl Membership {
         if let Some(m) = self.members.get_mut(id) {
             let witnesses: BTreeSet<MemberId> = [by].into_iter().collect();
             m.suspicion = Some(Suspicion { started: now, witnesses, deadline });
+            self.suspects.insert(id.to_string());
         }
     }
 
@@ -711,6 +740,7 @@ impl Membership {
             .map(|m| m.info.id.clone())
             .collect();
         for id in forget {
+            self.suspects.remove(&id);
             self.members.remove(&id);
             self.told.remove(&id);
         }
@@ -752,7 +782,7 @@ impl Membership {
     }
 
     fn take_piggyback(&mut self, max: usize) -> Vec<Update> {
-        let limit = self.config.retransmit_limit(self.live.len());
+        let limit = self.config.retransmit_limit(self.live_now.len());
         self.broadcasts.take(max.min(MAX_UPDATES), limit)
     }
 
@@ -771,25 +801,31 @@ impl Membership {
         self.outputs.push_back(Output::Event(event));
     }
 
+    fn set_liveness(&mut self, id: &str, live: bool) {
+        if live {
+            if !self.live_now.contains_key(id) {
+                self.live_now.insert(id.to_string(), crate::sched::leader::weight(id));
+                self.live.insert(id.to_string());
+                self.live_dirty = true;
+            }
+        } else if self.live_now.remove(id).is_some() {
+            self.live.remove(id);
+            self.live_dirty = true;
+        }
+    }
+
     fn update_epoch(&mut self) {
-        if self.batching {
+        if self.batching || !self.live_dirty {
             return;
         }
-        let live: BTreeSet<MemberId> = self
-            .members
-            .values()
-            .filter(|m| matches!(m.info.state, MemberState::Alive | MemberState::Suspect))
-            .map(|m| m.info.id.clone())
-            .collect();
-        if live == self.live {
+        self.live_dirty = false;
+        let view = view_hash(&self.live);
+        if view == self.epoch.view {
             return;
         }
-        self.epoch = Epoch {
-            number: self.epoch.number + 1,
-            view: view_hash(&live),
-            leader: crate::sched::leader::leader(&live),
-        };
-        self.live = live;
+        // Same rule as `sched::leader::leader`, with the weights cached.
+        let leader = self.live_now.iter().max_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0))).map(|(id, _)| id.clone());
+        self.epoch = Epoch { number: self.epoch.number + 1, view, leader };
         self.outputs.push_back(Output::Event(MembershipEvent::ViewChanged(self.epoch.clone())));
     }
 }

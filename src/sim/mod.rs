@@ -386,7 +386,7 @@ impl Sim {
     fn live_peers(&self, node: usize) -> Vec<usize> {
         self.nodes[node]
             .core
-            .live_members()
+            .live()
             .iter()
             .filter_map(|id| self.index.get(id).copied())
             .filter(|&i| i != node)
@@ -523,8 +523,8 @@ impl Sim {
         &self.nodes[node].core
     }
 
-    pub fn live_set(&self, node: usize) -> BTreeSet<MemberId> {
-        self.nodes[node].core.live_members()
+    pub fn live_set(&self, node: usize) -> &BTreeSet<MemberId> {
+        self.nodes[node].core.live()
     }
 
     pub fn epoch(&self, node: usize) -> Epoch {
