@@ -2,7 +2,6 @@
 //! readiness view. Nodes are not stored as objects; they are rendered on every request.
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use crate::model::{NodeView, Readiness};
 
@@ -88,8 +87,10 @@ pub fn node_object(view: &NodeView) -> Value {
             },
         },
     });
-    let digest = Sha256::digest(serde_json::to_vec(&node).unwrap_or_default());
-    node["metadata"]["resourceVersion"] = json!(format!("n{}", hex::encode(&digest[..8])));
+    // Microseconds of the last transition: comparable with the list resourceVersions this
+    // server hands out, so a watch started from a list sees transitions made in between.
+    let changed = record.created.max(view.since).timestamp_micros().max(0);
+    node["metadata"]["resourceVersion"] = json!(changed.to_string());
     node
 }
 

@@ -286,13 +286,21 @@ fn get(state: &ApiState, target: &Target, name: &str, query: &Query, headers: &H
     Ok(json_response(StatusCode::OK, &body))
 }
 
+/// How much of a body that is too large we still read before answering 413.
+const DRAIN_REJECTED_BYTES: usize = 256 * 1024;
+
 /// Reads a request body up to `limit` bytes; larger bodies are a 413.
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > limit) {
+    if let Some(len) = declared.filter(|len| *len > limit) {
+        // Like Go's net/http, read a little of the rejected body so the client, still
+        // writing, gets to read the 413 instead of a broken pipe.
+        if len - limit <= DRAIN_REJECTED_BYTES {
+            let _ = Limited::new(body, limit + DRAIN_REJECTED_BYTES).collect().await;
+        }
         return Err(ApiError::TooLarge { limit });
     }
     match Limited::new(body, limit).collect().await {
