@@ -122,3 +122,59 @@ fn backup_then_restore_starts_a_new_generation_that_refuses_the_old_one() {
     assert_eq!(admitted, serde_json::json!([]));
     restored.stop_all();
 }
+
+#[test]
+fn bad_configuration_exits_64_with_a_clear_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = loopback::shoal_bin();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&bin).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let dir = tmp.path().join("d");
+    let d = dir.to_str().unwrap();
+    // Not a data dir, no token.
+    let (code, err) = run(&["agent", "--data-dir", d]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("not a shoal data dir"), "{err}");
+    // A malformed token.
+    let (code, err) = run(&["agent", "--data-dir", d, "--join", "127.0.0.1:1", "--token", "shoal1.nope"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("malformed join token"), "{err}");
+    // A bad node name.
+    let (code, err) = run(&["init", "--data-dir", d, "--name", "Bad_Name"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("DNS-1123"), "{err}");
+    // init twice refuses to overwrite.
+    let (code, err) = run(&["init", "--data-dir", d, "--name", "ok", "--listen-p2p", "127.0.0.1:0", "--listen-api", "127.0.0.1:0"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = run(&["init", "--data-dir", d, "--name", "ok"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("refusing to overwrite"), "{err}");
+    // A corrupt identity file is reported, not used.
+    std::fs::write(dir.join("cluster.cbor"), b"garbage").unwrap();
+    let (code, err) = run(&["agent", "--data-dir", d]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("corrupt"), "{err}");
+}
+
+#[test]
+fn corrupt_state_file_stops_the_agent_with_a_clear_error() {
+    let mut c = Cluster::start(2);
+    c.kill(1);
+    let state = c.nodes[1].dir.join("state.automerge");
+    std::fs::write(&state, b"this is not an automerge document").unwrap();
+    let out = std::process::Command::new(loopback::shoal_bin())
+        .args(["agent", "--data-dir", c.nodes[1].dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("state.automerge") && err.contains("move it away"), "{err}");
+    assert_eq!(std::fs::read(&state).unwrap(), b"this is not an automerge document", "the file must be left alone");
+    // Moving it away resyncs the node from its peer.
+    std::fs::remove_file(&state).unwrap();
+    c.create_configmap(&c.nodes[0], "after", "2");
+    c.restart(1);
+    poll("resynced node serves the peer's state", Duration::from_secs(30), || c.configmap_value(&c.nodes[1], "after"));
+}

@@ -1,4 +1,4 @@
-//! The `shoal` command line: `init`, `agent`, `status`, `backup`, `version`.
+//! The `shoal` command line: `init`, `agent`, `status`, `backup` (and `--version`).
 
 mod client;
 mod kubeconfig;

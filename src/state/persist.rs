@@ -38,8 +38,8 @@ impl DocStore {
     }
 
     /// Loads the saved document, or `None` if there is none yet. A file that does not load is
-    /// renamed to `state.automerge.corrupt-<unix time>` and reported as an error: the agent
-    /// then refuses to start rather than silently starting empty.
+    /// reported as an error and left untouched: the agent refuses to start rather than silently
+    /// starting empty (the operator moves it away to resync the node from its peers).
     pub fn load(&self, actor: ActorId) -> Result<Option<ClusterDoc>, StateError> {
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => b,
@@ -48,14 +48,10 @@ impl DocStore {
         };
         match ClusterDoc::load(&bytes, actor) {
             Ok(doc) => Ok(Some(doc)),
-            Err(e) => {
-                let aside = self.path.with_extension(format!("automerge.corrupt-{}", chrono::Utc::now().timestamp()));
-                let _ = std::fs::rename(&self.path, &aside);
-                Err(StateError::Corrupt {
-                    key: self.path.display().to_string(),
-                    reason: format!("{e}; moved aside to {}", aside.display()),
-                })
-            }
+            Err(e) => Err(StateError::Corrupt {
+                key: self.path.display().to_string(),
+                reason: format!("{e}; move it away to resync this node from its peers (every member holds the state)"),
+            }),
         }
     }
 
@@ -71,7 +67,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn save_load_and_corrupt_file_is_moved_aside() {
+    fn save_load_and_corrupt_file_is_reported_and_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         let store = DocStore::new(dir.path());
         assert!(store.load(ActorId::random()).unwrap().is_none());
@@ -81,7 +77,8 @@ mod tests {
         let back = store.load(ActorId::random()).unwrap().unwrap();
         assert_eq!(back.list_objects("namespaces", None).len(), 1);
         std::fs::write(store.path(), b"garbage").unwrap();
-        assert!(store.load(ActorId::random()).is_err());
-        assert!(!store.path().exists());
+        let err = store.load(ActorId::random()).err().expect("corrupt file must not load");
+        assert!(err.to_string().contains("move it away"), "{err}");
+        assert_eq!(std::fs::read(store.path()).unwrap(), b"garbage");
     }
 }
