@@ -17,7 +17,11 @@ fn bearer_token(request: &Request) -> Option<&str> {
 }
 
 /// Rejects the request with a bare 401 Status unless the backend accepts its bearer token.
-pub async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+pub async fn require_token(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let authenticated = bearer_token(&request).is_some_and(|t| state.backend.authenticate(t));
     if !authenticated {
         tracing::debug!(path = %request.uri().path(), "unauthenticated api request");

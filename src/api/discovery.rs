@@ -107,11 +107,17 @@ fn resource_json(info: &ResourceInfo) -> Value {
 }
 
 fn resource_list(group: &str, version: &str) -> Result<Json<Value>, ApiError> {
-    let resources: Vec<Value> = resources::in_group_version(group, version).map(resource_json).collect();
+    let resources: Vec<Value> = resources::in_group_version(group, version)
+        .map(resource_json)
+        .collect();
     if resources.is_empty() {
         return Err(ApiError::NoRoute);
     }
-    let group_version = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let group_version = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     Ok(Json(json!({
         "kind": "APIResourceList",
         "apiVersion": "v1",
@@ -124,7 +130,9 @@ pub async fn core_resources(Path(version): Path<String>) -> Result<Json<Value>, 
     resource_list("", &version)
 }
 
-pub async fn group_resources(Path((group, version)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+pub async fn group_resources(
+    Path((group, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
     resource_list(&group, &version)
 }
 

@@ -14,6 +14,7 @@
 
 mod auth;
 mod backend;
+mod body;
 mod discovery;
 mod nodes;
 mod objects;
@@ -26,6 +27,7 @@ pub mod selectors;
 mod server;
 mod status;
 mod table;
+mod validation;
 mod watch;
 
 use std::sync::Arc;

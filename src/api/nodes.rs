@@ -7,15 +7,25 @@ use crate::model::{NodeView, Readiness};
 
 fn ready_condition(view: &NodeView) -> Value {
     let (status, reason, message) = match view.readiness {
-        Readiness::Ready => ("True", "ShoalAgentReady", "shoal agent is alive in the membership view"),
+        Readiness::Ready => (
+            "True",
+            "ShoalAgentReady",
+            "shoal agent is alive in the membership view",
+        ),
         Readiness::Suspect => (
             "Unknown",
             "NodeStatusUnknown",
             "shoal agent is suspected: membership probes are failing",
         ),
-        Readiness::NotReady => ("False", "ShoalAgentNotReady", "shoal agent is not alive in the membership view"),
+        Readiness::NotReady => (
+            "False",
+            "ShoalAgentNotReady",
+            "shoal agent is not alive in the membership view",
+        ),
     };
-    let since = view.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let since = view
+        .since
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     json!({
         "type": "Ready",
         "status": status,
@@ -34,8 +44,16 @@ pub fn node_object(view: &NodeView) -> Value {
     for (k, v) in &record.labels {
         labels.insert(k.clone(), json!(v));
     }
-    let os = if system.operating_system.is_empty() { "linux" } else { &system.operating_system };
-    let arch = if system.architecture.is_empty() { std::env::consts::ARCH } else { &system.architecture };
+    let os = if system.operating_system.is_empty() {
+        "linux"
+    } else {
+        &system.operating_system
+    };
+    let arch = if system.architecture.is_empty() {
+        std::env::consts::ARCH
+    } else {
+        &system.architecture
+    };
     let arch = match arch {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -49,7 +67,11 @@ pub fn node_object(view: &NodeView) -> Value {
     if view.is_leader {
         labels.insert("node-role.kubernetes.io/leader".into(), json!(""));
     }
-    let shoal_version = if system.shoal_version.is_empty() { crate::VERSION } else { &system.shoal_version };
+    let shoal_version = if system.shoal_version.is_empty() {
+        crate::VERSION
+    } else {
+        &system.shoal_version
+    };
     let mut node = json!({
         "kind": "Node",
         "apiVersion": "v1",
@@ -97,6 +119,10 @@ pub fn node_object(view: &NodeView) -> Value {
 /// Every node, sorted by name.
 pub fn node_objects(views: &[NodeView]) -> Vec<Value> {
     let mut nodes: Vec<Value> = views.iter().map(node_object).collect();
-    nodes.sort_by(|a, b| a["metadata"]["name"].as_str().cmp(&b["metadata"]["name"].as_str()));
+    nodes.sort_by(|a, b| {
+        a["metadata"]["name"]
+            .as_str()
+            .cmp(&b["metadata"]["name"].as_str())
+    });
     nodes
 }

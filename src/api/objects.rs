@@ -10,18 +10,18 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::{SecondsFormat, Utc};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::backend::ObjectKey;
+use super::body::{decode, read_body};
 use super::nodes::node_objects;
 use super::patch::{self, PatchKind};
-use super::proto;
-use super::resources::{self, NameRule, ResourceInfo, Storage};
+use super::resources::{self, ResourceInfo, Storage};
 use super::selectors::{FieldSelector, LabelSelector};
-use super::status::{success_status, ApiError, Cause};
+use super::status::{success_status, ApiError};
 use super::table::{self, IncludeObject};
+use super::validation::{check_type_meta, validate_fields, validate_name};
 use super::watch::{self, WatchRequest};
 use super::ApiState;
 
@@ -40,7 +40,9 @@ impl ResourceVersions {
         let now = u64::try_from(Utc::now().timestamp_micros()).unwrap_or(0);
         let previous = self
             .last
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| Some(last.saturating_add(1).max(now)))
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+                Some(last.saturating_add(1).max(now))
+            })
             .unwrap_or(0);
         previous.saturating_add(1).max(now).to_string()
     }
@@ -89,7 +91,10 @@ pub async fn handle(
     }
     let name = target.name.clone().unwrap_or_default();
     match verb {
-        "watch" => Ok(watch::respond(state, watch_request(&target, &query, &headers)?)),
+        "watch" => Ok(watch::respond(
+            state,
+            watch_request(&target, &query, &headers)?,
+        )),
         "list" => list(&state, &target, &query, &headers),
         "get" => get(&state, &target, &name, &query, &headers),
         "create" => {
@@ -127,7 +132,11 @@ pub fn json_response(code: StatusCode, value: &Value) -> Response {
 fn key(info: &ResourceInfo, namespace: Option<&str>, name: &str) -> ObjectKey {
     ObjectKey {
         resource: info.backend_resource(),
-        namespace: if info.namespaced { namespace.map(str::to_string) } else { None },
+        namespace: if info.namespaced {
+            namespace.map(str::to_string)
+        } else {
+            None
+        },
         name: name.to_string(),
     }
 }
@@ -143,7 +152,14 @@ fn builtin_namespace(state: &ApiState, name: &str) -> Value {
         .unwrap_or_else(Utc::now);
     let digest = Sha256::digest(format!("shoal-namespace/{name}").as_bytes());
     let h = hex::encode(&digest[..16]);
-    let uid = format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]);
+    let uid = format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    );
     json!({
         "kind": "Namespace",
         "apiVersion": "v1",
@@ -181,7 +197,10 @@ pub fn list_all(state: &ApiState, info: &ResourceInfo, namespace: Option<&str>) 
         Storage::Nodes => node_objects(&state.backend.nodes()),
         Storage::Objects => state
             .backend
-            .list_objects(&info.backend_resource(), if info.namespaced { namespace } else { None })
+            .list_objects(
+                &info.backend_resource(),
+                if info.namespaced { namespace } else { None },
+            )
             .into_iter()
             .map(|o| with_type_meta(info, o))
             .collect(),
@@ -197,7 +216,12 @@ pub fn list_all(state: &ApiState, info: &ResourceInfo, namespace: Option<&str>) 
     objects
 }
 
-fn find(state: &ApiState, info: &ResourceInfo, namespace: Option<&str>, name: &str) -> Option<Value> {
+fn find(
+    state: &ApiState,
+    info: &ResourceInfo,
+    namespace: Option<&str>,
+    name: &str,
+) -> Option<Value> {
     match info.storage {
         Storage::Nodes => node_objects(&state.backend.nodes())
             .into_iter()
@@ -217,7 +241,11 @@ fn namespace_exists(state: &ApiState, namespace: &str) -> bool {
     BUILTIN_NAMESPACES.contains(&namespace)
         || state
             .backend
-            .get_object(&ObjectKey { resource: "namespaces".into(), namespace: None, name: namespace.into() })
+            .get_object(&ObjectKey {
+                resource: "namespaces".into(),
+                namespace: None,
+                name: namespace.into(),
+            })
             .is_some()
 }
 
@@ -227,7 +255,11 @@ fn selectors(query: &Query) -> Result<(LabelSelector, FieldSelector), ApiError> 
     Ok((labels, fields))
 }
 
-fn watch_request(target: &Target, query: &Query, headers: &HeaderMap) -> Result<WatchRequest, ApiError> {
+fn watch_request(
+    target: &Target,
+    query: &Query,
+    headers: &HeaderMap,
+) -> Result<WatchRequest, ApiError> {
     let (labels, fields) = selectors(query)?;
     let timeout = match query.get("timeoutSeconds") {
         Some(t) => Some(
@@ -241,14 +273,22 @@ fn watch_request(target: &Target, query: &Query, headers: &HeaderMap) -> Result<
         namespace: target.namespace.clone(),
         labels,
         fields,
-        resource_version: query.get("resourceVersion").cloned().filter(|rv| !rv.is_empty() && rv != "0"),
+        resource_version: query
+            .get("resourceVersion")
+            .cloned()
+            .filter(|rv| !rv.is_empty() && rv != "0"),
         timeout_seconds: timeout,
         table: table::negotiate(headers),
         include: IncludeObject::parse(query.get("includeObject").map(String::as_str)),
     })
 }
 
-fn list(state: &ApiState, target: &Target, query: &Query, headers: &HeaderMap) -> Result<Response, ApiError> {
+fn list(
+    state: &ApiState,
+    target: &Target,
+    query: &Query,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let info = target.info;
     let (labels, fields) = selectors(query)?;
     let items: Vec<Value> = list_all(state, info, target.namespace.as_deref())
@@ -259,7 +299,14 @@ fn list(state: &ApiState, target: &Target, query: &Query, headers: &HeaderMap) -
     let body = match table::negotiate(headers) {
         Some(table_version) => {
             let include = IncludeObject::parse(query.get("includeObject").map(String::as_str));
-            table::table(info, table_version, &items, &resource_version, include, Utc::now())
+            table::table(
+                info,
+                table_version,
+                &items,
+                &resource_version,
+                include,
+                Utc::now(),
+            )
         }
         None => json!({
             "kind": format!("{}List", info.kind),
@@ -271,182 +318,35 @@ fn list(state: &ApiState, target: &Target, query: &Query, headers: &HeaderMap) -
     Ok(json_response(StatusCode::OK, &body))
 }
 
-fn get(state: &ApiState, target: &Target, name: &str, query: &Query, headers: &HeaderMap) -> Result<Response, ApiError> {
+fn get(
+    state: &ApiState,
+    target: &Target,
+    name: &str,
+    query: &Query,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let info = target.info;
     let object = find(state, info, target.namespace.as_deref(), name)
         .ok_or_else(|| ApiError::not_found(info.plural, name))?;
     let body = match table::negotiate(headers) {
         Some(table_version) => {
             let include = IncludeObject::parse(query.get("includeObject").map(String::as_str));
-            let rv = object["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
-            table::table(info, table_version, std::slice::from_ref(&object), &rv, include, Utc::now())
+            let rv = object["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            table::table(
+                info,
+                table_version,
+                std::slice::from_ref(&object),
+                &rv,
+                include,
+                Utc::now(),
+            )
         }
         None => object,
     };
     Ok(json_response(StatusCode::OK, &body))
-}
-
-/// How much of a body that is too large we still read before answering 413.
-const DRAIN_REJECTED_BYTES: usize = 256 * 1024;
-
-/// Reads a request body up to `limit` bytes; larger bodies are a 413.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if let Some(len) = declared.filter(|len| *len > limit) {
-        // Like Go's net/http, read a little of the rejected body so the client, still
-        // writing, gets to read the 413 instead of a broken pipe.
-        if len - limit <= DRAIN_REJECTED_BYTES {
-            let _ = Limited::new(body, limit + DRAIN_REJECTED_BYTES).collect().await;
-        }
-        return Err(ApiError::TooLarge { limit });
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::TooLarge { limit }),
-        Err(e) => Err(ApiError::BadRequest(format!("reading the request body: {e}"))),
-    }
-}
-
-fn decode(info: &ResourceInfo, headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json")
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    let value: Value = match content_type.as_str() {
-        "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(body)
-            .map_err(|e| ApiError::BadRequest(format!("the body is not valid YAML: {e}")))?,
-        "application/json" | "" | "*/*" => serde_json::from_slice(body)
-            .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?,
-        "application/vnd.kubernetes.protobuf" => match info.proto {
-            Some(message) => {
-                proto::decode_object(body, message).map_err(|e| ApiError::BadRequest(e.to_string()))?
-            }
-            None => {
-                return Err(ApiError::UnsupportedMediaType(
-                    "application/json, application/yaml".to_string(),
-                ))
-            }
-        },
-        other => {
-            return Err(ApiError::UnsupportedMediaType(format!(
-                "application/json, application/yaml (got {other})"
-            )))
-        }
-    };
-    if !value.is_object() {
-        return Err(ApiError::BadRequest("the body must be a JSON object".into()));
-    }
-    Ok(value)
-}
-
-/// The body's `apiVersion` and `kind` must name the URL's kind; missing ones are filled in.
-fn check_type_meta(info: &ResourceInfo, object: &mut Value) -> Result<(), ApiError> {
-    let api_version = info.api_version();
-    match object["apiVersion"].as_str() {
-        None | Some("") => object["apiVersion"] = json!(api_version),
-        Some(v) if v == api_version => {}
-        Some(v) => {
-            return Err(ApiError::BadRequest(format!(
-                "the API version in the data ({v}) does not match the expected API version ({api_version})"
-            )))
-        }
-    }
-    match object["kind"].as_str() {
-        None | Some("") => object["kind"] = json!(info.kind),
-        Some(k) if k == info.kind => {}
-        Some(k) => {
-            return Err(ApiError::BadRequest(format!(
-                "{k} in version \"{api_version}\" cannot be handled as a {}: the kind in the data ({k}) does not match the URL ({})",
-                info.kind, info.kind
-            )))
-        }
-    }
-    if !object["metadata"].is_object() && !object["metadata"].is_null() {
-        return Err(ApiError::BadRequest("metadata must be an object".into()));
-    }
-    if object["metadata"].is_null() {
-        object["metadata"] = json!({});
-    }
-    Ok(())
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum FieldValidation {
-    Ignore,
-    Warn,
-    Strict,
-}
-
-fn field_validation(query: &Query) -> Result<FieldValidation, ApiError> {
-    match query.get("fieldValidation").map(String::as_str) {
-        None | Some("") | Some("Warn") => Ok(FieldValidation::Warn),
-        Some("Strict") => Ok(FieldValidation::Strict),
-        Some("Ignore") => Ok(FieldValidation::Ignore),
-        Some(other) => Err(ApiError::BadRequest(format!(
-            "fieldValidation must be Ignore, Warn or Strict, not {other:?}"
-        ))),
-    }
-}
-
-/// Checks field types and unknown fields (pruned); returns warnings for `Warn`.
-fn validate_fields(info: &ResourceInfo, object: &mut Value, query: &Query) -> Result<Vec<String>, ApiError> {
-    let mode = field_validation(query)?;
-    let report = resources::check_schema(info, object);
-    let prefix = format!("{} in version \"{}\" cannot be handled as a {}", info.kind, info.api_version(), info.kind);
-    if !report.type_errors.is_empty() {
-        return Err(ApiError::BadRequest(format!("{prefix}: {}", report.type_errors.join(", "))));
-    }
-    let unknown: Vec<String> = report.unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
-    match mode {
-        FieldValidation::Strict if !unknown.is_empty() => {
-            Err(ApiError::BadRequest(format!("{prefix}: strict decoding error: {}", unknown.join(", "))))
-        }
-        FieldValidation::Warn => Ok(unknown),
-        _ => Ok(Vec::new()),
-    }
-}
-
-fn is_label(part: &str) -> bool {
-    let bytes = part.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes[0] != b'-'
-        && bytes[bytes.len() - 1] != b'-'
-}
-
-const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
-const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
-
-pub fn validate_name(info: &ResourceInfo, name: &str) -> Result<(), ApiError> {
-    if name.is_empty() {
-        return Err(ApiError::Invalid {
-            kind: info.kind.to_string(),
-            name: String::new(),
-            causes: vec![Cause {
-                reason: "FieldValueRequired".into(),
-                field: "metadata.name".into(),
-                message: "Required value: name or generateName is required".into(),
-            }],
-        });
-    }
-    let (ok, message) = match info.name_rule {
-        NameRule::Subdomain => (name.len() <= 253 && name.split('.').all(is_label), SUBDOMAIN_MSG),
-        NameRule::Label => (is_label(name), LABEL_MSG),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(info.kind, name, "metadata.name", name, message))
-    }
 }
 
 fn dry_run(query: &Query) -> bool {
@@ -476,11 +376,10 @@ fn settle_namespace(target: &Target, object: &mut Value) -> Result<(), ApiError>
     match meta["namespace"].as_str() {
         None | Some("") => meta["namespace"] = json!(url_ns),
         Some(ns) if ns == url_ns => {}
-        Some(_) => {
-            return Err(ApiError::BadRequest(
-                "the namespace of the provided object does not match the namespace sent on the request".into(),
-            ))
-        }
+        Some(_) => return Err(ApiError::BadRequest(
+            "the namespace of the provided object does not match the namespace sent on the request"
+                .into(),
+        )),
     }
     Ok(())
 }
@@ -495,15 +394,27 @@ fn random_suffix() -> String {
         .collect()
 }
 
-fn create(state: &ApiState, target: &Target, query: &Query, headers: &HeaderMap, body: &Bytes) -> Result<Response, ApiError> {
+fn create(
+    state: &ApiState,
+    target: &Target,
+    query: &Query,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
     let info = target.info;
     let mut object = decode(info, headers, body)?;
     check_type_meta(info, &mut object)?;
     let warnings = validate_fields(info, &mut object, query)?;
     settle_namespace(target, &mut object)?;
-    let mut name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let mut name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     if name.is_empty() {
-        if let Some(prefix) = object["metadata"]["generateName"].as_str().filter(|p| !p.is_empty()) {
+        if let Some(prefix) = object["metadata"]["generateName"]
+            .as_str()
+            .filter(|p| !p.is_empty())
+        {
             name = format!("{prefix}{}", random_suffix());
         }
     }
@@ -514,28 +425,44 @@ fn create(state: &ApiState, target: &Target, query: &Query, headers: &HeaderMap,
         }
     }
     if find(state, info, target.namespace.as_deref(), &name).is_some() {
-        return Err(ApiError::AlreadyExists { resource: info.plural.into(), name });
+        return Err(ApiError::AlreadyExists {
+            resource: info.plural.into(),
+            name,
+        });
     }
-    let meta = object["metadata"].as_object_mut().ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))?;
+    let meta = object["metadata"]
+        .as_object_mut()
+        .ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))?;
     meta.insert("name".into(), json!(name));
     meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
     meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
     meta.insert("resourceVersion".into(), json!(state.versions.next()));
     meta.insert("generation".into(), json!(1));
-    for field in ["deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+    for field in [
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "selfLink",
+    ] {
         meta.remove(field);
     }
     if info.plural == "namespaces" {
-        meta.entry("labels").or_insert_with(|| json!({}))["kubernetes.io/metadata.name"] = json!(name);
+        meta.entry("labels").or_insert_with(|| json!({}))["kubernetes.io/metadata.name"] =
+            json!(name);
         if object["spec"]["finalizers"].is_null() {
             object["spec"] = json!({"finalizers": ["kubernetes"]});
         }
         object["status"] = json!({"phase": "Active"});
     }
     if !dry_run(query) {
-        state.backend.put_object(&key(info, target.namespace.as_deref(), &name), object.clone())?;
+        state.backend.put_object(
+            &key(info, target.namespace.as_deref(), &name),
+            object.clone(),
+        )?;
     }
-    Ok(with_warnings(json_response(StatusCode::CREATED, &object), &warnings))
+    Ok(with_warnings(
+        json_response(StatusCode::CREATED, &object),
+        &warnings,
+    ))
 }
 
 /// Carries the server-owned metadata of `existing` into `object`, bumps resourceVersion and,
@@ -584,8 +511,12 @@ fn store_update(
             "the name of the object ({body_name}) does not match the name on the URL ({name})"
         )));
     }
-    let wanted_rv = object["metadata"]["resourceVersion"].as_str().unwrap_or_default();
-    let current_rv = existing["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+    let wanted_rv = object["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default();
+    let current_rv = existing["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default();
     if !wanted_rv.is_empty() && wanted_rv != current_rv {
         return Err(ApiError::Conflict {
             resource: info.plural.into(),
@@ -594,13 +525,25 @@ fn store_update(
         });
     }
     if existing["immutable"] == json!(true) && existing.get("data") != object.get("data") {
-        return Err(ApiError::invalid(info.kind, name, "data", "", "field is immutable when `immutable` is set"));
+        return Err(ApiError::invalid(
+            info.kind,
+            name,
+            "data",
+            "",
+            "field is immutable when `immutable` is set",
+        ));
     }
     update_metadata(state, existing, &mut object);
     if !dry_run(query) {
-        state.backend.put_object(&key(info, target.namespace.as_deref(), name), object.clone())?;
+        state.backend.put_object(
+            &key(info, target.namespace.as_deref(), name),
+            object.clone(),
+        )?;
     }
-    Ok(with_warnings(json_response(StatusCode::OK, &object), warnings))
+    Ok(with_warnings(
+        json_response(StatusCode::OK, &object),
+        warnings,
+    ))
 }
 
 fn replace(
@@ -629,7 +572,10 @@ fn patch(
     body: &Bytes,
 ) -> Result<Response, ApiError> {
     let info = target.info;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     let kind = PatchKind::from_content_type(content_type)
         .ok_or_else(|| ApiError::UnsupportedMediaType(PatchKind::ACCEPTED.to_string()))?;
     let patch_body: Value = serde_json::from_slice(body)
@@ -639,30 +585,53 @@ fn patch(
     let mut patched = patch::apply(kind, &existing, &patch_body, info.merge_keys)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if !patched.is_object() {
-        return Err(ApiError::BadRequest("the patch does not leave an object".into()));
+        return Err(ApiError::BadRequest(
+            "the patch does not leave an object".into(),
+        ));
     }
     check_type_meta(info, &mut patched)?;
     let warnings = validate_fields(info, &mut patched, query)?;
     store_update(state, target, name, &existing, patched, query, &warnings)
 }
 
-fn delete(state: &ApiState, target: &Target, name: &str, query: &Query, body: &Bytes) -> Result<Response, ApiError> {
+fn delete(
+    state: &ApiState,
+    target: &Target,
+    name: &str,
+    query: &Query,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
     let info = target.info;
     let options: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
-        serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid DeleteOptions: {e}")))?
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid DeleteOptions: {e}")))?
     };
-    let dry = dry_run(query) || options["dryRun"].as_array().is_some_and(|d| d.iter().any(|v| v == "All"));
+    let dry = dry_run(query)
+        || options["dryRun"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|v| v == "All"));
     let namespace = target.namespace.as_deref();
-    let existing = find(state, info, namespace, name).ok_or_else(|| ApiError::not_found(info.plural, name))?;
-    let uid = existing["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+    let existing =
+        find(state, info, namespace, name).ok_or_else(|| ApiError::not_found(info.plural, name))?;
+    let uid = existing["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let preconditions = &options["preconditions"];
     let precondition_failed = |field: &str, have: &str| {
-        preconditions[field].as_str().is_some_and(|want| want != have)
+        preconditions[field]
+            .as_str()
+            .is_some_and(|want| want != have)
     };
     if precondition_failed("uid", &uid)
-        || precondition_failed("resourceVersion", existing["metadata"]["resourceVersion"].as_str().unwrap_or_default())
+        || precondition_failed(
+            "resourceVersion",
+            existing["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default(),
+        )
     {
         return Err(ApiError::Conflict {
             resource: info.plural.into(),
@@ -676,7 +645,10 @@ fn delete(state: &ApiState, target: &Target, name: &str, query: &Query, body: &B
         )));
     }
     if dry {
-        return Ok(json_response(StatusCode::OK, &success_status(info.plural, name, Some(&uid))));
+        return Ok(json_response(
+            StatusCode::OK,
+            &success_status(info.plural, name, Some(&uid)),
+        ));
     }
     match info.storage {
         Storage::Nodes => state.backend.delete_node(name)?,
@@ -687,15 +659,26 @@ fn delete(state: &ApiState, target: &Target, name: &str, query: &Query, body: &B
             state.backend.delete_object(&key(info, namespace, name))?;
         }
     }
-    Ok(json_response(StatusCode::OK, &success_status(info.plural, name, Some(&uid))))
+    Ok(json_response(
+        StatusCode::OK,
+        &success_status(info.plural, name, Some(&uid)),
+    ))
 }
 
 /// Deleting a namespace deletes every object in it.
 fn delete_namespace_contents(state: &ApiState, namespace: &str) -> Result<(), ApiError> {
-    for info in resources::RESOURCES.iter().filter(|r| r.namespaced && r.storage == Storage::Objects) {
-        for object in state.backend.list_objects(&info.backend_resource(), Some(namespace)) {
+    for info in resources::RESOURCES
+        .iter()
+        .filter(|r| r.namespaced && r.storage == Storage::Objects)
+    {
+        for object in state
+            .backend
+            .list_objects(&info.backend_resource(), Some(namespace))
+        {
             if let Some(name) = object["metadata"]["name"].as_str() {
-                state.backend.delete_object(&key(info, Some(namespace), name))?;
+                state
+                    .backend
+                    .delete_object(&key(info, Some(namespace), name))?;
             }
         }
     }
@@ -705,19 +688,6 @@ fn delete_namespace_contents(state: &ApiState, namespace: &str) -> Result<(), Ap
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_validated_per_rule() {
-        let cm = resources::by_plural("configmaps").unwrap();
-        let ns = resources::by_plural("namespaces").unwrap();
-        assert!(validate_name(cm, "a.b-c").is_ok());
-        assert!(validate_name(cm, "Bad_Name").is_err());
-        assert!(validate_name(cm, "-a").is_err());
-        assert!(validate_name(cm, "").is_err());
-        assert!(validate_name(ns, "a.b").is_err());
-        assert!(validate_name(ns, &"a".repeat(64)).is_err());
-        assert!(validate_name(ns, "team-1").is_ok());
-    }
 
     #[test]
     fn resource_versions_increase() {

@@ -23,8 +23,13 @@ pub async fn index() -> Json<Value> {
     let mut paths = Map::new();
     for (group, version) in resources::group_versions() {
         let path = doc_path(group, version);
-        let hash = hex::encode_upper(&Sha256::digest(document_for(group, version).to_string().as_bytes())[..32]);
-        paths.insert(path.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}));
+        let hash = hex::encode_upper(
+            &Sha256::digest(document_for(group, version).to_string().as_bytes())[..32],
+        );
+        paths.insert(
+            path.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}),
+        );
     }
     Json(json!({ "paths": paths }))
 }
@@ -44,16 +49,25 @@ fn schema_json(schema: &Schema) -> Value {
         Schema::Bool => json!({"type": "boolean"}),
         Schema::Int => json!({"type": "integer", "format": "int64"}),
         Schema::Object(fields) => {
-            let props: Map<String, Value> = fields.iter().map(|(n, s)| (n.to_string(), schema_json(s))).collect();
+            let props: Map<String, Value> = fields
+                .iter()
+                .map(|(n, s)| (n.to_string(), schema_json(s)))
+                .collect();
             json!({"type": "object", "properties": props})
         }
-        Schema::MapOf(inner) => json!({"type": "object", "additionalProperties": schema_json(inner)}),
+        Schema::MapOf(inner) => {
+            json!({"type": "object", "additionalProperties": schema_json(inner)})
+        }
         Schema::ListOf(inner) => json!({"type": "array", "items": schema_json(inner)}),
     }
 }
 
 fn schema_name(info: &ResourceInfo) -> String {
-    let group = if info.group.is_empty() { "core" } else { info.group };
+    let group = if info.group.is_empty() {
+        "core"
+    } else {
+        info.group
+    };
     format!("io.k8s.api.{group}.{}.{}", info.version, info.kind)
 }
 
@@ -100,7 +114,9 @@ fn operation(info: &ResourceInfo, action: &str, verb_prefix: &str, body: Option<
 fn path_params(info: &ResourceInfo, with_name: bool) -> Vec<Value> {
     let mut params = Vec::new();
     if with_name {
-        params.push(json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}));
+        params.push(
+            json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}),
+        );
     }
     if info.namespaced {
         params.push(json!({"name": "namespace", "in": "path", "required": true, "schema": {"type": "string"}}));
@@ -111,7 +127,10 @@ fn path_params(info: &ResourceInfo, with_name: bool) -> Vec<Value> {
 fn document_for(group: &str, version: &str) -> Value {
     let mut paths = Map::new();
     let mut schemas = Map::new();
-    schemas.insert("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta".into(), schema_json(&OBJECT_META));
+    schemas.insert(
+        "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta".into(),
+        schema_json(&OBJECT_META),
+    );
     for info in resources::in_group_version(group, version) {
         let base = info.group_version_path();
         let collection = if info.namespaced {
@@ -125,20 +144,42 @@ fn document_for(group: &str, version: &str) -> Value {
             list_item.insert("get".into(), operation(info, "list", "list", None));
         }
         if info.allows("create") {
-            list_item.insert("post".into(), operation(info, "post", "create", Some(&["application/json", "application/yaml"])));
+            list_item.insert(
+                "post".into(),
+                operation(
+                    info,
+                    "post",
+                    "create",
+                    Some(&["application/json", "application/yaml"]),
+                ),
+            );
         }
         paths.insert(collection.clone(), Value::Object(list_item));
         let mut item = Map::new();
         item.insert("parameters".into(), json!(path_params(info, true)));
         item.insert("get".into(), operation(info, "get", "read", None));
         if info.allows("update") {
-            item.insert("put".into(), operation(info, "put", "replace", Some(&["application/json", "application/yaml"])));
+            item.insert(
+                "put".into(),
+                operation(
+                    info,
+                    "put",
+                    "replace",
+                    Some(&["application/json", "application/yaml"]),
+                ),
+            );
         }
         if info.allows("patch") {
             // Without `application/strategic-merge-patch+json` here kubectl computes strategic
             // merge patches from its compiled-in types, which knows every list merge key.
-            let patch_types: &[&str] = &["application/json-patch+json", "application/merge-patch+json"];
-            item.insert("patch".into(), operation(info, "patch", "patch", Some(patch_types)));
+            let patch_types: &[&str] = &[
+                "application/json-patch+json",
+                "application/merge-patch+json",
+            ];
+            item.insert(
+                "patch".into(),
+                operation(info, "patch", "patch", Some(patch_types)),
+            );
         }
         if info.allows("delete") {
             item.insert("delete".into(), operation(info, "delete", "delete", None));

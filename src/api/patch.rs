@@ -14,11 +14,17 @@ pub enum PatchKind {
 }
 
 impl PatchKind {
-    pub const ACCEPTED: &'static str = "application/json-patch+json, application/merge-patch+json, \
+    pub const ACCEPTED: &'static str =
+        "application/json-patch+json, application/merge-patch+json, \
          application/strategic-merge-patch+json, application/apply-patch+yaml";
 
     pub fn from_content_type(content_type: &str) -> Option<Self> {
-        let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let media = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match media.as_str() {
             "application/merge-patch+json" => Some(PatchKind::Merge),
             "application/json-patch+json" => Some(PatchKind::Json),
@@ -47,18 +53,27 @@ pub fn no_merge_keys(_path: &str) -> Option<&'static str> {
     None
 }
 
-pub fn apply(kind: PatchKind, target: &Value, patch: &Value, keys: MergeKeys) -> Result<Value, PatchError> {
+pub fn apply(
+    kind: PatchKind,
+    target: &Value,
+    patch: &Value,
+    keys: MergeKeys,
+) -> Result<Value, PatchError> {
     match kind {
         PatchKind::Merge => {
             if !patch.is_object() {
-                return Err(PatchError::Malformed("a merge patch must be a JSON object".into()));
+                return Err(PatchError::Malformed(
+                    "a merge patch must be a JSON object".into(),
+                ));
             }
             Ok(merge_patch(target, patch))
         }
         PatchKind::Json => json_patch(target, patch),
         PatchKind::StrategicMerge => {
             if !patch.is_object() {
-                return Err(PatchError::Malformed("a strategic merge patch must be a JSON object".into()));
+                return Err(PatchError::Malformed(
+                    "a strategic merge patch must be a JSON object".into(),
+                ));
             }
             strategic_merge(target, patch, keys, "")
         }
@@ -99,7 +114,11 @@ fn pointer_parts(path: &str) -> Result<Vec<String>, PatchError> {
     Ok(rest.split('/').map(unescape).collect())
 }
 
-fn parent_mut<'a>(doc: &'a mut Value, parts: &[String], path: &str) -> Result<&'a mut Value, PatchError> {
+fn parent_mut<'a>(
+    doc: &'a mut Value,
+    parts: &[String],
+    path: &str,
+) -> Result<&'a mut Value, PatchError> {
     let mut cursor = doc;
     for part in &parts[..parts.len() - 1] {
         cursor = match cursor {
@@ -127,7 +146,8 @@ fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), PatchError> {
             let index = if last == "-" {
                 a.len()
             } else {
-                last.parse::<usize>().map_err(|_| PatchError::MissingPath(path.to_string()))?
+                last.parse::<usize>()
+                    .map_err(|_| PatchError::MissingPath(path.to_string()))?
             };
             if index > a.len() {
                 return Err(PatchError::MissingPath(path.to_string()));
@@ -142,12 +162,18 @@ fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), PatchError> {
 fn remove(doc: &mut Value, path: &str) -> Result<Value, PatchError> {
     let parts = pointer_parts(path)?;
     let Some(last) = parts.last() else {
-        return Err(PatchError::Malformed("cannot remove the whole document".into()));
+        return Err(PatchError::Malformed(
+            "cannot remove the whole document".into(),
+        ));
     };
     match parent_mut(doc, &parts, path)? {
-        Value::Object(m) => m.remove(last).ok_or_else(|| PatchError::MissingPath(path.to_string())),
+        Value::Object(m) => m
+            .remove(last)
+            .ok_or_else(|| PatchError::MissingPath(path.to_string())),
         Value::Array(a) => {
-            let index = last.parse::<usize>().map_err(|_| PatchError::MissingPath(path.to_string()))?;
+            let index = last
+                .parse::<usize>()
+                .map_err(|_| PatchError::MissingPath(path.to_string()))?;
             if index >= a.len() {
                 return Err(PatchError::MissingPath(path.to_string()));
             }
@@ -164,10 +190,22 @@ pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
         .ok_or_else(|| PatchError::Malformed("a json patch must be a JSON array".into()))?;
     let mut doc = target.clone();
     for op in ops {
-        let name = op["op"].as_str().ok_or_else(|| PatchError::Malformed("operation without \"op\"".into()))?;
-        let path = op["path"].as_str().ok_or_else(|| PatchError::Malformed("operation without \"path\"".into()))?;
-        let value = || op.get("value").cloned().ok_or_else(|| PatchError::Malformed(format!("{name} without \"value\"")));
-        let from = || op["from"].as_str().ok_or_else(|| PatchError::Malformed(format!("{name} without \"from\"")));
+        let name = op["op"]
+            .as_str()
+            .ok_or_else(|| PatchError::Malformed("operation without \"op\"".into()))?;
+        let path = op["path"]
+            .as_str()
+            .ok_or_else(|| PatchError::Malformed("operation without \"path\"".into()))?;
+        let value = || {
+            op.get("value")
+                .cloned()
+                .ok_or_else(|| PatchError::Malformed(format!("{name} without \"value\"")))
+        };
+        let from = || {
+            op["from"]
+                .as_str()
+                .ok_or_else(|| PatchError::Malformed(format!("{name} without \"from\"")))
+        };
         match name {
             "add" => add(&mut doc, path, value()?)?,
             "remove" => {
@@ -186,7 +224,10 @@ pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
                 add(&mut doc, path, moved)?;
             }
             "copy" => {
-                let copied = doc.pointer(from()?).cloned().ok_or_else(|| PatchError::MissingPath(path.to_string()))?;
+                let copied = doc
+                    .pointer(from()?)
+                    .cloned()
+                    .ok_or_else(|| PatchError::MissingPath(path.to_string()))?;
                 add(&mut doc, path, copied)?;
             }
             "test" => {
@@ -194,7 +235,11 @@ pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
                     return Err(PatchError::TestFailed(path.to_string()));
                 }
             }
-            other => return Err(PatchError::Malformed(format!("unknown operation {other:?}"))),
+            other => {
+                return Err(PatchError::Malformed(format!(
+                    "unknown operation {other:?}"
+                )))
+            }
         }
     }
     Ok(doc)
@@ -223,7 +268,12 @@ fn strip_directives(value: &Value) -> Value {
 }
 
 /// Strategic merge of `patch` into `target` at dotted `path`.
-pub fn strategic_merge(target: &Value, patch: &Value, keys: MergeKeys, path: &str) -> Result<Value, PatchError> {
+pub fn strategic_merge(
+    target: &Value,
+    patch: &Value,
+    keys: MergeKeys,
+    path: &str,
+) -> Result<Value, PatchError> {
     let Value::Object(patch_map) = patch else {
         return Ok(strip_directives(patch));
     };
@@ -231,7 +281,11 @@ pub fn strategic_merge(target: &Value, patch: &Value, keys: MergeKeys, path: &st
         Some("replace") => return Ok(strip_directives(patch)),
         Some("delete") => return Ok(Value::Null),
         Some("merge") | None => {}
-        Some(other) => return Err(PatchError::Malformed(format!("unknown $patch directive {other:?}"))),
+        Some(other) => {
+            return Err(PatchError::Malformed(format!(
+                "unknown $patch directive {other:?}"
+            )))
+        }
     }
     let mut result = match target {
         Value::Object(m) => m.clone(),
@@ -248,7 +302,10 @@ pub fn strategic_merge(target: &Value, patch: &Value, keys: MergeKeys, path: &st
     }
     for (key, value) in patch_map {
         if let Some(field) = key.strip_prefix("$deleteFromPrimitiveList/") {
-            let drop: Vec<&Value> = value.as_array().map(|a| a.iter().collect()).unwrap_or_default();
+            let drop: Vec<&Value> = value
+                .as_array()
+                .map(|a| a.iter().collect())
+                .unwrap_or_default();
             if let Some(Value::Array(list)) = result.get_mut(field) {
                 list.retain(|item| !drop.contains(&item));
             }
@@ -277,7 +334,9 @@ pub fn strategic_merge(target: &Value, patch: &Value, keys: MergeKeys, path: &st
     // `$setElementOrder/<field>` reorders a merged list after the merge.
     for (key, order) in patch_map {
         if let Some(field) = key.strip_prefix("$setElementOrder/") {
-            if let (Some(Value::Array(list)), Some(order)) = (result.get_mut(field), order.as_array()) {
+            if let (Some(Value::Array(list)), Some(order)) =
+                (result.get_mut(field), order.as_array())
+            {
                 reorder(list, order, keys(&join(path, field)));
             }
         }
@@ -289,7 +348,12 @@ fn key_of<'a>(item: &'a Value, merge_key: &str) -> Option<&'a Value> {
     item.as_object().and_then(|m| m.get(merge_key))
 }
 
-fn merge_list(current: &Value, items: &[Value], keys: MergeKeys, path: &str) -> Result<Value, PatchError> {
+fn merge_list(
+    current: &Value,
+    items: &[Value],
+    keys: MergeKeys,
+    path: &str,
+) -> Result<Value, PatchError> {
     let Some(merge_key) = keys(path) else {
         // Lists without a merge key are replaced; a `$patch: replace` marker is dropped.
         let items: Vec<Value> = items
@@ -299,16 +363,27 @@ fn merge_list(current: &Value, items: &[Value], keys: MergeKeys, path: &str) -> 
             .collect();
         return Ok(Value::Array(items));
     };
-    if items.iter().any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace")) {
-        let kept = items.iter().filter(|i| i.get("$patch").is_none()).map(strip_directives).collect();
+    if items
+        .iter()
+        .any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
+        let kept = items
+            .iter()
+            .filter(|i| i.get("$patch").is_none())
+            .map(strip_directives)
+            .collect();
         return Ok(Value::Array(kept));
     }
     let mut list: Vec<Value> = current.as_array().cloned().unwrap_or_default();
     for item in items {
         let Some(id) = key_of(item, merge_key).cloned() else {
-            return Err(PatchError::Malformed(format!("an element of {path} lacks its merge key {merge_key:?}")));
+            return Err(PatchError::Malformed(format!(
+                "an element of {path} lacks its merge key {merge_key:?}"
+            )));
         };
-        let position = list.iter().position(|existing| key_of(existing, merge_key) == Some(&id));
+        let position = list
+            .iter()
+            .position(|existing| key_of(existing, merge_key) == Some(&id));
         let deleting = item.get("$patch").and_then(Value::as_str) == Some("delete");
         match (position, deleting) {
             (Some(i), true) => {
@@ -352,8 +427,14 @@ mod tests {
     fn merge_patch_rfc7386() {
         let target = json!({"a": "b", "c": {"d": "e", "f": "g"}});
         let patch = json!({"a": "z", "c": {"f": null}});
-        assert_eq!(merge_patch(&target, &patch), json!({"a": "z", "c": {"d": "e"}}));
-        assert_eq!(merge_patch(&json!({"a": [1, 2]}), &json!({"a": [3]})), json!({"a": [3]}));
+        assert_eq!(
+            merge_patch(&target, &patch),
+            json!({"a": "z", "c": {"d": "e"}})
+        );
+        assert_eq!(
+            merge_patch(&json!({"a": [1, 2]}), &json!({"a": [3]})),
+            json!({"a": [3]})
+        );
     }
 
     #[test]
@@ -370,15 +451,24 @@ mod tests {
             {"op": "add", "path": "/data/with~1slash", "value": "s"},
         ]);
         let out = json_patch(&target, &patch).unwrap();
-        assert_eq!(out, json!({"data": {"a": "x", "b": "2", "d": "2", "with/slash": "s"}, "list": [2, 9]}));
+        assert_eq!(
+            out,
+            json!({"data": {"a": "x", "b": "2", "d": "2", "with/slash": "s"}, "list": [2, 9]})
+        );
     }
 
     #[test]
     fn json_patch_errors() {
         let target = json!({"a": 1});
-        assert!(matches!(json_patch(&target, &json!({})), Err(PatchError::Malformed(_))));
         assert!(matches!(
-            json_patch(&target, &json!([{"op": "replace", "path": "/b", "value": 1}])),
+            json_patch(&target, &json!({})),
+            Err(PatchError::Malformed(_))
+        ));
+        assert!(matches!(
+            json_patch(
+                &target,
+                &json!([{"op": "replace", "path": "/b", "value": 1}])
+            ),
             Err(PatchError::MissingPath(_))
         ));
         assert!(matches!(
@@ -393,7 +483,10 @@ mod tests {
         let target = json!({"data": {"a": "1", "b": "2"}, "metadata": {"name": "x"}});
         let patch = json!({"data": {"a": "9", "b": null, "c": "3"}});
         let out = apply(PatchKind::StrategicMerge, &target, &patch, no_merge_keys).unwrap();
-        assert_eq!(out, json!({"data": {"a": "9", "c": "3"}, "metadata": {"name": "x"}}));
+        assert_eq!(
+            out,
+            json!({"data": {"a": "9", "c": "3"}, "metadata": {"name": "x"}})
+        );
     }
 
     #[test]
@@ -405,7 +498,10 @@ mod tests {
             json!({"data": {"z": "26"}, "keep": 1})
         );
         let delete = json!({"data": {"$patch": "delete"}});
-        assert_eq!(strategic_merge(&target, &delete, no_merge_keys, "").unwrap(), json!({"keep": 1}));
+        assert_eq!(
+            strategic_merge(&target, &delete, no_merge_keys, "").unwrap(),
+            json!({"keep": 1})
+        );
         let retain = json!({"data": {"$retainKeys": ["a"], "a": "5"}});
         assert_eq!(
             strategic_merge(&target, &retain, no_merge_keys, "").unwrap(),
@@ -424,26 +520,38 @@ mod tests {
             "$deleteFromPrimitiveList/args": ["x"],
         }});
         let out = strategic_merge(&target, &patch, containers_key, "").unwrap();
-        assert_eq!(out, json!({"spec": {"containers": [
+        assert_eq!(
+            out,
+            json!({"spec": {"containers": [
             {"name": "c", "image": "c:1"}, {"name": "b", "image": "b:2"}
-        ], "args": ["y"]}}));
+        ], "args": ["y"]}})
+        );
     }
 
     #[test]
     fn strategic_merge_lists_without_key_replace() {
         let target = json!({"spec": {"finalizers": ["a", "b"]}});
         let patch = json!({"spec": {"finalizers": ["c"]}});
-        assert_eq!(strategic_merge(&target, &patch, no_merge_keys, "").unwrap(), json!({"spec": {"finalizers": ["c"]}}));
+        assert_eq!(
+            strategic_merge(&target, &patch, no_merge_keys, "").unwrap(),
+            json!({"spec": {"finalizers": ["c"]}})
+        );
     }
 
     #[test]
     fn patch_kinds_from_content_type() {
-        assert_eq!(PatchKind::from_content_type("application/merge-patch+json"), Some(PatchKind::Merge));
+        assert_eq!(
+            PatchKind::from_content_type("application/merge-patch+json"),
+            Some(PatchKind::Merge)
+        );
         assert_eq!(
             PatchKind::from_content_type("application/strategic-merge-patch+json; charset=utf-8"),
             Some(PatchKind::StrategicMerge)
         );
-        assert_eq!(PatchKind::from_content_type("application/json-patch+json"), Some(PatchKind::Json));
+        assert_eq!(
+            PatchKind::from_content_type("application/json-patch+json"),
+            Some(PatchKind::Json)
+        );
         assert_eq!(PatchKind::from_content_type("text/plain"), None);
     }
 }

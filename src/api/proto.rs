@@ -47,13 +47,21 @@ pub static OBJECT_META: &Message = &[
     (10, "deletionGracePeriodSeconds", Field::Int),
     (11, "labels", Field::MapStringString),
     (12, "annotations", Field::MapStringString),
-    (13, "ownerReferences", Field::RepeatedMessage(OWNER_REFERENCE)),
+    (
+        13,
+        "ownerReferences",
+        Field::RepeatedMessage(OWNER_REFERENCE),
+    ),
     (14, "finalizers", Field::RepeatedString),
 ];
 
 pub static NAMESPACE: &Message = &[
     (1, "metadata", Field::Message(OBJECT_META)),
-    (2, "spec", Field::Message(&[(1, "finalizers", Field::RepeatedString)])),
+    (
+        2,
+        "spec",
+        Field::Message(&[(1, "finalizers", Field::RepeatedString)]),
+    ),
     (3, "status", Field::Message(&[(1, "phase", Field::String)])),
 ];
 
@@ -88,7 +96,10 @@ impl<'a> Reader<'a> {
     fn varint(&mut self) -> Result<u64, ProtoError> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
-            let (&byte, rest) = self.buf.split_first().ok_or_else(|| err("truncated varint"))?;
+            let (&byte, rest) = self
+                .buf
+                .split_first()
+                .ok_or_else(|| err("truncated varint"))?;
             self.buf = rest;
             value |= u64::from(byte & 0x7f) << shift;
             if byte & 0x80 == 0 {
@@ -121,7 +132,8 @@ impl<'a> Reader<'a> {
                 Wire::Fixed
             }
             2 => {
-                let len = usize::try_from(self.varint()?).map_err(|_| err("length out of range"))?;
+                let len =
+                    usize::try_from(self.varint()?).map_err(|_| err("length out of range"))?;
                 Wire::Bytes(self.take(len)?)
             }
             5 => {
@@ -170,7 +182,8 @@ fn time(bytes: &[u8]) -> Result<Option<String>, ProtoError> {
     if seconds == 0 {
         return Ok(None);
     }
-    Ok(chrono::DateTime::from_timestamp(seconds, 0).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
+    Ok(chrono::DateTime::from_timestamp(seconds, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
 }
 
 /// Decodes one message; empty strings, zero numbers and false are omitted like Go's omitempty.
@@ -214,7 +227,9 @@ pub fn decode_message(bytes: &[u8], message: &Message) -> Result<Value, ProtoErr
             (Field::MapStringString | Field::MapStringBytes, Wire::Bytes(b)) => {
                 let (key, value) = map_entry(b)?;
                 let value = match kind {
-                    Field::MapStringBytes => json!(base64::engine::general_purpose::STANDARD.encode(value)),
+                    Field::MapStringBytes => {
+                        json!(base64::engine::general_purpose::STANDARD.encode(value))
+                    }
                     _ => json!(text(value)?),
                 };
                 if let Some(map) = out.entry(name).or_insert_with(|| json!({})).as_object_mut() {
@@ -222,7 +237,11 @@ pub fn decode_message(bytes: &[u8], message: &Message) -> Result<Value, ProtoErr
                 }
             }
             (Field::String | Field::Int | Field::Bool, _) => {}
-            _ => return Err(ProtoError(format!("field {number} has the wrong wire type"))),
+            _ => {
+                return Err(ProtoError(format!(
+                    "field {number} has the wrong wire type"
+                )))
+            }
         }
     }
     Ok(Value::Object(out))
@@ -230,7 +249,9 @@ pub fn decode_message(bytes: &[u8], message: &Message) -> Result<Value, ProtoErr
 
 /// Decodes a whole body (magic + `runtime.Unknown`) of a kind described by `message`.
 pub fn decode_object(body: &[u8], message: &Message) -> Result<Value, ProtoError> {
-    let envelope = body.strip_prefix(MAGIC).ok_or_else(|| err("missing the k8s protobuf magic prefix"))?;
+    let envelope = body
+        .strip_prefix(MAGIC)
+        .ok_or_else(|| err("missing the k8s protobuf magic prefix"))?;
     let mut api_version = String::new();
     let mut kind = String::new();
     let mut raw: &[u8] = &[];
@@ -269,7 +290,13 @@ mod tests {
 
     #[test]
     fn decodes_a_configmap_envelope() {
-        let meta = [field(1, b"cm1"), field(2, b""), field(8, b""), field(11, &[field(1, b"k"), field(2, b"v")].concat())].concat();
+        let meta = [
+            field(1, b"cm1"),
+            field(2, b""),
+            field(8, b""),
+            field(11, &[field(1, b"k"), field(2, b"v")].concat()),
+        ]
+        .concat();
         let data = field(2, &[field(1, b"a"), field(2, b"1")].concat());
         let raw = [field(1, &meta), data, vec![4 << 3, 1]].concat();
         let type_meta = [field(1, b"v1"), field(2, b"ConfigMap")].concat();

@@ -101,7 +101,9 @@ impl ResourceInfo {
     }
 }
 
-const ALL_VERBS: &[&str] = &["create", "delete", "get", "list", "patch", "update", "watch"];
+const ALL_VERBS: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
 const READ_VERBS: &[&str] = &["get", "list", "watch"];
 
 /// `metadata` of every object (ObjectMeta).
@@ -136,8 +138,17 @@ static NAMESPACE: Schema = Schema::Object(&[
     ("apiVersion", Schema::String),
     ("kind", Schema::String),
     ("metadata", Schema::Any),
-    ("spec", Schema::Object(&[("finalizers", Schema::ListOf(&Schema::String))])),
-    ("status", Schema::Object(&[("phase", Schema::String), ("conditions", Schema::ListOf(&Schema::Any))])),
+    (
+        "spec",
+        Schema::Object(&[("finalizers", Schema::ListOf(&Schema::String))]),
+    ),
+    (
+        "status",
+        Schema::Object(&[
+            ("phase", Schema::String),
+            ("conditions", Schema::ListOf(&Schema::Any)),
+        ]),
+    ),
 ]);
 
 static FREE_FORM: Schema = Schema::Any;
@@ -249,8 +260,13 @@ pub fn group_versions() -> Vec<(&'static str, &'static str)> {
     out
 }
 
-pub fn in_group_version<'a>(group: &'a str, version: &'a str) -> impl Iterator<Item = &'static ResourceInfo> + 'a {
-    RESOURCES.iter().filter(move |r| r.group == group && r.version == version)
+pub fn in_group_version<'a>(
+    group: &'a str,
+    version: &'a str,
+) -> impl Iterator<Item = &'static ResourceInfo> + 'a {
+    RESOURCES
+        .iter()
+        .filter(move |r| r.group == group && r.version == version)
 }
 
 /// What schema checking found: unknown fields (pruned from the value) and type errors.
@@ -342,11 +358,17 @@ mod tests {
     #[test]
     fn table_is_consistent() {
         for r in RESOURCES {
-            assert_eq!(find(r.group, r.version, r.plural).map(|f| f.kind), Some(r.kind));
+            assert_eq!(
+                find(r.group, r.version, r.plural).map(|f| f.kind),
+                Some(r.kind)
+            );
             assert!(r.allows("get"));
         }
         assert_eq!(group_versions(), vec![("", "v1")]);
-        assert_eq!(by_plural("configmaps").unwrap().backend_resource(), "configmaps");
+        assert_eq!(
+            by_plural("configmaps").unwrap().backend_resource(),
+            "configmaps"
+        );
     }
 
     #[test]
@@ -359,8 +381,14 @@ mod tests {
             "extra": true,
         });
         let report = check_schema(info, &mut obj);
-        assert_eq!(report.unknown, vec!["extra".to_string(), "metadata.bogus".to_string()]);
-        assert_eq!(report.type_errors, vec!["data.b: expected string, got number".to_string()]);
+        assert_eq!(
+            report.unknown,
+            vec!["extra".to_string(), "metadata.bogus".to_string()]
+        );
+        assert_eq!(
+            report.type_errors,
+            vec!["data.b: expected string, got number".to_string()]
+        );
         assert!(obj.get("extra").is_none());
     }
 }

@@ -33,15 +33,22 @@ pub fn router(state: ApiState) -> Router {
         .route("/shoal/v1/backup", get(shoal_backup))
         .fallback(dispatch)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(middleware::from_fn_with_state(state.clone(), request_timeout))
-        .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_timeout,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
         .with_state(state)
 }
 
 /// Whether a request is a watch (exempt from the request timeout; bounded by `max_watch`).
 fn is_watch(uri: &Uri) -> bool {
     let query_watch = uri.query().is_some_and(|q| {
-        q.split('&').any(|kv| matches!(kv, "watch=true" | "watch=1" | "watch=True"))
+        q.split('&')
+            .any(|kv| matches!(kv, "watch=true" | "watch=1" | "watch=True"))
     });
     query_watch || uri.path().contains("/watch/")
 }
@@ -86,7 +93,8 @@ fn resolve(path: &str) -> Option<Resolved> {
         ["watch", tail @ ..] => (true, tail),
         _ => (false, rest),
     };
-    let namespaced_info = |plural: &str| resources::find(group, version, plural).filter(|r| r.namespaced);
+    let namespaced_info =
+        |plural: &str| resources::find(group, version, plural).filter(|r| r.namespaced);
     let target = match rest {
         ["namespaces", namespace, plural, tail @ ..] if namespaced_info(plural).is_some() => {
             target(namespaced_info(plural)?, Some(namespace), tail)?
@@ -100,7 +108,10 @@ fn resolve(path: &str) -> Option<Resolved> {
         }
         [] => return None,
     };
-    Some(Resolved { target, watch_prefix })
+    Some(Resolved {
+        target,
+        watch_prefix,
+    })
 }
 
 fn target(info: &'static ResourceInfo, namespace: Option<&str>, tail: &[&str]) -> Option<Target> {
@@ -114,7 +125,12 @@ fn target(info: &'static ResourceInfo, namespace: Option<&str>, tail: &[&str]) -
     if namespace.is_some_and(|n| n.is_empty()) || tail.iter().any(|s| !non_empty(s)) {
         return None;
     }
-    Some(Target { info, namespace: namespace.map(str::to_string), name, subresource })
+    Some(Target {
+        info,
+        namespace: namespace.map(str::to_string),
+        name,
+        subresource,
+    })
 }
 
 async fn dispatch(

@@ -40,11 +40,17 @@ fn split_top_level(input: &str) -> Vec<&str> {
         }
     }
     parts.push(&input[start..]);
-    parts.into_iter().map(str::trim).filter(|p| !p.is_empty()).collect()
+    parts
+        .into_iter()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 fn bad(selector: &str, what: &str) -> ApiError {
-    ApiError::BadRequest(format!("unable to parse requirement: invalid selector {selector:?}: {what}"))
+    ApiError::BadRequest(format!(
+        "unable to parse requirement: invalid selector {selector:?}: {what}"
+    ))
 }
 
 fn parse_set(selector: &str, rest: &str) -> Result<Vec<String>, ApiError> {
@@ -53,14 +59,20 @@ fn parse_set(selector: &str, rest: &str) -> Result<Vec<String>, ApiError> {
         .strip_prefix('(')
         .and_then(|r| r.strip_suffix(')'))
         .ok_or_else(|| bad(selector, "expected a parenthesised set of values"))?;
-    Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
+    Ok(inner
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect())
 }
 
 fn check_key(selector: &str, key: &str) -> Result<String, ApiError> {
     let key = key.trim();
     let valid = !key.is_empty()
         && key.len() <= 317
-        && key.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
     if valid {
         Ok(key.to_string())
     } else {
@@ -184,7 +196,9 @@ mod tests {
     fn label_equality_and_inequality() {
         let o = obj(json!({"app": "web", "tier": "front"}));
         assert!(LabelSelector::parse("app=web").unwrap().matches(&o));
-        assert!(LabelSelector::parse("app==web,tier=front").unwrap().matches(&o));
+        assert!(LabelSelector::parse("app==web,tier=front")
+            .unwrap()
+            .matches(&o));
         assert!(!LabelSelector::parse("app=db").unwrap().matches(&o));
         assert!(LabelSelector::parse("app!=db").unwrap().matches(&o));
         assert!(LabelSelector::parse("missing!=x").unwrap().matches(&o));
@@ -193,12 +207,18 @@ mod tests {
     #[test]
     fn label_sets_and_existence() {
         let o = obj(json!({"app": "web"}));
-        assert!(LabelSelector::parse("app in (web, db)").unwrap().matches(&o));
-        assert!(!LabelSelector::parse("app notin (web,db)").unwrap().matches(&o));
+        assert!(LabelSelector::parse("app in (web, db)")
+            .unwrap()
+            .matches(&o));
+        assert!(!LabelSelector::parse("app notin (web,db)")
+            .unwrap()
+            .matches(&o));
         assert!(LabelSelector::parse("other notin (x)").unwrap().matches(&o));
         assert!(LabelSelector::parse("app").unwrap().matches(&o));
         assert!(!LabelSelector::parse("!app").unwrap().matches(&o));
-        assert!(LabelSelector::parse("!nope,app in (web)").unwrap().matches(&o));
+        assert!(LabelSelector::parse("!nope,app in (web)")
+            .unwrap()
+            .matches(&o));
         assert!(LabelSelector::parse("").unwrap().matches(&json!({})));
     }
 

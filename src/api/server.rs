@@ -25,7 +25,9 @@ pub fn tls_config(cert_chain_pem: &[u8], key_pem: &[u8]) -> Result<rustls::Serve
         .collect::<Result<_, _>>()
         .map_err(|e| ApiError::Tls(format!("reading certificate chain: {e}")))?;
     if certs.is_empty() {
-        return Err(ApiError::Tls("no certificate in the certificate chain PEM".into()));
+        return Err(ApiError::Tls(
+            "no certificate in the certificate chain PEM".into(),
+        ));
     }
     let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key_pem[..])
         .map_err(|e| ApiError::Tls(format!("reading private key: {e}")))?
@@ -104,7 +106,10 @@ pub async fn serve(
     })
     .await;
     if drained.is_err() {
-        tracing::debug!(left = connections.len(), "api shutdown grace expired; aborting connections");
+        tracing::debug!(
+            left = connections.len(),
+            "api shutdown grace expired; aborting connections"
+        );
         connections.shutdown().await;
     }
     tracing::info!("api stopped");

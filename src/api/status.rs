@@ -34,9 +34,17 @@ pub enum ApiError {
     #[error("{resource} \"{name}\" already exists")]
     AlreadyExists { resource: String, name: String },
     #[error("Operation cannot be fulfilled on {resource} \"{name}\": {message}")]
-    Conflict { resource: String, name: String, message: String },
+    Conflict {
+        resource: String,
+        name: String,
+        message: String,
+    },
     #[error("{kind} \"{name}\" is invalid: {}", join_causes(.causes))]
-    Invalid { kind: String, name: String, causes: Vec<Cause> },
+    Invalid {
+        kind: String,
+        name: String,
+        causes: Vec<Cause>,
+    },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -45,7 +53,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the request body is too large (limit {limit} bytes)")]
     TooLarge { limit: usize },
-    #[error("the body of the request was in an unknown format - accepted media types include: {0}")]
+    #[error(
+        "the body of the request was in an unknown format - accepted media types include: {0}"
+    )]
     UnsupportedMediaType(String),
     #[error("the request did not complete within the allowed duration")]
     Timeout,
@@ -68,7 +78,10 @@ fn join_causes(causes: &[Cause]) -> String {
 
 impl ApiError {
     pub fn not_found(resource: &str, name: &str) -> Self {
-        ApiError::NotFound { resource: resource.to_string(), name: name.to_string() }
+        ApiError::NotFound {
+            resource: resource.to_string(),
+            name: name.to_string(),
+        }
     }
 
     pub fn invalid(kind: &str, name: &str, field: &str, value: &str, message: &str) -> Self {
@@ -86,10 +99,12 @@ impl ApiError {
     pub fn code(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::NotFound { .. } | ApiError::NoRoute | ApiError::Missing(_) => StatusCode::NOT_FOUND,
-            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } | ApiError::StateConflict(_) => {
-                StatusCode::CONFLICT
+            ApiError::NotFound { .. } | ApiError::NoRoute | ApiError::Missing(_) => {
+                StatusCode::NOT_FOUND
             }
+            ApiError::AlreadyExists { .. }
+            | ApiError::Conflict { .. }
+            | ApiError::StateConflict(_) => StatusCode::CONFLICT,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -125,7 +140,9 @@ impl ApiError {
             ApiError::NotFound { resource, name } | ApiError::AlreadyExists { resource, name } => {
                 Some(json!({ "name": name, "kind": resource }))
             }
-            ApiError::Conflict { resource, name, .. } => Some(json!({ "name": name, "kind": resource })),
+            ApiError::Conflict { resource, name, .. } => {
+                Some(json!({ "name": name, "kind": resource }))
+            }
             ApiError::Invalid { kind, name, causes } => Some(json!({
                 "name": name,
                 "kind": kind,
@@ -161,7 +178,9 @@ impl From<BackendError> for ApiError {
             BackendError::Invalid(m) => ApiError::BadRequest(m),
             BackendError::NotFound(what) => ApiError::Missing(what),
             BackendError::Conflict(m) => ApiError::StateConflict(m),
-            BackendError::Unavailable(m) => ApiError::Unavailable(format!("state unavailable: {m}")),
+            BackendError::Unavailable(m) => {
+                ApiError::Unavailable(format!("state unavailable: {m}"))
+            }
         }
     }
 }
@@ -173,9 +192,10 @@ impl IntoResponse for ApiError {
         }
         let body = serde_json::to_vec(&self.to_status()).unwrap_or_default();
         let mut response = (self.code(), body).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         response
     }
 }
@@ -216,24 +236,45 @@ mod tests {
         assert_eq!(status["message"], "configmaps \"x\" not found");
         assert_eq!(status["reason"], "NotFound");
         assert_eq!(status["code"], 404);
-        assert_eq!(status["details"], json!({"name": "x", "kind": "configmaps"}));
+        assert_eq!(
+            status["details"],
+            json!({"name": "x", "kind": "configmaps"})
+        );
     }
 
     #[test]
     fn invalid_lists_causes_with_fields() {
-        let err = ApiError::invalid("ConfigMap", "Bad_Name", "metadata.name", "Bad_Name", "must be lower case");
+        let err = ApiError::invalid(
+            "ConfigMap",
+            "Bad_Name",
+            "metadata.name",
+            "Bad_Name",
+            "must be lower case",
+        );
         assert_eq!(err.code(), StatusCode::UNPROCESSABLE_ENTITY);
         let status = err.to_status();
         assert_eq!(status["reason"], "Invalid");
         assert_eq!(status["details"]["causes"][0]["field"], "metadata.name");
-        assert!(status["message"].as_str().unwrap().starts_with("ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value"));
+        assert!(status["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value"));
     }
 
     #[test]
     fn backend_errors_map_to_statuses() {
-        assert_eq!(ApiError::from(BackendError::NotFound("node \"x\"".into())).code(), StatusCode::NOT_FOUND);
-        assert_eq!(ApiError::from(BackendError::Conflict("lost a race".into())).code(), StatusCode::CONFLICT);
-        assert_eq!(ApiError::from(BackendError::Invalid("bad".into())).code(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            ApiError::from(BackendError::NotFound("node \"x\"".into())).code(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            ApiError::from(BackendError::Conflict("lost a race".into())).code(),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            ApiError::from(BackendError::Invalid("bad".into())).code(),
+            StatusCode::BAD_REQUEST
+        );
         let unavailable = ApiError::from(BackendError::Unavailable("loading".into()));
         assert_eq!(unavailable.code(), StatusCode::SERVICE_UNAVAILABLE);
     }

@@ -52,7 +52,11 @@ pub fn human_duration(seconds: i64) -> String {
     let minutes = s / 60;
     if minutes < 10 {
         let rem = s % 60;
-        return if rem == 0 { format!("{minutes}m") } else { format!("{minutes}m{rem}s") };
+        return if rem == 0 {
+            format!("{minutes}m")
+        } else {
+            format!("{minutes}m{rem}s")
+        };
     }
     if minutes < 180 {
         return format!("{minutes}m");
@@ -60,21 +64,33 @@ pub fn human_duration(seconds: i64) -> String {
     let hours = s / 3600;
     if hours < 8 {
         let m = minutes % 60;
-        return if m == 0 { format!("{hours}h") } else { format!("{hours}h{m}m") };
+        return if m == 0 {
+            format!("{hours}h")
+        } else {
+            format!("{hours}h{m}m")
+        };
     }
     if hours < 48 {
         return format!("{hours}h");
     }
     if hours < 192 {
         let h = hours % 24;
-        return if h == 0 { format!("{}d", hours / 24) } else { format!("{}d{h}h", hours / 24) };
+        return if h == 0 {
+            format!("{}d", hours / 24)
+        } else {
+            format!("{}d{h}h", hours / 24)
+        };
     }
     if hours < 24 * 365 * 2 {
         return format!("{}d", hours / 24);
     }
     if hours < 24 * 365 * 8 {
         let d = (hours / 24) % 365;
-        return if d == 0 { format!("{}y", hours / 24 / 365) } else { format!("{}y{d}d", hours / 24 / 365) };
+        return if d == 0 {
+            format!("{}y", hours / 24 / 365)
+        } else {
+            format!("{}y{d}d", hours / 24 / 365)
+        };
     }
     format!("{}y", hours / 24 / 365)
 }
@@ -94,7 +110,12 @@ fn column(name: &str, kind: &str, priority: u32, description: &str) -> Value {
 }
 
 fn column_definitions(columns: Columns) -> Vec<Value> {
-    let name = column("Name", "string", 0, "Name must be unique within a namespace.");
+    let name = column(
+        "Name",
+        "string",
+        0,
+        "Name must be unique within a namespace.",
+    );
     let age = column("Age", "string", 0, "Time since the object was created.");
     match columns {
         Columns::Node => vec![
@@ -102,15 +123,48 @@ fn column_definitions(columns: Columns) -> Vec<Value> {
             column("Status", "string", 0, "The status of the node"),
             column("Roles", "string", 0, "The roles of the node"),
             age,
-            column("Version", "string", 0, "Kubelet Version reported by the node."),
-            column("Internal-IP", "string", 1, "List of internal IPs for the node."),
-            column("External-IP", "string", 1, "List of external IPs for this node."),
+            column(
+                "Version",
+                "string",
+                0,
+                "Kubelet Version reported by the node.",
+            ),
+            column(
+                "Internal-IP",
+                "string",
+                1,
+                "List of internal IPs for the node.",
+            ),
+            column(
+                "External-IP",
+                "string",
+                1,
+                "List of external IPs for this node.",
+            ),
             column("OS-Image", "string", 1, "OS Image reported by the node."),
-            column("Kernel-Version", "string", 1, "Kernel Version reported by the node."),
-            column("Container-Runtime", "string", 1, "Container Runtime Version reported by the node."),
+            column(
+                "Kernel-Version",
+                "string",
+                1,
+                "Kernel Version reported by the node.",
+            ),
+            column(
+                "Container-Runtime",
+                "string",
+                1,
+                "Container Runtime Version reported by the node.",
+            ),
         ],
-        Columns::Namespace => vec![name, column("Status", "string", 0, "The status of the namespace"), age],
-        Columns::ConfigMap => vec![name, column("Data", "string", 0, "Number of keys in the config map"), age],
+        Columns::Namespace => vec![
+            name,
+            column("Status", "string", 0, "The status of the namespace"),
+            age,
+        ],
+        Columns::ConfigMap => vec![
+            name,
+            column("Data", "string", 0, "Number of keys in the config map"),
+            age,
+        ],
         Columns::Generic => vec![name, age],
     }
 }
@@ -137,7 +191,11 @@ fn node_cells(node: &Value, now: DateTime<Utc>) -> Vec<Value> {
                 .collect()
         })
         .unwrap_or_default();
-    let roles = if roles.is_empty() { "<none>".to_string() } else { roles.join(",") };
+    let roles = if roles.is_empty() {
+        "<none>".to_string()
+    } else {
+        roles.join(",")
+    };
     let address = |kind: &str| {
         node["status"]["addresses"]
             .as_array()
@@ -147,7 +205,12 @@ fn node_cells(node: &Value, now: DateTime<Utc>) -> Vec<Value> {
             .to_string()
     };
     let info = &node["status"]["nodeInfo"];
-    let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).unwrap_or("<unknown>").to_string();
+    let text = |v: &Value| {
+        v.as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("<unknown>")
+            .to_string()
+    };
     vec![
         json!(node["metadata"]["name"]),
         json!(status),

@@ -53,7 +53,9 @@ fn object_key(object: &Value) -> (String, String) {
 }
 
 fn newer_than(object: &Value, version: &str) -> bool {
-    let have = object["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse::<u64>().ok());
+    let have = object["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|v| v.parse::<u64>().ok());
     match (have, version.parse::<u64>()) {
         (Some(have), Ok(since)) => have > since,
         _ => false,
@@ -73,12 +75,22 @@ impl Watcher {
     fn push(&mut self, kind: &str, object: &Value) {
         let object = match self.request.table {
             Some(table_version) => {
-                let rv = object["metadata"]["resourceVersion"].as_str().unwrap_or_default();
-                table::table(self.request.info, table_version, std::slice::from_ref(object), rv, self.request.include, Utc::now())
+                let rv = object["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default();
+                table::table(
+                    self.request.info,
+                    table_version,
+                    std::slice::from_ref(object),
+                    rv,
+                    self.request.include,
+                    Utc::now(),
+                )
             }
             None => object.clone(),
         };
-        let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        let mut line =
+            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
         line.push(b'\n');
         self.pending.push_back(Bytes::from(line));
     }

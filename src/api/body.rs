@@ -1,0 +1,80 @@
+//! Request bodies: read with a size limit (413 beyond it) and decoded from JSON, YAML or
+//! Kubernetes protobuf into a JSON object.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::Value;
+
+use super::proto;
+use super::resources::ResourceInfo;
+use super::status::ApiError;
+
+/// How much of a body that is too large we still read before answering 413.
+const DRAIN_REJECTED_BYTES: usize = 256 * 1024;
+
+/// Reads a request body up to `limit` bytes; larger bodies are a 413.
+pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(len) = declared.filter(|len| *len > limit) {
+        // Like Go's net/http, read a little of the rejected body so the client, still
+        // writing, gets to read the 413 instead of a broken pipe.
+        if len - limit <= DRAIN_REJECTED_BYTES {
+            let _ = Limited::new(body, limit + DRAIN_REJECTED_BYTES)
+                .collect()
+                .await;
+        }
+        return Err(ApiError::TooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::TooLarge { limit })
+        }
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "reading the request body: {e}"
+        ))),
+    }
+}
+
+pub fn decode(info: &ResourceInfo, headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let value: Value = match content_type.as_str() {
+        "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not valid YAML: {e}")))?,
+        "application/json" | "" | "*/*" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?,
+        "application/vnd.kubernetes.protobuf" => match info.proto {
+            Some(message) => proto::decode_object(body, message)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?,
+            None => {
+                return Err(ApiError::UnsupportedMediaType(
+                    "application/json, application/yaml".to_string(),
+                ))
+            }
+        },
+        other => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "application/json, application/yaml (got {other})"
+            )))
+        }
+    };
+    if !value.is_object() {
+        return Err(ApiError::BadRequest(
+            "the body must be a JSON object".into(),
+        ));
+    }
+    Ok(value)
+}
