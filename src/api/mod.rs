@@ -6,8 +6,11 @@
 //! Code map: [`serve`] and [`tls_config`] (`server.rs`) run the TLS accept loop; `router.rs`
 //! maps paths to handlers; `resources.rs` is the data-driven table of kinds that discovery,
 //! OpenAPI, validation and Tables read; `objects.rs` implements the verbs over [`Backend`];
+//! `body.rs` reads bodies with a size limit and decodes JSON, YAML and (`proto.rs`) the
+//! protobuf kubectl's typed clients send; `validation.rs` checks kinds, fields and names;
 //! `nodes.rs` renders Node objects; `watch.rs` streams events by diffing snapshots;
-//! `patch.rs`, `selectors.rs`, `table.rs` and `status.rs` are pure helpers.
+//! `discovery.rs` and `openapi.rs` describe the table to clients; `patch.rs`,
+//! `selectors.rs`, `table.rs` and `status.rs` are pure helpers.
 //!
 //! **Architecture Invariant:** everything the API knows about the cluster comes through the
 //! [`Backend`] trait; the API never touches the replicated document or the network directly.
