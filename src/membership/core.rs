@@ -70,6 +70,7 @@ pub struct Membership {
     probe: Option<Probe>,
     next_probe: Instant,
     next_push_pull: Instant,
+    next_reclaim: Instant,
     seq: u64,
     relays: BTreeMap<u64, Relay>,
     seeds: BTreeMap<MemberId, String>,
@@ -115,6 +116,7 @@ impl Membership {
             probe: None,
             next_probe,
             next_push_pull,
+            next_reclaim: now,
             seq: 0,
             relays: BTreeMap::new(),
             seeds: BTreeMap::new(),
@@ -415,16 +417,7 @@ impl Membership {
         let Some(target_addr) = self.members.get(&target).map(|m| m.info.addr.clone()) else {
             return;
         };
-        let candidates: Vec<&MemberInfo> = self
-            .members
-            .values()
-            .map(|m| &m.info)
-            .filter(|i| i.state == MemberState::Alive && i.id != self.me && i.id != target)
-            .collect();
-        let helpers: Vec<(MemberId, String)> = candidates
-            .choose_multiple(&mut self.rng, self.config.indirect_probes)
-            .map(|i| (i.id.clone(), i.addr.clone()))
-            .collect();
+        let helpers = self.random_alive(self.config.indirect_probes, &target);
         for (to, addr) in helpers {
             let updates = self.take_piggyback(self.config.max_piggyback);
             let msg = Message::PingReq { seq, target: target.clone(), target_addr: target_addr.clone(), updates };
@@ -581,16 +574,7 @@ impl Membership {
     }
 
     fn forward(&mut self, update: &Update, about: &str) {
-        let candidates: Vec<&MemberInfo> = self
-            .members
-            .values()
-            .map(|m| &m.info)
-            .filter(|i| i.state == MemberState::Alive && i.id != self.me && i.id != about)
-            .collect();
-        let peers: Vec<(MemberId, String)> = candidates
-            .choose_multiple(&mut self.rng, FORWARD_FANOUT)
-            .map(|i| (i.id.clone(), i.addr.clone()))
-            .collect();
+        let peers = self.random_alive(FORWARD_FANOUT, about);
         for (to, addr) in peers {
             self.send(to, addr, Message::Gossip { updates: vec![update.clone()] });
         }
@@ -729,6 +713,10 @@ impl Membership {
     // ----- bookkeeping -----
 
     fn reclaim(&mut self, now: Instant) {
+        if now < self.next_reclaim {
+            return;
+        }
+        self.next_reclaim = now + Duration::from_secs(1);
         let forget: Vec<MemberId> = self
             .members
             .values()
@@ -771,6 +759,31 @@ impl Membership {
         for r in self.relays.values_mut() {
             r.expires += late;
         }
+    }
+
+    /// Up to `k` distinct random Alive members other than self and `except`. Samples the probe
+    /// order (which holds every live member) instead of scanning all members.
+    fn random_alive(&mut self, k: usize, except: &str) -> Vec<(MemberId, String)> {
+        let mut chosen: Vec<(MemberId, String)> = Vec::with_capacity(k);
+        let len = self.probe_order.len();
+        if len == 0 || k == 0 {
+            return chosen;
+        }
+        for _ in 0..k * 4 {
+            if chosen.len() >= k {
+                break;
+            }
+            let id = &self.probe_order[self.rng.gen_range(0..len)];
+            if id == except || id == &self.me || chosen.iter().any(|(c, _)| c == id) {
+                continue;
+            }
+            if let Some(m) = self.members.get(id) {
+                if m.info.state == MemberState::Alive {
+                    chosen.push((m.info.id.clone(), m.info.addr.clone()));
+                }
+            }
+        }
+        chosen
     }
 
     fn others_in(&self, states: &[MemberState]) -> Vec<(MemberId, String)> {
