@@ -17,7 +17,11 @@ fn all_names(sim: &Sim) -> BTreeSet<MemberId> {
 
 /// Nodes whose live set is not exactly `expected`.
 fn disagreeing(sim: &Sim, nodes: &[usize], expected: &BTreeSet<MemberId>) -> Vec<usize> {
-    nodes.iter().copied().filter(|&i| sim.live_set(i) != expected).collect()
+    nodes
+        .iter()
+        .copied()
+        .filter(|&i| sim.live_set(i) != expected)
+        .collect()
 }
 
 fn leaders(sim: &Sim, nodes: &[usize]) -> BTreeSet<Option<MemberId>> {
@@ -26,7 +30,17 @@ fn leaders(sim: &Sim, nodes: &[usize]) -> BTreeSet<Option<MemberId>> {
 
 fn assert_converged(sim: &mut Sim, nodes: &[usize], expected: &BTreeSet<MemberId>) {
     let off = disagreeing(sim, nodes, expected);
-    assert!(off.is_empty(), "{} nodes disagree on the live set, e.g. {:?}: {:?}", off.len(), off.first(), off.first().map(|&i| sim.live_set(i).symmetric_difference(expected).cloned().collect::<Vec<_>>()));
+    assert!(
+        off.is_empty(),
+        "{} nodes disagree on the live set, e.g. {:?}: {:?}",
+        off.len(),
+        off.first(),
+        off.first().map(|&i| sim
+            .live_set(i)
+            .symmetric_difference(expected)
+            .cloned()
+            .collect::<Vec<_>>())
+    );
     let l = leaders(sim, nodes);
     assert_eq!(l.len(), 1, "one leader: {l:?}");
     let leader = l.into_iter().next().flatten().expect("a leader");
@@ -36,7 +50,9 @@ fn assert_converged(sim: &mut Sim, nodes: &[usize], expected: &BTreeSet<MemberId
 
 /// Nodes not killed (running, or briefly stalled by a hiccup).
 fn not_killed(sim: &Sim) -> Vec<usize> {
-    (0..sim.len()).filter(|&i| sim.status(i) != NodeStatus::Killed).collect()
+    (0..sim.len())
+        .filter(|&i| sim.status(i) != NodeStatus::Killed)
+        .collect()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -54,7 +70,9 @@ struct Topology {
 
 impl Topology {
     fn new(n: usize) -> Self {
-        Topology { changes: vec![(Duration::ZERO, vec![0; n])] }
+        Topology {
+            changes: vec![(Duration::ZERO, vec![0; n])],
+        }
     }
 
     fn set(&mut self, sim: &mut Sim, groups: Option<&[Vec<usize>]>) {
@@ -76,7 +94,13 @@ impl Topology {
 
     /// A Down of `subject` by `observer` at `at` is false if both had been on the same side
     /// for longer than `grace` (enough for every earlier suspicion to have been refuted).
-    fn is_false_death(&self, at: Duration, observer: usize, subject: usize, grace: Duration) -> bool {
+    fn is_false_death(
+        &self,
+        at: Duration,
+        observer: usize,
+        subject: usize,
+        grace: Duration,
+    ) -> bool {
         let Some((start, of)) = self.changes.iter().rev().find(|(start, _)| *start <= at) else {
             return false;
         };
@@ -111,14 +135,20 @@ fn downs(sim: &Sim) -> Vec<(Duration, usize, usize)> {
 fn two_hundred_nodes_partitions_heal_and_converge() {
     let n = 200;
     let wall = Instant::now();
-    let config = SimConfig { drop_rate: 0.01, write_every: Some(Duration::from_millis(400)), ..SimConfig::default() };
+    let config = SimConfig {
+        drop_rate: 0.01,
+        write_every: Some(Duration::from_millis(400)),
+        ..SimConfig::default()
+    };
     let mut sim = Sim::new(n, 0x5EED_0001, config, Instant::now());
     let mut rng = ChaCha8Rng::seed_from_u64(99);
     let mut topo = Topology::new(n);
     let everyone: Vec<usize> = (0..n).collect();
     let names = all_names(&sim);
 
-    let formed = sim.run_until(60 * SEC, SEC, |s| disagreeing(s, &everyone, &names).is_empty());
+    let formed = sim.run_until(60 * SEC, SEC, |s| {
+        disagreeing(s, &everyone, &names).is_empty()
+    });
     assert!(formed.is_some(), "cluster formed");
     sim.run_for(10 * SEC);
     assert_converged(&mut sim, &everyone, &names);
@@ -132,7 +162,9 @@ fn two_hundred_nodes_partitions_heal_and_converge() {
             assert_converged(&mut sim, group, &expected);
         }
         topo.set(&mut sim, None);
-        let healed = sim.run_until(90 * SEC, SEC, |s| disagreeing(s, &everyone, &names).is_empty());
+        let healed = sim.run_until(90 * SEC, SEC, |s| {
+            disagreeing(s, &everyone, &names).is_empty()
+        });
         assert!(healed.is_some(), "round {round}: views reunite after heal");
         sim.run_for(Duration::from_secs(rng.gen_range(5..=15)));
     }
@@ -143,13 +175,20 @@ fn two_hundred_nodes_partitions_heal_and_converge() {
     assert_converged(&mut sim, &everyone, &names);
     let heads: BTreeSet<_> = everyone.iter().map(|&i| sim.heads(i)).collect();
     assert_eq!(heads.len(), 1, "all documents have identical heads");
-    assert!(sim.doc_len(0) as u64 >= sim.writes() * 9 / 10, "writes replicated");
+    assert!(
+        sim.doc_len(0) as u64 >= sim.writes() * 9 / 10,
+        "writes replicated"
+    );
 
     let false_deaths: Vec<_> = downs(&sim)
         .into_iter()
         .filter(|&(at, o, s)| topo.is_false_death(at, o, s, 20 * SEC))
         .collect();
-    assert!(false_deaths.is_empty(), "false deaths: {:?}", &false_deaths[..false_deaths.len().min(10)]);
+    assert!(
+        false_deaths.is_empty(),
+        "false deaths: {:?}",
+        &false_deaths[..false_deaths.len().min(10)]
+    );
     println!(
         "sim200-partitions: sim {:?}, wall {:?}, {} writes, {} messages, {} events",
         sim.elapsed(),
@@ -175,19 +214,35 @@ fn two_hundred_nodes_no_false_deaths_and_detection_times() {
     let mut sim = Sim::new(n, 0x5EED_0002, config, Instant::now());
     let everyone: Vec<usize> = (0..n).collect();
     let names = all_names(&sim);
-    assert!(sim.run_until(60 * SEC, SEC, |s| disagreeing(s, &everyone, &names).is_empty()).is_some());
+    assert!(sim
+        .run_until(60 * SEC, SEC, |s| disagreeing(s, &everyone, &names)
+            .is_empty())
+        .is_some());
     sim.run_for(180 * SEC);
     let deaths = downs(&sim);
-    assert!(deaths.is_empty(), "false deaths in a healthy cluster: {:?}", &deaths[..deaths.len().min(10)]);
+    assert!(
+        deaths.is_empty(),
+        "false deaths in a healthy cluster: {:?}",
+        &deaths[..deaths.len().min(10)]
+    );
     assert_converged(&mut sim, &everyone, &names);
-    let suspicions = sim.observed().iter().filter(|o| matches!(o.event, MembershipEvent::Suspect(_))).count();
+    let suspicions = sim
+        .observed()
+        .iter()
+        .filter(|o| matches!(o.event, MembershipEvent::Suspect(_)))
+        .count();
 
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut per_observer = Vec::new();
     let mut until_all = Vec::new();
     let mut killed = Vec::new();
     for _ in 0..5 {
-        let victim = *everyone.iter().filter(|i| !killed.contains(*i)).collect::<Vec<_>>().choose(&mut rng).unwrap();
+        let victim = *everyone
+            .iter()
+            .filter(|i| !killed.contains(*i))
+            .collect::<Vec<_>>()
+            .choose(&mut rng)
+            .unwrap();
         killed.push(*victim);
         let victim = *victim;
         let start = sim.elapsed();
@@ -195,7 +250,9 @@ fn two_hundred_nodes_no_false_deaths_and_detection_times() {
         sim.kill(victim);
         let survivors: Vec<usize> = not_killed(&sim);
         let took = sim.run_until(60 * SEC, Duration::from_millis(100), |s| {
-            survivors.iter().all(|&o| s.state_of(o, victim) == Some(MemberState::Dead))
+            survivors
+                .iter()
+                .all(|&o| s.state_of(o, victim) == Some(MemberState::Dead))
         });
         let took = took.expect("every survivor detects the death");
         until_all.push(took);
@@ -205,7 +262,10 @@ fn two_hundred_nodes_no_false_deaths_and_detection_times() {
                 per_observer.push(o.at - start);
             }
         }
-        assert!(took <= bound, "detection {took:?} within the bound {bound:?}");
+        assert!(
+            took <= bound,
+            "detection {took:?} within the bound {bound:?}"
+        );
         sim.run_for(5 * SEC);
     }
     per_observer.sort();
@@ -213,8 +273,14 @@ fn two_hundred_nodes_no_false_deaths_and_detection_times() {
     let survivors = not_killed(&sim);
     let expected = sim.names(survivors.iter().copied());
     assert_converged(&mut sim, &survivors, &expected);
-    let unexpected: Vec<_> = downs(&sim).into_iter().filter(|(_, _, s)| !killed.contains(s)).collect();
-    assert!(unexpected.is_empty(), "only killed nodes die: {unexpected:?}");
+    let unexpected: Vec<_> = downs(&sim)
+        .into_iter()
+        .filter(|(_, _, s)| !killed.contains(s))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "only killed nodes die: {unexpected:?}"
+    );
     println!(
         "sim200-detection: n={n} loss=1% stalls=100-300ms/20s: false deaths 0 in 180 s ({suspicions} refuted suspicions); \
          kill -> Down per observer p50 {:?} p99 {:?} max {:?}; kill -> all survivors p50 {:?} max {:?} (bound {bound:?}); wall {:?}",
@@ -231,10 +297,21 @@ fn two_hundred_nodes_no_false_deaths_and_detection_times() {
 #[test]
 fn partition_sides_each_elect_a_leader_inside() {
     let n = 60;
-    let mut sim = Sim::new(n, 0x5EED_0003, SimConfig { drop_rate: 0.01, ..SimConfig::default() }, Instant::now());
+    let mut sim = Sim::new(
+        n,
+        0x5EED_0003,
+        SimConfig {
+            drop_rate: 0.01,
+            ..SimConfig::default()
+        },
+        Instant::now(),
+    );
     let everyone: Vec<usize> = (0..n).collect();
     let names = all_names(&sim);
-    assert!(sim.run_until(60 * SEC, SEC, |s| disagreeing(s, &everyone, &names).is_empty()).is_some());
+    assert!(sim
+        .run_until(60 * SEC, SEC, |s| disagreeing(s, &everyone, &names)
+            .is_empty())
+        .is_some());
     let groups: Vec<Vec<usize>> = vec![(0..10).collect(), (10..35).collect(), (35..60).collect()];
     sim.partition(&groups);
     sim.run_for(30 * SEC);
@@ -246,7 +323,10 @@ fn partition_sides_each_elect_a_leader_inside() {
     }
     assert_eq!(side_leaders.len(), 3, "one leader per side");
     sim.heal();
-    assert!(sim.run_until(60 * SEC, SEC, |s| disagreeing(s, &everyone, &names).is_empty()).is_some());
+    assert!(sim
+        .run_until(60 * SEC, SEC, |s| disagreeing(s, &everyone, &names)
+            .is_empty())
+        .is_some());
     assert_converged(&mut sim, &everyone, &names);
 }
 
@@ -259,7 +339,10 @@ fn killed_leader_is_replaced() {
     let mut sim = Sim::new(n, 0x5EED_0004, config, Instant::now());
     let everyone: Vec<usize> = (0..n).collect();
     let names = all_names(&sim);
-    assert!(sim.run_until(60 * SEC, SEC, |s| disagreeing(s, &everyone, &names).is_empty()).is_some());
+    assert!(sim
+        .run_until(60 * SEC, SEC, |s| disagreeing(s, &everyone, &names)
+            .is_empty())
+        .is_some());
     sim.run_for(10 * SEC);
     let old = sim.leader(0).expect("a leader");
     let victim = sim.index_of(&old).unwrap();
@@ -267,7 +350,9 @@ fn killed_leader_is_replaced() {
     let survivors = not_killed(&sim);
     let took = sim
         .run_until(30 * SEC, Duration::from_millis(50), |s| {
-            survivors.iter().all(|&o| s.state_of(o, victim) == Some(MemberState::Dead))
+            survivors
+                .iter()
+                .all(|&o| s.state_of(o, victim) == Some(MemberState::Dead))
         })
         .expect("detected");
     assert!(took <= bound, "detected in {took:?}, bound {bound:?}");
@@ -278,7 +363,10 @@ fn killed_leader_is_replaced() {
 
     // The restarted node (incarnation 0, nothing persisted) refutes its death and rejoins.
     sim.revive(victim);
-    assert!(sim.run_until(30 * SEC, SEC, |s| disagreeing(s, &everyone, &names).is_empty()).is_some());
+    assert!(sim
+        .run_until(30 * SEC, SEC, |s| disagreeing(s, &everyone, &names)
+            .is_empty())
+        .is_some());
     assert!(sim.core(victim).incarnation() > 0);
     assert_converged(&mut sim, &everyone, &names);
 }
@@ -290,23 +378,33 @@ fn paused_node_dies_and_comes_back() {
     let mut sim = Sim::new(n, 0x5EED_0005, SimConfig::default(), Instant::now());
     let everyone: Vec<usize> = (0..n).collect();
     let names = all_names(&sim);
-    assert!(sim.run_until(60 * SEC, SEC, |s| disagreeing(s, &everyone, &names).is_empty()).is_some());
+    assert!(sim
+        .run_until(60 * SEC, SEC, |s| disagreeing(s, &everyone, &names)
+            .is_empty())
+        .is_some());
     let victim = 7;
     let before = sim.core(victim).incarnation();
     sim.pause(victim);
     assert_eq!(sim.status(victim), NodeStatus::Paused);
     let others: Vec<usize> = everyone.iter().copied().filter(|&i| i != victim).collect();
     let dead = sim.run_until(20 * SEC, Duration::from_millis(100), |s| {
-        others.iter().all(|&o| s.state_of(o, victim) == Some(MemberState::Dead))
+        others
+            .iter()
+            .all(|&o| s.state_of(o, victim) == Some(MemberState::Dead))
     });
     assert!(dead.is_some(), "paused node declared dead");
     sim.run_for(10 * SEC);
     sim.resume(victim);
     let back = sim.run_until(20 * SEC, Duration::from_millis(100), |s| {
-        others.iter().all(|&o| s.state_of(o, victim) == Some(MemberState::Alive))
+        others
+            .iter()
+            .all(|&o| s.state_of(o, victim) == Some(MemberState::Alive))
     });
     assert!(back.is_some(), "resumed node is alive again");
-    assert!(sim.core(victim).incarnation() > before, "refuted with a higher incarnation");
+    assert!(
+        sim.core(victim).incarnation() > before,
+        "refuted with a higher incarnation"
+    );
     sim.run_for(5 * SEC);
     assert_converged(&mut sim, &everyone, &names);
     // The resumed node blamed nobody for its own stall.
@@ -318,7 +416,11 @@ fn paused_node_dies_and_comes_back() {
 }
 
 fn scenario_digest(seed: u64) -> [u8; 32] {
-    let config = SimConfig { drop_rate: 0.02, write_every: Some(Duration::from_millis(300)), ..SimConfig::default() };
+    let config = SimConfig {
+        drop_rate: 0.02,
+        write_every: Some(Duration::from_millis(300)),
+        ..SimConfig::default()
+    };
     let mut sim = Sim::new(30, seed, config, Instant::now());
     sim.run_for(15 * SEC);
     sim.partition(&[(0..12).collect(), (12..30).collect()]);
@@ -355,12 +457,21 @@ fn same_seed_same_trace() {
 fn partitions_converge_over_seeds() {
     for seed in [11u64, 12, 13] {
         let n = 60;
-        let config = SimConfig { drop_rate: 0.02, write_every: Some(Duration::from_millis(300)), ..SimConfig::default() };
+        let config = SimConfig {
+            drop_rate: 0.02,
+            write_every: Some(Duration::from_millis(300)),
+            ..SimConfig::default()
+        };
         let mut sim = Sim::new(n, seed, config, Instant::now());
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let everyone: Vec<usize> = (0..n).collect();
         let names = all_names(&sim);
-        assert!(sim.run_until(60 * SEC, SEC, |s| disagreeing(s, &everyone, &names).is_empty()).is_some(), "seed {seed}: formed");
+        assert!(
+            sim.run_until(60 * SEC, SEC, |s| disagreeing(s, &everyone, &names)
+                .is_empty())
+                .is_some(),
+            "seed {seed}: formed"
+        );
         for _ in 0..2 {
             let groups = random_groups(&mut rng, n);
             sim.partition(&groups);
@@ -373,7 +484,9 @@ fn partitions_converge_over_seeds() {
             sim.run_for(Duration::from_secs(rng.gen_range(5..=20)));
         }
         sim.set_write_every(None);
-        let healed = sim.run_until(60 * SEC, SEC, |s| disagreeing(s, &everyone, &names).is_empty());
+        let healed = sim.run_until(60 * SEC, SEC, |s| {
+            disagreeing(s, &everyone, &names).is_empty()
+        });
         assert!(healed.is_some(), "seed {seed}: views reunite");
         sim.run_for(30 * SEC);
         assert_converged(&mut sim, &everyone, &names);

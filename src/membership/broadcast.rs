@@ -23,7 +23,14 @@ impl Broadcasts {
     pub(crate) fn push(&mut self, update: Update) {
         self.counter += 1;
         let id = update.member.id.clone();
-        self.pending.insert(id, Pending { update, transmits: 0, order: self.counter });
+        self.pending.insert(
+            id,
+            Pending {
+                update,
+                transmits: 0,
+                order: self.counter,
+            },
+        );
     }
 
     #[cfg(test)]
@@ -46,7 +53,11 @@ impl Broadcasts {
             order.truncate(max);
         }
         order.sort_unstable();
-        let chosen: Vec<MemberId> = order.into_iter().take(max).map(|(_, _, id)| id.clone()).collect();
+        let chosen: Vec<MemberId> = order
+            .into_iter()
+            .take(max)
+            .map(|(_, _, id)| id.clone())
+            .collect();
         let mut out = Vec::with_capacity(chosen.len());
         for id in chosen {
             let done = match self.pending.get_mut(&id) {
@@ -72,7 +83,12 @@ mod tests {
 
     fn up(id: &str, inc: u64) -> Update {
         Update {
-            member: MemberInfo { id: id.into(), addr: String::new(), incarnation: inc, state: MemberState::Alive },
+            member: MemberInfo {
+                id: id.into(),
+                addr: String::new(),
+                incarnation: inc,
+                state: MemberState::Alive,
+            },
             by: id.into(),
         }
     }

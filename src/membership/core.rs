@@ -92,13 +92,36 @@ pub struct Membership {
 }
 
 impl Membership {
-    pub fn new(me: MemberId, addr: String, incarnation: u64, config: Config, seed: u64, now: Instant) -> Self {
+    pub fn new(
+        me: MemberId,
+        addr: String,
+        incarnation: u64,
+        config: Config,
+        seed: u64,
+        now: Instant,
+    ) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let info = MemberInfo { id: me.clone(), addr, incarnation, state: MemberState::Alive };
+        let info = MemberInfo {
+            id: me.clone(),
+            addr,
+            incarnation,
+            state: MemberState::Alive,
+        };
         let mut members = BTreeMap::new();
-        members.insert(me.clone(), Member { info, changed_at: now, suspicion: None });
+        members.insert(
+            me.clone(),
+            Member {
+                info,
+                changed_at: now,
+                suspicion: None,
+            },
+        );
         let live: BTreeSet<MemberId> = [me.clone()].into_iter().collect();
-        let epoch = Epoch { number: 0, view: view_hash(&live), leader: crate::sched::leader::leader(&live) };
+        let epoch = Epoch {
+            number: 0,
+            view: view_hash(&live),
+            leader: crate::sched::leader::leader(&live),
+        };
         // Spread the first probe over one interval so members started together do not beat in step.
         let jitter = config.probe_interval.mul_f64(rng.gen_range(0.0..1.0));
         let next_probe = now + jitter;
@@ -123,7 +146,10 @@ impl Membership {
             told: BTreeMap::new(),
             broadcasts: Broadcasts::default(),
             outputs: VecDeque::new(),
-            live_now: live.iter().map(|id| (id.clone(), crate::sched::leader::weight(id))).collect(),
+            live_now: live
+                .iter()
+                .map(|id| (id.clone(), crate::sched::leader::weight(id)))
+                .collect(),
             live,
             live_dirty: false,
             epoch,
@@ -188,11 +214,21 @@ impl Membership {
         let info = self.set_self(MemberState::Left, now);
         let me = self.me.clone();
         self.set_liveness(&me, false);
-        let update = Update { member: info, by: self.me.clone() };
+        let update = Update {
+            member: info,
+            by: self.me.clone(),
+        };
         self.broadcasts.push(update.clone());
-        let targets: Vec<(MemberId, String)> = self.others_in(&[MemberState::Alive, MemberState::Suspect]);
+        let targets: Vec<(MemberId, String)> =
+            self.others_in(&[MemberState::Alive, MemberState::Suspect]);
         for (to, addr) in targets {
-            self.send(to, addr, Message::Gossip { updates: vec![update.clone()] });
+            self.send(
+                to,
+                addr,
+                Message::Gossip {
+                    updates: vec![update.clone()],
+                },
+            );
         }
         self.update_epoch();
     }
@@ -222,7 +258,8 @@ impl Membership {
 
     /// The shell could not deliver a message to `to`: like a missed ack.
     pub fn handle_unreachable(&mut self, to: &MemberId, now: Instant) {
-        let direct_pending = matches!(&self.probe, Some(p) if &p.target == to && !p.acked && !p.indirect_sent);
+        let direct_pending =
+            matches!(&self.probe, Some(p) if &p.target == to && !p.acked && !p.indirect_sent);
         if direct_pending {
             self.send_indirect_probes(now);
         }
@@ -234,8 +271,7 @@ impl Membership {
         }
         self.absorb_stall(now);
         self.expire_suspicions(now);
-        let direct_expired =
-            matches!(&self.probe, Some(p) if !p.acked && !p.indirect_sent && now >= p.direct_deadline);
+        let direct_expired = matches!(&self.probe, Some(p) if !p.acked && !p.indirect_sent && now >= p.direct_deadline);
         if direct_expired {
             self.send_indirect_probes(now);
         }
@@ -256,7 +292,11 @@ impl Membership {
             return;
         }
         match msg {
-            Message::Ping { seq, target, updates } => {
+            Message::Ping {
+                seq,
+                target,
+                updates,
+            } => {
                 self.apply_updates(updates, now);
                 if target != self.me {
                     return;
@@ -269,13 +309,27 @@ impl Membership {
                 }
                 let limit = self.config.max_piggyback.saturating_sub(piggy.len());
                 piggy.extend(self.take_piggyback(limit));
-                self.send(from.clone(), from_addr.to_string(), Message::Ack { seq, updates: piggy });
+                self.send(
+                    from.clone(),
+                    from_addr.to_string(),
+                    Message::Ack {
+                        seq,
+                        updates: piggy,
+                    },
+                );
             }
             Message::Ack { seq, updates } => {
                 self.apply_updates(updates, now);
                 if let Some(relay) = self.relays.remove(&seq) {
                     let updates = self.take_piggyback(self.config.max_piggyback);
-                    self.send(relay.origin, relay.origin_addr, Message::Ack { seq: relay.origin_seq, updates });
+                    self.send(
+                        relay.origin,
+                        relay.origin_addr,
+                        Message::Ack {
+                            seq: relay.origin_seq,
+                            updates,
+                        },
+                    );
                 } else if let Some(p) = self.probe.as_mut() {
                     if p.seq == seq {
                         p.acked = true;
@@ -283,14 +337,23 @@ impl Membership {
                 }
                 self.tell_sender(from, from_addr, now);
             }
-            Message::PingReq { seq, target, target_addr, updates } => {
+            Message::PingReq {
+                seq,
+                target,
+                target_addr,
+                updates,
+            } => {
                 self.apply_updates(updates, now);
                 if !valid_id(&target) || target_addr.len() > MAX_ADDR_LEN {
                     return;
                 }
                 if target == self.me {
                     let updates = self.take_piggyback(self.config.max_piggyback);
-                    self.send(from.clone(), from_addr.to_string(), Message::Ack { seq, updates });
+                    self.send(
+                        from.clone(),
+                        from_addr.to_string(),
+                        Message::Ack { seq, updates },
+                    );
                     return;
                 }
                 self.seq += 1;
@@ -309,7 +372,15 @@ impl Membership {
                     _ => target_addr,
                 };
                 let updates = self.take_piggyback(self.config.max_piggyback);
-                self.send(target.clone(), addr, Message::Ping { seq: relay_seq, target, updates });
+                self.send(
+                    target.clone(),
+                    addr,
+                    Message::Ping {
+                        seq: relay_seq,
+                        target,
+                        updates,
+                    },
+                );
                 self.tell_sender(from, from_addr, now);
             }
             Message::Gossip { updates } => {
@@ -359,12 +430,23 @@ impl Membership {
         // A suspect learns of its suspicion from the prober itself, so it can refute quickly.
         if let Some(m) = self.members.get(&target) {
             if m.info.state == MemberState::Suspect {
-                updates.push(Update { member: m.info.clone(), by: self.me.clone() });
+                updates.push(Update {
+                    member: m.info.clone(),
+                    by: self.me.clone(),
+                });
             }
         }
         let limit = self.config.max_piggyback.saturating_sub(updates.len());
         updates.extend(self.take_piggyback(limit));
-        self.send(target.clone(), addr, Message::Ping { seq, target, updates });
+        self.send(
+            target.clone(),
+            addr,
+            Message::Ping {
+                seq,
+                target,
+                updates,
+            },
+        );
     }
 
     fn next_probe_target(&mut self) -> Option<MemberId> {
@@ -381,8 +463,12 @@ impl Membership {
                     return Some(id);
                 }
             }
-            let mut order: Vec<MemberId> =
-                self.members.keys().filter(|id| self.is_live_other(id)).cloned().collect();
+            let mut order: Vec<MemberId> = self
+                .members
+                .keys()
+                .filter(|id| self.is_live_other(id))
+                .cloned()
+                .collect();
             order.shuffle(&mut self.rng);
             self.probe_order = order;
             self.probe_pos = 0;
@@ -420,7 +506,12 @@ impl Membership {
         let helpers = self.random_alive(self.config.indirect_probes, &target);
         for (to, addr) in helpers {
             let updates = self.take_piggyback(self.config.max_piggyback);
-            let msg = Message::PingReq { seq, target: target.clone(), target_addr: target_addr.clone(), updates };
+            let msg = Message::PingReq {
+                seq,
+                target: target.clone(),
+                target_addr: target_addr.clone(),
+                updates,
+            };
             self.send(to, addr, msg);
         }
     }
@@ -431,17 +522,28 @@ impl Membership {
         if p.acked {
             return;
         }
-        let Some(m) = self.members.get(&p.target) else { return };
+        let Some(m) = self.members.get(&p.target) else {
+            return;
+        };
         if !matches!(m.info.state, MemberState::Alive | MemberState::Suspect) {
             return;
         }
         let mut info = m.info.clone();
         info.state = MemberState::Suspect;
         let addr = info.addr.clone();
-        let update = Update { member: info, by: self.me.clone() };
+        let update = Update {
+            member: info,
+            by: self.me.clone(),
+        };
         self.apply_update(update.clone(), now, false);
         // Tell the suspect itself at once: after a stall or a lost ack it can refute right away.
-        self.send(p.target, addr, Message::Gossip { updates: vec![update] });
+        self.send(
+            p.target,
+            addr,
+            Message::Gossip {
+                updates: vec![update],
+            },
+        );
     }
 
     // ----- suspicion -----
@@ -456,7 +558,14 @@ impl Membership {
             .collect();
         for mut info in expired {
             info.state = MemberState::Dead;
-            self.apply_update(Update { member: info, by: self.me.clone() }, now, false);
+            self.apply_update(
+                Update {
+                    member: info,
+                    by: self.me.clone(),
+                },
+                now,
+                false,
+            );
         }
     }
 
@@ -469,7 +578,9 @@ impl Membership {
             return started + min;
         }
         let frac = ((confirmations as f64) + 1.0).ln() / ((k as f64) + 1.0).ln();
-        let timeout = max.saturating_sub((max - min).mul_f64(frac.min(1.0))).max(min);
+        let timeout = max
+            .saturating_sub((max - min).mul_f64(frac.min(1.0)))
+            .max(min);
         started + timeout
     }
 
@@ -485,7 +596,10 @@ impl Membership {
     /// the later state (Alive < Suspect < Dead < Left). A Dead learnt by push-pull counts only
     /// as a suspicion, so the member gets a chance to refute.
     fn apply_update(&mut self, update: Update, now: Instant, via_push_pull: bool) {
-        let Update { member: mut info, by } = update;
+        let Update {
+            member: mut info,
+            by,
+        } = update;
         if !valid_id(&info.id) || !valid_id(&by) || info.addr.len() > MAX_ADDR_LEN {
             return;
         }
@@ -519,7 +633,14 @@ impl Membership {
         }
         let id = info.id.clone();
         let state = info.state;
-        self.members.insert(id.clone(), Member { info: info.clone(), changed_at: now, suspicion: None });
+        self.members.insert(
+            id.clone(),
+            Member {
+                info: info.clone(),
+                changed_at: now,
+                suspicion: None,
+            },
+        );
         if state == MemberState::Suspect {
             self.start_suspicion(&id, by.clone(), now);
         }
@@ -532,7 +653,9 @@ impl Membership {
 
     fn transition(&mut self, info: MemberInfo, by: MemberId, now: Instant) {
         let id = info.id.clone();
-        let Some(m) = self.members.get_mut(&id) else { return };
+        let Some(m) = self.members.get_mut(&id) else {
+            return;
+        };
         let was = m.info.state;
         m.info.incarnation = info.incarnation;
         m.info.state = info.state;
@@ -576,18 +699,31 @@ impl Membership {
     fn forward(&mut self, update: &Update, about: &str) {
         let peers = self.random_alive(FORWARD_FANOUT, about);
         for (to, addr) in peers {
-            self.send(to, addr, Message::Gossip { updates: vec![update.clone()] });
+            self.send(
+                to,
+                addr,
+                Message::Gossip {
+                    updates: vec![update.clone()],
+                },
+            );
         }
     }
 
     fn start_suspicion(&mut self, id: &str, by: MemberId, now: Instant) {
         let deadline = self.suspicion_deadline(now, 1);
-        if by != self.me && self.probe_first.len() < self.config.indirect_probes.max(1) && !self.probe_first.iter().any(|p| p == id) {
+        if by != self.me
+            && self.probe_first.len() < self.config.indirect_probes.max(1)
+            && !self.probe_first.iter().any(|p| p == id)
+        {
             self.probe_first.push_back(id.to_string());
         }
         if let Some(m) = self.members.get_mut(id) {
             let witnesses: BTreeSet<MemberId> = [by].into_iter().collect();
-            m.suspicion = Some(Suspicion { started: now, witnesses, deadline });
+            m.suspicion = Some(Suspicion {
+                started: now,
+                witnesses,
+                deadline,
+            });
             self.suspects.insert(id.to_string());
         }
     }
@@ -596,15 +732,23 @@ impl Membership {
     /// (naming the witness) until enough witnesses are known.
     fn confirm(&mut self, info: &MemberInfo, by: MemberId) {
         let k = self.config.indirect_probes;
-        let Some(m) = self.members.get_mut(&info.id) else { return };
-        let Some(s) = m.suspicion.as_mut() else { return };
+        let Some(m) = self.members.get_mut(&info.id) else {
+            return;
+        };
+        let Some(s) = m.suspicion.as_mut() else {
+            return;
+        };
         if by == info.id || s.witnesses.len() > k || !s.witnesses.insert(by.clone()) {
             return;
         }
         let (started, count) = (s.started, s.witnesses.len());
         let record = m.info.clone();
         let deadline = self.suspicion_deadline(started, count);
-        if let Some(s) = self.members.get_mut(&info.id).and_then(|m| m.suspicion.as_mut()) {
+        if let Some(s) = self
+            .members
+            .get_mut(&info.id)
+            .and_then(|m| m.suspicion.as_mut())
+        {
             s.deadline = s.deadline.min(deadline);
         }
         self.broadcasts.push(Update { member: record, by });
@@ -616,13 +760,17 @@ impl Membership {
             return;
         }
         let stale_alive = info.state == MemberState::Alive && info.incarnation <= self.incarnation;
-        let stale_accusation = info.state != MemberState::Alive && info.incarnation < self.incarnation;
+        let stale_accusation =
+            info.state != MemberState::Alive && info.incarnation < self.incarnation;
         if stale_alive || stale_accusation {
             return;
         }
         self.incarnation = info.incarnation + 1;
         let record = self.set_self(MemberState::Alive, now);
-        let update = Update { member: record, by: self.me.clone() };
+        let update = Update {
+            member: record,
+            by: self.me.clone(),
+        };
         self.broadcasts.push(update.clone());
         // Jump-start the refutation: a suspicion is racing against it.
         let me = self.me.clone();
@@ -634,7 +782,12 @@ impl Membership {
         let incarnation = self.incarnation;
         let me = self.me.clone();
         let m = self.members.entry(me.clone()).or_insert_with(|| Member {
-            info: MemberInfo { id: me, addr: String::new(), incarnation, state },
+            info: MemberInfo {
+                id: me,
+                addr: String::new(),
+                incarnation,
+                state,
+            },
             changed_at: now,
             suspicion: None,
         });
@@ -662,7 +815,10 @@ impl Membership {
         }
         self.told.insert(from.clone(), now);
         match self.members.get(from) {
-            Some(m) => Some(Update { member: m.info.clone(), by: self.me.clone() }),
+            Some(m) => Some(Update {
+                member: m.info.clone(),
+                by: self.me.clone(),
+            }),
             None => None,
         }
     }
@@ -670,7 +826,11 @@ impl Membership {
     fn tell_sender(&mut self, from: &MemberId, from_addr: &str, now: Instant) {
         let known = self.members.contains_key(from);
         if !known {
-            if self.told.get(from).is_some_and(|at| now.saturating_duration_since(*at) < self.config.probe_interval) {
+            if self
+                .told
+                .get(from)
+                .is_some_and(|at| now.saturating_duration_since(*at) < self.config.probe_interval)
+            {
                 return;
             }
             self.told.insert(from.clone(), now);
@@ -678,7 +838,13 @@ impl Membership {
             return;
         }
         if let Some(update) = self.opinion_to_tell(from, now, false) {
-            self.send(from.clone(), from_addr.to_string(), Message::Gossip { updates: vec![update] });
+            self.send(
+                from.clone(),
+                from_addr.to_string(),
+                Message::Gossip {
+                    updates: vec![update],
+                },
+            );
         }
     }
 
@@ -706,7 +872,12 @@ impl Membership {
     }
 
     fn send_push_pull(&mut self, to: MemberId, addr: String, reply: bool) {
-        let members: Vec<MemberInfo> = self.members.values().take(MAX_PUSH_PULL).map(|m| m.info.clone()).collect();
+        let members: Vec<MemberInfo> = self
+            .members
+            .values()
+            .take(MAX_PUSH_PULL)
+            .map(|m| m.info.clone())
+            .collect();
         self.send(to, addr, Message::PushPull { members, reply });
     }
 
@@ -734,13 +905,16 @@ impl Membership {
         }
         self.relays.retain(|_, r| r.expires > now);
         let horizon = self.config.push_pull_interval;
-        self.told.retain(|_, at| now.saturating_duration_since(*at) < horizon);
+        self.told
+            .retain(|_, at| now.saturating_duration_since(*at) < horizon);
     }
 
     /// If `tick` comes much later than due, the process was stalled: push every timer back by
     /// the stall instead of blaming others for acks we could not read.
     fn absorb_stall(&mut self, now: Instant) {
-        let Some(due) = self.poll_timeout() else { return };
+        let Some(due) = self.poll_timeout() else {
+            return;
+        };
         let late = now.saturating_duration_since(due);
         if late <= stall_slack(&self.config) {
             return;
@@ -817,7 +991,8 @@ impl Membership {
     fn set_liveness(&mut self, id: &str, live: bool) {
         if live {
             if !self.live_now.contains_key(id) {
-                self.live_now.insert(id.to_string(), crate::sched::leader::weight(id));
+                self.live_now
+                    .insert(id.to_string(), crate::sched::leader::weight(id));
                 self.live.insert(id.to_string());
                 self.live_dirty = true;
             }
@@ -837,9 +1012,20 @@ impl Membership {
             return;
         }
         // Same rule as `sched::leader::leader`, with the weights cached.
-        let leader = self.live_now.iter().max_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0))).map(|(id, _)| id.clone());
-        self.epoch = Epoch { number: self.epoch.number + 1, view, leader };
-        self.outputs.push_back(Output::Event(MembershipEvent::ViewChanged(self.epoch.clone())));
+        let leader = self
+            .live_now
+            .iter()
+            .max_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)))
+            .map(|(id, _)| id.clone());
+        self.epoch = Epoch {
+            number: self.epoch.number + 1,
+            view,
+            leader,
+        };
+        self.outputs
+            .push_back(Output::Event(MembershipEvent::ViewChanged(
+                self.epoch.clone(),
+            )));
     }
 }
 

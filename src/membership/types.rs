@@ -124,21 +124,37 @@ pub struct Update {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum Message {
     /// Direct probe of `target` (the receiver ignores pings meant for another id).
-    Ping { seq: u64, target: MemberId, updates: Vec<Update> },
+    Ping {
+        seq: u64,
+        target: MemberId,
+        updates: Vec<Update>,
+    },
     /// Answer to a `Ping` (or relayed answer of an indirect probe) with the same `seq`.
     Ack { seq: u64, updates: Vec<Update> },
     /// Ask the receiver to probe `target` and relay its ack.
-    PingReq { seq: u64, target: MemberId, target_addr: String, updates: Vec<Update> },
+    PingReq {
+        seq: u64,
+        target: MemberId,
+        target_addr: String,
+        updates: Vec<Update>,
+    },
     /// Updates only: a graceful leave, or telling a sender what we believe about it.
     Gossip { updates: Vec<Update> },
     /// Full state exchange; `reply` asks the receiver to answer with its own.
-    PushPull { members: Vec<MemberInfo>, reply: bool },
+    PushPull {
+        members: Vec<MemberInfo>,
+        reply: bool,
+    },
 }
 
 /// What the shell must do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
-    Send { to: MemberId, addr: String, msg: Message },
+    Send {
+        to: MemberId,
+        addr: String,
+        msg: Message,
+    },
     Event(MembershipEvent),
 }
 

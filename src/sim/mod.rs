@@ -20,7 +20,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
-use crate::membership::{Config, Epoch, MemberId, MemberState, Membership, MembershipEvent, Message, Output};
+use crate::membership::{
+    Config, Epoch, MemberId, MemberState, Membership, MembershipEvent, Message, Output,
+};
 
 /// Messages a paused node can queue before further ones are lost.
 const PAUSED_INBOX: usize = 4096;
@@ -84,13 +86,31 @@ enum Payload {
 }
 
 enum Event {
-    Deliver { from: usize, to: usize, payload: Payload },
-    Unreachable { node: usize, life: u64, to: usize },
-    Wake { node: usize, life: u64 },
-    AntiEntropy { node: usize },
+    Deliver {
+        from: usize,
+        to: usize,
+        payload: Payload,
+    },
+    Unreachable {
+        node: usize,
+        life: u64,
+        to: usize,
+    },
+    Wake {
+        node: usize,
+        life: u64,
+    },
+    AntiEntropy {
+        node: usize,
+    },
     Write,
-    Hiccup { node: usize },
-    EndHiccup { node: usize, life: u64 },
+    Hiccup {
+        node: usize,
+    },
+    EndHiccup {
+        node: usize,
+        life: u64,
+    },
 }
 
 struct Node {
@@ -153,7 +173,14 @@ impl Sim {
         for i in 0..n {
             let name = format!("n{i:03}");
             let addr = format!("/sim/{name}");
-            let core = Membership::new(name.clone(), addr.clone(), 1, sim.config.membership.clone(), sim.node_seed(i, 0), base);
+            let core = Membership::new(
+                name.clone(),
+                addr.clone(),
+                1,
+                sim.config.membership.clone(),
+                sim.node_seed(i, 0),
+                base,
+            );
             sim.index.insert(name.clone(), i);
             sim.nodes.push(Node {
                 name,
@@ -173,7 +200,10 @@ impl Sim {
                 sim.nodes[i].core.join(seed_name, seed_addr, base);
             }
             sim.after_input(i);
-            let jitter = sim.config.anti_entropy_every.mul_f64(sim.rng.gen_range(0.0..1.0));
+            let jitter = sim
+                .config
+                .anti_entropy_every
+                .mul_f64(sim.rng.gen_range(0.0..1.0));
             sim.schedule(base + jitter, Event::AntiEntropy { node: i });
             sim.schedule_hiccup(i);
         }
@@ -185,7 +215,9 @@ impl Sim {
     }
 
     fn node_seed(&self, node: usize, life: u64) -> u64 {
-        self.seed ^ (node as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ life.wrapping_mul(0xD1B5_4A32_D192_ED03)
+        self.seed
+            ^ (node as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ life.wrapping_mul(0xD1B5_4A32_D192_ED03)
     }
 
     // ----- driving -----
@@ -211,7 +243,12 @@ impl Sim {
     }
 
     /// Run in `step`s until `done` holds or `limit` passed; returns the simulated time taken.
-    pub fn run_until(&mut self, limit: Duration, step: Duration, mut done: impl FnMut(&Sim) -> bool) -> Option<Duration> {
+    pub fn run_until(
+        &mut self,
+        limit: Duration,
+        step: Duration,
+        mut done: impl FnMut(&Sim) -> bool,
+    ) -> Option<Duration> {
         let start = self.now;
         while self.now - start < limit {
             if done(self) {
@@ -304,7 +341,9 @@ impl Sim {
         match payload {
             Payload::Membership(msg) => {
                 let (name, addr) = (self.nodes[from].name.clone(), self.nodes[from].addr.clone());
-                self.nodes[to].core.handle_message(&name, &addr, msg, self.now);
+                self.nodes[to]
+                    .core
+                    .handle_message(&name, &addr, msg, self.now);
                 self.after_input(to);
             }
             Payload::Change(bytes) => {
@@ -341,11 +380,20 @@ impl Sim {
 
     fn send(&mut self, from: usize, to: usize, payload: Payload) {
         self.messages += 1;
-        let reachable = self.nodes[to].status != NodeStatus::Killed && self.group[from] == self.group[to];
+        let reachable =
+            self.nodes[to].status != NodeStatus::Killed && self.group[from] == self.group[to];
         if !reachable {
-            if let (Payload::Membership(_), Some(after)) = (&payload, self.config.unreachable_after) {
+            if let (Payload::Membership(_), Some(after)) = (&payload, self.config.unreachable_after)
+            {
                 let life = self.nodes[from].life;
-                self.schedule(self.now + after, Event::Unreachable { node: from, life, to });
+                self.schedule(
+                    self.now + after,
+                    Event::Unreachable {
+                        node: from,
+                        life,
+                        to,
+                    },
+                );
             }
             return;
         }
@@ -359,15 +407,20 @@ impl Sim {
 
     fn record(&mut self, node: usize, event: MembershipEvent) {
         let at = self.elapsed();
-        self.digest.update(format!("{}|{}|{:?}\n", at.as_nanos(), node, event).as_bytes());
+        self.digest
+            .update(format!("{}|{}|{:?}\n", at.as_nanos(), node, event).as_bytes());
         self.observed.push(Observed { at, node, event });
     }
 
     // ----- replication -----
 
     fn random_write(&mut self) {
-        let running: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].status == NodeStatus::Running).collect();
-        let Some(&node) = running.choose(&mut self.rng) else { return };
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].status == NodeStatus::Running)
+            .collect();
+        let Some(&node) = running.choose(&mut self.rng) else {
+            return;
+        };
         self.write(node);
     }
 
@@ -376,7 +429,9 @@ impl Sim {
         self.writes += 1;
         let key = format!("k{}-{}", node, self.writes);
         let value = self.rng.gen::<u64>();
-        let Some(change) = self.nodes[node].replica.write(&key, value) else { return };
+        let Some(change) = self.nodes[node].replica.write(&key, value) else {
+            return;
+        };
         let peers: Vec<usize> = self.live_peers(node);
         for peer in peers {
             self.send(node, peer, Payload::Change(change.clone()));
@@ -400,9 +455,13 @@ impl Sim {
         let candidates: Vec<usize> = self
             .live_peers(node)
             .into_iter()
-            .filter(|&p| self.group[p] == self.group[node] && self.nodes[p].status == NodeStatus::Running)
+            .filter(|&p| {
+                self.group[p] == self.group[node] && self.nodes[p].status == NodeStatus::Running
+            })
             .collect();
-        let Some(&peer) = candidates.choose(&mut self.rng) else { return };
+        let Some(&peer) = candidates.choose(&mut self.rng) else {
+            return;
+        };
         let (a, b) = pair_mut(&mut self.nodes, node, peer);
         self.messages += sync_pair(&mut a.replica, node, &mut b.replica, peer) as u64;
     }
@@ -455,7 +514,14 @@ impl Sim {
         let life = self.nodes[node].life;
         let seed = self.node_seed(node, life);
         let (name, addr) = (self.nodes[node].name.clone(), self.nodes[node].addr.clone());
-        let core = Membership::new(name, addr, 0, self.config.membership.clone(), seed, self.now);
+        let core = Membership::new(
+            name,
+            addr,
+            0,
+            self.config.membership.clone(),
+            seed,
+            self.now,
+        );
         let others: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| i != node && self.nodes[i].status == NodeStatus::Running)
             .collect();
@@ -537,7 +603,9 @@ impl Sim {
 
     /// What `observer` believes about `subject`.
     pub fn state_of(&self, observer: usize, subject: usize) -> Option<MemberState> {
-        self.nodes[observer].core.state_of(&self.nodes[subject].name)
+        self.nodes[observer]
+            .core
+            .state_of(&self.nodes[subject].name)
     }
 
     pub fn heads(&mut self, node: usize) -> Vec<automerge::ChangeHash> {
@@ -568,12 +636,17 @@ impl Sim {
 
     /// The names of the given nodes.
     pub fn names(&self, nodes: impl IntoIterator<Item = usize>) -> BTreeSet<MemberId> {
-        nodes.into_iter().map(|i| self.nodes[i].name.clone()).collect()
+        nodes
+            .into_iter()
+            .map(|i| self.nodes[i].name.clone())
+            .collect()
     }
 
     /// Indices of running nodes.
     pub fn running(&self) -> Vec<usize> {
-        (0..self.nodes.len()).filter(|&i| self.nodes[i].status == NodeStatus::Running).collect()
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].status == NodeStatus::Running)
+            .collect()
     }
 }
 

@@ -22,14 +22,19 @@ impl Replica {
         actor[..8].copy_from_slice(b"shoalsim");
         actor[8..].copy_from_slice(&(node as u64).to_be_bytes());
         let doc = AutoCommit::new().with_actor(ActorId::from(actor));
-        Replica { doc, sync: BTreeMap::new() }
+        Replica {
+            doc,
+            sync: BTreeMap::new(),
+        }
     }
 
     /// Write one key and return the encoded change, to push to peers.
     pub fn write(&mut self, key: &str, value: u64) -> Option<Vec<u8>> {
         self.doc.put(ROOT, key, value).ok()?;
         self.doc.commit();
-        self.doc.get_last_local_change().map(|c| c.raw_bytes().to_vec())
+        self.doc
+            .get_last_local_change()
+            .map(|c| c.raw_bytes().to_vec())
     }
 
     /// Apply a pushed change (changes whose dependencies are missing wait in automerge's queue).

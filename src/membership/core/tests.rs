@@ -5,7 +5,14 @@ use super::*;
 const MS: Duration = Duration::from_millis(1);
 
 fn node(name: &str, now: Instant) -> Membership {
-    Membership::new(name.into(), format!("/test/{name}"), 1, Config::default(), 7, now)
+    Membership::new(
+        name.into(),
+        format!("/test/{name}"),
+        1,
+        Config::default(),
+        7,
+        now,
+    )
 }
 
 /// Cores keyed by name; `cut` lists directed links that lose every message.
@@ -20,11 +27,23 @@ struct Net {
 impl Net {
     fn new(names: &[&str]) -> Self {
         let now = Instant::now();
-        let nodes = names.iter().map(|n| (n.to_string(), node(n, now))).collect();
-        let mut net = Net { nodes, now, cut: BTreeSet::new(), events: Vec::new(), inflight: Vec::new() };
+        let nodes = names
+            .iter()
+            .map(|n| (n.to_string(), node(n, now)))
+            .collect();
+        let mut net = Net {
+            nodes,
+            now,
+            cut: BTreeSet::new(),
+            events: Vec::new(),
+            inflight: Vec::new(),
+        };
         for n in names.iter().skip(1) {
             let seed = names[0].to_string();
-            net.nodes.get_mut(*n).unwrap().join(seed.clone(), format!("/test/{seed}"), now);
+            net.nodes
+                .get_mut(*n)
+                .unwrap()
+                .join(seed.clone(), format!("/test/{seed}"), now);
         }
         net
     }
@@ -69,7 +88,12 @@ impl Net {
 }
 
 fn alive(id: &str, inc: u64) -> MemberInfo {
-    MemberInfo { id: id.into(), addr: format!("/test/{id}"), incarnation: inc, state: MemberState::Alive }
+    MemberInfo {
+        id: id.into(),
+        addr: format!("/test/{id}"),
+        incarnation: inc,
+        state: MemberState::Alive,
+    }
 }
 
 fn with_state(mut info: MemberInfo, state: MemberState) -> MemberInfo {
@@ -78,7 +102,10 @@ fn with_state(mut info: MemberInfo, state: MemberState) -> MemberInfo {
 }
 
 fn upd(info: MemberInfo, by: &str) -> Update {
-    Update { member: info, by: by.into() }
+    Update {
+        member: info,
+        by: by.into(),
+    }
 }
 
 #[test]
@@ -89,11 +116,16 @@ fn probe_and_ack_keep_everyone_alive() {
         assert_eq!(net.get(n).live_members().len(), 3, "{n} sees everyone");
     }
     assert!(
-        !net.events.iter().any(|(_, e)| matches!(e, MembershipEvent::Suspect(_) | MembershipEvent::Down(_))),
+        !net.events
+            .iter()
+            .any(|(_, e)| matches!(e, MembershipEvent::Suspect(_) | MembershipEvent::Down(_))),
         "no suspicion on a lossless network: {:?}",
         net.events
     );
-    let leaders: BTreeSet<_> = ["a", "b", "c"].iter().map(|n| net.get(n).epoch().leader).collect();
+    let leaders: BTreeSet<_> = ["a", "b", "c"]
+        .iter()
+        .map(|n| net.get(n).epoch().leader)
+        .collect();
     assert_eq!(leaders.len(), 1);
 }
 
@@ -101,10 +133,23 @@ fn probe_and_ack_keep_everyone_alive() {
 fn ping_is_acked_with_same_seq() {
     let now = Instant::now();
     let mut b = node("b", now);
-    b.handle_message(&"a".into(), "/test/a", Message::Ping { seq: 42, target: "b".into(), updates: vec![] }, now);
+    b.handle_message(
+        &"a".into(),
+        "/test/a",
+        Message::Ping {
+            seq: 42,
+            target: "b".into(),
+            updates: vec![],
+        },
+        now,
+    );
     let acks: Vec<_> = std::iter::from_fn(|| b.poll_output())
         .filter_map(|o| match o {
-            Output::Send { to, msg: Message::Ack { seq, .. }, .. } => Some((to, seq)),
+            Output::Send {
+                to,
+                msg: Message::Ack { seq, .. },
+                ..
+            } => Some((to, seq)),
             _ => None,
         })
         .collect();
@@ -123,7 +168,9 @@ fn indirect_probe_success_prevents_suspicion() {
     assert_eq!(net.get("a").state_of("b"), Some(MemberState::Alive));
     assert_eq!(net.get("b").state_of("a"), Some(MemberState::Alive));
     assert!(
-        !net.events.iter().any(|(_, e)| matches!(e, MembershipEvent::Down(_))),
+        !net.events
+            .iter()
+            .any(|(_, e)| matches!(e, MembershipEvent::Down(_))),
         "no deaths: {:?}",
         net.events
     );
@@ -140,9 +187,17 @@ fn unreachable_member_is_suspected_then_dead() {
     net.run(Duration::from_secs(15));
     assert_eq!(net.get("a").state_of("c"), Some(MemberState::Dead));
     assert_eq!(net.get("b").state_of("c"), Some(MemberState::Dead));
-    let downs = net.events.iter().filter(|(o, e)| o == "a" && *e == MembershipEvent::Down("c".into())).count();
+    let downs = net
+        .events
+        .iter()
+        .filter(|(o, e)| o == "a" && *e == MembershipEvent::Down("c".into()))
+        .count();
     assert_eq!(downs, 1, "exactly one Down event per transition");
-    assert_eq!(net.get("c").state_of("c"), Some(MemberState::Alive), "never declares itself dead");
+    assert_eq!(
+        net.get("c").state_of("c"),
+        Some(MemberState::Alive),
+        "never declares itself dead"
+    );
     // Heal: c comes back with a higher incarnation.
     net.cut.clear();
     net.run(Duration::from_secs(15));
@@ -155,21 +210,47 @@ fn refutes_suspicion_with_higher_incarnation() {
     let now = Instant::now();
     let mut a = node("a", now);
     let accusation = upd(with_state(alive("a", 1), MemberState::Suspect), "b");
-    a.handle_message(&"b".into(), "/test/b", Message::Gossip { updates: vec![accusation] }, now);
+    a.handle_message(
+        &"b".into(),
+        "/test/b",
+        Message::Gossip {
+            updates: vec![accusation],
+        },
+        now,
+    );
     assert_eq!(a.incarnation(), 2);
     assert_eq!(a.state_of("a"), Some(MemberState::Alive));
     // The refutation rides on the next message.
-    a.handle_message(&"b".into(), "/test/b", Message::Ping { seq: 1, target: "a".into(), updates: vec![] }, now);
+    a.handle_message(
+        &"b".into(),
+        "/test/b",
+        Message::Ping {
+            seq: 1,
+            target: "a".into(),
+            updates: vec![],
+        },
+        now,
+    );
     let refuted = std::iter::from_fn(|| a.poll_output()).any(|o| match o {
-        Output::Send { msg: Message::Ack { updates, .. }, .. } => {
-            updates.iter().any(|u| u.member.id == "a" && u.member.incarnation == 2 && u.member.state == MemberState::Alive)
-        }
+        Output::Send {
+            msg: Message::Ack { updates, .. },
+            ..
+        } => updates.iter().any(|u| {
+            u.member.id == "a" && u.member.incarnation == 2 && u.member.state == MemberState::Alive
+        }),
         _ => false,
     });
     assert!(refuted);
     // An old accusation is ignored.
     let stale = upd(with_state(alive("a", 1), MemberState::Dead), "b");
-    a.handle_message(&"b".into(), "/test/b", Message::Gossip { updates: vec![stale] }, now);
+    a.handle_message(
+        &"b".into(),
+        "/test/b",
+        Message::Gossip {
+            updates: vec![stale],
+        },
+        now,
+    );
     assert_eq!(a.incarnation(), 2);
 }
 
@@ -178,19 +259,34 @@ fn dead_is_overridden_only_by_higher_incarnation_and_left_is_final() {
     let now = Instant::now();
     let mut a = node("a", now);
     let gossip = |a: &mut Membership, info: MemberInfo| {
-        a.handle_message(&"c".into(), "/test/c", Message::Gossip { updates: vec![upd(info, "c")] }, now);
+        a.handle_message(
+            &"c".into(),
+            "/test/c",
+            Message::Gossip {
+                updates: vec![upd(info, "c")],
+            },
+            now,
+        );
     };
     gossip(&mut a, alive("b", 3));
     gossip(&mut a, with_state(alive("b", 3), MemberState::Dead));
     assert_eq!(a.state_of("b"), Some(MemberState::Dead));
     gossip(&mut a, alive("b", 3));
-    assert_eq!(a.state_of("b"), Some(MemberState::Dead), "same incarnation does not resurrect");
+    assert_eq!(
+        a.state_of("b"),
+        Some(MemberState::Dead),
+        "same incarnation does not resurrect"
+    );
     gossip(&mut a, alive("b", 4));
     assert_eq!(a.state_of("b"), Some(MemberState::Alive));
     gossip(&mut a, with_state(alive("b", 4), MemberState::Left));
     gossip(&mut a, with_state(alive("b", 4), MemberState::Dead));
     gossip(&mut a, with_state(alive("b", 4), MemberState::Suspect));
-    assert_eq!(a.state_of("b"), Some(MemberState::Left), "left is final for the incarnation");
+    assert_eq!(
+        a.state_of("b"),
+        Some(MemberState::Left),
+        "left is final for the incarnation"
+    );
     let events: Vec<_> = std::iter::from_fn(|| a.poll_output())
         .filter_map(|o| match o {
             Output::Event(MembershipEvent::ViewChanged(_)) => None,
@@ -199,31 +295,67 @@ fn dead_is_overridden_only_by_higher_incarnation_and_left_is_final() {
         })
         .collect();
     use MembershipEvent::*;
-    assert_eq!(events, vec![Up("b".into()), Down("b".into()), Up("b".into()), Left("b".into())]);
+    assert_eq!(
+        events,
+        vec![
+            Up("b".into()),
+            Down("b".into()),
+            Up("b".into()),
+            Left("b".into())
+        ]
+    );
 }
 
 #[test]
 fn bounded_inputs_are_ignored_beyond_limits() {
     let now = Instant::now();
     let mut a = node("a", now);
-    let updates: Vec<Update> = (0..1000).map(|i| upd(alive(&format!("m{i}"), 1), "x")).collect();
+    let updates: Vec<Update> = (0..1000)
+        .map(|i| upd(alive(&format!("m{i}"), 1), "x"))
+        .collect();
     a.handle_message(&"x".into(), "/test/x", Message::Gossip { updates }, now);
     // MAX_UPDATES new members plus self (the unknown sender gets a push-pull, not a record).
     assert_eq!(a.members().count(), MAX_UPDATES + 1);
 
-    let members: Vec<MemberInfo> = (0..MAX_PUSH_PULL + 500).map(|i| alive(&format!("p{i}"), 1)).collect();
+    let members: Vec<MemberInfo> = (0..MAX_PUSH_PULL + 500)
+        .map(|i| alive(&format!("p{i}"), 1))
+        .collect();
     let mut b = node("b", now);
-    b.handle_message(&"x".into(), "/test/x", Message::PushPull { members, reply: false }, now);
+    b.handle_message(
+        &"x".into(),
+        "/test/x",
+        Message::PushPull {
+            members,
+            reply: false,
+        },
+        now,
+    );
     assert_eq!(b.members().count(), MAX_PUSH_PULL + 1);
 
     let mut c = node("c", now);
     let long = "z".repeat(MAX_ID_LEN + 1);
-    let bad = vec![upd(alive(&long, 1), "x"), upd(alive("", 1), "x"), upd(alive("ok", 1), &long)];
-    c.handle_message(&"x".into(), "/test/x", Message::Gossip { updates: bad }, now);
+    let bad = vec![
+        upd(alive(&long, 1), "x"),
+        upd(alive("", 1), "x"),
+        upd(alive("ok", 1), &long),
+    ];
+    c.handle_message(
+        &"x".into(),
+        "/test/x",
+        Message::Gossip { updates: bad },
+        now,
+    );
     assert_eq!(c.members().count(), 1);
     let mut huge_addr = alive("y", 1);
     huge_addr.addr = "a".repeat(MAX_ADDR_LEN + 1);
-    c.handle_message(&"x".into(), "/test/x", Message::Gossip { updates: vec![upd(huge_addr, "x")] }, now);
+    c.handle_message(
+        &"x".into(),
+        "/test/x",
+        Message::Gossip {
+            updates: vec![upd(huge_addr, "x")],
+        },
+        now,
+    );
     assert_eq!(c.members().count(), 1);
 }
 
@@ -234,7 +366,12 @@ fn never_declares_itself_dead() {
     for inc in [1, 5, 9] {
         for state in [MemberState::Suspect, MemberState::Dead, MemberState::Left] {
             let u = upd(with_state(alive("a", inc), state), "b");
-            a.handle_message(&"b".into(), "/test/b", Message::Gossip { updates: vec![u] }, now);
+            a.handle_message(
+                &"b".into(),
+                "/test/b",
+                Message::Gossip { updates: vec![u] },
+                now,
+            );
             assert_eq!(a.state_of("a"), Some(MemberState::Alive));
             assert!(a.live_members().contains("a"));
         }
@@ -267,7 +404,8 @@ fn stalled_member_does_not_blame_others() {
     net.events.clear();
     net.run(Duration::from_millis(50));
     assert!(
-        !net.events.iter().any(|(o, e)| o == "a" && matches!(e, MembershipEvent::Suspect(_) | MembershipEvent::Down(_))),
+        !net.events.iter().any(|(o, e)| o == "a"
+            && matches!(e, MembershipEvent::Suspect(_) | MembershipEvent::Down(_))),
         "{:?}",
         net.events
     );
@@ -279,7 +417,15 @@ fn epoch_changes_with_the_live_set() {
     let mut a = node("a", now);
     let e0 = a.epoch();
     assert_eq!(e0.leader.as_deref(), Some("a"));
-    a.handle_message(&"b".into(), "/test/b", Message::PushPull { members: vec![alive("b", 1)], reply: false }, now);
+    a.handle_message(
+        &"b".into(),
+        "/test/b",
+        Message::PushPull {
+            members: vec![alive("b", 1)],
+            reply: false,
+        },
+        now,
+    );
     let e1 = a.epoch();
     assert_eq!(e1.number, e0.number + 1);
     assert_ne!(e1.view, e0.view);
