@@ -144,7 +144,7 @@ fi
   echo "#### Summary"
   echo
   echo '```'
-  grep -h '^RESULT' "$WORK"/*.md 2>/dev/null | sed 's/^RESULT //' || true
+  grep -h "^RESULT" "$REPORT" | sed 's/^RESULT //' || true
   [ ${#FAILED[@]} -eq 0 ] || echo "failed steps: ${FAILED[*]}"
   echo '```'
   echo
