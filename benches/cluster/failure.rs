@@ -28,6 +28,7 @@ pub async fn detection(c: &mut dyn Cluster, label: &str, kills: usize) -> Result
     let mut undetected = 0;
     // Non-victims that a survivor reported in a state other than alive: (round, observer, member, state).
     let mut false_states: std::collections::BTreeSet<(usize, String, String, String)> = Default::default();
+    let offsets: Vec<u64> = (0..n).map(|i| cluster::file_len(&c.log_path(i))).collect();
     for r in 0..kills {
         let victim = 1 + r % (n - 1);
         let vname = c.name(victim);
@@ -93,6 +94,21 @@ pub async fn detection(c: &mut dyn Cluster, label: &str, kills: usize) -> Result
     out += &format!(
         "\nnon-victims reported not alive while waiting (distinct round × observer × member × state): {} ({false_dead} dead)\n",
         false_states.len()
+    );
+    // Every survivor logs the victim's suspicion and death once per round (the killed node does
+    // not log its own): anything beyond kills × (n - 1) concerns a member that was not killed.
+    let (mut log_suspect, mut log_down) = (0, 0);
+    for i in 0..n {
+        log_suspect += cluster::log_lines_since(&c.log_path(i), offsets[i], "member suspect").len();
+        log_down += cluster::log_lines_since(&c.log_path(i), offsets[i], "member down").len();
+    }
+    let expected = kills * (n - 1);
+    out += &format!(
+        "\nagent logs over all rounds (restarts included): {log_suspect} `member suspect` and {log_down} `member down` lines, \
+         {expected} of each expected for the victims alone → at least {} suspect and {} down lines about members that were not killed \
+         (each node logs what it hears, so one false suspicion shows up on several nodes)\n",
+        log_suspect.saturating_sub(expected),
+        log_down.saturating_sub(expected)
     );
     for (r, obs, m, st) in false_states.iter().take(12) {
         out += &format!("- round {r}: {obs} reported {m} {st}\n");
