@@ -35,6 +35,8 @@ struct Probe {
     direct_deadline: Instant,
     indirect_sent: bool,
     acked: bool,
+    /// The shell asked for more time once (it is still connecting to the target).
+    extended: bool,
 }
 
 /// An indirect probe this member runs for another.
@@ -265,6 +267,21 @@ impl Membership {
         }
     }
 
+    /// The shell cannot deliver the probe in flight to `to` yet because it is still setting up
+    /// a connection (dial, handshake, admission): a fresh connection's first round trip is not
+    /// evidence of anything. Gives that probe `extra` time once, moving the end of the probe
+    /// interval with it. A connection that never comes up ends in `handle_unreachable`.
+    pub fn extend_probe(&mut self, to: &MemberId, extra: Duration) {
+        let interval_rest = self.config.probe_interval.saturating_sub(self.config.probe_timeout);
+        if let Some(p) = self.probe.as_mut() {
+            if p.target == *to && !p.acked && !p.indirect_sent && !p.extended {
+                p.extended = true;
+                p.direct_deadline += extra;
+                self.next_probe = self.next_probe.max(p.direct_deadline + interval_rest);
+            }
+        }
+    }
+
     pub fn tick(&mut self, now: Instant) {
         if self.left {
             return;
@@ -425,6 +442,7 @@ impl Membership {
             direct_deadline: now + self.config.probe_timeout,
             indirect_sent: false,
             acked: false,
+            extended: false,
         });
         let mut updates = Vec::new();
         // A suspect learns of its suspicion from the prober itself, so it can refute quickly.

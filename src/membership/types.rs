@@ -67,13 +67,13 @@ impl Default for Config {
 impl Config {
     /// The (minimum, maximum) suspicion timeout for a cluster of `n` live members: the minimum
     /// applies once `indirect_probes` independent members confirmed the suspicion, the maximum
-    /// (3x) when nobody did. The minimum is `suspicion_timeout` up to 50 members and grows
+    /// (2x) when nobody did. The minimum is `suspicion_timeout` up to 50 members and grows
     /// slowly beyond: `suspicion_timeout * (1 + 0.5 * log10(n / 50))`.
     pub fn suspicion_timeouts(&self, n: usize) -> (Duration, Duration) {
         let n = n.max(1) as f64;
         let scale = (1.0 + 0.5 * (n / 50.0).log10()).max(1.0);
         let min = self.suspicion_timeout.mul_f64(scale);
-        (min, min * 3)
+        (min, min * 2)
     }
 
     /// Number of times one update is piggybacked in a cluster of `n` live members.

@@ -57,6 +57,8 @@ pub enum NetError {
     Listen { addr: String, reason: String },
 }
 
+/// Extra time a probe gets when its target's connection is still being set up.
+const CONNECT_GRACE: Duration = Duration::from_millis(700);
 /// Most messages queued for a peer while its connection is being set up.
 const MAX_PENDING_PER_PEER: usize = 64;
 /// The first wake-up after start; later ones follow what is due.
@@ -287,6 +289,17 @@ impl Actor {
         }
     }
 
+    fn connect_to_member(&mut self, id: &str) {
+        let addr = self.membership.members().find(|m| m.id == id).and_then(|m| m.addr.parse::<Multiaddr>().ok());
+        if let Some(addr) = addr {
+            if let Some(peer) = peer_of(&addr) {
+                if !self.swarm.is_connected(&peer) {
+                    self.dial(peer, addr);
+                }
+            }
+        }
+    }
+
     fn dial(&mut self, peer: PeerId, addr: Multiaddr) {
         let opts = DialOpts::peer_id(peer).addresses(vec![without_p2p(&addr)]).build();
         if let Err(e) = self.swarm.dial(opts) {
@@ -318,6 +331,8 @@ impl Actor {
             MembershipEvent::Up(id) => {
                 tracing::info!(member = %id, "member up");
                 self.since.insert(id.clone(), now);
+                // Connect now rather than at the next sweep, before our first probe of it.
+                self.connect_to_member(id);
             }
             MembershipEvent::Suspect(id) => {
                 tracing::info!(member = %id, "member suspect");
@@ -348,6 +363,11 @@ impl Actor {
             let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
             self.sent.insert(id, Sent::Gossip(to));
         } else {
+            // The ping waits for a connection to be set up (dial, handshake, admission): that
+            // first round trip is no evidence against the member, so give the probe more time.
+            if matches!(request, Request::Gossip(membership::Message::Ping { .. })) {
+                self.membership.extend_probe(&to, CONNECT_GRACE);
+            }
             self.queue(peer, request, Some(to));
             if !self.swarm.is_connected(&peer) {
                 if let Ok(a) = addr.parse() {
