@@ -50,6 +50,10 @@ trap 'exit 130' INT TERM
 say() { echo "[bench $(date +%T)] $*" >&2; }
 
 # --- build (release only; the target dir is shared, cargo waits for its lock) -------------------
+if ! command -v jq >/dev/null 2>&1; then
+  say "installing jq (apt-get)"
+  apt-get install -y jq >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y jq >/dev/null 2>&1; } || { echo "jq is needed (apt-get install jq)" >&2; exit 1; }
+fi
 say "building (cargo build --release)"
 cargo build --release
 CLUSTER_EXE="$(cargo build --release --bench cluster --message-format=json 2>"$WORK/build.log" |
@@ -136,6 +140,20 @@ if [ "$use_testnet" = 1 ]; then
   fi
   testnet/down.sh >/dev/null 2>&1 || true
   TESTNET_OURS=0
+fi
+
+# --- state under churn (in-process, no network) --------------------------------------------------
+say "state_churn: 10,000 pods + 100,000 status transitions"
+{
+  echo "### State under churn: 10,000 pods' objects + 100,000 status transitions (\`cargo bench --bench state_churn\`)"
+  echo
+} >>"$REPORT"
+if cargo bench --bench state_churn >"$WORK/state_churn.md" 2>"$WORK/state_churn.log"; then
+  cat "$WORK/state_churn.md" >>"$REPORT"
+  echo >>"$REPORT"
+else
+  FAILED+=(state_churn)
+  { echo '```'; tail -n 15 "$WORK/state_churn.log"; echo '```'; } >>"$REPORT"
 fi
 
 # --- summary -----------------------------------------------------------------------------------
