@@ -22,7 +22,7 @@ use shared::Shared;
 
 use crate::net::{self, NetConfig};
 use crate::security::{self, ClusterIdentity, JoinToken};
-use crate::state::{ClusterDoc, DocStore, StateError, StatusDoc};
+use crate::state::{ClusterDoc, DocStore, StateError, StatusDoc, Wal};
 
 /// Status documents saved in `D/status/`; unreadable files are reported and skipped (peers
 /// hold replicas, anti-entropy brings them back).
@@ -135,13 +135,15 @@ pub async fn run(opts: RunOptions, shutdown: impl std::future::Future<Output = (
     // A fresh actor id at every start: a crash may have lost changes that peers already hold,
     // and reusing an actor with a shorter history would produce duplicate sequence numbers.
     let actor = ActorId::random();
-    let doc = DocStore::new(dir.root()).load(actor.clone())?.unwrap_or_else(|| ClusterDoc::empty(actor));
+    let store = DocStore::new(dir.root());
+    let doc = store.load(actor.clone())?.unwrap_or_else(|| ClusterDoc::empty(actor));
+    let wal = Wal::new(store.wal_path());
     let advertise = settings.advertise_ip();
     tracing::info!(node = %settings.name, %peer_id, cluster = %identity.cluster_id, generation = identity.generation, %advertise, "agent starting");
 
     let mut status = load_status_docs(&dir);
     status.entry(settings.name.clone()).or_insert_with(|| StatusDoc::empty(&settings.name, 0, ActorId::random()));
-    let (shared, local_rx) = Shared::new(settings.name.clone(), identity, doc, status);
+    let (shared, local_rx) = Shared::new(settings.name.clone(), identity, doc, wal, status);
     let shared = Arc::new(shared);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::api::MemberStatus;
 use crate::security::ClusterIdentity;
-use crate::state::{ClusterDoc, DocId, StateError, StatusDoc};
+use crate::state::{ClusterDoc, DocId, StateError, StatusDoc, Wal};
 
 /// Most status documents an agent holds (one per node ever seen).
 pub const MAX_STATUS_DOCS: usize = 16384;
@@ -37,6 +37,8 @@ pub struct Shared {
     pub node_name: String,
     pub identity: ClusterIdentity,
     doc: Mutex<ClusterDoc>,
+    /// The write-ahead log of API writes; also held while a snapshot replaces it.
+    wal: Mutex<Wal>,
     /// Status documents by owner; this node's own is created at start.
     status: Mutex<BTreeMap<String, StatusDoc>>,
     pub view: RwLock<View>,
@@ -47,13 +49,20 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(node_name: String, identity: ClusterIdentity, doc: ClusterDoc, status: BTreeMap<String, StatusDoc>) -> (Self, mpsc::Receiver<LocalChange>) {
+    pub fn new(
+        node_name: String,
+        identity: ClusterIdentity,
+        doc: ClusterDoc,
+        wal: Wal,
+        status: BTreeMap<String, StatusDoc>,
+    ) -> (Self, mpsc::Receiver<LocalChange>) {
         let (local_tx, local_rx) = mpsc::channel(1024);
         let (changes_tx, _) = watch::channel(0);
         let shared = Shared {
             node_name,
             identity,
             doc: Mutex::new(doc),
+            wal: Mutex::new(wal),
             status: Mutex::new(status),
             view: RwLock::new(View::default()),
             changes_tx,
@@ -67,15 +76,34 @@ impl Shared {
         self.doc.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs a local write; the changes it made are queued for the push path.
+    /// Runs a local write of the cluster document. Its changes are on disk (write-ahead log,
+    /// fsynced) when this returns, and queued for the push path.
     pub fn write<T>(&self, f: impl FnOnce(&mut ClusterDoc) -> Result<T, StateError>) -> Result<T, StateError> {
         let mut doc = self.doc();
         let before = doc.heads();
         let out = f(&mut doc)?;
         let changes = doc.changes_since(&before);
         drop(doc);
+        if !changes.is_empty() {
+            // After the document lock, under the log lock: a snapshot taken meanwhile either
+            // holds these changes or is followed by this append (see `snapshot`).
+            self.wal().append(&changes).map_err(|e| StateError::Io(format!("write-ahead log: {e}")))?;
+        }
         self.queue_push(DocId::Cluster, 0, changes);
         Ok(out)
+    }
+
+    fn wal(&self) -> MutexGuard<'_, Wal> {
+        self.wal.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes a snapshot of the cluster document with `persist` and empties the write-ahead
+    /// log, holding the log's lock so no acknowledged write can fall between the two.
+    pub fn snapshot(&self, persist: impl FnOnce(&[u8]) -> std::io::Result<()>) -> std::io::Result<()> {
+        let mut wal = self.wal();
+        let bytes = self.doc().save();
+        persist(&bytes)?;
+        wal.truncate()
     }
 
     /// All status documents (read, or replicate into).

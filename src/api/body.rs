@@ -11,8 +11,22 @@ use super::proto;
 use super::resources::ResourceInfo;
 use super::status::ApiError;
 
-/// How much of a body that is too large we still read before answering 413.
-const DRAIN_REJECTED_BYTES: usize = 256 * 1024;
+/// How much of a body that is too large we still read (and discard, never buffer) before
+/// answering 413, so that the client, still writing, reads the 413 rather than a reset stream
+/// (curl reports an HTTP/2 stream error when the server resets an upload before its end).
+/// Bodies declared larger than this are refused without reading them.
+const DRAIN_REJECTED_BYTES: usize = 64 << 20;
+
+/// Reads and discards up to `max` bytes of `body`.
+async fn drain(mut body: Body, max: usize) {
+    let mut seen = 0usize;
+    while seen < max {
+        match body.frame().await {
+            Some(Ok(frame)) => seen += frame.data_ref().map(|d| d.len()).unwrap_or(0),
+            _ => return,
+        }
+    }
+}
 
 /// Reads a request body up to `limit` bytes; larger bodies are a 413.
 pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
@@ -21,12 +35,8 @@ pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if let Some(len) = declared.filter(|len| *len > limit) {
-        // Like Go's net/http, read a little of the rejected body so the client, still
-        // writing, gets to read the 413 instead of a broken pipe.
-        if len - limit <= DRAIN_REJECTED_BYTES {
-            let _ = Limited::new(body, limit + DRAIN_REJECTED_BYTES)
-                .collect()
-                .await;
+        if len <= DRAIN_REJECTED_BYTES {
+            drain(body, len).await;
         }
         return Err(ApiError::TooLarge { limit });
     }

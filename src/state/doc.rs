@@ -24,6 +24,8 @@ pub enum StateError {
     Change(String),
     #[error("encoding: {0}")]
     Encode(String),
+    #[error("disk: {0}")]
+    Io(String),
 }
 
 /// Cluster-wide facts written once by `shoal init` (or a restore).

@@ -12,7 +12,7 @@ mod status;
 
 pub use doc::{ClusterDoc, ClusterMeta, StateError};
 pub use keys::{object_key, ObjectPath};
-pub use persist::{write_atomic, DocStore};
+pub use persist::{write_atomic, DocStore, Wal};
 pub use replica::{Replica, MAX_VALUE_BYTES};
 pub use status::StatusDoc;
 

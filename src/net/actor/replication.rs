@@ -261,7 +261,14 @@ impl Actor {
         self.last_save = std::time::Instant::now();
         for id in std::mem::take(&mut self.dirty) {
             let (path, bytes) = match &id {
-                DocId::Cluster => (self.store.path().to_path_buf(), Ok(self.shared.doc().save())),
+                DocId::Cluster => {
+                    let path = self.store.path().to_path_buf();
+                    if let Err(e) = self.shared.snapshot(|bytes| crate::state::write_atomic(&path, bytes, 0o600)) {
+                        tracing::error!(%e, path = %path.display(), "saving the cluster document failed");
+                        self.dirty.insert(id);
+                    }
+                    continue;
+                }
                 DocId::Status(owner) => {
                     let path = self.status_dir.join(format!("{owner}.cbor"));
                     match self.shared.status_docs().get_mut(owner) {
