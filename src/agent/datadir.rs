@@ -4,7 +4,8 @@
 //! D/agent.json        AgentSettings (name, listen addresses, join addresses)
 //! D/cluster.cbor      ClusterIdentity (cluster id, generation, secret)      0600
 //! D/node.key          the node's libp2p ed25519 key (its peer id)         0600
-//! D/state.automerge   the replicated cluster document                     0600
+//! D/state.automerge   the replicated cluster document (snapshot)          0600
+//! D/state.wal         API writes since the snapshot, fsynced before acknowledged
 //! D/status/<node>.cbor status documents (this node's own and replicas of its peers')
 //! D/tls/ca.crt        the cluster CA certificate
 //! D/tls/server.{crt,key}  this node's API certificate (re-issued at every start)
