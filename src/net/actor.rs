@@ -10,7 +10,7 @@ use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{identity, Multiaddr, PeerId, Swarm};
 use tokio::sync::mpsc;
 
@@ -87,6 +87,8 @@ struct Actor {
     membership: Membership,
     peers: HashMap<PeerId, Peer>,
     admitting: HashSet<PeerId>,
+    /// Open connections per peer, oldest first.
+    connections: HashMap<PeerId, Vec<ConnectionId>>,
     pending: HashMap<PeerId, VecDeque<(Request, Option<String>)>>,
     sent: HashMap<OutboundRequestId, Sent>,
     sync_states: HashMap<(PeerId, DocId), (u64, sync::State)>,
@@ -149,6 +151,7 @@ pub async fn run(
         membership,
         peers: HashMap::new(),
         admitting: HashSet::new(),
+        connections: HashMap::new(),
         pending: HashMap::new(),
         sent: HashMap::new(),
         sync_states: HashMap::new(),
@@ -415,8 +418,19 @@ impl Actor {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => self.on_connected(peer_id),
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => self.on_disconnected(peer_id),
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, .. } => {
+                self.connections.entry(peer_id).or_default().push(connection_id);
+                self.on_connected(peer_id);
+            }
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
+                if let Some(ids) = self.connections.get_mut(&peer_id) {
+                    ids.retain(|c| *c != connection_id);
+                }
+                if num_established == 0 {
+                    self.connections.remove(&peer_id);
+                    self.on_disconnected(peer_id);
+                }
+            }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
                 tracing::debug!(%peer, %error, "outgoing connection failed");
                 self.fail_pending(peer);
@@ -436,6 +450,19 @@ impl Actor {
         let request = self.admit_request(peer);
         let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
         self.sent.insert(id, Sent::Admit);
+    }
+
+    /// An admitted peer asks for admission again: it is a new process with the same key (a
+    /// restart). Connections to the old process may still look alive until the QUIC idle
+    /// timeout, and requests sent on them are lost: close every connection but the new one, and
+    /// start replication afresh.
+    fn on_readmission(&mut self, peer: PeerId, current: ConnectionId) {
+        let stale: Vec<ConnectionId> = self.connections.get(&peer).into_iter().flatten().copied().filter(|c| *c != current).collect();
+        for id in stale {
+            self.swarm.close_connection(id);
+        }
+        self.peers.remove(&peer);
+        self.sync_states.retain(|(p, _), _| *p != peer);
     }
 
     fn on_disconnected(&mut self, peer: PeerId) {
@@ -460,8 +487,13 @@ impl Actor {
 
     fn on_rpc(&mut self, event: request_response::Event<Request, Response>) {
         match event {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => self.on_request(peer, request, channel),
+            request_response::Event::Message { peer, connection_id, message } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    if matches!(request, Request::Admit { .. }) && self.peers.contains_key(&peer) {
+                        self.on_readmission(peer, connection_id);
+                    }
+                    self.on_request(peer, request, channel)
+                }
                 request_response::Message::Response { request_id, response } => self.on_response(peer, request_id, response),
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
