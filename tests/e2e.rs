@@ -115,7 +115,7 @@ mod e2e {
         script("kill.sh", &[&leader]);
         let survivors = tn.others(&[&leader]);
         let next = eventually("survivors agree on a new leader", REACT, || {
-            all_views(&survivors, &survivors, &[leader.clone()])?;
+            all_views(&survivors, &survivors, std::slice::from_ref(&leader))?;
             agreed_leader(&survivors)
         });
         assert_ne!(next, leader, "the dead node cannot stay leader");

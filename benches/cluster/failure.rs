@@ -98,9 +98,9 @@ pub async fn detection(c: &mut dyn Cluster, label: &str, kills: usize) -> Result
     // Every survivor logs the victim's suspicion and death once per round (the killed node does
     // not log its own): anything beyond kills × (n - 1) concerns a member that was not killed.
     let (mut log_suspect, mut log_down) = (0, 0);
-    for i in 0..n {
-        log_suspect += cluster::log_lines_since(&c.log_path(i), offsets[i], "member suspect").len();
-        log_down += cluster::log_lines_since(&c.log_path(i), offsets[i], "member down").len();
+    for (i, offset) in offsets.iter().enumerate().take(n) {
+        log_suspect += cluster::log_lines_since(&c.log_path(i), *offset, "member suspect").len();
+        log_down += cluster::log_lines_since(&c.log_path(i), *offset, "member down").len();
     }
     let expected = kills * (n - 1);
     out += &format!(
@@ -152,9 +152,9 @@ pub async fn false_deaths(c: &dyn Cluster, label: &str, secs: u64) -> Result<Str
     }
     let mut log_suspect = 0;
     let mut log_down = 0;
-    for i in 0..n {
-        log_suspect += cluster::log_lines_since(&c.log_path(i), offsets[i], "member suspect").len();
-        log_down += cluster::log_lines_since(&c.log_path(i), offsets[i], "member down").len();
+    for (i, offset) in offsets.iter().enumerate().take(n) {
+        log_suspect += cluster::log_lines_since(&c.log_path(i), *offset, "member suspect").len();
+        log_down += cluster::log_lines_since(&c.log_path(i), *offset, "member down").len();
     }
     let mut out = format!("### False deaths, {label}: idle {n}-node cluster for {secs} s, nobody killed\n\n");
     out += "| measure | count |\n|---|---|\n";

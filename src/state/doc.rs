@@ -250,7 +250,7 @@ mod tests {
             a.put_object("configmaps", Some("d"), &format!("c{i}"), &json!({"v": i})).unwrap();
             a.put_object("configmaps", Some("d"), &format!("c{i}"), &json!({"v": i + 1})).unwrap();
         }
-        let mut b = ClusterDoc::load(&a.save(), actor(2)).unwrap();
+        let b = ClusterDoc::load(&a.save(), actor(2)).unwrap();
         let mut ra = a.rebuild(actor(9), |_| true).unwrap();
         let mut rb = b.rebuild(actor(9), |_| true).unwrap();
         assert_eq!(ra.save(), rb.save());
