@@ -61,7 +61,11 @@ fn sync_all(a: &mut Replica, sa: &mut sync::State, b: &mut Replica, sb: &mut syn
 
 /// Median/p99 cost on a replica of receiving one sync message carrying one new transition,
 /// and of applying one pushed change.
-fn per_message_costs(writer: &mut Replica, mut write: impl FnMut(&mut Replica, usize), samples: usize) -> (Duration, Duration, Duration) {
+fn per_message_costs(
+    writer: &mut Replica,
+    mut write: impl FnMut(&mut Replica, usize),
+    samples: usize,
+) -> (Duration, Duration, Duration) {
     let mut reader = Replica::load(&writer.save(), ActorId::random()).unwrap();
     let (mut sw, mut sr) = (sync::State::new(), sync::State::new());
     sync_all(writer, &mut sw, &mut reader, &mut sr);
@@ -87,7 +91,11 @@ fn per_message_costs(writer: &mut Replica, mut write: impl FnMut(&mut Replica, u
         reader.apply_pushed(&changes).unwrap();
         push_costs.push(t.elapsed());
     }
-    (median(sync_costs.clone()), p99(sync_costs), median(push_costs))
+    (
+        median(sync_costs.clone()),
+        p99(sync_costs),
+        median(push_costs),
+    )
 }
 
 fn load_time(bytes: &[u8]) -> Duration {
@@ -111,7 +119,10 @@ fn ms(d: Duration) -> String {
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let pods = args.first().copied().unwrap_or(10_000);
     let transitions = args.get(1).copied().unwrap_or(100_000);
     let nodes = args.get(2).copied().unwrap_or(5);
@@ -121,11 +132,25 @@ fn main() {
     let t = Instant::now();
     let mut single = ClusterDoc::empty(ActorId::random());
     for i in 0..pods {
-        single.put_object("pods", Some("default"), &format!("web-{i:05}"), &pod(i, i % nodes)).unwrap();
+        single
+            .put_object(
+                "pods",
+                Some("default"),
+                &format!("web-{i:05}"),
+                &pod(i, i % nodes),
+            )
+            .unwrap();
     }
     for t in 0..transitions {
         let i = t % pods;
-        single.put_object("podstatus", Some("default"), &format!("web-{i:05}"), &status(i, t / pods + t)).unwrap();
+        single
+            .put_object(
+                "podstatus",
+                Some("default"),
+                &format!("web-{i:05}"),
+                &status(i, t / pods + t),
+            )
+            .unwrap();
     }
     let single_build = t.elapsed();
     let single_bytes = single.save();
@@ -135,7 +160,11 @@ fn main() {
         &mut single,
         |r, k| {
             let i = k % pods;
-            r.put_typed(&format!("obj/podstatus/default/web-{i:05}"), &status(i, 1_000_000 + k)).unwrap();
+            r.put_typed(
+                &format!("obj/podstatus/default/web-{i:05}"),
+                &status(i, 1_000_000 + k),
+            )
+            .unwrap();
         },
         200,
     );
@@ -144,14 +173,24 @@ fn main() {
     let t = Instant::now();
     let mut cluster = ClusterDoc::empty(ActorId::random());
     for i in 0..pods {
-        cluster.put_object("pods", Some("default"), &format!("web-{i:05}"), &pod(i, i % nodes)).unwrap();
+        cluster
+            .put_object(
+                "pods",
+                Some("default"),
+                &format!("web-{i:05}"),
+                &pod(i, i % nodes),
+            )
+            .unwrap();
     }
-    let mut status_docs: Vec<StatusDoc> = (0..nodes).map(|n| StatusDoc::empty(&format!("n{n}"), 0, ActorId::random())).collect();
+    let mut status_docs: Vec<StatusDoc> = (0..nodes)
+        .map(|n| StatusDoc::empty(&format!("n{n}"), 0, ActorId::random()))
+        .collect();
     let mut rebases = 0;
     for t in 0..transitions {
         let i = t % pods;
         let d = &mut status_docs[i % nodes];
-        d.put(&format!("pod/default/web-{i:05}"), &status(i, t / pods + t)).unwrap();
+        d.put(&format!("pod/default/web-{i:05}"), &status(i, t / pods + t))
+            .unwrap();
         if t % 256 == 0 && d.needs_rebase() {
             *d = d.rebased(ActorId::random()).unwrap();
             rebases += 1;
@@ -161,10 +200,15 @@ fn main() {
     let cluster_bytes = cluster.save();
     let cluster_fresh = cluster.rebuild(ActorId::random(), |_| true).unwrap().save();
     let status_bytes: Vec<Vec<u8>> = status_docs.iter_mut().map(|d| d.save()).collect();
-    let status_fresh: usize = status_docs.iter().map(|d| d.rebuild(ActorId::random(), |_| true).unwrap().save().len()).sum();
-    let split_total: usize = cluster_bytes.len() + status_bytes.iter().map(|b| b.len()).sum::<usize>();
+    let status_fresh: usize = status_docs
+        .iter()
+        .map(|d| d.rebuild(ActorId::random(), |_| true).unwrap().save().len())
+        .sum();
+    let split_total: usize =
+        cluster_bytes.len() + status_bytes.iter().map(|b| b.len()).sum::<usize>();
     let split_fresh = cluster_fresh.len() + status_fresh;
-    let split_load = load_time(&cluster_bytes) + status_bytes.iter().map(|b| load_time(b)).sum::<Duration>();
+    let split_load =
+        load_time(&cluster_bytes) + status_bytes.iter().map(|b| load_time(b)).sum::<Duration>();
     let mut sd = StatusDoc::empty("n0", 0, ActorId::random());
     for (k, v) in status_docs[0].entries::<serde_json::Value>("") {
         sd.put(&k, &v).unwrap();
@@ -173,7 +217,11 @@ fn main() {
         &mut sd,
         |r, k| {
             let i = (k * nodes) % pods;
-            r.put_typed(&format!("pod/default/web-{i:05}"), &status(i, 1_000_000 + k)).unwrap();
+            r.put_typed(
+                &format!("pod/default/web-{i:05}"),
+                &status(i, 1_000_000 + k),
+            )
+            .unwrap();
         },
         200,
     );
@@ -182,8 +230,14 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|");
     println!(
         "| single document, no bounding | {:.1} s | {} | {} | {:.2}× | {} | {} / {} | {} |",
-        single_build.as_secs_f64(), kib(single_bytes.len()), kib(single_fresh.len()), single_bytes.len() as f64 / single_fresh.len() as f64,
-        ms(single_load), ms(single_sync), ms(single_sync_p99), ms(single_push)
+        single_build.as_secs_f64(),
+        kib(single_bytes.len()),
+        kib(single_fresh.len()),
+        single_bytes.len() as f64 / single_fresh.len() as f64,
+        ms(single_load),
+        ms(single_sync),
+        ms(single_sync_p99),
+        ms(single_push)
     );
     println!(
         "| cluster doc + {nodes} status docs, owner re-base ({rebases} re-bases) | {:.1} s | {} ({} + {}) | {} | {:.2}× | {} | {} / {} | {} |",

@@ -5,7 +5,10 @@ use clap::Parser;
 fn main() {
     let cli = shoal::cli::Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,libp2p=warn,quinn=warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,libp2p=warn,quinn=warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     std::process::exit(shoal::cli::main(cli));

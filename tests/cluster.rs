@@ -13,22 +13,48 @@ fn five_agents_converge_and_agree_on_one_leader() {
     for (i, node) in c.nodes.iter().enumerate() {
         c.create_configmap(node, &format!("from-{i}"), &format!("v{i}"));
     }
-    poll("every node lists all 5 configmaps with equal heads", Duration::from_secs(60), || {
-        let names: Vec<Vec<String>> = c.nodes.iter().map(|n| c.configmap_names(n)).collect();
-        let heads: Vec<serde_json::Value> = c.nodes.iter().map(|n| c.status(n)["heads"].clone()).collect();
-        (names.iter().all(|l| l.len() == 5 && *l == names[0]) && heads.iter().all(|h| *h == heads[0])).then_some(())
-    });
+    poll(
+        "every node lists all 5 configmaps with equal heads",
+        Duration::from_secs(60),
+        || {
+            let names: Vec<Vec<String>> = c.nodes.iter().map(|n| c.configmap_names(n)).collect();
+            let heads: Vec<serde_json::Value> = c
+                .nodes
+                .iter()
+                .map(|n| c.status(n)["heads"].clone())
+                .collect();
+            (names.iter().all(|l| l.len() == 5 && *l == names[0])
+                && heads.iter().all(|h| *h == heads[0]))
+            .then_some(())
+        },
+    );
     let leader = c.agreed_leader(&c.nodes.iter().collect::<Vec<_>>(), Duration::from_secs(30));
     assert!(c.nodes.iter().any(|n| n.name == leader));
     // Every node's status document is replicated to (and persisted by) every node.
-    poll("every node holds every node's status document", Duration::from_secs(30), || {
-        c.nodes
-            .iter()
-            .all(|holder| c.nodes.iter().all(|owner| holder.dir.join("status").join(format!("{}.cbor", owner.name)).exists()))
-            .then_some(())
-    });
+    poll(
+        "every node holds every node's status document",
+        Duration::from_secs(30),
+        || {
+            c.nodes
+                .iter()
+                .all(|holder| {
+                    c.nodes.iter().all(|owner| {
+                        holder
+                            .dir
+                            .join("status")
+                            .join(format!("{}.cbor", owner.name))
+                            .exists()
+                    })
+                })
+                .then_some(())
+        },
+    );
     // Every node reads the same data for one object.
-    let values: Vec<String> = c.nodes.iter().map(|n| c.configmap_value(n, "from-3").unwrap_or_default()).collect();
+    let values: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| c.configmap_value(n, "from-3").unwrap_or_default())
+        .collect();
     assert!(values.iter().all(|v| v == "v3"), "{values:?}");
 }
 
@@ -36,27 +62,50 @@ fn five_agents_converge_and_agree_on_one_leader() {
 fn killed_agent_is_notready_everywhere_then_resumes_from_disk() {
     let mut c = Cluster::start(3);
     c.create_configmap(&c.nodes[2], "before-crash", "x");
-    poll("n3's configmap reaches n1", Duration::from_secs(30), || c.configmap_value(&c.nodes[0], "before-crash"));
+    poll("n3's configmap reaches n1", Duration::from_secs(30), || {
+        c.configmap_value(&c.nodes[0], "before-crash")
+    });
     let all: Vec<_> = c.nodes.iter().collect();
     let first_leader = c.agreed_leader(&all, Duration::from_secs(30));
     c.kill(2);
     let survivors = [&c.nodes[0], &c.nodes[1]];
-    poll("n3 NotReady on both survivors", Duration::from_secs(30), || {
-        survivors.iter().all(|s| c.node_ready(s, "n3") == Some(false)).then_some(())
-    });
+    poll(
+        "n3 NotReady on both survivors",
+        Duration::from_secs(30),
+        || {
+            survivors
+                .iter()
+                .all(|s| c.node_ready(s, "n3") == Some(false))
+                .then_some(())
+        },
+    );
     let leader = c.agreed_leader(&survivors, Duration::from_secs(30));
     assert_ne!(leader, "n3", "a dead node cannot stay leader");
     if first_leader != "n3" {
-        assert_eq!(leader, first_leader, "losing a non-leader must not move the leader");
+        assert_eq!(
+            leader, first_leader,
+            "losing a non-leader must not move the leader"
+        );
     }
     c.restart(2);
     // The restarted agent serves what it had on disk, before or while it rejoins.
-    poll("restarted n3 serves its old state", Duration::from_secs(30), || c.configmap_value(&c.nodes[2], "before-crash"));
+    poll(
+        "restarted n3 serves its old state",
+        Duration::from_secs(30),
+        || c.configmap_value(&c.nodes[2], "before-crash"),
+    );
     poll("n3 Ready again everywhere", Duration::from_secs(30), || {
-        c.nodes.iter().all(|s| c.node_ready(s, "n3") == Some(true)).then_some(())
+        c.nodes
+            .iter()
+            .all(|s| c.node_ready(s, "n3") == Some(true))
+            .then_some(())
     });
     let all: Vec<_> = c.nodes.iter().collect();
-    assert_eq!(c.agreed_leader(&all, Duration::from_secs(30)), first_leader, "the leader is a function of the live set");
+    assert_eq!(
+        c.agreed_leader(&all, Duration::from_secs(30)),
+        first_leader,
+        "the leader is a function of the live set"
+    );
 }
 
 #[test]
@@ -78,23 +127,51 @@ fn peers_without_valid_admission_get_nothing() {
     ];
     poll("members log every refusal", Duration::from_secs(30), || {
         let log = c.log(&c.nodes[0]) + &c.log(&c.nodes[1]);
-        (log.contains("another cluster") && log.contains("invalid admission proof") && log.contains("is registered to peer")).then_some(())
+        (log.contains("another cluster")
+            && log.contains("invalid admission proof")
+            && log.contains("is registered to peer"))
+        .then_some(())
     });
     // Observe for a while: nobody was admitted, no intruder received the state.
     std::thread::sleep(Duration::from_secs(3));
     for n in &c.nodes {
         let status = c.status(n);
-        let admitted: Vec<String> = serde_json::from_value(status["admitted_peers"].clone()).unwrap();
-        assert!(admitted.iter().all(|p| p.starts_with('n')) && admitted.len() == 1, "{admitted:?}");
-        let members: Vec<String> = status["members"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_string()).collect();
-        assert!(!members.iter().any(|m| m.starts_with("intruder")), "{members:?}");
-        assert_eq!(c.node_ready(n, "n2"), Some(true), "the real n2 stays healthy");
+        let admitted: Vec<String> =
+            serde_json::from_value(status["admitted_peers"].clone()).unwrap();
+        assert!(
+            admitted.iter().all(|p| p.starts_with('n')) && admitted.len() == 1,
+            "{admitted:?}"
+        );
+        let members: Vec<String> = status["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            !members.iter().any(|m| m.starts_with("intruder")),
+            "{members:?}"
+        );
+        assert_eq!(
+            c.node_ready(n, "n2"),
+            Some(true),
+            "the real n2 stays healthy"
+        );
     }
     for intruder in &mut intruders {
         let state = intruder.dir.join("state.automerge");
         let held = std::fs::read(&state).unwrap_or_default();
-        assert!(!String::from_utf8_lossy(&held).contains("member-data"), "intruder {} received state", intruder.name);
-        assert!(intruder.log().contains("refused to admit us"), "intruder {} was not told: {}", intruder.name, intruder.log());
+        assert!(
+            !String::from_utf8_lossy(&held).contains("member-data"),
+            "intruder {} received state",
+            intruder.name
+        );
+        assert!(
+            intruder.log().contains("refused to admit us"),
+            "intruder {} was not told: {}",
+            intruder.name,
+            intruder.log()
+        );
     }
 }
 
@@ -102,22 +179,42 @@ fn peers_without_valid_admission_get_nothing() {
 fn backup_then_restore_starts_a_new_generation_that_refuses_the_old_one() {
     let mut c = Cluster::start(2);
     c.create_configmap(&c.nodes[1], "keep-me", "42");
-    poll("configmap on n1", Duration::from_secs(30), || c.configmap_value(&c.nodes[0], "keep-me"));
+    poll("configmap on n1", Duration::from_secs(30), || {
+        c.configmap_value(&c.nodes[0], "keep-me")
+    });
     let backup = c.tmp.path().join("backup.cbor");
-    c.shoal_ok(&["backup", "--output", backup.to_str().unwrap(), "--kubeconfig", c.nodes[1].kubeconfig.to_str().unwrap()]);
+    c.shoal_ok(&[
+        "backup",
+        "--output",
+        backup.to_str().unwrap(),
+        "--kubeconfig",
+        c.nodes[1].kubeconfig.to_str().unwrap(),
+    ]);
     c.kill(0);
     c.kill(1);
     let mut restored = Cluster::restore_from(&backup, &c.token, "r1");
-    poll("restored cluster serves the backed-up configmap", Duration::from_secs(30), || {
-        c.configmap_value(&restored.nodes[0], "keep-me").filter(|v| v == "42")
-    });
+    poll(
+        "restored cluster serves the backed-up configmap",
+        Duration::from_secs(30),
+        || {
+            c.configmap_value(&restored.nodes[0], "keep-me")
+                .filter(|v| v == "42")
+        },
+    );
     assert_eq!(restored.status(&restored.nodes[0])["generation"], 2);
     // An agent of the old generation, pointed at the restored cluster, is refused.
     c.nodes[1].join = vec![restored.nodes[0].p2p];
     c.restart_with_join(1, restored.nodes[0].p2p);
-    poll("old-generation agent refused", Duration::from_secs(30), || {
-        restored.log(&restored.nodes[0]).contains("old-generation agents are refused").then_some(())
-    });
+    poll(
+        "old-generation agent refused",
+        Duration::from_secs(30),
+        || {
+            restored
+                .log(&restored.nodes[0])
+                .contains("old-generation agents are refused")
+                .then_some(())
+        },
+    );
     let admitted = restored.status(&restored.nodes[0])["admitted_peers"].clone();
     assert_eq!(admitted, serde_json::json!([]));
     restored.stop_all();
@@ -128,8 +225,14 @@ fn bad_configuration_exits_64_with_a_clear_message() {
     let tmp = tempfile::tempdir().unwrap();
     let bin = loopback::shoal_bin();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(&bin).args(args).output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = std::process::Command::new(&bin)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let dir = tmp.path().join("d");
     let d = dir.to_str().unwrap();
@@ -138,7 +241,15 @@ fn bad_configuration_exits_64_with_a_clear_message() {
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("not a shoal data dir"), "{err}");
     // A malformed token.
-    let (code, err) = run(&["agent", "--data-dir", d, "--join", "127.0.0.1:1", "--token", "shoal1.nope"]);
+    let (code, err) = run(&[
+        "agent",
+        "--data-dir",
+        d,
+        "--join",
+        "127.0.0.1:1",
+        "--token",
+        "shoal1.nope",
+    ]);
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("malformed join token"), "{err}");
     // A bad node name.
@@ -146,7 +257,17 @@ fn bad_configuration_exits_64_with_a_clear_message() {
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("DNS-1123"), "{err}");
     // init twice refuses to overwrite.
-    let (code, err) = run(&["init", "--data-dir", d, "--name", "ok", "--listen-p2p", "127.0.0.1:0", "--listen-api", "127.0.0.1:0"]);
+    let (code, err) = run(&[
+        "init",
+        "--data-dir",
+        d,
+        "--name",
+        "ok",
+        "--listen-p2p",
+        "127.0.0.1:0",
+        "--listen-api",
+        "127.0.0.1:0",
+    ]);
     assert_eq!(code, Some(0), "{err}");
     let (code, err) = run(&["init", "--data-dir", d, "--name", "ok"]);
     assert_eq!(code, Some(64), "{err}");
@@ -170,11 +291,22 @@ fn corrupt_state_file_stops_the_agent_with_a_clear_error() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("state.automerge") && err.contains("move it away"), "{err}");
-    assert_eq!(std::fs::read(&state).unwrap(), b"this is not an automerge document", "the file must be left alone");
+    assert!(
+        err.contains("state.automerge") && err.contains("move it away"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        b"this is not an automerge document",
+        "the file must be left alone"
+    );
     // Moving it away resyncs the node from its peer.
     std::fs::remove_file(&state).unwrap();
     c.create_configmap(&c.nodes[0], "after", "2");
     c.restart(1);
-    poll("resynced node serves the peer's state", Duration::from_secs(30), || c.configmap_value(&c.nodes[1], "after"));
+    poll(
+        "resynced node serves the peer's state",
+        Duration::from_secs(30),
+        || c.configmap_value(&c.nodes[1], "after"),
+    );
 }

@@ -17,13 +17,17 @@ mod e2e {
 
     fn configmaps_via(ctx: &str) -> Result<BTreeMap<String, Value>, String> {
         let out = kubectl(ctx, &["get", "configmaps", "-o", "json"])?;
-        let list: Value = serde_json::from_str(&out).map_err(|e| format!("bad JSON via {ctx}: {e}: {out}"))?;
-        let items = list["items"].as_array().ok_or_else(|| format!("no items via {ctx}: {out}"))?;
+        let list: Value =
+            serde_json::from_str(&out).map_err(|e| format!("bad JSON via {ctx}: {e}: {out}"))?;
+        let items = list["items"]
+            .as_array()
+            .ok_or_else(|| format!("no items via {ctx}: {out}"))?;
         Ok(items
             .iter()
             .filter_map(|cm| {
                 let name = cm["metadata"]["name"].as_str()?;
-                name.starts_with("cm-").then(|| (name.to_string(), cm["data"].clone()))
+                name.starts_with("cm-")
+                    .then(|| (name.to_string(), cm["data"].clone()))
             })
             .collect())
     }
@@ -51,21 +55,29 @@ mod e2e {
     fn five_agents_converge() {
         let tn = Testnet::up(5);
         for node in &tn.nodes {
-            create_configmap_ok(node, &format!("cm-{node}"), &[("origin", node.as_str()), ("shared", "value")]);
+            create_configmap_ok(
+                node,
+                &format!("cm-{node}"),
+                &[("origin", node.as_str()), ("shared", "value")],
+            );
         }
-        let reference = eventually("every node lists all 5 configmaps with the same data", REACT, || {
-            let first = configmaps_via("n1")?;
-            if first.len() != 5 {
-                return Err(format!("n1 lists {:?}", first.keys().collect::<Vec<_>>()));
-            }
-            for ctx in &tn.nodes[1..] {
-                let other = configmaps_via(ctx)?;
-                if other != first {
-                    return Err(format!("{ctx} lists {other:?}, n1 lists {first:?}"));
+        let reference = eventually(
+            "every node lists all 5 configmaps with the same data",
+            REACT,
+            || {
+                let first = configmaps_via("n1")?;
+                if first.len() != 5 {
+                    return Err(format!("n1 lists {:?}", first.keys().collect::<Vec<_>>()));
                 }
-            }
-            Ok(first)
-        });
+                for ctx in &tn.nodes[1..] {
+                    let other = configmaps_via(ctx)?;
+                    if other != first {
+                        return Err(format!("{ctx} lists {other:?}, n1 lists {first:?}"));
+                    }
+                }
+                Ok(first)
+            },
+        );
         for node in &tn.nodes {
             let data = &reference[&format!("cm-{node}")];
             assert_eq!(data["origin"], node.as_str(), "data of cm-{node}: {data}");
@@ -92,7 +104,9 @@ mod e2e {
             all_views(&survivors, &survivors, &["n3".to_string()])
         });
         script("start.sh", &["n3"]);
-        eventually("all 3 Ready on every node after start", REACT, || all_views(&tn.nodes, &tn.nodes, &[]));
+        eventually("all 3 Ready on every node after start", REACT, || {
+            all_views(&tn.nodes, &tn.nodes, &[])
+        });
     }
 
     #[test]
@@ -104,13 +118,17 @@ mod e2e {
             all_views(&survivors, &survivors, &["n3".to_string()])
         });
         script("cont.sh", &["n3"]);
-        eventually("all 3 Ready on every node after SIGCONT", REACT, || all_views(&tn.nodes, &tn.nodes, &[]));
+        eventually("all 3 Ready on every node after SIGCONT", REACT, || {
+            all_views(&tn.nodes, &tn.nodes, &[])
+        });
     }
 
     #[test]
     fn leader_agreement_failover_partition() {
         let tn = Testnet::up(5);
-        let leader = eventually("all 5 nodes name the same leader", REACT, || agreed_leader(&tn.nodes));
+        let leader = eventually("all 5 nodes name the same leader", REACT, || {
+            agreed_leader(&tn.nodes)
+        });
 
         script("kill.sh", &[&leader]);
         let survivors = tn.others(&[&leader]);
@@ -121,20 +139,31 @@ mod e2e {
         assert_ne!(next, leader, "the dead node cannot stay leader");
 
         script("start.sh", &[&leader]);
-        eventually("all 5 Ready and one leader again after restart", REACT, || {
-            all_views(&tn.nodes, &tn.nodes, &[])?;
-            agreed_leader(&tn.nodes)
-        });
+        eventually(
+            "all 5 Ready and one leader again after restart",
+            REACT,
+            || {
+                all_views(&tn.nodes, &tn.nodes, &[])?;
+                agreed_leader(&tn.nodes)
+            },
+        );
 
         let side_a: Vec<String> = vec!["n1".into(), "n2".into()];
         let side_b: Vec<String> = vec!["n3".into(), "n4".into(), "n5".into()];
         script("partition.sh", &["n1 n2", "n3 n4 n5"]);
-        let (la, lb) = eventually("each side of the partition agrees on a leader of its own", REACT, || {
-            all_views(&side_a, &side_a, &side_b)?;
-            all_views(&side_b, &side_b, &side_a)?;
-            Ok((agreed_leader(&side_a)?, agreed_leader(&side_b)?))
-        });
-        assert!(side_a.contains(&la) && side_b.contains(&lb), "leaders {la} / {lb}");
+        let (la, lb) = eventually(
+            "each side of the partition agrees on a leader of its own",
+            REACT,
+            || {
+                all_views(&side_a, &side_a, &side_b)?;
+                all_views(&side_b, &side_b, &side_a)?;
+                Ok((agreed_leader(&side_a)?, agreed_leader(&side_b)?))
+            },
+        );
+        assert!(
+            side_a.contains(&la) && side_b.contains(&lb),
+            "leaders {la} / {lb}"
+        );
 
         script("heal.sh", &[]);
         eventually("one leader again after heal", REACT, || {
@@ -154,13 +183,25 @@ mod e2e {
         script("kill.sh", &["n3"]);
         script("partition.sh", &["n3", "n1 n2"]);
         script("start.sh", &["n3"]);
-        eventually("n3's API answers after start", REACT, || kubectl("n3", &["get", "--raw", "/version"]));
-        let out = kubectl("n3", &["get", "configmap", "cm-durable", "-o", "jsonpath={.data.k}"])
-            .unwrap_or_else(|e| panic!("n3 lost an acknowledged write across kill -9: {e}\n{}", log_tails(40)));
+        eventually("n3's API answers after start", REACT, || {
+            kubectl("n3", &["get", "--raw", "/version"])
+        });
+        let out = kubectl(
+            "n3",
+            &["get", "configmap", "cm-durable", "-o", "jsonpath={.data.k}"],
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "n3 lost an acknowledged write across kill -9: {e}\n{}",
+                log_tails(40)
+            )
+        });
         assert_eq!(out, "written-on-n3");
 
         script("heal.sh", &[]);
-        eventually("n3 rejoins: all Ready everywhere", REACT, || all_views(&tn.nodes, &tn.nodes, &[]));
+        eventually("n3 rejoins: all Ready everywhere", REACT, || {
+            all_views(&tn.nodes, &tn.nodes, &[])
+        });
         eventually("n3 has the other nodes' writes again", REACT, || {
             let cms = configmaps_via("n3")?;
             if cms.contains_key("cm-durable") && cms.contains_key("cm-later") {
@@ -179,9 +220,17 @@ mod e2e {
             .lines()
             .filter(|l| {
                 let l = l.to_lowercase();
-                ["reject", "refus", "denied", "not admitted", "admission fail", "unauthori", "invalid token"]
-                    .iter()
-                    .any(|w| l.contains(w))
+                [
+                    "reject",
+                    "refus",
+                    "denied",
+                    "not admitted",
+                    "admission fail",
+                    "unauthori",
+                    "invalid token",
+                ]
+                .iter()
+                .any(|w| l.contains(w))
             })
             .map(str::to_string)
             .collect()
@@ -190,20 +239,27 @@ mod e2e {
     /// The foreign agent `node` must stay outside: never listed, no admitted peers, no state.
     fn assert_stays_outside(tn: &Testnet, node: &str, secret: &str) {
         let members = tn.nodes.clone();
-        always(&format!("{node} never appears in any member's node list"), OBSERVE, || {
-            for ctx in &members {
-                let rows = nodes_via(ctx)?;
-                if rows.contains_key(node) {
-                    return Err(format!("{ctx} lists {node}: {rows:?}"));
+        always(
+            &format!("{node} never appears in any member's node list"),
+            OBSERVE,
+            || {
+                for ctx in &members {
+                    let rows = nodes_via(ctx)?;
+                    if rows.contains_key(node) {
+                        return Err(format!("{ctx} lists {node}: {rows:?}"));
+                    }
                 }
-            }
-            Ok(())
-        });
+                Ok(())
+            },
+        );
         // Its own API, if it serves one, must show no admitted peer and no cluster state.
         let (code, body) = curl_api(node, "GET", "/shoal/v1/status", Some(&admin_token()), None);
         if code == 200 {
             let st: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-            let admitted = st["admitted_peers"].as_array().map(|a| a.len()).unwrap_or(0);
+            let admitted = st["admitted_peers"]
+                .as_array()
+                .map(|a| a.len())
+                .unwrap_or(0);
             assert_eq!(admitted, 0, "{node} was admitted by someone: {body}");
         }
         let data = run_dir().join(node).join("data");
@@ -212,7 +268,10 @@ mod e2e {
             .arg(&data)
             .status()
             .expect("run grep");
-        assert!(!grep.success(), "{node}'s data dir holds the cluster's configmap {secret}");
+        assert!(
+            !grep.success(),
+            "{node}'s data dir holds the cluster's configmap {secret}"
+        );
     }
 
     #[test]
@@ -228,10 +287,20 @@ mod e2e {
             .arg("init")
             .arg("--data-dir")
             .arg(&other_dir)
-            .args(["--name", "other", "--listen-p2p", "127.0.0.1:0", "--listen-api", "127.0.0.1:0"])
+            .args([
+                "--name",
+                "other",
+                "--listen-p2p",
+                "127.0.0.1:0",
+                "--listen-api",
+                "127.0.0.1:0",
+            ])
             .output()
             .expect("run shoal init");
-        assert!(out.status.success(), "shoal init of another cluster failed: {out:?}");
+        assert!(
+            out.status.success(),
+            "shoal init of another cluster failed: {out:?}"
+        );
         let foreign_token = String::from_utf8_lossy(&out.stdout).trim().to_string();
         assert!(!foreign_token.is_empty(), "shoal init printed no token");
 
@@ -244,12 +313,21 @@ mod e2e {
         assert_ne!(forged, real);
 
         // n8 carries a forged token, n9 a well-formed token of another cluster.
-        for (node, token, forged) in [("n8", forged.as_str(), true), ("n9", foreign_token.as_str(), false)] {
-            let offsets: Vec<(String, usize)> = tn.nodes.iter().map(|n| (n.clone(), agent_log(n).len())).collect();
+        for (node, token, forged) in [
+            ("n8", forged.as_str(), true),
+            ("n9", foreign_token.as_str(), false),
+        ] {
+            let offsets: Vec<(String, usize)> = tn
+                .nodes
+                .iter()
+                .map(|n| (n.clone(), agent_log(n).len()))
+                .collect();
             let started = try_script("start.sh", &[node], &[("JOIN_TOKEN", token)]);
             eventually(&format!("the rejection of {node} is logged"), REACT, || {
-                let lines: Vec<String> =
-                    offsets.iter().flat_map(|(n, off)| rejection_lines(n, *off)).collect();
+                let lines: Vec<String> = offsets
+                    .iter()
+                    .flat_map(|(n, off)| rejection_lines(n, *off))
+                    .collect();
                 if !lines.is_empty() {
                     return Ok(lines);
                 }
@@ -259,14 +337,18 @@ mod e2e {
                 if forged && !agent_alive(node) && own.contains("token") {
                     return Ok(vec![own]);
                 }
-                Err(format!("no rejection logged by any member yet (start.sh: {started:?})"))
+                Err(format!(
+                    "no rejection logged by any member yet (start.sh: {started:?})"
+                ))
             });
             assert_stays_outside(&tn, node, secret);
             script("kill.sh", &[node]);
         }
-        eventually("the cluster is unaffected: 3 Ready everywhere", REACT, || {
-            all_views(&tn.nodes, &tn.nodes, &[])
-        });
+        eventually(
+            "the cluster is unaffected: 3 Ready everywhere",
+            REACT,
+            || all_views(&tn.nodes, &tn.nodes, &[]),
+        );
     }
 
     #[test]
@@ -296,20 +378,35 @@ mod e2e {
             .output()
             .expect("run shoal backup");
         assert!(out.status.success(), "shoal backup failed: {out:?}");
-        assert!(std::fs::metadata(&backup).map(|m| m.len() > 0).unwrap_or(false), "empty backup");
+        assert!(
+            std::fs::metadata(&backup)
+                .map(|m| m.len() > 0)
+                .unwrap_or(false),
+            "empty backup"
+        );
 
         // Keep an old-generation node's data dir, then lose every host.
         let old_token = join_token();
         script("kill.sh", &["n2"]);
         let old_n2 = keep.path().join("old-n2-data");
-        let cp = Command::new("cp").arg("-a").arg(run_dir().join("n2/data")).arg(&old_n2).status();
-        assert!(cp.map(|s| s.success()).unwrap_or(false), "copy n2's data dir");
+        let cp = Command::new("cp")
+            .arg("-a")
+            .arg(run_dir().join("n2/data"))
+            .arg(&old_n2)
+            .status();
+        assert!(
+            cp.map(|s| s.success()).unwrap_or(false),
+            "copy n2's data dir"
+        );
         tn.down();
 
         // Disaster recovery: a new 1-node cluster seeded from the backup.
         tn.relaunch(
             1,
-            &[("RESTORE_FILE", backup.to_str().unwrap()), ("RESTORE_TOKEN", old_token.as_str())],
+            &[
+                ("RESTORE_FILE", backup.to_str().unwrap()),
+                ("RESTORE_TOKEN", old_token.as_str()),
+            ],
         );
         let cms = configmaps_via("n1").unwrap_or_else(|e| panic!("{e}"));
         assert!(
@@ -318,25 +415,44 @@ mod e2e {
             cms.keys().collect::<Vec<_>>()
         );
         let new_generation = status("n1").expect("status of n1")["generation"].clone();
-        assert_ne!(new_generation, old_generation, "restore must start a new generation");
+        assert_ne!(
+            new_generation, old_generation,
+            "restore must start a new generation"
+        );
 
         // An agent of the old generation comes back and is refused.
         let offset = agent_log("n1").len();
         std::fs::create_dir_all(run_dir().join("n2")).expect("mkdir n2");
-        let cp = Command::new("cp").arg("-a").arg(&old_n2).arg(run_dir().join("n2/data")).status();
-        assert!(cp.map(|s| s.success()).unwrap_or(false), "restore n2's old data dir");
+        let cp = Command::new("cp")
+            .arg("-a")
+            .arg(&old_n2)
+            .arg(run_dir().join("n2/data"))
+            .status();
+        assert!(
+            cp.map(|s| s.success()).unwrap_or(false),
+            "restore n2's old data dir"
+        );
         script("start.sh", &["n2"]);
-        eventually("the old-generation agent is refused (n1's or n2's log says so)", REACT, || {
-            let mut lines = rejection_lines("n1", offset);
-            lines.extend(rejection_lines("n2", 0));
-            let generation: Vec<String> = lines.into_iter().filter(|l| l.to_lowercase().contains("generation")).collect();
-            if generation.is_empty() {
-                Err("no generation rejection logged yet".into())
-            } else {
-                Ok(generation)
-            }
+        eventually(
+            "the old-generation agent is refused (n1's or n2's log says so)",
+            REACT,
+            || {
+                let mut lines = rejection_lines("n1", offset);
+                lines.extend(rejection_lines("n2", 0));
+                let generation: Vec<String> = lines
+                    .into_iter()
+                    .filter(|l| l.to_lowercase().contains("generation"))
+                    .collect();
+                if generation.is_empty() {
+                    Err("no generation rejection logged yet".into())
+                } else {
+                    Ok(generation)
+                }
+            },
+        );
+        always("n2 never joins the new generation", OBSERVE, || {
+            expect_view("n1", &["n1".into()], &[])
         });
-        always("n2 never joins the new generation", OBSERVE, || expect_view("n1", &["n1".into()], &[]));
     }
 
     #[test]
@@ -347,8 +463,13 @@ mod e2e {
         let cms = "/api/v1/namespaces/default/configmaps";
 
         let is_status = |body: &str, code: u16| -> Result<(), String> {
-            let v: Value = serde_json::from_str(body).map_err(|e| format!("not JSON ({e}): {body}"))?;
-            if v["kind"] == "Status" && v["apiVersion"] == "v1" && v["status"] == "Failure" && v["code"] == code {
+            let v: Value =
+                serde_json::from_str(body).map_err(|e| format!("not JSON ({e}): {body}"))?;
+            if v["kind"] == "Status"
+                && v["apiVersion"] == "v1"
+                && v["status"] == "Failure"
+                && v["code"] == code
+            {
                 Ok(())
             } else {
                 Err(format!("not a Failure Status with code {code}: {body}"))
@@ -365,7 +486,11 @@ mod e2e {
 
         // Malformed JSON: 400.
         let bad = dir.path().join("bad.json");
-        std::fs::write(&bad, br#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "#).unwrap();
+        std::fs::write(
+            &bad,
+            br#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "#,
+        )
+        .unwrap();
         let (code, body) = curl_api("n1", "POST", cms, Some(&token), Some(&bad));
         assert_eq!(code, 400, "malformed JSON: {body}");
         is_status(&body, 400).unwrap();
@@ -387,15 +512,27 @@ mod e2e {
         // Garbage datagrams at the p2p (QUIC) port.
         let sock = std::net::UdpSocket::bind("10.77.0.1:0").expect("bind on the testnet bridge");
         for i in 0..200u32 {
-            let junk: Vec<u8> = (0..1200u32).map(|j| (i.wrapping_mul(31) ^ j.wrapping_mul(7)) as u8).collect();
-            sock.send_to(&junk, (node_ip("n1").as_str(), 7946)).expect("send junk");
+            let junk: Vec<u8> = (0..1200u32)
+                .map(|j| (i.wrapping_mul(31) ^ j.wrapping_mul(7)) as u8)
+                .collect();
+            sock.send_to(&junk, (node_ip("n1").as_str(), 7946))
+                .expect("send junk");
         }
 
         // The agent is still up, serving, and its state is unchanged.
-        assert!(agent_alive("n1"), "agent n1 died on bad input\n{}", log_tails(40));
-        eventually("n1 still serves and is Ready", REACT, || expect_view("n1", &tn.nodes, &[]));
+        assert!(
+            agent_alive("n1"),
+            "agent n1 died on bad input\n{}",
+            log_tails(40)
+        );
+        eventually("n1 still serves and is Ready", REACT, || {
+            expect_view("n1", &tn.nodes, &[])
+        });
         let listed = configmaps_via("n1").unwrap();
-        assert!(!listed.contains_key("cm-too-big"), "a rejected request changed state: {listed:?}");
+        assert!(
+            !listed.contains_key("cm-too-big"),
+            "a rejected request changed state: {listed:?}"
+        );
         let (code, body) = curl_api("n1", "GET", cms, Some(&token), None);
         assert_eq!(code, 200, "valid request after bad ones: {body}");
     }

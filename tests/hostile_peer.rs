@@ -28,16 +28,26 @@ impl Peer {
         let key = identity::Keypair::generate_ed25519();
         let me = key.public().to_peer_id();
         let mut swarm = build_swarm(key).unwrap();
-        swarm.listen_on("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()).unwrap();
-        Peer { swarm, me, target: None }
+        swarm
+            .listen_on("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap())
+            .unwrap();
+        Peer {
+            swarm,
+            me,
+            target: None,
+        }
     }
 
     /// Dials the agent and waits for the connection; answers nothing the agent asks.
     async fn connect(&mut self, addr: std::net::SocketAddr) -> PeerId {
-        let ma: Multiaddr = format!("/ip4/{}/udp/{}/quic-v1", addr.ip(), addr.port()).parse().unwrap();
+        let ma: Multiaddr = format!("/ip4/{}/udp/{}/quic-v1", addr.ip(), addr.port())
+            .parse()
+            .unwrap();
         self.swarm.dial(ma).unwrap();
         loop {
-            if let SwarmEvent::ConnectionEstablished { peer_id, .. } = self.swarm.select_next_some().await {
+            if let SwarmEvent::ConnectionEstablished { peer_id, .. } =
+                self.swarm.select_next_some().await
+            {
                 self.target = Some(peer_id);
                 return peer_id;
             }
@@ -72,7 +82,11 @@ fn hostile_peers_are_refused_or_ignored_and_change_nothing() {
     let c = Cluster::start(1);
     c.create_configmap(&c.nodes[0], "keep", "1");
     let heads_before = c.status(&c.nodes[0])["heads"].clone();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let token: JoinToken = c.token.parse().unwrap();
     let addr = c.nodes[0].p2p;
 
@@ -125,9 +139,22 @@ fn hostile_peers_are_refused_or_ignored_and_change_nothing() {
     // The agent is alive, says why it rejected the garbage, and its state did not change.
     poll("agent logs the rejections", Duration::from_secs(10), || {
         let log = c.log(&c.nodes[0]);
-        (log.contains("rejected pushed changes") && log.contains("rejected sync message") && log.contains("push with too many changes refused")).then_some(())
+        (log.contains("rejected pushed changes")
+            && log.contains("rejected sync message")
+            && log.contains("push with too many changes refused"))
+        .then_some(())
     });
     assert_eq!(c.configmap_value(&c.nodes[0], "keep").as_deref(), Some("1"));
-    assert_eq!(c.status(&c.nodes[0])["heads"], heads_before, "garbage changed the document");
-    assert!(!c.nodes[0].dir.join("status").join("..").join("..").join("etc.cbor").exists());
+    assert_eq!(
+        c.status(&c.nodes[0])["heads"],
+        heads_before,
+        "garbage changed the document"
+    );
+    assert!(!c.nodes[0]
+        .dir
+        .join("status")
+        .join("..")
+        .join("..")
+        .join("etc.cbor")
+        .exists());
 }

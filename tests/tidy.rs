@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display())) {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+    {
         let path = entry.unwrap().path();
         if path.is_dir() {
             out.extend(rust_files(&path));
@@ -30,7 +31,18 @@ fn non_test_code(text: &str) -> &str {
 #[test]
 fn cores_are_pure() {
     const CORES: &[&str] = &["membership", "sched", "sim"];
-    const FORBIDDEN: &[&str] = &["tokio", "libp2p", "std::net", "Instant::now", "SystemTime::now", "Utc::now", "std::fs", "thread_rng", "std::process", "HashMap"];
+    const FORBIDDEN: &[&str] = &[
+        "tokio",
+        "libp2p",
+        "std::net",
+        "Instant::now",
+        "SystemTime::now",
+        "Utc::now",
+        "std::fs",
+        "thread_rng",
+        "std::process",
+        "HashMap",
+    ];
     let mut violations = Vec::new();
     for core in CORES {
         for file in rust_files(&src().join(core)) {
@@ -42,23 +54,41 @@ fn cores_are_pure() {
                 let code = line.split("//").next().unwrap_or("");
                 for word in FORBIDDEN {
                     if code.contains(word) {
-                        violations.push(format!("{}:{}: `{word}` in a pure core: {}", file.display(), no + 1, line.trim()));
+                        violations.push(format!(
+                            "{}:{}: `{word}` in a pure core: {}",
+                            file.display(),
+                            no + 1,
+                            line.trim()
+                        ));
                     }
                 }
             }
         }
     }
-    assert!(violations.is_empty(), "cores must stay deterministic and free of I/O:\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "cores must stay deterministic and free of I/O:\n{}",
+        violations.join("\n")
+    );
 }
 
 #[test]
 fn every_module_says_what_it_owns() {
     let missing: Vec<String> = rust_files(&src())
         .into_iter()
-        .filter(|f| !std::fs::read_to_string(f).unwrap().trim_start().starts_with("//!"))
+        .filter(|f| {
+            !std::fs::read_to_string(f)
+                .unwrap()
+                .trim_start()
+                .starts_with("//!")
+        })
         .map(|f| f.display().to_string())
         .collect();
-    assert!(missing.is_empty(), "modules without a leading `//!` line:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "modules without a leading `//!` line:\n{}",
+        missing.join("\n")
+    );
 }
 
 #[test]
@@ -68,7 +98,10 @@ fn no_unwrap_on_peer_input_in_the_network_shell() {
     for file in rust_files(&src().join("net")) {
         let text = std::fs::read_to_string(&file).unwrap();
         for (no, line) in non_test_code(&text).lines().enumerate() {
-            if line.contains(".unwrap()") || line.contains("panic!(") || line.contains("unreachable!(") {
+            if line.contains(".unwrap()")
+                || line.contains("panic!(")
+                || line.contains("unreachable!(")
+            {
                 violations.push(format!("{}:{}: {}", file.display(), no + 1, line.trim()));
             }
         }

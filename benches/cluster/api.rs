@@ -21,7 +21,10 @@ pub struct Status {
 
 impl Status {
     pub fn state_of(&self, name: &str) -> Option<&str> {
-        self.members.iter().find(|m| m.name == name).map(|m| m.state.as_str())
+        self.members
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.state.as_str())
     }
     pub fn alive(&self) -> usize {
         self.members.iter().filter(|m| m.state == "alive").count()
@@ -52,7 +55,10 @@ impl Api {
             .connect_timeout(Duration::from_secs(2))
             .pool_max_idle_per_host(8)
             .build()?;
-        Ok(Self { client, token: token.trim().to_string() })
+        Ok(Self {
+            client,
+            token: token.trim().to_string(),
+        })
     }
 
     pub async fn status(&self, base: &str) -> Result<Status> {
@@ -86,9 +92,17 @@ impl Api {
 
     /// Open a configmap watch on `base` and forward every ADDED event, reopening the stream if the
     /// server ends it. Returns once the first stream's response headers arrived.
-    pub async fn watch_configmaps(&self, node: usize, base: String, tx: mpsc::UnboundedSender<Seen>) -> Result<tokio::task::JoinHandle<()>> {
+    pub async fn watch_configmaps(
+        &self,
+        node: usize,
+        base: String,
+        tx: mpsc::UnboundedSender<Seen>,
+    ) -> Result<tokio::task::JoinHandle<()>> {
         let url = format!("{base}/api/v1/namespaces/default/configmaps?watch=true");
-        let first = self.open(&url).await.with_context(|| format!("watch {url}"))?;
+        let first = self
+            .open(&url)
+            .await
+            .with_context(|| format!("watch {url}"))?;
         let api = self.clone();
         Ok(tokio::spawn(async move {
             let mut resp = Some(first);
@@ -112,24 +126,41 @@ impl Api {
     }
 
     async fn open(&self, url: &str) -> Result<reqwest::Response> {
-        Ok(self.client.get(url).bearer_auth(&self.token).send().await?.error_for_status()?)
+        Ok(self
+            .client
+            .get(url)
+            .bearer_auth(&self.token)
+            .send()
+            .await?
+            .error_for_status()?)
     }
 }
 
 /// Read newline-delimited watch events until the stream ends; Err when the receiver is gone.
-async fn forward(node: usize, mut resp: reqwest::Response, tx: &mpsc::UnboundedSender<Seen>) -> Result<(), ()> {
+async fn forward(
+    node: usize,
+    mut resp: reqwest::Response,
+    tx: &mpsc::UnboundedSender<Seen>,
+) -> Result<(), ()> {
     let mut buf: Vec<u8> = Vec::new();
     while let Ok(Some(chunk)) = resp.chunk().await {
         let at = Instant::now();
         buf.extend_from_slice(&chunk);
         while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=pos).collect();
-            let Ok(ev) = serde_json::from_slice::<serde_json::Value>(&line) else { continue };
+            let Ok(ev) = serde_json::from_slice::<serde_json::Value>(&line) else {
+                continue;
+            };
             if ev["type"] != "ADDED" {
                 continue;
             }
             if let Some(name) = ev["object"]["metadata"]["name"].as_str() {
-                tx.send(Seen { node, name: name.to_string(), at }).map_err(|_| ())?;
+                tx.send(Seen {
+                    node,
+                    name: name.to_string(),
+                    at,
+                })
+                .map_err(|_| ())?;
             }
         }
     }

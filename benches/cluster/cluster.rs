@@ -23,7 +23,11 @@ pub trait Cluster {
 }
 
 /// Wait until every node in `nodes` reports every node of the cluster alive.
-pub async fn wait_all_alive(c: &dyn Cluster, nodes: &[usize], timeout: Duration) -> Result<Duration> {
+pub async fn wait_all_alive(
+    c: &dyn Cluster,
+    nodes: &[usize],
+    timeout: Duration,
+) -> Result<Duration> {
     let t0 = Instant::now();
     let n = c.len();
     loop {
@@ -76,9 +80,15 @@ pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
 
 /// Lines of the log from byte `from` on that contain `needle` (ANSI colour codes ignored).
 pub fn log_lines_since(path: &std::path::Path, from: u64, needle: &str) -> Vec<String> {
-    let Ok(bytes) = std::fs::read(path) else { return Vec::new() };
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
     let tail = bytes.get(from as usize..).unwrap_or(&[]);
-    String::from_utf8_lossy(tail).lines().map(strip_ansi).filter(|l| l.contains(needle)).collect()
+    String::from_utf8_lossy(tail)
+        .lines()
+        .map(strip_ansi)
+        .filter(|l| l.contains(needle))
+        .collect()
 }
 
 pub fn file_len(path: &std::path::Path) -> u64 {

@@ -27,7 +27,8 @@ pub async fn detection(c: &mut dyn Cluster, label: &str, kills: usize) -> Result
     let mut rejoin = Vec::new();
     let mut undetected = 0;
     // Non-victims that a survivor reported in a state other than alive: (round, observer, member, state).
-    let mut false_states: std::collections::BTreeSet<(usize, String, String, String)> = Default::default();
+    let mut false_states: std::collections::BTreeSet<(usize, String, String, String)> =
+        Default::default();
     let offsets: Vec<u64> = (0..n).map(|i| cluster::file_len(&c.log_path(i))).collect();
     for r in 0..kills {
         let victim = 1 + r % (n - 1);
@@ -55,7 +56,11 @@ pub async fn detection(c: &mut dyn Cluster, label: &str, kills: usize) -> Result
                     }
                     _ => {}
                 }
-                for m in st.members.iter().filter(|m| m.name != vname && m.state != "alive") {
+                for m in st
+                    .members
+                    .iter()
+                    .filter(|m| m.name != vname && m.state != "alive")
+                {
                     false_states.insert((r, c.name(i), m.name.clone(), m.state.clone()));
                 }
             }
@@ -86,9 +91,21 @@ pub async fn detection(c: &mut dyn Cluster, label: &str, kills: usize) -> Result
     }
     let s = stats::summarize(&detect);
     let mut out = format!("### Failure detection after kill -9, {label}: {n} nodes, {kills} kills, status polled every 20 ms\n\n{}\n", stats::HEADER);
-    out += &format!("{}\n", row("first survivor reports the victim suspect", stats::summarize(&first_suspect)));
+    out += &format!(
+        "{}\n",
+        row(
+            "first survivor reports the victim suspect",
+            stats::summarize(&first_suspect)
+        )
+    );
     out += &format!("{}\n", row("**every survivor reports it dead**", s));
-    out += &format!("{}\n", row("restart → every node sees all alive", stats::summarize(&rejoin)));
+    out += &format!(
+        "{}\n",
+        row(
+            "restart → every node sees all alive",
+            stats::summarize(&rejoin)
+        )
+    );
     out += &format!("\nundetected within {GIVE_UP:?}: {undetected}\n");
     let false_dead = false_states.iter().filter(|f| f.3 == "dead").count();
     out += &format!(
@@ -114,7 +131,12 @@ pub async fn detection(c: &mut dyn Cluster, label: &str, kills: usize) -> Result
         out += &format!("- round {r}: {obs} reported {m} {st}\n");
     }
     if let Some(s) = s {
-        out += &format!("\nRESULT detection {label} n={n} p50_ms={:.0} p99_ms={:.0} goal_p99_ms=3000 met={}\n", s.p50, s.p99, s.p99 <= 3000.0 && undetected == 0);
+        out += &format!(
+            "\nRESULT detection {label} n={n} p50_ms={:.0} p99_ms={:.0} goal_p99_ms=3000 met={}\n",
+            s.p50,
+            s.p99,
+            s.p99 <= 3000.0 && undetected == 0
+        );
     }
     Ok(out)
 }
@@ -136,7 +158,13 @@ pub async fn false_deaths(c: &dyn Cluster, label: &str, secs: u64) -> Result<Str
                     for m in st.members {
                         let prev = last.insert((i, m.name.clone()), m.state.clone());
                         if prev.as_deref() != Some(m.state.as_str()) && prev.is_some() {
-                            eprintln!("{:?}: {} sees {} {}", t0.elapsed(), c.name(i), m.name, m.state);
+                            eprintln!(
+                                "{:?}: {} sees {} {}",
+                                t0.elapsed(),
+                                c.name(i),
+                                m.name,
+                                m.state
+                            );
                             match m.state.as_str() {
                                 "suspect" => to_suspect += 1,
                                 "dead" | "left" => to_dead += 1,
@@ -156,7 +184,8 @@ pub async fn false_deaths(c: &dyn Cluster, label: &str, secs: u64) -> Result<Str
         log_suspect += cluster::log_lines_since(&c.log_path(i), *offset, "member suspect").len();
         log_down += cluster::log_lines_since(&c.log_path(i), *offset, "member down").len();
     }
-    let mut out = format!("### False deaths, {label}: idle {n}-node cluster for {secs} s, nobody killed\n\n");
+    let mut out =
+        format!("### False deaths, {label}: idle {n}-node cluster for {secs} s, nobody killed\n\n");
     out += "| measure | count |\n|---|---|\n";
     out += &format!("| status transitions alive → suspect (observer × member) | {to_suspect} |\n");
     out += &format!("| status transitions → dead | {to_dead} |\n");

@@ -24,13 +24,22 @@ fn ticks_per_sec() -> f64 {
 async fn phase(c: &dyn Cluster, secs: u64, rate: f64) -> Result<Vec<Sample>> {
     let n = c.len();
     let pids: Vec<Option<u32>> = (0..n).map(|i| c.pid(i)).collect();
-    let cpu0: Vec<Option<u64>> = pids.iter().map(|p| p.and_then(cluster::cpu_ticks)).collect();
+    let cpu0: Vec<Option<u64>> = pids
+        .iter()
+        .map(|p| p.and_then(cluster::cpu_ticks))
+        .collect();
     let net0: Vec<Option<(u64, u64)>> = (0..n).map(|i| c.net_bytes(i)).collect();
     let t0 = Instant::now();
     let dur = Duration::from_secs(secs);
     if rate > 0.0 {
         let gap = Duration::from_secs_f64(1.0 / rate);
-        let id = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() & 0xffffff);
+        let id = format!(
+            "{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis()
+                & 0xffffff
+        );
         let mut k = 0usize;
         let mut inflight = Vec::new();
         while t0.elapsed() < dur {
@@ -38,10 +47,16 @@ async fn phase(c: &dyn Cluster, secs: u64, rate: f64) -> Result<Vec<Sample>> {
             let api = c.api().clone();
             let url = c.api_url(k % n);
             let name = format!("load-{id}-{k}");
-            inflight.push(tokio::spawn(async move { api.create_configmap(&url, &name).await }));
+            inflight.push(tokio::spawn(async move {
+                api.create_configmap(&url, &name).await
+            }));
             k += 1;
         }
-        let failed = futures::future::join_all(inflight).await.into_iter().filter(|r| !matches!(r, Ok(Ok(())))).count();
+        let failed = futures::future::join_all(inflight)
+            .await
+            .into_iter()
+            .filter(|r| !matches!(r, Ok(Ok(()))))
+            .count();
         if failed > 0 {
             eprintln!("{failed} of {k} load writes failed");
         }
@@ -61,8 +76,12 @@ async fn phase(c: &dyn Cluster, secs: u64, rate: f64) -> Result<Vec<Sample>> {
             _ => None,
         };
         out.push(Sample {
-            rss_kib: pid.and_then(|p| cluster::status_kib(p, "VmRSS:")).unwrap_or(0),
-            hwm_kib: pid.and_then(|p| cluster::status_kib(p, "VmHWM:")).unwrap_or(0),
+            rss_kib: pid
+                .and_then(|p| cluster::status_kib(p, "VmRSS:"))
+                .unwrap_or(0),
+            hwm_kib: pid
+                .and_then(|p| cluster::status_kib(p, "VmHWM:"))
+                .unwrap_or(0),
             cpu_pct: cpu,
             rx_bps: net.map(|x| x.0),
             tx_bps: net.map(|x| x.1),
@@ -72,7 +91,8 @@ async fn phase(c: &dyn Cluster, secs: u64, rate: f64) -> Result<Vec<Sample>> {
 }
 
 fn fmt_bps(v: Option<f64>) -> String {
-    v.map(|b| format!("{:.0}", b)).unwrap_or_else(|| "n/a".into())
+    v.map(|b| format!("{:.0}", b))
+        .unwrap_or_else(|| "n/a".into())
 }
 
 pub async fn run(c: &dyn Cluster, label: &str, secs: u64, rate: f64) -> Result<String> {
@@ -81,7 +101,9 @@ pub async fn run(c: &dyn Cluster, label: &str, secs: u64, rate: f64) -> Result<S
     tokio::time::sleep(Duration::from_secs(10)).await;
     let idle = phase(c, secs, 0.0).await?;
     let load = phase(c, secs, rate).await?;
-    let mut out = format!("### Idle agent, {label}: {n} nodes, {secs} s idle then {secs} s at {rate} writes/s\n\n");
+    let mut out = format!(
+        "### Idle agent, {label}: {n} nodes, {secs} s idle then {secs} s at {rate} writes/s\n\n"
+    );
     out += "| node | RSS MiB idle | RSS MiB loaded | peak RSS MiB | CPU % idle | CPU % loaded | rx B/s idle | tx B/s idle | rx B/s loaded | tx B/s loaded |\n";
     out += "|---|---|---|---|---|---|---|---|---|---|\n";
     let mib = |k: u64| k as f64 / 1024.0;
@@ -89,8 +111,16 @@ pub async fn run(c: &dyn Cluster, label: &str, secs: u64, rate: f64) -> Result<S
         let (a, b) = (&idle[i], &load[i]);
         out += &format!(
             "| {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
-            c.name(i), mib(a.rss_kib), mib(b.rss_kib), mib(b.hwm_kib), a.cpu_pct, b.cpu_pct,
-            fmt_bps(a.rx_bps), fmt_bps(a.tx_bps), fmt_bps(b.rx_bps), fmt_bps(b.tx_bps)
+            c.name(i),
+            mib(a.rss_kib),
+            mib(b.rss_kib),
+            mib(b.hwm_kib),
+            a.cpu_pct,
+            b.cpu_pct,
+            fmt_bps(a.rx_bps),
+            fmt_bps(a.tx_bps),
+            fmt_bps(b.rx_bps),
+            fmt_bps(b.tx_bps)
         );
     }
     let max_rss = idle.iter().map(|s| mib(s.rss_kib)).fold(0.0, f64::max);

@@ -29,11 +29,15 @@ pub struct Loopback {
 }
 
 fn free_tcp_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl Loopback {
@@ -46,13 +50,27 @@ impl Loopback {
             let name = format!("{prefix}{i}");
             let dir = root.join(&name);
             std::fs::create_dir_all(&dir)?;
-            agents.push(Agent { data: dir.join("data"), log: dir.join("agent.log"), name, p2p: free_udp_port()?, api: free_tcp_port()?, child: None });
+            agents.push(Agent {
+                data: dir.join("data"),
+                log: dir.join("agent.log"),
+                name,
+                p2p: free_udp_port()?,
+                api: free_tcp_port()?,
+                child: None,
+            });
         }
         let a0 = &agents[0];
         let out = Command::new(bin)
             .args(["init", "--data-dir"])
             .arg(&a0.data)
-            .args(["--name", &a0.name, "--listen-p2p", &format!("127.0.0.1:{}", a0.p2p), "--listen-api", &format!("127.0.0.1:{}", a0.api)])
+            .args([
+                "--name",
+                &a0.name,
+                "--listen-p2p",
+                &format!("127.0.0.1:{}", a0.p2p),
+                "--listen-api",
+                &format!("127.0.0.1:{}", a0.api),
+            ])
             .stderr(Stdio::null())
             .output()
             .context("shoal init")?;
@@ -63,7 +81,13 @@ impl Loopback {
         let ca = std::fs::read(a0.data.join("tls/ca.crt"))?;
         let admin = std::fs::read_to_string(a0.data.join("admin-token"))?;
         let api = Api::new(&ca, &admin)?;
-        let mut c = Loopback { bin: bin.to_path_buf(), pidfile: root.join("pids"), token, agents, api };
+        let mut c = Loopback {
+            bin: bin.to_path_buf(),
+            pidfile: root.join("pids"),
+            token,
+            agents,
+            api,
+        };
         c.spawn(0, false)?;
         c.wait_up(0).await?;
         // Joiners in small batches, so that 50 agents do not all handshake with the seed at once.
@@ -74,7 +98,10 @@ impl Loopback {
             c.wait_up(batch[batch.len() - 1]).await?;
         }
         let took = cluster::wait_all_alive(&c, &cluster::all(&c), Duration::from_secs(240)).await?;
-        eprintln!("loopback cluster of {n} converged ({:.1} s after the last start)", took.as_secs_f64());
+        eprintln!(
+            "loopback cluster of {n} converged ({:.1} s after the last start)",
+            took.as_secs_f64()
+        );
         Ok(c)
     }
 
@@ -82,7 +109,11 @@ impl Loopback {
         let t0 = Instant::now();
         while self.api.status(&self.api_url(i)).await.is_err() {
             if t0.elapsed() > Duration::from_secs(30) {
-                bail!("agent {} did not serve its API within 30 s (log: {})", self.name(i), self.agents[i].log.display());
+                bail!(
+                    "agent {} did not serve its API within 30 s (log: {})",
+                    self.name(i),
+                    self.agents[i].log.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -97,11 +128,22 @@ impl Loopback {
         if first_join {
             let seed = format!("127.0.0.1:{}", self.agents[0].p2p);
             cmd.args(["--name", &a.name, "--join", &seed, "--token", &self.token]);
-            cmd.args(["--listen-p2p", &format!("127.0.0.1:{}", a.p2p), "--listen-api", &format!("127.0.0.1:{}", a.api)]);
+            cmd.args([
+                "--listen-p2p",
+                &format!("127.0.0.1:{}", a.p2p),
+                "--listen-api",
+                &format!("127.0.0.1:{}", a.api),
+            ]);
         }
-        cmd.env("NO_COLOR", "1").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
+        cmd.env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
         let child = cmd.spawn().context("spawn shoal agent")?;
-        let mut pids: File = OpenOptions::new().create(true).append(true).open(&self.pidfile)?;
+        let mut pids: File = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.pidfile)?;
         writeln!(pids, "{}", child.id())?;
         self.agents[i].child = Some(child);
         Ok(())

@@ -98,10 +98,16 @@ enum What {
 
 async fn open(cli: &Cli, at: &Where, scenario: &str) -> Result<(Box<dyn Cluster>, String)> {
     Ok(match &at.testnet {
-        Some(dir) => (Box::new(testnet::Testnet::open(dir, at.nodes)?), "netns testnet".to_string()),
+        Some(dir) => (
+            Box::new(testnet::Testnet::open(dir, at.nodes)?),
+            "netns testnet".to_string(),
+        ),
         None => {
             let root = cli.work.join(scenario);
-            (Box::new(lo::Loopback::start(&cli.bin, &root, "a", at.agents).await?), "loopback".to_string())
+            (
+                Box::new(lo::Loopback::start(&cli.bin, &root, "a", at.agents).await?),
+                "loopback".to_string(),
+            )
         }
     })
 }
@@ -118,7 +124,15 @@ async fn main() -> Result<()> {
     let report = match &cli.what {
         What::Propagation { at, writes, rate } => {
             let (c, label) = open(&cli, at, "propagation").await?;
-            propagation::run(c.as_ref(), &label, &propagation::Params { writes: *writes, rate: *rate }).await?
+            propagation::run(
+                c.as_ref(),
+                &label,
+                &propagation::Params {
+                    writes: *writes,
+                    rate: *rate,
+                },
+            )
+            .await?
         }
         What::Detection { at, kills } => {
             let (mut c, label) = open(&cli, at, "detection").await?;
@@ -132,7 +146,11 @@ async fn main() -> Result<()> {
             let (c, label) = open(&cli, at, "idle").await?;
             idle::run(c.as_ref(), &label, *secs, *rate).await?
         }
-        What::Serf { agents, kills, serf_bin } => serf::detection(serf_bin, &cli.work.join("serf"), *agents, *kills).await?,
+        What::Serf {
+            agents,
+            kills,
+            serf_bin,
+        } => serf::detection(serf_bin, &cli.work.join("serf"), *agents, *kills).await?,
     };
     println!("{report}");
     Ok(())

@@ -20,14 +20,24 @@ pub async fn run(c: &dyn Cluster, label: &str, p: &Params) -> Result<String> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut watches = Vec::new();
     for i in 0..n {
-        watches.push(c.api().watch_configmaps(i, c.api_url(i), tx.clone()).await?);
+        watches.push(
+            c.api()
+                .watch_configmaps(i, c.api_url(i), tx.clone())
+                .await?,
+        );
     }
     drop(tx);
     // Let the streams settle (and drain ADDED events for objects that already exist).
     tokio::time::sleep(Duration::from_secs(1)).await;
     while rx.try_recv().is_ok() {}
 
-    let run_id = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() & 0xffffff);
+    let run_id = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+            & 0xffffff
+    );
     let mut sent: HashMap<String, Instant> = HashMap::new();
     let mut seen: HashMap<String, Vec<Option<Instant>>> = HashMap::new();
     let mut posts = Vec::new();
@@ -52,7 +62,12 @@ pub async fn run(c: &dyn Cluster, label: &str, p: &Params) -> Result<String> {
     }
     // Collect until every write reached every node, or 15 s after the last write.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while sent.keys().filter(|k| seen.get(*k).is_some_and(|v| v.iter().all(Option::is_some))).count() < p.writes {
+    while sent
+        .keys()
+        .filter(|k| seen.get(*k).is_some_and(|v| v.iter().all(Option::is_some)))
+        .count()
+        < p.writes
+    {
         match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
             Ok(Some(s)) => record(&mut seen, n, s),
             _ => break,
@@ -80,7 +95,11 @@ pub async fn run(c: &dyn Cluster, label: &str, p: &Params) -> Result<String> {
             missing += n;
             continue;
         };
-        let arrivals: Vec<Duration> = v.iter().flatten().map(|t| t.saturating_duration_since(*t0)).collect();
+        let arrivals: Vec<Duration> = v
+            .iter()
+            .flatten()
+            .map(|t| t.saturating_duration_since(*t0))
+            .collect();
         missing += n - arrivals.len();
         if arrivals.len() == n {
             all_nodes.push(*arrivals.iter().max().unwrap_or(&Duration::ZERO));
@@ -88,16 +107,36 @@ pub async fn run(c: &dyn Cluster, label: &str, p: &Params) -> Result<String> {
         per_node.extend(arrivals);
     }
     let s_all = stats::summarize(&all_nodes);
-    let mut out = format!(
+    let mut out =
+        format!(
         "### Change propagation, {label}: {n} nodes, {} writes at {}/s over {n} writers\n\n{}\n",
         p.writes, p.rate, stats::HEADER
     );
-    out += &format!("{}\n", row("POST latency (writer)", stats::summarize(&post_lat)));
-    out += &format!("{}\n", row("arrival at one node (all node×write pairs)", stats::summarize(&per_node)));
-    out += &format!("{}\n", row("**propagation to every node** (max over nodes)", s_all));
-    out += &format!("\nmissing (node, write) arrivals after 15 s: {missing}; failed POSTs: {post_err}\n");
+    out += &format!(
+        "{}\n",
+        row("POST latency (writer)", stats::summarize(&post_lat))
+    );
+    out += &format!(
+        "{}\n",
+        row(
+            "arrival at one node (all node×write pairs)",
+            stats::summarize(&per_node)
+        )
+    );
+    out += &format!(
+        "{}\n",
+        row("**propagation to every node** (max over nodes)", s_all)
+    );
+    out += &format!(
+        "\nmissing (node, write) arrivals after 15 s: {missing}; failed POSTs: {post_err}\n"
+    );
     if let Some(s) = s_all {
-        out += &format!("\nRESULT propagation {label} n={n} p50_ms={:.0} p99_ms={:.0} goal_p99_ms=250 met={}\n", s.p50, s.p99, s.p99 <= 250.0 && missing == 0);
+        out += &format!(
+            "\nRESULT propagation {label} n={n} p50_ms={:.0} p99_ms={:.0} goal_p99_ms=250 met={}\n",
+            s.p50,
+            s.p99,
+            s.p99 <= 250.0 && missing == 0
+        );
     }
     Ok(out)
 }

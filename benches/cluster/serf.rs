@@ -51,19 +51,45 @@ impl Serf {
         let a = &self.agents[i];
         let log = OpenOptions::new().create(true).append(true).open(&a.log)?;
         let mut cmd = Command::new(&self.bin);
-        cmd.args(["agent", "-node", &a.name, "-bind", &format!("127.0.0.1:{}", a.bind), "-rpc-addr", &format!("127.0.0.1:{}", a.rpc)]);
+        cmd.args([
+            "agent",
+            "-node",
+            &a.name,
+            "-bind",
+            &format!("127.0.0.1:{}", a.bind),
+            "-rpc-addr",
+            &format!("127.0.0.1:{}", a.rpc),
+        ]);
         if i > 0 {
             cmd.args(["-join", &format!("127.0.0.1:{}", self.agents[0].bind)]);
         }
-        let child = cmd.stdin(Stdio::null()).stdout(Stdio::from(log.try_clone()?)).stderr(Stdio::from(log)).spawn().context("spawn serf")?;
-        writeln!(OpenOptions::new().create(true).append(true).open(&self.pidfile)?, "{}", child.id())?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("spawn serf")?;
+        writeln!(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.pidfile)?,
+            "{}",
+            child.id()
+        )?;
         self.agents[i].child = Some(child);
         Ok(())
     }
 
     async fn members(&self, i: usize) -> Result<Vec<SerfMember>> {
         let out = tokio::process::Command::new(&self.bin)
-            .args(["members", "-format", "json", "-rpc-addr", &format!("127.0.0.1:{}", self.agents[i].rpc)])
+            .args([
+                "members",
+                "-format",
+                "json",
+                "-rpc-addr",
+                &format!("127.0.0.1:{}", self.agents[i].rpc),
+            ])
             .stderr(Stdio::null())
             .output()
             .await?;
@@ -79,7 +105,11 @@ impl Serf {
         loop {
             let mut ok = true;
             for i in 0..n {
-                let alive = self.members(i).await.map(|m| m.iter().filter(|m| m.status == "alive").count()).unwrap_or(0);
+                let alive = self
+                    .members(i)
+                    .await
+                    .map(|m| m.iter().filter(|m| m.status == "alive").count())
+                    .unwrap_or(0);
                 ok &= alive == n;
             }
             if ok {
@@ -108,9 +138,19 @@ pub async fn detection(bin: &Path, root: &Path, n: usize, kills: usize) -> Resul
     std::fs::create_dir_all(root)?;
     let mut agents = Vec::new();
     for i in 1..=n {
-        agents.push(Agent { name: format!("s{i}"), bind: free_port()?, rpc: free_port()?, log: root.join(format!("s{i}.log")), child: None });
+        agents.push(Agent {
+            name: format!("s{i}"),
+            bind: free_port()?,
+            rpc: free_port()?,
+            log: root.join(format!("s{i}.log")),
+            child: None,
+        });
     }
-    let mut s = Serf { bin: bin.to_path_buf(), pidfile: root.join("pids"), agents };
+    let mut s = Serf {
+        bin: bin.to_path_buf(),
+        pidfile: root.join("pids"),
+        agents,
+    };
     s.spawn(0)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     for i in 1..n {
@@ -124,7 +164,10 @@ pub async fn detection(bin: &Path, root: &Path, n: usize, kills: usize) -> Resul
         let vname = s.agents[victim].name.clone();
         let survivors: Vec<usize> = (0..n).filter(|&i| i != victim).collect();
         let mut dead: Vec<Option<Duration>> = vec![None; n];
-        let mut child = s.agents[victim].child.take().context("serf agent not running")?;
+        let mut child = s.agents[victim]
+            .child
+            .take()
+            .context("serf agent not running")?;
         let t0 = Instant::now();
         child.kill()?;
         child.wait()?;
@@ -152,7 +195,10 @@ pub async fn detection(bin: &Path, root: &Path, n: usize, kills: usize) -> Resul
         } else {
             undetected += 1;
         }
-        eprintln!("serf round {r}: killed {vname}; all survivors report it failed after {:?}", d.iter().max().filter(|_| d.len() == survivors.len()));
+        eprintln!(
+            "serf round {r}: killed {vname}; all survivors report it failed after {:?}",
+            d.iter().max().filter(|_| d.len() == survivors.len())
+        );
         s.spawn(victim)?;
         s.wait_all_alive(Duration::from_secs(60)).await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -162,7 +208,10 @@ pub async fn detection(bin: &Path, root: &Path, n: usize, kills: usize) -> Resul
     out += &format!("{}\n", row("**every survivor reports it failed**", sm));
     out += &format!("\nundetected within 60 s: {undetected}\n");
     if let Some(x) = sm {
-        out += &format!("\nRESULT serf_detection loopback n={n} p50_ms={:.0} p99_ms={:.0}\n", x.p50, x.p99);
+        out += &format!(
+            "\nRESULT serf_detection loopback n={n} p50_ms={:.0} p99_ms={:.0}\n",
+            x.p50, x.p99
+        );
     }
     Ok(out)
 }

@@ -25,15 +25,25 @@ pub fn summarize(sample: &[Duration]) -> Option<Summary> {
     }
     let mut ms: Vec<f64> = sample.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     ms.sort_by(|a, b| a.total_cmp(b));
-    Some(Summary { n: ms.len(), p50: rank(&ms, 0.5), p90: rank(&ms, 0.9), p99: rank(&ms, 0.99), max: ms[ms.len() - 1] })
+    Some(Summary {
+        n: ms.len(),
+        p50: rank(&ms, 0.5),
+        p90: rank(&ms, 0.9),
+        p99: rank(&ms, 0.99),
+        max: ms[ms.len() - 1],
+    })
 }
 
 /// `| what | n | p50 | p90 | p99 | max |` in ms, or a row of dashes when nothing was measured.
 pub fn row(what: &str, s: Option<Summary>) -> String {
     match s {
-        Some(s) => format!("| {what} | {} | {:.0} | {:.0} | {:.0} | {:.0} |", s.n, s.p50, s.p90, s.p99, s.max),
+        Some(s) => format!(
+            "| {what} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            s.n, s.p50, s.p90, s.p99, s.max
+        ),
         None => format!("| {what} | 0 | - | - | - | - |"),
     }
 }
 
-pub const HEADER: &str = "| measure | n | p50 ms | p90 ms | p99 ms | max ms |\n|---|---|---|---|---|---|";
+pub const HEADER: &str =
+    "| measure | n | p50 ms | p90 ms | p99 ms | max ms |\n|---|---|---|---|---|---|";

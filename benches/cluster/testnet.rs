@@ -20,9 +20,15 @@ impl Testnet {
     /// `scripts` is the `testnet/` directory; its `run/` must hold an up testnet of `n` nodes.
     pub fn open(scripts: &Path, n: usize) -> Result<Self> {
         let run = scripts.join("run");
-        let ca = std::fs::read(run.join("n1/data/tls/ca.crt")).context("testnet CA (is the testnet up?)")?;
+        let ca = std::fs::read(run.join("n1/data/tls/ca.crt"))
+            .context("testnet CA (is the testnet up?)")?;
         let token = std::fs::read_to_string(run.join("n1/data/admin-token"))?;
-        Ok(Self { scripts: scripts.to_path_buf(), run, n, api: Api::new(&ca, &token)? })
+        Ok(Self {
+            scripts: scripts.to_path_buf(),
+            run,
+            n,
+            api: Api::new(&ca, &token)?,
+        })
     }
 
     fn node(&self, i: usize) -> String {
@@ -51,21 +57,31 @@ impl Cluster for Testnet {
     fn kill(&mut self, i: usize) -> Result<Instant> {
         let pid = self.pid(i).context("no agent.pid")?;
         let at = Instant::now();
-        let st = Command::new("kill").args(["-9", &pid.to_string()]).status()?;
+        let st = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()?;
         if !st.success() {
             bail!("kill -9 {pid} failed");
         }
         Ok(at)
     }
     fn start(&mut self, i: usize) -> Result<()> {
-        let st = Command::new(self.scripts.join("start.sh")).arg(self.node(i)).stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+        let st = Command::new(self.scripts.join("start.sh"))
+            .arg(self.node(i))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
         if !st.success() {
             bail!("testnet/start.sh {} failed", self.node(i));
         }
         Ok(())
     }
     fn pid(&self, i: usize) -> Option<u32> {
-        let pid: u32 = std::fs::read_to_string(self.run.join(self.node(i)).join("agent.pid")).ok()?.trim().parse().ok()?;
+        let pid: u32 = std::fs::read_to_string(self.run.join(self.node(i)).join("agent.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         crate::cluster::cpu_ticks(pid).map(|_| pid)
     }
     fn log_path(&self, i: usize) -> PathBuf {

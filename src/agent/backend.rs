@@ -58,7 +58,11 @@ impl Backend for AgentBackend {
         records
             .into_iter()
             .map(|record| {
-                let state = view.members.iter().find(|m| m.name == record.name).map(|m| m.state.as_str());
+                let state = view
+                    .members
+                    .iter()
+                    .find(|m| m.name == record.name)
+                    .map(|m| m.state.as_str());
                 let readiness = if record.name == self.shared.node_name {
                     Readiness::Ready
                 } else {
@@ -68,30 +72,54 @@ impl Backend for AgentBackend {
                         _ => Readiness::NotReady,
                     }
                 };
-                let since = view.since.get(&record.name).copied().unwrap_or(record.created);
+                let since = view
+                    .since
+                    .get(&record.name)
+                    .copied()
+                    .unwrap_or(record.created);
                 let is_leader = view.leader.as_deref() == Some(record.name.as_str());
-                NodeView { record, readiness, since, is_leader }
+                NodeView {
+                    record,
+                    readiness,
+                    since,
+                    is_leader,
+                }
             })
             .collect()
     }
 
     fn delete_node(&self, name: &str) -> Result<(), BackendError> {
-        match self.shared.write(|d| d.delete_node(name)).map_err(state_err)? {
+        match self
+            .shared
+            .write(|d| d.delete_node(name))
+            .map_err(state_err)?
+        {
             true => Ok(()),
             false => Err(BackendError::NotFound(format!("nodes \"{name}\""))),
         }
     }
 
     fn list_objects(&self, resource: &str, namespace: Option<&str>) -> Vec<Value> {
-        self.shared.doc().list_objects(resource, namespace).into_iter().map(|(_, v)| v).collect()
+        self.shared
+            .doc()
+            .list_objects(resource, namespace)
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect()
     }
 
     fn get_object(&self, key: &ObjectKey) -> Option<Value> {
-        self.shared.doc().get_object(&key.resource, key.namespace.as_deref(), &key.name).ok().flatten()
+        self.shared
+            .doc()
+            .get_object(&key.resource, key.namespace.as_deref(), &key.name)
+            .ok()
+            .flatten()
     }
 
     fn put_object(&self, key: &ObjectKey, object: Value) -> Result<(), BackendError> {
-        self.shared.write(|d| d.put_object(&key.resource, key.namespace.as_deref(), &key.name, &object)).map_err(state_err)
+        self.shared
+            .write(|d| d.put_object(&key.resource, key.namespace.as_deref(), &key.name, &object))
+            .map_err(state_err)
     }
 
     fn delete_object(&self, key: &ObjectKey) -> Result<Option<Value>, BackendError> {
@@ -107,7 +135,9 @@ impl Backend for AgentBackend {
     }
 
     fn authenticate(&self, token: &str) -> bool {
-        !token.is_empty() && token.len() <= 512 && self.shared.doc().token_user(&token_hash(token)).is_some()
+        !token.is_empty()
+            && token.len() <= 512
+            && self.shared.doc().token_user(&token_hash(token)).is_some()
     }
 
     fn status(&self) -> AgentStatus {
@@ -141,7 +171,8 @@ impl Backend for AgentBackend {
             taken_on: self.shared.node_name.clone(),
             document,
         };
-        cbor4ii::serde::to_vec(Vec::new(), &file).map_err(|e| BackendError::Unavailable(e.to_string()))
+        cbor4ii::serde::to_vec(Vec::new(), &file)
+            .map_err(|e| BackendError::Unavailable(e.to_string()))
     }
 
     fn changes(&self) -> tokio::sync::watch::Receiver<u64> {

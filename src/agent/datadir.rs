@@ -24,7 +24,10 @@ use crate::state::write_atomic;
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} is corrupt: {reason}")]
     Corrupt { path: String, reason: String },
     #[error("another agent is running on data dir {0}")]
@@ -37,7 +40,10 @@ pub struct DataDir {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
-    move |source| DataDirError::Io { path: path.display().to_string(), source }
+    move |source| DataDirError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 impl DataDir {
@@ -57,7 +63,8 @@ impl DataDir {
         std::fs::create_dir_all(self.root.join("tls")).map_err(io(&self.root))?;
         std::fs::create_dir_all(self.root.join("status")).map_err(io(&self.root))?;
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700)).map_err(io(&self.root))
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(&self.root))
     }
 
     pub fn is_initialized(&self) -> bool {
@@ -67,10 +74,17 @@ impl DataDir {
     /// Takes the data dir's lock for the life of the returned file.
     pub fn lock(&self) -> Result<std::fs::File, DataDirError> {
         let path = self.path("lock");
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
         match file.try_lock() {
             Ok(()) => Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) => Err(DataDirError::Locked(self.root.display().to_string())),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(DataDirError::Locked(self.root.display().to_string()))
+            }
             Err(std::fs::TryLockError::Error(e)) => Err(io(&path)(e)),
         }
     }
@@ -87,11 +101,18 @@ impl DataDir {
 
     pub fn identity(&self) -> Result<ClusterIdentity, DataDirError> {
         let bytes = self.read("cluster.cbor")?;
-        cbor4ii::serde::from_slice(&bytes).map_err(|e| DataDirError::Corrupt { path: self.path("cluster.cbor").display().to_string(), reason: e.to_string() })
+        cbor4ii::serde::from_slice(&bytes).map_err(|e| DataDirError::Corrupt {
+            path: self.path("cluster.cbor").display().to_string(),
+            reason: e.to_string(),
+        })
     }
 
     pub fn write_identity(&self, identity: &ClusterIdentity) -> Result<(), DataDirError> {
-        let bytes = cbor4ii::serde::to_vec(Vec::new(), identity).map_err(|e| DataDirError::Corrupt { path: "cluster.cbor".into(), reason: e.to_string() })?;
+        let bytes =
+            cbor4ii::serde::to_vec(Vec::new(), identity).map_err(|e| DataDirError::Corrupt {
+                path: "cluster.cbor".into(),
+                reason: e.to_string(),
+            })?;
         self.write("cluster.cbor", &bytes, 0o600)
     }
 
@@ -99,10 +120,20 @@ impl DataDir {
     pub fn node_key(&self) -> Result<identity::Keypair, DataDirError> {
         let path = self.path("node.key");
         match std::fs::read(&path) {
-            Ok(bytes) => identity::Keypair::from_protobuf_encoding(&bytes).map_err(|e| DataDirError::Corrupt { path: path.display().to_string(), reason: e.to_string() }),
+            Ok(bytes) => identity::Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
+                DataDirError::Corrupt {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                }
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = identity::Keypair::generate_ed25519();
-                let bytes = key.to_protobuf_encoding().map_err(|e| DataDirError::Corrupt { path: path.display().to_string(), reason: e.to_string() })?;
+                let bytes = key
+                    .to_protobuf_encoding()
+                    .map_err(|e| DataDirError::Corrupt {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
                 self.write("node.key", &bytes, 0o600)?;
                 Ok(key)
             }
@@ -113,7 +144,14 @@ impl DataDir {
     pub fn settings(&self) -> Result<Option<AgentSettings>, DataDirError> {
         let path = self.path("agent.json");
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| DataDirError::Corrupt { path: path.display().to_string(), reason: e.to_string() }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| DataDirError::Corrupt {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(&path)(e)),
         }

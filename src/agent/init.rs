@@ -30,10 +30,16 @@ pub struct InitOutput {
 pub fn init_cluster(opts: &InitOptions) -> Result<InitOutput, AgentError> {
     let dir = DataDir::new(&opts.data_dir);
     if dir.is_initialized() {
-        return Err(AgentError::Config(format!("{} already holds a cluster; refusing to overwrite it", opts.data_dir.display())));
+        return Err(AgentError::Config(format!(
+            "{} already holds a cluster; refusing to overwrite it",
+            opts.data_dir.display()
+        )));
     }
     if !crate::net::valid_node_name(&opts.settings.name) {
-        return Err(AgentError::Config(format!("node name {:?} is not a DNS-1123 subdomain", opts.settings.name)));
+        return Err(AgentError::Config(format!(
+            "node name {:?} is not a DNS-1123 subdomain",
+            opts.settings.name
+        )));
     }
     let actor = ActorId::random();
     let (identity, mut doc, ca) = match &opts.restore {
@@ -65,31 +71,60 @@ pub fn init_cluster(opts: &InitOptions) -> Result<InitOutput, AgentError> {
     dir.write("admin-token", format!("{admin_token}\n").as_bytes(), 0o600)?;
     let join_token = identity.join_token();
     dir.write("join-token", format!("{join_token}\n").as_bytes(), 0o600)?;
-    DocStore::new(dir.root()).save(&mut doc).map_err(|e| AgentError::Other(format!("saving the document: {e}")))?;
-    Ok(InitOutput { join_token, admin_token })
+    DocStore::new(dir.root())
+        .save(&mut doc)
+        .map_err(|e| AgentError::Other(format!("saving the document: {e}")))?;
+    Ok(InitOutput {
+        join_token,
+        admin_token,
+    })
 }
 
 /// Opens a backup, checks it against the old cluster's token, and rebuilds its state into a
 /// fresh document for the next generation: no history, no node records (the hosts are gone),
 /// no old metadata. The CA is kept, so existing kubeconfigs keep trusting the API.
-fn restore(path: &PathBuf, token: Option<&JoinToken>, actor: ActorId) -> Result<(ClusterIdentity, ClusterDoc, security::CertPair), AgentError> {
+fn restore(
+    path: &PathBuf,
+    token: Option<&JoinToken>,
+    actor: ActorId,
+) -> Result<(ClusterIdentity, ClusterDoc, security::CertPair), AgentError> {
     let token = token.ok_or_else(|| AgentError::Config("--restore needs --token with the backed-up cluster's join token (it holds the secret that opens the backup's sealed values)".into()))?;
-    let bytes = std::fs::read(path).map_err(|e| AgentError::Config(format!("reading {}: {e}", path.display())))?;
-    let file: BackupFile = cbor4ii::serde::from_slice(&bytes).map_err(|e| AgentError::Config(format!("{} is not a shoal backup: {e}", path.display())))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| AgentError::Config(format!("reading {}: {e}", path.display())))?;
+    let file: BackupFile = cbor4ii::serde::from_slice(&bytes).map_err(|e| {
+        AgentError::Config(format!("{} is not a shoal backup: {e}", path.display()))
+    })?;
     if file.format != BACKUP_FORMAT {
-        return Err(AgentError::Config(format!("unsupported backup format {:?}", file.format)));
+        return Err(AgentError::Config(format!(
+            "unsupported backup format {:?}",
+            file.format
+        )));
     }
     if file.cluster_id != token.cluster_id {
-        return Err(AgentError::Config(format!("the backup is of cluster {}, the token of cluster {}", file.cluster_id, token.cluster_id)));
+        return Err(AgentError::Config(format!(
+            "the backup is of cluster {}, the token of cluster {}",
+            file.cluster_id, token.cluster_id
+        )));
     }
     let old = token.clone().into_identity();
-    let old_doc = ClusterDoc::load(&file.document, ActorId::random()).map_err(|e| AgentError::Config(format!("the backup's document does not load: {e}")))?;
-    let meta = old_doc.meta()?.ok_or_else(|| AgentError::Config("the backup has no cluster metadata".into()))?;
-    let ca_key = security::open(&old, "ca-key", &meta.ca_key_sealed)
-        .map_err(|_| AgentError::Config("the token does not open the backup (wrong cluster secret)".into()))?;
-    let ca = security::CertPair { cert_pem: meta.ca_cert_pem.clone(), key_pem: String::from_utf8_lossy(&ca_key).into_owned() };
+    let old_doc = ClusterDoc::load(&file.document, ActorId::random())
+        .map_err(|e| AgentError::Config(format!("the backup's document does not load: {e}")))?;
+    let meta = old_doc
+        .meta()?
+        .ok_or_else(|| AgentError::Config("the backup has no cluster metadata".into()))?;
+    let ca_key = security::open(&old, "ca-key", &meta.ca_key_sealed).map_err(|_| {
+        AgentError::Config("the token does not open the backup (wrong cluster secret)".into())
+    })?;
+    let ca = security::CertPair {
+        cert_pem: meta.ca_cert_pem.clone(),
+        key_pem: String::from_utf8_lossy(&ca_key).into_owned(),
+    };
     let generation = file.generation.max(meta.generation).max(token.generation) + 1;
-    let identity = ClusterIdentity { cluster_id: old.cluster_id.clone(), generation, secret: old.secret };
+    let identity = ClusterIdentity {
+        cluster_id: old.cluster_id.clone(),
+        generation,
+        secret: old.secret,
+    };
     let doc = old_doc.rebuild(actor, |key| key != "meta" && !key.starts_with("node/"))?;
     Ok((identity, doc, ca))
 }

@@ -28,17 +28,24 @@ use crate::state::{ClusterDoc, DocStore, StateError, StatusDoc, Wal};
 /// hold replicas, anti-entropy brings them back).
 fn load_status_docs(dir: &DataDir) -> std::collections::BTreeMap<String, StatusDoc> {
     let mut out = std::collections::BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(dir.path("status")) else { return out };
+    let Ok(entries) = std::fs::read_dir(dir.path("status")) else {
+        return out;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.extension().and_then(|e| e.to_str()) != Some("cbor") {
             continue;
         }
-        match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| StatusDoc::decode(&b, ActorId::random()).map_err(|e| e.to_string())) {
+        match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| StatusDoc::decode(&b, ActorId::random()).map_err(|e| e.to_string()))
+        {
             Ok(doc) => {
                 out.insert(doc.owner().to_string(), doc);
             }
-            Err(e) => tracing::warn!(path = %path.display(), %e, "skipping unreadable status document"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), %e, "skipping unreadable status document")
+            }
         }
     }
     out
@@ -96,12 +103,18 @@ fn prepare(opts: &RunOptions) -> Result<(DataDir, AgentSettings, ClusterIdentity
         settings.name = node_info::hostname();
     }
     if !net::valid_node_name(&settings.name) {
-        return Err(AgentError::Config(format!("node name {:?} is not a DNS-1123 subdomain", settings.name)));
+        return Err(AgentError::Config(format!(
+            "node name {:?} is not a DNS-1123 subdomain",
+            settings.name
+        )));
     }
     let identity = if dir.is_initialized() {
         let identity = dir.identity()?;
         if let Some(t) = &opts.token {
-            if t.cluster_id != identity.cluster_id || t.secret != identity.secret || t.generation != identity.generation {
+            if t.cluster_id != identity.cluster_id
+                || t.secret != identity.secret
+                || t.generation != identity.generation
+            {
                 return Err(AgentError::Config(format!(
                     "data dir {} belongs to cluster {} generation {}; the token is for cluster {} generation {} (use a fresh data dir to join another cluster)",
                     opts.data_dir.display(), identity.cluster_id, identity.generation, t.cluster_id, t.generation
@@ -114,12 +127,18 @@ fn prepare(opts: &RunOptions) -> Result<(DataDir, AgentSettings, ClusterIdentity
             AgentError::Config(format!("{} is not a shoal data dir: run `shoal init` there, or join with --join ADDR --token TOKEN", opts.data_dir.display()))
         })?;
         if settings.join.is_empty() {
-            return Err(AgentError::Config("joining needs at least one --join ADDR (any member's p2p address)".into()));
+            return Err(AgentError::Config(
+                "joining needs at least one --join ADDR (any member's p2p address)".into(),
+            ));
         }
         dir.create()?;
         let identity = token.into_identity();
         dir.write_identity(&identity)?;
-        dir.write("join-token", format!("{}\n", identity.join_token()).as_bytes(), 0o600)?;
+        dir.write(
+            "join-token",
+            format!("{}\n", identity.join_token()).as_bytes(),
+            0o600,
+        )?;
         identity
     };
     dir.write_settings(&settings)?;
@@ -127,7 +146,10 @@ fn prepare(opts: &RunOptions) -> Result<(DataDir, AgentSettings, ClusterIdentity
 }
 
 /// Runs the agent until `shutdown` resolves.
-pub async fn run(opts: RunOptions, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), AgentError> {
+pub async fn run(
+    opts: RunOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
     let (dir, settings, identity) = prepare(&opts)?;
     let _lock = dir.lock()?;
     let key = dir.node_key()?;
@@ -136,13 +158,17 @@ pub async fn run(opts: RunOptions, shutdown: impl std::future::Future<Output = (
     // and reusing an actor with a shorter history would produce duplicate sequence numbers.
     let actor = ActorId::random();
     let store = DocStore::new(dir.root());
-    let doc = store.load(actor.clone())?.unwrap_or_else(|| ClusterDoc::empty(actor));
+    let doc = store
+        .load(actor.clone())?
+        .unwrap_or_else(|| ClusterDoc::empty(actor));
     let wal = Wal::new(store.wal_path());
     let advertise = settings.advertise_ip();
     tracing::info!(node = %settings.name, %peer_id, cluster = %identity.cluster_id, generation = identity.generation, %advertise, "agent starting");
 
     let mut status = load_status_docs(&dir);
-    status.entry(settings.name.clone()).or_insert_with(|| StatusDoc::empty(&settings.name, 0, ActorId::random()));
+    status
+        .entry(settings.name.clone())
+        .or_insert_with(|| StatusDoc::empty(&settings.name, 0, ActorId::random()));
     let (shared, local_rx) = Shared::new(settings.name.clone(), identity, doc, wal, status);
     let shared = Arc::new(shared);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -152,21 +178,34 @@ pub async fn run(opts: RunOptions, shutdown: impl std::future::Future<Output = (
 
     let mut net_config = NetConfig::new(settings.listen_p2p, advertise);
     net_config.join = settings.join.clone();
-    let net_task = tokio::spawn(net::run(key, shared.clone(), net_config, dir.root().to_path_buf(), local_rx, stopped(stop_rx.clone())));
+    let net_task = tokio::spawn(net::run(
+        key,
+        shared.clone(),
+        net_config,
+        dir.root().to_path_buf(),
+        local_rx,
+        stopped(stop_rx.clone()),
+    ));
 
     let api_task = {
         let shared = shared.clone();
         let dir = dir.clone();
         let settings = settings.clone();
         let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move { serve_api(shared, dir, settings, peer_id.to_string(), stop).await })
+        tokio::spawn(
+            async move { serve_api(shared, dir, settings, peer_id.to_string(), stop).await },
+        )
     };
 
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    let api = api_task.await.map_err(|e| AgentError::Other(e.to_string()))?;
-    let net = net_task.await.map_err(|e| AgentError::Other(e.to_string()))?;
+    let api = api_task
+        .await
+        .map_err(|e| AgentError::Other(e.to_string()))?;
+    let net = net_task
+        .await
+        .map_err(|e| AgentError::Other(e.to_string()))?;
     api?;
     net?;
     Ok(())
@@ -189,14 +228,22 @@ async fn serve_api(
         tracing::info!("waiting for the cluster state from a member");
         let _ = tokio::time::timeout(Duration::from_secs(5), changes.changed()).await;
     };
-    if meta.cluster_id != shared.identity.cluster_id || meta.generation != shared.identity.generation {
+    if meta.cluster_id != shared.identity.cluster_id
+        || meta.generation != shared.identity.generation
+    {
         return Err(AgentError::Config(format!(
             "the document is of cluster {} generation {}, this node of {} generation {}",
-            meta.cluster_id, meta.generation, shared.identity.cluster_id, shared.identity.generation
+            meta.cluster_id,
+            meta.generation,
+            shared.identity.cluster_id,
+            shared.identity.generation
         )));
     }
     let ca_key = security::open(&shared.identity, "ca-key", &meta.ca_key_sealed)?;
-    let ca = security::CertPair { cert_pem: meta.ca_cert_pem.clone(), key_pem: String::from_utf8_lossy(&ca_key).into_owned() };
+    let ca = security::CertPair {
+        cert_pem: meta.ca_cert_pem.clone(),
+        key_pem: String::from_utf8_lossy(&ca_key).into_owned(),
+    };
     dir.write("tls/ca.crt", meta.ca_cert_pem.as_bytes(), 0o644)?;
     let advertise = settings.advertise_ip();
     let mut ips = vec![advertise];
@@ -208,14 +255,25 @@ async fn serve_api(
     dir.write("tls/server.key", server.key_pem.as_bytes(), 0o600)?;
 
     let api_addr = SocketAddr::new(advertise, settings.listen_api.port());
-    let p2p_addr = format!("/ip4/{}/udp/{}/quic-v1/p2p/{peer_id}", advertise, settings.listen_p2p.port());
+    let p2p_addr = format!(
+        "/ip4/{}/udp/{}/quic-v1/p2p/{peer_id}",
+        advertise,
+        settings.listen_p2p.port()
+    );
     let peer_id_for_status = peer_id.clone();
     let register = {
         let shared = shared.clone();
         let name = settings.name.clone();
         move || {
             let existing = shared.doc().node(&name).ok().flatten();
-            let record = node_info::record(&name, &peer_id, &p2p_addr, &api_addr.to_string(), advertise, existing.as_ref());
+            let record = node_info::record(
+                &name,
+                &peer_id,
+                &p2p_addr,
+                &api_addr.to_string(),
+                advertise,
+                existing.as_ref(),
+            );
             if let Err(e) = shared.write(|d| d.put_node(&record)) {
                 tracing::error!(%e, "registering this node failed");
             }
@@ -228,12 +286,17 @@ async fn serve_api(
         tracing::error!(%e, "writing the status document failed");
     }
 
-    let tls = crate::api::tls_config(server.cert_pem.as_bytes(), server.key_pem.as_bytes()).map_err(|e| AgentError::Other(e.to_string()))?;
+    let tls = crate::api::tls_config(server.cert_pem.as_bytes(), server.key_pem.as_bytes())
+        .map_err(|e| AgentError::Other(e.to_string()))?;
     let listener = tokio::net::TcpListener::bind(settings.listen_api)
         .await
-        .map_err(|e| AgentError::Config(format!("binding the API on {}: {e}", settings.listen_api)))?;
+        .map_err(|e| {
+            AgentError::Config(format!("binding the API on {}: {e}", settings.listen_api))
+        })?;
     tracing::info!(addr = %settings.listen_api, "API listening");
-    let backend: Arc<dyn crate::api::Backend> = Arc::new(AgentBackend { shared: shared.clone() });
+    let backend: Arc<dyn crate::api::Backend> = Arc::new(AgentBackend {
+        shared: shared.clone(),
+    });
 
     // Re-register if someone deleted this node's record while it is alive.
     let registrar = tokio::spawn(async move {
@@ -243,7 +306,14 @@ async fn serve_api(
             register();
         }
     });
-    let result = crate::api::serve(listener, Arc::new(tls), backend, crate::api::ApiConfig::default(), stop).await;
+    let result = crate::api::serve(
+        listener,
+        Arc::new(tls),
+        backend,
+        crate::api::ApiConfig::default(),
+        stop,
+    )
+    .await;
     registrar.abort();
     result.map_err(|e| AgentError::Other(format!("API server: {e}")))
 }

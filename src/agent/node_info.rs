@@ -6,20 +6,32 @@ use std::net::IpAddr;
 use crate::model::{NodeRecord, NodeSystemInfo};
 
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_lowercase()).unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_lowercase())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 fn os_image() -> String {
     std::fs::read_to_string("/etc/os-release")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string())))
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("PRETTY_NAME=")
+                    .map(|v| v.trim_matches('"').to_string())
+            })
+        })
         .unwrap_or_else(|| "Linux".into())
 }
 
 fn memory_kib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())))
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:")
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+        })
         .unwrap_or(0)
 }
 
@@ -34,15 +46,33 @@ fn probe_runtime_version() -> String {
         .output()
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(2)).map(|v| format!("runc://{v}")))
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(2))
+                .map(|v| format!("runc://{v}"))
+        })
         .unwrap_or_else(|| "runc://unknown".into())
 }
 
 /// This node's record; keeps uid and creation time of an existing record of the same peer.
-pub fn record(name: &str, peer_id: &str, p2p_addr: &str, api_addr: &str, ip: IpAddr, existing: Option<&NodeRecord>) -> NodeRecord {
+pub fn record(
+    name: &str,
+    peer_id: &str,
+    p2p_addr: &str,
+    api_addr: &str,
+    ip: IpAddr,
+    existing: Option<&NodeRecord>,
+) -> NodeRecord {
     let same = existing.filter(|r| r.peer_id == peer_id);
     let mut capacity = BTreeMap::new();
-    capacity.insert("cpu".to_string(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).to_string());
+    capacity.insert(
+        "cpu".to_string(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .to_string(),
+    );
     capacity.insert("memory".to_string(), format!("{}Ki", memory_kib()));
     capacity.insert("pods".to_string(), "110".to_string());
     let mut labels = BTreeMap::new();
@@ -51,7 +81,9 @@ pub fn record(name: &str, peer_id: &str, p2p_addr: &str, api_addr: &str, ip: IpA
     labels.insert("kubernetes.io/arch".to_string(), arch().to_string());
     NodeRecord {
         name: name.to_string(),
-        uid: same.map(|r| r.uid.clone()).unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        uid: same
+            .map(|r| r.uid.clone())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         peer_id: peer_id.to_string(),
         p2p_addr: p2p_addr.to_string(),
         api_addr: api_addr.to_string(),
@@ -61,12 +93,16 @@ pub fn record(name: &str, peer_id: &str, p2p_addr: &str, api_addr: &str, ip: IpA
         capacity,
         system: NodeSystemInfo {
             os_image: os_image(),
-            kernel_version: std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default(),
+            kernel_version: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
             architecture: arch().to_string(),
             operating_system: "linux".into(),
             container_runtime_version: runtime_version(),
             shoal_version: crate::VERSION.to_string(),
-            machine_id: std::fs::read_to_string("/etc/machine-id").map(|s| s.trim().to_string()).unwrap_or_default(),
+            machine_id: std::fs::read_to_string("/etc/machine-id")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
         },
     }
 }

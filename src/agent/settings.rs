@@ -49,7 +49,12 @@ impl AgentSettings {
         }
         if_addrs::get_if_addrs()
             .ok()
-            .and_then(|addrs| addrs.into_iter().find(|a| !a.is_loopback() && a.ip().is_ipv4()).map(|a| a.ip()))
+            .and_then(|addrs| {
+                addrs
+                    .into_iter()
+                    .find(|a| !a.is_loopback() && a.ip().is_ipv4())
+                    .map(|a| a.ip())
+            })
             .unwrap_or(IpAddr::from([127, 0, 0, 1]))
     }
 }

@@ -73,12 +73,17 @@ impl Shared {
 
     /// Read access to the document.
     pub fn doc(&self) -> MutexGuard<'_, ClusterDoc> {
-        self.doc.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.doc
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs a local write of the cluster document. Its changes are on disk (write-ahead log,
     /// fsynced) when this returns, and queued for the push path.
-    pub fn write<T>(&self, f: impl FnOnce(&mut ClusterDoc) -> Result<T, StateError>) -> Result<T, StateError> {
+    pub fn write<T>(
+        &self,
+        f: impl FnOnce(&mut ClusterDoc) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
         let mut doc = self.doc();
         let before = doc.heads();
         let out = f(&mut doc)?;
@@ -87,19 +92,26 @@ impl Shared {
         if !changes.is_empty() {
             // After the document lock, under the log lock: a snapshot taken meanwhile either
             // holds these changes or is followed by this append (see `snapshot`).
-            self.wal().append(&changes).map_err(|e| StateError::Io(format!("write-ahead log: {e}")))?;
+            self.wal()
+                .append(&changes)
+                .map_err(|e| StateError::Io(format!("write-ahead log: {e}")))?;
         }
         self.queue_push(DocId::Cluster, 0, changes);
         Ok(out)
     }
 
     fn wal(&self) -> MutexGuard<'_, Wal> {
-        self.wal.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.wal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Writes a snapshot of the cluster document with `persist` and empties the write-ahead
     /// log, holding the log's lock so no acknowledged write can fall between the two.
-    pub fn snapshot(&self, persist: impl FnOnce(&[u8]) -> std::io::Result<()>) -> std::io::Result<()> {
+    pub fn snapshot(
+        &self,
+        persist: impl FnOnce(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         let mut wal = self.wal();
         let bytes = self.doc().save();
         persist(&bytes)?;
@@ -108,11 +120,16 @@ impl Shared {
 
     /// All status documents (read, or replicate into).
     pub fn status_docs(&self) -> MutexGuard<'_, BTreeMap<String, StatusDoc>> {
-        self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs a write on this node's own status document; its changes go to the push path.
-    pub fn write_status<T>(&self, f: impl FnOnce(&mut StatusDoc) -> Result<T, StateError>) -> Result<T, StateError> {
+    pub fn write_status<T>(
+        &self,
+        f: impl FnOnce(&mut StatusDoc) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
         let mut docs = self.status_docs();
         let own = docs
             .entry(self.node_name.clone())
@@ -130,7 +147,15 @@ impl Shared {
         if changes.is_empty() {
             return;
         }
-        if self.local_tx.try_send(LocalChange { doc, version, changes }).is_err() {
+        if self
+            .local_tx
+            .try_send(LocalChange {
+                doc,
+                version,
+                changes,
+            })
+            .is_err()
+        {
             tracing::debug!("push queue full; anti-entropy will carry the change");
         }
         self.notify();

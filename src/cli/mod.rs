@@ -16,7 +16,11 @@ use crate::security::JoinToken;
 pub const EXIT_CONFIG: i32 = 64;
 
 #[derive(Parser, Debug)]
-#[command(name = "shoal", version, about = "shoal: a masterless container orchestrator")]
+#[command(
+    name = "shoal",
+    version,
+    about = "shoal: a masterless container orchestrator"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -91,59 +95,127 @@ pub fn main(cli: Cli) -> i32 {
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {
-            let config_error = e.downcast_ref::<AgentError>().is_some_and(|a| matches!(a, AgentError::Config(_) | AgentError::DataDir(_)))
+            let config_error = e
+                .downcast_ref::<AgentError>()
+                .is_some_and(|a| matches!(a, AgentError::Config(_) | AgentError::DataDir(_)))
                 || e.downcast_ref::<crate::security::SecurityError>().is_some();
             eprintln!("error: {e:#}");
-            if config_error { EXIT_CONFIG } else { 1 }
+            if config_error {
+                EXIT_CONFIG
+            } else {
+                1
+            }
         }
     }
 }
 
 fn parse_token(token: Option<String>) -> anyhow::Result<Option<JoinToken>> {
-    token.map(|t| t.parse::<JoinToken>().map_err(anyhow::Error::from)).transpose()
+    token
+        .map(|t| t.parse::<JoinToken>().map_err(anyhow::Error::from))
+        .transpose()
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Init { data_dir, name, listen_p2p, listen_api, advertise, restore, token } => {
+        Command::Init {
+            data_dir,
+            name,
+            listen_p2p,
+            listen_api,
+            advertise,
+            restore,
+            token,
+        } => {
             let settings = AgentSettings {
-                name: name.unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_lowercase()).unwrap_or_default()),
+                name: name.unwrap_or_else(|| {
+                    std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .map(|s| s.trim().to_lowercase())
+                        .unwrap_or_default()
+                }),
                 listen_p2p,
                 listen_api,
                 advertise,
                 join: Vec::new(),
             };
             let token = parse_token(token)?;
-            let out = agent::init_cluster(&InitOptions { data_dir: data_dir.clone(), settings: settings.clone(), restore, token })?;
-            let server = format!("https://{}", SocketAddr::new(settings.advertise_ip(), listen_api.port()));
+            let out = agent::init_cluster(&InitOptions {
+                data_dir: data_dir.clone(),
+                settings: settings.clone(),
+                restore,
+                token,
+            })?;
+            let server = format!(
+                "https://{}",
+                SocketAddr::new(settings.advertise_ip(), listen_api.port())
+            );
             let ca = std::fs::read(data_dir.join("tls/ca.crt"))?;
-            let kc = kubeconfig::admin_kubeconfig(&[(settings.name.clone(), server)], &ca, &out.admin_token);
+            let kc = kubeconfig::admin_kubeconfig(
+                &[(settings.name.clone(), server)],
+                &ca,
+                &out.admin_token,
+            );
             crate::state::write_atomic(&data_dir.join("admin.kubeconfig"), kc.as_bytes(), 0o600)?;
-            eprintln!("cluster created in {} (node {}).", data_dir.display(), settings.name);
+            eprintln!(
+                "cluster created in {} (node {}).",
+                data_dir.display(),
+                settings.name
+            );
             eprintln!("start it:   shoal agent --data-dir {}", data_dir.display());
-            eprintln!("kubectl:    export KUBECONFIG={}", data_dir.join("admin.kubeconfig").display());
+            eprintln!(
+                "kubectl:    export KUBECONFIG={}",
+                data_dir.join("admin.kubeconfig").display()
+            );
             eprintln!("join hosts: shoal agent --data-dir DIR --name NAME --join <this host>:{} --token <the token below>", listen_p2p.port());
             println!("{}", out.join_token);
             Ok(())
         }
-        Command::Agent { data_dir, name, join, token, listen_p2p, listen_api, advertise } => {
-            let opts = RunOptions { data_dir, name, join, token: parse_token(token)?, listen_p2p, listen_api, advertise };
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        Command::Agent {
+            data_dir,
+            name,
+            join,
+            token,
+            listen_p2p,
+            listen_api,
+            advertise,
+        } => {
+            let opts = RunOptions {
+                data_dir,
+                name,
+                join,
+                token: parse_token(token)?,
+                listen_p2p,
+                listen_api,
+                advertise,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
             rt.block_on(agent::run(opts, shutdown_signal()))?;
             Ok(())
         }
         Command::Status { client } => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             let body = rt.block_on(client::get(&client, "/shoal/v1/status"))?;
-            let value: serde_json::Value = serde_json::from_slice(&body).context("status is not JSON")?;
+            let value: serde_json::Value =
+                serde_json::from_slice(&body).context("status is not JSON")?;
             println!("{}", serde_json::to_string_pretty(&value)?);
             Ok(())
         }
         Command::Backup { output, client } => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             let body = rt.block_on(client::get(&client, "/shoal/v1/backup"))?;
-            crate::state::write_atomic(&output, &body, 0o600).with_context(|| format!("writing {}", output.display()))?;
-            eprintln!("backup written to {} ({} bytes)", output.display(), body.len());
+            crate::state::write_atomic(&output, &body, 0o600)
+                .with_context(|| format!("writing {}", output.display()))?;
+            eprintln!(
+                "backup written to {} ({} bytes)",
+                output.display(),
+                body.len()
+            );
             Ok(())
         }
     }
@@ -151,7 +223,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {},

@@ -272,7 +272,10 @@ impl Membership {
     /// evidence of anything. Gives that probe `extra` time once, moving the end of the probe
     /// interval with it. A connection that never comes up ends in `handle_unreachable`.
     pub fn extend_probe(&mut self, to: &MemberId, extra: Duration) {
-        let interval_rest = self.config.probe_interval.saturating_sub(self.config.probe_timeout);
+        let interval_rest = self
+            .config
+            .probe_interval
+            .saturating_sub(self.config.probe_timeout);
         if let Some(p) = self.probe.as_mut() {
             if p.target == *to && !p.acked && !p.indirect_sent && !p.extended {
                 p.extended = true;

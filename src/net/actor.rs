@@ -109,7 +109,10 @@ fn quic_addr(addr: SocketAddr) -> Multiaddr {
         IpAddr::V4(v4) => Protocol::Ip4(v4),
         IpAddr::V6(v6) => Protocol::Ip6(v6),
     };
-    Multiaddr::empty().with(ip).with(Protocol::Udp(addr.port())).with(Protocol::QuicV1)
+    Multiaddr::empty()
+        .with(ip)
+        .with(Protocol::Udp(addr.port()))
+        .with(Protocol::QuicV1)
 }
 
 fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
@@ -120,7 +123,9 @@ fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
 }
 
 fn without_p2p(addr: &Multiaddr) -> Multiaddr {
-    addr.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect()
+    addr.iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect()
 }
 
 /// Runs the network actor until `shutdown` resolves; saves the document on the way out.
@@ -135,14 +140,27 @@ pub async fn run(
     let me = key.public().to_peer_id();
     let mut swarm = build_swarm(key)?;
     let listen = quic_addr(config.listen);
-    swarm.listen_on(listen.clone()).map_err(|e| NetError::Listen { addr: listen.to_string(), reason: e.to_string() })?;
-    let my_addr = quic_addr(SocketAddr::new(config.advertise, config.listen.port())).with(Protocol::P2p(me));
+    swarm
+        .listen_on(listen.clone())
+        .map_err(|e| NetError::Listen {
+            addr: listen.to_string(),
+            reason: e.to_string(),
+        })?;
+    let my_addr =
+        quic_addr(SocketAddr::new(config.advertise, config.listen.port())).with(Protocol::P2p(me));
     let now = Instant::now();
     // A restarted agent starts with a higher incarnation than any it had, so its "alive"
     // overrides the "dead" its peers remember without waiting for a refutation round.
     let incarnation = chrono::Utc::now().timestamp_millis().max(0) as u64;
     let seed = rand::random();
-    let membership = Membership::new(shared.node_name.clone(), my_addr.to_string(), incarnation, config.membership.clone(), seed, now);
+    let membership = Membership::new(
+        shared.node_name.clone(),
+        my_addr.to_string(),
+        incarnation,
+        config.membership.clone(),
+        seed,
+        now,
+    );
     let mut actor = Actor {
         swarm,
         shared,
@@ -223,7 +241,12 @@ impl Actor {
             self.connect_sweep();
             self.on_slow_tick();
         }
-        let due: Vec<PeerId> = self.to_disconnect.iter().filter(|(t, _)| *t <= now).map(|(_, p)| *p).collect();
+        let due: Vec<PeerId> = self
+            .to_disconnect
+            .iter()
+            .filter(|(t, _)| *t <= now)
+            .map(|(_, p)| *p)
+            .collect();
         self.to_disconnect.retain(|(t, _)| *t > now);
         for p in due {
             let _ = self.swarm.disconnect_peer_id(p);
@@ -262,7 +285,10 @@ impl Actor {
         let wanted: Vec<(PeerId, Multiaddr)> = self
             .membership
             .members()
-            .filter(|m| m.id != *self.membership.me() && matches!(m.state, MemberState::Alive | MemberState::Suspect))
+            .filter(|m| {
+                m.id != *self.membership.me()
+                    && matches!(m.state, MemberState::Alive | MemberState::Suspect)
+            })
             .filter_map(|m| {
                 let addr: Multiaddr = m.addr.parse().ok()?;
                 Some((peer_of(&addr)?, addr))
@@ -274,7 +300,8 @@ impl Actor {
             }
         }
         if self.peers.is_empty() {
-            let mut targets: Vec<Multiaddr> = self.config.join.iter().map(|a| quic_addr(*a)).collect();
+            let mut targets: Vec<Multiaddr> =
+                self.config.join.iter().map(|a| quic_addr(*a)).collect();
             let known: Vec<Multiaddr> = self
                 .shared
                 .doc()
@@ -285,7 +312,11 @@ impl Actor {
                 .collect();
             targets.extend(known);
             for addr in targets {
-                if let Err(e) = self.swarm.dial(DialOpts::unknown_peer_id().address(without_p2p(&addr)).build()) {
+                if let Err(e) = self.swarm.dial(
+                    DialOpts::unknown_peer_id()
+                        .address(without_p2p(&addr))
+                        .build(),
+                ) {
                     tracing::debug!(%addr, %e, "dial failed");
                 }
             }
@@ -293,7 +324,11 @@ impl Actor {
     }
 
     fn connect_to_member(&mut self, id: &str) {
-        let addr = self.membership.members().find(|m| m.id == id).and_then(|m| m.addr.parse::<Multiaddr>().ok());
+        let addr = self
+            .membership
+            .members()
+            .find(|m| m.id == id)
+            .and_then(|m| m.addr.parse::<Multiaddr>().ok());
         if let Some(addr) = addr {
             if let Some(peer) = peer_of(&addr) {
                 if !self.swarm.is_connected(&peer) {
@@ -304,7 +339,9 @@ impl Actor {
     }
 
     fn dial(&mut self, peer: PeerId, addr: Multiaddr) {
-        let opts = DialOpts::peer_id(peer).addresses(vec![without_p2p(&addr)]).build();
+        let opts = DialOpts::peer_id(peer)
+            .addresses(vec![without_p2p(&addr)])
+            .build();
         if let Err(e) = self.swarm.dial(opts) {
             tracing::debug!(%peer, %e, "dial failed");
         }
@@ -409,7 +446,14 @@ impl Actor {
         members.sort_by(|a, b| a.name.cmp(&b.name));
         let mut admitted: Vec<String> = self.peers.values().map(|p| p.name.clone()).collect();
         admitted.sort();
-        let view = View { epoch: epoch.number, view_hash: epoch.view, leader: epoch.leader, members, since: self.since.clone(), admitted };
+        let view = View {
+            epoch: epoch.number,
+            view_hash: epoch.view,
+            leader: epoch.leader,
+            members,
+            since: self.since.clone(),
+            admitted,
+        };
         *self.shared.view.write().unwrap_or_else(|p| p.into_inner()) = view;
         self.shared.notify();
     }
@@ -418,11 +462,23 @@ impl Actor {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::ConnectionEstablished { peer_id, connection_id, .. } => {
-                self.connections.entry(peer_id).or_default().push(connection_id);
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                ..
+            } => {
+                self.connections
+                    .entry(peer_id)
+                    .or_default()
+                    .push(connection_id);
                 self.on_connected(peer_id);
             }
-            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
                 if let Some(ids) = self.connections.get_mut(&peer_id) {
                     ids.retain(|c| *c != connection_id);
                 }
@@ -431,13 +487,19 @@ impl Actor {
                     self.on_disconnected(peer_id);
                 }
             }
-            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
                 tracing::debug!(%peer, %error, "outgoing connection failed");
                 self.fail_pending(peer);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(event)) => self.on_rpc(event),
             SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening"),
-            SwarmEvent::IncomingConnectionError { error, .. } => tracing::debug!(%error, "incoming connection failed"),
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                tracing::debug!(%error, "incoming connection failed")
+            }
             _ => {}
         }
     }
@@ -457,7 +519,14 @@ impl Actor {
     /// timeout, and requests sent on them are lost: close every connection but the new one, and
     /// start replication afresh.
     fn on_readmission(&mut self, peer: PeerId, current: ConnectionId) {
-        let stale: Vec<ConnectionId> = self.connections.get(&peer).into_iter().flatten().copied().filter(|c| *c != current).collect();
+        let stale: Vec<ConnectionId> = self
+            .connections
+            .get(&peer)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|c| *c != current)
+            .collect();
         for id in stale {
             self.swarm.close_connection(id);
         }
@@ -487,46 +556,76 @@ impl Actor {
 
     fn on_rpc(&mut self, event: request_response::Event<Request, Response>) {
         match event {
-            request_response::Event::Message { peer, connection_id, message } => match message {
-                request_response::Message::Request { request, channel, .. } => {
+            request_response::Event::Message {
+                peer,
+                connection_id,
+                message,
+            } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
                     if matches!(request, Request::Admit { .. }) && self.peers.contains_key(&peer) {
                         self.on_readmission(peer, connection_id);
                     }
                     self.on_request(peer, request, channel)
                 }
-                request_response::Message::Response { request_id, response } => self.on_response(peer, request_id, response),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => self.on_response(peer, request_id, response),
             },
-            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
-                match self.sent.remove(&request_id) {
-                    Some(Sent::Gossip(member)) => self.membership.handle_unreachable(&member, Instant::now()),
-                    Some(Sent::Admit) => {
-                        self.admitting.remove(&peer);
-                        tracing::debug!(%peer, %error, "admission request failed");
-                    }
-                    _ => tracing::debug!(%peer, %error, "request failed"),
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => match self.sent.remove(&request_id) {
+                Some(Sent::Gossip(member)) => {
+                    self.membership.handle_unreachable(&member, Instant::now())
                 }
+                Some(Sent::Admit) => {
+                    self.admitting.remove(&peer);
+                    tracing::debug!(%peer, %error, "admission request failed");
+                }
+                _ => tracing::debug!(%peer, %error, "request failed"),
+            },
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound request failed")
             }
-            request_response::Event::InboundFailure { peer, error, .. } => tracing::debug!(%peer, %error, "inbound request failed"),
             request_response::Event::ResponseSent { .. } => {}
         }
     }
 
     fn respond(&mut self, channel: ResponseChannel<Response>, response: Response) {
         // The peer may have gone; nothing to do then.
-        let _ = self.swarm.behaviour_mut().rpc.send_response(channel, response);
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .rpc
+            .send_response(channel, response);
     }
 
     fn on_request(&mut self, peer: PeerId, request: Request, channel: ResponseChannel<Response>) {
-        if let Request::Admit { claim: theirs, proof, p2p_addr } = request {
+        if let Request::Admit {
+            claim: theirs,
+            proof,
+            p2p_addr,
+        } = request
+        {
             let response = match self.check_admission(peer, &theirs, &proof.0) {
                 Ok(()) => {
                     let (claim, proof, mine) = self.admission_for(peer);
                     self.admit(peer, theirs.node_name.clone(), p2p_addr);
-                    Response::Admitted { claim, proof, p2p_addr: mine }
+                    Response::Admitted {
+                        claim,
+                        proof,
+                        p2p_addr: mine,
+                    }
                 }
                 Err(reason) => {
                     self.log_refusal(peer, &reason);
-                    self.to_disconnect.push((Instant::now() + Duration::from_millis(500), peer));
+                    self.to_disconnect
+                        .push((Instant::now() + Duration::from_millis(500), peer));
                     Response::Refused { reason }
                 }
             };
@@ -535,14 +634,24 @@ impl Actor {
         }
         let Some(name) = self.peers.get(&peer).map(|p| p.name.clone()) else {
             self.log_refusal(peer, "message from a peer that has not been admitted");
-            self.respond(channel, Response::Refused { reason: "not admitted".into() });
+            self.respond(
+                channel,
+                Response::Refused {
+                    reason: "not admitted".into(),
+                },
+            );
             return;
         };
         match request {
             Request::Admit { .. } => {}
             Request::Gossip(msg) => {
-                let addr = self.peers.get(&peer).map(|p| p.addr.to_string()).unwrap_or_default();
-                self.membership.handle_message(&name, &addr, msg, Instant::now());
+                let addr = self
+                    .peers
+                    .get(&peer)
+                    .map(|p| p.addr.to_string())
+                    .unwrap_or_default();
+                self.membership
+                    .handle_message(&name, &addr, msg, Instant::now());
                 self.respond(channel, Response::Ok);
                 self.drain_membership();
             }
@@ -564,7 +673,14 @@ impl Actor {
     fn on_response(&mut self, peer: PeerId, request_id: OutboundRequestId, response: Response) {
         let sent = self.sent.remove(&request_id);
         match (sent, response) {
-            (Some(Sent::Admit), Response::Admitted { claim, proof, p2p_addr }) => {
+            (
+                Some(Sent::Admit),
+                Response::Admitted {
+                    claim,
+                    proof,
+                    p2p_addr,
+                },
+            ) => {
                 self.admitting.remove(&peer);
                 match self.check_admission(peer, &claim, &proof.0) {
                     Ok(()) => {
@@ -578,13 +694,21 @@ impl Actor {
             }
             (Some(Sent::Admit), Response::Refused { reason }) => {
                 self.admitting.remove(&peer);
-                if self.refused_us_logged.get(&peer).is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+                if self
+                    .refused_us_logged
+                    .get(&peer)
+                    .is_none_or(|t| t.elapsed() > Duration::from_secs(30))
+                {
                     tracing::error!(%peer, %reason, "peer refused to admit us");
                     self.refused_us_logged.insert(peer, Instant::now());
                 }
             }
-            (Some(Sent::Sync), Response::Sync { doc, message }) => self.on_sync_response(peer, doc, message),
-            (Some(Sent::Digest), Response::Digest { differ }) => self.on_digest_response(peer, differ),
+            (Some(Sent::Sync), Response::Sync { doc, message }) => {
+                self.on_sync_response(peer, doc, message)
+            }
+            (Some(Sent::Digest), Response::Digest { differ }) => {
+                self.on_digest_response(peer, differ)
+            }
             (_, Response::Refused { reason }) => tracing::debug!(%peer, %reason, "request refused"),
             _ => {}
         }
@@ -594,7 +718,11 @@ impl Actor {
 
     fn admit_request(&self, peer: PeerId) -> Request {
         let (claim, proof, p2p_addr) = self.admission_for(peer);
-        Request::Admit { claim, proof, p2p_addr }
+        Request::Admit {
+            claim,
+            proof,
+            p2p_addr,
+        }
     }
 
     /// Our claim and proof addressed to `peer`, and the address peers should dial us at.
@@ -612,10 +740,18 @@ impl Actor {
     }
 
     /// Checks a peer's claim. The peer id in the claim must be the one QUIC authenticated.
-    fn check_admission(&self, peer: PeerId, claim: &AdmissionClaim, proof: &[u8]) -> Result<(), String> {
+    fn check_admission(
+        &self,
+        peer: PeerId,
+        claim: &AdmissionClaim,
+        proof: &[u8],
+    ) -> Result<(), String> {
         let identity = &self.shared.identity;
         if claim.cluster_id != identity.cluster_id {
-            return Err(format!("peer belongs to another cluster ({})", claim.cluster_id));
+            return Err(format!(
+                "peer belongs to another cluster ({})",
+                claim.cluster_id
+            ));
         }
         if claim.generation != identity.generation {
             return Err(format!(
@@ -626,12 +762,16 @@ impl Actor {
         if claim.prover != peer.to_string() || claim.verifier != self.me.to_string() {
             return Err("admission proof was made for other peer ids (replay?)".into());
         }
-        verify_admission(identity, claim, proof).map_err(|_| "invalid admission proof (wrong join token)".to_string())?;
+        verify_admission(identity, claim, proof)
+            .map_err(|_| "invalid admission proof (wrong join token)".to_string())?;
         if !valid_node_name(&claim.node_name) {
             return Err(format!("invalid node name {:?}", claim.node_name));
         }
         if claim.node_name == self.shared.node_name {
-            return Err(format!("peer claims our own node name {:?}", claim.node_name));
+            return Err(format!(
+                "peer claims our own node name {:?}",
+                claim.node_name
+            ));
         }
         if let Ok(Some(record)) = self.shared.doc().node(&claim.node_name) {
             if record.peer_id != peer.to_string() {
@@ -645,7 +785,11 @@ impl Actor {
     }
 
     fn log_refusal(&mut self, peer: PeerId, reason: &str) {
-        if self.refusals_logged.get(&peer).is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+        if self
+            .refusals_logged
+            .get(&peer)
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(30))
+        {
             tracing::warn!(%peer, reason, "refused peer");
             self.refusals_logged.insert(peer, Instant::now());
         }
@@ -666,7 +810,13 @@ impl Actor {
         }
         tracing::info!(member = %name, %peer, "peer admitted");
         self.swarm.add_peer_address(peer, without_p2p(&addr));
-        self.peers.insert(peer, Peer { name: name.clone(), addr: addr.clone() });
+        self.peers.insert(
+            peer,
+            Peer {
+                name: name.clone(),
+                addr: addr.clone(),
+            },
+        );
         self.membership.join(name, addr.to_string(), Instant::now());
         if let Some(q) = self.pending.remove(&peer) {
             for (request, member) in q {
@@ -681,7 +831,6 @@ impl Actor {
         self.drain_membership();
         self.publish_view();
     }
-
 }
 
 /// Node names are DNS-1123 subdomains (as Kubernetes requires of node names).
@@ -691,7 +840,9 @@ pub fn valid_node_name(name: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })

@@ -48,10 +48,16 @@ pub fn build_swarm(key: identity::Keypair) -> Result<Swarm<Behaviour>, SwarmErro
                 .with_max_concurrent_streams(256);
             let rpc = request_response::Behaviour::with_codec(
                 codec,
-                [(StreamProtocol::new(PROTOCOL), request_response::ProtocolSupport::Full)],
+                [(
+                    StreamProtocol::new(PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
                 cfg,
             );
-            Behaviour { limits: connection_limits::Behaviour::new(limits), rpc }
+            Behaviour {
+                limits: connection_limits::Behaviour::new(limits),
+                rpc,
+            }
         })
         .map_err(|e| SwarmError(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))

@@ -35,27 +35,48 @@ pub const MAX_PUSH_CHANGES: usize = 1024;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
     /// Proof that the sender holds the cluster secret, bound to both peer ids and its name.
-    Admit { claim: AdmissionClaim, proof: serde_bytes_vec::Bytes, p2p_addr: String },
+    Admit {
+        claim: AdmissionClaim,
+        proof: serde_bytes_vec::Bytes,
+        p2p_addr: String,
+    },
     /// A membership (failure detector) message.
     Gossip(membership::Message),
     /// Fast path: automerge changes just made locally to one document.
-    Push { doc: DocRef, changes: Vec<serde_bytes_vec::Bytes> },
+    Push {
+        doc: DocRef,
+        changes: Vec<serde_bytes_vec::Bytes>,
+    },
     /// Anti-entropy, step 1: what the sender holds; the receiver answers with what differs.
     Digest { docs: Vec<DocDigest> },
     /// Anti-entropy, step 2: one automerge sync message for one document.
-    Sync { doc: DocRef, message: serde_bytes_vec::Bytes },
+    Sync {
+        doc: DocRef,
+        message: serde_bytes_vec::Bytes,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
-    Admitted { claim: AdmissionClaim, proof: serde_bytes_vec::Bytes, p2p_addr: String },
+    Admitted {
+        claim: AdmissionClaim,
+        proof: serde_bytes_vec::Bytes,
+        p2p_addr: String,
+    },
     Ok,
     /// The documents whose heads or versions differ between the two peers.
-    Digest { differ: Vec<DocId> },
+    Digest {
+        differ: Vec<DocId>,
+    },
     /// The reply in a sync exchange, if the responder has anything to say; `doc` carries the
     /// responder's version (higher than the sender's: the sender resets and re-syncs).
-    Sync { doc: DocRef, message: Option<serde_bytes_vec::Bytes> },
-    Refused { reason: String },
+    Sync {
+        doc: DocRef,
+        message: Option<serde_bytes_vec::Bytes>,
+    },
+    Refused {
+        reason: String,
+    },
 }
 
 /// Byte strings encoded as CBOR byte strings (not arrays of integers).
@@ -103,10 +124,20 @@ mod tests {
 
     #[test]
     fn push_round_trips_as_cbor_bytes() {
-        let doc = DocRef { id: DocId::Cluster, version: 0 };
-        let req = Request::Push { doc, changes: vec![serde_bytes_vec::Bytes(vec![1, 2, 3])] };
+        let doc = DocRef {
+            id: DocId::Cluster,
+            version: 0,
+        };
+        let req = Request::Push {
+            doc,
+            changes: vec![serde_bytes_vec::Bytes(vec![1, 2, 3])],
+        };
         let enc = cbor4ii::serde::to_vec(Vec::new(), &req).unwrap();
-        assert!(enc.len() < 64, "bytes must encode compactly: {} bytes", enc.len());
+        assert!(
+            enc.len() < 64,
+            "bytes must encode compactly: {} bytes",
+            enc.len()
+        );
         let back: Request = cbor4ii::serde::from_slice(&enc).unwrap();
         assert!(matches!(back, Request::Push { changes, .. } if changes[0].0 == vec![1, 2, 3]));
         assert!(cbor4ii::serde::from_slice::<Request>(&[0xff, 0x13]).is_err());

@@ -24,8 +24,14 @@ pub struct AdmissionClaim {
 
 impl AdmissionClaim {
     fn mac(&self, identity: &ClusterIdentity) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&identity.key("admission")).expect("any key length");
-        for field in [self.cluster_id.as_bytes(), self.node_name.as_bytes(), self.prover.as_bytes(), self.verifier.as_bytes()] {
+        let mut mac =
+            HmacSha256::new_from_slice(&identity.key("admission")).expect("any key length");
+        for field in [
+            self.cluster_id.as_bytes(),
+            self.node_name.as_bytes(),
+            self.prover.as_bytes(),
+            self.verifier.as_bytes(),
+        ] {
             mac.update(&(field.len() as u64).to_be_bytes());
             mac.update(field);
         }
@@ -39,8 +45,15 @@ pub fn admission_proof(identity: &ClusterIdentity, claim: &AdmissionClaim) -> Ve
 }
 
 /// Constant-time check of `proof` for `claim` under our own identity.
-pub fn verify_admission(identity: &ClusterIdentity, claim: &AdmissionClaim, proof: &[u8]) -> Result<(), SecurityError> {
-    claim.mac(identity).verify_slice(proof).map_err(|_| SecurityError::BadProof)
+pub fn verify_admission(
+    identity: &ClusterIdentity,
+    claim: &AdmissionClaim,
+    proof: &[u8],
+) -> Result<(), SecurityError> {
+    claim
+        .mac(identity)
+        .verify_slice(proof)
+        .map_err(|_| SecurityError::BadProof)
 }
 
 #[cfg(test)]
@@ -48,7 +61,13 @@ mod tests {
     use super::*;
 
     fn claim() -> AdmissionClaim {
-        AdmissionClaim { cluster_id: "c".into(), generation: 1, node_name: "n1".into(), prover: "A".into(), verifier: "B".into() }
+        AdmissionClaim {
+            cluster_id: "c".into(),
+            generation: 1,
+            node_name: "n1".into(),
+            prover: "A".into(),
+            verifier: "B".into(),
+        }
     }
 
     #[test]
@@ -56,19 +75,37 @@ mod tests {
         let id = ClusterIdentity::generate();
         let proof = admission_proof(&id, &claim());
         assert!(verify_admission(&id, &claim(), &proof).is_ok());
-        let other_prover = AdmissionClaim { prover: "C".into(), ..claim() };
-        let other_verifier = AdmissionClaim { verifier: "C".into(), ..claim() };
-        let other_name = AdmissionClaim { node_name: "n2".into(), ..claim() };
-        let other_gen = AdmissionClaim { generation: 2, ..claim() };
+        let other_prover = AdmissionClaim {
+            prover: "C".into(),
+            ..claim()
+        };
+        let other_verifier = AdmissionClaim {
+            verifier: "C".into(),
+            ..claim()
+        };
+        let other_name = AdmissionClaim {
+            node_name: "n2".into(),
+            ..claim()
+        };
+        let other_gen = AdmissionClaim {
+            generation: 2,
+            ..claim()
+        };
         for c in [other_prover, other_verifier, other_name, other_gen] {
-            assert!(verify_admission(&id, &c, &proof).is_err(), "replayed for {c:?}");
+            assert!(
+                verify_admission(&id, &c, &proof).is_err(),
+                "replayed for {c:?}"
+            );
         }
     }
 
     #[test]
     fn another_clusters_secret_fails() {
         let ours = ClusterIdentity::generate();
-        let theirs = ClusterIdentity { cluster_id: ours.cluster_id.clone(), ..ClusterIdentity::generate() };
+        let theirs = ClusterIdentity {
+            cluster_id: ours.cluster_id.clone(),
+            ..ClusterIdentity::generate()
+        };
         let proof = admission_proof(&theirs, &claim());
         assert!(verify_admission(&ours, &claim(), &proof).is_err());
         assert!(verify_admission(&ours, &claim(), b"short").is_err());

@@ -34,11 +34,19 @@ impl ClusterIdentity {
         rng.fill_bytes(&mut id);
         let mut secret = [0u8; 32];
         rng.fill_bytes(&mut secret);
-        ClusterIdentity { cluster_id: hex::encode(id), generation: 1, secret }
+        ClusterIdentity {
+            cluster_id: hex::encode(id),
+            generation: 1,
+            secret,
+        }
     }
 
     pub fn join_token(&self) -> JoinToken {
-        JoinToken { cluster_id: self.cluster_id.clone(), generation: self.generation, secret: self.secret }
+        JoinToken {
+            cluster_id: self.cluster_id.clone(),
+            generation: self.generation,
+            secret: self.secret,
+        }
     }
 
     pub(super) fn key(&self, purpose: &str) -> [u8; 32] {
@@ -56,19 +64,33 @@ pub struct JoinToken {
 
 impl std::fmt::Debug for JoinToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "JoinToken({}, generation {}, <secret>)", self.cluster_id, self.generation)
+        write!(
+            f,
+            "JoinToken({}, generation {}, <secret>)",
+            self.cluster_id, self.generation
+        )
     }
 }
 
 impl JoinToken {
     pub fn into_identity(self) -> ClusterIdentity {
-        ClusterIdentity { cluster_id: self.cluster_id, generation: self.generation, secret: self.secret }
+        ClusterIdentity {
+            cluster_id: self.cluster_id,
+            generation: self.generation,
+            secret: self.secret,
+        }
     }
 }
 
 impl std::fmt::Display for JoinToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "shoal1.{}.{}.{}", self.cluster_id, self.generation, URL_SAFE_NO_PAD.encode(self.secret))
+        write!(
+            f,
+            "shoal1.{}.{}.{}",
+            self.cluster_id,
+            self.generation,
+            URL_SAFE_NO_PAD.encode(self.secret)
+        )
     }
 }
 
@@ -81,9 +103,13 @@ impl std::str::FromStr for JoinToken {
         }
         let mut parts = s.split('.');
         if parts.next() != Some("shoal1") {
-            return Err(SecurityError::BadToken("expected it to start with `shoal1.`"));
+            return Err(SecurityError::BadToken(
+                "expected it to start with `shoal1.`",
+            ));
         }
-        let cluster_id = parts.next().ok_or(SecurityError::BadToken("missing cluster id"))?;
+        let cluster_id = parts
+            .next()
+            .ok_or(SecurityError::BadToken("missing cluster id"))?;
         if cluster_id.len() != 16 || !cluster_id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(SecurityError::BadToken("cluster id must be 16 hex digits"));
         }
@@ -95,11 +121,17 @@ impl std::str::FromStr for JoinToken {
             .next()
             .and_then(|s| URL_SAFE_NO_PAD.decode(s).ok())
             .and_then(|v| <[u8; 32]>::try_from(v).ok())
-            .ok_or(SecurityError::BadToken("secret must be 32 bytes of base64url"))?;
+            .ok_or(SecurityError::BadToken(
+                "secret must be 32 bytes of base64url",
+            ))?;
         if parts.next().is_some() {
             return Err(SecurityError::BadToken("trailing fields"));
         }
-        Ok(JoinToken { cluster_id: cluster_id.to_ascii_lowercase(), generation, secret })
+        Ok(JoinToken {
+            cluster_id: cluster_id.to_ascii_lowercase(),
+            generation,
+            secret,
+        })
     }
 }
 
@@ -122,8 +154,15 @@ mod tests {
 
     #[test]
     fn malformed_tokens_are_refused() {
-        for bad in ["", "shoal1", "shoal2.0011223344556677.1.AAAA", "shoal1.zz.1.AAAA", "shoal1.0011223344556677.x.AAAA",
-            "shoal1.0011223344556677.1.AAAA", "shoal1.0011223344556677.1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.extra"] {
+        for bad in [
+            "",
+            "shoal1",
+            "shoal2.0011223344556677.1.AAAA",
+            "shoal1.zz.1.AAAA",
+            "shoal1.0011223344556677.x.AAAA",
+            "shoal1.0011223344556677.1.AAAA",
+            "shoal1.0011223344556677.1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.extra",
+        ] {
             assert!(bad.parse::<JoinToken>().is_err(), "{bad} parsed");
         }
     }

@@ -28,6 +28,7 @@ fn derive_key(secret: &[u8; 32], purpose: &str) -> [u8; 32] {
     let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"shoal/v1"), secret);
     let mut out = [0u8; 32];
     // 32 bytes is always a valid HKDF-SHA256 output length.
-    hk.expand(purpose.as_bytes(), &mut out).expect("32-byte HKDF output");
+    hk.expand(purpose.as_bytes(), &mut out)
+        .expect("32-byte HKDF output");
     out
 }

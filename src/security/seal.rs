@@ -14,17 +14,27 @@ pub fn seal(identity: &ClusterIdentity, purpose: &str, plaintext: &[u8]) -> Vec<
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let mut out = nonce.to_vec();
     // Encryption with a valid key and nonce cannot fail.
-    out.extend(cipher.encrypt(Nonce::from_slice(&nonce), plaintext).expect("chacha20poly1305 encrypt"));
+    out.extend(
+        cipher
+            .encrypt(Nonce::from_slice(&nonce), plaintext)
+            .expect("chacha20poly1305 encrypt"),
+    );
     out
 }
 
-pub fn open(identity: &ClusterIdentity, purpose: &str, sealed: &[u8]) -> Result<Vec<u8>, SecurityError> {
+pub fn open(
+    identity: &ClusterIdentity,
+    purpose: &str,
+    sealed: &[u8],
+) -> Result<Vec<u8>, SecurityError> {
     if sealed.len() < 12 + 16 {
         return Err(SecurityError::Unseal);
     }
     let cipher = ChaCha20Poly1305::new(Key::from_slice(&identity.key(&format!("seal:{purpose}"))));
     let (nonce, body) = sealed.split_at(12);
-    cipher.decrypt(Nonce::from_slice(nonce), body).map_err(|_| SecurityError::Unseal)
+    cipher
+        .decrypt(Nonce::from_slice(nonce), body)
+        .map_err(|_| SecurityError::Unseal)
 }
 
 #[cfg(test)]

@@ -60,16 +60,26 @@ impl std::ops::DerefMut for ClusterDoc {
 impl ClusterDoc {
     /// An empty document (a joiner before its first sync).
     pub fn empty(actor: ActorId) -> Self {
-        ClusterDoc { r: Replica::empty(actor) }
+        ClusterDoc {
+            r: Replica::empty(actor),
+        }
     }
 
     pub fn load(bytes: &[u8], actor: ActorId) -> Result<Self, StateError> {
-        Ok(ClusterDoc { r: Replica::load(bytes, actor)? })
+        Ok(ClusterDoc {
+            r: Replica::load(bytes, actor)?,
+        })
     }
 
     /// See [`Replica::rebuild`].
-    pub fn rebuild(&self, actor: ActorId, keep: impl Fn(&str) -> bool) -> Result<ClusterDoc, StateError> {
-        Ok(ClusterDoc { r: self.r.rebuild(actor, keep)? })
+    pub fn rebuild(
+        &self,
+        actor: ActorId,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<ClusterDoc, StateError> {
+        Ok(ClusterDoc {
+            r: self.r.rebuild(actor, keep)?,
+        })
     }
 
     // ---- cluster metadata and tokens ----
@@ -88,7 +98,9 @@ impl ClusterDoc {
 
     /// The user a token hash belongs to.
     pub fn token_user(&self, hash: &str) -> Option<String> {
-        self.get_typed(&format!("{}{hash}", keys::TOKEN_PREFIX)).ok().flatten()
+        self.get_typed(&format!("{}{hash}", keys::TOKEN_PREFIX))
+            .ok()
+            .flatten()
     }
 
     // ---- nodes ----
@@ -126,20 +138,40 @@ impl ClusterDoc {
 
     // ---- users' objects ----
 
-    pub fn get_object(&self, resource: &str, namespace: Option<&str>, name: &str) -> Result<Option<Value>, StateError> {
+    pub fn get_object(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Value>, StateError> {
         self.get_typed(&object_key(resource, namespace, name))
     }
 
-    pub fn put_object(&mut self, resource: &str, namespace: Option<&str>, name: &str, object: &Value) -> Result<(), StateError> {
+    pub fn put_object(
+        &mut self,
+        resource: &str,
+        namespace: Option<&str>,
+        name: &str,
+        object: &Value,
+    ) -> Result<(), StateError> {
         self.put_typed(&object_key(resource, namespace, name), object)
     }
 
-    pub fn delete_object(&mut self, resource: &str, namespace: Option<&str>, name: &str) -> Result<bool, StateError> {
+    pub fn delete_object(
+        &mut self,
+        resource: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<bool, StateError> {
         self.delete_key(&object_key(resource, namespace, name))
     }
 
     /// Objects of `resource`, optionally within one namespace, in key order.
-    pub fn list_objects(&self, resource: &str, namespace: Option<&str>) -> Vec<(ObjectPath, Value)> {
+    pub fn list_objects(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+    ) -> Vec<(ObjectPath, Value)> {
         let prefix = match namespace {
             Some(ns) => format!("{}{resource}/{ns}/", keys::OBJ_PREFIX),
             None => format!("{}{resource}/", keys::OBJ_PREFIX),
@@ -158,7 +190,6 @@ impl ClusterDoc {
             })
             .collect()
     }
-
 }
 
 #[cfg(test)]
@@ -174,10 +205,15 @@ mod tests {
     #[test]
     fn objects_round_trip_and_list_by_namespace() {
         let mut d = ClusterDoc::empty(actor(1));
-        d.put_object("configmaps", Some("a"), "x", &json!({"data": {"k": "v"}})).unwrap();
-        d.put_object("configmaps", Some("b"), "y", &json!({"data": {}})).unwrap();
+        d.put_object("configmaps", Some("a"), "x", &json!({"data": {"k": "v"}}))
+            .unwrap();
+        d.put_object("configmaps", Some("b"), "y", &json!({"data": {}}))
+            .unwrap();
         d.put_object("namespaces", None, "a", &json!({})).unwrap();
-        assert_eq!(d.get_object("configmaps", Some("a"), "x").unwrap().unwrap()["data"]["k"], "v");
+        assert_eq!(
+            d.get_object("configmaps", Some("a"), "x").unwrap().unwrap()["data"]["k"],
+            "v"
+        );
         assert_eq!(d.list_objects("configmaps", None).len(), 2);
         assert_eq!(d.list_objects("configmaps", Some("a")).len(), 1);
         assert_eq!(d.list_objects("namespaces", None).len(), 1);
@@ -189,10 +225,28 @@ mod tests {
     #[test]
     fn concurrent_whole_object_writes_pick_one_writer_everywhere() {
         let mut a = ClusterDoc::empty(actor(1));
-        a.put_object("configmaps", Some("d"), "x", &json!({"data": {"from": "a", "a": "1"}})).unwrap();
+        a.put_object(
+            "configmaps",
+            Some("d"),
+            "x",
+            &json!({"data": {"from": "a", "a": "1"}}),
+        )
+        .unwrap();
         let mut b = ClusterDoc::load(&a.save(), actor(2)).unwrap();
-        a.put_object("configmaps", Some("d"), "x", &json!({"data": {"from": "a2"}})).unwrap();
-        b.put_object("configmaps", Some("d"), "x", &json!({"data": {"from": "b", "b": "2"}})).unwrap();
+        a.put_object(
+            "configmaps",
+            Some("d"),
+            "x",
+            &json!({"data": {"from": "a2"}}),
+        )
+        .unwrap();
+        b.put_object(
+            "configmaps",
+            Some("d"),
+            "x",
+            &json!({"data": {"from": "b", "b": "2"}}),
+        )
+        .unwrap();
         let from_a = a.changes_since(&[]);
         let from_b = b.changes_since(&[]);
         a.apply_pushed(&from_b).unwrap();
@@ -201,7 +255,10 @@ mod tests {
         let vb = b.get_object("configmaps", Some("d"), "x").unwrap().unwrap();
         assert_eq!(va, vb);
         // The winner is exactly one writer's object, never a mix.
-        assert!(va == json!({"data": {"from": "a2"}}) || va == json!({"data": {"from": "b", "b": "2"}}), "{va}");
+        assert!(
+            va == json!({"data": {"from": "a2"}}) || va == json!({"data": {"from": "b", "b": "2"}}),
+            "{va}"
+        );
         assert_eq!(a.conflicts("obj/"), vec!["obj/configmaps/d/x".to_string()]);
     }
 
@@ -209,8 +266,10 @@ mod tests {
     fn sync_converges_two_replicas() {
         let mut a = ClusterDoc::empty(actor(1));
         let mut b = ClusterDoc::empty(actor(2));
-        a.put_object("configmaps", Some("d"), "a", &json!(1)).unwrap();
-        b.put_object("configmaps", Some("d"), "b", &json!(2)).unwrap();
+        a.put_object("configmaps", Some("d"), "a", &json!(1))
+            .unwrap();
+        b.put_object("configmaps", Some("d"), "b", &json!(2))
+            .unwrap();
         let (mut sa, mut sb) = (sync::State::new(), sync::State::new());
         for _ in 0..10 {
             if let Some(m) = a.generate_sync(&mut sa) {
@@ -227,10 +286,13 @@ mod tests {
     #[test]
     fn garbage_is_rejected_without_changing_state() {
         let mut a = ClusterDoc::empty(actor(1));
-        a.put_object("configmaps", Some("d"), "a", &json!(1)).unwrap();
+        a.put_object("configmaps", Some("d"), "a", &json!(1))
+            .unwrap();
         let heads = a.heads();
         assert!(a.apply_pushed(&[vec![1, 2, 3]]).is_err());
-        assert!(a.receive_sync(&mut sync::State::new(), &[0x42, 0, 1]).is_err());
+        assert!(a
+            .receive_sync(&mut sync::State::new(), &[0x42, 0, 1])
+            .is_err());
         assert!(ClusterDoc::load(b"not a document", actor(1)).is_err());
         assert_eq!(a.heads(), heads);
     }
@@ -247,14 +309,24 @@ mod tests {
     fn rebuild_is_byte_identical_across_replicas() {
         let mut a = ClusterDoc::empty(actor(1));
         for i in 0..50 {
-            a.put_object("configmaps", Some("d"), &format!("c{i}"), &json!({"v": i})).unwrap();
-            a.put_object("configmaps", Some("d"), &format!("c{i}"), &json!({"v": i + 1})).unwrap();
+            a.put_object("configmaps", Some("d"), &format!("c{i}"), &json!({"v": i}))
+                .unwrap();
+            a.put_object(
+                "configmaps",
+                Some("d"),
+                &format!("c{i}"),
+                &json!({"v": i + 1}),
+            )
+            .unwrap();
         }
         let b = ClusterDoc::load(&a.save(), actor(2)).unwrap();
         let mut ra = a.rebuild(actor(9), |_| true).unwrap();
         let mut rb = b.rebuild(actor(9), |_| true).unwrap();
         assert_eq!(ra.save(), rb.save());
         assert!(ra.save().len() < a.save().len());
-        assert_eq!(ra.list_objects("configmaps", None), b.list_objects("configmaps", None));
+        assert_eq!(
+            ra.list_objects("configmaps", None),
+            b.list_objects("configmaps", None)
+        );
     }
 }

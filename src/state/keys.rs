@@ -32,7 +32,11 @@ impl ObjectPath {
         let resource = parts.next()?.to_string();
         let ns = parts.next()?;
         let name = parts.next()?.to_string();
-        Some(ObjectPath { resource, namespace: (ns != "_").then(|| ns.to_string()), name })
+        Some(ObjectPath {
+            resource,
+            namespace: (ns != "_").then(|| ns.to_string()),
+            name,
+        })
     }
 }
 
@@ -50,7 +54,14 @@ mod tests {
     #[test]
     fn object_keys_round_trip() {
         let k = object_key("configmaps", Some("default"), "a.b");
-        assert_eq!(ObjectPath::parse(&k).unwrap(), ObjectPath { resource: "configmaps".into(), namespace: Some("default".into()), name: "a.b".into() });
+        assert_eq!(
+            ObjectPath::parse(&k).unwrap(),
+            ObjectPath {
+                resource: "configmaps".into(),
+                namespace: Some("default".into()),
+                name: "a.b".into()
+            }
+        );
         let k = object_key("namespaces", None, "x");
         assert_eq!(ObjectPath::parse(&k).unwrap().namespace, None);
         assert!(ObjectPath::parse("node/x").is_none());

@@ -17,7 +17,9 @@ pub use replica::{Replica, MAX_VALUE_BYTES};
 pub use status::StatusDoc;
 
 /// Identifies one replicated document.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum DocId {
     /// The cluster document (many writers).
     Cluster,

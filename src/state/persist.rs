@@ -16,9 +16,17 @@ use super::{ClusterDoc, StateError};
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
     {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
@@ -33,7 +41,9 @@ pub struct DocStore {
 
 impl DocStore {
     pub fn new(data_dir: &Path) -> Self {
-        DocStore { path: data_dir.join("state.automerge") }
+        DocStore {
+            path: data_dir.join("state.automerge"),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -47,7 +57,12 @@ impl DocStore {
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => Some(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(StateError::Corrupt { key: self.path.display().to_string(), reason: e.to_string() }),
+            Err(e) => {
+                return Err(StateError::Corrupt {
+                    key: self.path.display().to_string(),
+                    reason: e.to_string(),
+                })
+            }
         };
         let logged = Wal::read(&self.wal_path());
         let mut doc = match bytes {
@@ -96,9 +111,17 @@ impl Wal {
     pub fn append(&mut self, changes: &[Vec<u8>]) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         if self.file.is_none() {
-            self.file = Some(std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path)?);
+            self.file = Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(&self.path)?,
+            );
         }
-        let Some(file) = self.file.as_mut() else { return Ok(()) };
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
         let mut buf = Vec::new();
         for change in changes {
             buf.extend_from_slice(&(change.len() as u32).to_le_bytes());
@@ -156,12 +179,16 @@ mod tests {
         let store = DocStore::new(dir.path());
         assert!(store.load(ActorId::random()).unwrap().is_none());
         let mut doc = ClusterDoc::empty(ActorId::random());
-        doc.put_object("namespaces", None, "x", &serde_json::json!({"a": 1})).unwrap();
+        doc.put_object("namespaces", None, "x", &serde_json::json!({"a": 1}))
+            .unwrap();
         store.save(&mut doc).unwrap();
         let back = store.load(ActorId::random()).unwrap().unwrap();
         assert_eq!(back.list_objects("namespaces", None).len(), 1);
         std::fs::write(store.path(), b"garbage").unwrap();
-        let err = store.load(ActorId::random()).err().expect("corrupt file must not load");
+        let err = store
+            .load(ActorId::random())
+            .err()
+            .expect("corrupt file must not load");
         assert!(err.to_string().contains("move it away"), "{err}");
         assert_eq!(std::fs::read(store.path()).unwrap(), b"garbage");
     }
@@ -171,18 +198,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = DocStore::new(dir.path());
         let mut doc = ClusterDoc::empty(ActorId::random());
-        doc.put_object("namespaces", None, "a", &serde_json::json!(1)).unwrap();
+        doc.put_object("namespaces", None, "a", &serde_json::json!(1))
+            .unwrap();
         store.save(&mut doc).unwrap();
         let mut wal = Wal::new(store.wal_path());
         let before = doc.heads();
-        doc.put_object("namespaces", None, "b", &serde_json::json!(2)).unwrap();
+        doc.put_object("namespaces", None, "b", &serde_json::json!(2))
+            .unwrap();
         wal.append(&doc.changes_since(&before)).unwrap();
         // A crash mid-append leaves a torn entry.
-        std::fs::OpenOptions::new().append(true).open(store.wal_path()).unwrap().write_all(&[200, 0, 0, 0, 1, 2]).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(store.wal_path())
+            .unwrap()
+            .write_all(&[200, 0, 0, 0, 1, 2])
+            .unwrap();
         let back = store.load(ActorId::random()).unwrap().unwrap();
         assert_eq!(back.list_objects("namespaces", None).len(), 2);
         wal.truncate().unwrap();
         assert!(!store.wal_path().exists());
-        assert_eq!(store.load(ActorId::random()).unwrap().unwrap().list_objects("namespaces", None).len(), 1);
+        assert_eq!(
+            store
+                .load(ActorId::random())
+                .unwrap()
+                .unwrap()
+                .list_objects("namespaces", None)
+                .len(),
+            1
+        );
     }
 }

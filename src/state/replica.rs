@@ -20,7 +20,10 @@ pub(crate) fn to_cbor<T: Serialize>(value: &T) -> Result<Vec<u8>, StateError> {
 }
 
 pub(crate) fn from_cbor<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StateError> {
-    cbor4ii::serde::from_slice(bytes).map_err(|e| StateError::Corrupt { key: key.to_string(), reason: e.to_string() })
+    cbor4ii::serde::from_slice(bytes).map_err(|e| StateError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 fn bytes_of<'a>(value: &'a ValueRef<'a>) -> Option<&'a [u8]> {
@@ -36,11 +39,15 @@ pub struct Replica {
 
 impl Replica {
     pub fn empty(actor: ActorId) -> Self {
-        Replica { doc: AutoCommit::new().with_actor(actor) }
+        Replica {
+            doc: AutoCommit::new().with_actor(actor),
+        }
     }
 
     pub fn load(bytes: &[u8], actor: ActorId) -> Result<Self, StateError> {
-        Ok(Replica { doc: AutoCommit::load(bytes)?.with_actor(actor) })
+        Ok(Replica {
+            doc: AutoCommit::load(bytes)?.with_actor(actor),
+        })
     }
 
     pub fn save(&mut self) -> Vec<u8> {
@@ -132,7 +139,11 @@ impl Replica {
 
     /// Changes made since `heads`, encoded for the push path.
     pub fn changes_since(&mut self, heads: &[ChangeHash]) -> Vec<Vec<u8>> {
-        self.doc.get_changes(heads).into_iter().map(|c| c.raw_bytes().to_vec()).collect()
+        self.doc
+            .get_changes(heads)
+            .into_iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect()
     }
 
     /// Applies pushed changes. Returns whether the document's heads moved. Changes whose
@@ -148,13 +159,21 @@ impl Replica {
     }
 
     pub fn generate_sync(&mut self, state: &mut sync::State) -> Option<Vec<u8>> {
-        self.doc.sync().generate_sync_message(state).map(|m| m.encode())
+        self.doc
+            .sync()
+            .generate_sync_message(state)
+            .map(|m| m.encode())
     }
 
     /// Receives a sync message; returns whether the document's heads moved.
-    pub fn receive_sync(&mut self, state: &mut sync::State, message: &[u8]) -> Result<bool, StateError> {
+    pub fn receive_sync(
+        &mut self,
+        state: &mut sync::State,
+        message: &[u8],
+    ) -> Result<bool, StateError> {
         let before = self.heads();
-        let msg = sync::Message::decode(message).map_err(|e| StateError::SyncMessage(e.to_string()))?;
+        let msg =
+            sync::Message::decode(message).map_err(|e| StateError::SyncMessage(e.to_string()))?;
         self.doc.sync().receive_sync_message(state, msg)?;
         Ok(self.heads() != before)
     }
@@ -162,7 +181,11 @@ impl Replica {
     /// A fresh document holding exactly the current state (keys for which `keep` holds) and no
     /// history, written by `actor` in one change with keys in order and a zero timestamp: two
     /// replicas that rebuild the same state with the same actor get byte-identical documents.
-    pub fn rebuild(&self, actor: ActorId, keep: impl Fn(&str) -> bool) -> Result<Replica, StateError> {
+    pub fn rebuild(
+        &self,
+        actor: ActorId,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Replica, StateError> {
         let mut fresh = AutoCommit::new().with_actor(actor);
         for (key, bytes) in self.scan("") {
             if keep(&key) {

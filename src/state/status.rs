@@ -50,7 +50,12 @@ struct Saved {
 
 impl StatusDoc {
     pub fn empty(owner: &str, version: u64, actor: ActorId) -> Self {
-        StatusDoc { owner: owner.to_string(), version, r: Replica::empty(actor), writes_since_check: 0 }
+        StatusDoc {
+            owner: owner.to_string(),
+            version,
+            r: Replica::empty(actor),
+            writes_since_check: 0,
+        }
     }
 
     pub fn owner(&self) -> &str {
@@ -66,7 +71,11 @@ impl StatusDoc {
     }
 
     /// Writes `value` under `key` if it differs from what is there (only real transitions).
-    pub fn put<T: Serialize + DeserializeOwned + PartialEq>(&mut self, key: &str, value: &T) -> Result<bool, StateError> {
+    pub fn put<T: Serialize + DeserializeOwned + PartialEq>(
+        &mut self,
+        key: &str,
+        value: &T,
+    ) -> Result<bool, StateError> {
         if self.get::<T>(key).ok().flatten().as_ref() == Some(value) {
             return Ok(false);
         }
@@ -81,7 +90,11 @@ impl StatusDoc {
     }
 
     pub fn entries<T: DeserializeOwned>(&self, prefix: &str) -> Vec<(String, T)> {
-        self.r.scan(prefix).into_iter().filter_map(|(k, b)| super::replica::from_cbor(&k, &b).ok().map(|v| (k, v))).collect()
+        self.r
+            .scan(prefix)
+            .into_iter()
+            .filter_map(|(k, b)| super::replica::from_cbor(&k, &b).ok().map(|v| (k, v)))
+            .collect()
     }
 
     /// Whether history has outgrown the live state enough to re-base. Cheap unless writes
@@ -104,16 +117,30 @@ impl StatusDoc {
     /// The owner's re-base: the same state, no history, the next version.
     pub fn rebased(&self, actor: ActorId) -> Result<StatusDoc, StateError> {
         let r = self.r.rebuild(actor, |_| true)?;
-        Ok(StatusDoc { owner: self.owner.clone(), version: self.version + 1, r, writes_since_check: 0 })
+        Ok(StatusDoc {
+            owner: self.owner.clone(),
+            version: self.version + 1,
+            r,
+            writes_since_check: 0,
+        })
     }
 
     pub fn encode(&mut self) -> Result<Vec<u8>, StateError> {
-        super::replica::to_cbor(&Saved { owner: self.owner.clone(), version: self.version, doc: self.r.save() })
+        super::replica::to_cbor(&Saved {
+            owner: self.owner.clone(),
+            version: self.version,
+            doc: self.r.save(),
+        })
     }
 
     pub fn decode(bytes: &[u8], actor: ActorId) -> Result<StatusDoc, StateError> {
         let saved: Saved = super::replica::from_cbor("status document", bytes)?;
-        Ok(StatusDoc { owner: saved.owner, version: saved.version, r: Replica::load(&saved.doc, actor)?, writes_since_check: 0 })
+        Ok(StatusDoc {
+            owner: saved.owner,
+            version: saved.version,
+            r: Replica::load(&saved.doc, actor)?,
+            writes_since_check: 0,
+        })
     }
 }
 
@@ -136,7 +163,11 @@ mod tests {
         let triggered = loop {
             writes += 1;
             let i = writes % 100;
-            d.put(&format!("pod/p{i}"), &format!("Running restarts={writes} ip=10.0.{i}.{}", writes % 250)).unwrap();
+            d.put(
+                &format!("pod/p{i}"),
+                &format!("Running restarts={writes} ip=10.0.{i}.{}", writes % 250),
+            )
+            .unwrap();
             if d.needs_rebase() {
                 break true;
             }

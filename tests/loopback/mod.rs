@@ -86,11 +86,29 @@ impl Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let (p2p, api) = (free_port(), free_port());
         let dir = tmp.path().join(name);
-        let mut args: Vec<String> = vec!["init".into(), "--data-dir".into(), dir.display().to_string(), "--name".into(), name.into()];
-        args.extend(["--listen-p2p".into(), format!("127.0.0.1:{p2p}"), "--listen-api".into(), format!("127.0.0.1:{api}")]);
+        let mut args: Vec<String> = vec![
+            "init".into(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--name".into(),
+            name.into(),
+        ];
+        args.extend([
+            "--listen-p2p".into(),
+            format!("127.0.0.1:{p2p}"),
+            "--listen-api".into(),
+            format!("127.0.0.1:{api}"),
+        ]);
         args.extend(extra.iter().cloned());
-        let out = Command::new(shoal_bin()).args(&args).output().expect("shoal init");
-        assert!(out.status.success(), "shoal init failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(shoal_bin())
+            .args(&args)
+            .output()
+            .expect("shoal init");
+        assert!(
+            out.status.success(),
+            "shoal init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
         let node = Node {
             name: name.into(),
@@ -105,7 +123,10 @@ impl Cluster {
     }
 
     fn assemble(tmp: tempfile::TempDir, first: Node, token: String) -> Cluster {
-        let admin_token = std::fs::read_to_string(first.dir.join("admin-token")).unwrap().trim().to_string();
+        let admin_token = std::fs::read_to_string(first.dir.join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_string();
         let ca = std::fs::read(first.dir.join("tls/ca.crt")).unwrap();
         let client = reqwest::Client::builder()
             .use_rustls_tls()
@@ -114,8 +135,19 @@ impl Cluster {
             .timeout(Duration::from_secs(5))
             .build()
             .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        Cluster { tmp, token, admin_token, ca, nodes: vec![first], rt, client }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        Cluster {
+            tmp,
+            token,
+            admin_token,
+            ca,
+            nodes: vec![first],
+            rt,
+            client,
+        }
     }
 
     /// A cluster of `n` agents named n1..nN, all admitted and Ready on n1.
@@ -138,9 +170,16 @@ impl Cluster {
             c.launch(i - 1);
         }
         let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
-        poll("all agents Ready on every node", Duration::from_secs(60), || {
-            c.nodes.iter().all(|o| names.iter().all(|n| c.node_ready(o, n) == Some(true))).then_some(())
-        });
+        poll(
+            "all agents Ready on every node",
+            Duration::from_secs(60),
+            || {
+                c.nodes
+                    .iter()
+                    .all(|o| names.iter().all(|n| c.node_ready(o, n) == Some(true)))
+                    .then_some(())
+            },
+        );
         c
     }
 
@@ -151,7 +190,15 @@ impl Cluster {
     }
 
     pub fn restore_from(backup: &Path, token: &str, name: &str) -> Cluster {
-        let (tmp, first, new_token) = Self::init(name, &["--restore".into(), backup.display().to_string(), "--token".into(), token.into()]);
+        let (tmp, first, new_token) = Self::init(
+            name,
+            &[
+                "--restore".into(),
+                backup.display().to_string(),
+                "--token".into(),
+                token.into(),
+            ],
+        );
         let mut c = Self::assemble(tmp, first, new_token);
         c.launch(0);
         c
@@ -170,8 +217,19 @@ impl Cluster {
 
     fn agent_args(&self, i: usize) -> Vec<String> {
         let n = &self.nodes[i];
-        let mut args = vec!["agent".to_string(), "--data-dir".into(), n.dir.display().to_string()];
-        args.extend(["--name".into(), n.name.clone(), "--listen-p2p".into(), n.p2p.to_string(), "--listen-api".into(), n.api.to_string()]);
+        let mut args = vec![
+            "agent".to_string(),
+            "--data-dir".into(),
+            n.dir.display().to_string(),
+        ];
+        args.extend([
+            "--name".into(),
+            n.name.clone(),
+            "--listen-p2p".into(),
+            n.p2p.to_string(),
+            "--listen-api".into(),
+            n.api.to_string(),
+        ]);
         if !n.dir.join("cluster.cbor").exists() {
             args.extend(["--token".into(), self.token.clone()]);
         }
@@ -193,7 +251,8 @@ impl Cluster {
 
     pub fn log(&self, node: &Node) -> String {
         let mut s = std::fs::read_to_string(node.log_path()).unwrap_or_default();
-        s += &std::fs::read_to_string(node.log_path().with_extension("run.log")).unwrap_or_default();
+        s +=
+            &std::fs::read_to_string(node.log_path().with_extension("run.log")).unwrap_or_default();
         s
     }
 
@@ -233,25 +292,55 @@ impl Cluster {
         let dir = self.tmp.path().join(format!("x-{name}"));
         let log = self.tmp.path().join(format!("x-{name}.log"));
         let args = vec![
-            "agent".to_string(), "--data-dir".into(), dir.display().to_string(), "--name".into(), name.into(),
-            "--listen-p2p".into(), format!("127.0.0.1:{}", free_port()), "--listen-api".into(), format!("127.0.0.1:{}", free_port()),
-            "--join".into(), self.nodes[0].p2p.to_string(), "--join".into(), self.nodes[1].p2p.to_string(), "--token".into(), token.into(),
+            "agent".to_string(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--name".into(),
+            name.into(),
+            "--listen-p2p".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--listen-api".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--join".into(),
+            self.nodes[0].p2p.to_string(),
+            "--join".into(),
+            self.nodes[1].p2p.to_string(),
+            "--token".into(),
+            token.into(),
         ];
-        Intruder { name: name.into(), dir, log: log.clone(), child: spawn(&args, &log) }
+        Intruder {
+            name: name.into(),
+            dir,
+            log: log.clone(),
+            child: spawn(&args, &log),
+        }
     }
 
     pub fn shoal_ok(&self, args: &[&str]) -> String {
         let out = Command::new(shoal_bin()).args(args).output().unwrap();
-        assert!(out.status.success(), "shoal {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "shoal {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     // ---- API ----
 
-    fn request(&self, node: &Node, method: reqwest::Method, path: &str, body: Option<Value>) -> Option<(u16, Value)> {
+    fn request(
+        &self,
+        node: &Node,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Option<(u16, Value)> {
         let url = format!("https://{}{path}", node.api);
         self.rt.block_on(async {
-            let mut req = self.client.request(method, url).bearer_auth(&self.admin_token);
+            let mut req = self
+                .client
+                .request(method, url)
+                .bearer_auth(&self.admin_token);
             if let Some(b) = body {
                 req = req.json(&b);
             }
@@ -270,25 +359,52 @@ impl Cluster {
     }
 
     pub fn status(&self, node: &Node) -> Value {
-        poll(&format!("status of {}", node.name), Duration::from_secs(30), || self.get(node, "/shoal/v1/status"))
+        poll(
+            &format!("status of {}", node.name),
+            Duration::from_secs(30),
+            || self.get(node, "/shoal/v1/status"),
+        )
     }
 
     pub fn create_configmap(&self, node: &Node, name: &str, value: &str) {
         let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": value}});
-        let (code, resp) = poll(&format!("API of {}", node.name), Duration::from_secs(30), || {
-            self.request(node, reqwest::Method::POST, "/api/v1/namespaces/default/configmaps", Some(body.clone()))
-        });
-        assert_eq!(code, 201, "creating configmap {name} on {}: {resp}", node.name);
+        let (code, resp) = poll(
+            &format!("API of {}", node.name),
+            Duration::from_secs(30),
+            || {
+                self.request(
+                    node,
+                    reqwest::Method::POST,
+                    "/api/v1/namespaces/default/configmaps",
+                    Some(body.clone()),
+                )
+            },
+        );
+        assert_eq!(
+            code, 201,
+            "creating configmap {name} on {}: {resp}",
+            node.name
+        );
     }
 
     pub fn configmap_value(&self, node: &Node, name: &str) -> Option<String> {
-        let v = self.get(node, &format!("/api/v1/namespaces/default/configmaps/{name}"))?;
+        let v = self.get(
+            node,
+            &format!("/api/v1/namespaces/default/configmaps/{name}"),
+        )?;
         v["data"]["k"].as_str().map(String::from)
     }
 
     pub fn configmap_names(&self, node: &Node) -> Vec<String> {
-        let Some(v) = self.get(node, "/api/v1/namespaces/default/configmaps") else { return vec![] };
-        let mut names: Vec<String> = v["items"].as_array().into_iter().flatten().filter_map(|i| i["metadata"]["name"].as_str().map(String::from)).collect();
+        let Some(v) = self.get(node, "/api/v1/namespaces/default/configmaps") else {
+            return vec![];
+        };
+        let mut names: Vec<String> = v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["metadata"]["name"].as_str().map(String::from))
+            .collect();
         names.sort();
         names
     }
@@ -296,16 +412,28 @@ impl Cluster {
     /// Whether `observer` sees node `name` Ready (`None`: unknown to it or API not up).
     pub fn node_ready(&self, observer: &Node, name: &str) -> Option<bool> {
         let v = self.get(observer, &format!("/api/v1/nodes/{name}"))?;
-        let cond = v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?.clone();
+        let cond = v["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready")?
+            .clone();
         Some(cond["status"] == "True")
     }
 
     /// Waits until every node of `group` names the same leader, in the group, and returns it.
     pub fn agreed_leader(&self, group: &[&Node], deadline: Duration) -> String {
         poll("the group agrees on one leader", deadline, || {
-            let leaders: Vec<Option<String>> = group.iter().map(|n| self.get(n, "/shoal/v1/status").and_then(|s| s["leader"].as_str().map(String::from))).collect();
+            let leaders: Vec<Option<String>> = group
+                .iter()
+                .map(|n| {
+                    self.get(n, "/shoal/v1/status")
+                        .and_then(|s| s["leader"].as_str().map(String::from))
+                })
+                .collect();
             let first = leaders[0].clone()?;
-            (leaders.iter().all(|l| l.as_deref() == Some(first.as_str())) && group.iter().any(|n| n.name == first)).then_some(first)
+            (leaders.iter().all(|l| l.as_deref() == Some(first.as_str()))
+                && group.iter().any(|n| n.name == first))
+            .then_some(first)
         })
     }
 }

@@ -81,16 +81,20 @@ pub fn require_prerequisites() {
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
-        assert!(found, "missing prerequisite for the end-to-end tests: `{tool}`");
+        assert!(
+            found,
+            "missing prerequisite for the end-to-end tests: `{tool}`"
+        );
     }
 }
 
 /// Runs `testnet/<script>` with the test's binary; returns its output or a description of the failure.
 pub fn try_script(script: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Output, String> {
     let mut cmd = Command::new(repo().join("testnet").join(script));
-    cmd.args(args)
-        .env("SHOAL_BIN", shoal_bin())
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+    cmd.args(args).env("SHOAL_BIN", shoal_bin()).env(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+    );
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -100,7 +104,10 @@ pub fn try_script(script: &str, args: &[&str], env: &[(&str, &str)]) -> Result<O
     if out.status.success() {
         Ok(out)
     } else {
-        Err(describe(&format!("testnet/{script} {}", args.join(" ")), &out))
+        Err(describe(
+            &format!("testnet/{script} {}", args.join(" ")),
+            &out,
+        ))
     }
 }
 
@@ -140,13 +147,20 @@ pub fn agent_log(node: &str) -> String {
 
 /// Polls `check` until it returns `Ok`, or panics at the deadline with the last error and
 /// the agents' logs.
-pub fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+pub fn eventually<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
     let deadline = Instant::now() + within;
     loop {
         match check() {
             Ok(v) => return v,
             Err(e) if Instant::now() >= deadline => {
-                panic!("timed out after {within:?} waiting for: {what}\nlast: {e}\n{}", log_tails(40))
+                panic!(
+                    "timed out after {within:?} waiting for: {what}\nlast: {e}\n{}",
+                    log_tails(40)
+                )
             }
             Err(_) => std::thread::sleep(Duration::from_millis(250)),
         }
@@ -177,9 +191,14 @@ impl Testnet {
     }
 
     pub fn up_with(n: usize, env: &[(&str, &str)]) -> Testnet {
-        let lock = TESTNET_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let lock = TESTNET_LOCK
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         require_prerequisites();
-        let mut tn = Testnet { nodes: Vec::new(), _lock: lock };
+        let mut tn = Testnet {
+            nodes: Vec::new(),
+            _lock: lock,
+        };
         tn.relaunch(n, env);
         tn
     }
@@ -197,7 +216,11 @@ impl Testnet {
     }
 
     pub fn others(&self, except: &[&str]) -> Vec<String> {
-        self.nodes.iter().filter(|n| !except.contains(&n.as_str())).cloned().collect()
+        self.nodes
+            .iter()
+            .filter(|n| !except.contains(&n.as_str()))
+            .cloned()
+            .collect()
     }
 }
 
@@ -221,7 +244,10 @@ pub fn kubectl(ctx: &str, args: &[&str]) -> Result<String, String> {
     if out.status.success() {
         Ok(text(&out.stdout))
     } else {
-        Err(describe(&format!("kubectl --context {ctx} {}", args.join(" ")), &out))
+        Err(describe(
+            &format!("kubectl --context {ctx} {}", args.join(" ")),
+            &out,
+        ))
     }
 }
 
@@ -229,8 +255,10 @@ pub fn kubectl(ctx: &str, args: &[&str]) -> Result<String, String> {
 /// would send protobuf, which is a separate API feature; this exercises the replicated state.
 pub fn create_configmap(ctx: &str, name: &str, data: &[(&str, &str)]) -> Result<String, String> {
     use std::io::Write;
-    let data: serde_json::Map<String, Value> =
-        data.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect();
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+        .collect();
     let manifest = serde_json::json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -240,7 +268,14 @@ pub fn create_configmap(ctx: &str, name: &str, data: &[(&str, &str)]) -> Result<
     let mut child = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(kubeconfig())
-        .args(["--context", ctx, "--request-timeout=10s", "create", "-f", "-"])
+        .args([
+            "--context",
+            ctx,
+            "--request-timeout=10s",
+            "create",
+            "-f",
+            "-",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -252,11 +287,16 @@ pub fn create_configmap(ctx: &str, name: &str, data: &[(&str, &str)]) -> Result<
         .expect("stdin")
         .write_all(manifest.to_string().as_bytes())
         .map_err(|e| format!("write manifest: {e}"))?;
-    let out = child.wait_with_output().map_err(|e| format!("kubectl: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("kubectl: {e}"))?;
     if out.status.success() {
         Ok(text(&out.stdout))
     } else {
-        Err(describe(&format!("kubectl --context {ctx} create -f - (ConfigMap {name})"), &out))
+        Err(describe(
+            &format!("kubectl --context {ctx} create -f - (ConfigMap {name})"),
+            &out,
+        ))
     }
 }
 
@@ -286,7 +326,10 @@ pub fn nodes_via(ctx: &str) -> Result<BTreeMap<String, NodeRow>, String> {
         }
         rows.insert(
             cols[0].to_string(),
-            NodeRow { status: cols[1].to_string(), roles: cols[2].to_string() },
+            NodeRow {
+                status: cols[1].to_string(),
+                roles: cols[2].to_string(),
+            },
         );
     }
     Ok(rows)
@@ -302,7 +345,10 @@ pub fn expect_view(ctx: &str, ready: &[String], not_ready: &[String]) -> Result<
     for n in not_ready {
         want.insert(n.clone(), "NotReady");
     }
-    let got: BTreeMap<String, &str> = rows.iter().map(|(k, v)| (k.clone(), v.status.as_str())).collect();
+    let got: BTreeMap<String, &str> = rows
+        .iter()
+        .map(|(k, v)| (k.clone(), v.status.as_str()))
+        .collect();
     if got == want {
         Ok(())
     } else {
@@ -322,8 +368,12 @@ pub fn status(ctx: &str) -> Result<Value, String> {
     if !out.status.success() {
         return Err(describe(&format!("shoal status --context {ctx}"), &out));
     }
-    serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("shoal status --context {ctx}: not JSON ({e}): {}", text(&out.stdout)))
+    serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "shoal status --context {ctx}: not JSON ({e}): {}",
+            text(&out.stdout)
+        )
+    })
 }
 
 /// The leader CTX names, from `shoal status` and from the ROLES column; Err if they differ.
@@ -334,8 +384,11 @@ pub fn leader_via(ctx: &str) -> Result<String, String> {
         .ok_or_else(|| format!("no leader in status via {ctx}: {st}"))?
         .to_string();
     let rows = nodes_via(ctx)?;
-    let with_role: Vec<&String> =
-        rows.iter().filter(|(_, r)| r.roles.split(',').any(|x| x == "leader")).map(|(n, _)| n).collect();
+    let with_role: Vec<&String> = rows
+        .iter()
+        .filter(|(_, r)| r.roles.split(',').any(|x| x == "leader"))
+        .map(|(n, _)| n)
+        .collect();
     if with_role != vec![&from_status] {
         return Err(format!(
             "via {ctx}: status says leader {from_status}, ROLES column says {with_role:?}"
@@ -358,7 +411,13 @@ pub fn agreed_leader(group: &[String]) -> Result<String, String> {
 }
 
 /// HTTPS request to NODE's API with curl (cluster CA): returns (status code, body).
-pub fn curl_api(node: &str, method: &str, path: &str, token: Option<&str>, body: Option<&Path>) -> (u16, String) {
+pub fn curl_api(
+    node: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Path>,
+) -> (u16, String) {
     curl_api_with(&[], node, method, path, token, body)
 }
 
@@ -373,7 +432,18 @@ pub fn curl_api_with(
 ) -> (u16, String) {
     let ca = run_dir().join("n1/data/tls/ca.crt");
     let mut cmd = Command::new("curl");
-    cmd.args(opts).args(["-sS", "--max-time", "60", "-X", method, "-o", "-", "-w", "\n%{http_code}"])
+    cmd.args(opts)
+        .args([
+            "-sS",
+            "--max-time",
+            "60",
+            "-X",
+            method,
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+        ])
         .arg("--cacert")
         .arg(&ca)
         .args(["-H", "Content-Type: application/json"]);
@@ -387,9 +457,16 @@ pub fn curl_api_with(
     let out = cmd.output().expect("run curl");
     let all = text(&out.stdout);
     let (body, code) = all.rsplit_once('\n').unwrap_or(("", all.as_str()));
-    let body = if body.is_empty() { text(&out.stderr) } else { body.to_string() };
+    let body = if body.is_empty() {
+        text(&out.stderr)
+    } else {
+        body.to_string()
+    };
     let code = code.trim().parse().unwrap_or_else(|_| {
-        panic!("curl {method} {path} on {node}: no status code\n{}", describe("curl", &out))
+        panic!(
+            "curl {method} {path} on {node}: no status code\n{}",
+            describe("curl", &out)
+        )
     });
     (code, body)
 }

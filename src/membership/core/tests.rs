@@ -446,7 +446,12 @@ fn suspicion_timeouts_scale_and_shrink() {
 }
 
 /// Drives one core alone until it sends a ping to `to`; returns the ping's seq and the time.
-fn until_ping(a: &mut Membership, to: &str, mut t: Instant, events: &mut Vec<MembershipEvent>) -> (u64, Instant) {
+fn until_ping(
+    a: &mut Membership,
+    to: &str,
+    mut t: Instant,
+    events: &mut Vec<MembershipEvent>,
+) -> (u64, Instant) {
     for _ in 0..1000 {
         t += 10 * MS;
         if a.poll_timeout().is_some_and(|d| d <= t) {
@@ -454,7 +459,11 @@ fn until_ping(a: &mut Membership, to: &str, mut t: Instant, events: &mut Vec<Mem
         }
         while let Some(out) = a.poll_output() {
             match out {
-                Output::Send { to: dest, msg: Message::Ping { seq, .. }, .. } if dest == to => return (seq, t),
+                Output::Send {
+                    to: dest,
+                    msg: Message::Ping { seq, .. },
+                    ..
+                } if dest == to => return (seq, t),
                 Output::Event(e) => events.push(e),
                 _ => {}
             }
@@ -481,10 +490,23 @@ fn run_alone(a: &mut Membership, from: Instant, to: Instant, events: &mut Vec<Me
 #[test]
 fn a_probe_over_a_connection_being_set_up_gets_more_time_once() {
     let now = Instant::now();
-    let b = MemberInfo { id: "b".into(), addr: "/test/b".into(), incarnation: 1, state: MemberState::Alive };
+    let b = MemberInfo {
+        id: "b".into(),
+        addr: "/test/b".into(),
+        incarnation: 1,
+        state: MemberState::Alive,
+    };
     for extend in [true, false] {
         let mut a = node("a", now);
-        a.handle_message(&"b".to_string(), "/test/b", Message::PushPull { members: vec![b.clone()], reply: false }, now);
+        a.handle_message(
+            &"b".to_string(),
+            "/test/b",
+            Message::PushPull {
+                members: vec![b.clone()],
+                reply: false,
+            },
+            now,
+        );
         let mut events = Vec::new();
         let (seq, sent) = until_ping(&mut a, "b", now, &mut events);
         if extend {
@@ -493,8 +515,18 @@ fn a_probe_over_a_connection_being_set_up_gets_more_time_once() {
         }
         // The ack comes 800 ms after the ping: late for a normal probe, in time for an extended one.
         run_alone(&mut a, sent, sent + 800 * MS, &mut events);
-        a.handle_message(&"b".to_string(), "/test/b", Message::Ack { seq, updates: vec![] }, sent + 800 * MS);
-        let suspected = events.iter().any(|e| matches!(e, MembershipEvent::Suspect(id) if id == "b"));
+        a.handle_message(
+            &"b".to_string(),
+            "/test/b",
+            Message::Ack {
+                seq,
+                updates: vec![],
+            },
+            sent + 800 * MS,
+        );
+        let suspected = events
+            .iter()
+            .any(|e| matches!(e, MembershipEvent::Suspect(id) if id == "b"));
         assert_eq!(suspected, !extend, "extend={extend}: {events:?}");
     }
 }

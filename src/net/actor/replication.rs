@@ -9,7 +9,9 @@ use rand::seq::IteratorRandom;
 
 use super::{Actor, Sent};
 use crate::agent::shared::{LocalChange, Shared, MAX_STATUS_DOCS};
-use crate::net::protocol::{serde_bytes_vec::Bytes, DocDigest, DocRef, Request, Response, MAX_DIGEST_DOCS, MAX_PUSH_CHANGES};
+use crate::net::protocol::{
+    serde_bytes_vec::Bytes, DocDigest, DocRef, Request, Response, MAX_DIGEST_DOCS, MAX_PUSH_CHANGES,
+};
 use crate::state::{DocId, Replica, StatusDoc};
 
 /// Runs `f` on our replica of `id`, if we hold one.
@@ -33,7 +35,13 @@ impl Actor {
 
     pub(super) fn push_local(&mut self, change: LocalChange) {
         self.dirty.insert(change.doc.clone());
-        let request = Request::Push { doc: DocRef { id: change.doc, version: change.version }, changes: change.changes.into_iter().map(Bytes).collect() };
+        let request = Request::Push {
+            doc: DocRef {
+                id: change.doc,
+                version: change.version,
+            },
+            changes: change.changes.into_iter().map(Bytes).collect(),
+        };
         let peers: Vec<PeerId> = self.peers.keys().copied().collect();
         for peer in peers {
             self.send_to_admitted(peer, request.clone(), Sent::Push);
@@ -70,11 +78,17 @@ impl Actor {
                 match docs.get(owner).map(|d| d.version()) {
                     Some(mine) if mine >= remote => Some(mine),
                     Some(_) => {
-                        docs.insert(owner.clone(), StatusDoc::empty(owner, remote, automerge::ActorId::random()));
+                        docs.insert(
+                            owner.clone(),
+                            StatusDoc::empty(owner, remote, automerge::ActorId::random()),
+                        );
                         Some(remote)
                     }
                     None if docs.len() < MAX_STATUS_DOCS => {
-                        docs.insert(owner.clone(), StatusDoc::empty(owner, remote, automerge::ActorId::random()));
+                        docs.insert(
+                            owner.clone(),
+                            StatusDoc::empty(owner, remote, automerge::ActorId::random()),
+                        );
                         Some(remote)
                     }
                     None => None,
@@ -85,7 +99,10 @@ impl Actor {
 
     /// The sync state for one peer and document at `version` (reset when the version moved).
     fn sync_state(&mut self, peer: PeerId, id: &DocId, version: u64) -> &mut sync::State {
-        let entry = self.sync_states.entry((peer, id.clone())).or_insert_with(|| (version, sync::State::new()));
+        let entry = self
+            .sync_states
+            .entry((peer, id.clone()))
+            .or_insert_with(|| (version, sync::State::new()));
         if entry.0 != version {
             *entry = (version, sync::State::new());
         }
@@ -104,10 +121,14 @@ impl Actor {
     pub(super) fn on_push(&mut self, from: &str, doc: DocRef, changes: Vec<Bytes>) -> Response {
         if changes.len() > MAX_PUSH_CHANGES {
             tracing::warn!(member = %from, count = changes.len(), "push with too many changes refused");
-            return Response::Refused { reason: "too many changes".into() };
+            return Response::Refused {
+                reason: "too many changes".into(),
+            };
         }
         let Some(mine) = self.align(&doc.id, doc.version) else {
-            return Response::Refused { reason: format!("unknown document {:?}", doc.id) };
+            return Response::Refused {
+                reason: format!("unknown document {:?}", doc.id),
+            };
         };
         if mine != doc.version {
             return Response::Ok; // The sender is behind; anti-entropy brings it forward.
@@ -121,26 +142,51 @@ impl Actor {
         Response::Ok
     }
 
-    pub(super) fn on_sync_request(&mut self, peer: PeerId, from: &str, doc: DocRef, message: Bytes) -> Response {
+    pub(super) fn on_sync_request(
+        &mut self,
+        peer: PeerId,
+        from: &str,
+        doc: DocRef,
+        message: Bytes,
+    ) -> Response {
         let Some(mine) = self.align(&doc.id, doc.version) else {
-            return Response::Refused { reason: format!("unknown document {:?}", doc.id) };
+            return Response::Refused {
+                reason: format!("unknown document {:?}", doc.id),
+            };
         };
-        let reply_ref = DocRef { id: doc.id.clone(), version: mine };
+        let reply_ref = DocRef {
+            id: doc.id.clone(),
+            version: mine,
+        };
         if mine > doc.version {
             // The sender holds an older version: open a fresh exchange at ours.
             let state = self.sync_state(peer, &doc.id, mine);
             *state = sync::State::new();
             let mut state = std::mem::take(state);
-            let opening = with_replica(&self.shared, &doc.id, |r| r.generate_sync(&mut state)).flatten();
+            let opening =
+                with_replica(&self.shared, &doc.id, |r| r.generate_sync(&mut state)).flatten();
             *self.sync_state(peer, &doc.id, mine) = state;
-            return Response::Sync { doc: reply_ref, message: opening.map(Bytes) };
+            return Response::Sync {
+                doc: reply_ref,
+                message: opening.map(Bytes),
+            };
         }
         let reply = self.exchange(peer, from, &doc.id, mine, &message.0);
-        Response::Sync { doc: reply_ref, message: reply.map(Bytes) }
+        Response::Sync {
+            doc: reply_ref,
+            message: reply.map(Bytes),
+        }
     }
 
     /// Receives one sync message for `id` and returns our next message, if any.
-    fn exchange(&mut self, peer: PeerId, from: &str, id: &DocId, version: u64, message: &[u8]) -> Option<Vec<u8>> {
+    fn exchange(
+        &mut self,
+        peer: PeerId,
+        from: &str,
+        id: &DocId,
+        version: u64,
+        message: &[u8],
+    ) -> Option<Vec<u8>> {
         let mut state = std::mem::take(self.sync_state(peer, id, version));
         let result = with_replica(&self.shared, id, |r| {
             let moved = r.receive_sync(&mut state, message)?;
@@ -163,14 +209,30 @@ impl Actor {
     }
 
     pub(super) fn on_sync_response(&mut self, peer: PeerId, doc: DocRef, message: Option<Bytes>) {
-        let Some(mine) = self.align(&doc.id, doc.version) else { return };
+        let Some(mine) = self.align(&doc.id, doc.version) else {
+            return;
+        };
         if mine != doc.version {
             return;
         }
         let Some(message) = message else { return };
-        let from = self.peers.get(&peer).map(|p| p.name.clone()).unwrap_or_default();
+        let from = self
+            .peers
+            .get(&peer)
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
         if let Some(next) = self.exchange(peer, &from, &doc.id, mine, &message.0) {
-            self.send_to_admitted(peer, Request::Sync { doc: DocRef { id: doc.id, version: mine }, message: Bytes(next) }, Sent::Sync);
+            self.send_to_admitted(
+                peer,
+                Request::Sync {
+                    doc: DocRef {
+                        id: doc.id,
+                        version: mine,
+                    },
+                    message: Bytes(next),
+                },
+                Sent::Sync,
+            );
         }
     }
 
@@ -189,25 +251,60 @@ impl Actor {
         let message = with_replica(&self.shared, id, |r| r.generate_sync(&mut state)).flatten();
         *self.sync_state(peer, id, version) = state;
         if let Some(m) = message {
-            self.send_to_admitted(peer, Request::Sync { doc: DocRef { id: id.clone(), version }, message: Bytes(m) }, Sent::Sync);
+            self.send_to_admitted(
+                peer,
+                Request::Sync {
+                    doc: DocRef {
+                        id: id.clone(),
+                        version,
+                    },
+                    message: Bytes(m),
+                },
+                Sent::Sync,
+            );
         }
     }
 
     fn digest(&self) -> Vec<DocDigest> {
-        let mut out = vec![DocDigest { doc: DocRef { id: DocId::Cluster, version: 0 }, heads: self.shared.doc().heads_digest() }];
+        let mut out = vec![DocDigest {
+            doc: DocRef {
+                id: DocId::Cluster,
+                version: 0,
+            },
+            heads: self.shared.doc().heads_digest(),
+        }];
         for (owner, doc) in self.shared.status_docs().iter_mut() {
-            out.push(DocDigest { doc: DocRef { id: DocId::Status(owner.clone()), version: doc.version() }, heads: doc.heads_digest() });
+            out.push(DocDigest {
+                doc: DocRef {
+                    id: DocId::Status(owner.clone()),
+                    version: doc.version(),
+                },
+                heads: doc.heads_digest(),
+            });
         }
         out
     }
 
     pub(super) fn on_digest_request(&mut self, docs: Vec<DocDigest>) -> Response {
         if docs.len() > MAX_DIGEST_DOCS {
-            return Response::Refused { reason: "digest too large".into() };
+            return Response::Refused {
+                reason: "digest too large".into(),
+            };
         }
-        let mine: std::collections::BTreeMap<DocId, (u64, u64)> = self.digest().into_iter().map(|d| (d.doc.id, (d.doc.version, d.heads))).collect();
-        let theirs: std::collections::BTreeMap<DocId, (u64, u64)> = docs.into_iter().map(|d| (d.doc.id, (d.doc.version, d.heads))).collect();
-        let mut differ: Vec<DocId> = mine.iter().filter(|(id, v)| theirs.get(*id) != Some(*v)).map(|(id, _)| id.clone()).collect();
+        let mine: std::collections::BTreeMap<DocId, (u64, u64)> = self
+            .digest()
+            .into_iter()
+            .map(|d| (d.doc.id, (d.doc.version, d.heads)))
+            .collect();
+        let theirs: std::collections::BTreeMap<DocId, (u64, u64)> = docs
+            .into_iter()
+            .map(|d| (d.doc.id, (d.doc.version, d.heads)))
+            .collect();
+        let mut differ: Vec<DocId> = mine
+            .iter()
+            .filter(|(id, v)| theirs.get(*id) != Some(*v))
+            .map(|(id, _)| id.clone())
+            .collect();
         differ.extend(theirs.keys().filter(|id| !mine.contains_key(*id)).cloned());
         differ.truncate(MAX_DIGEST_DOCS);
         Response::Digest { differ }
@@ -237,11 +334,15 @@ impl Actor {
     /// The owner re-bases its status document when history outgrew the state.
     pub(super) fn maybe_rebase_own_status(&mut self) {
         let mut docs = self.shared.status_docs();
-        let Some(own) = docs.get_mut(&self.shared.node_name) else { return };
+        let Some(own) = docs.get_mut(&self.shared.node_name) else {
+            return;
+        };
         if !own.needs_rebase() {
             return;
         }
-        let Ok(fresh) = own.rebased(automerge::ActorId::random()) else { return };
+        let Ok(fresh) = own.rebased(automerge::ActorId::random()) else {
+            return;
+        };
         let before = own.save().len();
         *own = fresh;
         let version = own.version();
@@ -249,13 +350,19 @@ impl Actor {
         let after = own.save().len();
         drop(docs);
         tracing::info!(version, before, after, "re-based own status document");
-        self.shared.queue_push(DocId::Status(self.shared.node_name.clone()), version, changes);
-        self.dirty.insert(DocId::Status(self.shared.node_name.clone()));
+        self.shared.queue_push(
+            DocId::Status(self.shared.node_name.clone()),
+            version,
+            changes,
+        );
+        self.dirty
+            .insert(DocId::Status(self.shared.node_name.clone()));
     }
 
     /// Writes changed documents to the data dir (at most every `save_interval` unless forced).
     pub(super) fn save(&mut self, force: bool) {
-        if self.dirty.is_empty() || (!force && self.last_save.elapsed() < self.config.save_interval) {
+        if self.dirty.is_empty() || (!force && self.last_save.elapsed() < self.config.save_interval)
+        {
             return;
         }
         self.last_save = std::time::Instant::now();
@@ -263,7 +370,10 @@ impl Actor {
             let (path, bytes) = match &id {
                 DocId::Cluster => {
                     let path = self.store.path().to_path_buf();
-                    if let Err(e) = self.shared.snapshot(|bytes| crate::state::write_atomic(&path, bytes, 0o600)) {
+                    if let Err(e) = self
+                        .shared
+                        .snapshot(|bytes| crate::state::write_atomic(&path, bytes, 0o600))
+                    {
                         tracing::error!(%e, path = %path.display(), "saving the cluster document failed");
                         self.dirty.insert(id);
                     }
@@ -277,7 +387,9 @@ impl Actor {
                     }
                 }
             };
-            let result = bytes.map_err(|e| std::io::Error::other(e.to_string())).and_then(|b| crate::state::write_atomic(&path, &b, 0o600));
+            let result = bytes
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|b| crate::state::write_atomic(&path, &b, 0o600));
             if let Err(e) = result {
                 tracing::error!(%e, path = %path.display(), "saving a document failed");
                 self.dirty.insert(id);
