@@ -19,22 +19,11 @@ pub struct BackupFile {
     pub generation: u64,
     pub taken_at: chrono::DateTime<chrono::Utc>,
     pub taken_on: String,
-    #[serde(with = "serde_bytes_field")]
+    #[serde(with = "crate::state::bytes_field")]
     pub document: Vec<u8>,
 }
 
 pub const BACKUP_FORMAT: &str = "shoal-backup/1";
-
-mod serde_bytes_field {
-    use crate::net::protocol::serde_bytes_vec::Bytes;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        Bytes(v.to_vec()).serialize(s)
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        Ok(Bytes::deserialize(d)?.0)
-    }
-}
 
 pub struct AgentBackend {
     pub shared: Arc<Shared>,
@@ -142,11 +131,14 @@ impl Backend for AgentBackend {
 
     fn status(&self) -> AgentStatus {
         let view = self.shared.view();
-        let (heads, doc_bytes) = {
-            let mut doc = self.shared.doc();
-            let heads = doc.heads().iter().map(|h| h.to_string()).collect();
-            (heads, doc.save().len() as u64)
-        };
+        let heads = self
+            .shared
+            .doc()
+            .heads()
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        let doc_bytes = self.shared.saved_bytes();
         AgentStatus {
             node: self.shared.node_name.clone(),
             cluster_id: self.shared.identity.cluster_id.clone(),

@@ -35,7 +35,7 @@ pub fn init_cluster(opts: &InitOptions) -> Result<InitOutput, AgentError> {
             opts.data_dir.display()
         )));
     }
-    if !crate::net::valid_node_name(&opts.settings.name) {
+    if !crate::model::is_dns1123_subdomain(&opts.settings.name) {
         return Err(AgentError::Config(format!(
             "node name {:?} is not a DNS-1123 subdomain",
             opts.settings.name

@@ -4,7 +4,7 @@
 mod backend;
 mod datadir;
 mod init;
-mod node_info;
+pub(crate) mod node_info;
 mod settings;
 pub mod shared;
 
@@ -102,7 +102,7 @@ fn prepare(opts: &RunOptions) -> Result<(DataDir, AgentSettings, ClusterIdentity
     if settings.name.is_empty() {
         settings.name = node_info::hostname();
     }
-    if !net::valid_node_name(&settings.name) {
+    if !crate::model::is_dns1123_subdomain(&settings.name) {
         return Err(AgentError::Config(format!(
             "node name {:?} is not a DNS-1123 subdomain",
             settings.name
@@ -171,6 +171,11 @@ pub async fn run(
         .or_insert_with(|| StatusDoc::empty(&settings.name, 0, ActorId::random()));
     let (shared, local_rx) = Shared::new(settings.name.clone(), identity, doc, wal, status);
     let shared = Arc::new(shared);
+    shared.set_saved_bytes(
+        std::fs::metadata(store.path())
+            .map(|m| m.len())
+            .unwrap_or(0),
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

@@ -39,6 +39,9 @@ pub struct Shared {
     doc: Mutex<ClusterDoc>,
     /// The write-ahead log of API writes; also held while a snapshot replaces it.
     wal: Mutex<Wal>,
+    /// Size of the cluster document as last saved (reported by the status route, which must
+    /// not serialise the whole document on every request).
+    saved_bytes: std::sync::atomic::AtomicU64,
     /// Status documents by owner; this node's own is created at start.
     status: Mutex<BTreeMap<String, StatusDoc>>,
     pub view: RwLock<View>,
@@ -63,6 +66,7 @@ impl Shared {
             identity,
             doc: Mutex::new(doc),
             wal: Mutex::new(wal),
+            saved_bytes: std::sync::atomic::AtomicU64::new(0),
             status: Mutex::new(status),
             view: RwLock::new(View::default()),
             changes_tx,
@@ -115,7 +119,17 @@ impl Shared {
         let mut wal = self.wal();
         let bytes = self.doc().save();
         persist(&bytes)?;
+        self.set_saved_bytes(bytes.len() as u64);
         wal.truncate()
+    }
+
+    pub fn saved_bytes(&self) -> u64 {
+        self.saved_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_saved_bytes(&self, bytes: u64) {
+        self.saved_bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// All status documents (read, or replicate into).

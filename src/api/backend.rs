@@ -53,6 +53,7 @@ pub struct AgentStatus {
     pub members: Vec<MemberStatus>,
     /// Heads of the replicated document, hex; equal heads mean equal state.
     pub heads: Vec<String>,
+    /// Size of the cluster document as last saved to disk.
     pub doc_bytes: u64,
     pub admitted_peers: Vec<String>,
 }

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use super::resources::{self, NameRule, ResourceInfo};
 use super::status::{ApiError, Cause};
+use crate::model::{is_dns1123_label, is_dns1123_subdomain};
 
 type Query = BTreeMap<String, String>;
 
@@ -94,17 +95,6 @@ pub fn validate_fields(
     }
 }
 
-fn is_label(part: &str) -> bool {
-    let bytes = part.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes[0] != b'-'
-        && bytes[bytes.len() - 1] != b'-'
-}
-
 const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
 
@@ -121,11 +111,8 @@ pub fn validate_name(info: &ResourceInfo, name: &str) -> Result<(), ApiError> {
         });
     }
     let (ok, message) = match info.name_rule {
-        NameRule::Subdomain => (
-            name.len() <= 253 && name.split('.').all(is_label),
-            SUBDOMAIN_MSG,
-        ),
-        NameRule::Label => (is_label(name), LABEL_MSG),
+        NameRule::Subdomain => (is_dns1123_subdomain(name), SUBDOMAIN_MSG),
+        NameRule::Label => (is_dns1123_label(name), LABEL_MSG),
     };
     if ok {
         Ok(())

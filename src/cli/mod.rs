@@ -127,11 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             token,
         } => {
             let settings = AgentSettings {
-                name: name.unwrap_or_else(|| {
-                    std::fs::read_to_string("/proc/sys/kernel/hostname")
-                        .map(|s| s.trim().to_lowercase())
-                        .unwrap_or_default()
-                }),
+                name: name.unwrap_or_else(crate::agent::node_info::hostname),
                 listen_p2p,
                 listen_api,
                 advertise,

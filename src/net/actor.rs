@@ -19,6 +19,7 @@ use super::protocol::{serde_bytes_vec::Bytes, Request, Response};
 use crate::agent::shared::{LocalChange, Shared, View};
 use crate::api::MemberStatus;
 use crate::membership::{self, MemberState, Membership, MembershipEvent, Output};
+use crate::model::is_dns1123_subdomain;
 use crate::security::{admission_proof, verify_admission, AdmissionClaim};
 use crate::state::{DocId, DocStore};
 
@@ -764,7 +765,7 @@ impl Actor {
         }
         verify_admission(identity, claim, proof)
             .map_err(|_| "invalid admission proof (wrong join token)".to_string())?;
-        if !valid_node_name(&claim.node_name) {
+        if !is_dns1123_subdomain(&claim.node_name) {
             return Err(format!("invalid node name {:?}", claim.node_name));
         }
         if claim.node_name == self.shared.node_name {
@@ -831,19 +832,4 @@ impl Actor {
         self.drain_membership();
         self.publish_view();
     }
-}
-
-/// Node names are DNS-1123 subdomains (as Kubernetes requires of node names).
-pub fn valid_node_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
 }

@@ -8,5 +8,5 @@ mod actor;
 mod behaviour;
 pub mod protocol;
 
-pub use actor::{run, valid_node_name, NetConfig, NetError};
+pub use actor::{run, NetConfig, NetError};
 pub use behaviour::{build_swarm, Behaviour, BehaviourEvent, SwarmError};

@@ -28,7 +28,7 @@ pub enum DocId {
 }
 
 /// Serde helper: `Vec<u8>` as a CBOR byte string.
-pub(crate) mod bytes_field {
+pub mod bytes_field {
     use crate::net::protocol::serde_bytes_vec::Bytes;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {

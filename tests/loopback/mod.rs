@@ -241,11 +241,8 @@ impl Cluster {
 
     fn launch(&mut self, i: usize) {
         let args = self.agent_args(i);
-        let log = self.nodes[i].log_path();
-        // Keep earlier logs of this node: append a marker, then the new run.
-        let previous = std::fs::read_to_string(&log).unwrap_or_default();
-        let child = spawn(&args, &log.with_extension("run.log"));
-        let _ = std::fs::write(&log, previous);
+        // This run logs to `<node>.run.log`; `kill` appends it to `<node>.log`.
+        let child = spawn(&args, &self.nodes[i].log_path().with_extension("run.log"));
         self.nodes[i].child = Some(child);
     }
 

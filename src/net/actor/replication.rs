@@ -55,7 +55,7 @@ impl Actor {
     fn align(&mut self, id: &DocId, remote: u64) -> Option<u64> {
         match id {
             DocId::Cluster => (remote == 0).then_some(0),
-            DocId::Status(owner) if !crate::net::valid_node_name(owner) => None,
+            DocId::Status(owner) if !crate::model::is_dns1123_subdomain(owner) => None,
             DocId::Status(owner) if *owner == self.shared.node_name => {
                 let mut docs = self.shared.status_docs();
                 let own = docs.get_mut(owner)?;
