@@ -2,10 +2,12 @@
 //!
 //! Every host runs the same agent (`shoal agent`). Code map (see `docs/ARCHITECTURE.md`):
 //!
-//! - [`model`]: plain resource types (node records, views) shared by all roles.
+//! - [`model`]: plain resource types (node records, views, workload records) shared by all roles.
 //! - [`state`]: the replicated automerge document: typed reads/writes, persistence, sync, compaction.
 //! - [`membership`]: SWIM-like failure detection (pure core) and the epoch view.
-//! - [`sched`]: scheduler-leader choice per epoch (pure).
+//! - [`sched`]: scheduler-leader choice per epoch, placement and controllers (pure).
+//! - [`kubelet`]: pod lifecycle planning (pure) and its loop over the runtime.
+//! - [`runtime`]: image store, OCI bundles, runc, per-container shims and pod sandboxes.
 //! - [`sim`]: deterministic many-node simulator of the pure cores.
 //! - [`security`]: cluster secret, join tokens, admission proofs, sealing, the cluster CA.
 //! - [`net`]: the libp2p swarm (QUIC): admission, membership messages, state push and sync (shell).
@@ -17,8 +19,10 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod membership;
+pub mod kubelet;
 pub mod model;
 pub mod net;
+pub mod runtime;
 pub mod sched;
 pub mod security;
 pub mod sim;

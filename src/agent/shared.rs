@@ -14,6 +14,11 @@ use crate::state::{ClusterDoc, DocId, StateError, StatusDoc, Wal};
 /// Most status documents an agent holds (one per node ever seen).
 pub const MAX_STATUS_DOCS: usize = 16384;
 
+/// Events a node keeps in its status document, at most...
+pub const MAX_EVENTS_PER_NODE: usize = 500;
+/// ...and for at most this long (Kubernetes' default event TTL).
+pub const EVENT_TTL: chrono::Duration = chrono::Duration::hours(1);
+
 /// Changes made locally to one document, for the push path.
 pub struct LocalChange {
     pub doc: DocId,
@@ -155,6 +160,56 @@ impl Shared {
         drop(docs);
         self.queue_push(DocId::Status(self.node_name.clone()), version, changes);
         Ok(out)
+    }
+
+    /// Records an event in this node's status document (see `model::workload::new_event`),
+    /// dropping this node's events older than [`EVENT_TTL`] and the oldest beyond
+    /// [`MAX_EVENTS_PER_NODE`], so events never grow the documents without bound.
+    pub fn record_event(
+        &self,
+        involved: &crate::model::workload::InvolvedObject,
+        event_type: &str,
+        reason: &str,
+        message: &str,
+        component: &str,
+    ) {
+        use crate::model::workload::{keys, new_event};
+        let now = Utc::now();
+        let (name, event) = new_event(
+            involved,
+            event_type,
+            reason,
+            message,
+            component,
+            &self.node_name,
+            now,
+        );
+        let result = self.write_status(|doc| {
+            let mut existing: Vec<(String, DateTime<Utc>)> = doc
+                .entries::<serde_json::Value>(keys::EVENT_PREFIX)
+                .into_iter()
+                .map(|(k, v)| {
+                    let at = v
+                        .get("lastTimestamp")
+                        .and_then(|t| t.as_str())
+                        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                        .map(|t| t.with_timezone(&Utc))
+                        .unwrap_or(now);
+                    (k, at)
+                })
+                .collect();
+            existing.sort_by_key(|(_, at)| *at);
+            let excess = (existing.len() + 1).saturating_sub(MAX_EVENTS_PER_NODE);
+            for (i, (key, at)) in existing.iter().enumerate() {
+                if i < excess || now - *at > EVENT_TTL {
+                    doc.delete(key)?;
+                }
+            }
+            doc.put(&keys::event(&involved.namespace, &name), &event)
+        });
+        if let Err(e) = result {
+            tracing::warn!(%e, reason, "could not record an event");
+        }
     }
 
     pub fn queue_push(&self, doc: DocId, version: u64, changes: Vec<Vec<u8>>) {

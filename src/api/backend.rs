@@ -5,7 +5,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::model::NodeView;
+use std::collections::BTreeMap;
+
+use crate::model::workload::{Binding, PodStatusRecord, SchedulingRecord};
+use crate::model::{NodeView, Readiness};
 
 /// Addresses one stored object. `resource` is the lower-case plural, qualified by its API group
 /// unless it is in the core group: `configmaps`, `namespaces`, `deployments.apps`.
@@ -81,4 +84,79 @@ pub trait Backend: Send + Sync + 'static {
     fn backup(&self) -> Result<Vec<u8>, BackendError>;
     /// Ticks whenever the state or the membership view changed (drives `watch=true`).
     fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    // ---- workloads (docs/workloads.md); defaults serve a backend without any ----
+
+    /// Bindings, pod status records and scheduling records: what the API needs to compute the
+    /// status of pods, ReplicaSets and Deployments on read.
+    fn workload_view(&self) -> WorkloadView {
+        WorkloadView::default()
+    }
+    /// Events (Kubernetes `Event` JSON) from every node's status document.
+    fn events(&self, _namespace: Option<&str>) -> Vec<Value> {
+        Vec::new()
+    }
+    /// Streams a container's log, from this node or (proxied) from the node that runs the pod.
+    fn pod_logs(&self, _req: LogRequest) -> BoxFuture<'static, Result<LogStream, BackendError>> {
+        Box::pin(async { Err(BackendError::Unavailable("logs are not served here".into())) })
+    }
+    /// Loads an image archive (OCI layout or `docker save` tar, already on local disk) into this
+    /// node's image store.
+    fn import_image(
+        &self,
+        _archive: std::path::PathBuf,
+    ) -> BoxFuture<'static, Result<Vec<ImageSummary>, BackendError>> {
+        Box::pin(async { Err(BackendError::Unavailable("no image store here".into())) })
+    }
+    /// Images in this node's store.
+    fn images(&self) -> Vec<ImageSummary> {
+        Vec::new()
+    }
+}
+
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+/// A byte stream of log output (already filtered and formatted as the request asked).
+pub type LogStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send>>;
+
+/// Workload records, as merged on the serving agent (see `docs/workloads.md`).
+#[derive(Clone, Debug, Default)]
+pub struct WorkloadView {
+    /// `(namespace, pod)` → the winning binding.
+    pub bindings: BTreeMap<(String, String), Binding>,
+    /// `(namespace, pod)` → status records for that pod from every node's status document,
+    /// as `(node, record)`. Only the one whose `binding` matches the binding is current.
+    pub pod_status: BTreeMap<(String, String), Vec<(String, PodStatusRecord)>>,
+    /// `(namespace, pod)` → why the leader could not place it (latest first when several).
+    pub scheduling: BTreeMap<(String, String), Vec<SchedulingRecord>>,
+    /// Readiness of every known node in the serving agent's view.
+    pub node_readiness: BTreeMap<String, Readiness>,
+}
+
+/// `GET .../pods/{name}/log` parameters (Kubernetes' PodLogOptions).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRequest {
+    pub namespace: String,
+    pub pod: String,
+    /// Defaults to the pod's only container; required when it has several.
+    pub container: Option<String>,
+    pub follow: bool,
+    pub previous: bool,
+    pub timestamps: bool,
+    pub tail_lines: Option<u64>,
+    pub since_seconds: Option<u64>,
+    /// RFC 3339.
+    pub since_time: Option<String>,
+    pub limit_bytes: Option<u64>,
+}
+
+/// One image in a node's store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSummary {
+    /// e.g. `shoal.test/busybox:1`.
+    pub reference: String,
+    /// `sha256:...` of the manifest.
+    pub digest: String,
+    /// Sum of the compressed layer sizes.
+    pub size: u64,
 }

@@ -36,7 +36,10 @@ mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use backend::{AgentStatus, Backend, BackendError, MemberStatus, ObjectKey};
+pub use backend::{
+    AgentStatus, Backend, BackendError, BoxFuture, ImageSummary, LogRequest, LogStream, MemberStatus,
+    ObjectKey, WorkloadView,
+};
 pub use nodes::node_object;
 pub use server::{serve, tls_config};
 pub use status::{ApiError, Cause};

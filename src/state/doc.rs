@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::keys::{self, object_key, ObjectPath};
 use super::replica::{from_cbor, Replica};
+use crate::model::workload::{self, Binding};
 use crate::model::NodeRecord;
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +132,47 @@ impl ClusterDoc {
                 Err(e) => {
                     tracing::warn!(%e, "skipping corrupt node record");
                     None
+                }
+            })
+            .collect()
+    }
+
+    // ---- scheduler bindings (`bind/<ns>/<pod>`, written by the epoch leader) ----
+
+    pub fn binding(&self, namespace: &str, pod: &str) -> Result<Option<Binding>, StateError> {
+        self.get_typed(&workload::keys::binding(namespace, pod))
+    }
+
+    /// Writes a binding; skipped (returns `false`) when the same one is already there.
+    pub fn put_binding(
+        &mut self,
+        namespace: &str,
+        pod: &str,
+        binding: &Binding,
+    ) -> Result<bool, StateError> {
+        if self.binding(namespace, pod).ok().flatten().as_ref() == Some(binding) {
+            return Ok(false);
+        }
+        self.put_typed(&workload::keys::binding(namespace, pod), binding)?;
+        Ok(true)
+    }
+
+    pub fn delete_binding(&mut self, namespace: &str, pod: &str) -> Result<bool, StateError> {
+        self.delete_key(&workload::keys::binding(namespace, pod))
+    }
+
+    /// Every binding: `((namespace, pod), binding)` in key order. Corrupt values are skipped.
+    pub fn bindings(&self) -> Vec<((String, String), Binding)> {
+        self.scan(workload::keys::BINDING_PREFIX)
+            .into_iter()
+            .filter_map(|(k, b)| {
+                let (ns, pod) = workload::keys::split(&k, workload::keys::BINDING_PREFIX)?;
+                match from_cbor(&k, &b) {
+                    Ok(v) => Some(((ns.to_string(), pod.to_string()), v)),
+                    Err(e) => {
+                        tracing::warn!(%e, "skipping corrupt binding");
+                        None
+                    }
                 }
             })
             .collect()

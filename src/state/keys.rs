@@ -7,6 +7,8 @@
 //! - `node/<name>`                 a node's own record (only that node writes it)
 //! - `obj/<resource>/<ns>/<name>`  users' objects, replaced as a whole; `<ns>` is `_` when
 //!   cluster-scoped
+//! - `bind/<ns>/<pod>`              where the scheduler leader placed a pod
+//!   (`model::workload::Binding`)
 
 pub const META: &str = "meta";
 pub const TOKEN_PREFIX: &str = "token/";

@@ -1,0 +1,171 @@
+//! Workload records exchanged between roles through the replicated documents: where the
+//! scheduler leader bound a pod ([`Binding`], cluster document) and what the node running it
+//! observed ([`PodStatusRecord`], [`SchedulingRecord`] and events, status documents).
+//! See `docs/workloads.md` for who writes which key.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Resource names (the backend's `resource` strings) of the workload kinds.
+pub const PODS: &str = "pods";
+pub const REPLICASETS: &str = "replicasets.apps";
+pub const DEPLOYMENTS: &str = "deployments.apps";
+
+/// Annotation on controller-made pods: the replica slot (`0..replicas`) the pod fills.
+pub const SLOT_ANNOTATION: &str = "shoal.io/slot";
+/// Label on ReplicaSets and their pods: hash of the Deployment's pod template.
+pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
+/// Label every node carries: its name (what `topologyKey: kubernetes.io/hostname` means).
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
+/// Where the scheduler leader placed one pod. Cluster document, key `bind/<ns>/<pod>`; written
+/// only by an agent that believed itself the leader of `epoch`. A new placement of the same pod
+/// replaces the value as a whole; concurrent placements (two leaders) resolve to the same
+/// winner on every replica, and the node that lost stops its copy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    /// The node that runs the pod.
+    pub node: String,
+    /// Identity of this placement (fresh for every placement). The kubelet keys its sandbox by
+    /// it and status records carry it, so a pod moved away and back is never confused with
+    /// its earlier copy.
+    pub id: String,
+    /// `metadata.uid` of the pod object placed; a binding for another uid is stale.
+    pub pod_uid: String,
+    /// The leader's epoch, view hash and name when it placed the pod.
+    pub epoch: u64,
+    pub view: u64,
+    pub leader: String,
+    pub at: DateTime<Utc>,
+}
+
+/// What a node observed of one pod it runs. Status document of that node, key
+/// `pod/<ns>/<name>`. Written only on transitions (phase, container state, restart count,
+/// readiness), never on a timer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PodStatusRecord {
+    /// [`Binding::id`] this status belongs to (for pods with `spec.nodeName` set by the user:
+    /// the pod uid).
+    pub binding: String,
+    pub pod_uid: String,
+    /// A Kubernetes `PodStatus` as JSON (phase, conditions, containerStatuses, podIP, hostIP,
+    /// startTime, reason, message).
+    pub status: serde_json::Value,
+}
+
+/// Why the leader could not place a pod. Status document of the leader that tried, key
+/// `sched/<ns>/<name>`; deleted once the pod is bound. Shown as the pod's `PodScheduled=False`
+/// condition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedulingRecord {
+    pub pod_uid: String,
+    /// `Unschedulable`.
+    pub reason: String,
+    /// e.g. `0/3 nodes are available: 3 Insufficient cpu.`
+    pub message: String,
+    pub at: DateTime<Utc>,
+}
+
+/// The object an event is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvolvedObject {
+    /// `v1`, `apps/v1`.
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// Builds a Kubernetes `v1` Event (`type` is `Normal` or `Warning`) reported by `node`'s
+/// `component` (`scheduler`, `kubelet`, `deployment-controller`...). Returns its name (unique
+/// per object, reason and time) and the object to store under `keys::event`.
+pub fn new_event(
+    involved: &InvolvedObject,
+    event_type: &str,
+    reason: &str,
+    message: &str,
+    component: &str,
+    node: &str,
+    now: DateTime<Utc>,
+) -> (String, serde_json::Value) {
+    let name = format!(
+        "{}.{:x}",
+        involved.name,
+        now.timestamp_nanos_opt().unwrap_or_default()
+    );
+    let ts = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let micro = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let event = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "name": name,
+            "namespace": involved.namespace,
+            "uid": uuid::Uuid::new_v4().to_string(),
+            "creationTimestamp": ts,
+        },
+        "involvedObject": {
+            "apiVersion": involved.api_version,
+            "kind": involved.kind,
+            "namespace": involved.namespace,
+            "name": involved.name,
+            "uid": involved.uid,
+        },
+        "type": event_type,
+        "reason": reason,
+        "message": message,
+        "source": {"component": component, "host": node},
+        "reportingComponent": component,
+        "reportingInstance": node,
+        "firstTimestamp": ts,
+        "lastTimestamp": ts,
+        "eventTime": micro,
+        "count": 1,
+    });
+    (name, event)
+}
+
+/// Key prefixes.
+pub mod keys {
+    /// Cluster document: `bind/<ns>/<pod>` → [`super::Binding`].
+    pub const BINDING_PREFIX: &str = "bind/";
+    /// Status documents: `pod/<ns>/<name>` → [`super::PodStatusRecord`].
+    pub const POD_STATUS_PREFIX: &str = "pod/";
+    /// Status documents: `sched/<ns>/<name>` → [`super::SchedulingRecord`].
+    pub const SCHEDULING_PREFIX: &str = "sched/";
+    /// Status documents: `event/<ns>/<name>` → a Kubernetes `Event` as JSON.
+    pub const EVENT_PREFIX: &str = "event/";
+
+    pub fn binding(ns: &str, pod: &str) -> String {
+        format!("{BINDING_PREFIX}{ns}/{pod}")
+    }
+    pub fn pod_status(ns: &str, pod: &str) -> String {
+        format!("{POD_STATUS_PREFIX}{ns}/{pod}")
+    }
+    pub fn scheduling(ns: &str, pod: &str) -> String {
+        format!("{SCHEDULING_PREFIX}{ns}/{pod}")
+    }
+    pub fn event(ns: &str, name: &str) -> String {
+        format!("{EVENT_PREFIX}{ns}/{name}")
+    }
+    /// `(ns, name)` of a key under `prefix`.
+    pub fn split<'a>(key: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
+        key.strip_prefix(prefix)?.split_once('/')
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keys;
+
+    #[test]
+    fn keys_split_back() {
+        let k = keys::binding("default", "web-abcde");
+        assert_eq!(
+            keys::split(&k, keys::BINDING_PREFIX),
+            Some(("default", "web-abcde"))
+        );
+        assert_eq!(keys::split("pod/x", keys::POD_STATUS_PREFIX), None);
+    }
+}
