@@ -6,7 +6,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::shared::Shared;
-use crate::api::{AgentStatus, Backend, BackendError, ObjectKey};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::api::{
+    AgentStatus, Backend, BackendError, BoxFuture, LogRequest, LogStream, ObjectKey, WorkloadView,
+};
+use crate::model::workload::{self, keys, PodStatusRecord, SchedulingRecord};
 use crate::model::{NodeView, Readiness};
 use crate::security::token_hash;
 use crate::state::{ClusterDoc, StateError};
@@ -27,6 +33,117 @@ pub const BACKUP_FORMAT: &str = "shoal-backup/1";
 
 pub struct AgentBackend {
     pub shared: Arc<Shared>,
+    /// The agent's data dir (pods' logs, the image store).
+    pub data_dir: PathBuf,
+    /// Client for other agents' APIs (log proxying), trusting the cluster CA only; built on
+    /// first use because the CA file is written after the backend exists.
+    peer_client: std::sync::OnceLock<reqwest::Client>,
+}
+
+impl AgentBackend {
+    pub fn new(shared: Arc<Shared>, data_dir: PathBuf) -> Self {
+        AgentBackend {
+            shared,
+            data_dir,
+            peer_client: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn peer_client(&self) -> Result<reqwest::Client, BackendError> {
+        if let Some(c) = self.peer_client.get() {
+            return Ok(c.clone());
+        }
+        let ca = std::fs::read(self.data_dir.join("tls/ca.crt"))
+            .map_err(|e| BackendError::Unavailable(format!("reading the cluster CA: {e}")))?;
+        let cert = reqwest::Certificate::from_pem(&ca)
+            .map_err(|e| BackendError::Unavailable(format!("cluster CA: {e}")))?;
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(cert)
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .build()
+            .map_err(|e| BackendError::Unavailable(format!("HTTP client: {e}")))?;
+        Ok(self.peer_client.get_or_init(|| client).clone())
+    }
+
+    /// Streams the log of a pod this node runs.
+    fn local_logs(&self, req: LogRequest) -> BoxFuture<'static, Result<LogStream, BackendError>> {
+        let _ = req;
+        Box::pin(async { Err(BackendError::Unavailable("the kubelet is not wired yet".into())) })
+    }
+
+    /// Streams the log from the agent of `node` (its API, authenticated with the internal
+    /// token).
+    fn proxy_logs(
+        &self,
+        node: &str,
+        req: LogRequest,
+    ) -> BoxFuture<'static, Result<LogStream, BackendError>> {
+        let record = self.shared.doc().node(node).ok().flatten();
+        let client = self.peer_client();
+        let token = self.shared.identity.internal_api_token();
+        let node = node.to_string();
+        Box::pin(async move {
+            let record = record.ok_or_else(|| {
+                BackendError::Unavailable(format!("node {node} has no record (deleted?)"))
+            })?;
+            let client = client?;
+            let url = format!(
+                "https://{}/api/v1/namespaces/{}/pods/{}/log",
+                record.api_addr, req.namespace, req.pod
+            );
+            let mut query: Vec<(&str, String)> = Vec::new();
+            if let Some(c) = &req.container {
+                query.push(("container", c.clone()));
+            }
+            for (k, on) in [
+                ("follow", req.follow),
+                ("previous", req.previous),
+                ("timestamps", req.timestamps),
+            ] {
+                if on {
+                    query.push((k, "true".into()));
+                }
+            }
+            if let Some(n) = req.tail_lines {
+                query.push(("tailLines", n.to_string()));
+            }
+            if let Some(n) = req.since_seconds {
+                query.push(("sinceSeconds", n.to_string()));
+            }
+            if let Some(t) = &req.since_time {
+                query.push(("sinceTime", t.clone()));
+            }
+            if let Some(n) = req.limit_bytes {
+                query.push(("limitBytes", n.to_string()));
+            }
+            let resp = client
+                .get(url)
+                .query(&query)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map_err(|e| BackendError::Unavailable(format!("node {node}: {e}")))?;
+            if !resp.status().is_success() {
+                let code = resp.status();
+                let body = resp.text().await.unwrap_or_default();
+                let message = serde_json::from_str::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(String::from))
+                    .unwrap_or(body);
+                return Err(match code.as_u16() {
+                    404 => BackendError::NotFound(message),
+                    400 => BackendError::Invalid(message),
+                    _ => BackendError::Unavailable(format!("node {node}: {message}")),
+                });
+            }
+            let stream = futures::StreamExt::map(resp.bytes_stream(), |r| {
+                r.map_err(|e| std::io::Error::other(e.to_string()))
+            });
+            Ok(Box::pin(stream) as LogStream)
+        })
+    }
 }
 
 fn state_err(e: StateError) -> BackendError {
@@ -124,9 +241,18 @@ impl Backend for AgentBackend {
     }
 
     fn authenticate(&self, token: &str) -> bool {
-        !token.is_empty()
-            && token.len() <= 512
-            && self.shared.doc().token_user(&token_hash(token)).is_some()
+        if token.is_empty() || token.len() > 512 {
+            return false;
+        }
+        let internal = self.shared.identity.internal_api_token();
+        // Constant-time comparison of the internal token; API tokens are compared by hash.
+        let equal = internal.len() == token.len()
+            && internal
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        equal || self.shared.doc().token_user(&token_hash(token)).is_some()
     }
 
     fn status(&self) -> AgentStatus {
@@ -169,5 +295,96 @@ impl Backend for AgentBackend {
 
     fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared.subscribe()
+    }
+
+    fn workload_view(&self) -> WorkloadView {
+        let bindings = self.shared.doc().bindings().into_iter().collect();
+        let mut pod_status: BTreeMap<(String, String), Vec<(String, PodStatusRecord)>> =
+            BTreeMap::new();
+        let mut scheduling: BTreeMap<(String, String), Vec<SchedulingRecord>> = BTreeMap::new();
+        for (node, doc) in self.shared.status_docs().iter() {
+            for (key, record) in doc.entries::<PodStatusRecord>(keys::POD_STATUS_PREFIX) {
+                if let Some((ns, name)) = keys::split(&key, keys::POD_STATUS_PREFIX) {
+                    pod_status
+                        .entry((ns.to_string(), name.to_string()))
+                        .or_default()
+                        .push((node.clone(), record));
+                }
+            }
+            for (key, record) in doc.entries::<SchedulingRecord>(keys::SCHEDULING_PREFIX) {
+                if let Some((ns, name)) = keys::split(&key, keys::SCHEDULING_PREFIX) {
+                    scheduling
+                        .entry((ns.to_string(), name.to_string()))
+                        .or_default()
+                        .push(record);
+                }
+            }
+        }
+        for records in scheduling.values_mut() {
+            records.sort_by(|a, b| b.at.cmp(&a.at));
+        }
+        let node_readiness = self
+            .nodes()
+            .into_iter()
+            .map(|n| (n.record.name, n.readiness))
+            .collect();
+        WorkloadView {
+            bindings,
+            pod_status,
+            scheduling,
+            node_readiness,
+        }
+    }
+
+    fn events(&self, namespace: Option<&str>) -> Vec<Value> {
+        let prefix = match namespace {
+            Some(ns) => format!("{}{ns}/", keys::EVENT_PREFIX),
+            None => keys::EVENT_PREFIX.to_string(),
+        };
+        let mut out: Vec<Value> = self
+            .shared
+            .status_docs()
+            .values()
+            .flat_map(|doc| doc.entries::<Value>(&prefix).into_iter().map(|(_, v)| v))
+            .collect();
+        let stamp = |v: &Value| {
+            v.get("lastTimestamp")
+                .and_then(|t| t.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
+        out.sort_by_key(stamp);
+        out
+    }
+
+    fn pod_logs(&self, req: LogRequest) -> BoxFuture<'static, Result<LogStream, BackendError>> {
+        let binding = self.shared.doc().binding(&req.namespace, &req.pod).ok().flatten();
+        let pod = self
+            .shared
+            .doc()
+            .get_object(workload::PODS, Some(&req.namespace), &req.pod)
+            .ok()
+            .flatten();
+        let Some(pod) = pod else {
+            let what = format!("pods \"{}\"", req.pod);
+            return Box::pin(async move { Err(BackendError::NotFound(what)) });
+        };
+        // Where it runs: the binding, or `spec.nodeName` for pods placed by their author.
+        let node = binding.map(|b| b.node).or_else(|| {
+            pod.pointer("/spec/nodeName")
+                .and_then(|n| n.as_str())
+                .map(String::from)
+        });
+        match node {
+            None => {
+                let msg = format!(
+                    "pod {}/{} is not scheduled to a node yet",
+                    req.namespace, req.pod
+                );
+                Box::pin(async move { Err(BackendError::Invalid(msg)) })
+            }
+            Some(node) if node == self.shared.node_name => self.local_logs(req),
+            Some(node) => self.proxy_logs(&node, req),
+        }
     }
 }

@@ -52,6 +52,12 @@ impl ClusterIdentity {
     pub(super) fn key(&self, purpose: &str) -> [u8; 32] {
         super::derive_key(&self.secret, purpose)
     }
+
+    /// The bearer token agents use on each other's APIs (log proxying): derived from the
+    /// cluster secret, so every member knows it and nobody else can compute it.
+    pub fn internal_api_token(&self) -> String {
+        format!("shoal-internal.{}", hex::encode(self.key("api:internal")))
+    }
 }
 
 /// `shoal1.<cluster id>.<generation>.<secret, base64url>`: handed to joining hosts.
