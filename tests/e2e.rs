@@ -8,6 +8,8 @@
 mod support;
 
 mod e2e {
+    mod workloads;
+
     use std::collections::BTreeMap;
     use std::process::Command;
 
