@@ -12,14 +12,21 @@ default:
 build:
     cargo build --release
 
-# Install missing prerequisites, build, start a 3-node testnet and show its nodes.
+# Install missing prerequisites, build, start a 3-node testnet and deploy the demo app on it.
 up: prereqs build
     testnet/up.sh 3
     kubectl --kubeconfig {{kubeconfig}} get nodes -o wide
+    kubectl --kubeconfig {{kubeconfig}} apply -f testnet/demo.yaml
+    kubectl --kubeconfig {{kubeconfig}} rollout status deploy/hello --timeout=120s
+    kubectl --kubeconfig {{kubeconfig}} get deploy,rs,pods -o wide
     @echo
     @echo "Use it:  export KUBECONFIG={{kubeconfig}}"
-    @echo "         kubectl get nodes            # via n1; --context n2 / n3 for the others"
-    @echo "         just kill n2 && just start n2, just partition 'n1 n2' n3 && just heal"
+    @echo "         kubectl get pods -o wide -w               # watch the demo (NODE column); Ctrl-C to stop"
+    @echo "         kubectl logs deploy/hello -f              # one replica's log"
+    @echo "         kubectl scale deploy/hello --replicas=9   # scale it"
+    @echo "         just kill n2                              # kill a node under it: replicas move in seconds"
+    @echo "         just start n2                             # it comes back; the count returns to exactly 9"
+    @echo "         kubectl --context n3 get pods             # any node answers"
     @echo "Stop it: just down"
 
 # Tear the testnet down (leaves nothing behind).
