@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Cluster benchmarks: change propagation, failure detection after kill -9 (with Serf side by side),
-# false deaths at idle, idle cost of an agent. Loopback agents first, then the netns testnet.
+# false deaths at idle, idle cost of an agent. Loopback agents first, then the netns testnet, where
+# the workload benchmarks follow: pod start (beside bare runc), failover of a Deployment after
+# kill -9 of a node, a burst of pods.
 #
 #   benches/run.sh [quick|full]      quick ≤ 10 min (default), full ≤ 40 min
 #
@@ -10,6 +12,7 @@
 #   FALSE_DEATH_MIN=N      minutes of idle watching for false deaths (quick 2, full 10)
 #   RECORD=0|1             append the report to docs/benchmarks.md (full: 1, quick: 0)
 #   KEEP=1                 keep the scratch dir (data dirs, agent logs) for inspection
+#   WORKLOADS_ONLY=1       only the workload benchmarks (testnet: pod start, failover, burst)
 #
 # Every process it starts is tracked by pid (the bench writes a pid file per cluster) and killed
 # by pid on exit; the testnet, when this script brought it up, is torn down with testnet/down.sh.
@@ -22,8 +25,10 @@ cd "$REPO"
 
 if [ "$MODE" = quick ]; then
   PROP_WRITES=100; KILLS=5; TN_KILLS=3; IDLE_SECS=20; FALSE_DEATH_MIN="${FALSE_DEATH_MIN:-2}"; RECORD="${RECORD:-0}"
+  POD_STARTS=20; FAILOVER_ROUNDS=3; BURST_PODS=100
 else
   PROP_WRITES=200; KILLS=20; TN_KILLS=10; IDLE_SECS=60; FALSE_DEATH_MIN="${FALSE_DEATH_MIN:-10}"; RECORD="${RECORD:-1}"
+  POD_STARTS=50; FAILOVER_ROUNDS=8; BURST_PODS=300
 fi
 TESTNET="${TESTNET:-auto}"
 
@@ -40,6 +45,13 @@ cleanup() {
     while read -r pid; do
       if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$WORK"; then kill -9 "$pid"; fi
     done <"$f"
+  done
+  # Containers of the bare-runc baseline (pod-start), in private runc roots under the scratch dir.
+  for root in "$WORK"/*/pod-start/bundle/runc-root; do
+    [ -d "$root" ] || continue
+    for id in $(runc --root "$root" list -q 2>/dev/null); do
+      runc --root "$root" kill "$id" KILL 2>/dev/null; runc --root "$root" delete --force "$id" 2>/dev/null
+    done
   done
   if [ "$TESTNET_OURS" = 1 ]; then testnet/down.sh >/dev/null 2>&1; fi
   if [ "${KEEP:-0}" = 1 ]; then echo "scratch kept: $WORK" >&2; else rm -rf "$WORK"; fi
@@ -101,6 +113,8 @@ bench() {
   echo
 } >"$REPORT"
 
+WORKLOADS_ONLY="${WORKLOADS_ONLY:-0}"
+if [ "$WORKLOADS_ONLY" != 1 ]; then
 # --- loopback --------------------------------------------------------------------------------
 bench propagation-lo50 propagation --agents 50 --writes "$PROP_WRITES" --rate 5
 bench detection-lo5 detection --agents 5 --kills "$KILLS"
@@ -117,6 +131,7 @@ if command -v serf >/dev/null 2>&1; then
 else
   echo "### Serf: skipped (not installed, apt-get failed)" >>"$REPORT"
 fi
+fi # WORKLOADS_ONLY
 
 # --- netns testnet -----------------------------------------------------------------------------
 use_testnet=0
@@ -131,9 +146,15 @@ if [ "$use_testnet" = 1 ]; then
   say "testnet/up.sh 5"
   TESTNET_OURS=1
   if SHOAL_BIN="$BIN" testnet/up.sh 5 >"$WORK/testnet-up.log" 2>&1; then
-    bench propagation-tn5 propagation --testnet testnet --nodes 5 --writes "$PROP_WRITES" --rate 5
-    bench detection-tn5 detection --testnet testnet --nodes 5 --kills "$TN_KILLS"
-    bench idle-tn5 idle --testnet testnet --nodes 5 --secs "$IDLE_SECS" --rate 20
+    if [ "$WORKLOADS_ONLY" != 1 ]; then
+      bench propagation-tn5 propagation --testnet testnet --nodes 5 --writes "$PROP_WRITES" --rate 5
+      bench detection-tn5 detection --testnet testnet --nodes 5 --kills "$TN_KILLS"
+      bench idle-tn5 idle --testnet testnet --nodes 5 --secs "$IDLE_SECS" --rate 20
+    fi
+    # Workloads (image shoal.test/busybox:1 imported by up.sh on every node).
+    bench pod-start-tn5 pod-start --testnet testnet --nodes 5 --pods "$POD_STARTS"
+    bench failover-tn5 failover --testnet testnet --nodes 5 --replicas 6 --rounds "$FAILOVER_ROUNDS"
+    bench burst-tn5 burst --testnet testnet --nodes 5 --pods "$BURST_PODS"
   else
     FAILED+=(testnet-up)
     { echo "### Testnet: up.sh failed"; echo; echo '```'; tail -n 15 "$WORK/testnet-up.log"; echo '```'; } >>"$REPORT"
@@ -143,6 +164,7 @@ if [ "$use_testnet" = 1 ]; then
 fi
 
 # --- state under churn (in-process, no network) --------------------------------------------------
+if [ "$WORKLOADS_ONLY" != 1 ]; then
 say "state_churn: 10,000 pods + 100,000 status transitions"
 {
   echo "### State under churn: 10,000 pods' objects + 100,000 status transitions (\`cargo bench --bench state_churn\`)"
@@ -155,6 +177,7 @@ else
   FAILED+=(state_churn)
   { echo '```'; tail -n 15 "$WORK/state_churn.log"; echo '```'; } >>"$REPORT"
 fi
+fi # WORKLOADS_ONLY
 
 # --- summary -----------------------------------------------------------------------------------
 {

@@ -1,5 +1,6 @@
 //! Cluster benchmarks: change propagation, failure detection after kill -9 (and Serf's, for
-//! comparison), false deaths at idle, and the idle cost of an agent. Each subcommand starts its
+//! comparison), false deaths at idle, the idle cost of an agent, and workloads on the testnet
+//! (pod start beside bare runc, failover of a Deployment, a burst of pods). Each subcommand starts its
 //! own loopback agents (or uses an up netns testnet), prints a markdown section with the figures
 //! on stdout and a `RESULT ...` line per figure that `benches/run.sh` collects. Nothing here
 //! asserts on time: it measures and reports.
@@ -11,11 +12,14 @@ mod api;
 mod cluster;
 mod failure;
 mod idle;
+mod kube;
 mod lo;
 mod propagation;
+mod runc;
 mod serf;
 mod stats;
 mod testnet;
+mod workloads;
 
 use std::path::PathBuf;
 
@@ -94,6 +98,45 @@ enum What {
         #[arg(long, default_value = "serf")]
         serf_bin: PathBuf,
     },
+    /// Bare pods one after another: POST → Running on a watch, beside bare `runc run --detach`.
+    PodStart {
+        #[command(flatten)]
+        on: OnTestnet,
+        #[arg(long, default_value_t = 50)]
+        pods: usize,
+        /// Pods (and runc runs) before the measured ones, not counted.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+    },
+    /// A Deployment; kill a node running replicas, time until all run elsewhere; restart; repeat.
+    Failover {
+        #[command(flatten)]
+        on: OnTestnet,
+        #[arg(long, default_value_t = 6)]
+        replicas: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// A Deployment of --pods replicas from POST to all Running, then delete to no container.
+    Burst {
+        #[command(flatten)]
+        on: OnTestnet,
+        #[arg(long, default_value_t = 300)]
+        pods: usize,
+        /// Give up waiting (for Running, then for deletion) after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+}
+
+/// The workload benchmarks need the netns testnet (runc roots, images, testnet scripts).
+#[derive(Args, Clone)]
+struct OnTestnet {
+    /// The `testnet/` directory of an up testnet.
+    #[arg(long, default_value = "testnet")]
+    testnet: PathBuf,
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
 }
 
 async fn open(cli: &Cli, at: &Where, scenario: &str) -> Result<(Box<dyn Cluster>, String)> {
@@ -151,6 +194,27 @@ async fn main() -> Result<()> {
             kills,
             serf_bin,
         } => serf::detection(serf_bin, &cli.work.join("serf"), *agents, *kills).await?,
+        What::PodStart { on, pods, warmup } => {
+            let kube = kube::Kube::open(&on.testnet, on.nodes)?;
+            let work = cli.work.join("pod-start");
+            std::fs::create_dir_all(&work)?;
+            workloads::pod_start(&kube, &work, *pods, *warmup).await?
+        }
+        What::Failover {
+            on,
+            replicas,
+            rounds,
+        } => {
+            workloads::failover(
+                &kube::Kube::open(&on.testnet, on.nodes)?,
+                *replicas,
+                *rounds,
+            )
+            .await?
+        }
+        What::Burst { on, pods, timeout } => {
+            workloads::burst(&kube::Kube::open(&on.testnet, on.nodes)?, *pods, *timeout).await?
+        }
     };
     println!("{report}");
     Ok(())

@@ -1,0 +1,587 @@
+//! Workload benchmarks on the netns testnet: pod start (with bare `runc run` side by side),
+//! failover of a Deployment after kill -9 of a node, and a burst of pods from apply to Running
+//! and back to no container. They measure and report; nothing asserts on time.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use rand::Rng;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::kube::{poll_until, Kube, PodEvent, PodInfo};
+use crate::runc::{find_busybox, Bundle};
+use crate::stats::{self, row};
+
+/// A short random tag so names never collide with a previous run's leftovers.
+fn run_tag() -> String {
+    format!("{:05x}", rand::thread_rng().gen_range(0..0xfffff))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn opt_s(d: Option<Duration>) -> String {
+    d.map(|d| format!("{:.2} s", d.as_secs_f64()))
+        .unwrap_or_else(|| "not reached".to_string())
+}
+
+/// Pods per node, `n1: 3, n2: 4, …`.
+fn spread(pods: &[PodInfo]) -> String {
+    let mut per: BTreeMap<String, usize> = BTreeMap::new();
+    for p in pods {
+        *per.entry(p.node.clone().unwrap_or_else(|| "unbound".into()))
+            .or_default() += 1;
+    }
+    per.iter()
+        .map(|(n, c)| format!("{n}: {c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Wait until the runc containers over all nodes number `want`; the time it took, or None.
+async fn wait_runc_total(kube: &Kube, want: usize, timeout: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    poll_until(Duration::from_millis(100), timeout, || async {
+        (kube.runc_total().ok()? == want).then(|| t0.elapsed())
+    })
+    .await
+}
+
+// ---- pod start -----------------------------------------------------------------------------
+
+/// Per pod: when the watch first showed it bound, Running, and Running with every container ready.
+#[derive(Default, Clone, Copy)]
+struct Start {
+    bound: Option<Duration>,
+    running: Option<Duration>,
+    ready: Option<Duration>,
+}
+
+/// Wait on the watch for pod `name` to be Running (and ready, up to `ready_grace` more).
+async fn await_start(
+    rx: &mut mpsc::UnboundedReceiver<PodEvent>,
+    name: &str,
+    t0: Instant,
+    timeout: Duration,
+    ready_grace: Duration,
+) -> (Start, Option<PodInfo>) {
+    let mut s = Start::default();
+    let mut last = None;
+    loop {
+        let limit = match s.running {
+            Some(r) => (r + ready_grace).min(timeout),
+            None => timeout,
+        };
+        let left = limit.saturating_sub(t0.elapsed());
+        let ev = match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(ev)) => ev,
+            Ok(None) | Err(_) => return (s, last),
+        };
+        if ev.pod.name != name || ev.kind == "DELETED" {
+            continue;
+        }
+        let at = ev.at.saturating_duration_since(t0);
+        if ev.pod.node.is_some() {
+            s.bound.get_or_insert(at);
+        }
+        if ev.pod.running() {
+            s.running.get_or_insert(at);
+            if ev.pod.ready {
+                s.ready.get_or_insert(at);
+                return (s, Some(ev.pod));
+            }
+        }
+        last = Some(ev.pod);
+    }
+}
+
+/// Create `warmup + pods` bare pods one after another through n1; per pod, time from just before
+/// the POST until the watch (opened on n1 beforehand) shows it Running. Interleaved with the same
+/// number of `runc run --detach` of an equivalent bundle.
+pub async fn pod_start(kube: &Kube, work: &Path, pods: usize, warmup: usize) -> Result<String> {
+    let tag = run_tag();
+    let selector = format!("bench=ps-{tag}");
+    let labels = json!({ "bench": format!("ps-{tag}") });
+    let base_runc = kube.runc_total()?;
+    let mut bundle = Bundle::build(&work.join("bundle"), &find_busybox()?)?;
+
+    let (rv, _) = kube.list_pods(0, &selector).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let watch = kube.watch_pods(0, &selector, &rv, tx).await?;
+
+    let mut starts: Vec<Start> = Vec::new();
+    let mut runc_times = Vec::new();
+    let mut failed = Vec::new();
+    let mut consecutive_failures = 0;
+    let mut names = Vec::new();
+    for i in 0..warmup + pods {
+        let id = format!("rb-{tag}-{i}");
+        match bundle.run(&id) {
+            Ok(d) if i >= warmup => runc_times.push(d),
+            Ok(_) => {}
+            Err(e) => eprintln!("runc baseline {i}: {e:#}"),
+        }
+        while rx.try_recv().is_ok() {} // stale events of earlier pods
+        let name = format!("ps-{tag}-{i}");
+        let t0 = Instant::now();
+        if let Err(e) = kube.create_pod(0, &name, &labels).await {
+            failed.push(format!("{name}: {e:#}"));
+            consecutive_failures += 1;
+        } else {
+            names.push(name.clone());
+            let (s, last) = await_start(
+                &mut rx,
+                &name,
+                t0,
+                Duration::from_secs(60),
+                Duration::from_secs(3),
+            )
+            .await;
+            eprintln!(
+                "{name}: bound {:?} running {:?} ready {:?}",
+                s.bound, s.running, s.ready
+            );
+            if s.running.is_none() {
+                failed.push(format!(
+                    "{name}: not Running within 60 s (last seen: {last:?})"
+                ));
+                consecutive_failures += 1;
+            } else {
+                consecutive_failures = 0;
+                if i >= warmup {
+                    starts.push(s);
+                }
+            }
+        }
+        if consecutive_failures >= 3 {
+            eprintln!("3 pods in a row did not start: giving up");
+            break;
+        }
+    }
+    watch.abort();
+    let (_, placed) = kube.list_pods(0, &selector).await.unwrap_or_default();
+
+    // Clean up: delete every pod, time until no container of theirs is left on any node.
+    let t_del = Instant::now();
+    for name in &names {
+        if let Err(e) = kube.delete_pod(0, name).await {
+            eprintln!("{e:#}");
+        }
+    }
+    let deleted = wait_runc_total(kube, base_runc, Duration::from_secs(120))
+        .await
+        .map(|_| t_del.elapsed());
+    let mut runc_remove = Vec::new();
+    for i in 0..warmup + pods {
+        let t = Instant::now();
+        if bundle.remove(&format!("rb-{tag}-{i}")).is_ok() {
+            runc_remove.push(t.elapsed());
+        }
+    }
+    drop(bundle);
+
+    let running: Vec<Duration> = starts.iter().filter_map(|s| s.running).collect();
+    let bound: Vec<Duration> = starts.iter().filter_map(|s| s.bound).collect();
+    let ready: Vec<Duration> = starts.iter().filter_map(|s| s.ready).collect();
+    let sr = stats::summarize(&running);
+    let sb = stats::summarize(&runc_times);
+    let mut out = format!(
+        "### Pod start, image present, netns testnet: {} nodes, {pods} bare pods one after another (+{warmup} warm-up), watch on n1\n\n{}\n",
+        kube.nodes,
+        stats::HEADER
+    );
+    out += &format!(
+        "{}\n",
+        row(
+            "POST → bound (`spec.nodeName` on the watch)",
+            stats::summarize(&bound)
+        )
+    );
+    out += &format!("{}\n", row("**POST → `Running` on the watch**", sr));
+    out += &format!(
+        "{}\n",
+        row(
+            "POST → Running and every container ready",
+            stats::summarize(&ready)
+        )
+    );
+    out += &format!(
+        "{}\n",
+        row("bare `runc run --detach`, same machine, interleaved", sb)
+    );
+    out += &format!(
+        "{}\n",
+        row(
+            "(bare `runc kill` + `runc delete --force`)",
+            stats::summarize(&runc_remove)
+        )
+    );
+    out += &format!("\npods per node: {}\n", spread(&placed));
+    out += &format!(
+        "\ndelete all {} pods → no container left on any node (`runc list`): {}\n",
+        names.len(),
+        opt_s(deleted)
+    );
+    if !failed.is_empty() {
+        out += &format!("\nfailed: {}\n", failed.len());
+        for f in failed.iter().take(5) {
+            out += &format!("- {f}\n");
+        }
+    }
+    match (sr, sb) {
+        (Some(s), Some(b)) => {
+            out += &format!(
+                "\nshoal / bare runc: p50 {:.1}×, p99 {:.1}×\n",
+                s.p50 / b.p50,
+                s.p99 / b.p99
+            );
+            out += &format!(
+                "\nRESULT pod_start testnet n={} p50_ms={:.0} p99_ms={:.0} runc_p50_ms={:.0} runc_p99_ms={:.0} goal_p50_ms=150 goal_p99_ms=400 met={}\n",
+                s.n, s.p50, s.p99, b.p50, b.p99,
+                s.p50 <= 150.0 && s.p99 <= 400.0 && failed.is_empty()
+            );
+        }
+        _ => {
+            out += &format!(
+                "\nRESULT pod_start testnet n=0 failed={} met=false\n",
+                failed.len()
+            );
+        }
+    }
+    Ok(out)
+}
+
+// ---- failover ------------------------------------------------------------------------------
+
+/// What one failover round observed, times since just before the kill.
+#[derive(Default)]
+struct Round {
+    dead_on_n1: Option<Duration>,
+    rebound: Option<Duration>,
+    running: Option<Duration>,
+}
+
+/// Poll n1 every 50 ms until `replicas` pods of `selector` are Running off `victim`.
+async fn await_failover(
+    kube: &Kube,
+    selector: &str,
+    replicas: usize,
+    victim: usize,
+    t0: Instant,
+    timeout: Duration,
+) -> Round {
+    let vname = kube.node_name(victim);
+    let mut r = Round::default();
+    while t0.elapsed() < timeout {
+        let (members, pods) = futures::join!(kube.members(0), kube.list_pods(0, selector));
+        let now = t0.elapsed();
+        if let Ok(ms) = members {
+            if ms
+                .iter()
+                .any(|(n, s)| n == &vname && (s == "dead" || s == "left"))
+            {
+                r.dead_on_n1.get_or_insert(now);
+            }
+        }
+        if let Ok((_, pods)) = pods {
+            let off: Vec<&PodInfo> = pods
+                .iter()
+                .filter(|p| p.node.as_deref().is_some_and(|n| n != vname))
+                .collect();
+            if off.len() == pods.len() && pods.len() >= replicas {
+                r.rebound.get_or_insert(now);
+            }
+            if off.iter().filter(|p| p.running()).count() >= replicas {
+                r.running = Some(now);
+                return r;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    r
+}
+
+/// Exactly `replicas` pods Running (seen on n1) and `want_runc` containers over all nodes.
+async fn await_exact(
+    kube: &Kube,
+    selector: &str,
+    replicas: usize,
+    want_runc: usize,
+    timeout: Duration,
+) -> Option<Duration> {
+    let t0 = Instant::now();
+    poll_until(Duration::from_millis(100), timeout, || async {
+        let (_, pods) = kube.list_pods(0, selector).await.ok()?;
+        let ok = pods.len() == replicas
+            && pods.iter().all(|p| p.running())
+            && kube.runc_total().ok()? == want_runc;
+        ok.then(|| t0.elapsed())
+    })
+    .await
+}
+
+/// A Deployment of `replicas`; per round kill (`testnet/kill.sh`) a node other than n1 that runs
+/// replicas, time until all replicas are Running on survivors (seen on n1), restart it and wait
+/// for exactly `replicas` pods and containers before the next round.
+pub async fn failover(kube: &Kube, replicas: usize, rounds: usize) -> Result<String> {
+    if kube.nodes < 2 {
+        bail!("failover needs at least 2 nodes");
+    }
+    let tag = run_tag();
+    let name = format!("fo-{tag}");
+    let selector = format!("app={name}");
+    let base_runc = kube.runc_total()?;
+    kube.create_deployment(0, &name, replicas).await?;
+    let initial = await_exact(
+        kube,
+        &selector,
+        replicas,
+        base_runc + replicas,
+        Duration::from_secs(120),
+    )
+    .await;
+    let mut failover_times = Vec::new();
+    let mut detect = Vec::new();
+    let mut rebound = Vec::new();
+    let mut exact = Vec::new();
+    let mut notes = Vec::new();
+    if initial.is_none() {
+        notes.push(format!(
+            "the deployment never reached {replicas} Running pods and containers within 120 s"
+        ));
+    }
+    let mut done = 0;
+    for r in 0..rounds {
+        if initial.is_none() {
+            break;
+        }
+        let (_, pods) = kube.list_pods(0, &selector).await?;
+        let candidates: Vec<usize> = (1..kube.nodes)
+            .filter(|&i| {
+                pods.iter()
+                    .any(|p| p.node.as_deref() == Some(kube.node_name(i).as_str()))
+            })
+            .collect();
+        let Some(&victim) = candidates.get(r % candidates.len().max(1)) else {
+            notes.push(format!(
+                "round {r}: no node other than n1 runs a replica; skipped"
+            ));
+            continue;
+        };
+        let on_victim = pods
+            .iter()
+            .filter(|p| p.node.as_deref() == Some(kube.node_name(victim).as_str()))
+            .count();
+        let t0 = Instant::now();
+        kube.script("kill.sh", victim)?;
+        let round = await_failover(
+            kube,
+            &selector,
+            replicas,
+            victim,
+            t0,
+            Duration::from_secs(60),
+        )
+        .await;
+        eprintln!(
+            "round {r}: killed {} ({on_victim} replicas): dead on n1 {:?}, rebound {:?}, running {:?}",
+            kube.node_name(victim),
+            round.dead_on_n1,
+            round.rebound,
+            round.running
+        );
+        match round.running {
+            Some(d) => failover_times.push(d),
+            None => notes.push(format!(
+                "round {r}: {} killed, replicas not all Running elsewhere within 60 s",
+                kube.node_name(victim)
+            )),
+        }
+        detect.extend(round.dead_on_n1);
+        rebound.extend(round.rebound);
+        kube.script("start.sh", victim)?;
+        let t1 = Instant::now();
+        kube.wait_all_alive(Duration::from_secs(60)).await?;
+        match await_exact(
+            kube,
+            &selector,
+            replicas,
+            base_runc + replicas,
+            Duration::from_secs(60),
+        )
+        .await
+        {
+            Some(_) => exact.push(t1.elapsed()),
+            None => notes.push(format!(
+                "round {r}: after restarting {}, not exactly {replicas} pods Running and containers within 60 s",
+                kube.node_name(victim)
+            )),
+        }
+        done += 1;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    kube.delete_deployment(0, &name).await.ok();
+    let cleaned = wait_runc_total(kube, base_runc, Duration::from_secs(120)).await;
+
+    let s = stats::summarize(&failover_times);
+    let mut out = format!(
+        "### Failover after kill -9 of a node, netns testnet: {} nodes, Deployment of {replicas}, {done} rounds, n1's API polled every 50 ms\n\n{}\n",
+        kube.nodes,
+        stats::HEADER
+    );
+    out += &format!(
+        "{}\n",
+        row(
+            "kill → n1 reports the victim dead",
+            stats::summarize(&detect)
+        )
+    );
+    out += &format!(
+        "{}\n",
+        row(
+            "kill → no replica bound to the victim",
+            stats::summarize(&rebound)
+        )
+    );
+    out += &format!(
+        "{}\n",
+        row("**kill → all replicas Running on survivors**", s)
+    );
+    out += &format!(
+        "{}\n",
+        row(
+            "restart → exactly the replicas Running, containers = replicas",
+            stats::summarize(&exact)
+        )
+    );
+    out += &format!(
+        "\ncreate → {replicas} Running with {replicas} containers (initial): {}; delete → no container left: {}\n",
+        opt_s(initial),
+        opt_s(cleaned)
+    );
+    for n in notes.iter().take(10) {
+        out += &format!("- {n}\n");
+    }
+    match s {
+        Some(s) => {
+            out += &format!(
+                "\nRESULT failover testnet n={} p50_ms={:.0} p99_ms={:.0} goal_p50_ms=3000 goal_p99_ms=5000 met={}\n",
+                s.n, s.p50, s.p99,
+                s.p50 <= 3000.0 && s.p99 <= 5000.0 && s.n == done
+            )
+        }
+        None => out += "\nRESULT failover testnet n=0 met=false\n",
+    }
+    Ok(out)
+}
+
+// ---- burst ---------------------------------------------------------------------------------
+
+/// POST a Deployment of `pods` replicas; poll n1 every 250 ms until all are Running; delete it and
+/// time until no container is left on any node.
+pub async fn burst(kube: &Kube, pods: usize, timeout_secs: u64) -> Result<String> {
+    let tag = run_tag();
+    let name = format!("burst-{tag}");
+    let selector = format!("app={name}");
+    let base_runc = kube.runc_total()?;
+    let timeout = Duration::from_secs(timeout_secs);
+    let mut created = None;
+    let mut scheduled = None;
+    let mut first_running = None;
+    let mut half = None;
+    let mut ninety = None;
+    let mut all = None;
+    let mut last: Vec<PodInfo> = Vec::new();
+    let mut list_errors = 0;
+    let t0 = Instant::now();
+    kube.create_deployment(0, &name, pods).await?;
+    while t0.elapsed() < timeout {
+        match kube.list_pods(0, &selector).await {
+            Ok((_, list)) => {
+                let now = t0.elapsed();
+                let running = list.iter().filter(|p| p.running()).count();
+                if list.len() >= pods {
+                    created.get_or_insert(now);
+                }
+                if list.len() >= pods && list.iter().all(|p| p.node.is_some()) {
+                    scheduled.get_or_insert(now);
+                }
+                if running >= 1 {
+                    first_running.get_or_insert(now);
+                }
+                if running * 2 >= pods {
+                    half.get_or_insert(now);
+                }
+                if running * 10 >= pods * 9 {
+                    ninety.get_or_insert(now);
+                }
+                last = list;
+                if running >= pods {
+                    all = Some(now);
+                    break;
+                }
+            }
+            Err(e) => {
+                list_errors += 1;
+                eprintln!("list: {e:#}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let containers = kube.runc_total().unwrap_or(0).saturating_sub(base_runc);
+    eprintln!("burst: all running {all:?}, {containers} containers");
+
+    let t1 = Instant::now();
+    kube.delete_deployment(0, &name).await?;
+    let mut pods_gone = None;
+    let mut runc_gone = None;
+    while t1.elapsed() < timeout && (pods_gone.is_none() || runc_gone.is_none()) {
+        if pods_gone.is_none() {
+            if let Ok((_, list)) = kube.list_pods(0, &selector).await {
+                if list.is_empty() {
+                    pods_gone = Some(t1.elapsed());
+                }
+            }
+        }
+        if runc_gone.is_none() && kube.runc_total().ok() == Some(base_runc) {
+            runc_gone = Some(t1.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let mut out = format!(
+        "### Burst, netns testnet: a Deployment of {pods} pods on {} nodes, n1's API polled every 250 ms\n\n| measure | time |\n|---|---|\n",
+        kube.nodes
+    );
+    out += &format!("| POST → all {pods} pods exist | {} |\n", opt_s(created));
+    out += &format!("| POST → all bound to a node | {} |\n", opt_s(scheduled));
+    out += &format!("| POST → first Running | {} |\n", opt_s(first_running));
+    out += &format!("| POST → 50 % Running | {} |\n", opt_s(half));
+    out += &format!("| POST → 90 % Running | {} |\n", opt_s(ninety));
+    out += &format!("| **POST → all Running** | {} |\n", opt_s(all));
+    out += &format!("| DELETE → no pod listed | {} |\n", opt_s(pods_gone));
+    out += &format!(
+        "| **DELETE → no container on any node** (`runc list`) | {} |\n",
+        opt_s(runc_gone)
+    );
+    out += &format!(
+        "\nRunning at the end: {} of {pods}; containers at the end: {containers}; pods per node: {}; failed list requests: {list_errors}\n",
+        last.iter().filter(|p| p.running()).count(),
+        spread(&last)
+    );
+    let rate = |d: Option<Duration>| d.map(|d| pods as f64 / d.as_secs_f64());
+    if let Some(r) = rate(all) {
+        out += &format!("\nthroughput: {r:.1} pods/s to Running\n");
+    }
+    out += &format!(
+        "\nRESULT burst testnet pods={pods} all_running_ms={} pods_per_s={} delete_to_no_container_ms={}\n",
+        all.map(|d| format!("{:.0}", ms(d))).unwrap_or_else(|| "none".into()),
+        rate(all).map(|r| format!("{r:.1}")).unwrap_or_else(|| "none".into()),
+        runc_gone.map(|d| format!("{:.0}", ms(d))).unwrap_or_else(|| "none".into()),
+    );
+    Ok(out)
+}
