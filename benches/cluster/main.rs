@@ -108,6 +108,11 @@ enum What {
         #[arg(long, default_value_t = 2)]
         warmup: usize,
     },
+    /// Only the bare-runc baseline of pod-start (no cluster needed).
+    RuncStart {
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+    },
     /// A Deployment; kill a node running replicas, time until all run elsewhere; restart; repeat.
     Failover {
         #[command(flatten)]
@@ -199,6 +204,11 @@ async fn main() -> Result<()> {
             let work = cli.work.join("pod-start");
             std::fs::create_dir_all(&work)?;
             workloads::pod_start(&kube, &work, *pods, *warmup).await?
+        }
+        What::RuncStart { runs } => {
+            let work = cli.work.join("runc-start");
+            std::fs::create_dir_all(&work)?;
+            workloads::runc_only(&work, *runs).await?
         }
         What::Failover {
             on,

@@ -65,17 +65,24 @@ impl Bundle {
     }
 
     /// `runc run --detach ID`: the time until runc returned with the container's process started.
+    /// The container inherits runc's stdio, so stderr goes to a file (a pipe would stay open as
+    /// long as `sleep` runs).
     pub fn run(&mut self, id: &str) -> Result<Duration> {
+        let err_path = self.dir.join("runc-run.err");
+        let err = std::fs::File::create(&err_path)?;
         let t0 = Instant::now();
-        let out = runc(&self.root)
+        let st = runc(&self.root)
             .args(["run", "--detach", "--bundle"])
             .arg(&self.dir)
             .arg(id)
-            .stderr(Stdio::piped())
-            .output()?;
+            .stderr(err)
+            .status()?;
         let took = t0.elapsed();
         self.live.push(id.to_string());
-        check(out, &format!("runc run --detach {id}"))?;
+        if !st.success() {
+            let msg = std::fs::read_to_string(&err_path).unwrap_or_default();
+            bail!("runc run --detach {id}: {}", msg.trim());
+        }
         Ok(took)
     }
 

@@ -585,3 +585,42 @@ pub async fn burst(kube: &Kube, pods: usize, timeout_secs: u64) -> Result<String
     );
     Ok(out)
 }
+
+// ---- bare runc alone -------------------------------------------------------------------------
+
+/// The bare-runc half of `pod_start` alone (no cluster needed): `runs` containers started one
+/// after another with `runc run --detach`, all removed at the end.
+pub async fn runc_only(work: &Path, runs: usize) -> Result<String> {
+    let tag = run_tag();
+    let mut bundle = Bundle::build(&work.join("bundle"), &find_busybox()?)?;
+    let mut started = Vec::new();
+    for i in 0..runs {
+        started.push(bundle.run(&format!("rb-{tag}-{i}"))?);
+    }
+    let mut removed = Vec::new();
+    for i in 0..runs {
+        let t = Instant::now();
+        bundle.remove(&format!("rb-{tag}-{i}"))?;
+        removed.push(t.elapsed());
+    }
+    let s = stats::summarize(&started);
+    let mut out = format!(
+        "### Bare runc, {runs} containers one after another\n\n{}\n",
+        stats::HEADER
+    );
+    out += &format!("{}\n", row("`runc run --detach`", s));
+    out += &format!(
+        "{}\n",
+        row(
+            "`runc kill` + `runc delete --force`",
+            stats::summarize(&removed)
+        )
+    );
+    if let Some(s) = s {
+        out += &format!(
+            "\nRESULT runc_start n={} p50_ms={:.0} p99_ms={:.0}\n",
+            s.n, s.p50, s.p99
+        );
+    }
+    Ok(out)
+}
