@@ -112,6 +112,11 @@ pub trait Backend: Send + Sync + 'static {
     fn images(&self) -> Vec<ImageSummary> {
         Vec::new()
     }
+    /// Where the API may write uploaded image archives before [`Backend::import_image`]
+    /// (same file system as the image store); `None`: imports are refused with 503.
+    fn upload_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;

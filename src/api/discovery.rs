@@ -103,12 +103,37 @@ fn resource_json(info: &ResourceInfo) -> Value {
     if !info.short_names.is_empty() {
         entry["shortNames"] = json!(info.short_names);
     }
+    if !info.categories.is_empty() {
+        entry["categories"] = json!(info.categories);
+    }
     entry
+}
+
+/// `deployments/scale` and friends: client-go's scale client finds the Scale kind here.
+fn subresource_json(info: &ResourceInfo) -> Vec<Value> {
+    info.subresources
+        .iter()
+        .map(|sub| {
+            let mut entry = json!({
+                "name": format!("{}/{}", info.plural, sub.name),
+                "singularName": "",
+                "namespaced": info.namespaced,
+                "kind": info.kind,
+                "verbs": sub.verbs,
+            });
+            if let Some((group, version, kind)) = sub.kind {
+                entry["group"] = json!(group);
+                entry["version"] = json!(version);
+                entry["kind"] = json!(kind);
+            }
+            entry
+        })
+        .collect()
 }
 
 fn resource_list(group: &str, version: &str) -> Result<Json<Value>, ApiError> {
     let resources: Vec<Value> = resources::in_group_version(group, version)
-        .map(resource_json)
+        .flat_map(|info| std::iter::once(resource_json(info)).chain(subresource_json(info)))
         .collect();
     if resources.is_empty() {
         return Err(ApiError::NoRoute);

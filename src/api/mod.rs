@@ -15,10 +15,13 @@
 //! **Architecture Invariant:** everything the API knows about the cluster comes through the
 //! [`Backend`] trait; the API never touches the replicated document or the network directly.
 
+mod admission;
 mod auth;
 mod backend;
 mod body;
 mod discovery;
+mod images;
+mod logs;
 mod nodes;
 mod objects;
 mod openapi;
@@ -26,12 +29,15 @@ pub mod patch;
 mod proto;
 mod resources;
 mod router;
+mod scale;
 pub mod selectors;
 mod server;
 mod status;
 mod table;
+mod typed;
 mod validation;
 mod watch;
+pub mod workloads;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,6 +71,11 @@ pub struct ApiConfig {
     pub max_watch: Duration,
     /// How long shutdown waits for open connections before aborting them.
     pub shutdown_grace: Duration,
+    /// Largest image archive accepted by `POST /shoal/v1/images/import` (not bound by
+    /// `max_body_bytes`).
+    pub max_image_bytes: u64,
+    /// Time allowed to receive an image archive (instead of `request_timeout`).
+    pub image_upload_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -79,6 +90,8 @@ impl Default for ApiConfig {
             request_timeout: Duration::from_secs(60),
             max_watch: Duration::from_secs(1800),
             shutdown_grace: Duration::from_secs(10),
+            max_image_bytes: 4 << 30,
+            image_upload_timeout: Duration::from_secs(30 * 60),
         }
     }
 }

@@ -17,13 +17,14 @@ use super::backend::ObjectKey;
 use super::body::{decode, read_body};
 use super::nodes::node_objects;
 use super::patch::{self, PatchKind};
-use super::resources::{self, ResourceInfo, Storage};
+use super::resources::{self, ResourceInfo, Storage, Workload};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{success_status, ApiError};
 use super::table::{self, IncludeObject};
 use super::validation::{check_type_meta, validate_fields, validate_name};
 use super::watch::{self, WatchRequest};
-use super::ApiState;
+use super::workloads;
+use super::{admission, logs, scale, ApiState};
 
 /// Namespaces that exist even when nothing is stored for them.
 pub const BUILTIN_NAMESPACES: &[&str] = &["default", "kube-system"];
@@ -68,10 +69,14 @@ pub async fn handle(
 ) -> Result<Response, ApiError> {
     let info = target.info;
     if let Some(sub) = &target.subresource {
-        // Only reading the status subresource is served for now.
-        if sub != "status" || method != Method::GET {
-            return Err(ApiError::NoRoute);
-        }
+        let sub = info.subresource(sub).ok_or(ApiError::NoRoute)?;
+        let name = target.name.clone().unwrap_or_default();
+        return match (sub.name, &method) {
+            ("status", &Method::GET) => get(&state, &target, &name, &query, &headers),
+            ("log", &Method::GET) => logs::respond(&state, &target, &name, &query).await,
+            ("scale", _) => scale::handle(&state, &method, &target, &name, &query, &headers, body).await,
+            _ => Err(ApiError::MethodNotAllowed),
+        };
     }
     let verb = match (&method, &target.name) {
         (&Method::GET, None) if is_true(query.get("watch")) => "watch",
@@ -116,7 +121,7 @@ pub async fn handle(
     }
 }
 
-fn is_true(value: Option<&String>) -> bool {
+pub fn is_true(value: Option<&String>) -> bool {
     value.is_some_and(|v| v == "true" || v == "1" || v == "True")
 }
 
@@ -191,18 +196,109 @@ fn sort_key(object: &Value) -> (String, String) {
     )
 }
 
+/// Stored objects of `info`, with type meta but without computed status.
+fn list_stored(state: &ApiState, info: &ResourceInfo, namespace: Option<&str>) -> Vec<Value> {
+    state
+        .backend
+        .list_objects(
+            &info.backend_resource(),
+            if info.namespaced { namespace } else { None },
+        )
+        .into_iter()
+        .map(|o| with_type_meta(info, o))
+        .collect()
+}
+
+fn info_of(workload: Workload) -> &'static ResourceInfo {
+    let plural = match workload {
+        Workload::Pod => "pods",
+        Workload::ReplicaSet => "replicasets",
+        Workload::Deployment => "deployments",
+    };
+    resources::RESOURCES
+        .iter()
+        .find(|r| r.plural == plural)
+        .unwrap_or(&resources::RESOURCES[0])
+}
+
+/// Workload objects as served: status computed on read (`workloads.rs`) from the backend's
+/// workload view and the pods and ReplicaSets in `namespace` (every namespace if `None`).
+fn with_status(
+    state: &ApiState,
+    workload: Workload,
+    namespace: Option<&str>,
+    objects: Vec<Value>,
+) -> Vec<Value> {
+    let view = state.backend.workload_view();
+    if workload == Workload::Pod {
+        return objects
+            .iter()
+            .map(|p| workloads::pod_view(p, &view))
+            .collect();
+    }
+    let now = Utc::now();
+    let pods: Vec<Value> = list_stored(state, info_of(Workload::Pod), namespace)
+        .iter()
+        .map(|p| workloads::pod_view(p, &view))
+        .collect();
+    let pods_of = workloads::by_controller(&pods);
+    let no_pods = Vec::new();
+    let rs_view = |rs: &Value| {
+        let uid = rs["metadata"]["uid"].as_str().unwrap_or_default();
+        workloads::replicaset_view(rs, pods_of.get(uid).unwrap_or(&no_pods), now)
+    };
+    if workload == Workload::ReplicaSet {
+        return objects.iter().map(rs_view).collect();
+    }
+    let rss: Vec<Value> = list_stored(state, info_of(Workload::ReplicaSet), namespace)
+        .iter()
+        .map(rs_view)
+        .collect();
+    let rss_of = workloads::by_controller(&rss);
+    objects
+        .iter()
+        .map(|d| {
+            let uid = d["metadata"]["uid"].as_str().unwrap_or_default();
+            let owned = rss_of.get(uid).map(Vec::as_slice).unwrap_or_default();
+            workloads::deployment_view(d, owned, &pods_of, now)
+        })
+        .collect()
+}
+
+/// Events carry no resourceVersion of this server; theirs is the microsecond of their last
+/// occurrence, so that watches started from a list see later ones.
+fn event_object(info: &ResourceInfo, event: Value) -> Value {
+    let mut event = with_type_meta(info, event);
+    if event["metadata"]["resourceVersion"].as_str().is_none() {
+        let last = ["lastTimestamp", "eventTime", "firstTimestamp"]
+            .iter()
+            .filter_map(|f| event[*f].as_str())
+            .filter_map(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_micros())
+            .max()
+            .unwrap_or(0);
+        event["metadata"]["resourceVersion"] = json!(last.max(0).to_string());
+    }
+    event
+}
+
 /// Every object of `info` (in `namespace` if given), sorted by namespace and name.
 pub fn list_all(state: &ApiState, info: &ResourceInfo, namespace: Option<&str>) -> Vec<Value> {
     let mut objects = match info.storage {
         Storage::Nodes => node_objects(&state.backend.nodes()),
-        Storage::Objects => state
+        Storage::Objects => {
+            let stored = list_stored(state, info, namespace);
+            match info.workload {
+                Some(w) => with_status(state, w, namespace, stored),
+                None => stored,
+            }
+        }
+        Storage::Events => state
             .backend
-            .list_objects(
-                &info.backend_resource(),
-                if info.namespaced { namespace } else { None },
-            )
+            .events(namespace)
             .into_iter()
-            .map(|o| with_type_meta(info, o))
+            .map(|e| event_object(info, e))
+            .filter(|e| namespace.is_none_or(|ns| e["metadata"]["namespace"] == ns))
             .collect(),
     };
     if info.plural == "namespaces" {
@@ -216,13 +312,34 @@ pub fn list_all(state: &ApiState, info: &ResourceInfo, namespace: Option<&str>) 
     objects
 }
 
-fn find(
+/// One object as served (computed status included).
+pub fn find(
+    state: &ApiState,
+    info: &ResourceInfo,
+    namespace: Option<&str>,
+    name: &str,
+) -> Option<Value> {
+    let stored = find_stored(state, info, namespace, name)?;
+    match info.workload {
+        Some(w) => with_status(state, w, namespace, vec![stored]).pop(),
+        None => Some(stored),
+    }
+}
+
+/// One object as stored (no computed status): the base of updates.
+pub fn find_stored(
     state: &ApiState,
     info: &ResourceInfo,
     namespace: Option<&str>,
     name: &str,
 ) -> Option<Value> {
     match info.storage {
+        Storage::Events => state
+            .backend
+            .events(namespace)
+            .into_iter()
+            .map(|e| event_object(info, e))
+            .find(|e| e["metadata"]["name"] == name),
         Storage::Nodes => node_objects(&state.backend.nodes())
             .into_iter()
             .find(|n| n["metadata"]["name"] == name),
@@ -349,7 +466,7 @@ fn get(
     Ok(json_response(StatusCode::OK, &body))
 }
 
-fn dry_run(query: &Query) -> bool {
+pub fn dry_run(query: &Query) -> bool {
     query.get("dryRun").is_some_and(|v| v == "All")
 }
 
@@ -424,7 +541,8 @@ fn create(
             return Err(ApiError::not_found("namespaces", ns));
         }
     }
-    if find(state, info, target.namespace.as_deref(), &name).is_some() {
+    admit(info, &mut object, None, &name)?;
+    if find_stored(state, info, target.namespace.as_deref(), &name).is_some() {
         return Err(ApiError::AlreadyExists {
             resource: info.plural.into(),
             name,
@@ -465,6 +583,29 @@ fn create(
     ))
 }
 
+/// Defaults and validates workload objects (`admission.rs`); other kinds pass.
+fn admit(
+    info: &ResourceInfo,
+    object: &mut Value,
+    old: Option<&Value>,
+    name: &str,
+) -> Result<(), ApiError> {
+    let Some(workload) = info.workload else {
+        return Ok(());
+    };
+    admission::default(workload, object);
+    let causes = admission::validate(workload, object, old);
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid {
+            kind: info.qualified_kind(),
+            name: name.to_string(),
+            causes,
+        })
+    }
+}
+
 /// Carries the server-owned metadata of `existing` into `object`, bumps resourceVersion and,
 /// when anything outside metadata and status changed, generation.
 fn update_metadata(state: &ApiState, existing: &Value, object: &mut Value) {
@@ -491,16 +632,33 @@ fn update_metadata(state: &ApiState, existing: &Value, object: &mut Value) {
     }
 }
 
-/// Shared tail of replace and patch: checks, metadata, store.
+/// Shared tail of replace, patch and scale: checks, metadata, store. `existing` is the
+/// stored object (without computed status).
 fn store_update(
+    state: &ApiState,
+    target: &Target,
+    name: &str,
+    existing: &Value,
+    object: Value,
+    query: &Query,
+    warnings: &[String],
+) -> Result<Response, ApiError> {
+    let object = store(state, target, name, existing, object, query)?;
+    Ok(with_warnings(
+        json_response(StatusCode::OK, &object),
+        warnings,
+    ))
+}
+
+/// Checks, completes and stores an updated object; returns what was stored.
+pub fn store(
     state: &ApiState,
     target: &Target,
     name: &str,
     existing: &Value,
     mut object: Value,
     query: &Query,
-    warnings: &[String],
-) -> Result<Response, ApiError> {
+) -> Result<Value, ApiError> {
     let info = target.info;
     settle_namespace(target, &mut object)?;
     let body_name = object["metadata"]["name"].as_str().unwrap_or_default();
@@ -517,7 +675,16 @@ fn store_update(
     let current_rv = existing["metadata"]["resourceVersion"]
         .as_str()
         .unwrap_or_default();
-    if !wanted_rv.is_empty() && wanted_rv != current_rv {
+    // A client may send back the resourceVersion it read, which for workloads covers
+    // computed status (`workloads.rs`).
+    let served_rv = || {
+        find(state, info, target.namespace.as_deref(), name)
+            .and_then(|o| o["metadata"]["resourceVersion"].as_str().map(str::to_string))
+    };
+    if !wanted_rv.is_empty()
+        && wanted_rv != current_rv
+        && served_rv().as_deref() != Some(wanted_rv)
+    {
         return Err(ApiError::Conflict {
             resource: info.plural.into(),
             name: name.into(),
@@ -533,6 +700,7 @@ fn store_update(
             "field is immutable when `immutable` is set",
         ));
     }
+    admit(info, &mut object, Some(existing), name)?;
     update_metadata(state, existing, &mut object);
     if !dry_run(query) {
         state.backend.put_object(
@@ -540,10 +708,7 @@ fn store_update(
             object.clone(),
         )?;
     }
-    Ok(with_warnings(
-        json_response(StatusCode::OK, &object),
-        warnings,
-    ))
+    Ok(object)
 }
 
 fn replace(
@@ -558,7 +723,7 @@ fn replace(
     let mut object = decode(info, headers, body)?;
     check_type_meta(info, &mut object)?;
     let warnings = validate_fields(info, &mut object, query)?;
-    let existing = find(state, info, target.namespace.as_deref(), name)
+    let existing = find_stored(state, info, target.namespace.as_deref(), name)
         .ok_or_else(|| ApiError::not_found(info.plural, name))?;
     store_update(state, target, name, &existing, object, query, &warnings)
 }
@@ -580,7 +745,7 @@ fn patch(
         .ok_or_else(|| ApiError::UnsupportedMediaType(PatchKind::ACCEPTED.to_string()))?;
     let patch_body: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("the patch is not valid JSON: {e}")))?;
-    let existing = find(state, info, target.namespace.as_deref(), name)
+    let existing = find_stored(state, info, target.namespace.as_deref(), name)
         .ok_or_else(|| ApiError::not_found(info.plural, name))?;
     let mut patched = patch::apply(kind, &existing, &patch_body, info.merge_keys)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -613,8 +778,8 @@ fn delete(
             .as_array()
             .is_some_and(|d| d.iter().any(|v| v == "All"));
     let namespace = target.namespace.as_deref();
-    let existing =
-        find(state, info, namespace, name).ok_or_else(|| ApiError::not_found(info.plural, name))?;
+    let existing = find_stored(state, info, namespace, name)
+        .ok_or_else(|| ApiError::not_found(info.plural, name))?;
     let uid = existing["metadata"]["uid"]
         .as_str()
         .unwrap_or_default()
@@ -652,6 +817,7 @@ fn delete(
     }
     match info.storage {
         Storage::Nodes => state.backend.delete_node(name)?,
+        Storage::Events => return Err(ApiError::MethodNotAllowed),
         Storage::Objects => {
             if info.plural == "namespaces" {
                 delete_namespace_contents(state, name)?;

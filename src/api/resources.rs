@@ -37,7 +37,28 @@ pub enum Columns {
     Node,
     Namespace,
     ConfigMap,
-    Generic,
+    Pod,
+    Deployment,
+    ReplicaSet,
+    Event,
+}
+
+/// Workload kinds: decoded through `k8s_openapi` types, defaulted, validated and given a
+/// status computed on read (`workloads.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    Pod,
+    ReplicaSet,
+    Deployment,
+}
+
+/// A subresource served under `.../{name}/{sub}`.
+#[derive(Debug)]
+pub struct Subresource {
+    pub name: &'static str,
+    /// `(group, version, kind)` of what it serves, when not the parent's kind.
+    pub kind: Option<(&'static str, &'static str, &'static str)>,
+    pub verbs: &'static [&'static str],
 }
 
 /// Where a kind's objects live.
@@ -47,6 +68,8 @@ pub enum Storage {
     Nodes,
     /// Whole JSON objects in the replicated store (`Backend::*_object`).
     Objects,
+    /// Events from every node's status document (`Backend::events`), read-only.
+    Events,
 }
 
 pub struct ResourceInfo {
@@ -57,6 +80,8 @@ pub struct ResourceInfo {
     pub singular: &'static str,
     pub kind: &'static str,
     pub short_names: &'static [&'static str],
+    /// Discovery categories (`all` makes `kubectl get all` list the kind).
+    pub categories: &'static [&'static str],
     pub namespaced: bool,
     pub verbs: &'static [&'static str],
     pub name_rule: NameRule,
@@ -66,6 +91,8 @@ pub struct ResourceInfo {
     pub storage: Storage,
     /// Protobuf descriptor for request bodies in `application/vnd.kubernetes.protobuf`.
     pub proto: Option<&'static proto::Message>,
+    pub workload: Option<Workload>,
+    pub subresources: &'static [Subresource],
 }
 
 impl ResourceInfo {
@@ -85,6 +112,19 @@ impl ResourceInfo {
         } else {
             format!("{}.{}", self.plural, self.group)
         }
+    }
+
+    /// `Deployment.apps` or `Pod`: how Kubernetes names the kind in messages.
+    pub fn qualified_kind(&self) -> String {
+        if self.group.is_empty() {
+            self.kind.to_string()
+        } else {
+            format!("{}.{}", self.kind, self.group)
+        }
+    }
+
+    pub fn subresource(&self, name: &str) -> Option<&'static Subresource> {
+        self.subresources.iter().find(|s| s.name == name)
     }
 
     pub fn allows(&self, verb: &str) -> bool {
@@ -153,6 +193,57 @@ static NAMESPACE: Schema = Schema::Object(&[
 
 static FREE_FORM: Schema = Schema::Any;
 
+/// `status` (read) and `scale` (autoscaling/v1 `Scale`) of Deployments and ReplicaSets.
+static WORKLOAD_SUBRESOURCES: &[Subresource] = &[
+    Subresource {
+        name: "status",
+        kind: None,
+        verbs: &["get"],
+    },
+    Subresource {
+        name: "scale",
+        kind: Some(("autoscaling", "v1", "Scale")),
+        verbs: &["get", "patch", "update"],
+    },
+];
+
+/// Strategic-merge keys of Pod, ReplicaSet and Deployment lists (Kubernetes'
+/// `patchMergeKey` tags); a Deployment's or ReplicaSet's pod template is a pod spec.
+pub fn workload_merge_keys(path: &str) -> Option<&'static str> {
+    if path == "metadata.ownerReferences" || path == "spec.template.metadata.ownerReferences" {
+        return Some("uid");
+    }
+    if path == "status.conditions" {
+        return Some("type");
+    }
+    let pod = path
+        .strip_prefix("spec.template.spec.")
+        .or_else(|| path.strip_prefix("spec."))?;
+    let container_list = |p: &str| -> Option<&'static str> {
+        match p {
+            "ports" => Some("containerPort"),
+            "env" => Some("name"),
+            "volumeMounts" => Some("mountPath"),
+            "volumeDevices" => Some("devicePath"),
+            "resizePolicy" => Some("resourceName"),
+            _ => None,
+        }
+    };
+    match pod {
+        "containers" | "initContainers" | "ephemeralContainers" => Some("name"),
+        "volumes" | "imagePullSecrets" | "resourceClaims" | "schedulingGates" => Some("name"),
+        "hostAliases" => Some("ip"),
+        "topologySpreadConstraints" => Some("topologyKey"),
+        other => {
+            let (parent, field) = other.split_once('.')?;
+            match parent {
+                "containers" | "initContainers" | "ephemeralContainers" => container_list(field),
+                _ => None,
+            }
+        }
+    }
+}
+
 /// Every kind served. Adding a kind is one entry here (plus its schema).
 pub static RESOURCES: &[ResourceInfo] = &[
     ResourceInfo {
@@ -162,6 +253,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         singular: "node",
         kind: "Node",
         short_names: &["no"],
+        categories: &[],
         namespaced: false,
         verbs: &["delete", "get", "list", "watch"],
         name_rule: NameRule::Subdomain,
@@ -170,6 +262,8 @@ pub static RESOURCES: &[ResourceInfo] = &[
         columns: Columns::Node,
         storage: Storage::Nodes,
         proto: None,
+        workload: None,
+        subresources: &[],
     },
     ResourceInfo {
         group: "",
@@ -178,6 +272,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         singular: "namespace",
         kind: "Namespace",
         short_names: &["ns"],
+        categories: &[],
         namespaced: false,
         verbs: ALL_VERBS,
         name_rule: NameRule::Label,
@@ -186,6 +281,8 @@ pub static RESOURCES: &[ResourceInfo] = &[
         columns: Columns::Namespace,
         storage: Storage::Objects,
         proto: Some(proto::NAMESPACE),
+        workload: None,
+        subresources: &[],
     },
     ResourceInfo {
         group: "",
@@ -194,6 +291,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         singular: "configmap",
         kind: "ConfigMap",
         short_names: &["cm"],
+        categories: &[],
         namespaced: true,
         verbs: ALL_VERBS,
         name_rule: NameRule::Subdomain,
@@ -202,8 +300,9 @@ pub static RESOURCES: &[ResourceInfo] = &[
         columns: Columns::ConfigMap,
         storage: Storage::Objects,
         proto: Some(proto::CONFIG_MAP),
+        workload: None,
+        subresources: &[],
     },
-    // Read-only until the kubelet issue lands; `kubectl describe node` lists pods and events.
     ResourceInfo {
         group: "",
         version: "v1",
@@ -211,14 +310,28 @@ pub static RESOURCES: &[ResourceInfo] = &[
         singular: "pod",
         kind: "Pod",
         short_names: &["po"],
+        categories: &["all"],
         namespaced: true,
-        verbs: READ_VERBS,
+        verbs: ALL_VERBS,
         name_rule: NameRule::Subdomain,
         schema: &FREE_FORM,
-        merge_keys: no_merge_keys,
-        columns: Columns::Generic,
+        merge_keys: workload_merge_keys,
+        columns: Columns::Pod,
         storage: Storage::Objects,
         proto: None,
+        workload: Some(Workload::Pod),
+        subresources: &[
+            Subresource {
+                name: "status",
+                kind: None,
+                verbs: &["get"],
+            },
+            Subresource {
+                name: "log",
+                kind: None,
+                verbs: &["get"],
+            },
+        ],
     },
     ResourceInfo {
         group: "",
@@ -227,14 +340,55 @@ pub static RESOURCES: &[ResourceInfo] = &[
         singular: "event",
         kind: "Event",
         short_names: &["ev"],
+        categories: &[],
         namespaced: true,
         verbs: READ_VERBS,
         name_rule: NameRule::Subdomain,
         schema: &FREE_FORM,
         merge_keys: no_merge_keys,
-        columns: Columns::Generic,
+        columns: Columns::Event,
+        storage: Storage::Events,
+        proto: None,
+        workload: None,
+        subresources: &[],
+    },
+    ResourceInfo {
+        group: "apps",
+        version: "v1",
+        plural: "deployments",
+        singular: "deployment",
+        kind: "Deployment",
+        short_names: &["deploy"],
+        categories: &["all"],
+        namespaced: true,
+        verbs: ALL_VERBS,
+        name_rule: NameRule::Subdomain,
+        schema: &FREE_FORM,
+        merge_keys: workload_merge_keys,
+        columns: Columns::Deployment,
         storage: Storage::Objects,
         proto: None,
+        workload: Some(Workload::Deployment),
+        subresources: WORKLOAD_SUBRESOURCES,
+    },
+    ResourceInfo {
+        group: "apps",
+        version: "v1",
+        plural: "replicasets",
+        singular: "replicaset",
+        kind: "ReplicaSet",
+        short_names: &["rs"],
+        categories: &["all"],
+        namespaced: true,
+        verbs: ALL_VERBS,
+        name_rule: NameRule::Subdomain,
+        schema: &FREE_FORM,
+        merge_keys: workload_merge_keys,
+        columns: Columns::ReplicaSet,
+        storage: Storage::Objects,
+        proto: None,
+        workload: Some(Workload::ReplicaSet),
+        subresources: WORKLOAD_SUBRESOURCES,
     },
 ];
 
@@ -364,11 +518,35 @@ mod tests {
             );
             assert!(r.allows("get"));
         }
-        assert_eq!(group_versions(), vec![("", "v1")]);
+        assert_eq!(group_versions(), vec![("", "v1"), ("apps", "v1")]);
+        let deploy = by_plural("deployments").unwrap();
+        assert_eq!(deploy.backend_resource(), crate::model::workload::DEPLOYMENTS);
+        assert_eq!(deploy.qualified_kind(), "Deployment.apps");
+        assert_eq!(
+            by_plural("replicasets").unwrap().backend_resource(),
+            crate::model::workload::REPLICASETS
+        );
         assert_eq!(
             by_plural("configmaps").unwrap().backend_resource(),
             "configmaps"
         );
+    }
+
+    #[test]
+    fn workload_merge_keys_follow_kubernetes_tags() {
+        assert_eq!(workload_merge_keys("spec.containers"), Some("name"));
+        assert_eq!(
+            workload_merge_keys("spec.template.spec.containers"),
+            Some("name")
+        );
+        assert_eq!(
+            workload_merge_keys("spec.template.spec.containers.ports"),
+            Some("containerPort")
+        );
+        assert_eq!(workload_merge_keys("spec.containers.env"), Some("name"));
+        assert_eq!(workload_merge_keys("spec.containers.args"), None);
+        assert_eq!(workload_merge_keys("spec.tolerations"), None);
+        assert_eq!(workload_merge_keys("metadata.ownerReferences"), Some("uid"));
     }
 
     #[test]

@@ -8,13 +8,13 @@ use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::objects::{self, Target};
 use super::resources::{self, ResourceInfo};
 use super::status::ApiError;
-use super::{auth, discovery, openapi, ApiState};
+use super::{auth, discovery, images, openapi, ApiState};
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
@@ -31,6 +31,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/openapi/v3/{*path}", get(openapi::document))
         .route("/shoal/v1/status", get(shoal_status))
         .route("/shoal/v1/backup", get(shoal_backup))
+        .route("/shoal/v1/images", get(images::list))
+        .route("/shoal/v1/images/import", post(images::import))
         .fallback(dispatch)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(
@@ -53,8 +55,19 @@ fn is_watch(uri: &Uri) -> bool {
     query_watch || uri.path().contains("/watch/")
 }
 
+/// Requests exempt from the request timeout: watches, followed logs (they end with the
+/// stream, the client or shutdown) and image uploads (their own timeout).
+fn is_long_running(uri: &Uri) -> bool {
+    let follow = uri.path().ends_with("/log")
+        && uri.query().is_some_and(|q| {
+            q.split('&')
+                .any(|kv| matches!(kv, "follow=true" | "follow=1" | "follow=True"))
+        });
+    is_watch(uri) || follow || uri.path() == "/shoal/v1/images/import"
+}
+
 async fn request_timeout(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    if is_watch(request.uri()) {
+    if is_long_running(request.uri()) {
         return next.run(request).await;
     }
     match tokio::time::timeout(state.config.request_timeout, next.run(request)).await {
@@ -169,7 +182,15 @@ mod tests {
         assert!(resolve("/api/v1/configmaps/x").is_none());
         assert!(resolve("/api/v1/widgets").is_none());
         assert!(resolve("/api/v1/namespaces/a/configmaps/b/c/d").is_none());
-        assert!(resolve("/apis/apps/v1/deployments").is_none());
+        assert!(resolve("/apis/apps/v1/widgets").is_none());
+        let r = resolve("/apis/apps/v1/namespaces/default/deployments/web/scale").unwrap();
+        assert_eq!(r.target.subresource.as_deref(), Some("scale"));
+        assert!(is_long_running(
+            &"/api/v1/namespaces/default/pods/p/log?follow=true".parse().unwrap()
+        ));
+        assert!(!is_long_running(
+            &"/api/v1/namespaces/default/pods/p/log".parse().unwrap()
+        ));
         assert!(is_watch(&"/api/v1/nodes?watch=true&x=1".parse().unwrap()));
         assert!(!is_watch(&"/api/v1/nodes?watch=false".parse().unwrap()));
     }

@@ -145,7 +145,9 @@ impl ApiError {
             }
             ApiError::Invalid { kind, name, causes } => Some(json!({
                 "name": name,
-                "kind": kind,
+                // `kind` may be qualified (`Deployment.apps`) for the message.
+                "kind": kind.split_once('.').map_or(kind.as_str(), |(k, _)| k),
+                "group": kind.split_once('.').map_or("", |(_, g)| g),
                 "causes": causes.iter().map(|c| json!({
                     "reason": c.reason, "message": c.message, "field": c.field,
                 })).collect::<Vec<_>>(),

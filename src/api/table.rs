@@ -165,8 +165,297 @@ fn column_definitions(columns: Columns) -> Vec<Value> {
             column("Data", "string", 0, "Number of keys in the config map"),
             age,
         ],
-        Columns::Generic => vec![name, age],
+        Columns::Pod => vec![
+            name,
+            column("Ready", "string", 0, "The aggregate readiness state of this pod for accepting traffic."),
+            column("Status", "string", 0, "The aggregate status of the containers in this pod."),
+            column("Restarts", "string", 0, "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted."),
+            age,
+            column("IP", "string", 1, "IP address allocated to the pod."),
+            column("Node", "string", 1, "Name of the node the pod is assigned to."),
+            column("Nominated Node", "string", 1, "Name of the node where the pod is nominated."),
+            column("Readiness Gates", "string", 1, "Readiness gates of the pod."),
+        ],
+        Columns::Deployment => vec![
+            name,
+            column("Ready", "string", 0, "Number of the pod with ready state"),
+            column("Up-to-date", "integer", 0, "Total number of non-terminated pods targeted by this deployment that have the desired template spec."),
+            column("Available", "integer", 0, "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
+            age,
+            column("Containers", "string", 1, "Names of each container in the template."),
+            column("Images", "string", 1, "Images referenced by each container in the template."),
+            column("Selector", "string", 1, "Label selector for pods."),
+        ],
+        Columns::ReplicaSet => vec![
+            name,
+            column("Desired", "integer", 0, "Number of desired pods."),
+            column("Current", "integer", 0, "Number of actual replicas."),
+            column("Ready", "integer", 0, "The number of ready replicas for this replica set."),
+            age,
+            column("Containers", "string", 1, "Names of each container in the template."),
+            column("Images", "string", 1, "Images referenced by each container in the template."),
+            column("Selector", "string", 1, "Label selector for pods."),
+        ],
+        Columns::Event => vec![
+            column("Last Seen", "string", 0, "The time at which the most recent occurrence of this event was recorded."),
+            column("Type", "string", 0, "Type of this event (Normal, Warning)."),
+            column("Reason", "string", 0, "Why the action was taken."),
+            column("Object", "string", 0, "The object this Event is about."),
+            column("Subobject", "string", 1, "The field of the object this Event is about."),
+            column("Source", "string", 1, "The component reporting this event."),
+            column("Message", "string", 0, "A human-readable description of the status of this operation."),
+            column("First Seen", "string", 1, "The time at which the event was first recorded."),
+            column("Count", "string", 1, "The number of times this event has occurred."),
+            column("Name", "string", 1, "Name of the event."),
+        ],
     }
+}
+
+fn since(timestamp: &Value, now: DateTime<Utc>) -> Option<String> {
+    timestamp
+        .as_str()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| human_duration((now - t.with_timezone(&Utc)).num_seconds()))
+}
+
+/// kubectl's `printPod`: READY, STATUS (waiting/terminated reasons, Init:..., Completed,
+/// NotReady, Terminating), RESTARTS with the time of the last restart.
+fn pod_cells(pod: &Value, now: DateTime<Utc>) -> Vec<Value> {
+    let status = &pod["status"];
+    let spec = &pod["spec"];
+    let total = spec["containers"].as_array().map_or(0, Vec::len);
+    let mut ready = 0;
+    let mut restarts: i64 = 0;
+    let mut last_restart: Option<DateTime<Utc>> = None;
+    let mut note_restart = |c: &Value, restarts: &mut i64| {
+        *restarts += c["restartCount"].as_i64().unwrap_or(0);
+        if let Some(t) = c["lastState"]["terminated"]["finishedAt"]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        {
+            let t = t.with_timezone(&Utc);
+            if last_restart.is_none_or(|l| l < t) {
+                last_restart = Some(t);
+            }
+        }
+    };
+    let mut reason = status["reason"]
+        .as_str()
+        .filter(|r| !r.is_empty())
+        .or_else(|| status["phase"].as_str())
+        .unwrap_or("Pending")
+        .to_string();
+    let init_specs = spec["initContainers"].as_array().map_or(0, Vec::len);
+    let mut initializing = false;
+    for (i, c) in status["initContainerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        note_restart(c, &mut restarts);
+        let terminated = &c["state"]["terminated"];
+        let waiting = &c["state"]["waiting"];
+        if terminated.is_object() && terminated["exitCode"].as_i64() == Some(0) {
+            continue;
+        }
+        reason = if terminated.is_object() {
+            match terminated["reason"].as_str().filter(|r| !r.is_empty()) {
+                Some(r) => format!("Init:{r}"),
+                None => match terminated["signal"].as_i64().filter(|s| *s != 0) {
+                    Some(s) => format!("Init:Signal:{s}"),
+                    None => format!("Init:ExitCode:{}", terminated["exitCode"].as_i64().unwrap_or(0)),
+                },
+            }
+        } else if let Some(r) = waiting["reason"]
+            .as_str()
+            .filter(|r| !r.is_empty() && *r != "PodInitializing")
+        {
+            format!("Init:{r}")
+        } else {
+            format!("Init:{i}/{init_specs}")
+        };
+        initializing = true;
+        break;
+    }
+    let initialized = status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Initialized" && c["status"] == "True");
+    if !initializing || initialized {
+        restarts = 0;
+        last_restart = None;
+        let mut has_running = false;
+        let containers: Vec<&Value> = status["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .collect();
+        for c in containers.iter().rev() {
+            restarts += c["restartCount"].as_i64().unwrap_or(0);
+            if let Some(t) = c["lastState"]["terminated"]["finishedAt"]
+                .as_str()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            {
+                let t = t.with_timezone(&Utc);
+                if last_restart.is_none_or(|l| l < t) {
+                    last_restart = Some(t);
+                }
+            }
+            let state = &c["state"];
+            let waiting = state["waiting"]["reason"].as_str().filter(|r| !r.is_empty());
+            let terminated = &state["terminated"];
+            if let Some(r) = waiting {
+                reason = r.to_string();
+            } else if let Some(r) = terminated["reason"].as_str().filter(|r| !r.is_empty()) {
+                reason = r.to_string();
+            } else if terminated.is_object() {
+                reason = match terminated["signal"].as_i64().filter(|s| *s != 0) {
+                    Some(s) => format!("Signal:{s}"),
+                    None => format!("ExitCode:{}", terminated["exitCode"].as_i64().unwrap_or(0)),
+                };
+            } else if c["ready"] == json!(true) && state["running"].is_object() {
+                has_running = true;
+                ready += 1;
+            }
+        }
+        if reason == "Completed" && has_running {
+            let pod_ready = status["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            reason = if pod_ready { "Running" } else { "NotReady" }.to_string();
+        }
+    }
+    let phase = status["phase"].as_str().unwrap_or_default();
+    if !pod["metadata"]["deletionTimestamp"].is_null() {
+        if status["reason"] == "NodeLost" {
+            reason = "Unknown".into();
+        } else if phase != "Succeeded" && phase != "Failed" {
+            reason = "Terminating".into();
+        }
+    }
+    let restarts_text = match last_restart {
+        Some(t) if restarts != 0 => format!(
+            "{restarts} ({} ago)",
+            human_duration((now - t).num_seconds())
+        ),
+        _ => restarts.to_string(),
+    };
+    let or_none = |v: &Value| {
+        v.as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("<none>")
+            .to_string()
+    };
+    let ip = status["podIPs"][0]["ip"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .unwrap_or_else(|| or_none(&status["podIP"]));
+    let gates = spec["readinessGates"].as_array().filter(|g| !g.is_empty());
+    let readiness_gates = match gates {
+        None => "<none>".to_string(),
+        Some(gates) => {
+            let met = gates
+                .iter()
+                .filter(|g| {
+                    status["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == g["conditionType"] && c["status"] == "True")
+                })
+                .count();
+            format!("{met}/{}", gates.len())
+        }
+    };
+    vec![
+        json!(pod["metadata"]["name"]),
+        json!(format!("{ready}/{total}")),
+        json!(reason),
+        json!(restarts_text),
+        json!(age(pod, now)),
+        json!(ip),
+        json!(or_none(&spec["nodeName"])),
+        json!(or_none(&status["nominatedNodeName"])),
+        json!(readiness_gates),
+    ]
+}
+
+/// CONTAINERS, IMAGES and SELECTOR of a controller's pod template.
+fn template_cells(object: &Value) -> [Value; 3] {
+    let containers = object["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let field = |f: &str| {
+        containers
+            .iter()
+            .map(|c| c[f].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    [
+        json!(field("name")),
+        json!(field("image")),
+        json!(super::workloads::format_selector(&object["spec"]["selector"])),
+    ]
+}
+
+fn int(v: &Value) -> i64 {
+    v.as_i64().unwrap_or(0)
+}
+
+fn event_cells(event: &Value, now: DateTime<Utc>) -> Vec<Value> {
+    let first = since(&event["firstTimestamp"], now)
+        .or_else(|| since(&event["eventTime"], now))
+        .unwrap_or_else(|| "<unknown>".to_string());
+    let mut last = since(&event["lastTimestamp"], now).unwrap_or_else(|| first.clone());
+    let mut count = event["count"].as_i64().unwrap_or(0);
+    if event["series"].is_object() {
+        last = since(&event["series"]["lastObservedTime"], now).unwrap_or(last);
+        count = int(&event["series"]["count"]);
+    } else if count == 0 {
+        count = 1;
+    }
+    let involved = &event["involvedObject"];
+    let kind = involved["kind"].as_str().unwrap_or_default().to_lowercase();
+    let target = match involved["name"].as_str().filter(|n| !n.is_empty()) {
+        Some(n) => format!("{kind}/{n}"),
+        None => kind,
+    };
+    let source = {
+        let component = event["source"]["component"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .or_else(|| event["reportingComponent"].as_str())
+            .unwrap_or_default();
+        let host = event["source"]["host"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .or_else(|| event["reportingInstance"].as_str())
+            .unwrap_or_default();
+        if host.is_empty() {
+            component.to_string()
+        } else {
+            format!("{component}, {host}")
+        }
+    };
+    vec![
+        json!(last),
+        json!(event["type"]),
+        json!(event["reason"]),
+        json!(target),
+        json!(involved["fieldPath"].as_str().unwrap_or_default()),
+        json!(source),
+        json!(event["message"].as_str().unwrap_or_default().trim()),
+        json!(first),
+        json!(count.to_string()),
+        json!(event["metadata"]["name"]),
+    ]
 }
 
 fn node_cells(node: &Value, now: DateTime<Utc>) -> Vec<Value> {
@@ -240,7 +529,37 @@ fn cells(columns: Columns, object: &Value, now: DateTime<Utc>) -> Vec<Value> {
                 .sum::<usize>();
             vec![name, json!(count), json!(age(object, now))]
         }
-        Columns::Generic => vec![name, json!(age(object, now))],
+        Columns::Pod => pod_cells(object, now),
+        Columns::Deployment => {
+            let [containers, images, selector] = template_cells(object);
+            let status = &object["status"];
+            let desired = object["spec"]["replicas"].as_i64().unwrap_or(1);
+            vec![
+                name,
+                json!(format!("{}/{desired}", int(&status["readyReplicas"]))),
+                json!(int(&status["updatedReplicas"])),
+                json!(int(&status["availableReplicas"])),
+                json!(age(object, now)),
+                containers,
+                images,
+                selector,
+            ]
+        }
+        Columns::ReplicaSet => {
+            let [containers, images, selector] = template_cells(object);
+            let status = &object["status"];
+            vec![
+                name,
+                json!(object["spec"]["replicas"].as_i64().unwrap_or(1)),
+                json!(int(&status["replicas"])),
+                json!(int(&status["readyReplicas"])),
+                json!(age(object, now)),
+                containers,
+                images,
+                selector,
+            ]
+        }
+        Columns::Event => event_cells(object, now),
     }
 }
 

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use super::resources::{self, NameRule, ResourceInfo};
 use super::status::{ApiError, Cause};
+use super::typed;
 use crate::model::{is_dns1123_label, is_dns1123_subdomain};
 
 type Query = BTreeMap<String, String>;
@@ -67,7 +68,10 @@ pub fn validate_fields(
     query: &Query,
 ) -> Result<Vec<String>, ApiError> {
     let mode = field_validation(query)?;
-    let report = resources::check_schema(info, object);
+    let report = match info.workload {
+        Some(workload) => typed::check(workload, object),
+        None => resources::check_schema(info, object),
+    };
     let prefix = format!(
         "{} in version \"{}\" cannot be handled as a {}",
         info.kind,
@@ -101,7 +105,7 @@ const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case a
 pub fn validate_name(info: &ResourceInfo, name: &str) -> Result<(), ApiError> {
     if name.is_empty() {
         return Err(ApiError::Invalid {
-            kind: info.kind.to_string(),
+            kind: info.qualified_kind(),
             name: String::new(),
             causes: vec![Cause {
                 reason: "FieldValueRequired".into(),
@@ -118,7 +122,7 @@ pub fn validate_name(info: &ResourceInfo, name: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::invalid(
-            info.kind,
+            &info.qualified_kind(),
             name,
             "metadata.name",
             name,

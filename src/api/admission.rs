@@ -1,0 +1,508 @@
+//! Defaulting and semantic validation of workload objects (Pod, ReplicaSet, Deployment) as
+//! Kubernetes' registry strategies do them on create and update. Pure: JSON in, JSON or
+//! field-naming [`Cause`]s out.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Value};
+
+use super::resources::Workload;
+use super::status::Cause;
+use super::workloads::selector_matches;
+use crate::model::{is_dns1123_label, quantity};
+
+/// Where the pod spec of a workload object is.
+fn pod_spec_path(workload: Workload) -> &'static [&'static str] {
+    match workload {
+        Workload::Pod => &["spec"],
+        Workload::ReplicaSet | Workload::Deployment => &["spec", "template", "spec"],
+    }
+}
+
+fn at_mut<'a>(value: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
+    let mut cursor = value;
+    for p in path {
+        cursor = cursor.as_object_mut()?.get_mut(*p)?;
+    }
+    Some(cursor)
+}
+
+fn set_default(map: &mut Value, field: &str, default: Value) {
+    if let Some(m) = map.as_object_mut() {
+        let slot = m.entry(field.to_string()).or_insert(Value::Null);
+        if slot.is_null() {
+            *slot = default;
+        }
+    }
+}
+
+/// `Always` for `:latest` or untagged images, else `IfNotPresent` (digests included).
+pub fn default_pull_policy(image: &str) -> &'static str {
+    if image.contains('@') {
+        return "IfNotPresent";
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    match last.split_once(':') {
+        Some((_, "latest")) | None => "Always",
+        Some(_) => "IfNotPresent",
+    }
+}
+
+fn default_container(c: &mut Value) {
+    let image = c["image"].as_str().unwrap_or_default().to_string();
+    if !image.is_empty() {
+        set_default(c, "imagePullPolicy", json!(default_pull_policy(&image)));
+    }
+    set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
+    set_default(c, "terminationMessagePolicy", json!("File"));
+    set_default(c, "resources", json!({}));
+    for list in ["requests", "limits"] {
+        if let Some(map) = c["resources"][list].as_object_mut() {
+            // `cpu: 1` in YAML arrives as a number; Kubernetes stores quantities as strings.
+            for v in map.values_mut() {
+                if let Value::Number(n) = v {
+                    *v = json!(n.to_string());
+                }
+            }
+        }
+    }
+    if let Some(ports) = c["ports"].as_array_mut() {
+        for p in ports {
+            set_default(p, "protocol", json!("TCP"));
+        }
+    }
+}
+
+fn default_pod_spec(spec: &mut Value) {
+    set_default(spec, "restartPolicy", json!("Always"));
+    set_default(spec, "dnsPolicy", json!("ClusterFirst"));
+    set_default(spec, "terminationGracePeriodSeconds", json!(30));
+    set_default(spec, "schedulerName", json!("default-scheduler"));
+    set_default(spec, "securityContext", json!({}));
+    set_default(spec, "enableServiceLinks", json!(true));
+    for list in ["containers", "initContainers"] {
+        if let Some(containers) = spec[list].as_array_mut() {
+            containers.iter_mut().for_each(default_container);
+        }
+    }
+}
+
+/// Applies Kubernetes' defaults and drops `status` (set only by the system, computed on read).
+pub fn default(workload: Workload, object: &mut Value) {
+    if let Some(m) = object.as_object_mut() {
+        m.remove("status");
+    }
+    if !object["spec"].is_object() {
+        object["spec"] = json!({});
+    }
+    match workload {
+        Workload::Pod => {}
+        Workload::ReplicaSet => set_default(&mut object["spec"], "replicas", json!(1)),
+        Workload::Deployment => {
+            let spec = &mut object["spec"];
+            set_default(spec, "replicas", json!(1));
+            set_default(spec, "revisionHistoryLimit", json!(10));
+            set_default(spec, "progressDeadlineSeconds", json!(600));
+            set_default(spec, "strategy", json!({}));
+            set_default(&mut spec["strategy"], "type", json!("RollingUpdate"));
+            if spec["strategy"]["type"] == "RollingUpdate" {
+                set_default(&mut spec["strategy"], "rollingUpdate", json!({}));
+                let rolling = &mut spec["strategy"]["rollingUpdate"];
+                set_default(rolling, "maxSurge", json!("25%"));
+                set_default(rolling, "maxUnavailable", json!("25%"));
+            }
+        }
+    }
+    if let Some(spec) = at_mut(object, pod_spec_path(workload)) {
+        if spec.is_object() {
+            default_pod_spec(spec);
+        }
+    }
+}
+
+fn required(field: String) -> Cause {
+    Cause {
+        reason: "FieldValueRequired".into(),
+        field,
+        message: "Required value".into(),
+    }
+}
+
+/// `Invalid value: <value>: <detail>`, the value rendered as Kubernetes does (strings quoted).
+fn invalid(field: String, value: &Value, detail: &str) -> Cause {
+    let shown = match value {
+        Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    };
+    Cause {
+        reason: "FieldValueInvalid".into(),
+        field,
+        message: format!("Invalid value: {shown}: {detail}"),
+    }
+}
+
+fn unsupported(field: String, value: &str, supported: &[&str]) -> Cause {
+    let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+    Cause {
+        reason: "FieldValueNotSupported".into(),
+        field,
+        message: format!(
+            "Unsupported value: {value:?}: supported values: {}",
+            list.join(", ")
+        ),
+    }
+}
+
+const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+
+fn parse_quantity(resource: &str, value: &str) -> Result<u64, quantity::QuantityError> {
+    if resource == "cpu" {
+        quantity::parse_milli(value)
+    } else {
+        quantity::parse_units(value)
+    }
+}
+
+fn validate_resources(c: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let mut parsed: BTreeMap<(&str, String), u64> = BTreeMap::new();
+    for list in ["requests", "limits"] {
+        for (resource, v) in c["resources"][list].as_object().into_iter().flatten() {
+            let field = format!("{path}.resources.{list}[{resource}]");
+            let text = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => String::new(),
+            };
+            match parse_quantity(resource, &text) {
+                Ok(q) => {
+                    parsed.insert((list, resource.clone()), q);
+                }
+                Err(e) => causes.push(invalid(field, v, &e.to_string())),
+            }
+        }
+    }
+    for ((list, resource), request) in &parsed {
+        if *list != "requests" {
+            continue;
+        }
+        if let Some(limit) = parsed.get(&("limits", resource.clone())) {
+            if request > limit {
+                let limit_text = c["resources"]["limits"][resource.as_str()]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                causes.push(invalid(
+                    format!("{path}.resources.requests"),
+                    &c["resources"]["requests"][resource.as_str()],
+                    &format!("must be less than or equal to {resource} limit of {limit_text}"),
+                ));
+            }
+        }
+    }
+}
+
+fn validate_container(c: &Value, path: &str, names: &mut BTreeSet<String>, causes: &mut Vec<Cause>) {
+    let name = c["name"].as_str().unwrap_or_default();
+    if name.is_empty() {
+        causes.push(required(format!("{path}.name")));
+    } else if !is_dns1123_label(name) {
+        causes.push(invalid(format!("{path}.name"), &c["name"], LABEL_MSG));
+    } else if !names.insert(name.to_string()) {
+        causes.push(Cause {
+            reason: "FieldValueDuplicate".into(),
+            field: format!("{path}.name"),
+            message: format!("Duplicate value: {name:?}"),
+        });
+    }
+    if c["image"].as_str().map_or(true, |i| i.trim().is_empty()) {
+        causes.push(required(format!("{path}.image")));
+    }
+    if let Some(policy) = c["imagePullPolicy"].as_str() {
+        let supported = ["Always", "IfNotPresent", "Never"];
+        if !supported.contains(&policy) {
+            causes.push(unsupported(format!("{path}.imagePullPolicy"), policy, &supported));
+        }
+    }
+    for (i, port) in c["ports"].as_array().into_iter().flatten().enumerate() {
+        let ppath = format!("{path}.ports[{i}]");
+        let container_port = &port["containerPort"];
+        match container_port.as_i64() {
+            Some(p) if (1..=65535).contains(&p) => {}
+            Some(_) => causes.push(invalid(
+                format!("{ppath}.containerPort"),
+                container_port,
+                "must be between 1 and 65535, inclusive",
+            )),
+            None => causes.push(required(format!("{ppath}.containerPort"))),
+        }
+        if let Some(host) = port["hostPort"].as_i64().filter(|p| *p != 0) {
+            if !(1..=65535).contains(&host) {
+                causes.push(invalid(
+                    format!("{ppath}.hostPort"),
+                    &port["hostPort"],
+                    "must be between 1 and 65535, inclusive",
+                ));
+            }
+        }
+        if let Some(protocol) = port["protocol"].as_str() {
+            let supported = ["SCTP", "TCP", "UDP"];
+            if !supported.contains(&protocol) {
+                causes.push(unsupported(format!("{ppath}.protocol"), protocol, &supported));
+            }
+        }
+    }
+    validate_resources(c, path, causes);
+}
+
+fn validate_pod_spec(spec: &Value, path: &str, template: bool, causes: &mut Vec<Cause>) {
+    let containers = spec["containers"].as_array().filter(|c| !c.is_empty());
+    if containers.is_none() {
+        causes.push(required(format!("{path}.containers")));
+    }
+    let mut names = BTreeSet::new();
+    for (i, c) in containers.into_iter().flatten().enumerate() {
+        validate_container(c, &format!("{path}.containers[{i}]"), &mut names, causes);
+    }
+    for (i, c) in spec["initContainers"].as_array().into_iter().flatten().enumerate() {
+        validate_container(c, &format!("{path}.initContainers[{i}]"), &mut names, causes);
+    }
+    if let Some(policy) = spec["restartPolicy"].as_str() {
+        let supported: &[&str] = if template {
+            &["Always"]
+        } else {
+            &["Always", "OnFailure", "Never"]
+        };
+        if !supported.contains(&policy) {
+            causes.push(unsupported(format!("{path}.restartPolicy"), policy, supported));
+        }
+    }
+    if let Some(grace) = spec["terminationGracePeriodSeconds"].as_i64() {
+        if grace < 0 {
+            causes.push(invalid(
+                format!("{path}.terminationGracePeriodSeconds"),
+                &spec["terminationGracePeriodSeconds"],
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+}
+
+fn non_negative(object: &Value, field: &str, causes: &mut Vec<Cause>) {
+    if let Some(v) = object["spec"][field].as_i64() {
+        if v < 0 {
+            causes.push(invalid(
+                format!("spec.{field}"),
+                &object["spec"][field],
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+}
+
+fn validate_controller(object: &Value, workload: Workload, causes: &mut Vec<Cause>) {
+    non_negative(object, "replicas", causes);
+    non_negative(object, "minReadySeconds", causes);
+    let selector = &object["spec"]["selector"];
+    let labels: BTreeMap<String, String> = object["spec"]["template"]["metadata"]["labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+        .collect();
+    let empty_selector = selector["matchLabels"].as_object().is_none_or(|m| m.is_empty())
+        && selector["matchExpressions"].as_array().is_none_or(|m| m.is_empty());
+    if selector.is_null() {
+        causes.push(required("spec.selector".into()));
+    } else if empty_selector {
+        let kind = match workload {
+            Workload::Deployment => "deployment",
+            _ => "replicaset",
+        };
+        causes.push(invalid(
+            "spec.selector".into(),
+            selector,
+            &format!("empty selector is invalid for {kind}"),
+        ));
+    } else if !selector_matches(selector, &labels) {
+        let shown: Vec<String> = labels.iter().map(|(k, v)| format!("{k:?}:{v:?}")).collect();
+        causes.push(Cause {
+            reason: "FieldValueInvalid".into(),
+            field: "spec.template.metadata.labels".into(),
+            message: format!(
+                "Invalid value: map[string]string{{{}}}: `selector` does not match template `labels`",
+                shown.join(", ")
+            ),
+        });
+    }
+    if !object["spec"]["template"].is_object() {
+        causes.push(required("spec.template".into()));
+        return;
+    }
+    if workload == Workload::Deployment {
+        non_negative(object, "revisionHistoryLimit", causes);
+        non_negative(object, "progressDeadlineSeconds", causes);
+        if let Some(strategy) = object["spec"]["strategy"]["type"].as_str() {
+            let supported = ["Recreate", "RollingUpdate"];
+            if !supported.contains(&strategy) {
+                causes.push(unsupported("spec.strategy.type".into(), strategy, &supported));
+            }
+        }
+    }
+    validate_pod_spec(&object["spec"]["template"]["spec"], "spec.template.spec", true, causes);
+}
+
+/// Semantic checks of a defaulted object; `old` is the stored object on update.
+pub fn validate(workload: Workload, object: &Value, old: Option<&Value>) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    match workload {
+        Workload::Pod => validate_pod_spec(&object["spec"], "spec", false, &mut causes),
+        Workload::ReplicaSet | Workload::Deployment => {
+            validate_controller(object, workload, &mut causes);
+            if let Some(old) = old {
+                let selector = &object["spec"]["selector"];
+                if workload == Workload::Deployment && old["spec"]["selector"] != *selector {
+                    causes.push(invalid(
+                        "spec.selector".into(),
+                        selector,
+                        "field is immutable",
+                    ));
+                }
+            }
+        }
+    }
+    causes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment() -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "c", "image": "shoal.test/busybox:1",
+                        "ports": [{"containerPort": 80}],
+                        "resources": {"requests": {"cpu": 1}}}]},
+                },
+            },
+            "status": {"replicas": 99},
+        })
+    }
+
+    fn fields(causes: &[Cause]) -> Vec<&str> {
+        causes.iter().map(|c| c.field.as_str()).collect()
+    }
+
+    #[test]
+    fn defaults_match_kubernetes() {
+        let mut d = deployment();
+        default(Workload::Deployment, &mut d);
+        assert!(d.get("status").is_none());
+        let spec = &d["spec"];
+        assert_eq!(spec["replicas"], 1);
+        assert_eq!(spec["revisionHistoryLimit"], 10);
+        assert_eq!(spec["progressDeadlineSeconds"], 600);
+        assert_eq!(
+            spec["strategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}})
+        );
+        let pod = &spec["template"]["spec"];
+        assert_eq!(pod["restartPolicy"], "Always");
+        assert_eq!(pod["dnsPolicy"], "ClusterFirst");
+        assert_eq!(pod["terminationGracePeriodSeconds"], 30);
+        assert_eq!(pod["schedulerName"], "default-scheduler");
+        assert_eq!(pod["securityContext"], json!({}));
+        let c = &pod["containers"][0];
+        assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(c["terminationMessagePath"], "/dev/termination-log");
+        assert_eq!(c["terminationMessagePolicy"], "File");
+        assert_eq!(c["ports"][0]["protocol"], "TCP");
+        assert_eq!(c["resources"]["requests"]["cpu"], "1");
+        assert!(validate(Workload::Deployment, &d, None).is_empty());
+        // Defaulting is idempotent and keeps what the user set.
+        let mut again = d.clone();
+        default(Workload::Deployment, &mut again);
+        assert_eq!(again, d);
+        let mut recreate = deployment();
+        recreate["spec"]["strategy"] = json!({"type": "Recreate"});
+        default(Workload::Deployment, &mut recreate);
+        assert_eq!(recreate["spec"]["strategy"], json!({"type": "Recreate"}));
+    }
+
+    #[test]
+    fn pull_policy_follows_the_tag() {
+        assert_eq!(default_pull_policy("busybox"), "Always");
+        assert_eq!(default_pull_policy("busybox:latest"), "Always");
+        assert_eq!(default_pull_policy("localhost:5000/busybox"), "Always");
+        assert_eq!(default_pull_policy("shoal.test/busybox:1"), "IfNotPresent");
+        assert_eq!(default_pull_policy("x@sha256:abcd"), "IfNotPresent");
+    }
+
+    #[test]
+    fn invalid_deployments_name_their_fields() {
+        let mut d = deployment();
+        d["spec"]["replicas"] = json!(-1);
+        d["spec"]["template"]["spec"]["containers"] = json!([
+            {"name": "Bad_Name", "ports": [{"containerPort": 70000}],
+             "resources": {"requests": {"cpu": "2", "memory": "lots"}, "limits": {"cpu": "1"}}},
+            {"name": "ok", "image": "i"},
+            {"name": "ok", "image": "i"},
+        ]);
+        d["spec"]["template"]["spec"]["restartPolicy"] = json!("Never");
+        default(Workload::Deployment, &mut d);
+        let causes = validate(Workload::Deployment, &d, None);
+        assert_eq!(
+            fields(&causes),
+            vec![
+                "spec.replicas",
+                "spec.template.spec.containers[0].name",
+                "spec.template.spec.containers[0].image",
+                "spec.template.spec.containers[0].ports[0].containerPort",
+                "spec.template.spec.containers[0].resources.requests[memory]",
+                "spec.template.spec.containers[0].resources.requests",
+                "spec.template.spec.containers[2].name",
+                "spec.template.spec.restartPolicy",
+            ]
+        );
+        assert_eq!(causes[0].message, "Invalid value: -1: must be greater than or equal to 0");
+        assert_eq!(causes[2].message, "Required value");
+        assert_eq!(causes[5].message, "Invalid value: \"2\": must be less than or equal to cpu limit of 1");
+        assert_eq!(causes[6].message, "Duplicate value: \"ok\"");
+        assert_eq!(
+            causes[7].message,
+            "Unsupported value: \"Never\": supported values: \"Always\""
+        );
+    }
+
+    #[test]
+    fn selectors_are_required_matching_and_immutable() {
+        let mut d = deployment();
+        d["spec"]["selector"] = Value::Null;
+        default(Workload::Deployment, &mut d);
+        assert_eq!(fields(&validate(Workload::Deployment, &d, None)), vec!["spec.selector"]);
+        d["spec"]["selector"] = json!({"matchLabels": {"app": "db"}});
+        let causes = validate(Workload::Deployment, &d, None);
+        assert_eq!(fields(&causes), vec!["spec.template.metadata.labels"]);
+        assert!(causes[0].message.contains("`selector` does not match template `labels`"));
+        let old = deployment();
+        d["spec"]["template"]["metadata"]["labels"] = json!({"app": "db"});
+        assert_eq!(fields(&validate(Workload::Deployment, &d, Some(&old))), vec!["spec.selector"]);
+    }
+
+    #[test]
+    fn pods_need_containers_and_known_restart_policies() {
+        let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [], "restartPolicy": "Sometimes"}});
+        default(Workload::Pod, &mut pod);
+        let causes = validate(Workload::Pod, &pod, None);
+        assert_eq!(fields(&causes), vec!["spec.containers", "spec.restartPolicy"]);
+        let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}], "restartPolicy": "Never"}});
+        default(Workload::Pod, &mut pod);
+        assert!(validate(Workload::Pod, &pod, None).is_empty());
+        assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
+    }
+}

@@ -1,0 +1,705 @@
+//! Status computed on read (docs/workloads.md): a Pod's `spec.nodeName` and `status` from its
+//! binding, its node's status record or the leader's scheduling record; ReplicaSet and
+//! Deployment status counted over their pods. Pure: the serving agent's [`WorkloadView`], the
+//! stored objects and `now` in, objects out. Also label selectors (`matchLabels`,
+//! `matchExpressions`) as JSON.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+
+use super::backend::WorkloadView;
+use crate::model::workload::TEMPLATE_HASH_LABEL;
+use crate::model::Readiness;
+
+fn text<'a>(v: &'a Value, path: &[&str]) -> &'a str {
+    let mut cursor = v;
+    for p in path {
+        cursor = &cursor[*p];
+    }
+    cursor.as_str().unwrap_or_default()
+}
+
+fn ns_name(object: &Value) -> (String, String) {
+    (
+        text(object, &["metadata", "namespace"]).to_string(),
+        text(object, &["metadata", "name"]).to_string(),
+    )
+}
+
+fn labels_of(object: &Value, path: &[&str]) -> BTreeMap<String, String> {
+    let mut cursor = object;
+    for p in path {
+        cursor = &cursor[*p];
+    }
+    cursor
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether a `metav1.LabelSelector` (JSON) selects `labels`. A null selector selects nothing;
+/// an empty one selects everything.
+pub fn selector_matches(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
+    if !selector.is_object() {
+        return false;
+    }
+    let match_labels = selector["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str());
+    let expressions = selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|e| {
+            let key = e["key"].as_str().unwrap_or_default();
+            let values: Vec<&str> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let have = labels.get(key).map(String::as_str);
+            match e["operator"].as_str().unwrap_or_default() {
+                "In" => have.is_some_and(|h| values.contains(&h)),
+                "NotIn" => !have.is_some_and(|h| values.contains(&h)),
+                "Exists" => have.is_some(),
+                "DoesNotExist" => have.is_none(),
+                _ => false,
+            }
+        });
+    match_labels && expressions
+}
+
+/// `metav1.FormatLabelSelector`: `app=web,tier in (a,b)`; `<none>` for an empty selector.
+pub fn format_selector(selector: &Value) -> String {
+    let mut parts: Vec<String> = selector["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    for e in selector["matchExpressions"].as_array().into_iter().flatten() {
+        let key = e["key"].as_str().unwrap_or_default();
+        let values: Vec<&str> = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        parts.push(match e["operator"].as_str().unwrap_or_default() {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.to_string(),
+            "DoesNotExist" => format!("!{key}"),
+            other => format!("{key} {other}"),
+        });
+    }
+    if parts.is_empty() {
+        "<none>".to_string()
+    } else {
+        parts.join(",")
+    }
+}
+
+/// The uid of the controller owner of `object`, if any.
+pub fn controller_uid(object: &Value) -> Option<&str> {
+    object["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|r| r["controller"] == json!(true))
+        .and_then(|r| r["uid"].as_str())
+}
+
+/// Latest RFC 3339 timestamp anywhere inside `value`.
+fn latest_time(value: &Value) -> Option<DateTime<Utc>> {
+    match value {
+        Value::String(s) if s.len() >= 20 && s.as_bytes().get(4) == Some(&b'-') => {
+            DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|t| t.with_timezone(&Utc))
+        }
+        Value::Array(items) => items.iter().filter_map(latest_time).max(),
+        Value::Object(map) => map.values().filter_map(latest_time).max(),
+        _ => None,
+    }
+}
+
+fn rv_of(object: &Value) -> u64 {
+    object["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Raises `resourceVersion` to cover a status change at `changed` (rounded up to the end of
+/// its second, since status timestamps have second precision), so that a watch started from a
+/// list's resourceVersion still reports a status that changed in between.
+fn cover(object: &mut Value, changed: Option<DateTime<Utc>>) {
+    let Some(changed) = changed else { return };
+    let micros = u64::try_from(changed.timestamp()).unwrap_or(0) * 1_000_000 + 999_999;
+    if micros > rv_of(object) {
+        object["metadata"]["resourceVersion"] = json!(micros.to_string());
+    }
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Kubernetes' QoS class of a pod spec.
+fn qos_class(spec: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|f| spec[*f].as_array().into_iter().flatten())
+        .collect();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &containers {
+        let requests = c["resources"]["requests"].as_object();
+        let limits = c["resources"]["limits"].as_object();
+        if requests.is_some_and(|r| !r.is_empty()) || limits.is_some_and(|l| !l.is_empty()) {
+            any = true;
+        }
+        for resource in ["cpu", "memory"] {
+            let limit = c["resources"]["limits"][resource].clone();
+            let request = c["resources"]["requests"][resource].clone();
+            if limit.is_null() || (!request.is_null() && request != limit) {
+                guaranteed = false;
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
+    }
+}
+
+/// A pod as served: `spec.nodeName` from its binding and `status` from the matching status
+/// record, else `Pending` (with `PodScheduled=False` from a scheduling record when there is
+/// one). A pod whose node is NotReady in the view keeps its last status, but reads not Ready.
+pub fn pod_view(pod: &Value, view: &WorkloadView) -> Value {
+    let mut pod = pod.clone();
+    let key = ns_name(&pod);
+    let uid = text(&pod, &["metadata", "uid"]).to_string();
+    let binding = view.bindings.get(&key).filter(|b| b.pod_uid == uid);
+    let user_node = text(&pod, &["spec", "nodeName"]).to_string();
+    let placement = match binding {
+        Some(b) => Some((b.node.clone(), b.id.clone())),
+        None if !user_node.is_empty() => Some((user_node.clone(), uid.clone())),
+        None => None,
+    };
+    let mut changed = binding.map(|b| b.at);
+    if let (Some(b), true) = (binding, user_node.is_empty()) {
+        pod["spec"]["nodeName"] = json!(b.node);
+    }
+    let record = placement.as_ref().and_then(|(node, id)| {
+        view.pod_status
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .find(|(n, r)| n == node && &r.binding == id && r.pod_uid == uid)
+            .map(|(_, r)| r)
+    });
+    let mut status = match (record, &placement) {
+        (Some(r), _) if r.status.is_object() => r.status.clone(),
+        (_, Some(_)) => {
+            let mut scheduled = json!({"type": "PodScheduled", "status": "True"});
+            if let Some(b) = binding {
+                scheduled["lastTransitionTime"] = json!(rfc3339(b.at));
+            }
+            json!({"phase": "Pending", "conditions": [scheduled]})
+        }
+        (_, None) => {
+            let mut status = json!({"phase": "Pending"});
+            let unschedulable = view
+                .scheduling
+                .get(&key)
+                .into_iter()
+                .flatten()
+                .find(|s| s.pod_uid == uid);
+            if let Some(s) = unschedulable {
+                status["conditions"] = json!([{
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": s.reason,
+                    "message": s.message,
+                    "lastTransitionTime": rfc3339(s.at),
+                }]);
+                changed = Some(s.at);
+            }
+            status
+        }
+    };
+    if status["qosClass"].is_null() {
+        status["qosClass"] = json!(qos_class(&pod["spec"]));
+    }
+    let node_down = placement
+        .as_ref()
+        .is_some_and(|(node, _)| view.node_readiness.get(node) == Some(&Readiness::NotReady));
+    if node_down {
+        mark_not_ready(&mut status);
+    }
+    changed = changed.max(latest_time(&status));
+    pod["status"] = status;
+    cover(&mut pod, changed);
+    pod
+}
+
+/// What Kubernetes' node lifecycle controller does to pods of an unreachable node.
+fn mark_not_ready(status: &mut Value) {
+    if let Some(conditions) = status["conditions"].as_array_mut() {
+        for c in conditions.iter_mut().filter(|c| c["type"] == "Ready") {
+            c["status"] = json!("False");
+            c["reason"] = json!("NodeNotReady");
+            c["message"] = json!("the pod's node is not ready in this agent's view");
+        }
+    }
+    if let Some(containers) = status["containerStatuses"].as_array_mut() {
+        for c in containers {
+            c["ready"] = json!(false);
+        }
+    }
+}
+
+fn is_active(pod: &Value) -> bool {
+    let phase = text(pod, &["status", "phase"]);
+    phase != "Succeeded" && phase != "Failed" && pod["metadata"]["deletionTimestamp"].is_null()
+}
+
+fn ready_since(pod: &Value) -> Option<Option<DateTime<Utc>>> {
+    let ready = pod["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready" && c["status"] == "True")?;
+    Some(
+        ready["lastTransitionTime"]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc)),
+    )
+}
+
+/// Counts over the active pods of one controller.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counts {
+    replicas: i64,
+    fully_labeled: i64,
+    ready: i64,
+    available: i64,
+}
+
+fn count(pods: &[&Value], template_labels: &BTreeMap<String, String>, min_ready: i64, now: DateTime<Utc>) -> Counts {
+    let mut c = Counts::default();
+    for pod in pods.iter().filter(|p| is_active(p)) {
+        c.replicas += 1;
+        let labels = labels_of(pod, &["metadata", "labels"]);
+        if template_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+        {
+            c.fully_labeled += 1;
+        }
+        if let Some(since) = ready_since(pod) {
+            c.ready += 1;
+            let available = min_ready <= 0
+                || since.is_some_and(|s| (now - s).num_seconds() >= min_ready);
+            c.available += i64::from(available);
+        }
+    }
+    c
+}
+
+fn put_nonzero(status: &mut Map<String, Value>, field: &str, value: i64) {
+    if value != 0 {
+        status.insert(field.into(), json!(value));
+    }
+}
+
+fn latest_of(objects: &[&Value]) -> Option<DateTime<Utc>> {
+    objects
+        .iter()
+        .filter_map(|o| {
+            o["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse::<i64>().ok())
+                .and_then(DateTime::from_timestamp_micros)
+        })
+        .max()
+}
+
+/// Pods (as served, with status) grouped by the uid of their controller.
+pub fn by_controller(objects: &[Value]) -> BTreeMap<String, Vec<&Value>> {
+    let mut out: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for o in objects {
+        if let Some(uid) = controller_uid(o) {
+            out.entry(uid.to_string()).or_default().push(o);
+        }
+    }
+    out
+}
+
+/// A ReplicaSet with its status counted over `pods` (its own, as served).
+pub fn replicaset_view(rs: &Value, pods: &[&Value], now: DateTime<Utc>) -> Value {
+    let mut rs = rs.clone();
+    let counts = count(
+        pods,
+        &labels_of(&rs, &["spec", "template", "metadata", "labels"]),
+        rs["spec"]["minReadySeconds"].as_i64().unwrap_or(0),
+        now,
+    );
+    let mut status = Map::new();
+    status.insert("replicas".into(), json!(counts.replicas));
+    put_nonzero(&mut status, "fullyLabeledReplicas", counts.fully_labeled);
+    put_nonzero(&mut status, "readyReplicas", counts.ready);
+    put_nonzero(&mut status, "availableReplicas", counts.available);
+    put_nonzero(
+        &mut status,
+        "observedGeneration",
+        rs["metadata"]["generation"].as_i64().unwrap_or(0),
+    );
+    rs["status"] = Value::Object(status);
+    cover(&mut rs, latest_of(pods));
+    rs
+}
+
+/// A pod template with the `pod-template-hash` label removed and nulls dropped, for comparing
+/// a ReplicaSet's template with its Deployment's (Kubernetes' `EqualIgnoreHash`).
+fn template_sans_hash(template: &Value) -> Value {
+    fn strip_nulls(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), strip_nulls(v)))
+                    .collect(),
+            ),
+            Value::Array(a) => Value::Array(a.iter().map(strip_nulls).collect()),
+            other => other.clone(),
+        }
+    }
+    let mut t = strip_nulls(template);
+    if let Some(labels) = t["metadata"]["labels"].as_object_mut() {
+        labels.remove(TEMPLATE_HASH_LABEL);
+        if labels.is_empty() {
+            if let Some(meta) = t["metadata"].as_object_mut() {
+                meta.remove("labels");
+            }
+        }
+    }
+    if t["metadata"].as_object().is_some_and(|m| m.is_empty()) {
+        if let Some(m) = t.as_object_mut() {
+            m.remove("metadata");
+        }
+    }
+    t
+}
+
+/// `intstr` against `total`: an int, or a percentage rounded down (`round_up` false) or up.
+fn scaled(value: &Value, total: i64, round_up: bool) -> i64 {
+    match value {
+        Value::Number(n) => n.as_i64().unwrap_or(0),
+        Value::String(s) => {
+            let pct: i64 = s.trim_end_matches('%').parse().unwrap_or(0);
+            let x = total * pct;
+            if round_up {
+                (x + 99) / 100
+            } else {
+                x / 100
+            }
+        }
+        _ => 0,
+    }
+}
+
+/// A Deployment with its status counted over its ReplicaSets (`rss`, as served) and their
+/// pods; the ReplicaSet whose template equals the Deployment's (ignoring the hash label) is
+/// the current one.
+pub fn deployment_view(
+    deployment: &Value,
+    rss: &[&Value],
+    pods_of: &BTreeMap<String, Vec<&Value>>,
+    now: DateTime<Utc>,
+) -> Value {
+    let mut d = deployment.clone();
+    let desired = d["spec"]["replicas"].as_i64().unwrap_or(1);
+    let min_ready = d["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
+    let template = template_sans_hash(&d["spec"]["template"]);
+    let current = rss
+        .iter()
+        .find(|rs| template_sans_hash(&rs["spec"]["template"]) == template);
+    let mut total = Counts::default();
+    let mut updated = 0;
+    let mut all_pods: Vec<&Value> = Vec::new();
+    for rs in rss {
+        let uid = text(rs, &["metadata", "uid"]);
+        let pods = pods_of.get(uid).map(Vec::as_slice).unwrap_or_default();
+        let c = count(pods, &BTreeMap::new(), min_ready, now);
+        total.replicas += c.replicas;
+        total.ready += c.ready;
+        total.available += c.available;
+        if current.is_some_and(|cur| text(cur, &["metadata", "uid"]) == uid) {
+            updated = c.replicas;
+        }
+        all_pods.extend(pods);
+    }
+    let generation = d["metadata"]["generation"].as_i64().unwrap_or(1);
+    let mut status = Map::new();
+    let observed = if current.is_some() { generation } else { generation - 1 };
+    put_nonzero(&mut status, "observedGeneration", observed);
+    put_nonzero(&mut status, "replicas", total.replicas);
+    put_nonzero(&mut status, "updatedReplicas", updated);
+    put_nonzero(&mut status, "readyReplicas", total.ready);
+    put_nonzero(&mut status, "availableReplicas", total.available);
+    put_nonzero(
+        &mut status,
+        "unavailableReplicas",
+        (desired - total.available).max(0),
+    );
+    let max_unavailable = if text(&d, &["spec", "strategy", "type"]) == "Recreate" {
+        0
+    } else {
+        let surge = scaled(&d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], desired, true);
+        let unavailable = scaled(
+            &d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+            desired,
+            false,
+        );
+        // Kubernetes: both zero would deadlock, so maxUnavailable becomes 1.
+        if surge == 0 && unavailable == 0 {
+            1
+        } else {
+            unavailable
+        }
+    };
+    let created = text(&d, &["metadata", "creationTimestamp"]).to_string();
+    let mut conditions = Vec::new();
+    let (available, reason, message) = if total.available >= desired - max_unavailable {
+        ("True", "MinimumReplicasAvailable", "Deployment has minimum availability.")
+    } else {
+        ("False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.")
+    };
+    conditions.push(json!({
+        "type": "Available", "status": available, "reason": reason, "message": message,
+        "lastUpdateTime": created, "lastTransitionTime": created,
+    }));
+    if let Some(cur) = current {
+        let name = text(cur, &["metadata", "name"]);
+        let since = text(cur, &["metadata", "creationTimestamp"]);
+        let complete =
+            updated == desired && total.replicas == updated && total.available >= updated;
+        let (reason, message) = if complete {
+            ("NewReplicaSetAvailable", format!("ReplicaSet \"{name}\" has successfully progressed."))
+        } else {
+            ("ReplicaSetUpdated", format!("ReplicaSet \"{name}\" is progressing."))
+        };
+        conditions.push(json!({
+            "type": "Progressing", "status": "True", "reason": reason, "message": message,
+            "lastUpdateTime": since, "lastTransitionTime": since,
+        }));
+    }
+    status.insert("conditions".into(), json!(conditions));
+    d["status"] = Value::Object(status);
+    let mut inputs: Vec<&Value> = rss.to_vec();
+    inputs.extend(all_pods);
+    cover(&mut d, latest_of(&inputs));
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::workload::{Binding, PodStatusRecord, SchedulingRecord};
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn pod(name: &str, uid: &str, owner: Option<&str>) -> Value {
+        let mut p = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "uid": uid,
+                         "resourceVersion": "1000", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "image": "i"}]},
+        });
+        if let Some(o) = owner {
+            p["metadata"]["labels"][TEMPLATE_HASH_LABEL] = json!("abc");
+            p["metadata"]["ownerReferences"] =
+                json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": o, "controller": true}]);
+        }
+        p
+    }
+
+    fn binding(node: &str, id: &str, uid: &str) -> Binding {
+        Binding {
+            node: node.into(),
+            id: id.into(),
+            pod_uid: uid.into(),
+            epoch: 1,
+            view: 1,
+            leader: "n1".into(),
+            at: at("2024-05-01T10:00:00Z"),
+        }
+    }
+
+    fn running(ready: bool) -> Value {
+        json!({
+            "phase": "Running", "podIP": "10.0.0.5",
+            "conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"},
+                            "lastTransitionTime": "2024-05-01T10:00:05Z"}],
+            "containerStatuses": [{"name": "c", "ready": ready, "restartCount": 0,
+                                   "state": {"running": {"startedAt": "2024-05-01T10:00:04Z"}}}],
+        })
+    }
+
+    fn key(name: &str) -> (String, String) {
+        ("default".into(), name.into())
+    }
+
+    #[test]
+    fn pod_status_comes_from_the_record_of_the_winning_binding() {
+        let p = pod("web-1", "u1", None);
+        let mut view = WorkloadView::default();
+        view.bindings.insert(key("web-1"), binding("n2", "b2", "u1"));
+        view.pod_status.insert(
+            key("web-1"),
+            vec![
+                ("n1".into(), PodStatusRecord { binding: "b1".into(), pod_uid: "u1".into(), status: json!({"phase": "Failed"}) }),
+                ("n2".into(), PodStatusRecord { binding: "b2".into(), pod_uid: "u1".into(), status: running(true) }),
+            ],
+        );
+        view.node_readiness.insert("n2".into(), Readiness::Ready);
+        let served = pod_view(&p, &view);
+        assert_eq!(served["spec"]["nodeName"], "n2");
+        assert_eq!(served["status"]["phase"], "Running");
+        assert_eq!(served["status"]["qosClass"], "BestEffort");
+        // The status timestamps raise the resourceVersion (end of their second).
+        let rv: u64 = served["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+        assert_eq!(rv, at("2024-05-01T10:00:05Z").timestamp() as u64 * 1_000_000 + 999_999);
+        // Stable: the same inputs give the same object (watches diff these).
+        assert_eq!(pod_view(&p, &view), served);
+
+        // The node goes NotReady: last status kept, Ready reads False.
+        view.node_readiness.insert("n2".into(), Readiness::NotReady);
+        let served = pod_view(&p, &view);
+        assert_eq!(served["status"]["phase"], "Running");
+        assert_eq!(served["status"]["conditions"][0]["status"], "False");
+        assert_eq!(served["status"]["containerStatuses"][0]["ready"], false);
+    }
+
+    #[test]
+    fn stale_bindings_and_records_are_ignored() {
+        let p = pod("web-1", "u1", None);
+        let mut view = WorkloadView::default();
+        view.bindings.insert(key("web-1"), binding("n2", "b2", "old-uid"));
+        view.scheduling.insert(
+            key("web-1"),
+            vec![SchedulingRecord {
+                pod_uid: "u1".into(),
+                reason: "Unschedulable".into(),
+                message: "0/3 nodes are available: 3 Insufficient cpu.".into(),
+                at: at("2024-05-01T10:00:00Z"),
+            }],
+        );
+        let served = pod_view(&p, &view);
+        assert!(served["spec"]["nodeName"].is_null());
+        assert_eq!(served["status"]["phase"], "Pending");
+        assert_eq!(served["status"]["conditions"][0]["type"], "PodScheduled");
+        assert_eq!(served["status"]["conditions"][0]["status"], "False");
+        assert_eq!(
+            served["status"]["conditions"][0]["message"],
+            "0/3 nodes are available: 3 Insufficient cpu."
+        );
+        // Bound, no record yet: Pending and scheduled.
+        view.bindings.insert(key("web-1"), binding("n2", "b2", "u1"));
+        let served = pod_view(&p, &view);
+        assert_eq!(served["spec"]["nodeName"], "n2");
+        assert_eq!(served["status"]["phase"], "Pending");
+        assert_eq!(served["status"]["conditions"][0]["status"], "True");
+    }
+
+    fn template() -> Value {
+        json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}})
+    }
+
+    fn rs(name: &str, uid: &str, replicas: i64, template: Value) -> Value {
+        json!({
+            "metadata": {"name": name, "namespace": "default", "uid": uid, "generation": 1,
+                         "creationTimestamp": "2024-05-01T09:00:00Z", "resourceVersion": "5",
+                         "ownerReferences": [{"uid": "d1", "controller": true, "kind": "Deployment", "name": "web"}]},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}}, "template": template},
+        })
+    }
+
+    #[test]
+    fn replicaset_and_deployment_status_count_pods() {
+        let now = at("2024-05-01T11:00:00Z");
+        let mut pods = Vec::new();
+        for (i, ready) in [true, true, false].iter().enumerate() {
+            let mut p = pod(&format!("web-{i}"), &format!("u{i}"), Some("rs1"));
+            p["status"] = running(*ready);
+            pods.push(p);
+        }
+        let mut t = template();
+        t["metadata"]["labels"][TEMPLATE_HASH_LABEL] = json!("abc");
+        let current = rs("web-abc", "rs1", 3, t);
+        let grouped = by_controller(&pods);
+        let served_rs = replicaset_view(&current, &grouped["rs1"], now);
+        assert_eq!(
+            served_rs["status"],
+            json!({"replicas": 3, "fullyLabeledReplicas": 3, "readyReplicas": 2,
+                   "availableReplicas": 2, "observedGeneration": 1})
+        );
+        let old = rs("web-old", "rs0", 0, json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "old"}]}}));
+        let deployment = json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "d1", "generation": 2,
+                         "creationTimestamp": "2024-05-01T09:00:00Z", "resourceVersion": "1"},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}, "template": template(),
+                     "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}},
+        });
+        let served = deployment_view(&deployment, &[&old, &served_rs], &grouped, now);
+        let status = &served["status"];
+        assert_eq!(status["observedGeneration"], 2);
+        assert_eq!(status["replicas"], 3);
+        assert_eq!(status["updatedReplicas"], 3);
+        assert_eq!(status["readyReplicas"], 2);
+        assert_eq!(status["availableReplicas"], 2);
+        // 3 desired, 25% unavailable allowed (0 rounded down): not available yet.
+        assert_eq!(status["conditions"][0]["status"], "False");
+        assert_eq!(status["conditions"][1]["reason"], "ReplicaSetUpdated");
+
+        // All ready: complete.
+        pods[2]["status"] = running(true);
+        let grouped = by_controller(&pods);
+        let served = deployment_view(&deployment, &[&old, &served_rs], &grouped, now);
+        assert_eq!(served["status"]["conditions"][0]["status"], "True");
+        assert_eq!(served["status"]["conditions"][1]["reason"], "NewReplicaSetAvailable");
+
+        // No ReplicaSet for the template yet: the generation is not observed.
+        let served = deployment_view(&deployment, &[&old], &grouped, now);
+        assert_eq!(served["status"]["observedGeneration"], 1);
+        assert!(served["status"].get("updatedReplicas").is_none());
+    }
+
+    #[test]
+    fn selectors_match_and_format() {
+        let labels: BTreeMap<String, String> =
+            [("app".to_string(), "web".to_string()), ("tier".to_string(), "a".to_string())].into();
+        let sel = json!({"matchLabels": {"app": "web"},
+                         "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]},
+                                              {"key": "x", "operator": "DoesNotExist"}]});
+        assert!(selector_matches(&sel, &labels));
+        assert_eq!(format_selector(&sel), "app=web,tier in (a,b),!x");
+        assert!(!selector_matches(&json!({"matchLabels": {"app": "db"}}), &labels));
+        assert!(!selector_matches(&Value::Null, &labels));
+        assert!(selector_matches(&json!({}), &labels));
+    }
+}
