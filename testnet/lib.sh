@@ -32,7 +32,7 @@ need_root() { [ "$(id -u)" = 0 ] || die "must run as root (network namespaces, b
 # ---- prerequisites ---------------------------------------------------------------------------
 
 # command -> Debian package that provides it
-PREREQS="ip:iproute2 nft:nftables iptables:iptables runc:runc busybox:busybox-static nsenter:util-linux curl:curl"
+PREREQS="ip:iproute2 nft:nftables iptables:iptables runc:runc busybox:busybox-static nsenter:util-linux curl:curl tar:tar gzip:gzip sha256sum:coreutils"
 
 install_prereqs() {
   need_root
@@ -292,6 +292,39 @@ write_kubeconfig() {
 }
 
 kc() { kubectl --kubeconfig "$RUN_DIR/kubeconfig" --request-timeout=5s "$@"; }
+
+# ---- the testnet image ---------------------------------------------------------------------------
+
+BUSYBOX_IMAGE="shoal.test/busybox:1"
+BUSYBOX_TAR="$RUN_DIR/busybox-image.tar"
+
+# Build testnet/run/busybox-image.tar (an OCI layout of shoal.test/busybox:1) unless present.
+ensure_busybox_image() {
+  [ -s "$BUSYBOX_TAR" ] && return 0
+  mkdir -p "$RUN_DIR"
+  "$TESTNET_DIR/busybox-image.sh" "$BUSYBOX_TAR" || die "building $BUSYBOX_IMAGE failed"
+}
+
+# Load the testnet image into NODE's store through its API (waits up to 60 s for the API).
+import_busybox_image() {
+  local node="$1" i out
+  ensure_busybox_image
+  for i in $(seq 1 120); do
+    if out="$("$SHOAL_BIN" image import "$BUSYBOX_TAR" --kubeconfig "$RUN_DIR/kubeconfig" --context "$node" 2>&1)"; then
+      log "$node: $out"
+      return 0
+    fi
+    agent_pid "$node" >/dev/null || break
+    sleep 0.5
+  done
+  die "importing $BUSYBOX_IMAGE into $node failed: $out"
+}
+
+# Whether NODE's store has the testnet image.
+has_busybox_image() {
+  "$SHOAL_BIN" image ls --kubeconfig "$RUN_DIR/kubeconfig" --context "$1" 2>/dev/null \
+    | awk 'NR > 1 {print $1}' | grep -qx "$BUSYBOX_IMAGE"
+}
 
 # Number of Ready nodes that NODE's API reports (0 when unreachable).
 ready_count_via() {

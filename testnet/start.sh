@@ -25,9 +25,16 @@ listen=(--listen-p2p "$ip:$P2P_PORT" --listen-api "$ip:$API_PORT" --advertise "$
 if [ -d "$data" ]; then
   spawn_agent "$node" --data-dir "$data"
 else
+  fresh=1
   token="${JOIN_TOKEN:-$(cat "$RUN_DIR/join-token" 2>/dev/null || true)}"
   [ -n "$token" ] || die "no join token (testnet/run/join-token missing; run testnet/up.sh)"
   join="${JOIN_ADDR:-$(node_ip n1):$P2P_PORT}"
   spawn_agent "$node" --data-dir "$data" --name "$node" --join "$join" --token "$token" "${listen[@]}"
 fi
 log "$node started (pid $(agent_pid "$node"), $ip)"
+
+# A node started on a wiped data dir gets the testnet image again (once the API answers).
+if [ "${fresh:-0}" = 1 ] && [ -f "$RUN_DIR/kubeconfig" ] \
+   && grep -qx -- "- name: $node" "$RUN_DIR/kubeconfig" && ! has_busybox_image "$node"; then
+  import_busybox_image "$node"
+fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Bring up a local testnet of N nodes (default 3): one network namespace per node on a bridge,
 # one agent per node, joined into one cluster. Returns once every node's API reports N Ready
-# nodes, and writes testnet/run/kubeconfig (contexts n1..nN, current n1).
+# nodes, writes testnet/run/kubeconfig (contexts n1..nN, current n1), and loads the image
+# shoal.test/busybox:1 (testnet/busybox-image.sh, built into run/) into every node's store.
 #
 # Environment:
 #   SHOAL_BIN            binary to run (default target/release/shoal, built if stale)
@@ -76,6 +77,12 @@ while :; do
     die "timed out after ${UP_TIMEOUT}s waiting for $N Ready nodes"
   fi
   sleep 0.5
+done
+
+# Every node gets the testnet image (built once into run/).
+ensure_busybox_image
+for node in $nodes; do
+  import_busybox_image "$node"
 done
 
 cat <<MSG

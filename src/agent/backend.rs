@@ -387,4 +387,38 @@ impl Backend for AgentBackend {
             Some(node) => self.proxy_logs(&node, req),
         }
     }
+
+    fn import_image(
+        &self,
+        archive: PathBuf,
+    ) -> BoxFuture<'static, Result<Vec<crate::api::ImageSummary>, BackendError>> {
+        let dir = self.data_dir.join("images");
+        Box::pin(async move {
+            let imported = tokio::task::spawn_blocking(move || {
+                crate::runtime::image::ImageStore::open(&dir)?.import(&archive)
+            })
+            .await
+            .map_err(|e| BackendError::Unavailable(format!("image import: {e}")))?;
+            imported.map_err(|e| match e.is_caller_error() {
+                true => BackendError::Invalid(e.to_string()),
+                false => BackendError::Unavailable(e.to_string()),
+            })
+        })
+    }
+
+    fn images(&self) -> Vec<crate::api::ImageSummary> {
+        match crate::runtime::image::ImageStore::open(&self.data_dir.join("images")) {
+            Ok(store) => store.list(),
+            Err(e) => {
+                tracing::warn!(%e, "opening the image store");
+                Vec::new()
+            }
+        }
+    }
+
+    fn upload_dir(&self) -> Option<PathBuf> {
+        crate::runtime::image::ImageStore::open(&self.data_dir.join("images"))
+            .map(|s| s.upload_dir())
+            .ok()
+    }
 }

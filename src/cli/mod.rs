@@ -1,6 +1,7 @@
 //! The `shoal` command line: `init`, `agent`, `status`, `backup` (and `--version`).
 
 mod client;
+mod image;
 mod kubeconfig;
 
 use std::net::{IpAddr, SocketAddr};
@@ -80,6 +81,11 @@ pub enum Command {
     Status {
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// The image store of the node the context points at (`import FILE`, `ls`).
+    Image {
+        #[command(subcommand)]
+        command: image::ImageCommand,
     },
     /// Write a snapshot of the cluster state, taken from the node the context points at.
     Backup {
@@ -200,6 +206,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&value)?);
             Ok(())
         }
+        Command::Image { command } => image::run(command),
         Command::Backup { output, client } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
