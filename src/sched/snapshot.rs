@@ -1,0 +1,280 @@
+//! What the leader's reconcile reads (a [`Snapshot`] of the merged cluster document plus the
+//! leader's own view) and what it returns (a [`Plan`]: cluster-document writes, scheduling
+//! records for the leader's status document, events). Also the two adapters shared by the
+//! agent's shell and the simulator: building a snapshot from a `ClusterDoc` and applying a
+//! plan's writes to one.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::model::workload::{
+    Binding, InvolvedObject, SchedulingRecord, DEPLOYMENTS, PODS, REPLICASETS,
+};
+use crate::model::NodeRecord;
+use crate::state::{ClusterDoc, StateError};
+
+/// A node's liveness in the leader's membership view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Liveness {
+    Alive,
+    /// Probes failing, not yet declared dead: no new pods, but its pods stay.
+    Suspect,
+    /// Dead, left, or unknown to the view: controller-owned pods bound to it are replaced.
+    Dead,
+}
+
+/// `(namespace, name)`.
+pub type PodKey = (String, String);
+
+/// The state a reconcile works from. Objects are the stored JSON (as the API wrote them);
+/// anything malformed is skipped, never fatal.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub deployments: Vec<Value>,
+    pub replicasets: Vec<Value>,
+    pub pods: Vec<Value>,
+    /// The winning binding of each pod (`bind/<ns>/<pod>`).
+    pub bindings: BTreeMap<PodKey, Binding>,
+    pub nodes: Vec<NodeRecord>,
+    /// The leader's view; nodes not listed are [`Liveness::Dead`].
+    pub liveness: BTreeMap<String, Liveness>,
+    /// Scheduling records this leader wrote earlier (its own status document): a record or
+    /// event is only written again when the reason changed.
+    pub scheduling: BTreeMap<PodKey, SchedulingRecord>,
+}
+
+/// Who is reconciling, in which view, when, and the seed of its fresh identifiers.
+#[derive(Clone, Debug)]
+pub struct LeaderCtx {
+    pub node: String,
+    pub epoch: u64,
+    pub view: u64,
+    pub now: DateTime<Utc>,
+    /// Seeds the placement ids of new bindings.
+    pub seed: u64,
+}
+
+/// One write to the cluster document.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    PutObject {
+        resource: &'static str,
+        namespace: String,
+        name: String,
+        object: Value,
+    },
+    DeleteObject {
+        resource: &'static str,
+        namespace: String,
+        name: String,
+    },
+    PutBinding {
+        namespace: String,
+        pod: String,
+        binding: Binding,
+    },
+    DeleteBinding {
+        namespace: String,
+        pod: String,
+    },
+}
+
+/// A change to the leader's scheduling records (`sched/<ns>/<pod>`, its status document).
+#[derive(Clone, Debug, PartialEq)]
+pub enum SchedulingWrite {
+    Put {
+        namespace: String,
+        pod: String,
+        record: SchedulingRecord,
+    },
+    Delete {
+        namespace: String,
+        pod: String,
+    },
+}
+
+/// An event to record (`Shared::record_event`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedEvent {
+    pub involved: InvolvedObject,
+    /// `Normal` or `Warning`.
+    pub event_type: &'static str,
+    pub reason: &'static str,
+    pub message: String,
+    /// `default-scheduler`, `deployment-controller`, `replicaset-controller`.
+    pub component: &'static str,
+}
+
+/// What a reconcile decided. Empty when the state already is what it should be.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub writes: Vec<Write>,
+    pub scheduling: Vec<SchedulingWrite>,
+    pub events: Vec<PlannedEvent>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.scheduling.is_empty() && self.events.is_empty()
+    }
+
+    /// Counts of (object puts, object deletes, binding puts, binding deletes).
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        let mut c = (0, 0, 0, 0);
+        for w in &self.writes {
+            match w {
+                Write::PutObject { .. } => c.0 += 1,
+                Write::DeleteObject { .. } => c.1 += 1,
+                Write::PutBinding { .. } => c.2 += 1,
+                Write::DeleteBinding { .. } => c.3 += 1,
+            }
+        }
+        c
+    }
+}
+
+/// Namespace of a stored object (`metadata.namespace`, else the one in its key).
+fn with_namespace(mut object: Value, namespace: Option<&str>) -> Value {
+    if let (Some(ns), Some(meta)) = (namespace, object.get_mut("metadata")) {
+        if meta.get("namespace").and_then(Value::as_str).is_none() {
+            meta["namespace"] = Value::String(ns.to_string());
+        }
+    }
+    object
+}
+
+impl Snapshot {
+    /// Reads the workload objects, bindings and node records of `doc`; `liveness` and
+    /// `scheduling` come from the caller (membership view, own status document).
+    pub fn from_doc(
+        doc: &ClusterDoc,
+        liveness: BTreeMap<String, Liveness>,
+        scheduling: BTreeMap<PodKey, SchedulingRecord>,
+    ) -> Snapshot {
+        let objects = |resource: &str| -> Vec<Value> {
+            doc.list_objects(resource, None)
+                .into_iter()
+                .map(|(path, v)| with_namespace(v, path.namespace.as_deref()))
+                .collect()
+        };
+        Snapshot {
+            deployments: objects(DEPLOYMENTS),
+            replicasets: objects(REPLICASETS),
+            pods: objects(PODS),
+            bindings: doc.bindings().into_iter().collect(),
+            nodes: doc.nodes(),
+            liveness,
+            scheduling,
+        }
+    }
+
+    /// The snapshot after `plan` (for tests and the simulator; the real next snapshot is read
+    /// from the document).
+    pub fn after(&self, plan: &Plan) -> Snapshot {
+        let mut next = self.clone();
+        let key = |v: &Value| {
+            (
+                v["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                v["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            )
+        };
+        let mut lists: BTreeMap<&str, BTreeMap<PodKey, Value>> = BTreeMap::new();
+        for (resource, list) in [
+            (DEPLOYMENTS, &self.deployments),
+            (REPLICASETS, &self.replicasets),
+            (PODS, &self.pods),
+        ] {
+            lists.insert(resource, list.iter().map(|v| (key(v), v.clone())).collect());
+        }
+        for w in &plan.writes {
+            match w {
+                Write::PutObject {
+                    resource,
+                    namespace,
+                    name,
+                    object,
+                } => {
+                    if let Some(l) = lists.get_mut(resource) {
+                        l.insert((namespace.clone(), name.clone()), object.clone());
+                    }
+                }
+                Write::DeleteObject {
+                    resource,
+                    namespace,
+                    name,
+                } => {
+                    if let Some(l) = lists.get_mut(resource) {
+                        l.remove(&(namespace.clone(), name.clone()));
+                    }
+                }
+                Write::PutBinding {
+                    namespace,
+                    pod,
+                    binding,
+                } => {
+                    next.bindings
+                        .insert((namespace.clone(), pod.clone()), binding.clone());
+                }
+                Write::DeleteBinding { namespace, pod } => {
+                    next.bindings.remove(&(namespace.clone(), pod.clone()));
+                }
+            }
+        }
+        let mut take = |r: &str| lists.remove(r).unwrap_or_default().into_values().collect();
+        next.deployments = take(DEPLOYMENTS);
+        next.replicasets = take(REPLICASETS);
+        next.pods = take(PODS);
+        for s in &plan.scheduling {
+            match s {
+                SchedulingWrite::Put {
+                    namespace,
+                    pod,
+                    record,
+                } => {
+                    next.scheduling
+                        .insert((namespace.clone(), pod.clone()), record.clone());
+                }
+                SchedulingWrite::Delete { namespace, pod } => {
+                    next.scheduling.remove(&(namespace.clone(), pod.clone()));
+                }
+            }
+        }
+        next
+    }
+}
+
+/// Applies the cluster-document writes of a plan. Returns how many changed the document.
+pub fn apply_writes(doc: &mut ClusterDoc, writes: &[Write]) -> Result<usize, StateError> {
+    let mut changed = 0;
+    for w in writes {
+        let did = match w {
+            Write::PutObject {
+                resource,
+                namespace,
+                name,
+                object,
+            } => {
+                doc.put_object(resource, Some(namespace), name, object)?;
+                true
+            }
+            Write::DeleteObject {
+                resource,
+                namespace,
+                name,
+            } => doc.delete_object(resource, Some(namespace), name)?,
+            Write::PutBinding {
+                namespace,
+                pod,
+                binding,
+            } => doc.put_binding(namespace, pod, binding)?,
+            Write::DeleteBinding { namespace, pod } => doc.delete_binding(namespace, pod)?,
+        };
+        changed += usize::from(did);
+    }
+    Ok(changed)
+}
