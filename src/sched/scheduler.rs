@@ -423,7 +423,7 @@ pub(crate) fn schedule(
     pending.sort_by(|a, b| a.key.cmp(b.key));
 
     let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed);
-    let mut unschedulable: BTreeMap<&PodKey, (&str, String)> = BTreeMap::new();
+    let mut failed: Vec<&PodInfo<'_>> = Vec::new();
     for p in &pending {
         let selector = podspec::node_selector(&p.pod["spec"]);
         if let Some(s) = &selector {
@@ -459,11 +459,21 @@ pub(crate) fn schedule(
                 bindings.insert(p.key.clone(), std::borrow::Cow::Owned(binding));
                 round.add(node, p);
             }
-            Err(histogram) => {
-                let message = unschedulable_message(round.nodes.len(), &histogram);
-                unschedulable.insert(p.key, (p.uid, message));
-            }
+            Err(_) => failed.push(p),
         }
+    }
+    // Why each pod that found no node fits nowhere, against the state at the end of the
+    // round (what the next round will see, so the message is stable).
+    let mut unschedulable: BTreeMap<&PodKey, (&str, String)> = BTreeMap::new();
+    for p in failed {
+        let selector = podspec::node_selector(&p.pod["spec"]);
+        let anti = round.anti_affinity_mask(p);
+        let histogram = match choose(&round, p, selector.as_ref(), anti.as_deref()) {
+            Err(h) => h,
+            Ok(_) => [0; 7], // cannot happen: placements only take room
+        };
+        let message = unschedulable_message(round.nodes.len(), &histogram);
+        unschedulable.insert(p.key, (p.uid, message));
     }
 
     for (key, (uid, message)) in &unschedulable {
