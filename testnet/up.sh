@@ -82,7 +82,7 @@ done
 # Every node gets the testnet image (built once into run/).
 ensure_busybox_image
 for node in $nodes; do
-  import_busybox_image "$node"
+  import_busybox_image "$node" || { tail_logs 20; die "could not load the testnet image into $node"; }
 done
 
 cat <<MSG
