@@ -10,8 +10,13 @@ use std::time::Duration;
 
 use base64::Engine;
 use chrono::Utc;
+use futures::StreamExt;
 use serde_json::{json, Value};
-use shoal::api::{self, AgentStatus, ApiConfig, Backend, BackendError, MemberStatus, ObjectKey};
+use shoal::api::{
+    self, AgentStatus, ApiConfig, Backend, BackendError, BoxFuture, ImageSummary, LogRequest,
+    LogStream, MemberStatus, ObjectKey, WorkloadView,
+};
+use shoal::model::workload::{Binding, PodStatusRecord, SchedulingRecord};
 use shoal::model::{NodeRecord, NodeSystemInfo, NodeView, Readiness};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{oneshot, watch};
@@ -19,11 +24,20 @@ use tokio::sync::{oneshot, watch};
 const TOKEN: &str = "s3cret-test-token";
 const KUBECTL: &str = "/usr/bin/kubectl";
 
-/// The in-memory backend: a map of objects, fixed nodes, and a change counter.
+/// The in-memory backend: a map of objects, fixed nodes, and a change counter; canned
+/// workload records, events, log bytes and images stand in for the rest of the agent.
 struct Fake {
     objects: Mutex<BTreeMap<ObjectKey, Value>>,
     nodes: Mutex<Vec<NodeView>>,
     tick: watch::Sender<u64>,
+    view: Mutex<WorkloadView>,
+    events: Mutex<Vec<Value>>,
+    /// Every log request received, and the chunks each one streams.
+    log_requests: Mutex<Vec<LogRequest>>,
+    log_chunks: Mutex<Vec<String>>,
+    upload_dir: Option<PathBuf>,
+    /// `(path, size, existed)` of every archive handed to `import_image`.
+    imported: Mutex<Vec<(PathBuf, u64)>>,
 }
 
 fn node(name: &str, ip: &str, readiness: Readiness, is_leader: bool) -> NodeView {
@@ -68,6 +82,34 @@ impl Fake {
                 node("beta", "10.77.0.3", Readiness::Suspect, false),
             ]),
             tick: watch::channel(0).0,
+            view: Mutex::new(WorkloadView::default()),
+            events: Mutex::new(Vec::new()),
+            log_requests: Mutex::new(Vec::new()),
+            log_chunks: Mutex::new(Vec::new()),
+            upload_dir: None,
+            imported: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn with_view(&self, f: impl FnOnce(&mut WorkloadView)) {
+        f(&mut self.view.lock().unwrap());
+        self.bump();
+    }
+
+    fn put(&self, resource: &str, object: Value) {
+        let key = ObjectKey {
+            resource: resource.into(),
+            namespace: Some("default".into()),
+            name: object["metadata"]["name"].as_str().unwrap().into(),
+        };
+        self.put_object(&key, object).unwrap();
+    }
+
+    fn get(&self, resource: &str, name: &str) -> Option<Value> {
+        self.get_object(&ObjectKey {
+            resource: resource.into(),
+            namespace: Some("default".into()),
+            name: name.into(),
         })
     }
 
@@ -155,6 +197,64 @@ impl Backend for Fake {
     fn changes(&self) -> watch::Receiver<u64> {
         self.tick.subscribe()
     }
+    fn workload_view(&self) -> WorkloadView {
+        self.view.lock().unwrap().clone()
+    }
+    fn events(&self, namespace: Option<&str>) -> Vec<Value> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| namespace.is_none_or(|ns| e["metadata"]["namespace"] == ns))
+            .cloned()
+            .collect()
+    }
+    fn pod_logs(&self, req: LogRequest) -> BoxFuture<'static, Result<LogStream, BackendError>> {
+        self.log_requests.lock().unwrap().push(req.clone());
+        let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = self
+            .log_chunks
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| Ok(bytes::Bytes::from(c.clone())))
+            .collect();
+        Box::pin(async move {
+            if req.pod == "gone" {
+                return Err(BackendError::NotFound("pod \"gone\" on its node".into()));
+            }
+            // A follow trickles its chunks, then the stream ends (the container exited).
+            let delay = if req.follow { 100 } else { 0 };
+            let stream = futures::stream::iter(chunks).then(move |c| async move {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                c
+            });
+            Ok(Box::pin(stream) as LogStream)
+        })
+    }
+    fn upload_dir(&self) -> Option<PathBuf> {
+        self.upload_dir.clone()
+    }
+    fn import_image(
+        &self,
+        archive: PathBuf,
+    ) -> BoxFuture<'static, Result<Vec<ImageSummary>, BackendError>> {
+        let size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
+        self.imported.lock().unwrap().push((archive, size));
+        Box::pin(async move {
+            Ok(vec![ImageSummary {
+                reference: "shoal.test/busybox:1".into(),
+                digest: "sha256:abc".into(),
+                size,
+            }])
+        })
+    }
+    fn images(&self) -> Vec<ImageSummary> {
+        vec![ImageSummary {
+            reference: "shoal.test/busybox:1".into(),
+            digest: "sha256:abc".into(),
+            size: 42,
+        }]
+    }
 }
 
 /// `SHOAL_KUBECTL_VERBOSITY=6` runs kubectl with `-v=6` and prints what it did (debugging).
@@ -204,6 +304,10 @@ impl Harness {
     }
 
     async fn start_with(config: ApiConfig) -> Self {
+        Self::start_full(config, None).await
+    }
+
+    async fn start_full(config: ApiConfig, upload_dir: Option<PathBuf>) -> Self {
         assert!(
             std::path::Path::new(KUBECTL).exists(),
             "{KUBECTL} is missing: these tests need the real kubectl 1.32 (install kubectl to /usr/bin/kubectl)"
@@ -212,7 +316,8 @@ impl Harness {
         let tls = Arc::new(api::tls_config(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let backend = Fake::new();
+        let mut backend = Fake::new();
+        Arc::get_mut(&mut backend).unwrap().upload_dir = upload_dir;
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(api::serve(listener, tls, backend.clone(), config, async {
             let _ = stopped.await;
@@ -1055,4 +1160,826 @@ async fn raw_bad_input_is_rejected_with_status() {
         started.elapsed() < Duration::from_secs(5),
         "shutdown waited for the watch"
     );
+}
+
+const DEPLOY_V1: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels:
+    app: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: main
+        image: shoal.test/busybox:1
+        command: [httpd, -f, -p, \"8080\"]
+        env:
+        - name: COLOR
+          value: blue
+        - name: SIZE
+          value: large
+        ports:
+        - containerPort: 8080
+        resources:
+          requests:
+            cpu: 100m
+            memory: 32Mi
+";
+
+/// The second apply: new image, SIZE dropped, COLOR changed, a sidecar added.
+const DEPLOY_V2: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels:
+    app: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: main
+        image: shoal.test/busybox:2
+        command: [httpd, -f, -p, \"8080\"]
+        env:
+        - name: COLOR
+          value: green
+        ports:
+        - containerPort: 8080
+        resources:
+          requests:
+            cpu: 100m
+            memory: 32Mi
+      - name: side
+        image: shoal.test/busybox:1
+        command: [sleep, \"3600\"]
+";
+
+fn at(rfc3339: &str) -> chrono::DateTime<Utc> {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn running_status(ready: bool, ip: &str, restarts: i64) -> Value {
+    let started = (Utc::now() - chrono::Duration::seconds(30))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut container = json!({
+        "name": "main", "ready": ready, "restartCount": restarts, "image": "shoal.test/busybox:1",
+        "imageID": "sha256:abc", "started": true,
+        "state": {"running": {"startedAt": started}},
+    });
+    if restarts > 0 {
+        let finished = (Utc::now() - chrono::Duration::seconds(40))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        container["lastState"] =
+            json!({"terminated": {"exitCode": 137, "reason": "Error", "finishedAt": finished}});
+    }
+    json!({
+        "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": "10.77.0.2", "startTime": started,
+        "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": started},
+            {"type": "Ready", "status": if ready {"True"} else {"False"}, "lastTransitionTime": started},
+        ],
+        "containerStatuses": [container],
+    })
+}
+
+/// Plays the leader's controllers and the kubelets: a ReplicaSet for the Deployment's current
+/// template, `replicas` pods, bindings and status records.
+fn play_controllers(h: &Harness, rs_name: &str, replicas: usize) -> Vec<String> {
+    let deploy = h.backend.get("deployments.apps", "web").unwrap();
+    let mut template = deploy["spec"]["template"].clone();
+    let hash = rs_name.rsplit('-').next().unwrap();
+    template["metadata"]["labels"]["pod-template-hash"] = json!(hash);
+    let rs_uid = format!("uid-{rs_name}");
+    h.backend.put(
+        "replicasets.apps",
+        json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": rs_name, "namespace": "default", "uid": rs_uid, "generation": 1,
+                         "resourceVersion": "1", "creationTimestamp": "2024-05-01T10:00:00Z",
+                         "labels": {"app": "web", "pod-template-hash": hash},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
+                                              "uid": deploy["metadata"]["uid"], "controller": true}]},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web", "pod-template-hash": hash}},
+                     "template": template},
+        }),
+    );
+    let mut names = Vec::new();
+    for slot in 0..replicas {
+        let name = format!("{rs_name}-p{slot}");
+        let created = (Utc::now() - chrono::Duration::minutes(3))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        h.backend.put(
+            "pods",
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                             "resourceVersion": "1", "creationTimestamp": created,
+                             "labels": template["metadata"]["labels"],
+                             "annotations": {"shoal.io/slot": slot.to_string()},
+                             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs_name,
+                                                  "uid": rs_uid, "controller": true}]},
+                "spec": template["spec"],
+            }),
+        );
+        names.push(name);
+    }
+    names
+}
+
+fn bind(h: &Harness, pod: &str, node: &str, status: Option<Value>) {
+    let uid = format!("uid-{pod}");
+    let key = ("default".to_string(), pod.to_string());
+    h.backend.with_view(|v| {
+        v.bindings.insert(
+            key.clone(),
+            Binding {
+                node: node.into(),
+                id: format!("b-{pod}"),
+                pod_uid: uid.clone(),
+                epoch: 1,
+                view: 1,
+                leader: "alpha".into(),
+                at: Utc::now() - chrono::Duration::minutes(2),
+            },
+        );
+        v.node_readiness
+            .insert("alpha".into(), shoal::model::Readiness::Ready);
+        v.node_readiness
+            .insert("beta".into(), shoal::model::Readiness::Ready);
+        if let Some(status) = status {
+            v.pod_status.insert(
+                key,
+                vec![(
+                    node.to_string(),
+                    PodStatusRecord {
+                        binding: format!("b-{pod}"),
+                        pod_uid: uid,
+                        status,
+                    },
+                )],
+            );
+        }
+    });
+}
+
+fn row<'a>(out: &'a str, start: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("no row starting with {start:?} in:\n{out}"))
+}
+
+/// `text` with runs of blanks collapsed to one space (describe output aligns columns).
+fn squeeze(text: &str) -> String {
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_deployments_pods_and_status() {
+    let h = Harness::start().await;
+    let file = h.write("deploy.yaml", DEPLOY_V1);
+    assert!(h
+        .ok(&["apply", "-f", &file])
+        .await
+        .contains("deployment.apps/web created"));
+    let d: Value =
+        serde_json::from_str(&h.ok(&["get", "deploy", "web", "-o", "json"]).await).unwrap();
+    assert_eq!(d["metadata"]["generation"], 1);
+    assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+    assert_eq!(d["spec"]["revisionHistoryLimit"], 10);
+    assert_eq!(d["spec"]["progressDeadlineSeconds"], 600);
+    let pod_spec = &d["spec"]["template"]["spec"];
+    assert_eq!(pod_spec["restartPolicy"], "Always");
+    assert_eq!(pod_spec["containers"][0]["imagePullPolicy"], "IfNotPresent");
+    // No ReplicaSet yet: the generation is not observed, nothing is ready.
+    assert!(d["status"]["observedGeneration"].is_null());
+
+    let pods = play_controllers(&h, "web-5d4f8", 2);
+    bind(
+        &h,
+        &pods[0],
+        "alpha",
+        Some(running_status(true, "10.88.0.5", 2)),
+    );
+    let mut creating = running_status(false, "", 0);
+    creating["phase"] = json!("Pending");
+    creating["containerStatuses"][0]["state"] = json!({"waiting": {"reason": "ContainerCreating"}});
+    bind(&h, &pods[1], "beta", Some(creating));
+
+    let out = h.ok(&["get", "deploy,rs,pods", "-o", "wide"]).await;
+    let blocks: Vec<&str> = out.split("\n\n").collect();
+    assert_eq!(blocks.len(), 3, "{out}");
+    column_positions(
+        blocks[0].lines().next().unwrap(),
+        &[
+            "NAME",
+            "READY",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "AGE",
+            "CONTAINERS",
+            "IMAGES",
+            "SELECTOR",
+        ],
+    );
+    let words = |line: &str| {
+        line.split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let deploy = words(row(blocks[0], "deployment.apps/web"));
+    assert_eq!(&deploy[1..4], ["1/2", "2", "1"], "{out}");
+    assert_eq!(
+        &deploy[5..],
+        ["main", "shoal.test/busybox:1", "app=web"],
+        "{out}"
+    );
+    column_positions(
+        blocks[1].lines().next().unwrap(),
+        &[
+            "NAME",
+            "DESIRED",
+            "CURRENT",
+            "READY",
+            "AGE",
+            "CONTAINERS",
+            "IMAGES",
+            "SELECTOR",
+        ],
+    );
+    let rs = words(row(blocks[1], "replicaset.apps/web-5d4f8"));
+    assert_eq!(&rs[1..4], ["2", "2", "1"], "{out}");
+    assert_eq!(rs[7], "app=web,pod-template-hash=5d4f8", "{out}");
+    column_positions(
+        blocks[2].lines().next().unwrap(),
+        &[
+            "NAME",
+            "READY",
+            "STATUS",
+            "RESTARTS",
+            "AGE",
+            "IP",
+            "NODE",
+            "NOMINATED NODE",
+            "READINESS GATES",
+        ],
+    );
+    let ready = row(blocks[2], &format!("pod/{}", pods[0]));
+    let w = words(ready);
+    assert_eq!(&w[1..3], ["1/1", "Running"], "{out}");
+    assert!(
+        // The last restart finished 40 s before the status was made (slow runs: a bit more).
+        ready.contains("2 (4") && ready.contains("s ago)"),
+        "{ready}"
+    );
+    assert!(
+        ready.contains("10.88.0.5") && ready.contains("alpha"),
+        "{ready}"
+    );
+    let w = words(row(blocks[2], &format!("pod/{}", pods[1])));
+    assert_eq!(&w[1..4], ["0/1", "ContainerCreating", "0"], "{out}");
+    assert_eq!(&w[5..], ["<none>", "beta", "<none>", "<none>"], "{out}");
+
+    // get all lists the three kinds (category `all`).
+    let all = h.ok(&["get", "all"]).await;
+    for needle in [
+        "deployment.apps/web",
+        "replicaset.apps/web-5d4f8",
+        &format!("pod/{}", pods[0]),
+    ] {
+        assert!(all.contains(needle), "get all lacks {needle}:\n{all}");
+    }
+
+    // rollout status waits, then completes when the second pod becomes ready (a watch sees
+    // the computed status change).
+    let rollout = h
+        .command(&["rollout", "status", "deploy/web", "--timeout=30s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(rollout.stdout.unwrap()).lines();
+    let waiting = next_line(&mut lines).await;
+    assert!(
+        waiting.contains("1 of 2 updated replicas are available"),
+        "{waiting}"
+    );
+    bind(
+        &h,
+        &pods[1],
+        "beta",
+        Some(running_status(true, "10.88.1.7", 0)),
+    );
+    let mut done = String::new();
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("rollout status in time")
+    {
+        done.push_str(&line);
+    }
+    assert!(
+        done.contains("deployment \"web\" successfully rolled out"),
+        "{done}"
+    );
+    let d: Value =
+        serde_json::from_str(&h.ok(&["get", "deploy", "web", "-o", "json"]).await).unwrap();
+    assert_eq!(d["status"]["observedGeneration"], 1);
+    assert_eq!(d["status"]["readyReplicas"], 2);
+    assert_eq!(
+        d["status"]["conditions"][1]["reason"],
+        "NewReplicaSetAvailable"
+    );
+
+    // describe deploy reads the ReplicaSets; describe pod reads events.
+    let describe = squeeze(&h.ok(&["describe", "deploy", "web"]).await);
+    for needle in [
+        "Replicas: 2 desired | 2 updated | 2 total | 2 available | 0 unavailable",
+        "NewReplicaSet: web-5d4f8 (2/2 replicas created)",
+        "StrategyType: RollingUpdate",
+        "Progressing True NewReplicaSetAvailable",
+    ] {
+        assert!(
+            describe.contains(needle),
+            "describe deploy lacks {needle:?}:\n{describe}"
+        );
+    }
+    let (_, pulled) = shoal::model::workload::new_event(
+        &shoal::model::workload::InvolvedObject {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            namespace: "default".into(),
+            name: pods[0].clone(),
+            uid: format!("uid-{}", pods[0]),
+        },
+        "Normal",
+        "Started",
+        "Started container main",
+        "kubelet",
+        "alpha",
+        Utc::now() - chrono::Duration::seconds(20),
+    );
+    let (_, other) = shoal::model::workload::new_event(
+        &shoal::model::workload::InvolvedObject {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            namespace: "default".into(),
+            name: pods[1].clone(),
+            uid: format!("uid-{}", pods[1]),
+        },
+        "Warning",
+        "BackOff",
+        "Back-off restarting failed container main",
+        "kubelet",
+        "beta",
+        Utc::now() - chrono::Duration::seconds(5),
+    );
+    h.backend.events.lock().unwrap().extend([pulled, other]);
+    let describe = squeeze(&h.ok(&["describe", "pod", &pods[0]]).await);
+    for needle in [
+        "Node: alpha/10.77.0.2",
+        "Status: Running",
+        "IP: 10.88.0.5",
+        "Controlled By: ReplicaSet/web-5d4f8",
+        "Ready True",
+        "Normal Started",
+        "kubelet Started container main",
+    ] {
+        assert!(
+            describe.contains(needle),
+            "describe pod lacks {needle:?}:\n{describe}"
+        );
+    }
+    assert!(!describe.contains("Back-off"), "{describe}");
+    let events = h.ok(&["get", "events"]).await;
+    column_positions(
+        events.lines().next().unwrap(),
+        &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+    );
+    let warning = events
+        .lines()
+        .find(|l| l.contains("BackOff"))
+        .unwrap_or_else(|| panic!("no BackOff event in:\n{events}"));
+    assert!(
+        warning.split_whitespace().next().unwrap().ends_with('s'),
+        "{warning}"
+    );
+    assert!(
+        warning.contains("Warning")
+            && warning.contains("BackOff")
+            && warning.contains(&format!("pod/{}", pods[1])),
+        "{events}"
+    );
+    let only = h
+        .ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "type=Warning",
+            "-o",
+            "name",
+        ])
+        .await;
+    assert_eq!(only.lines().count(), 1, "{only}");
+
+    // A second apply of an edited file: a strategic merge patch (containers by name, env by
+    // name); the generation moves on.
+    let file = h.write("deploy.yaml", DEPLOY_V2);
+    assert!(h
+        .ok(&["apply", "-f", &file])
+        .await
+        .contains("deployment.apps/web configured"));
+    let d: Value =
+        serde_json::from_str(&h.ok(&["get", "deploy", "web", "-o", "json"]).await).unwrap();
+    assert_eq!(d["metadata"]["generation"], 2);
+    let containers = &d["spec"]["template"]["spec"]["containers"];
+    assert_eq!(containers[0]["image"], "shoal.test/busybox:2");
+    assert_eq!(
+        containers[0]["env"],
+        json!([{"name": "COLOR", "value": "green"}])
+    );
+    assert_eq!(containers[1]["name"], "side");
+    assert_eq!(containers[1]["imagePullPolicy"], "IfNotPresent");
+    // The template changed: no ReplicaSet for it yet, so the rollout is not observed.
+    assert_eq!(d["status"]["observedGeneration"], 1);
+    assert!(h
+        .ok(&["apply", "-f", &file])
+        .await
+        .contains("deployment.apps/web unchanged"));
+
+    // scale: the autoscaling/v1 Scale subresource.
+    assert!(h
+        .ok(&["scale", "deploy/web", "--replicas=5"])
+        .await
+        .contains("deployment.apps/web scaled"));
+    assert_eq!(
+        h.backend.get("deployments.apps", "web").unwrap()["spec"]["replicas"],
+        5
+    );
+    assert!(h
+        .ok(&["scale", "rs/web-5d4f8", "--replicas=0"])
+        .await
+        .contains("replicaset.apps/web-5d4f8 scaled"));
+    assert_eq!(
+        h.backend.get("replicasets.apps", "web-5d4f8").unwrap()["spec"]["replicas"],
+        0
+    );
+    let current = h
+        .ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ])
+        .await;
+    assert!(h
+        .ok(&[
+            "scale",
+            "deploy/web",
+            "--replicas=3",
+            "--resource-version",
+            &current
+        ])
+        .await
+        .contains("scaled"));
+    let stderr = h
+        .fails(&[
+            "scale",
+            "deploy/web",
+            "--replicas=4",
+            "--current-replicas=9",
+        ])
+        .await;
+    assert!(
+        stderr.contains("Expected replicas to be 9, was 3"),
+        "{stderr}"
+    );
+
+    // delete -f removes the Deployment (the controllers collect the rest).
+    assert!(h
+        .ok(&["delete", "-f", &file])
+        .await
+        .contains("deployment.apps \"web\" deleted"));
+    assert!(h.backend.get("deployments.apps", "web").is_none());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_bare_pods_and_logs() {
+    let h = Harness::start().await;
+    assert!(h
+        .ok(&[
+            "run",
+            "bare",
+            "--image=shoal.test/busybox:1",
+            "--",
+            "sleep",
+            "3600"
+        ])
+        .await
+        .contains("pod/bare created"));
+    let pod: Value =
+        serde_json::from_str(&h.ok(&["get", "pod", "bare", "-o", "json"]).await).unwrap();
+    assert_eq!(
+        pod["spec"]["containers"][0]["args"],
+        json!(["sleep", "3600"])
+    );
+    assert_eq!(pod["spec"]["restartPolicy"], "Always");
+    assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 30);
+    assert_eq!(pod["status"]["phase"], "Pending");
+    assert_eq!(pod["status"]["qosClass"], "BestEffort");
+    // Unschedulable: the leader's scheduling record shows as PodScheduled=False.
+    let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
+    h.backend.with_view(|v| {
+        v.scheduling.insert(
+            ("default".into(), "bare".into()),
+            vec![SchedulingRecord {
+                pod_uid: uid.clone(),
+                reason: "Unschedulable".into(),
+                message: "0/2 nodes are available: 2 Insufficient cpu.".into(),
+                at: at("2024-05-01T10:00:00Z"),
+            }],
+        );
+    });
+    let describe = squeeze(&h.ok(&["describe", "pod", "bare"]).await);
+    assert!(describe.contains("PodScheduled False"), "{describe}");
+    let line = row(&h.ok(&["get", "pods"]).await, "bare").to_string();
+    assert!(line.contains("0/1") && line.contains("Pending"), "{line}");
+
+    // A pod applied from a file, with two containers; logs need -c (kubectl picks the first
+    // and says so; the raw API answers 400 naming the choices).
+    let file = h.write(
+        "pod.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: two\nspec:\n  restartPolicy: Never\n  containers:\n  - name: a\n    image: shoal.test/busybox:1\n  - name: b\n    image: shoal.test/busybox:1\n",
+    );
+    assert!(h
+        .ok(&["apply", "-f", &file])
+        .await
+        .contains("pod/two created"));
+    *h.backend.log_chunks.lock().unwrap() = vec!["line one\n".into(), "line two\n".into()];
+    let logs = h.ok(&["logs", "two", "-c", "b"]).await;
+    assert_eq!(logs, "line one\nline two\n");
+    let (code, status) = status_of(
+        h.req(
+            reqwest::Method::GET,
+            "/api/v1/namespaces/default/pods/two/log",
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert_eq!(
+        status["message"],
+        "a container name must be specified for pod two, choose one of: [a b]"
+    );
+    let logs = h
+        .ok(&["logs", "bare", "--previous", "--tail=5", "--timestamps"])
+        .await;
+    assert_eq!(logs, "line one\nline two\n");
+    let last = h
+        .backend
+        .log_requests
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        last,
+        LogRequest {
+            namespace: "default".into(),
+            pod: "bare".into(),
+            container: Some("bare".into()),
+            follow: false,
+            previous: true,
+            timestamps: true,
+            tail_lines: Some(5),
+            since_seconds: None,
+            since_time: None,
+            limit_bytes: None,
+        }
+    );
+    // -f ends when the stream ends.
+    let logs = h.ok(&["logs", "-f", "bare", "--since=10s"]).await;
+    assert_eq!(logs, "line one\nline two\n");
+    let last = h
+        .backend
+        .log_requests
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap();
+    assert!(last.follow && last.since_seconds == Some(10), "{last:?}");
+    let stderr = h.fails(&["logs", "nope"]).await;
+    assert!(stderr.contains("pods \"nope\" not found"), "{stderr}");
+
+    assert!(h
+        .ok(&["delete", "pod", "bare", "--wait"])
+        .await
+        .contains("pod \"bare\" deleted"));
+    assert!(h.ok(&["get", "pods", "-o", "name"]).await.trim() == "pod/two");
+    h.stop().await;
+}
+
+fn bad_deploy(edit: &str) -> String {
+    match edit {
+        "missing-image" => DEPLOY_V1.replace("        image: shoal.test/busybox:1\n", ""),
+        "bad-container-name" => DEPLOY_V1.replace("- name: main", "- name: Main_1"),
+        "bad-name" => DEPLOY_V1.replace("  name: web\n  labels", "  name: Web!\n  labels"),
+        "negative-replicas" => DEPLOY_V1.replace("replicas: 2", "replicas: -1"),
+        "unknown-field" => DEPLOY_V1.replace("        image: shoal", "        imagee: shoal"),
+        "selector-mismatch" => DEPLOY_V1.replace(
+            "    matchLabels:\n      app: web",
+            "    matchLabels:\n      app: api",
+        ),
+        "port" => DEPLOY_V1.replace("containerPort: 8080", "containerPort: 70000"),
+        "quantity" => DEPLOY_V1.replace("memory: 32Mi", "memory: lots"),
+        "restart-policy" => DEPLOY_V1.replace(
+            "      containers:\n",
+            "      restartPolicy: Never\n      containers:\n",
+        ),
+        "type" => DEPLOY_V1.replace("replicas: 2", "replicas: two"),
+        other => panic!("no edit {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_rejects_bad_workloads_naming_the_field() {
+    let h = Harness::start().await;
+    let cases = [
+        ("missing-image", "spec.template.spec.containers[0].image: Required value"),
+        ("bad-container-name", "spec.template.spec.containers[0].name: Invalid value: \"Main_1\""),
+        ("bad-name", "metadata.name: Invalid value: \"Web!\""),
+        ("negative-replicas", "The Deployment \"web\" is invalid: spec.replicas: Invalid value: -1: must be greater than or equal to 0"),
+        ("unknown-field", "strict decoding error: unknown field \"spec.template.spec.containers[0].imagee\""),
+        ("selector-mismatch", "spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"web\"}: `selector` does not match template `labels`"),
+        ("port", "spec.template.spec.containers[0].ports[0].containerPort: Invalid value: 70000: must be between 1 and 65535, inclusive"),
+        ("quantity", "spec.template.spec.containers[0].resources.requests[memory]: Invalid value: \"lots\""),
+        ("restart-policy", "spec.template.spec.restartPolicy: Unsupported value: \"Never\": supported values: \"Always\""),
+        ("type", "spec.replicas: invalid type: string \"two\""),
+    ];
+    for (edit, want) in cases {
+        let file = h.write(&format!("{edit}.yaml"), &bad_deploy(edit));
+        let stderr = h.fails(&["apply", "-f", &file]).await;
+        assert!(stderr.contains(want), "{edit}: {stderr}");
+    }
+    assert!(h.backend.list_objects("deployments.apps", None).is_empty());
+
+    // The raw Status names the field in details.causes, kind and group apart.
+    let response = h
+        .req(
+            reqwest::Method::POST,
+            "/apis/apps/v1/namespaces/default/deployments",
+        )
+        .header("content-type", "application/yaml")
+        .body(bad_deploy("negative-replicas"))
+        .send()
+        .await
+        .unwrap();
+    let (code, status) = status_of(response).await;
+    assert_eq!(code, 422);
+    assert_eq!(
+        status["message"],
+        "Deployment.apps \"web\" is invalid: spec.replicas: Invalid value: -1: must be greater than or equal to 0"
+    );
+    assert_eq!(status["details"]["kind"], "Deployment");
+    assert_eq!(status["details"]["group"], "apps");
+    assert_eq!(status["details"]["causes"][0]["field"], "spec.replicas");
+
+    // Status set by a user is dropped; scale refuses negative replicas.
+    let mut with_status: Value = serde_yaml::from_str(DEPLOY_V1).unwrap();
+    with_status["status"] = json!({"replicas": 7, "readyReplicas": 7});
+    let response = h
+        .req(
+            reqwest::Method::POST,
+            "/apis/apps/v1/namespaces/default/deployments",
+        )
+        .json(&with_status)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    assert!(h
+        .backend
+        .get("deployments.apps", "web")
+        .unwrap()
+        .get("status")
+        .is_none());
+    let response = h
+        .req(
+            reqwest::Method::PATCH,
+            "/apis/apps/v1/namespaces/default/deployments/web/scale",
+        )
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"spec":{"replicas":-3}}"#)
+        .send()
+        .await
+        .unwrap();
+    let (code, status) = status_of(response).await;
+    assert_eq!(code, 422, "{status}");
+    assert_eq!(status["details"]["causes"][0]["field"], "spec.replicas");
+    let stderr = h.fails(&["run", "Bad_Pod", "--image=x"]).await;
+    assert!(stderr.contains("metadata.name: Invalid value"), "{stderr}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn image_routes_stream_uploads_with_their_own_limit() {
+    let uploads = tempfile::tempdir().unwrap();
+    let config = ApiConfig {
+        max_body_bytes: 1024,
+        max_image_bytes: 256 * 1024,
+        ..ApiConfig::default()
+    };
+    let h = Harness::start_full(config, Some(uploads.path().to_path_buf())).await;
+    // Larger than the API body limit, within the image limit.
+    let archive = vec![7u8; 100 * 1024];
+    let response = h
+        .req(reqwest::Method::POST, "/shoal/v1/images/import")
+        .header("content-type", "application/x-tar")
+        .body(archive.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let images: Vec<ImageSummary> = response.json().await.unwrap();
+    assert_eq!(images[0].reference, "shoal.test/busybox:1");
+    assert_eq!(images[0].size, archive.len() as u64);
+    let imported = h.backend.imported.lock().unwrap().clone();
+    assert_eq!(imported.len(), 1);
+    assert!(imported[0].0.starts_with(uploads.path()));
+    assert!(
+        !imported[0].0.exists(),
+        "the upload is deleted after the import"
+    );
+    // Too large (declared, and streamed without a length): 413, nothing left behind.
+    let response = h
+        .req(reqwest::Method::POST, "/shoal/v1/images/import")
+        .header("content-type", "application/x-tar")
+        .body(vec![0u8; 300 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..40).map(|_| Ok(vec![1u8; 8192])).collect();
+    let response = h
+        .req(reqwest::Method::POST, "/shoal/v1/images/import")
+        .header("content-type", "application/x-tar")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await;
+    if let Ok(response) = response {
+        assert_eq!(response.status().as_u16(), 413);
+    }
+    assert_eq!(std::fs::read_dir(uploads.path()).unwrap().count(), 0);
+    assert_eq!(h.backend.imported.lock().unwrap().len(), 1);
+    let response = h
+        .req(reqwest::Method::POST, "/shoal/v1/images/import")
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 415);
+    let listed: Vec<ImageSummary> = h
+        .req(reqwest::Method::GET, "/shoal/v1/images")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[0].size, 42);
+    let unauthenticated = h
+        .client()
+        .get(format!("{}/shoal/v1/images", h.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status().as_u16(), 401);
+    h.stop().await;
 }

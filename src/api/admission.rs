@@ -201,7 +201,12 @@ fn validate_resources(c: &Value, path: &str, causes: &mut Vec<Cause>) {
     }
 }
 
-fn validate_container(c: &Value, path: &str, names: &mut BTreeSet<String>, causes: &mut Vec<Cause>) {
+fn validate_container(
+    c: &Value,
+    path: &str,
+    names: &mut BTreeSet<String>,
+    causes: &mut Vec<Cause>,
+) {
     let name = c["name"].as_str().unwrap_or_default();
     if name.is_empty() {
         causes.push(required(format!("{path}.name")));
@@ -220,7 +225,11 @@ fn validate_container(c: &Value, path: &str, names: &mut BTreeSet<String>, cause
     if let Some(policy) = c["imagePullPolicy"].as_str() {
         let supported = ["Always", "IfNotPresent", "Never"];
         if !supported.contains(&policy) {
-            causes.push(unsupported(format!("{path}.imagePullPolicy"), policy, &supported));
+            causes.push(unsupported(
+                format!("{path}.imagePullPolicy"),
+                policy,
+                &supported,
+            ));
         }
     }
     for (i, port) in c["ports"].as_array().into_iter().flatten().enumerate() {
@@ -247,7 +256,11 @@ fn validate_container(c: &Value, path: &str, names: &mut BTreeSet<String>, cause
         if let Some(protocol) = port["protocol"].as_str() {
             let supported = ["SCTP", "TCP", "UDP"];
             if !supported.contains(&protocol) {
-                causes.push(unsupported(format!("{ppath}.protocol"), protocol, &supported));
+                causes.push(unsupported(
+                    format!("{ppath}.protocol"),
+                    protocol,
+                    &supported,
+                ));
             }
         }
     }
@@ -263,8 +276,18 @@ fn validate_pod_spec(spec: &Value, path: &str, template: bool, causes: &mut Vec<
     for (i, c) in containers.into_iter().flatten().enumerate() {
         validate_container(c, &format!("{path}.containers[{i}]"), &mut names, causes);
     }
-    for (i, c) in spec["initContainers"].as_array().into_iter().flatten().enumerate() {
-        validate_container(c, &format!("{path}.initContainers[{i}]"), &mut names, causes);
+    for (i, c) in spec["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        validate_container(
+            c,
+            &format!("{path}.initContainers[{i}]"),
+            &mut names,
+            causes,
+        );
     }
     if let Some(policy) = spec["restartPolicy"].as_str() {
         let supported: &[&str] = if template {
@@ -273,7 +296,11 @@ fn validate_pod_spec(spec: &Value, path: &str, template: bool, causes: &mut Vec<
             &["Always", "OnFailure", "Never"]
         };
         if !supported.contains(&policy) {
-            causes.push(unsupported(format!("{path}.restartPolicy"), policy, supported));
+            causes.push(unsupported(
+                format!("{path}.restartPolicy"),
+                policy,
+                supported,
+            ));
         }
     }
     if let Some(grace) = spec["terminationGracePeriodSeconds"].as_i64() {
@@ -309,8 +336,12 @@ fn validate_controller(object: &Value, workload: Workload, causes: &mut Vec<Caus
         .flatten()
         .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
         .collect();
-    let empty_selector = selector["matchLabels"].as_object().is_none_or(|m| m.is_empty())
-        && selector["matchExpressions"].as_array().is_none_or(|m| m.is_empty());
+    let empty_selector = selector["matchLabels"]
+        .as_object()
+        .is_none_or(|m| m.is_empty())
+        && selector["matchExpressions"]
+            .as_array()
+            .is_none_or(|m| m.is_empty());
     if selector.is_null() {
         causes.push(required("spec.selector".into()));
     } else if empty_selector {
@@ -344,11 +375,20 @@ fn validate_controller(object: &Value, workload: Workload, causes: &mut Vec<Caus
         if let Some(strategy) = object["spec"]["strategy"]["type"].as_str() {
             let supported = ["Recreate", "RollingUpdate"];
             if !supported.contains(&strategy) {
-                causes.push(unsupported("spec.strategy.type".into(), strategy, &supported));
+                causes.push(unsupported(
+                    "spec.strategy.type".into(),
+                    strategy,
+                    &supported,
+                ));
             }
         }
     }
-    validate_pod_spec(&object["spec"]["template"]["spec"], "spec.template.spec", true, causes);
+    validate_pod_spec(
+        &object["spec"]["template"]["spec"],
+        "spec.template.spec",
+        true,
+        causes,
+    );
 }
 
 /// Semantic checks of a defaulted object; `old` is the stored object on update.
@@ -469,9 +509,15 @@ mod tests {
                 "spec.template.spec.restartPolicy",
             ]
         );
-        assert_eq!(causes[0].message, "Invalid value: -1: must be greater than or equal to 0");
+        assert_eq!(
+            causes[0].message,
+            "Invalid value: -1: must be greater than or equal to 0"
+        );
         assert_eq!(causes[2].message, "Required value");
-        assert_eq!(causes[5].message, "Invalid value: \"2\": must be less than or equal to cpu limit of 1");
+        assert_eq!(
+            causes[5].message,
+            "Invalid value: \"2\": must be less than or equal to cpu limit of 1"
+        );
         assert_eq!(causes[6].message, "Duplicate value: \"ok\"");
         assert_eq!(
             causes[7].message,
@@ -484,14 +530,22 @@ mod tests {
         let mut d = deployment();
         d["spec"]["selector"] = Value::Null;
         default(Workload::Deployment, &mut d);
-        assert_eq!(fields(&validate(Workload::Deployment, &d, None)), vec!["spec.selector"]);
+        assert_eq!(
+            fields(&validate(Workload::Deployment, &d, None)),
+            vec!["spec.selector"]
+        );
         d["spec"]["selector"] = json!({"matchLabels": {"app": "db"}});
         let causes = validate(Workload::Deployment, &d, None);
         assert_eq!(fields(&causes), vec!["spec.template.metadata.labels"]);
-        assert!(causes[0].message.contains("`selector` does not match template `labels`"));
+        assert!(causes[0]
+            .message
+            .contains("`selector` does not match template `labels`"));
         let old = deployment();
         d["spec"]["template"]["metadata"]["labels"] = json!({"app": "db"});
-        assert_eq!(fields(&validate(Workload::Deployment, &d, Some(&old))), vec!["spec.selector"]);
+        assert_eq!(
+            fields(&validate(Workload::Deployment, &d, Some(&old))),
+            vec!["spec.selector"]
+        );
     }
 
     #[test]
@@ -499,7 +553,10 @@ mod tests {
         let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [], "restartPolicy": "Sometimes"}});
         default(Workload::Pod, &mut pod);
         let causes = validate(Workload::Pod, &pod, None);
-        assert_eq!(fields(&causes), vec!["spec.containers", "spec.restartPolicy"]);
+        assert_eq!(
+            fields(&causes),
+            vec!["spec.containers", "spec.restartPolicy"]
+        );
         let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}], "restartPolicy": "Never"}});
         default(Workload::Pod, &mut pod);
         assert!(validate(Workload::Pod, &pod, None).is_empty());

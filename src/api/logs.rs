@@ -155,7 +155,12 @@ mod tests {
         assert_eq!(err.to_string(), "container c is not valid for pod web-x");
         let req = log_request(
             &pod,
-            &query(&[("container", "b"), ("follow", "true"), ("previous", "true"), ("tailLines", "5")]),
+            &query(&[
+                ("container", "b"),
+                ("follow", "true"),
+                ("previous", "true"),
+                ("tailLines", "5"),
+            ]),
         )
         .unwrap();
         assert_eq!(req.container.as_deref(), Some("b"));
@@ -180,7 +185,11 @@ mod tests {
             &query(&[("sinceTime", "2024-01-01T00:00:00Z"), ("sinceSeconds", "5")])
         )
         .is_err());
-        let req = log_request(&pod, &query(&[("sinceSeconds", "10"), ("limitBytes", "100")])).unwrap();
+        let req = log_request(
+            &pod,
+            &query(&[("sinceSeconds", "10"), ("limitBytes", "100")]),
+        )
+        .unwrap();
         assert_eq!((req.since_seconds, req.limit_bytes), (Some(10), Some(100)));
     }
 }

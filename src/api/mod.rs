@@ -43,8 +43,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use backend::{
-    AgentStatus, Backend, BackendError, BoxFuture, ImageSummary, LogRequest, LogStream, MemberStatus,
-    ObjectKey, WorkloadView,
+    AgentStatus, Backend, BackendError, BoxFuture, ImageSummary, LogRequest, LogStream,
+    MemberStatus, ObjectKey, WorkloadView,
 };
 pub use nodes::node_object;
 pub use server::{serve, tls_config};

@@ -74,7 +74,9 @@ pub async fn handle(
         return match (sub.name, &method) {
             ("status", &Method::GET) => get(&state, &target, &name, &query, &headers),
             ("log", &Method::GET) => logs::respond(&state, &target, &name, &query).await,
-            ("scale", _) => scale::handle(&state, &method, &target, &name, &query, &headers, body).await,
+            ("scale", _) => {
+                scale::handle(&state, &method, &target, &name, &query, &headers, body).await
+            }
             _ => Err(ApiError::MethodNotAllowed),
         };
     }
@@ -678,12 +680,13 @@ pub fn store(
     // A client may send back the resourceVersion it read, which for workloads covers
     // computed status (`workloads.rs`).
     let served_rv = || {
-        find(state, info, target.namespace.as_deref(), name)
-            .and_then(|o| o["metadata"]["resourceVersion"].as_str().map(str::to_string))
+        find(state, info, target.namespace.as_deref(), name).and_then(|o| {
+            o["metadata"]["resourceVersion"]
+                .as_str()
+                .map(str::to_string)
+        })
     };
-    if !wanted_rv.is_empty()
-        && wanted_rv != current_rv
-        && served_rv().as_deref() != Some(wanted_rv)
+    if !wanted_rv.is_empty() && wanted_rv != current_rv && served_rv().as_deref() != Some(wanted_rv)
     {
         return Err(ApiError::Conflict {
             resource: info.plural.into(),

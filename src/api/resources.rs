@@ -520,7 +520,10 @@ mod tests {
         }
         assert_eq!(group_versions(), vec![("", "v1"), ("apps", "v1")]);
         let deploy = by_plural("deployments").unwrap();
-        assert_eq!(deploy.backend_resource(), crate::model::workload::DEPLOYMENTS);
+        assert_eq!(
+            deploy.backend_resource(),
+            crate::model::workload::DEPLOYMENTS
+        );
         assert_eq!(deploy.qualified_kind(), "Deployment.apps");
         assert_eq!(
             by_plural("replicasets").unwrap().backend_resource(),

@@ -186,7 +186,9 @@ mod tests {
         let r = resolve("/apis/apps/v1/namespaces/default/deployments/web/scale").unwrap();
         assert_eq!(r.target.subresource.as_deref(), Some("scale"));
         assert!(is_long_running(
-            &"/api/v1/namespaces/default/pods/p/log?follow=true".parse().unwrap()
+            &"/api/v1/namespaces/default/pods/p/log?follow=true"
+                .parse()
+                .unwrap()
         ));
         assert!(!is_long_running(
             &"/api/v1/namespaces/default/pods/p/log".parse().unwrap()

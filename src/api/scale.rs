@@ -97,8 +97,8 @@ pub async fn handle(
 ) -> Result<Response, ApiError> {
     let info = target.info;
     let namespace = target.namespace.as_deref();
-    let served = find(state, info, namespace, name)
-        .ok_or_else(|| ApiError::not_found(info.plural, name))?;
+    let served =
+        find(state, info, namespace, name).ok_or_else(|| ApiError::not_found(info.plural, name))?;
     let current = scale_of(&served);
     let mut wanted = match *method {
         Method::GET => return Ok(json_response(StatusCode::OK, &current)),
@@ -122,7 +122,9 @@ pub async fn handle(
         _ => return Err(ApiError::MethodNotAllowed),
     };
     if !wanted.is_object() {
-        return Err(ApiError::BadRequest("the body must be a JSON object".into()));
+        return Err(ApiError::BadRequest(
+            "the body must be a JSON object".into(),
+        ));
     }
     check(&mut wanted, query)?;
     let replicas = wanted["spec"]["replicas"].as_i64().unwrap_or(0);

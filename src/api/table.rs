@@ -264,7 +264,10 @@ fn pod_cells(pod: &Value, now: DateTime<Utc>) -> Vec<Value> {
                 Some(r) => format!("Init:{r}"),
                 None => match terminated["signal"].as_i64().filter(|s| *s != 0) {
                     Some(s) => format!("Init:Signal:{s}"),
-                    None => format!("Init:ExitCode:{}", terminated["exitCode"].as_i64().unwrap_or(0)),
+                    None => format!(
+                        "Init:ExitCode:{}",
+                        terminated["exitCode"].as_i64().unwrap_or(0)
+                    ),
                 },
             }
         } else if let Some(r) = waiting["reason"]
@@ -304,7 +307,9 @@ fn pod_cells(pod: &Value, now: DateTime<Utc>) -> Vec<Value> {
                 }
             }
             let state = &c["state"];
-            let waiting = state["waiting"]["reason"].as_str().filter(|r| !r.is_empty());
+            let waiting = state["waiting"]["reason"]
+                .as_str()
+                .filter(|r| !r.is_empty());
             let terminated = &state["terminated"];
             if let Some(r) = waiting {
                 reason = r.to_string();
@@ -401,7 +406,9 @@ fn template_cells(object: &Value) -> [Value; 3] {
     [
         json!(field("name")),
         json!(field("image")),
-        json!(super::workloads::format_selector(&object["spec"]["selector"])),
+        json!(super::workloads::format_selector(
+            &object["spec"]["selector"]
+        )),
     ]
 }
 

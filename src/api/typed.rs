@@ -184,7 +184,9 @@ mod tests {
             report.type_errors[0].starts_with("spec.replicas: invalid type"),
             "{report:?}"
         );
-        let mut d = deployment(json!({"name": "c", "image": "busybox", "ports": [{"containerPort": "80"}]}));
+        let mut d = deployment(
+            json!({"name": "c", "image": "busybox", "ports": [{"containerPort": "80"}]}),
+        );
         let report = check(Workload::Deployment, &mut d);
         assert!(
             report.type_errors[0]

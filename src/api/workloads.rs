@@ -86,7 +86,11 @@ pub fn format_selector(selector: &Value) -> String {
         .flatten()
         .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
         .collect();
-    for e in selector["matchExpressions"].as_array().into_iter().flatten() {
+    for e in selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         let key = e["key"].as_str().unwrap_or_default();
         let values: Vec<&str> = e["values"]
             .as_array()
@@ -297,7 +301,12 @@ struct Counts {
     available: i64,
 }
 
-fn count(pods: &[&Value], template_labels: &BTreeMap<String, String>, min_ready: i64, now: DateTime<Utc>) -> Counts {
+fn count(
+    pods: &[&Value],
+    template_labels: &BTreeMap<String, String>,
+    min_ready: i64,
+    now: DateTime<Utc>,
+) -> Counts {
     let mut c = Counts::default();
     for pod in pods.iter().filter(|p| is_active(p)) {
         c.replicas += 1;
@@ -310,8 +319,8 @@ fn count(pods: &[&Value], template_labels: &BTreeMap<String, String>, min_ready:
         }
         if let Some(since) = ready_since(pod) {
             c.ready += 1;
-            let available = min_ready <= 0
-                || since.is_some_and(|s| (now - s).num_seconds() >= min_ready);
+            let available =
+                min_ready <= 0 || since.is_some_and(|s| (now - s).num_seconds() >= min_ready);
             c.available += i64::from(available);
         }
     }
@@ -453,7 +462,11 @@ pub fn deployment_view(
     }
     let generation = d["metadata"]["generation"].as_i64().unwrap_or(1);
     let mut status = Map::new();
-    let observed = if current.is_some() { generation } else { generation - 1 };
+    let observed = if current.is_some() {
+        generation
+    } else {
+        generation - 1
+    };
     put_nonzero(&mut status, "observedGeneration", observed);
     put_nonzero(&mut status, "replicas", total.replicas);
     put_nonzero(&mut status, "updatedReplicas", updated);
@@ -467,7 +480,11 @@ pub fn deployment_view(
     let max_unavailable = if text(&d, &["spec", "strategy", "type"]) == "Recreate" {
         0
     } else {
-        let surge = scaled(&d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], desired, true);
+        let surge = scaled(
+            &d["spec"]["strategy"]["rollingUpdate"]["maxSurge"],
+            desired,
+            true,
+        );
         let unavailable = scaled(
             &d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
             desired,
@@ -483,9 +500,17 @@ pub fn deployment_view(
     let created = text(&d, &["metadata", "creationTimestamp"]).to_string();
     let mut conditions = Vec::new();
     let (available, reason, message) = if total.available >= desired - max_unavailable {
-        ("True", "MinimumReplicasAvailable", "Deployment has minimum availability.")
+        (
+            "True",
+            "MinimumReplicasAvailable",
+            "Deployment has minimum availability.",
+        )
     } else {
-        ("False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.")
+        (
+            "False",
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.",
+        )
     };
     conditions.push(json!({
         "type": "Available", "status": available, "reason": reason, "message": message,
@@ -497,9 +522,15 @@ pub fn deployment_view(
         let complete =
             updated == desired && total.replicas == updated && total.available >= updated;
         let (reason, message) = if complete {
-            ("NewReplicaSetAvailable", format!("ReplicaSet \"{name}\" has successfully progressed."))
+            (
+                "NewReplicaSetAvailable",
+                format!("ReplicaSet \"{name}\" has successfully progressed."),
+            )
         } else {
-            ("ReplicaSetUpdated", format!("ReplicaSet \"{name}\" is progressing."))
+            (
+                "ReplicaSetUpdated",
+                format!("ReplicaSet \"{name}\" is progressing."),
+            )
         };
         conditions.push(json!({
             "type": "Progressing", "status": "True", "reason": reason, "message": message,
@@ -532,8 +563,7 @@ mod tests {
         });
         if let Some(o) = owner {
             p["metadata"]["labels"][TEMPLATE_HASH_LABEL] = json!("abc");
-            p["metadata"]["ownerReferences"] =
-                json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": o, "controller": true}]);
+            p["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": o, "controller": true}]);
         }
         p
     }
@@ -568,12 +598,27 @@ mod tests {
     fn pod_status_comes_from_the_record_of_the_winning_binding() {
         let p = pod("web-1", "u1", None);
         let mut view = WorkloadView::default();
-        view.bindings.insert(key("web-1"), binding("n2", "b2", "u1"));
+        view.bindings
+            .insert(key("web-1"), binding("n2", "b2", "u1"));
         view.pod_status.insert(
             key("web-1"),
             vec![
-                ("n1".into(), PodStatusRecord { binding: "b1".into(), pod_uid: "u1".into(), status: json!({"phase": "Failed"}) }),
-                ("n2".into(), PodStatusRecord { binding: "b2".into(), pod_uid: "u1".into(), status: running(true) }),
+                (
+                    "n1".into(),
+                    PodStatusRecord {
+                        binding: "b1".into(),
+                        pod_uid: "u1".into(),
+                        status: json!({"phase": "Failed"}),
+                    },
+                ),
+                (
+                    "n2".into(),
+                    PodStatusRecord {
+                        binding: "b2".into(),
+                        pod_uid: "u1".into(),
+                        status: running(true),
+                    },
+                ),
             ],
         );
         view.node_readiness.insert("n2".into(), Readiness::Ready);
@@ -582,8 +627,15 @@ mod tests {
         assert_eq!(served["status"]["phase"], "Running");
         assert_eq!(served["status"]["qosClass"], "BestEffort");
         // The status timestamps raise the resourceVersion (end of their second).
-        let rv: u64 = served["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
-        assert_eq!(rv, at("2024-05-01T10:00:05Z").timestamp() as u64 * 1_000_000 + 999_999);
+        let rv: u64 = served["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            rv,
+            at("2024-05-01T10:00:05Z").timestamp() as u64 * 1_000_000 + 999_999
+        );
         // Stable: the same inputs give the same object (watches diff these).
         assert_eq!(pod_view(&p, &view), served);
 
@@ -599,7 +651,8 @@ mod tests {
     fn stale_bindings_and_records_are_ignored() {
         let p = pod("web-1", "u1", None);
         let mut view = WorkloadView::default();
-        view.bindings.insert(key("web-1"), binding("n2", "b2", "old-uid"));
+        view.bindings
+            .insert(key("web-1"), binding("n2", "b2", "old-uid"));
         view.scheduling.insert(
             key("web-1"),
             vec![SchedulingRecord {
@@ -619,7 +672,8 @@ mod tests {
             "0/3 nodes are available: 3 Insufficient cpu."
         );
         // Bound, no record yet: Pending and scheduled.
-        view.bindings.insert(key("web-1"), binding("n2", "b2", "u1"));
+        view.bindings
+            .insert(key("web-1"), binding("n2", "b2", "u1"));
         let served = pod_view(&p, &view);
         assert_eq!(served["spec"]["nodeName"], "n2");
         assert_eq!(served["status"]["phase"], "Pending");
@@ -658,7 +712,12 @@ mod tests {
             json!({"replicas": 3, "fullyLabeledReplicas": 3, "readyReplicas": 2,
                    "availableReplicas": 2, "observedGeneration": 1})
         );
-        let old = rs("web-old", "rs0", 0, json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "old"}]}}));
+        let old = rs(
+            "web-old",
+            "rs0",
+            0,
+            json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "old"}]}}),
+        );
         let deployment = json!({
             "metadata": {"name": "web", "namespace": "default", "uid": "d1", "generation": 2,
                          "creationTimestamp": "2024-05-01T09:00:00Z", "resourceVersion": "1"},
@@ -681,7 +740,10 @@ mod tests {
         let grouped = by_controller(&pods);
         let served = deployment_view(&deployment, &[&old, &served_rs], &grouped, now);
         assert_eq!(served["status"]["conditions"][0]["status"], "True");
-        assert_eq!(served["status"]["conditions"][1]["reason"], "NewReplicaSetAvailable");
+        assert_eq!(
+            served["status"]["conditions"][1]["reason"],
+            "NewReplicaSetAvailable"
+        );
 
         // No ReplicaSet for the template yet: the generation is not observed.
         let served = deployment_view(&deployment, &[&old], &grouped, now);
@@ -691,14 +753,20 @@ mod tests {
 
     #[test]
     fn selectors_match_and_format() {
-        let labels: BTreeMap<String, String> =
-            [("app".to_string(), "web".to_string()), ("tier".to_string(), "a".to_string())].into();
+        let labels: BTreeMap<String, String> = [
+            ("app".to_string(), "web".to_string()),
+            ("tier".to_string(), "a".to_string()),
+        ]
+        .into();
         let sel = json!({"matchLabels": {"app": "web"},
                          "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]},
                                               {"key": "x", "operator": "DoesNotExist"}]});
         assert!(selector_matches(&sel, &labels));
         assert_eq!(format_selector(&sel), "app=web,tier in (a,b),!x");
-        assert!(!selector_matches(&json!({"matchLabels": {"app": "db"}}), &labels));
+        assert!(!selector_matches(
+            &json!({"matchLabels": {"app": "db"}}),
+            &labels
+        ));
         assert!(!selector_matches(&Value::Null, &labels));
         assert!(selector_matches(&json!({}), &labels));
     }
