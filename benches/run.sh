@@ -179,6 +179,20 @@ else
 fi
 fi # WORKLOADS_ONLY
 
+# --- scheduler throughput (pure core, in-process) -------------------------------------------------
+say "scheduler: placements/s, 50,000 pods on 5,000 nodes"
+{
+  echo "### Scheduler throughput: 50,000 pods on 5,000 nodes, pure core, one thread (\`cargo bench --bench scheduler\`)"
+  echo
+} >>"$REPORT"
+if cargo bench --bench scheduler >"$WORK/scheduler.md" 2>"$WORK/scheduler.log"; then
+  cat "$WORK/scheduler.md" >>"$REPORT"
+  echo >>"$REPORT"
+else
+  FAILED+=(scheduler)
+  { echo '```'; tail -n 15 "$WORK/scheduler.log"; echo '```'; } >>"$REPORT"
+fi
+
 # --- summary -----------------------------------------------------------------------------------
 {
   echo
