@@ -87,6 +87,20 @@ pub enum Command {
         #[command(subcommand)]
         command: image::ImageCommand,
     },
+    /// (internal) Monitor of one container attempt, started by the kubelet.
+    #[command(hide = true)]
+    Shim {
+        #[arg(long)]
+        attempt: PathBuf,
+    },
+    /// (internal) A pod's namespace holder, started by the kubelet.
+    #[command(hide = true)]
+    Sandbox {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        hostname: String,
+    },
     /// Write a snapshot of the cluster state, taken from the node the context points at.
     Backup {
         #[arg(long, short)]
@@ -207,6 +221,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Image { command } => image::run(command),
+        Command::Shim { attempt } => std::process::exit(crate::runtime::shim::main(&attempt)),
+        Command::Sandbox { dir, hostname } => {
+            std::process::exit(crate::runtime::sandbox::main(&dir, &hostname))
+        }
         Command::Backup { output, client } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

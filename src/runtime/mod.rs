@@ -1,5 +1,283 @@
 //! Container execution on this node: the node-local image store (`image`), OCI bundles, the
 //! runc driver, and the per-container monitor (`shim`) and per-pod sandbox processes that
 //! outlive the agent. Shell code: the decisions are made by `crate::kubelet`'s pure planner.
+//!
+//! Files (see `docs/workloads.md`, "Runtime"):
+//!
+//! ```text
+//! <data>/pods/<pod key>/pod.json                       PodMeta (written by the kubelet)
+//! <data>/pods/<pod key>/sandbox.json                   pid + start time of `shoal sandbox`
+//! <data>/pods/<pod key>/etc/{hosts,hostname,resolv.conf}, shm/, volumes/<name>/
+//! <data>/pods/<pod key>/logs/<container>/<restart>.log CRI log lines (+ `.1` rotated)
+//! <data>/pods/<pod key>/containers/<container>/<restart>/
+//!     shim.json (ShimSpec), config.json + rootfs/ (the OCI bundle), upper/ work/ (overlay),
+//!     shim.pid, container.pid, started.json, exit.json, runc.log, shim.log
+//! ```
 
+pub mod bundle;
 pub mod image;
+pub mod logs;
+pub mod observe;
+pub mod pods;
+pub mod runc;
+pub mod sandbox;
+pub mod shim;
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+pub use observe::{AttemptState, ObservedAttempt, ObservedContainer, ObservedPod};
+pub use pods::Runtime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Runc(String),
+    #[error("invalid {what}: {reason}")]
+    Invalid { what: String, reason: String },
+    #[error("{0}")]
+    Spawn(String),
+    #[error("image: {0}")]
+    Image(String),
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
+    move |source| RuntimeError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// How this node runs containers. Built once by the agent (`RuntimeConfig::from_env`).
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// The agent's data dir (`<data>/pods`, `<data>/images` live below it).
+    pub data_dir: PathBuf,
+    /// The OCI runtime binary (`runc`, or anything with its command line such as `crun`).
+    pub runtime_binary: PathBuf,
+    /// `--root` of every runtime invocation (one per agent).
+    pub runc_root: PathBuf,
+    /// cgroup parent of this node's pods, relative to the hierarchy root (`/shoal/<node>`).
+    pub cgroup_parent: String,
+    /// The `shoal` binary started as `shoal shim` / `shoal sandbox`.
+    pub shoal_binary: PathBuf,
+}
+
+/// Most bytes read from any small state file the runtime wrote (pod.json, exit.json...).
+pub const MAX_STATE_FILE: u64 = 1 << 20;
+
+impl RuntimeConfig {
+    /// From the environment: `SHOAL_RUNTIME` (default `runc`), `SHOAL_RUNC_ROOT` (default
+    /// `<data>/runc`), `SHOAL_CGROUP_PARENT` (an absolute cgroupfs path such as
+    /// `/sys/fs/cgroup/unified/shoal-testnet/n1`, or a path relative to the hierarchy root;
+    /// default `/shoal/<node>`). The shoal binary is the running executable.
+    pub fn from_env(data_dir: &Path, node: &str) -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let runtime_binary = PathBuf::from(var("SHOAL_RUNTIME").unwrap_or_else(|| "runc".into()));
+        let runc_root = var("SHOAL_RUNC_ROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| data_dir.join("runc"));
+        let cgroup_parent = match var("SHOAL_CGROUP_PARENT") {
+            Some(p) => runc::cgroup_relative(&p, &runc::cgroup_mounts()),
+            None => format!("/shoal/{node}"),
+        };
+        RuntimeConfig {
+            data_dir: data_dir.to_path_buf(),
+            runtime_binary,
+            runc_root,
+            cgroup_parent,
+            shoal_binary: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("shoal")),
+        }
+    }
+
+    pub fn pods_dir(&self) -> PathBuf {
+        self.data_dir.join("pods")
+    }
+}
+
+/// What the kubelet knows of a pod when it creates its sandbox; `pod.json` in the pod dir.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PodMeta {
+    /// The binding id (or the pod uid for pods with `spec.nodeName`): the pod dir's name.
+    pub key: String,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// Seconds between SIGTERM and SIGKILL when the pod is stopped.
+    pub grace_seconds: u64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `sandbox.json` / `shim.pid`: a process and its start time (clock ticks since boot, field 22
+/// of `/proc/<pid>/stat`), so a reused pid is never taken for ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+impl ProcessRecord {
+    /// The record of process `pid` as it is now, if it exists.
+    pub fn of(pid: i32) -> Option<Self> {
+        proc_start_time(pid).map(|start_time| ProcessRecord { pid, start_time })
+    }
+    pub fn this_process() -> Option<Self> {
+        Self::of(std::process::id() as i32)
+    }
+    /// Whether the process still runs (same pid, same start time, not a zombie).
+    pub fn alive(&self) -> bool {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
+            return false;
+        };
+        match parse_stat(&stat) {
+            Some((state, start)) => start == self.start_time && state != 'Z' && state != 'X',
+            None => false,
+        }
+    }
+}
+
+/// `(state, start time)` from a `/proc/<pid>/stat` line (the command may contain spaces and
+/// parentheses: fields are counted after the last `)`).
+fn parse_stat(stat: &str) -> Option<(char, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // state is field 3; starttime is field 22 → 19 more fields after state.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+pub fn proc_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat).map(|(_, start)| start)
+}
+
+/// `started.json`: written by the shim once `runc start` returned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartedRecord {
+    pub pid: i32,
+    pub started_at: DateTime<Utc>,
+}
+
+/// `exit.json`: written by the shim (atomically) once the container is gone and deleted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// The exit code, `128 + signal` when killed by a signal, 128 when it never started.
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    /// `Completed`, `Error`, `OOMKilled`, `StartError`.
+    pub reason: String,
+    pub message: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: DateTime<Utc>,
+    pub oom_killed: bool,
+}
+
+/// Writes JSON atomically (temp file + rename; no fsync: these files describe processes that
+/// do not survive a host crash either).
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| RuntimeError::Invalid {
+        what: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// Reads a small JSON state file; `Ok(None)` if it does not exist.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, RuntimeError> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_STATE_FILE)
+        .read_to_end(&mut bytes)
+        .map_err(io_err(path))?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| RuntimeError::Invalid {
+            what: path.display().to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// A name used as a path component or runc id part: `[A-Za-z0-9_.-]`, 1..=128 bytes, not `.`/`..`.
+pub fn check_component(what: &str, s: &str) -> Result<(), RuntimeError> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::Invalid {
+            what: what.into(),
+            reason: format!("{s:?} is not a safe name"),
+        })
+    }
+}
+
+/// What a container is started from: the image's config and its unpacked layers (bottom
+/// first). Supplied by the image store (`image`), or by tests.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ImageInfo {
+    pub reference: String,
+    pub digest: String,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    pub layers: Vec<PathBuf>,
+}
+
+/// Resolves image references on this node (no pulls: a missing image is an error).
+pub trait ImageSource: Send + Sync {
+    fn resolve(&self, reference: &str) -> Result<ImageInfo, String>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_after_the_command() {
+        let line =
+            "123 (a) b) c) S 1 123 123 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_stat(line), Some(('S', 987654)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_wrong_start_time_is_not() {
+        let me = ProcessRecord::this_process().expect("own stat");
+        assert!(me.alive());
+        let other = ProcessRecord {
+            pid: me.pid,
+            start_time: me.start_time + 1,
+        };
+        assert!(!other.alive());
+    }
+
+    #[test]
+    fn components() {
+        assert!(check_component("x", "3f2a-b_c.d").is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(129)] {
+            assert!(check_component("x", bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,659 @@
+//! OCI runtime configuration (`config.json`) of one container, from the pod, the container's
+//! spec and its image's config: Kubernetes' command/args rules, env, workingDir, user, the
+//! pod's shared namespaces (joined through the sandbox's `/proc/<pid>/ns/*`), default mounts,
+//! the pod's `/etc/hosts` & co, emptyDir volumes, and a conservative security default.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+
+use super::{ImageInfo, RuntimeError};
+
+/// Docker's default capability set (what `docker run` grants without `--cap-add`).
+pub const DEFAULT_CAPABILITIES: &[Capability] = &[
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+/// Paths masked in every container (Docker's list).
+const MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Everything one container's config is made of.
+pub struct BundleInput<'a> {
+    pub pod: &'a Pod,
+    pub container: &'a Container,
+    pub image: &'a ImageInfo,
+    /// `<data>/pods/<key>`.
+    pub pod_dir: &'a Path,
+    /// The pod's sandbox process, whose network, IPC and UTS namespaces the container joins.
+    pub sandbox_pid: i32,
+    /// `linux.cgroupsPath`.
+    pub cgroups_path: String,
+}
+
+fn invalid(what: &str, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::Invalid {
+        what: what.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The process's argv by Kubernetes' rules: `command` replaces the image's entrypoint and
+/// drops its cmd; `args` alone replace the cmd.
+pub fn process_args(container: &Container, image: &ImageInfo) -> Result<Vec<String>, RuntimeError> {
+    let command = container.command.clone().unwrap_or_default();
+    let args = container.args.clone().unwrap_or_default();
+    let argv: Vec<String> = match (command.is_empty(), args.is_empty()) {
+        (false, _) => command.into_iter().chain(args).collect(),
+        (true, false) => image.entrypoint.iter().cloned().chain(args).collect(),
+        (true, true) => image
+            .entrypoint
+            .iter()
+            .chain(image.cmd.iter())
+            .cloned()
+            .collect(),
+    };
+    if argv.is_empty() {
+        return Err(invalid(
+            "container command",
+            format!(
+                "container {:?} has no command and image {} has no entrypoint or cmd",
+                container.name, image.reference
+            ),
+        ));
+    }
+    Ok(argv)
+}
+
+/// Image env, then the container's env (later names override earlier), `PATH` defaulted,
+/// `HOSTNAME` set to the pod's name.
+pub fn process_env(container: &Container, image: &ImageInfo, hostname: &str) -> Vec<String> {
+    let mut order: Vec<String> = Vec::new();
+    let mut values: BTreeMap<String, String> = BTreeMap::new();
+    fn set(
+        order: &mut Vec<String>,
+        values: &mut BTreeMap<String, String>,
+        name: String,
+        value: String,
+    ) {
+        if !values.contains_key(&name) {
+            order.push(name.clone());
+        }
+        values.insert(name, value);
+    }
+    set(
+        &mut order,
+        &mut values,
+        "PATH".into(),
+        DEFAULT_PATH["PATH=".len()..].into(),
+    );
+    set(&mut order, &mut values, "HOSTNAME".into(), hostname.into());
+    for kv in &image.env {
+        if let Some((k, v)) = kv.split_once('=') {
+            set(&mut order, &mut values, k.into(), v.into());
+        }
+    }
+    for var in container.env.iter().flatten() {
+        // `valueFrom` (fieldRef, secrets) comes with a later issue; such vars are skipped.
+        if let Some(v) = &var.value {
+            let expanded = expand(v, &values);
+            set(&mut order, &mut values, var.name.clone(), expanded);
+        } else if var.value_from.is_none() {
+            set(&mut order, &mut values, var.name.clone(), String::new());
+        }
+    }
+    order
+        .into_iter()
+        .map(|k| format!("{k}={}", values.get(&k).map(String::as_str).unwrap_or("")))
+        .collect()
+}
+
+/// Kubernetes' `$(VAR)` expansion against variables defined before; `$$` escapes.
+fn expand(value: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(t) = tail.strip_prefix("$$") {
+            out.push('$');
+            rest = t;
+        } else if let Some(end) = tail.strip_prefix("$(").and_then(|t| t.find(')')) {
+            let name = &tail[2..2 + end];
+            match vars.get(name) {
+                Some(v) => out.push_str(v),
+                None => out.push_str(&tail[..end + 3]),
+            }
+            rest = &tail[end + 3..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `(uid, gid)`: the pod/container securityContext's `runAsUser`/`runAsGroup`, else the image's
+/// `user` (`uid[:gid]` numeric, or a name looked up in the image's `/etc/passwd`), else root.
+pub fn process_user(
+    pod: &Pod,
+    container: &Container,
+    image: &ImageInfo,
+) -> Result<(u32, u32), RuntimeError> {
+    let csc = container.security_context.as_ref();
+    let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let run_as_user = csc
+        .and_then(|c| c.run_as_user)
+        .or(psc.and_then(|p| p.run_as_user));
+    let run_as_group = csc
+        .and_then(|c| c.run_as_group)
+        .or(psc.and_then(|p| p.run_as_group));
+    let (mut uid, mut gid) = match image.user.as_deref().filter(|u| !u.is_empty()) {
+        None => (0, 0),
+        Some(user) => image_user(user, image)?,
+    };
+    if let Some(u) = run_as_user {
+        uid = u32::try_from(u).map_err(|_| invalid("runAsUser", u.to_string()))?;
+    }
+    if let Some(g) = run_as_group {
+        gid = u32::try_from(g).map_err(|_| invalid("runAsGroup", g.to_string()))?;
+    }
+    Ok((uid, gid))
+}
+
+fn image_user(user: &str, image: &ImageInfo) -> Result<(u32, u32), RuntimeError> {
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = || {
+        image
+            .layers
+            .iter()
+            .rev()
+            .find_map(|l| std::fs::read_to_string(l.join("etc/passwd")).ok())
+            .unwrap_or_default()
+    };
+    let (uid, default_gid) = match u.parse::<u32>() {
+        Ok(uid) => (uid, uid),
+        Err(_) => passwd()
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && f[0] == u)
+            .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+            .ok_or_else(|| {
+                invalid(
+                    "image user",
+                    format!("user {u:?} is not in the image's /etc/passwd"),
+                )
+            })?,
+    };
+    let gid = match g {
+        None => default_gid,
+        Some(g) => g
+            .parse()
+            .map_err(|_| invalid("image user", format!("group {g:?} is not numeric")))?,
+    };
+    Ok((uid, gid))
+}
+
+fn mount(
+    dest: &str,
+    typ: &str,
+    source: impl Into<PathBuf>,
+    options: &[&str],
+) -> Result<Mount, RuntimeError> {
+    MountBuilder::default()
+        .destination(dest)
+        .typ(typ)
+        .source(source.into())
+        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(|e| invalid("mount", e.to_string()))
+}
+
+/// The default mounts plus the pod's files and volumes.
+fn mounts(input: &BundleInput) -> Result<Vec<Mount>, RuntimeError> {
+    let pod_dir = input.pod_dir;
+    let mut out = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        )?,
+        mount(
+            "/dev/shm",
+            "bind",
+            pod_dir.join("shm"),
+            &["rbind", "nosuid", "nodev", "noexec", "rw"],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        )?,
+    ];
+    for file in ["hosts", "hostname", "resolv.conf"] {
+        out.push(mount(
+            &format!("/etc/{file}"),
+            "bind",
+            pod_dir.join("etc").join(file),
+            &["rbind", "rprivate", "rw"],
+        )?);
+    }
+    let volumes = input
+        .pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.clone())
+        .unwrap_or_default();
+    for vm in input.container.volume_mounts.iter().flatten() {
+        let volume = volumes.iter().find(|v| v.name == vm.name).ok_or_else(|| {
+            invalid(
+                "volumeMount",
+                format!("volume {:?} is not defined in the pod", vm.name),
+            )
+        })?;
+        if volume.empty_dir.is_none() {
+            return Err(invalid(
+                "volume",
+                format!(
+                    "volume {:?}: only emptyDir volumes are supported so far",
+                    vm.name
+                ),
+            ));
+        }
+        super::check_component("volume name", &vm.name)?;
+        let mut source = pod_dir.join("volumes").join(&vm.name);
+        if let Some(sub) = vm.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            if Path::new(sub)
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(invalid(
+                    "subPath",
+                    format!("{sub:?} must be a relative path without .."),
+                ));
+            }
+            source = source.join(sub);
+        }
+        let ro = if vm.read_only == Some(true) {
+            "ro"
+        } else {
+            "rw"
+        };
+        out.push(mount(
+            &vm.mount_path,
+            "bind",
+            source,
+            &["rbind", "rprivate", ro],
+        )?);
+    }
+    Ok(out)
+}
+
+/// Memory limit (bytes) and CPU quota (µs per 100 ms period) from `resources.limits`; CPU
+/// shares from `resources.requests.cpu` (1024 per core, as the kubelet does).
+fn resources(container: &Container) -> Result<oci_spec::runtime::LinuxResources, RuntimeError> {
+    let limits = container
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.clone())
+        .unwrap_or_default();
+    let requests = container
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.clone())
+        .unwrap_or_default();
+    let mut builder = LinuxResourcesBuilder::default();
+    if let Some(mem) = limits.get("memory") {
+        let bytes = crate::model::quantity::parse_units(&mem.0)
+            .map_err(|e| invalid("memory limit", e.0))?;
+        let limit = i64::try_from(bytes).map_err(|_| invalid("memory limit", mem.0.clone()))?;
+        builder = builder.memory(
+            LinuxMemoryBuilder::default()
+                .limit(limit)
+                .build()
+                .map_err(|e| invalid("memory", e.to_string()))?,
+        );
+    }
+    let mut cpu = LinuxCpuBuilder::default();
+    let mut any_cpu = false;
+    if let Some(c) = limits.get("cpu") {
+        let milli =
+            crate::model::quantity::parse_milli(&c.0).map_err(|e| invalid("cpu limit", e.0))?;
+        let quota = i64::try_from(milli.saturating_mul(100).max(1000)).unwrap_or(i64::MAX);
+        cpu = cpu.quota(quota).period(100_000u64);
+        any_cpu = true;
+    }
+    if let Some(c) = requests.get("cpu").or(limits.get("cpu")) {
+        let milli =
+            crate::model::quantity::parse_milli(&c.0).map_err(|e| invalid("cpu request", e.0))?;
+        cpu = cpu.shares((milli.saturating_mul(1024) / 1000).clamp(2, 262_144));
+        any_cpu = true;
+    }
+    if any_cpu {
+        builder = builder.cpu(cpu.build().map_err(|e| invalid("cpu", e.to_string()))?);
+    }
+    builder
+        .build()
+        .map_err(|e| invalid("resources", e.to_string()))
+}
+
+/// The container's OCI runtime spec (`rootfs/` relative to the bundle).
+pub fn build_spec(input: &BundleInput) -> Result<Spec, RuntimeError> {
+    let pod_name = input.pod.metadata.name.clone().unwrap_or_default();
+    let namespace = input.pod.metadata.namespace.clone().unwrap_or_default();
+    let args = process_args(input.container, input.image)?;
+    let env = process_env(input.container, input.image, &pod_name);
+    let (uid, gid) = process_user(input.pod, input.container, input.image)?;
+    let cwd = input
+        .container
+        .working_dir
+        .clone()
+        .filter(|w| !w.is_empty())
+        .or_else(|| input.image.working_dir.clone().filter(|w| !w.is_empty()))
+        .unwrap_or_else(|| "/".into());
+    if !cwd.starts_with('/') {
+        return Err(invalid("workingDir", format!("{cwd:?} is not absolute")));
+    }
+    let caps: oci_spec::runtime::Capabilities = DEFAULT_CAPABILITIES.iter().copied().collect();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .inheritable(oci_spec::runtime::Capabilities::new())
+        .ambient(oci_spec::runtime::Capabilities::new())
+        .build()
+        .map_err(|e| invalid("capabilities", e.to_string()))?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .args(args)
+        .env(env)
+        .cwd(cwd)
+        .user(
+            UserBuilder::default()
+                .uid(uid)
+                .gid(gid)
+                .build()
+                .map_err(|e| invalid("user", e.to_string()))?,
+        )
+        .capabilities(capabilities)
+        .no_new_privileges(true)
+        // No rlimits: the container inherits the agent's (a fixed value can exceed the host's
+        // hard limit, which runc refuses).
+        .build()
+        .map_err(|e| invalid("process", e.to_string()))?;
+    let ns = |typ: LinuxNamespaceType, path: Option<String>| {
+        let b = LinuxNamespaceBuilder::default().typ(typ);
+        match path {
+            Some(p) => b.path(p).build(),
+            None => b.build(),
+        }
+        .map_err(|e| invalid("namespace", e.to_string()))
+    };
+    let sandbox_ns = |name: &str| Some(format!("/proc/{}/ns/{name}", input.sandbox_pid));
+    let namespaces = vec![
+        ns(LinuxNamespaceType::Pid, None)?,
+        ns(LinuxNamespaceType::Mount, None)?,
+        ns(LinuxNamespaceType::Network, sandbox_ns("net"))?,
+        ns(LinuxNamespaceType::Ipc, sandbox_ns("ipc"))?,
+        ns(LinuxNamespaceType::Uts, sandbox_ns("uts"))?,
+    ];
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .cgroups_path(PathBuf::from(&input.cgroups_path))
+        .resources(resources(input.container)?)
+        .masked_paths(
+            MASKED_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .readonly_paths(
+            READONLY_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .build()
+        .map_err(|e| invalid("linux", e.to_string()))?;
+    let readonly = input
+        .container
+        .security_context
+        .as_ref()
+        .and_then(|s| s.read_only_root_filesystem)
+        .unwrap_or(false);
+    let mut annotations = std::collections::HashMap::new();
+    annotations.insert("io.kubernetes.pod.name".to_string(), pod_name);
+    annotations.insert("io.kubernetes.pod.namespace".to_string(), namespace);
+    annotations.insert(
+        "io.kubernetes.container.name".to_string(),
+        input.container.name.clone(),
+    );
+    SpecBuilder::default()
+        .version("1.0.2")
+        .root(
+            RootBuilder::default()
+                .path("rootfs")
+                .readonly(readonly)
+                .build()
+                .map_err(|e| invalid("root", e.to_string()))?,
+        )
+        .process(process)
+        .mounts(mounts(input)?)
+        .linux(linux)
+        .annotations(annotations)
+        .build()
+        .map(|mut spec| {
+            // The UTS namespace (and its hostname) is the sandbox's.
+            spec.set_hostname(None);
+            spec
+        })
+        .map_err(|e| invalid("spec", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(json: serde_json::Value) -> Container {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn image() -> ImageInfo {
+        ImageInfo {
+            reference: "img:1".into(),
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["default".into()],
+            env: vec!["A=image".into(), "B=image".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn kubernetes_command_rules() {
+        let img = image();
+        let c = container(serde_json::json!({"name": "c"}));
+        assert_eq!(process_args(&c, &img).unwrap(), ["/entry", "default"]);
+        let c = container(serde_json::json!({"name": "c", "args": ["x"]}));
+        assert_eq!(process_args(&c, &img).unwrap(), ["/entry", "x"]);
+        let c = container(serde_json::json!({"name": "c", "command": ["sh"]}));
+        assert_eq!(process_args(&c, &img).unwrap(), ["sh"]);
+        let c = container(serde_json::json!({"name": "c", "command": ["sh"], "args": ["-c", "x"]}));
+        assert_eq!(process_args(&c, &img).unwrap(), ["sh", "-c", "x"]);
+        let empty = ImageInfo::default();
+        let c = container(serde_json::json!({"name": "c"}));
+        assert!(process_args(&c, &empty).is_err());
+    }
+
+    #[test]
+    fn env_overrides_and_expansion() {
+        let c = container(serde_json::json!({"name": "c", "env": [
+            {"name": "B", "value": "spec"}, {"name": "C", "value": "$(B)-$(A)-$$(A)-$(NOPE)"}
+        ]}));
+        let env = process_env(&c, &image(), "web-1");
+        assert_eq!(
+            env,
+            [
+                DEFAULT_PATH,
+                "HOSTNAME=web-1",
+                "A=image",
+                "B=spec",
+                "C=spec-image-$(A)-$(NOPE)"
+            ]
+        );
+    }
+
+    #[test]
+    fn user_from_image_or_security_context() {
+        let pod: Pod = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "p"}, "spec": {"containers": []}}),
+        )
+        .unwrap();
+        let c = container(serde_json::json!({"name": "c"}));
+        let mut img = image();
+        assert_eq!(process_user(&pod, &c, &img).unwrap(), (0, 0));
+        img.user = Some("1000:50".into());
+        assert_eq!(process_user(&pod, &c, &img).unwrap(), (1000, 50));
+        img.user = Some("33".into());
+        assert_eq!(process_user(&pod, &c, &img).unwrap(), (33, 33));
+        let c2 = container(serde_json::json!({"name": "c", "securityContext": {"runAsUser": 7}}));
+        assert_eq!(process_user(&pod, &c2, &img).unwrap(), (7, 33));
+        img.user = Some("nobody".into());
+        assert!(process_user(&pod, &c, &img).is_err());
+    }
+
+    #[test]
+    fn spec_joins_the_sandbox_and_mounts_volumes() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "default"},
+            "spec": {"containers": [], "volumes": [{"name": "data", "emptyDir": {}}]}
+        }))
+        .unwrap();
+        let c = container(serde_json::json!({"name": "c", "command": ["sh"],
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            "resources": {"limits": {"memory": "64Mi", "cpu": "500m"}}}));
+        let img = image();
+        let spec = build_spec(&BundleInput {
+            pod: &pod,
+            container: &c,
+            image: &img,
+            pod_dir: Path::new("/d/pods/b1"),
+            sandbox_pid: 42,
+            cgroups_path: "/shoal/n1/pod-b1/c".into(),
+        })
+        .unwrap();
+        let json = serde_json::to_value(&spec).unwrap();
+        let nss = json["linux"]["namespaces"].as_array().unwrap();
+        assert!(nss
+            .iter()
+            .any(|n| n["type"] == "network" && n["path"] == "/proc/42/ns/net"));
+        assert!(nss
+            .iter()
+            .any(|n| n["type"] == "pid" && n.get("path").is_none()));
+        assert!(
+            json.get("hostname").is_none(),
+            "the UTS namespace is the sandbox's"
+        );
+        let mounts = json["mounts"].as_array().unwrap();
+        assert!(mounts
+            .iter()
+            .any(|m| m["destination"] == "/data" && m["source"] == "/d/pods/b1/volumes/data"));
+        assert!(mounts
+            .iter()
+            .any(|m| m["destination"] == "/dev/shm" && m["source"] == "/d/pods/b1/shm"));
+        assert_eq!(json["linux"]["cgroupsPath"], "/shoal/n1/pod-b1/c");
+        assert_eq!(
+            json["linux"]["resources"]["memory"]["limit"],
+            64 * 1024 * 1024
+        );
+        assert_eq!(json["linux"]["resources"]["cpu"]["quota"], 50_000);
+        assert_eq!(json["process"]["noNewPrivileges"], true);
+        assert!(!json["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "CAP_SYS_ADMIN"));
+
+        let bad = container(serde_json::json!({"name": "c", "command": ["sh"],
+            "volumeMounts": [{"name": "nope", "mountPath": "/x"}]}));
+        let err = build_spec(&BundleInput {
+            pod: &pod,
+            container: &bad,
+            image: &img,
+            pod_dir: Path::new("/d"),
+            sandbox_pid: 1,
+            cgroups_path: "/x".into(),
+        });
+        assert!(err.unwrap_err().to_string().contains("nope"));
+    }
+}

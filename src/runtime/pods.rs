@@ -1,0 +1,416 @@
+//! [`Runtime`]: the operations the kubelet carries out on this node — create a pod's sandbox,
+//! start a container attempt under its shim, signal a container, remove a pod — and the scan
+//! of what runs. Blocking code (short file writes and runtime invocations): the kubelet calls
+//! it from blocking tasks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+
+use super::observe::{observe_all, ObservedPod};
+use super::runc::{self, OciRuntime, RuncCli};
+use super::sandbox::SANDBOX_RECORD;
+use super::shim::{ShimSpec, EXIT, SHIM_SPEC};
+use super::{
+    bundle, check_component, io_err, read_json, write_json, ImageInfo, PodMeta, ProcessRecord,
+    RuntimeConfig, RuntimeError,
+};
+
+/// How a started shim reported.
+#[derive(Debug)]
+pub enum StartOutcome {
+    /// The container runs; `exit` reaches EOF when its shim exits.
+    Started { exit: ChildStdout },
+    /// The container could not be started (the attempt's `exit.json` says why).
+    Failed { message: String },
+}
+
+pub struct Runtime {
+    pub config: RuntimeConfig,
+    runc: Arc<dyn OciRuntime>,
+}
+
+/// The runc id of one attempt.
+pub fn container_id(pod_key: &str, container: &str, restart: u32) -> String {
+    format!("{pod_key}-{container}-{restart}")
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> Self {
+        let runc = Arc::new(RuncCli::new(&config.runtime_binary, &config.runc_root));
+        Runtime { config, runc }
+    }
+
+    /// With another runtime driver (tests).
+    pub fn with_driver(config: RuntimeConfig, runc: Arc<dyn OciRuntime>) -> Self {
+        Runtime { config, runc }
+    }
+
+    pub fn pod_dir(&self, key: &str) -> PathBuf {
+        self.config.pods_dir().join(key)
+    }
+
+    pub fn attempt_dir(&self, key: &str, container: &str, restart: u32) -> PathBuf {
+        self.pod_dir(key)
+            .join("containers")
+            .join(container)
+            .join(restart.to_string())
+    }
+
+    /// What runs on this node now.
+    pub fn observe(&self) -> BTreeMap<String, ObservedPod> {
+        observe_all(&self.config.pods_dir())
+    }
+
+    /// Creates the pod dir (meta, `/etc` files, shm, volumes, logs) and starts its sandbox.
+    /// Idempotent: a live sandbox is returned as is.
+    pub fn create_sandbox(&self, meta: &PodMeta) -> Result<ProcessRecord, RuntimeError> {
+        check_component("pod key", &meta.key)?;
+        let dir = self.pod_dir(&meta.key);
+        if let Some(rec) =
+            read_json::<ProcessRecord>(&dir.join(SANDBOX_RECORD))?.filter(ProcessRecord::alive)
+        {
+            return Ok(rec);
+        }
+        for sub in ["etc", "shm", "volumes", "logs", "containers"] {
+            let p = dir.join(sub);
+            std::fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        let hostname: String = meta.name.chars().take(63).collect();
+        let hostname = hostname.trim_end_matches(['-', '.']).to_string();
+        let etc = dir.join("etc");
+        let write = |name: &str, bytes: &[u8]| {
+            let p = etc.join(name);
+            std::fs::write(&p, bytes).map_err(io_err(&p))
+        };
+        write("hostname", format!("{hostname}\n").as_bytes())?;
+        write(
+            "hosts",
+            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n").as_bytes(),
+        )?;
+        let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+        write("resolv.conf", &resolv[..resolv.len().min(64 << 10)])?;
+        write_json(&dir.join("pod.json"), meta)?;
+        let mut child = Command::new(&self.config.shoal_binary)
+            .arg("sandbox")
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--hostname")
+            .arg(&hostname)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                RuntimeError::Spawn(format!(
+                    "{} sandbox: {e}",
+                    self.config.shoal_binary.display()
+                ))
+            })?;
+        let mut stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| RuntimeError::Spawn("no stdout".into()))?;
+        let status = child
+            .wait()
+            .map_err(|e| RuntimeError::Spawn(e.to_string()))?;
+        if !status.success() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return Err(RuntimeError::Spawn(format!(
+                "shoal sandbox: {status}: {}",
+                err.trim()
+            )));
+        }
+        let line = read_line(&mut stdout);
+        if line != "ready" {
+            return Err(RuntimeError::Spawn(format!(
+                "sandbox of {}/{}: {line}",
+                meta.namespace, meta.name
+            )));
+        }
+        read_json::<ProcessRecord>(&dir.join(SANDBOX_RECORD))?
+            .ok_or_else(|| RuntimeError::Spawn("the sandbox wrote no record".into()))
+    }
+
+    /// Writes the bundle of attempt `restart` of `container` and starts its shim; returns when
+    /// the shim reports the container started (or failed to).
+    pub fn start_container(
+        &self,
+        key: &str,
+        pod: &Pod,
+        container: &Container,
+        image: &ImageInfo,
+        restart: u32,
+    ) -> Result<StartOutcome, RuntimeError> {
+        check_component("pod key", key)?;
+        check_component("container name", &container.name)?;
+        let pod_dir = self.pod_dir(key);
+        let sandbox = read_json::<ProcessRecord>(&pod_dir.join(SANDBOX_RECORD))?
+            .filter(ProcessRecord::alive)
+            .ok_or_else(|| RuntimeError::Spawn("the pod's sandbox is not running".into()))?;
+        let attempt = self.attempt_dir(key, &container.name, restart);
+        if attempt.exists() {
+            return Err(RuntimeError::Spawn(format!(
+                "attempt {} exists already",
+                attempt.display()
+            )));
+        }
+        for sub in ["rootfs", "upper", "work"] {
+            let p = attempt.join(sub);
+            std::fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        let logs = pod_dir.join("logs").join(&container.name);
+        std::fs::create_dir_all(&logs).map_err(io_err(&logs))?;
+        for vm in container.volume_mounts.iter().flatten() {
+            check_component("volume name", &vm.name)?;
+            let p = pod_dir.join("volumes").join(&vm.name);
+            std::fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        let cgroups_path = runc::container_cgroup(&self.config.cgroup_parent, key, &container.name);
+        let spec = bundle::build_spec(&bundle::BundleInput {
+            pod,
+            container,
+            image,
+            pod_dir: &pod_dir,
+            sandbox_pid: sandbox.pid,
+            cgroups_path: cgroups_path.clone(),
+        });
+        let spec = match spec {
+            Ok(s) => s,
+            Err(e) => {
+                // A bad spec is a start error of this attempt, recorded like runc's.
+                let message = e.to_string();
+                write_json(
+                    &attempt.join(EXIT),
+                    &super::ExitRecord {
+                        exit_code: super::shim::START_ERROR_CODE,
+                        signal: None,
+                        reason: "StartError".into(),
+                        message: Some(message.clone()),
+                        started_at: None,
+                        finished_at: chrono::Utc::now(),
+                        oom_killed: false,
+                    },
+                )?;
+                return Ok(StartOutcome::Failed { message });
+            }
+        };
+        let config = attempt.join("config.json");
+        spec.save(&config).map_err(|e| RuntimeError::Invalid {
+            what: config.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let shim = ShimSpec {
+            id: container_id(key, &container.name, restart),
+            runtime: self.config.runtime_binary.clone(),
+            runc_root: self.config.runc_root.clone(),
+            layers: image.layers.clone(),
+            log_file: logs.join(format!("{restart}.log")),
+            cgroups_path,
+        };
+        write_json(&attempt.join(SHIM_SPEC), &shim)?;
+        let mut child = Command::new(&self.config.shoal_binary)
+            .arg("shim")
+            .arg("--attempt")
+            .arg(&attempt)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                RuntimeError::Spawn(format!("{} shim: {e}", self.config.shoal_binary.display()))
+            })?;
+        let mut stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| RuntimeError::Spawn("no stdout".into()))?;
+        let status = child
+            .wait()
+            .map_err(|e| RuntimeError::Spawn(e.to_string()))?;
+        if !status.success() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return Err(RuntimeError::Spawn(format!(
+                "shoal shim: {status}: {}",
+                err.trim()
+            )));
+        }
+        let line = read_line(&mut stdout);
+        if line == "started" {
+            Ok(StartOutcome::Started { exit: stdout })
+        } else {
+            let message = line.strip_prefix("failed: ").unwrap_or(&line).to_string();
+            Ok(StartOutcome::Failed { message })
+        }
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`) to a container attempt; one that is gone already is fine.
+    pub fn kill_container(
+        &self,
+        key: &str,
+        container: &str,
+        restart: u32,
+        signal: &str,
+    ) -> Result<(), RuntimeError> {
+        if self
+            .attempt_dir(key, container, restart)
+            .join(EXIT)
+            .exists()
+        {
+            return Ok(());
+        }
+        match self
+            .runc
+            .kill(&container_id(key, container, restart), signal)
+        {
+            Ok(()) => Ok(()),
+            Err(RuntimeError::Runc(m))
+                if m.contains("not running")
+                    || m.contains("does not exist")
+                    || m.contains("not found") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stops what is left of a pod (SIGKILL to its containers, waits up to `timeout` for their
+    /// shims to record the exits, SIGTERM to its sandbox), deletes leftover runc containers and
+    /// the pod's cgroups, and removes the pod dir.
+    pub fn remove_pod(&self, key: &str, timeout: Duration) -> Result<(), RuntimeError> {
+        check_component("pod key", key)?;
+        let dir = self.pod_dir(key);
+        let Some(meta) = read_json::<PodMeta>(&dir.join("pod.json")).ok().flatten() else {
+            return remove_dir(&dir);
+        };
+        let pod = super::observe::observe_pod(&dir, meta);
+        let mut waiting = Vec::new();
+        for (name, c) in &pod.containers {
+            if !matches!(c.latest.state, super::AttemptState::Exited(_)) {
+                self.kill_container(key, name, c.latest.restart, "KILL")?;
+                waiting.push(self.attempt_dir(key, name, c.latest.restart));
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        while waiting.iter().any(|a| {
+            matches!(
+                super::observe::attempt_state(a),
+                super::AttemptState::Running { .. } | super::AttemptState::Creating
+            )
+        }) && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(sandbox) = pod.sandbox {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(sandbox.pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            while sandbox.alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if sandbox.alive() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(sandbox.pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let prefix = format!("{key}-");
+        for entry in self.runc.list().unwrap_or_default() {
+            if entry.id.starts_with(&prefix) {
+                self.runc.delete(&entry.id, true)?;
+            }
+        }
+        runc::remove_pod_cgroups(&self.config.cgroup_parent, key);
+        remove_dir(&dir)
+    }
+
+    /// runc containers under this node's root that no pod dir accounts for (left by a crash
+    /// between `runc create` and the pod's removal): force-deleted. Returns their ids.
+    pub fn sweep_orphans(&self) -> Result<Vec<String>, RuntimeError> {
+        let pods = self.observe();
+        let mut known = BTreeSet::new();
+        for (key, pod) in &pods {
+            for (name, c) in &pod.containers {
+                known.insert(container_id(key, name, c.latest.restart));
+            }
+        }
+        let mut removed = Vec::new();
+        for entry in self.runc.list()? {
+            if !known.contains(&entry.id) {
+                self.runc.delete(&entry.id, true)?;
+                removed.push(entry.id);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Drops attempt dirs older than the one before the latest (their logs stay until the pod
+    /// goes, rotated by the shim).
+    pub fn prune_attempts(&self, key: &str, container: &str, latest: u32) {
+        let dir = self.pod_dir(key).join("containers").join(container);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if let Some(n) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) {
+                if n + 1 < latest {
+                    let _ = std::fs::remove_dir_all(e.path());
+                    let _ = std::fs::remove_file(
+                        self.pod_dir(key)
+                            .join("logs")
+                            .join(container)
+                            .join(format!("{n}.log")),
+                    );
+                    let _ = std::fs::remove_file(
+                        self.pod_dir(key)
+                            .join("logs")
+                            .join(container)
+                            .join(format!("{n}.log.1")),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn remove_dir(dir: &Path) -> Result<(), RuntimeError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(dir)(e)),
+    }
+}
+
+/// One line (at most 4 KiB) from a child's stdout; what was read if it ends early.
+fn read_line(from: &mut ChildStdout) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 4096 {
+        match from.read(&mut byte) {
+            Ok(1) if byte[0] == b'\n' => break,
+            Ok(1) => line.push(byte[0]),
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    let s = String::from_utf8_lossy(&line).trim().to_string();
+    if s.is_empty() {
+        "exited without a report".into()
+    } else {
+        s
+    }
+}

@@ -1,0 +1,324 @@
+//! The runtime with REAL runc, as root: a pod sandbox and its containers sharing localhost,
+//! CRI logs, exit codes, a command that does not exist, adoption by a fresh runtime handle
+//! (the agent restarted), and removal leaving `runc list` empty and no process behind.
+//! The image is a rootfs layer built from `/bin/busybox` (Debian's busybox-static).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use shoal::api::LogRequest;
+use shoal::runtime::logs::{find_target, read_logs};
+use shoal::runtime::pods::StartOutcome;
+use shoal::runtime::runc::{OciRuntime, RuncCli};
+use shoal::runtime::{AttemptState, ImageInfo, PodMeta, Runtime, RuntimeConfig};
+
+fn prerequisites() {
+    let mut missing = Vec::new();
+    if !nix_is_root() {
+        missing.push("root (run the tests as root: runc needs it)".to_string());
+    }
+    if std::process::Command::new("runc")
+        .arg("--version")
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        missing.push("runc on PATH (apt-get install runc)".into());
+    }
+    let busybox = std::fs::read("/bin/busybox").unwrap_or_default();
+    if busybox.is_empty() || has_interpreter(&busybox) {
+        missing.push("a static /bin/busybox (apt-get install busybox-static)".into());
+    }
+    assert!(
+        missing.is_empty(),
+        "tests/runtime.rs needs: {}",
+        missing.join("; ")
+    );
+}
+
+/// Whether a 64-bit ELF has a program interpreter (PT_INTERP): a static binary has none.
+fn has_interpreter(elf: &[u8]) -> bool {
+    let u16_at = |o: usize| {
+        elf.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return true;
+    };
+    (0..phnum).any(|i| {
+        elf.get(phoff + i * phentsize..phoff + i * phentsize + 4) == Some(&3u32.to_le_bytes()[..])
+    })
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// One busybox layer.
+fn busybox_layer(dir: &Path) -> PathBuf {
+    let layer = dir.join("layer");
+    for d in ["bin", "proc", "dev", "sys", "etc", "tmp", "www"] {
+        std::fs::create_dir_all(layer.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", layer.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "echo", "cat", "sleep", "nc", "httpd", "wget", "seq", "ls", "hostname", "mkdir",
+    ] {
+        std::os::unix::fs::symlink("busybox", layer.join("bin").join(applet)).unwrap();
+    }
+    layer
+}
+
+/// Tears everything down even when an assertion failed.
+struct Cleanup {
+    runtime_config: RuntimeConfig,
+    keys: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let rt = Runtime::new(self.runtime_config.clone());
+        for k in &self.keys {
+            let _ = rt.remove_pod(k, Duration::from_secs(5));
+        }
+        let runc = RuncCli::new("runc", &self.runtime_config.runc_root);
+        for e in runc.list().unwrap_or_default() {
+            let _ = runc.delete(&e.id, true);
+        }
+        for m in shoal::runtime::runc::cgroup_mounts() {
+            let _ = std::fs::remove_dir(
+                m.join(self.runtime_config.cgroup_parent.trim_start_matches('/')),
+            );
+        }
+    }
+}
+
+fn pod(name: &str, containers: serde_json::Value) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "default", "uid": "u-1"},
+        "spec": {"containers": containers}
+    }))
+    .unwrap()
+}
+
+fn container(pod: &Pod, name: &str) -> Container {
+    pod.spec
+        .as_ref()
+        .unwrap()
+        .containers
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap()
+        .clone()
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn state(rt: &Runtime, key: &str, c: &str) -> Option<AttemptState> {
+    rt.observe()
+        .get(key)?
+        .containers
+        .get(c)
+        .map(|c| c.latest.state.clone())
+}
+
+fn exited(rt: &Runtime, key: &str, c: &str) -> Option<shoal::runtime::ExitRecord> {
+    match state(rt, key, c)? {
+        AttemptState::Exited(e) => Some(e),
+        _ => None,
+    }
+}
+
+async fn logs(rt: &Runtime, key: &str, c: &str) -> String {
+    let target = find_target(&rt.pod_dir(key), c, false).unwrap();
+    let stream = read_logs(target, &LogRequest::default(), chrono::Utc::now()).unwrap();
+    let parts: Vec<_> = stream.collect().await;
+    parts
+        .into_iter()
+        .map(|p| String::from_utf8_lossy(&p.unwrap()).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_lifecycle_with_real_runc() {
+    prerequisites();
+    let tmp = tempfile::tempdir().unwrap();
+    let layer = busybox_layer(tmp.path());
+    let config = RuntimeConfig {
+        data_dir: tmp.path().join("data"),
+        runtime_binary: PathBuf::from("runc"),
+        runc_root: tmp.path().join("runc"),
+        cgroup_parent: format!("/shoal-runtime-test-{}", std::process::id()),
+        shoal_binary: PathBuf::from(env!("CARGO_BIN_EXE_shoal")),
+    };
+    let key = "b-0001";
+    let _cleanup = Cleanup {
+        runtime_config: config.clone(),
+        keys: vec![key.into()],
+    };
+    let image = ImageInfo {
+        reference: "test/busybox:1".into(),
+        cmd: vec!["sh".into()],
+        layers: vec![layer],
+        ..Default::default()
+    };
+    let p = pod(
+        "web",
+        serde_json::json!([
+            {"name": "server", "command": ["sh", "-c",
+                "echo hello-from-server > /www/index.html && echo serving $(hostname) && exec httpd -f -p 127.0.0.1:8080 -h /www"]},
+            {"name": "client", "command": ["sh", "-c",
+                "for i in $(seq 1 200); do wget -q -O - http://127.0.0.1:8080/index.html && exit 0; sleep 0.05; done; exit 1"]},
+            {"name": "fails", "command": ["sh", "-c", "echo bye >&2; exit 3"]},
+            {"name": "missing", "command": ["/no/such/command"]}
+        ]),
+    );
+    let rt = Runtime::new(config.clone());
+    let meta = PodMeta {
+        key: key.into(),
+        namespace: "default".into(),
+        name: "web".into(),
+        uid: "u-1".into(),
+        grace_seconds: 30,
+        created_at: chrono::Utc::now(),
+    };
+    let sandbox = rt.create_sandbox(&meta).expect("sandbox");
+    assert!(sandbox.alive());
+    assert_eq!(rt.create_sandbox(&meta).unwrap(), sandbox, "idempotent");
+
+    let start = |name: &str| {
+        rt.start_container(key, &p, &container(&p, name), &image, 0)
+            .expect(name)
+    };
+    let t0 = Instant::now();
+    let server = start("server");
+    eprintln!("server started in {:?}", t0.elapsed());
+    assert!(matches!(server, StartOutcome::Started { .. }), "{server:?}");
+    assert!(matches!(start("client"), StartOutcome::Started { .. }));
+    assert!(matches!(start("fails"), StartOutcome::Started { .. }));
+    match start("missing") {
+        StartOutcome::Failed { message } => {
+            assert!(message.contains("/no/such/command"), "{message}")
+        }
+        other => panic!("a missing command must fail to start: {other:?}"),
+    }
+
+    // The client reaches the server over the pod's shared loopback.
+    let client = wait_for("the client to exit", Duration::from_secs(20), || {
+        exited(&rt, key, "client")
+    });
+    assert_eq!(
+        (client.exit_code, client.reason.as_str()),
+        (0, "Completed"),
+        "{client:?}"
+    );
+    assert!(logs(&rt, key, "client").await.contains("hello-from-server"));
+    assert_eq!(
+        logs(&rt, key, "server").await,
+        "serving web\n",
+        "hostname is the pod's name"
+    );
+
+    let fails = wait_for("exit 3", Duration::from_secs(10), || {
+        exited(&rt, key, "fails")
+    });
+    assert_eq!((fails.exit_code, fails.reason.as_str()), (3, "Error"));
+    let raw = std::fs::read_to_string(rt.pod_dir(key).join("logs/fails/0.log")).unwrap();
+    assert!(raw.ends_with(" stderr F bye\n"), "CRI format: {raw}");
+
+    let missing = exited(&rt, key, "missing").expect("recorded");
+    assert_eq!(
+        (missing.exit_code, missing.reason.as_str()),
+        (128, "StartError")
+    );
+    assert!(missing
+        .message
+        .unwrap_or_default()
+        .contains("/no/such/command"));
+
+    // The agent "restarts": a fresh handle adopts what runs without touching it.
+    let before = rt.observe().remove(key).unwrap();
+    drop(rt);
+    let rt = Runtime::new(config.clone());
+    let after = rt.observe().remove(key).expect("adopted");
+    assert_eq!(before, after);
+    assert!(matches!(
+        after.containers["server"].latest.state,
+        AttemptState::Running { .. }
+    ));
+    assert_eq!(after.sandbox, Some(sandbox));
+    assert!(rt.sweep_orphans().unwrap().is_empty(), "nothing orphaned");
+
+    // SIGKILL (httpd as pid 1 of its namespace ignores SIGTERM).
+    rt.kill_container(key, "server", 0, "KILL").unwrap();
+    let server = wait_for("the server to die", Duration::from_secs(10), || {
+        exited(&rt, key, "server")
+    });
+    assert_eq!((server.exit_code, server.signal), (137, Some(9)));
+
+    // A restart is a new attempt with its own log.
+    assert!(matches!(
+        rt.start_container(key, &p, &container(&p, "fails"), &image, 1)
+            .unwrap(),
+        StartOutcome::Started { .. }
+    ));
+    wait_for("attempt 1", Duration::from_secs(10), || {
+        exited(&rt, key, "fails")
+    });
+    let pod_now = rt.observe().remove(key).unwrap();
+    assert_eq!(pod_now.containers["fails"].latest.restart, 1);
+    assert_eq!(
+        pod_now.containers["fails"]
+            .previous
+            .as_ref()
+            .map(|a| a.restart),
+        Some(0)
+    );
+
+    let shim_pids: Vec<i32> = ["server", "client", "fails"]
+        .iter()
+        .filter_map(|c| {
+            let p = rt.attempt_dir(key, c, 0).join("shim.pid");
+            serde_json::from_slice::<serde_json::Value>(&std::fs::read(p).ok()?).ok()?["pid"]
+                .as_i64()
+                .map(|p| p as i32)
+        })
+        .collect();
+    assert_eq!(shim_pids.len(), 3);
+
+    rt.remove_pod(key, Duration::from_secs(10)).unwrap();
+    assert!(!rt.pod_dir(key).exists());
+    assert!(!sandbox.alive(), "the sandbox is gone");
+    let runc = RuncCli::new("runc", &config.runc_root);
+    assert_eq!(runc.list().unwrap(), vec![], "runc list is empty");
+    for pid in shim_pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .unwrap_or_default()
+                    .contains(") Z"),
+            "shim {pid} is gone"
+        );
+    }
+}
