@@ -12,7 +12,7 @@
 #   FALSE_DEATH_MIN=N      minutes of idle watching for false deaths (quick 2, full 10)
 #   RECORD=0|1             append the report to docs/benchmarks.md (full: 1, quick: 0)
 #   KEEP=1                 keep the scratch dir (data dirs, agent logs) for inspection
-#   WORKLOADS_ONLY=1       only the workload benchmarks (testnet: pod start, failover, burst)
+#   WORKLOADS_ONLY=1       only issue 3's benchmarks (testnet: pod start, failover, burst; scheduler core)
 #
 # Every process it starts is tracked by pid (the bench writes a pid file per cluster) and killed
 # by pid on exit; the testnet, when this script brought it up, is torn down with testnet/down.sh.
