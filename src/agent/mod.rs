@@ -2,6 +2,7 @@
 //! API server and the node registrar until shutdown. `shoal init` and `shoal agent` call in here.
 
 mod backend;
+mod controllers;
 mod datadir;
 mod init;
 pub(crate) mod node_info;
@@ -202,9 +203,12 @@ pub async fn run(
         )
     };
 
+    let controllers_task = tokio::spawn(controllers::run(shared.clone(), stopped(stop_rx.clone())));
+
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
+    let _ = controllers_task.await;
     let api = api_task
         .await
         .map_err(|e| AgentError::Other(e.to_string()))?;

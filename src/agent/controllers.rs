@@ -1,0 +1,225 @@
+//! The controllers' shell: while this agent's view names it the scheduler leader (and its
+//! membership has settled), runs the pure reconcile (`sched::reconcile`) after every change
+//! and at least once a second, and applies the plan — all cluster-document writes in one
+//! `Shared::write` (one write-ahead-log append), scheduling records in this node's status
+//! document, events through `Shared::record_event`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use super::shared::{Shared, View};
+use crate::model::workload::{keys, SchedulingRecord};
+use crate::sched::settle::Settle;
+use crate::sched::{self, LeaderCtx, Liveness, Plan, PodKey, SchedulingWrite, Snapshot};
+
+/// Reconcile at least this often while leading.
+const TICK: Duration = Duration::from_secs(1);
+/// After a change, wait this long for the rest of a burst (an `apply` of many objects).
+const DEBOUNCE: Duration = Duration::from_millis(30);
+/// Most events recorded per round (warnings first); a burst of placements would otherwise
+/// churn the status document with hundreds of events at once.
+const MAX_EVENTS_PER_ROUND: usize = 64;
+
+/// The leader's view of every member: alive, suspect, or dead (anything else, and unknown).
+fn liveness(view: &View, me: &str) -> BTreeMap<String, Liveness> {
+    let mut out: BTreeMap<String, Liveness> = view
+        .members
+        .iter()
+        .map(|m| {
+            let l = match m.state.as_str() {
+                "alive" => Liveness::Alive,
+                "suspect" => Liveness::Suspect,
+                _ => Liveness::Dead,
+            };
+            (m.name.clone(), l)
+        })
+        .collect();
+    out.insert(me.to_string(), Liveness::Alive);
+    out
+}
+
+/// This node's scheduling records (`sched/<ns>/<pod>` in its own status document).
+fn own_records(shared: &Shared) -> BTreeMap<PodKey, SchedulingRecord> {
+    let docs = shared.status_docs();
+    let Some(own) = docs.get(&shared.node_name) else {
+        return BTreeMap::new();
+    };
+    own.entries::<SchedulingRecord>(keys::SCHEDULING_PREFIX)
+        .into_iter()
+        .filter_map(|(k, r)| {
+            let (ns, pod) = keys::split(&k, keys::SCHEDULING_PREFIX)?;
+            Some(((ns.to_string(), pod.to_string()), r))
+        })
+        .collect()
+}
+
+/// What a round depends on; an unchanged input gives an empty plan, so the round is skipped.
+#[derive(PartialEq, Eq)]
+struct Inputs {
+    heads: u64,
+    view: u64,
+    liveness: BTreeMap<String, Liveness>,
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let started = Instant::now();
+    let mut changes = shared.subscribe();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut settle = Settle::default();
+    let mut epoch = (u64::MAX, Instant::now());
+    let mut last: Option<Inputs> = None;
+    let mut leading = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                tokio::time::sleep(DEBOUNCE).await;
+                changes.borrow_and_update();
+            }
+            _ = tick.tick() => {}
+        }
+        let view = shared.view();
+        if view.epoch != epoch.0 {
+            epoch = (view.epoch, Instant::now());
+        }
+        let peers = view
+            .members
+            .iter()
+            .filter(|m| m.name != shared.node_name && m.state == "alive")
+            .count();
+        let settled = settle.may_act(started.elapsed(), epoch.1.elapsed(), peers);
+        let leader = view.leader.as_deref() == Some(shared.node_name.as_str());
+        if !(leader && settled) {
+            if leading {
+                tracing::info!(epoch = view.epoch, "no longer the scheduler leader");
+                clear_records(&shared);
+                leading = false;
+                last = None;
+            }
+            continue;
+        }
+        if !leading {
+            tracing::info!(epoch = view.epoch, "acting as the scheduler leader");
+            leading = true;
+        }
+        let inputs = Inputs {
+            heads: shared.doc().heads_digest(),
+            view: view.view_hash,
+            liveness: liveness(&view, &shared.node_name),
+        };
+        if last.as_ref() == Some(&inputs) {
+            continue;
+        }
+        let ok = round(&shared, &view, inputs.liveness.clone()).await;
+        // After a failed write the same inputs must be tried again.
+        last = ok.then_some(inputs);
+    }
+}
+
+/// One reconcile and the application of its plan. Returns whether everything was written.
+async fn round(shared: &Arc<Shared>, view: &View, liveness: BTreeMap<String, Liveness>) -> bool {
+    let snapshot = {
+        let records = own_records(shared);
+        let doc = shared.doc();
+        Snapshot::from_doc(&doc, liveness, records)
+    };
+    let ctx = LeaderCtx {
+        node: shared.node_name.clone(),
+        epoch: view.epoch,
+        view: view.view_hash,
+        now: Utc::now(),
+        seed: rand::random(),
+    };
+    let started = Instant::now();
+    let plan = match tokio::task::spawn_blocking(move || sched::reconcile(&snapshot, &ctx)).await {
+        Ok(plan) => plan,
+        Err(e) => {
+            tracing::error!(%e, "the reconcile failed");
+            return false;
+        }
+    };
+    if plan.is_empty() {
+        return true;
+    }
+    let (puts, deletes, binds, unbinds) = plan.counts();
+    tracing::info!(
+        puts,
+        deletes,
+        binds,
+        unbinds,
+        unschedulable = plan.scheduling.len(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "reconcile"
+    );
+    apply(shared, &plan)
+}
+
+fn apply(shared: &Shared, plan: &Plan) -> bool {
+    let mut ok = true;
+    if !plan.writes.is_empty() {
+        if let Err(e) = shared.write(|doc| sched::apply_writes(doc, &plan.writes)) {
+            tracing::error!(%e, "applying the controllers' writes failed");
+            ok = false;
+        }
+    }
+    if !plan.scheduling.is_empty() {
+        let result = shared.write_status(|doc| {
+            for w in &plan.scheduling {
+                match w {
+                    SchedulingWrite::Put {
+                        namespace,
+                        pod,
+                        record,
+                    } => {
+                        doc.put(&keys::scheduling(namespace, pod), record)?;
+                    }
+                    SchedulingWrite::Delete { namespace, pod } => {
+                        doc.delete(&keys::scheduling(namespace, pod))?;
+                    }
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            tracing::error!(%e, "writing scheduling records failed");
+            ok = false;
+        }
+    }
+    let mut events: Vec<&sched::PlannedEvent> = plan.events.iter().collect();
+    events.sort_by_key(|e| e.event_type != "Warning");
+    let dropped = events.len().saturating_sub(MAX_EVENTS_PER_ROUND);
+    for e in events.into_iter().take(MAX_EVENTS_PER_ROUND) {
+        shared.record_event(&e.involved, e.event_type, e.reason, &e.message, e.component);
+    }
+    if dropped > 0 {
+        tracing::debug!(dropped, "events not recorded this round");
+    }
+    ok
+}
+
+/// A node that stops leading removes its scheduling records: the new leader writes its own.
+fn clear_records(shared: &Shared) {
+    let stale = own_records(shared);
+    if stale.is_empty() {
+        return;
+    }
+    let result = shared.write_status(|doc| {
+        for (ns, pod) in stale.keys() {
+            doc.delete(&keys::scheduling(ns, pod))?;
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        tracing::warn!(%e, "removing stale scheduling records failed");
+    }
+}
