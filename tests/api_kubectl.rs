@@ -1600,6 +1600,13 @@ async fn kubectl_deployments_pods_and_status() {
         ])
         .await;
     assert_eq!(only.lines().count(), 1, "{only}");
+    let for_pod = h
+        .ok(&["events", "--for", &format!("pod/{}", pods[1])])
+        .await;
+    assert!(
+        for_pod.contains("BackOff") && !for_pod.contains("Started container"),
+        "{for_pod}"
+    );
 
     // A second apply of an edited file: a strategic merge patch (containers by name, env by
     // name); the generation moves on.
@@ -1736,6 +1743,16 @@ async fn kubectl_bare_pods_and_logs() {
         .ok(&["apply", "-f", &file])
         .await
         .contains("pod/two created"));
+    // Pod specs are immutable but for images.
+    let edited = h.write(
+        "pod.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: two\nspec:\n  restartPolicy: Never\n  containers:\n  - name: a\n    image: shoal.test/busybox:1\n    command: [sh]\n  - name: b\n    image: shoal.test/busybox:1\n",
+    );
+    let stderr = h.fails(&["apply", "-f", &edited]).await;
+    assert!(
+        stderr.contains("spec: Forbidden: pod updates may not change fields other than"),
+        "{stderr}"
+    );
     *h.backend.log_chunks.lock().unwrap() = vec!["line one\n".into(), "line two\n".into()];
     let logs = h.ok(&["logs", "two", "-c", "b"]).await;
     assert_eq!(logs, "line one\nline two\n");

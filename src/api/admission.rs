@@ -219,7 +219,7 @@ fn validate_container(
             message: format!("Duplicate value: {name:?}"),
         });
     }
-    if c["image"].as_str().map_or(true, |i| i.trim().is_empty()) {
+    if c["image"].as_str().is_none_or(|i| i.trim().is_empty()) {
         causes.push(required(format!("{path}.image")));
     }
     if let Some(policy) = c["imagePullPolicy"].as_str() {
@@ -391,11 +391,44 @@ fn validate_controller(object: &Value, workload: Workload, causes: &mut Vec<Caus
     );
 }
 
+const POD_UPDATE_FORBIDDEN: &str = "Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)";
+
+/// A pod spec without the fields Kubernetes lets an update change.
+fn mutable_pod_fields_only(spec: &Value) -> Value {
+    let mut spec = spec.clone();
+    if let Some(m) = spec.as_object_mut() {
+        m.remove("activeDeadlineSeconds");
+        m.remove("tolerations");
+    }
+    for list in ["containers", "initContainers"] {
+        for c in spec[list].as_array_mut().into_iter().flatten() {
+            if let Some(m) = c.as_object_mut() {
+                m.remove("image");
+                // Defaulted from the image; follows it.
+                m.remove("imagePullPolicy");
+            }
+        }
+    }
+    spec
+}
+
 /// Semantic checks of a defaulted object; `old` is the stored object on update.
 pub fn validate(workload: Workload, object: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut causes = Vec::new();
     match workload {
-        Workload::Pod => validate_pod_spec(&object["spec"], "spec", false, &mut causes),
+        Workload::Pod => {
+            validate_pod_spec(&object["spec"], "spec", false, &mut causes);
+            if let Some(old) = old {
+                if mutable_pod_fields_only(&old["spec"]) != mutable_pod_fields_only(&object["spec"])
+                {
+                    causes.push(Cause {
+                        reason: "FieldValueForbidden".into(),
+                        field: "spec".into(),
+                        message: POD_UPDATE_FORBIDDEN.into(),
+                    });
+                }
+            }
+        }
         Workload::ReplicaSet | Workload::Deployment => {
             validate_controller(object, workload, &mut causes);
             if let Some(old) = old {
@@ -561,5 +594,15 @@ mod tests {
         default(Workload::Pod, &mut pod);
         assert!(validate(Workload::Pod, &pod, None).is_empty());
         assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
+        // Updates may change images, not the rest of the spec.
+        let mut new_image = pod.clone();
+        new_image["spec"]["containers"][0]["image"] = json!("j:2");
+        assert!(validate(Workload::Pod, &new_image, Some(&pod)).is_empty());
+        let mut new_command = pod.clone();
+        new_command["spec"]["containers"][0]["command"] = json!(["sh"]);
+        assert_eq!(
+            fields(&validate(Workload::Pod, &new_command, Some(&pod))),
+            vec!["spec"]
+        );
     }
 }

@@ -1,19 +1,28 @@
 //! The Kubernetes-shaped HTTPS API every agent serves, so the real `kubectl` works against any
 //! node: discovery, OpenAPI v3, Tables, nodes, generic stored objects (create, get, list,
-//! replace, patch, delete, watch) and shoal's own `/shoal/v1` routes, with bearer-token auth on
-//! every route, bounded connections, header and body sizes, and request timeouts.
+//! replace, patch, delete, watch), workloads (Pods, ReplicaSets, Deployments with `scale`,
+//! pod logs, events) and shoal's own `/shoal/v1` routes (status, backup, images), with
+//! bearer-token auth on every route, bounded connections, header and body sizes, and request
+//! timeouts.
 //!
 //! Code map: [`serve`] and [`tls_config`] (`server.rs`) run the TLS accept loop; `router.rs`
 //! maps paths to handlers; `resources.rs` is the data-driven table of kinds that discovery,
 //! OpenAPI, validation and Tables read; `objects.rs` implements the verbs over [`Backend`];
 //! `body.rs` reads bodies with a size limit and decodes JSON, YAML and (`proto.rs`) the
-//! protobuf kubectl's typed clients send; `validation.rs` checks kinds, fields and names;
-//! `nodes.rs` renders Node objects; `watch.rs` streams events by diffing snapshots;
+//! protobuf kubectl's typed clients send; `validation.rs` checks kinds, fields and names
+//! (`typed.rs` decodes workloads through `k8s_openapi` types to find unknown fields and type
+//! errors); `admission.rs` defaults and validates workloads; `workloads.rs` computes their
+//! status on read from [`WorkloadView`]; `scale.rs` serves the `scale` subresource, `logs.rs`
+//! pod logs and `images.rs` image import and listing; `nodes.rs` renders Node objects;
+//! `watch.rs` streams events by diffing snapshots (computed status included);
 //! `discovery.rs` and `openapi.rs` describe the table to clients; `patch.rs`,
 //! `selectors.rs`, `table.rs` and `status.rs` are pure helpers.
 //!
 //! **Architecture Invariant:** everything the API knows about the cluster comes through the
 //! [`Backend`] trait; the API never touches the replicated document or the network directly.
+//!
+//! **Architecture Invariant:** the status of Pods, ReplicaSets and Deployments is never stored
+//! by the API; a `status` sent by a user is dropped, and reads compute it.
 
 mod admission;
 mod auth;

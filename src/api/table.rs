@@ -628,6 +628,110 @@ mod tests {
         assert_eq!(human_duration(3 * 365 * 86400), "3y");
     }
 
+    fn pod(status: Value) -> Value {
+        json!({
+            "metadata": {"name": "p", "creationTimestamp": "2024-05-01T10:00:00Z"},
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "n1"},
+            "status": status,
+        })
+    }
+
+    fn status_cells(status: Value) -> Vec<Value> {
+        let now = DateTime::parse_from_rfc3339("2024-05-01T10:05:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        pod_cells(&pod(status), now)
+    }
+
+    #[test]
+    fn pod_rows_follow_kubectl_print_pod() {
+        let running = json!({"running": {"startedAt": "2024-05-01T10:00:01Z"}});
+        let cells = status_cells(json!({
+            "phase": "Running", "podIP": "10.0.0.9",
+            "containerStatuses": [
+                {"name": "a", "ready": true, "restartCount": 0, "state": running},
+                {"name": "b", "ready": false, "restartCount": 3,
+                 "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                 "lastState": {"terminated": {"exitCode": 1, "finishedAt": "2024-05-01T10:04:50Z"}}},
+            ],
+        }));
+        assert_eq!(
+            cells,
+            vec![
+                json!("p"),
+                json!("1/2"),
+                json!("CrashLoopBackOff"),
+                json!("3 (10s ago)"),
+                json!("5m"),
+                json!("10.0.0.9"),
+                json!("n1"),
+                json!("<none>"),
+                json!("<none>"),
+            ]
+        );
+        let cells = status_cells(json!({"phase": "Pending", "containerStatuses": [
+            {"name": "a", "state": {"waiting": {"reason": "ContainerCreating"}}},
+        ]}));
+        assert_eq!(cells[2], "ContainerCreating");
+        let cells = status_cells(json!({"phase": "Succeeded", "containerStatuses": [
+            {"name": "a", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+        ]}));
+        assert_eq!((&cells[1], &cells[2]), (&json!("0/2"), &json!("Completed")));
+        let cells = status_cells(json!({"phase": "Failed", "containerStatuses": [
+            {"name": "a", "state": {"terminated": {"exitCode": 2}}},
+        ]}));
+        assert_eq!(cells[2], "ExitCode:2");
+        let cells = status_cells(json!({"phase": "Pending", "initContainerStatuses": [
+            {"name": "i", "state": {"running": {}}},
+        ]}));
+        assert_eq!(cells[2], "Init:0/0");
+        assert_eq!(status_cells(json!({"phase": "Pending"}))[2], "Pending");
+        let mut deleting = pod(json!({"phase": "Running"}));
+        deleting["metadata"]["deletionTimestamp"] = json!("2024-05-01T10:04:00Z");
+        assert_eq!(pod_cells(&deleting, Utc::now())[2], "Terminating");
+    }
+
+    #[test]
+    fn event_rows_name_the_object_and_source() {
+        let now = DateTime::parse_from_rfc3339("2024-05-01T10:05:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let event = json!({
+            "metadata": {"name": "p.1"},
+            "involvedObject": {"kind": "Pod", "name": "web-1"},
+            "type": "Warning", "reason": "BackOff", "message": " Back-off restarting \n",
+            "source": {"component": "kubelet", "host": "n1"},
+            "firstTimestamp": "2024-05-01T10:00:00Z", "lastTimestamp": "2024-05-01T10:04:30Z",
+        });
+        assert_eq!(
+            event_cells(&event, now),
+            vec![
+                json!("30s"),
+                json!("Warning"),
+                json!("BackOff"),
+                json!("pod/web-1"),
+                json!(""),
+                json!("kubelet, n1"),
+                json!("Back-off restarting"),
+                json!("5m"),
+                json!("1"),
+                json!("p.1"),
+            ]
+        );
+        assert_eq!(
+            column_definitions(Columns::Event).len(),
+            event_cells(&event, now).len()
+        );
+        for columns in [Columns::Pod, Columns::Deployment, Columns::ReplicaSet] {
+            let object = json!({"metadata": {"name": "x"}, "spec": {}, "status": {}});
+            assert_eq!(
+                column_definitions(columns).len(),
+                cells(columns, &object, now).len(),
+                "{columns:?}"
+            );
+        }
+    }
+
     #[test]
     fn negotiates_table_from_kubectl_accept() {
         let mut headers = HeaderMap::new();
