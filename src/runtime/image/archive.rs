@@ -50,16 +50,22 @@ pub struct Archive {
 }
 
 impl Archive {
-    /// Staged copy of the archive path `p`, following symlinks inside the archive.
-    pub fn file(&self, p: &str) -> Option<&Staged> {
+    /// The archive path `p` after following symlinks inside the archive, if it ends at a staged
+    /// file or at a blob skipped because the store has it.
+    fn resolve(&self, p: &str) -> Option<String> {
         let mut p = normalise(p)?;
         for _ in 0..16 {
-            if let Some(s) = self.files.get(&p) {
-                return Some(s);
+            if self.files.contains_key(&p) || self.present_blob(&p).is_some() {
+                return Some(p);
             }
             p = self.links.get(&p)?.clone();
         }
         None
+    }
+
+    fn present_blob<'a>(&self, p: &'a str) -> Option<&'a str> {
+        p.strip_prefix("blobs/sha256/")
+            .filter(|h| self.present.contains_key(*h))
     }
 }
 
@@ -235,6 +241,22 @@ impl BlobReader<'_> {
         let p = (self.store_blob)(hex);
         let size = std::fs::metadata(&p).ok()?.len();
         Some((BlobSource::Store, size))
+    }
+
+    /// The file an archive path names (staged, or the store's copy of a skipped blob).
+    fn by_path(&self, p: &str) -> Option<Staged> {
+        let p = self.archive.resolve(p)?;
+        if let Some(s) = self.archive.files.get(&p) {
+            return Some(s.clone());
+        }
+        let hex = self.archive.present_blob(&p)?;
+        let file = (self.store_blob)(hex);
+        let size = std::fs::metadata(&file).ok()?.len();
+        Some(Staged {
+            file,
+            hex: hex.to_string(),
+            size,
+        })
     }
 
     fn path(&self, src: &BlobSource, hex: &str) -> PathBuf {
@@ -440,7 +462,7 @@ pub fn docker_images(r: &BlobReader<'_>) -> Result<Vec<FoundImage>, ImageError> 
             )));
         }
         let staged = |p: &str, what: &str| {
-            r.archive.file(p).cloned().ok_or_else(|| {
+            r.by_path(p).ok_or_else(|| {
                 ImageError::InvalidArchive(format!(
                     "manifest.json names {what} {p:?}, which is not in the archive"
                 ))

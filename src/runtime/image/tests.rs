@@ -348,6 +348,56 @@ fn docker_save_import_with_several_tags_and_layers() {
 }
 
 #[test]
+fn docker_save_with_blob_paths_and_symlinked_layers_reimports() {
+    require_root();
+    // Docker 25+ names files blobs/sha256/<hex>; older versions symlink a repeated layer.tar.
+    let t = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(&t.path().join("images")).unwrap();
+    let l0 = layer(&[E::File("a", b"a", 0o644)]);
+    let l1 = layer(&[E::File("b", b"b", 0o644)]);
+    let diff_ids = vec![
+        format!("sha256:{}", sha(&l0)),
+        format!("sha256:{}", sha(&l1)),
+    ];
+    let config = config_json(&diff_ids, &["sh"]);
+    let chex = sha(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": format!("blobs/sha256/{chex}"),
+        "RepoTags": ["shoal.test/new:1"],
+        "Layers": [format!("blobs/sha256/{}", sha(&l0)), "old/layer.tar"],
+    }]))
+    .unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    for (p, data) in [
+        (format!("blobs/sha256/{chex}"), config),
+        (format!("blobs/sha256/{}", sha(&l0)), l0.clone()),
+        (format!("blobs/sha256/{}", sha(&l1)), l1.clone()),
+        ("manifest.json".to_string(), manifest),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(&p).unwrap();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, data.as_slice()).unwrap();
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_path("old/layer.tar").unwrap();
+    h.set_link_name(format!("../blobs/sha256/{}", sha(&l1)))
+        .unwrap();
+    h.set_size(0);
+    h.set_cksum();
+    b.append(&h, std::io::empty()).unwrap();
+    let a = write(t.path(), "new.tar", &b.into_inner().unwrap());
+    let first = store.import(&a).unwrap();
+    let img = store.resolve("shoal.test/new:1").unwrap();
+    assert_eq!(std::fs::read(img.layers[1].join("b")).unwrap(), b"b");
+    // The second time every blob is in the store already and is not read from the archive.
+    assert_eq!(store.import(&a).unwrap(), first);
+}
+
+#[test]
 fn tampered_blob_is_refused_and_nothing_is_stored() {
     let t = tempfile::tempdir().unwrap();
     let store = ImageStore::open(&t.path().join("images")).unwrap();
