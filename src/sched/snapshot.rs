@@ -248,8 +248,16 @@ impl Snapshot {
     }
 }
 
-/// Applies the cluster-document writes of a plan. Returns how many changed the document.
+/// Applies the cluster-document writes of a plan as one change. Returns how many changed the
+/// document.
 pub fn apply_writes(doc: &mut ClusterDoc, writes: &[Write]) -> Result<usize, StateError> {
+    doc.set_batching(true);
+    let out = apply_each(doc, writes);
+    doc.set_batching(false);
+    out
+}
+
+fn apply_each(doc: &mut ClusterDoc, writes: &[Write]) -> Result<usize, StateError> {
     let mut changed = 0;
     for w in writes {
         let did = match w {

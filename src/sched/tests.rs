@@ -830,3 +830,22 @@ fn overcommit_from_concurrent_leaders_is_repaired() {
         "some pair of views produced an overcommit to repair"
     );
 }
+
+#[test]
+fn a_plan_is_one_change() {
+    let nodes: Vec<NodeRecord> = (0..3)
+        .map(|i| node(&format!("n{i}"), "4", "8Gi", 110))
+        .collect();
+    let s = snapshot(vec![deployment("web", 5, "100m", "64Mi")], nodes);
+    let mut d = doc_of(&s, 1);
+    let before = d.heads();
+    let plan = reconcile(
+        &Snapshot::from_doc(&d, s.liveness.clone(), BTreeMap::new()),
+        &ctx("n0", 1),
+    );
+    assert_eq!(apply_writes(&mut d, &plan.writes).unwrap(), 11);
+    assert_eq!(d.changes_since(&before).len(), 1);
+    let after = Snapshot::from_doc(&d, s.liveness.clone(), BTreeMap::new());
+    assert_eq!(after.pods.len(), 5);
+    assert_eq!(after.bindings.len(), 5);
+}

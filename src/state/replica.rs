@@ -35,18 +35,22 @@ fn bytes_of<'a>(value: &'a ValueRef<'a>) -> Option<&'a [u8]> {
 
 pub struct Replica {
     doc: AutoCommit,
+    /// Writes accumulate in one change until the batch ends (see [`Replica::set_batching`]).
+    batching: bool,
 }
 
 impl Replica {
     pub fn empty(actor: ActorId) -> Self {
         Replica {
             doc: AutoCommit::new().with_actor(actor),
+            batching: false,
         }
     }
 
     pub fn load(bytes: &[u8], actor: ActorId) -> Result<Self, StateError> {
         Ok(Replica {
             doc: AutoCommit::load(bytes)?.with_actor(actor),
+            batching: false,
         })
     }
 
@@ -74,6 +78,15 @@ impl Replica {
         self.doc.is_empty()
     }
 
+    /// While on, writes are not committed one by one; turning it off commits them as one
+    /// change (one history entry, one change to push), e.g. a controller's whole plan.
+    pub fn set_batching(&mut self, on: bool) {
+        self.batching = on;
+        if !on {
+            self.doc.commit();
+        }
+    }
+
     pub fn set_actor(&mut self, actor: ActorId) {
         self.doc.set_actor(actor);
     }
@@ -94,7 +107,9 @@ impl Replica {
             return Err(StateError::TooLarge(bytes.len()));
         }
         self.doc.put(ROOT, key, bytes)?;
-        self.doc.commit();
+        if !self.batching {
+            self.doc.commit();
+        }
         Ok(())
     }
 
@@ -103,7 +118,9 @@ impl Replica {
             return Ok(false);
         }
         self.doc.delete(ROOT, key)?;
-        self.doc.commit();
+        if !self.batching {
+            self.doc.commit();
+        }
         Ok(true)
     }
 
@@ -193,6 +210,9 @@ impl Replica {
             }
         }
         fresh.commit_with(automerge::transaction::CommitOptions::default().with_time(0));
-        Ok(Replica { doc: fresh })
+        Ok(Replica {
+            doc: fresh,
+            batching: false,
+        })
     }
 }
