@@ -205,9 +205,19 @@ pub async fn run(
 
     let controllers_task = tokio::spawn(controllers::run(shared.clone(), stopped(stop_rx.clone())));
 
+    let kubelet_task = tokio::spawn(crate::kubelet::run(
+        shared.clone(),
+        crate::kubelet::KubeletConfig {
+            runtime: crate::runtime::RuntimeConfig::from_env(dir.root(), &settings.name),
+            node_ip: advertise.to_string(),
+        },
+        stopped(stop_rx.clone()),
+    ));
+
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
+    let _ = kubelet_task.await;
     let _ = controllers_task.await;
     let api = api_task
         .await

@@ -1,3 +1,510 @@
 //! The kubelet role: runs the pods whose winning binding names this node. A pure planner
 //! (desired pods + observed runtime state + time → actions and status transitions) and the
 //! shell loop that feeds it and carries its actions out through `crate::runtime`.
+
+pub mod plan;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::agent::shared::Shared;
+use crate::api::{LogRequest, LogStream};
+use crate::model::workload::{keys, InvolvedObject, PodStatusRecord, PODS};
+use crate::runtime::image::ImageStore;
+use crate::runtime::logs::{find_target, read_logs, LogError};
+use crate::runtime::pods::StartOutcome;
+use crate::runtime::{ImageInfo, PodMeta, Runtime, RuntimeConfig};
+use plan::{Action, DesiredPod, Inputs, Planner};
+
+/// At most this many runtime actions run at once.
+pub const MAX_PARALLEL_ACTIONS: usize = 16;
+/// A planning round runs at least this often.
+const TICK: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug)]
+pub struct KubeletConfig {
+    pub runtime: RuntimeConfig,
+    /// The node's address (`status.hostIP`).
+    pub node_ip: String,
+}
+
+/// The pods this node should run, from the merged document: those whose winning binding names
+/// this node for the pod's current uid, and those whose `spec.nodeName` is this node. Keyed
+/// by binding id (uid for `nodeName` pods).
+pub fn desired_pods(shared: &Shared) -> BTreeMap<String, DesiredPod> {
+    let node = &shared.node_name;
+    let doc = shared.doc();
+    let mut out = BTreeMap::new();
+    for (path, value) in doc.list_objects(PODS, None) {
+        let Ok(pod) = serde_json::from_value::<Pod>(value) else {
+            continue;
+        };
+        let ns = path.namespace.clone().unwrap_or_else(|| "default".into());
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+        let key = if node_name.as_deref() == Some(node.as_str()) {
+            Some(uid.clone())
+        } else if node_name.is_none() {
+            doc.binding(&ns, &path.name)
+                .ok()
+                .flatten()
+                .filter(|b| &b.node == node && b.pod_uid == uid)
+                .map(|b| b.id)
+        } else {
+            None
+        };
+        if let Some(key) = key.filter(|k| crate::runtime::check_component("pod key", k).is_ok()) {
+            out.insert(key.clone(), DesiredPod { key, pod });
+        }
+    }
+    out
+}
+
+/// Resolves image references through the node's store (`None` = no store on this node).
+struct Images {
+    store: Option<ImageStore>,
+}
+
+impl Images {
+    fn resolve(&self, reference: &str) -> Result<ImageInfo, String> {
+        let missing =
+            || format!("Container image \"{reference}\" is not present with pull policy of Never");
+        let store = self.store.as_ref().ok_or_else(missing)?;
+        match store.resolve(reference) {
+            Ok(r) => Ok(ImageInfo {
+                reference: r.reference,
+                digest: r.digest,
+                entrypoint: r.config.entrypoint,
+                cmd: r.config.cmd,
+                env: r.config.env,
+                working_dir: r.config.working_dir,
+                user: r.config.user,
+                layers: r.layers,
+            }),
+            Err(crate::runtime::image::ImageError::NotFound(_)) => Err(missing()),
+            Err(e) => Err(format!("image {reference}: {e}")),
+        }
+    }
+}
+
+struct Shell {
+    shared: Arc<Shared>,
+    runtime: Arc<Runtime>,
+    images: Arc<Images>,
+    node_ip: String,
+    planner: Planner,
+    busy: Arc<Mutex<BTreeSet<String>>>,
+    permits: Arc<Semaphore>,
+    wake_tx: mpsc::Sender<()>,
+}
+
+/// Runs the kubelet until `shutdown` resolves. Containers keep running after it returns.
+pub async fn run(
+    shared: Arc<Shared>,
+    config: KubeletConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) {
+    tokio::pin!(shutdown);
+    let mut changes = shared.subscribe();
+    // Act only on a document that holds the cluster (a joiner waits for its first sync):
+    // an empty document would make every running pod look deleted.
+    loop {
+        if shared.doc().meta().ok().flatten().is_some() {
+            break;
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::timeout(TICK, changes.changed()) => {}
+        }
+    }
+    let runtime = Arc::new(Runtime::new(config.runtime.clone()));
+    let store = match ImageStore::open(&config.runtime.data_dir.join("images")) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(%e, "no image store: pods will wait for their images");
+            None
+        }
+    };
+    {
+        let rt = runtime.clone();
+        match tokio::task::spawn_blocking(move || rt.sweep_orphans()).await {
+            Ok(Ok(ids)) if !ids.is_empty() => {
+                tracing::info!(?ids, "deleted orphaned runc containers")
+            }
+            Ok(Err(e)) => tracing::warn!(%e, "runc list failed"),
+            _ => {}
+        }
+    }
+    let (wake_tx, mut wake_rx) = mpsc::channel(64);
+    let mut shell = Shell {
+        shared,
+        runtime,
+        images: Arc::new(Images { store }),
+        node_ip: config.node_ip,
+        planner: Planner::new(),
+        busy: Arc::new(Mutex::new(BTreeSet::new())),
+        permits: Arc::new(Semaphore::new(MAX_PARALLEL_ACTIONS)),
+        wake_tx,
+    };
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            _ = wake_rx.recv() => {}
+            _ = changes.changed() => {}
+            _ = tick.tick() => {}
+        }
+        while wake_rx.try_recv().is_ok() {}
+        shell.round().await;
+    }
+    tracing::info!("kubelet stopped (containers keep running)");
+}
+
+impl Shell {
+    fn busy(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.busy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn round(&mut self) {
+        let desired = desired_pods(&self.shared);
+        let rt = self.runtime.clone();
+        let Ok(observed) = tokio::task::spawn_blocking(move || rt.observe()).await else {
+            return;
+        };
+        let mut images: BTreeMap<String, Option<String>> = BTreeMap::new();
+        let mut resolved: BTreeMap<String, ImageInfo> = BTreeMap::new();
+        for d in desired.values() {
+            for c in d.containers() {
+                let image = c.image.clone().unwrap_or_default();
+                if images.contains_key(&image) {
+                    continue;
+                }
+                match self.images.resolve(&image) {
+                    Ok(info) => {
+                        resolved.insert(image.clone(), info);
+                        images.insert(image, None);
+                    }
+                    Err(why) => {
+                        images.insert(image, Some(why));
+                    }
+                }
+            }
+        }
+        let recorded: BTreeMap<(String, String), PodStatusRecord> = {
+            let docs = self.shared.status_docs();
+            docs.get(&self.shared.node_name)
+                .map(|d| d.entries::<PodStatusRecord>(keys::POD_STATUS_PREFIX))
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(k, r)| {
+                    let (ns, name) = keys::split(&k, keys::POD_STATUS_PREFIX)?;
+                    Some(((ns.to_string(), name.to_string()), r))
+                })
+                .collect()
+        };
+        let busy = self.busy().clone();
+        let actions = self.planner.plan(&Inputs {
+            desired: &desired,
+            observed: &observed,
+            images: &images,
+            recorded: &recorded,
+            busy: &busy,
+            node_ip: &self.node_ip,
+            now: chrono::Utc::now(),
+        });
+        for action in actions {
+            self.execute(action, &desired, &observed, &resolved);
+        }
+    }
+
+    fn execute(
+        &self,
+        action: Action,
+        desired: &BTreeMap<String, DesiredPod>,
+        observed: &BTreeMap<String, crate::runtime::ObservedPod>,
+        images: &BTreeMap<String, ImageInfo>,
+    ) {
+        match action {
+            Action::WriteStatus {
+                namespace,
+                name,
+                record,
+            } => {
+                if let Err(e) = self
+                    .shared
+                    .write_status(|d| d.put(&keys::pod_status(&namespace, &name), &record))
+                {
+                    tracing::warn!(%e, %namespace, %name, "writing pod status");
+                }
+            }
+            Action::DeleteStatus { namespace, name } => {
+                if let Err(e) = self
+                    .shared
+                    .write_status(|d| d.delete(&keys::pod_status(&namespace, &name)))
+                {
+                    tracing::warn!(%e, %namespace, %name, "deleting pod status");
+                }
+            }
+            Action::Event {
+                target,
+                warning,
+                reason,
+                message,
+            } => {
+                record_event(&self.shared, &target, warning, &reason, &message);
+            }
+            Action::CreateSandbox { key } => {
+                let Some(d) = desired.get(&key) else { return };
+                let meta = PodMeta {
+                    key: key.clone(),
+                    namespace: d.namespace(),
+                    name: d.name(),
+                    uid: d.uid(),
+                    grace_seconds: d.grace_seconds(),
+                    created_at: observed
+                        .get(&key)
+                        .map(|o| o.meta.created_at)
+                        .unwrap_or_else(chrono::Utc::now),
+                };
+                let target = plan::EventTarget {
+                    namespace: meta.namespace.clone(),
+                    name: meta.name.clone(),
+                    uid: meta.uid.clone(),
+                };
+                self.spawn(key, move |rt, shared| {
+                    if let Err(e) = rt.create_sandbox(&meta) {
+                        tracing::warn!(%e, pod = %meta.name, "creating the sandbox");
+                        record_event(
+                            &shared,
+                            &target,
+                            true,
+                            "FailedCreatePodSandBox",
+                            &format!("Failed to create pod sandbox: {e}"),
+                        );
+                    }
+                    None
+                });
+            }
+            Action::StartContainer {
+                key,
+                container,
+                restart,
+            } => {
+                let Some(d) = desired.get(&key) else { return };
+                let Some(c) = d.containers().iter().find(|c| c.name == container).cloned() else {
+                    return;
+                };
+                let Some(image) = images.get(c.image.as_deref().unwrap_or_default()).cloned()
+                else {
+                    return;
+                };
+                let pod = d.pod.clone();
+                let target = plan::EventTarget {
+                    namespace: d.namespace(),
+                    name: d.name(),
+                    uid: d.uid(),
+                };
+                self.spawn(key.clone(), move |rt, shared| {
+                    if restart > 1 {
+                        rt.prune_attempts(&key, &container, restart);
+                    }
+                    match rt.start_container(&key, &pod, &c, &image, restart) {
+                        Ok(StartOutcome::Started { exit }) => {
+                            record_event(
+                                &shared,
+                                &target,
+                                false,
+                                "Pulled",
+                                &format!(
+                                    "Container image \"{}\" already present on machine",
+                                    image.reference
+                                ),
+                            );
+                            record_event(
+                                &shared,
+                                &target,
+                                false,
+                                "Created",
+                                &format!("Created container {container}"),
+                            );
+                            record_event(
+                                &shared,
+                                &target,
+                                false,
+                                "Started",
+                                &format!("Started container {container}"),
+                            );
+                            Some(exit)
+                        }
+                        Ok(StartOutcome::Failed { message }) => {
+                            record_event(
+                                &shared,
+                                &target,
+                                true,
+                                "Failed",
+                                &format!("Error: {message}"),
+                            );
+                            None
+                        }
+                        Err(e) => {
+                            tracing::warn!(%e, %container, "starting a container");
+                            record_event(&shared, &target, true, "Failed", &format!("Error: {e}"));
+                            None
+                        }
+                    }
+                });
+            }
+            Action::KillContainer {
+                key,
+                container,
+                restart,
+                signal,
+            } => {
+                self.spawn(key, move |rt, _| {
+                    if let Err(e) = rt.kill_container_attempt(&container, restart, signal) {
+                        tracing::warn!(%e, %container, "signalling a container");
+                    }
+                    None
+                });
+            }
+            Action::RemovePod { key } => {
+                self.spawn(key.clone(), move |rt, _| {
+                    if let Err(e) = rt.runtime.remove_pod(&key, Duration::from_secs(10)) {
+                        tracing::warn!(%e, %key, "removing a pod");
+                    }
+                    None
+                });
+            }
+        }
+    }
+
+    /// Runs a blocking runtime action for pod `key` (one at a time per pod, bounded overall).
+    /// A returned shim pipe is watched: its EOF (the shim exited) wakes the loop.
+    fn spawn(
+        &self,
+        key: String,
+        f: impl FnOnce(&PodRuntime, Arc<Shared>) -> Option<std::process::ChildStdout> + Send + 'static,
+    ) {
+        if !self.busy().insert(key.clone()) {
+            return;
+        }
+        let rt = PodRuntime {
+            runtime: self.runtime.clone(),
+            key: key.clone(),
+        };
+        let shared = self.shared.clone();
+        let permits = self.permits.clone();
+        let busy = self.busy.clone();
+        let wake = self.wake_tx.clone();
+        tokio::spawn(async move {
+            let permit = permits.acquire_owned().await;
+            let exit = tokio::task::spawn_blocking(move || f(&rt, shared))
+                .await
+                .ok()
+                .flatten();
+            drop(permit);
+            busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            let _ = wake.try_send(());
+            if let Some(exit) = exit {
+                if let Ok(mut pipe) = tokio::process::ChildStdout::from_std(exit) {
+                    let mut sink = Vec::new();
+                    let _ = tokio::io::AsyncReadExt::read_to_end(&mut pipe, &mut sink).await;
+                }
+                let _ = wake.try_send(());
+            }
+        });
+    }
+}
+
+/// The runtime, for one pod.
+struct PodRuntime {
+    runtime: Arc<Runtime>,
+    key: String,
+}
+
+impl std::ops::Deref for PodRuntime {
+    type Target = Runtime;
+    fn deref(&self) -> &Runtime {
+        &self.runtime
+    }
+}
+
+impl PodRuntime {
+    fn kill_container_attempt(
+        &self,
+        container: &str,
+        restart: u32,
+        signal: plan::Signal,
+    ) -> Result<(), crate::runtime::RuntimeError> {
+        self.runtime
+            .kill_container(&self.key, container, restart, signal.as_runc())
+    }
+}
+
+fn record_event(
+    shared: &Shared,
+    target: &plan::EventTarget,
+    warning: bool,
+    reason: &str,
+    message: &str,
+) {
+    shared.record_event(
+        &InvolvedObject {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            namespace: target.namespace.clone(),
+            name: target.name.clone(),
+            uid: target.uid.clone(),
+        },
+        if warning { "Warning" } else { "Normal" },
+        reason,
+        message,
+        "kubelet",
+    );
+}
+
+/// `kubectl logs` on this node: finds the pod's dir under `<data>/pods` (the newest copy of
+/// `namespace/pod` if there are several), picks the container (the only one if not named),
+/// and streams its log as `req` asks.
+pub fn logs(data_dir: &Path, req: &LogRequest) -> Result<LogStream, LogError> {
+    let pods = crate::runtime::observe::observe_all(&data_dir.join("pods"));
+    let pod = pods
+        .values()
+        .filter(|p| p.meta.namespace == req.namespace && p.meta.name == req.pod)
+        .max_by_key(|p| p.meta.created_at)
+        .ok_or_else(|| {
+            LogError::NotFound(format!(
+                "pod {}/{} does not run on this node",
+                req.namespace, req.pod
+            ))
+        })?;
+    let container = match &req.container {
+        Some(c) => c.clone(),
+        None if pod.containers.len() == 1 => {
+            pod.containers.keys().next().cloned().unwrap_or_default()
+        }
+        None => {
+            let names: Vec<&str> = pod.containers.keys().map(String::as_str).collect();
+            return Err(LogError::BadRequest(format!(
+                "a container name must be specified for pod {}, choose one of: [{}]",
+                req.pod,
+                names.join(" ")
+            )));
+        }
+    };
+    crate::runtime::check_component("container name", &container)
+        .map_err(|e| LogError::BadRequest(e.to_string()))?;
+    let target = find_target(
+        &data_dir.join("pods").join(&pod.meta.key),
+        &container,
+        req.previous,
+    )?;
+    read_logs(target, req, chrono::Utc::now())
+}

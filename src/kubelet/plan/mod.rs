@@ -1,0 +1,445 @@
+//! The kubelet's pure planner: from the pods this node should run, what its runtime observes,
+//! the status it last recorded and the time, the actions to take (create a sandbox, start,
+//! kill, remove) and the status records and events to write. Deterministic: no clock, no I/O.
+//!
+//! **Invariant**: a copy is stopped only because the merged document says so (the pod is not
+//! desired here any more: deleted, bound elsewhere, another uid) — the planner never sees the
+//! membership view at all.
+
+mod status;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Duration, Utc};
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::model::workload::PodStatusRecord;
+use crate::runtime::{AttemptState, ObservedPod};
+
+pub use status::{container_status, pod_phase};
+
+/// First restart delay after the first one (which is immediate), doubled up to [`MAX_BACKOFF`].
+pub const INITIAL_BACKOFF: i64 = 10;
+pub const MAX_BACKOFF: i64 = 300;
+/// A container that ran this long resets its back-off.
+pub const BACKOFF_RESET: i64 = 600;
+
+/// A pod this node should run, keyed by its binding id (or uid for `spec.nodeName` pods).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DesiredPod {
+    pub key: String,
+    pub pod: Pod,
+}
+
+impl DesiredPod {
+    pub fn namespace(&self) -> String {
+        self.pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into())
+    }
+    pub fn name(&self) -> String {
+        self.pod.metadata.name.clone().unwrap_or_default()
+    }
+    pub fn uid(&self) -> String {
+        self.pod.metadata.uid.clone().unwrap_or_default()
+    }
+    pub fn grace_seconds(&self) -> u64 {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .and_then(|g| u64::try_from(g).ok())
+            .unwrap_or(30)
+    }
+    pub fn restart_policy(&self) -> &str {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.as_deref())
+            .unwrap_or("Always")
+    }
+    pub fn containers(&self) -> &[k8s_openapi::api::core::v1::Container] {
+        self.pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.as_slice())
+            .unwrap_or(&[])
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Signal {
+    Term,
+    Kill,
+}
+
+impl Signal {
+    pub fn as_runc(self) -> &'static str {
+        match self {
+            Signal::Term => "TERM",
+            Signal::Kill => "KILL",
+        }
+    }
+}
+
+/// The object an event is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventTarget {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    CreateSandbox {
+        key: String,
+    },
+    StartContainer {
+        key: String,
+        container: String,
+        restart: u32,
+    },
+    KillContainer {
+        key: String,
+        container: String,
+        restart: u32,
+        signal: Signal,
+    },
+    RemovePod {
+        key: String,
+    },
+    WriteStatus {
+        namespace: String,
+        name: String,
+        record: PodStatusRecord,
+    },
+    DeleteStatus {
+        namespace: String,
+        name: String,
+    },
+    Event {
+        target: EventTarget,
+        warning: bool,
+        reason: String,
+        message: String,
+    },
+}
+
+/// Everything one planning round sees.
+pub struct Inputs<'a> {
+    pub desired: &'a BTreeMap<String, DesiredPod>,
+    pub observed: &'a BTreeMap<String, ObservedPod>,
+    /// Image reference → `None` if present in the store, or why it cannot be used.
+    pub images: &'a BTreeMap<String, Option<String>>,
+    /// This node's status records, by `(namespace, name)`.
+    pub recorded: &'a BTreeMap<(String, String), PodStatusRecord>,
+    /// Pod keys with an action still being carried out: no new action for them this round.
+    pub busy: &'a BTreeSet<String>,
+    pub node_ip: &'a str,
+    pub now: DateTime<Utc>,
+}
+
+/// The planner's memory between rounds (rebuilt from the restart counts after an agent
+/// restart): current back-off per container, and when each stop began.
+#[derive(Clone, Debug, Default)]
+pub struct Planner {
+    backoff: BTreeMap<(String, String), i64>,
+    stopping: BTreeMap<String, DateTime<Utc>>,
+}
+
+/// The back-off after `restarts` restarts when nothing better is known.
+pub fn backoff_for(restarts: u32) -> i64 {
+    if restarts == 0 {
+        0
+    } else {
+        INITIAL_BACKOFF
+            .saturating_mul(1i64 << (restarts - 1).min(10))
+            .min(MAX_BACKOFF)
+    }
+}
+
+fn next_backoff(current: i64) -> i64 {
+    if current == 0 {
+        INITIAL_BACKOFF
+    } else {
+        current.saturating_mul(2).min(MAX_BACKOFF)
+    }
+}
+
+/// Whether `policy` restarts a container that exited with `code`.
+pub fn should_restart(policy: &str, code: i32) -> bool {
+    match policy {
+        "Never" => false,
+        "OnFailure" => code != 0,
+        _ => true,
+    }
+}
+
+/// What the planner decided for one container this round.
+pub(crate) struct ContainerPlan {
+    /// Start this restart number now.
+    pub start: Option<u32>,
+    /// Waiting in back-off for this many seconds.
+    pub backoff: Option<i64>,
+    /// The image is missing (message).
+    pub image_missing: Option<String>,
+}
+
+impl Planner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn plan(&mut self, input: &Inputs) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for (key, desired) in input.desired {
+            self.plan_desired(input, key, desired, &mut actions);
+        }
+        for (key, observed) in input.observed {
+            if !input.desired.contains_key(key) {
+                self.plan_stop(input, key, observed, &mut actions);
+            }
+        }
+        self.stopping
+            .retain(|k, _| input.observed.contains_key(k) && !input.desired.contains_key(k));
+        self.backoff
+            .retain(|(k, _), _| input.desired.contains_key(k));
+        // Status records of pods no longer here.
+        let here: BTreeSet<(String, String)> = input
+            .desired
+            .values()
+            .map(|d| (d.namespace(), d.name()))
+            .collect();
+        for (ns, name) in input.recorded.keys() {
+            if !here.contains(&(ns.clone(), name.clone())) {
+                actions.push(Action::DeleteStatus {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                });
+            }
+        }
+        actions
+    }
+
+    fn plan_desired(
+        &mut self,
+        input: &Inputs,
+        key: &str,
+        desired: &DesiredPod,
+        actions: &mut Vec<Action>,
+    ) {
+        let busy = input.busy.contains(key);
+        let observed = input.observed.get(key);
+        let target = EventTarget {
+            namespace: desired.namespace(),
+            name: desired.name(),
+            uid: desired.uid(),
+        };
+        let recorded = input
+            .recorded
+            .get(&(target.namespace.clone(), target.name.clone()));
+        let policy = desired.restart_policy().to_string();
+        let mut plans = BTreeMap::new();
+        for c in desired.containers() {
+            let image = c.image.clone().unwrap_or_default();
+            let image_missing = match input.images.get(&image) {
+                Some(None) => None,
+                Some(Some(why)) => Some(why.clone()),
+                None => Some(format!(
+                    "Container image \"{image}\" is not present with pull policy of Never"
+                )),
+            };
+            let latest = observed
+                .and_then(|o| o.containers.get(&c.name))
+                .map(|oc| &oc.latest);
+            let mut plan = ContainerPlan {
+                start: None,
+                backoff: None,
+                image_missing: None,
+            };
+            match latest.map(|a| (&a.state, a.restart)) {
+                None => {
+                    if image_missing.is_some() {
+                        plan.image_missing = image_missing;
+                    } else {
+                        plan.start = Some(0);
+                    }
+                }
+                Some((AttemptState::Exited(exit), restart))
+                    if should_restart(&policy, exit.exit_code) =>
+                {
+                    let bkey = (key.to_string(), c.name.clone());
+                    let mut delay = *self.backoff.get(&bkey).unwrap_or(&backoff_for(restart));
+                    let ran = exit
+                        .started_at
+                        .map(|s| exit.finished_at - s)
+                        .unwrap_or_default();
+                    if ran >= Duration::seconds(BACKOFF_RESET) {
+                        delay = 0;
+                    }
+                    if image_missing.is_some() {
+                        plan.image_missing = image_missing;
+                    } else if input.now >= exit.finished_at + Duration::seconds(delay) {
+                        plan.start = Some(restart + 1);
+                        if !busy {
+                            self.backoff.insert(bkey, next_backoff(delay));
+                        }
+                    } else {
+                        plan.backoff = Some(delay);
+                    }
+                }
+                Some(_) => {}
+            }
+            plans.insert(c.name.clone(), plan);
+        }
+
+        let sandbox_alive = observed.is_some_and(|o| o.sandbox.is_some());
+        if !busy {
+            let wants_start = plans.values().any(|p| p.start.is_some());
+            if !sandbox_alive && wants_start {
+                let running: Vec<(String, u32)> = observed
+                    .map(|o| {
+                        o.containers
+                            .iter()
+                            .filter(|(_, c)| matches!(c.latest.state, AttemptState::Running { .. }))
+                            .map(|(n, c)| (n.clone(), c.latest.restart))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if running.is_empty() {
+                    actions.push(Action::CreateSandbox {
+                        key: key.to_string(),
+                    });
+                } else {
+                    // The sandbox died under running containers: restart the pod cleanly.
+                    for (container, restart) in running {
+                        actions.push(Action::KillContainer {
+                            key: key.into(),
+                            container,
+                            restart,
+                            signal: Signal::Kill,
+                        });
+                    }
+                }
+            } else if sandbox_alive {
+                for (name, plan) in &plans {
+                    if let Some(restart) = plan.start {
+                        actions.push(Action::StartContainer {
+                            key: key.into(),
+                            container: name.clone(),
+                            restart,
+                        });
+                    }
+                }
+            }
+        }
+
+        let status = status::pod_status(desired, observed, &plans, input, recorded);
+        // Events on transitions of a container's waiting reason.
+        let old = recorded.map(|r| &r.status);
+        for c in desired.containers() {
+            let new_reason = status::waiting_reason(&status, &c.name);
+            let old_reason = old.and_then(|o| status::waiting_reason(o, &c.name));
+            let plan = &plans[&c.name];
+            if new_reason == old_reason {
+                continue;
+            }
+            match new_reason.as_deref() {
+                Some("CrashLoopBackOff") | Some("RunContainerError") => {
+                    actions.push(Action::Event {
+                        target: target.clone(),
+                        warning: true,
+                        reason: "BackOff".into(),
+                        message: format!(
+                            "Back-off restarting failed container {} in pod {}_{}({})",
+                            c.name, target.name, target.namespace, target.uid
+                        ),
+                    })
+                }
+                Some("ErrImageNeverPull") => actions.push(Action::Event {
+                    target: target.clone(),
+                    warning: true,
+                    reason: "ErrImageNeverPull".into(),
+                    message: plan.image_missing.clone().unwrap_or_default(),
+                }),
+                _ => {}
+            }
+        }
+        let record = PodStatusRecord {
+            binding: key.to_string(),
+            pod_uid: target.uid.clone(),
+            status,
+        };
+        if recorded != Some(&record) {
+            actions.push(Action::WriteStatus {
+                namespace: target.namespace,
+                name: target.name,
+                record,
+            });
+        }
+    }
+
+    fn plan_stop(
+        &mut self,
+        input: &Inputs,
+        key: &str,
+        observed: &ObservedPod,
+        actions: &mut Vec<Action>,
+    ) {
+        if input.busy.contains(key) {
+            return;
+        }
+        let live: Vec<(&String, u32)> = observed
+            .containers
+            .iter()
+            .filter(|(_, c)| !matches!(c.latest.state, AttemptState::Exited(_)))
+            .map(|(n, c)| (n, c.latest.restart))
+            .collect();
+        if live.is_empty() {
+            actions.push(Action::RemovePod { key: key.into() });
+            return;
+        }
+        let target = EventTarget {
+            namespace: observed.meta.namespace.clone(),
+            name: observed.meta.name.clone(),
+            uid: observed.meta.uid.clone(),
+        };
+        match self.stopping.get(key) {
+            None => {
+                self.stopping.insert(key.into(), input.now);
+                for (name, restart) in live {
+                    actions.push(Action::Event {
+                        target: target.clone(),
+                        warning: false,
+                        reason: "Killing".into(),
+                        message: format!("Stopping container {name}"),
+                    });
+                    actions.push(Action::KillContainer {
+                        key: key.into(),
+                        container: name.clone(),
+                        restart,
+                        signal: Signal::Term,
+                    });
+                }
+            }
+            Some(since) => {
+                let grace = i64::try_from(observed.meta.grace_seconds).unwrap_or(30);
+                if input.now >= *since + Duration::seconds(grace) {
+                    for (name, restart) in live {
+                        actions.push(Action::KillContainer {
+                            key: key.into(),
+                            container: name.clone(),
+                            restart,
+                            signal: Signal::Kill,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}

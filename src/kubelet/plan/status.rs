@@ -1,0 +1,238 @@
+//! The Kubernetes `PodStatus` the planner records: container states (waiting / running /
+//! terminated, lastState, restartCount, ready), the pod phase, conditions (transition times
+//! kept from the last record while a condition holds), hostIP and startTime.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Value};
+
+use super::{ContainerPlan, DesiredPod, Inputs};
+use crate::model::workload::PodStatusRecord;
+use crate::runtime::{AttemptState, ExitRecord, ObservedAttempt, ObservedPod};
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn terminated(e: &ExitRecord) -> Value {
+    let mut t = json!({
+        "exitCode": e.exit_code,
+        "reason": e.reason,
+        "finishedAt": ts(e.finished_at),
+    });
+    if let Some(s) = e.started_at {
+        t["startedAt"] = json!(ts(s));
+    }
+    if let Some(sig) = e.signal {
+        t["signal"] = json!(sig);
+    }
+    if let Some(m) = &e.message {
+        t["message"] = json!(m);
+    }
+    json!({"terminated": t})
+}
+
+fn state_of(a: &ObservedAttempt) -> Value {
+    match &a.state {
+        AttemptState::Creating => json!({"waiting": {"reason": "ContainerCreating"}}),
+        AttemptState::Running { started_at } => json!({"running": {"startedAt": ts(*started_at)}}),
+        AttemptState::Exited(e) => terminated(e),
+    }
+}
+
+/// One `containerStatuses` entry.
+pub fn container_status(
+    name: &str,
+    image: &str,
+    observed: Option<&crate::runtime::ObservedContainer>,
+    plan_backoff: Option<i64>,
+    image_missing: Option<&str>,
+    restarting: bool,
+    pod: (&str, &str, &str),
+) -> Value {
+    let (pod_name, ns, uid) = pod;
+    let (state, last, restarts) = match observed {
+        None => {
+            let waiting = match image_missing {
+                Some(m) => json!({"waiting": {"reason": "ErrImageNeverPull", "message": m}}),
+                None => json!({"waiting": {"reason": "ContainerCreating"}}),
+            };
+            (waiting, json!({}), 0)
+        }
+        Some(oc) => {
+            let previous = oc
+                .previous
+                .as_ref()
+                .map(state_of)
+                .unwrap_or_else(|| json!({}));
+            match (&oc.latest.state, plan_backoff, image_missing, restarting) {
+                (AttemptState::Exited(e), _, Some(m), _) => (
+                    json!({"waiting": {"reason": "ErrImageNeverPull", "message": m}}),
+                    terminated(e),
+                    oc.latest.restart,
+                ),
+                (AttemptState::Exited(e), Some(delay), _, _) => {
+                    let waiting = if e.reason == "StartError" {
+                        json!({"waiting": {"reason": "RunContainerError", "message": e.message.clone().unwrap_or_default()}})
+                    } else {
+                        json!({"waiting": {"reason": "CrashLoopBackOff", "message": format!(
+                            "back-off {} restarting failed container={name} pod={pod_name}_{ns}({uid})",
+                            human(delay)
+                        )}})
+                    };
+                    (waiting, terminated(e), oc.latest.restart)
+                }
+                (AttemptState::Exited(e), None, None, true) => (
+                    json!({"waiting": {"reason": "ContainerCreating"}}),
+                    terminated(e),
+                    oc.latest.restart,
+                ),
+                _ => (state_of(&oc.latest), previous, oc.latest.restart),
+            }
+        }
+    };
+    let running = state.get("running").is_some();
+    let mut status = json!({
+        "name": name,
+        "image": image,
+        "imageID": "",
+        "state": state,
+        "lastState": last,
+        "ready": running,
+        "started": running,
+        "restartCount": restarts,
+    });
+    if let Some(id) = observed.map(|oc| oc.latest.restart) {
+        status["containerID"] = json!(format!("runc://{pod_name}-{name}-{id}"));
+    }
+    status
+}
+
+fn human(secs: i64) -> String {
+    if secs >= 60 && secs % 60 == 0 {
+        format!("{}m0s", secs / 60)
+    } else if secs >= 60 {
+        format!("{}m{}s", secs / 60, secs % 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// Kubernetes' phase rules (kubelet `getPhase`) over the container statuses.
+pub fn pod_phase(statuses: &[Value], policy: &str) -> &'static str {
+    let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
+    for s in statuses {
+        let state = &s["state"];
+        if state.get("running").is_some() {
+            running += 1;
+        } else if let Some(t) = state.get("terminated") {
+            stopped += 1;
+            if t["exitCode"] == 0 {
+                succeeded += 1;
+            }
+        } else if s["lastState"].get("terminated").is_some() {
+            stopped += 1;
+        } else {
+            waiting += 1;
+        }
+    }
+    if waiting > 0 || statuses.is_empty() {
+        "Pending"
+    } else if running > 0 {
+        "Running"
+    } else if stopped > 0 {
+        match policy {
+            "Always" => "Running",
+            "OnFailure" if stopped == succeeded => "Succeeded",
+            "OnFailure" => "Running",
+            _ if stopped == succeeded => "Succeeded",
+            _ => "Failed",
+        }
+    } else {
+        "Pending"
+    }
+}
+
+/// `containerStatuses[name].state.waiting.reason` of a recorded status.
+pub fn waiting_reason(status: &Value, name: &str) -> Option<String> {
+    status["containerStatuses"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == name)?["state"]["waiting"]["reason"]
+        .as_str()
+        .map(str::to_string)
+}
+
+pub(crate) fn pod_status(
+    desired: &DesiredPod,
+    observed: Option<&ObservedPod>,
+    plans: &BTreeMap<String, ContainerPlan>,
+    input: &Inputs,
+    recorded: Option<&PodStatusRecord>,
+) -> Value {
+    let (name, ns, uid) = (desired.name(), desired.namespace(), desired.uid());
+    let statuses: Vec<Value> = desired
+        .containers()
+        .iter()
+        .map(|c| {
+            let plan = plans.get(&c.name);
+            container_status(
+                &c.name,
+                c.image.as_deref().unwrap_or_default(),
+                observed.and_then(|o| o.containers.get(&c.name)),
+                plan.and_then(|p| p.backoff),
+                plan.and_then(|p| p.image_missing.as_deref()),
+                plan.is_some_and(|p| p.start.is_some()),
+                (&name, &ns, &uid),
+            )
+        })
+        .collect();
+    let phase = pod_phase(&statuses, desired.restart_policy());
+    let all_ready = !statuses.is_empty() && statuses.iter().all(|s| s["ready"] == true);
+    let old_conditions = recorded
+        .map(|r| r.status["conditions"].clone())
+        .unwrap_or(Value::Null);
+    let condition = |kind: &str, ok: bool| {
+        let value = if ok { "True" } else { "False" };
+        let since = old_conditions
+            .as_array()
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|c| c["type"] == kind && c["status"] == value)
+            })
+            .and_then(|c| c["lastTransitionTime"].as_str().map(str::to_string))
+            .unwrap_or_else(|| ts(input.now));
+        let mut c = json!({"type": kind, "status": value, "lastTransitionTime": since, "lastProbeTime": null});
+        if !ok && (kind == "Ready" || kind == "ContainersReady") {
+            let not_ready: Vec<&str> = statuses
+                .iter()
+                .filter(|s| s["ready"] != true)
+                .filter_map(|s| s["name"].as_str())
+                .collect();
+            c["reason"] = json!("ContainersNotReady");
+            c["message"] = json!(format!(
+                "containers with unready status: [{}]",
+                not_ready.join(" ")
+            ));
+        }
+        c
+    };
+    let conditions = vec![
+        condition("PodScheduled", true),
+        condition("Initialized", true),
+        condition("ContainersReady", all_ready),
+        condition("Ready", all_ready),
+    ];
+    let mut status = json!({
+        "phase": phase,
+        "conditions": conditions,
+        "hostIP": input.node_ip,
+        "hostIPs": [{"ip": input.node_ip}],
+        "containerStatuses": statuses,
+    });
+    if let Some(o) = observed {
+        status["startTime"] = json!(ts(o.meta.created_at));
+    }
+    status
+}

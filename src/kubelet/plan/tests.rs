@@ -1,0 +1,507 @@
+//! Tests of the planner: start path, back-off schedule, restart policy matrix, adoption without
+//! restarts, stopping only on evidence, image-missing and start-error statuses, writes only on
+//! change.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use proptest::prelude::*;
+
+use super::*;
+use crate::runtime::{ExitRecord, ObservedAttempt, ObservedContainer, PodMeta, ProcessRecord};
+
+fn t(secs: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 29, 9, 0, 0).unwrap() + Duration::seconds(secs)
+}
+
+fn desired(policy: &str, containers: &[&str]) -> DesiredPod {
+    let cs: Vec<_> = containers
+        .iter()
+        .map(|n| serde_json::json!({"name": n, "image": "img:1"}))
+        .collect();
+    DesiredPod {
+        key: "b1".into(),
+        pod: serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "u1"},
+            "spec": {"restartPolicy": policy, "containers": cs, "terminationGracePeriodSeconds": 5}
+        }))
+        .unwrap(),
+    }
+}
+
+fn observed(containers: &[(&str, u32, AttemptState)], sandbox: bool) -> ObservedPod {
+    ObservedPod {
+        meta: PodMeta {
+            key: "b1".into(),
+            namespace: "default".into(),
+            name: "web".into(),
+            uid: "u1".into(),
+            grace_seconds: 5,
+            created_at: t(0),
+        },
+        sandbox: sandbox.then_some(ProcessRecord {
+            pid: 10,
+            start_time: 1,
+        }),
+        containers: containers
+            .iter()
+            .map(|(n, r, s)| {
+                (
+                    n.to_string(),
+                    ObservedContainer {
+                        latest: ObservedAttempt {
+                            restart: *r,
+                            state: s.clone(),
+                        },
+                        previous: None,
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+fn exited(code: i32, started: i64, finished: i64) -> AttemptState {
+    AttemptState::Exited(ExitRecord {
+        exit_code: code,
+        signal: None,
+        reason: if code == 0 {
+            "Completed".into()
+        } else {
+            "Error".into()
+        },
+        message: None,
+        started_at: Some(t(started)),
+        finished_at: t(finished),
+        oom_killed: false,
+    })
+}
+
+fn running(at: i64) -> AttemptState {
+    AttemptState::Running { started_at: t(at) }
+}
+
+struct World {
+    desired: BTreeMap<String, DesiredPod>,
+    observed: BTreeMap<String, ObservedPod>,
+    images: BTreeMap<String, Option<String>>,
+    recorded: BTreeMap<(String, String), PodStatusRecord>,
+    busy: BTreeSet<String>,
+}
+
+impl World {
+    fn new(d: Option<DesiredPod>, o: Option<ObservedPod>) -> Self {
+        World {
+            desired: d.into_iter().map(|d| (d.key.clone(), d)).collect(),
+            observed: o.into_iter().map(|o| (o.meta.key.clone(), o)).collect(),
+            images: [("img:1".to_string(), None)].into_iter().collect(),
+            recorded: BTreeMap::new(),
+            busy: BTreeSet::new(),
+        }
+    }
+
+    /// Plans at `now` and records written statuses (as the shell does).
+    fn plan(&mut self, planner: &mut Planner, now: DateTime<Utc>) -> Vec<Action> {
+        let actions = planner.plan(&Inputs {
+            desired: &self.desired,
+            observed: &self.observed,
+            images: &self.images,
+            recorded: &self.recorded,
+            busy: &self.busy,
+            node_ip: "10.0.0.1",
+            now,
+        });
+        for a in &actions {
+            match a {
+                Action::WriteStatus {
+                    namespace,
+                    name,
+                    record,
+                } => {
+                    self.recorded
+                        .insert((namespace.clone(), name.clone()), record.clone());
+                }
+                Action::DeleteStatus { namespace, name } => {
+                    self.recorded.remove(&(namespace.clone(), name.clone()));
+                }
+                _ => {}
+            }
+        }
+        actions
+    }
+
+    fn status(&self) -> &serde_json::Value {
+        &self.recorded[&("default".to_string(), "web".to_string())].status
+    }
+}
+
+fn runtime_actions(actions: &[Action]) -> Vec<&Action> {
+    actions
+        .iter()
+        .filter(|a| {
+            !matches!(
+                a,
+                Action::WriteStatus { .. } | Action::DeleteStatus { .. } | Action::Event { .. }
+            )
+        })
+        .collect()
+}
+
+fn starts(actions: &[Action]) -> Vec<(String, u32)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::StartContainer {
+                container, restart, ..
+            } => Some((container.clone(), *restart)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_new_pod_gets_a_sandbox_then_its_containers() {
+    let mut p = Planner::new();
+    let mut w = World::new(Some(desired("Always", &["a", "b"])), None);
+    let actions = w.plan(&mut p, t(0));
+    assert_eq!(
+        runtime_actions(&actions),
+        [&Action::CreateSandbox { key: "b1".into() }]
+    );
+    assert_eq!(w.status()["phase"], "Pending");
+    assert_eq!(
+        w.status()["containerStatuses"][0]["state"]["waiting"]["reason"],
+        "ContainerCreating"
+    );
+    assert_eq!(w.status()["hostIP"], "10.0.0.1");
+
+    w.observed.insert("b1".into(), observed(&[], true));
+    let actions = w.plan(&mut p, t(1));
+    assert_eq!(
+        starts(&actions),
+        [("a".to_string(), 0), ("b".to_string(), 0)]
+    );
+
+    w.observed.insert(
+        "b1".into(),
+        observed(&[("a", 0, running(1)), ("b", 0, running(1))], true),
+    );
+    let actions = w.plan(&mut p, t(2));
+    assert!(runtime_actions(&actions).is_empty());
+    assert_eq!(w.status()["phase"], "Running");
+    assert_eq!(w.status()["containerStatuses"][1]["ready"], true);
+    let ready = w.status()["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(ready["status"], "True");
+    // Nothing changed: nothing is written.
+    let again = w.plan(&mut p, t(30));
+    assert!(again.is_empty(), "{again:?}");
+}
+
+#[test]
+fn back_off_is_immediate_then_doubles_to_five_minutes() {
+    assert_eq!(
+        (0..8).map(backoff_for).collect::<Vec<_>>(),
+        [0, 10, 20, 40, 80, 160, 300, 300]
+    );
+    // Simulate a container that crashes 1 s after every start.
+    let mut p = Planner::new();
+    let mut w = World::new(Some(desired("Always", &["a"])), None);
+    let mut now = 0;
+    let mut restart = 0;
+    let mut waits = Vec::new();
+    w.observed
+        .insert("b1".into(), observed(&[("a", 0, exited(1, 0, 1))], true));
+    now += 1;
+    while restart < 8 {
+        let actions = w.plan(&mut p, t(now));
+        if let Some((_, r)) = starts(&actions).first() {
+            waits.push(now - (now_finished(&w)));
+            restart = *r;
+            w.observed.insert(
+                "b1".into(),
+                observed(&[("a", restart, exited(1, now, now + 1))], true),
+            );
+            now += 1;
+        } else {
+            let st = &w.status()["containerStatuses"][0];
+            assert_eq!(st["state"]["waiting"]["reason"], "CrashLoopBackOff");
+            assert_eq!(st["lastState"]["terminated"]["exitCode"], 1);
+            assert_eq!(st["restartCount"], restart);
+            now += 1;
+        }
+    }
+    assert_eq!(waits, [0, 10, 20, 40, 80, 160, 300, 300]);
+}
+
+fn now_finished(w: &World) -> i64 {
+    match &w.observed["b1"].containers["a"].latest.state {
+        AttemptState::Exited(e) => (e.finished_at - t(0)).num_seconds(),
+        _ => 0,
+    }
+}
+
+#[test]
+fn back_off_resets_after_ten_minutes_of_running() {
+    let mut p = Planner::new();
+    let mut w = World::new(
+        Some(desired("Always", &["a"])),
+        Some(observed(&[("a", 5, exited(1, 0, 700))], true)),
+    );
+    assert_eq!(starts(&w.plan(&mut p, t(700))), [("a".to_string(), 6)]);
+}
+
+#[test]
+fn restart_policy_matrix() {
+    for (policy, code, restarts, phase) in [
+        ("Always", 0, true, "Running"),
+        ("Always", 1, true, "Running"),
+        ("OnFailure", 0, false, "Succeeded"),
+        ("OnFailure", 2, true, "Running"),
+        ("Never", 0, false, "Succeeded"),
+        ("Never", 3, false, "Failed"),
+    ] {
+        let mut p = Planner::new();
+        let mut w = World::new(
+            Some(desired(policy, &["a"])),
+            Some(observed(&[("a", 0, exited(code, 0, 1))], true)),
+        );
+        let actions = w.plan(&mut p, t(1));
+        assert_eq!(
+            !starts(&actions).is_empty(),
+            restarts,
+            "{policy} exit {code}"
+        );
+        if !restarts {
+            assert_eq!(w.status()["phase"], phase, "{policy} exit {code}");
+            assert_eq!(
+                w.status()["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+                code
+            );
+            let reason = if code == 0 { "Completed" } else { "Error" };
+            assert_eq!(
+                w.status()["containerStatuses"][0]["state"]["terminated"]["reason"],
+                reason
+            );
+        }
+    }
+}
+
+#[test]
+fn adoption_never_restarts_running_containers() {
+    // A fresh planner (the agent just restarted) over running containers: no action but status.
+    let mut p = Planner::new();
+    let mut w = World::new(
+        Some(desired("Always", &["a", "b"])),
+        Some(observed(
+            &[("a", 3, running(5)), ("b", 0, running(5))],
+            true,
+        )),
+    );
+    let actions = w.plan(&mut p, t(100));
+    assert!(runtime_actions(&actions).is_empty(), "{actions:?}");
+    assert_eq!(w.status()["containerStatuses"][0]["restartCount"], 3);
+    assert_eq!(w.status()["phase"], "Running");
+}
+
+#[test]
+fn a_lost_binding_stops_the_copy_gracefully_then_removes_it() {
+    let mut p = Planner::new();
+    let mut w = World::new(
+        None,
+        Some(observed(
+            &[("a", 0, running(0)), ("b", 0, exited(0, 0, 1))],
+            true,
+        )),
+    );
+    w.recorded.insert(
+        ("default".into(), "web".into()),
+        PodStatusRecord {
+            binding: "b1".into(),
+            pod_uid: "u1".into(),
+            status: serde_json::json!({}),
+        },
+    );
+    let actions = w.plan(&mut p, t(10));
+    assert!(actions.contains(&Action::KillContainer {
+        key: "b1".into(),
+        container: "a".into(),
+        restart: 0,
+        signal: Signal::Term
+    }));
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::Event { reason, .. } if reason == "Killing")));
+    assert!(actions.contains(&Action::DeleteStatus {
+        namespace: "default".into(),
+        name: "web".into()
+    }));
+    assert!(
+        runtime_actions(&w.plan(&mut p, t(12))).is_empty(),
+        "within the grace period"
+    );
+    assert_eq!(
+        runtime_actions(&w.plan(&mut p, t(15))),
+        [&Action::KillContainer {
+            key: "b1".into(),
+            container: "a".into(),
+            restart: 0,
+            signal: Signal::Kill
+        }]
+    );
+    w.observed
+        .insert("b1".into(), observed(&[("a", 0, exited(137, 0, 15))], true));
+    assert_eq!(
+        runtime_actions(&w.plan(&mut p, t(16))),
+        [&Action::RemovePod { key: "b1".into() }]
+    );
+}
+
+#[test]
+fn a_copy_that_is_still_desired_is_never_stopped() {
+    let mut p = Planner::new();
+    let mut w = World::new(
+        Some(desired("Always", &["a"])),
+        Some(observed(&[("a", 0, running(0))], true)),
+    );
+    for s in 0..100 {
+        let actions = w.plan(&mut p, t(s));
+        assert!(!actions
+            .iter()
+            .any(|a| matches!(a, Action::KillContainer { .. } | Action::RemovePod { .. })));
+    }
+}
+
+#[test]
+fn a_missing_image_waits_with_a_clear_reason_and_one_event() {
+    let mut p = Planner::new();
+    let mut w = World::new(Some(desired("Always", &["a"])), None);
+    w.images.clear();
+    let actions = w.plan(&mut p, t(0));
+    assert!(
+        runtime_actions(&actions).is_empty(),
+        "no sandbox without images"
+    );
+    let waiting = &w.status()["containerStatuses"][0]["state"]["waiting"];
+    assert_eq!(waiting["reason"], "ErrImageNeverPull");
+    assert!(waiting["message"].as_str().unwrap().contains("img:1"));
+    assert_eq!(w.status()["phase"], "Pending");
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Event { .. }))
+            .count(),
+        1
+    );
+    assert!(
+        w.plan(&mut p, t(1)).is_empty(),
+        "no repeated event or write"
+    );
+}
+
+#[test]
+fn a_start_error_is_reported_as_run_container_error() {
+    let mut p = Planner::new();
+    let failed = AttemptState::Exited(ExitRecord {
+        exit_code: 128,
+        signal: None,
+        reason: "StartError".into(),
+        message: Some("exec: \"nope\": executable file not found in $PATH".into()),
+        started_at: None,
+        finished_at: t(1),
+        oom_killed: false,
+    });
+    let mut w = World::new(
+        Some(desired("Always", &["a"])),
+        Some(observed(&[("a", 1, failed.clone())], true)),
+    );
+    let actions = w.plan(&mut p, t(2));
+    assert!(starts(&actions).is_empty(), "in back-off");
+    let st = &w.status()["containerStatuses"][0];
+    assert_eq!(st["state"]["waiting"]["reason"], "RunContainerError");
+    assert!(st["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("nope"));
+    assert_eq!(st["lastState"]["terminated"]["reason"], "StartError");
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::Event { reason, .. } if reason == "BackOff")));
+    // Never: a terminated StartError, phase Failed.
+    let mut w = World::new(
+        Some(desired("Never", &["a"])),
+        Some(observed(&[("a", 0, failed)], true)),
+    );
+    w.plan(&mut Planner::new(), t(2));
+    assert_eq!(
+        w.status()["containerStatuses"][0]["state"]["terminated"]["reason"],
+        "StartError"
+    );
+    assert_eq!(w.status()["phase"], "Failed");
+}
+
+#[test]
+fn busy_pods_get_no_new_actions() {
+    let mut p = Planner::new();
+    let mut w = World::new(Some(desired("Always", &["a"])), None);
+    w.busy.insert("b1".into());
+    assert!(runtime_actions(&w.plan(&mut p, t(0))).is_empty());
+}
+
+#[test]
+fn a_dead_sandbox_is_recreated_once_its_containers_are_gone() {
+    let mut p = Planner::new();
+    let mut w = World::new(
+        Some(desired("Always", &["a"])),
+        Some(observed(&[("a", 0, exited(137, 0, 5))], false)),
+    );
+    assert_eq!(
+        runtime_actions(&w.plan(&mut p, t(6))),
+        [&Action::CreateSandbox { key: "b1".into() }]
+    );
+}
+
+proptest! {
+    /// Whatever the containers' states, a desired pod is never killed or removed, a pod that
+    /// is not desired is never started, and the phase is one of Kubernetes' five.
+    #[test]
+    fn stopping_only_follows_the_desired_set(
+        states in proptest::collection::vec((0u32..5, 0u8..4, -2i32..3), 1..4),
+        is_desired in any::<bool>(),
+        policy in prop_oneof![Just("Always"), Just("OnFailure"), Just("Never")],
+        now in 0i64..2000,
+    ) {
+        let names = ["a", "b", "c", "d"];
+        let containers: Vec<(&str, u32, AttemptState)> = states
+            .iter()
+            .enumerate()
+            .map(|(i, (r, kind, code))| {
+                let s = match kind {
+                    0 => AttemptState::Creating,
+                    1 => running(0),
+                    _ => exited(*code, 0, 1),
+                };
+                (names[i], *r, s)
+            })
+            .collect();
+        let cnames: Vec<&str> = names[..containers.len()].to_vec();
+        let mut w = World::new(is_desired.then(|| desired(policy, &cnames)), Some(observed(&containers, true)));
+        let actions = w.plan(&mut Planner::new(), t(now));
+        for a in &actions {
+            match a {
+                Action::KillContainer { .. } | Action::RemovePod { .. } => prop_assert!(!is_desired),
+                Action::StartContainer { .. } | Action::CreateSandbox { .. } => prop_assert!(is_desired),
+                _ => {}
+            }
+        }
+        if is_desired {
+            let phase = w.status()["phase"].as_str().unwrap().to_string();
+            prop_assert!(["Pending", "Running", "Succeeded", "Failed"].contains(&phase.as_str()));
+        }
+    }
+}
