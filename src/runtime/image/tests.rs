@@ -526,6 +526,53 @@ fn whiteouts_become_overlay_whiteouts() {
 }
 
 #[test]
+fn pax_xattrs_user_kept_trusted_dropped() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(&t.path().join("images")).unwrap();
+    let record = |k: &str, v: &str| {
+        // "<len> <key>=<value>\n", the length counting itself.
+        let body = format!(" {k}={v}\n");
+        let mut n = body.len() + 1;
+        while format!("{n}{body}").len() != n {
+            n += 1;
+        }
+        format!("{n}{body}")
+    };
+    let pax = record("SCHILY.xattr.user.note", "hello")
+        + &record("SCHILY.xattr.trusted.overlay.opaque", "y");
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_path("PaxHeaders/f").unwrap();
+    h.set_entry_type(tar::EntryType::XHeader);
+    h.set_size(pax.len() as u64);
+    h.set_cksum();
+    b.append(&h, pax.as_bytes()).unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_path("f").unwrap();
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_cksum();
+    b.append(&h, &b"x"[..]).unwrap();
+    let built = oci(
+        "shoal.test/x:1",
+        &[b.into_inner().unwrap()],
+        false,
+        None,
+        false,
+    );
+    store
+        .import(&write(t.path(), "x.tar", &built.archive))
+        .unwrap();
+    let f = store.resolve("shoal.test/x:1").unwrap().layers[0].join("f");
+    assert_eq!(get_xattr(&f, "user.note").as_deref(), Some(&b"hello"[..]));
+    assert_eq!(get_xattr(&f, "trusted.overlay.opaque"), None);
+}
+
+#[test]
 fn reimport_is_idempotent_and_concurrent_imports_agree() {
     require_root();
     let t = tempfile::tempdir().unwrap();

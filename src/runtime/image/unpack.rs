@@ -149,6 +149,7 @@ pub fn unpack_layer(blob: &Path, dest: &Path, diff_id_hex: &str) -> Result<(), I
                 .map_err(|e| ImageError::InvalidArchive(format!("{layer}: entry path: {e}")))?
                 .into_owned();
             let rel = safe_relative(&raw).map_err(&bad)?;
+            let xattrs = pax_xattrs(&mut entry);
             let header = entry.header();
             let kind = header.entry_type();
             let mode = header.mode().unwrap_or(0o644) & 0o7777;
@@ -235,6 +236,10 @@ pub fn unpack_layer(blob: &Path, dest: &Path, diff_id_hex: &str) -> Result<(), I
                     })?;
                     drop(f);
                     set_meta(&target, Some(mode), uid, gid, mtime)?;
+                    // After chown, which drops file capabilities.
+                    for (name, value) in &xattrs {
+                        set_xattr(&target, name, value)?;
+                    }
                 }
                 T::Symlink => {
                     let link = entry
@@ -315,6 +320,23 @@ pub fn unpack_layer(blob: &Path, dest: &Path, diff_id_hex: &str) -> Result<(), I
         set_meta(&d.path, Some(d.mode), d.uid, d.gid, d.mtime)?;
     }
     Ok(())
+}
+
+/// Extended attributes a layer may carry (PAX `SCHILY.xattr.*`): file capabilities and the
+/// `user.` namespace. Others (`trusted.overlay.*` above all) would let a layer steer overlayfs.
+fn pax_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Vec<(String, Vec<u8>)> {
+    let Ok(Some(exts)) = entry.pax_extensions() else {
+        return Vec::new();
+    };
+    exts.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.key().ok()?.strip_prefix("SCHILY.xattr.")?;
+            let allowed = name == "security.capability" || name.starts_with("user.");
+            (allowed && name.len() <= 255 && e.value_bytes().len() <= 64 * 1024)
+                .then(|| (name.to_string(), e.value_bytes().to_vec()))
+        })
+        .take(64)
+        .collect()
 }
 
 fn id32(v: io::Result<u64>) -> Result<u32, String> {
