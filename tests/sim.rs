@@ -1,6 +1,6 @@
 //! Simulator scenarios for membership, epochs, leader choice and document replication.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
@@ -493,4 +493,228 @@ fn partitions_converge_over_seeds() {
         let heads: BTreeSet<_> = everyone.iter().map(|&i| sim.heads(i)).collect();
         assert_eq!(heads.len(), 1, "seed {seed}: identical heads");
     }
+}
+
+// ----- workloads: the controllers of every node on its own replica -----
+
+const DEPLOYMENTS: [(&str, i64); 8] = [
+    ("web", 500),
+    ("api", 400),
+    ("worker", 300),
+    ("cache", 250),
+    ("queue", 200),
+    ("search", 150),
+    ("mail", 120),
+    ("cron", 80),
+];
+
+fn deployment(name: &str, replicas: i64) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-deploy-{name}"), "generation": 1},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"containers": [{"name": "c", "image": "shoal.test/busybox:1",
+                                       "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}]}}}
+    })
+}
+
+fn set_replicas(sim: &mut Sim, via: usize, name: &str, replicas: i64) {
+    let d = deployment(name, replicas);
+    sim.user_write(via, |doc| {
+        doc.put_object("deployments.apps", Some("default"), name, &d)
+            .unwrap()
+    });
+}
+
+/// What must hold once the cluster is quiet, checked on one replica: every Deployment's
+/// current ReplicaSet has exactly its replicas, one pod per slot, each bound (binding for the
+/// pod's uid) to a node that is running; no other pods; no node over capacity. Returns a
+/// description of the first violation.
+fn workload_violations(
+    sim: &Sim,
+    node: usize,
+    want: &BTreeMap<&str, i64>,
+) -> Result<usize, String> {
+    use shoal::sched::{replicaset::slot_of, Snapshot};
+    let s = Snapshot::from_doc(sim.doc(node), BTreeMap::new(), BTreeMap::new());
+    let running: BTreeSet<String> = sim.names(sim.running());
+    let uid = |v: &serde_json::Value| v["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let owner = |v: &serde_json::Value| {
+        v["metadata"]["ownerReferences"][0]["uid"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut total = 0;
+    for d in &s.deployments {
+        let name = d["metadata"]["name"].as_str().unwrap_or("");
+        let replicas = want[name];
+        let sets: Vec<&serde_json::Value> = s
+            .replicasets
+            .iter()
+            .filter(|rs| owner(rs) == uid(d))
+            .collect();
+        let live: Vec<&&serde_json::Value> = sets
+            .iter()
+            .filter(|rs| rs["spec"]["replicas"].as_i64() != Some(0))
+            .collect();
+        if live.len() != 1 || live[0]["spec"]["replicas"].as_i64() != Some(replicas) {
+            return Err(format!("{name}: ReplicaSets {}", live.len()));
+        }
+        let rs_uid = uid(live[0]);
+        let pods: Vec<&serde_json::Value> = s.pods.iter().filter(|p| owner(p) == rs_uid).collect();
+        let slots: BTreeSet<usize> = pods.iter().filter_map(|p| slot_of(p)).collect();
+        if pods.len() as i64 != replicas || slots.len() as i64 != replicas {
+            return Err(format!(
+                "{name}: {} pods in {} slots, want {replicas}",
+                pods.len(),
+                slots.len()
+            ));
+        }
+        for p in pods {
+            let key = (
+                "default".to_string(),
+                p["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            );
+            match s.bindings.get(&key) {
+                None => return Err(format!("{name}: {} unbound", key.1)),
+                Some(b) if b.pod_uid != uid(p) => {
+                    return Err(format!("{name}: {} bound for another uid", key.1))
+                }
+                Some(b) if !running.contains(&b.node) => {
+                    return Err(format!("{name}: {} on dead node {}", key.1, b.node))
+                }
+                Some(_) => {}
+            }
+        }
+        total += replicas as usize;
+    }
+    if s.pods.len() != total || s.bindings.len() != total {
+        return Err(format!(
+            "{} pods and {} bindings, want {total}",
+            s.pods.len(),
+            s.bindings.len()
+        ));
+    }
+    let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+    for b in s.bindings.values() {
+        *per_node.entry(b.node.as_str()).or_default() += 1;
+    }
+    if let Some((n, c)) = per_node.iter().find(|(_, c)| **c > 80) {
+        return Err(format!("{n} holds {c} pods, over its 8 CPUs"));
+    }
+    Ok(total)
+}
+
+/// 200 nodes, 2,000 pods in 8 Deployments, every node running the controllers on its own
+/// replica (acting while it leads). Random kills (the leader among them), 2-3 way partitions
+/// with a Deployment scaled on one side, heals and restarts. After the last heal and a quiet
+/// period: every Deployment has exactly its replicas, one per slot, all bound to running nodes,
+/// none lost, none on a dead node, no node over capacity, all replicas identical.
+#[test]
+fn two_hundred_nodes_two_thousand_pods_survive_kills_and_partitions() {
+    let n = 200;
+    let wall = Instant::now();
+    let config = SimConfig {
+        drop_rate: 0.01,
+        controllers: Some(SEC),
+        ..SimConfig::default()
+    };
+    let mut sim = Sim::new(n, 0x5EED_0010, config, Instant::now());
+    let mut rng = ChaCha8Rng::seed_from_u64(0x10);
+    let everyone: Vec<usize> = (0..n).collect();
+    let names = all_names(&sim);
+    assert!(sim
+        .run_until(60 * SEC, SEC, |s| disagreeing(s, &everyone, &names)
+            .is_empty())
+        .is_some());
+    sim.register_nodes(&[("cpu", "8"), ("memory", "32Gi"), ("pods", "110")]);
+    let mut want: BTreeMap<&str, i64> = BTreeMap::new();
+    for (name, replicas) in DEPLOYMENTS {
+        let via = rng.gen_range(0..n);
+        set_replicas(&mut sim, via, name, replicas);
+        want.insert(name, replicas);
+    }
+    sim.run_for(20 * SEC);
+    let leader = sim.index_of(&sim.leader(0).unwrap()).unwrap();
+    assert_eq!(workload_violations(&sim, leader, &want), Ok(2000), "placed");
+
+    let mut killed: BTreeSet<usize> = BTreeSet::new();
+    for round in 0..3 {
+        // Kill a few nodes, the leader in the first round.
+        let mut victims: Vec<usize> = (0..n).filter(|i| !killed.contains(i)).collect();
+        victims.shuffle(&mut rng);
+        victims.truncate(6);
+        if round == 0 {
+            victims[0] = sim.index_of(&sim.leader(0).unwrap()).unwrap();
+        }
+        for &v in &victims {
+            sim.kill(v);
+            killed.insert(v);
+        }
+        sim.run_for(Duration::from_secs(rng.gen_range(15..=25)));
+        // Partition the survivors; scale a Deployment on one side.
+        let groups = random_groups(&mut rng, n);
+        sim.partition(&groups);
+        sim.run_for(10 * SEC);
+        let (name, _) = DEPLOYMENTS[rng.gen_range(0..DEPLOYMENTS.len())];
+        let replicas = rng.gen_range(50..=300);
+        let side = &groups[rng.gen_range(0..groups.len())];
+        let via = *side.iter().find(|i| !killed.contains(i)).unwrap();
+        set_replicas(&mut sim, via, name, replicas);
+        want.insert(name, replicas);
+        sim.run_for(Duration::from_secs(rng.gen_range(20..=30)));
+        sim.heal();
+        // Bring back some of the dead.
+        let back: Vec<usize> = killed
+            .iter()
+            .copied()
+            .filter(|_| rng.gen_bool(0.5))
+            .collect();
+        for v in back {
+            sim.revive(v);
+            killed.remove(&v);
+        }
+        sim.run_for(Duration::from_secs(rng.gen_range(10..=20)));
+    }
+
+    // Quiet: views reunite, replicas converge, the controllers finish.
+    let alive: Vec<usize> = (0..n).filter(|i| !killed.contains(i)).collect();
+    let expected = sim.names(alive.iter().copied());
+    let healed = sim.run_until(90 * SEC, SEC, |s| {
+        disagreeing(s, &alive, &expected).is_empty()
+    });
+    assert!(healed.is_some(), "views reunite");
+    let mut result = Err(String::new());
+    let quiet = sim.run_until(120 * SEC, 5 * SEC, |s| {
+        result = workload_violations(s, alive[0], &want);
+        result.is_ok()
+    });
+    assert!(quiet.is_some(), "workloads exact after heal: {result:?}");
+    sim.run_for(30 * SEC);
+    let heads: BTreeSet<_> = alive.iter().map(|&i| sim.heads(i)).collect();
+    assert_eq!(heads.len(), 1, "all replicas identical");
+    let total: i64 = want.values().sum();
+    for &i in &alive {
+        assert_eq!(
+            workload_violations(&sim, i, &want),
+            Ok(total as usize),
+            "replica {i}"
+        );
+    }
+    let stats = sim.workload_stats().clone();
+    assert!(stats.leaders.len() >= 2, "leadership moved: {stats:?}");
+    println!(
+        "sim200-workloads: {total} pods, {} killed at the end; {} reconcile rounds with writes by {} leaders, {} placements, {} binding deletes, {} object puts, {} object deletes; sim {:?}, wall {:?}",
+        killed.len(),
+        stats.rounds,
+        stats.leaders.len(),
+        stats.placements,
+        stats.binding_deletes,
+        stats.object_puts,
+        stats.object_deletes,
+        sim.elapsed(),
+        wall.elapsed()
+    );
 }

@@ -6,10 +6,17 @@
 //! A send to a node that is killed or on the other side of a partition is reported back with
 //! `handle_unreachable` after `unreachable_after`, as a real transport would. A paused node
 //! (SIGSTOP) neither ticks nor reads; its messages queue until it resumes.
+//!
+//! With `SimConfig::controllers` set, every node also runs the controllers' loop of the agent
+//! (`agent/controllers.rs`) on its own replica: when its view names it leader and its
+//! membership has settled, it reconciles (`sched::reconcile`) and pushes the plan's change to
+//! its live members (see `workload.rs`).
 
 mod replica;
+mod workload;
 
 pub use replica::{sync_pair, Replica};
+pub use workload::WorkloadStats;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -45,6 +52,9 @@ pub struct SimConfig {
     pub hiccup_every: Option<Duration>,
     /// Length of a stall, uniform in `[min, max]`.
     pub hiccup_len: (Duration, Duration),
+    /// Each node runs the controllers' loop this often (acting only while it leads); `None`:
+    /// no controllers.
+    pub controllers: Option<Duration>,
 }
 
 impl Default for SimConfig {
@@ -58,6 +68,7 @@ impl Default for SimConfig {
             anti_entropy_every: Duration::from_secs(3),
             hiccup_every: None,
             hiccup_len: (Duration::from_millis(100), Duration::from_millis(300)),
+            controllers: None,
         }
     }
 }
@@ -82,7 +93,7 @@ pub struct Observed {
 
 enum Payload {
     Membership(Message),
-    Change(Vec<u8>),
+    Changes(Vec<Vec<u8>>),
 }
 
 enum Event {
@@ -111,6 +122,9 @@ enum Event {
         node: usize,
         life: u64,
     },
+    Reconcile {
+        node: usize,
+    },
 }
 
 struct Node {
@@ -126,6 +140,8 @@ struct Node {
     replica: Replica,
     /// Paused by a hiccup (resumed by its end), not by the test.
     hiccup: bool,
+    /// The controllers' loop state of this life.
+    leader: workload::LeaderState,
 }
 
 /// The simulated cluster.
@@ -146,6 +162,7 @@ pub struct Sim {
     digest: Sha256,
     writes: u64,
     messages: u64,
+    stats: WorkloadStats,
 }
 
 impl Sim {
@@ -168,6 +185,7 @@ impl Sim {
             digest: Sha256::new(),
             writes: 0,
             messages: 0,
+            stats: WorkloadStats::default(),
             config,
         };
         for i in 0..n {
@@ -192,6 +210,7 @@ impl Sim {
                 inbox: Vec::new(),
                 replica: Replica::new(i),
                 hiccup: false,
+                leader: workload::LeaderState::new(Duration::ZERO),
             });
         }
         for i in 0..n {
@@ -205,6 +224,10 @@ impl Sim {
                 .anti_entropy_every
                 .mul_f64(sim.rng.gen_range(0.0..1.0));
             sim.schedule(base + jitter, Event::AntiEntropy { node: i });
+            if let Some(every) = sim.config.controllers {
+                let jitter = every.mul_f64(sim.rng.gen_range(0.0..1.0));
+                sim.schedule(base + jitter, Event::Reconcile { node: i });
+            }
             sim.schedule_hiccup(i);
         }
         if let Some(every) = sim.config.write_every {
@@ -314,6 +337,13 @@ impl Sim {
                     self.resume(node);
                 }
             }
+            Event::Reconcile { node } => {
+                self.controllers(node);
+                if let Some(every) = self.config.controllers {
+                    let at = self.now + every.mul_f64(self.rng.gen_range(0.75..1.25));
+                    self.schedule(at, Event::Reconcile { node });
+                }
+            }
         }
     }
 
@@ -346,8 +376,10 @@ impl Sim {
                     .handle_message(&name, &addr, msg, self.now);
                 self.after_input(to);
             }
-            Payload::Change(bytes) => {
-                self.nodes[to].replica.receive_change(&bytes);
+            Payload::Changes(changes) => {
+                for bytes in changes {
+                    self.nodes[to].replica.receive_change(&bytes);
+                }
             }
         }
     }
@@ -407,6 +439,9 @@ impl Sim {
 
     fn record(&mut self, node: usize, event: MembershipEvent) {
         let at = self.elapsed();
+        if matches!(event, MembershipEvent::ViewChanged(_)) {
+            self.nodes[node].leader.view_changed = at;
+        }
         self.digest
             .update(format!("{}|{}|{:?}\n", at.as_nanos(), node, event).as_bytes());
         self.observed.push(Observed { at, node, event });
@@ -432,9 +467,17 @@ impl Sim {
         let Some(change) = self.nodes[node].replica.write(&key, value) else {
             return;
         };
+        self.push(node, vec![change]);
+    }
+
+    /// Push locally made changes of `node` to its live members (lossy fast path).
+    fn push(&mut self, node: usize, changes: Vec<Vec<u8>>) {
+        if changes.is_empty() {
+            return;
+        }
         let peers: Vec<usize> = self.live_peers(node);
         for peer in peers {
-            self.send(node, peer, Payload::Change(change.clone()));
+            self.send(node, peer, Payload::Changes(changes.clone()));
         }
     }
 
@@ -525,10 +568,12 @@ impl Sim {
         let others: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| i != node && self.nodes[i].status == NodeStatus::Running)
             .collect();
+        let elapsed = self.now - self.base;
         let n = &mut self.nodes[node];
         n.core = core;
         n.status = NodeStatus::Running;
         n.replica.reset_sync();
+        n.leader = workload::LeaderState::new(elapsed);
         if let Some(&via) = others.choose(&mut self.rng) {
             let (via_name, via_addr) = (self.nodes[via].name.clone(), self.nodes[via].addr.clone());
             self.nodes[node].core.join(via_name, via_addr, self.now);

@@ -1,17 +1,20 @@
-//! A simulated node's replica of the cluster document: local writes, pushed changes, pairwise sync.
+//! A simulated node's replica of the cluster document (a real `ClusterDoc`): local writes,
+//! pushed changes, pairwise sync.
 
 use std::collections::BTreeMap;
 
-use automerge::sync::{State as SyncState, SyncDoc};
-use automerge::transaction::Transactable;
-use automerge::{ActorId, AutoCommit, ChangeHash, ReadDoc, ROOT};
+use automerge::sync::State as SyncState;
+use automerge::{ActorId, ChangeHash};
+
+use crate::sched::{self, Write};
+use crate::state::ClusterDoc;
 
 /// Most rounds one anti-entropy session may take before it is abandoned (it resumes next time).
 const MAX_SYNC_ROUNDS: usize = 32;
 
 /// One node's document and its per-peer sync states.
 pub struct Replica {
-    doc: AutoCommit,
+    doc: ClusterDoc,
     sync: BTreeMap<usize, SyncState>,
 }
 
@@ -21,25 +24,42 @@ impl Replica {
         let mut actor = [0u8; 16];
         actor[..8].copy_from_slice(b"shoalsim");
         actor[8..].copy_from_slice(&(node as u64).to_be_bytes());
-        let doc = AutoCommit::new().with_actor(ActorId::from(actor));
         Replica {
-            doc,
+            doc: ClusterDoc::empty(ActorId::from(actor)),
             sync: BTreeMap::new(),
         }
     }
 
     /// Write one key and return the encoded change, to push to peers.
     pub fn write(&mut self, key: &str, value: u64) -> Option<Vec<u8>> {
-        self.doc.put(ROOT, key, value).ok()?;
-        self.doc.commit();
-        self.doc
-            .get_last_local_change()
-            .map(|c| c.raw_bytes().to_vec())
+        let before = self.doc.heads();
+        self.doc.put_typed(key, &value).ok()?;
+        self.doc.changes_since(&before).pop()
+    }
+
+    /// Apply a plan's writes as one change; returns the changes to push.
+    pub fn apply(&mut self, writes: &[Write]) -> Vec<Vec<u8>> {
+        let before = self.doc.heads();
+        if sched::apply_writes(&mut self.doc, writes).is_err() {
+            return Vec::new();
+        }
+        self.doc.changes_since(&before)
+    }
+
+    /// Any write through the typed document; returns the changes to push.
+    pub fn edit(&mut self, f: impl FnOnce(&mut ClusterDoc)) -> Vec<Vec<u8>> {
+        let before = self.doc.heads();
+        f(&mut self.doc);
+        self.doc.changes_since(&before)
+    }
+
+    pub fn doc(&self) -> &ClusterDoc {
+        &self.doc
     }
 
     /// Apply a pushed change (changes whose dependencies are missing wait in automerge's queue).
     pub fn receive_change(&mut self, bytes: &[u8]) -> bool {
-        self.doc.load_incremental(bytes).is_ok()
+        self.doc.apply_pushed(&[bytes.to_vec()]).is_ok()
     }
 
     /// Forget sync states (a restarted process lost them).
@@ -48,13 +68,17 @@ impl Replica {
     }
 
     pub fn heads(&mut self) -> Vec<ChangeHash> {
-        let mut heads = self.doc.get_heads();
+        let mut heads = self.doc.heads();
         heads.sort();
         heads
     }
 
+    pub fn heads_digest(&mut self) -> u64 {
+        self.doc.heads_digest()
+    }
+
     pub fn len(&self) -> usize {
-        self.doc.length(ROOT)
+        self.doc.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -69,16 +93,16 @@ pub fn sync_pair(a: &mut Replica, ia: usize, b: &mut Replica, ib: usize) -> usiz
     for _ in 0..MAX_SYNC_ROUNDS {
         let mut progressed = false;
         let sa = a.sync.entry(ib).or_default();
-        if let Some(msg) = a.doc.sync().generate_sync_message(sa) {
+        if let Some(msg) = a.doc.generate_sync(sa) {
             let sb = b.sync.entry(ia).or_default();
-            let _ = b.doc.sync().receive_sync_message(sb, msg);
+            let _ = b.doc.receive_sync(sb, &msg);
             messages += 1;
             progressed = true;
         }
         let sb = b.sync.entry(ia).or_default();
-        if let Some(msg) = b.doc.sync().generate_sync_message(sb) {
+        if let Some(msg) = b.doc.generate_sync(sb) {
             let sa = a.sync.entry(ib).or_default();
-            let _ = a.doc.sync().receive_sync_message(sa, msg);
+            let _ = a.doc.receive_sync(sa, &msg);
             messages += 1;
             progressed = true;
         }
