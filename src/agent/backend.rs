@@ -69,8 +69,14 @@ impl AgentBackend {
 
     /// Streams the log of a pod this node runs.
     fn local_logs(&self, req: LogRequest) -> BoxFuture<'static, Result<LogStream, BackendError>> {
-        let _ = req;
-        Box::pin(async { Err(BackendError::Unavailable("the kubelet is not wired yet".into())) })
+        let data_dir = self.data_dir.clone();
+        Box::pin(async move {
+            // Scanning the pod directories and opening files is blocking work.
+            tokio::task::spawn_blocking(move || crate::kubelet::logs(&data_dir, &req))
+                .await
+                .map_err(|e| BackendError::Unavailable(format!("log reader: {e}")))?
+                .map_err(log_err)
+        })
     }
 
     /// Streams the log from the agent of `node` (its API, authenticated with the internal
@@ -143,6 +149,15 @@ impl AgentBackend {
             });
             Ok(Box::pin(stream) as LogStream)
         })
+    }
+}
+
+fn log_err(e: crate::runtime::logs::LogError) -> BackendError {
+    use crate::runtime::logs::LogError;
+    match e {
+        LogError::NotFound(m) => BackendError::NotFound(m),
+        LogError::BadRequest(m) => BackendError::Invalid(m),
+        other => BackendError::Unavailable(other.to_string()),
     }
 }
 
