@@ -290,6 +290,20 @@ impl Kube {
             .collect())
     }
 
+    /// Every node's containers, as `nK/id`.
+    pub fn runc_all(&self) -> Result<std::collections::BTreeSet<String>> {
+        let mut all = std::collections::BTreeSet::new();
+        for i in 0..self.nodes {
+            let node = self.node_name(i);
+            all.extend(
+                self.runc_ids(i)?
+                    .into_iter()
+                    .map(|id| format!("{node}/{id}")),
+            );
+        }
+        Ok(all)
+    }
+
     /// Containers over every node's runc root.
     pub fn runc_total(&self) -> Result<usize> {
         let mut n = 0;

@@ -2,7 +2,7 @@
 //! failover of a Deployment after kill -9 of a node, and a burst of pods from apply to Running
 //! and back to no container. They measure and report; nothing asserts on time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -42,13 +42,28 @@ fn spread(pods: &[PodInfo]) -> String {
         .join(", ")
 }
 
-/// Wait until the runc containers over all nodes number `want`; the time it took, or None.
-async fn wait_runc_total(kube: &Kube, want: usize, timeout: Duration) -> Option<Duration> {
+/// Wait until no runc container is left on any node but those of `before` (taken when the
+/// benchmark started); the time it took, or None.
+async fn wait_runc_back(
+    kube: &Kube,
+    before: &BTreeSet<String>,
+    timeout: Duration,
+) -> Option<Duration> {
     let t0 = Instant::now();
     poll_until(Duration::from_millis(100), timeout, || async {
-        (kube.runc_total().ok()? == want).then(|| t0.elapsed())
+        kube.runc_all()
+            .ok()?
+            .is_subset(before)
+            .then(|| t0.elapsed())
     })
     .await
+}
+
+/// How many containers outside `before` are still there (for the report when cleanup timed out).
+fn runc_left(kube: &Kube, before: &BTreeSet<String>) -> usize {
+    kube.runc_all()
+        .map(|now| now.difference(before).count())
+        .unwrap_or(0)
 }
 
 // ---- pod start -----------------------------------------------------------------------------
@@ -106,7 +121,7 @@ pub async fn pod_start(kube: &Kube, work: &Path, pods: usize, warmup: usize) -> 
     let tag = run_tag();
     let selector = format!("bench=ps-{tag}");
     let labels = json!({ "bench": format!("ps-{tag}") });
-    let base_runc = kube.runc_total()?;
+    let before = kube.runc_all()?;
     let mut bundle = Bundle::build(&work.join("bundle"), &find_busybox()?)?;
 
     let (rv, _) = kube.list_pods(0, &selector).await?;
@@ -172,9 +187,10 @@ pub async fn pod_start(kube: &Kube, work: &Path, pods: usize, warmup: usize) -> 
             eprintln!("{e:#}");
         }
     }
-    let deleted = wait_runc_total(kube, base_runc, Duration::from_secs(120))
+    let deleted = wait_runc_back(kube, &before, Duration::from_secs(120))
         .await
         .map(|_| t_del.elapsed());
+    let left = runc_left(kube, &before);
     let mut runc_remove = Vec::new();
     for i in 0..warmup + pods {
         let t = Instant::now();
@@ -222,9 +238,14 @@ pub async fn pod_start(kube: &Kube, work: &Path, pods: usize, warmup: usize) -> 
     );
     out += &format!("\npods per node: {}\n", spread(&placed));
     out += &format!(
-        "\ndelete all {} pods → no container left on any node (`runc list`): {}\n",
+        "\ndelete all {} pods → no container of theirs left on any node (`runc list`): {}{}\n",
         names.len(),
-        opt_s(deleted)
+        opt_s(deleted),
+        if deleted.is_none() {
+            format!(" within 120 s ({left} containers left)")
+        } else {
+            String::new()
+        }
     );
     if !failed.is_empty() {
         out += &format!("\nfailed: {}\n", failed.len());
@@ -349,7 +370,7 @@ pub async fn failover(kube: &Kube, replicas: usize, rounds: usize) -> Result<Str
     let tag = run_tag();
     let name = format!("fo-{tag}");
     let selector = format!("app={name}");
-    let base_runc = kube.runc_total()?;
+    let before = kube.runc_all()?;
     kube.create_deployment(0, &name, replicas).await?;
     let initial = await_exact(kube, &selector, replicas, None, Duration::from_secs(120)).await;
     // Containers of the deployment once it runs (one per pod, plus a sandbox container per pod if
@@ -439,7 +460,8 @@ pub async fn failover(kube: &Kube, replicas: usize, rounds: usize) -> Result<Str
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
     kube.delete_deployment(0, &name).await.ok();
-    let cleaned = wait_runc_total(kube, base_runc, Duration::from_secs(120)).await;
+    let cleaned = wait_runc_back(kube, &before, Duration::from_secs(120)).await;
+    let left = runc_left(kube, &before);
 
     let s = stats::summarize(&failover_times);
     let mut out = format!(
@@ -475,9 +497,14 @@ pub async fn failover(kube: &Kube, replicas: usize, rounds: usize) -> Result<Str
     out += &format!(
         "\ncreate → {replicas} Running (initial): {}; runc containers of the deployment: {}; delete → no container left: {}\n",
         opt_s(initial),
-        want_runc.map(|w| w.saturating_sub(base_runc).to_string()).unwrap_or_else(|| "?".into()),
+        want_runc.map(|w| w.saturating_sub(before.len()).to_string()).unwrap_or_else(|| "?".into()),
         opt_s(cleaned)
     );
+    if cleaned.is_none() {
+        out += &format!(
+            "- {left} containers of the deployment still on the nodes 120 s after the delete\n"
+        );
+    }
     for n in notes.iter().take(10) {
         out += &format!("- {n}\n");
     }
@@ -502,7 +529,7 @@ pub async fn burst(kube: &Kube, pods: usize, timeout_secs: u64) -> Result<String
     let tag = run_tag();
     let name = format!("burst-{tag}");
     let selector = format!("app={name}");
-    let base_runc = kube.runc_total()?;
+    let before = kube.runc_all()?;
     let timeout = Duration::from_secs(timeout_secs);
     let mut created = None;
     let mut scheduled = None;
@@ -547,14 +574,15 @@ pub async fn burst(kube: &Kube, pods: usize, timeout_secs: u64) -> Result<String
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let containers = kube.runc_total().unwrap_or(0).saturating_sub(base_runc);
+    let containers = runc_left(kube, &before);
     eprintln!("burst: all running {all:?}, {containers} containers");
 
     let t1 = Instant::now();
     kube.delete_deployment(0, &name).await?;
     let mut pods_gone = None;
     let mut runc_gone = None;
-    while t1.elapsed() < timeout && (pods_gone.is_none() || runc_gone.is_none()) {
+    let delete_timeout = timeout.min(Duration::from_secs(180));
+    while t1.elapsed() < delete_timeout && (pods_gone.is_none() || runc_gone.is_none()) {
         if pods_gone.is_none() {
             if let Ok((_, list)) = kube.list_pods(0, &selector).await {
                 if list.is_empty() {
@@ -562,7 +590,7 @@ pub async fn burst(kube: &Kube, pods: usize, timeout_secs: u64) -> Result<String
                 }
             }
         }
-        if runc_gone.is_none() && kube.runc_total().ok() == Some(base_runc) {
+        if runc_gone.is_none() && kube.runc_all().is_ok_and(|now| now.is_subset(&before)) {
             runc_gone = Some(t1.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -583,6 +611,13 @@ pub async fn burst(kube: &Kube, pods: usize, timeout_secs: u64) -> Result<String
         "| **DELETE → no container on any node** (`runc list`) | {} |\n",
         opt_s(runc_gone)
     );
+    if runc_gone.is_none() {
+        out += &format!(
+            "\n{} containers of the burst still on the nodes {} s after the delete\n",
+            runc_left(kube, &before),
+            delete_timeout.as_secs()
+        );
+    }
     out += &format!(
         "\nRunning at the end: {} of {pods}; containers at the end: {containers}; pods per node: {}; failed list requests: {list_errors}\n",
         last.iter().filter(|p| p.running()).count(),
