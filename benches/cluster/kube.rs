@@ -304,15 +304,6 @@ impl Kube {
         Ok(all)
     }
 
-    /// Containers over every node's runc root.
-    pub fn runc_total(&self) -> Result<usize> {
-        let mut n = 0;
-        for i in 0..self.nodes {
-            n += self.runc_ids(i)?.len();
-        }
-        Ok(n)
-    }
-
     /// Run a testnet script (`kill.sh`, `start.sh`) on node `i`.
     pub fn script(&self, name: &str, i: usize) -> Result<()> {
         let out = Command::new(self.scripts.join(name))

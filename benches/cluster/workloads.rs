@@ -327,12 +327,12 @@ async fn await_failover(
 }
 
 /// Exactly `replicas` pods Running (seen on n1) and, when given, `want_runc` containers over all
-/// nodes.
+/// nodes besides those of `before`.
 async fn await_exact(
     kube: &Kube,
     selector: &str,
     replicas: usize,
-    want_runc: Option<usize>,
+    want_runc: Option<(usize, &BTreeSet<String>)>,
     timeout: Duration,
 ) -> Option<Duration> {
     let t0 = Instant::now();
@@ -340,17 +340,22 @@ async fn await_exact(
         let (_, pods) = kube.list_pods(0, selector).await.ok()?;
         let ok = pods.len() == replicas
             && pods.iter().all(|p| p.running())
-            && want_runc.is_none_or(|w| kube.runc_total().ok() == Some(w));
+            && want_runc.is_none_or(|(w, before)| runc_left(kube, before) == w);
         ok.then(|| t0.elapsed())
     })
     .await
 }
 
-/// The runc container count once two samples 500 ms apart agree (None if it never settles).
-async fn settled_runc_total(kube: &Kube, timeout: Duration) -> Option<usize> {
-    let mut prev = kube.runc_total().ok()?;
+/// The count of containers besides those of `before` once two samples 500 ms apart agree (None
+/// if it never settles).
+async fn settled_runc_new(
+    kube: &Kube,
+    before: &BTreeSet<String>,
+    timeout: Duration,
+) -> Option<usize> {
+    let mut prev = runc_left(kube, before);
     poll_until(Duration::from_millis(500), timeout, || {
-        let now = kube.runc_total().ok();
+        let now = Some(runc_left(kube, before));
         let same = now == Some(prev);
         if let Some(n) = now {
             prev = n;
@@ -376,7 +381,7 @@ pub async fn failover(kube: &Kube, replicas: usize, rounds: usize) -> Result<Str
     // Containers of the deployment once it runs (one per pod, plus a sandbox container per pod if
     // the runtime makes one): what "exactly the desired count" means on the nodes.
     let want_runc = match initial {
-        Some(_) => settled_runc_total(kube, Duration::from_secs(30)).await,
+        Some(_) => settled_runc_new(kube, &before, Duration::from_secs(30)).await,
         None => None,
     };
     let mut failover_times = Vec::new();
@@ -445,7 +450,7 @@ pub async fn failover(kube: &Kube, replicas: usize, rounds: usize) -> Result<Str
             kube,
             &selector,
             replicas,
-            want_runc,
+            want_runc.map(|w| (w, &before)),
             Duration::from_secs(60),
         )
         .await
@@ -497,7 +502,7 @@ pub async fn failover(kube: &Kube, replicas: usize, rounds: usize) -> Result<Str
     out += &format!(
         "\ncreate → {replicas} Running (initial): {}; runc containers of the deployment: {}; delete → no container left: {}\n",
         opt_s(initial),
-        want_runc.map(|w| w.saturating_sub(before.len()).to_string()).unwrap_or_else(|| "?".into()),
+        want_runc.map(|w| w.to_string()).unwrap_or_else(|| "?".into()),
         opt_s(cleaned)
     );
     if cleaned.is_none() {
