@@ -41,7 +41,8 @@ pub fn desired_pods(shared: &Shared) -> BTreeMap<String, DesiredPod> {
     let doc = shared.doc();
     let mut out = BTreeMap::new();
     for (path, value) in doc.list_objects(PODS, None) {
-        let Ok(pod) = serde_json::from_value::<Pod>(value) else {
+        let Some(pod) = parse_pod(value) else {
+            tracing::debug!(pod = %path.name, "skipping a pod object that does not parse");
             continue;
         };
         let ns = path.namespace.clone().unwrap_or_else(|| "default".into());
@@ -63,6 +64,36 @@ pub fn desired_pods(shared: &Shared) -> BTreeMap<String, DesiredPod> {
         }
     }
     out
+}
+
+/// A pod object as k8s-openapi types. If the strict parse fails, empty lists are dropped
+/// first (a typeless store can turn an empty map `{}` into `[]`).
+fn parse_pod(value: serde_json::Value) -> Option<Pod> {
+    fn strip_empty(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if m.get("emptyDir")
+                    .is_some_and(|e| e.as_array().is_some_and(Vec::is_empty))
+                {
+                    m.insert("emptyDir".into(), serde_json::json!({}));
+                }
+                m.retain(|k, x| {
+                    k == "containers" || !matches!(x, serde_json::Value::Array(a) if a.is_empty())
+                });
+                m.values_mut().for_each(strip_empty);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip_empty),
+            _ => {}
+        }
+    }
+    match serde_json::from_value::<Pod>(value.clone()) {
+        Ok(p) => Some(p),
+        Err(_) => {
+            let mut v = value;
+            strip_empty(&mut v);
+            serde_json::from_value::<Pod>(v).ok()
+        }
+    }
 }
 
 /// Resolves image references through the node's store (`None` = no store on this node).
@@ -219,7 +250,15 @@ impl Shell {
             node_ip: &self.node_ip,
             now: chrono::Utc::now(),
         });
+        tracing::debug!(
+            desired = desired.len(),
+            observed = observed.len(),
+            actions = actions.len(),
+            ?busy,
+            "kubelet round"
+        );
         for action in actions {
+            tracing::debug!(?action, "kubelet action");
             self.execute(action, &desired, &observed, &resolved);
         }
     }
@@ -278,7 +317,7 @@ impl Shell {
                     name: meta.name.clone(),
                     uid: meta.uid.clone(),
                 };
-                self.spawn(key, move |rt, shared| {
+                self.spawn(key.clone(), key, move |rt, shared| {
                     if let Err(e) = rt.create_sandbox(&meta) {
                         tracing::warn!(%e, pod = %meta.name, "creating the sandbox");
                         record_event(
@@ -311,7 +350,8 @@ impl Shell {
                     name: d.name(),
                     uid: d.uid(),
                 };
-                self.spawn(key.clone(), move |rt, shared| {
+                let busy_key = plan::container_busy_key(&key, &container);
+                self.spawn(busy_key, key.clone(), move |rt, shared| {
                     if restart > 1 {
                         rt.prune_attempts(&key, &container, restart);
                     }
@@ -367,7 +407,8 @@ impl Shell {
                 restart,
                 signal,
             } => {
-                self.spawn(key, move |rt, _| {
+                let busy_key = plan::container_busy_key(&key, &container);
+                self.spawn(busy_key, key, move |rt, _| {
                     if let Err(e) = rt.kill_container_attempt(&container, restart, signal) {
                         tracing::warn!(%e, %container, "signalling a container");
                     }
@@ -375,7 +416,7 @@ impl Shell {
                 });
             }
             Action::RemovePod { key } => {
-                self.spawn(key.clone(), move |rt, _| {
+                self.spawn(key.clone(), key.clone(), move |rt, _| {
                     if let Err(e) = rt.runtime.remove_pod(&key, Duration::from_secs(10)) {
                         tracing::warn!(%e, %key, "removing a pod");
                     }
@@ -385,19 +426,20 @@ impl Shell {
         }
     }
 
-    /// Runs a blocking runtime action for pod `key` (one at a time per pod, bounded overall).
-    /// A returned shim pipe is watched: its EOF (the shim exited) wakes the loop.
+    /// Runs a blocking runtime action for pod `key` (one at a time per `busy_key`, bounded
+    /// overall). A returned shim pipe is watched: its EOF (the shim exited) wakes the loop.
     fn spawn(
         &self,
+        busy_key: String,
         key: String,
         f: impl FnOnce(&PodRuntime, Arc<Shared>) -> Option<std::process::ChildStdout> + Send + 'static,
     ) {
-        if !self.busy().insert(key.clone()) {
+        if !self.busy().insert(busy_key.clone()) {
             return;
         }
         let rt = PodRuntime {
             runtime: self.runtime.clone(),
-            key: key.clone(),
+            key,
         };
         let shared = self.shared.clone();
         let permits = self.permits.clone();
@@ -410,7 +452,9 @@ impl Shell {
                 .ok()
                 .flatten();
             drop(permit);
-            busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            busy.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&busy_key);
             let _ = wake.try_send(());
             if let Some(exit) = exit {
                 if let Ok(mut pipe) = tokio::process::ChildStdout::from_std(exit) {

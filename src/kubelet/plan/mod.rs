@@ -23,6 +23,8 @@ pub use status::{container_status, pod_phase};
 /// First restart delay after the first one (which is immediate), doubled up to [`MAX_BACKOFF`].
 pub const INITIAL_BACKOFF: i64 = 10;
 pub const MAX_BACKOFF: i64 = 300;
+/// Seconds between repeated SIGKILLs of a copy being stopped.
+pub const KILL_REPEAT: i64 = 5;
 /// A container that ran this long resets its back-off.
 pub const BACKOFF_RESET: i64 = 600;
 
@@ -138,7 +140,8 @@ pub struct Inputs<'a> {
     pub images: &'a BTreeMap<String, Option<String>>,
     /// This node's status records, by `(namespace, name)`.
     pub recorded: &'a BTreeMap<(String, String), PodStatusRecord>,
-    /// Pod keys with an action still being carried out: no new action for them this round.
+    /// Actions still being carried out: pod keys (sandbox, removal) and `key/container`
+    /// (start, kill). No new action for what is busy this round.
     pub busy: &'a BTreeSet<String>,
     pub node_ip: &'a str,
     pub now: DateTime<Utc>,
@@ -150,6 +153,21 @@ pub struct Inputs<'a> {
 pub struct Planner {
     backoff: BTreeMap<(String, String), i64>,
     stopping: BTreeMap<String, DateTime<Utc>>,
+}
+
+/// The busy-set entry of a container action.
+pub fn container_busy_key(key: &str, container: &str) -> String {
+    format!("{key}/{container}")
+}
+
+/// Whether the pod or any of its containers has an action in flight.
+fn pod_busy(busy: &BTreeSet<String>, key: &str) -> bool {
+    let prefix = format!("{key}/");
+    busy.contains(key)
+        || busy
+            .range(prefix.clone()..)
+            .next()
+            .is_some_and(|k| k.starts_with(&prefix))
 }
 
 /// The back-off after `restarts` restarts when nothing better is known.
@@ -235,6 +253,8 @@ impl Planner {
     ) {
         let busy = input.busy.contains(key);
         let observed = input.observed.get(key);
+        let container_busy =
+            |name: &str| busy || input.busy.contains(&container_busy_key(key, name));
         let target = EventTarget {
             namespace: desired.namespace(),
             name: desired.name(),
@@ -286,7 +306,7 @@ impl Planner {
                         plan.image_missing = image_missing;
                     } else if input.now >= exit.finished_at + Duration::seconds(delay) {
                         plan.start = Some(restart + 1);
-                        if !busy {
+                        if !container_busy(&c.name) {
                             self.backoff.insert(bkey, next_backoff(delay));
                         }
                     } else {
@@ -328,7 +348,7 @@ impl Planner {
                 }
             } else if sandbox_alive {
                 for (name, plan) in &plans {
-                    if let Some(restart) = plan.start {
+                    if let (Some(restart), false) = (plan.start, container_busy(name)) {
                         actions.push(Action::StartContainer {
                             key: key.into(),
                             container: name.clone(),
@@ -391,7 +411,7 @@ impl Planner {
         observed: &ObservedPod,
         actions: &mut Vec<Action>,
     ) {
-        if input.busy.contains(key) {
+        if pod_busy(input.busy, key) {
             return;
         }
         let live: Vec<(&String, u32)> = observed
@@ -427,9 +447,14 @@ impl Planner {
                     });
                 }
             }
-            Some(since) => {
+            Some(&since) => {
                 let grace = i64::try_from(observed.meta.grace_seconds).unwrap_or(30);
-                if input.now >= *since + Duration::seconds(grace) {
+                if input.now >= since + Duration::seconds(grace) {
+                    // SIGKILL now, and again every 5 s while anything survives it.
+                    self.stopping.insert(
+                        key.into(),
+                        input.now - Duration::seconds(grace) + Duration::seconds(KILL_REPEAT),
+                    );
                     for (name, restart) in live {
                         actions.push(Action::KillContainer {
                             key: key.into(),
