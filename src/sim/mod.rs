@@ -93,7 +93,8 @@ pub struct Observed {
 
 enum Payload {
     Membership(Message),
-    Changes(Vec<Vec<u8>>),
+    /// Shared between the receivers of one push (a plan's change can be large).
+    Changes(std::sync::Arc<[Vec<u8>]>),
 }
 
 enum Event {
@@ -377,9 +378,7 @@ impl Sim {
                 self.after_input(to);
             }
             Payload::Changes(changes) => {
-                for bytes in changes {
-                    self.nodes[to].replica.receive_change(&bytes);
-                }
+                self.nodes[to].replica.receive_changes(&changes);
             }
         }
     }
@@ -475,6 +474,7 @@ impl Sim {
         if changes.is_empty() {
             return;
         }
+        let changes: std::sync::Arc<[Vec<u8>]> = changes.into();
         let peers: Vec<usize> = self.live_peers(node);
         for peer in peers {
             self.send(node, peer, Payload::Changes(changes.clone()));

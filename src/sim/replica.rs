@@ -62,6 +62,11 @@ impl Replica {
         self.doc.apply_pushed(&[bytes.to_vec()]).is_ok()
     }
 
+    /// Apply pushed changes.
+    pub fn receive_changes(&mut self, changes: &[Vec<u8>]) -> bool {
+        self.doc.apply_pushed(changes).is_ok()
+    }
+
     /// Forget sync states (a restarted process lost them).
     pub fn reset_sync(&mut self) {
         self.sync.clear();

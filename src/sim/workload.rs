@@ -73,6 +73,11 @@ impl Sim {
             return;
         }
         let epoch = n.core.epoch();
+        if epoch.leader.as_ref() != Some(&n.name) {
+            n.leader.records.clear();
+            n.leader.last = None;
+            return;
+        }
         let mut liveness: BTreeMap<String, Liveness> = n
             .core
             .members()
