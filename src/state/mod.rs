@@ -4,6 +4,7 @@
 //! sync for anti-entropy, persistence in the data dir, and the deterministic rebuild that
 //! compaction and restore are built on.
 
+mod cbor;
 mod doc;
 mod keys;
 mod persist;

@@ -16,7 +16,7 @@ use super::StateError;
 pub const MAX_VALUE_BYTES: usize = 4 << 20;
 
 pub(crate) fn to_cbor<T: Serialize>(value: &T) -> Result<Vec<u8>, StateError> {
-    cbor4ii::serde::to_vec(Vec::new(), value).map_err(|e| StateError::Encode(e.to_string()))
+    super::cbor::to_vec(value).map_err(StateError::Encode)
 }
 
 pub(crate) fn from_cbor<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StateError> {
