@@ -24,6 +24,9 @@ use crate::model::quantity::{parse_milli, parse_units};
 use crate::model::workload::{Binding, InvolvedObject, SchedulingRecord, HOSTNAME_LABEL};
 use crate::model::NodeRecord;
 
+/// Orders placements newest first: (binding time, binding id), reversed.
+type NewestFirst = std::cmp::Reverse<(chrono::DateTime<chrono::Utc>, String)>;
+
 /// Pods a node takes when its record does not say (Kubernetes' default).
 pub const DEFAULT_MAX_PODS: u64 = 110;
 
@@ -381,11 +384,7 @@ pub(crate) fn schedule(
     // Concurrent leaders (a partition, a lagging view) may each have filled a node; after
     // their bindings merged it can hold more than it has room for. The newest placements of
     // controller-owned pods on such a node are moved, until it fits.
-    let mut movable: Vec<(
-        usize,
-        std::cmp::Reverse<(chrono::DateTime<chrono::Utc>, String)>,
-        usize,
-    )> = placed
+    let mut movable: Vec<(usize, NewestFirst, usize)> = placed
         .iter()
         .enumerate()
         .filter_map(|(i, (_, node, b))| {
