@@ -50,6 +50,7 @@ pub fn container_status(
     image_missing: Option<&str>,
     restarting: bool,
     pod: (&str, &str, &str),
+    pod_key: &str,
 ) -> Value {
     let (pod_name, ns, uid) = pod;
     let (state, last, restarts) = match observed {
@@ -104,7 +105,9 @@ pub fn container_status(
         "restartCount": restarts,
     });
     if let Some(id) = observed.map(|oc| oc.latest.restart) {
-        status["containerID"] = json!(format!("runc://{pod_name}-{name}-{id}"));
+        // The runc id of the attempt (`runtime::pods::container_id`), so `runc kill` on the
+        // host finds it.
+        status["containerID"] = json!(format!("runc://{pod_key}-{name}-{id}"));
     }
     status
 }
@@ -185,6 +188,7 @@ pub(crate) fn pod_status(
                 plan.and_then(|p| p.image_missing.as_deref()),
                 plan.is_some_and(|p| p.start.is_some()),
                 (&name, &ns, &uid),
+                &desired.key,
             )
         })
         .collect();
