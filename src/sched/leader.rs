@@ -57,6 +57,12 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig {
+            failure_persistence: Some(Box::new(
+                proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+            )),
+            ..ProptestConfig::default()
+        })]
         #[test]
         fn order_independent(n in 1usize..40, seed in any::<u64>()) {
             use rand::{seq::SliceRandom, SeedableRng};

@@ -589,7 +589,15 @@ fn with_liveness(nodes: Vec<NodeRecord>, deploys: Vec<Value>, live: &[Liveness])
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    // Failing cases are kept beside this file (`tests.proptest-regressions`), not in a
+    // top-level directory.
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    })]
 
     /// After one reconcile: exact counts, never over capacity, bound only to alive nodes, and a
     /// second reconcile has nothing to do.

@@ -476,6 +476,12 @@ fn a_dead_sandbox_is_recreated_once_its_containers_are_gone() {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    })]
     /// Whatever the containers' states, a desired pod is never killed or removed, a pod that
     /// is not desired is never started, and the phase is one of Kubernetes' five.
     #[test]
