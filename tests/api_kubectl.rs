@@ -1254,7 +1254,10 @@ fn running_status(ready: bool, ip: &str, restarts: i64) -> Value {
         "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": "10.77.0.2", "startTime": started,
         "conditions": [
             {"type": "PodScheduled", "status": "True", "lastTransitionTime": started},
-            {"type": "Ready", "status": if ready {"True"} else {"False"}, "lastTransitionTime": started},
+            // Ready changed now, as a kubelet reports it: the served resourceVersion follows the
+            // latest status time, so a watch started just after a list still sees this change.
+            {"type": "Ready", "status": if ready {"True"} else {"False"},
+             "lastTransitionTime": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)},
         ],
         "containerStatuses": [container],
     })
