@@ -217,11 +217,19 @@ kill_node_containers() {
 
 # ---- agent processes ---------------------------------------------------------------------------
 
+# Whether PID is a live process (a zombie is not: a killed agent whose parent has not reaped it
+# yet must not delay its restart).
+pid_alive() {
+  local st
+  st="$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" || return 1
+  [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
+}
+
 agent_pid() {
   local f; f="$(node_pidfile "$1")"
   [ -f "$f" ] || return 1
   local pid; pid="$(cat "$f")"
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  [ -n "$pid" ] && pid_alive "$pid" || return 1
   # The pid must still be in the node's cgroup (guards against pid reuse).
   cg_procs "$1" | grep -qx "$pid" || return 1
   echo "$pid"

@@ -8,8 +8,8 @@ node_index "$node" >/dev/null
 need_root
 if pid="$(agent_pid "$node")"; then
   kill -KILL "$pid"
-  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-  kill -0 "$pid" 2>/dev/null && die "agent $pid of $node survives SIGKILL"
+  for _ in $(seq 1 500); do pid_alive "$pid" || break; sleep 0.01; done
+  pid_alive "$pid" && die "agent $pid of $node survives SIGKILL"
   rm -f "$(node_pidfile "$node")"
 else
   log "agent of $node was not running"
