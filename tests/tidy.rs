@@ -108,3 +108,37 @@ fn no_unwrap_on_peer_input_in_the_network_shell() {
     }
     assert!(violations.is_empty(), "{}", violations.join("\n"));
 }
+
+/// The top level holds only what the project's layout allows (tools such as proptest must not
+/// leave directories there).
+#[test]
+fn top_level_is_as_agreed() {
+    const ALLOWED: &[&str] = &[
+        "Cargo.toml",
+        "Cargo.lock",
+        "README.md",
+        "justfile",
+        "src",
+        "testnet",
+        "tests",
+        "docs",
+        "benches",
+        "examples",
+        ".ci",
+        ".gitignore",
+        // Build output and VCS metadata, never committed.
+        "target",
+        ".git",
+    ];
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut extra = Vec::new();
+    for entry in std::fs::read_dir(&root).expect("reading the repository root") {
+        let name = entry.expect("directory entry").file_name();
+        let name = name.to_string_lossy().into_owned();
+        if !ALLOWED.contains(&name.as_str()) {
+            extra.push(name);
+        }
+    }
+    extra.sort();
+    assert!(extra.is_empty(), "unexpected top-level entries: {extra:?}");
+}
