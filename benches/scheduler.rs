@@ -109,7 +109,9 @@ fn main() {
     times.sort();
     let median: Duration = times[times.len() / 2];
     let rate = placed as f64 / median.as_secs_f64();
-    println!("| pods | nodes | placements | median reconcile | placements/s (median) | min | max |");
+    println!(
+        "| pods | nodes | placements | median reconcile | placements/s (median) | min | max |"
+    );
     println!("|---|---|---|---|---|---|---|");
     println!(
         "| {} | {} | {placed} | {:.2} s | {rate:.0} | {:.2} s | {:.2} s |",

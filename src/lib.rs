@@ -18,8 +18,8 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
-pub mod membership;
 pub mod kubelet;
+pub mod membership;
 pub mod model;
 pub mod net;
 pub mod runtime;

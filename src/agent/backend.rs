@@ -373,7 +373,12 @@ impl Backend for AgentBackend {
     }
 
     fn pod_logs(&self, req: LogRequest) -> BoxFuture<'static, Result<LogStream, BackendError>> {
-        let binding = self.shared.doc().binding(&req.namespace, &req.pod).ok().flatten();
+        let binding = self
+            .shared
+            .doc()
+            .binding(&req.namespace, &req.pod)
+            .ok()
+            .flatten();
         let pod = self
             .shared
             .doc()

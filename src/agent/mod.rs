@@ -313,10 +313,8 @@ async fn serve_api(
             AgentError::Config(format!("binding the API on {}: {e}", settings.listen_api))
         })?;
     tracing::info!(addr = %settings.listen_api, "API listening");
-    let backend: Arc<dyn crate::api::Backend> = Arc::new(AgentBackend::new(
-        shared.clone(),
-        dir.root().to_path_buf(),
-    ));
+    let backend: Arc<dyn crate::api::Backend> =
+        Arc::new(AgentBackend::new(shared.clone(), dir.root().to_path_buf()));
 
     // Re-register if someone deleted this node's record while it is alive.
     let registrar = tokio::spawn(async move {

@@ -89,7 +89,9 @@ mod tests {
 
     #[test]
     fn garbage_and_negative_values_are_refused() {
-        for bad in ["", "abc", "1Qi", "-1", "5e400", "1e31", "NaN", "inf", "1..2"] {
+        for bad in [
+            "", "abc", "1Qi", "-1", "5e400", "1e31", "NaN", "inf", "1..2",
+        ] {
             assert!(parse_units(bad).is_err(), "{bad}");
             assert!(parse_milli(bad).is_err(), "{bad}");
         }
