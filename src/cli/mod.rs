@@ -203,6 +203,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 listen_api,
                 advertise,
             };
+            // Before any thread exists, so every runtime thread inherits it; the shim and the
+            // sandbox go back to 0, so containers run at the default priority.
+            crate::runtime::set_niceness(crate::runtime::AGENT_NICE);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

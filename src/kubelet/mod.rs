@@ -22,7 +22,7 @@ use crate::runtime::{ImageInfo, PodMeta, Runtime, RuntimeConfig};
 use plan::{Action, DesiredPod, Inputs, Planner};
 
 /// At most this many runtime actions run at once.
-pub const MAX_PARALLEL_ACTIONS: usize = 16;
+pub const MAX_PARALLEL_ACTIONS: usize = 8;
 /// A planning round runs at least this often.
 const TICK: Duration = Duration::from_secs(1);
 

@@ -14,6 +14,7 @@ pub const SANDBOX_LOG: &str = "sandbox.log";
 
 /// Entry point of `shoal sandbox`; returns the first process's exit code (0 once forked).
 pub fn main(dir: &Path, hostname: &str) -> i32 {
+    super::set_niceness(0);
     // SAFETY: `shoal sandbox` is single-threaded (no runtime, no threads spawned).
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Parent { .. }) => return 0,

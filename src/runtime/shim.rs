@@ -53,6 +53,8 @@ pub const START_ERROR_CODE: i32 = 128;
 /// Entry point of `shoal shim`. Returns the first process's exit code: 0 once the monitor is
 /// forked off; errors before that go to stderr.
 pub fn main(attempt: &Path) -> i32 {
+    // The agent runs above default priority; the container (and runc) must not inherit that.
+    super::set_niceness(0);
     let spec: ShimSpec = match read_json(&attempt.join(SHIM_SPEC)) {
         Ok(Some(s)) => s,
         Ok(None) => {
