@@ -336,7 +336,7 @@ impl Backend for AgentBackend {
             }
         }
         for records in scheduling.values_mut() {
-            records.sort_by(|a, b| b.at.cmp(&a.at));
+            records.sort_by_key(|r| std::cmp::Reverse(r.at));
         }
         let node_readiness = self
             .nodes()

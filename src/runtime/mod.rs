@@ -250,6 +250,21 @@ pub trait ImageSource: Send + Sync {
     fn resolve(&self, reference: &str) -> Result<ImageInfo, String>;
 }
 
+/// Niceness of the agent's threads: above the container work it starts, so membership probes,
+/// the API and replication keep answering while a node starts hundreds of containers at once
+/// (a starved agent misses probes, is declared dead, and its pods fail over needlessly).
+pub const AGENT_NICE: i32 = -5;
+
+/// Sets the calling thread's niceness (Linux: per thread; threads and processes created
+/// afterwards inherit it). Failure (no privilege) is logged and otherwise ignored.
+pub fn set_niceness(nice: i32) {
+    // SAFETY: setpriority has no memory-safety preconditions; `0` names the calling thread.
+    let rc = unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, nice) };
+    if rc != 0 {
+        tracing::debug!(nice, error = %std::io::Error::last_os_error(), "setpriority failed");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,20 +294,5 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(129)] {
             assert!(check_component("x", bad).is_err(), "{bad:?}");
         }
-    }
-}
-
-/// Niceness of the agent's threads: above the container work it starts, so membership probes,
-/// the API and replication keep answering while a node starts hundreds of containers at once
-/// (a starved agent misses probes, is declared dead, and its pods fail over needlessly).
-pub const AGENT_NICE: i32 = -5;
-
-/// Sets the calling thread's niceness (Linux: per thread; threads and processes created
-/// afterwards inherit it). Failure (no privilege) is logged and otherwise ignored.
-pub fn set_niceness(nice: i32) {
-    // SAFETY: setpriority has no memory-safety preconditions; `0` names the calling thread.
-    let rc = unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, nice) };
-    if rc != 0 {
-        tracing::debug!(nice, error = %std::io::Error::last_os_error(), "setpriority failed");
     }
 }

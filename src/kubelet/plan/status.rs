@@ -42,6 +42,7 @@ fn state_of(a: &ObservedAttempt) -> Value {
 }
 
 /// One `containerStatuses` entry.
+#[allow(clippy::too_many_arguments)]
 pub fn container_status(
     name: &str,
     image: &str,
