@@ -15,10 +15,10 @@ use super::status::ApiError;
 /// answering 413, so that the client, still writing, reads the 413 rather than a reset stream
 /// (curl reports an HTTP/2 stream error when the server resets an upload before its end).
 /// Bodies declared larger than this are refused without reading them.
-const DRAIN_REJECTED_BYTES: usize = 64 << 20;
+pub(crate) const DRAIN_REJECTED_BYTES: usize = 64 << 20;
 
 /// Reads and discards up to `max` bytes of `body`.
-async fn drain(mut body: Body, max: usize) {
+pub(crate) async fn drain(mut body: Body, max: usize) {
     let mut seen = 0usize;
     while seen < max {
         match body.frame().await {

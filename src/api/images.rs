@@ -87,7 +87,12 @@ pub async fn import(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit) {
+    if let Some(len) = declared.filter(|len| *len > limit) {
+        // Read (a bounded amount of) what the client is still sending, so it reads the 413
+        // instead of a broken pipe.
+        if len <= super::body::DRAIN_REJECTED_BYTES as u64 {
+            super::body::drain(body, len as usize).await;
+        }
         return Err(ApiError::TooLarge {
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
         });
