@@ -325,6 +325,9 @@ async fn pod_lifecycle_with_real_runc() {
         while !gone() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(gone(), "shim {pid} still runs 10 s after its pod was removed");
+        assert!(
+            gone(),
+            "shim {pid} still runs 10 s after its pod was removed"
+        );
     }
 }
