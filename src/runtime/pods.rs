@@ -96,40 +96,15 @@ impl Runtime {
         let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
         write("resolv.conf", &resolv[..resolv.len().min(64 << 10)])?;
         write_json(&dir.join("pod.json"), meta)?;
-        let mut child = Command::new(&self.config.shoal_binary)
-            .arg("sandbox")
-            .arg("--dir")
-            .arg(&dir)
-            .arg("--hostname")
-            .arg(&hostname)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                RuntimeError::Spawn(format!(
-                    "{} sandbox: {e}",
-                    self.config.shoal_binary.display()
-                ))
-            })?;
-        let mut stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| RuntimeError::Spawn("no stdout".into()))?;
-        let status = child
-            .wait()
-            .map_err(|e| RuntimeError::Spawn(e.to_string()))?;
-        if !status.success() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            return Err(RuntimeError::Spawn(format!(
-                "shoal sandbox: {status}: {}",
-                err.trim()
-            )));
-        }
-        let line = read_line(&mut stdout);
+        let (_, line) = self.spawn_helper(
+            "sandbox",
+            &[
+                "--dir".as_ref(),
+                dir.as_os_str(),
+                "--hostname".as_ref(),
+                hostname.as_ref(),
+            ],
+        )?;
         if line != "ready" {
             return Err(RuntimeError::Spawn(format!(
                 "sandbox of {}/{}: {line}",
@@ -217,17 +192,32 @@ impl Runtime {
             cgroups_path,
         };
         write_json(&attempt.join(SHIM_SPEC), &shim)?;
-        let mut child = Command::new(&self.config.shoal_binary)
-            .arg("shim")
-            .arg("--attempt")
-            .arg(&attempt)
+        let (stdout, line) =
+            self.spawn_helper("shim", &["--attempt".as_ref(), attempt.as_os_str()])?;
+        if line == "started" {
+            Ok(StartOutcome::Started { exit: stdout })
+        } else {
+            let message = line.strip_prefix("failed: ").unwrap_or(&line).to_string();
+            Ok(StartOutcome::Failed { message })
+        }
+    }
+
+    /// Runs `shoal <what> ARGS` (the sandbox or a shim), which forks its long-lived process and
+    /// exits; returns the forked process's stdout and the first line it wrote there.
+    fn spawn_helper(
+        &self,
+        what: &str,
+        args: &[&std::ffi::OsStr],
+    ) -> Result<(ChildStdout, String), RuntimeError> {
+        let binary = &self.config.shoal_binary;
+        let mut child = Command::new(binary)
+            .arg(what)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| {
-                RuntimeError::Spawn(format!("{} shim: {e}", self.config.shoal_binary.display()))
-            })?;
+            .map_err(|e| RuntimeError::Spawn(format!("{} {what}: {e}", binary.display())))?;
         let mut stdout = child
             .stdout
             .take()
@@ -241,17 +231,12 @@ impl Runtime {
                 let _ = e.read_to_string(&mut err);
             }
             return Err(RuntimeError::Spawn(format!(
-                "shoal shim: {status}: {}",
+                "shoal {what}: {status}: {}",
                 err.trim()
             )));
         }
         let line = read_line(&mut stdout);
-        if line == "started" {
-            Ok(StartOutcome::Started { exit: stdout })
-        } else {
-            let message = line.strip_prefix("failed: ").unwrap_or(&line).to_string();
-            Ok(StartOutcome::Failed { message })
-        }
+        Ok((stdout, line))
     }
 
     /// Sends `signal` (`TERM`, `KILL`) to a container attempt; one that is gone already is fine.
