@@ -28,5 +28,11 @@ pub mod security;
 pub mod sim;
 pub mod state;
 
+/// Installs ring as the process's rustls crypto provider (idempotent). Every HTTPS client
+/// (reqwest, the registry client) needs one; call it before building any.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The version reported by `/version`, node info and `shoal --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -4,6 +4,7 @@ use clap::Parser;
 
 fn main() {
     let cli = shoal::cli::Cli::parse();
+    shoal::install_crypto_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

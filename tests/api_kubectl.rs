@@ -404,8 +404,8 @@ impl Harness {
     }
 
     fn client(&self) -> reqwest::Client {
-        reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap())
+        { shoal::install_crypto_provider(); reqwest::Client::builder() }
+            .tls_certs_only([reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap()])
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap()

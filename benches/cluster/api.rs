@@ -49,9 +49,8 @@ pub struct Api {
 impl Api {
     pub fn new(ca_pem: &[u8], token: &str) -> Result<Self> {
         let ca = reqwest::Certificate::from_pem(ca_pem).context("cluster CA")?;
-        let client = reqwest::Client::builder()
-            .use_rustls_tls()
-            .add_root_certificate(ca)
+        let client = { shoal::install_crypto_provider(); reqwest::Client::builder() }
+            .tls_certs_only([ca])
             .connect_timeout(Duration::from_secs(2))
             .pool_max_idle_per_host(8)
             .build()?;

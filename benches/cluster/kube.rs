@@ -80,9 +80,8 @@ impl Kube {
             .context("testnet CA (is the testnet up?)")?;
         let token = std::fs::read_to_string(run.join("n1/data/admin-token"))?;
         let ca = reqwest::Certificate::from_pem(&ca).context("cluster CA")?;
-        let client = reqwest::Client::builder()
-            .use_rustls_tls()
-            .add_root_certificate(ca)
+        let client = { shoal::install_crypto_provider(); reqwest::Client::builder() }
+            .tls_certs_only([ca])
             .connect_timeout(Duration::from_secs(2))
             .pool_max_idle_per_host(8)
             .build()?;

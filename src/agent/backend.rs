@@ -58,9 +58,7 @@ impl AgentBackend {
         let cert = reqwest::Certificate::from_pem(&ca)
             .map_err(|e| BackendError::Unavailable(format!("cluster CA: {e}")))?;
         let client = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(cert)
+            .tls_certs_only([cert])
             .connect_timeout(std::time::Duration::from_secs(3))
             .build()
             .map_err(|e| BackendError::Unavailable(format!("HTTP client: {e}")))?;

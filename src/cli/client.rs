@@ -16,11 +16,11 @@ struct Connection {
 fn connect(args: &ClientArgs, timeout: std::time::Duration) -> anyhow::Result<Connection> {
     let file = kubeconfig::path(args.kubeconfig.as_deref());
     let target = kubeconfig::load(&file, args.context.as_deref())?;
-    let mut builder = reqwest::Client::builder().use_rustls_tls().timeout(timeout);
+    let mut builder = reqwest::Client::builder().timeout(timeout);
     if let Some(pem) = &target.ca_pem {
-        builder = builder.tls_built_in_root_certs(false).add_root_certificate(
+        builder = builder.tls_certs_only([
             reqwest::Certificate::from_pem(pem).context("the kubeconfig's CA is not PEM")?,
-        );
+        ]);
     }
     if target.insecure {
         builder = builder.danger_accept_invalid_certs(true);

@@ -128,10 +128,8 @@ impl Cluster {
             .trim()
             .to_string();
         let ca = std::fs::read(first.dir.join("tls/ca.crt")).unwrap();
-        let client = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        let client = { shoal::install_crypto_provider(); reqwest::Client::builder() }
+            .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
             .timeout(Duration::from_secs(5))
             .build()
             .unwrap();

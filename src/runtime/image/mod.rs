@@ -19,6 +19,7 @@
 //! layers into place and updates `index.json` atomically: a refused archive leaves nothing.
 
 mod archive;
+pub mod pull;
 pub mod reference;
 #[cfg(test)]
 mod tests;
@@ -204,6 +205,7 @@ impl ImageStore {
             }
         };
         stale(self.upload_dir(), "stage-");
+        stale(self.upload_dir(), "dl-");
         stale(self.dir.join("layers"), ".tmp-");
     }
 
@@ -215,8 +217,136 @@ impl ImageStore {
         self.dir.join("layers").join(diff_hex)
     }
 
-    fn has_blob(&self, hex: &str) -> bool {
+    /// Whether the store holds blob `sha256:<hex>` (complete and verified: blobs only land
+    /// by rename after their digest was checked).
+    pub fn has_blob(&self, hex: &str) -> bool {
         reference::is_sha256_hex(hex) && self.blob_path(hex).is_file()
+    }
+
+    /// The file of blob `sha256:<hex>` if the store holds it.
+    pub fn blob_file(&self, hex: &str) -> Option<PathBuf> {
+        self.has_blob(hex).then(|| self.blob_path(hex))
+    }
+
+    /// A fresh path in `tmp/` (same file system as the blobs) for a download.
+    pub(crate) fn download_path(&self, hex: &str) -> PathBuf {
+        self.upload_dir().join(format!("dl-{hex}-{}", unique()))
+    }
+
+    /// Moves a downloaded file whose sha256 the caller verified to be `hex` into the store.
+    pub(crate) fn commit_blob(&self, hex: &str, file: &Path) -> Result<(), ImageError> {
+        if !reference::is_sha256_hex(hex) {
+            return Err(ImageError::InvalidReference(format!(
+                "bad digest sha256:{hex}"
+            )));
+        }
+        let dst = self.blob_path(hex);
+        std::fs::rename(file, &dst).map_err(|e| ImageError::io(&dst, e))
+    }
+
+    /// Reads blob `hex` (bounded: manifests, indexes and configs).
+    pub(crate) fn read_small_blob(&self, hex: &str) -> Result<Vec<u8>, ImageError> {
+        let p = self.blob_path(hex);
+        let f = std::fs::File::open(&p).map_err(|e| ImageError::io(&p, e))?;
+        let mut buf = Vec::new();
+        f.take(archive::MAX_JSON_BYTES + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| ImageError::io(&p, e))?;
+        if buf.len() as u64 > archive::MAX_JSON_BYTES {
+            return Err(ImageError::TooLarge(format!(
+                "blob sha256:{hex} is over {} bytes",
+                archive::MAX_JSON_BYTES
+            )));
+        }
+        Ok(buf)
+    }
+
+    /// Unpacks layer blob `blob_hex` (which must be present) as diff id `diff_hex`, unless that
+    /// layer is unpacked already. Safe to race with another unpack of the same layer.
+    pub fn ensure_layer(&self, blob_hex: &str, diff_hex: &str) -> Result<(), ImageError> {
+        if !reference::is_sha256_hex(diff_hex) {
+            return Err(ImageError::Corrupt(format!(
+                "bad diff id sha256:{diff_hex}"
+            )));
+        }
+        let dst = self.layer_path(diff_hex);
+        if dst.is_dir() {
+            return Ok(());
+        }
+        let src = self.blob_file(blob_hex).ok_or_else(|| {
+            ImageError::Corrupt(format!("layer blob sha256:{blob_hex} is missing"))
+        })?;
+        let tmp = self
+            .dir
+            .join("layers")
+            .join(format!(".tmp-{diff_hex}-{}", unique()));
+        let _cleanup = Cleanup(vec![tmp.clone()]);
+        unpack::unpack_layer(&src, &tmp, diff_hex)?;
+        match std::fs::rename(&tmp, &dst) {
+            Ok(()) => Ok(()),
+            // Another pull unpacked it first.
+            Err(_) if dst.is_dir() => Ok(()),
+            Err(e) => Err(ImageError::io(&dst, e)),
+        }
+    }
+
+    /// Names manifest `sha256:<manifest_hex>` (whose config and layers must be present and
+    /// unpacked) as `reference`: a tag reference maps its name, a digest reference
+    /// (`name@sha256:<index or manifest>`) gets an alias to the platform manifest.
+    pub fn tag(&self, reference: &str, manifest_hex: &str) -> Result<ImageSummary, ImageError> {
+        let r = reference::parse(reference).map_err(ImageError::InvalidReference)?;
+        let _lock = self.lock()?;
+        let manifest: ImageManifest = self.read_json(manifest_hex)?;
+        let config_hex = manifest
+            .config()
+            .as_digest_sha256()
+            .ok_or_else(|| ImageError::Corrupt("config digest is not sha256".into()))?;
+        let config: ImageConfiguration = self.read_json(config_hex)?;
+        for d in config.rootfs().diff_ids() {
+            let hex = d.trim_start_matches("sha256:");
+            if !reference::is_sha256_hex(hex) || !self.layer_path(hex).is_dir() {
+                return Err(ImageError::Corrupt(format!(
+                    "{r}: layer {d} is not unpacked"
+                )));
+            }
+        }
+        let key = match &r.digest {
+            Some(_) => r.to_string(),
+            None => r.named(),
+        };
+        let mut idx = self.read_index()?;
+        idx.version = INDEX_VERSION;
+        let digest = format!("sha256:{manifest_hex}");
+        idx.images.insert(key.clone(), digest.clone());
+        self.write_index(&idx)?;
+        self.touch(manifest_hex);
+        Ok(ImageSummary {
+            reference: key,
+            digest,
+            size: manifest.layers().iter().map(|l| l.size()).sum(),
+        })
+    }
+
+    /// Marks an image as used now (its manifest blob's mtime): garbage collection removes the
+    /// least recently used images first.
+    pub fn touch(&self, manifest_hex: &str) {
+        if let Ok(f) = std::fs::File::options()
+            .write(true)
+            .open(self.blob_path(manifest_hex))
+        {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    /// The manifest digest `reference` names in the index (`None`: not present).
+    pub fn lookup(&self, reference: &str) -> Option<String> {
+        let r = reference::parse(reference).ok()?;
+        let idx = self.read_index().ok()?;
+        let key = match &r.digest {
+            Some(_) => r.to_string(),
+            None => r.named(),
+        };
+        idx.images.get(&key).cloned()
     }
 
     fn read_index(&self) -> Result<IndexFile, ImageError> {
@@ -257,13 +387,17 @@ impl ImageStore {
     pub fn resolve(&self, reference: &str) -> Result<ResolvedImage, ImageError> {
         let r = reference::parse(reference).map_err(ImageError::InvalidReference)?;
         let manifest_hex = match &r.digest {
-            Some(d) => {
-                let hex = d.trim_start_matches("sha256:").to_string();
-                if !self.has_blob(&hex) {
-                    return Err(ImageError::NotFound(r.to_string()));
+            // A pulled digest reference may name an index: its alias names the manifest.
+            Some(d) => match self.read_index()?.images.get(&r.to_string()) {
+                Some(m) => m.trim_start_matches("sha256:").to_string(),
+                None => {
+                    let hex = d.trim_start_matches("sha256:").to_string();
+                    if !self.has_blob(&hex) {
+                        return Err(ImageError::NotFound(r.to_string()));
+                    }
+                    hex
                 }
-                hex
-            }
+            },
             None => {
                 let idx = self.read_index()?;
                 let d = idx
@@ -440,7 +574,7 @@ impl ImageStore {
         let mut idx = self.read_index()?;
         let before = idx.images.len();
         match &r.digest {
-            Some(d) => idx.images.retain(|_, v| v != d),
+            Some(d) => idx.images.retain(|k, v| v != d && k != &r.to_string()),
             None => {
                 idx.images.remove(&r.named());
             }

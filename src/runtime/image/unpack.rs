@@ -1,4 +1,4 @@
-//! Unpacks one layer tar (plain or gzip) into a fresh directory, safely: no entry may leave the
+//! Unpacks one layer tar (plain, gzip or zstd) into a fresh directory, safely: no entry may leave the
 //! directory or write through a symlink; OCI whiteouts become overlay whiteouts; the sha256 of
 //! the uncompressed stream is checked against the layer's diff id.
 
@@ -71,15 +71,15 @@ pub fn sniff(head: &[u8]) -> Compression {
     }
 }
 
-/// Opens `file` decompressed (gzip or none).
+/// Opens `file` decompressed (gzip, zstd or none).
 pub fn open_decompressed(file: &Path) -> Result<Box<dyn Read>, ImageError> {
     let f = std::fs::File::open(file).map_err(|e| ImageError::io(file, e))?;
     let mut r = BufReader::with_capacity(256 * 1024, f);
     let head = r.fill_buf().map_err(|e| ImageError::io(file, e))?.to_vec();
     match sniff(&head) {
         Compression::Gzip => Ok(Box::new(flate2::read::MultiGzDecoder::new(r))),
-        Compression::Zstd => Err(ImageError::Unsupported(
-            "zstd-compressed layers are not supported (use gzip or uncompressed layers)".into(),
+        Compression::Zstd => Ok(Box::new(
+            zstd::stream::read::Decoder::with_buffer(r).map_err(|e| ImageError::io(file, e))?,
         )),
         Compression::None => Ok(Box::new(r)),
     }
