@@ -4,6 +4,7 @@
 mod backend;
 mod controllers;
 mod datadir;
+pub mod images;
 mod init;
 pub(crate) mod node_info;
 mod settings;
@@ -78,6 +79,9 @@ pub struct RunOptions {
     pub listen_p2p: Option<SocketAddr>,
     pub listen_api: Option<SocketAddr>,
     pub advertise: Option<std::net::IpAddr>,
+    /// Registries reachable over plain HTTP (checked `host[:port]`); replaces the stored list
+    /// when not empty.
+    pub insecure_registries: Vec<String>,
 }
 
 /// Prepares the data dir for this start: a first start of a joiner writes the identity from
@@ -99,6 +103,9 @@ fn prepare(opts: &RunOptions) -> Result<(DataDir, AgentSettings, ClusterIdentity
     }
     if let Some(a) = opts.advertise {
         settings.advertise = Some(a);
+    }
+    if !opts.insecure_registries.is_empty() {
+        settings.insecure_registries = opts.insecure_registries.clone();
     }
     if settings.name.is_empty() {
         settings.name = node_info::hostname();

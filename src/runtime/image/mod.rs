@@ -62,6 +62,8 @@ pub enum ImageError {
     Unsupported(String),
     #[error("the image store is damaged: {0}")]
     Corrupt(String),
+    #[error("image {0} is in use by a container on this node")]
+    InUse(String),
 }
 
 impl ImageError {
@@ -569,6 +571,16 @@ impl ImageStore {
     /// deletes the blobs and layers no remaining image uses. The caller makes sure no container
     /// runs from the image.
     pub fn remove(&self, reference: &str) -> Result<(), ImageError> {
+        self.remove_protecting(reference, &BTreeSet::new())
+    }
+
+    /// [`ImageStore::remove`], keeping the unpacked layers named in `protect` (diff id hex:
+    /// layers containers use) even if no image names them any more.
+    pub fn remove_protecting(
+        &self,
+        reference: &str,
+        protect: &BTreeSet<String>,
+    ) -> Result<(), ImageError> {
         let r = reference::parse(reference).map_err(ImageError::InvalidReference)?;
         let _lock = self.lock()?;
         let mut idx = self.read_index()?;
@@ -583,9 +595,22 @@ impl ImageStore {
             return Err(ImageError::NotFound(r.to_string()));
         }
         self.write_index(&idx)?;
-        // Garbage: what no remaining manifest reaches.
+        self.sweep_locked(&idx, protect);
+        Ok(())
+    }
+
+    /// Deletes the blobs and layers no image in the index reaches (what seeds fetched for
+    /// peers, what removed images left), keeping the layers named in `protect`.
+    pub fn sweep(&self, protect: &BTreeSet<String>) -> Result<(), ImageError> {
+        let _lock = self.lock()?;
+        let idx = self.read_index()?;
+        self.sweep_locked(&idx, protect);
+        Ok(())
+    }
+
+    fn sweep_locked(&self, idx: &IndexFile, protect: &BTreeSet<String>) {
         let mut blobs = BTreeSet::new();
-        let mut layers = BTreeSet::new();
+        let mut layers = protect.clone();
         for d in idx.images.values() {
             let hex = d.trim_start_matches("sha256:").to_string();
             let Ok(m) = self.read_json::<ImageManifest>(&hex) else {
@@ -619,7 +644,69 @@ impl ImageStore {
         };
         sweep(self.dir.join("blobs/sha256"), &blobs);
         sweep(self.dir.join("layers"), &layers);
-        Ok(())
+    }
+
+    /// Every blob (hex) with its modification time.
+    pub fn blobs(&self) -> Vec<(String, std::time::SystemTime)> {
+        let dir = self.dir.join("blobs/sha256");
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !reference::is_sha256_hex(&name) {
+                    return None;
+                }
+                let m = e.metadata().ok()?.modified().ok()?;
+                Some((name, m))
+            })
+            .collect()
+    }
+
+    /// The diff ids (hex) of the layers of image `reference`.
+    pub fn layer_ids(&self, reference: &str) -> Result<Vec<String>, ImageError> {
+        let img = self.resolve(reference)?;
+        Ok(img
+            .layers
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect())
+    }
+
+    /// Named images, least recently used (pulled, imported or started) first.
+    pub fn least_recently_used(&self) -> Vec<(String, std::time::SystemTime)> {
+        let Ok(idx) = self.read_index() else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, std::time::SystemTime)> = idx
+            .images
+            .iter()
+            .map(|(r, d)| {
+                let t = std::fs::metadata(self.blob_path(d.trim_start_matches("sha256:")))
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                (r.clone(), t)
+            })
+            .collect();
+        out.sort_by_key(|(_, t)| *t);
+        out
+    }
+
+    /// Bytes the store takes on disk: blobs plus unpacked layers (walked; call it seldom).
+    pub fn disk_bytes(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            let Ok(m) = std::fs::symlink_metadata(p) else {
+                return 0;
+            };
+            if !m.is_dir() {
+                return m.len();
+            }
+            std::fs::read_dir(p)
+                .map(|rd| rd.flatten().map(|e| walk(&e.path())).sum())
+                .unwrap_or(0)
+        }
+        walk(&self.dir.join("blobs")) + walk(&self.dir.join("layers"))
     }
 }
 
