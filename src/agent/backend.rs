@@ -14,8 +14,11 @@ use crate::api::{
 };
 use crate::model::workload::{self, keys, PodStatusRecord, SchedulingRecord};
 use crate::model::{NodeView, Readiness};
+use crate::runtime::image::pull::{BlobStream, FetchThrough, PullEvent, PullRequest, Puller};
+use crate::runtime::image::ImageError;
 use crate::security::token_hash;
 use crate::state::{ClusterDoc, StateError};
+use futures::stream::BoxStream;
 
 /// What `shoal backup` writes: the document plus enough to check it before a restore.
 #[derive(Serialize, Deserialize)]
@@ -38,30 +41,32 @@ pub struct AgentBackend {
     /// Client for other agents' APIs (log proxying), trusting the cluster CA only; built on
     /// first use because the CA file is written after the backend exists.
     peer_client: std::sync::OnceLock<reqwest::Client>,
+    /// The node's image puller and store (`None` if the store could not be opened).
+    puller: Option<Arc<Puller>>,
 }
 
 impl AgentBackend {
-    pub fn new(shared: Arc<Shared>, data_dir: PathBuf) -> Self {
+    pub fn new(shared: Arc<Shared>, data_dir: PathBuf, puller: Option<Arc<Puller>>) -> Self {
         AgentBackend {
             shared,
             data_dir,
             peer_client: std::sync::OnceLock::new(),
+            puller,
         }
+    }
+
+    fn puller(&self) -> Result<Arc<Puller>, BackendError> {
+        self.puller
+            .clone()
+            .ok_or_else(|| BackendError::Unavailable("this node has no image store".into()))
     }
 
     fn peer_client(&self) -> Result<reqwest::Client, BackendError> {
         if let Some(c) = self.peer_client.get() {
             return Ok(c.clone());
         }
-        let ca = std::fs::read(self.data_dir.join("tls/ca.crt"))
-            .map_err(|e| BackendError::Unavailable(format!("reading the cluster CA: {e}")))?;
-        let cert = reqwest::Certificate::from_pem(&ca)
-            .map_err(|e| BackendError::Unavailable(format!("cluster CA: {e}")))?;
-        let client = reqwest::Client::builder()
-            .tls_certs_only([cert])
-            .connect_timeout(std::time::Duration::from_secs(3))
-            .build()
-            .map_err(|e| BackendError::Unavailable(format!("HTTP client: {e}")))?;
+        let client =
+            super::images::cluster_client(&self.data_dir).map_err(BackendError::Unavailable)?;
         Ok(self.peer_client.get_or_init(|| client).clone())
     }
 
@@ -257,15 +262,9 @@ impl Backend for AgentBackend {
         if token.is_empty() || token.len() > 512 {
             return false;
         }
-        let internal = self.shared.identity.internal_api_token();
         // Constant-time comparison of the internal token; API tokens are compared by hash.
-        let equal = internal.len() == token.len()
-            && internal
-                .bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        equal || self.shared.doc().token_user(&token_hash(token)).is_some()
+        constant_time_eq(&self.shared.identity.internal_api_token(), token)
+            || self.shared.doc().token_user(&token_hash(token)).is_some()
     }
 
     fn status(&self) -> AgentStatus {
@@ -410,33 +409,112 @@ impl Backend for AgentBackend {
         &self,
         archive: PathBuf,
     ) -> BoxFuture<'static, Result<Vec<crate::api::ImageSummary>, BackendError>> {
-        let dir = self.data_dir.join("images");
+        let puller = self.puller();
         Box::pin(async move {
-            let imported = tokio::task::spawn_blocking(move || {
-                crate::runtime::image::ImageStore::open(&dir)?.import(&archive)
-            })
-            .await
-            .map_err(|e| BackendError::Unavailable(format!("image import: {e}")))?;
-            imported.map_err(|e| match e.is_caller_error() {
-                true => BackendError::Invalid(e.to_string()),
-                false => BackendError::Unavailable(e.to_string()),
-            })
+            let puller = puller?;
+            let store = puller.store().clone();
+            let imported = tokio::task::spawn_blocking(move || store.import(&archive))
+                .await
+                .map_err(|e| BackendError::Unavailable(format!("image import: {e}")))?;
+            puller.notify_changed();
+            imported.map_err(image_err)
         })
     }
 
     fn images(&self) -> Vec<crate::api::ImageSummary> {
-        match crate::runtime::image::ImageStore::open(&self.data_dir.join("images")) {
-            Ok(store) => store.list(),
-            Err(e) => {
-                tracing::warn!(%e, "opening the image store");
-                Vec::new()
-            }
-        }
+        self.puller
+            .as_ref()
+            .map(|p| p.store().list())
+            .unwrap_or_default()
     }
 
     fn upload_dir(&self) -> Option<PathBuf> {
-        crate::runtime::image::ImageStore::open(&self.data_dir.join("images"))
-            .map(|s| s.upload_dir())
-            .ok()
+        self.puller.as_ref().map(|p| p.store().upload_dir())
     }
+
+    fn pull_image(&self, req: PullRequest) -> BoxStream<'static, PullEvent> {
+        let puller = match self.puller() {
+            Ok(p) => p,
+            Err(e) => {
+                let message = e.to_string();
+                return Box::pin(futures::stream::once(async move {
+                    PullEvent::Error { message }
+                }));
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let done_tx = tx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = puller.pull(&req, Some(tx)).await {
+                let _ = done_tx.send(PullEvent::Error {
+                    message: e.to_string(),
+                });
+            }
+        });
+        Box::pin(tokio_stream_from(rx))
+    }
+
+    fn remove_image(&self, reference: &str) -> BoxFuture<'static, Result<(), BackendError>> {
+        let puller = self.puller();
+        let data_dir = self.data_dir.clone();
+        let reference = reference.to_string();
+        Box::pin(async move {
+            let puller = puller?;
+            super::images::remove_image(&puller, &data_dir, &reference)
+                .await
+                .map_err(|e| match e {
+                    ImageError::NotFound(r) => BackendError::NotFound(format!("image {r}")),
+                    ImageError::InUse(_) => BackendError::Conflict(e.to_string()),
+                    other => image_err(other),
+                })
+        })
+    }
+
+    fn serve_blob(&self, hex: &str) -> Option<BlobStream> {
+        self.puller.as_ref()?.serve_blob(hex)
+    }
+
+    fn fetch_through(
+        &self,
+        hex: &str,
+        req: FetchThrough,
+    ) -> BoxFuture<'static, Result<BlobStream, BackendError>> {
+        let puller = self.puller();
+        let hex = hex.to_string();
+        Box::pin(async move {
+            puller?
+                .fetch_through(&hex, &req)
+                .await
+                .map_err(|e| match e.is_caller_error() {
+                    true => BackendError::Invalid(e.to_string()),
+                    false => BackendError::Unavailable(e.to_string()),
+                })
+        })
+    }
+
+    fn is_internal(&self, token: &str) -> bool {
+        constant_time_eq(&self.shared.identity.internal_api_token(), token)
+    }
+}
+
+fn image_err(e: ImageError) -> BackendError {
+    match e.is_caller_error() {
+        true => BackendError::Invalid(e.to_string()),
+        false => BackendError::Unavailable(e.to_string()),
+    }
+}
+
+/// A stream of what an unbounded channel receives, until every sender is gone.
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }

@@ -200,14 +200,42 @@ pub async fn run(
         stopped(stop_rx.clone()),
     ));
 
+    let puller = match crate::runtime::image::ImageStore::open(&dir.root().join("images")) {
+        Ok(store) => {
+            let peers = images::ClusterPeers::new(shared.clone(), dir.root().to_path_buf());
+            let config = crate::runtime::image::pull::PullConfig {
+                insecure_registries: settings.insecure_registries.clone(),
+            };
+            Some(crate::runtime::image::pull::Puller::new(
+                store,
+                config,
+                Arc::new(peers),
+            ))
+        }
+        Err(e) => {
+            tracing::error!(%e, "opening the image store failed: this node cannot run pods");
+            None
+        }
+    };
+    let images_task = puller.clone().map(|puller| {
+        tokio::spawn(images::run(
+            shared.clone(),
+            puller,
+            dir.root().to_path_buf(),
+            images::GcConfig::from_env(),
+            stopped(stop_rx.clone()),
+        ))
+    });
+
     let api_task = {
         let shared = shared.clone();
         let dir = dir.clone();
         let settings = settings.clone();
         let stop = stopped(stop_rx.clone());
-        tokio::spawn(
-            async move { serve_api(shared, dir, settings, peer_id.to_string(), stop).await },
-        )
+        let puller = puller.clone();
+        tokio::spawn(async move {
+            serve_api(shared, dir, settings, peer_id.to_string(), puller, stop).await
+        })
     };
 
     let controllers_task = tokio::spawn(controllers::run(shared.clone(), stopped(stop_rx.clone())));
@@ -217,6 +245,7 @@ pub async fn run(
         crate::kubelet::KubeletConfig {
             runtime: crate::runtime::RuntimeConfig::from_env(dir.root(), &settings.name),
             node_ip: advertise.to_string(),
+            puller,
         },
         stopped(stop_rx.clone()),
     ));
@@ -225,6 +254,9 @@ pub async fn run(
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = kubelet_task.await;
+    if let Some(t) = images_task {
+        let _ = t.await;
+    }
     let _ = controllers_task.await;
     let api = api_task
         .await
@@ -244,6 +276,7 @@ async fn serve_api(
     dir: DataDir,
     settings: AgentSettings,
     peer_id: String,
+    puller: Option<Arc<crate::runtime::image::pull::Puller>>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
     let mut changes = shared.subscribe();
@@ -320,8 +353,11 @@ async fn serve_api(
             AgentError::Config(format!("binding the API on {}: {e}", settings.listen_api))
         })?;
     tracing::info!(addr = %settings.listen_api, "API listening");
-    let backend: Arc<dyn crate::api::Backend> =
-        Arc::new(AgentBackend::new(shared.clone(), dir.root().to_path_buf()));
+    let backend: Arc<dyn crate::api::Backend> = Arc::new(AgentBackend::new(
+        shared.clone(),
+        dir.root().to_path_buf(),
+        puller,
+    ));
 
     // Re-register if someone deleted this node's record while it is alive.
     let registrar = tokio::spawn(async move {

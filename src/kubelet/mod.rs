@@ -3,6 +3,7 @@
 //! shell loop that feeds it and carries its actions out through `crate::runtime`.
 
 pub mod plan;
+pub mod pulls;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -15,10 +16,10 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::agent::shared::Shared;
 use crate::api::{LogRequest, LogStream};
 use crate::model::workload::{keys, InvolvedObject, PodStatusRecord, PODS};
-use crate::runtime::image::ImageStore;
+use crate::runtime::image::pull::Puller;
 use crate::runtime::logs::{find_target, read_logs, LogError};
 use crate::runtime::pods::StartOutcome;
-use crate::runtime::{ImageInfo, PodMeta, Runtime, RuntimeConfig};
+use crate::runtime::{PodMeta, Runtime, RuntimeConfig};
 use plan::{Action, DesiredPod, Inputs, Planner};
 
 /// At most this many runtime actions run at once.
@@ -31,6 +32,8 @@ pub struct KubeletConfig {
     pub runtime: RuntimeConfig,
     /// The node's address (`status.hostIP`).
     pub node_ip: String,
+    /// Pulls images (and holds the node's image store); `None`: pods wait for their images.
+    pub puller: Option<Arc<Puller>>,
 }
 
 /// The pods this node should run, from the merged document: those whose winning binding names
@@ -96,37 +99,10 @@ fn parse_pod(value: serde_json::Value) -> Option<Pod> {
     }
 }
 
-/// Resolves image references through the node's store (`None` = no store on this node).
-struct Images {
-    store: Option<ImageStore>,
-}
-
-impl Images {
-    fn resolve(&self, reference: &str) -> Result<ImageInfo, String> {
-        let missing =
-            || format!("Container image \"{reference}\" is not present with pull policy of Never");
-        let store = self.store.as_ref().ok_or_else(missing)?;
-        match store.resolve(reference) {
-            Ok(r) => Ok(ImageInfo {
-                reference: r.reference,
-                digest: r.digest,
-                entrypoint: r.config.entrypoint,
-                cmd: r.config.cmd,
-                env: r.config.env,
-                working_dir: r.config.working_dir,
-                user: r.config.user,
-                layers: r.layers,
-            }),
-            Err(crate::runtime::image::ImageError::NotFound(_)) => Err(missing()),
-            Err(e) => Err(format!("image {reference}: {e}")),
-        }
-    }
-}
-
 struct Shell {
     shared: Arc<Shared>,
     runtime: Arc<Runtime>,
-    images: Arc<Images>,
+    pulls: pulls::Pulls,
     node_ip: String,
     planner: Planner,
     busy: Arc<Mutex<BTreeSet<String>>>,
@@ -154,13 +130,9 @@ pub async fn run(
         }
     }
     let runtime = Arc::new(Runtime::new(config.runtime.clone()));
-    let store = match ImageStore::open(&config.runtime.data_dir.join("images")) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(%e, "no image store: pods will wait for their images");
-            None
-        }
-    };
+    if config.puller.is_none() {
+        tracing::warn!("no image store: pods will wait for their images");
+    }
     {
         let rt = runtime.clone();
         match tokio::task::spawn_blocking(move || rt.sweep_orphans()).await {
@@ -175,7 +147,7 @@ pub async fn run(
     let mut shell = Shell {
         shared,
         runtime,
-        images: Arc::new(Images { store }),
+        pulls: pulls::Pulls::new(config.puller.clone()),
         node_ip: config.node_ip,
         planner: Planner::new(),
         busy: Arc::new(Mutex::new(BTreeSet::new())),
@@ -209,25 +181,9 @@ impl Shell {
         let Ok(observed) = tokio::task::spawn_blocking(move || rt.observe()).await else {
             return;
         };
-        let mut images: BTreeMap<String, Option<String>> = BTreeMap::new();
-        let mut resolved: BTreeMap<String, ImageInfo> = BTreeMap::new();
-        for d in desired.values() {
-            for c in d.containers() {
-                let image = c.image.clone().unwrap_or_default();
-                if images.contains_key(&image) {
-                    continue;
-                }
-                match self.images.resolve(&image) {
-                    Ok(info) => {
-                        resolved.insert(image.clone(), info);
-                        images.insert(image, None);
-                    }
-                    Err(why) => {
-                        images.insert(image, Some(why));
-                    }
-                }
-            }
-        }
+        let verdicts =
+            self.pulls
+                .evaluate(&self.shared, &desired, chrono::Utc::now(), &self.wake_tx);
         let recorded: BTreeMap<(String, String), PodStatusRecord> = {
             let docs = self.shared.status_docs();
             docs.get(&self.shared.node_name)
@@ -244,7 +200,7 @@ impl Shell {
         let actions = self.planner.plan(&Inputs {
             desired: &desired,
             observed: &observed,
-            images: &images,
+            images: &verdicts.states,
             recorded: &recorded,
             busy: &busy,
             node_ip: &self.node_ip,
@@ -259,7 +215,7 @@ impl Shell {
         );
         for action in actions {
             tracing::debug!(?action, "kubelet action");
-            self.execute(action, &desired, &observed, &resolved);
+            self.execute(action, &desired, &observed, &verdicts);
         }
     }
 
@@ -268,7 +224,7 @@ impl Shell {
         action: Action,
         desired: &BTreeMap<String, DesiredPod>,
         observed: &BTreeMap<String, crate::runtime::ObservedPod>,
-        images: &BTreeMap<String, ImageInfo>,
+        images: &pulls::Verdicts,
     ) {
         match action {
             Action::WriteStatus {
@@ -340,10 +296,12 @@ impl Shell {
                 let Some(c) = d.containers().iter().find(|c| c.name == container).cloned() else {
                     return;
                 };
-                let Some(image) = images.get(c.image.as_deref().unwrap_or_default()).cloned()
-                else {
+                let reference = c.image.clone().unwrap_or_default();
+                let Some(image) = images.ready.get(&reference).cloned() else {
                     return;
                 };
+                let just_pulled = images.pulled.contains(&reference);
+                let store = self.pulls.store().cloned();
                 let pod = d.pod.clone();
                 let target = plan::EventTarget {
                     namespace: d.namespace(),
@@ -355,18 +313,23 @@ impl Shell {
                     if restart > 1 {
                         rt.prune_attempts(&key, &container, restart);
                     }
+                    if let Some(store) = &store {
+                        store.touch(image.digest.trim_start_matches("sha256:"));
+                    }
                     match rt.start_container(&key, &pod, &c, &image, restart) {
                         Ok(StartOutcome::Started { exit }) => {
-                            record_event(
-                                &shared,
-                                &target,
-                                false,
-                                "Pulled",
-                                &format!(
-                                    "Container image \"{}\" already present on machine",
-                                    image.reference
-                                ),
-                            );
+                            if !just_pulled {
+                                record_event(
+                                    &shared,
+                                    &target,
+                                    false,
+                                    "Pulled",
+                                    &format!(
+                                        "Container image \"{}\" already present on machine",
+                                        image.reference
+                                    ),
+                                );
+                            }
                             record_event(
                                 &shared,
                                 &target,
@@ -492,7 +455,7 @@ impl PodRuntime {
     }
 }
 
-fn record_event(
+pub(crate) fn record_event(
     shared: &Shared,
     target: &plan::EventTarget,
     warning: bool,

@@ -245,11 +245,6 @@ pub struct ImageInfo {
     pub layers: Vec<PathBuf>,
 }
 
-/// Resolves image references on this node (no pulls: a missing image is an error).
-pub trait ImageSource: Send + Sync {
-    fn resolve(&self, reference: &str) -> Result<ImageInfo, String>;
-}
-
 /// Niceness of the agent's threads: above the container work it starts, so membership probes,
 /// the API and replication keep answering while a node starts hundreds of containers at once
 /// (a starved agent misses probes, is declared dead, and its pods fail over needlessly).

@@ -132,12 +132,27 @@ pub enum Action {
     },
 }
 
+/// Whether a container's image can be used, as the kubelet's pull tracker reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageState {
+    Ready,
+    /// Being pulled: the container waits as `ContainerCreating`.
+    Pulling,
+    /// Cannot be used now: the waiting reason (`ErrImagePull`, `ImagePullBackOff`,
+    /// `ErrImageNeverPull`, `InvalidImageName`) and message.
+    Unavailable {
+        reason: String,
+        message: String,
+    },
+}
+
 /// Everything one planning round sees.
 pub struct Inputs<'a> {
     pub desired: &'a BTreeMap<String, DesiredPod>,
     pub observed: &'a BTreeMap<String, ObservedPod>,
-    /// Image reference → `None` if present in the store, or why it cannot be used.
-    pub images: &'a BTreeMap<String, Option<String>>,
+    /// The image of each container, by `(pod key, container name)`: ready, being pulled, or
+    /// unavailable (a container missing here waits as if its image were being pulled).
+    pub images: &'a BTreeMap<(String, String), ImageState>,
     /// This node's status records, by `(namespace, name)`.
     pub recorded: &'a BTreeMap<(String, String), PodStatusRecord>,
     /// Actions still being carried out: pod keys (sandbox, removal) and `key/container`
@@ -204,8 +219,10 @@ pub(crate) struct ContainerPlan {
     pub start: Option<u32>,
     /// Waiting in back-off for this many seconds.
     pub backoff: Option<i64>,
-    /// The image is missing (message).
-    pub image_missing: Option<String>,
+    /// The image cannot be used: (waiting reason, message).
+    pub image_missing: Option<(String, String)>,
+    /// The image is being pulled.
+    pub pulling: bool,
 }
 
 impl Planner {
@@ -266,14 +283,14 @@ impl Planner {
         let policy = desired.restart_policy().to_string();
         let mut plans = BTreeMap::new();
         for c in desired.containers() {
-            let image = c.image.clone().unwrap_or_default();
-            let image_missing = match input.images.get(&image) {
-                Some(None) => None,
-                Some(Some(why)) => Some(why.clone()),
-                None => Some(format!(
-                    "Container image \"{image}\" is not present with pull policy of Never"
-                )),
-            };
+            let (image_missing, pulling) =
+                match input.images.get(&(key.to_string(), c.name.clone())) {
+                    Some(ImageState::Ready) => (None, false),
+                    Some(ImageState::Unavailable { reason, message }) => {
+                        (Some((reason.clone(), message.clone())), false)
+                    }
+                    Some(ImageState::Pulling) | None => (None, true),
+                };
             let latest = observed
                 .and_then(|o| o.containers.get(&c.name))
                 .map(|oc| &oc.latest);
@@ -281,11 +298,14 @@ impl Planner {
                 start: None,
                 backoff: None,
                 image_missing: None,
+                pulling: false,
             };
             match latest.map(|a| (&a.state, a.restart)) {
                 None => {
                     if image_missing.is_some() {
                         plan.image_missing = image_missing;
+                    } else if pulling {
+                        plan.pulling = true;
                     } else {
                         plan.start = Some(0);
                     }
@@ -304,6 +324,8 @@ impl Planner {
                     }
                     if image_missing.is_some() {
                         plan.image_missing = image_missing;
+                    } else if pulling {
+                        plan.pulling = true;
                     } else if input.now >= exit.finished_at + Duration::seconds(delay) {
                         plan.start = Some(restart + 1);
                         if !container_busy(&c.name) {
@@ -381,11 +403,32 @@ impl Planner {
                         ),
                     })
                 }
+                Some("ImagePullBackOff") => {
+                    actions.push(Action::Event {
+                        target: target.clone(),
+                        warning: false,
+                        reason: "BackOff".into(),
+                        message: format!(
+                            "Back-off pulling image \"{}\"",
+                            c.image.as_deref().unwrap_or_default()
+                        ),
+                    });
+                    actions.push(Action::Event {
+                        target: target.clone(),
+                        warning: true,
+                        reason: "Failed".into(),
+                        message: "Error: ImagePullBackOff".into(),
+                    });
+                }
                 Some("ErrImageNeverPull") => actions.push(Action::Event {
                     target: target.clone(),
                     warning: true,
                     reason: "ErrImageNeverPull".into(),
-                    message: plan.image_missing.clone().unwrap_or_default(),
+                    message: plan
+                        .image_missing
+                        .as_ref()
+                        .map(|(_, m)| m.clone())
+                        .unwrap_or_default(),
                 }),
                 _ => {}
             }

@@ -48,7 +48,7 @@ pub fn container_status(
     image: &str,
     observed: Option<&crate::runtime::ObservedContainer>,
     plan_backoff: Option<i64>,
-    image_missing: Option<&str>,
+    image_missing: Option<(&str, &str)>,
     restarting: bool,
     pod: (&str, &str, &str),
     pod_key: &str,
@@ -57,7 +57,7 @@ pub fn container_status(
     let (state, last, restarts) = match observed {
         None => {
             let waiting = match image_missing {
-                Some(m) => json!({"waiting": {"reason": "ErrImageNeverPull", "message": m}}),
+                Some((reason, m)) => json!({"waiting": {"reason": reason, "message": m}}),
                 None => json!({"waiting": {"reason": "ContainerCreating"}}),
             };
             (waiting, json!({}), 0)
@@ -69,8 +69,8 @@ pub fn container_status(
                 .map(state_of)
                 .unwrap_or_else(|| json!({}));
             match (&oc.latest.state, plan_backoff, image_missing, restarting) {
-                (AttemptState::Exited(e), _, Some(m), _) => (
-                    json!({"waiting": {"reason": "ErrImageNeverPull", "message": m}}),
+                (AttemptState::Exited(e), _, Some((reason, m)), _) => (
+                    json!({"waiting": {"reason": reason, "message": m}}),
                     terminated(e),
                     oc.latest.restart,
                 ),
@@ -186,7 +186,11 @@ pub(crate) fn pod_status(
                 c.image.as_deref().unwrap_or_default(),
                 observed.and_then(|o| o.containers.get(&c.name)),
                 plan.and_then(|p| p.backoff),
-                plan.and_then(|p| p.image_missing.as_deref()),
+                plan.and_then(|p| {
+                    p.image_missing
+                        .as_ref()
+                        .map(|(r, m)| (r.as_str(), m.as_str()))
+                }),
                 plan.is_some_and(|p| p.start.is_some()),
                 (&name, &ns, &uid),
                 &desired.key,

@@ -84,7 +84,8 @@ fn running(at: i64) -> AttemptState {
 struct World {
     desired: BTreeMap<String, DesiredPod>,
     observed: BTreeMap<String, ObservedPod>,
-    images: BTreeMap<String, Option<String>>,
+    /// The image state of every container (`Ready` when `None`).
+    image: Option<ImageState>,
     recorded: BTreeMap<(String, String), PodStatusRecord>,
     busy: BTreeSet<String>,
 }
@@ -94,7 +95,7 @@ impl World {
         World {
             desired: d.into_iter().map(|d| (d.key.clone(), d)).collect(),
             observed: o.into_iter().map(|o| (o.meta.key.clone(), o)).collect(),
-            images: [("img:1".to_string(), None)].into_iter().collect(),
+            image: None,
             recorded: BTreeMap::new(),
             busy: BTreeSet::new(),
         }
@@ -102,10 +103,25 @@ impl World {
 
     /// Plans at `now` and records written statuses (as the shell does).
     fn plan(&mut self, planner: &mut Planner, now: DateTime<Utc>) -> Vec<Action> {
+        let images: BTreeMap<(String, String), ImageState> = self
+            .desired
+            .values()
+            .flat_map(|d| {
+                d.containers()
+                    .iter()
+                    .map(|c| {
+                        (
+                            (d.key.clone(), c.name.clone()),
+                            self.image.clone().unwrap_or(ImageState::Ready),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         let actions = planner.plan(&Inputs {
             desired: &self.desired,
             observed: &self.observed,
-            images: &self.images,
+            images: &images,
             recorded: &self.recorded,
             busy: &self.busy,
             node_ip: "10.0.0.1",
@@ -390,7 +406,10 @@ fn a_copy_that_is_still_desired_is_never_stopped() {
 fn a_missing_image_waits_with_a_clear_reason_and_one_event() {
     let mut p = Planner::new();
     let mut w = World::new(Some(desired("Always", &["a"])), None);
-    w.images.clear();
+    w.image = Some(ImageState::Unavailable {
+        reason: "ErrImageNeverPull".into(),
+        message: "Container image \"img:1\" is not present with pull policy of Never".into(),
+    });
     let actions = w.plan(&mut p, t(0));
     assert!(
         runtime_actions(&actions).is_empty(),
@@ -537,4 +556,39 @@ fn containers_start_in_parallel_and_a_busy_one_keeps_its_back_off() {
     // b's start was not carried out: it is still due now, not pushed into back-off (a's,
     // not observed yet in this test, now waits its 10 s).
     assert_eq!(starts(&w.plan(&mut p, t(1))), [("b".to_string(), 1)]);
+}
+
+#[test]
+fn a_pulling_image_holds_the_start_and_a_failed_pull_shows_its_reason() {
+    let mut p = Planner::new();
+    let mut w = World::new(Some(desired("Always", &["a"])), None);
+    w.image = Some(ImageState::Pulling);
+    let actions = w.plan(&mut p, t(0));
+    assert!(
+        runtime_actions(&actions).is_empty(),
+        "nothing starts while pulling"
+    );
+    let waiting = &w.status()["containerStatuses"][0]["state"]["waiting"];
+    assert_eq!(waiting["reason"], "ContainerCreating");
+
+    w.image = Some(ImageState::Unavailable {
+        reason: "ImagePullBackOff".into(),
+        message: "Back-off pulling image \"img:1\": manifest unknown".into(),
+    });
+    let actions = w.plan(&mut p, t(1));
+    assert!(runtime_actions(&actions).is_empty());
+    let waiting = &w.status()["containerStatuses"][0]["state"]["waiting"];
+    assert_eq!(waiting["reason"], "ImagePullBackOff");
+    assert!(waiting["message"]
+        .as_str()
+        .unwrap()
+        .contains("manifest unknown"));
+    assert_eq!(w.status()["phase"], "Pending");
+
+    w.image = Some(ImageState::Ready);
+    let actions = w.plan(&mut p, t(2));
+    assert!(
+        !runtime_actions(&actions).is_empty(),
+        "the sandbox is created once the image is ready"
+    );
 }

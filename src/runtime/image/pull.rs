@@ -298,6 +298,15 @@ struct Ctx {
     allow_seed: bool,
 }
 
+impl std::fmt::Debug for Puller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Puller")
+            .field("store", &self.store.dir())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One node's puller: shares downloads between concurrent pulls and with peers.
 pub struct Puller {
     store: ImageStore,
