@@ -69,6 +69,7 @@ pub fn rendezvous(hex: &str, node: &str) -> u64 {
 
 /// An HTTPS client for other agents' APIs: trusts the cluster CA only.
 pub fn cluster_client(data_dir: &Path) -> Result<reqwest::Client, String> {
+    crate::install_crypto_provider();
     let ca = std::fs::read(data_dir.join("tls/ca.crt"))
         .map_err(|e| format!("reading the cluster CA: {e}"))?;
     let cert = reqwest::Certificate::from_pem(&ca).map_err(|e| format!("cluster CA: {e}"))?;

@@ -327,6 +327,8 @@ pub struct BlobStream {
 
 impl Puller {
     pub fn new(store: ImageStore, config: PullConfig, peers: Arc<dyn Peers>) -> Arc<Puller> {
+        // The registry client's TLS needs a process-wide rustls provider.
+        crate::install_crypto_provider();
         Arc::new(Puller {
             store,
             config,
