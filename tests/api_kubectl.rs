@@ -863,6 +863,140 @@ async fn kubectl_configmaps_and_namespaces() {
     h.stop().await;
 }
 
+/// A Secret applied with both `data` (base64) and `stringData` (plain, merged into `data`).
+const SECRET_V1: &str = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: app-creds\ntype: Opaque\ndata:\n  user: YWRtaW4=\nstringData:\n  password: s3cr3t-v1\n";
+const SECRET_V2: &str = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: app-creds\ntype: Opaque\ndata:\n  user: YWRtaW4=\nstringData:\n  password: s3cr3t-v2\n";
+
+fn b64(text: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_secrets() {
+    let h = Harness::start().await;
+    // kubectl's typed client sends these as protobuf.
+    assert!(h
+        .ok(&[
+            "create",
+            "secret",
+            "docker-registry",
+            "regcred",
+            "--docker-server=10.77.0.1:5000",
+            "--docker-username=u",
+            "--docker-password=p"
+        ])
+        .await
+        .contains("secret/regcred created"));
+    let regcred = h.backend.get("secrets", "regcred").unwrap();
+    assert_eq!(regcred["type"], "kubernetes.io/dockerconfigjson");
+    assert_eq!(
+        shoal::model::secret::registry_credentials(&regcred, "10.77.0.1:5000")
+            .unwrap()
+            .map(|c| (c.username, c.password)),
+        Some(("u".to_string(), "p".to_string()))
+    );
+    assert!(h
+        .ok(&["create", "secret", "generic", "x", "--from-literal=a=b"])
+        .await
+        .contains("secret/x created"));
+    let x = h.backend.get("secrets", "x").unwrap();
+    assert_eq!(x["data"], json!({"a": b64("b")}));
+    assert_eq!(x["type"], "Opaque");
+
+    // apply: stringData lands in data as base64 and is not stored; re-apply updates it.
+    let file = h.write("secret.yaml", SECRET_V1);
+    assert!(h
+        .ok(&["apply", "-f", &file])
+        .await
+        .contains("secret/app-creds created"));
+    let stored = h.backend.get("secrets", "app-creds").unwrap();
+    assert_eq!(
+        stored["data"],
+        json!({"user": b64("admin"), "password": b64("s3cr3t-v1")})
+    );
+    assert!(stored.get("stringData").is_none());
+    let file = h.write("secret.yaml", SECRET_V2);
+    assert!(h
+        .ok(&["apply", "-f", &file])
+        .await
+        .contains("secret/app-creds configured"));
+    let yaml = h.ok(&["get", "secret", "app-creds", "-o", "yaml"]).await;
+    let served: Value = serde_yaml::from_str(&yaml).unwrap();
+    assert_eq!(served["data"]["password"], b64("s3cr3t-v2"));
+    assert_eq!(served["data"]["user"], b64("admin"));
+    assert_eq!(served["type"], "Opaque");
+    assert!(served.get("stringData").is_none(), "{yaml}");
+
+    let list = h.ok(&["get", "secrets"]).await;
+    column_positions(
+        list.lines().next().unwrap(),
+        &["NAME", "TYPE", "DATA", "AGE"],
+    );
+    let rows = squeeze(&list);
+    for want in [
+        "regcred kubernetes.io/dockerconfigjson 1 ",
+        "x Opaque 1 ",
+        "app-creds Opaque 2 ",
+    ] {
+        assert!(rows.contains(want), "{want:?} missing from:\n{list}");
+    }
+
+    // describe shows sizes, never values.
+    let describe = squeeze(&h.ok(&["describe", "secret", "regcred"]).await);
+    for needle in [
+        "Name: regcred",
+        "Namespace: default",
+        "Type: kubernetes.io/dockerconfigjson",
+        ".dockerconfigjson:",
+        " bytes",
+    ] {
+        assert!(
+            describe.contains(needle),
+            "describe lacks {needle:?}:\n{describe}"
+        );
+    }
+    assert!(!describe.contains(&b64("u:p")), "{describe}");
+
+    // Bad Secrets are 422s naming the field, without the secret's contents.
+    let bad = [
+        (
+            "no-auths",
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: bad\ntype: kubernetes.io/dockerconfigjson\nstringData:\n  .dockerconfigjson: '{\"hunter2\": {}}'\n",
+            "data[.dockerconfigjson]: Invalid value: \"<secret contents redacted>\": .dockerconfigjson has no `auths` object",
+        ),
+        (
+            "missing-key",
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: bad\ntype: kubernetes.io/dockerconfigjson\nstringData:\n  config.json: hunter2\n",
+            "data[.dockerconfigjson]: Required value",
+        ),
+        (
+            "bad-base64",
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: bad\ndata:\n  k: hunter2!\n",
+            "The Secret \"bad\" is invalid: data[k]: Invalid value: \"<secret contents redacted>\": illegal base64 data",
+        ),
+        (
+            "bad-key",
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: bad\nstringData:\n  a/b: hunter2\n",
+            "data[a/b]: Invalid value: \"a/b\": a valid config key must consist of alphanumeric characters",
+        ),
+    ];
+    for (case, yaml, want) in bad {
+        let file = h.write(&format!("{case}.yaml"), yaml);
+        let stderr = h.fails(&["apply", "-f", &file]).await;
+        assert!(stderr.contains(want), "{case}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{case}: {stderr}");
+    }
+    assert!(h.backend.get("secrets", "bad").is_none());
+
+    assert!(h
+        .ok(&["delete", "secret", "x"])
+        .await
+        .contains("secret \"x\" deleted"));
+    let stderr = h.fails(&["get", "secret", "x"]).await;
+    assert!(stderr.contains("secrets \"x\" not found"), "{stderr}");
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn raw_bad_input_is_rejected_with_status() {
     let config = ApiConfig {
@@ -1842,6 +1976,14 @@ fn bad_deploy(edit: &str) -> String {
             "      restartPolicy: Never\n      containers:\n",
         ),
         "type" => DEPLOY_V1.replace("replicas: 2", "replicas: two"),
+        "pull-policy" => DEPLOY_V1.replace(
+            "        image: shoal.test/busybox:1\n",
+            "        image: shoal.test/busybox:1\n        imagePullPolicy: Sometimes\n",
+        ),
+        "pull-secret" => DEPLOY_V1.replace(
+            "      containers:\n",
+            "      imagePullSecrets:\n      - {}\n      containers:\n",
+        ),
         other => panic!("no edit {other}"),
     }
 }
@@ -1860,6 +2002,8 @@ async fn kubectl_rejects_bad_workloads_naming_the_field() {
         ("quantity", "spec.template.spec.containers[0].resources.requests[memory]: Invalid value: \"lots\""),
         ("restart-policy", "spec.template.spec.restartPolicy: Unsupported value: \"Never\": supported values: \"Always\""),
         ("type", "spec.replicas: invalid type: string \"two\""),
+        ("pull-policy", "spec.template.spec.containers[0].imagePullPolicy: Unsupported value: \"Sometimes\": supported values: \"Always\", \"IfNotPresent\", \"Never\""),
+        ("pull-secret", "spec.template.spec.imagePullSecrets[0].name: Required value"),
     ];
     for (edit, want) in cases {
         let file = h.write(&format!("{edit}.yaml"), &bad_deploy(edit));

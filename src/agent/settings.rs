@@ -3,12 +3,13 @@
 //!
 //! ```json
 //! { "name": "n1", "listen_p2p": "0.0.0.0:7946", "listen_api": "0.0.0.0:6443",
-//!   "advertise": "10.77.0.11", "join": ["10.77.0.12:7946"] }
+//!   "advertise": "10.77.0.11", "join": ["10.77.0.12:7946"],
+//!   "insecure_registries": ["10.77.0.1:5000"] }
 //! ```
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -23,6 +24,10 @@ pub struct AgentSettings {
     pub advertise: Option<IpAddr>,
     /// Members' p2p addresses to contact when no peer is known.
     pub join: Vec<SocketAddr>,
+    /// Registries (`host` or `host:port`, normalised by [`AgentSettings::parse_registry_host`]) that may be
+    /// reached over plain HTTP; every other registry is HTTPS only.
+    #[serde(deserialize_with = "registry_hosts")]
+    pub insecure_registries: Vec<String>,
 }
 
 impl Default for AgentSettings {
@@ -33,11 +38,24 @@ impl Default for AgentSettings {
             listen_api: SocketAddr::from(([0, 0, 0, 0], 6443)),
             advertise: None,
             join: Vec::new(),
+            insecure_registries: Vec::new(),
         }
     }
 }
 
 impl AgentSettings {
+    /// Whether `registry` (`host` or `host:port`, as in an image reference) is listed as
+    /// insecure. Hosts compare case-insensitively; ports must be equal (an entry without a
+    /// port matches only the registry without one, like Docker's `insecure-registries`).
+    pub fn is_insecure_registry(&self, registry: &str) -> bool {
+        Self::parse_registry_host(registry).is_ok_and(|r| self.insecure_registries.contains(&r))
+    }
+
+    /// Checks an insecure-registry entry (see [`parse_registry_host`]).
+    pub fn parse_registry_host(text: &str) -> Result<String, String> {
+        parse_registry_host(text)
+    }
+
     /// The advertised address: explicit, else the listen address if specific, else the first
     /// non-loopback IPv4 address of the host, else loopback.
     pub fn advertise_ip(&self) -> IpAddr {
@@ -56,5 +74,129 @@ impl AgentSettings {
                     .map(|a| a.ip())
             })
             .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    }
+}
+
+/// Parses an insecure-registry entry (`--insecure-registry`, `insecure_registries`): `host` or `host:port`, where host is a DNS name, an IPv4
+/// address or a bracketed IPv6 address, without a scheme or path. Returns it lowercased.
+fn parse_registry_host(text: &str) -> Result<String, String> {
+    let bad = |why: &str| {
+        format!(
+            "invalid registry {text:?}: {why} (expected HOST or HOST:PORT, e.g. 10.77.0.1:5000)"
+        )
+    };
+    let entry = text.trim();
+    if entry.is_empty() {
+        return Err(bad("empty"));
+    }
+    if entry.contains("://") {
+        return Err(bad("no scheme allowed"));
+    }
+    if entry.contains('/') {
+        return Err(bad("no path allowed"));
+    }
+    let (host, port) = if let Some(v6) = entry.strip_prefix('[') {
+        let (addr, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+        if addr.parse::<Ipv6Addr>().is_err() {
+            return Err(bad("not an IPv6 address inside [ ]"));
+        }
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or_else(|| bad("junk after ']'"))?),
+        };
+        (None, port)
+    } else {
+        match entry.split_once(':') {
+            Some((host, port)) => (Some(host), Some(port)),
+            None => (Some(entry), None),
+        }
+    };
+    if let Some(port) = port {
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => {}
+            _ => return Err(bad("the port must be a number from 1 to 65535")),
+        }
+    }
+    if let Some(host) = host {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if host.len() > 253 || !host.split('.').all(label_ok) {
+            return Err(bad("not a host name or IP address"));
+        }
+    }
+    Ok(entry.to_ascii_lowercase())
+}
+
+/// Deserializes `insecure_registries`, refusing entries [`parse_registry_host`] refuses.
+fn registry_hosts<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|e| parse_registry_host(e).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_hosts_are_host_or_host_port() {
+        for (given, stored) in [
+            ("10.77.0.1:5000", "10.77.0.1:5000"),
+            ("Registry.Local", "registry.local"),
+            ("localhost:5000", "localhost:5000"),
+            ("[::1]:5000", "[::1]:5000"),
+            ("[fd00::1]", "[fd00::1]"),
+            (" reg-1.example.com ", "reg-1.example.com"),
+        ] {
+            assert_eq!(parse_registry_host(given).as_deref(), Ok(stored), "{given}");
+        }
+        for (given, why) in [
+            ("", "empty"),
+            ("http://10.77.0.1:5000", "no scheme"),
+            ("10.77.0.1:5000/v2", "no path"),
+            ("host:", "port"),
+            ("host:0", "port"),
+            ("host:70000", "port"),
+            ("host:+5", "port"),
+            ("host:5000:1", "port"),
+            ("bad_host", "host name"),
+            ("-a.example", "host name"),
+            ("a..b", "host name"),
+            ("[::1", "unclosed"),
+            ("[zz]:5000", "IPv6"),
+        ] {
+            let err = parse_registry_host(given).unwrap_err();
+            assert!(err.contains(why), "{given}: {err}");
+            assert!(err.contains("HOST:PORT"), "{err}");
+        }
+    }
+
+    #[test]
+    fn insecure_registries_persist_and_match_exactly() {
+        let settings = AgentSettings {
+            insecure_registries: vec!["10.77.0.1:5000".into(), "plain.local".into()],
+            ..AgentSettings::default()
+        };
+        let json = serde_json::to_string(&settings).unwrap();
+        let back: AgentSettings = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, settings);
+        assert!(settings.is_insecure_registry("10.77.0.1:5000"));
+        assert!(settings.is_insecure_registry("PLAIN.local"));
+        assert!(!settings.is_insecure_registry("10.77.0.1"));
+        assert!(!settings.is_insecure_registry("plain.local:5000"));
+        assert!(!settings.is_insecure_registry("docker.io"));
+        // Older files without the field still load; bad entries are refused with the reason.
+        let old: AgentSettings = serde_json::from_str(r#"{"name": "n1"}"#).unwrap();
+        assert!(old.insecure_registries.is_empty());
+        let err =
+            serde_json::from_str::<AgentSettings>(r#"{"insecure_registries": ["http://x:5000"]}"#)
+                .unwrap_err();
+        assert!(err.to_string().contains("no scheme allowed"), "{err}");
     }
 }

@@ -8,8 +8,9 @@ use serde_json::{json, Value};
 
 use super::resources::Workload;
 use super::status::Cause;
+use super::validation::SUBDOMAIN_MSG;
 use super::workloads::selector_matches;
-use crate::model::{is_dns1123_label, quantity};
+use crate::model::{is_dns1123_label, is_dns1123_subdomain, quantity};
 
 /// Where the pod spec of a workload object is.
 fn pod_spec_path(workload: Workload) -> &'static [&'static str] {
@@ -289,6 +290,21 @@ fn validate_pod_spec(spec: &Value, path: &str, template: bool, causes: &mut Vec<
             causes,
         );
     }
+    for (i, secret) in spec["imagePullSecrets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let field = format!("{path}.imagePullSecrets[{i}].name");
+        match secret["name"].as_str().unwrap_or_default() {
+            "" => causes.push(required(field)),
+            name if !is_dns1123_subdomain(name) => {
+                causes.push(invalid(field, &secret["name"], SUBDOMAIN_MSG))
+            }
+            _ => {}
+        }
+    }
     if let Some(policy) = spec["restartPolicy"].as_str() {
         let supported: &[&str] = if template {
             &["Always"]
@@ -514,6 +530,59 @@ mod tests {
         assert_eq!(default_pull_policy("localhost:5000/busybox"), "Always");
         assert_eq!(default_pull_policy("shoal.test/busybox:1"), "IfNotPresent");
         assert_eq!(default_pull_policy("x@sha256:abcd"), "IfNotPresent");
+    }
+
+    #[test]
+    fn pull_policies_are_defaulted_per_container_and_checked() {
+        let mut pod = json!({"metadata": {"name": "p"}, "spec": {
+            "containers": [
+                {"name": "a", "image": "busybox"},
+                {"name": "b", "image": "10.77.0.1:5000/app:v2"},
+                {"name": "c", "image": "app:latest", "imagePullPolicy": "Never"},
+                {"name": "d", "image": "app@sha256:0123"},
+            ],
+            "initContainers": [{"name": "i", "image": "init:latest"}],
+            "imagePullSecrets": [{"name": "regcred"}],
+        }});
+        default(Workload::Pod, &mut pod);
+        let policy = |list: &str, i: usize| pod["spec"][list][i]["imagePullPolicy"].clone();
+        assert_eq!(policy("containers", 0), "Always");
+        assert_eq!(policy("containers", 1), "IfNotPresent");
+        assert_eq!(policy("containers", 2), "Never");
+        assert_eq!(policy("containers", 3), "IfNotPresent");
+        assert_eq!(policy("initContainers", 0), "Always");
+        assert!(validate(Workload::Pod, &pod, None).is_empty());
+
+        let mut bad = pod.clone();
+        bad["spec"]["containers"][0]["imagePullPolicy"] = json!("Sometimes");
+        bad["spec"]["imagePullSecrets"] = json!([{"name": "regcred"}, {}, {"name": "Bad_Name"}]);
+        let causes = validate(Workload::Pod, &bad, None);
+        assert_eq!(
+            fields(&causes),
+            vec![
+                "spec.containers[0].imagePullPolicy",
+                "spec.imagePullSecrets[1].name",
+                "spec.imagePullSecrets[2].name",
+            ]
+        );
+        assert_eq!(
+            causes[0].message,
+            "Unsupported value: \"Sometimes\": supported values: \"Always\", \"IfNotPresent\", \"Never\""
+        );
+        assert_eq!(causes[1].message, "Required value");
+
+        let mut d = deployment();
+        d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("web");
+        d["spec"]["template"]["spec"]["imagePullSecrets"] = json!([{"name": ""}]);
+        default(Workload::Deployment, &mut d);
+        assert_eq!(
+            d["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+            "Always"
+        );
+        assert_eq!(
+            fields(&validate(Workload::Deployment, &d, None)),
+            vec!["spec.template.spec.imagePullSecrets[0].name"]
+        );
     }
 
     #[test]

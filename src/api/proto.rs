@@ -1,6 +1,6 @@
 //! Decoding of Kubernetes protobuf request bodies (`application/vnd.kubernetes.protobuf`),
 //! which kubectl's typed clients send for built-in kinds (`kubectl create namespace`,
-//! `kubectl create configmap`). A body is the `k8s\0` magic and a `runtime.Unknown` envelope
+//! `kubectl create configmap`, `kubectl create secret`). A body is the `k8s\0` magic and a `runtime.Unknown` envelope
 //! whose `raw` bytes are the object; objects decode to JSON through small per-kind descriptors
 //! (field number -> JSON name and type). Responses are always JSON, which clients accept.
 
@@ -70,6 +70,15 @@ pub static CONFIG_MAP: &Message = &[
     (2, "data", Field::MapStringString),
     (3, "binaryData", Field::MapStringBytes),
     (4, "immutable", Field::Bool),
+];
+
+/// `core/v1` Secret: `data` is bytes (base64 in JSON), `stringData` plain strings.
+pub static SECRET: &Message = &[
+    (1, "metadata", Field::Message(OBJECT_META)),
+    (2, "data", Field::MapStringBytes),
+    (3, "type", Field::String),
+    (4, "stringData", Field::MapStringString),
+    (5, "immutable", Field::Bool),
 ];
 
 const MAGIC: &[u8] = b"k8s\0";
@@ -306,6 +315,32 @@ mod tests {
             object,
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm1", "labels": {"k": "v"}},
                    "data": {"a": "1"}, "immutable": true})
+        );
+    }
+
+    #[test]
+    fn decodes_a_secret_with_bytes_as_base64() {
+        let meta = field(1, b"regcred");
+        let data = field(
+            2,
+            &[field(1, b".dockerconfigjson"), field(2, b"{\"auths\":{}}")].concat(),
+        );
+        let string_data = field(4, &[field(1, b"user"), field(2, b"u")].concat());
+        let raw = [
+            field(1, &meta),
+            data,
+            field(3, b"kubernetes.io/dockerconfigjson"),
+            string_data,
+        ]
+        .concat();
+        let type_meta = [field(1, b"v1"), field(2, b"Secret")].concat();
+        let body = [MAGIC.to_vec(), field(1, &type_meta), field(2, &raw)].concat();
+        let object = decode_object(&body, SECRET).unwrap();
+        assert_eq!(
+            object,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "regcred"},
+                   "data": {".dockerconfigjson": "eyJhdXRocyI6e319"},
+                   "type": "kubernetes.io/dockerconfigjson", "stringData": {"user": "u"}})
         );
     }
 

@@ -37,6 +37,7 @@ pub enum Columns {
     Node,
     Namespace,
     ConfigMap,
+    Secret,
     Pod,
     Deployment,
     ReplicaSet,
@@ -174,6 +175,16 @@ static CONFIG_MAP: Schema = Schema::Object(&[
     ("immutable", Schema::Bool),
 ]);
 
+static SECRET: Schema = Schema::Object(&[
+    ("apiVersion", Schema::String),
+    ("kind", Schema::String),
+    ("metadata", Schema::Any),
+    ("data", Schema::MapOf(&Schema::String)),
+    ("stringData", Schema::MapOf(&Schema::String)),
+    ("type", Schema::String),
+    ("immutable", Schema::Bool),
+]);
+
 static NAMESPACE: Schema = Schema::Object(&[
     ("apiVersion", Schema::String),
     ("kind", Schema::String),
@@ -300,6 +311,25 @@ pub static RESOURCES: &[ResourceInfo] = &[
         columns: Columns::ConfigMap,
         storage: Storage::Objects,
         proto: Some(proto::CONFIG_MAP),
+        workload: None,
+        subresources: &[],
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        plural: "secrets",
+        singular: "secret",
+        kind: "Secret",
+        short_names: &[],
+        categories: &[],
+        namespaced: true,
+        verbs: ALL_VERBS,
+        name_rule: NameRule::Subdomain,
+        schema: &SECRET,
+        merge_keys: no_merge_keys,
+        columns: Columns::Secret,
+        storage: Storage::Objects,
+        proto: Some(proto::SECRET),
         workload: None,
         subresources: &[],
     },
@@ -533,6 +563,7 @@ mod tests {
             by_plural("configmaps").unwrap().backend_resource(),
             "configmaps"
         );
+        assert_eq!(by_plural("secrets").unwrap().backend_resource(), "secrets");
     }
 
     #[test]

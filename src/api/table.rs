@@ -165,6 +165,12 @@ fn column_definitions(columns: Columns) -> Vec<Value> {
             column("Data", "string", 0, "Number of keys in the config map"),
             age,
         ],
+        Columns::Secret => vec![
+            name,
+            column("Type", "string", 0, "The type of the secret"),
+            column("Data", "string", 0, "The number of data items in the secret"),
+            age,
+        ],
         Columns::Pod => vec![
             name,
             column("Ready", "string", 0, "The aggregate readiness state of this pod for accepting traffic."),
@@ -536,6 +542,11 @@ fn cells(columns: Columns, object: &Value, now: DateTime<Utc>) -> Vec<Value> {
                 .sum::<usize>();
             vec![name, json!(count), json!(age(object, now))]
         }
+        Columns::Secret => {
+            let count = object["data"].as_object().map_or(0, |m| m.len());
+            let kind = object["type"].as_str().unwrap_or("Opaque");
+            vec![name, json!(kind), json!(count), json!(age(object, now))]
+        }
         Columns::Pod => pod_cells(object, now),
         Columns::Deployment => {
             let [containers, images, selector] = template_cells(object);
@@ -730,6 +741,33 @@ mod tests {
                 "{columns:?}"
             );
         }
+    }
+
+    #[test]
+    fn secret_rows_show_type_and_data_count() {
+        let now = DateTime::parse_from_rfc3339("2024-05-01T10:05:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let secret = json!({
+            "metadata": {"name": "regcred", "creationTimestamp": "2024-05-01T10:00:00Z"},
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": "e30="},
+        });
+        assert_eq!(
+            cells(Columns::Secret, &secret, now),
+            vec![
+                json!("regcred"),
+                json!("kubernetes.io/dockerconfigjson"),
+                json!(1),
+                json!("5m")
+            ]
+        );
+        let untyped = json!({"metadata": {"name": "x"}});
+        assert_eq!(
+            cells(Columns::Secret, &untyped, now)[1..3],
+            [json!("Opaque"), json!(0)]
+        );
+        assert_eq!(column_definitions(Columns::Secret).len(), 4);
     }
 
     #[test]

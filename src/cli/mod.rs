@@ -76,6 +76,16 @@ pub enum Command {
         listen_api: Option<SocketAddr>,
         #[arg(long)]
         advertise: Option<IpAddr>,
+        /// A registry (HOST or HOST:PORT) that may be pulled from over plain HTTP; repeatable
+        /// (the env var takes a comma-separated list). Saved with the other settings.
+        #[arg(
+            long = "insecure-registry",
+            value_name = "HOST[:PORT]",
+            env = "SHOAL_INSECURE_REGISTRIES",
+            value_delimiter = ',',
+            value_parser = AgentSettings::parse_registry_host
+        )]
+        insecure_registry: Vec<String>,
     },
     /// Print the serving agent's view (epoch, leader, members, document heads) as JSON.
     Status {
@@ -152,6 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 listen_api,
                 advertise,
                 join: Vec::new(),
+                insecure_registries: Vec::new(),
             };
             let token = parse_token(token)?;
             let out = agent::init_cluster(&InitOptions {
@@ -193,6 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen_p2p,
             listen_api,
             advertise,
+            insecure_registry,
         } => {
             let opts = RunOptions {
                 data_dir,
@@ -202,6 +214,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 listen_p2p,
                 listen_api,
                 advertise,
+                insecure_registries: insecure_registry,
             };
             // Before any thread exists, so every runtime thread inherits it; the shim and the
             // sandbox go back to 0, so containers run at the default priority.

@@ -1,10 +1,12 @@
 //! Plain resource types shared by every role: node records as stored in the replicated
 //! document, the node view the API serves (record + liveness from the local membership view),
-//! and the workload records (bindings, pod status) roles exchange through the documents.
+//! the workload records (bindings, pod status) roles exchange through the documents, and the
+//! Secret rules (data keys, registry credentials out of docker config Secrets).
 
 mod names;
 mod node;
 pub mod quantity;
+pub mod secret;
 pub mod workload;
 
 pub use names::{is_dns1123_label, is_dns1123_subdomain};
