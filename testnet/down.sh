@@ -5,6 +5,10 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_root
 
+# The testnet registries (testnet/registry.sh), before their run dir goes.
+"$TESTNET_DIR/registry.sh" stop >/dev/null 2>&1 || true
+REGISTRY_PORT=5001 "$TESTNET_DIR/registry.sh" stop >/dev/null 2>&1 || true
+
 nodes="$(known_nodes)"
 # Namespaces named shoal-nK whose run dir is already gone still belong to us.
 for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^${NS_PREFIX}n[0-9]+$" || true); do

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Bring up a local testnet of N nodes (default 3): one network namespace per node on a bridge,
 # one agent per node, joined into one cluster. Returns once every node's API reports N Ready
-# nodes, writes testnet/run/kubeconfig (contexts n1..nN, current n1), and loads the image
-# shoal.test/busybox:1 (testnet/busybox-image.sh, built into run/) into every node's store.
+# nodes, writes testnet/run/kubeconfig (contexts n1..nN, current n1), loads the image
+# shoal.test/busybox:1 (testnet/busybox-image.sh, built into run/) into every node's store, and
+# starts a registry at 10.77.0.1:5000 holding it as shoal/busybox:1 (testnet/registry.sh).
 #
 # Environment:
 #   SHOAL_BIN            binary to run (default target/release/shoal, built if stale)
@@ -85,12 +86,17 @@ for node in $nodes; do
   import_busybox_image "$node" || { tail_logs 20; die "could not load the testnet image into $node"; }
 done
 
+# A registry on the bridge with the same image, for pulls (10.77.0.1:5000/shoal/busybox:1).
+"$TESTNET_DIR/registry.sh" start
+"$TESTNET_DIR/registry.sh" seed
+
 cat <<MSG
 testnet up: $N nodes ($nodes) on bridge $BRIDGE, node nK at $SUBNET_PREFIX.(10+K)
   export KUBECONFIG=$RUN_DIR/kubeconfig
   kubectl get nodes -o wide                 # via n1 (current context)
   kubectl --context n2 get nodes            # via any other node
   shoal status --context n3                 # that agent's membership view
+  shoal image pull --context n2 $HOST_IP:5000/shoal/busybox:1   # pull from the testnet registry
   testnet/kill.sh n2; testnet/start.sh n2   # faults: kill/start/restart/stop/cont/partition/heal
   testnet/down.sh                           # remove everything
 logs: $RUN_DIR/<node>/agent.log

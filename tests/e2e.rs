@@ -8,6 +8,7 @@
 mod support;
 
 mod e2e {
+    mod images;
     mod workloads;
 
     use std::collections::BTreeMap;

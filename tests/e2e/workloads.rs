@@ -81,7 +81,7 @@ fn kubectl_stdin(ctx: &str, verb: &[&str], manifest: &str) -> Result<String, Str
     }
 }
 
-fn apply(ctx: &str, manifest: &str) {
+pub(super) fn apply(ctx: &str, manifest: &str) {
     kubectl_stdin(ctx, &["apply"], manifest).unwrap_or_else(|e| panic!("{e}"));
 }
 
