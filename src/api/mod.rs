@@ -24,7 +24,7 @@
 //! **Architecture Invariant:** the status of Pods, ReplicaSets and Deployments is never stored
 //! by the API; a `status` sent by a user is dropped, and reads compute it.
 
-mod admission;
+pub mod admission;
 mod auth;
 mod backend;
 mod body;

@@ -27,13 +27,10 @@ pub fn backoff_after(failures: u32) -> i64 {
     (BACKOFF << shift).min(MAX_BACKOFF)
 }
 
-/// The policy Kubernetes defaults to when a container has none: `Always` for an untagged or
-/// `:latest` image (without digest), else `IfNotPresent`.
+/// The policy Kubernetes defaults to when a container has none (admission sets it on every
+/// pod; this covers pods stored before it did).
 pub fn default_policy(image: &str) -> &'static str {
-    match reference::parse(image) {
-        Ok(r) if r.digest.is_none() && r.tag.as_deref().is_none_or(|t| t == "latest") => "Always",
-        _ => "IfNotPresent",
-    }
+    crate::api::admission::default_pull_policy(image)
 }
 
 #[derive(Clone, Debug)]
