@@ -32,7 +32,7 @@ need_root() { [ "$(id -u)" = 0 ] || die "must run as root (network namespaces, b
 # ---- prerequisites ---------------------------------------------------------------------------
 
 # command -> Debian package that provides it
-PREREQS="ip:iproute2 nft:nftables iptables:iptables runc:runc busybox:busybox-static nsenter:util-linux curl:curl tar:tar gzip:gzip sha256sum:coreutils"
+PREREQS="ip:iproute2 nft:nftables iptables:iptables runc:runc busybox:busybox-static nsenter:util-linux curl:curl tar:tar gzip:gzip sha256sum:coreutils docker-registry:docker-registry skopeo:skopeo umoci:umoci htpasswd:apache2-utils"
 
 install_prereqs() {
   need_root

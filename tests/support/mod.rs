@@ -2,6 +2,8 @@
 //! and polling a condition until a deadline (never a bare sleep).
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
