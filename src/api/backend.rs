@@ -2,6 +2,7 @@
 //! The agent implements it over the replicated document and the membership view; unit tests
 //! implement it in memory.
 
+use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -9,6 +10,7 @@ use std::collections::BTreeMap;
 
 use crate::model::workload::{Binding, PodStatusRecord, SchedulingRecord};
 use crate::model::{NodeView, Readiness};
+use crate::runtime::image::pull::{BlobStream, FetchThrough, PullEvent, PullRequest};
 
 /// Addresses one stored object. `resource` is the lower-case plural, qualified by its API group
 /// unless it is in the core group: `configmaps`, `namespaces`, `deployments.apps`.
@@ -116,6 +118,48 @@ pub trait Backend: Send + Sync + 'static {
     /// (same file system as the image store); `None`: imports are refused with 503.
     fn upload_dir(&self) -> Option<std::path::PathBuf> {
         None
+    }
+    /// Pulls an image into this node's store (from peers or its registry), reporting progress.
+    /// The stream's last event is [`PullEvent::Done`] or [`PullEvent::Error`]; the API ends the
+    /// response there (and reports an error of its own if the stream ends without either).
+    fn pull_image(&self, req: PullRequest) -> BoxStream<'static, PullEvent> {
+        let _ = req;
+        Box::pin(futures::stream::once(async {
+            PullEvent::Error {
+                message: "this node cannot pull images".into(),
+            }
+        }))
+    }
+    /// Removes an image reference (or, given `name@sha256:...`, every reference to that
+    /// manifest) from this node's store. [`BackendError::NotFound`] when the store does not
+    /// hold it; [`BackendError::Conflict`] ("image is in use by container X") while a container
+    /// runs from it.
+    fn remove_image(&self, reference: &str) -> BoxFuture<'static, Result<(), BackendError>> {
+        let _ = reference;
+        Box::pin(async { Err(BackendError::Unavailable("no image store here".into())) })
+    }
+    /// Blob `sha256:<hex>` for a peer, when this node holds it or is downloading it; `None`:
+    /// not here. `hex` is 64 lower-case hex digits (checked by the API).
+    fn serve_blob(&self, hex: &str) -> Option<BlobStream> {
+        let _ = hex;
+        None
+    }
+    /// As the seed of blob `sha256:<hex>`: fetches it from the registry named by `req` (or joins
+    /// the download already running) and streams it to the asking peer.
+    fn fetch_through(
+        &self,
+        hex: &str,
+        req: FetchThrough,
+    ) -> BoxFuture<'static, Result<BlobStream, BackendError>> {
+        let _ = (hex, req);
+        Box::pin(async { Err(BackendError::Unavailable("no image store here".into())) })
+    }
+    /// Whether `token` (already [authenticated](Backend::authenticate)) is the cluster-internal
+    /// token that agents use to call each other, rather than a user's token. Routes that bypass
+    /// user authorization (the blob routes) are served to internal callers only.
+    fn is_internal(&self, token: &str) -> bool {
+        let _ = token;
+        false
     }
 }
 

@@ -31,8 +31,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/openapi/v3/{*path}", get(openapi::document))
         .route("/shoal/v1/status", get(shoal_status))
         .route("/shoal/v1/backup", get(shoal_backup))
-        .route("/shoal/v1/images", get(images::list))
+        .route("/shoal/v1/images", get(images::list).delete(images::remove))
         .route("/shoal/v1/images/import", post(images::import))
+        .route("/shoal/v1/images/pull", post(images::pull))
+        .route("/shoal/v1/blobs/{digest}", get(images::blob))
+        .route("/shoal/v1/blobs/{digest}/fetch", post(images::fetch))
         .fallback(dispatch)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(

@@ -14,13 +14,20 @@ struct Connection {
 }
 
 fn connect(args: &ClientArgs, timeout: std::time::Duration) -> anyhow::Result<Connection> {
+    connect_with(args, |b| b.timeout(timeout))
+}
+
+/// A connection whose client `timeouts` configures.
+fn connect_with(
+    args: &ClientArgs,
+    timeouts: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+) -> anyhow::Result<Connection> {
     let file = kubeconfig::path(args.kubeconfig.as_deref());
     let target = kubeconfig::load(&file, args.context.as_deref())?;
-    let mut builder = reqwest::Client::builder().timeout(timeout);
+    let mut builder = timeouts(reqwest::Client::builder());
     if let Some(pem) = &target.ca_pem {
-        builder = builder.tls_certs_only([
-            reqwest::Certificate::from_pem(pem).context("the kubeconfig's CA is not PEM")?,
-        ]);
+        let ca = reqwest::Certificate::from_pem(pem).context("the kubeconfig's CA is not PEM")?;
+        builder = builder.tls_certs_only([ca]);
     }
     if target.insecure {
         builder = builder.danger_accept_invalid_certs(true);
@@ -32,15 +39,21 @@ fn connect(args: &ClientArgs, timeout: std::time::Duration) -> anyhow::Result<Co
 }
 
 impl Connection {
-    async fn send(&self, mut req: reqwest::RequestBuilder, path: &str) -> anyhow::Result<Vec<u8>> {
+    /// Sends `req` with the bearer token; a non-success status becomes an error naming the
+    /// server's reason. The body is left to the caller.
+    async fn response(
+        &self,
+        mut req: reqwest::RequestBuilder,
+        path: &str,
+    ) -> anyhow::Result<reqwest::Response> {
         if let Some(t) = &self.target.token {
             req = req.bearer_auth(t);
         }
         let server = &self.target.server;
         let resp = req.send().await.map_err(|e| anyhow!("{server}: {e}"))?;
         let status = resp.status();
-        let body = resp.bytes().await?;
         if !status.is_success() {
+            let body = resp.bytes().await.unwrap_or_default();
             // A Kubernetes Status names the problem in `message`.
             let message = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
@@ -52,7 +65,12 @@ impl Connection {
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
             bail!("{server}{path}: {status}: {message}");
         }
-        Ok(body.to_vec())
+        Ok(resp)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder, path: &str) -> anyhow::Result<Vec<u8>> {
+        let resp = self.response(req, path).await?;
+        Ok(resp.bytes().await?.to_vec())
     }
 }
 
@@ -81,4 +99,33 @@ pub async fn post_file(
         .header(reqwest::header::CONTENT_LENGTH, len)
         .body(reqwest::Body::from(f));
     c.send(req, path).await
+}
+
+/// DELETEs `path` (query included) and returns the answer's body.
+pub async fn delete(args: &ClientArgs, path: &str) -> anyhow::Result<Vec<u8>> {
+    let c = connect(args, std::time::Duration::from_secs(60))?;
+    let req = c.client.delete(format!("{}{path}", c.target.server));
+    c.send(req, path).await
+}
+
+/// How long a streamed answer may stay silent before the client gives up.
+const STREAM_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// POSTs `body` as JSON and returns the response once its status is a success, for the caller
+/// to read as it streams. There is no overall deadline: only connecting (30 s) and each read
+/// (10 min of silence) are bounded.
+pub async fn post_json_streaming<T: serde::Serialize + ?Sized>(
+    args: &ClientArgs,
+    path: &str,
+    body: &T,
+) -> anyhow::Result<reqwest::Response> {
+    let c = connect_with(args, |b| {
+        b.connect_timeout(std::time::Duration::from_secs(30))
+            .read_timeout(STREAM_IDLE_TIMEOUT)
+    })?;
+    let req = c
+        .client
+        .post(format!("{}{path}", c.target.server))
+        .json(body);
+    c.response(req, path).await
 }

@@ -92,7 +92,7 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// The image store of the node the context points at (`import FILE`, `ls`).
+    /// The image store of the node the context points at (`ls`, `pull`, `import`, `rm`).
     Image {
         #[command(subcommand)]
         command: image::ImageCommand,
