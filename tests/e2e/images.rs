@@ -185,3 +185,79 @@ fn pulled_image_runs_and_peers_serve_it_when_the_registry_is_down() {
     let p = pod_json("n2", "nope").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(p["status"]["phase"], "Pending", "{}", p["status"]);
 }
+
+#[test]
+fn image_pull_secrets_authenticate_to_a_private_registry() {
+    let _tn = Testnet::up(2);
+    let auth_env = [
+        ("REGISTRY_PORT", "5001"),
+        ("REGISTRY_AUTH", "e2e:s3cret-pw"),
+    ];
+    script_env("registry.sh", &["start"], &auth_env);
+    let dir = tempfile::tempdir().expect("a temporary dir");
+    let marker = format!("private-marker-{}", std::process::id());
+    build_app_image(dir.path(), &marker);
+    script_env(
+        "registry.sh",
+        &[
+            "push",
+            &dir.path().display().to_string(),
+            "private/app:1",
+            "app",
+        ],
+        &auth_env,
+    );
+    let image = "10.77.0.1:5001/private/app:1";
+
+    // Without credentials: the registry's refusal is the pod's waiting message.
+    apply("n1", &pod("no-creds", "n2", image));
+    let waiting = eventually("no-creds shows the registry's refusal", START, || {
+        let p = pod_json("n1", "no-creds")?;
+        let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
+        let msg = w["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        match w["reason"].as_str() {
+            Some("ErrImagePull") | Some("ImagePullBackOff")
+                if msg.contains("unauthorized") || msg.contains("authentication") =>
+            {
+                Ok(w.clone())
+            }
+            _ => Err(format!("{}", p["status"])),
+        }
+    });
+    assert!(
+        !waiting["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("s3cret"),
+        "no credential in the status"
+    );
+
+    // With a docker-registry Secret made by kubectl itself, the pull works.
+    kubectl_ok(
+        "n1",
+        &[
+            "create",
+            "secret",
+            "docker-registry",
+            "regcred",
+            "--docker-server=10.77.0.1:5001",
+            "--docker-username=e2e",
+            "--docker-password=s3cret-pw",
+        ],
+    );
+    let with_secret = pod("with-creds", "n2", image).replace(
+        "  containers:\n",
+        "  imagePullSecrets:\n  - name: regcred\n  containers:\n",
+    );
+    apply("n1", &with_secret);
+    eventually("with-creds runs the private image", START, || {
+        running_with_marker("n1", "with-creds", &marker)
+    });
+    assert!(
+        !agent_log("n2").contains("s3cret-pw"),
+        "the password appears in n2's log"
+    );
+}
