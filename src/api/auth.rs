@@ -10,7 +10,12 @@ use super::ApiState;
 
 /// The token of an `Authorization: Bearer <token>` header, if well-formed.
 fn bearer_token(request: &Request) -> Option<&str> {
-    let value = request.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    bearer_token_of(request.headers())
+}
+
+/// The bearer token of a request's `Authorization` header, if it has a non-empty one.
+pub(crate) fn bearer_token_of(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)

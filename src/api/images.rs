@@ -234,16 +234,8 @@ pub async fn remove(State(state): State<ApiState>, uri: Uri) -> Result<Response,
 }
 
 /// The token of an `Authorization: Bearer <token>` header (the auth layer has checked it).
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-}
-
 fn require_internal(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
-    if bearer_token(headers).is_some_and(|t| state.backend.is_internal(t)) {
+    if super::auth::bearer_token_of(headers).is_some_and(|t| state.backend.is_internal(t)) {
         Ok(())
     } else {
         Err(ApiError::Forbidden(

@@ -13,7 +13,8 @@
 //! (`typed.rs` decodes workloads through `k8s_openapi` types to find unknown fields and type
 //! errors); `admission.rs` defaults and validates workloads; `workloads.rs` computes their
 //! status on read from [`WorkloadView`]; `scale.rs` serves the `scale` subresource, `logs.rs`
-//! pod logs and `images.rs` image import and listing; `nodes.rs` renders Node objects;
+//! pod logs and `images.rs` image import, listing, pulls (NDJSON progress), removal and the
+//! internal-only blob routes peers fetch from; `nodes.rs` renders Node objects;
 //! `watch.rs` streams events by diffing snapshots (computed status included);
 //! `discovery.rs` and `openapi.rs` describe the table to clients; `patch.rs`,
 //! `selectors.rs`, `table.rs` and `status.rs` are pure helpers.
