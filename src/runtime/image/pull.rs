@@ -629,6 +629,7 @@ impl Puller {
         }
         let mut rx = self.start_or_join(ctx, hex, size, kind).subscribe();
         let mut last = std::time::Instant::now() - PROGRESS_EVERY;
+        let mut last_source = "registry".to_string();
         loop {
             let state = rx.borrow_and_update().clone();
             match state {
@@ -638,14 +639,15 @@ impl Puller {
                     source,
                     ..
                 } => {
-                    if last.elapsed() >= PROGRESS_EVERY {
+                    if source != last_source || last.elapsed() >= PROGRESS_EVERY {
                         last = std::time::Instant::now();
+                        last_source = source.clone();
                         emit(written, total.or(size).unwrap_or(0), source);
                     }
                 }
                 DlState::Done(Ok(())) => {
                     let n = size.unwrap_or(0);
-                    emit(n, n, "done".into());
+                    emit(n, n, last_source);
                     return Ok(());
                 }
                 DlState::Done(Err(e)) => return Err(e),
