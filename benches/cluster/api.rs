@@ -49,11 +49,14 @@ pub struct Api {
 impl Api {
     pub fn new(ca_pem: &[u8], token: &str) -> Result<Self> {
         let ca = reqwest::Certificate::from_pem(ca_pem).context("cluster CA")?;
-        let client = { shoal::install_crypto_provider(); reqwest::Client::builder() }
-            .tls_certs_only([ca])
-            .connect_timeout(Duration::from_secs(2))
-            .pool_max_idle_per_host(8)
-            .build()?;
+        let client = {
+            shoal::install_crypto_provider();
+            reqwest::Client::builder()
+        }
+        .tls_certs_only([ca])
+        .connect_timeout(Duration::from_secs(2))
+        .pool_max_idle_per_host(8)
+        .build()?;
         Ok(Self {
             client,
             token: token.trim().to_string(),

@@ -80,11 +80,14 @@ impl Kube {
             .context("testnet CA (is the testnet up?)")?;
         let token = std::fs::read_to_string(run.join("n1/data/admin-token"))?;
         let ca = reqwest::Certificate::from_pem(&ca).context("cluster CA")?;
-        let client = { shoal::install_crypto_provider(); reqwest::Client::builder() }
-            .tls_certs_only([ca])
-            .connect_timeout(Duration::from_secs(2))
-            .pool_max_idle_per_host(8)
-            .build()?;
+        let client = {
+            shoal::install_crypto_provider();
+            reqwest::Client::builder()
+        }
+        .tls_certs_only([ca])
+        .connect_timeout(Duration::from_secs(2))
+        .pool_max_idle_per_host(8)
+        .build()?;
         Ok(Self {
             client,
             token: token.trim().to_string(),
