@@ -181,9 +181,13 @@ impl Shell {
         let Ok(observed) = tokio::task::spawn_blocking(move || rt.observe()).await else {
             return;
         };
-        let verdicts =
-            self.pulls
-                .evaluate(&self.shared, &desired, chrono::Utc::now(), &self.wake_tx);
+        let verdicts = self.pulls.evaluate(
+            &self.shared,
+            &desired,
+            &observed,
+            chrono::Utc::now(),
+            &self.wake_tx,
+        );
         let recorded: BTreeMap<(String, String), PodStatusRecord> = {
             let docs = self.shared.status_docs();
             docs.get(&self.shared.node_name)

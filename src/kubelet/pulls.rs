@@ -13,6 +13,7 @@ use super::plan::{DesiredPod, EventTarget, ImageState};
 use crate::agent::shared::Shared;
 use crate::runtime::image::pull::{Credentials, PullError, PullRequest, Puller};
 use crate::runtime::image::{reference, ImageError, ImageStore};
+use crate::runtime::observe::{AttemptState, ObservedPod};
 use crate::runtime::ImageInfo;
 
 /// First back-off after a failed pull; doubles per failure up to [`MAX_BACKOFF`].
@@ -86,6 +87,7 @@ impl Pulls {
         &self,
         shared: &Arc<Shared>,
         desired: &BTreeMap<String, DesiredPod>,
+        observed: &BTreeMap<String, ObservedPod>,
         now: DateTime<Utc>,
         wake: &mpsc::Sender<()>,
     ) -> Verdicts {
@@ -135,9 +137,20 @@ impl Pulls {
                     Some(Record::Failed { unreachable, .. }) => *unreachable,
                     _ => false,
                 };
+                // A container that runs already needs no pull (after an agent restart, `Always`
+                // would otherwise pull for every running container).
+                let running = observed
+                    .get(&d.key)
+                    .and_then(|o| o.containers.get(&c.name))
+                    .is_some_and(|oc| {
+                        matches!(
+                            oc.latest.state,
+                            AttemptState::Running { .. } | AttemptState::Creating
+                        )
+                    });
                 let ready = match (policy.as_str(), &present) {
                     (_, None) => false,
-                    ("Always", Some(_)) => fresh,
+                    ("Always", Some(_)) => fresh || running,
                     (_, Some(_)) => true,
                 };
                 if ready {
