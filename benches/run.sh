@@ -2,7 +2,8 @@
 # Cluster benchmarks: change propagation, failure detection after kill -9 (with Serf side by side),
 # false deaths at idle, idle cost of an agent. Loopback agents first, then the netns testnet, where
 # the workload benchmarks follow: pod start (beside bare runc), failover of a Deployment after
-# kill -9 of a node, a burst of pods.
+# kill -9 of a node, a burst of pods; then the image benchmarks: pull + unpack from a loopback
+# registry beside skopeo + umoci, and the registry egress when 5 testnet nodes start a new image.
 #
 #   benches/run.sh [quick|full]      quick ≤ 10 min (default), full ≤ 40 min
 #
@@ -13,6 +14,8 @@
 #   RECORD=0|1             append the report to docs/benchmarks.md (full: 1, quick: 0)
 #   KEEP=1                 keep the scratch dir (data dirs, agent logs) for inspection
 #   WORKLOADS_ONLY=1       only issue 3's benchmarks (testnet: pod start, failover, burst; scheduler core)
+#   IMAGES_ONLY=1          only issue 4's benchmarks (loopback registry: pull + unpack beside skopeo +
+#                          umoci; testnet: registry egress when 5 nodes start the same new image)
 #
 # Every process it starts is tracked by pid (the bench writes a pid file per cluster) and killed
 # by pid on exit; the testnet, when this script brought it up, is torn down with testnet/down.sh.
@@ -26,9 +29,11 @@ cd "$REPO"
 if [ "$MODE" = quick ]; then
   PROP_WRITES=100; KILLS=5; TN_KILLS=3; IDLE_SECS=20; FALSE_DEATH_MIN="${FALSE_DEATH_MIN:-2}"; RECORD="${RECORD:-0}"
   POD_STARTS=20; FAILOVER_ROUNDS=3; BURST_PODS=100
+  PULL_RUNS=5; EGRESS_ROUNDS=1
 else
   PROP_WRITES=200; KILLS=20; TN_KILLS=10; IDLE_SECS=60; FALSE_DEATH_MIN="${FALSE_DEATH_MIN:-10}"; RECORD="${RECORD:-1}"
   POD_STARTS=50; FAILOVER_ROUNDS=8; BURST_PODS=300
+  PULL_RUNS=9; EGRESS_ROUNDS=3
 fi
 TESTNET="${TESTNET:-auto}"
 
@@ -37,9 +42,19 @@ REPORT="$WORK/report.md"
 BENCH_PID=""
 TESTNET_OURS=0
 
+# docker-registry processes whose config is in our scratch dir (the images bench's), by pid.
+kill_registries() {
+  local p
+  for p in /proc/[0-9]*; do
+    if { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -q "^docker-registry serve $WORK/"; then kill -9 "${p#/proc/}" 2>/dev/null; fi
+  done
+  return 0
+}
+
 cleanup() {
   set +e
   if [ -n "$BENCH_PID" ] && kill -0 "$BENCH_PID" 2>/dev/null; then kill -9 "$BENCH_PID"; wait "$BENCH_PID" 2>/dev/null; fi
+  kill_registries
   # Agents the bench started, by pid, only if the pid still runs something from our scratch dir.
   for f in $(find "$WORK" -name pids 2>/dev/null); do
     while read -r pid; do
@@ -71,20 +86,34 @@ cargo build --release
 CLUSTER_EXE="$(cargo build --release --bench cluster --message-format=json 2>"$WORK/build.log" |
   jq -r 'select(.reason == "compiler-artifact" and .target.name == "cluster") | .executable' | tail -1)" || true
 [ -x "$CLUSTER_EXE" ] || { tail -n 30 "$WORK/build.log" >&2; echo "could not build the cluster bench" >&2; exit 1; }
+IMAGES_EXE="$(cargo build --release --bench images --message-format=json 2>"$WORK/build-images.log" |
+  jq -r 'select(.reason == "compiler-artifact" and .target.name == "images") | .executable' | tail -1)" || true
+[ -x "$IMAGES_EXE" ] || { tail -n 30 "$WORK/build-images.log" >&2; echo "could not build the images bench" >&2; exit 1; }
 # Private copies: another build swapping target/release/shoal mid-run would skew the figures.
 mkdir -p "$WORK/bin"
 cp target/release/shoal "$WORK/bin/shoal"
 cp "$CLUSTER_EXE" "$WORK/bin/cluster"
+cp "$IMAGES_EXE" "$WORK/bin/images"
 BIN="$WORK/bin/shoal"
 COMMIT="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo '+dirty')"
 
-# Run one benchmark: bench NAME ARGS...; its markdown goes to the report, its log to $WORK/NAME.log.
+# Run one benchmark: bench NAME ARGS... (the cluster bench) or ibench NAME ARGS... (the images
+# bench); its markdown goes to the report, its log to $WORK/NAME.log.
 FAILED=()
-bench() {
+bench() { local name="$1"; shift; run_step "$name" "$WORK/bin/cluster" --bin "$BIN" --work "$WORK/$name" "$@"; }
+# The images bench's loopback registry lives in a temporary dir under $WORK/NAME/tmp (TMPDIR), so
+# kill_registries finds it by its command line if the bench dies without stopping it.
+ibench() {
   local name="$1"; shift
+  mkdir -p "$WORK/$name/tmp"
+  TMPDIR="$WORK/$name/tmp" run_step "$name" "$WORK/bin/images" --work "$WORK/$name" "$@"
+  kill_registries
+}
+run_step() {
+  local name="$1" exe="$2"; shift 2
   say "$name: $*"
   set +e
-  RUST_BACKTRACE=0 "$WORK/bin/cluster" --bin "$BIN" --work "$WORK/$name" "$@" >"$WORK/$name.md" 2>"$WORK/$name.log" &
+  RUST_BACKTRACE=0 "$exe" "$@" >"$WORK/$name.md" 2>"$WORK/$name.log" &
   BENCH_PID=$!
   wait "$BENCH_PID"
   local rc=$?
@@ -114,7 +143,9 @@ bench() {
 } >"$REPORT"
 
 WORKLOADS_ONLY="${WORKLOADS_ONLY:-0}"
-if [ "$WORKLOADS_ONLY" != 1 ]; then
+IMAGES_ONLY="${IMAGES_ONLY:-0}"
+[ "$WORKLOADS_ONLY" = 1 ] && [ "$IMAGES_ONLY" = 1 ] && { echo "WORKLOADS_ONLY and IMAGES_ONLY exclude each other" >&2; exit 64; }
+if [ "$WORKLOADS_ONLY" != 1 ] && [ "$IMAGES_ONLY" != 1 ]; then
 # --- loopback --------------------------------------------------------------------------------
 bench propagation-lo50 propagation --agents 50 --writes "$PROP_WRITES" --rate 5
 bench detection-lo5 detection --agents 5 --kills "$KILLS"
@@ -131,7 +162,13 @@ if command -v serf >/dev/null 2>&1; then
 else
   echo "### Serf: skipped (not installed, apt-get failed)" >>"$REPORT"
 fi
-fi # WORKLOADS_ONLY
+fi # WORKLOADS_ONLY / IMAGES_ONLY
+
+# --- image pull + unpack from a loopback registry, beside skopeo copy + umoci unpack ------------
+if [ "$WORKLOADS_ONLY" != 1 ]; then
+  ibench pull-lo pull --size-mib 50 --layers 6 --runs "$PULL_RUNS"
+  ibench pull-files-lo pull --content files --size-mib 50 --layers 6 --runs "$PULL_RUNS"
+fi
 
 # --- netns testnet -----------------------------------------------------------------------------
 use_testnet=0
@@ -146,15 +183,21 @@ if [ "$use_testnet" = 1 ]; then
   say "testnet/up.sh 5"
   TESTNET_OURS=1
   if SHOAL_BIN="$BIN" testnet/up.sh 5 >"$WORK/testnet-up.log" 2>&1; then
-    if [ "$WORKLOADS_ONLY" != 1 ]; then
+    if [ "$WORKLOADS_ONLY" != 1 ] && [ "$IMAGES_ONLY" != 1 ]; then
       bench propagation-tn5 propagation --testnet testnet --nodes 5 --writes "$PROP_WRITES" --rate 5
       bench detection-tn5 detection --testnet testnet --nodes 5 --kills "$TN_KILLS"
       bench idle-tn5 idle --testnet testnet --nodes 5 --secs "$IDLE_SECS" --rate 20
     fi
-    # Workloads (image shoal.test/busybox:1 imported by up.sh on every node).
-    bench pod-start-tn5 pod-start --testnet testnet --nodes 5 --pods "$POD_STARTS"
-    bench failover-tn5 failover --testnet testnet --nodes 5 --replicas 6 --rounds "$FAILOVER_ROUNDS"
-    bench burst-tn5 burst --testnet testnet --nodes 5 --pods "$BURST_PODS"
+    if [ "$IMAGES_ONLY" != 1 ]; then
+      # Workloads (image shoal.test/busybox:1 imported by up.sh on every node).
+      bench pod-start-tn5 pod-start --testnet testnet --nodes 5 --pods "$POD_STARTS"
+      bench failover-tn5 failover --testnet testnet --nodes 5 --replicas 6 --rounds "$FAILOVER_ROUNDS"
+      bench burst-tn5 burst --testnet testnet --nodes 5 --pods "$BURST_PODS"
+    fi
+    if [ "$WORKLOADS_ONLY" != 1 ]; then
+      # Images: a fresh image per round pushed to the testnet registry (10.77.0.1:5000).
+      ibench egress-tn5 egress --testnet testnet --nodes 5 --rounds "$EGRESS_ROUNDS" --size-mib 50 --layers 6
+    fi
   else
     FAILED+=(testnet-up)
     { echo "### Testnet: up.sh failed"; echo; echo '```'; tail -n 15 "$WORK/testnet-up.log"; echo '```'; } >>"$REPORT"
@@ -164,7 +207,7 @@ if [ "$use_testnet" = 1 ]; then
 fi
 
 # --- state under churn (in-process, no network) --------------------------------------------------
-if [ "$WORKLOADS_ONLY" != 1 ]; then
+if [ "$WORKLOADS_ONLY" != 1 ] && [ "$IMAGES_ONLY" != 1 ]; then
 say "state_churn: 10,000 pods + 100,000 status transitions"
 {
   echo "### State under churn: 10,000 pods' objects + 100,000 status transitions (\`cargo bench --bench state_churn\`)"
@@ -180,6 +223,7 @@ fi
 fi # WORKLOADS_ONLY
 
 # --- scheduler throughput (pure core, in-process) -------------------------------------------------
+if [ "$IMAGES_ONLY" != 1 ]; then
 say "scheduler: placements/s, 50,000 pods on 5,000 nodes"
 {
   echo "### Scheduler throughput: 50,000 pods on 5,000 nodes, pure core, one thread (\`cargo bench --bench scheduler\`)"
@@ -192,6 +236,7 @@ else
   FAILED+=(scheduler)
   { echo '```'; tail -n 15 "$WORK/scheduler.log"; echo '```'; } >>"$REPORT"
 fi
+fi # IMAGES_ONLY
 
 # --- summary -----------------------------------------------------------------------------------
 {
