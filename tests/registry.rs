@@ -1,7 +1,8 @@
 //! Pulls from a real OCI registry (Debian's `docker-registry`, images pushed with the real
 //! `skopeo`) into a fresh node store: layer contents as overlayfs wants them, zstd layers,
-//! pulls by digest, multi-platform indexes, auth, plain-HTTP refusal, tampered blobs, hostile
-//! layers, a registry that is down, and one download per blob however many pulls wait for it.
+//! pulls by digest, multi-platform indexes, auth (htpasswd and bearer tokens), plain-HTTP
+//! refusal, tampered blobs, hostile layers, a registry that is down, and one download per blob
+//! however many pulls wait for it.
 //!
 //! The `harness_*` tests check the test registry itself (push, access-log counting, tamper,
 //! auth, TLS) with skopeo and curl only.
@@ -319,8 +320,8 @@ fn harness_auth_tls_zstd_index_and_busybox() {
 
     // TLS with a self-signed certificate for 127.0.0.1.
     let reg = Registry::start(RegistryOptions {
-        auth: None,
         tls: true,
+        ..RegistryOptions::default()
     });
     assert!(reg.url().starts_with("https://"));
     let ca = t.path().join("ca.pem");
@@ -616,6 +617,123 @@ async fn authenticated_registry_needs_the_credentials() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth_registry_needs_credentials_and_issues_a_token() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(RegistryOptions::with_token_auth("bob", "t0ken-pw"));
+    let layers = vec![LayerSpec::new(vec![Entry::file("private", b"only bob")])];
+    build_layout(
+        &t.path().join("oci"),
+        "p:1",
+        &layers,
+        &ConfigSpec::default(),
+    );
+    // skopeo pushes with a token the same server issues for pull and push.
+    let digest = reg.push_oci_layout(
+        &t.path().join("oci"),
+        "p:1",
+        "private/app:1",
+        Some(("bob", "t0ken-pw")),
+        None,
+    );
+    let pushed = reg.token_requests();
+    assert!(
+        pushed.iter().any(|r| r.granted
+            && r.scopes
+                .iter()
+                .any(|s| s.starts_with("repository:private/app:") && s.contains("push"))),
+        "skopeo's push should have asked for a push token: {pushed:?}"
+    );
+    let seen = pushed.len();
+    let p = puller(&t.path().join("store"), &reg);
+    let reference = reg.reference("private/app:1");
+    let pull_scope = "repository:private/app:pull".to_string();
+
+    // Anonymous: the token server refuses, the registry then refuses the tokenless request.
+    let err = pull(&p, &reference).await.expect_err("anonymous pull");
+    let msg = err.to_string().to_lowercase();
+    assert!(
+        matches!(err, PullError::Registry(_))
+            && (msg.contains("unauthorized") || msg.contains("authentication")),
+        "expected the registry's refusal, got {err:?}"
+    );
+    assert!(err.is_caller_error());
+    assert_empty_store(p.store());
+    let anonymous = reg.token_requests()[seen..].to_vec();
+    assert!(
+        !anonymous.is_empty()
+            && anonymous
+                .iter()
+                .all(|r| r.user.is_none() && !r.granted && r.scopes == [pull_scope.clone()]),
+        "an anonymous pull should ask for a pull token without credentials and be refused: \
+         {anonymous:?}"
+    );
+    let seen = seen + anonymous.len();
+
+    let wrong = PullRequest {
+        reference: reference.clone(),
+        credentials: Some(Credentials {
+            username: "bob".into(),
+            password: "wrong".into(),
+        }),
+    };
+    let err = p.pull(&wrong, None).await.expect_err("wrong password");
+    assert!(matches!(err, PullError::Registry(_)), "{err:?}");
+    assert_empty_store(p.store());
+    let refused = reg.token_requests()[seen..].to_vec();
+    assert!(
+        !refused.is_empty()
+            && refused
+                .iter()
+                .all(|r| r.user.as_deref() == Some("bob") && !r.granted),
+        "a wrong password should be refused by the token server: {refused:?}"
+    );
+    let seen = seen + refused.len();
+
+    let right = PullRequest {
+        reference: reference.clone(),
+        credentials: Some(Credentials {
+            username: "bob".into(),
+            password: "t0ken-pw".into(),
+        }),
+    };
+    let img = p.pull(&right, None).await.expect("pull with credentials");
+    assert_eq!(img.digest, digest);
+    assert_eq!(
+        std::fs::read(img.layers[0].join("private")).unwrap(),
+        b"only bob"
+    );
+    let resolved = p
+        .store()
+        .resolve(&reference)
+        .expect("resolve after the pull");
+    assert_eq!(resolved.digest, digest);
+    let granted = reg.token_requests()[seen..].to_vec();
+    assert!(
+        granted.iter().any(|r| r.granted
+            && r.user.as_deref() == Some("bob")
+            && r.service.as_deref() == Some("shoal-test")
+            && r.scopes == [pull_scope.clone()]),
+        "the pull should have been granted a pull token: {granted:?}"
+    );
+    // The registry refused the tokenless requests and accepted the token: the manifest was
+    // served.
+    let served = reg.requests();
+    assert!(
+        served
+            .iter()
+            .any(|r| r.method == "GET" && r.uri.contains("/manifests/") && r.status == 401),
+        "the manifest requests without a token should have been refused: {served:?}"
+    );
+    assert!(
+        served
+            .iter()
+            .any(|r| r.method == "GET" && r.uri.contains("/manifests/") && r.status == 200),
+        "no manifest was served with the token: {served:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_registry_must_be_listed_as_insecure() {
     require_root();
     let t = tempfile::tempdir().unwrap();
@@ -660,8 +778,8 @@ async fn untrusted_tls_certificate_is_refused() {
     require_root();
     let t = tempfile::tempdir().unwrap();
     let reg = Registry::start(RegistryOptions {
-        auth: None,
         tls: true,
+        ..RegistryOptions::default()
     });
     let layers = vec![LayerSpec::new(vec![Entry::file("f", b"x")])];
     let built = build_layout(

@@ -1,12 +1,13 @@
 //! A real OCI registry for tests: Debian's `docker-registry` (the CNCF distribution registry)
 //! on `127.0.0.1:<free port>` with filesystem storage in a temporary dir, optional htpasswd
-//! auth and TLS, images pushed with the real `skopeo`, and its access log read back to count
-//! what a client fetched. Killed on drop. Never uses port 5000 (a system registry may be
-//! there).
+//! or bearer-token auth (with a token server of its own, see [`token`]) and TLS, images pushed
+//! with the real `skopeo`, and its access log read back to count what a client fetched.
+//! Killed on drop. Never uses port 5000 (a system registry may be there).
 //!
 //! A missing `docker-registry`, `skopeo` or `htpasswd` fails the test by package name.
 
 pub mod layout;
+pub mod token;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -16,6 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use token::{TokenRequest, TokenServer};
 
 /// How long the registry gets to answer `GET /v2/` after it is started.
 const START: Duration = Duration::from_secs(30);
@@ -33,19 +36,48 @@ pub fn require_command(cmd: &str, package: &str) {
     );
 }
 
+/// Who the registry lets in.
+#[derive(Clone, Debug, Default)]
+pub enum Auth {
+    /// Anyone, without credentials.
+    #[default]
+    Anonymous,
+    /// htpasswd (bcrypt) basic auth with this one user.
+    Basic { user: String, password: String },
+    /// Bearer tokens (`auth: token:`) from the harness's own token server, which checks this
+    /// one user with HTTP basic auth and grants the pull and push actions asked for on any
+    /// repository.
+    Token { user: String, password: String },
+}
+
 /// What the registry requires.
 #[derive(Clone, Debug, Default)]
 pub struct RegistryOptions {
-    /// htpasswd (bcrypt) basic auth with this one user.
-    pub auth: Option<(String, String)>,
+    /// Anonymous access, htpasswd, or bearer tokens.
+    pub auth: Auth,
     /// HTTPS with a fresh self-signed certificate for `127.0.0.1` instead of plain HTTP.
     pub tls: bool,
 }
 
 impl RegistryOptions {
+    /// Plain HTTP with htpasswd basic auth for one user.
     pub fn with_auth(user: &str, password: &str) -> RegistryOptions {
         RegistryOptions {
-            auth: Some((user.to_string(), password.to_string())),
+            auth: Auth::Basic {
+                user: user.to_string(),
+                password: password.to_string(),
+            },
+            tls: false,
+        }
+    }
+
+    /// Plain HTTP with bearer tokens that the harness's token server issues to one user.
+    pub fn with_token_auth(user: &str, password: &str) -> RegistryOptions {
+        RegistryOptions {
+            auth: Auth::Token {
+                user: user.to_string(),
+                password: password.to_string(),
+            },
             tls: false,
         }
     }
@@ -67,6 +99,8 @@ pub struct Registry {
     child: Option<Child>,
     /// The self-signed certificate (PEM) when TLS is on.
     cert_pem: Option<String>,
+    /// The token server, with [`Auth::Token`].
+    token: Option<TokenServer>,
 }
 
 static SYNC: AtomicU64 = AtomicU64::new(0);
@@ -77,7 +111,7 @@ impl Registry {
         require_command("docker-registry", "docker-registry");
         require_command("skopeo", "skopeo");
         require_command("curl", "curl");
-        if opts.auth.is_some() {
+        if matches!(opts.auth, Auth::Basic { .. }) {
             require_command("htpasswd", "apache2-utils");
         }
         let dir = tempfile::tempdir().expect("a temporary dir for the registry");
@@ -87,6 +121,7 @@ impl Registry {
             opts,
             child: None,
             cert_pem: None,
+            token: None,
         };
         reg.write_auth_and_tls();
         // The port is picked by binding port 0 and released before the registry binds it;
@@ -138,6 +173,15 @@ impl Registry {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Every request the token server has answered, oldest first (none without
+    /// [`Auth::Token`]).
+    pub fn token_requests(&self) -> Vec<TokenRequest> {
+        self.token
+            .as_ref()
+            .map(TokenServer::requests)
+            .unwrap_or_default()
     }
 
     /// Whether the registry process is running.
@@ -360,7 +404,11 @@ impl Registry {
     }
 
     fn write_auth_and_tls(&mut self) {
-        if let Some((user, password)) = &self.opts.auth {
+        if let Auth::Token { user, password } = &self.opts.auth {
+            let cert = self.dir.path().join("token-cert.pem");
+            self.token = Some(TokenServer::start(user, password, &cert));
+        }
+        if let Auth::Basic { user, password } = &self.opts.auth {
             let args = ["-Bbn".to_string(), user.clone(), password.clone()];
             let out = run("htpasswd", &args);
             assert!(
@@ -401,11 +449,28 @@ impl Registry {
                 d.join("key.pem").display()
             );
         }
-        if self.opts.auth.is_some() {
-            cfg += &format!(
-                "auth:\n  htpasswd:\n    realm: shoal-test\n    path: {}\n",
-                d.join("htpasswd").display()
-            );
+        match &self.opts.auth {
+            Auth::Anonymous => {}
+            Auth::Basic { .. } => {
+                cfg += &format!(
+                    "auth:\n  htpasswd:\n    realm: shoal-test\n    path: {}\n",
+                    d.join("htpasswd").display()
+                );
+            }
+            Auth::Token { .. } => {
+                let server = self
+                    .token
+                    .as_ref()
+                    .expect("the token server is started first");
+                cfg += &format!(
+                    "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    \
+                     rootcertbundle: {}\n",
+                    server.realm(),
+                    token::SERVICE,
+                    token::ISSUER,
+                    d.join("token-cert.pem").display()
+                );
+            }
         }
         std::fs::write(d.join("config.yml"), cfg).expect("write the registry config");
     }
