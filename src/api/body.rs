@@ -51,16 +51,21 @@ pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<
     }
 }
 
-pub fn decode(info: &ResourceInfo, headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
-    let content_type = headers
+/// The request's media type, lower-case without parameters (`default` when it has none).
+pub fn media_type(headers: &HeaderMap, default: &str) -> String {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json")
+        .unwrap_or(default)
         .split(';')
         .next()
         .unwrap_or_default()
         .trim()
-        .to_ascii_lowercase();
+        .to_ascii_lowercase()
+}
+
+pub fn decode(info: &ResourceInfo, headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    let content_type = media_type(headers, "application/json");
     let value: Value = match content_type.as_str() {
         "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(body)
             .map_err(|e| ApiError::BadRequest(format!("the body is not valid YAML: {e}")))?,

@@ -54,15 +54,7 @@ pub async fn list(State(state): State<ApiState>) -> Response {
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let media = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/x-tar")
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let media = super::body::media_type(headers, "application/x-tar");
     match media.as_str() {
         "application/x-tar" | "application/octet-stream" | "application/tar" => Ok(()),
         other => Err(ApiError::UnsupportedMediaType(format!(
@@ -146,15 +138,7 @@ async fn json_body<T: DeserializeOwned>(
     body: Body,
     what: &str,
 ) -> Result<T, ApiError> {
-    let media = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json")
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let media = super::body::media_type(headers, "application/json");
     if media != "application/json" {
         return Err(ApiError::UnsupportedMediaType(format!(
             "application/json (got {media})"

@@ -122,7 +122,10 @@ impl Pulls {
                         continue;
                     }
                 };
-                let key = parsed.to_string();
+                // Pulls (and their back-off) are per image and credentials: a pod without the
+                // right Secret must not hold back one that has it.
+                let creds = pull_credentials(shared, d, &parsed);
+                let key = record_key(&parsed, creds.as_ref());
                 let present = local
                     .entry(image.clone())
                     .or_insert_with(|| self.resolve(&image))
@@ -201,7 +204,6 @@ impl Pulls {
                             Some(Record::Failed { failures, .. }) => failures,
                             _ => 0,
                         };
-                        let creds = pull_credentials(shared, d, &parsed);
                         self.start(shared.clone(), d, &image, key, creds, failures, wake);
                         ImageState::Pulling
                     }
@@ -325,6 +327,23 @@ impl Pulls {
     }
 }
 
+/// The pull-record key of an image pulled with `creds`: the reference, and a digest of the
+/// credentials (never the credentials themselves).
+fn record_key(image: &reference::Reference, creds: Option<&Credentials>) -> String {
+    match creds {
+        None => image.to_string(),
+        Some(c) => {
+            use sha2::Digest as _;
+            let h = sha2::Sha256::new()
+                .chain_update(c.username.as_bytes())
+                .chain_update([0])
+                .chain_update(c.password.as_bytes())
+                .finalize();
+            format!("{image} creds:{}", hex::encode(&h[..8]))
+        }
+    }
+}
+
 /// Credentials for `image` from the pod's `imagePullSecrets` (the first Secret with an entry
 /// for the image's registry). Secrets that are missing or malformed are skipped with a log.
 fn pull_credentials(
@@ -365,6 +384,28 @@ fn pull_credentials(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_are_per_credentials_and_never_hold_them() {
+        let r = reference::parse("10.0.0.1:5000/app:1").unwrap();
+        let a = Credentials {
+            username: "u".into(),
+            password: "pw-a".into(),
+        };
+        let b = Credentials {
+            username: "u".into(),
+            password: "pw-b".into(),
+        };
+        let keys = [
+            record_key(&r, None),
+            record_key(&r, Some(&a)),
+            record_key(&r, Some(&b)),
+        ];
+        assert_eq!(keys[0], "10.0.0.1:5000/app:1");
+        assert_ne!(keys[1], keys[2]);
+        assert_eq!(keys[1], record_key(&r, Some(&a.clone())));
+        assert!(keys.iter().all(|k| !k.contains("pw-")), "{keys:?}");
+    }
 
     #[test]
     fn backoff_doubles_to_five_minutes() {
