@@ -517,6 +517,7 @@ async fn shoal_pull(dir: &Path, reference: &str, host: &str) -> Result<ShoalRun>
         ImageStore::open(dir)?,
         PullConfig {
             insecure_registries: vec![host.to_string()],
+            ..PullConfig::default()
         },
         Arc::new(NoPeers),
     );

@@ -64,6 +64,7 @@ async fn gc_removes_unused_images_oldest_first_and_never_one_in_use() {
         ImageStore::open(&data.join("images")).unwrap(),
         PullConfig {
             insecure_registries: vec![reg.host()],
+            ..PullConfig::default()
         },
         Arc::new(NoPeers),
     );

@@ -121,6 +121,7 @@ fn node(dir: &Path, registry: &Registry, peers: Arc<FixedPeers>) -> Arc<Puller> 
         ImageStore::open(dir).expect("open a store"),
         PullConfig {
             insecure_registries: vec![registry.host()],
+            ..PullConfig::default()
         },
         peers,
     )

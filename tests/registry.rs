@@ -43,6 +43,7 @@ fn puller(dir: &Path, registry: &Registry) -> Arc<Puller> {
         store,
         PullConfig {
             insecure_registries: vec![registry.host()],
+            ..PullConfig::default()
         },
         Arc::new(NoPeers),
     )
@@ -1009,4 +1010,57 @@ async fn second_pull_fetches_no_blob() {
     pull(&again, &reference).await.expect("pull after restart");
     let after: Vec<usize> = blobs.iter().map(|d| reg.blob_gets(d)).collect();
     assert_eq!(after, before, "no blob is fetched after a restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_requests_go_through_the_configured_proxy_unless_exempt() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(RegistryOptions::default());
+    let layers = vec![LayerSpec::new(vec![Entry::file("f", b"proxied")])];
+    build_layout(
+        &t.path().join("oci"),
+        "a:1",
+        &layers,
+        &ConfigSpec::default(),
+    );
+    let digest = reg.push_oci_layout(&t.path().join("oci"), "a:1", "shoal/proxy:1", None, None);
+    // A proxy that accepts connections and closes them at once.
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_addr = proxy.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let accepted = accepted.clone();
+        std::thread::spawn(move || {
+            for conn in proxy.incoming() {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(conn);
+            }
+        });
+    }
+    let with_proxy = |no_proxy: Option<&str>, dir: &str| {
+        Puller::new(
+            ImageStore::open(&t.path().join(dir)).unwrap(),
+            PullConfig {
+                insecure_registries: vec![reg.host()],
+                http_proxy: Some(format!("http://{proxy_addr}")),
+                https_proxy: Some(format!("http://{proxy_addr}")),
+                no_proxy: no_proxy.map(str::to_string),
+            },
+            Arc::new(NoPeers),
+        )
+    };
+    let reference = reg.reference("shoal/proxy:1");
+    let err = pull(&with_proxy(None, "a"), &reference)
+        .await
+        .expect_err("the proxy drops every connection");
+    assert!(matches!(err, PullError::Unreachable(_)), "{err:?}");
+    assert!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the request went to the proxy"
+    );
+    let img = pull(&with_proxy(Some("127.0.0.1"), "b"), &reference)
+        .await
+        .expect("NO_PROXY exempts the registry");
+    assert_eq!(img.digest, digest);
 }

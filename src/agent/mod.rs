@@ -203,9 +203,9 @@ pub async fn run(
     let puller = match crate::runtime::image::ImageStore::open(&dir.root().join("images")) {
         Ok(store) => {
             let peers = images::ClusterPeers::new(shared.clone(), dir.root().to_path_buf());
-            let config = crate::runtime::image::pull::PullConfig {
-                insecure_registries: settings.insecure_registries.clone(),
-            };
+            let config = crate::runtime::image::pull::PullConfig::with_env_proxies(
+                settings.insecure_registries.clone(),
+            );
             Some(crate::runtime::image::pull::Puller::new(
                 store,
                 config,

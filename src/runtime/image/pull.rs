@@ -82,6 +82,30 @@ pub struct PullConfig {
     /// Registries (`host` or `host:port`) reached over plain HTTP. All others need HTTPS with
     /// a certificate the system roots trust.
     pub insecure_registries: Vec<String>,
+    /// Proxies for registry requests (peers are always reached directly).
+    pub https_proxy: Option<String>,
+    pub http_proxy: Option<String>,
+    /// Hosts reached without the proxy, comma-separated, as in `NO_PROXY`.
+    pub no_proxy: Option<String>,
+}
+
+impl PullConfig {
+    /// `insecure_registries`, with the proxies of the process environment (`HTTPS_PROXY`,
+    /// `HTTP_PROXY`, `NO_PROXY`, or their lower-case forms), as container runtimes do.
+    pub fn with_env_proxies(insecure_registries: Vec<String>) -> PullConfig {
+        let env = |upper: &str| {
+            std::env::var(upper)
+                .or_else(|_| std::env::var(upper.to_ascii_lowercase()))
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+        };
+        PullConfig {
+            insecure_registries,
+            https_proxy: env("HTTPS_PROXY"),
+            http_proxy: env("HTTP_PROXY"),
+            no_proxy: env("NO_PROXY"),
+        }
+    }
 }
 
 /// A member that may serve blobs: its API base URL, e.g. `https://10.77.0.12:6443`.
@@ -380,6 +404,9 @@ impl Puller {
             connect_timeout: Some(CONNECT),
             read_timeout: Some(STALL),
             platform_resolver: None,
+            https_proxy: self.config.https_proxy.clone(),
+            http_proxy: self.config.http_proxy.clone(),
+            no_proxy: self.config.no_proxy.clone(),
             ..Default::default()
         });
         let auth = match &req.credentials {
