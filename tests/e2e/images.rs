@@ -44,6 +44,44 @@ fn build_app_image(dir: &Path, marker: &str) {
     );
 }
 
+/// Overwrites the stored data of the image's last layer in the testnet registry's storage
+/// with other bytes of the same length; returns that layer's digest.
+fn tamper_top_layer(layout: &Path) -> String {
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json"))
+            .expect("index.json is JSON");
+    let manifest_digest = index["manifests"][0]["digest"]
+        .as_str()
+        .expect("a manifest");
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(
+            layout
+                .join("blobs/sha256")
+                .join(manifest_digest.trim_start_matches("sha256:")),
+        )
+        .expect("the manifest blob"),
+    )
+    .expect("the manifest is JSON");
+    let layers = manifest["layers"].as_array().expect("layers");
+    let digest = layers.last().expect("a layer")["digest"]
+        .as_str()
+        .expect("a digest")
+        .to_string();
+    let hex = digest.trim_start_matches("sha256:");
+    let data = run_dir()
+        .join("registry/storage/docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    let mut bytes = std::fs::read(&data)
+        .unwrap_or_else(|e| panic!("the registry's copy {}: {e}", data.display()));
+    for b in bytes.iter_mut() {
+        *b = !*b;
+    }
+    std::fs::write(&data, &bytes).expect("tamper with the stored blob");
+    digest
+}
+
 fn push(dir: &Path, repo_tag: &str) {
     let out = Command::new("skopeo")
         .args(["copy", "--quiet", "--dest-tls-verify=false"])
@@ -137,6 +175,42 @@ fn pulled_image_runs_and_peers_serve_it_when_the_registry_is_down() {
         pulled.1.contains("Successfully pulled image"),
         "Pulled event: {pulled:?}"
     );
+
+    // A blob tampered with in the registry: the pull fails with a digest error, nothing runs.
+    let bad_dir = tempfile::tempdir().expect("a temporary dir");
+    build_app_image(bad_dir.path(), "never-runs");
+    push(bad_dir.path(), "e2e/tampered:1");
+    let top_layer = tamper_top_layer(bad_dir.path());
+    apply(
+        "n1",
+        &pod("tampered", "n3", &format!("{REGISTRY}/e2e/tampered:1")),
+    );
+    let waiting = eventually("tampered shows a digest error", START, || {
+        let p = pod_json("n1", "tampered")?;
+        let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
+        let msg = w["message"].as_str().unwrap_or_default();
+        match w["reason"].as_str() {
+            Some("ErrImagePull") | Some("ImagePullBackOff") if msg.contains("digest") => {
+                Ok(w.clone())
+            }
+            _ => Err(format!("{}", p["status"])),
+        }
+    });
+    assert!(
+        waiting["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&top_layer),
+        "the error names the bad blob {top_layer}: {waiting}"
+    );
+    let p = pod_json("n1", "tampered").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p["status"]["phase"], "Pending", "{}", p["status"]);
+    assert!(
+        p["status"]["containerStatuses"][0]["containerID"].is_null(),
+        "no container was created: {}",
+        p["status"]
+    );
+    kubectl_ok("n1", &["delete", "pod", "tampered", "--wait=false"]);
 
     // The registry goes away; n2 and n3 still start the image, from n1.
     script("registry.sh", &["stop"]);
