@@ -70,6 +70,7 @@ fn node(name: &str, ip: &str, readiness: Readiness, is_leader: bool) -> NodeView
         readiness,
         since: created,
         is_leader,
+        pod_cidr: (name == "alpha").then(|| "10.244.3.0/24".to_string()),
     }
 }
 
@@ -644,6 +645,16 @@ async fn kubectl_nodes() {
         "NodeStatusUnknown"
     );
     assert_eq!(alpha["status"]["nodeInfo"]["machineID"], "machine-alpha");
+    assert_eq!(alpha["spec"]["podCIDR"], "10.244.3.0/24");
+    assert_eq!(
+        alpha["spec"]["podCIDRs"],
+        serde_json::json!(["10.244.3.0/24"])
+    );
+    assert!(items[1]["spec"].get("podCIDR").is_none(), "{}", items[1]);
+    let cidrs = h
+        .ok(&["get", "nodes", "-o", "jsonpath={.items[*].spec.podCIDR}"])
+        .await;
+    assert_eq!(cidrs.trim(), "10.244.3.0/24");
 
     let yaml = h.ok(&["get", "node", "alpha", "-o", "yaml"]).await;
     assert!(
@@ -667,6 +678,14 @@ async fn kubectl_nodes() {
         assert!(
             describe.contains(needle),
             "describe lacks {needle:?}:\n{describe}"
+        );
+    }
+    for field in ["PodCIDR:", "PodCIDRs:"] {
+        assert!(
+            describe
+                .lines()
+                .any(|l| l.starts_with(field) && l.trim_end().ends_with(" 10.244.3.0/24")),
+            "describe lacks {field} 10.244.3.0/24:\n{describe}"
         );
     }
 

@@ -178,7 +178,10 @@ impl Backend for AgentBackend {
 
     fn nodes(&self) -> Vec<NodeView> {
         let view = self.shared.view();
-        let records = self.shared.doc().nodes();
+        let (records, mut pod_cidrs) = {
+            let doc = self.shared.doc();
+            (doc.nodes(), doc.pod_cidrs())
+        };
         records
             .into_iter()
             .map(|record| {
@@ -202,11 +205,13 @@ impl Backend for AgentBackend {
                     .copied()
                     .unwrap_or(record.created);
                 let is_leader = view.leader.as_deref() == Some(record.name.as_str());
+                let pod_cidr = pod_cidrs.remove(&record.name);
                 NodeView {
                     record,
                     readiness,
                     since,
                     is_leader,
+                    pod_cidr,
                 }
             })
             .collect()

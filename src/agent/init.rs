@@ -10,6 +10,7 @@ use rand::RngCore;
 
 use super::backend::{BackupFile, BACKUP_FORMAT};
 use super::{AgentError, AgentSettings, DataDir};
+use crate::model::ipam;
 use crate::security::{self, token_hash, ClusterIdentity, JoinToken};
 use crate::state::{ClusterDoc, ClusterMeta, DocStore};
 
@@ -20,6 +21,11 @@ pub struct InitOptions {
     /// Restore from this backup file (needs the old cluster's token to open its secrets).
     pub restore: Option<PathBuf>,
     pub token: Option<JoinToken>,
+    /// Pod address space (`--cluster-cidr`); `None`: the default, or on restore the backed-up
+    /// cluster's.
+    pub cluster_cidr: Option<String>,
+    /// Per-node subnet prefix length (`--node-cidr-mask`); `None` as for `cluster_cidr`.
+    pub node_cidr_mask: Option<u8>,
 }
 
 pub struct InitOutput {
@@ -42,20 +48,32 @@ pub fn init_cluster(opts: &InitOptions) -> Result<InitOutput, AgentError> {
         )));
     }
     let actor = ActorId::random();
-    let (identity, mut doc, ca) = match &opts.restore {
+    let (identity, mut doc, ca, old_pod_cidr) = match &opts.restore {
         None => {
             let identity = ClusterIdentity::generate();
             let ca = security::new_ca(&identity.cluster_id)?;
-            (identity, ClusterDoc::empty(actor), ca)
+            (identity, ClusterDoc::empty(actor), ca, None)
         }
         Some(path) => restore(path, opts.token.as_ref(), actor)?,
     };
+    let (default_cidr, default_mask) = old_pod_cidr.unwrap_or_else(|| {
+        (
+            ipam::DEFAULT_CLUSTER_CIDR.to_string(),
+            ipam::DEFAULT_NODE_CIDR_MASK,
+        )
+    });
+    let cluster_cidr = opts.cluster_cidr.clone().unwrap_or(default_cidr);
+    let node_cidr_mask = opts.node_cidr_mask.unwrap_or(default_mask);
+    ipam::PodCidrConfig::new(&cluster_cidr, node_cidr_mask)
+        .map_err(|e| AgentError::Config(e.to_string()))?;
     let meta = ClusterMeta {
         cluster_id: identity.cluster_id.clone(),
         generation: identity.generation,
         created: chrono::Utc::now(),
         ca_cert_pem: ca.cert_pem.clone(),
         ca_key_sealed: security::seal(&identity, "ca-key", ca.key_pem.as_bytes()),
+        cluster_cidr,
+        node_cidr_mask,
     };
     doc.put_meta(&meta)?;
     let mut raw = [0u8; 32];
@@ -82,12 +100,22 @@ pub fn init_cluster(opts: &InitOptions) -> Result<InitOutput, AgentError> {
 
 /// Opens a backup, checks it against the old cluster's token, and rebuilds its state into a
 /// fresh document for the next generation: no history, no node records (the hosts are gone),
-/// no old metadata. The CA is kept, so existing kubeconfigs keep trusting the API.
+/// no old metadata, no pod-CIDR claims (their nodes are gone). The CA is kept, so existing
+/// kubeconfigs keep trusting the API, and so are the pod-CIDR settings (returned last).
+#[allow(clippy::type_complexity)]
 fn restore(
     path: &PathBuf,
     token: Option<&JoinToken>,
     actor: ActorId,
-) -> Result<(ClusterIdentity, ClusterDoc, security::CertPair), AgentError> {
+) -> Result<
+    (
+        ClusterIdentity,
+        ClusterDoc,
+        security::CertPair,
+        Option<(String, u8)>,
+    ),
+    AgentError,
+> {
     let token = token.ok_or_else(|| AgentError::Config("--restore needs --token with the backed-up cluster's join token (it holds the secret that opens the backup's sealed values)".into()))?;
     let bytes = std::fs::read(path)
         .map_err(|e| AgentError::Config(format!("reading {}: {e}", path.display())))?;
@@ -125,6 +153,9 @@ fn restore(
         generation,
         secret: old.secret,
     };
-    let doc = old_doc.rebuild(actor, |key| key != "meta" && !key.starts_with("node/"))?;
-    Ok((identity, doc, ca))
+    let doc = old_doc.rebuild(actor, |key| {
+        key != "meta" && !key.starts_with("node/") && !key.starts_with(ipam::CLAIM_PREFIX)
+    })?;
+    let pod_cidr = Some((meta.cluster_cidr.clone(), meta.node_cidr_mask));
+    Ok((identity, doc, ca, pod_cidr))
 }

@@ -6,6 +6,7 @@ mod controllers;
 mod datadir;
 pub mod images;
 mod init;
+mod ipam;
 pub(crate) mod node_info;
 mod settings;
 pub mod shared;
@@ -239,6 +240,7 @@ pub async fn run(
     };
 
     let controllers_task = tokio::spawn(controllers::run(shared.clone(), stopped(stop_rx.clone())));
+    let ipam_task = tokio::spawn(ipam::run(shared.clone(), stopped(stop_rx.clone())));
 
     let kubelet_task = tokio::spawn(crate::kubelet::run(
         shared.clone(),
@@ -258,6 +260,7 @@ pub async fn run(
         let _ = t.await;
     }
     let _ = controllers_task.await;
+    let _ = ipam_task.await;
     let api = api_task
         .await
         .map_err(|e| AgentError::Other(e.to_string()))?;

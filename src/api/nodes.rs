@@ -1,5 +1,6 @@
 //! `v1` Node objects built from [`NodeView`]s: the node's own record plus the serving agent's
-//! readiness view. Nodes are not stored as objects; they are rendered on every request.
+//! readiness view, and its pod CIDR. Nodes are not stored as objects; they are rendered on
+//! every request.
 
 use serde_json::{json, Value};
 
@@ -34,6 +35,14 @@ fn ready_condition(view: &NodeView) -> Value {
         "lastHeartbeatTime": since,
         "lastTransitionTime": since,
     })
+}
+
+/// `spec`: the node's pod subnet, once it holds one (`model::ipam`).
+fn spec(view: &NodeView) -> Value {
+    match &view.pod_cidr {
+        Some(cidr) => json!({"podCIDR": cidr, "podCIDRs": [cidr]}),
+        None => json!({}),
+    }
 }
 
 /// The `v1` Node for one view.
@@ -86,7 +95,7 @@ pub fn node_object(view: &NodeView) -> Value {
                 "shoal.dev/api-addr": record.api_addr,
             },
         },
-        "spec": {},
+        "spec": spec(view),
         "status": {
             "capacity": record.capacity,
             "allocatable": record.capacity,

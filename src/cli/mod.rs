@@ -58,6 +58,14 @@ pub enum Command {
         /// With --restore: the backed-up cluster's join token.
         #[arg(long, env = "SHOAL_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// IPv4 pod address space, carved into one subnet per node [default: 10.244.0.0/16,
+        /// or with --restore the backed-up cluster's]. Fixed for the cluster's life.
+        #[arg(long)]
+        cluster_cidr: Option<String>,
+        /// Prefix length of each node's pod subnet, from the cluster CIDR's + 1 to 28
+        /// [default: 24, or with --restore the backed-up cluster's].
+        #[arg(long)]
+        node_cidr_mask: Option<u8>,
     },
     /// Run the agent (first start of a joiner: --name, --join and --token).
     Agent {
@@ -155,6 +163,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             advertise,
             restore,
             token,
+            cluster_cidr,
+            node_cidr_mask,
         } => {
             let settings = AgentSettings {
                 name: name.unwrap_or_else(crate::agent::node_info::hostname),
@@ -170,6 +180,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 settings: settings.clone(),
                 restore,
                 token,
+                cluster_cidr,
+                node_cidr_mask,
             })?;
             let server = format!(
                 "https://{}",

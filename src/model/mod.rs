@@ -1,8 +1,10 @@
 //! Plain resource types shared by every role: node records as stored in the replicated
 //! document, the node view the API serves (record + liveness from the local membership view),
-//! the workload records (bindings, pod status) roles exchange through the documents, and the
-//! Secret rules (data keys, registry credentials out of docker config Secrets).
+//! the workload records (bindings, pod status) roles exchange through the documents, the
+//! Secret rules (data keys, registry credentials out of docker config Secrets), and the pod-CIDR
+//! allocator's pure core (`ipam`).
 
+pub mod ipam;
 mod names;
 mod node;
 pub mod quantity;

@@ -58,4 +58,6 @@ pub struct NodeView {
     pub since: DateTime<Utc>,
     /// This agent's current view names this node the scheduler leader.
     pub is_leader: bool,
+    /// The pod subnet the node holds (`model::ipam`), once it has claimed one.
+    pub pod_cidr: Option<String>,
 }

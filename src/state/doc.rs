@@ -2,12 +2,15 @@
 //! automerge byte scalars, so a write replaces an object as a whole (never a field-by-field
 //! merge that nobody wrote) and concurrent writes resolve to automerge's deterministic winner.
 
+use std::collections::BTreeMap;
+
 use automerge::ActorId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::keys::{self, object_key, ObjectPath};
 use super::replica::{from_cbor, Replica};
+use crate::model::ipam::{self, PodCidrClaim, PodCidrConfig};
 use crate::model::workload::{self, Binding};
 use crate::model::NodeRecord;
 
@@ -38,6 +41,28 @@ pub struct ClusterMeta {
     pub ca_cert_pem: String,
     /// The CA's private key, sealed with the cluster secret (see `security::seal`).
     pub ca_key_sealed: Vec<u8>,
+    /// The pod address space node subnets are carved from (`shoal init --cluster-cidr`).
+    /// Documents from before the setting read as [`ipam::DEFAULT_CLUSTER_CIDR`].
+    #[serde(default = "default_cluster_cidr")]
+    pub cluster_cidr: String,
+    /// Prefix length of each node's subnet (`shoal init --node-cidr-mask`).
+    #[serde(default = "default_node_cidr_mask")]
+    pub node_cidr_mask: u8,
+}
+
+fn default_cluster_cidr() -> String {
+    ipam::DEFAULT_CLUSTER_CIDR.to_string()
+}
+
+fn default_node_cidr_mask() -> u8 {
+    ipam::DEFAULT_NODE_CIDR_MASK
+}
+
+impl ClusterMeta {
+    /// The validated pod-CIDR settings.
+    pub fn pod_cidr_config(&self) -> Result<PodCidrConfig, ipam::IpamError> {
+        PodCidrConfig::new(&self.cluster_cidr, self.node_cidr_mask)
+    }
 }
 
 /// The cluster document: cluster metadata, tokens, node records and users' objects.
@@ -176,6 +201,79 @@ impl ClusterDoc {
                 }
             })
             .collect()
+    }
+
+    // ---- pod-CIDR claims (`podcidr/<index>`, written by the claiming node) ----
+
+    /// The cluster's pod-CIDR settings (`None` before the metadata has arrived).
+    pub fn pod_cidr_config(&self) -> Option<PodCidrConfig> {
+        match self.meta() {
+            Ok(Some(meta)) => match meta.pod_cidr_config() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(%e, "the cluster metadata's pod-CIDR settings are invalid");
+                    None
+                }
+            },
+            _ => None,
+        }
+    }
+
+    /// Every claim by subnet index. Corrupt values and keys are skipped.
+    pub fn pod_cidr_claims(&self) -> BTreeMap<u32, PodCidrClaim> {
+        self.scan(ipam::CLAIM_PREFIX)
+            .into_iter()
+            .filter_map(|(k, b)| {
+                let index = ipam::parse_claim_key(&k)?;
+                match from_cbor(&k, &b) {
+                    Ok(v) => Some((index, v)),
+                    Err(e) => {
+                        tracing::warn!(%e, "skipping corrupt pod-CIDR claim");
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// What [`ipam::plan`] decides from: the claims and the existing nodes (name → uid).
+    pub fn pod_cidr_inputs(&self) -> (BTreeMap<u32, PodCidrClaim>, BTreeMap<String, String>) {
+        let nodes = self.nodes().into_iter().map(|r| (r.name, r.uid)).collect();
+        (self.pod_cidr_claims(), nodes)
+    }
+
+    /// Node name → the pod CIDR it holds (see [`ipam::assignments`]).
+    pub fn pod_cidrs(&self) -> BTreeMap<String, String> {
+        let Some(config) = self.pod_cidr_config() else {
+            return BTreeMap::new();
+        };
+        let (claims, nodes) = self.pod_cidr_inputs();
+        ipam::assignments(&config, &claims, &nodes)
+            .into_iter()
+            .map(|(node, (_, cidr))| (node, cidr))
+            .collect()
+    }
+
+    /// Applies node `me`'s plan; returns whether it changed the document.
+    pub fn apply_pod_cidr_plan(
+        &mut self,
+        plan: &ipam::Plan,
+        me: &str,
+        uid: &str,
+    ) -> Result<bool, StateError> {
+        let mut changed = false;
+        if let (true, Some(index)) = (plan.write, plan.index) {
+            let claim = PodCidrClaim {
+                node: me.to_string(),
+                uid: uid.to_string(),
+            };
+            self.put_typed(&ipam::claim_key(index), &claim)?;
+            changed = true;
+        }
+        for index in &plan.release {
+            changed |= self.delete_key(&ipam::claim_key(*index))?;
+        }
+        Ok(changed)
     }
 
     // ---- users' objects ----
@@ -337,6 +435,57 @@ mod tests {
             .is_err());
         assert!(ClusterDoc::load(b"not a document", actor(1)).is_err());
         assert_eq!(a.heads(), heads);
+    }
+
+    #[test]
+    fn metadata_from_before_pod_cidrs_reads_as_the_defaults() {
+        #[derive(Serialize)]
+        struct OldMeta {
+            cluster_id: String,
+            generation: u64,
+            created: chrono::DateTime<chrono::Utc>,
+            ca_cert_pem: String,
+            ca_key_sealed: Vec<u8>,
+        }
+        let mut a = ClusterDoc::empty(actor(1));
+        let old = OldMeta {
+            cluster_id: "c".into(),
+            generation: 1,
+            created: chrono::DateTime::UNIX_EPOCH,
+            ca_cert_pem: String::new(),
+            ca_key_sealed: vec![1],
+        };
+        a.put_typed(keys::META, &old).unwrap();
+        let meta = a.meta().unwrap().unwrap();
+        assert_eq!(meta.cluster_cidr, "10.244.0.0/16");
+        assert_eq!(meta.node_cidr_mask, 24);
+        assert_eq!(a.pod_cidr_config(), Some(PodCidrConfig::default_config()));
+    }
+
+    #[test]
+    fn corrupt_pod_cidr_claims_are_skipped() {
+        let mut a = ClusterDoc::empty(actor(1));
+        a.put_bytes("podcidr/3", vec![0xff, 0x00]).unwrap();
+        a.put_typed(
+            "podcidr/x",
+            &PodCidrClaim {
+                node: "n".into(),
+                uid: "u".into(),
+            },
+        )
+        .unwrap();
+        a.put_typed(
+            "podcidr/4",
+            &PodCidrClaim {
+                node: "n".into(),
+                uid: "u".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            a.pod_cidr_claims().keys().copied().collect::<Vec<_>>(),
+            vec![4]
+        );
     }
 
     #[test]
