@@ -9,6 +9,8 @@
 //!   cluster-scoped
 //! - `bind/<ns>/<pod>`              where the scheduler leader placed a pod
 //!   (`model::workload::Binding`)
+//! - `podcidr/<index>`             a node's claim of a pod subnet (only the claiming node
+//!   writes it; `model::ipam`)
 
 pub const META: &str = "meta";
 pub const TOKEN_PREFIX: &str = "token/";
