@@ -405,14 +405,12 @@ impl Harness {
     }
 
     fn client(&self) -> reqwest::Client {
-        {
-            shoal::install_crypto_provider();
-            reqwest::Client::builder()
-        }
-        .tls_certs_only([reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap()])
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+        shoal::install_crypto_provider();
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap()])
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {

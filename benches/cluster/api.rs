@@ -39,6 +39,17 @@ pub struct Seen {
     pub at: Instant,
 }
 
+/// An HTTPS client that trusts only the cluster CA (`ca_pem`).
+pub fn cluster_client(ca_pem: &[u8]) -> Result<reqwest::Client> {
+    let ca = reqwest::Certificate::from_pem(ca_pem).context("cluster CA")?;
+    shoal::install_crypto_provider();
+    Ok(reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .connect_timeout(Duration::from_secs(2))
+        .pool_max_idle_per_host(8)
+        .build()?)
+}
+
 /// HTTPS client trusting the cluster CA, authenticated with the admin token.
 #[derive(Clone)]
 pub struct Api {
@@ -48,17 +59,8 @@ pub struct Api {
 
 impl Api {
     pub fn new(ca_pem: &[u8], token: &str) -> Result<Self> {
-        let ca = reqwest::Certificate::from_pem(ca_pem).context("cluster CA")?;
-        let client = {
-            shoal::install_crypto_provider();
-            reqwest::Client::builder()
-        }
-        .tls_certs_only([ca])
-        .connect_timeout(Duration::from_secs(2))
-        .pool_max_idle_per_host(8)
-        .build()?;
         Ok(Self {
-            client,
+            client: cluster_client(ca_pem)?,
             token: token.trim().to_string(),
         })
     }

@@ -79,15 +79,7 @@ impl Kube {
         let ca = std::fs::read(run.join("n1/data/tls/ca.crt"))
             .context("testnet CA (is the testnet up?)")?;
         let token = std::fs::read_to_string(run.join("n1/data/admin-token"))?;
-        let ca = reqwest::Certificate::from_pem(&ca).context("cluster CA")?;
-        let client = {
-            shoal::install_crypto_provider();
-            reqwest::Client::builder()
-        }
-        .tls_certs_only([ca])
-        .connect_timeout(Duration::from_secs(2))
-        .pool_max_idle_per_host(8)
-        .build()?;
+        let client = crate::api::cluster_client(&ca)?;
         Ok(Self {
             client,
             token: token.trim().to_string(),

@@ -128,14 +128,12 @@ impl Cluster {
             .trim()
             .to_string();
         let ca = std::fs::read(first.dir.join("tls/ca.crt")).unwrap();
-        let client = {
-            shoal::install_crypto_provider();
-            reqwest::Client::builder()
-        }
-        .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+        shoal::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
