@@ -272,9 +272,13 @@ pub fn layers_in_use(data_dir: &Path) -> BTreeSet<String> {
     out
 }
 
-/// References of images that a container on this node uses, or that a pod bound here wants.
-pub fn images_in_use(store: &ImageStore, data_dir: &Path, wanted: &[String]) -> BTreeSet<String> {
-    let layers = layers_in_use(data_dir);
+/// References of images whose layers are among `layers` (those containers use, from
+/// [`layers_in_use`]), or that a pod bound here wants.
+pub fn images_in_use(
+    store: &ImageStore,
+    layers: &BTreeSet<String>,
+    wanted: &[String],
+) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for img in store.list() {
         let used = store
@@ -287,12 +291,7 @@ pub fn images_in_use(store: &ImageStore, data_dir: &Path, wanted: &[String]) -> 
     }
     for w in wanted {
         if let Ok(r) = reference::parse(w) {
-            let key = if r.digest.is_some() {
-                r.to_string()
-            } else {
-                r.named()
-            };
-            out.insert(key);
+            out.insert(r.index_key());
         }
     }
     out
@@ -310,16 +309,12 @@ pub async fn remove_image(
     let reference = reference.to_string();
     let result = tokio::task::spawn_blocking(move || {
         let r = reference::parse(&reference).map_err(ImageError::InvalidReference)?;
-        let in_use = images_in_use(&store, &data_dir, &[]);
-        let key = if r.digest.is_some() {
-            r.to_string()
-        } else {
-            r.named()
-        };
-        if in_use.contains(&key) {
+        let layers = layers_in_use(&data_dir);
+        let key = r.index_key();
+        if images_in_use(&store, &layers, &[]).contains(&key) {
             return Err(ImageError::InUse(key));
         }
-        store.remove_protecting(&reference, &layers_in_use(&data_dir))
+        store.remove_protecting(&reference, &layers)
     })
     .await
     .map_err(|e| ImageError::Corrupt(e.to_string()))?;
@@ -387,7 +382,7 @@ pub async fn gc(
         };
         let protect = layers_in_use(&data_dir);
         store.sweep(&protect)?;
-        let in_use = images_in_use(&store, &data_dir, &wanted);
+        let in_use = images_in_use(&store, &protect, &wanted);
         for (reference, _) in store.least_recently_used() {
             if under_low(&cfg, &store) {
                 break;

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::plan::{DesiredPod, EventTarget, ImageState};
 use crate::agent::shared::Shared;
+use crate::api::admission::default_pull_policy;
 use crate::runtime::image::pull::{Credentials, PullError, PullRequest, Puller};
 use crate::runtime::image::{reference, ImageError, ImageStore};
 use crate::runtime::observe::{AttemptState, ObservedPod};
@@ -26,12 +27,6 @@ const ERR_IMAGE_PULL_FOR: i64 = 3;
 pub fn backoff_after(failures: u32) -> i64 {
     let shift = failures.saturating_sub(1).min(10);
     (BACKOFF << shift).min(MAX_BACKOFF)
-}
-
-/// The policy Kubernetes defaults to when a container has none (admission sets it on every
-/// pod; this covers pods stored before it did).
-pub fn default_policy(image: &str) -> &'static str {
-    crate::api::admission::default_pull_policy(image)
 }
 
 #[derive(Clone, Debug)]
@@ -106,7 +101,8 @@ impl Pulls {
                 let policy = c
                     .image_pull_policy
                     .clone()
-                    .unwrap_or_else(|| default_policy(&image).to_string());
+                    // Admission sets it on every pod; this covers pods stored before it did.
+                    .unwrap_or_else(|| default_pull_policy(&image).to_string());
                 let parsed = match reference::parse(&image) {
                     Ok(r) => r,
                     Err(e) => {
@@ -416,13 +412,13 @@ mod tests {
 
     #[test]
     fn default_policy_follows_kubernetes() {
-        assert_eq!(default_policy("busybox"), "Always");
-        assert_eq!(default_policy("busybox:latest"), "Always");
-        assert_eq!(default_policy("busybox:1.36"), "IfNotPresent");
+        assert_eq!(default_pull_policy("busybox"), "Always");
+        assert_eq!(default_pull_policy("busybox:latest"), "Always");
+        assert_eq!(default_pull_policy("busybox:1.36"), "IfNotPresent");
         assert_eq!(
-            default_policy(&format!("busybox@sha256:{}", "a".repeat(64))),
+            default_pull_policy(&format!("busybox@sha256:{}", "a".repeat(64))),
             "IfNotPresent"
         );
-        assert_eq!(default_policy("10.0.0.1:5000/app"), "Always");
+        assert_eq!(default_pull_policy("10.0.0.1:5000/app"), "Always");
     }
 }

@@ -312,10 +312,7 @@ impl ImageStore {
                 )));
             }
         }
-        let key = match &r.digest {
-            Some(_) => r.to_string(),
-            None => r.named(),
-        };
+        let key = r.index_key();
         let mut idx = self.read_index()?;
         idx.version = INDEX_VERSION;
         let digest = format!("sha256:{manifest_hex}");
@@ -344,10 +341,7 @@ impl ImageStore {
     pub fn lookup(&self, reference: &str) -> Option<String> {
         let r = reference::parse(reference).ok()?;
         let idx = self.read_index().ok()?;
-        let key = match &r.digest {
-            Some(_) => r.to_string(),
-            None => r.named(),
-        };
+        let key = r.index_key();
         idx.images.get(&key).cloned()
     }
 

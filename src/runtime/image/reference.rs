@@ -39,6 +39,15 @@ impl Reference {
             None => self.name.clone(),
         }
     }
+
+    /// The store index's key for this reference: [`Reference::named`] for a tag, the whole
+    /// reference for a digest (an alias to the platform manifest it was pulled as).
+    pub fn index_key(&self) -> String {
+        match &self.digest {
+            Some(_) => self.to_string(),
+            None => self.named(),
+        }
+    }
 }
 
 /// Parses and normalises `s`. The tag defaults to `latest` unless a digest is given.
