@@ -657,6 +657,28 @@ fn bridge_tx() -> u64 {
         .unwrap_or(0)
 }
 
+/// Sends a marker request to the testnet registry and waits until its log shows it, so that
+/// every request answered before is in the log too (`parse_served` skips `/v2/?…`).
+fn sync_registry_log(log: &Path, offset: u64) -> Result<()> {
+    let marker = format!("/v2/?sync={}", rand::random::<u64>());
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--max-time", "5"])
+        .arg(format!("http://10.77.0.1:5000{marker}"))
+        .status()
+        .context("run curl")?;
+    if !out.success() {
+        bail!("the registry did not answer the log marker request");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log_since(log, offset)?.contains(&marker) {
+        if Instant::now() > deadline {
+            bail!("marker {marker} not in the registry log after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 /// The registry log from byte `offset` on.
 fn log_since(path: &Path, offset: u64) -> Result<String> {
     let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
@@ -820,8 +842,8 @@ fn egress_round(
         std::thread::sleep(Duration::from_millis(200));
     };
     let bridge = bridge_tx().saturating_sub(tx0);
-    // Each request is logged when it completes; give the last one a moment.
-    std::thread::sleep(Duration::from_millis(500));
+    // Each request is logged when it completes: a marker request logged after them all.
+    sync_registry_log(&log, offset)?;
     let served = parse_served(&log_since(&log, offset)?);
     tn.kubectl(&["delete", "deployment", &name, "--wait=false"], None)?;
     let deadline = Instant::now() + Duration::from_secs(60);

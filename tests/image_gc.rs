@@ -71,7 +71,8 @@ async fn gc_removes_unused_images_oldest_first_and_never_one_in_use() {
     let running = pull_new(&reg, &p, t.path(), "running", 1).await;
     let old = pull_new(&reg, &p, t.path(), "old", 2).await;
     let wanted = pull_new(&reg, &p, t.path(), "wanted", 3).await;
-    let recent = pull_new(&reg, &p, t.path(), "recent", 4).await;
+    // The most recently used image: removable, after `old`.
+    pull_new(&reg, &p, t.path(), "recent", 4).await;
     let store = p.store().clone();
     let running_layers = store.resolve(&running).unwrap().layers;
     fake_container(&data, "pod-a", &running_layers);
@@ -125,7 +126,6 @@ async fn gc_removes_unused_images_oldest_first_and_never_one_in_use() {
     };
     let r = gc(&p, &data, &zero, Vec::new()).await.unwrap();
     assert!(store.list().is_empty(), "{r:?} left {:?}", store.list());
-    let _ = recent;
     let left: Vec<_> = std::fs::read_dir(data.join("images/layers"))
         .unwrap()
         .flatten()
