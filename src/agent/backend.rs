@@ -155,6 +155,90 @@ impl AgentBackend {
     }
 }
 
+/// The nodes as this agent sees them: records, pod CIDRs and readiness from its membership
+/// view (the API's `Backend::nodes`).
+pub fn node_views(shared: &Shared) -> Vec<NodeView> {
+    let view = shared.view();
+    let (records, mut pod_cidrs) = {
+        let doc = shared.doc();
+        (doc.nodes(), doc.pod_cidrs())
+    };
+    records
+        .into_iter()
+        .map(|record| {
+            let state = view
+                .members
+                .iter()
+                .find(|m| m.name == record.name)
+                .map(|m| m.state.as_str());
+            let readiness = if record.name == shared.node_name {
+                Readiness::Ready
+            } else {
+                match state {
+                    Some("alive") => Readiness::Ready,
+                    Some("suspect") => Readiness::Suspect,
+                    _ => Readiness::NotReady,
+                }
+            };
+            let since = view
+                .since
+                .get(&record.name)
+                .copied()
+                .unwrap_or(record.created);
+            let is_leader = view.leader.as_deref() == Some(record.name.as_str());
+            let pod_cidr = pod_cidrs.remove(&record.name);
+            NodeView {
+                record,
+                readiness,
+                since,
+                is_leader,
+                pod_cidr,
+            }
+        })
+        .collect()
+}
+
+/// What pods' status is computed from on read (`api::workloads`): bindings, status and
+/// scheduling records, node readiness. The API and the Service snapshot
+/// (`agent::services`) both serve pods through it.
+pub fn workload_view(shared: &Shared) -> WorkloadView {
+    let bindings = shared.doc().bindings().into_iter().collect();
+    let mut pod_status: BTreeMap<(String, String), Vec<(String, PodStatusRecord)>> =
+        BTreeMap::new();
+    let mut scheduling: BTreeMap<(String, String), Vec<SchedulingRecord>> = BTreeMap::new();
+    for (node, doc) in shared.status_docs().iter() {
+        for (key, record) in doc.entries::<PodStatusRecord>(keys::POD_STATUS_PREFIX) {
+            if let Some((ns, name)) = keys::split(&key, keys::POD_STATUS_PREFIX) {
+                pod_status
+                    .entry((ns.to_string(), name.to_string()))
+                    .or_default()
+                    .push((node.clone(), record));
+            }
+        }
+        for (key, record) in doc.entries::<SchedulingRecord>(keys::SCHEDULING_PREFIX) {
+            if let Some((ns, name)) = keys::split(&key, keys::SCHEDULING_PREFIX) {
+                scheduling
+                    .entry((ns.to_string(), name.to_string()))
+                    .or_default()
+                    .push(record);
+            }
+        }
+    }
+    for records in scheduling.values_mut() {
+        records.sort_by_key(|r| std::cmp::Reverse(r.at));
+    }
+    let node_readiness = node_views(shared)
+        .into_iter()
+        .map(|n| (n.record.name, n.readiness))
+        .collect();
+    WorkloadView {
+        bindings,
+        pod_status,
+        scheduling,
+        node_readiness,
+    }
+}
+
 fn log_err(e: crate::runtime::logs::LogError) -> BackendError {
     use crate::runtime::logs::LogError;
     match e {
@@ -177,44 +261,7 @@ impl Backend for AgentBackend {
     }
 
     fn nodes(&self) -> Vec<NodeView> {
-        let view = self.shared.view();
-        let (records, mut pod_cidrs) = {
-            let doc = self.shared.doc();
-            (doc.nodes(), doc.pod_cidrs())
-        };
-        records
-            .into_iter()
-            .map(|record| {
-                let state = view
-                    .members
-                    .iter()
-                    .find(|m| m.name == record.name)
-                    .map(|m| m.state.as_str());
-                let readiness = if record.name == self.shared.node_name {
-                    Readiness::Ready
-                } else {
-                    match state {
-                        Some("alive") => Readiness::Ready,
-                        Some("suspect") => Readiness::Suspect,
-                        _ => Readiness::NotReady,
-                    }
-                };
-                let since = view
-                    .since
-                    .get(&record.name)
-                    .copied()
-                    .unwrap_or(record.created);
-                let is_leader = view.leader.as_deref() == Some(record.name.as_str());
-                let pod_cidr = pod_cidrs.remove(&record.name);
-                NodeView {
-                    record,
-                    readiness,
-                    since,
-                    is_leader,
-                    pod_cidr,
-                }
-            })
-            .collect()
+        node_views(&self.shared)
     }
 
     fn delete_node(&self, name: &str) -> Result<(), BackendError> {
@@ -315,42 +362,7 @@ impl Backend for AgentBackend {
     }
 
     fn workload_view(&self) -> WorkloadView {
-        let bindings = self.shared.doc().bindings().into_iter().collect();
-        let mut pod_status: BTreeMap<(String, String), Vec<(String, PodStatusRecord)>> =
-            BTreeMap::new();
-        let mut scheduling: BTreeMap<(String, String), Vec<SchedulingRecord>> = BTreeMap::new();
-        for (node, doc) in self.shared.status_docs().iter() {
-            for (key, record) in doc.entries::<PodStatusRecord>(keys::POD_STATUS_PREFIX) {
-                if let Some((ns, name)) = keys::split(&key, keys::POD_STATUS_PREFIX) {
-                    pod_status
-                        .entry((ns.to_string(), name.to_string()))
-                        .or_default()
-                        .push((node.clone(), record));
-                }
-            }
-            for (key, record) in doc.entries::<SchedulingRecord>(keys::SCHEDULING_PREFIX) {
-                if let Some((ns, name)) = keys::split(&key, keys::SCHEDULING_PREFIX) {
-                    scheduling
-                        .entry((ns.to_string(), name.to_string()))
-                        .or_default()
-                        .push(record);
-                }
-            }
-        }
-        for records in scheduling.values_mut() {
-            records.sort_by_key(|r| std::cmp::Reverse(r.at));
-        }
-        let node_readiness = self
-            .nodes()
-            .into_iter()
-            .map(|n| (n.record.name, n.readiness))
-            .collect();
-        WorkloadView {
-            bindings,
-            pod_status,
-            scheduling,
-            node_readiness,
-        }
+        workload_view(&self.shared)
     }
 
     fn events(&self, namespace: Option<&str>) -> Vec<Value> {
@@ -372,6 +384,15 @@ impl Backend for AgentBackend {
         };
         out.sort_by_key(stamp);
         out
+    }
+
+    fn exec(
+        &self,
+        req: crate::api::exec::ExecRequest,
+    ) -> BoxFuture<'static, Result<crate::api::exec::ExecSession, BackendError>> {
+        let shared = self.shared.clone();
+        let runtime = crate::runtime::RuntimeConfig::from_env(&self.data_dir, &shared.node_name, true);
+        Box::pin(super::exec::open(shared, runtime, req))
     }
 
     fn pod_logs(&self, req: LogRequest) -> BoxFuture<'static, Result<LogStream, BackendError>> {

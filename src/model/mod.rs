@@ -11,6 +11,7 @@ pub mod network;
 mod node;
 pub mod quantity;
 pub mod secret;
+pub mod service;
 pub mod workload;
 
 pub use names::{is_dns1123_label, is_dns1123_subdomain};

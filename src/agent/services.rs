@@ -1,0 +1,137 @@
+//! The Services the data path uses on this node, read from the agent's replica: every stored
+//! Service (after settling merged allocation conflicts, `model::service::resolve_conflicts`)
+//! and its endpoints among the pods as the API serves them (same `WorkloadView`). The proxy
+//! and DNS roles call [`snapshot`]; the API computes Endpoints/EndpointSlices the same way.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::backend::workload_view;
+use super::shared::Shared;
+use crate::api::workloads::pod_view;
+use crate::model::service::{self, Conflict, Endpoint, Service, SERVICES};
+use crate::model::workload::PODS;
+
+/// Services and their endpoints at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServicesSnapshot {
+    /// Services in namespace/name order, without the losers of a ClusterIP conflict and
+    /// without NodePorts lost to another Service.
+    pub services: Vec<Service>,
+    /// `(namespace, name)` → endpoints, for every Service in `services` (empty without a
+    /// selector or without matching pods), sorted by address.
+    pub endpoints: BTreeMap<(String, String), Vec<Endpoint>>,
+}
+
+impl ServicesSnapshot {
+    /// Pure: from stored Service objects and pods as served (`api::workloads::pod_view`).
+    /// Also returns the allocation conflicts it settled. A stored Service that does not
+    /// parse is left out.
+    pub fn build(services: &[Value], pods: &[Value]) -> (ServicesSnapshot, Vec<Conflict>) {
+        let parsed: Vec<Service> = services
+            .iter()
+            .filter_map(|s| match service::parse(s) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::debug!(%e, "stored Service left out of the snapshot");
+                    None
+                }
+            })
+            .collect();
+        let (services, conflicts) = service::resolve_conflicts(&parsed);
+        let mut by_namespace: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+        for pod in pods {
+            let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+            by_namespace.entry(ns).or_default().push(pod.clone());
+        }
+        let endpoints = services
+            .iter()
+            .map(|s| {
+                let pods = by_namespace
+                    .get(s.namespace.as_str())
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                (s.key(), service::endpoints(s, pods))
+            })
+            .collect();
+        (
+            ServicesSnapshot {
+                services,
+                endpoints,
+            },
+            conflicts,
+        )
+    }
+}
+
+/// Stored Services and pods as served, read from the replica under short locks.
+fn read(shared: &Shared) -> (Vec<Value>, Vec<Value>) {
+    let (services, pods) = {
+        let doc = shared.doc();
+        (
+            doc.list_objects(SERVICES, None),
+            doc.list_objects(PODS, None),
+        )
+    };
+    let view = workload_view(shared);
+    (
+        services.into_iter().map(|(_, v)| v).collect(),
+        pods.iter().map(|(_, p)| pod_view(p, &view)).collect(),
+    )
+}
+
+/// This node's current Services and endpoints.
+pub fn snapshot(shared: &Shared) -> ServicesSnapshot {
+    let (services, pods) = read(shared);
+    ServicesSnapshot::build(&services, &pods).0
+}
+
+/// The allocation conflicts in this node's replica (two Services holding one ClusterIP or
+/// NodePort after a merge), with their deterministic winners.
+pub fn cluster_ip_conflicts(shared: &Shared) -> Vec<Conflict> {
+    let services: Vec<Service> = shared
+        .doc()
+        .list_objects(SERVICES, None)
+        .iter()
+        .filter_map(|(_, s)| service::parse(s).ok())
+        .collect();
+    service::resolve_conflicts(&services).1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn build_settles_conflicts_and_computes_endpoints() {
+        let svc = |name: &str, created: &str, ip: &str| {
+            json!({"metadata": {"namespace": "default", "name": name, "uid": name,
+                                "creationTimestamp": created},
+                   "spec": {"clusterIP": ip, "selector": {"app": name},
+                            "ports": [{"port": 80, "targetPort": 8080}]}})
+        };
+        let services = [
+            svc("old", "2026-01-01T00:00:00Z", "10.96.0.9"),
+            svc("new", "2026-01-02T00:00:00Z", "10.96.0.9"),
+            svc("web", "2026-01-02T00:00:00Z", "10.96.0.10"),
+        ];
+        let pods = [json!({
+            "metadata": {"namespace": "default", "name": "p", "uid": "pu",
+                         "labels": {"app": "web"}},
+            "spec": {"nodeName": "n2"},
+            "status": {"phase": "Running", "podIP": "10.244.1.4",
+                       "conditions": [{"type": "Ready", "status": "True"}]},
+        })];
+        let (snap, conflicts) = ServicesSnapshot::build(&services, &pods);
+        let names: Vec<&str> = snap.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["old", "web"]);
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!(conflicts[0].loser.1, "new");
+        let web = &snap.endpoints[&("default".to_string(), "web".to_string())];
+        assert_eq!(web.len(), 1);
+        assert_eq!(web[0].ports[0].port, 8080);
+        assert!(snap.endpoints[&("default".to_string(), "old".to_string())].is_empty());
+    }
+}
