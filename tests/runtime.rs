@@ -171,6 +171,7 @@ async fn pod_lifecycle_with_real_runc() {
         runc_root: tmp.path().join("runc"),
         cgroup_parent: format!("/shoal-runtime-test-{}", std::process::id()),
         shoal_binary: PathBuf::from(env!("CARGO_BIN_EXE_shoal")),
+        cni: None,
     };
     let key = "b-0001";
     let _cleanup = Cleanup {
@@ -203,9 +204,13 @@ async fn pod_lifecycle_with_real_runc() {
         grace_seconds: 30,
         created_at: chrono::Utc::now(),
     };
-    let sandbox = rt.create_sandbox(&meta).expect("sandbox");
+    let sandbox = rt.create_sandbox(&meta, None).expect("sandbox");
     assert!(sandbox.alive());
-    assert_eq!(rt.create_sandbox(&meta).unwrap(), sandbox, "idempotent");
+    assert_eq!(
+        rt.create_sandbox(&meta, None).unwrap(),
+        sandbox,
+        "idempotent"
+    );
 
     let start = |name: &str| {
         rt.start_container(key, &p, &container(&p, name), &image, 0)

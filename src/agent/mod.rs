@@ -8,6 +8,7 @@ pub mod images;
 mod init;
 mod ipam;
 pub(crate) mod node_info;
+pub mod routes;
 mod settings;
 pub mod services;
 pub mod shared;
@@ -242,11 +243,23 @@ pub async fn run(
 
     let controllers_task = tokio::spawn(controllers::run(shared.clone(), stopped(stop_rx.clone())));
     let ipam_task = tokio::spawn(ipam::run(shared.clone(), stopped(stop_rx.clone())));
+    // The pod network: the node's bridge, sysctls and routes to the other nodes' pods.
+    let pod_network = routes::pod_network_enabled(advertise);
+    let routes_task = pod_network.then(|| {
+        tokio::spawn(routes::run(shared.clone(), stopped(stop_rx.clone())))
+    });
+    if !pod_network {
+        tracing::warn!(%advertise, "pod network off (loopback address or SHOAL_POD_NETWORK=off): pods get no IP of their own");
+    }
 
     let kubelet_task = tokio::spawn(crate::kubelet::run(
         shared.clone(),
         crate::kubelet::KubeletConfig {
-            runtime: crate::runtime::RuntimeConfig::from_env(dir.root(), &settings.name),
+            runtime: crate::runtime::RuntimeConfig::from_env(
+                dir.root(),
+                &settings.name,
+                pod_network,
+            ),
             node_ip: advertise.to_string(),
             puller,
         },
@@ -262,6 +275,9 @@ pub async fn run(
     }
     let _ = controllers_task.await;
     let _ = ipam_task.await;
+    if let Some(t) = routes_task {
+        let _ = t.await;
+    }
     let api = api_task
         .await
         .map_err(|e| AgentError::Other(e.to_string()))?;

@@ -20,7 +20,7 @@ use crate::runtime::image::pull::Puller;
 use crate::runtime::logs::{find_target, read_logs, LogError};
 use crate::runtime::pods::StartOutcome;
 use crate::runtime::{PodMeta, Runtime, RuntimeConfig};
-use plan::{Action, DesiredPod, Inputs, Planner};
+use plan::{Action, DesiredPod, Inputs, Planner, SandboxFailure};
 
 /// At most this many runtime actions run at once.
 pub const MAX_PARALLEL_ACTIONS: usize = 8;
@@ -106,6 +106,8 @@ struct Shell {
     node_ip: String,
     planner: Planner,
     busy: Arc<Mutex<BTreeSet<String>>>,
+    /// Failed sandbox creations by pod key (retry timing and the pods' waiting message).
+    sandbox_failures: Arc<Mutex<BTreeMap<String, SandboxFailure>>>,
     permits: Arc<Semaphore>,
     wake_tx: mpsc::Sender<()>,
 }
@@ -151,6 +153,7 @@ pub async fn run(
         node_ip: config.node_ip,
         planner: Planner::new(),
         busy: Arc::new(Mutex::new(BTreeSet::new())),
+        sandbox_failures: Arc::new(Mutex::new(BTreeMap::new())),
         permits: Arc::new(Semaphore::new(MAX_PARALLEL_ACTIONS)),
         wake_tx,
     };
@@ -175,8 +178,24 @@ impl Shell {
         self.busy.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn sandbox_failures(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SandboxFailure>> {
+        self.sandbox_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This node's current pod CIDR (only asked for when pods get the CNI network).
+    fn pod_cidr(&self) -> Option<String> {
+        self.runtime.config.cni.as_ref()?;
+        self.shared
+            .doc()
+            .pod_cidrs()
+            .remove(self.shared.node_name.as_str())
+    }
+
     async fn round(&mut self) {
         let desired = desired_pods(&self.shared);
+        let pod_cidr = self.pod_cidr();
         let rt = self.runtime.clone();
         let Ok(observed) = tokio::task::spawn_blocking(move || rt.observe()).await else {
             return;
@@ -201,6 +220,11 @@ impl Shell {
                 .collect()
         };
         let busy = self.busy().clone();
+        let failures = {
+            let mut f = self.sandbox_failures();
+            f.retain(|k, _| desired.contains_key(k));
+            f.clone()
+        };
         let actions = self.planner.plan(&Inputs {
             desired: &desired,
             observed: &observed,
@@ -208,6 +232,9 @@ impl Shell {
             recorded: &recorded,
             busy: &busy,
             node_ip: &self.node_ip,
+            pod_network: self.runtime.config.cni.is_some(),
+            pod_cidr: pod_cidr.as_deref(),
+            sandbox_failures: &failures,
             now: chrono::Utc::now(),
         });
         tracing::debug!(
@@ -219,7 +246,7 @@ impl Shell {
         );
         for action in actions {
             tracing::debug!(?action, "kubelet action");
-            self.execute(action, &desired, &observed, &verdicts);
+            self.execute(action, &desired, &observed, &verdicts, pod_cidr.as_deref());
         }
     }
 
@@ -229,6 +256,7 @@ impl Shell {
         desired: &BTreeMap<String, DesiredPod>,
         observed: &BTreeMap<String, crate::runtime::ObservedPod>,
         images: &pulls::Verdicts,
+        pod_cidr: Option<&str>,
     ) {
         match action {
             Action::WriteStatus {
@@ -277,16 +305,49 @@ impl Shell {
                     name: meta.name.clone(),
                     uid: meta.uid.clone(),
                 };
-                self.spawn(key.clone(), key, move |rt, shared| {
-                    if let Err(e) = rt.create_sandbox(&meta) {
-                        tracing::warn!(%e, pod = %meta.name, "creating the sandbox");
-                        record_event(
-                            &shared,
-                            &target,
-                            true,
-                            "FailedCreatePodSandBox",
-                            &format!("Failed to create pod sandbox: {e}"),
-                        );
+                let pod_cidr = pod_cidr.map(str::to_string);
+                let failures = self.sandbox_failures.clone();
+                self.spawn(key.clone(), key.clone(), move |rt, shared| {
+                    let result = rt.create_sandbox(&meta, pod_cidr.as_deref());
+                    let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
+                    match result {
+                        Ok(_) => {
+                            failures.remove(&key);
+                        }
+                        Err(e) => {
+                            let message = format!("Failed to create pod sandbox: {e}");
+                            let previous = failures.get(&key);
+                            let repeated = previous.is_some_and(|f| f.message == message);
+                            let attempts = previous.map_or(0, |f| f.attempts) + 1;
+                            failures.insert(
+                                key,
+                                SandboxFailure {
+                                    message: message.clone(),
+                                    at: chrono::Utc::now(),
+                                    attempts,
+                                },
+                            );
+                            drop(failures);
+                            // Logged and recorded once per distinct error, not at every retry.
+                            if !repeated {
+                                tracing::warn!(%e, pod = %meta.name, "creating the sandbox");
+                                record_event(
+                                    &shared,
+                                    &target,
+                                    true,
+                                    "FailedCreatePodSandBox",
+                                    &message,
+                                );
+                            }
+                        }
+                    }
+                    None
+                });
+            }
+            Action::StopSandbox { key } => {
+                self.spawn(key.clone(), key.clone(), move |rt, _| {
+                    if let Err(e) = rt.runtime.stop_sandbox(&key, Duration::from_secs(10)) {
+                        tracing::warn!(%e, %key, "stopping a sandbox");
                     }
                     None
                 });

@@ -7,6 +7,8 @@
 //! ```text
 //! <data>/pods/<pod key>/pod.json                       PodMeta (written by the kubelet)
 //! <data>/pods/<pod key>/sandbox.json                   pid + start time of `shoal sandbox`
+//! <data>/pods/<pod key>/network.json                   the pod's CNI attachment (network::PodNetwork)
+//! <data>/cni/networks/shoal/                           host-local's leases of this node
 //! <data>/pods/<pod key>/etc/{hosts,hostname,resolv.conf}, shm/, volumes/<name>/
 //! <data>/pods/<pod key>/logs/<container>/<restart>.log CRI log lines (+ `.1` rotated)
 //! <data>/pods/<pod key>/containers/<container>/<restart>/
@@ -17,6 +19,7 @@
 pub mod bundle;
 pub mod image;
 pub mod logs;
+pub mod network;
 pub mod observe;
 pub mod pods;
 pub mod runc;
@@ -46,6 +49,12 @@ pub enum RuntimeError {
     Spawn(String),
     #[error("image: {0}")]
     Image(String),
+    /// A CNI plugin failed (the message names the plugin and what it said).
+    #[error("network: {0}")]
+    Network(String),
+    /// The pod network cannot be set up yet (no pod CIDR): retried, the pod waits.
+    #[error("network not ready: {0}")]
+    NetworkNotReady(String),
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
@@ -68,6 +77,9 @@ pub struct RuntimeConfig {
     pub cgroup_parent: String,
     /// The `shoal` binary started as `shoal shim` / `shoal sandbox`.
     pub shoal_binary: PathBuf,
+    /// The pod network (CNI plugins); `None`: pods get a network namespace with only `lo`
+    /// and the host's `resolv.conf` (agents advertising a loopback address, tests).
+    pub cni: Option<network::CniConfig>,
 }
 
 /// Most bytes read from any small state file the runtime wrote (pod.json, exit.json...).
@@ -77,8 +89,9 @@ impl RuntimeConfig {
     /// From the environment: `SHOAL_RUNTIME` (default `runc`), `SHOAL_RUNC_ROOT` (default
     /// `<data>/runc`), `SHOAL_CGROUP_PARENT` (an absolute cgroupfs path such as
     /// `/sys/fs/cgroup/unified/shoal-testnet/n1`, or a path relative to the hierarchy root;
-    /// default `/shoal/<node>`). The shoal binary is the running executable.
-    pub fn from_env(data_dir: &Path, node: &str) -> Self {
+    /// default `/shoal/<node>`), `SHOAL_CNI_PATH` (see [`network::CniConfig::from_env`]). The
+    /// shoal binary is the running executable. `pod_network`: whether pods get CNI networking.
+    pub fn from_env(data_dir: &Path, node: &str, pod_network: bool) -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let runtime_binary = PathBuf::from(var("SHOAL_RUNTIME").unwrap_or_else(|| "runc".into()));
         let runc_root = var("SHOAL_RUNC_ROOT")
@@ -94,6 +107,7 @@ impl RuntimeConfig {
             runc_root,
             cgroup_parent,
             shoal_binary: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("shoal")),
+            cni: pod_network.then(|| network::CniConfig::from_env(data_dir)),
         }
     }
 

@@ -1,13 +1,15 @@
 //! What runs on this node, read back from the pod dirs (the same scan serves every kubelet
 //! tick and adoption after an agent restart): each pod's meta, whether its sandbox lives
 //! (pid *and* start time, so a reused pid is never ours), and per container the latest attempt
-//! (creating, running, or exited with its `exit.json`) and the one before it.
+//! (creating, running, or exited with its `exit.json`) and the one before it; the pod's
+//! network attachment (`network.json`: its address, adopted as is after a restart).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
 
+use super::network::{PodNetwork, NETWORK_RECORD};
 use super::sandbox::SANDBOX_RECORD;
 use super::shim::{EXIT, SHIM_PID, STARTED};
 use super::{read_json, ExitRecord, PodMeta, ProcessRecord, StartedRecord};
@@ -17,6 +19,8 @@ pub struct ObservedPod {
     pub meta: PodMeta,
     /// The sandbox process, if it is alive.
     pub sandbox: Option<ProcessRecord>,
+    /// The pod's network attachment (`network.json`), if any.
+    pub network: Option<PodNetwork>,
     pub containers: BTreeMap<String, ObservedContainer>,
 }
 
@@ -110,9 +114,13 @@ pub fn observe_pod(dir: &Path, meta: PodMeta) -> ObservedPod {
             );
         }
     }
+    let network = read_json::<PodNetwork>(&dir.join(NETWORK_RECORD))
+        .ok()
+        .flatten();
     ObservedPod {
         meta,
         sandbox,
+        network,
         containers,
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
+use super::network::{Cni, PodNetwork, NETWORK_RECORD, NO_POD_CIDR};
 use super::observe::{observe_all, ObservedPod};
 use super::runc::{self, OciRuntime, RuncCli};
 use super::sandbox::SANDBOX_RECORD;
@@ -67,16 +68,48 @@ impl Runtime {
         observe_all(&self.config.pods_dir())
     }
 
-    /// Creates the pod dir (meta, `/etc` files, shm, volumes, logs) and starts its sandbox.
-    /// Idempotent: a live sandbox is returned as is.
-    pub fn create_sandbox(&self, meta: &PodMeta) -> Result<ProcessRecord, RuntimeError> {
+    /// Creates the pod dir (meta, `/etc` files, shm, volumes, logs), starts its sandbox and,
+    /// with the pod network on, attaches it (CNI ADD) with an address from `pod_cidr`, the
+    /// node's current pod CIDR (refused with [`RuntimeError::NetworkNotReady`] while there is
+    /// none). Idempotent: a live, attached sandbox is returned as is; a live one whose attach
+    /// failed earlier is attached now.
+    pub fn create_sandbox(
+        &self,
+        meta: &PodMeta,
+        pod_cidr: Option<&str>,
+    ) -> Result<ProcessRecord, RuntimeError> {
         check_component("pod key", &meta.key)?;
         let dir = self.pod_dir(&meta.key);
-        if let Some(rec) =
-            read_json::<ProcessRecord>(&dir.join(SANDBOX_RECORD))?.filter(ProcessRecord::alive)
-        {
-            return Ok(rec);
+        let cidr = match (&self.config.cni, pod_cidr) {
+            (None, _) => None,
+            (Some(_), None) => return Err(RuntimeError::NetworkNotReady(NO_POD_CIDR.into())),
+            (Some(_), Some(c)) => {
+                Some(
+                    crate::model::network::parse_cidr(c).ok_or_else(|| RuntimeError::Invalid {
+                        what: "pod CIDR".into(),
+                        reason: format!("{c:?} is not an IPv4 CIDR"),
+                    })?,
+                )
+            }
+        };
+        let live =
+            read_json::<ProcessRecord>(&dir.join(SANDBOX_RECORD))?.filter(ProcessRecord::alive);
+        let sandbox = match live {
+            Some(rec) => rec,
+            None => self.start_sandbox(meta, &dir, cidr)?,
+        };
+        if let (Some(cni), Some(cidr)) = (&self.config.cni, cidr) {
+            self.attach(&Cni::new(cni.clone()), &meta.key, &dir, sandbox, cidr)?;
         }
+        Ok(sandbox)
+    }
+
+    fn start_sandbox(
+        &self,
+        meta: &PodMeta,
+        dir: &Path,
+        cidr: Option<ipnet::Ipv4Net>,
+    ) -> Result<ProcessRecord, RuntimeError> {
         for sub in ["etc", "shm", "volumes", "logs", "containers"] {
             let p = dir.join(sub);
             std::fs::create_dir_all(&p).map_err(io_err(&p))?;
@@ -93,9 +126,21 @@ impl Runtime {
             "hosts",
             format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n").as_bytes(),
         )?;
-        let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-        write("resolv.conf", &resolv[..resolv.len().min(64 << 10)])?;
+        // With the pod network, the pod resolves through its node (the DNS server on the
+        // gateway); without it, as the host does.
+        match cidr.and_then(|c| crate::model::network::gateway(&c.to_string())) {
+            Some(gateway) => write(
+                "resolv.conf",
+                crate::model::network::resolv_conf(&meta.namespace, gateway).as_bytes(),
+            )?,
+            None => {
+                let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+                write("resolv.conf", &resolv[..resolv.len().min(64 << 10)])?
+            }
+        }
         write_json(&dir.join("pod.json"), meta)?;
+        // A stale attachment record (of a sandbox that is gone) describes nothing any more.
+        let _ = std::fs::remove_file(dir.join(NETWORK_RECORD));
         let (_, line) = self.spawn_helper(
             "sandbox",
             &[
@@ -113,6 +158,108 @@ impl Runtime {
         }
         read_json::<ProcessRecord>(&dir.join(SANDBOX_RECORD))?
             .ok_or_else(|| RuntimeError::Spawn("the sandbox wrote no record".into()))
+    }
+
+    /// CNI ADD of the sandbox's network namespace unless `network.json` already records an
+    /// address from `cidr`. The record is written first without an address, so a crash during
+    /// ADD still leads to a DEL; a failed ADD is undone with a DEL (CNI spec) and reported.
+    fn attach(
+        &self,
+        cni: &Cni,
+        key: &str,
+        dir: &Path,
+        sandbox: ProcessRecord,
+        cidr: ipnet::Ipv4Net,
+    ) -> Result<(), RuntimeError> {
+        let record = dir.join(NETWORK_RECORD);
+        let cidr_s = cidr.to_string();
+        let netns = PathBuf::from(format!("/proc/{}/ns/net", sandbox.pid));
+        match read_json::<PodNetwork>(&record)? {
+            Some(n) if n.address.is_some() && n.within(&cidr_s) => return Ok(()),
+            Some(n) if n.address.is_some() => {
+                return Err(RuntimeError::Network(format!(
+                    "the sandbox has address {} from {}, outside this node's pod CIDR {cidr_s}: it must be re-created",
+                    n.address.map(|a| a.ip.to_string()).unwrap_or_default(),
+                    n.cidr
+                )))
+            }
+            // An attempt that did not finish: undo what it may have done.
+            Some(n) => self.detach(cni, &n, Some(&netns))?,
+            None => {}
+        }
+        let mut net = PodNetwork {
+            cidr: cidr_s,
+            container_id: key.to_string(),
+            address: None,
+            result: None,
+        };
+        write_json(&record, &net)?;
+        match cni.add(key, &netns, cidr) {
+            Ok((address, result)) => {
+                net.address = Some(address);
+                net.result = Some(result);
+                write_json(&record, &net)
+            }
+            Err(e) => {
+                if let Err(undo) = self.detach(cni, &net, Some(&netns)) {
+                    tracing::warn!(%undo, %key, "undoing a failed CNI ADD");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// CNI DEL of a recorded attachment, then the record goes.
+    fn detach(
+        &self,
+        cni: &Cni,
+        net: &PodNetwork,
+        netns: Option<&Path>,
+    ) -> Result<(), RuntimeError> {
+        let cidr =
+            crate::model::network::parse_cidr(&net.cidr).ok_or_else(|| RuntimeError::Invalid {
+                what: NETWORK_RECORD.into(),
+                reason: format!("bad CIDR {:?}", net.cidr),
+            })?;
+        cni.del(&net.container_id, netns.filter(|p| p.exists()), cidr)
+    }
+
+    /// Releases a pod's network (CNI DEL; the namespace may be gone) and removes
+    /// `network.json`. Nothing to do without a record or without the pod network.
+    fn release_network(
+        &self,
+        key: &str,
+        sandbox: Option<ProcessRecord>,
+    ) -> Result<(), RuntimeError> {
+        let Some(cni) = &self.config.cni else {
+            return Ok(());
+        };
+        let record = self.pod_dir(key).join(NETWORK_RECORD);
+        let Some(net) = read_json::<PodNetwork>(&record).ok().flatten() else {
+            let _ = std::fs::remove_file(&record);
+            return Ok(());
+        };
+        let netns = sandbox.map(|s| PathBuf::from(format!("/proc/{}/ns/net", s.pid)));
+        self.detach(&Cni::new(cni.clone()), &net, netns.as_deref())?;
+        match std::fs::remove_file(&record) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&record)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Stops the pod's sandbox (its network released first) and leaves its containers: the
+    /// kubelet then kills them and makes a new sandbox (a pod whose address is outside the
+    /// node's current pod CIDR is re-created this way).
+    pub fn stop_sandbox(&self, key: &str, timeout: Duration) -> Result<(), RuntimeError> {
+        check_component("pod key", key)?;
+        let dir = self.pod_dir(key);
+        let sandbox =
+            read_json::<ProcessRecord>(&dir.join(SANDBOX_RECORD))?.filter(ProcessRecord::alive);
+        self.release_network(key, sandbox)?;
+        if let Some(sandbox) = sandbox {
+            stop_process(sandbox, Instant::now() + timeout);
+        }
+        Ok(())
     }
 
     /// Writes the bundle of attempt `restart` of `container` and starts its shim; returns when
@@ -297,20 +444,11 @@ impl Runtime {
         {
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The address goes back to host-local before the namespace does (DEL also works
+        // once it is gone, but then the veth's removal is left to the kernel).
+        self.release_network(key, pod.sandbox)?;
         if let Some(sandbox) = pod.sandbox {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(sandbox.pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            while sandbox.alive() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if sandbox.alive() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(sandbox.pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            stop_process(sandbox, deadline);
         }
         let prefix = format!("{key}-");
         for entry in self.runc.list().unwrap_or_default() {
@@ -368,6 +506,18 @@ impl Runtime {
                 }
             }
         }
+    }
+}
+
+/// SIGTERM, then SIGKILL if it still lives at `deadline`.
+fn stop_process(process: ProcessRecord, deadline: Instant) {
+    let pid = nix::unistd::Pid::from_raw(process.pid);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    while process.alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if process.alive() {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     }
 }
 

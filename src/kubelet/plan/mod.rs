@@ -115,6 +115,12 @@ pub enum Action {
     RemovePod {
         key: String,
     },
+    /// Stop the sandbox (network released) and leave the containers: they are killed and the
+    /// pod gets a new sandbox in the next rounds. For a pod whose address is outside the
+    /// node's current pod CIDR.
+    StopSandbox {
+        key: String,
+    },
     WriteStatus {
         namespace: String,
         name: String,
@@ -159,7 +165,39 @@ pub struct Inputs<'a> {
     /// (start, kill). No new action for what is busy this round.
     pub busy: &'a BTreeSet<String>,
     pub node_ip: &'a str,
+    /// Whether pods get the CNI network (then a sandbox needs the node's pod CIDR).
+    pub pod_network: bool,
+    /// The node's current pod CIDR (`None` until it holds one).
+    pub pod_cidr: Option<&'a str>,
+    /// Sandbox creations that failed, by pod key (cleared by the shell on success).
+    pub sandbox_failures: &'a BTreeMap<String, SandboxFailure>,
     pub now: DateTime<Utc>,
+}
+
+/// A failed sandbox creation, as the shell remembers it: retried after
+/// [`sandbox_retry_delay`], its message shown on the waiting containers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxFailure {
+    pub message: String,
+    pub at: DateTime<Utc>,
+    /// Failures in a row.
+    pub attempts: u32,
+}
+
+/// Longest wait between two sandbox creation attempts.
+pub const MAX_SANDBOX_RETRY: i64 = 30;
+
+/// Seconds before the next sandbox attempt after `attempts` failures in a row: 1, 2, 4 … 30.
+pub fn sandbox_retry_delay(attempts: u32) -> i64 {
+    (1i64 << attempts.saturating_sub(1).min(10)).min(MAX_SANDBOX_RETRY)
+}
+
+/// The waiting message of a pod whose node has no pod CIDR yet.
+pub fn network_not_ready() -> String {
+    format!(
+        "network not ready: {}",
+        crate::runtime::network::NO_POD_CIDR
+    )
 }
 
 /// The planner's memory between rounds (rebuilt from the restart counts after an agent
@@ -168,6 +206,17 @@ pub struct Inputs<'a> {
 pub struct Planner {
     backoff: BTreeMap<(String, String), i64>,
     stopping: BTreeMap<String, DateTime<Utc>>,
+}
+
+/// The waiting message of the pod's first container in a status.
+fn first_waiting_message(status: &serde_json::Value, desired: &DesiredPod) -> Option<String> {
+    let first = desired.containers().first()?;
+    status["containerStatuses"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == first.name.as_str())?["state"]["waiting"]["message"]
+        .as_str()
+        .map(str::to_string)
 }
 
 /// The busy-set entry of a container action.
@@ -341,9 +390,41 @@ impl Planner {
         }
 
         let sandbox_alive = observed.is_some_and(|o| o.sandbox.is_some());
+        let network = observed.and_then(|o| o.network.as_ref());
+        let attached = !input.pod_network || network.is_some_and(|n| n.address.is_some());
+        // The address is from a CIDR the node no longer holds (it lost a claim race).
+        let stale = input.pod_network
+            && sandbox_alive
+            && match (network, input.pod_cidr) {
+                (Some(n), Some(cidr)) => n.address.is_some() && !n.within(cidr),
+                _ => false,
+            };
+        let sandbox_ready = sandbox_alive && attached && !stale;
+        let waiting_for_cidr = input.pod_network && input.pod_cidr.is_none() && !sandbox_ready;
+        let failure = input.sandbox_failures.get(key);
+        let retry_due = failure
+            .is_none_or(|f| input.now >= f.at + Duration::seconds(sandbox_retry_delay(f.attempts)));
+        let may_create = !waiting_for_cidr && retry_due;
         if !busy {
             let wants_start = plans.values().any(|p| p.start.is_some());
-            if !sandbox_alive && wants_start {
+            if stale {
+                actions.push(Action::Event {
+                    target: target.clone(),
+                    warning: false,
+                    reason: "SandboxChanged".into(),
+                    message: "Pod sandbox changed, it will be killed and re-created.".into(),
+                });
+                actions.push(Action::StopSandbox {
+                    key: key.to_string(),
+                });
+            } else if sandbox_alive && !attached {
+                // A sandbox whose network attach failed (or predates the pod network).
+                if may_create {
+                    actions.push(Action::CreateSandbox {
+                        key: key.to_string(),
+                    });
+                }
+            } else if !sandbox_alive && wants_start {
                 let running: Vec<(String, u32)> = observed
                     .map(|o| {
                         o.containers
@@ -354,9 +435,11 @@ impl Planner {
                     })
                     .unwrap_or_default();
                 if running.is_empty() {
-                    actions.push(Action::CreateSandbox {
-                        key: key.to_string(),
-                    });
+                    if may_create {
+                        actions.push(Action::CreateSandbox {
+                            key: key.to_string(),
+                        });
+                    }
                 } else {
                     // The sandbox died under running containers: restart the pod cleanly.
                     for (container, restart) in running {
@@ -380,8 +463,34 @@ impl Planner {
                 }
             }
         }
+        let sandbox_message = if sandbox_ready {
+            None
+        } else if waiting_for_cidr {
+            Some(network_not_ready())
+        } else {
+            failure.map(|f| f.message.clone())
+        };
 
-        let status = status::pod_status(desired, observed, &plans, input, recorded);
+        let status = status::pod_status(
+            desired,
+            observed,
+            &plans,
+            input,
+            recorded,
+            sandbox_message.as_deref(),
+        );
+        let now_says = first_waiting_message(&status, desired);
+        if waiting_for_cidr && now_says.as_deref() == sandbox_message.as_deref() {
+            let was = recorded.and_then(|r| first_waiting_message(&r.status, desired));
+            if was != now_says {
+                actions.push(Action::Event {
+                    target: target.clone(),
+                    warning: true,
+                    reason: "NetworkNotReady".into(),
+                    message: network_not_ready(),
+                });
+            }
+        }
         // Events on transitions of a container's waiting reason.
         let old = recorded.map(|r| &r.status);
         for c in desired.containers() {

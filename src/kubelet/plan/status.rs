@@ -1,6 +1,7 @@
 //! The Kubernetes `PodStatus` the planner records: container states (waiting / running /
 //! terminated, lastState, restartCount, ready), the pod phase, conditions (transition times
-//! kept from the last record while a condition holds), hostIP and startTime.
+//! kept from the last record while a condition holds), hostIP, podIP (the pod's recorded CNI
+//! address) and startTime.
 
 use std::collections::BTreeMap;
 
@@ -174,6 +175,7 @@ pub(crate) fn pod_status(
     plans: &BTreeMap<String, ContainerPlan>,
     input: &Inputs,
     recorded: Option<&PodStatusRecord>,
+    sandbox_message: Option<&str>,
 ) -> Value {
     let (name, ns, uid) = (desired.name(), desired.namespace(), desired.uid());
     let statuses: Vec<Value> = desired
@@ -197,6 +199,15 @@ pub(crate) fn pod_status(
             )
         })
         .collect();
+    let mut statuses = statuses;
+    if let Some(message) = sandbox_message {
+        // Containers waiting for their sandbox say why.
+        for s in &mut statuses {
+            if s["state"]["waiting"]["reason"] == "ContainerCreating" {
+                s["state"]["waiting"]["message"] = json!(message);
+            }
+        }
+    }
     let phase = pod_phase(&statuses, desired.restart_policy());
     let all_ready = !statuses.is_empty() && statuses.iter().all(|s| s["ready"] == true);
     let old_conditions = recorded
@@ -242,6 +253,13 @@ pub(crate) fn pod_status(
     });
     if let Some(o) = observed {
         status["startTime"] = json!(ts(o.meta.created_at));
+    }
+    if let Some(a) = observed
+        .and_then(|o| o.network.as_ref())
+        .and_then(|n| n.address)
+    {
+        status["podIP"] = json!(a.ip.to_string());
+        status["podIPs"] = json!([{"ip": a.ip.to_string()}]);
     }
     status
 }

@@ -43,6 +43,7 @@ fn observed(containers: &[(&str, u32, AttemptState)], sandbox: bool) -> Observed
             pid: 10,
             start_time: 1,
         }),
+        network: None,
         containers: containers
             .iter()
             .map(|(n, r, s)| {
@@ -88,6 +89,9 @@ struct World {
     image: Option<ImageState>,
     recorded: BTreeMap<(String, String), PodStatusRecord>,
     busy: BTreeSet<String>,
+    /// `None`: the pod network is off; `Some(cidr)`: on, with the node's CIDR (if any).
+    network: Option<Option<String>>,
+    failures: BTreeMap<String, SandboxFailure>,
 }
 
 impl World {
@@ -98,6 +102,8 @@ impl World {
             image: None,
             recorded: BTreeMap::new(),
             busy: BTreeSet::new(),
+            network: None,
+            failures: BTreeMap::new(),
         }
     }
 
@@ -125,6 +131,9 @@ impl World {
             recorded: &self.recorded,
             busy: &self.busy,
             node_ip: "10.0.0.1",
+            pod_network: self.network.is_some(),
+            pod_cidr: self.network.as_ref().and_then(|c| c.as_deref()),
+            sandbox_failures: &self.failures,
             now,
         });
         for a in &actions {
@@ -591,4 +600,161 @@ fn a_pulling_image_holds_the_start_and_a_failed_pull_shows_its_reason() {
         !runtime_actions(&actions).is_empty(),
         "the sandbox is created once the image is ready"
     );
+}
+
+fn attached(cidr: &str, ip: [u8; 4]) -> crate::runtime::network::PodNetwork {
+    use crate::runtime::network::{PodAddress, PodNetwork};
+    PodNetwork {
+        cidr: cidr.into(),
+        container_id: "b1".into(),
+        address: Some(PodAddress {
+            ip: ip.into(),
+            prefix: 24,
+            gateway: [ip[0], ip[1], ip[2], 1].into(),
+        }),
+        result: None,
+    }
+}
+
+fn events(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn without_a_pod_cidr_the_pod_waits_for_the_network() {
+    let mut p = Planner::new();
+    let mut w = World::new(Some(desired("Always", &["a"])), None);
+    w.network = Some(None);
+    let actions = w.plan(&mut p, t(0));
+    assert!(runtime_actions(&actions).is_empty(), "no sandbox yet");
+    assert_eq!(events(&actions), ["NetworkNotReady"]);
+    let waiting = &w.status()["containerStatuses"][0]["state"]["waiting"];
+    assert_eq!(waiting["reason"], "ContainerCreating");
+    assert_eq!(
+        waiting["message"],
+        "network not ready: this node has no pod CIDR yet"
+    );
+    // Said once, not at every round.
+    let actions = w.plan(&mut p, t(1));
+    assert!(events(&actions).is_empty() && runtime_actions(&actions).is_empty());
+
+    w.network = Some(Some("10.244.3.0/24".into()));
+    let actions = w.plan(&mut p, t(2));
+    assert_eq!(
+        runtime_actions(&actions),
+        [&Action::CreateSandbox { key: "b1".into() }]
+    );
+    assert!(w.status()["containerStatuses"][0]["state"]["waiting"]
+        .get("message")
+        .is_none());
+}
+
+#[test]
+fn the_pod_ip_comes_from_the_attachment() {
+    let mut p = Planner::new();
+    let mut o = observed(&[("a", 0, running(1))], true);
+    o.network = Some(attached("10.244.3.0/24", [10, 244, 3, 7]));
+    let mut w = World::new(Some(desired("Always", &["a"])), Some(o));
+    w.network = Some(Some("10.244.3.0/24".into()));
+    let actions = w.plan(&mut p, t(2));
+    assert!(runtime_actions(&actions).is_empty(), "{actions:?}");
+    assert_eq!(w.status()["podIP"], "10.244.3.7");
+    assert_eq!(
+        w.status()["podIPs"],
+        serde_json::json!([{"ip": "10.244.3.7"}])
+    );
+    assert_eq!(w.status()["hostIP"], "10.0.0.1");
+}
+
+#[test]
+fn a_live_sandbox_without_an_address_is_attached_before_containers_start() {
+    let mut p = Planner::new();
+    let mut w = World::new(Some(desired("Always", &["a"])), Some(observed(&[], true)));
+    w.network = Some(Some("10.244.3.0/24".into()));
+    let actions = w.plan(&mut p, t(0));
+    assert_eq!(
+        runtime_actions(&actions),
+        [&Action::CreateSandbox { key: "b1".into() }],
+        "no container starts in a namespace without its address"
+    );
+}
+
+#[test]
+fn an_address_outside_the_current_cidr_recreates_the_sandbox() {
+    let mut p = Planner::new();
+    let mut o = observed(&[("a", 0, running(1))], true);
+    o.network = Some(attached("10.244.3.0/24", [10, 244, 3, 7]));
+    let mut w = World::new(Some(desired("Always", &["a"])), Some(o));
+    // The node lost 10.244.3.0/24 in a claim race and holds 10.244.9.0/24 now.
+    w.network = Some(Some("10.244.9.0/24".into()));
+    let actions = w.plan(&mut p, t(2));
+    assert_eq!(
+        runtime_actions(&actions),
+        [&Action::StopSandbox { key: "b1".into() }]
+    );
+    assert_eq!(events(&actions), ["SandboxChanged"]);
+
+    // The sandbox is gone (network released): the running container is killed…
+    let mut o = observed(&[("a", 0, running(1))], false);
+    o.network = None;
+    w.observed.insert("b1".into(), o);
+    let actions = w.plan(&mut p, t(3));
+    assert_eq!(
+        runtime_actions(&actions),
+        [&Action::KillContainer {
+            key: "b1".into(),
+            container: "a".into(),
+            restart: 0,
+            signal: Signal::Kill
+        }]
+    );
+    // …and once it exited, a new sandbox is made (from the new CIDR, by the shell).
+    w.observed
+        .insert("b1".into(), observed(&[("a", 0, exited(137, 1, 3))], false));
+    let actions = w.plan(&mut p, t(4));
+    assert_eq!(
+        runtime_actions(&actions),
+        [&Action::CreateSandbox { key: "b1".into() }]
+    );
+}
+
+#[test]
+fn a_failed_sandbox_is_retried_with_back_off_and_its_error_shown() {
+    let mut p = Planner::new();
+    let mut w = World::new(Some(desired("Always", &["a"])), None);
+    w.network = Some(Some("10.244.3.0/24".into()));
+    let message = "Failed to create pod sandbox: network: CNI plugin bridge ADD failed: no IP addresses available (code 11)";
+    w.failures.insert(
+        "b1".into(),
+        SandboxFailure {
+            message: message.into(),
+            at: t(10),
+            attempts: 3,
+        },
+    );
+    assert_eq!(sandbox_retry_delay(3), 4);
+    let actions = w.plan(&mut p, t(13));
+    assert!(runtime_actions(&actions).is_empty(), "in back-off");
+    assert_eq!(
+        w.status()["containerStatuses"][0]["state"]["waiting"]["message"],
+        message
+    );
+    let actions = w.plan(&mut p, t(14));
+    assert_eq!(
+        runtime_actions(&actions),
+        [&Action::CreateSandbox { key: "b1".into() }]
+    );
+}
+
+#[test]
+fn sandbox_retries_back_off_to_a_limit() {
+    let delays: Vec<i64> = (1..=8).map(sandbox_retry_delay).collect();
+    assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
+    assert_eq!(sandbox_retry_delay(u32::MAX), MAX_SANDBOX_RETRY);
 }
