@@ -33,6 +33,9 @@ need_root() { [ "$(id -u)" = 0 ] || die "must run as root (network namespaces, b
 
 # command -> Debian package that provides it
 PREREQS="ip:iproute2 nft:nftables iptables:iptables runc:runc busybox:busybox-static nsenter:util-linux curl:curl tar:tar gzip:gzip sha256sum:coreutils docker-registry:docker-registry skopeo:skopeo umoci:umoci htpasswd:apache2-utils"
+# file -> Debian package that provides it (prerequisites that are not commands on PATH: the
+# CNI plugins the agents run for the pod network)
+PREREQ_FILES="/usr/lib/cni/bridge:containernetworking-plugins /usr/lib/cni/host-local:containernetworking-plugins"
 
 install_prereqs() {
   need_root
@@ -40,6 +43,9 @@ install_prereqs() {
   for pair in $PREREQS; do
     cmd="${pair%%:*}"; pkg="${pair#*:}"
     command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  for pair in $PREREQ_FILES; do
+    [ -x "${pair%%:*}" ] || missing+=("${pair#*:}")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
     command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and no apt-get to install them"
@@ -51,6 +57,9 @@ install_prereqs() {
   for pair in $PREREQS; do
     cmd="${pair%%:*}"
     command -v "$cmd" >/dev/null 2>&1 || die "prerequisite '$cmd' (${pair#*:}) still missing"
+  done
+  for pair in $PREREQ_FILES; do
+    [ -x "${pair%%:*}" ] || die "prerequisite '${pair%%:*}' (${pair#*:}) still missing"
   done
   command -v kubectl >/dev/null 2>&1 || die "kubectl not found (expected at /usr/bin/kubectl)"
 }
