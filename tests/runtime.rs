@@ -1,7 +1,8 @@
 //! The runtime with REAL runc, as root: a pod sandbox and its containers sharing localhost,
 //! CRI logs, exit codes, a command that does not exist, adoption by a fresh runtime handle
-//! (the agent restarted), and removal leaving `runc list` empty and no process behind.
-//! The image is a rootfs layer built from `/bin/busybox` (Debian's busybox-static).
+//! (the agent restarted), and removal leaving `runc list` empty and no process behind; the pod
+//! network with the real CNI plugins in a throwaway network namespace (addresses, pod to pod,
+//! resolv.conf, leases released). The image is a rootfs layer built from `/bin/busybox` (Debian's busybox-static).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -335,4 +336,197 @@ async fn pod_lifecycle_with_real_runc() {
             "shim {pid} still runs 10 s after its pod was removed"
         );
     }
+}
+
+/// The pod network with the REAL CNI plugins (`/usr/lib/cni`, Debian's
+/// containernetworking-plugins): the test's thread moves into a fresh network namespace that
+/// plays the node (everything it spawns — sandboxes, shims, plugins — lives there), so the
+/// host's network is never touched.
+#[test]
+fn pods_get_addresses_and_reach_each_other_with_real_cni() {
+    prerequisites();
+    for plugin in ["bridge", "host-local"] {
+        assert!(
+            Path::new("/usr/lib/cni").join(plugin).is_file(),
+            "tests/runtime.rs needs /usr/lib/cni/{plugin} (apt-get install containernetworking-plugins)"
+        );
+    }
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        pod_network_in_this_namespace();
+    })
+    .join()
+    .expect("the pod network test failed (see above)");
+}
+
+fn pod_network_in_this_namespace() {
+    use shoal::runtime::network::{Cni, CniConfig, NETWORK_RECORD};
+    use shoal::runtime::RuntimeError;
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ip(&["link", "set", "lo", "up"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let layer = busybox_layer(tmp.path());
+    let cni = CniConfig {
+        plugin_path: vec![PathBuf::from("/usr/lib/cni")],
+        ipam_dir: tmp.path().join("data/cni/networks"),
+        timeout: Duration::from_secs(20),
+    };
+    let config = RuntimeConfig {
+        data_dir: tmp.path().join("data"),
+        runtime_binary: PathBuf::from("runc"),
+        runc_root: tmp.path().join("runc"),
+        cgroup_parent: format!("/shoal-runtime-net-test-{}", std::process::id()),
+        shoal_binary: PathBuf::from(env!("CARGO_BIN_EXE_shoal")),
+        cni: Some(cni.clone()),
+    };
+    let _cleanup = Cleanup {
+        runtime_config: config.clone(),
+        keys: vec!["net-a".into(), "net-b".into()],
+    };
+    let image = ImageInfo {
+        reference: "test/busybox:1".into(),
+        cmd: vec!["sh".into()],
+        layers: vec![layer],
+        ..Default::default()
+    };
+    let rt = Runtime::new(config.clone());
+    let meta = |key: &str, name: &str| PodMeta {
+        key: key.into(),
+        namespace: "shop".into(),
+        name: name.into(),
+        uid: format!("u-{key}"),
+        grace_seconds: 5,
+        created_at: chrono::Utc::now(),
+    };
+    let cidr = "10.244.3.0/24";
+
+    // No pod CIDR yet: refused, clearly, and nothing is started.
+    match rt.create_sandbox(&meta("net-a", "server"), None) {
+        Err(e @ RuntimeError::NetworkNotReady(_)) => assert_eq!(
+            e.to_string(),
+            "network not ready: this node has no pod CIDR yet"
+        ),
+        other => panic!("a sandbox without a pod CIDR must wait: {other:?}"),
+    }
+    assert!(rt.observe().is_empty());
+
+    let sandbox_a = rt
+        .create_sandbox(&meta("net-a", "server"), Some(cidr))
+        .expect("sandbox a");
+    let net_a = rt.observe()["net-a"].network.clone().expect("network.json");
+    let addr_a = net_a.address.expect("an address");
+    assert_eq!(net_a.cidr, cidr);
+    assert_eq!(addr_a.gateway.to_string(), "10.244.3.1");
+    assert_eq!(addr_a.prefix, 24);
+    assert!(net_a.within(cidr), "{addr_a:?}");
+    assert_eq!(
+        rt.create_sandbox(&meta("net-a", "server"), Some(cidr))
+            .unwrap(),
+        sandbox_a,
+        "idempotent: same sandbox, no second ADD"
+    );
+    assert_eq!(rt.observe()["net-a"].network.as_ref(), Some(&net_a));
+    // The pod resolves through its node: the DNS server on the gateway.
+    assert_eq!(
+        std::fs::read_to_string(rt.pod_dir("net-a").join("etc/resolv.conf")).unwrap(),
+        "nameserver 10.244.3.1\nsearch shop.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
+    );
+    // The node's bridge carries the gateway; the lease is host-local's, under the data dir.
+    assert!(ip(&["-4", "addr", "show", "dev", "shoal0"]).contains("inet 10.244.3.1/24"));
+    let lease = cni.ipam_dir.join("shoal").join(addr_a.ip.to_string());
+    assert!(lease.is_file(), "{} exists", lease.display());
+    // The plugins agree the attachment is as recorded.
+    Cni::new(cni.clone())
+        .check(
+            &net_a,
+            Path::new(&format!("/proc/{}/ns/net", sandbox_a.pid)),
+        )
+        .expect("CNI CHECK");
+
+    let server = pod(
+        "server",
+        serde_json::json!([{"name": "httpd", "command": ["sh", "-c",
+            "echo hello-across-pods > /www/index.html && exec httpd -f -p 8080 -h /www"]}]),
+    );
+    assert!(matches!(
+        rt.start_container("net-a", &server, &container(&server, "httpd"), &image, 0)
+            .unwrap(),
+        StartOutcome::Started { .. }
+    ));
+
+    let sandbox_b = rt
+        .create_sandbox(&meta("net-b", "client"), Some(cidr))
+        .expect("sandbox b");
+    let addr_b = rt.observe()["net-b"]
+        .network
+        .clone()
+        .and_then(|n| n.address)
+        .expect("b's address");
+    assert_ne!(addr_a.ip, addr_b.ip, "every pod its own address");
+    let url = format!("http://{}:8080/index.html", addr_a.ip);
+    let client = pod(
+        "client",
+        serde_json::json!([{"name": "wget", "command": ["sh", "-c", format!(
+            "for i in $(seq 1 100); do wget -q -O - {url} && exit 0; sleep 0.1; done; exit 1"
+        )]}]),
+    );
+    assert!(matches!(
+        rt.start_container("net-b", &client, &container(&client, "wget"), &image, 0)
+            .unwrap(),
+        StartOutcome::Started { .. }
+    ));
+    let done = wait_for("the client to exit", Duration::from_secs(30), || {
+        exited(&rt, "net-b", "wget")
+    });
+    let log = std::fs::read_to_string(rt.pod_dir("net-b").join("logs/wget/0.log")).unwrap();
+    assert_eq!(done.exit_code, 0, "pod b reached pod a at {url}: {log}");
+    assert!(log.contains("hello-across-pods"), "{log}");
+
+    // Stopping a sandbox (what the kubelet does to a pod outside the node's CIDR) releases its
+    // address; removing a pod does too, and both are idempotent.
+    rt.stop_sandbox("net-b", Duration::from_secs(5)).unwrap();
+    assert!(!sandbox_b.alive());
+    assert!(!rt.pod_dir("net-b").join(NETWORK_RECORD).exists());
+    assert!(!cni
+        .ipam_dir
+        .join("shoal")
+        .join(addr_b.ip.to_string())
+        .exists());
+    rt.stop_sandbox("net-b", Duration::from_secs(5)).unwrap();
+
+    rt.remove_pod("net-a", Duration::from_secs(10)).unwrap();
+    assert!(!sandbox_a.alive());
+    assert!(!lease.exists(), "the address went back to host-local");
+    rt.remove_pod("net-a", Duration::from_secs(10)).unwrap();
+
+    // A DEL whose namespace is gone already still releases the lease.
+    let sandbox_c = rt
+        .create_sandbox(&meta("net-b", "client"), Some(cidr))
+        .expect("sandbox c");
+    let addr_c = rt.observe()["net-b"]
+        .network
+        .clone()
+        .and_then(|n| n.address)
+        .expect("c's address");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sandbox_c.pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for("the sandbox to die", Duration::from_secs(5), || {
+        (!sandbox_c.alive()).then_some(())
+    });
+    rt.remove_pod("net-b", Duration::from_secs(10)).unwrap();
+    assert!(!cni
+        .ipam_dir
+        .join("shoal")
+        .join(addr_c.ip.to_string())
+        .exists());
 }
