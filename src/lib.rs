@@ -12,12 +12,14 @@
 //! - [`security`]: cluster secret, join tokens, admission proofs, sealing, the cluster CA.
 //! - [`net`]: the libp2p swarm (QUIC): admission, membership messages, state push and sync (shell).
 //! - [`api`]: the Kubernetes-shaped HTTPS API served by every agent.
+//! - [`dns`]: cluster DNS: the zone of Service names and the answer to one query (pure).
 //! - [`agent`]: wires the shells together and runs them until shutdown.
 //! - [`cli`]: the `shoal` command line.
 
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod dns;
 pub mod kubelet;
 pub mod membership;
 pub mod model;

@@ -4,6 +4,7 @@
 mod backend;
 mod controllers;
 mod datadir;
+pub mod dns;
 pub mod images;
 mod init;
 mod ipam;
@@ -22,7 +23,7 @@ use automerge::ActorId;
 pub use backend::{AgentBackend, BackupFile, BACKUP_FORMAT};
 pub use datadir::{DataDir, DataDirError};
 pub use init::{init_cluster, InitOptions, InitOutput};
-pub use settings::AgentSettings;
+pub use settings::{AgentSettings, DnsUpstream};
 use shared::Shared;
 
 use crate::net::{self, NetConfig};
@@ -85,6 +86,8 @@ pub struct RunOptions {
     /// Registries reachable over plain HTTP (checked `host[:port]`); replaces the stored list
     /// when not empty.
     pub insecure_registries: Vec<String>,
+    /// `--dns-upstream` values; replace the stored setting when not empty.
+    pub dns_upstreams: Vec<DnsUpstream>,
 }
 
 /// Prepares the data dir for this start: a first start of a joiner writes the identity from
@@ -109,6 +112,10 @@ fn prepare(opts: &RunOptions) -> Result<(DataDir, AgentSettings, ClusterIdentity
     }
     if !opts.insecure_registries.is_empty() {
         settings.insecure_registries = opts.insecure_registries.clone();
+    }
+    if !opts.dns_upstreams.is_empty() {
+        settings.dns_upstreams =
+            DnsUpstream::setting(&opts.dns_upstreams).map_err(AgentError::Config)?;
     }
     if settings.name.is_empty() {
         settings.name = node_info::hostname();
@@ -243,6 +250,11 @@ pub async fn run(
 
     let controllers_task = tokio::spawn(controllers::run(shared.clone(), stopped(stop_rx.clone())));
     let ipam_task = tokio::spawn(ipam::run(shared.clone(), stopped(stop_rx.clone())));
+    let dns_task = tokio::spawn(dns::run(
+        shared.clone(),
+        dns::upstreams(&settings.dns_upstreams),
+        stopped(stop_rx.clone()),
+    ));
     // The pod network: the node's bridge, sysctls and routes to the other nodes' pods.
     let pod_network = routes::pod_network_enabled(advertise);
     let routes_task = pod_network.then(|| {
@@ -275,6 +287,7 @@ pub async fn run(
     }
     let _ = controllers_task.await;
     let _ = ipam_task.await;
+    let _ = dns_task.await;
     if let Some(t) = routes_task {
         let _ = t.await;
     }

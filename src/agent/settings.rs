@@ -4,7 +4,7 @@
 //! ```json
 //! { "name": "n1", "listen_p2p": "0.0.0.0:7946", "listen_api": "0.0.0.0:6443",
 //!   "advertise": "10.77.0.11", "join": ["10.77.0.12:7946"],
-//!   "insecure_registries": ["10.77.0.1:5000"] }
+//!   "insecure_registries": ["10.77.0.1:5000"], "dns_upstreams": ["10.77.0.1:53"] }
 //! ```
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -28,6 +28,10 @@ pub struct AgentSettings {
     /// reached over plain HTTP; every other registry is HTTPS only.
     #[serde(deserialize_with = "registry_hosts")]
     pub insecure_registries: Vec<String>,
+    /// Where the node's DNS server forwards names outside the cluster domain: `None` (the
+    /// default) means the host's `/etc/resolv.conf` nameservers that are not loopback, read
+    /// at each start; an empty list means nowhere (such names get NXDOMAIN at once).
+    pub dns_upstreams: Option<Vec<SocketAddr>>,
 }
 
 impl Default for AgentSettings {
@@ -39,6 +43,7 @@ impl Default for AgentSettings {
             advertise: None,
             join: Vec::new(),
             insecure_registries: Vec::new(),
+            dns_upstreams: None,
         }
     }
 }
@@ -74,6 +79,55 @@ impl AgentSettings {
                     .map(|a| a.ip())
             })
             .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+    }
+}
+
+/// One `--dns-upstream` value: `IP`, `IP:PORT` or `[IPv6]:PORT` (port 53 if absent), or
+/// `none` (forward nothing), or `default` (back to the host's `/etc/resolv.conf`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DnsUpstream {
+    Server(SocketAddr),
+    None,
+    Default,
+}
+
+impl DnsUpstream {
+    pub fn parse(text: &str) -> Result<DnsUpstream, String> {
+        let text = text.trim();
+        match text {
+            "none" => return Ok(DnsUpstream::None),
+            "default" => return Ok(DnsUpstream::Default),
+            _ => {}
+        }
+        if let Ok(ip) = text.parse::<IpAddr>() {
+            return Ok(DnsUpstream::Server(SocketAddr::new(ip, 53)));
+        }
+        match text.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() != 0 => Ok(DnsUpstream::Server(addr)),
+            _ => Err(format!(
+                "invalid DNS upstream {text:?} (expected IP, IP:PORT, [IPv6]:PORT, none or default)"
+            )),
+        }
+    }
+
+    /// The setting the flags give: `None` if they ask for the default, an empty list for
+    /// `none`; mixing `none` or `default` with servers is refused.
+    pub fn setting(flags: &[DnsUpstream]) -> Result<Option<Vec<SocketAddr>>, String> {
+        let servers: Vec<SocketAddr> = flags
+            .iter()
+            .filter_map(|f| match f {
+                DnsUpstream::Server(a) => Some(*a),
+                _ => None,
+            })
+            .collect();
+        let none = flags.contains(&DnsUpstream::None);
+        let default = flags.contains(&DnsUpstream::Default);
+        match (none, default, servers.is_empty()) {
+            (false, false, _) => Ok(Some(servers)),
+            (true, false, true) => Ok(Some(Vec::new())),
+            (false, true, true) => Ok(None),
+            _ => Err("--dns-upstream: `none` and `default` cannot be combined with servers or each other".into()),
+        }
     }
 }
 
@@ -175,6 +229,41 @@ mod tests {
             assert!(err.contains(why), "{given}: {err}");
             assert!(err.contains("HOST:PORT"), "{err}");
         }
+    }
+
+    #[test]
+    fn dns_upstreams_parse_and_persist() {
+        use DnsUpstream::*;
+        let server = |s: &str| Server(s.parse().unwrap());
+        assert_eq!(DnsUpstream::parse("10.0.0.2"), Ok(server("10.0.0.2:53")));
+        assert_eq!(DnsUpstream::parse("10.0.0.2:5353"), Ok(server("10.0.0.2:5353")));
+        assert_eq!(DnsUpstream::parse("fd00::1"), Ok(server("[fd00::1]:53")));
+        assert_eq!(DnsUpstream::parse("[fd00::1]:54"), Ok(server("[fd00::1]:54")));
+        assert_eq!(DnsUpstream::parse("none"), Ok(None));
+        assert_eq!(DnsUpstream::parse("default"), Ok(Default));
+        for bad in ["", "dns.google", "10.0.0.2:0", "10.0.0.2:70000", "10.0.0.300"] {
+            let err = DnsUpstream::parse(bad).unwrap_err();
+            assert!(err.contains("expected IP"), "{bad}: {err}");
+        }
+        let a = server("10.0.0.2:53");
+        assert_eq!(DnsUpstream::setting(&[]), Ok(Some(Vec::new())));
+        assert_eq!(DnsUpstream::setting(&[None]), Ok(Some(Vec::new())));
+        assert_eq!(DnsUpstream::setting(&[Default]), Ok(Option::None));
+        assert_eq!(
+            DnsUpstream::setting(&[a, a]),
+            Ok(Some(vec!["10.0.0.2:53".parse().unwrap(); 2]))
+        );
+        assert!(DnsUpstream::setting(&[a, None]).is_err());
+        assert!(DnsUpstream::setting(&[None, Default]).is_err());
+        let settings = AgentSettings {
+            dns_upstreams: Some(vec!["10.0.0.2:53".parse().unwrap()]),
+            ..AgentSettings::default()
+        };
+        let back: AgentSettings =
+            serde_json::from_str(&serde_json::to_string(&settings).unwrap()).unwrap();
+        assert_eq!(back, settings);
+        let old: AgentSettings = serde_json::from_str(r#"{"name": "n1"}"#).unwrap();
+        assert_eq!(old.dns_upstreams, Option::None);
     }
 
     #[test]
