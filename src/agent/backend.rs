@@ -395,6 +395,16 @@ impl Backend for AgentBackend {
         Box::pin(super::exec::open(shared, runtime, req))
     }
 
+    fn exec(
+        &self,
+        req: crate::api::exec::ExecRequest,
+    ) -> BoxFuture<'static, Result<crate::api::exec::ExecSession, BackendError>> {
+        let shared = self.shared.clone();
+        let runtime =
+            crate::runtime::RuntimeConfig::from_env(&self.data_dir, &shared.node_name, true);
+        Box::pin(super::exec::open(shared, runtime, req))
+    }
+
     fn pod_logs(&self, req: LogRequest) -> BoxFuture<'static, Result<LogStream, BackendError>> {
         let binding = self
             .shared

@@ -4,6 +4,7 @@
 mod backend;
 mod controllers;
 mod datadir;
+mod exec;
 pub mod dns;
 pub mod images;
 mod init;

@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use super::objects::{self, Target};
 use super::resources::{self, ResourceInfo};
 use super::status::ApiError;
-use super::{auth, discovery, images, openapi, ApiState};
+use super::{auth, discovery, exec, images, openapi, ApiState};
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
@@ -36,6 +36,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/shoal/v1/images/pull", post(images::pull))
         .route("/shoal/v1/blobs/{digest}", get(images::blob))
         .route("/shoal/v1/blobs/{digest}/fetch", post(images::fetch))
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/exec",
+            get(exec::handle).post(exec::handle),
+        )
         .fallback(dispatch)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(
