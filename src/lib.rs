@@ -10,6 +10,7 @@
 //! - [`runtime`]: image store, OCI bundles, runc, per-container shims and pod sandboxes.
 //! - [`sim`]: deterministic many-node simulator of the pure cores.
 //! - [`security`]: cluster secret, join tokens, admission proofs, sealing, the cluster CA.
+//! - [`proxy`]: Service load balancing: the nftables rule planner (pure; its shell is `agent/proxy.rs`).
 //! - [`net`]: the libp2p swarm (QUIC): admission, membership messages, state push and sync (shell).
 //! - [`api`]: the Kubernetes-shaped HTTPS API served by every agent.
 //! - [`dns`]: cluster DNS: the zone of Service names and the answer to one query (pure).
@@ -24,6 +25,7 @@ pub mod kubelet;
 pub mod membership;
 pub mod model;
 pub mod net;
+pub mod proxy;
 pub mod runtime;
 pub mod sched;
 pub mod security;

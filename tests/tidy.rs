@@ -37,6 +37,8 @@ fn cores_are_pure() {
         "sim",
         "kubelet/plan",
         "model/ipam.rs",
+        "dns",
+        "proxy",
     ];
     const FORBIDDEN: &[&str] = &[
         "tokio",

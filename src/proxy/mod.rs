@@ -1,0 +1,106 @@
+//! Service load balancing, the pure core: the desired state of this node's data path (every
+//! Service port with its ready endpoints, plus the node's network facts) → a model of the
+//! nftables ruleset of table `ip shoal` ([`build`]), and that model → `nft -f` transaction
+//! scripts: [`full`] replaces the whole table atomically (start-up), [`diff`] touches only what
+//! changed (every later update). No I/O, no clocks; the shell is `agent/proxy.rs`, the layout
+//! is described in `docs/networking.md` ("Load balancing (proxy)").
+
+mod input;
+mod names;
+mod ruleset;
+mod script;
+#[cfg(test)]
+mod tests;
+
+// `core::net` holds only the address value types (no sockets, no I/O).
+use core::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+pub use input::service_ports;
+pub use names::{endpoint_chain, service_chain};
+pub use ruleset::{build, Chain, Ruleset, MAPS};
+pub use script::{diff, full, Change, TABLE};
+
+/// A Service port's protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// The nft `inet_proto` keyword.
+    pub fn nft(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+/// What a node knows about its own network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// The whole pod address space (`ClusterMeta.cluster_cidr`): sources outside it reaching a
+    /// ClusterIP are masqueraded, so replies come back through this node.
+    pub cluster_cidr: Ipv4Net,
+    /// This node's pod subnet: its pods' traffic leaving the cluster CIDR is masqueraded.
+    pub pod_cidr: Ipv4Net,
+    /// The bridge the node's pods hang off (for documentation in the ruleset's comments).
+    pub bridge: String,
+}
+
+/// One ready endpoint of a Service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// Whether the endpoint's pod runs on this node (for `*TrafficPolicy: Local`).
+    pub local: bool,
+}
+
+/// One port of one Service, with everything the data path needs.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServicePort {
+    pub namespace: String,
+    pub name: String,
+    /// `spec.ports[].name` (empty for a single unnamed port).
+    pub port_name: String,
+    pub protocol: Protocol,
+    /// `None`: headless — nothing to program for the ClusterIP.
+    pub cluster_ip: Option<Ipv4Addr>,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    /// `sessionAffinity: ClientIP` timeout in seconds.
+    pub affinity_timeout: Option<u32>,
+    /// `externalTrafficPolicy: Local`: NodePort traffic goes to this node's endpoints only,
+    /// with the client's source address kept.
+    pub external_local: bool,
+    /// `internalTrafficPolicy: Local`: ClusterIP traffic goes to this node's endpoints only.
+    pub internal_local: bool,
+    /// The ready endpoints (order does not matter; the planner sorts them).
+    pub backends: Vec<Backend>,
+}
+
+impl ServicePort {
+    /// `namespace/name/protocol/port-name`, the identity chain names are hashed from.
+    pub fn id(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.namespace,
+            self.name,
+            self.protocol.nft(),
+            self.port_name
+        )
+    }
+}
+
+/// The desired state of this node's data path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired {
+    pub node: NodeFacts,
+    pub ports: Vec<ServicePort>,
+}
