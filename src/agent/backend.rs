@@ -310,6 +310,42 @@ impl Backend for AgentBackend {
             .map_err(state_err)
     }
 
+    fn put_object_with(
+        &self,
+        key: &ObjectKey,
+        resource: &str,
+        complete: &mut dyn FnMut(Vec<Value>) -> Result<Value, crate::api::ApiError>,
+    ) -> Result<Value, crate::api::ApiError> {
+        // Decided inside the write, under the document lock: an object written through this
+        // agent in between is seen, and nothing is written when `complete` refuses.
+        self.shared
+            .write(|d: &mut ClusterDoc| {
+                let others = d
+                    .list_objects(resource, None)
+                    .into_iter()
+                    .map(|(_, v)| v)
+                    .collect();
+                match complete(others) {
+                    Ok(object) => {
+                        d.put_object(&key.resource, key.namespace.as_deref(), &key.name, &object)?;
+                        Ok(Ok(object))
+                    }
+                    Err(e) => Ok(Err(e)),
+                }
+            })
+            .map_err(|e| crate::api::ApiError::from(state_err(e)))?
+    }
+
+    fn service_cidr(&self) -> String {
+        self.shared
+            .doc()
+            .meta()
+            .ok()
+            .flatten()
+            .map(|m| m.service_cidr)
+            .unwrap_or_else(|| crate::model::network::DEFAULT_SERVICE_CIDR.to_string())
+    }
+
     fn authenticate(&self, token: &str) -> bool {
         if token.is_empty() || token.len() > 512 {
             return false;
@@ -384,15 +420,6 @@ impl Backend for AgentBackend {
         };
         out.sort_by_key(stamp);
         out
-    }
-
-    fn exec(
-        &self,
-        req: crate::api::exec::ExecRequest,
-    ) -> BoxFuture<'static, Result<crate::api::exec::ExecSession, BackendError>> {
-        let shared = self.shared.clone();
-        let runtime = crate::runtime::RuntimeConfig::from_env(&self.data_dir, &shared.node_name, true);
-        Box::pin(super::exec::open(shared, runtime, req))
     }
 
     fn exec(

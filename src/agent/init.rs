@@ -26,6 +26,35 @@ pub struct InitOptions {
     pub cluster_cidr: Option<String>,
     /// Per-node subnet prefix length (`--node-cidr-mask`); `None` as for `cluster_cidr`.
     pub node_cidr_mask: Option<u8>,
+    /// Service address space (`--service-cidr`); `None` as for `cluster_cidr`.
+    pub service_cidr: Option<String>,
+}
+
+/// Checks a Service CIDR: IPv4 `ADDRESS/PREFIX` without host bits, from /12 (Kubernetes'
+/// largest) to /29 (five assignable addresses), not overlapping the pod CIDR.
+pub fn check_service_cidr(cidr: &str, cluster_cidr: &str) -> Result<(), String> {
+    let bad = |why: &str| format!("invalid service CIDR {cidr:?}: {why}");
+    if cidr.contains(':') {
+        return Err(bad("IPv6 Services are not supported yet; use IPv4"));
+    }
+    let net: ipnet::Ipv4Net = cidr
+        .parse()
+        .map_err(|_| bad("expected an IPv4 ADDRESS/PREFIX, e.g. 10.96.0.0/12"))?;
+    if net.trunc() != net {
+        return Err(bad(&format!(
+            "host bits are set (did you mean {}?)",
+            net.trunc()
+        )));
+    }
+    if !(12..=29).contains(&net.prefix_len()) {
+        return Err(bad("the prefix must be from /12 to /29"));
+    }
+    if let Some(pods) = crate::model::network::parse_cidr(cluster_cidr) {
+        if pods.contains(&net.network()) || net.contains(&pods.network()) {
+            return Err(bad(&format!("overlaps the cluster (pod) CIDR {pods}")));
+        }
+    }
+    Ok(())
 }
 
 pub struct InitOutput {
@@ -56,16 +85,19 @@ pub fn init_cluster(opts: &InitOptions) -> Result<InitOutput, AgentError> {
         }
         Some(path) => restore(path, opts.token.as_ref(), actor)?,
     };
-    let (default_cidr, default_mask) = old_pod_cidr.unwrap_or_else(|| {
+    let (default_cidr, default_mask, default_services) = old_pod_cidr.unwrap_or_else(|| {
         (
             ipam::DEFAULT_CLUSTER_CIDR.to_string(),
             ipam::DEFAULT_NODE_CIDR_MASK,
+            crate::model::network::DEFAULT_SERVICE_CIDR.to_string(),
         )
     });
     let cluster_cidr = opts.cluster_cidr.clone().unwrap_or(default_cidr);
     let node_cidr_mask = opts.node_cidr_mask.unwrap_or(default_mask);
+    let service_cidr = opts.service_cidr.clone().unwrap_or(default_services);
     ipam::PodCidrConfig::new(&cluster_cidr, node_cidr_mask)
         .map_err(|e| AgentError::Config(e.to_string()))?;
+    check_service_cidr(&service_cidr, &cluster_cidr).map_err(AgentError::Config)?;
     let meta = ClusterMeta {
         cluster_id: identity.cluster_id.clone(),
         generation: identity.generation,
@@ -74,6 +106,7 @@ pub fn init_cluster(opts: &InitOptions) -> Result<InitOutput, AgentError> {
         ca_key_sealed: security::seal(&identity, "ca-key", ca.key_pem.as_bytes()),
         cluster_cidr,
         node_cidr_mask,
+        service_cidr,
     };
     doc.put_meta(&meta)?;
     let mut raw = [0u8; 32];
@@ -101,7 +134,8 @@ pub fn init_cluster(opts: &InitOptions) -> Result<InitOutput, AgentError> {
 /// Opens a backup, checks it against the old cluster's token, and rebuilds its state into a
 /// fresh document for the next generation: no history, no node records (the hosts are gone),
 /// no old metadata, no pod-CIDR claims (their nodes are gone). The CA is kept, so existing
-/// kubeconfigs keep trusting the API, and so are the pod-CIDR settings (returned last).
+/// kubeconfigs keep trusting the API, and so are the pod-CIDR and Service-CIDR settings
+/// (returned last). Services keep their ClusterIPs and NodePorts.
 #[allow(clippy::type_complexity)]
 fn restore(
     path: &PathBuf,
@@ -112,7 +146,7 @@ fn restore(
         ClusterIdentity,
         ClusterDoc,
         security::CertPair,
-        Option<(String, u8)>,
+        Option<(String, u8, String)>,
     ),
     AgentError,
 > {
@@ -156,6 +190,10 @@ fn restore(
     let doc = old_doc.rebuild(actor, |key| {
         key != "meta" && !key.starts_with("node/") && !key.starts_with(ipam::CLAIM_PREFIX)
     })?;
-    let pod_cidr = Some((meta.cluster_cidr.clone(), meta.node_cidr_mask));
+    let pod_cidr = Some((
+        meta.cluster_cidr.clone(),
+        meta.node_cidr_mask,
+        meta.service_cidr.clone(),
+    ));
     Ok((identity, doc, ca, pod_cidr))
 }

@@ -79,6 +79,24 @@ pub trait Backend: Send + Sync + 'static {
     fn put_object(&self, key: &ObjectKey, object: Value) -> Result<(), BackendError>;
     /// Removes the object; returns what was stored.
     fn delete_object(&self, key: &ObjectKey) -> Result<Option<Value>, BackendError>;
+    /// Stores the object `complete` makes from every stored object of `resource` (all
+    /// namespaces), holding the store's write lock from the read to the write, so that what
+    /// it chooses from them (a free ClusterIP or NodePort) cannot race another write through
+    /// this backend. Nothing is stored when `complete` fails. Returns what was stored.
+    fn put_object_with(
+        &self,
+        key: &ObjectKey,
+        resource: &str,
+        complete: &mut dyn FnMut(Vec<Value>) -> Result<Value, super::ApiError>,
+    ) -> Result<Value, super::ApiError> {
+        let object = complete(self.list_objects(resource, None))?;
+        self.put_object(key, object.clone())?;
+        Ok(object)
+    }
+    /// The Service address range (`shoal init --service-cidr`).
+    fn service_cidr(&self) -> String {
+        crate::model::network::DEFAULT_SERVICE_CIDR.to_string()
+    }
     /// Whether `token` is a valid bearer token of this cluster.
     fn authenticate(&self, token: &str) -> bool;
     fn status(&self) -> AgentStatus;
@@ -97,15 +115,6 @@ pub trait Backend: Send + Sync + 'static {
     /// Events (Kubernetes `Event` JSON) from every node's status document.
     fn events(&self, _namespace: Option<&str>) -> Vec<Value> {
         Vec::new()
-    }
-    /// Opens a `kubectl exec` session in a running container, on this node or (relayed) on
-    /// the node that runs the pod. Errors come before any output: the API answers them as
-    /// plain HTTP errors, before the WebSocket upgrade.
-    fn exec(
-        &self,
-        _req: super::exec::ExecRequest,
-    ) -> BoxFuture<'static, Result<super::exec::ExecSession, BackendError>> {
-        Box::pin(async { Err(BackendError::Unavailable("exec is not served here".into())) })
     }
     /// Streams a container's log, from this node or (proxied) from the node that runs the pod.
     fn pod_logs(&self, _req: LogRequest) -> BoxFuture<'static, Result<LogStream, BackendError>> {

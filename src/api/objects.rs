@@ -24,7 +24,7 @@ use super::table::{self, IncludeObject};
 use super::validation::{check_type_meta, validate_fields, validate_name};
 use super::watch::{self, WatchRequest};
 use super::workloads;
-use super::{admission, logs, scale, ApiState};
+use super::{admission, logs, scale, services, ApiState};
 
 /// Namespaces that exist even when nothing is stored for them.
 pub const BUILTIN_NAMESPACES: &[&str] = &["default", "kube-system"];
@@ -284,6 +284,29 @@ fn event_object(info: &ResourceInfo, event: Value) -> Value {
     event
 }
 
+fn is_service(info: &ResourceInfo) -> bool {
+    info.group.is_empty() && info.kind == "Service"
+}
+
+fn service_info() -> &'static ResourceInfo {
+    resources::RESOURCES
+        .iter()
+        .find(|r| is_service(r))
+        .unwrap_or(&resources::RESOURCES[0])
+}
+
+/// Endpoints or EndpointSlices, computed from the stored Services and the pods as served.
+fn computed(state: &ApiState, info: &ResourceInfo, namespace: Option<&str>) -> Vec<Value> {
+    let services = list_stored(state, service_info(), namespace);
+    let pods = list_stored(state, info_of(Workload::Pod), namespace);
+    let pods = with_status(state, Workload::Pod, namespace, pods);
+    if info.kind == "Endpoints" {
+        services::endpoints_objects(&services, &pods)
+    } else {
+        services::endpoint_slices(&services, &pods)
+    }
+}
+
 /// Every object of `info` (in `namespace` if given), sorted by namespace and name.
 pub fn list_all(state: &ApiState, info: &ResourceInfo, namespace: Option<&str>) -> Vec<Value> {
     let mut objects = match info.storage {
@@ -302,6 +325,7 @@ pub fn list_all(state: &ApiState, info: &ResourceInfo, namespace: Option<&str>) 
             .map(|e| event_object(info, e))
             .filter(|e| namespace.is_none_or(|ns| e["metadata"]["namespace"] == ns))
             .collect(),
+        Storage::Computed => computed(state, info, namespace),
     };
     if info.plural == "namespaces" {
         for name in BUILTIN_NAMESPACES {
@@ -345,6 +369,9 @@ pub fn find_stored(
         Storage::Nodes => node_objects(&state.backend.nodes())
             .into_iter()
             .find(|n| n["metadata"]["name"] == name),
+        Storage::Computed => computed(state, info, namespace)
+            .into_iter()
+            .find(|o| o["metadata"]["name"] == name),
         Storage::Objects => state
             .backend
             .get_object(&key(info, namespace, name))
@@ -573,12 +600,13 @@ fn create(
         }
         object["status"] = json!({"phase": "Active"});
     }
-    if !dry_run(query) {
-        state.backend.put_object(
-            &key(info, target.namespace.as_deref(), &name),
-            object.clone(),
-        )?;
-    }
+    let object = persist(
+        state,
+        info,
+        key(info, target.namespace.as_deref(), &name),
+        object,
+        dry_run(query),
+    )?;
     Ok(with_warnings(
         json_response(StatusCode::CREATED, &object),
         &warnings,
@@ -592,11 +620,20 @@ fn admit(
     old: Option<&Value>,
     name: &str,
 ) -> Result<(), ApiError> {
-    let Some(workload) = info.workload else {
-        return Ok(());
+    let causes = match info.workload {
+        Some(workload) => {
+            admission::default(workload, object);
+            admission::validate(workload, object, old)
+        }
+        None if is_service(info) => {
+            if let Some(old) = old {
+                services::carry_over(object, old);
+            }
+            services::default(object);
+            services::validate(object, old)
+        }
+        None => return Ok(()),
     };
-    admission::default(workload, object);
-    let causes = admission::validate(workload, object, old);
     if causes.is_empty() {
         Ok(())
     } else {
@@ -705,13 +742,51 @@ pub fn store(
     }
     admit(info, &mut object, Some(existing), name)?;
     update_metadata(state, existing, &mut object);
-    if !dry_run(query) {
-        state.backend.put_object(
-            &key(info, target.namespace.as_deref(), name),
-            object.clone(),
-        )?;
+    persist(
+        state,
+        info,
+        key(info, target.namespace.as_deref(), name),
+        object,
+        dry_run(query),
+    )
+}
+
+/// Stores `object` (unless `dry`) and returns it. A Service first gets its ClusterIP and
+/// NodePorts, chosen against the other stored Services under the backend's write lock
+/// (`services::allocate`); a dry run chooses them the same way without storing.
+fn persist(
+    state: &ApiState,
+    info: &ResourceInfo,
+    key: ObjectKey,
+    object: Value,
+    dry: bool,
+) -> Result<Value, ApiError> {
+    if !is_service(info) {
+        if !dry {
+            state.backend.put_object(&key, object.clone())?;
+        }
+        return Ok(object);
     }
-    Ok(object)
+    let range = state.backend.service_cidr();
+    let cidr = crate::model::network::parse_cidr(&range)
+        .ok_or_else(|| ApiError::Internal(format!("invalid service CIDR {range:?}")))?;
+    let resource = info.backend_resource();
+    let mut complete = |others: Vec<Value>| -> Result<Value, ApiError> {
+        let mut completed = object.clone();
+        services::allocate(&mut completed, &others, cidr).map_err(|causes| ApiError::Invalid {
+            kind: info.qualified_kind(),
+            name: key.name.clone(),
+            causes,
+        })?;
+        Ok(completed)
+    };
+    if dry {
+        complete(state.backend.list_objects(&resource, None))
+    } else {
+        state
+            .backend
+            .put_object_with(&key, &resource, &mut complete)
+    }
 }
 
 fn replace(
@@ -820,7 +895,7 @@ fn delete(
     }
     match info.storage {
         Storage::Nodes => state.backend.delete_node(name)?,
-        Storage::Events => return Err(ApiError::MethodNotAllowed),
+        Storage::Events | Storage::Computed => return Err(ApiError::MethodNotAllowed),
         Storage::Objects => {
             if info.plural == "namespaces" {
                 delete_namespace_contents(state, name)?;

@@ -20,6 +20,8 @@ pub enum Field {
     RepeatedMessage(&'static Message),
     MapStringString,
     MapStringBytes,
+    /// `intstr.IntOrString` (type, intVal, strVal) -> a JSON number or string.
+    IntOrString,
 }
 
 /// A message: (field number, JSON name, type); unknown numbers are skipped.
@@ -79,6 +81,62 @@ pub static SECRET: &Message = &[
     (3, "type", Field::String),
     (4, "stringData", Field::MapStringString),
     (5, "immutable", Field::Bool),
+];
+
+/// `core/v1` ServicePort.
+static SERVICE_PORT: &Message = &[
+    (1, "name", Field::String),
+    (2, "protocol", Field::String),
+    (3, "port", Field::Int),
+    (4, "targetPort", Field::IntOrString),
+    (5, "nodePort", Field::Int),
+    (6, "appProtocol", Field::String),
+];
+
+/// `core/v1` Service (what `kubectl create service` sends).
+pub static SERVICE: &Message = &[
+    (1, "metadata", Field::Message(OBJECT_META)),
+    (
+        2,
+        "spec",
+        Field::Message(&[
+            (1, "ports", Field::RepeatedMessage(SERVICE_PORT)),
+            (2, "selector", Field::MapStringString),
+            (3, "clusterIP", Field::String),
+            (4, "type", Field::String),
+            (5, "externalIPs", Field::RepeatedString),
+            (7, "sessionAffinity", Field::String),
+            (8, "loadBalancerIP", Field::String),
+            (9, "loadBalancerSourceRanges", Field::RepeatedString),
+            (10, "externalName", Field::String),
+            (11, "externalTrafficPolicy", Field::String),
+            (12, "healthCheckNodePort", Field::Int),
+            (13, "publishNotReadyAddresses", Field::Bool),
+            (
+                14,
+                "sessionAffinityConfig",
+                Field::Message(&[(
+                    1,
+                    "clientIP",
+                    Field::Message(&[(1, "timeoutSeconds", Field::Int)]),
+                )]),
+            ),
+            (17, "ipFamilyPolicy", Field::String),
+            (18, "clusterIPs", Field::RepeatedString),
+            (19, "ipFamilies", Field::RepeatedString),
+            (20, "allocateLoadBalancerNodePorts", Field::Bool),
+            (21, "loadBalancerClass", Field::String),
+            (22, "internalTrafficPolicy", Field::String),
+            (23, "trafficDistribution", Field::String),
+        ]),
+    ),
+];
+
+/// The fields of `intstr.IntOrString`.
+static INT_OR_STRING: &Message = &[
+    (1, "type", Field::Int),
+    (2, "intVal", Field::Int),
+    (3, "strVal", Field::String),
 ];
 
 const MAGIC: &[u8] = b"k8s\0";
@@ -245,6 +303,16 @@ pub fn decode_message(bytes: &[u8], message: &Message) -> Result<Value, ProtoErr
                     map.insert(key, value);
                 }
             }
+            (Field::IntOrString, Wire::Bytes(b)) => {
+                let v = decode_message(b, INT_OR_STRING)?;
+                let value = match v["type"].as_i64() {
+                    Some(1) => v["strVal"].clone(),
+                    _ => json!(v["intVal"].as_i64().unwrap_or(0)),
+                };
+                if !value.is_null() {
+                    out.insert(name, value);
+                }
+            }
             (Field::String | Field::Int | Field::Bool, _) => {}
             _ => {
                 return Err(ProtoError(format!(
@@ -295,6 +363,30 @@ mod tests {
         let mut out = vec![(number << 3 | 2) as u8, payload.len() as u8];
         out.extend_from_slice(payload);
         out
+    }
+
+    #[test]
+    fn decodes_service_ports_with_int_or_string_target_ports() {
+        let varint = |number: u32, v: u8| vec![(number << 3) as u8, v];
+        let named = [varint(1, 1), field(3, b"http")].concat();
+        let numbered = [varint(2, 90)].concat();
+        let port =
+            |p: u8, target: &[u8]| [field(2, b"TCP"), varint(3, p), field(4, target)].concat();
+        let spec = [
+            field(1, &port(80, &named)),
+            field(1, &port(81, &numbered)),
+            field(4, b"NodePort"),
+        ]
+        .concat();
+        let raw = [field(1, &field(1, b"web")), field(2, &spec)].concat();
+        let body = [MAGIC.to_vec(), field(2, &raw)].concat();
+        let object = decode_object(&body, SERVICE).unwrap();
+        assert_eq!(
+            object["spec"],
+            json!({"type": "NodePort", "ports": [
+                {"protocol": "TCP", "port": 80, "targetPort": "http"},
+                {"protocol": "TCP", "port": 81, "targetPort": 90}]})
+        );
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub enum Columns {
     Deployment,
     ReplicaSet,
     Event,
+    Service,
+    Endpoints,
+    EndpointSlice,
 }
 
 /// Workload kinds: decoded through `k8s_openapi` types, defaulted, validated and given a
@@ -71,6 +74,9 @@ pub enum Storage {
     Objects,
     /// Events from every node's status document (`Backend::events`), read-only.
     Events,
+    /// Computed on read from the stored Services and the pods as served (Endpoints,
+    /// EndpointSlices: `services.rs`), read-only.
+    Computed,
 }
 
 pub struct ResourceInfo {
@@ -361,11 +367,6 @@ pub static RESOURCES: &[ResourceInfo] = &[
                 kind: None,
                 verbs: &["get"],
             },
-            Subresource {
-                name: "exec",
-                kind: Some(("", "v1", "PodExecOptions")),
-                verbs: &["get", "create"],
-            },
         ],
     },
     ResourceInfo {
@@ -425,7 +426,78 @@ pub static RESOURCES: &[ResourceInfo] = &[
         workload: Some(Workload::ReplicaSet),
         subresources: WORKLOAD_SUBRESOURCES,
     },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        plural: "services",
+        singular: "service",
+        kind: "Service",
+        short_names: &["svc"],
+        categories: &["all"],
+        namespaced: true,
+        verbs: ALL_VERBS,
+        name_rule: NameRule::Label,
+        // Checked through `k8s_openapi`'s Service (`typed::check_service`).
+        schema: &FREE_FORM,
+        merge_keys: service_merge_keys,
+        columns: Columns::Service,
+        storage: Storage::Objects,
+        proto: Some(proto::SERVICE),
+        workload: None,
+        subresources: &[Subresource {
+            name: "status",
+            kind: None,
+            verbs: &["get"],
+        }],
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        plural: "endpoints",
+        singular: "endpoints",
+        kind: "Endpoints",
+        short_names: &["ep"],
+        categories: &[],
+        namespaced: true,
+        verbs: READ_VERBS,
+        name_rule: NameRule::Subdomain,
+        schema: &FREE_FORM,
+        merge_keys: no_merge_keys,
+        columns: Columns::Endpoints,
+        storage: Storage::Computed,
+        proto: None,
+        workload: None,
+        subresources: &[],
+    },
+    ResourceInfo {
+        group: "discovery.k8s.io",
+        version: "v1",
+        plural: "endpointslices",
+        singular: "endpointslice",
+        kind: "EndpointSlice",
+        short_names: &[],
+        categories: &[],
+        namespaced: true,
+        verbs: READ_VERBS,
+        name_rule: NameRule::Subdomain,
+        schema: &FREE_FORM,
+        merge_keys: no_merge_keys,
+        columns: Columns::EndpointSlice,
+        storage: Storage::Computed,
+        proto: None,
+        workload: None,
+        subresources: &[],
+    },
 ];
+
+/// Strategic-merge keys of a Service (`ports` merge by `port`, as Kubernetes' tags say).
+pub fn service_merge_keys(path: &str) -> Option<&'static str> {
+    match path {
+        "spec.ports" => Some("port"),
+        "metadata.ownerReferences" => Some("uid"),
+        _ => None,
+    }
+}
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {
     RESOURCES
@@ -553,7 +625,10 @@ mod tests {
             );
             assert!(r.allows("get"));
         }
-        assert_eq!(group_versions(), vec![("", "v1"), ("apps", "v1")]);
+        assert_eq!(
+            group_versions(),
+            vec![("", "v1"), ("apps", "v1"), ("discovery.k8s.io", "v1")]
+        );
         let deploy = by_plural("deployments").unwrap();
         assert_eq!(
             deploy.backend_resource(),

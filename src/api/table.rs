@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::resources::{Columns, ResourceInfo};
+use super::services;
 
 /// What to embed in each row's `object` (`includeObject`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,6 +214,27 @@ fn column_definitions(columns: Columns) -> Vec<Value> {
             column("First Seen", "string", 1, "The time at which the event was first recorded."),
             column("Count", "string", 1, "The number of times this event has occurred."),
             column("Name", "string", 1, "Name of the event."),
+        ],
+        Columns::Service => vec![
+            name,
+            column("Type", "string", 0, "The type of the service."),
+            column("Cluster-IP", "string", 0, "The cluster IP of the service."),
+            column("External-IP", "string", 0, "The external IP of the service."),
+            column("Port(s)", "string", 0, "The ports of the service."),
+            age,
+            column("Selector", "string", 1, "The label selector of the service."),
+        ],
+        Columns::Endpoints => vec![
+            name,
+            column("Endpoints", "string", 0, "Endpoints of the service."),
+            age,
+        ],
+        Columns::EndpointSlice => vec![
+            name,
+            column("AddressType", "string", 0, "Type of address in the endpoint slice."),
+            column("Ports", "string", 0, "Ports of the endpoint slice."),
+            column("Endpoints", "string", 0, "Endpoints of the endpoint slice."),
+            age,
         ],
     }
 }
@@ -578,6 +600,37 @@ fn cells(columns: Columns, object: &Value, now: DateTime<Utc>) -> Vec<Value> {
             ]
         }
         Columns::Event => event_cells(object, now),
+        Columns::Service => {
+            let mut row = services::service_cells(object).to_vec();
+            row.push(json!(age(object, now)));
+            let selector = object["spec"]["selector"]
+                .as_object()
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_else(|| "<none>".into());
+            row.push(json!(selector));
+            row
+        }
+        Columns::Endpoints => vec![
+            name,
+            json!(services::endpoints_cell(object)),
+            json!(age(object, now)),
+        ],
+        Columns::EndpointSlice => {
+            let [address_type, ports, endpoints] = services::slice_cells(object);
+            vec![
+                name,
+                address_type,
+                ports,
+                endpoints,
+                json!(age(object, now)),
+            ]
+        }
     }
 }
 

@@ -122,6 +122,11 @@ pub fn check(workload: Workload, object: &mut Value) -> SchemaReport {
     }
 }
 
+/// Unknown fields (pruned) and type errors of a `v1` Service.
+pub fn check_service(object: &mut Value) -> SchemaReport {
+    check_as::<k8s_openapi::api::core::v1::Service>(object)
+}
+
 /// Checks an `autoscaling/v1` Scale body.
 pub fn check_scale(object: &mut Value) -> SchemaReport {
     check_as::<k8s_openapi::api::autoscaling::v1::Scale>(object)

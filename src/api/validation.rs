@@ -74,6 +74,7 @@ pub fn validate_fields(
     let mode = field_validation(query)?;
     let report = match info.workload {
         Some(workload) => typed::check(workload, object),
+        None if info.group.is_empty() && info.kind == "Service" => typed::check_service(object),
         None => resources::check_schema(info, object),
     };
     let prefix = format!(

@@ -66,6 +66,11 @@ pub enum Command {
         /// [default: 24, or with --restore the backed-up cluster's].
         #[arg(long)]
         node_cidr_mask: Option<u8>,
+        /// IPv4 Service address space ClusterIPs come from, /12 to /29, not overlapping the
+        /// cluster CIDR [default: 10.96.0.0/12, or with --restore the backed-up cluster's].
+        /// Fixed for the cluster's life.
+        #[arg(long)]
+        service_cidr: Option<String>,
     },
     /// Run the agent (first start of a joiner: --name, --join and --token).
     Agent {
@@ -94,17 +99,6 @@ pub enum Command {
             value_parser = AgentSettings::parse_registry_host
         )]
         insecure_registry: Vec<String>,
-        /// Where the node's DNS server forwards names outside cluster.local: IP[:PORT]
-        /// (repeatable, tried in order), `none` (answer NXDOMAIN at once) or `default` (the
-        /// host's non-loopback /etc/resolv.conf nameservers, the initial setting). Saved.
-        #[arg(
-            long = "dns-upstream",
-            value_name = "IP[:PORT]|none|default",
-            env = "SHOAL_DNS_UPSTREAMS",
-            value_delimiter = ',',
-            value_parser = crate::agent::DnsUpstream::parse
-        )]
-        dns_upstream: Vec<crate::agent::DnsUpstream>,
     },
     /// Print the serving agent's view (epoch, leader, members, document heads) as JSON.
     Status {
@@ -176,6 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             token,
             cluster_cidr,
             node_cidr_mask,
+            service_cidr,
         } => {
             let settings = AgentSettings {
                 name: name.unwrap_or_else(crate::agent::node_info::hostname),
@@ -184,7 +179,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 advertise,
                 join: Vec::new(),
                 insecure_registries: Vec::new(),
-                dns_upstreams: None,
             };
             let token = parse_token(token)?;
             let out = agent::init_cluster(&InitOptions {
@@ -194,6 +188,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 token,
                 cluster_cidr,
                 node_cidr_mask,
+                service_cidr,
             })?;
             let server = format!(
                 "https://{}",
@@ -229,7 +224,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen_api,
             advertise,
             insecure_registry,
-            dns_upstream,
         } => {
             let opts = RunOptions {
                 data_dir,
@@ -240,7 +234,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 listen_api,
                 advertise,
                 insecure_registries: insecure_registry,
-                dns_upstreams: dns_upstream,
             };
             // Before any thread exists, so every runtime thread inherits it; the shim and the
             // sandbox go back to 0, so containers run at the default priority.

@@ -501,6 +501,7 @@ mod tests {
             ca_key_sealed: vec![],
             cluster_cidr: config.0.into(),
             node_cidr_mask: config.1,
+            service_cidr: crate::model::network::DEFAULT_SERVICE_CIDR.into(),
         };
         seed.put_meta(&meta).unwrap();
         let bytes = seed.save();

@@ -48,6 +48,14 @@ pub struct ClusterMeta {
     /// Prefix length of each node's subnet (`shoal init --node-cidr-mask`).
     #[serde(default = "default_node_cidr_mask")]
     pub node_cidr_mask: u8,
+    /// The Service address space ClusterIPs come from (`shoal init --service-cidr`).
+    /// Documents from before the setting read as `model::network::DEFAULT_SERVICE_CIDR`.
+    #[serde(default = "default_service_cidr")]
+    pub service_cidr: String,
+}
+
+fn default_service_cidr() -> String {
+    crate::model::network::DEFAULT_SERVICE_CIDR.to_string()
 }
 
 fn default_cluster_cidr() -> String {
@@ -62,6 +70,11 @@ impl ClusterMeta {
     /// The validated pod-CIDR settings.
     pub fn pod_cidr_config(&self) -> Result<PodCidrConfig, ipam::IpamError> {
         PodCidrConfig::new(&self.cluster_cidr, self.node_cidr_mask)
+    }
+
+    /// The Service address range.
+    pub fn service_cidr(&self) -> Option<ipnet::Ipv4Net> {
+        crate::model::network::parse_cidr(&self.service_cidr)
     }
 }
 
