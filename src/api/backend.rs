@@ -116,6 +116,15 @@ pub trait Backend: Send + Sync + 'static {
     fn events(&self, _namespace: Option<&str>) -> Vec<Value> {
         Vec::new()
     }
+    /// Opens a `kubectl exec` session in a running container, on this node or (relayed) on
+    /// the node that runs the pod. Errors come before any output: the API answers them as
+    /// plain HTTP errors, before the WebSocket upgrade.
+    fn exec(
+        &self,
+        _req: super::exec::ExecRequest,
+    ) -> BoxFuture<'static, Result<super::exec::ExecSession, BackendError>> {
+        Box::pin(async { Err(BackendError::Unavailable("exec is not served here".into())) })
+    }
     /// Streams a container's log, from this node or (proxied) from the node that runs the pod.
     fn pod_logs(&self, _req: LogRequest) -> BoxFuture<'static, Result<LogStream, BackendError>> {
         Box::pin(async { Err(BackendError::Unavailable("logs are not served here".into())) })

@@ -30,6 +30,7 @@ mod auth;
 mod backend;
 mod body;
 mod discovery;
+pub mod exec;
 mod images;
 mod logs;
 mod nodes;

@@ -367,6 +367,11 @@ pub static RESOURCES: &[ResourceInfo] = &[
                 kind: None,
                 verbs: &["get"],
             },
+            Subresource {
+                name: "exec",
+                kind: Some(("", "v1", "PodExecOptions")),
+                verbs: &["get", "create"],
+            },
         ],
     },
     ResourceInfo {
