@@ -2167,3 +2167,238 @@ async fn image_routes_stream_uploads_with_their_own_limit() {
     assert_eq!(unauthenticated.status().as_u16(), 401);
     h.stop().await;
 }
+
+const SERVICE_WEB: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  labels:
+    tier: LABEL
+spec:
+  type: NodePort
+  selector:
+    app: web
+  ports:
+  - name: http
+    port: 80
+    targetPort: 8080
+    nodePort: 30080
+";
+
+/// A bare pod labelled `app: web`, bound to `alpha` and running with `ip`.
+fn web_pod(h: &Harness, name: &str, ip: &str, ready: bool) {
+    h.backend.put(
+        "pods",
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                         "resourceVersion": "1", "creationTimestamp": "2024-05-01T10:00:00Z",
+                         "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "main", "image": "shoal.test/busybox:1",
+                                     "ports": [{"name": "http", "containerPort": 8080}]}]},
+        }),
+    );
+    bind(h, name, "alpha", Some(running_status(ready, ip, 0)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_services_and_endpoints() {
+    let h = Harness::start().await;
+    let resources = h.ok(&["api-resources"]).await;
+    for (name, short, kind) in [
+        ("services", "svc", "Service"),
+        ("endpoints", "ep", "Endpoints"),
+    ] {
+        let line = row(&resources, &format!("{name} "));
+        assert!(line.contains(short) && line.contains(kind), "{line}");
+    }
+    assert!(
+        row(&resources, "endpointslices ").contains("discovery.k8s.io/v1"),
+        "{resources}"
+    );
+
+    // Nothing selected yet: the Endpoints exist without addresses, the slice is empty.
+    let file = h.write("svc.yaml", &SERVICE_WEB.replace("LABEL", "one"));
+    assert!(h
+        .ok(&["apply", "-f", &file])
+        .await
+        .contains("service/web created"));
+    let svc: Value =
+        serde_json::from_str(&h.ok(&["get", "svc", "web", "-o", "json"]).await).unwrap();
+    let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+    assert!(cluster_ip.starts_with("10."), "{svc}");
+    let ip: std::net::Ipv4Addr = cluster_ip.parse().unwrap();
+    assert!(
+        "10.96.0.0/12"
+            .parse::<ipnet::Ipv4Net>()
+            .unwrap()
+            .contains(&ip),
+        "{ip}"
+    );
+    assert_eq!(svc["spec"]["clusterIPs"], json!([cluster_ip]));
+    assert_eq!(svc["spec"]["ports"][0]["protocol"], "TCP");
+    assert_eq!(svc["spec"]["externalTrafficPolicy"], "Cluster");
+    assert_eq!(svc["spec"]["sessionAffinity"], "None");
+    let ep = h.ok(&["get", "endpoints", "web"]).await;
+    column_positions(ep.lines().next().unwrap(), &["NAME", "ENDPOINTS", "AGE"]);
+    assert!(row(&ep, "web ").contains("<none>"), "{ep}");
+
+    // Pods with an IP: ready ones are addresses, not-ready ones notReadyAddresses.
+    web_pod(&h, "web-a", "10.244.3.5", true);
+    web_pod(&h, "web-b", "10.244.3.6", false);
+    let listed = h.ok(&["get", "svc,endpoints"]).await;
+    let svc_row = squeeze(row(&listed, "service/web "));
+    assert!(
+        svc_row.starts_with(&format!(
+            "service/web NodePort {cluster_ip} <none> 80:30080/TCP "
+        )),
+        "{listed}"
+    );
+    assert!(
+        squeeze(row(&listed, "endpoints/web ")).starts_with("endpoints/web 10.244.3.5:8080 "),
+        "{listed}"
+    );
+    let ep: Value =
+        serde_json::from_str(&h.ok(&["get", "endpoints", "web", "-o", "json"]).await).unwrap();
+    let subset = &ep["subsets"][0];
+    assert_eq!(subset["addresses"][0]["ip"], "10.244.3.5");
+    assert_eq!(subset["addresses"][0]["nodeName"], "alpha");
+    assert_eq!(subset["addresses"][0]["targetRef"]["name"], "web-a");
+    assert_eq!(subset["notReadyAddresses"][0]["ip"], "10.244.3.6");
+    assert_eq!(
+        subset["ports"],
+        json!([{"name": "http", "port": 8080, "protocol": "TCP"}])
+    );
+    let slices = h
+        .ok(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+        ])
+        .await;
+    column_positions(
+        slices.lines().next().unwrap(),
+        &["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"],
+    );
+    assert!(
+        squeeze(row(&slices, "web-")).contains("IPv4 8080 10.244.3.5,10.244.3.6"),
+        "{slices}"
+    );
+    let describe = squeeze(&h.ok(&["describe", "svc", "web"]).await);
+    for line in [
+        "Type: NodePort".to_string(),
+        format!("IP: {cluster_ip}"),
+        "Port: http 80/TCP".to_string(),
+        "TargetPort: 8080/TCP".to_string(),
+        "NodePort: http 30080/TCP".to_string(),
+        "Endpoints: 10.244.3.5:8080".to_string(),
+        "Selector: app=web".to_string(),
+    ] {
+        assert!(
+            describe.contains(&line),
+            "{line:?} missing from:\n{describe}"
+        );
+    }
+
+    // Endpoints and slices are computed: writes are refused.
+    let stderr = h.fails(&["delete", "endpoints", "web"]).await;
+    assert!(stderr.contains("MethodNotAllowed"), "{stderr}");
+
+    // Applying again without a nodePort keeps the allocated ClusterIP and NodePort.
+    let again = SERVICE_WEB
+        .replace("LABEL", "two")
+        .replace("    nodePort: 30080\n", "");
+    let file = h.write("svc2.yaml", &again);
+    assert!(h
+        .ok(&["apply", "-f", &file])
+        .await
+        .contains("service/web configured"));
+    let svc: Value =
+        serde_json::from_str(&h.ok(&["get", "svc", "web", "-o", "json"]).await).unwrap();
+    assert_eq!(svc["spec"]["clusterIP"], cluster_ip.as_str());
+    assert_eq!(svc["spec"]["ports"][0]["nodePort"], 30080);
+    assert_eq!(svc["metadata"]["labels"]["tier"], "two");
+
+    // A taken nodePort, a port out of range, a clusterIP outside the range: 422s.
+    let taken = SERVICE_WEB
+        .replace("name: web\n", "name: other\n")
+        .replace("LABEL", "x");
+    let file = h.write("taken.yaml", &taken);
+    let stderr = h.fails(&["apply", "-f", &file]).await;
+    assert!(
+        stderr.contains(
+            "spec.ports[0].nodePort: Invalid value: 30080: provided port is already allocated"
+        ),
+        "{stderr}"
+    );
+    let file = h.write("range.yaml", &taken.replace("port: 80\n", "port: 70000\n"));
+    let stderr = h.fails(&["apply", "-f", &file]).await;
+    assert!(
+        stderr.contains(
+            "spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive"
+        ),
+        "{stderr}"
+    );
+    let file = h.write(
+        "ip.yaml",
+        &taken.replace("nodePort: 30080", "nodePort: 30081").replace(
+            "type: NodePort\n",
+            "type: NodePort\n  clusterIP: 192.168.0.1\n",
+        ),
+    );
+    let stderr = h.fails(&["apply", "-f", &file]).await;
+    assert!(
+        stderr.contains("The range of valid IPs is 10.96.0.0/12"),
+        "{stderr}"
+    );
+    let file = h.write("typo.yaml", &taken.replace("selector:", "selectorr:"));
+    let stderr = h.fails(&["apply", "-f", &file]).await;
+    assert!(stderr.contains("selectorr"), "{stderr}");
+    assert!(h
+        .fails(&["get", "svc", "other"])
+        .await
+        .contains("not found"));
+
+    // kubectl's generators: create service (typed client) and expose.
+    assert!(h
+        .ok(&["create", "service", "clusterip", "lonely", "--tcp=80:8080"])
+        .await
+        .contains("service/lonely created"));
+    let ep = h.ok(&["get", "endpoints", "lonely"]).await;
+    assert!(row(&ep, "lonely ").contains("<none>"), "{ep}");
+    assert!(h
+        .ok(&["create", "service", "nodeport", "np", "--tcp=8443:443"])
+        .await
+        .contains("service/np created"));
+    let np: Value = serde_json::from_str(&h.ok(&["get", "svc", "np", "-o", "json"]).await).unwrap();
+    let node_port = np["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    assert!((30000..=32767).contains(&node_port) && node_port != 30080);
+    assert_ne!(np["spec"]["clusterIP"], cluster_ip.as_str());
+    let file = h.write("deploy.yaml", DEPLOY_V1);
+    h.ok(&["apply", "-f", &file]).await;
+    assert!(h
+        .ok(&[
+            "expose",
+            "deployment/web",
+            "--name",
+            "web-exposed",
+            "--port",
+            "80",
+            "--target-port",
+            "8080",
+            "--type",
+            "NodePort",
+        ])
+        .await
+        .contains("service/web-exposed exposed"));
+    let exposed: Value =
+        serde_json::from_str(&h.ok(&["get", "svc", "web-exposed", "-o", "json"]).await).unwrap();
+    assert_eq!(exposed["spec"]["selector"], json!({"app": "web"}));
+    assert_eq!(exposed["spec"]["type"], "NodePort");
+    let ep = h.ok(&["get", "ep", "web-exposed"]).await;
+    assert!(row(&ep, "web-exposed ").contains("10.244.3.5:8080"), "{ep}");
+    h.ok(&["delete", "svc", "web"]).await;
+    assert!(h.fails(&["get", "ep", "web"]).await.contains("not found"));
+    h.stop().await;
+}
