@@ -23,15 +23,17 @@ ip="$(node_ip "$node")"
 listen=(--listen-p2p "$ip:$P2P_PORT" --listen-api "$ip:$API_PORT" --advertise "$ip")
 # The testnet registries (testnet/registry.sh) speak plain HTTP on the bridge address.
 insecure=(--insecure-registry "$HOST_IP:5000" --insecure-registry "$HOST_IP:5001")
+# No resolver is reachable from the node namespaces: pods' DNS answers other names NXDOMAIN.
+dns=(--dns-upstream none)
 
 if [ -d "$data" ]; then
-  spawn_agent "$node" --data-dir "$data" "${insecure[@]}"
+  spawn_agent "$node" --data-dir "$data" "${insecure[@]}" "${dns[@]}"
 else
   fresh=1
   token="${JOIN_TOKEN:-$(cat "$RUN_DIR/join-token" 2>/dev/null || true)}"
   [ -n "$token" ] || die "no join token (testnet/run/join-token missing; run testnet/up.sh)"
   join="${JOIN_ADDR:-$(node_ip n1):$P2P_PORT}"
-  spawn_agent "$node" --data-dir "$data" --name "$node" --join "$join" --token "$token" "${listen[@]}" "${insecure[@]}"
+  spawn_agent "$node" --data-dir "$data" --name "$node" --join "$join" --token "$token" "${listen[@]}" "${insecure[@]}" "${dns[@]}"
 fi
 log "$node started (pid $(agent_pid "$node"), $ip)"
 

@@ -88,8 +88,11 @@ pub async fn run(shared: Arc<Shared>, upstreams: Vec<SocketAddr>, stop: impl Fut
         }
         let wanted = gateway(&shared).map(|ip| SocketAddr::new(ip.into(), DNS_PORT));
         let current = serving.as_ref().map(|(addr, _, _)| *addr);
-        let dead = serving.as_ref().is_some_and(|(_, _, task)| task.is_finished());
-        if (wanted != current || dead) && retry_at.is_none_or(|t| t <= tokio::time::Instant::now()) {
+        let dead = serving
+            .as_ref()
+            .is_some_and(|(_, _, task)| task.is_finished());
+        if (wanted != current || dead) && retry_at.is_none_or(|t| t <= tokio::time::Instant::now())
+        {
             if let Some((old, stop_tx, task)) = serving.take() {
                 let _ = stop_tx.send(true);
                 let _ = task.await;
@@ -309,7 +312,10 @@ async fn tcp_connection(
 async fn read_framed(stream: &mut TcpStream, max: usize) -> io::Result<Vec<u8>> {
     let len = stream.read_u16().await? as usize;
     if len > max {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "message too long"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "message too long",
+        ));
     }
     let mut message = vec![0u8; len];
     stream.read_exact(&mut message).await?;
@@ -350,7 +356,10 @@ async fn forward(query: &[u8], upstreams: &[SocketAddr], transport: Transport) -
         }
         None
     };
-    tokio::time::timeout(FORWARD_BUDGET, attempt).await.ok().flatten()
+    tokio::time::timeout(FORWARD_BUDGET, attempt)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// One exchange over UDP from a fresh (randomly numbered) port, connected to the upstream so
@@ -379,7 +388,10 @@ async fn exchange_tcp(query: &[u8], upstream: SocketAddr) -> io::Result<Vec<u8>>
     if dns::upstream_reply_matches(query, &reply) {
         Ok(reply)
     } else {
-        Err(io::Error::new(io::ErrorKind::InvalidData, "reply does not match the query"))
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "reply does not match the query",
+        ))
     }
 }
 

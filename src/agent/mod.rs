@@ -251,11 +251,6 @@ pub async fn run(
 
     let controllers_task = tokio::spawn(controllers::run(shared.clone(), stopped(stop_rx.clone())));
     let ipam_task = tokio::spawn(ipam::run(shared.clone(), stopped(stop_rx.clone())));
-    let dns_task = tokio::spawn(dns::run(
-        shared.clone(),
-        dns::upstreams(&settings.dns_upstreams),
-        stopped(stop_rx.clone()),
-    ));
     // The pod network: the node's bridge, sysctls and routes to the other nodes' pods.
     let pod_network = routes::pod_network_enabled(advertise);
     let routes_task = pod_network.then(|| {
@@ -264,6 +259,14 @@ pub async fn run(
     if !pod_network {
         tracing::warn!(%advertise, "pod network off (loopback address or SHOAL_POD_NETWORK=off): pods get no IP of their own");
     }
+    // The node's DNS server listens at the pod gateway, so it too comes with the pod network.
+    let dns_task = pod_network.then(|| {
+        tokio::spawn(dns::run(
+            shared.clone(),
+            dns::upstreams(&settings.dns_upstreams),
+            stopped(stop_rx.clone()),
+        ))
+    });
 
     let kubelet_task = tokio::spawn(crate::kubelet::run(
         shared.clone(),
@@ -288,7 +291,9 @@ pub async fn run(
     }
     let _ = controllers_task.await;
     let _ = ipam_task.await;
-    let _ = dns_task.await;
+    if let Some(t) = dns_task {
+        let _ = t.await;
+    }
     if let Some(t) = routes_task {
         let _ = t.await;
     }

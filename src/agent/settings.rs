@@ -236,12 +236,24 @@ mod tests {
         use DnsUpstream::*;
         let server = |s: &str| Server(s.parse().unwrap());
         assert_eq!(DnsUpstream::parse("10.0.0.2"), Ok(server("10.0.0.2:53")));
-        assert_eq!(DnsUpstream::parse("10.0.0.2:5353"), Ok(server("10.0.0.2:5353")));
+        assert_eq!(
+            DnsUpstream::parse("10.0.0.2:5353"),
+            Ok(server("10.0.0.2:5353"))
+        );
         assert_eq!(DnsUpstream::parse("fd00::1"), Ok(server("[fd00::1]:53")));
-        assert_eq!(DnsUpstream::parse("[fd00::1]:54"), Ok(server("[fd00::1]:54")));
+        assert_eq!(
+            DnsUpstream::parse("[fd00::1]:54"),
+            Ok(server("[fd00::1]:54"))
+        );
         assert_eq!(DnsUpstream::parse("none"), Ok(None));
         assert_eq!(DnsUpstream::parse("default"), Ok(Default));
-        for bad in ["", "dns.google", "10.0.0.2:0", "10.0.0.2:70000", "10.0.0.300"] {
+        for bad in [
+            "",
+            "dns.google",
+            "10.0.0.2:0",
+            "10.0.0.2:70000",
+            "10.0.0.300",
+        ] {
             let err = DnsUpstream::parse(bad).unwrap_err();
             assert!(err.contains("expected IP"), "{bad}: {err}");
         }

@@ -234,7 +234,9 @@ fn limit(request: &Message, transport: Transport) -> usize {
     match transport {
         Transport::Tcp => u16::MAX as usize,
         Transport::Udp => match &request.edns {
-            Some(edns) => (edns.max_payload() as usize).clamp(CLASSIC_UDP_RESPONSE, MAX_UDP_RESPONSE),
+            Some(edns) => {
+                (edns.max_payload() as usize).clamp(CLASSIC_UDP_RESPONSE, MAX_UDP_RESPONSE)
+            }
             None => CLASSIC_UDP_RESPONSE,
         },
     }
@@ -292,8 +294,7 @@ pub fn upstream_reply_matches(query: &[u8], reply: &[u8]) -> bool {
     let questions = |bytes: &[u8]| -> Option<(Header, Vec<Query>)> {
         let mut decoder = BinDecoder::new(bytes);
         let header = Header::read(&mut decoder).ok()?;
-        let queries =
-            Message::read_queries(&mut decoder, header.counts.queries as usize).ok()?;
+        let queries = Message::read_queries(&mut decoder, header.counts.queries as usize).ok()?;
         Some((header, queries))
     };
     let (Some((qh, qq)), Some((rh, rq))) = (questions(query), questions(reply)) else {

@@ -5,8 +5,12 @@
 pub mod answer;
 pub mod zone;
 
-pub use answer::{respond, servfail, upstream_reply_matches, with_id, Decision, Transport, MAX_QUERY, TTL};
-pub use zone::{dashed, entries, HeadlessEndpoint, NamedPort, ServiceEntry, ServiceTarget, Zone, ZoneRecord};
+pub use answer::{
+    respond, servfail, upstream_reply_matches, with_id, Decision, Transport, MAX_QUERY, TTL,
+};
+pub use zone::{
+    dashed, entries, HeadlessEndpoint, NamedPort, ServiceEntry, ServiceTarget, Zone, ZoneRecord,
+};
 
 #[cfg(test)]
 mod tests;

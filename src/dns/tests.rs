@@ -127,7 +127,11 @@ fn service_names_resolve_to_the_cluster_ip() {
         "web.shop.svc.cluster.local",
     ] {
         let reply = ask(name, RecordType::A);
-        assert_eq!(reply.metadata.response_code, ResponseCode::NoError, "{name}");
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NoError,
+            "{name}"
+        );
         assert!(reply.metadata.authoritative);
         assert_eq!(reply.metadata.id, 0x1234);
         assert_eq!(reply.metadata.message_type, MessageType::Response);
@@ -152,7 +156,11 @@ fn service_names_resolve_to_the_cluster_ip() {
 fn search_list_expansions_of_every_short_form() {
     // A pod in `shop` has `search shop.svc.cluster.local svc.cluster.local cluster.local` and
     // ndots:5, so every form below is tried with each suffix in turn until one answers.
-    let search = ["shop.svc.cluster.local", "svc.cluster.local", "cluster.local"];
+    let search = [
+        "shop.svc.cluster.local",
+        "svc.cluster.local",
+        "cluster.local",
+    ];
     let resolve = |short: &str| -> Vec<Ipv4Addr> {
         for suffix in search {
             let reply = ask(&format!("{short}.{suffix}."), RecordType::A);
@@ -180,7 +188,11 @@ fn search_list_expansions_of_every_short_form() {
         "web.shop.svc.cluster.local.cluster.local.cluster.local.",
     ] {
         let reply = ask(name, RecordType::A);
-        assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain, "{name}");
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NXDomain,
+            "{name}"
+        );
         assert!(reply.metadata.authoritative);
         assert!(reply.answers.is_empty());
         match reply.authorities.first().map(|r| &r.data) {
@@ -207,10 +219,17 @@ fn existing_names_of_other_types_have_no_data() {
         ("_tcp.web.shop.svc.cluster.local.", RecordType::SRV),
     ] {
         let reply = ask(name, qtype);
-        assert_eq!(reply.metadata.response_code, ResponseCode::NoError, "{name} {qtype}");
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NoError,
+            "{name} {qtype}"
+        );
         assert!(reply.answers.is_empty(), "{name} {qtype}");
         assert!(
-            matches!(reply.authorities.first().map(|r| &r.data), Some(RData::SOA(_))),
+            matches!(
+                reply.authorities.first().map(|r| &r.data),
+                Some(RData::SOA(_))
+            ),
             "{name} {qtype}"
         );
     }
@@ -250,7 +269,11 @@ fn headless_services_answer_their_ready_endpoints() {
             (5432, "10-244-2-7.db.shop.svc.cluster.local.".to_string()),
         ]
     );
-    assert_eq!(srv.additionals.len(), 2, "the targets' addresses come along");
+    assert_eq!(
+        srv.additionals.len(),
+        2,
+        "the targets' addresses come along"
+    );
 }
 
 #[test]
@@ -269,7 +292,10 @@ fn named_ports_have_srv_records() {
     additional.answers = reply.additionals.clone();
     assert_eq!(addresses(&additional), vec![Ipv4Addr::new(10, 96, 0, 10)]);
     // Wrong protocol, unnamed port.
-    for name in ["_http._udp.web.shop.svc.cluster.local.", "_._tcp.web.shop.svc.cluster.local."] {
+    for name in [
+        "_http._udp.web.shop.svc.cluster.local.",
+        "_._tcp.web.shop.svc.cluster.local.",
+    ] {
         assert_eq!(
             ask(name, RecordType::SRV).metadata.response_code,
             ResponseCode::NXDomain,
@@ -328,7 +354,8 @@ fn other_classes_and_opcodes_are_refused() {
     );
     q.set_query_class(DNSClass::CH);
     message.add_query(q);
-    let Decision::Reply(bytes) = respond(&message.to_vec().unwrap(), &zone(), Transport::Udp, false)
+    let Decision::Reply(bytes) =
+        respond(&message.to_vec().unwrap(), &zone(), Transport::Udp, false)
     else {
         panic!()
     };
@@ -337,7 +364,10 @@ fn other_classes_and_opcodes_are_refused() {
         ResponseCode::Refused
     );
     let mut update = Message::new(9, MessageType::Query, OpCode::Update);
-    update.add_query(Query::query(Name::from_ascii("cluster.local.").unwrap(), RecordType::SOA));
+    update.add_query(Query::query(
+        Name::from_ascii("cluster.local.").unwrap(),
+        RecordType::SOA,
+    ));
     let Decision::Reply(bytes) = respond(&update.to_vec().unwrap(), &zone(), Transport::Udp, false)
     else {
         panic!()
@@ -360,7 +390,10 @@ fn other_classes_and_opcodes_are_refused() {
 #[test]
 fn garbage_gets_formerr_or_is_dropped() {
     assert_eq!(respond(&[], &zone(), Transport::Udp, false), Decision::Drop);
-    assert_eq!(respond(&[1, 2, 3], &zone(), Transport::Udp, false), Decision::Drop);
+    assert_eq!(
+        respond(&[1, 2, 3], &zone(), Transport::Udp, false),
+        Decision::Drop
+    );
     // A header claiming one question that is not there.
     let mut bytes = vec![0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
     bytes.extend_from_slice(&[5, b'a']);
@@ -375,7 +408,10 @@ fn garbage_gets_formerr_or_is_dropped() {
     // A response is never answered (no ping-pong between servers).
     let mut response = query_bytes("web.shop.svc.cluster.local.", RecordType::A, false);
     response[2] |= 0x80;
-    assert_eq!(respond(&response, &zone(), Transport::Udp, false), Decision::Drop);
+    assert_eq!(
+        respond(&response, &zone(), Transport::Udp, false),
+        Decision::Drop
+    );
 }
 
 #[test]
@@ -424,13 +460,22 @@ fn upstream_replies_must_match_the_query() {
     let good = reply.to_vec().unwrap();
     assert!(upstream_reply_matches(&query, &good));
     assert!(!upstream_reply_matches(&query, &query), "not a response");
-    assert!(!upstream_reply_matches(&query, &with_id(&good, 1).unwrap()), "other id");
+    assert!(
+        !upstream_reply_matches(&query, &with_id(&good, 1).unwrap()),
+        "other id"
+    );
     let lower = {
         let mut m = reply.clone();
-        m.queries = vec![Query::query(Name::from_ascii("example.com.").unwrap(), RecordType::A)];
+        m.queries = vec![Query::query(
+            Name::from_ascii("example.com.").unwrap(),
+            RecordType::A,
+        )];
         m.to_vec().unwrap()
     };
-    assert!(!upstream_reply_matches(&query, &lower), "case must come back as sent");
+    assert!(
+        !upstream_reply_matches(&query, &lower),
+        "case must come back as sent"
+    );
     assert!(!upstream_reply_matches(&query, &good[..11]));
     let fail = Message::from_vec(&servfail(&query).unwrap()).unwrap();
     assert_eq!(fail.metadata.response_code, ResponseCode::ServFail);

@@ -53,7 +53,11 @@ pub enum ZoneRecord {
     /// Target name, lowercase, without the trailing dot.
     Cname(String),
     /// `0 <weight> port target` (target lowercase, without the trailing dot).
-    Srv { weight: u16, port: u16, target: String },
+    Srv {
+        weight: u16,
+        port: u16,
+        target: String,
+    },
 }
 
 /// The zone: every name under the cluster domain that exists, with its records. Names are
@@ -77,9 +81,7 @@ pub fn dashed(ip: Ipv4Addr) -> String {
 fn is_label(text: &str) -> bool {
     !text.is_empty()
         && text.len() <= 63
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// A name for a CNAME target: dot-separated labels of printable ASCII without spaces,
@@ -88,9 +90,9 @@ fn cname_target(text: &str) -> Option<String> {
     let name = text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase();
     let ok = !name.is_empty()
         && name.len() <= 253
-        && name.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_graphic())
-        });
+        && name
+            .split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_graphic()));
     ok.then_some(name)
 }
 
@@ -99,9 +101,7 @@ impl Zone {
     /// serial (the caller bumps it on every rebuild). Entries with names that are not DNS
     /// labels are skipped.
     pub fn build(domain: &str, serial: u32, services: &[ServiceEntry]) -> Zone {
-        let domain = domain
-            .trim_end_matches('.')
-            .to_ascii_lowercase();
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         let mut zone = Zone {
             domain,
             serial,
