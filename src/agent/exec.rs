@@ -125,11 +125,12 @@ async fn local(config: RuntimeConfig, req: ExecRequest) -> Result<ExecSession, B
     .map_err(|e| BackendError::Unavailable(format!("exec: {e}")))?;
     let id = id?;
     let mut cmd = tokio::process::Command::new(&config.runtime_binary);
-    cmd.arg("--root")
-        .arg(&config.runc_root)
-        .arg("exec")
-        .arg(&id)
-        .args(&req.command);
+    cmd.arg("--root").arg(&config.runc_root).arg("exec");
+    // With a terminal: runc in the foreground with `--tty` makes the container's pty (its own
+    // /dev/pts, so `tty` and job control work) and copies between it and runc's stdio, which
+    // is our pty's slave. A resize goes to our pty, then SIGWINCH tells runc to copy the size.
+    // (runc's --console-socket would hand over the container's pty directly, but only with
+    // --detach, and then nobody could wait for the exit code.)
     let pty = if req.tty {
         let pty = nix::pty::openpty(None, None)
             .map_err(|e| BackendError::Unavailable(format!("openpty: {e}")))?;
@@ -138,6 +139,7 @@ async fn local(config: RuntimeConfig, req: ExecRequest) -> Result<ExecSession, B
             f.try_clone()
                 .map_err(|e| BackendError::Unavailable(format!("pty: {e}")))
         };
+        cmd.arg("--tty");
         cmd.stdin(clone(&slave)?)
             .stdout(clone(&slave)?)
             .stderr(slave);
@@ -149,10 +151,12 @@ async fn local(config: RuntimeConfig, req: ExecRequest) -> Result<ExecSession, B
             .stderr(pipe(req.stderr));
         None
     };
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| BackendError::Unavailable(format!("{}: {e}", config.runtime_binary.display())))?;
+    cmd.arg(&id).args(&req.command).kill_on_drop(true);
+    let child = cmd.spawn().map_err(|e| {
+        BackendError::Unavailable(format!("{}: {e}", config.runtime_binary.display()))
+    })?;
     drop(cmd); // closes our copies of the pty slave
+    let mut child = child;
     let (in_tx, in_rx) = mpsc::channel(QUEUE);
     let (out_tx, out_rx) = mpsc::channel(QUEUE);
     let mut readers = tokio::task::JoinSet::new();
@@ -254,6 +258,12 @@ async fn supervise(
                 Some(ExecInput::Resize { width, height }) => {
                     if let Some(fd) = &winsize {
                         set_winsize(fd, width, height);
+                        if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid),
+                                nix::sys::signal::Signal::SIGWINCH,
+                            );
+                        }
                     }
                 }
                 None => {

@@ -117,8 +117,8 @@ pub trait Backend: Send + Sync + 'static {
         Vec::new()
     }
     /// Opens a `kubectl exec` session in a running container, on this node or (relayed) on
-    /// the node that runs the pod. Errors come before any output: the API answers them as
-    /// plain HTTP errors, before the WebSocket upgrade.
+    /// the node that runs the pod. An error here comes before any output; the API sends it
+    /// as the session's final `Status`.
     fn exec(
         &self,
         _req: super::exec::ExecRequest,

@@ -1,7 +1,8 @@
 //! `kubectl exec` (`GET/POST /api/v1/namespaces/{ns}/pods/{name}/exec`): the query
 //! (`command` repeated, `container`, `stdin`, `stdout`, `stderr`, `tty`) checked against the
-//! pod, a session opened through [`Backend::exec`](super::Backend::exec) *before* the upgrade
-//! (so "pod not found" or "container not running" is a plain HTTP error kubectl prints), then
+//! pod (an unknown pod or container is a plain HTTP error), the upgrade, then a session opened
+//! through [`Backend::exec`](super::Backend::exec) (its errors are a `Status` on the error
+//! channel), then
 //! Kubernetes' WebSocket channel protocol (`v5.channel.k8s.io`, `v4.channel.k8s.io`): every
 //! binary message starts with a channel byte — 0 stdin, 1 stdout, 2 stderr, 3 the final
 //! `Status`, 4 terminal resize, and (v5) 255 "close this channel". The framing functions are
@@ -299,7 +300,6 @@ pub(super) async fn handle(
         stderr,
         tty,
     };
-    let session = state.backend.exec(req).await?;
     let upgrade = upgrade
         .protocols(PROTOCOLS)
         .max_message_size(MAX_MESSAGE_BYTES);
@@ -309,11 +309,13 @@ pub(super) async fn handle(
             PROTOCOLS.join(", ")
         )));
     }
-    let v5 = upgrade
-        .selected_protocol()
-        .is_some_and(|p| p.as_bytes() == PROTOCOLS[0].as_bytes());
     Ok(upgrade
-        .on_upgrade(move |socket| serve(socket, session, command, v5))
+        .on_upgrade(move |socket| async move {
+            // Errors of opening the session go on the error channel: answered as HTTP errors,
+            // kubectl would take them for a failed upgrade and retry with SPDY, hiding them.
+            let session = state.backend.exec(req).await;
+            serve(socket, session, command).await
+        })
         .into_response())
 }
 
@@ -340,10 +342,24 @@ fn pick_container(pod: &Value, asked: Option<String>) -> Result<String, ApiError
 }
 
 /// Pumps one session over the socket until the process exits or the client goes away.
-/// After the exit status, v5 closes the output channels one by one (kubectl reads each to its
-/// end), then the socket closes with 1000 "normal closure" (anything else reads as an error).
-async fn serve(mut socket: WebSocket, session: ExecSession, command: Vec<String>, v5: bool) {
-    let ExecSession { input, mut output } = session;
+/// After the exit status the socket closes with 1000 "normal closure": kubectl reads any other
+/// close as an error of the streams.
+async fn serve(
+    mut socket: WebSocket,
+    session: Result<ExecSession, super::BackendError>,
+    command: Vec<String>,
+) {
+    let ExecSession { input, mut output } = match session {
+        Ok(s) => s,
+        Err(e) => {
+            let out = ExecOutput::Exit(ExecExit::Error(e.to_string()));
+            let _ = socket
+                .send(Message::Binary(encode_output(&out, &command).into()))
+                .await;
+            close(socket).await;
+            return;
+        }
+    };
     loop {
         tokio::select! {
             out = output.recv() => {
@@ -375,14 +391,10 @@ async fn serve(mut socket: WebSocket, session: ExecSession, command: Vec<String>
             },
         }
     }
-    if v5 {
-        for channel in [1u8, 2, 3] {
-            let close = vec![255, channel];
-            if socket.send(Message::Binary(close.into())).await.is_err() {
-                return;
-            }
-        }
-    }
+    close(socket).await;
+}
+
+async fn close(mut socket: WebSocket) {
     let _ = socket
         .send(Message::Close(Some(axum::extract::ws::CloseFrame {
             code: axum::extract::ws::close_code::NORMAL,

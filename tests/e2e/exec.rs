@@ -1,6 +1,6 @@
 //! `kubectl exec` end to end: a command in a running container, through the node that runs it
 //! and relayed through another node; stdout, stderr, stdin and the exit code as kubectl shows
-//! them; a clear error for a container that does not run.
+//! them; a terminal with `-it`; clear errors for a container or pod that does not exist.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -69,6 +69,24 @@ fn kubectl_exec_runs_in_the_container_on_any_node() {
         let out = exec(ctx, &["shell", "--", "printf", "%s|", "a b", "c"], "");
         assert!(out.status.success(), "printf via {ctx}: {out:?}");
         assert_eq!(text(&out.stdout), "a b|c|");
+    }
+
+    // `-it` from a terminal (util-linux `script` gives kubectl one): the command gets a
+    // terminal of the container's own, of the client's size.
+    for ctx in ["n2", "n1"] {
+        let kubectl_cmd = format!(
+            "stty cols 100 rows 30; kubectl --kubeconfig {} --context {ctx} exec -it shell -- sh -c 'tty; stty size; exit 5'",
+            kubeconfig().display()
+        );
+        let out = Command::new("script")
+            .args(["-qec", &kubectl_cmd, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("running script (util-linux)");
+        let stdout = text(&out.stdout);
+        assert!(stdout.contains("/dev/pts/"), "tty via {ctx}: {out:?}");
+        assert!(stdout.contains("30 100"), "terminal size via {ctx}: {out:?}");
+        assert_eq!(out.status.code(), Some(5), "exit code with a tty via {ctx}: {out:?}");
     }
 
     // A container name the pod does not have, and a pod that does not exist.
