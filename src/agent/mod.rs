@@ -10,6 +10,7 @@ pub mod images;
 mod init;
 mod ipam;
 pub(crate) mod node_info;
+pub mod proxy;
 pub mod routes;
 mod settings;
 pub mod services;
@@ -259,6 +260,10 @@ pub async fn run(
     if !pod_network {
         tracing::warn!(%advertise, "pod network off (loopback address or SHOAL_POD_NETWORK=off): pods get no IP of their own");
     }
+    // Service load balancing (nftables) comes with the pod network: agents sharing one host's
+    // network namespace (loopback tests) must not fight over one table.
+    let proxy_task = pod_network
+        .then(|| tokio::spawn(proxy::run(shared.clone(), stopped(stop_rx.clone()))));
     // The node's DNS server listens at the pod gateway, so it too comes with the pod network.
     let dns_task = pod_network.then(|| {
         tokio::spawn(dns::run(
@@ -292,6 +297,9 @@ pub async fn run(
     let _ = controllers_task.await;
     let _ = ipam_task.await;
     if let Some(t) = dns_task {
+        let _ = t.await;
+    }
+    if let Some(t) = proxy_task {
         let _ = t.await;
     }
     if let Some(t) = routes_task {

@@ -93,6 +93,8 @@ fn base(desired: &Desired) -> Ruleset {
     for (name, _) in MAPS {
         r.maps.insert(name.to_string(), BTreeMap::new());
     }
+    // Numeric priorities: nft 1.0.6 accepts `dstnat` only at prerouting (-100 = dstnat,
+    // 100 = srcnat).
     let nat = |hook: &str, priority: &str| {
         format!("type nat hook {hook} priority {priority} ; policy accept ;")
     };
@@ -101,17 +103,17 @@ fn base(desired: &Desired) -> Ruleset {
     let s = |x: &str| vec![x.to_string()];
     r.chain(
         "nat-prerouting",
-        Some(&nat("prerouting", "dstnat")),
+        Some(&nat("prerouting", "-100")),
         s("jump services"),
     );
     r.chain(
         "nat-output",
-        Some(&nat("output", "dstnat")),
+        Some(&nat("output", "-100")),
         s("jump services"),
     );
     r.chain(
         "nat-postrouting",
-        Some(&nat("postrouting", "srcnat")),
+        Some(&nat("postrouting", "100")),
         s("jump masquerading"),
     );
     r.chain(

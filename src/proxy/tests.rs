@@ -254,7 +254,7 @@ fn one_service_with_two_endpoints_golden() {
         "add table ip shoal\ndelete table ip shoal\nadd table ip shoal\nadd map ip shoal service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }\n"
     ));
     assert!(script.contains(
-        "add chain ip shoal nat-prerouting { type nat hook prerouting priority dstnat ; policy accept ; }\n"
+        "add chain ip shoal nat-prerouting { type nat hook prerouting priority -100 ; policy accept ; }\n"
     ));
     assert!(script.contains(&format!(
         "add element ip shoal service-ips {{ 10.96.0.10 . tcp . 80 : goto {svc} }}\n"
