@@ -252,6 +252,8 @@ pub async fn run(
 
     let controllers_task = tokio::spawn(controllers::run(shared.clone(), stopped(stop_rx.clone())));
     let ipam_task = tokio::spawn(ipam::run(shared.clone(), stopped(stop_rx.clone())));
+    // Re-allocates Services that lost an address to a concurrent allocation (leader only).
+    let services_task = tokio::spawn(services::run(shared.clone(), stopped(stop_rx.clone())));
     // The pod network: the node's bridge, sysctls and routes to the other nodes' pods.
     let pod_network = routes::pod_network_enabled(advertise);
     let routes_task = pod_network.then(|| {
@@ -296,6 +298,7 @@ pub async fn run(
     }
     let _ = controllers_task.await;
     let _ = ipam_task.await;
+    let _ = services_task.await;
     if let Some(t) = dns_task {
         let _ = t.await;
     }

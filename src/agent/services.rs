@@ -2,8 +2,12 @@
 //! Service (after settling merged allocation conflicts, `model::service::resolve_conflicts`)
 //! and its endpoints among the pods as the API serves them (same `WorkloadView`). The proxy
 //! and DNS roles call [`snapshot`]; the API computes Endpoints/EndpointSlices the same way.
+//! Also the repair task: on the scheduler leader, a Service that lost its ClusterIP or a
+//! NodePort to a concurrent allocation gets a new one ([`run`]).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -97,6 +101,88 @@ pub fn cluster_ip_conflicts(shared: &Shared) -> Vec<Conflict> {
         .filter_map(|(_, s)| service::parse(s).ok())
         .collect();
     service::resolve_conflicts(&services).1
+}
+
+/// At most one repair round this often, however fast the document changes.
+const MIN_INTERVAL: Duration = Duration::from_millis(500);
+/// A round at least this often, even without changes.
+const TICK: Duration = Duration::from_secs(10);
+
+/// One repair round, on the leader only: re-plans under the write lock (so a fix merged in
+/// between is never overwritten), writes the rewritten Services, and records a Warning event
+/// on each.
+fn repair_round(shared: &Shared) {
+    if shared.view().leader.as_deref() != Some(shared.node_name.as_str()) {
+        return;
+    }
+    let Some(cidr) = shared
+        .doc()
+        .meta()
+        .ok()
+        .flatten()
+        .and_then(|m| m.service_cidr())
+    else {
+        return;
+    };
+    if cluster_ip_conflicts(shared).is_empty() {
+        return;
+    }
+    let version = chrono::Utc::now().timestamp_micros().max(0).to_string();
+    let written = shared.write(|d| {
+        let objects: Vec<Value> = d
+            .list_objects(SERVICES, None)
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        let repairs = service::repairs(&objects, cidr, &version);
+        for r in &repairs {
+            d.put_object(SERVICES, Some(&r.namespace), &r.name, &r.object)?;
+        }
+        Ok(repairs)
+    });
+    match written {
+        Ok(repairs) => {
+            for r in repairs {
+                tracing::warn!(namespace = %r.namespace, name = %r.name, message = %r.message, "Service re-allocated");
+                let involved = crate::model::workload::InvolvedObject {
+                    api_version: "v1".into(),
+                    kind: "Service".into(),
+                    namespace: r.namespace.clone(),
+                    name: r.name.clone(),
+                    uid: r.uid.clone(),
+                };
+                shared.record_event(
+                    &involved,
+                    "Warning",
+                    "AllocationConflict",
+                    &r.message,
+                    "shoal-services",
+                );
+            }
+        }
+        Err(e) => tracing::error!(%e, "re-allocating conflicting Services failed"),
+    }
+}
+
+/// The repair task: a round after document changes (at most every [`MIN_INTERVAL`]) and
+/// every [`TICK`], until `stop` resolves.
+pub async fn run(shared: Arc<Shared>, stop: impl std::future::Future<Output = ()>) {
+    let mut changes = shared.subscribe();
+    tokio::pin!(stop);
+    loop {
+        repair_round(&shared);
+        tokio::select! {
+            biased;
+            _ = &mut stop => return,
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        tokio::select! {
+            biased;
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(MIN_INTERVAL) => {}
+        }
+    }
 }
 
 #[cfg(test)]

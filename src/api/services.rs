@@ -469,6 +469,15 @@ fn key_of(object: &Value) -> (String, String) {
 /// under its write lock.
 pub fn allocate(object: &mut Value, others: &[Value], cidr: Ipv4Net) -> Result<(), Vec<Cause>> {
     let me = key_of(object);
+    // What its stored version already holds stays its own, even if a concurrent allocation
+    // elsewhere gave it to another Service too (the repair task settles that, not an update).
+    let own = others.iter().find(|o| key_of(o) == me);
+    let held_ip = own.and_then(|o| o["spec"]["clusterIP"].as_str().map(str::to_string));
+    let held_ports: BTreeSet<u64> = own
+        .into_iter()
+        .flat_map(|o| o["spec"]["ports"].as_array().into_iter().flatten())
+        .filter_map(|p| p["nodePort"].as_u64())
+        .collect();
     let others: Vec<&Value> = others.iter().filter(|o| key_of(o) != me).collect();
     let taken_ips: BTreeSet<Ipv4Addr> = others
         .iter()
@@ -505,11 +514,15 @@ pub fn allocate(object: &mut Value, others: &[Value], cidr: Ipv4Net) -> Result<(
                             &format!("failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {cidr}"),
                         ))
                     }
-                    Ok(ip) if taken_ips.contains(&ip) => causes.push(invalid(
+                    Ok(ip)
+                        if taken_ips.contains(&ip) && held_ip.as_deref() != Some(requested) =>
+                    {
+                        causes.push(invalid(
                         "spec.clusterIPs".into(),
                         &shown_list,
                         &format!("failed to allocate IP {ip}: provided IP is already allocated"),
-                    )),
+                    ))
+                    }
                     _ => {}
                 }
             }
@@ -527,7 +540,7 @@ pub fn allocate(object: &mut Value, others: &[Value], cidr: Ipv4Net) -> Result<(
         for (i, port) in ports.iter_mut().enumerate() {
             if let Some(n) = port["nodePort"].as_u64().filter(|n| *n != 0) {
                 let n = u16::try_from(n).unwrap_or(0);
-                if taken_ports.contains(&n) {
+                if taken_ports.contains(&n) && !held_ports.contains(&u64::from(n)) {
                     causes.push(invalid(
                         format!("spec.ports[{i}].nodePort"),
                         &port["nodePort"],
@@ -1026,6 +1039,14 @@ mod tests {
         let mut stored = fresh.clone();
         stored["spec"]["clusterIP"] = json!("10.96.0.20");
         allocate(&mut fresh, &[other.clone(), stored], cidr).unwrap();
+        // An update keeps what its stored version holds, even when a concurrent allocation
+        // gave the same to another Service (the repair task settles that).
+        let mut updated = other.clone();
+        updated["metadata"]["name"] = json!("web");
+        default(&mut updated);
+        let mut stored = updated.clone();
+        stored["metadata"]["labels"] = json!({"v": "old"});
+        allocate(&mut updated, &[other.clone(), stored], cidr).unwrap();
         let ip: Ipv4Addr = fresh["spec"]["clusterIP"]
             .as_str()
             .unwrap()

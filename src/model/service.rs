@@ -5,8 +5,8 @@
 //! and no clocks: the API, the proxy and DNS all read Services through here
 //! (`docs/networking.md`, "Services and endpoints").
 
+use core::net::Ipv4Addr;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
 
 use chrono::{DateTime, Utc};
 use ipnet::Ipv4Net;
@@ -487,6 +487,87 @@ pub fn resolve_conflicts(services: &[Service]) -> (Vec<Service>, Vec<Conflict>) 
     (kept, conflicts)
 }
 
+/// A Service given a new ClusterIP or NodePort because it lost its own to a concurrent
+/// allocation ([`resolve_conflicts`]): the object to write back and what to tell its owner.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Repair {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub object: Value,
+    pub message: String,
+}
+
+/// The rewrites that settle every conflict among stored Service `objects`: each loser gets
+/// a free address (or NodePort) picked as at creation, avoiding everything held. Rewritten
+/// objects get `resource_version`. Empty when nothing conflicts.
+pub fn repairs(objects: &[Value], cidr: Ipv4Net, resource_version: &str) -> Vec<Repair> {
+    let parsed: Vec<(Service, &Value)> = objects
+        .iter()
+        .filter_map(|o| parse(o).ok().map(|s| (s, o)))
+        .collect();
+    let services: Vec<Service> = parsed.iter().map(|(s, _)| s.clone()).collect();
+    let (_, conflicts) = resolve_conflicts(&services);
+    let mut taken_ips: BTreeSet<Ipv4Addr> = services.iter().filter_map(|s| s.cluster_ip).collect();
+    let mut taken_ports: BTreeSet<u16> = services
+        .iter()
+        .flat_map(|s| s.ports.iter().filter_map(|p| p.node_port))
+        .collect();
+    let mut out: BTreeMap<(String, String), Repair> = BTreeMap::new();
+    for conflict in conflicts {
+        let Some((service, original)) = parsed.iter().find(|(s, _)| s.key() == conflict.loser)
+        else {
+            continue;
+        };
+        let repair = out.entry(service.key()).or_insert_with(|| Repair {
+            namespace: service.namespace.clone(),
+            name: service.name.clone(),
+            uid: service.uid.clone(),
+            object: (*original).clone(),
+            message: String::new(),
+        });
+        let winner = format!("{}/{}", conflict.winner.0, conflict.winner.1);
+        let note = match conflict.what {
+            Contested::ClusterIp(ip) => {
+                let Some(new) =
+                    pick_cluster_ip(cidr, &service.namespace, &service.name, &taken_ips)
+                else {
+                    continue;
+                };
+                taken_ips.insert(new);
+                repair.object["spec"]["clusterIP"] = Value::from(new.to_string());
+                repair.object["spec"]["clusterIPs"] = Value::from(vec![new.to_string()]);
+                format!("ClusterIP {ip} was allocated concurrently to {winner}, which keeps it; this Service now has {new}")
+            }
+            Contested::NodePort(protocol, port) => {
+                let Some(index) = service
+                    .ports
+                    .iter()
+                    .position(|p| p.protocol == protocol && p.node_port == Some(port))
+                else {
+                    continue;
+                };
+                let Some(new) =
+                    pick_node_port(&service.namespace, &service.name, index, &taken_ports)
+                else {
+                    continue;
+                };
+                taken_ports.insert(new);
+                repair.object["spec"]["ports"][index]["nodePort"] = Value::from(new);
+                format!("NodePort {port}/{} was allocated concurrently to {winner}, which keeps it; this port now has {new}", protocol.as_str())
+            }
+        };
+        if !repair.message.is_empty() {
+            repair.message.push_str("; ");
+        }
+        repair.message.push_str(&note);
+        repair.object["metadata"]["resourceVersion"] = Value::from(resource_version);
+    }
+    out.into_values()
+        .filter(|r| !r.message.is_empty())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -663,6 +744,45 @@ mod tests {
             "spec": {"type": "NodePort", "clusterIP": ip, "ports": [port]},
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn repairs_move_the_losers_only() {
+        let object = |name: &str, created: &str, ip: &str, node_port: u16| {
+            json!({"metadata": {"namespace": "default", "name": name, "uid": name,
+                                "creationTimestamp": created, "resourceVersion": "1"},
+                   "spec": {"type": "NodePort", "clusterIP": ip, "clusterIPs": [ip],
+                            "ports": [{"port": 80, "protocol": "TCP", "nodePort": node_port}]}})
+        };
+        let cidr: Ipv4Net = "10.96.0.0/12".parse().unwrap();
+        let objects = [
+            object("old", "2026-01-01T00:00:00Z", "10.96.0.5", 30001),
+            object("new", "2026-01-02T00:00:00Z", "10.96.0.5", 30002),
+            object("late", "2026-01-03T00:00:00Z", "10.96.0.6", 30001),
+        ];
+        let repairs = repairs(&objects, cidr, "99");
+        let names: Vec<&str> = repairs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["late", "new"]);
+        let late = &repairs[0].object;
+        assert_eq!(late["spec"]["clusterIP"], "10.96.0.6");
+        let moved = late["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+        assert!(moved != 30001 && moved != 30002, "{moved}");
+        assert!(
+            repairs[0].message.contains("NodePort 30001/TCP"),
+            "{}",
+            repairs[0].message
+        );
+        let new = &repairs[1].object;
+        let ip = new["spec"]["clusterIP"].as_str().unwrap();
+        assert!(ip != "10.96.0.5" && ip != "10.96.0.6");
+        assert_eq!(new["spec"]["clusterIPs"], json!([ip]));
+        assert_eq!(new["metadata"]["resourceVersion"], "99");
+        assert!(repairs[1].message.contains("default/old, which keeps it"));
+        // Applied, nothing conflicts any more.
+        let mut fixed = objects.to_vec();
+        fixed[1] = new.clone();
+        fixed[2] = late.clone();
+        assert!(super::repairs(&fixed, cidr, "100").is_empty());
     }
 
     #[test]
