@@ -10,6 +10,7 @@ mod support;
 mod e2e {
     mod exec;
     mod images;
+    mod network;
     mod workloads;
 
     use std::collections::BTreeMap;

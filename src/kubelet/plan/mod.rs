@@ -407,6 +407,15 @@ impl Planner {
         let may_create = !waiting_for_cidr && retry_due;
         if !busy {
             let wants_start = plans.values().any(|p| p.start.is_some());
+            let running: Vec<(String, u32)> = observed
+                .map(|o| {
+                    o.containers
+                        .iter()
+                        .filter(|(_, c)| matches!(c.latest.state, AttemptState::Running { .. }))
+                        .map(|(n, c)| (n.clone(), c.latest.restart))
+                        .collect()
+                })
+                .unwrap_or_default();
             if stale {
                 actions.push(Action::Event {
                     target: target.clone(),
@@ -424,16 +433,7 @@ impl Planner {
                         key: key.to_string(),
                     });
                 }
-            } else if !sandbox_alive && wants_start {
-                let running: Vec<(String, u32)> = observed
-                    .map(|o| {
-                        o.containers
-                            .iter()
-                            .filter(|(_, c)| matches!(c.latest.state, AttemptState::Running { .. }))
-                            .map(|(n, c)| (n.clone(), c.latest.restart))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+            } else if !sandbox_alive && (wants_start || !running.is_empty()) {
                 if running.is_empty() {
                     if may_create {
                         actions.push(Action::CreateSandbox {
@@ -441,7 +441,8 @@ impl Planner {
                         });
                     }
                 } else {
-                    // The sandbox died under running containers: restart the pod cleanly.
+                    // The sandbox died (or was stopped: a stale address) under running
+                    // containers: restart the pod cleanly.
                     for (container, restart) in running {
                         actions.push(Action::KillContainer {
                             key: key.into(),
