@@ -11,6 +11,7 @@ mod e2e {
     mod exec;
     mod images;
     mod network;
+    mod services;
     mod workloads;
 
     use std::collections::BTreeMap;
