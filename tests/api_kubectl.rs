@@ -2301,6 +2301,57 @@ async fn kubectl_services_and_endpoints() {
         );
     }
 
+    // A watch sees web-b become ready: the computed object's resourceVersion covers the pod's
+    // status, so the change shows even if it lands before the watch (from the list's
+    // resourceVersion) starts.
+    let before: Value =
+        serde_json::from_str(&h.ok(&["get", "endpoints", "web", "-o", "json"]).await).unwrap();
+    let mut child = h
+        .command(&["get", "endpoints", "-w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(next_line(&mut lines).await.starts_with("NAME"));
+    assert!(next_line(&mut lines).await.contains("10.244.3.5:8080"));
+    // Ready since a moment later than anything the list saw (status times have second
+    // precision, and the served resourceVersion covers the latest of them).
+    let mut ready = running_status(true, "10.244.3.6", 0);
+    ready["conditions"][1]["lastTransitionTime"] = json!((Utc::now()
+        + chrono::Duration::seconds(5))
+    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    bind(&h, "web-b", "alpha", Some(ready));
+    // (A row of the unchanged object may come first: a watch from the list's version also
+    // reports objects whose version covers the same second.)
+    loop {
+        let update = next_line(&mut lines).await;
+        if update.contains("10.244.3.5:8080,10.244.3.6:8080") {
+            break;
+        }
+        assert!(
+            update.starts_with("web ") && update.contains("10.244.3.5:8080"),
+            "{update}"
+        );
+    }
+    child.kill().await.unwrap();
+    let after: Value =
+        serde_json::from_str(&h.ok(&["get", "endpoints", "web", "-o", "json"]).await).unwrap();
+    let rv = |v: &Value| {
+        v["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert!(rv(&after) > rv(&before), "{before} {after}");
+    bind(
+        &h,
+        "web-b",
+        "alpha",
+        Some(running_status(false, "10.244.3.6", 0)),
+    );
+
     // Endpoints and slices are computed: writes are refused.
     let stderr = h.fails(&["delete", "endpoints", "web"]).await;
     assert!(stderr.contains("MethodNotAllowed"), "{stderr}");

@@ -159,7 +159,7 @@ fn label_key_ok(key: &str) -> bool {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
     };
-    prefix.is_none_or(|p| is_dns1123_subdomain(p)) && label_value_ok(name) && !name.is_empty()
+    prefix.is_none_or(is_dns1123_subdomain) && label_value_ok(name) && !name.is_empty()
 }
 
 /// A label value: empty, or at most 63 alphanumerics, `-`, `_`, `.`, alphanumeric at both ends.

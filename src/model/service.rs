@@ -482,7 +482,7 @@ pub fn resolve_conflicts(services: &[Service]) -> (Vec<Service>, Vec<Conflict>) 
         }
         kept.push(service);
     }
-    kept.sort_by(|a, b| a.key().cmp(&b.key()));
+    kept.sort_by_key(Service::key);
     conflicts.sort();
     (kept, conflicts)
 }
