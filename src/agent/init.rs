@@ -197,3 +197,35 @@ fn restore(
     ));
     Ok((identity, doc, ca, pod_cidr))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::check_service_cidr;
+
+    #[test]
+    fn service_cidrs_are_checked() {
+        assert!(check_service_cidr("10.96.0.0/12", "10.244.0.0/16").is_ok());
+        assert!(check_service_cidr("10.0.0.0/29", "10.244.0.0/16").is_ok());
+        for (cidr, why) in [
+            (
+                "10.96.0.1/12",
+                "host bits are set (did you mean 10.96.0.0/12?)",
+            ),
+            ("10.0.0.0/8", "the prefix must be from /12 to /29"),
+            ("10.0.0.0/30", "the prefix must be from /12 to /29"),
+            ("fd00::/108", "IPv6 Services are not supported yet"),
+            ("10.96.0.0", "expected an IPv4 ADDRESS/PREFIX"),
+            (
+                "10.244.0.0/20",
+                "overlaps the cluster (pod) CIDR 10.244.0.0/16",
+            ),
+            (
+                "10.240.0.0/12",
+                "overlaps the cluster (pod) CIDR 10.244.0.0/16",
+            ),
+        ] {
+            let err = check_service_cidr(cidr, "10.244.0.0/16").unwrap_err();
+            assert!(err.contains(why), "{cidr}: {err}");
+        }
+    }
+}

@@ -274,6 +274,19 @@ fn validate_ports(spec: &Value, causes: &mut Vec<Cause>) {
 /// IPv4 only; on update (`old`), clusterIP and type ExternalName transitions.
 pub fn validate(object: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut causes = Vec::new();
+    // Service names become DNS labels (`NAME.NS.svc`): RFC 1035, so they start with a letter.
+    let name = &object["metadata"]["name"];
+    if name
+        .as_str()
+        .and_then(|n| n.bytes().next())
+        .is_some_and(|b| !b.is_ascii_lowercase())
+    {
+        causes.push(invalid(
+            "metadata.name".into(),
+            name,
+            "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')",
+        ));
+    }
     let spec = &object["spec"];
     let kind = spec["type"].as_str().unwrap_or_default();
     const TYPES: &[&str] = &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"];
@@ -990,6 +1003,10 @@ mod tests {
             f[1].starts_with("spec.selector: Invalid value: \"bad key!\""),
             "{f:?}"
         );
+        let mut digit = svc(json!({"clusterIP": "None"}));
+        digit["metadata"]["name"] = json!("1web");
+        assert!(fields(&validate(&digit, None))[0]
+            .starts_with("metadata.name: Invalid value: \"1web\": a DNS-1035 label"));
         let mut headless = svc(json!({"clusterIP": "None"}));
         default(&mut headless);
         assert!(validate(&headless, None).is_empty());
