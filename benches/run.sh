@@ -3,7 +3,9 @@
 # false deaths at idle, idle cost of an agent. Loopback agents first, then the netns testnet, where
 # the workload benchmarks follow: pod start (beside bare runc), failover of a Deployment after
 # kill -9 of a node, a burst of pods; then the image benchmarks: pull + unpack from a loopback
-# registry beside skopeo + umoci, and the registry egress when 5 testnet nodes start a new image.
+# registry beside skopeo + umoci, and the registry egress when 5 testnet nodes start a new image;
+# Service load balancing: ClusterIP vs pod IP (wrk, iperf3) and rule update cost with 10/100/1,000
+# Services in namespaces of its own, endpoint change → rules on every testnet node.
 #
 #   benches/run.sh [quick|full]      quick ≤ 10 min (default), full ≤ 40 min
 #
@@ -29,11 +31,11 @@ cd "$REPO"
 if [ "$MODE" = quick ]; then
   PROP_WRITES=100; KILLS=5; TN_KILLS=3; IDLE_SECS=20; FALSE_DEATH_MIN="${FALSE_DEATH_MIN:-2}"; RECORD="${RECORD:-0}"
   POD_STARTS=20; FAILOVER_ROUNDS=3; BURST_PODS=100
-  PULL_RUNS=5; EGRESS_ROUNDS=1
+  PULL_RUNS=5; EGRESS_ROUNDS=1; PROXY_ROUNDS=10
 else
   PROP_WRITES=200; KILLS=20; TN_KILLS=10; IDLE_SECS=60; FALSE_DEATH_MIN="${FALSE_DEATH_MIN:-10}"; RECORD="${RECORD:-1}"
   POD_STARTS=50; FAILOVER_ROUNDS=8; BURST_PODS=300
-  PULL_RUNS=9; EGRESS_ROUNDS=3
+  PULL_RUNS=9; EGRESS_ROUNDS=3; PROXY_ROUNDS=30
 fi
 TESTNET="${TESTNET:-auto}"
 
@@ -89,11 +91,15 @@ CLUSTER_EXE="$(cargo build --release --bench cluster --message-format=json 2>"$W
 IMAGES_EXE="$(cargo build --release --bench images --message-format=json 2>"$WORK/build-images.log" |
   jq -r 'select(.reason == "compiler-artifact" and .target.name == "images") | .executable' | tail -1)" || true
 [ -x "$IMAGES_EXE" ] || { tail -n 30 "$WORK/build-images.log" >&2; echo "could not build the images bench" >&2; exit 1; }
+PROXY_EXE="$(cargo build --release --bench proxy --message-format=json 2>"$WORK/build-proxy.log" |
+  jq -r 'select(.reason == "compiler-artifact" and .target.name == "proxy" and .target.kind[0] == "bench") | .executable' | tail -1)" || true
+[ -x "$PROXY_EXE" ] || { tail -n 30 "$WORK/build-proxy.log" >&2; echo "could not build the proxy bench" >&2; exit 1; }
 # Private copies: another build swapping target/release/shoal mid-run would skew the figures.
 mkdir -p "$WORK/bin"
 cp target/release/shoal "$WORK/bin/shoal"
 cp "$CLUSTER_EXE" "$WORK/bin/cluster"
 cp "$IMAGES_EXE" "$WORK/bin/images"
+cp "$PROXY_EXE" "$WORK/bin/proxy"
 BIN="$WORK/bin/shoal"
 COMMIT="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo '+dirty')"
 
@@ -170,6 +176,17 @@ if [ "$WORKLOADS_ONLY" != 1 ]; then
   ibench pull-files-lo pull --content files --size-mib 50 --layers 6 --runs "$PULL_RUNS"
 fi
 
+# --- Service load balancing in namespaces of its own: data path (wrk, iperf3), rule update cost ---
+if [ "$WORKLOADS_ONLY" != 1 ] && [ "$IMAGES_ONLY" != 1 ] && [ "$(id -u)" = 0 ]; then
+  for tool in wrk iperf3; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+      say "installing $tool (apt-get)"
+      apt-get install -y "$tool" >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y "$tool" >/dev/null 2>&1; } || true
+    fi
+  done
+  if [ "$MODE" = quick ]; then run_step proxy-ns "$WORK/bin/proxy" QUICK; else run_step proxy-ns "$WORK/bin/proxy"; fi
+fi
+
 # --- netns testnet -----------------------------------------------------------------------------
 use_testnet=0
 if [ "$TESTNET" != 0 ] && [ "$(id -u)" = 0 ]; then
@@ -187,6 +204,8 @@ if [ "$use_testnet" = 1 ]; then
       bench propagation-tn5 propagation --testnet testnet --nodes 5 --writes "$PROP_WRITES" --rate 5
       bench detection-tn5 detection --testnet testnet --nodes 5 --kills "$TN_KILLS"
       bench idle-tn5 idle --testnet testnet --nodes 5 --secs "$IDLE_SECS" --rate 20
+      # Endpoint change → rules on every node (nft list chain in each node's namespace).
+      run_step proxy-propagation-tn5 "$WORK/bin/proxy" propagation "$PROXY_ROUNDS"
     fi
     if [ "$IMAGES_ONLY" != 1 ]; then
       # Workloads (image shoal.test/busybox:1 imported by up.sh on every node).

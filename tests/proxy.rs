@@ -478,7 +478,7 @@ fn a_flushed_ruleset_is_detected_and_cleanup_removes_the_table() {
     let lab = Lab::new();
     let nft = lab.nft();
     assert!(!nft.table_intact());
-    assert_eq!(nft.delete_table().unwrap(), false, "nothing to delete yet");
+    assert!(!nft.delete_table().unwrap(), "nothing to delete yet");
     apply(&lab, None, &rules(vec![web(&[1], true)]));
     assert!(nft.table_intact());
     lab.exec("node", &["nft", "flush", "table", "ip", "shoal"])
