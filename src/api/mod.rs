@@ -12,7 +12,9 @@
 //! protobuf kubectl's typed clients send; `validation.rs` checks kinds, fields and names
 //! (`typed.rs` decodes workloads through `k8s_openapi` types to find unknown fields and type
 //! errors); `admission.rs` defaults and validates workloads; `workloads.rs` computes their
-//! status on read from [`WorkloadView`]; `scale.rs` serves the `scale` subresource, `logs.rs`
+//! status on read from [`WorkloadView`]; `services.rs` defaults, validates and allocates
+//! Services and computes Endpoints and EndpointSlices on read; `scale.rs` serves the `scale`
+//! subresource, `logs.rs`
 //! pod logs and `images.rs` image import, listing, pulls (NDJSON progress), removal and the
 //! internal-only blob routes peers fetch from; `nodes.rs` renders Node objects;
 //! `watch.rs` streams events by diffing snapshots (computed status included);
