@@ -114,21 +114,31 @@ impl Lab {
         std::fs::create_dir_all(&lab.dir).unwrap();
         std::fs::write(lab.dir.join("index.html"), "hello\n").unwrap();
         let exe = std::env::current_exe().unwrap();
-        let servers: [Vec<String>; 3] = [
+        // Each server twice: the direct runs use one port, the ClusterIP runs (DNAT) another,
+        // so a reused client port never gives a NATed connection the reply tuple of a direct
+        // one still in conntrack (a clash the kernel resolves by dropping the SYN).
+        let mut servers: Vec<Vec<String>> = Vec::new();
+        for port in ["8080", "8082"] {
             // Connection per request: busybox httpd forks per connection, no keep-alive.
-            ["busybox", "httpd", "-f", "-p", "8080", "-h"]
-                .map(String::from)
-                .into_iter()
-                .chain([lab.dir.display().to_string()])
-                .collect(),
+            servers.push(vec![
+                "busybox".into(),
+                "httpd".into(),
+                "-f".into(),
+                "-p".into(),
+                port.into(),
+                "-h".into(),
+                lab.dir.display().to_string(),
+            ]);
+        }
+        for port in ["8081", "8083"] {
             // Keep-alive: this bench's own minimal HTTP/1.1 server.
-            vec![
+            servers.push(vec![
                 exe.display().to_string(),
                 "serve-http".into(),
-                "8081".into(),
-            ],
-            ["iperf3", "-s", "-p", "5201"].map(String::from).to_vec(),
-        ];
+                port.into(),
+            ]);
+        }
+        servers.push(["iperf3", "-s", "-p", "5201"].map(String::from).to_vec());
         for argv in servers {
             lab.servers.push(
                 Command::new("ip")
@@ -288,9 +298,9 @@ fn iperf3(lab: &Lab, addr: &str, secs: u32) -> f64 {
 
 fn data_path(lab: &Lab, rounds: usize, secs: u32) {
     let server = Ipv4Addr::new(10, 244, 1, 11);
-    let mut busybox = service(0, &[server], 8080);
+    let mut busybox = service(0, &[server], 8082);
     busybox.node_port = None;
-    let mut keepalive = service(1, &[server], 8081);
+    let mut keepalive = service(1, &[server], 8083);
     keepalive.node_port = None;
     let mut iperf = service(2, &[server], 5201);
     iperf.node_port = None;
@@ -334,7 +344,7 @@ fn data_path(lab: &Lab, rounds: usize, secs: u32) {
             "http://10.96.0.10:80/",
         ),
     ];
-    println!("#### Data path: client pod → server pod on the same node, straight to the pod IP vs through the ClusterIP (nftables DNAT to the same pod), {rounds} interleaved rounds, medians");
+    println!("#### Data path: client pod → server pod on the same node, straight to the pod IP vs through the ClusterIP (nftables DNAT to the same pod, the same server on a second port), {rounds} interleaved rounds, medians");
     println!();
     println!("| load | path | requests/s | p50 | p99 |");
     println!("|---|---|---|---|---|");
