@@ -339,9 +339,7 @@ async fn forward(query: &[u8], upstreams: &[SocketAddr], transport: Transport) -
     let attempt = async {
         for upstream in upstreams {
             let id: u16 = rand::random();
-            let Some(relayed) = dns::with_id(query, id) else {
-                return None;
-            };
+            let relayed = dns::with_id(query, id)?;
             let exchange = async {
                 match transport {
                     Transport::Udp => exchange_udp(&relayed, *upstream).await,

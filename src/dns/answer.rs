@@ -112,7 +112,7 @@ fn answer_inside(response: &mut Message, question: &Query, key: &str, zone: &Zon
     let mut records = records;
     let mut chain = 0;
     // A CNAME answers every type but CNAME itself; follow it while the target is ours.
-    while qtype != RecordType::CNAME {
+    while qtype != RecordType::CNAME && chain < MAX_CNAME_CHAIN {
         let Some(target) = records.iter().find_map(|r| match r {
             ZoneRecord::Cname(t) => Some(t.clone()),
             _ => None,
@@ -129,7 +129,7 @@ fn answer_inside(response: &mut Message, question: &Query, key: &str, zone: &Zon
         ));
         chain += 1;
         match zone.lookup(&target) {
-            Some(next) if chain < MAX_CNAME_CHAIN && zone.is_inside(&target) => {
+            Some(next) if zone.is_inside(&target) => {
                 owner = target_name;
                 records = next;
             }
