@@ -345,9 +345,26 @@ impl Shell {
                 });
             }
             Action::StopSandbox { key } => {
+                let failures = self.sandbox_failures.clone();
                 self.spawn(key.clone(), key.clone(), move |rt, _| {
-                    if let Err(e) = rt.runtime.stop_sandbox(&key, Duration::from_secs(10)) {
-                        tracing::warn!(%e, %key, "stopping a sandbox");
+                    let result = rt.runtime.stop_sandbox(&key, Duration::from_secs(10));
+                    let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
+                    match result {
+                        Ok(()) => {
+                            failures.remove(&key);
+                        }
+                        Err(e) => {
+                            tracing::warn!(%e, %key, "stopping a sandbox");
+                            let attempts = failures.get(&key).map_or(0, |f| f.attempts) + 1;
+                            failures.insert(
+                                key,
+                                SandboxFailure {
+                                    message: format!("Failed to stop pod sandbox: {e}"),
+                                    at: chrono::Utc::now(),
+                                    attempts,
+                                },
+                            );
+                        }
                     }
                     None
                 });

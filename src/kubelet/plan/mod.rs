@@ -416,7 +416,9 @@ impl Planner {
                         .collect()
                 })
                 .unwrap_or_default();
-            if stale {
+            if stale && !retry_due {
+                // A stop that failed (its DEL) waits for its retry.
+            } else if stale {
                 actions.push(Action::Event {
                     target: target.clone(),
                     warning: false,

@@ -758,3 +758,27 @@ fn sandbox_retries_back_off_to_a_limit() {
     assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
     assert_eq!(sandbox_retry_delay(u32::MAX), MAX_SANDBOX_RETRY);
 }
+
+#[test]
+fn a_failed_stop_of_a_stale_sandbox_waits_for_its_retry() {
+    let mut p = Planner::new();
+    let mut o = observed(&[("a", 0, running(1))], true);
+    o.network = Some(attached("10.244.3.0/24", [10, 244, 3, 7]));
+    let mut w = World::new(Some(desired("Always", &["a"])), Some(o));
+    w.network = Some(Some("10.244.9.0/24".into()));
+    w.failures.insert(
+        "b1".into(),
+        SandboxFailure {
+            message: "Failed to stop pod sandbox: network: CNI plugin bridge DEL failed".into(),
+            at: t(10),
+            attempts: 1,
+        },
+    );
+    let actions = w.plan(&mut p, t(10));
+    assert!(runtime_actions(&actions).is_empty() && events(&actions).is_empty());
+    let actions = w.plan(&mut p, t(11));
+    assert_eq!(
+        runtime_actions(&actions),
+        [&Action::StopSandbox { key: "b1".into() }]
+    );
+}
