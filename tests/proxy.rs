@@ -495,4 +495,20 @@ fn a_flushed_ruleset_is_detected_and_cleanup_removes_the_table() {
     let err = nft.apply("add rule ip shoal services bogus\n").unwrap_err();
     assert!(err.to_string().contains("bogus"), "{err}");
     assert!(nft.table_intact());
+    // `shoal network cleanup`, what an operator runs on a real host, removes it too.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("node"),
+            env!("CARGO_BIN_EXE_shoal"),
+        ])
+        .args(["network", "cleanup"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.contains("deleted"), "{said}");
+    assert!(lab
+        .exec("node", &["nft", "list", "table", "ip", "shoal"])
+        .is_err());
 }

@@ -131,6 +131,19 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Remove what the agent programmed into this host's network: `cleanup` deletes nftables
+    /// table `ip shoal` (Service load balancing and masquerading). Run it after stopping the
+    /// agent for good; a running agent re-creates the table within a minute.
+    Network {
+        #[command(subcommand)]
+        command: NetworkCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCommand {
+    /// Delete nftables table `ip shoal` (needs root and `nft`).
+    Cleanup,
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -259,6 +272,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Shim { attempt } => std::process::exit(crate::runtime::shim::main(&attempt)),
         Command::Sandbox { dir, hostname } => {
             std::process::exit(crate::runtime::sandbox::main(&dir, &hostname))
+        }
+        Command::Network {
+            command: NetworkCommand::Cleanup,
+        } => {
+            let deleted = agent::proxy::Nft::default().delete_table()?;
+            let table = crate::proxy::TABLE;
+            if deleted {
+                eprintln!("deleted nftables table ip {table}");
+            } else {
+                eprintln!("no nftables table ip {table}: nothing to do");
+            }
+            Ok(())
         }
         Command::Backup { output, client } => {
             let rt = tokio::runtime::Builder::new_current_thread()
