@@ -43,20 +43,15 @@ pub async fn open(
     if node == shared.node_name {
         return local(runtime, req).await;
     }
-    let record = shared
-        .doc()
-        .node(&node)
-        .ok()
-        .flatten()
-        .ok_or_else(|| BackendError::Unavailable(format!("node {node} has no record (deleted?)")))?;
+    let record = shared.doc().node(&node).ok().flatten().ok_or_else(|| {
+        BackendError::Unavailable(format!("node {node} has no record (deleted?)"))
+    })?;
     let token = shared.identity.internal_api_token();
     remote(&record.api_addr, &runtime.data_dir, &token, req)
         .await
         .map_err(|e| match e {
             RemoteError::Refused(m) => BackendError::Invalid(m),
-            RemoteError::Unreachable(m) => {
-                BackendError::Unavailable(format!("node {node}: {m}"))
-            }
+            RemoteError::Unreachable(m) => BackendError::Unavailable(format!("node {node}: {m}")),
         })
 }
 
@@ -160,30 +155,32 @@ async fn local(config: RuntimeConfig, req: ExecRequest) -> Result<ExecSession, B
     let (in_tx, in_rx) = mpsc::channel(QUEUE);
     let (out_tx, out_rx) = mpsc::channel(QUEUE);
     let mut readers = tokio::task::JoinSet::new();
-    let (stdin, winsize): (Option<Box<dyn AsyncWrite + Send + Unpin>>, Option<Arc<OwnedFd>>) =
-        match pty {
-            Some(master) => {
-                let (read, write, fd) = pty_halves(master, req.stdin)
-                    .map_err(|e| BackendError::Unavailable(format!("pty: {e}")))?;
-                readers.spawn(pump(read, out_tx.clone(), ExecOutput::Stdout));
-                (write, Some(fd))
+    let (stdin, winsize): (
+        Option<Box<dyn AsyncWrite + Send + Unpin>>,
+        Option<Arc<OwnedFd>>,
+    ) = match pty {
+        Some(master) => {
+            let (read, write, fd) = pty_halves(master, req.stdin)
+                .map_err(|e| BackendError::Unavailable(format!("pty: {e}")))?;
+            readers.spawn(pump(read, out_tx.clone(), ExecOutput::Stdout));
+            (write, Some(fd))
+        }
+        None => {
+            if let Some(out) = child.stdout.take() {
+                readers.spawn(pump(Box::new(out), out_tx.clone(), ExecOutput::Stdout));
             }
-            None => {
-                if let Some(out) = child.stdout.take() {
-                    readers.spawn(pump(Box::new(out), out_tx.clone(), ExecOutput::Stdout));
-                }
-                if let Some(err) = child.stderr.take() {
-                    readers.spawn(pump(Box::new(err), out_tx.clone(), ExecOutput::Stderr));
-                }
-                (
-                    child
-                        .stdin
-                        .take()
-                        .map(|s| Box::new(s) as Box<dyn AsyncWrite + Send + Unpin>),
-                    None,
-                )
+            if let Some(err) = child.stderr.take() {
+                readers.spawn(pump(Box::new(err), out_tx.clone(), ExecOutput::Stderr));
             }
-        };
+            (
+                child
+                    .stdin
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn AsyncWrite + Send + Unpin>),
+                None,
+            )
+        }
+    };
     tokio::spawn(supervise(child, readers, in_rx, stdin, winsize, out_tx));
     Ok(ExecSession {
         input: in_tx,
@@ -224,7 +221,11 @@ async fn pump(
         match from.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                if to.send(wrap(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                if to
+                    .send(wrap(Bytes::copy_from_slice(&buf[..n])))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -300,7 +301,10 @@ async fn terminate(child: &mut tokio::process::Child) {
             nix::sys::signal::Signal::SIGTERM,
         );
     }
-    if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
+    if tokio::time::timeout(KILL_GRACE, child.wait())
+        .await
+        .is_err()
+    {
         let _ = child.start_kill();
     }
 }
@@ -497,9 +501,9 @@ mod tests {
             tty: false,
         };
         let uri: axum::http::Uri = format!("/x?{}", url_query(&req)).parse().unwrap();
-        let (command, container, flags) = crate::api::exec::parse_query(&uri).unwrap();
-        assert_eq!(command, req.command);
-        assert_eq!(container.as_deref(), Some("c 1"));
-        assert_eq!(flags, [true, true, false, false]);
+        let q = crate::api::exec::parse_query(&uri).unwrap();
+        assert_eq!(q.command, req.command);
+        assert_eq!(q.container.as_deref(), Some("c 1"));
+        assert_eq!(q.flags, [true, true, false, false]);
     }
 }

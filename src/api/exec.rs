@@ -49,7 +49,10 @@ pub enum ExecInput {
     Stdin(Bytes),
     /// The client closed its stdin (v5's close signal).
     CloseStdin,
-    Resize { width: u16, height: u16 },
+    Resize {
+        width: u16,
+        height: u16,
+    },
 }
 
 /// From the process to the client; `Exit` is the last.
@@ -75,8 +78,17 @@ pub struct ExecSession {
     pub output: mpsc::Receiver<ExecOutput>,
 }
 
-/// The exec query of a request URI: every `command` value in order, and the flags.
-pub fn parse_query(uri: &Uri) -> Result<(Vec<String>, Option<String>, [bool; 4]), ApiError> {
+/// The exec query of a request: every `command` value in order, the container asked for, and
+/// the streams (`[stdin, stdout, stderr, tty]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecQuery {
+    pub command: Vec<String>,
+    pub container: Option<String>,
+    pub flags: [bool; 4],
+}
+
+/// The exec query of a request URI.
+pub fn parse_query(uri: &Uri) -> Result<ExecQuery, ApiError> {
     let mut command = Vec::new();
     let mut container = None;
     let mut flags = [false; 4];
@@ -115,7 +127,11 @@ pub fn parse_query(uri: &Uri) -> Result<(Vec<String>, Option<String>, [bool; 4])
         // As Kubernetes: with a terminal, stderr is merged into stdout.
         flags[2] = false;
     }
-    Ok((command, container, flags))
+    Ok(ExecQuery {
+        command,
+        container,
+        flags,
+    })
 }
 
 /// `application/x-www-form-urlencoded` pairs, keeping repeated keys.
@@ -262,7 +278,11 @@ pub fn encode_input(input: &ExecInput) -> Vec<u8> {
         ExecInput::CloseStdin => vec![255, 0],
         ExecInput::Resize { width, height } => {
             let mut msg = vec![4];
-            msg.extend_from_slice(json!({"Width": width, "Height": height}).to_string().as_bytes());
+            msg.extend_from_slice(
+                json!({"Width": width, "Height": height})
+                    .to_string()
+                    .as_bytes(),
+            );
             msg
         }
     }
@@ -276,14 +296,17 @@ pub(super) async fn handle(
     uri: Uri,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let (command, container, [stdin, stdout, stderr, tty]) = parse_query(&uri)?;
+    let ExecQuery {
+        command,
+        container,
+        flags: [stdin, stdout, stderr, tty],
+    } = parse_query(&uri)?;
     let info = resources::find("", "v1", "pods").ok_or(ApiError::NoRoute)?;
-    let pod = find_stored(&state, info, Some(&namespace), &name).ok_or_else(|| {
-        ApiError::NotFound {
+    let pod =
+        find_stored(&state, info, Some(&namespace), &name).ok_or_else(|| ApiError::NotFound {
             resource: "pods".into(),
             name: name.clone(),
-        }
-    })?;
+        })?;
     let container = pick_container(&pod, container)?;
     let upgrade = upgrade.map_err(|_| {
         ApiError::BadRequest(
@@ -412,14 +435,14 @@ mod tests {
         let uri: Uri = "/api/v1/namespaces/d/pods/p/exec?command=sh&command=-c&command=echo%20hi%26%26exit+3&container=c&stdout=true&stderr=true"
             .parse()
             .unwrap();
-        let (command, container, flags) = parse_query(&uri).unwrap();
-        assert_eq!(command, ["sh", "-c", "echo hi&&exit 3"]);
-        assert_eq!(container.as_deref(), Some("c"));
-        assert_eq!(flags, [false, true, true, false]);
+        let q = parse_query(&uri).unwrap();
+        assert_eq!(q.command, ["sh", "-c", "echo hi&&exit 3"]);
+        assert_eq!(q.container.as_deref(), Some("c"));
+        assert_eq!(q.flags, [false, true, true, false]);
         let tty: Uri = "/x?command=sh&stdin=true&stdout=true&stderr=true&tty=true"
             .parse()
             .unwrap();
-        assert_eq!(parse_query(&tty).unwrap().2, [true, true, false, true]);
+        assert_eq!(parse_query(&tty).unwrap().flags, [true, true, false, true]);
     }
 
     #[test]
@@ -461,7 +484,10 @@ mod tests {
 
     #[test]
     fn non_zero_exit_reads_as_kubectl_expects() {
-        let s = exit_status(&ExecExit::Code(3), &["sh".into(), "-c".into(), "exit 3".into()]);
+        let s = exit_status(
+            &ExecExit::Code(3),
+            &["sh".into(), "-c".into(), "exit 3".into()],
+        );
         assert_eq!(s["reason"], "NonZeroExitCode");
         assert_eq!(s["details"]["causes"][0]["message"], "3");
         assert_eq!(
