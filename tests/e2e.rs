@@ -8,6 +8,7 @@
 mod support;
 
 mod e2e {
+    mod dns;
     mod exec;
     mod images;
     mod network;
