@@ -19,8 +19,15 @@ up: prereqs build
     kubectl --kubeconfig {{kubeconfig}} apply -f testnet/demo.yaml
     kubectl --kubeconfig {{kubeconfig}} rollout status deploy/hello --timeout=120s
     kubectl --kubeconfig {{kubeconfig}} get deploy,rs,pods -o wide
+    kubectl --kubeconfig {{kubeconfig}} get svc,endpoints hello
+    @echo "--- the Service from the host, through NodePort 30080 on n1 (the kernel spreads connections):"
+    @for i in $(seq 50); do curl -sf --max-time 2 http://10.77.0.11:30080/ >/dev/null && break; sleep 0.2; done
+    @for i in 1 2 3 4 5 6; do curl -sS --max-time 2 http://10.77.0.11:30080/; done
     @echo
     @echo "Use it:  export KUBECONFIG={{kubeconfig}}"
+    @echo "         curl http://10.77.0.12:30080/              # the Service answers on every node's NodePort"
+    @echo "         kubectl exec deploy/hello -- wget -qO- http://hello   # from a pod: DNS name -> ClusterIP"
+    @echo "         kubectl exec -it deploy/hello -- sh       # a shell in a replica"
     @echo "         kubectl get pods -o wide -w               # watch the demo (NODE column); Ctrl-C to stop"
     @echo "         kubectl logs deploy/hello -f              # one replica's log"
     @echo "         kubectl scale deploy/hello --replicas=9   # scale it"
