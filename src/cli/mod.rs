@@ -99,6 +99,17 @@ pub enum Command {
             value_parser = AgentSettings::parse_registry_host
         )]
         insecure_registry: Vec<String>,
+        /// Where the node's DNS server forwards names outside cluster.local: IP[:PORT]
+        /// (repeatable, tried in order), `none` (answer NXDOMAIN at once) or `default` (the
+        /// host's non-loopback /etc/resolv.conf nameservers, the initial setting). Saved.
+        #[arg(
+            long = "dns-upstream",
+            value_name = "IP[:PORT]|none|default",
+            env = "SHOAL_DNS_UPSTREAMS",
+            value_delimiter = ',',
+            value_parser = crate::agent::DnsUpstream::parse
+        )]
+        dns_upstream: Vec<crate::agent::DnsUpstream>,
     },
     /// Print the serving agent's view (epoch, leader, members, document heads) as JSON.
     Status {
@@ -192,6 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 advertise,
                 join: Vec::new(),
                 insecure_registries: Vec::new(),
+                dns_upstreams: None,
             };
             let token = parse_token(token)?;
             let out = agent::init_cluster(&InitOptions {
@@ -237,6 +249,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen_api,
             advertise,
             insecure_registry,
+            dns_upstream,
         } => {
             let opts = RunOptions {
                 data_dir,
@@ -247,6 +260,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 listen_api,
                 advertise,
                 insecure_registries: insecure_registry,
+                dns_upstreams: dns_upstream,
             };
             // Before any thread exists, so every runtime thread inherits it; the shim and the
             // sandbox go back to 0, so containers run at the default priority.
