@@ -4,16 +4,16 @@
 mod backend;
 mod controllers;
 mod datadir;
-mod exec;
 pub mod dns;
+mod exec;
 pub mod images;
 mod init;
 mod ipam;
 pub(crate) mod node_info;
 pub mod proxy;
 pub mod routes;
-mod settings;
 pub mod services;
+mod settings;
 pub mod shared;
 
 use std::net::SocketAddr;
@@ -256,16 +256,15 @@ pub async fn run(
     let services_task = tokio::spawn(services::run(shared.clone(), stopped(stop_rx.clone())));
     // The pod network: the node's bridge, sysctls and routes to the other nodes' pods.
     let pod_network = routes::pod_network_enabled(advertise);
-    let routes_task = pod_network.then(|| {
-        tokio::spawn(routes::run(shared.clone(), stopped(stop_rx.clone())))
-    });
+    let routes_task =
+        pod_network.then(|| tokio::spawn(routes::run(shared.clone(), stopped(stop_rx.clone()))));
     if !pod_network {
         tracing::warn!(%advertise, "pod network off (loopback address or SHOAL_POD_NETWORK=off): pods get no IP of their own");
     }
     // Service load balancing (nftables) comes with the pod network: agents sharing one host's
     // network namespace (loopback tests) must not fight over one table.
-    let proxy_task = pod_network
-        .then(|| tokio::spawn(proxy::run(shared.clone(), stopped(stop_rx.clone()))));
+    let proxy_task =
+        pod_network.then(|| tokio::spawn(proxy::run(shared.clone(), stopped(stop_rx.clone()))));
     // The node's DNS server listens at the pod gateway, so it too comes with the pod network.
     let dns_task = pod_network.then(|| {
         tokio::spawn(dns::run(

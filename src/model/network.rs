@@ -53,10 +53,7 @@ mod tests {
 
     #[test]
     fn gateway_is_the_first_host() {
-        assert_eq!(
-            gateway("10.244.3.0/24"),
-            Some(Ipv4Addr::new(10, 244, 3, 1))
-        );
+        assert_eq!(gateway("10.244.3.0/24"), Some(Ipv4Addr::new(10, 244, 3, 1)));
         assert_eq!(
             gateway("10.244.0.16/28"),
             Some(Ipv4Addr::new(10, 244, 0, 17))

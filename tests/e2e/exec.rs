@@ -21,7 +21,9 @@ fn exec(ctx: &str, args: &[&str], stdin: &str) -> Output {
         .spawn()
         .expect("running kubectl");
     let mut input = child.stdin.take().expect("kubectl stdin");
-    input.write_all(stdin.as_bytes()).expect("writing kubectl stdin");
+    input
+        .write_all(stdin.as_bytes())
+        .expect("writing kubectl stdin");
     drop(input);
     child.wait_with_output().expect("waiting for kubectl")
 }
@@ -42,7 +44,10 @@ fn kubectl_exec_runs_in_the_container_on_any_node() {
     std::fs::write(&path, pod).expect("writing the pod manifest");
     kubectl_ok("n1", &["apply", "-f", path.to_str().expect("utf-8 path")]);
     eventually("pod shell Running", Duration::from_secs(60), || {
-        let phase = kubectl("n1", &["get", "pod", "shell", "-o", "jsonpath={.status.phase}"])?;
+        let phase = kubectl(
+            "n1",
+            &["get", "pod", "shell", "-o", "jsonpath={.status.phase}"],
+        )?;
         (phase == "Running").then_some(()).ok_or(phase)
     });
 
@@ -50,7 +55,13 @@ fn kubectl_exec_runs_in_the_container_on_any_node() {
         // Streams and the exit code, on the pod's node (n2) and relayed through n1.
         let out = exec(
             ctx,
-            &["shell", "--", "sh", "-c", "cat /tmp/file; echo to-stderr >&2; exit 3"],
+            &[
+                "shell",
+                "--",
+                "sh",
+                "-c",
+                "cat /tmp/file; echo to-stderr >&2; exit 3",
+            ],
             "",
         );
         assert_eq!(text(&out.stdout), "marker\n", "stdout via {ctx}: {out:?}");
@@ -61,7 +72,11 @@ fn kubectl_exec_runs_in_the_container_on_any_node() {
         assert_eq!(out.status.code(), Some(3), "exit code via {ctx}: {out:?}");
 
         // stdin reaches the command and its end is seen (cat exits).
-        let out = exec(ctx, &["-i", "shell", "--", "sh", "-c", "tr a-z A-Z"], "hello\nworld\n");
+        let out = exec(
+            ctx,
+            &["-i", "shell", "--", "sh", "-c", "tr a-z A-Z"],
+            "hello\nworld\n",
+        );
         assert!(out.status.success(), "stdin via {ctx}: {out:?}");
         assert_eq!(text(&out.stdout), "HELLO\nWORLD\n", "stdin via {ctx}");
 
@@ -85,8 +100,15 @@ fn kubectl_exec_runs_in_the_container_on_any_node() {
             .expect("running script (util-linux)");
         let stdout = text(&out.stdout);
         assert!(stdout.contains("/dev/pts/"), "tty via {ctx}: {out:?}");
-        assert!(stdout.contains("30 100"), "terminal size via {ctx}: {out:?}");
-        assert_eq!(out.status.code(), Some(5), "exit code with a tty via {ctx}: {out:?}");
+        assert!(
+            stdout.contains("30 100"),
+            "terminal size via {ctx}: {out:?}"
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(5),
+            "exit code with a tty via {ctx}: {out:?}"
+        );
     }
 
     // A container name the pod does not have, and a pod that does not exist.
