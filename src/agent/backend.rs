@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use crate::api::{
     AgentStatus, Backend, BackendError, BoxFuture, LogRequest, LogStream, ObjectKey, WorkloadView,
 };
-use crate::model::workload::{self, keys, PodStatusRecord, SchedulingRecord};
+use crate::model::workload::{keys, PodStatusRecord, SchedulingRecord};
 use crate::model::{NodeView, Readiness};
 use crate::runtime::image::pull::{BlobStream, FetchThrough, PullEvent, PullRequest, Puller};
 use crate::runtime::image::ImageError;
@@ -433,38 +433,10 @@ impl Backend for AgentBackend {
     }
 
     fn pod_logs(&self, req: LogRequest) -> BoxFuture<'static, Result<LogStream, BackendError>> {
-        let binding = self
-            .shared
-            .doc()
-            .binding(&req.namespace, &req.pod)
-            .ok()
-            .flatten();
-        let pod = self
-            .shared
-            .doc()
-            .get_object(workload::PODS, Some(&req.namespace), &req.pod)
-            .ok()
-            .flatten();
-        let Some(pod) = pod else {
-            let what = format!("pods \"{}\"", req.pod);
-            return Box::pin(async move { Err(BackendError::NotFound(what)) });
-        };
-        // Where it runs: the binding, or `spec.nodeName` for pods placed by their author.
-        let node = binding.map(|b| b.node).or_else(|| {
-            pod.pointer("/spec/nodeName")
-                .and_then(|n| n.as_str())
-                .map(String::from)
-        });
-        match node {
-            None => {
-                let msg = format!(
-                    "pod {}/{} is not scheduled to a node yet",
-                    req.namespace, req.pod
-                );
-                Box::pin(async move { Err(BackendError::Invalid(msg)) })
-            }
-            Some(node) if node == self.shared.node_name => self.local_logs(req),
-            Some(node) => self.proxy_logs(&node, req),
+        match super::exec::pod_node(&self.shared, &req.namespace, &req.pod) {
+            Err(e) => Box::pin(async move { Err(e) }),
+            Ok(node) if node == self.shared.node_name => self.local_logs(req),
+            Ok(node) => self.proxy_logs(&node, req),
         }
     }
 
