@@ -6,8 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use super::shared::Shared;
 use crate::model::ipam;
 
@@ -82,21 +80,10 @@ fn round(shared: &Shared, logged: &mut Logged) {
 
 /// Runs until `stop` resolves.
 pub async fn run(shared: Arc<Shared>, stop: impl std::future::Future<Output = ()>) {
-    tokio::pin!(stop);
-    let mut changes = shared.subscribe();
     let mut logged = Logged::default();
-    loop {
-        let started = Instant::now();
-        changes.borrow_and_update();
+    super::shared::rounds(&shared, stop, MIN_INTERVAL, TICK, || {
         round(&shared, &mut logged);
-        tokio::select! {
-            _ = &mut stop => return,
-            r = changes.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(TICK) => {}
-        }
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = tokio::time::sleep_until(started + MIN_INTERVAL) => {}
-        }
-    }
+        std::future::ready(())
+    })
+    .await;
 }

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use tokio::time::Instant;
 
 use super::shared::Shared;
 use crate::model::network::{self, BRIDGE};
@@ -295,28 +294,18 @@ fn round(shared: &Shared, logged: &mut Logged) {
 
 /// Runs until `stop` resolves.
 pub async fn run(shared: Arc<Shared>, stop: impl std::future::Future<Output = ()>) {
-    tokio::pin!(stop);
-    let mut changes = shared.subscribe();
     let logged = Arc::new(std::sync::Mutex::new(Logged::default()));
-    loop {
-        let started = Instant::now();
-        changes.borrow_and_update();
+    super::shared::rounds(&shared, stop, MIN_INTERVAL, TICK, || {
         let (s, l) = (shared.clone(), logged.clone());
-        let _ = tokio::task::spawn_blocking(move || {
-            let mut l = l.lock().unwrap_or_else(|p| p.into_inner());
-            round(&s, &mut l)
-        })
-        .await;
-        tokio::select! {
-            _ = &mut stop => return,
-            r = changes.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(TICK) => {}
+        async move {
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut l = l.lock().unwrap_or_else(|p| p.into_inner());
+                round(&s, &mut l)
+            })
+            .await;
         }
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = tokio::time::sleep_until(started + MIN_INTERVAL) => {}
-        }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

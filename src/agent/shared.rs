@@ -243,3 +243,33 @@ impl Shared {
         self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
+
+/// Runs `round` now, then again after document changes (at most once per `min_interval`) and at
+/// least every `tick`, until `stop` resolves or the change channel closes.
+pub async fn rounds<F, Fut>(
+    shared: &Shared,
+    stop: impl std::future::Future<Output = ()>,
+    min_interval: std::time::Duration,
+    tick: std::time::Duration,
+    mut round: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    tokio::pin!(stop);
+    let mut changes = shared.subscribe();
+    loop {
+        let started = tokio::time::Instant::now();
+        changes.borrow_and_update();
+        round().await;
+        tokio::select! {
+            _ = &mut stop => return,
+            r = changes.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(tick) => {}
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep_until(started + min_interval) => {}
+        }
+    }
+}
