@@ -46,7 +46,7 @@ fn require_tools() {
         nix::unistd::geteuid().is_root(),
         "tests/proxy.rs needs root (network namespaces, nftables)"
     );
-    for tool in ["ip", "nft", "busybox"] {
+    for tool in ["ip", "ss", "nft", "busybox"] {
         assert!(
             Command::new("sh")
                 .args(["-c", &format!("command -v {tool}")])
@@ -429,7 +429,17 @@ fn established_connections_survive_a_full_replace() {
     tcp.backends[0].port = 9000;
     let before = rules(vec![tcp.clone()]);
     apply(&lab, None, &before);
-    std::thread::sleep(Duration::from_millis(200)); // nc listening
+    // Wait for nc to listen (a probe connection would use up the one it accepts).
+    let listening = (0..250).any(|_| {
+        let up = lab
+            .exec("p2", &["ss", "-Hltn", "sport = :9000"])
+            .is_ok_and(|out| !out.trim().is_empty());
+        if !up {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        up
+    });
+    assert!(listening, "busybox nc never listened on :9000 in p2");
     let mut client = Command::new("ip")
         .args([
             "netns",
