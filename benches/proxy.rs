@@ -150,7 +150,26 @@ impl Lab {
                     .unwrap(),
             );
         }
-        std::thread::sleep(Duration::from_millis(300));
+        // Wait until all five listen.
+        let ports = ["8080", "8081", "8082", "8083", "5201"];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for port in ports {
+            let filter = format!("sport = :{port}");
+            while sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &lab.ns("srv"),
+                "ss",
+                "-Hltn",
+                &filter,
+            ])
+            .map_or(true, |out| out.trim().is_empty())
+            {
+                assert!(Instant::now() < deadline, "no server listens on :{port}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         lab
     }
 }
