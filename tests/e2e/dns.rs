@@ -6,6 +6,7 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use super::workloads::apply;
 use crate::support::*;
 
 /// Time for a pod to start, or for a change to reach a node's zone.
@@ -28,12 +29,6 @@ fn exec(ctx: &str, pod: &str, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("running kubectl exec")
-}
-
-fn apply_json(ctx: &str, file: &str, manifest: &str) {
-    let path = run_dir().join(file);
-    std::fs::write(&path, manifest).expect("writing a manifest");
-    kubectl_ok(ctx, &["apply", "-f", path.to_str().expect("utf-8 path")]);
 }
 
 fn service(name: &str) -> String {
@@ -81,11 +76,11 @@ fn resolves_to(pod: &str, name: &str, ip: &str) -> Result<String, String> {
 #[test]
 fn pods_resolve_services_by_every_name_form() {
     let _tn = Testnet::up(3);
-    apply_json("n1", "dns-web.json", &service("web"));
+    apply("n1", &service("web"));
     let ip = cluster_ip("n1", "web");
     let clients = [("dns-client-1", "n1"), ("dns-client-3", "n3")];
     for (pod, node) in clients {
-        apply_json("n1", &format!("{pod}.json"), &client_pod(pod, node));
+        apply("n1", &client_pod(pod, node));
     }
     for (pod, _) in clients {
         eventually(&format!("pod {pod} Running"), WAIT, || {
@@ -184,7 +179,7 @@ fn pods_resolve_services_by_every_name_form() {
     }
 
     // A Service created now resolves everywhere; deleted, it stops resolving.
-    apply_json("n3", "dns-late.json", &service("late"));
+    apply("n3", &service("late"));
     let late = cluster_ip("n1", "late");
     for (pod, _) in clients {
         eventually(&format!("late resolves in {pod}"), WAIT, || {

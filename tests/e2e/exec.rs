@@ -6,6 +6,7 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use super::workloads::apply;
 use crate::support::*;
 
 /// `kubectl exec` with `stdin` fed to it; the whole output, whatever the exit code.
@@ -40,9 +41,7 @@ fn kubectl_exec_runs_in_the_container_on_any_node() {
         "spec": {"nodeName": "n2", "terminationGracePeriodSeconds": 1,
                  "containers": [{"name": "main", "image": "shoal.test/busybox:1",
                                  "command": ["sh", "-c", "echo marker > /tmp/file; sleep 3600"]}]}}"#;
-    let path = run_dir().join("exec-pod.json");
-    std::fs::write(&path, pod).expect("writing the pod manifest");
-    kubectl_ok("n1", &["apply", "-f", path.to_str().expect("utf-8 path")]);
+    apply("n1", pod);
     eventually("pod shell Running", Duration::from_secs(60), || {
         let phase = kubectl(
             "n1",
