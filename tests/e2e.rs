@@ -8,10 +8,14 @@
 mod support;
 
 mod e2e {
+    mod config;
     mod dns;
     mod exec;
     mod images;
     mod network;
+    mod probes;
+    mod rollout;
+    mod security;
     mod services;
     mod workloads;
 
