@@ -204,6 +204,7 @@ async fn pod_lifecycle_with_real_runc() {
         uid: "u-1".into(),
         grace_seconds: 30,
         created_at: chrono::Utc::now(),
+        hooks: Vec::new(),
     };
     let sandbox = rt.create_sandbox(&meta, None).expect("sandbox");
     assert!(sandbox.alive());
@@ -404,6 +405,7 @@ fn pod_network_in_this_namespace() {
         uid: format!("u-{key}"),
         grace_seconds: 5,
         created_at: chrono::Utc::now(),
+        hooks: Vec::new(),
     };
     let cidr = "10.244.3.0/24";
 

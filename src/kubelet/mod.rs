@@ -3,6 +3,7 @@
 //! shell loop that feeds it and carries its actions out through `crate::runtime`.
 
 pub mod plan;
+pub mod prober;
 pub mod pulls;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -110,6 +111,7 @@ struct Shell {
     sandbox_failures: Arc<Mutex<BTreeMap<String, SandboxFailure>>>,
     permits: Arc<Semaphore>,
     wake_tx: mpsc::Sender<()>,
+    probes: Arc<prober::Probes>,
 }
 
 /// Runs the kubelet until `shutdown` resolves. Containers keep running after it returns.
@@ -146,6 +148,12 @@ pub async fn run(
         }
     }
     let (wake_tx, mut wake_rx) = mpsc::channel(64);
+    let probes = Arc::new(prober::Probes::default());
+    let prober = tokio::spawn(prober::run(
+        probes.clone(),
+        config.runtime.clone(),
+        wake_tx.clone(),
+    ));
     let mut shell = Shell {
         shared,
         runtime,
@@ -156,6 +164,7 @@ pub async fn run(
         sandbox_failures: Arc::new(Mutex::new(BTreeMap::new())),
         permits: Arc::new(Semaphore::new(MAX_PARALLEL_ACTIONS)),
         wake_tx,
+        probes,
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -170,6 +179,7 @@ pub async fn run(
         while wake_rx.try_recv().is_ok() {}
         shell.round().await;
     }
+    prober.abort();
     tracing::info!("kubelet stopped (containers keep running)");
 }
 
@@ -219,6 +229,9 @@ impl Shell {
                 })
                 .collect()
         };
+        self.probes
+            .sync(&self.runtime.config, &desired, &observed);
+        let probes = self.probes.snapshot();
         let busy = self.busy().clone();
         let failures = {
             let mut f = self.sandbox_failures();
@@ -235,6 +248,7 @@ impl Shell {
             pod_network: self.runtime.config.cni.is_some(),
             pod_cidr: pod_cidr.as_deref(),
             sandbox_failures: &failures,
+            probes: &probes,
             now: chrono::Utc::now(),
         });
         tracing::debug!(
@@ -299,6 +313,7 @@ impl Shell {
                         .get(&key)
                         .map(|o| o.meta.created_at)
                         .unwrap_or_else(chrono::Utc::now),
+                    hooks: plan::probe::hooked_containers(d.containers()),
                 };
                 let target = plan::EventTarget {
                     namespace: meta.namespace.clone(),
@@ -451,9 +466,29 @@ impl Shell {
                 container,
                 restart,
                 signal,
+                grace,
+                pre_stop,
             } => {
                 let busy_key = plan::container_busy_key(&key, &container);
-                self.spawn(busy_key, key, move |rt, _| {
+                let hook = match (pre_stop, observed.get(&key)) {
+                    (Some(h), Some(o)) => Some(prober::PreStop {
+                        handler: h,
+                        target: prober::target(&self.runtime.config, o, &container, restart),
+                        grace,
+                        pod: plan::EventTarget {
+                            namespace: o.meta.namespace.clone(),
+                            name: o.meta.name.clone(),
+                            uid: o.meta.uid.clone(),
+                        },
+                        container: container.clone(),
+                        handle: tokio::runtime::Handle::current(),
+                    }),
+                    _ => None,
+                };
+                self.spawn(busy_key, key, move |rt, shared| {
+                    if let Some(hook) = hook {
+                        hook.run(&rt.config, &shared);
+                    }
                     if let Err(e) = rt.kill_container_attempt(&container, restart, signal) {
                         tracing::warn!(%e, %container, "signalling a container");
                     }

@@ -127,6 +127,10 @@ pub struct PodMeta {
     /// Seconds between SIGTERM and SIGKILL when the pod is stopped.
     pub grace_seconds: u64,
     pub created_at: DateTime<Utc>,
+    /// The containers with a preStop hook (name, ports and lifecycle only), so the hook also
+    /// runs when the pod is deleted from the document.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<k8s_openapi::api::core::v1::Container>,
 }
 
 /// `sandbox.json` / `shim.pid`: a process and its start time (clock ticks since boot, field 22

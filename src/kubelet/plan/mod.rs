@@ -6,6 +6,7 @@
 //! desired here any more: deleted, bound elsewhere, another uid) — the planner never sees the
 //! membership view at all.
 
+pub mod probe;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -106,11 +107,15 @@ pub enum Action {
         container: String,
         restart: u32,
     },
+    /// Signal an attempt. With `Signal::Term`, the container's preStop hook (if any) runs
+    /// first, bounded by `grace` seconds (the whole stop's budget, as in Kubernetes).
     KillContainer {
         key: String,
         container: String,
         restart: u32,
         signal: Signal,
+        grace: i64,
+        pre_stop: Option<Result<probe::Handler, String>>,
     },
     RemovePod {
         key: String,
@@ -171,6 +176,8 @@ pub struct Inputs<'a> {
     pub pod_cidr: Option<&'a str>,
     /// Sandbox creations that failed, by pod key (cleared by the shell on success).
     pub sandbox_failures: &'a BTreeMap<String, SandboxFailure>,
+    /// The probes of the running attempts and their results so far.
+    pub probes: &'a probe::Tracker,
     pub now: DateTime<Utc>,
 }
 
@@ -201,11 +208,17 @@ pub fn network_not_ready() -> String {
 }
 
 /// The planner's memory between rounds (rebuilt from the restart counts after an agent
-/// restart): current back-off per container, and when each stop began.
+/// restart): current back-off per container, when each stop began (pods, and containers
+/// killed for a failed probe), and when each failing probe was last reported.
 #[derive(Clone, Debug, Default)]
 pub struct Planner {
     backoff: BTreeMap<(String, String), i64>,
     stopping: BTreeMap<String, DateTime<Utc>>,
+    /// Attempts being killed for a failed liveness/startup probe: (pod key, container,
+    /// restart) → when the stop began and its grace period.
+    container_stops: BTreeMap<(String, String, u32), (DateTime<Utc>, i64)>,
+    /// Last `Unhealthy` event per (pod key, container, probe).
+    unhealthy: BTreeMap<(String, String, probe::ProbeKind), DateTime<Utc>>,
 }
 
 /// The waiting message of the pod's first container in a status.
@@ -293,6 +306,17 @@ impl Planner {
             .retain(|k, _| input.observed.contains_key(k) && !input.desired.contains_key(k));
         self.backoff
             .retain(|(k, _), _| input.desired.contains_key(k));
+        self.unhealthy
+            .retain(|(k, _, _), _| input.desired.contains_key(k));
+        self.container_stops.retain(|(k, c, r), _| {
+            input
+                .observed
+                .get(k)
+                .and_then(|o| o.containers.get(c))
+                .is_some_and(|oc| {
+                    oc.latest.restart == *r && !matches!(oc.latest.state, AttemptState::Exited(_))
+                })
+        });
         // Status records of pods no longer here.
         let here: BTreeSet<(String, String)> = input
             .desired
@@ -451,6 +475,8 @@ impl Planner {
                             container,
                             restart,
                             signal: Signal::Kill,
+                            grace: 0,
+                            pre_stop: None,
                         });
                     }
                 }
@@ -465,6 +491,9 @@ impl Planner {
                     }
                 }
             }
+        }
+        if let Some(o) = observed {
+            self.plan_probes(input, desired, o, &target, actions);
         }
         let sandbox_message = if sandbox_ready {
             None
@@ -532,6 +561,19 @@ impl Planner {
                         message: "Error: ImagePullBackOff".into(),
                     });
                 }
+                // A container whose ConfigMap/Secret (or key) is missing (`kubelet::config`).
+                Some("CreateContainerConfigError") => actions.push(Action::Event {
+                    target: target.clone(),
+                    warning: true,
+                    reason: "Failed".into(),
+                    message: format!(
+                        "Error: {}",
+                        plan.image_missing
+                            .as_ref()
+                            .map(|(_, m)| m.as_str())
+                            .unwrap_or_default()
+                    ),
+                }),
                 Some("ErrImageNeverPull") => actions.push(Action::Event {
                     target: target.clone(),
                     warning: true,
@@ -584,6 +626,8 @@ impl Planner {
             name: observed.meta.name.clone(),
             uid: observed.meta.uid.clone(),
         };
+        let grace = i64::try_from(observed.meta.grace_seconds).unwrap_or(30);
+        let hooks = &observed.meta.hooks;
         match self.stopping.get(key) {
             None => {
                 self.stopping.insert(key.into(), input.now);
@@ -594,16 +638,14 @@ impl Planner {
                         reason: "Killing".into(),
                         message: format!("Stopping container {name}"),
                     });
-                    actions.push(Action::KillContainer {
-                        key: key.into(),
-                        container: name.clone(),
-                        restart,
-                        signal: Signal::Term,
-                    });
+                    let pre_stop = hooks
+                        .iter()
+                        .find(|c| &c.name == name)
+                        .and_then(probe::pre_stop_of);
+                    actions.push(first_stop(key, name, restart, grace, pre_stop));
                 }
             }
             Some(&since) => {
-                let grace = i64::try_from(observed.meta.grace_seconds).unwrap_or(30);
                 if input.now >= since + Duration::seconds(grace) {
                     // SIGKILL now, and again every 5 s while anything survives it.
                     self.stopping.insert(
@@ -611,15 +653,128 @@ impl Planner {
                         input.now - Duration::seconds(grace) + Duration::seconds(KILL_REPEAT),
                     );
                     for (name, restart) in live {
-                        actions.push(Action::KillContainer {
-                            key: key.into(),
-                            container: name.clone(),
-                            restart,
-                            signal: Signal::Kill,
-                        });
+                        actions.push(kill(key, name, restart));
                     }
                 }
             }
         }
+    }
+
+    /// Unhealthy events for failing probes (on the first failure of a run of failures, then at
+    /// most every [`probe::UNHEALTHY_REPEAT`] s), and the restart of a running attempt whose
+    /// liveness or startup probe failed: Killing event, preStop + SIGTERM, SIGKILL after the
+    /// grace period (the probe's own, else the pod's), again every 5 s. The attempt then exits
+    /// and restarts under the restart policy like any other exit.
+    fn plan_probes(
+        &mut self,
+        input: &Inputs,
+        desired: &DesiredPod,
+        observed: &ObservedPod,
+        target: &EventTarget,
+        actions: &mut Vec<Action>,
+    ) {
+        let key = desired.key.as_str();
+        for c in desired.containers() {
+            let Some(oc) = observed.containers.get(&c.name) else {
+                continue;
+            };
+            if !matches!(oc.latest.state, AttemptState::Running { .. }) {
+                continue;
+            }
+            let restart = oc.latest.restart;
+            let verdict = input.probes.verdict(key, c, restart);
+            for (kind, since, message) in &verdict.failing {
+                let k = (key.to_string(), c.name.clone(), *kind);
+                let report = self.unhealthy.get(&k).is_none_or(|last| {
+                    *last < *since
+                        || input.now - *last >= Duration::seconds(probe::UNHEALTHY_REPEAT)
+                });
+                if report {
+                    self.unhealthy.insert(k, input.now);
+                    actions.push(Action::Event {
+                        target: target.clone(),
+                        warning: true,
+                        reason: "Unhealthy".into(),
+                        message: format!("{} probe failed: {message}", kind.title()),
+                    });
+                }
+            }
+            let Some((kind, _)) = &verdict.kill else {
+                continue;
+            };
+            if input.busy.contains(key) || input.busy.contains(&container_busy_key(key, &c.name)) {
+                continue;
+            }
+            let skey = (key.to_string(), c.name.clone(), restart);
+            match self.container_stops.get(&skey).copied() {
+                None => {
+                    let grace = verdict
+                        .kill_grace
+                        .unwrap_or_else(|| i64::try_from(desired.grace_seconds()).unwrap_or(30));
+                    self.container_stops.insert(skey, (input.now, grace));
+                    actions.push(Action::Event {
+                        target: target.clone(),
+                        warning: false,
+                        reason: "Killing".into(),
+                        message: format!(
+                            "Container {} failed {} probe, will be restarted",
+                            c.name,
+                            kind.lower()
+                        ),
+                    });
+                    actions.push(first_stop(
+                        key,
+                        &c.name,
+                        restart,
+                        grace,
+                        probe::pre_stop_of(c),
+                    ));
+                }
+                Some((since, grace)) if input.now >= since + Duration::seconds(grace) => {
+                    self.container_stops.insert(
+                        skey,
+                        (
+                            input.now - Duration::seconds(grace) + Duration::seconds(KILL_REPEAT),
+                            grace,
+                        ),
+                    );
+                    actions.push(kill(key, &c.name, restart));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// The first step of stopping an attempt: preStop hook and SIGTERM, or SIGKILL at once with a
+/// grace period of 0.
+fn first_stop(
+    key: &str,
+    container: &str,
+    restart: u32,
+    grace: i64,
+    pre_stop: Option<Result<probe::Handler, String>>,
+) -> Action {
+    if grace <= 0 {
+        return kill(key, container, restart);
+    }
+    Action::KillContainer {
+        key: key.into(),
+        container: container.into(),
+        restart,
+        signal: Signal::Term,
+        grace,
+        pre_stop,
+    }
+}
+
+fn kill(key: &str, container: &str, restart: u32) -> Action {
+    Action::KillContainer {
+        key: key.into(),
+        container: container.into(),
+        restart,
+        signal: Signal::Kill,
+        grace: 0,
+        pre_stop: None,
     }
 }

@@ -1,7 +1,7 @@
 //! The Kubernetes `PodStatus` the planner records: container states (waiting / running /
-//! terminated, lastState, restartCount, ready), the pod phase, conditions (transition times
-//! kept from the last record while a condition holds), hostIP, podIP (the pod's recorded CNI
-//! address) and startTime.
+//! terminated, lastState, restartCount; ready and started from the probes), the pod phase,
+//! conditions (transition times kept from the last record while a condition holds), hostIP,
+//! podIP (the pod's recorded CNI address) and startTime.
 
 use std::collections::BTreeMap;
 
@@ -200,6 +200,18 @@ pub(crate) fn pod_status(
         })
         .collect();
     let mut statuses = statuses;
+    // A running container is started once its startup probe passed, ready once started and
+    // its readiness probe passes (each true without the probe).
+    for (s, c) in statuses.iter_mut().zip(desired.containers()) {
+        let running = observed
+            .and_then(|o| o.containers.get(&c.name))
+            .filter(|oc| matches!(oc.latest.state, AttemptState::Running { .. }));
+        if let Some(oc) = running {
+            let v = input.probes.verdict(&desired.key, c, oc.latest.restart);
+            s["started"] = json!(v.started);
+            s["ready"] = json!(v.ready);
+        }
+    }
     if let Some(message) = sandbox_message {
         // Containers waiting for their sandbox say why.
         for s in &mut statuses {

@@ -38,6 +38,7 @@ fn observed(containers: &[(&str, u32, AttemptState)], sandbox: bool) -> Observed
             uid: "u1".into(),
             grace_seconds: 5,
             created_at: t(0),
+            hooks: Vec::new(),
         },
         sandbox: sandbox.then_some(ProcessRecord {
             pid: 10,
@@ -92,6 +93,7 @@ struct World {
     /// `None`: the pod network is off; `Some(cidr)`: on, with the node's CIDR (if any).
     network: Option<Option<String>>,
     failures: BTreeMap<String, SandboxFailure>,
+    probes: probe::Tracker,
 }
 
 impl World {
@@ -104,6 +106,7 @@ impl World {
             busy: BTreeSet::new(),
             network: None,
             failures: BTreeMap::new(),
+            probes: probe::Tracker::new(),
         }
     }
 
@@ -134,6 +137,7 @@ impl World {
             pod_network: self.network.is_some(),
             pod_cidr: self.network.as_ref().and_then(|c| c.as_deref()),
             sandbox_failures: &self.failures,
+            probes: &self.probes,
             now,
         });
         for a in &actions {
@@ -357,7 +361,9 @@ fn a_lost_binding_stops_the_copy_gracefully_then_removes_it() {
         key: "b1".into(),
         container: "a".into(),
         restart: 0,
-        signal: Signal::Term
+        signal: Signal::Term,
+        grace: 5,
+        pre_stop: None,
     }));
     assert!(actions
         .iter()
@@ -376,7 +382,9 @@ fn a_lost_binding_stops_the_copy_gracefully_then_removes_it() {
             key: "b1".into(),
             container: "a".into(),
             restart: 0,
-            signal: Signal::Kill
+            signal: Signal::Kill,
+            grace: 0,
+            pre_stop: None,
         }]
     );
     assert!(
@@ -711,7 +719,9 @@ fn an_address_outside_the_current_cidr_recreates_the_sandbox() {
             key: "b1".into(),
             container: "a".into(),
             restart: 0,
-            signal: Signal::Kill
+            signal: Signal::Kill,
+            grace: 0,
+            pre_stop: None,
         }]
     );
     // …and once it exited, a new sandbox is made (from the new CIDR, by the shell).
@@ -781,4 +791,340 @@ fn a_failed_stop_of_a_stale_sandbox_waits_for_its_retry() {
         runtime_actions(&actions),
         [&Action::StopSandbox { key: "b1".into() }]
     );
+}
+
+/// A one-container pod "web" (container "a") with these extra container fields.
+fn probed(extra: serde_json::Value, grace: i64) -> DesiredPod {
+    let mut c = serde_json::json!({"name": "a", "image": "img:1"});
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    DesiredPod {
+        key: "b1".into(),
+        pod: serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "u1"},
+            "spec": {"containers": [c], "terminationGracePeriodSeconds": grace}
+        }))
+        .unwrap(),
+    }
+}
+
+/// Runs the due probes of the world's tracker at `now` with `outcome`.
+fn probe_all(w: &mut World, now: DateTime<Utc>, outcome: Result<(), &str>) {
+    for r in w.probes.due(now) {
+        w.probes.record(&r.id, outcome.map_err(str::to_string), now);
+    }
+}
+
+fn sync_probes(w: &mut World) {
+    let mut running = Vec::new();
+    for (key, d) in &w.desired {
+        let Some(o) = w.observed.get(key) else {
+            continue;
+        };
+        for c in d.containers() {
+            if let Some(oc) = o.containers.get(&c.name) {
+                if let AttemptState::Running { started_at } = oc.latest.state {
+                    running.push(probe::RunningAttempt {
+                        pod: key.clone(),
+                        container: c.clone(),
+                        restart: oc.latest.restart,
+                        started_at,
+                    });
+                }
+            }
+        }
+    }
+    w.probes.sync(&running);
+}
+
+fn messages(actions: &[Action], reason: &str) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event {
+                reason: r, message, ..
+            } if r == reason => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_failing_liveness_probe_stops_the_container_with_its_pre_stop_hook_then_restarts_it() {
+    let d = probed(
+        serde_json::json!({
+            "livenessProbe": {"exec": {"command": ["cat", "/tmp/healthy"]},
+                "periodSeconds": 1, "failureThreshold": 3},
+            "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "echo bye"]}}}
+        }),
+        4,
+    );
+    let mut p = Planner::new();
+    let mut w = World::new(Some(d), Some(observed(&[("a", 0, running(0))], true)));
+    sync_probes(&mut w);
+    probe_all(&mut w, t(0), Ok(()));
+    let actions = w.plan(&mut p, t(0));
+    assert!(runtime_actions(&actions).is_empty());
+    assert_eq!(w.status()["containerStatuses"][0]["ready"], true);
+
+    // The first failure: reported once, nothing killed.
+    probe_all(&mut w, t(1), Err("cat: can't open '/tmp/healthy'"));
+    let actions = w.plan(&mut p, t(1));
+    assert_eq!(
+        messages(&actions, "Unhealthy"),
+        ["Liveness probe failed: cat: can't open '/tmp/healthy'"]
+    );
+    assert!(runtime_actions(&actions).is_empty());
+    probe_all(&mut w, t(2), Err("cat: can't open '/tmp/healthy'"));
+    let actions = w.plan(&mut p, t(2));
+    assert!(
+        messages(&actions, "Unhealthy").is_empty(),
+        "not repeated every second"
+    );
+    assert!(runtime_actions(&actions).is_empty());
+
+    // The third: Killing, then preStop + TERM within the pod's grace period.
+    probe_all(&mut w, t(3), Err("cat: can't open '/tmp/healthy'"));
+    let actions = w.plan(&mut p, t(3));
+    assert_eq!(
+        messages(&actions, "Killing"),
+        ["Container a failed liveness probe, will be restarted"]
+    );
+    assert_eq!(
+        runtime_actions(&actions),
+        [&Action::KillContainer {
+            key: "b1".into(),
+            container: "a".into(),
+            restart: 0,
+            signal: Signal::Term,
+            grace: 4,
+            pre_stop: Some(Ok(probe::Handler::Exec {
+                command: vec!["sh".into(), "-c".into(), "echo bye".into()]
+            })),
+        }]
+    );
+    assert!(
+        runtime_actions(&w.plan(&mut p, t(6))).is_empty(),
+        "in the grace period"
+    );
+    assert_eq!(
+        runtime_actions(&w.plan(&mut p, t(7))),
+        [&Action::KillContainer {
+            key: "b1".into(),
+            container: "a".into(),
+            restart: 0,
+            signal: Signal::Kill,
+            grace: 0,
+            pre_stop: None,
+        }]
+    );
+    // It exited: restarted at once (first restart), RESTARTS counts up.
+    w.observed
+        .insert("b1".into(), observed(&[("a", 0, exited(137, 0, 7))], true));
+    sync_probes(&mut w);
+    assert_eq!(starts(&w.plan(&mut p, t(8))), [("a".to_string(), 1)]);
+    w.observed
+        .insert("b1".into(), observed(&[("a", 1, running(8))], true));
+    sync_probes(&mut w);
+    let actions = w.plan(&mut p, t(8));
+    assert!(runtime_actions(&actions).is_empty(), "fresh probe state");
+    assert_eq!(w.status()["containerStatuses"][0]["restartCount"], 1);
+
+    // Failing again: killed again, and this time the restart backs off.
+    for s in 9..12 {
+        probe_all(&mut w, t(s), Err("still"));
+    }
+    let actions = w.plan(&mut p, t(11));
+    assert_eq!(runtime_actions(&actions).len(), 1);
+    assert_eq!(
+        messages(&actions, "Unhealthy"),
+        ["Liveness probe failed: still"]
+    );
+    w.observed
+        .insert("b1".into(), observed(&[("a", 1, exited(143, 8, 12))], true));
+    sync_probes(&mut w);
+    assert!(starts(&w.plan(&mut p, t(13))).is_empty());
+    assert_eq!(
+        w.status()["containerStatuses"][0]["state"]["waiting"]["reason"],
+        "CrashLoopBackOff"
+    );
+    assert_eq!(starts(&w.plan(&mut p, t(22))), [("a".to_string(), 2)]);
+}
+
+#[test]
+fn a_zero_grace_period_kills_at_once_and_a_probe_grace_period_wins() {
+    let d = probed(
+        serde_json::json!({"livenessProbe": {"tcpSocket": {"port": 80},
+            "periodSeconds": 1, "failureThreshold": 1}}),
+        0,
+    );
+    let mut p = Planner::new();
+    let mut w = World::new(Some(d), Some(observed(&[("a", 0, running(0))], true)));
+    sync_probes(&mut w);
+    probe_all(&mut w, t(0), Err("refused"));
+    let actions = w.plan(&mut p, t(0));
+    assert!(matches!(
+        runtime_actions(&actions)[..],
+        [Action::KillContainer {
+            signal: Signal::Kill,
+            ..
+        }]
+    ));
+
+    let d = probed(
+        serde_json::json!({"livenessProbe": {"tcpSocket": {"port": 80},
+            "periodSeconds": 1, "failureThreshold": 1, "terminationGracePeriodSeconds": 2}}),
+        30,
+    );
+    let mut p = Planner::new();
+    let mut w = World::new(Some(d), Some(observed(&[("a", 0, running(0))], true)));
+    sync_probes(&mut w);
+    probe_all(&mut w, t(0), Err("refused"));
+    let actions = w.plan(&mut p, t(0));
+    assert!(matches!(
+        runtime_actions(&actions)[..],
+        [Action::KillContainer {
+            signal: Signal::Term,
+            grace: 2,
+            ..
+        }]
+    ));
+    assert_eq!(
+        runtime_actions(&w.plan(&mut p, t(2))).len(),
+        1,
+        "KILL after 2 s"
+    );
+}
+
+#[test]
+fn readiness_flips_the_ready_condition_without_restarts_and_writes_only_on_flips() {
+    let d = probed(
+        serde_json::json!({"readinessProbe": {"httpGet": {"port": 80, "path": "/ready"},
+            "periodSeconds": 1}}),
+        5,
+    );
+    let mut p = Planner::new();
+    let mut w = World::new(Some(d), Some(observed(&[("a", 0, running(0))], true)));
+    sync_probes(&mut w);
+    let ready = |w: &World| {
+        let s = w.status();
+        let cond = s["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap()["status"]
+            .clone();
+        (s["containerStatuses"][0]["ready"].clone(), cond)
+    };
+    w.plan(&mut p, t(0));
+    assert_eq!(
+        ready(&w),
+        (serde_json::json!(false), serde_json::json!("False"))
+    );
+    assert_eq!(w.status()["containerStatuses"][0]["started"], true);
+    probe_all(&mut w, t(1), Ok(()));
+    w.plan(&mut p, t(1));
+    assert_eq!(
+        ready(&w),
+        (serde_json::json!(true), serde_json::json!("True"))
+    );
+    // Still ready: no write.
+    probe_all(&mut w, t(2), Ok(()));
+    let actions = w.plan(&mut p, t(2));
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::WriteStatus { .. })));
+    // Failing three times in a row: not ready, never killed; one Unhealthy per minute.
+    let mut unhealthy = 0;
+    for s in 3..70 {
+        probe_all(&mut w, t(s), Err("HTTP probe failed with statuscode: 503"));
+        let actions = w.plan(&mut p, t(s));
+        assert!(runtime_actions(&actions).is_empty());
+        unhealthy += messages(&actions, "Unhealthy").len();
+        if s == 5 {
+            assert_eq!(
+                ready(&w),
+                (serde_json::json!(false), serde_json::json!("False"))
+            );
+        }
+    }
+    assert_eq!(unhealthy, 2, "at the first failure and a minute later");
+    probe_all(&mut w, t(70), Ok(()));
+    w.plan(&mut p, t(70));
+    assert_eq!(
+        ready(&w),
+        (serde_json::json!(true), serde_json::json!("True"))
+    );
+    assert_eq!(w.status()["containerStatuses"][0]["restartCount"], 0);
+}
+
+#[test]
+fn a_startup_probe_holds_started_and_ready_back() {
+    let d = probed(
+        serde_json::json!({"startupProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1}}),
+        5,
+    );
+    let mut p = Planner::new();
+    let mut w = World::new(Some(d), Some(observed(&[("a", 0, running(0))], true)));
+    sync_probes(&mut w);
+    w.plan(&mut p, t(0));
+    let cs = &w.status()["containerStatuses"][0];
+    assert_eq!(
+        (cs["started"].clone(), cs["ready"].clone()),
+        (false.into(), false.into())
+    );
+    probe_all(&mut w, t(1), Ok(()));
+    w.plan(&mut p, t(1));
+    let cs = &w.status()["containerStatuses"][0];
+    assert_eq!(
+        (cs["started"].clone(), cs["ready"].clone()),
+        (true.into(), true.into())
+    );
+}
+
+#[test]
+fn deleting_a_pod_runs_the_recorded_pre_stop_hook_then_kills() {
+    let hooked = probed(
+        serde_json::json!({"lifecycle": {"preStop": {"httpGet": {"port": 8080, "path": "/quit"}}}}),
+        5,
+    );
+    let mut o = observed(&[("a", 0, running(0))], true);
+    o.meta.hooks = probe::hooked_containers(hooked.containers());
+    let mut p = Planner::new();
+    let mut w = World::new(None, Some(o));
+    let actions = w.plan(&mut p, t(10));
+    assert_eq!(
+        runtime_actions(&actions),
+        [&Action::KillContainer {
+            key: "b1".into(),
+            container: "a".into(),
+            restart: 0,
+            signal: Signal::Term,
+            grace: 5,
+            pre_stop: Some(Ok(probe::Handler::Http {
+                scheme: "HTTP".into(),
+                host: None,
+                port: 8080,
+                path: "/quit".into(),
+                headers: vec![],
+            })),
+        }]
+    );
+    // A grace period of 0: SIGKILL at once, no hook.
+    let mut o = observed(&[("a", 0, running(0))], true);
+    o.meta.grace_seconds = 0;
+    o.meta.hooks = probe::hooked_containers(hooked.containers());
+    let mut p = Planner::new();
+    let mut w = World::new(None, Some(o));
+    let actions = w.plan(&mut p, t(10));
+    assert!(matches!(
+        runtime_actions(&actions)[..],
+        [Action::KillContainer {
+            signal: Signal::Kill,
+            pre_stop: None,
+            ..
+        }]
+    ));
 }
