@@ -72,6 +72,196 @@ fn default_container(c: &mut Value) {
             set_default(p, "protocol", json!("TCP"));
         }
     }
+    default_probes(c);
+}
+
+/// Kubernetes' probe defaults (0 counts as unset), and `path: /`, `scheme: HTTP` for httpGet
+/// handlers of probes and lifecycle hooks.
+fn default_probes(c: &mut Value) {
+    for kind in PROBES {
+        let Some(probe) = c.get_mut(kind).filter(|p| p.is_object()) else {
+            continue;
+        };
+        for (field, default) in [
+            ("timeoutSeconds", 1),
+            ("periodSeconds", 10),
+            ("successThreshold", 1),
+            ("failureThreshold", 3),
+        ] {
+            if probe[field].is_null() || probe[field] == 0 {
+                probe[field] = json!(default);
+            }
+        }
+        default_http_get(probe);
+    }
+    for hook in ["postStart", "preStop"] {
+        if let Some(h) = at_mut(c, &["lifecycle", hook]) {
+            default_http_get(h);
+        }
+    }
+}
+
+fn default_http_get(handler: &mut Value) {
+    if let Some(http) = handler.get_mut("httpGet").filter(|h| h.is_object()) {
+        set_default(http, "path", json!("/"));
+        set_default(http, "scheme", json!("HTTP"));
+    }
+}
+
+const PROBES: [&str; 3] = ["livenessProbe", "readinessProbe", "startupProbe"];
+
+/// Kubernetes' `IsValidPortName` (IANA_SVC_NAME) messages for `name`.
+fn port_name_errors(name: &str) -> Vec<&'static str> {
+    let mut errors = Vec::new();
+    if name.len() > 15 {
+        errors.push("must be no more than 15 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        errors.push("must contain only alpha-numerics and '-'");
+    }
+    if !name.bytes().any(|b| b.is_ascii_lowercase()) {
+        errors.push("must contain at least one letter (a-z)");
+    }
+    if name.contains("--") {
+        errors.push("must not contain consecutive hyphens");
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        errors.push("must not begin or end with a hyphen");
+    }
+    errors
+}
+
+/// A handler's port: a number in 1–65535 or an IANA_SVC_NAME.
+fn validate_port(port: &Value, field: String, causes: &mut Vec<Cause>) {
+    match port {
+        Value::Null => causes.push(required(field)),
+        Value::String(name) if name.parse::<i64>().is_err() => {
+            for msg in port_name_errors(name) {
+                causes.push(invalid(field.clone(), port, msg));
+            }
+        }
+        other => {
+            let n = other
+                .as_i64()
+                .or_else(|| other.as_str().and_then(|s| s.parse().ok()));
+            if !n.is_some_and(|n| (1..=65535).contains(&n)) {
+                causes.push(invalid(
+                    field,
+                    port,
+                    "must be between 1 and 65535, inclusive",
+                ));
+            }
+        }
+    }
+}
+
+/// Exactly one handler of `kinds`, each well-formed.
+fn validate_handler(h: &Value, path: &str, kinds: &[&str], causes: &mut Vec<Cause>) {
+    let given: Vec<&str> = kinds.iter().copied().filter(|k| !h[*k].is_null()).collect();
+    match given.as_slice() {
+        [] => causes.push(Cause {
+            reason: "FieldValueRequired".into(),
+            field: path.to_string(),
+            message: "Required value: must specify a handler type".into(),
+        }),
+        [_] => {}
+        [_, second, ..] => causes.push(Cause {
+            reason: "FieldValueForbidden".into(),
+            field: format!("{path}.{second}"),
+            message: "Forbidden: may not specify more than 1 handler type".into(),
+        }),
+    }
+    if !h["exec"].is_null() && h["exec"]["command"].as_array().is_none_or(Vec::is_empty) {
+        causes.push(required(format!("{path}.exec.command")));
+    }
+    for kind in ["httpGet", "tcpSocket"] {
+        if !h[kind].is_null() {
+            validate_port(&h[kind]["port"], format!("{path}.{kind}.port"), causes);
+        }
+    }
+    if let Some(scheme) = h["httpGet"]["scheme"].as_str() {
+        if scheme != "HTTP" && scheme != "HTTPS" {
+            causes.push(unsupported(
+                format!("{path}.httpGet.scheme"),
+                scheme,
+                &["HTTP", "HTTPS"],
+            ));
+        }
+    }
+}
+
+/// Probes and lifecycle hooks, as Kubernetes' `validateProbe` / `validateLifecycle` do.
+fn validate_probes(c: &Value, path: &str, causes: &mut Vec<Cause>) {
+    for kind in PROBES {
+        let probe = &c[kind];
+        if probe.is_null() {
+            continue;
+        }
+        let ppath = format!("{path}.{kind}");
+        validate_handler(
+            probe,
+            &ppath,
+            &["exec", "httpGet", "tcpSocket", "grpc"],
+            causes,
+        );
+        for field in [
+            "initialDelaySeconds",
+            "timeoutSeconds",
+            "periodSeconds",
+            "successThreshold",
+            "failureThreshold",
+        ] {
+            if probe[field].as_i64().is_some_and(|v| v < 0) {
+                causes.push(invalid(
+                    format!("{ppath}.{field}"),
+                    &probe[field],
+                    "must be greater than or equal to 0",
+                ));
+            }
+        }
+        if kind != "readinessProbe" && probe["successThreshold"].as_i64().is_some_and(|v| v != 1) {
+            causes.push(invalid(
+                format!("{ppath}.successThreshold"),
+                &probe["successThreshold"],
+                "must be 1",
+            ));
+        }
+        let grace = &probe["terminationGracePeriodSeconds"];
+        if kind == "readinessProbe" && !grace.is_null() {
+            causes.push(invalid(
+                format!("{ppath}.terminationGracePeriodSeconds"),
+                grace,
+                "must not be set for readinessProbes",
+            ));
+        } else if grace.as_i64().is_some_and(|g| g <= 0) {
+            causes.push(invalid(
+                format!("{ppath}.terminationGracePeriodSeconds"),
+                grace,
+                "must be greater than 0",
+            ));
+        }
+        if !probe["grpc"].is_null() {
+            causes.push(unsupported(
+                format!("{ppath}.grpc"),
+                "grpc",
+                &["exec", "httpGet", "tcpSocket"],
+            ));
+        }
+    }
+    for hook in ["postStart", "preStop"] {
+        let h = &c["lifecycle"][hook];
+        if !h.is_null() {
+            validate_handler(
+                h,
+                &format!("{path}.lifecycle.{hook}"),
+                &["exec", "httpGet", "tcpSocket", "sleep"],
+                causes,
+            );
+        }
+    }
 }
 
 fn default_pod_spec(spec: &mut Value) {
@@ -266,6 +456,7 @@ fn validate_container(
         }
     }
     validate_resources(c, path, causes);
+    validate_probes(c, path, causes);
 }
 
 fn validate_pod_spec(spec: &Value, path: &str, template: bool, causes: &mut Vec<Cause>) {
@@ -673,5 +864,67 @@ mod tests {
             fields(&validate(Workload::Pod, &new_command, Some(&pod))),
             vec!["spec"]
         );
+    }
+
+    #[test]
+    fn probes_and_hooks_are_defaulted_and_checked() {
+        let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{
+            "name": "c", "image": "i",
+            "livenessProbe": {"httpGet": {"port": 70000}, "successThreshold": 2,
+                "periodSeconds": -1},
+            "readinessProbe": {"tcpSocket": {"port": "Web_Port"}},
+            "startupProbe": {"exec": {"command": ["true"]}, "tcpSocket": {"port": 80}},
+            "lifecycle": {"preStop": {}}}]}});
+        default(Workload::Pod, &mut pod);
+        let c = &pod["spec"]["containers"][0];
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/");
+        assert_eq!(c["livenessProbe"]["httpGet"]["scheme"], "HTTP");
+        assert_eq!(c["readinessProbe"]["timeoutSeconds"], 1);
+        assert_eq!(c["readinessProbe"]["failureThreshold"], 3);
+        let causes = validate(Workload::Pod, &pod, None);
+        let p = "spec.containers[0]";
+        let expect = [
+            (
+                format!("{p}.livenessProbe.httpGet.port"),
+                "Invalid value: 70000: must be between 1 and 65535, inclusive",
+            ),
+            (
+                format!("{p}.livenessProbe.periodSeconds"),
+                "Invalid value: -1: must be greater than or equal to 0",
+            ),
+            (
+                format!("{p}.livenessProbe.successThreshold"),
+                "Invalid value: 2: must be 1",
+            ),
+            (
+                format!("{p}.readinessProbe.tcpSocket.port"),
+                "Invalid value: \"Web_Port\": must contain only alpha-numerics and '-'",
+            ),
+            (
+                format!("{p}.startupProbe.tcpSocket"),
+                "Forbidden: may not specify more than 1 handler type",
+            ),
+            (
+                format!("{p}.lifecycle.preStop"),
+                "Required value: must specify a handler type",
+            ),
+        ];
+        for (field, message) in &expect {
+            assert!(
+                causes
+                    .iter()
+                    .any(|c| &c.field == field && c.message == *message),
+                "{field}: {message} not in {causes:?}"
+            );
+        }
+        assert_eq!(causes.len(), expect.len(), "{causes:?}");
+        assert_eq!(
+            port_name_errors("-9"),
+            [
+                "must contain at least one letter (a-z)",
+                "must not begin or end with a hyphen"
+            ]
+        );
+        assert!(port_name_errors("http-alt").is_empty());
     }
 }
