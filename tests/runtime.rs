@@ -173,6 +173,7 @@ async fn pod_lifecycle_with_real_runc() {
         cgroup_parent: format!("/shoal-runtime-test-{}", std::process::id()),
         shoal_binary: PathBuf::from(env!("CARGO_BIN_EXE_shoal")),
         cni: None,
+        host_path_prefixes: Vec::new(),
     };
     let key = "b-0001";
     let _cleanup = Cleanup {
@@ -386,6 +387,7 @@ fn pod_network_in_this_namespace() {
         cgroup_parent: format!("/shoal-runtime-net-test-{}", std::process::id()),
         shoal_binary: PathBuf::from(env!("CARGO_BIN_EXE_shoal")),
         cni: Some(cni.clone()),
+        host_path_prefixes: Vec::new(),
     };
     let _cleanup = Cleanup {
         runtime_config: config.clone(),

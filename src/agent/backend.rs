@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::secrets;
 use super::shared::Shared;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -275,31 +276,51 @@ impl Backend for AgentBackend {
         }
     }
 
+    // Secrets are sealed on the way in and opened on the way out (`agent::secrets`).
     fn list_objects(&self, resource: &str, namespace: Option<&str>) -> Vec<Value> {
+        let id = &self.shared.identity;
         self.shared
             .doc()
             .list_objects(resource, namespace)
             .into_iter()
-            .map(|(_, v)| v)
+            .filter_map(|(p, v)| {
+                secrets::from_stored(id, resource, p.namespace.as_deref(), &p.name, v)
+            })
             .collect()
     }
 
     fn get_object(&self, key: &ObjectKey) -> Option<Value> {
-        self.shared
+        let stored = self
+            .shared
             .doc()
             .get_object(&key.resource, key.namespace.as_deref(), &key.name)
             .ok()
-            .flatten()
+            .flatten()?;
+        secrets::from_stored(
+            &self.shared.identity,
+            &key.resource,
+            key.namespace.as_deref(),
+            &key.name,
+            stored,
+        )
     }
 
     fn put_object(&self, key: &ObjectKey, object: Value) -> Result<(), BackendError> {
+        let stored = secrets::to_stored(
+            &self.shared.identity,
+            &key.resource,
+            key.namespace.as_deref(),
+            &key.name,
+            &object,
+        );
         self.shared
-            .write(|d| d.put_object(&key.resource, key.namespace.as_deref(), &key.name, &object))
+            .write(|d| d.put_object(&key.resource, key.namespace.as_deref(), &key.name, &stored))
             .map_err(state_err)
     }
 
     fn delete_object(&self, key: &ObjectKey) -> Result<Option<Value>, BackendError> {
-        self.shared
+        let old = self
+            .shared
             .write(|d: &mut ClusterDoc| {
                 let old = d.get_object(&key.resource, key.namespace.as_deref(), &key.name)?;
                 if old.is_some() {
@@ -307,7 +328,16 @@ impl Backend for AgentBackend {
                 }
                 Ok(old)
             })
-            .map_err(state_err)
+            .map_err(state_err)?;
+        Ok(old.and_then(|v| {
+            secrets::from_stored(
+                &self.shared.identity,
+                &key.resource,
+                key.namespace.as_deref(),
+                &key.name,
+                v,
+            )
+        }))
     }
 
     fn put_object_with(
@@ -320,14 +350,19 @@ impl Backend for AgentBackend {
         // agent in between is seen, and nothing is written when `complete` refuses.
         self.shared
             .write(|d: &mut ClusterDoc| {
+                let id = &self.shared.identity;
                 let others = d
                     .list_objects(resource, None)
                     .into_iter()
-                    .map(|(_, v)| v)
+                    .filter_map(|(p, v)| {
+                        secrets::from_stored(id, resource, p.namespace.as_deref(), &p.name, v)
+                    })
                     .collect();
                 match complete(others) {
                     Ok(object) => {
-                        d.put_object(&key.resource, key.namespace.as_deref(), &key.name, &object)?;
+                        let (ns, name) = (key.namespace.as_deref(), &key.name);
+                        let stored = secrets::to_stored(id, &key.resource, ns, name, &object);
+                        d.put_object(&key.resource, ns, name, &stored)?;
                         Ok(Ok(object))
                     }
                     Err(e) => Ok(Err(e)),

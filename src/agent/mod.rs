@@ -12,6 +12,7 @@ mod ipam;
 pub(crate) mod node_info;
 pub mod proxy;
 pub mod routes;
+pub mod secrets;
 pub mod services;
 mod settings;
 pub mod shared;
@@ -90,6 +91,10 @@ pub struct RunOptions {
     pub insecure_registries: Vec<String>,
     /// `--dns-upstream` values; replace the stored setting when not empty.
     pub dns_upstreams: Vec<DnsUpstream>,
+    /// `--pod-pids-limit`; replaces the stored setting when given.
+    pub pod_pids_limit: Option<i64>,
+    /// `--allow-host-path` prefixes; replace the stored list when not empty.
+    pub allowed_host_paths: Vec<std::path::PathBuf>,
 }
 
 /// Prepares the data dir for this start: a first start of a joiner writes the identity from
@@ -115,9 +120,23 @@ fn prepare(opts: &RunOptions) -> Result<(DataDir, AgentSettings, ClusterIdentity
     if !opts.insecure_registries.is_empty() {
         settings.insecure_registries = opts.insecure_registries.clone();
     }
+    if let Some(n) = opts.pod_pids_limit {
+        settings.pod_pids_limit = n;
+    }
     if !opts.dns_upstreams.is_empty() {
         settings.dns_upstreams =
             DnsUpstream::setting(&opts.dns_upstreams).map_err(AgentError::Config)?;
+    }
+    if !opts.allowed_host_paths.is_empty() {
+        for p in &opts.allowed_host_paths {
+            if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+                return Err(AgentError::Config(format!(
+                    "--allow-host-path {}: must be an absolute path without '..'",
+                    p.display()
+                )));
+            }
+        }
+        settings.allowed_host_paths = opts.allowed_host_paths.clone();
     }
     if settings.name.is_empty() {
         settings.name = node_info::hostname();
@@ -277,11 +296,11 @@ pub async fn run(
     let kubelet_task = tokio::spawn(crate::kubelet::run(
         shared.clone(),
         crate::kubelet::KubeletConfig {
-            runtime: crate::runtime::RuntimeConfig::from_env(
-                dir.root(),
-                &settings.name,
-                pod_network,
-            ),
+            runtime: crate::runtime::RuntimeConfig {
+                host_path_prefixes: settings.allowed_host_paths.clone(),
+                ..crate::runtime::RuntimeConfig::from_env(dir.root(), &settings.name, pod_network)
+                    .with_pod_pids_limit(settings.pod_pids_limit)
+            },
             node_ip: advertise.to_string(),
             puller,
         },

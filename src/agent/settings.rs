@@ -32,6 +32,13 @@ pub struct AgentSettings {
     /// default) means the host's `/etc/resolv.conf` nameservers that are not loopback, read
     /// at each start; an empty list means nowhere (such names get NXDOMAIN at once).
     pub dns_upstreams: Option<Vec<SocketAddr>>,
+    /// Most processes (threads count) in one container, as the kubelet's `podPidsLimit`
+    /// (`--pod-pids-limit`); 0 or less: no limit. docs/security.md.
+    pub pod_pids_limit: i64,
+    /// Host paths (absolute prefixes) that hostPath volumes may use (`--allow-host-path`).
+    /// Empty, the default: none, because a hostPath gives a pod the host's files (any user
+    /// who may create pods could read the cluster secret in the data dir, or write /etc).
+    pub allowed_host_paths: Vec<std::path::PathBuf>,
 }
 
 impl Default for AgentSettings {
@@ -44,6 +51,8 @@ impl Default for AgentSettings {
             join: Vec::new(),
             insecure_registries: Vec::new(),
             dns_upstreams: None,
+            pod_pids_limit: crate::runtime::DEFAULT_POD_PIDS_LIMIT,
+            allowed_host_paths: Vec::new(),
         }
     }
 }

@@ -110,6 +110,20 @@ pub enum Command {
             value_parser = crate::agent::DnsUpstream::parse
         )]
         dns_upstream: Vec<crate::agent::DnsUpstream>,
+        /// Most processes (threads count) one container may run, like the kubelet's
+        /// podPidsLimit; 0 or less: unlimited. Default 4096 on first start. Saved.
+        #[arg(long = "pod-pids-limit", value_name = "N", env = "SHOAL_POD_PIDS_LIMIT")]
+        pod_pids_limit: Option<i64>,
+        /// A host path prefix hostPath volumes may use (repeatable; the env var takes a
+        /// comma-separated list). Default: none, as any pod could otherwise read the host's
+        /// files (the cluster secret included). Saved with the other settings.
+        #[arg(
+            long = "allow-host-path",
+            value_name = "PREFIX",
+            env = "SHOAL_ALLOW_HOST_PATHS",
+            value_delimiter = ','
+        )]
+        allow_host_path: Vec<PathBuf>,
     },
     /// Print the serving agent's view (epoch, leader, members, document heads) as JSON.
     Status {
@@ -204,6 +218,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 join: Vec::new(),
                 insecure_registries: Vec::new(),
                 dns_upstreams: None,
+                pod_pids_limit: crate::runtime::DEFAULT_POD_PIDS_LIMIT,
+                allowed_host_paths: Vec::new(),
             };
             let token = parse_token(token)?;
             let out = agent::init_cluster(&InitOptions {
@@ -250,6 +266,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             advertise,
             insecure_registry,
             dns_upstream,
+            pod_pids_limit,
+            allow_host_path,
         } => {
             let opts = RunOptions {
                 data_dir,
@@ -261,6 +279,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 advertise,
                 insecure_registries: insecure_registry,
                 dns_upstreams: dns_upstream,
+                pod_pids_limit,
+                allowed_host_paths: allow_host_path,
             };
             // Before any thread exists, so every runtime thread inherits it; the shim and the
             // sandbox go back to 0, so containers run at the default priority.

@@ -2,6 +2,8 @@
 //! (desired pods + observed runtime state + time → actions and status transitions) and the
 //! shell loop that feeds it and carries its actions out through `crate::runtime`.
 
+pub mod config;
+mod objects;
 pub mod plan;
 pub mod prober;
 pub mod pulls;
@@ -105,6 +107,10 @@ struct Shell {
     runtime: Arc<Runtime>,
     pulls: pulls::Pulls,
     node_ip: String,
+    /// ConfigMaps and Secrets: resolution, config errors, volume updates.
+    objects: objects::ObjectsShell,
+    /// This round's resolved container configurations.
+    configs: objects::Configs,
     planner: Planner,
     busy: Arc<Mutex<BTreeSet<String>>>,
     /// Failed sandbox creations by pod key (retry timing and the pods' waiting message).
@@ -158,6 +164,11 @@ pub async fn run(
         shared,
         runtime,
         pulls: pulls::Pulls::new(config.puller.clone()),
+        objects: objects::ObjectsShell::new(
+            config.node_ip.clone(),
+            config.runtime.host_path_prefixes.clone(),
+        ),
+        configs: objects::Configs::new(),
         node_ip: config.node_ip,
         planner: Planner::new(),
         busy: Arc::new(Mutex::new(BTreeSet::new())),
@@ -210,13 +221,18 @@ impl Shell {
         let Ok(observed) = tokio::task::spawn_blocking(move || rt.observe()).await else {
             return;
         };
-        let verdicts = self.pulls.evaluate(
+        let mut verdicts = self.pulls.evaluate(
             &self.shared,
             &desired,
             &observed,
             chrono::Utc::now(),
             &self.wake_tx,
         );
+        self.configs =
+            self.objects
+                .resolve(&self.shared, &desired, &observed, &mut verdicts.states);
+        self.objects
+            .refresh(&self.runtime, &observed, &self.configs, &self.busy().clone());
         let recorded: BTreeMap<(String, String), PodStatusRecord> = {
             let docs = self.shared.status_docs();
             docs.get(&self.shared.node_name)
@@ -405,6 +421,10 @@ impl Shell {
                     name: d.name(),
                     uid: d.uid(),
                 };
+                let Some(config) = self.configs.get(&(key.clone(), container.clone())).cloned()
+                else {
+                    return;
+                };
                 let busy_key = plan::container_busy_key(&key, &container);
                 self.spawn(busy_key, key.clone(), move |rt, shared| {
                     if restart > 1 {
@@ -413,8 +433,17 @@ impl Shell {
                     if let Some(store) = &store {
                         store.touch(image.digest.trim_start_matches("sha256:"));
                     }
-                    match rt.start_container(&key, &pod, &c, &image, restart) {
+                    match rt.start_container_with(&key, &pod, &c, &image, restart, &config) {
                         Ok(StartOutcome::Started { exit }) => {
+                            for warning in &config.skipped {
+                                record_event(
+                                    &shared,
+                                    &target,
+                                    true,
+                                    "InvalidEnvironmentVariableNames",
+                                    warning,
+                                );
+                            }
                             if !just_pulled {
                                 record_event(
                                     &shared,

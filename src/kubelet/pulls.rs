@@ -361,9 +361,8 @@ fn pull_credentials(
     }
     let registry = image.name.split('/').next().unwrap_or_default().to_string();
     let ns = d.namespace();
-    let doc = shared.doc();
     for name in names {
-        let Ok(Some(secret)) = doc.get_object("secrets", Some(&ns), &name) else {
+        let Some(secret) = crate::agent::secrets::get_secret(shared, &ns, &name) else {
             tracing::info!(namespace = %ns, secret = %name, "imagePullSecret not found");
             continue;
         };

@@ -1,7 +1,8 @@
 //! OCI runtime configuration (`config.json`) of one container, from the pod, the container's
 //! spec and its image's config: Kubernetes' command/args rules, env, workingDir, user, the
 //! pod's shared namespaces (joined through the sandbox's `/proc/<pid>/ns/*`), default mounts,
-//! the pod's `/etc/hosts` & co, emptyDir volumes, and a conservative security default.
+//! the pod's `/etc/hosts` & co, its volumes (prepared by `volumes`), and a conservative
+//! security default.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use oci_spec::runtime::{
     ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
+use super::volumes::PreparedVolume;
 use super::{ImageInfo, RuntimeError};
 
 /// Docker's default capability set (what `docker run` grants without `--cap-add`).
@@ -68,7 +70,105 @@ pub struct BundleInput<'a> {
     pub sandbox_pid: i32,
     /// `linux.cgroupsPath`.
     pub cgroups_path: String,
+    /// The container's env as the kubelet resolved it (`kubelet::config`): `envFrom`, then
+    /// `env` with `valueFrom` values filled in.
+    pub env: &'a [EnvEntry],
+    /// The volumes the container mounts, ready on the node (`volumes::prepare`).
+    pub volumes: &'a BTreeMap<String, PreparedVolume>,
 }
+
+/// What the kubelet resolved for one container from ConfigMaps, Secrets and the pod
+/// (`kubelet::config`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResolvedConfig {
+    /// `envFrom` then `env`, in order (later names override earlier ones).
+    pub env: Vec<EnvEntry>,
+    /// The pod's volumes this container mounts, by name.
+    pub volumes: BTreeMap<String, super::volumes::VolumeSource>,
+    /// Whether any value came from a Secret (its OCI config then stays in memory).
+    pub sensitive: bool,
+    /// Kubernetes' warnings for `envFrom` keys that are not valid env names (skipped).
+    pub skipped: Vec<String>,
+}
+
+impl ResolvedConfig {
+    /// The container's literal env and the pod's emptyDir volumes it mounts (no objects).
+    pub fn literal(pod: &Pod, container: &Container) -> Self {
+        let volumes = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|v| {
+                container
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .any(|m| m.name == v.name)
+            })
+            .filter_map(|v| {
+                let e = v.empty_dir.as_ref()?;
+                Some((
+                    v.name.clone(),
+                    super::volumes::VolumeSource::EmptyDir {
+                        memory: e.medium.as_deref() == Some("Memory"),
+                        size_limit: None,
+                    },
+                ))
+            })
+            .collect();
+        ResolvedConfig {
+            env: literal_env(container),
+            volumes,
+            sensitive: false,
+            skipped: Vec::new(),
+        }
+    }
+}
+
+/// One variable of a container's env, in order. `expand`: a literal `value`, subject to
+/// `$(VAR)` expansion; values from `valueFrom`/`envFrom` are taken as they are.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnvEntry {
+    pub name: String,
+    pub value: String,
+    pub expand: bool,
+}
+
+impl std::fmt::Debug for EnvEntry {
+    // Never the value: it may be a Secret's.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EnvEntry({})", self.name)
+    }
+}
+
+/// A container's literal `env` (no `valueFrom`, which needs the kubelet's objects): for
+/// callers without a resolved env.
+pub fn literal_env(container: &Container) -> Vec<EnvEntry> {
+    container
+        .env
+        .iter()
+        .flatten()
+        .filter(|v| v.value_from.is_none())
+        .map(|v| EnvEntry {
+            name: v.name.clone(),
+            value: v.value.clone().unwrap_or_default(),
+            expand: true,
+        })
+        .collect()
+}
+
+/// Node-wide container limits (`RuntimeConfig::limits`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeLimits {
+    /// `linux.resources.pids.limit` of every container (`shoal agent --pod-pids-limit`).
+    pub pids_limit: Option<i64>,
+    /// Whether the host accounts swap per cgroup (v2, or v1 with `memory.memsw.*`): then a
+    /// memory limit also caps memory+swap at the same value, so a container cannot swap past it.
+    pub memory_swap_limit: bool,
+}
+
 
 fn invalid(what: &str, reason: impl Into<String>) -> RuntimeError {
     RuntimeError::Invalid {
@@ -104,9 +204,10 @@ pub fn process_args(container: &Container, image: &ImageInfo) -> Result<Vec<Stri
     Ok(argv)
 }
 
-/// Image env, then the container's env (later names override earlier), `PATH` defaulted,
-/// `HOSTNAME` set to the pod's name.
-pub fn process_env(container: &Container, image: &ImageInfo, hostname: &str) -> Vec<String> {
+/// Image env, then the container's resolved env (later names override earlier; literal values
+/// get `$(VAR)` expansion against what is defined before them), `PATH` defaulted, `HOSTNAME`
+/// set to the pod's name.
+pub fn process_env(env: &[EnvEntry], image: &ImageInfo, hostname: &str) -> Vec<String> {
     let mut order: Vec<String> = Vec::new();
     let mut values: BTreeMap<String, String> = BTreeMap::new();
     fn set(
@@ -132,14 +233,12 @@ pub fn process_env(container: &Container, image: &ImageInfo, hostname: &str) -> 
             set(&mut order, &mut values, k.into(), v.into());
         }
     }
-    for var in container.env.iter().flatten() {
-        // `valueFrom` (fieldRef, secrets) comes with a later issue; such vars are skipped.
-        if let Some(v) = &var.value {
-            let expanded = expand(v, &values);
-            set(&mut order, &mut values, var.name.clone(), expanded);
-        } else if var.value_from.is_none() {
-            set(&mut order, &mut values, var.name.clone(), String::new());
-        }
+    for var in env {
+        let value = match var.expand {
+            true => expand(&var.value, &values),
+            false => var.value.clone(),
+        };
+        set(&mut order, &mut values, var.name.clone(), value);
     }
     order
         .into_iter()
@@ -309,47 +408,21 @@ fn mounts(input: &BundleInput) -> Result<Vec<Mount>, RuntimeError> {
             &["rbind", "rprivate", "rw"],
         )?);
     }
-    let volumes = input
-        .pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.volumes.clone())
-        .unwrap_or_default();
     for vm in input.container.volume_mounts.iter().flatten() {
-        let volume = volumes.iter().find(|v| v.name == vm.name).ok_or_else(|| {
+        let volume = input.volumes.get(&vm.name).ok_or_else(|| {
             invalid(
                 "volumeMount",
                 format!("volume {:?} is not defined in the pod", vm.name),
             )
         })?;
-        if volume.empty_dir.is_none() {
-            return Err(invalid(
-                "volume",
-                format!(
-                    "volume {:?}: only emptyDir volumes are supported so far",
-                    vm.name
-                ),
-            ));
-        }
-        super::check_component("volume name", &vm.name)?;
-        let mut source = pod_dir.join("volumes").join(&vm.name);
-        if let Some(sub) = vm.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            if Path::new(sub)
-                .components()
-                .any(|c| !matches!(c, std::path::Component::Normal(_)))
-            {
-                return Err(invalid(
-                    "subPath",
-                    format!("{sub:?} must be a relative path without .."),
-                ));
-            }
-            source = source.join(sub);
-        }
-        let ro = if vm.read_only == Some(true) {
-            "ro"
-        } else {
-            "rw"
+        let read_only = volume.read_only || vm.read_only == Some(true);
+        // subPath mounts bind what the path resolves to now, inside the volume (so they do not
+        // follow configMap/secret updates, as in Kubernetes).
+        let source = match vm.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            Some(sub) => super::volumes::resolve_sub_path(&volume.source, sub, !read_only)?,
+            None => volume.source.clone(),
         };
+        let ro = if read_only { "ro" } else { "rw" };
         out.push(mount(
             &vm.mount_path,
             "bind",
@@ -413,7 +486,7 @@ pub fn build_spec(input: &BundleInput) -> Result<Spec, RuntimeError> {
     let pod_name = input.pod.metadata.name.clone().unwrap_or_default();
     let namespace = input.pod.metadata.namespace.clone().unwrap_or_default();
     let args = process_args(input.container, input.image)?;
-    let env = process_env(input.container, input.image, &pod_name);
+    let env = process_env(input.env, input.image, &pod_name);
     let (uid, gid) = process_user(input.pod, input.container, input.image)?;
     let cwd = input
         .container
@@ -560,7 +633,7 @@ mod tests {
         let c = container(serde_json::json!({"name": "c", "env": [
             {"name": "B", "value": "spec"}, {"name": "C", "value": "$(B)-$(A)-$$(A)-$(NOPE)"}
         ]}));
-        let env = process_env(&c, &image(), "web-1");
+        let env = process_env(&literal_env(&c), &image(), "web-1");
         assert_eq!(
             env,
             [
@@ -603,6 +676,13 @@ mod tests {
             "volumeMounts": [{"name": "data", "mountPath": "/data"}],
             "resources": {"limits": {"memory": "64Mi", "cpu": "500m"}}}));
         let img = image();
+        let data_volume = BTreeMap::from([(
+            "data".to_string(),
+            PreparedVolume {
+                source: "/d/pods/b1/volumes/data".into(),
+                read_only: false,
+            },
+        )]);
         let spec = build_spec(&BundleInput {
             pod: &pod,
             container: &c,
@@ -610,6 +690,8 @@ mod tests {
             pod_dir: Path::new("/d/pods/b1"),
             sandbox_pid: 42,
             cgroups_path: "/shoal/n1/pod-b1/c".into(),
+            env: &literal_env(&c),
+            volumes: &data_volume,
         })
         .unwrap();
         let json = serde_json::to_value(&spec).unwrap();
@@ -653,6 +735,8 @@ mod tests {
             pod_dir: Path::new("/d"),
             sandbox_pid: 1,
             cgroups_path: "/x".into(),
+            env: &[],
+            volumes: &data_volume,
         });
         assert!(err.unwrap_err().to_string().contains("nope"));
     }

@@ -25,6 +25,7 @@ pub mod pods;
 pub mod runc;
 pub mod sandbox;
 pub mod shim;
+pub mod volumes;
 
 use std::path::{Path, PathBuf};
 
@@ -80,6 +81,8 @@ pub struct RuntimeConfig {
     /// The pod network (CNI plugins); `None`: pods get a network namespace with only `lo`
     /// and the host's `resolv.conf` (agents advertising a loopback address, tests).
     pub cni: Option<network::CniConfig>,
+    /// Where hostPath volumes may point (`shoal agent --allow-host-path`); empty: nowhere.
+    pub host_path_prefixes: Vec<PathBuf>,
 }
 
 /// Most bytes read from any small state file the runtime wrote (pod.json, exit.json...).
@@ -108,6 +111,7 @@ impl RuntimeConfig {
             cgroup_parent,
             shoal_binary: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("shoal")),
             cni: pod_network.then(|| network::CniConfig::from_env(data_dir)),
+            host_path_prefixes: Vec::new(),
         }
     }
 

@@ -18,7 +18,7 @@ use super::runc::{self, OciRuntime, RuncCli};
 use super::sandbox::SANDBOX_RECORD;
 use super::shim::{ShimSpec, EXIT, SHIM_SPEC};
 use super::{
-    bundle, check_component, io_err, read_json, write_json, ImageInfo, PodMeta, ProcessRecord,
+    bundle, check_component, volumes, io_err, read_json, write_json, ImageInfo, PodMeta, ProcessRecord,
     RuntimeConfig, RuntimeError,
 };
 
@@ -262,8 +262,8 @@ impl Runtime {
         Ok(())
     }
 
-    /// Writes the bundle of attempt `restart` of `container` and starts its shim; returns when
-    /// the shim reports the container started (or failed to).
+    /// [`Runtime::start_container_with`] with the container's literal env and its emptyDir
+    /// volumes only (callers without the kubelet's resolved configuration).
     pub fn start_container(
         &self,
         key: &str,
@@ -271,6 +271,23 @@ impl Runtime {
         container: &Container,
         image: &ImageInfo,
         restart: u32,
+    ) -> Result<StartOutcome, RuntimeError> {
+        let config = bundle::ResolvedConfig::literal(pod, container);
+        self.start_container_with(key, pod, container, image, restart, &config)
+    }
+
+    /// Writes the bundle of attempt `restart` of `container` (its volumes prepared, its env as
+    /// `config` resolved it) and starts its shim; returns when the shim reports the container
+    /// started (or failed to). With Secret material in `config`, the OCI config is written to
+    /// the pod's memory dir and `config.json` links to it.
+    pub fn start_container_with(
+        &self,
+        key: &str,
+        pod: &Pod,
+        container: &Container,
+        image: &ImageInfo,
+        restart: u32,
+        config: &bundle::ResolvedConfig,
     ) -> Result<StartOutcome, RuntimeError> {
         check_component("pod key", key)?;
         check_component("container name", &container.name)?;
@@ -291,19 +308,23 @@ impl Runtime {
         }
         let logs = pod_dir.join("logs").join(&container.name);
         std::fs::create_dir_all(&logs).map_err(io_err(&logs))?;
-        for vm in container.volume_mounts.iter().flatten() {
-            check_component("volume name", &vm.name)?;
-            let p = pod_dir.join("volumes").join(&vm.name);
-            std::fs::create_dir_all(&p).map_err(io_err(&p))?;
-        }
         let cgroups_path = runc::container_cgroup(&self.config.cgroup_parent, key, &container.name);
-        let spec = bundle::build_spec(&bundle::BundleInput {
+        let prepared = volumes::prepare(
+            &pod_dir,
+            &config.volumes,
+            &self.config.host_path_prefixes,
+        );
+        let spec = prepared.and_then(|prepared| {
+            bundle::build_spec(&bundle::BundleInput {
             pod,
             container,
             image,
             pod_dir: &pod_dir,
             sandbox_pid: sandbox.pid,
             cgroups_path: cgroups_path.clone(),
+            env: &config.env,
+            volumes: &prepared,
+        })
         });
         let spec = match spec {
             Ok(s) => s,
@@ -325,9 +346,20 @@ impl Runtime {
                 return Ok(StartOutcome::Failed { message });
             }
         };
-        let config = attempt.join("config.json");
-        spec.save(&config).map_err(|e| RuntimeError::Invalid {
-            what: config.display().to_string(),
+        let config_path = attempt.join("config.json");
+        let written = match config.sensitive {
+            // runc reads config.json through the link; its state dir holds no process env.
+            true => {
+                let bundles = volumes::memory_dir(&pod_dir)?.join("bundles");
+                std::fs::create_dir_all(&bundles).map_err(io_err(&bundles))?;
+                let file = bundles.join(format!("{}-{restart}.json", container.name));
+                std::os::unix::fs::symlink(&file, &config_path).map_err(io_err(&config_path))?;
+                file
+            }
+            false => config_path,
+        };
+        spec.save(&written).map_err(|e| RuntimeError::Invalid {
+            what: written.display().to_string(),
             reason: e.to_string(),
         })?;
         let shim = ShimSpec {
@@ -521,7 +553,12 @@ fn stop_process(process: ProcessRecord, deadline: Instant) {
     }
 }
 
+/// Removes a pod dir, unmounting its tmpfs volumes and memory dir first (their contents
+/// vanish with the mounts).
 fn remove_dir(dir: &Path) -> Result<(), RuntimeError> {
+    if dir.exists() {
+        volumes::unmount_all(dir)?;
+    }
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

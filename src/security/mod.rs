@@ -5,11 +5,13 @@ mod admission;
 mod ca;
 mod identity;
 mod seal;
+mod secrets;
 
 pub use admission::{admission_proof, verify_admission, AdmissionClaim};
 pub use ca::{issue_server_cert, new_ca, CertPair};
 pub use identity::{token_hash, ClusterIdentity, JoinToken};
 pub use seal::{open, seal};
+pub use secrets::{open_secret, seal_secret, SEALED_FIELD};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
