@@ -2453,3 +2453,156 @@ async fn kubectl_services_and_endpoints() {
     assert!(h.fails(&["get", "ep", "web"]).await.contains("not found"));
     h.stop().await;
 }
+
+/// Plays the Deployment controller for `kubectl rollout`: a ReplicaSet of `image` with a
+/// revision (and change cause), as `sched::deployment` writes them.
+fn rollout_rs(
+    h: &Harness,
+    hash: &str,
+    image: &str,
+    revision: u32,
+    cause: Option<&str>,
+    replicas: u32,
+) {
+    let deploy = h.backend.get("deployments.apps", "web").unwrap();
+    let mut template = deploy["spec"]["template"].clone();
+    template["spec"]["containers"][0]["image"] = json!(image);
+    template["metadata"]["labels"]["pod-template-hash"] = json!(hash);
+    let mut annotations = json!({"deployment.kubernetes.io/revision": revision.to_string()});
+    if let Some(c) = cause {
+        annotations["kubernetes.io/change-cause"] = json!(c);
+    }
+    let name = format!("web-{hash}");
+    h.backend.put(
+        "replicasets.apps",
+        json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"), "generation": 1,
+                         "resourceVersion": "1", "creationTimestamp": "2024-05-01T10:00:00Z",
+                         "labels": {"app": "web", "pod-template-hash": hash},
+                         "annotations": annotations,
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
+                                              "uid": deploy["metadata"]["uid"], "controller": true}]},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web", "pod-template-hash": hash}},
+                     "template": template},
+        }),
+    );
+}
+
+/// `kubectl rollout history / undo / restart / pause / resume` against the API: history and a
+/// revision's template from the ReplicaSets, undo's JSON patch (replacing `/spec/template` and
+/// `/metadata/annotations` of a Deployment stored without annotations), restart's strategic
+/// merge patch, pause and resume, and undo refused while paused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_rollout_history_undo_restart_pause() {
+    let h = Harness::start().await;
+    let file = h.write("deploy.yaml", DEPLOY_V1);
+    // `create` (not apply): no last-applied annotation, so the Deployment has no annotations.
+    h.ok(&["create", "-f", &file]).await;
+    let stored = h.backend.get("deployments.apps", "web").unwrap();
+    assert!(stored["metadata"]["annotations"].is_null());
+    rollout_rs(&h, "aaaa1", "shoal.test/busybox:1", 1, Some("first"), 0);
+    // Revision 2 is the Deployment's current template (image as in DEPLOY_V1 would be
+    // revision 1, so make the Deployment point at image B).
+    h.ok(&[
+        "set",
+        "image",
+        "deployment/web",
+        "main=shoal.test/busybox:2",
+    ])
+    .await;
+    rollout_rs(&h, "bbbb2", "shoal.test/busybox:2", 2, None, 2);
+
+    let d: Value =
+        serde_json::from_str(&h.ok(&["get", "deploy", "web", "-o", "json"]).await).unwrap();
+    assert_eq!(
+        d["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "2"
+    );
+
+    let history = squeeze(&h.ok(&["rollout", "history", "deployment/web"]).await);
+    assert!(
+        history.contains("REVISION CHANGE-CAUSE\n1 first\n2 <none>"),
+        "{history}"
+    );
+    let one = h
+        .ok(&["rollout", "history", "deployment/web", "--revision=1"])
+        .await;
+    assert!(one.contains("with revision #1"), "{one}");
+    assert!(one.contains("shoal.test/busybox:1"), "{one}");
+    let missing = h
+        .fails(&["rollout", "history", "deployment/web", "--revision=7"])
+        .await;
+    assert!(
+        missing.contains("unable to find the specified revision"),
+        "{missing}"
+    );
+
+    // Undo: back to revision 1's template, its change cause copied to the Deployment.
+    let out = h.ok(&["rollout", "undo", "deployment/web"]).await;
+    assert!(out.contains("rolled back"), "{out}");
+    let stored = h.backend.get("deployments.apps", "web").unwrap();
+    assert_eq!(
+        stored["spec"]["template"]["spec"]["containers"][0]["image"],
+        "shoal.test/busybox:1"
+    );
+    assert!(stored["spec"]["template"]["metadata"]["labels"]
+        .get("pod-template-hash")
+        .is_none());
+    assert_eq!(
+        stored["metadata"]["annotations"]["kubernetes.io/change-cause"],
+        "first"
+    );
+    assert_eq!(stored["metadata"]["generation"], 3);
+    // --to-revision=2, and a revision that does not exist.
+    h.ok(&["rollout", "undo", "deployment/web", "--to-revision=2"])
+        .await;
+    let stored = h.backend.get("deployments.apps", "web").unwrap();
+    assert_eq!(
+        stored["spec"]["template"]["spec"]["containers"][0]["image"],
+        "shoal.test/busybox:2"
+    );
+    let err = h
+        .fails(&["rollout", "undo", "deployment/web", "--to-revision=9"])
+        .await;
+    assert!(err.contains("unable to find specified revision 9"), "{err}");
+
+    // Restart: a template annotation.
+    h.ok(&["rollout", "restart", "deployment/web"]).await;
+    let stored = h.backend.get("deployments.apps", "web").unwrap();
+    assert!(stored["spec"]["template"]["metadata"]["annotations"]
+        ["kubectl.kubernetes.io/restartedAt"]
+        .is_string());
+
+    // Pause: undo is refused, resume clears it.
+    h.ok(&["rollout", "pause", "deployment/web"]).await;
+    assert_eq!(
+        h.backend.get("deployments.apps", "web").unwrap()["spec"]["paused"],
+        true
+    );
+    let d: Value =
+        serde_json::from_str(&h.ok(&["get", "deploy", "web", "-o", "json"]).await).unwrap();
+    assert_eq!(d["status"]["conditions"][1]["reason"], "DeploymentPaused");
+    let err = h.fails(&["rollout", "undo", "deployment/web"]).await;
+    assert!(err.contains("cannot rollback a paused deployment"), "{err}");
+    h.ok(&["rollout", "resume", "deployment/web"]).await;
+    assert!(
+        h.backend.get("deployments.apps", "web").unwrap()["spec"]["paused"]
+            .as_bool()
+            .is_none_or(|p| !p)
+    );
+
+    // A JSON patch replacing a path that does not exist is still a 400.
+    let response = h
+        .req(
+            reqwest::Method::PATCH,
+            "/apis/apps/v1/namespaces/default/deployments/web",
+        )
+        .header("content-type", "application/json-patch+json")
+        .body(r#"[{"op":"replace","path":"/spec/nope/x","value":1}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    h.stop().await;
+}

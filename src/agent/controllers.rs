@@ -1,6 +1,7 @@
 //! The controllers' shell: while this agent's view names it the scheduler leader (and its
-//! membership has settled), runs the pure reconcile (`sched::reconcile`) after every change
-//! and at least once a second, and applies the plan — all cluster-document writes in one
+//! membership has settled), runs the pure reconcile (`sched::reconcile`) after every change of
+//! the cluster document, the view or pod readiness (status documents), at the time a plan
+//! asked to be woken (`Plan::wake`), and at least once a second, and applies the plan — all cluster-document writes in one
 //! `Shared::write` (one write-ahead-log append), scheduling records in this node's status
 //! document, events through `Shared::record_event`.
 
@@ -13,7 +14,9 @@ use chrono::Utc;
 use super::shared::{Shared, View};
 use crate::model::workload::{keys, SchedulingRecord};
 use crate::sched::settle::Settle;
-use crate::sched::{self, LeaderCtx, Liveness, Plan, PodKey, SchedulingWrite, Snapshot};
+use crate::sched::{
+    self, LeaderCtx, Liveness, Plan, PodKey, SchedulingWrite, Snapshot, StatusRecords,
+};
 
 /// Reconcile at least this often while leading.
 const TICK: Duration = Duration::from_secs(1);
@@ -56,12 +59,31 @@ fn own_records(shared: &Shared) -> BTreeMap<PodKey, SchedulingRecord> {
         .collect()
 }
 
+/// Every node's pod status records (`pod/<ns>/<name>` of each status document), by pod.
+fn status_records(shared: &Shared) -> StatusRecords {
+    super::backend::workload_view(shared).pod_status
+}
+
+/// Which pods are Ready since when, as the reconcile will see them (`Snapshot::ready`).
+fn readiness(
+    shared: &Shared,
+    liveness: &BTreeMap<String, Liveness>,
+) -> BTreeMap<PodKey, chrono::DateTime<Utc>> {
+    let records = status_records(shared);
+    let doc = shared.doc();
+    Snapshot::from_doc(&doc, liveness.clone(), BTreeMap::new())
+        .with_readiness(&records)
+        .ready
+}
+
 /// What a round depends on; an unchanged input gives an empty plan, so the round is skipped.
+/// Status documents change often (events, restarts); of them only pod readiness is an input.
 #[derive(PartialEq, Eq)]
 struct Inputs {
     heads: u64,
     view: u64,
     liveness: BTreeMap<String, Liveness>,
+    ready: BTreeMap<PodKey, chrono::DateTime<Utc>>,
 }
 
 /// Runs until `shutdown` resolves.
@@ -74,6 +96,8 @@ pub async fn run(shared: Arc<Shared>, shutdown: impl std::future::Future<Output 
     let mut settle = Settle::default();
     let mut epoch = (u64::MAX, Instant::now());
     let mut last: Option<Inputs> = None;
+    // When the last plan said its decisions change with time alone (minReadySeconds).
+    let mut wake: Option<chrono::DateTime<Utc>> = None;
     let mut leading = false;
     loop {
         tokio::select! {
@@ -112,26 +136,36 @@ pub async fn run(shared: Arc<Shared>, shutdown: impl std::future::Future<Output 
             tracing::info!(epoch = view.epoch, "acting as the scheduler leader");
             leading = true;
         }
+        let live = liveness(&view, &shared.node_name);
         let inputs = Inputs {
             heads: shared.doc().heads_digest(),
             view: view.view_hash,
-            liveness: liveness(&view, &shared.node_name),
+            ready: readiness(&shared, &live),
+            liveness: live,
         };
-        if last.as_ref() == Some(&inputs) {
+        let due = wake.is_some_and(|t| Utc::now() >= t);
+        if last.as_ref() == Some(&inputs) && !due {
             continue;
         }
-        let ok = round(&shared, &view, inputs.liveness.clone()).await;
+        let outcome = round(&shared, &view, inputs.liveness.clone()).await;
+        wake = outcome.and_then(|w| w);
         // After a failed write the same inputs must be tried again.
-        last = ok.then_some(inputs);
+        last = outcome.is_some().then_some(inputs);
     }
 }
 
-/// One reconcile and the application of its plan. Returns whether everything was written.
-async fn round(shared: &Arc<Shared>, view: &View, liveness: BTreeMap<String, Liveness>) -> bool {
+/// One reconcile and the application of its plan. Returns `None` when something was not
+/// written, else the plan's wake-up time.
+async fn round(
+    shared: &Arc<Shared>,
+    view: &View,
+    liveness: BTreeMap<String, Liveness>,
+) -> Option<Option<chrono::DateTime<Utc>>> {
     let snapshot = {
         let records = own_records(shared);
+        let statuses = status_records(shared);
         let doc = shared.doc();
-        Snapshot::from_doc(&doc, liveness, records)
+        Snapshot::from_doc(&doc, liveness, records).with_readiness(&statuses)
     };
     let ctx = LeaderCtx {
         node: shared.node_name.clone(),
@@ -145,11 +179,11 @@ async fn round(shared: &Arc<Shared>, view: &View, liveness: BTreeMap<String, Liv
         Ok(plan) => plan,
         Err(e) => {
             tracing::error!(%e, "the reconcile failed");
-            return false;
+            return None;
         }
     };
     if plan.is_empty() {
-        return true;
+        return Some(plan.wake);
     }
     let (puts, deletes, binds, unbinds) = plan.counts();
     tracing::info!(
@@ -161,7 +195,7 @@ async fn round(shared: &Arc<Shared>, view: &View, liveness: BTreeMap<String, Liv
         took_ms = started.elapsed().as_millis() as u64,
         "reconcile"
     );
-    apply(shared, &plan)
+    apply(shared, &plan).then_some(plan.wake)
 }
 
 fn apply(shared: &Shared, plan: &Plan) -> bool {

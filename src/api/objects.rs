@@ -825,7 +825,8 @@ fn patch(
         .map_err(|e| ApiError::BadRequest(format!("the patch is not valid JSON: {e}")))?;
     let existing = find_stored(state, info, target.namespace.as_deref(), name)
         .ok_or_else(|| ApiError::not_found(info.plural, name))?;
-    let mut patched = patch::apply(kind, &existing, &patch_body, info.merge_keys)
+    let base = workloads::patch_base(info.kind, &existing);
+    let mut patched = patch::apply(kind, &base, &patch_body, info.merge_keys)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if !patched.is_object() {
         return Err(ApiError::BadRequest(

@@ -10,8 +10,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
 use super::backend::WorkloadView;
-use crate::model::workload::TEMPLATE_HASH_LABEL;
+use crate::model::workload::{self, TEMPLATE_HASH_LABEL};
 use crate::model::Readiness;
+use crate::sched::deployment::{revision_of, REVISION_ANNOTATION};
+use crate::sched::rollout::Rollout;
 
 fn text<'a>(v: &'a Value, path: &[&str]) -> &'a str {
     let mut cursor = v;
@@ -196,23 +198,16 @@ pub fn pod_view(pod: &Value, view: &WorkloadView) -> Value {
     let uid = text(&pod, &["metadata", "uid"]).to_string();
     let binding = view.bindings.get(&key).filter(|b| b.pod_uid == uid);
     let user_node = text(&pod, &["spec", "nodeName"]).to_string();
-    let placement = match binding {
-        Some(b) => Some((b.node.clone(), b.id.clone())),
-        None if !user_node.is_empty() => Some((user_node.clone(), uid.clone())),
-        None => None,
-    };
+    let placement = workload::placement(&uid, &user_node, binding);
     let mut changed = binding.map(|b| b.at);
     if let (Some(b), true) = (binding, user_node.is_empty()) {
         pod["spec"]["nodeName"] = json!(b.node);
     }
-    let record = placement.as_ref().and_then(|(node, id)| {
-        view.pod_status
-            .get(&key)
-            .into_iter()
-            .flatten()
-            .find(|(n, r)| n == node && &r.binding == id && r.pod_uid == uid)
-            .map(|(_, r)| r)
-    });
+    let record = workload::current_record(
+        &uid,
+        placement.as_ref(),
+        view.pod_status.get(&key).into_iter().flatten(),
+    );
     let mut status = match (record, &placement) {
         (Some(r), _) if r.status.is_object() => r.status.clone(),
         (_, Some(_)) => {
@@ -280,16 +275,7 @@ fn is_active(pod: &Value) -> bool {
 }
 
 fn ready_since(pod: &Value) -> Option<Option<DateTime<Utc>>> {
-    let ready = pod["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "Ready" && c["status"] == "True")?;
-    Some(
-        ready["lastTransitionTime"]
-            .as_str()
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc)),
-    )
+    workload::ready_since(&pod["status"])
 }
 
 /// Counts over the active pods of one controller.
@@ -412,26 +398,55 @@ fn template_sans_hash(template: &Value) -> Value {
     t
 }
 
-/// `intstr` against `total`: an int, or a percentage rounded down (`round_up` false) or up.
-fn scaled(value: &Value, total: i64, round_up: bool) -> i64 {
-    match value {
-        Value::Number(n) => n.as_i64().unwrap_or(0),
-        Value::String(s) => {
-            let pct: i64 = s.trim_end_matches('%').parse().unwrap_or(0);
-            let x = total * pct;
-            if round_up {
-                (x + 99) / 100
-            } else {
-                x / 100
-            }
-        }
-        _ => 0,
+/// The stored object a patch applies to. A Deployment always has `metadata.annotations` in
+/// Kubernetes (its controller writes the revision there), and `kubectl rollout undo` sends a
+/// JSON patch that *replaces* `/metadata/annotations`; here the revision is computed on read,
+/// so a Deployment stored without annotations gets an empty map to patch.
+pub fn patch_base(kind: &str, stored: &Value) -> Value {
+    let mut base = stored.clone();
+    if kind == "Deployment"
+        && base["metadata"].is_object()
+        && !base["metadata"]["annotations"].is_object()
+    {
+        base["metadata"]["annotations"] = json!({});
     }
+    base
+}
+
+/// Seconds-precision time of a `metadata.resourceVersion` (microseconds, as written here).
+fn rv_time(object: &Value) -> Option<DateTime<Utc>> {
+    object["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|v| v.parse::<i64>().ok())
+        .and_then(DateTime::from_timestamp_micros)
+}
+
+fn parsed_time(v: &Value) -> Option<DateTime<Utc>> {
+    v.as_str()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// When a rollout last made progress, from timestamps already in the records (nothing is
+/// written for it): the Deployment's last spec write (its resourceVersion: a template change,
+/// a resume, a scale), the current ReplicaSet's creation, the newest pod creation (the leader
+/// creates pods as it scales up) and the newest Ready transition among the Deployment's pods.
+fn last_progress(deployment: &Value, current: &Value, pods: &[&Value]) -> Option<DateTime<Utc>> {
+    let mut times = vec![
+        rv_time(deployment),
+        parsed_time(&current["metadata"]["creationTimestamp"]),
+    ];
+    for p in pods {
+        times.push(parsed_time(&p["metadata"]["creationTimestamp"]));
+        times.push(ready_since(p).flatten());
+    }
+    times.into_iter().flatten().max()
 }
 
 /// A Deployment with its status counted over its ReplicaSets (`rss`, as served) and their
 /// pods; the ReplicaSet whose template equals the Deployment's (ignoring the hash label) is
-/// the current one.
+/// the current one. `metadata.annotations` gets the current revision
+/// (`deployment.kubernetes.io/revision`), as Kubernetes' controller writes it.
 pub fn deployment_view(
     deployment: &Value,
     rss: &[&Value],
@@ -440,7 +455,8 @@ pub fn deployment_view(
 ) -> Value {
     let mut d = deployment.clone();
     let desired = d["spec"]["replicas"].as_i64().unwrap_or(1);
-    let min_ready = d["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
+    let params = Rollout::of(&d["spec"], desired);
+    let min_ready = params.min_ready_seconds;
     let template = template_sans_hash(&d["spec"]["template"]);
     let current = rss
         .iter()
@@ -460,9 +476,25 @@ pub fn deployment_view(
         }
         all_pods.extend(pods);
     }
+    let revision = current
+        .map(|c| revision_of(c))
+        .or_else(|| rss.iter().map(|rs| revision_of(rs)).max())
+        .filter(|r| *r > 0);
+    if let Some(r) = revision {
+        if !d["metadata"]["annotations"].is_object() {
+            d["metadata"]["annotations"] = json!({});
+        }
+        d["metadata"]["annotations"][REVISION_ANNOTATION] = json!(r.to_string());
+    }
     let generation = d["metadata"]["generation"].as_i64().unwrap_or(1);
     let mut status = Map::new();
-    let observed = if current.is_some() {
+    // Observed once the controller can have acted on this generation: the current ReplicaSet
+    // exists, or the Deployment is paused, or (Recreate) the old ones are being scaled to 0.
+    let recreating = params.recreate
+        && rss
+            .iter()
+            .all(|rs| rs["spec"]["replicas"].as_i64().unwrap_or(1) == 0);
+    let observed = if current.is_some() || params.paused || recreating {
         generation
     } else {
         generation - 1
@@ -477,29 +509,9 @@ pub fn deployment_view(
         "unavailableReplicas",
         (desired - total.available).max(0),
     );
-    let max_unavailable = if text(&d, &["spec", "strategy", "type"]) == "Recreate" {
-        0
-    } else {
-        let surge = scaled(
-            &d["spec"]["strategy"]["rollingUpdate"]["maxSurge"],
-            desired,
-            true,
-        );
-        let unavailable = scaled(
-            &d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
-            desired,
-            false,
-        );
-        // Kubernetes: both zero would deadlock, so maxUnavailable becomes 1.
-        if surge == 0 && unavailable == 0 {
-            1
-        } else {
-            unavailable
-        }
-    };
     let created = text(&d, &["metadata", "creationTimestamp"]).to_string();
     let mut conditions = Vec::new();
-    let (available, reason, message) = if total.available >= desired - max_unavailable {
+    let (available, reason, message) = if total.available >= params.min_available(desired) {
         (
             "True",
             "MinimumReplicasAvailable",
@@ -516,32 +528,56 @@ pub fn deployment_view(
         "type": "Available", "status": available, "reason": reason, "message": message,
         "lastUpdateTime": created, "lastTransitionTime": created,
     }));
-    if let Some(cur) = current {
+    let mut changed = None;
+    if params.paused {
+        let since = rv_time(&d).map(rfc3339).unwrap_or_else(|| created.clone());
+        conditions.push(json!({
+            "type": "Progressing", "status": "Unknown", "reason": "DeploymentPaused",
+            "message": "Deployment is paused",
+            "lastUpdateTime": since, "lastTransitionTime": since,
+        }));
+    } else if let Some(cur) = current {
         let name = text(cur, &["metadata", "name"]);
-        let since = text(cur, &["metadata", "creationTimestamp"]);
         let complete =
             updated == desired && total.replicas == updated && total.available >= updated;
-        let (reason, message) = if complete {
+        let progressed = last_progress(&d, cur, &all_pods);
+        let deadline =
+            progressed.map(|t| t + chrono::Duration::seconds(params.progress_deadline_seconds));
+        let (status, reason, message, at) = if complete {
+            let at = progressed.map(rfc3339).unwrap_or_else(|| created.clone());
             (
+                "True",
                 "NewReplicaSetAvailable",
                 format!("ReplicaSet \"{name}\" has successfully progressed."),
+                at,
+            )
+        } else if let Some(deadline) = deadline.filter(|t| *t < now) {
+            changed = Some(deadline);
+            (
+                "False",
+                "ProgressDeadlineExceeded",
+                format!("ReplicaSet \"{name}\" has timed out progressing."),
+                rfc3339(deadline),
             )
         } else {
+            let at = progressed.map(rfc3339).unwrap_or_else(|| created.clone());
             (
+                "True",
                 "ReplicaSetUpdated",
                 format!("ReplicaSet \"{name}\" is progressing."),
+                at,
             )
         };
         conditions.push(json!({
-            "type": "Progressing", "status": "True", "reason": reason, "message": message,
-            "lastUpdateTime": since, "lastTransitionTime": since,
+            "type": "Progressing", "status": status, "reason": reason, "message": message,
+            "lastUpdateTime": at, "lastTransitionTime": at,
         }));
     }
     status.insert("conditions".into(), json!(conditions));
     d["status"] = Value::Object(status);
     let mut inputs: Vec<&Value> = rss.to_vec();
     inputs.extend(all_pods);
-    cover(&mut d, latest_of(&inputs));
+    cover(&mut d, latest_of(&inputs).max(changed));
     d
 }
 
@@ -733,7 +769,46 @@ mod tests {
         assert_eq!(status["availableReplicas"], 2);
         // 3 desired, 25% unavailable allowed (0 rounded down): not available yet.
         assert_eq!(status["conditions"][0]["status"], "False");
-        assert_eq!(status["conditions"][1]["reason"], "ReplicaSetUpdated");
+        // Last progress: the newest Ready transition (10:00:05); an hour later the 600 s
+        // deadline has passed.
+        assert_eq!(status["conditions"][1]["status"], "False");
+        assert_eq!(
+            status["conditions"][1]["reason"],
+            "ProgressDeadlineExceeded"
+        );
+        assert_eq!(
+            status["conditions"][1]["lastUpdateTime"],
+            "2024-05-01T10:10:05Z"
+        );
+        // The served revision is the current ReplicaSet's (none written: absent).
+        assert!(served["metadata"]["annotations"].is_null());
+        // Within the deadline: progressing.
+        let soon = at("2024-05-01T10:09:00Z");
+        let served = deployment_view(&deployment, &[&old, &served_rs], &grouped, soon);
+        assert_eq!(served["status"]["conditions"][1]["status"], "True");
+        assert_eq!(
+            served["status"]["conditions"][1]["reason"],
+            "ReplicaSetUpdated"
+        );
+        // A write of the Deployment (resume, edit) counts as progress.
+        let mut touched = deployment.clone();
+        touched["metadata"]["resourceVersion"] =
+            json!(at("2024-05-01T10:55:00Z").timestamp_micros().to_string());
+        let served = deployment_view(&touched, &[&old, &served_rs], &grouped, now);
+        assert_eq!(
+            served["status"]["conditions"][1]["reason"],
+            "ReplicaSetUpdated"
+        );
+        // Paused: Unknown / DeploymentPaused, and the generation counts as observed.
+        let mut paused = deployment.clone();
+        paused["spec"]["paused"] = json!(true);
+        let served = deployment_view(&paused, &[&old], &grouped, now);
+        assert_eq!(served["status"]["observedGeneration"], 2);
+        assert_eq!(served["status"]["conditions"][1]["status"], "Unknown");
+        assert_eq!(
+            served["status"]["conditions"][1]["reason"],
+            "DeploymentPaused"
+        );
 
         // All ready: complete.
         pods[2]["status"] = running(true);
@@ -749,6 +824,14 @@ mod tests {
         let served = deployment_view(&deployment, &[&old], &grouped, now);
         assert_eq!(served["status"]["observedGeneration"], 1);
         assert!(served["status"].get("updatedReplicas").is_none());
+
+        // Revisions: the Deployment shows its current ReplicaSet's.
+        let mut old = old;
+        old["metadata"]["annotations"] = json!({REVISION_ANNOTATION: "1"});
+        let mut current = served_rs.clone();
+        current["metadata"]["annotations"] = json!({REVISION_ANNOTATION: "3"});
+        let served = deployment_view(&deployment, &[&old, &current], &grouped, now);
+        assert_eq!(served["metadata"]["annotations"][REVISION_ANNOTATION], "3");
     }
 
     #[test]

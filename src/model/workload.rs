@@ -53,6 +53,51 @@ pub struct PodStatusRecord {
     pub status: serde_json::Value,
 }
 
+/// Where a pod runs now, as `(node, placement id)`: its binding when that is for this pod's
+/// uid, else the node the user named in `spec.nodeName` (placement id = the pod uid), else
+/// nowhere.
+pub fn placement(
+    pod_uid: &str,
+    user_node: &str,
+    binding: Option<&Binding>,
+) -> Option<(String, String)> {
+    match binding.filter(|b| b.pod_uid == pod_uid) {
+        Some(b) => Some((b.node.clone(), b.id.clone())),
+        None if !user_node.is_empty() => Some((user_node.to_string(), pod_uid.to_string())),
+        None => None,
+    }
+}
+
+/// The status record of a pod's current placement among `(node, record)` pairs from every
+/// status document: the one written by the placed node for that placement id and pod uid.
+/// Any other record is stale (an earlier placement, another uid) and ignored.
+pub fn current_record<'a>(
+    pod_uid: &str,
+    placement: Option<&(String, String)>,
+    records: impl IntoIterator<Item = &'a (String, PodStatusRecord)>,
+) -> Option<&'a PodStatusRecord> {
+    let (node, id) = placement?;
+    records
+        .into_iter()
+        .find(|(n, r)| n == node && &r.binding == id && r.pod_uid == pod_uid)
+        .map(|(_, r)| r)
+}
+
+/// From a Kubernetes `PodStatus` (JSON): `None` when the pod is not Ready, else
+/// `Some(since)` with the Ready condition's `lastTransitionTime` (`None` if it has none).
+pub fn ready_since(status: &serde_json::Value) -> Option<Option<DateTime<Utc>>> {
+    let ready = status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready" && c["status"] == "True")?;
+    Some(
+        ready["lastTransitionTime"]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc)),
+    )
+}
+
 /// Why the leader could not place a pod. Status document of the leader that tried, key
 /// `sched/<ns>/<name>`; deleted once the pod is bound. Shown as the pod's `PodScheduled=False`
 /// condition.

@@ -1,18 +1,21 @@
 //! Scheduling decisions (pure): the per-epoch scheduler leader, and the leader's reconcile —
-//! Deployment and ReplicaSet controllers, garbage collection and placement — from a snapshot
+//! Deployment (rolling updates) and ReplicaSet controllers, garbage collection and placement — from a snapshot
 //! of the merged state to a plan of writes (`docs/workloads.md`, "The controllers").
 
-mod deployment;
+pub mod deployment;
 mod gc;
 pub mod hash;
 pub mod leader;
 mod object;
 pub mod podspec;
 pub mod replicaset;
+pub mod rollout;
 mod scheduler;
 pub mod settle;
 pub mod snapshot;
 
+#[cfg(test)]
+mod rollout_tests;
 #[cfg(test)]
 mod tests;
 
@@ -24,7 +27,8 @@ use serde_json::Value;
 use crate::model::workload::Binding;
 pub use scheduler::{unschedulable_message, DEFAULT_MAX_PODS};
 pub use snapshot::{
-    apply_writes, LeaderCtx, Liveness, Plan, PlannedEvent, PodKey, SchedulingWrite, Snapshot, Write,
+    apply_writes, LeaderCtx, Liveness, Plan, PlannedEvent, PodKey, SchedulingWrite, Snapshot,
+    StatusRecords, Write,
 };
 
 /// Most replicas one ReplicaSet is given slots for (larger values are cut to this).
@@ -75,15 +79,17 @@ pub fn reconcile(s: &Snapshot, ctx: &LeaderCtx) -> Plan {
             .collect(),
     };
     let mut plan = Plan::default();
-    deployment::reconcile(
+    plan.wake = deployment::reconcile(
         &s.deployments,
         &mut w,
+        &s.ready,
         ctx,
         &mut plan.writes,
         &mut plan.events,
     );
     gc::replicasets(&s.deployments, &mut w, &mut plan.writes);
     replicaset::reconcile(&mut w, ctx, &mut plan.writes, &mut plan.events);
+    deployment::prune_history(&s.deployments, &mut w, &mut plan.writes);
     gc::pods(&mut w, &mut plan.writes);
     gc::bindings(&mut w, &mut plan.writes);
     scheduler::schedule(

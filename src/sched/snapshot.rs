@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::model::workload::{
-    Binding, InvolvedObject, SchedulingRecord, DEPLOYMENTS, PODS, REPLICASETS,
+    self, Binding, InvolvedObject, PodStatusRecord, SchedulingRecord, DEPLOYMENTS, PODS,
+    REPLICASETS,
 };
 use crate::model::NodeRecord;
 use crate::state::{ClusterDoc, StateError};
@@ -43,7 +44,15 @@ pub struct Snapshot {
     /// Scheduling records this leader wrote earlier (its own status document): a record or
     /// event is only written again when the reason changed.
     pub scheduling: BTreeMap<PodKey, SchedulingRecord>,
+    /// Pods that are Ready, with the time they became so (the Ready condition's
+    /// `lastTransitionTime`), read from the status record of each pod's current placement
+    /// ([`Snapshot::with_readiness`]). A pod not listed is not ready. Gates rolling updates.
+    pub ready: BTreeMap<PodKey, DateTime<Utc>>,
 }
+
+/// Status records of every node, by pod: `(node, record)` pairs (`pod/<ns>/<name>` of each
+/// status document).
+pub type StatusRecords = BTreeMap<PodKey, Vec<(String, PodStatusRecord)>>;
 
 /// Who is reconciling, in which view, when, and the seed of its fresh identifiers.
 #[derive(Clone, Debug)]
@@ -113,6 +122,9 @@ pub struct Plan {
     pub writes: Vec<Write>,
     pub scheduling: Vec<SchedulingWrite>,
     pub events: Vec<PlannedEvent>,
+    /// The earliest later time at which this plan's decisions change with no other input
+    /// (a Ready pod becomes available after `minReadySeconds`): reconcile again then.
+    pub wake: Option<DateTime<Utc>>,
 }
 
 impl Plan {
@@ -167,7 +179,45 @@ impl Snapshot {
             nodes: doc.nodes(),
             liveness,
             scheduling,
+            ready: BTreeMap::new(),
         }
+    }
+
+    /// Fills [`Snapshot::ready`] from the nodes' status records: a pod is ready when the
+    /// record of its current placement (`model::workload::current_record`, the one the API
+    /// shows) says Ready and its node is not dead in the leader's view. A Ready condition
+    /// without a time counts as ready since the epoch.
+    pub fn with_readiness(mut self, records: &StatusRecords) -> Snapshot {
+        let mut ready = BTreeMap::new();
+        for pod in &self.pods {
+            let key = (
+                pod["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                pod["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            );
+            let uid = pod["metadata"]["uid"].as_str().unwrap_or("");
+            let user_node = pod["spec"]["nodeName"].as_str().unwrap_or("");
+            let placement = workload::placement(uid, user_node, self.bindings.get(&key));
+            let alive = placement.as_ref().is_some_and(|(node, _)| {
+                self.liveness
+                    .get(node)
+                    .is_some_and(|l| *l != Liveness::Dead)
+            });
+            let record = workload::current_record(
+                uid,
+                placement.as_ref(),
+                records.get(&key).into_iter().flatten(),
+            );
+            if let (true, Some(since)) =
+                (alive, record.and_then(|r| workload::ready_since(&r.status)))
+            {
+                ready.insert(key, since.unwrap_or(DateTime::UNIX_EPOCH));
+            }
+        }
+        self.ready = ready;
+        self
     }
 
     /// The snapshot after `plan` (for tests and the simulator; the real next snapshot is read
@@ -210,6 +260,9 @@ impl Snapshot {
                 } => {
                     if let Some(l) = lists.get_mut(resource) {
                         l.remove(&(namespace.clone(), name.clone()));
+                    }
+                    if *resource == PODS {
+                        next.ready.remove(&(namespace.clone(), name.clone()));
                     }
                 }
                 Write::PutBinding {

@@ -311,14 +311,24 @@ fn scaling_down_and_up_keeps_slots_and_removes_bindings() {
 }
 
 #[test]
-fn a_new_template_makes_a_new_replicaset_and_the_old_one_goes_to_zero() {
+fn a_new_template_rolls_out_to_a_new_replicaset_and_the_old_one_goes_to_zero() {
     let nodes = vec![node("n0", "8", "16Gi", 110)];
     let mut s = settle(
         snapshot(vec![deployment("web", 3, "100m", "64Mi")], nodes),
         3,
     );
     s.deployments[0]["spec"]["template"]["spec"]["containers"][0]["image"] = json!("other:2");
-    let s = settle(s, 3);
+    // The rollout advances as pods turn Ready (3 replicas: surge 1, unavailable 0).
+    for i in 0..20 {
+        for p in &s.pods {
+            s.ready.entry(pod_key(p)).or_insert(t0());
+        }
+        let plan = reconcile(&s, &ctx("leader", i));
+        if plan.is_empty() {
+            break;
+        }
+        s = s.after(&plan);
+    }
     assert_eq!(s.replicasets.len(), 2);
     let old: Vec<&Value> = s
         .replicasets
