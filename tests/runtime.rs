@@ -174,6 +174,12 @@ async fn pod_lifecycle_with_real_runc() {
         shoal_binary: PathBuf::from(env!("CARGO_BIN_EXE_shoal")),
         cni: None,
         host_path_prefixes: Vec::new(),
+        limits: shoal::runtime::bundle::NodeLimits {
+            pids_limit: Some(shoal::runtime::DEFAULT_POD_PIDS_LIMIT),
+            memory_swap_limit: shoal::runtime::runc::swap_accounting(std::path::Path::new(
+                "/sys/fs/cgroup",
+            )),
+        },
     };
     let key = "b-0001";
     let _cleanup = Cleanup {
@@ -388,6 +394,12 @@ fn pod_network_in_this_namespace() {
         shoal_binary: PathBuf::from(env!("CARGO_BIN_EXE_shoal")),
         cni: Some(cni.clone()),
         host_path_prefixes: Vec::new(),
+        limits: shoal::runtime::bundle::NodeLimits {
+            pids_limit: Some(shoal::runtime::DEFAULT_POD_PIDS_LIMIT),
+            memory_swap_limit: shoal::runtime::runc::swap_accounting(std::path::Path::new(
+                "/sys/fs/cgroup",
+            )),
+        },
     };
     let _cleanup = Cleanup {
         runtime_config: config.clone(),

@@ -378,10 +378,10 @@ fn validate_resources(c: &Value, path: &str, causes: &mut Vec<Cause>) {
         }
         if let Some(limit) = parsed.get(&("limits", resource.clone())) {
             if request > limit {
-                let limit_text = c["resources"]["limits"][resource.as_str()]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
+                let limit_text = match &c["resources"]["limits"][resource.as_str()] {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
                 causes.push(invalid(
                     format!("{path}.resources.requests"),
                     &c["resources"]["requests"][resource.as_str()],
@@ -457,12 +457,19 @@ fn validate_container(
     }
     validate_resources(c, path, causes);
     validate_probes(c, path, causes);
+    // Escaping paths and securityContext fields shoal cannot run (docs/security.md).
+    for r in crate::runtime::security::refusals(c) {
+        causes.push(invalid(format!("{path}.{}", r.field), &r.value, &r.detail));
+    }
 }
 
 fn validate_pod_spec(spec: &Value, path: &str, template: bool, causes: &mut Vec<Cause>) {
     let containers = spec["containers"].as_array().filter(|c| !c.is_empty());
     if containers.is_none() {
         causes.push(required(format!("{path}.containers")));
+    }
+    for r in crate::runtime::security::pod_refusals(spec) {
+        causes.push(invalid(format!("{path}.{}", r.field), &r.value, &r.detail));
     }
     let mut names = BTreeSet::new();
     for (i, c) in containers.into_iter().flatten().enumerate() {
@@ -864,6 +871,36 @@ mod tests {
             fields(&validate(Workload::Pod, &new_command, Some(&pod))),
             vec!["spec"]
         );
+    }
+
+    #[test]
+    fn escaping_paths_and_unrunnable_security_contexts_are_refused() {
+        let mut pod = json!({"metadata": {"name": "p"}, "spec": {
+            "securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "x"}},
+            "containers": [{"name": "c", "image": "i", "workingDir": "/proc/self/fd/7",
+                "volumeMounts": [{"name": "v", "mountPath": "/proc/1/root"}],
+                "securityContext": {"privileged": true, "allowPrivilegeEscalation": false},
+                "resources": {"requests": {"memory": "64Mi"}, "limits": {"memory": 1000}}}]}});
+        default(Workload::Pod, &mut pod);
+        let causes = validate(Workload::Pod, &pod, None);
+        assert_eq!(
+            fields(&causes),
+            vec![
+                "spec.securityContext.seccompProfile.type",
+                "spec.containers[0].resources.requests",
+                "spec.containers[0].workingDir",
+                "spec.containers[0].volumeMounts[0].mountPath",
+                "spec.containers[0].securityContext",
+            ]
+        );
+        assert_eq!(
+            causes[1].message,
+            "Invalid value: \"64Mi\": must be less than or equal to memory limit of 1000"
+        );
+        assert!(causes[2].message.starts_with("Invalid value: \"/proc/self/fd/7\": must not be under /proc"));
+        assert!(causes[4]
+            .message
+            .ends_with("cannot set `allowPrivilegeEscalation` to false and `privileged` to true"));
     }
 
     #[test]

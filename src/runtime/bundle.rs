@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use super::volumes::PreparedVolume;
-use super::{ImageInfo, RuntimeError};
+use super::{seccomp, security, ImageInfo, RuntimeError};
 
 /// Docker's default capability set (what `docker run` grants without `--cap-add`).
 pub const DEFAULT_CAPABILITIES: &[Capability] = &[
@@ -70,6 +70,8 @@ pub struct BundleInput<'a> {
     pub sandbox_pid: i32,
     /// `linux.cgroupsPath`.
     pub cgroups_path: String,
+    /// The node's defaults and what its cgroups support.
+    pub limits: NodeLimits,
     /// The container's env as the kubelet resolved it (`kubelet::config`): `envFrom`, then
     /// `env` with `valueFrom` values filled in.
     pub env: &'a [EnvEntry],
@@ -168,7 +170,6 @@ pub struct NodeLimits {
     /// memory limit also caps memory+swap at the same value, so a container cannot swap past it.
     pub memory_swap_limit: bool,
 }
-
 
 fn invalid(what: &str, reason: impl Into<String>) -> RuntimeError {
     RuntimeError::Invalid {
@@ -433,9 +434,16 @@ fn mounts(input: &BundleInput) -> Result<Vec<Mount>, RuntimeError> {
     Ok(out)
 }
 
-/// Memory limit (bytes) and CPU quota (µs per 100 ms period) from `resources.limits`; CPU
-/// shares from `resources.requests.cpu` (1024 per core, as the kubelet does).
-fn resources(container: &Container) -> Result<oci_spec::runtime::LinuxResources, RuntimeError> {
+/// Memory limit (bytes; memory+swap the same where the host accounts swap) and CPU quota (µs
+/// per 100 ms period) from `resources.limits`; CPU shares from `resources.requests.cpu` (1024
+/// per core, as the kubelet does); the node's pids limit. runc writes them to the v1
+/// controllers (`memory.limit_in_bytes`, `memory.memsw.limit_in_bytes`, `cpu.cfs_quota_us`,
+/// `cpu.shares`, `pids.max`) or their v2 equivalents (`memory.max`, `memory.swap.max` = 0,
+/// `cpu.max`, `cpu.weight`, `pids.max`).
+fn resources(
+    container: &Container,
+    node: NodeLimits,
+) -> Result<oci_spec::runtime::LinuxResources, RuntimeError> {
     let limits = container
         .resources
         .as_ref()
@@ -451,11 +459,22 @@ fn resources(container: &Container) -> Result<oci_spec::runtime::LinuxResources,
         let bytes = crate::model::quantity::parse_units(&mem.0)
             .map_err(|e| invalid("memory limit", e.0))?;
         let limit = i64::try_from(bytes).map_err(|_| invalid("memory limit", mem.0.clone()))?;
+        let mut memory = LinuxMemoryBuilder::default().limit(limit);
+        if node.memory_swap_limit {
+            memory = memory.swap(limit);
+        }
         builder = builder.memory(
-            LinuxMemoryBuilder::default()
-                .limit(limit)
+            memory
                 .build()
                 .map_err(|e| invalid("memory", e.to_string()))?,
+        );
+    }
+    if let Some(pids) = node.pids_limit.filter(|p| *p > 0) {
+        builder = builder.pids(
+            LinuxPidsBuilder::default()
+                .limit(pids)
+                .build()
+                .map_err(|e| invalid("pids", e.to_string()))?,
         );
     }
     let mut cpu = LinuxCpuBuilder::default();
@@ -488,6 +507,14 @@ pub fn build_spec(input: &BundleInput) -> Result<Spec, RuntimeError> {
     let args = process_args(input.container, input.image)?;
     let env = process_env(input.env, input.image, &pod_name);
     let (uid, gid) = process_user(input.pod, input.container, input.image)?;
+    let settings =
+        security::resolve(input.pod, input.container).map_err(|r| invalid(&r.field, r.detail))?;
+    if settings.run_as_non_root && uid == 0 {
+        return Err(RuntimeError::Config(security::non_root_message(
+            input.pod,
+            &input.container.name,
+        )));
+    }
     let cwd = input
         .container
         .working_dir
@@ -495,10 +522,27 @@ pub fn build_spec(input: &BundleInput) -> Result<Spec, RuntimeError> {
         .filter(|w| !w.is_empty())
         .or_else(|| input.image.working_dir.clone().filter(|w| !w.is_empty()))
         .unwrap_or_else(|| "/".into());
-    if !cwd.starts_with('/') {
-        return Err(invalid("workingDir", format!("{cwd:?} is not absolute")));
+    // Defence in depth: admission refuses these too, but a spec may predate the rule.
+    if let Some(problem) = security::path_problem(&cwd, security::PathUse::WorkingDir) {
+        return Err(invalid("workingDir", format!("{cwd:?} {problem}")));
     }
-    let caps: oci_spec::runtime::Capabilities = DEFAULT_CAPABILITIES.iter().copied().collect();
+    for vm in input.container.volume_mounts.iter().flatten() {
+        let path = &vm.mount_path;
+        if let Some(problem) = security::path_problem(path, security::PathUse::MountDestination) {
+            return Err(invalid("mountPath", format!("{path:?} {problem}")));
+        }
+    }
+    if let Some(a) = args.iter().chain(env.iter()).find(|a| a.contains('\0')) {
+        return Err(invalid(
+            "container command or env",
+            format!("{a:?} contains a NUL byte"),
+        ));
+    }
+    let caps: oci_spec::runtime::Capabilities = settings
+        .capabilities
+        .iter()
+        .filter_map(|c| security::capability(c))
+        .collect();
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -516,11 +560,12 @@ pub fn build_spec(input: &BundleInput) -> Result<Spec, RuntimeError> {
             UserBuilder::default()
                 .uid(uid)
                 .gid(gid)
+                .additional_gids(settings.additional_gids.clone())
                 .build()
                 .map_err(|e| invalid("user", e.to_string()))?,
         )
         .capabilities(capabilities)
-        .no_new_privileges(true)
+        .no_new_privileges(settings.no_new_privileges)
         // No rlimits: the container inherits the agent's (a fixed value can exceed the host's
         // hard limit, which runc refuses).
         .build()
@@ -541,30 +586,24 @@ pub fn build_spec(input: &BundleInput) -> Result<Spec, RuntimeError> {
         ns(LinuxNamespaceType::Ipc, sandbox_ns("ipc"))?,
         ns(LinuxNamespaceType::Uts, sandbox_ns("uts"))?,
     ];
-    let linux = LinuxBuilder::default()
+    let paths = |list: &[&str]| -> Vec<String> {
+        if settings.masked_paths {
+            list.iter().map(|s| s.to_string()).collect()
+        } else {
+            Vec::new()
+        }
+    };
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .cgroups_path(PathBuf::from(&input.cgroups_path))
-        .resources(resources(input.container)?)
-        .masked_paths(
-            MASKED_PATHS
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .readonly_paths(
-            READONLY_PATHS
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .build()
-        .map_err(|e| invalid("linux", e.to_string()))?;
-    let readonly = input
-        .container
-        .security_context
-        .as_ref()
-        .and_then(|s| s.read_only_root_filesystem)
-        .unwrap_or(false);
+        .resources(resources(input.container, input.limits)?)
+        .masked_paths(paths(MASKED_PATHS))
+        .readonly_paths(paths(READONLY_PATHS));
+    if settings.seccomp == Some(security::Seccomp::RuntimeDefault) {
+        linux = linux.seccomp(seccomp::default_profile(&settings.capabilities)?);
+    }
+    let linux = linux.build().map_err(|e| invalid("linux", e.to_string()))?;
+    let readonly = settings.readonly_root;
     let mut annotations = std::collections::HashMap::new();
     annotations.insert("io.kubernetes.pod.name".to_string(), pod_name);
     annotations.insert("io.kubernetes.pod.namespace".to_string(), namespace);
@@ -690,6 +729,7 @@ mod tests {
             pod_dir: Path::new("/d/pods/b1"),
             sandbox_pid: 42,
             cgroups_path: "/shoal/n1/pod-b1/c".into(),
+            limits: NodeLimits::default(),
             env: &literal_env(&c),
             volumes: &data_volume,
         })
@@ -735,6 +775,7 @@ mod tests {
             pod_dir: Path::new("/d"),
             sandbox_pid: 1,
             cgroups_path: "/x".into(),
+            limits: NodeLimits::default(),
             env: &[],
             volumes: &data_volume,
         });

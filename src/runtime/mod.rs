@@ -24,6 +24,8 @@ pub mod observe;
 pub mod pods;
 pub mod runc;
 pub mod sandbox;
+pub mod seccomp;
+pub mod security;
 pub mod shim;
 pub mod volumes;
 
@@ -46,6 +48,10 @@ pub enum RuntimeError {
     Runc(String),
     #[error("invalid {what}: {reason}")]
     Invalid { what: String, reason: String },
+    /// The container cannot run as configured (`runAsNonRoot` with a root user): Kubernetes'
+    /// `CreateContainerConfigError`.
+    #[error("{0}")]
+    Config(String),
     #[error("{0}")]
     Spawn(String),
     #[error("image: {0}")]
@@ -83,7 +89,14 @@ pub struct RuntimeConfig {
     pub cni: Option<network::CniConfig>,
     /// Where hostPath volumes may point (`shoal agent --allow-host-path`); empty: nowhere.
     pub host_path_prefixes: Vec<PathBuf>,
+    /// Node-wide container limits (pids) and what the host's cgroups support (swap).
+    pub limits: bundle::NodeLimits,
 }
+
+/// `shoal agent --pod-pids-limit`'s default: the most processes (threads count) one container
+/// may have, like the kubelet's `podPidsLimit`. Enough for any ordinary server, too few for a
+/// fork bomb to exhaust the host's pid space (`kernel.pid_max` is 4 million on 64-bit hosts).
+pub const DEFAULT_POD_PIDS_LIMIT: i64 = 4096;
 
 /// Most bytes read from any small state file the runtime wrote (pod.json, exit.json...).
 pub const MAX_STATE_FILE: u64 = 1 << 20;
@@ -112,7 +125,17 @@ impl RuntimeConfig {
             shoal_binary: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("shoal")),
             cni: pod_network.then(|| network::CniConfig::from_env(data_dir)),
             host_path_prefixes: Vec::new(),
+            limits: bundle::NodeLimits {
+                pids_limit: Some(DEFAULT_POD_PIDS_LIMIT),
+                memory_swap_limit: runc::swap_accounting(Path::new("/sys/fs/cgroup")),
+            },
         }
+    }
+
+    /// The same with `--pod-pids-limit` (0 or less: none).
+    pub fn with_pod_pids_limit(mut self, limit: i64) -> Self {
+        self.limits.pids_limit = (limit > 0).then_some(limit);
+        self
     }
 
     pub fn pods_dir(&self) -> PathBuf {

@@ -322,6 +322,7 @@ impl Runtime {
             pod_dir: &pod_dir,
             sandbox_pid: sandbox.pid,
             cgroups_path: cgroups_path.clone(),
+            limits: self.config.limits,
             env: &config.env,
             volumes: &prepared,
         })

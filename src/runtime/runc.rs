@@ -210,6 +210,16 @@ pub fn remove_pod_cgroups(parent: &str, pod_key: &str) {
     }
 }
 
+/// Whether runc can cap memory+swap per cgroup on this host (`root`: `/sys/fs/cgroup`): a v2
+/// host (runc writes `memory.swap.max`, and ignores a missing file when the value is 0), or a
+/// v1 memory controller with swap accounting (`memory.memsw.limit_in_bytes`, absent when the
+/// kernel runs with `swapaccount=0`; runc 1.1 refuses a swap limit then). A hybrid host is v1
+/// for runc.
+pub fn swap_accounting(root: &Path) -> bool {
+    root.join("cgroup.controllers").exists()
+        || root.join("memory/memory.memsw.limit_in_bytes").exists()
+}
+
 /// Whether `cgroupsPath` recorded an OOM kill (v1 `memory.oom_control` or v2 `memory.events`).
 pub fn oom_killed(cgroups_path: &str) -> bool {
     let rel = cgroups_path.trim_start_matches('/');
