@@ -36,6 +36,7 @@ fn cores_are_pure() {
         "sched",
         "sim",
         "kubelet/plan",
+        "kubelet/config.rs",
         "model/ipam.rs",
         "model/service.rs",
         "dns",
