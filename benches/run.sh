@@ -212,6 +212,8 @@ if [ "$use_testnet" = 1 ]; then
       bench pod-start-tn5 pod-start --testnet testnet --nodes 5 --pods "$POD_STARTS"
       bench failover-tn5 failover --testnet testnet --nodes 5 --replicas 6 --rounds "$FAILOVER_ROUNDS"
       bench burst-tn5 burst --testnet testnet --nodes 5 --pods "$BURST_PODS"
+      # Rolling update of 30 replicas (issue 6): rollout status wall time, least ready count.
+      bench rollout-tn5 rollout --testnet testnet --nodes 5 --replicas 30 --rounds 3
     fi
     if [ "$WORKLOADS_ONLY" != 1 ]; then
       # Images: a fresh image per round pushed to the testnet registry (10.77.0.1:5000).

@@ -14,7 +14,9 @@ mod failure;
 mod idle;
 mod kube;
 mod lo;
+mod probes;
 mod propagation;
+mod rollout;
 mod runc;
 mod serf;
 mod stats;
@@ -122,6 +124,27 @@ enum What {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// CPU of n1's agent with --pods httpd pods: no probes, 1 s httpGet, 1 s exec + httpGet.
+    Probes {
+        #[command(flatten)]
+        on: OnTestnet,
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+        /// Seconds per measuring window.
+        #[arg(long, default_value_t = 20)]
+        secs: u64,
+        #[arg(long, default_value_t = 3)]
+        windows: usize,
+    },
+    /// Rolling updates of a Deployment: `rollout status` wall time and least ready count.
+    Rollout {
+        #[command(flatten)]
+        on: OnTestnet,
+        #[arg(long, default_value_t = 30)]
+        replicas: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// A Deployment of --pods replicas from POST to all Running, then delete to no container.
     Burst {
         #[command(flatten)]
@@ -222,6 +245,20 @@ async fn main() -> Result<()> {
             )
             .await?
         }
+        What::Probes {
+            on,
+            pods,
+            secs,
+            windows,
+        } => {
+            let kube = kube::Kube::open(&on.testnet, on.nodes)?;
+            probes::overhead(&kube, &on.testnet, *pods, *secs, *windows).await?
+        }
+        What::Rollout {
+            on,
+            replicas,
+            rounds,
+        } => rollout::run(&on.testnet, on.nodes, *replicas, *rounds).await?,
         What::Burst { on, pods, timeout } => {
             workloads::burst(&kube::Kube::open(&on.testnet, on.nodes)?, *pods, *timeout).await?
         }

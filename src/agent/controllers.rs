@@ -137,10 +137,13 @@ pub async fn run(shared: Arc<Shared>, shutdown: impl std::future::Future<Output 
             leading = true;
         }
         let live = liveness(&view, &shared.node_name);
+        // Each on its own statement: a document guard must be dropped before the next lock.
+        let heads = shared.doc().heads_digest();
+        let ready = readiness(&shared, &live);
         let inputs = Inputs {
-            heads: shared.doc().heads_digest(),
+            heads,
             view: view.view_hash,
-            ready: readiness(&shared, &live),
+            ready,
             liveness: live,
         };
         let due = wake.is_some_and(|t| Utc::now() >= t);
