@@ -231,8 +231,20 @@ impl Shell {
         self.configs =
             self.objects
                 .resolve(&self.shared, &desired, &observed, &mut verdicts.states);
+        // runAsNonRoot with an image that runs as root: waits as CreateContainerConfigError.
+        for (key, d) in &desired {
+            for c in d.containers() {
+                let image = c.image.as_deref().and_then(|i| verdicts.ready.get(i));
+                if let Some(message) = image
+                    .and_then(|i| crate::runtime::bundle::non_root_violation(&d.pod, c, i))
+                {
+                    objects::config_error(&mut verdicts.states, key, &c.name, message);
+                }
+            }
+        }
+        let in_flight = self.busy().clone();
         self.objects
-            .refresh(&self.runtime, &observed, &self.configs, &self.busy().clone());
+            .refresh(&self.runtime, &observed, &self.configs, &in_flight);
         let recorded: BTreeMap<(String, String), PodStatusRecord> = {
             let docs = self.shared.status_docs();
             docs.get(&self.shared.node_name)

@@ -301,6 +301,29 @@ pub fn process_user(
     Ok((uid, gid))
 }
 
+/// Kubernetes' `CreateContainerConfigError` message when `runAsNonRoot` is asked for and the
+/// container would run as uid 0 (or its user cannot be determined); `None` otherwise. Cheap
+/// when `runAsNonRoot` is not set (the kubelet asks every round).
+pub fn non_root_violation(pod: &Pod, container: &Container, image: &ImageInfo) -> Option<String> {
+    let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let wanted = container
+        .security_context
+        .as_ref()
+        .and_then(|c| c.run_as_non_root)
+        .or(psc.and_then(|p| p.run_as_non_root))
+        .unwrap_or(false);
+    if !wanted {
+        return None;
+    }
+    match process_user(pod, container, image) {
+        Ok((0, _)) => Some(security::non_root_message(pod, &container.name)),
+        Ok(_) => None,
+        Err(e) => Some(format!(
+            "container has runAsNonRoot and its user cannot be verified: {e}"
+        )),
+    }
+}
+
 fn image_user(user: &str, image: &ImageInfo) -> Result<(u32, u32), RuntimeError> {
     let (u, g) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
@@ -702,6 +725,51 @@ mod tests {
         assert_eq!(process_user(&pod, &c2, &img).unwrap(), (7, 33));
         img.user = Some("nobody".into());
         assert!(process_user(&pod, &c, &img).is_err());
+    }
+
+    #[test]
+    fn run_as_non_root_refuses_root_users() {
+        let pod = |sc: serde_json::Value| -> Pod {
+            serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "p", "namespace": "d", "uid": "u"},
+                "spec": {"containers": [], "securityContext": sc}}),
+            )
+            .unwrap()
+        };
+        let c = container(serde_json::json!({"name": "c"}));
+        let mut img = image();
+        assert_eq!(
+            non_root_violation(&pod(serde_json::json!({})), &c, &img),
+            None
+        );
+        let strict = pod(serde_json::json!({"runAsNonRoot": true}));
+        let m = non_root_violation(&strict, &c, &img).unwrap();
+        assert!(
+            m.starts_with("container has runAsNonRoot and image will run as root"),
+            "{m}"
+        );
+        img.user = Some("1000".into());
+        assert_eq!(non_root_violation(&strict, &c, &img), None);
+        let as_root =
+            container(serde_json::json!({"name": "c", "securityContext": {"runAsUser": 0}}));
+        assert!(non_root_violation(&strict, &as_root, &img).is_some());
+        img.user = Some("nobody".into());
+        assert!(non_root_violation(&strict, &c, &img)
+            .unwrap()
+            .contains("cannot be verified"));
+        img.user = None;
+        let spec = build_spec(&BundleInput {
+            pod: &strict,
+            container: &as_root,
+            image: &img,
+            pod_dir: Path::new("/d"),
+            sandbox_pid: 1,
+            cgroups_path: "/x".into(),
+            limits: NodeLimits::default(),
+            env: &[],
+            volumes: &BTreeMap::new(),
+        });
+        assert!(matches!(spec, Err(RuntimeError::Config(_))));
     }
 
     #[test]
