@@ -195,12 +195,17 @@ proptest! {
             // Readiness changes between rounds (the kubelets' doing, not the controller's).
             let keys: Vec<PodKey> = s.pods.iter().map(key).collect();
             for k in keys {
-                if s.ready.contains_key(&k) {
-                    if failing && rng.gen_ratio(1, 20) {
-                        s.ready.remove(&k);
+                match s.ready.entry(k) {
+                    std::collections::btree_map::Entry::Occupied(e) => {
+                        if failing && rng.gen_ratio(1, 20) {
+                            e.remove();
+                        }
                     }
-                } else if rng.gen_ratio(1, 3) || !failing {
-                    s.ready.insert(k, now - Duration::seconds(rng.gen_range(0..3)));
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        if rng.gen_ratio(1, 3) || !failing {
+                            e.insert(now - Duration::seconds(rng.gen_range(0..3)));
+                        }
+                    }
                 }
             }
             let before = available(&s, now, min_ready);
