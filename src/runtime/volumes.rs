@@ -249,7 +249,7 @@ fn canonical(p: &Path) -> PathBuf {
 
 fn is_mount_point(dir: &Path) -> bool {
     let dir = canonical(dir);
-    mount_points().iter().any(|m| *m == dir)
+    mount_points().contains(&dir)
 }
 
 /// Unmounts everything mounted at or below `dir` (the pod's tmpfs volumes and memory dir),
