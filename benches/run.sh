@@ -2,8 +2,9 @@
 # Cluster benchmarks: change propagation, failure detection after kill -9 (with Serf side by side),
 # false deaths at idle, idle cost of an agent. Loopback agents first, then the netns testnet, where
 # the workload benchmarks follow: pod start (beside bare runc), failover of a Deployment after
-# kill -9 of a node, a burst of pods; then the image benchmarks: pull + unpack from a loopback
-# registry beside skopeo + umoci, and the registry egress when 5 testnet nodes start a new image;
+# kill -9 of a node, a burst of pods, probe overhead (100 pods on one agent); then the image
+# benchmarks: pull + unpack from a loopback registry beside skopeo + umoci, and the registry egress
+# when 5 testnet nodes start a new image;
 # Service load balancing: ClusterIP vs pod IP (wrk, iperf3) and rule update cost with 10/100/1,000
 # Services in namespaces of its own, endpoint change → rules on every testnet node.
 #
@@ -31,11 +32,11 @@ cd "$REPO"
 if [ "$MODE" = quick ]; then
   PROP_WRITES=100; KILLS=5; TN_KILLS=3; IDLE_SECS=20; FALSE_DEATH_MIN="${FALSE_DEATH_MIN:-2}"; RECORD="${RECORD:-0}"
   POD_STARTS=20; FAILOVER_ROUNDS=3; BURST_PODS=100
-  PULL_RUNS=5; EGRESS_ROUNDS=1; PROXY_ROUNDS=10
+  PULL_RUNS=5; EGRESS_ROUNDS=1; PROXY_ROUNDS=10; PROBE_SECS=10
 else
   PROP_WRITES=200; KILLS=20; TN_KILLS=10; IDLE_SECS=60; FALSE_DEATH_MIN="${FALSE_DEATH_MIN:-10}"; RECORD="${RECORD:-1}"
   POD_STARTS=50; FAILOVER_ROUNDS=8; BURST_PODS=300
-  PULL_RUNS=9; EGRESS_ROUNDS=3; PROXY_ROUNDS=30
+  PULL_RUNS=9; EGRESS_ROUNDS=3; PROXY_ROUNDS=30; PROBE_SECS=20
 fi
 TESTNET="${TESTNET:-auto}"
 
@@ -212,6 +213,8 @@ if [ "$use_testnet" = 1 ]; then
       bench pod-start-tn5 pod-start --testnet testnet --nodes 5 --pods "$POD_STARTS"
       bench failover-tn5 failover --testnet testnet --nodes 5 --replicas 6 --rounds "$FAILOVER_ROUNDS"
       bench burst-tn5 burst --testnet testnet --nodes 5 --pods "$BURST_PODS"
+      # Probe overhead: CPU of n1's agent with 100 pods, no probes / 1 s http / 1 s exec + http.
+      bench probes-tn5 probes --testnet testnet --nodes 5 --pods 100 --secs "$PROBE_SECS"
       # Rolling update of 30 replicas (issue 6): rollout status wall time, least ready count.
       bench rollout-tn5 rollout --testnet testnet --nodes 5 --replicas 30 --rounds 3
     fi

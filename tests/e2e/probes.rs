@@ -1,1 +1,509 @@
-//! End-to-end tests of issue 6 (probes); filled in by its work.
+//! Probes, preStop hooks and graceful termination end to end (issue 6), on one testnet node with
+//! real runc and kubectl: a failing liveness probe restarts its container within
+//! periodSeconds × failureThreshold + 1 s, with back-off on the repeat and the preStop hook
+//! before SIGTERM; a readiness flip takes a pod out of its Service's endpoints and back without
+//! a restart; a startup probe holds readiness back; a container ignoring SIGTERM is killed
+//! after its grace period; a probe on port 70000 is refused by `kubectl apply`.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::workloads::apply;
+use crate::support::*;
+
+const START: Duration = Duration::from_secs(90);
+
+/// Five pods and a Service, all on n1, applied at once so their timelines overlap.
+const PODS: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: live
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: main
+    image: shoal.test/busybox:1
+    # Healthy for 5 s, then the probe's file goes. TERM is trapped (logged with its time);
+    # `wait` on a background sleep lets the trap run at once.
+    command: ["sh", "-c", "on_term() { echo term $(date +%s); exit 0; }; trap on_term TERM; touch /tmp/healthy; echo start $(date +%s); sleep 5; rm /tmp/healthy; echo removed $(date +%s); while true; do sleep 1 & wait $!; done"]
+    livenessProbe:
+      exec:
+        command: ["cat", "/tmp/healthy"]
+      periodSeconds: 1
+      failureThreshold: 3
+    lifecycle:
+      preStop:
+        exec:
+          command: ["sh", "-c", "echo prestop $(date +%s) > /proc/1/fd/1"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: flip
+  labels:
+    app: flip
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: httpd
+    image: shoal.test/busybox:1
+    command: ["sh", "-c", "mkdir -p /tmp/www && echo ok > /tmp/www/ready.html && exec httpd -f -p 8080 -h /tmp/www"]
+    ports:
+    - name: http
+      containerPort: 8080
+    readinessProbe:
+      httpGet:
+        path: /ready.html
+        port: http
+      periodSeconds: 1
+      failureThreshold: 1
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: flip
+spec:
+  selector:
+    app: flip
+  ports:
+  - port: 80
+    targetPort: 8080
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: slow
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: shoal.test/busybox:1
+    command: ["sh", "-c", "sleep 8; touch /tmp/started; echo started $(date +%s); exec sleep 3600"]
+    startupProbe:
+      exec:
+        command: ["cat", "/tmp/started"]
+      periodSeconds: 1
+      failureThreshold: 60
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: stubborn
+spec:
+  terminationGracePeriodSeconds: 3
+  containers:
+  - name: main
+    image: shoal.test/busybox:1
+    command: ["sh", "-c", "trap '' TERM; while true; do sleep 1; done"]
+    livenessProbe:
+      tcpSocket:
+        port: 9
+      initialDelaySeconds: 2
+      periodSeconds: 1
+      failureThreshold: 1
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: ignore
+spec:
+  terminationGracePeriodSeconds: 3
+  containers:
+  - name: main
+    image: shoal.test/busybox:1
+    command: ["sh", "-c", "trap '' TERM; while true; do sleep 1; done"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: badport
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: shoal.test/busybox:1
+    command: ["sleep", "3600"]
+    readinessProbe:
+      tcpSocket:
+        port: nope
+      periodSeconds: 1
+"#;
+
+fn pod(name: &str) -> Result<Value, String> {
+    let out = kubectl("n1", &["get", "pod", name, "-o", "json"])?;
+    serde_json::from_str(&out).map_err(|e| format!("bad JSON: {e}: {out}"))
+}
+
+fn time(v: &Value) -> Result<DateTime<Utc>, String> {
+    v.as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or_else(|| format!("not a timestamp: {v}"))
+}
+
+fn condition(pod: &Value, kind: &str) -> String {
+    pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == kind)
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// `(reason, message, firstTimestamp)` of the events about `pod`.
+fn events(pod: &str) -> Result<Vec<(String, String, String)>, String> {
+    let out = kubectl("n1", &["get", "events", "-o", "json"])?;
+    let list: Value = serde_json::from_str(&out).map_err(|e| format!("bad JSON: {e}: {out}"))?;
+    Ok(list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["involvedObject"]["name"] == pod)
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
+            (s("reason"), s("message"), s("firstTimestamp"))
+        })
+        .collect())
+}
+
+/// The seconds value of the first log line `<word> <seconds>`.
+fn logged(log: &str, word: &str) -> Option<i64> {
+    log.lines()
+        .find_map(|l| l.strip_prefix(&format!("{word} "))?.trim().parse().ok())
+}
+
+/// Ready addresses and not-ready addresses of an Endpoints object.
+fn endpoints(name: &str) -> Result<(Vec<String>, Vec<String>), String> {
+    let out = kubectl("n1", &["get", "endpoints", name, "-o", "json"])?;
+    let ep: Value = serde_json::from_str(&out).map_err(|e| format!("bad JSON: {e}: {out}"))?;
+    let ips = |k: &str| -> Vec<String> {
+        ep["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s[k].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a["ip"].as_str().map(String::from))
+            .collect()
+    };
+    Ok((ips("addresses"), ips("notReadyAddresses")))
+}
+
+fn kubectl_apply_stdin(manifest: &str) -> Result<String, String> {
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig())
+        .args([
+            "--context",
+            "n1",
+            "--request-timeout=10s",
+            "apply",
+            "-f",
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run kubectl: {e}"))?;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(manifest.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+fn restarts(p: &Value) -> u64 {
+    p["status"]["containerStatuses"][0]["restartCount"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn probes_restart_gate_readiness_and_terminate_gracefully() {
+    let _tn = Testnet::up(1);
+
+    // (e) Bad input first: refused with Kubernetes' wording, nothing created.
+    let bad = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: badprobe
+spec:
+  containers:
+  - name: main
+    image: shoal.test/busybox:1
+    livenessProbe:
+      httpGet:
+        port: 70000
+"#;
+    let err = kubectl_apply_stdin(bad).expect_err("a probe on port 70000 must be refused");
+    assert!(
+        err.contains("spec.containers[0].livenessProbe.httpGet.port: Invalid value: 70000: must be between 1 and 65535, inclusive"),
+        "unclear refusal: {err}"
+    );
+    assert!(kubectl("n1", &["get", "pod", "badprobe"]).is_err());
+
+    apply("n1", PODS);
+
+    // (c) The startup probe holds readiness back while the file is missing (8 s), though the
+    // container runs.
+    eventually("slow runs, not started, not ready", START, || {
+        let p = pod("slow")?;
+        let cs = &p["status"]["containerStatuses"][0];
+        if cs["state"]["running"].is_null() {
+            return Err(format!("not running yet: {cs}"));
+        }
+        if cs["started"] != false || cs["ready"] != false || condition(&p, "Ready") != "False" {
+            return Err(format!(
+                "expected started/ready false while starting up: {p}"
+            ));
+        }
+        Ok(())
+    });
+
+    // (b) Readiness: ready, in the endpoints; a failing probe takes it out without a restart,
+    // a passing one puts it back.
+    let ip = eventually("flip is ready with an IP", START, || {
+        let p = pod("flip")?;
+        if condition(&p, "Ready") != "True" {
+            return Err(format!("not ready: {}", p["status"]));
+        }
+        p["status"]["podIP"]
+            .as_str()
+            .map(String::from)
+            .ok_or_else(|| "no podIP".to_string())
+    });
+    eventually("flip's IP in its endpoints", REACT, || {
+        match endpoints("flip")? {
+            (ready, _) if ready == [ip.clone()] => Ok(()),
+            other => Err(format!("endpoints {other:?}")),
+        }
+    });
+    kubectl_ok("n1", &["exec", "flip", "--", "rm", "/tmp/www/ready.html"]);
+    eventually("flip not ready, out of the ready endpoints", REACT, || {
+        let p = pod("flip")?;
+        let (ready, not_ready) = endpoints("flip")?;
+        if condition(&p, "Ready") == "False" && ready.is_empty() && not_ready == [ip.clone()] {
+            Ok(())
+        } else {
+            Err(format!(
+                "Ready {}, endpoints {ready:?} / {not_ready:?}",
+                condition(&p, "Ready")
+            ))
+        }
+    });
+    let unhealthy = events("flip").unwrap();
+    assert!(
+        unhealthy.iter().any(|(r, m, _)| r == "Unhealthy"
+            && m.starts_with("Readiness probe failed: HTTP probe failed with statuscode: 404")),
+        "no Unhealthy event for the failing readiness probe: {unhealthy:?}"
+    );
+    kubectl_ok(
+        "n1",
+        &[
+            "exec",
+            "flip",
+            "--",
+            "sh",
+            "-c",
+            "echo ok > /tmp/www/ready.html",
+        ],
+    );
+    eventually(
+        "flip ready again, back in the endpoints",
+        REACT,
+        || match endpoints("flip")? {
+            (ready, _) if ready == [ip.clone()] => Ok(()),
+            other => Err(format!("endpoints {other:?}")),
+        },
+    );
+    assert_eq!(
+        restarts(&pod("flip").unwrap()),
+        0,
+        "readiness never restarts"
+    );
+
+    // (c) continued: ready once the startup probe passes, not before the file exists.
+    let p = eventually("slow becomes ready", START, || {
+        let p = pod("slow")?;
+        if condition(&p, "Ready") == "True" {
+            Ok(p)
+        } else {
+            Err(format!("not ready: {}", p["status"]))
+        }
+    });
+    let cs = &p["status"]["containerStatuses"][0];
+    assert_eq!(cs["started"], true);
+    assert_eq!(cs["restartCount"], 0);
+    let started = logged(&kubectl_ok("n1", &["logs", "slow"]), "started").expect("started line");
+    let ready_since = p["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .map(|c| time(&c["lastTransitionTime"]).unwrap())
+        .unwrap();
+    assert!(
+        ready_since.timestamp() >= started,
+        "Ready at {ready_since} before the startup file existed ({started})"
+    );
+
+    // A named port the container does not define: a clear failure, never ready.
+    eventually("badport says why it is not ready", REACT, || {
+        let ev = events("badport")?;
+        ev.iter()
+            .find(|(r, m, _)| r == "Unhealthy" && m.contains("\"nope\" is not a named port"))
+            .map(|_| ())
+            .ok_or_else(|| format!("events {ev:?}"))
+    });
+    assert_eq!(condition(&pod("badport").unwrap(), "Ready"), "False");
+
+    // (d) A container ignoring SIGTERM is killed 3 s (its grace period) after its liveness
+    // probe failed: exit code 137.
+    let p = eventually("stubborn was killed and restarted", START, || {
+        let p = pod("stubborn")?;
+        let last = &p["status"]["containerStatuses"][0]["lastState"]["terminated"];
+        if last.is_null() {
+            return Err(format!("not restarted yet: {}", p["status"]));
+        }
+        Ok(p)
+    });
+    let last = &p["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    assert_eq!(last["exitCode"], 137, "killed with SIGKILL: {last}");
+    let ev = events("stubborn").unwrap();
+    let killing = ev
+        .iter()
+        .find(|(r, m, _)| {
+            r == "Killing" && m == "Container main failed liveness probe, will be restarted"
+        })
+        .unwrap_or_else(|| panic!("no Killing event: {ev:?}"));
+    assert!(
+        ev.iter().any(|(r, m, _)| r == "Unhealthy"
+            && m.starts_with("Liveness probe failed: dial tcp ")
+            && m.contains(":9: connect:")),
+        "no Unhealthy event for the tcpSocket probe: {ev:?}"
+    );
+    let killed =
+        time(&last["finishedAt"]).unwrap() - time(&Value::from(killing.2.clone())).unwrap();
+    // The grace period is 3 s; timestamps have 1 s resolution and the SIGKILL comes with the
+    // next planning round (1 s tick): 2..=5 s.
+    assert!(
+        (2..=5).contains(&killed.num_seconds()),
+        "SIGKILL {killed} after the Killing event, grace period 3 s"
+    );
+
+    // (a) Liveness: restarted within periodSeconds × failureThreshold + 1 s of the first
+    // failure, the preStop hook before SIGTERM; then again, with back-off.
+    let p = eventually("live restarted once", START, || {
+        let p = pod("live")?;
+        if restarts(&p) >= 1 {
+            Ok(p)
+        } else {
+            Err(format!("no restart yet: {}", p["status"]))
+        }
+    });
+    let previous = kubectl_ok("n1", &["logs", "live", "--previous"]);
+    let removed = logged(&previous, "removed").unwrap_or_else(|| panic!("log: {previous}"));
+    let prestop = logged(&previous, "prestop").unwrap_or_else(|| panic!("no preStop: {previous}"));
+    let term = logged(&previous, "term").unwrap_or_else(|| panic!("no TERM: {previous}"));
+    let order: Vec<&str> = previous
+        .lines()
+        .filter_map(|l| l.split(' ').next())
+        .filter(|w| ["prestop", "term"].contains(w))
+        .collect();
+    assert_eq!(
+        order,
+        ["prestop", "term"],
+        "preStop runs before SIGTERM: {previous}"
+    );
+    assert!(prestop <= term);
+    // The first failure comes at or after the removal, so bounding from the removal is
+    // stricter. 3 × 1 s + 1 s, plus 1 s because both times are whole seconds from `date`.
+    assert!(
+        term - removed <= 3 + 1 + 1,
+        "TERM {term} came {} s after the removal {removed}",
+        term - removed
+    );
+    let first_exit =
+        time(&p["status"]["containerStatuses"][0]["lastState"]["terminated"]["finishedAt"]);
+    let ev = events("live").unwrap();
+    assert!(
+        ev.iter()
+            .any(|(r, m, _)| r == "Unhealthy" && m.starts_with("Liveness probe failed: ")),
+        "{ev:?}"
+    );
+    assert!(
+        ev.iter().any(|(r, m, _)| r == "Killing"
+            && m == "Container main failed liveness probe, will be restarted"),
+        "{ev:?}"
+    );
+    // The second failure restarts it again, after a back-off of 10 s.
+    let p = eventually("live restarted twice", START, || {
+        let p = pod("live")?;
+        if restarts(&p) >= 2 && !p["status"]["containerStatuses"][0]["state"]["running"].is_null() {
+            Ok(p)
+        } else {
+            Err(format!("not restarted twice yet: {}", p["status"]))
+        }
+    });
+    let cs = &p["status"]["containerStatuses"][0];
+    let second_exit = time(&cs["lastState"]["terminated"]["finishedAt"]).unwrap();
+    let third_start = time(&cs["state"]["running"]["startedAt"]).unwrap();
+    assert!(first_exit.unwrap() < second_exit);
+    assert!(
+        (third_start - second_exit).num_seconds() >= 9,
+        "back-off: restarted {} s after the second exit",
+        (third_start - second_exit).num_seconds()
+    );
+
+    // Deleting a pod whose container ignores SIGTERM: it is SIGKILLed after its grace period
+    // (3 s), not before, and not much later (the deletion reaches the kubelet within a round,
+    // the SIGKILL comes with the round after the grace period: 1 s tick each).
+    let p = pod("ignore").unwrap();
+    let id = p["status"]["containerStatuses"][0]["containerID"]
+        .as_str()
+        .and_then(|c| c.strip_prefix("runc://"))
+        .unwrap_or_else(|| panic!("no containerID: {}", p["status"]))
+        .to_string();
+    assert!(runc_running(&id), "ignore's container {id} runs");
+    let t0 = Instant::now();
+    kubectl_ok("n1", &["delete", "pod", "ignore", "--wait=false"]);
+    eventually("ignore's container is gone", REACT, || {
+        if runc_running(&id) {
+            Err("still running".into())
+        } else {
+            Ok(())
+        }
+    });
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(2500) && took <= Duration::from_secs(10),
+        "stopping ignore took {took:?} with a 3 s grace period"
+    );
+}
+
+/// Whether runc on n1 runs container `id`.
+fn runc_running(id: &str) -> bool {
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(run_dir().join("n1").join("runc"))
+        .args(["state", id])
+        .output()
+        .expect("run runc state");
+    let state: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    state["status"] == "running"
+}
