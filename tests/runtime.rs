@@ -179,6 +179,7 @@ async fn pod_lifecycle_with_real_runc() {
             memory_swap_limit: shoal::runtime::runc::swap_accounting(std::path::Path::new(
                 "/sys/fs/cgroup",
             )),
+            capability_bound: None,
         },
     };
     let key = "b-0001";
@@ -399,6 +400,7 @@ fn pod_network_in_this_namespace() {
             memory_swap_limit: shoal::runtime::runc::swap_accounting(std::path::Path::new(
                 "/sys/fs/cgroup",
             )),
+            capability_bound: None,
         },
     };
     let _cleanup = Cleanup {

@@ -169,6 +169,9 @@ pub struct NodeLimits {
     /// Whether the host accounts swap per cgroup (v2, or v1 with `memory.memsw.*`): then a
     /// memory limit also caps memory+swap at the same value, so a container cannot swap past it.
     pub memory_swap_limit: bool,
+    /// The agent's capability bounding set (`CapBnd`): containers get nothing outside it
+    /// (privileged and `ALL` are cut down to it, as containerd does). `None`: no filter.
+    pub capability_bound: Option<u64>,
 }
 
 fn invalid(what: &str, reason: impl Into<String>) -> RuntimeError {
@@ -530,8 +533,27 @@ pub fn build_spec(input: &BundleInput) -> Result<Spec, RuntimeError> {
     let args = process_args(input.container, input.image)?;
     let env = process_env(input.env, input.image, &pod_name);
     let (uid, gid) = process_user(input.pod, input.container, input.image)?;
-    let settings =
+    let mut settings =
         security::resolve(input.pod, input.container).map_err(|r| invalid(&r.field, r.detail))?;
+    if let Some(bound) = input.limits.capability_bound {
+        let removed = security::within_bound(&mut settings.capabilities, bound);
+        let added = input
+            .container
+            .security_context
+            .as_ref()
+            .and_then(|s| s.capabilities.as_ref())
+            .and_then(|c| c.add.as_ref());
+        if let Some(name) = added
+            .into_iter()
+            .flatten()
+            .find(|n| security::capability_name(n).is_some_and(|c| removed.iter().any(|r| r == c)))
+        {
+            return Err(invalid(
+                "capabilities.add",
+                format!("{name} is not in this node's capability bounding set"),
+            ));
+        }
+    }
     if settings.run_as_non_root && uid == 0 {
         return Err(RuntimeError::Config(security::non_root_message(
             input.pod,

@@ -128,6 +128,9 @@ impl RuntimeConfig {
             limits: bundle::NodeLimits {
                 pids_limit: Some(DEFAULT_POD_PIDS_LIMIT),
                 memory_swap_limit: runc::swap_accounting(Path::new("/sys/fs/cgroup")),
+                capability_bound: std::fs::read_to_string("/proc/self/status")
+                    .ok()
+                    .and_then(|s| security::parse_cap_bound(&s)),
             },
         }
     }

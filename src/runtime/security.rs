@@ -70,6 +70,29 @@ pub fn capability_name(name: &str) -> Option<&'static str> {
     ALL_CAPABILITIES.iter().copied().find(|c| *c == full)
 }
 
+/// Keeps the capabilities inside `bound` (a `CapBnd` mask, bit n = capability n, the order of
+/// [`ALL_CAPABILITIES`]): a container cannot get what the agent itself lacks (runc would fail
+/// with "unable to apply caps"). Returns the names removed.
+pub fn within_bound(caps: &mut BTreeSet<String>, bound: u64) -> Vec<String> {
+    let allowed = |c: &String| {
+        ALL_CAPABILITIES
+            .iter()
+            .position(|a| a == c)
+            .is_some_and(|n| bound & (1u64 << n) != 0)
+    };
+    let removed: Vec<String> = caps.iter().filter(|c| !allowed(c)).cloned().collect();
+    caps.retain(allowed);
+    removed
+}
+
+/// The `CapBnd` mask of a `/proc/<pid>/status` text.
+pub fn parse_cap_bound(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
 /// The oci-spec value of a known capability name.
 pub fn capability(name: &str) -> Option<Capability> {
     serde_json::from_value(Value::String(name.to_string())).ok()
@@ -497,6 +520,16 @@ mod tests {
         .unwrap_err();
         assert_eq!(r.field, "securityContext.capabilities.add[1]");
         assert!(capability("CAP_NET_ADMIN").is_some());
+    }
+
+    #[test]
+    fn capabilities_stay_within_the_nodes_bounding_set() {
+        let mut caps: BTreeSet<String> = ALL_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+        let bound = parse_cap_bound("CapPrm:\t0\nCapBnd:\t000001fffeffffff\n").unwrap();
+        assert_eq!(within_bound(&mut caps, bound), ["CAP_SYS_RESOURCE"]);
+        assert_eq!(caps.len(), ALL_CAPABILITIES.len() - 1);
+        assert!(caps.contains("CAP_CHECKPOINT_RESTORE") && caps.contains("CAP_CHOWN"));
+        assert_eq!(parse_cap_bound("nothing"), None);
     }
 
     #[test]
