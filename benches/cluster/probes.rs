@@ -135,6 +135,7 @@ struct Phase {
     start: Duration,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn phase(
     kube: &Kube,
     scripts: &Path,

@@ -257,8 +257,7 @@ impl Shell {
                 })
                 .collect()
         };
-        self.probes
-            .sync(&self.runtime.config, &desired, &observed);
+        self.probes.sync(&self.runtime.config, &desired, &observed);
         let probes = self.probes.snapshot();
         let busy = self.busy().clone();
         let failures = {
