@@ -235,8 +235,8 @@ impl Shell {
         for (key, d) in &desired {
             for c in d.containers() {
                 let image = c.image.as_deref().and_then(|i| verdicts.ready.get(i));
-                if let Some(message) = image
-                    .and_then(|i| crate::runtime::bundle::non_root_violation(&d.pod, c, i))
+                if let Some(message) =
+                    image.and_then(|i| crate::runtime::bundle::non_root_violation(&d.pod, c, i))
                 {
                     objects::config_error(&mut verdicts.states, key, &c.name, message);
                 }

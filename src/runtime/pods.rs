@@ -18,8 +18,8 @@ use super::runc::{self, OciRuntime, RuncCli};
 use super::sandbox::SANDBOX_RECORD;
 use super::shim::{ShimSpec, EXIT, SHIM_SPEC};
 use super::{
-    bundle, check_component, volumes, io_err, read_json, write_json, ImageInfo, PodMeta, ProcessRecord,
-    RuntimeConfig, RuntimeError,
+    bundle, check_component, io_err, read_json, volumes, write_json, ImageInfo, PodMeta,
+    ProcessRecord, RuntimeConfig, RuntimeError,
 };
 
 /// How a started shim reported.
@@ -309,23 +309,19 @@ impl Runtime {
         let logs = pod_dir.join("logs").join(&container.name);
         std::fs::create_dir_all(&logs).map_err(io_err(&logs))?;
         let cgroups_path = runc::container_cgroup(&self.config.cgroup_parent, key, &container.name);
-        let prepared = volumes::prepare(
-            &pod_dir,
-            &config.volumes,
-            &self.config.host_path_prefixes,
-        );
+        let prepared = volumes::prepare(&pod_dir, &config.volumes, &self.config.host_path_prefixes);
         let spec = prepared.and_then(|prepared| {
             bundle::build_spec(&bundle::BundleInput {
-            pod,
-            container,
-            image,
-            pod_dir: &pod_dir,
-            sandbox_pid: sandbox.pid,
-            cgroups_path: cgroups_path.clone(),
-            limits: self.config.limits,
-            env: &config.env,
-            volumes: &prepared,
-        })
+                pod,
+                container,
+                image,
+                pod_dir: &pod_dir,
+                sandbox_pid: sandbox.pid,
+                cgroups_path: cgroups_path.clone(),
+                limits: self.config.limits,
+                env: &config.env,
+                volumes: &prepared,
+            })
         });
         let spec = match spec {
             Ok(s) => s,
