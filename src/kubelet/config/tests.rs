@@ -1,3 +1,5 @@
+//! Unit tests of `kubelet::config`: env resolution, envFrom names, missing references, volume items/modes, the hostPath policy.
+
 use super::*;
 use serde_json::json;
 
