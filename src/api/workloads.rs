@@ -369,19 +369,7 @@ pub fn replicaset_view(rs: &Value, pods: &[&Value], now: DateTime<Utc>) -> Value
 /// A pod template with the `pod-template-hash` label removed and nulls dropped, for comparing
 /// a ReplicaSet's template with its Deployment's (Kubernetes' `EqualIgnoreHash`).
 fn template_sans_hash(template: &Value) -> Value {
-    fn strip_nulls(v: &Value) -> Value {
-        match v {
-            Value::Object(m) => Value::Object(
-                m.iter()
-                    .filter(|(_, v)| !v.is_null())
-                    .map(|(k, v)| (k.clone(), strip_nulls(v)))
-                    .collect(),
-            ),
-            Value::Array(a) => Value::Array(a.iter().map(strip_nulls).collect()),
-            other => other.clone(),
-        }
-    }
-    let mut t = strip_nulls(template);
+    let mut t = crate::sched::hash::without_nulls(template);
     if let Some(labels) = t["metadata"]["labels"].as_object_mut() {
         labels.remove(TEMPLATE_HASH_LABEL);
         if labels.is_empty() {

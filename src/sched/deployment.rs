@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Map, Value};
 
-use super::hash::{derived_uid, template_hash};
+use super::hash::{derived_uid, template_hash, without_nulls};
 use super::object::{self, controller};
 use super::replicaset::slot_names;
 use super::rollout::Rollout;
@@ -44,10 +44,12 @@ const MAX_STEPS: usize = 1_000;
 /// The ReplicaSet a Deployment's current template wants: `(name, spec without replicas,
 /// labels)`.
 fn desired(deploy: &Value) -> Option<(String, Value, Value)> {
-    let template = deploy["spec"]["template"].as_object()?;
-    let hash = template_hash(&Value::Object(template.clone()));
+    deploy["spec"]["template"].as_object()?;
+    // Nulls dropped: a template that differs only by them (`kubectl rollout undo` sends
+    // `creationTimestamp: null`) is the same template, with the same ReplicaSet.
+    let mut template = without_nulls(&deploy["spec"]["template"]);
+    let hash = template_hash(&template);
     let name = format!("{}-{}", object::name(deploy), hash);
-    let mut template = Value::Object(template.clone());
     if !template["metadata"].is_object() {
         template["metadata"] = json!({});
     }

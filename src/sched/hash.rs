@@ -64,6 +64,22 @@ pub fn safe_encode(s: &str) -> String {
         .collect()
 }
 
+/// `v` without its null members, at any depth. Kubernetes never stores a null (its objects pass
+/// through Go structs), but clients send them: `kubectl rollout undo` and `kubectl create
+/// deployment` put `metadata.creationTimestamp: null` in a pod template.
+pub fn without_nulls(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(without_nulls).collect()),
+        other => other.clone(),
+    }
+}
+
 /// The `pod-template-hash` of a pod template, as Kubernetes renders it (the decimal FNV-32a
 /// value, safe-encoded: up to 10 characters).
 pub fn template_hash(template: &Value) -> String {

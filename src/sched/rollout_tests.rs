@@ -263,6 +263,29 @@ fn a_broken_rollout_stalls_and_undo_recovers() {
 }
 
 #[test]
+fn undo_as_kubectl_sends_it_reuses_the_old_replicaset() {
+    let mut s = settle_ready(cluster(deployment(2, json!({}))), 0);
+    let first: Vec<String> = s.replicasets.iter().map(|rs| key(rs).1).collect();
+    set_image(&mut s, "b:1");
+    let mut s = settle_ready(s, 10);
+    assert_eq!(s.replicasets.len(), 2);
+    // kubectl 1.32's undo replaces the template with the old ReplicaSet's, serialized from a Go
+    // struct: `metadata.creationTimestamp: null` comes along.
+    set_image(&mut s, "a:1");
+    s.deployments[0]["spec"]["template"]["metadata"]["creationTimestamp"] = Value::Null;
+    let s = settle_ready(s, 20);
+    assert_eq!(
+        s.replicasets.len(),
+        2,
+        "no third ReplicaSet for the same template"
+    );
+    let current = rs_with_image(&s, "a:1");
+    assert_eq!(key(current).1, first[0]);
+    assert_eq!(revision(current), "3");
+    assert_eq!(rs_sizes(&s)["a:1"], 2);
+}
+
+#[test]
 fn recreate_scales_old_to_zero_before_the_new_replicaset_exists() {
     let mut s = settle_ready(cluster(deployment(3, json!({"type": "Recreate"}))), 0);
     set_image(&mut s, "b:2");
