@@ -31,6 +31,8 @@ up: prereqs build
     @echo "         kubectl get pods -o wide -w               # watch the demo (NODE column); Ctrl-C to stop"
     @echo "         kubectl logs deploy/hello -f              # one replica's log"
     @echo "         kubectl scale deploy/hello --replicas=9   # scale it"
+    @echo "         kubectl set env deploy/hello GREETING=hola; kubectl rollout status deploy/hello   # a rolling update"
+    @echo "         kubectl rollout undo deploy/hello         # and back"
     @echo "         just kill n2                              # kill a node under it: replicas move in seconds"
     @echo "         just start n2                             # it comes back; the count returns to exactly 9"
     @echo "         kubectl --context n3 get pods             # any node answers"
