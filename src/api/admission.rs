@@ -897,7 +897,9 @@ mod tests {
             causes[1].message,
             "Invalid value: \"64Mi\": must be less than or equal to memory limit of 1000"
         );
-        assert!(causes[2].message.starts_with("Invalid value: \"/proc/self/fd/7\": must not be under /proc"));
+        assert!(causes[2]
+            .message
+            .starts_with("Invalid value: \"/proc/self/fd/7\": must not be under /proc"));
         assert!(causes[4]
             .message
             .ends_with("cannot set `allowPrivilegeEscalation` to false and `privileged` to true"));

@@ -112,7 +112,11 @@ pub enum Command {
         dns_upstream: Vec<crate::agent::DnsUpstream>,
         /// Most processes (threads count) one container may run, like the kubelet's
         /// podPidsLimit; 0 or less: unlimited. Default 4096 on first start. Saved.
-        #[arg(long = "pod-pids-limit", value_name = "N", env = "SHOAL_POD_PIDS_LIMIT")]
+        #[arg(
+            long = "pod-pids-limit",
+            value_name = "N",
+            env = "SHOAL_POD_PIDS_LIMIT"
+        )]
         pod_pids_limit: Option<i64>,
         /// A host path prefix hostPath volumes may use (repeatable; the env var takes a
         /// comma-separated list). Default: none, as any pod could otherwise read the host's

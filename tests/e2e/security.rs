@@ -217,9 +217,12 @@ fn security_context_is_what_the_process_gets_and_escapes_are_refused() {
     eventually("nonroot is refused with the reason", DONE, || {
         let pod = get_pod("nonroot")?;
         let waiting = &pod["status"]["containerStatuses"][0]["state"]["waiting"];
-        let message = "container has runAsNonRoot and image will run as root (pod: \"nonroot_default(";
+        let message =
+            "container has runAsNonRoot and image will run as root (pod: \"nonroot_default(";
         if waiting["reason"] == "CreateContainerConfigError"
-            && waiting["message"].as_str().is_some_and(|m| m.starts_with(message))
+            && waiting["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(message))
         {
             Ok(())
         } else {
