@@ -5,8 +5,7 @@
 //! a restart; a startup probe holds readiness back; a container ignoring SIGTERM is killed
 //! after its grace period; a probe on port 70000 is refused by `kubectl apply`.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -194,39 +193,6 @@ fn endpoints(name: &str) -> Result<(Vec<String>, Vec<String>), String> {
     Ok((ips("addresses"), ips("notReadyAddresses")))
 }
 
-fn kubectl_apply_stdin(manifest: &str) -> Result<String, String> {
-    let mut child = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig())
-        .args([
-            "--context",
-            "n1",
-            "--request-timeout=10s",
-            "apply",
-            "-f",
-            "-",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run kubectl: {e}"))?;
-    child
-        .stdin
-        .take()
-        .ok_or("no stdin")?
-        .write_all(manifest.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(text)
-    }
-}
-
 fn restarts(p: &Value) -> u64 {
     p["status"]["containerStatuses"][0]["restartCount"]
         .as_u64()
@@ -250,7 +216,8 @@ spec:
       httpGet:
         port: 70000
 "#;
-    let err = kubectl_apply_stdin(bad).expect_err("a probe on port 70000 must be refused");
+    let err = super::workloads::kubectl_stdin("n1", &["apply"], bad)
+        .expect_err("a probe on port 70000 must be refused");
     assert!(
         err.contains("spec.containers[0].livenessProbe.httpGet.port: Invalid value: 70000: must be between 1 and 65535, inclusive"),
         "unclear refusal: {err}"

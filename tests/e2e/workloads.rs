@@ -49,7 +49,7 @@ const TICKER: &str =
     "echo hello from $HOSTNAME; i=0; while true; do echo tick $i; i=$((i+1)); sleep 1; done";
 
 /// `kubectl apply -f -` (or another verb taking `-f -`) with `manifest` on stdin.
-fn kubectl_stdin(ctx: &str, verb: &[&str], manifest: &str) -> Result<String, String> {
+pub(super) fn kubectl_stdin(ctx: &str, verb: &[&str], manifest: &str) -> Result<String, String> {
     let mut child = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(kubeconfig())
