@@ -64,16 +64,14 @@ fn status_records(shared: &Shared) -> StatusRecords {
     super::backend::workload_view(shared).pod_status
 }
 
-/// Which pods are Ready since when, as the reconcile will see them (`Snapshot::ready`).
-fn readiness(
-    shared: &Shared,
-    liveness: &BTreeMap<String, Liveness>,
-) -> BTreeMap<PodKey, chrono::DateTime<Utc>> {
-    let records = status_records(shared);
+/// What the reconcile reads: the merged document, this view's liveness, this node's scheduling
+/// records and every pod's readiness from the status documents.
+fn snapshot(shared: &Shared, liveness: BTreeMap<String, Liveness>) -> Snapshot {
+    // Each on its own statement: a document guard must be dropped before the next lock.
+    let records = own_records(shared);
+    let statuses = status_records(shared);
     let doc = shared.doc();
-    Snapshot::from_doc(&doc, liveness.clone(), BTreeMap::new())
-        .with_readiness(&records)
-        .ready
+    Snapshot::from_doc(&doc, liveness, records).with_readiness(&statuses)
 }
 
 /// What a round depends on; an unchanged input gives an empty plan, so the round is skipped.
@@ -136,40 +134,34 @@ pub async fn run(shared: Arc<Shared>, shutdown: impl std::future::Future<Output 
             tracing::info!(epoch = view.epoch, "acting as the scheduler leader");
             leading = true;
         }
-        let live = liveness(&view, &shared.node_name);
-        // Each on its own statement: a document guard must be dropped before the next lock.
+        // The heads before the snapshot: a change in between makes the next round run again
+        // rather than be skipped.
         let heads = shared.doc().heads_digest();
-        let ready = readiness(&shared, &live);
+        let snapshot = snapshot(&shared, liveness(&view, &shared.node_name));
         let inputs = Inputs {
             heads,
             view: view.view_hash,
-            ready,
-            liveness: live,
+            ready: snapshot.ready.clone(),
+            liveness: snapshot.liveness.clone(),
         };
         let due = wake.is_some_and(|t| Utc::now() >= t);
         if last.as_ref() == Some(&inputs) && !due {
             continue;
         }
-        let outcome = round(&shared, &view, inputs.liveness.clone()).await;
+        let outcome = round(&shared, &view, snapshot).await;
         wake = outcome.and_then(|w| w);
         // After a failed write the same inputs must be tried again.
         last = outcome.is_some().then_some(inputs);
     }
 }
 
-/// One reconcile and the application of its plan. Returns `None` when something was not
-/// written, else the plan's wake-up time.
+/// One reconcile of `snapshot` and the application of its plan. Returns `None` when something
+/// was not written, else the plan's wake-up time.
 async fn round(
     shared: &Arc<Shared>,
     view: &View,
-    liveness: BTreeMap<String, Liveness>,
+    snapshot: Snapshot,
 ) -> Option<Option<chrono::DateTime<Utc>>> {
-    let snapshot = {
-        let records = own_records(shared);
-        let statuses = status_records(shared);
-        let doc = shared.doc();
-        Snapshot::from_doc(&doc, liveness, records).with_readiness(&statuses)
-    };
     let ctx = LeaderCtx {
         node: shared.node_name.clone(),
         epoch: view.epoch,
