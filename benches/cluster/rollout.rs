@@ -154,8 +154,15 @@ pub async fn run(scripts: &Path, nodes: usize, replicas: usize, rounds: usize) -
             let (k, app, stop, seen) = (k.clone(), name.clone(), stop.clone(), seen.clone());
             thread::spawn(move || sample(k, app, stop, seen))
         };
-        // Let the sampler see the old pods first.
-        thread::sleep(Duration::from_millis(500));
+        // The sampler sees the old pods first (one sample takes ~0.45 s: kubectl's start-up).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while seen.lock().unwrap_or_else(|p| p.into_inner()).samples == 0 {
+            if Instant::now() > deadline {
+                stop.store(true, Ordering::Relaxed);
+                bail!("the sampler got no pod list in 30 s");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
         let t0 = Instant::now();
         k.run(&[
             "set",
