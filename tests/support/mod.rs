@@ -185,6 +185,26 @@ pub fn always(what: &str, during: Duration, mut check: impl FnMut() -> Result<()
 pub struct Testnet {
     pub nodes: Vec<String>,
     _lock: MutexGuard<'static, ()>,
+    /// The machine-wide lock (other checkouts, benchmarks, a person's `flock` shell): released
+    /// after `Drop` has torn the testnet down.
+    _machine_lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// The file every user of the (singleton) testnet locks: tests of other work trees, the
+/// benchmarks, and people (`flock /run/lock/shoal-testnet.lock testnet/up.sh 5`).
+pub const MACHINE_LOCK: &str = "/run/lock/shoal-testnet.lock";
+
+/// Waits for the machine-wide testnet lock (exclusive `flock`).
+fn machine_lock() -> nix::fcntl::Flock<std::fs::File> {
+    let _ = std::fs::create_dir_all("/run/lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(MACHINE_LOCK)
+        .unwrap_or_else(|e| panic!("open {MACHINE_LOCK}: {e}"));
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("flock {MACHINE_LOCK}: {e}"))
 }
 
 impl Testnet {
@@ -196,10 +216,12 @@ impl Testnet {
         let lock = TESTNET_LOCK
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let machine = machine_lock();
         require_prerequisites();
         let mut tn = Testnet {
             nodes: Vec::new(),
             _lock: lock,
+            _machine_lock: machine,
         };
         tn.relaunch(n, env);
         tn
