@@ -2606,3 +2606,410 @@ async fn kubectl_rollout_history_undo_restart_pause() {
     assert_eq!(response.status().as_u16(), 400);
     h.stop().await;
 }
+
+/// Lines of a watch response, parsed.
+fn watch_events(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect()
+}
+
+fn event_summary(events: &[Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["object"]["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+/// What a typed client library (client-go style, decoding replies strictly) relies on:
+/// DELETE answers the object for Pods and Services and a Status for others, POST of a Pod
+/// answers its status, `deletecollection` with selectors, `limit`/`continue` paging over a
+/// consistent snapshot, `resourceVersionMatch`, watches that replay every change since a
+/// list's resourceVersion (410 Gone when it is too old or another node's), bookmarks, and
+/// watch-list (`sendInitialEvents`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn typed_client_replies_paging_and_watch_replay() {
+    let config = ApiConfig {
+        watch_window: 8,
+        bookmark_interval: Duration::from_secs(1),
+        ..ApiConfig::default()
+    };
+    let h = Harness::start_with(config).await;
+    let send = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut req = h.req(method, path);
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        async move { status_of(req.send().await.unwrap()).await }
+    };
+    let cm = |name: &str, app: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": name, "labels": {"app": app}}, "data": {"k": "v"}})
+    };
+    const CMS: &str = "/api/v1/namespaces/default/configmaps";
+
+    // POST of a Pod answers the pod with its (computed) status.
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "solo"},
+                     "spec": {"containers": [{"name": "c", "image": "shoal.test/busybox:1"}]}});
+    let (code, created) = send(
+        reqwest::Method::POST,
+        "/api/v1/namespaces/default/pods",
+        Some(pod),
+    )
+    .await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["status"]["phase"], "Pending", "{created}");
+    let pod_rv = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The reply's resourceVersion is what a GET serves, and works as a precondition.
+    let (_, got) = send(
+        reqwest::Method::GET,
+        "/api/v1/namespaces/default/pods/solo",
+        None,
+    )
+    .await;
+    assert_eq!(got["metadata"]["resourceVersion"], pod_rv.as_str());
+    // DELETE of a Pod answers the Pod.
+    let (code, deleted) = send(
+        reqwest::Method::DELETE,
+        "/api/v1/namespaces/default/pods/solo",
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{deleted}");
+    assert_eq!(deleted["kind"], "Pod", "{deleted}");
+    assert_eq!(deleted["metadata"]["name"], "solo");
+    // ... and of a Service the Service.
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
+                     "spec": {"ports": [{"port": 80}]}});
+    let (code, _) = send(
+        reqwest::Method::POST,
+        "/api/v1/namespaces/default/services",
+        Some(svc),
+    )
+    .await;
+    assert_eq!(code, 201);
+    let (code, deleted) = send(
+        reqwest::Method::DELETE,
+        "/api/v1/namespaces/default/services/s",
+        None,
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(deleted["kind"], "Service", "{deleted}");
+    assert!(deleted["spec"]["clusterIP"].is_string(), "{deleted}");
+    // Other kinds answer a success Status.
+    send(reqwest::Method::POST, CMS, Some(cm("one", "x"))).await;
+    let (code, status) = send(reqwest::Method::DELETE, &format!("{CMS}/one"), None).await;
+    assert_eq!(code, 200);
+    assert_eq!(status["kind"], "Status");
+    assert_eq!(status["status"], "Success");
+    assert_eq!(status["details"]["name"], "one");
+
+    // A list's resourceVersion, then changes: a watch from it replays each in order.
+    let (_, list) = send(reqwest::Method::GET, CMS, None).await;
+    let list_rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    send(reqwest::Method::POST, CMS, Some(cm("w", "x"))).await;
+    let mut changed = cm("w", "x");
+    changed["data"]["k"] = json!("v2");
+    let (code, _) = send(reqwest::Method::PUT, &format!("{CMS}/w"), Some(changed)).await;
+    assert_eq!(code, 200);
+    send(reqwest::Method::DELETE, &format!("{CMS}/w"), None).await;
+    let text = h
+        .req(
+            reqwest::Method::GET,
+            &format!("{CMS}?watch=true&timeoutSeconds=1&resourceVersion={list_rv}"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events = watch_events(&text);
+    assert_eq!(
+        event_summary(&events),
+        vec![
+            ("ADDED".into(), "w".into()),
+            ("MODIFIED".into(), "w".into()),
+            ("DELETED".into(), "w".into())
+        ],
+        "{text}"
+    );
+    assert_eq!(events[1]["object"]["data"]["k"], "v2");
+    // Every event carries its own, increasing resourceVersion; a watch resumed from the
+    // middle replays the rest.
+    let rvs: Vec<u64> = events
+        .iter()
+        .map(|e| {
+            e["object"]["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(rvs.windows(2).all(|w| w[0] < w[1]), "{rvs:?}");
+    let text = h
+        .req(
+            reqwest::Method::GET,
+            &format!(
+                "{CMS}?watch=true&timeoutSeconds=1&resourceVersion={}",
+                rvs[0]
+            ),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        event_summary(&watch_events(&text)),
+        vec![
+            ("MODIFIED".into(), "w".into()),
+            ("DELETED".into(), "w".into())
+        ]
+    );
+    // A label-selected watch sees an object leave its selection as DELETED.
+    let (_, list) = send(reqwest::Method::GET, CMS, None).await;
+    let from = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    send(reqwest::Method::POST, CMS, Some(cm("moves", "x"))).await;
+    send(
+        reqwest::Method::PUT,
+        &format!("{CMS}/moves"),
+        Some(cm("moves", "y")),
+    )
+    .await;
+    let text = h
+        .req(
+            reqwest::Method::GET,
+            &format!(
+                "{CMS}?watch=true&timeoutSeconds=1&labelSelector=app%3Dx&resourceVersion={from}"
+            ),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        event_summary(&watch_events(&text)),
+        vec![
+            ("ADDED".into(), "moves".into()),
+            ("DELETED".into(), "moves".into())
+        ]
+    );
+    send(reqwest::Method::DELETE, &format!("{CMS}/moves"), None).await;
+
+    // A resourceVersion this node never handed out (another node's): 410 Expired, for
+    // watches (an ERROR event) and lists.
+    let foreign = "1234567";
+    let text = h
+        .req(
+            reqwest::Method::GET,
+            &format!("{CMS}?watch=true&resourceVersion={foreign}"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events = watch_events(&text);
+    assert_eq!(events.len(), 1, "{text}");
+    assert_eq!(events[0]["type"], "ERROR");
+    assert_eq!(events[0]["object"]["code"], 410);
+    assert_eq!(events[0]["object"]["reason"], "Expired");
+    let (code, status) = send(
+        reqwest::Method::GET,
+        &format!("{CMS}?resourceVersion={foreign}&resourceVersionMatch=Exact"),
+        None,
+    )
+    .await;
+    assert_eq!((code, status["reason"].as_str()), (410, Some("Expired")));
+    // The window is bounded: after more changes than it keeps, the old list's version is gone.
+    for i in 0..10 {
+        send(
+            reqwest::Method::POST,
+            CMS,
+            Some(cm(&format!("churn-{i}"), "churn")),
+        )
+        .await;
+    }
+    let text = h
+        .req(
+            reqwest::Method::GET,
+            &format!("{CMS}?watch=true&resourceVersion={list_rv}"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(watch_events(&text)[0]["object"]["code"], 410, "{text}");
+
+    // deletecollection with a label selector answers the deleted objects.
+    let (code, gone) = send(
+        reqwest::Method::DELETE,
+        &format!(
+            "{CMS}?labelSelector=app%3Dchurn,app+notin+(z)&fieldSelector=metadata.name!%3Dchurn-0"
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{gone}");
+    assert_eq!(gone["kind"], "ConfigMapList");
+    assert_eq!(gone["items"].as_array().unwrap().len(), 9);
+    let (_, left) = send(reqwest::Method::GET, CMS, None).await;
+    let names: Vec<&str> = left["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["churn-0"]);
+    send(reqwest::Method::DELETE, &format!("{CMS}/churn-0"), None).await;
+
+    // Paging: limit/continue over one consistent snapshot, even as objects change between
+    // pages; an exact list at the first page's version sees that snapshot too.
+    for name in ["p1", "p2", "p3", "p4", "p5"] {
+        send(reqwest::Method::POST, CMS, Some(cm(name, "page"))).await;
+    }
+    let (code, page) = send(reqwest::Method::GET, &format!("{CMS}?limit=2"), None).await;
+    assert_eq!(code, 200);
+    let names = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&page), vec!["p1", "p2"]);
+    assert_eq!(page["metadata"]["remainingItemCount"], 3);
+    let snapshot_rv = page["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    send(reqwest::Method::DELETE, &format!("{CMS}/p4"), None).await;
+    send(reqwest::Method::POST, CMS, Some(cm("p6", "page"))).await;
+    let token = page["metadata"]["continue"].as_str().unwrap().to_string();
+    let (_, page) = send(
+        reqwest::Method::GET,
+        &format!("{CMS}?limit=2&continue={token}"),
+        None,
+    )
+    .await;
+    assert_eq!(names(&page), vec!["p3", "p4"]);
+    let token = page["metadata"]["continue"].as_str().unwrap().to_string();
+    let (_, page) = send(
+        reqwest::Method::GET,
+        &format!("{CMS}?limit=2&continue={token}"),
+        None,
+    )
+    .await;
+    assert_eq!(names(&page), vec!["p5"]);
+    assert!(page["metadata"]["continue"].is_null(), "{page}");
+    let (_, exact) = send(
+        reqwest::Method::GET,
+        &format!("{CMS}?resourceVersion={snapshot_rv}&resourceVersionMatch=Exact"),
+        None,
+    )
+    .await;
+    assert_eq!(names(&exact), vec!["p1", "p2", "p3", "p4", "p5"]);
+    let (_, now) = send(
+        reqwest::Method::GET,
+        &format!("{CMS}?resourceVersion={snapshot_rv}&resourceVersionMatch=NotOlderThan"),
+        None,
+    )
+    .await;
+    assert_eq!(names(&now), vec!["p1", "p2", "p3", "p5", "p6"]);
+    let (code, _) = send(
+        reqwest::Method::GET,
+        &format!("{CMS}?resourceVersionMatch=Exact"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 400);
+    // kubectl pages with --chunk-size and gets everything.
+    let out = h
+        .ok(&["get", "configmaps", "--chunk-size=2", "-o", "name"])
+        .await;
+    assert_eq!(out.lines().count(), 5, "{out}");
+
+    // Bookmarks: a watch with allowWatchBookmarks gets them while nothing changes, and one
+    // before it times out, with a resourceVersion to resume from.
+    let text = h
+        .req(reqwest::Method::GET, &format!("{CMS}?watch=true&timeoutSeconds=3&allowWatchBookmarks=true&labelSelector=app%3Dnone"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events = watch_events(&text);
+    assert!(
+        !events.is_empty() && events.iter().all(|e| e["type"] == "BOOKMARK"),
+        "{text}"
+    );
+    let bookmark_rv = events.last().unwrap()["object"]["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, _) = send(
+        reqwest::Method::GET,
+        &format!("{CMS}?resourceVersion={bookmark_rv}&resourceVersionMatch=Exact"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200);
+    // Watch-list: the current objects as ADDED, then the initial-events-end bookmark.
+    let text = h
+        .req(reqwest::Method::GET, &format!("{CMS}?watch=true&timeoutSeconds=1&allowWatchBookmarks=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&labelSelector=app%3Dpage"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events = watch_events(&text);
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds[..6],
+        ["ADDED", "ADDED", "ADDED", "ADDED", "ADDED", "BOOKMARK"],
+        "{text}"
+    );
+    assert_eq!(
+        events[5]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+    let (code, _) = send(
+        reqwest::Method::GET,
+        &format!("{CMS}?watch=true&sendInitialEvents=true"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 400);
+    h.stop().await;
+}

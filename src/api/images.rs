@@ -481,6 +481,7 @@ mod tests {
             backend: fake,
             config: Arc::new(ApiConfig::default()),
             versions: Arc::new(ResourceVersions::default()),
+            log: Arc::new(super::super::changelog::ChangeLog::new(1, 16)),
             shutdown: tokio::sync::watch::channel(false).1,
         })
     }

@@ -31,6 +31,7 @@ pub mod admission;
 mod auth;
 mod backend;
 mod body;
+mod changelog;
 mod discovery;
 pub mod exec;
 mod images;
@@ -90,6 +91,11 @@ pub struct ApiConfig {
     pub max_image_bytes: u64,
     /// Time allowed to receive an image archive (instead of `request_timeout`).
     pub image_upload_timeout: Duration,
+    /// Changes kept per kind by the change log (`changelog.rs`): a watch or an exact list
+    /// from a resourceVersion older than this window gets 410 Gone.
+    pub watch_window: usize,
+    /// Longest time between BOOKMARK events of a watch with `allowWatchBookmarks`.
+    pub bookmark_interval: Duration,
 }
 
 impl Default for ApiConfig {
@@ -106,6 +112,8 @@ impl Default for ApiConfig {
             shutdown_grace: Duration::from_secs(10),
             max_image_bytes: 4 << 30,
             image_upload_timeout: Duration::from_secs(30 * 60),
+            watch_window: 4096,
+            bookmark_interval: Duration::from_secs(60),
         }
     }
 }
@@ -116,6 +124,8 @@ pub(crate) struct ApiState {
     pub backend: Arc<dyn Backend>,
     pub config: Arc<ApiConfig>,
     pub versions: Arc<objects::ResourceVersions>,
+    /// This node's log of recent changes: list resourceVersions, watches, exact reads.
+    pub log: Arc<changelog::ChangeLog>,
     /// Becomes `true` when the server shuts down; open watches end.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

@@ -13,8 +13,13 @@ use chrono::{SecondsFormat, Utc};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use std::sync::Arc;
+
+use base64::Engine;
+
 use super::backend::ObjectKey;
 use super::body::{decode, read_body};
+use super::changelog::{key_of, Expired, Snapshot};
 use super::nodes::node_objects;
 use super::patch::{self, PatchKind};
 use super::resources::{self, ResourceInfo, Storage, Workload};
@@ -88,6 +93,7 @@ pub async fn handle(
         (&Method::PUT, Some(_)) => "update",
         (&Method::PATCH, Some(_)) => "patch",
         (&Method::DELETE, Some(_)) => "delete",
+        (&Method::DELETE, None) => "deletecollection",
         _ => return Err(ApiError::MethodNotAllowed),
     };
     if !info.allows(verb) {
@@ -115,6 +121,10 @@ pub async fn handle(
         "patch" => {
             let body = read_body(body, &headers, state.config.max_body_bytes).await?;
             patch(&state, &target, &name, &query, &headers, &body)
+        }
+        "deletecollection" => {
+            let body = read_body(body, &headers, state.config.max_body_bytes).await?;
+            delete_collection(&state, &target, &query, &body)
         }
         _ => {
             let body = read_body(body, &headers, state.config.max_body_bytes).await?;
@@ -338,18 +348,54 @@ pub fn list_all(state: &ApiState, info: &ResourceInfo, namespace: Option<&str>) 
     objects
 }
 
-/// One object as served (computed status included).
+/// One object as served (computed status included), with this node's resourceVersion.
 pub fn find(
     state: &ApiState,
     info: &ResourceInfo,
     namespace: Option<&str>,
     name: &str,
 ) -> Option<Value> {
-    let stored = find_stored(state, info, namespace, name)?;
-    match info.workload {
-        Some(w) => with_status(state, w, namespace, vec![stored]).pop(),
-        None => Some(stored),
-    }
+    let key = (
+        namespace
+            .filter(|_| info.namespaced)
+            .unwrap_or_default()
+            .to_string(),
+        name.to_string(),
+    );
+    state
+        .log
+        .with(
+            &info.backend_resource(),
+            || list_all(state, info, None),
+            |log, _| log.get(&key),
+        )
+        .map(|o| (*o).clone())
+}
+
+/// Every object of `info` as served, at the position of this node's change log they are at
+/// (the kind's log is refreshed first).
+pub fn served(state: &ApiState, info: &ResourceInfo) -> Snapshot {
+    state.log.with(
+        &info.backend_resource(),
+        || list_all(state, info, None),
+        |log, position| Snapshot {
+            position,
+            objects: log.current(),
+        },
+    )
+}
+
+/// The objects of `info` as served at `position` (exact reads, continued lists).
+fn served_at(
+    state: &ApiState,
+    info: &ResourceInfo,
+    position: u64,
+) -> Result<Vec<Arc<Value>>, Expired> {
+    state.log.with(
+        &info.backend_resource(),
+        || list_all(state, info, None),
+        |log, _| log.at(position),
+    )
 }
 
 /// One object as stored (no computed status): the base of updates.
@@ -407,6 +453,22 @@ fn watch_request(
     headers: &HeaderMap,
 ) -> Result<WatchRequest, ApiError> {
     let (labels, fields) = selectors(query)?;
+    let send_initial_events = is_true(query.get("sendInitialEvents"));
+    if send_initial_events
+        && (query.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan")
+            || !is_true(query.get("allowWatchBookmarks")))
+    {
+        return Err(ApiError::BadRequest(
+            "sendInitialEvents requires resourceVersionMatch=NotOlderThan and allowWatchBookmarks=true".into(),
+        ));
+    }
+    if let Some(m) = query.get("resourceVersionMatch").filter(|m| !m.is_empty()) {
+        if m != "NotOlderThan" || !send_initial_events {
+            return Err(ApiError::BadRequest(format!(
+                "resourceVersionMatch {m:?} is not supported for watch (only NotOlderThan with sendInitialEvents)"
+            )));
+        }
+    }
     let timeout = match query.get("timeoutSeconds") {
         Some(t) => Some(
             t.parse::<u64>()
@@ -426,7 +488,100 @@ fn watch_request(
         timeout_seconds: timeout,
         table: table::negotiate(headers),
         include: IncludeObject::parse(query.get("includeObject").map(String::as_str)),
+        bookmarks: is_true(query.get("allowWatchBookmarks")),
+        send_initial_events,
     })
+}
+
+/// `continue` tokens: the resourceVersion of the first page and the last key it returned,
+/// base64url of JSON (opaque to clients).
+fn continue_token(rv: &str, last: &(String, String)) -> String {
+    let token = json!({"rv": rv, "start": [last.0, last.1]});
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token.to_string())
+}
+
+fn parse_continue(token: &str) -> Result<(String, (String, String)), ApiError> {
+    let bad = || ApiError::BadRequest(format!("invalid continue token {token:?}"));
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    let rv = value["rv"].as_str().ok_or_else(bad)?.to_string();
+    let ns = value["start"][0].as_str().ok_or_else(bad)?.to_string();
+    let name = value["start"][1].as_str().ok_or_else(bad)?.to_string();
+    Ok((rv, (ns, name)))
+}
+
+const CONTINUE_TOO_OLD: &str = "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.";
+
+/// What a list reads: its objects (sorted by key), the resourceVersion they are at, and where
+/// a continued list resumes (after this key).
+fn list_source(
+    state: &ApiState,
+    info: &ResourceInfo,
+    query: &Query,
+) -> Result<(Vec<Arc<Value>>, u64, Option<(String, String)>), ApiError> {
+    let rv = query.get("resourceVersion").filter(|v| !v.is_empty());
+    let rv_match = query.get("resourceVersionMatch").filter(|v| !v.is_empty());
+    let token = query.get("continue").filter(|v| !v.is_empty());
+    if let Some(m) = rv_match {
+        if !["Exact", "NotOlderThan"].contains(&m.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "resourceVersionMatch: Unsupported value: {m:?}: supported values: \"Exact\", \"NotOlderThan\""
+            )));
+        }
+        if rv.is_none() {
+            return Err(ApiError::BadRequest(
+                "resourceVersionMatch is forbidden unless resourceVersion is provided".into(),
+            ));
+        }
+    }
+    if let Some(token) = token {
+        if rv.is_some() || rv_match.is_some() {
+            return Err(ApiError::BadRequest(
+                "specifying resourceVersion is not allowed when using continue".into(),
+            ));
+        }
+        let (rv, after) = parse_continue(token)?;
+        let position = state
+            .log
+            .position(&rv)
+            .ok_or_else(|| ApiError::Gone(CONTINUE_TOO_OLD.into()))?;
+        let objects = served_at(state, info, position)
+            .map_err(|_| ApiError::Gone(CONTINUE_TOO_OLD.into()))?;
+        return Ok((objects, position, Some(after)));
+    }
+    let too_old = |rv: &str| {
+        ApiError::Gone(format!(
+            "too old resource version: {rv} (resourceVersions are per serving node and kept for a window; list again without one)"
+        ))
+    };
+    match (rv.map(String::as_str), rv_match.map(String::as_str)) {
+        (Some("0"), Some("Exact")) => Err(ApiError::BadRequest(
+            "resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"".into(),
+        )),
+        (Some(rv), Some("Exact")) => {
+            let position = state.log.position(rv).ok_or_else(|| too_old(rv))?;
+            if position > state.log.head() {
+                return Err(too_old(rv));
+            }
+            let objects = served_at(state, info, position).map_err(|_| too_old(rv))?;
+            Ok((objects, position, None))
+        }
+        (None | Some("0"), _) => {
+            let snapshot = served(state, info);
+            Ok((snapshot.objects, snapshot.position, None))
+        }
+        // Not older than `rv`: the current state is, when `rv` is this node's.
+        (Some(rv), _) => {
+            let position = state.log.position(rv).ok_or_else(|| too_old(rv))?;
+            let snapshot = served(state, info);
+            if position > snapshot.position {
+                return Err(too_old(rv));
+            }
+            Ok((snapshot.objects, snapshot.position, None))
+        }
+    }
 }
 
 fn list(
@@ -437,27 +592,52 @@ fn list(
 ) -> Result<Response, ApiError> {
     let info = target.info;
     let (labels, fields) = selectors(query)?;
-    let items: Vec<Value> = list_all(state, info, target.namespace.as_deref())
-        .into_iter()
-        .filter(|o| labels.matches(o) && fields.matches(o))
-        .collect();
-    let resource_version = state.versions.next();
+    let limit = match query.get("limit").filter(|v| !v.is_empty()) {
+        Some(l) => l
+            .parse::<usize>()
+            .map_err(|_| ApiError::BadRequest(format!("invalid limit {l:?}")))?,
+        None => 0,
+    };
+    let (objects, position, after) = list_source(state, info, query)?;
+    let namespace = target.namespace.as_deref().filter(|_| info.namespaced);
+    let mut matching = objects.iter().filter(|o| {
+        let key = key_of(o);
+        namespace.is_none_or(|ns| key.0 == ns)
+            && after.as_ref().is_none_or(|a| key > *a)
+            && labels.matches(o)
+            && fields.matches(o)
+    });
+    let items: Vec<Value> = match limit {
+        0 => matching.by_ref().map(|o| (**o).clone()).collect(),
+        n => matching.by_ref().take(n).map(|o| (**o).clone()).collect(),
+    };
+    let remaining = matching.count();
+    let resource_version = state.log.rv(position);
+    let mut metadata = json!({"resourceVersion": resource_version});
+    if remaining > 0 {
+        if let Some(last) = items.last() {
+            metadata["continue"] = json!(continue_token(&resource_version, &key_of(last)));
+            metadata["remainingItemCount"] = json!(remaining);
+        }
+    }
     let body = match table::negotiate(headers) {
         Some(table_version) => {
             let include = IncludeObject::parse(query.get("includeObject").map(String::as_str));
-            table::table(
+            let mut table = table::table(
                 info,
                 table_version,
                 &items,
                 &resource_version,
                 include,
                 Utc::now(),
-            )
+            );
+            table["metadata"] = metadata;
+            table
         }
         None => json!({
             "kind": format!("{}List", info.kind),
             "apiVersion": info.api_version(),
-            "metadata": {"resourceVersion": resource_version},
+            "metadata": metadata,
             "items": items,
         }),
     };
@@ -600,17 +780,41 @@ fn create(
         }
         object["status"] = json!({"phase": "Active"});
     }
+    let dry = dry_run(query);
     let object = persist(
         state,
         info,
         key(info, target.namespace.as_deref(), &name),
         object,
-        dry_run(query),
+        dry,
     )?;
+    let object = as_served(state, info, target.namespace.as_deref(), &name, object, dry);
     Ok(with_warnings(
         json_response(StatusCode::CREATED, &object),
         &warnings,
     ))
+}
+
+/// What a write replies: the object as a read would now serve it (computed status, this
+/// node's resourceVersion); for a dry run, the object with its status computed.
+fn as_served(
+    state: &ApiState,
+    info: &ResourceInfo,
+    namespace: Option<&str>,
+    name: &str,
+    stored: Value,
+    dry: bool,
+) -> Value {
+    let stored = with_type_meta(info, stored);
+    if dry {
+        return match info.workload {
+            Some(w) => with_status(state, w, namespace, vec![stored.clone()])
+                .pop()
+                .unwrap_or(stored),
+            None => stored,
+        };
+    }
+    find(state, info, namespace, name).unwrap_or(stored)
 }
 
 /// Defaults and validates workload objects (`admission.rs`); other kinds pass.
@@ -623,7 +827,15 @@ fn admit(
     let causes = match info.workload {
         Some(workload) => {
             admission::default(workload, object);
-            admission::validate(workload, object, old)
+            // Objects written by the controllers are stored as they made them: compare an
+            // update with the old object defaulted the same way, so that changing only
+            // labels or annotations of a controller's pod is not seen as a spec change.
+            let old = old.map(|o| {
+                let mut o = o.clone();
+                admission::default(workload, &mut o);
+                o
+            });
+            admission::validate(workload, object, old.as_ref())
         }
         None if is_service(info) => {
             if let Some(old) = old {
@@ -683,6 +895,8 @@ fn store_update(
     warnings: &[String],
 ) -> Result<Response, ApiError> {
     let object = store(state, target, name, existing, object, query)?;
+    let namespace = target.namespace.as_deref();
+    let object = as_served(state, target.info, namespace, name, object, dry_run(query));
     Ok(with_warnings(
         json_response(StatusCode::OK, &object),
         warnings,
@@ -838,14 +1052,8 @@ fn patch(
     store_update(state, target, name, &existing, patched, query, &warnings)
 }
 
-fn delete(
-    state: &ApiState,
-    target: &Target,
-    name: &str,
-    query: &Query,
-    body: &Bytes,
-) -> Result<Response, ApiError> {
-    let info = target.info;
+/// `DeleteOptions` from the body (JSON) merged with the query's `dryRun`.
+fn delete_options(query: &Query, body: &Bytes) -> Result<(Value, bool), ApiError> {
     let options: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
@@ -856,27 +1064,65 @@ fn delete(
         || options["dryRun"]
             .as_array()
             .is_some_and(|d| d.iter().any(|v| v == "All"));
-    let namespace = target.namespace.as_deref();
+    Ok((options, dry))
+}
+
+/// Kinds whose DELETE answers the deleted object (Kubernetes' `ReturnDeletedObject`); the
+/// others answer a success `Status`.
+fn returns_deleted_object(info: &ResourceInfo) -> bool {
+    info.group.is_empty() && matches!(info.kind, "Pod" | "Service" | "Namespace")
+}
+
+fn delete(
+    state: &ApiState,
+    target: &Target,
+    name: &str,
+    query: &Query,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let (options, dry) = delete_options(query, body)?;
+    let reply = delete_one(
+        state,
+        target.info,
+        target.namespace.as_deref(),
+        name,
+        &options,
+        dry,
+    )?;
+    Ok(json_response(StatusCode::OK, &reply))
+}
+
+/// Deletes one object; returns what DELETE answers for its kind.
+fn delete_one(
+    state: &ApiState,
+    info: &ResourceInfo,
+    namespace: Option<&str>,
+    name: &str,
+    options: &Value,
+    dry: bool,
+) -> Result<Value, ApiError> {
     let existing = find_stored(state, info, namespace, name)
         .ok_or_else(|| ApiError::not_found(info.plural, name))?;
+    let served = find(state, info, namespace, name).unwrap_or_else(|| existing.clone());
     let uid = existing["metadata"]["uid"]
         .as_str()
         .unwrap_or_default()
         .to_string();
     let preconditions = &options["preconditions"];
-    let precondition_failed = |field: &str, have: &str| {
-        preconditions[field]
+    let rv_of = |o: &Value| {
+        o["metadata"]["resourceVersion"]
             .as_str()
-            .is_some_and(|want| want != have)
+            .unwrap_or_default()
+            .to_string()
     };
-    if precondition_failed("uid", &uid)
-        || precondition_failed(
-            "resourceVersion",
-            existing["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap_or_default(),
-        )
-    {
+    let uid_failed = preconditions["uid"]
+        .as_str()
+        .is_some_and(|want| want != uid);
+    // The resourceVersion a client read here (this node's) or the stored one.
+    let rv_failed = preconditions["resourceVersion"]
+        .as_str()
+        .is_some_and(|want| want != rv_of(&existing) && want != rv_of(&served));
+    if uid_failed || rv_failed {
         return Err(ApiError::Conflict {
             resource: info.plural.into(),
             name: name.into(),
@@ -888,25 +1134,61 @@ fn delete(
             "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
         )));
     }
-    if dry {
-        return Ok(json_response(
-            StatusCode::OK,
-            &success_status(info.plural, name, Some(&uid)),
-        ));
-    }
-    match info.storage {
-        Storage::Nodes => state.backend.delete_node(name)?,
-        Storage::Events | Storage::Computed => return Err(ApiError::MethodNotAllowed),
-        Storage::Objects => {
-            if info.plural == "namespaces" {
-                delete_namespace_contents(state, name)?;
+    if !dry {
+        match info.storage {
+            Storage::Nodes => state.backend.delete_node(name)?,
+            Storage::Events | Storage::Computed => return Err(ApiError::MethodNotAllowed),
+            Storage::Objects => {
+                if info.plural == "namespaces" {
+                    delete_namespace_contents(state, name)?;
+                }
+                state.backend.delete_object(&key(info, namespace, name))?;
             }
-            state.backend.delete_object(&key(info, namespace, name))?;
         }
     }
+    if returns_deleted_object(info) {
+        return Ok(served);
+    }
+    let mut status = success_status(info.plural, name, Some(&uid));
+    status["details"]["group"] = json!(info.group);
+    Ok(status)
+}
+
+/// `DELETE` of a collection: every object matching the label and field selectors (in the
+/// namespace of the path, if any) is deleted; the reply lists what was deleted.
+fn delete_collection(
+    state: &ApiState,
+    target: &Target,
+    query: &Query,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let info = target.info;
+    let (labels, fields) = selectors(query)?;
+    let (options, dry) = delete_options(query, body)?;
+    let namespace = target.namespace.as_deref().filter(|_| info.namespaced);
+    let snapshot = served(state, info);
+    let mut deleted = Vec::new();
+    for object in snapshot.objects.iter().filter(|o| {
+        namespace.is_none_or(|ns| key_of(o).0 == ns) && labels.matches(o) && fields.matches(o)
+    }) {
+        let (ns, name) = key_of(object);
+        let ns = Some(ns.as_str()).filter(|_| info.namespaced);
+        match delete_one(state, info, ns, &name, &options, dry) {
+            Ok(_) => deleted.push((**object).clone()),
+            // Gone in between (another client, another node): not an error.
+            Err(ApiError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let position = served(state, info).position;
     Ok(json_response(
         StatusCode::OK,
-        &success_status(info.plural, name, Some(&uid)),
+        &json!({
+            "kind": format!("{}List", info.kind),
+            "apiVersion": info.api_version(),
+            "metadata": {"resourceVersion": state.log.rv(position)},
+            "items": deleted,
+        }),
     ))
 }
 

@@ -149,6 +149,17 @@ impl ResourceInfo {
 }
 
 const ALL_VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+/// Namespaces: no `deletecollection` (as in Kubernetes).
+const NAMESPACE_VERBS: &[&str] = &[
     "create", "delete", "get", "list", "patch", "update", "watch",
 ];
 const READ_VERBS: &[&str] = &["get", "list", "watch"];
@@ -291,7 +302,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         short_names: &["ns"],
         categories: &[],
         namespaced: false,
-        verbs: ALL_VERBS,
+        verbs: NAMESPACE_VERBS,
         name_rule: NameRule::Label,
         schema: &NAMESPACE,
         merge_keys: no_merge_keys,

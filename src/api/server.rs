@@ -14,6 +14,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use super::changelog::ChangeLog;
 use super::objects::ResourceVersions;
 use super::status::ApiError;
 use super::{router, ApiConfig, ApiState, Backend};
@@ -58,8 +59,10 @@ pub async fn serve(
         backend,
         config: config.clone(),
         versions: Arc::new(ResourceVersions::default()),
+        log: Arc::new(ChangeLog::random(config.watch_window)),
         shutdown: shutdown_rx.clone(),
     };
+    let refresher = tokio::spawn(super::watch::refresh_loop(state.clone()));
     let app = router::router(state);
     let acceptor = TlsAcceptor::from(tls);
     let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
@@ -112,6 +115,7 @@ pub async fn serve(
         );
         connections.shutdown().await;
     }
+    refresher.abort();
     tracing::info!("api stopped");
     Ok(())
 }

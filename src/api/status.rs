@@ -63,6 +63,10 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// A resourceVersion or continue token older than the change log's window, or from
+    /// another node (`changelog.rs`): 410, reason `Expired`; clients relist.
+    #[error("{0}")]
+    Gone(String),
     /// Bad TLS material given to [`super::tls_config`].
     #[error("tls: {0}")]
     Tls(String),
@@ -114,6 +118,7 @@ impl ApiError {
             ApiError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) | ApiError::Tls(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Gone(_) => StatusCode::GONE,
         }
     }
 
@@ -132,6 +137,7 @@ impl ApiError {
             ApiError::Timeout => "Timeout",
             ApiError::Unavailable(_) => "ServiceUnavailable",
             ApiError::Internal(_) | ApiError::Tls(_) => "InternalError",
+            ApiError::Gone(_) => "Expired",
         }
     }
 
