@@ -13,6 +13,7 @@
 //! - [`proxy`]: Service load balancing: the nftables rule planner (pure; its shell is `agent/proxy.rs`).
 //! - [`net`]: the libp2p swarm (QUIC): admission, membership messages, state push and sync (shell).
 //! - [`api`]: the Kubernetes-shaped HTTPS API served by every agent.
+//! - [`metrics`]: the agent's Prometheus metrics (registry, handle, encodings).
 //! - [`dns`]: cluster DNS: the zone of Service names and the answer to one query (pure).
 //! - [`agent`]: wires the shells together and runs them until shutdown.
 //! - [`cli`]: the `shoal` command line.
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod dns;
 pub mod kubelet;
 pub mod membership;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod proxy;

@@ -32,7 +32,7 @@ need_root() { [ "$(id -u)" = 0 ] || die "must run as root (network namespaces, b
 # ---- prerequisites ---------------------------------------------------------------------------
 
 # command -> Debian package that provides it
-PREREQS="ip:iproute2 nft:nftables iptables:iptables runc:runc busybox:busybox-static nsenter:util-linux curl:curl tar:tar gzip:gzip sha256sum:coreutils docker-registry:docker-registry skopeo:skopeo umoci:umoci htpasswd:apache2-utils"
+PREREQS="ip:iproute2 nft:nftables iptables:iptables runc:runc busybox:busybox-static nsenter:util-linux curl:curl tar:tar gzip:gzip sha256sum:coreutils docker-registry:docker-registry skopeo:skopeo umoci:umoci htpasswd:apache2-utils promtool:prometheus"
 # file -> Debian package that provides it (prerequisites that are not commands on PATH: the
 # CNI plugins the agents run for the pod network)
 PREREQ_FILES="/usr/lib/cni/bridge:containernetworking-plugins /usr/lib/cni/host-local:containernetworking-plugins"

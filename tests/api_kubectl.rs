@@ -190,6 +190,7 @@ impl Backend for Fake {
             heads: vec!["00ff".into()],
             doc_bytes: 1234,
             admitted_peers: vec![],
+            ..Default::default()
         }
     }
     fn backup(&self) -> Result<Vec<u8>, BackendError> {

@@ -310,3 +310,203 @@ fn corrupt_state_file_stops_the_agent_with_a_clear_error() {
         || c.configmap_value(&c.nodes[1], "after"),
     );
 }
+
+/// Runs `promtool check metrics` on `text`; fails naming the package when promtool is missing.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut child = match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "promtool not found ({e}): install Debian's `prometheus` package (testnet/prereqs.sh and .ci/run do)"
+        ),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The value of the sample `series` (name with its labels, exactly as exposed).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Plain HTTP `GET path` on `addr`: the body of a 200, else None.
+fn plain_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+#[test]
+fn metrics_pass_promtool_and_count_suspicions_deaths_and_requests() {
+    let mut c = Cluster::start(3);
+    let n1 = &c.nodes[0];
+    c.create_configmap(n1, "metered", "x");
+    // Same auth as every route.
+    let (code, _, _) = c.get_text(n1, "/metrics", None);
+    assert_eq!(code, 401, "/metrics without a token");
+    let text = poll(
+        "probe round trips and replication on n1's /metrics",
+        Duration::from_secs(30),
+        || {
+            let (code, ctype, text) = c.get_text(n1, "/metrics", Some(&c.admin_token));
+            assert_eq!(code, 200, "{text}");
+            assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+            let probes = sample(&text, "shoal_membership_probe_rtt_seconds_count")?;
+            let sent = sample(
+                &text,
+                "shoal_replication_bytes_total{direction=\"sent\",path=\"push\"}",
+            )?;
+            (probes > 0.0 && sent > 0.0).then_some(text)
+        },
+    );
+    promtool_check(&text);
+    assert_eq!(
+        sample(&text, "shoal_membership_members{state=\"alive\"}"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "shoal_api_requests_total{verb=\"create\",resource=\"configmaps\",code=\"201\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        text.contains("shoal_api_request_duration_seconds_bucket{verb=\"create\",resource=\"configmaps\",le=\"0.005\"}"),
+        "{text}"
+    );
+    assert!(sample(&text, "process_resident_memory_bytes").unwrap_or(0.0) > 1e6);
+    assert_eq!(
+        sample(
+            &text,
+            "shoal_replication_peer_differing_documents{peer=\"n2\"}"
+        )
+        .map(|v| v >= 0.0),
+        Some(true),
+        "{text}"
+    );
+    // Prometheus' own scraper asks for OpenMetrics and gets it.
+    let open = c.rt_get_openmetrics(n1);
+    assert!(open.ends_with("# EOF\n"), "{open}");
+
+    // `shoal status`: a table by default, the JSON document with -o json.
+    let kc = n1.kubeconfig.display().to_string();
+    let table = c.shoal_ok(&["status", "--kubeconfig", &kc]);
+    assert!(
+        table.contains("MEMBER") && table.contains("REPLICATION"),
+        "{table}"
+    );
+    for name in ["n2", "n3"] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {table}"));
+        assert!(row.contains("alive") && row.contains("yes"), "{table}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&c.shoal_ok(&["status", "-o", "json", "--kubeconfig", &kc])).unwrap();
+    assert_eq!(json["node"], "n1");
+    assert!(
+        json["replication"]["n2"]["differing_documents"].is_u64(),
+        "{json}"
+    );
+
+    // A killed member: n1's view counts a suspicion and a death.
+    c.kill(2);
+    let n1 = &c.nodes[0];
+    poll(
+        "n1 counts n3 suspect and dead",
+        Duration::from_secs(30),
+        || {
+            let (_, _, text) = c.get_text(n1, "/metrics", Some(&c.admin_token));
+            let suspicions = sample(&text, "shoal_membership_suspicions_total")?;
+            let deaths = sample(&text, "shoal_membership_deaths_total")?;
+            let dead = sample(&text, "shoal_membership_members{state=\"dead\"}")?;
+            (suspicions >= 1.0 && deaths >= 1.0 && dead == 1.0).then_some(())
+        },
+    );
+
+    // The plain listener (--metrics-addr) serves the same exposition without TLS or a token.
+    let port = loopback::free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    c.nodes[1].extra_args = [
+        "--metrics-addr",
+        &addr.to_string(),
+        "--log-format",
+        "json",
+        "--log",
+        "info,shoal::net=debug",
+    ]
+    .map(String::from)
+    .to_vec();
+    c.restart(1);
+    let plain = poll("n2's plain /metrics", Duration::from_secs(30), || {
+        plain_get(addr, "/metrics")
+    });
+    assert!(
+        plain.contains("# TYPE shoal_api_requests_total counter"),
+        "{plain}"
+    );
+    promtool_check(&plain);
+
+    // --log-format json: every line one JSON object; --log: debug for shoal::net only.
+    let run_log = c.nodes[1].log_path().with_extension("run.log");
+    let lines = poll(
+        "a debug line of shoal::net from n2",
+        Duration::from_secs(30),
+        || {
+            let text = std::fs::read_to_string(&run_log).ok()?;
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+                .collect();
+            lines
+                .iter()
+                .any(|v| {
+                    v["level"] == "DEBUG"
+                        && v["target"]
+                            .as_str()
+                            .is_some_and(|t| t.starts_with("shoal::net"))
+                })
+                .then_some(lines)
+        },
+    );
+    assert!(lines.iter().all(|v| v["level"] != "DEBUG"
+        || v["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("shoal::net"))));
+    assert!(lines
+        .iter()
+        .any(|v| v["message"] == "agent starting" && v["node"] == "n2"));
+}

@@ -75,6 +75,7 @@ struct Server {
     zone: watch::Sender<Arc<Zone>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    metrics: Arc<shoal::metrics::Metrics>,
 }
 
 async fn start(zone: Zone, upstreams: Vec<SocketAddr>) -> Server {
@@ -83,7 +84,9 @@ async fn start(zone: Zone, upstreams: Vec<SocketAddr>) -> Server {
         bind(addr).unwrap_or_else(|e| panic!("binding {addr} (needs root for port 53): {e}"));
     let (zone_tx, zone_rx) = watch::channel(Arc::new(zone));
     let (stop_tx, mut stop_rx) = watch::channel(false);
-    let task = tokio::spawn(serve(sockets, zone_rx, upstreams.into(), async move {
+    let metrics = Arc::new(shoal::metrics::Metrics::new());
+    let m = metrics.clone();
+    let task = tokio::spawn(serve(sockets, zone_rx, upstreams.into(), m, async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
     Server {
@@ -91,6 +94,7 @@ async fn start(zone: Zone, upstreams: Vec<SocketAddr>) -> Server {
         zone: zone_tx,
         stop: stop_tx,
         task,
+        metrics,
     }
 }
 
@@ -209,6 +213,17 @@ async fn nslookup_resolves_services_and_fails_other_names() {
             started.elapsed()
         );
     }
+    // The query counter saw the answers and the NXDOMAINs (nslookup may also ask AAAA).
+    let text = server.metrics.encode(false);
+    let count = |answer: &str| -> u64 {
+        let prefix = format!("shoal_dns_queries_total{{answer=\"{answer}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("answer") >= 4, "{text}");
+    assert!(count("nxdomain") >= 3, "{text}");
     server.stop().await;
 }
 

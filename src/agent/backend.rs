@@ -411,6 +411,8 @@ impl Backend for AgentBackend {
             heads,
             doc_bytes,
             admitted_peers: view.admitted,
+            status_docs: self.shared.status_docs().len() as u64,
+            replication: super::metrics::replication(&self.shared),
         }
     }
 
@@ -430,6 +432,14 @@ impl Backend for AgentBackend {
 
     fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared.subscribe()
+    }
+
+    fn metrics(&self) -> Option<Arc<crate::metrics::Metrics>> {
+        Some(self.shared.metrics.clone())
+    }
+
+    fn scrape_metrics(&self, accept: Option<&str>) -> Option<(&'static str, String)> {
+        Some(super::metrics::scrape(&self.shared, accept))
     }
 
     fn workload_view(&self) -> WorkloadView {

@@ -170,6 +170,7 @@ async fn round(
         seed: rand::random(),
     };
     let started = Instant::now();
+    shared.metrics.controller_rounds.inc();
     let plan = match tokio::task::spawn_blocking(move || sched::reconcile(&snapshot, &ctx)).await {
         Ok(plan) => plan,
         Err(e) => {
@@ -190,7 +191,9 @@ async fn round(
         took_ms = started.elapsed().as_millis() as u64,
         "reconcile"
     );
-    apply(shared, &plan).then_some(plan.wake)
+    let applied = apply(shared, &plan);
+    shared.metrics.reconciled(binds, started.elapsed());
+    applied.then_some(plan.wake)
 }
 
 fn apply(shared: &Shared, plan: &Plan) -> bool {

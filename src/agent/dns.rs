@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 
 use super::shared::Shared;
 use crate::dns::{self, Decision, Transport, Zone, MAX_QUERY};
+use crate::metrics::{DnsAnswer, Metrics};
 use crate::model::network::{self, CLUSTER_DOMAIN, DNS_PORT};
 use crate::model::service::SERVICES;
 
@@ -109,6 +110,7 @@ pub async fn run(shared: Arc<Shared>, upstreams: Vec<SocketAddr>, stop: impl Fut
                             sockets,
                             zone_rx.clone(),
                             upstreams.clone(),
+                            shared.metrics.clone(),
                             async move {
                                 let mut rx = stop_rx;
                                 let _ = rx.wait_for(|s| *s).await;
@@ -199,6 +201,7 @@ pub async fn serve(
     (udp, tcp): (UdpSocket, TcpListener),
     zone: watch::Receiver<Arc<Zone>>,
     upstreams: Arc<[SocketAddr]>,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -212,7 +215,7 @@ pub async fn serve(
             biased;
             _ = &mut shutdown => break,
             r = udp.recv_from(&mut buf) => match r {
-                Ok((n, peer)) => on_datagram(&buf[..n.min(MAX_QUERY + 1)], peer, &udp, &zone, &upstreams, &forwards, &mut tasks),
+                Ok((n, peer)) => metrics.dns_query(on_datagram(&buf[..n.min(MAX_QUERY + 1)], peer, &udp, &zone, &upstreams, &forwards, &mut tasks)),
                 Err(e) => tracing::debug!(%e, "DNS: UDP receive"),
             },
             r = tcp.accept(), if connections.available_permits() > 0 => match r {
@@ -220,9 +223,10 @@ pub async fn serve(
                     if let Ok(permit) = connections.clone().try_acquire_owned() {
                         let zone = zone.clone();
                         let upstreams = upstreams.clone();
+                        let metrics = metrics.clone();
                         tasks.spawn(async move {
                             let _permit = permit;
-                            let _ = tcp_connection(stream, zone, upstreams).await;
+                            let _ = tcp_connection(stream, zone, upstreams, metrics).await;
                         });
                     }
                 }
@@ -234,6 +238,24 @@ pub async fn serve(
     tasks.shutdown().await;
 }
 
+/// The kind of answer a decision gives, for the query counter: the reply's RCODE and
+/// answer count, or forwarded.
+pub fn answer_kind(decision: &Decision) -> DnsAnswer {
+    match decision {
+        Decision::Reply(bytes) if bytes.len() >= 12 => {
+            let answers = u16::from_be_bytes([bytes[6], bytes[7]]);
+            match bytes[3] & 0x0f {
+                0 if answers > 0 => DnsAnswer::Answer,
+                0 => DnsAnswer::NoData,
+                3 => DnsAnswer::NxDomain,
+                _ => DnsAnswer::Error,
+            }
+        }
+        Decision::Forward => DnsAnswer::Forwarded,
+        Decision::Reply(_) | Decision::Drop => DnsAnswer::Error,
+    }
+}
+
 /// One UDP query: answered in place, or forwarded on a task of its own.
 fn on_datagram(
     query: &[u8],
@@ -243,11 +265,12 @@ fn on_datagram(
     upstreams: &Arc<[SocketAddr]>,
     forwards: &Arc<Semaphore>,
     tasks: &mut JoinSet<()>,
-) {
+) -> DnsAnswer {
     let decision = {
         let zone = zone.borrow().clone();
         dns::respond(query, &zone, Transport::Udp, !upstreams.is_empty())
     };
+    let kind = answer_kind(&decision);
     match decision {
         Decision::Reply(bytes) => {
             let _ = udp.try_send_to(&bytes, peer);
@@ -275,6 +298,7 @@ fn on_datagram(
             }
         }
     }
+    kind
 }
 
 /// One TCP connection: length-prefixed queries answered in order until the client closes,
@@ -283,6 +307,7 @@ async fn tcp_connection(
     mut stream: TcpStream,
     zone: watch::Receiver<Arc<Zone>>,
     upstreams: Arc<[SocketAddr]>,
+    metrics: Arc<Metrics>,
 ) -> io::Result<()> {
     loop {
         let Ok(query) = tokio::time::timeout(TCP_IDLE, read_framed(&mut stream, MAX_QUERY)).await
@@ -294,6 +319,7 @@ async fn tcp_connection(
             let zone = zone.borrow().clone();
             dns::respond(&query, &zone, Transport::Tcp, !upstreams.is_empty())
         };
+        metrics.dns_query(answer_kind(&decision));
         let reply = match decision {
             Decision::Reply(bytes) => bytes,
             Decision::Drop => return Ok(()),

@@ -9,6 +9,7 @@ mod exec;
 pub mod images;
 mod init;
 mod ipam;
+mod metrics;
 pub(crate) mod node_info;
 pub mod proxy;
 pub mod routes;
@@ -95,6 +96,8 @@ pub struct RunOptions {
     pub pod_pids_limit: Option<i64>,
     /// `--allow-host-path` prefixes; replace the stored list when not empty.
     pub allowed_host_paths: Vec<std::path::PathBuf>,
+    /// `--metrics-addr`: also serve `GET /metrics` in plain HTTP there (not saved).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Prepares the data dir for this start: a first start of a joiner writes the identity from
@@ -237,11 +240,9 @@ pub async fn run(
             let config = crate::runtime::image::pull::PullConfig::with_env_proxies(
                 settings.insecure_registries.clone(),
             );
-            Some(crate::runtime::image::pull::Puller::new(
-                store,
-                config,
-                Arc::new(peers),
-            ))
+            let puller = crate::runtime::image::pull::Puller::new(store, config, Arc::new(peers));
+            puller.set_metrics(shared.metrics.clone());
+            Some(puller)
         }
         Err(e) => {
             tracing::error!(%e, "opening the image store failed: this node cannot run pods");
@@ -269,6 +270,14 @@ pub async fn run(
         })
     };
 
+    let metrics_task = match opts.metrics_addr {
+        Some(addr) => Some(tokio::spawn(metrics::serve_plain(
+            shared.clone(),
+            metrics::bind(addr).await?,
+            stopped(stop_rx.clone()),
+        ))),
+        None => None,
+    };
     let controllers_task = tokio::spawn(controllers::run(shared.clone(), stopped(stop_rx.clone())));
     let ipam_task = tokio::spawn(ipam::run(shared.clone(), stopped(stop_rx.clone())));
     // Re-allocates Services that lost an address to a concurrent allocation (leader only).
@@ -315,6 +324,9 @@ pub async fn run(
         let _ = t.await;
     }
     let _ = controllers_task.await;
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
     let _ = ipam_task.await;
     let _ = services_task.await;
     if let Some(t) = dns_task {

@@ -237,6 +237,10 @@ impl Proxy {
         match self.apply(&change).await {
             Ok(took) => {
                 log_applied(&change, &desired, planning, took);
+                self.shared
+                    .metrics
+                    .proxy_sync
+                    .observe((planning + took).as_secs_f64());
                 self.applied = Some(desired);
                 self.last_error = None;
             }
@@ -246,6 +250,8 @@ impl Proxy {
                 match self.apply(&whole).await {
                     Ok(took) => {
                         log_applied(&whole, &desired, planning, took);
+                        let synced = planning + took;
+                        self.shared.metrics.proxy_sync.observe(synced.as_secs_f64());
                         self.applied = Some(desired);
                         self.last_error = None;
                     }

@@ -54,6 +54,8 @@ pub struct Shared {
     /// Locally made changes, for the push path. Bounded: if the network actor falls behind,
     /// anti-entropy carries what the push path dropped.
     local_tx: mpsc::Sender<LocalChange>,
+    /// The agent's Prometheus metrics, updated by every shell.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Shared {
@@ -76,6 +78,7 @@ impl Shared {
             view: RwLock::new(View::default()),
             changes_tx,
             local_tx,
+            metrics: Default::default(),
         };
         (shared, local_rx)
     }

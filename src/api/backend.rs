@@ -44,8 +44,17 @@ pub struct MemberStatus {
     pub addr: String,
 }
 
+/// Replication with one peer as the last digest exchange with it showed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerReplication {
+    /// Documents whose heads differed from the peer's.
+    pub differing_documents: u64,
+    /// How long the documents have differed (0 when they agreed); `None` if they never agreed.
+    pub lag_ms: Option<u64>,
+}
+
 /// The serving agent's view: served at `/shoal/v1/status` and printed by `shoal status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentStatus {
     pub node: String,
     pub cluster_id: String,
@@ -61,6 +70,12 @@ pub struct AgentStatus {
     /// Size of the cluster document as last saved to disk.
     pub doc_bytes: u64,
     pub admitted_peers: Vec<String>,
+    /// Status documents held (one per node seen).
+    #[serde(default)]
+    pub status_docs: u64,
+    /// Replication with each peer, by node name.
+    #[serde(default)]
+    pub replication: BTreeMap<String, PeerReplication>,
 }
 
 /// What the API needs from the agent. Implementations are cheap to call from request handlers
@@ -104,6 +119,14 @@ pub trait Backend: Send + Sync + 'static {
     fn backup(&self) -> Result<Vec<u8>, BackendError>;
     /// Ticks whenever the state or the membership view changed (drives `watch=true`).
     fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// The agent's metrics handle (the API counts its requests and watches in it).
+    fn metrics(&self) -> Option<std::sync::Arc<crate::metrics::Metrics>> {
+        None
+    }
+    /// `GET /metrics`: the content type and exposition for a scraper sending `accept`.
+    fn scrape_metrics(&self, _accept: Option<&str>) -> Option<(&'static str, String)> {
+        None
+    }
 
     // ---- workloads (docs/workloads.md); defaults serve a backend without any ----
 

@@ -390,6 +390,7 @@ mod tests {
                 heads: Vec::new(),
                 doc_bytes: 0,
                 admitted_peers: Vec::new(),
+                ..Default::default()
             }
         }
         fn backup(&self) -> Result<Vec<u8>, BackendError> {

@@ -36,6 +36,7 @@ mod discovery;
 pub mod exec;
 mod images;
 mod logs;
+mod metrics;
 mod nodes;
 mod objects;
 mod openapi;
@@ -59,7 +60,7 @@ use std::time::Duration;
 
 pub use backend::{
     AgentStatus, Backend, BackendError, BoxFuture, ImageSummary, LogRequest, LogStream,
-    MemberStatus, ObjectKey, WorkloadView,
+    MemberStatus, ObjectKey, PeerReplication, WorkloadView,
 };
 pub use nodes::node_object;
 pub use server::{serve, tls_config};

@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use super::objects::{self, Target};
 use super::resources::{self, ResourceInfo};
 use super::status::ApiError;
-use super::{auth, discovery, exec, images, openapi, ApiState};
+use super::{auth, discovery, exec, images, metrics, openapi, ApiState};
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
@@ -29,6 +29,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/livez", get(discovery::health))
         .route("/openapi/v3", get(openapi::index))
         .route("/openapi/v3/{*path}", get(openapi::document))
+        .route("/metrics", get(metrics::scrape))
         .route("/shoal/v1/status", get(shoal_status))
         .route("/shoal/v1/backup", get(shoal_backup))
         .route("/shoal/v1/images", get(images::list).delete(images::remove))
@@ -50,11 +51,15 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             auth::require_token,
         ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .with_state(state)
 }
 
 /// Whether a request is a watch (exempt from the request timeout; bounded by `max_watch`).
-fn is_watch(uri: &Uri) -> bool {
+pub(super) fn is_watch(uri: &Uri) -> bool {
     let query_watch = uri.query().is_some_and(|q| {
         q.split('&')
             .any(|kv| matches!(kv, "watch=true" | "watch=1" | "watch=True"))
@@ -64,7 +69,7 @@ fn is_watch(uri: &Uri) -> bool {
 
 /// Requests exempt from the request timeout: watches, followed logs (they end with the
 /// stream, the client or shutdown) and image uploads (their own timeout).
-fn is_long_running(uri: &Uri) -> bool {
+pub(super) fn is_long_running(uri: &Uri) -> bool {
     let follow = uri.path().ends_with("/log")
         && uri.query().is_some_and(|q| {
             q.split('&')
@@ -96,13 +101,13 @@ async fn shoal_backup(State(state): State<ApiState>) -> Result<Response, ApiErro
 }
 
 /// A request path resolved against the resource table.
-struct Resolved {
-    target: Target,
+pub(super) struct Resolved {
+    pub target: Target,
     /// The legacy `/watch/` path prefix was used.
-    watch_prefix: bool,
+    pub watch_prefix: bool,
 }
 
-fn resolve(path: &str) -> Option<Resolved> {
+pub(super) fn resolve(path: &str) -> Option<Resolved> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest): (&str, &str, &[&str]) = match segments.as_slice() {
         ["api", version, rest @ ..] => ("", version, rest),

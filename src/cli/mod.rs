@@ -3,6 +3,7 @@
 mod client;
 mod image;
 mod kubeconfig;
+mod status;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -25,6 +26,51 @@ pub const EXIT_CONFIG: i32 = 64;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log line format on stderr: `text` for people, `json` (one object per line, with the
+    /// span fields) for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SHOAL_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Log levels, overall and per module, in `RUST_LOG` syntax (which it overrides), e.g.
+    /// `info,shoal::net=debug,shoal::kubelet=warn`.
+    #[arg(long, global = true, value_name = "DIRECTIVES", env = "SHOAL_LOG")]
+    pub log: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The default levels: info, with the chatty networking crates at warn.
+pub const DEFAULT_LOG: &str = "info,libp2p=warn,quinn=warn";
+
+/// Sets up logging on stderr: `--log` (else `RUST_LOG`, else [`DEFAULT_LOG`]) as an
+/// `EnvFilter`, lines formatted as `--log-format` says. Bad directives exit with a message.
+pub fn init_logging(cli: &Cli) {
+    let directives = cli
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| DEFAULT_LOG.to_string());
+    let filter = match tracing_subscriber::EnvFilter::builder().parse(&directives) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: log levels {directives:?}: {e} (example: info,shoal::net=debug)");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -128,11 +174,19 @@ pub enum Command {
             value_delimiter = ','
         )]
         allow_host_path: Vec<PathBuf>,
+        /// Also serve `GET /metrics` in plain HTTP (no TLS, no token) on this address, for a
+        /// Prometheus on the host or a trusted network. The API serves it at `/metrics` too.
+        #[arg(long, value_name = "IP:PORT", env = "SHOAL_METRICS_ADDR")]
+        metrics_addr: Option<SocketAddr>,
     },
-    /// Print the serving agent's view (epoch, leader, members, document heads) as JSON.
+    /// Print the serving agent's view: members and their states, leader, epoch, document
+    /// sizes, replication lag per peer (`-o json`: the status document as JSON).
     Status {
         #[command(flatten)]
         client: ClientArgs,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t = StatusFormat::Table)]
+        output: StatusFormat,
     },
     /// The image store of the node the context points at (`ls`, `pull`, `import`, `rm`).
     Image {
@@ -167,6 +221,12 @@ pub enum Command {
         #[command(subcommand)]
         command: NetworkCommand,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusFormat {
+    Table,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -272,6 +332,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dns_upstream,
             pod_pids_limit,
             allow_host_path,
+            metrics_addr,
         } => {
             let opts = RunOptions {
                 data_dir,
@@ -285,6 +346,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dns_upstreams: dns_upstream,
                 pod_pids_limit,
                 allowed_host_paths: allow_host_path,
+                metrics_addr,
             };
             // Before any thread exists, so every runtime thread inherits it; the shim and the
             // sandbox go back to 0, so containers run at the default priority.
@@ -296,14 +358,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(agent::run(opts, shutdown_signal()))?;
             Ok(())
         }
-        Command::Status { client } => {
+        Command::Status { client, output } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let body = rt.block_on(client::get(&client, "/shoal/v1/status"))?;
-            let value: serde_json::Value =
-                serde_json::from_slice(&body).context("status is not JSON")?;
-            println!("{}", serde_json::to_string_pretty(&value)?);
+            if output == StatusFormat::Json {
+                let value: serde_json::Value =
+                    serde_json::from_slice(&body).context("status is not JSON")?;
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                let status: crate::api::AgentStatus =
+                    serde_json::from_slice(&body).context("reading the agent's status")?;
+                print!("{}", status::render(&status));
+            }
             Ok(())
         }
         Command::Image { command } => image::run(command),

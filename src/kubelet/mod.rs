@@ -446,6 +446,9 @@ impl Shell {
                     }
                     match rt.start_container_with(&key, &pod, &c, &image, restart, &config) {
                         Ok(StartOutcome::Started { exit }) => {
+                            let created = pod.metadata.creation_timestamp.as_ref();
+                            let created = created.map(|t| t.0.as_second());
+                            shared.metrics.container_started(restart, created);
                             for warning in &config.skipped {
                                 record_event(
                                     &shared,

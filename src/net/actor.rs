@@ -377,10 +377,12 @@ impl Actor {
             }
             MembershipEvent::Suspect(id) => {
                 tracing::info!(member = %id, "member suspect");
+                self.shared.metrics.suspicions.inc();
                 self.since.insert(id.clone(), now);
             }
             MembershipEvent::Down(id) => {
                 tracing::warn!(member = %id, "member down");
+                self.shared.metrics.deaths.inc();
                 self.since.insert(id.clone(), now);
             }
             MembershipEvent::Left(id) => {
@@ -399,6 +401,9 @@ impl Actor {
             self.membership.handle_unreachable(&to, Instant::now());
             return;
         };
+        if let membership::Message::Ping { seq, .. } = &msg {
+            self.shared.metrics.probe_sent(*seq);
+        }
         let request = Request::Gossip(msg);
         if self.peers.contains_key(&peer) && self.swarm.is_connected(&peer) {
             let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
@@ -646,6 +651,9 @@ impl Actor {
         match request {
             Request::Admit { .. } => {}
             Request::Gossip(msg) => {
+                if let membership::Message::Ack { seq, .. } = &msg {
+                    self.shared.metrics.probe_acked(*seq);
+                }
                 let addr = self
                     .peers
                     .get(&peer)
@@ -661,7 +669,7 @@ impl Actor {
                 self.respond(channel, response);
             }
             Request::Digest { docs } => {
-                let response = self.on_digest_request(docs);
+                let response = self.on_digest_request(&name, docs);
                 self.respond(channel, response);
             }
             Request::Sync { doc, message } => {

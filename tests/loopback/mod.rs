@@ -28,7 +28,7 @@ pub fn poll<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>)
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     // A port free for both TCP and UDP right now.
     loop {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -46,6 +46,8 @@ pub struct Node {
     pub api: SocketAddr,
     pub kubeconfig: PathBuf,
     pub join: Vec<SocketAddr>,
+    /// More `shoal agent` arguments for this node's next launch.
+    pub extra_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -117,6 +119,7 @@ impl Cluster {
             p2p: format!("127.0.0.1:{p2p}").parse().unwrap(),
             api: format!("127.0.0.1:{api}").parse().unwrap(),
             join: vec![],
+            extra_args: vec![],
             child: None,
         };
         (tmp, node, token)
@@ -162,6 +165,7 @@ impl Cluster {
                 api: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
                 kubeconfig: c.tmp.path().join(format!("n{i}.kubeconfig")),
                 join: vec![c.nodes[0].p2p],
+                extra_args: vec![],
                 child: None,
             };
             c.nodes.push(node);
@@ -235,6 +239,7 @@ impl Cluster {
         for j in &n.join {
             args.extend(["--join".into(), j.to_string()]);
         }
+        args.extend(n.extra_args.iter().cloned());
         args
     }
 
@@ -344,6 +349,53 @@ impl Cluster {
             let code = resp.status().as_u16();
             let value = resp.json::<Value>().await.unwrap_or(Value::Null);
             Some((code, value))
+        })
+    }
+
+    /// `GET path` on the node's API with `token` (none: no Authorization header), as text:
+    /// `(status code, content type, body)`.
+    pub fn get_text(&self, node: &Node, path: &str, token: Option<&str>) -> (u16, String, String) {
+        let url = format!("https://{}{path}", node.api);
+        self.rt.block_on(async {
+            let mut req = self.client.get(url);
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let resp = req.send().await.expect("GET on the API");
+            let code = resp.status().as_u16();
+            let ctype = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            (code, ctype, resp.text().await.unwrap_or_default())
+        })
+    }
+
+    /// `GET /metrics` as Prometheus' scraper asks for it (OpenMetrics first).
+    pub fn rt_get_openmetrics(&self, node: &Node) -> String {
+        let url = format!("https://{}/metrics", node.api);
+        self.rt.block_on(async {
+            let resp = self
+                .client
+                .get(url)
+                .bearer_auth(&self.admin_token)
+                .header(
+                    "accept",
+                    "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+                )
+                .send()
+                .await
+                .expect("GET /metrics");
+            let ctype = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+            resp.text().await.unwrap_or_default()
         })
     }
 

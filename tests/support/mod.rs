@@ -380,10 +380,10 @@ pub fn expect_view(ctx: &str, ready: &[String], not_ready: &[String]) -> Result<
     }
 }
 
-/// `shoal status --kubeconfig K --context CTX`, parsed.
+/// `shoal status -o json --kubeconfig K --context CTX`, parsed.
 pub fn status(ctx: &str) -> Result<Value, String> {
     let out = Command::new(shoal_bin())
-        .arg("status")
+        .args(["status", "-o", "json"])
         .arg("--kubeconfig")
         .arg(kubeconfig())
         .args(["--context", ctx])

@@ -9,6 +9,7 @@ use rand::seq::IteratorRandom;
 
 use super::{Actor, Sent};
 use crate::agent::shared::{LocalChange, Shared, MAX_STATUS_DOCS};
+use crate::metrics::{Direction, SyncPath};
 use crate::net::protocol::{
     serde_bytes_vec::Bytes, DocDigest, DocRef, Request, Response, MAX_DIGEST_DOCS, MAX_PUSH_CHANGES,
 };
@@ -43,6 +44,13 @@ impl Actor {
             changes: change.changes.into_iter().map(Bytes).collect(),
         };
         let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        let bytes: usize = match &request {
+            Request::Push { changes, .. } => changes.iter().map(|c| c.0.len()).sum(),
+            _ => 0,
+        };
+        self.shared
+            .metrics
+            .sync_bytes(Direction::Sent, SyncPath::Push, bytes * peers.len());
         for peer in peers {
             self.send_to_admitted(peer, request.clone(), Sent::Push);
         }
@@ -134,6 +142,10 @@ impl Actor {
             return Response::Ok; // The sender is behind; anti-entropy brings it forward.
         }
         let changes: Vec<Vec<u8>> = changes.into_iter().map(|b| b.0).collect();
+        let bytes = changes.iter().map(Vec::len).sum();
+        self.shared
+            .metrics
+            .sync_bytes(Direction::Received, SyncPath::Push, bytes);
         match with_replica(&self.shared, &doc.id, |r| r.apply_pushed(&changes)) {
             Some(Ok(true)) => self.mark_dirty(doc.id),
             Some(Ok(false)) | None => {}
@@ -166,6 +178,10 @@ impl Actor {
             let opening =
                 with_replica(&self.shared, &doc.id, |r| r.generate_sync(&mut state)).flatten();
             *self.sync_state(peer, &doc.id, mine) = state;
+            let sent = opening.as_ref().map_or(0, Vec::len);
+            self.shared
+                .metrics
+                .sync_bytes(Direction::Sent, SyncPath::Sync, sent);
             return Response::Sync {
                 doc: reply_ref,
                 message: opening.map(Bytes),
@@ -188,6 +204,9 @@ impl Actor {
         message: &[u8],
     ) -> Option<Vec<u8>> {
         let mut state = std::mem::take(self.sync_state(peer, id, version));
+        self.shared
+            .metrics
+            .sync_bytes(Direction::Received, SyncPath::Sync, message.len());
         let result = with_replica(&self.shared, id, |r| {
             let moved = r.receive_sync(&mut state, message)?;
             Ok::<_, crate::state::StateError>((moved, r.generate_sync(&mut state)))
@@ -198,6 +217,10 @@ impl Actor {
                 if moved {
                     self.mark_dirty(id.clone());
                 }
+                let sent = reply.as_ref().map_or(0, Vec::len);
+                self.shared
+                    .metrics
+                    .sync_bytes(Direction::Sent, SyncPath::Sync, sent);
                 reply
             }
             Some(Err(e)) => {
@@ -251,6 +274,9 @@ impl Actor {
         let message = with_replica(&self.shared, id, |r| r.generate_sync(&mut state)).flatten();
         *self.sync_state(peer, id, version) = state;
         if let Some(m) = message {
+            self.shared
+                .metrics
+                .sync_bytes(Direction::Sent, SyncPath::Sync, m.len());
             self.send_to_admitted(
                 peer,
                 Request::Sync {
@@ -285,7 +311,7 @@ impl Actor {
         out
     }
 
-    pub(super) fn on_digest_request(&mut self, docs: Vec<DocDigest>) -> Response {
+    pub(super) fn on_digest_request(&mut self, from: &str, docs: Vec<DocDigest>) -> Response {
         if docs.len() > MAX_DIGEST_DOCS {
             return Response::Refused {
                 reason: "digest too large".into(),
@@ -307,10 +333,14 @@ impl Actor {
             .collect();
         differ.extend(theirs.keys().filter(|id| !mine.contains_key(*id)).cloned());
         differ.truncate(MAX_DIGEST_DOCS);
+        self.shared.metrics.peer_digest(from, differ.len());
         Response::Digest { differ }
     }
 
     pub(super) fn on_digest_response(&mut self, peer: PeerId, differ: Vec<DocId>) {
+        if let Some(p) = self.peers.get(&peer) {
+            self.shared.metrics.peer_digest(&p.name, differ.len());
+        }
         for id in differ.into_iter().take(MAX_DIGEST_DOCS) {
             // Forget what we believe was in flight: the push path may have raced this peer.
             if let Some((_, state)) = self.sync_states.get_mut(&(peer, id.clone())) {

@@ -301,6 +301,14 @@ enum Source {
 }
 
 impl Source {
+    fn metric(&self) -> crate::metrics::PullSource {
+        match self {
+            Source::Holder(_) => crate::metrics::PullSource::Peer,
+            Source::Seed(_) => crate::metrics::PullSource::Seed,
+            Source::Registry => crate::metrics::PullSource::Registry,
+        }
+    }
+
     fn label(&self) -> String {
         match self {
             Source::Holder(p) => format!("peer {}", p.node),
@@ -341,6 +349,8 @@ pub struct Puller {
     /// Pulls hold it shared; garbage collection exclusively (a half-pulled image's layers are
     /// not yet named by the index).
     gc_lock: tokio::sync::RwLock<()>,
+    /// Where downloaded bytes are counted by source (the agent's metrics).
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 /// A blob's bytes for a peer: its size (if known) and a stream of chunks.
@@ -360,7 +370,13 @@ impl Puller {
             inflight: Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
             gc_lock: tokio::sync::RwLock::new(()),
+            metrics: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Counts downloaded bytes in `metrics` from now on (once; later calls are ignored).
+    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     pub fn store(&self) -> &ImageStore {
@@ -886,6 +902,9 @@ impl Puller {
                 expected: digest,
                 actual: format!("sha256:{actual} ({written} bytes)"),
             });
+        }
+        if let Some(m) = self.metrics.get() {
+            m.image_pull_bytes(source.metric(), written);
         }
         Ok(())
     }
