@@ -474,7 +474,7 @@ fn metrics_pass_promtool_and_count_suspicions_deaths_and_requests() {
         plain_get(addr, "/metrics")
     });
     assert!(
-        plain.contains("# TYPE shoal_api_requests_total counter"),
+        plain.contains("# TYPE shoal_membership_suspicions_total counter"),
         "{plain}"
     );
     promtool_check(&plain);
