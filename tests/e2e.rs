@@ -8,6 +8,7 @@
 mod support;
 
 mod e2e {
+    mod batch;
     mod config;
     mod dns;
     mod exec;

@@ -75,13 +75,16 @@ fn snapshot(shared: &Shared, liveness: BTreeMap<String, Liveness>) -> Snapshot {
 }
 
 /// What a round depends on; an unchanged input gives an empty plan, so the round is skipped.
-/// Status documents change often (events, restarts); of them only pod readiness is an input.
+/// Status documents change often (events, restarts); of them only pod readiness and pods
+/// ending are inputs.
 #[derive(PartialEq, Eq)]
 struct Inputs {
     heads: u64,
     view: u64,
     liveness: BTreeMap<String, Liveness>,
     ready: BTreeMap<PodKey, chrono::DateTime<Utc>>,
+    /// Pods that ended (Job pods): an input of the Job controller.
+    finished: BTreeMap<PodKey, sched::Finished>,
 }
 
 /// Runs until `shutdown` resolves.
@@ -142,6 +145,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: impl std::future::Future<Output 
             heads,
             view: view.view_hash,
             ready: snapshot.ready.clone(),
+            finished: snapshot.finished.clone(),
             liveness: snapshot.liveness.clone(),
         };
         let due = wake.is_some_and(|t| Utc::now() >= t);

@@ -16,7 +16,10 @@ use crate::model::{is_dns1123_label, is_dns1123_subdomain, quantity};
 fn pod_spec_path(workload: Workload) -> &'static [&'static str] {
     match workload {
         Workload::Pod => &["spec"],
-        Workload::ReplicaSet | Workload::Deployment => &["spec", "template", "spec"],
+        Workload::ReplicaSet | Workload::Deployment | Workload::Job | Workload::DaemonSet => {
+            &["spec", "template", "spec"]
+        }
+        Workload::CronJob => &["spec", "jobTemplate", "spec", "template", "spec"],
     }
 }
 
@@ -303,10 +306,259 @@ pub fn default(workload: Workload, object: &mut Value) {
                 set_default(rolling, "maxUnavailable", json!("25%"));
             }
         }
+        Workload::Job => default_job(object),
+        Workload::CronJob => {
+            let spec = &mut object["spec"];
+            set_default(spec, "concurrencyPolicy", json!("Allow"));
+            set_default(spec, "suspend", json!(false));
+            set_default(spec, "successfulJobsHistoryLimit", json!(3));
+            set_default(spec, "failedJobsHistoryLimit", json!(1));
+            if spec["jobTemplate"]["spec"].is_object() {
+                let mut job = json!({"spec": spec["jobTemplate"]["spec"].take()});
+                default_job(&mut job);
+                spec["jobTemplate"]["spec"] = job["spec"].take();
+            }
+        }
+        Workload::DaemonSet => {
+            let spec = &mut object["spec"];
+            set_default(spec, "revisionHistoryLimit", json!(10));
+            set_default(spec, "updateStrategy", json!({}));
+            set_default(&mut spec["updateStrategy"], "type", json!("RollingUpdate"));
+            if spec["updateStrategy"]["type"] == "RollingUpdate" {
+                set_default(&mut spec["updateStrategy"], "rollingUpdate", json!({}));
+                let rolling = &mut spec["updateStrategy"]["rollingUpdate"];
+                set_default(rolling, "maxUnavailable", json!(1));
+                set_default(rolling, "maxSurge", json!(0));
+            }
+        }
     }
     if let Some(spec) = at_mut(object, pod_spec_path(workload)) {
         if spec.is_object() {
             default_pod_spec(spec);
+        }
+    }
+}
+
+/// Kubernetes' Job defaults: `parallelism` and `completions` 1 (when neither is set),
+/// `backoffLimit` 6, `completionMode` NonIndexed, `suspend` false, and unless
+/// `manualSelector`, a selector on the Job's uid with the pod labels it needs
+/// (`batch.kubernetes.io/controller-uid`, `batch.kubernetes.io/job-name`, `controller-uid`,
+/// `job-name`).
+fn default_job(object: &mut Value) {
+    let spec = &mut object["spec"];
+    if spec["completions"].is_null() && spec["parallelism"].is_null() {
+        set_default(spec, "completions", json!(1));
+    }
+    set_default(spec, "parallelism", json!(1));
+    set_default(spec, "backoffLimit", json!(6));
+    set_default(spec, "completionMode", json!("NonIndexed"));
+    set_default(spec, "suspend", json!(false));
+    set_default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+    crate::sched::job::generate_selector(object);
+}
+
+/// A CronJob: its schedule and time zone parse, a known concurrency policy, and its Job
+/// template is a valid Job (errors name `spec.jobTemplate.spec.…`).
+fn validate_cronjob(object: &Value, causes: &mut Vec<Cause>) {
+    let spec = &object["spec"];
+    match spec["schedule"].as_str() {
+        None | Some("") => causes.push(required("spec.schedule".into())),
+        Some(schedule) => {
+            if let Err(e) = crate::sched::cronjob::parse_schedule(schedule, None) {
+                causes.push(invalid("spec.schedule".into(), &spec["schedule"], &e));
+            }
+        }
+    }
+    if let Some(tz) = spec["timeZone"].as_str() {
+        if let Err(e) = crate::sched::cronjob::parse_schedule("* * * * *", Some(tz)) {
+            causes.push(invalid("spec.timeZone".into(), &spec["timeZone"], &e));
+        }
+    }
+    if let Some(policy) = spec["concurrencyPolicy"].as_str() {
+        let supported = ["Allow", "Forbid", "Replace"];
+        if !supported.contains(&policy) {
+            causes.push(unsupported(
+                "spec.concurrencyPolicy".into(),
+                policy,
+                &supported,
+            ));
+        }
+    }
+    for f in [
+        "startingDeadlineSeconds",
+        "successfulJobsHistoryLimit",
+        "failedJobsHistoryLimit",
+    ] {
+        non_negative(object, f, causes);
+    }
+    if !spec["jobTemplate"]["spec"].is_object() {
+        causes.push(required("spec.jobTemplate.spec".into()));
+        return;
+    }
+    // The template as a Job of its own (its selector is made when the Job is).
+    let mut job = json!({"metadata": {"uid": "template", "name": "template"}, "spec": spec["jobTemplate"]["spec"].clone()});
+    crate::sched::job::generate_selector(&mut job);
+    let mut inner = Vec::new();
+    // Updates may change a CronJob's template (only new Jobs use it): no immutable fields.
+    validate_job(&job, None, &mut inner);
+    for mut c in inner {
+        if let Some(rest) = c.field.strip_prefix("spec.") {
+            c.field = format!("spec.jobTemplate.spec.{rest}");
+        }
+        causes.push(c);
+    }
+}
+
+/// DaemonSet rules past the common controller ones: update strategy, no surge (refused, not
+/// ignored), immutable selector.
+fn validate_daemonset(object: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let strategy = &object["spec"]["updateStrategy"];
+    let kind = strategy["type"].as_str().unwrap_or("RollingUpdate");
+    let supported = ["RollingUpdate", "OnDelete"];
+    if !supported.contains(&kind) {
+        causes.push(unsupported(
+            "spec.updateStrategy.type".into(),
+            kind,
+            &supported,
+        ));
+    }
+    let rolling = &strategy["rollingUpdate"];
+    let zero = |v: &Value| v.is_null() || v == &json!(0) || v == &json!("0%");
+    if !zero(&rolling["maxSurge"]) {
+        causes.push(Cause {
+            reason: "FieldValueForbidden".into(),
+            field: "spec.updateStrategy.rollingUpdate.maxSurge".into(),
+            message:
+                "Forbidden: shoal's DaemonSet rollouts replace pods in place (maxSurge must be 0)"
+                    .into(),
+        });
+    }
+    if kind == "RollingUpdate" && zero(&rolling["maxUnavailable"]) {
+        causes.push(invalid(
+            "spec.updateStrategy.rollingUpdate.maxUnavailable".into(),
+            &rolling["maxUnavailable"],
+            "may not be 0 when `maxSurge` is 0",
+        ));
+    }
+    if let Some(old) = old {
+        if old["spec"]["selector"] != object["spec"]["selector"] {
+            causes.push(invalid(
+                "spec.selector".into(),
+                &object["spec"]["selector"],
+                "field is immutable",
+            ));
+        }
+    }
+}
+
+/// What the Job controller does not do is refused rather than ignored.
+fn validate_job(object: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let spec = &object["spec"];
+    for f in [
+        "parallelism",
+        "completions",
+        "backoffLimit",
+        "activeDeadlineSeconds",
+        "ttlSecondsAfterFinished",
+    ] {
+        non_negative(object, f, causes);
+    }
+    if let Some(d) = spec["activeDeadlineSeconds"].as_i64() {
+        if d == 0 {
+            causes.push(invalid(
+                "spec.activeDeadlineSeconds".into(),
+                &spec["activeDeadlineSeconds"],
+                "must be greater than 0",
+            ));
+        }
+    }
+    if spec["completions"].is_null() && spec["parallelism"].as_i64().unwrap_or(1) > 1 {
+        causes.push(Cause {
+            reason: "FieldValueRequired".into(),
+            field: "spec.completions".into(),
+            message: "Required value: shoal does not run work-queue Jobs (completions unset with parallelism > 1); set completions".into(),
+        });
+    }
+    if spec["completions"].as_i64().unwrap_or(0) > crate::sched::job::MAX_COMPLETIONS {
+        causes.push(invalid(
+            "spec.completions".into(),
+            &spec["completions"],
+            "must be less than or equal to 100000",
+        ));
+    }
+    if let Some(mode) = spec["completionMode"].as_str() {
+        let supported = ["NonIndexed", "Indexed"];
+        if !supported.contains(&mode) {
+            causes.push(unsupported("spec.completionMode".into(), mode, &supported));
+        }
+    }
+    if let Some(policy) = spec["podReplacementPolicy"].as_str() {
+        if policy != "TerminatingOrFailed" {
+            causes.push(unsupported(
+                "spec.podReplacementPolicy".into(),
+                policy,
+                &["TerminatingOrFailed"],
+            ));
+        }
+    }
+    for f in [
+        "podFailurePolicy",
+        "successPolicy",
+        "backoffLimitPerIndex",
+        "maxFailedIndexes",
+    ] {
+        if !spec[f].is_null() {
+            causes.push(Cause {
+                reason: "FieldValueForbidden".into(),
+                field: format!("spec.{f}"),
+                message: "Forbidden: not supported by shoal's Job controller".into(),
+            });
+        }
+    }
+    if let Some(m) = spec["managedBy"].as_str() {
+        if m != "kubernetes.io/job-controller" {
+            causes.push(unsupported(
+                "spec.managedBy".into(),
+                m,
+                &["kubernetes.io/job-controller"],
+            ));
+        }
+    }
+    let selector = &spec["selector"];
+    let labels: BTreeMap<String, String> = spec["template"]["metadata"]["labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+        .collect();
+    if !spec["template"].is_object() {
+        causes.push(required("spec.template".into()));
+        return;
+    }
+    if selector.is_null() {
+        causes.push(required("spec.selector".into()));
+    } else if !selector_matches(selector, &labels) {
+        causes.push(Cause {
+            reason: "FieldValueInvalid".into(),
+            field: "spec.template.metadata.labels".into(),
+            message: "Invalid value: `selector` does not match template `labels`".into(),
+        });
+    }
+    let pod = &spec["template"]["spec"];
+    validate_pod_spec(pod, "spec.template.spec", false, causes);
+    let policy = pod["restartPolicy"].as_str().unwrap_or("Always");
+    if !["OnFailure", "Never"].contains(&policy) {
+        causes.push(unsupported(
+            "spec.template.spec.restartPolicy".into(),
+            policy,
+            &["OnFailure", "Never"],
+        ));
+    }
+    if let Some(old) = old {
+        for f in ["selector", "template", "completionMode", "completions"] {
+            if old["spec"][f] != spec[f] {
+                causes.push(invalid(format!("spec.{f}"), &spec[f], "field is immutable"));
+            }
         }
     }
 }
@@ -561,6 +813,7 @@ fn validate_controller(object: &Value, workload: Workload, causes: &mut Vec<Caus
     } else if empty_selector {
         let kind = match workload {
             Workload::Deployment => "deployment",
+            Workload::DaemonSet => "daemonset",
             _ => "replicaset",
         };
         causes.push(invalid(
@@ -655,6 +908,12 @@ pub fn validate(workload: Workload, object: &Value, old: Option<&Value>) -> Vec<
                     ));
                 }
             }
+        }
+        Workload::Job => validate_job(object, old, &mut causes),
+        Workload::CronJob => validate_cronjob(object, &mut causes),
+        Workload::DaemonSet => {
+            validate_controller(object, workload, &mut causes);
+            validate_daemonset(object, old, &mut causes);
         }
     }
     causes
@@ -965,5 +1224,52 @@ mod tests {
             ]
         );
         assert!(port_name_errors("http-alt").is_empty());
+    }
+
+    fn batch_job() -> Value {
+        json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "pi", "uid": "u-1"},
+            "spec": {"template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "c", "image": "shoal.test/busybox:1"}]}}},
+        })
+    }
+
+    #[test]
+    fn jobs_are_defaulted_with_a_uid_selector_and_refuse_what_is_not_run() {
+        let mut j = batch_job();
+        default(Workload::Job, &mut j);
+        assert_eq!(j["spec"]["completions"], 1);
+        assert_eq!(j["spec"]["parallelism"], 1);
+        assert_eq!(j["spec"]["backoffLimit"], 6);
+        assert_eq!(j["spec"]["completionMode"], "NonIndexed");
+        assert_eq!(
+            j["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
+            "u-1"
+        );
+        assert_eq!(
+            j["spec"]["template"]["metadata"]["labels"]["job-name"],
+            "pi"
+        );
+        assert!(validate(Workload::Job, &j, None).is_empty());
+        let mut always = batch_job();
+        always["spec"]["template"]["spec"]["restartPolicy"] = json!("Always");
+        default(Workload::Job, &mut always);
+        let causes = validate(Workload::Job, &always, None);
+        assert_eq!(fields(&causes), vec!["spec.template.spec.restartPolicy"]);
+        let mut unsupported = batch_job();
+        unsupported["spec"]["podFailurePolicy"] = json!({"rules": []});
+        unsupported["spec"]["parallelism"] = json!(3);
+        default(Workload::Job, &mut unsupported);
+        assert_eq!(
+            fields(&validate(Workload::Job, &unsupported, None)),
+            vec!["spec.completions", "spec.podFailurePolicy"]
+        );
+        let mut changed = j.clone();
+        changed["spec"]["completions"] = json!(4);
+        assert_eq!(
+            fields(&validate(Workload::Job, &changed, Some(&j))),
+            vec!["spec.completions"]
+        );
     }
 }

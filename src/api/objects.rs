@@ -226,6 +226,9 @@ fn info_of(workload: Workload) -> &'static ResourceInfo {
         Workload::Pod => "pods",
         Workload::ReplicaSet => "replicasets",
         Workload::Deployment => "deployments",
+        Workload::Job => "jobs",
+        Workload::DaemonSet => "daemonsets",
+        Workload::CronJob => "cronjobs",
     };
     resources::RESOURCES
         .iter()
@@ -255,6 +258,42 @@ fn with_status(
         .collect();
     let pods_of = workloads::by_controller(&pods);
     let no_pods = Vec::new();
+    if workload == Workload::DaemonSet {
+        let nodes: Vec<_> = state
+            .backend
+            .nodes()
+            .into_iter()
+            .map(|n| n.record)
+            .collect();
+        return objects
+            .iter()
+            .map(|d| {
+                let uid = d["metadata"]["uid"].as_str().unwrap_or_default();
+                workloads::daemonset_view(d, pods_of.get(uid).unwrap_or(&no_pods), &nodes, now)
+            })
+            .collect();
+    }
+    let job_view = |j: &Value| {
+        let uid = j["metadata"]["uid"].as_str().unwrap_or_default();
+        workloads::job_view(j, pods_of.get(uid).unwrap_or(&no_pods), now)
+    };
+    if workload == Workload::Job {
+        return objects.iter().map(job_view).collect();
+    }
+    if workload == Workload::CronJob {
+        let jobs: Vec<Value> = list_stored(state, info_of(Workload::Job), namespace)
+            .iter()
+            .map(job_view)
+            .collect();
+        let jobs_of = workloads::by_controller(&jobs);
+        return objects
+            .iter()
+            .map(|c| {
+                let uid = c["metadata"]["uid"].as_str().unwrap_or_default();
+                workloads::cronjob_view(c, jobs_of.get(uid).unwrap_or(&no_pods))
+            })
+            .collect();
+    }
     let rs_view = |rs: &Value| {
         let uid = rs["metadata"]["uid"].as_str().unwrap_or_default();
         workloads::replicaset_view(rs, pods_of.get(uid).unwrap_or(&no_pods), now)
@@ -750,6 +789,11 @@ fn create(
             return Err(ApiError::not_found("namespaces", ns));
         }
     }
+    // The uid exists before admission: a Job's selector and pod labels name it.
+    let uid = uuid::Uuid::new_v4().to_string();
+    if let Some(meta) = object["metadata"].as_object_mut() {
+        meta.insert("uid".into(), json!(uid));
+    }
     admit(info, &mut object, None, &name)?;
     if find_stored(state, info, target.namespace.as_deref(), &name).is_some() {
         return Err(ApiError::AlreadyExists {
@@ -761,7 +805,7 @@ fn create(
         .as_object_mut()
         .ok_or_else(|| ApiError::BadRequest("metadata must be an object".into()))?;
     meta.insert("name".into(), json!(name));
-    meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+    meta.insert("uid".into(), json!(uid));
     meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
     meta.insert("resourceVersion".into(), json!(state.versions.next()));
     meta.insert("generation".into(), json!(1));

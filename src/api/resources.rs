@@ -41,6 +41,9 @@ pub enum Columns {
     Pod,
     Deployment,
     ReplicaSet,
+    Job,
+    CronJob,
+    DaemonSet,
     Event,
     Service,
     Endpoints,
@@ -54,6 +57,9 @@ pub enum Workload {
     Pod,
     ReplicaSet,
     Deployment,
+    Job,
+    CronJob,
+    DaemonSet,
 }
 
 /// A subresource served under `.../{name}/{sub}`.
@@ -272,6 +278,14 @@ pub fn workload_merge_keys(path: &str) -> Option<&'static str> {
     }
 }
 
+/// A CronJob's strategic-merge keys: its Job template's pod template is a pod template.
+pub fn cronjob_merge_keys(path: &str) -> Option<&'static str> {
+    match path.strip_prefix("spec.jobTemplate.") {
+        Some(rest) => workload_merge_keys(rest),
+        None => workload_merge_keys(path),
+    }
+}
+
 /// Every kind served. Adding a kind is one entry here (plus its schema).
 pub static RESOURCES: &[ResourceInfo] = &[
     ResourceInfo {
@@ -441,6 +455,75 @@ pub static RESOURCES: &[ResourceInfo] = &[
         proto: None,
         workload: Some(Workload::ReplicaSet),
         subresources: WORKLOAD_SUBRESOURCES,
+    },
+    ResourceInfo {
+        group: "apps",
+        version: "v1",
+        plural: "daemonsets",
+        singular: "daemonset",
+        kind: "DaemonSet",
+        short_names: &["ds"],
+        categories: &["all"],
+        namespaced: true,
+        verbs: ALL_VERBS,
+        name_rule: NameRule::Subdomain,
+        schema: &FREE_FORM,
+        merge_keys: workload_merge_keys,
+        columns: Columns::DaemonSet,
+        storage: Storage::Objects,
+        proto: None,
+        workload: Some(Workload::DaemonSet),
+        subresources: &[Subresource {
+            name: "status",
+            kind: None,
+            verbs: &["get"],
+        }],
+    },
+    ResourceInfo {
+        group: "batch",
+        version: "v1",
+        plural: "jobs",
+        singular: "job",
+        kind: "Job",
+        short_names: &[],
+        categories: &["all"],
+        namespaced: true,
+        verbs: ALL_VERBS,
+        name_rule: NameRule::Subdomain,
+        schema: &FREE_FORM,
+        merge_keys: workload_merge_keys,
+        columns: Columns::Job,
+        storage: Storage::Objects,
+        proto: None,
+        workload: Some(Workload::Job),
+        subresources: &[Subresource {
+            name: "status",
+            kind: None,
+            verbs: &["get"],
+        }],
+    },
+    ResourceInfo {
+        group: "batch",
+        version: "v1",
+        plural: "cronjobs",
+        singular: "cronjob",
+        kind: "CronJob",
+        short_names: &["cj"],
+        categories: &["all"],
+        namespaced: true,
+        verbs: ALL_VERBS,
+        name_rule: NameRule::Subdomain,
+        schema: &FREE_FORM,
+        merge_keys: cronjob_merge_keys,
+        columns: Columns::CronJob,
+        storage: Storage::Objects,
+        proto: None,
+        workload: Some(Workload::CronJob),
+        subresources: &[Subresource {
+            name: "status",
+            kind: None,
+            verbs: &["get"],
+        }],
     },
     ResourceInfo {
         group: "",
@@ -643,7 +726,12 @@ mod tests {
         }
         assert_eq!(
             group_versions(),
-            vec![("", "v1"), ("apps", "v1"), ("discovery.k8s.io", "v1")]
+            vec![
+                ("", "v1"),
+                ("apps", "v1"),
+                ("batch", "v1"),
+                ("discovery.k8s.io", "v1")
+            ]
         );
         let deploy = by_plural("deployments").unwrap();
         assert_eq!(

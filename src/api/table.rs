@@ -203,6 +203,41 @@ fn column_definitions(columns: Columns) -> Vec<Value> {
             column("Images", "string", 1, "Images referenced by each container in the template."),
             column("Selector", "string", 1, "Label selector for pods."),
         ],
+        Columns::CronJob => vec![
+            name,
+            column("Schedule", "string", 0, "The schedule in Cron format, see https://en.wikipedia.org/wiki/Cron."),
+            column("Timezone", "string", 0, "The time zone name for the given schedule, see https://en.wikipedia.org/wiki/List_of_tz_database_time_zones."),
+            column("Suspend", "boolean", 0, "This flag tells the controller to suspend subsequent executions."),
+            column("Active", "integer", 0, "A list of pointers to currently running jobs."),
+            column("Last Schedule", "string", 0, "Information when was the last time the job was successfully scheduled."),
+            age,
+            column("Containers", "string", 1, "Names of each container in the template."),
+            column("Images", "string", 1, "Images referenced by each container in the template."),
+            column("Selector", "string", 1, "Label selector for pods."),
+        ],
+        Columns::DaemonSet => vec![
+            name,
+            column("Desired", "integer", 0, "The desired number of pods."),
+            column("Current", "integer", 0, "The current number of pods."),
+            column("Ready", "integer", 0, "The number of pods ready."),
+            column("Up-to-date", "integer", 0, "The number of pods updated."),
+            column("Available", "integer", 0, "The number of pods available."),
+            column("Node Selector", "string", 0, "Which nodes will have the daemon pods."),
+            age,
+            column("Containers", "string", 1, "Names of each container in the template."),
+            column("Images", "string", 1, "Images referenced by each container in the template."),
+            column("Selector", "string", 1, "Label selector for pods."),
+        ],
+        Columns::Job => vec![
+            name,
+            column("Status", "string", 0, "Status of the job."),
+            column("Completions", "string", 0, "The completion status of the job."),
+            column("Duration", "string", 0, "Time required to complete the job."),
+            age,
+            column("Containers", "string", 1, "Names of each container in the template."),
+            column("Images", "string", 1, "Images referenced by each container in the template."),
+            column("Selector", "string", 1, "Label selector for pods."),
+        ],
         Columns::Event => vec![
             column("Last Seen", "string", 0, "The time at which the most recent occurrence of this event was recorded."),
             column("Type", "string", 0, "Type of this event (Normal, Warning)."),
@@ -440,6 +475,59 @@ fn template_cells(object: &Value) -> [Value; 3] {
     ]
 }
 
+/// NAME STATUS COMPLETIONS DURATION AGE (+ wide), as kubectl's printer.
+fn job_cells(object: &Value, now: DateTime<Utc>) -> Vec<Value> {
+    let [containers, images, selector] = template_cells(object);
+    let status = &object["status"];
+    let time = |v: &Value| {
+        v.as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let has = |kind: &str| {
+        status["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == kind && c["status"] == "True")
+    };
+    let state = [
+        "Complete",
+        "Failed",
+        "Suspended",
+        "FailureTarget",
+        "SuccessCriteriaMet",
+    ]
+    .into_iter()
+    .find(|k| has(k))
+    .unwrap_or("Running");
+    let succeeded = int(&status["succeeded"]);
+    let completions = match object["spec"]["completions"].as_i64() {
+        Some(n) => format!("{succeeded}/{n}"),
+        None => format!(
+            "{succeeded}/1 of {}",
+            object["spec"]["parallelism"].as_i64().unwrap_or(1)
+        ),
+    };
+    let duration = match time(&status["startTime"]) {
+        Some(start) => {
+            let end = time(&status["completionTime"]).unwrap_or(now);
+            human_duration((end - start).num_seconds())
+        }
+        None => String::new(),
+    };
+    vec![
+        json!(object["metadata"]["name"].as_str().unwrap_or_default()),
+        json!(state),
+        json!(completions),
+        json!(duration),
+        json!(age(object, now)),
+        containers,
+        images,
+        selector,
+    ]
+}
+
 fn int(v: &Value) -> i64 {
     v.as_i64().unwrap_or(0)
 }
@@ -593,6 +681,58 @@ fn cells(columns: Columns, object: &Value, now: DateTime<Utc>) -> Vec<Value> {
                 json!(object["spec"]["replicas"].as_i64().unwrap_or(1)),
                 json!(int(&status["replicas"])),
                 json!(int(&status["readyReplicas"])),
+                json!(age(object, now)),
+                containers,
+                images,
+                selector,
+            ]
+        }
+        Columns::Job => job_cells(object, now),
+        Columns::CronJob => {
+            let job = json!({"spec": object["spec"]["jobTemplate"]["spec"]});
+            let [containers, images, selector] = template_cells(&job);
+            let spec = &object["spec"];
+            let last = object["status"]["lastScheduleTime"]
+                .as_str()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map_or_else(
+                    || "<none>".to_string(),
+                    |t| human_duration((now - t.with_timezone(&Utc)).num_seconds()),
+                );
+            vec![
+                name,
+                json!(spec["schedule"].as_str().unwrap_or_default()),
+                json!(spec["timeZone"].as_str().unwrap_or("<none>")),
+                json!(spec["suspend"].as_bool().unwrap_or(false)),
+                json!(object["status"]["active"].as_array().map_or(0, Vec::len)),
+                json!(last),
+                json!(age(object, now)),
+                containers,
+                images,
+                selector,
+            ]
+        }
+        Columns::DaemonSet => {
+            let [containers, images, selector] = template_cells(object);
+            let status = &object["status"];
+            let node_selector = object["spec"]["template"]["spec"]["nodeSelector"]
+                .as_object()
+                .filter(|m| !m.is_empty())
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_else(|| "<none>".into());
+            vec![
+                name,
+                json!(int(&status["desiredNumberScheduled"])),
+                json!(int(&status["currentNumberScheduled"])),
+                json!(int(&status["numberReady"])),
+                json!(int(&status["updatedNumberScheduled"])),
+                json!(int(&status["numberAvailable"])),
+                json!(node_selector),
                 json!(age(object, now)),
                 containers,
                 images,
@@ -786,7 +926,14 @@ mod tests {
             column_definitions(Columns::Event).len(),
             event_cells(&event, now).len()
         );
-        for columns in [Columns::Pod, Columns::Deployment, Columns::ReplicaSet] {
+        for columns in [
+            Columns::Pod,
+            Columns::Deployment,
+            Columns::ReplicaSet,
+            Columns::Job,
+            Columns::CronJob,
+            Columns::DaemonSet,
+        ] {
             let object = json!({"metadata": {"name": "x"}, "spec": {}, "status": {}});
             assert_eq!(
                 column_definitions(columns).len(),

@@ -119,6 +119,9 @@ pub fn check(workload: Workload, object: &mut Value) -> SchemaReport {
         Workload::Pod => check_as::<Pod>(object),
         Workload::ReplicaSet => check_as::<ReplicaSet>(object),
         Workload::Deployment => check_as::<Deployment>(object),
+        Workload::Job => check_as::<k8s_openapi::api::batch::v1::Job>(object),
+        Workload::CronJob => check_as::<k8s_openapi::api::batch::v1::CronJob>(object),
+        Workload::DaemonSet => check_as::<k8s_openapi::api::apps::v1::DaemonSet>(object),
     }
 }
 

@@ -366,6 +366,193 @@ pub fn replicaset_view(rs: &Value, pods: &[&Value], now: DateTime<Utc>) -> Value
     rs
 }
 
+/// A Job with its status counted over `pods` (its own, as served): `active`, `ready`,
+/// `succeeded` (indexes done), `failed`, `startTime`, `completedIndexes` (Indexed), and the
+/// `Complete` / `Failed` conditions (with `SuccessCriteriaMet` / `FailureTarget` before them, as
+/// Kubernetes 1.31+) and `completionTime` once it ended; `Suspended` while suspended. The same
+/// count the leader's Job controller acts on (`sched::job::state`).
+pub fn job_view(job: &Value, pods: &[&Value], now: DateTime<Utc>) -> Value {
+    use crate::sched::job::{self, JobPod, Outcome, Params};
+    let mut out = job.clone();
+    let Some(p) = Params::of(job) else {
+        return out;
+    };
+    let members: Vec<JobPod> = pods
+        .iter()
+        .filter_map(|pod| {
+            let (index, attempt) = job::index_of(pod)?;
+            let outcome = match job::finished(&pod["status"]) {
+                Some(f) if f.succeeded => Outcome::Succeeded(f.at),
+                Some(f) => Outcome::Failed(f.at),
+                None => Outcome::Active,
+            };
+            Some(JobPod {
+                key: ns_name(pod),
+                index,
+                attempt,
+                created: pod["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&Utc)),
+                outcome,
+                ready: workload::ready_since(&pod["status"]).is_some(),
+            })
+        })
+        .collect();
+    let st = job::state(job, &p, &members, now);
+    let mut status = Map::new();
+    if let Some(start) = st.start {
+        status.insert("startTime".into(), json!(rfc3339(start)));
+    }
+    // Pods of an ended Job are being stopped: not counted as active any more.
+    let (active, ready) = if st.ending.is_some() {
+        (0, 0)
+    } else {
+        (st.active, st.ready)
+    };
+    put_nonzero(&mut status, "active", active);
+    status.insert("ready".into(), json!(ready));
+    status.insert("terminating".into(), json!(0));
+    put_nonzero(&mut status, "succeeded", st.succeeded);
+    put_nonzero(&mut status, "failed", st.failed);
+    if p.indexed && !st.completed.is_empty() {
+        status.insert(
+            "completedIndexes".into(),
+            json!(job::index_ranges(&st.completed)),
+        );
+    }
+    status.insert("uncountedTerminatedPods".into(), json!({}));
+    let mut conditions = Vec::new();
+    if p.suspend && st.ending.is_none() {
+        // Since the write that suspended it (the Job's last write).
+        let since = rfc3339(latest_of(&[job]).unwrap_or(DateTime::UNIX_EPOCH));
+        conditions.push(json!({
+            "type": "Suspended", "status": "True", "reason": "JobSuspended",
+            "message": "Job suspended",
+            "lastProbeTime": since, "lastTransitionTime": since,
+        }));
+    }
+    if let Some(end) = &st.ending {
+        let at = rfc3339(end.at);
+        let first = if end.condition == "Complete" {
+            "SuccessCriteriaMet"
+        } else {
+            "FailureTarget"
+        };
+        for kind in [first, end.condition] {
+            conditions.push(json!({
+                "type": kind, "status": "True", "reason": end.reason,
+                "message": end.message, "lastProbeTime": at, "lastTransitionTime": at,
+            }));
+        }
+        if end.condition == "Complete" {
+            status.insert("completionTime".into(), json!(at));
+        }
+    }
+    if !conditions.is_empty() {
+        status.insert("conditions".into(), Value::Array(conditions));
+    }
+    out["status"] = Value::Object(status);
+    cover(&mut out, latest_of(pods));
+    cover(&mut out, st.ending.as_ref().map(|e| e.at));
+    out
+}
+
+/// A CronJob with its status from its Jobs (as served): `active` (references to the Jobs that
+/// have not ended), `lastScheduleTime` (the newest Job's scheduled time) and
+/// `lastSuccessfulTime` (the newest completion).
+pub fn cronjob_view(cj: &Value, jobs: &[&Value]) -> Value {
+    use crate::sched::cronjob::{self, ChildJob};
+    let mut out = cj.clone();
+    let ended = |j: &Value| {
+        j["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True")
+            .map(|c| {
+                let at = c["lastTransitionTime"]
+                    .as_str()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map_or(DateTime::UNIX_EPOCH, |t| t.with_timezone(&Utc));
+                (c["type"] == "Complete", at)
+            })
+    };
+    let children: Vec<ChildJob<'_>> = jobs
+        .iter()
+        .map(|j| ChildJob {
+            job: j,
+            scheduled: cronjob::scheduled_time(j),
+            ended: ended(j),
+        })
+        .collect();
+    let (last_schedule, last_success) = cronjob::last_times(&children);
+    let mut status = Map::new();
+    let mut active: Vec<&ChildJob<'_>> = children.iter().filter(|c| c.ended.is_none()).collect();
+    active.sort_by_key(|c| (c.scheduled, text(c.job, &["metadata", "name"]).to_string()));
+    if !active.is_empty() {
+        let refs: Vec<Value> = active
+            .iter()
+            .map(|c| {
+                json!({
+                    "apiVersion": "batch/v1", "kind": "Job",
+                    "name": text(c.job, &["metadata", "name"]),
+                    "namespace": text(c.job, &["metadata", "namespace"]),
+                    "uid": text(c.job, &["metadata", "uid"]),
+                    "resourceVersion": text(c.job, &["metadata", "resourceVersion"]),
+                })
+            })
+            .collect();
+        status.insert("active".into(), Value::Array(refs));
+    }
+    if let Some(t) = last_schedule {
+        status.insert("lastScheduleTime".into(), json!(rfc3339(t)));
+    }
+    if let Some(t) = last_success {
+        status.insert("lastSuccessfulTime".into(), json!(rfc3339(t)));
+    }
+    out["status"] = Value::Object(status);
+    cover(&mut out, latest_of(jobs));
+    out
+}
+
+/// A DaemonSet with its status counted over `pods` (its own, as served) and the eligible
+/// `nodes` (`sched::daemonset::counts`); `observedGeneration` = `generation` (the controller
+/// acts on every spec at once), so `kubectl rollout status ds/x` waits for the counts.
+pub fn daemonset_view(
+    ds: &Value,
+    pods: &[&Value],
+    nodes: &[crate::model::NodeRecord],
+    now: DateTime<Utc>,
+) -> Value {
+    use crate::sched::daemonset::{self, DaemonPod, REVISION_LABEL};
+    let mut out = ds.clone();
+    let members: Vec<DaemonPod> = pods
+        .iter()
+        .map(|p| DaemonPod {
+            node: daemonset::node_of(p).to_string(),
+            hash: text(p, &["metadata", "labels", REVISION_LABEL]).to_string(),
+            ready: workload::ready_since(&p["status"]).map(|t| t.unwrap_or(DateTime::UNIX_EPOCH)),
+        })
+        .collect();
+    let c = daemonset::counts(ds, nodes, &members, now);
+    let mut status = Map::new();
+    status.insert("desiredNumberScheduled".into(), json!(c.desired));
+    status.insert("currentNumberScheduled".into(), json!(c.current));
+    status.insert("numberMisscheduled".into(), json!(c.misscheduled));
+    status.insert("numberReady".into(), json!(c.ready));
+    put_nonzero(&mut status, "updatedNumberScheduled", c.updated);
+    put_nonzero(&mut status, "numberAvailable", c.available);
+    put_nonzero(&mut status, "numberUnavailable", c.unavailable);
+    status.insert(
+        "observedGeneration".into(),
+        json!(ds["metadata"]["generation"].as_i64().unwrap_or(1)),
+    );
+    out["status"] = Value::Object(status);
+    cover(&mut out, latest_of(pods));
+    out
+}
+
 /// A pod template with the `pod-template-hash` label removed and nulls dropped, for comparing
 /// a ReplicaSet's template with its Deployment's (Kubernetes' `EqualIgnoreHash`).
 fn template_sans_hash(template: &Value) -> Value {
@@ -840,5 +1027,70 @@ mod tests {
         ));
         assert!(!selector_matches(&Value::Null, &labels));
         assert!(selector_matches(&json!({}), &labels));
+    }
+
+    fn job_pod(name: &str, index: usize, attempt: u32, phase: &str, finished: &str) -> Value {
+        let mut status = json!({"phase": phase});
+        if !finished.is_empty() {
+            status["containerStatuses"] = json!([{"name": "c", "state": {"terminated": {
+                "exitCode": if phase == "Succeeded" { 0 } else { 1 }, "finishedAt": finished}}}]);
+        }
+        json!({
+            "metadata": {"name": name, "namespace": "default",
+                "creationTimestamp": "2025-01-01T00:00:01Z", "resourceVersion": "1",
+                "annotations": {"shoal.io/slot": index.to_string(), "shoal.io/attempt": attempt.to_string()},
+                "ownerReferences": [{"uid": "j1", "controller": true, "kind": "Job", "name": "j"}]},
+            "status": status,
+        })
+    }
+
+    #[test]
+    fn job_status_counts_pods_and_ends_with_conditions() {
+        let now = DateTime::parse_from_rfc3339("2025-01-01T00:10:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let job = json!({
+            "metadata": {"name": "j", "namespace": "default", "uid": "j1", "resourceVersion": "1",
+                         "creationTimestamp": "2025-01-01T00:00:00Z"},
+            "spec": {"completions": 3, "parallelism": 2, "completionMode": "Indexed",
+                     "backoffLimit": 6, "template": {"spec": {}}},
+        });
+        let pods = [
+            job_pod("j-0-a", 0, 0, "Succeeded", "2025-01-01T00:00:05Z"),
+            job_pod("j-1-a", 1, 0, "Failed", "2025-01-01T00:00:06Z"),
+            job_pod("j-1-b", 1, 1, "Running", ""),
+            job_pod("j-2-a", 2, 0, "Succeeded", "2025-01-01T00:00:07Z"),
+        ];
+        let refs: Vec<&Value> = pods.iter().collect();
+        let v = job_view(&job, &refs, now);
+        let st = &v["status"];
+        assert_eq!(
+            (
+                st["succeeded"].as_i64(),
+                st["failed"].as_i64(),
+                st["active"].as_i64()
+            ),
+            (Some(2), Some(1), Some(1))
+        );
+        assert_eq!(st["completedIndexes"], "0,2");
+        assert_eq!(st["startTime"], "2025-01-01T00:00:01Z");
+        assert!(st["conditions"].is_null());
+        let mut done = pods.to_vec();
+        done[2] = job_pod("j-1-b", 1, 1, "Succeeded", "2025-01-01T00:00:09Z");
+        let refs: Vec<&Value> = done.iter().collect();
+        let v = job_view(&job, &refs, now);
+        let st = &v["status"];
+        assert_eq!(st["completedIndexes"], "0-2");
+        assert_eq!(st["completionTime"], "2025-01-01T00:00:09Z");
+        let types: Vec<&str> = st["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["SuccessCriteriaMet", "Complete"]);
+        assert_eq!(st["conditions"][1]["reason"], "CompletionsReached");
+        // A later reader sees the same (no time-dependent fields).
+        assert_eq!(job_view(&job, &refs, now + chrono::Duration::hours(1)), v);
     }
 }

@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 pub const PODS: &str = "pods";
 pub const REPLICASETS: &str = "replicasets.apps";
 pub const DEPLOYMENTS: &str = "deployments.apps";
+pub const JOBS: &str = "jobs.batch";
+pub const DAEMONSETS: &str = "daemonsets.apps";
+pub const CRONJOBS: &str = "cronjobs.batch";
 
 /// Annotation on controller-made pods: the replica slot (`0..replicas`) the pod fills.
 pub const SLOT_ANNOTATION: &str = "shoal.io/slot";

@@ -1,5 +1,6 @@
-//! Garbage collection by owner uid: ReplicaSets whose controlling Deployment is gone, pods
-//! whose controlling ReplicaSet is gone, bindings whose pod is gone or has another uid.
+//! Garbage collection by owner uid: ReplicaSets whose controlling Deployment is gone, Jobs
+//! whose CronJob is gone, pods
+//! whose controlling ReplicaSet, Job or DaemonSet is gone, bindings whose pod is gone or has another uid.
 //! The document's changes are causal (a replica holding a ReplicaSet also holds the
 //! Deployment that existed when it was made), so "owner absent" means deleted, not "not yet
 //! received".
@@ -11,7 +12,7 @@ use serde_json::Value;
 use super::object::{self, controller};
 use super::snapshot::{PodKey, Write};
 use super::Working;
-use crate::model::workload::{PODS, REPLICASETS};
+use crate::model::workload::{JOBS, PODS, REPLICASETS};
 
 /// ReplicaSets controlled by a Deployment whose uid is not among `deployments`.
 pub(crate) fn replicasets(deployments: &[Value], w: &mut Working<'_>, writes: &mut Vec<Write>) {
@@ -32,13 +33,43 @@ pub(crate) fn replicasets(deployments: &[Value], w: &mut Working<'_>, writes: &m
     }
 }
 
-/// Pods controlled by a ReplicaSet that is not in the working set.
-pub(crate) fn pods(w: &mut Working<'_>, writes: &mut Vec<Write>) {
+/// Jobs controlled by a CronJob whose uid is not among `cronjobs` (removed from `jobs`).
+pub(crate) fn jobs(cronjobs: &[Value], jobs: &mut Vec<Value>, writes: &mut Vec<Write>) {
+    let live: BTreeSet<&str> = cronjobs.iter().map(object::uid).collect();
+    let mut kept = Vec::with_capacity(jobs.len());
+    for j in jobs.drain(..) {
+        match controller(&j) {
+            Some(("CronJob", o)) if !live.contains(o) => writes.push(Write::DeleteObject {
+                resource: JOBS,
+                namespace: object::namespace(&j).to_string(),
+                name: object::name(&j).to_string(),
+            }),
+            _ => kept.push(j),
+        }
+    }
+    *jobs = kept;
+}
+
+/// Pods controlled by a ReplicaSet that is not in the working set, or by a Job or DaemonSet
+/// not in `jobs` / `daemonsets`.
+pub(crate) fn pods(
+    jobs: &[Value],
+    daemonsets: &[Value],
+    w: &mut Working<'_>,
+    writes: &mut Vec<Write>,
+) {
     let live: BTreeSet<&str> = w.replicasets.values().map(|v| object::uid(v)).collect();
+    let live_jobs: BTreeSet<&str> = jobs.iter().map(object::uid).collect();
+    let live_daemons: BTreeSet<&str> = daemonsets.iter().map(object::uid).collect();
     let orphans: Vec<PodKey> = w
         .pods
         .iter()
-        .filter(|(_, p)| matches!(controller(p), Some(("ReplicaSet", o)) if !live.contains(o)))
+        .filter(|(_, p)| match controller(p) {
+            Some(("ReplicaSet", o)) => !live.contains(o),
+            Some(("Job", o)) => !live_jobs.contains(o),
+            Some(("DaemonSet", o)) => !live_daemons.contains(o),
+            _ => false,
+        })
         .map(|(k, _)| k.clone())
         .collect();
     for key in orphans {

@@ -1,10 +1,13 @@
 //! Scheduling decisions (pure): the per-epoch scheduler leader, and the leader's reconcile —
-//! Deployment (rolling updates) and ReplicaSet controllers, garbage collection and placement — from a snapshot
+//! Deployment (rolling updates), ReplicaSet, CronJob, Job and DaemonSet controllers, garbage collection and placement — from a snapshot
 //! of the merged state to a plan of writes (`docs/workloads.md`, "The controllers").
 
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 mod gc;
 pub mod hash;
+pub mod job;
 pub mod leader;
 mod object;
 pub mod podspec;
@@ -14,6 +17,12 @@ mod scheduler;
 pub mod settle;
 pub mod snapshot;
 
+#[cfg(test)]
+mod cronjob_tests;
+#[cfg(test)]
+mod daemonset_tests;
+#[cfg(test)]
+mod job_tests;
 #[cfg(test)]
 mod rollout_tests;
 #[cfg(test)]
@@ -43,12 +52,22 @@ pub(crate) fn replicas_of(spec: &Value) -> Option<i64> {
     }
 }
 
+/// A pod that ended (phase `Succeeded` or `Failed` in the status record of its current
+/// placement), and when its last container finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Finished {
+    pub succeeded: bool,
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// The object set as the reconcile changes it, stage by stage: later stages (garbage
 /// collection, placement) see what earlier stages created or deleted.
 pub(crate) struct Working<'a> {
     pub replicasets: BTreeMap<PodKey, Cow<'a, Value>>,
     pub pods: BTreeMap<PodKey, Cow<'a, Value>>,
     pub bindings: BTreeMap<PodKey, Cow<'a, Binding>>,
+    /// Pods that ended: never placed again, and they take no room on their node.
+    pub finished: &'a BTreeMap<PodKey, Finished>,
 }
 
 fn keyed(list: &[Value]) -> BTreeMap<PodKey, Cow<'_, Value>> {
@@ -77,6 +96,7 @@ pub fn reconcile(s: &Snapshot, ctx: &LeaderCtx) -> Plan {
             .iter()
             .map(|(k, b)| (k.clone(), Cow::Borrowed(b)))
             .collect(),
+        finished: &s.finished,
     };
     let mut plan = Plan::default();
     plan.wake = deployment::reconcile(
@@ -87,10 +107,41 @@ pub fn reconcile(s: &Snapshot, ctx: &LeaderCtx) -> Plan {
         &mut plan.writes,
         &mut plan.events,
     );
+    let mut jobs = s.jobs.clone();
+    let cron_wake = cronjob::reconcile(
+        &s.cronjobs,
+        &mut jobs,
+        &w,
+        ctx,
+        &mut plan.writes,
+        &mut plan.events,
+    );
+    plan.wake = earliest(plan.wake, cron_wake);
+    let keep = cronjob::newest_jobs(&s.cronjobs, &jobs);
+    let job_wake = job::reconcile(
+        &jobs,
+        &keep,
+        &mut w,
+        ctx,
+        &mut plan.writes,
+        &mut plan.events,
+    );
+    plan.wake = earliest(plan.wake, job_wake);
+    let daemon_wake = daemonset::reconcile(
+        &s.daemonsets,
+        &s.nodes,
+        &mut w,
+        &s.ready,
+        ctx,
+        &mut plan.writes,
+        &mut plan.events,
+    );
+    plan.wake = earliest(plan.wake, daemon_wake);
     gc::replicasets(&s.deployments, &mut w, &mut plan.writes);
     replicaset::reconcile(&mut w, ctx, &mut plan.writes, &mut plan.events);
     deployment::prune_history(&s.deployments, &mut w, &mut plan.writes);
-    gc::pods(&mut w, &mut plan.writes);
+    gc::jobs(&s.cronjobs, &mut jobs, &mut plan.writes);
+    gc::pods(&jobs, &s.daemonsets, &mut w, &mut plan.writes);
     gc::bindings(&mut w, &mut plan.writes);
     scheduler::schedule(
         &mut w,
@@ -103,4 +154,14 @@ pub fn reconcile(s: &Snapshot, ctx: &LeaderCtx) -> Plan {
         &mut plan.events,
     );
     plan
+}
+
+fn earliest(
+    a: Option<chrono::DateTime<chrono::Utc>>,
+    b: Option<chrono::DateTime<chrono::Utc>>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }

@@ -27,8 +27,13 @@ pub fn controller(v: &Value) -> Option<(&str, &str)> {
 
 /// An owner reference naming `owner` (a Deployment or ReplicaSet) as controller.
 pub fn owner_reference(owner: &Value, kind: &str) -> Value {
+    owner_reference_of(owner, "apps/v1", kind)
+}
+
+/// An owner reference naming `owner` (of `api_version`, `kind`) as controller.
+pub fn owner_reference_of(owner: &Value, api_version: &str, kind: &str) -> Value {
     json!([{
-        "apiVersion": "apps/v1",
+        "apiVersion": api_version,
         "kind": kind,
         "name": name(owner),
         "uid": uid(owner),

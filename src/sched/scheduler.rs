@@ -320,7 +320,12 @@ pub(crate) fn schedule(
     scheduling: &mut Vec<SchedulingWrite>,
     events: &mut Vec<PlannedEvent>,
 ) {
-    let Working { pods, bindings, .. } = w;
+    let Working {
+        pods,
+        bindings,
+        finished,
+        ..
+    } = w;
     let table = node_table(nodes, liveness);
     let by_name: BTreeMap<&str, usize> =
         table.iter().enumerate().map(|(i, n)| (n.name, i)).collect();
@@ -331,7 +336,8 @@ pub(crate) fn schedule(
     let mut pending: Vec<PodInfo<'_>> = Vec::new();
     let mut anti_affinity = false;
     for (key, pod) in pods.iter() {
-        if !object::is_valid(pod) {
+        // A pod that ended (a Job's) stays where it ran and takes no room.
+        if !object::is_valid(pod) || finished.contains_key(key) {
             continue;
         }
         let spec = &pod["spec"];

@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::model::workload::{
-    self, Binding, InvolvedObject, PodStatusRecord, SchedulingRecord, DEPLOYMENTS, PODS,
-    REPLICASETS,
+    self, Binding, InvolvedObject, PodStatusRecord, SchedulingRecord, CRONJOBS, DAEMONSETS,
+    DEPLOYMENTS, JOBS, PODS, REPLICASETS,
 };
 use crate::model::NodeRecord;
 use crate::state::{ClusterDoc, StateError};
@@ -36,6 +36,9 @@ pub struct Snapshot {
     pub deployments: Vec<Value>,
     pub replicasets: Vec<Value>,
     pub pods: Vec<Value>,
+    pub jobs: Vec<Value>,
+    pub daemonsets: Vec<Value>,
+    pub cronjobs: Vec<Value>,
     /// The winning binding of each pod (`bind/<ns>/<pod>`).
     pub bindings: BTreeMap<PodKey, Binding>,
     pub nodes: Vec<NodeRecord>,
@@ -48,6 +51,9 @@ pub struct Snapshot {
     /// `lastTransitionTime`), read from the status record of each pod's current placement
     /// ([`Snapshot::with_readiness`]). A pod not listed is not ready. Gates rolling updates.
     pub ready: BTreeMap<PodKey, DateTime<Utc>>,
+    /// Pods that ended (`Succeeded` / `Failed`) in the record of their current placement,
+    /// whatever their node's liveness ([`Snapshot::with_readiness`]).
+    pub finished: BTreeMap<PodKey, super::Finished>,
 }
 
 /// Status records of every node, by pod: `(node, record)` pairs (`pod/<ns>/<name>` of each
@@ -175,20 +181,25 @@ impl Snapshot {
             deployments: objects(DEPLOYMENTS),
             replicasets: objects(REPLICASETS),
             pods: objects(PODS),
+            jobs: objects(JOBS),
+            daemonsets: objects(DAEMONSETS),
+            cronjobs: objects(CRONJOBS),
             bindings: doc.bindings().into_iter().collect(),
             nodes: doc.nodes(),
             liveness,
             scheduling,
             ready: BTreeMap::new(),
+            finished: BTreeMap::new(),
         }
     }
 
     /// Fills [`Snapshot::ready`] from the nodes' status records: a pod is ready when the
     /// record of its current placement (`model::workload::current_record`, the one the API
     /// shows) says Ready and its node is not dead in the leader's view. A Ready condition
-    /// without a time counts as ready since the epoch.
+    /// without a time counts as ready since the epoch. Fills [`Snapshot::finished`] too.
     pub fn with_readiness(mut self, records: &StatusRecords) -> Snapshot {
         let mut ready = BTreeMap::new();
+        let mut finished = BTreeMap::new();
         for pod in &self.pods {
             let key = (
                 pod["metadata"]["namespace"]
@@ -210,6 +221,9 @@ impl Snapshot {
                 placement.as_ref(),
                 records.get(&key).into_iter().flatten(),
             );
+            if let Some(f) = record.and_then(|r| super::job::finished(&r.status)) {
+                finished.insert(key.clone(), f);
+            }
             if let (true, Some(since)) =
                 (alive, record.and_then(|r| workload::ready_since(&r.status)))
             {
@@ -217,6 +231,7 @@ impl Snapshot {
             }
         }
         self.ready = ready;
+        self.finished = finished;
         self
     }
 
@@ -238,6 +253,9 @@ impl Snapshot {
             (DEPLOYMENTS, &self.deployments),
             (REPLICASETS, &self.replicasets),
             (PODS, &self.pods),
+            (JOBS, &self.jobs),
+            (DAEMONSETS, &self.daemonsets),
+            (CRONJOBS, &self.cronjobs),
         ] {
             lists.insert(resource, list.iter().map(|v| (key(v), v.clone())).collect());
         }
@@ -263,6 +281,7 @@ impl Snapshot {
                     }
                     if *resource == PODS {
                         next.ready.remove(&(namespace.clone(), name.clone()));
+                        next.finished.remove(&(namespace.clone(), name.clone()));
                     }
                 }
                 Write::PutBinding {
@@ -282,6 +301,9 @@ impl Snapshot {
         next.deployments = take(DEPLOYMENTS);
         next.replicasets = take(REPLICASETS);
         next.pods = take(PODS);
+        next.jobs = take(JOBS);
+        next.daemonsets = take(DAEMONSETS);
+        next.cronjobs = take(CRONJOBS);
         for s in &plan.scheduling {
             match s {
                 SchedulingWrite::Put {

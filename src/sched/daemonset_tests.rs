@@ -1,0 +1,252 @@
+//! Unit and property tests of the DaemonSet controller: one pod per eligible node, later
+//! nodes, label changes, dead and deleted nodes, rolling updates within `maxUnavailable`,
+//! OnDelete, and two leaders writing the same pods.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+use super::daemonset::{self, node_of, REVISION_LABEL};
+use super::*;
+use crate::model::{NodeRecord, NodeSystemInfo};
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap()
+}
+
+fn node(name: &str, labels: &[(&str, &str)]) -> NodeRecord {
+    NodeRecord {
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        peer_id: String::new(),
+        p2p_addr: String::new(),
+        api_addr: String::new(),
+        internal_ip: String::new(),
+        created: t0(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        capacity: [("cpu", "4"), ("memory", "8Gi"), ("pods", "110")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        system: NodeSystemInfo::default(),
+    }
+}
+
+fn daemonset(image: &str, spec_extra: Value) -> Value {
+    let mut ds = json!({
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "agent", "namespace": "default", "uid": "ds-1", "generation": 1},
+        "spec": {
+            "selector": {"matchLabels": {"app": "agent"}},
+            "template": {
+                "metadata": {"labels": {"app": "agent"}},
+                "spec": {"containers": [{"name": "c", "image": image}]},
+            },
+        },
+    });
+    if let Some(m) = spec_extra.as_object() {
+        for (k, v) in m {
+            ds["spec"][k] = v.clone();
+        }
+    }
+    ds
+}
+
+fn cluster(nodes: Vec<NodeRecord>, ds: Value) -> Snapshot {
+    Snapshot {
+        liveness: nodes
+            .iter()
+            .map(|n| (n.name.clone(), Liveness::Alive))
+            .collect(),
+        nodes,
+        daemonsets: vec![ds],
+        ..Snapshot::default()
+    }
+}
+
+fn ctx(seed: u64) -> LeaderCtx {
+    LeaderCtx {
+        node: "n0".into(),
+        epoch: 1,
+        view: 1,
+        now: t0() + Duration::seconds(100),
+        seed,
+    }
+}
+
+fn settle(mut s: Snapshot) -> Snapshot {
+    for i in 0..10 {
+        let plan = reconcile(&s, &ctx(i));
+        if plan.writes.is_empty() {
+            return s;
+        }
+        s = s.after(&plan);
+    }
+    panic!("no fixpoint");
+}
+
+fn pods_by_node(s: &Snapshot) -> BTreeMap<String, Vec<&Value>> {
+    let mut out: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for p in &s.pods {
+        out.entry(node_of(p).to_string()).or_default().push(p);
+    }
+    out
+}
+
+fn key(v: &Value) -> PodKey {
+    (
+        v["metadata"]["namespace"].as_str().unwrap().to_string(),
+        v["metadata"]["name"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn one_pod_per_eligible_node_and_later_nodes_get_theirs() {
+    let nodes = vec![
+        node("n1", &[("disk", "ssd")]),
+        node("n2", &[("disk", "ssd")]),
+        node("n3", &[]),
+    ];
+    let ds = daemonset("img:1", json!({}));
+    let s = settle(cluster(nodes.clone(), ds));
+    let by = pods_by_node(&s);
+    assert_eq!(by.keys().collect::<Vec<_>>(), ["n1", "n2", "n3"]);
+    assert!(by.values().all(|p| p.len() == 1));
+    assert!(s.bindings.is_empty(), "pinned by nodeName, never bound");
+    // nodeSelector: only ssd nodes.
+    let ds = daemonset("img:1", json!({}));
+    let mut picky = ds.clone();
+    picky["spec"]["template"]["spec"]["nodeSelector"] = json!({"disk": "ssd"});
+    let mut s2 = s.clone();
+    s2.daemonsets = vec![picky];
+    let s2 = settle(s2);
+    assert_eq!(
+        pods_by_node(&s2).keys().collect::<Vec<_>>(),
+        ["n1", "n2"],
+        "a node that stopped matching loses its pod"
+    );
+    // A fourth node joins.
+    let mut s3 = s.clone();
+    s3.nodes.push(node("n4", &[]));
+    s3.liveness.insert("n4".into(), Liveness::Alive);
+    let s3 = settle(s3);
+    assert_eq!(pods_by_node(&s3).len(), 4);
+    // A dead node keeps its pod (not moved), a deleted node's pod goes.
+    let mut s4 = s3.clone();
+    s4.liveness.insert("n2".into(), Liveness::Dead);
+    let plan = reconcile(&s4, &ctx(7));
+    assert!(plan.writes.is_empty(), "{:?}", plan.writes);
+    s4.nodes.retain(|n| n.name != "n2");
+    let s4 = settle(s4);
+    assert_eq!(
+        pods_by_node(&s4).keys().collect::<Vec<_>>(),
+        ["n1", "n3", "n4"]
+    );
+}
+
+#[test]
+fn required_node_affinity_selects_nodes() {
+    let nodes = vec![
+        node("a", &[("zone", "x")]),
+        node("b", &[("zone", "y")]),
+        node("c", &[]),
+    ];
+    let mut ds = daemonset("img:1", json!({}));
+    ds["spec"]["template"]["spec"]["affinity"] = json!({"nodeAffinity": {
+    "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["x"]}]},
+        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["c"]}]},
+    ]}}});
+    let s = settle(cluster(nodes, ds));
+    assert_eq!(pods_by_node(&s).keys().collect::<Vec<_>>(), ["a", "c"]);
+}
+
+#[test]
+fn two_leaders_write_the_same_pods() {
+    let nodes: Vec<NodeRecord> = (0..50).map(|i| node(&format!("n{i}"), &[])).collect();
+    let s = cluster(nodes, daemonset("img:1", json!({})));
+    let a = reconcile(&s, &ctx(1));
+    let b = reconcile(&s, &ctx(2));
+    assert_eq!(a.writes, b.writes);
+    let names: BTreeSet<String> = s.after(&a).pods.iter().map(|p| key(p).1).collect();
+    assert_eq!(names.len(), 50, "names are unique");
+}
+
+/// Marks every pod of the snapshot Ready at `at` (the kubelet's part).
+fn all_ready(s: &mut Snapshot, at: DateTime<Utc>) {
+    for p in &s.pods {
+        s.ready.entry(key(p)).or_insert(at);
+    }
+}
+
+#[test]
+fn on_delete_replaces_only_deleted_pods() {
+    let nodes = vec![node("n1", &[]), node("n2", &[])];
+    let s = settle(cluster(
+        nodes,
+        daemonset("img:1", json!({"updateStrategy": {"type": "OnDelete"}})),
+    ));
+    let mut s2 = s.clone();
+    s2.daemonsets[0]["spec"]["template"]["spec"]["containers"][0]["image"] = json!("img:2");
+    assert!(reconcile(&s2, &ctx(3)).writes.is_empty());
+    let victim = key(&s2.pods[0]);
+    s2.pods.remove(0);
+    let s2 = settle(s2);
+    let images: Vec<&str> = s2
+        .pods
+        .iter()
+        .map(|p| p["spec"]["containers"][0]["image"].as_str().unwrap())
+        .collect();
+    assert_eq!(images.iter().filter(|i| **i == "img:2").count(), 1);
+    assert!(!s2.pods.iter().any(|p| key(p) == victim));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// A template change on `n` nodes: every round keeps at most `maxUnavailable` nodes without
+    /// an available pod, and the rollout ends with one updated pod per node.
+    #[test]
+    fn rolling_update_stays_within_max_unavailable(
+        n in 1usize..12,
+        max_unavailable in 1i64..4,
+        ready_order in prop::collection::vec(any::<u16>(), 1..40),
+    ) {
+        let nodes: Vec<NodeRecord> = (0..n).map(|i| node(&format!("n{i}"), &[])).collect();
+        let strategy = json!({"updateStrategy": {"type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": max_unavailable}}});
+        let mut s = settle(cluster(nodes, daemonset("img:1", strategy)));
+        all_ready(&mut s, t0());
+        s.daemonsets[0]["spec"]["template"]["spec"]["containers"][0]["image"] = json!("img:2");
+        let new_hash = daemonset::revision(&s.daemonsets[0]);
+        let mut pick = ready_order.into_iter().cycle();
+        for round in 0..(4 * n + 8) {
+            let plan = reconcile(&s, &ctx(round as u64));
+            s = s.after(&plan);
+            let by = pods_by_node(&s);
+            let unavailable = (0..n)
+                .filter(|i| {
+                    !by.get(&format!("n{i}")).is_some_and(|ps| ps.iter().any(|p| s.ready.contains_key(&key(p))))
+                })
+                .count() as i64;
+            prop_assert!(unavailable <= max_unavailable, "round {round}: {unavailable} unavailable");
+            // The kubelet: one new pod becomes ready per step.
+            let waiting: Vec<PodKey> = s.pods.iter().map(key).filter(|k| !s.ready.contains_key(k)).collect();
+            if !waiting.is_empty() {
+                let k = waiting[pick.next().unwrap() as usize % waiting.len()].clone();
+                s.ready.insert(k, t0());
+            }
+        }
+        let by = pods_by_node(&s);
+        prop_assert_eq!(by.len(), n);
+        for pods in by.values() {
+            prop_assert_eq!(pods.len(), 1);
+            prop_assert_eq!(&pods[0]["metadata"]["labels"][REVISION_LABEL], &json!(new_hash));
+        }
+    }
+}
