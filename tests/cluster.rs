@@ -272,6 +272,21 @@ fn bad_configuration_exits_64_with_a_clear_message() {
     let (code, err) = run(&["init", "--data-dir", d, "--name", "ok"]);
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("refusing to overwrite"), "{err}");
+    // A damaged state and no member to resync from: set aside, and a refusal saying what to do.
+    std::fs::write(dir.join("state.automerge"), b"garbage").unwrap();
+    let (code, err) = run(&["agent", "--data-dir", d]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("knows no member") && err.contains("--join"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read_dir(&dir).unwrap().flatten().any(|e| e
+            .file_name()
+            .to_string_lossy()
+            .starts_with("state.automerge.corrupt-")),
+        "the damaged file is kept aside"
+    );
     // A corrupt identity file is reported, not used.
     std::fs::write(dir.join("cluster.cbor"), b"garbage").unwrap();
     let (code, err) = run(&["agent", "--data-dir", d]);
@@ -280,35 +295,59 @@ fn bad_configuration_exits_64_with_a_clear_message() {
 }
 
 #[test]
-fn corrupt_state_file_stops_the_agent_with_a_clear_error() {
+fn corrupt_state_file_is_set_aside_and_the_node_resyncs_by_itself() {
+    // n1, the init node: it has no join address, so it finds its peer through the members'
+    // addresses it remembered (known-peers.json), not through its lost node records.
     let mut c = Cluster::start(2);
-    c.kill(1);
-    let state = c.nodes[1].dir.join("state.automerge");
-    std::fs::write(&state, b"this is not an automerge document").unwrap();
-    let out = std::process::Command::new(loopback::shoal_bin())
-        .args(["agent", "--data-dir", c.nodes[1].dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        err.contains("state.automerge") && err.contains("move it away"),
-        "{err}"
-    );
-    assert_eq!(
-        std::fs::read(&state).unwrap(),
-        b"this is not an automerge document",
-        "the file must be left alone"
-    );
-    // Moving it away resyncs the node from its peer.
-    std::fs::remove_file(&state).unwrap();
-    c.create_configmap(&c.nodes[0], "after", "2");
-    c.restart(1);
+    c.create_configmap(&c.nodes[1], "before", "1");
+    let known = c.nodes[0].dir.join("known-peers.json");
     poll(
-        "resynced node serves the peer's state",
+        "n1 has the ConfigMap and remembers n2",
         Duration::from_secs(30),
-        || c.configmap_value(&c.nodes[1], "after"),
+        || {
+            c.configmap_value(&c.nodes[0], "before")?;
+            known.exists().then_some(())
+        },
     );
+    c.kill(0);
+    let state = c.nodes[0].dir.join("state.automerge");
+    let mut bytes = std::fs::read(&state).unwrap();
+    let (mid, end) = (bytes.len() / 2, (bytes.len() / 2 + 64).min(bytes.len()));
+    for b in &mut bytes[mid..end] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&state, &bytes).unwrap();
+    c.create_configmap(&c.nodes[1], "after", "2");
+    c.restart(0);
+    poll(
+        "the healed node serves the state from before and after",
+        Duration::from_secs(60),
+        || {
+            let before = c.configmap_value(&c.nodes[0], "before")?;
+            let after = c.configmap_value(&c.nodes[0], "after")?;
+            Some((before, after))
+        },
+    );
+    let aside: Vec<String> = std::fs::read_dir(&c.nodes[0].dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("state.automerge.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the damaged file is kept aside: {aside:?}");
+    assert_eq!(
+        std::fs::read(c.nodes[0].dir.join(&aside[0])).unwrap(),
+        bytes,
+        "unchanged"
+    );
+    let log = c.log(&c.nodes[0]);
+    assert!(log.contains("moved it aside"), "{log}");
+    // Same name and key (another key would be refused the name n1), Ready on both sides.
+    poll("n1 Ready everywhere", Duration::from_secs(30), || {
+        (c.node_ready(&c.nodes[0], "n1") == Some(true)
+            && c.node_ready(&c.nodes[1], "n1") == Some(true))
+        .then_some(())
+    });
 }
 
 /// Runs `promtool check metrics` on `text`; fails naming the package when promtool is missing.

@@ -252,6 +252,7 @@ fn log_err(e: crate::runtime::logs::LogError) -> BackendError {
 fn state_err(e: StateError) -> BackendError {
     match e {
         StateError::TooLarge(n) => BackendError::Invalid(format!("object too large: {n} bytes")),
+        StateError::NoSpace(m) => BackendError::InsufficientStorage(m),
         other => BackendError::Unavailable(other.to_string()),
     }
 }

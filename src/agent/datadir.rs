@@ -4,14 +4,19 @@
 //! D/agent.json        AgentSettings (name, listen addresses, join addresses)
 //! D/cluster.cbor      ClusterIdentity (cluster id, generation, secret)      0600
 //! D/node.key          the node's libp2p ed25519 key (its peer id)         0600
-//! D/state.automerge   the replicated cluster document (snapshot)          0600
-//! D/state.wal         API writes since the snapshot, fsynced before acknowledged
+//! D/state.automerge   the replicated cluster document (snapshot, sealed with a CRC-32)  0600
+//! D/state.wal         API writes since the snapshot, each entry checksummed, fsynced first
+//! D/known-peers.json  the other members' p2p addresses, to resync from after losing the state
+//! D/*.corrupt-<time>  a damaged state file or log set aside (kept for inspection)
 //! D/status/<node>.cbor status documents (this node's own and replicas of its peers')
 //! D/tls/ca.crt        the cluster CA certificate
 //! D/tls/server.{crt,key}  this node's API certificate (re-issued at every start)
 //! D/join-token        the join token (0600)       D/admin-token  (init node only, 0600)
 //! D/lock              held while an agent runs on this data dir
 //! ```
+//!
+//! `state.automerge`, `state.wal` and `status/` live in the state dir instead when one is set
+//! (`shoal agent --state-dir S`, saved in `agent.json`).
 
 use std::path::{Path, PathBuf};
 

@@ -19,6 +19,7 @@ mod settings;
 pub mod shared;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,11 +35,11 @@ use crate::net::{self, NetConfig};
 use crate::security::{self, ClusterIdentity, JoinToken};
 use crate::state::{ClusterDoc, DocStore, StateError, StatusDoc, Wal};
 
-/// Status documents saved in `D/status/`; unreadable files are reported and skipped (peers
+/// Status documents saved in `S/status/`; unreadable files are reported and skipped (peers
 /// hold replicas, anti-entropy brings them back).
-fn load_status_docs(dir: &DataDir) -> std::collections::BTreeMap<String, StatusDoc> {
+fn load_status_docs(state_dir: &Path) -> std::collections::BTreeMap<String, StatusDoc> {
     let mut out = std::collections::BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(dir.path("status")) else {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("status")) else {
         return out;
     };
     for entry in entries.flatten() {
@@ -46,16 +47,28 @@ fn load_status_docs(dir: &DataDir) -> std::collections::BTreeMap<String, StatusD
         if path.extension().and_then(|e| e.to_str()) != Some("cbor") {
             continue;
         }
-        match std::fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| StatusDoc::decode(&b, ActorId::random()).map_err(|e| e.to_string()))
-        {
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), %e, "skipping unreadable status document");
+                continue;
+            }
+        };
+        let decoded = crate::state::open_file(&bytes).and_then(|payload| {
+            StatusDoc::decode(payload, ActorId::random()).map_err(|e| e.to_string())
+        });
+        match decoded {
             Ok(doc) => {
                 out.insert(doc.owner().to_string(), doc);
             }
-            Err(e) => {
-                tracing::warn!(path = %path.display(), %e, "skipping unreadable status document")
-            }
+            Err(e) => match crate::state::set_aside(&path, chrono::Utc::now()) {
+                Ok(aside) => {
+                    tracing::warn!(path = %path.display(), %e, aside = %aside.display(), "a damaged status document was moved aside; peers bring it back")
+                }
+                Err(io) => {
+                    tracing::warn!(path = %path.display(), %e, %io, "skipping a damaged status document")
+                }
+            },
         }
     }
     out
@@ -98,6 +111,60 @@ pub struct RunOptions {
     pub allowed_host_paths: Vec<std::path::PathBuf>,
     /// `--metrics-addr`: also serve `GET /metrics` in plain HTTP there (not saved).
     pub metrics_addr: Option<SocketAddr>,
+    /// `--state-dir`; replaces the stored setting (the state files move) when given.
+    pub state_dir: Option<std::path::PathBuf>,
+}
+
+/// The files of the replicated state, relative to the state dir.
+const STATE_FILES: [&str; 2] = ["state.automerge", "state.wal"];
+
+/// Moves the replicated state from `from` to `to` (another file system, typically): each file
+/// is copied and fsynced under its final name, then removed from `from`, so a crash midway
+/// leaves a complete copy in one place or the other. Refuses when `to` already holds state.
+fn move_state(from: &Path, to: &Path) -> Result<(), AgentError> {
+    let io = |what: &Path, e: std::io::Error| {
+        AgentError::Config(format!(
+            "moving the state to {}: {}: {e}",
+            to.display(),
+            what.display()
+        ))
+    };
+    std::fs::create_dir_all(to.join("status")).map_err(|e| io(to, e))?;
+    if STATE_FILES.iter().any(|f| to.join(f).exists()) {
+        return Err(AgentError::Config(format!(
+            "--state-dir {} already holds a state (state.automerge or state.wal): empty it, or give the directory the state is in ({})",
+            to.display(),
+            from.display()
+        )));
+    }
+    let mut files: Vec<PathBuf> = STATE_FILES.iter().map(PathBuf::from).collect();
+    if let Ok(entries) = std::fs::read_dir(from.join("status")) {
+        for e in entries.flatten() {
+            if e.path().extension().and_then(|x| x.to_str()) == Some("cbor") {
+                files.push(Path::new("status").join(e.file_name()));
+            }
+        }
+    }
+    for rel in &files {
+        let src = from.join(rel);
+        let bytes = match std::fs::read(&src) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(&src, e)),
+        };
+        let dst = to.join(rel);
+        crate::state::write_atomic(&dst, &bytes, 0o600).map_err(|e| io(&dst, e))?;
+    }
+    for rel in &files {
+        let src = from.join(rel);
+        match std::fs::remove_file(&src) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&src, e)),
+            _ => {}
+        }
+    }
+    crate::state::sync_parent(&from.join("state.automerge")).map_err(|e| io(from, e))?;
+    tracing::info!(from = %from.display(), to = %to.display(), files = files.len(), "moved the replicated state");
+    Ok(())
 }
 
 /// Prepares the data dir for this start: a first start of a joiner writes the identity from
@@ -140,6 +207,24 @@ fn prepare(opts: &RunOptions) -> Result<(DataDir, AgentSettings, ClusterIdentity
             }
         }
         settings.allowed_host_paths = opts.allowed_host_paths.clone();
+    }
+    if let Some(p) = &opts.state_dir {
+        if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+            return Err(AgentError::Config(format!(
+                "--state-dir {}: must be an absolute path without '..'",
+                p.display()
+            )));
+        }
+        let to = (p.as_path() != dir.root()).then(|| p.clone());
+        if to != settings.state_dir && dir.is_initialized() {
+            let from = settings
+                .state_dir
+                .clone()
+                .unwrap_or(dir.root().to_path_buf());
+            let _lock = dir.lock()?;
+            move_state(&from, p)?;
+        }
+        settings.state_dir = to;
     }
     if settings.name.is_empty() {
         settings.name = node_info::hostname();
@@ -199,15 +284,53 @@ pub async fn run(
     // A fresh actor id at every start: a crash may have lost changes that peers already hold,
     // and reusing an actor with a shorter history would produce duplicate sequence numbers.
     let actor = ActorId::random();
-    let store = DocStore::new(dir.root());
-    let doc = store
-        .load(actor.clone())?
-        .unwrap_or_else(|| ClusterDoc::empty(actor));
+    let state_dir = settings
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| dir.root().to_path_buf());
+    std::fs::create_dir_all(state_dir.join("status")).map_err(|e| {
+        AgentError::Config(format!(
+            "creating the state dir {}: {e}",
+            state_dir.display()
+        ))
+    })?;
+    let store = DocStore::new(&state_dir);
+    let loaded = store.load(actor.clone(), chrono::Utc::now())?;
+    let damaged = loaded.set_aside.as_ref().map(|(aside, reason)| {
+        format!(
+            "its state file was damaged ({reason}) and was moved to {}",
+            aside.display()
+        )
+    });
+    let doc = loaded.doc.unwrap_or_else(|| ClusterDoc::empty(actor));
+    // Where to fetch the state from when this node holds none (a joiner, or a node whose state
+    // was damaged): the join addresses, then the members it knew last time.
+    let mut join = settings.join.clone();
+    for addr in read_known_peers(&state_dir) {
+        if !join.contains(&addr) {
+            join.push(addr);
+        }
+    }
+    let needs_state = doc.meta()?.is_none();
+    if needs_state && join.is_empty() {
+        return Err(AgentError::Config(format!(
+            "this node holds no cluster state ({}) and knows no member to fetch it from: start it with --join ADDR (any live member's p2p address) to resync it from its peers, or restore a backup (shoal init --restore) if no member is left",
+            damaged.as_deref().unwrap_or("no state file in the state dir")
+        )));
+    }
+    if let Some(d) = &damaged {
+        tracing::warn!(node = %settings.name, "{d}; resyncing from a member (name and key kept)");
+    }
+    let resync = needs_state.then(|| Resync {
+        reason: damaged.unwrap_or_else(|| "first start".into()),
+        unmerged: loaded.unmerged,
+        from: join.clone(),
+    });
     let wal = Wal::new(store.wal_path());
     let advertise = settings.advertise_ip();
     tracing::info!(node = %settings.name, %peer_id, cluster = %identity.cluster_id, generation = identity.generation, %advertise, "agent starting");
 
-    let mut status = load_status_docs(&dir);
+    let mut status = load_status_docs(&state_dir);
     status
         .entry(settings.name.clone())
         .or_insert_with(|| StatusDoc::empty(&settings.name, 0, ActorId::random()));
@@ -224,15 +347,19 @@ pub async fn run(
     };
 
     let mut net_config = NetConfig::new(settings.listen_p2p, advertise);
-    net_config.join = settings.join.clone();
+    net_config.join = join;
+    // The tasks the node cannot serve without: if one ends or panics before shutdown, the
+    // agent stops (exit non-zero, with the reason) instead of serving a frozen replica.
+    let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let net_task = tokio::spawn(net::run(
         key,
         shared.clone(),
         net_config,
-        dir.root().to_path_buf(),
+        state_dir.clone(),
         local_rx,
         stopped(stop_rx.clone()),
     ));
+    let net_task = supervise("the network actor", net_task, &failed_tx, &stop_rx);
 
     let puller = match crate::runtime::image::ImageStore::open(&dir.root().join("images")) {
         Ok(store) => {
@@ -265,10 +392,20 @@ pub async fn run(
         let settings = settings.clone();
         let stop = stopped(stop_rx.clone());
         let puller = puller.clone();
+        let state_dir = state_dir.clone();
         tokio::spawn(async move {
-            serve_api(shared, dir, settings, peer_id.to_string(), puller, stop).await
+            let start = ApiStart {
+                dir,
+                state_dir,
+                settings,
+                peer_id: peer_id.to_string(),
+                puller,
+                resync,
+            };
+            serve_api(shared, start, stop).await
         })
     };
+    let api_task = supervise("the API server", api_task, &failed_tx, &stop_rx);
 
     let metrics_task = match opts.metrics_addr {
         Some(addr) => Some(tokio::spawn(metrics::serve_plain(
@@ -278,7 +415,12 @@ pub async fn run(
         ))),
         None => None,
     };
-    let controllers_task = tokio::spawn(controllers::run(shared.clone(), stopped(stop_rx.clone())));
+    let controllers_task = supervise(
+        "the controllers",
+        tokio::spawn(controllers::run(shared.clone(), stopped(stop_rx.clone()))),
+        &failed_tx,
+        &stop_rx,
+    );
     let ipam_task = tokio::spawn(ipam::run(shared.clone(), stopped(stop_rx.clone())));
     // Re-allocates Services that lost an address to a concurrent allocation (leader only).
     let services_task = tokio::spawn(services::run(shared.clone(), stopped(stop_rx.clone())));
@@ -315,9 +457,18 @@ pub async fn run(
         },
         stopped(stop_rx.clone()),
     ));
+    let kubelet_task = supervise("the kubelet", kubelet_task, &failed_tx, &stop_rx);
+    drop(failed_tx);
 
-    shutdown.await;
-    tracing::info!("shutting down");
+    tokio::pin!(shutdown);
+    let failure = tokio::select! {
+        _ = &mut shutdown => None,
+        Some(reason) = failed_rx.recv() => Some(reason),
+    };
+    match &failure {
+        None => tracing::info!("shutting down"),
+        Some(reason) => tracing::error!(%reason, "stopping the agent"),
+    }
     let _ = stop_tx.send(true);
     let _ = kubelet_task.await;
     if let Some(t) = images_task {
@@ -338,35 +489,214 @@ pub async fn run(
     if let Some(t) = routes_task {
         let _ = t.await;
     }
-    let api = api_task
-        .await
-        .map_err(|e| AgentError::Other(e.to_string()))?;
-    let net = net_task
-        .await
-        .map_err(|e| AgentError::Other(e.to_string()))?;
-    api?;
-    net?;
+    let api = api_task.await.ok().flatten();
+    let net = net_task.await.ok().flatten();
+    if let Some(Err(e)) = api {
+        return Err(e);
+    }
+    if let Some(reason) = failure {
+        return Err(AgentError::Other(reason));
+    }
+    if let Some(Err(e)) = net {
+        return Err(e.into());
+    }
     Ok(())
 }
 
-/// Waits for the cluster metadata (a joiner gets it by its first sync), registers this node,
-/// issues the API certificate from the cluster CA, and serves the API.
-async fn serve_api(
-    shared: Arc<Shared>,
+/// What a supervised task's result says when it ended before shutdown.
+trait TaskEnd {
+    fn describe(&self) -> String;
+}
+
+impl TaskEnd for () {
+    fn describe(&self) -> String {
+        "ended unexpectedly".into()
+    }
+}
+
+impl<E: std::fmt::Display> TaskEnd for Result<(), E> {
+    fn describe(&self) -> String {
+        match self {
+            Ok(()) => "ended unexpectedly".into(),
+            Err(e) => format!("failed: {e}"),
+        }
+    }
+}
+
+/// Watches `task`: if it ends (returns or panics) while `stopping` is still false, sends why
+/// on `failed`. Resolves to the task's output (`None` if it panicked).
+fn supervise<T: TaskEnd + Send + 'static>(
+    name: &'static str,
+    task: tokio::task::JoinHandle<T>,
+    failed: &tokio::sync::mpsc::UnboundedSender<String>,
+    stopping: &tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Option<T>> {
+    let failed = failed.clone();
+    let stopping = stopping.clone();
+    tokio::spawn(async move {
+        let result = task.await;
+        let out = match result {
+            Ok(out) => {
+                if !*stopping.borrow() {
+                    let _ = failed.send(format!("{name} {}", out.describe()));
+                }
+                Some(out)
+            }
+            Err(e) => {
+                let why = if e.is_panic() {
+                    let panic = e.into_panic();
+                    panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".into())
+                } else {
+                    e.to_string()
+                };
+                let _ = failed.send(format!("{name} panicked: {why}"));
+                None
+            }
+        };
+        out
+    })
+}
+
+/// A node that starts without the cluster state: why, where from, and its own logged writes
+/// that sat on top of a damaged snapshot (applied again once the state is back).
+struct Resync {
+    reason: String,
+    unmerged: Vec<Vec<u8>>,
+    from: Vec<SocketAddr>,
+}
+
+/// How long a node without state waits for a member before it gives up (exit, non-zero).
+fn resync_deadline() -> Duration {
+    Duration::from_secs(
+        std::env::var("SHOAL_RESYNC_TIMEOUT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(120),
+    )
+}
+
+/// The file of members' p2p addresses this node knew last, to find a peer after losing its
+/// state: a damaged state file takes the node records with it.
+const KNOWN_PEERS: &str = "known-peers.json";
+
+fn read_known_peers(state_dir: &Path) -> Vec<SocketAddr> {
+    std::fs::read(state_dir.join(KNOWN_PEERS))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Vec<SocketAddr>>(&b).ok())
+        .unwrap_or_default()
+}
+
+/// The p2p socket addresses of the other nodes in the document.
+fn peer_addrs(shared: &Shared) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = shared
+        .doc()
+        .nodes()
+        .into_iter()
+        .filter(|n| n.name != shared.node_name)
+        .filter_map(|n| p2p_socket_addr(&n.p2p_addr))
+        .collect();
+    out.sort();
+    out.dedup();
+    out.truncate(64);
+    out
+}
+
+/// `/ip4/A/udp/P/quic-v1/...` as `A:P`.
+fn p2p_socket_addr(addr: &str) -> Option<SocketAddr> {
+    use libp2p::multiaddr::Protocol;
+    let addr: libp2p::Multiaddr = addr.parse().ok()?;
+    let mut ip = None;
+    let mut port = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            Protocol::Udp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    Some(SocketAddr::new(ip?, port?))
+}
+
+/// Writes [`KNOWN_PEERS`] when the set of other nodes' addresses changed.
+fn remember_peers(shared: &Shared, state_dir: &Path, last: &mut Vec<SocketAddr>) {
+    let now = peer_addrs(shared);
+    if now.is_empty() || now == *last {
+        return;
+    }
+    let bytes = serde_json::to_vec(&now).unwrap_or_default();
+    match crate::state::write_atomic(&state_dir.join(KNOWN_PEERS), &bytes, 0o600) {
+        Ok(()) => *last = now,
+        Err(e) => tracing::warn!(%e, "saving the known members' addresses failed"),
+    }
+}
+
+/// What the API task needs besides the shared state.
+struct ApiStart {
     dir: DataDir,
+    state_dir: PathBuf,
     settings: AgentSettings,
     peer_id: String,
     puller: Option<Arc<crate::runtime::image::pull::Puller>>,
+    resync: Option<Resync>,
+}
+
+/// Waits for the cluster metadata (a joiner or a resyncing node gets it from a member, and
+/// gives up after [`resync_deadline`]), registers this node, issues the API certificate from
+/// the cluster CA, and serves the API.
+async fn serve_api(
+    shared: Arc<Shared>,
+    start: ApiStart,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
+    let ApiStart {
+        dir,
+        state_dir,
+        settings,
+        peer_id,
+        puller,
+        resync,
+    } = start;
     let mut changes = shared.subscribe();
+    let waiting_since = tokio::time::Instant::now();
+    let deadline = resync_deadline();
     let meta = loop {
         if let Some(meta) = shared.doc().meta()? {
             break meta;
         }
+        if waiting_since.elapsed() >= deadline {
+            let r = resync.as_ref();
+            return Err(AgentError::Config(format!(
+                "no member sent the cluster state within {} s ({}; tried {:?}): start the agent again once a member is up, with --join ADDR of a live member if these addresses are stale",
+                deadline.as_secs(),
+                r.map(|r| r.reason.as_str()).unwrap_or("no state"),
+                r.map(|r| r.from.clone()).unwrap_or_default(),
+            )));
+        }
         tracing::info!("waiting for the cluster state from a member");
         let _ = tokio::time::timeout(Duration::from_secs(5), changes.changed()).await;
     };
+    if let Some(r) = resync {
+        tracing::info!(reason = %r.reason, objects = shared.doc().len(), "received the cluster state from a member");
+        if !r.unmerged.is_empty() {
+            // This node's own logged writes from before the damage; their history came with
+            // the state. Logged again and pushed like any local write.
+            match shared.write(|d| d.apply_pushed(&r.unmerged)) {
+                Ok(moved) => tracing::info!(
+                    changes = r.unmerged.len(),
+                    moved,
+                    "applied this node's logged writes again after the resync"
+                ),
+                Err(e) => {
+                    tracing::error!(%e, "applying this node's logged writes after the resync failed (they stay in the set-aside log)")
+                }
+            }
+        }
+    }
     if meta.cluster_id != shared.identity.cluster_id
         || meta.generation != shared.identity.generation
     {
@@ -439,14 +769,20 @@ async fn serve_api(
         puller,
     ));
 
-    // Re-register if someone deleted this node's record while it is alive.
-    let registrar = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            register();
-        }
-    });
+    // Re-register if someone deleted this node's record while it is alive; remember the
+    // members' addresses for a resync.
+    let registrar = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            let mut known = read_known_peers(&state_dir);
+            loop {
+                tick.tick().await;
+                register();
+                remember_peers(&shared, &state_dir, &mut known);
+            }
+        })
+    };
     let result = crate::api::serve(
         listener,
         Arc::new(tls),

@@ -39,6 +39,8 @@ pub struct AgentSettings {
     /// Empty, the default: none, because a hostPath gives a pod the host's files (any user
     /// who may create pods could read the cluster secret in the data dir, or write /etc).
     pub allowed_host_paths: Vec<std::path::PathBuf>,
+    /// Where the replicated state lives (`--state-dir`); `None`: the data dir.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for AgentSettings {
@@ -53,6 +55,7 @@ impl Default for AgentSettings {
             dns_upstreams: None,
             pod_pids_limit: crate::runtime::DEFAULT_POD_PIDS_LIMIT,
             allowed_host_paths: Vec::new(),
+            state_dir: None,
         }
     }
 }

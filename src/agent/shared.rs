@@ -90,26 +90,38 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs a local write of the cluster document. Its changes are on disk (write-ahead log,
-    /// fsynced) when this returns, and queued for the push path.
+    /// Runs a local write of the cluster document. Its changes are in the write-ahead log
+    /// (checksummed, fsynced) before anyone can see them: the document lock is held from the
+    /// write to the end of the append, and only then are they queued for the push path. If the
+    /// append fails (a full disk: [`StateError::NoSpace`]) the document is rolled back to
+    /// where it was, so nothing half-applied stays or leaves. What `f` wrote before returning
+    /// an error is kept, logged and pushed like a success (as a controller's partial plan).
     pub fn write<T>(
         &self,
         f: impl FnOnce(&mut ClusterDoc) -> Result<T, StateError>,
     ) -> Result<T, StateError> {
+        // Lock order: log, then document (as `snapshot`).
+        let mut wal = self.wal();
         let mut doc = self.doc();
         let before = doc.heads();
-        let out = f(&mut doc)?;
+        let out = f(&mut doc);
         let changes = doc.changes_since(&before);
-        drop(doc);
         if !changes.is_empty() {
-            // After the document lock, under the log lock: a snapshot taken meanwhile either
-            // holds these changes or is followed by this append (see `snapshot`).
-            self.wal()
-                .append(&changes)
-                .map_err(|e| StateError::Io(format!("write-ahead log: {e}")))?;
+            if let Err(e) = wal.append(&changes) {
+                rollback(&mut doc, &before);
+                let message = format!("write-ahead log {}: {e}", wal.path().display());
+                tracing::error!(%message, "a write was refused");
+                return Err(if crate::state::is_out_of_space(&e) {
+                    StateError::NoSpace(message)
+                } else {
+                    StateError::Io(message)
+                });
+            }
         }
+        drop(doc);
+        drop(wal);
         self.queue_push(DocId::Cluster, 0, changes);
-        Ok(out)
+        out
     }
 
     fn wal(&self) -> MutexGuard<'_, Wal> {
@@ -124,6 +136,7 @@ impl Shared {
         &self,
         persist: impl FnOnce(&[u8]) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
+        // Lock order: log, then document (as `write`).
         let mut wal = self.wal();
         let bytes = self.doc().save();
         persist(&bytes)?;
@@ -247,6 +260,16 @@ impl Shared {
     }
 }
 
+/// Undoes a local write that cannot be logged. The document was locked since `before`, so
+/// nobody saw the change; a failed rollback leaves the process unable to tell its state apart
+/// from what it acknowledged, so it stops (peers and the log hold everything acknowledged).
+fn rollback(doc: &mut ClusterDoc, before: &[automerge::ChangeHash]) {
+    if let Err(e) = doc.rollback_to(before) {
+        tracing::error!(%e, "rolling back an unlogged write failed; stopping");
+        std::process::exit(70);
+    }
+}
+
 /// Runs `round` now, then again after document changes (at most once per `min_interval`) and at
 /// least every `tick`, until `stop` resolves or the change channel closes.
 pub async fn rounds<F, Fut>(
@@ -274,5 +297,76 @@ pub async fn rounds<F, Fut>(
             _ = &mut stop => return,
             _ = tokio::time::sleep_until(started + min_interval) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::ActorId;
+
+    fn shared(wal: Wal) -> (Shared, mpsc::Receiver<LocalChange>) {
+        let identity = ClusterIdentity {
+            cluster_id: "c".into(),
+            generation: 1,
+            secret: [7; 32],
+        };
+        let mut doc = ClusterDoc::empty(ActorId::random());
+        doc.put_object("namespaces", None, "kept", &serde_json::json!({"a": 1}))
+            .unwrap();
+        Shared::new("n1".into(), identity, doc, wal, BTreeMap::new())
+    }
+
+    #[test]
+    fn a_write_the_log_cannot_take_is_refused_and_leaves_nothing() {
+        // /dev/full answers every write with ENOSPC.
+        let (shared, mut pushed) = shared(Wal::new("/dev/full".into()));
+        let before = shared.doc().heads();
+        let err = shared
+            .write(|d| {
+                d.put_object("namespaces", None, "x", &serde_json::json!(1))?;
+                d.delete_object("namespaces", None, "kept")
+            })
+            .unwrap_err();
+        assert!(matches!(err, StateError::NoSpace(_)), "{err}");
+        let mut doc = shared.doc();
+        assert_eq!(doc.heads(), before, "the document is back where it was");
+        assert!(doc.get_object("namespaces", None, "x").unwrap().is_none());
+        assert!(doc
+            .get_object("namespaces", None, "kept")
+            .unwrap()
+            .is_some());
+        drop(doc);
+        assert!(pushed.try_recv().is_err(), "nothing was queued for peers");
+        // The next write is refused too (here the log could not even cut its torn tail, as
+        // /dev/full cannot be truncated, so it refuses to append after it): no partial state.
+        assert!(shared
+            .write(|d| d.put_object("namespaces", None, "y", &serde_json::json!(2)))
+            .is_err());
+        assert_eq!(shared.doc().len(), 1);
+    }
+
+    #[test]
+    fn a_logged_write_is_on_disk_before_it_is_pushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.wal");
+        let (shared, mut pushed) = shared(Wal::new(path.clone()));
+        shared
+            .write(|d| d.put_object("namespaces", None, "x", &serde_json::json!(1)))
+            .unwrap();
+        let change = pushed.try_recv().expect("queued for peers");
+        let logged = crate::state::Wal::recover(&path).unwrap();
+        assert_eq!(
+            logged, change.changes,
+            "exactly the pushed changes are logged"
+        );
+        // A failed write still logs and pushes what it wrote before failing.
+        let err = shared.write(|d| {
+            d.put_object("namespaces", None, "y", &serde_json::json!(2))?;
+            Err::<(), _>(StateError::TooLarge(1))
+        });
+        assert!(err.is_err());
+        assert_eq!(crate::state::Wal::recover(&path).unwrap().len(), 2);
+        assert!(pushed.try_recv().is_ok());
     }
 }

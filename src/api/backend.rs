@@ -32,6 +32,9 @@ pub enum BackendError {
     Conflict(String),
     #[error("state unavailable: {0}")]
     Unavailable(String),
+    /// The node's disk is full: the write was not made (HTTP 507).
+    #[error("insufficient storage: {0}")]
+    InsufficientStorage(String),
 }
 
 /// One member as the serving agent's membership view has it.

@@ -61,6 +61,9 @@ pub enum ApiError {
     Timeout,
     #[error("{0}")]
     Unavailable(String),
+    /// The serving node's disk is full (507 Insufficient Storage).
+    #[error("{0}")]
+    InsufficientStorage(String),
     #[error("{0}")]
     Internal(String),
     /// A resourceVersion or continue token older than the change log's window, or from
@@ -117,6 +120,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) | ApiError::Tls(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Gone(_) => StatusCode::GONE,
         }
@@ -136,6 +140,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Timeout => "Timeout",
             ApiError::Unavailable(_) => "ServiceUnavailable",
+            ApiError::InsufficientStorage(_) => "InsufficientStorage",
             ApiError::Internal(_) | ApiError::Tls(_) => "InternalError",
             ApiError::Gone(_) => "Expired",
         }
@@ -188,6 +193,9 @@ impl From<BackendError> for ApiError {
             BackendError::Conflict(m) => ApiError::StateConflict(m),
             BackendError::Unavailable(m) => {
                 ApiError::Unavailable(format!("state unavailable: {m}"))
+            }
+            BackendError::InsufficientStorage(m) => {
+                ApiError::InsufficientStorage(format!("insufficient storage: {m}"))
             }
         }
     }
@@ -285,6 +293,9 @@ mod tests {
         );
         let unavailable = ApiError::from(BackendError::Unavailable("loading".into()));
         assert_eq!(unavailable.code(), StatusCode::SERVICE_UNAVAILABLE);
+        let full = ApiError::from(BackendError::InsufficientStorage("disk full".into()));
+        assert_eq!(full.code(), StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(full.to_status()["reason"], "InsufficientStorage");
     }
 
     #[test]

@@ -178,6 +178,12 @@ pub enum Command {
         /// Prometheus on the host or a trusted network. The API serves it at `/metrics` too.
         #[arg(long, value_name = "IP:PORT", env = "SHOAL_METRICS_ADDR")]
         metrics_addr: Option<SocketAddr>,
+        /// Where the replicated state lives (state.automerge, state.wal, status/), e.g. its own
+        /// file system, so that container layers or volumes filling the data dir's cannot stop
+        /// the node from accepting writes. An absolute path; saved. On a change the files move
+        /// there. Default: the data dir.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// Print the serving agent's view: members and their states, leader, epoch, document
     /// sizes, replication lag per peer (`-o json`: the status document as JSON).
@@ -284,6 +290,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dns_upstreams: None,
                 pod_pids_limit: crate::runtime::DEFAULT_POD_PIDS_LIMIT,
                 allowed_host_paths: Vec::new(),
+                state_dir: None,
             };
             let token = parse_token(token)?;
             let out = agent::init_cluster(&InitOptions {
@@ -333,6 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pod_pids_limit,
             allow_host_path,
             metrics_addr,
+            state_dir,
         } => {
             let opts = RunOptions {
                 data_dir,
@@ -347,6 +355,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 pod_pids_limit,
                 allowed_host_paths: allow_host_path,
                 metrics_addr,
+                state_dir,
             };
             // Before any thread exists, so every runtime thread inherits it; the shim and the
             // sandbox go back to 0, so containers run at the default priority.

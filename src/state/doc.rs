@@ -30,6 +30,9 @@ pub enum StateError {
     Encode(String),
     #[error("disk: {0}")]
     Io(String),
+    /// The data dir's file system is full: the write was not made (HTTP 507).
+    #[error("no space left for the state: {0}")]
+    NoSpace(String),
 }
 
 /// Cluster-wide facts written once by `shoal init` (or a restore).

@@ -13,7 +13,10 @@ mod status;
 
 pub use doc::{ClusterDoc, ClusterMeta, StateError};
 pub use keys::{object_key, ObjectPath};
-pub use persist::{write_atomic, DocStore, Wal};
+pub use persist::{
+    is_out_of_space, open_file, seal_file, set_aside, sync_parent, write_atomic, DocStore, Loaded,
+    Wal,
+};
 pub use replica::{Replica, MAX_VALUE_BYTES};
 pub use status::StatusDoc;
 

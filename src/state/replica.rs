@@ -163,6 +163,17 @@ impl Replica {
             .collect()
     }
 
+    /// Drops every change made since `heads` (which must be heads this document had), under
+    /// a fresh actor id: for a local write whose log append failed, so nothing of it stays.
+    /// Rebuilds the document from its history: call it only on that error path.
+    pub fn rollback_to(&mut self, heads: &[ChangeHash]) -> Result<(), StateError> {
+        self.doc.commit();
+        let actor = ActorId::random();
+        self.doc = self.doc.fork_at(heads)?.with_actor(actor);
+        self.batching = false;
+        Ok(())
+    }
+
     /// Applies pushed changes. Returns whether the document's heads moved. Changes whose
     /// dependencies are missing are queued by automerge until anti-entropy brings them.
     pub fn apply_pushed(&mut self, changes: &[Vec<u8>]) -> Result<bool, StateError> {

@@ -400,10 +400,8 @@ impl Actor {
             let (path, bytes) = match &id {
                 DocId::Cluster => {
                     let path = self.store.path().to_path_buf();
-                    if let Err(e) = self
-                        .shared
-                        .snapshot(|bytes| crate::state::write_atomic(&path, bytes, 0o600))
-                    {
+                    let store = &self.store;
+                    if let Err(e) = self.shared.snapshot(|bytes| store.write(bytes)) {
                         tracing::error!(%e, path = %path.display(), "saving the cluster document failed");
                         self.dirty.insert(id);
                     }
@@ -419,7 +417,9 @@ impl Actor {
             };
             let result = bytes
                 .map_err(|e| std::io::Error::other(e.to_string()))
-                .and_then(|b| crate::state::write_atomic(&path, &b, 0o600));
+                .and_then(|b| {
+                    crate::state::write_atomic(&path, &crate::state::seal_file(&b), 0o600)
+                });
             if let Err(e) = result {
                 tracing::error!(%e, path = %path.display(), "saving a document failed");
                 self.dirty.insert(id);
