@@ -191,6 +191,12 @@ fi
 # --- netns testnet -----------------------------------------------------------------------------
 use_testnet=0
 if [ "$TESTNET" != 0 ] && [ "$(id -u)" = 0 ]; then
+  # One testnet per machine: wait for the machine-wide lock the e2e tests take as well (held
+  # by this shell until it exits).
+  mkdir -p /run/lock
+  exec 9>/run/lock/shoal-testnet.lock
+  say "waiting for the testnet lock (/run/lock/shoal-testnet.lock)"
+  flock 9
   if [ -n "$(ls -A testnet/run 2>/dev/null)" ] && [ "$TESTNET" != force ]; then
     echo "### Testnet: skipped (a testnet is already up in testnet/run — somebody else's; TESTNET=force takes it over)" >>"$REPORT"
   else

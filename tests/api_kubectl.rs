@@ -71,6 +71,7 @@ fn node(name: &str, ip: &str, readiness: Readiness, is_leader: bool) -> NodeView
         since: created,
         is_leader,
         pod_cidr: (name == "alpha").then(|| "10.244.3.0/24".to_string()),
+        pressure: None,
     }
 }
 

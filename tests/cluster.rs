@@ -103,8 +103,8 @@ fn killed_agent_is_notready_everywhere_then_resumes_from_disk() {
     let all: Vec<_> = c.nodes.iter().collect();
     assert_eq!(
         c.agreed_leader(&all, Duration::from_secs(30)),
-        first_leader,
-        "the leader is a function of the live set"
+        leader,
+        "the leader in office keeps office while it lives: a returning node does not take it back"
     );
 }
 

@@ -18,6 +18,7 @@ mod e2e {
     mod rollout;
     mod security;
     mod services;
+    mod storm;
     mod workloads;
 
     use std::collections::BTreeMap;

@@ -285,6 +285,43 @@ impl Kube {
     }
 
     /// Every node's containers, as `nK/id`.
+    /// `testnet/run`: the nodes' data dirs and agent logs.
+    pub fn run_dir(&self) -> PathBuf {
+        self.scripts.join("run")
+    }
+
+    /// Live `shoal sandbox` processes of the testnet's nodes (their `--dir` is under a node's
+    /// data dir in `testnet/run`).
+    pub fn sandbox_processes(&self) -> usize {
+        let prefix = self.run_dir();
+        let mut n = 0;
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            if args.len() >= 4
+                && args[1] == b"sandbox"
+                && args[2] == b"--dir"
+                && std::path::Path::new(&*String::from_utf8_lossy(args[3])).starts_with(&prefix)
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Lines of all agent logs (`testnet/run/nK/agent.log`) that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> usize {
+        (0..self.nodes)
+            .map(|i| {
+                std::fs::read_to_string(self.run_dir().join(self.node_name(i)).join("agent.log"))
+                    .map(|t| t.lines().filter(|l| l.contains(needle)).count())
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
     pub fn runc_all(&self) -> Result<std::collections::BTreeSet<String>> {
         let mut all = std::collections::BTreeSet::new();
         for i in 0..self.nodes {

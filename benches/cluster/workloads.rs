@@ -544,12 +544,27 @@ pub async fn burst(kube: &Kube, pods: usize, timeout_secs: u64) -> Result<String
     let mut all = None;
     let mut last: Vec<PodInfo> = Vec::new();
     let mut list_errors = 0;
+    // Issue 13's figures: pods moved to another node, suspicions and deaths of (live) nodes
+    // in the agents' logs, the most sandbox processes alive at once.
+    let suspicions_before = kube.log_lines("member suspect");
+    let deaths_before = kube.log_lines("member down");
+    let mut homes: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut peak_sandboxes = kube.sandbox_processes();
     let t0 = Instant::now();
     kube.create_deployment(0, &name, pods).await?;
     while t0.elapsed() < timeout {
+        peak_sandboxes = peak_sandboxes.max(kube.sandbox_processes());
         match kube.list_pods(0, &selector).await {
             Ok((_, list)) => {
                 let now = t0.elapsed();
+                for p in &list {
+                    if let Some(node) = &p.node {
+                        let seen = homes.entry(p.name.clone()).or_default();
+                        if seen.last() != Some(node) {
+                            seen.push(node.clone());
+                        }
+                    }
+                }
                 let running = list.iter().filter(|p| p.running()).count();
                 if list.len() >= pods {
                     created.get_or_insert(now);
@@ -580,7 +595,15 @@ pub async fn burst(kube: &Kube, pods: usize, timeout_secs: u64) -> Result<String
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let containers = runc_left(kube, &before);
-    eprintln!("burst: all running {all:?}, {containers} containers");
+    let moved = homes
+        .values()
+        .map(|h| h.len().saturating_sub(1))
+        .sum::<usize>();
+    let suspicions = kube
+        .log_lines("member suspect")
+        .saturating_sub(suspicions_before);
+    let deaths = kube.log_lines("member down").saturating_sub(deaths_before);
+    eprintln!("burst: all running {all:?}, {containers} containers, {moved} moves, {suspicions} suspicions, {deaths} deaths, peak {peak_sandboxes} sandboxes");
 
     let t1 = Instant::now();
     kube.delete_deployment(0, &name).await?;
@@ -624,6 +647,9 @@ pub async fn burst(kube: &Kube, pods: usize, timeout_secs: u64) -> Result<String
         );
     }
     out += &format!(
+        "| pods moved to another node (goal 0) | {moved} |\n| suspicions / deaths of live nodes in the agents' logs (goal 0) | {suspicions} / {deaths} |\n| peak sandbox processes (goal ≤ {pods}) | {peak_sandboxes} |\n"
+    );
+    out += &format!(
         "\nRunning at the end: {} of {pods}; containers at the end: {containers}; pods per node: {}; failed list requests: {list_errors}\n",
         last.iter().filter(|p| p.running()).count(),
         spread(&last)
@@ -633,7 +659,7 @@ pub async fn burst(kube: &Kube, pods: usize, timeout_secs: u64) -> Result<String
         out += &format!("\nthroughput: {r:.1} pods/s to Running\n");
     }
     out += &format!(
-        "\nRESULT burst testnet pods={pods} all_running_ms={} pods_per_s={} delete_to_no_container_ms={}\n",
+        "\nRESULT burst testnet pods={pods} all_running_ms={} pods_per_s={} delete_to_no_container_ms={} moved={moved} suspicions={suspicions} deaths={deaths} peak_sandboxes={peak_sandboxes}\n",
         all.map(|d| format!("{:.0}", ms(d))).unwrap_or_else(|| "none".into()),
         rate(all).map(|r| format!("{r:.1}")).unwrap_or_else(|| "none".into()),
         runc_gone.map(|d| format!("{:.0}", ms(d))).unwrap_or_else(|| "none".into()),

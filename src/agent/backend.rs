@@ -156,14 +156,30 @@ impl AgentBackend {
     }
 }
 
+/// Nodes whose kubelet reports runtime pressure in its own status document.
+pub fn pressured_nodes(shared: &Shared) -> BTreeMap<String, crate::model::RuntimePressure> {
+    shared
+        .status_docs()
+        .iter()
+        .filter_map(|(node, doc)| {
+            let p = doc
+                .get::<crate::model::RuntimePressure>(crate::model::PRESSURE_KEY)
+                .ok()
+                .flatten()?;
+            Some((node.clone(), p))
+        })
+        .collect()
+}
+
 /// The nodes as this agent sees them: records, pod CIDRs and readiness from its membership
-/// view (the API's `Backend::nodes`).
+/// view, runtime pressure from their status documents (the API's `Backend::nodes`).
 pub fn node_views(shared: &Shared) -> Vec<NodeView> {
     let view = shared.view();
     let (records, mut pod_cidrs) = {
         let doc = shared.doc();
         (doc.nodes(), doc.pod_cidrs())
     };
+    let mut pressure = pressured_nodes(shared);
     records
         .into_iter()
         .map(|record| {
@@ -188,12 +204,14 @@ pub fn node_views(shared: &Shared) -> Vec<NodeView> {
                 .unwrap_or(record.created);
             let is_leader = view.leader.as_deref() == Some(record.name.as_str());
             let pod_cidr = pod_cidrs.remove(&record.name);
+            let pressure = pressure.remove(&record.name);
             NodeView {
                 record,
                 readiness,
                 since,
                 is_leader,
                 pod_cidr,
+                pressure,
             }
         })
         .collect()

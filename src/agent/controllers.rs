@@ -13,6 +13,7 @@ use chrono::Utc;
 
 use super::shared::{Shared, View};
 use crate::model::workload::{keys, SchedulingRecord};
+use crate::sched::liveness::{classify, ViewState};
 use crate::sched::settle::Settle;
 use crate::sched::{
     self, LeaderCtx, Liveness, Plan, PodKey, SchedulingWrite, Snapshot, StatusRecords,
@@ -26,21 +27,36 @@ const DEBOUNCE: Duration = Duration::from_millis(30);
 /// churn the status document with hundreds of events at once.
 const MAX_EVENTS_PER_ROUND: usize = 64;
 
-/// The leader's view of every member: alive, suspect, or dead (anything else, and unknown).
-fn liveness(view: &View, me: &str) -> BTreeMap<String, Liveness> {
+/// The leader's view of every member, damped (`sched::liveness`): a flapping member gets no
+/// new pods and keeps its pods until it has stayed dead for a full detection period; a member
+/// whose kubelet reports runtime pressure gets no new pods either.
+fn liveness(shared: &Shared, view: &View, me: &str) -> BTreeMap<String, Liveness> {
+    let now = Utc::now();
+    let pressured = super::backend::pressured_nodes(shared);
     let mut out: BTreeMap<String, Liveness> = view
         .members
         .iter()
         .map(|m| {
-            let l = match m.state.as_str() {
-                "alive" => Liveness::Alive,
-                "suspect" => Liveness::Suspect,
-                _ => Liveness::Dead,
+            let state = match m.state.as_str() {
+                "alive" => ViewState::Alive,
+                "suspect" => ViewState::Suspect,
+                _ => ViewState::Gone,
             };
+            let recoveries = view.recoveries.get(&m.name).map_or(&[][..], Vec::as_slice);
+            let since = view.since.get(&m.name).copied();
+            let mut l = classify(state, since, recoveries, now);
+            if l == Liveness::Alive && pressured.contains_key(&m.name) {
+                l = Liveness::Suspect;
+            }
             (m.name.clone(), l)
         })
         .collect();
-    out.insert(me.to_string(), Liveness::Alive);
+    let me_live = if pressured.contains_key(me) {
+        Liveness::Suspect
+    } else {
+        Liveness::Alive
+    };
+    out.insert(me.to_string(), me_live);
     out
 }
 
@@ -137,10 +153,17 @@ pub async fn run(shared: Arc<Shared>, shutdown: impl std::future::Future<Output 
             tracing::info!(epoch = view.epoch, "acting as the scheduler leader");
             leading = true;
         }
+        // Take office in the document, so that the others keep us while we live.
+        if shared.doc().leader_record().as_deref() != Some(shared.node_name.as_str()) {
+            let me = shared.node_name.clone();
+            if let Err(e) = shared.write(|doc| doc.put_leader_record(&me).map(|_| ())) {
+                tracing::warn!(%e, "recording this node as the leader in office");
+            }
+        }
         // The heads before the snapshot: a change in between makes the next round run again
         // rather than be skipped.
         let heads = shared.doc().heads_digest();
-        let snapshot = snapshot(&shared, liveness(&view, &shared.node_name));
+        let snapshot = snapshot(&shared, liveness(&shared, &view, &shared.node_name));
         let inputs = Inputs {
             heads,
             view: view.view_hash,

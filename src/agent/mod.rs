@@ -351,14 +351,14 @@ pub async fn run(
     // The tasks the node cannot serve without: if one ends or panics before shutdown, the
     // agent stops (exit non-zero, with the reason) instead of serving a frozen replica.
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let net_task = tokio::spawn(net::run(
+    let net_task = spawn_network(
         key,
         shared.clone(),
         net_config,
         state_dir.clone(),
         local_rx,
         stopped(stop_rx.clone()),
-    ));
+    )?;
     let net_task = supervise("the network actor", net_task, &failed_tx, &stop_rx);
 
     let puller = match crate::runtime::image::ImageStore::open(&dir.root().join("images")) {
@@ -633,6 +633,41 @@ fn remember_peers(shared: &Shared, state_dir: &Path, last: &mut Vec<SocketAddr>)
         Ok(()) => *last = now,
         Err(e) => tracing::warn!(%e, "saving the known members' addresses failed"),
     }
+}
+
+/// Runs the network actor on a thread of its own, with its own single-threaded runtime at a
+/// higher priority than the rest of the agent: a probe's ack must not wait behind the API,
+/// the controllers or the kubelet (a starved agent is declared dead and its pods move, which
+/// loads the next node: the storm of issue 13). Returns the actor's result when it ends.
+fn spawn_network(
+    key: libp2p::identity::Keypair,
+    shared: Arc<Shared>,
+    config: NetConfig,
+    data_dir: std::path::PathBuf,
+    local_rx: tokio::sync::mpsc::Receiver<shared::LocalChange>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<Result<(), net::NetError>>, AgentError> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("shoal-net".into())
+        .spawn(move || {
+            crate::runtime::set_niceness(crate::runtime::NETWORK_NICE);
+            let result = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(net::run(key, shared, config, data_dir, local_rx, shutdown)),
+                Err(e) => Err(net::NetError::Thread(e.to_string())),
+            };
+            let _ = done_tx.send(result);
+        })
+        .map_err(|e| AgentError::Other(format!("starting the network thread: {e}")))?;
+    // A panic on that thread drops the sender: reported like any other end of the actor.
+    Ok(tokio::spawn(async move {
+        done_rx
+            .await
+            .unwrap_or_else(|_| Err(net::NetError::Thread("the network thread panicked".into())))
+    }))
 }
 
 /// What the API task needs besides the shared state.

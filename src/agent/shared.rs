@@ -35,6 +35,9 @@ pub struct View {
     pub members: Vec<MemberStatus>,
     /// When each member's state last changed, in this agent's wall clock.
     pub since: BTreeMap<String, DateTime<Utc>>,
+    /// When each member recently came back to alive (from suspect or dead), oldest first, in
+    /// this agent's wall clock: the leader's flap damping (`sched::liveness`).
+    pub recoveries: BTreeMap<String, Vec<DateTime<Utc>>>,
     pub admitted: Vec<String>,
 }
 
@@ -255,8 +258,21 @@ impl Shared {
         self.changes_tx.subscribe()
     }
 
+    /// The membership view, with the leader in office (`sched::leader::in_office`: the
+    /// leader recorded in the document while it is live, else the view's candidate).
     pub fn view(&self) -> View {
-        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+        let mut view = self.view.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let recorded = self.doc().leader_record();
+        let live: Vec<String> = view
+            .members
+            .iter()
+            .filter(|m| m.state == "alive" || m.state == "suspect")
+            .map(|m| m.name.clone())
+            .collect();
+        if !live.is_empty() {
+            view.leader = crate::sched::leader::in_office(recorded.as_deref(), &live);
+        }
+        view
     }
 }
 

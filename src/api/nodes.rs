@@ -37,6 +37,37 @@ fn ready_condition(view: &NodeView) -> Value {
     })
 }
 
+/// `RuntimePressure`: whether the node's kubelet is behind on its runtime work (a burst of pod
+/// starts); while True the scheduler gives it no new pods.
+fn pressure_condition(view: &NodeView) -> Value {
+    let (status, reason, message, since) = match &view.pressure {
+        Some(p) => (
+            "True",
+            "KubeletRuntimeBacklog",
+            format!(
+                "the kubelet has {} runtime actions queued or running; no new pods until it catches up",
+                p.backlog
+            ),
+            p.since,
+        ),
+        None => (
+            "False",
+            "KubeletKeepingUp",
+            "the kubelet keeps up with its pods".to_string(),
+            view.record.created,
+        ),
+    };
+    let since = since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    json!({
+        "type": "RuntimePressure",
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastHeartbeatTime": since,
+        "lastTransitionTime": since,
+    })
+}
+
 /// `spec`: the node's pod subnet, once it holds one (`model::ipam`).
 fn spec(view: &NodeView) -> Value {
     match &view.pod_cidr {
@@ -99,7 +130,7 @@ pub fn node_object(view: &NodeView) -> Value {
         "status": {
             "capacity": record.capacity,
             "allocatable": record.capacity,
-            "conditions": [ready_condition(view)],
+            "conditions": [ready_condition(view), pressure_condition(view)],
             "addresses": [
                 {"type": "InternalIP", "address": record.internal_ip},
                 {"type": "Hostname", "address": record.name},

@@ -360,6 +360,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // Before any thread exists, so every runtime thread inherits it; the shim and the
             // sandbox go back to 0, so containers run at the default priority.
             crate::runtime::set_niceness(crate::runtime::AGENT_NICE);
+            // The session's scheduling group too (it is what counts where autogroup is on).
+            crate::runtime::set_autogroup_nice(crate::runtime::NETWORK_NICE);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

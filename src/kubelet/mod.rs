@@ -29,6 +29,13 @@ use plan::{Action, DesiredPod, Inputs, Planner, SandboxFailure};
 pub const MAX_PARALLEL_ACTIONS: usize = 8;
 /// A planning round runs at least this often.
 const TICK: Duration = Duration::from_secs(1);
+/// What no pod accounts for (`runtime::orphans`) is looked for this often, and at start.
+const REAP_EVERY: Duration = Duration::from_secs(10);
+/// Runtime actions queued or running (at most [`MAX_PARALLEL_ACTIONS`] run at once) above
+/// which the node reports `RuntimePressure` and takes no new pods...
+pub const PRESSURE_ON: usize = 64;
+/// ...until it is back under this many.
+pub const PRESSURE_OFF: usize = 16;
 
 #[derive(Clone, Debug)]
 pub struct KubeletConfig {
@@ -118,6 +125,10 @@ struct Shell {
     permits: Arc<Semaphore>,
     wake_tx: mpsc::Sender<()>,
     probes: Arc<prober::Probes>,
+    /// When orphans were last looked for (`None`: not yet, at start).
+    last_reap: Option<std::time::Instant>,
+    /// Whether this node reports runtime pressure (hysteresis between the two thresholds).
+    pressured: bool,
 }
 
 /// Runs the kubelet until `shutdown` resolves. Containers keep running after it returns.
@@ -176,6 +187,8 @@ pub async fn run(
         permits: Arc::new(Semaphore::new(MAX_PARALLEL_ACTIONS)),
         wake_tx,
         probes,
+        last_reap: None,
+        pressured: false,
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -288,6 +301,73 @@ impl Shell {
         for action in actions {
             tracing::debug!(?action, "kubelet action");
             self.execute(action, &desired, &observed, &verdicts, pod_cidr.as_deref());
+        }
+        self.reap_orphans(&desired, &observed).await;
+        self.report_pressure();
+    }
+
+    /// Writes `RuntimePressure` to this node's status document when the backlog of runtime
+    /// actions crosses [`PRESSURE_ON`], and removes it once it is under [`PRESSURE_OFF`].
+    fn report_pressure(&mut self) {
+        let backlog = self.busy().len();
+        let pressured = if self.pressured {
+            backlog >= PRESSURE_OFF
+        } else {
+            backlog > PRESSURE_ON
+        };
+        if pressured == self.pressured {
+            return;
+        }
+        use crate::model::{RuntimePressure, PRESSURE_KEY};
+        let result = if pressured {
+            tracing::warn!(
+                backlog,
+                "runtime pressure: taking no new pods until the kubelet catches up"
+            );
+            let record = RuntimePressure {
+                since: chrono::Utc::now(),
+                backlog: u32::try_from(backlog).unwrap_or(u32::MAX),
+            };
+            self.shared
+                .write_status(|d| d.put(PRESSURE_KEY, &record).map(|_| ()))
+        } else {
+            tracing::info!(backlog, "runtime pressure over");
+            self.shared
+                .write_status(|d| d.delete(PRESSURE_KEY).map(|_| ()))
+        };
+        match result {
+            Ok(()) => self.pressured = pressured,
+            Err(e) => tracing::warn!(%e, "writing the runtime pressure condition"),
+        }
+    }
+
+    /// Removes what no pod accounts for (`runtime::orphans`), at start and every
+    /// [`REAP_EVERY`]: never a key desired here, observed, or with an action in flight.
+    async fn reap_orphans(
+        &mut self,
+        desired: &BTreeMap<String, DesiredPod>,
+        observed: &BTreeMap<String, crate::runtime::ObservedPod>,
+    ) {
+        if self.last_reap.is_some_and(|t| t.elapsed() < REAP_EVERY) {
+            return;
+        }
+        self.last_reap = Some(std::time::Instant::now());
+        let mut known: BTreeSet<String> = desired.keys().cloned().collect();
+        known.extend(observed.keys().cloned());
+        known.extend(
+            self.busy()
+                .iter()
+                .map(|k| k.split('/').next().unwrap_or(k).to_string()),
+        );
+        let rt = self.runtime.clone();
+        if let Ok(reaped) = tokio::task::spawn_blocking(move || rt.reap(&known)).await {
+            if !reaped.is_empty() {
+                tracing::info!(
+                    count = reaped.len(),
+                    ?reaped,
+                    "removed what no pod accounts for"
+                );
+            }
         }
     }
 
@@ -570,10 +650,17 @@ impl Shell {
         let wake = self.wake_tx.clone();
         tokio::spawn(async move {
             let permit = permits.acquire_owned().await;
-            let exit = tokio::task::spawn_blocking(move || f(&rt, shared))
-                .await
-                .ok()
-                .flatten();
+            let exit = tokio::task::spawn_blocking(move || {
+                // Container work (runc, CNI plugins, the sandbox's first steps) runs below the
+                // agent's own threads: a burst of starts must not starve membership probes.
+                crate::runtime::set_niceness(crate::runtime::RUNTIME_WORK_NICE);
+                let exit = f(&rt, shared);
+                crate::runtime::set_niceness(crate::runtime::AGENT_NICE);
+                exit
+            })
+            .await
+            .ok()
+            .flatten();
             drop(permit);
             busy.lock()
                 .unwrap_or_else(|p| p.into_inner())

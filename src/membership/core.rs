@@ -37,6 +37,9 @@ struct Probe {
     acked: bool,
     /// The shell asked for more time once (it is still connecting to the target).
     extended: bool,
+    /// Indirect probers asked (each owes us an ack or a nack).
+    nacks_expected: usize,
+    nacks: usize,
 }
 
 /// An indirect probe this member runs for another.
@@ -46,6 +49,8 @@ struct Relay {
     origin_addr: String,
     origin_seq: u64,
     expires: Instant,
+    /// When to tell the origin that the target has not answered (cleared once sent).
+    nack_at: Option<Instant>,
 }
 
 /// Urgent updates (deaths, leaves, refutations) are pushed to this many random members on arrival.
@@ -91,7 +96,17 @@ pub struct Membership {
     suspects: BTreeSet<MemberId>,
     /// While set, the epoch is recomputed once at the end of a batch (a push-pull).
     batching: bool,
+    /// Lifeguard's local health score, `0..=config.max_local_health`: probe interval and
+    /// timeout are multiplied by `health + 1`. Rises when our own messages look late (missing
+    /// nacks, suspicions of ourselves to refute), falls with every acked probe.
+    health: u32,
+    /// Recent recoveries (a member back to Alive from Suspect or Dead), per member, oldest
+    /// first, at most [`FLAP_MEMORY`]: the leader's flap damping reads them.
+    recoveries: BTreeMap<MemberId, VecDeque<Instant>>,
 }
+
+/// Recoveries remembered per member for [`Membership::flaps`].
+const FLAP_MEMORY: usize = 8;
 
 impl Membership {
     pub fn new(
@@ -157,7 +172,45 @@ impl Membership {
             epoch,
             batching: false,
             suspects: BTreeSet::new(),
+            health: 0,
+            recoveries: BTreeMap::new(),
         }
+    }
+
+    /// Lifeguard's local health score (0 = healthy).
+    pub fn local_health(&self) -> u32 {
+        self.health
+    }
+
+    /// How many times `id` came back to Alive (from Suspect or Dead) within `window` before
+    /// `now`: a member that flaps under load is not trusted with new work for a while.
+    pub fn flaps(&self, id: &str, window: Duration, now: Instant) -> usize {
+        self.recoveries.get(id).map_or(0, |r| {
+            r.iter()
+                .filter(|at| now.saturating_duration_since(**at) < window)
+                .count()
+        })
+    }
+
+    /// When `id` last came back to Alive, oldest first (at most a few).
+    pub fn recoveries(&self, id: &str) -> impl Iterator<Item = &Instant> {
+        self.recoveries.get(id).into_iter().flatten()
+    }
+
+    /// `d` stretched by the local health multiplier.
+    fn scaled(&self, d: Duration) -> Duration {
+        d * (self.health + 1)
+    }
+
+    fn health_up(&mut self, by: u32) {
+        self.health = self
+            .health
+            .saturating_add(by)
+            .min(self.config.max_local_health);
+    }
+
+    fn health_down(&mut self) {
+        self.health = self.health.saturating_sub(1);
     }
 
     pub fn me(&self) -> &MemberId {
@@ -255,6 +308,11 @@ impl Membership {
                 next = next.min(s.deadline);
             }
         }
+        for r in self.relays.values() {
+            if let Some(at) = r.nack_at {
+                next = next.min(at);
+            }
+        }
         Some(next)
     }
 
@@ -295,10 +353,11 @@ impl Membership {
         if direct_expired {
             self.send_indirect_probes(now);
         }
+        self.send_due_nacks(now);
         if now >= self.next_probe {
             self.finish_probe(now);
             self.start_probe(now);
-            self.next_probe = now + self.config.probe_interval;
+            self.next_probe = now + self.scaled(self.config.probe_interval);
         }
         if now >= self.next_push_pull {
             self.periodic_push_pull();
@@ -351,8 +410,9 @@ impl Membership {
                         },
                     );
                 } else if let Some(p) = self.probe.as_mut() {
-                    if p.seq == seq {
+                    if p.seq == seq && !p.acked {
                         p.acked = true;
+                        self.health_down();
                     }
                 }
                 self.tell_sender(from, from_addr, now);
@@ -385,6 +445,7 @@ impl Membership {
                         origin_addr: from_addr.to_string(),
                         origin_seq: seq,
                         expires: now + self.config.probe_interval,
+                        nack_at: Some(now + self.config.probe_timeout.mul_f64(0.8)),
                     },
                 );
                 let addr = match self.members.get(&target) {
@@ -406,6 +467,13 @@ impl Membership {
             Message::Gossip { updates } => {
                 self.apply_updates(updates, now);
                 self.tell_sender(from, from_addr, now);
+            }
+            Message::Nack { seq } => {
+                if let Some(p) = self.probe.as_mut() {
+                    if p.seq == seq && p.indirect_sent && p.nacks < p.nacks_expected {
+                        p.nacks += 1;
+                    }
+                }
             }
             Message::PushPull { members, reply } => {
                 self.seeds.remove(from);
@@ -442,10 +510,12 @@ impl Membership {
         self.probe = Some(Probe {
             target: target.clone(),
             seq,
-            direct_deadline: now + self.config.probe_timeout,
+            direct_deadline: now + self.scaled(self.config.probe_timeout),
             indirect_sent: false,
             acked: false,
             extended: false,
+            nacks_expected: 0,
+            nacks: 0,
         });
         let mut updates = Vec::new();
         // A suspect learns of its suspicion from the prober itself, so it can refute quickly.
@@ -525,6 +595,9 @@ impl Membership {
             return;
         };
         let helpers = self.random_alive(self.config.indirect_probes, &target);
+        if let Some(p) = self.probe.as_mut() {
+            p.nacks_expected = helpers.len();
+        }
         for (to, addr) in helpers {
             let updates = self.take_piggyback(self.config.max_piggyback);
             let msg = Message::PingReq {
@@ -543,6 +616,14 @@ impl Membership {
         if p.acked {
             return;
         }
+        // Lifeguard: every helper that did not even nack is evidence that our own messages
+        // are late (we are the starved one); with no helper to ask, the failed probe is.
+        let missed = if p.nacks_expected > 0 {
+            p.nacks_expected - p.nacks
+        } else {
+            1
+        };
+        self.health_up(missed as u32);
         let Some(m) = self.members.get(&p.target) else {
             return;
         };
@@ -565,6 +646,23 @@ impl Membership {
                 updates: vec![update],
             },
         );
+    }
+
+    /// Indirect probes we run whose target has not acked by their nack time: tell the origin
+    /// we are alive and did not hear from the target either.
+    fn send_due_nacks(&mut self, now: Instant) {
+        let due: Vec<(MemberId, String, u64)> = self
+            .relays
+            .values_mut()
+            .filter(|r| r.nack_at.is_some_and(|at| now >= at))
+            .map(|r| {
+                r.nack_at = None;
+                (r.origin.clone(), r.origin_addr.clone(), r.origin_seq)
+            })
+            .collect();
+        for (to, addr, seq) in due {
+            self.send(to, addr, Message::Nack { seq });
+        }
     }
 
     // ----- suspicion -----
@@ -690,6 +788,15 @@ impl Membership {
         if info.state == MemberState::Suspect {
             self.start_suspicion(&id, by.clone(), now);
         }
+        if info.state == MemberState::Alive
+            && matches!(was, MemberState::Suspect | MemberState::Dead)
+        {
+            let r = self.recoveries.entry(id.clone()).or_default();
+            if r.len() >= FLAP_MEMORY {
+                r.pop_front();
+            }
+            r.push_back(now);
+        }
         let was_live = matches!(was, MemberState::Alive | MemberState::Suspect);
         let is_live = matches!(info.state, MemberState::Alive | MemberState::Suspect);
         if is_live && !was_live {
@@ -785,6 +892,10 @@ impl Membership {
             info.state != MemberState::Alive && info.incarnation < self.incarnation;
         if stale_alive || stale_accusation {
             return;
+        }
+        // Being suspected is evidence that we answer late (Lifeguard).
+        if info.state != MemberState::Alive {
+            self.health_up(1);
         }
         self.incarnation = info.incarnation + 1;
         let record = self.set_self(MemberState::Alive, now);
@@ -923,6 +1034,7 @@ impl Membership {
             self.suspects.remove(&id);
             self.members.remove(&id);
             self.told.remove(&id);
+            self.recoveries.remove(&id);
         }
         self.relays.retain(|_, r| r.expires > now);
         let horizon = self.config.push_pull_interval;
@@ -953,6 +1065,9 @@ impl Membership {
         }
         for r in self.relays.values_mut() {
             r.expires += late;
+            if let Some(at) = r.nack_at.as_mut() {
+                *at += late;
+            }
         }
     }
 

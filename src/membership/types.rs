@@ -37,6 +37,10 @@ pub struct Config {
     pub dead_reclaim: Duration,
     /// An update is piggybacked `retransmit_mult * ceil(log10(n + 1))` times.
     pub retransmit_mult: u32,
+    /// Lifeguard's local health: the highest score. A member's probe interval and timeout are
+    /// multiplied by `score + 1`, so a member that is itself starved (missed nacks, refuted
+    /// suspicions of itself) probes more slowly instead of accusing healthy members.
+    pub max_local_health: u32,
 }
 
 impl Default for Config {
@@ -60,6 +64,7 @@ impl Default for Config {
             max_piggyback: 16,
             dead_reclaim: Duration::from_secs(600),
             retransmit_mult: 4,
+            max_local_health: 8,
         }
     }
 }
@@ -140,6 +145,10 @@ pub enum Message {
     },
     /// Updates only: a graceful leave, or telling a sender what we believe about it.
     Gossip { updates: Vec<Update> },
+    /// Answer of an indirect prober whose target did not ack in time: "I am alive and
+    /// reachable, the target did not answer me either". An origin that gets fewer nacks than
+    /// it asked helpers for learns that its own messages are late (Lifeguard), not the target's.
+    Nack { seq: u64 },
     /// Full state exchange; `reply` asks the receiver to answer with its own.
     PushPull {
         members: Vec<MemberInfo>,

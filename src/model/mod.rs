@@ -16,4 +16,4 @@ pub mod workload;
 
 pub use names::{is_dns1123_label, is_dns1123_subdomain};
 
-pub use node::{NodeRecord, NodeSystemInfo, NodeView, Readiness};
+pub use node::{NodeRecord, NodeSystemInfo, NodeView, Readiness, RuntimePressure, PRESSURE_KEY};

@@ -60,4 +60,18 @@ pub struct NodeView {
     pub is_leader: bool,
     /// The pod subnet the node holds (`model::ipam`), once it has claimed one.
     pub pod_cidr: Option<String>,
+    /// The node's kubelet is behind (its own status document says so): no new pods for now.
+    pub pressure: Option<RuntimePressure>,
+}
+
+/// Key of [`RuntimePressure`] in a node's own status document (present only while it holds).
+pub const PRESSURE_KEY: &str = "pressure";
+
+/// A kubelet that has more runtime actions queued than it can carry out soon (a burst, a slow
+/// disk): it takes no new pods until it has caught up (`kubelet::PRESSURE_ON/OFF`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimePressure {
+    pub since: DateTime<Utc>,
+    /// Runtime actions queued or running when it began.
+    pub backlog: u32,
 }

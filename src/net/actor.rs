@@ -56,6 +56,9 @@ pub enum NetError {
     Swarm(#[from] super::SwarmError),
     #[error("listening on {addr}: {reason}")]
     Listen { addr: String, reason: String },
+    /// The actor's own thread or runtime failed.
+    #[error("the network thread: {0}")]
+    Thread(String),
 }
 
 /// Extra time a probe gets when its target's connection is still being set up.
@@ -452,12 +455,29 @@ impl Actor {
         members.sort_by(|a, b| a.name.cmp(&b.name));
         let mut admitted: Vec<String> = self.peers.values().map(|p| p.name.clone()).collect();
         admitted.sort();
+        let (now, wall) = (Instant::now(), chrono::Utc::now());
+        let recoveries = members
+            .iter()
+            .map(|m| {
+                let at: Vec<chrono::DateTime<chrono::Utc>> = self
+                    .membership
+                    .recoveries(&m.name)
+                    .filter_map(|t| {
+                        chrono::Duration::from_std(now.saturating_duration_since(*t)).ok()
+                    })
+                    .map(|ago| wall - ago)
+                    .collect();
+                (m.name.clone(), at)
+            })
+            .filter(|(_, at)| !at.is_empty())
+            .collect();
         let view = View {
             epoch: epoch.number,
             view_hash: epoch.view,
             leader: epoch.leader,
             members,
             since: self.since.clone(),
+            recoveries,
             admitted,
         };
         *self.shared.view.write().unwrap_or_else(|p| p.into_inner()) = view;

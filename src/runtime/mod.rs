@@ -21,6 +21,7 @@ pub mod image;
 pub mod logs;
 pub mod network;
 pub mod observe;
+pub mod orphans;
 pub mod pods;
 pub mod runc;
 pub mod sandbox;
@@ -297,6 +298,27 @@ pub struct ImageInfo {
 /// the API and replication keep answering while a node starts hundreds of containers at once
 /// (a starved agent misses probes, is declared dead, and its pods fail over needlessly).
 pub const AGENT_NICE: i32 = -5;
+
+/// Niceness of the kubelet's runtime work (runc, CNI plugins, spawning sandboxes and shims):
+/// below the agent's threads (membership, replication, the API), so a burst of pod starts
+/// cannot delay a probe's ack; the containers themselves run at 0.
+pub const RUNTIME_WORK_NICE: i32 = 5;
+
+/// Niceness of the agent's network thread (membership probes and acks, replication), and of
+/// the agent's autogroup where autogroup scheduling is on.
+pub const NETWORK_NICE: i32 = -10;
+
+/// Sets the nice value of this process's *autogroup*. With Linux's `CONFIG_SCHED_AUTOGROUP` on
+/// (the default of most distributions), every session is a scheduling group and the groups
+/// share the CPU equally whatever their threads' niceness: an agent at −5 would get no more
+/// than one container's session (each sandbox, shim and container calls `setsid`), and a
+/// burst of a hundred starting pods would starve it. The group's own nice value is what
+/// weighs against the other sessions. No-op (logged) without autogroup or privilege.
+pub fn set_autogroup_nice(nice: i32) {
+    if let Err(e) = std::fs::write("/proc/self/autogroup", nice.to_string()) {
+        tracing::debug!(nice, error = %e, "setting the autogroup's nice value failed");
+    }
+}
 
 /// Sets the calling thread's niceness (Linux: per thread; threads and processes created
 /// afterwards inherit it). Failure (no privilege) is logged and otherwise ignored.

@@ -489,6 +489,28 @@ impl Runtime {
         remove_dir(&dir)
     }
 
+    /// The ids of the runc containers under this node's root (none if `runc list` fails).
+    pub fn runc_list_ids(&self) -> Vec<String> {
+        match self.runc.list() {
+            Ok(list) => list.into_iter().map(|e| e.id).collect(),
+            Err(e) => {
+                tracing::debug!(%e, "runc list");
+                Vec::new()
+            }
+        }
+    }
+
+    /// `runc delete --force ID`.
+    pub fn runc_delete_force(&self, id: &str) -> Result<(), RuntimeError> {
+        self.runc.delete(id, true)
+    }
+
+    /// Removes the dir of pod `key` (unmounting its tmpfs volumes first).
+    pub fn remove_dir_of(&self, key: &str) -> Result<(), RuntimeError> {
+        check_component("pod key", key)?;
+        remove_dir(&self.pod_dir(key))
+    }
+
     /// runc containers under this node's root that no pod dir accounts for (left by a crash
     /// between `runc create` and the pod's removal): force-deleted. Returns their ids.
     pub fn sweep_orphans(&self) -> Result<Vec<String>, RuntimeError> {

@@ -1,8 +1,11 @@
-//! Scheduler-leader choice: a pure, order-independent function of the live set (rendezvous hashing).
-//!
-//! Every agent that shares a view names the same leader without exchanging a message. The weight
-//! of a node is a stable hash (SHA-256) of its id, so the leader only changes when the leader
-//! leaves the live set or a node with a higher weight joins it.
+//! Scheduler-leader choice. The *candidate* of a live set is a pure, order-independent function
+//! of it (rendezvous hashing): every agent that shares a view names the same candidate without
+//! exchanging a message. The leader *in office* is sticky ([`in_office`]): the leader recorded
+//! in the cluster document keeps office while it is live in the view, so a node that flaps, or
+//! a node with a higher weight that joins or returns, does not move leadership (each move is a
+//! round of decisions made on a fresh view); when the recorded leader leaves the live set, the
+//! candidate takes office and records itself. Replicas converge on one record, so views that
+//! agree on the live set and share the document agree on the leader.
 
 use sha2::{Digest, Sha256};
 
@@ -25,6 +28,20 @@ pub fn leader<'a>(live: impl IntoIterator<Item = &'a MemberId>) -> Option<Member
     live.into_iter()
         .max_by(|a, b| (weight(a), a.as_str()).cmp(&(weight(b), b.as_str())))
         .cloned()
+}
+
+/// The leader in office: the `recorded` one while it is in `live`, else the candidate of
+/// `live` (`None` for an empty set).
+pub fn in_office<'a>(
+    recorded: Option<&str>,
+    live: impl IntoIterator<Item = &'a MemberId> + Clone,
+) -> Option<MemberId> {
+    if let Some(r) = recorded {
+        if live.clone().into_iter().any(|m| m == r) {
+            return Some(r.to_string());
+        }
+    }
+    leader(live)
 }
 
 #[cfg(test)]
@@ -105,6 +122,33 @@ mod tests {
             more.insert(joiner.clone());
             let after = leader(&more).unwrap();
             prop_assert!(after == before || after == joiner);
+        }
+    }
+
+    #[test]
+    fn the_recorded_leader_keeps_office_while_live() {
+        let live: BTreeSet<MemberId> = ids(5).into_iter().collect();
+        let candidate = leader(&live).unwrap();
+        let other = live.iter().find(|m| **m != candidate).unwrap().clone();
+        assert_eq!(in_office(Some(&other), &live), Some(other.clone()));
+        assert_eq!(in_office(None, &live), Some(candidate.clone()));
+        // The recorded leader left: the candidate of the rest takes office.
+        let rest: BTreeSet<MemberId> = live.iter().filter(|m| **m != other).cloned().collect();
+        assert_eq!(in_office(Some(&other), &rest), leader(&rest));
+        assert_eq!(in_office(Some("gone"), &live), Some(candidate));
+    }
+
+    proptest! {
+        /// Whatever is recorded, the leader in office is a live member (of a non-empty set).
+        #[test]
+        fn in_office_is_live(n in 1usize..20, pick in 0usize..40) {
+            let live: BTreeSet<MemberId> = ids(n).into_iter().collect();
+            let recorded = format!("node-{pick}");
+            let l = in_office(Some(&recorded), &live).unwrap();
+            prop_assert!(live.contains(&l));
+            if live.contains(&recorded) {
+                prop_assert_eq!(l, recorded);
+            }
         }
     }
 }

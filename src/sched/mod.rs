@@ -9,6 +9,7 @@ mod gc;
 pub mod hash;
 pub mod job;
 pub mod leader;
+pub mod liveness;
 mod object;
 pub mod podspec;
 pub mod replicaset;

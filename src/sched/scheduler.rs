@@ -30,6 +30,11 @@ type NewestFirst = std::cmp::Reverse<(chrono::DateTime<chrono::Utc>, String)>;
 /// Pods a node takes when its record does not say (Kubernetes' default).
 pub const DEFAULT_MAX_PODS: u64 = 110;
 
+/// Most pods moved off dead nodes in one round; the rest move in the next rounds (a round
+/// follows each applied plan at once, so a real failover of a few hundred pods takes a few
+/// rounds, while a storm of false deaths cannot re-bind the whole cluster in one go).
+pub const REBIND_BUDGET: usize = 100;
+
 /// Filter failure reasons, in Kubernetes' wording.
 const REASONS: [&str; 7] = [
     "node(s) had untolerated taint {node.kubernetes.io/unreachable: }",
@@ -333,6 +338,7 @@ pub(crate) fn schedule(
 
     // (pod, node, its binding when the pod may be moved: controller-owned, not `nodeName`)
     let mut placed: Vec<(PodInfo<'_>, usize, Option<Binding>)> = Vec::new();
+    let mut rebinds = 0usize;
     let mut pending: Vec<PodInfo<'_>> = Vec::new();
     let mut anti_affinity = false;
     for (key, pod) in pods.iter() {
@@ -361,8 +367,14 @@ pub(crate) fn schedule(
             continue;
         }
         match bindings.get(key) {
-            // Controllers replace their pods on dead nodes; bare pods stay where they are.
-            Some(b) if dead(&b.node) && info.owner.is_some() => pending.push(info),
+            // Controllers replace their pods on dead nodes (at most REBIND_BUDGET a round: a
+            // storm of failovers must not double the work it fixes); bare pods stay.
+            Some(b) if dead(&b.node) && info.owner.is_some() => {
+                if rebinds < REBIND_BUDGET {
+                    rebinds += 1;
+                    pending.push(info);
+                }
+            }
             Some(b) => {
                 if let Some(&i) = by_name.get(b.node.as_str()) {
                     let movable = info.owner.is_some().then(|| b.as_ref().clone());

@@ -20,7 +20,8 @@ use crate::state::{ClusterDoc, StateError};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Liveness {
     Alive,
-    /// Probes failing, not yet declared dead: no new pods, but its pods stay.
+    /// Not trusted with new pods, but its pods stay: probes failing and not yet declared
+    /// dead, or flapping (`sched::liveness`).
     Suspect,
     /// Dead, left, or unknown to the view: controller-owned pods bound to it are replaced.
     Dead,

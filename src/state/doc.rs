@@ -145,6 +145,22 @@ impl ClusterDoc {
             .flatten()
     }
 
+    // ---- the leader in office ----
+
+    /// The scheduler leader in office, as last recorded (`sched::leader::in_office`).
+    pub fn leader_record(&self) -> Option<String> {
+        self.get_typed(keys::LEADER).ok().flatten()
+    }
+
+    /// Records `node` as the leader in office unless it already is (only real transitions).
+    pub fn put_leader_record(&mut self, node: &str) -> Result<bool, StateError> {
+        if self.leader_record().as_deref() == Some(node) {
+            return Ok(false);
+        }
+        self.put_typed(keys::LEADER, &node)?;
+        Ok(true)
+    }
+
     // ---- nodes ----
 
     pub fn node(&self, name: &str) -> Result<Option<NodeRecord>, StateError> {

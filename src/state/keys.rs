@@ -11,11 +11,14 @@
 //!   (`model::workload::Binding`)
 //! - `podcidr/<index>`             a node's claim of a pod subnet (only the claiming node
 //!   writes it; `model::ipam`)
+//! - `leader`                      the scheduler leader in office (written by the node that
+//!   takes office; `sched::leader::in_office`)
 
 pub const META: &str = "meta";
 pub const TOKEN_PREFIX: &str = "token/";
 pub const NODE_PREFIX: &str = "node/";
 pub const OBJ_PREFIX: &str = "obj/";
+pub const LEADER: &str = "leader";
 
 /// Parsed `obj/...` key.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

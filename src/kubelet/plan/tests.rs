@@ -1128,3 +1128,180 @@ fn deleting_a_pod_runs_the_recorded_pre_stop_hook_then_kills() {
         }]
     ));
 }
+
+/// The pod bound under key `k<i>` (pod `p<i>`, uid `u<i>`).
+fn bound(i: usize) -> DesiredPod {
+    DesiredPod {
+        key: format!("k{i}"),
+        pod: serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("p{i}"), "namespace": "default", "uid": format!("u{i}")},
+            "spec": {"containers": [{"name": "main", "image": "img:1"}],
+                     "terminationGracePeriodSeconds": 2}
+        }))
+        .unwrap(),
+    }
+}
+
+/// Carries out `actions` on a fake runtime, each succeeding unless `fail` says otherwise (a
+/// failed sandbox creation may leave its process behind, unattached, as the real one can).
+fn execute(w: &mut World, actions: &[Action], fail: &mut impl FnMut() -> bool, now: DateTime<Utc>) {
+    for a in actions {
+        match a {
+            Action::CreateSandbox { key } => {
+                let d = &w.desired[key];
+                let failed = fail();
+                let o = w
+                    .observed
+                    .entry(key.clone())
+                    .or_insert_with(|| ObservedPod {
+                        meta: PodMeta {
+                            key: key.clone(),
+                            namespace: d.namespace(),
+                            name: d.name(),
+                            uid: d.uid(),
+                            grace_seconds: 2,
+                            created_at: now,
+                            hooks: Vec::new(),
+                        },
+                        sandbox: None,
+                        network: None,
+                        containers: BTreeMap::new(),
+                    });
+                if failed {
+                    if fail() {
+                        o.sandbox = Some(ProcessRecord {
+                            pid: 1,
+                            start_time: 1,
+                        });
+                    }
+                    let attempts = w.failures.get(key).map_or(0, |f| f.attempts) + 1;
+                    w.failures.insert(
+                        key.clone(),
+                        SandboxFailure {
+                            message: "boom".into(),
+                            at: now,
+                            attempts,
+                        },
+                    );
+                } else {
+                    o.sandbox = Some(ProcessRecord {
+                        pid: 1,
+                        start_time: 1,
+                    });
+                    w.failures.remove(key);
+                }
+            }
+            Action::StartContainer {
+                key,
+                container,
+                restart,
+            } => {
+                if let Some(o) = w.observed.get_mut(key) {
+                    let state = if fail() {
+                        exited(1, 0, 0)
+                    } else {
+                        AttemptState::Running { started_at: now }
+                    };
+                    o.containers.insert(
+                        container.clone(),
+                        ObservedContainer {
+                            latest: ObservedAttempt {
+                                restart: *restart,
+                                state,
+                            },
+                            previous: None,
+                        },
+                    );
+                }
+            }
+            Action::KillContainer { key, container, .. } => {
+                if let Some(c) = w
+                    .observed
+                    .get_mut(key)
+                    .and_then(|o| o.containers.get_mut(container))
+                {
+                    c.latest.state = AttemptState::Exited(ExitRecord {
+                        exit_code: 137,
+                        signal: Some(9),
+                        reason: "Error".into(),
+                        message: None,
+                        started_at: None,
+                        finished_at: now,
+                        oom_killed: false,
+                    });
+                }
+            }
+            Action::RemovePod { key } => {
+                w.observed.remove(key);
+            }
+            Action::StopSandbox { key } => {
+                if let Some(o) = w.observed.get_mut(key) {
+                    o.sandbox = None;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+proptest! {
+    /// Issue 13: across any sequence of binds, unbinds and failing runtime outcomes, the node
+    /// never holds a sandbox for a pod that is neither bound here nor being stopped, holds at
+    /// most one per pod, and once the bindings stop changing (and the runtime works again)
+    /// it holds exactly one per bound pod — none after every pod is unbound.
+    #[test]
+    fn sandboxes_held_never_exceed_pods_bound(
+        steps in proptest::collection::vec((proptest::collection::btree_set(0usize..6, 0..6), any::<u64>()), 1..25),
+    ) {
+        let mut p = Planner::new();
+        let mut w = World::new(None, None);
+        let mut now = 0i64;
+        for (bound_set, seed) in &steps {
+            w.desired = bound_set.iter().map(|&i| (format!("k{i}"), bound(i))).collect();
+            w.failures.retain(|k, _| w.desired.contains_key(k));
+            let bits = *seed;
+            let mut bit = 0u32;
+            for _ in 0..3 {
+                let mut fail = || { bit += 1; bit <= 64 && (bits >> (bit - 1)) & 1 == 1 };
+                let actions = w.plan(&mut p, t(now));
+                for a in &actions {
+                    if let Action::CreateSandbox { key } = a {
+                        prop_assert!(w.desired.contains_key(key), "a sandbox for unbound {key}");
+                    }
+                }
+                // Every copy that is not bound here is being stopped or removed right now.
+                for (k, o) in &w.observed {
+                    if w.desired.contains_key(k) {
+                        continue;
+                    }
+                    let removed = actions.iter().any(|a| matches!(a, Action::RemovePod { key } if key == k));
+                    prop_assert!(
+                        removed || p.stopping.contains_key(k),
+                        "unbound {k} neither stopped nor removed (running: {})",
+                        o.anything_running()
+                    );
+                }
+                execute(&mut w, &actions, &mut fail, t(now));
+                now += 1;
+            }
+        }
+        // Bindings settle on the last set; the runtime works again: exactly one per bound pod.
+        for _ in 0..40 {
+            let actions = w.plan(&mut p, t(now));
+            execute(&mut w, &actions, &mut || false, t(now));
+            now += 1;
+        }
+        let held: BTreeSet<&String> = w.observed.iter().filter(|(_, o)| o.sandbox.is_some()).map(|(k, _)| k).collect();
+        let want: BTreeSet<&String> = w.desired.keys().collect();
+        prop_assert_eq!(&held, &want);
+        prop_assert_eq!(w.observed.len(), w.desired.len(), "pod dirs of unbound pods left");
+        // Everything unbound: nothing left.
+        w.desired.clear();
+        for _ in 0..40 {
+            let actions = w.plan(&mut p, t(now));
+            execute(&mut w, &actions, &mut || false, t(now));
+            now += 1;
+        }
+        prop_assert!(w.observed.is_empty(), "left: {:?}", w.observed.keys().collect::<Vec<_>>());
+    }
+}

@@ -530,3 +530,105 @@ fn a_probe_over_a_connection_being_set_up_gets_more_time_once() {
         assert_eq!(suspected, !extend, "extend={extend}: {events:?}");
     }
 }
+
+#[test]
+fn a_prober_cut_off_from_everyone_slows_down_instead_of_accusing_at_full_speed() {
+    let mut net = Net::new(&["a", "b", "c", "d", "e"]);
+    net.run(Duration::from_secs(8));
+    assert_eq!(
+        net.get("a").local_health(),
+        0,
+        "a healthy cluster stays at 0"
+    );
+    // a's outgoing messages are all lost (a starved or cut-off prober): no acks, no nacks.
+    for other in ["b", "c", "d", "e"] {
+        net.cut.insert(("a".into(), other.into()));
+    }
+    net.run(Duration::from_secs(3));
+    let health = net.get("a").local_health();
+    assert!(
+        health >= 3,
+        "missing nacks raise a's local health: {health}"
+    );
+    assert!(health <= Config::default().max_local_health);
+    // Its messages flow again: acked probes bring it back down.
+    net.cut.clear();
+    net.run(Duration::from_secs(30));
+    assert_eq!(net.get("a").local_health(), 0);
+}
+
+#[test]
+fn helpers_nack_when_the_target_does_not_answer_and_the_origin_stays_healthy() {
+    let mut net = Net::new(&["a", "b", "c", "d"]);
+    net.run(Duration::from_secs(8));
+    // d dies: everyone's probes of d fail, but helpers nack, so nobody blames itself.
+    for other in ["a", "b", "c"] {
+        net.cut.insert(("d".into(), other.into()));
+        net.cut.insert((other.into(), "d".into()));
+    }
+    let mut nacks = 0;
+    let end = net.now + Duration::from_secs(6);
+    while net.now < end {
+        net.run(10 * MS);
+        nacks += net
+            .inflight
+            .iter()
+            .filter(|(_, _, m)| matches!(m, Message::Nack { .. }))
+            .count();
+    }
+    assert!(nacks > 0, "helpers sent nacks for the silent target");
+    for n in ["a", "b", "c"] {
+        assert_eq!(
+            net.get(n).state_of("d"),
+            Some(MemberState::Dead),
+            "{n} sees d dead"
+        );
+        assert!(
+            net.get(n).local_health() <= 1,
+            "{n} blamed itself: health {}",
+            net.get(n).local_health()
+        );
+    }
+}
+
+#[test]
+fn being_suspected_raises_local_health_and_recoveries_are_counted() {
+    let now = Instant::now();
+    let mut a = node("a", now);
+    a.handle_message(
+        &"b".to_string(),
+        "/test/b",
+        Message::Gossip {
+            updates: vec![upd(with_state(alive("a", 1), MemberState::Suspect), "b")],
+        },
+        now,
+    );
+    assert_eq!(a.local_health(), 1, "refuting a suspicion of itself");
+    // b: suspect then alive twice within a minute -> two recoveries.
+    let mut t = now;
+    for inc in [1u64, 2, 3] {
+        t += Duration::from_secs(1);
+        a.handle_message(
+            &"c".to_string(),
+            "/test/c",
+            Message::Gossip {
+                updates: vec![upd(with_state(alive("b", inc), MemberState::Suspect), "c")],
+            },
+            t,
+        );
+        a.handle_message(
+            &"b".to_string(),
+            "/test/b",
+            Message::Gossip {
+                updates: vec![upd(alive("b", inc + 1), "b")],
+            },
+            t,
+        );
+    }
+    assert_eq!(a.flaps("b", Duration::from_secs(60), t), 3);
+    assert_eq!(
+        a.flaps("b", Duration::from_secs(60), t + Duration::from_secs(120)),
+        0,
+        "recoveries age out of the window"
+    );
+}
