@@ -87,6 +87,18 @@ fn killed_agent_is_notready_everywhere_then_resumes_from_disk() {
             "losing a non-leader must not move the leader"
         );
     }
+    // The survivors' leader takes office (records itself in the document) once its view has
+    // settled; only then is leadership sticky against n3's return.
+    let leader_node = c.nodes.iter().find(|n| n.name == leader).unwrap();
+    poll(
+        "the survivors' leader takes office",
+        Duration::from_secs(30),
+        || {
+            c.log(leader_node)
+                .contains("acting as the scheduler leader")
+                .then_some(())
+        },
+    );
     c.restart(2);
     // The restarted agent serves what it had on disk, before or while it rejoins.
     poll(
@@ -101,10 +113,23 @@ fn killed_agent_is_notready_everywhere_then_resumes_from_disk() {
             .then_some(())
     });
     let all: Vec<_> = c.nodes.iter().collect();
+    let again = c.agreed_leader(&all, Duration::from_secs(30));
+    let history: Vec<String> = c
+        .nodes
+        .iter()
+        .flat_map(|n| {
+            c.log(n)
+                .lines()
+                .filter(|l| l.contains("scheduler leader") || l.contains("member "))
+                .map(|l| format!("{}: {l}", n.name))
+                .collect::<Vec<_>>()
+        })
+        .collect();
     assert_eq!(
-        c.agreed_leader(&all, Duration::from_secs(30)),
+        again,
         leader,
-        "the leader in office keeps office while it lives: a returning node does not take it back"
+        "the leader in office keeps office while it lives: a returning node does not take it back\n{}",
+        history.join("\n")
     );
 }
 

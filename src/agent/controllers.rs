@@ -153,8 +153,19 @@ pub async fn run(shared: Arc<Shared>, shutdown: impl std::future::Future<Output 
             tracing::info!(epoch = view.epoch, "acting as the scheduler leader");
             leading = true;
         }
-        // Take office in the document, so that the others keep us while we live.
-        if shared.doc().leader_record().as_deref() != Some(shared.node_name.as_str()) {
+        // Take office in the document, so that the others keep us while we live: only from a
+        // recorded leader this view knows to be gone (or, after the start-up grace, does not
+        // know at all: forgotten long ago), never from one a young, partial view lacks.
+        let recorded = shared.doc().leader_record();
+        let may_take_office = match recorded.as_deref() {
+            None => true,
+            Some(r) if r == shared.node_name => false,
+            Some(r) => match view.members.iter().find(|m| m.name == r) {
+                Some(m) => m.state == "dead" || m.state == "left",
+                None => started.elapsed() >= sched::settle::STARTUP_GRACE,
+            },
+        };
+        if may_take_office {
             let me = shared.node_name.clone();
             if let Err(e) = shared.write(|doc| doc.put_leader_record(&me).map(|_| ())) {
                 tracing::warn!(%e, "recording this node as the leader in office");

@@ -39,6 +39,9 @@ struct Probe {
     extended: bool,
     /// Indirect probers asked (each owes us an ack or a nack).
     nacks_expected: usize,
+    /// Of those, the ones we heard from lately: only their silence says that *we* are slow
+    /// (a helper across a partition cannot nack either).
+    nacks_owed: usize,
     nacks: usize,
 }
 
@@ -103,6 +106,8 @@ pub struct Membership {
     /// Recent recoveries (a member back to Alive from Suspect or Dead), per member, oldest
     /// first, at most [`FLAP_MEMORY`]: the leader's flap damping reads them.
     recoveries: BTreeMap<MemberId, VecDeque<Instant>>,
+    /// When each member last sent us anything (Lifeguard: whose missing nack counts).
+    heard: BTreeMap<MemberId, Instant>,
 }
 
 /// Recoveries remembered per member for [`Membership::flaps`].
@@ -174,6 +179,7 @@ impl Membership {
             suspects: BTreeSet::new(),
             health: 0,
             recoveries: BTreeMap::new(),
+            heard: BTreeMap::new(),
         }
     }
 
@@ -370,6 +376,9 @@ impl Membership {
         if self.left || from == &self.me || !valid_id(from) || from_addr.len() > MAX_ADDR_LEN {
             return;
         }
+        if self.members.contains_key(from) {
+            self.heard.insert(from.clone(), now);
+        }
         match msg {
             Message::Ping {
                 seq,
@@ -515,6 +524,7 @@ impl Membership {
             acked: false,
             extended: false,
             nacks_expected: 0,
+            nacks_owed: 0,
             nacks: 0,
         });
         let mut updates = Vec::new();
@@ -584,7 +594,7 @@ impl Membership {
         self.probe_order.insert(pos, id);
     }
 
-    fn send_indirect_probes(&mut self, _now: Instant) {
+    fn send_indirect_probes(&mut self, now: Instant) {
         let Some(p) = self.probe.as_mut() else { return };
         if p.acked || p.indirect_sent {
             return;
@@ -595,8 +605,18 @@ impl Membership {
             return;
         };
         let helpers = self.random_alive(self.config.indirect_probes, &target);
+        let recent = self.config.probe_interval * 2;
+        let owed = helpers
+            .iter()
+            .filter(|(h, _)| {
+                self.heard
+                    .get(h)
+                    .is_some_and(|at| now.saturating_duration_since(*at) <= recent)
+            })
+            .count();
         if let Some(p) = self.probe.as_mut() {
             p.nacks_expected = helpers.len();
+            p.nacks_owed = owed;
         }
         for (to, addr) in helpers {
             let updates = self.take_piggyback(self.config.max_piggyback);
@@ -616,14 +636,13 @@ impl Membership {
         if p.acked {
             return;
         }
-        // Lifeguard: every helper that did not even nack is evidence that our own messages
-        // are late (we are the starved one); with no helper to ask, the failed probe is.
-        let missed = if p.nacks_expected > 0 {
-            p.nacks_expected - p.nacks
-        } else {
-            1
-        };
-        self.health_up(missed as u32);
+        // Lifeguard: helpers that do not even nack are evidence that our own messages are late
+        // (we are the starved one); with no helper to ask, the failed probe is. One step per
+        // probe at most: in a partition, helpers on the far side cannot nack either, and
+        // stretching every probe there would slow the detection each side needs.
+        if p.nacks_expected == 0 || (p.nacks_owed > 0 && p.nacks == 0) {
+            self.health_up(1);
+        }
         let Some(m) = self.members.get(&p.target) else {
             return;
         };
@@ -1035,6 +1054,7 @@ impl Membership {
             self.members.remove(&id);
             self.told.remove(&id);
             self.recoveries.remove(&id);
+            self.heard.remove(&id);
         }
         self.relays.retain(|_, r| r.expires > now);
         let horizon = self.config.push_pull_interval;
