@@ -433,7 +433,7 @@ mod tests {
         assert_eq!(b.position(&rv), None);
         assert_eq!(a.position("abc"), None);
         assert_eq!(a.position("12"), None);
-        let mut wake = a.subscribe();
+        let wake = a.subscribe();
         a.with("pods", || vec![obj("a", 2)], |_, _| ());
         assert!(wake.has_changed().unwrap());
         let events = a.since("pods", snapshot.1).unwrap();

@@ -555,11 +555,14 @@ const CONTINUE_TOO_OLD: &str = "The provided continue parameter is too old to di
 
 /// What a list reads: its objects (sorted by key), the resourceVersion they are at, and where
 /// a continued list resumes (after this key).
+type ListSource = (Vec<Arc<Value>>, u64, Option<(String, String)>);
+
+/// See [`ListSource`].
 fn list_source(
     state: &ApiState,
     info: &ResourceInfo,
     query: &Query,
-) -> Result<(Vec<Arc<Value>>, u64, Option<(String, String)>), ApiError> {
+) -> Result<ListSource, ApiError> {
     let rv = query.get("resourceVersion").filter(|v| !v.is_empty());
     let rv_match = query.get("resourceVersionMatch").filter(|v| !v.is_empty());
     let token = query.get("continue").filter(|v| !v.is_empty());
