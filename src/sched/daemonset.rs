@@ -342,7 +342,7 @@ pub(crate) fn reconcile(
             let cur_ok = current.get(node).is_some_and(&mut available);
             let olds = old.get(node).cloned().unwrap_or_default();
             let old_ok = olds.iter().any(&mut available);
-            if !cur_ok && !(current.get(node).is_none() && old_ok) {
+            if !(cur_ok || (!current.contains_key(node) && old_ok)) {
                 unavailable += 1;
             }
             if current.contains_key(node) {
