@@ -17,6 +17,11 @@ N="${1:-3}"
 UP_TIMEOUT="${UP_TIMEOUT:-180}"
 
 need_root
+# One machine stands in for N hosts. With the kernel's autogroup scheduling on (most
+# distributions' default), every session is a scheduling group with an equal share: each pod's
+# sandbox, shim and container sessions would weigh as much as a whole agent, which no real host
+# of the cluster sees (each agent has its own CPUs there). Niceness then works as on N hosts.
+if [ -w /proc/sys/kernel/sched_autogroup_enabled ]; then echo 0 >/proc/sys/kernel/sched_autogroup_enabled; fi
 install_prereqs
 ensure_binary
 
