@@ -86,10 +86,9 @@ pub fn plan(facts: &Facts, known: &BTreeSet<String>) -> Vec<Reap> {
     out
 }
 
-/// The pod key a runc container id belongs to: the longest `known` or observed key that
-/// prefixes `id` followed by `-` (keys are uuids; container ids are `<key>-<name>-<restart>`).
+/// The pod key a runc container id belongs to: container ids are `<key>-<name>-<restart>`
+/// (`pods::container_id`) and keys are uuids (binding ids, or pod uids), 36 characters.
 fn container_key(id: &str) -> Option<String> {
-    // `<uuid>-<container>-<restart>`: a uuid is 36 characters.
     let key = id.get(..36)?;
     (id.as_bytes().get(36) == Some(&b'-')).then(|| key.to_string())
 }
