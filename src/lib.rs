@@ -1,11 +1,13 @@
 //! shoal: a masterless container orchestrator.
 //!
-//! Every host runs the same agent (`shoal agent`). Code map (see `docs/ARCHITECTURE.md`):
+//! Every host runs the same agent (`shoal agent`). Code map (see `docs/ARCHITECTURE.md`, whose
+//! layer order `tests/tidy.rs` enforces on every import):
 //!
 //! - [`model`]: plain resource types (node records, views, workload records) shared by all roles.
 //! - [`state`]: the replicated automerge document: typed reads/writes, persistence, sync, compaction.
-//! - [`membership`]: SWIM-like failure detection (pure core) and the epoch view.
-//! - [`sched`]: scheduler-leader choice per epoch, placement and controllers (pure).
+//! - [`membership`]: SWIM-like failure detection (pure core) and the epoch view with its scheduler
+//!   leader.
+//! - [`sched`]: the scheduler leader's placement and controllers (pure).
 //! - [`kubelet`]: pod lifecycle planning (pure) and its loop over the runtime.
 //! - [`runtime`]: image store, OCI bundles, runc, per-container shims and pod sandboxes.
 //! - [`sim`]: deterministic many-node simulator of the pure cores.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Container, Pod};
-use shoal::api::LogRequest;
+use shoal::model::logs::LogRequest;
 use shoal::runtime::logs::{find_target, read_logs};
 use shoal::runtime::pods::StartOutcome;
 use shoal::runtime::runc::{OciRuntime, RuncCli};

@@ -45,7 +45,7 @@ fn assert_converged(sim: &mut Sim, nodes: &[usize], expected: &BTreeSet<MemberId
     assert_eq!(l.len(), 1, "one leader: {l:?}");
     let leader = l.into_iter().next().flatten().expect("a leader");
     assert!(expected.contains(&leader), "leader {leader} is in the view");
-    assert_eq!(Some(leader), shoal::sched::leader::leader(expected));
+    assert_eq!(Some(leader), shoal::membership::leader::leader(expected));
 }
 
 /// Nodes not killed (running, or briefly stalled by a hiccup).
@@ -536,8 +536,10 @@ fn workload_violations(
     node: usize,
     want: &BTreeMap<&str, i64>,
 ) -> Result<usize, String> {
-    use shoal::sched::{replicaset::slot_of, Snapshot};
-    let s = Snapshot::from_doc(sim.doc(node), BTreeMap::new(), BTreeMap::new());
+    use shoal::sched::replicaset::slot_of;
+    let s = sim
+        .doc(node)
+        .workload_snapshot(BTreeMap::new(), BTreeMap::new());
     let running: BTreeSet<String> = sim.names(sim.running());
     let uid = |v: &serde_json::Value| v["metadata"]["uid"].as_str().unwrap_or("").to_string();
     let owner = |v: &serde_json::Value| {

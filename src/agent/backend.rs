@@ -29,7 +29,7 @@ pub struct BackupFile {
     pub generation: u64,
     pub taken_at: chrono::DateTime<chrono::Utc>,
     pub taken_on: String,
-    #[serde(with = "crate::state::bytes_field")]
+    #[serde(with = "serde_bytes")]
     pub document: Vec<u8>,
 }
 

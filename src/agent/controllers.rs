@@ -87,7 +87,8 @@ fn snapshot(shared: &Shared, liveness: BTreeMap<String, Liveness>) -> Snapshot {
     let records = own_records(shared);
     let statuses = status_records(shared);
     let doc = shared.doc();
-    Snapshot::from_doc(&doc, liveness, records).with_readiness(&statuses)
+    doc.workload_snapshot(liveness, records)
+        .with_readiness(&statuses)
 }
 
 /// What a round depends on; an unchanged input gives an empty plan, so the round is skipped.
@@ -237,7 +238,7 @@ async fn round(
 fn apply(shared: &Shared, plan: &Plan) -> bool {
     let mut ok = true;
     if !plan.writes.is_empty() {
-        if let Err(e) = shared.write(|doc| sched::apply_writes(doc, &plan.writes)) {
+        if let Err(e) = shared.write(|doc| doc.apply_writes(&plan.writes)) {
             tracing::error!(%e, "applying the controllers' writes failed");
             ok = false;
         }

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -435,24 +437,13 @@ async fn remote(
     })
 }
 
-/// The exec query for `req`, percent-encoded.
+/// The exec query for `req`, form-encoded (`form_urlencoded`).
 fn url_query(req: &ExecRequest) -> String {
-    let enc = |s: &str| {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
-    let mut parts: Vec<String> = req
-        .command
-        .iter()
-        .map(|c| format!("command={}", enc(c)))
-        .collect();
-    parts.push(format!("container={}", enc(&req.container)));
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for c in &req.command {
+        query.append_pair("command", c);
+    }
+    query.append_pair("container", &req.container);
     for (k, on) in [
         ("stdin", req.stdin),
         ("stdout", req.stdout),
@@ -460,10 +451,10 @@ fn url_query(req: &ExecRequest) -> String {
         ("tty", req.tty),
     ] {
         if on {
-            parts.push(format!("{k}=true"));
+            query.append_pair(k, "true");
         }
     }
-    parts.join("&")
+    query.finish()
 }
 
 /// TLS to other agents' APIs, trusting only the cluster CA.
@@ -472,7 +463,7 @@ fn tls_connector(data_dir: &Path) -> Result<tokio_rustls::TlsConnector, String> 
     let path: PathBuf = data_dir.join("tls/ca.crt");
     let pem = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
         roots
             .add(cert)

@@ -398,7 +398,7 @@ pub async fn run(
                 dir,
                 state_dir,
                 settings,
-                peer_id: peer_id.to_string(),
+                peer_id,
                 puller,
                 resync,
             };
@@ -675,7 +675,7 @@ struct ApiStart {
     dir: DataDir,
     state_dir: PathBuf,
     settings: AgentSettings,
-    peer_id: String,
+    peer_id: libp2p::PeerId,
     puller: Option<Arc<crate::runtime::image::pull::Puller>>,
     resync: Option<Resync>,
 }
@@ -759,11 +759,12 @@ async fn serve_api(
     dir.write("tls/server.key", server.key_pem.as_bytes(), 0o600)?;
 
     let api_addr = SocketAddr::new(advertise, settings.listen_api.port());
-    let p2p_addr = format!(
-        "/ip4/{}/udp/{}/quic-v1/p2p/{peer_id}",
-        advertise,
-        settings.listen_p2p.port()
-    );
+    let p2p_addr = net::p2p_addr(
+        SocketAddr::new(advertise, settings.listen_p2p.port()),
+        peer_id,
+    )
+    .to_string();
+    let peer_id = peer_id.to_string();
     let peer_id_for_status = peer_id.clone();
     let register = {
         let shared = shared.clone();

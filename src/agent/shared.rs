@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard, RwLock};
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 
-use crate::api::MemberStatus;
+use crate::model::MemberStatus;
 use crate::security::ClusterIdentity;
 use crate::state::{ClusterDoc, DocId, StateError, StatusDoc, Wal};
 
@@ -258,7 +258,7 @@ impl Shared {
         self.changes_tx.subscribe()
     }
 
-    /// The membership view, with the leader in office (`sched::leader::in_office`: the
+    /// The membership view, with the leader in office (`membership::leader::in_office`: the
     /// leader recorded in the document while it is live, else the view's candidate).
     pub fn view(&self) -> View {
         let mut view = self.view.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -270,7 +270,7 @@ impl Shared {
             .map(|m| m.name.clone())
             .collect();
         if !live.is_empty() {
-            view.leader = crate::sched::leader::in_office(recorded.as_deref(), &live);
+            view.leader = crate::membership::leader::in_office(recorded.as_deref(), &live);
         }
         view
     }

@@ -10,6 +10,7 @@ use super::resources::Workload;
 use super::status::Cause;
 use super::validation::SUBDOMAIN_MSG;
 use super::workloads::selector_matches;
+use crate::model::image::default_pull_policy;
 use crate::model::{is_dns1123_label, is_dns1123_subdomain, quantity};
 
 /// Where the pod spec of a workload object is.
@@ -37,18 +38,6 @@ fn set_default(map: &mut Value, field: &str, default: Value) {
         if slot.is_null() {
             *slot = default;
         }
-    }
-}
-
-/// `Always` for `:latest` or untagged images, else `IfNotPresent` (digests included).
-pub fn default_pull_policy(image: &str) -> &'static str {
-    if image.contains('@') {
-        return "IfNotPresent";
-    }
-    let last = image.rsplit('/').next().unwrap_or(image);
-    match last.split_once(':') {
-        Some((_, "latest")) | None => "Always",
-        Some(_) => "IfNotPresent",
     }
 }
 
@@ -710,7 +699,7 @@ fn validate_container(
     validate_resources(c, path, causes);
     validate_probes(c, path, causes);
     // Escaping paths and securityContext fields shoal cannot run (docs/security.md).
-    for r in crate::runtime::security::refusals(c) {
+    for r in crate::model::security_context::refusals(c) {
         causes.push(invalid(format!("{path}.{}", r.field), &r.value, &r.detail));
     }
 }
@@ -720,7 +709,7 @@ fn validate_pod_spec(spec: &Value, path: &str, template: bool, causes: &mut Vec<
     if containers.is_none() {
         causes.push(required(format!("{path}.containers")));
     }
-    for r in crate::runtime::security::pod_refusals(spec) {
+    for r in crate::model::security_context::pod_refusals(spec) {
         causes.push(invalid(format!("{path}.{}", r.field), &r.value, &r.detail));
     }
     let mut names = BTreeSet::new();

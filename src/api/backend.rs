@@ -8,9 +8,12 @@ use serde_json::Value;
 
 use std::collections::BTreeMap;
 
+pub use crate::model::image::ImageSummary;
+use crate::model::image::{BlobStream, FetchThrough, PullEvent, PullRequest};
+pub use crate::model::logs::{LogRequest, LogStream};
 use crate::model::workload::{Binding, PodStatusRecord, SchedulingRecord};
+pub use crate::model::MemberStatus;
 use crate::model::{NodeView, Readiness};
-use crate::runtime::image::pull::{BlobStream, FetchThrough, PullEvent, PullRequest};
 
 /// Addresses one stored object. `resource` is the lower-case plural, qualified by its API group
 /// unless it is in the core group: `configmaps`, `namespaces`, `deployments.apps`.
@@ -35,16 +38,6 @@ pub enum BackendError {
     /// The node's disk is full: the write was not made (HTTP 507).
     #[error("insufficient storage: {0}")]
     InsufficientStorage(String),
-}
-
-/// One member as the serving agent's membership view has it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberStatus {
-    pub name: String,
-    /// `alive`, `suspect`, `dead` or `left`.
-    pub state: String,
-    pub incarnation: u64,
-    pub addr: String,
 }
 
 /// Replication with one peer as the last digest exchange with it showed.
@@ -217,9 +210,6 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
-/// A byte stream of log output (already filtered and formatted as the request asked).
-pub type LogStream =
-    std::pin::Pin<Box<dyn futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send>>;
 
 /// Workload records, as merged on the serving agent (see `docs/workloads.md`).
 #[derive(Clone, Debug, Default)]
@@ -233,32 +223,4 @@ pub struct WorkloadView {
     pub scheduling: BTreeMap<(String, String), Vec<SchedulingRecord>>,
     /// Readiness of every known node in the serving agent's view.
     pub node_readiness: BTreeMap<String, Readiness>,
-}
-
-/// `GET .../pods/{name}/log` parameters (Kubernetes' PodLogOptions).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogRequest {
-    pub namespace: String,
-    pub pod: String,
-    /// Defaults to the pod's only container; required when it has several.
-    pub container: Option<String>,
-    pub follow: bool,
-    pub previous: bool,
-    pub timestamps: bool,
-    pub tail_lines: Option<u64>,
-    pub since_seconds: Option<u64>,
-    /// RFC 3339.
-    pub since_time: Option<String>,
-    pub limit_bytes: Option<u64>,
-}
-
-/// One image in a node's store.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageSummary {
-    /// e.g. `shoal.test/busybox:1`.
-    pub reference: String,
-    /// `sha256:...` of the manifest.
-    pub digest: String,
-    /// Sum of the compressed layer sizes.
-    pub size: u64,
 }

@@ -93,7 +93,7 @@ pub fn parse_query(uri: &Uri) -> Result<ExecQuery, ApiError> {
     let mut container = None;
     let mut flags = [false; 4];
     let mut bytes = 0usize;
-    for (k, v) in form_urlencoded(uri.query().unwrap_or("")) {
+    for (k, v) in form_pairs(uri.query().unwrap_or("")) {
         let on = matches!(v.as_str(), "true" | "1" | "True");
         match k.as_str() {
             "command" => {
@@ -134,38 +134,12 @@ pub fn parse_query(uri: &Uri) -> Result<ExecQuery, ApiError> {
     })
 }
 
-/// `application/x-www-form-urlencoded` pairs, keeping repeated keys.
-fn form_urlencoded(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (percent_decode(k), percent_decode(v))
-        })
+/// `application/x-www-form-urlencoded` pairs (the `form_urlencoded` crate), keeping repeated
+/// keys; invalid escapes stay as they are.
+fn form_pairs(query: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.as_bytes())
+        .into_owned()
         .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let hex = |b: u8| (b as char).to_digit(16);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The final `Status` (channel 3) for an exit, as the kubelet writes it.
@@ -451,8 +425,12 @@ mod tests {
             let uri: Uri = q.parse().unwrap();
             assert!(parse_query(&uri).is_err(), "{q}");
         }
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
-        assert_eq!(percent_decode("a%2Fb"), "a/b");
+        let pairs = form_pairs("a=%zz%4&b=a%2Fb+c&b=2&flag");
+        assert_eq!(
+            pairs,
+            [("a", "%zz%4"), ("b", "a/b c"), ("b", "2"), ("flag", "")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
     }
 
     #[test]

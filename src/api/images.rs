@@ -33,8 +33,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::status::ApiError;
 use super::ApiState;
-use crate::runtime::image::pull::{BlobStream, FetchThrough, PullEvent, PullRequest};
-use crate::runtime::image::reference;
+use crate::model::image::{BlobStream, FetchThrough, PullEvent, PullRequest};
+use crate::model::reference;
 
 /// Largest body of a pull or fetch-through request: a reference and credentials.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;

@@ -80,168 +80,46 @@ pub fn apply(
     }
 }
 
-/// RFC 7386: objects merge recursively, `null` deletes, everything else replaces.
+/// RFC 7386 (the `json-patch` crate's `merge`): objects merge recursively, `null` deletes,
+/// everything else replaces.
 pub fn merge_patch(target: &Value, patch: &Value) -> Value {
-    let Value::Object(patch_map) = patch else {
-        return patch.clone();
-    };
-    let mut result = match target {
-        Value::Object(m) => m.clone(),
-        _ => Map::new(),
-    };
-    for (key, value) in patch_map {
-        if value.is_null() {
-            result.remove(key);
-        } else {
-            let merged = merge_patch(result.get(key).unwrap_or(&Value::Null), value);
-            result.insert(key.clone(), merged);
-        }
-    }
-    Value::Object(result)
-}
-
-fn unescape(token: &str) -> String {
-    token.replace("~1", "/").replace("~0", "~")
-}
-
-fn pointer_parts(path: &str) -> Result<Vec<String>, PatchError> {
-    if path.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rest = path
-        .strip_prefix('/')
-        .ok_or_else(|| PatchError::Malformed(format!("path {path:?} must start with '/'")))?;
-    Ok(rest.split('/').map(unescape).collect())
-}
-
-fn parent_mut<'a>(
-    doc: &'a mut Value,
-    parts: &[String],
-    path: &str,
-) -> Result<&'a mut Value, PatchError> {
-    let mut cursor = doc;
-    for part in &parts[..parts.len() - 1] {
-        cursor = match cursor {
-            Value::Object(m) => m.get_mut(part),
-            Value::Array(a) => part.parse::<usize>().ok().and_then(move |i| a.get_mut(i)),
-            _ => None,
-        }
-        .ok_or_else(|| PatchError::MissingPath(path.to_string()))?;
-    }
-    Ok(cursor)
-}
-
-fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), PatchError> {
-    let parts = pointer_parts(path)?;
-    if parts.is_empty() {
-        *doc = value;
-        return Ok(());
-    }
-    let last = &parts[parts.len() - 1];
-    match parent_mut(doc, &parts, path)? {
-        Value::Object(m) => {
-            m.insert(last.clone(), value);
-        }
-        Value::Array(a) => {
-            let index = if last == "-" {
-                a.len()
-            } else {
-                last.parse::<usize>()
-                    .map_err(|_| PatchError::MissingPath(path.to_string()))?
-            };
-            if index > a.len() {
-                return Err(PatchError::MissingPath(path.to_string()));
-            }
-            a.insert(index, value);
-        }
-        _ => return Err(PatchError::MissingPath(path.to_string())),
-    }
-    Ok(())
-}
-
-fn remove(doc: &mut Value, path: &str) -> Result<Value, PatchError> {
-    let parts = pointer_parts(path)?;
-    let Some(last) = parts.last() else {
-        return Err(PatchError::Malformed(
-            "cannot remove the whole document".into(),
-        ));
-    };
-    match parent_mut(doc, &parts, path)? {
-        Value::Object(m) => m
-            .remove(last)
-            .ok_or_else(|| PatchError::MissingPath(path.to_string())),
-        Value::Array(a) => {
-            let index = last
-                .parse::<usize>()
-                .map_err(|_| PatchError::MissingPath(path.to_string()))?;
-            if index >= a.len() {
-                return Err(PatchError::MissingPath(path.to_string()));
-            }
-            Ok(a.remove(index))
-        }
-        _ => Err(PatchError::MissingPath(path.to_string())),
-    }
-}
-
-/// RFC 6902 operations: add, remove, replace, move, copy, test.
-pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
-    let ops = patch
-        .as_array()
-        .ok_or_else(|| PatchError::Malformed("a json patch must be a JSON array".into()))?;
     let mut doc = target.clone();
-    for op in ops {
-        let name = op["op"]
-            .as_str()
-            .ok_or_else(|| PatchError::Malformed("operation without \"op\"".into()))?;
-        let path = op["path"]
-            .as_str()
-            .ok_or_else(|| PatchError::Malformed("operation without \"path\"".into()))?;
-        let value = || {
-            op.get("value")
-                .cloned()
-                .ok_or_else(|| PatchError::Malformed(format!("{name} without \"value\"")))
-        };
-        let from = || {
-            op["from"]
-                .as_str()
-                .ok_or_else(|| PatchError::Malformed(format!("{name} without \"from\"")))
-        };
-        match name {
-            "add" => add(&mut doc, path, value()?)?,
-            "remove" => {
-                remove(&mut doc, path)?;
-            }
-            "replace" => {
-                if doc.pointer(path).is_none() {
-                    return Err(PatchError::MissingPath(path.to_string()));
-                }
-                if let Some(slot) = doc.pointer_mut(path) {
-                    *slot = value()?;
-                }
-            }
-            "move" => {
-                let moved = remove(&mut doc, from()?)?;
-                add(&mut doc, path, moved)?;
-            }
-            "copy" => {
-                let copied = doc
-                    .pointer(from()?)
-                    .cloned()
-                    .ok_or_else(|| PatchError::MissingPath(path.to_string()))?;
-                add(&mut doc, path, copied)?;
-            }
-            "test" => {
-                if doc.pointer(path) != Some(&value()?) {
-                    return Err(PatchError::TestFailed(path.to_string()));
-                }
-            }
-            other => {
-                return Err(PatchError::Malformed(format!(
-                    "unknown operation {other:?}"
-                )))
-            }
-        }
+    json_patch::merge(&mut doc, patch);
+    doc
+}
+
+/// RFC 6902 operations (add, remove, replace, move, copy, test) through the `json-patch` crate:
+/// JSON pointers as RFC 6901 has them (an array index is `0` or has no leading zero), all or
+/// nothing.
+pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
+    if !patch.is_array() {
+        return Err(PatchError::Malformed(
+            "a json patch must be a JSON array".into(),
+        ));
     }
+    let ops: json_patch::Patch =
+        serde_json::from_value(patch.clone()).map_err(|e| PatchError::Malformed(e.to_string()))?;
+    let mut doc = target.clone();
+    json_patch::patch(&mut doc, &ops).map_err(|e| {
+        use json_patch::{PatchErrorKind, PatchOperation};
+        let op = ops.0.get(e.operation);
+        let from = match op {
+            Some(PatchOperation::Copy(op)) => op.from.to_string(),
+            Some(PatchOperation::Move(op)) => op.from.to_string(),
+            _ => e.path.to_string(),
+        };
+        match e.kind {
+            // A test of a path that names nothing fails as a test (as it always has here).
+            PatchErrorKind::TestFailed | PatchErrorKind::InvalidPointer
+                if matches!(op, Some(PatchOperation::Test(_))) =>
+            {
+                PatchError::TestFailed(e.path.to_string())
+            }
+            PatchErrorKind::InvalidFromPointer => PatchError::MissingPath(from),
+            PatchErrorKind::InvalidPointer => PatchError::MissingPath(e.path.to_string()),
+            _ => PatchError::Malformed(e.to_string()),
+        }
+    })?;
     Ok(doc)
 }
 
@@ -476,6 +354,52 @@ mod tests {
             Err(PatchError::TestFailed(_))
         ));
         assert!(json_patch(&target, &json!([{"op": "nope", "path": "/a"}])).is_err());
+    }
+
+    #[test]
+    fn json_patch_refuses_array_indexes_with_leading_zeros() {
+        // RFC 6901: an array index is `0` or digits without a leading zero; "01" names nothing.
+        let target = json!({"list": [1, 2, 3]});
+        for op in [
+            json!({"op": "replace", "path": "/list/01", "value": 9}),
+            json!({"op": "remove", "path": "/list/01"}),
+            json!({"op": "add", "path": "/list/01", "value": 9}),
+        ] {
+            assert!(
+                matches!(json_patch(&target, &json!([op])), Err(PatchError::MissingPath(ref p)) if p == "/list/01"),
+                "{op}"
+            );
+        }
+        assert_eq!(
+            json_patch(
+                &target,
+                &json!([{"op": "test", "path": "/list/01", "value": 2}])
+            ),
+            Err(PatchError::TestFailed("/list/01".into()))
+        );
+        assert_eq!(
+            json_patch(
+                &target,
+                &json!([{"op": "replace", "path": "/list/1", "value": 9}])
+            )
+            .unwrap(),
+            json!({"list": [1, 9, 3]})
+        );
+    }
+
+    #[test]
+    fn a_failed_copy_or_move_names_its_from_path() {
+        let target = json!({"a": 1});
+        for op in ["copy", "move"] {
+            assert_eq!(
+                json_patch(
+                    &target,
+                    &json!([{"op": op, "from": "/missing", "path": "/b"}])
+                ),
+                Err(PatchError::MissingPath("/missing".into())),
+                "{op}"
+            );
+        }
     }
 
     #[test]

@@ -58,23 +58,24 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// Whether the query of `uri` sets boolean `name` (`true`, `1` or `True`).
+fn query_flag(uri: &Uri, name: &str) -> bool {
+    uri.query().is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .any(|(k, v)| k == name && matches!(&*v, "true" | "1" | "True"))
+    })
+}
+
 /// Whether a request is a watch (exempt from the request timeout; bounded by `max_watch`).
 pub(super) fn is_watch(uri: &Uri) -> bool {
-    let query_watch = uri.query().is_some_and(|q| {
-        q.split('&')
-            .any(|kv| matches!(kv, "watch=true" | "watch=1" | "watch=True"))
-    });
+    let query_watch = query_flag(uri, "watch");
     query_watch || uri.path().contains("/watch/")
 }
 
 /// Requests exempt from the request timeout: watches, followed logs (they end with the
 /// stream, the client or shutdown) and image uploads (their own timeout).
 pub(super) fn is_long_running(uri: &Uri) -> bool {
-    let follow = uri.path().ends_with("/log")
-        && uri.query().is_some_and(|q| {
-            q.split('&')
-                .any(|kv| matches!(kv, "follow=true" | "follow=1" | "follow=True"))
-        });
+    let follow = uri.path().ends_with("/log") && query_flag(uri, "follow");
     is_watch(uri) || follow || uri.path() == "/shoal/v1/images/import"
 }
 

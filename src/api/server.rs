@@ -8,6 +8,7 @@ use std::sync::Arc;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -22,7 +23,7 @@ use super::{router, ApiConfig, ApiState, Backend};
 /// A rustls server config from PEM: the certificate chain (leaf first) and its private key,
 /// offering `h2` and `http/1.1` by ALPN.
 pub fn tls_config(cert_chain_pem: &[u8], key_pem: &[u8]) -> Result<rustls::ServerConfig, ApiError> {
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_chain_pem[..])
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_chain_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| ApiError::Tls(format!("reading certificate chain: {e}")))?;
     if certs.is_empty() {
@@ -30,9 +31,10 @@ pub fn tls_config(cert_chain_pem: &[u8], key_pem: &[u8]) -> Result<rustls::Serve
             "no certificate in the certificate chain PEM".into(),
         ));
     }
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key_pem[..])
-        .map_err(|e| ApiError::Tls(format!("reading private key: {e}")))?
-        .ok_or_else(|| ApiError::Tls("no private key in the key PEM".into()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => ApiError::Tls("no private key in the key PEM".into()),
+        e => ApiError::Tls(format!("reading private key: {e}")),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

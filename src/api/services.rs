@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::status::Cause;
 use crate::model::network::NODE_PORT_RANGE;
-use crate::model::service::{self, Endpoint, Service};
+use crate::model::service::{self, Endpoint, Service, ServiceType};
 use crate::model::{is_dns1123_label, is_dns1123_subdomain};
 
 /// `endpointslice.kubernetes.io/managed-by` of the slices shoal computes.
@@ -29,6 +29,23 @@ fn set_default(map: &mut Value, field: &str, default: Value) {
 
 fn is_headless(spec: &Value) -> bool {
     spec["clusterIP"] == "None"
+}
+
+/// `spec.type`, typed once: absent is ClusterIP (Kubernetes' default), an unknown one `None`
+/// (validation refuses it).
+fn service_type(spec: &Value) -> Option<ServiceType> {
+    spec["type"]
+        .as_str()
+        .map_or(Some(ServiceType::ClusterIP), ServiceType::parse)
+}
+
+/// Whether `spec.type` carries NodePorts (NodePort, LoadBalancer).
+fn has_node_ports(spec: &Value) -> bool {
+    service_type(spec).is_some_and(ServiceType::has_node_ports)
+}
+
+fn is_external_name(spec: &Value) -> bool {
+    service_type(spec) == Some(ServiceType::ExternalName)
 }
 
 /// Kubernetes' defaults of a Service (`SetDefaults_Service` and the registry's): type
@@ -63,13 +80,12 @@ pub fn default(object: &mut Value) {
             }
         }
     }
-    let kind = spec["type"].as_str().unwrap_or_default().to_string();
-    if kind != "ExternalName" {
+    if !is_external_name(spec) {
         set_default(spec, "internalTrafficPolicy", json!("Cluster"));
         set_default(spec, "ipFamilies", json!(["IPv4"]));
         set_default(spec, "ipFamilyPolicy", json!("SingleStack"));
     }
-    if kind == "NodePort" || kind == "LoadBalancer" {
+    if has_node_ports(spec) {
         set_default(spec, "externalTrafficPolicy", json!("Cluster"));
     }
     if let Some(ip) = spec["clusterIP"].as_str().filter(|ip| !ip.is_empty()) {
@@ -179,7 +195,7 @@ fn validate_ports(spec: &Value, causes: &mut Vec<Cause>) {
         .map(Vec::as_slice)
         .unwrap_or_default();
     let kind = spec["type"].as_str().unwrap_or_default();
-    if ports.is_empty() && !is_headless(spec) && kind != "ExternalName" {
+    if ports.is_empty() && !is_headless(spec) && !is_external_name(spec) {
         causes.push(required("spec.ports".into()));
     }
     let mut names = BTreeSet::new();
@@ -240,7 +256,7 @@ fn validate_ports(spec: &Value, causes: &mut Vec<Cause>) {
         if node_port.is_null() || node_port.as_u64() == Some(0) {
             continue;
         }
-        if kind != "NodePort" && kind != "LoadBalancer" {
+        if !has_node_ports(spec) {
             causes.push(forbidden(
                 at("nodePort"),
                 &format!("may not be used when `type` is '{kind}'"),
@@ -311,7 +327,7 @@ pub fn validate(object: &Value, old: Option<&Value>) -> Vec<Cause> {
         }
     }
     let ip = spec["clusterIP"].as_str().unwrap_or_default();
-    if kind == "ExternalName" {
+    if is_external_name(spec) {
         if !ip.is_empty() {
             causes.push(forbidden(
                 "spec.clusterIP".into(),
@@ -340,7 +356,7 @@ pub fn validate(object: &Value, old: Option<&Value>) -> Vec<Cause> {
             detail,
         ));
     }
-    if ip == "None" && (kind == "NodePort" || kind == "LoadBalancer") {
+    if ip == "None" && has_node_ports(spec) {
         causes.push(invalid(
             "spec.clusterIPs[0]".into(),
             &spec["clusterIP"],
@@ -398,7 +414,7 @@ pub fn validate(object: &Value, old: Option<&Value>) -> Vec<Cause> {
             ));
         }
     }
-    if !spec["externalTrafficPolicy"].is_null() && kind != "NodePort" && kind != "LoadBalancer" {
+    if !spec["externalTrafficPolicy"].is_null() && !has_node_ports(spec) {
         causes.push(invalid(
             "spec.externalTrafficPolicy".into(),
             &spec["externalTrafficPolicy"],
@@ -407,8 +423,7 @@ pub fn validate(object: &Value, old: Option<&Value>) -> Vec<Cause> {
     }
     if let Some(old) = old {
         let old_ip = old["spec"]["clusterIP"].as_str().unwrap_or_default();
-        let old_kind = old["spec"]["type"].as_str().unwrap_or_default();
-        let released = kind == "ExternalName" || old_kind == "ExternalName";
+        let released = is_external_name(spec) || is_external_name(&old["spec"]);
         if !released && !old_ip.is_empty() && ip != old_ip {
             causes.push(invalid(
                 "spec.clusterIPs[0]".into(),
@@ -428,18 +443,13 @@ pub fn carry_over(object: &mut Value, old: &Value) {
     if !object["spec"].is_object() {
         return;
     }
-    let kind = object["spec"]["type"]
-        .as_str()
-        .unwrap_or("ClusterIP")
-        .to_string();
-    let old_kind = old["spec"]["type"].as_str().unwrap_or("ClusterIP");
-    let external = kind == "ExternalName" || old_kind == "ExternalName";
+    let external = is_external_name(&object["spec"]) || is_external_name(&old["spec"]);
+    let node_ports = has_node_ports(&object["spec"]);
     let spec = &mut object["spec"];
     if !external && spec["clusterIP"].as_str().unwrap_or_default().is_empty() {
         spec["clusterIP"] = old["spec"]["clusterIP"].clone();
         spec["clusterIPs"] = old["spec"]["clusterIPs"].clone();
     }
-    let has_node_ports = kind == "NodePort" || kind == "LoadBalancer";
     let old_ports = old["spec"]["ports"].as_array().cloned().unwrap_or_default();
     for port in spec["ports"].as_array_mut().into_iter().flatten() {
         let same = |o: &&Value| {
@@ -450,9 +460,9 @@ pub fn carry_over(object: &mut Value, old: &Value) {
         let previous = old_ports.iter().find(same).map(|o| o["nodePort"].clone());
         let unset = port["nodePort"].is_null() || port["nodePort"] == 0;
         match previous {
-            Some(n) if has_node_ports && unset && !n.is_null() => port["nodePort"] = n,
+            Some(n) if node_ports && unset && !n.is_null() => port["nodePort"] = n,
             // Left over from the NodePort the Service no longer is: released.
-            Some(n) if !has_node_ports && port["nodePort"] == n => {
+            Some(n) if !node_ports && port["nodePort"] == n => {
                 if let Some(map) = port.as_object_mut() {
                     map.remove("nodePort");
                 }
@@ -503,8 +513,8 @@ pub fn allocate(object: &mut Value, others: &[Value], cidr: Ipv4Net) -> Result<(
         .collect();
     let mut causes = Vec::new();
     let spec = &mut object["spec"];
-    let kind = spec["type"].as_str().unwrap_or_default().to_string();
-    if kind != "ExternalName" {
+    let kind = service_type(spec);
+    if kind != Some(ServiceType::ExternalName) {
         match spec["clusterIP"].as_str().unwrap_or_default() {
             "None" => {}
             "" => match service::pick_cluster_ip(cidr, &me.0, &me.1, &taken_ips) {
@@ -544,7 +554,7 @@ pub fn allocate(object: &mut Value, others: &[Value], cidr: Ipv4Net) -> Result<(
             spec["clusterIPs"] = json!([ip]);
         }
     }
-    if kind == "NodePort" || kind == "LoadBalancer" {
+    if kind.is_some_and(ServiceType::has_node_ports) {
         let ports = spec["ports"]
             .as_array_mut()
             .map(|p| p.as_mut_slice())

@@ -48,36 +48,7 @@ fn labels_of(object: &Value, path: &[&str]) -> BTreeMap<String, String> {
 /// Whether a `metav1.LabelSelector` (JSON) selects `labels`. A null selector selects nothing;
 /// an empty one selects everything.
 pub fn selector_matches(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
-    if !selector.is_object() {
-        return false;
-    }
-    let match_labels = selector["matchLabels"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str());
-    let expressions = selector["matchExpressions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .all(|e| {
-            let key = e["key"].as_str().unwrap_or_default();
-            let values: Vec<&str> = e["values"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            let have = labels.get(key).map(String::as_str);
-            match e["operator"].as_str().unwrap_or_default() {
-                "In" => have.is_some_and(|h| values.contains(&h)),
-                "NotIn" => !have.is_some_and(|h| values.contains(&h)),
-                "Exists" => have.is_some(),
-                "DoesNotExist" => have.is_none(),
-                _ => false,
-            }
-        });
-    match_labels && expressions
+    crate::model::selector::LabelSelector::parse(selector).is_some_and(|s| s.matches(labels))
 }
 
 /// `metav1.FormatLabelSelector`: `app=web,tier in (a,b)`; `<none>` for an empty selector.

@@ -14,7 +14,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{client, ClientArgs};
 use crate::api::ImageSummary;
-use crate::runtime::image::pull::{Credentials, PullEvent, PullRequest};
+use crate::model::image::{Credentials, PullEvent, PullRequest};
 
 #[derive(Subcommand, Debug)]
 pub enum ImageCommand {
@@ -139,17 +139,10 @@ fn read_password(mut input: impl std::io::BufRead) -> anyhow::Result<String> {
     Ok(password.to_string())
 }
 
-/// Percent-encodes `value` for a query string (everything but RFC 3986's unreserved bytes).
+/// `value` form-encoded for a query string (`form_urlencoded`: what the server's query parser
+/// decodes).
 fn encode_query_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
 /// Longest progress line accepted from the server.
@@ -640,8 +633,14 @@ mod tests {
             encode_query_value("reg:5000/a/b@sha256:ab"),
             "reg%3A5000%2Fa%2Fb%40sha256%3Aab"
         );
-        assert_eq!(encode_query_value("a b&c=d"), "a%20b%26c%3Dd");
-        assert_eq!(encode_query_value("x_y-z.1~"), "x_y-z.1~");
+        assert_eq!(encode_query_value("a b&c=d"), "a+b%26c%3Dd");
+        for value in ["reg:5000/a/b@sha256:ab", "a b&c=d+e%", "x_y-z.1~", "ü"] {
+            let query = format!("reference={}", encode_query_value(value));
+            let decoded: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect();
+            assert_eq!(decoded, [("reference".to_string(), value.to_string())]);
+        }
     }
 
     #[test]

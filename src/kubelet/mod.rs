@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::agent::shared::Shared;
-use crate::api::{LogRequest, LogStream};
+use crate::model::logs::{LogRequest, LogStream};
 use crate::model::workload::{keys, InvolvedObject, PodStatusRecord, PODS};
 use crate::runtime::image::pull::Puller;
 use crate::runtime::logs::{find_target, read_logs, LogError};

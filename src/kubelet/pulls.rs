@@ -11,22 +11,21 @@ use tokio::sync::mpsc;
 
 use super::plan::{DesiredPod, EventTarget, ImageState};
 use crate::agent::shared::Shared;
-use crate::api::admission::default_pull_policy;
-use crate::runtime::image::pull::{Credentials, PullError, PullRequest, Puller};
+use crate::model::backoff::Backoff;
+use crate::model::image::default_pull_policy;
+use crate::model::image::{Credentials, PullRequest};
+use crate::runtime::image::pull::{PullError, Puller};
 use crate::runtime::image::{reference, ImageError, ImageStore};
 use crate::runtime::observe::{AttemptState, ObservedPod};
 use crate::runtime::ImageInfo;
 
-/// First back-off after a failed pull; doubles per failure up to [`MAX_BACKOFF`].
-const BACKOFF: i64 = 10;
-const MAX_BACKOFF: i64 = 300;
 /// For this long after a failure the container shows `ErrImagePull`, then `ImagePullBackOff`.
 const ERR_IMAGE_PULL_FOR: i64 = 3;
 
-/// The back-off (seconds) after `failures` failed pulls in a row.
+/// The back-off (seconds) after `failures` failed pulls in a row: Kubernetes' 10 s, doubling
+/// per failure up to 5 min.
 pub fn backoff_after(failures: u32) -> i64 {
-    let shift = failures.saturating_sub(1).min(10);
-    (BACKOFF << shift).min(MAX_BACKOFF)
+    Backoff::KUBELET.after(failures.max(1))
 }
 
 #[derive(Clone, Debug)]

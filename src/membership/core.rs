@@ -142,7 +142,7 @@ impl Membership {
         let epoch = Epoch {
             number: 0,
             view: view_hash(&live),
-            leader: crate::sched::leader::leader(&live),
+            leader: super::leader::leader(&live),
         };
         // Spread the first probe over one interval so members started together do not beat in step.
         let jitter = config.probe_interval.mul_f64(rng.gen_range(0.0..1.0));
@@ -170,7 +170,7 @@ impl Membership {
             outputs: VecDeque::new(),
             live_now: live
                 .iter()
-                .map(|id| (id.clone(), crate::sched::leader::weight(id)))
+                .map(|id| (id.clone(), super::leader::weight(id)))
                 .collect(),
             live,
             live_dirty: false,
@@ -1148,7 +1148,7 @@ impl Membership {
         if live {
             if !self.live_now.contains_key(id) {
                 self.live_now
-                    .insert(id.to_string(), crate::sched::leader::weight(id));
+                    .insert(id.to_string(), super::leader::weight(id));
                 self.live.insert(id.to_string());
                 self.live_dirty = true;
             }
@@ -1167,7 +1167,7 @@ impl Membership {
         if view == self.epoch.view {
             return;
         }
-        // Same rule as `sched::leader::leader`, with the weights cached.
+        // Same rule as `leader::leader`, with the weights cached.
         let leader = self
             .live_now
             .iter()

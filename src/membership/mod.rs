@@ -16,7 +16,9 @@
 //! **Invariant:** a member never declares itself Suspect, Dead or Left except by [`Membership::leave`].
 
 mod broadcast;
+// The scheduler leader of a view: a pure function of the live set, computed with every epoch.
 mod core;
+pub mod leader;
 mod types;
 
 pub use self::core::Membership;

@@ -184,6 +184,6 @@ pub struct Epoch {
     pub number: u64,
     /// Stable hash of the sorted live set (equal on members that share the view).
     pub view: u64,
-    /// The scheduler leader of this view ([`crate::sched::leader::leader`]).
+    /// The scheduler leader of this view ([`crate::membership::leader::leader`]).
     pub leader: Option<MemberId>,
 }

@@ -142,7 +142,7 @@ impl PodCidrConfig {
     /// Where `node` starts looking for a free subnet: a hash of its name (FNV-1a), so nodes
     /// joining at the same moment mostly try different subnets.
     pub fn offset(&self, node: &str) -> u32 {
-        crate::sched::hash::fnv32a(node.as_bytes()) % self.count()
+        super::hash::fnv32a(node.as_bytes()) % self.count()
     }
 }
 

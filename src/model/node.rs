@@ -75,3 +75,13 @@ pub struct RuntimePressure {
     /// Runtime actions queued or running when it began.
     pub backlog: u32,
 }
+
+/// One member as the serving agent's membership view has it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub name: String,
+    /// `alive`, `suspect`, `dead` or `left`.
+    pub state: String,
+    pub incarnation: u64,
+    pub addr: String,
+}

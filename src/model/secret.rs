@@ -8,7 +8,7 @@
 use base64::Engine;
 use serde_json::{Map, Value};
 
-use crate::runtime::image::pull::Credentials;
+use super::image::Credentials;
 
 /// The default Secret type: arbitrary user data.
 pub const TYPE_OPAQUE: &str = "Opaque";

@@ -83,6 +83,15 @@ impl Protocol {
             Protocol::Sctp => "SCTP",
         }
     }
+
+    /// The nft `inet_proto` keyword (the name in `/etc/protocols`): `tcp`, `udp`, `sctp`.
+    pub fn nft(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
 }
 
 /// `spec.ports[].targetPort`: a number, or the name of a container port.
@@ -356,7 +365,7 @@ fn endpoint_of(service: &Service, pod: &Value) -> Option<Endpoint> {
 /// port starts, so Services created at the same moment on different agents mostly differ.
 fn offset(namespace: &str, name: &str, salt: &str, modulo: u64) -> u64 {
     let key = format!("{namespace}/{name}/{salt}");
-    u64::from(crate::sched::hash::fnv32a(key.as_bytes())) % modulo.max(1)
+    u64::from(super::hash::fnv32a(key.as_bytes())) % modulo.max(1)
 }
 
 /// The addresses Services may get from `cidr`: every host address but the network address,

@@ -17,9 +17,9 @@ use tokio::sync::mpsc;
 use super::behaviour::{build_swarm, Behaviour, BehaviourEvent};
 use super::protocol::{serde_bytes_vec::Bytes, Request, Response};
 use crate::agent::shared::{LocalChange, Shared, View};
-use crate::api::MemberStatus;
 use crate::membership::{self, MemberState, Membership, MembershipEvent, Output};
 use crate::model::is_dns1123_subdomain;
+use crate::model::MemberStatus;
 use crate::security::{admission_proof, verify_admission, AdmissionClaim};
 use crate::state::{DocId, DocStore};
 
@@ -108,7 +108,7 @@ struct Actor {
     refused_us_logged: HashMap<PeerId, Instant>,
 }
 
-fn quic_addr(addr: SocketAddr) -> Multiaddr {
+pub(super) fn quic_addr(addr: SocketAddr) -> Multiaddr {
     let ip = match addr.ip() {
         IpAddr::V4(v4) => Protocol::Ip4(v4),
         IpAddr::V6(v6) => Protocol::Ip6(v6),

@@ -10,3 +10,31 @@ pub mod protocol;
 
 pub use actor::{run, NetConfig, NetError};
 pub use behaviour::{build_swarm, Behaviour, BehaviourEvent, SwarmError};
+
+/// The address peers dial to reach a node, as its node record advertises it: `/ip4/…` or
+/// `/ip6/…`, UDP, QUIC v1, `/p2p/<peer id>`.
+pub fn p2p_addr(addr: std::net::SocketAddr, peer: libp2p::PeerId) -> libp2p::Multiaddr {
+    actor::quic_addr(addr).with(libp2p::multiaddr::Protocol::P2p(peer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p2p_addresses_of_both_families() {
+        let peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let v4 = p2p_addr("10.77.0.2:7946".parse().unwrap(), peer);
+        assert_eq!(
+            v4.to_string(),
+            format!("/ip4/10.77.0.2/udp/7946/quic-v1/p2p/{peer}")
+        );
+        let v6 = p2p_addr("[fd00::2]:7946".parse().unwrap(), peer);
+        assert_eq!(
+            v6.to_string(),
+            format!("/ip6/fd00::2/udp/7946/quic-v1/p2p/{peer}")
+        );
+    }
+}

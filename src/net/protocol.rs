@@ -81,39 +81,17 @@ pub enum Response {
 
 /// Byte strings encoded as CBOR byte strings (not arrays of integers).
 pub mod serde_bytes_vec {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde::{Deserialize, Serialize};
 
-    #[derive(Clone, PartialEq, Eq)]
-    pub struct Bytes(pub Vec<u8>);
+    /// Bytes on the wire as a CBOR byte string (not an array of numbers), through `serde_bytes`;
+    /// logged by length only.
+    #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(transparent)]
+    pub struct Bytes(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
     impl std::fmt::Debug for Bytes {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             write!(f, "<{} bytes>", self.0.len())
-        }
-    }
-
-    impl Serialize for Bytes {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_bytes(&self.0)
-        }
-    }
-
-    impl<'de> Deserialize<'de> for Bytes {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> serde::de::Visitor<'de> for V {
-                type Value = Bytes;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("a byte string")
-                }
-                fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
-                    Ok(Bytes(v.to_vec()))
-                }
-                fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
-                    Ok(Bytes(v))
-                }
-            }
-            d.deserialize_bytes(V)
         }
     }
 }
@@ -141,5 +119,14 @@ mod tests {
         let back: Request = cbor4ii::serde::from_slice(&enc).unwrap();
         assert!(matches!(back, Request::Push { changes, .. } if changes[0].0 == vec![1, 2, 3]));
         assert!(cbor4ii::serde::from_slice::<Request>(&[0xff, 0x13]).is_err());
+    }
+
+    #[test]
+    fn bytes_are_one_cbor_byte_string() {
+        let enc =
+            cbor4ii::serde::to_vec(Vec::new(), &serde_bytes_vec::Bytes(vec![1, 2, 3])).unwrap();
+        assert_eq!(enc, [0x43, 1, 2, 3], "major type 2, length 3");
+        let back: serde_bytes_vec::Bytes = cbor4ii::serde::from_slice(&enc).unwrap();
+        assert_eq!(back.0, [1, 2, 3]);
     }
 }

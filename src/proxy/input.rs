@@ -4,16 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use super::{Backend, Protocol, ServicePort};
+use super::{Backend, ServicePort};
 use crate::model::service::{self, Endpoint, Service, ServiceType};
-
-fn protocol(p: service::Protocol) -> Protocol {
-    match p {
-        service::Protocol::Tcp => Protocol::Tcp,
-        service::Protocol::Udp => Protocol::Udp,
-        service::Protocol::Sctp => Protocol::Sctp,
-    }
-}
 
 /// The endpoints of one Service port: the ready ones; if there are none, those still serving
 /// while terminating (Kubernetes' terminating-endpoint fallback, so a rolling replacement
@@ -67,7 +59,7 @@ pub fn service_ports(
                 namespace: s.namespace.clone(),
                 name: s.name.clone(),
                 port_name: sp.name.clone(),
-                protocol: protocol(sp.protocol),
+                protocol: sp.protocol,
                 cluster_ip: Some(cluster_ip),
                 port: sp.port,
                 node_port: sp.node_port.filter(|_| s.kind.has_node_ports()),

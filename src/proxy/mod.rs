@@ -17,29 +17,11 @@ use core::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
+pub use crate::model::service::Protocol;
 pub use input::service_ports;
 pub use names::{endpoint_chain, service_chain};
 pub use ruleset::{build, Chain, Ruleset, MAPS};
 pub use script::{diff, full, Change, TABLE};
-
-/// A Service port's protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-impl Protocol {
-    /// The nft `inet_proto` keyword.
-    pub fn nft(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-            Protocol::Sctp => "sctp",
-        }
-    }
-}
 
 /// What a node knows about its own network.
 #[derive(Clone, Debug, PartialEq, Eq)]

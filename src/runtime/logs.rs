@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::api::{LogRequest, LogStream};
+use crate::model::logs::{LogRequest, LogStream};
 
 /// Kubernetes' default `containerLogMaxSize`.
 pub const MAX_LOG_FILE: u64 = 10 << 20;

@@ -19,6 +19,7 @@
 pub mod bundle;
 pub mod image;
 pub mod logs;
+pub mod mountinfo;
 pub mod network;
 pub mod observe;
 pub mod orphans;
@@ -26,7 +27,6 @@ pub mod pods;
 pub mod runc;
 pub mod sandbox;
 pub mod seccomp;
-pub mod security;
 pub mod shim;
 pub mod volumes;
 
@@ -131,7 +131,7 @@ impl RuntimeConfig {
                 memory_swap_limit: runc::swap_accounting(Path::new("/sys/fs/cgroup")),
                 capability_bound: std::fs::read_to_string("/proc/self/status")
                     .ok()
-                    .and_then(|s| security::parse_cap_bound(&s)),
+                    .and_then(|s| crate::model::security_context::parse_cap_bound(&s)),
             },
         }
     }

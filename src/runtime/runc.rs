@@ -154,20 +154,12 @@ pub fn last_error(log: &str) -> Option<String> {
         .map(|l| l.msg)
 }
 
-/// cgroup (v1 and v2) mount points on this host, from `/proc/self/mountinfo`.
+/// cgroup (v1 and v2) mount points on this host (`runtime::mountinfo`).
 pub fn cgroup_mounts() -> Vec<PathBuf> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    info.lines()
-        .filter_map(|line| {
-            let (pre, post) = line.split_once(" - ")?;
-            let fstype = post.split_whitespace().next()?;
-            if fstype != "cgroup" && fstype != "cgroup2" {
-                return None;
-            }
-            pre.split_whitespace().nth(4).map(PathBuf::from)
-        })
+    super::mountinfo::read()
+        .into_iter()
+        .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
+        .map(|m| m.mount_point)
         .collect()
 }
 

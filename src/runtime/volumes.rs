@@ -215,32 +215,13 @@ fn mount_tmpfs(dir: &Path, options: &str) -> Result<(), RuntimeError> {
     .map_err(|e| RuntimeError::Spawn(format!("mounting a tmpfs at {}: {e}", dir.display())))
 }
 
-/// Mount points of this process's mount namespace (`/proc/self/mountinfo`, octal escapes
+/// Mount points of this process's mount namespace (`runtime::mountinfo`: octal escapes
 /// decoded).
 fn mount_points() -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mount_path(p)))
+    super::mountinfo::read()
+        .into_iter()
+        .map(|m| m.mount_point)
         .collect()
-}
-
-fn unescape_mount_path(p: &str) -> String {
-    let mut out = Vec::new();
-    let bytes = p.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() {
-            if let Ok(n) = u8::from_str_radix(&p[i + 1..i + 4], 8) {
-                out.push(n);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn canonical(p: &Path) -> PathBuf {
@@ -608,11 +589,5 @@ mod tests {
         )
         .is_err());
         assert!(!Path::new("/etc/shoal-x").exists());
-    }
-
-    #[test]
-    fn mountinfo_paths_are_unescaped() {
-        assert_eq!(unescape_mount_path("/a\\040b"), "/a b");
-        assert_eq!(unescape_mount_path("/plain"), "/plain");
     }
 }

@@ -6,18 +6,10 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+pub use crate::model::hash::fnv32a;
+
 /// Kubernetes' alphabet for generated names (no vowels, no confusable characters).
 pub const SAFE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-
-/// FNV-32a.
-pub fn fnv32a(bytes: &[u8]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for &b in bytes {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h
-}
 
 /// JSON with object keys sorted at every level and no whitespace, independent of how the
 /// `serde_json` map type orders keys.
@@ -142,14 +134,6 @@ pub fn rendezvous(pod: u64, node: u64) -> u64 {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn fnv_known_values() {
-        // Reference values of FNV-1a 32.
-        assert_eq!(fnv32a(b""), 0x811c9dc5);
-        assert_eq!(fnv32a(b"a"), 0xe40c292c);
-        assert_eq!(fnv32a(b"foobar"), 0xbf9cf968);
-    }
 
     #[test]
     fn template_hash_ignores_key_order_and_uses_the_safe_alphabet() {

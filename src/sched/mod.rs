@@ -1,6 +1,7 @@
-//! Scheduling decisions (pure): the per-epoch scheduler leader, and the leader's reconcile —
-//! Deployment (rolling updates), ReplicaSet, CronJob, Job and DaemonSet controllers, garbage collection and placement — from a snapshot
-//! of the merged state to a plan of writes (`docs/workloads.md`, "The controllers").
+//! Scheduling decisions (pure): the scheduler leader's reconcile — Deployment (rolling updates),
+//! ReplicaSet, CronJob, Job and DaemonSet controllers, garbage collection and placement — from a
+//! snapshot of the merged state to a plan of writes (`docs/workloads.md`, "The controllers").
+//! Which node leads is `membership::leader`'s choice.
 
 pub mod cronjob;
 pub mod daemonset;
@@ -8,7 +9,6 @@ pub mod deployment;
 mod gc;
 pub mod hash;
 pub mod job;
-pub mod leader;
 pub mod liveness;
 mod object;
 pub mod podspec;
@@ -37,8 +37,8 @@ use serde_json::Value;
 use crate::model::workload::Binding;
 pub use scheduler::{unschedulable_message, DEFAULT_MAX_PODS};
 pub use snapshot::{
-    apply_writes, LeaderCtx, Liveness, Plan, PlannedEvent, PodKey, SchedulingWrite, Snapshot,
-    StatusRecords, Write,
+    LeaderCtx, Liveness, Plan, PlannedEvent, PodKey, SchedulingWrite, Snapshot, StatusRecords,
+    Write,
 };
 
 /// Most replicas one ReplicaSet is given slots for (larger values are cut to this).

@@ -2,11 +2,12 @@
 //! and Kubernetes' non-zero defaults used for scoring), nodeSelector, and required pod
 //! anti-affinity terms with their label selectors.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde_json::Value;
 
 use crate::model::quantity::{parse_milli, parse_units};
+pub use crate::model::selector::LabelSelector;
 
 /// Scoring default for a container without a CPU request (Kubernetes: 100m).
 pub const DEFAULT_MILLI_CPU: u64 = 100;
@@ -100,85 +101,6 @@ pub fn node_selector(spec: &Value) -> Option<Vec<(String, String)>> {
     (!pairs.is_empty()).then_some(pairs)
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Op {
-    In(BTreeSet<String>),
-    NotIn(BTreeSet<String>),
-    Exists,
-    DoesNotExist,
-    /// An operator Kubernetes does not know: the selector matches nothing.
-    Invalid,
-}
-
-/// A `metav1.LabelSelector`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LabelSelector {
-    match_labels: Vec<(String, String)>,
-    exprs: Vec<(String, Op)>,
-}
-
-impl LabelSelector {
-    /// `None` for a null selector (which, in affinity terms, selects nothing).
-    pub fn parse(v: &Value) -> Option<LabelSelector> {
-        let obj = v.as_object()?;
-        let match_labels = obj
-            .get("matchLabels")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-            .take(MAX_ITEMS)
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-            .collect();
-        let exprs = obj
-            .get("matchExpressions")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .take(MAX_ITEMS)
-            .map(|e| {
-                let key = e["key"].as_str().unwrap_or("").to_string();
-                let values = || -> BTreeSet<String> {
-                    e["values"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .take(MAX_ITEMS)
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                };
-                let op = match e["operator"].as_str() {
-                    Some("In") => Op::In(values()),
-                    Some("NotIn") => Op::NotIn(values()),
-                    Some("Exists") => Op::Exists,
-                    Some("DoesNotExist") => Op::DoesNotExist,
-                    _ => Op::Invalid,
-                };
-                (key, op)
-            })
-            .collect();
-        Some(LabelSelector {
-            match_labels,
-            exprs,
-        })
-    }
-
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
-            && self.exprs.iter().all(|(k, op)| {
-                let have = labels.get(k);
-                match op {
-                    Op::In(vals) => have.is_some_and(|h| vals.contains(h)),
-                    Op::NotIn(vals) => have.is_none_or(|h| !vals.contains(h)),
-                    Op::Exists => have.is_some(),
-                    Op::DoesNotExist => have.is_none(),
-                    Op::Invalid => false,
-                }
-            })
-    }
-}
-
 /// A required pod anti-affinity term: no pod matching `selector` (in `namespaces`) may run
 /// in the same `topology_key` domain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -255,34 +177,6 @@ mod tests {
         assert_eq!(actual.memory, (64 << 20) + (1 << 30));
         assert_eq!(nonzero.cpu, 2000);
         assert_eq!(nonzero.memory, (64 << 20) + (1 << 30) + DEFAULT_MEMORY);
-    }
-
-    #[test]
-    fn selectors_match_labels_and_expressions() {
-        let labels: BTreeMap<String, String> = [("app", "web"), ("tier", "front")]
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect();
-        let sel = |v: Value| LabelSelector::parse(&v).unwrap().matches(&labels);
-        assert!(sel(json!({"matchLabels": {"app": "web"}})));
-        assert!(!sel(json!({"matchLabels": {"app": "db"}})));
-        assert!(sel(
-            json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["web", "x"]}]})
-        ));
-        assert!(!sel(
-            json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["web"]}]})
-        ));
-        assert!(sel(
-            json!({"matchExpressions": [{"key": "tier", "operator": "Exists"}]})
-        ));
-        assert!(sel(
-            json!({"matchExpressions": [{"key": "zone", "operator": "DoesNotExist"}]})
-        ));
-        assert!(!sel(
-            json!({"matchExpressions": [{"key": "zone", "operator": "Gt"}]})
-        ));
-        assert!(sel(json!({})), "an empty selector matches everything");
-        assert!(LabelSelector::parse(&Value::Null).is_none());
     }
 
     #[test]

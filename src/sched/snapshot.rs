@@ -1,8 +1,7 @@
 //! What the leader's reconcile reads (a [`Snapshot`] of the merged cluster document plus the
 //! leader's own view) and what it returns (a [`Plan`]: cluster-document writes, scheduling
-//! records for the leader's status document, events). Also the two adapters shared by the
-//! agent's shell and the simulator: building a snapshot from a `ClusterDoc` and applying a
-//! plan's writes to one.
+//! records for the leader's status document, events). Reading a snapshot from the cluster
+//! document and applying a plan's writes to it are `state::workloads`' (the document's layer).
 
 use std::collections::BTreeMap;
 
@@ -14,7 +13,6 @@ use crate::model::workload::{
     DEPLOYMENTS, JOBS, PODS, REPLICASETS,
 };
 use crate::model::NodeRecord;
-use crate::state::{ClusterDoc, StateError};
 
 /// A node's liveness in the leader's membership view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -155,7 +153,7 @@ impl Plan {
 }
 
 /// Namespace of a stored object (`metadata.namespace`, else the one in its key).
-fn with_namespace(mut object: Value, namespace: Option<&str>) -> Value {
+pub fn with_namespace(mut object: Value, namespace: Option<&str>) -> Value {
     if let (Some(ns), Some(meta)) = (namespace, object.get_mut("metadata")) {
         if meta.get("namespace").and_then(Value::as_str).is_none() {
             meta["namespace"] = Value::String(ns.to_string());
@@ -165,35 +163,6 @@ fn with_namespace(mut object: Value, namespace: Option<&str>) -> Value {
 }
 
 impl Snapshot {
-    /// Reads the workload objects, bindings and node records of `doc`; `liveness` and
-    /// `scheduling` come from the caller (membership view, own status document).
-    pub fn from_doc(
-        doc: &ClusterDoc,
-        liveness: BTreeMap<String, Liveness>,
-        scheduling: BTreeMap<PodKey, SchedulingRecord>,
-    ) -> Snapshot {
-        let objects = |resource: &str| -> Vec<Value> {
-            doc.list_objects(resource, None)
-                .into_iter()
-                .map(|(path, v)| with_namespace(v, path.namespace.as_deref()))
-                .collect()
-        };
-        Snapshot {
-            deployments: objects(DEPLOYMENTS),
-            replicasets: objects(REPLICASETS),
-            pods: objects(PODS),
-            jobs: objects(JOBS),
-            daemonsets: objects(DAEMONSETS),
-            cronjobs: objects(CRONJOBS),
-            bindings: doc.bindings().into_iter().collect(),
-            nodes: doc.nodes(),
-            liveness,
-            scheduling,
-            ready: BTreeMap::new(),
-            finished: BTreeMap::new(),
-        }
-    }
-
     /// Fills [`Snapshot::ready`] from the nodes' status records: a pod is ready when the
     /// record of its current placement (`model::workload::current_record`, the one the API
     /// shows) says Ready and its node is not dead in the leader's view. A Ready condition
@@ -322,43 +291,4 @@ impl Snapshot {
         }
         next
     }
-}
-
-/// Applies the cluster-document writes of a plan as one change. Returns how many changed the
-/// document.
-pub fn apply_writes(doc: &mut ClusterDoc, writes: &[Write]) -> Result<usize, StateError> {
-    doc.set_batching(true);
-    let out = apply_each(doc, writes);
-    doc.set_batching(false);
-    out
-}
-
-fn apply_each(doc: &mut ClusterDoc, writes: &[Write]) -> Result<usize, StateError> {
-    let mut changed = 0;
-    for w in writes {
-        let did = match w {
-            Write::PutObject {
-                resource,
-                namespace,
-                name,
-                object,
-            } => {
-                doc.put_object(resource, Some(namespace), name, object)?;
-                true
-            }
-            Write::DeleteObject {
-                resource,
-                namespace,
-                name,
-            } => doc.delete_object(resource, Some(namespace), name)?,
-            Write::PutBinding {
-                namespace,
-                pod,
-                binding,
-            } => doc.put_binding(namespace, pod, binding)?,
-            Write::DeleteBinding { namespace, pod } => doc.delete_binding(namespace, pod)?,
-        };
-        changed += usize::from(did);
-    }
-    Ok(changed)
 }

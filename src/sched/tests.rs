@@ -693,7 +693,7 @@ fn doc_of(s: &Snapshot, actor: u8) -> ClusterDoc {
             binding: binding.clone(),
         });
     }
-    apply_writes(&mut d, &writes).unwrap();
+    d.apply_writes(&writes).unwrap();
     d
 }
 
@@ -755,9 +755,9 @@ fn concurrent_leaders_merge_to_one_binding_per_pod() {
             .map(|(k, b)| (k.clone(), b.node.clone()))
             .collect();
         for (doc, alive, leader) in [(&mut a, 0..3, "n0"), (&mut b, 3..6, "n5")] {
-            let s = Snapshot::from_doc(doc, view(alive), BTreeMap::new());
+            let s = doc.workload_snapshot(view(alive), BTreeMap::new());
             let plan = reconcile(&s, &ctx(leader, seed * 2 + u64::from(leader == "n5")));
-            apply_writes(doc, &plan.writes).unwrap();
+            doc.apply_writes(&plan.writes).unwrap();
             for w in &plan.writes {
                 if let Write::PutBinding {
                     namespace,
@@ -768,12 +768,12 @@ fn concurrent_leaders_merge_to_one_binding_per_pod() {
                     copies.insert(((namespace.clone(), pod.clone()), binding.node.clone()));
                 }
             }
-            let after = Snapshot::from_doc(doc, BTreeMap::new(), BTreeMap::new());
+            let after = doc.workload_snapshot(BTreeMap::new(), BTreeMap::new());
             assert_exact_counts(&after);
         }
         merge(&mut a, &mut b);
-        let merged_a = Snapshot::from_doc(&a, all_alive(&nodes), BTreeMap::new());
-        let merged_b = Snapshot::from_doc(&b, all_alive(&nodes), BTreeMap::new());
+        let merged_a = a.workload_snapshot(all_alive(&nodes), BTreeMap::new());
+        let merged_b = b.workload_snapshot(all_alive(&nodes), BTreeMap::new());
         assert_eq!(
             merged_a.bindings, merged_b.bindings,
             "same winners everywhere"
@@ -830,12 +830,12 @@ fn overcommit_from_concurrent_leaders_is_repaired() {
             view_a.insert(format!("n{j}"), Liveness::Alive);
             for (doc, view, leader) in [(&mut a2, view_a, "n0"), (&mut b2, all_alive(&nodes), "n1")]
             {
-                let snap = Snapshot::from_doc(doc, view, BTreeMap::new());
+                let snap = doc.workload_snapshot(view, BTreeMap::new());
                 let plan = reconcile(&snap, &ctx(leader, 7));
-                apply_writes(doc, &plan.writes).unwrap();
+                doc.apply_writes(&plan.writes).unwrap();
             }
             merge(&mut a2, &mut b2);
-            let merged = Snapshot::from_doc(&a2, all_alive(&nodes), BTreeMap::new());
+            let merged = a2.workload_snapshot(all_alive(&nodes), BTreeMap::new());
             any_overcommit |= node_load(&merged).values().any(|l| l.0 > 1000);
             let healed = settle(merged, 4);
             assert_within_capacity(&healed);
@@ -858,12 +858,12 @@ fn a_plan_is_one_change() {
     let mut d = doc_of(&s, 1);
     let before = d.heads();
     let plan = reconcile(
-        &Snapshot::from_doc(&d, s.liveness.clone(), BTreeMap::new()),
+        &d.workload_snapshot(s.liveness.clone(), BTreeMap::new()),
         &ctx("n0", 1),
     );
-    assert_eq!(apply_writes(&mut d, &plan.writes).unwrap(), 11);
+    assert_eq!(d.apply_writes(&plan.writes).unwrap(), 11);
     assert_eq!(d.changes_since(&before).len(), 1);
-    let after = Snapshot::from_doc(&d, s.liveness.clone(), BTreeMap::new());
+    let after = d.workload_snapshot(s.liveness.clone(), BTreeMap::new());
     assert_eq!(after.pods.len(), 5);
     assert_eq!(after.bindings.len(), 5);
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use automerge::sync::State as SyncState;
 use automerge::{ActorId, ChangeHash};
 
-use crate::sched::{self, Write};
+use crate::sched::Write;
 use crate::state::ClusterDoc;
 
 /// Most rounds one anti-entropy session may take before it is abandoned (it resumes next time).
@@ -40,7 +40,7 @@ impl Replica {
     /// Apply a plan's writes as one change; returns the changes to push.
     pub fn apply(&mut self, writes: &[Write]) -> Vec<Vec<u8>> {
         let before = self.doc.heads();
-        if sched::apply_writes(&mut self.doc, writes).is_err() {
+        if self.doc.apply_writes(writes).is_err() {
             return Vec::new();
         }
         self.doc.changes_since(&before)

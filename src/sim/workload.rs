@@ -14,7 +14,7 @@ use crate::membership::MemberState;
 use crate::model::workload::SchedulingRecord;
 use crate::model::NodeRecord;
 use crate::sched::settle::Settle;
-use crate::sched::{self, LeaderCtx, Liveness, PodKey, Snapshot};
+use crate::sched::{self, LeaderCtx, Liveness, PodKey};
 use crate::state::ClusterDoc;
 
 /// The controllers' state of one node for one process life.
@@ -110,7 +110,10 @@ impl Sim {
         if st.last.as_ref() == Some(&inputs) {
             return;
         }
-        let snapshot = Snapshot::from_doc(n.replica.doc(), liveness, st.records.clone());
+        let snapshot = n
+            .replica
+            .doc()
+            .workload_snapshot(liveness, st.records.clone());
         let ctx = LeaderCtx {
             node: n.name.clone(),
             epoch: epoch.number,

@@ -240,7 +240,7 @@ mod tests {
         struct S {
             a: Option<u32>,
             b: Vec<(String, Option<bool>)>,
-            #[serde(with = "crate::state::bytes_field")]
+            #[serde(with = "serde_bytes")]
             c: Vec<u8>,
             d: Value,
         }

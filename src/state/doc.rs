@@ -147,7 +147,7 @@ impl ClusterDoc {
 
     // ---- the leader in office ----
 
-    /// The scheduler leader in office, as last recorded (`sched::leader::in_office`).
+    /// The scheduler leader in office, as last recorded (`membership::leader::in_office`).
     pub fn leader_record(&self) -> Option<String> {
         self.get_typed(keys::LEADER).ok().flatten()
     }

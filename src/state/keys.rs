@@ -12,7 +12,7 @@
 //! - `podcidr/<index>`             a node's claim of a pod subnet (only the claiming node
 //!   writes it; `model::ipam`)
 //! - `leader`                      the scheduler leader in office (written by the node that
-//!   takes office; `sched::leader::in_office`)
+//!   takes office; `membership::leader::in_office`)
 
 pub const META: &str = "meta";
 pub const TOKEN_PREFIX: &str = "token/";

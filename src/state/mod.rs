@@ -10,6 +10,7 @@ mod keys;
 mod persist;
 mod replica;
 mod status;
+mod workloads;
 
 pub use doc::{ClusterDoc, ClusterMeta, StateError};
 pub use keys::{object_key, ObjectPath};
@@ -29,16 +30,4 @@ pub enum DocId {
     Cluster,
     /// The status document of the named node (one writer: that node).
     Status(String),
-}
-
-/// Serde helper: `Vec<u8>` as a CBOR byte string.
-pub mod bytes_field {
-    use crate::net::protocol::serde_bytes_vec::Bytes;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        Bytes(v.to_vec()).serialize(s)
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        Ok(Bytes::deserialize(d)?.0)
-    }
 }

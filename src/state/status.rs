@@ -44,7 +44,7 @@ impl DerefMut for StatusDoc {
 struct Saved {
     owner: String,
     version: u64,
-    #[serde(with = "crate::state::bytes_field")]
+    #[serde(with = "serde_bytes")]
     doc: Vec<u8>,
 }
 

@@ -377,7 +377,7 @@ fn configmaps_and_secrets_reach_pods_and_secrets_stay_sealed() {
     // proves little): the Secret is stored sealed, the ConfigMap plain.
     #[derive(serde::Deserialize)]
     struct BackupFile {
-        #[serde(with = "shoal::state::bytes_field")]
+        #[serde(with = "serde_bytes")]
         document: Vec<u8>,
     }
     let file: BackupFile = cbor4ii::serde::from_slice(&bytes).unwrap();

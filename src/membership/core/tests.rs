@@ -431,7 +431,7 @@ fn epoch_changes_with_the_live_set() {
     assert_ne!(e1.view, e0.view);
     let set: BTreeSet<MemberId> = ["a".to_string(), "b".to_string()].into_iter().collect();
     assert_eq!(e1.view, view_hash(&set));
-    assert_eq!(e1.leader, crate::sched::leader::leader(&set));
+    assert_eq!(e1.leader, crate::membership::leader::leader(&set));
 }
 
 #[test]

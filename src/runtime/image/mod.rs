@@ -20,7 +20,7 @@
 
 mod archive;
 pub mod pull;
-pub mod reference;
+pub use crate::model::reference;
 #[cfg(test)]
 mod tests;
 mod unpack;
@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use oci_spec::image::{ImageConfiguration, ImageManifest};
 use serde::{Deserialize, Serialize};
 
-pub use crate::api::ImageSummary;
+pub use crate::model::image::ImageSummary;
 pub use unpack::get_xattr;
 
 use archive::{BlobReader, BlobSource, FoundImage};

@@ -20,61 +20,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, watch};
 
-use super::{ImageError, ImageStore, ImageSummary, ResolvedImage};
+use super::{ImageError, ImageStore, ResolvedImage};
 
-/// Registry credentials (from a `kubernetes.io/dockerconfigjson` Secret or the CLI). Used as
-/// HTTP basic auth, or exchanged for a bearer token when the registry asks for one.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Credentials {
-    pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials({}, ***)", self.username)
-    }
-}
-
-/// What to pull.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PullRequest {
-    /// Any reference (`busybox`, `host:5000/repo:tag`, `repo@sha256:...`).
-    pub reference: String,
-    #[serde(default)]
-    pub credentials: Option<Credentials>,
-}
-
-/// Progress of one pull, streamed to the CLI as JSON lines.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "camelCase")]
-pub enum PullEvent {
-    /// The manifest is known: the blobs to fetch (digest, size), config first.
-    Resolved {
-        digest: String,
-        blobs: Vec<(String, u64)>,
-    },
-    /// Bytes of one blob received so far, and from where (`local`, `registry`, `peer nK`).
-    Blob {
-        digest: String,
-        done: u64,
-        total: u64,
-        source: String,
-    },
-    /// All blobs are present; layers are being unpacked.
-    Unpacking,
-    Done {
-        image: ImageSummary,
-    },
-    Error {
-        message: String,
-    },
-}
+pub use crate::model::image::{BlobStream, Credentials, FetchThrough, PullEvent, PullRequest};
 
 /// Node-level pull settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -152,16 +104,6 @@ impl Peers for NoPeers {
     fn client(&self) -> Option<PeerClient> {
         None
     }
-}
-
-/// The body of a fetch-through request to a blob's seed: enough to fetch it from the registry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FetchThrough {
-    /// The image's reference (its registry and repository hold the blob).
-    pub reference: String,
-    pub size: u64,
-    #[serde(default)]
-    pub credentials: Option<Credentials>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -320,8 +262,10 @@ impl Source {
 
 /// One pull's registry access.
 struct Ctx {
-    /// The reference as given (for fetch-through requests to seeds).
+    /// The reference, normalised (for fetch-through requests to seeds).
     reference: String,
+    /// It without its digest: the key peers advertise tags under.
+    named: String,
     oci_ref: oci_client::Reference,
     client: oci_client::Client,
     auth: oci_client::secrets::RegistryAuth,
@@ -351,12 +295,6 @@ pub struct Puller {
     gc_lock: tokio::sync::RwLock<()>,
     /// Where downloaded bytes are counted by source (the agent's metrics).
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
-}
-
-/// A blob's bytes for a peer: its size (if known) and a stream of chunks.
-pub struct BlobStream {
-    pub size: Option<u64>,
-    pub body: futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>,
 }
 
 impl Puller {
@@ -409,10 +347,7 @@ impl Puller {
     fn ctx(&self, req: &PullRequest, allow_seed: bool) -> Result<Arc<Ctx>, PullError> {
         let r = super::reference::parse(&req.reference)
             .map_err(|e| PullError::Store(ImageError::InvalidReference(e)))?;
-        let oci_ref: oci_client::Reference = r
-            .to_string()
-            .parse()
-            .map_err(|e| PullError::Store(ImageError::InvalidReference(format!("{r}: {e}"))))?;
+        let oci_ref = r.oci();
         let client = oci_client::Client::new(oci_client::client::ClientConfig {
             protocol: oci_client::client::ClientProtocol::HttpsExcept(
                 self.config.insecure_registries.clone(),
@@ -433,6 +368,7 @@ impl Puller {
         };
         Ok(Arc::new(Ctx {
             reference: r.to_string(),
+            named: r.named(),
             oci_ref,
             client,
             auth,
@@ -577,10 +513,7 @@ impl Puller {
         if !matches!(registry_err, PullError::Unreachable(_)) {
             return Err(registry_err);
         }
-        let named = super::reference::parse(&ctx.reference)
-            .map(|r| r.named())
-            .unwrap_or_default();
-        for (peer, digest) in self.peers.tag_holders(&named) {
+        for (peer, digest) in self.peers.tag_holders(&ctx.named) {
             let Ok(hex) = digest_hex(&digest) else {
                 continue;
             };

@@ -2,7 +2,6 @@
 //! directory or write through a symlink; OCI whiteouts become overlay whiteouts; the sha256 of
 //! the uncompressed stream is checked against the layer's diff id.
 
-use std::ffi::CString;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -421,42 +420,11 @@ fn set_meta(p: &Path, mode: Option<u32>, uid: u32, gid: u32, mtime: u64) -> Resu
 }
 
 fn set_xattr(p: &Path, name: &str, value: &[u8]) -> Result<(), ImageError> {
-    let cpath = CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| ImageError::UnsafeLayer(format!("{}: NUL in path", p.display())))?;
-    let cname = CString::new(name).map_err(|_| ImageError::Unsupported(name.into()))?;
-    // SAFETY: both strings are NUL-terminated and outlive the call; value is a valid slice.
-    let rc = unsafe {
-        nix::libc::lsetxattr(
-            cpath.as_ptr(),
-            cname.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc != 0 {
-        return Err(ImageError::io(p, io::Error::last_os_error()));
-    }
-    Ok(())
+    // `xattr::set` is `lsetxattr`: on the entry itself, never through a symlink.
+    xattr::set(p, name, value).map_err(|e| ImageError::io(p, e))
 }
 
-/// Reads an xattr of `p` (tests and diagnostics).
+/// Reads an xattr of `p`, not following a symlink (tests and diagnostics).
 pub fn get_xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
-    let cpath = CString::new(p.as_os_str().as_bytes()).ok()?;
-    let cname = CString::new(name).ok()?;
-    let mut buf = vec![0u8; 256];
-    // SAFETY: buf is valid for buf.len() bytes; strings are NUL-terminated.
-    let n = unsafe {
-        nix::libc::lgetxattr(
-            cpath.as_ptr(),
-            cname.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return None;
-    }
-    buf.truncate(n as usize);
-    Some(buf)
+    xattr::get(p, name).ok().flatten()
 }

@@ -10,7 +10,23 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSecurityContext, SecurityCon
 use oci_spec::runtime::Capability;
 use serde_json::Value;
 
-use super::bundle::DEFAULT_CAPABILITIES;
+/// Docker's default capability set (what `docker run` grants without `--cap-add`).
+pub const DEFAULT_CAPABILITIES: &[Capability] = &[
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
 
 /// Every capability the kernel knows (what `privileged` and `add: [ALL]` grant).
 pub const ALL_CAPABILITIES: &[&str] = &[

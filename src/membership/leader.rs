@@ -9,7 +9,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::membership::MemberId;
+use super::MemberId;
 
 /// The rendezvous weight of a node id: the first 8 bytes of SHA-256(`shoal-leader\0` ++ id).
 pub fn weight(id: &str) -> u64 {

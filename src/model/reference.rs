@@ -1,12 +1,12 @@
 //! Image references normalised as Docker does: `busybox` → `docker.io/library/busybox:latest`,
-//! `shoal.test/busybox:1` unchanged, `name@sha256:<hex>` kept with its digest. Pure.
+//! `shoal.test/busybox:1` unchanged, `name@sha256:<hex>` kept with its digest; parsed by
+//! `oci_client::Reference`, with shoal's own limits on top. Pure.
 
 use std::fmt;
 
 /// Longest reference accepted (Docker's limit on the name is 255; tag and digest come on top).
 pub const MAX_REFERENCE_LEN: usize = 512;
 const MAX_NAME_LEN: usize = 255;
-const DEFAULT_DOMAIN: &str = "docker.io";
 
 /// A parsed, normalised reference.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -40,6 +40,23 @@ impl Reference {
         }
     }
 
+    /// The same reference as `oci_client` takes it (built from the parts, not parsed again).
+    pub fn oci(&self) -> oci_client::Reference {
+        let (registry, repository) = self.name.split_once('/').unwrap_or(("", &self.name));
+        let (registry, repository) = (registry.to_string(), repository.to_string());
+        match (&self.tag, &self.digest) {
+            (Some(t), Some(d)) => oci_client::Reference::with_tag_and_digest(
+                registry,
+                repository,
+                t.clone(),
+                d.clone(),
+            ),
+            (None, Some(d)) => oci_client::Reference::with_digest(registry, repository, d.clone()),
+            (Some(t), None) => oci_client::Reference::with_tag(registry, repository, t.clone()),
+            (None, None) => oci_client::Reference::with_tag(registry, repository, "latest".into()),
+        }
+    }
+
     /// The store index's key for this reference: [`Reference::named`] for a tag, the whole
     /// reference for a digest (an alias to the platform manifest it was pulled as).
     pub fn index_key(&self) -> String {
@@ -50,7 +67,10 @@ impl Reference {
     }
 }
 
-/// Parses and normalises `s`. The tag defaults to `latest` unless a digest is given.
+/// Parses and normalises `s` with the distribution grammar of `oci_client::Reference`
+/// (oci-spec's: Docker Hub's `library/` and `docker.io`, `index.docker.io` folded in). The tag
+/// defaults to `latest` unless a digest is given. On top of it shoal asks for: a bounded length,
+/// sha256 digests in lower-case hex only, ASCII tags.
 pub fn parse(s: &str) -> Result<Reference, String> {
     if s.is_empty() {
         return Err("empty image reference".into());
@@ -60,68 +80,26 @@ pub fn parse(s: &str) -> Result<Reference, String> {
             "image reference longer than {MAX_REFERENCE_LEN} bytes"
         ));
     }
-    let (rest, digest) = match s.split_once('@') {
-        Some((r, d)) => {
-            let hex = d
-                .strip_prefix("sha256:")
-                .ok_or_else(|| format!("{s:?}: only sha256 digests are supported"))?;
-            if !is_sha256_hex(hex) {
-                return Err(format!("{s:?}: the digest is not 64 lower-case hex digits"));
-            }
-            (r, Some(d.to_string()))
-        }
-        None => (s, None),
-    };
-    // A ':' after the last '/' separates the tag (a ':' before it is a registry port).
-    let last_slash = rest.rfind('/');
-    let (name, tag) = match rest.rfind(':') {
-        Some(i) if last_slash.is_none_or(|sl| i > sl) => (&rest[..i], Some(&rest[i + 1..])),
-        _ => (rest, None),
-    };
-    if let Some(t) = tag {
-        if !valid_tag(t) {
-            return Err(format!("{s:?}: invalid tag {t:?}"));
+    let r: oci_client::Reference = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if let Some(d) = r.digest() {
+        let hex = d
+            .strip_prefix("sha256:")
+            .ok_or_else(|| format!("{s:?}: only sha256 digests are supported"))?;
+        if !is_sha256_hex(hex) {
+            return Err(format!("{s:?}: the digest is not 64 lower-case hex digits"));
         }
     }
-    let (domain, path) = match name.split_once('/') {
-        Some((first, remainder))
-            if first.contains('.') || first.contains(':') || first == "localhost" =>
-        {
-            (first, remainder.to_string())
-        }
-        _ => (DEFAULT_DOMAIN, name.to_string()),
-    };
-    let domain = if domain == "index.docker.io" {
-        DEFAULT_DOMAIN
-    } else {
-        domain
-    };
-    if !valid_domain(domain) {
-        return Err(format!("{s:?}: invalid registry {domain:?}"));
+    if let Some(t) = r.tag().filter(|t| !valid_tag(t)) {
+        return Err(format!("{s:?}: invalid tag {t:?}"));
     }
-    let path = if domain == DEFAULT_DOMAIN && !path.contains('/') {
-        format!("library/{path}")
-    } else {
-        path
-    };
-    if path.is_empty() || !path.split('/').all(valid_path_component) {
-        return Err(format!(
-            "{s:?}: invalid repository name (lower-case letters, digits and separators . _ -)"
-        ));
-    }
-    let full = format!("{domain}/{path}");
-    if full.len() > MAX_NAME_LEN {
+    let name = format!("{}/{}", r.registry(), r.repository());
+    if name.len() > MAX_NAME_LEN {
         return Err(format!("{s:?}: repository name longer than {MAX_NAME_LEN}"));
     }
-    let tag = match (tag, &digest) {
-        (Some(t), _) => Some(t.to_string()),
-        (None, None) => Some("latest".to_string()),
-        (None, Some(_)) => None,
-    };
     Ok(Reference {
-        name: full,
-        tag,
-        digest,
+        name,
+        tag: r.tag().map(str::to_string),
+        digest: r.digest().map(str::to_string),
     })
 }
 
@@ -141,57 +119,6 @@ fn valid_tag(t: &str) -> bool {
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
         && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-}
-
-fn valid_domain(d: &str) -> bool {
-    let (host, port) = match d.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (d, None),
-    };
-    if let Some(p) = port {
-        if p.is_empty() || p.len() > 5 || !p.bytes().all(|c| c.is_ascii_digit()) {
-            return false;
-        }
-    }
-    !host.is_empty()
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || c == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
-
-/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
-fn valid_path_component(c: &str) -> bool {
-    let b = c.as_bytes();
-    if b.is_empty() || !is_alnum(b[0]) || !is_alnum(b[b.len() - 1]) {
-        return false;
-    }
-    let mut i = 0;
-    while i < b.len() {
-        if is_alnum(b[i]) {
-            i += 1;
-            continue;
-        }
-        // A separator run: ".", "_", "__" or one or more "-".
-        let start = i;
-        while i < b.len() && !is_alnum(b[i]) {
-            i += 1;
-        }
-        let sep = &c[start..i];
-        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-');
-        if !ok {
-            return false;
-        }
-    }
-    true
-}
-
-fn is_alnum(c: u8) -> bool {
-    c.is_ascii_lowercase() || c.is_ascii_digit()
 }
 
 #[cfg(test)]
@@ -238,6 +165,16 @@ mod tests {
         assert_eq!(r.tag.as_deref(), Some("1"));
         assert_eq!(r.digest.as_deref(), Some(d.as_str()));
         assert_eq!(r.named(), "shoal.test/busybox:1");
+        // The oci_client form is the same reference, registry and repository split.
+        let oci = r.oci();
+        assert_eq!(
+            (oci.registry(), oci.repository()),
+            ("shoal.test", "busybox")
+        );
+        assert_eq!(oci.to_string(), r.to_string());
+        let hub = parse("busybox").unwrap().oci();
+        assert_eq!(hub.to_string(), "docker.io/library/busybox:latest");
+        assert_eq!(hub.resolve_registry(), "index.docker.io");
     }
 
     #[test]
@@ -254,6 +191,9 @@ mod tests {
             "busybox/",
             "a..b",
             "shoal.test:port/x",
+            "busybox:ü",
+            &format!("busybox@sha256:{}", "AB".repeat(32)),
+            &format!("busybox@sha512:{}", "ab".repeat(64)),
             &"a".repeat(600),
         ] {
             assert!(parse(bad).is_err(), "{bad:?} should be refused");

@@ -1,0 +1,84 @@
+//! The cluster document as the scheduler's input and output: a [`Snapshot`] read from a
+//! [`ClusterDoc`] and a [`Plan`](crate::sched::Plan)'s writes applied to one, shared by the
+//! agent's controllers and the simulator (`sched` itself never sees the document).
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::{ClusterDoc, StateError};
+use crate::model::workload::{
+    SchedulingRecord, CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, PODS, REPLICASETS,
+};
+use crate::sched::snapshot::with_namespace;
+use crate::sched::{Liveness, PodKey, Snapshot, Write};
+
+impl ClusterDoc {
+    /// Reads the workload objects, bindings and node records; `liveness` and `scheduling`
+    /// come from the caller (membership view, own status document).
+    pub fn workload_snapshot(
+        &self,
+        liveness: BTreeMap<String, Liveness>,
+        scheduling: BTreeMap<PodKey, SchedulingRecord>,
+    ) -> Snapshot {
+        let objects = |resource: &str| -> Vec<Value> {
+            self.list_objects(resource, None)
+                .into_iter()
+                .map(|(path, v)| with_namespace(v, path.namespace.as_deref()))
+                .collect()
+        };
+        Snapshot {
+            deployments: objects(DEPLOYMENTS),
+            replicasets: objects(REPLICASETS),
+            pods: objects(PODS),
+            jobs: objects(JOBS),
+            daemonsets: objects(DAEMONSETS),
+            cronjobs: objects(CRONJOBS),
+            bindings: self.bindings().into_iter().collect(),
+            nodes: self.nodes(),
+            liveness,
+            scheduling,
+            ready: BTreeMap::new(),
+            finished: BTreeMap::new(),
+        }
+    }
+
+    /// Applies the cluster-document writes of a plan as one change. Returns how many changed
+    /// the document.
+    pub fn apply_writes(&mut self, writes: &[Write]) -> Result<usize, StateError> {
+        self.set_batching(true);
+        let out = self.apply_each(writes);
+        self.set_batching(false);
+        out
+    }
+
+    fn apply_each(&mut self, writes: &[Write]) -> Result<usize, StateError> {
+        let mut changed = 0;
+        for w in writes {
+            let did = match w {
+                Write::PutObject {
+                    resource,
+                    namespace,
+                    name,
+                    object,
+                } => {
+                    self.put_object(resource, Some(namespace), name, object)?;
+                    true
+                }
+                Write::DeleteObject {
+                    resource,
+                    namespace,
+                    name,
+                } => self.delete_object(resource, Some(namespace), name)?,
+                Write::PutBinding {
+                    namespace,
+                    pod,
+                    binding,
+                } => self.put_binding(namespace, pod, binding)?,
+                Write::DeleteBinding { namespace, pod } => self.delete_binding(namespace, pod)?,
+            };
+            changed += usize::from(did);
+        }
+        Ok(changed)
+    }
+}
