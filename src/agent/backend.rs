@@ -14,7 +14,7 @@ use crate::api::{
     AgentStatus, Backend, BackendError, BoxFuture, LogRequest, LogStream, ObjectKey, WorkloadView,
 };
 use crate::model::workload::{keys, PodStatusRecord, SchedulingRecord};
-use crate::model::{NodeView, Readiness};
+use crate::model::{MemberState, NodeView, Readiness};
 use crate::runtime::image::pull::{BlobStream, FetchThrough, PullEvent, PullRequest, Puller};
 use crate::runtime::image::ImageError;
 use crate::security::token_hash;
@@ -187,14 +187,14 @@ pub fn node_views(shared: &Shared) -> Vec<NodeView> {
                 .members
                 .iter()
                 .find(|m| m.name == record.name)
-                .map(|m| m.state.as_str());
+                .map(|m| m.state);
             let readiness = if record.name == shared.node_name {
                 Readiness::Ready
             } else {
                 match state {
-                    Some("alive") => Readiness::Ready,
-                    Some("suspect") => Readiness::Suspect,
-                    _ => Readiness::NotReady,
+                    Some(MemberState::Alive) => Readiness::Ready,
+                    Some(MemberState::Suspect) => Readiness::Suspect,
+                    Some(MemberState::Dead | MemberState::Left) | None => Readiness::NotReady,
                 }
             };
             let since = view

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use super::shared::{Shared, View};
-use crate::model::workload::{keys, SchedulingRecord};
+use crate::model::workload::{keys, EventType, SchedulingRecord};
+use crate::model::MemberState;
 use crate::sched::liveness::{classify, ViewState};
 use crate::sched::settle::Settle;
 use crate::sched::{
@@ -37,10 +38,10 @@ fn liveness(shared: &Shared, view: &View, me: &str) -> BTreeMap<String, Liveness
         .members
         .iter()
         .map(|m| {
-            let state = match m.state.as_str() {
-                "alive" => ViewState::Alive,
-                "suspect" => ViewState::Suspect,
-                _ => ViewState::Gone,
+            let state = match m.state {
+                MemberState::Alive => ViewState::Alive,
+                MemberState::Suspect => ViewState::Suspect,
+                MemberState::Dead | MemberState::Left => ViewState::Gone,
             };
             let recoveries = view.recoveries.get(&m.name).map_or(&[][..], Vec::as_slice);
             let since = view.since.get(&m.name).copied();
@@ -137,7 +138,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: impl std::future::Future<Output 
         let peers = view
             .members
             .iter()
-            .filter(|m| m.name != shared.node_name && m.state == "alive")
+            .filter(|m| m.name != shared.node_name && m.state == MemberState::Alive)
             .count();
         let settled = settle.may_act(started.elapsed(), epoch.1.elapsed(), peers);
         let leader = view.leader.as_deref() == Some(shared.node_name.as_str());
@@ -162,7 +163,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: impl std::future::Future<Output 
             None => true,
             Some(r) if r == shared.node_name => false,
             Some(r) => match view.members.iter().find(|m| m.name == r) {
-                Some(m) => m.state == "dead" || m.state == "left",
+                Some(m) => m.state.is_gone(),
                 None => started.elapsed() >= sched::settle::STARTUP_GRACE,
             },
         };
@@ -267,7 +268,7 @@ fn apply(shared: &Shared, plan: &Plan) -> bool {
         }
     }
     let mut events: Vec<&sched::PlannedEvent> = plan.events.iter().collect();
-    events.sort_by_key(|e| e.event_type != "Warning");
+    events.sort_by_key(|e| e.event_type != EventType::Warning);
     let dropped = events.len().saturating_sub(MAX_EVENTS_PER_ROUND);
     for e in events.into_iter().take(MAX_EVENTS_PER_ROUND) {
         shared.record_event(&e.involved, e.event_type, e.reason, &e.message, e.component);

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::shared::Shared;
+use crate::model::MemberState;
 use crate::runtime::image::pull::{Peer, PeerClient, Peers, Puller};
 use crate::runtime::image::{reference, ImageError, ImageStore};
 
@@ -102,7 +103,7 @@ impl ClusterPeers {
         let alive: BTreeSet<String> = view
             .members
             .iter()
-            .filter(|m| m.state == "alive" && m.name != self.shared.node_name)
+            .filter(|m| m.state == MemberState::Alive && m.name != self.shared.node_name)
             .map(|m| m.name.clone())
             .collect();
         let doc = self.shared.doc();

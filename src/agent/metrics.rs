@@ -13,18 +13,19 @@ use axum::routing::get;
 
 use super::shared::Shared;
 use crate::metrics::{self, ScrapeInputs};
+use crate::model::MemberState;
 
 /// Reads what the scrape-time gauges show.
 pub fn scrape_inputs(shared: &Shared) -> ScrapeInputs {
     let view = shared.view();
-    let mut members: BTreeMap<String, u64> = BTreeMap::new();
+    let mut members: BTreeMap<MemberState, u64> = BTreeMap::new();
     for m in &view.members {
-        *members.entry(m.state.clone()).or_default() += 1;
+        *members.entry(m.state).or_default() += 1;
     }
     let alive: BTreeSet<&str> = view
         .members
         .iter()
-        .filter(|m| m.state == "alive")
+        .filter(|m| m.state == MemberState::Alive)
         .map(|m| m.name.as_str())
         .chain(std::iter::once(shared.node_name.as_str()))
         .collect();

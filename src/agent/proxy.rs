@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use super::services;
 use super::shared::Shared;
 use crate::model::network::BRIDGE;
+use crate::model::MemberState;
 use crate::proxy::{self, Change, Desired, NodeFacts, Ruleset, TABLE};
 use crate::sched::settle::Settle;
 
@@ -191,7 +192,7 @@ impl Proxy {
         let peers = view
             .members
             .iter()
-            .filter(|m| m.name != self.shared.node_name && m.state == "alive")
+            .filter(|m| m.name != self.shared.node_name && m.state == MemberState::Alive)
             .count();
         self.settle
             .may_act(self.started.elapsed(), self.epoch.1.elapsed(), peers)

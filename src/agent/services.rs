@@ -15,7 +15,7 @@ use super::backend::workload_view;
 use super::shared::Shared;
 use crate::api::workloads::pod_view;
 use crate::model::service::{self, Conflict, Endpoint, Service, SERVICES};
-use crate::model::workload::PODS;
+use crate::model::workload::{EventType, PODS};
 
 /// Services and their endpoints at one moment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -153,7 +153,7 @@ fn repair_round(shared: &Shared) {
                 };
                 shared.record_event(
                     &involved,
-                    "Warning",
+                    EventType::Warning,
                     "AllocationConflict",
                     &r.message,
                     "shoal-services",

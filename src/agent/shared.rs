@@ -187,7 +187,7 @@ impl Shared {
     pub fn record_event(
         &self,
         involved: &crate::model::workload::InvolvedObject,
-        event_type: &str,
+        event_type: crate::model::workload::EventType,
         reason: &str,
         message: &str,
         component: &str,
@@ -266,7 +266,7 @@ impl Shared {
         let live: Vec<String> = view
             .members
             .iter()
-            .filter(|m| m.state == "alive" || m.state == "suspect")
+            .filter(|m| m.state.is_live())
             .map(|m| m.name.clone())
             .collect();
         if !live.is_empty() {

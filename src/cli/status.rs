@@ -113,7 +113,7 @@ pub fn render(status: &AgentStatus) -> String {
     if !members.iter().any(|m| m.name == status.node) {
         members.push(crate::api::MemberStatus {
             name: status.node.clone(),
-            state: "alive".into(),
+            state: crate::model::MemberState::Alive,
             incarnation: 0,
             addr: String::new(),
         });
@@ -121,7 +121,7 @@ pub fn render(status: &AgentStatus) -> String {
     members.sort_by(|a, b| a.name.cmp(&b.name));
     for m in &members {
         let me = m.name == status.node;
-        let mut state = m.state.clone();
+        let mut state = m.state.to_string();
         if status.leader.as_deref() == Some(m.name.as_str()) {
             state.push_str(" (leader)");
         }
@@ -156,7 +156,7 @@ mod tests {
     fn member(name: &str, state: &str) -> MemberStatus {
         MemberStatus {
             name: name.into(),
-            state: state.into(),
+            state: state.parse().unwrap(),
             incarnation: 2,
             addr: format!("/ip4/10.77.0.1/udp/7946/quic-v1/p2p/{name}"),
         }

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::agent::shared::Shared;
 use crate::model::logs::{LogRequest, LogStream};
-use crate::model::workload::{keys, InvolvedObject, PodStatusRecord, PODS};
+use crate::model::workload::{keys, EventType, InvolvedObject, PodStatusRecord, PODS};
 use crate::runtime::image::pull::Puller;
 use crate::runtime::logs::{find_target, read_logs, LogError};
 use crate::runtime::pods::StartOutcome;
@@ -402,11 +402,11 @@ impl Shell {
             }
             Action::Event {
                 target,
-                warning,
+                event_type,
                 reason,
                 message,
             } => {
-                record_event(&self.shared, &target, warning, &reason, &message);
+                record_event(&self.shared, &target, event_type, &reason, &message);
             }
             Action::CreateSandbox { key } => {
                 let Some(d) = desired.get(&key) else { return };
@@ -456,7 +456,7 @@ impl Shell {
                                 record_event(
                                     &shared,
                                     &target,
-                                    true,
+                                    EventType::Warning,
                                     "FailedCreatePodSandBox",
                                     &message,
                                 );
@@ -533,7 +533,7 @@ impl Shell {
                                 record_event(
                                     &shared,
                                     &target,
-                                    true,
+                                    EventType::Warning,
                                     "InvalidEnvironmentVariableNames",
                                     warning,
                                 );
@@ -542,7 +542,7 @@ impl Shell {
                                 record_event(
                                     &shared,
                                     &target,
-                                    false,
+                                    EventType::Normal,
                                     "Pulled",
                                     &format!(
                                         "Container image \"{}\" already present on machine",
@@ -553,14 +553,14 @@ impl Shell {
                             record_event(
                                 &shared,
                                 &target,
-                                false,
+                                EventType::Normal,
                                 "Created",
                                 &format!("Created container {container}"),
                             );
                             record_event(
                                 &shared,
                                 &target,
-                                false,
+                                EventType::Normal,
                                 "Started",
                                 &format!("Started container {container}"),
                             );
@@ -570,7 +570,7 @@ impl Shell {
                             record_event(
                                 &shared,
                                 &target,
-                                true,
+                                EventType::Warning,
                                 "Failed",
                                 &format!("Error: {message}"),
                             );
@@ -578,7 +578,13 @@ impl Shell {
                         }
                         Err(e) => {
                             tracing::warn!(%e, %container, "starting a container");
-                            record_event(&shared, &target, true, "Failed", &format!("Error: {e}"));
+                            record_event(
+                                &shared,
+                                &target,
+                                EventType::Warning,
+                                "Failed",
+                                &format!("Error: {e}"),
+                            );
                             None
                         }
                     }
@@ -705,7 +711,7 @@ impl PodRuntime {
 pub(crate) fn record_event(
     shared: &Shared,
     target: &plan::EventTarget,
-    warning: bool,
+    event_type: EventType,
     reason: &str,
     message: &str,
 ) {
@@ -717,7 +723,7 @@ pub(crate) fn record_event(
             name: target.name.clone(),
             uid: target.uid.clone(),
         },
-        if warning { "Warning" } else { "Normal" },
+        event_type,
         reason,
         message,
         "kubelet",

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 
 use super::plan::probe::{Handler, ProbeRun, RunningAttempt, Tracker};
 use super::plan::DesiredPod;
+use crate::model::workload::EventType;
 use crate::runtime::{AttemptState, ObservedPod, RuntimeConfig};
 
 /// At most this many probes run at once (the rest wait for a slot, then run).
@@ -206,7 +207,7 @@ impl PreStop {
             super::record_event(
                 shared,
                 &self.pod,
-                true,
+                EventType::Warning,
                 "FailedPreStopHook",
                 &format!(
                     "{what} for Container \"{}\" in Pod \"{}_{}({})\" failed - error: {message}",

@@ -14,6 +14,7 @@ use crate::agent::shared::Shared;
 use crate::model::backoff::Backoff;
 use crate::model::image::default_pull_policy;
 use crate::model::image::{Credentials, PullRequest};
+use crate::model::workload::EventType;
 use crate::runtime::image::pull::{PullError, Puller};
 use crate::runtime::image::{reference, ImageError, ImageStore};
 use crate::runtime::observe::{AttemptState, ObservedPod};
@@ -258,7 +259,7 @@ impl Pulls {
         super::record_event(
             &shared,
             &target,
-            false,
+            EventType::Normal,
             "Pulling",
             &format!("Pulling image \"{image}\""),
         );
@@ -285,7 +286,7 @@ impl Pulls {
                     super::record_event(
                         &shared,
                         &target,
-                        false,
+                        EventType::Normal,
                         "Pulled",
                         &format!(
                             "Successfully pulled image \"{image}\" in {:.3}s. Image size: {size} bytes.",
@@ -300,11 +301,17 @@ impl Pulls {
                     super::record_event(
                         &shared,
                         &target,
-                        true,
+                        EventType::Warning,
                         "Failed",
                         &format!("Failed to pull image \"{image}\": {message}"),
                     );
-                    super::record_event(&shared, &target, true, "Failed", "Error: ErrImagePull");
+                    super::record_event(
+                        &shared,
+                        &target,
+                        EventType::Warning,
+                        "Failed",
+                        "Error: ErrImagePull",
+                    );
                     Record::Failed {
                         at: now,
                         failures: failures + 1,

@@ -98,14 +98,7 @@ impl Config {
     }
 }
 
-/// Liveness of a member. The order matters: for one incarnation, a later state wins.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum MemberState {
-    Alive,
-    Suspect,
-    Dead,
-    Left,
-}
+pub use crate::model::MemberState;
 
 /// What is known about one member.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

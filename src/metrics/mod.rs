@@ -159,8 +159,8 @@ type GaugeF64 = Gauge<f64, AtomicU64>;
 /// than updated on every change).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ScrapeInputs {
-    /// Members of this agent's view by state (`alive`, `suspect`, `dead`, `left`).
-    pub members: BTreeMap<String, u64>,
+    /// Members of this agent's view by state.
+    pub members: BTreeMap<crate::model::MemberState, u64>,
     pub epoch: u64,
     pub leader: bool,
     /// Size of the cluster document as last saved (its whole history).
@@ -527,10 +527,12 @@ impl Metrics {
 
     /// Sets the gauges read at scrape time.
     pub fn refresh(&self, inputs: &ScrapeInputs) {
-        for state in ["alive", "suspect", "dead", "left"] {
-            let n = inputs.members.get(state).copied().unwrap_or(0);
+        for state in crate::model::MemberState::ALL {
+            let n = inputs.members.get(&state).copied().unwrap_or(0);
             self.members
-                .get_or_create(&StateLabel { state })
+                .get_or_create(&StateLabel {
+                    state: state.as_str(),
+                })
                 .set(n as i64);
         }
         self.epoch.set(inputs.epoch as i64);
@@ -601,7 +603,7 @@ mod tests {
         m.dns_query(DnsAnswer::NxDomain);
         m.peer_digest("n2", 0);
         m.refresh(&ScrapeInputs {
-            members: [("alive".to_string(), 3)].into(),
+            members: [(crate::model::MemberState::Alive, 3)].into(),
             pending_pods: 2,
             ..Default::default()
         });

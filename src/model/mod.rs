@@ -27,5 +27,6 @@ pub mod workload;
 pub use names::{is_dns1123_label, is_dns1123_subdomain};
 
 pub use node::{
-    MemberStatus, NodeRecord, NodeSystemInfo, NodeView, Readiness, RuntimePressure, PRESSURE_KEY,
+    MemberState, MemberStatus, NodeRecord, NodeSystemInfo, NodeView, Readiness, RuntimePressure,
+    PRESSURE_KEY,
 };

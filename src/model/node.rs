@@ -76,12 +76,85 @@ pub struct RuntimePressure {
     pub backlog: u32,
 }
 
+/// Liveness of a member (`membership`'s records carry it; the view the API shows too). The
+/// order matters: for one incarnation, a later state wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum MemberState {
+    Alive,
+    Suspect,
+    Dead,
+    Left,
+}
+
+impl MemberState {
+    /// Every state, in order.
+    pub const ALL: [MemberState; 4] = [
+        MemberState::Alive,
+        MemberState::Suspect,
+        MemberState::Dead,
+        MemberState::Left,
+    ];
+
+    /// The name the status route and `shoal status` show: `alive`, `suspect`, `dead`, `left`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Dead => "dead",
+            MemberState::Left => "left",
+        }
+    }
+
+    /// Alive or suspect: in the live set of a view (epochs, the leader's candidates).
+    pub fn is_live(self) -> bool {
+        matches!(self, MemberState::Alive | MemberState::Suspect)
+    }
+
+    /// Dead or left: gone from the live set.
+    pub fn is_gone(self) -> bool {
+        !self.is_live()
+    }
+}
+
+impl std::fmt::Display for MemberState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for MemberState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        MemberState::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| format!("unknown member state {s:?}"))
+    }
+}
+
+/// [`MemberState`] as its lower-case name (the status route's JSON), parsed back once.
+mod member_state_name {
+    use super::MemberState;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(state: &MemberState, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(state.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MemberState, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// One member as the serving agent's membership view has it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberStatus {
     pub name: String,
-    /// `alive`, `suspect`, `dead` or `left`.
-    pub state: String,
+    /// Shown as `alive`, `suspect`, `dead` or `left`.
+    #[serde(with = "member_state_name")]
+    pub state: MemberState,
     pub incarnation: u64,
     pub addr: String,
 }

@@ -125,12 +125,28 @@ pub struct InvolvedObject {
     pub uid: String,
 }
 
-/// Builds a Kubernetes `v1` Event (`type` is `Normal` or `Warning`) reported by `node`'s
+/// The `type` of a Kubernetes Event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+/// Builds a Kubernetes `v1` Event reported by `node`'s
 /// `component` (`scheduler`, `kubelet`, `deployment-controller`...). Returns its name (unique
 /// per object, reason and time) and the object to store under `keys::event`.
 pub fn new_event(
     involved: &InvolvedObject,
-    event_type: &str,
+    event_type: EventType,
     reason: &str,
     message: &str,
     component: &str,
@@ -160,7 +176,7 @@ pub fn new_event(
             "name": involved.name,
             "uid": involved.uid,
         },
-        "type": event_type,
+        "type": event_type.as_str(),
         "reason": reason,
         "message": message,
         "source": {"component": component, "host": node},

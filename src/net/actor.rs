@@ -441,13 +441,7 @@ impl Actor {
             .members()
             .map(|m| MemberStatus {
                 name: m.id.clone(),
-                state: match m.state {
-                    MemberState::Alive => "alive",
-                    MemberState::Suspect => "suspect",
-                    MemberState::Dead => "dead",
-                    MemberState::Left => "left",
-                }
-                .to_string(),
+                state: m.state,
                 incarnation: m.incarnation,
                 addr: m.addr.clone(),
             })

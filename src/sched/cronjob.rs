@@ -22,7 +22,7 @@ use super::job::{self, JobPod, Outcome, Params};
 use super::object::{self, controller};
 use super::snapshot::{LeaderCtx, PlannedEvent, PodKey, Write};
 use super::Working;
-use crate::model::workload::{InvolvedObject, JOBS};
+use crate::model::workload::{EventType, InvolvedObject, JOBS};
 
 pub const SCHEDULED_ANNOTATION: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
 /// Most missed start times counted before giving up on counting (Kubernetes: 100).
@@ -196,7 +196,7 @@ pub struct Decision {
     pub start: Option<DateTime<Utc>>,
     /// Jobs to delete (Replace, history limits).
     pub delete: Vec<String>,
-    pub events: Vec<(&'static str, &'static str, String)>,
+    pub events: Vec<(EventType, &'static str, String)>,
     pub wake: Option<DateTime<Utc>>,
 }
 
@@ -244,7 +244,7 @@ pub fn decide(cj: &Value, p: &CronParams, jobs: &[ChildJob<'_>], now: DateTime<U
     };
     if count > MAX_MISSED {
         d.events.push((
-            "Warning",
+            EventType::Warning,
             "TooManyMissedTimes",
             "too many missed start times. Set or decrease .spec.startingDeadlineSeconds or check clock skew".into(),
         ));
@@ -257,7 +257,7 @@ pub fn decide(cj: &Value, p: &CronParams, jobs: &[ChildJob<'_>], now: DateTime<U
         Policy::Forbid if !active.is_empty() => {
             // Not started; it is still the most recent unmet time once the active Job ends.
             d.events.push((
-                "Normal",
+                EventType::Normal,
                 "JobAlreadyActive",
                 "Not starting job because prior execution is running and concurrency policy is Forbid".into(),
             ));
@@ -400,7 +400,7 @@ pub(crate) fn reconcile(
         for name in d.delete {
             events.push(PlannedEvent {
                 involved: involved(cj),
-                event_type: "Normal",
+                event_type: EventType::Normal,
                 reason: "SuccessfulDelete",
                 message: format!("Deleted job {name}"),
                 component: "cronjob-controller",
@@ -418,7 +418,7 @@ pub(crate) fn reconcile(
             }
             events.push(PlannedEvent {
                 involved: involved(cj),
-                event_type: "Normal",
+                event_type: EventType::Normal,
                 reason: "SuccessfulCreate",
                 message: format!("Created job {}", object::name(&job)),
                 component: "cronjob-controller",

@@ -17,7 +17,7 @@ use super::object::{self, controller};
 use super::rollout::scaled;
 use super::snapshot::{LeaderCtx, PlannedEvent, PodKey, Write};
 use super::Working;
-use crate::model::workload::{InvolvedObject, HOSTNAME_LABEL, PODS};
+use crate::model::workload::{EventType, InvolvedObject, HOSTNAME_LABEL, PODS};
 use crate::model::NodeRecord;
 
 /// Label on a DaemonSet's pods: the hash of the template they run (Kubernetes' name).
@@ -390,7 +390,7 @@ pub(crate) fn reconcile(
         }
         events.push(PlannedEvent {
             involved: involved(&daemonsets[i]),
-            event_type: "Normal",
+            event_type: EventType::Normal,
             reason: "SuccessfulDelete",
             message: format!("Deleted pod: {}", key.1),
             component: "daemonset-controller",
@@ -407,7 +407,7 @@ pub(crate) fn reconcile(
         }
         events.push(PlannedEvent {
             involved: involved(&daemonsets[i]),
-            event_type: "Normal",
+            event_type: EventType::Normal,
             reason: "SuccessfulCreate",
             message: format!("Created pod: {}", key.1),
             component: "daemonset-controller",

@@ -22,7 +22,7 @@ use super::replicaset::slot_names;
 use super::rollout::Rollout;
 use super::snapshot::{LeaderCtx, PlannedEvent, PodKey, Write};
 use super::{replicas_of, Working, MAX_REPLICAS};
-use crate::model::workload::{InvolvedObject, REPLICASETS, TEMPLATE_HASH_LABEL};
+use crate::model::workload::{EventType, InvolvedObject, REPLICASETS, TEMPLATE_HASH_LABEL};
 
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
@@ -114,7 +114,7 @@ fn scaling_event(deploy: &Value, rs: &str, from: i64, to: i64) -> PlannedEvent {
     let verb = if to >= from { "up" } else { "down" };
     PlannedEvent {
         involved: involved(deploy),
-        event_type: "Normal",
+        event_type: EventType::Normal,
         reason: "ScalingReplicaSet",
         message: format!("Scaled {verb} replica set {rs} from {from} to {to}"),
         component: "deployment-controller",

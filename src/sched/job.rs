@@ -16,7 +16,7 @@ use super::hash::{derived_uid, hash64, safe_suffix};
 use super::object::{self, controller};
 use super::snapshot::{LeaderCtx, PlannedEvent, PodKey, Write};
 use super::{Finished, Working};
-use crate::model::workload::{InvolvedObject, JOBS, PODS, SLOT_ANNOTATION};
+use crate::model::workload::{EventType, InvolvedObject, JOBS, PODS, SLOT_ANNOTATION};
 
 /// `batch.kubernetes.io/job-completion-index`: annotation and label of an Indexed Job's pods.
 pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
@@ -528,7 +528,7 @@ pub(crate) fn reconcile(
         if let Some(job) = job {
             events.push(PlannedEvent {
                 involved: involved(job),
-                event_type: "Normal",
+                event_type: EventType::Normal,
                 reason: "SuccessfulCreate",
                 message: format!("Created pod: {}", key.1),
                 component: "job-controller",

@@ -21,7 +21,9 @@ use super::podspec::{self, AntiAffinityTerm, Resources};
 use super::snapshot::{LeaderCtx, Liveness, PlannedEvent, PodKey, SchedulingWrite, Write};
 use super::Working;
 use crate::model::quantity::{parse_milli, parse_units};
-use crate::model::workload::{Binding, InvolvedObject, SchedulingRecord, HOSTNAME_LABEL};
+use crate::model::workload::{
+    Binding, EventType, InvolvedObject, SchedulingRecord, HOSTNAME_LABEL,
+};
 use crate::model::NodeRecord;
 
 /// Orders placements newest first: (binding time, binding id), reversed.
@@ -294,7 +296,7 @@ fn binding_id(rng: &mut ChaCha8Rng) -> String {
 fn pod_event(
     key: &PodKey,
     uid: &str,
-    event_type: &'static str,
+    event_type: EventType,
     reason: &'static str,
     message: String,
 ) -> PlannedEvent {
@@ -461,7 +463,7 @@ pub(crate) fn schedule(
                 events.push(pod_event(
                     p.key,
                     p.uid,
-                    "Normal",
+                    EventType::Normal,
                     "Scheduled",
                     format!(
                         "Successfully assigned {}/{} to {}",
@@ -513,7 +515,7 @@ pub(crate) fn schedule(
         events.push(pod_event(
             key,
             uid,
-            "Warning",
+            EventType::Warning,
             "FailedScheduling",
             message.clone(),
         ));

@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::model::workload::{
-    self, Binding, InvolvedObject, PodStatusRecord, SchedulingRecord, CRONJOBS, DAEMONSETS,
-    DEPLOYMENTS, JOBS, PODS, REPLICASETS,
+    self, Binding, EventType, InvolvedObject, PodStatusRecord, SchedulingRecord, CRONJOBS,
+    DAEMONSETS, DEPLOYMENTS, JOBS, PODS, REPLICASETS,
 };
 use crate::model::NodeRecord;
 
@@ -113,8 +113,7 @@ pub enum SchedulingWrite {
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlannedEvent {
     pub involved: InvolvedObject,
-    /// `Normal` or `Warning`.
-    pub event_type: &'static str,
+    pub event_type: EventType,
     pub reason: &'static str,
     pub message: String,
     /// `default-scheduler`, `deployment-controller`, `replicaset-controller`.

@@ -463,7 +463,10 @@ fn node_selector_and_anti_affinity_are_honoured_and_unschedulable_pods_say_why()
         .filter(|e| e.reason == "FailedScheduling")
         .collect();
     assert_eq!(warnings.len(), 1);
-    assert_eq!(warnings[0].event_type, "Warning");
+    assert_eq!(
+        warnings[0].event_type,
+        crate::model::workload::EventType::Warning
+    );
     // Same reason next round: no new record, no new event.
     let again = reconcile(&s2, &ctx("n0", 2));
     assert!(again.is_empty(), "{again:?}");

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Duration, Utc};
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::model::workload::PodStatusRecord;
+use crate::model::workload::{EventType, PodStatusRecord};
 use crate::runtime::{AttemptState, ObservedPod};
 
 pub use status::{container_status, pod_phase};
@@ -137,7 +137,7 @@ pub enum Action {
     },
     Event {
         target: EventTarget,
-        warning: bool,
+        event_type: EventType,
         reason: String,
         message: String,
     },
@@ -445,7 +445,7 @@ impl Planner {
             } else if stale {
                 actions.push(Action::Event {
                     target: target.clone(),
-                    warning: false,
+                    event_type: EventType::Normal,
                     reason: "SandboxChanged".into(),
                     message: "Pod sandbox changed, it will be killed and re-created.".into(),
                 });
@@ -517,7 +517,7 @@ impl Planner {
             if was != now_says {
                 actions.push(Action::Event {
                     target: target.clone(),
-                    warning: true,
+                    event_type: EventType::Warning,
                     reason: "NetworkNotReady".into(),
                     message: network_not_ready(),
                 });
@@ -536,7 +536,7 @@ impl Planner {
                 Some("CrashLoopBackOff") | Some("RunContainerError") => {
                     actions.push(Action::Event {
                         target: target.clone(),
-                        warning: true,
+                        event_type: EventType::Warning,
                         reason: "BackOff".into(),
                         message: format!(
                             "Back-off restarting failed container {} in pod {}_{}({})",
@@ -547,7 +547,7 @@ impl Planner {
                 Some("ImagePullBackOff") => {
                     actions.push(Action::Event {
                         target: target.clone(),
-                        warning: false,
+                        event_type: EventType::Normal,
                         reason: "BackOff".into(),
                         message: format!(
                             "Back-off pulling image \"{}\"",
@@ -556,7 +556,7 @@ impl Planner {
                     });
                     actions.push(Action::Event {
                         target: target.clone(),
-                        warning: true,
+                        event_type: EventType::Warning,
                         reason: "Failed".into(),
                         message: "Error: ImagePullBackOff".into(),
                     });
@@ -564,7 +564,7 @@ impl Planner {
                 // A container whose ConfigMap/Secret (or key) is missing (`kubelet::config`).
                 Some("CreateContainerConfigError") => actions.push(Action::Event {
                     target: target.clone(),
-                    warning: true,
+                    event_type: EventType::Warning,
                     reason: "Failed".into(),
                     message: format!(
                         "Error: {}",
@@ -576,7 +576,7 @@ impl Planner {
                 }),
                 Some("ErrImageNeverPull") => actions.push(Action::Event {
                     target: target.clone(),
-                    warning: true,
+                    event_type: EventType::Warning,
                     reason: "ErrImageNeverPull".into(),
                     message: plan
                         .image_missing
@@ -634,7 +634,7 @@ impl Planner {
                 for (name, restart) in live {
                     actions.push(Action::Event {
                         target: target.clone(),
-                        warning: false,
+                        event_type: EventType::Normal,
                         reason: "Killing".into(),
                         message: format!("Stopping container {name}"),
                     });
@@ -693,7 +693,7 @@ impl Planner {
                     self.unhealthy.insert(k, input.now);
                     actions.push(Action::Event {
                         target: target.clone(),
-                        warning: true,
+                        event_type: EventType::Warning,
                         reason: "Unhealthy".into(),
                         message: format!("{} probe failed: {message}", kind.title()),
                     });
@@ -714,7 +714,7 @@ impl Planner {
                     self.container_stops.insert(skey, (input.now, grace));
                     actions.push(Action::Event {
                         target: target.clone(),
-                        warning: false,
+                        event_type: EventType::Normal,
                         reason: "Killing".into(),
                         message: format!(
                             "Container {} failed {} probe, will be restarted",
