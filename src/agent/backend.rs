@@ -5,8 +5,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::secrets;
-use super::shared::Shared;
+use crate::state::secrets;
+use crate::state::Shared;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -90,7 +90,7 @@ impl AgentBackend {
         node: &str,
         req: LogRequest,
     ) -> BoxFuture<'static, Result<LogStream, BackendError>> {
-        let record = self.shared.doc().node(node).ok().flatten();
+        let record = self.shared.read(|d| d.node(node)).ok().flatten();
         let client = self.peer_client();
         let token = self.shared.identity.internal_api_token();
         let node = node.to_string();
@@ -158,27 +158,24 @@ impl AgentBackend {
 
 /// Nodes whose kubelet reports runtime pressure in its own status document.
 pub fn pressured_nodes(shared: &Shared) -> BTreeMap<String, crate::model::RuntimePressure> {
-    shared
-        .status_docs()
-        .iter()
-        .filter_map(|(node, doc)| {
-            let p = doc
-                .get::<crate::model::RuntimePressure>(crate::model::PRESSURE_KEY)
-                .ok()
-                .flatten()?;
-            Some((node.clone(), p))
-        })
-        .collect()
+    shared.read_status(|docs| {
+        docs.iter()
+            .filter_map(|(node, doc)| {
+                let p = doc
+                    .get::<crate::model::RuntimePressure>(crate::model::PRESSURE_KEY)
+                    .ok()
+                    .flatten()?;
+                Some((node.clone(), p))
+            })
+            .collect()
+    })
 }
 
 /// The nodes as this agent sees them: records, pod CIDRs and readiness from its membership
 /// view, runtime pressure from their status documents (the API's `Backend::nodes`).
 pub fn node_views(shared: &Shared) -> Vec<NodeView> {
     let view = shared.view();
-    let (records, mut pod_cidrs) = {
-        let doc = shared.doc();
-        (doc.nodes(), doc.pod_cidrs())
-    };
+    let (records, mut pod_cidrs) = shared.read(|doc| (doc.nodes(), doc.pod_cidrs()));
     let mut pressure = pressured_nodes(shared);
     records
         .into_iter()
@@ -221,28 +218,30 @@ pub fn node_views(shared: &Shared) -> Vec<NodeView> {
 /// scheduling records, node readiness. The API and the Service snapshot
 /// (`agent::services`) both serve pods through it.
 pub fn workload_view(shared: &Shared) -> WorkloadView {
-    let bindings = shared.doc().bindings().into_iter().collect();
+    let bindings = shared.read(|d| d.bindings()).into_iter().collect();
     let mut pod_status: BTreeMap<(String, String), Vec<(String, PodStatusRecord)>> =
         BTreeMap::new();
     let mut scheduling: BTreeMap<(String, String), Vec<SchedulingRecord>> = BTreeMap::new();
-    for (node, doc) in shared.status_docs().iter() {
-        for (key, record) in doc.entries::<PodStatusRecord>(keys::POD_STATUS_PREFIX) {
-            if let Some((ns, name)) = keys::split(&key, keys::POD_STATUS_PREFIX) {
-                pod_status
-                    .entry((ns.to_string(), name.to_string()))
-                    .or_default()
-                    .push((node.clone(), record));
+    shared.read_status(|docs| {
+        for (node, doc) in docs.iter() {
+            for (key, record) in doc.entries::<PodStatusRecord>(keys::POD_STATUS_PREFIX) {
+                if let Some((ns, name)) = keys::split(&key, keys::POD_STATUS_PREFIX) {
+                    pod_status
+                        .entry((ns.to_string(), name.to_string()))
+                        .or_default()
+                        .push((node.clone(), record));
+                }
+            }
+            for (key, record) in doc.entries::<SchedulingRecord>(keys::SCHEDULING_PREFIX) {
+                if let Some((ns, name)) = keys::split(&key, keys::SCHEDULING_PREFIX) {
+                    scheduling
+                        .entry((ns.to_string(), name.to_string()))
+                        .or_default()
+                        .push(record);
+                }
             }
         }
-        for (key, record) in doc.entries::<SchedulingRecord>(keys::SCHEDULING_PREFIX) {
-            if let Some((ns, name)) = keys::split(&key, keys::SCHEDULING_PREFIX) {
-                scheduling
-                    .entry((ns.to_string(), name.to_string()))
-                    .or_default()
-                    .push(record);
-            }
-        }
-    }
+    });
     for records in scheduling.values_mut() {
         records.sort_by_key(|r| std::cmp::Reverse(r.at));
     }
@@ -295,12 +294,11 @@ impl Backend for AgentBackend {
         }
     }
 
-    // Secrets are sealed on the way in and opened on the way out (`agent::secrets`).
+    // Secrets are sealed on the way in and opened on the way out (`state::secrets`).
     fn list_objects(&self, resource: &str, namespace: Option<&str>) -> Vec<Value> {
         let id = &self.shared.identity;
         self.shared
-            .doc()
-            .list_objects(resource, namespace)
+            .read(|d| d.list_objects(resource, namespace))
             .into_iter()
             .filter_map(|(p, v)| {
                 secrets::from_stored(id, resource, p.namespace.as_deref(), &p.name, v)
@@ -311,8 +309,7 @@ impl Backend for AgentBackend {
     fn get_object(&self, key: &ObjectKey) -> Option<Value> {
         let stored = self
             .shared
-            .doc()
-            .get_object(&key.resource, key.namespace.as_deref(), &key.name)
+            .read(|d| d.get_object(&key.resource, key.namespace.as_deref(), &key.name))
             .ok()
             .flatten()?;
         secrets::from_stored(
@@ -392,8 +389,7 @@ impl Backend for AgentBackend {
 
     fn service_cidr(&self) -> String {
         self.shared
-            .doc()
-            .meta()
+            .read(|d| d.meta())
             .ok()
             .flatten()
             .map(|m| m.service_cidr)
@@ -406,18 +402,15 @@ impl Backend for AgentBackend {
         }
         // Constant-time comparison of the internal token; API tokens are compared by hash.
         constant_time_eq(&self.shared.identity.internal_api_token(), token)
-            || self.shared.doc().token_user(&token_hash(token)).is_some()
+            || self
+                .shared
+                .read(|d| d.token_user(&token_hash(token)))
+                .is_some()
     }
 
     fn status(&self) -> AgentStatus {
         let view = self.shared.view();
-        let heads = self
-            .shared
-            .doc()
-            .heads()
-            .iter()
-            .map(|h| h.to_string())
-            .collect();
+        let heads = self.shared.heads().iter().map(|h| h.to_string()).collect();
         let doc_bytes = self.shared.saved_bytes();
         AgentStatus {
             node: self.shared.node_name.clone(),
@@ -430,13 +423,13 @@ impl Backend for AgentBackend {
             heads,
             doc_bytes,
             admitted_peers: view.admitted,
-            status_docs: self.shared.status_docs().len() as u64,
+            status_docs: self.shared.read_status(|docs| docs.len()) as u64,
             replication: super::metrics::replication(&self.shared),
         }
     }
 
     fn backup(&self) -> Result<Vec<u8>, BackendError> {
-        let document = self.shared.doc().save();
+        let document = self.shared.save_doc();
         let file = BackupFile {
             format: BACKUP_FORMAT.to_string(),
             cluster_id: self.shared.identity.cluster_id.clone(),
@@ -470,12 +463,11 @@ impl Backend for AgentBackend {
             Some(ns) => format!("{}{ns}/", keys::EVENT_PREFIX),
             None => keys::EVENT_PREFIX.to_string(),
         };
-        let mut out: Vec<Value> = self
-            .shared
-            .status_docs()
-            .values()
-            .flat_map(|doc| doc.entries::<Value>(&prefix).into_iter().map(|(_, v)| v))
-            .collect();
+        let mut out: Vec<Value> = self.shared.read_status(|docs| {
+            docs.values()
+                .flat_map(|doc| doc.entries::<Value>(&prefix).into_iter().map(|(_, v)| v))
+                .collect()
+        });
         let stamp = |v: &Value| {
             v.get("lastTimestamp")
                 .and_then(|t| t.as_str())

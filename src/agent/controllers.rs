@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use super::shared::{Shared, View};
 use crate::model::workload::{keys, EventType, SchedulingRecord};
 use crate::model::MemberState;
 use crate::sched::liveness::{classify, ViewState};
@@ -19,6 +18,7 @@ use crate::sched::settle::Settle;
 use crate::sched::{
     self, LeaderCtx, Liveness, Plan, PodKey, SchedulingWrite, Snapshot, StatusRecords,
 };
+use crate::state::{Shared, View};
 
 /// Reconcile at least this often while leading.
 const TICK: Duration = Duration::from_secs(1);
@@ -63,11 +63,12 @@ fn liveness(shared: &Shared, view: &View, me: &str) -> BTreeMap<String, Liveness
 
 /// This node's scheduling records (`sched/<ns>/<pod>` in its own status document).
 fn own_records(shared: &Shared) -> BTreeMap<PodKey, SchedulingRecord> {
-    let docs = shared.status_docs();
-    let Some(own) = docs.get(&shared.node_name) else {
-        return BTreeMap::new();
-    };
-    own.entries::<SchedulingRecord>(keys::SCHEDULING_PREFIX)
+    shared
+        .read_status(|docs| {
+            docs.get(&shared.node_name)
+                .map(|own| own.entries::<SchedulingRecord>(keys::SCHEDULING_PREFIX))
+        })
+        .unwrap_or_default()
         .into_iter()
         .filter_map(|(k, r)| {
             let (ns, pod) = keys::split(&k, keys::SCHEDULING_PREFIX)?;
@@ -87,8 +88,8 @@ fn snapshot(shared: &Shared, liveness: BTreeMap<String, Liveness>) -> Snapshot {
     // Each on its own statement: a document guard must be dropped before the next lock.
     let records = own_records(shared);
     let statuses = status_records(shared);
-    let doc = shared.doc();
-    doc.workload_snapshot(liveness, records)
+    shared
+        .read(|doc| doc.workload_snapshot(liveness, records))
         .with_readiness(&statuses)
 }
 
@@ -158,7 +159,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: impl std::future::Future<Output 
         // Take office in the document, so that the others keep us while we live: only from a
         // recorded leader this view knows to be gone (or, after the start-up grace, does not
         // know at all: forgotten long ago), never from one a young, partial view lacks.
-        let recorded = shared.doc().leader_record();
+        let recorded = shared.read(|d| d.leader_record());
         let may_take_office = match recorded.as_deref() {
             None => true,
             Some(r) if r == shared.node_name => false,
@@ -175,7 +176,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: impl std::future::Future<Output 
         }
         // The heads before the snapshot: a change in between makes the next round run again
         // rather than be skipped.
-        let heads = shared.doc().heads_digest();
+        let heads = shared.heads_digest();
         let snapshot = snapshot(&shared, liveness(&shared, &view, &shared.node_name));
         let inputs = Inputs {
             heads,

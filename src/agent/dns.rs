@@ -16,11 +16,11 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use super::shared::Shared;
 use crate::dns::{self, Decision, Transport, Zone, MAX_QUERY};
 use crate::metrics::{DnsAnswer, Metrics};
 use crate::model::network::{self, CLUSTER_DOMAIN, DNS_PORT};
 use crate::model::service::SERVICES;
+use crate::state::Shared;
 
 /// Concurrent TCP connections; more wait in the kernel's backlog.
 const MAX_TCP_CONNECTIONS: usize = 64;
@@ -145,7 +145,7 @@ pub async fn run(shared: Arc<Shared>, upstreams: Vec<SocketAddr>, stop: impl Fut
 
 /// The gateway of this node's pod subnet, once it has one.
 fn gateway(shared: &Shared) -> Option<std::net::Ipv4Addr> {
-    let cidr = shared.doc().pod_cidrs().remove(&shared.node_name)?;
+    let cidr = shared.read(|d| d.pod_cidrs()).remove(&shared.node_name)?;
     network::gateway(&cidr)
 }
 
@@ -153,8 +153,7 @@ fn gateway(shared: &Shared) -> Option<std::net::Ipv4Addr> {
 fn build_zone(shared: &Shared, serial: u32) -> Zone {
     let snapshot = super::services::snapshot(shared);
     let external_names: BTreeMap<(String, String), String> = shared
-        .doc()
-        .list_objects(SERVICES, None)
+        .read(|d| d.list_objects(SERVICES, None))
         .into_iter()
         .filter_map(|(_, s)| {
             let name = s.pointer("/spec/externalName")?.as_str()?.to_string();

@@ -18,7 +18,6 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::shared::Shared;
 use crate::api::exec::{
     decode_output, encode_input, ExecExit, ExecInput, ExecOutput, ExecRequest, ExecSession,
     PROTOCOLS,
@@ -27,6 +26,7 @@ use crate::api::BackendError;
 use crate::model::workload;
 use crate::runtime::observe::AttemptState;
 use crate::runtime::RuntimeConfig;
+use crate::state::Shared;
 
 /// Queued messages each way before the producer waits.
 const QUEUE: usize = 64;
@@ -45,9 +45,13 @@ pub async fn open(
     if node == shared.node_name {
         return local(runtime, req).await;
     }
-    let record = shared.doc().node(&node).ok().flatten().ok_or_else(|| {
-        BackendError::Unavailable(format!("node {node} has no record (deleted?)"))
-    })?;
+    let record = shared
+        .read(|d| d.node(&node))
+        .ok()
+        .flatten()
+        .ok_or_else(|| {
+            BackendError::Unavailable(format!("node {node} has no record (deleted?)"))
+        })?;
     let token = shared.identity.internal_api_token();
     remote(&record.api_addr, &runtime.data_dir, &token, req)
         .await
@@ -59,26 +63,27 @@ pub async fn open(
 
 /// The node a pod runs on: its binding, or `spec.nodeName` for pods placed by their author.
 pub fn pod_node(shared: &Shared, namespace: &str, pod: &str) -> Result<String, BackendError> {
-    let doc = shared.doc();
-    let object = doc
-        .get_object(workload::PODS, Some(namespace), pod)
-        .ok()
-        .flatten()
-        .ok_or_else(|| BackendError::NotFound(format!("pods \"{pod}\"")))?;
-    let binding = doc.binding(namespace, pod).ok().flatten();
-    binding
-        .map(|b| b.node)
-        .or_else(|| {
-            object
-                .pointer("/spec/nodeName")
-                .and_then(|n| n.as_str())
-                .map(String::from)
-        })
-        .ok_or_else(|| {
-            BackendError::Invalid(format!(
-                "pod {namespace}/{pod} is not scheduled to a node yet"
-            ))
-        })
+    shared.read(|doc| {
+        let object = doc
+            .get_object(workload::PODS, Some(namespace), pod)
+            .ok()
+            .flatten()
+            .ok_or_else(|| BackendError::NotFound(format!("pods \"{pod}\"")))?;
+        let binding = doc.binding(namespace, pod).ok().flatten();
+        binding
+            .map(|b| b.node)
+            .or_else(|| {
+                object
+                    .pointer("/spec/nodeName")
+                    .and_then(|n| n.as_str())
+                    .map(String::from)
+            })
+            .ok_or_else(|| {
+                BackendError::Invalid(format!(
+                    "pod {namespace}/{pod} is not scheduled to a node yet"
+                ))
+            })
+    })
 }
 
 /// The runc id of the running attempt of `container` in pod `namespace/pod` on this node.

@@ -11,10 +11,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::shared::Shared;
 use crate::model::MemberState;
 use crate::runtime::image::pull::{Peer, PeerClient, Peers, Puller};
 use crate::runtime::image::{reference, ImageError, ImageStore};
+use crate::state::Shared;
 
 /// Status-document key of this node's [`ImageAdvert`].
 pub const ADVERT_KEY: &str = "images";
@@ -106,25 +106,27 @@ impl ClusterPeers {
             .filter(|m| m.state == MemberState::Alive && m.name != self.shared.node_name)
             .map(|m| m.name.clone())
             .collect();
-        let doc = self.shared.doc();
-        alive
-            .into_iter()
-            .filter_map(|name| {
-                let record = doc.node(&name).ok().flatten()?;
-                Some(Peer {
-                    url: format!("https://{}", record.api_addr),
-                    node: name,
+        self.shared.read(|doc| {
+            alive
+                .into_iter()
+                .filter_map(|name| {
+                    let record = doc.node(&name).ok().flatten()?;
+                    Some(Peer {
+                        url: format!("https://{}", record.api_addr),
+                        node: name,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 
     fn adverts(&self) -> BTreeMap<String, ImageAdvert> {
-        let docs = self.shared.status_docs();
-        docs.iter()
-            .filter(|(n, _)| **n != self.shared.node_name)
-            .filter_map(|(n, d)| Some((n.clone(), d.get::<ImageAdvert>(ADVERT_KEY).ok()??)))
-            .collect()
+        self.shared.read_status(|docs| {
+            docs.iter()
+                .filter(|(n, _)| **n != self.shared.node_name)
+                .filter_map(|(n, d)| Some((n.clone(), d.get::<ImageAdvert>(ADVERT_KEY).ok()??)))
+                .collect()
+        })
     }
 }
 

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::shared::Shared;
 use crate::model::ipam;
+use crate::state::Shared;
 
 /// At most one round this often, however fast the document changes.
 const MIN_INTERVAL: Duration = Duration::from_millis(500);
@@ -25,19 +25,17 @@ struct Logged {
 /// lock, so a change merged in between is never overwritten by a stale decision).
 fn round(shared: &Shared, logged: &mut Logged) {
     let me = shared.node_name.as_str();
-    let planned = {
-        let doc = shared.doc();
-        let Some(config) = doc.pod_cidr_config() else {
-            return;
-        };
-        let Some(uid) = doc.node(me).ok().flatten().map(|r| r.uid) else {
-            return; // not registered yet
-        };
+    let planned = shared.read(|doc| {
+        let config = doc.pod_cidr_config()?;
+        // None: not registered yet.
+        let uid = doc.node(me).ok().flatten().map(|r| r.uid)?;
         let (claims, nodes) = doc.pod_cidr_inputs();
         let plan = ipam::plan(&config, &claims, &nodes, me, &uid);
-        (config, uid, plan)
+        Some((config, uid, plan))
+    });
+    let Some((config, uid, mut plan)) = planned else {
+        return;
     };
-    let (config, uid, mut plan) = planned;
     if plan.has_writes() {
         let written = shared.write(|d| {
             let (claims, nodes) = d.pod_cidr_inputs();
@@ -81,7 +79,7 @@ fn round(shared: &Shared, logged: &mut Logged) {
 /// Runs until `stop` resolves.
 pub async fn run(shared: Arc<Shared>, stop: impl std::future::Future<Output = ()>) {
     let mut logged = Logged::default();
-    super::shared::rounds(&shared, stop, MIN_INTERVAL, TICK, || {
+    super::rounds(&shared, stop, MIN_INTERVAL, TICK, || {
         round(&shared, &mut logged);
         std::future::ready(())
     })

@@ -11,9 +11,9 @@ use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use super::shared::Shared;
 use crate::metrics::{self, ScrapeInputs};
 use crate::model::MemberState;
+use crate::state::Shared;
 
 /// Reads what the scrape-time gauges show.
 pub fn scrape_inputs(shared: &Shared) -> ScrapeInputs {
@@ -29,8 +29,7 @@ pub fn scrape_inputs(shared: &Shared) -> ScrapeInputs {
         .map(|m| m.name.as_str())
         .chain(std::iter::once(shared.node_name.as_str()))
         .collect();
-    let (cluster_doc_keys, pending_pods) = {
-        let doc = shared.doc();
+    let (cluster_doc_keys, pending_pods) = shared.read(|doc| {
         let bindings: BTreeMap<(String, String), crate::model::workload::Binding> =
             doc.bindings().into_iter().collect();
         let pending = doc
@@ -48,14 +47,13 @@ pub fn scrape_inputs(shared: &Shared) -> ScrapeInputs {
             })
             .count();
         (doc.len() as u64, pending as u64)
-    };
-    let (status_docs, status_doc_keys) = {
-        let docs = shared.status_docs();
+    });
+    let (status_docs, status_doc_keys) = shared.read_status(|docs| {
         (
             docs.len() as u64,
             docs.values().map(|d| d.len() as u64).sum(),
         )
-    };
+    });
     ScrapeInputs {
         members,
         epoch: view.epoch,

@@ -13,10 +13,8 @@ mod metrics;
 pub(crate) mod node_info;
 pub mod proxy;
 pub mod routes;
-pub mod secrets;
 pub mod services;
 mod settings;
-pub mod shared;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,11 +23,11 @@ use std::time::Duration;
 
 use automerge::ActorId;
 
+use crate::state::Shared;
 pub use backend::{AgentBackend, BackupFile, BACKUP_FORMAT};
 pub use datadir::{DataDir, DataDirError};
 pub use init::{init_cluster, InitOptions, InitOutput};
 pub use settings::{AgentSettings, DnsUpstream};
-use shared::Shared;
 
 use crate::net::{self, NetConfig};
 use crate::security::{self, ClusterIdentity, JoinToken};
@@ -503,6 +501,36 @@ pub async fn run(
     Ok(())
 }
 
+/// Runs `round` now, then again after document changes (at most once per `min_interval`) and at
+/// least every `tick`, until `stop` resolves or the change channel closes.
+pub async fn rounds<F, Fut>(
+    shared: &Shared,
+    stop: impl std::future::Future<Output = ()>,
+    min_interval: std::time::Duration,
+    tick: std::time::Duration,
+    mut round: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    tokio::pin!(stop);
+    let mut changes = shared.subscribe();
+    loop {
+        let started = tokio::time::Instant::now();
+        changes.borrow_and_update();
+        round().await;
+        tokio::select! {
+            _ = &mut stop => return,
+            r = changes.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(tick) => {}
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep_until(started + min_interval) => {}
+        }
+    }
+}
+
 /// What a supervised task's result says when it ended before shutdown.
 trait TaskEnd {
     fn describe(&self) -> String;
@@ -593,8 +621,7 @@ fn read_known_peers(state_dir: &Path) -> Vec<SocketAddr> {
 /// The p2p socket addresses of the other nodes in the document.
 fn peer_addrs(shared: &Shared) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = shared
-        .doc()
-        .nodes()
+        .read(|d| d.nodes())
         .into_iter()
         .filter(|n| n.name != shared.node_name)
         .filter_map(|n| p2p_socket_addr(&n.p2p_addr))
@@ -644,7 +671,7 @@ fn spawn_network(
     shared: Arc<Shared>,
     config: NetConfig,
     data_dir: std::path::PathBuf,
-    local_rx: tokio::sync::mpsc::Receiver<shared::LocalChange>,
+    local_rx: tokio::sync::mpsc::Receiver<crate::state::LocalChange>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<tokio::task::JoinHandle<Result<(), net::NetError>>, AgentError> {
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -700,7 +727,7 @@ async fn serve_api(
     let waiting_since = tokio::time::Instant::now();
     let deadline = resync_deadline();
     let meta = loop {
-        if let Some(meta) = shared.doc().meta()? {
+        if let Some(meta) = shared.read(|d| d.meta())? {
             break meta;
         }
         if waiting_since.elapsed() >= deadline {
@@ -716,7 +743,7 @@ async fn serve_api(
         let _ = tokio::time::timeout(Duration::from_secs(5), changes.changed()).await;
     };
     if let Some(r) = resync {
-        tracing::info!(reason = %r.reason, objects = shared.doc().len(), "received the cluster state from a member");
+        tracing::info!(reason = %r.reason, objects = shared.read(|d| d.len()), "received the cluster state from a member");
         if !r.unmerged.is_empty() {
             // This node's own logged writes from before the damage; their history came with
             // the state. Logged again and pushed like any local write.
@@ -770,7 +797,7 @@ async fn serve_api(
         let shared = shared.clone();
         let name = settings.name.clone();
         move || {
-            let existing = shared.doc().node(&name).ok().flatten();
+            let existing = shared.read(|d| d.node(&name)).ok().flatten();
             let record = node_info::record(
                 &name,
                 &peer_id,

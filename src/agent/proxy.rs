@@ -13,11 +13,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::services;
-use super::shared::Shared;
 use crate::model::network::BRIDGE;
 use crate::model::MemberState;
 use crate::proxy::{self, Change, Desired, NodeFacts, Ruleset, TABLE};
 use crate::sched::settle::Settle;
+use crate::state::Shared;
 
 /// After a change, wait this long for the rest of a burst before planning.
 const DEBOUNCE: Duration = Duration::from_millis(5);
@@ -148,11 +148,10 @@ impl Nft {
 /// This node's network facts: the cluster CIDR (metadata) and its own pod CIDR (its claim);
 /// `None` until both are known.
 fn node_facts(shared: &Shared) -> Option<NodeFacts> {
-    let doc = shared.doc();
-    let meta = doc.meta().ok().flatten()?;
+    let (meta, pod_cidrs) = shared.read(|doc| (doc.meta(), doc.pod_cidrs()));
+    let meta = meta.ok().flatten()?;
     let cluster_cidr = crate::model::network::parse_cidr(&meta.cluster_cidr)?;
-    let pod_cidr = doc
-        .pod_cidrs()
+    let pod_cidr = pod_cidrs
         .get(&shared.node_name)
         .and_then(|c| crate::model::network::parse_cidr(c))?;
     Some(NodeFacts {

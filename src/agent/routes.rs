@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
-use super::shared::Shared;
 use crate::model::network::{self, BRIDGE};
+use crate::state::Shared;
 
 /// The route protocol number of our routes (`ip route show proto 77`); unused by the
 /// reserved protocols in iproute2's `rt_protos`.
@@ -259,15 +259,14 @@ impl Logged {
 
 fn round(shared: &Shared, logged: &mut Logged) {
     let me = shared.node_name.as_str();
-    let (pod_cidrs, internal_ips) = {
-        let doc = shared.doc();
+    let (pod_cidrs, internal_ips) = shared.read(|doc| {
         let ips: BTreeMap<String, String> = doc
             .nodes()
             .into_iter()
             .map(|n| (n.name, n.internal_ip))
             .collect();
         (doc.pod_cidrs(), ips)
-    };
+    });
     let mut errors = Vec::new();
     if let Some(mine) = pod_cidrs.get(me) {
         match network::parse_cidr(mine).ok_or_else(|| format!("bad pod CIDR {mine:?}")) {
@@ -295,7 +294,7 @@ fn round(shared: &Shared, logged: &mut Logged) {
 /// Runs until `stop` resolves.
 pub async fn run(shared: Arc<Shared>, stop: impl std::future::Future<Output = ()>) {
     let logged = Arc::new(std::sync::Mutex::new(Logged::default()));
-    super::shared::rounds(&shared, stop, MIN_INTERVAL, TICK, || {
+    super::rounds(&shared, stop, MIN_INTERVAL, TICK, || {
         let (s, l) = (shared.clone(), logged.clone());
         async move {
             let _ = tokio::task::spawn_blocking(move || {

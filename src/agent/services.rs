@@ -12,10 +12,10 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::backend::workload_view;
-use super::shared::Shared;
 use crate::api::workloads::pod_view;
 use crate::model::service::{self, Conflict, Endpoint, Service, SERVICES};
 use crate::model::workload::{EventType, PODS};
+use crate::state::Shared;
 
 /// Services and their endpoints at one moment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -71,13 +71,12 @@ impl ServicesSnapshot {
 
 /// Stored Services and pods as served, read from the replica under short locks.
 fn read(shared: &Shared) -> (Vec<Value>, Vec<Value>) {
-    let (services, pods) = {
-        let doc = shared.doc();
+    let (services, pods) = shared.read(|doc| {
         (
             doc.list_objects(SERVICES, None),
             doc.list_objects(PODS, None),
         )
-    };
+    });
     let view = workload_view(shared);
     (
         services.into_iter().map(|(_, v)| v).collect(),
@@ -95,8 +94,7 @@ pub fn snapshot(shared: &Shared) -> ServicesSnapshot {
 /// NodePort after a merge), with their deterministic winners.
 pub fn cluster_ip_conflicts(shared: &Shared) -> Vec<Conflict> {
     let services: Vec<Service> = shared
-        .doc()
-        .list_objects(SERVICES, None)
+        .read(|d| d.list_objects(SERVICES, None))
         .iter()
         .filter_map(|(_, s)| service::parse(s).ok())
         .collect();
@@ -116,8 +114,7 @@ fn repair_round(shared: &Shared) {
         return;
     }
     let Some(cidr) = shared
-        .doc()
-        .meta()
+        .read(|d| d.meta())
         .ok()
         .flatten()
         .and_then(|m| m.service_cidr())

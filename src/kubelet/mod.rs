@@ -16,13 +16,13 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::agent::shared::Shared;
 use crate::model::logs::{LogRequest, LogStream};
 use crate::model::workload::{keys, EventType, InvolvedObject, PodStatusRecord, PODS};
 use crate::runtime::image::pull::Puller;
 use crate::runtime::logs::{find_target, read_logs, LogError};
 use crate::runtime::pods::StartOutcome;
 use crate::runtime::{PodMeta, Runtime, RuntimeConfig};
+use crate::state::shared::Shared;
 use plan::{Action, DesiredPod, Inputs, Planner, SandboxFailure};
 
 /// At most this many runtime actions run at once.
@@ -50,8 +50,10 @@ pub struct KubeletConfig {
 /// this node for the pod's current uid, and those whose `spec.nodeName` is this node. Keyed
 /// by binding id (uid for `nodeName` pods).
 pub fn desired_pods(shared: &Shared) -> BTreeMap<String, DesiredPod> {
-    let node = &shared.node_name;
-    let doc = shared.doc();
+    shared.read(|doc| desired_in(doc, &shared.node_name))
+}
+
+fn desired_in(doc: &crate::state::ClusterDoc, node: &str) -> BTreeMap<String, DesiredPod> {
     let mut out = BTreeMap::new();
     for (path, value) in doc.list_objects(PODS, None) {
         let Some(pod) = parse_pod(value) else {
@@ -61,13 +63,13 @@ pub fn desired_pods(shared: &Shared) -> BTreeMap<String, DesiredPod> {
         let ns = path.namespace.clone().unwrap_or_else(|| "default".into());
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-        let key = if node_name.as_deref() == Some(node.as_str()) {
+        let key = if node_name.as_deref() == Some(node) {
             Some(uid.clone())
         } else if node_name.is_none() {
             doc.binding(&ns, &path.name)
                 .ok()
                 .flatten()
-                .filter(|b| &b.node == node && b.pod_uid == uid)
+                .filter(|b| b.node == node && b.pod_uid == uid)
                 .map(|b| b.id)
         } else {
             None
@@ -142,7 +144,7 @@ pub async fn run(
     // Act only on a document that holds the cluster (a joiner waits for its first sync):
     // an empty document would make every running pod look deleted.
     loop {
-        if shared.doc().meta().ok().flatten().is_some() {
+        if shared.read(|d| d.meta()).ok().flatten().is_some() {
             break;
         }
         tokio::select! {
@@ -222,8 +224,7 @@ impl Shell {
     fn pod_cidr(&self) -> Option<String> {
         self.runtime.config.cni.as_ref()?;
         self.shared
-            .doc()
-            .pod_cidrs()
+            .read(|d| d.pod_cidrs())
             .remove(self.shared.node_name.as_str())
     }
 
@@ -259,9 +260,12 @@ impl Shell {
         self.objects
             .refresh(&self.runtime, &observed, &self.configs, &in_flight);
         let recorded: BTreeMap<(String, String), PodStatusRecord> = {
-            let docs = self.shared.status_docs();
-            docs.get(&self.shared.node_name)
-                .map(|d| d.entries::<PodStatusRecord>(keys::POD_STATUS_PREFIX))
+            let me = &self.shared.node_name;
+            self.shared
+                .read_status(|docs| {
+                    docs.get(me)
+                        .map(|d| d.entries::<PodStatusRecord>(keys::POD_STATUS_PREFIX))
+                })
                 .unwrap_or_default()
                 .into_iter()
                 .filter_map(|(k, r)| {

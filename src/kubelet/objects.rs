@@ -1,5 +1,5 @@
 //! The kubelet shell's side of `config`: reads the ConfigMaps and Secrets desired pods refer
-//! to from the merged document (Secrets opened, `agent::secrets`), resolves every container's
+//! to from the merged document (Secrets opened, `state::secrets`), resolves every container's
 //! configuration, marks the ones that cannot be resolved `CreateContainerConfigError` (they
 //! wait and start by themselves once the objects appear), and re-renders the configMap/secret
 //! volumes of running pods when their objects change.
@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 
 use super::config::{self, ContainerConfig, NodeFacts, Objects, CONFIG_ERROR};
 use super::plan::{DesiredPod, ImageState};
-use crate::agent::shared::Shared;
 use crate::runtime::observe::ObservedPod;
 use crate::runtime::volumes::VolumeSource;
 use crate::runtime::Runtime;
+use crate::state::shared::Shared;
 
 /// The backend resource ConfigMaps are stored under.
 const CONFIG_MAPS: &str = "configmaps";
@@ -60,7 +60,7 @@ impl ObjectsShell {
     }
 
     fn facts(&self, shared: &Shared, observed: Option<&ObservedPod>) -> NodeFacts {
-        let record = shared.doc().node(&shared.node_name).ok().flatten();
+        let record = shared.read(|d| d.node(&shared.node_name)).ok().flatten();
         let capacity = |k: &str| record.as_ref().and_then(|r| r.capacity.get(k).cloned());
         NodeFacts {
             node_name: shared.node_name.clone(),
@@ -171,17 +171,18 @@ fn read_objects(shared: &Shared, d: &DesiredPod) -> Objects {
     let ns = d.namespace();
     let mut objects = Objects::default();
     if !cms.is_empty() {
-        let doc = shared.doc();
-        for name in cms {
-            if let Ok(Some(cm)) = doc.get_object(CONFIG_MAPS, Some(&ns), &name) {
-                objects
-                    .config_maps
-                    .insert(name, config::config_map_values(&cm));
+        shared.read(|doc| {
+            for name in cms {
+                if let Ok(Some(cm)) = doc.get_object(CONFIG_MAPS, Some(&ns), &name) {
+                    objects
+                        .config_maps
+                        .insert(name, config::config_map_values(&cm));
+                }
             }
-        }
+        });
     }
     for name in secrets {
-        if let Some(s) = crate::agent::secrets::get_secret(shared, &ns, &name) {
+        if let Some(s) = crate::state::secrets::get_secret(shared, &ns, &name) {
             objects.secrets.insert(name, config::secret_values(&s));
         }
     }

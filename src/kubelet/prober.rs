@@ -190,7 +190,7 @@ pub struct PreStop {
 impl PreStop {
     /// Runs the hook (blocking: called from the kubelet's blocking action); a failure or a
     /// hook outliving the grace period is recorded as a `FailedPreStopHook` event.
-    pub fn run(self, config: &RuntimeConfig, shared: &crate::agent::shared::Shared) {
+    pub fn run(self, config: &RuntimeConfig, shared: &crate::state::shared::Shared) {
         let budget = Duration::from_secs(u64::try_from(self.grace).unwrap_or(0));
         let result = match &self.handler {
             Err(e) => Err(e.clone()),

@@ -10,7 +10,6 @@ use chrono::{DateTime, Duration, Utc};
 use tokio::sync::mpsc;
 
 use super::plan::{DesiredPod, EventTarget, ImageState};
-use crate::agent::shared::Shared;
 use crate::model::backoff::Backoff;
 use crate::model::image::default_pull_policy;
 use crate::model::image::{Credentials, PullRequest};
@@ -19,6 +18,7 @@ use crate::runtime::image::pull::{PullError, Puller};
 use crate::runtime::image::{reference, ImageError, ImageStore};
 use crate::runtime::observe::{AttemptState, ObservedPod};
 use crate::runtime::ImageInfo;
+use crate::state::shared::Shared;
 
 /// For this long after a failure the container shows `ErrImagePull`, then `ImagePullBackOff`.
 const ERR_IMAGE_PULL_FOR: i64 = 3;
@@ -368,7 +368,7 @@ fn pull_credentials(
     let registry = image.name.split('/').next().unwrap_or_default().to_string();
     let ns = d.namespace();
     for name in names {
-        let Some(secret) = crate::agent::secrets::get_secret(shared, &ns, &name) else {
+        let Some(secret) = crate::state::secrets::get_secret(shared, &ns, &name) else {
             tracing::info!(namespace = %ns, secret = %name, "imagePullSecret not found");
             continue;
         };

@@ -16,11 +16,11 @@ use tokio::sync::mpsc;
 
 use super::behaviour::{build_swarm, Behaviour, BehaviourEvent};
 use super::protocol::{serde_bytes_vec::Bytes, Request, Response};
-use crate::agent::shared::{LocalChange, Shared, View};
 use crate::membership::{self, MemberState, Membership, MembershipEvent, Output};
 use crate::model::is_dns1123_subdomain;
 use crate::model::MemberStatus;
 use crate::security::{admission_proof, verify_admission, AdmissionClaim};
+use crate::state::shared::{LocalChange, Shared, View};
 use crate::state::{DocId, DocStore};
 
 mod replication;
@@ -308,8 +308,7 @@ impl Actor {
                 self.config.join.iter().map(|a| quic_addr(*a)).collect();
             let known: Vec<Multiaddr> = self
                 .shared
-                .doc()
-                .nodes()
+                .read(|d| d.nodes())
                 .into_iter()
                 .filter(|n| n.name != self.shared.node_name)
                 .filter_map(|n| n.p2p_addr.parse().ok())
@@ -474,8 +473,7 @@ impl Actor {
             recoveries,
             admitted,
         };
-        *self.shared.view.write().unwrap_or_else(|p| p.into_inner()) = view;
-        self.shared.notify();
+        self.shared.set_view(view);
     }
 
     // ---- swarm events ----
@@ -796,7 +794,7 @@ impl Actor {
                 claim.node_name
             ));
         }
-        if let Ok(Some(record)) = self.shared.doc().node(&claim.node_name) {
+        if let Ok(Some(record)) = self.shared.read(|d| d.node(&claim.node_name)) {
             if record.peer_id != peer.to_string() {
                 return Err(format!(
                     "node name {:?} is registered to peer {}; delete that node first (kubectl delete node {})",

@@ -9,6 +9,8 @@ mod doc;
 mod keys;
 mod persist;
 mod replica;
+pub mod secrets;
+pub mod shared;
 mod status;
 mod workloads;
 
@@ -19,6 +21,7 @@ pub use persist::{
     Wal,
 };
 pub use replica::{Replica, MAX_VALUE_BYTES};
+pub use shared::{LocalChange, Shared, View};
 pub use status::StatusDoc;
 
 /// Identifies one replicated document.

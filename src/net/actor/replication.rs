@@ -8,18 +8,18 @@ use libp2p::PeerId;
 use rand::seq::IteratorRandom;
 
 use super::{Actor, Sent};
-use crate::agent::shared::{LocalChange, Shared, MAX_STATUS_DOCS};
 use crate::metrics::{Direction, SyncPath};
 use crate::net::protocol::{
     serde_bytes_vec::Bytes, DocDigest, DocRef, Request, Response, MAX_DIGEST_DOCS, MAX_PUSH_CHANGES,
 };
+use crate::state::shared::{LocalChange, Shared, MAX_STATUS_DOCS};
 use crate::state::{DocId, Replica, StatusDoc};
 
 /// Runs `f` on our replica of `id`, if we hold one.
 fn with_replica<T>(shared: &Shared, id: &DocId, f: impl FnOnce(&mut Replica) -> T) -> Option<T> {
     match id {
-        DocId::Cluster => Some(f(&mut shared.doc())),
-        DocId::Status(owner) => shared.status_docs().get_mut(owner).map(|d| f(d)),
+        DocId::Cluster => Some(shared.replicate(|d| f(d))),
+        DocId::Status(owner) => shared.replicate_status(|docs| docs.get_mut(owner).map(|d| f(d))),
     }
 }
 
@@ -65,42 +65,44 @@ impl Actor {
             DocId::Cluster => (remote == 0).then_some(0),
             DocId::Status(owner) if !crate::model::is_dns1123_subdomain(owner) => None,
             DocId::Status(owner) if *owner == self.shared.node_name => {
-                let mut docs = self.shared.status_docs();
-                let own = docs.get_mut(owner)?;
-                if remote > own.version() {
+                // Re-based past `remote`: the new version and its changes, pushed below.
+                let (version, rebased) = self.shared.replicate_status(|docs| {
+                    let own = docs.get_mut(owner)?;
+                    if remote <= own.version() {
+                        return Some((own.version(), None));
+                    }
                     let mut rebased = own.rebased(automerge::ActorId::random()).ok()?;
                     while rebased.version() <= remote {
                         rebased = rebased.rebased(automerge::ActorId::random()).ok()?;
                     }
                     *own = rebased;
-                    let version = own.version();
-                    let changes = own.changes_since(&[]);
-                    drop(docs);
+                    Some((own.version(), Some(own.changes_since(&[]))))
+                })?;
+                if let Some(changes) = rebased {
                     self.shared.queue_push(id.clone(), version, changes);
-                    return Some(version);
                 }
-                Some(own.version())
+                Some(version)
             }
             DocId::Status(owner) => {
-                let mut docs = self.shared.status_docs();
-                match docs.get(owner).map(|d| d.version()) {
-                    Some(mine) if mine >= remote => Some(mine),
-                    Some(_) => {
-                        docs.insert(
-                            owner.clone(),
-                            StatusDoc::empty(owner, remote, automerge::ActorId::random()),
-                        );
-                        Some(remote)
-                    }
-                    None if docs.len() < MAX_STATUS_DOCS => {
-                        docs.insert(
-                            owner.clone(),
-                            StatusDoc::empty(owner, remote, automerge::ActorId::random()),
-                        );
-                        Some(remote)
-                    }
-                    None => None,
-                }
+                self.shared
+                    .replicate_status(|docs| match docs.get(owner).map(|d| d.version()) {
+                        Some(mine) if mine >= remote => Some(mine),
+                        Some(_) => {
+                            docs.insert(
+                                owner.clone(),
+                                StatusDoc::empty(owner, remote, automerge::ActorId::random()),
+                            );
+                            Some(remote)
+                        }
+                        None if docs.len() < MAX_STATUS_DOCS => {
+                            docs.insert(
+                                owner.clone(),
+                                StatusDoc::empty(owner, remote, automerge::ActorId::random()),
+                            );
+                            Some(remote)
+                        }
+                        None => None,
+                    })
             }
         }
     }
@@ -263,7 +265,9 @@ impl Actor {
         let version = match id {
             DocId::Cluster => 0,
             DocId::Status(owner) => {
-                let held = self.shared.status_docs().get(owner).map(|d| d.version());
+                let held = self
+                    .shared
+                    .read_status(|docs| docs.get(owner).map(|d| d.version()));
                 match held.or_else(|| self.align(id, 0)) {
                     Some(v) => v,
                     None => return,
@@ -297,17 +301,19 @@ impl Actor {
                 id: DocId::Cluster,
                 version: 0,
             },
-            heads: self.shared.doc().heads_digest(),
+            heads: self.shared.heads_digest(),
         }];
-        for (owner, doc) in self.shared.status_docs().iter_mut() {
-            out.push(DocDigest {
-                doc: DocRef {
-                    id: DocId::Status(owner.clone()),
-                    version: doc.version(),
-                },
-                heads: doc.heads_digest(),
-            });
-        }
+        self.shared.replicate_status(|docs| {
+            for (owner, doc) in docs.iter_mut() {
+                out.push(DocDigest {
+                    doc: DocRef {
+                        id: DocId::Status(owner.clone()),
+                        version: doc.version(),
+                    },
+                    heads: doc.heads_digest(),
+                });
+            }
+        });
         out
     }
 
@@ -363,22 +369,25 @@ impl Actor {
 
     /// The owner re-bases its status document when history outgrew the state.
     pub(super) fn maybe_rebase_own_status(&mut self) {
-        let mut docs = self.shared.status_docs();
-        let Some(own) = docs.get_mut(&self.shared.node_name) else {
+        let me = &self.shared.node_name;
+        let rebased = self.shared.replicate_status(|docs| {
+            let own = docs.get_mut(me)?;
+            if !own.needs_rebase() {
+                return None;
+            }
+            let fresh = own.rebased(automerge::ActorId::random()).ok()?;
+            let before = own.save().len();
+            *own = fresh;
+            Some((
+                own.version(),
+                own.changes_since(&[]),
+                before,
+                own.save().len(),
+            ))
+        });
+        let Some((version, changes, before, after)) = rebased else {
             return;
         };
-        if !own.needs_rebase() {
-            return;
-        }
-        let Ok(fresh) = own.rebased(automerge::ActorId::random()) else {
-            return;
-        };
-        let before = own.save().len();
-        *own = fresh;
-        let version = own.version();
-        let changes = own.changes_since(&[]);
-        let after = own.save().len();
-        drop(docs);
         tracing::info!(version, before, after, "re-based own status document");
         self.shared.queue_push(
             DocId::Status(self.shared.node_name.clone()),
@@ -409,8 +418,11 @@ impl Actor {
                 }
                 DocId::Status(owner) => {
                     let path = self.status_dir.join(format!("{owner}.cbor"));
-                    match self.shared.status_docs().get_mut(owner) {
-                        Some(doc) => (path, doc.encode()),
+                    let encoded = self
+                        .shared
+                        .replicate_status(|docs| docs.get_mut(owner).map(|d| d.encode()));
+                    match encoded {
+                        Some(bytes) => (path, bytes),
                         None => continue,
                     }
                 }

@@ -1,5 +1,9 @@
-//! State shared between the agent's shells: the document (behind a short-held lock), the
-//! membership view snapshot the API reads, and the channels that wake the network actor.
+//! The state every shell of an agent shares: the cluster document and its write-ahead log,
+//! the status documents, the membership view, and the channels that wake the network actor
+//! and the watchers. Its methods own the locking: callers pass a closure that sees one
+//! document (or the set of status documents) while the lock is held, and no lock is public,
+//! so no caller has a lock order to keep. Shared's own methods must not be called from inside
+//! such a closure (they would wait for the lock the closure holds).
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, RwLock};
@@ -52,7 +56,7 @@ pub struct Shared {
     saved_bytes: std::sync::atomic::AtomicU64,
     /// Status documents by owner; this node's own is created at start.
     status: Mutex<BTreeMap<String, StatusDoc>>,
-    pub view: RwLock<View>,
+    view: RwLock<View>,
     changes_tx: watch::Sender<u64>,
     /// Locally made changes, for the push path. Bounded: if the network actor falls behind,
     /// anti-entropy carries what the push path dropped.
@@ -86,11 +90,37 @@ impl Shared {
         (shared, local_rx)
     }
 
-    /// Read access to the document.
-    pub fn doc(&self) -> MutexGuard<'_, ClusterDoc> {
+    fn doc(&self) -> MutexGuard<'_, ClusterDoc> {
         self.doc
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` on the cluster document (a read: local writes go through [`Shared::write`]).
+    pub fn read<T>(&self, f: impl FnOnce(&ClusterDoc) -> T) -> T {
+        f(&self.doc())
+    }
+
+    /// Runs `f` on the cluster document to merge what peers sent (sync messages, pushed
+    /// changes): those are logged by the network actor's saves, not the write-ahead log.
+    pub fn replicate<T>(&self, f: impl FnOnce(&mut ClusterDoc) -> T) -> T {
+        f(&mut self.doc())
+    }
+
+    /// The digest of the cluster document's heads (anti-entropy, the controllers' change
+    /// detection).
+    pub fn heads_digest(&self) -> u64 {
+        self.doc().heads_digest()
+    }
+
+    /// The cluster document's heads (the status route).
+    pub fn heads(&self) -> Vec<automerge::ChangeHash> {
+        self.doc().heads()
+    }
+
+    /// The whole cluster document, saved (backups).
+    pub fn save_doc(&self) -> Vec<u8> {
+        self.doc().save()
     }
 
     /// Runs a local write of the cluster document. Its changes are in the write-ahead log
@@ -156,11 +186,22 @@ impl Shared {
             .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// All status documents (read, or replicate into).
-    pub fn status_docs(&self) -> MutexGuard<'_, BTreeMap<String, StatusDoc>> {
+    fn status_docs(&self) -> MutexGuard<'_, BTreeMap<String, StatusDoc>> {
         self.status
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` on the status documents, by owner (a read: this node writes its own through
+    /// [`Shared::write_status`]).
+    pub fn read_status<T>(&self, f: impl FnOnce(&BTreeMap<String, StatusDoc>) -> T) -> T {
+        f(&self.status_docs())
+    }
+
+    /// Runs `f` on the status documents to merge, replace or re-base them (the network
+    /// actor's replication).
+    pub fn replicate_status<T>(&self, f: impl FnOnce(&mut BTreeMap<String, StatusDoc>) -> T) -> T {
+        f(&mut self.status_docs())
     }
 
     /// Runs a write on this node's own status document; its changes go to the push path.
@@ -258,6 +299,12 @@ impl Shared {
         self.changes_tx.subscribe()
     }
 
+    /// Publishes a new membership view (the network actor) and wakes the watchers.
+    pub fn set_view(&self, view: View) {
+        *self.view.write().unwrap_or_else(|p| p.into_inner()) = view;
+        self.notify();
+    }
+
     /// The membership view, with the leader in office (`membership::leader::in_office`: the
     /// leader recorded in the document while it is live, else the view's candidate).
     pub fn view(&self) -> View {
@@ -283,36 +330,6 @@ fn rollback(doc: &mut ClusterDoc, before: &[automerge::ChangeHash]) {
     if let Err(e) = doc.rollback_to(before) {
         tracing::error!(%e, "rolling back an unlogged write failed; stopping");
         std::process::exit(70);
-    }
-}
-
-/// Runs `round` now, then again after document changes (at most once per `min_interval`) and at
-/// least every `tick`, until `stop` resolves or the change channel closes.
-pub async fn rounds<F, Fut>(
-    shared: &Shared,
-    stop: impl std::future::Future<Output = ()>,
-    min_interval: std::time::Duration,
-    tick: std::time::Duration,
-    mut round: F,
-) where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    tokio::pin!(stop);
-    let mut changes = shared.subscribe();
-    loop {
-        let started = tokio::time::Instant::now();
-        changes.borrow_and_update();
-        round().await;
-        tokio::select! {
-            _ = &mut stop => return,
-            r = changes.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(tick) => {}
-        }
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = tokio::time::sleep_until(started + min_interval) => {}
-        }
     }
 }
 

@@ -1,11 +1,11 @@
-//! Secrets between the document and their readers: the backend seals a Secret when it is
-//! written and opens it when it is read (`crate::security::seal_secret`); the kubelet reads
+//! Secrets between the document and their readers: the API's backend seals a Secret when it
+//! is written and opens it when it is read (`crate::security::seal_secret`); the kubelet reads
 //! Secrets through [`get_secret`]. A Secret that does not open is logged by name (never by
 //! value) and read as missing.
 
 use serde_json::Value;
 
-use super::shared::Shared;
+use super::Shared;
 use crate::security::ClusterIdentity;
 
 /// The backend resource Secrets are stored under.
@@ -49,8 +49,7 @@ pub fn from_stored(
 /// The plain Secret `namespace/name` from the merged document, if it exists and opens.
 pub fn get_secret(shared: &Shared, namespace: &str, name: &str) -> Option<Value> {
     let stored = shared
-        .doc()
-        .get_object(SECRETS, Some(namespace), name)
+        .read(|d| d.get_object(SECRETS, Some(namespace), name))
         .ok()
         .flatten()?;
     from_stored(&shared.identity, SECRETS, Some(namespace), name, stored)
