@@ -23,7 +23,7 @@ use crate::runtime::logs::{find_target, read_logs, LogError};
 use crate::runtime::pods::StartOutcome;
 use crate::runtime::{PodMeta, Runtime, RuntimeConfig};
 use crate::state::shared::Shared;
-use plan::{Action, DesiredPod, Inputs, Planner, SandboxFailure};
+use plan::{Action, DesiredPod, Inputs, Ledger, Outcome, Planner};
 
 /// At most this many runtime actions run at once.
 pub const MAX_PARALLEL_ACTIONS: usize = 8;
@@ -111,6 +111,25 @@ fn parse_pod(value: serde_json::Value) -> Option<Pod> {
     }
 }
 
+/// Outcomes of the shell's background work (runtime actions, pulls) for the planner's
+/// [`Ledger`]: pushed when the work ends, before its busy mark is cleared, and taken by the next
+/// round. At most one per action in flight or pull running.
+#[derive(Clone, Default)]
+pub struct Reports(Arc<Mutex<Vec<Outcome>>>);
+
+impl Reports {
+    pub fn push(&self, outcome: Outcome) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(outcome);
+    }
+
+    fn take(&self) -> Vec<Outcome> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 struct Shell {
     shared: Arc<Shared>,
     runtime: Arc<Runtime>,
@@ -121,9 +140,11 @@ struct Shell {
     /// This round's resolved container configurations.
     configs: objects::Configs,
     planner: Planner,
+    /// The planner's count of what the shell's actions and pulls reported.
+    ledger: Ledger,
+    /// Outcomes of actions and pulls, for the next round.
+    reports: Reports,
     busy: Arc<Mutex<BTreeSet<String>>>,
-    /// Failed sandbox creations by pod key (retry timing and the pods' waiting message).
-    sandbox_failures: Arc<Mutex<BTreeMap<String, SandboxFailure>>>,
     permits: Arc<Semaphore>,
     wake_tx: mpsc::Sender<()>,
     probes: Arc<prober::Probes>,
@@ -184,8 +205,9 @@ pub async fn run(
         configs: objects::Configs::new(),
         node_ip: config.node_ip,
         planner: Planner::new(),
+        ledger: Ledger::default(),
+        reports: Reports::default(),
         busy: Arc::new(Mutex::new(BTreeSet::new())),
-        sandbox_failures: Arc::new(Mutex::new(BTreeMap::new())),
         permits: Arc::new(Semaphore::new(MAX_PARALLEL_ACTIONS)),
         wake_tx,
         probes,
@@ -214,12 +236,6 @@ impl Shell {
         self.busy.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn sandbox_failures(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SandboxFailure>> {
-        self.sandbox_failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
     /// This node's current pod CIDR (only asked for when pods get the CNI network).
     fn pod_cidr(&self) -> Option<String> {
         self.runtime.config.cni.as_ref()?;
@@ -229,69 +245,29 @@ impl Shell {
     }
 
     async fn round(&mut self) {
+        self.take_reports();
         let desired = desired_pods(&self.shared);
         let pod_cidr = self.pod_cidr();
         let rt = self.runtime.clone();
         let Ok(observed) = tokio::task::spawn_blocking(move || rt.observe()).await else {
             return;
         };
-        let mut verdicts = self.pulls.evaluate(
-            &self.shared,
-            &desired,
-            &observed,
-            chrono::Utc::now(),
-            &self.wake_tx,
-        );
-        self.configs =
-            self.objects
-                .resolve(&self.shared, &desired, &observed, &mut verdicts.states);
-        // runAsNonRoot with an image that runs as root: waits as CreateContainerConfigError.
-        for (key, d) in &desired {
-            for c in d.containers() {
-                let image = c.image.as_deref().and_then(|i| verdicts.ready.get(i));
-                if let Some(message) =
-                    image.and_then(|i| crate::runtime::bundle::non_root_violation(&d.pod, c, i))
-                {
-                    objects::config_error(&mut verdicts.states, key, &c.name, message);
-                }
-            }
-        }
-        let in_flight = self.busy().clone();
-        self.objects
-            .refresh(&self.runtime, &observed, &self.configs, &in_flight);
-        let recorded: BTreeMap<(String, String), PodStatusRecord> = {
-            let me = &self.shared.node_name;
-            self.shared
-                .read_status(|docs| {
-                    docs.get(me)
-                        .map(|d| d.entries::<PodStatusRecord>(keys::POD_STATUS_PREFIX))
-                })
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|(k, r)| {
-                    let (ns, name) = keys::split(&k, keys::POD_STATUS_PREFIX)?;
-                    Some(((ns.to_string(), name.to_string()), r))
-                })
-                .collect()
-        };
+        let images = self.images(&desired, &observed);
         self.probes.sync(&self.runtime.config, &desired, &observed);
         let probes = self.probes.snapshot();
         let busy = self.busy().clone();
-        let failures = {
-            let mut f = self.sandbox_failures();
-            f.retain(|k, _| desired.contains_key(k));
-            f.clone()
-        };
+        self.ledger.retain_pods(|k| desired.contains_key(k));
+        let recorded = self.recorded();
         let actions = self.planner.plan(&Inputs {
             desired: &desired,
             observed: &observed,
-            images: &verdicts.states,
+            images: &images.states,
             recorded: &recorded,
             busy: &busy,
             node_ip: &self.node_ip,
             pod_network: self.runtime.config.cni.is_some(),
             pod_cidr: pod_cidr.as_deref(),
-            sandbox_failures: &failures,
+            sandbox_failures: self.ledger.sandbox_failures(),
             probes: &probes,
             now: chrono::Utc::now(),
         });
@@ -304,10 +280,77 @@ impl Shell {
         );
         for action in actions {
             tracing::debug!(?action, "kubelet action");
-            self.execute(action, &desired, &observed, &verdicts, pod_cidr.as_deref());
+            self.execute(action, &desired, &observed, &images, pod_cidr.as_deref());
         }
         self.reap_orphans(&desired, &observed).await;
         self.report_pressure();
+    }
+
+    /// Hands what the background work reported to the planner's ledger and records the
+    /// events it makes of it.
+    fn take_reports(&mut self) {
+        let now = chrono::Utc::now();
+        for outcome in self.reports.take() {
+            for event in self.ledger.record(outcome, now) {
+                self.record(event);
+            }
+        }
+    }
+
+    /// Every container's image (pulls started as due), with the configuration checks that
+    /// hold a container back (`CreateContainerConfigError`) applied on top.
+    fn images(
+        &mut self,
+        desired: &BTreeMap<String, DesiredPod>,
+        observed: &BTreeMap<String, crate::runtime::ObservedPod>,
+    ) -> pulls::Verdicts {
+        let mut round = pulls::Round::new(
+            &self.shared,
+            observed,
+            &mut self.ledger,
+            &self.reports,
+            &self.wake_tx,
+            chrono::Utc::now(),
+        );
+        let mut verdicts = self.pulls.evaluate(&mut round, desired);
+        for event in std::mem::take(&mut verdicts.events) {
+            self.record(event);
+        }
+        self.configs = self
+            .objects
+            .resolve(&self.shared, desired, observed, &mut verdicts.states);
+        // runAsNonRoot with an image that runs as root: waits as CreateContainerConfigError.
+        for (key, d) in desired {
+            for c in d.containers() {
+                let image = c.image.as_deref().and_then(|i| verdicts.ready.get(i));
+                if let Some(message) =
+                    image.and_then(|i| crate::runtime::bundle::non_root_violation(&d.pod, c, i))
+                {
+                    objects::config_error(&mut verdicts.states, key, &c.name, message);
+                }
+            }
+        }
+        let in_flight = self.busy().clone();
+        self.objects
+            .refresh(&self.runtime, observed, &self.configs, &in_flight);
+        verdicts
+    }
+
+    /// This node's status records, by `(namespace, name)`.
+    fn recorded(&self) -> BTreeMap<(String, String), PodStatusRecord> {
+        let me = &self.shared.node_name;
+        self.shared
+            .read_status(|docs| {
+                docs.get(me)
+                    .map(|d| d.entries::<PodStatusRecord>(keys::POD_STATUS_PREFIX))
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(k, r)| {
+                let (ns, name) = keys::split(&k, keys::POD_STATUS_PREFIX)?;
+                Some(((ns.to_string(), name.to_string()), r))
+            })
+            .collect()
     }
 
     /// Writes `RuntimePressure` to this node's status document when the backlog of runtime
@@ -389,210 +432,32 @@ impl Shell {
                 name,
                 record,
             } => {
-                if let Err(e) = self
-                    .shared
-                    .write_status(|d| d.put(&keys::pod_status(&namespace, &name), &record))
-                {
+                let key = keys::pod_status(&namespace, &name);
+                if let Err(e) = self.shared.write_status(|d| d.put(&key, &record)) {
                     tracing::warn!(%e, %namespace, %name, "writing pod status");
                 }
             }
             Action::DeleteStatus { namespace, name } => {
-                if let Err(e) = self
-                    .shared
-                    .write_status(|d| d.delete(&keys::pod_status(&namespace, &name)))
-                {
+                let key = keys::pod_status(&namespace, &name);
+                if let Err(e) = self.shared.write_status(|d| d.delete(&key)) {
                     tracing::warn!(%e, %namespace, %name, "deleting pod status");
                 }
             }
-            Action::Event {
-                target,
-                event_type,
-                reason,
-                message,
-            } => {
-                record_event(&self.shared, &target, event_type, &reason, &message);
-            }
+            event @ Action::Event { .. } => self.record(event),
             Action::CreateSandbox { key } => {
-                let Some(d) = desired.get(&key) else { return };
-                let meta = PodMeta {
-                    key: key.clone(),
-                    namespace: d.namespace(),
-                    name: d.name(),
-                    uid: d.uid(),
-                    grace_seconds: d.grace_seconds(),
-                    created_at: observed
-                        .get(&key)
-                        .map(|o| o.meta.created_at)
-                        .unwrap_or_else(chrono::Utc::now),
-                    hooks: plan::probe::hooked_containers(d.containers()),
-                };
-                let target = plan::EventTarget {
-                    namespace: meta.namespace.clone(),
-                    name: meta.name.clone(),
-                    uid: meta.uid.clone(),
-                };
-                let pod_cidr = pod_cidr.map(str::to_string);
-                let failures = self.sandbox_failures.clone();
-                self.spawn(key.clone(), key.clone(), move |rt, shared| {
-                    let result = rt.create_sandbox(&meta, pod_cidr.as_deref());
-                    let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
-                    match result {
-                        Ok(_) => {
-                            failures.remove(&key);
-                        }
-                        Err(e) => {
-                            let message = format!("Failed to create pod sandbox: {e}");
-                            let previous = failures.get(&key);
-                            let repeated = previous.is_some_and(|f| f.message == message);
-                            let attempts = previous.map_or(0, |f| f.attempts) + 1;
-                            failures.insert(
-                                key,
-                                SandboxFailure {
-                                    message: message.clone(),
-                                    at: chrono::Utc::now(),
-                                    attempts,
-                                },
-                            );
-                            drop(failures);
-                            // Logged and recorded once per distinct error, not at every retry.
-                            if !repeated {
-                                tracing::warn!(%e, pod = %meta.name, "creating the sandbox");
-                                record_event(
-                                    &shared,
-                                    &target,
-                                    EventType::Warning,
-                                    "FailedCreatePodSandBox",
-                                    &message,
-                                );
-                            }
-                        }
-                    }
-                    None
-                });
+                if let Some(d) = desired.get(&key) {
+                    self.create_sandbox(key, d, observed, pod_cidr);
+                }
             }
-            Action::StopSandbox { key } => {
-                let failures = self.sandbox_failures.clone();
-                self.spawn(key.clone(), key.clone(), move |rt, _| {
-                    let result = rt.runtime.stop_sandbox(&key, Duration::from_secs(10));
-                    let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
-                    match result {
-                        Ok(()) => {
-                            failures.remove(&key);
-                        }
-                        Err(e) => {
-                            tracing::warn!(%e, %key, "stopping a sandbox");
-                            let attempts = failures.get(&key).map_or(0, |f| f.attempts) + 1;
-                            failures.insert(
-                                key,
-                                SandboxFailure {
-                                    message: format!("Failed to stop pod sandbox: {e}"),
-                                    at: chrono::Utc::now(),
-                                    attempts,
-                                },
-                            );
-                        }
-                    }
-                    None
-                });
-            }
+            Action::StopSandbox { key } => self.stop_sandbox(key),
             Action::StartContainer {
                 key,
                 container,
                 restart,
             } => {
-                let Some(d) = desired.get(&key) else { return };
-                let Some(c) = d.containers().iter().find(|c| c.name == container).cloned() else {
-                    return;
-                };
-                let reference = c.image.clone().unwrap_or_default();
-                let Some(image) = images.ready.get(&reference).cloned() else {
-                    return;
-                };
-                let just_pulled = images.pulled.contains(&reference);
-                let store = self.pulls.store().cloned();
-                let pod = d.pod.clone();
-                let target = plan::EventTarget {
-                    namespace: d.namespace(),
-                    name: d.name(),
-                    uid: d.uid(),
-                };
-                let Some(config) = self.configs.get(&(key.clone(), container.clone())).cloned()
-                else {
-                    return;
-                };
-                let busy_key = plan::container_busy_key(&key, &container);
-                self.spawn(busy_key, key.clone(), move |rt, shared| {
-                    if restart > 1 {
-                        rt.prune_attempts(&key, &container, restart);
-                    }
-                    if let Some(store) = &store {
-                        store.touch(image.digest.trim_start_matches("sha256:"));
-                    }
-                    match rt.start_container_with(&key, &pod, &c, &image, restart, &config) {
-                        Ok(StartOutcome::Started { exit }) => {
-                            let created = pod.metadata.creation_timestamp.as_ref();
-                            let created = created.map(|t| t.0.as_second());
-                            shared.metrics.container_started(restart, created);
-                            for warning in &config.skipped {
-                                record_event(
-                                    &shared,
-                                    &target,
-                                    EventType::Warning,
-                                    "InvalidEnvironmentVariableNames",
-                                    warning,
-                                );
-                            }
-                            if !just_pulled {
-                                record_event(
-                                    &shared,
-                                    &target,
-                                    EventType::Normal,
-                                    "Pulled",
-                                    &format!(
-                                        "Container image \"{}\" already present on machine",
-                                        image.reference
-                                    ),
-                                );
-                            }
-                            record_event(
-                                &shared,
-                                &target,
-                                EventType::Normal,
-                                "Created",
-                                &format!("Created container {container}"),
-                            );
-                            record_event(
-                                &shared,
-                                &target,
-                                EventType::Normal,
-                                "Started",
-                                &format!("Started container {container}"),
-                            );
-                            Some(exit)
-                        }
-                        Ok(StartOutcome::Failed { message }) => {
-                            record_event(
-                                &shared,
-                                &target,
-                                EventType::Warning,
-                                "Failed",
-                                &format!("Error: {message}"),
-                            );
-                            None
-                        }
-                        Err(e) => {
-                            tracing::warn!(%e, %container, "starting a container");
-                            record_event(
-                                &shared,
-                                &target,
-                                EventType::Warning,
-                                "Failed",
-                                &format!("Error: {e}"),
-                            );
-                            None
-                        }
-                    }
-                });
+                if let Some(d) = desired.get(&key) {
+                    self.start_container(d, container, restart, images);
+                }
             }
             Action::KillContainer {
                 key,
@@ -602,41 +467,201 @@ impl Shell {
                 grace,
                 pre_stop,
             } => {
-                let busy_key = plan::container_busy_key(&key, &container);
-                let hook = match (pre_stop, observed.get(&key)) {
-                    (Some(h), Some(o)) => Some(prober::PreStop {
-                        handler: h,
-                        target: prober::target(&self.runtime.config, o, &container, restart),
-                        grace,
-                        pod: plan::EventTarget {
-                            namespace: o.meta.namespace.clone(),
-                            name: o.meta.name.clone(),
-                            uid: o.meta.uid.clone(),
-                        },
-                        container: container.clone(),
-                        handle: tokio::runtime::Handle::current(),
-                    }),
-                    _ => None,
-                };
-                self.spawn(busy_key, key, move |rt, shared| {
-                    if let Some(hook) = hook {
-                        hook.run(&rt.config, &shared);
-                    }
-                    if let Err(e) = rt.kill_container_attempt(&container, restart, signal) {
-                        tracing::warn!(%e, %container, "signalling a container");
-                    }
-                    None
+                let hook = pre_stop.and_then(|h| {
+                    let o = observed.get(&key)?;
+                    Some(self.pre_stop(o, h, &container, restart, grace))
                 });
+                self.kill_container(key, container, restart, signal, hook);
             }
-            Action::RemovePod { key } => {
-                self.spawn(key.clone(), key.clone(), move |rt, _| {
-                    if let Err(e) = rt.runtime.remove_pod(&key, Duration::from_secs(10)) {
-                        tracing::warn!(%e, %key, "removing a pod");
-                    }
-                    None
-                });
-            }
+            Action::RemovePod { key } => self.remove_pod(key),
         }
+    }
+
+    /// Records an [`Action::Event`] in this node's status document.
+    fn record(&self, event: Action) {
+        if let Action::Event {
+            target,
+            event_type,
+            reason,
+            message,
+        } = event
+        {
+            record_event(&self.shared, &target, event_type, &reason, &message);
+        }
+    }
+
+    fn create_sandbox(
+        &self,
+        key: String,
+        d: &DesiredPod,
+        observed: &BTreeMap<String, crate::runtime::ObservedPod>,
+        pod_cidr: Option<&str>,
+    ) {
+        let meta = PodMeta {
+            key: key.clone(),
+            namespace: d.namespace(),
+            name: d.name(),
+            uid: d.uid(),
+            grace_seconds: d.grace_seconds(),
+            created_at: observed
+                .get(&key)
+                .map(|o| o.meta.created_at)
+                .unwrap_or_else(chrono::Utc::now),
+            hooks: plan::probe::hooked_containers(d.containers()),
+        };
+        let target = event_target(d);
+        let pod_cidr = pod_cidr.map(str::to_string);
+        let reports = self.reports.clone();
+        self.spawn(key.clone(), key.clone(), move |rt, _| {
+            reports.push(match rt.create_sandbox(&meta, pod_cidr.as_deref()) {
+                Ok(_) => Outcome::SandboxCreated { key },
+                Err(e) => {
+                    tracing::warn!(%e, pod = %meta.name, "creating the sandbox");
+                    Outcome::SandboxFailed {
+                        key,
+                        target,
+                        error: e.to_string(),
+                    }
+                }
+            });
+            None
+        });
+    }
+
+    fn stop_sandbox(&self, key: String) {
+        let reports = self.reports.clone();
+        self.spawn(key.clone(), key.clone(), move |rt, _| {
+            reports.push(
+                match rt.runtime.stop_sandbox(&key, Duration::from_secs(10)) {
+                    Ok(()) => Outcome::SandboxStopped { key },
+                    Err(e) => {
+                        tracing::warn!(%e, %key, "stopping a sandbox");
+                        Outcome::SandboxStopFailed {
+                            key,
+                            error: e.to_string(),
+                        }
+                    }
+                },
+            );
+            None
+        });
+    }
+
+    fn start_container(
+        &self,
+        d: &DesiredPod,
+        container: String,
+        restart: u32,
+        images: &pulls::Verdicts,
+    ) {
+        let key = d.key.clone();
+        let Some(c) = d.containers().iter().find(|c| c.name == container).cloned() else {
+            return;
+        };
+        let reference = c.image.clone().unwrap_or_default();
+        let Some(image) = images.ready.get(&reference).cloned() else {
+            return;
+        };
+        let Some(config) = self.configs.get(&(key.clone(), container.clone())).cloned() else {
+            return;
+        };
+        let pulled = images.pulled.contains(&reference);
+        let store = self.pulls.store().cloned();
+        let pod = d.pod.clone();
+        let target = event_target(d);
+        let reports = self.reports.clone();
+        let busy_key = plan::container_busy_key(&key, &container);
+        self.spawn(busy_key, key.clone(), move |rt, shared| {
+            if restart > 1 {
+                rt.prune_attempts(&key, &container, restart);
+            }
+            if let Some(store) = &store {
+                store.touch(image.digest.trim_start_matches("sha256:"));
+            }
+            let (outcome, exit) =
+                match rt.start_container_with(&key, &pod, &c, &image, restart, &config) {
+                    Ok(StartOutcome::Started { exit }) => {
+                        let created = pod.metadata.creation_timestamp.as_ref();
+                        let created = created.map(|t| t.0.as_second());
+                        shared.metrics.container_started(restart, created);
+                        let started = Outcome::ContainerStarted {
+                            target,
+                            container,
+                            image: image.reference.clone(),
+                            pulled,
+                            warnings: config.skipped.clone(),
+                        };
+                        (started, Some(exit))
+                    }
+                    Ok(StartOutcome::Failed { message }) => (
+                        Outcome::ContainerFailed {
+                            target,
+                            error: message,
+                        },
+                        None,
+                    ),
+                    Err(e) => {
+                        tracing::warn!(%e, %container, "starting a container");
+                        let error = e.to_string();
+                        (Outcome::ContainerFailed { target, error }, None)
+                    }
+                };
+            reports.push(outcome);
+            exit
+        });
+    }
+
+    /// The preStop hook of a container attempt about to be stopped.
+    fn pre_stop(
+        &self,
+        o: &crate::runtime::ObservedPod,
+        handler: Result<plan::probe::Handler, String>,
+        container: &str,
+        restart: u32,
+        grace: i64,
+    ) -> prober::PreStop {
+        prober::PreStop {
+            handler,
+            target: prober::target(&self.runtime.config, o, container, restart),
+            grace,
+            pod: plan::EventTarget {
+                namespace: o.meta.namespace.clone(),
+                name: o.meta.name.clone(),
+                uid: o.meta.uid.clone(),
+            },
+            container: container.to_string(),
+            handle: tokio::runtime::Handle::current(),
+        }
+    }
+
+    fn kill_container(
+        &self,
+        key: String,
+        container: String,
+        restart: u32,
+        signal: plan::Signal,
+        hook: Option<prober::PreStop>,
+    ) {
+        let busy_key = plan::container_busy_key(&key, &container);
+        let reports = self.reports.clone();
+        self.spawn(busy_key, key, move |rt, _| {
+            if let Some(failed) = hook.and_then(|h| h.run(&rt.config)) {
+                reports.push(failed);
+            }
+            if let Err(e) = rt.kill_container_attempt(&container, restart, signal) {
+                tracing::warn!(%e, %container, "signalling a container");
+            }
+            None
+        });
+    }
+
+    fn remove_pod(&self, key: String) {
+        self.spawn(key.clone(), key.clone(), move |rt, _| {
+            if let Err(e) = rt.runtime.remove_pod(&key, Duration::from_secs(10)) {
+                tracing::warn!(%e, %key, "removing a pod");
+            }
+            None
+        });
     }
 
     /// Runs a blocking runtime action for pod `key` (one at a time per `busy_key`, bounded
@@ -712,7 +737,16 @@ impl PodRuntime {
     }
 }
 
-pub(crate) fn record_event(
+/// The pod an event of `d` is about.
+fn event_target(d: &DesiredPod) -> plan::EventTarget {
+    plan::EventTarget {
+        namespace: d.namespace(),
+        name: d.name(),
+        uid: d.uid(),
+    }
+}
+
+fn record_event(
     shared: &Shared,
     target: &plan::EventTarget,
     event_type: EventType,

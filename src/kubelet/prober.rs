@@ -16,9 +16,9 @@ use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
+use super::plan::outcome::Outcome;
 use super::plan::probe::{Handler, ProbeRun, RunningAttempt, Tracker};
 use super::plan::DesiredPod;
-use crate::model::workload::EventType;
 use crate::runtime::{AttemptState, ObservedPod, RuntimeConfig};
 
 /// At most this many probes run at once (the rest wait for a slot, then run).
@@ -189,8 +189,8 @@ pub struct PreStop {
 
 impl PreStop {
     /// Runs the hook (blocking: called from the kubelet's blocking action); a failure or a
-    /// hook outliving the grace period is recorded as a `FailedPreStopHook` event.
-    pub fn run(self, config: &RuntimeConfig, shared: &crate::state::shared::Shared) {
+    /// hook outliving the grace period is reported for a `FailedPreStopHook` event.
+    pub fn run(self, config: &RuntimeConfig) -> Option<Outcome> {
         let budget = Duration::from_secs(u64::try_from(self.grace).unwrap_or(0));
         let result = match &self.handler {
             Err(e) => Err(e.clone()),
@@ -198,23 +198,18 @@ impl PreStop {
                 .handle
                 .block_on(run_handler(config, h, &self.target, budget)),
         };
-        if let Err(message) = result {
-            let what = match &self.handler {
-                Ok(Handler::Exec { command }) => format!("Exec lifecycle hook ({command:?})"),
-                Ok(Handler::Http { path, .. }) => format!("HTTP lifecycle hook ({path})"),
-                _ => "Lifecycle hook".to_string(),
-            };
-            super::record_event(
-                shared,
-                &self.pod,
-                EventType::Warning,
-                "FailedPreStopHook",
-                &format!(
-                    "{what} for Container \"{}\" in Pod \"{}_{}({})\" failed - error: {message}",
-                    self.container, self.pod.name, self.pod.namespace, self.pod.uid
-                ),
-            );
-        }
+        let error = result.err()?;
+        let hook = match &self.handler {
+            Ok(Handler::Exec { command }) => format!("Exec lifecycle hook ({command:?})"),
+            Ok(Handler::Http { path, .. }) => format!("HTTP lifecycle hook ({path})"),
+            _ => "Lifecycle hook".to_string(),
+        };
+        Some(Outcome::PreStopFailed {
+            target: self.pod,
+            container: self.container,
+            hook,
+            error,
+        })
     }
 }
 

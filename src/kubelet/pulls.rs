@@ -1,75 +1,80 @@
-//! The kubelet's image pulls: the state of each container's image under its
-//! `imagePullPolicy`, pulls run in the background (one per image, however many pods wait),
-//! back-off after a failure (10 s doubling to 300 s, as Kubernetes), credentials from the
-//! pod's `imagePullSecrets`, and the events `kubectl describe pod` shows.
+//! The kubelet's image pulls, the shell side: each container's image resolved in the node's
+//! store and judged by the planner (`plan::image`: `imagePullPolicy`, back-off after a failure),
+//! pulls run in the background (one per image and credentials, however many pods wait) and
+//! reported to the planner's [`Ledger`] (which counts failures and writes the events),
+//! credentials from the pod's `imagePullSecrets`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::Container;
 use tokio::sync::mpsc;
 
-use super::plan::{DesiredPod, EventTarget, ImageState};
-use crate::model::backoff::Backoff;
+use super::plan::image::{self, ImageFacts};
+use super::plan::{Action, DesiredPod, EventTarget, ImageState, Ledger, Outcome};
+use super::Reports;
 use crate::model::image::default_pull_policy;
 use crate::model::image::{Credentials, PullRequest};
-use crate::model::workload::EventType;
 use crate::runtime::image::pull::{PullError, Puller};
 use crate::runtime::image::{reference, ImageError, ImageStore};
 use crate::runtime::observe::{AttemptState, ObservedPod};
 use crate::runtime::ImageInfo;
 use crate::state::shared::Shared;
 
-/// For this long after a failure the container shows `ErrImagePull`, then `ImagePullBackOff`.
-const ERR_IMAGE_PULL_FOR: i64 = 3;
-
-/// The back-off (seconds) after `failures` failed pulls in a row: Kubernetes' 10 s, doubling
-/// per failure up to 5 min.
-pub fn backoff_after(failures: u32) -> i64 {
-    Backoff::KUBELET.after(failures.max(1))
-}
-
-#[derive(Clone, Debug)]
-enum Record {
-    Running,
-    Done {
-        at: DateTime<Utc>,
-    },
-    Failed {
-        at: DateTime<Utc>,
-        failures: u32,
-        message: String,
-        /// The registry could not be reached (a present image may then be used).
-        unreachable: bool,
-    },
-}
-
-/// Pull state per normalised reference, shared with the pull tasks.
+/// The image pulls of one node.
 #[derive(Clone)]
 pub struct Pulls {
     puller: Option<Arc<Puller>>,
-    records: Arc<Mutex<BTreeMap<String, Record>>>,
 }
 
 /// One round's verdicts: the state of every container's image, the images ready to run (by
-/// reference as written in the pod), and which of those this kubelet has just pulled.
+/// reference as written in the pod), which of those this kubelet has just pulled, and the
+/// events of the pulls this round started.
 #[derive(Default)]
 pub struct Verdicts {
     pub states: BTreeMap<(String, String), ImageState>,
     pub ready: BTreeMap<String, ImageInfo>,
     pub pulled: BTreeSet<String>,
+    pub events: Vec<Action>,
+}
+
+/// What a round's evaluation shares between containers.
+pub struct Round<'a> {
+    pub shared: &'a Shared,
+    pub observed: &'a BTreeMap<String, ObservedPod>,
+    pub ledger: &'a mut Ledger,
+    pub reports: &'a Reports,
+    pub wake: &'a mpsc::Sender<()>,
+    pub now: DateTime<Utc>,
+    /// Images looked up in the store this round, by reference.
+    local: BTreeMap<String, Option<ImageInfo>>,
+}
+
+impl<'a> Round<'a> {
+    pub fn new(
+        shared: &'a Shared,
+        observed: &'a BTreeMap<String, ObservedPod>,
+        ledger: &'a mut Ledger,
+        reports: &'a Reports,
+        wake: &'a mpsc::Sender<()>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Round {
+            shared,
+            observed,
+            ledger,
+            reports,
+            wake,
+            now,
+            local: BTreeMap::new(),
+        }
+    }
 }
 
 impl Pulls {
     pub fn new(puller: Option<Arc<Puller>>) -> Self {
-        Pulls {
-            puller,
-            records: Arc::new(Mutex::new(BTreeMap::new())),
-        }
-    }
-
-    fn records(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Record>> {
-        self.records.lock().unwrap_or_else(|p| p.into_inner())
+        Pulls { puller }
     }
 
     pub fn store(&self) -> Option<&ImageStore> {
@@ -77,137 +82,78 @@ impl Pulls {
     }
 
     /// Decides each desired container's image state, starting the pulls that are due.
-    /// `wake` is signalled when a pull ends.
     pub fn evaluate(
         &self,
-        shared: &Arc<Shared>,
+        round: &mut Round<'_>,
         desired: &BTreeMap<String, DesiredPod>,
-        observed: &BTreeMap<String, ObservedPod>,
-        now: DateTime<Utc>,
-        wake: &mpsc::Sender<()>,
     ) -> Verdicts {
         let mut out = Verdicts::default();
-        let mut local: BTreeMap<String, Result<ImageInfo, ImageError>> = BTreeMap::new();
         for d in desired.values() {
-            let created = d
-                .pod
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .and_then(|t| DateTime::<Utc>::from_timestamp(t.0.as_second(), 0));
             for c in d.containers() {
-                let image = c.image.clone().unwrap_or_default();
-                let slot = (d.key.clone(), c.name.clone());
-                let policy = c
-                    .image_pull_policy
-                    .clone()
-                    // Admission sets it on every pod; this covers pods stored before it did.
-                    .unwrap_or_else(|| default_pull_policy(&image).to_string());
-                let parsed = match reference::parse(&image) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        out.states.insert(
-                            slot,
-                            ImageState::Unavailable {
-                                reason: "InvalidImageName".into(),
-                                message: format!(
-                                    "Failed to apply default image tag \"{image}\": {e}"
-                                ),
-                            },
-                        );
-                        continue;
-                    }
-                };
-                // Pulls (and their back-off) are per image and credentials: a pod without the
-                // right Secret must not hold back one that has it.
-                let creds = pull_credentials(shared, d, &parsed);
-                let key = record_key(&parsed, creds.as_ref());
-                let present = local
-                    .entry(image.clone())
-                    .or_insert_with(|| self.resolve(&image))
-                    .as_ref()
-                    .ok()
-                    .cloned();
-                let record = self.records().get(&key).cloned();
-                let fresh = match &record {
-                    Some(Record::Done { at }) => {
-                        created.is_none_or(|c| *at >= c - Duration::seconds(1))
-                    }
-                    Some(Record::Failed { unreachable, .. }) => *unreachable,
-                    _ => false,
-                };
-                // A container that runs already needs no pull (after an agent restart, `Always`
-                // would otherwise pull for every running container).
-                let running = observed
-                    .get(&d.key)
-                    .and_then(|o| o.containers.get(&c.name))
-                    .is_some_and(|oc| {
-                        matches!(
-                            oc.latest.state,
-                            AttemptState::Running { .. } | AttemptState::Creating
-                        )
-                    });
-                let ready = match (policy.as_str(), &present) {
-                    (_, None) => false,
-                    ("Always", Some(_)) => fresh || running,
-                    (_, Some(_)) => true,
-                };
-                if ready {
-                    if let Some(info) = present {
-                        if matches!(record, Some(Record::Done { at }) if now - at < Duration::seconds(60))
-                        {
-                            out.pulled.insert(image.clone());
-                        }
-                        out.ready.insert(image.clone(), info);
-                    }
-                    out.states.insert(slot, ImageState::Ready);
-                    continue;
-                }
-                if policy == "Never" {
-                    out.states.insert(
-                        slot,
-                        ImageState::Unavailable {
-                            reason: "ErrImageNeverPull".into(),
-                            message: format!(
-                                "Container image \"{image}\" is not present with pull policy of Never"
-                            ),
-                        },
-                    );
-                    continue;
-                }
-                let state = match record {
-                    Some(Record::Running) => ImageState::Pulling,
-                    Some(Record::Failed {
-                        at,
-                        failures,
-                        message,
-                        ..
-                    }) if now < at + Duration::seconds(backoff_after(failures)) => {
-                        if now - at < Duration::seconds(ERR_IMAGE_PULL_FOR) {
-                            ImageState::Unavailable {
-                                reason: "ErrImagePull".into(),
-                                message,
-                            }
-                        } else {
-                            ImageState::Unavailable {
-                                reason: "ImagePullBackOff".into(),
-                                message: format!("Back-off pulling image \"{image}\": {message}"),
-                            }
-                        }
-                    }
-                    _ => {
-                        let failures = match record {
-                            Some(Record::Failed { failures, .. }) => failures,
-                            _ => 0,
-                        };
-                        self.start(shared.clone(), d, &image, key, creds, failures, wake);
-                        ImageState::Pulling
-                    }
-                };
-                out.states.insert(slot, state);
+                let state = self.container_image(round, d, c, &mut out);
+                out.states.insert((d.key.clone(), c.name.clone()), state);
             }
         }
         out
+    }
+
+    /// The state of one container's image; a ready image goes into `out.ready`.
+    fn container_image(
+        &self,
+        round: &mut Round<'_>,
+        d: &DesiredPod,
+        c: &Container,
+        out: &mut Verdicts,
+    ) -> ImageState {
+        let image = c.image.clone().unwrap_or_default();
+        let policy = c
+            .image_pull_policy
+            .clone()
+            // Admission sets it on every pod; this covers pods stored before it did.
+            .unwrap_or_else(|| default_pull_policy(&image).to_string());
+        let parsed = match reference::parse(&image) {
+            Ok(r) => r,
+            Err(e) => {
+                return ImageState::Unavailable {
+                    reason: "InvalidImageName".into(),
+                    message: format!("Failed to apply default image tag \"{image}\": {e}"),
+                }
+            }
+        };
+        // Pulls (and their back-off) are per image and credentials: a pod without the right
+        // Secret must not hold back one that has it.
+        let creds = pull_credentials(round.shared, d, &parsed);
+        let key = record_key(&parsed, creds.as_ref());
+        let present = round
+            .local
+            .entry(image.clone())
+            .or_insert_with(|| self.resolve(&image).ok())
+            .clone();
+        let verdict = image::verdict(ImageFacts {
+            image: &image,
+            policy: &policy,
+            present: present.is_some(),
+            record: round.ledger.pull(&key),
+            running: running(round.observed, &d.key, &c.name),
+            created: created_at(d),
+            now: round.now,
+        });
+        if let (ImageState::Ready, Some(info)) = (&verdict.state, present) {
+            if verdict.just_pulled {
+                out.pulled.insert(image.clone());
+            }
+            out.ready.insert(image.clone(), info);
+        }
+        if let Some(failures) = verdict.pull {
+            let target = EventTarget {
+                namespace: d.namespace(),
+                name: d.name(),
+                uid: d.uid(),
+            };
+            out.events
+                .extend(self.start(round, target, &image, key, creds, failures));
+        }
+        verdict.state
     }
 
     fn resolve(&self, image: &str) -> Result<ImageInfo, ImageError> {
@@ -227,106 +173,107 @@ impl Pulls {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Starts a pull in the background (its outcome goes to `round.reports`); returns the
+    /// events of its start.
     fn start(
         &self,
-        shared: Arc<Shared>,
-        d: &DesiredPod,
+        round: &mut Round<'_>,
+        target: EventTarget,
         image: &str,
-        key: String,
+        record: String,
         credentials: Option<Credentials>,
         failures: u32,
-        wake: &mpsc::Sender<()>,
-    ) {
-        let target = EventTarget {
-            namespace: d.namespace(),
-            name: d.name(),
-            uid: d.uid(),
-        };
+    ) -> Vec<Action> {
         let Some(puller) = self.puller.clone() else {
-            self.records().insert(
-                key,
-                Record::Failed {
-                    at: Utc::now(),
-                    failures: failures + 1,
-                    message: "this node has no image store".into(),
-                    unreachable: false,
-                },
-            );
-            return;
+            let message = "this node has no image store";
+            round
+                .ledger
+                .pull_impossible(record, failures, message, round.now);
+            return Vec::new();
         };
-        self.records().insert(key.clone(), Record::Running);
-        super::record_event(
-            &shared,
-            &target,
-            EventType::Normal,
-            "Pulling",
-            &format!("Pulling image \"{image}\""),
-        );
-        let records = self.records.clone();
+        let started = Outcome::PullStarted {
+            record: record.clone(),
+            target: target.clone(),
+            image: image.to_string(),
+            failures,
+        };
+        let events = round.ledger.record(started, round.now);
+        let reports = round.reports.clone();
+        let wake = round.wake.clone();
         let image = image.to_string();
-        let wake = wake.clone();
         tokio::spawn(async move {
-            let began = std::time::Instant::now();
-            let req = PullRequest {
-                reference: image.clone(),
-                credentials,
-            };
-            let result = puller.pull(&req, None).await;
-            let now = Utc::now();
-            let record = match &result {
-                Ok(img) => {
-                    let size: u64 = puller
-                        .store()
-                        .list()
-                        .iter()
-                        .find(|s| s.digest == img.digest)
-                        .map(|s| s.size)
-                        .unwrap_or(0);
-                    super::record_event(
-                        &shared,
-                        &target,
-                        EventType::Normal,
-                        "Pulled",
-                        &format!(
-                            "Successfully pulled image \"{image}\" in {:.3}s. Image size: {size} bytes.",
-                            began.elapsed().as_secs_f64()
-                        ),
-                    );
-                    Record::Done { at: now }
-                }
-                Err(e) => {
-                    let message = e.to_string();
-                    tracing::warn!(%image, error = %message, "image pull failed");
-                    super::record_event(
-                        &shared,
-                        &target,
-                        EventType::Warning,
-                        "Failed",
-                        &format!("Failed to pull image \"{image}\": {message}"),
-                    );
-                    super::record_event(
-                        &shared,
-                        &target,
-                        EventType::Warning,
-                        "Failed",
-                        "Error: ErrImagePull",
-                    );
-                    Record::Failed {
-                        at: now,
-                        failures: failures + 1,
-                        message,
-                        unreachable: matches!(e, PullError::Unreachable(_)),
-                    }
-                }
-            };
-            records
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key, record);
+            let outcome = pull(&puller, record, target, image, credentials).await;
+            reports.push(outcome);
             let _ = wake.try_send(());
         });
+        events
     }
+}
+
+/// Pulls `image` and says how it went.
+async fn pull(
+    puller: &Arc<Puller>,
+    record: String,
+    target: EventTarget,
+    image: String,
+    credentials: Option<Credentials>,
+) -> Outcome {
+    let began = std::time::Instant::now();
+    let req = PullRequest {
+        reference: image.clone(),
+        credentials,
+    };
+    match puller.pull(&req, None).await {
+        Ok(img) => {
+            let size: u64 = puller
+                .store()
+                .list()
+                .iter()
+                .find(|s| s.digest == img.digest)
+                .map(|s| s.size)
+                .unwrap_or(0);
+            Outcome::Pulled {
+                record,
+                target,
+                image,
+                seconds: began.elapsed().as_secs_f64(),
+                size,
+            }
+        }
+        Err(e) => {
+            let error = e.to_string();
+            tracing::warn!(%image, %error, "image pull failed");
+            Outcome::PullFailed {
+                record,
+                target,
+                image,
+                error,
+                unreachable: matches!(e, PullError::Unreachable(_)),
+            }
+        }
+    }
+}
+
+/// When the pod was created (whole seconds).
+fn created_at(d: &DesiredPod) -> Option<DateTime<Utc>> {
+    d.pod
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| DateTime::<Utc>::from_timestamp(t.0.as_second(), 0))
+}
+
+/// Whether the container runs already (or is being created) on this node.
+fn running(observed: &BTreeMap<String, ObservedPod>, key: &str, container: &str) -> bool {
+    observed
+        .get(key)
+        .and_then(|o| o.containers.get(container))
+        .is_some_and(|oc| {
+            matches!(
+                oc.latest.state,
+                AttemptState::Running { .. } | AttemptState::Creating
+            )
+        })
 }
 
 /// The pull-record key of an image pulled with `creds`: the reference, and a digest of the
@@ -406,13 +353,6 @@ mod tests {
         assert_ne!(keys[1], keys[2]);
         assert_eq!(keys[1], record_key(&r, Some(&a.clone())));
         assert!(keys.iter().all(|k| !k.contains("pw-")), "{keys:?}");
-    }
-
-    #[test]
-    fn backoff_doubles_to_five_minutes() {
-        let b: Vec<i64> = (1..=8).map(backoff_after).collect();
-        assert_eq!(b, vec![10, 20, 40, 80, 160, 300, 300, 300]);
-        assert_eq!(backoff_after(u32::MAX), 300);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! desired here any more: deleted, bound elsewhere, another uid) — the planner never sees the
 //! membership view at all.
 
+pub mod image;
+pub mod outcome;
 pub mod probe;
 mod status;
 #[cfg(test)]
@@ -16,14 +18,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Duration, Utc};
 use k8s_openapi::api::core::v1::Pod;
 
+use crate::model::backoff::Backoff;
 use crate::model::workload::{EventType, PodStatusRecord};
 use crate::runtime::{AttemptState, ObservedPod};
 
+pub use outcome::{Ledger, Outcome, PullRecord};
 pub use status::{container_status, pod_phase};
 
-/// First restart delay after the first one (which is immediate), doubled up to [`MAX_BACKOFF`].
-pub const INITIAL_BACKOFF: i64 = 10;
-pub const MAX_BACKOFF: i64 = 300;
+/// Container restarts: the first is immediate, then 10 s doubling up to 5 min (Kubernetes').
+pub const RESTART_BACKOFF: Backoff = Backoff::KUBELET;
 /// Seconds between repeated SIGKILLs of a copy being stopped.
 pub const KILL_REPEAT: i64 = 5;
 /// A container that ran this long resets its back-off.
@@ -174,14 +177,14 @@ pub struct Inputs<'a> {
     pub pod_network: bool,
     /// The node's current pod CIDR (`None` until it holds one).
     pub pod_cidr: Option<&'a str>,
-    /// Sandbox creations that failed, by pod key (cleared by the shell on success).
+    /// Sandbox operations that failed, by pod key ([`Ledger::sandbox_failures`]).
     pub sandbox_failures: &'a BTreeMap<String, SandboxFailure>,
     /// The probes of the running attempts and their results so far.
     pub probes: &'a probe::Tracker,
     pub now: DateTime<Utc>,
 }
 
-/// A failed sandbox creation, as the shell remembers it: retried after
+/// A failed sandbox operation, as the [`Ledger`] counts it: retried after
 /// [`sandbox_retry_delay`], its message shown on the waiting containers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SandboxFailure {
@@ -194,9 +197,15 @@ pub struct SandboxFailure {
 /// Longest wait between two sandbox creation attempts.
 pub const MAX_SANDBOX_RETRY: i64 = 30;
 
+/// Sandbox retries: 1 s doubling up to [`MAX_SANDBOX_RETRY`].
+pub const SANDBOX_BACKOFF: Backoff = Backoff {
+    initial: 1,
+    max: MAX_SANDBOX_RETRY,
+};
+
 /// Seconds before the next sandbox attempt after `attempts` failures in a row: 1, 2, 4 … 30.
 pub fn sandbox_retry_delay(attempts: u32) -> i64 {
-    (1i64 << attempts.saturating_sub(1).min(10)).min(MAX_SANDBOX_RETRY)
+    SANDBOX_BACKOFF.after(attempts.max(1))
 }
 
 /// The waiting message of a pod whose node has no pod CIDR yet.
@@ -249,21 +258,11 @@ fn pod_busy(busy: &BTreeSet<String>, key: &str) -> bool {
 
 /// The back-off after `restarts` restarts when nothing better is known.
 pub fn backoff_for(restarts: u32) -> i64 {
-    if restarts == 0 {
-        0
-    } else {
-        INITIAL_BACKOFF
-            .saturating_mul(1i64 << (restarts - 1).min(10))
-            .min(MAX_BACKOFF)
-    }
+    RESTART_BACKOFF.after(restarts)
 }
 
 fn next_backoff(current: i64) -> i64 {
-    if current == 0 {
-        INITIAL_BACKOFF
-    } else {
-        current.saturating_mul(2).min(MAX_BACKOFF)
-    }
+    RESTART_BACKOFF.next(current)
 }
 
 /// Whether `policy` restarts a container that exited with `code`.
