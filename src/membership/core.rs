@@ -254,9 +254,8 @@ impl Membership {
         self.epoch.clone()
     }
 
-    /// Start exchanging full state with a known peer (a seed). Retried every push-pull
-    /// interval while the seed is not live in our view.
-    pub fn join(&mut self, id: MemberId, addr: String, now: Instant) {
+    /// The work of [`Membership::join`].
+    fn join_step(&mut self, id: MemberId, addr: String, now: Instant) {
         let _ = now;
         if id == self.me || !valid_id(&id) || addr.len() > MAX_ADDR_LEN {
             return;
@@ -265,8 +264,8 @@ impl Membership {
         self.send_push_pull(id, addr, true);
     }
 
-    /// Graceful leave: mark self Left and tell every live member.
-    pub fn leave(&mut self, now: Instant) {
+    /// The work of [`Membership::leave`].
+    fn leave_step(&mut self, now: Instant) {
         if self.left {
             return;
         }
@@ -322,8 +321,8 @@ impl Membership {
         Some(next)
     }
 
-    /// The shell could not deliver a message to `to`: like a missed ack.
-    pub fn handle_unreachable(&mut self, to: &MemberId, now: Instant) {
+    /// The work of [`Membership::handle_unreachable`].
+    fn handle_unreachable_step(&mut self, to: &MemberId, now: Instant) {
         let direct_pending =
             matches!(&self.probe, Some(p) if &p.target == to && !p.acked && !p.indirect_sent);
         if direct_pending {
@@ -331,11 +330,8 @@ impl Membership {
         }
     }
 
-    /// The shell cannot deliver the probe in flight to `to` yet because it is still setting up
-    /// a connection (dial, handshake, admission): a fresh connection's first round trip is not
-    /// evidence of anything. Gives that probe `extra` time once, moving the end of the probe
-    /// interval with it. A connection that never comes up ends in `handle_unreachable`.
-    pub fn extend_probe(&mut self, to: &MemberId, extra: Duration) {
+    /// The work of [`Membership::extend_probe`].
+    fn extend_probe_step(&mut self, to: &MemberId, extra: Duration) {
         let interval_rest = self
             .config
             .probe_interval
@@ -349,7 +345,8 @@ impl Membership {
         }
     }
 
-    pub fn tick(&mut self, now: Instant) {
+    /// The work of [`Membership::tick`].
+    fn tick_step(&mut self, now: Instant) {
         if self.left {
             return;
         }
@@ -372,7 +369,14 @@ impl Membership {
         self.reclaim(now);
     }
 
-    pub fn handle_message(&mut self, from: &MemberId, from_addr: &str, msg: Message, now: Instant) {
+    /// The work of [`Membership::handle_message`].
+    fn handle_message_step(
+        &mut self,
+        from: &MemberId,
+        from_addr: &str,
+        msg: Message,
+        now: Instant,
+    ) {
         if self.left || from == &self.me || !valid_id(from) || from_addr.len() > MAX_ADDR_LEN {
             return;
         }
@@ -1182,6 +1186,112 @@ impl Membership {
             .push_back(Output::Event(MembershipEvent::ViewChanged(
                 self.epoch.clone(),
             )));
+    }
+}
+
+/// The events a shell feeds the core. After each one, tests check the core's invariants.
+impl Membership {
+    /// Start exchanging full state with a known peer (a seed). Retried every push-pull
+    /// interval while the seed is not live in our view.
+    pub fn join(&mut self, id: MemberId, addr: String, now: Instant) {
+        self.join_step(id, addr, now);
+        self.after_event();
+    }
+
+    /// Graceful leave: mark self Left and tell every live member.
+    pub fn leave(&mut self, now: Instant) {
+        self.leave_step(now);
+        self.after_event();
+    }
+
+    /// The shell could not deliver a message to `to`: like a missed ack.
+    pub fn handle_unreachable(&mut self, to: &MemberId, now: Instant) {
+        self.handle_unreachable_step(to, now);
+        self.after_event();
+    }
+
+    /// The shell cannot deliver the probe in flight to `to` yet because it is still setting up
+    /// a connection (dial, handshake, admission): a fresh connection's first round trip is not
+    /// evidence of anything. Gives that probe `extra` time once, moving the end of the probe
+    /// interval with it. A connection that never comes up ends in `handle_unreachable`.
+    pub fn extend_probe(&mut self, to: &MemberId, extra: Duration) {
+        self.extend_probe_step(to, extra);
+        self.after_event();
+    }
+
+    /// Timers: probes, suspicions, nacks, push-pull, reclaiming the long dead.
+    pub fn tick(&mut self, now: Instant) {
+        self.tick_step(now);
+        self.after_event();
+    }
+
+    /// A message from member `from` at `from_addr`.
+    pub fn handle_message(&mut self, from: &MemberId, from_addr: &str, msg: Message, now: Instant) {
+        self.handle_message_step(from, from_addr, msg, now);
+        self.after_event();
+    }
+
+    #[cfg(not(test))]
+    fn after_event(&self) {}
+
+    /// Checks what must hold between events (tests only, after every event, as iroh-gossip
+    /// does): our own record is held; the live set is exactly the members alive or suspect,
+    /// with its leader weights; running suspicions are exactly those of suspect members;
+    /// local health and remembered recoveries stay within their bounds; a settled epoch is
+    /// the hash of the live set.
+    #[cfg(test)]
+    fn after_event(&self) {
+        assert!(
+            self.members.contains_key(&self.me),
+            "our own record is held"
+        );
+        assert!(self.members.len() <= MAX_MEMBERS + 1, "members bounded");
+        let live: BTreeSet<MemberId> = self
+            .members
+            .values()
+            .filter(|m| m.info.state.is_live())
+            .map(|m| m.info.id.clone())
+            .collect();
+        assert_eq!(
+            self.live, live,
+            "the live set is the members alive or suspect"
+        );
+        assert!(
+            self.live_now.keys().eq(self.live.iter()),
+            "live_now and live agree"
+        );
+        let suspected: BTreeSet<MemberId> = self
+            .members
+            .values()
+            .filter(|m| m.suspicion.is_some())
+            .map(|m| m.info.id.clone())
+            .collect();
+        assert_eq!(
+            self.suspects, suspected,
+            "suspects are the members with a suspicion"
+        );
+        for id in &self.suspects {
+            assert_eq!(
+                self.members[id].info.state,
+                MemberState::Suspect,
+                "{id} suspected"
+            );
+        }
+        assert!(self.health <= self.config.max_local_health);
+        for (id, r) in &self.recoveries {
+            assert!(r.len() <= FLAP_MEMORY, "{id}: recoveries bounded");
+            assert!(
+                self.members.contains_key(id),
+                "{id}: recoveries of a member held"
+            );
+        }
+        if !self.batching && !self.live_dirty {
+            assert_eq!(
+                self.epoch.view,
+                view_hash(&self.live),
+                "the epoch is of the live set"
+            );
+        }
     }
 }
 

@@ -154,7 +154,92 @@ pub fn reconcile(s: &Snapshot, ctx: &LeaderCtx) -> Plan {
         &mut plan.scheduling,
         &mut plan.events,
     );
+    #[cfg(test)]
+    check_invariants(s, &plan);
     plan
+}
+
+/// What every plan must satisfy, checked after every reconcile in tests (as iroh-gossip checks
+/// its protocol state after every event): at most one binding and one scheduling record per
+/// pod, a binding names a known node and the uid of the pod it places, and no pod is both
+/// deleted and bound.
+#[cfg(test)]
+fn check_invariants(s: &Snapshot, plan: &Plan) {
+    use std::collections::BTreeSet;
+    let mut uids: BTreeMap<PodKey, String> = s
+        .pods
+        .iter()
+        .map(|p| {
+            let key = (
+                object::namespace(p).to_string(),
+                object::name(p).to_string(),
+            );
+            (key, object::uid(p).to_string())
+        })
+        .collect();
+    let mut deleted = BTreeSet::new();
+    for w in &plan.writes {
+        match w {
+            Write::PutObject {
+                resource,
+                namespace,
+                name,
+                object,
+            } if *resource == crate::model::workload::PODS => {
+                uids.insert(
+                    (namespace.clone(), name.clone()),
+                    object::uid(object).to_string(),
+                );
+            }
+            Write::DeleteObject {
+                resource,
+                namespace,
+                name,
+            } if *resource == crate::model::workload::PODS => {
+                deleted.insert((namespace.clone(), name.clone()));
+            }
+            _ => {}
+        }
+    }
+    let mut bound = BTreeSet::new();
+    for w in &plan.writes {
+        let Write::PutBinding {
+            namespace,
+            pod,
+            binding,
+        } = w
+        else {
+            continue;
+        };
+        let key = (namespace.clone(), pod.clone());
+        assert!(
+            bound.insert(key.clone()),
+            "two bindings for {key:?}: {plan:?}"
+        );
+        assert!(
+            !deleted.contains(&key),
+            "{key:?} deleted and bound: {plan:?}"
+        );
+        assert!(
+            s.nodes.iter().any(|n| n.name == binding.node),
+            "{key:?} bound to an unknown node: {binding:?}"
+        );
+        assert_eq!(
+            uids.get(&key),
+            Some(&binding.pod_uid),
+            "{key:?} bound for another uid"
+        );
+    }
+    let mut recorded = BTreeSet::new();
+    for w in &plan.scheduling {
+        let (SchedulingWrite::Put { namespace, pod, .. }
+        | SchedulingWrite::Delete { namespace, pod }) = w;
+        let key = (namespace.clone(), pod.clone());
+        assert!(
+            recorded.insert(key.clone()),
+            "two scheduling records for {key:?}"
+        );
+    }
 }
 
 fn earliest(

@@ -330,6 +330,8 @@ impl Planner {
                 });
             }
         }
+        #[cfg(test)]
+        check_invariants(input, &actions);
         actions
     }
 
@@ -775,5 +777,62 @@ fn kill(key: &str, container: &str, restart: u32) -> Action {
         signal: Signal::Kill,
         grace: 0,
         pre_stop: None,
+    }
+}
+
+/// What every plan must satisfy, checked after every round in tests (as iroh-gossip checks its
+/// protocol state after every event): no runtime action for what is busy, at most one runtime
+/// action per pod or container, actions only for pods this node has, one status write per pod,
+/// and every event names a reason.
+#[cfg(test)]
+fn check_invariants(input: &Inputs, actions: &[Action]) {
+    let mut runtime = BTreeSet::new();
+    let mut statuses = BTreeSet::new();
+    for action in actions {
+        let busy_key = match action {
+            Action::CreateSandbox { key }
+            | Action::StopSandbox { key }
+            | Action::RemovePod { key } => Some((key, key.clone())),
+            Action::StartContainer { key, container, .. }
+            | Action::KillContainer { key, container, .. } => {
+                Some((key, container_busy_key(key, container)))
+            }
+            Action::WriteStatus {
+                namespace, name, ..
+            } => {
+                assert!(
+                    statuses.insert((namespace, name)),
+                    "two status writes for {namespace}/{name}: {actions:?}"
+                );
+                None
+            }
+            Action::DeleteStatus { .. } => None,
+            Action::Event { reason, .. } => {
+                assert!(!reason.is_empty(), "an event without a reason: {action:?}");
+                None
+            }
+        };
+        let Some((key, busy_key)) = busy_key else {
+            continue;
+        };
+        assert!(
+            input.desired.contains_key(key) || input.observed.contains_key(key),
+            "an action for a pod neither desired nor observed here: {action:?}"
+        );
+        assert!(
+            !input.busy.contains(&busy_key),
+            "an action for {busy_key}, which is busy: {action:?}"
+        );
+        assert!(
+            runtime.insert(busy_key.clone()),
+            "two runtime actions for {busy_key} in one round: {actions:?}"
+        );
+        if let Action::StartContainer { key, container, .. } = action {
+            let d = &input.desired[key];
+            assert!(
+                d.containers().iter().any(|c| &c.name == container),
+                "a start of a container the pod does not have: {action:?}"
+            );
+        }
     }
 }
