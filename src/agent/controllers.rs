@@ -63,18 +63,7 @@ fn liveness(shared: &Shared, view: &View, me: &str) -> BTreeMap<String, Liveness
 
 /// This node's scheduling records (`sched/<ns>/<pod>` in its own status document).
 fn own_records(shared: &Shared) -> BTreeMap<PodKey, SchedulingRecord> {
-    shared
-        .read_status(|docs| {
-            docs.get(&shared.node_name)
-                .map(|own| own.entries::<SchedulingRecord>(keys::SCHEDULING_PREFIX))
-        })
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(k, r)| {
-            let (ns, pod) = keys::split(&k, keys::SCHEDULING_PREFIX)?;
-            Some(((ns.to_string(), pod.to_string()), r))
-        })
-        .collect()
+    shared.own_entries(keys::SCHEDULING_PREFIX)
 }
 
 /// Every node's pod status records (`pod/<ns>/<name>` of each status document), by pod.

@@ -338,19 +338,7 @@ impl Shell {
 
     /// This node's status records, by `(namespace, name)`.
     fn recorded(&self) -> BTreeMap<(String, String), PodStatusRecord> {
-        let me = &self.shared.node_name;
-        self.shared
-            .read_status(|docs| {
-                docs.get(me)
-                    .map(|d| d.entries::<PodStatusRecord>(keys::POD_STATUS_PREFIX))
-            })
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(k, r)| {
-                let (ns, name) = keys::split(&k, keys::POD_STATUS_PREFIX)?;
-                Some(((ns.to_string(), name.to_string()), r))
-            })
-            .collect()
+        self.shared.own_entries(keys::POD_STATUS_PREFIX)
     }
 
     /// Writes `RuntimePressure` to this node's status document when the backlog of runtime

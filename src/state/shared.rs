@@ -198,6 +198,27 @@ impl Shared {
         f(&self.status_docs())
     }
 
+    /// This node's own status entries `<prefix><namespace>/<name>` (pod status records,
+    /// scheduling records), by `(namespace, name)`.
+    pub fn own_entries<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> BTreeMap<(String, String), T> {
+        use crate::model::workload::keys;
+        let entries = self.read_status(|docs| {
+            docs.get(&self.node_name)
+                .map(|own| own.entries::<T>(prefix))
+        });
+        entries
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let (ns, name) = keys::split(&k, prefix)?;
+                Some(((ns.to_string(), name.to_string()), v))
+            })
+            .collect()
+    }
+
     /// Runs `f` on the status documents to merge, replace or re-base them (the network
     /// actor's replication).
     pub fn replicate_status<T>(&self, f: impl FnOnce(&mut BTreeMap<String, StatusDoc>) -> T) -> T {
