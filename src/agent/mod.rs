@@ -624,29 +624,12 @@ fn peer_addrs(shared: &Shared) -> Vec<SocketAddr> {
         .read(|d| d.nodes())
         .into_iter()
         .filter(|n| n.name != shared.node_name)
-        .filter_map(|n| p2p_socket_addr(&n.p2p_addr))
+        .filter_map(|n| net::socket_addr(&n.p2p_addr))
         .collect();
     out.sort();
     out.dedup();
     out.truncate(64);
     out
-}
-
-/// `/ip4/A/udp/P/quic-v1/...` as `A:P`.
-fn p2p_socket_addr(addr: &str) -> Option<SocketAddr> {
-    use libp2p::multiaddr::Protocol;
-    let addr: libp2p::Multiaddr = addr.parse().ok()?;
-    let mut ip = None;
-    let mut port = None;
-    for p in addr.iter() {
-        match p {
-            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
-            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
-            Protocol::Udp(p) => port = Some(p),
-            _ => {}
-        }
-    }
-    Some(SocketAddr::new(ip?, port?))
 }
 
 /// Writes [`KNOWN_PEERS`] when the set of other nodes' addresses changed.

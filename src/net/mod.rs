@@ -17,6 +17,24 @@ pub fn p2p_addr(addr: std::net::SocketAddr, peer: libp2p::PeerId) -> libp2p::Mul
     actor::quic_addr(addr).with(libp2p::multiaddr::Protocol::P2p(peer))
 }
 
+/// The socket address of a node record's p2p address (`/ip4/A/udp/P/quic-v1/...` as `A:P`,
+/// IPv6 too): the inverse of [`p2p_addr`].
+pub fn socket_addr(addr: &str) -> Option<std::net::SocketAddr> {
+    use libp2p::multiaddr::Protocol;
+    let addr: libp2p::Multiaddr = addr.parse().ok()?;
+    let mut ip = None;
+    let mut port = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            Protocol::Udp(p) => port = Some(p),
+            _ => {}
+        }
+    }
+    Some(std::net::SocketAddr::new(ip?, port?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,5 +54,11 @@ mod tests {
             v6.to_string(),
             format!("/ip6/fd00::2/udp/7946/quic-v1/p2p/{peer}")
         );
+        for a in ["10.77.0.2:7946", "[fd00::2]:7946"] {
+            let a: std::net::SocketAddr = a.parse().unwrap();
+            assert_eq!(socket_addr(&p2p_addr(a, peer).to_string()), Some(a));
+        }
+        assert_eq!(socket_addr("/ip4/10.0.0.1/tcp/1"), None, "no UDP port");
+        assert_eq!(socket_addr("not an address"), None);
     }
 }
