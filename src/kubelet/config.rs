@@ -16,8 +16,7 @@ use k8s_openapi::api::core::v1::{
 };
 use serde_json::Value;
 
-use crate::runtime::bundle::EnvEntry;
-use crate::runtime::volumes::{HostPathType, VolumeFile, VolumeSource};
+use crate::model::container::{EnvEntry, HostPathType, VolumeFile, VolumeSource};
 
 /// The waiting reason of a container whose configuration cannot be resolved.
 pub const CONFIG_ERROR: &str = "CreateContainerConfigError";
@@ -50,7 +49,7 @@ pub struct NodeFacts {
 }
 
 /// A container's resolved configuration.
-pub use crate::runtime::bundle::ResolvedConfig as ContainerConfig;
+pub use crate::model::container::ResolvedConfig as ContainerConfig;
 
 /// Which kind of object a reference names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,11 +4,13 @@
 //! (bindings, pod status) roles exchange through the documents, the Secret rules (data keys,
 //! registry credentials out of docker config Secrets), the pod-CIDR allocator's pure core
 //! (`ipam`), the pod network's shared names and addresses (`network`), image values and
-//! references (`image`, `reference`), log requests (`logs`), securityContext rules
+//! references (`image`, `reference`), log requests (`logs`), what the runtime observes of a pod (`observed`), a container's resolved env and volumes
+//! (`container`), securityContext rules
 //! (`security_context`), label selectors (`selector`), back-off (`backoff`) and stable hashes
 //! (`hash`).
 
 pub mod backoff;
+pub mod container;
 pub mod hash;
 pub mod image;
 pub mod ipam;
@@ -16,6 +18,7 @@ pub mod logs;
 mod names;
 pub mod network;
 mod node;
+pub mod observed;
 pub mod quantity;
 pub mod reference;
 pub mod secret;

@@ -16,6 +16,7 @@ use oci_spec::runtime::{
 
 use super::volumes::PreparedVolume;
 use super::{seccomp, ImageInfo, RuntimeError};
+pub use crate::model::container::{literal_env, EnvEntry, ResolvedConfig};
 use crate::model::security_context as security;
 
 /// Paths masked in every container (Docker's list).
@@ -60,88 +61,6 @@ pub struct BundleInput<'a> {
     pub env: &'a [EnvEntry],
     /// The volumes the container mounts, ready on the node (`volumes::prepare`).
     pub volumes: &'a BTreeMap<String, PreparedVolume>,
-}
-
-/// What the kubelet resolved for one container from ConfigMaps, Secrets and the pod
-/// (`kubelet::config`).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ResolvedConfig {
-    /// `envFrom` then `env`, in order (later names override earlier ones).
-    pub env: Vec<EnvEntry>,
-    /// The pod's volumes this container mounts, by name.
-    pub volumes: BTreeMap<String, super::volumes::VolumeSource>,
-    /// Whether any value came from a Secret (its OCI config then stays in memory).
-    pub sensitive: bool,
-    /// Kubernetes' warnings for `envFrom` keys that are not valid env names (skipped).
-    pub skipped: Vec<String>,
-}
-
-impl ResolvedConfig {
-    /// The container's literal env and the pod's emptyDir volumes it mounts (no objects).
-    pub fn literal(pod: &Pod, container: &Container) -> Self {
-        let volumes = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.volumes.as_ref())
-            .into_iter()
-            .flatten()
-            .filter(|v| {
-                container
-                    .volume_mounts
-                    .iter()
-                    .flatten()
-                    .any(|m| m.name == v.name)
-            })
-            .filter_map(|v| {
-                let e = v.empty_dir.as_ref()?;
-                Some((
-                    v.name.clone(),
-                    super::volumes::VolumeSource::EmptyDir {
-                        memory: e.medium.as_deref() == Some("Memory"),
-                        size_limit: None,
-                    },
-                ))
-            })
-            .collect();
-        ResolvedConfig {
-            env: literal_env(container),
-            volumes,
-            sensitive: false,
-            skipped: Vec::new(),
-        }
-    }
-}
-
-/// One variable of a container's env, in order. `expand`: a literal `value`, subject to
-/// `$(VAR)` expansion; values from `valueFrom`/`envFrom` are taken as they are.
-#[derive(Clone, PartialEq, Eq)]
-pub struct EnvEntry {
-    pub name: String,
-    pub value: String,
-    pub expand: bool,
-}
-
-impl std::fmt::Debug for EnvEntry {
-    // Never the value: it may be a Secret's.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "EnvEntry({})", self.name)
-    }
-}
-
-/// A container's literal `env` (no `valueFrom`, which needs the kubelet's objects): for
-/// callers without a resolved env.
-pub fn literal_env(container: &Container) -> Vec<EnvEntry> {
-    container
-        .env
-        .iter()
-        .flatten()
-        .filter(|v| v.value_from.is_none())
-        .map(|v| EnvEntry {
-            name: v.name.clone(),
-            value: v.value.clone().unwrap_or_default(),
-            expand: true,
-        })
-        .collect()
 }
 
 /// Node-wide container limits (`RuntimeConfig::limits`).

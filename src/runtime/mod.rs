@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+pub use crate::model::observed::{ExitRecord, PodMeta, ProcessRecord};
 pub use observe::{AttemptState, ObservedAttempt, ObservedContainer, ObservedPod};
 pub use pods::Runtime;
 
@@ -147,31 +148,6 @@ impl RuntimeConfig {
     }
 }
 
-/// What the kubelet knows of a pod when it creates its sandbox; `pod.json` in the pod dir.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PodMeta {
-    /// The binding id (or the pod uid for pods with `spec.nodeName`): the pod dir's name.
-    pub key: String,
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-    /// Seconds between SIGTERM and SIGKILL when the pod is stopped.
-    pub grace_seconds: u64,
-    pub created_at: DateTime<Utc>,
-    /// The containers with a preStop hook (name, ports and lifecycle only), so the hook also
-    /// runs when the pod is deleted from the document.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hooks: Vec<k8s_openapi::api::core::v1::Container>,
-}
-
-/// `sandbox.json` / `shim.pid`: a process and its start time (clock ticks since boot, field 22
-/// of `/proc/<pid>/stat`), so a reused pid is never taken for ours.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessRecord {
-    pub pid: i32,
-    pub start_time: u64,
-}
-
 impl ProcessRecord {
     /// The record of process `pid` as it is now, if it exists.
     pub fn of(pid: i32) -> Option<Self> {
@@ -213,20 +189,6 @@ pub fn proc_start_time(pid: i32) -> Option<u64> {
 pub struct StartedRecord {
     pub pid: i32,
     pub started_at: DateTime<Utc>,
-}
-
-/// `exit.json`: written by the shim (atomically) once the container is gone and deleted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExitRecord {
-    /// The exit code, `128 + signal` when killed by a signal, 128 when it never started.
-    pub exit_code: i32,
-    pub signal: Option<i32>,
-    /// `Completed`, `Error`, `OOMKilled`, `StartError`.
-    pub reason: String,
-    pub message: Option<String>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: DateTime<Utc>,
-    pub oom_killed: bool,
 }
 
 /// Writes JSON atomically (temp file + rename; no fsync: these files describe processes that

@@ -11,11 +11,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::RuntimeError;
 use crate::model::network::{self, BRIDGE, CNI_NETWORK, POD_IFNAME};
+pub use crate::model::observed::{PodAddress, PodNetwork, NO_POD_CIDR};
 
 /// The pod dir's record of the pod's network attachment.
 pub const NETWORK_RECORD: &str = "network.json";
@@ -30,9 +30,6 @@ pub const PLUGIN: &str = "bridge";
 pub const MAX_PLUGIN_OUTPUT: u64 = 64 << 10;
 /// A plugin call that takes longer is killed and reported.
 pub const PLUGIN_TIMEOUT: Duration = Duration::from_secs(20);
-/// The message of a sandbox creation before the node holds a pod CIDR.
-pub const NO_POD_CIDR: &str = "this node has no pod CIDR yet";
-
 /// Where the plugins are and where `host-local` keeps its leases.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CniConfig {
@@ -55,39 +52,6 @@ impl CniConfig {
             plugin_path: std::env::split_paths(&path).collect(),
             ipam_dir: data_dir.join("cni").join("networks"),
             timeout: PLUGIN_TIMEOUT,
-        }
-    }
-}
-
-/// The address a pod got.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodAddress {
-    pub ip: Ipv4Addr,
-    pub prefix: u8,
-    pub gateway: Ipv4Addr,
-}
-
-/// `network.json`: written with `address: None` before the CNI ADD (so a crash in between
-/// still leads to a DEL), and with the address and the plugin's result once it succeeded.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PodNetwork {
-    /// The pod CIDR the address was taken from (the node's at the time).
-    pub cidr: String,
-    /// The CNI container id (the pod key).
-    pub container_id: String,
-    #[serde(default)]
-    pub address: Option<PodAddress>,
-    /// The plugin's result (CHECK's `prevResult`).
-    #[serde(default)]
-    pub result: Option<Value>,
-}
-
-impl PodNetwork {
-    /// Whether the pod's address belongs to `pod_cidr` (the node's current one).
-    pub fn within(&self, pod_cidr: &str) -> bool {
-        match (self.address, network::parse_cidr(pod_cidr)) {
-            (Some(a), Some(net)) => self.cidr == pod_cidr && net.contains(&a.ip),
-            _ => false,
         }
     }
 }

@@ -13,50 +13,7 @@ use super::network::{PodNetwork, NETWORK_RECORD};
 use super::sandbox::SANDBOX_RECORD;
 use super::shim::{EXIT, SHIM_PID, STARTED};
 use super::{read_json, ExitRecord, PodMeta, ProcessRecord, StartedRecord};
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct ObservedPod {
-    pub meta: PodMeta,
-    /// The sandbox process, if it is alive.
-    pub sandbox: Option<ProcessRecord>,
-    /// The pod's network attachment (`network.json`), if any.
-    pub network: Option<PodNetwork>,
-    pub containers: BTreeMap<String, ObservedContainer>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct ObservedContainer {
-    pub latest: ObservedAttempt,
-    pub previous: Option<ObservedAttempt>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct ObservedAttempt {
-    /// The restart count this attempt was started as (0 for the first).
-    pub restart: u32,
-    pub state: AttemptState,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum AttemptState {
-    /// The shim runs but the container has not started yet.
-    Creating,
-    Running {
-        started_at: DateTime<Utc>,
-    },
-    Exited(ExitRecord),
-}
-
-impl ObservedPod {
-    /// Whether anything of the pod still runs (sandbox or a container that is not exited).
-    pub fn anything_running(&self) -> bool {
-        self.sandbox.is_some()
-            || self
-                .containers
-                .values()
-                .any(|c| !matches!(c.latest.state, AttemptState::Exited(_)))
-    }
-}
+pub use crate::model::observed::{AttemptState, ObservedAttempt, ObservedContainer, ObservedPod};
 
 /// Every pod dir under `pods_dir` with a readable `pod.json`; unreadable ones are logged and
 /// skipped (the kubelet leaves them alone).

@@ -16,6 +16,8 @@ use std::io::Write;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+pub use crate::model::container::{HostPathType, VolumeFile, VolumeSource};
+
 use super::{io_err, RuntimeError};
 
 /// The pod's tmpfs for Secret material (relative to the pod dir).
@@ -25,75 +27,6 @@ pub const MEMORY_DIR: &str = "memory";
 const MEMORY_DIR_SIZE: &str = "size=32m";
 /// The symlink readers follow in a configMap/secret volume.
 const DATA_LINK: &str = "..data";
-
-/// One file of a configMap/secret volume (`path` relative, checked by the kubelet).
-#[derive(Clone, PartialEq, Eq)]
-pub struct VolumeFile {
-    pub path: String,
-    pub bytes: Vec<u8>,
-    pub mode: u32,
-}
-
-impl std::fmt::Debug for VolumeFile {
-    // Never the bytes: they may be a Secret's.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}({} bytes, {:o})",
-            self.path,
-            self.bytes.len(),
-            self.mode
-        )
-    }
-}
-
-/// `hostPath.type`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HostPathType {
-    /// `""`: no check.
-    Unset,
-    DirectoryOrCreate,
-    Directory,
-    FileOrCreate,
-    File,
-    Socket,
-    CharDevice,
-    BlockDevice,
-}
-
-impl HostPathType {
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "" => HostPathType::Unset,
-            "DirectoryOrCreate" => HostPathType::DirectoryOrCreate,
-            "Directory" => HostPathType::Directory,
-            "FileOrCreate" => HostPathType::FileOrCreate,
-            "File" => HostPathType::File,
-            "Socket" => HostPathType::Socket,
-            "CharDevice" => HostPathType::CharDevice,
-            "BlockDevice" => HostPathType::BlockDevice,
-            _ => return None,
-        })
-    }
-}
-
-/// What one volume is made of (resolved by `kubelet::config`).
-#[derive(Clone, Debug, PartialEq)]
-pub enum VolumeSource {
-    EmptyDir {
-        memory: bool,
-        size_limit: Option<u64>,
-    },
-    HostPath {
-        path: PathBuf,
-        kind: HostPathType,
-    },
-    /// configMap, secret or projected: files; `secret`: kept in the memory dir.
-    Files {
-        files: Vec<VolumeFile>,
-        secret: bool,
-    },
-}
 
 /// A volume ready to be bind-mounted.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -19,8 +19,8 @@ use chrono::{DateTime, Duration, Utc};
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::model::backoff::Backoff;
+use crate::model::observed::{AttemptState, ObservedPod};
 use crate::model::workload::{EventType, PodStatusRecord};
-use crate::runtime::{AttemptState, ObservedPod};
 
 pub use outcome::{Ledger, Outcome, PullRecord};
 pub use status::{container_status, pod_phase};
@@ -210,10 +210,7 @@ pub fn sandbox_retry_delay(attempts: u32) -> i64 {
 
 /// The waiting message of a pod whose node has no pod CIDR yet.
 pub fn network_not_ready() -> String {
-    format!(
-        "network not ready: {}",
-        crate::runtime::network::NO_POD_CIDR
-    )
+    format!("network not ready: {}", crate::model::observed::NO_POD_CIDR)
 }
 
 /// The planner's memory between rounds (rebuilt from the restart counts after an agent

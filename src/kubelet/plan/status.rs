@@ -9,8 +9,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
 use super::{ContainerPlan, DesiredPod, Inputs};
+use crate::model::observed::{AttemptState, ExitRecord, ObservedAttempt, ObservedPod};
 use crate::model::workload::PodStatusRecord;
-use crate::runtime::{AttemptState, ExitRecord, ObservedAttempt, ObservedPod};
 
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -47,7 +47,7 @@ fn state_of(a: &ObservedAttempt) -> Value {
 pub fn container_status(
     name: &str,
     image: &str,
-    observed: Option<&crate::runtime::ObservedContainer>,
+    observed: Option<&crate::model::observed::ObservedContainer>,
     plan_backoff: Option<i64>,
     image_missing: Option<(&str, &str)>,
     restarting: bool,
