@@ -1,5 +1,6 @@
-//! Exponential back-off, one formula for every retry loop of the node: the kubelet's container
-//! restarts and image pulls (Kubernetes' 10 s doubling to 5 min) and its sandbox retries.
+//! Exponential back-off, one formula for every retry loop: the kubelet's container restarts and
+//! image pulls (Kubernetes' 10 s doubling to 5 min), its sandbox retries (1 s to 30 s) and the
+//! Job controller's pod failures (10 s to 6 min).
 
 /// A delay that starts at `initial` seconds and doubles per failure up to `max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

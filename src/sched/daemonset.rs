@@ -17,6 +17,7 @@ use super::object::{self, controller};
 use super::rollout::scaled;
 use super::snapshot::{LeaderCtx, PlannedEvent, PodKey, Write};
 use super::Working;
+use crate::model::selector::requirement_matches;
 use crate::model::workload::{EventType, InvolvedObject, HOSTNAME_LABEL, PODS};
 use crate::model::NodeRecord;
 
@@ -32,29 +33,6 @@ pub fn node_labels(node: &NodeRecord) -> BTreeMap<String, String> {
         .entry(HOSTNAME_LABEL.to_string())
         .or_insert_with(|| node.name.clone());
     labels
-}
-
-fn requirement_matches(req: &Value, value: Option<&str>) -> bool {
-    let values: Vec<&str> = req["values"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
-    let number = |s: &str| s.parse::<i64>().ok();
-    match req["operator"].as_str().unwrap_or_default() {
-        "In" => value.is_some_and(|v| values.contains(&v)),
-        "NotIn" => !value.is_some_and(|v| values.contains(&v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" => {
-            matches!((value.and_then(number), values.first().and_then(|v| number(v))), (Some(a), Some(b)) if a > b)
-        }
-        "Lt" => {
-            matches!((value.and_then(number), values.first().and_then(|v| number(v))), (Some(a), Some(b)) if a < b)
-        }
-        _ => false,
-    }
 }
 
 /// Whether a pod spec may run on `node`: `nodeSelector` and the required terms of

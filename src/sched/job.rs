@@ -16,6 +16,7 @@ use super::hash::{derived_uid, hash64, safe_suffix};
 use super::object::{self, controller};
 use super::snapshot::{LeaderCtx, PlannedEvent, PodKey, Write};
 use super::{Finished, Working};
+use crate::model::backoff::Backoff;
 use crate::model::workload::{EventType, InvolvedObject, JOBS, PODS, SLOT_ANNOTATION};
 
 /// `batch.kubernetes.io/job-completion-index`: annotation and label of an Indexed Job's pods.
@@ -27,8 +28,10 @@ pub const CONTROLLER_UID_LABEL: &str = "batch.kubernetes.io/controller-uid";
 /// Most completions one Job may ask for.
 pub const MAX_COMPLETIONS: i64 = 100_000;
 /// Kubernetes' pod failure back-off: 10 s, doubled per failure, at most 6 min.
-const BACKOFF_BASE_SECS: i64 = 10;
-const BACKOFF_MAX_SECS: i64 = 360;
+const BACKOFF: Backoff = Backoff {
+    initial: 10,
+    max: 360,
+};
 
 /// The spec fields the controller reads, defaulted as the API does.
 #[derive(Clone, Debug, PartialEq)]
@@ -113,11 +116,8 @@ pub struct JobState {
 
 /// Kubernetes' back-off before the next pod after `failures` failed pods.
 pub fn backoff(failures: i64) -> Duration {
-    if failures <= 0 {
-        return Duration::zero();
-    }
-    let exp = (failures - 1).min(10) as u32;
-    Duration::seconds((BACKOFF_BASE_SECS << exp).min(BACKOFF_MAX_SECS))
+    let failures = u32::try_from(failures.max(0)).unwrap_or(u32::MAX);
+    Duration::seconds(BACKOFF.after(failures))
 }
 
 fn timestamp(v: &Value) -> Option<DateTime<Utc>> {
