@@ -14,6 +14,7 @@ mod e2e {
     mod exec;
     mod images;
     mod network;
+    mod observe;
     mod probes;
     mod rollout;
     mod security;

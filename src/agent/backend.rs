@@ -44,15 +44,24 @@ pub struct AgentBackend {
     peer_client: std::sync::OnceLock<reqwest::Client>,
     /// The node's image puller and store (`None` if the store could not be opened).
     puller: Option<Arc<Puller>>,
+    /// This node's CPU and memory samples (`metrics.k8s.io`).
+    usage: Option<Arc<super::usage::UsageStore>>,
 }
 
 impl AgentBackend {
+    /// Serves `metrics.k8s.io` from `store` (this node's samples) and the other nodes'.
+    pub fn with_usage(mut self, store: Arc<super::usage::UsageStore>) -> Self {
+        self.usage = Some(store);
+        self
+    }
+
     pub fn new(shared: Arc<Shared>, data_dir: PathBuf, puller: Option<Arc<Puller>>) -> Self {
         AgentBackend {
             shared,
             data_dir,
             peer_client: std::sync::OnceLock::new(),
             puller,
+            usage: None,
         }
     }
 
@@ -448,6 +457,22 @@ impl Backend for AgentBackend {
 
     fn metrics(&self) -> Option<Arc<crate::metrics::Metrics>> {
         Some(self.shared.metrics.clone())
+    }
+
+    fn usage(&self) -> BoxFuture<'static, Result<Vec<crate::api::usage::NodeUsage>, BackendError>> {
+        let shared = self.shared.clone();
+        let store = self.usage.clone();
+        let client = self.peer_client();
+        Box::pin(async move {
+            let store = store.ok_or_else(|| {
+                BackendError::Unavailable("this node does not measure resource usage".into())
+            })?;
+            Ok(super::usage::gather(shared, store, client?).await)
+        })
+    }
+
+    fn local_usage(&self) -> Option<crate::api::usage::NodeUsage> {
+        self.usage.as_ref()?.report(&self.shared.node_name)
     }
 
     fn scrape_metrics(&self, accept: Option<&str>) -> Option<(&'static str, String)> {

@@ -35,6 +35,8 @@ pub fn scrape_inputs(shared: &Shared) -> ScrapeInputs {
         let pending = doc
             .list_objects("pods", None)
             .into_iter()
+            // A pod with `spec.nodeName` is bound by its spec, not by the scheduler.
+            .filter(|(_, pod)| pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty))
             .filter(|(path, pod)| {
                 let key = (
                     path.namespace.clone().unwrap_or_default(),

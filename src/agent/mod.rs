@@ -15,6 +15,7 @@ pub mod proxy;
 pub mod routes;
 pub mod services;
 mod settings;
+mod usage;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -384,6 +385,8 @@ pub async fn run(
         ))
     });
 
+    // CPU and memory samples of this node's pods and host, for `metrics.k8s.io`.
+    let usage_store = Arc::new(usage::UsageStore::default());
     let api_task = {
         let shared = shared.clone();
         let dir = dir.clone();
@@ -391,6 +394,7 @@ pub async fn run(
         let stop = stopped(stop_rx.clone());
         let puller = puller.clone();
         let state_dir = state_dir.clone();
+        let usage = usage_store.clone();
         tokio::spawn(async move {
             let start = ApiStart {
                 dir,
@@ -399,6 +403,7 @@ pub async fn run(
                 peer_id,
                 puller,
                 resync,
+                usage,
             };
             serve_api(shared, start, stop).await
         })
@@ -413,6 +418,15 @@ pub async fn run(
         ))),
         None => None,
     };
+    // The kubelet's cgroup parent (the same rule as its runtime config).
+    let cgroup_parent =
+        crate::runtime::RuntimeConfig::from_env(dir.root(), &settings.name, false).cgroup_parent;
+    let usage_task = tokio::spawn(usage::run(
+        shared.clone(),
+        usage_store.clone(),
+        cgroup_parent,
+        stopped(stop_rx.clone()),
+    ));
     let controllers_task = supervise(
         "the controllers",
         tokio::spawn(controllers::run(shared.clone(), stopped(stop_rx.clone()))),
@@ -473,6 +487,7 @@ pub async fn run(
         let _ = t.await;
     }
     let _ = controllers_task.await;
+    let _ = usage_task.await;
     if let Some(t) = metrics_task {
         let _ = t.await;
     }
@@ -688,6 +703,7 @@ struct ApiStart {
     peer_id: libp2p::PeerId,
     puller: Option<Arc<crate::runtime::image::pull::Puller>>,
     resync: Option<Resync>,
+    usage: Arc<usage::UsageStore>,
 }
 
 /// Waits for the cluster metadata (a joiner or a resyncing node gets it from a member, and
@@ -705,6 +721,7 @@ async fn serve_api(
         peer_id,
         puller,
         resync,
+        usage,
     } = start;
     let mut changes = shared.subscribe();
     let waiting_since = tokio::time::Instant::now();
@@ -809,11 +826,9 @@ async fn serve_api(
             AgentError::Config(format!("binding the API on {}: {e}", settings.listen_api))
         })?;
     tracing::info!(addr = %settings.listen_api, "API listening");
-    let backend: Arc<dyn crate::api::Backend> = Arc::new(AgentBackend::new(
-        shared.clone(),
-        dir.root().to_path_buf(),
-        puller,
-    ));
+    let backend: Arc<dyn crate::api::Backend> = Arc::new(
+        AgentBackend::new(shared.clone(), dir.root().to_path_buf(), puller).with_usage(usage),
+    );
 
     // Re-register if someone deleted this node's record while it is alive; remember the
     // members' addresses for a resync.

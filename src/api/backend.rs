@@ -119,6 +119,18 @@ pub trait Backend: Send + Sync + 'static {
     fn metrics(&self) -> Option<std::sync::Arc<crate::metrics::Metrics>> {
         None
     }
+    /// Every alive node's CPU and memory use (`metrics.k8s.io`), gathered from the nodes.
+    fn usage(&self) -> BoxFuture<'static, Result<Vec<super::usage::NodeUsage>, BackendError>> {
+        Box::pin(async {
+            Err(BackendError::Unavailable(
+                "resource usage is not measured here".into(),
+            ))
+        })
+    }
+    /// This node's own use over its last sampling window.
+    fn local_usage(&self) -> Option<super::usage::NodeUsage> {
+        None
+    }
     /// `GET /metrics`: the content type and exposition for a scraper sending `accept`.
     fn scrape_metrics(&self, _accept: Option<&str>) -> Option<(&'static str, String)> {
         None

@@ -16,7 +16,9 @@
 //! Services and computes Endpoints and EndpointSlices on read; `scale.rs` serves the `scale`
 //! subresource, `logs.rs`
 //! pod logs and `images.rs` image import, listing, pulls (NDJSON progress), removal and the
-//! internal-only blob routes peers fetch from; `nodes.rs` renders Node objects;
+//! internal-only blob routes peers fetch from; `nodes.rs` renders Node objects; `usage.rs`
+//! serves `metrics.k8s.io` (NodeMetrics, PodMetrics for `kubectl top`); `metrics.rs` serves
+//! `/metrics` and counts requests;
 //! `watch.rs` streams events by diffing snapshots (computed status included);
 //! `discovery.rs` and `openapi.rs` describe the table to clients; `patch.rs`,
 //! `selectors.rs`, `table.rs` and `status.rs` are pure helpers.
@@ -51,6 +53,7 @@ mod services;
 mod status;
 mod table;
 mod typed;
+pub mod usage;
 mod validation;
 mod watch;
 pub mod workloads;

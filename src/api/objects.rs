@@ -375,6 +375,8 @@ pub fn list_all(state: &ApiState, info: &ResourceInfo, namespace: Option<&str>) 
             .filter(|e| namespace.is_none_or(|ns| e["metadata"]["namespace"] == ns))
             .collect(),
         Storage::Computed => computed(state, info, namespace),
+        // Measured, not stored: served by `usage.rs`.
+        Storage::Usage => Vec::new(),
     };
     if info.plural == "namespaces" {
         for name in BUILTIN_NAMESPACES {
@@ -457,6 +459,7 @@ pub fn find_stored(
         Storage::Computed => computed(state, info, namespace)
             .into_iter()
             .find(|o| o["metadata"]["name"] == name),
+        Storage::Usage => None,
         Storage::Objects => state
             .backend
             .get_object(&key(info, namespace, name))
@@ -1184,7 +1187,9 @@ fn delete_one(
     if !dry {
         match info.storage {
             Storage::Nodes => state.backend.delete_node(name)?,
-            Storage::Events | Storage::Computed => return Err(ApiError::MethodNotAllowed),
+            Storage::Events | Storage::Computed | Storage::Usage => {
+                return Err(ApiError::MethodNotAllowed)
+            }
             Storage::Objects => {
                 if info.plural == "namespaces" {
                     delete_namespace_contents(state, name)?;

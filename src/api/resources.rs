@@ -83,6 +83,9 @@ pub enum Storage {
     /// Computed on read from the stored Services and the pods as served (Endpoints,
     /// EndpointSlices: `services.rs`), read-only.
     Computed,
+    /// CPU and memory use measured by the nodes (`metrics.k8s.io`: `usage.rs`), read-only and
+    /// served apart from the generic verbs.
+    Usage,
 }
 
 pub struct ResourceInfo {
@@ -169,6 +172,7 @@ const NAMESPACE_VERBS: &[&str] = &[
     "create", "delete", "get", "list", "patch", "update", "watch",
 ];
 const READ_VERBS: &[&str] = &["get", "list", "watch"];
+const USAGE_VERBS: &[&str] = &["get", "list"];
 
 /// `metadata` of every object (ObjectMeta).
 pub static OBJECT_META: Schema = Schema::Object(&[
@@ -587,6 +591,46 @@ pub static RESOURCES: &[ResourceInfo] = &[
         workload: None,
         subresources: &[],
     },
+    // `kubectl top nodes`. Served by `usage.rs` as plain lists (no Table columns).
+    ResourceInfo {
+        group: "metrics.k8s.io",
+        version: "v1beta1",
+        plural: "nodes",
+        singular: "",
+        kind: "NodeMetrics",
+        short_names: &[],
+        categories: &[],
+        namespaced: false,
+        verbs: USAGE_VERBS,
+        name_rule: NameRule::Subdomain,
+        schema: &FREE_FORM,
+        merge_keys: no_merge_keys,
+        columns: Columns::Namespace,
+        storage: Storage::Usage,
+        proto: None,
+        workload: None,
+        subresources: &[],
+    },
+    // `kubectl top pods`.
+    ResourceInfo {
+        group: "metrics.k8s.io",
+        version: "v1beta1",
+        plural: "pods",
+        singular: "",
+        kind: "PodMetrics",
+        short_names: &[],
+        categories: &[],
+        namespaced: true,
+        verbs: USAGE_VERBS,
+        name_rule: NameRule::Subdomain,
+        schema: &FREE_FORM,
+        merge_keys: no_merge_keys,
+        columns: Columns::Namespace,
+        storage: Storage::Usage,
+        proto: None,
+        workload: None,
+        subresources: &[],
+    },
 ];
 
 /// Strategic-merge keys of a Service (`ports` merge by `port`, as Kubernetes' tags say).
@@ -730,7 +774,8 @@ mod tests {
                 ("", "v1"),
                 ("apps", "v1"),
                 ("batch", "v1"),
-                ("discovery.k8s.io", "v1")
+                ("discovery.k8s.io", "v1"),
+                ("metrics.k8s.io", "v1beta1")
             ]
         );
         let deploy = by_plural("deployments").unwrap();

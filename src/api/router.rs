@@ -31,6 +31,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/openapi/v3/{*path}", get(openapi::document))
         .route("/metrics", get(metrics::scrape))
         .route("/shoal/v1/status", get(shoal_status))
+        .route("/shoal/v1/usage", get(shoal_usage))
         .route("/shoal/v1/backup", get(shoal_backup))
         .route("/shoal/v1/images", get(images::list).delete(images::remove))
         .route("/shoal/v1/images/import", post(images::import))
@@ -91,6 +92,12 @@ async fn request_timeout(State(state): State<ApiState>, request: Request, next: 
 
 async fn shoal_status(State(state): State<ApiState>) -> Response {
     Json(state.backend.status()).into_response()
+}
+
+/// This node's own CPU and memory use (`null` before its second sample): what other nodes
+/// gather for `metrics.k8s.io`.
+async fn shoal_usage(State(state): State<ApiState>) -> Response {
+    Json(state.backend.local_usage()).into_response()
 }
 
 async fn shoal_backup(State(state): State<ApiState>) -> Result<Response, ApiError> {
@@ -171,6 +178,9 @@ async fn dispatch(
         .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
     if resolved.watch_prefix {
         query.insert("watch".into(), "true".into());
+    }
+    if resolved.target.info.storage == resources::Storage::Usage {
+        return super::usage::handle(state, method, resolved.target, query).await;
     }
     objects::handle(state, method, resolved.target, query, headers, body).await
 }

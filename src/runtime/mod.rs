@@ -28,6 +28,7 @@ pub mod runc;
 pub mod sandbox;
 pub mod seccomp;
 pub mod shim;
+pub mod usage;
 pub mod volumes;
 
 use std::path::{Path, PathBuf};
