@@ -129,7 +129,11 @@ fn kubectl_top_and_metrics() {
     );
     // A busy loop is one core less what other processes on this 2-core host take from it (about
     // a core on a quiet host; builds running beside the test take their share).
-    eprintln!("busy loop: {:.3} cores; 64 MiB holder: {:.1} MiB", busy.0 / 1e9, hold.1 / 1048576.0);
+    eprintln!(
+        "busy loop: {:.3} cores; 64 MiB holder: {:.1} MiB",
+        busy.0 / 1e9,
+        hold.1 / 1048576.0
+    );
     assert!(
         (0.2e9..=1.15e9).contains(&busy.0),
         "busy loop at {} nanocores",
