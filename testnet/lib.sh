@@ -254,12 +254,17 @@ spawn_agent() {
   {
     printf '\n==== %s starting agent: %s agent %s\n' "$(date -Is)" "$SHOAL_BIN" "$*"
   } >> "$dir/agent.log"
+  # Image GC thresholds: the five nodes share one host's disk (with build dirs beside them), and
+  # the testnet image exists only in the nodes' stores (shoal.test is no registry), so a busy
+  # host would make every node drop it at the kubelet's 85 %. Raised unless set by the caller.
+  local gc_high="${SHOAL_IMAGE_GC_HIGH_PERCENT:-98}" gc_low="${SHOAL_IMAGE_GC_LOW_PERCENT:-95}"
   # nsenter --net switches only the network namespace (ip netns exec would also remount /sys,
   # hiding the cgroup mounts that runc needs).
   setsid bash -c 'echo $$ > "$1/cgroup.procs" && echo $$ > "$2" && shift 2 && exec "$@"' \
     spawn "$cg" "$(node_pidfile "$node")" \
     nsenter --net="/run/netns/$ns" -- \
-    env NO_COLOR=1 SHOAL_RUNC_ROOT="$dir/runc" SHOAL_CGROUP_PARENT="$cg" SHOAL_NODE_DIR="$dir" \
+    env NO_COLOR=1 SHOAL_IMAGE_GC_HIGH_PERCENT="$gc_high" SHOAL_IMAGE_GC_LOW_PERCENT="$gc_low" \
+    SHOAL_RUNC_ROOT="$dir/runc" SHOAL_CGROUP_PARENT="$cg" SHOAL_NODE_DIR="$dir" \
     "$SHOAL_BIN" agent "$@" \
     >> "$dir/agent.log" 2>&1 < /dev/null &
   local i
