@@ -286,8 +286,11 @@ impl Kube {
 
     /// Every node's containers, as `nK/id`.
     /// `testnet/run`: the nodes' data dirs and agent logs.
+    /// `testnet/run`, absolute: agents name their pods' dirs by absolute path, and `--testnet`
+    /// is often given relative (`benches/run.sh` passes `testnet`).
     pub fn run_dir(&self) -> PathBuf {
-        self.scripts.join("run")
+        let run = self.scripts.join("run");
+        std::fs::canonicalize(&run).unwrap_or(run)
     }
 
     /// Live `shoal sandbox` processes of the testnet's nodes (their `--dir` is under a node's
