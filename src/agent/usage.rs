@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use super::shared::Shared;
 use crate::api::usage::{ContainerUsage, NodeUsage, PodUsage};
+use crate::model::MemberState;
 use crate::runtime::usage::{self, Cgroups, Reading};
+use crate::state::Shared;
 
 /// How often cgroups are read (the window of the reported rates).
 pub const SAMPLE: Duration = Duration::from_secs(5);
@@ -174,13 +175,12 @@ pub async fn gather(
     let alive: BTreeSet<String> = view
         .members
         .iter()
-        .filter(|m| m.state == "alive")
+        .filter(|m| m.state == MemberState::Alive)
         .map(|m| m.name.clone())
         .collect();
     let token = shared.identity.internal_api_token();
     let records: Vec<crate::model::NodeRecord> = shared
-        .doc()
-        .nodes()
+        .read(|d| d.nodes())
         .into_iter()
         .filter(|n| n.name != shared.node_name && alive.contains(&n.name))
         .collect();
