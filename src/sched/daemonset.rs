@@ -6,7 +6,6 @@
 //! or stops matching). A template change rolls node by node: old pods are replaced while at
 //! most `maxUnavailable` nodes lack an available pod (`OnDelete`: only pods deleted by hand).
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, Utc};
@@ -390,13 +389,7 @@ pub(crate) fn reconcile(
             message: format!("Created pod: {}", key.1),
             component: "daemonset-controller",
         });
-        writes.push(Write::PutObject {
-            resource: PODS,
-            namespace: key.0.clone(),
-            name: key.1.clone(),
-            object: pod.clone(),
-        });
-        w.pods.insert(key, Cow::Owned(pod));
+        w.create_pod(writes, key, pod);
     }
     wake
 }

@@ -534,13 +534,7 @@ pub(crate) fn reconcile(
                 component: "job-controller",
             });
         }
-        writes.push(Write::PutObject {
-            resource: PODS,
-            namespace: key.0.clone(),
-            name: key.1.clone(),
-            object: pod.clone(),
-        });
-        w.pods.insert(key, std::borrow::Cow::Owned(pod));
+        w.create_pod(writes, key, pod);
     }
     wake
 }

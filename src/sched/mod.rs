@@ -71,6 +71,19 @@ pub(crate) struct Working<'a> {
     pub finished: &'a BTreeMap<PodKey, Finished>,
 }
 
+impl<'a> Working<'a> {
+    /// Creates pod `key`: its write, and the pod in the set the later stages see.
+    pub fn create_pod(&mut self, writes: &mut Vec<Write>, key: PodKey, pod: Value) {
+        writes.push(Write::PutObject {
+            resource: crate::model::workload::PODS,
+            namespace: key.0.clone(),
+            name: key.1.clone(),
+            object: pod.clone(),
+        });
+        self.pods.insert(key, Cow::Owned(pod));
+    }
+}
+
 fn keyed(list: &[Value]) -> BTreeMap<PodKey, Cow<'_, Value>> {
     list.iter()
         .map(|v| {

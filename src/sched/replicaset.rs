@@ -4,7 +4,6 @@
 //! deleted. Names and uids are functions of the slot, so two leaders never make two pods for
 //! one slot: they write the same key.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
@@ -186,13 +185,7 @@ pub(crate) fn reconcile(
         w.pods.remove(&key);
     }
     for (key, pod) in creates {
-        writes.push(Write::PutObject {
-            resource: PODS,
-            namespace: key.0.clone(),
-            name: key.1.clone(),
-            object: pod.clone(),
-        });
-        w.pods.insert(key, Cow::Owned(pod));
+        w.create_pod(writes, key, pod);
     }
     events.extend(new_events);
 }
