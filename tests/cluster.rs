@@ -2,10 +2,12 @@
 //! processes, no root needed. Each test builds its own cluster in temp dirs on free ports.
 
 mod loopback;
+mod metrics;
 
 use std::time::Duration;
 
 use loopback::{poll, Cluster};
+use metrics::{promtool_check, sample};
 
 #[test]
 fn five_agents_converge_and_agree_on_one_leader() {
@@ -375,43 +377,6 @@ fn corrupt_state_file_is_set_aside_and_the_node_resyncs_by_itself() {
     });
 }
 
-/// Runs `promtool check metrics` on `text`; fails naming the package when promtool is missing.
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    let mut child = match std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => panic!(
-            "promtool not found ({e}): install Debian's `prometheus` package (testnet/prereqs.sh and .ci/run do)"
-        ),
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The value of the sample `series` (name with its labels, exactly as exposed).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// Plain HTTP `GET path` on `addr`: the body of a 200, else None.
 fn plain_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
     use std::io::{Read, Write};
@@ -451,7 +416,7 @@ fn metrics_pass_promtool_and_count_suspicions_deaths_and_requests() {
             (probes > 0.0 && sent > 0.0).then_some(text)
         },
     );
-    promtool_check(&text);
+    promtool_check("a loopback agent's /metrics", &text);
     assert_eq!(
         sample(&text, "shoal_membership_members{state=\"alive\"}"),
         Some(3.0),
@@ -541,7 +506,7 @@ fn metrics_pass_promtool_and_count_suspicions_deaths_and_requests() {
         plain.contains("# TYPE shoal_membership_suspicions_total counter"),
         "{plain}"
     );
-    promtool_check(&plain);
+    promtool_check("the plain --metrics-addr listener", &plain);
 
     // --log-format json: every line one JSON object; --log: debug for shoal::net only.
     let run_log = c.nodes[1].log_path().with_extension("run.log");

@@ -5,6 +5,7 @@
 //! Run: `cargo test --release --test e2e -- --test-threads=1` (`just test` does). Each test
 //! brings up its own testnet and tears it down on drop, even when it fails.
 
+mod metrics;
 mod support;
 
 mod e2e {

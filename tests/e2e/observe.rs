@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::workloads::apply;
+use crate::metrics::{promtool_check, sample};
 use crate::support::*;
 
 const PODS: &str = r#"apiVersion: v1
@@ -61,38 +62,6 @@ fn pod_usage(ctx: &str, pod: &str) -> Result<(f64, f64), String> {
         .and_then(|m| m.parse::<f64>().ok())
         .ok_or_else(|| format!("no memory: {out}"))?;
     Ok((cpu, memory * 1024.0))
-}
-
-fn promtool_check(node: &str, text: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("promtool not found ({e}): testnet/prereqs.sh installs Debian's `prometheus`")
-        });
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics on {node}'s /metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 #[test]
@@ -183,7 +152,7 @@ fn kubectl_top_and_metrics() {
     for node in &tn.nodes {
         let (code, text) = curl_api(node, "GET", "/metrics", Some(&token), None);
         assert_eq!(code, 200, "{node}: {text}");
-        promtool_check(node, &text);
+        promtool_check(&format!("{node}'s /metrics"), &text);
         assert_eq!(
             sample(&text, "shoal_membership_members{state=\"alive\"}"),
             Some(3.0),
