@@ -231,19 +231,26 @@ static NAMESPACE: Schema = Schema::Object(&[
 
 static FREE_FORM: Schema = Schema::Any;
 
+/// `status`, read only (the controllers write it).
+const STATUS: Subresource = Subresource {
+    name: "status",
+    kind: None,
+    verbs: &["get"],
+};
+
 /// `status` (read) and `scale` (autoscaling/v1 `Scale`) of Deployments and ReplicaSets.
 static WORKLOAD_SUBRESOURCES: &[Subresource] = &[
-    Subresource {
-        name: "status",
-        kind: None,
-        verbs: &["get"],
-    },
+    STATUS,
     Subresource {
         name: "scale",
         kind: Some(("autoscaling", "v1", "Scale")),
         verbs: &["get", "patch", "update"],
     },
 ];
+
+/// `status` (read) alone: Jobs, CronJobs, DaemonSets and the other kinds whose status the
+/// controllers write.
+static STATUS_ONLY: &[Subresource] = &[STATUS];
 
 /// Strategic-merge keys of Pod, ReplicaSet and Deployment lists (Kubernetes'
 /// `patchMergeKey` tags); a Deployment's or ReplicaSet's pod template is a pod spec.
@@ -477,11 +484,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         storage: Storage::Objects,
         proto: None,
         workload: Some(Workload::DaemonSet),
-        subresources: &[Subresource {
-            name: "status",
-            kind: None,
-            verbs: &["get"],
-        }],
+        subresources: STATUS_ONLY,
     },
     ResourceInfo {
         group: "batch",
@@ -500,11 +503,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         storage: Storage::Objects,
         proto: None,
         workload: Some(Workload::Job),
-        subresources: &[Subresource {
-            name: "status",
-            kind: None,
-            verbs: &["get"],
-        }],
+        subresources: STATUS_ONLY,
     },
     ResourceInfo {
         group: "batch",
@@ -523,11 +522,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         storage: Storage::Objects,
         proto: None,
         workload: Some(Workload::CronJob),
-        subresources: &[Subresource {
-            name: "status",
-            kind: None,
-            verbs: &["get"],
-        }],
+        subresources: STATUS_ONLY,
     },
     ResourceInfo {
         group: "",
@@ -547,11 +542,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         storage: Storage::Objects,
         proto: Some(proto::SERVICE),
         workload: None,
-        subresources: &[Subresource {
-            name: "status",
-            kind: None,
-            verbs: &["get"],
-        }],
+        subresources: STATUS_ONLY,
     },
     ResourceInfo {
         group: "",
