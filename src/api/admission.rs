@@ -769,16 +769,18 @@ fn validate_pod_spec(spec: &Value, path: &str, template: bool, causes: &mut Vec<
     }
 }
 
+/// An `int32` count or duration of a controller spec: 0 ..= 2147483647, as Kubernetes' types
+/// have it (a larger value would overflow time arithmetic downstream).
 fn non_negative(object: &Value, field: &str, causes: &mut Vec<Cause>) {
-    if let Some(v) = object["spec"][field].as_i64() {
-        if v < 0 {
-            causes.push(invalid(
-                format!("spec.{field}"),
-                &object["spec"][field],
-                "must be greater than or equal to 0",
-            ));
-        }
-    }
+    let value = &object["spec"][field];
+    let message = match value.as_i64() {
+        Some(v) if v < 0 => "must be greater than or equal to 0",
+        Some(v) if v > i64::from(i32::MAX) => "must be less than or equal to 2147483647",
+        Some(_) => return,
+        None if value.is_number() => "must be an integer between 0 and 2147483647",
+        None => return,
+    };
+    causes.push(invalid(format!("spec.{field}"), value, message));
 }
 
 fn validate_controller(object: &Value, workload: Workload, causes: &mut Vec<Cause>) {
@@ -967,6 +969,43 @@ mod tests {
         recreate["spec"]["strategy"] = json!({"type": "Recreate"});
         default(Workload::Deployment, &mut recreate);
         assert_eq!(recreate["spec"]["strategy"], json!({"type": "Recreate"}));
+    }
+
+    /// `minReadySeconds` near `i64::MAX` once panicked the leader's round (scheduling stopped
+    /// cluster-wide): it is refused at the API as Kubernetes' int32 field is, naming the field.
+    #[test]
+    fn int32_spec_fields_are_bounded() {
+        for (value, message) in [
+            (
+                json!(i64::MAX - 1),
+                "must be less than or equal to 2147483647",
+            ),
+            (
+                json!(2147483648i64),
+                "must be less than or equal to 2147483647",
+            ),
+            (
+                json!(u64::MAX),
+                "must be an integer between 0 and 2147483647",
+            ),
+            (json!(1.5), "must be an integer between 0 and 2147483647"),
+            (json!(-1), "must be greater than or equal to 0"),
+        ] {
+            let mut d = deployment();
+            default(Workload::Deployment, &mut d);
+            d["spec"]["minReadySeconds"] = value.clone();
+            let causes = validate(Workload::Deployment, &d, None);
+            assert_eq!(fields(&causes), ["spec.minReadySeconds"], "{value}");
+            assert!(
+                causes[0].message.contains(message),
+                "{value}: {:?}",
+                causes[0]
+            );
+        }
+        let mut d = deployment();
+        default(Workload::Deployment, &mut d);
+        d["spec"]["minReadySeconds"] = json!(2147483647);
+        assert!(validate(Workload::Deployment, &d, None).is_empty());
     }
 
     #[test]

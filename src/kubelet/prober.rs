@@ -254,6 +254,39 @@ fn truncate(out: &[u8]) -> String {
     text
 }
 
+/// Reads at most `MAX_OUTPUT + 1` bytes of `from` and drains (drops) the rest, so a probe that
+/// prints without end costs a pipe buffer, not memory.
+async fn read_bounded(from: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let Some(mut from) = from else {
+        return Vec::new();
+    };
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = (MAX_OUTPUT + 1).saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+}
+
+/// `Command::output` with each stream bounded (see [`read_bounded`]).
+async fn bounded_output(mut cmd: tokio::process::Command) -> std::io::Result<std::process::Output> {
+    let mut child = cmd.spawn()?;
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let (stdout, stderr, status) =
+        tokio::join!(read_bounded(stdout), read_bounded(stderr), child.wait());
+    Ok(std::process::Output {
+        status: status?,
+        stdout,
+        stderr,
+    })
+}
+
 /// `runc exec` of `command` in the container; exit code 0 succeeds.
 async fn exec(
     config: &RuntimeConfig,
@@ -269,8 +302,10 @@ async fn exec(
         .args(command)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let shown = command.join(" ");
-    match tokio::time::timeout(timeout, cmd.output()).await {
+    match tokio::time::timeout(timeout, bounded_output(cmd)).await {
         Err(_) => Err(format!(
             "command \"{shown}\" timed out after {}s",
             timeout.as_secs()
@@ -497,6 +532,23 @@ mod tests {
             run_handler(&config(), &h, &no_ip, t).await,
             Err("the pod has no IP yet".into())
         );
+    }
+
+    #[test]
+    fn output_is_read_bounded() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut cmd = tokio::process::Command::new("sh");
+        // 64 MiB on stdout, a little on stderr, then a failure.
+        cmd.args(["-c", "head -c 67108864 /dev/zero; echo oops >&2; exit 3"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let out = rt.block_on(bounded_output(cmd)).unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(out.stdout.len(), MAX_OUTPUT + 1);
+        assert_eq!(out.stderr, b"oops\n");
     }
 
     #[test]

@@ -389,7 +389,7 @@ impl Membership {
                 target,
                 updates,
             } => {
-                self.apply_updates(updates, now);
+                self.apply_updates(updates, from, now);
                 if target != self.me {
                     return;
                 }
@@ -411,7 +411,7 @@ impl Membership {
                 );
             }
             Message::Ack { seq, updates } => {
-                self.apply_updates(updates, now);
+                self.apply_updates(updates, from, now);
                 if let Some(relay) = self.relays.remove(&seq) {
                     let updates = self.take_piggyback(self.config.max_piggyback);
                     self.send(
@@ -436,7 +436,7 @@ impl Membership {
                 target_addr,
                 updates,
             } => {
-                self.apply_updates(updates, now);
+                self.apply_updates(updates, from, now);
                 if !valid_id(&target) || target_addr.len() > MAX_ADDR_LEN {
                     return;
                 }
@@ -478,7 +478,7 @@ impl Membership {
                 self.tell_sender(from, from_addr, now);
             }
             Message::Gossip { updates } => {
-                self.apply_updates(updates, now);
+                self.apply_updates(updates, from, now);
                 self.tell_sender(from, from_addr, now);
             }
             Message::Nack { seq } => {
@@ -493,7 +493,7 @@ impl Membership {
                 self.batching = true;
                 for info in members.into_iter().take(MAX_PUSH_PULL) {
                     let by = from.clone();
-                    self.apply_update(Update { member: info, by }, now, true);
+                    self.apply_update(Update { member: info, by }, Some(from), now, true);
                 }
                 self.batching = false;
                 self.update_epoch();
@@ -660,7 +660,7 @@ impl Membership {
             member: info,
             by: self.me.clone(),
         };
-        self.apply_update(update.clone(), now, false);
+        self.apply_update(update.clone(), None, now, false);
         // Tell the suspect itself at once: after a stall or a lost ack it can refute right away.
         self.send(
             p.target,
@@ -705,6 +705,7 @@ impl Membership {
                     member: info,
                     by: self.me.clone(),
                 },
+                None,
                 now,
                 false,
             );
@@ -728,16 +729,28 @@ impl Membership {
 
     // ----- updates -----
 
-    fn apply_updates(&mut self, updates: Vec<Update>, now: Instant) {
+    fn apply_updates(&mut self, updates: Vec<Update>, from: &MemberId, now: Instant) {
         for u in updates.into_iter().take(MAX_UPDATES) {
-            self.apply_update(u, now, false);
+            self.apply_update(u, Some(from), now, false);
         }
     }
 
     /// Merge one record. For one member, a higher incarnation wins; for the same incarnation
     /// the later state (Alive < Suspect < Dead < Left). A Dead learnt by push-pull counts only
-    /// as a suspicion, so the member gets a chance to refute.
-    fn apply_update(&mut self, update: Update, now: Instant, via_push_pull: bool) {
+    /// as a suspicion, so the member gets a chance to refute. `sender`: the (authenticated)
+    /// member the record came from, `None` for our own.
+    ///
+    /// Incarnations are bounded: a record more than [`MAX_INCARNATION_STEP`] past the one held
+    /// is ignored unless it is the member's own `Alive` (a new life), and the member's own
+    /// `Alive` replaces a record that far ahead of it (it never issued that incarnation: a
+    /// forgery, such as a `Dead` at `u64::MAX` that nothing could outbid).
+    fn apply_update(
+        &mut self,
+        update: Update,
+        sender: Option<&MemberId>,
+        now: Instant,
+        via_push_pull: bool,
+    ) {
         let Update {
             member: mut info,
             by,
@@ -756,6 +769,15 @@ impl Membership {
             self.discover(info, by, now);
             return;
         };
+        let held = current.info.incarnation;
+        let own_word = sender == Some(&info.id) && info.state == MemberState::Alive;
+        if own_word && held > info.incarnation.saturating_add(MAX_INCARNATION_STEP) {
+            self.transition(info, by, now);
+            return;
+        }
+        if !own_word && info.incarnation > held.saturating_add(MAX_INCARNATION_STEP) {
+            return;
+        }
         let old = (current.info.incarnation, current.info.state);
         let new = (info.incarnation, info.state);
         if new > old {
@@ -920,7 +942,11 @@ impl Membership {
         if info.state != MemberState::Alive {
             self.health_up(1);
         }
-        self.incarnation = info.incarnation + 1;
+        // A record of us far past our own incarnation is not one we issued: re-announce our
+        // record instead of outbidding it (its holders take our own word over it).
+        if info.incarnation <= self.incarnation.saturating_add(MAX_INCARNATION_STEP) {
+            self.incarnation = info.incarnation.saturating_add(1);
+        }
         let record = self.set_self(MemberState::Alive, now);
         let update = Update {
             member: record,

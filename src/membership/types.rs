@@ -17,6 +17,9 @@ pub const MAX_MEMBERS: usize = 16384;
 pub const MAX_ID_LEN: usize = 253;
 /// Records with a longer address are ignored.
 pub const MAX_ADDR_LEN: usize = 512;
+/// Largest step past a member's known incarnation a record about it may take (refutations
+/// add one each; a larger jump is a new life, announced only by the member itself).
+pub const MAX_INCARNATION_STEP: u64 = 1 << 20;
 
 /// Tuning of the failure detector. See [`Config::default`] for the reasoning behind the values.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -15,7 +15,8 @@ use libp2p::{identity, Multiaddr, PeerId, Swarm};
 use tokio::sync::mpsc;
 
 use super::behaviour::{build_swarm, Behaviour, BehaviourEvent};
-use super::protocol::{serde_bytes_vec::Bytes, Request, Response};
+use super::gate::Gate;
+use super::protocol::{serde_bytes_vec::Bytes, Admit, AdmitResponse, Request, Response};
 use crate::membership::{self, MemberState, Membership, MembershipEvent, Output};
 use crate::model::is_dns1123_subdomain;
 use crate::model::MemberStatus;
@@ -75,7 +76,6 @@ struct Peer {
 
 /// What an outbound request was, to handle its failure or response.
 enum Sent {
-    Admit,
     Gossip(String),
     Push,
     Digest,
@@ -84,6 +84,8 @@ enum Sent {
 
 struct Actor {
     swarm: Swarm<Behaviour>,
+    /// Opens `/shoal/1` to the peers in `peers` (kept equal to its key set).
+    gate: Gate,
     shared: Arc<Shared>,
     config: NetConfig,
     me: PeerId,
@@ -95,6 +97,8 @@ struct Actor {
     connections: HashMap<PeerId, Vec<ConnectionId>>,
     pending: HashMap<PeerId, VecDeque<(Request, Option<String>)>>,
     sent: HashMap<OutboundRequestId, Sent>,
+    /// Admission requests in flight (their own id space: another behaviour).
+    admit_sent: HashSet<OutboundRequestId>,
     sync_states: HashMap<(PeerId, DocId), (u64, sync::State)>,
     to_disconnect: Vec<(Instant, PeerId)>,
     store: DocStore,
@@ -106,6 +110,8 @@ struct Actor {
     since: BTreeMap<String, chrono::DateTime<chrono::Utc>>,
     refusals_logged: HashMap<PeerId, Instant>,
     refused_us_logged: HashMap<PeerId, Instant>,
+    /// When a forged status-document version was last logged.
+    forgeries_logged: Option<Instant>,
 }
 
 pub(super) fn quic_addr(addr: SocketAddr) -> Multiaddr {
@@ -142,7 +148,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NetError> {
     let me = key.public().to_peer_id();
-    let mut swarm = build_swarm(key)?;
+    let (mut swarm, gate) = build_swarm(key)?;
     let listen = quic_addr(config.listen);
     swarm
         .listen_on(listen.clone())
@@ -167,6 +173,7 @@ pub async fn run(
     );
     let mut actor = Actor {
         swarm,
+        gate,
         shared,
         me,
         my_addr,
@@ -176,6 +183,7 @@ pub async fn run(
         connections: HashMap::new(),
         pending: HashMap::new(),
         sent: HashMap::new(),
+        admit_sent: HashSet::new(),
         sync_states: HashMap::new(),
         to_disconnect: Vec::new(),
         store: DocStore::new(&state_dir),
@@ -187,6 +195,7 @@ pub async fn run(
         since: BTreeMap::new(),
         refusals_logged: HashMap::new(),
         refused_us_logged: HashMap::new(),
+        forgeries_logged: None,
         config,
     };
     if let Err(e) = std::fs::create_dir_all(&actor.status_dir) {
@@ -514,6 +523,7 @@ impl Actor {
                 self.fail_pending(peer);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(event)) => self.on_rpc(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Admit(event)) => self.on_admit_event(event),
             SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening"),
             SwarmEvent::IncomingConnectionError { error, .. } => {
                 tracing::debug!(%error, "incoming connection failed")
@@ -528,8 +538,12 @@ impl Actor {
         }
         self.admitting.insert(peer);
         let request = self.admit_request(peer);
-        let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
-        self.sent.insert(id, Sent::Admit);
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .admit
+            .send_request(&peer, request);
+        self.admit_sent.insert(id);
     }
 
     /// An admitted peer asks for admission again: it is a new process with the same key (a
@@ -549,11 +563,13 @@ impl Actor {
             self.swarm.close_connection(id);
         }
         self.peers.remove(&peer);
+        self.gate.remove(&peer);
         self.sync_states.retain(|(p, _), _| *p != peer);
     }
 
     fn on_disconnected(&mut self, peer: PeerId) {
         self.admitting.remove(&peer);
+        self.gate.remove(&peer);
         if let Some(p) = self.peers.remove(&peer) {
             tracing::debug!(member = %p.name, "peer disconnected");
             self.publish_view();
@@ -574,19 +590,10 @@ impl Actor {
 
     fn on_rpc(&mut self, event: request_response::Event<Request, Response>) {
         match event {
-            request_response::Event::Message {
-                peer,
-                connection_id,
-                message,
-            } => match message {
+            request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
                     request, channel, ..
-                } => {
-                    if matches!(request, Request::Admit { .. }) && self.peers.contains_key(&peer) {
-                        self.on_readmission(peer, connection_id);
-                    }
-                    self.on_request(peer, request, channel)
-                }
+                } => self.on_request(peer, request, channel),
                 request_response::Message::Response {
                     request_id,
                     response,
@@ -598,17 +605,29 @@ impl Actor {
                 error,
                 ..
             } => match self.sent.remove(&request_id) {
+                // The peer has not opened `/shoal/1` to us yet (its half of the admission
+                // exchange is still in flight): no evidence against it, as a refusal was not.
+                Some(Sent::Gossip(_))
+                    if matches!(
+                        error,
+                        request_response::OutboundFailure::UnsupportedProtocols
+                    ) =>
+                {
+                    tracing::debug!(%peer, "gossip sent before the peer admitted us")
+                }
                 Some(Sent::Gossip(member)) => {
                     self.membership.handle_unreachable(&member, Instant::now())
-                }
-                Some(Sent::Admit) => {
-                    self.admitting.remove(&peer);
-                    tracing::debug!(%peer, %error, "admission request failed");
                 }
                 _ => tracing::debug!(%peer, %error, "request failed"),
             },
             request_response::Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "inbound request failed")
+                // From an admitted peer (no other gets a stream): an undecodable or oversized
+                // request is a member gone bad or broken; say so, at most every 30 s.
+                if matches!(error, request_response::InboundFailure::Io(_)) {
+                    self.log_refusal(peer, &format!("bad or broken request: {error}"));
+                } else {
+                    tracing::debug!(%peer, %error, "inbound request failed")
+                }
             }
             request_response::Event::ResponseSent { .. } => {}
         }
@@ -624,32 +643,6 @@ impl Actor {
     }
 
     fn on_request(&mut self, peer: PeerId, request: Request, channel: ResponseChannel<Response>) {
-        if let Request::Admit {
-            claim: theirs,
-            proof,
-            p2p_addr,
-        } = request
-        {
-            let response = match self.check_admission(peer, &theirs, &proof.0) {
-                Ok(()) => {
-                    let (claim, proof, mine) = self.admission_for(peer);
-                    self.admit(peer, theirs.node_name.clone(), p2p_addr);
-                    Response::Admitted {
-                        claim,
-                        proof,
-                        p2p_addr: mine,
-                    }
-                }
-                Err(reason) => {
-                    self.log_refusal(peer, &reason);
-                    self.to_disconnect
-                        .push((Instant::now() + Duration::from_millis(500), peer));
-                    Response::Refused { reason }
-                }
-            };
-            self.respond(channel, response);
-            return;
-        }
         let Some(name) = self.peers.get(&peer).map(|p| p.name.clone()) else {
             self.log_refusal(peer, "message from a peer that has not been admitted");
             self.respond(
@@ -661,7 +654,6 @@ impl Actor {
             return;
         };
         match request {
-            Request::Admit { .. } => {}
             Request::Gossip(msg) => {
                 if let membership::Message::Ack { seq, .. } = &msg {
                     self.shared.metrics.probe_acked(*seq);
@@ -694,36 +686,6 @@ impl Actor {
     fn on_response(&mut self, peer: PeerId, request_id: OutboundRequestId, response: Response) {
         let sent = self.sent.remove(&request_id);
         match (sent, response) {
-            (
-                Some(Sent::Admit),
-                Response::Admitted {
-                    claim,
-                    proof,
-                    p2p_addr,
-                },
-            ) => {
-                self.admitting.remove(&peer);
-                match self.check_admission(peer, &claim, &proof.0) {
-                    Ok(()) => {
-                        self.admit(peer, claim.node_name.clone(), p2p_addr);
-                    }
-                    Err(reason) => {
-                        self.log_refusal(peer, &reason);
-                        let _ = self.swarm.disconnect_peer_id(peer);
-                    }
-                }
-            }
-            (Some(Sent::Admit), Response::Refused { reason }) => {
-                self.admitting.remove(&peer);
-                if self
-                    .refused_us_logged
-                    .get(&peer)
-                    .is_none_or(|t| t.elapsed() > Duration::from_secs(30))
-                {
-                    tracing::error!(%peer, %reason, "peer refused to admit us");
-                    self.refused_us_logged.insert(peer, Instant::now());
-                }
-            }
             (Some(Sent::Sync), Response::Sync { doc, message }) => {
                 self.on_sync_response(peer, doc, message)
             }
@@ -737,9 +699,94 @@ impl Actor {
 
     // ---- admission ----
 
-    fn admit_request(&self, peer: PeerId) -> Request {
+    fn on_admit_event(&mut self, event: request_response::Event<Admit, AdmitResponse>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                connection_id,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+            } => {
+                // An admitted peer asking again is a restart of the same key: the new process
+                // is checked afresh.
+                if self.peers.contains_key(&peer) {
+                    self.on_readmission(peer, connection_id);
+                }
+                let response = match self.check_admission(peer, &request.claim, &request.proof.0) {
+                    Ok(()) => {
+                        self.admit(peer, request.claim.node_name.clone(), request.p2p_addr);
+                        AdmitResponse::Admitted(self.admit_request(peer))
+                    }
+                    Err(reason) => {
+                        self.log_refusal(peer, &reason);
+                        self.to_disconnect
+                            .push((Instant::now() + Duration::from_millis(500), peer));
+                        AdmitResponse::Refused { reason }
+                    }
+                };
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .admit
+                    .send_response(channel, response);
+            }
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if !self.admit_sent.remove(&request_id) {
+                    return;
+                }
+                self.admitting.remove(&peer);
+                match response {
+                    AdmitResponse::Admitted(theirs) => {
+                        match self.check_admission(peer, &theirs.claim, &theirs.proof.0) {
+                            Ok(()) => self.admit(peer, theirs.claim.node_name, theirs.p2p_addr),
+                            Err(reason) => {
+                                self.log_refusal(peer, &reason);
+                                let _ = self.swarm.disconnect_peer_id(peer);
+                            }
+                        }
+                    }
+                    AdmitResponse::Refused { reason } => {
+                        if self
+                            .refused_us_logged
+                            .get(&peer)
+                            .is_none_or(|t| t.elapsed() > Duration::from_secs(30))
+                        {
+                            tracing::error!(%peer, %reason, "peer refused to admit us");
+                            self.refused_us_logged.insert(peer, Instant::now());
+                        }
+                    }
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                self.admit_sent.remove(&request_id);
+                self.admitting.remove(&peer);
+                tracing::debug!(%peer, %error, "admission request failed");
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                self.log_refusal(peer, &format!("bad admission request: {error}"));
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn admit_request(&self, peer: PeerId) -> Admit {
         let (claim, proof, p2p_addr) = self.admission_for(peer);
-        Request::Admit {
+        Admit {
             claim,
             proof,
             p2p_addr,
@@ -830,6 +877,7 @@ impl Actor {
             return;
         }
         tracing::info!(member = %name, %peer, "peer admitted");
+        self.gate.admit(peer);
         self.swarm.add_peer_address(peer, without_p2p(&addr));
         self.peers.insert(
             peer,

@@ -1,29 +1,44 @@
-//! The libp2p swarm: QUIC transport (TLS 1.3 authenticates peer ids), connection limits and
-//! the `/shoal/1` request-response protocol with bounded message sizes.
+//! The libp2p swarm: QUIC transport (TLS 1.3 authenticates peer ids), connection limits, the
+//! small `/shoal/admit/1` admission protocol and the `/shoal/1` request-response protocol,
+//! offered only to admitted peers, with bounded message sizes and flow-control windows.
 
 use std::time::Duration;
 
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{connection_limits, identity, request_response, StreamProtocol, Swarm};
 
-use super::protocol::{Request, Response, MAX_MESSAGE_BYTES, PROTOCOL};
+use super::gate::{AdmissionLimits, Gate, Gated, ADMISSION_DEADLINE};
+use super::protocol::{
+    Admit, AdmitResponse, Request, Response, ADMIT_PROTOCOL, MAX_ADMIT_BYTES, MAX_MESSAGE_BYTES,
+    PROTOCOL,
+};
 
 /// Most connections an agent keeps in total and per peer.
 pub const MAX_CONNECTIONS: u32 = 4096;
 pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
 pub const MAX_PENDING_INCOMING: u32 = 256;
+/// QUIC flow-control windows: what a peer may have in flight unread, per stream and per
+/// connection (quinn buffers that much for streams nobody reads yet).
+pub const STREAM_WINDOW: u32 = 1 << 20;
+pub const CONNECTION_WINDOW: u32 = 2 << 20;
+/// Requests one connection may have in progress at once, per protocol.
+pub const MAX_CONCURRENT_STREAMS: usize = 64;
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
     pub limits: connection_limits::Behaviour,
-    pub rpc: request_response::cbor::Behaviour<Request, Response>,
+    pub admission: AdmissionLimits,
+    pub admit: request_response::cbor::Behaviour<Admit, AdmitResponse>,
+    pub rpc: Gated<request_response::cbor::Behaviour<Request, Response>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("building the libp2p swarm: {0}")]
 pub struct SwarmError(String);
 
-pub fn build_swarm(key: identity::Keypair) -> Result<Swarm<Behaviour>, SwarmError> {
+/// The swarm, and the admitted-peer set that opens `/shoal/1` to a peer.
+pub fn build_swarm(key: identity::Keypair) -> Result<(Swarm<Behaviour>, Gate), SwarmError> {
+    let gate = Gate::default();
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established(Some(MAX_CONNECTIONS))
         .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
@@ -37,6 +52,8 @@ pub fn build_swarm(key: identity::Keypair) -> Result<Swarm<Behaviour>, SwarmErro
             c.keep_alive_interval = Duration::from_secs(3);
             c.handshake_timeout = Duration::from_secs(3);
             c.max_concurrent_stream_limit = 64;
+            c.max_stream_data = STREAM_WINDOW;
+            c.max_connection_data = CONNECTION_WINDOW;
             c
         })
         .with_behaviour(|_| {
@@ -45,7 +62,7 @@ pub fn build_swarm(key: identity::Keypair) -> Result<Swarm<Behaviour>, SwarmErro
                 .set_response_size_maximum(MAX_MESSAGE_BYTES);
             let cfg = request_response::Config::default()
                 .with_request_timeout(Duration::from_secs(5))
-                .with_max_concurrent_streams(256);
+                .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS);
             let rpc = request_response::Behaviour::with_codec(
                 codec,
                 [(
@@ -54,13 +71,29 @@ pub fn build_swarm(key: identity::Keypair) -> Result<Swarm<Behaviour>, SwarmErro
                 )],
                 cfg,
             );
+            let admit_codec =
+                request_response::cbor::codec::Codec::<Admit, AdmitResponse>::default()
+                    .set_request_size_maximum(MAX_ADMIT_BYTES)
+                    .set_response_size_maximum(MAX_ADMIT_BYTES);
+            let admit = request_response::Behaviour::with_codec(
+                admit_codec,
+                [(
+                    StreamProtocol::new(ADMIT_PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(ADMISSION_DEADLINE)
+                    .with_max_concurrent_streams(2),
+            );
             Behaviour {
                 limits: connection_limits::Behaviour::new(limits),
-                rpc,
+                admission: AdmissionLimits::new(gate.clone(), ADMISSION_DEADLINE),
+                admit,
+                rpc: Gated::new(rpc, gate.clone()),
             }
         })
         .map_err(|e| SwarmError(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
-    Ok(swarm)
+    Ok((swarm, gate))
 }

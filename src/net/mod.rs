@@ -6,6 +6,7 @@
 
 mod actor;
 mod behaviour;
+pub mod gate;
 pub mod protocol;
 
 pub use actor::{run, NetConfig, NetError};

@@ -1,6 +1,8 @@
-//! The wire protocol between agents: one request-response protocol (`/shoal/1`) carried over
-//! libp2p QUIC streams, CBOR-encoded (cbor4ii). Every message other than `Admit` is refused
-//! until the sender has been admitted.
+//! The wire protocol between agents: two request-response protocols carried over libp2p QUIC
+//! streams, CBOR-encoded (cbor4ii). `/shoal/admit/1` carries only the admission exchange, in
+//! messages of at most [`MAX_ADMIT_BYTES`]; `/shoal/1` carries everything else and is offered
+//! only to admitted peers (`net::gate`). Every vector is bounded while decoding, before its
+//! elements are allocated.
 
 use serde::{Deserialize, Serialize};
 
@@ -27,28 +29,45 @@ pub struct DocDigest {
 }
 
 pub const PROTOCOL: &str = "/shoal/1";
+/// The admission protocol, the only one open to peers that have not been admitted.
+pub const ADMIT_PROTOCOL: &str = "/shoal/admit/1";
+/// Largest admission request or response (a claim, a 32-byte proof and an address).
+pub const MAX_ADMIT_BYTES: u64 = 4096;
 /// Largest request or response accepted from a peer (a first sync of a large document).
 pub const MAX_MESSAGE_BYTES: u64 = 32 << 20;
 /// Most changes carried by one push.
 pub const MAX_PUSH_CHANGES: usize = 1024;
 
+/// Proof that the sender holds the cluster secret, bound to both peer ids and its name, and the
+/// address it wants to be dialled at. Sent both ways on `/shoal/admit/1`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Admit {
+    pub claim: AdmissionClaim,
+    pub proof: serde_bytes_vec::Bytes,
+    pub p2p_addr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AdmitResponse {
+    Admitted(Admit),
+    Refused { reason: String },
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
-    /// Proof that the sender holds the cluster secret, bound to both peer ids and its name.
-    Admit {
-        claim: AdmissionClaim,
-        proof: serde_bytes_vec::Bytes,
-        p2p_addr: String,
-    },
     /// A membership (failure detector) message.
     Gossip(membership::Message),
     /// Fast path: automerge changes just made locally to one document.
     Push {
         doc: DocRef,
+        #[serde(deserialize_with = "bounded::push_changes")]
         changes: Vec<serde_bytes_vec::Bytes>,
     },
     /// Anti-entropy, step 1: what the sender holds; the receiver answers with what differs.
-    Digest { docs: Vec<DocDigest> },
+    Digest {
+        #[serde(deserialize_with = "bounded::digest_docs")]
+        docs: Vec<DocDigest>,
+    },
     /// Anti-entropy, step 2: one automerge sync message for one document.
     Sync {
         doc: DocRef,
@@ -58,14 +77,10 @@ pub enum Request {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
-    Admitted {
-        claim: AdmissionClaim,
-        proof: serde_bytes_vec::Bytes,
-        p2p_addr: String,
-    },
     Ok,
     /// The documents whose heads or versions differ between the two peers.
     Digest {
+        #[serde(deserialize_with = "bounded::digest_ids")]
         differ: Vec<DocId>,
     },
     /// The reply in a sync exchange, if the responder has anything to say; `doc` carries the
@@ -77,6 +92,81 @@ pub enum Response {
     Refused {
         reason: String,
     },
+}
+
+/// Vectors that refuse, while decoding, to grow past a bound: the element count is checked
+/// before each element is decoded (and allocated), so a message of millions of tiny elements
+/// costs its sender more than it costs us.
+pub mod bounded {
+    use std::marker::PhantomData;
+
+    use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
+
+    use super::{DocDigest, MAX_DIGEST_DOCS, MAX_PUSH_CHANGES};
+    use crate::state::DocId;
+
+    struct Bounded<T> {
+        max: usize,
+        what: &'static str,
+        _t: PhantomData<T>,
+    }
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for Bounded<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "at most {} {}", self.max, self.what)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let hint = seq.size_hint().unwrap_or(0);
+            if hint > self.max {
+                return Err(A::Error::custom(format!(
+                    "{hint} {} (at most {})",
+                    self.what, self.max
+                )));
+            }
+            // Not the hint: it is the sender's claim, not bytes received.
+            let mut out = Vec::with_capacity(hint.min(64));
+            while let Some(item) = seq.next_element()? {
+                if out.len() == self.max {
+                    return Err(A::Error::custom(format!(
+                        "more than {} {}",
+                        self.max, self.what
+                    )));
+                }
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+
+    /// A vector of at most `max` elements, refused while decoding past it.
+    pub fn vec<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+        max: usize,
+        what: &'static str,
+    ) -> Result<Vec<T>, D::Error> {
+        d.deserialize_seq(Bounded {
+            max,
+            what,
+            _t: PhantomData,
+        })
+    }
+
+    pub fn push_changes<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<super::serde_bytes_vec::Bytes>, D::Error> {
+        vec(d, MAX_PUSH_CHANGES, "pushed changes")
+    }
+
+    pub fn digest_docs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<DocDigest>, D::Error> {
+        vec(d, MAX_DIGEST_DOCS, "digest lines")
+    }
+
+    pub fn digest_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<DocId>, D::Error> {
+        vec(d, MAX_DIGEST_DOCS, "differing documents")
+    }
 }
 
 /// Byte strings encoded as CBOR byte strings (not arrays of integers).
@@ -128,5 +218,45 @@ mod tests {
         assert_eq!(enc, [0x43, 1, 2, 3], "major type 2, length 3");
         let back: serde_bytes_vec::Bytes = cbor4ii::serde::from_slice(&enc).unwrap();
         assert_eq!(back.0, [1, 2, 3]);
+    }
+
+    /// A push of a million one-byte changes is refused while decoding, after the bound, not
+    /// decoded into a million allocations and refused afterwards.
+    #[test]
+    fn oversized_vectors_are_refused_while_decoding() {
+        let many = |n: usize| Request::Push {
+            doc: DocRef {
+                id: DocId::Cluster,
+                version: 0,
+            },
+            changes: (0..n).map(|_| serde_bytes_vec::Bytes(vec![7])).collect(),
+        };
+        let ok = cbor4ii::serde::to_vec(Vec::new(), &many(MAX_PUSH_CHANGES)).unwrap();
+        assert!(cbor4ii::serde::from_slice::<Request>(&ok).is_ok());
+        let big = cbor4ii::serde::to_vec(Vec::new(), &many(1_000_000)).unwrap();
+        let err = cbor4ii::serde::from_slice::<Request>(&big).unwrap_err();
+        assert!(err.to_string().contains("pushed changes"), "{err}");
+        // An indefinite-length array has no count up front: refused at element 1025.
+        let mut indefinite = ok.clone();
+        let at = indefinite
+            .windows(3)
+            .position(|w| w == [0x99, 0x04, 0x00])
+            .expect("a definite array of 1024");
+        indefinite.splice(at..at + 3, [0x9f]);
+        indefinite.extend([0x41, 7, 0xff]);
+        assert!(cbor4ii::serde::from_slice::<Request>(&indefinite).is_err());
+        let docs = Request::Digest {
+            docs: (0..MAX_DIGEST_DOCS + 1)
+                .map(|i| DocDigest {
+                    doc: DocRef {
+                        id: DocId::Status(format!("n{i}")),
+                        version: 0,
+                    },
+                    heads: 0,
+                })
+                .collect(),
+        };
+        let enc = cbor4ii::serde::to_vec(Vec::new(), &docs).unwrap();
+        assert!(cbor4ii::serde::from_slice::<Request>(&enc).is_err());
     }
 }

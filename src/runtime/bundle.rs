@@ -337,7 +337,7 @@ fn mounts(input: &BundleInput) -> Result<Vec<Mount>, RuntimeError> {
             &["rbind", "rprivate", "rw"],
         )?);
     }
-    for vm in input.container.volume_mounts.iter().flatten() {
+    for (i, vm) in input.container.volume_mounts.iter().flatten().enumerate() {
         let volume = input.volumes.get(&vm.name).ok_or_else(|| {
             invalid(
                 "volumeMount",
@@ -348,7 +348,13 @@ fn mounts(input: &BundleInput) -> Result<Vec<Mount>, RuntimeError> {
         // subPath mounts bind what the path resolves to now, inside the volume (so they do not
         // follow configMap/secret updates, as in Kubernetes).
         let source = match vm.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            Some(sub) => super::volumes::resolve_sub_path(&volume.source, sub, !read_only)?,
+            Some(sub) => {
+                let target = pod_dir
+                    .join("subpaths")
+                    .join(&input.container.name)
+                    .join(i.to_string());
+                super::volumes::resolve_sub_path(&volume.source, sub, !read_only, &target)?
+            }
             None => volume.source.clone(),
         };
         let ro = if read_only { "ro" } else { "rw" };

@@ -371,11 +371,25 @@ fn check_parent(path: &Path, allowed: &dyn Fn(&Path) -> bool) -> Result<(), Runt
     Ok(())
 }
 
-/// A mount's `subPath` inside the volume `root`: relative without `..`, and after resolving
-/// symlinks still inside `root` (a link in the volume must not lead out of it). A missing
-/// subPath is created as a directory (Kubernetes does the same) unless the volume is
-/// read-only. Returns the resolved path to bind-mount.
-pub fn resolve_sub_path(root: &Path, sub: &str, create: bool) -> Result<PathBuf, RuntimeError> {
+/// A mount's `subPath` inside the volume `root`, bind-mounted at `target` (a path of the
+/// agent's, outside every volume), which is what runc is given.
+///
+/// Race-free (the CVE-2021-25741 class): the path is opened with `openat2` beneath the
+/// volume's root (`RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`: a symlink may only lead to
+/// somewhere inside the volume, checked by the kernel during the one walk), missing
+/// directories are created one component at a time the same way, and the *opened object* is
+/// bind-mounted at `target` through `/proc/self/fd/N`. A container sharing the volume that
+/// swaps a component for a symlink after the check cannot redirect the mount: nothing
+/// resolves the path again. The subPath must be relative without `..`; a missing one is
+/// created as a directory (as Kubernetes does) unless the volume is read-only.
+pub fn resolve_sub_path(
+    root: &Path,
+    sub: &str,
+    create: bool,
+    target: &Path,
+) -> Result<PathBuf, RuntimeError> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use nix::sys::stat::Mode;
     let rel = Path::new(sub);
     if rel.is_absolute()
         || rel
@@ -386,28 +400,70 @@ pub fn resolve_sub_path(root: &Path, sub: &str, create: bool) -> Result<PathBuf,
             "subPath {sub:?} must be a relative path without '..'"
         )));
     }
-    let root = std::fs::canonicalize(root).map_err(io_err(root))?;
-    let joined = root.join(rel);
-    if std::fs::symlink_metadata(&joined).is_err() && create {
-        // Each existing ancestor must resolve inside the root before anything is created.
-        let mut ancestor = joined.parent();
-        while let Some(a) = ancestor {
-            if a.exists() {
-                if !canonical(a).starts_with(&root) {
-                    return Err(escape(sub));
+    let how = || {
+        OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+    };
+    let fail = |e: nix::errno::Errno| match e {
+        nix::errno::Errno::EXDEV | nix::errno::Errno::ELOOP => escape(sub),
+        e => config_err(format!("subPath {sub:?}: {e}")),
+    };
+    let root_fd = nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| config_err(format!("volume {}: {e}", root.display())))?;
+    let fd = match openat2(&root_fd, rel, how()) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) if create => {
+            // One component at a time, each opened beneath the last: what exists must stay
+            // inside the volume, what is missing is made inside the directory just opened.
+            let mut dir = root_fd;
+            for c in rel.components() {
+                let Component::Normal(name) = c else { continue };
+                match nix::sys::stat::mkdirat(&dir, name, Mode::from_bits_truncate(0o755)) {
+                    Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                    Err(e) => return Err(fail(e)),
                 }
-                break;
+                dir = openat2(&dir, name, how()).map_err(fail)?;
             }
-            ancestor = a.parent();
+            dir
         }
-        std::fs::create_dir_all(&joined).map_err(io_err(&joined))?;
+        Err(e) => return Err(fail(e)),
+    };
+    let is_dir = nix::sys::stat::fstat(&fd)
+        .map(|st| {
+            use nix::sys::stat::SFlag;
+            SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
+        })
+        .map_err(|e| config_err(format!("subPath {sub:?}: {e}")))?;
+    // A target left by an earlier attempt is replaced.
+    if is_mount_point(target) {
+        let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
     }
-    let resolved =
-        std::fs::canonicalize(&joined).map_err(|e| config_err(format!("subPath {sub:?}: {e}")))?;
-    if !resolved.starts_with(&root) {
-        return Err(escape(sub));
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
     }
-    Ok(resolved)
+    let _ = std::fs::remove_dir(target);
+    let _ = std::fs::remove_file(target);
+    if is_dir {
+        std::fs::create_dir(target).map_err(io_err(target))?;
+    } else {
+        std::fs::File::create(target).map_err(io_err(target))?;
+    }
+    let source = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    nix::mount::mount(
+        Some(source.as_str()),
+        target,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| RuntimeError::Spawn(format!("bind-mounting subPath {sub:?}: {e}")))?;
+    drop(fd);
+    Ok(target.to_path_buf())
 }
 
 fn escape(sub: &str) -> RuntimeError {
@@ -460,24 +516,23 @@ mod tests {
     fn sub_paths_stay_inside_the_volume() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("vol");
+        let t = |n: &str| tmp.path().join("subpaths").join(n);
         std::fs::create_dir_all(root.join("d")).unwrap();
         std::fs::write(root.join("d/f"), "x").unwrap();
         symlink("/etc", root.join("out")).unwrap();
         symlink("d/f", root.join("in")).unwrap();
-        let canon = std::fs::canonicalize(&root).unwrap();
+        let got = resolve_sub_path(&root, "d/f", true, &t("1")).unwrap();
         assert_eq!(
-            resolve_sub_path(&root, "d/f", true).unwrap(),
-            canon.join("d/f")
+            (got.clone(), std::fs::read_to_string(&got).unwrap()),
+            (t("1"), "x".into())
         );
-        assert_eq!(
-            resolve_sub_path(&root, "in", true).unwrap(),
-            canon.join("d/f")
-        );
-        assert_eq!(
-            resolve_sub_path(&root, "new/dir", true).unwrap(),
-            canon.join("new/dir")
-        );
-        assert!(canon.join("new/dir").is_dir());
+        let got = resolve_sub_path(&root, "in", true, &t("2")).unwrap();
+        assert_eq!(std::fs::read_to_string(got).unwrap(), "x");
+        let got = resolve_sub_path(&root, "new/dir", true, &t("3")).unwrap();
+        assert!(root.join("new/dir").is_dir() && got.is_dir());
+        // The same target again (a restart): replaced.
+        resolve_sub_path(&root, "d", true, &t("3")).unwrap();
+        assert!(t("3").join("f").is_file());
         for bad in [
             "../x",
             "/etc",
@@ -486,11 +541,60 @@ mod tests {
             "out/passwd",
             "out/newdir",
         ] {
-            let err = resolve_sub_path(&root, bad, true).unwrap_err().to_string();
+            let err = resolve_sub_path(&root, bad, true, &t("bad"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("subPath"), "{bad}: {err}");
         }
         assert!(!Path::new("/etc/newdir").exists());
-        assert!(resolve_sub_path(&root, "missing", false).is_err());
+        assert!(resolve_sub_path(&root, "missing", false, &t("4")).is_err());
+        unmount_all(tmp.path()).unwrap();
+    }
+
+    /// A container sharing the volume swaps a directory of a subPath for a symlink to the host,
+    /// over and over, while the subPath is resolved: a mount never shows the host's file.
+    #[test]
+    fn a_symlink_raced_into_a_sub_path_never_yields_a_host_path() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("vol");
+        let host = tmp.path().join("host");
+        std::fs::create_dir_all(root.join("dir")).unwrap();
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(root.join("dir/marker"), "inside").unwrap();
+        std::fs::write(host.join("marker"), "HOST").unwrap();
+        symlink(&host, root.join("link")).unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let racer = {
+            let (stop, root) = (stop.clone(), root.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for name in ["dir", "link"] {
+                        let _ = std::fs::rename(root.join(name), root.join("d"));
+                        let _ = std::fs::rename(root.join("d"), root.join(name));
+                    }
+                }
+            })
+        };
+        let target = tmp.path().join("subpaths/0");
+        let (mut inside, mut refused) = (0, 0);
+        let started = std::time::Instant::now();
+        while inside < 200 || refused < 200 {
+            assert!(
+                started.elapsed().as_secs() < 60,
+                "{inside} mounted, {refused} refused"
+            );
+            match resolve_sub_path(&root, "d/marker", false, &target) {
+                Ok(got) => {
+                    assert_eq!(std::fs::read_to_string(got).unwrap(), "inside");
+                    inside += 1;
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        racer.join().unwrap();
+        unmount_all(tmp.path()).unwrap();
     }
 
     #[test]

@@ -174,7 +174,12 @@ impl Availability<'_> {
         if self.min_ready <= 0 {
             return true;
         }
-        let at = *since + Duration::seconds(self.min_ready);
+        // Bounded (an API object may carry anything): a wait past chrono's range never ends.
+        let Some(at) =
+            Duration::try_seconds(self.min_ready).and_then(|d| since.checked_add_signed(d))
+        else {
+            return false;
+        };
         if at <= self.now {
             return true;
         }

@@ -420,6 +420,25 @@ fn min_ready_seconds_gates_on_time_and_asks_to_be_woken() {
     assert_eq!((sizes["a:1"], sizes["b:2"]), (1, 2));
 }
 
+/// A `minReadySeconds` past chrono's range (stored before the API bounded it, or written by a
+/// member) never panics the leader's round: the pod just never becomes available.
+#[test]
+fn min_ready_seconds_near_i64_max_does_not_panic() {
+    let mut d = deployment(
+        2,
+        json!({"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}),
+    );
+    d["spec"]["minReadySeconds"] = json!(i64::MAX - 1);
+    let mut s = settle_ready(cluster(d), 0);
+    set_image(&mut s, "b:2");
+    s = s.after(&reconcile(&s, &at(100)));
+    make_ready(&mut s, t0() + Duration::seconds(101), |p| {
+        image_of(p) == "b:2"
+    });
+    let plan = reconcile(&s, &at(105));
+    assert!(plan.writes.is_empty());
+}
+
 #[test]
 fn two_leaders_plan_the_same_rollout_step() {
     let mut s = settle_ready(cluster(deployment(10, json!({}))), 0);

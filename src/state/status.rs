@@ -116,10 +116,16 @@ impl StatusDoc {
 
     /// The owner's re-base: the same state, no history, the next version.
     pub fn rebased(&self, actor: ActorId) -> Result<StatusDoc, StateError> {
+        self.rebased_to(actor, self.version.saturating_add(1))
+    }
+
+    /// The owner's re-base to `version` (past one a peer still holds, or the next one): the
+    /// same state, no history, in one rebuild.
+    pub fn rebased_to(&self, actor: ActorId, version: u64) -> Result<StatusDoc, StateError> {
         let r = self.r.rebuild(actor, |_| true)?;
         Ok(StatusDoc {
             owner: self.owner.clone(),
-            version: self.version + 1,
+            version: version.max(self.version),
             r,
             writes_since_check: 0,
         })

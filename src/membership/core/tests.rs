@@ -632,3 +632,81 @@ fn being_suspected_raises_local_health_and_recoveries_are_counted() {
         "recoveries age out of the window"
     );
 }
+
+/// A hostile member's records at `u64::MAX` (a victim `Dead`, an accusation of the receiver
+/// itself, an unknown member suspected in advance) neither take effect nor wrap anything: the
+/// victims stay alive, incarnations stay small, and a member's own word replaces a record of it
+/// that it never issued.
+#[test]
+fn forged_incarnations_do_not_keep_a_member_dead() {
+    let mut net = Net::new(&["a", "b", "c"]);
+    net.run(Duration::from_secs(5));
+    let forged = |id: &str, state| upd(with_state(alive(id, u64::MAX), state), "x");
+    for to in ["a", "c"] {
+        let now = net.now;
+        net.nodes.get_mut(to).unwrap().handle_message(
+            &"x".into(),
+            "/test/x",
+            Message::Gossip {
+                updates: vec![
+                    forged("b", MemberState::Dead),
+                    forged("a", MemberState::Dead),
+                    forged("c", MemberState::Suspect),
+                ],
+            },
+            now,
+        );
+    }
+    net.drain();
+    net.run(Duration::from_secs(20));
+    for n in ["a", "b", "c"] {
+        for m in ["a", "b", "c"] {
+            assert_eq!(
+                net.get(n).state_of(m),
+                Some(MemberState::Alive),
+                "{n} sees {m}"
+            );
+        }
+        assert!(net.get(n).incarnation() < 16, "{n} outbid a forgery");
+    }
+
+    // Suspected in advance at u64::MAX, before it was ever heard of: its own word wins.
+    let now = Instant::now();
+    let mut a = node("a", now);
+    let mut suspect = with_state(alive("d", u64::MAX - 3), MemberState::Suspect);
+    suspect.addr = "/test/nowhere".into();
+    a.handle_message(
+        &"x".into(),
+        "/test/x",
+        Message::Gossip {
+            updates: vec![upd(suspect, "x")],
+        },
+        now,
+    );
+    assert_eq!(a.state_of("d"), Some(MemberState::Suspect));
+    a.handle_message(
+        &"d".into(),
+        "/test/d",
+        Message::PushPull {
+            members: vec![alive("d", 7)],
+            reply: false,
+        },
+        now,
+    );
+    assert_eq!(a.state_of("d"), Some(MemberState::Alive));
+    let d = a.members().find(|m| m.id == "d").unwrap();
+    assert_eq!((d.incarnation, d.addr.as_str()), (7, "/test/d"));
+    // A third party cannot do the same for it.
+    a.handle_message(
+        &"x".into(),
+        "/test/x",
+        Message::Gossip {
+            updates: vec![upd(
+                with_state(alive("d", u64::MAX), MemberState::Dead),
+                "d",
+            )],
+        },
+        now,
+    );
+    assert_eq!(a.state_of("d"), Some(MemberState::Alive));
+}

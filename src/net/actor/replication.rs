@@ -15,6 +15,10 @@ use crate::net::protocol::{
 use crate::state::shared::{LocalChange, Shared, MAX_STATUS_DOCS};
 use crate::state::{DocId, Replica, StatusDoc};
 
+/// Largest step past the version held that a claim about a status document may take (the owner
+/// re-bases one version at a time; a replica long offline misses at most a few thousand).
+pub const MAX_VERSION_STEP: u64 = 1 << 20;
+
 /// Runs `f` on our replica of `id`, if we hold one.
 fn with_replica<T>(shared: &Shared, id: &DocId, f: impl FnOnce(&mut Replica) -> T) -> Option<T> {
     match id {
@@ -56,54 +60,92 @@ impl Actor {
         }
     }
 
-    /// Our version of `id` after taking a peer's `remote` version into account: an older
-    /// replica of someone else's status document is replaced by an empty one at the newer
-    /// version (sync then fills it); our own is re-based past any version a peer still holds
-    /// (our data dir was lost). `None`: a document we refuse to hold.
-    fn align(&mut self, id: &DocId, remote: u64) -> Option<u64> {
+    /// Our version of `id` after taking member `from`'s `remote` version into account: an
+    /// older replica of someone else's status document is replaced by an empty one at the
+    /// newer version (sync then fills it); our own is re-based past any version a peer still
+    /// holds (our data dir was lost). `None`: a document we refuse to hold.
+    ///
+    /// Versions are bounded: a claim more than [`MAX_VERSION_STEP`] past the version held was
+    /// never issued by the owner (re-bases add one each) and is ignored, and the owner's own
+    /// word replaces a replica that far ahead of it. So a member cannot make an owner re-base
+    /// up to `u64::MAX`, nor silence it by holding a forged version above it.
+    fn align(&mut self, id: &DocId, remote: u64, from: &str) -> Option<u64> {
         match id {
             DocId::Cluster => (remote == 0).then_some(0),
             DocId::Status(owner) if !crate::model::is_dns1123_subdomain(owner) => None,
             DocId::Status(owner) if *owner == self.shared.node_name => {
-                // Re-based past `remote`: the new version and its changes, pushed below.
+                // Re-based past `remote`: the new version and its changes, pushed below. A
+                // claim far past our own version is not one we issued: we keep ours (its holders
+                // take our own word over it).
                 let (version, rebased) = self.shared.replicate_status(|docs| {
                     let own = docs.get_mut(owner)?;
-                    if remote <= own.version() {
-                        return Some((own.version(), None));
+                    let mine = own.version();
+                    if remote <= mine || remote > mine.saturating_add(MAX_VERSION_STEP) {
+                        return Some((mine, None));
                     }
-                    let mut rebased = own.rebased(automerge::ActorId::random()).ok()?;
-                    while rebased.version() <= remote {
-                        rebased = rebased.rebased(automerge::ActorId::random()).ok()?;
-                    }
-                    *own = rebased;
+                    *own = own
+                        .rebased_to(automerge::ActorId::random(), remote.saturating_add(1))
+                        .ok()?;
                     Some((own.version(), Some(own.changes_since(&[]))))
                 })?;
+                if remote > version.saturating_add(MAX_VERSION_STEP) {
+                    self.log_forged_version(from, id, remote, version);
+                }
                 if let Some(changes) = rebased {
                     self.shared.queue_push(id.clone(), version, changes);
                 }
                 Some(version)
             }
             DocId::Status(owner) => {
-                self.shared
-                    .replicate_status(|docs| match docs.get(owner).map(|d| d.version()) {
-                        Some(mine) if mine >= remote => Some(mine),
+                /// What the replica held when a claim came that it did not follow.
+                enum Odd {
+                    OwnerWord(u64),
+                    Forged(u64),
+                }
+                let (answer, odd) = self.shared.replicate_status(|docs| {
+                    let empty = || StatusDoc::empty(owner, remote, automerge::ActorId::random());
+                    match docs.get(owner).map(|d| d.version()) {
+                        Some(mine)
+                            if from == owner && mine > remote.saturating_add(MAX_VERSION_STEP) =>
+                        {
+                            docs.insert(owner.clone(), empty());
+                            (Some(remote), Some(Odd::OwnerWord(mine)))
+                        }
+                        Some(mine) if mine >= remote => (Some(mine), None),
+                        Some(mine) if remote > mine.saturating_add(MAX_VERSION_STEP) => {
+                            (Some(mine), Some(Odd::Forged(mine)))
+                        }
                         Some(_) => {
-                            docs.insert(
-                                owner.clone(),
-                                StatusDoc::empty(owner, remote, automerge::ActorId::random()),
-                            );
-                            Some(remote)
+                            docs.insert(owner.clone(), empty());
+                            (Some(remote), None)
                         }
                         None if docs.len() < MAX_STATUS_DOCS => {
-                            docs.insert(
-                                owner.clone(),
-                                StatusDoc::empty(owner, remote, automerge::ActorId::random()),
-                            );
-                            Some(remote)
+                            docs.insert(owner.clone(), empty());
+                            (Some(remote), None)
                         }
-                        None => None,
-                    })
+                        None => (None, None),
+                    }
+                });
+                match odd {
+                    Some(Odd::OwnerWord(mine)) => {
+                        tracing::warn!(member = %from, held = mine, version = remote, "the owner's own status document replaces a version it never issued")
+                    }
+                    Some(Odd::Forged(mine)) => self.log_forged_version(from, id, remote, mine),
+                    None => {}
+                }
+                answer
             }
+        }
+    }
+
+    fn log_forged_version(&mut self, from: &str, id: &DocId, claimed: u64, held: u64) {
+        let now = std::time::Instant::now();
+        if self
+            .forgeries_logged
+            .is_none_or(|t| now.duration_since(t) > std::time::Duration::from_secs(30))
+        {
+            self.forgeries_logged = Some(now);
+            tracing::warn!(member = %from, doc = ?id, claimed, held, "ignored a status document version its owner never issued");
         }
     }
 
@@ -135,7 +177,7 @@ impl Actor {
                 reason: "too many changes".into(),
             };
         }
-        let Some(mine) = self.align(&doc.id, doc.version) else {
+        let Some(mine) = self.align(&doc.id, doc.version, from) else {
             return Response::Refused {
                 reason: format!("unknown document {:?}", doc.id),
             };
@@ -163,7 +205,7 @@ impl Actor {
         doc: DocRef,
         message: Bytes,
     ) -> Response {
-        let Some(mine) = self.align(&doc.id, doc.version) else {
+        let Some(mine) = self.align(&doc.id, doc.version, from) else {
             return Response::Refused {
                 reason: format!("unknown document {:?}", doc.id),
             };
@@ -234,18 +276,18 @@ impl Actor {
     }
 
     pub(super) fn on_sync_response(&mut self, peer: PeerId, doc: DocRef, message: Option<Bytes>) {
-        let Some(mine) = self.align(&doc.id, doc.version) else {
+        let from = self
+            .peers
+            .get(&peer)
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
+        let Some(mine) = self.align(&doc.id, doc.version, &from) else {
             return;
         };
         if mine != doc.version {
             return;
         }
         let Some(message) = message else { return };
-        let from = self
-            .peers
-            .get(&peer)
-            .map(|p| p.name.clone())
-            .unwrap_or_default();
         if let Some(next) = self.exchange(peer, &from, &doc.id, mine, &message.0) {
             self.send_to_admitted(
                 peer,
@@ -268,7 +310,7 @@ impl Actor {
                 let held = self
                     .shared
                     .read_status(|docs| docs.get(owner).map(|d| d.version()));
-                match held.or_else(|| self.align(id, 0)) {
+                match held.or_else(|| self.align(id, 0, "")) {
                     Some(v) => v,
                     None => return,
                 }
