@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::backend::workload_view;
 use crate::api::workloads::pod_view;
 use crate::model::service::{self, Conflict, Endpoint, Service, SERVICES};
-use crate::model::workload::{EventType, PODS};
+use crate::model::workload::{EventReason, EventType, PODS};
 use crate::state::Shared;
 
 /// Services and their endpoints at one moment.
@@ -151,7 +151,7 @@ fn repair_round(shared: &Shared) {
                 shared.record_event(
                     &involved,
                     EventType::Warning,
-                    "AllocationConflict",
+                    EventReason::AllocationConflict,
                     &r.message,
                     "shoal-services",
                 );

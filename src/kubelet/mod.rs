@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::model::logs::{LogRequest, LogStream};
-use crate::model::workload::{keys, EventType, InvolvedObject, PodStatusRecord, PODS};
+use crate::model::workload::{keys, EventReason, EventType, InvolvedObject, PodStatusRecord, PODS};
 use crate::runtime::image::pull::Puller;
 use crate::runtime::logs::{find_target, read_logs, LogError};
 use crate::runtime::pods::StartOutcome;
@@ -162,31 +162,14 @@ pub async fn run(
 ) {
     tokio::pin!(shutdown);
     let mut changes = shared.subscribe();
-    // Act only on a document that holds the cluster (a joiner waits for its first sync):
-    // an empty document would make every running pod look deleted.
-    loop {
-        if shared.read(|d| d.meta()).ok().flatten().is_some() {
-            break;
-        }
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = tokio::time::timeout(TICK, changes.changed()) => {}
-        }
+    if !holds_the_cluster(&shared, &mut changes, &mut shutdown).await {
+        return;
     }
     let runtime = Arc::new(Runtime::new(config.runtime.clone()));
     if config.puller.is_none() {
         tracing::warn!("no image store: pods will wait for their images");
     }
-    {
-        let rt = runtime.clone();
-        match tokio::task::spawn_blocking(move || rt.sweep_orphans()).await {
-            Ok(Ok(ids)) if !ids.is_empty() => {
-                tracing::info!(?ids, "deleted orphaned runc containers")
-            }
-            Ok(Err(e)) => tracing::warn!(%e, "runc list failed"),
-            _ => {}
-        }
-    }
+    sweep_orphaned_containers(&runtime).await;
     let (wake_tx, mut wake_rx) = mpsc::channel(64);
     let probes = Arc::new(prober::Probes::default());
     let prober = tokio::spawn(prober::run(
@@ -194,26 +177,7 @@ pub async fn run(
         config.runtime.clone(),
         wake_tx.clone(),
     ));
-    let mut shell = Shell {
-        shared,
-        runtime,
-        pulls: pulls::Pulls::new(config.puller.clone()),
-        objects: objects::ObjectsShell::new(
-            config.node_ip.clone(),
-            config.runtime.host_path_prefixes.clone(),
-        ),
-        configs: objects::Configs::new(),
-        node_ip: config.node_ip,
-        planner: Planner::new(),
-        ledger: Ledger::default(),
-        reports: Reports::default(),
-        busy: Arc::new(Mutex::new(BTreeSet::new())),
-        permits: Arc::new(Semaphore::new(MAX_PARALLEL_ACTIONS)),
-        wake_tx,
-        probes,
-        last_reap: None,
-        pressured: false,
-    };
+    let mut shell = Shell::new(shared, runtime, config, wake_tx, probes);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -229,6 +193,67 @@ pub async fn run(
     }
     prober.abort();
     tracing::info!("kubelet stopped (containers keep running)");
+}
+
+/// Waits until the document holds the cluster (a joiner waits for its first sync): an empty
+/// document would make every running pod look deleted. False if `shutdown` came first.
+async fn holds_the_cluster(
+    shared: &Shared,
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+    shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> bool {
+    loop {
+        if shared.read(|d| d.meta()).ok().flatten().is_some() {
+            return true;
+        }
+        tokio::select! {
+            _ = shutdown.as_mut() => return false,
+            _ = tokio::time::timeout(TICK, changes.changed()) => {}
+        }
+    }
+}
+
+/// Deletes the runc containers no sandbox accounts for, once at start.
+async fn sweep_orphaned_containers(runtime: &Arc<Runtime>) {
+    let rt = runtime.clone();
+    match tokio::task::spawn_blocking(move || rt.sweep_orphans()).await {
+        Ok(Ok(ids)) if !ids.is_empty() => {
+            tracing::info!(?ids, "deleted orphaned runc containers")
+        }
+        Ok(Err(e)) => tracing::warn!(%e, "runc list failed"),
+        _ => {}
+    }
+}
+
+impl Shell {
+    fn new(
+        shared: Arc<Shared>,
+        runtime: Arc<Runtime>,
+        config: KubeletConfig,
+        wake_tx: mpsc::Sender<()>,
+        probes: Arc<prober::Probes>,
+    ) -> Shell {
+        Shell {
+            shared,
+            runtime,
+            pulls: pulls::Pulls::new(config.puller.clone()),
+            objects: objects::ObjectsShell::new(
+                config.node_ip.clone(),
+                config.runtime.host_path_prefixes.clone(),
+            ),
+            configs: objects::Configs::new(),
+            node_ip: config.node_ip,
+            planner: Planner::new(),
+            ledger: Ledger::default(),
+            reports: Reports::default(),
+            busy: Arc::new(Mutex::new(BTreeSet::new())),
+            permits: Arc::new(Semaphore::new(MAX_PARALLEL_ACTIONS)),
+            wake_tx,
+            probes,
+            last_reap: None,
+            pressured: false,
+        }
+    }
 }
 
 impl Shell {
@@ -474,7 +499,7 @@ impl Shell {
             message,
         } = event
         {
-            record_event(&self.shared, &target, event_type, &reason, &message);
+            record_event(&self.shared, &target, event_type, reason, &message);
         }
     }
 
@@ -542,61 +567,40 @@ impl Shell {
         restart: u32,
         images: &pulls::Verdicts,
     ) {
-        let key = d.key.clone();
-        let Some(c) = d.containers().iter().find(|c| c.name == container).cloned() else {
+        let Some(start) = self.container_start(d, container, restart, images) else {
             return;
         };
-        let reference = c.image.clone().unwrap_or_default();
-        let Some(image) = images.ready.get(&reference).cloned() else {
-            return;
-        };
-        let Some(config) = self.configs.get(&(key.clone(), container.clone())).cloned() else {
-            return;
-        };
-        let pulled = images.pulled.contains(&reference);
-        let store = self.pulls.store().cloned();
-        let pod = d.pod.clone();
-        let target = event_target(d);
+        let busy_key = plan::container_busy_key(&d.key, &start.container.name);
         let reports = self.reports.clone();
-        let busy_key = plan::container_busy_key(&key, &container);
-        self.spawn(busy_key, key.clone(), move |rt, shared| {
-            if restart > 1 {
-                rt.prune_attempts(&key, &container, restart);
-            }
-            if let Some(store) = &store {
-                store.touch(image.digest.trim_start_matches("sha256:"));
-            }
-            let (outcome, exit) =
-                match rt.start_container_with(&key, &pod, &c, &image, restart, &config) {
-                    Ok(StartOutcome::Started { exit }) => {
-                        let created = pod.metadata.creation_timestamp.as_ref();
-                        let created = created.map(|t| t.0.as_second());
-                        shared.metrics.container_started(restart, created);
-                        let started = Outcome::ContainerStarted {
-                            target,
-                            container,
-                            image: image.reference.clone(),
-                            pulled,
-                            warnings: config.skipped.clone(),
-                        };
-                        (started, Some(exit))
-                    }
-                    Ok(StartOutcome::Failed { message }) => (
-                        Outcome::ContainerFailed {
-                            target,
-                            error: message,
-                        },
-                        None,
-                    ),
-                    Err(e) => {
-                        tracing::warn!(%e, %container, "starting a container");
-                        let error = e.to_string();
-                        (Outcome::ContainerFailed { target, error }, None)
-                    }
-                };
+        self.spawn(busy_key, d.key.clone(), move |rt, shared| {
+            let (outcome, exit) = start.run(rt, &shared);
             reports.push(outcome);
             exit
         });
+    }
+
+    /// What starting attempt `restart` of `container` needs, once its image and its
+    /// configuration are ready (`None` before).
+    fn container_start(
+        &self,
+        d: &DesiredPod,
+        container: String,
+        restart: u32,
+        images: &pulls::Verdicts,
+    ) -> Option<ContainerStart> {
+        let c = d.containers().iter().find(|c| c.name == container)?;
+        let reference = c.image.clone().unwrap_or_default();
+        Some(ContainerStart {
+            key: d.key.clone(),
+            pod: d.pod.clone(),
+            image: images.ready.get(&reference).cloned()?,
+            config: self.configs.get(&(d.key.clone(), container)).cloned()?,
+            container: c.clone(),
+            restart,
+            pulled: images.pulled.contains(&reference),
+            store: self.pulls.store().cloned(),
+            target: event_target(d),
+        })
     }
 
     /// The preStop hook of a container attempt about to be stopped.
@@ -700,6 +704,70 @@ impl Shell {
     }
 }
 
+/// One container attempt to start, with everything it needs (run on a blocking thread).
+struct ContainerStart {
+    key: String,
+    pod: Pod,
+    container: k8s_openapi::api::core::v1::Container,
+    image: crate::runtime::ImageInfo,
+    config: config::ContainerConfig,
+    restart: u32,
+    /// Whether this kubelet pulled the image (no "already present" event).
+    pulled: bool,
+    store: Option<crate::runtime::image::ImageStore>,
+    target: plan::EventTarget,
+}
+
+impl ContainerStart {
+    /// Starts the attempt; its outcome for the ledger and the shim's exit pipe if it runs.
+    fn run(self, rt: &PodRuntime, shared: &Shared) -> (Outcome, Option<std::process::ChildStdout>) {
+        let ContainerStart {
+            key,
+            pod,
+            container: c,
+            image,
+            config,
+            restart,
+            pulled,
+            store,
+            target,
+        } = self;
+        if restart > 1 {
+            rt.prune_attempts(&key, &c.name, restart);
+        }
+        if let Some(store) = &store {
+            store.touch(image.digest.trim_start_matches("sha256:"));
+        }
+        match rt.start_container_with(&key, &pod, &c, &image, restart, &config) {
+            Ok(StartOutcome::Started { exit }) => {
+                let created = pod.metadata.creation_timestamp.as_ref();
+                let created = created.map(|t| t.0.as_second());
+                shared.metrics.container_started(restart, created);
+                let started = Outcome::ContainerStarted {
+                    target,
+                    container: c.name,
+                    image: image.reference.clone(),
+                    pulled,
+                    warnings: config.skipped.clone(),
+                };
+                (started, Some(exit))
+            }
+            Ok(StartOutcome::Failed { message }) => (
+                Outcome::ContainerFailed {
+                    target,
+                    error: message,
+                },
+                None,
+            ),
+            Err(e) => {
+                tracing::warn!(%e, container = %c.name, "starting a container");
+                let error = e.to_string();
+                (Outcome::ContainerFailed { target, error }, None)
+            }
+        }
+    }
+}
+
 /// The runtime, for one pod.
 struct PodRuntime {
     runtime: Arc<Runtime>,
@@ -738,7 +806,7 @@ fn record_event(
     shared: &Shared,
     target: &plan::EventTarget,
     event_type: EventType,
-    reason: &str,
+    reason: EventReason,
     message: &str,
 ) {
     shared.record_event(

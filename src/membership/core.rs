@@ -1260,13 +1260,18 @@ impl Membership {
     #[cfg(not(test))]
     fn after_event(&self) {}
 
-    /// Checks what must hold between events (tests only, after every event, as iroh-gossip
-    /// does): our own record is held; the live set is exactly the members alive or suspect,
-    /// with its leader weights; running suspicions are exactly those of suspect members;
-    /// local health and remembered recoveries stay within their bounds; a settled epoch is
-    /// the hash of the live set.
     #[cfg(test)]
     fn after_event(&self) {
+        self.check_invariants();
+    }
+
+    /// Checks what must hold between events, as iroh-gossip does after every event (the unit
+    /// tests after each event, the simulator after each input it feeds a core): our own record
+    /// is held; the live set is exactly the members alive or suspect, with its leader weights;
+    /// running suspicions are exactly those of suspect members; local health and remembered
+    /// recoveries stay within their bounds; a settled epoch is the hash of the live set.
+    /// Panics, naming the invariant, when one does not hold; the agent never calls it.
+    pub fn check_invariants(&self) {
         assert!(
             self.members.contains_key(&self.me),
             "our own record is held"

@@ -141,13 +141,74 @@ impl EventType {
     }
 }
 
+/// Declares [`EventReason`] from one list: a variant's name is its Kubernetes spelling.
+macro_rules! event_reasons {
+    ($($reason:ident,)+) => {
+        /// The `reason` of a Kubernetes Event. A variant's name is its Kubernetes spelling
+        /// ([`EventReason::as_str`]), so `kubectl get events` shows what Kubernetes shows.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum EventReason {
+            $($reason,)+
+        }
+
+        impl EventReason {
+            pub const ALL: &'static [EventReason] = &[$(EventReason::$reason,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(EventReason::$reason => stringify!($reason),)+
+                }
+            }
+        }
+    };
+}
+
+event_reasons! {
+    // default-scheduler
+    Scheduled,
+    FailedScheduling,
+    // deployment-, replicaset-, daemonset-, job- and cronjob-controller
+    ScalingReplicaSet,
+    SuccessfulCreate,
+    SuccessfulDelete,
+    TooManyMissedTimes,
+    JobAlreadyActive,
+    // taint manager
+    TaintManagerEviction,
+    // kubelet: sandbox and network
+    SandboxChanged,
+    FailedCreatePodSandBox,
+    NetworkNotReady,
+    // kubelet: images
+    Pulling,
+    Pulled,
+    ErrImageNeverPull,
+    // kubelet: containers
+    Created,
+    Started,
+    Killing,
+    Failed,
+    BackOff,
+    Unhealthy,
+    FailedPreStopHook,
+    InvalidEnvironmentVariableNames,
+    // the leader's repair of Service allocation conflicts
+    AllocationConflict,
+}
+
+impl std::fmt::Display for EventReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Builds a Kubernetes `v1` Event reported by `node`'s
 /// `component` (`scheduler`, `kubelet`, `deployment-controller`...). Returns its name (unique
 /// per object, reason and time) and the object to store under `keys::event`.
 pub fn new_event(
     involved: &InvolvedObject,
     event_type: EventType,
-    reason: &str,
+    reason: EventReason,
     message: &str,
     component: &str,
     node: &str,
@@ -177,7 +238,7 @@ pub fn new_event(
             "uid": involved.uid,
         },
         "type": event_type.as_str(),
-        "reason": reason,
+        "reason": reason.as_str(),
         "message": message,
         "source": {"component": component, "host": node},
         "reportingComponent": component,
@@ -231,5 +292,36 @@ mod tests {
             Some(("default", "web-abcde"))
         );
         assert_eq!(keys::split("pod/x", keys::POD_STATUS_PREFIX), None);
+    }
+
+    #[test]
+    fn event_reasons_are_spelled_as_kubernetes_spells_them() {
+        use super::{new_event, EventReason, EventType, InvolvedObject};
+        for r in EventReason::ALL {
+            assert_eq!(r.as_str(), format!("{r:?}"));
+            assert_eq!(r.to_string(), r.as_str());
+        }
+        assert_eq!(
+            EventReason::FailedCreatePodSandBox.as_str(),
+            "FailedCreatePodSandBox"
+        );
+        let involved = InvolvedObject {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            namespace: "default".into(),
+            name: "web".into(),
+            uid: "u".into(),
+        };
+        let (_, event) = new_event(
+            &involved,
+            EventType::Warning,
+            EventReason::BackOff,
+            "m",
+            "kubelet",
+            "n1",
+            chrono::DateTime::UNIX_EPOCH,
+        );
+        assert_eq!(event["reason"], "BackOff");
+        assert_eq!(event["type"], "Warning");
     }
 }

@@ -22,7 +22,7 @@ use super::job::{self, JobPod, Outcome, Params};
 use super::object::{self, controller};
 use super::snapshot::{LeaderCtx, PlannedEvent, PodKey, Write};
 use super::Working;
-use crate::model::workload::{EventType, InvolvedObject, JOBS};
+use crate::model::workload::{EventReason, EventType, InvolvedObject, JOBS};
 
 pub const SCHEDULED_ANNOTATION: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
 /// Most missed start times counted before giving up on counting (Kubernetes: 100).
@@ -196,7 +196,7 @@ pub struct Decision {
     pub start: Option<DateTime<Utc>>,
     /// Jobs to delete (Replace, history limits).
     pub delete: Vec<String>,
-    pub events: Vec<(EventType, &'static str, String)>,
+    pub events: Vec<(EventType, EventReason, String)>,
     pub wake: Option<DateTime<Utc>>,
 }
 
@@ -245,7 +245,7 @@ pub fn decide(cj: &Value, p: &CronParams, jobs: &[ChildJob<'_>], now: DateTime<U
     if count > MAX_MISSED {
         d.events.push((
             EventType::Warning,
-            "TooManyMissedTimes",
+            EventReason::TooManyMissedTimes,
             "too many missed start times. Set or decrease .spec.startingDeadlineSeconds or check clock skew".into(),
         ));
     }
@@ -258,7 +258,7 @@ pub fn decide(cj: &Value, p: &CronParams, jobs: &[ChildJob<'_>], now: DateTime<U
             // Not started; it is still the most recent unmet time once the active Job ends.
             d.events.push((
                 EventType::Normal,
-                "JobAlreadyActive",
+                EventReason::JobAlreadyActive,
                 "Not starting job because prior execution is running and concurrency policy is Forbid".into(),
             ));
             return d;
@@ -401,7 +401,7 @@ pub(crate) fn reconcile(
             events.push(PlannedEvent {
                 involved: involved(cj),
                 event_type: EventType::Normal,
-                reason: "SuccessfulDelete",
+                reason: EventReason::SuccessfulDelete,
                 message: format!("Deleted job {name}"),
                 component: "cronjob-controller",
             });
@@ -419,7 +419,7 @@ pub(crate) fn reconcile(
             events.push(PlannedEvent {
                 involved: involved(cj),
                 event_type: EventType::Normal,
-                reason: "SuccessfulCreate",
+                reason: EventReason::SuccessfulCreate,
                 message: format!("Created job {}", object::name(&job)),
                 component: "cronjob-controller",
             });

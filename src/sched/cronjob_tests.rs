@@ -5,7 +5,9 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::{json, Value};
 
 use super::cronjob::{self, parse_schedule, scheduled_time, CronParams};
+use super::fixtures::leader_ctx;
 use super::*;
+use crate::model::workload::EventReason;
 
 fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2025, 3, 1, h, m, s).unwrap()
@@ -30,16 +32,6 @@ fn cronjob(schedule: &str, extra: Value) -> Value {
     cj
 }
 
-fn ctx(now: DateTime<Utc>, seed: u64) -> LeaderCtx {
-    LeaderCtx {
-        node: "n0".into(),
-        epoch: 1,
-        view: 1,
-        now,
-        seed,
-    }
-}
-
 fn snapshot(cj: Value) -> Snapshot {
     Snapshot {
         cronjobs: vec![cj],
@@ -49,7 +41,7 @@ fn snapshot(cj: Value) -> Snapshot {
 
 /// Reconciles at `now` and returns the next snapshot.
 fn step(s: &Snapshot, now: DateTime<Utc>) -> (Snapshot, Plan) {
-    let plan = reconcile(s, &ctx(now, 1));
+    let plan = reconcile(s, &leader_ctx("n0", now, 1));
     (s.after(&plan), plan)
 }
 
@@ -154,8 +146,8 @@ fn starts_on_time_with_a_name_from_the_scheduled_time_and_two_leaders_agree() {
     // The Job's pods are made in the same round.
     assert_eq!(s2.pods.len(), 1);
     // Another leader, at another instant of the same minute, writes the same Job.
-    let other = reconcile(&s1, &ctx(at(10, 1, 40), 9));
-    let a = reconcile(&s1, &ctx(at(10, 1, 2), 1));
+    let other = reconcile(&s1, &leader_ctx("n0", at(10, 1, 40), 9));
+    let a = reconcile(&s1, &leader_ctx("n0", at(10, 1, 2), 1));
     let job_of = |p: &Plan| {
         p.writes
             .iter()
@@ -174,7 +166,9 @@ fn starts_on_time_with_a_name_from_the_scheduled_time_and_two_leaders_agree() {
     }
     assert_eq!(x, y);
     // Idempotent.
-    assert!(reconcile(&s2, &ctx(at(10, 1, 3), 2)).writes.is_empty());
+    assert!(reconcile(&s2, &leader_ctx("n0", at(10, 1, 3), 2))
+        .writes
+        .is_empty());
 }
 
 #[test]
@@ -225,7 +219,10 @@ fn missed_schedules_start_only_the_most_recent_within_the_deadline() {
     let s = snapshot(cronjob("* * * * *", json!({})));
     let (s3, plan) = step(&s, at(13, 0, 5));
     assert_eq!(scheduled_time(&s3.jobs[0]), Some(at(13, 0, 0)));
-    assert!(plan.events.iter().any(|e| e.reason == "TooManyMissedTimes"));
+    assert!(plan
+        .events
+        .iter()
+        .any(|e| e.reason == EventReason::TooManyMissedTimes));
 }
 
 #[test]

@@ -17,7 +17,7 @@ use super::rollout::scaled;
 use super::snapshot::{LeaderCtx, PlannedEvent, PodKey, Write};
 use super::Working;
 use crate::model::selector::requirement_matches;
-use crate::model::workload::{EventType, InvolvedObject, HOSTNAME_LABEL, PODS};
+use crate::model::workload::{EventReason, EventType, InvolvedObject, HOSTNAME_LABEL, PODS};
 use crate::model::NodeRecord;
 
 /// Label on a DaemonSet's pods: the hash of the template they run (Kubernetes' name).
@@ -368,7 +368,7 @@ pub(crate) fn reconcile(
         events.push(PlannedEvent {
             involved: involved(&daemonsets[i]),
             event_type: EventType::Normal,
-            reason: "SuccessfulDelete",
+            reason: EventReason::SuccessfulDelete,
             message: format!("Deleted pod: {}", key.1),
             component: "daemonset-controller",
         });
@@ -385,7 +385,7 @@ pub(crate) fn reconcile(
         events.push(PlannedEvent {
             involved: involved(&daemonsets[i]),
             event_type: EventType::Normal,
-            reason: "SuccessfulCreate",
+            reason: EventReason::SuccessfulCreate,
             message: format!("Created pod: {}", key.1),
             component: "daemonset-controller",
         });

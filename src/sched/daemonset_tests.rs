@@ -4,37 +4,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
 use super::daemonset::{self, node_of, REVISION_LABEL};
+use super::fixtures::{cluster_of, key, labelled, leader_ctx, node_with, t0};
 use super::*;
-use crate::model::{NodeRecord, NodeSystemInfo};
+use crate::model::NodeRecord;
 
-fn t0() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap()
-}
-
+/// A node with 4 CPUs, 8Gi and 110 pods, and these labels.
 fn node(name: &str, labels: &[(&str, &str)]) -> NodeRecord {
-    NodeRecord {
-        name: name.into(),
-        uid: format!("uid-{name}"),
-        peer_id: String::new(),
-        p2p_addr: String::new(),
-        api_addr: String::new(),
-        internal_ip: String::new(),
-        created: t0(),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        capacity: [("cpu", "4"), ("memory", "8Gi"), ("pods", "110")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        system: NodeSystemInfo::default(),
-    }
+    labelled(node_with(name, "4", "8Gi", 110), labels)
 }
 
 fn daemonset(image: &str, spec_extra: Value) -> Value {
@@ -59,24 +40,13 @@ fn daemonset(image: &str, spec_extra: Value) -> Value {
 
 fn cluster(nodes: Vec<NodeRecord>, ds: Value) -> Snapshot {
     Snapshot {
-        liveness: nodes
-            .iter()
-            .map(|n| (n.name.clone(), Liveness::Alive))
-            .collect(),
-        nodes,
         daemonsets: vec![ds],
-        ..Snapshot::default()
+        ..cluster_of(nodes)
     }
 }
 
 fn ctx(seed: u64) -> LeaderCtx {
-    LeaderCtx {
-        node: "n0".into(),
-        epoch: 1,
-        view: 1,
-        now: t0() + Duration::seconds(100),
-        seed,
-    }
+    leader_ctx("n0", t0() + Duration::seconds(100), seed)
 }
 
 fn settle(mut s: Snapshot) -> Snapshot {
@@ -96,13 +66,6 @@ fn pods_by_node(s: &Snapshot) -> BTreeMap<String, Vec<&Value>> {
         out.entry(node_of(p).to_string()).or_default().push(p);
     }
     out
-}
-
-fn key(v: &Value) -> PodKey {
-    (
-        v["metadata"]["namespace"].as_str().unwrap().to_string(),
-        v["metadata"]["name"].as_str().unwrap().to_string(),
-    )
 }
 
 #[test]

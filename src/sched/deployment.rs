@@ -22,7 +22,9 @@ use super::replicaset::slot_names;
 use super::rollout::Rollout;
 use super::snapshot::{LeaderCtx, PlannedEvent, PodKey, Write};
 use super::{replicas_of, Working, MAX_REPLICAS};
-use crate::model::workload::{EventType, InvolvedObject, REPLICASETS, TEMPLATE_HASH_LABEL};
+use crate::model::workload::{
+    EventReason, EventType, InvolvedObject, REPLICASETS, TEMPLATE_HASH_LABEL,
+};
 
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
@@ -115,7 +117,7 @@ fn scaling_event(deploy: &Value, rs: &str, from: i64, to: i64) -> PlannedEvent {
     PlannedEvent {
         involved: involved(deploy),
         event_type: EventType::Normal,
-        reason: "ScalingReplicaSet",
+        reason: EventReason::ScalingReplicaSet,
         message: format!("Scaled {verb} replica set {rs} from {from} to {to}"),
         component: "deployment-controller",
     }

@@ -17,7 +17,7 @@ use super::object::{self, controller};
 use super::snapshot::{LeaderCtx, PlannedEvent, PodKey, Write};
 use super::{Finished, Working};
 use crate::model::backoff::Backoff;
-use crate::model::workload::{EventType, InvolvedObject, JOBS, PODS, SLOT_ANNOTATION};
+use crate::model::workload::{EventReason, EventType, InvolvedObject, JOBS, PODS, SLOT_ANNOTATION};
 
 /// `batch.kubernetes.io/job-completion-index`: annotation and label of an Indexed Job's pods.
 pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
@@ -529,7 +529,7 @@ pub(crate) fn reconcile(
             events.push(PlannedEvent {
                 involved: involved(job),
                 event_type: EventType::Normal,
-                reason: "SuccessfulCreate",
+                reason: EventReason::SuccessfulCreate,
                 message: format!("Created pod: {}", key.1),
                 component: "job-controller",
             });

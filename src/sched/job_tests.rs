@@ -4,35 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
+use super::fixtures::{cluster_of, key, leader_ctx, node, t0};
 use super::job::{self, index_of, Outcome, Params};
 use super::*;
-use crate::model::{NodeRecord, NodeSystemInfo};
-
-fn t0() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap()
-}
-
-fn node(name: &str) -> NodeRecord {
-    NodeRecord {
-        name: name.into(),
-        uid: format!("uid-{name}"),
-        peer_id: String::new(),
-        p2p_addr: String::new(),
-        api_addr: String::new(),
-        internal_ip: String::new(),
-        created: t0(),
-        labels: BTreeMap::new(),
-        capacity: [("cpu", "64"), ("memory", "64Gi"), ("pods", "1000")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        system: NodeSystemInfo::default(),
-    }
-}
 
 fn job(name: &str, spec: Value) -> Value {
     let mut spec = spec;
@@ -50,33 +28,10 @@ fn job(name: &str, spec: Value) -> Value {
 }
 
 fn cluster(jobs: Vec<Value>) -> Snapshot {
-    let nodes = vec![node("n0"), node("n1"), node("n2")];
     Snapshot {
-        liveness: nodes
-            .iter()
-            .map(|n| (n.name.clone(), Liveness::Alive))
-            .collect(),
-        nodes,
         jobs,
-        ..Snapshot::default()
+        ..cluster_of(vec![node("n0"), node("n1"), node("n2")])
     }
-}
-
-fn ctx_at(now: DateTime<Utc>, seed: u64) -> LeaderCtx {
-    LeaderCtx {
-        node: "n0".into(),
-        epoch: 1,
-        view: 1,
-        now,
-        seed,
-    }
-}
-
-fn key(v: &Value) -> PodKey {
-    (
-        v["metadata"]["namespace"].as_str().unwrap().to_string(),
-        v["metadata"]["name"].as_str().unwrap().to_string(),
-    )
 }
 
 /// Active pods (not finished) of the snapshot.
@@ -125,9 +80,9 @@ fn finish(s: &mut Snapshot, pod: &PodKey, succeeded: bool, at: DateTime<Utc>) {
 
 /// Reconciles (one round, then asserts a second round plans nothing new).
 fn round(s: &Snapshot, now: DateTime<Utc>, seed: u64) -> Snapshot {
-    let plan = reconcile(s, &ctx_at(now, seed));
+    let plan = reconcile(s, &leader_ctx("n0", now, seed));
     let next = s.after(&plan);
-    let again = reconcile(&next, &ctx_at(now, seed + 1));
+    let again = reconcile(&next, &leader_ctx("n0", now, seed + 1));
     assert!(
         again.writes.is_empty(),
         "not idempotent: {:?}",
@@ -196,7 +151,7 @@ fn failures_back_off_and_exceeding_the_limit_fails_the_job() {
         let pod = key(active(&s)[0]);
         finish(&mut s, &pod, false, now);
         // No retry before the back-off (10 s, 20 s, ...).
-        let plan = reconcile(&s, &ctx_at(now + Duration::seconds(1), 9));
+        let plan = reconcile(&s, &leader_ctx("n0", now + Duration::seconds(1), 9));
         let created = plan.counts().0;
         if failures <= 2 {
             assert_eq!(created, 0, "retry before the back-off");
@@ -227,10 +182,10 @@ fn deadline_fails_and_stops_active_pods_and_ttl_deletes_the_job() {
     );
     let s = round(&cluster(vec![j.clone()]), t0(), 1);
     assert_eq!(active(&s).len(), 3);
-    let plan = reconcile(&s, &ctx_at(t0() + Duration::seconds(5), 2));
+    let plan = reconcile(&s, &leader_ctx("n0", t0() + Duration::seconds(5), 2));
     assert_eq!(plan.wake, Some(t0() + Duration::seconds(30)));
     let at = t0() + Duration::seconds(31);
-    let s = s.after(&reconcile(&s, &ctx_at(at, 3)));
+    let s = s.after(&reconcile(&s, &leader_ctx("n0", at, 3)));
     assert!(
         s.pods.is_empty(),
         "active pods are deleted when the deadline passes"
@@ -238,9 +193,9 @@ fn deadline_fails_and_stops_active_pods_and_ttl_deletes_the_job() {
     let end = state_of(&s, &j, at).ending.unwrap();
     assert_eq!(end.reason, "DeadlineExceeded");
     assert_eq!(end.at, t0() + Duration::seconds(30));
-    let plan = reconcile(&s, &ctx_at(at, 4));
+    let plan = reconcile(&s, &leader_ctx("n0", at, 4));
     assert_eq!(plan.wake, Some(t0() + Duration::seconds(90)));
-    let plan = reconcile(&s, &ctx_at(t0() + Duration::seconds(90), 5));
+    let plan = reconcile(&s, &leader_ctx("n0", t0() + Duration::seconds(90), 5));
     assert!(s.after(&plan).jobs.is_empty(), "ttl deletes the Job");
 }
 
@@ -271,7 +226,7 @@ fn pods_of_a_deleted_job_are_collected() {
     let j = job("gone", json!({"completions": 2, "parallelism": 2}));
     let mut s = round(&cluster(vec![j]), t0(), 1);
     s.jobs.clear();
-    let s = s.after(&reconcile(&s, &ctx_at(t0(), 2)));
+    let s = s.after(&reconcile(&s, &leader_ctx("n0", t0(), 2)));
     assert!(s.pods.is_empty() && s.bindings.is_empty());
 }
 
@@ -283,7 +238,7 @@ fn finished_pods_on_a_dead_node_stay_and_take_no_room() {
     finish(&mut s, &pods[0], true, t0());
     let node0 = s.bindings[&pods[0]].node.clone();
     s.liveness.insert(node0.clone(), Liveness::Dead);
-    let plan = reconcile(&s, &ctx_at(t0(), 2));
+    let plan = reconcile(&s, &leader_ctx("n0", t0(), 2));
     assert!(
         !plan
             .writes
@@ -358,8 +313,8 @@ proptest! {
                     // (the document keeps one value per key: pods are the same object).
                     let mut a = s.clone();
                     end_one(&mut a, pick, ok, now);
-                    let plan_a = reconcile(&a, &ctx_at(now, seed));
-                    let plan_b = reconcile(&s, &ctx_at(now, seed + 1));
+                    let plan_a = reconcile(&a, &leader_ctx("n0", now, seed));
+                    let plan_b = reconcile(&s, &leader_ctx("n0", now, seed + 1));
                     let mut merged = a.after(&plan_a).after(&plan_b);
                     merged.finished = a.finished.clone();
                     s = merged;

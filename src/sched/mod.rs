@@ -23,6 +23,8 @@ mod cronjob_tests;
 #[cfg(test)]
 mod daemonset_tests;
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod job_tests;
 #[cfg(test)]
 mod rollout_tests;
@@ -172,12 +174,12 @@ pub fn reconcile(s: &Snapshot, ctx: &LeaderCtx) -> Plan {
     plan
 }
 
-/// What every plan must satisfy, checked after every reconcile in tests (as iroh-gossip checks
-/// its protocol state after every event): at most one binding and one scheduling record per
-/// pod, and a binding names a known node and the uid of a pod that exists once the plan is
-/// applied (not one it deletes).
-#[cfg(test)]
-fn check_invariants(s: &Snapshot, plan: &Plan) {
+/// What every plan must satisfy, checked after every reconcile by the unit tests and the
+/// simulator (as iroh-gossip checks its protocol state after every event): at most one binding
+/// and one scheduling record per pod, and a binding names a known node and the uid of a pod
+/// that exists once the plan is applied (not one it deletes). Panics, naming the invariant,
+/// when one does not hold; the agent never calls it.
+pub fn check_invariants(s: &Snapshot, plan: &Plan) {
     use std::collections::BTreeSet;
     let next = s.after(plan);
     let uids: BTreeMap<PodKey, &str> = next

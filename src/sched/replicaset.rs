@@ -12,7 +12,7 @@ use super::hash::{derived_uid, hash64, safe_suffix};
 use super::object::{self, controller};
 use super::snapshot::{LeaderCtx, PlannedEvent, Write};
 use super::{replicas_of, Working, MAX_REPLICAS};
-use crate::model::workload::{EventType, InvolvedObject, PODS, SLOT_ANNOTATION};
+use crate::model::workload::{EventReason, EventType, InvolvedObject, PODS, SLOT_ANNOTATION};
 
 /// Longest generated-name prefix (Kubernetes: 63 minus the 5 random characters).
 const MAX_PREFIX: usize = 58;
@@ -154,7 +154,7 @@ pub(crate) fn reconcile(
         new_events.push(PlannedEvent {
             involved: involved(rs),
             event_type: EventType::Normal,
-            reason: "SuccessfulDelete",
+            reason: EventReason::SuccessfulDelete,
             message: format!("Deleted pod: {}", key.1),
             component: "replicaset-controller",
         });
@@ -170,7 +170,7 @@ pub(crate) fn reconcile(
                 uid: owner["uid"].as_str().unwrap_or("").to_string(),
             },
             event_type: EventType::Normal,
-            reason: "SuccessfulCreate",
+            reason: EventReason::SuccessfulCreate,
             message: format!("Created pod: {}", key.1),
             component: "replicaset-controller",
         });

@@ -4,47 +4,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use super::deployment::{CHANGE_CAUSE_ANNOTATION, REVISION_ANNOTATION};
+use super::fixtures::{cluster_of, key, leader_ctx, node, t0};
 use super::rollout::Rollout;
 use super::*;
 use crate::model::workload::PodStatusRecord;
-use crate::model::{NodeRecord, NodeSystemInfo};
-
-fn t0() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap()
-}
 
 fn at(secs: i64) -> LeaderCtx {
-    LeaderCtx {
-        node: "leader".into(),
-        epoch: 1,
-        view: 1,
-        now: t0() + Duration::seconds(secs),
-        seed: secs as u64,
-    }
-}
-
-fn node(name: &str) -> NodeRecord {
-    NodeRecord {
-        name: name.into(),
-        uid: format!("uid-{name}"),
-        peer_id: String::new(),
-        p2p_addr: String::new(),
-        api_addr: String::new(),
-        internal_ip: String::new(),
-        created: t0(),
-        labels: BTreeMap::new(),
-        capacity: [("cpu", "64"), ("memory", "256Gi"), ("pods", "1000")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        system: NodeSystemInfo::default(),
-    }
+    leader_ctx("leader", t0() + Duration::seconds(secs), secs as u64)
 }
 
 fn deployment(replicas: i64, strategy: Value) -> Value {
@@ -64,23 +36,10 @@ fn deployment(replicas: i64, strategy: Value) -> Value {
 }
 
 fn cluster(d: Value) -> Snapshot {
-    let nodes = vec![node("n0"), node("n1")];
     Snapshot {
-        liveness: nodes
-            .iter()
-            .map(|n| (n.name.clone(), Liveness::Alive))
-            .collect(),
-        nodes,
         deployments: vec![d],
-        ..Snapshot::default()
+        ..cluster_of(vec![node("n0"), node("n1")])
     }
-}
-
-fn key(v: &Value) -> PodKey {
-    (
-        v["metadata"]["namespace"].as_str().unwrap().to_string(),
-        v["metadata"]["name"].as_str().unwrap().to_string(),
-    )
 }
 
 fn set_image(s: &mut Snapshot, image: &str) {

@@ -22,7 +22,7 @@ use super::snapshot::{LeaderCtx, Liveness, PlannedEvent, PodKey, SchedulingWrite
 use super::Working;
 use crate::model::quantity::{parse_milli, parse_units};
 use crate::model::workload::{
-    Binding, EventType, InvolvedObject, SchedulingRecord, HOSTNAME_LABEL,
+    Binding, EventReason, EventType, InvolvedObject, SchedulingRecord, HOSTNAME_LABEL,
 };
 use crate::model::NodeRecord;
 
@@ -297,7 +297,7 @@ fn pod_event(
     key: &PodKey,
     uid: &str,
     event_type: EventType,
-    reason: &'static str,
+    reason: EventReason,
     message: String,
 ) -> PlannedEvent {
     PlannedEvent {
@@ -464,7 +464,7 @@ pub(crate) fn schedule(
                     p.key,
                     p.uid,
                     EventType::Normal,
-                    "Scheduled",
+                    EventReason::Scheduled,
                     format!(
                         "Successfully assigned {}/{} to {}",
                         p.key.0, p.key.1, binding.node
@@ -516,7 +516,7 @@ pub(crate) fn schedule(
             key,
             uid,
             EventType::Warning,
-            "FailedScheduling",
+            EventReason::FailedScheduling,
             message.clone(),
         ));
     }

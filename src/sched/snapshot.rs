@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::model::workload::{
-    self, Binding, EventType, InvolvedObject, PodStatusRecord, SchedulingRecord, CRONJOBS,
-    DAEMONSETS, DEPLOYMENTS, JOBS, PODS, REPLICASETS,
+    self, Binding, EventReason, EventType, InvolvedObject, PodStatusRecord, SchedulingRecord,
+    CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, PODS, REPLICASETS,
 };
 use crate::model::NodeRecord;
 
@@ -114,7 +114,7 @@ pub enum SchedulingWrite {
 pub struct PlannedEvent {
     pub involved: InvolvedObject,
     pub event_type: EventType,
-    pub reason: &'static str,
+    pub reason: EventReason,
     pub message: String,
     /// `default-scheduler`, `deployment-controller`, `replicaset-controller`.
     pub component: &'static str,

@@ -4,40 +4,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
+use super::fixtures::{all_alive, cluster_of, key, leader_ctx, node_with, t0};
 use super::replicaset::slot_of;
 use super::*;
-use crate::model::workload::{Binding, SLOT_ANNOTATION};
-use crate::model::{NodeRecord, NodeSystemInfo};
+use crate::model::workload::{Binding, EventReason, SLOT_ANNOTATION};
+use crate::model::NodeRecord;
 use crate::state::ClusterDoc;
-
-fn t0() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap()
-}
-
-fn node(name: &str, cpu: &str, memory: &str, pods: u32) -> NodeRecord {
-    NodeRecord {
-        name: name.into(),
-        uid: format!("uid-{name}"),
-        peer_id: String::new(),
-        p2p_addr: String::new(),
-        api_addr: String::new(),
-        internal_ip: String::new(),
-        created: t0(),
-        labels: BTreeMap::new(),
-        capacity: [
-            ("cpu".to_string(), cpu.to_string()),
-            ("memory".to_string(), memory.to_string()),
-            ("pods".to_string(), pods.to_string()),
-        ]
-        .into_iter()
-        .collect(),
-        system: NodeSystemInfo::default(),
-    }
-}
 
 fn deployment(name: &str, replicas: i64, cpu: &str, memory: &str) -> Value {
     json!({
@@ -64,29 +39,19 @@ fn bare_pod(name: &str, spec: Value) -> Value {
     })
 }
 
+/// Leader `leader` of epoch 3, view 77, at `t0`.
 fn ctx(leader: &str, seed: u64) -> LeaderCtx {
     LeaderCtx {
-        node: leader.into(),
         epoch: 3,
         view: 77,
-        now: t0(),
-        seed,
+        ..leader_ctx(leader, t0(), seed)
     }
-}
-
-fn all_alive(nodes: &[NodeRecord]) -> BTreeMap<String, Liveness> {
-    nodes
-        .iter()
-        .map(|n| (n.name.clone(), Liveness::Alive))
-        .collect()
 }
 
 fn snapshot(deployments: Vec<Value>, nodes: Vec<NodeRecord>) -> Snapshot {
     Snapshot {
-        liveness: all_alive(&nodes),
         deployments,
-        nodes,
-        ..Snapshot::default()
+        ..cluster_of(nodes)
     }
 }
 
@@ -100,13 +65,6 @@ fn settle(mut s: Snapshot, rounds: usize) -> Snapshot {
         s = s.after(&plan);
     }
     panic!("no fixpoint after {rounds} rounds");
-}
-
-fn pod_key(p: &Value) -> PodKey {
-    (
-        p["metadata"]["namespace"].as_str().unwrap().to_string(),
-        p["metadata"]["name"].as_str().unwrap().to_string(),
-    )
 }
 
 fn owner_uid(v: &Value) -> Option<&str> {
@@ -136,7 +94,7 @@ fn pods_by_deployment(s: &Snapshot) -> BTreeMap<String, Vec<&Value>> {
 
 /// Sum of requests and pod counts bound to each node.
 fn node_load(s: &Snapshot) -> BTreeMap<String, (u64, u64, u64)> {
-    let pods: BTreeMap<PodKey, &Value> = s.pods.iter().map(|p| (pod_key(p), p)).collect();
+    let pods: BTreeMap<PodKey, &Value> = s.pods.iter().map(|p| (key(p), p)).collect();
     let mut load: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
     for (key, b) in &s.bindings {
         let (r, _) = podspec::pod_requests(&pods[key]["spec"]);
@@ -186,7 +144,7 @@ fn assert_exact_counts(s: &Snapshot) {
 #[test]
 fn a_deployment_becomes_a_replicaset_and_bound_pods_spread_over_nodes() {
     let nodes = (0..3)
-        .map(|i| node(&format!("n{i}"), "4", "8Gi", 110))
+        .map(|i| node_with(&format!("n{i}"), "4", "8Gi", 110))
         .collect();
     let s = snapshot(vec![deployment("web", 6, "100m", "64Mi")], nodes);
     let plan = reconcile(&s, &ctx("n0", 1));
@@ -219,7 +177,7 @@ fn a_deployment_becomes_a_replicaset_and_bound_pods_spread_over_nodes() {
             .starts_with(&format!("web-{hash}-")));
         assert_eq!(p["metadata"]["labels"]["pod-template-hash"], hash);
         assert!(p["metadata"]["annotations"][SLOT_ANNOTATION].is_string());
-        let b = &s.bindings[&pod_key(p)];
+        let b = &s.bindings[&key(p)];
         assert_eq!(b.pod_uid, p["metadata"]["uid"].as_str().unwrap());
         assert_eq!((b.epoch, b.view, b.leader.as_str()), (3, 77, "n0"));
     }
@@ -235,20 +193,20 @@ fn a_deployment_becomes_a_replicaset_and_bound_pods_spread_over_nodes() {
     assert_eq!(
         plan.events
             .iter()
-            .filter(|e| e.reason == "Scheduled")
+            .filter(|e| e.reason == EventReason::Scheduled)
             .count(),
         6
     );
     assert!(plan
         .events
         .iter()
-        .any(|e| e.reason == "ScalingReplicaSet" && e.involved.kind == "Deployment"));
+        .any(|e| e.reason == EventReason::ScalingReplicaSet && e.involved.kind == "Deployment"));
 }
 
 #[test]
 fn two_leaders_write_identical_objects_for_the_same_deployment() {
     let nodes: Vec<NodeRecord> = (0..3)
-        .map(|i| node(&format!("n{i}"), "4", "8Gi", 110))
+        .map(|i| node_with(&format!("n{i}"), "4", "8Gi", 110))
         .collect();
     let s = snapshot(vec![deployment("web", 4, "100m", "64Mi")], nodes);
     let strip = |p: &Plan| -> Vec<Value> {
@@ -282,13 +240,13 @@ fn two_leaders_write_identical_objects_for_the_same_deployment() {
 #[test]
 fn scaling_down_and_up_keeps_slots_and_removes_bindings() {
     let nodes: Vec<NodeRecord> = (0..4)
-        .map(|i| node(&format!("n{i}"), "8", "16Gi", 110))
+        .map(|i| node_with(&format!("n{i}"), "8", "16Gi", 110))
         .collect();
     let mut s = settle(
         snapshot(vec![deployment("web", 10, "100m", "64Mi")], nodes),
         3,
     );
-    let before: BTreeSet<PodKey> = s.pods.iter().map(pod_key).collect();
+    let before: BTreeSet<PodKey> = s.pods.iter().map(key).collect();
     s.deployments[0]["spec"]["replicas"] = json!(3);
     let s = settle(s, 3);
     assert_exact_counts(&s);
@@ -297,14 +255,14 @@ fn scaling_down_and_up_keeps_slots_and_removes_bindings() {
         3,
         "bindings of deleted pods are removed with them"
     );
-    let after: BTreeSet<PodKey> = s.pods.iter().map(pod_key).collect();
+    let after: BTreeSet<PodKey> = s.pods.iter().map(key).collect();
     assert!(after.is_subset(&before), "lower slots keep their pods");
     let mut s = s;
     s.deployments[0]["spec"]["replicas"] = json!(10);
     let s = settle(s, 3);
     assert_exact_counts(&s);
     assert_eq!(
-        s.pods.iter().map(pod_key).collect::<BTreeSet<_>>(),
+        s.pods.iter().map(key).collect::<BTreeSet<_>>(),
         before,
         "slots map to the same names"
     );
@@ -312,7 +270,7 @@ fn scaling_down_and_up_keeps_slots_and_removes_bindings() {
 
 #[test]
 fn a_new_template_rolls_out_to_a_new_replicaset_and_the_old_one_goes_to_zero() {
-    let nodes = vec![node("n0", "8", "16Gi", 110)];
+    let nodes = vec![node_with("n0", "8", "16Gi", 110)];
     let mut s = settle(
         snapshot(vec![deployment("web", 3, "100m", "64Mi")], nodes),
         3,
@@ -321,7 +279,7 @@ fn a_new_template_rolls_out_to_a_new_replicaset_and_the_old_one_goes_to_zero() {
     // The rollout advances as pods turn Ready (3 replicas: surge 1, unavailable 0).
     for i in 0..20 {
         for p in &s.pods {
-            s.ready.entry(pod_key(p)).or_insert(t0());
+            s.ready.entry(key(p)).or_insert(t0());
         }
         let plan = reconcile(&s, &ctx("leader", i));
         if plan.is_empty() {
@@ -354,7 +312,7 @@ fn a_new_template_rolls_out_to_a_new_replicaset_and_the_old_one_goes_to_zero() {
 
 #[test]
 fn deleting_a_deployment_collects_its_replicasets_pods_and_bindings() {
-    let nodes = vec![node("n0", "8", "16Gi", 110)];
+    let nodes = vec![node_with("n0", "8", "16Gi", 110)];
     let mut s = settle(
         snapshot(
             vec![
@@ -377,7 +335,7 @@ fn deleting_a_deployment_collects_its_replicasets_pods_and_bindings() {
 #[test]
 fn pods_on_a_dead_node_are_replaced_bare_pods_and_suspect_nodes_are_left_alone() {
     let nodes: Vec<NodeRecord> = (0..3)
-        .map(|i| node(&format!("n{i}"), "8", "16Gi", 110))
+        .map(|i| node_with(&format!("n{i}"), "8", "16Gi", 110))
         .collect();
     let mut s = snapshot(vec![deployment("web", 6, "100m", "64Mi")], nodes);
     s.pods.push(bare_pod(
@@ -426,7 +384,7 @@ fn pods_on_a_dead_node_are_replaced_bare_pods_and_suspect_nodes_are_left_alone()
 #[test]
 fn node_selector_and_anti_affinity_are_honoured_and_unschedulable_pods_say_why() {
     let mut nodes: Vec<NodeRecord> = (0..3)
-        .map(|i| node(&format!("n{i}"), "8", "16Gi", 110))
+        .map(|i| node_with(&format!("n{i}"), "8", "16Gi", 110))
         .collect();
     nodes[2].labels.insert("disk".into(), "ssd".into());
     let mut ssd = deployment("fast", 2, "100m", "64Mi");
@@ -441,11 +399,11 @@ fn node_selector_and_anti_affinity_are_honoured_and_unschedulable_pods_say_why()
     let s2 = s.after(&plan);
     let by = pods_by_deployment(&s2);
     for p in &by["fast"] {
-        assert_eq!(s2.bindings[&pod_key(p)].node, "n2");
+        assert_eq!(s2.bindings[&key(p)].node, "n2");
     }
     let spread_nodes: Vec<&str> = by["spread"]
         .iter()
-        .filter_map(|p| s2.bindings.get(&pod_key(p)).map(|b| b.node.as_str()))
+        .filter_map(|p| s2.bindings.get(&key(p)).map(|b| b.node.as_str()))
         .collect();
     assert_eq!(spread_nodes.len(), 3, "one per node, the fourth waits");
     assert_eq!(spread_nodes.iter().collect::<BTreeSet<_>>().len(), 3);
@@ -460,7 +418,7 @@ fn node_selector_and_anti_affinity_are_honoured_and_unschedulable_pods_say_why()
     let warnings: Vec<&PlannedEvent> = plan
         .events
         .iter()
-        .filter(|e| e.reason == "FailedScheduling")
+        .filter(|e| e.reason == EventReason::FailedScheduling)
         .collect();
     assert_eq!(warnings.len(), 1);
     assert_eq!(
@@ -472,7 +430,7 @@ fn node_selector_and_anti_affinity_are_honoured_and_unschedulable_pods_say_why()
     assert!(again.is_empty(), "{again:?}");
     // A fourth node: the pod is placed and its record removed.
     let mut s3 = s2.clone();
-    s3.nodes.push(node("n3", "8", "16Gi", 110));
+    s3.nodes.push(node_with("n3", "8", "16Gi", 110));
     s3.liveness.insert("n3".into(), Liveness::Alive);
     let plan = reconcile(&s3, &ctx("n0", 3));
     assert_eq!(plan.counts().2, 1);
@@ -485,9 +443,9 @@ fn node_selector_and_anti_affinity_are_honoured_and_unschedulable_pods_say_why()
 #[test]
 fn unschedulable_messages_follow_kubernetes() {
     let nodes = vec![
-        node("a", "1", "1Gi", 110),
-        node("b", "1", "1Gi", 110),
-        node("c", "8", "16Gi", 110),
+        node_with("a", "1", "1Gi", 110),
+        node_with("b", "1", "1Gi", 110),
+        node_with("c", "8", "16Gi", 110),
     ];
     let mut s = snapshot(vec![], nodes);
     s.liveness.insert("c".into(), Liveness::Dead);
@@ -518,7 +476,10 @@ fn unschedulable_messages_follow_kubernetes() {
 
 #[test]
 fn user_bound_pods_are_left_alone_but_use_capacity() {
-    let nodes = vec![node("a", "1", "1Gi", 110), node("b", "1", "1Gi", 110)];
+    let nodes = vec![
+        node_with("a", "1", "1Gi", 110),
+        node_with("b", "1", "1Gi", 110),
+    ];
     let mut s = snapshot(vec![deployment("web", 2, "600m", "64Mi")], nodes);
     s.pods.push(bare_pod(
         "pinned",
@@ -536,7 +497,7 @@ fn user_bound_pods_are_left_alone_but_use_capacity() {
 
 #[test]
 fn stray_pods_of_a_slot_and_stale_bindings_are_removed() {
-    let nodes = vec![node("a", "8", "16Gi", 110)];
+    let nodes = vec![node_with("a", "8", "16Gi", 110)];
     let s = settle(
         snapshot(vec![deployment("web", 2, "100m", "64Mi")], nodes),
         3,
@@ -565,7 +526,7 @@ fn arb_cluster() -> impl Strategy<Value = (Vec<NodeRecord>, Vec<Value>, Vec<Live
         v.into_iter()
             .enumerate()
             .map(|(i, (cpu, gib, pods))| {
-                node(
+                node_with(
                     &format!("n{i}"),
                     &cpu.to_string(),
                     &format!("{gib}Gi"),
@@ -625,7 +586,7 @@ proptest! {
         prop_assert!(again.is_empty(), "second plan: {:?}", again);
         // Every pod is bound to a live node, or has a record saying why not.
         for p in &s.pods {
-            let k = pod_key(p);
+            let k = key(p);
             let placed = s.bindings.get(&k).is_some_and(|b| s.liveness[&b.node] == Liveness::Alive);
             prop_assert!(placed ^ s.scheduling.contains_key(&k));
         }
@@ -634,7 +595,7 @@ proptest! {
     /// Pods without requests on equal nodes: per owner, node counts differ by at most one.
     #[test]
     fn replicas_spread_evenly(n_nodes in 1usize..12, replicas in 0i64..60) {
-        let nodes = (0..n_nodes).map(|i| node(&format!("n{i}"), "64", "256Gi", 500)).collect();
+        let nodes = (0..n_nodes).map(|i| node_with(&format!("n{i}"), "64", "256Gi", 500)).collect();
         let s = snapshot(vec![deployment("web", replicas, "0", "0")], nodes);
         let s = s.after(&reconcile(&s, &ctx("n0", 1)));
         let mut per: BTreeMap<&str, i64> = s.nodes.iter().map(|n| (n.name.as_str(), 0)).collect();
@@ -657,11 +618,11 @@ proptest! {
             s = s.after(&reconcile(&s, &ctx("n0", round as u64)));
             assert_exact_counts(&s);
             assert_within_capacity(&s);
-            for (key, b) in &s.bindings {
-                let pod = s.pods.iter().find(|p| pod_key(p) == *key).unwrap();
+            for (k, b) in &s.bindings {
+                let pod = s.pods.iter().find(|p| key(p) == *k).unwrap();
                 prop_assert_eq!(&b.pod_uid, pod["metadata"]["uid"].as_str().unwrap());
                 // On a dead node only while no live node has room (and a record says so).
-                prop_assert!(s.liveness[&b.node] == Liveness::Alive || s.scheduling.contains_key(key));
+                prop_assert!(s.liveness[&b.node] == Liveness::Alive || s.scheduling.contains_key(k));
             }
         }
     }
@@ -680,7 +641,7 @@ fn doc_of(s: &Snapshot, actor: u8) -> ClusterDoc {
         (crate::model::workload::PODS, &s.pods),
     ] {
         for v in list {
-            let (namespace, name) = pod_key(v);
+            let (namespace, name) = key(v);
             writes.push(Write::PutObject {
                 resource,
                 namespace,
@@ -716,7 +677,7 @@ fn merge(a: &mut ClusterDoc, b: &mut ClusterDoc) {
 fn concurrent_leaders_merge_to_one_binding_per_pod() {
     for seed in 0..8u64 {
         let nodes: Vec<NodeRecord> = (0..6)
-            .map(|i| node(&format!("n{i}"), "2", "4Gi", 8))
+            .map(|i| node_with(&format!("n{i}"), "2", "4Gi", 8))
             .collect();
         let base = settle(
             snapshot(
@@ -806,7 +767,7 @@ fn concurrent_leaders_merge_to_one_binding_per_pod() {
 #[test]
 fn overcommit_from_concurrent_leaders_is_repaired() {
     let nodes: Vec<NodeRecord> = (0..4)
-        .map(|i| node(&format!("n{i}"), "1", "4Gi", 110))
+        .map(|i| node_with(&format!("n{i}"), "1", "4Gi", 110))
         .collect();
     let base = snapshot(vec![deployment("web", 4, "600m", "0")], nodes.clone());
     let mut created = base.after(&reconcile(&base, &ctx("n0", 0)));
@@ -855,7 +816,7 @@ fn overcommit_from_concurrent_leaders_is_repaired() {
 #[test]
 fn a_plan_is_one_change() {
     let nodes: Vec<NodeRecord> = (0..3)
-        .map(|i| node(&format!("n{i}"), "4", "8Gi", 110))
+        .map(|i| node_with(&format!("n{i}"), "4", "8Gi", 110))
         .collect();
     let s = snapshot(vec![deployment("web", 5, "100m", "64Mi")], nodes);
     let mut d = doc_of(&s, 1);

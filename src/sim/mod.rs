@@ -5,7 +5,9 @@
 //! its core's `poll_timeout`; messages are delivered after a random latency unless dropped.
 //! A send to a node that is killed or on the other side of a partition is reported back with
 //! `handle_unreachable` after `unreachable_after`, as a real transport would. A paused node
-//! (SIGSTOP) neither ticks nor reads; its messages queue until it resumes.
+//! (SIGSTOP) neither ticks nor reads; its messages queue until it resumes. After every input
+//! it feeds a core, and after every reconcile, it checks the core's invariants
+//! (`Membership::check_invariants`, `sched::check_invariants`): a violation panics the test.
 //!
 //! With `SimConfig::controllers` set, every node also runs the controllers' loop of the agent
 //! (`agent/controllers.rs`) on its own replica: when its view names it leader and its
@@ -383,8 +385,10 @@ impl Sim {
         }
     }
 
-    /// Drain a core's outputs into the network and the event log, and reschedule its wake-up.
+    /// Check the core's invariants, drain its outputs into the network and the event log, and
+    /// reschedule its wake-up.
     fn after_input(&mut self, node: usize) {
+        self.nodes[node].core.check_invariants();
         while let Some(out) = self.nodes[node].core.poll_output() {
             match out {
                 Output::Send { to, msg, .. } => {

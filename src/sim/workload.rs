@@ -122,6 +122,7 @@ impl Sim {
             seed: self.rng.gen(),
         };
         let plan = sched::reconcile(&snapshot, &ctx);
+        sched::check_invariants(&snapshot, &plan);
         let n = &mut self.nodes[node];
         n.leader.last = Some(inputs);
         if plan.is_empty() {

@@ -250,7 +250,7 @@ impl Shared {
         &self,
         involved: &crate::model::workload::InvolvedObject,
         event_type: crate::model::workload::EventType,
-        reason: &str,
+        reason: crate::model::workload::EventReason,
         message: &str,
         component: &str,
     ) {
@@ -289,7 +289,7 @@ impl Shared {
             doc.put(&keys::event(&involved.namespace, &name), &event)
         });
         if let Err(e) = result {
-            tracing::warn!(%e, reason, "could not record an event");
+            tracing::warn!(%e, %reason, "could not record an event");
         }
     }
 

@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 use crate::model::backoff::Backoff;
 use crate::model::observed::{AttemptState, ObservedPod};
-use crate::model::workload::{EventType, PodStatusRecord};
+use crate::model::workload::{EventReason, EventType, PodStatusRecord};
 
 pub use outcome::{Ledger, Outcome, PullRecord};
 pub use status::{container_status, pod_phase};
@@ -141,7 +141,7 @@ pub enum Action {
     Event {
         target: EventTarget,
         event_type: EventType,
-        reason: String,
+        reason: EventReason,
         message: String,
     },
 }
@@ -444,7 +444,7 @@ impl Planner {
                 actions.push(Action::Event {
                     target: target.clone(),
                     event_type: EventType::Normal,
-                    reason: "SandboxChanged".into(),
+                    reason: EventReason::SandboxChanged,
                     message: "Pod sandbox changed, it will be killed and re-created.".into(),
                 });
                 actions.push(Action::StopSandbox {
@@ -516,7 +516,7 @@ impl Planner {
                 actions.push(Action::Event {
                     target: target.clone(),
                     event_type: EventType::Warning,
-                    reason: "NetworkNotReady".into(),
+                    reason: EventReason::NetworkNotReady,
                     message: network_not_ready(),
                 });
             }
@@ -535,7 +535,7 @@ impl Planner {
                     actions.push(Action::Event {
                         target: target.clone(),
                         event_type: EventType::Warning,
-                        reason: "BackOff".into(),
+                        reason: EventReason::BackOff,
                         message: format!(
                             "Back-off restarting failed container {} in pod {}_{}({})",
                             c.name, target.name, target.namespace, target.uid
@@ -546,7 +546,7 @@ impl Planner {
                     actions.push(Action::Event {
                         target: target.clone(),
                         event_type: EventType::Normal,
-                        reason: "BackOff".into(),
+                        reason: EventReason::BackOff,
                         message: format!(
                             "Back-off pulling image \"{}\"",
                             c.image.as_deref().unwrap_or_default()
@@ -555,7 +555,7 @@ impl Planner {
                     actions.push(Action::Event {
                         target: target.clone(),
                         event_type: EventType::Warning,
-                        reason: "Failed".into(),
+                        reason: EventReason::Failed,
                         message: "Error: ImagePullBackOff".into(),
                     });
                 }
@@ -563,7 +563,7 @@ impl Planner {
                 Some("CreateContainerConfigError") => actions.push(Action::Event {
                     target: target.clone(),
                     event_type: EventType::Warning,
-                    reason: "Failed".into(),
+                    reason: EventReason::Failed,
                     message: format!(
                         "Error: {}",
                         plan.image_missing
@@ -575,7 +575,7 @@ impl Planner {
                 Some("ErrImageNeverPull") => actions.push(Action::Event {
                     target: target.clone(),
                     event_type: EventType::Warning,
-                    reason: "ErrImageNeverPull".into(),
+                    reason: EventReason::ErrImageNeverPull,
                     message: plan
                         .image_missing
                         .as_ref()
@@ -633,7 +633,7 @@ impl Planner {
                     actions.push(Action::Event {
                         target: target.clone(),
                         event_type: EventType::Normal,
-                        reason: "Killing".into(),
+                        reason: EventReason::Killing,
                         message: format!("Stopping container {name}"),
                     });
                     let pre_stop = hooks
@@ -692,7 +692,7 @@ impl Planner {
                     actions.push(Action::Event {
                         target: target.clone(),
                         event_type: EventType::Warning,
-                        reason: "Unhealthy".into(),
+                        reason: EventReason::Unhealthy,
                         message: format!("{} probe failed: {message}", kind.title()),
                     });
                 }
@@ -713,7 +713,7 @@ impl Planner {
                     actions.push(Action::Event {
                         target: target.clone(),
                         event_type: EventType::Normal,
-                        reason: "Killing".into(),
+                        reason: EventReason::Killing,
                         message: format!(
                             "Container {} failed {} probe, will be restarted",
                             c.name,
@@ -779,8 +779,7 @@ fn kill(key: &str, container: &str, restart: u32) -> Action {
 
 /// What every plan must satisfy, checked after every round in tests (as iroh-gossip checks its
 /// protocol state after every event): no runtime action for what is busy, at most one runtime
-/// action per pod or container, actions only for pods this node has, one status write per pod,
-/// and every event names a reason.
+/// action per pod or container, actions only for pods this node has, one status write per pod.
 #[cfg(test)]
 fn check_invariants(input: &Inputs, actions: &[Action]) {
     let mut runtime = BTreeSet::new();
@@ -803,11 +802,7 @@ fn check_invariants(input: &Inputs, actions: &[Action]) {
                 );
                 None
             }
-            Action::DeleteStatus { .. } => None,
-            Action::Event { reason, .. } => {
-                assert!(!reason.is_empty(), "an event without a reason: {action:?}");
-                None
-            }
+            Action::DeleteStatus { .. } | Action::Event { .. } => None,
         };
         let Some((key, busy_key)) = busy_key else {
             continue;

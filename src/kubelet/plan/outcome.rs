@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::{Action, EventTarget, SandboxFailure};
-use crate::model::workload::EventType;
+use crate::model::workload::{EventReason, EventType};
 
 /// The outcome of one runtime action or image pull.
 #[derive(Clone, Debug, PartialEq)]
@@ -131,7 +131,7 @@ impl Ledger {
                 vec![event(
                     target,
                     EventType::Warning,
-                    "FailedCreatePodSandBox",
+                    EventReason::FailedCreatePodSandBox,
                     message,
                 )]
             }
@@ -150,7 +150,7 @@ impl Ledger {
                 vec![event(
                     target,
                     EventType::Warning,
-                    "Failed",
+                    EventReason::Failed,
                     format!("Error: {error}"),
                 )]
             }
@@ -167,7 +167,7 @@ impl Ledger {
                 vec![event(
                     target,
                     EventType::Warning,
-                    "FailedPreStopHook",
+                    EventReason::FailedPreStopHook,
                     message,
                 )]
             }
@@ -179,7 +179,12 @@ impl Ledger {
             } => {
                 self.pulls.insert(record, PullRecord::Running { failures });
                 let message = format!("Pulling image \"{image}\"");
-                vec![event(target, EventType::Normal, "Pulling", message)]
+                vec![event(
+                    target,
+                    EventType::Normal,
+                    EventReason::Pulling,
+                    message,
+                )]
             }
             Outcome::Pulled {
                 record,
@@ -192,7 +197,12 @@ impl Ledger {
                 let message = format!(
                     "Successfully pulled image \"{image}\" in {seconds:.3}s. Image size: {size} bytes."
                 );
-                vec![event(target, EventType::Normal, "Pulled", message)]
+                vec![event(
+                    target,
+                    EventType::Normal,
+                    EventReason::Pulled,
+                    message,
+                )]
             }
             Outcome::PullFailed {
                 record,
@@ -216,11 +226,16 @@ impl Ledger {
                     },
                 );
                 vec![
-                    event(target.clone(), EventType::Warning, "Failed", failed),
+                    event(
+                        target.clone(),
+                        EventType::Warning,
+                        EventReason::Failed,
+                        failed,
+                    ),
                     event(
                         target,
                         EventType::Warning,
-                        "Failed",
+                        EventReason::Failed,
                         "Error: ErrImagePull".into(),
                     ),
                 ]
@@ -278,27 +293,47 @@ fn started_events(
             event(
                 target.clone(),
                 EventType::Warning,
-                "InvalidEnvironmentVariableNames",
+                EventReason::InvalidEnvironmentVariableNames,
                 w,
             )
         })
         .collect();
     if !pulled {
         let message = format!("Container image \"{image}\" already present on machine");
-        out.push(event(target.clone(), EventType::Normal, "Pulled", message));
+        out.push(event(
+            target.clone(),
+            EventType::Normal,
+            EventReason::Pulled,
+            message,
+        ));
     }
     let created = format!("Created container {container}");
-    out.push(event(target.clone(), EventType::Normal, "Created", created));
+    out.push(event(
+        target.clone(),
+        EventType::Normal,
+        EventReason::Created,
+        created,
+    ));
     let started = format!("Started container {container}");
-    out.push(event(target, EventType::Normal, "Started", started));
+    out.push(event(
+        target,
+        EventType::Normal,
+        EventReason::Started,
+        started,
+    ));
     out
 }
 
-fn event(target: EventTarget, event_type: EventType, reason: &str, message: String) -> Action {
+fn event(
+    target: EventTarget,
+    event_type: EventType,
+    reason: EventReason,
+    message: String,
+) -> Action {
     Action::Event {
         target,
         event_type,
-        reason: reason.into(),
+        reason,
         message,
     }
 }
@@ -439,7 +474,7 @@ mod tests {
         };
         assert!(matches!(
             &l.record(hook, t(1))[..],
-            [Action::Event { reason, message, .. }] if reason == "FailedPreStopHook"
+            [Action::Event { reason, message, .. }] if *reason == EventReason::FailedPreStopHook
                 && message == "HTTP lifecycle hook (/stop) for Container \"main\" in Pod \"web_default(u1)\" failed - error: refused"
         ));
         let failed = Outcome::ContainerFailed {

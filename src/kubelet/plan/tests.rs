@@ -367,7 +367,7 @@ fn a_lost_binding_stops_the_copy_gracefully_then_removes_it() {
     }));
     assert!(actions
         .iter()
-        .any(|a| matches!(a, Action::Event { reason, .. } if reason == "Killing")));
+        .any(|a| matches!(a, Action::Event { reason, .. } if *reason == EventReason::Killing)));
     assert!(actions.contains(&Action::DeleteStatus {
         namespace: "default".into(),
         name: "web".into()
@@ -476,7 +476,7 @@ fn a_start_error_is_reported_as_run_container_error() {
     assert_eq!(st["lastState"]["terminated"]["reason"], "StartError");
     assert!(actions
         .iter()
-        .any(|a| matches!(a, Action::Event { reason, .. } if reason == "BackOff")));
+        .any(|a| matches!(a, Action::Event { reason, .. } if *reason == EventReason::BackOff)));
     // Never: a terminated StartError, phase Failed.
     let mut w = World::new(
         Some(desired("Never", &["a"])),
@@ -624,11 +624,11 @@ fn attached(cidr: &str, ip: [u8; 4]) -> crate::runtime::network::PodNetwork {
     }
 }
 
-fn events(actions: &[Action]) -> Vec<String> {
+fn events(actions: &[Action]) -> Vec<EventReason> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Event { reason, .. } => Some(reason.clone()),
+            Action::Event { reason, .. } => Some(*reason),
             _ => None,
         })
         .collect()
@@ -641,7 +641,7 @@ fn without_a_pod_cidr_the_pod_waits_for_the_network() {
     w.network = Some(None);
     let actions = w.plan(&mut p, t(0));
     assert!(runtime_actions(&actions).is_empty(), "no sandbox yet");
-    assert_eq!(events(&actions), ["NetworkNotReady"]);
+    assert_eq!(events(&actions), [EventReason::NetworkNotReady]);
     let waiting = &w.status()["containerStatuses"][0]["state"]["waiting"];
     assert_eq!(waiting["reason"], "ContainerCreating");
     assert_eq!(
@@ -706,7 +706,7 @@ fn an_address_outside_the_current_cidr_recreates_the_sandbox() {
         runtime_actions(&actions),
         [&Action::StopSandbox { key: "b1".into() }]
     );
-    assert_eq!(events(&actions), ["SandboxChanged"]);
+    assert_eq!(events(&actions), [EventReason::SandboxChanged]);
 
     // The sandbox is gone (network released): the running container is killed…
     let mut o = observed(&[("a", 0, running(1))], false);
@@ -838,13 +838,13 @@ fn sync_probes(w: &mut World) {
     w.probes.sync(&running);
 }
 
-fn messages(actions: &[Action], reason: &str) -> Vec<String> {
+fn messages(actions: &[Action], reason: EventReason) -> Vec<String> {
     actions
         .iter()
         .filter_map(|a| match a {
             Action::Event {
                 reason: r, message, ..
-            } if r == reason => Some(message.clone()),
+            } if *r == reason => Some(message.clone()),
             _ => None,
         })
         .collect()
@@ -872,14 +872,14 @@ fn a_failing_liveness_probe_stops_the_container_with_its_pre_stop_hook_then_rest
     probe_all(&mut w, t(1), Err("cat: can't open '/tmp/healthy'"));
     let actions = w.plan(&mut p, t(1));
     assert_eq!(
-        messages(&actions, "Unhealthy"),
+        messages(&actions, EventReason::Unhealthy),
         ["Liveness probe failed: cat: can't open '/tmp/healthy'"]
     );
     assert!(runtime_actions(&actions).is_empty());
     probe_all(&mut w, t(2), Err("cat: can't open '/tmp/healthy'"));
     let actions = w.plan(&mut p, t(2));
     assert!(
-        messages(&actions, "Unhealthy").is_empty(),
+        messages(&actions, EventReason::Unhealthy).is_empty(),
         "not repeated every second"
     );
     assert!(runtime_actions(&actions).is_empty());
@@ -888,7 +888,7 @@ fn a_failing_liveness_probe_stops_the_container_with_its_pre_stop_hook_then_rest
     probe_all(&mut w, t(3), Err("cat: can't open '/tmp/healthy'"));
     let actions = w.plan(&mut p, t(3));
     assert_eq!(
-        messages(&actions, "Killing"),
+        messages(&actions, EventReason::Killing),
         ["Container a failed liveness probe, will be restarted"]
     );
     assert_eq!(
@@ -938,7 +938,7 @@ fn a_failing_liveness_probe_stops_the_container_with_its_pre_stop_hook_then_rest
     let actions = w.plan(&mut p, t(11));
     assert_eq!(runtime_actions(&actions).len(), 1);
     assert_eq!(
-        messages(&actions, "Unhealthy"),
+        messages(&actions, EventReason::Unhealthy),
         ["Liveness probe failed: still"]
     );
     w.observed
@@ -1042,7 +1042,7 @@ fn readiness_flips_the_ready_condition_without_restarts_and_writes_only_on_flips
         probe_all(&mut w, t(s), Err("HTTP probe failed with statuscode: 503"));
         let actions = w.plan(&mut p, t(s));
         assert!(runtime_actions(&actions).is_empty());
-        unhealthy += messages(&actions, "Unhealthy").len();
+        unhealthy += messages(&actions, EventReason::Unhealthy).len();
         if s == 5 {
             assert_eq!(
                 ready(&w),
