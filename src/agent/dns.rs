@@ -36,6 +36,9 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 const MAX_UPSTREAM_REPLY: usize = 65535;
 /// Document changes are batched this long before the zone is rebuilt.
 const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Longest wait for the rest of a burst, however long zone builds take
+/// ([`super::services::pause_after`]).
+const MAX_PAUSE: Duration = Duration::from_secs(1);
 /// The zone and the listening address are re-checked at least this often.
 const TICK: Duration = Duration::from_secs(10);
 /// After a failed bind, the next attempt waits this long.
@@ -81,7 +84,9 @@ pub async fn run(shared: Arc<Shared>, upstreams: Vec<SocketAddr>, stop: impl Fut
     let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
         changes.borrow_and_update();
+        let started = tokio::time::Instant::now();
         let zone = build_zone(&shared, serial.wrapping_add(1));
+        let took = started.elapsed();
         let changed = !zone_rx.borrow().same_records(&zone);
         if changed {
             serial = serial.wrapping_add(1);
@@ -134,7 +139,7 @@ pub async fn run(shared: Arc<Shared>, upstreams: Vec<SocketAddr>, stop: impl Fut
         }
         tokio::select! {
             _ = &mut stop => break,
-            _ = tokio::time::sleep(DEBOUNCE) => {}
+            _ = tokio::time::sleep(super::services::pause_after(took, DEBOUNCE, MAX_PAUSE)) => {}
         }
     }
     if let Some((_, stop_tx, task)) = serving {

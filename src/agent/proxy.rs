@@ -21,6 +21,9 @@ use crate::state::Shared;
 
 /// After a change, wait this long for the rest of a burst before planning.
 const DEBOUNCE: Duration = Duration::from_millis(5);
+/// Longest wait for the rest of a burst, however long rounds take
+/// ([`services::pause_after`]).
+const MAX_PAUSE: Duration = Duration::from_millis(500);
 /// A round at least this often (it costs a plan; nft runs only if something differs).
 const TICK: Duration = Duration::from_secs(1);
 /// How often the table's presence is checked.
@@ -319,6 +322,7 @@ pub async fn run(shared: Arc<Shared>, stop: impl std::future::Future<Output = ()
     let mut changes = shared.subscribe();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut took = Duration::ZERO;
     loop {
         tokio::select! {
             biased;
@@ -327,11 +331,13 @@ pub async fn run(shared: Arc<Shared>, stop: impl std::future::Future<Output = ()
                 if changed.is_err() {
                     return;
                 }
-                tokio::time::sleep(DEBOUNCE).await;
+                tokio::time::sleep(services::pause_after(took, DEBOUNCE, MAX_PAUSE)).await;
                 changes.borrow_and_update();
             }
             _ = tick.tick() => {}
         }
+        let started = Instant::now();
         proxy.round().await;
+        took = started.elapsed();
     }
 }

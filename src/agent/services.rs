@@ -69,7 +69,9 @@ impl ServicesSnapshot {
     }
 }
 
-/// Stored Services and pods as served, read from the replica under short locks.
+/// Stored Services and, as served, the pods some Service selects, read from the replica under
+/// short locks. Only selected pods are merged with their status (`pod_view`): a burst of pods
+/// no Service selects costs the proxy and DNS roles nothing beyond reading them.
 fn read(shared: &Shared) -> (Vec<Value>, Vec<Value>) {
     let (services, pods) = shared.read(|doc| {
         (
@@ -77,10 +79,24 @@ fn read(shared: &Shared) -> (Vec<Value>, Vec<Value>) {
             doc.list_objects(PODS, None),
         )
     });
+    let services: Vec<Value> = services.into_iter().map(|(_, v)| v).collect();
+    let selectors: Vec<Service> = services
+        .iter()
+        .filter_map(|s| service::parse(s).ok())
+        .filter(|s| s.selector.is_some())
+        .collect();
+    let selected: Vec<&Value> = pods
+        .iter()
+        .map(|(_, p)| p)
+        .filter(|p| selectors.iter().any(|s| service::selects(s, p)))
+        .collect();
+    if selected.is_empty() {
+        return (services, Vec::new());
+    }
     let view = workload_view(shared);
     (
-        services.into_iter().map(|(_, v)| v).collect(),
-        pods.iter().map(|(_, p)| pod_view(p, &view)).collect(),
+        services,
+        selected.into_iter().map(|p| pod_view(p, &view)).collect(),
     )
 }
 
@@ -88,6 +104,15 @@ fn read(shared: &Shared) -> (Vec<Value>, Vec<Value>) {
 pub fn snapshot(shared: &Shared) -> ServicesSnapshot {
     let (services, pods) = read(shared);
     ServicesSnapshot::build(&services, &pods).0
+}
+
+/// The pause after a round of a role that rebuilds from the snapshot (proxy, DNS) before it
+/// follows the next change: at least `floor`, at most `ceiling`, and otherwise three times what
+/// the round took, so a role whose rounds grow expensive (hundreds of pods behind Services
+/// changing during a burst) keeps under a quarter of a core and does not take the CPU the
+/// kubelet's starts and the membership probes need.
+pub fn pause_after(took: Duration, floor: Duration, ceiling: Duration) -> Duration {
+    (took * 3).clamp(floor, ceiling)
 }
 
 /// The allocation conflicts in this node's replica (two Services holding one ClusterIP or
@@ -216,5 +241,13 @@ mod tests {
         assert_eq!(web.len(), 1);
         assert_eq!(web[0].ports[0].port, 8080);
         assert!(snap.endpoints[&("default".to_string(), "old".to_string())].is_empty());
+    }
+
+    #[test]
+    fn rounds_that_grow_expensive_are_paced_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(pause_after(ms(1), ms(5), ms(500)), ms(5));
+        assert_eq!(pause_after(ms(40), ms(5), ms(500)), ms(120));
+        assert_eq!(pause_after(ms(900), ms(5), ms(500)), ms(500));
     }
 }

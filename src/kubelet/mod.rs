@@ -56,27 +56,32 @@ pub fn desired_pods(shared: &Shared) -> BTreeMap<String, DesiredPod> {
 fn desired_in(doc: &crate::state::ClusterDoc, node: &str) -> BTreeMap<String, DesiredPod> {
     let mut out = BTreeMap::new();
     for (path, value) in doc.list_objects(PODS, None) {
+        // Which pods are this node's is read from the raw object (uid, spec.nodeName) and the
+        // binding; only those are parsed into typed pods (every round parsed all of them).
+        let ns = path.namespace.as_deref().unwrap_or("default");
+        let uid = value
+            .pointer("/metadata/uid")
+            .and_then(|u| u.as_str())
+            .unwrap_or_default();
+        let key = match value.pointer("/spec/nodeName").and_then(|n| n.as_str()) {
+            Some(n) if n == node => Some(uid.to_string()),
+            Some(_) => None,
+            None => doc
+                .binding(ns, &path.name)
+                .ok()
+                .flatten()
+                .filter(|b| b.node == node && b.pod_uid == uid)
+                .map(|b| b.id),
+        };
+        let Some(key) = key.filter(|k| crate::runtime::check_component("pod key", k).is_ok())
+        else {
+            continue;
+        };
         let Some(pod) = parse_pod(value) else {
             tracing::debug!(pod = %path.name, "skipping a pod object that does not parse");
             continue;
         };
-        let ns = path.namespace.clone().unwrap_or_else(|| "default".into());
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-        let key = if node_name.as_deref() == Some(node) {
-            Some(uid.clone())
-        } else if node_name.is_none() {
-            doc.binding(&ns, &path.name)
-                .ok()
-                .flatten()
-                .filter(|b| b.node == node && b.pod_uid == uid)
-                .map(|b| b.id)
-        } else {
-            None
-        };
-        if let Some(key) = key.filter(|k| crate::runtime::check_component("pod key", k).is_ok()) {
-            out.insert(key.clone(), DesiredPod { key, pod });
-        }
+        out.insert(key.clone(), DesiredPod { key, pod });
     }
     out
 }
@@ -101,7 +106,7 @@ fn parse_pod(value: serde_json::Value) -> Option<Pod> {
             _ => {}
         }
     }
-    match serde_json::from_value::<Pod>(value.clone()) {
+    match <Pod as serde::Deserialize>::deserialize(&value) {
         Ok(p) => Some(p),
         Err(_) => {
             let mut v = value;
@@ -307,8 +312,14 @@ impl Shell {
             tracing::debug!(?action, "kubelet action");
             self.execute(action, &desired, &observed, &images, pod_cidr.as_deref());
         }
+        // Pods held back by the planner's sandbox budget are work queued as much as actions
+        // waiting for a permit.
+        let unstarted = desired
+            .keys()
+            .filter(|k| !busy.contains(*k) && observed.get(*k).is_none_or(|o| o.sandbox.is_none()))
+            .count();
         self.reap_orphans(&desired, &observed).await;
-        self.report_pressure();
+        self.report_pressure(unstarted);
     }
 
     /// Hands what the background work reported to the planner's ledger and records the
@@ -368,8 +379,8 @@ impl Shell {
 
     /// Writes `RuntimePressure` to this node's status document when the backlog of runtime
     /// actions crosses [`PRESSURE_ON`], and removes it once it is under [`PRESSURE_OFF`].
-    fn report_pressure(&mut self) {
-        let backlog = self.busy().len();
+    fn report_pressure(&mut self, unstarted: usize) {
+        let backlog = self.busy().len() + unstarted;
         let pressured = if self.pressured {
             backlog >= PRESSURE_OFF
         } else {

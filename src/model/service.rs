@@ -306,23 +306,30 @@ fn find_named_port(pod: &Value, name: &str, protocol: Protocol) -> Option<u16> {
 /// selector matches, with an IPv4 `podIP`, not `Succeeded` or `Failed`. Sorted by address,
 /// then pod name. A Service without a selector has none (its endpoints are not computed).
 pub fn endpoints(service: &Service, pods: &[Value]) -> Vec<Endpoint> {
-    let Some(selector) = &service.selector else {
-        return Vec::new();
-    };
     let mut out: Vec<Endpoint> = pods
         .iter()
-        .filter(|p| text(p, "/metadata/namespace") == service.namespace)
-        .filter(|p| {
-            let have = labels(p);
-            selector
-                .iter()
-                .all(|(k, v)| have.get(k.as_str()) == Some(&v.as_str()))
-        })
+        .filter(|p| selects(service, p))
         .filter(|p| !matches!(text(p, "/status/phase"), "Succeeded" | "Failed"))
         .filter_map(|p| endpoint_of(service, p))
         .collect();
     out.sort_by(|a, b| (a.ip, &a.pod).cmp(&(b.ip, &b.pod)));
     out
+}
+
+/// Whether `service`'s selector picks `pod` (same namespace, every selector label matches); a
+/// Service without a selector picks none. Reads only the pod's metadata, so it may be given the
+/// stored object as well as the served one.
+pub fn selects(service: &Service, pod: &Value) -> bool {
+    let Some(selector) = &service.selector else {
+        return false;
+    };
+    if text(pod, "/metadata/namespace") != service.namespace {
+        return false;
+    }
+    let have = labels(pod);
+    selector
+        .iter()
+        .all(|(k, v)| have.get(k.as_str()) == Some(&v.as_str()))
 }
 
 fn endpoint_of(service: &Service, pod: &Value) -> Option<Endpoint> {
@@ -635,6 +642,25 @@ mod tests {
         // A numeric string targetPort is a number.
         let s = parse(&svc(json!({"ports": [{"port": 80, "targetPort": "8080"}]}))).unwrap();
         assert_eq!(s.ports[0].target_port, TargetPort::Number(8080));
+    }
+
+    #[test]
+    fn selects_by_namespace_and_every_label() {
+        let s = parse(&svc(json!({"selector": {"app": "web", "tier": "fe"},
+                                  "ports": [{"port": 80}]})))
+        .unwrap();
+        let pod = |ns: &str, labels: Value| json!({"metadata": {"namespace": ns, "name": "p", "labels": labels}});
+        assert!(selects(
+            &s,
+            &pod("default", json!({"app": "web", "tier": "fe", "x": "y"}))
+        ));
+        assert!(!selects(&s, &pod("default", json!({"app": "web"}))));
+        assert!(!selects(
+            &s,
+            &pod("other", json!({"app": "web", "tier": "fe"}))
+        ));
+        let none = parse(&svc(json!({"clusterIP": "None", "selector": {}}))).unwrap();
+        assert!(!selects(&none, &pod("default", json!({"app": "web"}))));
     }
 
     #[test]

@@ -238,6 +238,19 @@ fn first_waiting_message(status: &serde_json::Value, desired: &DesiredPod) -> Op
         .map(str::to_string)
 }
 
+/// Most sandbox creations queued or running at once on a node. Sandboxes beyond it wait for a
+/// later round (each finished action wakes one), so a pod whose sandbox is ready gets its
+/// containers started next instead of queueing behind every other pod's sandbox: with 60 pods
+/// bound at once, the first ran only after all 60 sandboxes had been made.
+pub const MAX_SANDBOX_STARTS: usize = 4;
+
+/// Takes one unit of `budget`, if any is left.
+fn take(budget: &mut usize) -> bool {
+    let had = *budget > 0;
+    *budget = budget.saturating_sub(1);
+    had
+}
+
 /// The busy-set entry of a container action.
 pub fn container_busy_key(key: &str, container: &str) -> String {
     format!("{key}/{container}")
@@ -290,8 +303,18 @@ impl Planner {
 
     pub fn plan(&mut self, input: &Inputs) -> Vec<Action> {
         let mut actions = Vec::new();
+        // Sandbox work in flight (busy under a desired pod's own key) counts against the
+        // budget, so a burst's sandboxes are made a few at a time and the containers of pods
+        // whose sandbox is ready start without waiting behind all of them.
+        let mut sandbox_budget = MAX_SANDBOX_STARTS.saturating_sub(
+            input
+                .desired
+                .keys()
+                .filter(|k| input.busy.contains(*k))
+                .count(),
+        );
         for (key, desired) in input.desired {
-            self.plan_desired(input, key, desired, &mut actions);
+            self.plan_desired(input, key, desired, &mut sandbox_budget, &mut actions);
         }
         for (key, observed) in input.observed {
             if !input.desired.contains_key(key) {
@@ -337,6 +360,7 @@ impl Planner {
         input: &Inputs,
         key: &str,
         desired: &DesiredPod,
+        sandbox_budget: &mut usize,
         actions: &mut Vec<Action>,
     ) {
         let busy = input.busy.contains(key);
@@ -452,14 +476,14 @@ impl Planner {
                 });
             } else if sandbox_alive && !attached {
                 // A sandbox whose network attach failed (or predates the pod network).
-                if may_create {
+                if may_create && take(sandbox_budget) {
                     actions.push(Action::CreateSandbox {
                         key: key.to_string(),
                     });
                 }
             } else if !sandbox_alive && (wants_start || !running.is_empty()) {
                 if running.is_empty() {
-                    if may_create {
+                    if may_create && take(sandbox_budget) {
                         actions.push(Action::CreateSandbox {
                             key: key.to_string(),
                         });
@@ -827,4 +851,17 @@ fn check_invariants(input: &Inputs, actions: &[Action]) {
             );
         }
     }
+    let creating = actions
+        .iter()
+        .filter(|a| matches!(a, Action::CreateSandbox { .. }))
+        .count();
+    let in_flight = input
+        .desired
+        .keys()
+        .filter(|k| input.busy.contains(*k))
+        .count();
+    assert!(
+        creating == 0 || creating + in_flight <= MAX_SANDBOX_STARTS,
+        "{creating} sandbox creations with {in_flight} in flight: over {MAX_SANDBOX_STARTS}"
+    );
 }

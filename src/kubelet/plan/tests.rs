@@ -1305,3 +1305,49 @@ proptest! {
         prop_assert!(w.observed.is_empty(), "left: {:?}", w.observed.keys().collect::<Vec<_>>());
     }
 }
+
+/// A burst: ten pods bound at once get their sandboxes a few at a time, and the containers of a
+/// pod whose sandbox is ready start in the round it is seen, ahead of the sandboxes still to
+/// make (they no longer wait behind every other pod's sandbox).
+#[test]
+fn sandboxes_of_a_burst_are_made_a_few_at_a_time_and_ready_pods_start_first() {
+    let pod = |i: usize| {
+        let mut d = desired("Always", &["a"]);
+        d.key = format!("b{i:02}");
+        d.pod.metadata.name = Some(format!("web{i:02}"));
+        d.pod.metadata.uid = Some(format!("u{i:02}"));
+        d
+    };
+    let mut p = Planner::new();
+    let mut w = World::new(None, None);
+    w.desired = (0..10).map(|i| (format!("b{i:02}"), pod(i))).collect();
+    let creates = |actions: &[Action]| -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::CreateSandbox { key } => Some(key.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = creates(&w.plan(&mut p, t(0)));
+    assert_eq!(first.len(), MAX_SANDBOX_STARTS, "{first:?}");
+    // Those are in flight: nothing more this round.
+    w.busy = first.iter().cloned().collect();
+    assert!(creates(&w.plan(&mut p, t(1))).is_empty());
+    // One finishes: its container starts, and one more sandbox is made.
+    let done = first[0].clone();
+    w.busy.remove(&done);
+    let mut o = observed(&[], true);
+    o.meta.key = done.clone();
+    o.meta.name = format!("web{}", &done[1..]);
+    o.meta.uid = format!("u{}", &done[1..]);
+    w.observed.insert(done.clone(), o);
+    let actions = w.plan(&mut p, t(2));
+    let next = creates(&actions);
+    assert_eq!(next.len(), 1, "{actions:?}");
+    assert!(!first.contains(&next[0]));
+    assert!(actions.iter().any(
+        |a| matches!(a, Action::StartContainer { key, container, .. } if *key == done && container == "a")
+    ));
+}
