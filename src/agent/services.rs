@@ -29,35 +29,14 @@ pub struct ServicesSnapshot {
 }
 
 impl ServicesSnapshot {
-    /// Pure: from stored Service objects and pods as served (`api::workloads::pod_view`).
-    /// Also returns the allocation conflicts it settled. A stored Service that does not
-    /// parse is left out.
-    pub fn build(services: &[Value], pods: &[Value]) -> (ServicesSnapshot, Vec<Conflict>) {
-        let parsed: Vec<Service> = services
-            .iter()
-            .filter_map(|s| match service::parse(s) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::debug!(%e, "stored Service left out of the snapshot");
-                    None
-                }
-            })
-            .collect();
-        let (services, conflicts) = service::resolve_conflicts(&parsed);
-        let mut by_namespace: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
-        for pod in pods {
-            let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
-            by_namespace.entry(ns).or_default().push(pod.clone());
-        }
+    /// Pure: from the stored Services that parse (`parse_all`) and pods as served
+    /// (`api::workloads::pod_view`). Also returns the allocation conflicts it settled.
+    pub fn build(parsed: &[Service], pods: &[Value]) -> (ServicesSnapshot, Vec<Conflict>) {
+        let (services, conflicts) = service::resolve_conflicts(parsed);
+        // `endpoints` keeps only the pods each Service selects (its namespace included).
         let endpoints = services
             .iter()
-            .map(|s| {
-                let pods = by_namespace
-                    .get(s.namespace.as_str())
-                    .map(Vec::as_slice)
-                    .unwrap_or_default();
-                (s.key(), service::endpoints(s, pods))
-            })
+            .map(|s| (s.key(), service::endpoints(s, pods)))
             .collect();
         (
             ServicesSnapshot {
@@ -69,10 +48,24 @@ impl ServicesSnapshot {
     }
 }
 
-/// Stored Services and, as served, the pods some Service selects, read from the replica under
-/// short locks. Only selected pods are merged with their status (`pod_view`): a burst of pods
-/// no Service selects costs the proxy and DNS roles nothing beyond reading them.
-fn read(shared: &Shared) -> (Vec<Value>, Vec<Value>) {
+/// The stored Services that parse; one that does not is left out (and logged at debug).
+fn parse_all(services: &[Value]) -> Vec<Service> {
+    services
+        .iter()
+        .filter_map(|s| match service::parse(s) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!(%e, "stored Service left out of the snapshot");
+                None
+            }
+        })
+        .collect()
+}
+
+/// The stored Services (parsed) and, as served, the pods some Service selects, read from the
+/// replica under short locks. Only selected pods are merged with their status (`pod_view`): a
+/// burst of pods no Service selects costs the proxy and DNS roles nothing beyond reading them.
+fn read(shared: &Shared) -> (Vec<Service>, Vec<Value>) {
     let (services, pods) = shared.read(|doc| {
         (
             doc.list_objects(SERVICES, None),
@@ -80,15 +73,11 @@ fn read(shared: &Shared) -> (Vec<Value>, Vec<Value>) {
         )
     });
     let services: Vec<Value> = services.into_iter().map(|(_, v)| v).collect();
-    let selectors: Vec<Service> = services
-        .iter()
-        .filter_map(|s| service::parse(s).ok())
-        .filter(|s| s.selector.is_some())
-        .collect();
+    let services = parse_all(&services);
     let selected: Vec<&Value> = pods
         .iter()
         .map(|(_, p)| p)
-        .filter(|p| selectors.iter().any(|s| service::selects(s, p)))
+        .filter(|p| services.iter().any(|s| service::selects(s, p)))
         .collect();
     if selected.is_empty() {
         return (services, Vec::new());
@@ -232,7 +221,7 @@ mod tests {
             "status": {"phase": "Running", "podIP": "10.244.1.4",
                        "conditions": [{"type": "Ready", "status": "True"}]},
         })];
-        let (snap, conflicts) = ServicesSnapshot::build(&services, &pods);
+        let (snap, conflicts) = ServicesSnapshot::build(&parse_all(&services), &pods);
         let names: Vec<&str> = snap.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["old", "web"]);
         assert_eq!(conflicts.len(), 1);

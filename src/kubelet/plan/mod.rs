@@ -244,6 +244,15 @@ fn first_waiting_message(status: &serde_json::Value, desired: &DesiredPod) -> Op
 /// bound at once, the first ran only after all 60 sandboxes had been made.
 pub const MAX_SANDBOX_STARTS: usize = 4;
 
+/// Sandbox work queued or running for desired pods (busy under the pod's own key).
+fn sandbox_work_in_flight(input: &Inputs) -> usize {
+    input
+        .desired
+        .keys()
+        .filter(|k| input.busy.contains(*k))
+        .count()
+}
+
 /// Takes one unit of `budget`, if any is left.
 fn take(budget: &mut usize) -> bool {
     let had = *budget > 0;
@@ -306,13 +315,7 @@ impl Planner {
         // Sandbox work in flight (busy under a desired pod's own key) counts against the
         // budget, so a burst's sandboxes are made a few at a time and the containers of pods
         // whose sandbox is ready start without waiting behind all of them.
-        let mut sandbox_budget = MAX_SANDBOX_STARTS.saturating_sub(
-            input
-                .desired
-                .keys()
-                .filter(|k| input.busy.contains(*k))
-                .count(),
-        );
+        let mut sandbox_budget = MAX_SANDBOX_STARTS.saturating_sub(sandbox_work_in_flight(input));
         for (key, desired) in input.desired {
             self.plan_desired(input, key, desired, &mut sandbox_budget, &mut actions);
         }
@@ -855,11 +858,7 @@ fn check_invariants(input: &Inputs, actions: &[Action]) {
         .iter()
         .filter(|a| matches!(a, Action::CreateSandbox { .. }))
         .count();
-    let in_flight = input
-        .desired
-        .keys()
-        .filter(|k| input.busy.contains(*k))
-        .count();
+    let in_flight = sandbox_work_in_flight(input);
     assert!(
         creating == 0 || creating + in_flight <= MAX_SANDBOX_STARTS,
         "{creating} sandbox creations with {in_flight} in flight: over {MAX_SANDBOX_STARTS}"
