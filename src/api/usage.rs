@@ -91,6 +91,24 @@ pub fn pod_metrics(node: &NodeUsage, p: &PodUsage, labels: &BTreeMap<String, Str
     })
 }
 
+/// A named get answers with its one item (404 naming `resource` if there is none); a list
+/// answers with all of them as a `list_kind`.
+fn respond(
+    target: &Target,
+    items: Vec<Value>,
+    resource: &str,
+    list_kind: &str,
+) -> Result<Response, ApiError> {
+    match &target.name {
+        Some(name) => items
+            .into_iter()
+            .next()
+            .map(|v| Json(v).into_response())
+            .ok_or_else(|| ApiError::not_found(resource, name)),
+        None => Ok(Json(list(list_kind, items)).into_response()),
+    }
+}
+
 fn list(kind: &str, items: Vec<Value>) -> Value {
     json!({
         "kind": kind,
@@ -163,14 +181,7 @@ pub(crate) async fn handle(
                     })
             };
             let items: Vec<Value> = usage.iter().filter(wanted).map(node_metrics).collect();
-            match &target.name {
-                Some(name) => items
-                    .into_iter()
-                    .next()
-                    .map(|v| Json(v).into_response())
-                    .ok_or_else(|| ApiError::not_found("nodes.metrics.k8s.io", name)),
-                None => Ok(Json(list("NodeMetricsList", items)).into_response()),
-            }
+            respond(&target, items, "nodes.metrics.k8s.io", "NodeMetricsList")
         }
         _ => {
             let labels = pod_labels(&state, target.namespace.as_deref());
@@ -190,14 +201,7 @@ pub(crate) async fn handle(
                     }
                 }
             }
-            match &target.name {
-                Some(name) => items
-                    .into_iter()
-                    .next()
-                    .map(|v| Json(v).into_response())
-                    .ok_or_else(|| ApiError::not_found("pods.metrics.k8s.io", name)),
-                None => Ok(Json(list("PodMetricsList", items)).into_response()),
-            }
+            respond(&target, items, "pods.metrics.k8s.io", "PodMetricsList")
         }
     }
 }
