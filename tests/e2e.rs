@@ -20,6 +20,7 @@ mod e2e {
     mod rollout;
     mod security;
     mod services;
+    mod state;
     mod storm;
     mod workloads;
 

@@ -75,7 +75,8 @@ pub fn replication(shared: &Shared) -> BTreeMap<String, crate::api::PeerReplicat
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
-    shared
+    let transfers = shared.metrics.transfers();
+    let mut out: BTreeMap<String, crate::api::PeerReplication> = shared
         .metrics
         .peer_syncs()
         .into_iter()
@@ -90,10 +91,19 @@ pub fn replication(shared: &Shared) -> BTreeMap<String, crate::api::PeerReplicat
             let r = crate::api::PeerReplication {
                 differing_documents: s.differing,
                 lag_ms,
+                transfer: None,
             };
             (peer, r)
         })
-        .collect()
+        .collect();
+    for (peer, t) in transfers {
+        out.entry(peer).or_default().transfer = Some(crate::api::StateTransfer {
+            direction: if t.sending { "sending" } else { "receiving" }.into(),
+            bytes_done: t.done,
+            bytes_total: t.total,
+        });
+    }
+    out
 }
 
 /// The exposition for a scraper sending `accept`, with its content type.

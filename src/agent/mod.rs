@@ -724,11 +724,24 @@ async fn serve_api(
         usage,
     } = start;
     let mut changes = shared.subscribe();
-    let waiting_since = tokio::time::Instant::now();
+    let mut waiting_since = tokio::time::Instant::now();
     let deadline = resync_deadline();
     let meta = loop {
         if let Some(meta) = shared.read(|d| d.meta())? {
             break meta;
+        }
+        // A chunked state transfer on its way: the deadline counts from its last progress.
+        let receiving: Vec<(String, crate::metrics::Transfer)> = shared
+            .metrics
+            .transfers()
+            .into_iter()
+            .filter(|(_, t)| !t.sending)
+            .collect();
+        if let Some((from, t)) = receiving.first() {
+            waiting_since = tokio::time::Instant::now();
+            tracing::info!(member = %from, received_mib = t.done >> 20, total_mib = t.total >> 20, "waiting for the cluster state: receiving it in chunks");
+            let _ = tokio::time::timeout(Duration::from_secs(5), changes.changed()).await;
+            continue;
         }
         if waiting_since.elapsed() >= deadline {
             let r = resync.as_ref();

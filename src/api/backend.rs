@@ -47,6 +47,18 @@ pub struct PeerReplication {
     pub differing_documents: u64,
     /// How long the documents have differed (0 when they agreed); `None` if they never agreed.
     pub lag_ms: Option<u64>,
+    /// A state transfer (chunked snapshot) in progress with this peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<StateTransfer>,
+}
+
+/// A chunked snapshot transfer in progress (`state::transfer`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateTransfer {
+    /// `sending` or `receiving`.
+    pub direction: String,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
 }
 
 /// The serving agent's view: served at `/shoal/v1/status` and printed by `shoal status`.

@@ -63,7 +63,7 @@ use std::time::Duration;
 
 pub use backend::{
     AgentStatus, Backend, BackendError, BoxFuture, ImageSummary, LogRequest, LogStream,
-    MemberStatus, ObjectKey, PeerReplication, WorkloadView,
+    MemberStatus, ObjectKey, PeerReplication, StateTransfer, WorkloadView,
 };
 pub use nodes::node_object;
 pub use server::{serve, tls_config};

@@ -1,5 +1,5 @@
 //! `shoal status`: the serving agent's view as a table people read (members and their states,
-//! leader, epoch, document sizes, replication lag per peer), or as JSON (`-o json`, the
+//! leader, epoch, document sizes, replication lag and state transfers per peer), or as JSON (`-o json`, the
 //! `/shoal/v1/status` document unchanged, for scripts).
 
 use std::fmt::Write;
@@ -29,7 +29,7 @@ fn sync_cell(status: &AgentStatus, member: &str) -> String {
     if member == status.node {
         return "(this node)".into();
     }
-    match status.replication.get(member) {
+    let cell = match status.replication.get(member) {
         None => "-".into(),
         Some(r) if r.differing_documents == 0 => "in sync".into(),
         Some(r) => {
@@ -42,6 +42,20 @@ fn sync_cell(status: &AgentStatus, member: &str) -> String {
                 None => format!("{docs}, never in sync"),
             }
         }
+    };
+    match status
+        .replication
+        .get(member)
+        .and_then(|r| r.transfer.as_ref())
+    {
+        Some(t) => format!(
+            "{cell}; {} state {} of {} ({}%)",
+            t.direction,
+            human_bytes(t.bytes_done),
+            human_bytes(t.bytes_total),
+            t.bytes_done * 100 / t.bytes_total.max(1)
+        ),
+        None => cell,
     }
 }
 
@@ -182,6 +196,7 @@ mod tests {
                     PeerReplication {
                         differing_documents: 0,
                         lag_ms: Some(0),
+                        transfer: None,
                     },
                 ),
                 (
@@ -189,6 +204,11 @@ mod tests {
                     PeerReplication {
                         differing_documents: 2,
                         lag_ms: Some(4200),
+                        transfer: Some(crate::api::StateTransfer {
+                            direction: "sending".into(),
+                            bytes_done: 12 << 20,
+                            bytes_total: 40 << 20,
+                        }),
                     },
                 ),
             ]
@@ -203,7 +223,7 @@ cluster document 42.1 KiB on disk  heads 1  status documents 3
 MEMBER  STATE           INCARNATION  ADMITTED  REPLICATION
 n1      alive           -            -         (this node)
 n2      alive (leader)  2            yes       in sync
-n3      suspect         2            yes       2 docs differ for 4.2s
+n3      suspect         2            yes       2 docs differ for 4.2s; sending state 12.0 MiB of 40.0 MiB (30%)
 ";
         assert_eq!(text, expected, "\n{text}");
     }

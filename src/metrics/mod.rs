@@ -58,11 +58,13 @@ impl Direction {
     }
 }
 
-/// The replication path a byte travelled: the push of fresh changes, or anti-entropy.
+/// The replication path a byte travelled: the push of fresh changes, anti-entropy, or a
+/// chunked snapshot transfer.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum SyncPath {
     Push,
     Sync,
+    Snapshot,
 }
 
 impl SyncPath {
@@ -70,6 +72,7 @@ impl SyncPath {
         match self {
             SyncPath::Push => "push",
             SyncPath::Sync => "sync",
+            SyncPath::Snapshot => "snapshot",
         }
     }
 }
@@ -181,6 +184,15 @@ pub struct PeerSync {
     pub in_sync_at: Option<f64>,
 }
 
+/// A state transfer (chunked snapshot) in progress with one peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    /// True when this node sends, false when it receives.
+    pub sending: bool,
+    pub done: u64,
+    pub total: u64,
+}
+
 /// The agent's metrics: cheap to update from any thread (atomics), encoded on scrape.
 pub struct Metrics {
     registry: Registry,
@@ -210,6 +222,7 @@ pub struct Metrics {
     dns_queries: Family<AnswerLabel, Counter>,
     probes: Mutex<BTreeMap<u64, Instant>>,
     peers: Mutex<BTreeMap<String, PeerSync>>,
+    transfers: Mutex<BTreeMap<String, Transfer>>,
 }
 
 impl Default for Metrics {
@@ -258,6 +271,7 @@ impl Metrics {
             proxy_sync: histogram(0.001, 2.0, 12),
             dns_queries: Family::default(),
             probes: Mutex::new(BTreeMap::new()),
+            transfers: Mutex::new(BTreeMap::new()),
             peers: Mutex::new(BTreeMap::new()),
         };
         m.register();
@@ -445,6 +459,16 @@ impl Metrics {
     /// Each peer's replication state (for `shoal status`).
     pub fn peer_syncs(&self) -> BTreeMap<String, PeerSync> {
         lock(&self.peers).clone()
+    }
+
+    /// Replaces the state transfers in progress (peer name to transfer), as the network actor
+    /// sees them.
+    pub fn set_transfers(&self, transfers: BTreeMap<String, Transfer>) {
+        *lock(&self.transfers) = transfers;
+    }
+
+    pub fn transfers(&self) -> BTreeMap<String, Transfer> {
+        lock(&self.transfers).clone()
     }
 
     pub fn sync_bytes(&self, direction: Direction, path: SyncPath, bytes: usize) {

@@ -22,7 +22,7 @@ use crate::model::is_dns1123_subdomain;
 use crate::model::MemberStatus;
 use crate::security::{admission_proof, verify_admission, AdmissionClaim};
 use crate::state::shared::{LocalChange, Shared, View};
-use crate::state::{DocId, DocStore};
+use crate::state::{transfer, DocId, DocStore};
 
 mod replication;
 
@@ -80,6 +80,8 @@ enum Sent {
     Push,
     Digest,
     Sync,
+    Offer,
+    Fetch,
 }
 
 struct Actor {
@@ -112,6 +114,11 @@ struct Actor {
     refused_us_logged: HashMap<PeerId, Instant>,
     /// When a forged status-document version was last logged.
     forgeries_logged: Option<Instant>,
+    /// State transfer, receiving side (pure core).
+    receiver: transfer::Receiver<PeerId>,
+    /// State transfer, serving side (pure core) and the snapshot files it keeps open.
+    sender: transfer::Sender<PeerId>,
+    serving: HashMap<transfer::TransferId, std::fs::File>,
 }
 
 pub(super) fn quic_addr(addr: SocketAddr) -> Multiaddr {
@@ -171,6 +178,7 @@ pub async fn run(
         seed,
         now,
     );
+    let shared_generation = shared.identity.generation;
     let mut actor = Actor {
         swarm,
         gate,
@@ -196,6 +204,9 @@ pub async fn run(
         refusals_logged: HashMap::new(),
         refused_us_logged: HashMap::new(),
         forgeries_logged: None,
+        receiver: transfer::Receiver::new(shared_generation),
+        sender: transfer::Sender::default(),
+        serving: HashMap::new(),
         config,
     };
     if let Err(e) = std::fs::create_dir_all(&actor.status_dir) {
@@ -264,6 +275,7 @@ impl Actor {
         for p in due {
             let _ = self.swarm.disconnect_peer_id(p);
         }
+        self.transfer_tick(now);
         self.save(false);
     }
 
@@ -278,6 +290,12 @@ impl Actor {
         next = next.min(self.last_connect_sweep + Duration::from_secs(2));
         if !self.dirty.is_empty() {
             next = next.min(self.last_save + self.config.save_interval);
+        }
+        for t in [self.receiver.poll_timeout(), self.sender.poll_timeout()]
+            .into_iter()
+            .flatten()
+        {
+            next = next.min(t);
         }
         if let Some((t, _)) = self.to_disconnect.iter().min_by_key(|(t, _)| *t) {
             next = next.min(*t);
@@ -576,6 +594,8 @@ impl Actor {
         }
         // Keep only what both sides agreed on; in-flight bookkeeping dies with the connection.
         self.forget_in_flight(peer);
+        self.receiver.handle_peer_lost(&peer);
+        self.drain_transfer();
         self.fail_pending(peer);
     }
 
@@ -617,6 +637,10 @@ impl Actor {
                 }
                 Some(Sent::Gossip(member)) => {
                     self.membership.handle_unreachable(&member, Instant::now())
+                }
+                Some(Sent::Fetch) => {
+                    self.receiver.handle_fetch_failed(peer, &error.to_string());
+                    self.drain_transfer();
                 }
                 _ => tracing::debug!(%peer, %error, "request failed"),
             },
@@ -680,6 +704,15 @@ impl Actor {
                 let response = self.on_sync_request(peer, &name, doc, message);
                 self.respond(channel, response);
             }
+            Request::Offer { id } => {
+                self.receiver.handle_offer(peer, id, Instant::now());
+                self.drain_transfer();
+                self.respond(channel, Response::Ok);
+            }
+            Request::Fetch { id, offset } => {
+                let response = self.on_fetch(peer, &name, id, offset);
+                self.respond(channel, response);
+            }
         }
     }
 
@@ -691,6 +724,23 @@ impl Actor {
             }
             (Some(Sent::Digest), Response::Digest { differ }) => {
                 self.on_digest_response(peer, differ)
+            }
+            (Some(Sent::Fetch), Response::Chunk { id, offset, bytes }) => {
+                let chunk = transfer::Chunk {
+                    id,
+                    offset,
+                    bytes: bytes.0,
+                };
+                self.receiver.handle_chunk(peer, chunk, Instant::now());
+                self.drain_transfer();
+            }
+            (Some(Sent::Fetch), response) => {
+                let reason = match response {
+                    Response::Refused { reason } => reason,
+                    other => format!("unexpected answer {other:?}"),
+                };
+                self.receiver.handle_fetch_failed(peer, &reason);
+                self.drain_transfer();
             }
             (_, Response::Refused { reason }) => tracing::debug!(%peer, %reason, "request refused"),
             _ => {}

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::membership;
 use crate::security::AdmissionClaim;
+use crate::state::transfer::TransferId;
 use crate::state::DocId;
 
 /// Most documents one digest may list.
@@ -33,7 +34,8 @@ pub const PROTOCOL: &str = "/shoal/1";
 pub const ADMIT_PROTOCOL: &str = "/shoal/admit/1";
 /// Largest admission request or response (a claim, a 32-byte proof and an address).
 pub const MAX_ADMIT_BYTES: u64 = 4096;
-/// Largest request or response accepted from a peer (a first sync of a large document).
+/// Largest request or response accepted from a peer. No message needs more: a sync that would
+/// is replaced by a chunked snapshot transfer (`state::transfer`).
 pub const MAX_MESSAGE_BYTES: u64 = 32 << 20;
 /// Most changes carried by one push.
 pub const MAX_PUSH_CHANGES: usize = 1024;
@@ -73,6 +75,12 @@ pub enum Request {
         doc: DocRef,
         message: serde_bytes_vec::Bytes,
     },
+    /// State transfer: the sender's sync for the cluster document would need one message above
+    /// the limit (`state::transfer::MAX_SYNC_MESSAGE_BYTES`); it offers its snapshot file
+    /// instead, to be fetched in chunks.
+    Offer { id: TransferId },
+    /// State transfer: the chunk of snapshot `id` at `offset` (at most `CHUNK_BYTES`).
+    Fetch { id: TransferId, offset: u64 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,6 +96,12 @@ pub enum Response {
     Sync {
         doc: DocRef,
         message: Option<serde_bytes_vec::Bytes>,
+    },
+    /// One chunk of a snapshot being transferred.
+    Chunk {
+        id: TransferId,
+        offset: u64,
+        bytes: serde_bytes_vec::Bytes,
     },
     Refused {
         reason: String,

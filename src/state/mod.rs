@@ -1,7 +1,7 @@
 //! The replicated cluster state: the cluster document (cluster metadata, tokens, node records
 //! and users' objects; a flat key space of whole CBOR values), per-node status documents (one
 //! writer each, re-based by their owner to bound history), change extraction for the push path,
-//! sync for anti-entropy, persistence in the data dir, and the deterministic rebuild that
+//! sync for anti-entropy, state transfer in bounded chunks, persistence in the data dir, and the deterministic rebuild that
 //! compaction and restore are built on.
 
 mod cbor;
@@ -12,13 +12,14 @@ mod replica;
 pub mod secrets;
 pub mod shared;
 mod status;
+pub mod transfer;
 mod workloads;
 
 pub use doc::{ClusterDoc, ClusterMeta, StateError};
 pub use keys::{object_key, ObjectPath};
 pub use persist::{
-    is_out_of_space, open_file, seal_file, set_aside, sync_parent, write_atomic, DocStore, Loaded,
-    Wal,
+    is_out_of_space, is_sealed, open_file, seal_file, set_aside, sync_parent, write_atomic,
+    DocStore, Loaded, Wal,
 };
 pub use replica::{Replica, MAX_VALUE_BYTES};
 pub use shared::{LocalChange, Shared, View};

@@ -39,7 +39,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
 
 /// The first bytes of a checksummed state file (snapshot or status document).
 const FILE_MAGIC: &[u8; 8] = b"SHOALCK1";
-const FILE_HEADER: usize = 8 + 8 + 4;
+pub(crate) const FILE_HEADER: usize = 8 + 8 + 4;
+
+/// Whether `bytes` start like a sealed state file.
+pub fn is_sealed(bytes: &[u8]) -> bool {
+    bytes.starts_with(FILE_MAGIC)
+}
 
 /// Wraps a state file's bytes in a checksummed envelope: magic, `len: u64 LE`,
 /// `crc32(payload): u32 LE`, payload.

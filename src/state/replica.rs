@@ -186,6 +186,14 @@ impl Replica {
         Ok(self.heads() != before)
     }
 
+    /// Merges a whole saved document (a snapshot received from a peer) into this one: every
+    /// change it holds that this one lacks is applied. Returns whether the heads moved.
+    pub fn merge_saved(&mut self, saved: &[u8]) -> Result<bool, StateError> {
+        let before = self.heads();
+        self.doc.load_incremental(saved)?;
+        Ok(self.heads() != before)
+    }
+
     pub fn generate_sync(&mut self, state: &mut sync::State) -> Option<Vec<u8>> {
         self.doc
             .sync()

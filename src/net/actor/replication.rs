@@ -1,7 +1,10 @@
 //! Replication of the documents between admitted peers: the push path (local changes to every
 //! peer at once), digest-driven anti-entropy (compare heads of every document with one random
 //! peer per interval, then automerge-sync the ones that differ), status-document versions
-//! (a newer version replaces an older one), and persistence of what changed.
+//! (a newer version replaces an older one), state transfer (a sync that would need one message
+//! above `transfer::MAX_SYNC_MESSAGE_BYTES` becomes an offer of the snapshot file, fetched in
+//! chunks: the decisions are `state::transfer`'s, this shell reads files and moves bytes), and
+//! persistence of what changed.
 
 use automerge::sync;
 use libp2p::PeerId;
@@ -13,6 +16,7 @@ use crate::net::protocol::{
     serde_bytes_vec::Bytes, DocDigest, DocRef, Request, Response, MAX_DIGEST_DOCS, MAX_PUSH_CHANGES,
 };
 use crate::state::shared::{LocalChange, Shared, MAX_STATUS_DOCS};
+use crate::state::transfer::{self, TransferId};
 use crate::state::{DocId, Replica, StatusDoc};
 
 /// Largest step past the version held that a claim about a status document may take (the owner
@@ -222,6 +226,7 @@ impl Actor {
             let opening =
                 with_replica(&self.shared, &doc.id, |r| r.generate_sync(&mut state)).flatten();
             *self.sync_state(peer, &doc.id, mine) = state;
+            let opening = self.bounded(peer, &doc.id, mine, opening);
             let sent = opening.as_ref().map_or(0, Vec::len);
             self.shared
                 .metrics
@@ -247,13 +252,21 @@ impl Actor {
         version: u64,
         message: &[u8],
     ) -> Option<Vec<u8>> {
+        // A peer fetching our snapshot gets the rest once it has it: no sync of the cluster
+        // document to compute meanwhile (it would be over the limit again).
+        let busy = *id == DocId::Cluster && self.sender.is_busy(&peer, std::time::Instant::now());
         let mut state = std::mem::take(self.sync_state(peer, id, version));
         self.shared
             .metrics
             .sync_bytes(Direction::Received, SyncPath::Sync, message.len());
         let result = with_replica(&self.shared, id, |r| {
             let moved = r.receive_sync(&mut state, message)?;
-            Ok::<_, crate::state::StateError>((moved, r.generate_sync(&mut state)))
+            let reply = if busy {
+                None
+            } else {
+                r.generate_sync(&mut state)
+            };
+            Ok::<_, crate::state::StateError>((moved, reply))
         });
         *self.sync_state(peer, id, version) = state;
         match result {
@@ -261,6 +274,7 @@ impl Actor {
                 if moved {
                     self.mark_dirty(id.clone());
                 }
+                let reply = self.bounded(peer, id, version, reply);
                 let sent = reply.as_ref().map_or(0, Vec::len);
                 self.shared
                     .metrics
@@ -305,6 +319,7 @@ impl Actor {
 
     fn start_sync(&mut self, peer: PeerId, id: &DocId) {
         let version = match id {
+            DocId::Cluster if self.sender.is_busy(&peer, std::time::Instant::now()) => return,
             DocId::Cluster => 0,
             DocId::Status(owner) => {
                 let held = self
@@ -319,7 +334,7 @@ impl Actor {
         let mut state = std::mem::take(self.sync_state(peer, id, version));
         let message = with_replica(&self.shared, id, |r| r.generate_sync(&mut state)).flatten();
         *self.sync_state(peer, id, version) = state;
-        if let Some(m) = message {
+        if let Some(m) = self.bounded(peer, id, version, message) {
             self.shared
                 .metrics
                 .sync_bytes(Direction::Sent, SyncPath::Sync, m.len());
@@ -335,6 +350,227 @@ impl Actor {
                 Sent::Sync,
             );
         }
+    }
+
+    /// `message` if it is within the transfer limit. A larger sync message for the cluster
+    /// document is not sent: the exchange starts over and the peer is offered our snapshot.
+    fn bounded(
+        &mut self,
+        peer: PeerId,
+        id: &DocId,
+        version: u64,
+        message: Option<Vec<u8>>,
+    ) -> Option<Vec<u8>> {
+        let m = message?;
+        if m.len() <= transfer::MAX_SYNC_MESSAGE_BYTES || *id != DocId::Cluster {
+            return Some(m);
+        }
+        *self.sync_state(peer, id, version) = sync::State::new();
+        self.offer_snapshot(peer, m.len());
+        None
+    }
+
+    /// Offers our snapshot file to `peer` (whose sync would need `needed` bytes in one message).
+    fn offer_snapshot(&mut self, peer: PeerId, needed: usize) {
+        use std::io::Read;
+        let name = self.peer_name(peer);
+        let path = self.store.path().to_path_buf();
+        let opened = std::fs::File::open(&path).and_then(|mut f| {
+            let len = f.metadata()?.len();
+            let mut head = vec![0; 64.min(len as usize)];
+            f.read_exact(&mut head)?;
+            Ok((f, len, head))
+        });
+        let (file, len, head) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(member = %name, %e, path = %path.display(), "cannot offer the snapshot for a state transfer; saving one");
+                self.mark_dirty(DocId::Cluster);
+                return;
+            }
+        };
+        if !crate::state::is_sealed(&head) {
+            tracing::warn!(member = %name, "the snapshot on disk is not sealed; saving a new one before offering it");
+            self.mark_dirty(DocId::Cluster);
+            return;
+        }
+        let id = transfer::transfer_id(self.shared.identity.generation, &head, len);
+        let offer = self
+            .sender
+            .handle_offer(peer, id, std::time::Instant::now());
+        for closed in offer.closed {
+            self.serving.remove(&closed);
+        }
+        if !offer.send {
+            return;
+        }
+        self.serving.entry(id).or_insert(file);
+        tracing::info!(member = %name, snapshot_bytes = len, sync_bytes = needed, "a sync would exceed the message limit: offering the cluster state as a chunked snapshot");
+        self.send_to_admitted(peer, Request::Offer { id }, Sent::Offer);
+    }
+
+    /// A peer fetches a chunk of a snapshot we offered it.
+    pub(super) fn on_fetch(
+        &mut self,
+        peer: PeerId,
+        from: &str,
+        id: TransferId,
+        offset: u64,
+    ) -> Response {
+        use std::os::unix::fs::FileExt;
+        let len = match self
+            .sender
+            .handle_fetch(&peer, id, offset, std::time::Instant::now())
+        {
+            Ok(len) => len,
+            Err(reason) => {
+                tracing::warn!(member = %from, %reason, "refused a snapshot fetch");
+                return Response::Refused {
+                    reason: reason.to_string(),
+                };
+            }
+        };
+        let Some(file) = self.serving.get(&id) else {
+            return Response::Refused {
+                reason: transfer::Refusal::Unknown.to_string(),
+            };
+        };
+        let mut bytes = vec![0; len];
+        if let Err(e) = file.read_exact_at(&mut bytes, offset) {
+            tracing::warn!(member = %from, %e, "reading the snapshot for a transfer failed");
+            return Response::Refused {
+                reason: format!("reading the snapshot: {e}"),
+            };
+        }
+        self.shared
+            .metrics
+            .sync_bytes(Direction::Sent, SyncPath::Snapshot, len);
+        self.publish_transfers();
+        Response::Chunk {
+            id,
+            offset,
+            bytes: Bytes(bytes),
+        }
+    }
+
+    fn peer_name(&self, peer: PeerId) -> String {
+        self.peers
+            .get(&peer)
+            .map(|p| p.name.clone())
+            .unwrap_or_else(|| peer.to_string())
+    }
+
+    /// Carries out what the receiving core decided.
+    pub(super) fn drain_transfer(&mut self) {
+        let mut any = false;
+        while let Some(out) = self.receiver.poll_output() {
+            any = true;
+            match out {
+                transfer::Output::Fetch { from, id, offset } => {
+                    if self.peers.contains_key(&from) {
+                        self.send_to_admitted(from, Request::Fetch { id, offset }, Sent::Fetch);
+                    } else {
+                        self.receiver.handle_peer_lost(&from);
+                    }
+                }
+                transfer::Output::Install {
+                    from,
+                    id,
+                    payload,
+                    took,
+                } => self.install_snapshot(from, id, payload, took),
+                transfer::Output::Progress {
+                    from,
+                    received,
+                    total,
+                } => {
+                    tracing::info!(
+                        member = %self.peer_name(from),
+                        received_mib = received >> 20,
+                        total_mib = total >> 20,
+                        percent = received * 100 / total.max(1),
+                        "receiving the cluster state in chunks"
+                    );
+                }
+                transfer::Output::Refused { from, reason } => {
+                    tracing::warn!(member = %self.peer_name(from), %reason, "refused state transfer input (nothing changed)");
+                }
+                transfer::Output::Abandoned { from, reason } => {
+                    tracing::warn!(member = %self.peer_name(from), %reason, "state transfer abandoned; the next sync offers a new one");
+                }
+            }
+        }
+        if any {
+            self.publish_transfers();
+        }
+    }
+
+    fn install_snapshot(
+        &mut self,
+        from: PeerId,
+        id: TransferId,
+        payload: Vec<u8>,
+        took: std::time::Duration,
+    ) {
+        let name = self.peer_name(from);
+        self.shared
+            .metrics
+            .sync_bytes(Direction::Received, SyncPath::Snapshot, id.total as usize);
+        match with_replica(&self.shared, &DocId::Cluster, |r| r.merge_saved(&payload)) {
+            Some(Ok(moved)) => {
+                tracing::info!(member = %name, bytes = id.total, secs = took.as_secs_f64(), moved, "received the cluster state snapshot; syncing the changes made since");
+                if moved {
+                    self.mark_dirty(DocId::Cluster);
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(member = %name, %e, "the received snapshot does not load (nothing changed)")
+            }
+            None => {}
+        }
+        self.sync_states.remove(&(from, DocId::Cluster));
+        if self.peers.contains_key(&from) {
+            self.anti_entropy_with(from);
+        }
+    }
+
+    /// Expires stalled and idle transfers.
+    pub(super) fn transfer_tick(&mut self, now: std::time::Instant) {
+        self.receiver.handle_tick(now);
+        self.drain_transfer();
+        let closed = self.sender.handle_tick(now);
+        if !closed.is_empty() {
+            for id in closed {
+                self.serving.remove(&id);
+            }
+            self.publish_transfers();
+        }
+    }
+
+    /// Transfers in progress, for `shoal status`.
+    fn publish_transfers(&mut self) {
+        let mut all = std::collections::BTreeMap::new();
+        if let Some(p) = self.receiver.progress() {
+            all.insert(
+                self.peer_name(p.from),
+                crate::metrics::Transfer {
+                    sending: false,
+                    done: p.received,
+                    total: p.total,
+                },
+            );
+        }
+        for p in self.sender.progress() {
+            all.insert(
+                self.peer_name(p.from),
+                crate::metrics::Transfer {
+                    sending: true,
+                    done: p.received,
+                    total: p.total,
+                },
+            );
+        }
+        self.shared.metrics.set_transfers(all);
     }
 
     fn digest(&self) -> Vec<DocDigest> {
