@@ -639,6 +639,9 @@ impl Actor {
                     self.membership.handle_unreachable(&member, Instant::now())
                 }
                 Some(Sent::Fetch) => {
+                    // A chunk over the bound or malformed is refused while decoding: it
+                    // arrives here as a failure, asked again (or the transfer abandoned).
+                    tracing::warn!(%peer, %error, "fetching a snapshot chunk failed (nothing changed)");
                     self.receiver.handle_fetch_failed(peer, &error.to_string());
                     self.drain_transfer();
                 }
@@ -725,11 +728,20 @@ impl Actor {
             (Some(Sent::Digest), Response::Digest { differ }) => {
                 self.on_digest_response(peer, differ)
             }
-            (Some(Sent::Fetch), Response::Chunk { id, offset, bytes }) => {
+            (
+                Some(Sent::Fetch),
+                Response::Chunk {
+                    id,
+                    offset,
+                    bytes,
+                    crc,
+                },
+            ) => {
                 let chunk = transfer::Chunk {
                     id,
                     offset,
                     bytes: bytes.0,
+                    crc,
                 };
                 self.receiver.handle_chunk(peer, chunk, Instant::now());
                 self.drain_transfer();

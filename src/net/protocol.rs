@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::membership;
 use crate::security::AdmissionClaim;
-use crate::state::transfer::TransferId;
+use crate::state::transfer::{TransferId, CHUNK_BYTES};
 use crate::state::DocId;
 
 /// Most documents one digest may list.
@@ -97,11 +97,14 @@ pub enum Response {
         doc: DocRef,
         message: Option<serde_bytes_vec::Bytes>,
     },
-    /// One chunk of a snapshot being transferred.
+    /// One chunk of a snapshot being transferred (at most `CHUNK_BYTES`, refused while
+    /// decoding past that) and the CRC-32 of its bytes.
     Chunk {
         id: TransferId,
         offset: u64,
+        #[serde(deserialize_with = "bounded::chunk_bytes")]
         bytes: serde_bytes_vec::Bytes,
+        crc: u32,
     },
     Refused {
         reason: String,
@@ -116,7 +119,9 @@ pub mod bounded {
 
     use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
 
-    use super::{DocDigest, MAX_DIGEST_DOCS, MAX_PUSH_CHANGES};
+    use super::{
+        serde_bytes_vec::Bytes, DocDigest, CHUNK_BYTES, MAX_DIGEST_DOCS, MAX_PUSH_CHANGES,
+    };
     use crate::state::DocId;
 
     struct Bounded<T> {
@@ -180,6 +185,50 @@ pub mod bounded {
 
     pub fn digest_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<DocId>, D::Error> {
         vec(d, MAX_DIGEST_DOCS, "differing documents")
+    }
+
+    /// A byte string of at most `max` bytes, its length checked before it is copied.
+    struct BoundedBytes {
+        max: usize,
+        what: &'static str,
+    }
+
+    impl BoundedBytes {
+        fn check<E: Error>(&self, len: usize) -> Result<(), E> {
+            if len > self.max {
+                return Err(E::custom(format!(
+                    "{} of {len} bytes (at most {})",
+                    self.what, self.max
+                )));
+            }
+            Ok(())
+        }
+    }
+
+    impl<'de> Visitor<'de> for BoundedBytes {
+        type Value = Bytes;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a byte string of at most {} bytes", self.max)
+        }
+
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Bytes, E> {
+            self.check(v.len())?;
+            Ok(Bytes(v.to_vec()))
+        }
+
+        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+            self.check(v.len())?;
+            Ok(Bytes(v))
+        }
+    }
+
+    /// The bytes of a snapshot chunk: at most `CHUNK_BYTES`.
+    pub fn chunk_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        d.deserialize_byte_buf(BoundedBytes {
+            max: CHUNK_BYTES,
+            what: "a snapshot chunk",
+        })
     }
 }
 
@@ -272,5 +321,56 @@ mod tests {
         };
         let enc = cbor4ii::serde::to_vec(Vec::new(), &docs).unwrap();
         assert!(cbor4ii::serde::from_slice::<Request>(&enc).is_err());
+    }
+
+    /// A full snapshot chunk fits the message limit with room to spare and decodes; one byte
+    /// more is refused while decoding, as is a chunk spelled as an array of numbers.
+    #[test]
+    fn snapshot_chunks_are_bounded_while_decoding() {
+        let id = TransferId {
+            generation: 1,
+            total: 5 * CHUNK_BYTES as u64,
+            tag: 7,
+        };
+        let chunk = |len: usize| Response::Chunk {
+            id,
+            offset: CHUNK_BYTES as u64,
+            bytes: serde_bytes_vec::Bytes(vec![0xA5; len]),
+            crc: 9,
+        };
+        let full = cbor4ii::serde::to_vec(Vec::new(), &chunk(CHUNK_BYTES)).unwrap();
+        assert!(
+            full.len() < CHUNK_BYTES + 128,
+            "framing of {} bytes",
+            full.len() - CHUNK_BYTES
+        );
+        assert!((full.len() as u64) < MAX_MESSAGE_BYTES / 16);
+        match cbor4ii::serde::from_slice::<Response>(&full).unwrap() {
+            Response::Chunk { bytes, crc, .. } => {
+                assert_eq!(bytes.0.len(), CHUNK_BYTES);
+                assert_eq!(crc, 9);
+            }
+            other => panic!("{other:?}"),
+        }
+        let over = cbor4ii::serde::to_vec(Vec::new(), &chunk(CHUNK_BYTES + 1)).unwrap();
+        let err = cbor4ii::serde::from_slice::<Response>(&over).unwrap_err();
+        assert!(err.to_string().contains("snapshot chunk"), "{err}");
+        #[derive(Serialize)]
+        enum Spelled {
+            Chunk {
+                id: TransferId,
+                offset: u64,
+                bytes: Vec<u8>,
+                crc: u32,
+            },
+        }
+        let numbers = Spelled::Chunk {
+            id,
+            offset: 0,
+            bytes: vec![1, 2, 3],
+            crc: 0,
+        };
+        let enc = cbor4ii::serde::to_vec(Vec::new(), &numbers).unwrap();
+        assert!(cbor4ii::serde::from_slice::<Response>(&enc).is_err());
     }
 }

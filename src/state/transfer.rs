@@ -52,12 +52,26 @@ pub fn transfer_id(generation: u64, head: &[u8], total: u64) -> TransferId {
     }
 }
 
-/// One piece of a snapshot.
+/// One piece of a snapshot, with the CRC-32 of its bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chunk {
     pub id: TransferId,
     pub offset: u64,
     pub bytes: Vec<u8>,
+    pub crc: u32,
+}
+
+impl Chunk {
+    /// The chunk of `id` at `offset` holding `bytes`, with their checksum.
+    pub fn new(id: TransferId, offset: u64, bytes: Vec<u8>) -> Chunk {
+        let crc = crc32fast::hash(&bytes);
+        Chunk {
+            id,
+            offset,
+            bytes,
+            crc,
+        }
+    }
 }
 
 /// Why a chunk, an offer or a request was refused (logged; the assembly is unchanged).
@@ -71,6 +85,8 @@ pub enum Refusal {
     OutOfOrder { want: u64, got: u64 },
     #[error("chunk of {0} bytes is over the limit")]
     Oversized(usize),
+    #[error("chunk at offset {offset} fails its checksum")]
+    Checksum { offset: u64 },
     #[error("empty chunk before the end")]
     Empty,
     #[error("chunk ends at {end}, past the snapshot's {total} bytes")]
@@ -151,6 +167,11 @@ impl Assembly {
         }
         if chunk.bytes.len() > CHUNK_BYTES {
             return Err(Refusal::Oversized(chunk.bytes.len()));
+        }
+        if crc32fast::hash(&chunk.bytes) != chunk.crc {
+            return Err(Refusal::Checksum {
+                offset: chunk.offset,
+            });
         }
         let end = chunk.offset + chunk.bytes.len() as u64;
         if end > self.id.total {
@@ -419,6 +440,19 @@ struct Serving<P> {
     used: Option<Instant>,
     /// Bytes served so far (the end of the last chunk).
     served: u64,
+    /// The served file's own check, while it is served in order from its first byte.
+    check: Option<FileCheck>,
+}
+
+/// The CRC-32 of a sealed file's payload, computed over the chunks as they are served, against
+/// the one its header holds: a server whose snapshot file rotted on disk finds out by serving
+/// it, not only the receivers it fails.
+#[derive(Debug)]
+struct FileCheck {
+    want: u32,
+    hasher: crc32fast::Hasher,
+    /// The end of the bytes hashed so far.
+    next: u64,
 }
 
 /// The serving side's bookkeeping: which snapshot files are open for which peer. The shell
@@ -489,6 +523,7 @@ impl<P: Clone + Eq> Sender<P> {
                 offered: now,
                 used: None,
                 served: 0,
+                check: None,
             },
         );
         Offer { send: true, closed }
@@ -534,6 +569,50 @@ impl<P: Clone + Eq> Sender<P> {
         s.used = Some(now);
         s.served = offset + len as u64;
         Ok(len)
+    }
+
+    /// The shell read `bytes` of transfer `id` at `offset` to serve them. Served in order, the
+    /// file's payload is checked against its header's CRC-32; `Err` when the last byte is read
+    /// and it fails: the file on this node's disk is damaged (the transfer is closed: save the
+    /// document anew and do not send the chunk).
+    pub fn handle_read(
+        &mut self,
+        id: TransferId,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<(), Refusal> {
+        let Some(s) = self.open.get_mut(&id) else {
+            return Ok(());
+        };
+        let header = super::persist::FILE_HEADER;
+        if offset == 0 {
+            s.check = (bytes.len() >= header).then(|| {
+                let mut hasher = crc32fast::Hasher::new();
+                hasher.update(&bytes[header..]);
+                FileCheck {
+                    want: u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]),
+                    hasher,
+                    next: bytes.len() as u64,
+                }
+            });
+        } else if let Some(c) = s.check.as_mut() {
+            if offset == c.next {
+                c.hasher.update(bytes);
+                c.next += bytes.len() as u64;
+            } else if offset > c.next {
+                // Not served in order (never by our receiver): no check.
+                s.check = None;
+            }
+        }
+        match s.check.as_ref() {
+            Some(c) if c.next == id.total && c.hasher.clone().finalize() != c.want => {
+                self.open.remove(&id);
+                Err(Refusal::Damaged(
+                    "the snapshot file on the serving node's disk fails its checksum".into(),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Closes transfers idle for [`SERVE_IDLE`] or served to the end; returns them.
@@ -606,11 +685,7 @@ mod tests {
     fn chunks(id: TransferId, file: &[u8], size: usize) -> Vec<Chunk> {
         file.chunks(size)
             .enumerate()
-            .map(|(i, b)| Chunk {
-                id,
-                offset: (i * size) as u64,
-                bytes: b.to_vec(),
-            })
+            .map(|(i, b)| Chunk::new(id, (i * size) as u64, b.to_vec()))
             .collect()
     }
 
@@ -640,7 +715,7 @@ mod tests {
             let (id, offset) = next.expect("a fetch");
             let len = sender.handle_fetch(&"joiner", id, offset, now).unwrap();
             let bytes = file[offset as usize..offset as usize + len].to_vec();
-            rx.handle_chunk("member", Chunk { id, offset, bytes }, now);
+            rx.handle_chunk("member", Chunk::new(id, offset, bytes), now);
         }
         panic!("no end");
     }
@@ -747,23 +822,28 @@ mod tests {
             Err(Refusal::Oversized(_))
         ));
         assert_eq!(
-            a.accept(Chunk {
-                bytes: Vec::new(),
-                ..parts[1].clone()
-            }),
+            a.accept(Chunk::new(id, parts[1].offset, Vec::new())),
             Err(Refusal::Empty)
         );
         let big = TransferId { total: 10, ..id };
         let mut small = Assembly::new(big, 3).unwrap();
         assert!(matches!(
-            small.accept(Chunk {
-                id: big,
-                offset: 0,
-                bytes: vec![1; 11]
-            }),
-            Err(Refusal::PastEnd { .. })
+            small.accept(Chunk::new(big, 0, vec![1; 11])),
+            Err(Refusal::PastEnd { end: 11, total: 10 })
         ));
         assert_eq!(small.received(), 0);
+        // A chunk whose bytes do not match its checksum (one bit flipped, or the checksum
+        // forged): refused before it is kept.
+        let mut flipped = parts[1].clone();
+        flipped.bytes[17] ^= 0x10;
+        assert_eq!(a.accept(flipped), Err(Refusal::Checksum { offset: 4096 }));
+        assert_eq!(
+            a.accept(Chunk {
+                crc: parts[1].crc ^ 1,
+                ..parts[1].clone()
+            }),
+            Err(Refusal::Checksum { offset: 4096 })
+        );
         // None of it moved the assembly: the rest completes it.
         assert_eq!(a.received(), 4096);
         let mut done = None;
@@ -833,19 +913,36 @@ mod tests {
             }
         ));
         assert!(matches!(outs[2], Output::Fetch { offset: 0, .. }));
+        assert_eq!(outs.len(), 3);
+        assert_eq!(rx.progress().unwrap().received, 0);
+        // A damaged chunk: refused, asked again.
+        let mut flipped = parts[0].clone();
+        flipped.bytes[0] ^= 1;
+        rx.handle_chunk("m", flipped, now);
+        let outs = drain(&mut rx);
+        assert!(matches!(
+            outs[..],
+            [
+                Output::Refused {
+                    reason: Refusal::Checksum { offset: 0 },
+                    ..
+                },
+                Output::Fetch { offset: 0, .. }
+            ]
+        ));
         assert_eq!(rx.progress().unwrap().received, 0);
         // A later offer while one runs is ignored.
         rx.handle_offer("other", TransferId { tag: 9, ..id }, now);
         assert!(drain(&mut rx).is_empty());
         assert_eq!(rx.progress().unwrap().from, "m");
-        // Refusals in a row end the transfer.
-        rx.handle_chunk("m", parts[3].clone(), now);
+        // Refusals in a row (the third here) end the transfer.
         rx.handle_chunk("m", parts[3].clone(), now);
         let outs = drain(&mut rx);
         assert!(
             matches!(outs.last(), Some(Output::Abandoned { .. })),
             "{outs:?}"
         );
+        assert!(!outs.iter().any(|o| matches!(o, Output::Install { .. })));
         assert!(rx.progress().is_none());
     }
 
@@ -854,8 +951,12 @@ mod tests {
         let file = snapshot(20);
         let id = transfer_id(3, &file, file.len() as u64);
         let mut parts = chunks(id, &file, 4096);
-        // A flipped byte in the middle: every chunk is in order, the checksum fails.
-        parts[1].bytes[100] ^= 1;
+        // A flipped byte in the middle of the file, as a server reading a rotten file sends
+        // it (the chunk's own CRC is of the bytes read): every chunk is in order and passes,
+        // the file's checksum fails.
+        let mut rotten = parts[1].bytes.clone();
+        rotten[100] ^= 1;
+        parts[1] = Chunk::new(id, parts[1].offset, rotten);
         let mut a = Assembly::new(id, 3).unwrap();
         let mut result = Ok(Step::Next(0));
         for c in parts.iter().cloned() {
@@ -970,5 +1071,54 @@ mod tests {
         let closed = s.handle_tick(now + REOFFER + SERVE_IDLE + Duration::from_secs(1));
         assert!(!closed.is_empty());
         assert!(s.open.is_empty(), "{:?}", s.open.keys().collect::<Vec<_>>());
+    }
+
+    /// A server whose snapshot file rotted on its disk (a byte flipped after it was sealed)
+    /// finds out by serving it: the last read fails the check and closes the transfer. The
+    /// intact file passes, also when a chunk is fetched twice.
+    #[test]
+    fn the_sender_checks_the_file_it_serves() {
+        let now = Instant::now();
+        let serve = |file: &[u8], twice: u64| -> Result<(), Refusal> {
+            let id = transfer_id(1, file, file.len() as u64);
+            let mut s: Sender<&str> = Sender::default();
+            assert!(s.handle_offer("a", id, now).send);
+            let mut offset = 0;
+            while offset < id.total {
+                let len = s.handle_fetch(&"a", id, offset, now).unwrap();
+                let bytes = &file[offset as usize..offset as usize + len];
+                s.handle_read(id, offset, bytes)?;
+                if offset == twice {
+                    s.handle_read(id, offset, bytes)?;
+                }
+                offset += len as u64;
+            }
+            assert!(s.is_open(&id));
+            Ok(())
+        };
+        // Two chunks (what the file holds does not matter to the server).
+        let payload: Vec<u8> = (0..3 * CHUNK_BYTES / 2)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let file = seal_file(&payload);
+        assert_eq!(serve(&file, CHUNK_BYTES as u64), Ok(()));
+        assert_eq!(serve(&file, 0), Ok(()));
+        let mut rotten = file.clone();
+        rotten[CHUNK_BYTES + 7] ^= 0x40;
+        let id = transfer_id(1, &rotten, rotten.len() as u64);
+        let mut s: Sender<&str> = Sender::default();
+        s.handle_offer("a", id, now);
+        let first = s.handle_fetch(&"a", id, 0, now).unwrap();
+        assert_eq!(s.handle_read(id, 0, &rotten[..first]), Ok(()));
+        let rest = s.handle_fetch(&"a", id, first as u64, now).unwrap();
+        assert!(matches!(
+            s.handle_read(id, first as u64, &rotten[first..first + rest]),
+            Err(Refusal::Damaged(_))
+        ));
+        assert!(!s.is_open(&id), "a damaged file is not served further");
+        assert_eq!(
+            s.handle_fetch(&"a", id, first as u64, now),
+            Err(Refusal::Unknown)
+        );
     }
 }

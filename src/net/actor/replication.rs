@@ -442,14 +442,25 @@ impl Actor {
                 reason: format!("reading the snapshot: {e}"),
             };
         }
+        if let Err(reason) = self.sender.handle_read(id, offset, &bytes) {
+            tracing::error!(member = %from, %reason, path = %self.store.path().display(), "the snapshot being served is damaged on disk: saving the cluster document anew, the transfer starts over");
+            self.serving.remove(&id);
+            self.mark_dirty(DocId::Cluster);
+            self.publish_transfers();
+            return Response::Refused {
+                reason: reason.to_string(),
+            };
+        }
         self.shared
             .metrics
             .sync_bytes(Direction::Sent, SyncPath::Snapshot, len);
         self.publish_transfers();
+        let chunk = transfer::Chunk::new(id, offset, bytes);
         Response::Chunk {
             id,
             offset,
-            bytes: Bytes(bytes),
+            bytes: Bytes(chunk.bytes),
+            crc: chunk.crc,
         }
     }
 
