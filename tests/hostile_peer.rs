@@ -25,11 +25,36 @@ use shoal::net::{build_swarm, Behaviour, BehaviourEvent};
 use shoal::security::{admission_proof, AdmissionClaim, JoinToken};
 use shoal::state::DocId;
 
+/// A snapshot fetch the agent sent us: the channel to answer on, the transfer, the offset.
+type Fetch = (
+    request_response::ResponseChannel<Response>,
+    shoal::state::transfer::TransferId,
+    u64,
+);
+
 struct Peer {
     swarm: libp2p::Swarm<Behaviour>,
     gate: Gate,
     me: PeerId,
     target: Option<PeerId>,
+    /// Fetches that arrived while we waited for something else.
+    fetches: std::collections::VecDeque<Fetch>,
+}
+
+/// The snapshot fetch in a swarm event, if it is one.
+fn as_fetch(ev: SwarmEvent<BehaviourEvent>) -> Option<Fetch> {
+    match ev {
+        SwarmEvent::Behaviour(BehaviourEvent::Rpc(request_response::Event::Message {
+            message:
+                request_response::Message::Request {
+                    request: Request::Fetch { id, offset },
+                    channel,
+                    ..
+                },
+            ..
+        })) => Some((channel, id, offset)),
+        _ => None,
+    }
 }
 
 impl Peer {
@@ -45,6 +70,7 @@ impl Peer {
             gate,
             me,
             target: None,
+            fetches: Default::default(),
         }
     }
 
@@ -79,7 +105,27 @@ impl Peer {
                 ev = self.swarm.select_next_some() => match ev {
                     SwarmEvent::Behaviour(BehaviourEvent::Rpc(request_response::Event::Message { message: request_response::Message::Response { request_id, response }, .. })) if request_id == id => return Ok(response),
                     SwarmEvent::Behaviour(BehaviourEvent::Rpc(request_response::Event::OutboundFailure { request_id, error, .. })) if request_id == id => return Err(error.to_string()),
-                    _ => {}
+                    other => self.fetches.extend(as_fetch(other)),
+                }
+            }
+        }
+    }
+
+    /// Waits up to `wait` for the agent to fetch a snapshot chunk from us: the channel to
+    /// answer on, the transfer and the offset asked for. Other requests go unanswered.
+    async fn next_fetch(&mut self, wait: Duration) -> Option<Fetch> {
+        if let Some(f) = self.fetches.pop_front() {
+            return Some(f);
+        }
+        let deadline = tokio::time::sleep(wait);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return None,
+                ev = self.swarm.select_next_some() => {
+                    if let Some(f) = as_fetch(ev) {
+                        return Some(f);
+                    }
                 }
             }
         }
@@ -631,5 +677,174 @@ fn a_hostile_member_cannot_hang_or_silence_another_node() {
                 .contains("version its owner never issued")
                 .then_some(())
         },
+    );
+}
+
+/// A member gone bad in a state transfer, on the wire: a fetch for a snapshot it was never
+/// offered, offers of a snapshot over the size limit or of another cluster generation, and,
+/// when the agent takes an offer and fetches, chunks with a wrong checksum, out of order,
+/// beyond the offered length, over the chunk bound (refused while decoding), and a whole that
+/// is not a sealed snapshot. Each is refused with its reason in the log, the transfer is
+/// abandoned after a few, the agent stays up and its state does not change.
+#[test]
+fn hostile_state_transfers_are_refused_and_change_nothing() {
+    use shoal::state::transfer::{Chunk, TransferId, CHUNK_BYTES, MAX_SNAPSHOT_BYTES};
+
+    let c = Cluster::start(1);
+    c.create_configmap(&c.nodes[0], "keep", "1");
+    let token: JoinToken = c.token.parse().unwrap();
+    let addr = c.nodes[0].p2p;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut bad = Peer::new();
+        let agent = bad.connect(addr).await;
+        let identity = token.clone().into_identity();
+        let generation = identity.generation;
+        let claim = AdmissionClaim {
+            cluster_id: identity.cluster_id.clone(),
+            generation,
+            node_name: "bad".into(),
+            prover: bad.me.to_string(),
+            verifier: agent.to_string(),
+        };
+        let proof = Bytes(admission_proof(&identity, &claim));
+        let resp = bad
+            .admit(Admit {
+                claim,
+                proof,
+                p2p_addr: "/ip4/127.0.0.1/udp/1/quic-v1".into(),
+            })
+            .await;
+        assert!(
+            matches!(resp, Ok(AdmitResponse::Admitted { .. })),
+            "{resp:?}"
+        );
+
+        // A fetch for a snapshot the agent never offered: refused, with the reason.
+        let unknown = TransferId {
+            generation,
+            total: 5 << 20,
+            tag: 0xdead,
+        };
+        let resp = bad
+            .call(Request::Fetch {
+                id: unknown,
+                offset: 0,
+            })
+            .await;
+        assert!(
+            matches!(resp, Ok(Response::Refused { ref reason }) if reason.contains("no such transfer")),
+            "{resp:?}"
+        );
+        // Offers the agent must not take: over the size limit, another generation.
+        for id in [
+            TransferId {
+                generation,
+                total: MAX_SNAPSHOT_BYTES + 1,
+                tag: 1,
+            },
+            TransferId {
+                generation: generation + 1,
+                total: 1000,
+                tag: 2,
+            },
+        ] {
+            let resp = bad.call(Request::Offer { id }).await;
+            assert!(matches!(resp, Ok(Response::Ok)), "{resp:?}");
+        }
+
+        // An offer it takes (1000 bytes): each fetch is answered with a hostile chunk.
+        let small = TransferId {
+            generation,
+            total: 1000,
+            tag: 3,
+        };
+        let wrong_crc = |id: TransferId| {
+            let c = Chunk::new(id, 0, vec![7; 1000]);
+            (c.bytes, c.crc ^ 1, 0)
+        };
+        let out_of_order = |id: TransferId| {
+            let c = Chunk::new(id, 500, vec![7; 500]);
+            (c.bytes, c.crc, 500)
+        };
+        let past_end = |id: TransferId| {
+            let c = Chunk::new(id, 0, vec![7; 1001]);
+            (c.bytes, c.crc, 0)
+        };
+        let oversized = |id: TransferId| {
+            let c = Chunk::new(id, 0, vec![7; CHUNK_BYTES + 1]);
+            (c.bytes, c.crc, 0)
+        };
+        let not_a_snapshot = |id: TransferId| {
+            let c = Chunk::new(id, 0, vec![7; 1000]);
+            (c.bytes, c.crc, 0)
+        };
+        type Answer = fn(TransferId) -> (Vec<u8>, u32, u64);
+        let rounds: [(TransferId, Vec<Answer>); 2] = [
+            (small, vec![wrong_crc, out_of_order, past_end]),
+            (
+                TransferId { tag: 4, ..small },
+                vec![oversized, not_a_snapshot],
+            ),
+        ];
+        for (id, answers) in rounds {
+            let resp = bad.call(Request::Offer { id }).await;
+            assert!(matches!(resp, Ok(Response::Ok)), "{resp:?}");
+            for answer in answers {
+                let fetched = bad.next_fetch(Duration::from_secs(10)).await;
+                let (channel, want, offset) = fetched.expect("the agent fetches a chunk");
+                assert_eq!((want, offset), (id, 0), "the agent asks for the start");
+                let (bytes, crc, at) = answer(id);
+                let _ = bad.swarm.behaviour_mut().rpc.send_response(
+                    channel,
+                    Response::Chunk {
+                        id,
+                        offset: at,
+                        bytes: Bytes(bytes),
+                        crc,
+                    },
+                );
+            }
+        }
+        // Abandoned: nothing more is fetched.
+        assert!(bad.next_fetch(Duration::from_secs(2)).await.is_none());
+    });
+
+    let log = poll(
+        "the agent logs every refusal",
+        Duration::from_secs(10),
+        || {
+            let log = c.log(&c.nodes[0]);
+            [
+                "no such transfer",
+                "over the limit",
+                "this node is of generation",
+                "fails its checksum",
+                "chunk at offset 500, expected 0",
+                "past the snapshot's 1000 bytes",
+                "a snapshot chunk of 1048577 bytes (at most 1048576)",
+                "not a sealed snapshot file",
+                "state transfer abandoned",
+            ]
+            .iter()
+            .all(|s| log.contains(s))
+            .then_some(log)
+        },
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(!log.contains("received the cluster state snapshot"));
+    // Nothing was merged: the objects are the ones there were (the heads are not compared:
+    // the agent writes to its document on its own while "bad" is a member).
+    assert_eq!(c.configmap_names(&c.nodes[0]), vec!["keep".to_string()]);
+    assert_eq!(c.configmap_value(&c.nodes[0], "keep").as_deref(), Some("1"));
+    let st = c.status(&c.nodes[0]);
+    let transfers = st.to_string();
+    assert!(
+        !transfers.contains("\"transfer\""),
+        "a transfer is still shown in progress: {transfers}"
     );
 }
