@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
 use shoal::state::transfer::{CHUNK_BYTES, MAX_SYNC_MESSAGE_BYTES};
@@ -15,10 +15,18 @@ use crate::support::*;
 
 /// ConfigMaps written, and the bytes of data in each (under the API's 3 MiB body limit). Any
 /// cluster document over `MAX_SYNC_MESSAGE_BYTES` takes the chunked path; this one is over
-/// twice that, so the transfer spans several chunks (the figure for a larger document is in
-/// docs/benchmarks.md).
+/// twice that, so the transfer spans several chunks. `SHOAL_E2E_STATE_MAPS` writes more, for
+/// the figure of a larger document (docs/benchmarks.md, "State transfer").
 const MAPS: usize = 16;
 const MAP_BYTES: usize = 900 * 1024;
+
+fn maps() -> usize {
+    std::env::var("SHOAL_E2E_STATE_MAPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MAPS)
+        .max(MAPS)
+}
 
 /// Pseudo-random printable data (64 symbols: little for automerge's compression to take).
 fn payload(seed: u64, len: usize) -> String {
@@ -86,6 +94,7 @@ fn log_field(log: &str, marker: &str, key: &str) -> Option<String> {
 #[test]
 fn a_new_node_receives_more_state_than_one_message_holds() {
     let tn = Testnet::up(3);
+    let maps = maps();
     let began = Instant::now();
     let dir = std::env::temp_dir().join(format!("shoal-e2e-state-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -100,7 +109,7 @@ fn a_new_node_receives_more_state_than_one_message_holds() {
                 let step = tn.nodes.len();
                 s.spawn(move || {
                     let mut mine = BTreeMap::new();
-                    for i in (k..MAPS).step_by(step) {
+                    for i in (k..maps).step_by(step) {
                         let data = payload(i as u64 + 1, MAP_BYTES);
                         let file = dir.join(format!("data-{i}"));
                         std::fs::write(&file, &data).expect("write data");
@@ -126,7 +135,7 @@ fn a_new_node_receives_more_state_than_one_message_holds() {
             .collect()
     });
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(expected.len(), MAPS);
+    assert_eq!(expected.len(), maps);
     eventually(
         "n1, n2, n3 hold the same state",
         REACT,
@@ -145,7 +154,7 @@ fn a_new_node_receives_more_state_than_one_message_holds() {
         .unwrap_or(0);
     eprintln!(
         "cluster document on n1: {doc_bytes} bytes for {} bytes of ConfigMap data ({:.0?} after the testnet was up)",
-        MAPS * MAP_BYTES,
+        maps * MAP_BYTES,
         began.elapsed()
     );
     assert!(
@@ -209,7 +218,7 @@ fn a_new_node_receives_more_state_than_one_message_holds() {
     // Every object, with its data, served by both.
     for n in ["n2", "n4"] {
         let got = served_maps(n);
-        assert_eq!(got.len(), MAPS, "{n} lists {} of {MAPS} maps", got.len());
+        assert_eq!(got.len(), maps, "{n} lists {} of {maps} maps", got.len());
         assert!(got == expected, "{n} serves other data than was written");
     }
 
@@ -275,9 +284,21 @@ fn a_new_node_receives_more_state_than_one_message_holds() {
         down - down_before,
         began.elapsed()
     );
+    let deaths: Vec<String> = members
+        .iter()
+        .flat_map(|n| {
+            agent_log(n)
+                .lines()
+                .filter(|l| l.contains("member down") && !l.contains("member=n2"))
+                .map(|l| format!("{n}: {l}"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
     assert_eq!(
-        down, down_before,
-        "a member was declared down during the transfers"
+        down,
+        down_before,
+        "a member was declared down during the transfers:\n{}",
+        deaths.join("\n")
     );
 }
 
