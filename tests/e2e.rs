@@ -15,6 +15,7 @@ mod e2e {
     mod exec;
     mod images;
     mod network;
+    mod nodes;
     mod observe;
     mod probes;
     mod rollout;

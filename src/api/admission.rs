@@ -758,6 +758,20 @@ fn validate_pod_spec(spec: &Value, path: &str, template: bool, causes: &mut Vec<
             ));
         }
     }
+    for (field, message) in crate::model::taint::validate_tolerations(
+        &spec["tolerations"],
+        &format!("{path}.tolerations"),
+    ) {
+        causes.push(Cause {
+            reason: if message.starts_with("Unsupported") {
+                "FieldValueNotSupported".into()
+            } else {
+                "FieldValueInvalid".into()
+            },
+            field,
+            message,
+        });
+    }
     if let Some(grace) = spec["terminationGracePeriodSeconds"].as_i64() {
         if grace < 0 {
             causes.push(invalid(

@@ -35,6 +35,7 @@ mod backend;
 mod body;
 mod changelog;
 mod discovery;
+mod eviction;
 pub mod exec;
 mod images;
 mod logs;

@@ -20,7 +20,7 @@ use base64::Engine;
 use super::backend::ObjectKey;
 use super::body::{decode, read_body};
 use super::changelog::{key_of, Expired, Snapshot};
-use super::nodes::node_objects;
+use super::nodes;
 use super::patch::{self, PatchKind};
 use super::resources::{self, ResourceInfo, Storage, Workload};
 use super::selectors::{FieldSelector, LabelSelector};
@@ -29,7 +29,7 @@ use super::table::{self, IncludeObject};
 use super::validation::{check_type_meta, validate_fields, validate_name};
 use super::watch::{self, WatchRequest};
 use super::workloads;
-use super::{admission, logs, scale, services, ApiState};
+use super::{admission, eviction, logs, scale, services, ApiState};
 
 /// Namespaces that exist even when nothing is stored for them.
 pub const BUILTIN_NAMESPACES: &[&str] = &["default", "kube-system"];
@@ -81,6 +81,10 @@ pub async fn handle(
             ("log", &Method::GET) => logs::respond(&state, &target, &name, &query).await,
             ("scale", _) => {
                 scale::handle(&state, &method, &target, &name, &query, &headers, body).await
+            }
+            ("eviction", &Method::POST) => {
+                let body = read_body(body, &headers, state.config.max_body_bytes).await?;
+                eviction::handle(&state, &target, &name, &query, &headers, &body)
             }
             _ => Err(ApiError::MethodNotAllowed),
         };
@@ -359,11 +363,20 @@ fn computed(state: &ApiState, info: &ResourceInfo, namespace: Option<&str>) -> V
 /// Every object of `info` (in `namespace` if given), sorted by namespace and name.
 pub fn list_all(state: &ApiState, info: &ResourceInfo, namespace: Option<&str>) -> Vec<Value> {
     let mut objects = match info.storage {
-        Storage::Nodes => node_objects(&state.backend.nodes()),
+        Storage::Nodes => nodes::served(state),
         Storage::Objects => {
             let stored = list_stored(state, info, namespace);
             match info.workload {
                 Some(w) => with_status(state, w, namespace, stored),
+                None if eviction::is_pdb(info) => {
+                    let pods = list_stored(state, info_of(Workload::Pod), namespace);
+                    let pods = with_status(state, Workload::Pod, namespace, pods);
+                    let scales = eviction::scales(state, namespace);
+                    stored
+                        .into_iter()
+                        .map(|b| eviction::with_status(b, &pods, &scales))
+                        .collect()
+                }
                 None => stored,
             }
         }
@@ -453,7 +466,7 @@ pub fn find_stored(
             .into_iter()
             .map(|e| event_object(info, e))
             .find(|e| e["metadata"]["name"] == name),
-        Storage::Nodes => node_objects(&state.backend.nodes())
+        Storage::Nodes => nodes::served(state)
             .into_iter()
             .find(|n| n["metadata"]["name"] == name),
         Storage::Computed => computed(state, info, namespace)
@@ -894,6 +907,7 @@ fn admit(
             services::default(object);
             services::validate(object, old)
         }
+        None if eviction::is_pdb(info) => eviction::validate(object),
         None => return Ok(()),
     };
     if causes.is_empty() {
@@ -1004,6 +1018,10 @@ pub fn store(
             "field is immutable when `immutable` is set",
         ));
     }
+    if info.storage == Storage::Nodes {
+        // Users' labels, annotations, taints and cordon, beside the node's own record.
+        return nodes::store(state, name, &object, dry_run(query));
+    }
     admit(info, &mut object, Some(existing), name)?;
     update_metadata(state, existing, &mut object);
     persist(
@@ -1102,10 +1120,14 @@ fn patch(
     store_update(state, target, name, &existing, patched, query, &warnings)
 }
 
-/// `DeleteOptions` from the body (JSON) merged with the query's `dryRun`.
+/// `DeleteOptions` from the body (JSON, or protobuf as kubectl's typed clients send it)
+/// merged with the query's `dryRun`.
 fn delete_options(query: &Query, body: &Bytes) -> Result<(Value, bool), ApiError> {
     let options: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
+    } else if body.starts_with(super::proto::MAGIC) {
+        super::proto::decode_object(body, super::proto::DELETE_OPTIONS)
+            .map_err(|e| ApiError::BadRequest(format!("invalid DeleteOptions: {e}")))?
     } else {
         serde_json::from_slice(body)
             .map_err(|e| ApiError::BadRequest(format!("invalid DeleteOptions: {e}")))?
@@ -1143,7 +1165,7 @@ fn delete(
 }
 
 /// Deletes one object; returns what DELETE answers for its kind.
-fn delete_one(
+pub(super) fn delete_one(
     state: &ApiState,
     info: &ResourceInfo,
     namespace: Option<&str>,
@@ -1186,7 +1208,10 @@ fn delete_one(
     }
     if !dry {
         match info.storage {
-            Storage::Nodes => state.backend.delete_node(name)?,
+            Storage::Nodes => {
+                state.backend.delete_node(name)?;
+                nodes::forget(state, name)?;
+            }
             Storage::Events | Storage::Computed | Storage::Usage => {
                 return Err(ApiError::MethodNotAllowed)
             }

@@ -67,6 +67,57 @@ pub static NAMESPACE: &Message = &[
     (3, "status", Field::Message(&[(1, "phase", Field::String)])),
 ];
 
+/// `meta/v1` DeleteOptions (in an Eviction, or the body of a DELETE).
+pub static DELETE_OPTIONS: &Message = &[
+    (1, "gracePeriodSeconds", Field::Int),
+    (
+        2,
+        "preconditions",
+        Field::Message(&[
+            (1, "uid", Field::String),
+            (2, "resourceVersion", Field::String),
+        ]),
+    ),
+    (3, "orphanDependents", Field::Bool),
+    (4, "propagationPolicy", Field::String),
+    (5, "dryRun", Field::RepeatedString),
+];
+
+/// `policy/v1` Eviction (what `kubectl drain` posts to `pods/{name}/eviction`).
+pub static EVICTION: &Message = &[
+    (1, "metadata", Field::Message(OBJECT_META)),
+    (2, "deleteOptions", Field::Message(DELETE_OPTIONS)),
+];
+
+/// `meta/v1` LabelSelector.
+pub static LABEL_SELECTOR: &Message = &[
+    (1, "matchLabels", Field::MapStringString),
+    (
+        2,
+        "matchExpressions",
+        Field::RepeatedMessage(&[
+            (1, "key", Field::String),
+            (2, "operator", Field::String),
+            (3, "values", Field::RepeatedString),
+        ]),
+    ),
+];
+
+/// `policy/v1` PodDisruptionBudget (what `kubectl create pdb` sends).
+pub static POD_DISRUPTION_BUDGET: &Message = &[
+    (1, "metadata", Field::Message(OBJECT_META)),
+    (
+        2,
+        "spec",
+        Field::Message(&[
+            (1, "minAvailable", Field::IntOrString),
+            (2, "selector", Field::Message(LABEL_SELECTOR)),
+            (3, "maxUnavailable", Field::IntOrString),
+            (4, "unhealthyPodEvictionPolicy", Field::String),
+        ]),
+    ),
+];
+
 pub static CONFIG_MAP: &Message = &[
     (1, "metadata", Field::Message(OBJECT_META)),
     (2, "data", Field::MapStringString),
@@ -139,7 +190,7 @@ static INT_OR_STRING: &Message = &[
     (3, "strVal", Field::String),
 ];
 
-const MAGIC: &[u8] = b"k8s\0";
+pub const MAGIC: &[u8] = b"k8s\0";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid protobuf body: {0}")]

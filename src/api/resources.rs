@@ -48,6 +48,7 @@ pub enum Columns {
     Service,
     Endpoints,
     EndpointSlice,
+    PodDisruptionBudget,
 }
 
 /// Workload kinds: decoded through `k8s_openapi` types, defaulted, validated and given a
@@ -238,6 +239,36 @@ const STATUS: Subresource = Subresource {
     verbs: &["get"],
 };
 
+/// `meta/v1` LabelSelector.
+const LABEL_SELECTOR: Schema = Schema::Object(&[
+    ("matchLabels", Schema::MapOf(&Schema::String)),
+    (
+        "matchExpressions",
+        Schema::ListOf(&Schema::Object(&[
+            ("key", Schema::String),
+            ("operator", Schema::String),
+            ("values", Schema::ListOf(&Schema::String)),
+        ])),
+    ),
+]);
+
+/// `policy/v1` PodDisruptionBudget (`minAvailable` and `maxUnavailable` are int-or-string).
+static POD_DISRUPTION_BUDGET: Schema = Schema::Object(&[
+    ("apiVersion", Schema::String),
+    ("kind", Schema::String),
+    ("metadata", Schema::Any),
+    (
+        "spec",
+        Schema::Object(&[
+            ("minAvailable", Schema::Any),
+            ("maxUnavailable", Schema::Any),
+            ("selector", LABEL_SELECTOR),
+            ("unhealthyPodEvictionPolicy", Schema::String),
+        ]),
+    ),
+    ("status", Schema::Any),
+]);
+
 /// `status` (read) and `scale` (autoscaling/v1 `Scale`) of Deployments and ReplicaSets.
 static WORKLOAD_SUBRESOURCES: &[Subresource] = &[
     STATUS,
@@ -308,7 +339,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         short_names: &["no"],
         categories: &[],
         namespaced: false,
-        verbs: &["delete", "get", "list", "watch"],
+        verbs: &["delete", "get", "list", "patch", "update", "watch"],
         name_rule: NameRule::Subdomain,
         schema: &FREE_FORM,
         merge_keys: no_merge_keys,
@@ -393,11 +424,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         proto: None,
         workload: Some(Workload::Pod),
         subresources: &[
-            Subresource {
-                name: "status",
-                kind: None,
-                verbs: &["get"],
-            },
+            STATUS,
             Subresource {
                 name: "log",
                 kind: None,
@@ -407,6 +434,12 @@ pub static RESOURCES: &[ResourceInfo] = &[
                 name: "exec",
                 kind: Some(("", "v1", "PodExecOptions")),
                 verbs: &["get", "create"],
+            },
+            // `kubectl drain` finds evictions here (group, version and kind must be set).
+            Subresource {
+                name: "eviction",
+                kind: Some(("policy", "v1", "Eviction")),
+                verbs: &["create"],
             },
         ],
     },
@@ -621,6 +654,25 @@ pub static RESOURCES: &[ResourceInfo] = &[
         proto: None,
         workload: None,
         subresources: &[],
+    },
+    ResourceInfo {
+        group: "policy",
+        version: "v1",
+        plural: "poddisruptionbudgets",
+        singular: "poddisruptionbudget",
+        kind: "PodDisruptionBudget",
+        short_names: &["pdb"],
+        categories: &[],
+        namespaced: true,
+        verbs: ALL_VERBS,
+        name_rule: NameRule::Subdomain,
+        schema: &POD_DISRUPTION_BUDGET,
+        merge_keys: no_merge_keys,
+        columns: Columns::PodDisruptionBudget,
+        storage: Storage::Objects,
+        proto: Some(proto::POD_DISRUPTION_BUDGET),
+        workload: None,
+        subresources: STATUS_ONLY,
     },
 ];
 

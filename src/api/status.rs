@@ -70,6 +70,10 @@ pub enum ApiError {
     /// another node (`changelog.rs`): 410, reason `Expired`; clients relist.
     #[error("{0}")]
     Gone(String),
+    /// A request refused for now (an eviction a disruption budget forbids): 429, the client
+    /// retries later.
+    #[error("{message}")]
+    TooManyRequests { message: String, causes: Vec<Cause> },
     /// Bad TLS material given to [`super::tls_config`].
     #[error("tls: {0}")]
     Tls(String),
@@ -123,6 +127,7 @@ impl ApiError {
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) | ApiError::Tls(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -143,6 +148,7 @@ impl ApiError {
             ApiError::InsufficientStorage(_) => "InsufficientStorage",
             ApiError::Internal(_) | ApiError::Tls(_) => "InternalError",
             ApiError::Gone(_) => "Expired",
+            ApiError::TooManyRequests { .. } => "TooManyRequests",
         }
     }
 
@@ -161,6 +167,11 @@ impl ApiError {
                 "group": kind.split_once('.').map_or("", |(_, g)| g),
                 "causes": causes.iter().map(|c| json!({
                     "reason": c.reason, "message": c.message, "field": c.field,
+                })).collect::<Vec<_>>(),
+            })),
+            ApiError::TooManyRequests { causes, .. } => Some(json!({
+                "causes": causes.iter().map(|c| json!({
+                    "reason": c.reason, "message": c.message,
                 })).collect::<Vec<_>>(),
             })),
             _ => None,

@@ -271,6 +271,13 @@ fn column_definitions(columns: Columns) -> Vec<Value> {
             column("Endpoints", "string", 0, "Endpoints of the endpoint slice."),
             age,
         ],
+        Columns::PodDisruptionBudget => vec![
+            name,
+            column("Min Available", "string", 0, "The minimum number of pods that must be available."),
+            column("Max Unavailable", "string", 0, "The maximum number of pods that may be unavailable."),
+            column("Allowed Disruptions", "integer", 0, "Calculated number of pods that may be disrupted at this time."),
+            age,
+        ],
     }
 }
 
@@ -768,6 +775,20 @@ fn cells(columns: Columns, object: &Value, now: DateTime<Utc>) -> Vec<Value> {
                 address_type,
                 ports,
                 endpoints,
+                json!(age(object, now)),
+            ]
+        }
+        Columns::PodDisruptionBudget => {
+            let shown = |v: &Value| match v {
+                Value::Null => "N/A".to_string(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            vec![
+                name,
+                json!(shown(&object["spec"]["minAvailable"])),
+                json!(shown(&object["spec"]["maxUnavailable"])),
+                json!(int(&object["status"]["disruptionsAllowed"])),
                 json!(age(object, now)),
             ]
         }

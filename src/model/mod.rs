@@ -6,8 +6,8 @@
 //! (`ipam`), the pod network's shared names and addresses (`network`), image values and
 //! references (`image`, `reference`), log requests (`logs`), what the runtime observes of a pod (`observed`), a container's resolved env and volumes
 //! (`container`), securityContext rules
-//! (`security_context`), label selectors (`selector`), back-off (`backoff`) and stable hashes
-//! (`hash`).
+//! (`security_context`), label selectors (`selector`), back-off (`backoff`), stable hashes
+//! (`hash`), and node taints with pod tolerations (`taint`).
 
 pub mod backoff;
 pub mod container;
@@ -25,11 +25,12 @@ pub mod secret;
 pub mod security_context;
 pub mod selector;
 pub mod service;
+pub mod taint;
 pub mod workload;
 
-pub use names::{is_dns1123_label, is_dns1123_subdomain};
+pub use names::{is_dns1123_label, is_dns1123_subdomain, is_label_value, is_qualified_name};
 
 pub use node::{
-    MemberState, MemberStatus, NodeRecord, NodeSystemInfo, NodeView, Readiness, RuntimePressure,
-    PRESSURE_KEY,
+    with_user_labels, MemberState, MemberStatus, NodeRecord, NodeSettings, NodeSystemInfo,
+    NodeView, Readiness, RuntimePressure, NODE_SETTINGS, PRESSURE_KEY,
 };

@@ -158,3 +158,95 @@ pub struct MemberStatus {
     pub incarnation: u64,
     pub addr: String,
 }
+
+/// The resource key under which users' settings of nodes are stored (`obj/nodes/_/<name>`).
+pub const NODE_SETTINGS: &str = "nodes";
+
+/// What users set on a node (`kubectl label / annotate / taint / cordon`): stored apart from
+/// the node's own record (which stays single-writer) as a user object, replaced as a whole by
+/// the agent that served the write, and merged with the record when the node is served or
+/// scheduled to. Labels and annotations here are the users' own; the ones the node sets
+/// itself are not repeated.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeSettings {
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub taints: Vec<super::taint::Taint>,
+    pub unschedulable: bool,
+    /// The resourceVersion of the last write (this serving node's numbering at the time).
+    pub resource_version: String,
+}
+
+impl NodeSettings {
+    /// Reads the stored object; `None` when it is not one (skipped, never fatal).
+    pub fn from_object(object: &serde_json::Value) -> Option<(String, NodeSettings)> {
+        let meta = &object["metadata"];
+        let name = meta["name"].as_str()?.to_string();
+        let strings = |v: &serde_json::Value| -> BTreeMap<String, String> {
+            v.as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        };
+        let taints = super::taint::parse_taints(&object["spec"]["taints"], "spec.taints")
+            .unwrap_or_default();
+        Some((
+            name,
+            NodeSettings {
+                labels: strings(&meta["labels"]),
+                annotations: strings(&meta["annotations"]),
+                taints,
+                unschedulable: object["spec"]["unschedulable"] == serde_json::json!(true),
+                resource_version: meta["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            },
+        ))
+    }
+
+    /// The object to store for node `name`.
+    pub fn to_object(&self, name: &str) -> serde_json::Value {
+        let mut spec = serde_json::json!({});
+        if !self.taints.is_empty() {
+            spec["taints"] = self.taints.iter().map(|t| t.to_json()).collect();
+        }
+        if self.unschedulable {
+            spec["unschedulable"] = serde_json::json!(true);
+        }
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "labels": self.labels,
+                "annotations": self.annotations,
+                "resourceVersion": self.resource_version,
+            },
+            "spec": spec,
+        })
+    }
+
+    /// Every stored settings object, by node name.
+    pub fn by_node(objects: &[serde_json::Value]) -> BTreeMap<String, NodeSettings> {
+        objects
+            .iter()
+            .filter_map(NodeSettings::from_object)
+            .collect()
+    }
+}
+
+/// Merges users' labels into the node records (the scheduler and the DaemonSet controller
+/// match `nodeSelector` against them).
+pub fn with_user_labels(
+    mut records: Vec<NodeRecord>,
+    settings: &BTreeMap<String, NodeSettings>,
+) -> Vec<NodeRecord> {
+    for r in &mut records {
+        if let Some(s) = settings.get(&r.name) {
+            r.labels.extend(s.labels.clone());
+        }
+    }
+    records
+}

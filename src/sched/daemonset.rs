@@ -17,8 +17,9 @@ use super::rollout::scaled;
 use super::snapshot::{LeaderCtx, PlannedEvent, PodKey, Write};
 use super::Working;
 use crate::model::selector::requirement_matches;
+use crate::model::taint::{self, Effect};
 use crate::model::workload::{EventReason, EventType, InvolvedObject, HOSTNAME_LABEL, PODS};
-use crate::model::NodeRecord;
+use crate::model::{NodeRecord, NodeSettings};
 
 /// Label on a DaemonSet's pods: the hash of the template they run (Kubernetes' name).
 pub const REVISION_LABEL: &str = "controller-revision-hash";
@@ -232,9 +233,11 @@ pub fn node_of(pod: &Value) -> &str {
 /// Runs the DaemonSet controller: creates the missing pods, deletes pods on nodes that are
 /// gone or no longer eligible, and rolls template changes within `maxUnavailable`. Returns the
 /// earliest time a decision changes by itself (`minReadySeconds`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn reconcile(
     daemonsets: &[Value],
     nodes: &[NodeRecord],
+    settings: &BTreeMap<String, NodeSettings>,
     w: &mut Working<'_>,
     ready: &BTreeMap<PodKey, DateTime<Utc>>,
     ctx: &LeaderCtx,
@@ -257,9 +260,32 @@ pub(crate) fn reconcile(
         let ns = object::namespace(ds).to_string();
         let spec = &ds["spec"]["template"]["spec"];
         let hash = revision(ds);
+        let tolerations = taint::tolerations(spec);
+        // Taints as Kubernetes' DaemonSet controller reads them: an untolerated NoExecute
+        // taint removes the pod, an untolerated NoSchedule one only keeps a new pod off. A
+        // cordon does not apply to daemon pods.
+        let running: BTreeSet<&str> = owned
+            .get(object::uid(ds))
+            .into_iter()
+            .flatten()
+            .filter_map(|k| w.pods.get(k))
+            .map(|p| node_of(p))
+            .collect();
         let eligible: Vec<&str> = nodes
             .iter()
             .filter(|n| eligible(spec, n))
+            .filter(|n| {
+                let taints = settings
+                    .get(&n.name)
+                    .map(|s| s.taints.as_slice())
+                    .unwrap_or_default();
+                let effects: &[Effect] = if running.contains(n.name.as_str()) {
+                    &[Effect::NoExecute]
+                } else {
+                    &[Effect::NoSchedule, Effect::NoExecute]
+                };
+                taint::first_untolerated(taints, &tolerations, effects).is_none()
+            })
             .map(|n| n.name.as_str())
             .collect();
         let names = pod_names(

@@ -1,5 +1,5 @@
 //! Scheduling decisions (pure): the scheduler leader's reconcile — Deployment (rolling updates),
-//! ReplicaSet, CronJob, Job and DaemonSet controllers, garbage collection and placement — from a
+//! ReplicaSet, CronJob, Job and DaemonSet controllers, `NoExecute` taint evictions, garbage collection and placement — from a
 //! snapshot of the merged state to a plan of writes (`docs/workloads.md`, "The controllers").
 //! Which node leads is `membership::leader`'s choice.
 
@@ -10,6 +10,7 @@ mod gc;
 pub mod hash;
 pub mod job;
 pub mod liveness;
+mod noexecute;
 mod object;
 pub mod podspec;
 pub mod replicaset;
@@ -29,6 +30,8 @@ mod job_tests;
 #[cfg(test)]
 mod rollout_tests;
 #[cfg(test)]
+mod taint_tests;
+#[cfg(test)]
 mod tests;
 
 use std::borrow::Cow;
@@ -37,7 +40,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::model::workload::Binding;
-pub use scheduler::{unschedulable_message, DEFAULT_MAX_PODS};
+pub use scheduler::{unschedulable_message, Reasons, DEFAULT_MAX_PODS};
 pub use snapshot::{
     LeaderCtx, Liveness, Plan, PlannedEvent, PodKey, SchedulingWrite, Snapshot, StatusRecords,
     Write,
@@ -115,6 +118,13 @@ pub fn reconcile(s: &Snapshot, ctx: &LeaderCtx) -> Plan {
         finished: &s.finished,
     };
     let mut plan = Plan::default();
+    let taint_wake = noexecute::evict(
+        &mut w,
+        &s.node_settings,
+        ctx,
+        &mut plan.writes,
+        &mut plan.events,
+    );
     plan.wake = deployment::reconcile(
         &s.deployments,
         &mut w,
@@ -132,7 +142,7 @@ pub fn reconcile(s: &Snapshot, ctx: &LeaderCtx) -> Plan {
         &mut plan.writes,
         &mut plan.events,
     );
-    plan.wake = earliest(plan.wake, cron_wake);
+    plan.wake = earliest(earliest(plan.wake, cron_wake), taint_wake);
     let keep = cronjob::newest_jobs(&s.cronjobs, &jobs);
     let job_wake = job::reconcile(
         &jobs,
@@ -146,6 +156,7 @@ pub fn reconcile(s: &Snapshot, ctx: &LeaderCtx) -> Plan {
     let daemon_wake = daemonset::reconcile(
         &s.daemonsets,
         &s.nodes,
+        &s.node_settings,
         &mut w,
         &s.ready,
         ctx,
@@ -162,6 +173,7 @@ pub fn reconcile(s: &Snapshot, ctx: &LeaderCtx) -> Plan {
     scheduler::schedule(
         &mut w,
         &s.nodes,
+        &s.node_settings,
         &s.liveness,
         &s.scheduling,
         ctx,

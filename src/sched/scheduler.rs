@@ -1,8 +1,11 @@
 //! Placement: every pod without a binding, and every controller-owned pod bound to a node the
-//! leader's view says is dead, gets a fresh binding. Filters (alive, pod count, nodeSelector,
+//! leader's view says is dead, gets a fresh binding. Filters (alive, cordoned
+//! (`spec.unschedulable`), `NoSchedule`/`NoExecute` taints the pod does not tolerate, pod
+//! count, nodeSelector,
 //! CPU/memory requests against capacity minus what is bound, required pod anti-affinity, both
 //! the pod's own terms and those of pods already placed), then score (fewest pods of the same
-//! owner on the node, then least requested), ties broken by a rendezvous hash of
+//! owner on the node, then least requested; before both, fewest untolerated
+//! `PreferNoSchedule` taints), ties broken by a rendezvous hash of
 //! (pod, node). Pods placed earlier in the same round count, so one round never overcommits.
 //!
 //! The hot loop touches only a flat node table: per-node free capacity and per-owner counts
@@ -21,10 +24,11 @@ use super::podspec::{self, AntiAffinityTerm, Resources};
 use super::snapshot::{LeaderCtx, Liveness, PlannedEvent, PodKey, SchedulingWrite, Write};
 use super::Working;
 use crate::model::quantity::{parse_milli, parse_units};
+use crate::model::taint::{self, Effect, Taint, Toleration};
 use crate::model::workload::{
     Binding, EventReason, EventType, InvolvedObject, SchedulingRecord, HOSTNAME_LABEL,
 };
-use crate::model::NodeRecord;
+use crate::model::{NodeRecord, NodeSettings};
 
 /// Orders placements newest first: (binding time, binding id), reversed.
 type NewestFirst = std::cmp::Reverse<(chrono::DateTime<chrono::Utc>, String)>;
@@ -37,8 +41,9 @@ pub const DEFAULT_MAX_PODS: u64 = 110;
 /// rounds, while a storm of false deaths cannot re-bind the whole cluster in one go).
 pub const REBIND_BUDGET: usize = 100;
 
-/// Filter failure reasons, in Kubernetes' wording.
-const REASONS: [&str; 7] = [
+/// Filter failure reasons, in Kubernetes' wording (untolerated taints are counted apart, by
+/// taint: [`Reasons::taints`]).
+const REASONS: [&str; 8] = [
     "node(s) had untolerated taint {node.kubernetes.io/unreachable: }",
     "node(s) didn't match Pod's node affinity/selector",
     "Too many pods",
@@ -46,6 +51,7 @@ const REASONS: [&str; 7] = [
     "Insufficient memory",
     "node(s) didn't match pod anti-affinity rules",
     "node(s) didn't satisfy existing pods anti-affinity rules",
+    "node(s) were unschedulable",
 ];
 const R_UNREACHABLE: usize = 0;
 const R_SELECTOR: usize = 1;
@@ -54,10 +60,24 @@ const R_CPU: usize = 3;
 const R_MEMORY: usize = 4;
 const R_ANTI: usize = 5;
 const R_EXISTING_ANTI: usize = 6;
+const R_CORDONED: usize = 7;
+
+/// Why a pod fits no node: how many nodes each filter turned away.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reasons {
+    /// By [`REASONS`] index.
+    pub counts: [u32; 8],
+    /// Nodes turned away by an untolerated taint, by the taint as Kubernetes shows it.
+    pub taints: BTreeMap<String, u32>,
+}
 
 struct NodeSlot<'a> {
     name: &'a str,
     alive: bool,
+    /// Cordoned (`spec.unschedulable`).
+    cordoned: bool,
+    /// Users' taints.
+    taints: &'a [Taint],
     labels: BTreeMap<String, String>,
     cap: Resources,
     /// 1 / capacity, for the least-requested score (0 when the capacity is 0).
@@ -84,6 +104,7 @@ fn capacity(
 
 fn node_table<'a>(
     nodes: &'a [NodeRecord],
+    settings: &'a BTreeMap<String, NodeSettings>,
     liveness: &BTreeMap<String, Liveness>,
 ) -> Vec<NodeSlot<'a>> {
     let mut seen = BTreeSet::new();
@@ -98,9 +119,12 @@ fn node_table<'a>(
             let inv = |c: u64| if c == 0 { 0.0 } else { 1.0 / c as f64 };
             let mut labels = n.labels.clone();
             labels.insert(HOSTNAME_LABEL.to_string(), n.name.clone());
+            let set = settings.get(&n.name);
             NodeSlot {
                 name: &n.name,
                 alive: liveness.get(&n.name) == Some(&Liveness::Alive),
+                cordoned: set.is_some_and(|s| s.unschedulable),
+                taints: set.map(|s| s.taints.as_slice()).unwrap_or_default(),
                 labels,
                 cap,
                 inv_cpu: inv(cap.cpu),
@@ -126,6 +150,9 @@ struct PodInfo<'a> {
     requests: Resources,
     nonzero: Resources,
     terms: Vec<AntiAffinityTerm>,
+    tolerations: Vec<Toleration>,
+    /// Tolerates the cordon (`node.kubernetes.io/unschedulable:NoSchedule`).
+    ignores_cordon: bool,
     pod: &'a Value,
 }
 
@@ -273,15 +300,22 @@ fn pod_labels_of(p: &PodInfo<'_>) -> BTreeMap<String, String> {
 }
 
 /// Kubernetes' FitError text: `0/3 nodes are available: 1 Insufficient cpu, 2 ....`
-pub fn unschedulable_message(nodes: usize, histogram: &[u32; 7]) -> String {
+pub fn unschedulable_message(nodes: usize, reasons: &Reasons) -> String {
     if nodes == 0 {
         return "no nodes available to schedule pods".to_string();
     }
-    let mut parts: Vec<String> = histogram
+    let mut parts: Vec<String> = reasons
+        .counts
         .iter()
         .zip(REASONS)
         .filter(|(n, _)| **n > 0)
         .map(|(n, r)| format!("{n} {r}"))
+        .chain(
+            reasons
+                .taints
+                .iter()
+                .map(|(t, n)| format!("{n} node(s) had untolerated taint {t}")),
+        )
         .collect();
     parts.sort();
     format!("0/{nodes} nodes are available: {}.", parts.join(", "))
@@ -320,6 +354,7 @@ fn pod_event(
 pub(crate) fn schedule(
     w: &mut Working<'_>,
     nodes: &[NodeRecord],
+    settings: &BTreeMap<String, NodeSettings>,
     liveness: &BTreeMap<String, Liveness>,
     previous: &BTreeMap<PodKey, SchedulingRecord>,
     ctx: &LeaderCtx,
@@ -333,7 +368,8 @@ pub(crate) fn schedule(
         finished,
         ..
     } = w;
-    let table = node_table(nodes, liveness);
+    let table = node_table(nodes, settings, liveness);
+    let cordon = taint::unschedulable_taint();
     let by_name: BTreeMap<&str, usize> =
         table.iter().enumerate().map(|(i, n)| (n.name, i)).collect();
     let dead = |node: &str| liveness.get(node).is_none_or(|l| *l == Liveness::Dead);
@@ -352,7 +388,10 @@ pub(crate) fn schedule(
         let (requests, nonzero) = podspec::pod_requests(spec);
         let terms = podspec::anti_affinity(spec, &key.0);
         anti_affinity |= !terms.is_empty();
+        let tolerations = taint::tolerations(spec);
         let info = PodInfo {
+            ignores_cordon: taint::tolerated(&tolerations, &cordon),
+            tolerations,
             key,
             uid: object::uid(pod),
             owner: controller(pod).map(|(_, uid)| uid),
@@ -487,11 +526,11 @@ pub(crate) fn schedule(
     for p in failed {
         let selector = podspec::node_selector(&p.pod["spec"]);
         let anti = round.anti_affinity_mask(p);
-        let histogram = match choose(&round, p, selector.as_ref(), anti.as_deref()) {
-            Err(h) => h,
-            Ok(_) => [0; 7], // cannot happen: placements only take room
+        let reasons = match choose(&round, p, selector.as_ref(), anti.as_deref()) {
+            Err(r) => r,
+            Ok(_) => Reasons::default(), // cannot happen: placements only take room
         };
-        let message = unschedulable_message(round.nodes.len(), &histogram);
+        let message = unschedulable_message(round.nodes.len(), &reasons);
         unschedulable.insert(p.key, (p.uid, message));
     }
 
@@ -530,22 +569,40 @@ pub(crate) fn schedule(
     }
 }
 
-/// The best node for `p`, or the histogram of reasons why none fits.
+/// A node being considered: (index, (untolerated PreferNoSchedule taints, same-owner pods),
+/// least-requested score, rendezvous weight once computed).
+type Candidate = (usize, (usize, u32), u64, Option<u64>);
+
+/// The best node for `p`, or the reasons why none fits.
 fn choose(
     round: &Round<'_>,
     p: &PodInfo<'_>,
     selector: Option<&Vec<(String, String)>>,
     anti: Option<&[u8]>,
-) -> Result<usize, [u32; 7]> {
+) -> Result<usize, Reasons> {
     let mask = selector.and_then(|s| round.selector_masks.get(s));
     let counts = p.owner.and_then(|o| round.owner_counts.get(o));
     let pod_hash = hash64(&[&p.key.0, &p.key.1, p.uid]);
-    let mut histogram = [0u32; 7];
-    // (node, same-owner pods, least-requested score, rendezvous weight once computed)
-    let mut best: Option<(usize, u32, u64, Option<u64>)> = None;
+    let mut reasons = Reasons::default();
+    let histogram = &mut reasons.counts;
+    // (node, untolerated PreferNoSchedule taints and same-owner pods, least-requested score,
+    // rendezvous weight once computed)
+    let mut best: Option<Candidate> = None;
     for (i, n) in round.nodes.iter().enumerate() {
         if !n.alive {
             histogram[R_UNREACHABLE] += 1;
+            continue;
+        }
+        if n.cordoned && !p.ignores_cordon {
+            histogram[R_CORDONED] += 1;
+            continue;
+        }
+        if let Some(t) = taint::first_untolerated(
+            n.taints,
+            &p.tolerations,
+            &[Effect::NoSchedule, Effect::NoExecute],
+        ) {
+            *reasons.taints.entry(t.shown()).or_default() += 1;
             continue;
         }
         if mask.is_some_and(|m| !m[i]) {
@@ -579,7 +636,14 @@ fn choose(
             }
             _ => {}
         }
-        let count = counts.map_or(0, |c| c[i]);
+        let preferred = n
+            .taints
+            .iter()
+            .filter(|t| {
+                t.effect == Effect::PreferNoSchedule && !taint::tolerated(&p.tolerations, t)
+            })
+            .count();
+        let count = (preferred, counts.map_or(0, |c| c[i]));
         let free_cpu = n
             .cap
             .cpu
@@ -609,5 +673,5 @@ fn choose(
             }
         };
     }
-    best.map(|(i, ..)| i).ok_or(histogram)
+    best.map(|(i, ..)| i).ok_or(reasons)
 }

@@ -12,7 +12,7 @@ use crate::model::workload::{
     self, Binding, EventReason, EventType, InvolvedObject, PodStatusRecord, SchedulingRecord,
     CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, PODS, REPLICASETS,
 };
-use crate::model::NodeRecord;
+use crate::model::{NodeRecord, NodeSettings};
 
 /// A node's liveness in the leader's membership view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -40,7 +40,10 @@ pub struct Snapshot {
     pub cronjobs: Vec<Value>,
     /// The winning binding of each pod (`bind/<ns>/<pod>`).
     pub bindings: BTreeMap<PodKey, Binding>,
+    /// Node records, with the labels users set on them merged in.
     pub nodes: Vec<NodeRecord>,
+    /// What users set on each node beside its labels: taints, `unschedulable`.
+    pub node_settings: BTreeMap<String, NodeSettings>,
     /// The leader's view; nodes not listed are [`Liveness::Dead`].
     pub liveness: BTreeMap<String, Liveness>,
     /// Scheduling records this leader wrote earlier (its own status document): a record or

@@ -469,7 +469,7 @@ fn unschedulable_messages_follow_kubernetes() {
     assert_eq!(messages["big"], "0/3 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/unreachable: }, 2 Insufficient cpu.");
     assert_eq!(messages["sel"], "0/3 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/unreachable: }, 2 node(s) didn't match Pod's node affinity/selector.");
     assert_eq!(
-        unschedulable_message(0, &[0; 7]),
+        unschedulable_message(0, &crate::sched::Reasons::default()),
         "no nodes available to schedule pods"
     );
 }

@@ -10,6 +10,7 @@ use super::{ClusterDoc, StateError};
 use crate::model::workload::{
     SchedulingRecord, CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, PODS, REPLICASETS,
 };
+use crate::model::{with_user_labels, NodeSettings, NODE_SETTINGS};
 use crate::sched::snapshot::with_namespace;
 use crate::sched::{Liveness, PodKey, Snapshot, Write};
 
@@ -27,6 +28,7 @@ impl ClusterDoc {
                 .map(|(path, v)| with_namespace(v, path.namespace.as_deref()))
                 .collect()
         };
+        let node_settings = NodeSettings::by_node(&objects(NODE_SETTINGS));
         Snapshot {
             deployments: objects(DEPLOYMENTS),
             replicasets: objects(REPLICASETS),
@@ -35,7 +37,8 @@ impl ClusterDoc {
             daemonsets: objects(DAEMONSETS),
             cronjobs: objects(CRONJOBS),
             bindings: self.bindings().into_iter().collect(),
-            nodes: self.nodes(),
+            nodes: with_user_labels(self.nodes(), &node_settings),
+            node_settings,
             liveness,
             scheduling,
             ready: BTreeMap::new(),

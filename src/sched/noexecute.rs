@@ -1,0 +1,82 @@
+//! `NoExecute` taints (Kubernetes' taint-eviction controller), pure: a pod on a node with a
+//! `NoExecute` taint it does not tolerate is deleted (its controller re-creates it
+//! elsewhere); one that tolerates it for `tolerationSeconds` is deleted once that time has
+//! passed since the taint's `timeAdded`. Pods that ended stay (a Job's record).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use super::object;
+use super::snapshot::{LeaderCtx, PlannedEvent, PodKey, Write};
+use super::Working;
+use crate::model::taint::{self, Effect};
+use crate::model::workload::{EventReason, EventType, InvolvedObject, PODS};
+use crate::model::NodeSettings;
+
+/// Deletes the pods of `w` that must leave their node; returns the earliest later time at
+/// which another must (a bounded toleration running out).
+pub(crate) fn evict(
+    w: &mut Working<'_>,
+    settings: &BTreeMap<String, NodeSettings>,
+    ctx: &LeaderCtx,
+    writes: &mut Vec<Write>,
+    events: &mut Vec<PlannedEvent>,
+) -> Option<DateTime<Utc>> {
+    let tainted: BTreeMap<&str, &NodeSettings> = settings
+        .iter()
+        .filter(|(_, s)| s.taints.iter().any(|t| t.effect == Effect::NoExecute))
+        .map(|(n, s)| (n.as_str(), s))
+        .collect();
+    if tainted.is_empty() {
+        return None;
+    }
+    let mut wake: Option<DateTime<Utc>> = None;
+    let mut gone: Vec<(PodKey, String)> = Vec::new();
+    for (key, pod) in &w.pods {
+        if w.finished.contains_key(key) || !object::is_valid(pod) {
+            continue;
+        }
+        let node = match pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+            Some(n) => n,
+            None => match w.bindings.get(key) {
+                Some(b) if b.pod_uid == object::uid(pod) => b.node.as_str(),
+                _ => continue,
+            },
+        };
+        let Some(s) = tainted.get(node) else { continue };
+        let tolerations = taint::tolerations(&pod["spec"]);
+        match taint::no_execute_deadline(&s.taints, &tolerations) {
+            Some(at) if at <= ctx.now => gone.push((key.clone(), node.to_string())),
+            Some(at) => wake = Some(wake.map_or(at, |w| w.min(at))),
+            None => {}
+        }
+    }
+    for (key, node) in gone {
+        let Some(pod) = w.pods.remove(&key) else {
+            continue;
+        };
+        events.push(PlannedEvent {
+            involved: InvolvedObject {
+                api_version: "v1".into(),
+                kind: "Pod".into(),
+                namespace: key.0.clone(),
+                name: key.1.clone(),
+                uid: object::uid(&pod).to_string(),
+            },
+            event_type: EventType::Normal,
+            reason: EventReason::TaintManagerEviction,
+            message: format!(
+                "Marking for deletion Pod {}/{} (a NoExecute taint of node {node})",
+                key.0, key.1
+            ),
+            component: "taint-eviction-controller",
+        });
+        writes.push(Write::DeleteObject {
+            resource: PODS,
+            namespace: key.0,
+            name: key.1,
+        });
+    }
+    wake
+}
