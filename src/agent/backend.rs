@@ -350,6 +350,13 @@ impl Backend for AgentBackend {
                 let old = d.get_object(&key.resource, key.namespace.as_deref(), &key.name)?;
                 if old.is_some() {
                     d.delete_object(&key.resource, key.namespace.as_deref(), &key.name)?;
+                    // The placement goes with the pod: a ReplicaSet re-creates a deleted pod
+                    // under the same name (names are functions of the slot), and that new pod
+                    // is placed afresh (a cordoned or drained node gets it back no more than
+                    // any other pod), never run on the old binding.
+                    if let ("pods", Some(namespace)) = (key.resource.as_str(), &key.namespace) {
+                        d.delete_binding(namespace, &key.name)?;
+                    }
                 }
                 Ok(old)
             })
