@@ -818,7 +818,8 @@ mod tests {
                 ("apps", "v1"),
                 ("batch", "v1"),
                 ("discovery.k8s.io", "v1"),
-                ("metrics.k8s.io", "v1beta1")
+                ("metrics.k8s.io", "v1beta1"),
+                ("policy", "v1")
             ]
         );
         let deploy = by_plural("deployments").unwrap();

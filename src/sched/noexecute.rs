@@ -1,7 +1,8 @@
 //! `NoExecute` taints (Kubernetes' taint-eviction controller), pure: a pod on a node with a
 //! `NoExecute` taint it does not tolerate is deleted (its controller re-creates it
 //! elsewhere); one that tolerates it for `tolerationSeconds` is deleted once that time has
-//! passed since the taint's `timeAdded`. Pods that ended stay (a Job's record).
+//! passed since the taint's `timeAdded`. Pods that ended stay (a Job's record). The pod's
+//! binding is deleted with it.
 
 use std::collections::BTreeMap;
 
@@ -74,9 +75,18 @@ pub(crate) fn evict(
         });
         writes.push(Write::DeleteObject {
             resource: PODS,
-            namespace: key.0,
-            name: key.1,
+            namespace: key.0.clone(),
+            name: key.1.clone(),
         });
+        // The binding goes with the pod: its controller re-creates it under the same name and
+        // uid (functions of the slot), and that pod must be placed afresh, not back on the
+        // tainted node.
+        if w.bindings.remove(&key).is_some() {
+            writes.push(Write::DeleteBinding {
+                namespace: key.0,
+                pod: key.1,
+            });
+        }
     }
     wake
 }

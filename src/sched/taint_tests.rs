@@ -111,14 +111,14 @@ fn placement(s: &Snapshot) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Why each unplaced pod is unschedulable, from the scheduling records once a reconcile at
+/// `now` has run (the scheduler writes a record only when its message changes, so a settled
+/// snapshot already holds them).
 fn unschedulable(s: &Snapshot, now: DateTime<Utc>) -> BTreeMap<String, String> {
-    reconcile(s, &ctx(now, 99))
+    s.after(&reconcile(s, &ctx(now, 99)))
         .scheduling
         .into_iter()
-        .filter_map(|w| match w {
-            SchedulingWrite::Put { pod, record, .. } => Some((pod, record.message)),
-            _ => None,
-        })
+        .map(|((_, pod), record)| (pod, record.message))
         .collect()
 }
 
