@@ -4,36 +4,18 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
+use super::fixtures::{cluster_of, key, leader_ctx, node, t0};
 use super::*;
 use crate::model::taint::{self, parse_taints, Effect};
 use crate::model::workload::EventReason;
-use crate::model::{with_user_labels, NodeRecord, NodeSettings, NodeSystemInfo};
+use crate::model::{with_user_labels, NodeSettings};
 
-fn t0() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
-}
-
-fn node(name: &str) -> NodeRecord {
-    NodeRecord {
-        name: name.into(),
-        uid: format!("uid-{name}"),
-        peer_id: String::new(),
-        p2p_addr: String::new(),
-        api_addr: String::new(),
-        internal_ip: String::new(),
-        created: t0(),
-        labels: BTreeMap::new(),
-        capacity: [("cpu", "8"), ("memory", "16Gi"), ("pods", "110")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        system: NodeSystemInfo::default(),
-    }
-}
+/// `t0` as a taint's `timeAdded` spells it.
+const T0: &str = "2025-01-01T00:00:00Z";
 
 fn settings(taints: Value, unschedulable: bool) -> NodeSettings {
     NodeSettings {
@@ -46,16 +28,10 @@ fn settings(taints: Value, unschedulable: bool) -> NodeSettings {
 fn cluster(names: &[&str], set: Vec<(&str, NodeSettings)>) -> Snapshot {
     let settings: BTreeMap<String, NodeSettings> =
         set.into_iter().map(|(n, s)| (n.to_string(), s)).collect();
-    let nodes: Vec<NodeRecord> = names.iter().map(|n| node(n)).collect();
-    Snapshot {
-        liveness: names
-            .iter()
-            .map(|n| (n.to_string(), Liveness::Alive))
-            .collect(),
-        nodes: with_user_labels(nodes, &settings),
-        node_settings: settings,
-        ..Snapshot::default()
-    }
+    let mut s = cluster_of(names.iter().map(|n| node(n)).collect());
+    s.nodes = with_user_labels(s.nodes, &settings);
+    s.node_settings = settings;
+    s
 }
 
 fn pod(name: &str, spec_extra: Value) -> Value {
@@ -83,13 +59,7 @@ fn deployment(name: &str, replicas: i64, spec_extra: Value) -> Value {
 }
 
 fn ctx(now: DateTime<Utc>, seed: u64) -> LeaderCtx {
-    LeaderCtx {
-        node: "leader".into(),
-        epoch: 1,
-        view: 1,
-        now,
-        seed,
-    }
+    leader_ctx("leader", now, seed)
 }
 
 fn settle(mut s: Snapshot, now: DateTime<Utc>) -> Snapshot {
@@ -350,7 +320,7 @@ fn daemon_pods_follow_taints_but_not_cordons() {
     s.node_settings.insert(
         "a".into(),
         settings(
-            json!([{"key": "k", "effect": "NoExecute", "timeAdded": "2026-01-01T00:00:00Z"}]),
+            json!([{"key": "k", "effect": "NoExecute", "timeAdded": T0}]),
             false,
         ),
     );
@@ -377,7 +347,7 @@ fn arb_settings() -> impl Strategy<Value = NodeSettings> {
         .prop_map(|(taints, unschedulable)| {
             let list: Vec<Value> = taints
                 .into_iter()
-                .map(|(k, v, e)| json!({"key": k, "value": v, "effect": e.as_str(), "timeAdded": "2026-01-01T00:00:00Z"}))
+                .map(|(k, v, e)| json!({"key": k, "value": v, "effect": e.as_str(), "timeAdded": T0}))
                 .collect();
             let mut seen = std::collections::BTreeSet::new();
             let list: Vec<Value> = list
@@ -427,7 +397,7 @@ proptest! {
                 && taint::first_untolerated(&set.taints, &tol, &[Effect::NoSchedule, Effect::NoExecute]).is_none()
         };
         for p in &s.pods {
-            let key = (p["metadata"]["namespace"].as_str().unwrap().to_string(), p["metadata"]["name"].as_str().unwrap().to_string());
+            let key = key(p);
             match s.bindings.get(&key) {
                 Some(b) => prop_assert!(allowed(&p["spec"], &b.node), "{} on {}", key.1, b.node),
                 None => prop_assert!(!names.iter().any(|n| allowed(&p["spec"], n)), "{} left unplaced", key.1),
