@@ -380,9 +380,16 @@ pub fn unschedulable_taint() -> Taint {
 
 /// What a node's `NoExecute` taints mean for a pod on it: `None` when it may stay for ever,
 /// else the time from which it must go (Kubernetes' taint manager): at once for an
-/// untolerated taint, else the earliest `timeAdded + tolerationSeconds` over the taints whose
-/// every matching toleration is bounded (the smallest bound counts).
-pub fn no_execute_deadline(taints: &[Taint], tolerations: &[Toleration]) -> Option<DateTime<Utc>> {
+/// untolerated taint, else the earliest `start + tolerationSeconds` over the taints whose
+/// every matching toleration is bounded (the smallest bound counts), where `start` is the
+/// later of the taint's `timeAdded` and `bound`, the time the pod was placed on the node (a
+/// pod placed on a node that already had the taint gets its whole `tolerationSeconds`, as
+/// Kubernetes counts from when it sees the pod there).
+pub fn no_execute_deadline(
+    taints: &[Taint],
+    tolerations: &[Toleration],
+    bound: Option<DateTime<Utc>>,
+) -> Option<DateTime<Utc>> {
     let mut deadline: Option<DateTime<Utc>> = None;
     for taint in taints.iter().filter(|t| t.effect == Effect::NoExecute) {
         let matching: Vec<&Toleration> =
@@ -398,7 +405,8 @@ pub fn no_execute_deadline(taints: &[Taint], tolerations: &[Toleration]) -> Opti
                 .min()
                 .unwrap_or(0)
                 .clamp(0, 10 * 365 * 86_400);
-            taint.time_added.unwrap_or(DateTime::UNIX_EPOCH) + chrono::Duration::seconds(seconds)
+            let added = taint.time_added.unwrap_or(DateTime::UNIX_EPOCH);
+            added.max(bound.unwrap_or(added)) + chrono::Duration::seconds(seconds)
         };
         deadline = Some(deadline.map_or(at, |d| d.min(at)));
     }
@@ -530,28 +538,55 @@ mod tests {
         let added = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
+        let secs = chrono::Duration::seconds;
         let mut t = taint("k", "v", Effect::NoExecute);
         t.time_added = Some(added);
         let taints = vec![t, taint("soft", "", Effect::NoSchedule)];
         assert_eq!(
-            no_execute_deadline(&taints, &[]),
+            no_execute_deadline(&taints, &[], None),
+            Some(DateTime::UNIX_EPOCH)
+        );
+        // Untolerated: at once, however late the pod came.
+        assert_eq!(
+            no_execute_deadline(&taints, &[], Some(added + secs(500))),
             Some(DateTime::UNIX_EPOCH)
         );
         let forever = tol(json!({"key": "k", "operator": "Exists"}));
         assert_eq!(
-            no_execute_deadline(&taints, std::slice::from_ref(&forever)),
+            no_execute_deadline(&taints, std::slice::from_ref(&forever), None),
             None
         );
         let bounded = tol(
             json!({"key": "k", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}),
         );
+        let bounded_ = std::slice::from_ref(&bounded);
         assert_eq!(
-            no_execute_deadline(&taints, std::slice::from_ref(&bounded)),
-            Some(added + chrono::Duration::seconds(30))
+            no_execute_deadline(&taints, bounded_, None),
+            Some(added + secs(30))
+        );
+        // A pod placed before the taint was added counts from the taint...
+        assert_eq!(
+            no_execute_deadline(&taints, bounded_, Some(added - secs(3600))),
+            Some(added + secs(30))
+        );
+        // ...one placed after it from its placement: its whole tolerationSeconds.
+        assert_eq!(
+            no_execute_deadline(&taints, bounded_, Some(added + secs(100))),
+            Some(added + secs(130))
+        );
+        // A taint without timeAdded counts from the placement.
+        let mut undated = taints.clone();
+        undated[0].time_added = None;
+        assert_eq!(
+            no_execute_deadline(&undated, bounded_, Some(added)),
+            Some(added + secs(30))
         );
         // An unbounded toleration of the same taint wins.
-        assert_eq!(no_execute_deadline(&taints, &[bounded, forever]), None);
-        assert_eq!(no_execute_deadline(&taints[1..], &[]), None);
+        assert_eq!(
+            no_execute_deadline(&taints, &[bounded, forever], Some(added)),
+            None
+        );
+        assert_eq!(no_execute_deadline(&taints[1..], &[], None), None);
     }
 
     fn arb_taint() -> impl Strategy<Value = Taint> {

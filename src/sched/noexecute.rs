@@ -1,8 +1,8 @@
 //! `NoExecute` taints (Kubernetes' taint-eviction controller), pure: a pod on a node with a
 //! `NoExecute` taint it does not tolerate is deleted (its controller re-creates it
 //! elsewhere); one that tolerates it for `tolerationSeconds` is deleted once that time has
-//! passed since the taint's `timeAdded`. Pods that ended stay (a Job's record). The pod's
-//! binding is deleted with it.
+//! passed since the later of the taint's `timeAdded` and the pod's placement on the node.
+//! Pods that ended stay (a Job's record). The pod's binding is deleted with it.
 
 use std::collections::BTreeMap;
 
@@ -38,16 +38,18 @@ pub(crate) fn evict(
         if w.finished.contains_key(key) || !object::is_valid(pod) {
             continue;
         }
-        let node = match pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
-            Some(n) => n,
+        // The node and when the pod was placed there: its binding's time, or the creation
+        // of a pod created with `spec.nodeName`.
+        let (node, bound) = match pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+            Some(n) => (n, created(pod)),
             None => match w.bindings.get(key) {
-                Some(b) if b.pod_uid == object::uid(pod) => b.node.as_str(),
+                Some(b) if b.pod_uid == object::uid(pod) => (b.node.as_str(), Some(b.at)),
                 _ => continue,
             },
         };
         let Some(s) = tainted.get(node) else { continue };
         let tolerations = taint::tolerations(&pod["spec"]);
-        match taint::no_execute_deadline(&s.taints, &tolerations) {
+        match taint::no_execute_deadline(&s.taints, &tolerations, bound) {
             Some(at) if at <= ctx.now => gone.push((key.clone(), node.to_string())),
             Some(at) => wake = Some(wake.map_or(at, |w| w.min(at))),
             None => {}
@@ -89,4 +91,12 @@ pub(crate) fn evict(
         }
     }
     wake
+}
+
+/// A pod's `metadata.creationTimestamp`, when it has a valid one.
+fn created(pod: &serde_json::Value) -> Option<DateTime<Utc>> {
+    let at = pod["metadata"]["creationTimestamp"].as_str()?;
+    DateTime::parse_from_rfc3339(at)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }

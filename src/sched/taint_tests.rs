@@ -215,12 +215,16 @@ fn users_labels_serve_node_selectors() {
 
 #[test]
 fn no_execute_taints_evict_pods_that_do_not_tolerate_them() {
+    let secs = Duration::seconds;
     let mut s = cluster(&["a", "b"], vec![]);
     s.deployments.push(deployment("web", 4, json!({})));
+    // Pinned to b, so that once evicted they come back to b: their toleration then counts
+    // from their new placement, not from the taint's timeAdded.
     s.deployments.push(deployment(
         "patient",
         2,
-        json!({"tolerations": [{"key": "maint", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}]}),
+        json!({"nodeSelector": {"kubernetes.io/hostname": "b"},
+               "tolerations": [{"key": "maint", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}]}),
     ));
     s.deployments.push(deployment(
         "stays",
@@ -231,16 +235,18 @@ fn no_execute_taints_evict_pods_that_do_not_tolerate_them() {
     let mut s = settle(s, t0());
     let before = placement(&s);
     assert!(before.values().filter(|n| *n == "b").count() >= 3);
+    // The taint comes 10 s after the pods were placed.
+    let tainted = t0() + secs(10);
     let mut maint = settings(json!([{"key": "maint", "effect": "NoExecute"}]), false);
-    maint.taints[0].time_added = Some(t0());
+    maint.taints[0].time_added = Some(tainted);
     s.node_settings.insert("b".into(), maint);
-    let plan = reconcile(&s, &ctx(t0(), 1));
-    assert_eq!(plan.wake, Some(t0() + Duration::seconds(60)));
+    let plan = reconcile(&s, &ctx(tainted, 1));
+    assert_eq!(plan.wake, Some(tainted + secs(60)));
     assert!(plan
         .events
         .iter()
         .any(|e| e.reason == EventReason::TaintManagerEviction && e.involved.name == "bare"));
-    let s = settle(s, t0());
+    let s = settle(s, tainted);
     let at = placement(&s);
     let on_b = |prefix: &str| {
         at.iter()
@@ -255,23 +261,38 @@ fn no_execute_taints_evict_pods_that_do_not_tolerate_them() {
         .filter(|(p, n)| p.starts_with("stays") && *n == "b")
         .count();
     assert_eq!(on_b("stays"), stays_on_b);
-    // The bounded toleration runs out a minute later.
-    let patient_on_b = on_b("patient");
-    let later = settle(s, t0() + Duration::seconds(60));
-    let at = placement(&later);
+    assert_eq!(on_b("patient"), 2);
+    let patient_bindings = |s: &Snapshot| -> BTreeMap<String, Binding> {
+        s.bindings
+            .iter()
+            .filter(|(k, _)| k.1.starts_with("patient"))
+            .map(|(k, b)| (k.1.clone(), b.clone()))
+            .collect()
+    };
+    let first = patient_bindings(&s);
+    assert!(first.values().all(|b| b.node == "b" && b.at == t0()));
+    // The bounded toleration has not run out a second before its end...
+    let s = settle(s, tainted + secs(59));
+    assert_eq!(patient_bindings(&s), first);
+    // ...and has then: the pods are deleted, re-created, and placed on b again, where their
+    // minute counts from this placement (not from timeAdded: else they would go at once,
+    // again and again).
+    let out = tainted + secs(60);
+    let plan = reconcile(&s, &ctx(out, 2));
     assert_eq!(
-        at.iter()
-            .filter(|(p, n)| p.starts_with("patient") && *n == "b")
+        plan.events
+            .iter()
+            .filter(|e| e.reason == EventReason::TaintManagerEviction)
             .count(),
-        0
+        2
     );
-    assert_eq!(at.keys().filter(|p| p.starts_with("patient")).count(), 2);
-    assert!(
-        patient_on_b > 0
-            || before
-                .iter()
-                .all(|(p, n)| !p.starts_with("patient") || n == "a")
-    );
+    let s = settle(s, out);
+    let second = patient_bindings(&s);
+    assert_eq!(second.len(), 2);
+    for (pod, b) in &second {
+        assert_eq!((b.node.as_str(), b.at), ("b", out), "{pod}");
+    }
+    assert_eq!(reconcile(&s, &ctx(out, 3)).wake, Some(out + secs(60)));
 }
 
 fn daemonset(spec_extra: Value) -> Value {
