@@ -641,3 +641,85 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::workload::Binding;
+    use crate::security::ClusterIdentity;
+    use crate::state::Wal;
+    use automerge::ActorId;
+    use serde_json::json;
+
+    fn binding(node: &str, uid: &str) -> Binding {
+        Binding {
+            node: node.into(),
+            id: format!("b-{uid}"),
+            pod_uid: uid.into(),
+            epoch: 1,
+            view: 1,
+            leader: "n1".into(),
+            at: chrono::DateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn key(resource: &str, name: &str) -> ObjectKey {
+        ObjectKey {
+            resource: resource.into(),
+            namespace: Some("default".into()),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn deleting_a_pod_deletes_its_binding_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = ClusterIdentity {
+            cluster_id: "c".into(),
+            generation: 1,
+            secret: [7; 32],
+        };
+        let mut doc = ClusterDoc::empty(ActorId::random());
+        for (name, uid) in [("web-1", "u1"), ("web-2", "u2")] {
+            let pod = json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "default", "uid": uid}});
+            doc.put_object("pods", Some("default"), name, &pod).unwrap();
+            doc.put_binding("default", name, &binding("n2", uid))
+                .unwrap();
+        }
+        // Another kind under a pod's name: deleting it leaves the pod's binding.
+        doc.put_object("configmaps", Some("default"), "web-2", &json!({"data": {}}))
+            .unwrap();
+        let (shared, _pushed) = Shared::new(
+            "n1".into(),
+            identity,
+            doc,
+            Wal::new(dir.path().join("state.wal")),
+            BTreeMap::new(),
+        );
+        let backend = AgentBackend::new(Arc::new(shared), dir.path().into(), None);
+
+        let gone = backend.delete_object(&key("pods", "web-1")).unwrap();
+        assert_eq!(gone.unwrap()["metadata"]["uid"], "u1");
+        assert!(backend
+            .delete_object(&key("configmaps", "web-2"))
+            .unwrap()
+            .is_some());
+        // A pod that is not there: nothing deleted, no error.
+        assert!(backend
+            .delete_object(&key("pods", "web-3"))
+            .unwrap()
+            .is_none());
+
+        let (web1, web2, pod2) = backend.shared.read(|d| {
+            (
+                d.binding("default", "web-1").unwrap(),
+                d.binding("default", "web-2").unwrap(),
+                d.get_object("pods", Some("default"), "web-2").unwrap(),
+            )
+        });
+        assert_eq!(web1, None);
+        assert_eq!(web2, Some(binding("n2", "u2")));
+        assert!(pod2.is_some());
+    }
+}
