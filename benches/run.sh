@@ -6,7 +6,8 @@
 # benchmarks: pull + unpack from a loopback registry beside skopeo + umoci, and the registry egress
 # when 5 testnet nodes start a new image;
 # Service load balancing: ClusterIP vs pod IP (wrk, iperf3) and rule update cost with 10/100/1,000
-# Services in namespaces of its own, endpoint change → rules on every testnet node.
+# Services in namespaces of its own, endpoint change → rules on every testnet node. Last, the cost
+# of one exec into a container (exec probes): runc exec, nsenter and shoal's direct join.
 #
 #   benches/run.sh [quick|full]      quick ≤ 10 min (default), full ≤ 40 min
 #
@@ -265,6 +266,23 @@ if cargo bench --bench scheduler >"$WORK/scheduler.md" 2>"$WORK/scheduler.log"; 
 else
   FAILED+=(scheduler)
   { echo '```'; tail -n 15 "$WORK/scheduler.log"; echo '```'; } >>"$REPORT"
+fi
+
+# --- exec into a container: runc exec, nsenter, shoal's direct join (real runc, root) ----------
+say "exec: CPU per exec into a container (runc exec / nsenter / shoal direct)"
+{
+  echo "### Exec into a running container: CPU per call, runc exec vs nsenter vs shoal's direct join (\`cargo bench --bench exec\`)"
+  echo
+} >>"$REPORT"
+if [ "$(id -u)" != 0 ]; then
+  FAILED+=(exec)
+  echo "exec: needs root (runc containers)" >>"$REPORT"
+elif cargo bench --bench exec >"$WORK/exec.md" 2>"$WORK/exec.log"; then
+  cat "$WORK/exec.md" >>"$REPORT"
+  echo >>"$REPORT"
+else
+  FAILED+=(exec)
+  { echo '```'; tail -n 15 "$WORK/exec.log"; echo '```'; } >>"$REPORT"
 fi
 fi # IMAGES_ONLY
 

@@ -32,7 +32,7 @@ need_root() { [ "$(id -u)" = 0 ] || die "must run as root (network namespaces, b
 # ---- prerequisites ---------------------------------------------------------------------------
 
 # command -> Debian package that provides it
-PREREQS="ip:iproute2 nft:nftables iptables:iptables runc:runc busybox:busybox-static nsenter:util-linux curl:curl tar:tar gzip:gzip sha256sum:coreutils docker-registry:docker-registry skopeo:skopeo umoci:umoci htpasswd:apache2-utils promtool:prometheus"
+PREREQS="ip:iproute2 nft:nftables iptables:iptables runc:runc busybox:busybox-static nsenter:util-linux curl:curl tar:tar gzip:gzip sha256sum:coreutils docker-registry:docker-registry skopeo:skopeo umoci:umoci htpasswd:apache2-utils promtool:prometheus pkg-config:pkg-config"
 # file -> Debian package that provides it (prerequisites that are not commands on PATH: the
 # CNI plugins the agents run for the pod network)
 PREREQ_FILES="/usr/lib/cni/bridge:containernetworking-plugins /usr/lib/cni/host-local:containernetworking-plugins"
@@ -47,6 +47,8 @@ install_prereqs() {
   for pair in $PREREQ_FILES; do
     [ -x "${pair%%:*}" ] || missing+=("${pair#*:}")
   done
+  # Building shoal links libseccomp (exec probes compile seccomp profiles as runc does).
+  pkg-config --exists libseccomp 2>/dev/null || missing+=(libseccomp-dev)
   if [ "${#missing[@]}" -gt 0 ]; then
     command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and no apt-get to install them"
     log "installing missing prerequisites: ${missing[*]}"
@@ -61,6 +63,7 @@ install_prereqs() {
   for pair in $PREREQ_FILES; do
     [ -x "${pair%%:*}" ] || die "prerequisite '${pair%%:*}' (${pair#*:}) still missing"
   done
+  pkg-config --exists libseccomp || die "prerequisite libseccomp (libseccomp-dev) still missing"
   command -v kubectl >/dev/null 2>&1 || die "kubectl not found (expected at /usr/bin/kubectl)"
 }
 

@@ -3,7 +3,7 @@
 # loudly when something cannot be had: root, iproute2, nftables, iptables, runc, busybox-static,
 # util-linux (nsenter), curl, docker-registry, skopeo, umoci, apache2-utils (htpasswd),
 # containernetworking-plugins (/usr/lib/cni: the pod network), prometheus (promtool: checks the
-# agents' /metrics), and kubectl at /usr/bin/kubectl
+# agents' /metrics), pkg-config and libseccomp-dev (building shoal), and kubectl at /usr/bin/kubectl
 # (not installed here).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 install_prereqs

@@ -2,7 +2,8 @@
 //! CRI logs, exit codes, a command that does not exist, adoption by a fresh runtime handle
 //! (the agent restarted), and removal leaving `runc list` empty and no process behind; the pod
 //! network with the real CNI plugins in a throwaway network namespace (addresses, pod to pod,
-//! resolv.conf, leases released). The image is a rootfs layer built from `/bin/busybox` (Debian's busybox-static).
+//! resolv.conf, leases released); exec into a container joined directly (`runtime::nsexec`) seeing
+//! what `runc exec` sees. The image is a rootfs layer built from `/bin/busybox` (Debian's busybox-static).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -76,6 +77,7 @@ fn busybox_layer(dir: &Path) -> PathBuf {
     std::fs::copy("/bin/busybox", layer.join("bin/busybox")).unwrap();
     for applet in [
         "sh", "echo", "cat", "sleep", "nc", "httpd", "wget", "seq", "ls", "hostname", "mkdir",
+        "unshare",
     ] {
         std::os::unix::fs::symlink("busybox", layer.join("bin").join(applet)).unwrap();
     }
@@ -103,6 +105,26 @@ impl Drop for Cleanup {
                 m.join(self.runtime_config.cgroup_parent.trim_start_matches('/')),
             );
         }
+    }
+}
+
+/// A runtime under `dir` with the real runc and no pod network.
+fn runtime_config(dir: &Path) -> RuntimeConfig {
+    RuntimeConfig {
+        data_dir: dir.join("data"),
+        runtime_binary: PathBuf::from("runc"),
+        runc_root: dir.join("runc"),
+        cgroup_parent: format!("/shoal-runtime-test-{}", std::process::id()),
+        shoal_binary: PathBuf::from(env!("CARGO_BIN_EXE_shoal")),
+        cni: None,
+        host_path_prefixes: Vec::new(),
+        limits: shoal::runtime::bundle::NodeLimits {
+            pids_limit: Some(shoal::runtime::DEFAULT_POD_PIDS_LIMIT),
+            memory_swap_limit: shoal::runtime::runc::swap_accounting(std::path::Path::new(
+                "/sys/fs/cgroup",
+            )),
+            capability_bound: None,
+        },
     }
 }
 
@@ -166,22 +188,7 @@ async fn pod_lifecycle_with_real_runc() {
     prerequisites();
     let tmp = tempfile::tempdir().unwrap();
     let layer = busybox_layer(tmp.path());
-    let config = RuntimeConfig {
-        data_dir: tmp.path().join("data"),
-        runtime_binary: PathBuf::from("runc"),
-        runc_root: tmp.path().join("runc"),
-        cgroup_parent: format!("/shoal-runtime-test-{}", std::process::id()),
-        shoal_binary: PathBuf::from(env!("CARGO_BIN_EXE_shoal")),
-        cni: None,
-        host_path_prefixes: Vec::new(),
-        limits: shoal::runtime::bundle::NodeLimits {
-            pids_limit: Some(shoal::runtime::DEFAULT_POD_PIDS_LIMIT),
-            memory_swap_limit: shoal::runtime::runc::swap_accounting(std::path::Path::new(
-                "/sys/fs/cgroup",
-            )),
-            capability_bound: None,
-        },
-    };
+    let config = runtime_config(tmp.path());
     let key = "b-0001";
     let _cleanup = Cleanup {
         runtime_config: config.clone(),
@@ -547,4 +554,166 @@ fn pod_network_in_this_namespace() {
         .join("shoal")
         .join(addr_c.ip.to_string())
         .exists());
+}
+
+/// Exec probes and hooks join the container directly (`runtime::nsexec`): what a command sees
+/// there — user, groups, capability sets, `no_new_privs`, cgroups, namespaces, root, working
+/// directory, environment, umask, seccomp filter — is what `runc exec` gives it, for a root
+/// container, a locked-down one and an unconfined one; the default seccomp profile denies a
+/// user namespace both ways; exit codes come back, and a timeout's kill leaves nothing running
+/// inside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_joins_the_container_as_runc_exec_does() {
+    use shoal::runtime::nsexec;
+    prerequisites();
+    let tmp = tempfile::tempdir().unwrap();
+    let layer = busybox_layer(tmp.path());
+    let config = runtime_config(tmp.path());
+    let key = "x-0001";
+    let _cleanup = Cleanup {
+        runtime_config: config.clone(),
+        keys: vec![key.into()],
+    };
+    let image = ImageInfo {
+        reference: "test/busybox:1".into(),
+        cmd: vec!["sh".into()],
+        layers: vec![layer],
+        ..Default::default()
+    };
+    let p = pod(
+        "exec",
+        serde_json::json!([
+            {"name": "plain", "command": ["sleep", "300"]},
+            {"name": "locked", "command": ["sleep", "300"], "workingDir": "/tmp",
+             "env": [{"name": "FOO", "value": "bar baz"}],
+             "securityContext": {"runAsUser": 1000, "runAsGroup": 1001,
+                "allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE", "KILL"]}}},
+            {"name": "unconfined", "command": ["sleep", "300"],
+             "securityContext": {"seccompProfile": {"type": "Unconfined"}}}
+        ]),
+    );
+    let rt = Runtime::new(config.clone());
+    let meta = PodMeta {
+        key: key.into(),
+        namespace: "default".into(),
+        name: "exec".into(),
+        uid: "u-1".into(),
+        grace_seconds: 30,
+        created_at: chrono::Utc::now(),
+        hooks: Vec::new(),
+    };
+    rt.create_sandbox(&meta, None).expect("sandbox");
+    for c in ["plain", "locked", "unconfined"] {
+        let started = rt
+            .start_container(key, &p, &container(&p, c), &image, 0)
+            .expect(c);
+        assert!(
+            matches!(started, StartOutcome::Started { .. }),
+            "{c}: {started:?}"
+        );
+    }
+    let id = |c: &str| shoal::runtime::pods::container_id(key, c, 0);
+    let script = "id; umask; ulimit -n; ulimit -Hn; pwd; hostname; env | sort; ls /; \
+        grep -E '^(Cap|NoNewPrivs|Seccomp:)' /proc/self/status; cat /proc/self/cgroup; \
+        for n in ipc uts net pid cgroup mnt; do readlink /proc/self/ns/$n; done; \
+        test $$ -lt 100 && echo small-pid";
+    let argv = |s: &str| vec!["sh".to_string(), "-c".to_string(), s.to_string()];
+    let runc_exec = |c: &str, s: &str| {
+        let out = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(&config.runc_root)
+            .args(["exec", &id(c)])
+            .args(argv(s))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let direct = |c: &str, s: &str| {
+        let join = nsexec::read(&config.runc_root, &id(c)).expect("joinable");
+        let mut cmd = nsexec::command(&join, &argv(s)).unwrap();
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    for c in ["plain", "locked", "unconfined"] {
+        let (code, want) = runc_exec(c, script);
+        assert_eq!(code, Some(0), "{c}: runc exec: {want}");
+        let out = direct(c, script).output().await.unwrap();
+        let got = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{c}: {got} {:?}", out.stderr);
+        assert_eq!(got, want, "{c}: direct exec and runc exec differ");
+        assert!(
+            got.contains("small-pid"),
+            "{c}: inside the pid namespace: {got}"
+        );
+    }
+    // The default profile (plain) denies a new user namespace; without a filter it is allowed.
+    for (c, allowed) in [("plain", false), ("unconfined", true)] {
+        let (code, out) = runc_exec(c, "unshare -U true");
+        assert_eq!(code == Some(0), allowed, "{c}: runc exec: {out}");
+        let out = direct(c, "unshare -U true").output().await.unwrap();
+        assert_eq!(out.status.success(), allowed, "{c}: direct: {out:?}");
+    }
+    let (_, plain) = runc_exec("plain", script);
+    assert!(plain.contains("Seccomp:\t2"), "{plain}");
+    let (_, locked) = runc_exec("locked", script);
+    assert!(locked.contains("uid=1000 gid=1001"), "{locked}");
+    assert!(
+        locked.contains("NoNewPrivs:\t1") && locked.contains("FOO=bar baz"),
+        "{locked}"
+    );
+    assert!(
+        locked.contains("CapBnd:\t0000000000000420"),
+        "KILL and NET_BIND_SERVICE: {locked}"
+    );
+
+    // Exit codes and a missing program.
+    let out = direct("locked", "exit 7").output().await.unwrap();
+    assert_eq!(out.status.code(), Some(7));
+    let join = nsexec::read(&config.runc_root, &id("plain")).unwrap();
+    let err = nsexec::command(&join, &["/no/such/program".to_string()])
+        .unwrap()
+        .output()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+
+    // A timeout kills the outer process; the one inside dies with it.
+    let mut slow = direct("plain", "exec sleep 77");
+    slow.kill_on_drop(true);
+    let child = slow.spawn().unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), child.wait_with_output())
+            .await
+            .is_err(),
+        "sleep 77 cannot finish in 300 ms"
+    );
+    let procs: Vec<PathBuf> = join
+        .cgroups
+        .iter()
+        .map(|d| d.join("cgroup.procs"))
+        .collect();
+    wait_for(
+        "the killed probe to leave the container",
+        Duration::from_secs(10),
+        || {
+            let counts: Vec<usize> = procs
+                .iter()
+                .map(|p| {
+                    std::fs::read_to_string(p)
+                        .unwrap_or_default()
+                        .lines()
+                        .count()
+                })
+                .collect();
+            counts.iter().all(|n| *n == 1).then_some(())
+        },
+    );
+
+    rt.remove_pod(key, Duration::from_secs(10)).unwrap();
 }

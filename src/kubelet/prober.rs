@@ -1,9 +1,10 @@
 //! The prober shell: runs the probes the pure [`Tracker`] says are due, concurrently and each
 //! under its timeout, and feeds their outcomes back (a changed verdict wakes the kubelet
-//! round). Also runs lifecycle hooks for the kubelet. Handlers: exec through `runc exec` into
-//! the container; httpGet (hyper, one connection per probe) and tcpSocket to the pod's IP, or,
-//! when pods have no network of their own, from inside the sandbox's network namespace (a
-//! short-lived thread that `setns`es there and connects).
+//! round). Also runs lifecycle hooks for the kubelet. Handlers: exec into the container (joined
+//! directly by `runtime::nsexec`, or through `runc exec` for what that path refuses); httpGet
+//! (hyper, one connection per probe) and tcpSocket to the pod's IP, or, when pods have no
+//! network of their own, from inside the sandbox's network namespace (a short-lived thread that
+//! `setns`es there and connects).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -287,22 +288,37 @@ async fn bounded_output(mut cmd: tokio::process::Command) -> std::io::Result<std
     })
 }
 
-/// `runc exec` of `command` in the container; exit code 0 succeeds.
+/// `command` in the container; exit code 0 succeeds. Joins the container directly
+/// (`runtime::nsexec`); a container that path refuses (or cannot open) gets `runc exec`.
 async fn exec(
     config: &RuntimeConfig,
     id: &str,
     command: &[String],
     timeout: Duration,
 ) -> Result<(), String> {
-    let mut cmd = tokio::process::Command::new(&config.runtime_binary);
-    cmd.arg("--root")
-        .arg(&config.runc_root)
-        .arg("exec")
-        .arg(id)
-        .args(command)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    cmd.stdout(std::process::Stdio::piped())
+    use crate::runtime::nsexec;
+    let direct = nsexec::read(&config.runc_root, id)
+        .map_err(|e| e.to_string())
+        .and_then(|join| nsexec::command(&join, command).map_err(|e| e.to_string()));
+    let (mut cmd, via) = match direct {
+        Ok(cmd) => (
+            cmd,
+            format!("exec: {:?}", command.first().map_or("", |c| c.as_str())),
+        ),
+        Err(why) => {
+            tracing::debug!(id, %why, "exec probe through runc exec");
+            let mut cmd = tokio::process::Command::new(&config.runtime_binary);
+            cmd.arg("--root")
+                .arg(&config.runc_root)
+                .arg("exec")
+                .arg(id)
+                .args(command);
+            (cmd, config.runtime_binary.display().to_string())
+        }
+    };
+    cmd.stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let shown = command.join(" ");
     match tokio::time::timeout(timeout, bounded_output(cmd)).await {
@@ -310,7 +326,7 @@ async fn exec(
             "command \"{shown}\" timed out after {}s",
             timeout.as_secs()
         )),
-        Ok(Err(e)) => Err(format!("{}: {e}", config.runtime_binary.display())),
+        Ok(Err(e)) => Err(format!("{via}: {e}")),
         Ok(Ok(out)) if out.status.success() => Ok(()),
         Ok(Ok(out)) => {
             let mut all = out.stdout;

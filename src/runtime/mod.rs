@@ -21,6 +21,7 @@ pub mod image;
 pub mod logs;
 pub mod mountinfo;
 pub mod network;
+pub mod nsexec;
 pub mod observe;
 pub mod orphans;
 pub mod pods;

@@ -1,0 +1,970 @@
+//! Exec into a running container by joining it directly — the exec probes' and hooks' path.
+//! `runc exec` starts a Go runtime, re-reads the container's state, and re-executes itself to
+//! join the namespaces: 17.7 ms of CPU per call here, so 100 pods with a 1 s exec probe took
+//! 1.5 cores (docs/benchmarks.md, "Probes"). This path does what `runc exec` does for the
+//! containers shoal makes, from a fork of the agent: join the container's cgroups, enter its
+//! namespaces, its root and working directory, fork into its pid namespace, take its user,
+//! groups, capability sets, `no_new_privs` and seccomp filter (compiled by libseccomp from the
+//! same profile, as runc compiles it), and exec with its environment.
+//!
+//! The functional core is [`plan`]: from runc's `state.json` and the bundle's `config.json` it
+//! decides what to join, or refuses ([`Refused`]) a container this path cannot reproduce
+//! exactly (an AppArmor or SELinux label, a user namespace, a seccomp listener, ...):
+//! the caller then uses `runc exec`, so a probe never runs with less confinement than the
+//! container. [`command`] is the shell: it opens what the plan names and builds the command.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use crate::model::security_context::ALL_CAPABILITIES;
+
+/// What joining one container takes; made by [`plan`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Join {
+    /// The container's init process (runc's `init_process_pid`) and its start time in clock
+    /// ticks since boot (`/proc/<pid>/stat` field 22), which tells a reused pid apart.
+    pub pid: i32,
+    pub start: u64,
+    /// Directories of the container's cgroups (one per v1 hierarchy, or the v2 one).
+    pub cgroups: BTreeSet<PathBuf>,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub umask: Option<u32>,
+    pub caps: Caps,
+    pub no_new_privs: bool,
+    /// `KEY=value` entries.
+    pub env: Vec<String>,
+    pub cwd: String,
+    /// `(resource, soft, hard)`, set as runc exec sets them.
+    pub rlimits: Vec<(u32, u64, u64)>,
+    /// The container's seccomp profile, loaded last (or before the user changes when
+    /// `no_new_privs` is off, as runc does: loading then needs `CAP_SYS_ADMIN`).
+    pub seccomp: Option<Seccomp>,
+}
+
+/// Capability sets as masks (bit n: capability n, the kernel's numbering).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Caps {
+    pub bounding: u64,
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+    pub ambient: u64,
+}
+
+/// Why a container is left to `runc exec`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("exec through runc: {0}")]
+pub struct Refused(pub String);
+
+fn refused(why: impl Into<String>) -> Refused {
+    Refused(why.into())
+}
+
+#[derive(Deserialize)]
+struct State {
+    init_process_pid: i32,
+    init_process_start: u64,
+    #[serde(default)]
+    cgroup_paths: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    rootless: bool,
+}
+
+#[derive(Deserialize)]
+struct Config {
+    process: Process,
+    #[serde(default)]
+    linux: Linux,
+}
+
+/// Every field of an OCI `process`: one this path does not reproduce must be absent or empty
+/// (checked in [`plan`]), and a field it does not know refuses the container.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Process {
+    #[serde(default)]
+    terminal: bool,
+    #[serde(default)]
+    console_size: Option<IgnoredAny>,
+    user: User,
+    #[serde(default, rename = "args")]
+    _args: Option<IgnoredAny>,
+    #[serde(default, rename = "commandLine")]
+    _command_line: Option<IgnoredAny>,
+    #[serde(default)]
+    env: Vec<String>,
+    cwd: String,
+    #[serde(default)]
+    capabilities: Option<CapNames>,
+    #[serde(default)]
+    rlimits: Option<Vec<Rlimit>>,
+    #[serde(default)]
+    no_new_privileges: bool,
+    #[serde(default)]
+    apparmor_profile: Option<String>,
+    #[serde(default)]
+    oom_score_adj: Option<i32>,
+    #[serde(default)]
+    selinux_label: Option<String>,
+    #[serde(default)]
+    io_priority: Option<IgnoredAny>,
+    #[serde(default)]
+    scheduler: Option<IgnoredAny>,
+    #[serde(default, rename = "execCPUAffinity")]
+    exec_cpu_affinity: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rlimit {
+    #[serde(rename = "type")]
+    kind: String,
+    hard: u64,
+    soft: u64,
+}
+
+/// `RLIMIT_*` names in the kernel's numbering (asm-generic, x86 and arm64 alike).
+const RLIMITS: &[&str] = &[
+    "RLIMIT_CPU",
+    "RLIMIT_FSIZE",
+    "RLIMIT_DATA",
+    "RLIMIT_STACK",
+    "RLIMIT_CORE",
+    "RLIMIT_RSS",
+    "RLIMIT_NPROC",
+    "RLIMIT_NOFILE",
+    "RLIMIT_MEMLOCK",
+    "RLIMIT_AS",
+    "RLIMIT_LOCKS",
+    "RLIMIT_SIGPENDING",
+    "RLIMIT_MSGQUEUE",
+    "RLIMIT_NICE",
+    "RLIMIT_RTPRIO",
+    "RLIMIT_RTTIME",
+];
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct User {
+    #[serde(default)]
+    uid: u32,
+    #[serde(default)]
+    gid: u32,
+    #[serde(default)]
+    umask: Option<u32>,
+    #[serde(default)]
+    additional_gids: Vec<u32>,
+    #[serde(default, rename = "username")]
+    _username: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct CapNames {
+    bounding: Vec<String>,
+    effective: Vec<String>,
+    inheritable: Vec<String>,
+    permitted: Vec<String>,
+    ambient: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Linux {
+    namespaces: Vec<Namespace>,
+    seccomp: Option<Seccomp>,
+    personality: Option<IgnoredAny>,
+}
+
+/// An OCI seccomp profile (`linux.seccomp`), the parts runc reads. Compiled by [`compile`]
+/// with libseccomp, as runc compiles it.
+#[derive(Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Seccomp {
+    pub default_action: String,
+    #[serde(default)]
+    pub default_errno_ret: Option<u32>,
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    #[serde(default)]
+    pub flags: Vec<String>,
+    #[serde(default)]
+    pub listener_path: Option<String>,
+    #[serde(default)]
+    pub listener_metadata: Option<String>,
+    #[serde(default)]
+    pub syscalls: Vec<SeccompRule>,
+}
+
+#[derive(Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeccompRule {
+    pub names: Vec<String>,
+    pub action: String,
+    #[serde(default)]
+    pub errno_ret: Option<u32>,
+    #[serde(default)]
+    pub args: Vec<SeccompArg>,
+}
+
+#[derive(Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeccompArg {
+    pub index: u32,
+    pub value: u64,
+    #[serde(default)]
+    pub value_two: u64,
+    pub op: String,
+}
+
+#[derive(Deserialize)]
+struct Namespace {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+fn mask(names: &[String]) -> Result<u64, Refused> {
+    names.iter().try_fold(0u64, |m, name| {
+        let n = ALL_CAPABILITIES
+            .iter()
+            .position(|c| c == name)
+            .ok_or_else(|| refused(format!("unknown capability {name}")))?;
+        Ok(m | (1u64 << n))
+    })
+}
+
+/// The container's bundle directory, from runc's `state.json` (`config.labels`:
+/// `bundle=<dir>`).
+pub fn bundle_of(state: &[u8]) -> Result<PathBuf, Refused> {
+    #[derive(Deserialize)]
+    struct Labels {
+        config: LabelConfig,
+    }
+    #[derive(Deserialize)]
+    struct LabelConfig {
+        #[serde(default)]
+        labels: Vec<String>,
+    }
+    let labels: Labels =
+        serde_json::from_slice(state).map_err(|e| refused(format!("runc state: {e}")))?;
+    labels
+        .config
+        .labels
+        .iter()
+        .find_map(|l| l.strip_prefix("bundle="))
+        .map(PathBuf::from)
+        .ok_or_else(|| refused("runc state names no bundle"))
+}
+
+/// Pure: what joining the container of runc's `state` (its `state.json`) with the bundle's
+/// `config` (`config.json`) takes, or why this path must not be used for it.
+pub fn plan(state: &[u8], config: &[u8]) -> Result<Join, Refused> {
+    let state: State =
+        serde_json::from_slice(state).map_err(|e| refused(format!("runc state: {e}")))?;
+    let config: Config =
+        serde_json::from_slice(config).map_err(|e| refused(format!("config.json: {e}")))?;
+    let (p, linux) = (config.process, config.linux);
+    let unsupported = [
+        (
+            "a seccomp notify listener or filter flags",
+            linux.seccomp.as_ref().is_some_and(|s| {
+                s.listener_path.is_some() || s.listener_metadata.is_some() || !s.flags.is_empty()
+            }),
+        ),
+        ("a personality", linux.personality.is_some()),
+        ("a terminal", p.terminal || p.console_size.is_some()),
+        (
+            "an AppArmor profile",
+            p.apparmor_profile.as_ref().is_some_and(|s| !s.is_empty()),
+        ),
+        (
+            "an SELinux label",
+            p.selinux_label.as_ref().is_some_and(|s| !s.is_empty()),
+        ),
+        ("oomScoreAdj", p.oom_score_adj.is_some()),
+        ("ioPriority", p.io_priority.is_some()),
+        ("a scheduler", p.scheduler.is_some()),
+        ("execCPUAffinity", p.exec_cpu_affinity.is_some()),
+        ("a rootless runc", state.rootless),
+        (
+            "a user namespace",
+            linux.namespaces.iter().any(|n| n.kind == "user"),
+        ),
+    ];
+    if let Some((what, _)) = unsupported.iter().find(|(_, has)| *has) {
+        return Err(refused(format!("the container has {what}")));
+    }
+    if state.init_process_pid <= 0 {
+        return Err(refused("no init process"));
+    }
+    let caps = p.capabilities.unwrap_or_default();
+    let caps = Caps {
+        bounding: mask(&caps.bounding)?,
+        effective: mask(&caps.effective)?,
+        permitted: mask(&caps.permitted)?,
+        inheritable: mask(&caps.inheritable)?,
+        ambient: mask(&caps.ambient)?,
+    };
+    let rlimits = p
+        .rlimits
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| {
+            let n = RLIMITS
+                .iter()
+                .position(|k| *k == r.kind)
+                .ok_or_else(|| refused(format!("unknown rlimit {}", r.kind)))?;
+            Ok((n as u32, r.soft, r.hard))
+        })
+        .collect::<Result<Vec<_>, Refused>>()?;
+    if state.cgroup_paths.is_empty() {
+        return Err(refused("runc state names no cgroup"));
+    }
+    let cgroups = state
+        .cgroup_paths
+        .values()
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let path = PathBuf::from(p);
+            match path.is_absolute() && !p.contains("..") {
+                true => Ok(path),
+                false => Err(refused(format!("cgroup path {p} is not absolute"))),
+            }
+        })
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    if !p.cwd.starts_with('/') {
+        return Err(refused(format!("cwd {} is not absolute", p.cwd)));
+    }
+    if p.env.iter().any(|e| !e.contains('=')) {
+        return Err(refused("an env entry without '='"));
+    }
+    Ok(Join {
+        pid: state.init_process_pid,
+        start: state.init_process_start,
+        cgroups,
+        uid: p.user.uid,
+        gid: p.user.gid,
+        groups: p.user.additional_gids,
+        umask: p.user.umask,
+        caps,
+        no_new_privs: p.no_new_privileges,
+        env: p.env,
+        cwd: p.cwd,
+        seccomp: linux.seccomp,
+        rlimits,
+    })
+}
+
+/// The home directory of `uid` in an `/etc/passwd` text (`name:pw:uid:gid:gecos:home:shell`).
+pub fn home_of(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() >= 7 && fields[2].parse() == Ok(uid) && !fields[5].is_empty())
+            .then(|| fields[5].to_string())
+    })
+}
+
+/// `HOME` as runc exec sets it when the container's env has none: the user's entry in the
+/// container's `/etc/passwd` (opened inside its root: a symlink cannot lead out), else `/`.
+fn home(root: &OwnedFd, uid: u32) -> String {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use std::io::Read;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let mut text = String::new();
+    let read = openat2(root, "etc/passwd", how).map(std::fs::File::from);
+    if let Ok(f) = read {
+        let _ = f.take(1 << 20).read_to_string(&mut text);
+    }
+    home_of(&text, uid).unwrap_or_else(|| "/".to_string())
+}
+
+/// Start time (clock ticks after boot, field 22) of a `/proc/<pid>/stat` line.
+pub fn start_time(stat: &str) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may hold spaces or ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Reads the [`Join`] of runc container `id` under `runc_root` (its `state.json` and its
+/// bundle's `config.json`, each bounded). `Err`: use `runc exec`.
+pub fn read(runc_root: &Path, id: &str) -> Result<Join, Refused> {
+    if id.is_empty() || id.contains('/') || id.starts_with('.') {
+        return Err(refused(format!("bad container id {id:?}")));
+    }
+    let state = read_small(&runc_root.join(id).join("state.json"))?;
+    let config = read_small(&bundle_of(&state)?.join("config.json"))?;
+    plan(&state, &config)
+}
+
+fn read_small(path: &Path) -> Result<Vec<u8>, Refused> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(super::MAX_STATE_FILE).read_to_end(&mut bytes))
+        .map_err(|e| refused(format!("{}: {e}", path.display())))?;
+    Ok(bytes)
+}
+
+/// libseccomp's errno when a rule names none (`SCMP_ACT_ERRNO` without `errnoRet`), as runc.
+const EPERM: u32 = 1;
+
+/// Compiles `profile` to classic BPF with libseccomp, as runc 1.1 does: the listed
+/// architectures beside the native one, names libseccomp does not know skipped, rules whose
+/// action is the default skipped, a rule whose conditions test one argument twice split into
+/// one rule per condition (libseccomp cannot AND them; runc does the same), masked-equal
+/// comparisons as `(value, valueTwo)`. Shell (it calls libseccomp); cached by profile.
+pub fn compile(profile: &Seccomp) -> io::Result<Arc<Vec<nix::libc::sock_filter>>> {
+    static CACHE: Mutex<BTreeMap<Seccomp, Arc<Vec<nix::libc::sock_filter>>>> =
+        Mutex::new(BTreeMap::new());
+    let cached = CACHE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(profile)
+        .cloned();
+    if let Some(filter) = cached {
+        return Ok(filter);
+    }
+    let filter = Arc::new(compile_uncached(profile)?);
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() >= 64 {
+        cache.clear();
+    }
+    cache.insert(profile.clone(), filter.clone());
+    Ok(filter)
+}
+
+fn compile_uncached(profile: &Seccomp) -> io::Result<Vec<nix::libc::sock_filter>> {
+    use libseccomp::ScmpSyscall;
+    use libseccomp::{ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext};
+    let bad = |e: libseccomp::error::SeccompError| io::Error::other(format!("seccomp: {e}"));
+    let action = |name: &str, errno: Option<u32>| -> io::Result<ScmpAction> {
+        Ok(match name {
+            "SCMP_ACT_ALLOW" => ScmpAction::Allow,
+            "SCMP_ACT_ERRNO" => ScmpAction::Errno(errno.unwrap_or(EPERM) as i32),
+            "SCMP_ACT_KILL" | "SCMP_ACT_KILL_THREAD" => ScmpAction::KillThread,
+            "SCMP_ACT_KILL_PROCESS" => ScmpAction::KillProcess,
+            "SCMP_ACT_TRAP" => ScmpAction::Trap,
+            "SCMP_ACT_LOG" => ScmpAction::Log,
+            other => {
+                return Err(io::Error::other(format!(
+                    "seccomp action {other} unsupported"
+                )))
+            }
+        })
+    };
+    let default = action(&profile.default_action, profile.default_errno_ret)?;
+    let mut ctx = ScmpFilterContext::new(default).map_err(bad)?;
+    for arch in &profile.architectures {
+        ctx.add_arch(arch.parse::<ScmpArch>().map_err(bad)?)
+            .map_err(bad)?;
+    }
+    for rule in &profile.syscalls {
+        let act = action(&rule.action, rule.errno_ret)?;
+        if act == default {
+            continue;
+        }
+        let conds = rule
+            .args
+            .iter()
+            .map(|a| {
+                Ok(match a.op.as_str() {
+                    "SCMP_CMP_MASKED_EQ" => ScmpArgCompare::new(
+                        a.index,
+                        ScmpCompareOp::MaskedEqual(a.value),
+                        a.value_two,
+                    ),
+                    op => ScmpArgCompare::new(a.index, op.parse().map_err(bad)?, a.value),
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let indexes: BTreeSet<u32> = rule.args.iter().map(|a| a.index).collect();
+        let split = indexes.len() < rule.args.len();
+        for name in &rule.names {
+            let Ok(call) = ScmpSyscall::from_name(name) else {
+                continue;
+            };
+            match (conds.is_empty(), split) {
+                (true, _) => ctx.add_rule(act, call).map(drop),
+                (false, false) => ctx.add_rule_conditional(act, call, &conds).map(drop),
+                (false, true) => conds
+                    .iter()
+                    .try_for_each(|c| ctx.add_rule_conditional(act, call, &[*c]).map(drop)),
+            }
+            .map_err(bad)?;
+        }
+    }
+    let memfd = nix::sys::memfd::memfd_create(c"seccomp", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .map_err(io::Error::from)?;
+    ctx.export_bpf(&memfd).map_err(bad)?;
+    let mut file = std::fs::File::from(memfd);
+    let mut bytes = Vec::new();
+    {
+        use std::io::{Read, Seek};
+        file.seek(io::SeekFrom::Start(0))?;
+        file.read_to_end(&mut bytes)?;
+    }
+    if bytes.is_empty() || bytes.len() % 8 != 0 || bytes.len() / 8 > usize::from(u16::MAX) {
+        return Err(io::Error::other(format!(
+            "seccomp: a BPF program of {} bytes",
+            bytes.len()
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| nix::libc::sock_filter {
+            code: u16::from_ne_bytes([c[0], c[1]]),
+            jt: c[2],
+            jf: c[3],
+            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect())
+}
+
+/// Namespaces joined, in order; the mount namespace last (after it, host paths mean
+/// nothing), the pid namespace takes effect for the fork that follows.
+const NAMESPACES: &[(&str, i32)] = &[
+    ("ipc", nix::libc::CLONE_NEWIPC),
+    ("uts", nix::libc::CLONE_NEWUTS),
+    ("net", nix::libc::CLONE_NEWNET),
+    ("pid", nix::libc::CLONE_NEWPID),
+    ("cgroup", nix::libc::CLONE_NEWCGROUP),
+    ("mnt", nix::libc::CLONE_NEWNS),
+];
+
+/// Everything the forked child needs, opened and encoded before the fork: after it only
+/// system calls run (no allocation: the agent is multi-threaded).
+struct Prepared {
+    cgroup_procs: Vec<OwnedFd>,
+    namespaces: Vec<(OwnedFd, i32)>,
+    root: OwnedFd,
+    cwd: CString,
+    uid: u32,
+    gid: u32,
+    groups: Vec<nix::libc::gid_t>,
+    umask: Option<u32>,
+    caps: Caps,
+    last_cap: u32,
+    no_new_privs: bool,
+    rlimits: Vec<(u32, u64, u64)>,
+    seccomp: Option<Arc<Vec<nix::libc::sock_filter>>>,
+    /// `HOME` to add: the container's env has none.
+    home: Option<String>,
+}
+
+fn open(path: &Path, flags: i32) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let write = flags & nix::libc::O_WRONLY != 0;
+    std::fs::OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .custom_flags(flags & !nix::libc::O_WRONLY)
+        .open(path)
+        .map(OwnedFd::from)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+}
+
+fn prepare(join: &Join) -> io::Result<Prepared> {
+    use std::os::unix::fs::MetadataExt;
+    let proc = PathBuf::from(format!("/proc/{}", join.pid));
+    let mut namespaces = Vec::new();
+    for (name, flag) in NAMESPACES {
+        let theirs = proc.join("ns").join(name);
+        let ours = Path::new("/proc/self/ns").join(name);
+        let (a, b) = (std::fs::metadata(&theirs)?, std::fs::metadata(&ours)?);
+        if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+            namespaces.push((open(&theirs, 0)?, *flag));
+        }
+    }
+    let (a, b) = (
+        std::fs::metadata(proc.join("ns/user"))?,
+        std::fs::metadata("/proc/self/ns/user")?,
+    );
+    if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+        return Err(io::Error::other(
+            "the container is in another user namespace",
+        ));
+    }
+    let root = open(&proc.join("root"), nix::libc::O_DIRECTORY)?;
+    let cgroup_procs = join
+        .cgroups
+        .iter()
+        .map(|dir| open(&dir.join("cgroup.procs"), nix::libc::O_WRONLY))
+        .collect::<io::Result<Vec<_>>>()?;
+    // Opened first, checked after: a pid reused in between shows another start time.
+    let stat = std::fs::read_to_string(proc.join("stat"))?;
+    if start_time(&stat) != Some(join.start) {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the container's init process is gone",
+        ));
+    }
+    let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40u32);
+    let home = (!join.env.iter().any(|e| e.starts_with("HOME="))).then(|| home(&root, join.uid));
+    Ok(Prepared {
+        home,
+        cgroup_procs,
+        namespaces,
+        root,
+        cwd: CString::new(join.cwd.as_bytes())?,
+        uid: join.uid,
+        gid: join.gid,
+        groups: join.groups.clone(),
+        umask: join.umask,
+        caps: join.caps,
+        last_cap,
+        no_new_privs: join.no_new_privs,
+        rlimits: join.rlimits.clone(),
+        seccomp: join.seccomp.as_ref().map(compile).transpose()?,
+    })
+}
+
+/// The command running `argv` inside the container `join` describes: its stdin, stdout and
+/// stderr are the caller's to set. The process the caller waits for stays outside the
+/// container's pid namespace and only waits for the one inside (and exits with its status);
+/// killing it kills that one too (its parent-death signal).
+pub fn command(join: &Join, argv: &[String]) -> io::Result<tokio::process::Command> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
+    };
+    let prepared = prepare(join)?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args).env_clear();
+    for entry in &join.env {
+        if let Some((k, v)) = entry.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
+    if let Some(home) = &prepared.home {
+        cmd.env("HOME", home);
+    }
+    // SAFETY: `enter` makes only async-signal-safe system calls on data prepared before the
+    // fork (no allocation, no locks), as `pre_exec` requires.
+    unsafe {
+        cmd.pre_exec(move || enter(&prepared));
+    }
+    Ok(cmd)
+}
+
+fn check(rc: nix::libc::c_long) -> io::Result<()> {
+    match rc {
+        -1 => Err(io::Error::last_os_error()),
+        _ => Ok(()),
+    }
+}
+
+/// In the forked child: join, fork into the pid namespace, wait there as the outer process,
+/// or drop to the container's credentials as the inner one (which returns and is exec'd).
+fn enter(p: &Prepared) -> io::Result<()> {
+    use nix::libc;
+    // SAFETY (whole function): plain system calls on valid fds and NUL-terminated strings
+    // prepared before the fork; `waitpid` gets a valid pointer to a local.
+    unsafe {
+        for fd in &p.cgroup_procs {
+            // "0" moves the writing process (v1 and v2).
+            check(libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) as libc::c_long)?;
+        }
+        for (fd, kind) in &p.namespaces {
+            check(libc::setns(fd.as_raw_fd(), *kind).into())?;
+        }
+        check(libc::fchdir(p.root.as_raw_fd()).into())?;
+        check(libc::chroot(c".".as_ptr()).into())?;
+        check(libc::chdir(p.cwd.as_ptr()).into())?;
+        match libc::fork() {
+            -1 => return Err(io::Error::last_os_error()),
+            0 => {}
+            inner => {
+                // The outer process holds nothing of the agent (its fds, including the pipe
+                // the agent's spawn reads until exec) and exits with the inner's status.
+                if libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) != 0 {
+                    for fd in 0..4096 {
+                        libc::close(fd);
+                    }
+                }
+                let mut status = 0;
+                while libc::waitpid(inner, &mut status, 0) == -1 {
+                    if *libc::__errno_location() != libc::EINTR {
+                        libc::_exit(127);
+                    }
+                }
+                let code = match libc::WIFEXITED(status) {
+                    true => libc::WEXITSTATUS(status),
+                    false => 128 + libc::WTERMSIG(status),
+                };
+                libc::_exit(code);
+            }
+        }
+        for &(resource, soft, hard) in &p.rlimits {
+            let limit = libc::rlimit64 {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            check(libc::prlimit64(0, resource as _, &limit, std::ptr::null_mut()).into())?;
+        }
+        // The inner process: the container's bounding set (needs CAP_SETPCAP, still held),
+        // then its user and groups keeping the capabilities, then its capability sets.
+        for cap in 0..=p.last_cap.min(63) {
+            if p.caps.bounding & (1u64 << cap) == 0 {
+                check(libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0).into())?;
+            }
+        }
+        // As runc: without no_new_privs, loading a filter needs CAP_SYS_ADMIN, so it is
+        // loaded before the user changes; with it, as late as possible (just before exec).
+        if !p.no_new_privs {
+            load_seccomp(p)?;
+        }
+        check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0).into())?;
+        check(libc::setgroups(p.groups.len(), p.groups.as_ptr()).into())?;
+        check(libc::setresgid(p.gid, p.gid, p.gid).into())?;
+        check(libc::setresuid(p.uid, p.uid, p.uid).into())?;
+        capset(&p.caps)?;
+        check(libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0).into())?;
+        check(
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+            .into(),
+        )?;
+        for cap in 0..=p.last_cap.min(63) {
+            if p.caps.ambient & (1u64 << cap) != 0 {
+                // As runc: an ambient capability outside permitted ∩ inheritable is skipped.
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                    cap as libc::c_ulong,
+                    0,
+                    0,
+                );
+            }
+        }
+        if p.no_new_privs {
+            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).into())?;
+        }
+        if let Some(mask) = p.umask {
+            libc::umask(mask as libc::mode_t);
+        }
+        // Set after the credentials change (which clears it): the outer process's death
+        // (the agent's timeout kills it) kills this one.
+        check(
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+            .into(),
+        )?;
+        if p.no_new_privs {
+            load_seccomp(p)?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads the prepared filter into the calling thread (the child; system calls only).
+fn load_seccomp(p: &Prepared) -> io::Result<()> {
+    use nix::libc;
+    let Some(filter) = &p.seccomp else {
+        return Ok(());
+    };
+    let prog = libc::sock_fprog {
+        // compile checked that the length fits.
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` points at a BPF program the kernel copies during the call.
+    check(
+        unsafe {
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                &prog as *const libc::sock_fprog as libc::c_ulong,
+                0,
+                0,
+            )
+        }
+        .into(),
+    )
+}
+
+/// `capset(2)` of the effective, permitted and inheritable sets (version 3: 64 bits).
+fn capset(caps: &Caps) -> io::Result<()> {
+    use nix::libc;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let half = |m: u64, hi: bool| if hi { (m >> 32) as u32 } else { m as u32 };
+    let data = [false, true].map(|hi| Data {
+        effective: half(caps.effective, hi),
+        permitted: half(caps.permitted, hi),
+        inheritable: half(caps.inheritable, hi),
+    });
+    // SAFETY: the header and the two data structs are the kernel's v3 layout.
+    check(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(extra: &str) -> String {
+        format!(
+            r#"{{"id":"c1","init_process_pid":4242,"init_process_start":3559115,
+            "cgroup_paths":{{"":"/sys/fs/cgroup/unified/p/c1","cpu":"/sys/fs/cgroup/cpu/p/c1",
+            "cpuacct":"/sys/fs/cgroup/cpu/p/c1"}},"rootless":false{extra},
+            "config":{{"labels":["bundle=/data/pods/k/containers/c/0"]}}}}"#
+        )
+    }
+
+    fn config(process: &str, linux: &str) -> String {
+        format!(
+            r#"{{"ociVersion":"1.0.2","process":{{"user":{{"uid":1000,"gid":1000,
+            "additionalGids":[5]}},"args":["sleep","1"],"env":["PATH=/bin","A=b=c"],"cwd":"/w",
+            "capabilities":{{"bounding":["CAP_KILL","CAP_NET_BIND_SERVICE"],
+            "effective":["CAP_KILL"],"permitted":["CAP_KILL"],"ambient":[]}},
+            "noNewPrivileges":true{process}}},"linux":{{"namespaces":[{{"type":"pid"}},
+            {{"type":"mount"}}]{linux}}}}}"#
+        )
+    }
+
+    #[test]
+    fn a_plain_container_is_joined_as_runc_would() {
+        let join = plan(state("").as_bytes(), config("", "").as_bytes()).unwrap();
+        assert_eq!((join.pid, join.start), (4242, 3559115));
+        assert_eq!(
+            join.cgroups
+                .iter()
+                .map(|p| p.to_str().unwrap())
+                .collect::<Vec<_>>(),
+            ["/sys/fs/cgroup/cpu/p/c1", "/sys/fs/cgroup/unified/p/c1"],
+            "one write per distinct directory"
+        );
+        assert_eq!(
+            (join.uid, join.gid, join.groups.clone()),
+            (1000, 1000, vec![5])
+        );
+        // CAP_KILL is 5, CAP_NET_BIND_SERVICE 10.
+        assert_eq!(join.caps.bounding, (1 << 5) | (1 << 10));
+        assert_eq!((join.caps.effective, join.caps.inheritable), (1 << 5, 0));
+        assert!(join.no_new_privs);
+        assert_eq!(join.env, ["PATH=/bin", "A=b=c"]);
+        assert_eq!(join.cwd, "/w");
+        let limited = config(
+            r#","rlimits":[{"type":"RLIMIT_NOFILE","hard":2048,"soft":1024}]"#,
+            "",
+        );
+        let join2 = plan(state("").as_bytes(), limited.as_bytes()).unwrap();
+        assert_eq!(join2.rlimits, [(7, 1024, 2048)]);
+        assert_eq!(
+            bundle_of(state("").as_bytes()).unwrap(),
+            Path::new("/data/pods/k/containers/c/0")
+        );
+    }
+
+    #[test]
+    fn what_this_path_cannot_reproduce_goes_to_runc_exec() {
+        let cases = [
+            (
+                "",
+                r#","seccomp":{"defaultAction":"SCMP_ACT_ALLOW","listenerPath":"/x"}"#,
+                "listener",
+            ),
+            (
+                "",
+                r#","seccomp":{"defaultAction":"SCMP_ACT_ALLOW","flags":["SECCOMP_FILTER_FLAG_LOG"]}"#,
+                "flags",
+            ),
+            (
+                r#","rlimits":[{"type":"RLIMIT_NOPE","hard":1,"soft":1}]"#,
+                "",
+                "rlimit",
+            ),
+            (r#","apparmorProfile":"x""#, "", "AppArmor"),
+            (r#","selinuxLabel":"x""#, "", "SELinux"),
+            (r#","oomScoreAdj":5"#, "", "oomScoreAdj"),
+            (r#","terminal":true"#, "", "terminal"),
+            (r#","someFutureField":1"#, "", "unknown field"),
+        ];
+        for (process, linux, why) in cases {
+            let err = plan(state("").as_bytes(), config(process, linux).as_bytes()).unwrap_err();
+            assert!(err.0.contains(why), "{why}: {err}");
+        }
+        let userns = config("", "").replace(r#"{"type":"pid"}"#, r#"{"type":"user"}"#);
+        assert!(plan(state("").as_bytes(), userns.as_bytes()).is_err());
+        let unknown_cap = config("", "").replace("CAP_KILL\"]", "CAP_NOPE\"]");
+        assert!(plan(state("").as_bytes(), unknown_cap.as_bytes()).is_err());
+        let relative = state("").replace("/sys/fs/cgroup/cpu/p/c1", "../../etc");
+        assert!(plan(relative.as_bytes(), config("", "").as_bytes()).is_err());
+        assert!(plan(b"{", config("", "").as_bytes()).is_err());
+        assert!(plan(state("").as_bytes(), b"null").is_err());
+        assert!(bundle_of(br#"{"config":{"labels":[]}}"#).is_err());
+    }
+
+    #[test]
+    fn shoals_default_profile_compiles_as_runc_would() {
+        let caps = BTreeSet::from(["CAP_KILL".to_string()]);
+        let oci = super::super::seccomp::default_profile(&caps).unwrap();
+        let profile: Seccomp = serde_json::from_value(serde_json::to_value(&oci).unwrap()).unwrap();
+        let filter = compile(&profile).unwrap();
+        assert!(filter.len() > 20, "{} instructions", filter.len());
+        assert!(Arc::ptr_eq(&filter, &compile(&profile).unwrap()), "cached");
+        // A name libseccomp does not know is skipped (runc warns and goes on).
+        let mut odd = profile.clone();
+        odd.syscalls[0].names.push("no_such_call".into());
+        assert!(compile(&odd).is_ok());
+        let mut notify = profile.clone();
+        notify.syscalls[0].action = "SCMP_ACT_NOTIFY".into();
+        assert!(compile(&notify).is_err());
+        let mut arch = profile;
+        arch.architectures.push("SCMP_ARCH_NOPE".into());
+        assert!(compile(&arch).is_err());
+    }
+
+    #[test]
+    fn home_comes_from_the_users_passwd_entry() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nweb:x:1000:1000::/srv/web:/bin/sh\nbad line\n";
+        assert_eq!(home_of(passwd, 0).as_deref(), Some("/root"));
+        assert_eq!(home_of(passwd, 1000).as_deref(), Some("/srv/web"));
+        assert_eq!(home_of(passwd, 7), None);
+        assert_eq!(home_of("", 0), None);
+    }
+
+    #[test]
+    fn start_time_is_read_past_a_command_name_with_spaces_and_parentheses() {
+        let stat = "4242 (sle ep) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 3559115 1654784 1 18446744073709551615";
+        assert_eq!(start_time(stat), Some(3559115));
+        assert_eq!(start_time("garbage"), None);
+    }
+}
