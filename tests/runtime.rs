@@ -128,6 +128,29 @@ fn runtime_config(dir: &Path) -> RuntimeConfig {
     }
 }
 
+/// The image of the busybox `layer`.
+fn busybox_image(layer: PathBuf) -> ImageInfo {
+    ImageInfo {
+        reference: "test/busybox:1".into(),
+        cmd: vec!["sh".into()],
+        layers: vec![layer],
+        ..Default::default()
+    }
+}
+
+/// What the kubelet records of pod `name` (pod key `key`) in the default namespace.
+fn pod_meta(key: &str, name: &str) -> PodMeta {
+    PodMeta {
+        key: key.into(),
+        namespace: "default".into(),
+        name: name.into(),
+        uid: "u-1".into(),
+        grace_seconds: 30,
+        created_at: chrono::Utc::now(),
+        hooks: Vec::new(),
+    }
+}
+
 fn pod(name: &str, containers: serde_json::Value) -> Pod {
     serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "namespace": "default", "uid": "u-1"},
@@ -194,12 +217,7 @@ async fn pod_lifecycle_with_real_runc() {
         runtime_config: config.clone(),
         keys: vec![key.into()],
     };
-    let image = ImageInfo {
-        reference: "test/busybox:1".into(),
-        cmd: vec!["sh".into()],
-        layers: vec![layer],
-        ..Default::default()
-    };
+    let image = busybox_image(layer);
     let p = pod(
         "web",
         serde_json::json!([
@@ -212,15 +230,7 @@ async fn pod_lifecycle_with_real_runc() {
         ]),
     );
     let rt = Runtime::new(config.clone());
-    let meta = PodMeta {
-        key: key.into(),
-        namespace: "default".into(),
-        name: "web".into(),
-        uid: "u-1".into(),
-        grace_seconds: 30,
-        created_at: chrono::Utc::now(),
-        hooks: Vec::new(),
-    };
+    let meta = pod_meta(key, "web");
     let sandbox = rt.create_sandbox(&meta, None).expect("sandbox");
     assert!(sandbox.alive());
     assert_eq!(
@@ -414,12 +424,7 @@ fn pod_network_in_this_namespace() {
         runtime_config: config.clone(),
         keys: vec!["net-a".into(), "net-b".into()],
     };
-    let image = ImageInfo {
-        reference: "test/busybox:1".into(),
-        cmd: vec!["sh".into()],
-        layers: vec![layer],
-        ..Default::default()
-    };
+    let image = busybox_image(layer);
     let rt = Runtime::new(config.clone());
     let meta = |key: &str, name: &str| PodMeta {
         key: key.into(),
@@ -574,12 +579,7 @@ async fn exec_joins_the_container_as_runc_exec_does() {
         runtime_config: config.clone(),
         keys: vec![key.into()],
     };
-    let image = ImageInfo {
-        reference: "test/busybox:1".into(),
-        cmd: vec!["sh".into()],
-        layers: vec![layer],
-        ..Default::default()
-    };
+    let image = busybox_image(layer);
     let p = pod(
         "exec",
         serde_json::json!([
@@ -594,15 +594,7 @@ async fn exec_joins_the_container_as_runc_exec_does() {
         ]),
     );
     let rt = Runtime::new(config.clone());
-    let meta = PodMeta {
-        key: key.into(),
-        namespace: "default".into(),
-        name: "exec".into(),
-        uid: "u-1".into(),
-        grace_seconds: 30,
-        created_at: chrono::Utc::now(),
-        hooks: Vec::new(),
-    };
+    let meta = pod_meta(key, "exec");
     rt.create_sandbox(&meta, None).expect("sandbox");
     for c in ["plain", "locked", "unconfined"] {
         let started = rt
