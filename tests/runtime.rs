@@ -128,6 +128,20 @@ fn runtime_config(dir: &Path) -> RuntimeConfig {
     }
 }
 
+/// A runtime in a fresh directory with the real runc (checked first), the busybox image, and
+/// the clean-up of pod `key`. Dropped in reverse: the clean-up runs before the directory goes.
+fn fixture(key: &str) -> (tempfile::TempDir, RuntimeConfig, Cleanup, ImageInfo) {
+    prerequisites();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = busybox_image(busybox_layer(tmp.path()));
+    let config = runtime_config(tmp.path());
+    let cleanup = Cleanup {
+        runtime_config: config.clone(),
+        keys: vec![key.into()],
+    };
+    (tmp, config, cleanup, image)
+}
+
 /// The image of the busybox `layer`.
 fn busybox_image(layer: PathBuf) -> ImageInfo {
     ImageInfo {
@@ -208,16 +222,8 @@ async fn logs(rt: &Runtime, key: &str, c: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_lifecycle_with_real_runc() {
-    prerequisites();
-    let tmp = tempfile::tempdir().unwrap();
-    let layer = busybox_layer(tmp.path());
-    let config = runtime_config(tmp.path());
     let key = "b-0001";
-    let _cleanup = Cleanup {
-        runtime_config: config.clone(),
-        keys: vec![key.into()],
-    };
-    let image = busybox_image(layer);
+    let (_tmp, config, _cleanup, image) = fixture(key);
     let p = pod(
         "web",
         serde_json::json!([
@@ -405,20 +411,9 @@ fn pod_network_in_this_namespace() {
         timeout: Duration::from_secs(20),
     };
     let config = RuntimeConfig {
-        data_dir: tmp.path().join("data"),
-        runtime_binary: PathBuf::from("runc"),
-        runc_root: tmp.path().join("runc"),
         cgroup_parent: format!("/shoal-runtime-net-test-{}", std::process::id()),
-        shoal_binary: PathBuf::from(env!("CARGO_BIN_EXE_shoal")),
         cni: Some(cni.clone()),
-        host_path_prefixes: Vec::new(),
-        limits: shoal::runtime::bundle::NodeLimits {
-            pids_limit: Some(shoal::runtime::DEFAULT_POD_PIDS_LIMIT),
-            memory_swap_limit: shoal::runtime::runc::swap_accounting(std::path::Path::new(
-                "/sys/fs/cgroup",
-            )),
-            capability_bound: None,
-        },
+        ..runtime_config(tmp.path())
     };
     let _cleanup = Cleanup {
         runtime_config: config.clone(),
@@ -570,16 +565,8 @@ fn pod_network_in_this_namespace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_joins_the_container_as_runc_exec_does() {
     use shoal::runtime::nsexec;
-    prerequisites();
-    let tmp = tempfile::tempdir().unwrap();
-    let layer = busybox_layer(tmp.path());
-    let config = runtime_config(tmp.path());
     let key = "x-0001";
-    let _cleanup = Cleanup {
-        runtime_config: config.clone(),
-        keys: vec![key.into()],
-    };
-    let image = busybox_image(layer);
+    let (_tmp, config, _cleanup, image) = fixture(key);
     let p = pod(
         "exec",
         serde_json::json!([

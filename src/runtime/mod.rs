@@ -303,6 +303,8 @@ mod tests {
         let line =
             "123 (a) b) c) S 1 123 123 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
         assert_eq!(parse_stat(line), Some(('S', 987654)));
+        let spaced = "4242 (sle ep) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 3559115 1654784 1";
+        assert_eq!(parse_stat(spaced), Some(('S', 3559115)));
         assert_eq!(parse_stat("garbage"), None);
     }
 

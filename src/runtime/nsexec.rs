@@ -389,13 +389,6 @@ fn home(root: &OwnedFd, uid: u32) -> String {
     home_of(&text, uid).unwrap_or_else(|| "/".to_string())
 }
 
-/// Start time (clock ticks after boot, field 22) of a `/proc/<pid>/stat` line.
-pub fn start_time(stat: &str) -> Option<u64> {
-    // The command name (field 2) is in parentheses and may hold spaces or ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 /// Reads the [`Join`] of runc container `id` under `runc_root` (its `state.json` and its
 /// bundle's `config.json`, each bounded). `Err`: use `runc exec`.
 pub fn read(runc_root: &Path, id: &str) -> Result<Join, Refused> {
@@ -562,48 +555,49 @@ struct Prepared {
     home: Option<String>,
 }
 
-fn open(path: &Path, flags: i32) -> io::Result<OwnedFd> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let write = flags & nix::libc::O_WRONLY != 0;
+/// Opens `path` for reading, or write-only (close-on-exec, as std opens every file).
+fn open(path: &Path, write: bool) -> io::Result<OwnedFd> {
     std::fs::OpenOptions::new()
         .read(!write)
         .write(write)
-        .custom_flags(flags & !nix::libc::O_WRONLY)
         .open(path)
         .map(OwnedFd::from)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
-fn prepare(join: &Join) -> io::Result<Prepared> {
+/// Whether process `proc` (`/proc/<pid>`) is in the agent's own namespace `name`.
+fn same_namespace(proc: &Path, name: &str) -> io::Result<bool> {
     use std::os::unix::fs::MetadataExt;
+    let theirs = std::fs::metadata(proc.join("ns").join(name))?;
+    let ours = std::fs::metadata(Path::new("/proc/self/ns").join(name))?;
+    Ok((theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()))
+}
+
+fn prepare(join: &Join) -> io::Result<Prepared> {
     let proc = PathBuf::from(format!("/proc/{}", join.pid));
-    let mut namespaces = Vec::new();
-    for (name, flag) in NAMESPACES {
-        let theirs = proc.join("ns").join(name);
-        let ours = Path::new("/proc/self/ns").join(name);
-        let (a, b) = (std::fs::metadata(&theirs)?, std::fs::metadata(&ours)?);
-        if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
-            namespaces.push((open(&theirs, 0)?, *flag));
-        }
-    }
-    let (a, b) = (
-        std::fs::metadata(proc.join("ns/user"))?,
-        std::fs::metadata("/proc/self/ns/user")?,
-    );
-    if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+    if !same_namespace(&proc, "user")? {
         return Err(io::Error::other(
             "the container is in another user namespace",
         ));
     }
-    let root = open(&proc.join("root"), nix::libc::O_DIRECTORY)?;
+    let mut namespaces = Vec::new();
+    for (name, flag) in NAMESPACES {
+        if !same_namespace(&proc, name)? {
+            namespaces.push((open(&proc.join("ns").join(name), false)?, *flag));
+        }
+    }
+    let root = open(&proc.join("root"), false)?;
     let cgroup_procs = join
         .cgroups
         .iter()
-        .map(|dir| open(&dir.join("cgroup.procs"), nix::libc::O_WRONLY))
+        .map(|dir| open(&dir.join("cgroup.procs"), true))
         .collect::<io::Result<Vec<_>>>()?;
     // Opened first, checked after: a pid reused in between shows another start time.
-    let stat = std::fs::read_to_string(proc.join("stat"))?;
-    if start_time(&stat) != Some(join.start) {
+    let init = super::ProcessRecord {
+        pid: join.pid,
+        start_time: join.start,
+    };
+    if !init.alive() {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
             "the container's init process is gone",
@@ -959,12 +953,5 @@ mod tests {
         assert_eq!(home_of(passwd, 1000).as_deref(), Some("/srv/web"));
         assert_eq!(home_of(passwd, 7), None);
         assert_eq!(home_of("", 0), None);
-    }
-
-    #[test]
-    fn start_time_is_read_past_a_command_name_with_spaces_and_parentheses() {
-        let stat = "4242 (sle ep) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 3559115 1654784 1 18446744073709551615";
-        assert_eq!(start_time(stat), Some(3559115));
-        assert_eq!(start_time("garbage"), None);
     }
 }
