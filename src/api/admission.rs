@@ -429,6 +429,12 @@ fn validate_daemonset(object: &Value, old: Option<&Value>, causes: &mut Vec<Caus
             "may not be 0 when `maxSurge` is 0",
         ));
     }
+    for (field, message) in crate::model::affinity::refused_when_pinned(
+        &object["spec"]["template"]["spec"],
+        "spec.template.spec",
+    ) {
+        causes.push(field_cause(field, message));
+    }
     if let Some(old) = old {
         if old["spec"]["selector"] != object["spec"]["selector"] {
             causes.push(invalid(
@@ -437,6 +443,25 @@ fn validate_daemonset(object: &Value, old: Option<&Value>, causes: &mut Vec<Caus
                 "field is immutable",
             ));
         }
+    }
+}
+
+/// A cause from a field error message written as Kubernetes writes them, its reason read
+/// from the message's start.
+fn field_cause(field: String, message: String) -> Cause {
+    let reason = [
+        ("Unsupported", "FieldValueNotSupported"),
+        ("Required", "FieldValueRequired"),
+        ("Forbidden", "FieldValueForbidden"),
+        ("Duplicate", "FieldValueDuplicate"),
+    ]
+    .iter()
+    .find(|(prefix, _)| message.starts_with(prefix))
+    .map_or("FieldValueInvalid", |(_, reason)| reason);
+    Cause {
+        reason: reason.into(),
+        field,
+        message,
     }
 }
 
@@ -762,15 +787,12 @@ fn validate_pod_spec(spec: &Value, path: &str, template: bool, causes: &mut Vec<
         &spec["tolerations"],
         &format!("{path}.tolerations"),
     ) {
-        causes.push(Cause {
-            reason: if message.starts_with("Unsupported") {
-                "FieldValueNotSupported".into()
-            } else {
-                "FieldValueInvalid".into()
-            },
-            field,
-            message,
-        });
+        causes.push(field_cause(field, message));
+    }
+    // Node affinity, pod (anti-)affinity and topology spread: what the scheduler cannot honour
+    // is refused here (docs/workloads.md, "Placement").
+    for (field, message) in crate::model::affinity::validate(spec, path) {
+        causes.push(field_cause(field, message));
     }
     if let Some(grace) = spec["terminationGracePeriodSeconds"].as_i64() {
         if grace < 0 {

@@ -24,7 +24,7 @@ use super::nodes;
 use super::patch::{self, PatchKind};
 use super::resources::{self, ResourceInfo, Storage, Workload};
 use super::selectors::{FieldSelector, LabelSelector};
-use super::status::{success_status, ApiError};
+use super::status::{success_status, ApiError, Cause};
 use super::table::{self, IncludeObject};
 use super::validation::{check_type_meta, validate_fields, validate_name};
 use super::watch::{self, WatchRequest};
@@ -1139,6 +1139,59 @@ fn delete_options(query: &Query, body: &Bytes) -> Result<(Value, bool), ApiError
     Ok((options, dry))
 }
 
+/// The fields of `DeleteOptions` shoal cannot honour for deleting `stored` (of `kind`),
+/// refused rather than ignored (`docs/api.md`, "Deleting"): `dryRun` other than `All`;
+/// `propagationPolicy` other than `Background` and `orphanDependents: true` (dependents are
+/// always collected in the background); for a Pod, a `gracePeriodSeconds` other than 0 (the
+/// pod leaves the API at once, as a forced deletion) or its own
+/// `terminationGracePeriodSeconds` (what its containers get). Preconditions are honoured by
+/// [`delete_one`].
+pub(super) fn delete_options_refusals(kind: &str, stored: &Value, options: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let unsupported = |field: &str, value: &Value, supported: &str| Cause {
+        reason: "FieldValueNotSupported".into(),
+        field: field.into(),
+        message: format!("Unsupported value: {value}: supported values: {supported}"),
+    };
+    match &options["dryRun"] {
+        Value::Null => {}
+        Value::Array(values) if values.iter().all(|v| v == "All") => {}
+        other => causes.push(unsupported("dryRun", other, "\"All\"")),
+    }
+    let policy = &options["propagationPolicy"];
+    if !policy.is_null() && policy != "Background" {
+        causes.push(unsupported(
+            "propagationPolicy",
+            policy,
+            "\"Background\" (shoal collects dependents in the background)",
+        ));
+    }
+    match &options["orphanDependents"] {
+        Value::Null | Value::Bool(false) => {}
+        other => causes.push(unsupported(
+            "orphanDependents",
+            other,
+            "false (shoal collects dependents in the background)",
+        )),
+    }
+    let grace = &options["gracePeriodSeconds"];
+    if kind == "Pod" && !grace.is_null() {
+        let own = stored["spec"]["terminationGracePeriodSeconds"]
+            .as_i64()
+            .unwrap_or(30);
+        if grace.as_i64().is_none_or(|g| g != 0 && g != own) {
+            causes.push(Cause {
+                reason: "FieldValueInvalid".into(),
+                field: "gracePeriodSeconds".into(),
+                message: format!(
+                    "Invalid value: {grace}: shoal stops a deleted pod's containers with its spec.terminationGracePeriodSeconds ({own}); omit gracePeriodSeconds, or give 0 (forced: the pod leaves the API at once) or {own}"
+                ),
+            });
+        }
+    }
+    causes
+}
+
 /// Kinds whose DELETE answers the deleted object (Kubernetes' `ReturnDeletedObject`); the
 /// others answer a success `Status`.
 fn returns_deleted_object(info: &ResourceInfo) -> bool {
@@ -1175,6 +1228,14 @@ pub(super) fn delete_one(
 ) -> Result<Value, ApiError> {
     let existing = find_stored(state, info, namespace, name)
         .ok_or_else(|| ApiError::not_found(info.plural, name))?;
+    let refused = delete_options_refusals(info.kind, &existing, options);
+    if !refused.is_empty() {
+        return Err(ApiError::Invalid {
+            kind: "DeleteOptions.meta.k8s.io".into(),
+            name: String::new(),
+            causes: refused,
+        });
+    }
     let served = find(state, info, namespace, name).unwrap_or_else(|| existing.clone());
     let uid = existing["metadata"]["uid"]
         .as_str()
@@ -1292,6 +1353,43 @@ fn delete_namespace_contents(state: &ApiState, namespace: &str) -> Result<(), Ap
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delete_options_shoal_cannot_honour_are_refused() {
+        let pod = json!({"spec": {"terminationGracePeriodSeconds": 5}});
+        let refused = |kind: &str, options: Value| -> Vec<String> {
+            delete_options_refusals(kind, &pod, &options)
+                .into_iter()
+                .map(|c| format!("{}: {}", c.field, c.message))
+                .collect()
+        };
+        for ok in [
+            json!({}),
+            json!({"propagationPolicy": "Background", "dryRun": ["All"]}),
+            json!({"gracePeriodSeconds": 0}),
+            json!({"gracePeriodSeconds": 5, "orphanDependents": false}),
+            json!({"preconditions": {"uid": "u"}}),
+        ] {
+            assert_eq!(refused("Pod", ok.clone()), Vec::<String>::new(), "{ok}");
+        }
+        assert_eq!(
+            refused("Pod", json!({"gracePeriodSeconds": 1})),
+            ["gracePeriodSeconds: Invalid value: 1: shoal stops a deleted pod's containers with its spec.terminationGracePeriodSeconds (5); omit gracePeriodSeconds, or give 0 (forced: the pod leaves the API at once) or 5"]
+        );
+        assert!(refused("ConfigMap", json!({"gracePeriodSeconds": 1})).is_empty());
+        assert_eq!(
+            refused("Deployment", json!({"propagationPolicy": "Orphan", "orphanDependents": true, "dryRun": ["Some"]})),
+            [
+                "dryRun: Unsupported value: [\"Some\"]: supported values: \"All\"",
+                "propagationPolicy: Unsupported value: \"Orphan\": supported values: \"Background\" (shoal collects dependents in the background)",
+                "orphanDependents: Unsupported value: true: supported values: false (shoal collects dependents in the background)",
+            ]
+        );
+        assert_eq!(
+            refused("Pod", json!({"propagationPolicy": "Foreground"})).len(),
+            1
+        );
+    }
 
     #[test]
     fn resource_versions_increase() {

@@ -6,9 +6,10 @@
 //! (`ipam`), the pod network's shared names and addresses (`network`), image values and
 //! references (`image`, `reference`), log requests (`logs`), what the runtime observes of a pod (`observed`), a container's resolved env and volumes
 //! (`container`), securityContext rules
-//! (`security_context`), label selectors (`selector`), back-off (`backoff`), stable hashes
+//! (`security_context`), label and node selectors (`selector`), admission checks of scheduling constraints (`affinity`), back-off (`backoff`), stable hashes
 //! (`hash`), and node taints with pod tolerations (`taint`).
 
+pub mod affinity;
 pub mod backoff;
 pub mod container;
 pub mod hash;

@@ -1,8 +1,9 @@
 //! `metav1.LabelSelector` (`matchLabels`, `matchExpressions`) parsed once from its JSON form and
 //! matched against labels: the one matcher of the API (ReplicaSet and Deployment selectors) and
-//! the scheduler (pod anti-affinity terms), and the requirements of node selector terms (node
-//! affinity, which add `Gt` and `Lt`). The string form of `?labelSelector=` is
-//! `api::selectors`'.
+//! the scheduler (pod affinity terms, topology spread constraints), and `v1.NodeSelector` (the
+//! terms of node affinity, whose requirements add `Gt` and `Lt` and `matchFields`): the one
+//! node matcher of the scheduler and the DaemonSet controller. The string form of
+//! `?labelSelector=` is `api::selectors`'.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -69,6 +70,88 @@ pub fn requirement_matches(req: &Value, value: Option<&str>) -> bool {
     Op::parse(req, true).matches(value)
 }
 
+/// One requirement: a key (a label, or a field for `matchFields`) and its operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Requirement {
+    key: String,
+    op: Op,
+}
+
+impl Requirement {
+    fn parse(e: &Value, numeric: bool) -> Requirement {
+        Requirement {
+            key: e["key"].as_str().unwrap_or("").to_string(),
+            op: Op::parse(e, numeric),
+        }
+    }
+}
+
+/// A node selector term: its `matchExpressions` (on the node's labels) and `matchFields` (on
+/// `metadata.name`, the one field Kubernetes selects nodes by) ANDed. A term with neither
+/// matches no node, as in Kubernetes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeSelectorTerm {
+    labels: Vec<Requirement>,
+    fields: Vec<Requirement>,
+}
+
+impl NodeSelectorTerm {
+    pub fn parse(term: &Value) -> NodeSelectorTerm {
+        let list = |name: &str| -> Vec<Requirement> {
+            term[name]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .take(MAX_ITEMS)
+                .map(|e| Requirement::parse(e, true))
+                .collect()
+        };
+        NodeSelectorTerm {
+            labels: list("matchExpressions"),
+            fields: list("matchFields"),
+        }
+    }
+
+    /// Whether the node `name` with `labels` (`kubernetes.io/hostname` included) matches.
+    pub fn matches(&self, labels: &BTreeMap<String, String>, name: &str) -> bool {
+        (!self.labels.is_empty() || !self.fields.is_empty())
+            && self
+                .labels
+                .iter()
+                .all(|r| r.op.matches(labels.get(&r.key).map(String::as_str)))
+            && self
+                .fields
+                .iter()
+                .all(|r| r.key == "metadata.name" && r.op.matches(Some(name)))
+    }
+}
+
+/// A `v1.NodeSelector`: its `nodeSelectorTerms` ORed (no term: no node).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeSelector {
+    terms: Vec<NodeSelectorTerm>,
+}
+
+impl NodeSelector {
+    /// `None` when `v` is null or not an object (no requirement at all).
+    pub fn parse(v: &Value) -> Option<NodeSelector> {
+        let obj = v.as_object()?;
+        let terms = obj
+            .get("nodeSelectorTerms")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .take(MAX_ITEMS)
+            .map(NodeSelectorTerm::parse)
+            .collect();
+        Some(NodeSelector { terms })
+    }
+
+    pub fn matches(&self, labels: &BTreeMap<String, String>, name: &str) -> bool {
+        self.terms.iter().any(|t| t.matches(labels, name))
+    }
+}
+
 /// A `metav1.LabelSelector`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LabelSelector {
@@ -104,6 +187,33 @@ impl LabelSelector {
             match_labels,
             exprs,
         })
+    }
+
+    /// Adds `key In (the pod's value)` for each of `match_keys` and `key NotIn (the pod's
+    /// value)` for each of `mismatch_keys` that `labels` (the pod's own) has: Kubernetes'
+    /// `matchLabelKeys` / `mismatchLabelKeys` of pod affinity terms and topology spread
+    /// constraints (keys the pod lacks are ignored).
+    pub fn with_label_keys(
+        mut self,
+        labels: &BTreeMap<String, String>,
+        match_keys: &Value,
+        mismatch_keys: &Value,
+    ) -> LabelSelector {
+        for (keys, same) in [(match_keys, true), (mismatch_keys, false)] {
+            for key in keys.as_array().into_iter().flatten().take(MAX_ITEMS) {
+                let Some((key, value)) = key.as_str().and_then(|k| labels.get_key_value(k)) else {
+                    continue;
+                };
+                let values = BTreeSet::from([value.clone()]);
+                let op = if same {
+                    Op::In(values)
+                } else {
+                    Op::NotIn(values)
+                };
+                self.exprs.push((key.clone(), op));
+            }
+        }
+        self
     }
 
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
@@ -161,6 +271,52 @@ mod tests {
         assert!(!sel(
             json!({"matchExpressions": [{"key": "app", "operator": "Gt", "values": ["1"]}]})
         ));
+    }
+
+    #[test]
+    fn node_selectors_or_their_terms_and_and_their_requirements() {
+        let mut node = labels();
+        node.insert("kubernetes.io/hostname".into(), "n1".into());
+        let sel = |v: Value| NodeSelector::parse(&v).unwrap().matches(&node, "n1");
+        assert!(NodeSelector::parse(&Value::Null).is_none());
+        assert!(!sel(json!({"nodeSelectorTerms": []})), "no term: no node");
+        assert!(
+            !sel(json!({"nodeSelectorTerms": [{}]})),
+            "an empty term: no node"
+        );
+        assert!(sel(json!({"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "app", "operator": "In", "values": ["db"]}]},
+            {"matchExpressions": [{"key": "app", "operator": "In", "values": ["web"]},
+                                  {"key": "tier", "operator": "Exists"}]},
+        ]})));
+        assert!(!sel(json!({"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "app", "operator": "In", "values": ["web"]},
+                                  {"key": "tier", "operator": "DoesNotExist"}]},
+        ]})));
+        assert!(sel(json!({"nodeSelectorTerms": [
+            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]})));
+        assert!(!sel(json!({"nodeSelectorTerms": [
+            {"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["n1"]}]}]})));
+        assert!(!sel(json!({"nodeSelectorTerms": [
+            {"matchFields": [{"key": "metadata.uid", "operator": "Exists"}]}]})));
+    }
+
+    #[test]
+    fn label_keys_add_the_pods_own_values() {
+        let pod = labels();
+        let sel = LabelSelector::parse(&json!({"matchLabels": {"app": "web"}}))
+            .unwrap()
+            .with_label_keys(&pod, &json!(["tier", "absent"]), &json!(null));
+        assert!(sel.matches(&pod));
+        let mut other = pod.clone();
+        other.insert("tier".into(), "b".into());
+        assert!(!sel.matches(&other));
+        let apart = LabelSelector::parse(&json!({})).unwrap().with_label_keys(
+            &pod,
+            &json!(null),
+            &json!(["tier"]),
+        );
+        assert!(!apart.matches(&pod) && apart.matches(&other));
     }
 
     #[test]

@@ -13,10 +13,10 @@ use serde_json::{json, Value};
 
 use super::hash::{derived_uid, hash64, safe_suffix, template_hash, without_nulls};
 use super::object::{self, controller};
+use super::podspec::NodePlacement;
 use super::rollout::scaled;
 use super::snapshot::{LeaderCtx, PlannedEvent, PodKey, Write};
 use super::Working;
-use crate::model::selector::requirement_matches;
 use crate::model::taint::{self, Effect};
 use crate::model::workload::{EventReason, EventType, InvolvedObject, HOSTNAME_LABEL, PODS};
 use crate::model::{NodeRecord, NodeSettings};
@@ -36,44 +36,9 @@ pub fn node_labels(node: &NodeRecord) -> BTreeMap<String, String> {
 }
 
 /// Whether a pod spec may run on `node`: `nodeSelector` and the required terms of
-/// `affinity.nodeAffinity` (terms ORed, their expressions and fields ANDed).
+/// `affinity.nodeAffinity`, as the scheduler reads them ([`NodePlacement`]).
 pub fn eligible(spec: &Value, node: &NodeRecord) -> bool {
-    let labels = node_labels(node);
-    let selector_ok = spec["nodeSelector"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str());
-    if !selector_ok {
-        return false;
-    }
-    let required =
-        &spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
-    let Some(terms) = required["nodeSelectorTerms"].as_array() else {
-        return true;
-    };
-    terms.iter().any(|term| {
-        let exprs = term["matchExpressions"].as_array().into_iter().flatten();
-        let fields = term["matchFields"].as_array().into_iter().flatten();
-        let has_any = term["matchExpressions"]
-            .as_array()
-            .is_some_and(|a| !a.is_empty())
-            || term["matchFields"]
-                .as_array()
-                .is_some_and(|a| !a.is_empty());
-        has_any
-            && exprs.clone().all(|e| {
-                requirement_matches(
-                    e,
-                    labels
-                        .get(e["key"].as_str().unwrap_or_default())
-                        .map(String::as_str),
-                )
-            })
-            && fields.clone().all(|f| {
-                f["key"] == "metadata.name" && requirement_matches(f, Some(node.name.as_str()))
-            })
-    })
+    NodePlacement::of(spec).matches(&node_labels(node), &node.name)
 }
 
 /// The hash of a DaemonSet's current template (nulls dropped, as Deployments).

@@ -20,6 +20,8 @@ pub mod settle;
 pub mod snapshot;
 
 #[cfg(test)]
+mod affinity_tests;
+#[cfg(test)]
 mod cronjob_tests;
 #[cfg(test)]
 mod daemonset_tests;

@@ -1,18 +1,24 @@
 //! Placement: every pod without a binding, and every controller-owned pod bound to a node the
-//! leader's view says is dead, gets a fresh binding. Filters (alive, cordoned
-//! (`spec.unschedulable`), `NoSchedule`/`NoExecute` taints the pod does not tolerate, pod
-//! count, nodeSelector,
-//! CPU/memory requests against capacity minus what is bound, required pod anti-affinity, both
-//! the pod's own terms and those of pods already placed), then score (fewest pods of the same
-//! owner on the node, then least requested; before both, fewest untolerated
-//! `PreferNoSchedule` taints), ties broken by a rendezvous hash of
-//! (pod, node). Pods placed earlier in the same round count, so one round never overcommits.
+//! leader's view says is dead, gets a fresh binding. Filters, in Kubernetes' order (alive,
+//! cordoned (`spec.unschedulable`), `NoSchedule`/`NoExecute` taints the pod does not tolerate,
+//! nodeSelector and required node affinity, pod count, CPU/memory requests against capacity
+//! minus what is bound, `DoNotSchedule` topology spread constraints, required pod
+//! anti-affinity (the pod's own terms and those of pods already placed) and affinity), then
+//! score: fewest untolerated `PreferNoSchedule` taints; then the preferences, Kubernetes'
+//! weighted sum of its normalized plugin scores (preferred node affinity, preferred pod
+//! affinity and anti-affinity with the placed pods' terms in both directions, `ScheduleAnyway`
+//! spread, each 0–100 and weighted 2); then fewest pods of the same owner on the node; then
+//! least requested; ties broken by a rendezvous hash of (pod, node). Pods placed earlier in the
+//! same round count, so one round never overcommits and a round spreads as it goes.
 //!
 //! The hot loop touches only a flat node table: per-node free capacity and per-owner counts
-//! are precomputed once per round, selector masks are cached per distinct selector, and JSON
-//! is read once per pod.
+//! are precomputed once per round, node masks are cached per distinct nodeSelector and
+//! required node affinity, and JSON is read once per pod. Placed pods are tracked (labels,
+//! terms) only when some pod has constraints between pods, and a pod without preferences is
+//! ranked in one pass.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -20,7 +26,7 @@ use serde_json::Value;
 
 use super::hash::{hash64, rendezvous};
 use super::object::{self, controller};
-use super::podspec::{self, AntiAffinityTerm, Resources};
+use super::podspec::{self, Constraints, NodePlacement, PlacementKey, Resources};
 use super::snapshot::{LeaderCtx, Liveness, PlannedEvent, PodKey, SchedulingWrite, Write};
 use super::Working;
 use crate::model::quantity::{parse_milli, parse_units};
@@ -43,7 +49,7 @@ pub const REBIND_BUDGET: usize = 100;
 
 /// Filter failure reasons, in Kubernetes' wording (untolerated taints are counted apart, by
 /// taint: [`Reasons::taints`]).
-const REASONS: [&str; 8] = [
+const REASONS: [&str; 11] = [
     "node(s) had untolerated taint {node.kubernetes.io/unreachable: }",
     "node(s) didn't match Pod's node affinity/selector",
     "Too many pods",
@@ -52,6 +58,9 @@ const REASONS: [&str; 8] = [
     "node(s) didn't match pod anti-affinity rules",
     "node(s) didn't satisfy existing pods anti-affinity rules",
     "node(s) were unschedulable",
+    "node(s) didn't match pod affinity rules",
+    "node(s) didn't match pod topology spread constraints",
+    "node(s) didn't match pod topology spread constraints (missing required label)",
 ];
 const R_UNREACHABLE: usize = 0;
 const R_SELECTOR: usize = 1;
@@ -61,12 +70,22 @@ const R_MEMORY: usize = 4;
 const R_ANTI: usize = 5;
 const R_EXISTING_ANTI: usize = 6;
 const R_CORDONED: usize = 7;
+const R_AFFINITY: usize = 8;
+const R_SPREAD: usize = 9;
+const R_SPREAD_LABEL: usize = 10;
 
+/// Kubernetes' default weights of the scoring plugins that rank preferences (NodeAffinity,
+/// InterPodAffinity, PodTopologySpread) and the top of a normalized score.
+const PLUGIN_WEIGHT: i64 = 2;
+const MAX_NODE_SCORE: i64 = 100;
+/// The weight an existing pod's required affinity term gives a node (Kubernetes'
+/// `hardPodAffinityWeight` default).
+const HARD_POD_AFFINITY_WEIGHT: i64 = 1;
 /// Why a pod fits no node: how many nodes each filter turned away.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reasons {
     /// By [`REASONS`] index.
-    pub counts: [u32; 8],
+    pub counts: [u32; REASONS.len()],
     /// Nodes turned away by an untolerated taint, by the taint as Kubernetes shows it.
     pub taints: BTreeMap<String, u32>,
 }
@@ -149,20 +168,29 @@ struct PodInfo<'a> {
     owner: Option<&'a str>,
     requests: Resources,
     nonzero: Resources,
-    terms: Vec<AntiAffinityTerm>,
+    /// Terms and preferences (`None`: none at all).
+    constraints: Option<Rc<Constraints>>,
+    /// Its labels, read when the round tracks placed pods.
+    labels: BTreeMap<String, String>,
     tolerations: Vec<Toleration>,
     /// Tolerates the cordon (`node.kubernetes.io/unschedulable:NoSchedule`).
     ignores_cordon: bool,
     pod: &'a Value,
 }
 
-/// A pod already on a node (for anti-affinity).
+/// A pod already on a node (for the constraints between pods).
+#[derive(Clone)]
 struct Placed {
     key: PodKey,
-    namespace: String,
     labels: BTreeMap<String, String>,
     node: usize,
-    terms: Vec<AntiAffinityTerm>,
+    constraints: Option<Rc<Constraints>>,
+}
+
+impl Placed {
+    fn namespace(&self) -> &str {
+        &self.key.0
+    }
 }
 
 fn pod_labels(pod: &Value) -> BTreeMap<String, String> {
@@ -175,10 +203,13 @@ struct Round<'a> {
     nodes: Vec<NodeSlot<'a>>,
     /// Per owner uid with pending pods: pods of that owner on each node.
     owner_counts: BTreeMap<&'a str, Vec<u32>>,
-    selector_masks: BTreeMap<Vec<(String, String)>, Vec<bool>>,
-    /// Only filled when some pod uses anti-affinity.
+    /// Nodes each distinct nodeSelector + required node affinity admits.
+    placement_masks: BTreeMap<PlacementKey, Vec<bool>>,
+    /// Only filled when some pod has constraints between pods (`track`).
     placed: Vec<Placed>,
-    anti_affinity: bool,
+    /// The placed pods whose terms bind other pods too ([`Constraints::binds_others`]).
+    binding_others: Vec<Placed>,
+    track: bool,
 }
 
 impl NodeSlot<'_> {
@@ -188,6 +219,36 @@ impl NodeSlot<'_> {
             && self.used.cpu <= self.cap.cpu
             && self.used.memory <= self.cap.memory
     }
+}
+
+/// What one pending pod's constraints between pods and preferences make of the nodes, computed
+/// once per pod before the node loop.
+#[derive(Default)]
+struct PodEval {
+    /// Per node: 0 passes, else 1 + the [`REASONS`] index of the first pod-level filter
+    /// (topology spread, anti-affinity, affinity) it fails. `None`: every node passes.
+    filter: Option<Vec<u8>>,
+    /// Raw preference scores, when the pod has any (see [`Soft::preferences`]).
+    soft: Option<Soft>,
+}
+
+/// The raw inputs of a pod's preference scores.
+struct Soft {
+    /// Per node: the summed weights of the preferred node affinity terms it matches.
+    node_affinity: Option<Vec<i64>>,
+    /// Per node: Kubernetes' InterPodAffinity raw score.
+    inter_pod: Option<Vec<i64>>,
+    /// The `ScheduleAnyway` constraints.
+    spread: Vec<SoftSpread>,
+}
+
+struct SoftSpread {
+    /// Index in the pod's `Constraints::spread`.
+    index: usize,
+    /// Per node: placed pods the constraint's selector matches (in the pod's namespace).
+    counts: Vec<u32>,
+    /// Per node: passes the constraint's node inclusion policies.
+    included: Vec<bool>,
 }
 
 impl<'a> Round<'a> {
@@ -205,12 +266,10 @@ impl<'a> Round<'a> {
         if let Some(counts) = p.owner.and_then(|o| self.owner_counts.get_mut(o)) {
             counts[node] = counts[node].saturating_sub(1);
         }
-        if let Some(at) = self
-            .placed
-            .iter()
-            .position(|q| q.node == node && q.key == *p.key)
-        {
-            self.placed.swap_remove(at);
+        for list in [&mut self.placed, &mut self.binding_others] {
+            if let Some(at) = list.iter().position(|q| q.node == node && q.key == *p.key) {
+                list.swap_remove(at);
+            }
         }
     }
 
@@ -228,75 +287,303 @@ impl<'a> Round<'a> {
         if let Some(counts) = p.owner.and_then(|o| self.owner_counts.get_mut(o)) {
             counts[node] += 1;
         }
-        if self.anti_affinity {
-            self.placed.push(Placed {
+        if self.track {
+            let placed = Placed {
                 key: p.key.clone(),
-                namespace: p.key.0.clone(),
-                labels: pod_labels_of(p),
+                labels: p.labels.clone(),
                 node,
-                terms: p.terms.clone(),
-            });
+                constraints: p.constraints.clone(),
+            };
+            if placed
+                .constraints
+                .as_ref()
+                .is_some_and(|c| c.binds_others())
+            {
+                self.binding_others.push(placed.clone());
+            }
+            self.placed.push(placed);
         }
     }
 
-    fn selector_mask(&mut self, selector: Vec<(String, String)>) -> &[bool] {
+    /// The mask of nodes a nodeSelector + required node affinity admits, cached per key.
+    fn placement_mask(&mut self, key: PlacementKey, spec: &Value) {
         let nodes = &self.nodes;
-        self.selector_masks
-            .entry(selector)
-            .or_insert_with_key(|sel| {
-                nodes
-                    .iter()
-                    .map(|n| sel.iter().all(|(k, v)| n.labels.get(k) == Some(v)))
-                    .collect()
-            })
+        self.placement_masks.entry(key).or_insert_with(|| {
+            let placement = NodePlacement::of(spec);
+            nodes
+                .iter()
+                .map(|n| placement.matches(&n.labels, n.name))
+                .collect()
+        });
     }
 
-    /// Nodes excluded by anti-affinity for `pod`: 1 = the pod's own terms, 2 = placed pods'.
-    fn anti_affinity_mask(&self, pod: &PodInfo<'_>) -> Option<Vec<u8>> {
-        if !self.anti_affinity {
-            return None;
+    /// The value of `key` on the node of a placed pod.
+    fn domain_of(&self, q: &Placed, key: &str) -> Option<&str> {
+        self.nodes[q.node].labels.get(key).map(String::as_str)
+    }
+
+    /// Whether node `i` carries a `NoSchedule`/`NoExecute` taint the pod does not tolerate
+    /// (a dead node counts as `node.kubernetes.io/unreachable`, a cordoned one as
+    /// `node.kubernetes.io/unschedulable`): `nodeTaintsPolicy: Honor`.
+    fn tainted_for(&self, i: usize, p: &PodInfo<'_>) -> bool {
+        let n = &self.nodes[i];
+        !n.alive
+            || (n.cordoned && !p.ignores_cordon)
+            || taint::first_untolerated(
+                n.taints,
+                &p.tolerations,
+                &[Effect::NoSchedule, Effect::NoExecute],
+            )
+            .is_some()
+    }
+
+    /// Per node, the placed pods in `namespace` that `selects` picks.
+    fn counts_on_nodes(&self, selects: impl Fn(&Placed) -> bool) -> Vec<u32> {
+        let mut counts = vec![0u32; self.nodes.len()];
+        for q in self.placed.iter().filter(|q| selects(q)) {
+            counts[q.node] += 1;
         }
-        let labels = pod_labels_of(pod);
-        let mut blocked: BTreeSet<(u8, &str, &str)> = BTreeSet::new();
-        for term in &pod.terms {
+        counts
+    }
+
+    /// The key of `p`'s node placement mask (the mask cached) and its evaluation.
+    fn prepare(&mut self, p: &PodInfo<'_>) -> (Option<PlacementKey>, PodEval) {
+        let spec = &p.pod["spec"];
+        let key = NodePlacement::key(spec);
+        if let Some(k) = &key {
+            self.placement_mask(k.clone(), spec);
+        }
+        let eval = if self.track || p.constraints.is_some() {
+            let mask = key.as_ref().and_then(|k| self.placement_masks.get(k));
+            self.evaluate(p, mask.map(Vec::as_slice))
+        } else {
+            PodEval::default()
+        };
+        (key, eval)
+    }
+
+    /// What `p`'s constraints between pods and preferences make of the nodes; `mask` is its
+    /// node placement mask.
+    fn evaluate(&self, p: &PodInfo<'_>, mask: Option<&[bool]>) -> PodEval {
+        let empty = Constraints::default();
+        let c = p.constraints.as_deref().unwrap_or(&empty);
+        let mut filter: Option<Vec<u8>> = None;
+        let mut fail = |i: usize, reason: usize, nodes: usize| {
+            let f = filter.get_or_insert_with(|| vec![0u8; nodes]);
+            if f[i] == 0 {
+                f[i] = reason as u8 + 1;
+            }
+        };
+        let nodes = self.nodes.len();
+        let namespace = p.key.0.as_str();
+
+        // Topology spread, DoNotSchedule (Kubernetes' PodTopologySpread filter).
+        let hard: Vec<&podspec::SpreadConstraint> = c.spread.iter().filter(|s| s.hard).collect();
+        if !hard.is_empty() {
+            let has_keys = |i: usize| {
+                hard.iter()
+                    .all(|s| self.nodes[i].labels.contains_key(&s.topology_key))
+            };
+            for s in &hard {
+                let counts =
+                    self.counts_on_nodes(|q| q.namespace() == namespace && s.selects(&q.labels));
+                let mut domains: BTreeMap<&str, u32> = BTreeMap::new();
+                for (i, n) in self.nodes.iter().enumerate() {
+                    let counted = has_keys(i)
+                        && (!s.honor_affinity || mask.is_none_or(|m| m[i]))
+                        && (!s.honor_taints || !self.tainted_for(i, p));
+                    if let (true, Some(v)) = (counted, n.labels.get(&s.topology_key)) {
+                        *domains.entry(v.as_str()).or_default() += counts[i];
+                    }
+                }
+                let global_min = if domains.len() < s.min_domains {
+                    0
+                } else {
+                    domains.values().copied().min().unwrap_or(0)
+                };
+                let own = u32::from(s.selects(&p.labels));
+                for (i, n) in self.nodes.iter().enumerate() {
+                    match n.labels.get(&s.topology_key) {
+                        None => fail(i, R_SPREAD_LABEL, nodes),
+                        Some(v) => {
+                            let here = domains.get(v.as_str()).copied().unwrap_or(0);
+                            let skew = i64::from(here + own) - i64::from(global_min);
+                            if skew > s.max_skew {
+                                fail(i, R_SPREAD, nodes);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        // Inter-pod affinity (Kubernetes' InterPodAffinity filter): the pod's own anti-affinity,
+        // the placed pods' anti-affinity towards it, its affinity.
+        let mut blocked: BTreeSet<(&str, &str)> = BTreeSet::new();
+        for term in &c.anti_required {
             for q in &self.placed {
-                if term.applies_to_namespace(&q.namespace) && term.selector.matches(&q.labels) {
-                    if let Some(v) = self.nodes[q.node].labels.get(&term.topology_key) {
-                        blocked.insert((1, &term.topology_key, v));
+                if term.selects(q.namespace(), &q.labels) {
+                    if let Some(v) = self.domain_of(q, &term.topology_key) {
+                        blocked.insert((term.topology_key.as_str(), v));
                     }
                 }
             }
         }
-        for q in self.placed.iter().filter(|q| !q.terms.is_empty()) {
-            for term in &q.terms {
-                if term.applies_to_namespace(&pod.key.0) && term.selector.matches(&labels) {
-                    if let Some(v) = self.nodes[q.node].labels.get(&term.topology_key) {
-                        blocked.insert((2, &term.topology_key, v));
+        let mut blocked_by_others: BTreeSet<(&str, &str)> = BTreeSet::new();
+        for q in &self.binding_others {
+            for term in q.constraints.iter().flat_map(|c| &c.anti_required) {
+                if term.selects(namespace, &p.labels) {
+                    if let Some(v) = self.domain_of(q, &term.topology_key) {
+                        blocked_by_others.insert((term.topology_key.as_str(), v));
                     }
                 }
             }
         }
-        if blocked.is_empty() {
-            return None;
+        // Domains holding a placed pod that matches every required affinity term.
+        let mut wanted: BTreeSet<(&str, &str)> = BTreeSet::new();
+        if !c.affinity_required.is_empty() {
+            for q in &self.placed {
+                if c.affinity_required
+                    .iter()
+                    .all(|t| t.selects(q.namespace(), &q.labels))
+                {
+                    for t in &c.affinity_required {
+                        if let Some(v) = self.domain_of(q, &t.topology_key) {
+                            wanted.insert((t.topology_key.as_str(), v));
+                        }
+                    }
+                }
+            }
         }
-        Some(
+        // The first of a group with affinity to itself may go anywhere the keys exist.
+        let first_of_group = wanted.is_empty()
+            && c.affinity_required
+                .iter()
+                .all(|t| t.selects(namespace, &p.labels));
+        let in_any = |set: &BTreeSet<(&str, &str)>, labels: &BTreeMap<String, String>| {
+            set.iter()
+                .any(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+        };
+        if !blocked.is_empty() || !blocked_by_others.is_empty() || !c.affinity_required.is_empty() {
+            for (i, n) in self.nodes.iter().enumerate() {
+                if in_any(&blocked, &n.labels) {
+                    fail(i, R_ANTI, nodes);
+                } else if in_any(&blocked_by_others, &n.labels) {
+                    fail(i, R_EXISTING_ANTI, nodes);
+                } else if !c.affinity_required.is_empty() {
+                    let ok = c.affinity_required.iter().all(|t| {
+                        n.labels.get(&t.topology_key).is_some_and(|v| {
+                            first_of_group
+                                || wanted.contains(&(t.topology_key.as_str(), v.as_str()))
+                        })
+                    });
+                    if !ok {
+                        fail(i, R_AFFINITY, nodes);
+                    }
+                }
+            }
+        }
+        PodEval {
+            filter,
+            soft: self.soft(p, c, mask),
+        }
+    }
+
+    /// The raw preference inputs of `p`, `None` when it has no preference and no placed pod's
+    /// terms reach it.
+    fn soft(&self, p: &PodInfo<'_>, c: &Constraints, mask: Option<&[bool]>) -> Option<Soft> {
+        let node_affinity = (!c.node_preferred.is_empty()).then(|| {
             self.nodes
                 .iter()
                 .map(|n| {
-                    blocked
+                    c.node_preferred
                         .iter()
-                        .filter(|(_, k, v)| n.labels.get(*k).map(String::as_str) == Some(*v))
-                        .map(|(kind, _, _)| *kind)
-                        .min()
-                        .unwrap_or(0)
+                        .filter(|(_, t)| t.matches(&n.labels, n.name))
+                        .map(|(w, _)| *w)
+                        .sum::<i64>()
                 })
-                .collect(),
-        )
+                .collect()
+        });
+        // Kubernetes' InterPodAffinity score: weights summed per topology domain, from the
+        // pod's preferred terms over the placed pods and from the placed pods' terms over it.
+        let namespace = p.key.0.as_str();
+        let mut domains: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+        if !c.affinity_preferred.is_empty() || !c.anti_preferred.is_empty() {
+            let own = c
+                .affinity_preferred
+                .iter()
+                .map(|(w, t)| (*w, t))
+                .chain(c.anti_preferred.iter().map(|(w, t)| (-*w, t)));
+            for (w, t) in own {
+                for q in &self.placed {
+                    if t.selects(q.namespace(), &q.labels) {
+                        if let Some(v) = self.domain_of(q, &t.topology_key) {
+                            *domains.entry((t.topology_key.as_str(), v)).or_default() += w;
+                        }
+                    }
+                }
+            }
+        }
+        for q in &self.binding_others {
+            let Some(qc) = q.constraints.as_deref() else {
+                continue;
+            };
+            let terms = qc
+                .affinity_preferred
+                .iter()
+                .map(|(w, t)| (*w, t))
+                .chain(qc.anti_preferred.iter().map(|(w, t)| (-*w, t)))
+                .chain(
+                    qc.affinity_required
+                        .iter()
+                        .map(|t| (HARD_POD_AFFINITY_WEIGHT, t)),
+                );
+            for (w, t) in terms {
+                if t.selects(namespace, &p.labels) {
+                    if let Some(v) = self.domain_of(q, &t.topology_key) {
+                        *domains.entry((t.topology_key.as_str(), v)).or_default() += w;
+                    }
+                }
+            }
+        }
+        let inter_pod = (!domains.is_empty()).then(|| {
+            self.nodes
+                .iter()
+                .map(|n| {
+                    domains
+                        .iter()
+                        .filter(|((k, v), _)| n.labels.get(*k).map(String::as_str) == Some(*v))
+                        .map(|(_, w)| *w)
+                        .sum::<i64>()
+                })
+                .collect()
+        });
+        let spread: Vec<SoftSpread> = c
+            .spread
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.hard)
+            .map(|(index, s)| SoftSpread {
+                index,
+                counts: self
+                    .counts_on_nodes(|q| q.namespace() == namespace && s.selects(&q.labels)),
+                included: (0..self.nodes.len())
+                    .map(|i| {
+                        (!s.honor_affinity || mask.is_none_or(|m| m[i]))
+                            && (!s.honor_taints || !self.tainted_for(i, p))
+                    })
+                    .collect(),
+            })
+            .collect();
+        if node_affinity.is_none() && inter_pod.is_none() && spread.is_empty() {
+            return None;
+        }
+        Some(Soft {
+            node_affinity,
+            inter_pod,
+            spread,
+        })
     }
-}
-
-fn pod_labels_of(p: &PodInfo<'_>) -> BTreeMap<String, String> {
-    pod_labels(p.pod)
 }
 
 /// Kubernetes' FitError text: `0/3 nodes are available: 1 Insufficient cpu, 2 ....`
@@ -378,7 +665,7 @@ pub(crate) fn schedule(
     let mut placed: Vec<(PodInfo<'_>, usize, Option<Binding>)> = Vec::new();
     let mut rebinds = 0usize;
     let mut pending: Vec<PodInfo<'_>> = Vec::new();
-    let mut anti_affinity = false;
+    let mut track = false;
     for (key, pod) in pods.iter() {
         // A pod that ended (a Job's) stays where it ran and takes no room.
         if !object::is_valid(pod) || finished.contains_key(key) {
@@ -386,8 +673,14 @@ pub(crate) fn schedule(
         }
         let spec = &pod["spec"];
         let (requests, nonzero) = podspec::pod_requests(spec);
-        let terms = podspec::anti_affinity(spec, &key.0);
-        anti_affinity |= !terms.is_empty();
+        let (labels, constraints) = if Constraints::present(spec) {
+            let labels = pod_labels(pod);
+            let c = Constraints::parse(spec, &key.0, &labels);
+            (labels, (!c.is_empty()).then(|| Rc::new(c)))
+        } else {
+            (BTreeMap::new(), None)
+        };
+        track |= constraints.as_ref().is_some_and(|c| c.between_pods());
         let tolerations = taint::tolerations(spec);
         let info = PodInfo {
             ignores_cordon: taint::tolerated(&tolerations, &cordon),
@@ -397,7 +690,8 @@ pub(crate) fn schedule(
             owner: controller(pod).map(|(_, uid)| uid),
             requests,
             nonzero,
-            terms,
+            constraints,
+            labels,
             pod,
         };
         if let Some(node) = spec["nodeName"].as_str().filter(|n| !n.is_empty()) {
@@ -426,6 +720,14 @@ pub(crate) fn schedule(
         }
     }
 
+    // Constraints between pods need every placed pod's labels.
+    if track {
+        for p in pending.iter_mut().chain(placed.iter_mut().map(|(p, ..)| p)) {
+            if p.labels.is_empty() {
+                p.labels = pod_labels(p.pod);
+            }
+        }
+    }
     let mut round = Round {
         owner_counts: pending
             .iter()
@@ -433,9 +735,10 @@ pub(crate) fn schedule(
             .map(|o| (o, vec![0u32; table.len()]))
             .collect(),
         nodes: table,
-        selector_masks: BTreeMap::new(),
+        placement_masks: BTreeMap::new(),
         placed: Vec::new(),
-        anti_affinity,
+        binding_others: Vec::new(),
+        track,
     };
     for (p, node, _) in &placed {
         round.add(*node, p);
@@ -483,12 +786,8 @@ pub(crate) fn schedule(
     let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed);
     let mut failed: Vec<&PodInfo<'_>> = Vec::new();
     for p in &pending {
-        let selector = podspec::node_selector(&p.pod["spec"]);
-        if let Some(s) = &selector {
-            round.selector_mask(s.clone());
-        }
-        let anti = round.anti_affinity_mask(p);
-        match choose(&round, p, selector.as_ref(), anti.as_deref()) {
+        let (mask, eval) = round.prepare(p);
+        match choose(&round, p, mask.as_ref(), &eval) {
             Ok(node) => {
                 let binding = Binding {
                     node: round.nodes[node].name.to_string(),
@@ -524,9 +823,8 @@ pub(crate) fn schedule(
     // round (what the next round will see, so the message is stable).
     let mut unschedulable: BTreeMap<&PodKey, (&str, String)> = BTreeMap::new();
     for p in failed {
-        let selector = podspec::node_selector(&p.pod["spec"]);
-        let anti = round.anti_affinity_mask(p);
-        let reasons = match choose(&round, p, selector.as_ref(), anti.as_deref()) {
+        let (mask, eval) = round.prepare(p);
+        let reasons = match choose(&round, p, mask.as_ref(), &eval) {
             Err(r) => r,
             Ok(_) => Reasons::default(), // cannot happen: placements only take room
         };
@@ -569,25 +867,167 @@ pub(crate) fn schedule(
     }
 }
 
-/// A node being considered: (index, (untolerated PreferNoSchedule taints, same-owner pods),
-/// least-requested score, rendezvous weight once computed).
-type Candidate = (usize, (usize, u32), u64, Option<u64>);
+/// A node being considered: (index, (untolerated PreferNoSchedule taints, minus the
+/// preference score, same-owner pods), least-requested score, rendezvous weight once computed).
+type Candidate = (usize, (usize, i64, u32), u64, Option<u64>);
 
-/// The best node for `p`, or the reasons why none fits.
+/// The better of the best so far and `c`: lower rank, then higher least-requested score, then
+/// the higher rendezvous weight of (pod, node).
+fn better(round: &Round<'_>, pod_hash: u64, best: Option<Candidate>, c: Candidate) -> Candidate {
+    let Some((b, bc, bs, bt)) = best else {
+        return c;
+    };
+    let (i, count, score, _) = c;
+    if count < bc || (count == bc && score > bs) {
+        c
+    } else if count == bc && score == bs {
+        let bt = bt.unwrap_or_else(|| rendezvous(pod_hash, round.nodes[b].hash));
+        let t = rendezvous(pod_hash, round.nodes[i].hash);
+        if t > bt {
+            (i, count, score, Some(t))
+        } else {
+            (b, bc, bs, Some(bt))
+        }
+    } else {
+        (b, bc, bs, bt)
+    }
+}
+
+/// `scores` normalized as Kubernetes' `DefaultNormalizeScore` (0–`MAX_NODE_SCORE`, relative to
+/// the highest).
+fn normalize_by_max(scores: &mut [i64]) {
+    let max = scores.iter().copied().max().unwrap_or(0);
+    for s in scores.iter_mut() {
+        *s = if max > 0 {
+            *s * MAX_NODE_SCORE / max
+        } else {
+            0
+        };
+    }
+}
+
+impl Soft {
+    /// Kubernetes' weighted sum of the normalized NodeAffinity, InterPodAffinity and
+    /// PodTopologySpread scores of each of the `feasible` nodes (normalized over them).
+    fn preferences(&self, round: &Round<'_>, c: &Constraints, feasible: &[usize]) -> Vec<i64> {
+        let mut total = vec![0i64; feasible.len()];
+        if let Some(raw) = &self.node_affinity {
+            let mut scores: Vec<i64> = feasible.iter().map(|&i| raw[i]).collect();
+            normalize_by_max(&mut scores);
+            for (t, s) in total.iter_mut().zip(scores) {
+                *t += PLUGIN_WEIGHT * s;
+            }
+        }
+        if let Some(raw) = &self.inter_pod {
+            let scores: Vec<i64> = feasible.iter().map(|&i| raw[i]).collect();
+            let min = scores.iter().copied().min().unwrap_or(0);
+            let max = scores.iter().copied().max().unwrap_or(0);
+            for (t, s) in total.iter_mut().zip(scores) {
+                if max > min {
+                    *t += PLUGIN_WEIGHT * (MAX_NODE_SCORE * (s - min) / (max - min));
+                }
+            }
+        }
+        if !self.spread.is_empty() {
+            for (t, s) in total.iter_mut().zip(self.spread_scores(round, c, feasible)) {
+                *t += PLUGIN_WEIGHT * s;
+            }
+        }
+        total
+    }
+
+    /// Kubernetes' PodTopologySpread score of the `ScheduleAnyway` constraints, normalized:
+    /// fewer matching pods in the node's domain score higher; a node missing a constraint's
+    /// key scores 0.
+    fn spread_scores(&self, round: &Round<'_>, c: &Constraints, feasible: &[usize]) -> Vec<i64> {
+        let constraints: Vec<(&podspec::SpreadConstraint, &SoftSpread)> = self
+            .spread
+            .iter()
+            .map(|s| (&c.spread[s.index], s))
+            .collect();
+        let has_keys = |i: usize| {
+            constraints
+                .iter()
+                .all(|(sc, _)| round.nodes[i].labels.contains_key(&sc.topology_key))
+        };
+        let scored: Vec<usize> = feasible.iter().copied().filter(|&i| has_keys(i)).collect();
+        let mut raw: BTreeMap<usize, f64> = scored.iter().map(|&i| (i, 0.0)).collect();
+        for (sc, ss) in &constraints {
+            let hostname = sc.topology_key == HOSTNAME_LABEL;
+            // Domains of the scored nodes; pods counted on every node that has all the keys
+            // and passes the constraint's inclusion policies.
+            let mut domains: BTreeMap<&str, u64> = scored
+                .iter()
+                .filter_map(|&i| round.nodes[i].labels.get(&sc.topology_key))
+                .map(|v| (v.as_str(), 0))
+                .collect();
+            let size = if hostname {
+                scored.len()
+            } else {
+                domains.len()
+            };
+            if !hostname {
+                for (i, n) in round.nodes.iter().enumerate() {
+                    if !ss.included[i] || !has_keys(i) {
+                        continue;
+                    }
+                    if let Some(d) = n
+                        .labels
+                        .get(&sc.topology_key)
+                        .and_then(|v| domains.get_mut(v.as_str()))
+                    {
+                        *d += u64::from(ss.counts[i]);
+                    }
+                }
+            }
+            let weight = ((size + 2) as f64).ln();
+            for (&i, score) in raw.iter_mut() {
+                let count = if hostname {
+                    u64::from(ss.counts[i])
+                } else {
+                    round.nodes[i]
+                        .labels
+                        .get(&sc.topology_key)
+                        .and_then(|v| domains.get(v.as_str()))
+                        .copied()
+                        .unwrap_or(0)
+                };
+                *score += count as f64 * weight + (sc.max_skew - 1) as f64;
+            }
+        }
+        let rounded: BTreeMap<usize, i64> = raw
+            .into_iter()
+            .map(|(i, s)| (i, s.round() as i64))
+            .collect();
+        let min = rounded.values().copied().min().unwrap_or(0);
+        let max = rounded.values().copied().max().unwrap_or(0);
+        feasible
+            .iter()
+            .map(|i| match rounded.get(i) {
+                None => 0,
+                Some(_) if max == 0 => MAX_NODE_SCORE,
+                Some(s) => MAX_NODE_SCORE * (max + min - s) / max,
+            })
+            .collect()
+    }
+}
+
+/// The best node for `p`, or the reasons why none fits. `mask`: the key of its node placement
+/// mask; `eval`: its constraints between pods and preferences.
 fn choose(
     round: &Round<'_>,
     p: &PodInfo<'_>,
-    selector: Option<&Vec<(String, String)>>,
-    anti: Option<&[u8]>,
+    mask: Option<&PlacementKey>,
+    eval: &PodEval,
 ) -> Result<usize, Reasons> {
-    let mask = selector.and_then(|s| round.selector_masks.get(s));
+    let mask = mask.and_then(|k| round.placement_masks.get(k));
     let counts = p.owner.and_then(|o| round.owner_counts.get(o));
     let pod_hash = hash64(&[&p.key.0, &p.key.1, p.uid]);
     let mut reasons = Reasons::default();
     let histogram = &mut reasons.counts;
-    // (node, untolerated PreferNoSchedule taints and same-owner pods, least-requested score,
-    // rendezvous weight once computed)
     let mut best: Option<Candidate> = None;
+    // With preferences, the nodes that pass every filter, ranked once all are known.
+    let mut feasible: Vec<Candidate> = Vec::new();
     for (i, n) in round.nodes.iter().enumerate() {
         if !n.alive {
             histogram[R_UNREACHABLE] += 1;
@@ -625,16 +1065,9 @@ fn choose(
         if !fits {
             continue;
         }
-        match anti.map_or(0, |a| a[i]) {
-            1 => {
-                histogram[R_ANTI] += 1;
-                continue;
-            }
-            2 => {
-                histogram[R_EXISTING_ANTI] += 1;
-                continue;
-            }
-            _ => {}
+        if let Some(reason) = eval.filter.as_ref().map(|f| f[i]).filter(|r| *r > 0) {
+            histogram[usize::from(reason - 1)] += 1;
+            continue;
         }
         let preferred = n
             .taints
@@ -643,7 +1076,7 @@ fn choose(
                 t.effect == Effect::PreferNoSchedule && !taint::tolerated(&p.tolerations, t)
             })
             .count();
-        let count = (preferred, counts.map_or(0, |c| c[i]));
+        let rank = (preferred, 0, counts.map_or(0, |c| c[i]));
         let free_cpu = n
             .cap
             .cpu
@@ -654,24 +1087,21 @@ fn choose(
             .saturating_sub(n.used_nonzero.memory.saturating_add(p.nonzero.memory));
         let score =
             ((free_cpu as f64 * n.inv_cpu + free_memory as f64 * n.inv_memory) * 1e6) as u64;
-        best = match best {
-            None => Some((i, count, score, None)),
-            Some((b, bc, bs, bt)) => {
-                if count < bc || (count == bc && score > bs) {
-                    Some((i, count, score, None))
-                } else if count == bc && score == bs {
-                    let bt = bt.unwrap_or_else(|| rendezvous(pod_hash, round.nodes[b].hash));
-                    let t = rendezvous(pod_hash, n.hash);
-                    if t > bt {
-                        Some((i, count, score, Some(t)))
-                    } else {
-                        Some((b, bc, bs, Some(bt)))
-                    }
-                } else {
-                    Some((b, bc, bs, bt))
-                }
-            }
-        };
+        if eval.soft.is_some() {
+            feasible.push((i, rank, score, None));
+        } else {
+            best = Some(better(round, pod_hash, best, (i, rank, score, None)));
+        }
+    }
+    if let Some(soft) = &eval.soft {
+        let empty = Constraints::default();
+        let c = p.constraints.as_deref().unwrap_or(&empty);
+        let nodes: Vec<usize> = feasible.iter().map(|f| f.0).collect();
+        let preferences = soft.preferences(round, c, &nodes);
+        for (mut candidate, preference) in feasible.into_iter().zip(preferences) {
+            candidate.1 .1 = -preference;
+            best = Some(better(round, pod_hash, best, candidate));
+        }
     }
     best.map(|(i, ..)| i).ok_or(reasons)
 }

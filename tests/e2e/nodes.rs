@@ -2,13 +2,16 @@
 //! node and a nodeSelector that follows the label, `taint` (NoSchedule repels, a toleration
 //! admits, removal with `-`; NoExecute evicts), `cordon`, `drain` against a
 //! PodDisruptionBudget (refused while it would break the budget, then done, the pods running
-//! elsewhere) and `uncordon`.
+//! elsewhere) and `uncordon`; then placement constraints: a topology spread constraint that
+//! holds a pod back while a node is cordoned and spreads over all three once it is not, a
+//! required node affinity that pins pods to the labelled node, and what is refused (an unknown
+//! operator, `--cascade=orphan`).
 
 use std::time::Duration;
 
 use serde_json::Value;
 
-use super::workloads::apply;
+use super::workloads::{apply, kubectl_stdin};
 use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(150);
@@ -69,7 +72,12 @@ fn running_on(ctx: &str, name: &str, node: &str) -> Result<(), String> {
 
 /// Nodes of the Running, ready pods labelled `app=web`, or an error unless there are `n`.
 fn web_nodes(ctx: &str, n: usize) -> Result<Vec<String>, String> {
-    let list = get_json(ctx, &["pods", "-l", "app=web"])?;
+    app_nodes(ctx, "web", n)
+}
+
+/// Nodes of the Running, ready pods labelled `app=<app>`, or an error unless there are `n`.
+fn app_nodes(ctx: &str, app: &str, n: usize) -> Result<Vec<String>, String> {
+    let list = get_json(ctx, &["pods", "-l", &format!("app={app}")])?;
     let items = list["items"].as_array().cloned().unwrap_or_default();
     let mut nodes = Vec::new();
     for p in &items {
@@ -92,7 +100,7 @@ fn web_nodes(ctx: &str, n: usize) -> Result<Vec<String>, String> {
         );
     }
     if nodes.len() != n {
-        return Err(format!("{} web pods, want {n}: {nodes:?}", nodes.len()));
+        return Err(format!("{} {app} pods, want {n}: {nodes:?}", nodes.len()));
     }
     nodes.sort();
     Ok(nodes)
@@ -119,6 +127,62 @@ spec:
       volumes:
       - name: scratch
         emptyDir: {}
+"#;
+
+/// Three replicas, at most one more per node than on the emptiest node (hard), and preferably
+/// not beside each other.
+const SPREAD: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: spread
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: spread}
+  template:
+    metadata:
+      labels: {app: spread}
+    spec:
+      terminationGracePeriodSeconds: 1
+      topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule,
+         labelSelector: {matchLabels: {app: spread}}}
+      affinity:
+        podAntiAffinity:
+          preferredDuringSchedulingIgnoredDuringExecution:
+          - weight: 100
+            podAffinityTerm:
+              topologyKey: kubernetes.io/hostname
+              labelSelector: {matchLabels: {app: spread}}
+      containers:
+      - name: main
+        image: shoal.test/busybox:1
+        command: ["sleep", "3600"]
+"#;
+
+/// Two replicas that must run on a node labelled `disk=ssd` (n3).
+const PINNED: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: pinned
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: pinned}
+  template:
+    metadata:
+      labels: {app: pinned}
+    spec:
+      terminationGracePeriodSeconds: 1
+      affinity:
+        nodeAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            nodeSelectorTerms:
+            - matchExpressions: [{key: disk, operator: In, values: [ssd]}]
+      containers:
+      - name: main
+        image: shoal.test/busybox:1
+        command: ["sleep", "3600"]
 "#;
 
 fn budget(min_available: u32) -> String {
@@ -305,5 +369,63 @@ fn labels_taints_cordon_and_drain() {
     kubectl_ok(ctx, &["uncordon", "n2"]);
     let rows = nodes_via(ctx).unwrap();
     assert_eq!(rows["n2"].status, "Ready");
+
+    // Topology spread: with n2 cordoned it still counts as a domain (nodeTaintsPolicy Ignore),
+    // so n1 and n3 take one pod each and the third waits, saying why; uncordoned, n2 takes it.
+    kubectl_ok(ctx, &["cordon", "n2"]);
+    apply(ctx, SPREAD);
+    eventually("two spread pods run, the third waits for n2", WAIT, || {
+        let list = get_json(ctx, &["pods", "-l", "app=spread"])?;
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let waiting: Vec<String> = items
+            .iter()
+            .filter(|p| p["spec"]["nodeName"].is_null())
+            .flat_map(|p| {
+                p["status"]["conditions"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter(|c| c["type"] == "PodScheduled")
+            .map(|c| c["message"].as_str().unwrap_or_default().to_string())
+            .collect();
+        let mut running: Vec<&str> = items
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Running")
+            .filter_map(|p| p["spec"]["nodeName"].as_str())
+            .collect();
+        running.sort();
+        let want = "0/3 nodes are available: 1 node(s) were unschedulable, 2 node(s) didn't match pod topology spread constraints.";
+        match (items.len(), running.as_slice(), waiting.as_slice()) {
+            (3, ["n1", "n3"], [why]) if why == want => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    kubectl_ok(ctx, &["uncordon", "n2"]);
+    let nodes = eventually("the spread pods run one per node", WAIT, || {
+        app_nodes(ctx, "spread", 3)
+    });
+    assert_eq!(nodes, ["n1", "n2", "n3"]);
+
+    // Required node affinity pins pods to the labelled node.
+    apply(ctx, PINNED);
+    let nodes = eventually("the pinned pods run on n3", WAIT, || {
+        app_nodes(ctx, "pinned", 2)
+    });
+    assert_eq!(nodes, ["n3", "n3"]);
+
+    // Refused, never ignored: an operator Kubernetes does not know, an orphaning delete.
+    let bad = PINNED
+        .replace("name: pinned\n", "name: bad\n")
+        .replace("operator: In", "operator: Near");
+    let refused = kubectl_stdin(ctx, &["apply"], &bad).unwrap_err();
+    assert!(
+        refused.contains("operator") && refused.contains("not a valid selector operator"),
+        "{refused}"
+    );
+    let refused =
+        kubectl(ctx, &["delete", "deployment", "pinned", "--cascade=orphan"]).unwrap_err();
+    assert!(refused.contains("propagationPolicy"), "{refused}");
+    kubectl_ok(ctx, &["delete", "deployment", "pinned", "spread"]);
     drop(net);
 }
