@@ -729,6 +729,7 @@ fn hostile_state_transfers_are_refused_and_change_nothing() {
             generation,
             total: 5 << 20,
             tag: 0xdead,
+            doc: 0,
         };
         let resp = bad
             .call(Request::Fetch {
@@ -746,11 +747,13 @@ fn hostile_state_transfers_are_refused_and_change_nothing() {
                 generation,
                 total: MAX_SNAPSHOT_BYTES + 1,
                 tag: 1,
+                doc: 0,
             },
             TransferId {
                 generation: generation + 1,
                 total: 1000,
                 tag: 2,
+                doc: 0,
             },
         ] {
             let resp = bad.call(Request::Offer { id }).await;
@@ -762,6 +765,7 @@ fn hostile_state_transfers_are_refused_and_change_nothing() {
             generation,
             total: 1000,
             tag: 3,
+            doc: 0,
         };
         let wrong_crc = |id: TransferId| {
             let c = Chunk::new(id, 0, vec![7; 1000]);
@@ -812,6 +816,76 @@ fn hostile_state_transfers_are_refused_and_change_nothing() {
         }
         // Abandoned: nothing more is fetched.
         assert!(bad.next_fetch(Duration::from_secs(2)).await.is_none());
+
+        // Re-bases (newer document versions) the agent must not take. A version no re-base
+        // issues (generation 0 with a tag): refused at the offer, nothing fetched.
+        let bogus = TransferId {
+            doc: 7,
+            tag: 5,
+            ..small
+        };
+        let resp = bad.call(Request::Offer { id: bogus }).await;
+        assert!(matches!(resp, Ok(Response::Ok)), "{resp:?}");
+        assert!(bad.next_fetch(Duration::from_secs(2)).await.is_none());
+        // A well-formed base of generation 1 of this cluster, holding an object of its own,
+        // made by "bad", which is not the leader its base records: fetched, checked, refused.
+        let base = {
+            use shoal::state::{ClusterDoc, ClusterMeta};
+            let mut doc = ClusterDoc::empty(automerge::ActorId::random());
+            doc.put_meta(&ClusterMeta {
+                cluster_id: identity.cluster_id.clone(),
+                generation,
+                created: chrono::Utc::now(),
+                ca_cert_pem: String::new(),
+                ca_key_sealed: vec![],
+                cluster_cidr: "10.244.0.0/16".into(),
+                node_cidr_mask: 24,
+                service_cidr: "10.96.0.0/12".into(),
+            })
+            .unwrap();
+            doc.put_leader_record("someone-else").unwrap();
+            doc.put_object(
+                "configmaps",
+                Some("default"),
+                "evil",
+                &serde_json::json!({"data": {"k": "evil"}}),
+            )
+            .unwrap();
+            let (clock, record, entries) = doc.base_inputs();
+            ClusterDoc::build_base(
+                &identity.cluster_id,
+                "bad",
+                clock,
+                record.as_ref(),
+                entries,
+                automerge::ActorId::random(),
+            )
+            .unwrap()
+        };
+        let mut base = base;
+        let sealed = shoal::state::seal_file(&base.save());
+        assert!(sealed.len() <= CHUNK_BYTES);
+        let mut id = shoal::state::transfer::transfer_id(generation, &sealed, sealed.len() as u64);
+        id.doc = base.version();
+        let resp = bad.call(Request::Offer { id }).await;
+        assert!(matches!(resp, Ok(Response::Ok)), "{resp:?}");
+        let (channel, want, offset) = bad
+            .next_fetch(Duration::from_secs(10))
+            .await
+            .expect("the agent fetches the newer base");
+        assert_eq!((want, offset), (id, 0));
+        let chunk = Chunk::new(id, 0, sealed);
+        let _ = bad.swarm.behaviour_mut().rpc.send_response(
+            channel,
+            Response::Chunk {
+                id,
+                offset: 0,
+                bytes: Bytes(chunk.bytes),
+                crc: chunk.crc,
+            },
+        );
+        // (Polling the swarm delivers the chunk; nothing more is fetched.)
+        assert!(bad.next_fetch(Duration::from_secs(3)).await.is_none());
     });
 
     let log = poll(
@@ -829,6 +903,8 @@ fn hostile_state_transfers_are_refused_and_change_nothing() {
                 "a snapshot chunk of 1048577 bytes (at most 1048576)",
                 "not a sealed snapshot file",
                 "state transfer abandoned",
+                "version 0x7 of generation 0",
+                "the base was made by bad, but the leader in office at its base was",
             ]
             .iter()
             .all(|s| log.contains(s))

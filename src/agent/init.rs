@@ -188,7 +188,10 @@ fn restore(
         secret: old.secret,
     };
     let doc = old_doc.rebuild(actor, |key| {
-        key != "meta" && !key.starts_with("node/") && !key.starts_with(ipam::CLAIM_PREFIX)
+        key != "meta"
+            && key != crate::state::history::RECORD_KEY
+            && !key.starts_with("node/")
+            && !key.starts_with(ipam::CLAIM_PREFIX)
     })?;
     let pod_cidr = Some((
         meta.cluster_cidr.clone(),

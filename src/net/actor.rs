@@ -114,6 +114,17 @@ struct Actor {
     refused_us_logged: HashMap<PeerId, Instant>,
     /// When a forged status-document version was last logged.
     forgeries_logged: Option<Instant>,
+    /// The cluster document version each peer (by name) last reported (the re-base gate).
+    peer_versions: HashMap<String, u64>,
+    /// The saved size at the leader's last measurement of a fresh rebuild.
+    rebase_measured: u64,
+    /// The fresh size the last measurement found (written by the re-base thread).
+    rebase_fresh: Arc<std::sync::atomic::AtomicU64>,
+    /// A re-base (or its measurement) is running on its own thread.
+    rebasing: Arc<std::sync::atomic::AtomicBool>,
+    /// When a bogus document version was last logged.
+    bogus_logged: Option<Instant>,
+    started: Instant,
     /// State transfer, receiving side (pure core).
     receiver: transfer::Receiver<PeerId>,
     /// State transfer, serving side (pure core) and the snapshot files it keeps open.
@@ -204,6 +215,12 @@ pub async fn run(
         refusals_logged: HashMap::new(),
         refused_us_logged: HashMap::new(),
         forgeries_logged: None,
+        peer_versions: HashMap::new(),
+        rebase_measured: 0,
+        rebase_fresh: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        rebasing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        bogus_logged: None,
+        started: now,
         receiver: transfer::Receiver::new(shared_generation),
         sender: transfer::Sender::default(),
         serving: HashMap::new(),
@@ -305,6 +322,7 @@ impl Actor {
 
     fn on_slow_tick(&mut self) {
         self.maybe_rebase_own_status();
+        self.maybe_rebase_cluster();
     }
 
     /// Keeps a connection to every live member (the push path reaches them directly), and
@@ -708,8 +726,7 @@ impl Actor {
                 self.respond(channel, response);
             }
             Request::Offer { id } => {
-                self.receiver.handle_offer(peer, id, Instant::now());
-                self.drain_transfer();
+                self.on_offer(peer, &name, id);
                 self.respond(channel, Response::Ok);
             }
             Request::Fetch { id, offset } => {

@@ -331,6 +331,7 @@ mod tests {
             generation: 1,
             total: 5 * CHUNK_BYTES as u64,
             tag: 7,
+            doc: 0,
         };
         let chunk = |len: usize| Response::Chunk {
             id,

@@ -8,6 +8,7 @@ use automerge::ActorId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::history::{self, RebaseRecord};
 use super::keys::{self, object_key, ObjectPath};
 use super::replica::{from_cbor, Replica};
 use crate::model::ipam::{self, PodCidrClaim, PodCidrConfig};
@@ -84,6 +85,41 @@ impl ClusterMeta {
 /// The cluster document: cluster metadata, tokens, node records and users' objects.
 pub struct ClusterDoc {
     r: Replica,
+    /// The document version (`history::version`): 0 until the first re-base, then its
+    /// generation and base tag. Set when the document is made or loaded; merges never change
+    /// it (only documents of one version are merged).
+    version: u64,
+}
+
+/// What a base is built from: the document's clock, its record, its live entries.
+pub type BaseInputs = (
+    history::Clock,
+    Option<RebaseRecord>,
+    BTreeMap<String, Vec<u8>>,
+);
+
+/// The outcome of moving a replica onto a base (`ClusterDoc::move_onto`).
+pub struct Moved {
+    /// The base with the replica's tail re-applied.
+    pub doc: ClusterDoc,
+    /// The changes made on top of the base (the tail's whole-value writes), for the push path.
+    pub changes: Vec<Vec<u8>>,
+    /// The keys the tail re-wrote or re-deleted.
+    pub rewritten: Vec<String>,
+    /// The tail could not be told (the replica was too many generations behind): the changes
+    /// it held beyond its last base were dropped.
+    pub tail_unknown: bool,
+}
+
+/// The actor of the base change of document generation `generation` of cluster `cluster_id`
+/// (it writes nothing else).
+pub fn base_actor(cluster_id: &str, generation: u64) -> ActorId {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"shoal/base/");
+    h.update(cluster_id.as_bytes());
+    h.update(generation.to_be_bytes());
+    ActorId::from(&h.finalize()[..16])
 }
 
 impl std::ops::Deref for ClusterDoc {
@@ -104,12 +140,130 @@ impl ClusterDoc {
     pub fn empty(actor: ActorId) -> Self {
         ClusterDoc {
             r: Replica::empty(actor),
+            version: 0,
         }
     }
 
     pub fn load(bytes: &[u8], actor: ActorId) -> Result<Self, StateError> {
+        let r = Replica::load(bytes, actor)?;
+        let version = match r.get_typed::<RebaseRecord>(history::RECORD_KEY) {
+            Ok(Some(rec)) => history::version(rec.generation, rec.tag),
+            _ => 0,
+        };
+        Ok(ClusterDoc { r, version })
+    }
+
+    /// The document version (see `state::history`).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The record of the base this document started from (`None`: never re-based).
+    pub fn rebase_record(&self) -> Option<RebaseRecord> {
+        self.get_typed(history::RECORD_KEY).ok().flatten()
+    }
+
+    /// What a base is built from, taken under the document lock: this document's clock, its
+    /// record, and its live entries (without the record).
+    pub fn base_inputs(&mut self) -> BaseInputs {
+        let clock = self.clock();
+        let record = self.rebase_record();
+        let entries = self
+            .scan("")
+            .into_iter()
+            .filter(|(k, _)| k != history::RECORD_KEY)
+            .collect();
+        (clock, record, entries)
+    }
+
+    /// The base of the next generation made by `by` from [`ClusterDoc::base_inputs`]: the
+    /// same state, no history, one change by the generation's base actor carrying the record;
+    /// local writes on it use `actor`.
+    pub fn build_base(
+        cluster_id: &str,
+        by: &str,
+        clock: history::Clock,
+        previous: Option<&RebaseRecord>,
+        mut entries: BTreeMap<String, Vec<u8>>,
+        actor: ActorId,
+    ) -> Result<ClusterDoc, StateError> {
+        let generation = previous.map_or(0, |p| p.generation) + 1;
+        if generation > history::MAX_GENERATION {
+            return Err(StateError::Change(format!(
+                "generation {generation} out of range"
+            )));
+        }
+        let mut record = history::next_record(previous, generation, by, clock);
+        record.tag = history::content_tag(
+            &record,
+            entries.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+        );
+        entries.insert(
+            history::RECORD_KEY.to_string(),
+            super::replica::to_cbor(&record)?,
+        );
+        let mut r = Replica::from_entries(base_actor(cluster_id, generation), &entries)?;
+        r.set_actor(actor);
         Ok(ClusterDoc {
-            r: Replica::load(bytes, actor)?,
+            r,
+            version: history::version(generation, record.tag),
+        })
+    }
+
+    /// Moves this replica onto `base` (a newer version, checked by the caller): the base with
+    /// this replica's tail (its changes the base does not hold, `history::tail_rule`) re-applied
+    /// as whole-value writes of the keys those changes touched: the value this replica holds,
+    /// or a delete where it holds none, unless the new generation already wrote that key since
+    /// its base (a replica that moved earlier re-applied it, or a newer write): that value is
+    /// newer than our view of it. Keys no tail change touched keep the base's value, so
+    /// nothing deleted before the base comes back. `base`'s local writes use its actor.
+    pub fn move_onto(
+        &mut self,
+        cluster_id: &str,
+        mut base: ClusterDoc,
+    ) -> Result<Moved, StateError> {
+        let record = base
+            .rebase_record()
+            .ok_or_else(|| StateError::Change("the base carries no re-base record".into()))?;
+        let mine = self.rebase_record().map_or(0, |r| r.generation);
+        let empty = self.meta().ok().flatten().is_none();
+        let rule = history::tail_rule(
+            mine,
+            &base_actor(cluster_id, mine).to_hex_string(),
+            empty,
+            &record,
+        );
+        let keys = self.tail_keys(|actor, seq| history::in_tail(&rule, actor, seq));
+        // Keys written in the new generation since its base (tails re-applied by the replicas
+        // that moved before us, new writes): their values are newer than our view of them.
+        let new_base = base_actor(cluster_id, record.generation).to_hex_string();
+        let written_since = base.tail_keys(|actor, _| actor != new_base);
+        let before = base.heads();
+        let mut rewritten = Vec::new();
+        base.set_batching(true);
+        for key in keys {
+            if key == history::RECORD_KEY || written_since.contains(&key) {
+                continue;
+            }
+            let ours = self.get_bytes(&key);
+            if ours == base.get_bytes(&key) {
+                continue;
+            }
+            match ours {
+                Some(bytes) => base.put_bytes(&key, bytes)?,
+                None => {
+                    base.delete_key(&key)?;
+                }
+            }
+            rewritten.push(key);
+        }
+        base.set_batching(false);
+        let changes = base.changes_since(&before);
+        Ok(Moved {
+            doc: base,
+            changes,
+            rewritten,
+            tail_unknown: rule == history::Tail::Unknown,
         })
     }
 
@@ -119,9 +273,12 @@ impl ClusterDoc {
         actor: ActorId,
         keep: impl Fn(&str) -> bool,
     ) -> Result<ClusterDoc, StateError> {
-        Ok(ClusterDoc {
-            r: self.r.rebuild(actor, keep)?,
-        })
+        let r = self.r.rebuild(actor, keep)?;
+        let version = match r.get_typed::<RebaseRecord>(history::RECORD_KEY) {
+            Ok(Some(rec)) => history::version(rec.generation, rec.tag),
+            _ => 0,
+        };
+        Ok(ClusterDoc { r, version })
     }
 
     // ---- cluster metadata and tokens ----
@@ -526,6 +683,233 @@ mod tests {
         a.put_bytes("node/bad", vec![0xff, 0x00]).unwrap();
         assert!(a.nodes().is_empty());
         assert!(a.node("bad").is_err());
+    }
+
+    fn meta(d: &mut ClusterDoc) {
+        d.put_meta(&ClusterMeta {
+            cluster_id: "c".into(),
+            generation: 1,
+            created: chrono::DateTime::UNIX_EPOCH,
+            ca_cert_pem: String::new(),
+            ca_key_sealed: vec![],
+            cluster_cidr: "10.244.0.0/16".into(),
+            node_cidr_mask: 24,
+            service_cidr: "10.96.0.0/12".into(),
+        })
+        .unwrap();
+        d.put_leader_record("n1").unwrap();
+    }
+
+    /// The leader's re-base as `rebase_cluster` does it, without the lock.
+    fn rebase(d: &mut ClusterDoc, by: &str) -> Moved {
+        let (clock, record, entries) = d.base_inputs();
+        let base =
+            ClusterDoc::build_base("c", by, clock, record.as_ref(), entries, actor(50)).unwrap();
+        d.move_onto("c", base).unwrap()
+    }
+
+    fn state(d: &ClusterDoc) -> Vec<(String, Vec<u8>)> {
+        d.scan("")
+            .into_iter()
+            .filter(|(k, _)| k != history::RECORD_KEY)
+            .collect()
+    }
+
+    fn merge(into: &mut ClusterDoc, from: &mut ClusterDoc) {
+        assert_eq!(into.version(), from.version(), "only one version merges");
+        let changes = from.changes_since(&[]);
+        into.apply_pushed(&changes).unwrap();
+    }
+
+    #[test]
+    fn a_rebase_keeps_the_state_drops_the_history_and_writes_made_meanwhile() {
+        let mut a = ClusterDoc::empty(actor(1));
+        meta(&mut a);
+        // Values that do not compress away (automerge deflates its columns).
+        let noise = |seed: u64| -> String {
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            (0..2000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from(b'a' + (x % 26) as u8)
+                })
+                .collect()
+        };
+        for i in 0..40 {
+            a.put_object(
+                "configmaps",
+                Some("d"),
+                &format!("c{}", i % 4),
+                &json!({"v": i, "pad": noise(i)}),
+            )
+            .unwrap();
+        }
+        a.delete_object("configmaps", Some("d"), "c3").unwrap();
+        let before = a.save().len();
+        let (clock, record, entries) = a.base_inputs();
+        assert!(record.is_none());
+        let base = ClusterDoc::build_base("c", "n1", clock, None, entries, actor(50)).unwrap();
+        // A write accepted while the base was being built is the tail: kept.
+        a.put_object("configmaps", Some("d"), "late", &json!({"v": "late"}))
+            .unwrap();
+        let live = state(&a);
+        let mut moved = a.move_onto("c", base).unwrap();
+        assert_eq!(moved.rewritten, vec!["obj/configmaps/d/late".to_string()]);
+        assert!(!moved.tail_unknown);
+        assert_eq!(state(&moved.doc), live);
+        assert_eq!(history::generation_of(moved.doc.version()), 1);
+        assert!(moved.doc.save().len() * 4 < before, "history dropped");
+        assert!(moved
+            .doc
+            .get_object("configmaps", Some("d"), "c3")
+            .unwrap()
+            .is_none());
+        // The saved base loads at its version, and the next re-base is generation 2.
+        let mut loaded = ClusterDoc::load(&moved.doc.save(), actor(2)).unwrap();
+        assert_eq!(loaded.version(), moved.doc.version());
+        let next = rebase(&mut loaded, "n1");
+        assert_eq!(history::generation_of(next.doc.version()), 2);
+        assert_eq!(next.doc.rebase_record().unwrap().clocks.len(), 2);
+    }
+
+    #[test]
+    fn a_replica_cut_off_across_a_rebase_keeps_its_writes_and_resurrects_nothing() {
+        let mut a = ClusterDoc::empty(actor(1));
+        meta(&mut a);
+        for name in ["keep", "gone", "mine", "theirs"] {
+            a.put_object("configmaps", Some("d"), name, &json!({"v": 0}))
+                .unwrap();
+        }
+        let mut b = ClusterDoc::load(&a.save(), actor(2)).unwrap();
+        // Partition. The majority deletes `gone`, updates `theirs`, then re-bases.
+        a.delete_object("configmaps", Some("d"), "gone").unwrap();
+        a.put_object("configmaps", Some("d"), "theirs", &json!({"v": "a"}))
+            .unwrap();
+        let mut leader = rebase(&mut a, "n1").doc;
+        // Cut off, b writes `mine`, creates `new` and deletes `keep`.
+        b.put_object("configmaps", Some("d"), "mine", &json!({"v": "b"}))
+            .unwrap();
+        b.put_object("configmaps", Some("d"), "new", &json!({"v": "b"}))
+            .unwrap();
+        b.delete_object("configmaps", Some("d"), "keep").unwrap();
+        // Heal: b is sent the leader's document and moves onto it.
+        let base = ClusterDoc::load(&leader.save(), actor(3)).unwrap();
+        let mut moved = b.move_onto("c", base).unwrap();
+        let mut keys = moved.rewritten.clone();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "obj/configmaps/d/keep",
+                "obj/configmaps/d/mine",
+                "obj/configmaps/d/new"
+            ]
+        );
+        let get = |d: &ClusterDoc, n: &str| d.get_object("configmaps", Some("d"), n).unwrap();
+        assert_eq!(get(&moved.doc, "mine"), Some(json!({"v": "b"})));
+        assert_eq!(get(&moved.doc, "new"), Some(json!({"v": "b"})));
+        assert_eq!(get(&moved.doc, "keep"), None);
+        assert_eq!(
+            get(&moved.doc, "gone"),
+            None,
+            "a deleted object stays deleted"
+        );
+        assert_eq!(get(&moved.doc, "theirs"), Some(json!({"v": "a"})));
+        // Its tail reaches the leader as ordinary changes of the new generation.
+        leader.apply_pushed(&moved.changes).unwrap();
+        assert_eq!(state(&leader), state(&moved.doc));
+        assert_eq!(leader.heads(), moved.doc.heads());
+    }
+
+    #[test]
+    fn of_two_concurrent_bases_the_loser_moves_with_its_writes_since() {
+        let mut a = ClusterDoc::empty(actor(1));
+        meta(&mut a);
+        a.put_object("configmaps", Some("d"), "x", &json!(0))
+            .unwrap();
+        let mut b = ClusterDoc::load(&a.save(), actor(2)).unwrap();
+        a.put_object("configmaps", Some("d"), "x", &json!("a"))
+            .unwrap();
+        b.put_leader_record("n2").unwrap();
+        b.put_object("configmaps", Some("d"), "y", &json!("b"))
+            .unwrap();
+        let mut da = rebase(&mut a, "n1").doc;
+        let mut db = rebase(&mut b, "n2").doc;
+        assert_eq!(history::generation_of(da.version()), 1);
+        assert_ne!(da.version(), db.version());
+        db.put_object("configmaps", Some("d"), "z", &json!("b-after"))
+            .unwrap();
+        da.put_object("configmaps", Some("d"), "w", &json!("a-after"))
+            .unwrap();
+        let (mut winner, mut loser) = if da.version() > db.version() {
+            (da, db)
+        } else {
+            (db, da)
+        };
+        let base = ClusterDoc::load(&winner.save(), actor(4)).unwrap();
+        let moved = loser.move_onto("c", base).unwrap();
+        // Only the loser's writes after its own base are its tail.
+        assert_eq!(moved.rewritten.len(), 1, "{:?}", moved.rewritten);
+        winner.apply_pushed(&moved.changes).unwrap();
+        let mut m = moved.doc;
+        assert_eq!(winner.heads(), m.heads());
+        merge(&mut m, &mut winner);
+    }
+
+    proptest::proptest! {
+        /// Any history, any partition: after the majority re-bases and the cut-off replica
+        /// moves onto its base, every key the cut-off replica wrote holds its value (or stays
+        /// deleted), every other key holds the majority's (nothing deleted comes back), and
+        /// both replicas converge once the tail is pushed.
+        #[test]
+        fn moving_onto_a_base_keeps_the_tail_and_nothing_else(
+            common in proptest::collection::vec((0u8..6, proptest::option::of(0u8..4)), 0..12),
+            majority in proptest::collection::vec((0u8..6, proptest::option::of(0u8..4)), 0..12),
+            cut_off in proptest::collection::vec((0u8..6, proptest::option::of(0u8..4)), 0..12),
+        ) {
+            // The keys a replica's ops changed (a delete of an absent key changes nothing).
+            let apply = |d: &mut ClusterDoc, ops: &[(u8, Option<u8>)]| {
+                let mut touched = std::collections::BTreeSet::new();
+                for (k, v) in ops {
+                    let name = format!("k{k}");
+                    // (automerge makes no change for a put of the value already there)
+                    let before = d.heads();
+                    match v {
+                        Some(v) => d.put_object("configmaps", Some("d"), &name, &json!(v)).unwrap(),
+                        None => {
+                            d.delete_object("configmaps", Some("d"), &name).unwrap();
+                        }
+                    }
+                    let changed = d.heads() != before;
+                    if changed {
+                        touched.insert(*k);
+                    }
+                }
+                touched
+            };
+            let mut a = ClusterDoc::empty(actor(1));
+            meta(&mut a);
+            apply(&mut a, &common);
+            let mut b = ClusterDoc::load(&a.save(), actor(2)).unwrap();
+            apply(&mut a, &majority);
+            let touched = apply(&mut b, &cut_off);
+            let mut leader = rebase(&mut a, "n1").doc;
+            let base = ClusterDoc::load(&leader.save(), actor(3)).unwrap();
+            let moved = b.move_onto("c", base).unwrap();
+            for k in 0..6u8 {
+                let name = format!("k{k}");
+                let want = if touched.contains(&k) {
+                    b.get_object("configmaps", Some("d"), &name).unwrap()
+                } else {
+                    leader.get_object("configmaps", Some("d"), &name).unwrap()
+                };
+                proptest::prop_assert_eq!(moved.doc.get_object("configmaps", Some("d"), &name).unwrap(), want);
+            }
+            leader.apply_pushed(&moved.changes).unwrap();
+            proptest::prop_assert_eq!(state(&leader), state(&moved.doc));
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 mod cbor;
 mod doc;
+pub mod history;
 mod keys;
 mod persist;
 mod replica;
@@ -15,7 +16,7 @@ mod status;
 pub mod transfer;
 mod workloads;
 
-pub use doc::{ClusterDoc, ClusterMeta, StateError};
+pub use doc::{base_actor, ClusterDoc, ClusterMeta, Moved, StateError};
 pub use keys::{object_key, ObjectPath};
 pub use persist::{
     is_out_of_space, is_sealed, open_file, seal_file, set_aside, sync_parent, write_atomic,

@@ -214,6 +214,60 @@ impl Replica {
         Ok(self.heads() != before)
     }
 
+    /// The vector clock of this document: each actor's last sequence number.
+    pub fn clock(&mut self) -> super::history::Clock {
+        let mut clock = super::history::Clock::new();
+        for meta in self.doc.get_changes_meta(&[]) {
+            let seq = clock.entry(meta.actor.to_hex_string()).or_insert(0);
+            *seq = (*seq).max(meta.seq);
+        }
+        clock
+    }
+
+    /// The root keys written or deleted by the changes `in_tail` selects (by actor hex and
+    /// sequence number): a replica's tail beyond a base.
+    pub fn tail_keys(
+        &mut self,
+        in_tail: impl Fn(&str, u64) -> bool,
+    ) -> std::collections::BTreeSet<String> {
+        let hashes: Vec<ChangeHash> = self
+            .doc
+            .get_changes_meta(&[])
+            .into_iter()
+            .filter(|m| in_tail(&m.actor.to_hex_string(), m.seq))
+            .map(|m| m.hash)
+            .collect();
+        let mut keys = std::collections::BTreeSet::new();
+        for hash in hashes {
+            let Some(change) = self.doc.get_change_by_hash(&hash) else {
+                continue;
+            };
+            for op in change.decode().operations {
+                if let automerge::legacy::Key::Map(key) = &op.key {
+                    keys.insert(key.to_string());
+                }
+            }
+        }
+        keys
+    }
+
+    /// A fresh document holding exactly `entries` and no history, written by `actor` in one
+    /// change with keys in order and a zero timestamp (deterministic: see [`Replica::rebuild`]).
+    pub fn from_entries(
+        actor: ActorId,
+        entries: &std::collections::BTreeMap<String, Vec<u8>>,
+    ) -> Result<Replica, StateError> {
+        let mut fresh = AutoCommit::new().with_actor(actor);
+        for (key, bytes) in entries {
+            fresh.put(ROOT, key.as_str(), bytes.clone())?;
+        }
+        fresh.commit_with(automerge::transaction::CommitOptions::default().with_time(0));
+        Ok(Replica {
+            doc: fresh,
+            batching: false,
+        })
+    }
+
     /// A fresh document holding exactly the current state (keys for which `keep` holds) and no
     /// history, written by `actor` in one change with keys in order and a zero timestamp: two
     /// replicas that rebuild the same state with the same actor get byte-identical documents.

@@ -151,10 +151,52 @@ impl Shared {
                 });
             }
         }
+        let version = doc.version();
         drop(doc);
         drop(wal);
-        self.queue_push(DocId::Cluster, 0, changes);
+        self.queue_push(DocId::Cluster, version, changes);
         out
+    }
+
+    /// The cluster document's version (`state::history`).
+    pub fn cluster_version(&self) -> u64 {
+        self.doc().version()
+    }
+
+    /// Replaces the cluster document by what `f` makes of it (a re-base: see
+    /// `ClusterDoc::move_onto`), holding the log's lock and the document's from the moment `f`
+    /// sees the document to the end: no write falls between the tail `f` computes and the
+    /// swap. The new document is saved with `persist` and the log emptied before anyone sees
+    /// it (a crash leaves the old snapshot and its log, or the new snapshot); if `persist`
+    /// fails nothing changes. `f` returning `None` changes nothing. The changes made on top of
+    /// the base are queued for the push path.
+    pub fn replace_doc<T>(
+        &self,
+        f: impl FnOnce(&mut ClusterDoc) -> Result<Option<(crate::state::Moved, T)>, StateError>,
+        persist: impl FnOnce(&[u8]) -> std::io::Result<()>,
+    ) -> Result<Option<T>, StateError> {
+        // Lock order: log, then document (as `write`).
+        let mut wal = self.wal();
+        let mut doc = self.doc();
+        let Some((mut moved, out)) = f(&mut doc)? else {
+            return Ok(None);
+        };
+        let bytes = moved.doc.save();
+        persist(&bytes)
+            .map_err(|e| StateError::Io(format!("saving the re-based document: {e}")))?;
+        self.set_saved_bytes(bytes.len() as u64);
+        let version = moved.doc.version();
+        *doc = moved.doc;
+        if let Err(e) = wal.truncate() {
+            // The snapshot holds everything: a stale log replays as changes of an older
+            // generation, which never apply (their dependencies are not in this one).
+            tracing::warn!(%e, "emptying the write-ahead log after a re-base failed");
+        }
+        drop(doc);
+        drop(wal);
+        self.queue_push(DocId::Cluster, version, moved.changes);
+        self.notify();
+        Ok(Some(out))
     }
 
     fn wal(&self) -> MutexGuard<'_, Wal> {

@@ -37,6 +37,11 @@ pub struct TransferId {
     pub generation: u64,
     pub total: u64,
     pub tag: u32,
+    /// The version of the document the snapshot holds (`state::history::version`): a
+    /// receiver at a lower version moves to it (re-applying its tail), one at a higher version
+    /// refuses it. Absent (0) from agents before document generations.
+    #[serde(default)]
+    pub doc: u64,
 }
 
 /// The transfer id of a sealed snapshot file of cluster generation `generation`, from its
@@ -49,6 +54,7 @@ pub fn transfer_id(generation: u64, head: &[u8], total: u64) -> TransferId {
         generation,
         total,
         tag: h.finalize(),
+        doc: 0,
     }
 }
 
@@ -1035,6 +1041,7 @@ mod tests {
             generation: 1,
             total: 3 * CHUNK_BYTES as u64 + 5,
             tag,
+            doc: 0,
         };
         let mut s: Sender<&str> = Sender::default();
         assert_eq!(s.handle_fetch(&"a", id(1), 0, now), Err(Refusal::Unknown));

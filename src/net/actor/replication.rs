@@ -17,7 +17,7 @@ use crate::net::protocol::{
 };
 use crate::state::shared::{LocalChange, Shared, MAX_STATUS_DOCS};
 use crate::state::transfer::{self, TransferId};
-use crate::state::{DocId, Replica, StatusDoc};
+use crate::state::{history, ClusterDoc, DocId, DocStore, Replica, StatusDoc};
 
 /// Largest step past the version held that a claim about a status document may take (the owner
 /// re-bases one version at a time; a replica long offline misses at most a few thousand).
@@ -75,7 +75,11 @@ impl Actor {
     /// up to `u64::MAX`, nor silence it by holding a forged version above it.
     fn align(&mut self, id: &DocId, remote: u64, from: &str) -> Option<u64> {
         match id {
-            DocId::Cluster => (remote == 0).then_some(0),
+            DocId::Cluster => {
+                let mine = self.shared.cluster_version();
+                self.judge_cluster_version(from, mine, remote);
+                Some(mine)
+            }
             DocId::Status(owner) if !crate::model::is_dns1123_subdomain(owner) => None,
             DocId::Status(owner) if *owner == self.shared.node_name => {
                 // Re-based past `remote`: the new version and its changes, pushed below. A
@@ -138,6 +142,41 @@ impl Actor {
                     None => {}
                 }
                 answer
+            }
+        }
+    }
+
+    /// Acts on a peer's cluster document version: remembered for the re-base gate; a peer
+    /// behind us is offered our snapshot (it moves to our version and re-applies its tail);
+    /// a peer ahead offers us its own; a version no re-base issues is logged and ignored.
+    fn judge_cluster_version(&mut self, from: &str, mine: u64, remote: u64) {
+        if from.is_empty() {
+            return;
+        }
+        match history::judge(mine, remote) {
+            history::Verdict::Same | history::Verdict::Ahead => {
+                self.peer_versions.insert(from.to_string(), remote);
+            }
+            history::Verdict::Behind => {
+                self.peer_versions.insert(from.to_string(), remote);
+                let peer = self
+                    .peers
+                    .iter()
+                    .find(|(_, p)| p.name == from)
+                    .map(|(id, _)| *id);
+                if let Some(peer) = peer {
+                    self.offer_snapshot(peer, "the member's cluster document is of an older generation: it re-bases onto ours");
+                }
+            }
+            history::Verdict::Bogus(reason) => {
+                let now = std::time::Instant::now();
+                if self
+                    .bogus_logged
+                    .is_none_or(|t| now.duration_since(t) > std::time::Duration::from_secs(30))
+                {
+                    self.bogus_logged = Some(now);
+                    tracing::warn!(member = %from, %reason, "ignored a cluster document version no re-base issued");
+                }
             }
         }
     }
@@ -218,7 +257,7 @@ impl Actor {
             id: doc.id.clone(),
             version: mine,
         };
-        if mine > doc.version {
+        if mine > doc.version && doc.id != DocId::Cluster {
             // The sender holds an older version: open a fresh exchange at ours.
             let state = self.sync_state(peer, &doc.id, mine);
             *state = sync::State::new();
@@ -234,6 +273,14 @@ impl Actor {
             return Response::Sync {
                 doc: reply_ref,
                 message: opening.map(Bytes),
+            };
+        }
+        if mine != doc.version {
+            // Another version of the document (a cluster document of another generation, or a
+            // claim we did not follow): never merged.
+            return Response::Sync {
+                doc: reply_ref,
+                message: None,
             };
         }
         let reply = self.exchange(peer, from, &doc.id, mine, &message.0);
@@ -320,7 +367,7 @@ impl Actor {
     fn start_sync(&mut self, peer: PeerId, id: &DocId) {
         let version = match id {
             DocId::Cluster if self.sender.is_busy(&peer, std::time::Instant::now()) => return,
-            DocId::Cluster => 0,
+            DocId::Cluster => self.shared.cluster_version(),
             DocId::Status(owner) => {
                 let held = self
                     .shared
@@ -366,12 +413,16 @@ impl Actor {
             return Some(m);
         }
         *self.sync_state(peer, id, version) = sync::State::new();
-        self.offer_snapshot(peer, m.len());
+        self.offer_snapshot(
+            peer,
+            &format!("a sync would exceed the message limit ({} bytes)", m.len()),
+        );
         None
     }
 
-    /// Offers our snapshot file to `peer` (whose sync would need `needed` bytes in one message).
-    fn offer_snapshot(&mut self, peer: PeerId, needed: usize) {
+    /// Offers our snapshot file to `peer` (`why`: its sync would need a message over the
+    /// limit, or it is at an older document version).
+    fn offer_snapshot(&mut self, peer: PeerId, why: &str) {
         use std::io::Read;
         let name = self.peer_name(peer);
         let path = self.store.path().to_path_buf();
@@ -394,7 +445,8 @@ impl Actor {
             self.mark_dirty(DocId::Cluster);
             return;
         }
-        let id = transfer::transfer_id(self.shared.identity.generation, &head, len);
+        let mut id = transfer::transfer_id(self.shared.identity.generation, &head, len);
+        id.doc = self.shared.cluster_version();
         let offer = self
             .sender
             .handle_offer(peer, id, std::time::Instant::now());
@@ -405,7 +457,7 @@ impl Actor {
             return;
         }
         self.serving.entry(id).or_insert(file);
-        tracing::info!(member = %name, snapshot_bytes = len, sync_bytes = needed, "a sync would exceed the message limit: offering the cluster state as a chunked snapshot");
+        tracing::info!(member = %name, snapshot_bytes = len, version = id.doc, reason = why, "offering the cluster state as a chunked snapshot");
         self.send_to_admitted(peer, Request::Offer { id }, Sent::Offer);
     }
 
@@ -527,6 +579,19 @@ impl Actor {
         self.shared
             .metrics
             .sync_bytes(Direction::Received, SyncPath::Snapshot, id.total as usize);
+        let mine = self.shared.cluster_version();
+        if id.doc != mine {
+            if id.doc > mine {
+                self.move_to_received(&name, id, &payload, took);
+            } else {
+                tracing::info!(member = %name, version = id.doc, mine, "ignored a received snapshot of an older document version");
+            }
+            self.sync_states.remove(&(from, DocId::Cluster));
+            if self.peers.contains_key(&from) {
+                self.anti_entropy_with(from);
+            }
+            return;
+        }
         match with_replica(&self.shared, &DocId::Cluster, |r| r.merge_saved(&payload)) {
             Some(Ok(moved)) => {
                 tracing::info!(member = %name, bytes = id.total, secs = took.as_secs_f64(), moved, "received the cluster state snapshot; syncing the changes made since");
@@ -542,6 +607,160 @@ impl Actor {
         self.sync_states.remove(&(from, DocId::Cluster));
         if self.peers.contains_key(&from) {
             self.anti_entropy_with(from);
+        }
+    }
+
+    /// A peer offers a snapshot: taken if it is of our document version (it merges) or a newer
+    /// one (we move to it); an older one is ignored, a bogus one refused with a logged reason.
+    pub(super) fn on_offer(&mut self, peer: PeerId, from: &str, id: TransferId) {
+        let mine = self.shared.cluster_version();
+        match history::judge(mine, id.doc) {
+            history::Verdict::Same | history::Verdict::Ahead => {
+                self.receiver
+                    .handle_offer(peer, id, std::time::Instant::now());
+                self.drain_transfer();
+            }
+            history::Verdict::Behind => {
+                tracing::info!(member = %from, version = id.doc, mine, "ignored an offer of an older cluster document version");
+            }
+            history::Verdict::Bogus(reason) => {
+                tracing::warn!(member = %from, %reason, "refused state transfer input (nothing changed)");
+            }
+        }
+    }
+
+    /// Moves our cluster document onto a received snapshot of a newer version, once the
+    /// snapshot passes `history::check_received`: our tail is re-applied on top of it.
+    fn move_to_received(
+        &mut self,
+        name: &str,
+        id: TransferId,
+        payload: &[u8],
+        took: std::time::Duration,
+    ) {
+        let base = match ClusterDoc::load(payload, automerge::ActorId::random()) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(member = %name, %e, "the received snapshot does not load (nothing changed)");
+                return;
+            }
+        };
+        let record = base.rebase_record();
+        let leader = base.leader_record();
+        let cluster = base.meta().ok().flatten().map(|m| m.cluster_id);
+        let mine = self.shared.cluster_version();
+        let checked = history::check_received(&history::Received {
+            mine,
+            offered: id.doc,
+            record: record.as_ref(),
+            leader: leader.as_deref(),
+            cluster: cluster.as_deref(),
+            my_cluster: &self.shared.identity.cluster_id,
+        });
+        if let Err(reason) = checked {
+            tracing::warn!(member = %name, %reason, "refused state transfer input (nothing changed)");
+            return;
+        }
+        let generation = history::generation_of(id.doc);
+        let store = &self.store;
+        let cluster_id = self.shared.identity.cluster_id.clone();
+        let moved = self.shared.replace_doc(
+            |doc| {
+                if doc.version() >= id.doc {
+                    return Ok(None);
+                }
+                let moved = doc.move_onto(&cluster_id, base)?;
+                let info = (moved.rewritten.clone(), moved.tail_unknown);
+                Ok(Some((moved, info)))
+            },
+            |bytes| store.write(bytes),
+        );
+        match moved {
+            Ok(Some((rewritten, unknown))) => {
+                if unknown {
+                    tracing::error!(member = %name, generation, "this replica was more generations behind than the base records: the writes it held beyond its last base were dropped");
+                }
+                tracing::info!(member = %name, bytes = id.total, secs = took.as_secs_f64(), generation, version = id.doc, tail_keys = rewritten.len(), keys = ?rewritten.iter().take(16).collect::<Vec<_>>(), "received the cluster state snapshot of a newer document generation: moved onto its base, this replica's tail re-applied");
+                self.mark_dirty(DocId::Cluster);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(member = %name, %e, "moving onto the received base failed (nothing changed)")
+            }
+        }
+    }
+
+    /// The leader re-bases the cluster document when its saved size has outgrown a fresh
+    /// rebuild (`history::should_rebase`), once the gate (`history::may_rebase`) opens. The
+    /// rebuild runs on its own thread: only taking the base's inputs and the final swap (with
+    /// the tail written meanwhile re-applied) hold the document lock, so writes go on.
+    pub(super) fn maybe_rebase_cluster(&mut self) {
+        use std::sync::atomic::Ordering;
+        if self.rebasing.load(Ordering::Acquire) || !rebase_enabled() {
+            return;
+        }
+        let saved = self.shared.saved_bytes();
+        let fresh = self.rebase_fresh.load(Ordering::Acquire);
+        if saved < self.rebase_measured {
+            // Re-based (or moved onto a base) since: measure from here.
+            self.rebase_measured = 0;
+        }
+        if !history::should_measure(saved, fresh, self.rebase_measured) {
+            return;
+        }
+        let me = self.shared.node_name.clone();
+        let view = self.shared.view();
+        let recorded = self.shared.read(|d| d.leader_record());
+        let mine = self.shared.cluster_version();
+        let live: Vec<String> = self
+            .membership
+            .members()
+            .filter(|m| {
+                m.id != *self.membership.me()
+                    && matches!(
+                        m.state,
+                        crate::membership::MemberState::Alive
+                            | crate::membership::MemberState::Suspect
+                    )
+            })
+            .map(|m| m.id.clone())
+            .collect();
+        let gate = history::GateInputs {
+            leader: view.leader.as_deref() == Some(me.as_str())
+                && recorded.as_deref() == Some(me.as_str()),
+            settled: self.started.elapsed() >= std::time::Duration::from_secs(20),
+            live_peers: live.len(),
+            peers_at_my_version: live
+                .iter()
+                .filter(|n| self.peer_versions.get(*n) == Some(&mine))
+                .count(),
+            receiving: self.receiver.progress().is_some(),
+        };
+        if !history::may_rebase(&gate) {
+            return;
+        }
+        self.rebase_measured = saved;
+        self.rebasing.store(true, Ordering::Release);
+        let shared = self.shared.clone();
+        let rebasing = self.rebasing.clone();
+        let fresh_out = self.rebase_fresh.clone();
+        let dir = self
+            .store
+            .path()
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .to_path_buf();
+        let spawned = std::thread::Builder::new()
+            .name("shoal-rebase".into())
+            .spawn(move || {
+                if let Some(fresh) = rebase_cluster(&shared, &dir, &me, saved, mine) {
+                    fresh_out.store(fresh, Ordering::Release);
+                }
+                rebasing.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(%e, "could not start the re-base thread");
+            self.rebasing.store(false, Ordering::Release);
         }
     }
 
@@ -588,7 +807,7 @@ impl Actor {
         let mut out = vec![DocDigest {
             doc: DocRef {
                 id: DocId::Cluster,
-                version: 0,
+                version: self.shared.cluster_version(),
             },
             heads: self.shared.heads_digest(),
         }];
@@ -617,6 +836,10 @@ impl Actor {
             .into_iter()
             .map(|d| (d.doc.id, (d.doc.version, d.heads)))
             .collect();
+        if let Some(cluster) = docs.iter().find(|d| d.doc.id == DocId::Cluster) {
+            let mine = self.shared.cluster_version();
+            self.judge_cluster_version(from, mine, cluster.doc.version);
+        }
         let theirs: std::collections::BTreeMap<DocId, (u64, u64)> = docs
             .into_iter()
             .map(|d| (d.doc.id, (d.doc.version, d.heads)))
@@ -727,4 +950,80 @@ impl Actor {
             }
         }
     }
+}
+
+/// Whether this agent, as leader, re-bases the cluster document: off unless
+/// `SHOAL_CLUSTER_REBASE=on` until the whole suite has run with it (moving onto a base another
+/// agent made is always on).
+fn rebase_enabled() -> bool {
+    std::env::var("SHOAL_CLUSTER_REBASE").is_ok_and(|v| v == "on")
+}
+
+/// The leader's re-base, on its own thread: the base's inputs are taken under the document
+/// lock, the base is built outside it (writes go on), and if it is under half the saved size
+/// the document moves onto it with the writes made meanwhile re-applied as its tail
+/// (`Shared::replace_doc`, under the lock). `mine`: the version the gate saw; if the document
+/// moved since (a newer base arrived), nothing is done.
+/// Returns the fresh size measured, if it got that far.
+fn rebase_cluster(
+    shared: &Shared,
+    dir: &std::path::Path,
+    me: &str,
+    saved: u64,
+    mine: u64,
+) -> Option<u64> {
+    let began = std::time::Instant::now();
+    let (clock, record, entries) = shared.replicate(|d| d.base_inputs());
+    let cluster_id = shared.identity.cluster_id.clone();
+    let base = ClusterDoc::build_base(
+        &cluster_id,
+        me,
+        clock,
+        record.as_ref(),
+        entries,
+        automerge::ActorId::random(),
+    );
+    let mut base = match base {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(%e, "building a base of the cluster document failed");
+            return None;
+        }
+    };
+    let fresh = base.save().len() as u64;
+    if !history::should_rebase(saved, fresh) {
+        tracing::info!(
+            saved,
+            fresh,
+            "cluster document measured: its history is within bounds"
+        );
+        return Some(fresh);
+    }
+    let generation = history::generation_of(base.version());
+    let store = DocStore::new(dir);
+    let result = shared.replace_doc(
+        |doc| {
+            if doc.version() != mine {
+                return Ok(None);
+            }
+            let moved = doc.move_onto(&cluster_id, base)?;
+            let tail = moved.rewritten.len();
+            Ok(Some((moved, tail)))
+        },
+        |bytes| store.write(bytes),
+    );
+    match result {
+        Ok(Some(tail)) => tracing::info!(
+            generation,
+            before = saved,
+            fresh,
+            after = shared.saved_bytes(),
+            tail_keys = tail,
+            ms = began.elapsed().as_millis() as u64,
+            "re-based the cluster document"
+        ),
+        Ok(None) => tracing::info!("the cluster document moved meanwhile; re-base dropped"),
+        Err(e) => tracing::error!(%e, "re-basing the cluster document failed (nothing changed)"),
+    }
+    Some(fresh)
 }
