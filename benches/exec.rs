@@ -148,9 +148,10 @@ fn main() {
                 _ => measure(calls, || {
                     let s = tokio
                         .block_on(async {
-                            nsexec::command(&join, &argv)
-                                .expect("command")
-                                .status()
+                            nsexec::spawn(&join, &argv)
+                                .await
+                                .expect("spawn")
+                                .wait()
                                 .await
                         })
                         .expect("direct exec");

@@ -565,6 +565,7 @@ fn pod_network_in_this_namespace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_joins_the_container_as_runc_exec_does() {
     use shoal::runtime::nsexec;
+    use tokio::io::AsyncReadExt;
     let key = "x-0001";
     let (_tmp, config, _cleanup, image) = fixture(key);
     let p = pod(
@@ -613,16 +614,29 @@ async fn exec_joins_the_container_as_runc_exec_does() {
     };
     let direct = |c: &str, s: &str| {
         let join = nsexec::read(&config.runc_root, &id(c)).expect("joinable");
-        let mut cmd = nsexec::command(&join, &argv(s)).unwrap();
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        cmd
+        let argv = argv(s);
+        async move {
+            let mut child = nsexec::spawn(&join, &argv).await.unwrap();
+            let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+            let (mut o, mut e) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+            let (r1, r2, status) = tokio::join!(
+                o.read_to_end(&mut stdout),
+                e.read_to_end(&mut stderr),
+                child.wait()
+            );
+            r1.unwrap();
+            r2.unwrap();
+            std::process::Output {
+                status: status.unwrap(),
+                stdout,
+                stderr,
+            }
+        }
     };
     for c in ["plain", "locked", "unconfined"] {
         let (code, want) = runc_exec(c, script);
         assert_eq!(code, Some(0), "{c}: runc exec: {want}");
-        let out = direct(c, script).output().await.unwrap();
+        let out = direct(c, script).await;
         let got = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{c}: {got} {:?}", out.stderr);
         assert_eq!(got, want, "{c}: direct exec and runc exec differ");
@@ -635,7 +649,7 @@ async fn exec_joins_the_container_as_runc_exec_does() {
     for (c, allowed) in [("plain", false), ("unconfined", true)] {
         let (code, out) = runc_exec(c, "unshare -U true");
         assert_eq!(code == Some(0), allowed, "{c}: runc exec: {out}");
-        let out = direct(c, "unshare -U true").output().await.unwrap();
+        let out = direct(c, "unshare -U true").await;
         assert_eq!(out.status.success(), allowed, "{c}: direct: {out:?}");
     }
     let (_, plain) = runc_exec("plain", script);
@@ -652,26 +666,23 @@ async fn exec_joins_the_container_as_runc_exec_does() {
     );
 
     // Exit codes and a missing program.
-    let out = direct("locked", "exit 7").output().await.unwrap();
+    let out = direct("locked", "exit 7").await;
     assert_eq!(out.status.code(), Some(7));
     let join = nsexec::read(&config.runc_root, &id("plain")).unwrap();
-    let err = nsexec::command(&join, &["/no/such/program".to_string()])
-        .unwrap()
-        .output()
-        .await
-        .unwrap_err();
+    let err = match nsexec::spawn(&join, &["/no/such/program".to_string()]).await {
+        Err(nsexec::SpawnError::Exec(e)) => e,
+        other => panic!("a missing program: {:?}", other.map(|c| c.id())),
+    };
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
 
-    // A timeout kills the outer process; the one inside dies with it.
-    let mut slow = direct("plain", "exec sleep 77");
-    slow.kill_on_drop(true);
-    let child = slow.spawn().unwrap();
+    // Dropping the child (a probe's timeout) kills it: nothing stays inside.
+    let slow = nsexec::spawn(&join, &argv("exec sleep 77")).await.unwrap();
+    let pid = slow.id();
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), child.wait_with_output())
-            .await
-            .is_err(),
-        "sleep 77 cannot finish in 300 ms"
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "sleep 77 runs"
     );
+    drop(slow);
     let procs: Vec<PathBuf> = join
         .cgroups
         .iter()

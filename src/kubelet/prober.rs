@@ -275,12 +275,13 @@ async fn read_bounded(from: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8
     }
 }
 
-/// `Command::output` with each stream bounded (see [`read_bounded`]).
-async fn bounded_output(mut cmd: tokio::process::Command) -> std::io::Result<std::process::Output> {
-    let mut child = cmd.spawn()?;
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let (stdout, stderr, status) =
-        tokio::join!(read_bounded(stdout), read_bounded(stderr), child.wait());
+/// The exit status and the bounded (see [`read_bounded`]) outputs of a process.
+async fn bounded_output(
+    stdout: Option<impl tokio::io::AsyncRead + Unpin>,
+    stderr: Option<impl tokio::io::AsyncRead + Unpin>,
+    wait: impl std::future::Future<Output = std::io::Result<std::process::ExitStatus>>,
+) -> std::io::Result<std::process::Output> {
+    let (stdout, stderr, status) = tokio::join!(read_bounded(stdout), read_bounded(stderr), wait);
     Ok(std::process::Output {
         status: status?,
         stdout,
@@ -288,45 +289,67 @@ async fn bounded_output(mut cmd: tokio::process::Command) -> std::io::Result<std
     })
 }
 
-/// `command` in the container; exit code 0 succeeds. Joins the container directly
-/// (`runtime::nsexec`); a container that path refuses (or cannot open) gets `runc exec`.
-async fn exec(
+/// `command` run in container `id`, its outputs bounded: joined directly
+/// (`runtime::nsexec`); a container that path cannot join gets `runc exec`. Dropping the
+/// future kills the process.
+async fn run_in(
     config: &RuntimeConfig,
     id: &str,
     command: &[String],
-    timeout: Duration,
-) -> Result<(), String> {
+) -> Result<std::process::Output, String> {
     use crate::runtime::nsexec;
-    let direct = nsexec::read(&config.runc_root, id)
-        .map_err(|e| e.to_string())
-        .and_then(|join| nsexec::command(&join, command).map_err(|e| e.to_string()));
-    let (mut cmd, via) = match direct {
-        Ok(cmd) => (
-            cmd,
-            format!("exec: {:?}", command.first().map_or("", |c| c.as_str())),
-        ),
-        Err(why) => {
+    let program = command.first().map_or("", |c| c.as_str());
+    let joined = match nsexec::read(&config.runc_root, id) {
+        Ok(join) => nsexec::spawn(&join, command).await.map_err(|e| match e {
+            nsexec::SpawnError::Exec(e) => Err(format!("exec: {program:?}: {e}")),
+            join => Ok(join.to_string()),
+        }),
+        Err(refused) => Err(Ok(refused.to_string())),
+    };
+    match joined {
+        Ok(mut child) => {
+            let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+            bounded_output(stdout, stderr, child.wait())
+                .await
+                .map_err(|e| format!("exec: {program:?}: {e}"))
+        }
+        Err(Err(exec_failed)) => Err(exec_failed),
+        Err(Ok(why)) => {
             tracing::debug!(id, %why, "exec probe through runc exec");
             let mut cmd = tokio::process::Command::new(&config.runtime_binary);
             cmd.arg("--root")
                 .arg(&config.runc_root)
                 .arg("exec")
                 .arg(id)
-                .args(command);
-            (cmd, config.runtime_binary.display().to_string())
+                .args(command)
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let via = config.runtime_binary.display().to_string();
+            let mut child = cmd.spawn().map_err(|e| format!("{via}: {e}"))?;
+            let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+            bounded_output(stdout, stderr, child.wait())
+                .await
+                .map_err(|e| format!("{via}: {e}"))
         }
-    };
-    cmd.stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    }
+}
+
+/// `command` in the container; exit code 0 succeeds.
+async fn exec(
+    config: &RuntimeConfig,
+    id: &str,
+    command: &[String],
+    timeout: Duration,
+) -> Result<(), String> {
     let shown = command.join(" ");
-    match tokio::time::timeout(timeout, bounded_output(cmd)).await {
+    match tokio::time::timeout(timeout, run_in(config, id, command)).await {
         Err(_) => Err(format!(
             "command \"{shown}\" timed out after {}s",
             timeout.as_secs()
         )),
-        Ok(Err(e)) => Err(format!("{via}: {e}")),
+        Ok(Err(e)) => Err(e),
         Ok(Ok(out)) if out.status.success() => Ok(()),
         Ok(Ok(out)) => {
             let mut all = out.stdout;
@@ -561,7 +584,13 @@ mod tests {
         cmd.args(["-c", "head -c 67108864 /dev/zero; echo oops >&2; exit 3"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        let out = rt.block_on(bounded_output(cmd)).unwrap();
+        let out = rt
+            .block_on(async {
+                let mut child = cmd.spawn().unwrap();
+                let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+                bounded_output(stdout, stderr, child.wait()).await
+            })
+            .unwrap();
         assert_eq!(out.status.code(), Some(3));
         assert_eq!(out.stdout.len(), MAX_OUTPUT + 1);
         assert_eq!(out.stderr, b"oops\n");

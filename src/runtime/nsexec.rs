@@ -2,16 +2,18 @@
 //! `runc exec` starts a Go runtime, re-reads the container's state, and re-executes itself to
 //! join the namespaces: 17.7 ms of CPU per call here, so 100 pods with a 1 s exec probe took
 //! 1.5 cores (docs/benchmarks.md, "Probes"). This path does what `runc exec` does for the
-//! containers shoal makes, from a fork of the agent: join the container's cgroups, enter its
-//! namespaces, its root and working directory, fork into its pid namespace, take its user,
-//! groups, capability sets, `no_new_privs` and seccomp filter (compiled by libseccomp from the
-//! same profile, as runc compiles it), and exec with its environment.
+//! containers shoal makes: a child cloned sharing the agent's memory until it execs (as
+//! `posix_spawn` does: no copy of the agent's page tables, no copy-on-write faults after) and
+//! born in the container's pid namespace joins the container's cgroups, enters its other
+//! namespaces, its root and working directory, takes its user, groups, capability sets,
+//! `no_new_privs` and seccomp filter (compiled by libseccomp from the same profile, as runc
+//! compiles it), and execs with its environment.
 //!
 //! The functional core is [`plan`]: from runc's `state.json` and the bundle's `config.json` it
 //! decides what to join, or refuses ([`Refused`]) a container this path cannot reproduce
 //! exactly (an AppArmor or SELinux label, a user namespace, a seccomp listener, ...):
 //! the caller then uses `runc exec`, so a probe never runs with less confinement than the
-//! container. [`command`] is the shell: it opens what the plan names and builds the command.
+//! container. [`spawn`] is the shell: it opens what the plan names and starts the process.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
@@ -524,21 +526,27 @@ fn compile_uncached(profile: &Seccomp) -> io::Result<Vec<nix::libc::sock_filter>
         .collect())
 }
 
-/// Namespaces joined, in order; the mount namespace last (after it, host paths mean
-/// nothing), the pid namespace takes effect for the fork that follows.
+/// Namespaces the child joins, in order; the mount namespace last (after it, host paths mean
+/// nothing). The pid namespace is not among them: the spawner thread enters it (for its
+/// children) before the clone, so the child is born inside.
 const NAMESPACES: &[(&str, i32)] = &[
     ("ipc", nix::libc::CLONE_NEWIPC),
     ("uts", nix::libc::CLONE_NEWUTS),
     ("net", nix::libc::CLONE_NEWNET),
-    ("pid", nix::libc::CLONE_NEWPID),
     ("cgroup", nix::libc::CLONE_NEWCGROUP),
     ("mnt", nix::libc::CLONE_NEWNS),
 ];
 
-/// Everything the forked child needs, opened and encoded before the fork: after it only
-/// system calls run (no allocation: the agent is multi-threaded).
+/// `PATH` when the container's environment has none (containerd's and CRI-O's default).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Everything the child needs, opened and encoded before the clone: the child shares the
+/// agent's memory until it execs, so it only makes system calls on this (no allocation, no
+/// locks, no glibc wrapper that signals the agent's other threads).
 struct Prepared {
     cgroup_procs: Vec<OwnedFd>,
+    /// The container's pid namespace, when it is not the agent's.
+    pid_ns: Option<OwnedFd>,
     namespaces: Vec<(OwnedFd, i32)>,
     root: OwnedFd,
     cwd: CString,
@@ -551,8 +559,12 @@ struct Prepared {
     no_new_privs: bool,
     rlimits: Vec<(u32, u64, u64)>,
     seccomp: Option<Arc<Vec<nix::libc::sock_filter>>>,
-    /// `HOME` to add: the container's env has none.
-    home: Option<String>,
+    /// Where to look for the program, in order (its `PATH` expanded).
+    candidates: Vec<CString>,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    /// stdin (`/dev/null`), stdout and stderr (the write ends of two pipes).
+    stdio: [OwnedFd; 3],
 }
 
 /// Opens `path` for reading, or write-only (close-on-exec, as std opens every file).
@@ -573,7 +585,39 @@ fn same_namespace(proc: &Path, name: &str) -> io::Result<bool> {
     Ok((theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()))
 }
 
-fn prepare(join: &Join) -> io::Result<Prepared> {
+/// The paths `program` is tried at: itself when it names a path, else each directory of
+/// `path` (the container's `PATH`), as `execvp` and runc's lookup do.
+pub fn candidates(program: &str, path: Option<&str>) -> Vec<String> {
+    if program.contains('/') {
+        return vec![program.to_string()];
+    }
+    path.unwrap_or(DEFAULT_PATH)
+        .split(':')
+        .map(|dir| match dir {
+            "" => program.to_string(),
+            dir => format!("{}/{program}", dir.trim_end_matches('/')),
+        })
+        .collect()
+}
+
+fn cstring(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte"))
+}
+
+/// A pipe whose read end is the agent's (non-blocking) and whose write end is the child's.
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    nix::fcntl::fcntl(
+        &read,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    Ok((read, write))
+}
+
+fn prepare(join: &Join, argv: &[String]) -> io::Result<(Prepared, [OwnedFd; 2])> {
+    let Some(program) = argv.first() else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
+    };
     let proc = PathBuf::from(format!("/proc/{}", join.pid));
     if !same_namespace(&proc, "user")? {
         return Err(io::Error::other(
@@ -586,6 +630,10 @@ fn prepare(join: &Join) -> io::Result<Prepared> {
             namespaces.push((open(&proc.join("ns").join(name), false)?, *flag));
         }
     }
+    let pid_ns = match same_namespace(&proc, "pid")? {
+        true => None,
+        false => Some(open(&proc.join("ns/pid"), false)?),
+    };
     let root = open(&proc.join("root"), false)?;
     let cgroup_procs = join
         .cgroups
@@ -607,13 +655,19 @@ fn prepare(join: &Join) -> io::Result<Prepared> {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40u32);
-    let home = (!join.env.iter().any(|e| e.starts_with("HOME="))).then(|| home(&root, join.uid));
-    Ok(Prepared {
-        home,
+    let mut env = join.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", home(&root, join.uid)));
+    }
+    let path = env.iter().rev().find_map(|e| e.strip_prefix("PATH="));
+    let (out_read, out_write) = pipe()?;
+    let (err_read, err_write) = pipe()?;
+    let prepared = Prepared {
         cgroup_procs,
+        pid_ns,
         namespaces,
         root,
-        cwd: CString::new(join.cwd.as_bytes())?,
+        cwd: cstring(&join.cwd)?,
         uid: join.uid,
         gid: join.gid,
         groups: join.groups.clone(),
@@ -623,34 +677,541 @@ fn prepare(join: &Join) -> io::Result<Prepared> {
         no_new_privs: join.no_new_privs,
         rlimits: join.rlimits.clone(),
         seccomp: join.seccomp.as_ref().map(compile).transpose()?,
-    })
+        candidates: candidates(program, path)
+            .iter()
+            .map(|c| cstring(c))
+            .collect::<io::Result<_>>()?,
+        argv: argv.iter().map(|a| cstring(a)).collect::<io::Result<_>>()?,
+        envp: env.iter().map(|e| cstring(e)).collect::<io::Result<_>>()?,
+        stdio: [open(Path::new("/dev/null"), false)?, out_write, err_write],
+    };
+    Ok((prepared, [out_read, err_read]))
 }
 
-/// The command running `argv` inside the container `join` describes: its stdin, stdout and
-/// stderr are the caller's to set. The process the caller waits for stays outside the
-/// container's pid namespace and only waits for the one inside (and exits with its status);
-/// killing it kills that one too (its parent-death signal).
-pub fn command(join: &Join, argv: &[String]) -> io::Result<tokio::process::Command> {
-    let Some((program, args)) = argv.split_first() else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
-    };
-    let prepared = prepare(join)?;
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args).env_clear();
-    for entry in &join.env {
-        if let Some((k, v)) = entry.split_once('=') {
-            cmd.env(k, v);
+/// Why [`spawn`] failed: before the program ran (the container could not be joined: the
+/// caller may use `runc exec` instead), or at its exec (the program is missing or not
+/// executable: `runc exec` would fail alike).
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("joining the container: {0}")]
+    Join(io::Error),
+    #[error("{0}")]
+    Exec(io::Error),
+}
+
+/// A process [`spawn`] started inside a container. Dropped before [`Child::wait`] returned,
+/// it is killed (and reaped).
+pub struct Child {
+    pid: i32,
+    pidfd: Option<tokio::io::unix::AsyncFd<OwnedFd>>,
+    pub stdout: Option<tokio::net::unix::pipe::Receiver>,
+    pub stderr: Option<tokio::net::unix::pipe::Receiver>,
+}
+
+impl Child {
+    /// The process id, in the agent's pid namespace.
+    pub fn id(&self) -> i32 {
+        self.pid
+    }
+
+    /// Waits for the process to exit and reaps it.
+    pub async fn wait(&mut self) -> io::Result<std::process::ExitStatus> {
+        let Some(pidfd) = &self.pidfd else {
+            return Err(io::Error::other("already reaped"));
+        };
+        loop {
+            let mut ready = pidfd.readable().await?;
+            if let Some(status) = reap(self.pid, nix::libc::WNOHANG)? {
+                self.pidfd = None;
+                return Ok(status);
+            }
+            ready.clear_ready();
         }
     }
-    if let Some(home) = &prepared.home {
-        cmd.env("HOME", home);
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let Some(pidfd) = self.pidfd.take() else {
+            return;
+        };
+        // SAFETY: a pidfd of our own unreaped child: the signal cannot reach a reused pid.
+        unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                nix::libc::SIGKILL,
+                std::ptr::null::<nix::libc::siginfo_t>(),
+                0u32,
+            );
+        }
+        let pid = self.pid;
+        let reaper = move || {
+            let _ = reap(pid, 0);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => drop(handle.spawn_blocking(reaper)),
+            Err(_) => reaper(),
+        }
     }
-    // SAFETY: `enter` makes only async-signal-safe system calls on data prepared before the
-    // fork (no allocation, no locks), as `pre_exec` requires.
-    unsafe {
-        cmd.pre_exec(move || enter(&prepared));
+}
+
+/// `waitpid` on our child `pid`: its status once it has exited (`None` if `WNOHANG` and not yet).
+fn reap(pid: i32, flags: i32) -> io::Result<Option<std::process::ExitStatus>> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = 0;
+    loop {
+        // SAFETY: a valid pointer to a local.
+        match unsafe { nix::libc::waitpid(pid, &mut status, flags) } {
+            -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+            -1 => return Err(io::Error::last_os_error()),
+            0 => return Ok(None),
+            _ => return Ok(Some(std::process::ExitStatus::from_raw(status))),
+        }
     }
-    Ok(cmd)
+}
+
+/// Runs `argv` inside the container `join` describes, with stdin from `/dev/null` and stdout
+/// and stderr piped. The process is cloned sharing the agent's memory until it execs
+/// (`CLONE_VM | CLONE_VFORK`, as `posix_spawn` does), so a call costs no copy of the agent's
+/// page tables and no copy-on-write faults afterwards, which a `fork` of a 50 MiB agent costs
+/// on every exec probe; it is born inside the container's pid namespace (the spawner thread
+/// enters it for its children), so no waiting process stays outside.
+pub async fn spawn(join: &Join, argv: &[String]) -> Result<Child, SpawnError> {
+    let (prepared, [out, err]) = prepare(join, argv).map_err(SpawnError::Join)?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let asked = std::time::Instant::now();
+    spawner::submit(spawner::Request { prepared, reply }).map_err(SpawnError::Join)?;
+    let answered = answer.await;
+    if asked.elapsed() > std::time::Duration::from_millis(250) {
+        tracing::warn!(
+            ms = asked.elapsed().as_millis() as u64,
+            "nsexec: a slow answer from the spawner thread"
+        );
+    }
+    let (pid, pidfd) = answered
+        .map_err(|_| SpawnError::Join(io::Error::other("the spawner thread stopped")))??;
+    let wrap = || -> io::Result<Child> {
+        Ok(Child {
+            pid,
+            // SAFETY: the AsyncFd owns the pidfd, which stays open until it is dropped.
+            pidfd: Some(unsafe { tokio::io::unix::AsyncFd::register(pidfd) }?),
+            stdout: Some(tokio::net::unix::pipe::Receiver::from_owned_fd(out)?),
+            stderr: Some(tokio::net::unix::pipe::Receiver::from_owned_fd(err)?),
+        })
+    };
+    wrap().map_err(SpawnError::Join)
+}
+
+/// The threads that clone into containers. Their signals are all blocked (so a child starts
+/// with none delivered until it has reset their handlers); each enters a container's pid
+/// namespace for its children around a clone and returns to the agent's, and lives as long
+/// as the agent, so the children's parent-death signal fires only when the agent dies.
+mod spawner {
+    use super::*;
+    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::mpsc;
+
+    pub(super) struct Request {
+        pub(super) prepared: Prepared,
+        pub(super) reply: tokio::sync::oneshot::Sender<Result<(i32, OwnedFd), SpawnError>>,
+    }
+
+    /// Spawner threads: each clone blocks its thread until the child execs (a millisecond,
+    /// longer on a loaded host), so a few threads keep a burst of probes from queueing.
+    const THREADS: usize = 4;
+
+    static THREAD: Mutex<[Option<mpsc::Sender<Request>>; THREADS]> =
+        Mutex::new([None, None, None, None]);
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    /// Hands `request` to a spawner thread (in turn), starting it if it is not running.
+    pub(super) fn submit(request: Request) -> io::Result<()> {
+        let slot = NEXT.fetch_add(1, Ordering::Relaxed) % THREADS;
+        let mut threads = THREAD.lock().unwrap_or_else(|e| e.into_inner());
+        let request = match threads[slot].as_ref() {
+            Some(tx) => match tx.send(request) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::SendError(request)) => request,
+            },
+            None => request,
+        };
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("shoal-nsexec".into())
+            .spawn(move || run(rx))?;
+        tx.send(request)
+            .map_err(|_| io::Error::other("the spawner thread stopped"))?;
+        threads[slot] = Some(tx);
+        Ok(())
+    }
+
+    /// Stack of the cloned child until it execs (system calls only: a few KiB are used).
+    const STACK: usize = 256 * 1024;
+
+    fn run(requests: mpsc::Receiver<Request>) {
+        // SAFETY: a full signal set for this thread only.
+        unsafe {
+            let mut all: nix::libc::sigset_t = std::mem::zeroed();
+            nix::libc::sigfillset(&mut all);
+            nix::libc::pthread_sigmask(nix::libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        }
+        let own_pid_ns = match open(Path::new("/proc/self/ns/pid"), false) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::error!(error = %e, "nsexec spawner: cannot open its pid namespace");
+                return;
+            }
+        };
+        let mut stack = vec![0u8; STACK];
+        for Request { prepared, reply } in requests {
+            let (result, healthy) = clone_into(&prepared, &own_pid_ns, &mut stack);
+            drop(prepared); // the child's ends of the pipes, its namespace fds
+            if let Err(Ok((pid, pidfd))) = reply.send(result) {
+                // The caller gave up before the answer: the process is nobody's.
+                // SAFETY: our own child's pidfd.
+                unsafe {
+                    nix::libc::syscall(
+                        nix::libc::SYS_pidfd_send_signal,
+                        pidfd.as_raw_fd(),
+                        nix::libc::SIGKILL,
+                        std::ptr::null::<nix::libc::siginfo_t>(),
+                        0u32,
+                    );
+                }
+                let _ = reap(pid, 0);
+            }
+            if !healthy {
+                // Still in a container's pid namespace for children: never clone again.
+                return;
+            }
+        }
+    }
+
+    /// What the child reports through the shared memory when it fails before its exec.
+    struct Failure {
+        step: AtomicI32,
+        errno: AtomicI32,
+        /// CLOCK_MONOTONIC nanoseconds at which each step began (index = step number).
+        began: [std::sync::atomic::AtomicU64; STEPS.len()],
+    }
+
+    struct Context<'a> {
+        prepared: &'a Prepared,
+        failure: &'a Failure,
+    }
+
+    /// Clones the child; `false` beside the result when this thread could not return to the
+    /// agent's pid namespace.
+    fn clone_into(
+        p: &Prepared,
+        own_pid_ns: &OwnedFd,
+        stack: &mut [u8],
+    ) -> (Result<(i32, OwnedFd), SpawnError>, bool) {
+        use nix::libc;
+        let join_err = |what: &str| {
+            let e = io::Error::last_os_error();
+            SpawnError::Join(io::Error::new(e.kind(), format!("{what}: {e}")))
+        };
+        if let Some(ns) = &p.pid_ns {
+            // SAFETY: a namespace fd; affects this thread's future children only.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWPID) } == -1 {
+                return (Err(join_err("setns(pid)")), true);
+            }
+        }
+        let failure = Failure {
+            step: AtomicI32::new(0),
+            errno: AtomicI32::new(0),
+            began: Default::default(),
+        };
+        let started = std::time::Instant::now();
+        let mut context = Context {
+            prepared: p,
+            failure: &failure,
+        };
+        let mut pidfd: libc::c_int = -1;
+        let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+        // SAFETY: the child runs `child` on its own stack (`stack`, unused by anyone else while
+        // this thread is suspended by CLONE_VFORK) and only makes system calls on `context`,
+        // which outlives it (this thread resumes only once the child has exec'd or exited).
+        let pid = unsafe {
+            libc::clone(
+                child,
+                top as *mut libc::c_void,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+                (&mut context as *mut Context).cast(),
+                &mut pidfd as *mut libc::c_int,
+            )
+        };
+        let cloned = match pid {
+            -1 => Err(join_err("clone")),
+            // SAFETY: CLONE_PIDFD stored a new fd we own.
+            pid => Ok((pid, unsafe {
+                <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd)
+            })),
+        };
+        // SAFETY: back to the agent's own (active) pid namespace for this thread's children.
+        let healthy = p.pid_ns.is_none()
+            || unsafe { libc::setns(own_pid_ns.as_raw_fd(), libc::CLONE_NEWPID) } == 0;
+        if !healthy {
+            tracing::error!(
+                error = %io::Error::last_os_error(),
+                "nsexec spawner: cannot return to the agent's pid namespace; restarting it"
+            );
+        }
+        let took = started.elapsed();
+        if took > std::time::Duration::from_millis(250) {
+            let began: Vec<u64> = failure
+                .began
+                .iter()
+                .map(|b| b.load(Ordering::SeqCst))
+                .collect();
+            let slowest = (1..STEPS.len())
+                .filter(|&i| began[i] != 0)
+                .map(|i| {
+                    let next = began[i + 1..].iter().copied().find(|&b| b != 0);
+                    (next.unwrap_or(began[i]).saturating_sub(began[i]), STEPS[i])
+                })
+                .max();
+            tracing::warn!(
+                ms = took.as_millis() as u64,
+                slowest_step = slowest.map_or("", |s| s.1),
+                slowest_ms = slowest.map_or(0, |s| s.0 / 1_000_000),
+                "nsexec: a slow start into a container"
+            );
+        }
+        let result = cloned.and_then(|(pid, pidfd)| match failure.step.load(Ordering::SeqCst) {
+            0 => Ok((pid, pidfd)),
+            step => {
+                let _ = reap(pid, 0);
+                let e = io::Error::from_raw_os_error(failure.errno.load(Ordering::SeqCst));
+                let step = STEPS.get(step as usize).copied().unwrap_or("?");
+                Err(match step {
+                    "exec" => SpawnError::Exec(io::Error::new(e.kind(), format!("exec: {e}"))),
+                    step => SpawnError::Join(io::Error::new(e.kind(), format!("{step}: {e}"))),
+                })
+            }
+        });
+        (result, healthy)
+    }
+
+    /// The steps of the child, for the error a failure reports (index = step number).
+    const STEPS: &[&str] = &[
+        "",
+        "signals",
+        "cgroup",
+        "setns",
+        "root",
+        "cwd",
+        "stdio",
+        "rlimit",
+        "capabilities",
+        "seccomp",
+        "user",
+        "exec",
+    ];
+
+    fn step(name: &str) -> i32 {
+        STEPS.iter().position(|s| *s == name).unwrap_or(0) as i32
+    }
+
+    /// In the child: step `name` begins (its time kept for the slow-start warning).
+    fn mark(f: &Failure, at: &mut i32, name: &str) {
+        *at = step(name);
+        let mut now = nix::libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid pointer; clock_gettime is the vDSO, no allocation.
+        unsafe { nix::libc::clock_gettime(nix::libc::CLOCK_MONOTONIC, &mut now) };
+        f.began[*at as usize].store(
+            now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64,
+            Ordering::SeqCst,
+        );
+    }
+
+    /// The cloned child: runs on its own stack in the agent's memory until it execs.
+    extern "C" fn child(arg: *mut nix::libc::c_void) -> nix::libc::c_int {
+        // SAFETY: `arg` is the `Context` the parent thread keeps alive until we exec or exit.
+        let context = unsafe { &*(arg as *const Context) };
+        let mut at = 0;
+        let result = enter(context.prepared, context.failure, &mut at);
+        let errno = match result {
+            Ok(never) => match never {},
+            Err(e) => e.raw_os_error().unwrap_or(nix::libc::EINVAL),
+        };
+        context.failure.errno.store(errno, Ordering::SeqCst);
+        context.failure.step.store(at, Ordering::SeqCst);
+        // SAFETY: leaves the child only (its own thread group).
+        unsafe { nix::libc::_exit(127) }
+    }
+
+    /// In the child: reset signals, join, set the container's limits and credentials, exec.
+    /// Returns only on failure, with `at` the step that failed.
+    fn enter(p: &Prepared, f: &Failure, at: &mut i32) -> io::Result<std::convert::Infallible> {
+        use nix::libc;
+        // SAFETY (whole function): plain system calls on valid fds, NUL-terminated strings
+        // and NULL-terminated pointer arrays prepared before the clone; every credential change
+        // is the raw system call (glibc's wrappers would change every thread of the agent).
+        unsafe {
+            mark(f, at, "signals");
+            for signal in 1..=64 {
+                if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                    let mut action: libc::sigaction = std::mem::zeroed();
+                    action.sa_sigaction = libc::SIG_DFL;
+                    // glibc's internal signals refuse; the rest go back to their defaults.
+                    libc::sigaction(signal, &action, std::ptr::null_mut());
+                }
+            }
+            mark(f, at, "cgroup");
+            for fd in &p.cgroup_procs {
+                // "0" moves the writing process (v1 and v2).
+                check(libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) as libc::c_long)?;
+            }
+            mark(f, at, "setns");
+            for (fd, kind) in &p.namespaces {
+                check(libc::setns(fd.as_raw_fd(), *kind).into())?;
+            }
+            mark(f, at, "root");
+            check(libc::fchdir(p.root.as_raw_fd()).into())?;
+            check(libc::chroot(c".".as_ptr()).into())?;
+            mark(f, at, "cwd");
+            check(libc::chdir(p.cwd.as_ptr()).into())?;
+            mark(f, at, "stdio");
+            for (target, fd) in p.stdio.iter().enumerate() {
+                check(libc::dup2(fd.as_raw_fd(), target as libc::c_int).into())?;
+            }
+            // Whatever else is open (every fd of the agent's is close-on-exec already).
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            mark(f, at, "rlimit");
+            for &(resource, soft, hard) in &p.rlimits {
+                let limit = libc::rlimit64 {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                };
+                check(libc::prlimit64(0, resource as _, &limit, std::ptr::null_mut()).into())?;
+            }
+            // The container's bounding set (needs CAP_SETPCAP, still held), then its user and
+            // groups keeping the capabilities, then its capability sets.
+            mark(f, at, "capabilities");
+            for cap in 0..=p.last_cap.min(63) {
+                if p.caps.bounding & (1u64 << cap) == 0 {
+                    check(
+                        libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0).into(),
+                    )?;
+                }
+            }
+            // As runc: without no_new_privs, loading a filter needs CAP_SYS_ADMIN, so it is
+            // loaded before the user changes; with it, as late as possible (just before exec).
+            if !p.no_new_privs {
+                mark(f, at, "seccomp");
+                load_seccomp(p)?;
+            }
+            mark(f, at, "user");
+            check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0).into())?;
+            check(libc::syscall(
+                libc::SYS_setgroups,
+                p.groups.len(),
+                p.groups.as_ptr(),
+            ))?;
+            check(libc::syscall(libc::SYS_setresgid, p.gid, p.gid, p.gid))?;
+            check(libc::syscall(libc::SYS_setresuid, p.uid, p.uid, p.uid))?;
+            mark(f, at, "capabilities");
+            capset(&p.caps)?;
+            check(libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0).into())?;
+            check(
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                )
+                .into(),
+            )?;
+            for cap in 0..=p.last_cap.min(63) {
+                if p.caps.ambient & (1u64 << cap) != 0 {
+                    // As runc: an ambient capability outside permitted ∩ inheritable is skipped.
+                    libc::prctl(
+                        libc::PR_CAP_AMBIENT,
+                        libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                        cap as libc::c_ulong,
+                        0,
+                        0,
+                    );
+                }
+            }
+            if p.no_new_privs {
+                check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).into())?;
+            }
+            if let Some(mask) = p.umask {
+                libc::umask(mask as libc::mode_t);
+            }
+            // Set after the credentials change (which clears it): the spawner thread lives
+            // as long as the agent, so the agent's death kills the process.
+            check(
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                )
+                .into(),
+            )?;
+            if p.no_new_privs {
+                mark(f, at, "seccomp");
+                load_seccomp(p)?;
+            }
+            mark(f, at, "exec");
+            exec(p)
+        }
+    }
+
+    /// `execve` of each candidate path in turn, with the container's arguments and environment
+    /// (null-terminated arrays on this stack: no allocation). Returns the error: `EACCES` if
+    /// any candidate was denied, else the last one's.
+    unsafe fn exec(p: &Prepared) -> io::Result<std::convert::Infallible> {
+        use nix::libc;
+        const MAX_ARGS: usize = 4096;
+        if p.argv.len() >= MAX_ARGS || p.envp.len() >= MAX_ARGS {
+            return Err(io::Error::from_raw_os_error(libc::E2BIG));
+        }
+        let mut argv = [std::ptr::null::<libc::c_char>(); MAX_ARGS];
+        let mut envp = [std::ptr::null::<libc::c_char>(); MAX_ARGS];
+        for (slot, a) in argv.iter_mut().zip(&p.argv) {
+            *slot = a.as_ptr();
+        }
+        for (slot, e) in envp.iter_mut().zip(&p.envp) {
+            *slot = e.as_ptr();
+        }
+        let (mut denied, mut last) = (false, libc::ENOENT);
+        // Signals were blocked since the clone; their handlers are the defaults by now.
+        libc::sigprocmask(
+            libc::SIG_SETMASK,
+            &std::mem::zeroed::<libc::sigset_t>(),
+            std::ptr::null_mut(),
+        );
+        for path in &p.candidates {
+            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            last = *libc::__errno_location();
+            match last {
+                libc::EACCES => denied = true,
+                libc::ENOENT | libc::ENOTDIR => {}
+                _ => break,
+            }
+        }
+        Err(io::Error::from_raw_os_error(if denied {
+            libc::EACCES
+        } else {
+            last
+        }))
+    }
 }
 
 fn check(rc: nix::libc::c_long) -> io::Result<()> {
@@ -658,119 +1219,6 @@ fn check(rc: nix::libc::c_long) -> io::Result<()> {
         -1 => Err(io::Error::last_os_error()),
         _ => Ok(()),
     }
-}
-
-/// In the forked child: join, fork into the pid namespace, wait there as the outer process,
-/// or drop to the container's credentials as the inner one (which returns and is exec'd).
-fn enter(p: &Prepared) -> io::Result<()> {
-    use nix::libc;
-    // SAFETY (whole function): plain system calls on valid fds and NUL-terminated strings
-    // prepared before the fork; `waitpid` gets a valid pointer to a local.
-    unsafe {
-        for fd in &p.cgroup_procs {
-            // "0" moves the writing process (v1 and v2).
-            check(libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) as libc::c_long)?;
-        }
-        for (fd, kind) in &p.namespaces {
-            check(libc::setns(fd.as_raw_fd(), *kind).into())?;
-        }
-        check(libc::fchdir(p.root.as_raw_fd()).into())?;
-        check(libc::chroot(c".".as_ptr()).into())?;
-        check(libc::chdir(p.cwd.as_ptr()).into())?;
-        match libc::fork() {
-            -1 => return Err(io::Error::last_os_error()),
-            0 => {}
-            inner => {
-                // The outer process holds nothing of the agent (its fds, including the pipe
-                // the agent's spawn reads until exec) and exits with the inner's status.
-                if libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) != 0 {
-                    for fd in 0..4096 {
-                        libc::close(fd);
-                    }
-                }
-                let mut status = 0;
-                while libc::waitpid(inner, &mut status, 0) == -1 {
-                    if *libc::__errno_location() != libc::EINTR {
-                        libc::_exit(127);
-                    }
-                }
-                let code = match libc::WIFEXITED(status) {
-                    true => libc::WEXITSTATUS(status),
-                    false => 128 + libc::WTERMSIG(status),
-                };
-                libc::_exit(code);
-            }
-        }
-        for &(resource, soft, hard) in &p.rlimits {
-            let limit = libc::rlimit64 {
-                rlim_cur: soft,
-                rlim_max: hard,
-            };
-            check(libc::prlimit64(0, resource as _, &limit, std::ptr::null_mut()).into())?;
-        }
-        // The inner process: the container's bounding set (needs CAP_SETPCAP, still held),
-        // then its user and groups keeping the capabilities, then its capability sets.
-        for cap in 0..=p.last_cap.min(63) {
-            if p.caps.bounding & (1u64 << cap) == 0 {
-                check(libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0).into())?;
-            }
-        }
-        // As runc: without no_new_privs, loading a filter needs CAP_SYS_ADMIN, so it is
-        // loaded before the user changes; with it, as late as possible (just before exec).
-        if !p.no_new_privs {
-            load_seccomp(p)?;
-        }
-        check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0).into())?;
-        check(libc::setgroups(p.groups.len(), p.groups.as_ptr()).into())?;
-        check(libc::setresgid(p.gid, p.gid, p.gid).into())?;
-        check(libc::setresuid(p.uid, p.uid, p.uid).into())?;
-        capset(&p.caps)?;
-        check(libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0).into())?;
-        check(
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-                0,
-                0,
-                0,
-            )
-            .into(),
-        )?;
-        for cap in 0..=p.last_cap.min(63) {
-            if p.caps.ambient & (1u64 << cap) != 0 {
-                // As runc: an ambient capability outside permitted ∩ inheritable is skipped.
-                libc::prctl(
-                    libc::PR_CAP_AMBIENT,
-                    libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
-                    cap as libc::c_ulong,
-                    0,
-                    0,
-                );
-            }
-        }
-        if p.no_new_privs {
-            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).into())?;
-        }
-        if let Some(mask) = p.umask {
-            libc::umask(mask as libc::mode_t);
-        }
-        // Set after the credentials change (which clears it): the outer process's death
-        // (the agent's timeout kills it) kills this one.
-        check(
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            )
-            .into(),
-        )?;
-        if p.no_new_privs {
-            load_seccomp(p)?;
-        }
-    }
-    Ok(())
 }
 
 /// Loads the prepared filter into the calling thread (the child; system calls only).
