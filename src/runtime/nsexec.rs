@@ -700,10 +700,11 @@ pub enum SpawnError {
 }
 
 /// A process [`spawn`] started inside a container. Dropped before [`Child::wait`] returned,
-/// it is killed (and reaped).
+/// it is killed (its spawner thread reaps it).
 pub struct Child {
     pid: i32,
-    pidfd: Option<tokio::io::unix::AsyncFd<OwnedFd>>,
+    pidfd: OwnedFd,
+    exited: Option<tokio::sync::oneshot::Receiver<io::Result<std::process::ExitStatus>>>,
     pub stdout: Option<tokio::net::unix::pipe::Receiver>,
     pub stderr: Option<tokio::net::unix::pipe::Receiver>,
 }
@@ -714,44 +715,37 @@ impl Child {
         self.pid
     }
 
-    /// Waits for the process to exit and reaps it.
+    /// Waits for the process to exit (its spawner thread reaps it).
     pub async fn wait(&mut self) -> io::Result<std::process::ExitStatus> {
-        let Some(pidfd) = &self.pidfd else {
+        let Some(exited) = self.exited.as_mut() else {
             return Err(io::Error::other("already reaped"));
         };
-        loop {
-            let mut ready = pidfd.readable().await?;
-            if let Some(status) = reap(self.pid, nix::libc::WNOHANG)? {
-                self.pidfd = None;
-                return Ok(status);
-            }
-            ready.clear_ready();
-        }
+        let status = exited
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("the spawner thread stopped")));
+        self.exited = None;
+        status
+    }
+}
+
+/// SIGKILL through a pidfd (which cannot reach a reused pid).
+fn kill(pidfd: &OwnedFd) {
+    // SAFETY: a pidfd we own; a null siginfo.
+    unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            nix::libc::SIGKILL,
+            std::ptr::null::<nix::libc::siginfo_t>(),
+            0u32,
+        );
     }
 }
 
 impl Drop for Child {
     fn drop(&mut self) {
-        let Some(pidfd) = self.pidfd.take() else {
-            return;
-        };
-        // SAFETY: a pidfd of our own unreaped child: the signal cannot reach a reused pid.
-        unsafe {
-            nix::libc::syscall(
-                nix::libc::SYS_pidfd_send_signal,
-                pidfd.as_raw_fd(),
-                nix::libc::SIGKILL,
-                std::ptr::null::<nix::libc::siginfo_t>(),
-                0u32,
-            );
-        }
-        let pid = self.pid;
-        let reaper = move || {
-            let _ = reap(pid, 0);
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => drop(handle.spawn_blocking(reaper)),
-            Err(_) => reaper(),
+        if self.exited.is_some() {
+            kill(&self.pidfd);
         }
     }
 }
@@ -780,8 +774,14 @@ fn reap(pid: i32, flags: i32) -> io::Result<Option<std::process::ExitStatus>> {
 pub async fn spawn(join: &Join, argv: &[String]) -> Result<Child, SpawnError> {
     let (prepared, [out, err]) = prepare(join, argv).map_err(SpawnError::Join)?;
     let (reply, answer) = tokio::sync::oneshot::channel();
+    let (exit, exited) = tokio::sync::oneshot::channel();
     let asked = std::time::Instant::now();
-    spawner::submit(spawner::Request { prepared, reply }).map_err(SpawnError::Join)?;
+    spawner::submit(spawner::Request {
+        prepared,
+        reply,
+        exit,
+    })
+    .map_err(SpawnError::Join)?;
     let answered = answer.await;
     if asked.elapsed() > std::time::Duration::from_millis(250) {
         tracing::warn!(
@@ -791,101 +791,94 @@ pub async fn spawn(join: &Join, argv: &[String]) -> Result<Child, SpawnError> {
     }
     let (pid, pidfd) = answered
         .map_err(|_| SpawnError::Join(io::Error::other("the spawner thread stopped")))??;
-    let wrap = || -> io::Result<Child> {
-        Ok(Child {
-            pid,
-            // SAFETY: the AsyncFd owns the pidfd, which stays open until it is dropped.
-            pidfd: Some(unsafe { tokio::io::unix::AsyncFd::register(pidfd) }?),
-            stdout: Some(tokio::net::unix::pipe::Receiver::from_owned_fd(out)?),
-            stderr: Some(tokio::net::unix::pipe::Receiver::from_owned_fd(err)?),
-        })
+    let mut child = Child {
+        pid,
+        pidfd,
+        exited: Some(exited),
+        stdout: None,
+        stderr: None,
     };
-    wrap().map_err(SpawnError::Join)
+    let pipes = || -> io::Result<_> {
+        Ok((
+            tokio::net::unix::pipe::Receiver::from_owned_fd(out)?,
+            tokio::net::unix::pipe::Receiver::from_owned_fd(err)?,
+        ))
+    };
+    let (stdout, stderr) = pipes().map_err(SpawnError::Join)?;
+    child.stdout = Some(stdout);
+    child.stderr = Some(stderr);
+    Ok(child)
 }
 
-/// The threads that clone into containers. Their signals are all blocked (so a child starts
-/// with none delivered until it has reset their handlers); each enters a container's pid
-/// namespace for its children around a clone and returns to the agent's, and lives as long
-/// as the agent, so the children's parent-death signal fires only when the agent dies.
+/// One thread per process started: it enters the container's pid namespace for its
+/// children, clones the child (blocked until the child execs: joining the cgroups can take
+/// hundreds of milliseconds on a busy host, so threads are not shared and a burst of probes
+/// is not queued behind one), then waits for the child's exit and reaps it. Its signals are all
+/// blocked (so the child starts with none delivered until it has reset their handlers), and it
+/// lives as long as the child, so the child's parent-death signal fires only when the agent
+/// dies (or the thread, which never ends before the child).
 mod spawner {
     use super::*;
     use std::sync::atomic::{AtomicI32, Ordering};
-    use std::sync::mpsc;
 
     pub(super) struct Request {
         pub(super) prepared: Prepared,
         pub(super) reply: tokio::sync::oneshot::Sender<Result<(i32, OwnedFd), SpawnError>>,
+        pub(super) exit: tokio::sync::oneshot::Sender<io::Result<std::process::ExitStatus>>,
     }
 
-    /// Spawner threads: each clone blocks its thread until the child execs (a millisecond,
-    /// longer on a loaded host), so a few threads keep a burst of probes from queueing.
-    const THREADS: usize = 4;
-
-    static THREAD: Mutex<[Option<mpsc::Sender<Request>>; THREADS]> =
-        Mutex::new([None, None, None, None]);
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-    /// Hands `request` to a spawner thread (in turn), starting it if it is not running.
+    /// Starts a thread for `request`.
     pub(super) fn submit(request: Request) -> io::Result<()> {
-        let slot = NEXT.fetch_add(1, Ordering::Relaxed) % THREADS;
-        let mut threads = THREAD.lock().unwrap_or_else(|e| e.into_inner());
-        let request = match threads[slot].as_ref() {
-            Some(tx) => match tx.send(request) {
-                Ok(()) => return Ok(()),
-                Err(mpsc::SendError(request)) => request,
-            },
-            None => request,
-        };
-        let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("shoal-nsexec".into())
-            .spawn(move || run(rx))?;
-        tx.send(request)
-            .map_err(|_| io::Error::other("the spawner thread stopped"))?;
-        threads[slot] = Some(tx);
-        Ok(())
+            .stack_size(256 * 1024)
+            .spawn(move || serve(request))
+            .map(drop)
     }
 
-    /// Stack of the cloned child until it execs (system calls only: a few KiB are used).
-    const STACK: usize = 256 * 1024;
+    /// Stack of the cloned child until it execs (system calls only; `exec` keeps its argument
+    /// and environment arrays there).
+    const STACK: usize = 128 * 1024;
 
-    fn run(requests: mpsc::Receiver<Request>) {
+    fn serve(request: Request) {
+        let Request {
+            prepared,
+            reply,
+            exit,
+        } = request;
         // SAFETY: a full signal set for this thread only.
         unsafe {
             let mut all: nix::libc::sigset_t = std::mem::zeroed();
             nix::libc::sigfillset(&mut all);
             nix::libc::pthread_sigmask(nix::libc::SIG_BLOCK, &all, std::ptr::null_mut());
         }
-        let own_pid_ns = match open(Path::new("/proc/self/ns/pid"), false) {
-            Ok(fd) => fd,
+        let mut stack = vec![0u8; STACK];
+        let result = clone_into(&prepared, &mut stack);
+        drop(prepared); // the child's ends of the pipes, its namespace fds
+        let (pid, killer) = match result {
+            Ok((pid, pidfd)) => match pidfd.try_clone() {
+                Ok(mine) => match reply.send(Ok((pid, pidfd))) {
+                    Ok(()) => (pid, None),
+                    // The caller gave up before the answer: the process is nobody's.
+                    Err(_) => (pid, Some(mine)),
+                },
+                Err(e) => {
+                    kill(&pidfd);
+                    let _ = reap(pid, 0);
+                    let _ = reply.send(Err(SpawnError::Join(e)));
+                    return;
+                }
+            },
             Err(e) => {
-                tracing::error!(error = %e, "nsexec spawner: cannot open its pid namespace");
+                let _ = reply.send(Err(e));
                 return;
             }
         };
-        let mut stack = vec![0u8; STACK];
-        for Request { prepared, reply } in requests {
-            let (result, healthy) = clone_into(&prepared, &own_pid_ns, &mut stack);
-            drop(prepared); // the child's ends of the pipes, its namespace fds
-            if let Err(Ok((pid, pidfd))) = reply.send(result) {
-                // The caller gave up before the answer: the process is nobody's.
-                // SAFETY: our own child's pidfd.
-                unsafe {
-                    nix::libc::syscall(
-                        nix::libc::SYS_pidfd_send_signal,
-                        pidfd.as_raw_fd(),
-                        nix::libc::SIGKILL,
-                        std::ptr::null::<nix::libc::siginfo_t>(),
-                        0u32,
-                    );
-                }
-                let _ = reap(pid, 0);
-            }
-            if !healthy {
-                // Still in a container's pid namespace for children: never clone again.
-                return;
-            }
+        if let Some(pidfd) = killer {
+            kill(&pidfd);
         }
+        let status = reap(pid, 0).and_then(|s| s.ok_or_else(|| io::Error::other("not exited")));
+        let _ = exit.send(status);
     }
 
     /// What the child reports through the shared memory when it fails before its exec.
@@ -901,13 +894,9 @@ mod spawner {
         failure: &'a Failure,
     }
 
-    /// Clones the child; `false` beside the result when this thread could not return to the
-    /// agent's pid namespace.
-    fn clone_into(
-        p: &Prepared,
-        own_pid_ns: &OwnedFd,
-        stack: &mut [u8],
-    ) -> (Result<(i32, OwnedFd), SpawnError>, bool) {
+    /// Clones the child (this thread stays in the container's pid namespace for its
+    /// children: it clones nothing else).
+    fn clone_into(p: &Prepared, stack: &mut [u8]) -> Result<(i32, OwnedFd), SpawnError> {
         use nix::libc;
         let join_err = |what: &str| {
             let e = io::Error::last_os_error();
@@ -916,7 +905,7 @@ mod spawner {
         if let Some(ns) = &p.pid_ns {
             // SAFETY: a namespace fd; affects this thread's future children only.
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWPID) } == -1 {
-                return (Err(join_err("setns(pid)")), true);
+                return Err(join_err("setns(pid)"));
             }
         }
         let failure = Failure {
@@ -950,15 +939,6 @@ mod spawner {
                 <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd)
             })),
         };
-        // SAFETY: back to the agent's own (active) pid namespace for this thread's children.
-        let healthy = p.pid_ns.is_none()
-            || unsafe { libc::setns(own_pid_ns.as_raw_fd(), libc::CLONE_NEWPID) } == 0;
-        if !healthy {
-            tracing::error!(
-                error = %io::Error::last_os_error(),
-                "nsexec spawner: cannot return to the agent's pid namespace; restarting it"
-            );
-        }
         let took = started.elapsed();
         if took > std::time::Duration::from_millis(250) {
             let began: Vec<u64> = failure
@@ -980,7 +960,7 @@ mod spawner {
                 "nsexec: a slow start into a container"
             );
         }
-        let result = cloned.and_then(|(pid, pidfd)| match failure.step.load(Ordering::SeqCst) {
+        cloned.and_then(|(pid, pidfd)| match failure.step.load(Ordering::SeqCst) {
             0 => Ok((pid, pidfd)),
             step => {
                 let _ = reap(pid, 0);
@@ -991,8 +971,7 @@ mod spawner {
                     step => SpawnError::Join(io::Error::new(e.kind(), format!("{step}: {e}"))),
                 })
             }
-        });
-        (result, healthy)
+        })
     }
 
     /// The steps of the child, for the error a failure reports (index = step number).
@@ -1178,7 +1157,7 @@ mod spawner {
     /// any candidate was denied, else the last one's.
     unsafe fn exec(p: &Prepared) -> io::Result<std::convert::Infallible> {
         use nix::libc;
-        const MAX_ARGS: usize = 4096;
+        const MAX_ARGS: usize = 1024;
         if p.argv.len() >= MAX_ARGS || p.envp.len() >= MAX_ARGS {
             return Err(io::Error::from_raw_os_error(libc::E2BIG));
         }
