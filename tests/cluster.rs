@@ -279,6 +279,38 @@ fn bad_configuration_exits_64_with_a_clear_message() {
     ]);
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("malformed join token"), "{err}");
+    // A joiner whose p2p port is taken stops at once (not after the resync deadline of
+    // waiting for a state its network actor can never receive), saying why.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let p2p = taken.local_addr().unwrap().to_string();
+    let joiner = tmp.path().join("j");
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(&bin)
+        .args([
+            "agent",
+            "--data-dir",
+            joiner.to_str().unwrap(),
+            "--name",
+            "j",
+        ])
+        .args(["--join", "127.0.0.1:9", "--listen-p2p", &p2p])
+        .args(["--listen-api", "127.0.0.1:0", "--token"])
+        .arg("shoal1.58886ccac0b58673.1.dJE8OGOQINRNm5QtlJ9n6ZiOBxF9io7XfpLBLSqw9yE")
+        .env("SHOAL_POD_NETWORK", "off")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("network actor failed") && err.contains("Address already in use"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "stopped after {:?} (the resync deadline is 120 s)",
+        started.elapsed()
+    );
+    drop(taken);
     // A bad node name.
     let (code, err) = run(&["init", "--data-dir", d, "--name", "Bad_Name"]);
     assert_eq!(code, Some(64), "{err}");

@@ -726,6 +726,9 @@ async fn serve_api(
     let mut changes = shared.subscribe();
     let mut waiting_since = tokio::time::Instant::now();
     let deadline = resync_deadline();
+    // The agent stopping (another task failed: the network actor could not listen, say) ends
+    // the wait at once instead of after the deadline.
+    let stop = futures::FutureExt::shared(Box::pin(stop));
     let meta = loop {
         if let Some(meta) = shared.read(|d| d.meta())? {
             break meta;
@@ -740,7 +743,10 @@ async fn serve_api(
         if let Some((from, t)) = receiving.first() {
             waiting_since = tokio::time::Instant::now();
             tracing::info!(member = %from, received_mib = t.done >> 20, total_mib = t.total >> 20, "waiting for the cluster state: receiving it in chunks");
-            let _ = tokio::time::timeout(Duration::from_secs(5), changes.changed()).await;
+            tokio::select! {
+                _ = stop.clone() => return Ok(()),
+                _ = tokio::time::timeout(Duration::from_secs(5), changes.changed()) => {}
+            }
             continue;
         }
         if waiting_since.elapsed() >= deadline {
@@ -753,7 +759,10 @@ async fn serve_api(
             )));
         }
         tracing::info!("waiting for the cluster state from a member");
-        let _ = tokio::time::timeout(Duration::from_secs(5), changes.changed()).await;
+        tokio::select! {
+            _ = stop.clone() => return Ok(()),
+            _ = tokio::time::timeout(Duration::from_secs(5), changes.changed()) => {}
+        }
     };
     if let Some(r) = resync {
         tracing::info!(reason = %r.reason, objects = shared.read(|d| d.len()), "received the cluster state from a member");

@@ -172,7 +172,17 @@ pub async fn run(
         .listen_on(listen.clone())
         .map_err(|e| NetError::Listen {
             addr: listen.to_string(),
-            reason: e.to_string(),
+            // libp2p's transport error says nothing itself: the reason is in its sources.
+            reason: std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+                .map(|e| e.to_string())
+                .filter(|s| !s.is_empty())
+                .fold(Vec::<String>::new(), |mut all, s| {
+                    if all.last() != Some(&s) {
+                        all.push(s);
+                    }
+                    all
+                })
+                .join(": "),
         })?;
     let my_addr =
         quic_addr(SocketAddr::new(config.advertise, config.listen.port())).with(Protocol::P2p(me));
