@@ -9,34 +9,12 @@ use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
-use super::fixtures::{cluster_of, labelled, leader_ctx, node, node_with, t0};
+use super::fixtures::{
+    cluster_of, deployment_object as deployment, labelled, leader_ctx, node, node_with,
+    pod_object as pod, t0,
+};
 use super::*;
 use crate::model::NodeRecord;
-
-fn pod(name: &str, labels: Value, spec_extra: Value) -> Value {
-    let mut spec = json!({"containers": [{"name": "c", "image": "i"}]});
-    for (k, v) in spec_extra.as_object().into_iter().flatten() {
-        spec[k] = v.clone();
-    }
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default", "uid": format!("p-{name}"), "labels": labels},
-        "spec": spec,
-    })
-}
-
-fn deployment(name: &str, replicas: i64, spec_extra: Value) -> Value {
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": "default", "uid": format!("d-{name}"), "generation": 1},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}},
-                         "spec": pod("x", json!({}), spec_extra)["spec"]},
-        },
-    })
-}
 
 fn ctx(now: DateTime<Utc>, seed: u64) -> LeaderCtx {
     leader_ctx("leader", now, seed)

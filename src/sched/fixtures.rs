@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeZone, Utc};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::snapshot::{LeaderCtx, Liveness, PodKey, Snapshot};
 use crate::model::{NodeRecord, NodeSystemInfo};
@@ -82,4 +82,32 @@ pub fn key(v: &Value) -> PodKey {
         v["metadata"]["namespace"].as_str().unwrap().to_string(),
         v["metadata"]["name"].as_str().unwrap().to_string(),
     )
+}
+
+/// A pod object named `name` with `labels` and one container, its spec extended by
+/// `spec_extra`'s fields.
+pub fn pod_object(name: &str, labels: Value, spec_extra: Value) -> Value {
+    let mut spec = json!({"containers": [{"name": "c", "image": "i"}]});
+    for (k, v) in spec_extra.as_object().into_iter().flatten() {
+        spec[k] = v.clone();
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "uid": format!("p-{name}"), "labels": labels},
+        "spec": spec,
+    })
+}
+
+/// A Deployment of `replicas` pods labelled `app: name`, their spec as [`pod_object`]'s.
+pub fn deployment_object(name: &str, replicas: i64, spec_extra: Value) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "default", "uid": format!("d-{name}"), "generation": 1},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                         "spec": pod_object("x", json!({}), spec_extra)["spec"]},
+        },
+    })
 }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
-use super::fixtures::{cluster_of, key, leader_ctx, node, t0};
+use super::fixtures::{cluster_of, deployment_object as deployment, key, leader_ctx, node, t0};
 use super::*;
 use crate::model::taint::{self, parse_taints, Effect};
 use crate::model::workload::EventReason;
@@ -35,27 +35,7 @@ fn cluster(names: &[&str], set: Vec<(&str, NodeSettings)>) -> Snapshot {
 }
 
 fn pod(name: &str, spec_extra: Value) -> Value {
-    let mut spec = json!({"containers": [{"name": "c", "image": "i"}]});
-    for (k, v) in spec_extra.as_object().into_iter().flatten() {
-        spec[k] = v.clone();
-    }
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default", "uid": format!("p-{name}")},
-        "spec": spec,
-    })
-}
-
-fn deployment(name: &str, replicas: i64, spec_extra: Value) -> Value {
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": "default", "uid": format!("d-{name}"), "generation": 1},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}}, "spec": pod("x", spec_extra)["spec"]},
-        },
-    })
+    super::fixtures::pod_object(name, json!({}), spec_extra)
 }
 
 fn ctx(now: DateTime<Utc>, seed: u64) -> LeaderCtx {

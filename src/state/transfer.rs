@@ -6,7 +6,7 @@
 //! made since the snapshot follow by ordinary sync. [`Receiver`] is the receiving side and
 //! [`Sender`] the serving side's bookkeeping; the network actor reads the file and moves bytes.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -441,6 +441,7 @@ impl<P: Clone + Eq + std::fmt::Debug> Receiver<P> {
 
 #[derive(Debug)]
 struct Serving<P> {
+    id: TransferId,
     to: P,
     offered: Instant,
     used: Option<Instant>,
@@ -461,19 +462,20 @@ struct FileCheck {
     next: u64,
 }
 
-/// The serving side's bookkeeping: which snapshot files are open for which peer. The shell
-/// holds the open files (so a snapshot replaced on disk meanwhile stays readable) and closes
-/// the ones this returns.
+/// The serving side's bookkeeping: which snapshot files are open for which peer. One transfer
+/// (one snapshot file) is often served to several peers at once (every member behind a re-base
+/// fetches the same snapshot): each (transfer, peer) pair is served on its own. The shell holds
+/// the open files, one per transfer id (so a snapshot replaced on disk meanwhile stays
+/// readable), and closes the ones this returns: a transfer no peer is served any more.
 #[derive(Debug)]
 pub struct Sender<P> {
-    open: BTreeMap<TransferId, Serving<P>>,
+    /// At most [`MAX_SERVING`] entries, at most one per (transfer, peer).
+    open: Vec<Serving<P>>,
 }
 
 impl<P: Clone + Eq> Default for Sender<P> {
     fn default() -> Self {
-        Sender {
-            open: BTreeMap::new(),
-        }
+        Sender { open: Vec::new() }
     }
 }
 
@@ -498,47 +500,52 @@ impl<P: Clone + Eq> Sender<P> {
                 closed: Vec::new(),
             };
         }
-        if let Some(s) = self.open.get_mut(&id) {
-            if s.to == to {
-                s.offered = now;
-                return Offer {
-                    send: true,
-                    closed: Vec::new(),
-                };
-            }
+        if let Some(s) = self.entry(&to, id) {
+            s.offered = now;
+            return Offer {
+                send: true,
+                closed: Vec::new(),
+            };
         }
-        let mut closed = Vec::new();
-        while self.open.len() >= MAX_SERVING && !self.open.contains_key(&id) {
-            let oldest = self
-                .open
-                .iter()
-                .min_by_key(|(_, s)| s.used.unwrap_or(s.offered))
-                .map(|(id, _)| *id);
+        let mut dropped = Vec::new();
+        while self.open.len() >= MAX_SERVING {
+            let oldest = (0..self.open.len())
+                .min_by_key(|&i| self.open[i].used.unwrap_or(self.open[i].offered));
             match oldest {
-                Some(old) => {
-                    self.open.remove(&old);
-                    closed.push(old);
-                }
+                Some(i) => dropped.push(self.open.remove(i).id),
                 None => break,
             }
         }
-        self.open.insert(
+        self.open.push(Serving {
             id,
-            Serving {
-                to,
-                offered: now,
-                used: None,
-                served: 0,
-                check: None,
-            },
-        );
-        Offer { send: true, closed }
+            to,
+            offered: now,
+            used: None,
+            served: 0,
+            check: None,
+        });
+        Offer {
+            send: true,
+            closed: self.unused(dropped),
+        }
+    }
+
+    fn entry(&mut self, to: &P, id: TransferId) -> Option<&mut Serving<P>> {
+        self.open.iter_mut().find(|s| s.id == id && s.to == *to)
+    }
+
+    /// Of the transfers in `ids`, those no peer is served any more (sorted, each once).
+    fn unused(&self, mut ids: Vec<TransferId>) -> Vec<TransferId> {
+        ids.sort();
+        ids.dedup();
+        ids.retain(|id| !self.is_open(id));
+        ids
     }
 
     /// Whether `to` is fetching a transfer from us, or was offered one less than [`REOFFER`]
     /// ago: no other offer for it, and no point in computing a sync of the cluster document.
     pub fn is_busy(&self, to: &P, now: Instant) -> bool {
-        self.open.values().any(|s| {
+        self.open.iter().any(|s| {
             s.to == *to
                 && match s.used {
                     Some(t) => now.saturating_duration_since(t) < SERVE_IDLE,
@@ -547,9 +554,9 @@ impl<P: Clone + Eq> Sender<P> {
         })
     }
 
-    /// Whether transfer `id` is open (the shell holds its file).
+    /// Whether transfer `id` is open for some peer (the shell holds its file).
     pub fn is_open(&self, id: &TransferId) -> bool {
-        self.open.contains_key(id)
+        self.open.iter().any(|s| s.id == *id)
     }
 
     /// `from` asks for the chunk of `id` at `offset`: the length to read there, or why not.
@@ -560,11 +567,7 @@ impl<P: Clone + Eq> Sender<P> {
         offset: u64,
         now: Instant,
     ) -> Result<usize, Refusal> {
-        let s = self
-            .open
-            .get_mut(&id)
-            .filter(|s| s.to == *from)
-            .ok_or(Refusal::Unknown)?;
+        let s = self.entry(from, id).ok_or(Refusal::Unknown)?;
         if offset > id.total {
             return Err(Refusal::PastEnd {
                 end: offset,
@@ -577,17 +580,18 @@ impl<P: Clone + Eq> Sender<P> {
         Ok(len)
     }
 
-    /// The shell read `bytes` of transfer `id` at `offset` to serve them. Served in order, the
-    /// file's payload is checked against its header's CRC-32; `Err` when the last byte is read
-    /// and it fails: the file on this node's disk is damaged (the transfer is closed: save the
-    /// document anew and do not send the chunk).
+    /// The shell read `bytes` of transfer `id` at `offset` to serve them to `to`. Served in
+    /// order, the file's payload is checked against its header's CRC-32; `Err` when the last
+    /// byte is read and it fails: the file on this node's disk is damaged (the transfer is
+    /// closed for every peer: save the document anew and do not send the chunk).
     pub fn handle_read(
         &mut self,
+        to: &P,
         id: TransferId,
         offset: u64,
         bytes: &[u8],
     ) -> Result<(), Refusal> {
-        let Some(s) = self.open.get_mut(&id) else {
+        let Some(s) = self.entry(to, id) else {
             return Ok(());
         };
         let header = super::persist::FILE_HEADER;
@@ -612,7 +616,7 @@ impl<P: Clone + Eq> Sender<P> {
         }
         match s.check.as_ref() {
             Some(c) if c.next == id.total && c.hasher.clone().finalize() != c.want => {
-                self.open.remove(&id);
+                self.open.retain(|s| s.id != id);
                 Err(Refusal::Damaged(
                     "the snapshot file on the serving node's disk fails its checksum".into(),
                 ))
@@ -621,39 +625,37 @@ impl<P: Clone + Eq> Sender<P> {
         }
     }
 
-    /// Closes transfers idle for [`SERVE_IDLE`] or served to the end; returns them.
+    /// Closes transfers idle for [`SERVE_IDLE`] or served to the end; returns the ones no peer
+    /// is served any more.
     pub fn handle_tick(&mut self, now: Instant) -> Vec<TransferId> {
-        let done: Vec<TransferId> = self
-            .open
-            .iter()
-            .filter(|(id, s)| {
-                now.saturating_duration_since(s.used.unwrap_or(s.offered)) >= SERVE_IDLE
-                    || (s.used.is_some() && s.served >= id.total)
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in &done {
-            self.open.remove(id);
-        }
-        done
+        let mut done = Vec::new();
+        self.open.retain(|s| {
+            let over = now.saturating_duration_since(s.used.unwrap_or(s.offered)) >= SERVE_IDLE
+                || (s.used.is_some() && s.served >= s.id.total);
+            if over {
+                done.push(s.id);
+            }
+            !over
+        });
+        self.unused(done)
     }
 
     /// Transfers being served: peer, bytes served, total.
     pub fn progress(&self) -> Vec<Progress<P>> {
         self.open
             .iter()
-            .filter(|(_, s)| s.used.is_some())
-            .map(|(id, s)| Progress {
+            .filter(|s| s.used.is_some())
+            .map(|s| Progress {
                 from: s.to.clone(),
                 received: s.served,
-                total: id.total,
+                total: s.id.total,
             })
             .collect()
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.open
-            .values()
+            .iter()
             .map(|s| s.used.unwrap_or(s.offered) + SERVE_IDLE)
             .min()
     }
@@ -1077,7 +1079,80 @@ mod tests {
         // The last offer was to "z", at now + REOFFER.
         let closed = s.handle_tick(now + REOFFER + SERVE_IDLE + Duration::from_secs(1));
         assert!(!closed.is_empty());
-        assert!(s.open.is_empty(), "{:?}", s.open.keys().collect::<Vec<_>>());
+        assert!(
+            s.open.is_empty(),
+            "{:?}",
+            s.open.iter().map(|s| s.id).collect::<Vec<_>>()
+        );
+    }
+
+    /// Every member behind a re-base fetches the same snapshot at once: each is served on its
+    /// own, an offer to one never takes the transfer from another (the 01:35 CI run: n2 and n4
+    /// took the one entry from each other on every re-offer, neither ever got past the first
+    /// chunks, and the testnet never converged).
+    #[test]
+    fn one_snapshot_is_served_to_several_peers_at_once() {
+        let now = Instant::now();
+        let id = TransferId {
+            generation: 1,
+            total: 3 * CHUNK_BYTES as u64,
+            tag: 9,
+            doc: 4,
+        };
+        let mut s: Sender<&str> = Sender::default();
+        assert!(s.handle_offer("n2", id, now).send);
+        let offer = s.handle_offer("n4", id, now);
+        assert!(offer.send && offer.closed.is_empty(), "{offer:?}");
+        for offset in [0, CHUNK_BYTES as u64, 2 * CHUNK_BYTES as u64] {
+            assert_eq!(s.handle_fetch(&"n2", id, offset, now), Ok(CHUNK_BYTES));
+            assert_eq!(s.handle_fetch(&"n4", id, offset, now), Ok(CHUNK_BYTES));
+            // Being served: neither is offered anything else meanwhile.
+            assert!(!s.handle_offer("n2", id, now).send);
+            assert!(!s.handle_offer("n4", id, now).send);
+        }
+        let progress = s.progress();
+        assert_eq!(progress.len(), 2);
+        assert!(progress.iter().all(|p| p.received == id.total));
+        // Both served to the end: closed once, for both.
+        assert_eq!(s.handle_tick(now), vec![id]);
+        assert!(!s.is_open(&id));
+    }
+
+    /// While one peer is still served a transfer, closing it for another does not close the
+    /// file the shell holds for it.
+    #[test]
+    fn a_transfer_stays_open_while_any_peer_is_served() {
+        let now = Instant::now();
+        let id = |tag| TransferId {
+            generation: 1,
+            total: 2 * CHUNK_BYTES as u64,
+            tag,
+            doc: 0,
+        };
+        let mut s: Sender<&str> = Sender::default();
+        assert!(s.handle_offer("a", id(1), now).send);
+        assert!(s.handle_offer("b", id(1), now).send);
+        assert_eq!(s.handle_fetch(&"a", id(1), 0, now), Ok(CHUNK_BYTES));
+        assert_eq!(
+            s.handle_fetch(&"a", id(1), CHUNK_BYTES as u64, now),
+            Ok(CHUNK_BYTES)
+        );
+        // "a" is done, "b" has not started: the transfer stays open.
+        assert_eq!(s.handle_tick(now), Vec::<TransferId>::new());
+        assert!(s.is_open(&id(1)));
+        assert_eq!(s.handle_fetch(&"b", id(1), 0, now), Ok(CHUNK_BYTES));
+        // Room for others: filling up evicts the least recently used entry, and reports the
+        // transfer closed only when no entry of it is left.
+        let later = now + Duration::from_secs(1);
+        for (tag, peer) in [(2, "c"), (3, "d"), (4, "e")] {
+            let offer = s.handle_offer(peer, id(tag), later);
+            assert!(offer.send);
+            assert!(
+                offer.closed.is_empty() || offer.closed == vec![id(1)],
+                "{offer:?}"
+            );
+        }
+        assert!(s.open.len() <= MAX_SERVING);
     }
 
     /// A server whose snapshot file rotted on its disk (a byte flipped after it was sealed)
@@ -1094,9 +1169,9 @@ mod tests {
             while offset < id.total {
                 let len = s.handle_fetch(&"a", id, offset, now).unwrap();
                 let bytes = &file[offset as usize..offset as usize + len];
-                s.handle_read(id, offset, bytes)?;
+                s.handle_read(&"a", id, offset, bytes)?;
                 if offset == twice {
-                    s.handle_read(id, offset, bytes)?;
+                    s.handle_read(&"a", id, offset, bytes)?;
                 }
                 offset += len as u64;
             }
@@ -1116,10 +1191,10 @@ mod tests {
         let mut s: Sender<&str> = Sender::default();
         s.handle_offer("a", id, now);
         let first = s.handle_fetch(&"a", id, 0, now).unwrap();
-        assert_eq!(s.handle_read(id, 0, &rotten[..first]), Ok(()));
+        assert_eq!(s.handle_read(&"a", id, 0, &rotten[..first]), Ok(()));
         let rest = s.handle_fetch(&"a", id, first as u64, now).unwrap();
         assert!(matches!(
-            s.handle_read(id, first as u64, &rotten[first..first + rest]),
+            s.handle_read(&"a", id, first as u64, &rotten[first..first + rest]),
             Err(Refusal::Damaged(_))
         ));
         assert!(!s.is_open(&id), "a damaged file is not served further");

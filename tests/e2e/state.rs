@@ -138,6 +138,26 @@ fn count(node: &str, what: &str) -> usize {
         .count()
 }
 
+/// Runs `write(k, node, step)` on one thread per node at once (node `k` of `step`) and merges
+/// what the threads return (the maps each wrote, by name).
+fn per_node<F>(nodes: &[String], write: F) -> BTreeMap<String, String>
+where
+    F: Fn(usize, &str, usize) -> BTreeMap<String, String> + Sync,
+{
+    let write = &write;
+    std::thread::scope(|s| {
+        let writers: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(k, ctx)| s.spawn(move || write(k, ctx, nodes.len())))
+            .collect();
+        writers
+            .into_iter()
+            .flat_map(|w| w.join().expect("writer"))
+            .collect()
+    })
+}
+
 /// The `key=value` field of the first log line containing `marker`.
 fn log_field(log: &str, marker: &str, key: &str) -> Option<String> {
     let line = log.lines().find(|l| l.contains(marker))?;
@@ -154,40 +174,25 @@ fn a_new_node_receives_more_state_than_one_message_holds() {
     let dir = std::env::temp_dir().join(format!("shoal-e2e-state-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     // Written through all three nodes at once.
-    let expected: BTreeMap<String, String> = std::thread::scope(|s| {
-        let writers: Vec<_> = tn
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(k, ctx)| {
-                let dir = &dir;
-                let step = tn.nodes.len();
-                s.spawn(move || {
-                    let mut mine = BTreeMap::new();
-                    for i in (k..maps).step_by(step) {
-                        let data = payload(i as u64 + 1, MAP_BYTES);
-                        let file = dir.join(format!("data-{i}"));
-                        std::fs::write(&file, &data).expect("write data");
-                        let name = format!("big-{i}");
-                        kubectl_ok(
-                            ctx,
-                            &[
-                                "create",
-                                "configmap",
-                                &name,
-                                &format!("--from-file=data={}", file.display()),
-                            ],
-                        );
-                        mine.insert(name, fingerprint(&data));
-                    }
-                    mine
-                })
-            })
-            .collect();
-        writers
-            .into_iter()
-            .flat_map(|w| w.join().expect("writer"))
-            .collect()
+    let expected = per_node(&tn.nodes, |k, ctx, step| {
+        let mut mine = BTreeMap::new();
+        for i in (k..maps).step_by(step) {
+            let data = payload(i as u64 + 1, MAP_BYTES);
+            let file = dir.join(format!("data-{i}"));
+            std::fs::write(&file, &data).expect("write data");
+            let name = format!("big-{i}");
+            kubectl_ok(
+                ctx,
+                &[
+                    "create",
+                    "configmap",
+                    &name,
+                    &format!("--from-file=data={}", file.display()),
+                ],
+            );
+            mine.insert(name, fingerprint(&data));
+        }
+        mine
     });
     assert_eq!(expected.len(), maps);
 
@@ -200,36 +205,21 @@ fn a_new_node_receives_more_state_than_one_message_holds() {
     let updates = history_mib() * 1024 / (MAP_BYTES / 1024);
     let history_began = Instant::now();
     let mut expected = expected;
-    let replaced: BTreeMap<String, String> = std::thread::scope(|s| {
-        let writers: Vec<_> = tn
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(k, ctx)| {
-                let dir = &dir;
-                let step = tn.nodes.len();
-                s.spawn(move || {
-                    let mine: Vec<usize> = (k..maps).step_by(step).collect();
-                    let share = updates / step;
-                    let mut last = BTreeMap::new();
-                    for u in 0..share {
-                        if k == 0 && u == share / 2 {
-                            kubectl_ok(ctx, &["delete", "configmap", "gone-0", "gone-1", "gone-2"]);
-                        }
-                        let i = mine[u % mine.len()];
-                        let data = payload(((u as u64) << 20) | (i as u64 + 7), MAP_BYTES);
-                        let name = format!("big-{i}");
-                        replace_map(ctx, dir, &name, &data);
-                        last.insert(name, fingerprint(&data));
-                    }
-                    last
-                })
-            })
-            .collect();
-        writers
-            .into_iter()
-            .flat_map(|w| w.join().expect("writer"))
-            .collect()
+    let replaced = per_node(&tn.nodes, |k, ctx, step| {
+        let mine: Vec<usize> = (k..maps).step_by(step).collect();
+        let share = updates / step;
+        let mut last = BTreeMap::new();
+        for u in 0..share {
+            if k == 0 && u == share / 2 {
+                kubectl_ok(ctx, &["delete", "configmap", "gone-0", "gone-1", "gone-2"]);
+            }
+            let i = mine[u % mine.len()];
+            let data = payload(((u as u64) << 20) | (i as u64 + 7), MAP_BYTES);
+            let name = format!("big-{i}");
+            replace_map(ctx, &dir, &name, &data);
+            last.insert(name, fingerprint(&data));
+        }
+        last
     });
     expected.extend(replaced);
     let _ = std::fs::remove_dir_all(&dir);

@@ -494,7 +494,7 @@ impl Actor {
                 reason: format!("reading the snapshot: {e}"),
             };
         }
-        if let Err(reason) = self.sender.handle_read(id, offset, &bytes) {
+        if let Err(reason) = self.sender.handle_read(&peer, id, offset, &bytes) {
             tracing::error!(member = %from, %reason, path = %self.store.path().display(), "the snapshot being served is damaged on disk: saving the cluster document anew, the transfer starts over");
             self.serving.remove(&id);
             self.mark_dirty(DocId::Cluster);
