@@ -3,7 +3,8 @@
 //! listens), forwarding is on (`net.ipv4.ip_forward`, `net.bridge.bridge-nf-call-iptables`),
 //! and every other node's pod CIDR is routed via that node's internal IP (routes tagged with
 //! protocol [`ROUTE_PROTOCOL`], so ours are found and stale ones deleted). Re-planned after
-//! document changes (at most every [`MIN_INTERVAL`]) and every [`TICK`]. The decisions
+//! document changes (at most every [`MIN_INTERVAL`], and only when the node CIDRs or addresses
+//! changed or the last round found a problem) and every [`TICK`]. The decisions
 //! (`desired_routes`, `plan_routes`, `plan_bridge`, the `ip -j` parsers) are pure; the shell
 //! runs iproute2's `ip`.
 
@@ -241,10 +242,25 @@ fn sync_routes(desired: &BTreeMap<Ipv4Net, Ipv4Addr>) -> (Vec<String>, Vec<Strin
     (done, errors)
 }
 
-/// What the last round reported, so each problem is logged once.
+/// What a round programs from: every node's pod CIDR and internal IP.
+type RoundInputs = (BTreeMap<String, String>, BTreeMap<String, String>);
+
+/// What the last round reported, so each problem is logged once, and what it programmed from.
 #[derive(Default)]
 struct Logged {
     errors: BTreeSet<String>,
+    /// The inputs of the last round that ran `ip`, and when it ran.
+    last: Option<(RoundInputs, std::time::Instant)>,
+}
+
+/// Whether a round may leave the node as it is: its inputs are those of the last round that
+/// ran, which reported no problem less than [`TICK`] ago. Every document change used to run
+/// four `ip` processes per node (at most every [`MIN_INTERVAL`]): during a burst of pods,
+/// whose status writes change the documents constantly, 40 processes a second on 5 nodes for
+/// routes that never changed. A change of the inputs, a problem, or the tick still re-checks
+/// (and repairs) everything.
+fn unchanged(last: Option<(&RoundInputs, Duration)>, inputs: &RoundInputs, clean: bool) -> bool {
+    clean && last.is_some_and(|(prev, age)| prev == inputs && age < TICK)
 }
 
 impl Logged {
@@ -267,6 +283,13 @@ fn round(shared: &Shared, logged: &mut Logged) {
             .collect();
         (doc.pod_cidrs(), ips)
     });
+    let inputs = (pod_cidrs, internal_ips);
+    let last = logged.last.as_ref().map(|(i, at)| (i, at.elapsed()));
+    if unchanged(last, &inputs, logged.errors.is_empty()) {
+        return;
+    }
+    logged.last = Some((inputs.clone(), std::time::Instant::now()));
+    let (pod_cidrs, internal_ips) = inputs;
     let mut errors = Vec::new();
     if let Some(mine) = pod_cidrs.get(me) {
         match network::parse_cidr(mine).ok_or_else(|| format!("bad pod CIDR {mine:?}")) {
@@ -349,6 +372,25 @@ mod tests {
         assert!(skipped.iter().any(|s| s.starts_with("n3:")));
         assert!(skipped.iter().any(|s| s.starts_with("n4:")));
         assert!(skipped.iter().any(|s| s.starts_with("n5: bad pod CIDR")));
+    }
+
+    #[test]
+    fn rounds_with_the_same_inputs_and_no_problem_are_skipped_until_the_tick() {
+        let a: RoundInputs = (
+            map(&[("n1", "10.244.0.0/24")]),
+            map(&[("n1", "10.77.0.11")]),
+        );
+        let mut b = a.clone();
+        b.1.insert("n2".into(), "10.77.0.12".into());
+        let soon = Duration::from_millis(600);
+        assert!(unchanged(Some((&a, soon)), &a, true));
+        assert!(!unchanged(None, &a, true), "the first round runs");
+        assert!(!unchanged(Some((&a, soon)), &b, true), "inputs changed");
+        assert!(
+            !unchanged(Some((&a, soon)), &a, false),
+            "a problem is retried"
+        );
+        assert!(!unchanged(Some((&a, TICK)), &a, true), "the tick re-checks");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! Also the repair task: on the scheduler leader, a Service that lost its ClusterIP or a
 //! NodePort to a concurrent allocation gets a new one ([`run`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,18 +65,27 @@ fn parse_all(services: &[Value]) -> Vec<Service> {
 /// The stored Services (parsed) and, as served, the pods some Service selects, read from the
 /// replica under short locks. Only selected pods are merged with their status (`pod_view`): a
 /// burst of pods no Service selects costs the proxy and DNS roles nothing beyond reading them.
+///
+/// Only the pods of namespaces where some Service has a selector are decoded at all: every
+/// node's proxy and DNS decoded every pod of the cluster at each rebuild, and during a burst of
+/// 300 pods that no Service selects that was 8 % of the machine.
 fn read(shared: &Shared) -> (Vec<Service>, Vec<Value>) {
     let (services, pods) = shared.read(|doc| {
-        (
-            doc.list_objects(SERVICES, None),
-            doc.list_objects(PODS, None),
-        )
+        let services: Vec<Value> = doc
+            .list_objects(SERVICES, None)
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        let services = parse_all(&services);
+        let pods: Vec<Value> = selecting_namespaces(&services)
+            .iter()
+            .flat_map(|ns| doc.list_objects(PODS, Some(ns)))
+            .map(|(_, v)| v)
+            .collect();
+        (services, pods)
     });
-    let services: Vec<Value> = services.into_iter().map(|(_, v)| v).collect();
-    let services = parse_all(&services);
     let selected: Vec<&Value> = pods
         .iter()
-        .map(|(_, p)| p)
         .filter(|p| services.iter().any(|s| service::selects(s, p)))
         .collect();
     if selected.is_empty() {
@@ -87,6 +96,15 @@ fn read(shared: &Shared) -> (Vec<Service>, Vec<Value>) {
         services,
         selected.into_iter().map(|p| pod_view(p, &view)).collect(),
     )
+}
+
+/// The namespaces where some Service has a selector: no other pod can be an endpoint.
+fn selecting_namespaces(services: &[Service]) -> BTreeSet<String> {
+    services
+        .iter()
+        .filter(|s| s.selector.is_some())
+        .map(|s| s.namespace.clone())
+        .collect()
 }
 
 /// This node's current Services and endpoints.
@@ -230,6 +248,24 @@ mod tests {
         assert_eq!(web.len(), 1);
         assert_eq!(web[0].ports[0].port, 8080);
         assert!(snap.endpoints[&("default".to_string(), "old".to_string())].is_empty());
+    }
+
+    #[test]
+    fn only_namespaces_with_a_selecting_service_have_pods_worth_reading() {
+        let services = parse_all(&[
+            json!({"metadata": {"namespace": "web", "name": "a", "uid": "a"},
+                   "spec": {"clusterIP": "10.96.0.9", "selector": {"app": "a"},
+                            "ports": [{"port": 80}]}}),
+            json!({"metadata": {"namespace": "ext", "name": "b", "uid": "b"},
+                   "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}}),
+        ]);
+        assert_eq!(services.len(), 2);
+        assert_eq!(
+            selecting_namespaces(&services),
+            BTreeSet::from(["web".to_string()]),
+            "a Service without a selector selects no pod"
+        );
+        assert!(selecting_namespaces(&[]).is_empty());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! shell loop that feeds it and carries its actions out through `crate::runtime`.
 
 pub mod config;
+mod desired;
 mod objects;
 pub mod plan;
 pub mod prober;
@@ -23,12 +24,25 @@ use crate::runtime::logs::{find_target, read_logs, LogError};
 use crate::runtime::pods::StartOutcome;
 use crate::runtime::{PodMeta, Runtime, RuntimeConfig};
 use crate::state::shared::Shared;
+use desired::DesiredIndex;
 use plan::{Action, DesiredPod, Inputs, Ledger, Outcome, Planner};
 
 /// At most this many runtime actions run at once.
 pub const MAX_PARALLEL_ACTIONS: usize = 8;
 /// A planning round runs at least this often.
 const TICK: Duration = Duration::from_secs(1);
+/// A round for a document change alone waits at least this long after the previous round
+/// ended...
+const CHANGE_ROUND_GAP: Duration = Duration::from_millis(50);
+/// ...and at most this long.
+const MAX_CHANGE_ROUND_GAP: Duration = Duration::from_millis(500);
+
+/// The gap after a round that took `took` before a round for a document change alone: three
+/// times what the round took within [`CHANGE_ROUND_GAP`]..[`MAX_CHANGE_ROUND_GAP`], so rounds
+/// driven by other nodes' writes keep to a quarter of a core.
+fn change_round_gap(took: Duration) -> Duration {
+    (took * 3).clamp(CHANGE_ROUND_GAP, MAX_CHANGE_ROUND_GAP)
+}
 /// What no pod accounts for (`runtime::orphans`) is looked for this often, and at start.
 const REAP_EVERY: Duration = Duration::from_secs(10);
 /// Runtime actions queued or running (at most [`MAX_PARALLEL_ACTIONS`] run at once) above
@@ -48,72 +62,16 @@ pub struct KubeletConfig {
 
 /// The pods this node should run, from the merged document: those whose winning binding names
 /// this node for the pod's current uid, and those whose `spec.nodeName` is this node. Keyed
-/// by binding id (uid for `nodeName` pods).
+/// by binding id (uid for `nodeName` pods). One-off readers use this; the kubelet's rounds
+/// keep a [`DesiredIndex`] so unchanged records are not decoded again.
 pub fn desired_pods(shared: &Shared) -> BTreeMap<String, DesiredPod> {
-    shared.read(|doc| desired_in(doc, &shared.node_name))
+    desired_from(&mut DesiredIndex::new(), shared)
 }
 
-fn desired_in(doc: &crate::state::ClusterDoc, node: &str) -> BTreeMap<String, DesiredPod> {
-    let mut out = BTreeMap::new();
-    for (path, value) in doc.list_objects(PODS, None) {
-        // Which pods are this node's is read from the raw object (uid, spec.nodeName) and the
-        // binding; only those are parsed into typed pods (every round parsed all of them).
-        let ns = path.namespace.as_deref().unwrap_or("default");
-        let uid = value
-            .pointer("/metadata/uid")
-            .and_then(|u| u.as_str())
-            .unwrap_or_default();
-        let key = match value.pointer("/spec/nodeName").and_then(|n| n.as_str()) {
-            Some(n) if n == node => Some(uid.to_string()),
-            Some(_) => None,
-            None => doc
-                .binding(ns, &path.name)
-                .ok()
-                .flatten()
-                .filter(|b| b.node == node && b.pod_uid == uid)
-                .map(|b| b.id),
-        };
-        let Some(key) = key.filter(|k| crate::runtime::check_component("pod key", k).is_ok())
-        else {
-            continue;
-        };
-        let Some(pod) = parse_pod(value) else {
-            tracing::debug!(pod = %path.name, "skipping a pod object that does not parse");
-            continue;
-        };
-        out.insert(key.clone(), DesiredPod { key, pod });
-    }
-    out
-}
-
-/// A pod object as k8s-openapi types. If the strict parse fails, empty lists are dropped
-/// first (a typeless store can turn an empty map `{}` into `[]`).
-fn parse_pod(value: serde_json::Value) -> Option<Pod> {
-    fn strip_empty(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Object(m) => {
-                if m.get("emptyDir")
-                    .is_some_and(|e| e.as_array().is_some_and(Vec::is_empty))
-                {
-                    m.insert("emptyDir".into(), serde_json::json!({}));
-                }
-                m.retain(|k, x| {
-                    k == "containers" || !matches!(x, serde_json::Value::Array(a) if a.is_empty())
-                });
-                m.values_mut().for_each(strip_empty);
-            }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(strip_empty),
-            _ => {}
-        }
-    }
-    match <Pod as serde::Deserialize>::deserialize(&value) {
-        Ok(p) => Some(p),
-        Err(_) => {
-            let mut v = value;
-            strip_empty(&mut v);
-            serde_json::from_value::<Pod>(v).ok()
-        }
-    }
+/// This round's desired pods through `index` (records whose bytes are unchanged reused).
+fn desired_from(index: &mut DesiredIndex, shared: &Shared) -> BTreeMap<String, DesiredPod> {
+    let (pods, bindings) = shared.read(|doc| (doc.raw_objects(PODS), doc.raw_bindings()));
+    index.refresh(&shared.node_name, pods, bindings)
 }
 
 /// Outcomes of the shell's background work (runtime actions, pulls) for the planner's
@@ -145,6 +103,8 @@ struct Shell {
     /// This round's resolved container configurations.
     configs: objects::Configs,
     planner: Planner,
+    /// Pod objects and bindings decoded in earlier rounds.
+    desired: DesiredIndex,
     /// The planner's count of what the shell's actions and pulls reported.
     ledger: Ledger,
     /// Outcomes of actions and pulls, for the next round.
@@ -185,16 +145,35 @@ pub async fn run(
     let mut shell = Shell::new(shared, runtime, config, wake_tx, probes);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When the last round ended and what it took.
+    let mut last_round: Option<(std::time::Instant, Duration)> = None;
     loop {
-        tokio::select! {
+        let document_changed = tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            _ = wake_rx.recv() => {}
-            _ = changes.changed() => {}
-            _ = tick.tick() => {}
+            _ = wake_rx.recv() => false,
+            _ = changes.changed() => true,
+            _ = tick.tick() => false,
+        };
+        // Every write anywhere in the cluster changes the documents; during a burst that is a
+        // round after every round. Rounds for a change alone keep a gap after the last one
+        // (an action of this kubelet that ended, or the tick, still runs one at once).
+        if let Some(wait) = last_round
+            .filter(|_| document_changed)
+            .map(|(end, took)| change_round_gap(took).saturating_sub(end.elapsed()))
+            .filter(|w| !w.is_zero())
+        {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(wait) => {}
+                _ = wake_rx.recv() => {}
+            }
         }
         while wake_rx.try_recv().is_ok() {}
+        let started = std::time::Instant::now();
         shell.round().await;
+        last_round = Some((std::time::Instant::now(), started.elapsed()));
     }
     prober.abort();
     tracing::info!("kubelet stopped (containers keep running)");
@@ -249,6 +228,7 @@ impl Shell {
             configs: objects::Configs::new(),
             node_ip: config.node_ip,
             planner: Planner::new(),
+            desired: DesiredIndex::new(),
             ledger: Ledger::default(),
             reports: Reports::default(),
             busy: Arc::new(Mutex::new(BTreeSet::new())),
@@ -276,7 +256,7 @@ impl Shell {
 
     async fn round(&mut self) {
         self.take_reports();
-        let desired = desired_pods(&self.shared);
+        let desired = desired_from(&mut self.desired, &self.shared);
         let pod_cidr = self.pod_cidr();
         let rt = self.runtime.clone();
         let Ok(observed) = tokio::task::spawn_blocking(move || rt.observe()).await else {
@@ -305,6 +285,7 @@ impl Shell {
             desired = desired.len(),
             observed = observed.len(),
             actions = actions.len(),
+            decoded_records = self.desired.decoded(),
             ?busy,
             "kubelet round"
         );
@@ -872,4 +853,17 @@ pub fn logs(data_dir: &Path, req: &LogRequest) -> Result<LogStream, LogError> {
         req.previous,
     )?;
     read_logs(target, req, chrono::Utc::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_for_changes_alone_keep_a_gap_of_three_times_their_cost() {
+        let ms = Duration::from_millis;
+        assert_eq!(change_round_gap(ms(2)), CHANGE_ROUND_GAP);
+        assert_eq!(change_round_gap(ms(40)), ms(120));
+        assert_eq!(change_round_gap(ms(900)), MAX_CHANGE_ROUND_GAP);
+    }
 }

@@ -495,6 +495,17 @@ impl ClusterDoc {
         self.delete_key(&object_key(resource, namespace, name))
     }
 
+    /// The raw (CBOR) records of every object of `resource`, by key, in key order: for
+    /// readers that keep what they decoded and decode only records whose bytes changed.
+    pub fn raw_objects(&self, resource: &str) -> Vec<(String, Vec<u8>)> {
+        self.scan(&format!("{}{resource}/", keys::OBJ_PREFIX))
+    }
+
+    /// The raw (CBOR) records of every binding, by key (`bind/<ns>/<pod>`), in key order.
+    pub fn raw_bindings(&self) -> Vec<(String, Vec<u8>)> {
+        self.scan(workload::keys::BINDING_PREFIX)
+    }
+
     /// Objects of `resource`, optionally within one namespace, in key order.
     pub fn list_objects(
         &self,

@@ -22,6 +22,9 @@ pub use persist::{
     is_out_of_space, is_sealed, open_file, seal_file, set_aside, sync_parent, write_atomic,
     DocStore, Loaded, Wal,
 };
+pub(crate) use replica::from_cbor;
+#[cfg(test)]
+pub(crate) use replica::to_cbor;
 pub use replica::{Replica, MAX_VALUE_BYTES};
 pub use shared::{LocalChange, Shared, View};
 pub use status::StatusDoc;
