@@ -80,6 +80,7 @@ fn main() {
             pids_limit: Some(shoal::runtime::DEFAULT_POD_PIDS_LIMIT),
             memory_swap_limit: false,
             capability_bound: None,
+            deny_privileged: false,
         },
     };
     let rt = Runtime::new(config.clone());

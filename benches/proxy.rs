@@ -192,6 +192,8 @@ fn facts() -> NodeFacts {
         cluster_cidr: "10.244.0.0/16".parse().unwrap(),
         pod_cidr: "10.244.1.0/24".parse().unwrap(),
         bridge: "shoal0".into(),
+        agent_ports: Vec::new(),
+        agents: Vec::new(),
     }
 }
 

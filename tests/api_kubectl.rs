@@ -3015,3 +3015,87 @@ async fn typed_client_replies_paging_and_watch_replay() {
     assert_eq!(code, 400);
     h.stop().await;
 }
+
+/// A pod that sets nothing: baseline allows it, restricted does not.
+const PLAIN_POD: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: plain
+spec:
+  containers:
+  - name: main
+    image: shoal.test/busybox:1
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pod_security_levels_refuse_and_warn_through_kubectl() {
+    let h = Harness::start().await;
+    h.ok(&["create", "namespace", "locked"]).await;
+    // Bad labels are refused, naming the label.
+    let stderr = h
+        .fails(&[
+            "label",
+            "namespace",
+            "locked",
+            "pod-security.kubernetes.io/enforce=strict",
+        ])
+        .await;
+    assert!(
+        stderr.contains(r#"metadata.labels[pod-security.kubernetes.io/enforce]: Invalid value: "strict": must be one of privileged, baseline, restricted"#),
+        "{stderr}"
+    );
+    h.ok(&[
+        "label",
+        "namespace",
+        "locked",
+        "pod-security.kubernetes.io/enforce=baseline",
+        "pod-security.kubernetes.io/warn=restricted",
+        "pod-security.kubernetes.io/warn-version=v1.30",
+    ])
+    .await;
+
+    // enforce: a privileged pod is refused with Kubernetes' message.
+    let privileged = PLAIN_POD.replace(
+        "    image: shoal.test/busybox:1\n",
+        "    image: shoal.test/busybox:1\n    securityContext:\n      privileged: true\n",
+    );
+    let file = h.write("privileged.yaml", &privileged);
+    let stderr = h.fails(&["-n", "locked", "apply", "-f", &file]).await;
+    assert!(
+        stderr.contains(r#"pods "plain" is forbidden: violates PodSecurity "baseline:latest": privileged (container "main" must not set securityContext.privileged=true)"#),
+        "{stderr}"
+    );
+    assert!(h.backend.list_objects("pods", Some("locked")).is_empty());
+
+    // warn: a baseline pod is created, and kubectl prints the restricted warning.
+    let file = h.write("plain.yaml", PLAIN_POD);
+    let out = h.kubectl(&["-n", "locked", "apply", "-f", &file]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("pod/plain created"), "{stdout}");
+    assert!(
+        stderr.contains(r#"Warning: would violate PodSecurity "restricted:v1.30": allowPrivilegeEscalation != false (container "main" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities (container "main" must set securityContext.capabilities.drop=["ALL"]), runAsNonRoot != true (pod or container "main" must set securityContext.runAsNonRoot=true), seccompProfile (pod or container "main" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")"#),
+        "{stderr}"
+    );
+
+    // A Deployment is never refused for its template: warnings for enforce and warn.
+    let deploy = DEPLOY_V1.replace(
+        "        image: shoal.test/busybox:1\n",
+        "        image: shoal.test/busybox:1\n        securityContext:\n          privileged: true\n",
+    );
+    let file = h.write("deploy.yaml", &deploy);
+    let out = h.kubectl(&["-n", "locked", "apply", "-f", &file]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(r#"Warning: would violate PodSecurity "baseline:latest": privileged (container "main" must not set securityContext.privileged=true)"#)
+            && stderr.contains(r#"Warning: would violate PodSecurity "restricted:v1.30": privileged"#),
+        "{stderr}"
+    );
+
+    // Where nothing is labelled, nothing is checked.
+    let file = h.write("privileged.yaml", &privileged);
+    h.ok(&["apply", "-f", &file]).await;
+    h.stop().await;
+}

@@ -225,6 +225,13 @@ impl Lab {
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             pod_cidr: "10.244.1.0/24".parse().unwrap(),
             bridge: "shoal0".into(),
+            // Pods refused on the agent's ports (the scripts must pass the real nft; Service
+            // traffic must not suffer from them).
+            agent_ports: vec![(Protocol::Udp, 7946), (Protocol::Tcp, 6443)],
+            agents: vec![
+                (OUTSIDE.parse().unwrap(), Protocol::Udp, 7946),
+                (OUTSIDE.parse().unwrap(), Protocol::Tcp, 6443),
+            ],
         }
     }
 

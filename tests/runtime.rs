@@ -124,6 +124,7 @@ fn runtime_config(dir: &Path) -> RuntimeConfig {
                 "/sys/fs/cgroup",
             )),
             capability_bound: None,
+            deny_privileged: false,
         },
     }
 }

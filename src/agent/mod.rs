@@ -112,6 +112,8 @@ pub struct RunOptions {
     pub metrics_addr: Option<SocketAddr>,
     /// `--state-dir`; replaces the stored setting (the state files move) when given.
     pub state_dir: Option<std::path::PathBuf>,
+    /// `--deny-privileged`; replaces the stored setting when given.
+    pub deny_privileged: Option<bool>,
 }
 
 /// The files of the replicated state, relative to the state dir.
@@ -191,6 +193,9 @@ fn prepare(opts: &RunOptions) -> Result<(DataDir, AgentSettings, ClusterIdentity
     }
     if let Some(n) = opts.pod_pids_limit {
         settings.pod_pids_limit = n;
+    }
+    if let Some(deny) = opts.deny_privileged {
+        settings.deny_privileged = deny;
     }
     if !opts.dns_upstreams.is_empty() {
         settings.dns_upstreams =
@@ -445,8 +450,21 @@ pub async fn run(
     }
     // Service load balancing (nftables) comes with the pod network: agents sharing one host's
     // network namespace (loopback tests) must not fight over one table.
-    let proxy_task =
-        pod_network.then(|| tokio::spawn(proxy::run(shared.clone(), stopped(stop_rx.clone()))));
+    // It also keeps pods off the agent's own ports (p2p, API, metrics).
+    let mut agent_ports = vec![
+        (crate::proxy::Protocol::Udp, settings.listen_p2p.port()),
+        (crate::proxy::Protocol::Tcp, settings.listen_api.port()),
+    ];
+    if let Some(metrics) = opts.metrics_addr {
+        agent_ports.push((crate::proxy::Protocol::Tcp, metrics.port()));
+    }
+    let proxy_task = pod_network.then(|| {
+        tokio::spawn(proxy::run(
+            shared.clone(),
+            agent_ports,
+            stopped(stop_rx.clone()),
+        ))
+    });
     // The node's DNS server listens at the pod gateway, so it too comes with the pod network.
     let dns_task = pod_network.then(|| {
         tokio::spawn(dns::run(
@@ -456,14 +474,19 @@ pub async fn run(
         ))
     });
 
+    let runtime = crate::runtime::RuntimeConfig {
+        host_path_prefixes: settings.allowed_host_paths.clone(),
+        ..crate::runtime::RuntimeConfig::from_env(dir.root(), &settings.name, pod_network)
+            .with_pod_pids_limit(settings.pod_pids_limit)
+            .with_deny_privileged(settings.deny_privileged)
+    };
+    // The runtime's version, once: a warning naming the escapes an old runc leaves open.
+    let runtime_binary = runtime.runtime_binary.clone();
+    tokio::task::spawn_blocking(move || warn_about_runc(&runtime_binary));
     let kubelet_task = tokio::spawn(crate::kubelet::run(
         shared.clone(),
         crate::kubelet::KubeletConfig {
-            runtime: crate::runtime::RuntimeConfig {
-                host_path_prefixes: settings.allowed_host_paths.clone(),
-                ..crate::runtime::RuntimeConfig::from_env(dir.root(), &settings.name, pod_network)
-                    .with_pod_pids_limit(settings.pod_pids_limit)
-            },
+            runtime,
             node_ip: advertise.to_string(),
             puller,
         },
@@ -876,4 +899,31 @@ async fn serve_api(
     .await;
     registrar.abort();
     result.map_err(|e| AgentError::Other(format!("API server: {e}")))
+}
+
+/// Runs `<runtime> --version` and logs a warning naming the container-escape CVEs its version
+/// leaves open (`runtime::runc_version`); a runtime that is not runc, or does not run, is
+/// logged and not checked.
+fn warn_about_runc(binary: &std::path::Path) {
+    let output = match std::process::Command::new(binary).arg("--version").output() {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(o) => {
+            tracing::warn!(runtime = %binary.display(), status = %o.status, "the container runtime's --version failed; its version is not checked");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(runtime = %binary.display(), %e, "the container runtime did not run; its version is not checked");
+            return;
+        }
+    };
+    let Some(version) = crate::runtime::runc_version::parse(&output) else {
+        tracing::info!(runtime = %binary.display(), "the container runtime is not runc; its version is not checked");
+        return;
+    };
+    match crate::runtime::runc_version::warning(&version) {
+        Some(warning) => tracing::warn!(runtime = %binary.display(), "{warning}"),
+        None => {
+            tracing::info!(runtime = %binary.display(), version = %version.text, "runc version checked")
+        }
+    }
 }

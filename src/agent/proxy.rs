@@ -6,6 +6,7 @@
 //! there (someone may have flushed the ruleset) and rebuilds it if not.
 
 use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,8 @@ use tokio::time::Instant;
 use super::services;
 use crate::model::network::BRIDGE;
 use crate::model::MemberState;
-use crate::proxy::{self, Change, Desired, NodeFacts, Ruleset, TABLE};
+use crate::model::NodeRecord;
+use crate::proxy::{self, Change, Desired, NodeFacts, Protocol, Ruleset, TABLE};
 use crate::sched::settle::Settle;
 use crate::state::Shared;
 
@@ -148,10 +150,11 @@ impl Nft {
     }
 }
 
-/// This node's network facts: the cluster CIDR (metadata) and its own pod CIDR (its claim);
-/// `None` until both are known.
-fn node_facts(shared: &Shared) -> Option<NodeFacts> {
-    let (meta, pod_cidrs) = shared.read(|doc| (doc.meta(), doc.pod_cidrs()));
+/// This node's network facts: the cluster CIDR (metadata) and its own pod CIDR (its claim),
+/// this agent's ports and every node's advertised agent endpoints; `None` until both CIDRs
+/// are known.
+fn node_facts(shared: &Shared, agent_ports: &[(Protocol, u16)]) -> Option<NodeFacts> {
+    let (meta, pod_cidrs, nodes) = shared.read(|doc| (doc.meta(), doc.pod_cidrs(), doc.nodes()));
     let meta = meta.ok().flatten()?;
     let cluster_cidr = crate::model::network::parse_cidr(&meta.cluster_cidr)?;
     let pod_cidr = pod_cidrs
@@ -161,7 +164,25 @@ fn node_facts(shared: &Shared) -> Option<NodeFacts> {
         cluster_cidr,
         pod_cidr,
         bridge: BRIDGE.to_string(),
+        agent_ports: agent_ports.to_vec(),
+        agents: nodes.iter().flat_map(agent_endpoints).collect(),
     })
+}
+
+/// A node record's agent endpoints: the p2p address (`/ip4/A/udp/P/quic-v1`, UDP) and the API
+/// address (`A:P`, TCP); what does not parse as IPv4 is left out.
+pub fn agent_endpoints(node: &NodeRecord) -> Vec<(Ipv4Addr, Protocol, u16)> {
+    let mut out = Vec::new();
+    let parts: Vec<&str> = node.p2p_addr.split('/').collect();
+    if let ["", "ip4", ip, "udp", port, ..] = parts.as_slice() {
+        if let (Ok(ip), Ok(port)) = (ip.parse(), port.parse()) {
+            out.push((ip, Protocol::Udp, port));
+        }
+    }
+    if let Ok(api) = node.api_addr.parse::<SocketAddrV4>() {
+        out.push((*api.ip(), Protocol::Tcp, api.port()));
+    }
+    out
 }
 
 /// The ruleset this node should have now.
@@ -183,6 +204,8 @@ struct Proxy {
     /// The last failure logged, so a persistent one (no `nft`) is logged once, not per round.
     last_error: Option<String>,
     last_verify: Instant,
+    /// This agent's own ports, refused to pods.
+    agent_ports: Vec<(Protocol, u16)>,
 }
 
 impl Proxy {
@@ -205,7 +228,7 @@ impl Proxy {
         if !self.settled() {
             return;
         }
-        let Some(facts) = node_facts(&self.shared) else {
+        let Some(facts) = node_facts(&self.shared, &self.agent_ports) else {
             if !self.waiting_logged {
                 tracing::info!("proxy: waiting for this node's pod CIDR");
                 self.waiting_logged = true;
@@ -305,8 +328,13 @@ fn log_applied(change: &Change, desired: &Ruleset, planning: Duration, took: Dur
     );
 }
 
-/// Runs until `stop` resolves.
-pub async fn run(shared: Arc<Shared>, stop: impl std::future::Future<Output = ()>) {
+/// Runs until `stop` resolves. `agent_ports`: this agent's listening ports (p2p, API,
+/// metrics), which pods may not reach.
+pub async fn run(
+    shared: Arc<Shared>,
+    agent_ports: Vec<(Protocol, u16)>,
+    stop: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(stop);
     let mut proxy = Proxy {
         shared: shared.clone(),
@@ -318,6 +346,7 @@ pub async fn run(shared: Arc<Shared>, stop: impl std::future::Future<Output = ()
         waiting_logged: false,
         last_error: None,
         last_verify: Instant::now(),
+        agent_ports,
     };
     let mut changes = shared.subscribe();
     let mut tick = tokio::time::interval(TICK);

@@ -41,6 +41,9 @@ pub struct AgentSettings {
     pub allowed_host_paths: Vec<std::path::PathBuf>,
     /// Where the replicated state lives (`--state-dir`); `None`: the data dir.
     pub state_dir: Option<std::path::PathBuf>,
+    /// This node refuses to run privileged containers (`--deny-privileged`), whatever the
+    /// API admitted: they wait with `CreateContainerConfigError`. docs/security.md.
+    pub deny_privileged: bool,
 }
 
 impl Default for AgentSettings {
@@ -56,6 +59,7 @@ impl Default for AgentSettings {
             pod_pids_limit: crate::runtime::DEFAULT_POD_PIDS_LIMIT,
             allowed_host_paths: Vec::new(),
             state_dir: None,
+            deny_privileged: false,
         }
     }
 }

@@ -44,6 +44,7 @@ mod nodes;
 mod objects;
 mod openapi;
 pub mod patch;
+mod pod_security;
 mod proto;
 mod resources;
 mod router;

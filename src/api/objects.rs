@@ -29,7 +29,7 @@ use super::table::{self, IncludeObject};
 use super::validation::{check_type_meta, validate_fields, validate_name};
 use super::watch::{self, WatchRequest};
 use super::workloads;
-use super::{admission, eviction, logs, scale, services, ApiState};
+use super::{admission, eviction, logs, pod_security, scale, services, ApiState};
 
 /// Namespaces that exist even when nothing is stored for them.
 pub const BUILTIN_NAMESPACES: &[&str] = &["default", "kube-system"];
@@ -788,7 +788,7 @@ fn create(
     let info = target.info;
     let mut object = decode(info, headers, body)?;
     check_type_meta(info, &mut object)?;
-    let warnings = validate_fields(info, &mut object, query)?;
+    let mut warnings = validate_fields(info, &mut object, query)?;
     settle_namespace(target, &mut object)?;
     let mut name = object["metadata"]["name"]
         .as_str()
@@ -814,6 +814,7 @@ fn create(
         meta.insert("uid".into(), json!(uid));
     }
     admit(info, &mut object, None, &name)?;
+    warnings.extend(pod_security::admit(state, info, &object, None, &name)?);
     if find_stored(state, info, target.namespace.as_deref(), &name).is_some() {
         return Err(ApiError::AlreadyExists {
             resource: info.plural.into(),
@@ -956,18 +957,19 @@ fn store_update(
     existing: &Value,
     object: Value,
     query: &Query,
-    warnings: &[String],
+    mut warnings: Vec<String>,
 ) -> Result<Response, ApiError> {
-    let object = store(state, target, name, existing, object, query)?;
+    let object = store(state, target, name, existing, object, query, &mut warnings)?;
     let namespace = target.namespace.as_deref();
     let object = as_served(state, target.info, namespace, name, object, dry_run(query));
     Ok(with_warnings(
         json_response(StatusCode::OK, &object),
-        warnings,
+        &warnings,
     ))
 }
 
-/// Checks, completes and stores an updated object; returns what was stored.
+/// Checks, completes and stores an updated object; returns what was stored. Admission's
+/// warnings are added to `warnings`.
 pub fn store(
     state: &ApiState,
     target: &Target,
@@ -975,6 +977,7 @@ pub fn store(
     existing: &Value,
     mut object: Value,
     query: &Query,
+    warnings: &mut Vec<String>,
 ) -> Result<Value, ApiError> {
     let info = target.info;
     settle_namespace(target, &mut object)?;
@@ -1023,6 +1026,13 @@ pub fn store(
         return nodes::store(state, name, &object, dry_run(query));
     }
     admit(info, &mut object, Some(existing), name)?;
+    warnings.extend(pod_security::admit(
+        state,
+        info,
+        &object,
+        Some(existing),
+        name,
+    )?);
     update_metadata(state, existing, &mut object);
     persist(
         state,
@@ -1085,7 +1095,7 @@ fn replace(
     let warnings = validate_fields(info, &mut object, query)?;
     let existing = find_stored(state, info, target.namespace.as_deref(), name)
         .ok_or_else(|| ApiError::not_found(info.plural, name))?;
-    store_update(state, target, name, &existing, object, query, &warnings)
+    store_update(state, target, name, &existing, object, query, warnings)
 }
 
 fn patch(
@@ -1117,7 +1127,7 @@ fn patch(
     }
     check_type_meta(info, &mut patched)?;
     let warnings = validate_fields(info, &mut patched, query)?;
-    store_update(state, target, name, &existing, patched, query, &warnings)
+    store_update(state, target, name, &existing, patched, query, warnings)
 }
 
 /// `DeleteOptions` from the body (JSON, or protobuf as kubectl's typed clients send it)

@@ -148,7 +148,15 @@ pub async fn handle(
         Some(rv) if method == Method::PUT => json!(rv),
         _ => json!(""),
     };
-    let stored = store(state, target, name, &existing, object, query)?;
+    let stored = store(
+        state,
+        target,
+        name,
+        &existing,
+        object,
+        query,
+        &mut Vec::new(),
+    )?;
     let mut response = current;
     response["spec"]["replicas"] = json!(replicas);
     response["metadata"]["resourceVersion"] = stored["metadata"]["resourceVersion"].clone();

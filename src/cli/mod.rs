@@ -178,6 +178,17 @@ pub enum Command {
         /// Prometheus on the host or a trusted network. The API serves it at `/metrics` too.
         #[arg(long, value_name = "IP:PORT", env = "SHOAL_METRICS_ADDR")]
         metrics_addr: Option<SocketAddr>,
+        /// Refuse to run privileged containers on this node, whatever the API admitted
+        /// (they wait with CreateContainerConfigError). `--deny-privileged=false` allows
+        /// them again. Saved.
+        #[arg(
+            long = "deny-privileged",
+            value_name = "BOOL",
+            env = "SHOAL_DENY_PRIVILEGED",
+            num_args = 0..=1,
+            default_missing_value = "true"
+        )]
+        deny_privileged: Option<bool>,
         /// Where the replicated state lives (state.automerge, state.wal, status/), e.g. its own
         /// file system, so that container layers or volumes filling the data dir's cannot stop
         /// the node from accepting writes. An absolute path; saved. On a change the files move
@@ -291,6 +302,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 pod_pids_limit: crate::runtime::DEFAULT_POD_PIDS_LIMIT,
                 allowed_host_paths: Vec::new(),
                 state_dir: None,
+                deny_privileged: false,
             };
             let token = parse_token(token)?;
             let out = agent::init_cluster(&InitOptions {
@@ -340,6 +352,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pod_pids_limit,
             allow_host_path,
             metrics_addr,
+            deny_privileged,
             state_dir,
         } => {
             let opts = RunOptions {
@@ -355,6 +368,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 pod_pids_limit,
                 allowed_host_paths: allow_host_path,
                 metrics_addr,
+                deny_privileged,
                 state_dir,
             };
             // Before any thread exists, so every runtime thread inherits it; the shim and the

@@ -336,9 +336,17 @@ impl Shell {
         self.configs = self
             .objects
             .resolve(&self.shared, desired, observed, &mut verdicts.states);
-        // runAsNonRoot with an image that runs as root: waits as CreateContainerConfigError.
+        // runAsNonRoot with an image that runs as root, a privileged container on a node that
+        // refuses them: waits as CreateContainerConfigError.
+        let deny_privileged = self.runtime.config.limits.deny_privileged;
         for (key, d) in desired {
             for c in d.containers() {
+                if deny_privileged && crate::model::security_context::is_privileged(c) {
+                    let message =
+                        crate::model::security_context::privileged_denied_message(&c.name);
+                    objects::config_error(&mut verdicts.states, key, &c.name, message);
+                    continue;
+                }
                 let image = c.image.as_deref().and_then(|i| verdicts.ready.get(i));
                 if let Some(message) =
                     image.and_then(|i| crate::runtime::bundle::non_root_violation(&d.pod, c, i))

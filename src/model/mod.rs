@@ -20,6 +20,7 @@ mod names;
 pub mod network;
 mod node;
 pub mod observed;
+pub mod pod_security;
 pub mod quantity;
 pub mod reference;
 pub mod secret;

@@ -337,6 +337,22 @@ pub fn non_root_message(pod: &Pod, container: &str) -> String {
     )
 }
 
+/// Why a node started with `--deny-privileged` does not run a privileged container.
+pub fn privileged_denied_message(container: &str) -> String {
+    format!(
+        "container {container} is privileged and this node refuses privileged containers (shoal agent --deny-privileged)"
+    )
+}
+
+/// Whether `container` asks to be privileged.
+pub fn is_privileged(container: &Container) -> bool {
+    container
+        .security_context
+        .as_ref()
+        .and_then(|s| s.privileged)
+        .unwrap_or(false)
+}
+
 /// What a path is used for (the rules differ a little).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PathUse {

@@ -171,6 +171,7 @@ event_reasons! {
     ScalingReplicaSet,
     SuccessfulCreate,
     SuccessfulDelete,
+    FailedCreate,
     TooManyMissedTimes,
     JobAlreadyActive,
     // taint manager

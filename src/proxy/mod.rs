@@ -20,7 +20,7 @@ use ipnet::Ipv4Net;
 pub use crate::model::service::Protocol;
 pub use input::service_ports;
 pub use names::{endpoint_chain, service_chain};
-pub use ruleset::{build, Chain, Ruleset, MAPS};
+pub use ruleset::{build, Chain, Ruleset, MAPS, POD_TO_AGENT, POD_TO_AGENTS};
 pub use script::{diff, full, Change, TABLE};
 
 /// What a node knows about its own network.
@@ -33,6 +33,13 @@ pub struct NodeFacts {
     pub pod_cidr: Ipv4Net,
     /// The bridge the node's pods hang off (for documentation in the ruleset's comments).
     pub bridge: String,
+    /// This node's agent ports (p2p UDP, API TCP, metrics TCP): pods (sources in the cluster
+    /// CIDR) are refused on them at every local address (chain `pods-to-agent`).
+    pub agent_ports: Vec<(Protocol, u16)>,
+    /// Every node's advertised agent endpoints (address, protocol, port) from the node
+    /// records: pods of this node are refused on them when forwarded (chain `pods-to-agents`),
+    /// before the masquerade would hide them behind this node's own address.
+    pub agents: Vec<(Ipv4Addr, Protocol, u16)>,
 }
 
 /// One ready endpoint of a Service port.

@@ -87,6 +87,43 @@ impl Ruleset {
     }
 }
 
+/// Pods to this node's agent, at any local address (jumped from `filter-input`).
+pub const POD_TO_AGENT: &str = "pods-to-agent";
+/// Pods to any node's advertised agent endpoints (jumped from `filter-forward`).
+pub const POD_TO_AGENTS: &str = "pods-to-agents";
+
+/// The rules of [`POD_TO_AGENT`] and [`POD_TO_AGENTS`] (`None` for an empty list: nft refuses
+/// an empty anonymous set).
+fn pod_firewall(node: &super::NodeFacts) -> (Option<String>, Option<String>) {
+    let local: BTreeSet<String> = node
+        .agent_ports
+        .iter()
+        .filter(|(_, port)| *port != 0)
+        .map(|(proto, port)| format!("{} . {port}", proto.nft()))
+        .collect();
+    let all: BTreeSet<String> = node
+        .agents
+        .iter()
+        .filter(|(ip, _, port)| *port != 0 && !ip.is_unspecified())
+        .map(|(ip, proto, port)| format!("{ip} . {} . {port}", proto.nft()))
+        .collect();
+    let set = |elements: BTreeSet<String>| elements.into_iter().collect::<Vec<_>>().join(", ");
+    (
+        (!local.is_empty()).then(|| {
+            format!(
+                "meta l4proto . th dport {{ {} }} goto reject-chain",
+                set(local)
+            )
+        }),
+        (!all.is_empty()).then(|| {
+            format!(
+                "ip daddr . meta l4proto . th dport {{ {} }} goto reject-chain",
+                set(all)
+            )
+        }),
+    )
+}
+
 /// The static part: hooked chains, dispatch, the no-endpoint checks, masquerading.
 fn base(desired: &Desired) -> Ruleset {
     let mut r = Ruleset::default();
@@ -116,19 +153,34 @@ fn base(desired: &Desired) -> Ruleset {
         Some(&nat("postrouting", "100")),
         s("jump masquerading"),
     );
-    r.chain(
-        "filter-input",
-        Some(&filter("input")),
-        vec![
-            "ct state new jump nodeport-endpoints-check".into(),
-            "ct state new jump service-endpoints-check".into(),
-        ],
-    );
-    r.chain(
-        "filter-forward",
-        Some(&filter("forward")),
-        s("ct state new jump service-endpoints-check"),
-    );
+    let node = &desired.node;
+    // Pods never reach an agent (issue 16): its p2p port takes peers before admission and its
+    // API takes unauthenticated clients; pods have no business with either (no in-cluster
+    // API config). Every packet, not only `ct state new`: a flow opened before the table was
+    // applied must not stay open. Rejected (TCP reset, ICMP port unreachable), so a pod fails
+    // at once instead of hanging.
+    let (to_agent, to_agents) = pod_firewall(node);
+    let mut input = Vec::new();
+    if let Some(rule) = &to_agent {
+        input.push(format!(
+            "ip saddr {} jump {POD_TO_AGENT}",
+            node.cluster_cidr
+        ));
+        r.chain(POD_TO_AGENT, None, vec![rule.clone()]);
+    }
+    input.push("ct state new jump nodeport-endpoints-check".into());
+    input.push("ct state new jump service-endpoints-check".into());
+    r.chain("filter-input", Some(&filter("input")), input);
+    let mut forward = Vec::new();
+    if let Some(rule) = &to_agents {
+        forward.push(format!(
+            "ip saddr {} jump {POD_TO_AGENTS}",
+            node.cluster_cidr
+        ));
+        r.chain(POD_TO_AGENTS, None, vec![rule.clone()]);
+    }
+    forward.push("ct state new jump service-endpoints-check".into());
+    r.chain("filter-forward", Some(&filter("forward")), forward);
     r.chain(
         "filter-output",
         Some(&filter("output")),
@@ -167,7 +219,6 @@ fn base(desired: &Desired) -> Ruleset {
         None,
         s(&format!("meta mark set meta mark | {MASQ_MARK}")),
     );
-    let node = &desired.node;
     r.chain(
         "masquerading",
         None,

@@ -15,6 +15,13 @@ fn node() -> NodeFacts {
         cluster_cidr: "10.244.0.0/16".parse().unwrap(),
         pod_cidr: "10.244.1.0/24".parse().unwrap(),
         bridge: "shoal0".into(),
+        agent_ports: vec![(Protocol::Udp, 7946), (Protocol::Tcp, 6443)],
+        agents: vec![
+            (Ipv4Addr::new(10, 77, 0, 12), Protocol::Udp, 7946),
+            (Ipv4Addr::new(10, 77, 0, 11), Protocol::Udp, 7946),
+            (Ipv4Addr::new(10, 77, 0, 11), Protocol::Tcp, 6443),
+            (Ipv4Addr::new(10, 77, 0, 12), Protocol::Tcp, 6443),
+        ],
     }
 }
 
@@ -265,6 +272,64 @@ fn one_service_with_two_endpoints_golden() {
 }
 
 #[test]
+fn pods_are_refused_on_the_agent_ports_of_every_node() {
+    let r = build(&desired(vec![]));
+    assert_eq!(
+        r.chains["filter-input"].rules,
+        vec![
+            "ip saddr 10.244.0.0/16 jump pods-to-agent",
+            "ct state new jump nodeport-endpoints-check",
+            "ct state new jump service-endpoints-check",
+        ]
+    );
+    assert_eq!(
+        r.chains["pods-to-agent"].rules,
+        vec!["meta l4proto . th dport { tcp . 6443, udp . 7946 } goto reject-chain"]
+    );
+    assert_eq!(r.chains["pods-to-agent"].hook, None);
+    assert_eq!(
+        r.chains["filter-forward"].rules,
+        vec![
+            "ip saddr 10.244.0.0/16 jump pods-to-agents",
+            "ct state new jump service-endpoints-check",
+        ]
+    );
+    // Sorted and deduplicated: the same node list in any order gives the same rule.
+    assert_eq!(
+        r.chains["pods-to-agents"].rules,
+        vec![
+            "ip daddr . meta l4proto . th dport { 10.77.0.11 . tcp . 6443, 10.77.0.11 . udp . 7946, \
+             10.77.0.12 . tcp . 6443, 10.77.0.12 . udp . 7946 } goto reject-chain"
+        ]
+    );
+    let mut shuffled = desired(vec![]);
+    shuffled.node.agents.reverse();
+    shuffled.node.agents.push(shuffled.node.agents[0]);
+    assert_eq!(build(&shuffled), r);
+    // Nothing to refuse (port 0, unspecified addresses): no chain, no jump (nft refuses an
+    // empty anonymous set).
+    let mut none = desired(vec![]);
+    none.node.agent_ports = vec![(Protocol::Udp, 0)];
+    none.node.agents = vec![(Ipv4Addr::UNSPECIFIED, Protocol::Tcp, 6443)];
+    let r = build(&none);
+    assert!(!r.chains.contains_key("pods-to-agent"));
+    assert!(!r.chains.contains_key("pods-to-agents"));
+    assert_eq!(r.chains["filter-input"].rules.len(), 2);
+    assert_eq!(r.chains["filter-forward"].rules.len(), 1);
+    // A node joining rewrites the one chain, nothing else.
+    let mut joined = desired(vec![]);
+    joined
+        .node
+        .agents
+        .push((Ipv4Addr::new(10, 77, 0, 13), Protocol::Udp, 7946));
+    let change = diff(&build(&desired(vec![])), &build(&joined));
+    assert_eq!(change.chains_written, 1, "{}", change.script);
+    assert!(change
+        .script
+        .starts_with("flush chain ip shoal pods-to-agents\n"));
+}
+
+#[test]
 fn removing_an_endpoint_rewrites_one_chain_and_deletes_one() {
     let before = build(&desired(vec![port("web", 10, &[(5, true), (6, false)])]));
     let after = build(&desired(vec![port("web", 10, &[(5, true)])]));
@@ -494,13 +559,22 @@ fn arb_port() -> impl Strategy<Value = ServicePort> {
 }
 
 fn arb_desired() -> impl Strategy<Value = Desired> {
-    (prop::collection::vec(arb_port(), 0..8), any::<bool>()).prop_map(|(ports, other_cidr)| {
-        let mut d = desired(ports);
-        if other_cidr {
-            d.node.pod_cidr = "10.244.2.0/24".parse().unwrap();
-        }
-        d
-    })
+    (
+        prop::collection::vec(arb_port(), 0..8),
+        any::<bool>(),
+        0usize..3,
+        0usize..5,
+    )
+        .prop_map(|(ports, other_cidr, local, agents)| {
+            let mut d = desired(ports);
+            if other_cidr {
+                d.node.pod_cidr = "10.244.2.0/24".parse().unwrap();
+            }
+            // No agent ports at all (no firewall chains), some, or all of them.
+            d.node.agent_ports.truncate(local);
+            d.node.agents.truncate(agents);
+            d
+        })
 }
 
 proptest! {

@@ -74,6 +74,8 @@ pub struct NodeLimits {
     /// The agent's capability bounding set (`CapBnd`): containers get nothing outside it
     /// (privileged and `ALL` are cut down to it, as containerd does). `None`: no filter.
     pub capability_bound: Option<u64>,
+    /// `shoal agent --deny-privileged`: a privileged container is refused.
+    pub deny_privileged: bool,
 }
 
 fn invalid(what: &str, reason: impl Into<String>) -> RuntimeError {
@@ -462,6 +464,11 @@ pub fn build_spec(input: &BundleInput) -> Result<Spec, RuntimeError> {
             ));
         }
     }
+    if settings.privileged && input.limits.deny_privileged {
+        return Err(RuntimeError::Config(security::privileged_denied_message(
+            &input.container.name,
+        )));
+    }
     if settings.run_as_non_root && uid == 0 {
         return Err(RuntimeError::Config(security::non_root_message(
             input.pod,
@@ -700,6 +707,42 @@ mod tests {
             volumes: &BTreeMap::new(),
         });
         assert!(matches!(spec, Err(RuntimeError::Config(_))));
+    }
+
+    #[test]
+    fn a_node_that_denies_privileged_containers_refuses_them() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "d"}, "spec": {"containers": []}}))
+        .unwrap();
+        let privileged =
+            container(serde_json::json!({"name": "c", "securityContext": {"privileged": true}}));
+        let plain = container(serde_json::json!({"name": "c"}));
+        let img = image();
+        let build = |c: &Container, deny: bool| {
+            build_spec(&BundleInput {
+                pod: &pod,
+                container: c,
+                image: &img,
+                pod_dir: Path::new("/d"),
+                sandbox_pid: 1,
+                cgroups_path: "/x".into(),
+                limits: NodeLimits {
+                    deny_privileged: deny,
+                    ..NodeLimits::default()
+                },
+                env: &[],
+                volumes: &BTreeMap::new(),
+            })
+        };
+        match build(&privileged, true) {
+            Err(RuntimeError::Config(m)) => assert_eq!(
+                m,
+                "container c is privileged and this node refuses privileged containers (shoal agent --deny-privileged)"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(build(&privileged, false).is_ok());
+        assert!(build(&plain, true).is_ok());
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod observe;
 pub mod orphans;
 pub mod pods;
 pub mod runc;
+pub mod runc_version;
 pub mod sandbox;
 pub mod seccomp;
 pub mod shim;
@@ -135,8 +136,15 @@ impl RuntimeConfig {
                 capability_bound: std::fs::read_to_string("/proc/self/status")
                     .ok()
                     .and_then(|s| crate::model::security_context::parse_cap_bound(&s)),
+                deny_privileged: false,
             },
         }
+    }
+
+    /// The same with `--deny-privileged`: privileged containers are refused.
+    pub fn with_deny_privileged(mut self, deny: bool) -> Self {
+        self.limits.deny_privileged = deny;
+        self
     }
 
     /// The same with `--pod-pids-limit` (0 or less: none).

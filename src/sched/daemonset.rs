@@ -373,6 +373,16 @@ pub(crate) fn reconcile(
         if w.pods.contains_key(&key) {
             continue;
         }
+        if let Some(message) = w.refusal(&pod) {
+            events.push(PlannedEvent {
+                involved: involved(&daemonsets[i]),
+                event_type: EventType::Warning,
+                reason: EventReason::FailedCreate,
+                message: format!("Error creating: {message}"),
+                component: "daemonset-controller",
+            });
+            continue;
+        }
         events.push(PlannedEvent {
             involved: involved(&daemonsets[i]),
             event_type: EventType::Normal,

@@ -525,6 +525,18 @@ pub(crate) fn reconcile(
         let job = jobs.iter().find(|j| {
             Some(object::uid(j)) == pod["metadata"]["ownerReferences"][0]["uid"].as_str()
         });
+        if let Some(message) = w.refusal(&pod) {
+            if let Some(job) = job {
+                events.push(PlannedEvent {
+                    involved: involved(job),
+                    event_type: EventType::Warning,
+                    reason: EventReason::FailedCreate,
+                    message: format!("Error creating: {message}"),
+                    component: "job-controller",
+                });
+            }
+            continue;
+        }
         if let Some(job) = job {
             events.push(PlannedEvent {
                 involved: involved(job),

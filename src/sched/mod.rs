@@ -41,6 +41,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use crate::model::pod_security::{self, LevelVersion};
 use crate::model::workload::Binding;
 pub use scheduler::{unschedulable_message, Reasons, DEFAULT_MAX_PODS};
 pub use snapshot::{
@@ -76,9 +77,26 @@ pub(crate) struct Working<'a> {
     pub bindings: BTreeMap<PodKey, Cow<'a, Binding>>,
     /// Pods that ended: never placed again, and they take no room on their node.
     pub finished: &'a BTreeMap<PodKey, Finished>,
+    /// Each namespace's Pod Security `enforce` level (absent: privileged).
+    pub pod_security: &'a BTreeMap<String, LevelVersion>,
 }
 
 impl<'a> Working<'a> {
+    /// Why the controllers may not create `pod`: its namespace's Pod Security `enforce` level
+    /// refuses it (the API would refuse it too). Kubernetes' message, as its controllers
+    /// report it in their `FailedCreate` events (after `Error creating: `).
+    pub fn refusal(&self, pod: &Value) -> Option<String> {
+        let lv = self.pod_security.get(object::namespace(pod))?;
+        let violations = pod_security::evaluate(*lv, &pod["metadata"], &pod["spec"]);
+        (!violations.is_empty()).then(|| {
+            format!(
+                "pods \"{}\" is forbidden: {}",
+                object::name(pod),
+                pod_security::forbidden_message(*lv, &violations)
+            )
+        })
+    }
+
     /// Creates pod `key`: its write, and the pod in the set the later stages see.
     pub fn create_pod(&mut self, writes: &mut Vec<Write>, key: PodKey, pod: Value) {
         writes.push(Write::PutObject {
@@ -118,6 +136,7 @@ pub fn reconcile(s: &Snapshot, ctx: &LeaderCtx) -> Plan {
             .map(|(k, b)| (k.clone(), Cow::Borrowed(b)))
             .collect(),
         finished: &s.finished,
+        pod_security: &s.pod_security,
     };
     let mut plan = Plan::default();
     let taint_wake = noexecute::evict(

@@ -115,6 +115,7 @@ pub(crate) fn reconcile(
     }
     let mut deletes: Vec<((String, String), &Value)> = Vec::new();
     let mut creates: Vec<((String, String), Value)> = Vec::new();
+    let mut refused: Vec<PlannedEvent> = Vec::new();
     for rs in w.replicasets.values().filter(|v| object::is_valid(v)) {
         let Some(n) = replicas_of(&rs["spec"]) else {
             continue;
@@ -146,10 +147,21 @@ pub(crate) fn reconcile(
             if filled[slot] || w.pods.contains_key(&key) {
                 continue; // present, or the name is held by a pod this ReplicaSet does not own
             }
-            creates.push((key, new_pod(rs, name, slot, ctx)));
+            let pod = new_pod(rs, name, slot, ctx);
+            if let Some(message) = w.refusal(&pod) {
+                refused.push(PlannedEvent {
+                    involved: involved(rs),
+                    event_type: EventType::Warning,
+                    reason: EventReason::FailedCreate,
+                    message: format!("Error creating: {message}"),
+                    component: "replicaset-controller",
+                });
+                continue;
+            }
+            creates.push((key, pod));
         }
     }
-    let mut new_events = Vec::new();
+    let mut new_events = refused;
     for (key, rs) in &deletes {
         new_events.push(PlannedEvent {
             involved: involved(rs),

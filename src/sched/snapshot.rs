@@ -56,6 +56,9 @@ pub struct Snapshot {
     /// Pods that ended (`Succeeded` / `Failed`) in the record of their current placement,
     /// whatever their node's liveness ([`Snapshot::with_readiness`]).
     pub finished: BTreeMap<PodKey, super::Finished>,
+    /// Each namespace's Pod Security `enforce` level, where it is not `privileged`: the
+    /// controllers do not create pods it refuses.
+    pub pod_security: BTreeMap<String, crate::model::pod_security::LevelVersion>,
 }
 
 /// Status records of every node, by pod: `(node, record)` pairs (`pod/<ns>/<name>` of each

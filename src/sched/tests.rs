@@ -142,6 +142,42 @@ fn assert_exact_counts(s: &Snapshot) {
 }
 
 #[test]
+fn pods_the_namespace_enforce_level_refuses_are_not_created_and_say_why() {
+    use crate::model::pod_security::{Level, LevelVersion, Version};
+    let nodes = vec![node_with("n0", "4", "8Gi", 110)];
+    let mut s = snapshot(vec![deployment("web", 2, "100m", "64Mi")], nodes);
+    s.pod_security.insert(
+        "default".into(),
+        LevelVersion {
+            level: Level::Restricted,
+            version: Version::Latest,
+        },
+    );
+    let plan = reconcile(&s, &ctx("n0", 1));
+    let (puts, _, binds, _) = plan.counts();
+    assert_eq!((puts, binds), (1, 0), "the ReplicaSet only, no pod");
+    let failed: Vec<&PlannedEvent> = plan
+        .events
+        .iter()
+        .filter(|e| e.reason == EventReason::FailedCreate)
+        .collect();
+    assert_eq!(failed.len(), 2, "{:?}", plan.events);
+    assert_eq!(failed[0].involved.kind, "ReplicaSet");
+    assert!(
+        failed[0].message.starts_with("Error creating: pods \"web-")
+            && failed[0].message.contains(
+                r#"is forbidden: violates PodSecurity "restricted:latest": allowPrivilegeEscalation != false (container "c" must set securityContext.allowPrivilegeEscalation=false)"#
+            ),
+        "{}",
+        failed[0].message
+    );
+    // Baseline lets the same pods through.
+    s.pod_security.get_mut("default").unwrap().level = Level::Baseline;
+    let plan = reconcile(&s, &ctx("n0", 1));
+    assert_eq!(plan.counts().0, 3, "the ReplicaSet and its 2 pods");
+}
+
+#[test]
 fn a_deployment_becomes_a_replicaset_and_bound_pods_spread_over_nodes() {
     let nodes = (0..3)
         .map(|i| node_with(&format!("n{i}"), "4", "8Gi", 110))

@@ -43,6 +43,17 @@ impl ClusterDoc {
             scheduling,
             ready: BTreeMap::new(),
             finished: BTreeMap::new(),
+            pod_security: objects("namespaces")
+                .iter()
+                .filter_map(|ns| {
+                    let enforce =
+                        crate::model::pod_security::Policy::fail_closed(&ns["metadata"]["labels"])
+                            .enforce;
+                    let name = ns["metadata"]["name"].as_str()?;
+                    (enforce.level != crate::model::pod_security::Level::Privileged)
+                        .then(|| (name.to_string(), enforce))
+                })
+                .collect(),
         }
     }
 

@@ -1,7 +1,9 @@
 //! The pod network end to end: a 3-replica Deployment spread over 3 testnet nodes gets one
 //! address per pod from its node's pod CIDR (real CNI plugins), `kubectl get pods -o wide`
 //! shows it, a pod on n1 reaches the pods on n2 and n3 by IP (host routes between the nodes),
-//! and a pod resolves through its node's gateway.
+//! and a pod resolves through its node's gateway. Pods cannot reach any agent: the p2p port
+//! (QUIC) and the API of their own node and of the others are refused by the agent's nftables
+//! rules, while pod-to-pod and pod-to-Service connections work.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -208,5 +210,157 @@ fn pods_get_addresses_from_their_node_and_reach_each_other_across_nodes() {
         resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
         "{resolv}"
     );
+
+    // Pod to Service works (the firewall below must not get in its way).
+    kubectl_ok(
+        "n1",
+        &[
+            "expose",
+            "deployment",
+            "web",
+            "--port",
+            "80",
+            "--target-port",
+            "8080",
+        ],
+    );
+    let body = eventually(
+        &format!("{} reaches Service web", from.name),
+        Duration::from_secs(30),
+        || {
+            kubectl(
+                "n1",
+                &[
+                    "exec",
+                    &from.name,
+                    "--",
+                    "timeout",
+                    "5",
+                    "wget",
+                    "-q",
+                    "-O",
+                    "-",
+                    "http://web.default.svc.cluster.local/",
+                ],
+            )
+        },
+    );
+    assert!(body.starts_with("hello-from-web-"), "{body}");
+
+    // Pods never reach an agent. The API of the pod's own node (input) and of another node
+    // (forwarded) refuse the connection (TCP reset)...
+    for node in ["n1", "n2"] {
+        let url = format!("http://{}:6443/", node_ip(node));
+        let refused = eventually(
+            &format!("{}'s API refused to {}", node, from.name),
+            Duration::from_secs(30),
+            || match kubectl(
+                "n1",
+                &[
+                    "exec", &from.name, "--", "timeout", "5", "wget", "-q", "-O", "-", &url,
+                ],
+            ) {
+                Err(e) if e.contains("Connection refused") => Ok(e),
+                other => Err(format!("not refused: {other:?}")),
+            },
+        );
+        assert!(refused.contains("Connection refused"), "{refused}");
+    }
+    // ... and their p2p port (QUIC over UDP) answers a QUIC packet from the host's network,
+    // but a pod gets ICMP port unreachable: the same probe from the pod's network namespace.
+    let pod_netns = netns_of(&from.ip);
+    for node in ["n1", "n2"] {
+        let p2p: std::net::SocketAddr = format!("{}:7946", node_ip(node)).parse().unwrap();
+        assert_eq!(
+            quic_probe(None, p2p),
+            Ok(()),
+            "{node}'s p2p port answers the host"
+        );
+        let from_pod = quic_probe(Some(&pod_netns), p2p);
+        assert!(
+            matches!(&from_pod, Err(e) if e.contains("refused")),
+            "{node}'s p2p port refused to the pod: {from_pod:?}"
+        );
+    }
+    // The rules that did it, in the node's table.
+    let rules = Command::new("ip")
+        .args([
+            "netns", "exec", "shoal-n1", "nft", "list", "chain", "ip", "shoal",
+        ])
+        .arg("pods-to-agent")
+        .output()
+        .expect("nft");
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(
+        rules.contains("udp . 7946") && rules.contains("tcp . 6443"),
+        "{rules}"
+    );
+    kubectl_ok("n1", &["delete", "service", "web"]);
     kubectl_ok("n1", &["delete", "deployment", "web"]);
+}
+
+/// The network namespace (`/proc/PID/ns/net`) of the pod with address `ip`: that of a process
+/// of the pod (the testnet's agents share the host's pid namespace).
+fn netns_of(ip: &Ipv4Addr) -> String {
+    let out = Command::new("pgrep")
+        .args(["-f", "httpd -f -p 8080"])
+        .output()
+        .expect("pgrep");
+    let want = format!("inet {ip}/");
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let ns = format!("/proc/{pid}/ns/net");
+        let addrs = Command::new("nsenter")
+            .args([&format!("--net={ns}"), "ip", "-4", "-o", "addr"])
+            .output();
+        if let Ok(a) = addrs {
+            if String::from_utf8_lossy(&a.stdout).contains(&want) {
+                return ns;
+            }
+        }
+    }
+    panic!("no process of the pod with address {ip}");
+}
+
+/// Sends a QUIC long-header packet of an unknown version (1,200 bytes, as an Initial must be)
+/// to `to` from network namespace `netns` (else the test's own): a QUIC server answers with a
+/// Version Negotiation packet (`Ok`); `Err` says what happened instead (`refused` when an
+/// ICMP port unreachable came back, a timeout when nothing did).
+fn quic_probe(netns: Option<&str>, to: std::net::SocketAddr) -> Result<(), String> {
+    let netns = netns.map(str::to_string);
+    std::thread::spawn(move || {
+        if let Some(ns) = netns {
+            let f = std::fs::File::open(&ns).map_err(|e| format!("{ns}: {e}"))?;
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("setns {ns}: {e}"))?;
+        }
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        socket.connect(to).map_err(|e| e.to_string())?;
+        socket
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .map_err(|e| e.to_string())?;
+        let mut packet = vec![0u8; 1200];
+        packet[0] = 0xc0; // long header, fixed bit
+        packet[1..5].copy_from_slice(&0x1a2a_3a4a_u32.to_be_bytes()); // a reserved version
+        packet[5] = 8; // destination connection id: 8 bytes
+        packet[6..14].copy_from_slice(b"shoal-ci");
+        packet[14] = 8; // source connection id: 8 bytes
+        packet[15..23].copy_from_slice(b"attacker");
+        let mut last = String::new();
+        for _ in 0..3 {
+            socket.send(&packet).map_err(|e| e.to_string())?;
+            let mut buf = [0u8; 1500];
+            match socket.recv(&mut buf) {
+                // Version Negotiation: long header, version 0.
+                Ok(n) if n >= 5 && buf[0] & 0x80 != 0 && buf[1..5] == [0; 4] => return Ok(()),
+                Ok(n) => last = format!("an answer of {n} bytes that is not Version Negotiation"),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    return Err(format!("refused: {e}"))
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last)
+    })
+    .join()
+    .expect("probe thread")
 }
