@@ -1,10 +1,12 @@
-//! What one exec into a running container costs, three ways side by side in the same run:
+//! What one exec into a running container costs, four ways side by side in the same run:
 //! `runc exec` (what exec probes used before), `nsenter -t <pid> -a` (util-linux: namespaces and
 //! root only, no cgroup, user or capability change — the floor of any per-call process), and
 //! shoal's direct join (`runtime::nsexec`: cgroups, namespaces, root, user, capabilities).
-//! Each runs `true` (busybox) in a busybox container made by the real runc, `CALLS` times, one
-//! after another; CPU is the children's user + system time (`getrusage(RUSAGE_CHILDREN)`),
-//! wall is per call. Prints a Markdown table of medians of `ROUNDS` rounds and `RESULT` lines;
+//! Shoal's path twice: as a first exec into the container (reading runc's files and opening
+//! its namespaces and cgroups each call) and attached once (what the prober does: the opened
+//! container kept while its init lives). Each runs `true` (busybox) in a busybox container made
+//! by the real runc, `CALLS` times, one after another; CPU is the user + system time of the
+//! bench process and its reaped children (`getrusage` SELF + CHILDREN), wall is per call. Prints a Markdown table of medians of `ROUNDS` rounds and `RESULT` lines;
 //! the probe goal (issue 20: ≤ 2% of a core for 100 pods with a 1 s exec probe) is 0.2 ms of
 //! CPU per call.
 //!
@@ -19,17 +21,23 @@ use shoal::runtime::nsexec;
 use shoal::runtime::pods::StartOutcome;
 use shoal::runtime::{ImageInfo, PodMeta, Runtime, RuntimeConfig};
 
-fn children_cpu() -> Duration {
-    // SAFETY: getrusage fills the struct it is given.
-    let usage = unsafe {
-        let mut u: nix::libc::rusage = std::mem::zeroed();
-        nix::libc::getrusage(nix::libc::RUSAGE_CHILDREN, &mut u);
-        u
+/// CPU (user + system) of this process's threads and of its reaped children: the caller's
+/// own share counts (shoal's direct join reads and opens in the caller; `runc exec` and
+/// `nsenter` do that work in their own processes).
+fn cpu() -> Duration {
+    let of = |who| {
+        // SAFETY: getrusage fills the struct it is given.
+        let usage = unsafe {
+            let mut u: nix::libc::rusage = std::mem::zeroed();
+            nix::libc::getrusage(who, &mut u);
+            u
+        };
+        let tv = |t: nix::libc::timeval| {
+            Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+        };
+        tv(usage.ru_utime) + tv(usage.ru_stime)
     };
-    let tv = |t: nix::libc::timeval| {
-        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-    };
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    of(nix::libc::RUSAGE_SELF) + of(nix::libc::RUSAGE_CHILDREN)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -52,12 +60,12 @@ fn layer(dir: &Path) -> PathBuf {
 
 /// Per-call CPU and wall of `calls` runs of `run` (each waits for its process).
 fn measure(calls: usize, mut run: impl FnMut()) -> (f64, f64) {
-    let (cpu0, t0) = (children_cpu(), Instant::now());
+    let (cpu0, t0) = (cpu(), Instant::now());
     for _ in 0..calls {
         run();
     }
     let per = |d: Duration| d.as_secs_f64() * 1000.0 / calls as f64;
-    (per(children_cpu() - cpu0), per(t0.elapsed()))
+    (per(cpu() - cpu0), per(t0.elapsed()))
 }
 
 fn main() {
@@ -126,7 +134,8 @@ fn main() {
         .expect("tokio");
     let ok = |s: std::process::ExitStatus, what: &str| assert!(s.success(), "{what}: {s}");
     let mut rows: Vec<(&str, Vec<f64>, Vec<f64>)> = Vec::new();
-    for name in ["runc exec", "nsenter -a", "shoal direct"] {
+    let attached = nsexec::attached(&config.runc_root, &id).expect("attached");
+    for name in ["runc exec", "nsenter -a", "shoal direct", "shoal attached"] {
         let (mut cpu, mut wall) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             let (c, w) = match name {
@@ -144,6 +153,18 @@ fn main() {
                         .args(["-t", &pid, "-a", "true"])
                         .status()
                         .expect("nsenter");
+                    ok(s, name);
+                }),
+                "shoal attached" => measure(calls, || {
+                    let s = tokio
+                        .block_on(async {
+                            nsexec::spawn_in(&attached, &argv)
+                                .await
+                                .expect("spawn")
+                                .wait()
+                                .await
+                        })
+                        .expect("attached exec");
                     ok(s, name);
                 }),
                 _ => measure(calls, || {

@@ -28,16 +28,35 @@ pub struct Loopback {
     api: Api,
 }
 
+/// Ports handed out in this run: the kernel can return a port bound and released a moment
+/// ago to the next `bind(0)`, and two agents given the same port fail (one at its listen).
+static TAKEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// A port free now (for TCP with `tcp`, else UDP) and not handed out before in this run.
+fn free_port(tcp: bool) -> Result<u16> {
+    for _ in 0..1000 {
+        let port = match tcp {
+            true => std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port(),
+            false => std::net::UdpSocket::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port(),
+        };
+        if TAKEN.lock().expect("ports").insert(port) {
+            return Ok(port);
+        }
+    }
+    bail!("no free port not handed out already")
+}
+
 fn free_tcp_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    free_port(true)
 }
 
 fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    free_port(false)
 }
 
 impl Loopback {
@@ -90,12 +109,23 @@ impl Loopback {
         };
         c.spawn(0, false)?;
         c.wait_up(0).await?;
+        if let Some(status) = c.agents[0]
+            .child
+            .as_mut()
+            .and_then(|ch| ch.try_wait().ok()?)
+        {
+            bail!(
+                "the first agent exited at start ({status}; log {})",
+                c.agents[0].log.display()
+            );
+        }
         // Joiners in small batches, so that 50 agents do not all handshake with the seed at once.
         for batch in (1..n).collect::<Vec<_>>().chunks(8) {
             for &i in batch {
                 c.spawn(i, true)?;
             }
             c.wait_up(batch[batch.len() - 1]).await?;
+            c.restart_failed_joiners(batch).await?;
         }
         let took = cluster::wait_all_alive(&c, &cluster::all(&c), Duration::from_secs(240)).await?;
         eprintln!(
@@ -105,9 +135,42 @@ impl Loopback {
         Ok(c)
     }
 
-    async fn wait_up(&self, i: usize) -> Result<()> {
+    /// A joiner that exited at start (its port was taken meanwhile by another process: it
+    /// stops at once, saying so in its log) starts again, on new ports, from an empty data
+    /// dir, at most 3 times.
+    async fn restart_failed_joiners(&mut self, batch: &[usize]) -> Result<()> {
+        for &i in batch {
+            for attempt in 1..=3 {
+                let exited = match self.agents[i].child.as_mut() {
+                    Some(child) => child.try_wait()?,
+                    None => None,
+                };
+                let Some(status) = exited else { break };
+                eprintln!(
+                    "agent {} exited at start ({status}; log {}): new ports, attempt {attempt}",
+                    self.name(i),
+                    self.agents[i].log.display()
+                );
+                self.agents[i].child = None;
+                let _ = std::fs::remove_dir_all(&self.agents[i].data);
+                self.agents[i].p2p = free_udp_port()?;
+                self.agents[i].api = free_tcp_port()?;
+                self.spawn(i, true)?;
+                self.wait_up(i).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until agent `i` serves its API, or has exited (the caller restarts it).
+    async fn wait_up(&mut self, i: usize) -> Result<()> {
         let t0 = Instant::now();
         while self.api.status(&self.api_url(i)).await.is_err() {
+            if let Some(child) = self.agents[i].child.as_mut() {
+                if child.try_wait()?.is_some() {
+                    return Ok(());
+                }
+            }
             if t0.elapsed() > Duration::from_secs(30) {
                 bail!(
                     "agent {} did not serve its API within 30 s (log: {})",

@@ -299,12 +299,15 @@ async fn run_in(
 ) -> Result<std::process::Output, String> {
     use crate::runtime::nsexec;
     let program = command.first().map_or("", |c| c.as_str());
-    let joined = match nsexec::read(&config.runc_root, id) {
-        Ok(join) => nsexec::spawn(&join, command).await.map_err(|e| match e {
-            nsexec::SpawnError::Exec(e) => Err(format!("exec: {program:?}: {e}")),
-            join => Ok(join.to_string()),
-        }),
-        Err(refused) => Err(Ok(refused.to_string())),
+    let joined = match nsexec::attached(&config.runc_root, id) {
+        Ok(attached) => nsexec::spawn_in(&attached, command)
+            .await
+            .map_err(|e| match e {
+                nsexec::SpawnError::Exec(e) => Err(format!("exec: {program:?}: {e}")),
+                join => Ok(join.to_string()),
+            }),
+        Err(Ok(refused)) => Err(Ok(refused.to_string())),
+        Err(Err(e)) => Err(Ok(format!("joining the container: {e}"))),
     };
     match joined {
         Ok(mut child) => {

@@ -540,11 +540,20 @@ const NAMESPACES: &[(&str, i32)] = &[
 /// `PATH` when the container's environment has none (containerd's and CRI-O's default).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Everything the child needs, opened and encoded before the clone: the child shares the
-/// agent's memory until it execs, so it only makes system calls on this (no allocation, no
-/// locks, no glibc wrapper that signals the agent's other threads).
-struct Prepared {
-    cgroup_procs: Vec<OwnedFd>,
+/// What joining one container takes that does not change while its init process lives:
+/// opened and encoded once ([`attach`]) and shared by every exec into it, so a probe costs no
+/// path walks under `/proc` and the cgroup file systems, no re-reading of runc's files.
+/// Holds the container's namespaces, root and cgroups open (about 20 descriptors).
+pub struct Attached {
+    /// A pidfd of the container's init process: readable once it has exited.
+    init: OwnedFd,
+    /// v1's `tasks` of each v1 hierarchy: moving the writing thread alone skips the kernel's
+    /// global threadgroup lock (the child is single-threaded, so the whole process moves).
+    cgroup_tasks: Vec<OwnedFd>,
+    /// The v2 cgroup: its directory (the child is cloned straight into it,
+    /// `CLONE_INTO_CGROUP`, without a migration under the global lock) and its `cgroup.procs`
+    /// (written by the child where `clone3` is refused).
+    cgroup_v2: Option<(OwnedFd, OwnedFd)>,
     /// The container's pid namespace, when it is not the agent's.
     pid_ns: Option<OwnedFd>,
     namespaces: Vec<(OwnedFd, i32)>,
@@ -559,12 +568,44 @@ struct Prepared {
     no_new_privs: bool,
     rlimits: Vec<(u32, u64, u64)>,
     seccomp: Option<Arc<Vec<nix::libc::sock_filter>>>,
+    envp: Vec<CString>,
+    /// The container's `PATH`, if its environment sets one.
+    path: Option<String>,
+}
+
+impl Attached {
+    /// Whether the container's init process has exited (its namespaces may be gone or
+    /// reused: attach again).
+    pub fn exited(&self) -> bool {
+        let mut poll = nix::libc::pollfd {
+            fd: self.init.as_raw_fd(),
+            events: nix::libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no wait.
+        let n = unsafe { nix::libc::poll(&mut poll, 1, 0) };
+        n != 0
+    }
+}
+
+/// Everything the child needs, opened and encoded before the clone: the child shares the
+/// agent's memory until it execs, so it only makes system calls on this (no allocation, no
+/// locks, no glibc wrapper that signals the agent's other threads). The container's part is
+/// shared ([`Attached`], reached through `Deref`); the call's own part is here.
+struct Prepared {
+    attached: Arc<Attached>,
     /// Where to look for the program, in order (its `PATH` expanded).
     candidates: Vec<CString>,
     argv: Vec<CString>,
-    envp: Vec<CString>,
     /// stdin (`/dev/null`), stdout and stderr (the write ends of two pipes).
     stdio: [OwnedFd; 3],
+}
+
+impl std::ops::Deref for Prepared {
+    type Target = Attached;
+    fn deref(&self) -> &Attached {
+        &self.attached
+    }
 }
 
 /// Opens `path` for reading, or write-only (close-on-exec, as std opens every file).
@@ -614,11 +655,19 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((read, write))
 }
 
-fn prepare(join: &Join, argv: &[String]) -> io::Result<(Prepared, [OwnedFd; 2])> {
-    let Some(program) = argv.first() else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
-    };
+/// A pidfd of process `pid`.
+fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open(2) takes a pid and flags; a non-negative result is a new fd we own.
+    match unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) } {
+        -1 => Err(io::Error::last_os_error()),
+        fd => Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) }),
+    }
+}
+
+/// Opens what joining the container of `join` takes (see [`Attached`]).
+pub fn attach(join: &Join) -> io::Result<Arc<Attached>> {
     let proc = PathBuf::from(format!("/proc/{}", join.pid));
+    let init = pidfd_open(join.pid)?;
     if !same_namespace(&proc, "user")? {
         return Err(io::Error::other(
             "the container is in another user namespace",
@@ -635,17 +684,27 @@ fn prepare(join: &Join, argv: &[String]) -> io::Result<(Prepared, [OwnedFd; 2])>
         false => Some(open(&proc.join("ns/pid"), false)?),
     };
     let root = open(&proc.join("root"), false)?;
-    let cgroup_procs = join
-        .cgroups
-        .iter()
-        .map(|dir| open(&dir.join("cgroup.procs"), true))
-        .collect::<io::Result<Vec<_>>>()?;
+    let (mut cgroup_tasks, mut cgroup_v2) = (Vec::new(), None);
+    for dir in &join.cgroups {
+        match dir.join("tasks") {
+            v1 if v1.exists() => cgroup_tasks.push(open(&v1, true)?),
+            _ if cgroup_v2.is_none() => {
+                cgroup_v2 = Some((open(dir, false)?, open(&dir.join("cgroup.procs"), true)?))
+            }
+            _ => {
+                return Err(io::Error::other(format!(
+                    "two cgroup v2 directories ({})",
+                    dir.display()
+                )))
+            }
+        }
+    }
     // Opened first, checked after: a pid reused in between shows another start time.
-    let init = super::ProcessRecord {
+    let init_record = super::ProcessRecord {
         pid: join.pid,
         start_time: join.start,
     };
-    if !init.alive() {
+    if !init_record.alive() {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
             "the container's init process is gone",
@@ -659,11 +718,15 @@ fn prepare(join: &Join, argv: &[String]) -> io::Result<(Prepared, [OwnedFd; 2])>
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", home(&root, join.uid)));
     }
-    let path = env.iter().rev().find_map(|e| e.strip_prefix("PATH="));
-    let (out_read, out_write) = pipe()?;
-    let (err_read, err_write) = pipe()?;
-    let prepared = Prepared {
-        cgroup_procs,
+    let path = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .map(str::to_string);
+    Ok(Arc::new(Attached {
+        init,
+        cgroup_tasks,
+        cgroup_v2,
         pid_ns,
         namespaces,
         root,
@@ -677,12 +740,82 @@ fn prepare(join: &Join, argv: &[String]) -> io::Result<(Prepared, [OwnedFd; 2])>
         no_new_privs: join.no_new_privs,
         rlimits: join.rlimits.clone(),
         seccomp: join.seccomp.as_ref().map(compile).transpose()?,
-        candidates: candidates(program, path)
+        envp: env.iter().map(|e| cstring(e)).collect::<io::Result<_>>()?,
+        path,
+    }))
+}
+
+/// The attached containers, by runc root and id: one [`Attached`] per live container.
+static ATTACHED: Mutex<BTreeMap<(PathBuf, String), Arc<Attached>>> = Mutex::new(BTreeMap::new());
+/// Most containers kept attached: at most 512, and their descriptors (about 20 each) at
+/// most a quarter of the agent's soft limit of open files (which containers inherit, so the
+/// agent does not raise it); past it, the first by id are dropped (they attach per call).
+fn max_attached() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        let mut limit = nix::libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit fills the struct it is given.
+        let soft = match unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut limit) } {
+            0 => limit.rlim_cur,
+            _ => 1024,
+        };
+        (soft / 4 / 20).min(512) as usize
+    })
+}
+
+/// The [`Attached`] of runc container `id`: the one kept from an earlier call while the
+/// container's init lives, else read ([`read`]) and attached anew. `Err(Ok(refused))`: this
+/// path cannot join it (use `runc exec`); `Err(Err(e))`: opening it failed.
+pub fn attached(runc_root: &Path, id: &str) -> Result<Arc<Attached>, Result<Refused, io::Error>> {
+    let key = (runc_root.to_path_buf(), id.to_string());
+    let kept = ATTACHED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&key)
+        .cloned();
+    if let Some(a) = kept.filter(|a| !a.exited()) {
+        return Ok(a);
+    }
+    let join = read(runc_root, id).map_err(Ok)?;
+    let a = attach(&join).map_err(Err)?;
+    let mut all = ATTACHED.lock().unwrap_or_else(|p| p.into_inner());
+    // A miss is a container's first exec (or its restart): the moment to close what exited
+    // containers held (one poll each).
+    all.retain(|_, a| !a.exited());
+    while !all.is_empty() && all.len() >= max_attached() {
+        all.pop_first();
+    }
+    if max_attached() > 0 {
+        all.insert(key, a.clone());
+    }
+    Ok(a)
+}
+
+/// Forgets the [`Attached`] of runc container `id` (it was deleted): its descriptors close
+/// once no exec into it runs.
+pub fn detach(runc_root: &Path, id: &str) {
+    ATTACHED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&(runc_root.to_path_buf(), id.to_string()));
+}
+
+fn prepare(attached: &Arc<Attached>, argv: &[String]) -> io::Result<(Prepared, [OwnedFd; 2])> {
+    let Some(program) = argv.first() else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
+    };
+    let (out_read, out_write) = pipe()?;
+    let (err_read, err_write) = pipe()?;
+    let prepared = Prepared {
+        attached: attached.clone(),
+        candidates: candidates(program, attached.path.as_deref())
             .iter()
             .map(|c| cstring(c))
             .collect::<io::Result<_>>()?,
         argv: argv.iter().map(|a| cstring(a)).collect::<io::Result<_>>()?,
-        envp: env.iter().map(|e| cstring(e)).collect::<io::Result<_>>()?,
         stdio: [open(Path::new("/dev/null"), false)?, out_write, err_write],
     };
     Ok((prepared, [out_read, err_read]))
@@ -772,7 +905,13 @@ fn reap(pid: i32, flags: i32) -> io::Result<Option<std::process::ExitStatus>> {
 /// on every exec probe; it is born inside the container's pid namespace (the spawner thread
 /// enters it for its children), so no waiting process stays outside.
 pub async fn spawn(join: &Join, argv: &[String]) -> Result<Child, SpawnError> {
-    let (prepared, [out, err]) = prepare(join, argv).map_err(SpawnError::Join)?;
+    let attached = attach(join).map_err(SpawnError::Join)?;
+    spawn_in(&attached, argv).await
+}
+
+/// [`spawn`] into a container already attached (see [`attached`]).
+pub async fn spawn_in(attached: &Arc<Attached>, argv: &[String]) -> Result<Child, SpawnError> {
+    let (prepared, [out, err]) = prepare(attached, argv).map_err(SpawnError::Join)?;
     let (reply, answer) = tokio::sync::oneshot::channel();
     let (exit, exited) = tokio::sync::oneshot::channel();
     let asked = std::time::Instant::now();
@@ -892,6 +1031,75 @@ mod spawner {
     struct Context<'a> {
         prepared: &'a Prepared,
         failure: &'a Failure,
+        /// The child was cloned into its v2 cgroup (it writes only the v1 ones).
+        in_v2: bool,
+    }
+
+    /// `clone3`'s arguments (`struct clone_args`, version 2: with `cgroup`).
+    #[cfg(target_arch = "x86_64")]
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+
+    /// `CLONE_INTO_CGROUP` (linux/sched.h: 0x200000000; libc's constant is an overflowing
+    /// `c_int`).
+    #[cfg(target_arch = "x86_64")]
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+    /// Whether `clone3` with `CLONE_INTO_CGROUP` works here (cleared at its first refusal:
+    /// an older kernel, or a seccomp filter around the agent).
+    static CLONE3: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+    /// `clone3(args)`; in the child, `f(arg)` on the stack `args` names, then `exit` with its
+    /// result. Returns the child's pid, or `-errno`. (libc has no `clone3` wrapper that runs a
+    /// function on the new stack, and a raw system call cannot return into Rust code there.)
+    ///
+    /// # Safety
+    /// `args.stack` must be a stack no one else uses until the child execs or exits, and
+    /// `arg` valid for `f` as long; with `CLONE_VM` the child shares this process's memory.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn clone3(
+        args: &CloneArgs,
+        f: extern "C" fn(*mut nix::libc::c_void) -> nix::libc::c_int,
+        arg: *mut nix::libc::c_void,
+    ) -> i64 {
+        let ret: i64;
+        // The child starts after `syscall` with rax = 0 and rsp = the top of its stack (16-byte
+        // aligned, so `call` leaves the callee its ABI alignment), every other register as
+        // the parent had it: r12 and r13 carry `f` and `arg` across.
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r13",
+            "call r12",
+            "mov edi, eax",
+            "mov eax, 60", // exit
+            "syscall",
+            "ud2",
+            "2:",
+            inlateout("rax") nix::libc::SYS_clone3 => ret,
+            in("rdi") args as *const CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") f,
+            in("r13") arg,
+            lateout("rcx") _,
+            lateout("r11") _,
+        );
+        ret
     }
 
     /// Clones the child (this thread stays in the container's pid namespace for its
@@ -917,21 +1125,67 @@ mod spawner {
         let mut context = Context {
             prepared: p,
             failure: &failure,
+            in_v2: false,
         };
         let mut pidfd: libc::c_int = -1;
         let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
-        // SAFETY: the child runs `child` on its own stack (`stack`, unused by anyone else while
-        // this thread is suspended by CLONE_VFORK) and only makes system calls on `context`,
-        // which outlives it (this thread resumes only once the child has exec'd or exited).
-        let pid = unsafe {
-            libc::clone(
-                child,
-                top as *mut libc::c_void,
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
-                (&mut context as *mut Context).cast(),
-                &mut pidfd as *mut libc::c_int,
-            )
-        };
+        let mut pid = -1;
+        #[cfg(target_arch = "x86_64")]
+        if let Some((dir, _)) = p
+            .cgroup_v2
+            .as_ref()
+            .filter(|_| CLONE3.load(Ordering::Relaxed))
+        {
+            context.in_v2 = true;
+            let args = CloneArgs {
+                flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64
+                    | CLONE_INTO_CGROUP,
+                pidfd: &mut pidfd as *mut libc::c_int as u64,
+                exit_signal: libc::SIGCHLD as u64,
+                stack: stack.as_mut_ptr() as u64,
+                stack_size: (top - stack.as_mut_ptr() as usize) as u64,
+                cgroup: dir.as_raw_fd() as u64,
+                ..CloneArgs::default()
+            };
+            // SAFETY: as for clone below; `args` and `context` outlive the child's use of
+            // them (this thread resumes only once the child has exec'd or exited).
+            let r = unsafe { clone3(&args, child, (&mut context as *mut Context).cast()) };
+            match r {
+                r if r >= 0 => pid = r as i32,
+                r if [libc::ENOSYS, libc::EINVAL, libc::E2BIG, libc::EPERM]
+                    .contains(&(-r as i32)) =>
+                {
+                    CLONE3.store(false, Ordering::Relaxed);
+                    context.in_v2 = false;
+                    tracing::info!(
+                        error = %io::Error::from_raw_os_error(-r as i32),
+                        "nsexec: clone3 into a cgroup refused; children join their cgroup v2 by cgroup.procs"
+                    );
+                }
+                r => {
+                    let e = io::Error::from_raw_os_error(-r as i32);
+                    return Err(SpawnError::Join(io::Error::new(
+                        e.kind(),
+                        format!("clone3: {e}"),
+                    )));
+                }
+            }
+        }
+        if pid == -1 {
+            // SAFETY: the child runs `child` on its own stack (`stack`, unused by anyone else
+            // while this thread is suspended by CLONE_VFORK) and only makes system calls on
+            // `context`, which outlives it (this thread resumes only once the child has
+            // exec'd or exited).
+            pid = unsafe {
+                libc::clone(
+                    child,
+                    top as *mut libc::c_void,
+                    libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+                    (&mut context as *mut Context).cast(),
+                    &mut pidfd as *mut libc::c_int,
+                )
+            };
+        }
         let cloned = match pid {
             -1 => Err(join_err("clone")),
             // SAFETY: CLONE_PIDFD stored a new fd we own.
@@ -967,7 +1221,7 @@ mod spawner {
                 let e = io::Error::from_raw_os_error(failure.errno.load(Ordering::SeqCst));
                 let step = STEPS.get(step as usize).copied().unwrap_or("?");
                 Err(match step {
-                    "exec" => SpawnError::Exec(io::Error::new(e.kind(), format!("exec: {e}"))),
+                    "exec" => SpawnError::Exec(e),
                     step => SpawnError::Join(io::Error::new(e.kind(), format!("{step}: {e}"))),
                 })
             }
@@ -1014,7 +1268,7 @@ mod spawner {
         // SAFETY: `arg` is the `Context` the parent thread keeps alive until we exec or exit.
         let context = unsafe { &*(arg as *const Context) };
         let mut at = 0;
-        let result = enter(context.prepared, context.failure, &mut at);
+        let result = enter(context.prepared, context.failure, context.in_v2, &mut at);
         let errno = match result {
             Ok(never) => match never {},
             Err(e) => e.raw_os_error().unwrap_or(nix::libc::EINVAL),
@@ -1027,7 +1281,12 @@ mod spawner {
 
     /// In the child: reset signals, join, set the container's limits and credentials, exec.
     /// Returns only on failure, with `at` the step that failed.
-    fn enter(p: &Prepared, f: &Failure, at: &mut i32) -> io::Result<std::convert::Infallible> {
+    fn enter(
+        p: &Prepared,
+        f: &Failure,
+        in_v2: bool,
+        at: &mut i32,
+    ) -> io::Result<std::convert::Infallible> {
         use nix::libc;
         // SAFETY (whole function): plain system calls on valid fds, NUL-terminated strings
         // and NULL-terminated pointer arrays prepared before the clone; every credential change
@@ -1043,8 +1302,13 @@ mod spawner {
                 }
             }
             mark(f, at, "cgroup");
-            for fd in &p.cgroup_procs {
-                // "0" moves the writing process (v1 and v2).
+            // "0" moves the writing thread (v1 `tasks`) or process (v2 `cgroup.procs`).
+            let v2 = p
+                .cgroup_v2
+                .as_ref()
+                .filter(|_| !in_v2)
+                .map(|(_, procs)| procs);
+            for fd in p.cgroup_tasks.iter().chain(v2) {
                 check(libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) as libc::c_long)?;
             }
             mark(f, at, "setns");

@@ -108,6 +108,8 @@ impl OciRuntime for RuncCli {
     }
 
     fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
+        // What exec probes kept open into it (its namespaces, root, cgroups) closes now.
+        super::nsexec::detach(&self.root, id);
         let result = if force {
             self.run(&["delete", "--force", id])
         } else {
