@@ -374,13 +374,11 @@ pub(crate) fn reconcile(
             continue;
         }
         if let Some(message) = w.refusal(&pod) {
-            events.push(PlannedEvent {
-                involved: involved(&daemonsets[i]),
-                event_type: EventType::Warning,
-                reason: EventReason::FailedCreate,
-                message: format!("Error creating: {message}"),
-                component: "daemonset-controller",
-            });
+            events.push(Working::failed_create(
+                involved(&daemonsets[i]),
+                &message,
+                "daemonset-controller",
+            ));
             continue;
         }
         events.push(PlannedEvent {

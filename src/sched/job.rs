@@ -527,13 +527,11 @@ pub(crate) fn reconcile(
         });
         if let Some(message) = w.refusal(&pod) {
             if let Some(job) = job {
-                events.push(PlannedEvent {
-                    involved: involved(job),
-                    event_type: EventType::Warning,
-                    reason: EventReason::FailedCreate,
-                    message: format!("Error creating: {message}"),
-                    component: "job-controller",
-                });
+                events.push(Working::failed_create(
+                    involved(job),
+                    &message,
+                    "job-controller",
+                ));
             }
             continue;
         }

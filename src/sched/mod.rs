@@ -42,7 +42,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::model::pod_security::{self, LevelVersion};
-use crate::model::workload::Binding;
+use crate::model::workload::{Binding, EventReason, EventType, InvolvedObject};
 pub use scheduler::{unschedulable_message, Reasons, DEFAULT_MAX_PODS};
 pub use snapshot::{
     LeaderCtx, Liveness, Plan, PlannedEvent, PodKey, SchedulingWrite, Snapshot, StatusRecords,
@@ -95,6 +95,22 @@ impl<'a> Working<'a> {
                 pod_security::forbidden_message(*lv, &violations)
             )
         })
+    }
+
+    /// The `FailedCreate` Warning a controller (`component`) records on its object
+    /// (`involved`) for a pod [`Working::refusal`] refused with `message`.
+    pub fn failed_create(
+        involved: InvolvedObject,
+        message: &str,
+        component: &'static str,
+    ) -> PlannedEvent {
+        PlannedEvent {
+            involved,
+            event_type: EventType::Warning,
+            reason: EventReason::FailedCreate,
+            message: format!("Error creating: {message}"),
+            component,
+        }
     }
 
     /// Creates pod `key`: its write, and the pod in the set the later stages see.

@@ -149,13 +149,11 @@ pub(crate) fn reconcile(
             }
             let pod = new_pod(rs, name, slot, ctx);
             if let Some(message) = w.refusal(&pod) {
-                refused.push(PlannedEvent {
-                    involved: involved(rs),
-                    event_type: EventType::Warning,
-                    reason: EventReason::FailedCreate,
-                    message: format!("Error creating: {message}"),
-                    component: "replicaset-controller",
-                });
+                refused.push(Working::failed_create(
+                    involved(rs),
+                    &message,
+                    "replicaset-controller",
+                ));
                 continue;
             }
             creates.push((key, pod));
