@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::history::{self, RebaseRecord};
 use super::keys::{self, object_key, ObjectPath};
-use super::replica::{from_cbor, Replica};
+use super::replica::{from_cbor, KeyWrites, Replica};
 use crate::model::ipam::{self, PodCidrClaim, PodCidrConfig};
 use crate::model::workload::{self, Binding};
 use crate::model::NodeRecord;
@@ -97,6 +97,33 @@ pub type BaseInputs = (
     Option<RebaseRecord>,
     BTreeMap<String, Vec<u8>>,
 );
+
+/// The commit message of the change in which a replica that moved onto a base re-applied its
+/// tail (`ClusterDoc::move_onto` tells such writes from writes made in the new generation).
+pub const TAIL_MESSAGE: &str = "shoal: re-applied tail";
+
+/// The keys the re-applied tails among `since` (changes whose message starts with
+/// [`TAIL_MESSAGE`], then one line `<change hash> <key>` per key) claim: per key, the index of
+/// the last such change and the old-generation change it names as the origin of the key's
+/// state.
+fn tail_claims(since: &KeyWrites) -> BTreeMap<&str, (usize, automerge::ChangeHash)> {
+    let mut claims = BTreeMap::new();
+    for (i, (_, message)) in since.changes.iter().enumerate() {
+        let Some(message) = message.as_deref() else {
+            continue;
+        };
+        let mut lines = message.lines();
+        if lines.next() != Some(TAIL_MESSAGE) {
+            continue;
+        }
+        for (hash, key) in lines.filter_map(|l| l.split_once(' ')) {
+            if let Ok(hash) = hash.parse() {
+                claims.insert(key, (i, hash));
+            }
+        }
+    }
+    claims
+}
 
 /// The outcome of moving a replica onto a base (`ClusterDoc::move_onto`).
 pub struct Moved {
@@ -213,10 +240,18 @@ impl ClusterDoc {
     /// Moves this replica onto `base` (a newer version, checked by the caller): the base with
     /// this replica's tail (its changes the base does not hold, `history::tail_rule`) re-applied
     /// as whole-value writes of the keys those changes touched: the value this replica holds,
-    /// or a delete where it holds none, unless the new generation already wrote that key since
-    /// its base (a replica that moved earlier re-applied it, or a newer write): that value is
-    /// newer than our view of it. Keys no tail change touched keep the base's value, so
-    /// nothing deleted before the base comes back. `base`'s local writes use its actor.
+    /// or a delete where it holds none. Keys no tail change touched keep the base's value, so
+    /// nothing deleted before the base comes back. Where the new generation already wrote a
+    /// key since its base:
+    /// - a write made in the new generation (by a replica that had moved) is newer than our
+    ///   view of the key, or concurrent with it: it stays;
+    /// - a tail another replica re-applied before us (a change marked [`TAIL_MESSAGE`], which
+    ///   names for each key the old-generation change that left the state it re-applied) is
+    ///   its view of the same old-generation writes: ours replaces it only if that change
+    ///   causally precedes the one that left our state (we saw that write and a later one);
+    ///   otherwise they are concurrent and it stays.
+    ///
+    /// `base`'s local writes use its actor.
     pub fn move_onto(
         &mut self,
         cluster_id: &str,
@@ -233,31 +268,71 @@ impl ClusterDoc {
             empty,
             &record,
         );
-        let keys = self.tail_keys(|actor, seq| history::in_tail(&rule, actor, seq));
-        // Keys written in the new generation since its base (tails re-applied by the replicas
-        // that moved before us, new writes): their values are newer than our view of them.
+        let tail = self.key_writes(|actor, seq, _| history::in_tail(&rule, actor, seq));
         let new_base = base_actor(cluster_id, record.generation).to_hex_string();
-        let written_since = base.tail_keys(|actor, _| actor != new_base);
+        let since = base.key_writes(|actor, _, _| actor != new_base);
+        let claims = tail_claims(&since);
         let before = base.heads();
         let mut rewritten = Vec::new();
+        let mut origins = Vec::new();
         base.set_batching(true);
-        for key in keys {
-            if key == history::RECORD_KEY || written_since.contains(&key) {
+        for key in tail.keys.keys() {
+            if key == history::RECORD_KEY {
                 continue;
             }
-            let ours = self.get_bytes(&key);
-            if ours == base.get_bytes(&key) {
+            let ours = self.key_state(key);
+            let our_origin = tail.origin(key, ours);
+            // The last change of the new generation that wrote this key or claimed it: a tail
+            // another replica re-applied first (its view of the same old-generation writes,
+            // with the change that left it), or a write made in the new generation.
+            let last_write = since.keys.get(key).and_then(|w| w.last()).map(|(i, _)| *i);
+            let last_claim = claims.get(key.as_str()).copied();
+            let theirs_known = last_write.is_some() || last_claim.is_some();
+            if ours == base.key_state(key) {
+                // Nothing to write; the first to move claims the key with the change that left
+                // its state, so a replica whose view is older does not revert it.
+                if !theirs_known {
+                    if let Some(o) = our_origin {
+                        origins.push(format!("{o} {key}"));
+                    }
+                }
                 continue;
             }
-            match ours {
-                Some(bytes) => base.put_bytes(&key, bytes)?,
-                None => {
-                    base.delete_key(&key)?;
+            if theirs_known {
+                // Ours replaces theirs only if theirs is another replica's tail whose change
+                // precedes ours (we saw that write and a later one); a write made in the new
+                // generation, or a concurrent view, stays.
+                let last = last_write.max(last_claim.map(|(i, _)| i));
+                let their_origin = match last_claim {
+                    Some((i, origin)) if Some(i) == last => Some(origin),
+                    _ => None,
+                };
+                let newer = match (their_origin, our_origin) {
+                    (Some(t), Some(o)) => self.precedes(&t, &o, &tail.hashes),
+                    _ => false,
+                };
+                if !newer {
+                    continue;
                 }
             }
-            rewritten.push(key);
+            match self.get_bytes(key) {
+                Some(bytes) => base.put_bytes(key, bytes)?,
+                None => {
+                    base.delete_key(key)?;
+                }
+            }
+            if let Some(o) = our_origin {
+                origins.push(format!("{o} {key}"));
+            }
+            rewritten.push(key.clone());
         }
-        base.set_batching(false);
+        let claimed = !origins.is_empty();
+        let mut message = TAIL_MESSAGE.to_string();
+        for line in origins {
+            message.push('\n');
+            message.push_str(&line);
+        }
+        base.end_batch_as(&message, claimed);
         let changes = base.changes_since(&before);
         Ok(Moved {
             doc: base,
@@ -920,6 +995,138 @@ mod tests {
             }
             leader.apply_pushed(&moved.changes).unwrap();
             proptest::prop_assert_eq!(state(&leader), state(&moved.doc));
+        }
+    }
+
+    #[test]
+    fn a_later_write_beats_another_replicas_earlier_view_of_it() {
+        // a leads; b writes x twice, c has seen only the first write when a re-bases.
+        let mut a = ClusterDoc::empty(actor(1));
+        meta(&mut a);
+        a.put_object("configmaps", Some("d"), "x", &json!("v0"))
+            .unwrap();
+        let mut b = ClusterDoc::load(&a.save(), actor(2)).unwrap();
+        let mut c = ClusterDoc::load(&a.save(), actor(3)).unwrap();
+        let heads = b.heads();
+        b.put_object("configmaps", Some("d"), "x", &json!("v1"))
+            .unwrap();
+        c.apply_pushed(&b.changes_since(&heads)).unwrap();
+        b.put_object("configmaps", Some("d"), "x", &json!("v2"))
+            .unwrap();
+        let mut leader = rebase(&mut a, "n1").doc;
+        let get = |d: &ClusterDoc| d.get_object("configmaps", Some("d"), "x").unwrap();
+        // c moves first and re-applies its view of x (v1)...
+        let moved_c = c
+            .move_onto("c", ClusterDoc::load(&leader.save(), actor(4)).unwrap())
+            .unwrap();
+        assert_eq!(get(&moved_c.doc), Some(json!("v1")));
+        leader.apply_pushed(&moved_c.changes).unwrap();
+        // ...then b, which wrote v2 after v1: v2 wins, everywhere.
+        let moved_b = b
+            .move_onto("c", ClusterDoc::load(&leader.save(), actor(5)).unwrap())
+            .unwrap();
+        assert_eq!(moved_b.rewritten, vec!["obj/configmaps/d/x".to_string()]);
+        assert_eq!(get(&moved_b.doc), Some(json!("v2")));
+        leader.apply_pushed(&moved_b.changes).unwrap();
+        assert_eq!(get(&leader), Some(json!("v2")));
+        // c converges on v2 once b's re-applied tail reaches it.
+        let mut c2 = moved_c.doc;
+        c2.apply_pushed(&moved_b.changes).unwrap();
+        assert_eq!(get(&c2), Some(json!("v2")));
+    }
+
+    #[test]
+    fn a_write_made_in_the_new_generation_is_not_undone_by_a_tail() {
+        let mut a = ClusterDoc::empty(actor(1));
+        meta(&mut a);
+        a.put_object("configmaps", Some("d"), "x", &json!("v0"))
+            .unwrap();
+        let mut b = ClusterDoc::load(&a.save(), actor(2)).unwrap();
+        b.put_object("configmaps", Some("d"), "x", &json!("old"))
+            .unwrap();
+        let mut leader = rebase(&mut a, "n1").doc;
+        leader
+            .put_object("configmaps", Some("d"), "x", &json!("new"))
+            .unwrap();
+        let moved = b
+            .move_onto("c", ClusterDoc::load(&leader.save(), actor(5)).unwrap())
+            .unwrap();
+        assert!(moved.rewritten.is_empty(), "{:?}", moved.rewritten);
+        assert_eq!(
+            moved.doc.get_object("configmaps", Some("d"), "x").unwrap(),
+            Some(json!("new"))
+        );
+    }
+
+    proptest::proptest! {
+        /// Two writers (b on keys k0-k2, c on k3-k5, as clients writing each object through
+        /// one node), each having seen part of the other's writes, and a replica d that has
+        /// seen only those first writes, are all behind the leader's re-base and move onto it
+        /// in any order: every key ends at its writer's last value on every replica, every
+        /// other key at the leader's.
+        #[test]
+        fn each_writers_last_value_survives_a_rebase_whatever_order_replicas_move_in(
+            common in proptest::collection::vec((0u8..8, proptest::option::of(0u8..4)), 0..10),
+            b_ops in proptest::collection::vec((0u8..3, proptest::option::of(0u8..4)), 0..10),
+            c_ops in proptest::collection::vec((3u8..6, proptest::option::of(0u8..4)), 0..10),
+            leader_ops in proptest::collection::vec((6u8..8, proptest::option::of(0u8..4)), 0..4),
+            b_seen in 0usize..11, c_seen in 0usize..11, order in 0usize..6,
+        ) {
+            let apply = |d: &mut ClusterDoc, ops: &[(u8, Option<u8>)]| {
+                for (k, v) in ops {
+                    let name = format!("k{k}");
+                    match v {
+                        Some(v) => d.put_object("configmaps", Some("d"), &name, &json!(v)).unwrap(),
+                        None => {
+                            d.delete_object("configmaps", Some("d"), &name).unwrap();
+                        }
+                    }
+                }
+            };
+            let mut a = ClusterDoc::empty(actor(1));
+            meta(&mut a);
+            apply(&mut a, &common);
+            let mut b = ClusterDoc::load(&a.save(), actor(2)).unwrap();
+            let mut c = ClusterDoc::load(&a.save(), actor(3)).unwrap();
+            let (b0, c0) = (b.heads(), c.heads());
+            // Each writer's first ops reach the other (pushed), then each writes on.
+            let (b_early, b_late) = b_ops.split_at(b_seen.min(b_ops.len()));
+            let (c_early, c_late) = c_ops.split_at(c_seen.min(c_ops.len()));
+            apply(&mut b, b_early);
+            apply(&mut c, c_early);
+            let (from_b, from_c) = (b.changes_since(&b0), c.changes_since(&c0));
+            c.apply_pushed(&from_b).unwrap();
+            b.apply_pushed(&from_c).unwrap();
+            // d writes nothing and has seen only the writers' first ops.
+            let mut d = ClusterDoc::load(&c.save(), actor(4)).unwrap();
+            apply(&mut b, b_late);
+            apply(&mut c, c_late);
+            apply(&mut a, &leader_ops);
+            let mut leader = rebase(&mut a, "n1").doc;
+            let orders = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+            let mut replicas = [Some(&mut b), Some(&mut c), Some(&mut d)];
+            let mut moved_docs = Vec::new();
+            for (i, who) in orders[order].into_iter().enumerate() {
+                let d = replicas[who].take().unwrap();
+                let base = ClusterDoc::load(&leader.save(), actor(10 + i as u8)).unwrap();
+                let moved = d.move_onto("c", base).unwrap();
+                leader.apply_pushed(&moved.changes).unwrap();
+                moved_docs.push(moved.doc);
+            }
+            for m in &mut moved_docs {
+                let changes = leader.changes_since(&[]);
+                m.apply_pushed(&changes).unwrap();
+                proptest::prop_assert_eq!(state(m), state(&leader));
+            }
+            for k in 0..8u8 {
+                let name = format!("k{k}");
+                let writer = match k { 0..=2 => &b, 3..=5 => &c, _ => &a };
+                proptest::prop_assert_eq!(
+                    leader.get_object("configmaps", Some("d"), &name).unwrap(),
+                    writer.get_object("configmaps", Some("d"), &name).unwrap(),
+                    "{}", name
+                );
+            }
         }
     }
 

@@ -9,6 +9,8 @@ use automerge::{ActorId, AutoCommit, Change, ChangeHash, ReadDoc, ScalarValueRef
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::keys::prefix_end;
 use super::StateError;
 
@@ -30,6 +32,36 @@ fn bytes_of<'a>(value: &'a ValueRef<'a>) -> Option<&'a [u8]> {
     match value {
         ValueRef::Scalar(ScalarValueRef::Bytes(b)) => Some(b),
         _ => None,
+    }
+}
+
+/// The digest a stored value is compared by when tails are re-applied (128 bits of SHA-256).
+pub fn value_digest(bytes: &[u8]) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)[..16].try_into().expect("16 bytes")
+}
+
+/// What a set of changes did to root keys ([`Replica::key_writes`]).
+#[derive(Default)]
+pub struct KeyWrites {
+    /// The changes selected, in causal order, with their commit messages.
+    pub changes: Vec<(ChangeHash, Option<String>)>,
+    /// The same changes, by hash.
+    pub hashes: BTreeSet<ChangeHash>,
+    /// Per key, in causal order: each change (an index into `changes`) that wrote or deleted
+    /// it and the state it left (a value's digest, `None` for a delete).
+    pub keys: BTreeMap<String, Vec<(usize, Option<[u8; 16]>)>>,
+}
+
+impl KeyWrites {
+    /// The change among these that left `state` on `key` last (in causal order), if any.
+    pub fn origin(&self, key: &str, state: Option<[u8; 16]>) -> Option<ChangeHash> {
+        self.keys
+            .get(key)?
+            .iter()
+            .rev()
+            .find(|(_, s)| *s == state)
+            .map(|(i, _)| self.changes[*i].0)
     }
 }
 
@@ -224,31 +256,95 @@ impl Replica {
         clock
     }
 
-    /// The root keys written or deleted by the changes `in_tail` selects (by actor hex and
-    /// sequence number): a replica's tail beyond a base.
-    pub fn tail_keys(
-        &mut self,
-        in_tail: impl Fn(&str, u64) -> bool,
-    ) -> std::collections::BTreeSet<String> {
-        let hashes: Vec<ChangeHash> = self
+    /// What the changes `select` picks (by actor hex, sequence number and commit message) did
+    /// to root keys: for each key they wrote or deleted, in causal order, each change and the
+    /// state it left on the key — the digest of a value put there ([`value_digest`]), or `None`
+    /// for a delete.
+    pub fn key_writes(&mut self, select: impl Fn(&str, u64, Option<&str>) -> bool) -> KeyWrites {
+        let selected: Vec<(ChangeHash, Option<String>)> = self
             .doc
             .get_changes_meta(&[])
             .into_iter()
-            .filter(|m| in_tail(&m.actor.to_hex_string(), m.seq))
-            .map(|m| m.hash)
+            .filter(|m| select(&m.actor.to_hex_string(), m.seq, m.message.as_deref()))
+            .map(|m| (m.hash, m.message.map(|m| m.into_owned())))
             .collect();
-        let mut keys = std::collections::BTreeSet::new();
-        for hash in hashes {
+        let mut writes = KeyWrites::default();
+        for (hash, message) in selected {
             let Some(change) = self.doc.get_change_by_hash(&hash) else {
                 continue;
             };
+            let index = writes.changes.len();
+            writes.changes.push((hash, message));
+            writes.hashes.insert(hash);
             for op in change.decode().operations {
-                if let automerge::legacy::Key::Map(key) = &op.key {
-                    keys.insert(key.to_string());
+                let automerge::legacy::Key::Map(key) = &op.key else {
+                    continue;
+                };
+                let state = match &op.action {
+                    automerge::legacy::OpType::Put(automerge::ScalarValue::Bytes(b)) => {
+                        Some(value_digest(b))
+                    }
+                    automerge::legacy::OpType::Delete => None,
+                    // Nothing else is ever written at the root; a key touched some other way
+                    // is still the selection's.
+                    _ => Some([0; 16]),
+                };
+                writes
+                    .keys
+                    .entry(key.to_string())
+                    .or_default()
+                    .push((index, state));
+            }
+        }
+        writes
+    }
+
+    /// The digest of this document's current value of `key` (`None`: absent), comparable with
+    /// the states [`Replica::key_writes`] reports.
+    pub fn key_state(&self, key: &str) -> Option<[u8; 16]> {
+        self.get_bytes(key).map(|b| value_digest(&b))
+    }
+
+    /// Whether change `ancestor` is a strict causal ancestor of change `of`, looking only
+    /// through the changes in `within` (a causally closed-upwards set, such as a tail: every
+    /// descendant of one of its changes is in it).
+    pub fn precedes(
+        &mut self,
+        ancestor: &ChangeHash,
+        of: &ChangeHash,
+        within: &BTreeSet<ChangeHash>,
+    ) -> bool {
+        if ancestor == of || !within.contains(ancestor) {
+            return false;
+        }
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![*of];
+        while let Some(hash) = stack.pop() {
+            let Some(change) = self.doc.get_change_by_hash(&hash) else {
+                continue;
+            };
+            for dep in change.deps() {
+                if dep == ancestor {
+                    return true;
+                }
+                if within.contains(dep) && seen.insert(*dep) {
+                    stack.push(*dep);
                 }
             }
         }
-        keys
+        false
+    }
+
+    /// Ends a batch (see [`Replica::set_batching`]) committing its writes as one change that
+    /// carries `message` (the marker of a re-applied tail: `ClusterDoc::move_onto`); with no
+    /// writes, an empty change carrying it is made only if `even_empty`.
+    pub fn end_batch_as(&mut self, message: &str, even_empty: bool) {
+        self.batching = false;
+        let options =
+            || automerge::transaction::CommitOptions::default().with_message(message.to_string());
+        if self.doc.commit_with(options()).is_none() && even_empty {
+            self.doc.empty_change(options());
+        }
     }
 
     /// A fresh document holding exactly `entries` and no history, written by `actor` in one
