@@ -21,7 +21,8 @@
 //! `/metrics` and counts requests;
 //! `watch.rs` streams events by diffing snapshots (computed status included);
 //! `discovery.rs` and `openapi.rs` describe the table to clients; `patch.rs`,
-//! `selectors.rs`, `table.rs` and `status.rs` are pure helpers.
+//! `selectors.rs`, `table.rs`, `status.rs` and `graceful.rs` (what a pod's `DELETE` does:
+//! remove it, mark it terminating, or shorten its pending deletion) are pure helpers.
 //!
 //! **Architecture Invariant:** everything the API knows about the cluster comes through the
 //! [`Backend`] trait; the API never touches the replicated document or the network directly.
@@ -37,6 +38,7 @@ mod changelog;
 mod discovery;
 mod eviction;
 pub mod exec;
+mod graceful;
 mod images;
 mod logs;
 mod metrics;

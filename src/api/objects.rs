@@ -29,7 +29,8 @@ use super::table::{self, IncludeObject};
 use super::validation::{check_type_meta, validate_fields, validate_name};
 use super::watch::{self, WatchRequest};
 use super::workloads;
-use super::{admission, eviction, logs, pod_security, scale, services, ApiState};
+use super::{admission, eviction, graceful, logs, pod_security, scale, services, ApiState};
+use crate::model::Readiness;
 
 /// Namespaces that exist even when nothing is stored for them.
 pub const BUILTIN_NAMESPACES: &[&str] = &["default", "kube-system"];
@@ -943,6 +944,9 @@ fn update_metadata(state: &ApiState, existing: &Value, object: &mut Value) {
     meta["creationTimestamp"] = old["creationTimestamp"].clone();
     meta["generation"] = json!(generation);
     meta["resourceVersion"] = json!(state.versions.next());
+    // A deletion in progress is the server's: an update neither starts, moves nor ends it.
+    meta["deletionTimestamp"] = old["deletionTimestamp"].clone();
+    meta["deletionGracePeriodSeconds"] = old["deletionGracePeriodSeconds"].clone();
     if let Some(map) = meta.as_object_mut() {
         map.retain(|_, v| !v.is_null());
     }
@@ -1149,14 +1153,11 @@ fn delete_options(query: &Query, body: &Bytes) -> Result<(Value, bool), ApiError
     Ok((options, dry))
 }
 
-/// The fields of `DeleteOptions` shoal cannot honour for deleting `stored` (of `kind`),
-/// refused rather than ignored (`docs/api.md`, "Deleting"): `dryRun` other than `All`;
+/// The fields of `DeleteOptions` shoal cannot honour, refused rather than ignored (`docs/api.md`, "Deleting"): `dryRun` other than `All`;
 /// `propagationPolicy` other than `Background` and `orphanDependents: true` (dependents are
-/// always collected in the background); for a Pod, a `gracePeriodSeconds` other than 0 (the
-/// pod leaves the API at once, as a forced deletion) or its own
-/// `terminationGracePeriodSeconds` (what its containers get). Preconditions are honoured by
-/// [`delete_one`].
-pub(super) fn delete_options_refusals(kind: &str, stored: &Value, options: &Value) -> Vec<Cause> {
+/// always collected in the background); a `gracePeriodSeconds` that is not an integer.
+/// Preconditions and a pod's grace period are honoured by [`delete_one`].
+pub(super) fn delete_options_refusals(options: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
     let unsupported = |field: &str, value: &Value, supported: &str| Cause {
         reason: "FieldValueNotSupported".into(),
@@ -1185,19 +1186,12 @@ pub(super) fn delete_options_refusals(kind: &str, stored: &Value, options: &Valu
         )),
     }
     let grace = &options["gracePeriodSeconds"];
-    if kind == "Pod" && !grace.is_null() {
-        let own = stored["spec"]["terminationGracePeriodSeconds"]
-            .as_i64()
-            .unwrap_or(30);
-        if grace.as_i64().is_none_or(|g| g != 0 && g != own) {
-            causes.push(Cause {
-                reason: "FieldValueInvalid".into(),
-                field: "gracePeriodSeconds".into(),
-                message: format!(
-                    "Invalid value: {grace}: shoal stops a deleted pod's containers with its spec.terminationGracePeriodSeconds ({own}); omit gracePeriodSeconds, or give 0 (forced: the pod leaves the API at once) or {own}"
-                ),
-            });
-        }
+    if !grace.is_null() && grace.as_i64().is_none() {
+        causes.push(Cause {
+            reason: "FieldValueInvalid".into(),
+            field: "gracePeriodSeconds".into(),
+            message: format!("Invalid value: {grace}: must be an integer number of seconds"),
+        });
     }
     causes
 }
@@ -1216,7 +1210,7 @@ fn delete(
     body: &Bytes,
 ) -> Result<Response, ApiError> {
     let (options, dry) = delete_options(query, body)?;
-    let reply = delete_one(
+    let deleted = delete_one(
         state,
         target.info,
         target.namespace.as_deref(),
@@ -1224,7 +1218,26 @@ fn delete(
         &options,
         dry,
     )?;
-    Ok(json_response(StatusCode::OK, &reply))
+    // Kubernetes answers 202 for a deletion still pending when the client asked for
+    // `orphanDependents: false` explicitly, 200 otherwise.
+    let code = if deleted.pending && options["orphanDependents"] == json!(false) {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json_response(code, &deleted.reply))
+}
+
+/// What deleting one object did.
+pub(super) struct Deleted {
+    /// What DELETE answers for its kind.
+    pub reply: Value,
+    /// The object stays, terminating (a Pod's graceful deletion).
+    pub pending: bool,
+}
+
+fn is_pod(info: &ResourceInfo) -> bool {
+    info.group.is_empty() && info.kind == "Pod" && info.storage == Storage::Objects
 }
 
 /// Deletes one object; returns what DELETE answers for its kind.
@@ -1235,10 +1248,10 @@ pub(super) fn delete_one(
     name: &str,
     options: &Value,
     dry: bool,
-) -> Result<Value, ApiError> {
+) -> Result<Deleted, ApiError> {
     let existing = find_stored(state, info, namespace, name)
         .ok_or_else(|| ApiError::not_found(info.plural, name))?;
-    let refused = delete_options_refusals(info.kind, &existing, options);
+    let refused = delete_options_refusals(options);
     if !refused.is_empty() {
         return Err(ApiError::Invalid {
             kind: "DeleteOptions.meta.k8s.io".into(),
@@ -1277,6 +1290,20 @@ pub(super) fn delete_one(
             "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
         )));
     }
+    if is_pod(info) {
+        let pod = PodDeletionRequest {
+            namespace,
+            name,
+            existing: &existing,
+            served: &served,
+        };
+        if let Some(pending) = delete_pod_gracefully(state, info, &pod, options, dry)? {
+            return Ok(Deleted {
+                reply: pending,
+                pending: true,
+            });
+        }
+    }
     if !dry {
         match info.storage {
             Storage::Nodes => {
@@ -1294,12 +1321,84 @@ pub(super) fn delete_one(
             }
         }
     }
-    if returns_deleted_object(info) {
-        return Ok(served);
+    let reply = if returns_deleted_object(info) {
+        served
+    } else {
+        let mut status = success_status(info.plural, name, Some(&uid));
+        status["details"]["group"] = json!(info.group);
+        status
+    };
+    Ok(Deleted {
+        reply,
+        pending: false,
+    })
+}
+
+/// The pod a `DELETE` is about.
+struct PodDeletionRequest<'a> {
+    namespace: Option<&'a str>,
+    name: &'a str,
+    /// As stored.
+    existing: &'a Value,
+    /// As served (computed status).
+    served: &'a Value,
+}
+
+/// Graceful deletion of a pod (`graceful.rs`): marks it terminating (or shortens its pending
+/// deletion) and returns the object as now served, for its node's kubelet to stop its
+/// containers and then remove it; `None` when it is to be removed at once (forced, never
+/// placed, its node dead in this agent's view, ended, or its pending deletion cut to 0).
+fn delete_pod_gracefully(
+    state: &ApiState,
+    info: &ResourceInfo,
+    pod: &PodDeletionRequest,
+    options: &Value,
+    dry: bool,
+) -> Result<Option<Value>, ApiError> {
+    let view = state.backend.workload_view();
+    let meta = &pod.existing["metadata"];
+    let uid = meta["uid"].as_str().unwrap_or_default();
+    let namespace = pod.namespace.unwrap_or("default");
+    let binding = view
+        .bindings
+        .get(&(namespace.to_string(), pod.name.to_string()));
+    let user_node = pod.existing["spec"]["nodeName"]
+        .as_str()
+        .unwrap_or_default();
+    let placed_on_live_node = crate::model::workload::placement(uid, user_node, binding)
+        .is_some_and(|(node, _)| {
+            matches!(
+                view.node_readiness.get(&node),
+                Some(Readiness::Ready | Readiness::Suspect)
+            )
+        });
+    let phase = pod.served["status"]["phase"].as_str().unwrap_or_default();
+    let facts = graceful::PodFacts {
+        placed_on_live_node,
+        ended: matches!(phase, "Succeeded" | "Failed"),
+    };
+    let requested = options["gracePeriodSeconds"].as_i64();
+    match graceful::decide(pod.existing, requested, facts, Utc::now()) {
+        graceful::PodDeletion::Now => Ok(None),
+        graceful::PodDeletion::Pending => Ok(Some(pod.served.clone())),
+        graceful::PodDeletion::Mark {
+            deletion_timestamp,
+            grace,
+        } => {
+            let mut marked = pod.existing.clone();
+            graceful::mark(&mut marked, deletion_timestamp, grace);
+            marked["metadata"]["resourceVersion"] = json!(state.versions.next());
+            let stored = persist(state, info, key(info, pod.namespace, pod.name), marked, dry)?;
+            Ok(Some(as_served(
+                state,
+                info,
+                pod.namespace,
+                pod.name,
+                stored,
+                dry,
+            )))
+        }
     }
-    let mut status = success_status(info.plural, name, Some(&uid));
-    status["details"]["group"] = json!(info.group);
-    Ok(status)
 }
 
 /// `DELETE` of a collection: every object matching the label and field selectors (in the
@@ -1322,6 +1421,7 @@ fn delete_collection(
         let (ns, name) = key_of(object);
         let ns = Some(ns.as_str()).filter(|_| info.namespaced);
         match delete_one(state, info, ns, &name, &options, dry) {
+            Ok(d) if returns_deleted_object(info) => deleted.push(d.reply),
             Ok(_) => deleted.push((**object).clone()),
             // Gone in between (another client, another node): not an error.
             Err(ApiError::NotFound { .. }) => {}
@@ -1366,9 +1466,8 @@ mod tests {
 
     #[test]
     fn delete_options_shoal_cannot_honour_are_refused() {
-        let pod = json!({"spec": {"terminationGracePeriodSeconds": 5}});
-        let refused = |kind: &str, options: Value| -> Vec<String> {
-            delete_options_refusals(kind, &pod, &options)
+        let refused = |options: Value| -> Vec<String> {
+            delete_options_refusals(&options)
                 .into_iter()
                 .map(|c| format!("{}: {}", c.field, c.message))
                 .collect()
@@ -1377,28 +1476,25 @@ mod tests {
             json!({}),
             json!({"propagationPolicy": "Background", "dryRun": ["All"]}),
             json!({"gracePeriodSeconds": 0}),
+            json!({"gracePeriodSeconds": 1}),
             json!({"gracePeriodSeconds": 5, "orphanDependents": false}),
             json!({"preconditions": {"uid": "u"}}),
         ] {
-            assert_eq!(refused("Pod", ok.clone()), Vec::<String>::new(), "{ok}");
+            assert_eq!(refused(ok.clone()), Vec::<String>::new(), "{ok}");
         }
         assert_eq!(
-            refused("Pod", json!({"gracePeriodSeconds": 1})),
-            ["gracePeriodSeconds: Invalid value: 1: shoal stops a deleted pod's containers with its spec.terminationGracePeriodSeconds (5); omit gracePeriodSeconds, or give 0 (forced: the pod leaves the API at once) or 5"]
+            refused(json!({"gracePeriodSeconds": "soon"})),
+            ["gracePeriodSeconds: Invalid value: \"soon\": must be an integer number of seconds"]
         );
-        assert!(refused("ConfigMap", json!({"gracePeriodSeconds": 1})).is_empty());
         assert_eq!(
-            refused("Deployment", json!({"propagationPolicy": "Orphan", "orphanDependents": true, "dryRun": ["Some"]})),
+            refused(json!({"propagationPolicy": "Orphan", "orphanDependents": true, "dryRun": ["Some"]})),
             [
                 "dryRun: Unsupported value: [\"Some\"]: supported values: \"All\"",
                 "propagationPolicy: Unsupported value: \"Orphan\": supported values: \"Background\" (shoal collects dependents in the background)",
                 "orphanDependents: Unsupported value: true: supported values: false (shoal collects dependents in the background)",
             ]
         );
-        assert_eq!(
-            refused("Pod", json!({"propagationPolicy": "Foreground"})).len(),
-            1
-        );
+        assert_eq!(refused(json!({"propagationPolicy": "Foreground"})).len(), 1);
     }
 
     #[test]

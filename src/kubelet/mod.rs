@@ -456,6 +456,11 @@ impl Shell {
                     tracing::warn!(%e, %namespace, %name, "deleting pod status");
                 }
             }
+            Action::FinalizeDeletion {
+                namespace,
+                name,
+                uid,
+            } => self.finalize_deletion(&namespace, &name, &uid),
             event @ Action::Event { .. } => self.record(event),
             Action::CreateSandbox { key } => {
                 if let Some(d) = desired.get(&key) {
@@ -487,6 +492,25 @@ impl Shell {
                 self.kill_container(key, container, restart, signal, hook);
             }
             Action::RemovePod { key } => self.remove_pod(key),
+        }
+    }
+
+    /// Carries out [`Action::FinalizeDeletion`]: removes the pod object and its binding when
+    /// [`plan::finalizes`] says the object is still that pod, being deleted.
+    fn finalize_deletion(&self, namespace: &str, name: &str, uid: &str) {
+        let done = self.shared.write(|d| {
+            let current = d.get_object(PODS, Some(namespace), name)?;
+            if !plan::finalizes(current.as_ref(), uid) {
+                return Ok(false);
+            }
+            d.delete_object(PODS, Some(namespace), name)?;
+            d.delete_binding(namespace, name)?;
+            Ok(true)
+        });
+        match done {
+            Ok(true) => tracing::info!(%namespace, %name, "terminated pod removed"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(%e, %namespace, %name, "removing a terminated pod"),
         }
     }
 

@@ -277,6 +277,10 @@ pub(crate) fn reconcile(
         let mut old: BTreeMap<&str, Vec<PodKey>> = BTreeMap::new();
         for key in owned.get(object::uid(ds)).into_iter().flatten() {
             let Some(pod) = w.pods.get(key) else { continue };
+            if object::is_terminating(pod) {
+                // Being deleted: its node gets a new pod once it is gone (the name is its).
+                continue;
+            }
             let node = node_of(pod);
             let Some(want) = names.get(node) else {
                 deletes.push((key.clone(), i)); // node gone, or no longer eligible

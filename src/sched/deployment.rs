@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 
 use super::hash::{derived_uid, template_hash, without_nulls};
 use super::object::{self, controller};
-use super::replicaset::slot_names;
+use super::replicaset::{replacement_names, slot_names};
 use super::rollout::Rollout;
 use super::snapshot::{LeaderCtx, PlannedEvent, PodKey, Write};
 use super::{replicas_of, Working, MAX_REPLICAS};
@@ -193,15 +193,28 @@ impl Availability<'_> {
 fn member(rs: &Value, key: &PodKey, w: &Working<'_>, avail: &mut Availability<'_>) -> Member {
     let was = replicas_of(&rs["spec"]).unwrap_or(0).min(MAX_REPLICAS);
     let uid = object::uid(rs);
+    // A slot's pod is under the slot's own name or, while a terminating pod holds that, a
+    // replacement one (`replicaset::name_for_slot`); terminating pods are not available.
+    let mut slot_available = |slot: usize, name: String| {
+        let ours = |name: &String| {
+            let pod_key = (key.0.clone(), name.clone());
+            let pod = w.pods.get(&pod_key)?;
+            (controller(pod) == Some(("ReplicaSet", uid)) && !object::is_terminating(pod))
+                .then_some(pod_key)
+        };
+        if let Some(pod_key) = ours(&name) {
+            return avail.of(&pod_key);
+        }
+        let own = w.pods.get(&(key.0.clone(), name));
+        own.is_some_and(|p| object::is_terminating(p))
+            && replacement_names(&key.1, uid, slot)
+                .filter_map(|n| ours(&n))
+                .any(|pod_key| avail.of(&pod_key))
+    };
     let available = slot_names(&key.1, uid, was as usize)
         .into_iter()
-        .map(|name| {
-            let pod_key = (key.0.clone(), name);
-            w.pods
-                .get(&pod_key)
-                .is_some_and(|p| controller(p) == Some(("ReplicaSet", uid)))
-                && avail.of(&pod_key)
-        })
+        .enumerate()
+        .map(|(slot, name)| slot_available(slot, name))
         .collect();
     let has_pods = w
         .pods

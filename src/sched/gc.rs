@@ -1,6 +1,7 @@
 //! Garbage collection by owner uid: ReplicaSets whose controlling Deployment is gone, Jobs
 //! whose CronJob is gone, pods
-//! whose controlling ReplicaSet, Job or DaemonSet is gone, bindings whose pod is gone or has another uid.
+//! whose controlling ReplicaSet, Job or DaemonSet is gone, bindings whose pod is gone or has another uid;
+//! and terminating pods no kubelet will finish (never placed, or on a dead node).
 //! The document's changes are causal (a replica holding a ReplicaSet also holds the
 //! Deployment that existed when it was made), so "owner absent" means deleted, not "not yet
 //! received".
@@ -10,9 +11,9 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::object::{self, controller};
-use super::snapshot::{PodKey, Write};
+use super::snapshot::{Liveness, PodKey, Write};
 use super::Working;
-use crate::model::workload::{JOBS, PODS, REPLICASETS};
+use crate::model::workload::{self, JOBS, PODS, REPLICASETS};
 
 /// ReplicaSets controlled by a Deployment whose uid is not among `deployments`.
 pub(crate) fn replicasets(deployments: &[Value], w: &mut Working<'_>, writes: &mut Vec<Write>) {
@@ -73,6 +74,40 @@ pub(crate) fn pods(
         .map(|(k, _)| k.clone())
         .collect();
     for key in orphans {
+        w.pods.remove(&key);
+        writes.push(Write::DeleteObject {
+            resource: PODS,
+            namespace: key.0,
+            name: key.1,
+        });
+    }
+}
+
+/// Terminating pods (`metadata.deletionTimestamp`) that no kubelet will remove: not placed,
+/// or placed on a node that is dead in the leader's view (as the node lifecycle controller
+/// finishes them in Kubernetes). A pod on a live node is its kubelet's to remove once its
+/// containers have stopped. Not destructive on a stale view: the pod is being deleted
+/// anyway, and a node that is in fact alive stops its containers when the object goes, as
+/// for any deleted pod.
+pub(crate) fn terminated_pods(
+    w: &mut Working<'_>,
+    liveness: &std::collections::BTreeMap<String, Liveness>,
+    writes: &mut Vec<Write>,
+) {
+    let alive = |node: &str| liveness.get(node).is_some_and(|l| *l != Liveness::Dead);
+    let done: Vec<PodKey> = w
+        .pods
+        .iter()
+        .filter(|(_, p)| object::is_terminating(p))
+        .filter(|(key, p)| {
+            let user_node = p["spec"]["nodeName"].as_str().unwrap_or_default();
+            let binding = w.bindings.get(*key).map(|b| b.as_ref());
+            workload::placement(object::uid(p), user_node, binding)
+                .is_none_or(|(node, _)| !alive(&node))
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in done {
         w.pods.remove(&key);
         writes.push(Write::DeleteObject {
             resource: PODS,

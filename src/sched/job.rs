@@ -387,6 +387,8 @@ fn job_pods(w: &Working<'_>) -> BTreeMap<String, Vec<JobPod>> {
         let outcome = match w.finished.get(key) {
             Some(f) if f.succeeded => Outcome::Succeeded(f.at),
             Some(f) => Outcome::Failed(f.at),
+            // Deleted before it ended: a failure (as Kubernetes counts it), replaced at once.
+            None if object::is_terminating(pod) => Outcome::Failed(None),
             None => Outcome::Active,
         };
         out.entry(owner.to_string()).or_default().push(JobPod {

@@ -34,6 +34,8 @@ mod rollout_tests;
 #[cfg(test)]
 mod taint_tests;
 #[cfg(test)]
+mod terminating_tests;
+#[cfg(test)]
 mod tests;
 
 use std::borrow::Cow;
@@ -155,6 +157,7 @@ pub fn reconcile(s: &Snapshot, ctx: &LeaderCtx) -> Plan {
         pod_security: &s.pod_security,
     };
     let mut plan = Plan::default();
+    gc::terminated_pods(&mut w, &s.liveness, &mut plan.writes);
     let taint_wake = noexecute::evict(
         &mut w,
         &s.node_settings,

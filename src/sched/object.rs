@@ -42,6 +42,12 @@ pub fn owner_reference_of(owner: &Value, api_version: &str, kind: &str) -> Value
     }])
 }
 
+/// Being deleted (`metadata.deletionTimestamp` set): a terminating pod, which its node's
+/// kubelet removes once its containers have stopped. Controllers do not count it.
+pub fn is_terminating(v: &Value) -> bool {
+    !v["metadata"]["deletionTimestamp"].is_null()
+}
+
 /// A usable object: it has a name and a uid.
 pub fn is_valid(v: &Value) -> bool {
     !name(v).is_empty() && !uid(v).is_empty()

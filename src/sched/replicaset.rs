@@ -20,14 +20,7 @@ const MAX_PREFIX: usize = 58;
 /// The pod names of slots `0..n` of the ReplicaSet `rs_name` (uid `rs_uid`). A slot's name
 /// depends only on the lower slots, so it stays the same when the ReplicaSet is scaled.
 pub fn slot_names(rs_name: &str, rs_uid: &str, n: usize) -> Vec<String> {
-    let mut prefix = format!("{rs_name}-");
-    if prefix.len() > MAX_PREFIX {
-        let mut cut = MAX_PREFIX;
-        while !prefix.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        prefix.truncate(cut);
-    }
+    let prefix = name_prefix(rs_name);
     let mut taken = BTreeSet::new();
     let mut names = Vec::with_capacity(n);
     for slot in 0..n {
@@ -45,6 +38,65 @@ pub fn slot_names(rs_name: &str, rs_uid: &str, n: usize) -> Vec<String> {
         }
     }
     names
+}
+
+/// `<rs>-`, cut to [`MAX_PREFIX`].
+fn name_prefix(rs_name: &str) -> String {
+    let mut prefix = format!("{rs_name}-");
+    if prefix.len() > MAX_PREFIX {
+        let mut cut = MAX_PREFIX;
+        while !prefix.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        prefix.truncate(cut);
+    }
+    prefix
+}
+
+/// Replacement names a slot may take while a terminating pod still holds its name (and
+/// those of earlier replacements); a slot with this many pods terminating at once waits.
+pub const MAX_REPLACEMENTS: u32 = 8;
+
+/// The replacement names of `slot` (after its own name from [`slot_names`]), in the order
+/// they are taken: functions of (ReplicaSet uid, slot, n), so two leaders pick the same.
+pub fn replacement_names(rs_name: &str, rs_uid: &str, slot: usize) -> impl Iterator<Item = String> {
+    let prefix = name_prefix(rs_name);
+    let rs_uid = rs_uid.to_string();
+    let slot = slot.to_string();
+    (1..=MAX_REPLACEMENTS).map(move |n| {
+        let h = hash64(&["shoal-slot-replacement", &rs_uid, &slot, &n.to_string()]);
+        format!("{prefix}{}", safe_suffix(h, 5))
+    })
+}
+
+/// Whether `name` is a name of `slot` (`own`, from [`slot_names`], or a replacement one).
+pub fn is_slot_name(rs_name: &str, rs_uid: &str, slot: usize, own: &str, name: &str) -> bool {
+    name == own || replacement_names(rs_name, rs_uid, slot).any(|r| r == name)
+}
+
+/// The name a missing slot's pod is created under: its own (`own`) if free; while a
+/// terminating pod of the ReplicaSet holds it, the first free replacement name after
+/// terminating holders; `None` while a pod that is not terminating holds the name it would
+/// take (a stranger's pod, or this ReplicaSet's pod of another slot about to go).
+fn name_for_slot(w: &Working<'_>, rs: &Value, slot: usize, own: &str) -> Option<String> {
+    let ns = object::namespace(rs);
+    let held = |name: &str| w.pods.get(&(ns.to_string(), name.to_string()));
+    let terminating_here = |p: &Value| {
+        object::is_terminating(p) && controller(p) == Some(("ReplicaSet", object::uid(rs)))
+    };
+    match held(own) {
+        None => return Some(own.to_string()),
+        Some(p) if terminating_here(p) => {}
+        Some(_) => return None,
+    }
+    for name in replacement_names(object::name(rs), object::uid(rs), slot) {
+        match held(&name) {
+            None => return Some(name),
+            Some(p) if terminating_here(p) => {}
+            Some(_) => return None,
+        }
+    }
+    None
 }
 
 pub fn slot_of(pod: &Value) -> Option<usize> {
@@ -131,8 +183,16 @@ pub(crate) fn reconcile(
             let Some(pod) = w.pods.get(key) else {
                 continue;
             };
+            if object::is_terminating(pod) {
+                continue; // being deleted: not one of the replicas, and already going
+            }
+            let rs_name = object::name(rs);
             let keep = match slot_of(pod) {
-                Some(slot) if slot < n && names[slot] == key.1 && !filled[slot] => {
+                Some(slot)
+                    if slot < n
+                        && !filled[slot]
+                        && is_slot_name(rs_name, object::uid(rs), slot, &names[slot], &key.1) =>
+                {
                     filled[slot] = true;
                     true
                 }
@@ -142,12 +202,17 @@ pub(crate) fn reconcile(
                 deletes.push((key.clone(), rs));
             }
         }
-        for (slot, name) in names.iter().enumerate() {
-            let key = (ns.to_string(), name.clone());
-            if filled[slot] || w.pods.contains_key(&key) {
-                continue; // present, or the name is held by a pod this ReplicaSet does not own
+        for (slot, own) in names.iter().enumerate() {
+            if filled[slot] {
+                continue;
             }
-            let pod = new_pod(rs, name, slot, ctx);
+            // The slot's name, a replacement one while terminating pods hold it, or none
+            // while a pod this ReplicaSet does not own (or about to go) holds it.
+            let Some(name) = name_for_slot(w, rs, slot, own) else {
+                continue;
+            };
+            let key = (ns.to_string(), name.clone());
+            let pod = new_pod(rs, &name, slot, ctx);
             if let Some(message) = w.refusal(&pod) {
                 refused.push(Working::failed_create(
                     involved(rs),

@@ -51,7 +51,8 @@ pub struct Snapshot {
     pub scheduling: BTreeMap<PodKey, SchedulingRecord>,
     /// Pods that are Ready, with the time they became so (the Ready condition's
     /// `lastTransitionTime`), read from the status record of each pod's current placement
-    /// ([`Snapshot::with_readiness`]). A pod not listed is not ready. Gates rolling updates.
+    /// ([`Snapshot::with_readiness`]). A pod not listed is not ready; a terminating pod is
+    /// not listed. Gates rolling updates.
     pub ready: BTreeMap<PodKey, DateTime<Utc>>,
     /// Pods that ended (`Succeeded` / `Failed`) in the record of their current placement,
     /// whatever their node's liveness ([`Snapshot::with_readiness`]).
@@ -199,6 +200,8 @@ impl Snapshot {
             if let Some(f) = record.and_then(|r| super::job::finished(&r.status)) {
                 finished.insert(key.clone(), f);
             }
+            // A terminating pod is never ready (nor available) to the controllers.
+            let alive = alive && !super::object::is_terminating(pod);
             if let (true, Some(since)) =
                 (alive, record.and_then(|r| workload::ready_since(&r.status)))
             {

@@ -3,7 +3,11 @@
 //! periodSeconds × failureThreshold + 1 s, with back-off on the repeat and the preStop hook
 //! before SIGTERM; a readiness flip takes a pod out of its Service's endpoints and back without
 //! a restart; a startup probe holds readiness back; a container ignoring SIGTERM is killed
-//! after its grace period; a probe on port 70000 is refused by `kubectl apply`.
+//! after its grace period; a probe on port 70000 is refused by `kubectl apply`. Graceful
+//! deletion (issue 17): a deleted pod is listed `Terminating` with its `deletionTimestamp`
+//! while its container runs out its grace period, leaves its Service's endpoints at once and
+//! is gone afterwards; `--grace-period=1` ends sooner, a second `DELETE` restarts nothing, and
+//! `--force --grace-period=0` removes the pod from the API at once.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -115,6 +119,55 @@ spec:
   - name: main
     image: shoal.test/busybox:1
     command: ["sh", "-c", "trap '' TERM; while true; do sleep 1; done"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: grace
+  labels:
+    app: grace
+spec:
+  terminationGracePeriodSeconds: 8
+  containers:
+  - name: main
+    image: shoal.test/busybox:1
+    # TERM is logged and otherwise ignored: the container runs out its grace period.
+    command: ["sh", "-c", "trap 'echo term' TERM; while true; do sleep 1 & wait $!; done"]
+    ports:
+    - containerPort: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: grace
+spec:
+  selector:
+    app: grace
+  ports:
+  - port: 80
+    targetPort: 8080
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: short
+spec:
+  terminationGracePeriodSeconds: 60
+  containers:
+  - name: main
+    image: shoal.test/busybox:1
+    command: ["sh", "-c", "trap 'echo term' TERM; while true; do sleep 1 & wait $!; done"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: forced
+spec:
+  terminationGracePeriodSeconds: 60
+  containers:
+  - name: main
+    image: shoal.test/busybox:1
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done"]
 ---
 apiVersion: v1
 kind: Pod
@@ -460,6 +513,129 @@ spec:
     assert!(
         took >= Duration::from_millis(2500) && took <= Duration::from_secs(10),
         "stopping ignore took {took:?} with a 3 s grace period"
+    );
+
+    deleted_pods_terminate_gracefully();
+}
+
+/// The runc id of the first container of `p`.
+fn container_id(p: &Value) -> String {
+    p["status"]["containerStatuses"][0]["containerID"]
+        .as_str()
+        .and_then(|c| c.strip_prefix("runc://"))
+        .unwrap_or_else(|| panic!("no containerID: {}", p["status"]))
+        .to_string()
+}
+
+/// Whether pod `name` is gone from the API.
+fn gone(name: &str) -> Result<(), String> {
+    match kubectl("n1", &["get", "pod", name, "-o", "json"]) {
+        Err(e) if e.contains("NotFound") || e.contains("not found") => Ok(()),
+        Err(e) => Err(e),
+        Ok(out) => Err(format!("{name} still listed: {out}")),
+    }
+}
+
+/// Graceful deletion (issue 17), with the pods `grace`, `short` and `forced` of [`PODS`].
+fn deleted_pods_terminate_gracefully() {
+    let ip = eventually("grace runs, in its endpoints", START, || {
+        let p = pod("grace")?;
+        let ip = p["status"]["podIP"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        match endpoints("grace")? {
+            (ready, _) if condition(&p, "Ready") == "True" && ready == [ip.clone()] => Ok(ip),
+            other => Err(format!(
+                "Ready {}, endpoints {other:?}",
+                condition(&p, "Ready")
+            )),
+        }
+    });
+    let mut ids = Vec::new();
+    for name in ["short", "forced"] {
+        ids.push(eventually(&format!("{name} runs"), START, || {
+            let p = pod(name)?;
+            match p["status"]["containerStatuses"][0]["state"]["running"].is_null() {
+                true => Err(format!("not running: {}", p["status"])),
+                false => Ok(container_id(&p)),
+            }
+        }));
+    }
+
+    // DELETE answers the pod, now terminating; it stays listed with its deletion marks.
+    let started = Instant::now();
+    let (code, body) = curl_api(
+        "n1",
+        "DELETE",
+        "/api/v1/namespaces/default/pods/grace",
+        Some(&admin_token()),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let reply: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(reply["kind"], "Pod", "{body}");
+    assert_eq!(reply["metadata"]["deletionGracePeriodSeconds"], 8, "{body}");
+    let since = reply["metadata"]["deletionTimestamp"].clone();
+    assert!(time(&since).is_ok(), "{body}");
+    // Out of the endpoints at once (the Endpoints object leaves terminating pods out).
+    assert_eq!(
+        endpoints("grace").unwrap(),
+        (vec![], vec![]),
+        "{ip} still an endpoint of grace"
+    );
+    let row = kubectl_ok("n1", &["get", "pod", "grace", "--no-headers"]);
+    assert!(row.contains("Terminating"), "{row}");
+    // A second DELETE restarts nothing.
+    kubectl_ok("n1", &["delete", "pod", "grace", "--wait=false"]);
+    let p = pod("grace").unwrap();
+    assert_eq!(
+        p["metadata"]["deletionTimestamp"], since,
+        "{}",
+        p["metadata"]
+    );
+    assert_eq!(p["metadata"]["deletionGracePeriodSeconds"], 8);
+
+    // --grace-period=1: the container gets 1 s instead of its own 60 s.
+    let short_started = Instant::now();
+    kubectl_ok(
+        "n1",
+        &["delete", "pod", "short", "--grace-period=1", "--wait=false"],
+    );
+    let p = pod("short").unwrap();
+    assert_eq!(
+        p["metadata"]["deletionGracePeriodSeconds"], 1,
+        "{}",
+        p["metadata"]
+    );
+    // --force --grace-period=0: out of the API at once; its node stops the container.
+    kubectl_ok(
+        "n1",
+        &["delete", "pod", "forced", "--force", "--grace-period=0"],
+    );
+    gone("forced").unwrap();
+    eventually("forced's container stops", REACT, || {
+        match runc_running(&ids[1]) {
+            true => Err("still running".to_string()),
+            false => Ok(()),
+        }
+    });
+
+    eventually(
+        "short is gone within its 1 s grace",
+        Duration::from_secs(20),
+        || gone("short"),
+    );
+    assert!(!runc_running(&ids[0]), "short's container still runs");
+    let took = short_started.elapsed();
+    assert!(took < Duration::from_secs(20), "short took {took:?}");
+
+    // grace runs out its 8 s (TERM ignored), listed as terminating meanwhile, then goes.
+    eventually("grace is gone", START, || gone("grace"));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(6),
+        "grace left after {took:?}, before its 8 s grace period"
     );
 }
 

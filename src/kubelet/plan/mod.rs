@@ -61,6 +61,22 @@ impl DesiredPod {
             .and_then(|g| u64::try_from(g).ok())
             .unwrap_or(30)
     }
+    /// The grace period of its deletion in progress (`metadata.deletionTimestamp` set: the
+    /// pod is terminating), `metadata.deletionGracePeriodSeconds` or else its own; `None`
+    /// while it is not being deleted.
+    pub fn deletion_grace(&self) -> Option<i64> {
+        self.pod.metadata.deletion_timestamp.as_ref()?;
+        let grace = self
+            .pod
+            .metadata
+            .deletion_grace_period_seconds
+            .unwrap_or_else(|| i64::try_from(self.grace_seconds()).unwrap_or(30));
+        // Bounded: any integer may come through the API, and the stop's timers add it.
+        Some(grace.clamp(0, i64::from(u32::MAX)))
+    }
+    pub fn is_terminating(&self) -> bool {
+        self.pod.metadata.deletion_timestamp.is_some()
+    }
     pub fn restart_policy(&self) -> &str {
         self.pod
             .spec
@@ -138,6 +154,14 @@ pub enum Action {
         namespace: String,
         name: String,
     },
+    /// A terminating pod's containers have all stopped here: remove the pod object from the
+    /// cluster document (if it still is this uid, being deleted) with its binding, which
+    /// ends its graceful deletion (`docs/workloads.md`, "Deleting pods").
+    FinalizeDeletion {
+        namespace: String,
+        name: String,
+        uid: String,
+    },
     Event {
         target: EventTarget,
         event_type: EventType,
@@ -214,12 +238,15 @@ pub fn network_not_ready() -> String {
 }
 
 /// The planner's memory between rounds (rebuilt from the restart counts after an agent
-/// restart): current back-off per container, when each stop began (pods, and containers
-/// killed for a failed probe), and when each failing probe was last reported.
+/// restart): current back-off per container, when each stopping pod's next SIGKILL is due
+/// and when each container killed for a failed probe began stopping, and when each failing
+/// probe was last reported.
 #[derive(Clone, Debug, Default)]
 pub struct Planner {
     backoff: BTreeMap<(String, String), i64>,
-    stopping: BTreeMap<String, DateTime<Utc>>,
+    /// Pods being stopped (no longer desired here, or terminating): when the next SIGKILL
+    /// is due, and whether one was sent already.
+    stopping: BTreeMap<String, (DateTime<Utc>, bool)>,
     /// Attempts being killed for a failed liveness/startup probe: (pod key, container,
     /// restart) → when the stop began and its grace period.
     container_stops: BTreeMap<(String, String, u32), (DateTime<Utc>, i64)>,
@@ -317,15 +344,21 @@ impl Planner {
         // whose sandbox is ready start without waiting behind all of them.
         let mut sandbox_budget = MAX_SANDBOX_STARTS.saturating_sub(sandbox_work_in_flight(input));
         for (key, desired) in input.desired {
-            self.plan_desired(input, key, desired, &mut sandbox_budget, &mut actions);
+            match desired.deletion_grace() {
+                Some(grace) => self.plan_terminating(input, key, desired, grace, &mut actions),
+                None => self.plan_desired(input, key, desired, &mut sandbox_budget, &mut actions),
+            }
         }
         for (key, observed) in input.observed {
             if !input.desired.contains_key(key) {
-                self.plan_stop(input, key, observed, &mut actions);
+                let grace = i64::try_from(observed.meta.grace_seconds).unwrap_or(30);
+                self.plan_stop(input, key, observed, grace, &mut actions);
             }
         }
-        self.stopping
-            .retain(|k, _| input.observed.contains_key(k) && !input.desired.contains_key(k));
+        self.stopping.retain(|k, _| {
+            input.observed.contains_key(k)
+                && input.desired.get(k).is_none_or(DesiredPod::is_terminating)
+        });
         self.backoff
             .retain(|(k, _), _| input.desired.contains_key(k));
         self.unhealthy
@@ -626,11 +659,44 @@ impl Planner {
         }
     }
 
+    /// A desired pod being deleted (`metadata.deletionTimestamp`): its containers get
+    /// `grace` seconds from the first round that sees it (preStop, SIGTERM, then SIGKILL), a
+    /// shorter grace of a later `DELETE` brings the SIGKILL forward, and once nothing runs
+    /// (nothing started here, or every container exited) the pod object is removed. Nothing
+    /// is started or restarted for it, and its status record is left as it was.
+    fn plan_terminating(
+        &mut self,
+        input: &Inputs,
+        key: &str,
+        desired: &DesiredPod,
+        grace: i64,
+        actions: &mut Vec<Action>,
+    ) {
+        if pod_busy(input.busy, key) {
+            return;
+        }
+        match input.observed.get(key) {
+            Some(observed) if observed.containers.values().any(is_live) => {
+                self.plan_stop(input, key, observed, grace, actions);
+            }
+            _ => actions.push(Action::FinalizeDeletion {
+                namespace: desired.namespace(),
+                name: desired.name(),
+                uid: desired.uid(),
+            }),
+        }
+    }
+
+    /// Stops every live container of `observed` (preStop and SIGTERM, then SIGKILL after
+    /// `grace` seconds and again every [`KILL_REPEAT`] s), and removes the pod once nothing
+    /// runs. A stop under way keeps its SIGKILL time, or an earlier one if `grace` from now
+    /// is shorter.
     fn plan_stop(
         &mut self,
         input: &Inputs,
         key: &str,
         observed: &ObservedPod,
+        grace: i64,
         actions: &mut Vec<Action>,
     ) {
         if pod_busy(input.busy, key) {
@@ -639,7 +705,7 @@ impl Planner {
         let live: Vec<(&String, u32)> = observed
             .containers
             .iter()
-            .filter(|(_, c)| !matches!(c.latest.state, AttemptState::Exited(_)))
+            .filter(|(_, c)| is_live(c))
             .map(|(n, c)| (n, c.latest.restart))
             .collect();
         if live.is_empty() {
@@ -651,11 +717,13 @@ impl Planner {
             name: observed.meta.name.clone(),
             uid: observed.meta.uid.clone(),
         };
-        let grace = i64::try_from(observed.meta.grace_seconds).unwrap_or(30);
         let hooks = &observed.meta.hooks;
+        let deadline = Duration::try_seconds(grace)
+            .and_then(|d| input.now.checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         match self.stopping.get(key) {
             None => {
-                self.stopping.insert(key.into(), input.now);
+                self.stopping.insert(key.into(), (deadline, false));
                 for (name, restart) in live {
                     actions.push(Action::Event {
                         target: target.clone(),
@@ -670,16 +738,18 @@ impl Planner {
                     actions.push(first_stop(key, name, restart, grace, pre_stop));
                 }
             }
-            Some(&since) => {
-                if input.now >= since + Duration::seconds(grace) {
+            Some(&(due, killed)) => {
+                // A shorter grace (a second `DELETE`) brings the first SIGKILL forward.
+                let due = if killed { due } else { due.min(deadline) };
+                if input.now >= due {
                     // SIGKILL now, and again every 5 s while anything survives it.
-                    self.stopping.insert(
-                        key.into(),
-                        input.now - Duration::seconds(grace) + Duration::seconds(KILL_REPEAT),
-                    );
+                    let next = input.now + Duration::seconds(KILL_REPEAT);
+                    self.stopping.insert(key.into(), (next, true));
                     for (name, restart) in live {
                         actions.push(kill(key, name, restart));
                     }
+                } else {
+                    self.stopping.insert(key.into(), (due, killed));
                 }
             }
         }
@@ -771,6 +841,20 @@ impl Planner {
     }
 }
 
+/// Whether a container's latest attempt has not exited.
+fn is_live(c: &crate::model::observed::ObservedContainer) -> bool {
+    !matches!(c.latest.state, AttemptState::Exited(_))
+}
+
+/// Whether the kubelet's [`Action::FinalizeDeletion`] of pod `uid` removes `current` (the
+/// pod object now in the document under its name): only that same pod, still being deleted
+/// — never a pod re-created under the name since, nor one whose deletion was undone.
+pub fn finalizes(current: Option<&serde_json::Value>, uid: &str) -> bool {
+    current.is_some_and(|pod| {
+        pod["metadata"]["uid"] == uid && !pod["metadata"]["deletionTimestamp"].is_null()
+    })
+}
+
 /// The first step of stopping an attempt: preStop hook and SIGTERM, or SIGKILL at once with a
 /// grace period of 0.
 fn first_stop(
@@ -830,6 +914,17 @@ fn check_invariants(input: &Inputs, actions: &[Action]) {
                 None
             }
             Action::DeleteStatus { .. } | Action::Event { .. } => None,
+            Action::FinalizeDeletion {
+                namespace, name, ..
+            } => {
+                assert!(
+                    input.desired.values().any(|d| d.is_terminating()
+                        && &d.namespace() == namespace
+                        && &d.name() == name),
+                    "a finalization of a pod that is not terminating here: {action:?}"
+                );
+                None
+            }
         };
         let Some((key, busy_key)) = busy_key else {
             continue;

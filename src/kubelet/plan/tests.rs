@@ -1351,3 +1351,142 @@ fn sandboxes_of_a_burst_are_made_a_few_at_a_time_and_ready_pods_start_first() {
         |a| matches!(a, Action::StartContainer { key, container, .. } if *key == done && container == "a")
     ));
 }
+
+/// `d` being deleted (as the API marks it) with this grace period.
+fn terminating(mut d: DesiredPod, grace: i64) -> DesiredPod {
+    d.pod.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-11-29T09:00:40Z".parse().unwrap(),
+    ));
+    d.pod.metadata.deletion_grace_period_seconds = Some(grace);
+    d
+}
+
+fn finalize() -> Action {
+    Action::FinalizeDeletion {
+        namespace: "default".into(),
+        name: "web".into(),
+        uid: "u1".into(),
+    }
+}
+
+#[test]
+fn a_terminating_pod_is_stopped_within_its_deletion_grace_then_finalized() {
+    let mut p = Planner::new();
+    let mut w = World::new(
+        Some(desired("Always", &["a"])),
+        Some(observed(&[("a", 0, running(0))], true)),
+    );
+    w.plan(&mut p, t(5));
+    let recorded = w.recorded.clone();
+    w.desired
+        .insert("b1".into(), terminating(desired("Always", &["a"]), 30));
+    let actions = w.plan(&mut p, t(10));
+    assert_eq!(
+        runtime_actions(&actions),
+        [&Action::KillContainer {
+            key: "b1".into(),
+            container: "a".into(),
+            restart: 0,
+            signal: Signal::Term,
+            grace: 30,
+            pre_stop: None,
+        }],
+        "SIGTERM with the deletion's grace period, not the spec's 5 s"
+    );
+    assert_eq!(events(&actions), [EventReason::Killing]);
+    assert_eq!(w.recorded, recorded, "its status record is left as it was");
+    assert!(runtime_actions(&w.plan(&mut p, t(20))).is_empty());
+    // A second DELETE with a shorter grace period brings the SIGKILL forward...
+    w.desired
+        .insert("b1".into(), terminating(desired("Always", &["a"]), 2));
+    assert!(runtime_actions(&w.plan(&mut p, t(21))).is_empty());
+    assert_eq!(
+        runtime_actions(&w.plan(&mut p, t(23))),
+        [&Action::KillContainer {
+            key: "b1".into(),
+            container: "a".into(),
+            restart: 0,
+            signal: Signal::Kill,
+            grace: 0,
+            pre_stop: None,
+        }]
+    );
+    // ...and a longer one never pushes it back: SIGKILL again every 5 s, not restarted.
+    w.desired
+        .insert("b1".into(), terminating(desired("Always", &["a"]), 300));
+    assert!(runtime_actions(&w.plan(&mut p, t(24))).is_empty());
+    assert_eq!(runtime_actions(&w.plan(&mut p, t(28))).len(), 1);
+    // The container is gone: the pod object goes (not restarted, although `Always`).
+    w.observed
+        .insert("b1".into(), observed(&[("a", 0, exited(137, 0, 28))], true));
+    w.busy.insert("b1/a".into());
+    assert!(
+        runtime_actions(&w.plan(&mut p, t(29))).is_empty(),
+        "not while an action on it is in flight"
+    );
+    w.busy.clear();
+    assert_eq!(runtime_actions(&w.plan(&mut p, t(30))), [&finalize()]);
+    // Once the object is gone, the copy is removed and its status record too.
+    w.desired.clear();
+    let actions = w.plan(&mut p, t(31));
+    assert_eq!(
+        runtime_actions(&actions),
+        [&Action::RemovePod { key: "b1".into() }]
+    );
+    assert!(actions.contains(&Action::DeleteStatus {
+        namespace: "default".into(),
+        name: "web".into()
+    }));
+}
+
+#[test]
+fn a_terminating_pod_that_never_ran_here_is_finalized_at_once() {
+    let mut p = Planner::new();
+    let mut w = World::new(Some(terminating(desired("Always", &["a"]), 30)), None);
+    assert_eq!(runtime_actions(&w.plan(&mut p, t(0))), [&finalize()]);
+    // A copy whose containers all exited on their own: nothing is started again.
+    let mut w = World::new(
+        Some(terminating(desired("Always", &["a", "b"]), 30)),
+        Some(observed(&[("a", 0, exited(0, 0, 3))], true)),
+    );
+    assert_eq!(runtime_actions(&w.plan(&mut p, t(4))), [&finalize()]);
+}
+
+#[test]
+fn a_force_deleted_terminating_pod_keeps_its_kill_time() {
+    let mut p = Planner::new();
+    let mut w = World::new(
+        Some(terminating(desired("Always", &["a"]), 2)),
+        Some(observed(&[("a", 0, running(0))], true)),
+    );
+    assert_eq!(runtime_actions(&w.plan(&mut p, t(10))).len(), 1);
+    // `--force --grace-period=0`: the object leaves before its containers stopped.
+    w.desired.clear();
+    assert_eq!(
+        runtime_actions(&w.plan(&mut p, t(12))),
+        [&Action::KillContainer {
+            key: "b1".into(),
+            container: "a".into(),
+            restart: 0,
+            signal: Signal::Kill,
+            grace: 0,
+            pre_stop: None,
+        }],
+        "SIGKILL at the deletion's deadline, not the spec's 5 s later"
+    );
+}
+
+#[test]
+fn finalization_removes_only_the_same_pod_still_being_deleted() {
+    let pod = |uid: &str, deleting: bool| {
+        let mut p = serde_json::json!({"metadata": {"name": "web", "uid": uid}});
+        if deleting {
+            p["metadata"]["deletionTimestamp"] = serde_json::json!("2026-11-29T09:00:40Z");
+        }
+        p
+    };
+    assert!(finalizes(Some(&pod("u1", true)), "u1"));
+    assert!(!finalizes(Some(&pod("u2", true)), "u1"), "re-created since");
+    assert!(!finalizes(Some(&pod("u1", false)), "u1"));
+    assert!(!finalizes(None, "u1"));
+}
