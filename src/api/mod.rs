@@ -21,7 +21,8 @@
 //! `/metrics` and counts requests;
 //! `watch.rs` streams events by diffing snapshots (computed status included);
 //! `discovery.rs` and `openapi.rs` describe the table to clients; `patch.rs`,
-//! `selectors.rs`, `table.rs` and `status.rs` are pure helpers.
+//! `selectors.rs`, `table.rs` and `status.rs` are pure helpers. `exec.rs` and `portforward.rs`
+//! serve the streaming subresources (port-forward over the pure SPDY/3.1 codec of `spdy.rs`).
 //!
 //! **Architecture Invariant:** everything the API knows about the cluster comes through the
 //! [`Backend`] trait; the API never touches the replicated document or the network directly.
@@ -45,6 +46,7 @@ mod objects;
 mod openapi;
 pub mod patch;
 mod pod_security;
+pub mod portforward;
 mod proto;
 mod resources;
 mod router;
@@ -52,6 +54,7 @@ mod scale;
 pub mod selectors;
 mod server;
 mod services;
+pub mod spdy;
 mod status;
 mod table;
 mod typed;
