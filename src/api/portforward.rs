@@ -231,7 +231,7 @@ impl Session {
             })]
         };
         // Client streams are odd and increasing (SPDY/3.1 §2.3.2).
-        if id % 2 == 0 || id <= self.last_client_stream {
+        if id.is_multiple_of(2) || id <= self.last_client_stream {
             return vec![Action::Fatal(spdy::goaway::PROTOCOL_ERROR)];
         }
         self.last_client_stream = id;
@@ -461,14 +461,13 @@ async fn tunnel(socket: WebSocket, io: tokio::io::DuplexStream) {
     let (mut rd, mut wr) = tokio::io::split(io);
     let up = async move {
         while let Some(Ok(msg)) = stream.next().await {
-            match msg {
-                Message::Binary(b) => {
-                    if wr.write_all(&b).await.is_err() {
-                        break;
-                    }
-                }
-                Message::Close(_) => break,
-                _ => {}
+            let go_on = match msg {
+                Message::Binary(b) => wr.write_all(&b).await.is_ok(),
+                Message::Close(_) => false,
+                _ => true,
+            };
+            if !go_on {
+                break;
             }
         }
         let _ = wr.shutdown().await;
@@ -846,10 +845,12 @@ async fn serve_channels(
             };
             let (index, event) = match channel {
                 255 if v5 => match payload.first() {
-                    Some(&c) if c % 2 == 0 => (c / 2, ClientEvent::Fin),
+                    Some(&c) if c.is_multiple_of(2) => (c / 2, ClientEvent::Fin),
                     _ => continue,
                 },
-                c if c % 2 == 0 => (c / 2, ClientEvent::Data(Bytes::copy_from_slice(payload))),
+                c if c.is_multiple_of(2) => {
+                    (c / 2, ClientEvent::Data(Bytes::copy_from_slice(payload)))
+                }
                 _ => continue,
             };
             if let Some(Some(tx)) = inputs.get(index as usize) {

@@ -387,10 +387,11 @@ fn port_forward(pods: &BTreeMap<String, String>) {
         "{}",
         pf.output()
     );
+    let out = pf.output();
     assert!(
-        pf.output().contains("websocket") || pf.output().contains("WebSocket"),
-        "kubectl used its default transport (SPDY over WebSocket): {}",
-        pf.output()
+        out.contains("Before WebSocket Upgrade Connection")
+            && !out.contains("fallback to secondary dialer"),
+        "kubectl used its default transport (SPDY tunnelled in WebSocket): {out}"
     );
 
     // The SPDY upgrade (kubectl's fallback), to the pod on the serving node itself.
@@ -402,6 +403,7 @@ fn port_forward(pods: &BTreeMap<String, String>) {
     );
     assert_eq!(fetch(18081).unwrap(), near, "{}", spdy.output());
     assert_eq!(fetch(18081).unwrap(), near, "{}", spdy.output());
+    assert!(!spdy.output().contains("WebSocket"), "{}", spdy.output());
     drop(spdy);
 
     // kubectl resolves deploy/ and svc/ to a pod (and the Service port to its targetPort).
@@ -455,4 +457,8 @@ fn port_forward(pods: &BTreeMap<String, String>) {
     // attach is not supported: refused at once with the reason, not left hanging.
     let err = kubectl("n2", &["attach", "client"]).expect_err("attach is refused");
     assert!(err.contains("attach is not supported"), "{err}");
+    eprintln!(
+        "port-forward to a closed port, as kubectl printed it:\n{}\nkubectl attach: {err}",
+        dead.output()
+    );
 }
