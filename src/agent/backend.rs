@@ -520,6 +520,16 @@ impl Backend for AgentBackend {
         Box::pin(super::exec::open(shared, runtime, req))
     }
 
+    fn port_forward(
+        &self,
+        req: crate::api::portforward::ForwardRequest,
+    ) -> BoxFuture<'static, Result<crate::api::portforward::ForwardSession, BackendError>> {
+        let shared = self.shared.clone();
+        let runtime =
+            crate::runtime::RuntimeConfig::from_env(&self.data_dir, &shared.node_name, true);
+        Box::pin(super::portforward::open(shared, runtime, req))
+    }
+
     fn pod_logs(&self, req: LogRequest) -> BoxFuture<'static, Result<LogStream, BackendError>> {
         match super::exec::pod_node(&self.shared, &req.namespace, &req.pod) {
             Err(e) => Box::pin(async move { Err(e) }),

@@ -329,20 +329,26 @@ fn set_winsize(fd: &OwnedFd, width: u16, height: u16) {
     }
 }
 
-enum RemoteError {
+pub(super) enum RemoteError {
     /// The node answered with an error (pod not there, container not running...).
     Refused(String),
     /// The node could not be reached.
     Unreachable(String),
 }
 
-/// A session relayed to the agent at `api_addr` (`IP:PORT`).
-async fn remote(
+/// A WebSocket connected to `path_and_query` on the agent API at `api_addr` (`IP:PORT`), over
+/// TLS trusting only the cluster CA, with the internal token, asking for subprotocol
+/// `protocol`. Shared by the relays of exec and port-forward.
+pub(super) async fn connect_websocket(
     api_addr: &str,
     data_dir: &Path,
     token: &str,
-    req: ExecRequest,
-) -> Result<ExecSession, RemoteError> {
+    path_and_query: &str,
+    protocol: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    RemoteError,
+> {
     let unreachable = |e: &dyn std::fmt::Display| RemoteError::Unreachable(e.to_string());
     let tls = tls_connector(data_dir).map_err(|e| unreachable(&e))?;
     let host = api_addr
@@ -361,23 +367,18 @@ async fn remote(
         .await
         .map_err(|_| unreachable(&"connection timed out"))?
         .map_err(|e| unreachable(&e))?;
-    let mut query = url_query(&req);
-    query.insert(0, '?');
-    let url = format!(
-        "wss://{api_addr}/api/v1/namespaces/{}/pods/{}/exec{query}",
-        req.namespace, req.pod
-    );
+    let url = format!("wss://{api_addr}{path_and_query}");
     let mut request = url
         .as_str()
         .into_client_request()
-        .map_err(|e| unreachable(&format!("exec URL {url}: {e}")))?;
+        .map_err(|e| unreachable(&format!("URL {url}: {e}")))?;
     let headers = request.headers_mut();
     let value = |s: String| {
         s.parse()
             .map_err(|_| RemoteError::Unreachable("bad header value".into()))
     };
     headers.insert("authorization", value(format!("Bearer {token}"))?);
-    headers.insert("sec-websocket-protocol", value(PROTOCOLS[0].to_string())?);
+    headers.insert("sec-websocket-protocol", value(protocol.to_string())?);
     let (ws, _) = tokio_tungstenite::client_async(request, stream)
         .await
         .map_err(|e| match e {
@@ -391,6 +392,23 @@ async fn remote(
             }
             other => unreachable(&other),
         })?;
+    Ok(ws)
+}
+
+/// A session relayed to the agent at `api_addr` (`IP:PORT`).
+async fn remote(
+    api_addr: &str,
+    data_dir: &Path,
+    token: &str,
+    req: ExecRequest,
+) -> Result<ExecSession, RemoteError> {
+    let path = format!(
+        "/api/v1/namespaces/{}/pods/{}/exec?{}",
+        req.namespace,
+        req.pod,
+        url_query(&req)
+    );
+    let ws = connect_websocket(api_addr, data_dir, token, &path, PROTOCOLS[0]).await?;
     let (in_tx, mut in_rx) = mpsc::channel::<ExecInput>(QUEUE);
     let (out_tx, out_rx) = mpsc::channel(QUEUE);
     tokio::spawn(async move {

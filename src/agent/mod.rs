@@ -11,6 +11,7 @@ mod init;
 mod ipam;
 mod metrics;
 pub(crate) mod node_info;
+mod portforward;
 pub mod proxy;
 pub mod routes;
 pub mod services;

@@ -168,6 +168,19 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<super::exec::ExecSession, BackendError>> {
         Box::pin(async { Err(BackendError::Unavailable("exec is not served here".into())) })
     }
+    /// Opens one `kubectl port-forward` connection to a port inside a pod, on this node or
+    /// (relayed) on the node that runs the pod. An error here (nothing listens on the port...)
+    /// is what the client reads on its error stream.
+    fn port_forward(
+        &self,
+        _req: super::portforward::ForwardRequest,
+    ) -> BoxFuture<'static, Result<super::portforward::ForwardSession, BackendError>> {
+        Box::pin(async {
+            Err(BackendError::Unavailable(
+                "port-forward is not served here".into(),
+            ))
+        })
+    }
     /// Streams a container's log, from this node or (proxied) from the node that runs the pod.
     fn pod_logs(&self, _req: LogRequest) -> BoxFuture<'static, Result<LogStream, BackendError>> {
         Box::pin(async { Err(BackendError::Unavailable("logs are not served here".into())) })

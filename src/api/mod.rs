@@ -23,6 +23,8 @@
 //! `discovery.rs` and `openapi.rs` describe the table to clients; `patch.rs`,
 //! `selectors.rs`, `table.rs`, `status.rs` and `graceful.rs` (what a pod's `DELETE` does:
 //! remove it, mark it terminating, or shorten its pending deletion) are pure helpers.
+//! `exec.rs` and `portforward.rs` serve the streaming subresources (port-forward over the
+//! pure SPDY/3.1 codec of `spdy.rs`).
 //!
 //! **Architecture Invariant:** everything the API knows about the cluster comes through the
 //! [`Backend`] trait; the API never touches the replicated document or the network directly.
@@ -47,6 +49,7 @@ mod objects;
 mod openapi;
 pub mod patch;
 mod pod_security;
+pub mod portforward;
 mod proto;
 mod resources;
 mod router;
@@ -54,6 +57,7 @@ mod scale;
 pub mod selectors;
 mod server;
 mod services;
+pub mod spdy;
 mod status;
 mod table;
 mod typed;

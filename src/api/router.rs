@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use super::objects::{self, Target};
 use super::resources::{self, ResourceInfo};
 use super::status::ApiError;
-use super::{auth, discovery, exec, images, metrics, openapi, ApiState};
+use super::{auth, discovery, exec, images, metrics, openapi, portforward, ApiState};
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
@@ -42,6 +42,14 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/namespaces/{namespace}/pods/{name}/exec",
             get(exec::handle).post(exec::handle),
         )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/portforward",
+            get(portforward::handle).post(portforward::handle),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/attach",
+            get(attach_refused).post(attach_refused),
+        )
         .fallback(dispatch)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(
@@ -57,6 +65,14 @@ pub fn router(state: ApiState) -> Router {
             metrics::track,
         ))
         .with_state(state)
+}
+
+/// `kubectl attach` (and the attach of `kubectl run -it`) is refused at once with a reason, so
+/// the client says why instead of waiting: containers' stdio are not attachable.
+async fn attach_refused() -> ApiError {
+    ApiError::BadRequest(
+        "attach is not supported by shoal: a container's standard streams cannot be attached (its output is in `kubectl logs`); use `kubectl exec -it POD -- sh`".into(),
+    )
 }
 
 /// Whether the query of `uri` sets boolean `name` (`true`, `1` or `True`).

@@ -2,10 +2,14 @@
 //! nftables in its node): a NodePort Service over 3 busybox `httpd` pods on 3 nodes balances
 //! requests from a pod on n1 over all three, answers on every node's NodePort from the host,
 //! never sends traffic to a pod that is not Ready, refuses connections to a Service without
-//! endpoints, and stops using a killed node's pod.
+//! endpoints, and stops using a killed node's pod. `kubectl port-forward` through one node
+//! reaches the web pods of the others (pod/, deploy/ and svc/ targets, WebSocket and SPDY
+//! transports, concurrent connections), and a port nothing listens on is reported.
 
 use std::collections::BTreeMap;
-use std::process::Command;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -232,6 +236,8 @@ fn a_service_balances_over_ready_pods_on_every_node_and_follows_a_dead_node() {
         assert!(pods.contains_key(&body), "{np} answered {body:?}");
     }
 
+    port_forward(&pods);
+
     // A Service whose selector matches nothing: no endpoints, connections refused.
     let eps = get_json("n1", &["endpoints", "nothing"]).unwrap();
     assert!(
@@ -275,4 +281,184 @@ fn a_service_balances_over_ready_pods_on_every_node_and_follows_a_dead_node() {
         },
     );
     kubectl_ok("n1", &["delete", "deployment", "web"]);
+}
+
+/// A running `kubectl port-forward` (its output in a log file), killed on drop.
+struct PortForward {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl PortForward {
+    /// Starts `kubectl --context ctx port-forward ARGS` and waits until it listens.
+    fn start(ctx: &str, args: &[&str], env: &[(&str, &str)], name: &str) -> PortForward {
+        let log = run_dir().join(format!("port-forward-{name}.log"));
+        let file = std::fs::File::create(&log).expect("port-forward log");
+        let child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig())
+            .args(["--context", ctx, "-v=6", "port-forward"])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("kubectl port-forward");
+        let mut pf = PortForward { child, log };
+        eventually(
+            &format!("port-forward {name} listens"),
+            Duration::from_secs(30),
+            || {
+                if let Ok(Some(status)) = pf.child.try_wait() {
+                    panic!("port-forward {name} exited ({status}):\n{}", pf.output());
+                }
+                let out = pf.output();
+                out.contains("Forwarding from 127.0.0.1")
+                    .then_some(())
+                    .ok_or(out)
+            },
+        );
+        pf
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `request` on `conn` and reads the whole answer (the httpd closes after it); the body.
+fn http_answer(mut conn: TcpStream, request: &[u8]) -> Result<String, String> {
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    conn.write_all(request).map_err(|e| format!("write: {e}"))?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer)
+        .map_err(|e| format!("read: {e} (after {answer:?})"))?;
+    match answer.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
+            Ok(body.trim().to_string())
+        }
+        _ => Err(format!("not a 200 answer: {answer:?}")),
+    }
+}
+
+const GET: &[u8] = b"GET / HTTP/1.0\r\nHost: web\r\n\r\n";
+
+fn connect_local(port: u16) -> Result<TcpStream, String> {
+    TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))
+}
+
+fn fetch(port: u16) -> Result<String, String> {
+    http_answer(connect_local(port)?, GET)
+}
+
+/// Port-forwards through n2 to the web pods of n3 and n1 and to n2's own, by pod, Deployment
+/// and Service, over kubectl's default transport (SPDY tunnelled in WebSocket) and its SPDY
+/// fallback; then to a port with nothing listening.
+fn port_forward(pods: &BTreeMap<String, String>) {
+    let on = |node: &str| {
+        pods.iter()
+            .find(|(_, n)| n.as_str() == node)
+            .map(|(p, _)| p.clone())
+            .unwrap_or_else(|| panic!("a web pod on {node}: {pods:?}"))
+    };
+    let (far, near) = (on("n3"), on("n2"));
+
+    // A pod on another node, relayed: several connections one after the other...
+    let pf = PortForward::start("n2", &[&format!("pod/{far}"), "18080:8080"], &[], "far");
+    for _ in 0..3 {
+        assert_eq!(fetch(18080).unwrap(), far, "{}", pf.output());
+    }
+    // ... and two at once: the first waits half-sent while the second is answered.
+    let mut first = connect_local(18080).unwrap();
+    first.write_all(b"GET / HTTP/1.0\r\n").unwrap();
+    assert_eq!(fetch(18080).unwrap(), far, "{}", pf.output());
+    assert_eq!(
+        http_answer(first, b"Host: web\r\n\r\n").unwrap(),
+        far,
+        "{}",
+        pf.output()
+    );
+    let out = pf.output();
+    assert!(
+        out.contains("Before WebSocket Upgrade Connection")
+            && !out.contains("fallback to secondary dialer"),
+        "kubectl used its default transport (SPDY tunnelled in WebSocket): {out}"
+    );
+
+    // The SPDY upgrade (kubectl's fallback), to the pod on the serving node itself.
+    let spdy = PortForward::start(
+        "n2",
+        &[&format!("pod/{near}"), "18081:8080"],
+        &[("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")],
+        "spdy",
+    );
+    assert_eq!(fetch(18081).unwrap(), near, "{}", spdy.output());
+    assert_eq!(fetch(18081).unwrap(), near, "{}", spdy.output());
+    assert!(!spdy.output().contains("WebSocket"), "{}", spdy.output());
+    drop(spdy);
+
+    // kubectl resolves deploy/ and svc/ to a pod (and the Service port to its targetPort).
+    let deploy = PortForward::start("n1", &["deploy/web", "18082:8080"], &[], "deploy");
+    let body = fetch(18082).unwrap();
+    assert!(pods.contains_key(&body), "{body:?}: {}", deploy.output());
+    drop(deploy);
+    let svc = PortForward::start("n2", &["svc/web", "18083:80"], &[], "svc");
+    let body = fetch(18083).unwrap();
+    assert!(pods.contains_key(&body), "{body:?}: {}", svc.output());
+    drop(svc);
+
+    // Nothing listens on port 81: the connection is closed without data and kubectl reports
+    // the error it read on the error stream, then gives up as it does with Kubernetes.
+    let mut dead = PortForward::start("n2", &[&format!("pod/{far}"), "18084:81"], &[], "dead");
+    let got = http_answer(connect_local(18084).unwrap(), GET);
+    assert!(
+        got.is_err(),
+        "an answer from a port nothing listens on: {got:?}"
+    );
+    let out = eventually(
+        "kubectl reports the refused forward",
+        Duration::from_secs(30),
+        || {
+            let out = dead.output();
+            (out.contains("error forwarding port 81") && out.contains("refused"))
+                .then_some(out.clone())
+                .ok_or(out)
+        },
+    );
+    let status = eventually(
+        "kubectl port-forward exits",
+        Duration::from_secs(30),
+        || {
+            dead.child
+                .try_wait()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| dead.output())
+        },
+    );
+    assert!(!status.success(), "{out}");
+    assert!(
+        dead.output().contains("lost connection to pod"),
+        "{}",
+        dead.output()
+    );
+
+    // The first port-forward was not disturbed.
+    assert_eq!(fetch(18080).unwrap(), far, "{}", pf.output());
+
+    // attach is not supported: refused at once with the reason, not left hanging.
+    let err = kubectl("n2", &["attach", "client"]).expect_err("attach is refused");
+    assert!(err.contains("attach is not supported"), "{err}");
+    eprintln!(
+        "port-forward to a closed port, as kubectl printed it:\n{}\nkubectl attach: {err}",
+        dead.output()
+    );
 }
