@@ -36,10 +36,13 @@ fn bytes_of<'a>(value: &'a ValueRef<'a>) -> Option<&'a [u8]> {
 }
 
 /// The digest a stored value is compared by when tails are re-applied (128 bits of SHA-256).
-pub fn value_digest(bytes: &[u8]) -> [u8; 16] {
+pub fn value_digest(bytes: &[u8]) -> Digest {
     use sha2::{Digest, Sha256};
     Sha256::digest(bytes)[..16].try_into().expect("16 bytes")
 }
+
+/// A stored value's digest ([`value_digest`]); `None` where one is optional stands for a delete.
+pub type Digest = [u8; 16];
 
 /// What a set of changes did to root keys ([`Replica::key_writes`]).
 #[derive(Default)]
@@ -50,12 +53,12 @@ pub struct KeyWrites {
     pub hashes: BTreeSet<ChangeHash>,
     /// Per key, in causal order: each change (an index into `changes`) that wrote or deleted
     /// it and the state it left (a value's digest, `None` for a delete).
-    pub keys: BTreeMap<String, Vec<(usize, Option<[u8; 16]>)>>,
+    pub keys: BTreeMap<String, Vec<(usize, Option<Digest>)>>,
 }
 
 impl KeyWrites {
     /// The change among these that left `state` on `key` last (in causal order), if any.
-    pub fn origin(&self, key: &str, state: Option<[u8; 16]>) -> Option<ChangeHash> {
+    pub fn origin(&self, key: &str, state: Option<Digest>) -> Option<ChangeHash> {
         self.keys
             .get(key)?
             .iter()
@@ -301,7 +304,7 @@ impl Replica {
 
     /// The digest of this document's current value of `key` (`None`: absent), comparable with
     /// the states [`Replica::key_writes`] reports.
-    pub fn key_state(&self, key: &str) -> Option<[u8; 16]> {
+    pub fn key_state(&self, key: &str) -> Option<Digest> {
         self.get_bytes(key).map(|b| value_digest(&b))
     }
 
