@@ -379,6 +379,16 @@ impl ClusterDoc {
 
     // ---- the leader in office ----
 
+    /// The leader in office recorded in this document's base change (`None`: never re-based,
+    /// or none recorded then): who may have made the base. The current record may name a later
+    /// leader (leadership moved since the base, or a tail re-applied its record).
+    pub fn leader_at_base(&mut self, cluster_id: &str) -> Option<String> {
+        let generation = self.rebase_record()?.generation;
+        let actor = base_actor(cluster_id, generation).to_hex_string();
+        let bytes = self.get_bytes_at_first_change_of(&actor, keys::LEADER)?;
+        from_cbor(keys::LEADER, &bytes).ok()
+    }
+
     /// The scheduler leader in office, as last recorded (`membership::leader::in_office`).
     pub fn leader_record(&self) -> Option<String> {
         self.get_typed(keys::LEADER).ok().flatten()
@@ -1033,6 +1043,20 @@ mod tests {
         let mut c2 = moved_c.doc;
         c2.apply_pushed(&moved_b.changes).unwrap();
         assert_eq!(get(&c2), Some(json!("v2")));
+    }
+
+    #[test]
+    fn the_leader_at_a_base_is_read_from_the_base_change_not_the_latest_record() {
+        let mut a = ClusterDoc::empty(actor(1));
+        meta(&mut a);
+        assert_eq!(a.leader_at_base("c"), None, "never re-based");
+        let mut based = rebase(&mut a, "n1").doc;
+        assert_eq!(based.leader_at_base("c").as_deref(), Some("n1"));
+        // Leadership moves after the base: the base was still made by the leader of its time.
+        based.put_leader_record("n2").unwrap();
+        let mut sent = ClusterDoc::load(&based.save(), actor(7)).unwrap();
+        assert_eq!(sent.leader_record().as_deref(), Some("n2"));
+        assert_eq!(sent.leader_at_base("c").as_deref(), Some("n1"));
     }
 
     #[test]

@@ -302,6 +302,25 @@ impl Replica {
         writes
     }
 
+    /// The value of `key` as of the first change `actor` (hex) made: for a based document,
+    /// what its base change wrote (`None`: no such change, or no bytes there then).
+    pub(crate) fn get_bytes_at_first_change_of(
+        &mut self,
+        actor: &str,
+        key: &str,
+    ) -> Option<Vec<u8>> {
+        let hash = self
+            .doc
+            .get_changes_meta(&[])
+            .into_iter()
+            .find(|m| m.seq == 1 && m.actor.to_hex_string() == actor)?
+            .hash;
+        match self.doc.get_at(ROOT, key, &[hash]) {
+            Ok(Some((value, _))) => value.into_bytes().ok(),
+            _ => None,
+        }
+    }
+
     /// The digest of this document's current value of `key` (`None`: absent), comparable with
     /// the states [`Replica::key_writes`] reports.
     pub fn key_state(&self, key: &str) -> Option<Digest> {

@@ -166,7 +166,7 @@ fn log_field(log: &str, marker: &str, key: &str) -> Option<String> {
 }
 
 #[test]
-#[ignore = "known bug (issue 15, 2026-12-07): with three writers and the leader's re-base on, a node's last replacements can be lost (seen under load: n3's maps served older values on every node), and under load a restarted member can loop on snapshot offers; the re-base stays opt-in (SHOAL_CLUSTER_REBASE=on) until fixed. Run: cargo test --release --test e2e -- --ignored e2e::state"]
+#[ignore = "known bug (issue 15, 2026-12-07): when leadership moves under load two nodes make concurrent bases of one generation and the loser's own writes folded into its base are lost (docs/consistency.md, Switch); the re-base stays opt-in until fixed. Run: cargo test --release --test e2e -- --ignored e2e::state"]
 fn a_new_node_receives_more_state_than_one_message_holds() {
     // The leader's re-base is switched on explicitly (off by default until the bug above is
     // fixed).

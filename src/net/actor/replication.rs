@@ -638,7 +638,7 @@ impl Actor {
         payload: &[u8],
         took: std::time::Duration,
     ) {
-        let base = match ClusterDoc::load(payload, automerge::ActorId::random()) {
+        let mut base = match ClusterDoc::load(payload, automerge::ActorId::random()) {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(member = %name, %e, "the received snapshot does not load (nothing changed)");
@@ -646,7 +646,8 @@ impl Actor {
             }
         };
         let record = base.rebase_record();
-        let leader = base.leader_record();
+        // The leader in office when the base was made (the latest record may name a later one).
+        let leader = base.leader_at_base(&self.shared.identity.cluster_id);
         let cluster = base.meta().ok().flatten().map(|m| m.cluster_id);
         let mine = self.shared.cluster_version();
         let checked = history::check_received(&history::Received {
