@@ -283,7 +283,10 @@ fn labels_taints_cordon_and_drain() {
     kubectl_ok(ctx, &["taint", "nodes", "n3", "maintenance-"]);
     kubectl_ok(
         ctx,
-        &["delete", "pod", "tolerant", "repelled", "--wait=false"],
+        // A deleted pod stays Terminating through its grace (busybox's sleep ignores SIGTERM):
+        // a short grace, and kubectl waits until both are gone, so the drain below meets only
+        // the budget.
+        &["delete", "pod", "tolerant", "repelled", "--grace-period=1"],
     );
 
     // Cordon: the node shows SchedulingDisabled and gets no new pods.
