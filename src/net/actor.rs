@@ -125,6 +125,8 @@ struct Actor {
     /// When a bogus document version was last logged.
     bogus_logged: Option<Instant>,
     started: Instant,
+    /// Since when this node has been the leader in office without a break (re-base gate).
+    leading_since: Option<Instant>,
     /// State transfer, receiving side (pure core).
     receiver: transfer::Receiver<PeerId>,
     /// State transfer, serving side (pure core) and the snapshot files it keeps open.
@@ -231,6 +233,7 @@ pub async fn run(
         rebasing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         bogus_logged: None,
         started: now,
+        leading_since: None,
         receiver: transfer::Receiver::new(shared_generation),
         sender: transfer::Sender::default(),
         serving: HashMap::new(),

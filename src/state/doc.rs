@@ -2,7 +2,7 @@
 //! automerge byte scalars, so a write replaces an object as a whole (never a field-by-field
 //! merge that nobody wrote) and concurrent writes resolve to automerge's deterministic winner.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::ActorId;
 use serde::{Deserialize, Serialize};
@@ -109,20 +109,22 @@ pub const TAIL_MESSAGE: &str = "shoal: re-applied tail";
 fn tail_claims(since: &KeyWrites) -> BTreeMap<&str, (usize, automerge::ChangeHash)> {
     let mut claims = BTreeMap::new();
     for (i, (_, message)) in since.changes.iter().enumerate() {
-        let Some(message) = message.as_deref() else {
-            continue;
-        };
-        let mut lines = message.lines();
-        if lines.next() != Some(TAIL_MESSAGE) {
-            continue;
-        }
-        for (hash, key) in lines.filter_map(|l| l.split_once(' ')) {
-            if let Ok(hash) = hash.parse() {
-                claims.insert(key, (i, hash));
-            }
+        for (hash, key) in claim_lines(message.as_deref()) {
+            claims.insert(key, (i, hash));
         }
     }
     claims
+}
+
+/// The `(origin change, key)` lines of a change's message if it is a re-applied tail
+/// ([`TAIL_MESSAGE`]); nothing for any other change.
+fn claim_lines(message: Option<&str>) -> impl Iterator<Item = (automerge::ChangeHash, &str)> {
+    let mut lines = message.unwrap_or_default().lines();
+    let tail = lines.next() == Some(TAIL_MESSAGE);
+    lines
+        .filter(move |_| tail)
+        .filter_map(|l| l.split_once(' '))
+        .filter_map(|(hash, key)| Some((hash.parse().ok()?, key)))
 }
 
 /// The outcome of moving a replica onto a base (`ClusterDoc::move_onto`).
@@ -251,11 +253,33 @@ impl ClusterDoc {
     ///   causally precedes the one that left our state (we saw that write and a later one);
     ///   otherwise they are concurrent and it stays.
     ///
-    /// `base`'s local writes use its actor.
-    pub fn move_onto(
+    /// `base`'s local writes use its actor. A replica at a concurrent base of `base`'s own
+    /// generation (which lost) should use [`ClusterDoc::move_onto_from`] with the document it
+    /// had before that base: this one re-applies only its writes since its base.
+    pub fn move_onto(&mut self, cluster_id: &str, base: ClusterDoc) -> Result<Moved, StateError> {
+        self.move_onto_from(cluster_id, base, None)
+    }
+
+    /// [`ClusterDoc::move_onto`], for a replica that may be at a concurrent base of `base`'s
+    /// generation that lost (`history::Tail::AllButBase`). That losing base folded into one
+    /// change the writes of the generation before that it held; those the winning base lacks
+    /// (such as this replica's own writes not yet pushed when the bases were made) would be
+    /// lost with it. `previous` is the document this replica had before it moved onto its
+    /// base (kept on disk until the next generation: `DocStore::keep_previous`); with it the
+    /// move is made in two steps:
+    /// 1. `previous` moves onto `base` as any replica of that older generation does (its tail
+    ///    beyond the winner's clock), which brings back every folded write the winner lacks;
+    /// 2. this document's writes since its own base are re-applied on top. They were made
+    ///    after the losing base, which held everything in `previous`: a key another replica
+    ///    re-applied from an old-generation change that `previous` holds, or that a tail
+    ///    re-applied on our base named as its origin, is older than ours and is replaced.
+    ///
+    /// Without `previous` (or when not at a concurrent base) this is [`ClusterDoc::move_onto`].
+    pub fn move_onto_from(
         &mut self,
         cluster_id: &str,
-        mut base: ClusterDoc,
+        base: ClusterDoc,
+        previous: Option<&mut ClusterDoc>,
     ) -> Result<Moved, StateError> {
         let record = base
             .rebase_record()
@@ -268,7 +292,56 @@ impl ClusterDoc {
             empty,
             &record,
         );
+        let previous = previous.filter(|p| {
+            matches!(rule, history::Tail::AllButBase(_))
+                && p.rebase_record().map_or(0, |r| r.generation) < mine
+        });
+        let Some(previous) = previous else {
+            return self.reapply(cluster_id, base, &rule, &|_, _| false);
+        };
+        let first = previous.move_onto_from(cluster_id, base, None)?;
+        let old: BTreeSet<automerge::ChangeHash> = previous.change_hashes();
         let tail = self.key_writes(|actor, seq, _| history::in_tail(&rule, actor, seq));
+        let mut named: BTreeSet<(String, automerge::ChangeHash)> = BTreeSet::new();
+        for (_, message) in &tail.changes {
+            for (hash, key) in claim_lines(message.as_deref()) {
+                named.insert((key.to_string(), hash));
+            }
+        }
+        let older = |key: &str, t: &automerge::ChangeHash| {
+            old.contains(t) || named.contains(&(key.to_string(), *t))
+        };
+        let second = self.reapply(cluster_id, first.doc, &rule, &older)?;
+        let mut changes = first.changes;
+        changes.extend(second.changes);
+        let mut rewritten = first.rewritten;
+        for key in second.rewritten {
+            if !rewritten.contains(&key) {
+                rewritten.push(key);
+            }
+        }
+        Ok(Moved {
+            doc: second.doc,
+            changes,
+            rewritten,
+            tail_unknown: first.tail_unknown || second.tail_unknown,
+        })
+    }
+
+    /// Re-applies this replica's tail under `rule` onto `base` (see [`ClusterDoc::move_onto`]).
+    /// `older(key, change)`: whether a tail another replica re-applied on `key`, whose state
+    /// came from `change` (of another generation than ours), is known to be older than ours.
+    fn reapply(
+        &mut self,
+        cluster_id: &str,
+        mut base: ClusterDoc,
+        rule: &history::Tail,
+        older: &dyn Fn(&str, &automerge::ChangeHash) -> bool,
+    ) -> Result<Moved, StateError> {
+        let record = base
+            .rebase_record()
+            .ok_or_else(|| StateError::Change("the base carries no re-base record".into()))?;
+        let tail = self.key_writes(|actor, seq, _| history::in_tail(rule, actor, seq));
         let new_base = base_actor(cluster_id, record.generation).to_hex_string();
         let since = base.key_writes(|actor, _, _| actor != new_base);
         let claims = tail_claims(&since);
@@ -308,7 +381,7 @@ impl ClusterDoc {
                     _ => None,
                 };
                 let newer = match (their_origin, our_origin) {
-                    (Some(t), Some(o)) => self.precedes(&t, &o, &tail.hashes),
+                    (Some(t), Some(o)) => older(key, &t) || self.precedes(&t, &o, &tail.hashes),
                     _ => false,
                 };
                 if !newer {
@@ -338,7 +411,7 @@ impl ClusterDoc {
             doc: base,
             changes,
             rewritten,
-            tail_unknown: rule == history::Tail::Unknown,
+            tail_unknown: *rule == history::Tail::Unknown,
         })
     }
 
@@ -1150,6 +1223,214 @@ mod tests {
                     writer.get_object("configmaps", Some("d"), &name).unwrap(),
                     "{}", name
                 );
+            }
+        }
+    }
+
+    /// A replica of a test: its document and the one it had before its last move up a
+    /// generation (what `DocStore::keep_previous` keeps on disk).
+    struct Node {
+        doc: ClusterDoc,
+        previous: Option<ClusterDoc>,
+    }
+
+    impl Node {
+        fn new(doc: ClusterDoc) -> Self {
+            Node {
+                doc,
+                previous: None,
+            }
+        }
+
+        fn generation(&self) -> u64 {
+            self.doc.rebase_record().map_or(0, |r| r.generation)
+        }
+
+        /// Moves onto `base` as the agent does: up a generation, keeping the document it leaves;
+        /// sideways (a concurrent base that won), from the kept one. Returns the tail's changes.
+        fn move_onto(&mut self, base: &mut ClusterDoc, actor_id: u8) -> Vec<Vec<u8>> {
+            let base = ClusterDoc::load(&base.save(), actor(actor_id)).unwrap();
+            let up = history::generation_of(base.version()) > self.generation();
+            let mut doc = std::mem::replace(&mut self.doc, ClusterDoc::empty(actor(0)));
+            let moved = if up {
+                let moved = doc.move_onto("c", base).unwrap();
+                self.previous = Some(doc);
+                moved
+            } else {
+                doc.move_onto_from("c", base, self.previous.as_mut())
+                    .unwrap()
+            };
+            self.doc = moved.doc;
+            moved.changes
+        }
+
+        /// Makes a base of the next generation as the leader `by` (`rebase_cluster`).
+        fn rebase(&mut self, by: &str) {
+            let (clock, record, entries) = self.doc.base_inputs();
+            let mut base =
+                ClusterDoc::build_base("c", by, clock, record.as_ref(), entries, actor(60))
+                    .unwrap();
+            self.move_onto(&mut base, 61);
+        }
+    }
+
+    #[test]
+    fn of_two_concurrent_bases_the_losers_own_folded_writes_survive() {
+        // n2 writes x and, before that write reached anyone, makes a base; n3 makes another of
+        // the same generation without it. Whichever loses, x and the writes after either
+        // base survive on both.
+        let mut a = ClusterDoc::empty(actor(1));
+        meta(&mut a);
+        a.put_object("configmaps", Some("d"), "x", &json!("v0"))
+            .unwrap();
+        let mut n2 = Node::new(ClusterDoc::load(&a.save(), actor(2)).unwrap());
+        let mut n3 = Node::new(ClusterDoc::load(&a.save(), actor(3)).unwrap());
+        n2.doc
+            .put_object("configmaps", Some("d"), "x", &json!("v1"))
+            .unwrap();
+        n3.doc
+            .put_object("configmaps", Some("d"), "z", &json!("n3"))
+            .unwrap();
+        n2.rebase("n2");
+        n3.rebase("n3");
+        assert_ne!(n2.doc.version(), n3.doc.version());
+        n2.doc
+            .put_object("configmaps", Some("d"), "y", &json!("after"))
+            .unwrap();
+        let (winner, loser) = if n2.doc.version() > n3.doc.version() {
+            (&mut n2, &mut n3)
+        } else {
+            (&mut n3, &mut n2)
+        };
+        let changes = loser.move_onto(&mut winner.doc, 9);
+        winner.doc.apply_pushed(&changes).unwrap();
+        for node in [&n2, &n3] {
+            let get = |n: &str| node.doc.get_object("configmaps", Some("d"), n).unwrap();
+            assert_eq!(get("x"), Some(json!("v1")));
+            assert_eq!(get("y"), Some(json!("after")));
+            assert_eq!(get("z"), Some(json!("n3")));
+        }
+        assert_eq!(n2.doc.heads(), n3.doc.heads());
+    }
+
+    proptest::proptest! {
+        /// Two leaders make concurrent bases of one generation: a (keys k6-k7) and the writer b
+        /// itself (keys k0-k2), each from its own view. Writers b and c (k3-k5) have seen part
+        /// of each other's writes; c and the reader d may move onto b's base first, and c may
+        /// write again after its move; the replicas on one base may or may not have synced.
+        /// Then everyone moves onto the base that won, in any order: every key ends at its
+        /// writer's last value on every replica.
+        #[test]
+        fn each_writers_last_value_survives_concurrent_bases(
+            common in proptest::collection::vec((0u8..8, proptest::option::of(0u8..4)), 0..8),
+            b_ops in proptest::collection::vec((0u8..3, proptest::option::of(0u8..4)), 0..8),
+            c_ops in proptest::collection::vec((3u8..6, proptest::option::of(0u8..4)), 0..8),
+            b_post in proptest::collection::vec((0u8..3, proptest::option::of(0u8..4)), 0..4),
+            c_post in proptest::collection::vec((3u8..6, proptest::option::of(0u8..4)), 0..4),
+            leader_ops in proptest::collection::vec((6u8..8, proptest::option::of(0u8..4)), 0..4),
+            b_seen in 0usize..9, c_seen in 0usize..9,
+            c_first in proptest::bool::ANY, d_first in proptest::bool::ANY,
+            synced in proptest::bool::ANY, order in 0usize..24,
+        ) {
+            let apply = |d: &mut ClusterDoc, ops: &[(u8, Option<u8>)]| {
+                for (k, v) in ops {
+                    let name = format!("k{k}");
+                    match v {
+                        Some(v) => d.put_object("configmaps", Some("d"), &name, &json!(v)).unwrap(),
+                        None => {
+                            d.delete_object("configmaps", Some("d"), &name).unwrap();
+                        }
+                    }
+                }
+            };
+            let mut a0 = ClusterDoc::empty(actor(1));
+            meta(&mut a0);
+            apply(&mut a0, &common);
+            let load = |d: &mut ClusterDoc, i: u8| ClusterDoc::load(&d.save(), actor(i)).unwrap();
+            let mut b = Node::new(load(&mut a0, 2));
+            let mut c = Node::new(load(&mut a0, 3));
+            let (b0, c0) = (b.doc.heads(), c.doc.heads());
+            let (b_early, b_late) = b_ops.split_at(b_seen.min(b_ops.len()));
+            let (c_early, c_late) = c_ops.split_at(c_seen.min(c_ops.len()));
+            apply(&mut b.doc, b_early);
+            apply(&mut c.doc, c_early);
+            let (from_b, from_c) = (b.doc.changes_since(&b0), c.doc.changes_since(&c0));
+            c.doc.apply_pushed(&from_b).unwrap();
+            b.doc.apply_pushed(&from_c).unwrap();
+            let mut d = Node::new(load(&mut c.doc, 4));
+            apply(&mut b.doc, b_late);
+            apply(&mut c.doc, c_late);
+            let mut a = Node::new(a0);
+            apply(&mut a.doc, &leader_ops);
+            a.rebase("n1");
+            b.doc.put_leader_record("n2").unwrap();
+            b.rebase("n2");
+            // c and d may take b's base first; c writes on after its move.
+            if c_first {
+                let changes = c.move_onto(&mut b.doc, 20);
+                if synced {
+                    b.doc.apply_pushed(&changes).unwrap();
+                }
+            }
+            if d_first {
+                let changes = d.move_onto(&mut b.doc, 21);
+                if synced {
+                    b.doc.apply_pushed(&changes).unwrap();
+                }
+            }
+            apply(&mut b.doc, &b_post);
+            apply(&mut c.doc, &c_post);
+            if synced && c_first {
+                let theirs = b.doc.changes_since(&[]);
+                c.doc.apply_pushed(&theirs).unwrap();
+                let mine = c.doc.changes_since(&[]);
+                b.doc.apply_pushed(&mine).unwrap();
+            }
+            let want: Vec<_> = (0..8u8)
+                .map(|k| {
+                    let name = format!("k{k}");
+                    let writer = match k { 0..=2 => &b.doc, 3..=5 => &c.doc, _ => &a.doc };
+                    writer.get_object("configmaps", Some("d"), &name).unwrap()
+                })
+                .collect();
+            let a_wins = a.doc.version() > b.doc.version();
+            let (mut winner, mut others) = if a_wins {
+                (a, vec![b, c, d])
+            } else {
+                (b, vec![a, c, d])
+            };
+            // Any order of the three others (4! orders of 4 cover 3! of 3).
+            let mut perm: Vec<usize> = (0..3).collect();
+            let mut o = order;
+            for i in (1..3).rev() {
+                perm.swap(i, o % (i + 1));
+                o /= i + 1;
+            }
+            for (i, who) in perm.into_iter().enumerate() {
+                let node = &mut others[who];
+                if node.doc.version() == winner.doc.version() {
+                    // Already at the winner's base (c or d took it first): they sync.
+                    let theirs = winner.doc.changes_since(&[]);
+                    node.doc.apply_pushed(&theirs).unwrap();
+                    let mine = node.doc.changes_since(&[]);
+                    winner.doc.apply_pushed(&mine).unwrap();
+                    continue;
+                }
+                let changes = node.move_onto(&mut winner.doc, 30 + i as u8);
+                winner.doc.apply_pushed(&changes).unwrap();
+            }
+            for (k, want) in want.iter().enumerate() {
+                let name = format!("k{k}");
+                proptest::prop_assert_eq!(
+                    &winner.doc.get_object("configmaps", Some("d"), &name).unwrap(),
+                    want,
+                    "{}", name
+                );
+            }
+            for node in &mut others {
+                let changes = winner.doc.changes_since(&[]);
+                node.doc.apply_pushed(&changes).unwrap();
+                proptest::prop_assert_eq!(state(&node.doc), state(&winner.doc));
             }
         }
     }

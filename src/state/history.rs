@@ -26,6 +26,11 @@ pub const KEPT_CLOCKS: usize = 8;
 pub const MAX_CLOCK_ACTORS: usize = 1 << 16;
 /// Highest document generation (it is packed in the high half of the version).
 pub const MAX_GENERATION: u64 = u32::MAX as u64;
+/// How long a leader must have been in office without a break before it may re-base: under
+/// load, views can flap between leaders within seconds, and two nodes that each believe they
+/// lead make concurrent bases of one generation (handled, but at the cost of a second move on
+/// every replica of the losing one).
+pub const MIN_OFFICE: std::time::Duration = std::time::Duration::from_secs(20);
 /// The key of the re-base record in a based document (written only in the base change).
 pub const RECORD_KEY: &str = "rebase";
 
@@ -87,6 +92,8 @@ pub struct GateInputs {
     pub leader: bool,
     /// Its membership has settled (a peer seen and the view stable for a while).
     pub settled: bool,
+    /// How long it has been the leader in office without a break.
+    pub in_office: std::time::Duration,
     /// Live peers, and how many of them last reported this node's document version.
     pub live_peers: usize,
     pub peers_at_my_version: usize,
@@ -94,11 +101,16 @@ pub struct GateInputs {
     pub receiving: bool,
 }
 
-/// Whether this node may start a re-base: it leads, has settled, receives nothing, and every
+/// Whether this node may start a re-base: it leads (for [`MIN_OFFICE`] at least), has
+/// settled, receives nothing, and every
 /// live peer is at its version (a re-base on top of one a peer has not taken yet would only
 /// lengthen that peer's way).
 pub fn may_rebase(g: &GateInputs) -> bool {
-    g.leader && g.settled && !g.receiving && g.peers_at_my_version >= g.live_peers
+    g.leader
+        && g.in_office >= MIN_OFFICE
+        && g.settled
+        && !g.receiving
+        && g.peers_at_my_version >= g.live_peers
 }
 
 /// What to do about a peer whose cluster document is at `theirs` while ours is at `mine`.
@@ -344,6 +356,7 @@ mod tests {
         let ok = GateInputs {
             leader: true,
             settled: true,
+            in_office: MIN_OFFICE,
             live_peers: 2,
             peers_at_my_version: 2,
             receiving: false,
@@ -356,6 +369,10 @@ mod tests {
             },
             GateInputs {
                 settled: false,
+                ..ok.clone()
+            },
+            GateInputs {
+                in_office: MIN_OFFICE - std::time::Duration::from_secs(1),
                 ..ok.clone()
             },
             GateInputs {

@@ -200,6 +200,45 @@ impl DocStore {
     pub fn write(&self, saved: &[u8]) -> std::io::Result<()> {
         write_atomic(&self.path, &seal_file(saved), 0o600)
     }
+
+    /// Where the document of the generation before the current one is kept
+    /// ([`DocStore::keep_previous`]).
+    pub fn previous(&self) -> DocStore {
+        let dir = self
+            .path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("previous");
+        DocStore::new(&dir)
+    }
+
+    /// Keeps the document as saved now (snapshot and write-ahead log) as the previous
+    /// generation's, replacing the one kept before: called when the document moves up a
+    /// generation, before the new snapshot is written, with the log's lock held. The snapshot
+    /// is hard-linked (writing the new one renames over the name, the old bytes stay under the
+    /// link), the log copied. A replica that later learns its base lost to a concurrent one
+    /// moves this document onto the winner (`ClusterDoc::move_onto_from`).
+    pub fn keep_previous(&self) -> std::io::Result<()> {
+        let previous = self.previous();
+        let dir = previous.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        for path in [previous.path.clone(), previous.wal_path()] {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        match std::fs::hard_link(&self.path, &previous.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        match std::fs::copy(self.wal_path(), previous.wal_path()) {
+            Ok(_) => std::fs::File::open(previous.wal_path())?.sync_all()?,
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            Err(_) => {}
+        }
+        std::fs::File::open(dir)?.sync_all()
+    }
 }
 
 /// The write-ahead log: framed automerge changes, appended and fsynced. Each entry is
@@ -443,6 +482,47 @@ mod tests {
         assert!(!store.path().exists() && !store.wal_path().exists());
         // Next start: nothing there, the node is empty until a peer syncs it.
         assert!(load(&store).doc.is_none());
+    }
+
+    #[test]
+    fn the_previous_generations_document_is_kept_with_its_log_until_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DocStore::new(dir.path());
+        assert!(load(&store.previous()).doc.is_none());
+        // Nothing saved yet: keeping nothing is not an error.
+        store.keep_previous().unwrap();
+        let mut doc = ClusterDoc::empty(ActorId::random());
+        doc.put_object("namespaces", None, "x", &serde_json::json!(1))
+            .unwrap();
+        store.save(&mut doc).unwrap();
+        let before = doc.heads();
+        doc.put_object("namespaces", None, "y", &serde_json::json!(2))
+            .unwrap();
+        let mut wal = Wal::new(store.wal_path());
+        wal.append(&doc.changes_since(&before)).unwrap();
+        // The move up a generation: keep, then the new snapshot replaces the old, log emptied.
+        store.keep_previous().unwrap();
+        let mut next = ClusterDoc::empty(ActorId::random());
+        next.put_object("namespaces", None, "z", &serde_json::json!(3))
+            .unwrap();
+        store.save(&mut next).unwrap();
+        wal.truncate().unwrap();
+        let mut kept = load(&store.previous()).doc.unwrap();
+        assert_eq!(
+            kept.heads_digest(),
+            doc.heads_digest(),
+            "snapshot and log kept"
+        );
+        assert_eq!(
+            load(&store).doc.unwrap().heads_digest(),
+            next.heads_digest()
+        );
+        // The next move up replaces it.
+        store.keep_previous().unwrap();
+        assert_eq!(
+            load(&store.previous()).doc.unwrap().heads_digest(),
+            next.heads_digest()
+        );
     }
 
     #[test]

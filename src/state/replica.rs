@@ -259,6 +259,15 @@ impl Replica {
         clock
     }
 
+    /// The hashes of every change of this document.
+    pub fn change_hashes(&mut self) -> BTreeSet<ChangeHash> {
+        self.doc
+            .get_changes_meta(&[])
+            .into_iter()
+            .map(|m| m.hash)
+            .collect()
+    }
+
     /// What the changes `select` picks (by actor hex, sequence number and commit message) did
     /// to root keys: for each key they wrote or deleted, in causal order, each change and the
     /// state it left on the key — the digest of a value put there ([`value_digest`]), or `None`

@@ -166,11 +166,8 @@ fn log_field(log: &str, marker: &str, key: &str) -> Option<String> {
 }
 
 #[test]
-#[ignore = "known bug (issue 15, 2026-12-07): when leadership moves under load two nodes make concurrent bases of one generation and the loser's own writes folded into its base are lost (docs/consistency.md, Switch); the re-base stays opt-in until fixed. Run: cargo test --release --test e2e -- --ignored e2e::state"]
 fn a_new_node_receives_more_state_than_one_message_holds() {
-    // The leader's re-base is switched on explicitly (off by default until the bug above is
-    // fixed).
-    let tn = Testnet::up_with(3, &[("SHOAL_CLUSTER_REBASE", "on")]);
+    let tn = Testnet::up(3);
     let maps = maps();
     let began = Instant::now();
     let dir = std::env::temp_dir().join(format!("shoal-e2e-state-{}", std::process::id()));
@@ -311,36 +308,7 @@ fn a_new_node_receives_more_state_than_one_message_holds() {
 
     // Every object, with its data, served by both.
     for n in ["n1", "n2", "n4"] {
-        let got = served_maps(n);
-        assert_eq!(got.len(), maps, "{n} lists {} of {maps} maps", got.len());
-        let wrong: Vec<String> = expected
-            .iter()
-            .filter(|(name, want)| got.get(*name) != Some(*want))
-            .map(|(name, want)| format!("{name}: wrote {want}, served {:?}", got.get(name)))
-            .collect();
-        if !wrong.is_empty() {
-            // What the re-bases did, from every node's log, to find how a write was lost.
-            let trail: Vec<String> = ["n1", "n2", "n3"]
-                .iter()
-                .flat_map(|node| {
-                    agent_log(node)
-                        .lines()
-                        .filter(|l| {
-                            l.contains("re-base")
-                                || l.contains("document generation")
-                                || l.contains("state snapshot")
-                                || l.contains("leader")
-                        })
-                        .map(|l| format!("{node}: {}", &l[..l.len().min(700)]))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            panic!(
-                "{n} serves other data than was last written:\n{}\nre-bases:\n{}",
-                wrong.join("\n"),
-                trail.join("\n")
-            );
-        }
+        expect_served(n, &expected);
     }
 
     // Both came as chunked snapshots, with progress in the logs, nothing refused; a member
@@ -467,6 +435,169 @@ fn a_new_node_receives_more_state_than_one_message_holds() {
             "{n} serves a deleted map again: {names:?}"
         );
     }
+
+    // A node cut off across a compaction keeps its acknowledged writes, through a kill -9
+    // while cut off: n3 is partitioned from n1, n2 and n4 and replaces its maps and creates
+    // new ones, while the majority replaces enough of its own to re-base again; n3 is killed
+    // and restarted still cut off (its writes come back from its log); after the heal it
+    // moves onto the majority's newer base and every write of both sides is served everywhere.
+    let majority = ["n1", "n2", "n4"];
+    let majority_names: Vec<String> = majority.map(String::from).to_vec();
+    let n3 = ["n3".to_string()];
+    script("partition.sh", &["n1 n2 n4", "n3"]);
+    eventually("the majority sees n3 NotReady", REACT, || {
+        for ctx in majority {
+            expect_view(ctx, &majority_names, &n3)?;
+        }
+        Ok(())
+    });
+    let rebases_before = rebases(&majority);
+    let dir = std::env::temp_dir().join(format!("shoal-e2e-cut-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let n3_maps: Vec<usize> = (2..maps).step_by(3).collect();
+    let n1_maps: Vec<usize> = (0..maps).step_by(3).collect();
+    // Enough replacements on the majority to outgrow twice the live state again.
+    let majority_updates = 24;
+    let written = per_node(&["n1".to_string(), "n3".to_string()], |k, ctx, _| {
+        let mut last = BTreeMap::new();
+        let (mine, count, tag) = if k == 0 {
+            (&n1_maps, majority_updates, 1u64 << 40)
+        } else {
+            (&n3_maps, n3_maps.len(), 2u64 << 40)
+        };
+        for u in 0..count {
+            let i = mine[u % mine.len()];
+            let data = payload(tag | ((u as u64) << 20) | i as u64, MAP_BYTES);
+            let name = format!("big-{i}");
+            replace_map(ctx, &dir, &name, &data);
+            last.insert(name, fingerprint(&data));
+        }
+        if k == 1 {
+            for i in 0..3 {
+                create_configmap_ok(ctx, &format!("cut-{i}"), &[("k", "written while cut off")]);
+            }
+        }
+        last
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    expected.extend(written);
+    eventually(
+        "the majority re-based again while n3 was cut off",
+        REACT,
+        || {
+            let now = rebases(&majority);
+            if now > rebases_before {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{now} re-bases logged by n1, n2, n4 (as before the partition)"
+                ))
+            }
+        },
+    );
+    script("kill.sh", &["n3"]);
+    script("start.sh", &["n3"]);
+    eventually(
+        "n3 serves its own writes again after kill -9",
+        REACT,
+        || {
+            let names = served_names("n3")
+                .into_iter()
+                .filter(|m| m.starts_with("cut-"))
+                .count();
+            (names == 3)
+                .then_some(())
+                .ok_or(format!("n3 serves {names} of 3 cut-* maps"))
+        },
+    );
+    let n3_log_before = agent_log("n3").len();
+    script("heal.sh", &[]);
+    eventually(
+        "after the heal all four hold the same state and are Ready everywhere",
+        REACT,
+        || {
+            let theirs = heads("n1")?;
+            for n in ["n2", "n3", "n4"] {
+                if heads(n)? != theirs {
+                    return Err(format!("{n} differs from n1"));
+                }
+            }
+            for ctx in &all {
+                expect_view(ctx, &all, &[])?;
+            }
+            Ok(())
+        },
+    );
+    let log3 = agent_log("n3");
+    let log3 = &log3[n3_log_before.min(log3.len())..];
+    assert!(
+        log3.contains("newer document generation"),
+        "n3 did not move onto the majority's base after the heal:\n{}",
+        tail(log3)
+    );
+    for n in &all {
+        expect_served(n, &expected);
+        let cut = served_names(n)
+            .into_iter()
+            .filter(|m| m.starts_with("cut-"))
+            .count();
+        assert_eq!(
+            cut, 3,
+            "{n} serves {cut} of the 3 maps n3 created while cut off"
+        );
+    }
+}
+
+/// Panics unless `node` serves exactly the `big-*` maps of `expected` with their last data,
+/// printing what the re-bases did (every node's log) to find how a write was lost.
+fn expect_served(node: &str, expected: &BTreeMap<String, String>) {
+    let got = served_maps(node);
+    let wrong: Vec<String> = expected
+        .iter()
+        .filter(|(name, want)| got.get(*name) != Some(*want))
+        .map(|(name, want)| format!("{name}: wrote {want}, served {:?}", got.get(name)))
+        .chain(
+            got.keys()
+                .filter(|name| !expected.contains_key(*name))
+                .map(|name| format!("{name}: served, never written")),
+        )
+        .collect();
+    if wrong.is_empty() {
+        return;
+    }
+    let trail: Vec<String> = ["n1", "n2", "n3", "n4"]
+        .iter()
+        .flat_map(|n| {
+            agent_log(n)
+                .lines()
+                .filter(|l| {
+                    l.contains("re-base")
+                        || l.contains("document generation")
+                        || l.contains("state snapshot")
+                        || l.contains("leader")
+                })
+                .map(|l| format!("{n}: {}", &l[..l.len().min(700)]))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    panic!(
+        "{node} serves other data than was last written:\n{}\nre-bases:\n{}",
+        wrong.join("\n"),
+        trail.join("\n")
+    );
+}
+
+/// Lines of the nodes' logs saying they made a base.
+fn rebases(nodes: &[&str]) -> usize {
+    nodes
+        .iter()
+        .map(|n| {
+            agent_log(n)
+                .lines()
+                .filter(|l| l.contains("re-based the cluster document"))
+                .count()
+        })
+        .sum()
 }
 
 fn tail(log: &str) -> String {

@@ -663,6 +663,11 @@ impl Actor {
             return;
         }
         let generation = history::generation_of(id.doc);
+        // Sideways (a concurrent base of our generation won over ours): the document we had
+        // before our base moves first (`ClusterDoc::move_onto_from`); up a generation, the
+        // document we leave is kept for that case.
+        let up = generation > history::generation_of(mine);
+        let mut previous = if up { None } else { self.load_previous() };
         let store = &self.store;
         let cluster_id = self.shared.identity.cluster_id.clone();
         let moved = self.shared.replace_doc(
@@ -670,11 +675,16 @@ impl Actor {
                 if doc.version() >= id.doc {
                     return Ok(None);
                 }
-                let moved = doc.move_onto(&cluster_id, base)?;
+                let moved = doc.move_onto_from(&cluster_id, base, previous.as_mut())?;
                 let info = (moved.rewritten.clone(), moved.tail_unknown);
                 Ok(Some((moved, info)))
             },
-            |bytes| store.write(bytes),
+            |bytes| {
+                if up {
+                    store.keep_previous()?;
+                }
+                store.write(bytes)
+            },
         );
         match moved {
             Ok(Some((rewritten, unknown))) => {
@@ -691,12 +701,40 @@ impl Actor {
         }
     }
 
+    /// The document this node had before it moved onto its current base
+    /// (`DocStore::keep_previous`), for a move onto a concurrent base that won; `None` (logged)
+    /// if none was kept or it does not load: then only the writes since our base are re-applied.
+    fn load_previous(&self) -> Option<ClusterDoc> {
+        let store = self.store.previous();
+        match store.load(automerge::ActorId::random(), chrono::Utc::now()) {
+            Ok(loaded) if loaded.doc.is_some() => loaded.doc,
+            Ok(_) => {
+                tracing::warn!(path = %store.path().display(), "no document of the previous generation was kept: writes folded into our losing base that the winner lacks cannot be re-applied");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(%e, path = %store.path().display(), "the document of the previous generation does not load: writes folded into our losing base that the winner lacks cannot be re-applied");
+                None
+            }
+        }
+    }
+
     /// The leader re-bases the cluster document when its saved size has outgrown a fresh
     /// rebuild (`history::should_rebase`), once the gate (`history::may_rebase`) opens. The
     /// rebuild runs on its own thread: only taking the base's inputs and the final swap (with
     /// the tail written meanwhile re-applied) hold the document lock, so writes go on.
     pub(super) fn maybe_rebase_cluster(&mut self) {
         use std::sync::atomic::Ordering;
+        let me = self.shared.node_name.clone();
+        let view = self.shared.view();
+        let recorded = self.shared.read(|d| d.leader_record());
+        let leading =
+            view.leader.as_deref() == Some(me.as_str()) && recorded.as_deref() == Some(me.as_str());
+        if !leading {
+            self.leading_since = None;
+        } else if self.leading_since.is_none() {
+            self.leading_since = Some(std::time::Instant::now());
+        }
         if self.rebasing.load(Ordering::Acquire) || !rebase_enabled() {
             return;
         }
@@ -709,9 +747,6 @@ impl Actor {
         if !history::should_measure(saved, fresh, self.rebase_measured) {
             return;
         }
-        let me = self.shared.node_name.clone();
-        let view = self.shared.view();
-        let recorded = self.shared.read(|d| d.leader_record());
         let mine = self.shared.cluster_version();
         let live: Vec<String> = self
             .membership
@@ -727,8 +762,10 @@ impl Actor {
             .map(|m| m.id.clone())
             .collect();
         let gate = history::GateInputs {
-            leader: view.leader.as_deref() == Some(me.as_str())
-                && recorded.as_deref() == Some(me.as_str()),
+            leader: leading,
+            in_office: self
+                .leading_since
+                .map_or(std::time::Duration::ZERO, |t| t.elapsed()),
             settled: self.started.elapsed() >= std::time::Duration::from_secs(20),
             live_peers: live.len(),
             peers_at_my_version: live
@@ -953,11 +990,10 @@ impl Actor {
     }
 }
 
-/// Whether this agent, as leader, re-bases the cluster document: off unless
-/// `SHOAL_CLUSTER_REBASE=on` until the whole suite has run with it (moving onto a base another
-/// agent made is always on).
+/// Whether this agent, as leader, re-bases the cluster document: on unless
+/// `SHOAL_CLUSTER_REBASE=off` (moving onto a base another agent made is always on).
 fn rebase_enabled() -> bool {
-    std::env::var("SHOAL_CLUSTER_REBASE").is_ok_and(|v| v == "on")
+    std::env::var("SHOAL_CLUSTER_REBASE").map_or(true, |v| v != "off")
 }
 
 /// The leader's re-base, on its own thread: the base's inputs are taken under the document
@@ -1011,7 +1047,10 @@ fn rebase_cluster(
             let tail = moved.rewritten.len();
             Ok(Some((moved, tail)))
         },
-        |bytes| store.write(bytes),
+        |bytes| {
+            store.keep_previous()?;
+            store.write(bytes)
+        },
     );
     match result {
         Ok(Some(tail)) => tracing::info!(
