@@ -409,6 +409,124 @@ fn corrupt_state_file_is_set_aside_and_the_node_resyncs_by_itself() {
     });
 }
 
+/// Unmounts a test's tmpfs when dropped (also when the test fails).
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_state_disk_refuses_writes_with_507_and_the_nodes_converge_once_space_returns() {
+    let mut c = Cluster::start(1);
+    // n2 keeps its replicated state on a small tmpfs of its own (`--state-dir`).
+    let mount = c.tmp.path().join("n2-state");
+    std::fs::create_dir_all(&mount).unwrap();
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&mount)
+        .output()
+        .expect("running mount (util-linux)");
+    assert!(
+        out.status.success(),
+        "mounting a tmpfs for n2's state needs root: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _mounted = Mounted(mount.clone());
+    let n2 = c.add_node(vec!["--state-dir".into(), mount.display().to_string()]);
+    c.create_configmap(&c.nodes[n2], "before", "1");
+    poll("n1 has n2's write", Duration::from_secs(60), || {
+        c.configmap_value(&c.nodes[0], "before")
+    });
+    assert!(
+        mount.join("state.wal").exists() || mount.join("state.automerge").exists(),
+        "n2 keeps no state on its --state-dir: {:?}",
+        std::fs::read_dir(&mount).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
+
+    // The disk fills up (another tenant of the same filesystem).
+    let filler = mount.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0x5a_u8; 64 << 10];
+        while f.write_all(&chunk).is_ok() {}
+        let small = vec![0x5a_u8; 512];
+        while f.write_all(&small).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let body = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "refused"}, "data": {"k": "x".repeat(64 << 10)}});
+    let (code, reply) = c
+        .request(
+            &c.nodes[n2],
+            reqwest::Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            Some(body),
+        )
+        .expect("n2's API answers");
+    assert_eq!(code, 507, "a write on a full disk: {reply}");
+    assert_eq!(reply["reason"], "InsufficientStorage", "{reply}");
+    let message = reply["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("write-ahead log") && message.contains("space"),
+        "the message names the log and the cause: {message}"
+    );
+    // Others still write, and n2 still follows (in memory) meanwhile.
+    c.create_configmap(&c.nodes[0], "during", "2");
+    poll("n2 serves n1's write", Duration::from_secs(60), || {
+        c.configmap_value(&c.nodes[n2], "during")
+    });
+
+    // Space returns: n2 saves what it holds and takes writes again; nothing of the refused write
+    // exists anywhere, and both hold the same state.
+    std::fs::remove_file(&filler).unwrap();
+    c.create_configmap(&c.nodes[n2], "after", "3");
+    let want = ["after", "before", "during"].map(String::from).to_vec();
+    poll(
+        "both nodes hold the same three maps",
+        Duration::from_secs(60),
+        || {
+            (c.configmap_names(&c.nodes[0]) == want && c.configmap_names(&c.nodes[n2]) == want)
+                .then_some(())
+        },
+    );
+    poll(
+        "both nodes hold the same document",
+        Duration::from_secs(60),
+        || (c.status(&c.nodes[0])["heads"] == c.status(&c.nodes[n2])["heads"]).then_some(()),
+    );
+    // Once n2 has saved a snapshot again (received changes are saved every few seconds; its
+    // own writes are in its log at once), what it saved is complete: alone, after a kill -9,
+    // it serves all three.
+    let space_back = std::time::SystemTime::now();
+    poll(
+        "n2 saves a snapshot once space is back",
+        Duration::from_secs(60),
+        || {
+            let saved = std::fs::metadata(mount.join("state.automerge")).ok()?;
+            (saved.modified().ok()? > space_back).then_some(())
+        },
+    );
+    c.kill(0);
+    c.restart(n2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while c.configmap_names(&c.nodes[n2]) != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n2 alone does not serve all three after a restart (it serves {:?}); its log:\n{}",
+            c.configmap_names(&c.nodes[n2]),
+            c.log(&c.nodes[n2])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Plain HTTP `GET path` on `addr`: the body of a 200, else None.
 fn plain_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
     use std::io::{Read, Write};

@@ -382,13 +382,14 @@ pub async fn run(
         }
     };
     let images_task = puller.clone().map(|puller| {
-        tokio::spawn(images::run(
+        let task = tokio::spawn(images::run(
             shared.clone(),
             puller,
             dir.root().to_path_buf(),
             images::GcConfig::from_env(),
             stopped(stop_rx.clone()),
-        ))
+        ));
+        supervise("the image store", task, &failed_tx, &stop_rx)
     });
 
     // CPU and memory samples of this node's pods and host, for `metrics.k8s.io`.
@@ -417,35 +418,61 @@ pub async fn run(
     let api_task = supervise("the API server", api_task, &failed_tx, &stop_rx);
 
     let metrics_task = match opts.metrics_addr {
-        Some(addr) => Some(tokio::spawn(metrics::serve_plain(
-            shared.clone(),
-            metrics::bind(addr).await?,
-            stopped(stop_rx.clone()),
-        ))),
+        Some(addr) => Some(supervise(
+            "the metrics listener",
+            tokio::spawn(metrics::serve_plain(
+                shared.clone(),
+                metrics::bind(addr).await?,
+                stopped(stop_rx.clone()),
+            )),
+            &failed_tx,
+            &stop_rx,
+        )),
         None => None,
     };
     // The kubelet's cgroup parent (the same rule as its runtime config).
     let cgroup_parent =
         crate::runtime::RuntimeConfig::from_env(dir.root(), &settings.name, false).cgroup_parent;
-    let usage_task = tokio::spawn(usage::run(
-        shared.clone(),
-        usage_store.clone(),
-        cgroup_parent,
-        stopped(stop_rx.clone()),
-    ));
+    let usage_task = supervise(
+        "the usage sampler",
+        tokio::spawn(usage::run(
+            shared.clone(),
+            usage_store.clone(),
+            cgroup_parent,
+            stopped(stop_rx.clone()),
+        )),
+        &failed_tx,
+        &stop_rx,
+    );
     let controllers_task = supervise(
         "the controllers",
         tokio::spawn(controllers::run(shared.clone(), stopped(stop_rx.clone()))),
         &failed_tx,
         &stop_rx,
     );
-    let ipam_task = tokio::spawn(ipam::run(shared.clone(), stopped(stop_rx.clone())));
+    let ipam_task = supervise(
+        "the pod CIDR allocator",
+        tokio::spawn(ipam::run(shared.clone(), stopped(stop_rx.clone()))),
+        &failed_tx,
+        &stop_rx,
+    );
     // Re-allocates Services that lost an address to a concurrent allocation (leader only).
-    let services_task = tokio::spawn(services::run(shared.clone(), stopped(stop_rx.clone())));
+    let services_task = supervise(
+        "the Service address allocator",
+        tokio::spawn(services::run(shared.clone(), stopped(stop_rx.clone()))),
+        &failed_tx,
+        &stop_rx,
+    );
     // The pod network: the node's bridge, sysctls and routes to the other nodes' pods.
     let pod_network = routes::pod_network_enabled(advertise);
-    let routes_task =
-        pod_network.then(|| tokio::spawn(routes::run(shared.clone(), stopped(stop_rx.clone()))));
+    let routes_task = pod_network.then(|| {
+        supervise(
+            "the pod routes",
+            tokio::spawn(routes::run(shared.clone(), stopped(stop_rx.clone()))),
+            &failed_tx,
+            &stop_rx,
+        )
+    });
     if !pod_network {
         tracing::warn!(%advertise, "pod network off (loopback address or SHOAL_POD_NETWORK=off): pods get no IP of their own");
     }
@@ -460,19 +487,29 @@ pub async fn run(
         agent_ports.push((crate::proxy::Protocol::Tcp, metrics.port()));
     }
     let proxy_task = pod_network.then(|| {
-        tokio::spawn(proxy::run(
-            shared.clone(),
-            agent_ports,
-            stopped(stop_rx.clone()),
-        ))
+        supervise(
+            "the Service proxy",
+            tokio::spawn(proxy::run(
+                shared.clone(),
+                agent_ports,
+                stopped(stop_rx.clone()),
+            )),
+            &failed_tx,
+            &stop_rx,
+        )
     });
     // The node's DNS server listens at the pod gateway, so it too comes with the pod network.
     let dns_task = pod_network.then(|| {
-        tokio::spawn(dns::run(
-            shared.clone(),
-            dns::upstreams(&settings.dns_upstreams),
-            stopped(stop_rx.clone()),
-        ))
+        supervise(
+            "the DNS server",
+            tokio::spawn(dns::run(
+                shared.clone(),
+                dns::upstreams(&settings.dns_upstreams),
+                stopped(stop_rx.clone()),
+            )),
+            &failed_tx,
+            &stop_rx,
+        )
     });
 
     let runtime = crate::runtime::RuntimeConfig {

@@ -64,14 +64,19 @@ fn state_sizes(node: &str) -> Result<(usize, usize), String> {
 
 /// Names of the ConfigMaps `ctx` serves.
 fn served_names(ctx: &str) -> Vec<String> {
-    let list = kubectl_ok(ctx, &["get", "configmaps", "-o", "json"]);
-    let list: Value = serde_json::from_str(&list).expect("list JSON");
-    list["items"]
+    try_served_names(ctx).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Names of the ConfigMaps `ctx` serves, or why it could not tell (its API is not up).
+fn try_served_names(ctx: &str) -> Result<Vec<String>, String> {
+    let list = kubectl(ctx, &["get", "configmaps", "-o", "json"])?;
+    let list: Value = serde_json::from_str(&list).map_err(|e| format!("list JSON: {e}"))?;
+    Ok(list["items"]
         .as_array()
-        .expect("items")
+        .ok_or("no items")?
         .iter()
         .filter_map(|cm| Some(cm["metadata"]["name"].as_str()?.to_string()))
-        .collect()
+        .collect())
 }
 
 fn maps() -> usize {
@@ -501,7 +506,7 @@ fn a_new_node_receives_more_state_than_one_message_holds() {
         "n3 serves its own writes again after kill -9",
         REACT,
         || {
-            let names = served_names("n3")
+            let names = try_served_names("n3")?
                 .into_iter()
                 .filter(|m| m.starts_with("cut-"))
                 .count();

@@ -162,20 +162,8 @@ impl Cluster {
         let (tmp, first, token) = Self::init("n1", &[]);
         let mut c = Self::assemble(tmp, first, token);
         c.launch(0);
-        for i in 2..=n {
-            let node = Node {
-                name: format!("n{i}"),
-                dir: c.tmp.path().join(format!("n{i}")),
-                p2p: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-                api: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-                kubeconfig: c.tmp.path().join(format!("n{i}.kubeconfig")),
-                join: vec![c.nodes[0].p2p],
-                extra_args: vec![],
-                child: None,
-            };
-            c.nodes.push(node);
-            c.write_kubeconfig(i - 1);
-            c.launch(i - 1);
+        for _ in 2..=n {
+            c.add_node(vec![]);
         }
         let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
         poll(
@@ -189,6 +177,25 @@ impl Cluster {
             },
         );
         c
+    }
+
+    /// Launches one more agent, n<N+1>, joining through n1, with `extra_args` (not waited for).
+    pub fn add_node(&mut self, extra_args: Vec<String>) -> usize {
+        let i = self.nodes.len() + 1;
+        let node = Node {
+            name: format!("n{i}"),
+            dir: self.tmp.path().join(format!("n{i}")),
+            p2p: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            api: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            kubeconfig: self.tmp.path().join(format!("n{i}.kubeconfig")),
+            join: vec![self.nodes[0].p2p],
+            extra_args,
+            child: None,
+        };
+        self.nodes.push(node);
+        self.write_kubeconfig(i - 1);
+        self.launch(i - 1);
+        i - 1
     }
 
     /// A cluster that was only initialised (never started): for its token.
@@ -334,7 +341,7 @@ impl Cluster {
 
     // ---- API ----
 
-    fn request(
+    pub fn request(
         &self,
         node: &Node,
         method: reqwest::Method,
