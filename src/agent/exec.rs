@@ -41,9 +41,25 @@ pub async fn open(
     runtime: RuntimeConfig,
     req: ExecRequest,
 ) -> Result<ExecSession, BackendError> {
-    let node = pod_node(&shared, &req.namespace, &req.pod)?;
-    if node == shared.node_name {
+    let Some((node, api_addr)) = pod_route(&shared, &req.namespace, &req.pod)? else {
         return local(runtime, req).await;
+    };
+    let token = shared.identity.internal_api_token();
+    remote(&api_addr, &runtime.data_dir, &token, req)
+        .await
+        .map_err(|e| e.into_backend(&node))
+}
+
+/// Where a stream of pod `namespace/pod` (exec, port-forward) is served: `None` here, or the
+/// node that runs it and that node's API address. A node without a record is unavailable (503).
+pub(super) fn pod_route(
+    shared: &Shared,
+    namespace: &str,
+    pod: &str,
+) -> Result<Option<(String, String)>, BackendError> {
+    let node = pod_node(shared, namespace, pod)?;
+    if node == shared.node_name {
+        return Ok(None);
     }
     let record = shared
         .read(|d| d.node(&node))
@@ -52,13 +68,7 @@ pub async fn open(
         .ok_or_else(|| {
             BackendError::Unavailable(format!("node {node} has no record (deleted?)"))
         })?;
-    let token = shared.identity.internal_api_token();
-    remote(&record.api_addr, &runtime.data_dir, &token, req)
-        .await
-        .map_err(|e| match e {
-            RemoteError::Refused(m) => BackendError::Invalid(m),
-            RemoteError::Unreachable(m) => BackendError::Unavailable(format!("node {node}: {m}")),
-        })
+    Ok(Some((node, record.api_addr)))
 }
 
 /// The node a pod runs on: its binding, or `spec.nodeName` for pods placed by their author.
@@ -334,6 +344,19 @@ pub(super) enum RemoteError {
     Refused(String),
     /// The node could not be reached.
     Unreachable(String),
+}
+
+impl RemoteError {
+    /// What the client is told: the node's own refusal as it gave it (400), an unreachable
+    /// `node` as unavailable (503: retry later).
+    pub(super) fn into_backend(self, node: &str) -> BackendError {
+        match self {
+            RemoteError::Refused(m) => BackendError::Invalid(m),
+            RemoteError::Unreachable(m) => BackendError::Unavailable(format!(
+                "node {node} (running the pod) is unreachable: {m}"
+            )),
+        }
+    }
 }
 
 /// A WebSocket connected to `path_and_query` on the agent API at `api_addr` (`IP:PORT`), over

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::exec::{connect_websocket, pod_node, RemoteError};
+use super::exec::{connect_websocket, pod_route, RemoteError};
 use crate::api::portforward::{
     ForwardInput, ForwardOutput, ForwardRequest, ForwardSession, CHANNEL_PROTOCOLS, QUEUE,
 };
@@ -37,24 +37,13 @@ pub async fn open(
     runtime: RuntimeConfig,
     req: ForwardRequest,
 ) -> Result<ForwardSession, BackendError> {
-    let node = pod_node(&shared, &req.namespace, &req.pod)?;
-    if node == shared.node_name {
+    let Some((node, api_addr)) = pod_route(&shared, &req.namespace, &req.pod)? else {
         return local(runtime, req).await;
-    }
-    let record = shared
-        .read(|d| d.node(&node))
-        .ok()
-        .flatten()
-        .ok_or_else(|| BackendError::Invalid(format!("node {node} has no record (deleted?)")))?;
+    };
     let token = shared.identity.internal_api_token();
-    remote(&record.api_addr, &runtime, &token, &req)
+    remote(&api_addr, &runtime, &token, &req)
         .await
-        .map_err(|e| match e {
-            RemoteError::Refused(m) => BackendError::Invalid(m),
-            RemoteError::Unreachable(m) => {
-                BackendError::Invalid(format!("node {node} (running the pod) is unreachable: {m}"))
-            }
-        })
+        .map_err(|e| e.into_backend(&node))
 }
 
 /// A connection to `localhost:PORT` in the network namespace of the pod's sandbox.

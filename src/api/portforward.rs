@@ -488,12 +488,7 @@ async fn tunnel(socket: WebSocket, io: tokio::io::DuplexStream) {
                 }
             }
         }
-        let _ = sink
-            .send(Message::Close(Some(axum::extract::ws::CloseFrame {
-                code: axum::extract::ws::close_code::NORMAL,
-                reason: "".into(),
-            })))
-            .await;
+        close_normally(&mut sink).await;
     };
     // The client leaving ends the session (its reads see EOF); the session ending closes the
     // socket.
@@ -826,12 +821,7 @@ async fn serve_channels(
                 return;
             }
         }
-        let _ = sink
-            .send(Message::Close(Some(axum::extract::ws::CloseFrame {
-                code: axum::extract::ws::close_code::NORMAL,
-                reason: "".into(),
-            })))
-            .await;
+        close_normally(&mut sink).await;
     };
     let read = async move {
         while let Some(Ok(msg)) = stream.next().await {
@@ -868,6 +858,20 @@ async fn serve_channels(
         _ = read => {}
     }
     forwards.abort_all();
+}
+
+/// Ends a WebSocket session with a normal close frame (the peer may already be gone).
+async fn close_normally<S>(sink: &mut S)
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    use futures::SinkExt;
+    let _ = sink
+        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+            code: axum::extract::ws::close_code::NORMAL,
+            reason: "".into(),
+        })))
+        .await;
 }
 
 #[cfg(test)]
