@@ -51,6 +51,12 @@ pub struct RebaseRecord {
     /// A hash of the base's content (generation, maker, clocks, every key and value): two
     /// concurrent bases of one generation differ in it and are ordered by it.
     pub tag: u32,
+    /// The tags of the bases this one descends from, by generation, for the last
+    /// [`KEPT_CLOCKS`] generations (this one's included): its lineage. A replica whose own base
+    /// of generation `g` has another tag than `tags[g]` is on a base that lost (a concurrent
+    /// one), however many generations behind it is. Empty in records made before it existed.
+    #[serde(default)]
+    pub tags: BTreeMap<u64, u32>,
 }
 
 /// The version of a document of generation `generation` whose base has `tag`: generations in
@@ -151,7 +157,7 @@ pub enum Refusal {
     Mismatch { record: u64, offered: u64 },
     #[error("generation {0} is out of range")]
     Absurd(u64),
-    #[error("the base's record keeps {0} clocks (at most {KEPT_CLOCKS})")]
+    #[error("the base's record keeps {0} clocks or tags (at most {KEPT_CLOCKS})")]
     TooManyClocks(usize),
     #[error("a base clock names {0} actors (at most {MAX_CLOCK_ACTORS})")]
     ClockTooLarge(usize),
@@ -216,8 +222,10 @@ pub fn check_received(r: &Received) -> Result<(), Refusal> {
             got: v,
         });
     }
-    if record.clocks.len() > KEPT_CLOCKS {
-        return Err(Refusal::TooManyClocks(record.clocks.len()));
+    if record.clocks.len() > KEPT_CLOCKS || record.tags.len() > KEPT_CLOCKS {
+        return Err(Refusal::TooManyClocks(
+            record.clocks.len().max(record.tags.len()),
+        ));
     }
     if let Some(c) = record.clocks.values().find(|c| c.len() > MAX_CLOCK_ACTORS) {
         return Err(Refusal::ClockTooLarge(c.len()));
@@ -239,8 +247,10 @@ pub fn check_received(r: &Received) -> Result<(), Refusal> {
 pub enum Tail {
     /// The changes not in this clock (the base of the generation after ours).
     Beyond(Clock),
-    /// Every change except the base's own (`actor`, hex): we are at a concurrent base of the
-    /// same generation, which lost to `record`'s.
+    /// Every change except the base's own (`actor`, hex): we are at a concurrent base that
+    /// lost (of the same generation as `record`'s, or of an older one that `record`'s lineage
+    /// did not take). The writes that base folded in are found from the document we had before
+    /// it (`ClusterDoc::move_onto_from`).
     AllButBase(String),
     /// Nothing: an empty replica.
     Nothing,
@@ -249,18 +259,32 @@ pub enum Tail {
     Unknown,
 }
 
+/// Whether a replica whose base is of generation `mine_generation` with tag `mine_tag` is on a
+/// base that `record`'s lineage did not take: a concurrent base of the same generation, or of
+/// an older one whose winner `record` names in its `tags`. (Generation 0 has no base; a record
+/// without `tags` for that generation cannot tell, and the base is taken as its own.)
+pub fn off_lineage(mine_generation: u64, mine_tag: u32, record: &RebaseRecord) -> bool {
+    mine_generation > 0
+        && (mine_generation == record.generation
+            || record
+                .tags
+                .get(&mine_generation)
+                .is_some_and(|t| *t != mine_tag))
+}
+
 /// The tail rule for a replica whose document is of generation `mine_generation` (with its
-/// base actor `mine_base_actor`), empty or not, moving to `record`'s base.
+/// base actor `mine_base_actor` and tag `mine_tag`), empty or not, moving to `record`'s base.
 pub fn tail_rule(
     mine_generation: u64,
     mine_base_actor: &str,
+    mine_tag: u32,
     empty: bool,
     record: &RebaseRecord,
 ) -> Tail {
     if empty {
         return Tail::Nothing;
     }
-    if mine_generation == record.generation {
+    if off_lineage(mine_generation, mine_tag, record) {
         return Tail::AllButBase(mine_base_actor.to_string());
     }
     match record.clocks.get(&(mine_generation + 1)) {
@@ -293,11 +317,29 @@ pub fn next_record(
     while clocks.len() > KEPT_CLOCKS {
         clocks.pop_first();
     }
+    let mut tags = previous.map(|p| p.tags.clone()).unwrap_or_default();
+    if let Some(p) = previous {
+        tags.insert(p.generation, p.tag);
+    }
+    // Ours joins once the content is known ([`RebaseRecord::seal`]); room is kept for it.
+    while tags.len() >= KEPT_CLOCKS {
+        tags.pop_first();
+    }
     RebaseRecord {
         generation,
         by: by.to_string(),
         clocks,
         tag: 0,
+        tags,
+    }
+}
+
+impl RebaseRecord {
+    /// Sets the tag of a record made by [`next_record`] (from [`content_tag`]) and adds it to
+    /// its lineage.
+    pub fn seal(&mut self, tag: u32) {
+        self.tag = tag;
+        self.tags.insert(self.generation, tag);
     }
 }
 
@@ -478,13 +520,13 @@ mod tests {
         let mut clock = Clock::new();
         clock.insert("aa".into(), 3);
         let r = next_record(None, 1, "n1", clock.clone());
-        let rule = tail_rule(0, "", false, &r);
+        let rule = tail_rule(0, "", 0, false, &r);
         assert_eq!(rule, Tail::Beyond(clock));
         assert!(!in_tail(&rule, "aa", 3));
         assert!(in_tail(&rule, "aa", 4));
         assert!(in_tail(&rule, "bb", 1));
-        assert_eq!(tail_rule(0, "", true, &r), Tail::Nothing);
-        let same = tail_rule(1, "base", false, &r);
+        assert_eq!(tail_rule(0, "", 0, true, &r), Tail::Nothing);
+        let same = tail_rule(1, "base", 7, false, &r);
         assert!(!in_tail(&same, "base", 1));
         assert!(in_tail(&same, "aa", 1));
         // Too far behind: no clock for the step after ours.
@@ -493,8 +535,44 @@ mod tests {
             far = next_record(Some(&far), g, "n1", Clock::new());
         }
         assert_eq!(far.clocks.len(), KEPT_CLOCKS);
-        assert_eq!(tail_rule(3, "x", false, &far), Tail::Unknown);
-        assert!(matches!(tail_rule(19, "x", false, &far), Tail::Beyond(_)));
+        assert_eq!(far.tags.len(), KEPT_CLOCKS - 1, "room for its own tag");
+        assert_eq!(tail_rule(3, "x", 0, false, &far), Tail::Unknown);
+        assert!(matches!(
+            tail_rule(19, "x", 0, false, &far),
+            Tail::Beyond(_)
+        ));
+    }
+
+    #[test]
+    fn a_base_the_lineage_did_not_take_is_off_it_however_far_behind() {
+        let mut g1 = next_record(None, 1, "n1", Clock::new());
+        g1.seal(10);
+        let mut g2 = next_record(Some(&g1), 2, "n1", Clock::new());
+        g2.seal(20);
+        let mut g3 = next_record(Some(&g2), 3, "n1", Clock::new());
+        g3.seal(30);
+        assert_eq!(g3.tags, BTreeMap::from([(1, 10), (2, 20), (3, 30)]));
+        // On the lineage: the clock of the step after ours.
+        assert!(!off_lineage(2, 20, &g3));
+        assert!(matches!(
+            tail_rule(2, "b2", 20, false, &g3),
+            Tail::Beyond(_)
+        ));
+        // A concurrent base of generation 2 that lost, one generation behind: its own writes
+        // since its base are its tail (the folded ones come from the document before it).
+        assert!(off_lineage(2, 21, &g3));
+        assert_eq!(
+            tail_rule(2, "b2", 21, false, &g3),
+            Tail::AllButBase("b2".into())
+        );
+        assert!(off_lineage(1, 11, &g3));
+        // The same generation is a concurrent base whatever the tags say.
+        assert!(off_lineage(3, 30, &g3));
+        // Records from before lineages: taken as ours. Generation 0 has no base.
+        let mut old = g3.clone();
+        old.tags.clear();
+        assert!(!off_lineage(2, 21, &old));
+        assert!(!off_lineage(0, 0, &g3));
     }
 
     proptest! {
@@ -542,7 +620,7 @@ mod tests {
             actor in "[a-e]", seq in 1u64..12,
         ) {
             let r = next_record(None, 1, "n", clock.clone());
-            let rule = tail_rule(0, "", false, &r);
+            let rule = tail_rule(0, "", 0, false, &r);
             let covered = clock.get(&actor).is_some_and(|last| seq <= *last);
             prop_assert_eq!(in_tail(&rule, &actor, seq), !covered);
         }

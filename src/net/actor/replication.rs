@@ -663,11 +663,20 @@ impl Actor {
             return;
         }
         let generation = history::generation_of(id.doc);
-        // Sideways (a concurrent base of our generation won over ours): the document we had
-        // before our base moves first (`ClusterDoc::move_onto_from`); up a generation, the
-        // document we leave is kept for that case.
+        // Off the base's lineage (our base lost to a concurrent one, of this generation or an
+        // older one): the document we had before our base moves first
+        // (`ClusterDoc::move_onto_from`). Up a generation, the document we leave is kept for
+        // that case (after the one kept before is loaded).
         let up = generation > history::generation_of(mine);
-        let mut previous = if up { None } else { self.load_previous() };
+        let own = self.shared.read(|d| d.rebase_record());
+        let off = record.as_ref().is_some_and(|r| {
+            history::off_lineage(
+                own.as_ref().map_or(0, |o| o.generation),
+                own.as_ref().map_or(0, |o| o.tag),
+                r,
+            )
+        });
+        let mut previous = if off { self.load_previous() } else { None };
         let store = &self.store;
         let cluster_id = self.shared.identity.cluster_id.clone();
         let moved = self.shared.replace_doc(
