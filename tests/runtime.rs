@@ -386,13 +386,26 @@ fn pods_get_addresses_and_reach_each_other_with_real_cni() {
     }
     std::thread::spawn(|| {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-        pod_network_in_this_namespace();
+        pod_network_in_this_namespace(shoal::runtime::network::CniMode::Plugins);
     })
     .join()
     .expect("the pod network test failed (see above)");
 }
 
-fn pod_network_in_this_namespace() {
+/// The same with the agent's own netlink attachment (the default): same leases, same record,
+/// pods reach each other, DEL releases.
+#[test]
+fn pods_get_addresses_and_reach_each_other_in_process() {
+    prerequisites();
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        pod_network_in_this_namespace(shoal::runtime::network::CniMode::InProcess);
+    })
+    .join()
+    .expect("the pod network test failed (see above)");
+}
+
+fn pod_network_in_this_namespace(mode: shoal::runtime::network::CniMode) {
     use shoal::runtime::network::{Cni, CniConfig, NETWORK_RECORD};
     use shoal::runtime::RuntimeError;
     let ip = |args: &[&str]| {
@@ -407,6 +420,7 @@ fn pod_network_in_this_namespace() {
     let tmp = tempfile::tempdir().unwrap();
     let layer = busybox_layer(tmp.path());
     let cni = CniConfig {
+        mode,
         plugin_path: vec![PathBuf::from("/usr/lib/cni")],
         ipam_dir: tmp.path().join("data/cni/networks"),
         timeout: Duration::from_secs(20),

@@ -240,6 +240,7 @@ fn prepare(opts: &RunOptions) -> Result<(DataDir, AgentSettings, ClusterIdentity
             settings.name
         )));
     }
+    crate::runtime::network::CniMode::from_env().map_err(AgentError::Config)?;
     let identity = if dir.is_initialized() {
         let identity = dir.identity()?;
         if let Some(t) = &opts.token {

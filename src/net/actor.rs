@@ -107,6 +107,8 @@ struct Actor {
     status_dir: std::path::PathBuf,
     dirty: BTreeSet<DocId>,
     last_save: Instant,
+    /// The wait after the last save before the next ([`replication::save_gap`]).
+    save_gap: Duration,
     last_anti_entropy: Instant,
     last_connect_sweep: Instant,
     since: BTreeMap<String, chrono::DateTime<chrono::Utc>>,
@@ -221,6 +223,7 @@ pub async fn run(
         status_dir: state_dir.join("status"),
         dirty: BTreeSet::new(),
         last_save: now,
+        save_gap: config.save_interval,
         last_anti_entropy: now,
         last_connect_sweep: now - Duration::from_secs(10),
         since: BTreeMap::new(),
@@ -319,7 +322,7 @@ impl Actor {
         next = next.min(self.last_anti_entropy + self.config.anti_entropy_interval);
         next = next.min(self.last_connect_sweep + Duration::from_secs(2));
         if !self.dirty.is_empty() {
-            next = next.min(self.last_save + self.config.save_interval);
+            next = next.min(self.last_save + self.save_gap);
         }
         for t in [self.receiver.poll_timeout(), self.sender.poll_timeout()]
             .into_iter()

@@ -18,8 +18,10 @@
 
 pub mod bundle;
 pub mod image;
+pub mod leases;
 pub mod logs;
 pub mod mountinfo;
+pub mod netlink;
 pub mod network;
 pub mod nsexec;
 pub mod observe;

@@ -1,8 +1,11 @@
-//! The pod network through real CNI plugins (Debian's `containernetworking-plugins`): the
-//! network configuration of a node (`bridge` on `shoal0` + `host-local` IPAM over the node's
-//! pod CIDR), the plugin invocation per the CNI spec (environment, config on stdin, result or
-//! error JSON on stdout, bounded output, a timeout), and `network.json`, the pod dir's record
-//! of what the pod got. Config generation and result parsing are pure; `Cni` is the thin shell.
+//! The pod network of a node: a bridge on `shoal0` with `host-local`-style leases over the
+//! node's pod CIDR. [`Cni`] attaches and detaches pods either in-process over netlink
+//! (`runtime::netlink`, the default) or through the real CNI plugins (Debian's
+//! `containernetworking-plugins`, `SHOAL_CNI=plugins`): the network configuration, the plugin
+//! invocation per the CNI spec (environment, config on stdin, result or error JSON on stdout,
+//! bounded output, a timeout), and `network.json`, the pod dir's record of what the pod got.
+//! Both keep the same leases and record the same result. Config generation and result
+//! parsing are pure; `Cni` is the thin shell.
 
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
@@ -30,9 +33,36 @@ pub const PLUGIN: &str = "bridge";
 pub const MAX_PLUGIN_OUTPUT: u64 = 64 << 10;
 /// A plugin call that takes longer is killed and reported.
 pub const PLUGIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How pods are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CniMode {
+    /// Netlink from the agent (`runtime::netlink`): no process per pod.
+    InProcess,
+    /// The `bridge` and `host-local` plugin binaries, one call per ADD/DEL/CHECK.
+    Plugins,
+}
+
+impl CniMode {
+    /// `SHOAL_CNI`: `in-process` (or unset) or `plugins`; anything else is refused.
+    pub fn from_env() -> Result<Self, String> {
+        Self::parse(std::env::var("SHOAL_CNI").ok().as_deref())
+    }
+
+    pub fn parse(value: Option<&str>) -> Result<Self, String> {
+        match value {
+            None | Some("") | Some("in-process") => Ok(CniMode::InProcess),
+            Some("plugins") => Ok(CniMode::Plugins),
+            Some(other) => Err(format!(
+                "SHOAL_CNI={other:?} is not supported: use \"in-process\" (the default) or \"plugins\""
+            )),
+        }
+    }
+}
+
 /// Where the plugins are and where `host-local` keeps its leases.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CniConfig {
+    pub mode: CniMode,
     /// Directories searched for plugin binaries (`CNI_PATH`).
     pub plugin_path: Vec<PathBuf>,
     /// `host-local`'s `dataDir`: `<data>/cni/networks` (per agent, so testnet nodes sharing a
@@ -42,13 +72,16 @@ pub struct CniConfig {
 }
 
 impl CniConfig {
+    /// `SHOAL_CNI` ([`CniMode::from_env`]; the agent refuses a bad value at start),
     /// `SHOAL_CNI_PATH` (colon-separated, default `/usr/lib/cni`); leases under `data_dir`.
     pub fn from_env(data_dir: &Path) -> Self {
+        let mode = CniMode::from_env().unwrap_or(CniMode::InProcess);
         let path = std::env::var("SHOAL_CNI_PATH")
             .ok()
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| DEFAULT_PLUGIN_DIR.into());
         CniConfig {
+            mode,
             plugin_path: std::env::split_paths(&path).collect(),
             ipam_dir: data_dir.join("cni").join("networks"),
             timeout: PLUGIN_TIMEOUT,
@@ -183,6 +216,9 @@ impl Cni {
         netns: &Path,
         pod_cidr: Ipv4Net,
     ) -> Result<(PodAddress, Value), RuntimeError> {
+        if self.config.mode == CniMode::InProcess {
+            return super::netlink::add(&self.config.ipam_dir, container_id, netns, pod_cidr);
+        }
         let conf = network_config(pod_cidr, &self.config.ipam_dir)?;
         let out = self.invoke("ADD", container_id, Some(netns), &conf)?;
         let address = parse_result(&out)
@@ -199,12 +235,18 @@ impl Cni {
         netns: Option<&Path>,
         pod_cidr: Ipv4Net,
     ) -> Result<(), RuntimeError> {
+        if self.config.mode == CniMode::InProcess {
+            return super::netlink::del(&self.config.ipam_dir, container_id, netns);
+        }
         let conf = network_config(pod_cidr, &self.config.ipam_dir)?;
         self.invoke("DEL", container_id, netns, &conf).map(|_| ())
     }
 
     /// Asks the plugins whether the attachment recorded in `net` is still as it was.
     pub fn check(&self, net: &PodNetwork, netns: &Path) -> Result<(), RuntimeError> {
+        if self.config.mode == CniMode::InProcess {
+            return super::netlink::check(&self.config.ipam_dir, net, netns);
+        }
         let cidr = network::parse_cidr(&net.cidr).ok_or_else(|| RuntimeError::Invalid {
             what: NETWORK_RECORD.into(),
             reason: format!("bad CIDR {:?}", net.cidr),
@@ -331,6 +373,16 @@ mod tests {
     }
 
     #[test]
+    fn the_mode_is_in_process_unless_plugins_are_asked_for() {
+        assert_eq!(CniMode::parse(None), Ok(CniMode::InProcess));
+        assert_eq!(CniMode::parse(Some("")), Ok(CniMode::InProcess));
+        assert_eq!(CniMode::parse(Some("in-process")), Ok(CniMode::InProcess));
+        assert_eq!(CniMode::parse(Some("plugins")), Ok(CniMode::Plugins));
+        let e = CniMode::parse(Some("calico")).unwrap_err();
+        assert!(e.contains("SHOAL_CNI=\"calico\" is not supported"), "{e}");
+    }
+
+    #[test]
     fn config_is_a_bridge_with_host_local_over_the_node_cidr() {
         let conf = network_config(cidr("10.244.3.0/24"), Path::new("/d/cni/networks")).unwrap();
         assert_eq!(conf["cniVersion"], "1.0.0");
@@ -439,6 +491,7 @@ mod tests {
         std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         let cni = Cni::new(CniConfig {
+            mode: CniMode::Plugins,
             plugin_path: vec![dir.path().to_path_buf()],
             ipam_dir: dir.path().join("ipam"),
             timeout: Duration::from_secs(2),
@@ -518,6 +571,7 @@ mod tests {
     #[test]
     fn a_missing_plugin_is_named() {
         let cni = Cni::new(CniConfig {
+            mode: CniMode::Plugins,
             plugin_path: vec![PathBuf::from("/nonexistent/cni")],
             ipam_dir: PathBuf::from("/tmp/x"),
             timeout: Duration::from_secs(1),

@@ -121,7 +121,7 @@ impl Runtime {
             .filter_map(|(pid, _)| Some((*pid, super::proc_start_time(*pid)?)))
             .collect();
         if let Some(cni) = &self.config.cni {
-            facts.leases = leases(&cni.ipam_dir.join(CNI_NETWORK));
+            facts.leases = super::leases::list(&cni.ipam_dir.join(CNI_NETWORK));
         }
         facts.containers = self
             .runc_list_ids()
@@ -156,7 +156,9 @@ impl Runtime {
                     Ok(())
                 }
                 Reap::Lease { address, key } => match &self.config.cni {
-                    Some(cni) => release_lease(&cni.ipam_dir.join(CNI_NETWORK), address, key),
+                    Some(cni) => {
+                        super::leases::release_lease(&cni.ipam_dir.join(CNI_NETWORK), address, key)
+                    }
                     None => Ok(()),
                 },
                 Reap::Container { id } => self.runc_delete_force(id),
@@ -209,56 +211,6 @@ fn sandbox_processes(binary: &Path, pods_dir: &Path) -> Vec<(i32, String)> {
         }
     }
     out
-}
-
-/// host-local's lease files in `dir`: files named by an IPv4 address holding the container id
-/// on their first line.
-fn leases(dir: &Path) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let Some(name) = e.file_name().to_str().map(str::to_string) else {
-            continue;
-        };
-        if name.parse::<std::net::Ipv4Addr>().is_err() {
-            continue;
-        }
-        let mut text = String::new();
-        if let Ok(f) = std::fs::File::open(e.path()) {
-            let _ = f.take(4096).read_to_string(&mut text);
-        }
-        let id = text.lines().next().unwrap_or("").trim().to_string();
-        out.push((name, id));
-    }
-    out
-}
-
-/// Removes one lease file while holding host-local's own lock (`<dir>/lock`), as its release
-/// does, and only if it still names `key`: between our look and now, host-local may have
-/// released the address and given it to a new pod.
-fn release_lease(dir: &Path, address: &str, key: &str) -> Result<(), super::RuntimeError> {
-    let lock_path = dir.join("lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(super::io_err(&lock_path))?;
-    let _guard =
-        nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
-            super::RuntimeError::Spawn(format!("flock {}: {e}", lock_path.display()))
-        })?;
-    let path = dir.join(address);
-    let holder = std::fs::read_to_string(&path).unwrap_or_default();
-    if holder.lines().next().unwrap_or("").trim() != key {
-        return Ok(());
-    }
-    match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(super::io_err(&path)(e)),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]
@@ -344,23 +296,6 @@ mod tests {
         let mut g = Facts::default();
         g.dirs.insert(B.into(), false);
         assert_eq!(plan(&g, &known(&[B])), vec![]);
-    }
-
-    #[test]
-    fn a_lease_is_released_only_while_it_still_names_the_orphan() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("10.244.0.7"), format!("{B}\r\neth0")).unwrap();
-        // The address went to another pod meanwhile: kept.
-        release_lease(dir.path(), "10.244.0.7", A).unwrap();
-        assert!(dir.path().join("10.244.0.7").exists());
-        assert_eq!(
-            leases(dir.path()),
-            vec![("10.244.0.7".to_string(), B.to_string())]
-        );
-        release_lease(dir.path(), "10.244.0.7", B).unwrap();
-        assert!(!dir.path().join("10.244.0.7").exists());
-        // Gone already: fine.
-        release_lease(dir.path(), "10.244.0.7", B).unwrap();
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! chunks: the decisions are `state::transfer`'s, this shell reads files and moves bytes), and
 //! persistence of what changed.
 
+use std::time::Duration;
+
 use automerge::sync;
 use libp2p::PeerId;
 use rand::seq::IteratorRandom;
@@ -957,13 +959,17 @@ impl Actor {
             .insert(DocId::Status(self.shared.node_name.clone()));
     }
 
-    /// Writes changed documents to the data dir (at most every `save_interval` unless forced).
+    /// Writes changed documents to the data dir (at most every `save_gap` unless forced).
     pub(super) fn save(&mut self, force: bool) {
-        if self.dirty.is_empty() || (!force && self.last_save.elapsed() < self.config.save_interval)
-        {
+        if self.dirty.is_empty() || (!force && self.last_save.elapsed() < self.save_gap) {
             return;
         }
         self.last_save = std::time::Instant::now();
+        self.save_documents();
+        self.save_gap = save_gap(self.config.save_interval, self.last_save.elapsed());
+    }
+
+    fn save_documents(&mut self) {
         for id in std::mem::take(&mut self.dirty) {
             let (path, bytes) = match &id {
                 DocId::Cluster => {
@@ -997,6 +1003,22 @@ impl Actor {
             }
         }
     }
+}
+
+/// A save costs this many times its own time in wait before the next...
+const SAVE_GAP_FACTOR: u32 = 10;
+/// ...but never more than this.
+const MAX_SAVE_GAP: Duration = Duration::from_secs(3);
+
+/// The wait after a save that took `took` before the next: the configured `interval`, or ten
+/// times what the save took if that is longer (at most [`MAX_SAVE_GAP`]). Saving re-encodes
+/// every changed document whole (automerge's `save`, deflated columns); during a burst every
+/// document changes all the time, and saving every 300 ms whatever it costs took a tenth of
+/// the network thread's time. Paced, saves keep to about a tenth of it; a restart loses at
+/// most the last few seconds of other nodes' changes, which anti-entropy brings back (this
+/// node's own cluster writes are in the write-ahead log).
+pub(super) fn save_gap(interval: Duration, took: Duration) -> Duration {
+    interval.max((took * SAVE_GAP_FACTOR).min(MAX_SAVE_GAP))
 }
 
 /// Whether this agent, as leader, re-bases the cluster document: on unless
@@ -1075,4 +1097,25 @@ fn rebase_cluster(
         Err(e) => tracing::error!(%e, "re-basing the cluster document failed (nothing changed)"),
     }
     Some(fresh)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saves_wait_ten_times_their_cost_within_the_interval_and_the_cap() {
+        let interval = Duration::from_millis(300);
+        assert_eq!(save_gap(interval, Duration::from_millis(2)), interval);
+        assert_eq!(
+            save_gap(interval, Duration::from_millis(80)),
+            Duration::from_millis(800)
+        );
+        assert_eq!(save_gap(interval, Duration::from_secs(2)), MAX_SAVE_GAP);
+        assert_eq!(
+            save_gap(Duration::from_secs(5), Duration::from_secs(2)),
+            Duration::from_secs(5),
+            "never below the configured interval"
+        );
+    }
 }
