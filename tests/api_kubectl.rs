@@ -352,8 +352,9 @@ impl Harness {
             .arg(self.path("kubeconfig"))
             .arg("--cache-dir")
             .arg(self.path("cache"))
-            .args(args)
+            // Before the command's own flags, so that it stays before a `--`.
             .args(verbosity().map(|v| format!("-v={v}")))
+            .args(args)
             .env("HOME", self.dir.path())
             .env_remove("KUBECONFIG")
             .stdin(Stdio::null())
@@ -3097,5 +3098,220 @@ async fn pod_security_levels_refuse_and_warn_through_kubectl() {
     // Where nothing is labelled, nothing is checked.
     let file = h.write("privileged.yaml", &privileged);
     h.ok(&["apply", "-f", &file]).await;
+    h.stop().await;
+}
+
+/// The stored object of `resource` `name` in `default`, without what differs between two
+/// creations of the same content (name, uid, times, versions, the labels a Job gets from
+/// them, a Service's allocated addresses and ports).
+fn stored_content(h: &Harness, resource: &str, name: &str) -> Value {
+    let key = ObjectKey {
+        resource: resource.into(),
+        namespace: Some("default".into()),
+        name: name.into(),
+    };
+    let mut object = h
+        .backend
+        .get_object(&key)
+        .unwrap_or_else(|| panic!("{resource}/{name} is not stored"));
+    fn mask_allocated(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                for (key, value) in map.iter_mut() {
+                    let allocated = ["clusterIP", "clusterIPs", "nodePort"].contains(&key.as_str());
+                    if key.ends_with("controller-uid") || key.ends_with("job-name") || allocated {
+                        *value = json!("<allocated>");
+                    } else {
+                        mask_allocated(value);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(mask_allocated),
+            _ => {}
+        }
+    }
+    mask_allocated(&mut object);
+    let meta = object["metadata"].as_object_mut().unwrap();
+    for field in [
+        "name",
+        "uid",
+        "creationTimestamp",
+        "resourceVersion",
+        "generation",
+    ] {
+        meta.remove(field);
+    }
+    object
+}
+
+/// Compares an object decoded from protobuf with the same object sent as JSON: equal, except
+/// that protobuf carries every non-pointer Go field, so the protobuf side may hold a `0` or
+/// `false` where JSON (Go's `omitempty`) has nothing, which Kubernetes reads as the same. JSON
+/// `null`s are absent fields. Returns the differences that are not that.
+fn proto_json_differences(proto: &Value, json: &Value, path: &str, out: &mut Vec<String>) {
+    match (proto, json) {
+        (Value::Object(p), Value::Object(j)) => {
+            for (key, pv) in p {
+                let at = format!("{path}.{key}");
+                match j.get(key).filter(|v| !v.is_null()) {
+                    Some(jv) => proto_json_differences(pv, jv, &at, out),
+                    None if *pv == json!(0) || *pv == json!(false) || pv.is_null() => {}
+                    None => out.push(format!("{at}: only in protobuf: {pv}")),
+                }
+            }
+            for (key, jv) in j {
+                if !jv.is_null() && !p.contains_key(key) {
+                    out.push(format!("{path}.{key}: only in JSON: {jv}"));
+                }
+            }
+        }
+        (Value::Array(p), Value::Array(j)) if p.len() == j.len() => {
+            for (i, (pv, jv)) in p.iter().zip(j).enumerate() {
+                proto_json_differences(pv, jv, &format!("{path}[{i}]"), out);
+            }
+        }
+        (p, j) if p == j => {}
+        (p, j) => out.push(format!("{path}: {p} in protobuf, {j} in JSON")),
+    }
+}
+
+/// kubectl's typed `create` verbs send protobuf (`application/vnd.kubernetes.protobuf`); each
+/// object is stored as the same object sent as JSON (`--dry-run=client -o json`, then
+/// `kubectl create -f`), so admission and validation see one content either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_typed_creates_in_protobuf_store_what_json_would() {
+    let h = Harness::start().await;
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "deployments.apps",
+            "web",
+            &[
+                "create",
+                "deployment",
+                "web",
+                "--image=shoal.test/web:1",
+                "--replicas=0",
+                "--port=8080",
+            ],
+        ),
+        (
+            "jobs.batch",
+            "once",
+            &[
+                "create",
+                "job",
+                "once",
+                "--image=shoal.test/busybox:1",
+                "--",
+                "sh",
+                "-c",
+                "exit 0",
+            ],
+        ),
+        (
+            "cronjobs.batch",
+            "tick",
+            &[
+                "create",
+                "cronjob",
+                "tick",
+                "--image=shoal.test/busybox:1",
+                "--schedule=*/5 * * * *",
+                "--",
+                "true",
+            ],
+        ),
+        (
+            "services",
+            "front",
+            &["create", "service", "nodeport", "front", "--tcp=80:8080"],
+        ),
+        (
+            "poddisruptionbudgets.policy",
+            "keep",
+            &[
+                "create",
+                "pdb",
+                "keep",
+                "--selector=app=web",
+                "--min-available=1",
+            ],
+        ),
+        (
+            "secrets",
+            "creds",
+            &[
+                "create",
+                "secret",
+                "generic",
+                "creds",
+                "--from-literal=user=u",
+                "--from-literal=empty=",
+            ],
+        ),
+    ];
+    for (resource, name, args) in cases {
+        // Flags go before a command's `--`.
+        let mut json_args = args.to_vec();
+        json_args.splice(1..1, ["--dry-run=client", "-o", "json"]);
+        let mut object: Value = serde_json::from_str(&h.ok(&json_args).await).unwrap();
+        let json_name = format!("{name}-json");
+        object["metadata"]["name"] = json!(json_name);
+        let file = h.write(&format!("{name}.json"), &object.to_string());
+        h.ok(&["create", "-f", &file]).await;
+
+        // --dry-run=server decodes and checks the protobuf body and stores nothing.
+        let mut dry = args.to_vec();
+        dry.insert(1, "--dry-run=server");
+        assert!(h.ok(&dry).await.contains("(server dry run)"), "{args:?}");
+        let key = ObjectKey {
+            resource: resource.to_string(),
+            namespace: Some("default".into()),
+            name: name.to_string(),
+        };
+        assert!(
+            h.backend.get_object(&key).is_none(),
+            "{args:?} --dry-run=server stored it"
+        );
+
+        assert!(h.ok(args).await.contains("created"), "{args:?}");
+        let from_proto = stored_content(&h, resource, name);
+        let from_json = stored_content(&h, resource, &json_name);
+        let mut differences = Vec::new();
+        proto_json_differences(&from_proto, &from_json, "", &mut differences);
+        assert!(
+            differences.is_empty(),
+            "kubectl {args:?}: protobuf and JSON differ: {differences:#?}"
+        );
+    }
+    let deployment = stored_content(&h, "deployments.apps", "web");
+    assert_eq!(deployment["spec"]["replicas"], 0, "{deployment}");
+
+    // A kind without a protobuf schema is a 415 naming it.
+    let type_meta = [
+        &[0x0a, 21][..],
+        b"stable.example.com/v1",
+        &[0x12, 7],
+        b"CronTab",
+    ]
+    .concat();
+    let body = [b"k8s\0", &[0x0a, 32][..], &type_meta, &[0x12, 0]].concat();
+    let response = h
+        .req(
+            reqwest::Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+        )
+        .header("Content-Type", "application/vnd.kubernetes.protobuf")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let (code, status) = status_of(response).await;
+    assert_eq!(code, 415, "{status}");
+    let message = status["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"CronTab\"") && message.contains("stable.example.com/v1"),
+        "{message}"
+    );
     h.stop().await;
 }

@@ -8,7 +8,6 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::Value;
 
 use super::proto;
-use super::resources::ResourceInfo;
 use super::status::ApiError;
 
 /// How much of a body that is too large we still read (and discard, never buffer) before
@@ -64,26 +63,30 @@ pub fn media_type(headers: &HeaderMap, default: &str) -> String {
         .to_ascii_lowercase()
 }
 
-pub fn decode(info: &ResourceInfo, headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+/// A protobuf body as the JSON object it encodes; a kind without a schema is a 415 naming it.
+pub fn proto_object(body: &[u8]) -> Result<Value, ApiError> {
+    proto::decode_object(body).map_err(|e| match e {
+        proto::ProtoError::UnsupportedKind { api_version, kind } => {
+            ApiError::UnsupportedMediaType(format!(
+                "application/json, application/yaml (shoal has no protobuf schema for kind \"{kind}\" of \"{api_version}\": send it as JSON)"
+            ))
+        }
+        other => ApiError::BadRequest(other.to_string()),
+    })
+}
+
+pub fn decode(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
     let content_type = media_type(headers, "application/json");
     let value: Value = match content_type.as_str() {
         "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(body)
             .map_err(|e| ApiError::BadRequest(format!("the body is not valid YAML: {e}")))?,
         "application/json" | "" | "*/*" => serde_json::from_slice(body)
             .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?,
-        "application/vnd.kubernetes.protobuf" => match info.proto {
-            Some(message) => proto::decode_object(body, message)
-                .map_err(|e| ApiError::BadRequest(e.to_string()))?,
-            None => {
-                return Err(ApiError::UnsupportedMediaType(
-                    "application/json, application/yaml".to_string(),
-                ))
-            }
-        },
+        "application/vnd.kubernetes.protobuf" => proto_object(body)?,
         other => {
             return Err(ApiError::UnsupportedMediaType(format!(
-                "application/json, application/yaml (got {other})"
-            )))
+            "application/json, application/yaml, application/vnd.kubernetes.protobuf (got {other})"
+        )))
         }
     };
     if !value.is_object() {

@@ -342,7 +342,7 @@ pub fn decide(pod: &Value, budgets: &[Value]) -> Result<(), ApiError> {
 /// The Eviction in a request body (JSON or protobuf), checked against the pod of the path.
 fn eviction_body(headers: &HeaderMap, body: &Bytes, name: &str) -> Result<Value, ApiError> {
     let eviction: Value = match media_type(headers, "application/json").as_str() {
-        "application/vnd.kubernetes.protobuf" => proto::decode_object(body, proto::EVICTION)
+        "application/vnd.kubernetes.protobuf" => proto::decode_as(body, proto::EVICTION)
             .map_err(|e| ApiError::BadRequest(e.to_string()))?,
         "application/json" | "" | "*/*" => serde_json::from_slice(body)
             .map_err(|e| ApiError::BadRequest(format!("the body is not a valid Eviction: {e}")))?,

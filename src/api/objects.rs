@@ -787,7 +787,7 @@ fn create(
     body: &Bytes,
 ) -> Result<Response, ApiError> {
     let info = target.info;
-    let mut object = decode(info, headers, body)?;
+    let mut object = decode(headers, body)?;
     check_type_meta(info, &mut object)?;
     let mut warnings = validate_fields(info, &mut object, query)?;
     settle_namespace(target, &mut object)?;
@@ -1094,7 +1094,7 @@ fn replace(
     body: &Bytes,
 ) -> Result<Response, ApiError> {
     let info = target.info;
-    let mut object = decode(info, headers, body)?;
+    let mut object = decode(headers, body)?;
     check_type_meta(info, &mut object)?;
     let warnings = validate_fields(info, &mut object, query)?;
     let existing = find_stored(state, info, target.namespace.as_deref(), name)
@@ -1140,7 +1140,7 @@ fn delete_options(query: &Query, body: &Bytes) -> Result<(Value, bool), ApiError
     let options: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else if body.starts_with(super::proto::MAGIC) {
-        super::proto::decode_object(body, super::proto::DELETE_OPTIONS)
+        super::proto::decode_as(body, super::proto::DELETE_OPTIONS)
             .map_err(|e| ApiError::BadRequest(format!("invalid DeleteOptions: {e}")))?
     } else {
         serde_json::from_slice(body)

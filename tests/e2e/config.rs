@@ -4,7 +4,8 @@
 //! `CreateContainerConfigError` until the object exists, `optional` starts without it,
 //! emptyDir `Memory` is a tmpfs, hostPath follows the node's `--allow-host-path`, a Secret over
 //! 1 MiB is refused, and a Secret's value is nowhere on the nodes' disks, in a backup or in the
-//! agents' logs.
+//! agents' logs. Also what kubectl's typed verbs send in protobuf: `kubectl create deployment`,
+//! `create job` and `--dry-run=server`.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -175,6 +176,46 @@ fn configmaps_and_secrets_reach_pods_and_secrets_stay_sealed() {
             "db",
             &format!("--from-literal=password={secret_marker}"),
         ],
+    );
+    // kubectl's typed verbs send protobuf (issue 17): a Deployment, a Job and a server dry run.
+    kubectl_ok(
+        "n2",
+        &[
+            "create",
+            "deployment",
+            "web",
+            "--image=shoal.test/busybox:1",
+            "--",
+            "sleep",
+            "3600",
+        ],
+    );
+    kubectl_ok(
+        "n1",
+        &[
+            "create",
+            "job",
+            "once",
+            "--image=shoal.test/busybox:1",
+            "--",
+            "sh",
+            "-c",
+            "exit 0",
+        ],
+    );
+    let dry = kubectl_ok(
+        "n1",
+        &[
+            "create",
+            "deployment",
+            "dry",
+            "--dry-run=server",
+            "--image=shoal.test/busybox:1",
+        ],
+    );
+    assert!(
+        dry.contains("deployment.apps/dry created (server dry run)"),
+        "{dry}"
     );
     // Every API read shows the plain object.
     let got = kubectl_ok(
@@ -400,4 +441,21 @@ fn configmaps_and_secrets_reach_pods_and_secrets_stay_sealed() {
         .unwrap()
         .expect("the ConfigMap is in the backup");
     assert_eq!(cm["data"]["mode"], "slow", "ConfigMaps stay plain: {cm}");
+
+    // The objects kubectl sent in protobuf run; the server dry run stored nothing.
+    kubectl_ok(
+        "n1",
+        &["rollout", "status", "deployment/web", "--timeout=120s"],
+    );
+    kubectl_ok(
+        "n2",
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/once",
+            "--timeout=120s",
+        ],
+    );
+    let err = kubectl("n2", &["get", "deployment", "dry"]).unwrap_err();
+    assert!(err.contains("not found"), "{err}");
 }
