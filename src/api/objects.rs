@@ -1116,7 +1116,7 @@ fn patch(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let kind = PatchKind::from_content_type(content_type)
-        .ok_or_else(|| ApiError::UnsupportedMediaType(PatchKind::ACCEPTED.to_string()))?;
+        .ok_or_else(|| ApiError::UnsupportedMediaType(PatchKind::refusal(content_type)))?;
     let patch_body: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("the patch is not valid JSON: {e}")))?;
     let existing = find_stored(state, info, target.namespace.as_deref(), name)

@@ -16,7 +16,25 @@ pub enum PatchKind {
 impl PatchKind {
     pub const ACCEPTED: &'static str =
         "application/json-patch+json, application/merge-patch+json, \
-         application/strategic-merge-patch+json, application/apply-patch+yaml";
+         application/strategic-merge-patch+json";
+
+    /// Why a PATCH with `content_type` is refused (415): server-side apply by name, anything
+    /// else with the types accepted.
+    pub fn refusal(content_type: &str) -> String {
+        if content_type
+            .to_ascii_lowercase()
+            .starts_with("application/apply-patch")
+        {
+            "server-side apply (application/apply-patch+yaml, kubectl apply --server-side) is not \
+             supported yet: use kubectl apply without --server-side"
+                .to_string()
+        } else {
+            format!(
+                "PATCH content type {content_type:?} is not supported; use one of {}",
+                Self::ACCEPTED
+            )
+        }
+    }
 
     pub fn from_content_type(content_type: &str) -> Option<Self> {
         let media = content_type

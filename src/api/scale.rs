@@ -113,7 +113,7 @@ pub async fn handle(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
             let kind = PatchKind::from_content_type(content_type)
-                .ok_or_else(|| ApiError::UnsupportedMediaType(PatchKind::ACCEPTED.to_string()))?;
+                .ok_or_else(|| ApiError::UnsupportedMediaType(PatchKind::refusal(content_type)))?;
             let patch_body: Value = serde_json::from_slice(&body)
                 .map_err(|e| ApiError::BadRequest(format!("the patch is not valid JSON: {e}")))?;
             patch::apply(kind, &current, &patch_body, no_merge_keys)
