@@ -426,7 +426,15 @@ fn pod_network_in_this_namespace(mode: shoal::runtime::network::CniMode) {
         timeout: Duration::from_secs(20),
     };
     let config = RuntimeConfig {
-        cgroup_parent: format!("/shoal-runtime-net-test-{}", std::process::id()),
+        // Both modes' tests run at once in this process: each its own cgroups.
+        cgroup_parent: format!(
+            "/shoal-runtime-net-test-{}-{}",
+            std::process::id(),
+            match mode {
+                shoal::runtime::network::CniMode::Plugins => "plugins",
+                shoal::runtime::network::CniMode::InProcess => "netlink",
+            }
+        ),
         cni: Some(cni.clone()),
         ..runtime_config(tmp.path())
     };
