@@ -6,7 +6,7 @@ mod metrics;
 
 use std::time::Duration;
 
-use loopback::{poll, Cluster};
+use loopback::{poll, poll_explained, Cluster};
 use metrics::{promtool_check, sample};
 
 #[test]
@@ -515,16 +515,18 @@ fn a_full_state_disk_refuses_writes_with_507_and_the_nodes_converge_once_space_r
     );
     c.kill(0);
     c.restart(n2);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while c.configmap_names(&c.nodes[n2]) != want {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "n2 alone does not serve all three after a restart (it serves {:?}); its log:\n{}",
-            c.configmap_names(&c.nodes[n2]),
-            c.log(&c.nodes[n2])
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    poll_explained(
+        "n2 alone serves all three after a restart",
+        Duration::from_secs(60),
+        || (c.configmap_names(&c.nodes[n2]) == want).then_some(()),
+        || {
+            format!(
+                "it serves {:?}; its log:\n{}",
+                c.configmap_names(&c.nodes[n2]),
+                c.log(&c.nodes[n2])
+            )
+        },
+    );
 }
 
 /// Plain HTTP `GET path` on `addr`: the body of a 200, else None.

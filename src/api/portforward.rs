@@ -865,7 +865,6 @@ async fn close_normally<S>(sink: &mut S)
 where
     S: futures::Sink<Message> + Unpin,
 {
-    use futures::SinkExt;
     let _ = sink
         .send(Message::Close(Some(axum::extract::ws::CloseFrame {
             code: axum::extract::ws::close_code::NORMAL,

@@ -220,24 +220,24 @@ impl DocStore {
     /// moves this document onto the winner (`ClusterDoc::move_onto_from`).
     pub fn keep_previous(&self) -> std::io::Result<()> {
         let previous = self.previous();
-        let dir = previous.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(previous.path.parent().unwrap_or(Path::new(".")))?;
         for path in [previous.path.clone(), previous.wal_path()] {
-            match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+            unless_absent(std::fs::remove_file(&path))?;
         }
-        match std::fs::hard_link(&self.path, &previous.path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+        unless_absent(std::fs::hard_link(&self.path, &previous.path))?;
+        if unless_absent(std::fs::copy(self.wal_path(), previous.wal_path()))?.is_some() {
+            std::fs::File::open(previous.wal_path())?.sync_all()?;
         }
-        match std::fs::copy(self.wal_path(), previous.wal_path()) {
-            Ok(_) => std::fs::File::open(previous.wal_path())?.sync_all()?,
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            Err(_) => {}
-        }
-        std::fs::File::open(dir)?.sync_all()
+        sync_parent(&previous.path)
+    }
+}
+
+/// `Ok(None)` where the file was not there; any other error stays one.
+fn unless_absent<T>(result: std::io::Result<T>) -> std::io::Result<Option<T>> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

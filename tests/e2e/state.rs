@@ -252,15 +252,7 @@ fn a_new_node_receives_more_state_than_one_message_holds() {
     eventually(
         "the history written was compacted on n1, n2 and n3",
         REACT,
-        || {
-            for n in &tn.nodes {
-                let (file, fresh) = state_sizes(n)?;
-                if file > 2 * fresh {
-                    return Err(format!("{n}: state file {file} bytes, fresh save {fresh}"));
-                }
-            }
-            Ok(())
-        },
+        || within_twice_fresh(&tn.nodes),
     );
     let doc_bytes = status("n1").expect("status")["doc_bytes"]
         .as_u64()
@@ -414,36 +406,13 @@ fn a_new_node_receives_more_state_than_one_message_holds() {
 
     // Bounded history: the cluster document was re-based, every node's state file is within
     // 2× a fresh save of the live state it holds, and no deleted map came back anywhere.
-    let rebased: Vec<String> = tn
-        .nodes
-        .iter()
-        .flat_map(|n| {
-            agent_log(n)
-                .lines()
-                .filter(|l| l.contains("re-based the cluster document"))
-                .map(|l| format!("{n}: {l}"))
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let rebased = rebase_lines(&tn.nodes);
     assert!(!rebased.is_empty(), "no node re-based the cluster document");
     eprintln!("{}", rebased.join("\n"));
     let sizes = eventually(
         "every node's state file is within 2x a fresh save of its live state",
         REACT,
-        || {
-            let mut sizes = Vec::new();
-            for n in &all {
-                let (file, fresh) = state_sizes(n)?;
-                if file > 2 * fresh {
-                    return Err(format!("{n}: state file {file} bytes, fresh save {fresh}"));
-                }
-                sizes.push(format!(
-                    "{n}: {file} bytes, fresh {fresh} ({:.2}x)",
-                    file as f64 / fresh as f64
-                ));
-            }
-            Ok(sizes)
-        },
+        || within_twice_fresh(&all),
     );
     eprintln!(
         "after {} MiB of history: {}",
@@ -473,7 +442,7 @@ fn a_new_node_receives_more_state_than_one_message_holds() {
         }
         Ok(())
     });
-    let rebases_before = rebases(&majority);
+    let rebases_before = rebase_lines(&majority).len();
     let dir = std::env::temp_dir().join(format!("shoal-e2e-cut-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let n3_maps: Vec<usize> = (2..maps).step_by(3).collect();
@@ -507,7 +476,7 @@ fn a_new_node_receives_more_state_than_one_message_holds() {
         "the majority re-based again while n3 was cut off",
         REACT,
         || {
-            let now = rebases(&majority);
+            let now = rebase_lines(&majority).len();
             if now > rebases_before {
                 Ok(())
             } else {
@@ -609,17 +578,36 @@ fn expect_served(node: &str, expected: &BTreeMap<String, String>) {
     );
 }
 
-/// Lines of the nodes' logs saying they made a base.
-fn rebases(nodes: &[&str]) -> usize {
+/// The lines of the nodes' logs saying they made a base, each prefixed by its node.
+fn rebase_lines(nodes: &[impl AsRef<str>]) -> Vec<String> {
     nodes
         .iter()
-        .map(|n| {
+        .map(AsRef::as_ref)
+        .flat_map(|n| {
             agent_log(n)
                 .lines()
                 .filter(|l| l.contains("re-based the cluster document"))
-                .count()
+                .map(|l| format!("{n}: {l}"))
+                .collect::<Vec<_>>()
         })
-        .sum()
+        .collect()
+}
+
+/// Every node's state file within 2× a fresh save of its live state (one line each), or the
+/// first that is not.
+fn within_twice_fresh(nodes: &[String]) -> Result<Vec<String>, String> {
+    let mut sizes = Vec::new();
+    for n in nodes {
+        let (file, fresh) = state_sizes(n)?;
+        if file > 2 * fresh {
+            return Err(format!("{n}: state file {file} bytes, fresh save {fresh}"));
+        }
+        sizes.push(format!(
+            "{n}: {file} bytes, fresh {fresh} ({:.2}x)",
+            file as f64 / fresh as f64
+        ));
+    }
+    Ok(sizes)
 }
 
 fn tail(log: &str) -> String {

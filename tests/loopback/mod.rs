@@ -15,14 +15,27 @@ pub fn shoal_bin() -> PathBuf {
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, or fails the test naming `what`.
-pub fn poll<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn poll<T>(what: &str, deadline: Duration, f: impl FnMut() -> Option<T>) -> T {
+    poll_explained(what, deadline, f, String::new)
+}
+
+/// [`poll`], failing with what `explain` says then (a log, the state seen last).
+pub fn poll_explained<T>(
+    what: &str,
+    deadline: Duration,
+    mut f: impl FnMut() -> Option<T>,
+    explain: impl FnOnce() -> String,
+) -> T {
     let end = Instant::now() + deadline;
     loop {
         if let Some(v) = f() {
             return v;
         }
         if Instant::now() > end {
-            panic!("timed out after {deadline:?} waiting for: {what}");
+            panic!(
+                "timed out after {deadline:?} waiting for: {what}\n{}",
+                explain()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -670,14 +670,9 @@ impl Actor {
         // (`ClusterDoc::move_onto_from`). Up a generation, the document we leave is kept for
         // that case (after the one kept before is loaded).
         let up = generation > history::generation_of(mine);
-        let own = self.shared.read(|d| d.rebase_record());
-        let off = record.as_ref().is_some_and(|r| {
-            history::off_lineage(
-                own.as_ref().map_or(0, |o| o.generation),
-                own.as_ref().map_or(0, |o| o.tag),
-                r,
-            )
-        });
+        let off = record
+            .as_ref()
+            .is_some_and(|r| self.shared.read(|d| d.is_off_lineage_of(r)));
         let mut previous = if off { self.load_previous() } else { None };
         let store = &self.store;
         let cluster_id = self.shared.identity.cluster_id.clone();
