@@ -1,27 +1,17 @@
 //! Label selectors (`=`, `==`, `!=`, `in`, `notin`, exists, `!key`) and field selectors
 //! (`path=value`, `path!=value` over dotted JSON paths) applied to list and watch requests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
 use super::status::ApiError;
+use crate::model::selector::{self, Operator};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum LabelRequirement {
-    Equals(String, String),
-    NotEquals(String, String),
-    In(String, Vec<String>),
-    NotIn(String, Vec<String>),
-    Exists(String),
-    DoesNotExist(String),
-}
-
-/// A parsed `labelSelector`; the empty selector matches everything.
+/// A parsed `labelSelector`, matched by the one label matcher of the model; the empty selector
+/// matches everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LabelSelector {
-    requirements: Vec<LabelRequirement>,
-}
+pub struct LabelSelector(selector::LabelSelector);
 
 /// Splits on commas that are not inside parentheses.
 fn split_top_level(input: &str) -> Vec<&str> {
@@ -53,7 +43,7 @@ fn bad(selector: &str, what: &str) -> ApiError {
     ))
 }
 
-fn parse_set(selector: &str, rest: &str) -> Result<Vec<String>, ApiError> {
+fn parse_set(selector: &str, rest: &str) -> Result<BTreeSet<String>, ApiError> {
     let rest = rest.trim();
     let inner = rest
         .strip_prefix('(')
@@ -82,42 +72,36 @@ fn check_key(selector: &str, key: &str) -> Result<String, ApiError> {
 
 impl LabelSelector {
     pub fn parse(selector: &str) -> Result<Self, ApiError> {
-        let mut requirements = Vec::new();
+        let mut parsed = selector::LabelSelector::default();
+        let one = |value: &str| BTreeSet::from([value.trim().to_string()]);
         for part in split_top_level(selector) {
-            let req = if let Some(key) = part.strip_prefix('!') {
-                LabelRequirement::DoesNotExist(check_key(selector, key)?)
+            let (key, operator, values) = if let Some(key) = part.strip_prefix('!') {
+                (key, Operator::DoesNotExist, BTreeSet::new())
             } else if let Some((key, value)) = part.split_once("!=") {
-                LabelRequirement::NotEquals(check_key(selector, key)?, value.trim().to_string())
-            } else if let Some((key, value)) = part.split_once("==") {
-                LabelRequirement::Equals(check_key(selector, key)?, value.trim().to_string())
-            } else if let Some((key, value)) = part.split_once('=') {
-                LabelRequirement::Equals(check_key(selector, key)?, value.trim().to_string())
+                (key, Operator::NotIn, one(value))
+            } else if let Some((key, value)) =
+                part.split_once("==").or_else(|| part.split_once('='))
+            {
+                (key, Operator::In, one(value))
             } else if let Some((key, rest)) = part.split_once(" notin ") {
-                LabelRequirement::NotIn(check_key(selector, key)?, parse_set(selector, rest)?)
+                (key, Operator::NotIn, parse_set(selector, rest)?)
             } else if let Some((key, rest)) = part.split_once(" in ") {
-                LabelRequirement::In(check_key(selector, key)?, parse_set(selector, rest)?)
+                (key, Operator::In, parse_set(selector, rest)?)
             } else {
-                LabelRequirement::Exists(check_key(selector, part)?)
+                (part, Operator::Exists, BTreeSet::new())
             };
-            requirements.push(req);
+            parsed = parsed.with(check_key(selector, key)?, operator, values);
         }
-        Ok(LabelSelector { requirements })
+        Ok(LabelSelector(parsed))
     }
 
     pub fn matches_labels(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.requirements.iter().all(|req| match req {
-            LabelRequirement::Equals(k, v) => labels.get(k) == Some(v),
-            LabelRequirement::NotEquals(k, v) => labels.get(k) != Some(v),
-            LabelRequirement::In(k, vs) => labels.get(k).is_some_and(|l| vs.contains(l)),
-            LabelRequirement::NotIn(k, vs) => labels.get(k).is_none_or(|l| !vs.contains(l)),
-            LabelRequirement::Exists(k) => labels.contains_key(k),
-            LabelRequirement::DoesNotExist(k) => !labels.contains_key(k),
-        })
+        self.0.matches(labels)
     }
 
     /// Matches against `metadata.labels` of a JSON object.
     pub fn matches(&self, object: &Value) -> bool {
-        if self.requirements.is_empty() {
+        if self.0.is_empty() {
             return true;
         }
         let labels = object["metadata"]["labels"]

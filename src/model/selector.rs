@@ -152,8 +152,19 @@ impl NodeSelector {
     }
 }
 
-/// A `metav1.LabelSelector`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A set-based operator of a label requirement, as the string form of selectors
+/// (`?labelSelector=`) writes them: Kubernetes' `labels.Parse` makes `k=v`/`k==v` an `In` of
+/// one value and `k!=v` a `NotIn` of one value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+/// A `metav1.LabelSelector`. The default (no requirement) selects everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LabelSelector {
     match_labels: Vec<(String, String)>,
     exprs: Vec<(String, Op)>,
@@ -214,6 +225,24 @@ impl LabelSelector {
             }
         }
         self
+    }
+
+    /// Adds the requirement `key operator values` (values are ignored by `Exists` and
+    /// `DoesNotExist`).
+    pub fn with(mut self, key: String, operator: Operator, values: BTreeSet<String>) -> Self {
+        let op = match operator {
+            Operator::In => Op::In(values),
+            Operator::NotIn => Op::NotIn(values),
+            Operator::Exists => Op::Exists,
+            Operator::DoesNotExist => Op::DoesNotExist,
+        };
+        self.exprs.push((key, op));
+        self
+    }
+
+    /// Whether the selector has no requirement (it selects everything).
+    pub fn is_empty(&self) -> bool {
+        self.match_labels.is_empty() && self.exprs.is_empty()
     }
 
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
