@@ -145,7 +145,8 @@ enum What {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
-    /// A Deployment of --pods replicas from POST to all Running, then delete to no container.
+    /// A Deployment of --pods replicas from POST to all Running, then delete to no container;
+    /// beside it, as many bare `runc run --detach` containers started 8 at a time.
     Burst {
         #[command(flatten)]
         on: OnTestnet,
@@ -260,7 +261,10 @@ async fn main() -> Result<()> {
             rounds,
         } => rollout::run(&on.testnet, on.nodes, *replicas, *rounds).await?,
         What::Burst { on, pods, timeout } => {
-            workloads::burst(&kube::Kube::open(&on.testnet, on.nodes)?, *pods, *timeout).await?
+            let work = cli.work.join("burst");
+            std::fs::create_dir_all(&work)?;
+            let kube = kube::Kube::open(&on.testnet, on.nodes)?;
+            workloads::burst(&kube, &work, *pods, *timeout).await?
         }
     };
     println!("{report}");

@@ -86,6 +86,61 @@ impl Bundle {
         Ok(took)
     }
 
+    /// `n` containers named `PREFIX-I` started with `runc run --detach`, `parallel` at a time:
+    /// the wall time until the last returned with its process started. They stay until
+    /// removed (or the bundle drops).
+    pub fn run_parallel(&mut self, prefix: &str, n: usize, parallel: usize) -> Result<Duration> {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let (dir, root) = (&self.dir, &self.root);
+        let t0 = Instant::now();
+        let results: Vec<Result<Vec<String>>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..parallel.max(1))
+                .map(|_| {
+                    s.spawn(|| -> Result<Vec<String>> {
+                        let mut ids = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if i >= n {
+                                return Ok(ids);
+                            }
+                            let id = format!("{prefix}-{i}");
+                            // stderr to nowhere: a pipe would stay open as long as `sleep` runs.
+                            let st = runc(root)
+                                .args(["run", "--detach", "--bundle"])
+                                .arg(dir)
+                                .arg(&id)
+                                .stderr(Stdio::null())
+                                .status()?;
+                            ids.push(id.clone());
+                            if !st.success() {
+                                bail!("runc run --detach {id}: {st}");
+                            }
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a runc thread panicked")))
+                })
+                .collect()
+        });
+        let took = t0.elapsed();
+        let mut failed = None;
+        for r in results {
+            match r {
+                Ok(ids) => self.live.extend(ids),
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(took),
+        }
+    }
+
     /// `runc kill ID KILL` + `runc delete --force ID`.
     pub fn remove(&mut self, id: &str) -> Result<()> {
         let _ = runc(&self.root)

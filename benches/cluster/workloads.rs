@@ -530,7 +530,7 @@ pub async fn failover(kube: &Kube, replicas: usize, rounds: usize) -> Result<Str
 
 /// POST a Deployment of `pods` replicas; poll n1 every 250 ms until all are Running; delete it and
 /// time until no container is left on any node.
-pub async fn burst(kube: &Kube, pods: usize, timeout_secs: u64) -> Result<String> {
+pub async fn burst(kube: &Kube, work: &Path, pods: usize, timeout_secs: u64) -> Result<String> {
     let tag = run_tag();
     let name = format!("burst-{tag}");
     let selector = format!("app={name}");
@@ -624,6 +624,17 @@ pub async fn burst(kube: &Kube, pods: usize, timeout_secs: u64) -> Result<String
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
+    // The peer, on the same machine right after: as many bare runc containers (the same
+    // busybox `sleep`, a network namespace each), started 8 at a time as one kubelet's
+    // actions are (`MAX_PARALLEL_ACTIONS`), then removed.
+    let peer = {
+        let mut bundle = Bundle::build(&work.join("bundle"), &find_busybox()?)?;
+        let took = bundle.run_parallel(&format!("rb-{tag}"), pods, RUNC_PEER_PARALLEL)?;
+        drop(bundle);
+        took
+    };
+    eprintln!("burst: bare runc {pods} in {peer:?}");
+
     let mut out = format!(
         "### Burst, netns testnet: a Deployment of {pods} pods on {} nodes, n1's API polled every 250 ms\n\n| measure | time |\n|---|---|\n",
         kube.nodes
@@ -634,6 +645,10 @@ pub async fn burst(kube: &Kube, pods: usize, timeout_secs: u64) -> Result<String
     out += &format!("| POST → 50 % Running | {} |\n", opt_s(half));
     out += &format!("| POST → 90 % Running | {} |\n", opt_s(ninety));
     out += &format!("| **POST → all Running** | {} |\n", opt_s(all));
+    out += &format!(
+        "| the peer: {pods} bare `runc run --detach`, {RUNC_PEER_PARALLEL} at a time | {} |\n",
+        opt_s(Some(peer))
+    );
     out += &format!("| DELETE → no pod listed | {} |\n", opt_s(pods_gone));
     out += &format!(
         "| **DELETE → no container on any node** (`runc list`) | {} |\n",
@@ -659,13 +674,17 @@ pub async fn burst(kube: &Kube, pods: usize, timeout_secs: u64) -> Result<String
         out += &format!("\nthroughput: {r:.1} pods/s to Running\n");
     }
     out += &format!(
-        "\nRESULT burst testnet pods={pods} all_running_ms={} pods_per_s={} delete_to_no_container_ms={} moved={moved} suspicions={suspicions} deaths={deaths} peak_sandboxes={peak_sandboxes}\n",
+        "\nRESULT burst testnet pods={pods} all_running_ms={} runc_peer_ms={:.0} pods_per_s={} delete_to_no_container_ms={} moved={moved} suspicions={suspicions} deaths={deaths} peak_sandboxes={peak_sandboxes}\n",
         all.map(|d| format!("{:.0}", ms(d))).unwrap_or_else(|| "none".into()),
+        ms(peer),
         rate(all).map(|r| format!("{r:.1}")).unwrap_or_else(|| "none".into()),
         runc_gone.map(|d| format!("{:.0}", ms(d))).unwrap_or_else(|| "none".into()),
     );
     Ok(out)
 }
+
+/// How many bare-runc containers the burst's peer starts at once.
+const RUNC_PEER_PARALLEL: usize = 8;
 
 // ---- bare runc alone -------------------------------------------------------------------------
 

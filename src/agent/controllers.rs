@@ -71,15 +71,43 @@ fn status_records(shared: &Shared) -> StatusRecords {
     super::backend::workload_view(shared).pod_status
 }
 
-/// What the reconcile reads: the merged document, this view's liveness, this node's scheduling
-/// records and every pod's readiness from the status documents.
-fn snapshot(shared: &Shared, liveness: BTreeMap<String, Liveness>) -> Snapshot {
-    // Each on its own statement: a document guard must be dropped before the next lock.
-    let records = own_records(shared);
-    let statuses = status_records(shared);
-    shared
-        .read(|doc| doc.workload_snapshot(liveness, records))
-        .with_readiness(&statuses)
+/// What the reconcile reads of the cluster document (every workload object, binding and
+/// node), with the liveness and this node's scheduling records it was read with, and the
+/// heads it was read at. Status documents change far more often than the cluster document
+/// (every pod status write of every node), and of them only pods' readiness and endings are
+/// inputs: a change of the status documents alone re-reads only those, against this.
+struct Base {
+    heads: u64,
+    liveness: BTreeMap<String, Liveness>,
+    records: BTreeMap<PodKey, SchedulingRecord>,
+    snapshot: Snapshot,
+}
+
+impl Base {
+    /// `cached` if it was read at `heads` with the same liveness and records, else a new read
+    /// of the merged document.
+    fn at(
+        shared: &Shared,
+        cached: Option<Base>,
+        heads: u64,
+        liveness: BTreeMap<String, Liveness>,
+    ) -> Base {
+        // Each on its own statement: a document guard must be dropped before the next lock.
+        let records = own_records(shared);
+        match cached {
+            Some(c) if c.heads == heads && c.liveness == liveness && c.records == records => c,
+            _ => {
+                let snapshot =
+                    shared.read(|doc| doc.workload_snapshot(liveness.clone(), records.clone()));
+                Base {
+                    heads,
+                    liveness,
+                    records,
+                    snapshot,
+                }
+            }
+        }
+    }
 }
 
 /// What a round depends on; an unchanged input gives an empty plan, so the round is skipped.
@@ -105,6 +133,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: impl std::future::Future<Output 
     let mut settle = Settle::default();
     let mut epoch = (u64::MAX, Instant::now());
     let mut last: Option<Inputs> = None;
+    let mut cached: Option<Base> = None;
     // When the last plan said its decisions change with time alone (minReadySeconds).
     let mut wake: Option<chrono::DateTime<Utc>> = None;
     let mut leading = false;
@@ -138,6 +167,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: impl std::future::Future<Output 
                 clear_records(&shared);
                 leading = false;
                 last = None;
+                cached = None;
             }
             continue;
         }
@@ -166,18 +196,27 @@ pub async fn run(shared: Arc<Shared>, shutdown: impl std::future::Future<Output 
         // The heads before the snapshot: a change in between makes the next round run again
         // rather than be skipped.
         let heads = shared.heads_digest();
-        let snapshot = snapshot(&shared, liveness(&shared, &view, &shared.node_name));
+        let live = liveness(&shared, &view, &shared.node_name);
+        let base = Base::at(&shared, cached.take(), heads, live);
+        let (ready, finished) = base.snapshot.readiness(&status_records(&shared));
         let inputs = Inputs {
             heads,
             view: view.view_hash,
-            ready: snapshot.ready.clone(),
-            finished: snapshot.finished.clone(),
-            liveness: snapshot.liveness.clone(),
+            ready,
+            finished,
+            liveness: base.liveness.clone(),
         };
         let due = wake.is_some_and(|t| Utc::now() >= t);
         if last.as_ref() == Some(&inputs) && !due {
+            cached = Some(base);
             continue;
         }
+        let snapshot = Snapshot {
+            ready: inputs.ready.clone(),
+            finished: inputs.finished.clone(),
+            ..base.snapshot.clone()
+        };
+        cached = Some(base);
         let outcome = round(&shared, &view, snapshot).await;
         wake = outcome.and_then(|w| w);
         // After a failed write the same inputs must be tried again.

@@ -147,6 +147,8 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // When the last round ended and what it took.
     let mut last_round: Option<(std::time::Instant, Duration)> = None;
+    // The cluster document's heads when the last round began.
+    let mut last_heads: Option<u64> = None;
     loop {
         let document_changed = tokio::select! {
             biased;
@@ -155,6 +157,15 @@ pub async fn run(
             _ = changes.changed() => true,
             _ = tick.tick() => false,
         };
+        // What a round reads from the documents is in the cluster document (pods, bindings,
+        // their ConfigMaps and Secrets, the node's pod CIDR) and in this node's own status
+        // records, which only this kubelet writes. A change of the status documents alone
+        // (every pod status write of every node, during a burst several per second, this
+        // kubelet's own included) gives the round nothing new: it waits for the tick, an
+        // action that ended or a change of the cluster document.
+        if document_changed && last_heads == Some(shell.shared.heads_digest()) {
+            continue;
+        }
         // Every write anywhere in the cluster changes the documents; during a burst that is a
         // round after every round. Rounds for a change alone keep a gap after the last one
         // (an action of this kubelet that ended, or the tick, still runs one at once).
@@ -172,6 +183,7 @@ pub async fn run(
         }
         while wake_rx.try_recv().is_ok() {}
         let started = std::time::Instant::now();
+        last_heads = Some(shell.shared.heads_digest());
         shell.round().await;
         last_round = Some((std::time::Instant::now(), started.elapsed()));
     }
@@ -700,7 +712,9 @@ impl Shell {
         let busy = self.busy.clone();
         let wake = self.wake_tx.clone();
         tokio::spawn(async move {
+            let queued = std::time::Instant::now();
             let permit = permits.acquire_owned().await;
+            let waited = queued.elapsed();
             let exit = tokio::task::spawn_blocking(move || {
                 // Container work (runc, CNI plugins, the sandbox's first steps) runs below the
                 // agent's own threads: a burst of starts must not starve membership probes.
@@ -713,6 +727,13 @@ impl Shell {
             .ok()
             .flatten();
             drop(permit);
+            // The pod-start trace: how long each action waited for a permit and ran.
+            tracing::debug!(
+                action = %busy_key,
+                waited_ms = waited.as_millis() as u64,
+                ran_ms = (queued.elapsed() - waited).as_millis() as u64,
+                "kubelet action done"
+            );
             busy.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&busy_key);

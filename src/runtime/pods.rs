@@ -94,13 +94,21 @@ impl Runtime {
         };
         let live =
             read_json::<ProcessRecord>(&dir.join(SANDBOX_RECORD))?.filter(ProcessRecord::alive);
+        let started = Instant::now();
         let sandbox = match live {
             Some(rec) => rec,
             None => self.start_sandbox(meta, &dir, cidr)?,
         };
+        let spawned = started.elapsed();
         if let (Some(cni), Some(cidr)) = (&self.config.cni, cidr) {
             self.attach(&Cni::new(cni.clone()), &meta.key, &dir, sandbox, cidr)?;
         }
+        tracing::debug!(
+            key = %meta.key,
+            spawn_ms = spawned.as_millis() as u64,
+            attach_ms = (started.elapsed() - spawned).as_millis() as u64,
+            "sandbox ready"
+        );
         Ok(sandbox)
     }
 

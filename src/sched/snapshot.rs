@@ -174,6 +174,20 @@ impl Snapshot {
     /// shows) says Ready and its node is not dead in the leader's view. A Ready condition
     /// without a time counts as ready since the epoch. Fills [`Snapshot::finished`] too.
     pub fn with_readiness(mut self, records: &StatusRecords) -> Snapshot {
+        (self.ready, self.finished) = self.readiness(records);
+        self
+    }
+
+    /// The pods that are ready (with since when) and those that ended, by the status record
+    /// of each pod's current placement in `records`: what [`Snapshot::with_readiness`] sets.
+    #[allow(clippy::type_complexity)]
+    pub fn readiness(
+        &self,
+        records: &StatusRecords,
+    ) -> (
+        BTreeMap<PodKey, DateTime<Utc>>,
+        BTreeMap<PodKey, super::Finished>,
+    ) {
         let mut ready = BTreeMap::new();
         let mut finished = BTreeMap::new();
         for pod in &self.pods {
@@ -208,9 +222,7 @@ impl Snapshot {
                 ready.insert(key, since.unwrap_or(DateTime::UNIX_EPOCH));
             }
         }
-        self.ready = ready;
-        self.finished = finished;
-        self
+        (ready, finished)
     }
 
     /// The snapshot after `plan` (for tests and the simulator; the real next snapshot is read
