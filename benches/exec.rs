@@ -101,6 +101,7 @@ fn main() {
         grace_seconds: 1,
         created_at: chrono::Utc::now(),
         hooks: Vec::new(),
+        sidecars: Vec::new(),
     };
     let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "exec", "namespace": "default", "uid": "u-1"},

@@ -163,6 +163,7 @@ fn pod_meta(key: &str, name: &str) -> PodMeta {
         grace_seconds: 30,
         created_at: chrono::Utc::now(),
         hooks: Vec::new(),
+        sidecars: Vec::new(),
     }
 }
 
@@ -452,6 +453,7 @@ fn pod_network_in_this_namespace(mode: shoal::runtime::network::CniMode) {
         grace_seconds: 5,
         created_at: chrono::Utc::now(),
         hooks: Vec::new(),
+        sidecars: Vec::new(),
     };
     let cidr = "10.244.3.0/24";
 

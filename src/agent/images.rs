@@ -433,8 +433,7 @@ pub async fn run(
             let wanted: Vec<String> = crate::kubelet::desired_pods(&shared)
                 .values()
                 .flat_map(|d| {
-                    d.containers()
-                        .iter()
+                    d.all_containers()
                         .filter_map(|c| c.image.clone())
                         .collect::<Vec<_>>()
                 })

@@ -127,7 +127,7 @@ impl UsageStore {
 fn sample(shared: &Shared, cgroups: &Cgroups, parent: &str, store: &UsageStore) {
     let mut containers = BTreeMap::new();
     for (key, pod) in crate::kubelet::desired_pods(shared) {
-        for c in pod.containers() {
+        for c in pod.all_containers() {
             let rel = crate::runtime::runc::container_cgroup(parent, &key, &c.name);
             if let Some(r) = cgroups.reading(&rel) {
                 containers.insert((pod.namespace(), pod.name(), c.name.clone()), r);

@@ -729,6 +729,43 @@ fn validate_container(
     }
 }
 
+/// Kubernetes' rules for an init container: `restartPolicy` is `Always` (a sidecar) or
+/// unset; only a sidecar may have probes and lifecycle hooks (a regular init container runs to
+/// completion, so they would never act).
+fn validate_init_container(c: &Value, path: &str, causes: &mut Vec<Cause>) {
+    match c["restartPolicy"].as_str() {
+        None if c["restartPolicy"].is_null() => {}
+        Some("Always") => return,
+        Some(other) => causes.push(unsupported(
+            format!("{path}.restartPolicy"),
+            other,
+            &["Always"],
+        )),
+        None => causes.push(invalid(
+            format!("{path}.restartPolicy"),
+            &c["restartPolicy"],
+            "must be a string",
+        )),
+    }
+    for field in PROBES.iter().chain(&["lifecycle"]) {
+        if !c[*field].is_null() {
+            causes.push(forbidden(
+                format!("{path}.{field}"),
+                "may not be set for init containers without restartPolicy=Always",
+            ));
+        }
+    }
+}
+
+/// `Forbidden: <detail>`.
+fn forbidden(field: String, detail: &str) -> Cause {
+    Cause {
+        reason: "FieldValueForbidden".into(),
+        field,
+        message: format!("Forbidden: {detail}"),
+    }
+}
+
 fn validate_pod_spec(spec: &Value, path: &str, template: bool, causes: &mut Vec<Cause>) {
     let containers = spec["containers"].as_array().filter(|c| !c.is_empty());
     if containers.is_none() {
@@ -739,7 +776,14 @@ fn validate_pod_spec(spec: &Value, path: &str, template: bool, causes: &mut Vec<
     }
     let mut names = BTreeSet::new();
     for (i, c) in containers.into_iter().flatten().enumerate() {
-        validate_container(c, &format!("{path}.containers[{i}]"), &mut names, causes);
+        let cpath = format!("{path}.containers[{i}]");
+        validate_container(c, &cpath, &mut names, causes);
+        if !c["restartPolicy"].is_null() {
+            causes.push(forbidden(
+                format!("{cpath}.restartPolicy"),
+                "may not be set for non-init containers",
+            ));
+        }
     }
     for (i, c) in spec["initContainers"]
         .as_array()
@@ -747,12 +791,9 @@ fn validate_pod_spec(spec: &Value, path: &str, template: bool, causes: &mut Vec<
         .flatten()
         .enumerate()
     {
-        validate_container(
-            c,
-            &format!("{path}.initContainers[{i}]"),
-            &mut names,
-            causes,
-        );
+        let cpath = format!("{path}.initContainers[{i}]");
+        validate_container(c, &cpath, &mut names, causes);
+        validate_init_container(c, &cpath, causes);
     }
     for (i, secret) in spec["imagePullSecrets"]
         .as_array()
@@ -1051,6 +1092,39 @@ mod tests {
         assert_eq!(default_pull_policy("localhost:5000/busybox"), "Always");
         assert_eq!(default_pull_policy("shoal.test/busybox:1"), "IfNotPresent");
         assert_eq!(default_pull_policy("x@sha256:abcd"), "IfNotPresent");
+    }
+
+    #[test]
+    fn init_containers_take_probes_and_hooks_only_as_sidecars() {
+        let probe = json!({"exec": {"command": ["true"]}});
+        let pod = json!({"metadata": {"name": "p"}, "spec": {
+            "containers": [{"name": "a", "image": "i", "restartPolicy": "Always"}],
+            "initContainers": [
+                {"name": "i1", "image": "i", "readinessProbe": probe, "lifecycle": {"preStop": {"exec": {"command": ["true"]}}}},
+                {"name": "i2", "image": "i", "restartPolicy": "OnFailure", "livenessProbe": probe},
+                {"name": "s", "image": "i", "restartPolicy": "Always", "startupProbe": probe,
+                 "readinessProbe": probe, "lifecycle": {"preStop": {"exec": {"command": ["true"]}}}},
+            ],
+        }});
+        let causes = validate(Workload::Pod, &pod, None);
+        assert_eq!(
+            fields(&causes),
+            vec![
+                "spec.containers[0].restartPolicy",
+                "spec.initContainers[0].readinessProbe",
+                "spec.initContainers[0].lifecycle",
+                "spec.initContainers[1].restartPolicy",
+                "spec.initContainers[1].livenessProbe",
+            ]
+        );
+        assert_eq!(
+            causes[1].message,
+            "Forbidden: may not be set for init containers without restartPolicy=Always"
+        );
+        assert_eq!(
+            causes[3].message,
+            "Unsupported value: \"OnFailure\": supported values: \"Always\""
+        );
     }
 
     #[test]

@@ -315,7 +315,16 @@ fn pod_cells(pod: &Value, now: DateTime<Utc>) -> Vec<Value> {
         .or_else(|| status["phase"].as_str())
         .unwrap_or("Pending")
         .to_string();
-    let init_specs = spec["initContainers"].as_array().map_or(0, Vec::len);
+    let init_specs: &[Value] = spec["initContainers"].as_array().map_or(&[], Vec::as_slice);
+    let sidecar = |name: &Value| {
+        init_specs
+            .iter()
+            .any(|s| s["name"] == *name && s["restartPolicy"] == "Always")
+    };
+    // Sidecars count among the pod's containers (READY n/m) and keep their restarts.
+    let total = total + init_specs.iter().filter(|s| sidecar(&s["name"])).count();
+    let mut sidecar_restarts: i64 = 0;
+    let mut sidecar_last_restart: Option<DateTime<Utc>> = None;
     let mut initializing = false;
     for (i, c) in status["initContainerStatuses"]
         .as_array()
@@ -324,9 +333,28 @@ fn pod_cells(pod: &Value, now: DateTime<Utc>) -> Vec<Value> {
         .enumerate()
     {
         note_restart(c, &mut restarts);
+        let is_sidecar = sidecar(&c["name"]);
+        if is_sidecar {
+            sidecar_restarts += c["restartCount"].as_i64().unwrap_or(0);
+            if let Some(t) = c["lastState"]["terminated"]["finishedAt"]
+                .as_str()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            {
+                let t = t.with_timezone(&Utc);
+                if sidecar_last_restart.is_none_or(|l| l < t) {
+                    sidecar_last_restart = Some(t);
+                }
+            }
+        }
         let terminated = &c["state"]["terminated"];
         let waiting = &c["state"]["waiting"];
         if terminated.is_object() && terminated["exitCode"].as_i64() == Some(0) {
+            continue;
+        }
+        if is_sidecar && c["started"] == json!(true) {
+            if c["ready"] == json!(true) {
+                ready += 1;
+            }
             continue;
         }
         reason = if terminated.is_object() {
@@ -346,7 +374,7 @@ fn pod_cells(pod: &Value, now: DateTime<Utc>) -> Vec<Value> {
         {
             format!("Init:{r}")
         } else {
-            format!("Init:{i}/{init_specs}")
+            format!("Init:{i}/{}", init_specs.len())
         };
         initializing = true;
         break;
@@ -357,8 +385,8 @@ fn pod_cells(pod: &Value, now: DateTime<Utc>) -> Vec<Value> {
         .flatten()
         .any(|c| c["type"] == "Initialized" && c["status"] == "True");
     if !initializing || initialized {
-        restarts = 0;
-        last_restart = None;
+        restarts = sidecar_restarts;
+        last_restart = sidecar_last_restart;
         let mut has_running = false;
         let containers: Vec<&Value> = status["containerStatuses"]
             .as_array()
@@ -914,6 +942,63 @@ mod tests {
         let mut deleting = pod(json!({"phase": "Running"}));
         deleting["metadata"]["deletionTimestamp"] = json!("2024-05-01T10:04:00Z");
         assert_eq!(pod_cells(&deleting, Utc::now())[2], "Terminating");
+    }
+
+    #[test]
+    fn init_and_sidecar_rows_follow_kubectl_print_pod() {
+        let now = DateTime::parse_from_rfc3339("2024-05-01T10:05:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let cells = |status: Value| {
+            let mut p = pod(status);
+            p["spec"]["containers"] = json!([{"name": "a"}]);
+            p["spec"]["initContainers"] =
+                json!([{"name": "i1"}, {"name": "s", "restartPolicy": "Always"}, {"name": "i2"}]);
+            let c = pod_cells(&p, now);
+            (c[1].clone(), c[2].clone(), c[3].clone())
+        };
+        let done =
+            json!({"name": "i1", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}});
+        let waiting = |name: &str, reason: &str| json!({"name": name, "state": {"waiting": {"reason": reason}}});
+        let sidecar_up = json!({"name": "s", "state": {"running": {}}, "started": true, "ready": true, "restartCount": 1,
+            "lastState": {"terminated": {"exitCode": 1, "finishedAt": "2024-05-01T10:04:00Z"}}});
+        let app_waiting = json!([waiting("a", "PodInitializing")]);
+        let (ready, status, _) = cells(json!({"phase": "Pending", "initContainerStatuses": [
+            waiting("i1", "PodInitializing"), waiting("s", "PodInitializing"), waiting("i2", "PodInitializing")],
+            "containerStatuses": app_waiting}));
+        assert_eq!((ready, status), (json!("0/2"), json!("Init:0/3")));
+        let (ready, status, restarts) = cells(
+            json!({"phase": "Pending", "initContainerStatuses": [
+            done, sidecar_up, {"name": "i2", "state": {"running": {}}}], "containerStatuses": app_waiting}),
+        );
+        assert_eq!((ready, status), (json!("1/2"), json!("Init:2/3")));
+        assert_eq!(restarts, "1 (60s ago)");
+        let (_, status, _) = cells(json!({"phase": "Pending", "initContainerStatuses": [
+            done, sidecar_up, {"name": "i2", "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}],
+            "containerStatuses": app_waiting}));
+        assert_eq!(status, "Init:Error");
+        let (_, status, restarts) = cells(json!({"phase": "Pending", "initContainerStatuses": [
+            done, sidecar_up, {"name": "i2", "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}],
+            "containerStatuses": app_waiting}));
+        assert_eq!(
+            (status, restarts),
+            (json!("Init:CrashLoopBackOff"), json!("4 (60s ago)"))
+        );
+        // Initialized: the app containers' reasons, and only the sidecars' restarts.
+        let init_done = json!([done, sidecar_up, {"name": "i2", "restartCount": 3,
+            "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]);
+        let initialized = json!([{"type": "Initialized", "status": "True"}]);
+        let (ready, status, restarts) =
+            cells(json!({"phase": "Pending", "conditions": initialized,
+            "initContainerStatuses": init_done, "containerStatuses": app_waiting}));
+        assert_eq!(
+            (ready, status, restarts),
+            (json!("1/2"), json!("PodInitializing"), json!("1 (60s ago)"))
+        );
+        let (ready, status, _) = cells(json!({"phase": "Running", "conditions": initialized,
+            "initContainerStatuses": init_done,
+            "containerStatuses": [{"name": "a", "ready": true, "state": {"running": {}}}]}));
+        assert_eq!((ready, status), (json!("2/2"), json!("Running")));
     }
 
     #[test]

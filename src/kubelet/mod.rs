@@ -352,7 +352,7 @@ impl Shell {
         // refuses them: waits as CreateContainerConfigError.
         let deny_privileged = self.runtime.config.limits.deny_privileged;
         for (key, d) in desired {
-            for c in d.containers() {
+            for c in d.all_containers() {
                 if deny_privileged && crate::model::security_context::is_privileged(c) {
                     let message =
                         crate::model::security_context::privileged_denied_message(&c.name);
@@ -556,7 +556,13 @@ impl Shell {
                 .get(&key)
                 .map(|o| o.meta.created_at)
                 .unwrap_or_else(chrono::Utc::now),
-            hooks: plan::probe::hooked_containers(d.containers()),
+            hooks: plan::probe::hooked_containers(d.probed_containers()),
+            sidecars: d
+                .init_containers()
+                .iter()
+                .filter(|c| plan::is_sidecar(c))
+                .map(|c| c.name.clone())
+                .collect(),
         };
         let target = event_target(d);
         let pod_cidr = pod_cidr.map(str::to_string);
@@ -624,7 +630,7 @@ impl Shell {
         restart: u32,
         images: &pulls::Verdicts,
     ) -> Option<ContainerStart> {
-        let c = d.containers().iter().find(|c| c.name == container)?;
+        let c = d.all_containers().find(|c| c.name == container)?;
         let reference = c.image.clone().unwrap_or_default();
         Some(ContainerStart {
             key: d.key.clone(),

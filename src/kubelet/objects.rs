@@ -91,7 +91,7 @@ impl ObjectsShell {
         for (key, d) in desired {
             let objects = read_objects(shared, d);
             let facts = self.facts(shared, observed.get(key));
-            for c in d.containers() {
+            for c in d.all_containers() {
                 match config::resolve(&d.pod, c, &objects, &facts) {
                     Ok(cfg) => {
                         out.insert((key.clone(), c.name.clone()), cfg);

@@ -88,7 +88,7 @@ impl Probes {
         let mut targets = BTreeMap::new();
         for (key, d) in desired {
             let Some(o) = observed.get(key) else { continue };
-            for c in d.containers() {
+            for c in d.probed_containers() {
                 let probed = c.startup_probe.is_some()
                     || c.liveness_probe.is_some()
                     || c.readiness_probe.is_some();

@@ -89,7 +89,7 @@ impl Pulls {
     ) -> Verdicts {
         let mut out = Verdicts::default();
         for d in desired.values() {
-            for c in d.containers() {
+            for c in d.all_containers() {
                 let state = self.container_image(round, d, c, &mut out);
                 out.states.insert((d.key.clone(), c.name.clone()), state);
             }

@@ -30,6 +30,11 @@ pub struct PodMeta {
     /// runs when the pod is deleted from the document.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<k8s_openapi::api::core::v1::Container>,
+    /// The pod's sidecars (init containers with `restartPolicy: Always`) in their init
+    /// order, so a stop (also of a pod deleted from the document) stops them after the other
+    /// containers, the last first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sidecars: Vec<String>,
 }
 
 /// `sandbox.json` / `shim.pid`: a process and its start time (clock ticks since boot, field 22

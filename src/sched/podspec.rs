@@ -69,8 +69,10 @@ fn container_requests(c: &Value) -> (Resources, Resources) {
     (actual, nonzero)
 }
 
-/// The pod's effective requests: the sum over containers, or the largest init container if
-/// that is more. Returns `(actual, non-zero for scoring)`.
+/// The pod's effective requests, as Kubernetes counts them with native sidecars: the app
+/// containers' sum plus the sidecars' (init containers with `restartPolicy: Always`, which run
+/// beside them), or, if more, the largest of what runs at once during init (each regular init
+/// container with the sidecars started before it). Returns `(actual, non-zero for scoring)`.
 pub fn pod_requests(spec: &Value) -> (Resources, Resources) {
     let mut sum = (Resources::default(), Resources::default());
     for c in spec["containers"]
@@ -82,6 +84,8 @@ pub fn pod_requests(spec: &Value) -> (Resources, Resources) {
         let (a, n) = container_requests(c);
         sum = (sum.0.add(a), sum.1.add(n));
     }
+    let mut sidecars = (Resources::default(), Resources::default());
+    let mut init_peak = (Resources::default(), Resources::default());
     for c in spec["initContainers"]
         .as_array()
         .into_iter()
@@ -89,9 +93,20 @@ pub fn pod_requests(spec: &Value) -> (Resources, Resources) {
         .take(MAX_ITEMS)
     {
         let (a, n) = container_requests(c);
-        sum = (sum.0.max(a), sum.1.max(n));
+        if c["restartPolicy"] == "Always" {
+            sidecars = (sidecars.0.add(a), sidecars.1.add(n));
+            init_peak = (init_peak.0.max(sidecars.0), init_peak.1.max(sidecars.1));
+        } else {
+            init_peak = (
+                init_peak.0.max(sidecars.0.add(a)),
+                init_peak.1.max(sidecars.1.add(n)),
+            );
+        }
     }
-    sum
+    (
+        sum.0.add(sidecars.0).max(init_peak.0),
+        sum.1.add(sidecars.1).max(init_peak.1),
+    )
 }
 
 /// `spec.nodeSelector` as sorted pairs (`None` when absent or empty).
@@ -367,6 +382,29 @@ mod tests {
         assert_eq!(actual.memory, (64 << 20) + (1 << 30));
         assert_eq!(nonzero.cpu, 2000);
         assert_eq!(nonzero.memory, (64 << 20) + (1 << 30) + DEFAULT_MEMORY);
+    }
+
+    #[test]
+    fn sidecars_add_to_the_app_containers_and_to_the_init_containers_after_them() {
+        let cpu = |m: &str| json!({"resources": {"requests": {"cpu": m}}});
+        let mut sidecar = cpu("300m");
+        sidecar["restartPolicy"] = json!("Always");
+        // Init: 500m alone, then the sidecar (300m) beside the 1 CPU one = 1300m; after
+        // init: 200m of app + 300m of sidecar = 500m.
+        let spec = json!({
+            "containers": [cpu("200m")],
+            "initContainers": [cpu("500m"), sidecar.clone(), cpu("1")],
+        });
+        assert_eq!(pod_requests(&spec).0.cpu, 1300);
+        let spec = json!({
+            "containers": [cpu("2")],
+            "initContainers": [cpu("500m"), sidecar, cpu("1")],
+        });
+        assert_eq!(
+            pod_requests(&spec).0.cpu,
+            2300,
+            "the sidecar runs beside the app"
+        );
     }
 
     #[test]

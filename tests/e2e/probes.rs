@@ -7,7 +7,11 @@
 //! deletion (issue 17): a deleted pod is listed `Terminating` with its `deletionTimestamp`
 //! while its container runs out its grace period, leaves its Service's endpoints at once and
 //! is gone afterwards; `--grace-period=1` ends sooner, a second `DELETE` restarts nothing, and
-//! `--force --grace-period=0` removes the pod from the API at once.
+//! `--force --grace-period=0` removes the pod from the API at once. Init containers and a
+//! native sidecar (issue 18): they run in order before the app container (each appends to a
+//! shared emptyDir, the app checks the order), with their statuses and logs; a failing init
+//! container holds the app back and shows `Init:CrashLoopBackOff` / `Init:Error` in `kubectl
+//! get pods`; probes on a regular init container are refused.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -516,6 +520,7 @@ spec:
     );
 
     deleted_pods_terminate_gracefully();
+    init_containers_run_in_order();
 }
 
 /// The runc id of the first container of `p`.
@@ -649,4 +654,229 @@ fn runc_running(id: &str) -> bool {
         .expect("run runc state");
     let state: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     state["status"] == "running"
+}
+
+/// Two init containers around a sidecar whose startup probe waits for its own line: each
+/// appends its name to the shared emptyDir, the app checks the order and then runs beside the
+/// sidecar. `init-crash` and `init-never` have an init container that fails.
+const INIT_PODS: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: init-order
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - name: work
+    emptyDir: {}
+  initContainers:
+  - name: first
+    image: shoal.test/busybox:1
+    command: ["sh", "-c", "echo first | tee -a /work/order"]
+    volumeMounts: [{name: work, mountPath: /work}]
+  - name: proxy
+    image: shoal.test/busybox:1
+    restartPolicy: Always
+    command: ["sh", "-c", "echo proxy >> /work/order; while true; do sleep 1; done"]
+    volumeMounts: [{name: work, mountPath: /work}]
+    startupProbe:
+      exec:
+        command: ["grep", "-q", "proxy", "/work/order"]
+      periodSeconds: 1
+  - name: second
+    image: shoal.test/busybox:1
+    command: ["sh", "-c", "echo second | tee -a /work/order"]
+    volumeMounts: [{name: work, mountPath: /work}]
+  containers:
+  - name: app
+    image: shoal.test/busybox:1
+    command: ["sh", "-c", "echo app >> /work/order; echo order: $(cat /work/order); exec sleep 3600"]
+    volumeMounts: [{name: work, mountPath: /work}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: init-crash
+spec:
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - name: ok
+    image: shoal.test/busybox:1
+    command: ["true"]
+  - name: broken
+    image: shoal.test/busybox:1
+    command: ["sh", "-c", "echo broken; exit 3"]
+  containers:
+  - name: app
+    image: shoal.test/busybox:1
+    command: ["sleep", "3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: init-never
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - name: broken
+    image: shoal.test/busybox:1
+    command: ["sh", "-c", "exit 2"]
+  containers:
+  - name: app
+    image: shoal.test/busybox:1
+    command: ["sleep", "3600"]
+"#;
+
+/// `kubectl get pod <name>`'s STATUS column (the server's Table, as kubectl prints it).
+fn status_column(name: &str) -> Result<String, String> {
+    let row = kubectl("n1", &["get", "pod", name, "--no-headers"])?;
+    row.split_whitespace()
+        .nth(2)
+        .map(str::to_string)
+        .ok_or_else(|| format!("no STATUS column: {row}"))
+}
+
+/// The `initContainerStatuses` entry of `container` in `p`.
+fn init_status<'a>(p: &'a Value, container: &str) -> &'a Value {
+    p["status"]["initContainerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == container)
+        .unwrap_or(&Value::Null)
+}
+
+/// Init containers and native sidecars (issue 18).
+fn init_containers_run_in_order() {
+    let bad = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: badinit
+spec:
+  initContainers:
+  - name: setup
+    image: shoal.test/busybox:1
+    readinessProbe:
+      exec:
+        command: ["true"]
+  containers:
+  - name: main
+    image: shoal.test/busybox:1
+"#;
+    let err = super::workloads::kubectl_stdin("n1", &["apply"], bad)
+        .expect_err("a probe on a regular init container must be refused");
+    assert!(
+        err.contains("spec.initContainers[0].readinessProbe: Forbidden: may not be set for init containers without restartPolicy=Always"),
+        "unclear refusal: {err}"
+    );
+    assert!(kubectl("n1", &["get", "pod", "badinit"]).is_err());
+
+    apply("n1", INIT_PODS);
+
+    // Order: first, the sidecar (started once its startup probe saw its line), second, app.
+    let p = eventually("init-order's app runs", START, || {
+        let p = pod("init-order")?;
+        match p["status"]["containerStatuses"][0]["state"]["running"].is_null() {
+            true => Err(format!("app not running: {}", p["status"])),
+            false => Ok(p),
+        }
+    });
+    let log = eventually("init-order's app logs the order", START, || {
+        let log = kubectl("n1", &["logs", "init-order", "-c", "app"])?;
+        log.contains("order:").then_some(log.clone()).ok_or(log)
+    });
+    assert_eq!(log.trim(), "order: first proxy second app", "{log}");
+    assert_eq!(
+        kubectl_ok("n1", &["logs", "init-order", "-c", "first"]).trim(),
+        "first"
+    );
+    assert_eq!(
+        kubectl_ok("n1", &["logs", "init-order", "-c", "second"]).trim(),
+        "second"
+    );
+    for name in ["first", "second"] {
+        let s = init_status(&p, name);
+        assert_eq!(s["state"]["terminated"]["exitCode"], 0, "{name}: {s}");
+        assert_eq!(
+            s["state"]["terminated"]["reason"], "Completed",
+            "{name}: {s}"
+        );
+        assert_eq!(s["ready"], true, "{name}: {s}");
+        assert_eq!(s["restartCount"], 0, "{name}: {s}");
+    }
+    let p = eventually("init-order is ready", START, || {
+        let p = pod("init-order")?;
+        match condition(&p, "Ready").as_str() {
+            "True" => Ok(p),
+            _ => Err(format!("not ready: {}", p["status"])),
+        }
+    });
+    let sidecar = init_status(&p, "proxy");
+    assert!(sidecar["state"]["running"].is_object(), "{sidecar}");
+    assert_eq!(
+        (&sidecar["started"], &sidecar["ready"]),
+        (&true.into(), &true.into())
+    );
+    assert_eq!(condition(&p, "Initialized"), "True");
+    assert_eq!(p["status"]["phase"], "Running");
+    let row = kubectl_ok("n1", &["get", "pod", "init-order", "--no-headers"]);
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[1..3], ["2/2", "Running"], "the sidecar counts: {row}");
+
+    // A failing init container is restarted with back-off and holds the app back.
+    eventually(
+        "init-crash shows Init:CrashLoopBackOff",
+        START,
+        || match status_column("init-crash")?.as_str() {
+            "Init:CrashLoopBackOff" => Ok(()),
+            other => Err(other.to_string()),
+        },
+    );
+    let p = pod("init-crash").unwrap();
+    let broken = init_status(&p, "broken");
+    assert!(broken["restartCount"].as_u64() >= Some(1), "{broken}");
+    assert_eq!(broken["lastState"]["terminated"]["exitCode"], 3, "{broken}");
+    assert_eq!(init_status(&p, "ok")["state"]["terminated"]["exitCode"], 0);
+    let app = &p["status"]["containerStatuses"][0];
+    assert_eq!(
+        app["state"]["waiting"]["reason"], "PodInitializing",
+        "{app}"
+    );
+    assert_eq!(app["restartCount"], 0, "{app}");
+    assert_eq!(p["status"]["phase"], "Pending");
+    assert_eq!(condition(&p, "Initialized"), "False");
+    assert_eq!(
+        kubectl_ok("n1", &["logs", "init-crash", "-c", "broken"]).trim(),
+        "broken"
+    );
+
+    // Under restartPolicy Never the failure is final: Init:Error, phase Failed, no app.
+    let p = eventually(
+        "init-never shows Init:Error",
+        START,
+        || match status_column("init-never")?.as_str() {
+            "Init:Error" => Ok(pod("init-never")?),
+            other => Err(other.to_string()),
+        },
+    );
+    assert_eq!(p["status"]["phase"], "Failed", "{}", p["status"]);
+    let broken = init_status(&p, "broken");
+    assert_eq!(broken["state"]["terminated"]["exitCode"], 2, "{broken}");
+    assert_eq!(broken["restartCount"], 0, "{broken}");
+    let app = &p["status"]["containerStatuses"][0];
+    assert_eq!(
+        app["state"]["waiting"]["reason"], "PodInitializing",
+        "{app}"
+    );
+    kubectl_ok(
+        "n1",
+        &[
+            "delete",
+            "pod",
+            "init-order",
+            "init-crash",
+            "init-never",
+            "--wait=false",
+        ],
+    );
 }

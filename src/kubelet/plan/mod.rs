@@ -16,14 +16,14 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, Utc};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, Pod};
 
 use crate::model::backoff::Backoff;
-use crate::model::observed::{AttemptState, ObservedPod};
+use crate::model::observed::{AttemptState, ObservedAttempt, ObservedPod};
 use crate::model::workload::{EventReason, EventType, PodStatusRecord};
 
 pub use outcome::{Ledger, Outcome, PullRecord};
-pub use status::{container_status, pod_phase};
+pub use status::{container_status, pod_phase, pod_phase_with_init};
 
 /// Container restarts: the first is immediate, then 10 s doubling up to 5 min (Kubernetes').
 pub const RESTART_BACKOFF: Backoff = Backoff::KUBELET;
@@ -84,13 +84,42 @@ impl DesiredPod {
             .and_then(|s| s.restart_policy.as_deref())
             .unwrap_or("Always")
     }
-    pub fn containers(&self) -> &[k8s_openapi::api::core::v1::Container] {
+    /// The app containers (`spec.containers`).
+    pub fn containers(&self) -> &[Container] {
         self.pod
             .spec
             .as_ref()
             .map(|s| s.containers.as_slice())
             .unwrap_or(&[])
     }
+    /// The init containers (`spec.initContainers`), in their order; sidecars among them.
+    pub fn init_containers(&self) -> &[Container] {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_deref())
+            .unwrap_or(&[])
+    }
+    /// Every container the kubelet runs for the pod: the init containers in their order,
+    /// then the app containers. Names are unique across both (admission).
+    pub fn all_containers(&self) -> impl Iterator<Item = &Container> {
+        self.init_containers().iter().chain(self.containers())
+    }
+    /// The containers whose probes run: the app containers and the sidecars (admission
+    /// refuses probes on the other init containers).
+    pub fn probed_containers(&self) -> impl Iterator<Item = &Container> {
+        self.init_containers()
+            .iter()
+            .filter(|c| is_sidecar(c))
+            .chain(self.containers())
+    }
+}
+
+/// Whether an init container is a native sidecar (`restartPolicy: Always`): started in its
+/// init order, kept running and restarted whatever the pod's policy, stopped after the app
+/// containers.
+pub fn is_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -250,17 +279,18 @@ pub struct Planner {
     /// Attempts being killed for a failed liveness/startup probe: (pod key, container,
     /// restart) → when the stop began and its grace period.
     container_stops: BTreeMap<(String, String, u32), (DateTime<Utc>, i64)>,
+    /// Attempts of stopping pods that got their preStop + SIGTERM: (pod key, container,
+    /// restart).
+    signalled: BTreeSet<(String, String, u32)>,
     /// Last `Unhealthy` event per (pod key, container, probe).
     unhealthy: BTreeMap<(String, String, probe::ProbeKind), DateTime<Utc>>,
 }
 
-/// The waiting message of the pod's first container in a status.
+/// The waiting message of the pod's first container (its first init container, if any) in a
+/// status.
 fn first_waiting_message(status: &serde_json::Value, desired: &DesiredPod) -> Option<String> {
-    let first = desired.containers().first()?;
-    status["containerStatuses"]
-        .as_array()?
-        .iter()
-        .find(|c| c["name"] == first.name.as_str())?["state"]["waiting"]["message"]
+    let first = desired.all_containers().next()?;
+    status::container_entry(status, &first.name)?["state"]["waiting"]["message"]
         .as_str()
         .map(str::to_string)
 }
@@ -332,6 +362,49 @@ pub(crate) struct ContainerPlan {
     pub pulling: bool,
 }
 
+impl ContainerPlan {
+    /// Nothing to do this round: waiting for its turn, or running, or exited for good.
+    fn held() -> Self {
+        ContainerPlan {
+            start: None,
+            backoff: None,
+            image_missing: None,
+            pulling: false,
+        }
+    }
+}
+
+/// The init containers' plans and whether the app containers may run.
+struct InitPlan {
+    plans: BTreeMap<String, ContainerPlan>,
+    initialized: bool,
+}
+
+/// Whether the pod will run nothing more (its policy is not `Always`): every app container
+/// exited for good, or a regular init container failed under `Never`.
+fn pod_done(desired: &DesiredPod, observed: Option<&ObservedPod>) -> bool {
+    let policy = desired.restart_policy();
+    let Some(o) = observed.filter(|_| policy != "Always") else {
+        return false;
+    };
+    let exit_code = |c: &Container| match o.containers.get(&c.name).map(|oc| &oc.latest.state) {
+        Some(AttemptState::Exited(e)) => Some(e.exit_code),
+        _ => None,
+    };
+    let init_failed = policy == "Never"
+        && desired
+            .init_containers()
+            .iter()
+            .filter(|c| !is_sidecar(c))
+            .any(|c| exit_code(c).is_some_and(|code| code != 0));
+    let apps_over = !desired.containers().is_empty()
+        && desired
+            .containers()
+            .iter()
+            .all(|c| exit_code(c).is_some_and(|code| !should_restart(policy, code)));
+    init_failed || apps_over
+}
+
 impl Planner {
     pub fn new() -> Self {
         Self::default()
@@ -359,6 +432,8 @@ impl Planner {
             input.observed.contains_key(k)
                 && input.desired.get(k).is_none_or(DesiredPod::is_terminating)
         });
+        let stopping = &self.stopping;
+        self.signalled.retain(|(k, _, _)| stopping.contains_key(k));
         self.backoff
             .retain(|(k, _), _| input.desired.contains_key(k));
         self.unhealthy
@@ -411,63 +486,19 @@ impl Planner {
         let recorded = input
             .recorded
             .get(&(target.namespace.clone(), target.name.clone()));
-        let policy = desired.restart_policy().to_string();
-        let mut plans = BTreeMap::new();
+        let policy = desired.restart_policy();
+        let init = self.plan_init(input, desired, observed, &container_busy, actions);
+        let mut plans = init.plans;
         for c in desired.containers() {
-            let (image_missing, pulling) =
-                match input.images.get(&(key.to_string(), c.name.clone())) {
-                    Some(ImageState::Ready) => (None, false),
-                    Some(ImageState::Unavailable { reason, message }) => {
-                        (Some((reason.clone(), message.clone())), false)
-                    }
-                    Some(ImageState::Pulling) | None => (None, true),
-                };
-            let latest = observed
-                .and_then(|o| o.containers.get(&c.name))
-                .map(|oc| &oc.latest);
-            let mut plan = ContainerPlan {
-                start: None,
-                backoff: None,
-                image_missing: None,
-                pulling: false,
+            let plan = if init.initialized {
+                let latest = observed
+                    .and_then(|o| o.containers.get(&c.name))
+                    .map(|oc| &oc.latest);
+                self.plan_container(input, key, c, latest, policy, container_busy(&c.name))
+            } else {
+                // Held back until every init container is done.
+                ContainerPlan::held()
             };
-            match latest.map(|a| (&a.state, a.restart)) {
-                None => {
-                    if image_missing.is_some() {
-                        plan.image_missing = image_missing;
-                    } else if pulling {
-                        plan.pulling = true;
-                    } else {
-                        plan.start = Some(0);
-                    }
-                }
-                Some((AttemptState::Exited(exit), restart))
-                    if should_restart(&policy, exit.exit_code) =>
-                {
-                    let bkey = (key.to_string(), c.name.clone());
-                    let mut delay = *self.backoff.get(&bkey).unwrap_or(&backoff_for(restart));
-                    let ran = exit
-                        .started_at
-                        .map(|s| exit.finished_at - s)
-                        .unwrap_or_default();
-                    if ran >= Duration::seconds(BACKOFF_RESET) {
-                        delay = 0;
-                    }
-                    if image_missing.is_some() {
-                        plan.image_missing = image_missing;
-                    } else if pulling {
-                        plan.pulling = true;
-                    } else if input.now >= exit.finished_at + Duration::seconds(delay) {
-                        plan.start = Some(restart + 1);
-                        if !container_busy(&c.name) {
-                            self.backoff.insert(bkey, next_backoff(delay));
-                        }
-                    } else {
-                        plan.backoff = Some(delay);
-                    }
-                }
-                Some(_) => {}
-            }
             plans.insert(c.name.clone(), plan);
         }
 
@@ -568,6 +599,7 @@ impl Planner {
             input,
             recorded,
             sandbox_message.as_deref(),
+            init.initialized,
         );
         let now_says = first_waiting_message(&status, desired);
         if waiting_for_cidr && now_says.as_deref() == sandbox_message.as_deref() {
@@ -583,7 +615,7 @@ impl Planner {
         }
         // Events on transitions of a container's waiting reason.
         let old = recorded.map(|r| &r.status);
-        for c in desired.containers() {
+        for c in desired.all_containers() {
             let new_reason = status::waiting_reason(&status, &c.name);
             let old_reason = old.and_then(|o| status::waiting_reason(o, &c.name));
             let plan = &plans[&c.name];
@@ -659,6 +691,187 @@ impl Planner {
         }
     }
 
+    /// The start, back-off or wait of one container whose turn it is, under `policy` (the
+    /// pod's for app containers; see [`Planner::plan_init`] for init containers).
+    fn plan_container(
+        &mut self,
+        input: &Inputs,
+        key: &str,
+        c: &Container,
+        latest: Option<&ObservedAttempt>,
+        policy: &str,
+        busy: bool,
+    ) -> ContainerPlan {
+        let (image_missing, pulling) = match input.images.get(&(key.to_string(), c.name.clone())) {
+            Some(ImageState::Ready) => (None, false),
+            Some(ImageState::Unavailable { reason, message }) => {
+                (Some((reason.clone(), message.clone())), false)
+            }
+            Some(ImageState::Pulling) | None => (None, true),
+        };
+        let mut plan = ContainerPlan::held();
+        match latest.map(|a| (&a.state, a.restart)) {
+            None => {
+                if image_missing.is_some() {
+                    plan.image_missing = image_missing;
+                } else if pulling {
+                    plan.pulling = true;
+                } else {
+                    plan.start = Some(0);
+                }
+            }
+            Some((AttemptState::Exited(exit), restart))
+                if should_restart(policy, exit.exit_code) =>
+            {
+                let bkey = (key.to_string(), c.name.clone());
+                let mut delay = *self.backoff.get(&bkey).unwrap_or(&backoff_for(restart));
+                let ran = exit
+                    .started_at
+                    .map(|s| exit.finished_at - s)
+                    .unwrap_or_default();
+                if ran >= Duration::seconds(BACKOFF_RESET) {
+                    delay = 0;
+                }
+                if image_missing.is_some() {
+                    plan.image_missing = image_missing;
+                } else if pulling {
+                    plan.pulling = true;
+                } else if input.now >= exit.finished_at + Duration::seconds(delay) {
+                    plan.start = Some(restart + 1);
+                    if !busy {
+                        self.backoff.insert(bkey, next_backoff(delay));
+                    }
+                } else {
+                    plan.backoff = Some(delay);
+                }
+            }
+            Some(_) => {}
+        }
+        plan
+    }
+
+    /// The init containers, in order (Kubernetes' rules): each starts once every one before it
+    /// is done — a regular init container when it exited 0, a sidecar (`restartPolicy:
+    /// Always`) when it runs and its startup probe passed. A failed regular init container is
+    /// restarted with back-off unless the pod's policy is `Never` (then the pod fails); a
+    /// sidecar is restarted whatever the pod's policy, until the pod is done: then the live
+    /// sidecars are stopped, the last first. An init container already started is planned
+    /// even if one before it is down again (the sequence is not re-run from scratch). The pod
+    /// is initialized once the sequence is done, or once any app container has started (so a
+    /// sidecar's restart never holds the app containers back again).
+    fn plan_init(
+        &mut self,
+        input: &Inputs,
+        desired: &DesiredPod,
+        observed: Option<&ObservedPod>,
+        container_busy: &dyn Fn(&str) -> bool,
+        actions: &mut Vec<Action>,
+    ) -> InitPlan {
+        let key = desired.key.as_str();
+        let policy = desired.restart_policy();
+        let init_policy = if policy == "Never" {
+            "Never"
+        } else {
+            "OnFailure"
+        };
+        let latest = |name: &str| {
+            observed
+                .and_then(|o| o.containers.get(name))
+                .map(|oc| &oc.latest)
+        };
+        let app_started = desired
+            .containers()
+            .iter()
+            .any(|c| latest(&c.name).is_some());
+        let done = pod_done(desired, observed);
+        let mut plans = BTreeMap::new();
+        let mut sequence_done = true;
+        let mut live_sidecars = Vec::new();
+        for c in desired.init_containers() {
+            let attempt = latest(&c.name);
+            let sidecar = is_sidecar(c);
+            let plan = if (sequence_done || attempt.is_some()) && !(sidecar && done) {
+                let policy = if sidecar { "Always" } else { init_policy };
+                self.plan_container(input, key, c, attempt, policy, container_busy(&c.name))
+            } else {
+                ContainerPlan::held()
+            };
+            plans.insert(c.name.clone(), plan);
+            let finished = match attempt.map(|a| (&a.state, a.restart)) {
+                Some((AttemptState::Running { .. }, restart)) if sidecar => {
+                    live_sidecars.push((c, restart));
+                    input.probes.verdict(key, c, restart).started
+                }
+                Some((AttemptState::Exited(e), _)) => !sidecar && e.exit_code == 0,
+                _ => false,
+            };
+            sequence_done &= finished;
+        }
+        if done {
+            self.stop_sidecars(input, desired, &live_sidecars, container_busy, actions);
+        }
+        InitPlan {
+            plans,
+            initialized: sequence_done || app_started,
+        }
+    }
+
+    /// Stops the running sidecars of a pod that is done, one at a time and the last first
+    /// (preStop and SIGTERM, SIGKILL after the pod's grace period, again every
+    /// [`KILL_REPEAT`] s): Kubernetes' order, which keeps a proxy or log shipper up until the
+    /// containers after it have stopped.
+    fn stop_sidecars(
+        &mut self,
+        input: &Inputs,
+        desired: &DesiredPod,
+        live: &[(&Container, u32)],
+        container_busy: &dyn Fn(&str) -> bool,
+        actions: &mut Vec<Action>,
+    ) {
+        let key = desired.key.as_str();
+        let mut stopping = false;
+        for (c, restart) in live {
+            let skey = (key.to_string(), c.name.clone(), *restart);
+            let Some((since, grace)) = self.container_stops.get(&skey).copied() else {
+                continue;
+            };
+            stopping = true;
+            if input.now >= since + Duration::seconds(grace) && !container_busy(&c.name) {
+                let next = input.now - Duration::seconds(grace) + Duration::seconds(KILL_REPEAT);
+                self.container_stops.insert(skey, (next, grace));
+                actions.push(kill(key, &c.name, *restart));
+            }
+        }
+        let Some((c, restart)) = live.last().filter(|_| !stopping) else {
+            return;
+        };
+        if container_busy(&c.name) {
+            return;
+        }
+        let grace = i64::try_from(desired.grace_seconds()).unwrap_or(30);
+        self.container_stops.insert(
+            (key.to_string(), c.name.clone(), *restart),
+            (input.now, grace),
+        );
+        actions.push(Action::Event {
+            target: EventTarget {
+                namespace: desired.namespace(),
+                name: desired.name(),
+                uid: desired.uid(),
+            },
+            event_type: EventType::Normal,
+            reason: EventReason::Killing,
+            message: format!("Stopping container {}", c.name),
+        });
+        actions.push(first_stop(
+            key,
+            &c.name,
+            *restart,
+            grace,
+            probe::pre_stop_of(c),
+        ));
+    }
+
     /// A desired pod being deleted (`metadata.deletionTimestamp`): its containers get
     /// `grace` seconds from the first round that sees it (preStop, SIGTERM, then SIGKILL), a
     /// shorter grace of a later `DELETE` brings the SIGKILL forward, and once nothing runs
@@ -721,10 +934,52 @@ impl Planner {
         let deadline = Duration::try_seconds(grace)
             .and_then(|d| input.now.checked_add_signed(d))
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        match self.stopping.get(key) {
-            None => {
-                self.stopping.insert(key.into(), (deadline, false));
+        let due = match self.stopping.get(key) {
+            None => None,
+            // A shorter grace (a second `DELETE`) brings the first SIGKILL forward.
+            Some(&(due, true)) => Some((due, true)),
+            Some(&(due, false)) => Some((due.min(deadline), false)),
+        };
+        match due {
+            Some((due, _)) if input.now >= due => {
+                // SIGKILL now, and again every 5 s while anything survives it.
+                let next = input.now + Duration::seconds(KILL_REPEAT);
+                self.stopping.insert(key.into(), (next, true));
                 for (name, restart) in live {
+                    actions.push(kill(key, name, restart));
+                }
+            }
+            Some((due, true)) => {
+                self.stopping.insert(key.into(), (due, true));
+            }
+            due => {
+                let due = due.map_or(deadline, |(d, _)| d);
+                self.stopping.insert(key.into(), (due, false));
+                // The app (and regular init) containers first; then the sidecars, the last
+                // first, each once the ones after it have stopped, within what is left of
+                // the grace period.
+                let sidecars = &observed.meta.sidecars;
+                let others: Vec<(&String, u32)> = live
+                    .iter()
+                    .filter(|(n, _)| !sidecars.contains(n))
+                    .copied()
+                    .collect();
+                let stage = if others.is_empty() {
+                    sidecars
+                        .iter()
+                        .rev()
+                        .find_map(|s| live.iter().find(|(n, _)| *n == s))
+                        .copied()
+                        .into_iter()
+                        .collect()
+                } else {
+                    others
+                };
+                let left = (due - input.now).num_seconds();
+                for (name, restart) in stage {
+                    if !self.signalled.insert((key.into(), name.clone(), restart)) {
+                        continue;
+                    }
                     actions.push(Action::Event {
                         target: target.clone(),
                         event_type: EventType::Normal,
@@ -735,21 +990,7 @@ impl Planner {
                         .iter()
                         .find(|c| &c.name == name)
                         .and_then(probe::pre_stop_of);
-                    actions.push(first_stop(key, name, restart, grace, pre_stop));
-                }
-            }
-            Some(&(due, killed)) => {
-                // A shorter grace (a second `DELETE`) brings the first SIGKILL forward.
-                let due = if killed { due } else { due.min(deadline) };
-                if input.now >= due {
-                    // SIGKILL now, and again every 5 s while anything survives it.
-                    let next = input.now + Duration::seconds(KILL_REPEAT);
-                    self.stopping.insert(key.into(), (next, true));
-                    for (name, restart) in live {
-                        actions.push(kill(key, name, restart));
-                    }
-                } else {
-                    self.stopping.insert(key.into(), (due, killed));
+                    actions.push(first_stop(key, name, restart, left, pre_stop));
                 }
             }
         }
@@ -769,7 +1010,7 @@ impl Planner {
         actions: &mut Vec<Action>,
     ) {
         let key = desired.key.as_str();
-        for c in desired.containers() {
+        for c in desired.probed_containers() {
             let Some(oc) = observed.containers.get(&c.name) else {
                 continue;
             };
@@ -944,7 +1185,7 @@ fn check_invariants(input: &Inputs, actions: &[Action]) {
         if let Action::StartContainer { key, container, .. } = action {
             let d = &input.desired[key];
             assert!(
-                d.containers().iter().any(|c| &c.name == container),
+                d.all_containers().any(|c| &c.name == container),
                 "a start of a container the pod does not have: {action:?}"
             );
         }

@@ -201,9 +201,11 @@ pub fn pre_stop_of(container: &Container) -> Option<Result<Handler, String>> {
 
 /// The containers with a preStop hook, trimmed to what running it needs (name, ports,
 /// lifecycle): kept in the pod dir, so the hook also runs once the pod is deleted.
-pub fn hooked_containers(containers: &[Container]) -> Vec<Container> {
+pub fn hooked_containers<'a>(
+    containers: impl IntoIterator<Item = &'a Container>,
+) -> Vec<Container> {
     containers
-        .iter()
+        .into_iter()
         .filter(|c| c.lifecycle.as_ref().is_some_and(|l| l.pre_stop.is_some()))
         .map(|c| Container {
             name: c.name.clone(),

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
-use super::{ContainerPlan, DesiredPod, Inputs};
+use k8s_openapi::api::core::v1::Container;
+
+use super::{is_sidecar, ContainerPlan, DesiredPod, Inputs};
 use crate::model::observed::{AttemptState, ExitRecord, ObservedAttempt, ObservedPod};
 use crate::model::workload::PodStatusRecord;
 
@@ -159,12 +161,74 @@ pub fn pod_phase(statuses: &[Value], policy: &str) -> &'static str {
     }
 }
 
-/// `containerStatuses[name].state.waiting.reason` of a recorded status.
-pub fn waiting_reason(status: &Value, name: &str) -> Option<String> {
-    status["containerStatuses"]
-        .as_array()?
+fn is_init(desired: &DesiredPod, c: &Container) -> bool {
+    desired.init_containers().iter().any(|i| i.name == c.name)
+}
+
+/// Kubernetes' phase rules with init containers (kubelet `getPhase`): a regular init
+/// container still to complete keeps the pod `Pending` (until an app container has run), a
+/// failed one under `Never` fails it; a sidecar counts as running once started, and a
+/// stopped sidecar does not count. `sidecars[i]` says whether init container `i` is one.
+pub fn pod_phase_with_init(
+    sidecars: &[bool],
+    init: &[Value],
+    app: &[Value],
+    policy: &str,
+) -> &'static str {
+    let (mut pending, mut failed) = (0, 0);
+    let mut sidecars_running = 0;
+    for (s, sidecar) in init.iter().zip(sidecars) {
+        let state = &s["state"];
+        let last_exit = &s["lastState"]["terminated"]["exitCode"];
+        if *sidecar {
+            if state.get("running").is_some() {
+                if s["started"] != true {
+                    pending += 1;
+                }
+                sidecars_running += 1;
+            } else if state.get("waiting").is_some() && last_exit.is_null() {
+                pending += 1;
+            }
+        } else if let Some(t) = state.get("terminated") {
+            if t["exitCode"] != 0 {
+                failed += 1;
+            }
+        } else if state.get("waiting").is_some() && !last_exit.is_null() {
+            if *last_exit != 0 {
+                failed += 1;
+            }
+        } else {
+            pending += 1;
+        }
+    }
+    if failed > 0 && policy == "Never" {
+        return "Failed";
+    }
+    let app_started = app
         .iter()
-        .find(|c| c["name"] == name)?["state"]["waiting"]["reason"]
+        .any(|s| s["state"].get("waiting").is_none() || !s["lastState"]["terminated"].is_null());
+    if pending > 0 && !app_started {
+        return "Pending";
+    }
+    match pod_phase(app, policy) {
+        // Every app container has stopped, but a sidecar still runs.
+        "Succeeded" | "Failed" if sidecars_running > 0 => "Running",
+        phase => phase,
+    }
+}
+
+/// The `initContainerStatuses` or `containerStatuses` entry of container `name`.
+pub fn container_entry<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    ["initContainerStatuses", "containerStatuses"]
+        .iter()
+        .filter_map(|list| status[*list].as_array())
+        .flatten()
+        .find(|c| c["name"] == name)
+}
+
+/// `state.waiting.reason` of container `name` (init or app) in a recorded status.
+pub fn waiting_reason(status: &Value, name: &str) -> Option<String> {
+    container_entry(status, name)?["state"]["waiting"]["reason"]
         .as_str()
         .map(str::to_string)
 }
@@ -176,52 +240,89 @@ pub(crate) fn pod_status(
     input: &Inputs,
     recorded: Option<&PodStatusRecord>,
     sandbox_message: Option<&str>,
+    initialized: bool,
 ) -> Value {
     let (name, ns, uid) = (desired.name(), desired.namespace(), desired.uid());
-    let statuses: Vec<Value> = desired
-        .containers()
-        .iter()
-        .map(|c| {
-            let plan = plans.get(&c.name);
-            container_status(
-                &c.name,
-                c.image.as_deref().unwrap_or_default(),
-                observed.and_then(|o| o.containers.get(&c.name)),
-                plan.and_then(|p| p.backoff),
-                plan.and_then(|p| {
-                    p.image_missing
-                        .as_ref()
-                        .map(|(r, m)| (r.as_str(), m.as_str()))
-                }),
-                plan.is_some_and(|p| p.start.is_some()),
-                (&name, &ns, &uid),
-                &desired.key,
-            )
-        })
-        .collect();
-    let mut statuses = statuses;
-    // A running container is started once its startup probe passed, ready once started and
-    // its readiness probe passes (each true without the probe).
-    for (s, c) in statuses.iter_mut().zip(desired.containers()) {
-        let running = observed
-            .and_then(|o| o.containers.get(&c.name))
-            .filter(|oc| matches!(oc.latest.state, AttemptState::Running { .. }));
-        if let Some(oc) = running {
+    // A container not created yet waits as `PodInitializing` in a pod with init containers
+    // (the kubelet's default waiting state), `ContainerCreating` otherwise.
+    let creating = if desired.init_containers().is_empty() {
+        "ContainerCreating"
+    } else {
+        "PodInitializing"
+    };
+    let entry = |c: &Container| {
+        let plan = plans.get(&c.name);
+        let oc = observed.and_then(|o| o.containers.get(&c.name));
+        let mut s = container_status(
+            &c.name,
+            c.image.as_deref().unwrap_or_default(),
+            oc,
+            plan.and_then(|p| p.backoff),
+            plan.and_then(|p| {
+                p.image_missing
+                    .as_ref()
+                    .map(|(r, m)| (r.as_str(), m.as_str()))
+            }),
+            plan.is_some_and(|p| p.start.is_some()),
+            (&name, &ns, &uid),
+            &desired.key,
+        );
+        if oc.is_none() && s["state"]["waiting"]["reason"] == "ContainerCreating" {
+            s["state"]["waiting"]["reason"] = json!(creating);
+        }
+        // A running container is started once its startup probe passed, ready once started
+        // and its readiness probe passes (each true without the probe).
+        let running = oc.filter(|oc| matches!(oc.latest.state, AttemptState::Running { .. }));
+        if let (Some(oc), true) = (running, is_sidecar(c) || !is_init(desired, c)) {
             let v = input.probes.verdict(&desired.key, c, oc.latest.restart);
             s["started"] = json!(v.started);
             s["ready"] = json!(v.ready);
+        } else if is_init(desired, c) && !is_sidecar(c) {
+            // A regular init container is ready once it completed.
+            s["ready"] = json!(s["state"]["terminated"]["exitCode"] == 0);
         }
-    }
+        s
+    };
+    let mut init_statuses: Vec<Value> = desired.init_containers().iter().map(entry).collect();
+    let mut statuses: Vec<Value> = desired.containers().iter().map(entry).collect();
     if let Some(message) = sandbox_message {
         // Containers waiting for their sandbox say why.
-        for s in &mut statuses {
-            if s["state"]["waiting"]["reason"] == "ContainerCreating" {
+        for s in init_statuses.iter_mut().chain(&mut statuses) {
+            let reason = &s["state"]["waiting"]["reason"];
+            if reason == "ContainerCreating" || reason == "PodInitializing" {
                 s["state"]["waiting"]["message"] = json!(message);
             }
         }
     }
-    let phase = pod_phase(&statuses, desired.restart_policy());
-    let all_ready = !statuses.is_empty() && statuses.iter().all(|s| s["ready"] == true);
+    let sidecars: Vec<bool> = desired.init_containers().iter().map(is_sidecar).collect();
+    let phase = pod_phase_with_init(
+        &sidecars,
+        &init_statuses,
+        &statuses,
+        desired.restart_policy(),
+    );
+    // The sidecars count for readiness beside the app containers (Kubernetes' ContainersReady).
+    let readiness: Vec<&Value> = init_statuses
+        .iter()
+        .zip(&sidecars)
+        .filter(|(_, sidecar)| **sidecar)
+        .map(|(s, _)| s)
+        .chain(&statuses)
+        .collect();
+    let all_ready =
+        initialized && !statuses.is_empty() && readiness.iter().all(|s| s["ready"] == true);
+    let incomplete: Vec<&str> = init_statuses
+        .iter()
+        .zip(&sidecars)
+        .filter(|(s, sidecar)| {
+            if **sidecar {
+                s["started"] != true
+            } else {
+                s["state"]["terminated"]["exitCode"] != 0
+            }
+        })
+        .filter_map(|(s, _)| s["name"].as_str())
+        .collect();
     let old_conditions = recorded
         .map(|r| r.status["conditions"].clone())
         .unwrap_or(Value::Null);
@@ -236,8 +337,14 @@ pub(crate) fn pod_status(
             .and_then(|c| c["lastTransitionTime"].as_str().map(str::to_string))
             .unwrap_or_else(|| ts(input.now));
         let mut c = json!({"type": kind, "status": value, "lastTransitionTime": since, "lastProbeTime": null});
-        if !ok && (kind == "Ready" || kind == "ContainersReady") {
-            let not_ready: Vec<&str> = statuses
+        if !ok && kind == "Initialized" {
+            c["reason"] = json!("ContainersNotInitialized");
+            c["message"] = json!(format!(
+                "containers with incomplete status: [{}]",
+                incomplete.join(" ")
+            ));
+        } else if !ok && (kind == "Ready" || kind == "ContainersReady") {
+            let not_ready: Vec<&str> = readiness
                 .iter()
                 .filter(|s| s["ready"] != true)
                 .filter_map(|s| s["name"].as_str())
@@ -252,7 +359,7 @@ pub(crate) fn pod_status(
     };
     let conditions = vec![
         condition("PodScheduled", true),
-        condition("Initialized", true),
+        condition("Initialized", initialized),
         condition("ContainersReady", all_ready),
         condition("Ready", all_ready),
     ];
@@ -263,6 +370,9 @@ pub(crate) fn pod_status(
         "hostIPs": [{"ip": input.node_ip}],
         "containerStatuses": statuses,
     });
+    if !init_statuses.is_empty() {
+        status["initContainerStatuses"] = json!(init_statuses);
+    }
     if let Some(o) = observed {
         status["startTime"] = json!(ts(o.meta.created_at));
     }

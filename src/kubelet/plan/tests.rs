@@ -39,6 +39,7 @@ fn observed(containers: &[(&str, u32, AttemptState)], sandbox: bool) -> Observed
             grace_seconds: 5,
             created_at: t(0),
             hooks: Vec::new(),
+            sidecars: Vec::new(),
         },
         sandbox: sandbox.then_some(ProcessRecord {
             pid: 10,
@@ -116,8 +117,7 @@ impl World {
             .desired
             .values()
             .flat_map(|d| {
-                d.containers()
-                    .iter()
+                d.all_containers()
                     .map(|c| {
                         (
                             (d.key.clone(), c.name.clone()),
@@ -822,7 +822,7 @@ fn sync_probes(w: &mut World) {
         let Some(o) = w.observed.get(key) else {
             continue;
         };
-        for c in d.containers() {
+        for c in d.probed_containers() {
             if let Some(oc) = o.containers.get(&c.name) {
                 if let AttemptState::Running { started_at } = oc.latest.state {
                     running.push(probe::RunningAttempt {
@@ -1162,6 +1162,7 @@ fn execute(w: &mut World, actions: &[Action], fail: &mut impl FnMut() -> bool, n
                             grace_seconds: 2,
                             created_at: now,
                             hooks: Vec::new(),
+                            sidecars: Vec::new(),
                         },
                         sandbox: None,
                         network: None,
@@ -1489,4 +1490,387 @@ fn finalization_removes_only_the_same_pod_still_being_deleted() {
     assert!(!finalizes(Some(&pod("u2", true)), "u1"), "re-created since");
     assert!(!finalizes(Some(&pod("u1", false)), "u1"));
     assert!(!finalizes(None, "u1"));
+}
+
+/// Pod "web" with these init containers (`name`, or `name` with extra fields) and app
+/// containers.
+fn with_init(policy: &str, init: serde_json::Value, containers: &[&str]) -> DesiredPod {
+    let mut d = desired(policy, containers);
+    let init: Vec<k8s_openapi::api::core::v1::Container> = init
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let mut c = match c {
+                serde_json::Value::String(n) => serde_json::json!({"name": n}),
+                other => other.clone(),
+            };
+            c["image"] = "img:1".into();
+            serde_json::from_value(c).unwrap()
+        })
+        .collect();
+    d.pod.spec.as_mut().unwrap().init_containers = Some(init);
+    d
+}
+
+fn sidecar(name: &str) -> serde_json::Value {
+    serde_json::json!({"name": name, "restartPolicy": "Always"})
+}
+
+/// Sets the latest attempt of `name` in the world's pod "b1".
+fn set(w: &mut World, name: &str, restart: u32, state: AttemptState) {
+    let o = w.observed.get_mut("b1").unwrap();
+    let previous = o.containers.remove(name).map(|c| c.latest);
+    o.containers.insert(
+        name.into(),
+        ObservedContainer {
+            latest: ObservedAttempt { restart, state },
+            previous,
+        },
+    );
+}
+
+fn init_status<'a>(w: &'a World, name: &str) -> &'a serde_json::Value {
+    status::container_entry(w.status(), name).unwrap()
+}
+
+fn condition(w: &World, kind: &str) -> serde_json::Value {
+    w.status()["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == kind)
+        .unwrap()["status"]
+        .clone()
+}
+
+#[test]
+fn init_containers_run_one_at_a_time_to_completion_before_the_app_containers() {
+    let mut p = Planner::new();
+    let d = with_init("Always", serde_json::json!(["i1", "i2"]), &["a", "b"]);
+    let mut w = World::new(Some(d), None);
+    assert_eq!(
+        runtime_actions(&w.plan(&mut p, t(0))),
+        [&Action::CreateSandbox { key: "b1".into() }]
+    );
+    assert_eq!(
+        init_status(&w, "i1")["state"]["waiting"]["reason"],
+        "PodInitializing"
+    );
+    assert_eq!(
+        init_status(&w, "a")["state"]["waiting"]["reason"],
+        "PodInitializing"
+    );
+    assert_eq!(w.status()["phase"], "Pending");
+    assert_eq!(condition(&w, "Initialized"), "False");
+    w.observed.insert("b1".into(), observed(&[], true));
+    assert_eq!(starts(&w.plan(&mut p, t(1))), [("i1".to_string(), 0)]);
+    set(&mut w, "i1", 0, running(1));
+    assert!(starts(&w.plan(&mut p, t(2))).is_empty(), "i2 waits for i1");
+    set(&mut w, "i1", 0, exited(0, 1, 3));
+    assert_eq!(starts(&w.plan(&mut p, t(3))), [("i2".to_string(), 0)]);
+    assert_eq!(init_status(&w, "i1")["ready"], true);
+    assert_eq!(
+        init_status(&w, "i1")["state"]["terminated"]["reason"],
+        "Completed"
+    );
+    set(&mut w, "i2", 0, running(3));
+    assert!(starts(&w.plan(&mut p, t(4))).is_empty());
+    assert_eq!(w.status()["phase"], "Pending");
+    set(&mut w, "i2", 0, exited(0, 3, 5));
+    let actions = w.plan(&mut p, t(5));
+    assert_eq!(
+        starts(&actions),
+        [("a".to_string(), 0), ("b".to_string(), 0)],
+        "the app containers start together once every init container completed"
+    );
+    assert_eq!(condition(&w, "Initialized"), "True");
+    set(&mut w, "a", 0, running(5));
+    set(&mut w, "b", 0, running(5));
+    assert!(
+        starts(&w.plan(&mut p, t(6))).is_empty(),
+        "nothing runs twice"
+    );
+    assert_eq!(w.status()["phase"], "Running");
+    assert_eq!(
+        w.status()["initContainerStatuses"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // An app container's exit restarts it alone: init is not re-run.
+    set(&mut w, "a", 0, exited(1, 5, 7));
+    assert_eq!(starts(&w.plan(&mut p, t(7))), [("a".to_string(), 1)]);
+}
+
+#[test]
+fn a_failing_init_container_is_restarted_with_back_off_and_holds_the_app_back() {
+    for policy in ["Always", "OnFailure"] {
+        let mut p = Planner::new();
+        let d = with_init(policy, serde_json::json!(["i1", "i2"]), &["a"]);
+        let mut w = World::new(Some(d), Some(observed(&[("i1", 0, exited(0, 0, 1))], true)));
+        set(&mut w, "i2", 0, exited(1, 1, 2));
+        assert_eq!(
+            starts(&w.plan(&mut p, t(2))),
+            [("i2".to_string(), 1)],
+            "{policy}: the failed one alone is restarted, at once the first time"
+        );
+        set(&mut w, "i2", 1, exited(1, 2, 3));
+        assert!(
+            starts(&w.plan(&mut p, t(4))).is_empty(),
+            "{policy}: back-off"
+        );
+        let i2 = init_status(&w, "i2");
+        assert_eq!(i2["state"]["waiting"]["reason"], "CrashLoopBackOff");
+        assert_eq!(i2["restartCount"], 1);
+        assert_eq!(i2["lastState"]["terminated"]["exitCode"], 1);
+        assert_eq!(w.status()["phase"], "Pending");
+        assert_eq!(condition(&w, "Initialized"), "False");
+        assert_eq!(
+            init_status(&w, "a")["state"]["waiting"]["reason"],
+            "PodInitializing"
+        );
+        assert_eq!(starts(&w.plan(&mut p, t(13))), [("i2".to_string(), 2)]);
+        // Completing at last lets the app start.
+        set(&mut w, "i2", 2, exited(0, 13, 14));
+        assert_eq!(starts(&w.plan(&mut p, t(14))), [("a".to_string(), 0)]);
+        assert_eq!(init_status(&w, "i2")["restartCount"], 2);
+    }
+}
+
+#[test]
+fn a_failed_init_container_fails_a_pod_that_never_restarts() {
+    let mut p = Planner::new();
+    let d = with_init("Never", serde_json::json!(["i1", sidecar("s")]), &["a"]);
+    let mut w = World::new(Some(d), Some(observed(&[("i1", 0, exited(2, 0, 1))], true)));
+    assert!(starts(&w.plan(&mut p, t(5))).is_empty());
+    assert_eq!(w.status()["phase"], "Failed");
+    let i1 = init_status(&w, "i1");
+    assert_eq!(i1["state"]["terminated"]["exitCode"], 2);
+    assert_eq!(i1["ready"], false);
+    assert_eq!(
+        init_status(&w, "s")["state"]["waiting"]["reason"],
+        "PodInitializing"
+    );
+}
+
+#[test]
+fn a_sidecar_is_done_once_started_keeps_running_and_is_restarted_whatever_the_policy() {
+    let mut p = Planner::new();
+    let d = with_init("Never", serde_json::json!([sidecar("s"), "i2"]), &["a"]);
+    let mut w = World::new(Some(d), Some(observed(&[], true)));
+    assert_eq!(starts(&w.plan(&mut p, t(0))), [("s".to_string(), 0)]);
+    set(&mut w, "s", 0, running(1));
+    assert_eq!(starts(&w.plan(&mut p, t(1))), [("i2".to_string(), 0)]);
+    assert_eq!(init_status(&w, "s")["started"], true);
+    // The sidecar exits while i2 runs: restarted although the pod's policy is Never.
+    set(&mut w, "i2", 0, running(1));
+    set(&mut w, "s", 0, exited(0, 1, 2));
+    assert_eq!(starts(&w.plan(&mut p, t(2))), [("s".to_string(), 1)]);
+    set(&mut w, "s", 1, running(2));
+    set(&mut w, "i2", 0, exited(0, 1, 3));
+    assert_eq!(starts(&w.plan(&mut p, t(3))), [("a".to_string(), 0)]);
+    set(&mut w, "a", 0, running(3));
+    w.plan(&mut p, t(4));
+    assert_eq!(w.status()["phase"], "Running");
+    assert_eq!(condition(&w, "Ready"), "True");
+    // The sidecar crashing after the app started never holds the app back.
+    set(&mut w, "s", 1, exited(1, 2, 5));
+    set(&mut w, "a", 0, running(3));
+    assert!(starts(&w.plan(&mut p, t(5))).is_empty(), "back-off");
+    assert_eq!(
+        init_status(&w, "s")["state"]["waiting"]["reason"],
+        "CrashLoopBackOff"
+    );
+    assert_eq!(condition(&w, "Initialized"), "True");
+    assert_eq!(
+        condition(&w, "Ready"),
+        "False",
+        "a sidecar counts for readiness"
+    );
+    assert_eq!(w.status()["phase"], "Running");
+    assert_eq!(starts(&w.plan(&mut p, t(15))), [("s".to_string(), 2)]);
+}
+
+#[test]
+fn a_sidecar_with_a_startup_probe_holds_the_next_init_container_until_it_passes() {
+    let mut p = Planner::new();
+    let mut s = sidecar("s");
+    s["startupProbe"] = serde_json::json!({"exec": {"command": ["true"]}, "periodSeconds": 1});
+    let d = with_init("Always", serde_json::json!([s, "i2"]), &["a"]);
+    let mut w = World::new(Some(d), Some(observed(&[("s", 0, running(0))], true)));
+    sync_probes(&mut w);
+    assert!(starts(&w.plan(&mut p, t(0))).is_empty());
+    assert_eq!(init_status(&w, "s")["started"], false);
+    probe_all(&mut w, t(1), Ok(()));
+    assert_eq!(starts(&w.plan(&mut p, t(1))), [("i2".to_string(), 0)]);
+    assert_eq!(init_status(&w, "s")["started"], true);
+}
+
+fn stops(actions: &[Action]) -> Vec<(String, Signal)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::KillContainer {
+                container, signal, ..
+            } => Some((container.clone(), *signal)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn sidecars_stop_after_the_app_containers_the_last_first() {
+    // A pod that completes (a Job's): its sidecars are stopped once the app exited.
+    let mut p = Planner::new();
+    let d = with_init(
+        "Never",
+        serde_json::json!([sidecar("s1"), sidecar("s2")]),
+        &["a"],
+    );
+    let o = observed(
+        &[
+            ("s1", 0, running(0)),
+            ("s2", 0, running(0)),
+            ("a", 0, running(1)),
+        ],
+        true,
+    );
+    let mut w = World::new(Some(d.clone()), Some(o.clone()));
+    assert!(stops(&w.plan(&mut p, t(2))).is_empty());
+    set(&mut w, "a", 0, exited(0, 1, 3));
+    let actions = w.plan(&mut p, t(3));
+    assert_eq!(stops(&actions), [("s2".to_string(), Signal::Term)]);
+    assert_eq!(w.status()["phase"], "Running", "a sidecar still runs");
+    assert!(stops(&w.plan(&mut p, t(4))).is_empty(), "s1 waits for s2");
+    assert_eq!(
+        stops(&w.plan(&mut p, t(8))),
+        [("s2".to_string(), Signal::Kill)],
+        "SIGKILL after the grace period"
+    );
+    set(&mut w, "s2", 0, exited(137, 0, 8));
+    assert_eq!(
+        stops(&w.plan(&mut p, t(8))),
+        [("s1".to_string(), Signal::Term)]
+    );
+    assert!(starts(&w.plan(&mut p, t(9))).is_empty(), "never restarted");
+    set(&mut w, "s1", 0, exited(0, 0, 9));
+    w.plan(&mut p, t(10));
+    assert_eq!(w.status()["phase"], "Succeeded");
+
+    // A pod being deleted: the app containers first, then the sidecars, the last first.
+    let mut p = Planner::new();
+    let mut o = o;
+    o.meta.sidecars = vec!["s1".into(), "s2".into()];
+    let mut w = World::new(Some(terminating(d, 30)), Some(o));
+    assert_eq!(
+        stops(&w.plan(&mut p, t(41))),
+        [("a".to_string(), Signal::Term)]
+    );
+    assert!(stops(&w.plan(&mut p, t(42))).is_empty());
+    set(&mut w, "a", 0, exited(143, 1, 43));
+    assert_eq!(
+        stops(&w.plan(&mut p, t(43))),
+        [("s2".to_string(), Signal::Term)]
+    );
+    set(&mut w, "s2", 0, exited(143, 0, 44));
+    let actions = w.plan(&mut p, t(44));
+    assert_eq!(stops(&actions), [("s1".to_string(), Signal::Term)]);
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::KillContainer { grace, .. } if *grace == 27)),
+        "within what is left of the grace period: {actions:?}"
+    );
+    assert_eq!(
+        stops(&w.plan(&mut p, t(71))),
+        [("s1".to_string(), Signal::Kill)],
+        "one deadline for the whole pod"
+    );
+}
+
+/// One step of the ordering property: an outcome for one container of the pod.
+#[derive(Clone, Debug)]
+enum Step {
+    /// The named container's start (if planned) happens: it runs.
+    Started(usize),
+    /// It exits with this code.
+    Exits(usize, i32),
+    /// Time passes.
+    Wait(i64),
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    /// Whatever the containers do and in whatever order, no app container is started before
+    /// every regular init container has exited 0, a regular init container starts only when
+    /// every one before it completed (and a sidecar before it was started), and nothing is
+    /// started that is already running.
+    #[test]
+    fn no_app_container_starts_before_init_completes(
+        policy in prop::sample::select(vec!["Always", "OnFailure", "Never"]),
+        sidecar_at in prop::option::of(0usize..3),
+        steps in prop::collection::vec(
+            prop_oneof![
+                (0usize..5).prop_map(Step::Started),
+                ((0usize..5), prop::sample::select(vec![0, 0, 1, 137])).prop_map(|(i, c)| Step::Exits(i, c)),
+                (1i64..400).prop_map(Step::Wait),
+            ],
+            1..60,
+        ),
+    ) {
+        let init: Vec<serde_json::Value> = (0..3)
+            .map(|i| {
+                let n = format!("i{i}");
+                if sidecar_at == Some(i) { sidecar(&n) } else { serde_json::json!(n) }
+            })
+            .collect();
+        let d = with_init(policy, serde_json::Value::Array(init), &["a", "b"]);
+        let names: Vec<String> = d.all_containers().map(|c| c.name.clone()).collect();
+        let mut p = Planner::new();
+        let mut w = World::new(Some(d.clone()), Some(observed(&[], true)));
+        let mut now = 0;
+        for step in steps {
+            for (name, restart) in starts(&w.plan(&mut p, t(now))) {
+                let state = |n: &str| w.observed["b1"].containers.get(n).map(|c| c.latest.state.clone());
+                prop_assert!(
+                    !matches!(state(&name), Some(AttemptState::Running { .. })),
+                    "{name} started while running"
+                );
+                let index = names.iter().position(|n| *n == name).unwrap();
+                for (j, before) in d.init_containers().iter().enumerate().take(index.min(3)) {
+                    let completed = matches!(state(&before.name), Some(AttemptState::Exited(e)) if e.exit_code == 0);
+                    let sidecar_up = is_sidecar(before) && state(&before.name).is_some();
+                    prop_assert!(
+                        completed || sidecar_up,
+                        "{name} started before init container {j} was done: {:?}",
+                        state(&before.name)
+                    );
+                }
+                set(&mut w, &name, restart, AttemptState::Creating);
+            }
+            match step {
+                Step::Started(i) => {
+                    let name = &names[i];
+                    if let Some(c) = w.observed["b1"].containers.get(name) {
+                        if matches!(c.latest.state, AttemptState::Creating) {
+                            let r = c.latest.restart;
+                            set(&mut w, name, r, running(now));
+                        }
+                    }
+                }
+                Step::Exits(i, code) => {
+                    let name = &names[i];
+                    if let Some(c) = w.observed["b1"].containers.get(name) {
+                        if !matches!(c.latest.state, AttemptState::Exited(_)) {
+                            let r = c.latest.restart;
+                            set(&mut w, name, r, exited(code, now, now));
+                        }
+                    }
+                }
+                Step::Wait(s) => now += s,
+            }
+        }
+    }
 }
