@@ -53,7 +53,27 @@ const KEY_DEFAULTS: &[(&str, &str)] = &[("protocol", "TCP")];
 pub struct Conflict {
     pub manager: String,
     pub api_version: String,
+    /// The owner's subresource (`scale`), empty for the object itself.
+    pub subresource: String,
+    /// When the owner's fields last changed, for an Update owner (Kubernetes prints it).
+    pub time: Option<String>,
     pub path: Path,
+}
+
+impl Conflict {
+    /// The owner as Kubernetes names it in a conflict: `"kubectl" with subresource "scale"
+    /// using apps/v1 at 2026-12-07T10:00:00Z`.
+    pub fn owner(&self) -> String {
+        let mut out = format!("{:?}", self.manager);
+        if !self.subresource.is_empty() {
+            out.push_str(&format!(" with subresource {:?}", self.subresource));
+        }
+        out.push_str(&format!(" using {}", self.api_version));
+        if let Some(time) = &self.time {
+            out.push_str(&format!(" at {time}"));
+        }
+        out
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -73,14 +93,7 @@ fn conflicts_message(conflicts: &[Conflict]) -> String {
     let n = conflicts.len();
     let list: Vec<String> = conflicts
         .iter()
-        .map(|c| {
-            format!(
-                "conflict with {:?} using {}: {}",
-                c.manager,
-                c.api_version,
-                display(&c.path)
-            )
-        })
+        .map(|c| format!("conflict with {}: {}", c.owner(), display(&c.path)))
         .collect();
     let noun = if n == 1 { "conflict" } else { "conflicts" };
     format!("Apply failed with {n} {noun}: {}", list.join("\n"))
@@ -672,12 +685,13 @@ pub fn apply(live: Option<&Value>, applied: &Value, req: &Apply) -> Result<Value
                 continue;
             }
             if value_at(live, path) != value_at(&applied, path) {
+                let text = |f: &str| entry.raw[f].as_str().unwrap_or_default().to_string();
                 conflicts.push(Conflict {
                     manager: entry.manager.clone(),
-                    api_version: entry.raw["apiVersion"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
+                    api_version: text("apiVersion"),
+                    subresource: entry.subresource.clone(),
+                    time: Some(text("time"))
+                        .filter(|t| entry.operation == "Update" && !t.is_empty()),
                     path: path.clone(),
                 });
             }
@@ -687,7 +701,10 @@ pub fn apply(live: Option<&Value>, applied: &Value, req: &Apply) -> Result<Value
         return Err(ApplyError::Conflicts(conflicts));
     }
     for entry in &mut others {
-        for c in conflicts.iter().filter(|c| c.manager == entry.manager) {
+        for c in conflicts
+            .iter()
+            .filter(|c| c.manager == entry.manager && c.subresource == entry.subresource)
+        {
             entry.fields.remove(&c.path);
         }
     }

@@ -268,7 +268,8 @@ fn updates_own_what_they_change() {
     .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "Apply failed with 1 conflict: conflict with \"kubectl-patch\" using v1: .data.a"
+        "Apply failed with 1 conflict: conflict with \"kubectl-patch\" using v1 at \
+         2026-12-07T10:00:00Z: .data.a"
     );
     // An unchanged write records nothing new.
     let mut same = patched.clone();

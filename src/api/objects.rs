@@ -266,7 +266,7 @@ fn ownership_error(info: &ResourceInfo, name: &str, error: apply::ApplyError) ->
                 .map(|c| Cause {
                     reason: "FieldManagerConflict".into(),
                     field: apply::display(&c.path),
-                    message: format!("conflict with {:?} using {}", c.manager, c.api_version),
+                    message: format!("conflict with {}", c.owner()),
                 })
                 .collect(),
         },

@@ -177,7 +177,7 @@ impl ApiError {
             })),
             ApiError::ApplyConflict { causes, .. } => Some(json!({
                 "causes": causes.iter().map(|c| json!({
-                    "type": c.reason, "reason": c.reason, "message": c.message, "field": c.field,
+                    "reason": c.reason, "message": c.message, "field": c.field,
                 })).collect::<Vec<_>>(),
             })),
             ApiError::TooManyRequests { causes, .. } => Some(json!({
