@@ -171,7 +171,7 @@ impl FieldOwner {
     }
 }
 
-/// The longest field manager name Kubernetes accepts.
+/// The longest field manager name Kubernetes accepts, in bytes.
 const MAX_FIELD_MANAGER: usize = 128;
 
 /// The request's field manager, as Kubernetes names it: the `fieldManager` parameter, else
@@ -179,7 +179,7 @@ const MAX_FIELD_MANAGER: usize = 128;
 pub fn field_manager(query: &Query, headers: &HeaderMap) -> Result<String, ApiError> {
     match query.get("fieldManager").filter(|m| !m.is_empty()) {
         Some(manager) => {
-            let problem = if manager.chars().count() > MAX_FIELD_MANAGER {
+            let problem = if manager.len() > MAX_FIELD_MANAGER {
                 Some(format!(
                     "Too long: may not be more than {MAX_FIELD_MANAGER} bytes"
                 ))
