@@ -3132,12 +3132,14 @@ fn stored_content(h: &Harness, resource: &str, name: &str) -> Value {
     }
     mask_allocated(&mut object);
     let meta = object["metadata"].as_object_mut().unwrap();
+    // managedFields name the fields each side sent, so they differ as the contents may.
     for field in [
         "name",
         "uid",
         "creationTimestamp",
         "resourceVersion",
         "generation",
+        "managedFields",
     ] {
         meta.remove(field);
     }
@@ -3312,6 +3314,310 @@ async fn kubectl_typed_creates_in_protobuf_store_what_json_would() {
     assert!(
         message.contains("\"CronTab\"") && message.contains("stable.example.com/v1"),
         "{message}"
+    );
+    h.stop().await;
+}
+
+/// The `managedFields` entries of `object` as (manager, operation, subresource).
+fn managers_of(object: &Value) -> Vec<(String, String, String)> {
+    object["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let text = |f: &str| e[f].as_str().unwrap_or_default().to_string();
+            (text("manager"), text("operation"), text("subresource"))
+        })
+        .collect()
+}
+
+/// `kubectl apply --server-side`: created if absent, fields owned per manager in
+/// `managedFields` (shown by `--show-managed-fields`), a field no longer applied is removed,
+/// another manager's change is a 409 naming the owner and the field, `--force-conflicts`
+/// takes the field over, a server dry run stores nothing, bad requests change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_server_side_apply_owns_fields_per_manager() {
+    let h = Harness::start().await;
+    let manifest = |data: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\ndata:\n{data}")
+    };
+    let file = h.write("ssa.yaml", &manifest("  a: \"1\"\n  b: \"2\"\n"));
+    let out = h.ok(&["apply", "--server-side", "-f", &file]).await;
+    assert!(out.contains("configmap/ssa serverside-applied"), "{out}");
+    let file = h.write("ssa.yaml", &manifest("  a: \"1\"\n"));
+    h.ok(&["apply", "--server-side", "-f", &file]).await;
+    let cm = h.backend.get("configmaps", "ssa").unwrap();
+    assert_eq!(cm["data"], json!({"a": "1"}), "{cm}");
+    let managed = &cm["metadata"]["managedFields"];
+    assert_eq!(
+        managers_of(&cm),
+        [("kubectl".into(), "Apply".into(), String::new())]
+    );
+    assert_eq!(managed[0]["fieldsV1"], json!({"f:data": {"f:a": {}}}));
+    assert_eq!(managed[0]["apiVersion"], "v1");
+    let shown = h
+        .ok(&[
+            "get",
+            "configmap",
+            "ssa",
+            "-o",
+            "yaml",
+            "--show-managed-fields",
+        ])
+        .await;
+    assert!(
+        shown.contains("managedFields:") && shown.contains("manager: kubectl"),
+        "{shown}"
+    );
+    let hidden = h.ok(&["get", "configmap", "ssa", "-o", "yaml"]).await;
+    assert!(!hidden.contains("managedFields"), "{hidden}");
+
+    // Another manager changing `a` conflicts; nothing is stored.
+    let other = h.write("other.yaml", &manifest("  a: \"9\"\n  c: \"3\"\n"));
+    let as_other = [
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "-f",
+        &other,
+    ];
+    let err = h.fails(&as_other).await;
+    assert!(
+        err.contains("Apply failed with 1 conflict: conflict with \"kubectl\" using v1: .data.a"),
+        "{err}"
+    );
+    assert_eq!(
+        h.backend.get("configmaps", "ssa").unwrap()["data"],
+        json!({"a": "1"})
+    );
+    // The Status Kubernetes answers: 409, reason Conflict, a cause per field.
+    let response = h
+        .req(
+            reqwest::Method::PATCH,
+            "/api/v1/namespaces/default/configmaps/ssa?fieldManager=raw",
+        )
+        .header("content-type", "application/apply-patch+yaml")
+        .body(manifest("  a: \"7\"\n"))
+        .send()
+        .await
+        .unwrap();
+    let (code, status) = status_of(response).await;
+    assert_eq!(code, 409, "{status}");
+    assert_eq!(status["reason"], "Conflict", "{status}");
+    assert_eq!(
+        status["details"]["causes"],
+        json!([{"reason": "FieldManagerConflict", "field": ".data.a",
+                "message": "conflict with \"kubectl\" using v1"}]),
+        "{status}"
+    );
+
+    // A server dry run answers the result and stores nothing.
+    let dry = h
+        .ok(&[
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--field-manager=other",
+            "--force-conflicts",
+            "-f",
+            &other,
+            "-o",
+            "json",
+        ])
+        .await;
+    let dry: Value = serde_json::from_str(&dry).unwrap();
+    assert_eq!(dry["data"], json!({"a": "9", "c": "3"}), "{dry}");
+    assert_eq!(
+        h.backend.get("configmaps", "ssa").unwrap()["data"],
+        json!({"a": "1"})
+    );
+
+    // Forced: `other` takes `a` over; kubectl owns nothing any more.
+    let mut forced = as_other.to_vec();
+    forced.insert(2, "--force-conflicts");
+    h.ok(&forced).await;
+    let cm = h.backend.get("configmaps", "ssa").unwrap();
+    assert_eq!(cm["data"], json!({"a": "9", "c": "3"}), "{cm}");
+    assert_eq!(
+        managers_of(&cm),
+        [("other".into(), "Apply".into(), String::new())]
+    );
+    // `other` stops applying `c`: it goes.
+    let other = h.write("other.yaml", &manifest("  a: \"9\"\n"));
+    h.ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "-f",
+        &other,
+    ])
+    .await;
+    let cm = h.backend.get("configmaps", "ssa").unwrap();
+    assert_eq!(cm["data"], json!({"a": "9"}), "{cm}");
+
+    // No fieldManager: 422 as Kubernetes answers; a body that is not YAML: 400. Unchanged.
+    let raw = |query: &str, body: &str| {
+        h.req(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/namespaces/default/configmaps/ssa{query}"),
+        )
+        .header("content-type", "application/apply-patch+yaml")
+        .body(body.to_string())
+        .send()
+    };
+    let (code, status) = status_of(raw("", &manifest("  a: \"5\"\n")).await.unwrap()).await;
+    assert_eq!(code, 422, "{status}");
+    assert_eq!(
+        status["details"]["causes"][0]["field"], "fieldManager",
+        "{status}"
+    );
+    let (code, status) = status_of(raw("?fieldManager=x", "data: [a: {").await.unwrap()).await;
+    assert_eq!(code, 400, "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid YAML"),
+        "{status}"
+    );
+    let (code, status) = status_of(
+        raw("?fieldManager=x&force=maybe", &manifest("  a: \"5\"\n"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 400, "{status}");
+    assert_eq!(
+        h.backend.get("configmaps", "ssa").unwrap()["data"],
+        json!({"a": "9"})
+    );
+    h.stop().await;
+}
+
+/// Deployments and Services by server-side apply: containers, ports and env merged and
+/// removed item by item; other writers (`kubectl scale`, `label`, client-side apply) get
+/// Update entries under kubectl's own manager names and conflict with the applier; an item
+/// without its key is refused; a client-side-applied object moves to server-side apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_server_side_apply_of_workloads_and_services() {
+    let h = Harness::start().await;
+    let deployment = |replicas: u32, containers: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n    spec:\n      containers:\n{containers}"
+        )
+    };
+    let web = "      - name: web\n        image: nginx:1\n        ports:\n        - containerPort: 80\n        - {containerPort: 53, protocol: UDP}\n        env:\n        - {name: A, value: \"1\"}\n        - {name: B, value: \"2\"}\n";
+    let side = "      - name: side\n        image: busybox\n";
+    let file = h.write("web.yaml", &deployment(2, &format!("{web}{side}")));
+    let out = h.ok(&["apply", "--server-side", "-f", &file]).await;
+    assert!(
+        out.contains("deployment.apps/web serverside-applied"),
+        "{out}"
+    );
+    let d = h.backend.get("deployments.apps", "web").unwrap();
+    let fields = &d["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["f:template"]["f:spec"]
+        ["f:containers"]["k:{\"name\":\"web\"}"];
+    assert!(
+        fields["f:ports"]["k:{\"containerPort\":53,\"protocol\":\"UDP\"}"].is_object(),
+        "{fields}"
+    );
+
+    // The sidecar, a port and an env item leave the configuration: they leave the object.
+    let web2 = "      - name: web\n        image: nginx:1\n        ports:\n        - containerPort: 80\n        env:\n        - {name: A, value: \"1\"}\n";
+    let file = h.write("web.yaml", &deployment(2, web2));
+    h.ok(&["apply", "--server-side", "-f", &file]).await;
+    let d = h.backend.get("deployments.apps", "web").unwrap();
+    let containers = &d["spec"]["template"]["spec"]["containers"];
+    assert_eq!(containers.as_array().unwrap().len(), 1, "{containers}");
+    assert_eq!(containers[0]["env"], json!([{"name": "A", "value": "1"}]));
+    assert_eq!(
+        containers[0]["ports"].as_array().unwrap().len(),
+        1,
+        "{containers}"
+    );
+
+    // Other writers: Update entries, by kubectl's names or (scale sends none) its user agent.
+    h.ok(&["scale", "deployment", "web", "--replicas=3"]).await;
+    h.ok(&["label", "deployment", "web", "team=a"]).await;
+    let d = h.backend.get("deployments.apps", "web").unwrap();
+    let managers = managers_of(&d);
+    assert!(
+        managers.contains(&("kubectl".into(), "Update".into(), "scale".into())),
+        "{managers:?}"
+    );
+    assert!(
+        managers.contains(&("kubectl-label".into(), "Update".into(), String::new())),
+        "{managers:?}"
+    );
+    // The applier still says 2 replicas: conflict with the scaler, until forced.
+    let err = h.fails(&["apply", "--server-side", "-f", &file]).await;
+    assert!(
+        err.contains("conflict with \"kubectl\" with subresource \"scale\" using apps/v1 at ")
+            && err.contains(".spec.replicas"),
+        "{err}"
+    );
+    h.ok(&["apply", "--server-side", "--force-conflicts", "-f", &file])
+        .await;
+    let d = h.backend.get("deployments.apps", "web").unwrap();
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(
+        d["metadata"]["labels"]["team"], "a",
+        "the label is kubectl-label's"
+    );
+
+    // An item without its key is refused, naming it; nothing changes.
+    let file = h.write("bad.yaml", &deployment(2, "      - image: nginx:1\n"));
+    let err = h.fails(&["apply", "--server-side", "-f", &file]).await;
+    assert!(
+        err.contains("omits key field \\\"name\\\"") || err.contains("omits key field \"name\""),
+        "{err}"
+    );
+
+    // A Service: ports by port and protocol.
+    let service = |ports: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector: {{app: web}}\n  ports:\n{ports}")
+    };
+    let file = h.write(
+        "svc.yaml",
+        &service("  - {name: http, port: 80, targetPort: 8080}\n  - {name: dns, port: 53, protocol: UDP}\n"),
+    );
+    let out = h.ok(&["apply", "--server-side", "-f", &file]).await;
+    assert!(out.contains("service/web serverside-applied"), "{out}");
+    let file = h.write(
+        "svc.yaml",
+        &service("  - {name: http, port: 80, targetPort: 8081}\n"),
+    );
+    h.ok(&["apply", "--server-side", "-f", &file]).await;
+    let svc = h.backend.get("services", "web").unwrap();
+    let ports = svc["spec"]["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 1, "{svc}");
+    assert_eq!(ports[0]["targetPort"], 8081, "{svc}");
+    assert!(svc["spec"]["clusterIP"].is_string(), "{svc}");
+
+    // Client-side apply first (an Update by kubectl-client-side-apply), then server-side:
+    // kubectl moves the fields to its Apply entry; a field dropped afterwards goes.
+    let manifest = |data: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: moved\ndata:\n{data}")
+    };
+    let file = h.write("moved.yaml", &manifest("  a: \"1\"\n  b: \"2\"\n"));
+    h.ok(&["apply", "-f", &file]).await;
+    let cm = h.backend.get("configmaps", "moved").unwrap();
+    assert_eq!(
+        managers_of(&cm),
+        [(
+            "kubectl-client-side-apply".into(),
+            "Update".into(),
+            String::new()
+        )]
+    );
+    h.ok(&["apply", "--server-side", "-f", &file]).await;
+    let file = h.write("moved.yaml", &manifest("  a: \"1\"\n"));
+    h.ok(&["apply", "--server-side", "-f", &file]).await;
+    let cm = h.backend.get("configmaps", "moved").unwrap();
+    assert_eq!(cm["data"], json!({"a": "1"}), "{cm}");
+    assert!(
+        managers_of(&cm).contains(&("kubectl".into(), "Apply".into(), String::new())),
+        "{cm}"
     );
     h.stop().await;
 }

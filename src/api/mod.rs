@@ -33,6 +33,7 @@
 //! by the API; a `status` sent by a user is dropped, and reads compute it.
 
 pub mod admission;
+mod apply;
 mod auth;
 mod backend;
 mod body;

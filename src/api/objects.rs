@@ -18,7 +18,7 @@ use std::sync::Arc;
 use base64::Engine;
 
 use super::backend::ObjectKey;
-use super::body::{decode, read_body};
+use super::body::{decode, media_type, read_body};
 use super::changelog::{key_of, Expired, Snapshot};
 use super::nodes;
 use super::patch::{self, PatchKind};
@@ -29,7 +29,7 @@ use super::table::{self, IncludeObject};
 use super::validation::{check_type_meta, validate_fields, validate_name};
 use super::watch::{self, WatchRequest};
 use super::workloads;
-use super::{admission, eviction, graceful, logs, pod_security, scale, services, ApiState};
+use super::{admission, apply, eviction, graceful, logs, pod_security, scale, services, ApiState};
 use crate::model::Readiness;
 
 /// Namespaces that exist even when nothing is stored for them.
@@ -144,6 +144,143 @@ pub fn is_true(value: Option<&String>) -> bool {
 
 fn now_rfc3339() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Who a write's fields belong to (`metadata.managedFields`, `api/apply.rs`).
+pub enum FieldOwner {
+    /// An ordinary write: `manager` owns what it changed (operation `Update`).
+    Update {
+        manager: String,
+        subresource: &'static str,
+    },
+    /// A server-side apply: the apply core has already written `managedFields`.
+    Applied,
+}
+
+impl FieldOwner {
+    /// An ordinary write by the request's field manager.
+    pub fn update(
+        query: &Query,
+        headers: &HeaderMap,
+        subresource: &'static str,
+    ) -> Result<Self, ApiError> {
+        Ok(FieldOwner::Update {
+            manager: field_manager(query, headers)?,
+            subresource,
+        })
+    }
+}
+
+/// The longest field manager name Kubernetes accepts, in bytes.
+const MAX_FIELD_MANAGER: usize = 128;
+
+/// The request's field manager, as Kubernetes names it: the `fieldManager` parameter, else
+/// the user agent up to its first `/` (`kubectl/v1.32.0 (linux/amd64) ...` is `kubectl`).
+pub fn field_manager(query: &Query, headers: &HeaderMap) -> Result<String, ApiError> {
+    match query.get("fieldManager").filter(|m| !m.is_empty()) {
+        Some(manager) => {
+            let problem = if manager.len() > MAX_FIELD_MANAGER {
+                Some(format!(
+                    "Too long: may not be more than {MAX_FIELD_MANAGER} bytes"
+                ))
+            } else if manager.chars().any(char::is_control) {
+                Some(format!(
+                    "Invalid value: {manager:?}: must only contain printable characters"
+                ))
+            } else {
+                None
+            };
+            match problem {
+                Some(message) => Err(options_invalid("fieldManager", message)),
+                None => Ok(manager.clone()),
+            }
+        }
+        None => {
+            let agent = headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let prefix = agent.split('/').next().unwrap_or_default();
+            Ok(prefix
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(MAX_FIELD_MANAGER)
+                .collect())
+        }
+    }
+}
+
+/// A 422 on a request option (Kubernetes: `PatchOptions.meta.k8s.io "" is invalid`).
+fn options_invalid(field: &str, message: String) -> ApiError {
+    ApiError::Invalid {
+        kind: "PatchOptions.meta.k8s.io".into(),
+        name: String::new(),
+        causes: vec![Cause {
+            reason: if message.starts_with("Required") {
+                "FieldValueRequired".into()
+            } else {
+                "FieldValueInvalid".into()
+            },
+            field: field.into(),
+            message,
+        }],
+    }
+}
+
+/// Records `owner`'s fields in `object` (changed from `live`).
+fn record_owner(
+    info: &ResourceInfo,
+    name: &str,
+    live: Option<&Value>,
+    object: &mut Value,
+    owner: &FieldOwner,
+) -> Result<(), ApiError> {
+    let FieldOwner::Update {
+        manager,
+        subresource,
+    } = owner
+    else {
+        return Ok(());
+    };
+    let api_version = info.api_version();
+    let now = now_rfc3339();
+    let request = apply::Update {
+        manager,
+        api_version: &api_version,
+        now: &now,
+        keys: info.merge_keys,
+        subresource,
+    };
+    apply::record_update(live, object, &request).map_err(|e| ownership_error(info, name, e))
+}
+
+/// An error of `api/apply.rs` as Kubernetes answers it: 409 Conflict with one
+/// `FieldManagerConflict` cause per field, 400 for what cannot be applied, 422 naming a
+/// malformed `managedFields` entry.
+fn ownership_error(info: &ResourceInfo, name: &str, error: apply::ApplyError) -> ApiError {
+    match error {
+        apply::ApplyError::Conflicts(ref conflicts) => ApiError::ApplyConflict {
+            message: error.to_string(),
+            causes: conflicts
+                .iter()
+                .map(|c| Cause {
+                    reason: "FieldManagerConflict".into(),
+                    field: apply::display(&c.path),
+                    message: format!("conflict with {}", c.owner()),
+                })
+                .collect(),
+        },
+        apply::ApplyError::Invalid(message) => ApiError::BadRequest(message),
+        apply::ApplyError::ManagedFields { field, message } => ApiError::Invalid {
+            kind: info.qualified_kind(),
+            name: name.to_string(),
+            causes: vec![Cause {
+                reason: "FieldValueInvalid".into(),
+                field,
+                message,
+            }],
+        },
+    }
 }
 
 pub fn json_response(code: StatusCode, value: &Value) -> Response {
@@ -786,8 +923,19 @@ fn create(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Response, ApiError> {
+    let owner = FieldOwner::update(query, headers, "")?;
+    create_object(state, target, query, decode(headers, body)?, &owner)
+}
+
+/// Creates `object` (decoded from a create body, or made by a server-side apply).
+fn create_object(
+    state: &ApiState,
+    target: &Target,
+    query: &Query,
+    mut object: Value,
+    owner: &FieldOwner,
+) -> Result<Response, ApiError> {
     let info = target.info;
-    let mut object = decode(headers, body)?;
     check_type_meta(info, &mut object)?;
     let mut warnings = validate_fields(info, &mut object, query)?;
     settle_namespace(target, &mut object)?;
@@ -816,6 +964,7 @@ fn create(
     }
     admit(info, &mut object, None, &name)?;
     warnings.extend(pod_security::admit(state, info, &object, None, &name)?);
+    record_owner(info, &name, None, &mut object, owner)?;
     if find_stored(state, info, target.namespace.as_deref(), &name).is_some() {
         return Err(ApiError::AlreadyExists {
             resource: info.plural.into(),
@@ -954,6 +1103,7 @@ fn update_metadata(state: &ApiState, existing: &Value, object: &mut Value) {
 
 /// Shared tail of replace, patch and scale: checks, metadata, store. `existing` is the
 /// stored object (without computed status).
+#[allow(clippy::too_many_arguments)]
 fn store_update(
     state: &ApiState,
     target: &Target,
@@ -961,9 +1111,19 @@ fn store_update(
     existing: &Value,
     object: Value,
     query: &Query,
+    owner: &FieldOwner,
     mut warnings: Vec<String>,
 ) -> Result<Response, ApiError> {
-    let object = store(state, target, name, existing, object, query, &mut warnings)?;
+    let object = store(
+        state,
+        target,
+        name,
+        existing,
+        object,
+        query,
+        owner,
+        &mut warnings,
+    )?;
     let namespace = target.namespace.as_deref();
     let object = as_served(state, target.info, namespace, name, object, dry_run(query));
     Ok(with_warnings(
@@ -973,7 +1133,8 @@ fn store_update(
 }
 
 /// Checks, completes and stores an updated object; returns what was stored. Admission's
-/// warnings are added to `warnings`.
+/// warnings are added to `warnings`; `owner`'s fields are recorded in `managedFields`.
+#[allow(clippy::too_many_arguments)]
 pub fn store(
     state: &ApiState,
     target: &Target,
@@ -981,6 +1142,7 @@ pub fn store(
     existing: &Value,
     mut object: Value,
     query: &Query,
+    owner: &FieldOwner,
     warnings: &mut Vec<String>,
 ) -> Result<Value, ApiError> {
     let info = target.info;
@@ -1037,6 +1199,7 @@ pub fn store(
         Some(existing),
         name,
     )?);
+    record_owner(info, name, Some(existing), &mut object, owner)?;
     update_metadata(state, existing, &mut object);
     persist(
         state,
@@ -1099,7 +1262,10 @@ fn replace(
     let warnings = validate_fields(info, &mut object, query)?;
     let existing = find_stored(state, info, target.namespace.as_deref(), name)
         .ok_or_else(|| ApiError::not_found(info.plural, name))?;
-    store_update(state, target, name, &existing, object, query, warnings)
+    let owner = FieldOwner::update(query, headers, "")?;
+    store_update(
+        state, target, name, &existing, object, query, &owner, warnings,
+    )
 }
 
 fn patch(
@@ -1115,6 +1281,16 @@ fn patch(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
+    if media_type(headers, "") == "application/apply-patch+yaml" {
+        return server_side_apply(state, target, name, query, body);
+    }
+    if query.contains_key("force") {
+        return Err(options_invalid(
+            "force",
+            "Forbidden: may not be specified for non-apply patch".into(),
+        ));
+    }
+    let owner = FieldOwner::update(query, headers, "")?;
     let kind = PatchKind::from_content_type(content_type)
         .ok_or_else(|| ApiError::UnsupportedMediaType(PatchKind::refusal(content_type)))?;
     let patch_body: Value = serde_json::from_slice(body)
@@ -1131,7 +1307,103 @@ fn patch(
     }
     check_type_meta(info, &mut patched)?;
     let warnings = validate_fields(info, &mut patched, query)?;
-    store_update(state, target, name, &existing, patched, query, warnings)
+    store_update(
+        state, target, name, &existing, patched, query, &owner, warnings,
+    )
+}
+
+/// A server-side apply (`PATCH` with `application/apply-patch+yaml`, `api/apply.rs`): creates
+/// the object if absent, else merges it by field ownership; conflicts are `409` naming the
+/// managers and fields unless `force=true`.
+fn server_side_apply(
+    state: &ApiState,
+    target: &Target,
+    name: &str,
+    query: &Query,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let info = target.info;
+    if info.storage == Storage::Nodes {
+        return Err(ApiError::UnsupportedMediaType(
+            "server-side apply is not supported for nodes: use kubectl label, annotate, taint \
+             or cordon, or a merge patch"
+                .into(),
+        ));
+    }
+    if query.get("fieldManager").is_none_or(|m| m.is_empty()) {
+        return Err(options_invalid(
+            "fieldManager",
+            "Required value: is required for apply patch".into(),
+        ));
+    }
+    let manager = field_manager(query, &HeaderMap::new())?;
+    let force = match query.get("force").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "force must be true or false, not {other:?}"
+            )))
+        }
+    };
+    let mut applied: Value = serde_yaml::from_slice(body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "error decoding YAML: the applied configuration is not valid YAML or JSON: {e}"
+        ))
+    })?;
+    if !applied.is_object() {
+        return Err(ApiError::BadRequest(
+            "the applied configuration must be an object (a YAML mapping or a JSON object)".into(),
+        ));
+    }
+    check_type_meta(info, &mut applied)?;
+    match applied["metadata"]["name"].as_str() {
+        Some(n) if n == name => {}
+        Some(n) => {
+            return Err(ApiError::BadRequest(format!(
+                "the name of the applied object ({n}) does not match the name in the path ({name})"
+            )))
+        }
+        None => applied["metadata"]["name"] = json!(name),
+    }
+    settle_namespace(target, &mut applied)?;
+    // Types and unknown fields are checked (and unknown fields pruned) as for any write,
+    // before ownership is computed, so that nobody owns a field that is not stored.
+    let warnings = validate_fields(info, &mut applied, query)?;
+    let existing = find_stored(state, info, target.namespace.as_deref(), name);
+    let api_version = info.api_version();
+    let now = now_rfc3339();
+    let request = apply::Apply {
+        manager: &manager,
+        force,
+        api_version: &api_version,
+        now: &now,
+        keys: info.merge_keys,
+    };
+    let base = existing
+        .as_ref()
+        .map(|e| workloads::patch_base(info.kind, e));
+    let object = apply::apply(base.as_ref(), &applied, &request)
+        .map_err(|e| ownership_error(info, name, e))?;
+    let response = match existing {
+        None => create_object(state, target, query, object, &FieldOwner::Applied)?,
+        Some(existing) => {
+            let mut object = object;
+            check_type_meta(info, &mut object)?;
+            let more = validate_fields(info, &mut object, query)?;
+            store_update(
+                state,
+                target,
+                name,
+                &existing,
+                object,
+                query,
+                &FieldOwner::Applied,
+                more,
+            )?
+        }
+    };
+    Ok(with_warnings(response, &warnings))
 }
 
 /// `DeleteOptions` from the body (JSON, or protobuf as kubectl's typed clients send it)

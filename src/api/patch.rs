@@ -16,18 +16,22 @@ pub enum PatchKind {
 impl PatchKind {
     pub const ACCEPTED: &'static str =
         "application/json-patch+json, application/merge-patch+json, \
-         application/strategic-merge-patch+json";
+         application/strategic-merge-patch+json, application/apply-patch+yaml";
 
-    /// Why a PATCH with `content_type` is refused (415): server-side apply by name, anything
-    /// else with the types accepted.
+    /// Why a PATCH with `content_type` is refused (415), with the types accepted. Server-side
+    /// apply (`application/apply-patch+yaml`) is served on objects (`apply.rs`), not on
+    /// subresources: there it is refused by name.
     pub fn refusal(content_type: &str) -> String {
-        if content_type
-            .to_ascii_lowercase()
-            .starts_with("application/apply-patch")
-        {
-            "server-side apply (application/apply-patch+yaml, kubectl apply --server-side) is not \
-             supported yet: use kubectl apply without --server-side"
+        let media = content_type.to_ascii_lowercase();
+        if media.starts_with("application/apply-patch+yaml") {
+            "server-side apply (application/apply-patch+yaml) is served on objects, not on this \
+             subresource: use a merge or strategic merge patch here"
                 .to_string()
+        } else if media.starts_with("application/apply-patch") {
+            format!(
+                "server-side apply is served as application/apply-patch+yaml only, not \
+                 {content_type:?}"
+            )
         } else {
             format!(
                 "PATCH content type {content_type:?} is not supported; use one of {}",

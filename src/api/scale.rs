@@ -8,7 +8,7 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::body::read_body;
-use super::objects::{find, find_stored, json_response, store, Target};
+use super::objects::{find, find_stored, json_response, store, FieldOwner, Target};
 use super::patch::{self, no_merge_keys, PatchKind};
 use super::status::{ApiError, Cause};
 use super::workloads::format_selector;
@@ -148,6 +148,7 @@ pub async fn handle(
         Some(rv) if method == Method::PUT => json!(rv),
         _ => json!(""),
     };
+    let owner = FieldOwner::update(query, headers, "scale")?;
     let stored = store(
         state,
         target,
@@ -155,6 +156,7 @@ pub async fn handle(
         &existing,
         object,
         query,
+        &owner,
         &mut Vec::new(),
     )?;
     let mut response = current;

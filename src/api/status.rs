@@ -74,6 +74,10 @@ pub enum ApiError {
     /// retries later.
     #[error("{message}")]
     TooManyRequests { message: String, causes: Vec<Cause> },
+    /// A server-side apply that would take fields other managers own: 409, reason
+    /// `Conflict`, one `FieldManagerConflict` cause per field.
+    #[error("{message}")]
+    ApplyConflict { message: String, causes: Vec<Cause> },
     /// Bad TLS material given to [`super::tls_config`].
     #[error("tls: {0}")]
     Tls(String),
@@ -128,6 +132,7 @@ impl ApiError {
             ApiError::Internal(_) | ApiError::Tls(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::ApplyConflict { .. } => StatusCode::CONFLICT,
         }
     }
 
@@ -149,6 +154,7 @@ impl ApiError {
             ApiError::Internal(_) | ApiError::Tls(_) => "InternalError",
             ApiError::Gone(_) => "Expired",
             ApiError::TooManyRequests { .. } => "TooManyRequests",
+            ApiError::ApplyConflict { .. } => "Conflict",
         }
     }
 
@@ -165,6 +171,11 @@ impl ApiError {
                 // `kind` may be qualified (`Deployment.apps`) for the message.
                 "kind": kind.split_once('.').map_or(kind.as_str(), |(k, _)| k),
                 "group": kind.split_once('.').map_or("", |(_, g)| g),
+                "causes": causes.iter().map(|c| json!({
+                    "reason": c.reason, "message": c.message, "field": c.field,
+                })).collect::<Vec<_>>(),
+            })),
+            ApiError::ApplyConflict { causes, .. } => Some(json!({
                 "causes": causes.iter().map(|c| json!({
                     "reason": c.reason, "message": c.message, "field": c.field,
                 })).collect::<Vec<_>>(),
