@@ -163,7 +163,8 @@ pub async fn run(
         // (every pod status write of every node, during a burst several per second, this
         // kubelet's own included) gives the round nothing new: it waits for the tick, an
         // action that ended or a change of the cluster document.
-        if document_changed && last_heads == Some(shell.shared.heads_digest()) {
+        let heads = shell.shared.heads_digest();
+        if document_changed && last_heads == Some(heads) {
             continue;
         }
         // Every write anywhere in the cluster changes the documents; during a burst that is a
@@ -183,7 +184,8 @@ pub async fn run(
         }
         while wake_rx.try_recv().is_ok() {}
         let started = std::time::Instant::now();
-        last_heads = Some(shell.shared.heads_digest());
+        // Read before any wait above: a change meanwhile makes the next wake run a round.
+        last_heads = Some(heads);
         shell.round().await;
         last_round = Some((std::time::Instant::now(), started.elapsed()));
     }
