@@ -72,12 +72,14 @@ fn status_records(shared: &Shared) -> StatusRecords {
 }
 
 /// What the reconcile reads of the cluster document (every workload object, binding and
-/// node), read at `heads` with the liveness and this node's scheduling records the snapshot
-/// holds. Status documents change far more often than the cluster document (every pod status
-/// write of every node), and of them only pods' readiness and endings are inputs: a change of
-/// the status documents alone re-reads only those, against this.
+/// node), with the liveness and this node's scheduling records it was read with, and the
+/// heads it was read at. Status documents change far more often than the cluster document
+/// (every pod status write of every node), and of them only pods' readiness and endings are
+/// inputs: a change of the status documents alone re-reads only those, against this.
 struct Base {
     heads: u64,
+    liveness: BTreeMap<String, Liveness>,
+    records: BTreeMap<PodKey, SchedulingRecord>,
     snapshot: Snapshot,
 }
 
@@ -93,17 +95,17 @@ impl Base {
         // Each on its own statement: a document guard must be dropped before the next lock.
         let records = own_records(shared);
         match cached {
-            Some(c)
-                if c.heads == heads
-                    && c.snapshot.liveness == liveness
-                    && c.snapshot.scheduling == records =>
-            {
-                c
+            Some(c) if c.heads == heads && c.liveness == liveness && c.records == records => c,
+            _ => {
+                let snapshot =
+                    shared.read(|doc| doc.workload_snapshot(liveness.clone(), records.clone()));
+                Base {
+                    heads,
+                    liveness,
+                    records,
+                    snapshot,
+                }
             }
-            _ => Base {
-                heads,
-                snapshot: shared.read(|doc| doc.workload_snapshot(liveness, records)),
-            },
         }
     }
 }
@@ -202,7 +204,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: impl std::future::Future<Output 
             view: view.view_hash,
             ready,
             finished,
-            liveness: base.snapshot.liveness.clone(),
+            liveness: base.liveness.clone(),
         };
         let due = wake.is_some_and(|t| Utc::now() >= t);
         if last.as_ref() == Some(&inputs) && !due {

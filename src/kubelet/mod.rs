@@ -163,8 +163,7 @@ pub async fn run(
         // (every pod status write of every node, during a burst several per second, this
         // kubelet's own included) gives the round nothing new: it waits for the tick, an
         // action that ended or a change of the cluster document.
-        let heads = shell.shared.heads_digest();
-        if document_changed && last_heads == Some(heads) {
+        if document_changed && last_heads == Some(shell.shared.heads_digest()) {
             continue;
         }
         // Every write anywhere in the cluster changes the documents; during a burst that is a
@@ -184,8 +183,7 @@ pub async fn run(
         }
         while wake_rx.try_recv().is_ok() {}
         let started = std::time::Instant::now();
-        // Read before any wait above: a change meanwhile makes the next wake run a round.
-        last_heads = Some(heads);
+        last_heads = Some(shell.shared.heads_digest());
         shell.round().await;
         last_round = Some((std::time::Instant::now(), started.elapsed()));
     }
