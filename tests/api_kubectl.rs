@@ -1489,11 +1489,11 @@ fn bind(h: &Harness, pod: &str, node: &str, status: Option<Value>) {
                 key,
                 vec![(
                     node.to_string(),
-                    PodStatusRecord {
+                    std::sync::Arc::new(PodStatusRecord {
                         binding: format!("b-{pod}"),
                         pod_uid: uid,
                         status,
-                    },
+                    }),
                 )],
             );
         }

@@ -228,12 +228,12 @@ pub fn node_views(shared: &Shared) -> Vec<NodeView> {
 /// (`agent::services`) both serve pods through it.
 pub fn workload_view(shared: &Shared) -> WorkloadView {
     let bindings = shared.read(|d| d.bindings()).into_iter().collect();
-    let mut pod_status: BTreeMap<(String, String), Vec<(String, PodStatusRecord)>> =
+    let mut pod_status: BTreeMap<(String, String), Vec<(String, Arc<PodStatusRecord>)>> =
         BTreeMap::new();
     let mut scheduling: BTreeMap<(String, String), Vec<SchedulingRecord>> = BTreeMap::new();
     shared.read_status(|docs| {
         for (node, doc) in docs.iter() {
-            for (key, record) in doc.entries::<PodStatusRecord>(keys::POD_STATUS_PREFIX) {
+            for (key, record) in doc.shared_entries::<PodStatusRecord>(keys::POD_STATUS_PREFIX) {
                 if let Some((ns, name)) = keys::split(&key, keys::POD_STATUS_PREFIX) {
                     pod_status
                         .entry((ns.to_string(), name.to_string()))

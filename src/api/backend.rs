@@ -255,7 +255,7 @@ pub struct WorkloadView {
     pub bindings: BTreeMap<(String, String), Binding>,
     /// `(namespace, pod)` → status records for that pod from every node's status document,
     /// as `(node, record)`. Only the one whose `binding` matches the binding is current.
-    pub pod_status: BTreeMap<(String, String), Vec<(String, PodStatusRecord)>>,
+    pub pod_status: BTreeMap<(String, String), Vec<(String, std::sync::Arc<PodStatusRecord>)>>,
     /// `(namespace, pod)` → why the leader could not place it (latest first when several).
     pub scheduling: BTreeMap<(String, String), Vec<SchedulingRecord>>,
     /// Readiness of every known node in the serving agent's view.

@@ -4,9 +4,11 @@
 //! `resourceVersionMatch=Exact` lists and `continue` pages as of a past resourceVersion.
 //!
 //! A kind is tracked from the first request that reads or writes it; from then on every refresh
-//! (on each state change, and before each read) diffs the objects as served (computed status
-//! included) against the last ones and appends one event per changed object. Positions are
-//! counted by this process; a resourceVersion is `tag << 40 | position`, where `tag` is random
+//! (before each read, and on each state change while a watch of the kind is open) diffs the
+//! objects as served (computed status included) against the last ones and appends one event
+//! per changed object. Changes between two refreshes collapse into one event per object (a watch sees
+//! the state after them, not each step; Kubernetes would send each step). Positions are counted by this
+//! process; a resourceVersion is `tag << 40 | position`, where `tag` is random
 //! per process, so a resourceVersion from another node (or from before a restart) is never
 //! mistaken for a position here: it gets 410 and the client relists (docs/consistency.md).
 //!
@@ -229,6 +231,8 @@ pub struct ChangeLog {
     capacity: usize,
     /// `None` until the kind's first read.
     kinds: Mutex<BTreeMap<String, Arc<Mutex<Option<KindLog>>>>>,
+    /// Open watches per kind: the kinds the refresher keeps up to date between reads.
+    watched: Mutex<BTreeMap<String, usize>>,
     /// The newest position, sent after every refresh that appended events (wakes watchers).
     notify: tokio::sync::watch::Sender<u64>,
 }
@@ -242,6 +246,7 @@ impl ChangeLog {
             counter: AtomicU64::new(0),
             capacity,
             kinds: Mutex::new(BTreeMap::new()),
+            watched: Mutex::new(BTreeMap::new()),
             notify: tokio::sync::watch::channel(0).0,
         }
     }
@@ -326,14 +331,30 @@ impl ChangeLog {
         f(log, position)
     }
 
-    /// The kinds tracked so far.
-    pub fn tracked(&self) -> Vec<String> {
-        self.kinds
+    /// The kinds with at least one open watch. Only these need refreshing on every change of
+    /// the state: a read refreshes its kind first, so a kind nobody watches is brought up to
+    /// date (its changes since the last read appended as events) when it is next read.
+    pub fn watched(&self) -> Vec<String> {
+        self.watched
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .keys()
             .cloned()
             .collect()
+    }
+
+    /// Counts an open watch of `kind` until the returned guard is dropped.
+    pub fn watching(self: &Arc<Self>, kind: &str) -> Watching {
+        *self
+            .watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(kind.to_string())
+            .or_default() += 1;
+        Watching {
+            log: self.clone(),
+            kind: kind.to_string(),
+        }
     }
 
     /// Events of `kind` after `position` without refreshing (watchers call this after a
@@ -345,6 +366,24 @@ impl ChangeLog {
                 None => Err(Expired),
             },
             None => Err(Expired),
+        }
+    }
+}
+
+/// An open watch of one kind, counted by [`ChangeLog::watching`] while it lives.
+pub struct Watching {
+    log: Arc<ChangeLog>,
+    kind: String,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let mut watched = self.log.watched.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = watched.get_mut(&self.kind) {
+            *n -= 1;
+            if *n == 0 {
+                watched.remove(&self.kind);
+            }
         }
     }
 }
@@ -418,6 +457,21 @@ mod tests {
         assert_eq!(log.since(1).unwrap_err(), Expired);
         assert_eq!(log.since(2).unwrap().len(), 3);
         assert_eq!(log.at(2).unwrap()[0]["v"], 1);
+    }
+
+    #[test]
+    fn open_watches_are_counted_per_kind_until_dropped() {
+        let log = Arc::new(ChangeLog::new(7, 10));
+        assert!(log.watched().is_empty());
+        let a = log.watching("pods");
+        let b = log.watching("pods");
+        let c = log.watching("services");
+        assert_eq!(log.watched(), ["pods", "services"]);
+        drop(a);
+        drop(c);
+        assert_eq!(log.watched(), ["pods"]);
+        drop(b);
+        assert!(log.watched().is_empty());
     }
 
     #[test]

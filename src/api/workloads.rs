@@ -787,19 +787,19 @@ mod tests {
             vec![
                 (
                     "n1".into(),
-                    PodStatusRecord {
+                    std::sync::Arc::new(PodStatusRecord {
                         binding: "b1".into(),
                         pod_uid: "u1".into(),
                         status: json!({"phase": "Failed"}),
-                    },
+                    }),
                 ),
                 (
                     "n2".into(),
-                    PodStatusRecord {
+                    std::sync::Arc::new(PodStatusRecord {
                         binding: "b2".into(),
                         pod_uid: "u1".into(),
                         status: running(true),
-                    },
+                    }),
                 ),
             ],
         );

@@ -43,6 +43,12 @@ const MAX_CHANGE_ROUND_GAP: Duration = Duration::from_millis(500);
 fn change_round_gap(took: Duration) -> Duration {
     (took * 3).clamp(CHANGE_ROUND_GAP, MAX_CHANGE_ROUND_GAP)
 }
+/// The whole runtime state (every pod dir) is read this often; rounds in between re-read only
+/// the pods this kubelet acted on or whose shim exited since ([`Shell::touched`]). During a
+/// burst a node runs several rounds a second, and reading every pod's files on each took a
+/// fifth of the kubelet's time; what changes without an action or a shim exit (a process
+/// killed from outside) is seen within this period.
+const FULL_OBSERVE_EVERY: Duration = Duration::from_secs(1);
 /// What no pod accounts for (`runtime::orphans`) is looked for this often, and at start.
 const REAP_EVERY: Duration = Duration::from_secs(10);
 /// Runtime actions queued or running (at most [`MAX_PARALLEL_ACTIONS`] run at once) above
@@ -115,6 +121,13 @@ struct Shell {
     probes: Arc<prober::Probes>,
     /// When orphans were last looked for (`None`: not yet, at start).
     last_reap: Option<std::time::Instant>,
+    /// The runtime state as last read: wholly at [`Shell::last_full_observe`], and since for
+    /// the pods [`Shell::touched`] named.
+    observed: BTreeMap<String, crate::runtime::ObservedPod>,
+    last_full_observe: Option<std::time::Instant>,
+    /// Pods whose runtime state may have changed since it was last read: an action started or
+    /// ended on them, or a container's shim exited. Filled by the actions' tasks.
+    touched: Arc<Mutex<BTreeSet<String>>>,
     /// Whether this node reports runtime pressure (hysteresis between the two thresholds).
     pressured: bool,
 }
@@ -248,6 +261,9 @@ impl Shell {
             wake_tx,
             probes,
             last_reap: None,
+            observed: BTreeMap::new(),
+            last_full_observe: None,
+            touched: Arc::new(Mutex::new(BTreeSet::new())),
             pressured: false,
         }
     }
@@ -270,10 +286,13 @@ impl Shell {
         self.take_reports();
         let desired = desired_from(&mut self.desired, &self.shared);
         let pod_cidr = self.pod_cidr();
-        let rt = self.runtime.clone();
-        let Ok(observed) = tokio::task::spawn_blocking(move || rt.observe()).await else {
+        let full = self
+            .last_full_observe
+            .is_none_or(|t| t.elapsed() >= FULL_OBSERVE_EVERY);
+        if !self.observe(full).await {
             return;
-        };
+        }
+        let observed = std::mem::take(&mut self.observed);
         let images = self.images(&desired, &observed);
         self.probes.sync(&self.runtime.config, &desired, &observed);
         let probes = self.probes.snapshot();
@@ -311,8 +330,38 @@ impl Shell {
             .keys()
             .filter(|k| !busy.contains(*k) && observed.get(*k).is_none_or(|o| o.sandbox.is_none()))
             .count();
-        self.reap_orphans(&desired, &observed).await;
+        if full {
+            self.reap_orphans(&desired, &observed).await;
+        }
+        self.observed = observed;
         self.report_pressure(unstarted);
+    }
+
+    /// Brings [`Shell::observed`] up to date: every pod dir if `full`, else the pods touched
+    /// since the last read. False if the read could not run.
+    async fn observe(&mut self, full: bool) -> bool {
+        // Taken before reading: a pod touched while the read runs is read again next round.
+        let touched = std::mem::take(&mut *self.touched.lock().unwrap_or_else(|p| p.into_inner()));
+        let rt = self.runtime.clone();
+        if full {
+            let Ok(observed) = tokio::task::spawn_blocking(move || rt.observe()).await else {
+                return false;
+            };
+            self.observed = observed;
+            self.last_full_observe = Some(std::time::Instant::now());
+        } else if !touched.is_empty() {
+            let Ok(fresh) = tokio::task::spawn_blocking(move || rt.observe_some(&touched)).await
+            else {
+                return false;
+            };
+            for (key, pod) in fresh {
+                match pod {
+                    Some(pod) => self.observed.insert(key, pod),
+                    None => self.observed.remove(&key),
+                };
+            }
+        }
+        true
     }
 
     /// Hands what the background work reported to the planner's ledger and records the
@@ -709,6 +758,15 @@ impl Shell {
         if !self.busy().insert(busy_key.clone()) {
             return;
         }
+        let touched = self.touched.clone();
+        let touch = move |key: &str| {
+            touched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.to_string());
+        };
+        touch(&key);
+        let pod = key.clone();
         let rt = PodRuntime {
             runtime: self.runtime.clone(),
             key,
@@ -743,12 +801,14 @@ impl Shell {
             busy.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&busy_key);
+            touch(&pod);
             let _ = wake.try_send(());
             if let Some(exit) = exit {
                 if let Ok(mut pipe) = tokio::process::ChildStdout::from_std(exit) {
                     let mut sink = Vec::new();
                     let _ = tokio::io::AsyncReadExt::read_to_end(&mut pipe, &mut sink).await;
                 }
+                touch(&pod);
                 let _ = wake.try_send(());
             }
         });

@@ -74,16 +74,19 @@ pub fn placement(
 /// The status record of a pod's current placement among `(node, record)` pairs from every
 /// status document: the one written by the placed node for that placement id and pod uid.
 /// Any other record is stale (an earlier placement, another uid) and ignored.
-pub fn current_record<'a>(
+pub fn current_record<'a, R>(
     pod_uid: &str,
     placement: Option<&(String, String)>,
-    records: impl IntoIterator<Item = &'a (String, PodStatusRecord)>,
-) -> Option<&'a PodStatusRecord> {
+    records: impl IntoIterator<Item = &'a (String, R)>,
+) -> Option<&'a PodStatusRecord>
+where
+    R: std::ops::Deref<Target = PodStatusRecord> + 'a,
+{
     let (node, id) = placement?;
     records
         .into_iter()
         .find(|(n, r)| n == node && &r.binding == id && r.pod_uid == pod_uid)
-        .map(|(_, r)| r)
+        .map(|(_, r)| &**r)
 }
 
 /// From a Kubernetes `PodStatus` (JSON): `None` when the pod is not Ready, else

@@ -109,6 +109,8 @@ struct Actor {
     last_save: Instant,
     /// The wait after the last save before the next ([`replication::save_gap`]).
     save_gap: Duration,
+    /// When other nodes' status documents were last saved ([`replication::PEER_STATUS_SAVE`]).
+    last_peer_status_save: Instant,
     last_anti_entropy: Instant,
     last_connect_sweep: Instant,
     since: BTreeMap<String, chrono::DateTime<chrono::Utc>>,
@@ -224,6 +226,7 @@ pub async fn run(
         dirty: BTreeSet::new(),
         last_save: now,
         save_gap: config.save_interval,
+        last_peer_status_save: now,
         last_anti_entropy: now,
         last_connect_sweep: now - Duration::from_secs(10),
         since: BTreeMap::new(),

@@ -35,6 +35,20 @@ pub fn observe_all(pods_dir: &Path) -> BTreeMap<String, ObservedPod> {
     out
 }
 
+/// What runs on this node of pod `key` alone: `None` when its dir (or its `pod.json`) is gone
+/// or belongs to another key.
+pub fn observe_one(pods_dir: &Path, key: &str) -> Option<ObservedPod> {
+    let dir = pods_dir.join(key);
+    match read_json::<PodMeta>(&dir.join("pod.json")) {
+        Ok(Some(meta)) if meta.key == key => Some(observe_pod(&dir, meta)),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(%e, "skipping a pod dir");
+            None
+        }
+    }
+}
+
 pub fn observe_pod(dir: &Path, meta: PodMeta) -> ObservedPod {
     let sandbox = read_json::<ProcessRecord>(&dir.join(SANDBOX_RECORD))
         .ok()

@@ -68,6 +68,18 @@ impl Runtime {
         observe_all(&self.config.pods_dir())
     }
 
+    /// What runs on this node now of the pods `keys` (`None`: nothing of it is left).
+    pub fn observe_some<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a String>,
+    ) -> Vec<(String, Option<ObservedPod>)> {
+        let dir = self.config.pods_dir();
+        keys.into_iter()
+            .filter(|k| check_component("pod key", k).is_ok())
+            .map(|k| (k.clone(), super::observe::observe_one(&dir, k)))
+            .collect()
+    }
+
     /// Creates the pod dir (meta, `/etc` files, shm, volumes, logs), starts its sandbox and,
     /// with the pod network on, attaches it (CNI ADD) with an address from `pod_cidr`, the
     /// node's current pod CIDR (refused with [`RuntimeError::NetworkNotReady`] while there is

@@ -453,11 +453,11 @@ fn readiness_comes_from_the_current_record_only() {
             k.clone(),
             vec![(
                 b.node.clone(),
-                PodStatusRecord {
+                std::sync::Arc::new(PodStatusRecord {
                     binding,
                     pod_uid: uid,
                     status: ready_status.clone(),
-                },
+                }),
             )],
         );
     }

@@ -64,7 +64,7 @@ pub struct Snapshot {
 
 /// Status records of every node, by pod: `(node, record)` pairs (`pod/<ns>/<name>` of each
 /// status document).
-pub type StatusRecords = BTreeMap<PodKey, Vec<(String, PodStatusRecord)>>;
+pub type StatusRecords = BTreeMap<PodKey, Vec<(String, std::sync::Arc<PodStatusRecord>)>>;
 
 /// Who is reconciling, in which view, when, and the seed of its fresh identifiers.
 #[derive(Clone, Debug)]

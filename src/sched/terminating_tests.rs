@@ -92,11 +92,11 @@ fn terminating_pods_are_not_ready_to_the_rollout() {
         key(&pod),
         vec![(
             "n0".to_string(),
-            crate::model::workload::PodStatusRecord {
+            std::sync::Arc::new(crate::model::workload::PodStatusRecord {
                 binding: s.bindings[&key(&pod)].id.clone(),
                 pod_uid: object::uid(&pod).to_string(),
                 status: json!({"conditions": [{"type": "Ready", "status": "True"}]}),
-            },
+            }),
         )],
     )]
     .into_iter()

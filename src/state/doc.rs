@@ -525,15 +525,9 @@ impl ClusterDoc {
 
     /// All node records; corrupt entries are skipped (and logged), never fatal.
     pub fn nodes(&self) -> Vec<NodeRecord> {
-        self.scan(keys::NODE_PREFIX)
+        self.scan_decoded::<NodeRecord>(keys::NODE_PREFIX)
             .into_iter()
-            .filter_map(|(k, b)| match from_cbor(&k, &b) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::warn!(%e, "skipping corrupt node record");
-                    None
-                }
-            })
+            .map(|(_, r)| (*r).clone())
             .collect()
     }
 
@@ -563,17 +557,11 @@ impl ClusterDoc {
 
     /// Every binding: `((namespace, pod), binding)` in key order. Corrupt values are skipped.
     pub fn bindings(&self) -> Vec<((String, String), Binding)> {
-        self.scan(workload::keys::BINDING_PREFIX)
+        self.scan_decoded::<Binding>(workload::keys::BINDING_PREFIX)
             .into_iter()
-            .filter_map(|(k, b)| {
+            .filter_map(|(k, v)| {
                 let (ns, pod) = workload::keys::split(&k, workload::keys::BINDING_PREFIX)?;
-                match from_cbor(&k, &b) {
-                    Ok(v) => Some(((ns.to_string(), pod.to_string()), v)),
-                    Err(e) => {
-                        tracing::warn!(%e, "skipping corrupt binding");
-                        None
-                    }
-                }
+                Some(((ns.to_string(), pod.to_string()), (*v).clone()))
             })
             .collect()
     }
@@ -596,18 +584,9 @@ impl ClusterDoc {
 
     /// Every claim by subnet index. Corrupt values and keys are skipped.
     pub fn pod_cidr_claims(&self) -> BTreeMap<u32, PodCidrClaim> {
-        self.scan(ipam::CLAIM_PREFIX)
+        self.scan_decoded::<PodCidrClaim>(ipam::CLAIM_PREFIX)
             .into_iter()
-            .filter_map(|(k, b)| {
-                let index = ipam::parse_claim_key(&k)?;
-                match from_cbor(&k, &b) {
-                    Ok(v) => Some((index, v)),
-                    Err(e) => {
-                        tracing::warn!(%e, "skipping corrupt pod-CIDR claim");
-                        None
-                    }
-                }
-            })
+            .filter_map(|(k, v)| Some((ipam::parse_claim_key(&k)?, (*v).clone())))
             .collect()
     }
 
@@ -702,18 +681,9 @@ impl ClusterDoc {
             Some(ns) => format!("{}{resource}/{ns}/", keys::OBJ_PREFIX),
             None => format!("{}{resource}/", keys::OBJ_PREFIX),
         };
-        self.scan(&prefix)
+        self.scan_decoded::<Value>(&prefix)
             .into_iter()
-            .filter_map(|(k, b)| {
-                let path = ObjectPath::parse(&k)?;
-                match from_cbor(&k, &b) {
-                    Ok(v) => Some((path, v)),
-                    Err(e) => {
-                        tracing::warn!(%e, "skipping corrupt object");
-                        None
-                    }
-                }
-            })
+            .filter_map(|(k, v)| Some((ObjectPath::parse(&k)?, (*v).clone())))
             .collect()
     }
 }

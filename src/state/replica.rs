@@ -72,6 +72,23 @@ pub struct Replica {
     doc: AutoCommit,
     /// Writes accumulate in one change until the batch ends (see [`Replica::set_batching`]).
     batching: bool,
+    /// What [`Replica::scan_decoded`] decoded, by key, with the bytes it came from.
+    decoded: Decoded,
+}
+
+/// Decoded values by key, each with the exact bytes it was decoded from: a value is decoded
+/// again only when its stored bytes differ (compared whole, so a hit is always right).
+/// Readers list the same few hundred records on every round (a leader reads every pod's
+/// status on each status change), and decoding CBOR costs about twice a clone of the value.
+#[derive(Default)]
+struct Decoded(std::sync::Mutex<BTreeMap<String, (Vec<u8>, Cached)>>);
+
+type Cached = std::sync::Arc<dyn std::any::Any + Send + Sync>;
+
+impl Decoded {
+    fn fresh() -> Self {
+        Self::default()
+    }
 }
 
 impl Replica {
@@ -79,6 +96,7 @@ impl Replica {
         Replica {
             doc: AutoCommit::new().with_actor(actor),
             batching: false,
+            decoded: Decoded::fresh(),
         }
     }
 
@@ -86,6 +104,7 @@ impl Replica {
         Ok(Replica {
             doc: AutoCommit::load(bytes)?.with_actor(actor),
             batching: false,
+            decoded: Decoded::fresh(),
         })
     }
 
@@ -173,6 +192,60 @@ impl Replica {
             .map_range(ROOT, prefix.to_string()..prefix_end(prefix))
             .filter_map(|item| bytes_of(&item.value).map(|b| (item.key.to_string(), b.to_vec())))
             .collect()
+    }
+
+    /// Every `(key, value)` whose key starts with `prefix`, in key order, decoded as `T`;
+    /// records that do not decode are skipped with a warning. Values whose bytes are unchanged
+    /// since the last call are shared from the cache instead of decoded; the cache keeps only
+    /// keys that still exist under the prefixes scanned.
+    pub fn scan_decoded<T>(&self, prefix: &str) -> Vec<(String, std::sync::Arc<T>)>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        let mut cache = self.decoded.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<(String, std::sync::Arc<T>)> = Vec::new();
+        for item in self
+            .doc
+            .map_range(ROOT, prefix.to_string()..prefix_end(prefix))
+        {
+            let Some(bytes) = bytes_of(&item.value) else {
+                continue;
+            };
+            let key = item.key.as_ref();
+            let hit = cache
+                .get(key)
+                .filter(|(b, _)| b.as_slice() == bytes)
+                .and_then(|(_, v)| v.clone().downcast::<T>().ok());
+            let value = match hit {
+                Some(v) => v,
+                None => match from_cbor::<T>(key, bytes) {
+                    Ok(v) => {
+                        let v = std::sync::Arc::new(v);
+                        cache.insert(key.to_string(), (bytes.to_vec(), v.clone()));
+                        v
+                    }
+                    Err(e) => {
+                        tracing::warn!(%e, "skipping a record that does not decode");
+                        cache.remove(key);
+                        continue;
+                    }
+                },
+            };
+            out.push((key.to_string(), value));
+        }
+        let gone: Vec<String> = cache
+            .range(prefix.to_string()..prefix_end(prefix))
+            .map(|(k, _)| k)
+            .filter(|k| {
+                out.binary_search_by(|(o, _)| o.as_str().cmp(k.as_str()))
+                    .is_err()
+            })
+            .cloned()
+            .collect();
+        for key in gone {
+            cache.remove(&key);
+        }
+        out
     }
 
     /// Number of live keys.
@@ -392,6 +465,7 @@ impl Replica {
         Ok(Replica {
             doc: fresh,
             batching: false,
+            decoded: Decoded::fresh(),
         })
     }
 
@@ -413,6 +487,41 @@ impl Replica {
         Ok(Replica {
             doc: fresh,
             batching: false,
+            decoded: Decoded::fresh(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoded_values_follow_their_bytes_and_leave_with_their_keys() {
+        let mut r = Replica::empty(ActorId::from(vec![1; 16]));
+        r.put_typed("pod/a", &1u32).unwrap();
+        r.put_typed("pod/b", &2u32).unwrap();
+        r.put_typed("other/x", &9u32).unwrap();
+        let first = r.scan_decoded::<u32>("pod/");
+        assert_eq!(first.len(), 2);
+        let again = r.scan_decoded::<u32>("pod/");
+        assert!(
+            std::sync::Arc::ptr_eq(&first[0].1, &again[0].1),
+            "unchanged bytes are not decoded again"
+        );
+        r.put_typed("pod/a", &3u32).unwrap();
+        r.delete_key("pod/b").unwrap();
+        r.put_bytes("pod/c", vec![0xff]).unwrap();
+        let now: Vec<(String, u32)> = r
+            .scan_decoded::<u32>("pod/")
+            .into_iter()
+            .map(|(k, v)| (k, *v))
+            .collect();
+        assert_eq!(now, [("pod/a".to_string(), 3)], "changed, deleted, corrupt");
+        let cached: Vec<String> = r.decoded.0.lock().unwrap().keys().cloned().collect();
+        assert_eq!(cached, ["pod/a"], "only live, decodable keys stay cached");
+        // Another type under the same key is decoded, not mistaken for the cached one.
+        let as_i64 = r.scan_decoded::<i64>("pod/");
+        assert_eq!(*as_i64[0].1, 3);
     }
 }

@@ -242,10 +242,10 @@ impl Shared {
 
     /// This node's own status entries `<prefix><namespace>/<name>` (pod status records,
     /// scheduling records), by `(namespace, name)`.
-    pub fn own_entries<T: serde::de::DeserializeOwned>(
-        &self,
-        prefix: &str,
-    ) -> BTreeMap<(String, String), T> {
+    pub fn own_entries<T>(&self, prefix: &str) -> BTreeMap<(String, String), T>
+    where
+        T: serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+    {
         use crate::model::workload::keys;
         let entries = self.read_status(|docs| {
             docs.get(&self.node_name)
@@ -309,7 +309,7 @@ impl Shared {
         );
         let result = self.write_status(|doc| {
             let mut existing: Vec<(String, DateTime<Utc>)> = doc
-                .entries::<serde_json::Value>(keys::EVENT_PREFIX)
+                .shared_entries::<serde_json::Value>(keys::EVENT_PREFIX)
                 .into_iter()
                 .map(|(k, v)| {
                     let at = v

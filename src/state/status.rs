@@ -89,12 +89,23 @@ impl StatusDoc {
         self.r.delete_key(key)
     }
 
-    pub fn entries<T: DeserializeOwned>(&self, prefix: &str) -> Vec<(String, T)> {
+    pub fn entries<T>(&self, prefix: &str) -> Vec<(String, T)>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
         self.r
-            .scan(prefix)
+            .scan_decoded::<T>(prefix)
             .into_iter()
-            .filter_map(|(k, b)| super::replica::from_cbor(&k, &b).ok().map(|v| (k, v)))
+            .map(|(k, v)| (k, (*v).clone()))
             .collect()
+    }
+
+    /// [`StatusDoc::entries`], sharing the decoded values (no copy of an unchanged record).
+    pub fn shared_entries<T>(&self, prefix: &str) -> Vec<(String, std::sync::Arc<T>)>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        self.r.scan_decoded(prefix)
     }
 
     /// Whether history has outgrown the live state enough to re-base. Cheap unless writes
