@@ -222,9 +222,11 @@ const STATEFULSET_DB: &str = r#"{"apiVersion": "apps/v1", "kind": "StatefulSet",
                                    "containers": [{"name": "main", "image": "shoal.test/busybox:1",
                                                    "command": ["sleep", "3600"]}]}}}}"#;
 
-/// The StatefulSet's pods as served: name → (uid, terminating, pod IP, creation time, Ready
-/// since).
-fn db_pods() -> Result<BTreeMap<String, (String, bool, String, String, String)>, String> {
+/// One pod of the StatefulSet as served: (uid, terminating, pod IP, creation time, Ready since).
+type DbPod = (String, bool, String, String, String);
+
+/// The StatefulSet's pods as served, by name.
+fn db_pods() -> Result<BTreeMap<String, DbPod>, String> {
     let out = kubectl("n1", &["get", "pods", "-l", "app=db", "-o", "json"])?;
     let list: serde_json::Value =
         serde_json::from_str(&out).map_err(|e| format!("bad JSON: {e}: {out}"))?;
