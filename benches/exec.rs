@@ -102,6 +102,8 @@ fn main() {
         created_at: chrono::Utc::now(),
         hooks: Vec::new(),
         sidecars: Vec::new(),
+        hostname: None,
+        subdomain: None,
     };
     let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "exec", "namespace": "default", "uid": "u-1"},

@@ -38,6 +38,7 @@ fn loopback_addr(port: u16) -> SocketAddr {
 fn zone(serial: u32, web_ip: Ipv4Addr, endpoints: usize) -> Zone {
     let endpoints = (0..endpoints)
         .map(|i| HeadlessEndpoint {
+            hostname: None,
             ip: Ipv4Addr::new(10, 244, (i / 250) as u8, (i % 250) as u8 + 1),
             ports: vec![NamedPort {
                 name: "pg".into(),

@@ -164,6 +164,8 @@ fn pod_meta(key: &str, name: &str) -> PodMeta {
         created_at: chrono::Utc::now(),
         hooks: Vec::new(),
         sidecars: Vec::new(),
+        hostname: None,
+        subdomain: None,
     }
 }
 
@@ -454,6 +456,8 @@ fn pod_network_in_this_namespace(mode: shoal::runtime::network::CniMode) {
         created_at: chrono::Utc::now(),
         hooks: Vec::new(),
         sidecars: Vec::new(),
+        hostname: None,
+        subdomain: None,
     };
     let cidr = "10.244.3.0/24";
 

@@ -17,9 +17,11 @@ use crate::model::{is_dns1123_label, is_dns1123_subdomain, quantity};
 fn pod_spec_path(workload: Workload) -> &'static [&'static str] {
     match workload {
         Workload::Pod => &["spec"],
-        Workload::ReplicaSet | Workload::Deployment | Workload::Job | Workload::DaemonSet => {
-            &["spec", "template", "spec"]
-        }
+        Workload::ReplicaSet
+        | Workload::Deployment
+        | Workload::Job
+        | Workload::DaemonSet
+        | Workload::StatefulSet => &["spec", "template", "spec"],
         Workload::CronJob => &["spec", "jobTemplate", "spec", "template", "spec"],
     }
 }
@@ -319,6 +321,26 @@ pub fn default(workload: Workload, object: &mut Value) {
                 set_default(rolling, "maxUnavailable", json!(1));
                 set_default(rolling, "maxSurge", json!(0));
             }
+        }
+        Workload::StatefulSet => {
+            let spec = &mut object["spec"];
+            set_default(spec, "replicas", json!(1));
+            set_default(spec, "revisionHistoryLimit", json!(10));
+            set_default(spec, "podManagementPolicy", json!("OrderedReady"));
+            set_default(spec, "updateStrategy", json!({}));
+            set_default(&mut spec["updateStrategy"], "type", json!("RollingUpdate"));
+            if spec["updateStrategy"]["type"] == "RollingUpdate" {
+                set_default(&mut spec["updateStrategy"], "rollingUpdate", json!({}));
+                set_default(
+                    &mut spec["updateStrategy"]["rollingUpdate"],
+                    "partition",
+                    json!(0),
+                );
+            }
+            set_default(spec, "persistentVolumeClaimRetentionPolicy", json!({}));
+            let retention = &mut spec["persistentVolumeClaimRetentionPolicy"];
+            set_default(retention, "whenDeleted", json!("Retain"));
+            set_default(retention, "whenScaled", json!("Retain"));
         }
     }
     if let Some(spec) = at_mut(object, pod_spec_path(workload)) {
@@ -835,6 +857,15 @@ fn validate_pod_spec(spec: &Value, path: &str, template: bool, causes: &mut Vec<
     for (field, message) in crate::model::affinity::validate(spec, path) {
         causes.push(field_cause(field, message));
     }
+    // `hostname` and `subdomain`: DNS labels (the pod's hostname and, with a headless Service
+    // of that name, its DNS name `<hostname>.<subdomain>.<ns>.svc.<domain>`).
+    for field in ["hostname", "subdomain"] {
+        if let Some(v) = spec[field].as_str().filter(|v| !v.is_empty()) {
+            if !is_dns1123_label(v) {
+                causes.push(invalid(format!("{path}.{field}"), &spec[field], LABEL_MSG));
+            }
+        }
+    }
     if let Some(grace) = spec["terminationGracePeriodSeconds"].as_i64() {
         if grace < 0 {
             causes.push(invalid(
@@ -882,6 +913,7 @@ fn validate_controller(object: &Value, workload: Workload, causes: &mut Vec<Caus
         let kind = match workload {
             Workload::Deployment => "deployment",
             Workload::DaemonSet => "daemonset",
+            Workload::StatefulSet => "statefulset",
             _ => "replicaset",
         };
         causes.push(invalid(
@@ -983,8 +1015,131 @@ pub fn validate(workload: Workload, object: &Value, old: Option<&Value>) -> Vec<
             validate_controller(object, workload, &mut causes);
             validate_daemonset(object, old, &mut causes);
         }
+        Workload::StatefulSet => {
+            validate_controller(object, workload, &mut causes);
+            validate_statefulset(object, old, &mut causes);
+        }
     }
     causes
+}
+
+/// The spec fields of a StatefulSet an update may change (Kubernetes' list).
+const STATEFULSET_MUTABLE: [&str; 6] = [
+    "replicas",
+    "ordinals",
+    "template",
+    "updateStrategy",
+    "persistentVolumeClaimRetentionPolicy",
+    "minReadySeconds",
+];
+
+/// StatefulSet rules past the common controller ones: management policy, update strategy and
+/// partition, `serviceName` a DNS label, and what shoal does not do refused, naming the field
+/// (`volumeClaimTemplates`: no PersistentVolumeClaims yet; `ordinals.start`; `maxUnavailable`);
+/// on update, the fields Kubernetes keeps immutable.
+fn validate_statefulset(object: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let spec = &object["spec"];
+    non_negative(object, "revisionHistoryLimit", causes);
+    if let Some(policy) = spec["podManagementPolicy"].as_str() {
+        let supported = ["OrderedReady", "Parallel"];
+        if !supported.contains(&policy) {
+            causes.push(unsupported(
+                "spec.podManagementPolicy".into(),
+                policy,
+                &supported,
+            ));
+        }
+    }
+    let strategy = &spec["updateStrategy"];
+    let kind = strategy["type"].as_str().unwrap_or("RollingUpdate");
+    let supported = ["RollingUpdate", "OnDelete"];
+    if !supported.contains(&kind) {
+        causes.push(unsupported(
+            "spec.updateStrategy.type".into(),
+            kind,
+            &supported,
+        ));
+    }
+    let rolling = &strategy["rollingUpdate"];
+    if kind == "OnDelete" && !rolling.is_null() {
+        causes.push(invalid(
+            "spec.updateStrategy.rollingUpdate".into(),
+            rolling,
+            "only allowed for updateStrategy 'RollingUpdate'",
+        ));
+    }
+    let partition = &rolling["partition"];
+    match partition.as_i64() {
+        Some(p) if p < 0 => causes.push(invalid(
+            "spec.updateStrategy.rollingUpdate.partition".into(),
+            partition,
+            "must be greater than or equal to 0",
+        )),
+        Some(p) if p > i64::from(i32::MAX) => causes.push(invalid(
+            "spec.updateStrategy.rollingUpdate.partition".into(),
+            partition,
+            "must be less than or equal to 2147483647",
+        )),
+        _ => {}
+    }
+    if !rolling["maxUnavailable"].is_null() {
+        causes.push(forbidden(
+            "spec.updateStrategy.rollingUpdate.maxUnavailable".into(),
+            "not supported by shoal (Kubernetes' MaxUnavailableStatefulSet is alpha): StatefulSet rollouts replace one pod at a time",
+        ));
+    }
+    if spec["volumeClaimTemplates"]
+        .as_array()
+        .is_some_and(|v| !v.is_empty())
+    {
+        causes.push(forbidden(
+            "spec.volumeClaimTemplates".into(),
+            "not supported by shoal yet: it has no PersistentVolumeClaims (remove volumeClaimTemplates, or use volumes in the pod template)",
+        ));
+    }
+    let retention = &spec["persistentVolumeClaimRetentionPolicy"];
+    for field in ["whenDeleted", "whenScaled"] {
+        if let Some(v) = retention[field].as_str() {
+            if v != "Retain" {
+                causes.push(unsupported(
+                    format!("spec.persistentVolumeClaimRetentionPolicy.{field}"),
+                    v,
+                    &["Retain"],
+                ));
+            }
+        }
+    }
+    if let Some(start) = spec["ordinals"]["start"].as_i64().filter(|s| *s != 0) {
+        causes.push(forbidden(
+            "spec.ordinals.start".into(),
+            &format!("not supported by shoal (ordinals start at 0, not {start})"),
+        ));
+    }
+    if let Some(service) = spec["serviceName"].as_str().filter(|s| !s.is_empty()) {
+        if !is_dns1123_label(service) {
+            causes.push(invalid(
+                "spec.serviceName".into(),
+                &spec["serviceName"],
+                LABEL_MSG,
+            ));
+        }
+    }
+    if let Some(old) = old {
+        let rest = |v: &Value| {
+            let mut m = v["spec"].as_object().cloned().unwrap_or_default();
+            for f in STATEFULSET_MUTABLE {
+                m.remove(f);
+            }
+            m.retain(|_, v| !v.is_null());
+            m
+        };
+        if rest(old) != rest(object) {
+            causes.push(forbidden(
+                "spec".into(),
+                "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+            ));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1408,6 +1563,105 @@ mod tests {
         assert_eq!(
             fields(&validate(Workload::Job, &changed, Some(&j))),
             vec!["spec.completions"]
+        );
+    }
+
+    fn statefulset() -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "web"},
+            "spec": {
+                "serviceName": "web",
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "c", "image": "shoal.test/busybox:1"}]},
+                },
+            },
+        })
+    }
+
+    #[test]
+    fn statefulsets_are_defaulted_and_what_shoal_cannot_do_is_refused_by_field() {
+        let mut s = statefulset();
+        default(Workload::StatefulSet, &mut s);
+        assert_eq!(s["spec"]["replicas"], 1);
+        assert_eq!(s["spec"]["podManagementPolicy"], "OrderedReady");
+        assert_eq!(
+            s["spec"]["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
+        );
+        assert_eq!(
+            s["spec"]["persistentVolumeClaimRetentionPolicy"],
+            json!({"whenDeleted": "Retain", "whenScaled": "Retain"})
+        );
+        assert!(validate(Workload::StatefulSet, &s, None).is_empty());
+        for (patch, field) in [
+            (
+                json!({"volumeClaimTemplates": [{"metadata": {"name": "data"}}]}),
+                "spec.volumeClaimTemplates",
+            ),
+            (
+                json!({"podManagementPolicy": "Random"}),
+                "spec.podManagementPolicy",
+            ),
+            (
+                json!({"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": -1}}}),
+                "spec.updateStrategy.rollingUpdate.partition",
+            ),
+            (
+                json!({"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 2}}}),
+                "spec.updateStrategy.rollingUpdate.maxUnavailable",
+            ),
+            (
+                json!({"updateStrategy": {"type": "OnDelete", "rollingUpdate": {"partition": 1}}}),
+                "spec.updateStrategy.rollingUpdate",
+            ),
+            (json!({"ordinals": {"start": 5}}), "spec.ordinals.start"),
+            (json!({"serviceName": "Web_1"}), "spec.serviceName"),
+            (
+                json!({"persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete"}}),
+                "spec.persistentVolumeClaimRetentionPolicy.whenDeleted",
+            ),
+        ] {
+            let mut bad = statefulset();
+            for (k, v) in patch.as_object().unwrap() {
+                bad["spec"][k] = v.clone();
+            }
+            default(Workload::StatefulSet, &mut bad);
+            let causes = validate(Workload::StatefulSet, &bad, None);
+            assert!(fields(&causes).contains(&field), "{field}: {causes:?}");
+        }
+        let mut vct = statefulset();
+        vct["spec"]["volumeClaimTemplates"] = json!([{"metadata": {"name": "data"}}]);
+        let causes = validate(Workload::StatefulSet, &vct, None);
+        assert!(
+            causes[0].message.contains("PersistentVolumeClaims"),
+            "{causes:?}"
+        );
+        // Updates: replicas and the template may change, the service name may not.
+        let mut scaled = s.clone();
+        scaled["spec"]["replicas"] = json!(5);
+        scaled["spec"]["template"]["spec"]["containers"][0]["image"] = json!("x:2");
+        assert!(validate(Workload::StatefulSet, &scaled, Some(&s)).is_empty());
+        let mut renamed = s.clone();
+        renamed["spec"]["serviceName"] = json!("db");
+        assert_eq!(
+            fields(&validate(Workload::StatefulSet, &renamed, Some(&s))),
+            ["spec"]
+        );
+    }
+
+    #[test]
+    fn pod_hostname_and_subdomain_are_dns_labels() {
+        let mut pod = json!({"spec": {"containers": [{"name": "c", "image": "i"}],
+            "hostname": "web-0", "subdomain": "web"}});
+        assert!(validate(Workload::Pod, &pod, None).is_empty());
+        pod["spec"]["hostname"] = json!("Web.0");
+        pod["spec"]["subdomain"] = json!("a_b");
+        assert_eq!(
+            fields(&validate(Workload::Pod, &pod, None)),
+            ["spec.hostname", "spec.subdomain"]
         );
     }
 }

@@ -35,6 +35,10 @@ pub struct PodFacts {
     pub placed_on_live_node: bool,
     /// Its phase is `Succeeded` or `Failed`: nothing left to stop.
     pub ended: bool,
+    /// A StatefulSet's pod placed on a node that is not live here but still has its record:
+    /// it may still run across a partition, so its deletion waits for the node (or for the
+    /// node's deletion) rather than completing now, and its identity stays taken.
+    pub fenced: bool,
 }
 
 /// The decision for deleting `pod` (as stored) with `requested` (`gracePeriodSeconds` of the
@@ -48,7 +52,7 @@ pub fn decide(
     let mut period = requested
         .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64())
         .unwrap_or(DEFAULT_GRACE_SECONDS);
-    if !facts.placed_on_live_node || facts.ended {
+    if (!facts.placed_on_live_node && !facts.fenced) || facts.ended {
         period = 0;
     }
     if period < 0 {
@@ -123,6 +127,7 @@ mod tests {
     }
 
     const LIVE: PodFacts = PodFacts {
+        fenced: false,
         placed_on_live_node: true,
         ended: false,
     };
@@ -156,10 +161,12 @@ mod tests {
         let now = at("2026-12-07T05:00:00Z");
         for facts in [
             PodFacts {
+                fenced: false,
                 placed_on_live_node: false,
                 ended: false,
             },
             PodFacts {
+                fenced: false,
                 placed_on_live_node: true,
                 ended: true,
             },
@@ -197,6 +204,7 @@ mod tests {
         assert_eq!(decide(&terminating, Some(0), LIVE, now), PodDeletion::Now);
         // Its node died meanwhile: nothing will finish it there.
         let dead = PodFacts {
+            fenced: false,
             placed_on_live_node: false,
             ended: false,
         };

@@ -370,6 +370,7 @@ fn info_of(workload: Workload) -> &'static ResourceInfo {
         Workload::Deployment => "deployments",
         Workload::Job => "jobs",
         Workload::DaemonSet => "daemonsets",
+        Workload::StatefulSet => "statefulsets",
         Workload::CronJob => "cronjobs",
     };
     resources::RESOURCES
@@ -412,6 +413,15 @@ fn with_status(
             .map(|d| {
                 let uid = d["metadata"]["uid"].as_str().unwrap_or_default();
                 workloads::daemonset_view(d, pods_of.get(uid).unwrap_or(&no_pods), &nodes, now)
+            })
+            .collect();
+    }
+    if workload == Workload::StatefulSet {
+        return objects
+            .iter()
+            .map(|s| {
+                let uid = s["metadata"]["uid"].as_str().unwrap_or_default();
+                workloads::statefulset_view(s, pods_of.get(uid).unwrap_or(&no_pods), now)
             })
             .collect();
     }
@@ -1637,15 +1647,20 @@ fn delete_pod_gracefully(
     let user_node = pod.existing["spec"]["nodeName"]
         .as_str()
         .unwrap_or_default();
-    let placed_on_live_node = crate::model::workload::placement(uid, user_node, binding)
-        .is_some_and(|(node, _)| {
-            matches!(
-                view.node_readiness.get(&node),
-                Some(Readiness::Ready | Readiness::Suspect)
-            )
+    let placed_on = crate::model::workload::placement(uid, user_node, binding).map(|(n, _)| n);
+    let placed_on_live_node = placed_on.as_ref().is_some_and(|node| {
+        matches!(
+            view.node_readiness.get(node),
+            Some(Readiness::Ready | Readiness::Suspect)
+        )
+    });
+    let fenced = crate::sched::statefulset::holds_identity(pod.existing)
+        && !crate::sched::statefulset::identity_released(placed_on.as_deref(), |n| {
+            view.node_readiness.contains_key(n)
         });
     let phase = pod.served["status"]["phase"].as_str().unwrap_or_default();
     let facts = graceful::PodFacts {
+        fenced,
         placed_on_live_node,
         ended: matches!(phase, "Succeeded" | "Failed"),
     };

@@ -43,6 +43,7 @@ pub enum Columns {
     Job,
     CronJob,
     DaemonSet,
+    StatefulSet,
     Event,
     Service,
     Endpoints,
@@ -60,6 +61,7 @@ pub enum Workload {
     Job,
     CronJob,
     DaemonSet,
+    StatefulSet,
 }
 
 /// A subresource served under `.../{name}/{sub}`.
@@ -266,7 +268,8 @@ static POD_DISRUPTION_BUDGET: Schema = Schema::Object(&[
     ("status", Schema::Any),
 ]);
 
-/// `status` (read) and `scale` (autoscaling/v1 `Scale`) of Deployments and ReplicaSets.
+/// `status` (read) and `scale` (autoscaling/v1 `Scale`) of Deployments, ReplicaSets and
+/// StatefulSets.
 static WORKLOAD_SUBRESOURCES: &[Subresource] = &[
     STATUS,
     Subresource {
@@ -506,6 +509,24 @@ pub static RESOURCES: &[ResourceInfo] = &[
         storage: Storage::Objects,
         workload: Some(Workload::DaemonSet),
         subresources: STATUS_ONLY,
+    },
+    ResourceInfo {
+        group: "apps",
+        version: "v1",
+        plural: "statefulsets",
+        singular: "statefulset",
+        kind: "StatefulSet",
+        short_names: &["sts"],
+        categories: &["all"],
+        namespaced: true,
+        verbs: ALL_VERBS,
+        name_rule: NameRule::Subdomain,
+        schema: &FREE_FORM,
+        merge_keys: workload_merge_keys,
+        columns: Columns::StatefulSet,
+        storage: Storage::Objects,
+        workload: Some(Workload::StatefulSet),
+        subresources: WORKLOAD_SUBRESOURCES,
     },
     ResourceInfo {
         group: "batch",

@@ -681,6 +681,9 @@ pub fn endpoints_objects(services: &[Value], pods: &[Value]) -> Vec<Value> {
                 if !e.node.is_empty() {
                     address["nodeName"] = json!(e.node);
                 }
+                if let Some(h) = &e.hostname {
+                    address["hostname"] = json!(h);
+                }
                 let entry = subsets.entry(e.ports.clone()).or_default();
                 if e.ready {
                     entry.0.push(address);
@@ -753,6 +756,9 @@ pub fn endpoint_slices(services: &[Value], pods: &[Value]) -> Vec<Value> {
                     });
                     if !e.node.is_empty() {
                         v["nodeName"] = json!(e.node);
+                    }
+                    if let Some(h) = &e.hostname {
+                        v["hostname"] = json!(h);
                     }
                     v
                 })

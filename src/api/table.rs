@@ -228,6 +228,13 @@ fn column_definitions(columns: Columns) -> Vec<Value> {
             column("Images", "string", 1, "Images referenced by each container in the template."),
             column("Selector", "string", 1, "Label selector for pods."),
         ],
+        Columns::StatefulSet => vec![
+            name,
+            column("Ready", "string", 0, "Number of the pod with ready state"),
+            age,
+            column("Containers", "string", 1, "Names of each container in the template."),
+            column("Images", "string", 1, "Images referenced by each container in the template."),
+        ],
         Columns::Job => vec![
             name,
             column("Status", "string", 0, "Status of the job."),
@@ -774,6 +781,20 @@ fn cells(columns: Columns, object: &Value, now: DateTime<Utc>) -> Vec<Value> {
                 selector,
             ]
         }
+        Columns::StatefulSet => {
+            let [containers, images, _] = template_cells(object);
+            let desired = object["spec"]["replicas"].as_i64().unwrap_or(1);
+            vec![
+                name,
+                json!(format!(
+                    "{}/{desired}",
+                    int(&object["status"]["readyReplicas"])
+                )),
+                json!(age(object, now)),
+                containers,
+                images,
+            ]
+        }
         Columns::Event => event_cells(object, now),
         Columns::Service => {
             let mut row = services::service_cells(object).to_vec();
@@ -1039,6 +1060,7 @@ mod tests {
             Columns::Job,
             Columns::CronJob,
             Columns::DaemonSet,
+            Columns::StatefulSet,
         ] {
             let object = json!({"metadata": {"name": "x"}, "spec": {}, "status": {}});
             assert_eq!(

@@ -122,6 +122,7 @@ pub fn check(workload: Workload, object: &mut Value) -> SchemaReport {
         Workload::Job => check_as::<k8s_openapi::api::batch::v1::Job>(object),
         Workload::CronJob => check_as::<k8s_openapi::api::batch::v1::CronJob>(object),
         Workload::DaemonSet => check_as::<k8s_openapi::api::apps::v1::DaemonSet>(object),
+        Workload::StatefulSet => check_as::<k8s_openapi::api::apps::v1::StatefulSet>(object),
     }
 }
 

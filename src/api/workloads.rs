@@ -524,6 +524,54 @@ pub fn daemonset_view(
     out
 }
 
+/// A StatefulSet with its status counted over `pods` (its own, as served; terminating ones
+/// left out) by `sched::statefulset::counts`: replicas, ready, available (`minReadySeconds`),
+/// current and updated counts and revisions; `observedGeneration` = `generation` (the
+/// controller acts on every spec at once), so `kubectl rollout status sts/x` waits for them.
+pub fn statefulset_view(sts: &Value, pods: &[&Value], now: DateTime<Utc>) -> Value {
+    use crate::sched::statefulset::{self, ordinal_of, REVISION_LABEL};
+    let mut out = sts.clone();
+    let name = text(sts, &["metadata", "name"]);
+    let min_ready = sts["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
+    let members: Vec<statefulset::CountedPod> = pods
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter_map(|p| {
+            let ordinal = ordinal_of(name, text(p, &["metadata", "name"]))?;
+            let since =
+                workload::ready_since(&p["status"]).map(|t| t.unwrap_or(DateTime::UNIX_EPOCH));
+            let available = since.is_some_and(|t| {
+                chrono::Duration::try_seconds(min_ready)
+                    .and_then(|d| t.checked_add_signed(d))
+                    .is_some_and(|at| at <= now)
+            });
+            Some((
+                ordinal,
+                text(p, &["metadata", "labels", REVISION_LABEL]).to_string(),
+                since.is_some(),
+                available,
+            ))
+        })
+        .collect();
+    let c = statefulset::counts(sts, &members);
+    let mut status = Map::new();
+    status.insert(
+        "observedGeneration".into(),
+        json!(sts["metadata"]["generation"].as_i64().unwrap_or(1)),
+    );
+    status.insert("replicas".into(), json!(c.replicas));
+    put_nonzero(&mut status, "readyReplicas", c.ready);
+    put_nonzero(&mut status, "currentReplicas", c.current);
+    put_nonzero(&mut status, "updatedReplicas", c.updated);
+    status.insert("availableReplicas".into(), json!(c.available));
+    status.insert("currentRevision".into(), json!(c.current_revision));
+    status.insert("updateRevision".into(), json!(c.update_revision));
+    status.insert("collisionCount".into(), json!(0));
+    out["status"] = Value::Object(status);
+    cover(&mut out, latest_of(pods));
+    out
+}
+
 /// A pod template with the `pod-template-hash` label removed and nulls dropped, for comparing
 /// a ReplicaSet's template with its Deployment's (Kubernetes' `EqualIgnoreHash`).
 fn template_sans_hash(template: &Value) -> Value {

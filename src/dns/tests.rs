@@ -33,10 +33,12 @@ fn zone() -> Zone {
                 name: "db".into(),
                 target: ServiceTarget::Headless(vec![
                     HeadlessEndpoint {
+                        hostname: None,
                         ip: Ipv4Addr::new(10, 244, 1, 5),
                         ports: vec![port("pg", "TCP", 5432)],
                     },
                     HeadlessEndpoint {
+                        hostname: None,
                         ip: Ipv4Addr::new(10, 244, 2, 7),
                         ports: vec![port("pg", "TCP", 5432)],
                     },
@@ -418,6 +420,7 @@ fn garbage_gets_formerr_or_is_dropped() {
 fn large_answers_are_truncated_over_udp_only() {
     let endpoints: Vec<HeadlessEndpoint> = (0..200u8)
         .map(|i| HeadlessEndpoint {
+            hostname: None,
             ip: Ipv4Addr::new(10, 244, 0, i),
             ports: Vec::new(),
         })
@@ -517,4 +520,56 @@ proptest! {
         bytes.truncate(truncate % (bytes.len() + 1));
         let _ = respond(&bytes, &zone(), Transport::Udp, false);
     }
+}
+
+/// A headless Service's endpoints with a hostname (a StatefulSet's pods, whose subdomain is
+/// the Service) are also `<hostname>.<service>.<ns>.svc.<domain>`; the Service's name answers
+/// every ready endpoint.
+#[test]
+fn headless_endpoints_with_hostnames_have_their_own_names() {
+    let ep = |h: Option<&str>, last: u8| HeadlessEndpoint {
+        hostname: h.map(str::to_string),
+        ip: Ipv4Addr::new(10, 244, 1, last),
+        ports: vec![port("http", "TCP", 80)],
+    };
+    let zone = Zone::build(
+        "cluster.local",
+        1,
+        &[ServiceEntry {
+            namespace: "default".into(),
+            name: "web".into(),
+            target: ServiceTarget::Headless(vec![
+                ep(Some("web-0"), 5),
+                ep(Some("web-1"), 6),
+                ep(None, 7),
+                ep(Some("Not_A_Label"), 8),
+            ]),
+            ports: vec![port("http", "TCP", 80)],
+        }],
+    );
+    let a = |name: &str| {
+        zone.lookup(name)
+            .cloned()
+            .map(|s| s.into_iter().collect::<Vec<_>>())
+    };
+    assert_eq!(
+        a("web-0.web.default.svc.cluster.local"),
+        Some(vec![ZoneRecord::A(Ipv4Addr::new(10, 244, 1, 5))])
+    );
+    assert_eq!(
+        a("web-1.web.default.svc.cluster.local"),
+        Some(vec![ZoneRecord::A(Ipv4Addr::new(10, 244, 1, 6))])
+    );
+    // Without a (valid) hostname: the dashed address.
+    assert!(a("10-244-1-7.web.default.svc.cluster.local").is_some());
+    assert!(a("10-244-1-8.web.default.svc.cluster.local").is_some());
+    assert_eq!(a("web-0.default.svc.cluster.local"), None);
+    assert_eq!(a("web.default.svc.cluster.local").map(|v| v.len()), Some(4));
+    // The SRV target of a named endpoint is its own name.
+    let srv = a("_http._tcp.web.default.svc.cluster.local").unwrap();
+    assert!(srv.contains(&ZoneRecord::Srv {
+        weight: 25,
+        port: 80,
+        target: "web-0.web.default.svc.cluster.local".into()
+    }));
 }

@@ -21,6 +21,9 @@ pub struct NamedPort {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeadlessEndpoint {
     pub ip: Ipv4Addr,
+    /// The pod's hostname when its subdomain is the Service's name: the endpoint is also
+    /// `<hostname>.<service>.<ns>.svc.<domain>` (a StatefulSet's `web-0.web...`).
+    pub hostname: Option<String>,
     /// The endpoint's ports (the pods' target ports), by name.
     pub ports: Vec<NamedPort>,
 }
@@ -144,7 +147,15 @@ impl Zone {
                 self.add_empty(&fqdn);
                 let weight = (100 / endpoints.len().max(1)).max(1) as u16;
                 for endpoint in endpoints {
-                    let host = format!("{}.{fqdn}", dashed(endpoint.ip));
+                    // The pod's own name when it has one (its SRV target too), else its
+                    // dashed address.
+                    let label = endpoint
+                        .hostname
+                        .as_deref()
+                        .map(str::to_ascii_lowercase)
+                        .filter(|h| is_label(h))
+                        .unwrap_or_else(|| dashed(endpoint.ip));
+                    let host = format!("{label}.{fqdn}");
                     self.add(&fqdn, ZoneRecord::A(endpoint.ip));
                     self.add(&host, ZoneRecord::A(endpoint.ip));
                     for port in &endpoint.ports {
@@ -257,6 +268,7 @@ pub fn entries(
                         .filter(|e| e.ready)
                         .map(|e| HeadlessEndpoint {
                             ip: e.ip,
+                            hostname: e.hostname.clone(),
                             ports: e
                                 .ports
                                 .iter()

@@ -595,7 +595,10 @@ impl Shell {
         observed: &BTreeMap<String, crate::runtime::ObservedPod>,
         pod_cidr: Option<&str>,
     ) {
+        let (hostname, subdomain) = d.host_names();
         let meta = PodMeta {
+            hostname,
+            subdomain,
             key: key.clone(),
             namespace: d.namespace(),
             name: d.name(),

@@ -35,6 +35,47 @@ pub struct PodMeta {
     /// containers, the last first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sidecars: Vec<String>,
+    /// `spec.hostname` (the pod's hostname instead of its name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// `spec.subdomain`: with it the pod's `/etc/hosts` names it
+    /// `<hostname>.<subdomain>.<ns>.svc.<cluster domain>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subdomain: Option<String>,
+}
+
+impl PodMeta {
+    /// The pod's hostname: `spec.hostname`, else its name, cut to 63 characters without a
+    /// trailing `-` or `.` (as Kubernetes' kubelet does).
+    pub fn hostname(&self) -> String {
+        let name = self.hostname.as_deref().unwrap_or(&self.name);
+        let cut: String = name.chars().take(63).collect();
+        cut.trim_end_matches(['-', '.']).to_string()
+    }
+
+    /// The pod's fully qualified name when it has a subdomain:
+    /// `<hostname>.<subdomain>.<ns>.svc.<domain>`.
+    pub fn fqdn(&self) -> Option<String> {
+        let sub = self.subdomain.as_deref().filter(|s| !s.is_empty())?;
+        Some(format!(
+            "{}.{sub}.{}.svc.{}",
+            self.hostname(),
+            self.namespace,
+            network::CLUSTER_DOMAIN
+        ))
+    }
+
+    /// `/etc/hosts` of the pod: localhost, and its own names at `ip` once it has an address
+    /// (the fully qualified one first, as Kubernetes writes it), else at `127.0.1.1`.
+    pub fn etc_hosts(&self, ip: Option<Ipv4Addr>) -> String {
+        let host = self.hostname();
+        let names = match self.fqdn() {
+            Some(fqdn) => format!("{fqdn}\t{host}"),
+            None => host,
+        };
+        let at = ip.map_or_else(|| "127.0.1.1".to_string(), |ip| ip.to_string());
+        format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{at}\t{names}\n")
+    }
 }
 
 /// `sandbox.json` / `shim.pid`: a process and its start time (clock ticks since boot, field 22

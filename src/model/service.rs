@@ -272,6 +272,10 @@ pub struct Endpoint {
     /// The Service's ports this pod serves, in the Service's port order (a named targetPort
     /// the pod does not declare leaves that port out).
     pub ports: Vec<EndpointPort>,
+    /// The pod's `spec.hostname` when its `spec.subdomain` is this Service's name (as
+    /// Kubernetes' endpoint controllers set it): the DNS name
+    /// `<hostname>.<service>.<ns>.svc.<domain>` of a headless Service's endpoint.
+    pub hostname: Option<String>,
 }
 
 fn labels(pod: &Value) -> BTreeMap<&str, &str> {
@@ -354,7 +358,12 @@ fn endpoint_of(service: &Service, pod: &Value) -> Option<Endpoint> {
     }
     let serving = is_pod_ready(pod);
     let terminating = !pod["metadata"]["deletionTimestamp"].is_null();
+    let hostname = (text(pod, "/spec/subdomain") == service.name)
+        .then(|| text(pod, "/spec/hostname"))
+        .filter(|h| !h.is_empty())
+        .map(str::to_string);
     Some(Endpoint {
+        hostname,
         ip,
         node: text(pod, "/spec/nodeName").to_string(),
         pod: text(pod, "/metadata/name").to_string(),
@@ -661,6 +670,24 @@ mod tests {
         ));
         let none = parse(&svc(json!({"clusterIP": "None", "selector": {}}))).unwrap();
         assert!(!selects(&none, &pod("default", json!({"app": "web"}))));
+    }
+
+    #[test]
+    fn endpoints_carry_the_hostname_of_pods_in_the_services_subdomain() {
+        let s = parse(&svc(
+            json!({"clusterIP": "None", "selector": {"app": "web"},
+            "ports": [{"name": "h", "port": 80, "targetPort": 8080}]}),
+        ))
+        .unwrap();
+        let mut named = pod("web-0", "10.244.1.2", true, json!({"app": "web"}));
+        named["spec"]["hostname"] = json!("web-0");
+        named["spec"]["subdomain"] = json!("web");
+        let mut elsewhere = pod("web-1", "10.244.1.3", true, json!({"app": "web"}));
+        elsewhere["spec"]["hostname"] = json!("web-1");
+        elsewhere["spec"]["subdomain"] = json!("other");
+        let eps = endpoints(&s, &[named, elsewhere]);
+        assert_eq!(eps[0].hostname.as_deref(), Some("web-0"));
+        assert_eq!(eps[1].hostname, None, "its subdomain is another Service");
     }
 
     #[test]

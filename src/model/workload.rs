@@ -13,6 +13,7 @@ pub const DEPLOYMENTS: &str = "deployments.apps";
 pub const JOBS: &str = "jobs.batch";
 pub const DAEMONSETS: &str = "daemonsets.apps";
 pub const CRONJOBS: &str = "cronjobs.batch";
+pub const STATEFULSETS: &str = "statefulsets.apps";
 
 /// Annotation on controller-made pods: the replica slot (`0..replicas`) the pod fills.
 pub const SLOT_ANNOTATION: &str = "shoal.io/slot";

@@ -121,6 +121,7 @@ mod tests {
             ready,
             serving: ready || terminating,
             terminating,
+            hostname: None,
             ports: vec![EndpointPort {
                 name: "http".into(),
                 protocol: service::Protocol::Tcp,

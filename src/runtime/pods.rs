@@ -114,6 +114,14 @@ impl Runtime {
         let spawned = started.elapsed();
         if let (Some(cni), Some(cidr)) = (&self.config.cni, cidr) {
             self.attach(&Cni::new(cni.clone()), &meta.key, &dir, sandbox, cidr)?;
+            // Its own names at its address in `/etc/hosts`, as Kubernetes writes them.
+            let address = read_json::<PodNetwork>(&dir.join(NETWORK_RECORD))?
+                .and_then(|n| n.address)
+                .map(|a| a.ip);
+            if let Some(ip) = address {
+                let hosts = dir.join("etc").join("hosts");
+                std::fs::write(&hosts, meta.etc_hosts(Some(ip))).map_err(io_err(&hosts))?;
+            }
         }
         tracing::debug!(
             key = %meta.key,
@@ -134,18 +142,14 @@ impl Runtime {
             let p = dir.join(sub);
             std::fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
-        let hostname: String = meta.name.chars().take(63).collect();
-        let hostname = hostname.trim_end_matches(['-', '.']).to_string();
+        let hostname = meta.hostname();
         let etc = dir.join("etc");
         let write = |name: &str, bytes: &[u8]| {
             let p = etc.join(name);
             std::fs::write(&p, bytes).map_err(io_err(&p))
         };
         write("hostname", format!("{hostname}\n").as_bytes())?;
-        write(
-            "hosts",
-            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n").as_bytes(),
-        )?;
+        write("hosts", meta.etc_hosts(None).as_bytes())?;
         // With the pod network, the pod resolves through its node (the DNS server on the
         // gateway); without it, as the host does.
         match cidr.and_then(|c| crate::model::network::gateway(&c.to_string())) {

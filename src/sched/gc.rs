@@ -1,6 +1,6 @@
 //! Garbage collection by owner uid: ReplicaSets whose controlling Deployment is gone, Jobs
 //! whose CronJob is gone, pods
-//! whose controlling ReplicaSet, Job or DaemonSet is gone, bindings whose pod is gone or has another uid;
+//! whose controlling ReplicaSet, Job, DaemonSet or StatefulSet is gone, bindings whose pod is gone or has another uid;
 //! and terminating pods no kubelet will finish (never placed, or on a dead node).
 //! The document's changes are causal (a replica holding a ReplicaSet also holds the
 //! Deployment that existed when it was made), so "owner absent" means deleted, not "not yet
@@ -12,8 +12,10 @@ use serde_json::Value;
 
 use super::object::{self, controller};
 use super::snapshot::{Liveness, PodKey, Write};
+use super::statefulset;
 use super::Working;
 use crate::model::workload::{self, JOBS, PODS, REPLICASETS};
+use crate::model::NodeRecord;
 
 /// ReplicaSets controlled by a Deployment whose uid is not among `deployments`.
 pub(crate) fn replicasets(deployments: &[Value], w: &mut Working<'_>, writes: &mut Vec<Write>) {
@@ -51,17 +53,20 @@ pub(crate) fn jobs(cronjobs: &[Value], jobs: &mut Vec<Value>, writes: &mut Vec<W
     *jobs = kept;
 }
 
-/// Pods controlled by a ReplicaSet that is not in the working set, or by a Job or DaemonSet
-/// not in `jobs` / `daemonsets`.
+/// Pods controlled by a ReplicaSet that is not in the working set, or by a Job, DaemonSet or
+/// StatefulSet not in `jobs` / `daemonsets` / `statefulsets`.
 pub(crate) fn pods(
     jobs: &[Value],
     daemonsets: &[Value],
+    statefulsets: &[Value],
     w: &mut Working<'_>,
+    now: chrono::DateTime<chrono::Utc>,
     writes: &mut Vec<Write>,
 ) {
     let live: BTreeSet<&str> = w.replicasets.values().map(|v| object::uid(v)).collect();
     let live_jobs: BTreeSet<&str> = jobs.iter().map(object::uid).collect();
     let live_daemons: BTreeSet<&str> = daemonsets.iter().map(object::uid).collect();
+    let live_sets: BTreeSet<&str> = statefulsets.iter().map(object::uid).collect();
     let orphans: Vec<PodKey> = w
         .pods
         .iter()
@@ -69,11 +74,27 @@ pub(crate) fn pods(
             Some(("ReplicaSet", o)) => !live.contains(o),
             Some(("Job", o)) => !live_jobs.contains(o),
             Some(("DaemonSet", o)) => !live_daemons.contains(o),
+            Some(("StatefulSet", o)) => !live_sets.contains(o),
             _ => false,
         })
         .map(|(k, _)| k.clone())
         .collect();
     for key in orphans {
+        // A StatefulSet's pod is deleted gracefully (its identity stays taken until no copy
+        // runs); a second round leaves it terminating.
+        if let Some(pod) = w.pods.get(&key).filter(|p| statefulset::holds_identity(p)) {
+            if !object::is_terminating(pod) {
+                let marked = statefulset::terminating(pod, now);
+                writes.push(Write::PutObject {
+                    resource: PODS,
+                    namespace: key.0.clone(),
+                    name: key.1.clone(),
+                    object: marked.clone(),
+                });
+                w.pods.insert(key, std::borrow::Cow::Owned(marked));
+            }
+            continue;
+        }
         w.pods.remove(&key);
         writes.push(Write::DeleteObject {
             resource: PODS,
@@ -88,13 +109,17 @@ pub(crate) fn pods(
 /// finishes them in Kubernetes). A pod on a live node is its kubelet's to remove once its
 /// containers have stopped. Not destructive on a stale view: the pod is being deleted
 /// anyway, and a node that is in fact alive stops its containers when the object goes, as
-/// for any deleted pod.
+/// for any deleted pod. A StatefulSet's pod is the exception: its name is an identity that
+/// must never run twice, so it stays terminating until its node returns or its node record
+/// is deleted (`statefulset::identity_released`).
 pub(crate) fn terminated_pods(
     w: &mut Working<'_>,
     liveness: &std::collections::BTreeMap<String, Liveness>,
+    nodes: &[NodeRecord],
     writes: &mut Vec<Write>,
 ) {
     let alive = |node: &str| liveness.get(node).is_some_and(|l| *l != Liveness::Dead);
+    let known: BTreeSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
     let done: Vec<PodKey> = w
         .pods
         .iter()
@@ -102,8 +127,11 @@ pub(crate) fn terminated_pods(
         .filter(|(key, p)| {
             let user_node = p["spec"]["nodeName"].as_str().unwrap_or_default();
             let binding = w.bindings.get(*key).map(|b| b.as_ref());
-            workload::placement(object::uid(p), user_node, binding)
-                .is_none_or(|(node, _)| !alive(&node))
+            let node = workload::placement(object::uid(p), user_node, binding).map(|(n, _)| n);
+            if statefulset::holds_identity(p) {
+                return statefulset::identity_released(node.as_deref(), |n| known.contains(n));
+            }
+            node.is_none_or(|node| !alive(&node))
         })
         .map(|(k, _)| k.clone())
         .collect();

@@ -1,5 +1,5 @@
 //! Scheduling decisions (pure): the scheduler leader's reconcile — Deployment (rolling updates),
-//! ReplicaSet, CronJob, Job and DaemonSet controllers, `NoExecute` taint evictions, garbage collection and placement — from a
+//! ReplicaSet, CronJob, Job, DaemonSet and StatefulSet controllers, `NoExecute` taint evictions, garbage collection and placement — from a
 //! snapshot of the merged state to a plan of writes (`docs/workloads.md`, "The controllers").
 //! Which node leads is `membership::leader`'s choice.
 
@@ -18,6 +18,7 @@ pub mod rollout;
 mod scheduler;
 pub mod settle;
 pub mod snapshot;
+pub mod statefulset;
 
 #[cfg(test)]
 mod affinity_tests;
@@ -31,6 +32,8 @@ mod fixtures;
 mod job_tests;
 #[cfg(test)]
 mod rollout_tests;
+#[cfg(test)]
+mod statefulset_tests;
 #[cfg(test)]
 mod taint_tests;
 #[cfg(test)]
@@ -157,7 +160,7 @@ pub fn reconcile(s: &Snapshot, ctx: &LeaderCtx) -> Plan {
         pod_security: &s.pod_security,
     };
     let mut plan = Plan::default();
-    gc::terminated_pods(&mut w, &s.liveness, &mut plan.writes);
+    gc::terminated_pods(&mut w, &s.liveness, &s.nodes, &mut plan.writes);
     let taint_wake = noexecute::evict(
         &mut w,
         &s.node_settings,
@@ -204,11 +207,26 @@ pub fn reconcile(s: &Snapshot, ctx: &LeaderCtx) -> Plan {
         &mut plan.events,
     );
     plan.wake = earliest(plan.wake, daemon_wake);
+    statefulset::reconcile(
+        &s.statefulsets,
+        &mut w,
+        &s.ready,
+        ctx,
+        &mut plan.writes,
+        &mut plan.events,
+    );
     gc::replicasets(&s.deployments, &mut w, &mut plan.writes);
     replicaset::reconcile(&mut w, ctx, &mut plan.writes, &mut plan.events);
     deployment::prune_history(&s.deployments, &mut w, &mut plan.writes);
     gc::jobs(&s.cronjobs, &mut jobs, &mut plan.writes);
-    gc::pods(&jobs, &s.daemonsets, &mut w, &mut plan.writes);
+    gc::pods(
+        &jobs,
+        &s.daemonsets,
+        &s.statefulsets,
+        &mut w,
+        ctx.now,
+        &mut plan.writes,
+    );
     gc::bindings(&mut w, &mut plan.writes);
     scheduler::schedule(
         &mut w,

@@ -48,6 +48,9 @@ pub(crate) fn evict(
             },
         };
         let Some(s) = tainted.get(node) else { continue };
+        if super::statefulset::holds_identity(pod) && object::is_terminating(pod) {
+            continue; // already going; its identity stays taken until it is gone
+        }
         let tolerations = taint::tolerations(&pod["spec"]);
         match taint::no_execute_deadline(&s.taints, &tolerations, bound) {
             Some(at) if at <= ctx.now => gone.push((key.clone(), node.to_string())),
@@ -59,6 +62,10 @@ pub(crate) fn evict(
         let Some(pod) = w.pods.remove(&key) else {
             continue;
         };
+        // A StatefulSet's pod is deleted gracefully: its name stays taken (and its binding
+        // kept) until its kubelet has stopped it, so its identity never runs twice.
+        let marked = super::statefulset::holds_identity(&pod)
+            .then(|| super::statefulset::terminating(&pod, ctx.now));
         events.push(PlannedEvent {
             involved: InvolvedObject {
                 api_version: "v1".into(),
@@ -75,6 +82,16 @@ pub(crate) fn evict(
             ),
             component: "taint-eviction-controller",
         });
+        if let Some(marked) = marked {
+            writes.push(Write::PutObject {
+                resource: PODS,
+                namespace: key.0.clone(),
+                name: key.1.clone(),
+                object: marked.clone(),
+            });
+            w.pods.insert(key, std::borrow::Cow::Owned(marked));
+            continue;
+        }
         writes.push(Write::DeleteObject {
             resource: PODS,
             namespace: key.0.clone(),

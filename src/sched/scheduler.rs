@@ -1,5 +1,6 @@
 //! Placement: every pod without a binding, and every controller-owned pod bound to a node the
-//! leader's view says is dead, gets a fresh binding. Filters, in Kubernetes' order (alive,
+//! leader's view says is dead, gets a fresh binding (a StatefulSet's pod only once its node's
+//! record is deleted: `statefulset::identity_released`). Filters, in Kubernetes' order (alive,
 //! cordoned (`spec.unschedulable`), `NoSchedule`/`NoExecute` taints the pod does not tolerate,
 //! nodeSelector and required node affinity, pod count, CPU/memory requests against capacity
 //! minus what is bound, `DoNotSchedule` topology spread constraints, required pod
@@ -28,6 +29,7 @@ use super::hash::{hash64, rendezvous};
 use super::object::{self, controller};
 use super::podspec::{self, Constraints, NodePlacement, PlacementKey, Resources};
 use super::snapshot::{LeaderCtx, Liveness, PlannedEvent, PodKey, SchedulingWrite, Write};
+use super::statefulset;
 use super::Working;
 use crate::model::quantity::{parse_milli, parse_units};
 use crate::model::taint::{self, Effect, Taint, Toleration};
@@ -701,7 +703,23 @@ pub(crate) fn schedule(
             }
             continue;
         }
+        let identity = statefulset::holds_identity(pod);
         match bindings.get(key) {
+            // A StatefulSet's pod keeps its node until the node's record is deleted: the node
+            // may still run it across a partition (at most one pod per identity). It is
+            // never moved to relieve an overcommitted node either.
+            Some(b) if identity => {
+                let released =
+                    statefulset::identity_released(Some(&b.node), |n| by_name.contains_key(n));
+                if !released {
+                    if let Some(&i) = by_name.get(b.node.as_str()) {
+                        placed.push((info, i, None));
+                    }
+                } else if rebinds < REBIND_BUDGET {
+                    rebinds += 1;
+                    pending.push(info);
+                }
+            }
             // Controllers replace their pods on dead nodes (at most REBIND_BUDGET a round: a
             // storm of failovers must not double the work it fixes); bare pods stay.
             Some(b) if dead(&b.node) && info.owner.is_some() => {

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::model::workload::{
     self, Binding, EventReason, EventType, InvolvedObject, PodStatusRecord, SchedulingRecord,
-    CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, PODS, REPLICASETS,
+    CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, PODS, REPLICASETS, STATEFULSETS,
 };
 use crate::model::{NodeRecord, NodeSettings};
 
@@ -38,6 +38,7 @@ pub struct Snapshot {
     pub jobs: Vec<Value>,
     pub daemonsets: Vec<Value>,
     pub cronjobs: Vec<Value>,
+    pub statefulsets: Vec<Value>,
     /// The winning binding of each pod (`bind/<ns>/<pod>`).
     pub bindings: BTreeMap<PodKey, Binding>,
     /// Node records, with the labels users set on them merged in.
@@ -246,6 +247,7 @@ impl Snapshot {
             (JOBS, &self.jobs),
             (DAEMONSETS, &self.daemonsets),
             (CRONJOBS, &self.cronjobs),
+            (STATEFULSETS, &self.statefulsets),
         ] {
             lists.insert(resource, list.iter().map(|v| (key(v), v.clone())).collect());
         }
@@ -294,6 +296,7 @@ impl Snapshot {
         next.jobs = take(JOBS);
         next.daemonsets = take(DAEMONSETS);
         next.cronjobs = take(CRONJOBS);
+        next.statefulsets = take(STATEFULSETS);
         for s in &plan.scheduling {
             match s {
                 SchedulingWrite::Put {

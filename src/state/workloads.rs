@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::{ClusterDoc, StateError};
 use crate::model::workload::{
-    SchedulingRecord, CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, PODS, REPLICASETS,
+    SchedulingRecord, CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, PODS, REPLICASETS, STATEFULSETS,
 };
 use crate::model::{with_user_labels, NodeSettings, NODE_SETTINGS};
 use crate::sched::snapshot::with_namespace;
@@ -36,6 +36,7 @@ impl ClusterDoc {
             jobs: objects(JOBS),
             daemonsets: objects(DAEMONSETS),
             cronjobs: objects(CRONJOBS),
+            statefulsets: objects(STATEFULSETS),
             bindings: self.bindings().into_iter().collect(),
             nodes: with_user_labels(self.nodes(), &node_settings),
             node_settings,

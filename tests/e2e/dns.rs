@@ -1,8 +1,12 @@
 //! Cluster DNS end to end: busybox pods on two nodes resolve a Service by all four name forms
 //! (through their resolv.conf's search list, from their node's DNS server at the pod gateway)
 //! to its ClusterIP; unknown names and names outside the cluster fail with NXDOMAIN at once; a
-//! Service created later resolves, and stops resolving once deleted.
+//! Service created later resolves, and stops resolving once deleted. On the same testnet, a
+//! StatefulSet behind a headless Service: its pods come up in order with their own hostnames
+//! and DNS names (`db-1.db`), a deleted pod comes back under its name, and scaling down
+//! removes the highest ordinal first.
 
+use std::collections::BTreeMap;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -197,6 +201,7 @@ fn pods_resolve_services_by_every_name_form() {
             out.contains("NXDOMAIN").then_some(()).ok_or(out)
         });
     }
+    statefulset_identities(clients[1].0);
     for node in ["n1", "n3"] {
         let log = agent_log(node);
         assert!(
@@ -204,4 +209,130 @@ fn pods_resolve_services_by_every_name_form() {
             "{node} logs where it serves:\n{log}"
         );
     }
+}
+
+const HEADLESS_DB: &str = r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db"},
+    "spec": {"clusterIP": "None", "selector": {"app": "db"}, "ports": [{"name": "tcp", "port": 5432}]}}"#;
+
+const STATEFULSET_DB: &str = r#"{"apiVersion": "apps/v1", "kind": "StatefulSet",
+    "metadata": {"name": "db"},
+    "spec": {"replicas": 3, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+             "template": {"metadata": {"labels": {"app": "db"}},
+                          "spec": {"terminationGracePeriodSeconds": 1,
+                                   "containers": [{"name": "main", "image": "shoal.test/busybox:1",
+                                                   "command": ["sleep", "3600"]}]}}}}"#;
+
+/// One pod of the StatefulSet as served: (uid, terminating, pod IP, creation time, Ready since).
+type DbPod = (String, bool, String, String, String);
+
+/// The StatefulSet's pods as served, by name.
+fn db_pods() -> Result<BTreeMap<String, DbPod>, String> {
+    let out = kubectl("n1", &["get", "pods", "-l", "app=db", "-o", "json"])?;
+    let list: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| format!("bad JSON: {e}: {out}"))?;
+    Ok(list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+            let ready = p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Ready" && c["status"] == "True")
+                .map(|c| s(&c["lastTransitionTime"]))
+                .unwrap_or_default();
+            (
+                s(&p["metadata"]["name"]),
+                (
+                    s(&p["metadata"]["uid"]),
+                    !p["metadata"]["deletionTimestamp"].is_null(),
+                    s(&p["status"]["podIP"]),
+                    s(&p["metadata"]["creationTimestamp"]),
+                    ready,
+                ),
+            )
+        })
+        .collect())
+}
+
+/// A StatefulSet of 3 (OrderedReady) behind the headless Service `db`, seen from `client`.
+fn statefulset_identities(client: &str) {
+    apply("n1", HEADLESS_DB);
+    apply("n1", STATEFULSET_DB);
+    kubectl_ok(
+        "n1",
+        &["rollout", "status", "statefulset/db", "--timeout=180s"],
+    );
+    let pods = db_pods().expect("listing db pods");
+    let names: Vec<&String> = pods.keys().collect();
+    assert_eq!(names, ["db-0", "db-1", "db-2"], "{pods:?}");
+    // OrderedReady: each pod was created no earlier than its predecessor became Ready.
+    for (before, after) in [("db-0", "db-1"), ("db-1", "db-2")] {
+        let ready = &pods[before].4;
+        let created = &pods[after].3;
+        assert!(!ready.is_empty(), "{before} is Ready: {pods:?}");
+        assert!(
+            created >= ready,
+            "{after} created {created}, before {before} was Ready ({ready})"
+        );
+    }
+    let table = kubectl_ok("n1", &["get", "statefulset", "db"]);
+    assert!(table.contains("READY") && table.contains("3/3"), "{table}");
+
+    // Its own hostname and name in /etc/hosts; its DNS name from another pod.
+    let host = text(&exec("n1", "db-1", &["hostname"]));
+    assert_eq!(host.trim(), "db-1");
+    let hosts = text(&exec("n1", "db-1", &["cat", "/etc/hosts"]));
+    let ip1 = pods["db-1"].2.clone();
+    assert!(
+        hosts.contains(&format!("{ip1}\tdb-1.db.default.svc.cluster.local\tdb-1")),
+        "{hosts}"
+    );
+    eventually(&format!("db-1.db resolves in {client}"), WAIT, || {
+        resolves_to(client, "db-1.db", &ip1)
+    });
+    // The Service's name answers every ready pod.
+    eventually(&format!("db answers every pod in {client}"), WAIT, || {
+        let out = text(&exec(
+            "n1",
+            client,
+            &["nslookup", "-type=a", "db.default.svc.cluster.local"],
+        ));
+        pods.values()
+            .all(|p| out.contains(&format!("Address: {}", p.2)))
+            .then_some(())
+            .ok_or(out)
+    });
+
+    // A deleted pod comes back under its name (a new uid), once the old one is gone.
+    let old_uid = pods["db-1"].0.clone();
+    kubectl_ok("n1", &["delete", "pod", "db-1", "--wait=false"]);
+    eventually("db-1 re-created and Ready", WAIT, || {
+        let pods = db_pods()?;
+        match pods.get("db-1") {
+            Some((uid, false, _, _, ready)) if *uid != old_uid && !ready.is_empty() => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    kubectl_ok(
+        "n1",
+        &["rollout", "status", "statefulset/db", "--timeout=120s"],
+    );
+
+    // Scale to 1: db-2 goes before db-1 is touched.
+    kubectl_ok("n1", &["scale", "statefulset", "db", "--replicas=1"]);
+    eventually("db scaled to db-0 alone", WAIT, || {
+        let pods = db_pods()?;
+        let alive = |n: &str| pods.get(n).is_some_and(|p| !p.1);
+        assert!(
+            alive("db-1") || !pods.contains_key("db-2"),
+            "db-1 went while db-2 was still there: {pods:?}"
+        );
+        let names: Vec<&String> = pods.keys().collect();
+        (names == ["db-0"]).then_some(()).ok_or(format!("{pods:?}"))
+    });
+    let table = kubectl_ok("n1", &["get", "statefulset", "db"]);
+    assert!(table.contains("1/1"), "{table}");
 }

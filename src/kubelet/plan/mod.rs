@@ -53,6 +53,15 @@ impl DesiredPod {
     pub fn uid(&self) -> String {
         self.pod.metadata.uid.clone().unwrap_or_default()
     }
+    /// `spec.hostname` and `spec.subdomain`, where set (non-empty).
+    pub fn host_names(&self) -> (Option<String>, Option<String>) {
+        let spec = self.pod.spec.as_ref();
+        let set = |v: Option<&String>| v.filter(|s| !s.is_empty()).cloned();
+        (
+            set(spec.and_then(|s| s.hostname.as_ref())),
+            set(spec.and_then(|s| s.subdomain.as_ref())),
+        )
+    }
     pub fn grace_seconds(&self) -> u64 {
         self.pod
             .spec

@@ -40,6 +40,8 @@ fn observed(containers: &[(&str, u32, AttemptState)], sandbox: bool) -> Observed
             created_at: t(0),
             hooks: Vec::new(),
             sidecars: Vec::new(),
+            hostname: None,
+            subdomain: None,
         },
         sandbox: sandbox.then_some(ProcessRecord {
             pid: 10,
@@ -1163,6 +1165,8 @@ fn execute(w: &mut World, actions: &[Action], fail: &mut impl FnMut() -> bool, n
                             created_at: now,
                             hooks: Vec::new(),
                             sidecars: Vec::new(),
+                            hostname: None,
+                            subdomain: None,
                         },
                         sandbox: None,
                         network: None,
