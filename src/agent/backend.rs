@@ -180,6 +180,23 @@ pub fn pressured_nodes(shared: &Shared) -> BTreeMap<String, crate::model::Runtim
     })
 }
 
+/// The planned restarts nodes announced in their own status documents (`model::RestartHold`).
+/// Only the node's own document counts: a hold is read under the name of the document's
+/// owner, never from the record's content.
+pub fn restart_holds(shared: &Shared) -> BTreeMap<String, crate::model::RestartHold> {
+    shared.read_status(|docs| {
+        docs.iter()
+            .filter_map(|(node, doc)| {
+                let h = doc
+                    .get::<crate::model::RestartHold>(crate::model::RESTART_HOLD_KEY)
+                    .ok()
+                    .flatten()?;
+                Some((node.clone(), h))
+            })
+            .collect()
+    })
+}
+
 /// The nodes as this agent sees them: records, pod CIDRs and readiness from its membership
 /// view, runtime pressure from their status documents (the API's `Backend::nodes`).
 pub fn node_views(shared: &Shared) -> Vec<NodeView> {

@@ -13,7 +13,7 @@ use chrono::Utc;
 
 use crate::model::workload::{keys, EventType, SchedulingRecord};
 use crate::model::MemberState;
-use crate::sched::liveness::{classify, ViewState};
+use crate::sched::liveness::{classify_held, ViewState};
 use crate::sched::settle::Settle;
 use crate::sched::{
     self, LeaderCtx, Liveness, Plan, PodKey, SchedulingWrite, Snapshot, StatusRecords,
@@ -30,10 +30,12 @@ const MAX_EVENTS_PER_ROUND: usize = 64;
 
 /// The leader's view of every member, damped (`sched::liveness`): a flapping member gets no
 /// new pods and keeps its pods until it has stayed dead for a full detection period; a member
-/// whose kubelet reports runtime pressure gets no new pods either.
+/// whose kubelet reports runtime pressure gets no new pods either; a gone member that
+/// announced a planned restart keeps its pods while its hold lasts (`sched::liveness::held`).
 fn liveness(shared: &Shared, view: &View, me: &str) -> BTreeMap<String, Liveness> {
     let now = Utc::now();
     let pressured = super::backend::pressured_nodes(shared);
+    let holds = super::backend::restart_holds(shared);
     let mut out: BTreeMap<String, Liveness> = view
         .members
         .iter()
@@ -45,7 +47,8 @@ fn liveness(shared: &Shared, view: &View, me: &str) -> BTreeMap<String, Liveness
             };
             let recoveries = view.recoveries.get(&m.name).map_or(&[][..], Vec::as_slice);
             let since = view.since.get(&m.name).copied();
-            let mut l = classify(state, since, recoveries, now);
+            let hold = holds.get(&m.name).map(|h| (h, m.incarnation));
+            let mut l = classify_held(state, since, recoveries, hold, now);
             if l == Liveness::Alive && pressured.contains_key(&m.name) {
                 l = Liveness::Suspect;
             }

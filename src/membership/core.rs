@@ -103,7 +103,7 @@ pub struct Membership {
     /// timeout are multiplied by `health + 1`. Rises when our own messages look late (missing
     /// nacks, suspicions of ourselves to refute), falls with every acked probe.
     health: u32,
-    /// Recent recoveries (a member back to Alive from Suspect or Dead), per member, oldest
+    /// Recent recoveries (a member back to Alive from Suspect, Dead or Left), per member, oldest
     /// first, at most [`FLAP_MEMORY`]: the leader's flap damping reads them.
     recoveries: BTreeMap<MemberId, VecDeque<Instant>>,
     /// When each member last sent us anything (Lifeguard: whose missing nack counts).
@@ -188,7 +188,7 @@ impl Membership {
         self.health
     }
 
-    /// How many times `id` came back to Alive (from Suspect or Dead) within `window` before
+    /// How many times `id` came back to Alive (from Suspect, Dead or Left) within `window` before
     /// `now`: a member that flaps under load is not trusted with new work for a while.
     pub fn flaps(&self, id: &str, window: Duration, now: Instant) -> usize {
         self.recoveries.get(id).map_or(0, |r| {
@@ -834,7 +834,10 @@ impl Membership {
             self.start_suspicion(&id, by.clone(), now);
         }
         if info.state == MemberState::Alive
-            && matches!(was, MemberState::Suspect | MemberState::Dead)
+            && matches!(
+                was,
+                MemberState::Suspect | MemberState::Dead | MemberState::Left
+            )
         {
             let r = self.recoveries.entry(id.clone()).or_default();
             if r.len() >= FLAP_MEMORY {

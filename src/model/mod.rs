@@ -34,5 +34,6 @@ pub use names::{is_dns1123_label, is_dns1123_subdomain, is_label_value, is_quali
 
 pub use node::{
     with_user_labels, MemberState, MemberStatus, NodeRecord, NodeSettings, NodeSystemInfo,
-    NodeView, Readiness, RuntimePressure, NODE_SETTINGS, PRESSURE_KEY,
+    NodeView, Readiness, RestartHold, RuntimePressure, NODE_SETTINGS, PRESSURE_KEY,
+    RESTART_HOLD_KEY,
 };

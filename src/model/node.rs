@@ -76,6 +76,24 @@ pub struct RuntimePressure {
     pub backlog: u32,
 }
 
+/// Key of [`RestartHold`] in a node's own status document.
+pub const RESTART_HOLD_KEY: &str = "restart-hold";
+
+/// A planned restart announced by the node itself before it stops ("hold my pods"): while
+/// it holds, the leader does not fail the node's pods over (`sched::liveness::held`). It
+/// belongs to one life of the agent (`incarnation`, its membership incarnation when it
+/// stopped): a later life's death is not covered by it, so the record never needs removing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartHold {
+    /// When the node announced it (the node's wall clock).
+    pub at: DateTime<Utc>,
+    /// How long the node asked its pods to be held, in seconds (`shoal agent
+    /// --restart-hold`); peers cap it at `sched::liveness::MAX_RESTART_HOLD`.
+    pub seconds: u64,
+    /// The membership incarnation the node stopped with.
+    pub incarnation: u64,
+}
+
 /// Liveness of a member (`membership`'s records carry it; the view the API shows too). The
 /// order matters: for one incarnation, a later state wins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

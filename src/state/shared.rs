@@ -39,7 +39,7 @@ pub struct View {
     pub members: Vec<MemberStatus>,
     /// When each member's state last changed, in this agent's wall clock.
     pub since: BTreeMap<String, DateTime<Utc>>,
-    /// When each member recently came back to alive (from suspect or dead), oldest first, in
+    /// When each member recently came back to alive (from suspect, dead or left), oldest first, in
     /// this agent's wall clock: the leader's flap damping (`sched::liveness`).
     pub recoveries: BTreeMap<String, Vec<DateTime<Utc>>>,
     pub admitted: Vec<String>,

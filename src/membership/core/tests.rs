@@ -633,6 +633,44 @@ fn being_suspected_raises_local_health_and_recoveries_are_counted() {
     );
 }
 
+/// A member that left (a planned restart) and came back with a new life counts as a recovery:
+/// the leader bounds how often a member's planned restarts hold its pods (`sched::liveness`).
+#[test]
+fn a_return_after_leaving_is_a_recovery() {
+    let now = Instant::now();
+    let mut a = node("a", now);
+    a.handle_message(
+        &"b".to_string(),
+        "/test/b",
+        Message::Gossip {
+            updates: vec![upd(alive("b", 1), "b")],
+        },
+        now,
+    );
+    let mut t = now;
+    for inc in [1u64, 100, 200] {
+        t += Duration::from_secs(1);
+        a.handle_message(
+            &"b".to_string(),
+            "/test/b",
+            Message::Gossip {
+                updates: vec![upd(with_state(alive("b", inc), MemberState::Left), "b")],
+            },
+            t,
+        );
+        a.handle_message(
+            &"b".to_string(),
+            "/test/b",
+            Message::Gossip {
+                updates: vec![upd(alive("b", inc + 50), "b")],
+            },
+            t,
+        );
+    }
+    assert_eq!(a.recoveries("b").count(), 3);
+    assert_eq!(a.flaps("b", Duration::from_secs(60), t), 3);
+}
+
 /// A hostile member's records at `u64::MAX` (a victim `Dead`, an accusation of the receiver
 /// itself, an unknown member suspected in advance) neither take effect nor wrap anything: the
 /// victims stay alive, incarnations stay small, and a member's own word replaces a record of it
