@@ -115,6 +115,9 @@ pub struct RunOptions {
     pub state_dir: Option<std::path::PathBuf>,
     /// `--deny-privileged`; replaces the stored setting when given.
     pub deny_privileged: Option<bool>,
+    /// `--restart-hold`: on a signal, announce a planned restart asking peers to hold this
+    /// node's pods this long (zero: leave, the pods fail over at once). Not saved.
+    pub restart_hold: std::time::Duration,
 }
 
 /// The files of the replicated state, relative to the state dir.
@@ -354,6 +357,8 @@ pub async fn run(
 
     let mut net_config = NetConfig::new(settings.listen_p2p, advertise);
     net_config.join = join;
+    net_config.restart_hold = opts.restart_hold;
+    let planned = net_config.planned.clone();
     // The tasks the node cannot serve without: if one ends or panics before shutdown, the
     // agent stops (exit non-zero, with the reason) instead of serving a frozen replica.
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -539,6 +544,9 @@ pub async fn run(
         _ = &mut shutdown => None,
         Some(reason) = failed_rx.recv() => Some(reason),
     };
+    if failure.is_none() {
+        planned.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
     match &failure {
         None => tracing::info!("shutting down"),
         Some(reason) => tracing::error!(%reason, "stopping the agent"),

@@ -195,6 +195,17 @@ pub enum Command {
         /// there. Default: the data dir.
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
+        /// On SIGTERM or SIGINT, announce a planned restart (an upgrade): peers hold this
+        /// node's pods (no failover) for up to this many seconds while it is away, 0 to 300.
+        /// 0: leave at once, and the pods fail over as for a dead node. Not saved.
+        #[arg(
+            long = "restart-hold",
+            value_name = "SECONDS",
+            env = "SHOAL_RESTART_HOLD",
+            default_value_t = crate::sched::liveness::DEFAULT_RESTART_HOLD.as_secs(),
+            value_parser = clap::value_parser!(u64).range(0..=crate::sched::liveness::MAX_RESTART_HOLD.as_secs())
+        )]
+        restart_hold: u64,
     },
     /// Print the serving agent's view: members and their states, leader, epoch, document
     /// sizes, replication lag per peer (`-o json`: the status document as JSON).
@@ -354,6 +365,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             metrics_addr,
             deny_privileged,
             state_dir,
+            restart_hold,
         } => {
             let opts = RunOptions {
                 data_dir,
@@ -370,6 +382,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 metrics_addr,
                 deny_privileged,
                 state_dir,
+                restart_hold: std::time::Duration::from_secs(restart_hold),
             };
             // Before any thread exists, so every runtime thread inherits it; the shim and the
             // sandbox go back to 0, so containers run at the default priority.

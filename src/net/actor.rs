@@ -36,7 +36,17 @@ pub struct NetConfig {
     pub anti_entropy_interval: Duration,
     pub save_interval: Duration,
     pub membership: membership::Config,
+    /// On shutdown, announce a planned restart asking peers to hold this node's pods this
+    /// long (`model::RestartHold`); zero: leave at once, the pods fail over.
+    pub restart_hold: Duration,
+    /// Set by the agent when the shutdown is the one asked for (a signal), not a failure: only
+    /// then is a restart announced.
+    pub planned: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// How long a shutdown waits for peers to acknowledge the restart announcement before it
+/// says it leaves.
+const ANNOUNCE_WAIT: Duration = Duration::from_secs(2);
 
 impl NetConfig {
     pub fn new(listen: SocketAddr, advertise: IpAddr) -> Self {
@@ -47,6 +57,8 @@ impl NetConfig {
             anti_entropy_interval: Duration::from_millis(1000),
             save_interval: Duration::from_millis(300),
             membership: membership::Config::default(),
+            restart_hold: Duration::ZERO,
+            planned: Arc::default(),
         }
     }
 }
@@ -271,6 +283,14 @@ pub async fn run(
             timer.as_mut().reset(next.into());
         }
     }
+    if !actor.config.restart_hold.is_zero()
+        && actor
+            .config
+            .planned
+            .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        actor.announce_restart(&mut local_rx).await;
+    }
     // Say goodbye: peers mark us Left at once instead of suspecting us.
     actor.membership.leave(Instant::now());
     actor.drain_membership();
@@ -286,6 +306,47 @@ pub async fn run(
 }
 
 impl Actor {
+    /// A planned restart: writes this life's `RestartHold` into our status document, pushes
+    /// it (with any local change not pushed yet) to every admitted peer and waits up to
+    /// [`ANNOUNCE_WAIT`] for their answers, so that the hold is replicated before we leave.
+    async fn announce_restart(&mut self, local_rx: &mut mpsc::Receiver<LocalChange>) {
+        let hold = crate::model::RestartHold {
+            at: chrono::Utc::now(),
+            seconds: self.config.restart_hold.as_secs(),
+            incarnation: self.membership.incarnation(),
+        };
+        if let Err(e) = self
+            .shared
+            .write_status(|d| d.put(crate::model::RESTART_HOLD_KEY, &hold).map(|_| ()))
+        {
+            tracing::error!(%e, "writing the planned-restart hold failed: pods will fail over");
+            return;
+        }
+        while let Ok(change) = local_rx.try_recv() {
+            self.push_local(change);
+        }
+        let peers = self.peers.len();
+        let waited = tokio::time::timeout(ANNOUNCE_WAIT, async {
+            while self.sent.values().any(|s| matches!(s, Sent::Push)) {
+                let event = self.swarm.select_next_some().await;
+                self.on_swarm_event(event);
+            }
+        })
+        .await;
+        match waited {
+            Ok(()) => tracing::info!(
+                peers,
+                seconds = hold.seconds,
+                "planned restart announced: peers hold this node's pods"
+            ),
+            Err(_) => tracing::warn!(
+                peers,
+                seconds = hold.seconds,
+                "planned restart announced, not every peer answered in time (anti-entropy carries it)"
+            ),
+        }
+    }
+
     // ---- time ----
 
     fn on_tick(&mut self) {
