@@ -74,6 +74,11 @@ start NODE:
 restart NODE:
     testnet/restart.sh {{NODE}}
 
+# Roll the freshly built binary (or NEW_BIN) over every testnet node, one at a time, without
+# failing pods over: planned restart (SIGTERM), new binary, wait Ready and in sync, next node.
+upgrade *NODES: build
+    testnet/upgrade.sh {{NODES}}
+
 # The host NODE hangs: SIGSTOP every process of its cgroup.
 stop NODE:
     testnet/stop.sh {{NODE}}

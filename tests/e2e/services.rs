@@ -462,3 +462,186 @@ fn port_forward(pods: &BTreeMap<String, String>) {
         dead.output()
     );
 }
+
+/// What an upgrade must not change of a `web` pod: uid, node, pod IP, restarts (by name).
+fn web_identity() -> Result<BTreeMap<String, (String, String, String, u64)>, String> {
+    let list = get_json("n1", &["pods", "-l", "app=web"])?;
+    let mut out = BTreeMap::new();
+    for p in list["items"].as_array().ok_or("no items")? {
+        let restarts = p["status"]["containerStatuses"].as_array().map_or(0, |cs| {
+            cs.iter().filter_map(|c| c["restartCount"].as_u64()).sum()
+        });
+        out.insert(
+            p["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            (
+                p["metadata"]["uid"].as_str().unwrap_or("").to_string(),
+                p["spec"]["nodeName"].as_str().unwrap_or("").to_string(),
+                p["status"]["podIP"].as_str().unwrap_or("").to_string(),
+                restarts,
+            ),
+        );
+    }
+    Ok(out)
+}
+
+/// Issue 19: `testnet/upgrade.sh n2` with n2's agent down 20 s (far longer than failure
+/// detection): n2 goes NotReady, but its planned-restart hold keeps its pod where it is. No
+/// pod moves (names, uids, nodes, IPs), no container restarts (runc's list on n2 and
+/// restartCount), and request loops through the NodePort on n1 (from the host) and through
+/// the ClusterIP (from a pod on n1) lose no request. A node killed without the announcement
+/// still fails over: `a_service_balances_over_ready_pods_on_every_node_and_follows_a_dead_node`
+/// and `workloads::killed_node_is_replaced_and_returns_to_the_exact_count`.
+#[test]
+fn a_planned_restart_moves_no_pod_and_loses_no_request() {
+    let tn = Testnet::up(3);
+    // The web Deployment, its NodePort Service and the client pod on n1.
+    let docs: Vec<&str> = APP.split("\n---\n").collect();
+    apply("n1", &[docs[0], docs[1], docs[3]].join("\n---\n"));
+    eventually("3 web pods running", START, web_pods);
+    eventually("the client pod runs", START, || {
+        let p = get_json("n1", &["pod", "client"])?;
+        (p["status"]["phase"] == "Running")
+            .then_some(())
+            .ok_or(format!("{}", p["status"]))
+    });
+    let before = eventually("3 web pods Ready on 3 nodes", START, || {
+        let ids = web_identity()?;
+        let ready = web_pods()?;
+        let nodes: std::collections::BTreeSet<&String> = ready.values().collect();
+        (ids.len() == 3 && nodes.len() == 3 && ids.values().all(|(_, _, ip, _)| !ip.is_empty()))
+            .then_some(ids.clone())
+            .ok_or(format!("{ids:?}"))
+    });
+    let svc = get_json("n1", &["service", "web"]).unwrap();
+    let node_port = svc["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .expect("nodePort");
+    let np = format!("http://{}:{node_port}/", node_ip("n1"));
+    let cip = format!("http://{}/", cluster_ip("web").unwrap());
+    let answers_all = |url: &str| {
+        let want: std::collections::BTreeSet<String> = before.keys().cloned().collect();
+        let mut got = std::collections::BTreeSet::new();
+        for _ in 0..30 {
+            got.insert(host_get(url)?);
+        }
+        (got == want)
+            .then_some(())
+            .ok_or(format!("answers {got:?}"))
+    };
+    eventually("the NodePort on n1 answers from all 3 pods", REACT, || {
+        answers_all(&np)
+    });
+    let victim = "n2";
+    let containers_before = super::workloads::runc_running(victim);
+    assert!(!containers_before.is_empty(), "no containers on {victim}");
+
+    // The ClusterIP loop in the client pod on n1, until /tmp/stop exists.
+    let loop_script = format!(
+        "rm -f /tmp/stop; ok=0; bad=0; while [ ! -f /tmp/stop ]; do \
+         if timeout 5 wget -q -O /dev/null {cip}; then ok=$((ok+1)); else bad=$((bad+1)); fi; \
+         sleep 0.1; done; echo ok=$ok bad=$bad"
+    );
+    let pod_loop = std::thread::spawn(move || {
+        kubectl("n1", &["exec", "client", "--", "sh", "-c", &loop_script])
+    });
+    // The NodePort loop from the host, until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let host_loop = {
+        let (stop, np) = (stop.clone(), np.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match host_get(&np) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (ok, failed)
+        })
+    };
+
+    // The upgrade of n2, agent down 20 s; watched through n1 meanwhile.
+    let mut upgrade = Command::new(repo().join("testnet/upgrade.sh"))
+        .arg(victim)
+        .env("NEW_BIN", shoal_bin())
+        .env("SHOAL_BIN", shoal_bin())
+        .env("UPGRADE_DOWN", "20")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run testnet/upgrade.sh");
+    let (mut saw_not_ready, mut changed) = (false, Vec::new());
+    while upgrade.try_wait().expect("upgrade.sh").is_none() {
+        if let Ok(rows) = nodes_via("n1") {
+            saw_not_ready |= rows.get(victim).is_some_and(|r| r.status == "NotReady");
+        }
+        if let Ok(now) = web_identity() {
+            if now.len() != before.len()
+                || now.iter().any(|(name, (uid, node, ip, _))| {
+                    before
+                        .get(name)
+                        .is_none_or(|b| (&b.0, &b.1, &b.2) != (uid, node, ip))
+                })
+            {
+                changed.push(format!("{now:?}"));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = upgrade.wait_with_output().expect("upgrade.sh");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "testnet/upgrade.sh {victim}: {}\n{log}\n{}",
+        out.status,
+        log_tails(40)
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (host_ok, host_failed) = host_loop.join().expect("host loop");
+    kubectl_ok("n1", &["exec", "client", "--", "touch", "/tmp/stop"]);
+    let pod_out = pod_loop.join().expect("pod loop").expect("ClusterIP loop");
+    eprintln!(
+        "upgrade of {victim}: NodePort from the host: {host_ok} answered, {} failed; \
+         ClusterIP from a pod: {}",
+        host_failed.len(),
+        pod_out.trim()
+    );
+    assert!(
+        saw_not_ready,
+        "{victim} never read NotReady through n1: the test did not outlast failure detection"
+    );
+    assert!(
+        changed.is_empty(),
+        "pods moved during the upgrade: before {before:?}, seen {changed:?}"
+    );
+    assert!(
+        agent_log(victim).contains("planned restart announced"),
+        "no announcement in {victim}'s log"
+    );
+    // After: same pods everywhere, no restarts, the same containers on n2.
+    eventually("the same 3 web pods, all Ready", REACT, || {
+        let now = web_identity()?;
+        web_pods()?;
+        (now == before)
+            .then_some(())
+            .ok_or(format!("before {before:?}, now {now:?}"))
+    });
+    assert!(before.values().all(|(_, _, _, r)| *r == 0), "{before:?}");
+    let containers_after = super::workloads::runc_running(victim);
+    assert!(
+        containers_before.is_subset(&containers_after),
+        "containers on {victim} before {containers_before:?}, after {containers_after:?}"
+    );
+    assert!(host_ok > 0, "the host loop made no request");
+    assert!(
+        host_failed.is_empty(),
+        "NodePort requests lost: {host_failed:?}"
+    );
+    let pod_bad = pod_out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bad="))
+        .unwrap_or("?");
+    assert_eq!(pod_bad, "0", "ClusterIP requests lost: {pod_out}");
+    drop(tn);
+}

@@ -159,7 +159,7 @@ fn runc_list(node: &str) -> Vec<String> {
 }
 
 /// runc containers that are running on `node`.
-fn runc_running(node: &str) -> BTreeSet<String> {
+pub(super) fn runc_running(node: &str) -> BTreeSet<String> {
     let root = run_dir().join(node).join("runc");
     let out = Command::new("runc")
         .arg("--root")
