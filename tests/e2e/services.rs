@@ -463,8 +463,11 @@ fn port_forward(pods: &BTreeMap<String, String>) {
     );
 }
 
-/// What an upgrade must not change of a `web` pod: uid, node, pod IP, restarts (by name).
-fn web_identity() -> Result<BTreeMap<String, (String, String, String, u64)>, String> {
+/// A pod's uid, node, pod IP and container restarts.
+type Identity = (String, String, String, u64);
+
+/// What an upgrade must not change of a `web` pod: its [`Identity`], by name.
+fn web_identity() -> Result<BTreeMap<String, Identity>, String> {
     let list = get_json("n1", &["pods", "-l", "app=web"])?;
     let mut out = BTreeMap::new();
     for p in list["items"].as_array().ok_or("no items")? {
