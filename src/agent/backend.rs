@@ -245,8 +245,7 @@ pub fn node_views(shared: &Shared) -> Vec<NodeView> {
 /// (`agent::services`) both serve pods through it.
 pub fn workload_view(shared: &Shared) -> WorkloadView {
     let bindings = shared.read(|d| d.bindings()).into_iter().collect();
-    let mut pod_status: BTreeMap<(String, String), Vec<(String, Arc<PodStatusRecord>)>> =
-        BTreeMap::new();
+    let mut pod_status = crate::model::workload::PodStatusRecords::new();
     let mut scheduling: BTreeMap<(String, String), Vec<SchedulingRecord>> = BTreeMap::new();
     shared.read_status(|docs| {
         for (node, doc) in docs.iter() {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 pub use crate::model::image::ImageSummary;
 use crate::model::image::{BlobStream, FetchThrough, PullEvent, PullRequest};
 pub use crate::model::logs::{LogRequest, LogStream};
-use crate::model::workload::{Binding, PodStatusRecord, SchedulingRecord};
+use crate::model::workload::{Binding, SchedulingRecord};
 pub use crate::model::MemberStatus;
 use crate::model::{NodeView, Readiness};
 
@@ -255,7 +255,7 @@ pub struct WorkloadView {
     pub bindings: BTreeMap<(String, String), Binding>,
     /// `(namespace, pod)` → status records for that pod from every node's status document,
     /// as `(node, record)`. Only the one whose `binding` matches the binding is current.
-    pub pod_status: BTreeMap<(String, String), Vec<(String, std::sync::Arc<PodStatusRecord>)>>,
+    pub pod_status: crate::model::workload::PodStatusRecords,
     /// `(namespace, pod)` → why the leader could not place it (latest first when several).
     pub scheduling: BTreeMap<(String, String), Vec<SchedulingRecord>>,
     /// Readiness of every known node in the serving agent's view.

@@ -72,6 +72,11 @@ pub fn placement(
     }
 }
 
+/// Every node's status record of each pod, by `(namespace, name)`: `(node, record)` pairs, the
+/// records shared with the status documents' decode cache.
+pub type PodStatusRecords =
+    std::collections::BTreeMap<(String, String), Vec<(String, std::sync::Arc<PodStatusRecord>)>>;
+
 /// The status record of a pod's current placement among `(node, record)` pairs from every
 /// status document: the one written by the placed node for that placement id and pod uid.
 /// Any other record is stale (an earlier placement, another uid) and ignored.

@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::model::workload::{
-    self, Binding, EventReason, EventType, InvolvedObject, PodStatusRecord, SchedulingRecord,
-    CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, PODS, REPLICASETS, STATEFULSETS,
+    self, Binding, EventReason, EventType, InvolvedObject, SchedulingRecord, CRONJOBS, DAEMONSETS,
+    DEPLOYMENTS, JOBS, PODS, REPLICASETS, STATEFULSETS,
 };
 use crate::model::{NodeRecord, NodeSettings};
 
@@ -65,7 +65,7 @@ pub struct Snapshot {
 
 /// Status records of every node, by pod: `(node, record)` pairs (`pod/<ns>/<name>` of each
 /// status document).
-pub type StatusRecords = BTreeMap<PodKey, Vec<(String, std::sync::Arc<PodStatusRecord>)>>;
+pub type StatusRecords = crate::model::workload::PodStatusRecords;
 
 /// Who is reconciling, in which view, when, and the seed of its fresh identifiers.
 #[derive(Clone, Debug)]
