@@ -164,45 +164,96 @@ async fn local(config: RuntimeConfig, req: ExecRequest) -> Result<ExecSession, B
         None
     };
     cmd.arg(&id).args(&req.command).kill_on_drop(true);
-    let child = cmd.spawn().map_err(|e| {
-        BackendError::Unavailable(format!("{}: {e}", config.runtime_binary.display()))
-    })?;
-    drop(cmd); // closes our copies of the pty slave
-    let mut child = child;
     let (in_tx, in_rx) = mpsc::channel(QUEUE);
     let (out_tx, out_rx) = mpsc::channel(QUEUE);
+    if let Some(master) = pty {
+        tokio::spawn(start_with_terminal(
+            cmd,
+            config.runtime_binary.clone(),
+            master,
+            req.stdin,
+            in_rx,
+            out_tx,
+        ));
+        return Ok(ExecSession {
+            input: in_tx,
+            output: out_rx,
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        BackendError::Unavailable(format!("{}: {e}", config.runtime_binary.display()))
+    })?;
     let mut readers = tokio::task::JoinSet::new();
-    let (stdin, winsize): (
-        Option<Box<dyn AsyncWrite + Send + Unpin>>,
-        Option<Arc<OwnedFd>>,
-    ) = match pty {
-        Some(master) => {
-            let (read, write, fd) = pty_halves(master, req.stdin)
-                .map_err(|e| BackendError::Unavailable(format!("pty: {e}")))?;
-            readers.spawn(pump(read, out_tx.clone(), ExecOutput::Stdout));
-            (write, Some(fd))
-        }
-        None => {
-            if let Some(out) = child.stdout.take() {
-                readers.spawn(pump(Box::new(out), out_tx.clone(), ExecOutput::Stdout));
-            }
-            if let Some(err) = child.stderr.take() {
-                readers.spawn(pump(Box::new(err), out_tx.clone(), ExecOutput::Stderr));
-            }
-            (
-                child
-                    .stdin
-                    .take()
-                    .map(|s| Box::new(s) as Box<dyn AsyncWrite + Send + Unpin>),
-                None,
-            )
-        }
-    };
-    tokio::spawn(supervise(child, readers, in_rx, stdin, winsize, out_tx));
+    if let Some(out) = child.stdout.take() {
+        readers.spawn(pump(Box::new(out), out_tx.clone(), ExecOutput::Stdout));
+    }
+    if let Some(err) = child.stderr.take() {
+        readers.spawn(pump(Box::new(err), out_tx.clone(), ExecOutput::Stderr));
+    }
+    let stdin = child
+        .stdin
+        .take()
+        .map(|s| Box::new(s) as Box<dyn AsyncWrite + Send + Unpin>);
+    tokio::spawn(supervise(child, readers, in_rx, stdin, None, out_tx));
     Ok(ExecSession {
         input: in_tx,
         output: out_rx,
     })
+}
+
+/// How long a session with a terminal waits for the client's first resize before it starts
+/// the command anyway.
+const FIRST_RESIZE_WAIT: Duration = Duration::from_secs(1);
+
+/// Starts a command with a terminal once the client's terminal size is known: kubectl sends it
+/// as soon as the session opens, and a command started before it arrives sees a terminal of
+/// 0 × 0 (busybox `stty size` then fails). The size is set on our pty before `runc exec`
+/// starts, which copies it to the container's terminal. Input that comes first is delivered
+/// once the command runs; a client that hangs up before anything starts nothing.
+async fn start_with_terminal(
+    mut cmd: tokio::process::Command,
+    binary: PathBuf,
+    master: OwnedFd,
+    stdin: bool,
+    mut input: mpsc::Receiver<ExecInput>,
+    out: mpsc::Sender<ExecOutput>,
+) {
+    let first = match tokio::time::timeout(FIRST_RESIZE_WAIT, input.recv()).await {
+        Ok(None) => return,
+        Ok(Some(ExecInput::Resize { width, height })) => {
+            set_winsize(&master, width, height);
+            None
+        }
+        Ok(Some(other)) => Some(other),
+        Err(_) => None,
+    };
+    let child = cmd.spawn();
+    drop(cmd); // closes our copies of the pty slave
+    let fail = |message: String| async {
+        let _ = out.send(ExecOutput::Exit(ExecExit::Error(message))).await;
+    };
+    let child = match child {
+        Ok(child) => child,
+        Err(e) => return fail(format!("{}: {e}", binary.display())).await,
+    };
+    let (read, mut write, fd) = match pty_halves(master, stdin) {
+        Ok(halves) => halves,
+        Err(e) => return fail(format!("pty: {e}")).await,
+    };
+    match first {
+        Some(ExecInput::Stdin(bytes)) => {
+            if let Some(w) = write.as_mut() {
+                if w.write_all(&bytes).await.is_err() || w.flush().await.is_err() {
+                    write = None;
+                }
+            }
+        }
+        Some(ExecInput::CloseStdin) => write = None,
+        Some(ExecInput::Resize { .. }) | None => {}
+    }
+    let mut readers = tokio::task::JoinSet::new();
+    readers.spawn(pump(read, out.clone(), ExecOutput::Stdout));
+    supervise(child, readers, input, write, Some(fd), out).await;
 }
 
 /// The read and write halves of a pty master (blocking reads on tokio's blocking pool) and the
