@@ -420,10 +420,9 @@ fn validate_cronjob(object: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
-/// DaemonSet rules past the common controller ones: update strategy, no surge (refused, not
-/// ignored), immutable selector.
-fn validate_daemonset(object: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
-    let strategy = &object["spec"]["updateStrategy"];
+/// The `spec.updateStrategy.type` of a DaemonSet or StatefulSet (`RollingUpdate` when unset);
+/// any other value is refused.
+fn update_strategy_type<'a>(strategy: &'a Value, causes: &mut Vec<Cause>) -> &'a str {
     let kind = strategy["type"].as_str().unwrap_or("RollingUpdate");
     let supported = ["RollingUpdate", "OnDelete"];
     if !supported.contains(&kind) {
@@ -433,6 +432,14 @@ fn validate_daemonset(object: &Value, old: Option<&Value>, causes: &mut Vec<Caus
             &supported,
         ));
     }
+    kind
+}
+
+/// DaemonSet rules past the common controller ones: update strategy, no surge (refused, not
+/// ignored), immutable selector.
+fn validate_daemonset(object: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let strategy = &object["spec"]["updateStrategy"];
+    let kind = update_strategy_type(strategy, causes);
     let rolling = &strategy["rollingUpdate"];
     let zero = |v: &Value| v.is_null() || v == &json!(0) || v == &json!("0%");
     if !zero(&rolling["maxSurge"]) {
@@ -1051,15 +1058,7 @@ fn validate_statefulset(object: &Value, old: Option<&Value>, causes: &mut Vec<Ca
         }
     }
     let strategy = &spec["updateStrategy"];
-    let kind = strategy["type"].as_str().unwrap_or("RollingUpdate");
-    let supported = ["RollingUpdate", "OnDelete"];
-    if !supported.contains(&kind) {
-        causes.push(unsupported(
-            "spec.updateStrategy.type".into(),
-            kind,
-            &supported,
-        ));
-    }
+    let kind = update_strategy_type(strategy, causes);
     let rolling = &strategy["rollingUpdate"];
     if kind == "OnDelete" && !rolling.is_null() {
         causes.push(invalid(

@@ -4,7 +4,7 @@
 //! `warn` level (HTTP `Warning` headers) and `audit` level (the agent's log) when created or
 //! when its images change; the pod template of a workload is checked against `enforce` and
 //! `warn` and answered with warnings, as Kubernetes does (the controllers' pods are refused
-//! later, when they are created: `sched::Working::create_pod`).
+//! later, when they are created: `sched::Working::put_pod`).
 
 use serde_json::Value;
 

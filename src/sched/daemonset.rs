@@ -392,7 +392,7 @@ pub(crate) fn reconcile(
             message: format!("Created pod: {}", key.1),
             component: "daemonset-controller",
         });
-        w.create_pod(writes, key, pod);
+        w.put_pod(writes, key, pod);
     }
     wake
 }

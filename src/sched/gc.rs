@@ -85,13 +85,7 @@ pub(crate) fn pods(
         if let Some(pod) = w.pods.get(&key).filter(|p| statefulset::holds_identity(p)) {
             if !object::is_terminating(pod) {
                 let marked = statefulset::terminating(pod, now);
-                writes.push(Write::PutObject {
-                    resource: PODS,
-                    namespace: key.0.clone(),
-                    name: key.1.clone(),
-                    object: marked.clone(),
-                });
-                w.pods.insert(key, std::borrow::Cow::Owned(marked));
+                w.put_pod(writes, key, marked);
             }
             continue;
         }

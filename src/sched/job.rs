@@ -546,7 +546,7 @@ pub(crate) fn reconcile(
                 component: "job-controller",
             });
         }
-        w.create_pod(writes, key, pod);
+        w.put_pod(writes, key, pod);
     }
     wake
 }

@@ -118,8 +118,9 @@ impl<'a> Working<'a> {
         }
     }
 
-    /// Creates pod `key`: its write, and the pod in the set the later stages see.
-    pub fn create_pod(&mut self, writes: &mut Vec<Write>, key: PodKey, pod: Value) {
+    /// Writes pod `key` (a new pod, or a new version of one): its write, and the pod in the set
+    /// the later stages see.
+    pub fn put_pod(&mut self, writes: &mut Vec<Write>, key: PodKey, pod: Value) {
         writes.push(Write::PutObject {
             resource: crate::model::workload::PODS,
             namespace: key.0.clone(),

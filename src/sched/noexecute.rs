@@ -83,13 +83,7 @@ pub(crate) fn evict(
             component: "taint-eviction-controller",
         });
         if let Some(marked) = marked {
-            writes.push(Write::PutObject {
-                resource: PODS,
-                namespace: key.0.clone(),
-                name: key.1.clone(),
-                object: marked.clone(),
-            });
-            w.pods.insert(key, std::borrow::Cow::Owned(marked));
+            w.put_pod(writes, key, marked);
             continue;
         }
         writes.push(Write::DeleteObject {

@@ -260,7 +260,7 @@ pub(crate) fn reconcile(
         w.pods.remove(&key);
     }
     for (key, pod) in creates {
-        w.create_pod(writes, key, pod);
+        w.put_pod(writes, key, pod);
     }
     events.extend(new_events);
 }

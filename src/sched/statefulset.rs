@@ -21,7 +21,7 @@ use super::hash::{derived_uid, template_hash, without_nulls};
 use super::object::{self, controller};
 use super::snapshot::{LeaderCtx, PlannedEvent, PodKey, Write};
 use super::{replicas_of, Working, MAX_REPLICAS};
-use crate::model::workload::{EventReason, EventType, InvolvedObject, PODS};
+use crate::model::workload::{EventReason, EventType, InvolvedObject};
 
 /// Label on a StatefulSet's pods: the pod's own name (Kubernetes' name).
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
@@ -482,13 +482,7 @@ pub(crate) fn reconcile(
             ),
             component: "statefulset-controller",
         });
-        writes.push(Write::PutObject {
-            resource: PODS,
-            namespace: key.0.clone(),
-            name: key.1.clone(),
-            object: pod.clone(),
-        });
-        w.pods.insert(key, std::borrow::Cow::Owned(pod));
+        w.put_pod(writes, key, pod);
     }
     for (key, pod, i) in creates {
         if w.pods.contains_key(&key) {
@@ -513,6 +507,6 @@ pub(crate) fn reconcile(
             ),
             component: "statefulset-controller",
         });
-        w.create_pod(writes, key, pod);
+        w.put_pod(writes, key, pod);
     }
 }
