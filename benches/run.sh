@@ -159,6 +159,7 @@ bench propagation-lo50 propagation --agents 50 --writes "$PROP_WRITES" --rate 5
 bench detection-lo5 detection --agents 5 --kills "$KILLS"
 bench false-deaths-lo5 false-deaths --agents 5 --secs $((FALSE_DEATH_MIN * 60))
 bench idle-lo5 idle --agents 5 --secs "$IDLE_SECS" --rate 20
+bench api-flood-lo1 api-flood --agents 1 --idle 1000 --secs 10
 
 # --- Serf, same procedure ----------------------------------------------------------------------
 if ! command -v serf >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

@@ -3621,3 +3621,123 @@ async fn kubectl_server_side_apply_of_workloads_and_services() {
     );
     h.stop().await;
 }
+
+/// A TLS connection to the harness' server, trusting its CA, with nothing sent yet.
+async fn tls_connect(h: &Harness) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    shoal::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(h.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(h.base.trim_start_matches("https://"))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
+/// Reads until the server closes `stream` (EOF or a reset); panics if it is still open after
+/// `limit` (the server did not close it).
+async fn closed_by_server(stream: &mut (impl tokio::io::AsyncRead + Unpin), limit: Duration, what: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: the server did not close the connection"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_and_unauthenticated_connections_cannot_hold_the_api() {
+    use tokio::io::AsyncWriteExt;
+    let config = ApiConfig {
+        max_connections: 32,
+        max_connections_per_address: 12,
+        max_unauthenticated: 4,
+        handshake_timeout: Duration::from_secs(2),
+        unauthenticated_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(1),
+        ..ApiConfig::default()
+    };
+    let h = Harness::start_with(config).await;
+    let addr = h.base.trim_start_matches("https://").to_string();
+
+    // An address's share: 12 connections that never say a word are held (for a while), the
+    // 13th is closed at once.
+    let mut silent = Vec::new();
+    for _ in 0..12 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let mut thirteenth = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    closed_by_server(&mut thirteenth, Duration::from_secs(1), "past the address's share").await;
+    // Each silent one is closed by the handshake deadline or for want of an unauthenticated
+    // slot; then the address has its share back and an authenticated client is served.
+    for (i, s) in silent.iter_mut().enumerate() {
+        closed_by_server(s, Duration::from_secs(20), &format!("silent connection {i}")).await;
+    }
+    let response = h.req(reqwest::Method::GET, "/version").send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+
+    // A TLS connection that makes no authenticated request is closed; a 401 does not count
+    // as authenticated.
+    let mut quiet = tls_connect(&h).await;
+    closed_by_server(&mut quiet, Duration::from_secs(20), "unauthenticated, silent").await;
+    let mut wrong = tls_connect(&h).await;
+    wrong
+        .write_all(b"GET /version HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n\r\n")
+        .await
+        .unwrap();
+    closed_by_server(&mut wrong, Duration::from_secs(20), "401 only").await;
+
+    // An authenticated keep-alive connection is closed once idle...
+    let mut idle = tls_connect(&h).await;
+    idle.write_all(
+        format!("GET /version HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    closed_by_server(&mut idle, Duration::from_secs(20), "authenticated, idle").await;
+
+    // ...but not while a watch is open on it, however long it stays silent.
+    let watch = h
+        .req(
+            reqwest::Method::GET,
+            "/api/v1/namespaces/default/configmaps?watch=true&timeoutSeconds=30&fieldSelector=metadata.name%3Dlate",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(watch.status().as_u16(), 200);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let created = h
+        .req(reqwest::Method::POST, "/api/v1/namespaces/default/configmaps")
+        .json(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "late"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let mut events = watch.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(20), events.next())
+        .await
+        .expect("the watch's event never came")
+        .expect("the watch ended: its connection was closed while the watch was open")
+        .unwrap();
+    let event: Value = serde_json::from_slice(first.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(event["type"], "ADDED");
+    assert_eq!(event["object"]["metadata"]["name"], "late");
+    h.stop().await;
+}

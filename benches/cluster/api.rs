@@ -55,6 +55,8 @@ pub fn cluster_client(ca_pem: &[u8]) -> Result<reqwest::Client> {
 pub struct Api {
     client: reqwest::Client,
     token: String,
+    /// The cluster CA, for clients other than `client` (the API flood's raw connections).
+    pub ca_pem: Vec<u8>,
 }
 
 impl Api {
@@ -62,7 +64,22 @@ impl Api {
         Ok(Self {
             client: cluster_client(ca_pem)?,
             token: token.trim().to_string(),
+            ca_pem: ca_pem.to_vec(),
         })
+    }
+
+    /// Lists the default namespace's configmaps (a cheap authenticated read).
+    pub async fn list_configmaps(&self, base: &str) -> Result<()> {
+        self.client
+            .get(format!("{base}/api/v1/namespaces/default/configmaps"))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        Ok(())
     }
 
     pub async fn status(&self, base: &str) -> Result<Status> {

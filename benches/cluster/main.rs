@@ -11,6 +11,7 @@
 mod api;
 mod cluster;
 mod failure;
+mod flood;
 mod idle;
 mod kube;
 mod lo;
@@ -90,6 +91,18 @@ enum What {
         secs: u64,
         #[arg(long, default_value_t = 20.0)]
         rate: f64,
+    },
+    /// Authenticated requests/s on node 0 with no flood, then while --idle unauthenticated TLS
+    /// connections are held open from many loopback addresses.
+    ApiFlood {
+        #[command(flatten)]
+        at: Where,
+        #[arg(long, default_value_t = 1000)]
+        idle: usize,
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
     },
     /// The detection procedure against Serf agents on loopback.
     Serf {
@@ -217,6 +230,24 @@ async fn main() -> Result<()> {
         What::Idle { at, secs, rate } => {
             let (c, label) = open(&cli, at, "idle").await?;
             idle::run(c.as_ref(), &label, *secs, *rate).await?
+        }
+        What::ApiFlood {
+            at,
+            idle,
+            clients,
+            secs,
+        } => {
+            let (c, label) = open(&cli, at, "api-flood").await?;
+            flood::run(
+                c.as_ref(),
+                &label,
+                &flood::Params {
+                    idle: *idle,
+                    clients: *clients,
+                    secs: *secs,
+                },
+            )
+            .await?
         }
         What::Serf {
             agents,

@@ -1,10 +1,13 @@
 //! Bearer-token authentication, applied to every route (health and discovery included).
 
+use std::sync::Arc;
+
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::connections::{self, Conn};
 use super::status::ApiError;
 use super::ApiState;
 
@@ -21,7 +24,9 @@ pub(crate) fn bearer_token_of(headers: &axum::http::HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// Rejects the request with a bare 401 Status unless the backend accepts its bearer token.
+/// Rejects the request with a bare 401 Status unless the backend accepts its bearer token. An
+/// accepted request marks its connection authenticated and busy until its response has been
+/// sent (`connections.rs`).
 pub async fn require_token(
     State(state): State<ApiState>,
     request: Request,
@@ -32,5 +37,11 @@ pub async fn require_token(
         tracing::debug!(path = %request.uri().path(), "unauthenticated api request");
         return ApiError::Unauthorized.into_response();
     }
-    next.run(request).await
+    match request.extensions().get::<Arc<Conn>>().cloned() {
+        Some(conn) => {
+            let busy = conn.begin_request();
+            connections::hold_until_sent(next.run(request).await, busy)
+        }
+        None => next.run(request).await,
+    }
 }

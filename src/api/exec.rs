@@ -282,6 +282,15 @@ pub(super) async fn handle(
             name: name.clone(),
         })?;
     let container = pick_container(&pod, container)?;
+    let slot = state.exec_sessions.clone().try_acquire_owned().map_err(|_| {
+        ApiError::TooManyRequests {
+            message: format!(
+                "this node serves at most {} exec sessions at once; retry later or through another node",
+                state.config.max_exec_sessions
+            ),
+            causes: vec![],
+        }
+    })?;
     let upgrade = upgrade.map_err(|_| {
         ApiError::BadRequest(
             "exec needs a WebSocket upgrade with subprotocol v5.channel.k8s.io or v4.channel.k8s.io (SPDY is not supported)".into(),
@@ -311,7 +320,8 @@ pub(super) async fn handle(
             // Errors of opening the session go on the error channel: answered as HTTP errors,
             // kubectl would take them for a failed upgrade and retry with SPDY, hiding them.
             let session = state.backend.exec(req).await;
-            serve(socket, session, command).await
+            serve(socket, session, command, state.config.exec_idle_timeout).await;
+            drop(slot);
         })
         .into_response())
 }
@@ -338,13 +348,16 @@ fn pick_container(pod: &Value, asked: Option<String>) -> Result<String, ApiError
     }
 }
 
-/// Pumps one session over the socket until the process exits or the client goes away.
+/// Pumps one session over the socket until the process exits, the client goes away, or
+/// nothing has passed either way for `idle` (the session then ends as the client's going away
+/// does, with an error status saying why).
 /// After the exit status the socket closes with 1000 "normal closure": kubectl reads any other
 /// close as an error of the streams.
 async fn serve(
     mut socket: WebSocket,
     session: Result<ExecSession, super::BackendError>,
     command: Vec<String>,
+    idle: std::time::Duration,
 ) {
     let ExecSession { input, mut output } = match session {
         Ok(s) => s,
@@ -357,9 +370,23 @@ async fn serve(
             return;
         }
     };
+    let mut active = tokio::time::Instant::now();
     loop {
         tokio::select! {
+            _ = tokio::time::sleep_until(active + idle) => {
+                let _ = input.send(ExecInput::CloseStdin).await;
+                let why = format!(
+                    "the exec session was idle (no input or output) for {} s and was ended",
+                    idle.as_secs()
+                );
+                let out = ExecOutput::Exit(ExecExit::Error(why));
+                let _ = socket
+                    .send(Message::Binary(encode_output(&out, &command).into()))
+                    .await;
+                break;
+            }
             out = output.recv() => {
+                active = tokio::time::Instant::now();
                 let out = out.unwrap_or_else(|| ExecOutput::Exit(ExecExit::Error(
                     "the exec session ended without an exit status".into(),
                 )));
@@ -371,6 +398,7 @@ async fn serve(
             }
             msg = socket.recv() => match msg {
                 Some(Ok(Message::Binary(b))) => {
+                    active = tokio::time::Instant::now();
                     if let Some(i) = decode_input(&b) {
                         // A full input channel means the process is not reading: wait.
                         if input.send(i).await.is_err() {

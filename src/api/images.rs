@@ -484,6 +484,7 @@ mod tests {
             versions: Arc::new(ResourceVersions::default()),
             log: Arc::new(super::super::changelog::ChangeLog::new(1, 16)),
             shutdown: tokio::sync::watch::channel(false).1,
+            exec_sessions: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
 

@@ -38,6 +38,7 @@ mod auth;
 mod backend;
 mod body;
 mod changelog;
+mod connections;
 mod discovery;
 mod eviction;
 pub mod exec;
@@ -85,6 +86,21 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Concurrent connections (TLS handshakes included); further clients wait in the backlog.
     pub max_connections: usize,
+    /// Concurrent connections from one source address; more are closed as they arrive.
+    pub max_connections_per_address: usize,
+    /// Concurrent connections that have not yet made an authenticated request (TLS handshakes
+    /// included); more wait for a slot up to `handshake_timeout`, then are closed.
+    pub max_unauthenticated: usize,
+    /// A connection with no authenticated request this long after it opened is closed.
+    pub unauthenticated_timeout: Duration,
+    /// An authenticated connection with no request in flight this long is closed.
+    pub idle_timeout: Duration,
+    /// Exec sessions open at once on this node (relayed ones count on both nodes); more get
+    /// 429.
+    pub max_exec_sessions: usize,
+    /// An exec session with no byte in either direction this long is ended (the kubelet's
+    /// `streamingConnectionIdleTimeout`, 4 h by default).
+    pub exec_idle_timeout: Duration,
     /// Largest request head (HTTP/1 buffer and HTTP/2 header list); at least 8 KiB.
     pub max_header_bytes: usize,
     /// Concurrent HTTP/2 streams per connection.
@@ -116,6 +132,12 @@ impl Default for ApiConfig {
         ApiConfig {
             max_body_bytes: 3 * 1024 * 1024,
             max_connections: 1024,
+            max_connections_per_address: 256,
+            max_unauthenticated: 128,
+            unauthenticated_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            max_exec_sessions: 256,
+            exec_idle_timeout: Duration::from_secs(4 * 3600),
             max_header_bytes: 64 * 1024,
             max_streams_per_connection: 250,
             handshake_timeout: Duration::from_secs(10),
@@ -141,4 +163,6 @@ pub(crate) struct ApiState {
     pub log: Arc<changelog::ChangeLog>,
     /// Becomes `true` when the server shuts down; open watches end.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The exec sessions this node may serve at once (`ApiConfig::max_exec_sessions`).
+    pub exec_sessions: Arc<tokio::sync::Semaphore>,
 }

@@ -64,7 +64,27 @@ pub enum PatchError {
     TestFailed(String),
     #[error("json patch path {0} does not exist")]
     MissingPath(String),
+    /// Too many operations, or copies adding up past their bound (413).
+    #[error("{0}")]
+    TooLarge(String),
 }
+
+impl PatchError {
+    /// The API's answer: 413 for a patch too large in effect, 400 for the rest.
+    pub fn to_api(&self) -> super::status::ApiError {
+        match self {
+            PatchError::TooLarge(m) => super::status::ApiError::EffectTooLarge(m.clone()),
+            e => super::status::ApiError::BadRequest(e.to_string()),
+        }
+    }
+}
+
+/// Most operations in one JSON patch (Kubernetes' `maxJSONPatchOperations`).
+pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+
+/// Most bytes (as JSON) that the `copy` operations of one JSON patch may add up to: each copy
+/// can double the object, so 30 of them in a small body would otherwise ask for gigabytes.
+pub const MAX_JSON_PATCH_COPIED_BYTES: usize = 3 << 20;
 
 /// Merge keys of lists of maps for strategic merge patch: given the dotted path of a list
 /// field (e.g. `spec.template.spec.containers`), the key its elements merge on (`name`).
@@ -121,28 +141,72 @@ pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
     }
     let ops: json_patch::Patch =
         serde_json::from_value(patch.clone()).map_err(|e| PatchError::Malformed(e.to_string()))?;
+    if ops.0.len() > MAX_JSON_PATCH_OPERATIONS {
+        return Err(PatchError::TooLarge(format!(
+            "The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {}",
+            ops.0.len()
+        )));
+    }
+    // One operation at a time on a copy (all or nothing: the copy is dropped on error), so
+    // each `copy` is weighed before it runs.
     let mut doc = target.clone();
-    json_patch::patch(&mut doc, &ops).map_err(|e| {
-        use json_patch::{PatchErrorKind, PatchOperation};
-        let op = ops.0.get(e.operation);
-        let from = match op {
-            Some(PatchOperation::Copy(op)) => op.from.to_string(),
-            Some(PatchOperation::Move(op)) => op.from.to_string(),
-            _ => e.path.to_string(),
-        };
-        match e.kind {
-            // A test of a path that names nothing fails as a test (as it always has here).
-            PatchErrorKind::TestFailed | PatchErrorKind::InvalidPointer
-                if matches!(op, Some(PatchOperation::Test(_))) =>
-            {
-                PatchError::TestFailed(e.path.to_string())
+    let mut copied = 0usize;
+    for (i, op) in ops.0.iter().enumerate() {
+        if let json_patch::PatchOperation::Copy(c) = op {
+            if let Some(source) = doc.pointer(c.from.as_str()) {
+                copied = copied.saturating_add(json_len(source));
+                if copied > MAX_JSON_PATCH_COPIED_BYTES {
+                    return Err(PatchError::TooLarge(format!(
+                        "the copy operations of a JSON patch may add at most {MAX_JSON_PATCH_COPIED_BYTES} bytes; operation {i} passes that"
+                    )));
+                }
             }
-            PatchErrorKind::InvalidFromPointer => PatchError::MissingPath(from),
-            PatchErrorKind::InvalidPointer => PatchError::MissingPath(e.path.to_string()),
-            _ => PatchError::Malformed(e.to_string()),
         }
-    })?;
+        json_patch::patch_unsafe(&mut doc, std::slice::from_ref(op))
+            .map_err(|e| op_error(i, op, e))?;
+    }
     Ok(doc)
+}
+
+/// The answer to a failed operation `op` (number `index` of the patch): its from-path named for a failed copy or move, a
+/// test of a path that names nothing failing as a test.
+fn op_error(index: usize, op: &json_patch::PatchOperation, e: json_patch::PatchError) -> PatchError {
+    use json_patch::{PatchErrorKind, PatchOperation};
+    let from = match op {
+        PatchOperation::Copy(op) => op.from.to_string(),
+        PatchOperation::Move(op) => op.from.to_string(),
+        _ => e.path.to_string(),
+    };
+    match e.kind {
+        PatchErrorKind::TestFailed | PatchErrorKind::InvalidPointer
+            if matches!(op, PatchOperation::Test(_)) =>
+        {
+            PatchError::TestFailed(e.path.to_string())
+        }
+        PatchErrorKind::InvalidFromPointer => PatchError::MissingPath(from),
+        PatchErrorKind::InvalidPointer => PatchError::MissingPath(e.path.to_string()),
+        kind => PatchError::Malformed(format!(
+            "operation '/{index}' failed at path '{}': {kind}",
+            e.path
+        )),
+    }
+}
+
+/// The length of `value` written as compact JSON, without writing it.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -407,6 +471,48 @@ mod tests {
             .unwrap(),
             json!({"list": [1, 9, 3]})
         );
+    }
+
+    #[test]
+    fn doubling_copies_are_refused_before_they_add_up() {
+        // 40 doublings of a 1 KiB string would be a terabyte; the 12th passes 3 MiB.
+        let target = json!({"data": {"x0": "y".repeat(1024)}});
+        let ops: Vec<Value> = (0..40)
+            .map(|i| json!({"op": "copy", "from": "/data", "path": format!("/data/x{}", i + 1)}))
+            .collect();
+        let refused = json_patch(&target, &Value::Array(ops)).unwrap_err();
+        assert!(
+            matches!(&refused, PatchError::TooLarge(m) if m.contains("operation 11")),
+            "{refused:?}"
+        );
+        assert_eq!(refused.to_api().code(), axum::http::StatusCode::PAYLOAD_TOO_LARGE);
+        // Copies under the bound still work.
+        let two = json!([{"op": "copy", "from": "/data/x0", "path": "/data/a"},
+                         {"op": "copy", "from": "/data/x0", "path": "/data/b"}]);
+        let done = json_patch(&target, &two).unwrap();
+        assert_eq!(done["data"]["b"], done["data"]["x0"]);
+    }
+
+    #[test]
+    fn too_many_operations_are_refused_as_kubernetes_refuses_them() {
+        let ops: Vec<Value> = (0..=MAX_JSON_PATCH_OPERATIONS)
+            .map(|_| json!({"op": "test", "path": "/a", "value": 1}))
+            .collect();
+        assert_eq!(
+            json_patch(&json!({"a": 1}), &Value::Array(ops)),
+            Err(PatchError::TooLarge(
+                "The allowed maximum operations in a JSON patch is 10000, got 10001".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn a_failing_operation_is_named_by_its_index_and_changes_nothing() {
+        let target = json!({"a": [1]});
+        let patch = json!([{"op": "add", "path": "/c", "value": 2},
+                           {"op": "add", "path": "/a/5", "value": 3}]);
+        let e = json_patch(&target, &patch).unwrap_err();
+        assert!(e.to_string().contains("operation '/1'"), "{e}");
     }
 
     #[test]

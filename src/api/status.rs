@@ -53,6 +53,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the request body is too large (limit {limit} bytes)")]
     TooLarge { limit: usize },
+    /// A request whose effect would be too large (a JSON patch's operations or copies).
+    #[error("{0}")]
+    EffectTooLarge(String),
     #[error(
         "the body of the request was in an unknown format - accepted media types include: {0}"
     )]
@@ -124,7 +127,9 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge { .. } | ApiError::EffectTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -146,7 +151,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::Forbidden(_) => "Forbidden",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
-            ApiError::TooLarge { .. } => "RequestEntityTooLarge",
+            ApiError::TooLarge { .. } | ApiError::EffectTooLarge(_) => "RequestEntityTooLarge",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Timeout => "Timeout",
             ApiError::Unavailable(_) => "ServiceUnavailable",

@@ -261,6 +261,42 @@ impl Shared {
             .collect()
     }
 
+    /// Whether `owner` may have a status document on this node: itself, a node with a record
+    /// in the cluster document, or a live (alive or suspect) member. A deleted node that is gone
+    /// is none of these: its document is dropped ([`Shared::prune_status_docs`]) and not taken
+    /// back from a peer that still has it.
+    pub fn status_owner_known(&self, owner: &str) -> bool {
+        owner == self.node_name
+            || self.live_member(owner)
+            || self.read(|d| d.node(owner).ok().flatten().is_some())
+    }
+
+    fn live_member(&self, name: &str) -> bool {
+        let view = self.view.read().unwrap_or_else(|p| p.into_inner());
+        view.members
+            .iter()
+            .any(|m| m.name == name && m.state.is_live())
+    }
+
+    /// Drops the status documents of owners no longer known ([`Shared::status_owner_known`]):
+    /// without this, every node ever deleted kept its document on every node for ever, and past
+    /// [`MAX_STATUS_DOCS`] new nodes were refused. Returns the owners dropped.
+    pub fn prune_status_docs(&self) -> Vec<String> {
+        let owners: Vec<String> = self.read_status(|docs| docs.keys().cloned().collect());
+        let gone: Vec<String> = owners
+            .into_iter()
+            .filter(|o| !self.status_owner_known(o))
+            .collect();
+        if !gone.is_empty() {
+            self.replicate_status(|docs| {
+                for owner in &gone {
+                    docs.remove(owner);
+                }
+            });
+        }
+        gone
+    }
+
     /// Runs `f` on the status documents to merge, replace or re-base them (the network
     /// actor's replication).
     pub fn replicate_status<T>(&self, f: impl FnOnce(&mut BTreeMap<String, StatusDoc>) -> T) -> T {
@@ -411,6 +447,50 @@ mod tests {
         doc.put_object("namespaces", None, "kept", &serde_json::json!({"a": 1}))
             .unwrap();
         Shared::new("n1".into(), identity, doc, wal, BTreeMap::new())
+    }
+
+    #[test]
+    fn status_documents_of_deleted_nodes_that_are_gone_are_dropped() {
+        use crate::model::{MemberState, NodeRecord};
+        let (shared, _pushed) = shared(Wal::new("/dev/null".into()));
+        let record = |name: &str| NodeRecord {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            peer_id: String::new(),
+            p2p_addr: String::new(),
+            api_addr: String::new(),
+            internal_ip: String::new(),
+            created: Utc::now(),
+            labels: BTreeMap::new(),
+            capacity: BTreeMap::new(),
+            system: Default::default(),
+        };
+        shared.replicate(|d| d.put_node(&record("n2")).unwrap());
+        let member = |name: &str, state| MemberStatus {
+            name: name.into(),
+            state,
+            incarnation: 1,
+            addr: String::new(),
+        };
+        shared.set_view(View {
+            members: vec![
+                member("n3", MemberState::Suspect),
+                member("n4", MemberState::Dead),
+            ],
+            ..View::default()
+        });
+        shared.replicate_status(|docs| {
+            for owner in ["n1", "n2", "n3", "n4"] {
+                docs.insert(owner.into(), StatusDoc::empty(owner, 1, ActorId::random()));
+            }
+        });
+        // n1 is this node, n2 has a record, n3 is live; n4 is dead with no record.
+        assert_eq!(shared.prune_status_docs(), vec!["n4".to_string()]);
+        assert!(!shared.status_owner_known("n4"));
+        assert!(shared.status_owner_known("n2") && shared.status_owner_known("n3"));
+        let left: Vec<String> = shared.read_status(|d| d.keys().cloned().collect());
+        assert_eq!(left, ["n1", "n2", "n3"]);
+        assert!(shared.prune_status_docs().is_empty());
     }
 
     #[test]

@@ -107,6 +107,10 @@ impl Actor {
                 Some(version)
             }
             DocId::Status(owner) => {
+                // Checked outside the status documents' lock (it reads the cluster document),
+                // and only for a document not held yet.
+                let known = self.shared.read_status(|docs| docs.contains_key(owner))
+                    || self.shared.status_owner_known(owner);
                 /// What the replica held when a claim came that it did not follow.
                 enum Odd {
                     OwnerWord(u64),
@@ -129,7 +133,7 @@ impl Actor {
                             docs.insert(owner.clone(), empty());
                             (Some(remote), None)
                         }
-                        None if docs.len() < MAX_STATUS_DOCS => {
+                        None if known && docs.len() < MAX_STATUS_DOCS => {
                             docs.insert(owner.clone(), empty());
                             (Some(remote), None)
                         }
@@ -968,6 +972,7 @@ impl Actor {
         let peers_due = force || self.last_peer_status_save.elapsed() >= PEER_STATUS_SAVE;
         if peers_due {
             self.last_peer_status_save = std::time::Instant::now();
+            self.prune_status_docs();
         }
         for id in std::mem::take(&mut self.dirty) {
             if !saved_now(&id, &self.shared.node_name, peers_due) {
@@ -1004,6 +1009,22 @@ impl Actor {
                 tracing::error!(%e, path = %path.display(), "saving a document failed");
                 self.dirty.insert(id);
             }
+        }
+    }
+}
+
+impl Actor {
+    /// Drops the documents (and their files) of nodes deleted and gone.
+    fn prune_status_docs(&mut self) {
+        for owner in self.shared.prune_status_docs() {
+            self.dirty.remove(&DocId::Status(owner.clone()));
+            let path = self.status_dir.join(format!("{owner}.cbor"));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(%e, path = %path.display(), "removing a deleted node's status document failed; it is loaded again at restart and dropped again"),
+            }
+            tracing::info!(node = %owner, "dropped the status document of a deleted node that is gone");
         }
     }
 }
