@@ -21,7 +21,7 @@ use super::object;
 use super::snapshot::{LeaderCtx, PlannedEvent, PodKey, Write};
 use super::statefulset;
 use super::Working;
-use crate::model::storage::{self, Claim, Class, Volume, CLUSTER_SCOPE, PVS};
+use crate::model::storage::{self, Claim, Volume, CLUSTER_SCOPE, PVS};
 use crate::model::workload::{self, EventReason, EventType, InvolvedObject, PODS};
 use crate::model::NodeRecord;
 
@@ -274,10 +274,10 @@ pub(crate) fn provision(
             event_type: EventType::Normal,
             reason: EventReason::ProvisioningSucceeded,
             message: format!(
-                "Successfully provisioned volume {} on node {} ({} local-path)",
+                "Successfully provisioned volume {} on node {} (class {})",
                 v.name,
                 v.node,
-                Class::builtin().name
+                pv["spec"]["storageClassName"].as_str().unwrap_or_default()
             ),
             component: "persistentvolume-controller",
         });
@@ -455,7 +455,7 @@ mod tests {
         let c = Claim::of(claim).unwrap();
         storage::new_volume(
             &c,
-            &Class::builtin(),
+            &storage::Class::builtin(),
             "1Gi",
             &json!(["ReadWriteOnce"]),
             node,
