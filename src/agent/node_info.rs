@@ -113,7 +113,7 @@ pub fn record(
 pub fn with_local_path(record: &mut NodeRecord, root: &std::path::Path) {
     record.system.local_path_root = root.display().to_string();
     if let Ok(s) = nix::sys::statvfs::statvfs(root) {
-        let bytes = (s.blocks() as u64).saturating_mul(s.fragment_size() as u64);
+        let bytes = s.blocks().saturating_mul(s.fragment_size());
         record.capacity.insert(
             crate::model::storage::CAPACITY_KEY.to_string(),
             bytes.to_string(),

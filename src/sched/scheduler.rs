@@ -898,8 +898,7 @@ pub(crate) fn schedule(
                     claim_events.entry(p.key).or_default().push(volumes::claim_event(
                         c,
                         format!(
-                            "no node can provision it: it asks for {} bytes, the largest local-path storage of a node is {largest} bytes",
-                            bytes
+                            "no node can provision it: it asks for {bytes} bytes, the largest local-path storage of a node is {largest} bytes"
                         ),
                     ));
                 }
