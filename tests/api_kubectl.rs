@@ -65,6 +65,7 @@ fn node(name: &str, ip: &str, readiness: Readiness, is_leader: bool) -> NodeView
                 container_runtime_version: "runc://1.1.12".into(),
                 shoal_version: "0.1.0".into(),
                 machine_id: format!("machine-{name}"),
+                local_path_root: String::new(),
             },
         },
         readiness,

@@ -109,6 +109,8 @@ pub struct RunOptions {
     pub pod_pids_limit: Option<i64>,
     /// `--allow-host-path` prefixes; replace the stored list when not empty.
     pub allowed_host_paths: Vec<std::path::PathBuf>,
+    /// `--local-path-dir`; replaces the stored setting when given.
+    pub local_path_dir: Option<std::path::PathBuf>,
     /// `--metrics-addr`: also serve `GET /metrics` in plain HTTP there (not saved).
     pub metrics_addr: Option<SocketAddr>,
     /// `--state-dir`; replaces the stored setting (the state files move) when given.
@@ -118,6 +120,26 @@ pub struct RunOptions {
     /// `--restart-hold`: on a signal, announce a planned restart asking peers to hold this
     /// node's pods this long (zero: leave, the pods fail over at once). Not saved.
     pub restart_hold: std::time::Duration,
+}
+
+/// The directory of this node's local-path volumes (`--local-path-dir`, else
+/// `<data dir>/local-path`), created if missing (mode 0700: only root walks into the volumes;
+/// containers see their own volume alone, bind-mounted).
+fn local_path_root(
+    settings: &AgentSettings,
+    data_dir: &Path,
+) -> Result<std::path::PathBuf, AgentError> {
+    let root = settings
+        .local_path_dir
+        .clone()
+        .unwrap_or_else(|| data_dir.join("local-path"));
+    std::fs::create_dir_all(&root)
+        .and_then(|_| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+        })
+        .map_err(|e| AgentError::Config(format!("--local-path-dir {}: {e}", root.display())))?;
+    Ok(root)
 }
 
 /// The files of the replicated state, relative to the state dir.
@@ -215,6 +237,15 @@ fn prepare(opts: &RunOptions) -> Result<(DataDir, AgentSettings, ClusterIdentity
             }
         }
         settings.allowed_host_paths = opts.allowed_host_paths.clone();
+    }
+    if let Some(p) = &opts.local_path_dir {
+        if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+            return Err(AgentError::Config(format!(
+                "--local-path-dir {}: must be an absolute path without '..'",
+                p.display()
+            )));
+        }
+        settings.local_path_dir = Some(p.clone());
     }
     if let Some(p) = &opts.state_dir {
         if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
@@ -533,6 +564,7 @@ pub async fn run(
             runtime,
             node_ip: advertise.to_string(),
             puller,
+            local_path_root: local_path_root(&settings, dir.root())?,
         },
         stopped(stop_rx.clone()),
     ));
@@ -885,12 +917,14 @@ async fn serve_api(
     .to_string();
     let peer_id = peer_id.to_string();
     let peer_id_for_status = peer_id.clone();
+    let local_path_root = local_path_root(&settings, dir.root())?;
     let register = {
         let shared = shared.clone();
         let name = settings.name.clone();
+        let local_path_root = local_path_root.clone();
         move || {
             let existing = shared.read(|d| d.node(&name)).ok().flatten();
-            let record = node_info::record(
+            let mut record = node_info::record(
                 &name,
                 &peer_id,
                 &p2p_addr,
@@ -898,6 +932,7 @@ async fn serve_api(
                 advertise,
                 existing.as_ref(),
             );
+            node_info::with_local_path(&mut record, &local_path_root);
             if let Err(e) = shared.write(|d| d.put_node(&record)) {
                 tracing::error!(%e, "registering this node failed");
             }

@@ -103,7 +103,21 @@ pub fn record(
             machine_id: std::fs::read_to_string("/etc/machine-id")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default(),
+            local_path_root: String::new(),
         },
+    }
+}
+
+/// Adds this node's local-path storage to its record: the root and, as capacity
+/// (`storage::CAPACITY_KEY`), the size of the file system holding it.
+pub fn with_local_path(record: &mut NodeRecord, root: &std::path::Path) {
+    record.system.local_path_root = root.display().to_string();
+    if let Ok(s) = nix::sys::statvfs::statvfs(root) {
+        let bytes = s.blocks().saturating_mul(s.fragment_size());
+        record.capacity.insert(
+            crate::model::storage::CAPACITY_KEY.to_string(),
+            bytes.to_string(),
+        );
     }
 }
 

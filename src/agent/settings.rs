@@ -44,6 +44,9 @@ pub struct AgentSettings {
     /// This node refuses to run privileged containers (`--deny-privileged`), whatever the
     /// API admitted: they wait with `CreateContainerConfigError`. docs/security.md.
     pub deny_privileged: bool,
+    /// Where this node keeps the directories of its local-path PersistentVolumes
+    /// (`--local-path-dir`); `None`: `<data dir>/local-path`.
+    pub local_path_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for AgentSettings {
@@ -60,6 +63,7 @@ impl Default for AgentSettings {
             allowed_host_paths: Vec::new(),
             state_dir: None,
             deny_privileged: false,
+            local_path_dir: None,
         }
     }
 }

@@ -341,6 +341,13 @@ pub fn default(workload: Workload, object: &mut Value) {
             let retention = &mut spec["persistentVolumeClaimRetentionPolicy"];
             set_default(retention, "whenDeleted", json!("Retain"));
             set_default(retention, "whenScaled", json!("Retain"));
+            for t in spec["volumeClaimTemplates"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+            {
+                super::storage::default_claim(t);
+            }
         }
     }
     if let Some(spec) = at_mut(object, pod_spec_path(workload)) {
@@ -839,6 +846,19 @@ fn validate_pod_spec(spec: &Value, path: &str, template: bool, causes: &mut Vec<
             _ => {}
         }
     }
+    for (i, v) in spec["volumes"].as_array().into_iter().flatten().enumerate() {
+        let claim = &v["persistentVolumeClaim"];
+        if !claim.is_null() {
+            let field = format!("{path}.volumes[{i}].persistentVolumeClaim.claimName");
+            match claim["claimName"].as_str().unwrap_or_default() {
+                "" => causes.push(required(field)),
+                name if !is_dns1123_subdomain(name) => {
+                    causes.push(invalid(field, &claim["claimName"], SUBDOMAIN_MSG))
+                }
+                _ => {}
+            }
+        }
+    }
     if let Some(policy) = spec["restartPolicy"].as_str() {
         let supported: &[&str] = if template {
             &["Always"]
@@ -1042,7 +1062,7 @@ const STATEFULSET_MUTABLE: [&str; 6] = [
 
 /// StatefulSet rules past the common controller ones: management policy, update strategy and
 /// partition, `serviceName` a DNS label, and what shoal does not do refused, naming the field
-/// (`volumeClaimTemplates`: no PersistentVolumeClaims yet; `ordinals.start`; `maxUnavailable`);
+/// (`ordinals.start`; `maxUnavailable`; in `volumeClaimTemplates`, what a claim may not ask);
 /// on update, the fields Kubernetes keeps immutable.
 fn validate_statefulset(object: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     let spec = &object["spec"];
@@ -1087,14 +1107,34 @@ fn validate_statefulset(object: &Value, old: Option<&Value>, causes: &mut Vec<Ca
             "not supported by shoal (Kubernetes' MaxUnavailableStatefulSet is alpha): StatefulSet rollouts replace one pod at a time",
         ));
     }
-    if spec["volumeClaimTemplates"]
+    let mut templates = BTreeSet::new();
+    for (i, t) in spec["volumeClaimTemplates"]
         .as_array()
-        .is_some_and(|v| !v.is_empty())
+        .into_iter()
+        .flatten()
+        .enumerate()
     {
-        causes.push(forbidden(
-            "spec.volumeClaimTemplates".into(),
-            "not supported by shoal yet: it has no PersistentVolumeClaims (remove volumeClaimTemplates, or use volumes in the pod template)",
-        ));
+        let path = format!("spec.volumeClaimTemplates[{i}]");
+        match t["metadata"]["name"].as_str().unwrap_or_default() {
+            "" => causes.push(required(format!("{path}.metadata.name"))),
+            name if !is_dns1123_subdomain(name) => causes.push(invalid(
+                format!("{path}.metadata.name"),
+                &t["metadata"]["name"],
+                SUBDOMAIN_MSG,
+            )),
+            name if !templates.insert(name) => causes.push(Cause {
+                reason: "FieldValueDuplicate".into(),
+                field: format!("{path}.metadata.name"),
+                message: format!("Duplicate value: {name:?}"),
+            }),
+            _ => {}
+        }
+        for c in super::storage::validate_claim(t, None) {
+            causes.push(Cause {
+                field: format!("{path}.{}", c.field),
+                ..c
+            });
+        }
     }
     let retention = &spec["persistentVolumeClaimRetentionPolicy"];
     for field in ["whenDeleted", "whenScaled"] {
@@ -1598,7 +1638,13 @@ mod tests {
         for (patch, field) in [
             (
                 json!({"volumeClaimTemplates": [{"metadata": {"name": "data"}}]}),
-                "spec.volumeClaimTemplates",
+                "spec.volumeClaimTemplates[0].spec.accessModes",
+            ),
+            (
+                json!({"volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
+                    "accessModes": ["ReadWriteOnce"], "volumeMode": "Block",
+                    "resources": {"requests": {"storage": "1Gi"}}}}]}),
+                "spec.volumeClaimTemplates[0].spec.volumeMode",
             ),
             (
                 json!({"podManagementPolicy": "Random"}),
@@ -1632,12 +1678,14 @@ mod tests {
             assert!(fields(&causes).contains(&field), "{field}: {causes:?}");
         }
         let mut vct = statefulset();
-        vct["spec"]["volumeClaimTemplates"] = json!([{"metadata": {"name": "data"}}]);
-        let causes = validate(Workload::StatefulSet, &vct, None);
-        assert!(
-            causes[0].message.contains("PersistentVolumeClaims"),
-            "{causes:?}"
+        vct["spec"]["volumeClaimTemplates"] = json!([{"metadata": {"name": "data"}, "spec": {
+            "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]);
+        default(Workload::StatefulSet, &mut vct);
+        assert_eq!(
+            vct["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"],
+            "local-path"
         );
+        assert!(validate(Workload::StatefulSet, &vct, None).is_empty());
         // Updates: replicas and the template may change, the service name may not.
         let mut scaled = s.clone();
         scaled["spec"]["replicas"] = json!(5);

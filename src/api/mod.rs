@@ -61,6 +61,7 @@ mod server;
 mod services;
 pub mod spdy;
 mod status;
+mod storage;
 mod table;
 mod typed;
 pub mod usage;

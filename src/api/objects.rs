@@ -25,11 +25,13 @@ use super::patch::{self, PatchKind};
 use super::resources::{self, ResourceInfo, Storage, Workload};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{success_status, ApiError, Cause};
+use super::storage;
 use super::table::{self, IncludeObject};
 use super::validation::{check_type_meta, validate_fields, validate_name};
 use super::watch::{self, WatchRequest};
 use super::workloads;
 use super::{admission, apply, eviction, graceful, logs, pod_security, scale, services, ApiState};
+use crate::model::storage::LOCAL_PATH;
 use crate::model::Readiness;
 
 /// Namespaces that exist even when nothing is stored for them.
@@ -300,6 +302,26 @@ fn key(info: &ResourceInfo, namespace: Option<&str>, name: &str) -> ObjectKey {
     }
 }
 
+/// The resource entry `is` picks (claims, volumes).
+fn storage_info(is: fn(&ResourceInfo) -> bool) -> &'static ResourceInfo {
+    resources::RESOURCES
+        .iter()
+        .find(|r| is(r))
+        .unwrap_or(&resources::RESOURCES[0])
+}
+
+/// The built-in `local-path` StorageClass (not stored), created with the oldest node.
+fn builtin_class(state: &ApiState) -> Value {
+    let created = state
+        .backend
+        .nodes()
+        .iter()
+        .map(|n| n.record.created)
+        .min()
+        .unwrap_or(chrono::DateTime::UNIX_EPOCH);
+    crate::model::storage::builtin_class(created)
+}
+
 /// A namespace that is not stored but always exists.
 fn builtin_namespace(state: &ApiState, name: &str) -> Value {
     let created = state
@@ -516,6 +538,14 @@ pub fn list_all(state: &ApiState, info: &ResourceInfo, namespace: Option<&str>) 
             let stored = list_stored(state, info, namespace);
             match info.workload {
                 Some(w) => with_status(state, w, namespace, stored),
+                None if storage::is_claim(info) => storage::with_claim_status(
+                    stored,
+                    &list_stored(state, storage_info(storage::is_volume), None),
+                ),
+                None if storage::is_volume(info) => storage::with_volume_status(
+                    stored,
+                    &list_stored(state, storage_info(storage::is_claim), None),
+                ),
                 None if eviction::is_pdb(info) => {
                     let pods = list_stored(state, info_of(Workload::Pod), namespace);
                     let pods = with_status(state, Workload::Pod, namespace, pods);
@@ -539,6 +569,9 @@ pub fn list_all(state: &ApiState, info: &ResourceInfo, namespace: Option<&str>) 
         // Measured, not stored: served by `usage.rs`.
         Storage::Usage => Vec::new(),
     };
+    if storage::is_class(info) && !objects.iter().any(|o| o["metadata"]["name"] == LOCAL_PATH) {
+        objects.push(builtin_class(state));
+    }
     if info.plural == "namespaces" {
         for name in BUILTIN_NAMESPACES {
             if !objects.iter().any(|o| o["metadata"]["name"] == *name) {
@@ -628,6 +661,9 @@ pub fn find_stored(
             .or_else(|| {
                 (info.plural == "namespaces" && BUILTIN_NAMESPACES.contains(&name))
                     .then(|| builtin_namespace(state, name))
+            })
+            .or_else(|| {
+                (storage::is_class(info) && name == LOCAL_PATH).then(|| builtin_class(state))
             }),
     }
 }
@@ -1069,6 +1105,16 @@ fn admit(
             services::validate(object, old)
         }
         None if eviction::is_pdb(info) => eviction::validate(object),
+        None if storage::is_claim(info) => {
+            storage::strip_served_volume_name(object);
+            storage::default_claim(object);
+            storage::validate_claim(object, old)
+        }
+        None if storage::is_class(info) => {
+            storage::default_class(object);
+            storage::validate_class(object, old)
+        }
+        None if storage::is_volume(info) => storage::validate_volume(object, old),
         None => return Ok(()),
     };
     if causes.is_empty() {
@@ -1570,6 +1616,11 @@ pub(super) fn delete_one(
     if info.plural == "namespaces" && BUILTIN_NAMESPACES.contains(&name) {
         return Err(ApiError::Forbidden(format!(
             "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+        )));
+    }
+    if storage::is_class(info) && name == LOCAL_PATH {
+        return Err(ApiError::Forbidden(format!(
+            "storageclasses.storage.k8s.io \"{name}\" is forbidden: local-path is shoal's built-in StorageClass"
         )));
     }
     if is_pod(info) {

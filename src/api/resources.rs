@@ -49,6 +49,9 @@ pub enum Columns {
     Endpoints,
     EndpointSlice,
     PodDisruptionBudget,
+    PersistentVolumeClaim,
+    PersistentVolume,
+    StorageClass,
 }
 
 /// Workload kinds: decoded through `k8s_openapi` types, defaulted, validated and given a
@@ -675,6 +678,60 @@ pub static RESOURCES: &[ResourceInfo] = &[
         workload: None,
         subresources: STATUS_ONLY,
     },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        plural: "persistentvolumeclaims",
+        singular: "persistentvolumeclaim",
+        kind: "PersistentVolumeClaim",
+        short_names: &["pvc"],
+        categories: &[],
+        namespaced: true,
+        verbs: ALL_VERBS,
+        name_rule: NameRule::Subdomain,
+        schema: &FREE_FORM,
+        merge_keys: no_merge_keys,
+        columns: Columns::PersistentVolumeClaim,
+        storage: Storage::Objects,
+        workload: None,
+        subresources: STATUS_ONLY,
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        plural: "persistentvolumes",
+        singular: "persistentvolume",
+        kind: "PersistentVolume",
+        short_names: &["pv"],
+        categories: &[],
+        namespaced: false,
+        verbs: ALL_VERBS,
+        name_rule: NameRule::Subdomain,
+        schema: &FREE_FORM,
+        merge_keys: no_merge_keys,
+        columns: Columns::PersistentVolume,
+        storage: Storage::Objects,
+        workload: None,
+        subresources: STATUS_ONLY,
+    },
+    ResourceInfo {
+        group: "storage.k8s.io",
+        version: "v1",
+        plural: "storageclasses",
+        singular: "storageclass",
+        kind: "StorageClass",
+        short_names: &["sc"],
+        categories: &[],
+        namespaced: false,
+        verbs: ALL_VERBS,
+        name_rule: NameRule::Subdomain,
+        schema: &FREE_FORM,
+        merge_keys: no_merge_keys,
+        columns: Columns::StorageClass,
+        storage: Storage::Objects,
+        workload: None,
+        subresources: &[],
+    },
 ];
 
 /// Strategic-merge keys of a Service (`ports` merge by `port`, as Kubernetes' tags say).
@@ -820,8 +877,19 @@ mod tests {
                 ("batch", "v1"),
                 ("discovery.k8s.io", "v1"),
                 ("metrics.k8s.io", "v1beta1"),
-                ("policy", "v1")
+                ("policy", "v1"),
+                ("storage.k8s.io", "v1")
             ]
+        );
+        assert_eq!(
+            by_plural("storageclasses").unwrap().backend_resource(),
+            crate::model::storage::STORAGE_CLASSES
+        );
+        assert_eq!(
+            by_plural("persistentvolumeclaims")
+                .unwrap()
+                .backend_resource(),
+            crate::model::storage::PVCS
         );
         let deploy = by_plural("deployments").unwrap();
         assert_eq!(

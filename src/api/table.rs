@@ -278,6 +278,38 @@ fn column_definitions(columns: Columns) -> Vec<Value> {
             column("Endpoints", "string", 0, "Endpoints of the endpoint slice."),
             age,
         ],
+        Columns::PersistentVolumeClaim => vec![
+            name,
+            column("Status", "string", 0, "The phase of the claim."),
+            column("Volume", "string", 0, "The volume bound to the claim."),
+            column("Capacity", "string", 0, "The capacity of the bound volume."),
+            column("Access Modes", "string", 0, "The access modes of the bound volume."),
+            column("StorageClass", "string", 0, "The storage class of the claim."),
+            column("VolumeAttributesClass", "string", 0, "The volume attributes class of the claim."),
+            age,
+            column("VolumeMode", "string", 1, "The volume mode of the claim."),
+        ],
+        Columns::PersistentVolume => vec![
+            name,
+            column("Capacity", "string", 0, "The capacity of the volume."),
+            column("Access Modes", "string", 0, "The access modes of the volume."),
+            column("Reclaim Policy", "string", 0, "What happens to the volume once its claim is deleted."),
+            column("Status", "string", 0, "The phase of the volume."),
+            column("Claim", "string", 0, "The claim bound to the volume."),
+            column("StorageClass", "string", 0, "The storage class of the volume."),
+            column("VolumeAttributesClass", "string", 0, "The volume attributes class of the volume."),
+            column("Reason", "string", 0, "Why the volume is in its phase."),
+            age,
+            column("VolumeMode", "string", 1, "The volume mode of the volume."),
+        ],
+        Columns::StorageClass => vec![
+            name,
+            column("Provisioner", "string", 0, "The provisioner of the class."),
+            column("ReclaimPolicy", "string", 0, "The reclaim policy of the class's volumes."),
+            column("VolumeBindingMode", "string", 0, "When claims of the class bind."),
+            column("AllowVolumeExpansion", "string", 0, "Whether volumes of the class may grow."),
+            age,
+        ],
         Columns::PodDisruptionBudget => vec![
             name,
             column("Min Available", "string", 0, "The minimum number of pods that must be available."),
@@ -827,6 +859,72 @@ fn cells(columns: Columns, object: &Value, now: DateTime<Utc>) -> Vec<Value> {
                 json!(age(object, now)),
             ]
         }
+        Columns::PersistentVolumeClaim => {
+            let bound = object["status"]["phase"] == "Bound";
+            let shown = |v: &Value| if bound { text(v) } else { String::new() };
+            let status = if object["metadata"]["deletionTimestamp"].is_null() {
+                text(&object["status"]["phase"])
+            } else {
+                "Terminating".into()
+            };
+            vec![
+                name,
+                json!(status),
+                json!(shown(&object["spec"]["volumeName"])),
+                json!(shown(&object["status"]["capacity"]["storage"])),
+                json!(if bound {
+                    access_modes(&object["status"]["accessModes"])
+                } else {
+                    String::new()
+                }),
+                json!(text(&object["spec"]["storageClassName"])),
+                json!("<unset>"),
+                json!(age(object, now)),
+                json!(text(&object["spec"]["volumeMode"])),
+            ]
+        }
+        Columns::PersistentVolume => {
+            let claim = &object["spec"]["claimRef"];
+            let claim = if claim.is_object() {
+                format!("{}/{}", text(&claim["namespace"]), text(&claim["name"]))
+            } else {
+                String::new()
+            };
+            vec![
+                name,
+                json!(text(&object["spec"]["capacity"]["storage"])),
+                json!(access_modes(&object["spec"]["accessModes"])),
+                json!(text(&object["spec"]["persistentVolumeReclaimPolicy"])),
+                json!(text(&object["status"]["phase"])),
+                json!(claim),
+                json!(text(&object["spec"]["storageClassName"])),
+                json!("<unset>"),
+                json!(text(&object["status"]["reason"])),
+                json!(age(object, now)),
+                json!(text(&object["spec"]["volumeMode"])),
+            ]
+        }
+        Columns::StorageClass => {
+            let default = object["metadata"]["annotations"]
+                [crate::model::storage::DEFAULT_CLASS_ANNOTATION]
+                == "true";
+            let shown = if default {
+                format!("{} (default)", text(&object["metadata"]["name"]))
+            } else {
+                text(&object["metadata"]["name"])
+            };
+            vec![
+                json!(shown),
+                json!(text(&object["provisioner"])),
+                json!(text(&object["reclaimPolicy"])),
+                json!(text(&object["volumeBindingMode"])),
+                json!(object["allowVolumeExpansion"]
+                    .as_bool()
+                    .unwrap_or(false)
+                    .to_string()),
+                json!(age(object, now)),
+            ]
+        }
         Columns::PodDisruptionBudget => {
             let shown = |v: &Value| match v {
                 Value::Null => "N/A".to_string(),
@@ -842,6 +940,29 @@ fn cells(columns: Columns, object: &Value, now: DateTime<Utc>) -> Vec<Value> {
             ]
         }
     }
+}
+
+/// A string field, or empty.
+fn text(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
+
+/// kubectl's short access modes: `RWO,RWOP`.
+fn access_modes(modes: &Value) -> String {
+    modes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|m| match m {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn row_object(object: &Value, include: IncludeObject) -> Option<Value> {

@@ -174,6 +174,11 @@ pub enum Command {
             value_delimiter = ','
         )]
         allow_host_path: Vec<PathBuf>,
+        /// Where this node keeps the directories of its local-path PersistentVolumes
+        /// (default: `<data dir>/local-path`). Its file system's size is the node's
+        /// local-path capacity. Saved with the other settings.
+        #[arg(long, value_name = "DIR", env = "SHOAL_LOCAL_PATH_DIR")]
+        local_path_dir: Option<PathBuf>,
         /// Also serve `GET /metrics` in plain HTTP (no TLS, no token) on this address, for a
         /// Prometheus on the host or a trusted network. The API serves it at `/metrics` too.
         #[arg(long, value_name = "IP:PORT", env = "SHOAL_METRICS_ADDR")]
@@ -314,6 +319,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 allowed_host_paths: Vec::new(),
                 state_dir: None,
                 deny_privileged: false,
+                local_path_dir: None,
             };
             let token = parse_token(token)?;
             let out = agent::init_cluster(&InitOptions {
@@ -362,6 +368,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dns_upstream,
             pod_pids_limit,
             allow_host_path,
+            local_path_dir,
             metrics_addr,
             deny_privileged,
             state_dir,
@@ -379,6 +386,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dns_upstreams: dns_upstream,
                 pod_pids_limit,
                 allowed_host_paths: allow_host_path,
+                local_path_dir,
                 metrics_addr,
                 deny_privileged,
                 state_dir,

@@ -31,6 +31,16 @@ pub type Values = BTreeMap<String, Vec<u8>>;
 pub struct Objects {
     pub config_maps: BTreeMap<String, Values>,
     pub secrets: BTreeMap<String, Values>,
+    /// The PersistentVolumeClaims the pod mounts, by name, with the volume bound to each.
+    pub claims: BTreeMap<String, ClaimVolume>,
+}
+
+/// A PersistentVolumeClaim the pod mounts, as the kubelet resolves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimVolume {
+    pub uid: String,
+    /// Its volume (`None`: not bound yet).
+    pub volume: Option<crate::model::storage::Volume>,
 }
 
 /// What the kubelet knows of the pod and its node beyond the pod object.
@@ -46,6 +56,8 @@ pub struct NodeFacts {
     pub memory_bytes: u64,
     /// `shoal agent --allow-host-path` prefixes.
     pub host_path_prefixes: Vec<PathBuf>,
+    /// `shoal agent --local-path-dir`: where this node's local-path volumes live.
+    pub local_path_root: PathBuf,
 }
 
 /// A container's resolved configuration.
@@ -583,10 +595,45 @@ fn volume_source(
         }
         return Ok(VolumeSource::Files { files, secret });
     }
+    if let Some(c) = &volume.persistent_volume_claim {
+        return claim_source(&c.claim_name, c.read_only == Some(true), objects, node);
+    }
     Err(format!(
-        "volume {:?}: only emptyDir, hostPath, configMap, secret and projected volumes are supported",
+        "volume {:?}: only emptyDir, hostPath, configMap, secret, projected and persistentVolumeClaim volumes are supported",
         volume.name
     ))
+}
+
+/// The directory of claim `name` on this node: only a volume bound to this node (its own
+/// directory under its own root) is ever mounted; a claim bound elsewhere, or not yet, waits.
+fn claim_source(
+    name: &str,
+    read_only: bool,
+    objects: &Objects,
+    node: &NodeFacts,
+) -> Result<VolumeSource, String> {
+    let claim = objects
+        .claims
+        .get(name)
+        .ok_or_else(|| format!("persistentvolumeclaim {name:?} not found"))?;
+    let volume = claim
+        .volume
+        .as_ref()
+        .filter(|v| v.claim_uid == claim.uid)
+        .ok_or_else(|| format!("persistentvolumeclaim {name:?} is not bound"))?;
+    if volume.node != node.node_name {
+        return Err(format!(
+            "persistentvolumeclaim {name:?} is bound to volume {} on node {}, not this node",
+            volume.name, volume.node
+        ));
+    }
+    if node.local_path_root.as_os_str().is_empty() {
+        return Err("this node has no local-path directory".into());
+    }
+    Ok(VolumeSource::Claim {
+        path: node.local_path_root.join(volume.dir_name()),
+        read_only,
+    })
 }
 
 /// A hostPath's path if the node's policy allows it: absolute, without `.`/`..` components,

@@ -8,6 +8,7 @@ mod objects;
 pub mod plan;
 pub mod prober;
 pub mod pulls;
+mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -64,6 +65,8 @@ pub struct KubeletConfig {
     pub node_ip: String,
     /// Pulls images (and holds the node's image store); `None`: pods wait for their images.
     pub puller: Option<Arc<Puller>>,
+    /// Where this node's local-path volumes live (`shoal agent --local-path-dir`).
+    pub local_path_root: std::path::PathBuf,
 }
 
 /// The pods this node should run, from the merged document: those whose winning binding names
@@ -130,6 +133,8 @@ struct Shell {
     touched: Arc<Mutex<BTreeSet<String>>>,
     /// Whether this node reports runtime pressure (hysteresis between the two thresholds).
     pressured: bool,
+    /// Removes this node's released local-path volumes (policy `Delete`).
+    reclaimer: volumes::Reclaimer,
 }
 
 /// Runs the kubelet until `shutdown` resolves. Containers keep running after it returns.
@@ -249,6 +254,7 @@ impl Shell {
             objects: objects::ObjectsShell::new(
                 config.node_ip.clone(),
                 config.runtime.host_path_prefixes.clone(),
+                config.local_path_root.clone(),
             ),
             configs: objects::Configs::new(),
             node_ip: config.node_ip,
@@ -265,6 +271,7 @@ impl Shell {
             last_full_observe: None,
             touched: Arc::new(Mutex::new(BTreeSet::new())),
             pressured: false,
+            reclaimer: volumes::Reclaimer::new(config.local_path_root.clone()),
         }
     }
 }
@@ -332,6 +339,7 @@ impl Shell {
             .count();
         if full {
             self.reap_orphans(&desired, &observed).await;
+            self.reclaimer.tick(&self.shared, &desired);
         }
         self.observed = observed;
         self.report_pressure(unstarted);

@@ -46,15 +46,21 @@ pub fn config_error(
 pub struct ObjectsShell {
     node_ip: String,
     host_path_prefixes: Vec<PathBuf>,
+    local_path_root: PathBuf,
     /// Fingerprint of the configMap/secret volume contents last written, by pod key.
     rendered: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 impl ObjectsShell {
-    pub fn new(node_ip: String, host_path_prefixes: Vec<PathBuf>) -> Self {
+    pub fn new(
+        node_ip: String,
+        host_path_prefixes: Vec<PathBuf>,
+        local_path_root: PathBuf,
+    ) -> Self {
         ObjectsShell {
             node_ip,
             host_path_prefixes,
+            local_path_root,
             rendered: Arc::new(Mutex::new(BTreeMap::new())),
         }
     }
@@ -76,6 +82,7 @@ impl ObjectsShell {
                 .and_then(|m| crate::model::quantity::parse_units(&m).ok())
                 .unwrap_or(0),
             host_path_prefixes: self.host_path_prefixes.clone(),
+            local_path_root: self.local_path_root.clone(),
         }
     }
 
@@ -186,5 +193,38 @@ fn read_objects(shared: &Shared, d: &DesiredPod) -> Objects {
             objects.secrets.insert(name, config::secret_values(&s));
         }
     }
+    let claims = claim_names(&d.pod);
+    if !claims.is_empty() {
+        use crate::model::storage::{pv_name, Volume, PVCS, PVS};
+        shared.read(|doc| {
+            for name in claims {
+                let Ok(Some(claim)) = doc.get_object(PVCS, Some(&ns), &name) else {
+                    continue;
+                };
+                let uid = claim["metadata"]["uid"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let volume = doc
+                    .get_object(PVS, None, &pv_name(&uid))
+                    .ok()
+                    .flatten()
+                    .and_then(|v| Volume::of(&v));
+                objects
+                    .claims
+                    .insert(name, config::ClaimVolume { uid, volume });
+            }
+        });
+    }
     objects
+}
+
+/// The PersistentVolumeClaims a pod mounts.
+pub fn claim_names(pod: &k8s_openapi::api::core::v1::Pod) -> Vec<String> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|v| v.persistent_volume_claim.as_ref())
+        .map(|c| c.claim_name.clone())
+        .collect()
 }

@@ -157,4 +157,9 @@ pub enum VolumeSource {
         files: Vec<VolumeFile>,
         secret: bool,
     },
+    /// A PersistentVolumeClaim's local-path directory on this node (created when missing).
+    Claim {
+        path: PathBuf,
+        read_only: bool,
+    },
 }

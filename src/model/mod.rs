@@ -27,6 +27,7 @@ pub mod secret;
 pub mod security_context;
 pub mod selector;
 pub mod service;
+pub mod storage;
 pub mod taint;
 pub mod workload;
 

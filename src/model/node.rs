@@ -36,6 +36,10 @@ pub struct NodeSystemInfo {
     pub container_runtime_version: String,
     pub shoal_version: String,
     pub machine_id: String,
+    /// Where this node keeps its local-path volumes (`shoal agent --local-path-dir`): the
+    /// leader writes it into the volumes it binds here (`spec.local.path`).
+    #[serde(default)]
+    pub local_path_root: String,
 }
 
 /// Readiness of a node as seen by the agent serving the request.

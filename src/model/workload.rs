@@ -204,6 +204,10 @@ event_reasons! {
     InvalidEnvironmentVariableNames,
     // the leader's repair of Service allocation conflicts
     AllocationConflict,
+    // the leader's local-path provisioner and the kubelet's volume mounts
+    ProvisioningSucceeded,
+    ProvisioningFailed,
+    FailedMount,
 }
 
 impl std::fmt::Display for EventReason {

@@ -69,6 +69,13 @@ pub fn prepare(
                     read_only: false,
                 }
             }
+            VolumeSource::Claim { path, read_only } => {
+                create_dir(path, 0o777)?;
+                PreparedVolume {
+                    source: path.clone(),
+                    read_only: *read_only,
+                }
+            }
             VolumeSource::HostPath { path, kind } => PreparedVolume {
                 source: host_path(path, *kind, host_path_prefixes)?,
                 read_only: false,

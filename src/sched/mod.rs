@@ -19,6 +19,7 @@ mod scheduler;
 pub mod settle;
 pub mod snapshot;
 pub mod statefulset;
+pub mod volumes;
 
 #[cfg(test)]
 mod affinity_tests;
@@ -40,6 +41,8 @@ mod taint_tests;
 mod terminating_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod volume_tests;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -84,6 +87,9 @@ pub(crate) struct Working<'a> {
     pub finished: &'a BTreeMap<PodKey, Finished>,
     /// Each namespace's Pod Security `enforce` level (absent: privileged).
     pub pod_security: &'a BTreeMap<String, LevelVersion>,
+    /// Claims, volumes and classes (the StatefulSet controller adds claims, placement
+    /// volumes).
+    pub storage: volumes::Storage<'a>,
 }
 
 impl<'a> Working<'a> {
@@ -159,9 +165,11 @@ pub fn reconcile(s: &Snapshot, ctx: &LeaderCtx) -> Plan {
             .collect(),
         finished: &s.finished,
         pod_security: &s.pod_security,
+        storage: volumes::Storage::new(&s.claims, &s.volumes, &s.storage_classes),
     };
     let mut plan = Plan::default();
     gc::terminated_pods(&mut w, &s.liveness, &s.nodes, &mut plan.writes);
+    volumes::fence(&mut w, ctx, &mut plan.writes);
     let taint_wake = noexecute::evict(
         &mut w,
         &s.node_settings,
@@ -240,6 +248,7 @@ pub fn reconcile(s: &Snapshot, ctx: &LeaderCtx) -> Plan {
         &mut plan.scheduling,
         &mut plan.events,
     );
+    volumes::provision(&mut w, &s.nodes, ctx, &mut plan.writes, &mut plan.events);
     #[cfg(test)]
     check_invariants(s, &plan);
     plan

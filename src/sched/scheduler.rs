@@ -30,8 +30,10 @@ use super::object::{self, controller};
 use super::podspec::{self, Constraints, NodePlacement, PlacementKey, Resources};
 use super::snapshot::{LeaderCtx, Liveness, PlannedEvent, PodKey, SchedulingWrite, Write};
 use super::statefulset;
+use super::volumes;
 use super::Working;
 use crate::model::quantity::{parse_milli, parse_units};
+use crate::model::storage;
 use crate::model::taint::{self, Effect, Taint, Toleration};
 use crate::model::workload::{
     Binding, EventReason, EventType, InvolvedObject, SchedulingRecord, HOSTNAME_LABEL,
@@ -51,7 +53,7 @@ pub const REBIND_BUDGET: usize = 100;
 
 /// Filter failure reasons, in Kubernetes' wording (untolerated taints are counted apart, by
 /// taint: [`Reasons::taints`]).
-const REASONS: [&str; 11] = [
+const REASONS: [&str; 13] = [
     "node(s) had untolerated taint {node.kubernetes.io/unreachable: }",
     "node(s) didn't match Pod's node affinity/selector",
     "Too many pods",
@@ -63,6 +65,8 @@ const REASONS: [&str; 11] = [
     "node(s) didn't match pod affinity rules",
     "node(s) didn't match pod topology spread constraints",
     "node(s) didn't match pod topology spread constraints (missing required label)",
+    "node(s) had volume node affinity conflict",
+    "node(s) did not have enough free storage",
 ];
 const R_UNREACHABLE: usize = 0;
 const R_SELECTOR: usize = 1;
@@ -75,6 +79,8 @@ const R_CORDONED: usize = 7;
 const R_AFFINITY: usize = 8;
 const R_SPREAD: usize = 9;
 const R_SPREAD_LABEL: usize = 10;
+const R_VOLUME_NODE: usize = 11;
+const R_STORAGE: usize = 12;
 
 /// Kubernetes' default weights of the scoring plugins that rank preferences (NodeAffinity,
 /// InterPodAffinity, PodTopologySpread) and the top of a normalized score.
@@ -109,6 +115,10 @@ struct NodeSlot<'a> {
     used_nonzero: Resources,
     pods: u64,
     hash: u64,
+    /// Bytes of local-path storage (`storage::CAPACITY_KEY`; 0 when the node has none) and
+    /// the bytes its volumes hold.
+    storage_cap: u64,
+    storage_used: u64,
 }
 
 fn capacity(
@@ -127,6 +137,7 @@ fn node_table<'a>(
     nodes: &'a [NodeRecord],
     settings: &'a BTreeMap<String, NodeSettings>,
     liveness: &BTreeMap<String, Liveness>,
+    storage_used: &BTreeMap<&str, u64>,
 ) -> Vec<NodeSlot<'a>> {
     let mut seen = BTreeSet::new();
     let mut table: Vec<NodeSlot<'a>> = nodes
@@ -155,6 +166,8 @@ fn node_table<'a>(
                 used_nonzero: Resources::default(),
                 pods: 0,
                 hash: hash64(&["shoal-node", &n.name]),
+                storage_cap: capacity(n, storage::CAPACITY_KEY, parse_units, 0),
+                storage_used: storage_used.get(n.name.as_str()).copied().unwrap_or(0),
             }
         })
         .collect();
@@ -177,6 +190,10 @@ struct PodInfo<'a> {
     tolerations: Vec<Toleration>,
     /// Tolerates the cordon (`node.kubernetes.io/unschedulable:NoSchedule`).
     ignores_cordon: bool,
+    /// What its PersistentVolumeClaims ask of its node.
+    volumes: volumes::Need,
+    /// Why its claims let it be placed nowhere.
+    volumes_blocked: Option<volumes::Blocked>,
     pod: &'a Value,
 }
 
@@ -212,6 +229,8 @@ struct Round<'a> {
     /// The placed pods whose terms bind other pods too ([`Constraints::binds_others`]).
     binding_others: Vec<Placed>,
     track: bool,
+    /// Claims bound in this round, to the node of the pod that bound them.
+    claim_nodes: BTreeMap<PodKey, usize>,
 }
 
 impl NodeSlot<'_> {
@@ -286,6 +305,13 @@ impl<'a> Round<'a> {
             memory: n.used_nonzero.memory.saturating_add(p.nonzero.memory),
         };
         n.pods += 1;
+        for (claim, bytes) in &p.volumes.unbound {
+            if !self.claim_nodes.contains_key(claim) {
+                let n = &mut self.nodes[node];
+                n.storage_used = n.storage_used.saturating_add(*bytes);
+                self.claim_nodes.insert(claim.clone(), node);
+            }
+        }
         if let Some(counts) = p.owner.and_then(|o| self.owner_counts.get_mut(o)) {
             counts[node] += 1;
         }
@@ -655,9 +681,14 @@ pub(crate) fn schedule(
         pods,
         bindings,
         finished,
+        storage: volume_state,
         ..
     } = w;
-    let table = node_table(nodes, settings, liveness);
+    let table = node_table(nodes, settings, liveness, &volume_state.used_by_node());
+    let one_pod_users =
+        volumes::one_pod_users(pods.iter().map(|(k, p)| (k, p.as_ref())), volume_state);
+    // Pods whose claims let them be placed nowhere, with why.
+    let mut blocked: Vec<(&PodKey, &str, volumes::Blocked)> = Vec::new();
     let cordon = taint::unschedulable_taint();
     let by_name: BTreeMap<&str, usize> =
         table.iter().enumerate().map(|(i, n)| (n.name, i)).collect();
@@ -684,6 +715,7 @@ pub(crate) fn schedule(
         };
         track |= constraints.as_ref().is_some_and(|c| c.between_pods());
         let tolerations = taint::tolerations(spec);
+        let need = volumes::need(pod, volume_state, &one_pod_users);
         let info = PodInfo {
             ignores_cordon: taint::tolerated(&tolerations, &cordon),
             tolerations,
@@ -694,6 +726,8 @@ pub(crate) fn schedule(
             nonzero,
             constraints,
             labels,
+            volumes: need.clone().unwrap_or_default(),
+            volumes_blocked: need.err(),
             pod,
         };
         if let Some(node) = spec["nodeName"].as_str().filter(|n| !n.is_empty()) {
@@ -757,6 +791,7 @@ pub(crate) fn schedule(
         placed: Vec::new(),
         binding_others: Vec::new(),
         track,
+        claim_nodes: BTreeMap::new(),
     };
     for (p, node, _) in &placed {
         round.add(*node, p);
@@ -799,6 +834,13 @@ pub(crate) fn schedule(
             pending.push(p);
         }
     }
+    pending.retain_mut(|p| match p.volumes_blocked.take() {
+        Some(b) => {
+            blocked.push((p.key, p.uid, b));
+            false
+        }
+        None => true,
+    });
     pending.sort_by(|a, b| a.key.cmp(b.key));
 
     let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed);
@@ -840,6 +882,9 @@ pub(crate) fn schedule(
     // Why each pod that found no node fits nowhere, against the state at the end of the
     // round (what the next round will see, so the message is stable).
     let mut unschedulable: BTreeMap<&PodKey, (&str, String)> = BTreeMap::new();
+    // Events on claims that no node can provision, recorded with their pod's.
+    let mut claim_events: BTreeMap<&PodKey, Vec<PlannedEvent>> = BTreeMap::new();
+    let largest = round.nodes.iter().map(|n| n.storage_cap).max().unwrap_or(0);
     for p in failed {
         let (mask, eval) = round.prepare(p);
         let reasons = match choose(&round, p, mask.as_ref(), &eval) {
@@ -847,7 +892,39 @@ pub(crate) fn schedule(
             Ok(_) => Reasons::default(), // cannot happen: placements only take room
         };
         let message = unschedulable_message(round.nodes.len(), &reasons);
+        for (claim, bytes) in &p.volumes.unbound {
+            if *bytes > largest {
+                if let Some(c) = volume_state.claims.get(claim) {
+                    claim_events.entry(p.key).or_default().push(volumes::claim_event(
+                        c,
+                        format!(
+                            "no node can provision it: it asks for {bytes} bytes, the largest local-path storage of a node is {largest} bytes"
+                        ),
+                    ));
+                }
+            }
+        }
         unschedulable.insert(p.key, (p.uid, message));
+    }
+    for (key, uid, b) in blocked {
+        let message = if round.nodes.is_empty() {
+            unschedulable_message(0, &Reasons::default())
+        } else {
+            format!(
+                "0/{} nodes are available: {}.",
+                round.nodes.len(),
+                b.message
+            )
+        };
+        if let Some((claim, text)) = b.claim_event {
+            if let Some(c) = volume_state.claims.get(&claim) {
+                claim_events
+                    .entry(key)
+                    .or_default()
+                    .push(volumes::claim_event(c, text));
+            }
+        }
+        unschedulable.insert(key, (uid, message));
     }
 
     for (key, (uid, message)) in &unschedulable {
@@ -874,6 +951,7 @@ pub(crate) fn schedule(
             EventReason::FailedScheduling,
             message.clone(),
         ));
+        events.extend(claim_events.remove(*key).into_iter().flatten());
     }
     for key in previous.keys() {
         if !unschedulable.contains_key(key) {
@@ -1030,6 +1108,25 @@ impl Soft {
     }
 }
 
+/// Why node `i` cannot take `p`'s claims: a bound claim's volume is on another node (also a
+/// claim bound earlier in this round), or it lacks the free local-path storage its unbound
+/// claims ask for.
+fn volume_misfit(round: &Round<'_>, p: &PodInfo<'_>, i: usize) -> Option<usize> {
+    let n = &round.nodes[i];
+    if p.volumes.pinned.as_deref().is_some_and(|pin| pin != n.name) {
+        return Some(R_VOLUME_NODE);
+    }
+    let mut bytes = 0u64;
+    for (claim, b) in &p.volumes.unbound {
+        match round.claim_nodes.get(claim) {
+            Some(&at) if at != i => return Some(R_VOLUME_NODE),
+            Some(_) => {}
+            None => bytes = bytes.saturating_add(*b),
+        }
+    }
+    (bytes > 0 && n.storage_cap.saturating_sub(n.storage_used) < bytes).then_some(R_STORAGE)
+}
+
 /// The best node for `p`, or the reasons why none fits. `mask`: the key of its node placement
 /// mask; `eval`: its constraints between pods and preferences.
 fn choose(
@@ -1081,6 +1178,10 @@ fn choose(
             fits = false;
         }
         if !fits {
+            continue;
+        }
+        if let Some(reason) = volume_misfit(round, p, i) {
+            histogram[reason] += 1;
             continue;
         }
         if let Some(reason) = eval.filter.as_ref().map(|f| f[i]).filter(|r| *r > 0) {

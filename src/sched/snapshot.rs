@@ -8,11 +8,22 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::model::storage::{CLUSTER_SCOPE, PVCS, PVS};
 use crate::model::workload::{
     self, Binding, EventReason, EventType, InvolvedObject, SchedulingRecord, CRONJOBS, DAEMONSETS,
     DEPLOYMENTS, JOBS, PODS, REPLICASETS, STATEFULSETS,
 };
 use crate::model::{NodeRecord, NodeSettings};
+
+/// The namespace of a write as object keys in [`Snapshot::after`] hold it (a cluster-scoped
+/// object has none).
+fn scope(namespace: &str) -> String {
+    if namespace == CLUSTER_SCOPE {
+        String::new()
+    } else {
+        namespace.to_string()
+    }
+}
 
 /// A node's liveness in the leader's membership view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -39,6 +50,10 @@ pub struct Snapshot {
     pub daemonsets: Vec<Value>,
     pub cronjobs: Vec<Value>,
     pub statefulsets: Vec<Value>,
+    /// PersistentVolumeClaims, PersistentVolumes and the stored StorageClasses.
+    pub claims: Vec<Value>,
+    pub volumes: Vec<Value>,
+    pub storage_classes: Vec<Value>,
     /// The winning binding of each pod (`bind/<ns>/<pod>`).
     pub bindings: BTreeMap<PodKey, Binding>,
     /// Node records, with the labels users set on them merged in.
@@ -248,6 +263,8 @@ impl Snapshot {
             (DAEMONSETS, &self.daemonsets),
             (CRONJOBS, &self.cronjobs),
             (STATEFULSETS, &self.statefulsets),
+            (PVCS, &self.claims),
+            (PVS, &self.volumes),
         ] {
             lists.insert(resource, list.iter().map(|v| (key(v), v.clone())).collect());
         }
@@ -260,7 +277,7 @@ impl Snapshot {
                     object,
                 } => {
                     if let Some(l) = lists.get_mut(resource) {
-                        l.insert((namespace.clone(), name.clone()), object.clone());
+                        l.insert((scope(namespace), name.clone()), object.clone());
                     }
                 }
                 Write::DeleteObject {
@@ -269,7 +286,7 @@ impl Snapshot {
                     name,
                 } => {
                     if let Some(l) = lists.get_mut(resource) {
-                        l.remove(&(namespace.clone(), name.clone()));
+                        l.remove(&(scope(namespace), name.clone()));
                     }
                     if *resource == PODS {
                         next.ready.remove(&(namespace.clone(), name.clone()));
@@ -297,6 +314,8 @@ impl Snapshot {
         next.daemonsets = take(DAEMONSETS);
         next.cronjobs = take(CRONJOBS);
         next.statefulsets = take(STATEFULSETS);
+        next.claims = take(PVCS);
+        next.volumes = take(PVS);
         for s in &plan.scheduling {
             match s {
                 SchedulingWrite::Put {

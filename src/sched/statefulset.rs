@@ -315,6 +315,7 @@ fn new_pod(
     labels[REVISION_LABEL] = json!(revision);
     let annotations = object_or_empty(&meta["annotations"]);
     let mut spec = object_or_empty(spec);
+    super::volumes::with_claim_volumes(&mut spec, sts, ordinal);
     spec["hostname"] = json!(name);
     match sts["spec"]["serviceName"]
         .as_str()
@@ -496,6 +497,9 @@ pub(crate) fn reconcile(
             ));
             continue;
         }
+        if let Some(ordinal) = ordinal_of(object::name(&statefulsets[i]), &key.1) {
+            create_claims(&statefulsets[i], ordinal, w, ctx, writes, events);
+        }
         events.push(PlannedEvent {
             involved: involved(&statefulsets[i]),
             event_type: EventType::Normal,
@@ -508,5 +512,42 @@ pub(crate) fn reconcile(
             component: "statefulset-controller",
         });
         w.put_pod(writes, key, pod);
+    }
+}
+
+/// Creates the claims of `sts`'s pod `ordinal` that do not exist yet (Kubernetes creates them
+/// before the pod; an existing claim of that name, kept from an earlier pod, is used as is).
+fn create_claims(
+    sts: &Value,
+    ordinal: usize,
+    w: &mut Working<'_>,
+    ctx: &LeaderCtx,
+    writes: &mut Vec<Write>,
+    events: &mut Vec<PlannedEvent>,
+) {
+    for (name, claim) in super::volumes::statefulset_claims(sts, ordinal, ctx) {
+        let key = (object::namespace(sts).to_string(), name);
+        if w.storage.claims.contains_key(&key) {
+            continue;
+        }
+        events.push(PlannedEvent {
+            involved: involved(sts),
+            event_type: EventType::Normal,
+            reason: EventReason::SuccessfulCreate,
+            message: format!(
+                "create Claim {} Pod {} in StatefulSet {} success",
+                key.1,
+                pod_name(object::name(sts), ordinal),
+                object::name(sts)
+            ),
+            component: "statefulset-controller",
+        });
+        writes.push(Write::PutObject {
+            resource: crate::model::storage::PVCS,
+            namespace: key.0.clone(),
+            name: key.1.clone(),
+            object: claim.clone(),
+        });
+        w.storage.claims.insert(key, std::borrow::Cow::Owned(claim));
     }
 }

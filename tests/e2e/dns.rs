@@ -4,7 +4,10 @@
 //! Service created later resolves, and stops resolving once deleted. On the same testnet, a
 //! StatefulSet behind a headless Service: its pods come up in order with their own hostnames
 //! and DNS names (`db-1.db`), a deleted pod comes back under its name, and scaling down
-//! removes the highest ordinal first.
+//! removes the highest ordinal first. Then a StatefulSet with volumeClaimTemplates: each pod
+//! gets its own local-path claim, and what web-1 wrote is there after its pod is deleted and
+//! after its node's agent restarts; bad claims wait with an event or are refused (422); a
+//! claim of policy Delete has its directory removed once released.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
@@ -202,6 +205,7 @@ fn pods_resolve_services_by_every_name_form() {
         });
     }
     statefulset_identities(clients[1].0);
+    statefulset_volumes();
     for node in ["n1", "n3"] {
         let log = agent_log(node);
         assert!(
@@ -335,4 +339,267 @@ fn statefulset_identities(client: &str) {
     });
     let table = kubectl_ok("n1", &["get", "statefulset", "db"]);
     assert!(table.contains("1/1"), "{table}");
+}
+
+const STATEFULSET_WEB: &str = r#"{"apiVersion": "apps/v1", "kind": "StatefulSet",
+    "metadata": {"name": "web"},
+    "spec": {"replicas": 3, "serviceName": "web", "podManagementPolicy": "Parallel",
+             "selector": {"matchLabels": {"app": "web-data"}},
+             "template": {"metadata": {"labels": {"app": "web-data"}},
+                          "spec": {"terminationGracePeriodSeconds": 1,
+                                   "containers": [{"name": "main", "image": "shoal.test/busybox:1",
+                                                   "command": ["sleep", "3600"],
+                                                   "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
+             "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                 "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "64Mi"}}}}]}}"#;
+
+fn claim(name: &str, extra: &str) -> String {
+    format!(
+        r#"{{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {{"name": "{name}"}},
+            "spec": {{"accessModes": ["ReadWriteOnce"], "resources": {{"requests": {{"storage": "{}"}}}}{extra}}}}}"#,
+        if name == "huge" { "100Ti" } else { "16Mi" }
+    )
+}
+
+fn claim_pod(name: &str, claim: &str) -> String {
+    format!(
+        r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "{name}"}},
+            "spec": {{"terminationGracePeriodSeconds": 1,
+                      "containers": [{{"name": "main", "image": "shoal.test/busybox:1", "command": ["sleep", "3600"],
+                                       "volumeMounts": [{{"name": "v", "mountPath": "/data"}}]}}],
+                      "volumes": [{{"name": "v", "persistentVolumeClaim": {{"claimName": "{claim}"}}}}]}}}}"#
+    )
+}
+
+/// (uid, node, Ready) of a pod as served.
+fn pod_state(name: &str) -> Result<(String, String, bool), String> {
+    let out = kubectl(
+        "n1",
+        &[
+            "get",
+            "pod",
+            name,
+            "-o",
+            r#"jsonpath={.metadata.uid} {.spec.nodeName} {.status.conditions[?(@.type=="Ready")].status} {.metadata.deletionTimestamp}"#,
+        ],
+    )?;
+    let parts: Vec<&str> = out.split_whitespace().collect();
+    match parts.as_slice() {
+        [uid, node, ready] => Ok((uid.to_string(), node.to_string(), *ready == "True")),
+        _ => Err(format!("pod {name}: {out}")),
+    }
+}
+
+/// The events of object `name` as `reason: message` lines.
+fn events_of(name: &str) -> String {
+    let out = kubectl("n1", &["get", "events", "-o", "json"]).unwrap_or_default();
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["involvedObject"]["name"] == name)
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e["reason"].as_str().unwrap_or(""),
+                e["message"].as_str().unwrap_or("")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn read_data(pod: &str) -> Result<String, String> {
+    let out = exec("n1", pod, &["cat", "/data/f"]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .ok_or_else(|| text(&out))
+}
+
+/// Waits until `pod` is re-created (a uid other than `old_uid`) and Ready; its node.
+fn recreated(pod: &str, old_uid: &str) -> String {
+    eventually(
+        &format!("{pod} re-created and Ready"),
+        WAIT,
+        || match pod_state(pod)? {
+            (uid, node, true) if uid != old_uid => Ok(node),
+            other => Err(format!("{other:?}")),
+        },
+    )
+}
+
+/// volumeClaimTemplates and local-path volumes (docs/workloads.md, "Persistent volumes").
+fn statefulset_volumes() {
+    apply("n1", STATEFULSET_WEB);
+    kubectl_ok(
+        "n1",
+        &["rollout", "status", "statefulset/web", "--timeout=180s"],
+    );
+    let pvcs = kubectl_ok("n1", &["get", "pvc"]);
+    for i in 0..3 {
+        let row = pvcs
+            .lines()
+            .find(|l| l.starts_with(&format!("data-web-{i} ")))
+            .unwrap_or_else(|| panic!("no claim data-web-{i}:\n{pvcs}"));
+        assert!(
+            row.contains("Bound")
+                && row.contains("64Mi")
+                && row.contains("RWO")
+                && row.contains("local-path"),
+            "{row}"
+        );
+    }
+    let header = pvcs.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("STATUS") && header.contains("VOLUME") && header.contains("ACCESS MODES"),
+        "{pvcs}"
+    );
+    let pvs = kubectl_ok("n1", &["get", "pv"]);
+    assert!(
+        pvs.contains("default/data-web-1") && pvs.contains("Delete") && pvs.contains("Bound"),
+        "{pvs}"
+    );
+    let sc = kubectl_ok("n1", &["get", "sc"]);
+    assert!(
+        sc.contains("local-path (default)")
+            && sc.contains("shoal.io/local-path")
+            && sc.contains("WaitForFirstConsumer"),
+        "{sc}"
+    );
+
+    // web-1 writes; the file is in its volume's directory on its node.
+    let (uid, node, _) = pod_state("web-1").expect("web-1");
+    let out = exec("n1", "web-1", &["sh", "-c", "echo hello-web-1 > /data/f"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let volume = kubectl_ok(
+        "n1",
+        &[
+            "get",
+            "pvc",
+            "data-web-1",
+            "-o",
+            "jsonpath={.spec.volumeName}",
+        ],
+    );
+    let dir = run_dir()
+        .join(&node)
+        .join("data/local-path")
+        .join(format!("{}_default_data-web-1", volume.trim()));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("f"))
+            .unwrap_or_default()
+            .trim(),
+        "hello-web-1",
+        "{}",
+        dir.display()
+    );
+
+    // The pod is deleted: its successor is on the same node, with the data.
+    kubectl_ok("n1", &["delete", "pod", "web-1", "--wait=false"]);
+    let again = recreated("web-1", &uid);
+    assert_eq!(again, node, "web-1 stays with its volume");
+    assert_eq!(read_data("web-1").as_deref(), Ok("hello-web-1"));
+
+    // Its node's agent restarts; then the pod is deleted again and mounts the volume anew.
+    script("restart.sh", &[&node]);
+    eventually("the restarted agent serves again", WAIT, || {
+        kubectl(&node, &["get", "pods"]).map(|_| ())
+    });
+    eventually("web-1 still reads its data", WAIT, || {
+        read_data("web-1").and_then(|d| (d == "hello-web-1").then_some(()).ok_or(d))
+    });
+    let (uid, _, _) = pod_state("web-1").expect("web-1");
+    kubectl_ok("n1", &["delete", "pod", "web-1", "--wait=false"]);
+    assert_eq!(recreated("web-1", &uid), node);
+    assert_eq!(read_data("web-1").as_deref(), Ok("hello-web-1"));
+    // Scaled down, the claims stay.
+    kubectl_ok("n1", &["scale", "statefulset", "web", "--replicas=1"]);
+    eventually("web scaled to 1", WAIT, || {
+        let pods = kubectl("n1", &["get", "pods", "-l", "app=web-data", "-o", "name"])?;
+        (pods.trim() == "pod/web-0").then_some(()).ok_or(pods)
+    });
+    let pvcs = kubectl_ok("n1", &["get", "pvc"]);
+    assert!(
+        pvcs.contains("data-web-2") && pvcs.contains("data-web-1"),
+        "{pvcs}"
+    );
+
+    // What shoal cannot honour is refused, naming the field.
+    for (extra, field) in [
+        (r#", "volumeMode": "Block""#, "spec.volumeMode"),
+        (
+            r#", "dataSource": {"kind": "PersistentVolumeClaim", "name": "data-web-0"}"#,
+            "spec.dataSource",
+        ),
+        (
+            r#", "selector": {"matchLabels": {"a": "b"}}"#,
+            "spec.selector",
+        ),
+    ] {
+        let err = super::workloads::kubectl_stdin("n1", &["apply"], &claim("bad", extra))
+            .expect_err("refused");
+        assert!(
+            err.contains(field) && err.contains("is invalid"),
+            "{field}: {err}"
+        );
+    }
+    let rwx = claim("bad", "").replace("ReadWriteOnce", "ReadWriteMany");
+    let err = super::workloads::kubectl_stdin("n1", &["apply"], &rwx).expect_err("refused");
+    assert!(err.contains("spec.accessModes"), "{err}");
+
+    // A claim larger than any node, and one of an unknown class: Pending, with an event.
+    apply("n1", &claim("huge", ""));
+    apply("n1", &claim("odd", r#", "storageClassName": "fast""#));
+    apply("n1", &claim_pod("huge-user", "huge"));
+    apply("n1", &claim_pod("odd-user", "odd"));
+    eventually("huge has a ProvisioningFailed event", WAIT, || {
+        let ev = events_of("huge");
+        ev.contains("ProvisioningFailed: no node can provision it")
+            .then_some(())
+            .ok_or(ev)
+    });
+    eventually("odd has a ProvisioningFailed event", WAIT, || {
+        let ev = events_of("odd");
+        ev.contains(r#"storageclass.storage.k8s.io "fast" not found"#)
+            .then_some(())
+            .ok_or(ev)
+    });
+    let pvcs = kubectl_ok("n1", &["get", "pvc", "huge", "odd"]);
+    assert_eq!(pvcs.matches("Pending").count(), 2, "{pvcs}");
+    let ev = events_of("huge-user");
+    assert!(ev.contains("did not have enough free storage"), "{ev}");
+
+    // Reclaim policy Delete: the claim deleted, its node removes the directory and the volume.
+    apply("n1", &claim("scratch", ""));
+    apply("n1", &claim_pod("scratch-user", "scratch"));
+    let node = eventually("scratch-user Ready", WAIT, || {
+        match pod_state("scratch-user")? {
+            (_, node, true) => Ok(node),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let volume = kubectl_ok(
+        "n1",
+        &["get", "pvc", "scratch", "-o", "jsonpath={.spec.volumeName}"],
+    );
+    let volume = volume.trim().to_string();
+    let dir = run_dir()
+        .join(&node)
+        .join("data/local-path")
+        .join(format!("{volume}_default_scratch"));
+    assert!(dir.is_dir(), "{}", dir.display());
+    kubectl_ok("n1", &["delete", "pod", "scratch-user"]);
+    kubectl_ok("n1", &["delete", "pvc", "scratch"]);
+    eventually(
+        "the released volume is deleted with its directory",
+        WAIT,
+        || {
+            let pvs = kubectl("n1", &["get", "pv", "-o", "name"])?;
+            (!pvs.contains(&volume) && !dir.exists())
+                .then_some(())
+                .ok_or(format!("{pvs} {}", dir.exists()))
+        },
+    );
 }

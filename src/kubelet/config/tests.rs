@@ -36,6 +36,7 @@ fn facts() -> NodeFacts {
         cpu_milli: 2000,
         memory_bytes: 4 << 30,
         host_path_prefixes: vec![PathBuf::from("/srv/data")],
+        local_path_root: PathBuf::from("/var/lib/shoal/local-path"),
     }
 }
 
@@ -280,4 +281,48 @@ fn item_paths_and_host_path_policy() {
     assert!(check_host_path("/srv/a", &[])
         .unwrap_err()
         .contains("allowed prefixes: none"));
+}
+
+#[test]
+fn claims_mount_only_their_volume_on_this_node() {
+    use crate::model::storage::{Reclaim, Volume};
+    let spec = json!({"containers": [{"name": "c", "image": "i",
+        "volumeMounts": [{"name": "d", "mountPath": "/data"}]}],
+        "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data", "readOnly": true}}]});
+    let volume = |node: &str| Volume {
+        name: "pvc-u1".into(),
+        node: node.into(),
+        claim_namespace: "default".into(),
+        claim_name: "data".into(),
+        claim_uid: "u1".into(),
+        capacity: 1,
+        reclaim: Reclaim::Delete,
+    };
+    let with = |v: Option<Volume>| {
+        let mut o = objects();
+        o.claims.insert(
+            "data".into(),
+            ClaimVolume {
+                uid: "u1".into(),
+                volume: v,
+            },
+        );
+        let p = pod(spec.clone());
+        let c = p.spec.as_ref().unwrap().containers[0].clone();
+        resolve(&p, &c, &o, &facts())
+    };
+    let cfg = with(Some(volume("n1"))).unwrap();
+    assert_eq!(
+        cfg.volumes["d"],
+        VolumeSource::Claim {
+            path: PathBuf::from("/var/lib/shoal/local-path/pvc-u1_default_data"),
+            read_only: true,
+        }
+    );
+    let err = with(Some(volume("n2"))).unwrap_err();
+    assert!(err.contains("on node n2, not this node"), "{err}");
+    let err = with(None).unwrap_err();
+    assert!(err.contains("is not bound"), "{err}");
+    let err = resolve_one(spec.clone()).unwrap_err();
+    assert!(err.contains("not found"), "{err}");
 }
