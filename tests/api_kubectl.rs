@@ -3646,7 +3646,11 @@ async fn tls_connect(h: &Harness) -> tokio_rustls::client::TlsStream<tokio::net:
 
 /// Reads until the server closes `stream` (EOF or a reset); panics if it is still open after
 /// `limit` (the server did not close it).
-async fn closed_by_server(stream: &mut (impl tokio::io::AsyncRead + Unpin), limit: Duration, what: &str) {
+async fn closed_by_server(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    limit: Duration,
+    what: &str,
+) {
     use tokio::io::AsyncReadExt;
     let mut buf = vec![0u8; 64 * 1024];
     tokio::time::timeout(limit, async {
@@ -3683,19 +3687,38 @@ async fn idle_and_unauthenticated_connections_cannot_hold_the_api() {
         silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
     }
     let mut thirteenth = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    closed_by_server(&mut thirteenth, Duration::from_secs(1), "past the address's share").await;
+    closed_by_server(
+        &mut thirteenth,
+        Duration::from_secs(1),
+        "past the address's share",
+    )
+    .await;
     // Each silent one is closed by the handshake deadline or for want of an unauthenticated
     // slot; then the address has its share back and an authenticated client is served.
     for (i, s) in silent.iter_mut().enumerate() {
-        closed_by_server(s, Duration::from_secs(20), &format!("silent connection {i}")).await;
+        closed_by_server(
+            s,
+            Duration::from_secs(20),
+            &format!("silent connection {i}"),
+        )
+        .await;
     }
-    let response = h.req(reqwest::Method::GET, "/version").send().await.unwrap();
+    let response = h
+        .req(reqwest::Method::GET, "/version")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status().as_u16(), 200);
 
     // A TLS connection that makes no authenticated request is closed; a 401 does not count
     // as authenticated.
     let mut quiet = tls_connect(&h).await;
-    closed_by_server(&mut quiet, Duration::from_secs(20), "unauthenticated, silent").await;
+    closed_by_server(
+        &mut quiet,
+        Duration::from_secs(20),
+        "unauthenticated, silent",
+    )
+    .await;
     let mut wrong = tls_connect(&h).await;
     wrong
         .write_all(b"GET /version HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n\r\n")
@@ -3725,7 +3748,10 @@ async fn idle_and_unauthenticated_connections_cannot_hold_the_api() {
     assert_eq!(watch.status().as_u16(), 200);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let created = h
-        .req(reqwest::Method::POST, "/api/v1/namespaces/default/configmaps")
+        .req(
+            reqwest::Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+        )
         .json(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "late"}}))
         .send()
         .await
@@ -3737,7 +3763,8 @@ async fn idle_and_unauthenticated_connections_cannot_hold_the_api() {
         .expect("the watch's event never came")
         .expect("the watch ended: its connection was closed while the watch was open")
         .unwrap();
-    let event: Value = serde_json::from_slice(first.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    let event: Value =
+        serde_json::from_slice(first.split(|b| *b == b'\n').next().unwrap()).unwrap();
     assert_eq!(event["type"], "ADDED");
     assert_eq!(event["object"]["metadata"]["name"], "late");
     h.stop().await;

@@ -146,7 +146,10 @@ async fn measure(
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
         rss_mib: rss_max as f64 / 1024.0,
-        open_median: open_samples.get(open_samples.len() / 2).copied().unwrap_or(0),
+        open_median: open_samples
+            .get(open_samples.len() / 2)
+            .copied()
+            .unwrap_or(0),
         opened: opened.load(Ordering::Relaxed) - opened0,
     })
 }
@@ -167,7 +170,12 @@ pub async fn run(c: &dyn Cluster, label: &str, p: &Params) -> Result<String> {
     let mut holders = Vec::new();
     for i in 0..p.idle {
         // 127.0.1.0 – 127.0.4.255: four connections per source address at 1,000.
-        let source = IpAddr::V4(Ipv4Addr::new(127, 0, 1 + (i / 250 % 4) as u8, (i % 250) as u8 + 1));
+        let source = IpAddr::V4(Ipv4Addr::new(
+            127,
+            0,
+            1 + (i / 250 % 4) as u8,
+            (i % 250) as u8 + 1,
+        ));
         holders.push(tokio::spawn(hold_idle(
             target,
             source,

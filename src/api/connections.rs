@@ -67,7 +67,11 @@ pub(crate) struct AddressSlot {
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
-        let mut map = self.budget.per_address.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self
+            .budget
+            .per_address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(held) = map.get_mut(&self.ip) {
             *held -= 1;
             if *held == 0 {
@@ -104,7 +108,10 @@ pub(crate) fn deadline(
     idle_timeout: Duration,
 ) -> Option<(Instant, Expiry)> {
     if !seen.authenticated {
-        return Some((seen.opened + unauthenticated_timeout, Expiry::Unauthenticated));
+        return Some((
+            seen.opened + unauthenticated_timeout,
+            Expiry::Unauthenticated,
+        ));
     }
     (seen.in_flight == 0).then(|| (seen.idle_since + idle_timeout, Expiry::Idle))
 }
@@ -271,7 +278,9 @@ mod tests {
         let conn = Conn::new(budget.unauthenticated.clone().try_acquire_owned().unwrap());
         let response = hold_until_sent(Response::new(Body::from("x")), conn.begin_request());
         assert_eq!(conn.seen().in_flight, 1);
-        let bytes = axum::body::to_bytes(response.into_body(), 16).await.unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), 16)
+            .await
+            .unwrap();
         assert_eq!(&bytes[..], b"x");
         assert_eq!(conn.seen().in_flight, 0);
     }

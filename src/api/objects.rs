@@ -1354,8 +1354,8 @@ fn patch(
     let existing = find_stored(state, info, target.namespace.as_deref(), name)
         .ok_or_else(|| ApiError::not_found(info.plural, name))?;
     let base = workloads::patch_base(info.kind, &existing);
-    let mut patched = patch::apply(kind, &base, &patch_body, info.merge_keys)
-        .map_err(|e| e.to_api())?;
+    let mut patched =
+        patch::apply(kind, &base, &patch_body, info.merge_keys).map_err(|e| e.to_api())?;
     if !patched.is_object() {
         return Err(ApiError::BadRequest(
             "the patch does not leave an object".into(),

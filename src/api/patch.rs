@@ -170,7 +170,11 @@ pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
 
 /// The answer to a failed operation `op` (number `index` of the patch): its from-path named for a failed copy or move, a
 /// test of a path that names nothing failing as a test.
-fn op_error(index: usize, op: &json_patch::PatchOperation, e: json_patch::PatchError) -> PatchError {
+fn op_error(
+    index: usize,
+    op: &json_patch::PatchOperation,
+    e: json_patch::PatchError,
+) -> PatchError {
     use json_patch::{PatchErrorKind, PatchOperation};
     let from = match op {
         PatchOperation::Copy(op) => op.from.to_string(),
@@ -485,7 +489,10 @@ mod tests {
             matches!(&refused, PatchError::TooLarge(m) if m.contains("operation 11")),
             "{refused:?}"
         );
-        assert_eq!(refused.to_api().code(), axum::http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            refused.to_api().code(),
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE
+        );
         // Copies under the bound still work.
         let two = json!([{"op": "copy", "from": "/data/x0", "path": "/data/a"},
                          {"op": "copy", "from": "/data/x0", "path": "/data/b"}]);

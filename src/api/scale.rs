@@ -116,8 +116,7 @@ pub async fn handle(
                 .ok_or_else(|| ApiError::UnsupportedMediaType(PatchKind::refusal(content_type)))?;
             let patch_body: Value = serde_json::from_slice(&body)
                 .map_err(|e| ApiError::BadRequest(format!("the patch is not valid JSON: {e}")))?;
-            patch::apply(kind, &current, &patch_body, no_merge_keys)
-                .map_err(|e| e.to_api())?
+            patch::apply(kind, &current, &patch_body, no_merge_keys).map_err(|e| e.to_api())?
         }
         _ => return Err(ApiError::MethodNotAllowed),
     };

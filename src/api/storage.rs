@@ -407,7 +407,7 @@ mod tests {
             "/r",
             chrono::DateTime::UNIX_EPOCH,
         );
-        let served = with_claim_status(vec![c.clone()], &[pv.clone()]);
+        let served = with_claim_status(vec![c.clone()], std::slice::from_ref(&pv));
         assert_eq!(served[0]["status"]["phase"], "Bound");
         assert_eq!(served[0]["spec"]["volumeName"], "pvc-u1");
         let mut back = served[0].clone();

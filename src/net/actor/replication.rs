@@ -1022,7 +1022,9 @@ impl Actor {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(%e, path = %path.display(), "removing a deleted node's status document failed; it is loaded again at restart and dropped again"),
+                Err(e) => {
+                    tracing::warn!(%e, path = %path.display(), "removing a deleted node's status document failed; it is loaded again at restart and dropped again")
+                }
             }
             tracing::info!(node = %owner, "dropped the status document of a deleted node that is gone");
         }
