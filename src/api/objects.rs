@@ -312,25 +312,18 @@ fn storage_info(is: fn(&ResourceInfo) -> bool) -> &'static ResourceInfo {
 
 /// The built-in `local-path` StorageClass (not stored), created with the oldest node.
 fn builtin_class(state: &ApiState) -> Value {
-    let created = state
-        .backend
-        .nodes()
-        .iter()
-        .map(|n| n.record.created)
-        .min()
-        .unwrap_or(chrono::DateTime::UNIX_EPOCH);
+    let created = oldest_node_created(state).unwrap_or(chrono::DateTime::UNIX_EPOCH);
     crate::model::storage::builtin_class(created)
+}
+
+/// When the cluster's oldest node was created: the creation time of built-in objects.
+fn oldest_node_created(state: &ApiState) -> Option<chrono::DateTime<Utc>> {
+    state.backend.nodes().iter().map(|n| n.record.created).min()
 }
 
 /// A namespace that is not stored but always exists.
 fn builtin_namespace(state: &ApiState, name: &str) -> Value {
-    let created = state
-        .backend
-        .nodes()
-        .iter()
-        .map(|n| n.record.created)
-        .min()
-        .unwrap_or_else(Utc::now);
+    let created = oldest_node_created(state).unwrap_or_else(Utc::now);
     let digest = Sha256::digest(format!("shoal-namespace/{name}").as_bytes());
     let h = hex::encode(&digest[..16]);
     let uid = format!(
