@@ -2,7 +2,8 @@
 # Cluster benchmarks: change propagation, failure detection after kill -9 (with Serf side by side),
 # false deaths at idle, idle cost of an agent. Loopback agents first, then the netns testnet, where
 # the workload benchmarks follow: pod start (beside bare runc), failover of a Deployment after
-# kill -9 of a node, a burst of pods, probe overhead (100 pods on one agent); then the image
+# kill -9 of a node, a burst of pods, probe overhead (100 pods on one agent), Job throughput beside
+# bare pods, a DaemonSet roll-out, local volume I/O beside the host directory; then the image
 # benchmarks: pull + unpack from a loopback registry beside skopeo + umoci, and the registry egress
 # when 5 testnet nodes start a new image;
 # Service load balancing: ClusterIP vs pod IP (wrk, iperf3) and rule update cost with 10/100/1,000
@@ -32,11 +33,11 @@ cd "$REPO"
 
 if [ "$MODE" = quick ]; then
   PROP_WRITES=100; KILLS=5; TN_KILLS=3; IDLE_SECS=20; FALSE_DEATH_MIN="${FALSE_DEATH_MIN:-2}"; RECORD="${RECORD:-0}"
-  POD_STARTS=20; FAILOVER_ROUNDS=3; BURST_PODS=100
+  POD_STARTS=20; FAILOVER_ROUNDS=3; BURST_PODS=100; JOB_COMPLETIONS=100; JOB_ROUNDS=1; DS_ROUNDS=2; IO_RUNS=3
   PULL_RUNS=5; EGRESS_ROUNDS=1; PROXY_ROUNDS=10; PROBE_SECS=10
 else
   PROP_WRITES=200; KILLS=20; TN_KILLS=10; IDLE_SECS=60; FALSE_DEATH_MIN="${FALSE_DEATH_MIN:-10}"; RECORD="${RECORD:-1}"
-  POD_STARTS=50; FAILOVER_ROUNDS=8; BURST_PODS=300
+  POD_STARTS=50; FAILOVER_ROUNDS=8; BURST_PODS=300; JOB_COMPLETIONS=500; JOB_ROUNDS=3; DS_ROUNDS=5; IO_RUNS=5
   PULL_RUNS=9; EGRESS_ROUNDS=3; PROXY_ROUNDS=30; PROBE_SECS=20
 fi
 TESTNET="${TESTNET:-auto}"
@@ -225,6 +226,10 @@ if [ "$use_testnet" = 1 ]; then
       bench probes-tn5 probes --testnet testnet --nodes 5 --pods 100 --secs "$PROBE_SECS"
       # Rolling update of 30 replicas (issue 6): rollout status wall time, least ready count.
       bench rollout-tn5 rollout --testnet testnet --nodes 5 --replicas 30 --rounds 3
+      # Issue 18: Job throughput beside bare pods, a DaemonSet roll-out, local volume I/O.
+      bench jobs-tn5 jobs --testnet testnet --nodes 5 --completions "$JOB_COMPLETIONS" --rounds "$JOB_ROUNDS"
+      bench daemonset-tn5 daemonset --testnet testnet --nodes 5 --rounds "$DS_ROUNDS"
+      bench volume-io-tn5 volume-io --testnet testnet --nodes 5 --size-mib 1024 --runs "$IO_RUNS"
     fi
     if [ "$WORKLOADS_ONLY" != 1 ]; then
       # Images: a fresh image per round pushed to the testnet registry (10.77.0.1:5000).

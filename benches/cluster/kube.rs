@@ -114,6 +114,20 @@ impl Kube {
         Ok(serde_json::from_slice(&body).unwrap_or(Value::Null))
     }
 
+    /// POST `body` to `path` (e.g. `/apis/batch/v1/namespaces/default/jobs`) on node `node`.
+    pub async fn post(&self, node: usize, path: &str, body: &Value) -> Result<Value> {
+        let url = format!("{}{path}", self.url(node));
+        self.send(self.client.post(url).json(body), &format!("POST {path}"))
+            .await
+    }
+
+    /// GET `path` on node `node`.
+    pub async fn get(&self, node: usize, path: &str) -> Result<Value> {
+        let url = format!("{}{path}", self.url(node));
+        self.send(self.client.get(url), &format!("GET {path}"))
+            .await
+    }
+
     pub async fn create_pod(&self, node: usize, name: &str, labels: &Value) -> Result<()> {
         let body = json!({
             "apiVersion": "v1", "kind": "Pod",
@@ -458,5 +472,60 @@ impl Kube {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+/// The real kubectl against the testnet (its kubeconfig, context `n1`).
+pub struct Kubectl {
+    kubeconfig: PathBuf,
+}
+
+impl Kubectl {
+    /// `scripts` is the `testnet/` directory of an up testnet.
+    pub fn new(scripts: &Path) -> Self {
+        Self {
+            kubeconfig: scripts.join("run/kubeconfig"),
+        }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(["--context", "n1"])
+            .args(args)
+            .output()
+            .context("running kubectl")?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `(name, ready)` of the pods of `app` that are not being deleted.
+    pub fn pods(&self, app: &str) -> Result<Vec<(String, bool)>> {
+        let out = self.run(&["get", "pods", "-l", &format!("app={app}"), "-o", "json"])?;
+        let list: Value = serde_json::from_str(&out)?;
+        Ok(list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| {
+                let ready = p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                (
+                    p["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                    ready,
+                )
+            })
+            .collect())
     }
 }

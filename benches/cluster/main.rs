@@ -9,6 +9,7 @@
 //! `target/release/deps/cluster-* --bin target/release/shoal --work /tmp/b propagation --agents 50`.
 
 mod api;
+mod batch;
 mod cluster;
 mod failure;
 mod flood;
@@ -169,6 +170,34 @@ enum What {
         #[arg(long, default_value_t = 600)]
         timeout: u64,
     },
+    /// A Job of --completions trivial pods beside as many bare pods, from POST to all Succeeded.
+    Jobs {
+        #[command(flatten)]
+        on: OnTestnet,
+        #[arg(long, default_value_t = 500)]
+        completions: usize,
+        /// Pods of the Job at a time (default: all of them, like the bare pods).
+        #[arg(long)]
+        parallelism: Option<usize>,
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+    },
+    /// A DaemonSet on every node: `rollout status` wall time after each template change.
+    Daemonset {
+        #[command(flatten)]
+        on: OnTestnet,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// dd write and read in a pod on a local-path claim beside the host directory behind it.
+    VolumeIo {
+        #[command(flatten)]
+        on: OnTestnet,
+        #[arg(long, default_value_t = 1024)]
+        size_mib: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 /// The workload benchmarks need the netns testnet (runc roots, images, testnet scripts).
@@ -296,6 +325,24 @@ async fn main() -> Result<()> {
             std::fs::create_dir_all(&work)?;
             let kube = kube::Kube::open(&on.testnet, on.nodes)?;
             workloads::burst(&kube, &work, *pods, *timeout).await?
+        }
+        What::Jobs {
+            on,
+            completions,
+            parallelism,
+            rounds,
+        } => {
+            let kube = kube::Kube::open(&on.testnet, on.nodes)?;
+            let parallelism = parallelism.unwrap_or(*completions);
+            batch::jobs(&kube, *completions, parallelism, *rounds, &on.testnet).await?
+        }
+        What::Daemonset { on, rounds } => {
+            let kube = kube::Kube::open(&on.testnet, on.nodes)?;
+            batch::daemonset(&kube, &on.testnet, *rounds).await?
+        }
+        What::VolumeIo { on, size_mib, runs } => {
+            let kube = kube::Kube::open(&on.testnet, on.nodes)?;
+            batch::volume_io(&kube, &on.testnet, *size_mib, *runs).await?
         }
     };
     println!("{report}");

@@ -5,64 +5,17 @@
 //! from which the rollout's theoretical minimum is computed. Reports; asserts nothing.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::Value;
 
+use crate::kube::Kubectl;
 use crate::stats::{self, row};
-
-struct Kubectl {
-    kubeconfig: PathBuf,
-}
-
-impl Kubectl {
-    fn run(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(["--context", "n1"])
-            .args(args)
-            .output()
-            .context("running kubectl")?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {args:?}: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// `(name, ready)` of the pods of `app` that are not being deleted.
-    fn pods(&self, app: &str) -> Result<Vec<(String, bool)>> {
-        let out = self.run(&["get", "pods", "-l", &format!("app={app}"), "-o", "json"])?;
-        let list: Value = serde_json::from_str(&out)?;
-        Ok(list["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-            .map(|p| {
-                let ready = p["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
-                (
-                    p["metadata"]["name"].as_str().unwrap_or("").to_string(),
-                    ready,
-                )
-            })
-            .collect())
-    }
-}
 
 fn manifest(name: &str, replicas: usize) -> String {
     format!(
@@ -122,9 +75,7 @@ fn wait_ready(k: &Kubectl, app: &str, n: usize, timeout: Duration) -> Result<Dur
 }
 
 pub async fn run(scripts: &Path, nodes: usize, replicas: usize, rounds: usize) -> Result<String> {
-    let k = Arc::new(Kubectl {
-        kubeconfig: scripts.join("run/kubeconfig"),
-    });
+    let k = Arc::new(Kubectl::new(scripts));
     let name = format!("roll-{:05x}", rand::random::<u32>() & 0xfffff);
     let file = std::env::temp_dir().join(format!("{name}.json"));
     std::fs::write(&file, manifest(&name, replicas))?;

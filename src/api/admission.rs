@@ -368,10 +368,22 @@ fn default_job(object: &mut Value) {
         set_default(spec, "completions", json!(1));
     }
     set_default(spec, "parallelism", json!(1));
-    set_default(spec, "backoffLimit", json!(6));
+    // With a per-index limit the Job-wide one is "none" (Kubernetes: MaxInt32).
+    let backoff_limit = if spec["backoffLimitPerIndex"].is_null() {
+        6
+    } else {
+        i32::MAX
+    };
+    set_default(spec, "backoffLimit", json!(backoff_limit));
     set_default(spec, "completionMode", json!("NonIndexed"));
     set_default(spec, "suspend", json!(false));
-    set_default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+    // With a podFailurePolicy a replacement waits until the old pod ended (Kubernetes' rule).
+    let replacement = if spec["podFailurePolicy"].is_null() {
+        "TerminatingOrFailed"
+    } else {
+        "Failed"
+    };
+    set_default(spec, "podReplacementPolicy", json!(replacement));
     crate::sched::job::generate_selector(object);
 }
 
@@ -449,16 +461,28 @@ fn validate_daemonset(object: &Value, old: Option<&Value>, causes: &mut Vec<Caus
     let kind = update_strategy_type(strategy, causes);
     let rolling = &strategy["rollingUpdate"];
     let zero = |v: &Value| v.is_null() || v == &json!(0) || v == &json!("0%");
-    if !zero(&rolling["maxSurge"]) {
-        causes.push(Cause {
-            reason: "FieldValueForbidden".into(),
-            field: "spec.updateStrategy.rollingUpdate.maxSurge".into(),
-            message:
-                "Forbidden: shoal's DaemonSet rollouts replace pods in place (maxSurge must be 0)"
-                    .into(),
-        });
+    for f in ["maxSurge", "maxUnavailable"] {
+        let v = &rolling[f];
+        let well_formed = match v {
+            Value::Null => true,
+            Value::Number(n) => n
+                .as_i64()
+                .is_some_and(|n| (0..=i64::from(i32::MAX)).contains(&n)),
+            Value::String(p) => p
+                .strip_suffix('%')
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| n <= 100),
+            _ => false,
+        };
+        if !well_formed {
+            causes.push(invalid(
+                format!("spec.updateStrategy.rollingUpdate.{f}"),
+                v,
+                "must be a non-negative integer or a percentage from 0% to 100%",
+            ));
+        }
     }
-    if kind == "RollingUpdate" && zero(&rolling["maxUnavailable"]) {
+    if kind == "RollingUpdate" && zero(&rolling["maxUnavailable"]) && zero(&rolling["maxSurge"]) {
         causes.push(invalid(
             "spec.updateStrategy.rollingUpdate.maxUnavailable".into(),
             &rolling["maxUnavailable"],
@@ -543,28 +567,53 @@ fn validate_job(object: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
         }
     }
     if let Some(policy) = spec["podReplacementPolicy"].as_str() {
-        if policy != "TerminatingOrFailed" {
+        let supported = ["Failed", "TerminatingOrFailed"];
+        if !supported.contains(&policy) {
             causes.push(unsupported(
                 "spec.podReplacementPolicy".into(),
                 policy,
-                &["TerminatingOrFailed"],
+                &supported,
+            ));
+        } else if policy != "Failed" && !spec["podFailurePolicy"].is_null() {
+            causes.push(unsupported(
+                "spec.podReplacementPolicy".into(),
+                policy,
+                &["Failed"],
             ));
         }
     }
-    for f in [
-        "podFailurePolicy",
-        "successPolicy",
-        "backoffLimitPerIndex",
-        "maxFailedIndexes",
-    ] {
-        if !spec[f].is_null() {
-            causes.push(Cause {
-                reason: "FieldValueForbidden".into(),
-                field: format!("spec.{f}"),
-                message: "Forbidden: not supported by shoal's Job controller".into(),
-            });
+    if !spec["successPolicy"].is_null() {
+        causes.push(Cause {
+            reason: "FieldValueForbidden".into(),
+            field: "spec.successPolicy".into(),
+            message: "Forbidden: not supported by shoal's Job controller".into(),
+        });
+    }
+    for f in ["backoffLimitPerIndex", "maxFailedIndexes"] {
+        non_negative(object, f, causes);
+    }
+    let per_index = !spec["backoffLimitPerIndex"].is_null();
+    if per_index && spec["completionMode"] != "Indexed" {
+        causes.push(forbidden(
+            "spec.backoffLimitPerIndex".into(),
+            "requires indexed completion mode",
+        ));
+    }
+    if !spec["maxFailedIndexes"].is_null() {
+        if !per_index {
+            causes.push(required_with(
+                "spec.backoffLimitPerIndex",
+                "when maxFailedIndexes is specified",
+            ));
+        } else if spec["maxFailedIndexes"].as_i64() > spec["completions"].as_i64() {
+            causes.push(invalid(
+                "spec.maxFailedIndexes".into(),
+                &spec["maxFailedIndexes"],
+                "must be less than or equal to completions",
+            ));
         }
     }
+    validate_pod_failure_policy(spec, per_index, causes);
     if let Some(m) = spec["managedBy"].as_str() {
         if m != "kubernetes.io/job-controller" {
             causes.push(unsupported(
@@ -610,6 +659,152 @@ fn validate_job(object: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
                 causes.push(invalid(format!("spec.{f}"), &spec[f], "field is immutable"));
             }
         }
+    }
+}
+
+/// `spec.podFailurePolicy`, by Kubernetes' rules (`validatePodFailurePolicy`).
+fn validate_pod_failure_policy(spec: &Value, per_index: bool, causes: &mut Vec<Cause>) {
+    let policy = &spec["podFailurePolicy"];
+    if policy.is_null() {
+        return;
+    }
+    let restart = spec["template"]["spec"]["restartPolicy"].as_str();
+    if restart != Some("Never") {
+        causes.push(invalid(
+            "spec.template.spec.restartPolicy".into(),
+            &spec["template"]["spec"]["restartPolicy"],
+            "only \"Never\" is supported when podFailurePolicy is specified",
+        ));
+    }
+    let Some(rules) = policy["rules"].as_array() else {
+        causes.push(required("spec.podFailurePolicy.rules".into()));
+        return;
+    };
+    if rules.len() > 20 {
+        causes.push(Cause {
+            reason: "FieldValueTooMany".into(),
+            field: "spec.podFailurePolicy.rules".into(),
+            message: format!("Too many: {}: must have at most 20 items", rules.len()),
+        });
+    }
+    let containers: BTreeSet<&str> = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|l| {
+            spec["template"]["spec"][*l]
+                .as_array()
+                .into_iter()
+                .flatten()
+        })
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    for (i, rule) in rules.iter().enumerate() {
+        let path = format!("spec.podFailurePolicy.rules[{i}]");
+        let actions = ["Count", "FailIndex", "FailJob", "Ignore"];
+        match rule["action"].as_str() {
+            None => causes.push(required(format!("{path}.action"))),
+            Some("FailIndex") if !per_index => causes.push(forbidden(
+                format!("{path}.action"),
+                "requires the backoffLimitPerIndex to be set",
+            )),
+            Some(a) if !actions.contains(&a) => {
+                causes.push(unsupported(format!("{path}.action"), a, &actions))
+            }
+            Some(_) => {}
+        }
+        let (codes, conditions) = (&rule["onExitCodes"], &rule["onPodConditions"]);
+        match (codes.is_null(), conditions.is_null()) {
+            (false, false) => causes.push(invalid(
+                path.clone(),
+                &Value::String("specifying both OnExitCodes and OnPodConditions".into()),
+                "specifying both OnExitCodes and OnPodConditions is not supported",
+            )),
+            (true, true) => causes.push(invalid(
+                path.clone(),
+                &Value::Null,
+                "specifying one of OnExitCodes and OnPodConditions is required",
+            )),
+            _ => {}
+        }
+        if !codes.is_null() {
+            let cpath = format!("{path}.onExitCodes");
+            if let Some(c) = codes["containerName"].as_str() {
+                if !containers.contains(c) {
+                    causes.push(invalid(
+                        format!("{cpath}.containerName"),
+                        &codes["containerName"],
+                        "must be one of the container or initContainer names in the pod template",
+                    ));
+                }
+            }
+            let operator = codes["operator"].as_str().unwrap_or_default();
+            if operator != "In" && operator != "NotIn" {
+                causes.push(unsupported(
+                    format!("{cpath}.operator"),
+                    operator,
+                    &["In", "NotIn"],
+                ));
+            }
+            let values: Vec<Option<i64>> = codes["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(Value::as_i64)
+                .collect();
+            if values.is_empty() {
+                causes.push(required(format!("{cpath}.values")));
+            } else if values.len() > 255 {
+                causes.push(Cause {
+                    reason: "FieldValueTooMany".into(),
+                    field: format!("{cpath}.values"),
+                    message: format!("Too many: {}: must have at most 255 items", values.len()),
+                });
+            }
+            let mut previous: Option<i64> = None;
+            for (j, v) in values.iter().enumerate() {
+                let field = format!("{cpath}.values[{j}]");
+                let given = &codes["values"][j];
+                match v {
+                    None => causes.push(invalid(field, given, "must be an integer")),
+                    Some(v) if i32::try_from(*v).is_err() => {
+                        causes.push(invalid(field, given, "must be a 32-bit integer"))
+                    }
+                    Some(0) if operator == "In" => {
+                        causes.push(invalid(field, given, "must not be 0 for the In operator"))
+                    }
+                    Some(v) if previous == Some(*v) => causes.push(Cause {
+                        reason: "FieldValueDuplicate".into(),
+                        field,
+                        message: format!("Duplicate value: {v}"),
+                    }),
+                    Some(v) if previous.is_some_and(|p| p > *v) => {
+                        causes.push(invalid(field, given, "must be ordered"))
+                    }
+                    Some(_) => {}
+                }
+                previous = v.or(previous);
+            }
+        }
+        for (j, c) in conditions.as_array().into_iter().flatten().enumerate() {
+            let cpath = format!("{path}.onPodConditions[{j}]");
+            if c["type"].as_str().is_none_or(str::is_empty) {
+                causes.push(required(format!("{cpath}.type")));
+            }
+            if let Some(st) = c["status"].as_str() {
+                let supported = ["True", "False", "Unknown"];
+                if !supported.contains(&st) {
+                    causes.push(unsupported(format!("{cpath}.status"), st, &supported));
+                }
+            }
+        }
+    }
+}
+
+/// `Required value: <detail>` for `field`.
+fn required_with(field: &str, detail: &str) -> Cause {
+    Cause {
+        reason: "FieldValueRequired".into(),
+        field: field.to_string(),
+        message: format!("Required value: {detail}"),
     }
 }
 
@@ -1590,18 +1785,68 @@ mod tests {
         let causes = validate(Workload::Job, &always, None);
         assert_eq!(fields(&causes), vec!["spec.template.spec.restartPolicy"]);
         let mut unsupported = batch_job();
-        unsupported["spec"]["podFailurePolicy"] = json!({"rules": []});
+        unsupported["spec"]["successPolicy"] = json!({"rules": []});
         unsupported["spec"]["parallelism"] = json!(3);
         default(Workload::Job, &mut unsupported);
         assert_eq!(
             fields(&validate(Workload::Job, &unsupported, None)),
-            vec!["spec.completions", "spec.podFailurePolicy"]
+            vec!["spec.completions", "spec.successPolicy"]
         );
         let mut changed = j.clone();
         changed["spec"]["completions"] = json!(4);
         assert_eq!(
             fields(&validate(Workload::Job, &changed, Some(&j))),
             vec!["spec.completions"]
+        );
+    }
+
+    #[test]
+    fn pod_failure_policies_and_per_index_limits_are_checked_as_kubernetes_does() {
+        let mut ok = batch_job();
+        ok["spec"]["completionMode"] = json!("Indexed");
+        ok["spec"]["completions"] = json!(4);
+        ok["spec"]["backoffLimitPerIndex"] = json!(1);
+        ok["spec"]["maxFailedIndexes"] = json!(2);
+        ok["spec"]["podFailurePolicy"] = json!({"rules": [
+            {"action": "FailJob", "onExitCodes": {"containerName": "c", "operator": "In", "values": [1, 42]}},
+            {"action": "FailIndex", "onExitCodes": {"operator": "NotIn", "values": [0]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]});
+        default(Workload::Job, &mut ok);
+        assert_eq!(ok["spec"]["backoffLimit"], i32::MAX);
+        assert_eq!(ok["spec"]["podReplacementPolicy"], "Failed");
+        assert!(validate(Workload::Job, &ok, None).is_empty());
+
+        let mut bad = batch_job();
+        bad["spec"]["template"]["spec"]["restartPolicy"] = json!("OnFailure");
+        bad["spec"]["maxFailedIndexes"] = json!(1);
+        bad["spec"]["podFailurePolicy"] = json!({"rules": [
+            {"action": "FailIndex", "onExitCodes": {"containerName": "nope", "operator": "In", "values": [0, 3, 2]}},
+            {"action": "Restart", "onPodConditions": [{"type": "", "status": "Maybe"}]},
+            {"action": "Count"},
+        ]});
+        default(Workload::Job, &mut bad);
+        assert_eq!(
+            fields(&validate(Workload::Job, &bad, None)),
+            vec![
+                "spec.backoffLimitPerIndex",
+                "spec.template.spec.restartPolicy",
+                "spec.podFailurePolicy.rules[0].action",
+                "spec.podFailurePolicy.rules[0].onExitCodes.containerName",
+                "spec.podFailurePolicy.rules[0].onExitCodes.values[0]",
+                "spec.podFailurePolicy.rules[0].onExitCodes.values[2]",
+                "spec.podFailurePolicy.rules[1].action",
+                "spec.podFailurePolicy.rules[1].onPodConditions[0].type",
+                "spec.podFailurePolicy.rules[1].onPodConditions[0].status",
+                "spec.podFailurePolicy.rules[2]",
+            ]
+        );
+        let mut not_indexed = batch_job();
+        not_indexed["spec"]["backoffLimitPerIndex"] = json!(1);
+        default(Workload::Job, &mut not_indexed);
+        assert_eq!(
+            fields(&validate(Workload::Job, &not_indexed, None)),
+            vec!["spec.backoffLimitPerIndex"]
         );
     }
 

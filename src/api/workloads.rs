@@ -343,7 +343,7 @@ pub fn replicaset_view(rs: &Value, pods: &[&Value], now: DateTime<Utc>) -> Value
 /// Kubernetes 1.31+) and `completionTime` once it ended; `Suspended` while suspended. The same
 /// count the leader's Job controller acts on (`sched::job::state`).
 pub fn job_view(job: &Value, pods: &[&Value], now: DateTime<Utc>) -> Value {
-    use crate::sched::job::{self, JobPod, Outcome, Params};
+    use crate::sched::job::{self, JobPod, Params};
     let mut out = job.clone();
     let Some(p) = Params::of(job) else {
         return out;
@@ -352,11 +352,7 @@ pub fn job_view(job: &Value, pods: &[&Value], now: DateTime<Utc>) -> Value {
         .iter()
         .filter_map(|pod| {
             let (index, attempt) = job::index_of(pod)?;
-            let outcome = match job::finished(&pod["status"]) {
-                Some(f) if f.succeeded => Outcome::Succeeded(f.at),
-                Some(f) => Outcome::Failed(f.at),
-                None => Outcome::Active,
-            };
+            let (outcome, failure) = job::outcome_of(job::finished(&pod["status"]).as_ref(), false);
             Some(JobPod {
                 key: ns_name(pod),
                 index,
@@ -366,6 +362,7 @@ pub fn job_view(job: &Value, pods: &[&Value], now: DateTime<Utc>) -> Value {
                     .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
                     .map(|t| t.with_timezone(&Utc)),
                 outcome,
+                failure,
                 ready: workload::ready_since(&pod["status"]).is_some(),
             })
         })
@@ -390,6 +387,12 @@ pub fn job_view(job: &Value, pods: &[&Value], now: DateTime<Utc>) -> Value {
         status.insert(
             "completedIndexes".into(),
             json!(job::index_ranges(&st.completed)),
+        );
+    }
+    if p.backoff_limit_per_index.is_some() {
+        status.insert(
+            "failedIndexes".into(),
+            json!(job::index_ranges(&st.failed_indexes)),
         );
     }
     status.insert("uncountedTerminatedPods".into(), json!({}));

@@ -18,7 +18,7 @@ use croner::Cron;
 use serde_json::{json, Value};
 
 use super::hash::derived_uid;
-use super::job::{self, JobPod, Outcome, Params};
+use super::job::{self, JobPod, Params};
 use super::object::{self, controller};
 use super::snapshot::{LeaderCtx, PlannedEvent, PodKey, Write};
 use super::Working;
@@ -333,17 +333,14 @@ pub(crate) fn endings(
         let Some((index, attempt)) = job::index_of(pod) else {
             continue;
         };
-        let outcome = match w.finished.get(key) {
-            Some(f) if f.succeeded => Outcome::Succeeded(f.at),
-            Some(f) => Outcome::Failed(f.at),
-            None => Outcome::Active,
-        };
+        let (outcome, failure) = job::outcome_of(w.finished.get(key), false);
         pods.entry(owner).or_default().push(JobPod {
             key: PodKey::clone(key),
             index,
             attempt,
             created: created(pod),
             outcome,
+            failure,
             ready: false,
         });
     }

@@ -81,6 +81,7 @@ fn finish_job(s: &mut Snapshot, job: &str, ok: bool, when: DateTime<Utc>) {
             Finished {
                 succeeded: ok,
                 at: Some(when),
+                ..Finished::default()
             },
         );
     }

@@ -191,6 +191,54 @@ fn new_pod(ds: &Value, name: &str, node: &str, hash: &str, ctx: &LeaderCtx) -> V
 }
 
 /// The node a DaemonSet pod is pinned to.
+/// What a surging rollout does on one node.
+enum Step {
+    Create(PodKey, Value),
+    Delete(PodKey),
+}
+
+/// A rollout with `maxSurge` (Kubernetes' `rollingUpdate` surge branch): a node without pods
+/// gets its pod; a node whose new pod is available loses its old ones; a node whose new pod is
+/// not yet available counts against the surge; a node whose old pod is not available gets its
+/// new pod at once; other nodes with only old pods get new pods, in name order, while fewer than
+/// `max_surge` new pods are waiting to become available.
+fn surge(
+    eligible: &[&str],
+    current: &BTreeMap<&str, PodKey>,
+    old: &BTreeMap<&str, Vec<PodKey>>,
+    max_surge: i64,
+    available: &mut impl FnMut(&PodKey) -> bool,
+    mut new_pod: impl FnMut(&str) -> (PodKey, Value),
+) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut surging = 0i64;
+    let mut candidates = Vec::new();
+    for node in eligible {
+        let olds = old.get(node).map(Vec::as_slice).unwrap_or_default();
+        match current.get(node) {
+            Some(cur) if available(cur) => {
+                steps.extend(olds.iter().cloned().map(Step::Delete));
+            }
+            Some(_) => surging += i64::from(!olds.is_empty()),
+            None if olds.is_empty() => {
+                let (key, pod) = new_pod(node);
+                steps.push(Step::Create(key, pod));
+            }
+            None if !olds.iter().any(&mut *available) => {
+                let (key, pod) = new_pod(node);
+                steps.push(Step::Create(key, pod));
+            }
+            None => candidates.push(*node),
+        }
+    }
+    let room = usize::try_from((max_surge - surging).max(0)).unwrap_or(0);
+    for node in candidates.into_iter().take(room) {
+        let (key, pod) = new_pod(node);
+        steps.push(Step::Create(key, pod));
+    }
+    steps
+}
+
 pub fn node_of(pod: &Value) -> &str {
     pod["spec"]["nodeName"].as_str().unwrap_or_default()
 }
@@ -302,8 +350,38 @@ pub(crate) fn reconcile(
             }
         }
         let on_delete = ds["spec"]["updateStrategy"]["type"] == "OnDelete";
-        let max_unavailable = match &ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"]
-        {
+        let rolling = &ds["spec"]["updateStrategy"]["rollingUpdate"];
+        let max_surge = match &rolling["maxSurge"] {
+            Value::Null => 0,
+            v => scaled(v, eligible.len() as i64, true),
+        };
+        if max_surge > 0 && !on_delete {
+            // Surge (Kubernetes' rule: maxUnavailable plays no part): a node's new pod starts
+            // beside its old one, which goes once the new one is available.
+            surge(
+                &eligible,
+                &current,
+                &old,
+                max_surge,
+                &mut available,
+                |node| {
+                    let name = names[node].clone();
+                    let key = (ns.clone(), name.clone());
+                    (key, new_pod(ds, &name, node, &hash, ctx))
+                },
+            )
+            .into_iter()
+            .for_each(|step| match step {
+                Step::Create(key, pod) => {
+                    if !w.pods.contains_key(&key) {
+                        creates.push((key, pod, i));
+                    }
+                }
+                Step::Delete(key) => deletes.push((key, i)),
+            });
+            continue;
+        }
+        let max_unavailable = match &rolling["maxUnavailable"] {
             Value::Null => 1,
             v => scaled(v, eligible.len() as i64, true).max(1),
         };

@@ -212,4 +212,47 @@ proptest! {
             prop_assert_eq!(&pods[0]["metadata"]["labels"][REVISION_LABEL], &json!(new_hash));
         }
     }
+    /// With `maxSurge` (and `maxUnavailable: 0`): no node is ever without an available pod,
+    /// at most `maxSurge` nodes run two pods at once, and the rollout ends with one updated pod
+    /// per node.
+    #[test]
+    fn surging_update_keeps_every_node_served(
+        n in 1usize..12,
+        max_surge in 1i64..4,
+        ready_order in prop::collection::vec(any::<u16>(), 1..40),
+    ) {
+        let nodes: Vec<NodeRecord> = (0..n).map(|i| node(&format!("n{i}"), &[])).collect();
+        let strategy = json!({"updateStrategy": {"type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": 0, "maxSurge": max_surge}}});
+        let mut s = settle(cluster(nodes, daemonset("img:1", strategy)));
+        all_ready(&mut s, t0());
+        s.daemonsets[0]["spec"]["template"]["spec"]["containers"][0]["image"] = json!("img:2");
+        let new_hash = daemonset::revision(&s.daemonsets[0]);
+        let mut pick = ready_order.into_iter().cycle();
+        for round in 0..(4 * n + 8) {
+            let plan = reconcile(&s, &ctx(round as u64));
+            s = s.after(&plan);
+            let by = pods_by_node(&s);
+            for i in 0..n {
+                let pods = by.get(&format!("n{i}")).cloned().unwrap_or_default();
+                prop_assert!(
+                    pods.iter().any(|p| s.ready.contains_key(&key(p))),
+                    "round {round}: n{i} has no available pod"
+                );
+            }
+            let doubled = by.values().filter(|ps| ps.len() > 1).count() as i64;
+            prop_assert!(doubled <= max_surge, "round {round}: {doubled} nodes with two pods");
+            let waiting: Vec<PodKey> = s.pods.iter().map(key).filter(|k| !s.ready.contains_key(k)).collect();
+            if !waiting.is_empty() {
+                let k = waiting[pick.next().unwrap() as usize % waiting.len()].clone();
+                s.ready.insert(k, t0());
+            }
+        }
+        let by = pods_by_node(&s);
+        prop_assert_eq!(by.len(), n);
+        for pods in by.values() {
+            prop_assert_eq!(pods.len(), 1);
+            prop_assert_eq!(&pods[0]["metadata"]["labels"][REVISION_LABEL], &json!(new_hash));
+        }
+    }
 }

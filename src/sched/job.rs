@@ -43,6 +43,12 @@ pub struct Params {
     pub active_deadline: Option<i64>,
     pub ttl: Option<i64>,
     pub suspend: bool,
+    /// `podFailurePolicy.rules`, in order (the first that matches a failed pod decides).
+    pub failure_rules: Vec<Rule>,
+    /// `backoffLimitPerIndex` (Indexed Jobs): an index fails after more failures than this.
+    pub backoff_limit_per_index: Option<i64>,
+    /// `maxFailedIndexes`: the Job fails once more indexes than this failed.
+    pub max_failed_indexes: Option<i64>,
 }
 
 impl Params {
@@ -57,14 +63,32 @@ impl Params {
             }
         };
         let opt = |f: &str| spec[f].as_i64().filter(|n| *n >= 0);
+        let indexed = spec["completionMode"] == "Indexed";
+        let per_index = opt("backoffLimitPerIndex").filter(|_| indexed);
         Some(Params {
             completions: int("completions", 1)?.min(MAX_COMPLETIONS),
             parallelism: int("parallelism", 1)?,
-            indexed: spec["completionMode"] == "Indexed",
-            backoff_limit: int("backoffLimit", 6)?,
+            indexed,
+            // Kubernetes: with a per-index limit the Job-wide one defaults to "no limit".
+            backoff_limit: int(
+                "backoffLimit",
+                if per_index.is_some() {
+                    i64::from(i32::MAX)
+                } else {
+                    6
+                },
+            )?,
             active_deadline: opt("activeDeadlineSeconds"),
             ttl: opt("ttlSecondsAfterFinished"),
             suspend: spec["suspend"].as_bool().unwrap_or(false),
+            failure_rules: spec["podFailurePolicy"]["rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Rule::of)
+                .collect(),
+            backoff_limit_per_index: per_index,
+            max_failed_indexes: opt("maxFailedIndexes").filter(|_| per_index.is_some()),
         })
     }
 }
@@ -77,6 +101,153 @@ pub enum Outcome {
     Failed(Option<DateTime<Utc>>),
 }
 
+/// What a failed pod's status holds that a `podFailurePolicy` rule can match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Failure {
+    /// `(container, exit code)` of every terminated container: app containers first, then
+    /// init containers (the order Kubernetes searches them in).
+    pub exits: Vec<(String, i32)>,
+    /// `(type, status)` of the pod's conditions.
+    pub conditions: Vec<(String, String)>,
+}
+
+/// The action of a `podFailurePolicy` rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// The Job fails at once (reason `PodFailurePolicy`).
+    FailJob,
+    /// The pod's index fails at once (needs `backoffLimitPerIndex`).
+    FailIndex,
+    /// The failure is not counted (not in `status.failed`, no back-off): the index runs again.
+    Ignore,
+    /// Counted, as without a policy.
+    Count,
+}
+
+/// What a rule matches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum On {
+    /// `onExitCodes`: a terminated container (of that name, if given) whose non-zero exit code
+    /// is (`In`) or is not (`NotIn`) among `values`.
+    ExitCodes {
+        container: Option<String>,
+        not_in: bool,
+        values: Vec<i32>,
+    },
+    /// `onPodConditions`: the pod has one of these `(type, status)` conditions.
+    Conditions(Vec<(String, String)>),
+}
+
+/// One `podFailurePolicy` rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub action: Action,
+    pub on: On,
+}
+
+impl Rule {
+    /// A rule as the API admitted it (`None` for one it would have refused).
+    pub fn of(rule: &Value) -> Option<Rule> {
+        let action = match rule["action"].as_str()? {
+            "FailJob" => Action::FailJob,
+            "FailIndex" => Action::FailIndex,
+            "Ignore" => Action::Ignore,
+            "Count" => Action::Count,
+            _ => return None,
+        };
+        let codes = &rule["onExitCodes"];
+        let on = if codes.is_object() {
+            On::ExitCodes {
+                container: codes["containerName"].as_str().map(str::to_string),
+                not_in: match codes["operator"].as_str()? {
+                    "In" => false,
+                    "NotIn" => true,
+                    _ => return None,
+                },
+                values: codes["values"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|v| i32::try_from(v.as_i64()?).ok())
+                    .collect(),
+            }
+        } else {
+            On::Conditions(
+                rule["onPodConditions"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|c| {
+                        let kind = c["type"].as_str()?.to_string();
+                        let status = c["status"].as_str().unwrap_or("True").to_string();
+                        Some((kind, status))
+                    })
+                    .collect(),
+            )
+        };
+        Some(Rule { action, on })
+    }
+
+    /// What in `f` this rule matches, as Kubernetes words it in a Job's `Failed` condition
+    /// (`Container main for pod ns/p failed with exit code 42`), or `None`.
+    fn matches(&self, f: &Failure, pod: &PodKey) -> Option<String> {
+        match &self.on {
+            On::ExitCodes {
+                container,
+                not_in,
+                values,
+            } => f
+                .exits
+                .iter()
+                .find(|(name, code)| {
+                    *code != 0
+                        && container.as_ref().is_none_or(|c| c == name)
+                        && values.contains(code) != *not_in
+                })
+                .map(|(name, code)| {
+                    format!(
+                        "Container {name} for pod {}/{} failed with exit code {code}",
+                        pod.0, pod.1
+                    )
+                }),
+            On::Conditions(wanted) => f
+                .conditions
+                .iter()
+                .find(|c| wanted.contains(c))
+                .map(|(kind, _)| format!("Pod {}/{} has condition {kind}", pod.0, pod.1)),
+        }
+    }
+}
+
+/// The first rule of `rules` matching a failed pod: its action, and the message of a
+/// `FailJob`. No rule matching counts the failure (`Count`).
+pub fn action_of(rules: &[Rule], pod: &JobPod) -> (Action, Option<String>) {
+    for (i, rule) in rules.iter().enumerate() {
+        if let Some(what) = rule.matches(&pod.failure, &pod.key) {
+            let action = match rule.action {
+                Action::FailJob => "FailJob",
+                Action::FailIndex => "FailIndex",
+                Action::Ignore => "Ignore",
+                Action::Count => "Count",
+            };
+            return (
+                rule.action,
+                Some(format!("{what} matching {action} rule at index {i}")),
+            );
+        }
+    }
+    (Action::Count, None)
+}
+
+/// A pod's outcome and failure facts from what ended it (`None`: still running). A pod
+/// deleted before it ended (`terminating`) counts as a failure, as Kubernetes counts it.
+pub fn outcome_of(finished: Option<&Finished>, terminating: bool) -> (Outcome, Failure) {
+    match finished {
+        Some(f) if f.succeeded => (Outcome::Succeeded(f.at), Failure::default()),
+        Some(f) => (Outcome::Failed(f.at), f.failure.clone()),
+        None if terminating => (Outcome::Failed(None), Failure::default()),
+        None => (Outcome::Active, Failure::default()),
+    }
+}
+
 /// One pod of a Job, as the controller (from the snapshot) and the API (from served pods) see it.
 #[derive(Clone, Debug)]
 pub struct JobPod {
@@ -85,6 +256,8 @@ pub struct JobPod {
     pub attempt: u32,
     pub created: Option<DateTime<Utc>>,
     pub outcome: Outcome,
+    /// What its status says, when it failed (for `podFailurePolicy`).
+    pub failure: Failure,
     /// The pod is Ready (the API's `status.ready`).
     pub ready: bool,
 }
@@ -95,7 +268,7 @@ pub struct Ending {
     /// `Complete` or `Failed`.
     pub condition: &'static str,
     pub reason: &'static str,
-    pub message: &'static str,
+    pub message: String,
     pub at: DateTime<Utc>,
 }
 
@@ -108,6 +281,8 @@ pub struct JobState {
     pub active: i64,
     pub ready: i64,
     pub completed: BTreeSet<usize>,
+    /// Indexes that failed for good (`backoffLimitPerIndex`, or a `FailIndex` rule).
+    pub failed_indexes: BTreeSet<usize>,
     pub start: Option<DateTime<Utc>>,
     pub ending: Option<Ending>,
     /// The time the Job's decisions change with no other input (deadline, back-off, ttl).
@@ -140,7 +315,28 @@ pub fn finished(status: &Value) -> Option<Finished> {
         .flatten()
         .filter_map(|c| timestamp(&c["state"]["terminated"]["finishedAt"]))
         .max();
-    Some(Finished { succeeded, at })
+    let mut failure = Failure::default();
+    if !succeeded {
+        for list in ["containerStatuses", "initContainerStatuses"] {
+            for c in status[list].as_array().into_iter().flatten() {
+                let code = c["state"]["terminated"]["exitCode"].as_i64();
+                if let Some(code) = code.and_then(|c| i32::try_from(c).ok()) {
+                    let name = c["name"].as_str().unwrap_or_default().to_string();
+                    failure.exits.push((name, code));
+                }
+            }
+        }
+        for c in status["conditions"].as_array().into_iter().flatten() {
+            if let (Some(kind), Some(st)) = (c["type"].as_str(), c["status"].as_str()) {
+                failure.conditions.push((kind.to_string(), st.to_string()));
+            }
+        }
+    }
+    Some(Finished {
+        succeeded,
+        at,
+        failure,
+    })
 }
 
 /// `(index, attempt)` of a pod, from its annotations.
@@ -207,10 +403,15 @@ pub fn generate_selector(job: &mut Value) {
 
 /// The Job's state from its pods at `now`.
 pub fn state(job: &Value, p: &Params, pods: &[JobPod], now: DateTime<Utc>) -> JobState {
+    let created = timestamp(&job["metadata"]["creationTimestamp"]);
+    let fallback = created.unwrap_or(DateTime::UNIX_EPOCH);
     let mut completed = BTreeSet::new();
     let mut complete_at: Option<DateTime<Utc>> = None;
     let mut failed = 0;
     let mut failures_at: Vec<Option<DateTime<Utc>>> = Vec::new();
+    let mut per_index: BTreeMap<usize, i64> = BTreeMap::new();
+    let mut failed_indexes = BTreeSet::new();
+    let mut fail_job: Option<Ending> = None;
     let mut active = 0;
     let mut ready = 0;
     let n = p.completions as usize;
@@ -223,6 +424,33 @@ pub fn state(job: &Value, p: &Params, pods: &[JobPod], now: DateTime<Utc>) -> Jo
             }
             Outcome::Succeeded(_) => {}
             Outcome::Failed(at) => {
+                let (action, message) = action_of(&p.failure_rules, pod);
+                match action {
+                    Action::Ignore => continue,
+                    Action::FailJob => {
+                        let at = at.unwrap_or(fallback);
+                        if fail_job.as_ref().is_none_or(|e| at < e.at) {
+                            fail_job = Some(Ending {
+                                condition: "Failed",
+                                reason: "PodFailurePolicy",
+                                message: message.unwrap_or_default(),
+                                at,
+                            });
+                        }
+                    }
+                    Action::FailIndex if p.backoff_limit_per_index.is_some() => {
+                        failed_indexes.insert(pod.index);
+                    }
+                    Action::FailIndex | Action::Count => {
+                        if let Some(limit) = p.backoff_limit_per_index {
+                            let count = per_index.entry(pod.index).or_insert(0);
+                            *count += 1;
+                            if *count > limit {
+                                failed_indexes.insert(pod.index);
+                            }
+                        }
+                    }
+                }
                 failed += 1;
                 failures_at.push(at);
             }
@@ -232,30 +460,47 @@ pub fn state(job: &Value, p: &Params, pods: &[JobPod], now: DateTime<Utc>) -> Jo
             }
         }
     }
-    let created = timestamp(&job["metadata"]["creationTimestamp"]);
+    failed_indexes.retain(|i| *i < n && !completed.contains(i));
     let start = if p.suspend {
         None
     } else {
         pods.iter().filter_map(|p| p.created).min().or(created)
     };
-    let fallback = created.unwrap_or(DateTime::UNIX_EPOCH);
-    let mut endings: Vec<Ending> = Vec::new();
+    failures_at.sort();
+    let last_failure = failures_at.last().copied().flatten().unwrap_or(fallback);
+    let mut endings: Vec<Ending> = fail_job.into_iter().collect();
     if completed.len() == n {
         endings.push(Ending {
             condition: "Complete",
             reason: "CompletionsReached",
-            message: "Reached expected number of succeeded pods",
+            message: "Reached expected number of succeeded pods".into(),
             at: complete_at.unwrap_or(fallback),
         });
     }
     if failed > p.backoff_limit {
-        failures_at.sort();
         let at = failures_at[p.backoff_limit as usize].unwrap_or(fallback);
         endings.push(Ending {
             condition: "Failed",
             reason: "BackoffLimitExceeded",
-            message: "Job has reached the specified backoff limit",
+            message: "Job has reached the specified backoff limit".into(),
             at,
+        });
+    }
+    if p.max_failed_indexes
+        .is_some_and(|max| failed_indexes.len() as i64 > max)
+    {
+        endings.push(Ending {
+            condition: "Failed",
+            reason: "MaxFailedIndexesExceeded",
+            message: "Job has exceeded the specified maximal number of failed indexes".into(),
+            at: last_failure,
+        });
+    } else if !failed_indexes.is_empty() && completed.len() + failed_indexes.len() == n {
+        endings.push(Ending {
+            condition: "Failed",
+            reason: "FailedIndexes",
+            message: "Job has failed indexes".into(),
+            at: last_failure,
         });
     }
     let mut wake = None;
@@ -265,7 +510,7 @@ pub fn state(job: &Value, p: &Params, pods: &[JobPod], now: DateTime<Utc>) -> Jo
             endings.push(Ending {
                 condition: "Failed",
                 reason: "DeadlineExceeded",
-                message: "Job was active longer than specified deadline",
+                message: "Job was active longer than specified deadline".into(),
                 at,
             });
         } else {
@@ -283,6 +528,7 @@ pub fn state(job: &Value, p: &Params, pods: &[JobPod], now: DateTime<Utc>) -> Jo
         active,
         ready,
         completed,
+        failed_indexes,
         start,
         ending,
         wake,
@@ -374,8 +620,13 @@ fn new_pod(
     })
 }
 
-/// The pods of each Job (by Job uid) with their outcomes, from the working set.
-fn job_pods(w: &Working<'_>) -> BTreeMap<String, Vec<JobPod>> {
+/// The pods of each Job (by Job uid) with their outcomes, from the working set. A pod being
+/// deleted counts as failed at once, unless its Job's `podReplacementPolicy` is `Failed`
+/// (`replace_when_failed`: it stays active until it ends).
+fn job_pods(
+    w: &Working<'_>,
+    replace_when_failed: &BTreeSet<&str>,
+) -> BTreeMap<String, Vec<JobPod>> {
     let mut out: BTreeMap<String, Vec<JobPod>> = BTreeMap::new();
     for (key, pod) in &w.pods {
         let Some(("Job", owner)) = controller(pod) else {
@@ -384,19 +635,16 @@ fn job_pods(w: &Working<'_>) -> BTreeMap<String, Vec<JobPod>> {
         let Some((index, attempt)) = index_of(pod) else {
             continue;
         };
-        let outcome = match w.finished.get(key) {
-            Some(f) if f.succeeded => Outcome::Succeeded(f.at),
-            Some(f) => Outcome::Failed(f.at),
-            // Deleted before it ended: a failure (as Kubernetes counts it), replaced at once.
-            None if object::is_terminating(pod) => Outcome::Failed(None),
-            None => Outcome::Active,
-        };
+        // Deleted before it ended: a failure (as Kubernetes counts it), replaced at once.
+        let terminating = object::is_terminating(pod) && !replace_when_failed.contains(owner);
+        let (outcome, failure) = outcome_of(w.finished.get(key), terminating);
         out.entry(owner.to_string()).or_default().push(JobPod {
             key: key.clone(),
             index,
             attempt,
             created: timestamp(&pod["metadata"]["creationTimestamp"]),
             outcome,
+            failure,
             ready: false,
         });
     }
@@ -413,7 +661,12 @@ pub(crate) fn reconcile(
     writes: &mut Vec<Write>,
     events: &mut Vec<PlannedEvent>,
 ) -> Option<DateTime<Utc>> {
-    let mut by_job = job_pods(w);
+    let replace_when_failed: BTreeSet<&str> = jobs
+        .iter()
+        .filter(|j| j["spec"]["podReplacementPolicy"] == "Failed")
+        .map(object::uid)
+        .collect();
+    let mut by_job = job_pods(w, &replace_when_failed);
     let mut wake: Option<DateTime<Utc>> = None;
     let mut soon = |t: DateTime<Utc>| wake = Some(wake.map_or(t, |w: DateTime<Utc>| w.min(t)));
     let mut deletes: Vec<PodKey> = Vec::new();
@@ -453,11 +706,18 @@ pub(crate) fn reconcile(
         let mut sorted: Vec<&JobPod> = pods.iter().collect();
         sorted.sort_by_key(|p| (p.index, p.attempt));
         let mut last_failure: Option<DateTime<Utc>> = None;
+        // Per index (for `backoffLimitPerIndex`): counted failures and the last one.
+        let mut index_failures: BTreeMap<usize, (i64, Option<DateTime<Utc>>)> = BTreeMap::new();
         for pod in &sorted {
             let e = last_attempt.entry(pod.index).or_insert(pod.attempt);
             *e = (*e).max(pod.attempt);
             if let Outcome::Failed(at) = pod.outcome {
-                last_failure = last_failure.max(at);
+                if action_of(&p.failure_rules, pod).0 != Action::Ignore {
+                    last_failure = last_failure.max(at);
+                    let f = index_failures.entry(pod.index).or_default();
+                    f.0 += 1;
+                    f.1 = f.1.max(at);
+                }
             }
             if pod.outcome != Outcome::Active {
                 continue;
@@ -465,6 +725,7 @@ pub(crate) fn reconcile(
             let extra = p.suspend
                 || pod.index >= p.completions as usize
                 || st.completed.contains(&pod.index)
+                || st.failed_indexes.contains(&pod.index)
                 || running.contains_key(&pod.index);
             if extra {
                 deletes.push(pod.key.clone());
@@ -479,8 +740,9 @@ pub(crate) fn reconcile(
         if active >= p.parallelism {
             continue;
         }
-        // Back-off after failures: no new pod before the last failure plus the delay.
-        if st.failed > 0 {
+        // Back-off after failures: no new pod before the last failure plus the delay (per
+        // index with `backoffLimitPerIndex`, below).
+        if st.failed > 0 && p.backoff_limit_per_index.is_none() {
             let at = last_failure.unwrap_or(DateTime::UNIX_EPOCH) + backoff(st.failed);
             if at > ctx.now {
                 soon(at);
@@ -493,8 +755,20 @@ pub(crate) fn reconcile(
             if active >= p.parallelism {
                 break;
             }
-            if st.completed.contains(&index) || running.contains_key(&index) {
+            if st.completed.contains(&index)
+                || st.failed_indexes.contains(&index)
+                || running.contains_key(&index)
+            {
                 continue;
+            }
+            if p.backoff_limit_per_index.is_some() {
+                if let Some((failures, last)) = index_failures.get(&index) {
+                    let at = last.unwrap_or(DateTime::UNIX_EPOCH) + backoff(*failures);
+                    if at > ctx.now {
+                        soon(at);
+                        continue;
+                    }
+                }
             }
             let mut attempt = last_attempt.get(&index).map_or(0, |a| a + 1);
             // A name held by another pod (a hash collision) moves to the next attempt.

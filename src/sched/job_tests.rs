@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 use super::fixtures::{cluster_of, key, leader_ctx, node, t0};
-use super::job::{self, index_of, Outcome, Params};
+use super::job::{self, index_of, Params};
 use super::*;
 
 fn job(name: &str, spec: Value) -> Value {
@@ -50,17 +50,14 @@ fn state_of(s: &Snapshot, j: &Value, now: DateTime<Utc>) -> job::JobState {
         .filter(|p| p["metadata"]["ownerReferences"][0]["uid"] == j["metadata"]["uid"])
         .map(|p| {
             let (index, attempt) = index_of(p).unwrap();
-            let outcome = match s.finished.get(&key(p)) {
-                Some(f) if f.succeeded => Outcome::Succeeded(f.at),
-                Some(f) => Outcome::Failed(f.at),
-                None => Outcome::Active,
-            };
+            let (outcome, failure) = job::outcome_of(s.finished.get(&key(p)), false);
             job::JobPod {
                 key: key(p),
                 index,
                 attempt,
                 created: None,
                 outcome,
+                failure,
                 ready: false,
             }
         })
@@ -74,6 +71,7 @@ fn finish(s: &mut Snapshot, pod: &PodKey, succeeded: bool, at: DateTime<Utc>) {
         Finished {
             succeeded,
             at: Some(at),
+            ..Finished::default()
         },
     );
 }
@@ -171,6 +169,138 @@ fn failures_back_off_and_exceeding_the_limit_fails_the_job() {
             assert_eq!(created, 0);
         }
     }
+}
+
+/// Ends `pod` as Failed with container `main` exiting `code` (and the pod's `conditions`).
+fn fail_with(
+    s: &mut Snapshot,
+    pod: &PodKey,
+    code: i32,
+    conditions: &[(&str, &str)],
+    at: DateTime<Utc>,
+) {
+    s.finished.insert(
+        pod.clone(),
+        Finished {
+            succeeded: false,
+            at: Some(at),
+            failure: job::Failure {
+                exits: vec![("main".into(), code)],
+                conditions: conditions
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            },
+        },
+    );
+}
+
+#[test]
+fn pod_failure_policy_fails_the_job_ignores_or_counts() {
+    let policy = json!({"rules": [
+        {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [42]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {"action": "Count", "onExitCodes": {"operator": "NotIn", "values": [1, 2]}},
+    ]});
+    let j = job(
+        "pfp",
+        json!({"completions": 1, "backoffLimit": 1, "podFailurePolicy": policy}),
+    );
+    // An ignored failure: not counted, replaced at once (no back-off).
+    let mut s = round(&cluster(vec![j.clone()]), t0(), 1);
+    let first = key(active(&s)[0]);
+    fail_with(&mut s, &first, 137, &[("DisruptionTarget", "True")], t0());
+    let st = state_of(&s, &j, t0());
+    assert_eq!((st.failed, st.ending.is_none()), (0, true), "{st:?}");
+    s = round(&s, t0(), 2);
+    assert_eq!(active(&s).len(), 1, "replaced without back-off");
+    // Exit code 42 of container main: FailJob, whatever the backoffLimit.
+    let second = key(active(&s)[0]);
+    fail_with(&mut s, &second, 42, &[], t0() + Duration::seconds(1));
+    let st = state_of(&s, &j, t0() + Duration::seconds(1));
+    let end = st.ending.expect("failed");
+    assert_eq!((end.condition, end.reason), ("Failed", "PodFailurePolicy"));
+    assert_eq!(
+        end.message,
+        format!(
+            "Container main for pod default/{} failed with exit code 42 matching FailJob rule at index 0",
+            second.1
+        )
+    );
+    assert_eq!(st.failed, 1);
+    // No rule matches exit code 1 (NotIn [1, 2] excludes it): counted as without a policy.
+    let j2 = job(
+        "pfp2",
+        json!({"completions": 1, "backoffLimit": 0, "podFailurePolicy": {"rules": [
+        {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [42]}}]}}),
+    );
+    let mut s = round(&cluster(vec![j2.clone()]), t0(), 1);
+    let pod = key(active(&s)[0]);
+    fail_with(&mut s, &pod, 1, &[], t0());
+    let end = state_of(&s, &j2, t0()).ending.expect("failed");
+    assert_eq!(end.reason, "BackoffLimitExceeded");
+}
+
+#[test]
+fn backoff_limit_per_index_fails_indexes_not_the_job() {
+    let j = job(
+        "per",
+        json!({"completions": 3, "parallelism": 3, "completionMode": "Indexed",
+               "backoffLimitPerIndex": 1, "podFailurePolicy": {"rules": [
+                   {"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [3]}}]}}),
+    );
+    let mut now = t0();
+    let mut s = round(&cluster(vec![j.clone()]), now, 1);
+    let index_pod = |s: &Snapshot, i: &str| -> PodKey {
+        key(active(s)
+            .into_iter()
+            .find(|p| p["metadata"]["annotations"][job::COMPLETION_INDEX] == i)
+            .unwrap())
+    };
+    // Index 0 fails twice (limit 1): failed for good; index 1 fails once with exit 3 (FailIndex).
+    let p0 = index_pod(&s, "0");
+    fail_with(&mut s, &p0, 1, &[], now);
+    let p1 = index_pod(&s, "1");
+    fail_with(&mut s, &p1, 3, &[], now);
+    // Index 0's retry waits for its own back-off; index 2 keeps running.
+    let plan = reconcile(&s, &leader_ctx("n0", now, 5));
+    assert_eq!(plan.counts().0, 0, "no retry before the back-off");
+    now += job::backoff(1);
+    s = round(&s, now, 6);
+    let st = state_of(&s, &j, now);
+    assert_eq!(st.failed_indexes, BTreeSet::from([1]), "{st:?}");
+    assert!(st.ending.is_none());
+    let retry = index_pod(&s, "0");
+    assert_eq!(
+        index_of(s.pods.iter().find(|p| key(p) == retry).unwrap())
+            .unwrap()
+            .1,
+        1
+    );
+    fail_with(&mut s, &retry, 1, &[], now);
+    let p2 = index_pod(&s, "2");
+    finish(&mut s, &p2, true, now);
+    s = round(&s, now + Duration::seconds(60), 7);
+    assert!(active(&s).is_empty(), "failed indexes are not run again");
+    let st = state_of(&s, &j, now);
+    assert_eq!(st.failed_indexes, BTreeSet::from([0, 1]));
+    assert_eq!(st.completed, BTreeSet::from([2]));
+    let end = st.ending.expect("ended");
+    assert_eq!((end.condition, end.reason), ("Failed", "FailedIndexes"));
+
+    // maxFailedIndexes 0: the first failed index fails the Job.
+    let j = job(
+        "capped",
+        json!({"completions": 2, "parallelism": 2, "completionMode": "Indexed",
+               "backoffLimitPerIndex": 0, "maxFailedIndexes": 0}),
+    );
+    let mut s = round(&cluster(vec![j.clone()]), t0(), 1);
+    let p = key(active(&s)[0]);
+    fail_with(&mut s, &p, 1, &[], t0());
+    let end = state_of(&s, &j, t0()).ending.expect("ended");
+    assert_eq!(end.reason, "MaxFailedIndexesExceeded");
+    s = round(&s, t0(), 2);
+    assert!(active(&s).is_empty(), "the ended Job's pods are stopped");
 }
 
 #[test]

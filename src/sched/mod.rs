@@ -70,11 +70,12 @@ pub(crate) fn replicas_of(spec: &Value) -> Option<i64> {
 }
 
 /// A pod that ended (phase `Succeeded` or `Failed` in the status record of its current
-/// placement), and when its last container finished.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// placement), when its last container finished, and what a Job's `podFailurePolicy` matches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Finished {
     pub succeeded: bool,
     pub at: Option<chrono::DateTime<chrono::Utc>>,
+    pub failure: job::Failure,
 }
 
 /// The object set as the reconcile changes it, stage by stage: later stages (garbage

@@ -1,6 +1,7 @@
 //! Jobs, CronJobs and DaemonSets end to end on one testnet, with the real kubectl and runc:
-//! exact completions, Indexed Jobs, backoffLimit, a one-minute CronJob under Forbid, and a
-//! DaemonSet that follows a node started later.
+//! exact completions, Indexed Jobs, backoffLimit, a one-minute CronJob under Forbid and across a
+//! leader kill, an Indexed Job across a partition, and DaemonSets that follow a node started
+//! later and node labels, with a rolling update kept within maxUnavailable.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -60,6 +61,29 @@ fn jobs_cronjobs_and_daemonsets() {
     let net = Testnet::up(3);
     let ctx = net.nodes[0].as_str();
 
+    // A CronJob of short Jobs, checked at the end across a leader kill.
+    apply(
+        ctx,
+        r#"apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: beat
+spec:
+  schedule: "* * * * *"
+  concurrencyPolicy: Allow
+  successfulJobsHistoryLimit: 50
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          terminationGracePeriodSeconds: 1
+          containers:
+          - name: main
+            image: shoal.test/busybox:1
+            command: ["true"]
+"#,
+    );
     // A Job of 5 completions, 2 at a time: exactly 5 succeed, never more than 2 run.
     apply(
         ctx,
@@ -138,6 +162,58 @@ fn jobs_cronjobs_and_daemonsets() {
         .unwrap();
     assert_eq!(failed["reason"], "BackoffLimitExceeded");
 
+    // podFailurePolicy: exit code 42 fails the Job at once, whatever its backoffLimit.
+    apply(
+        ctx,
+        &job(
+            "fatal",
+            "  backoffLimit: 6\n  podFailurePolicy:\n    rules:\n    - action: FailJob\n      onExitCodes:\n        containerName: main\n        operator: In\n        values: [42]",
+            "exit 42",
+        ),
+    );
+    // backoffLimitPerIndex 0: index 1 fails for good, the others complete; the Job fails.
+    apply(
+        ctx,
+        &job(
+            "per-index",
+            "  completions: 3\n  parallelism: 3\n  completionMode: Indexed\n  backoffLimitPerIndex: 0",
+            "[ $JOB_COMPLETION_INDEX != 1 ]",
+        ),
+    );
+    wait_for(ctx, "job/fatal", "failed");
+    let fatal = get_json(ctx, &["job", "fatal"]).unwrap();
+    let condition = fatal["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Failed")
+        .cloned()
+        .unwrap();
+    assert_eq!(condition["reason"], "PodFailurePolicy", "{fatal}");
+    assert!(
+        condition["message"]
+            .as_str()
+            .unwrap()
+            .contains("failed with exit code 42 matching FailJob rule at index 0"),
+        "{condition}"
+    );
+    assert_eq!(fatal["status"]["failed"], 1, "one pod, no retry: {fatal}");
+    wait_for(ctx, "job/per-index", "failed");
+    let per_index = get_json(ctx, &["job", "per-index"]).unwrap();
+    assert_eq!(per_index["status"]["failedIndexes"], "1", "{per_index}");
+    assert_eq!(
+        per_index["status"]["completedIndexes"], "0,2",
+        "{per_index}"
+    );
+    let reasons: Vec<&str> = per_index["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["type"] == "Failed")
+        .filter_map(|c| c["reason"].as_str())
+        .collect();
+    assert_eq!(reasons, ["FailedIndexes"], "{per_index}");
+
     // A DaemonSet: one pod on each node; `rollout status` follows it.
     apply(
         ctx,
@@ -202,6 +278,179 @@ spec:
     assert!(nodes.contains("n4"));
     let ds = get_json(ctx, &["ds", "agent"]).unwrap();
     assert_eq!(ds["status"]["desiredNumberScheduled"], 4, "{ds}");
+
+    // Rolling updates: with maxUnavailable 1 (the default) at every sample at least 3 of the 4
+    // nodes have an available pod (Ready, not terminating); with maxSurge 1 and maxUnavailable
+    // 0 all 4 always have one. Every pod ends on the new template.
+    let roll = |round: &str, min_available: usize| {
+        kubectl_ok(ctx, &["set", "env", "ds/agent", &format!("ROUND={round}")]);
+        let rollout = std::thread::spawn({
+            let ctx = ctx.to_string();
+            move || kubectl(&ctx, &["rollout", "status", "ds/agent", "--timeout=150s"])
+        });
+        while !rollout.is_finished() {
+            let Ok(pods) = get_json(ctx, &["pods", "-l", "app=agent"]) else {
+                continue;
+            };
+            let pods = items(&pods);
+            let available: BTreeSet<&str> = pods
+                .iter()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .filter(|p| {
+                    p["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+                .filter_map(|p| p["spec"]["nodeName"].as_str())
+                .collect();
+            assert!(
+                available.len() >= min_available,
+                "round {round}: fewer than {min_available} nodes served: {available:?}"
+            );
+        }
+        rollout.join().unwrap().expect("rollout status ds/agent");
+        eventually(
+            &format!("every daemon pod runs ROUND={round}"),
+            Duration::from_secs(60),
+            || {
+                let pods = items(&get_json(ctx, &["pods", "-l", "app=agent"])?);
+                let updated = pods
+                    .iter()
+                    .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                    .filter(|p| p["spec"]["containers"][0]["env"][0]["value"] == round)
+                    .count();
+                (updated == 4 && pods.len() == 4)
+                    .then_some(())
+                    .ok_or(format!("{updated} of {} updated", pods.len()))
+            },
+        );
+    };
+    roll("1", 3);
+    kubectl_ok(
+        ctx,
+        &[
+            "patch",
+            "ds/agent",
+            "--type=merge",
+            "-p",
+            r#"{"spec": {"updateStrategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}}}"#,
+        ],
+    );
+    roll("2", 4);
+
+    // A DaemonSet with a nodeSelector follows node labels: a label added gets the node a pod,
+    // a label removed takes it away.
+    apply(
+        ctx,
+        r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: edge
+spec:
+  selector:
+    matchLabels:
+      app: edge
+  template:
+    metadata:
+      labels:
+        app: edge
+    spec:
+      nodeSelector:
+        shoal.test/edge: "yes"
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: shoal.test/busybox:1
+        command: ["sh", "-c", "while true; do sleep 1; done"]
+"#,
+    );
+    let edge_nodes = |want: &[&str]| -> Result<(), String> {
+        let pods = items(&get_json(ctx, &["pods", "-l", "app=edge"])?);
+        let nodes: BTreeSet<&str> = pods
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter_map(|p| p["spec"]["nodeName"].as_str())
+            .collect();
+        let want: BTreeSet<&str> = want.iter().copied().collect();
+        (nodes == want && pods.len() == want.len())
+            .then_some(())
+            .ok_or(format!("edge pods on {nodes:?} ({} pods)", pods.len()))
+    };
+    always(
+        "no edge pod without the label",
+        Duration::from_secs(3),
+        || edge_nodes(&[]),
+    );
+    kubectl_ok(ctx, &["label", "node", "n2", "n3", "shoal.test/edge=yes"]);
+    eventually("edge pods on n2 and n3", Duration::from_secs(60), || {
+        edge_nodes(&["n2", "n3"])
+    });
+    kubectl_ok(ctx, &["label", "node", "n2", "shoal.test/edge-"]);
+    eventually("the edge pod leaves n2", Duration::from_secs(60), || {
+        edge_nodes(&["n3"])
+    });
+
+    // An Indexed Job whose pods run across a partition that cuts the leader off: after the
+    // heal every index is counted once (docs/workloads.md, "What a partition guarantees").
+    apply(
+        ctx,
+        &job(
+            "split",
+            "  completions: 4\n  parallelism: 4\n  completionMode: Indexed",
+            "sleep 12; echo index=$JOB_COMPLETION_INDEX",
+        ),
+    );
+    eventually(
+        "4 pods of job split running",
+        Duration::from_secs(60),
+        || {
+            let pods = items(&get_json(ctx, &["pods", "-l", "job-name=split"])?);
+            let running = pods
+                .iter()
+                .filter(|p| p["status"]["phase"] == "Running")
+                .count();
+            (running == 4)
+                .then_some(())
+                .ok_or(format!("{running} running"))
+        },
+    );
+    let all: Vec<String> = ["n1", "n2", "n3", "n4"].map(String::from).to_vec();
+    let leader = eventually("one leader", Duration::from_secs(30), || {
+        agreed_leader(&all)
+    });
+    let rest: Vec<&str> = ["n1", "n2", "n3", "n4"]
+        .into_iter()
+        .filter(|n| *n != leader)
+        .collect();
+    script("partition.sh", &[&leader, &rest.join(" ")]);
+    // Both sides elect a leader of their own; the minority side sees the others dead.
+    eventually(
+        "a leader on the majority side",
+        Duration::from_secs(30),
+        || {
+            let group: Vec<String> = rest.iter().map(|n| n.to_string()).collect();
+            agreed_leader(&group).and_then(|l| {
+                (l != leader)
+                    .then_some(l)
+                    .ok_or("still the old leader".into())
+            })
+        },
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    script("heal.sh", &[]);
+    wait_for(ctx, "job/split", "complete");
+    always(
+        "job split counts each index once",
+        Duration::from_secs(5),
+        || {
+            let split = get_json(ctx, &["job", "split"])?;
+            (split["status"]["succeeded"] == 4 && split["status"]["completedIndexes"] == "0-3")
+                .then_some(())
+                .ok_or(format!("{}", split["status"]))
+        },
+    );
 
     // A CronJob every minute whose Jobs outlast the minute: Forbid keeps one at a time.
     apply(
@@ -296,5 +545,52 @@ spec:
         .any(|j| j["metadata"]["name"] == name.as_str()));
     let cj = get_json(ctx, &["cronjob", "tick"]).unwrap();
     assert!(cj["status"]["lastScheduleTime"].is_string(), "{cj}");
+
+    // Across a leader kill: the CronJob of short Jobs got its Job for every minute, the first
+    // ones from the old leader, the next from the new one.
+    kubectl_ok(ctx, &["delete", "cronjob", "tick"]);
+    let beat_minutes = |ctx: &str| -> Result<BTreeSet<i64>, String> {
+        Ok(items(&get_json(ctx, &["jobs"])?)
+            .iter()
+            .filter_map(|j| {
+                j["metadata"]["name"]
+                    .as_str()?
+                    .strip_prefix("beat-")?
+                    .parse()
+                    .ok()
+            })
+            .collect())
+    };
+    let first = eventually("beat's first Job", Duration::from_secs(5), || {
+        beat_minutes(ctx)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| "no Job yet".to_string())
+    });
+    let leader = eventually("one leader", Duration::from_secs(30), || {
+        agreed_leader(&all)
+    });
+    let survivor = ["n1", "n2", "n3", "n4"]
+        .into_iter()
+        .find(|n| *n != leader)
+        .unwrap();
+    script("kill.sh", &[&leader]);
+    let killed_at = chrono::Utc::now().timestamp() / 60;
+    let seen = eventually(
+        "beat's Job for the minute after the kill",
+        Duration::from_secs(180),
+        || {
+            let minutes = beat_minutes(survivor)?;
+            minutes
+                .contains(&(killed_at + 1))
+                .then_some(minutes.clone())
+                .ok_or(format!("{minutes:?}, killed in minute {killed_at}"))
+        },
+    );
+    let expected: BTreeSet<i64> = (first..=killed_at + 1).collect();
+    assert!(
+        expected.is_subset(&seen),
+        "a Job for every minute from {first}: {seen:?}"
+    );
     drop(net);
 }
