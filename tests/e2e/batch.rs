@@ -258,6 +258,17 @@ spec:
         Duration::from_secs(60),
         || per_node(3),
     );
+    // A selector that does not match the template is refused, naming the field.
+    let mismatched = r#"{"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "stray"},
+        "spec": {"selector": {"matchLabels": {"app": "stray"}},
+                 "template": {"metadata": {"labels": {"app": "other"}},
+                              "spec": {"containers": [{"name": "main", "image": "shoal.test/busybox:1"}]}}}}"#;
+    let err = super::workloads::kubectl_stdin(ctx, &["apply"], mismatched).expect_err("refused");
+    assert!(
+        err.contains("is invalid") && err.contains("spec.template.metadata.labels"),
+        "{err}"
+    );
+
     // A fourth node joins later and gets its pod.
     let testnet = repo().join("testnet");
     let out = Command::new("bash")
