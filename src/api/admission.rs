@@ -1081,6 +1081,15 @@ fn validate_pod_spec(spec: &Value, path: &str, template: bool, causes: &mut Vec<
     for (field, message) in crate::model::affinity::validate(spec, path) {
         causes.push(field_cause(field, message));
     }
+    // The node's PID and IPC namespaces are never shared (hostNetwork is): refused, not ignored.
+    for field in ["hostPID", "hostIPC"] {
+        if spec[field] == Value::Bool(true) {
+            causes.push(forbidden(
+                format!("{path}.{field}"),
+                "shoal does not share the node's PID or IPC namespace with pods (hostNetwork is supported)",
+            ));
+        }
+    }
     // The downward API (downwardAPI volumes and projections, env field references),
     // dnsPolicy/dnsConfig, and host ports (docs/networking.md, "Pod network options").
     for (field, message) in crate::model::downward::validate(spec, path)
@@ -1481,6 +1490,14 @@ mod tests {
             causes[2].message.contains("must match `containerPort`"),
             "{}",
             causes[2].message
+        );
+        let mut pid = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"hostPID": true, "hostIPC": false,
+                "containers": [{"name": "c", "image": "i"}]}});
+        default(Workload::Pod, &mut pid);
+        assert_eq!(
+            fields(&validate(Workload::Pod, &pid, None)),
+            ["spec.hostPID"]
         );
     }
 

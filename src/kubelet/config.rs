@@ -551,10 +551,12 @@ fn downward_files(
                     })?;
                 resource_field_ref(container, r, node)?
             }
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "downwardAPI item {:?}: exactly one of fieldRef and resourceFieldRef is required",
                 item.path
-            )),
+            ))
+            }
         };
         out.push(VolumeFile {
             path: item.path.clone(),

@@ -73,34 +73,6 @@ pub struct PodDns {
     pub options: Vec<(String, Option<String>)>,
 }
 
-impl PodDns {
-    /// From a pod spec (JSON, as stored).
-    pub fn of_spec(spec: &serde_json::Value) -> Self {
-        let strings = |v: &serde_json::Value| -> Vec<String> {
-            v.as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect()
-        };
-        let config = &spec["dnsConfig"];
-        PodDns {
-            policy: spec["dnsPolicy"].as_str().unwrap_or_default().to_string(),
-            nameservers: strings(&config["nameservers"]),
-            searches: strings(&config["searches"]),
-            options: config["options"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|o| {
-                    let name = o["name"].as_str().filter(|n| !n.is_empty())?;
-                    Some((name.to_string(), o["value"].as_str().map(str::to_string)))
-                })
-                .collect(),
-        }
-    }
-}
-
 /// What a `resolv.conf` says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResolvConf {
@@ -434,23 +406,6 @@ mod tests {
         let conf = ResolvConf::parse(&pod_resolv_conf(&default, false, "shop", gw, NODE));
         assert_eq!(conf.nameservers, ["192.0.2.53", "192.0.2.54", "1.1.1.1"]);
         assert_eq!(conf.options, ["edns0", "ndots:2"]);
-    }
-
-    #[test]
-    fn pod_dns_of_spec() {
-        let spec = serde_json::json!({"dnsPolicy": "None", "dnsConfig": {
-            "nameservers": ["1.1.1.1"], "searches": ["x.example"],
-            "options": [{"name": "ndots", "value": "3"}, {"name": "rotate"}, {"value": "v"}]}});
-        assert_eq!(
-            PodDns::of_spec(&spec),
-            PodDns {
-                policy: "None".into(),
-                nameservers: vec!["1.1.1.1".into()],
-                searches: vec!["x.example".into()],
-                options: vec![("ndots".into(), Some("3".into())), ("rotate".into(), None)],
-            }
-        );
-        assert_eq!(PodDns::of_spec(&serde_json::json!({})), PodDns::default());
     }
 
     #[test]
