@@ -3,7 +3,8 @@
 //! pods wanting the same port, protocol and overlapping host address never share a node) and
 //! the proxy (the DNAT rules that carry `<node address>:hostPort` to the pod). Pure.
 
-use std::net::Ipv4Addr;
+// `core::net` holds only the address value types (no sockets, no I/O).
+use core::net::Ipv4Addr;
 
 use serde_json::Value;
 
