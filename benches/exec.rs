@@ -104,6 +104,8 @@ fn main() {
         sidecars: Vec::new(),
         hostname: None,
         subdomain: None,
+        host_network: false,
+        dns: Default::default(),
     };
     let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "exec", "namespace": "default", "uid": "u-1"},

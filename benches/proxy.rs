@@ -329,6 +329,7 @@ fn data_path(lab: &Lab, rounds: usize, secs: u32) {
     let r = proxy::build(&Desired {
         node: facts(),
         ports: vec![busybox, keepalive, iperf],
+        host_ports: Vec::new(),
     });
     Nft::in_netns(&lab.ns("node"))
         .apply(&proxy::full(&r).script)
@@ -439,6 +440,7 @@ fn update_cost(lab: &Lab, sizes: &[usize], changes: usize) {
         let mut applied = proxy::build(&Desired {
             node: facts(),
             ports: current.clone(),
+            host_ports: Vec::new(),
         });
         nft.apply(&proxy::full(&applied).script).unwrap();
         let full_took = started.elapsed();
@@ -451,6 +453,7 @@ fn update_cost(lab: &Lab, sizes: &[usize], changes: usize) {
             let desired = proxy::build(&Desired {
                 node: facts(),
                 ports: current.clone(),
+                host_ports: Vec::new(),
             });
             let change = proxy::diff(&applied, &desired);
             let t1 = Instant::now();

@@ -295,6 +295,7 @@ fn rules(ports: Vec<ServicePort>) -> Ruleset {
     proxy::build(&Desired {
         node: Lab::facts(),
         ports,
+        host_ports: Vec::new(),
     })
 }
 

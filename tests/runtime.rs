@@ -166,6 +166,8 @@ fn pod_meta(key: &str, name: &str) -> PodMeta {
         sidecars: Vec::new(),
         hostname: None,
         subdomain: None,
+        host_network: false,
+        dns: Default::default(),
     }
 }
 
@@ -458,6 +460,8 @@ fn pod_network_in_this_namespace(mode: shoal::runtime::network::CniMode) {
         sidecars: Vec::new(),
         hostname: None,
         subdomain: None,
+        host_network: false,
+        dns: Default::default(),
     };
     let cidr = "10.244.3.0/24";
 

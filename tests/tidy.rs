@@ -44,6 +44,8 @@ fn cores_are_pure() {
         "kubelet/config.rs",
         "model/ipam.rs",
         "model/service.rs",
+        "model/downward.rs",
+        "model/host_port.rs",
         "state/transfer.rs",
         "dns",
         "proxy",

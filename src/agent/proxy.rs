@@ -1,5 +1,5 @@
-//! The proxy's shell: programs this node's Service load balancing into nftables table
-//! `ip shoal` with the `nft` program. Once the node's membership view has settled and its pod
+//! The proxy's shell: programs this node's Service load balancing and its pods' host ports
+//! into nftables table `ip shoal` with the `nft` program. Once the node's membership view has settled and its pod
 //! CIDR is known, it replaces the table once ([`crate::proxy::full`]), then after every change
 //! (debounced [`DEBOUNCE`]) applies only the difference ([`crate::proxy::diff`]), falling back
 //! to a full replace if a difference fails; every [`VERIFY`] it checks that the table is still
@@ -14,10 +14,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::services;
+use crate::model::host_port;
 use crate::model::network::BRIDGE;
+use crate::model::workload::{keys, PodStatusRecord, PODS};
 use crate::model::MemberState;
 use crate::model::NodeRecord;
-use crate::proxy::{self, Change, Desired, NodeFacts, Protocol, Ruleset, TABLE};
+use crate::proxy::{self, Change, Desired, HostPortRule, NodeFacts, Protocol, Ruleset, TABLE};
 use crate::sched::settle::Settle;
 use crate::state::Shared;
 
@@ -189,7 +191,67 @@ pub fn agent_endpoints(node: &NodeRecord) -> Vec<(Ipv4Addr, Protocol, u16)> {
 pub fn desired(shared: &Shared, node: NodeFacts) -> Ruleset {
     let snapshot = services::snapshot(shared);
     let ports = proxy::service_ports(&snapshot.services, &snapshot.endpoints, &shared.node_name);
-    proxy::build(&Desired { node, ports })
+    proxy::build(&Desired {
+        node,
+        ports,
+        host_ports: host_ports(shared),
+    })
+}
+
+/// The host ports of the pods this node runs: those its own status records give an address
+/// (not ended), each pod object read by name (same uid); `hostNetwork` pods listen on the node
+/// itself and need no rule. Reads only this node's pods, never the whole cluster's.
+fn host_ports(shared: &Shared) -> Vec<HostPortRule> {
+    let me = shared.node_name.as_str();
+    let records: Vec<(String, String, Arc<PodStatusRecord>)> = shared.read_status(|docs| {
+        let Some(doc) = docs.get(me) else {
+            return Vec::new();
+        };
+        doc.shared_entries::<PodStatusRecord>(keys::POD_STATUS_PREFIX)
+            .into_iter()
+            .filter_map(|(key, record)| {
+                let (ns, name) = keys::split(&key, keys::POD_STATUS_PREFIX)?;
+                Some((ns.to_string(), name.to_string(), record))
+            })
+            .collect()
+    });
+    let mut out = Vec::new();
+    shared.read(|doc| {
+        for (ns, name, record) in &records {
+            let Some(pod_ip) = record.status["podIP"]
+                .as_str()
+                .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+            else {
+                continue;
+            };
+            if matches!(
+                record.status["phase"].as_str(),
+                Some("Succeeded" | "Failed")
+            ) {
+                continue;
+            }
+            let Ok(Some(pod)) = doc.get_object(PODS, Some(ns), name) else {
+                continue;
+            };
+            if pod["metadata"]["uid"].as_str() != Some(record.pod_uid.as_str())
+                || pod["spec"]["hostNetwork"] == serde_json::Value::Bool(true)
+            {
+                continue;
+            }
+            out.extend(
+                host_port::of_spec(&pod["spec"])
+                    .into_iter()
+                    .map(|hp| HostPortRule {
+                        protocol: hp.protocol,
+                        host_ip: hp.host_ip,
+                        host_port: hp.port,
+                        pod_ip,
+                        container_port: hp.container_port,
+                    }),
+            );
+        }
+    });
+    out
 }
 
 /// The loop's state between rounds.

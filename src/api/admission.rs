@@ -259,6 +259,8 @@ fn validate_probes(c: &Value, path: &str, causes: &mut Vec<Cause>) {
 }
 
 fn default_pod_spec(spec: &mut Value) {
+    // Before the containers' defaults: a hostNetwork pod's ports get hostPort = containerPort.
+    crate::model::host_port::default_spec(spec);
     set_default(spec, "restartPolicy", json!("Always"));
     set_default(spec, "dnsPolicy", json!("ClusterFirst"));
     set_default(spec, "terminationGracePeriodSeconds", json!(30));
@@ -1079,6 +1081,24 @@ fn validate_pod_spec(spec: &Value, path: &str, template: bool, causes: &mut Vec<
     for (field, message) in crate::model::affinity::validate(spec, path) {
         causes.push(field_cause(field, message));
     }
+    // The node's PID and IPC namespaces are never shared (hostNetwork is): refused, not ignored.
+    for field in ["hostPID", "hostIPC"] {
+        if spec[field] == Value::Bool(true) {
+            causes.push(forbidden(
+                format!("{path}.{field}"),
+                "shoal does not share the node's PID or IPC namespace with pods (hostNetwork is supported)",
+            ));
+        }
+    }
+    // The downward API (downwardAPI volumes and projections, env field references),
+    // dnsPolicy/dnsConfig, and host ports (docs/networking.md, "Pod network options").
+    for (field, message) in crate::model::downward::validate(spec, path)
+        .into_iter()
+        .chain(crate::model::network::validate_dns(spec, path))
+        .chain(crate::model::host_port::validate(spec, path))
+    {
+        causes.push(field_cause(field, message));
+    }
     // `hostname` and `subdomain`: DNS labels (the pod's hostname and, with a headless Service
     // of that name, its DNS name `<hostname>.<subdomain>.<ns>.svc.<domain>`).
     for field in ["hostname", "subdomain"] {
@@ -1435,6 +1455,50 @@ mod tests {
         recreate["spec"]["strategy"] = json!({"type": "Recreate"});
         default(Workload::Deployment, &mut recreate);
         assert_eq!(recreate["spec"]["strategy"], json!({"type": "Recreate"}));
+    }
+
+    /// hostNetwork pods get hostPort = containerPort; downwardAPI, dnsConfig and host port
+    /// mistakes are 422s naming the field, in a pod and in a template.
+    #[test]
+    fn pod_network_options_are_defaulted_and_checked() {
+        let mut d = deployment();
+        d["spec"]["template"]["spec"]["hostNetwork"] = json!(true);
+        default(Workload::Deployment, &mut d);
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["ports"][0]["hostPort"], 80);
+        assert!(validate(Workload::Deployment, &d, None).is_empty());
+
+        let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"hostNetwork": true, "dnsPolicy": "None",
+                "containers": [{"name": "c", "image": "i",
+                    "ports": [{"containerPort": 80, "hostPort": 8080}]}],
+                "volumes": [{"name": "info", "downwardAPI": {"items": [
+                    {"path": "node", "fieldRef": {"fieldPath": "spec.nodeName"}}]}}]}});
+        default(Workload::Pod, &mut pod);
+        let causes = validate(Workload::Pod, &pod, None);
+        assert_eq!(
+            fields(&causes),
+            [
+                "spec.volumes[0].downwardAPI.items[0].fieldRef.fieldPath",
+                "spec.dnsConfig",
+                "spec.containers[0].ports[0].hostPort",
+            ]
+        );
+        assert_eq!(causes[0].reason, "FieldValueNotSupported");
+        assert_eq!(causes[1].reason, "FieldValueRequired");
+        assert!(
+            causes[2].message.contains("must match `containerPort`"),
+            "{}",
+            causes[2].message
+        );
+        let mut pid = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"hostPID": true, "hostIPC": false,
+                "containers": [{"name": "c", "image": "i"}]}});
+        default(Workload::Pod, &mut pid);
+        assert_eq!(
+            fields(&validate(Workload::Pod, &pid, None)),
+            ["spec.hostPID"]
+        );
     }
 
     /// `minReadySeconds` near `i64::MAX` once panicked the leader's round (scheduling stopped

@@ -239,6 +239,9 @@ pub enum Command {
         dir: PathBuf,
         #[arg(long)]
         hostname: String,
+        /// Stay in the node's network and UTS namespaces (`hostNetwork: true`).
+        #[arg(long)]
+        host_network: bool,
     },
     /// Write a snapshot of the cluster state, taken from the node the context points at.
     Backup {
@@ -422,9 +425,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Image { command } => image::run(command),
         Command::Shim { attempt } => std::process::exit(crate::runtime::shim::main(&attempt)),
-        Command::Sandbox { dir, hostname } => {
-            std::process::exit(crate::runtime::sandbox::main(&dir, &hostname))
-        }
+        Command::Sandbox {
+            dir,
+            hostname,
+            host_network,
+        } => std::process::exit(crate::runtime::sandbox::main(&dir, &hostname, host_network)),
         Command::Network {
             command: NetworkCommand::Cleanup,
         } => {

@@ -1,6 +1,8 @@
 //! What a container is configured from besides its image: env from ConfigMaps, Secrets and the
 //! pod itself (`env[].valueFrom`, `envFrom`), and the contents of its volumes (configMap,
-//! secret, projected, emptyDir, hostPath), resolved the way the Kubernetes kubelet does.
+//! secret, downwardAPI, projected, emptyDir, hostPath), resolved the way the Kubernetes kubelet
+//! does. The downward API (env `fieldRef`/`resourceFieldRef` and downwardAPI volume items) is
+//! one code path: [`field_ref`] and [`resource_field_ref`].
 //! Pure: the objects and the node's facts come in, the resolved values (or the
 //! `CreateContainerConfigError` message) go out. The shell (`kubelet::mod`) reads the
 //! objects from the merged document.
@@ -12,11 +14,15 @@ use std::path::{Component, Path, PathBuf};
 
 use base64::Engine;
 use k8s_openapi::api::core::v1::{
-    Container, KeyToPath, ObjectFieldSelector, Pod, ResourceFieldSelector, Volume,
+    Container, DownwardAPIVolumeFile, KeyToPath, ObjectFieldSelector, Pod, ResourceFieldSelector,
+    Volume,
 };
 use serde_json::Value;
 
 use crate::model::container::{EnvEntry, HostPathType, VolumeFile, VolumeSource};
+#[cfg(test)]
+use crate::model::downward::go_quote;
+use crate::model::downward::{check_field_path, format_map, FieldScope};
 
 /// The waiting reason of a container whose configuration cannot be resolved.
 pub const CONFIG_ERROR: &str = "CreateContainerConfigError";
@@ -267,6 +273,8 @@ pub fn resolve(
             out.sensitive |= v.is_some();
             v
         } else if let Some(f) = &from.field_ref {
+            check_field_path(&f.field_path, FieldScope::Env)
+                .map_err(|e| format!("env {:?}: {e}", var.name))?;
             Some(field_ref(pod, f, node)?)
         } else if let Some(r) = &from.resource_field_ref {
             Some(resource_field_ref(container, r, node)?)
@@ -295,7 +303,7 @@ pub fn resolve(
         if out.volumes.contains_key(&vm.name) {
             continue;
         }
-        let source = volume_source(volume, objects, node, namespace)?;
+        let source = volume_source(pod, volume, objects, node)?;
         out.sensitive |= matches!(source, VolumeSource::Files { secret: true, .. });
         out.volumes.insert(vm.name.clone(), source);
     }
@@ -328,7 +336,8 @@ fn key_ref(
     }
 }
 
-/// `fieldRef`: the pod fields Kubernetes offers as env (downward API).
+/// `fieldRef`: the pod fields Kubernetes offers (downward API), for env and volumes alike
+/// (callers check the path with [`check_field_path`] for their scope).
 fn field_ref(pod: &Pod, f: &ObjectFieldSelector, node: &NodeFacts) -> Result<String, String> {
     let path = f.field_path.as_str();
     let meta = &pod.metadata;
@@ -348,6 +357,8 @@ fn field_ref(pod: &Pod, f: &ObjectFieldSelector, node: &NodeFacts) -> Result<Str
             .unwrap_or_else(|| "default".into()),
         "status.hostIP" => node.host_ip.clone(),
         "status.podIP" => node.pod_ip.clone().unwrap_or_default(),
+        "metadata.labels" => format_map(meta.labels.as_ref()),
+        "metadata.annotations" => format_map(meta.annotations.as_ref()),
         _ => {
             if let Some(k) = subscript("metadata.labels['") {
                 meta.labels
@@ -507,13 +518,61 @@ fn files_of(
     Ok(out)
 }
 
+/// The files of a downwardAPI volume or projection: one per item, its value from the pod
+/// (`fieldRef`) or from a container's resources (`resourceFieldRef`, whose `containerName` is
+/// required here).
+fn downward_files(
+    pod: &Pod,
+    items: Option<&Vec<DownwardAPIVolumeFile>>,
+    node: &NodeFacts,
+    default_mode: u32,
+) -> Result<Vec<VolumeFile>, String> {
+    let mut out = Vec::new();
+    for item in items.into_iter().flatten() {
+        check_item_path(&item.path)?;
+        let value = match (&item.field_ref, &item.resource_field_ref) {
+            (Some(f), None) => {
+                check_field_path(&f.field_path, FieldScope::Volume)
+                    .map_err(|e| format!("downwardAPI item {:?}: {e}", item.path))?;
+                field_ref(pod, f, node)?
+            }
+            (None, Some(r)) => {
+                let name = r.container_name.as_deref().unwrap_or_default();
+                let container = pod
+                    .spec
+                    .iter()
+                    .flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()))
+                    .find(|c| c.name == name)
+                    .ok_or_else(|| {
+                        format!(
+                            "downwardAPI item {:?}: resourceFieldRef names container {name:?}, which the pod does not have",
+                            item.path
+                        )
+                    })?;
+                resource_field_ref(container, r, node)?
+            }
+            _ => {
+                return Err(format!(
+                "downwardAPI item {:?}: exactly one of fieldRef and resourceFieldRef is required",
+                item.path
+            ))
+            }
+        };
+        out.push(VolumeFile {
+            path: item.path.clone(),
+            bytes: value.into_bytes(),
+            mode: mode_of(item.mode, default_mode)?,
+        });
+    }
+    Ok(out)
+}
+
 fn volume_source(
+    pod: &Pod,
     volume: &Volume,
     objects: &Objects,
     node: &NodeFacts,
-    namespace: &str,
 ) -> Result<VolumeSource, String> {
-    let _ = namespace;
     if let Some(e) = &volume.empty_dir {
         let memory = e.medium.as_deref() == Some("Memory");
         let size_limit = match &e.size_limit {
@@ -562,6 +621,14 @@ fn volume_source(
             secret: true,
         });
     }
+    if let Some(d) = &volume.downward_api {
+        let default = mode_of(d.default_mode, DEFAULT_MODE)?;
+        let files = downward_files(pod, d.items.as_ref(), node, default)?;
+        return Ok(VolumeSource::Files {
+            files,
+            secret: false,
+        });
+    }
     if let Some(p) = &volume.projected {
         let default = mode_of(p.default_mode, DEFAULT_MODE)?;
         let mut files = Vec::new();
@@ -586,9 +653,11 @@ fn volume_source(
                     s.optional == Some(true),
                     default,
                 )?);
+            } else if let Some(d) = &source.downward_api {
+                files.extend(downward_files(pod, d.items.as_ref(), node, default)?);
             } else {
                 return Err(format!(
-                    "volume {:?}: only configMap and secret projections are supported",
+                    "volume {:?}: only configMap, secret and downwardAPI projections are supported",
                     volume.name
                 ));
             }
@@ -599,7 +668,7 @@ fn volume_source(
         return claim_source(&c.claim_name, c.read_only == Some(true), objects, node);
     }
     Err(format!(
-        "volume {:?}: only emptyDir, hostPath, configMap, secret, projected and persistentVolumeClaim volumes are supported",
+        "volume {:?}: only emptyDir, hostPath, configMap, secret, downwardAPI, projected and persistentVolumeClaim volumes are supported",
         volume.name
     ))
 }

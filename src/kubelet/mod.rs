@@ -607,6 +607,8 @@ impl Shell {
         let meta = PodMeta {
             hostname,
             subdomain,
+            host_network: d.host_network(),
+            dns: d.dns(),
             key: key.clone(),
             namespace: d.namespace(),
             name: d.name(),

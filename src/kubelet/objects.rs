@@ -65,16 +65,24 @@ impl ObjectsShell {
         }
     }
 
-    fn facts(&self, shared: &Shared, observed: Option<&ObservedPod>) -> NodeFacts {
+    fn facts(
+        &self,
+        shared: &Shared,
+        observed: Option<&ObservedPod>,
+        host_network: bool,
+    ) -> NodeFacts {
         let record = shared.read(|d| d.node(&shared.node_name)).ok().flatten();
         let capacity = |k: &str| record.as_ref().and_then(|r| r.capacity.get(k).cloned());
         NodeFacts {
             node_name: shared.node_name.clone(),
             host_ip: self.node_ip.clone(),
-            pod_ip: observed
-                .and_then(|o| o.network.as_ref())
-                .and_then(|n| n.address.as_ref())
-                .map(|a| a.ip.to_string()),
+            pod_ip: match host_network {
+                true => Some(self.node_ip.clone()),
+                false => observed
+                    .and_then(|o| o.network.as_ref())
+                    .and_then(|n| n.address.as_ref())
+                    .map(|a| a.ip.to_string()),
+            },
             cpu_milli: capacity("cpu")
                 .and_then(|c| crate::model::quantity::parse_milli(&c).ok())
                 .unwrap_or(1000),
@@ -97,7 +105,7 @@ impl ObjectsShell {
         let mut out = Configs::new();
         for (key, d) in desired {
             let objects = read_objects(shared, d);
-            let facts = self.facts(shared, observed.get(key));
+            let facts = self.facts(shared, observed.get(key), d.host_network());
             for c in d.all_containers() {
                 match config::resolve(&d.pod, c, &objects, &facts) {
                     Ok(cfg) => {

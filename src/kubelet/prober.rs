@@ -43,8 +43,13 @@ pub fn target(config: &RuntimeConfig, pod: &ObservedPod, container: &str, restar
     Target {
         container_id: crate::runtime::pods::container_id(&pod.meta.key, container, restart),
         ip: pod.network.as_ref().and_then(|n| n.address).map(|a| a.ip),
+        // Without the pod network, and for a hostNetwork pod (the sandbox is then in the
+        // node's namespace): from inside the sandbox's namespace, to its loopback.
         netns: match (&config.cni, pod.sandbox) {
             (None, Some(s)) => Some(PathBuf::from(format!("/proc/{}/ns/net", s.pid))),
+            (Some(_), Some(s)) if pod.meta.host_network => {
+                Some(PathBuf::from(format!("/proc/{}/ns/net", s.pid)))
+            }
             _ => None,
         },
     }

@@ -12,7 +12,9 @@
 pub mod affinity;
 pub mod backoff;
 pub mod container;
+pub mod downward;
 pub mod hash;
+pub mod host_port;
 pub mod image;
 pub mod ipam;
 pub mod logs;

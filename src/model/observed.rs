@@ -42,6 +42,13 @@ pub struct PodMeta {
     /// `<hostname>.<subdomain>.<ns>.svc.<cluster domain>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subdomain: Option<String>,
+    /// `spec.hostNetwork`: the pod shares the node's network (and UTS) namespace; no pod
+    /// network attachment, its IP is the node's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
+    /// `spec.dnsPolicy` and `spec.dnsConfig` (its `resolv.conf`, `network::pod_resolv_conf`).
+    #[serde(default)]
+    pub dns: network::PodDns,
 }
 
 impl PodMeta {

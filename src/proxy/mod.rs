@@ -1,5 +1,6 @@
 //! Service load balancing, the pure core: the desired state of this node's data path (every
-//! Service port with its ready endpoints, plus the node's network facts) → a model of the
+//! Service port with its ready endpoints, the host ports of this node's pods, plus the node's
+//! network facts) → a model of the
 //! nftables ruleset of table `ip shoal` ([`build`]), and that model → `nft -f` transaction
 //! scripts: [`full`] replaces the whole table atomically (start-up), [`diff`] touches only what
 //! changed (every later update). No I/O, no clocks; the shell is `agent/proxy.rs`, the layout
@@ -20,7 +21,7 @@ use ipnet::Ipv4Net;
 pub use crate::model::service::Protocol;
 pub use input::service_ports;
 pub use names::{endpoint_chain, service_chain};
-pub use ruleset::{build, Chain, Ruleset, MAPS, POD_TO_AGENT, POD_TO_AGENTS};
+pub use ruleset::{build, Chain, Ruleset, HOST_PORTS, MAPS, POD_TO_AGENT, POD_TO_AGENTS};
 pub use script::{diff, full, Change, TABLE};
 
 /// What a node knows about its own network.
@@ -87,9 +88,23 @@ impl ServicePort {
     }
 }
 
+/// One `hostPort` of a pod on this node (not a `hostNetwork` pod, which listens on the node
+/// itself): traffic to `host_ip` (every local address when `None`) on `host_port` goes to
+/// `pod_ip:container_port`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostPortRule {
+    pub protocol: Protocol,
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub pod_ip: Ipv4Addr,
+    pub container_port: u16,
+}
+
 /// The desired state of this node's data path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Desired {
     pub node: NodeFacts,
     pub ports: Vec<ServicePort>,
+    /// The host ports of this node's pods (any order; conflicts: the first in sort order wins).
+    pub host_ports: Vec<HostPortRule>,
 }

@@ -1,11 +1,12 @@
 //! The model of table `ip shoal` — chains (hooked or not) with their rules as nft text, the
 //! four verdict maps' elements, the session-affinity sets — and [`build`], which computes it
-//! from the desired state. The layout follows kube-proxy's nftables mode.
+//! from the desired state. The layout follows kube-proxy's nftables mode; pods' host ports
+//! (chain `hostports`, before the Services) follow the CNI `portmap` plugin.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::names::{affinity_set, endpoint_chain, service_chain};
-use super::{Backend, Desired, ServicePort};
+use super::{Backend, Desired, HostPortRule, ServicePort};
 
 /// The verdict maps and their declarations (fixed: created by [`super::full`], only their
 /// elements change afterwards).
@@ -87,6 +88,53 @@ impl Ruleset {
     }
 }
 
+/// Pods' host ports: `<node address>:hostPort` → `<pod IP>:containerPort` (jumped from
+/// `nat-prerouting` and `nat-output` before the Services).
+pub const HOST_PORTS: &str = "hostports";
+
+/// The rules of [`HOST_PORTS`]: per host port, a connection from the pod to itself (hairpin)
+/// is marked for masquerading (else its replies would not come back through the DNAT), then
+/// DNATed. A port without `hostIP` matches every local address except loopback (as NodePorts
+/// do). Sorted; a later rule conflicting with an earlier one (same port and protocol,
+/// overlapping address) is left out: the scheduler never places two such pods on one node.
+fn host_port_rules(ports: &[HostPortRule]) -> Vec<String> {
+    let mut sorted: Vec<HostPortRule> = ports
+        .iter()
+        .copied()
+        .filter(|p| p.host_port != 0 && p.container_port != 0)
+        .collect();
+    sorted.sort();
+    sorted.dedup();
+    let mut kept: Vec<HostPortRule> = Vec::new();
+    let mut rules = Vec::new();
+    for p in sorted {
+        let overlaps = |q: &HostPortRule| {
+            q.protocol == p.protocol
+                && q.host_port == p.host_port
+                && (q.host_ip.is_none() || p.host_ip.is_none() || q.host_ip == p.host_ip)
+        };
+        if kept.iter().any(overlaps) {
+            continue;
+        }
+        kept.push(p);
+        let proto = p.protocol.nft();
+        let to = match p.host_ip {
+            Some(ip) => format!("ip daddr {ip}"),
+            None => "fib daddr type local ip daddr != 127.0.0.0/8".to_string(),
+        };
+        let matched = format!("{to} {proto} dport {}", p.host_port);
+        rules.push(format!(
+            "{matched} ip saddr {} jump mark-for-masquerade",
+            p.pod_ip
+        ));
+        rules.push(format!(
+            "{matched} dnat to {}:{}",
+            p.pod_ip, p.container_port
+        ));
+    }
+    rules
+}
+
 /// Pods to this node's agent, at any local address (jumped from `filter-input`).
 pub const POD_TO_AGENT: &str = "pods-to-agent";
 /// Pods to any node's advertised agent endpoints (jumped from `filter-forward`).
@@ -138,16 +186,14 @@ fn base(desired: &Desired) -> Ruleset {
     // Just before the conntrack-confirming filter hooks, as kube-proxy: -10 = filter - 10.
     let filter = |hook: &str| format!("type filter hook {hook} priority -10 ; policy accept ;");
     let s = |x: &str| vec![x.to_string()];
+    let dispatch = vec![format!("jump {HOST_PORTS}"), "jump services".to_string()];
     r.chain(
         "nat-prerouting",
         Some(&nat("prerouting", "-100")),
-        s("jump services"),
+        dispatch.clone(),
     );
-    r.chain(
-        "nat-output",
-        Some(&nat("output", "-100")),
-        s("jump services"),
-    );
+    r.chain("nat-output", Some(&nat("output", "-100")), dispatch);
+    r.chain(HOST_PORTS, None, host_port_rules(&desired.host_ports));
     r.chain(
         "nat-postrouting",
         Some(&nat("postrouting", "100")),

@@ -56,6 +56,7 @@ fn desired(ports: Vec<ServicePort>) -> Desired {
     Desired {
         node: node(),
         ports,
+        host_ports: Vec::new(),
     }
 }
 
@@ -269,6 +270,44 @@ fn one_service_with_two_endpoints_golden() {
     assert!(script.contains(
         "add rule ip shoal masquerading ip saddr 10.244.1.0/24 ip daddr != 10.244.0.0/16 masquerade fully-random\n"
     ));
+}
+
+#[test]
+fn host_ports_dnat_to_the_pod_before_the_services() {
+    let mut d = desired(vec![]);
+    let rule = |proto, host_ip: Option<[u8; 4]>, host_port, pod, container_port| HostPortRule {
+        protocol: proto,
+        host_ip: host_ip.map(Ipv4Addr::from),
+        host_port,
+        pod_ip: ip(pod),
+        container_port,
+    };
+    d.host_ports = vec![
+        rule(Protocol::Tcp, None, 8080, 5, 80),
+        rule(Protocol::Udp, Some([192, 0, 2, 1]), 53, 6, 5353),
+        // Conflicts with the first (any address, same port and protocol): left out.
+        rule(Protocol::Tcp, Some([192, 0, 2, 1]), 8080, 7, 80),
+    ];
+    let r = build(&d);
+    assert_eq!(
+        r.chains["nat-prerouting"].rules,
+        ["jump hostports", "jump services"]
+    );
+    assert_eq!(
+        r.chains["nat-output"].rules,
+        ["jump hostports", "jump services"]
+    );
+    assert_eq!(
+        r.chains[HOST_PORTS].rules,
+        [
+            "fib daddr type local ip daddr != 127.0.0.0/8 tcp dport 8080 ip saddr 10.244.1.5 jump mark-for-masquerade",
+            "fib daddr type local ip daddr != 127.0.0.0/8 tcp dport 8080 dnat to 10.244.1.5:80",
+            "ip daddr 192.0.2.1 udp dport 53 ip saddr 10.244.1.6 jump mark-for-masquerade",
+            "ip daddr 192.0.2.1 udp dport 53 dnat to 10.244.1.6:5353",
+        ]
+    );
+    // No host ports: the chain is there, empty.
+    assert!(build(&desired(vec![])).chains[HOST_PORTS].rules.is_empty());
 }
 
 #[test]
@@ -558,15 +597,36 @@ fn arb_port() -> impl Strategy<Value = ServicePort> {
         )
 }
 
+fn arb_host_port() -> impl Strategy<Value = HostPortRule> {
+    (
+        any::<bool>(),
+        proptest::option::of(1u8..3),
+        8080u16..8083,
+        1u8..6,
+        80u16..82,
+    )
+        .prop_map(
+            |(udp, host_ip, host_port, pod, container_port)| HostPortRule {
+                protocol: if udp { Protocol::Udp } else { Protocol::Tcp },
+                host_ip: host_ip.map(|o| Ipv4Addr::new(192, 0, 2, o)),
+                host_port,
+                pod_ip: ip(pod),
+                container_port,
+            },
+        )
+}
+
 fn arb_desired() -> impl Strategy<Value = Desired> {
     (
         prop::collection::vec(arb_port(), 0..8),
         any::<bool>(),
         0usize..3,
         0usize..5,
+        prop::collection::vec(arb_host_port(), 0..5),
     )
-        .prop_map(|(ports, other_cidr, local, agents)| {
+        .prop_map(|(ports, other_cidr, local, agents, host_ports)| {
             let mut d = desired(ports);
+            d.host_ports = host_ports;
             if other_cidr {
                 d.node.pod_cidr = "10.244.2.0/24".parse().unwrap();
             }
@@ -608,6 +668,7 @@ proptest! {
         for p in &mut shuffled.ports {
             p.backends.reverse();
         }
+        shuffled.host_ports.reverse();
         prop_assert_eq!(build(&d), build(&shuffled));
     }
 }

@@ -94,6 +94,19 @@ impl Runtime {
         let dir = self.pod_dir(&meta.key);
         let cidr = match (&self.config.cni, pod_cidr) {
             (None, _) => None,
+            // The node's network: no attachment (the cluster DNS, for
+            // `ClusterFirstWithHostNet`, is at the gateway of the node's pod CIDR if it has one).
+            (Some(_), c) if meta.host_network => {
+                let live = read_json::<ProcessRecord>(&dir.join(SANDBOX_RECORD))?
+                    .filter(ProcessRecord::alive);
+                return match live {
+                    Some(rec) => Ok(rec),
+                    None => {
+                        let gateway = c.and_then(crate::model::network::gateway);
+                        self.start_sandbox(meta, &dir, gateway)
+                    }
+                };
+            }
             (Some(_), None) => return Err(RuntimeError::NetworkNotReady(NO_POD_CIDR.into())),
             (Some(_), Some(c)) => {
                 Some(
@@ -109,7 +122,11 @@ impl Runtime {
         let started = Instant::now();
         let sandbox = match live {
             Some(rec) => rec,
-            None => self.start_sandbox(meta, &dir, cidr)?,
+            None => self.start_sandbox(
+                meta,
+                &dir,
+                cidr.and_then(|c| crate::model::network::gateway(&c.to_string())),
+            )?,
         };
         let spawned = started.elapsed();
         if let (Some(cni), Some(cidr)) = (&self.config.cni, cidr) {
@@ -132,48 +149,67 @@ impl Runtime {
         Ok(sandbox)
     }
 
+    /// Starts the sandbox of `meta` with its `/etc` files; `cluster_dns`: the node's DNS server
+    /// (the gateway of its pod CIDR), when pods get the pod network.
     fn start_sandbox(
         &self,
         meta: &PodMeta,
         dir: &Path,
-        cidr: Option<ipnet::Ipv4Net>,
+        cluster_dns: Option<std::net::Ipv4Addr>,
     ) -> Result<ProcessRecord, RuntimeError> {
         for sub in ["etc", "shm", "volumes", "logs", "containers"] {
             let p = dir.join(sub);
             std::fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
-        let hostname = meta.hostname();
+        let hostname = match meta.host_network {
+            // The node's UTS namespace too, as Kubernetes does for hostNetwork pods.
+            true => nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| meta.hostname()),
+            false => meta.hostname(),
+        };
         let etc = dir.join("etc");
         let write = |name: &str, bytes: &[u8]| {
             let p = etc.join(name);
             std::fs::write(&p, bytes).map_err(io_err(&p))
         };
+        let host_file = |path: &str| {
+            let bytes = std::fs::read(path).unwrap_or_default();
+            String::from_utf8_lossy(&bytes[..bytes.len().min(64 << 10)]).into_owned()
+        };
         write("hostname", format!("{hostname}\n").as_bytes())?;
-        write("hosts", meta.etc_hosts(None).as_bytes())?;
-        // With the pod network, the pod resolves through its node (the DNS server on the
-        // gateway); without it, as the host does.
-        match cidr.and_then(|c| crate::model::network::gateway(&c.to_string())) {
-            Some(gateway) => write(
-                "resolv.conf",
-                crate::model::network::resolv_conf(&meta.namespace, gateway).as_bytes(),
-            )?,
-            None => {
-                let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-                write("resolv.conf", &resolv[..resolv.len().min(64 << 10)])?
-            }
+        match meta.host_network {
+            // The node's own `/etc/hosts`, as Kubernetes gives hostNetwork pods.
+            true => write("hosts", host_file("/etc/hosts").as_bytes())?,
+            false => write("hosts", meta.etc_hosts(None).as_bytes())?,
         }
+        // `dnsPolicy`/`dnsConfig` (model::network::pod_resolv_conf): the node's DNS server on
+        // the gateway (ClusterFirst), the node's own file (Default, or no pod network), or
+        // only the pod's dnsConfig (None).
+        write(
+            "resolv.conf",
+            crate::model::network::pod_resolv_conf(
+                &meta.dns,
+                meta.host_network,
+                &meta.namespace,
+                cluster_dns,
+                &host_file("/etc/resolv.conf"),
+            )
+            .as_bytes(),
+        )?;
         write_json(&dir.join("pod.json"), meta)?;
         // A stale attachment record (of a sandbox that is gone) describes nothing any more.
         let _ = std::fs::remove_file(dir.join(NETWORK_RECORD));
-        let (_, line) = self.spawn_helper(
-            "sandbox",
-            &[
-                "--dir".as_ref(),
-                dir.as_os_str(),
-                "--hostname".as_ref(),
-                hostname.as_ref(),
-            ],
-        )?;
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "--dir".as_ref(),
+            dir.as_os_str(),
+            "--hostname".as_ref(),
+            hostname.as_ref(),
+        ];
+        if meta.host_network {
+            args.push("--host-network".as_ref());
+        }
+        let (_, line) = self.spawn_helper("sandbox", &args)?;
         if line != "ready" {
             return Err(RuntimeError::Spawn(format!(
                 "sandbox of {}/{}: {line}",

@@ -2,7 +2,9 @@
 //! It forks away from the agent, starts a new session, unshares network, IPC and UTS
 //! namespaces, brings `lo` up, sets the pod's hostname, records `sandbox.json` (pid and start
 //! time), prints `ready` on its stdout (a pipe the agent reads) and sleeps until SIGTERM.
-//! The pod's containers join its namespaces through `/proc/<pid>/ns/{net,ipc,uts}`.
+//! The pod's containers join its namespaces through `/proc/<pid>/ns/{net,ipc,uts}`. With
+//! `--host-network` (a `hostNetwork: true` pod) it unshares only IPC: its network and UTS
+//! namespaces are the node's, so the containers share the node's interfaces and hostname.
 
 use std::io::Write;
 use std::path::Path;
@@ -13,7 +15,7 @@ pub const SANDBOX_RECORD: &str = "sandbox.json";
 pub const SANDBOX_LOG: &str = "sandbox.log";
 
 /// Entry point of `shoal sandbox`; returns the first process's exit code (0 once forked).
-pub fn main(dir: &Path, hostname: &str) -> i32 {
+pub fn main(dir: &Path, hostname: &str, host_network: bool) -> i32 {
     super::set_niceness(0);
     // SAFETY: `shoal sandbox` is single-threaded (no runtime, no threads spawned).
     match unsafe { nix::unistd::fork() } {
@@ -24,7 +26,7 @@ pub fn main(dir: &Path, hostname: &str) -> i32 {
             return 1;
         }
     }
-    let code = match hold(dir, hostname) {
+    let code = match hold(dir, hostname, host_network) {
         Ok(()) => 0,
         Err(e) => {
             let mut out = std::io::stdout().lock();
@@ -41,7 +43,7 @@ fn sys(what: &str) -> impl FnOnce(nix::Error) -> RuntimeError + '_ {
     move |e| RuntimeError::Spawn(format!("{what}: {e}"))
 }
 
-fn hold(dir: &Path, hostname: &str) -> Result<(), RuntimeError> {
+fn hold(dir: &Path, hostname: &str, host_network: bool) -> Result<(), RuntimeError> {
     use nix::sched::{unshare, CloneFlags};
     use nix::sys::signal::{SigSet, Signal};
     nix::unistd::setsid().map_err(sys("setsid"))?;
@@ -61,10 +63,14 @@ fn hold(dir: &Path, hostname: &str) -> Result<(), RuntimeError> {
     set.add(Signal::SIGINT);
     set.add(Signal::SIGHUP);
     set.thread_block().map_err(sys("sigprocmask"))?;
-    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS)
-        .map_err(sys("unshare(net, ipc, uts)"))?;
-    nix::unistd::sethostname(hostname).map_err(sys("sethostname"))?;
-    loopback_up()?;
+    if host_network {
+        unshare(CloneFlags::CLONE_NEWIPC).map_err(sys("unshare(ipc)"))?;
+    } else {
+        unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS)
+            .map_err(sys("unshare(net, ipc, uts)"))?;
+        nix::unistd::sethostname(hostname).map_err(sys("sethostname"))?;
+        loopback_up()?;
+    }
     network_hook(dir)?;
     let me = ProcessRecord::this_process()
         .ok_or_else(|| RuntimeError::Spawn("reading own /proc/self/stat".into()))?;

@@ -30,6 +30,8 @@ mod daemonset_tests;
 #[cfg(test)]
 mod fixtures;
 #[cfg(test)]
+mod host_port_tests;
+#[cfg(test)]
 mod job_tests;
 #[cfg(test)]
 mod rollout_tests;

@@ -3,7 +3,8 @@
 //! record is deleted: `statefulset::identity_released`). Filters, in Kubernetes' order (alive,
 //! cordoned (`spec.unschedulable`), `NoSchedule`/`NoExecute` taints the pod does not tolerate,
 //! nodeSelector and required node affinity, pod count, CPU/memory requests against capacity
-//! minus what is bound, `DoNotSchedule` topology spread constraints, required pod
+//! minus what is bound, host ports (`hostPort`/protocol/`hostIP` already taken on the node:
+//! Kubernetes' NodePorts), `DoNotSchedule` topology spread constraints, required pod
 //! anti-affinity (the pod's own terms and those of pods already placed) and affinity), then
 //! score: fewest untolerated `PreferNoSchedule` taints; then the preferences, Kubernetes'
 //! weighted sum of its normalized plugin scores (preferred node affinity, preferred pod
@@ -32,6 +33,7 @@ use super::snapshot::{LeaderCtx, Liveness, PlannedEvent, PodKey, SchedulingWrite
 use super::statefulset;
 use super::volumes;
 use super::Working;
+use crate::model::host_port::{self, HostPort};
 use crate::model::quantity::{parse_milli, parse_units};
 use crate::model::storage;
 use crate::model::taint::{self, Effect, Taint, Toleration};
@@ -53,7 +55,7 @@ pub const REBIND_BUDGET: usize = 100;
 
 /// Filter failure reasons, in Kubernetes' wording (untolerated taints are counted apart, by
 /// taint: [`Reasons::taints`]).
-const REASONS: [&str; 13] = [
+const REASONS: [&str; 14] = [
     "node(s) had untolerated taint {node.kubernetes.io/unreachable: }",
     "node(s) didn't match Pod's node affinity/selector",
     "Too many pods",
@@ -67,6 +69,7 @@ const REASONS: [&str; 13] = [
     "node(s) didn't match pod topology spread constraints (missing required label)",
     "node(s) had volume node affinity conflict",
     "node(s) did not have enough free storage",
+    "node(s) didn't have free ports for the requested pod ports",
 ];
 const R_UNREACHABLE: usize = 0;
 const R_SELECTOR: usize = 1;
@@ -81,6 +84,7 @@ const R_SPREAD: usize = 9;
 const R_SPREAD_LABEL: usize = 10;
 const R_VOLUME_NODE: usize = 11;
 const R_STORAGE: usize = 12;
+const R_PORTS: usize = 13;
 
 /// Kubernetes' default weights of the scoring plugins that rank preferences (NodeAffinity,
 /// InterPodAffinity, PodTopologySpread) and the top of a normalized score.
@@ -119,6 +123,8 @@ struct NodeSlot<'a> {
     /// the bytes its volumes hold.
     storage_cap: u64,
     storage_used: u64,
+    /// The host ports of the pods placed on it.
+    host_ports: Vec<HostPort>,
 }
 
 fn capacity(
@@ -168,6 +174,7 @@ fn node_table<'a>(
                 hash: hash64(&["shoal-node", &n.name]),
                 storage_cap: capacity(n, storage::CAPACITY_KEY, parse_units, 0),
                 storage_used: storage_used.get(n.name.as_str()).copied().unwrap_or(0),
+                host_ports: Vec::new(),
             }
         })
         .collect();
@@ -194,6 +201,8 @@ struct PodInfo<'a> {
     volumes: volumes::Need,
     /// Why its claims let it be placed nowhere.
     volumes_blocked: Option<volumes::Blocked>,
+    /// `containers[].ports[].hostPort`s it wants.
+    host_ports: Vec<HostPort>,
     pod: &'a Value,
 }
 
@@ -234,11 +243,19 @@ struct Round<'a> {
 }
 
 impl NodeSlot<'_> {
-    /// Holds no more than it has room for.
+    /// Holds no more than it has room for, and no host port twice.
     fn fits(&self) -> bool {
         self.pods <= self.max_pods
             && self.used.cpu <= self.cap.cpu
             && self.used.memory <= self.cap.memory
+            && !host_port::any_conflict(&self.host_ports)
+    }
+
+    /// Whether one of `wanted` is taken on the node.
+    fn ports_taken(&self, wanted: &[HostPort]) -> bool {
+        wanted
+            .iter()
+            .any(|w| self.host_ports.iter().any(|h| h.conflicts(w)))
     }
 }
 
@@ -284,6 +301,11 @@ impl<'a> Round<'a> {
             memory: n.used_nonzero.memory.saturating_sub(p.nonzero.memory),
         };
         n.pods = n.pods.saturating_sub(1);
+        for hp in &p.host_ports {
+            if let Some(at) = n.host_ports.iter().position(|h| h == hp) {
+                n.host_ports.swap_remove(at);
+            }
+        }
         if let Some(counts) = p.owner.and_then(|o| self.owner_counts.get_mut(o)) {
             counts[node] = counts[node].saturating_sub(1);
         }
@@ -305,6 +327,7 @@ impl<'a> Round<'a> {
             memory: n.used_nonzero.memory.saturating_add(p.nonzero.memory),
         };
         n.pods += 1;
+        n.host_ports.extend_from_slice(&p.host_ports);
         for (claim, bytes) in &p.volumes.unbound {
             if !self.claim_nodes.contains_key(claim) {
                 let n = &mut self.nodes[node];
@@ -728,6 +751,7 @@ pub(crate) fn schedule(
             labels,
             volumes: need.clone().unwrap_or_default(),
             volumes_blocked: need.err(),
+            host_ports: host_port::of_spec(spec),
             pod,
         };
         if let Some(node) = spec["nodeName"].as_str().filter(|n| !n.is_empty()) {
@@ -1175,6 +1199,10 @@ fn choose(
         }
         if p.requests.memory > 0 && n.cap.memory.saturating_sub(n.used.memory) < p.requests.memory {
             histogram[R_MEMORY] += 1;
+            fits = false;
+        }
+        if !p.host_ports.is_empty() && n.ports_taken(&p.host_ports) {
+            histogram[R_PORTS] += 1;
             fits = false;
         }
         if !fits {

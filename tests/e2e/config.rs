@@ -5,7 +5,9 @@
 //! emptyDir `Memory` is a tmpfs, hostPath follows the node's `--allow-host-path`, a Secret over
 //! 1 MiB is refused, and a Secret's value is nowhere on the nodes' disks, in a backup or in the
 //! agents' logs. Also what kubectl's typed verbs send in protobuf: `kubectl create deployment`,
-//! `create job` and `--dry-run=server`.
+//! `create job` and `--dry-run=server`. On the same testnet, the pod spec's network options
+//! (issue 18, [`pod_network_options`]): a downwardAPI volume (refreshed on a label change),
+//! `dnsPolicy: None` with `dnsConfig`, a `hostNetwork` pod and a `hostPort`.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -458,4 +460,204 @@ fn configmaps_and_secrets_reach_pods_and_secrets_stay_sealed() {
     );
     let err = kubectl("n2", &["get", "deployment", "dry"]).unwrap_err();
     assert!(err.contains("not found"), "{err}");
+
+    pod_network_options();
+}
+
+/// `curl http://ADDR/` from node `node`'s network namespace (another host's view).
+fn curl_from(node: &str, addr: &str) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &format!("shoal-{node}")])
+        .args(["curl", "-sS", "--max-time", "5", &format!("http://{addr}/")])
+        .output()
+        .map_err(|e| e.to_string())?;
+    match out.status.success() {
+        true => Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()),
+        false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+    }
+}
+
+/// A busybox httpd serving `text` on `port`.
+fn httpd(text: &str, port: u16) -> String {
+    format!(
+        r#""command": ["sh", "-c", "mkdir -p /tmp/www && echo {text} > /tmp/www/index.html && exec httpd -f -p {port} -h /tmp/www"]"#
+    )
+}
+
+/// Issue 18's pod network options, with the real kubectl and runc.
+fn pod_network_options() {
+    let n1 = node_ip("n1");
+    // A downwardAPI volume: single fields, the whole labels map (sorted, quoted), a label by
+    // key, a resource limit; then a label change reaches the file.
+    apply(
+        "n1",
+        r#"{"apiVersion": "v1", "kind": "Pod",
+          "metadata": {"name": "downward", "labels": {"tier": "front", "app": "dw"}},
+          "spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": "shoal.test/busybox:1",
+              "command": ["sleep", "3600"], "resources": {"limits": {"memory": "64Mi"}},
+              "volumeMounts": [{"name": "info", "mountPath": "/etc/info"}]}],
+            "volumes": [{"name": "info", "downwardAPI": {"items": [
+              {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
+              {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+              {"path": "tier", "fieldRef": {"fieldPath": "metadata.labels['tier']"}},
+              {"path": "mem", "resourceFieldRef": {"containerName": "main",
+                "resource": "limits.memory", "divisor": "1Mi"}}]}}]}}"#,
+    );
+    // dnsPolicy None: exactly dnsConfig's resolv.conf.
+    apply(
+        "n1",
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "dnsnone"},
+          "spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 1, "dnsPolicy": "None",
+            "dnsConfig": {"nameservers": ["192.0.2.53"], "searches": ["corp.example"],
+              "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]},
+            "containers": [{"name": "main", "image": "shoal.test/busybox:1",
+              "command": ["sleep", "3600"]}]}}"#,
+    );
+    // hostNetwork: the node's interfaces and address, reachable on the node's IP.
+    apply(
+        "n1",
+        &format!(
+            r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "hostnet", "labels": {{"app": "hostnet"}}}},
+              "spec": {{"nodeName": "n1", "terminationGracePeriodSeconds": 1, "hostNetwork": true,
+                "containers": [{{"name": "main", "image": "shoal.test/busybox:1", {},
+                  "ports": [{{"containerPort": 18080}}]}}]}}}}"#,
+            httpd("on-the-host", 18080)
+        ),
+    );
+    apply(
+        "n1",
+        r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hostnet"},
+          "spec": {"selector": {"app": "hostnet"}, "ports": [{"port": 80, "targetPort": 18080}]}}"#,
+    );
+    // hostPort through the scheduler (pinned to n1 by its hostname label), and a second pod
+    // wanting the same port there.
+    let pinned = |name: &str, text: &str| {
+        format!(
+            r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "{name}"}},
+              "spec": {{"nodeSelector": {{"kubernetes.io/hostname": "n1"}}, "terminationGracePeriodSeconds": 1,
+                "containers": [{{"name": "main", "image": "shoal.test/busybox:1", {},
+                  "ports": [{{"containerPort": 80, "hostPort": 18081}}]}}]}}}}"#,
+            httpd(text, 80)
+        )
+    };
+    apply("n1", &pinned("hp1", "via-host-port"));
+    wait_running("hp1");
+    apply("n1", &pinned("hp2", "second-pod"));
+    for name in ["downward", "dnsnone", "hostnet"] {
+        wait_running(name);
+    }
+
+    assert_eq!(sh_ok("downward", "cat /etc/info/name"), "downward");
+    assert_eq!(
+        sh_ok("downward", "cat /etc/info/labels"),
+        "app=\"dw\"\ntier=\"front\""
+    );
+    assert_eq!(
+        sh_ok("downward", "cat /etc/info/tier; echo; cat /etc/info/mem"),
+        "front\n64"
+    );
+    kubectl_ok(
+        "n1",
+        &["label", "pod", "downward", "tier=back", "--overwrite"],
+    );
+    eventually(
+        "the label change reaches the downwardAPI files",
+        START,
+        || {
+            let got = sh("downward", "cat /etc/info/tier; echo; cat /etc/info/labels")?;
+            (got == "back\napp=\"dw\"\ntier=\"back\"")
+                .then_some(())
+                .ok_or(got)
+        },
+    );
+
+    assert_eq!(
+        sh_ok("dnsnone", "cat /etc/resolv.conf"),
+        "nameserver 192.0.2.53\nsearch corp.example\noptions edns0 ndots:2"
+    );
+    let err = kubectl(
+        "n1",
+        &[
+            "run",
+            "nodns",
+            "--image=shoal.test/busybox:1",
+            "--overrides",
+            r#"{"spec": {"dnsPolicy": "None"}}"#,
+        ],
+    )
+    .unwrap_err();
+    assert!(err.contains("spec.dnsConfig: Required value"), "{err}");
+
+    let hostnet = pod_json("n1", "hostnet").unwrap();
+    assert_eq!(
+        hostnet["status"]["podIP"],
+        n1.as_str(),
+        "{}",
+        hostnet["status"]
+    );
+    assert_eq!(
+        hostnet["spec"]["containers"][0]["ports"][0]["hostPort"],
+        18080
+    );
+    let addrs = sh_ok("hostnet", "ip -4 addr");
+    assert!(
+        addrs.contains(&format!("inet {n1}/")),
+        "the node's address: {addrs}"
+    );
+    assert!(addrs.contains("shoal0"), "the node's bridge: {addrs}");
+    eventually(
+        "the hostNetwork pod answers on the node's IP",
+        START,
+        || {
+            let got = curl_from("n2", &format!("{n1}:18080"))?;
+            (got == "on-the-host").then_some(()).ok_or(got)
+        },
+    );
+    eventually("the Service's endpoint is the node's IP", START, || {
+        let ep = kubectl(
+            "n1",
+            &[
+                "get",
+                "endpoints",
+                "hostnet",
+                "-o",
+                "jsonpath={.subsets[0].addresses[0].ip}:{.subsets[0].ports[0].port}",
+            ],
+        )?;
+        (ep == format!("{n1}:18080")).then_some(()).ok_or(ep)
+    });
+    // ClusterFirst on the host network is the node's own resolv.conf (Default).
+    let resolv = sh_ok("hostnet", "cat /etc/resolv.conf");
+    assert!(!resolv.contains("svc.cluster.local"), "{resolv}");
+
+    eventually(
+        "<node ip>:hostPort reaches the pod from another node",
+        START,
+        || {
+            let got = curl_from("n2", &format!("{n1}:18081"))?;
+            (got == "via-host-port").then_some(()).ok_or(got)
+        },
+    );
+    eventually(
+        "the second pod on the same hostPort stays Pending, saying why",
+        START,
+        || {
+            let p = pod_json("n1", "hp2")?;
+            let e = events_of("hp2");
+            (p["status"]["phase"] == "Pending"
+                && p["spec"]["nodeName"].is_null()
+                && e.contains("FailedScheduling")
+                && e.contains("didn't have free ports for the requested pod ports"))
+            .then_some(())
+            .ok_or(format!("{}: {e}", p["status"]))
+        },
+    );
+    // Deleting the first frees the port: the second is placed and answers.
+    kubectl_ok("n1", &["delete", "pod", "hp1", "--wait=true"]);
+    wait_running("hp2");
+    eventually("the port now reaches the second pod", START, || {
+        let got = curl_from("n2", &format!("{n1}:18081"))?;
+        (got == "second-pod").then_some(()).ok_or(got)
+    });
 }

@@ -145,7 +145,12 @@ fn missing_references_give_kubernetes_messages_or_are_optional() {
     );
     assert!(
         err(json!({"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "spec.nope"}}}))
-            .contains("unsupported fieldRef")
+            .contains("unsupported fieldPath \"spec.nope\"")
+    );
+    // The whole-map forms are for volumes only, as in Kubernetes.
+    assert!(
+        err(json!({"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels"}}}))
+            .contains("unsupported fieldPath")
     );
     let e = resolve_one(json!({"containers": [{"name": "c",
         "envFrom": [{"secretRef": {"name": "x"}}]}]}))
@@ -325,4 +330,110 @@ fn claims_mount_only_their_volume_on_this_node() {
     assert!(err.contains("is not bound"), "{err}");
     let err = resolve_one(spec.clone()).unwrap_err();
     assert!(err.contains("not found"), "{err}");
+}
+
+#[test]
+fn downward_api_volume_items_and_projection() {
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "prod", "uid": "u-1",
+            "labels": {"tier": "front", "app": "web"},
+            "annotations": {"note": "say \"hi\"\n\tbye", "uni": "é✓"}},
+        "spec": {
+            "volumes": [
+                {"name": "info", "downwardAPI": {"defaultMode": 0o640, "items": [
+                    {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
+                    {"path": "ns", "fieldRef": {"fieldPath": "metadata.namespace"}},
+                    {"path": "uid", "fieldRef": {"fieldPath": "metadata.uid"}},
+                    {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                    {"path": "meta/annotations", "fieldRef": {"fieldPath": "metadata.annotations"}, "mode": 0o400},
+                    {"path": "tier", "fieldRef": {"fieldPath": "metadata.labels['tier']"}},
+                    {"path": "mem", "resourceFieldRef": {"containerName": "c", "resource": "limits.memory", "divisor": "1Mi"}},
+                    {"path": "cpu", "resourceFieldRef": {"containerName": "c", "resource": "requests.cpu", "divisor": "1m"}}
+                ]}},
+                {"name": "proj", "projected": {"defaultMode": 0o600, "sources": [
+                    {"downwardAPI": {"items": [{"path": "pod", "fieldRef": {"fieldPath": "metadata.name"}}]}},
+                    {"configMap": {"name": "cfg", "items": [{"key": "mode", "path": "mode"}]}}
+                ]}}
+            ],
+            "containers": [{"name": "c",
+                "resources": {"limits": {"memory": "64Mi"}, "requests": {"cpu": "250m"}},
+                "volumeMounts": [{"name": "info", "mountPath": "/etc/info"},
+                                 {"name": "proj", "mountPath": "/etc/proj"}]}]
+        }
+    }))
+    .unwrap();
+    let c = p.spec.as_ref().unwrap().containers[0].clone();
+    let cfg = resolve(&p, &c, &objects(), &facts()).unwrap();
+    let files = |name: &str| match &cfg.volumes[name] {
+        VolumeSource::Files { files, secret } => {
+            assert!(!secret, "downward API files are not secret");
+            files
+                .iter()
+                .map(|f| {
+                    (
+                        f.path.clone(),
+                        String::from_utf8(f.bytes.clone()).unwrap(),
+                        f.mode,
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+        other => panic!("{other:?}"),
+    };
+    let s = |p: &str, v: &str, m: u32| (p.to_string(), v.to_string(), m);
+    assert_eq!(
+        files("info"),
+        [
+            s("name", "web", 0o640),
+            s("ns", "prod", 0o640),
+            s("uid", "u-1", 0o640),
+            // Sorted by key, Go-quoted values, no trailing newline (Kubernetes' FormatMap).
+            s("labels", "app=\"web\"\ntier=\"front\"", 0o640),
+            s(
+                "meta/annotations",
+                "note=\"say \\\"hi\\\"\\n\\tbye\"\nuni=\"é✓\"",
+                0o400
+            ),
+            s("tier", "front", 0o640),
+            s("mem", "64", 0o640),
+            s("cpu", "250", 0o640),
+        ]
+    );
+    assert_eq!(
+        files("proj"),
+        [s("pod", "web", 0o600), s("mode", "fast", 0o600)]
+    );
+}
+
+#[test]
+fn downward_api_volume_errors() {
+    let with = |items: Value| {
+        resolve_one(
+            json!({"volumes": [{"name": "v", "downwardAPI": {"items": items}}],
+            "containers": [{"name": "c", "volumeMounts": [{"name": "v", "mountPath": "/v"}]}]}),
+        )
+        .unwrap_err()
+    };
+    let e = with(json!([{"path": "x", "fieldRef": {"fieldPath": "spec.nodeName"}}]));
+    assert!(e.contains("unsupported fieldPath \"spec.nodeName\""), "{e}");
+    let e = with(json!([{"path": "../x", "fieldRef": {"fieldPath": "metadata.name"}}]));
+    assert!(e.contains("invalid volume item path"), "{e}");
+    let e = with(
+        json!([{"path": "x", "resourceFieldRef": {"containerName": "nope", "resource": "limits.cpu"}}]),
+    );
+    assert!(e.contains("does not have"), "{e}");
+    let e = with(json!([{"path": "x"}]));
+    assert!(
+        e.contains("exactly one of fieldRef and resourceFieldRef"),
+        "{e}"
+    );
+}
+
+#[test]
+fn go_quote_matches_go() {
+    assert_eq!(go_quote("plain"), "\"plain\"");
+    assert_eq!(go_quote("a\"b\\c"), "\"a\\\"b\\\\c\"");
+    assert_eq!(go_quote("\u{1}\u{7f}\r"), "\"\\x01\\x7f\\r\"");
+    assert_eq!(go_quote("\u{85}"), "\"\\u0085\"");
+    assert_eq!(format_map(None), "");
 }

@@ -62,6 +62,32 @@ impl DesiredPod {
             set(spec.and_then(|s| s.subdomain.as_ref())),
         )
     }
+    /// `spec.hostNetwork`.
+    pub fn host_network(&self) -> bool {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false)
+    }
+    /// `spec.dnsPolicy` and `spec.dnsConfig`.
+    pub fn dns(&self) -> crate::model::network::PodDns {
+        let spec = self.pod.spec.as_ref();
+        let config = spec.and_then(|s| s.dns_config.as_ref());
+        crate::model::network::PodDns {
+            policy: spec.and_then(|s| s.dns_policy.clone()).unwrap_or_default(),
+            nameservers: config
+                .and_then(|c| c.nameservers.clone())
+                .unwrap_or_default(),
+            searches: config.and_then(|c| c.searches.clone()).unwrap_or_default(),
+            options: config
+                .and_then(|c| c.options.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|o| Some((o.name.clone().filter(|n| !n.is_empty())?, o.value.clone())))
+                .collect(),
+        }
+    }
     pub fn grace_seconds(&self) -> u64 {
         self.pod
             .spec
@@ -513,16 +539,18 @@ impl Planner {
 
         let sandbox_alive = observed.is_some_and(|o| o.sandbox.is_some());
         let network = observed.and_then(|o| o.network.as_ref());
-        let attached = !input.pod_network || network.is_some_and(|n| n.address.is_some());
+        // A hostNetwork pod uses the node's network: no attachment, no pod CIDR needed.
+        let pod_network = input.pod_network && !desired.host_network();
+        let attached = !pod_network || network.is_some_and(|n| n.address.is_some());
         // The address is from a CIDR the node no longer holds (it lost a claim race).
-        let stale = input.pod_network
+        let stale = pod_network
             && sandbox_alive
             && match (network, input.pod_cidr) {
                 (Some(n), Some(cidr)) => n.address.is_some() && !n.within(cidr),
                 _ => false,
             };
         let sandbox_ready = sandbox_alive && attached && !stale;
-        let waiting_for_cidr = input.pod_network && input.pod_cidr.is_none() && !sandbox_ready;
+        let waiting_for_cidr = pod_network && input.pod_cidr.is_none() && !sandbox_ready;
         let failure = input.sandbox_failures.get(key);
         let retry_due = failure
             .is_none_or(|f| input.now >= f.at + Duration::seconds(sandbox_retry_delay(f.attempts)));

@@ -376,7 +376,13 @@ pub(crate) fn pod_status(
     if let Some(o) = observed {
         status["startTime"] = json!(ts(o.meta.created_at));
     }
-    if let Some(a) = observed
+    if desired.host_network() {
+        // A hostNetwork pod's address is its node's, once its sandbox runs (Kubernetes).
+        if observed.is_some_and(|o| o.sandbox.is_some()) {
+            status["podIP"] = json!(input.node_ip);
+            status["podIPs"] = json!([{"ip": input.node_ip}]);
+        }
+    } else if let Some(a) = observed
         .and_then(|o| o.network.as_ref())
         .and_then(|n| n.address)
     {

@@ -42,6 +42,8 @@ fn observed(containers: &[(&str, u32, AttemptState)], sandbox: bool) -> Observed
             sidecars: Vec::new(),
             hostname: None,
             subdomain: None,
+            host_network: false,
+            dns: Default::default(),
         },
         sandbox: sandbox.then_some(ProcessRecord {
             pid: 10,
@@ -666,6 +668,32 @@ fn without_a_pod_cidr_the_pod_waits_for_the_network() {
 }
 
 #[test]
+fn a_host_network_pod_needs_no_pod_cidr_and_has_the_node_ip() {
+    let mut p = Planner::new();
+    let mut d = desired("Always", &["a"]);
+    d.pod.spec.as_mut().unwrap().host_network = Some(true);
+    let mut w = World::new(Some(d.clone()), None);
+    // Pod network on, no pod CIDR yet: the hostNetwork pod's sandbox is created anyway.
+    w.network = Some(None);
+    let actions = w.plan(&mut p, t(0));
+    assert_eq!(
+        runtime_actions(&actions),
+        [&Action::CreateSandbox { key: "b1".into() }]
+    );
+    assert!(events(&actions).is_empty(), "{actions:?}");
+    // Its sandbox runs without an attachment: containers start, the pod IP is the node's.
+    let mut w = World::new(Some(d), Some(observed(&[("a", 0, running(1))], true)));
+    w.network = Some(Some("10.244.3.0/24".into()));
+    let actions = w.plan(&mut p, t(1));
+    assert!(runtime_actions(&actions).is_empty(), "{actions:?}");
+    assert_eq!(w.status()["podIP"], "10.0.0.1");
+    assert_eq!(
+        w.status()["podIPs"],
+        serde_json::json!([{"ip": "10.0.0.1"}])
+    );
+}
+
+#[test]
 fn the_pod_ip_comes_from_the_attachment() {
     let mut p = Planner::new();
     let mut o = observed(&[("a", 0, running(1))], true);
@@ -1167,6 +1195,8 @@ fn execute(w: &mut World, actions: &[Action], fail: &mut impl FnMut() -> bool, n
                             sidecars: Vec::new(),
                             hostname: None,
                             subdomain: None,
+                            host_network: false,
+                            dns: Default::default(),
                         },
                         sandbox: None,
                         network: None,
