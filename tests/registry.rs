@@ -1046,6 +1046,7 @@ async fn registry_requests_go_through_the_configured_proxy_unless_exempt() {
                 http_proxy: Some(format!("http://{proxy_addr}")),
                 https_proxy: Some(format!("http://{proxy_addr}")),
                 no_proxy: no_proxy.map(str::to_string),
+                ..PullConfig::default()
             },
             Arc::new(NoPeers),
         )
