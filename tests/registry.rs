@@ -1099,7 +1099,12 @@ async fn docker_recipe_certificate_is_pulled_once_in_certs_d() {
         ..RegistryOptions::default()
     });
     let layers = vec![LayerSpec::new(vec![Entry::file("f", b"pinned")])];
-    build_layout(&t.path().join("oci"), "a:1", &layers, &ConfigSpec::default());
+    build_layout(
+        &t.path().join("oci"),
+        "a:1",
+        &layers,
+        &ConfigSpec::default(),
+    );
     let digest = reg.push_oci_layout(&t.path().join("oci"), "a:1", "shoal/app:1", None, None);
     let reference = reg.reference("shoal/app:1");
 
@@ -1127,12 +1132,18 @@ async fn docker_recipe_certificate_is_pulled_once_in_certs_d() {
             ..PullConfig::default()
         },
     );
-    let err = pull(&p, &reference).await.expect_err("an unrelated certificate");
+    let err = pull(&p, &reference)
+        .await
+        .expect_err("an unrelated certificate");
     assert!(format!("{err}").contains("certificate"), "{err:?}");
     assert_empty_store(p.store());
 
     // A corrupt ca.crt: an error naming the file, nothing fetched.
-    let corrupt = certs_dir(&t.path().join("corrupt"), &reg.host(), &[("ca.crt", b"garbage")]);
+    let corrupt = certs_dir(
+        &t.path().join("corrupt"),
+        &reg.host(),
+        &[("ca.crt", b"garbage")],
+    );
     let p = puller_with(
         &t.path().join("corrupt-store"),
         PullConfig {
@@ -1177,7 +1188,12 @@ async fn client_certificate_from_certs_d() {
         ..RegistryOptions::default()
     });
     let layers = vec![LayerSpec::new(vec![Entry::file("f", b"mtls")])];
-    build_layout(&t.path().join("oci"), "a:1", &layers, &ConfigSpec::default());
+    build_layout(
+        &t.path().join("oci"),
+        "a:1",
+        &layers,
+        &ConfigSpec::default(),
+    );
     let digest = reg.push_oci_layout(&t.path().join("oci"), "a:1", "shoal/mtls:1", None, None);
     let reference = reg.reference("shoal/mtls:1");
     let ca = reg.cert_pem().unwrap().as_bytes().to_vec();
@@ -1221,7 +1237,11 @@ async fn client_certificate_from_certs_d() {
     let full = certs_dir(
         &t.path().join("full"),
         &reg.host(),
-        &[("ca.crt", &ca), ("client.cert", &cert), ("client.key", &key)],
+        &[
+            ("ca.crt", &ca),
+            ("client.cert", &cert),
+            ("client.key", &key),
+        ],
     );
     let p = puller_with(
         &t.path().join("full-store"),
@@ -1230,7 +1250,9 @@ async fn client_certificate_from_certs_d() {
             ..PullConfig::default()
         },
     );
-    let img = pull(&p, &reference).await.expect("with the client certificate");
+    let img = pull(&p, &reference)
+        .await
+        .expect("with the client certificate");
     assert_eq!(img.digest, digest);
 }
 
@@ -1247,10 +1269,20 @@ async fn mirror_is_tried_first_and_the_registry_is_the_fallback() {
         ..RegistryOptions::default()
     });
     let only_mirror = vec![LayerSpec::new(vec![Entry::file("f", b"from the mirror")])];
-    build_layout(&t.path().join("m"), "m:1", &only_mirror, &ConfigSpec::default());
+    build_layout(
+        &t.path().join("m"),
+        "m:1",
+        &only_mirror,
+        &ConfigSpec::default(),
+    );
     let mirrored = mirror.push_oci_layout(&t.path().join("m"), "m:1", "shoal/app:1", None, None);
     let only_upstream = vec![LayerSpec::new(vec![Entry::file("f", b"from upstream")])];
-    let built = build_layout(&t.path().join("u"), "u:1", &only_upstream, &ConfigSpec::default());
+    let built = build_layout(
+        &t.path().join("u"),
+        "u:1",
+        &only_upstream,
+        &ConfigSpec::default(),
+    );
     let upstreamed =
         upstream.push_oci_layout(&t.path().join("u"), "u:1", "shoal/other:1", None, None);
     let certs = certs_dir(
@@ -1261,7 +1293,9 @@ async fn mirror_is_tried_first_and_the_registry_is_the_fallback() {
     let config = PullConfig {
         insecure_registries: vec![upstream.host()],
         certs_dirs: vec![certs],
-        mirrors: [(upstream.host(), vec![mirror.url()])].into_iter().collect(),
+        mirrors: [(upstream.host(), vec![mirror.url()])]
+            .into_iter()
+            .collect(),
         ..PullConfig::default()
     };
 
@@ -1271,7 +1305,10 @@ async fn mirror_is_tried_first_and_the_registry_is_the_fallback() {
         .await
         .expect("served by the mirror");
     assert_eq!(img.digest, mirrored);
-    assert_eq!(std::fs::read(img.layers[0].join("f")).unwrap(), b"from the mirror");
+    assert_eq!(
+        std::fs::read(img.layers[0].join("f")).unwrap(),
+        b"from the mirror"
+    );
 
     // Only upstream has it: the mirror answers 404, upstream serves it.
     let img = pull(&p, &upstream.reference("shoal/other:1"))

@@ -234,7 +234,8 @@ pub fn parse_registry_mirror(text: &str) -> Result<(String, String), String> {
 
 fn parse_mirror_url(url: &str) -> Result<String, String> {
     let url = url.trim();
-    let bad = |why: &str| format!("invalid mirror URL {url:?}: {why} (expected https://HOST[:PORT])");
+    let bad =
+        |why: &str| format!("invalid mirror URL {url:?}: {why} (expected https://HOST[:PORT])");
     let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
     let scheme = scheme.to_ascii_lowercase();
     if scheme != "https" && scheme != "http" {
@@ -303,7 +304,10 @@ mod tests {
         }
         let json = r#"{"registry_mirrors": {"docker.io": ["https://m:5000"]}}"#;
         let s: AgentSettings = serde_json::from_str(json).unwrap();
-        assert_eq!(s.registry_mirrors["docker.io"], vec!["https://m:5000".to_string()]);
+        assert_eq!(
+            s.registry_mirrors["docker.io"],
+            vec!["https://m:5000".to_string()]
+        );
         assert_eq!(
             s.registry_certs_dirs,
             vec![std::path::PathBuf::from(DEFAULT_REGISTRY_CERTS_DIR)]

@@ -228,9 +228,10 @@ fn parse_metric(m: &Value, path: &str) -> Result<MetricSpec, Vec<FieldError>> {
             }
         },
         Some("AverageValue") => {
-            let q = t["averageValue"].as_str().map(str::to_string).or_else(|| {
-                t["averageValue"].as_i64().map(|n| n.to_string())
-            });
+            let q = t["averageValue"]
+                .as_str()
+                .map(str::to_string)
+                .or_else(|| t["averageValue"].as_i64().map(|n| n.to_string()));
             let parsed = q.as_deref().and_then(|q| quantity(resource, q));
             match parsed {
                 Some(n) if n > 0 => Target::AverageValue(n),
@@ -352,8 +353,7 @@ pub fn propose(
             usage += *u as i128;
             base += match metric.target {
                 Target::Utilization(pct) => {
-                    p.request(r).ok_or(MetricError::MissingRequest(r))? as i128 * pct as i128
-                        / 100
+                    p.request(r).ok_or(MetricError::MissingRequest(r))? as i128 * pct as i128 / 100
                 }
                 Target::AverageValue(v) => v as i128,
             };
@@ -594,7 +594,10 @@ mod tests {
             ..pod(100, 100)
         };
         let p = propose(&cpu(50), 2, &[pod(56, 100), unready]).unwrap();
-        assert_eq!(p.replicas, 2, "56 % alone would ask for 2.24 → 3; with 0 it is 28 %");
+        assert_eq!(
+            p.replicas, 2,
+            "56 % alone would ask for 2.24 → 3; with 0 it is 28 %"
+        );
     }
 
     fn spec(up: i64, down: i64) -> Spec {
@@ -654,7 +657,11 @@ mod tests {
                 "target": {"type": "Value", "value": "1"}}}],
             "behavior": {"scaleUp": {"policies": [], "stabilizationWindowSeconds": 5000}}
         });
-        let errs: Vec<String> = parse_spec(&bad).unwrap_err().into_iter().map(|e| e.0).collect();
+        let errs: Vec<String> = parse_spec(&bad)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
         assert_eq!(
             errs,
             [

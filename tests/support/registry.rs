@@ -465,7 +465,11 @@ impl Registry {
             .map(|s| s.to_string())
             .collect();
             let out = run("openssl", &args);
-            assert!(out.status.success(), "{}", describe("openssl", &args, &out, ""));
+            assert!(
+                out.status.success(),
+                "{}",
+                describe("openssl", &args, &out, "")
+            );
             let pem = std::fs::read_to_string(d.join("cert.pem")).expect("read cert.pem");
             self.cert_pem = Some(pem);
         } else if self.opts.tls {
@@ -493,24 +497,54 @@ impl Registry {
         let p = |n: &str| d.join(n).display().to_string();
         let steps: Vec<Vec<String>> = vec![
             vec![
-                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &p("client-ca.key"),
-                "-x509", "-days", "2", "-out", &p("client-ca.pem"), "-subj",
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &p("client-ca.key"),
+                "-x509",
+                "-days",
+                "2",
+                "-out",
+                &p("client-ca.pem"),
+                "-subj",
                 "/CN=shoal-test-client-ca",
             ]
             .into_iter()
             .map(String::from)
             .collect(),
             vec![
-                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &p("client/client.key"),
-                "-out", &p("client.csr"), "-subj", "/CN=shoal-test-client",
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &p("client/client.key"),
+                "-out",
+                &p("client.csr"),
+                "-subj",
+                "/CN=shoal-test-client",
             ]
             .into_iter()
             .map(String::from)
             .collect(),
             vec![
-                "x509", "-req", "-in", &p("client.csr"), "-CA", &p("client-ca.pem"), "-CAkey",
-                &p("client-ca.key"), "-CAcreateserial", "-days", "2", "-out",
-                &p("client/client.cert"), "-extfile", &p("client-ext.cnf"),
+                "x509",
+                "-req",
+                "-in",
+                &p("client.csr"),
+                "-CA",
+                &p("client-ca.pem"),
+                "-CAkey",
+                &p("client-ca.key"),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &p("client/client.cert"),
+                "-extfile",
+                &p("client-ext.cnf"),
             ]
             .into_iter()
             .map(String::from)
@@ -518,7 +552,11 @@ impl Registry {
         ];
         for args in steps {
             let out = run("openssl", &args);
-            assert!(out.status.success(), "{}", describe("openssl", &args, &out, ""));
+            assert!(
+                out.status.success(),
+                "{}",
+                describe("openssl", &args, &out, "")
+            );
         }
     }
 
@@ -547,7 +585,10 @@ impl Registry {
                 d.join("key.pem").display()
             );
             if self.opts.client_certs {
-                cfg += &format!("    clientcas:\n      - {}\n", d.join("client-ca.pem").display());
+                cfg += &format!(
+                    "    clientcas:\n      - {}\n",
+                    d.join("client-ca.pem").display()
+                );
             }
         }
         match &self.opts.auth {

@@ -239,9 +239,11 @@ mod tests {
 
     #[test]
     fn nothing_relevant_is_none() {
-        assert!(parse_host_dir(Path::new("/c/r"), &files(&[("notes.txt", "x")]))
-            .unwrap()
-            .is_none());
+        assert!(
+            parse_host_dir(Path::new("/c/r"), &files(&[("notes.txt", "x")]))
+                .unwrap()
+                .is_none()
+        );
         assert!(parse_host_dir(Path::new("/c/r"), &[]).unwrap().is_none());
     }
 
@@ -317,7 +319,9 @@ mod tests {
             .unwrap();
         assert_eq!(got.dir, two.join("r:5000"));
         assert!(load_host(&[one, two.clone()], "other").unwrap().is_none());
-        assert!(load_host(&[two.clone()], "..").unwrap().is_none());
+        assert!(load_host(std::slice::from_ref(&two), "..")
+            .unwrap()
+            .is_none());
         assert!(load_host(&[two], "r:5000/../x").unwrap().is_none());
     }
 }

@@ -301,6 +301,9 @@ impl std::fmt::Debug for Puller {
     }
 }
 
+/// A registry's HTTP client and the fingerprint of the TLS settings it was built with.
+type CachedClient = (Option<[u8; 32]>, reqwest::Client);
+
 /// One node's puller: shares downloads between concurrent pulls and with peers.
 pub struct Puller {
     store: ImageStore,
@@ -315,7 +318,7 @@ pub struct Puller {
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
     /// One HTTP client per registry host, with the fingerprint of the certs directory it was
     /// built from (a changed directory builds a new one; connections are kept otherwise).
-    clients: Mutex<HashMap<String, (Option<[u8; 32]>, reqwest::Client)>>,
+    clients: Mutex<HashMap<String, CachedClient>>,
 }
 
 impl Puller {
@@ -395,9 +398,9 @@ impl Puller {
         }
         let insecure = self.config.insecure_registries.contains(&registry);
         let scheme = if insecure { "http" } else { "https" };
-        let client = self.client_for(&registry, !insecure).inspect_err(|e| {
-            tracing::error!(%registry, error = %e, "registry TLS configuration cannot be used")
-        })?;
+        let client = self.client_for(&registry, !insecure).inspect_err(
+            |e| tracing::error!(%registry, error = %e, "registry TLS configuration cannot be used"),
+        )?;
         endpoints.push(Endpoint::new(
             format!("{scheme}://{registry}"),
             registry.clone(),
@@ -840,7 +843,8 @@ impl Puller {
                 }
                 Err(e) => {
                     let _ = tokio::fs::remove_file(&path).await;
-                    let last = matches!(source, Source::Registry(i) if *i + 1 == ctx.endpoints.len());
+                    let last =
+                        matches!(source, Source::Registry(i) if *i + 1 == ctx.endpoints.len());
                     if !last {
                         tracing::info!(blob = %hex, source = %source.label(ctx), error = %e,
                             "blob source failed; trying the next");

@@ -136,16 +136,20 @@ pub fn classify(registry: &str, what: &str, status: u16, body: &[u8]) -> PullErr
                 .to_ascii_lowercase()
                 .replace('_', " ");
             let message = e.get("message").and_then(|m| m.as_str()).unwrap_or("");
-            Some(if message.is_empty() || message.eq_ignore_ascii_case(&code) {
-                code
-            } else {
-                format!("{code}: {message}")
-            })
+            Some(
+                if message.is_empty() || message.eq_ignore_ascii_case(&code) {
+                    code
+                } else {
+                    format!("{code}: {message}")
+                },
+            )
         })
         .collect();
     if status >= 500 || status == 429 {
         let detail = if reasons.is_empty() {
-            String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_string()
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+                .trim()
+                .to_string()
         } else {
             reasons.join("; ")
         };
@@ -241,8 +245,7 @@ impl Endpoint {
         repository: &str,
         digest: &str,
         what: &str,
-    ) -> Result<futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>, PullError>
-    {
+    ) -> Result<futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>, PullError> {
         let resp = self
             .get(repository, &format!("blobs/{digest}"), None, what)
             .await?;
@@ -328,17 +331,23 @@ impl Endpoint {
             .map_err(|e| request_error(&self.host, what, &e))?;
         let status = resp.status();
         let body = read_limited(resp, MAX_TOKEN_BODY).await;
-        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN
-        {
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
             return Err(PullError::Registry(format!(
                 "{what}: unauthorized: authentication required (the token server refused: HTTP {status})"
             )));
         }
         if !status.is_success() {
-            return Err(classify(realm, &format!("{what}: token"), status.as_u16(), &body));
+            return Err(classify(
+                realm,
+                &format!("{what}: token"),
+                status.as_u16(),
+                &body,
+            ));
         }
         let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-            PullError::Registry(format!("{what}: the token server's answer is not JSON: {e}"))
+            PullError::Registry(format!(
+                "{what}: the token server's answer is not JSON: {e}"
+            ))
         })?;
         let token = v
             .get("token")
@@ -407,7 +416,8 @@ mod tests {
 
     #[test]
     fn errors_keep_the_registry_reason_and_their_kind() {
-        let body = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#;
+        let body =
+            br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#;
         let e = classify("r:5000", "r:5000/a:1", 404, body);
         assert!(
             matches!(&e, PullError::Registry(m) if m == "r:5000/a:1: manifest unknown"),
@@ -417,7 +427,10 @@ mod tests {
             classify("r", "w", 503, b"busy"),
             PullError::Unreachable(m) if m.contains("HTTP 503") && m.contains("busy")
         ));
-        assert!(matches!(classify("r", "w", 429, b""), PullError::Unreachable(_)));
+        assert!(matches!(
+            classify("r", "w", 429, b""),
+            PullError::Unreachable(_)
+        ));
         assert!(matches!(
             classify("r", "w", 401, b""),
             PullError::Registry(m) if m.contains("unauthorized")

@@ -118,9 +118,11 @@ pub fn client(
     };
     let dir = tls.dir.display();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let inner =
-        rustls_platform_verifier::Verifier::new_with_extra_roots(tls.roots.clone(), provider.clone())
-            .map_err(|e| format!("{dir}: the certificates cannot be used as roots: {e}"))?;
+    let inner = rustls_platform_verifier::Verifier::new_with_extra_roots(
+        tls.roots.clone(),
+        provider.clone(),
+    )
+    .map_err(|e| format!("{dir}: the certificates cannot be used as roots: {e}"))?;
     let verifier = PinnedVerifier::new(tls.roots.clone(), Arc::new(inner));
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -144,10 +146,9 @@ mod tests {
     use super::*;
 
     fn cert(names: &[&str], ca: bool, years: (i32, i32)) -> CertificateDer<'static> {
-        let mut p = rcgen::CertificateParams::new(
-            names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-        )
-        .unwrap();
+        let mut p =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
         if ca {
             p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         }
