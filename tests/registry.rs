@@ -1046,6 +1046,7 @@ async fn registry_requests_go_through_the_configured_proxy_unless_exempt() {
                 http_proxy: Some(format!("http://{proxy_addr}")),
                 https_proxy: Some(format!("http://{proxy_addr}")),
                 no_proxy: no_proxy.map(str::to_string),
+                ..PullConfig::default()
             },
             Arc::new(NoPeers),
         )
@@ -1063,4 +1064,272 @@ async fn registry_requests_go_through_the_configured_proxy_unless_exempt() {
         .await
         .expect("NO_PROXY exempts the registry");
     assert_eq!(img.digest, digest);
+}
+
+/// A puller with `config` in a fresh store under `dir`.
+fn puller_with(dir: &Path, config: PullConfig) -> Arc<Puller> {
+    Puller::new(
+        ImageStore::open(dir).expect("open the image store"),
+        config,
+        Arc::new(NoPeers),
+    )
+}
+
+/// `certs/<host>/` with `files` (name, content): a certs directory in Docker's layout.
+fn certs_dir(root: &Path, host: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    let certs = root.join("certs.d");
+    std::fs::create_dir_all(certs.join(host)).unwrap();
+    for (name, content) in files {
+        std::fs::write(certs.join(host).join(name), content).unwrap();
+    }
+    certs
+}
+
+/// Docker's self-signed recipe (a CA certificate as the registry's own): refused as
+/// `CaUsedAsEndEntity` with the system roots alone, pulled once the certificate is in
+/// `certs.d/HOST:PORT/ca.crt` (pinned); another certificate there does not make it trusted,
+/// and a corrupt one is an error naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_recipe_certificate_is_pulled_once_in_certs_d() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(RegistryOptions {
+        tls: true,
+        docker_recipe_cert: true,
+        ..RegistryOptions::default()
+    });
+    let layers = vec![LayerSpec::new(vec![Entry::file("f", b"pinned")])];
+    build_layout(
+        &t.path().join("oci"),
+        "a:1",
+        &layers,
+        &ConfigSpec::default(),
+    );
+    let digest = reg.push_oci_layout(&t.path().join("oci"), "a:1", "shoal/app:1", None, None);
+    let reference = reg.reference("shoal/app:1");
+
+    let strict = puller_with(&t.path().join("strict"), PullConfig::default());
+    let err = pull(&strict, &reference)
+        .await
+        .expect_err("not trusted without certs.d");
+    assert!(
+        format!("{err}").contains("CaUsedAsEndEntity"),
+        "webpki should refuse the CA certificate as the server's own: {err:?}"
+    );
+    assert_empty_store(strict.store());
+
+    // Another certificate for the same name in certs.d: still full verification, refused.
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let wrong = certs_dir(
+        &t.path().join("wrong"),
+        &reg.host(),
+        &[("ca.crt", other.cert.pem().as_bytes())],
+    );
+    let p = puller_with(
+        &t.path().join("wrong-store"),
+        PullConfig {
+            certs_dirs: vec![wrong],
+            ..PullConfig::default()
+        },
+    );
+    let err = pull(&p, &reference)
+        .await
+        .expect_err("an unrelated certificate");
+    assert!(format!("{err}").contains("certificate"), "{err:?}");
+    assert_empty_store(p.store());
+
+    // A corrupt ca.crt: an error naming the file, nothing fetched.
+    let corrupt = certs_dir(
+        &t.path().join("corrupt"),
+        &reg.host(),
+        &[("ca.crt", b"garbage")],
+    );
+    let p = puller_with(
+        &t.path().join("corrupt-store"),
+        PullConfig {
+            certs_dirs: vec![corrupt.clone()],
+            ..PullConfig::default()
+        },
+    );
+    let err = pull(&p, &reference).await.expect_err("a corrupt ca.crt");
+    assert!(
+        matches!(&err, PullError::Config(m) if m.contains(&corrupt.join(reg.host()).join("ca.crt").display().to_string())),
+        "{err:?}"
+    );
+
+    // The registry's own certificate in certs.d: pulled. An empty first directory is passed.
+    let certs = certs_dir(
+        &t.path().join("good"),
+        &reg.host(),
+        &[("ca.crt", reg.cert_pem().unwrap().as_bytes())],
+    );
+    let p = puller_with(
+        &t.path().join("good-store"),
+        PullConfig {
+            certs_dirs: vec![t.path().join("missing"), certs],
+            ..PullConfig::default()
+        },
+    );
+    let img = pull(&p, &reference).await.expect("pinned in certs.d");
+    assert_eq!(img.digest, digest);
+    assert_eq!(std::fs::read(img.layers[0].join("f")).unwrap(), b"pinned");
+}
+
+/// A registry that requires client certificates (`http.tls.clientcas`): refused with the CA
+/// alone, pulled with `client.cert`/`client.key` beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_from_certs_d() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(RegistryOptions {
+        tls: true,
+        docker_recipe_cert: true,
+        client_certs: true,
+        ..RegistryOptions::default()
+    });
+    let layers = vec![LayerSpec::new(vec![Entry::file("f", b"mtls")])];
+    build_layout(
+        &t.path().join("oci"),
+        "a:1",
+        &layers,
+        &ConfigSpec::default(),
+    );
+    let digest = reg.push_oci_layout(&t.path().join("oci"), "a:1", "shoal/mtls:1", None, None);
+    let reference = reg.reference("shoal/mtls:1");
+    let ca = reg.cert_pem().unwrap().as_bytes().to_vec();
+
+    let ca_only = certs_dir(&t.path().join("ca-only"), &reg.host(), &[("ca.crt", &ca)]);
+    let p = puller_with(
+        &t.path().join("ca-only-store"),
+        PullConfig {
+            certs_dirs: vec![ca_only],
+            ..PullConfig::default()
+        },
+    );
+    let err = pull(&p, &reference)
+        .await
+        .expect_err("no client certificate");
+    assert!(matches!(err, PullError::Unreachable(_)), "{err:?}");
+    assert_empty_store(p.store());
+
+    let client = reg.client_cert_dir().unwrap();
+    let cert = std::fs::read(client.join("client.cert")).unwrap();
+    let key = std::fs::read(client.join("client.key")).unwrap();
+    // A certificate without its key is refused by name.
+    let half = certs_dir(
+        &t.path().join("half"),
+        &reg.host(),
+        &[("ca.crt", &ca), ("client.cert", &cert)],
+    );
+    let p = puller_with(
+        &t.path().join("half-store"),
+        PullConfig {
+            certs_dirs: vec![half],
+            ..PullConfig::default()
+        },
+    );
+    let err = pull(&p, &reference).await.expect_err("client.key missing");
+    assert!(
+        matches!(&err, PullError::Config(m) if m.contains("client.key")),
+        "{err:?}"
+    );
+
+    let full = certs_dir(
+        &t.path().join("full"),
+        &reg.host(),
+        &[
+            ("ca.crt", &ca),
+            ("client.cert", &cert),
+            ("client.key", &key),
+        ],
+    );
+    let p = puller_with(
+        &t.path().join("full-store"),
+        PullConfig {
+            certs_dirs: vec![full],
+            ..PullConfig::default()
+        },
+    );
+    let img = pull(&p, &reference)
+        .await
+        .expect("with the client certificate");
+    assert_eq!(img.digest, digest);
+}
+
+/// A mirror (here over TLS with its certificate in certs.d) is asked first; what it lacks,
+/// or everything while it is down, comes from the registry itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_is_tried_first_and_the_registry_is_the_fallback() {
+    require_root();
+    let t = tempfile::tempdir().unwrap();
+    let upstream = Registry::start(RegistryOptions::default());
+    let mut mirror = Registry::start(RegistryOptions {
+        tls: true,
+        docker_recipe_cert: true,
+        ..RegistryOptions::default()
+    });
+    let only_mirror = vec![LayerSpec::new(vec![Entry::file("f", b"from the mirror")])];
+    build_layout(
+        &t.path().join("m"),
+        "m:1",
+        &only_mirror,
+        &ConfigSpec::default(),
+    );
+    let mirrored = mirror.push_oci_layout(&t.path().join("m"), "m:1", "shoal/app:1", None, None);
+    let only_upstream = vec![LayerSpec::new(vec![Entry::file("f", b"from upstream")])];
+    let built = build_layout(
+        &t.path().join("u"),
+        "u:1",
+        &only_upstream,
+        &ConfigSpec::default(),
+    );
+    let upstreamed =
+        upstream.push_oci_layout(&t.path().join("u"), "u:1", "shoal/other:1", None, None);
+    let certs = certs_dir(
+        t.path(),
+        &mirror.host(),
+        &[("ca.crt", mirror.cert_pem().unwrap().as_bytes())],
+    );
+    let config = PullConfig {
+        insecure_registries: vec![upstream.host()],
+        certs_dirs: vec![certs],
+        mirrors: [(upstream.host(), vec![mirror.url()])]
+            .into_iter()
+            .collect(),
+        ..PullConfig::default()
+    };
+
+    // Only the mirror has it: the pull of the upstream reference is served by the mirror.
+    let p = puller_with(&t.path().join("one"), config.clone());
+    let img = pull(&p, &upstream.reference("shoal/app:1"))
+        .await
+        .expect("served by the mirror");
+    assert_eq!(img.digest, mirrored);
+    assert_eq!(
+        std::fs::read(img.layers[0].join("f")).unwrap(),
+        b"from the mirror"
+    );
+
+    // Only upstream has it: the mirror answers 404, upstream serves it.
+    let img = pull(&p, &upstream.reference("shoal/other:1"))
+        .await
+        .expect("the registry is the fallback");
+    assert_eq!(img.digest, upstreamed);
+    assert!(
+        mirror
+            .requests()
+            .iter()
+            .any(|r| r.uri.contains("/v2/shoal/other/manifests/") && r.status == 404),
+        "the mirror was asked first: {:?}",
+        mirror.requests()
+    );
+    assert_eq!(upstream.blob_gets(&built.layers[0].blob.digest), 1);
+
+    // The mirror down: upstream alone, in a fresh store.
+    mirror.stop();
+    let p = puller_with(&t.path().join("two"), config);
+    let img = pull(&p, &upstream.reference("shoal/other:1"))
+        .await
+        .expect("the mirror is down");
+    assert_eq!(img.digest, upstreamed);
 }

@@ -29,7 +29,7 @@ use crate::state::Shared;
 pub use backend::{AgentBackend, BackupFile, BACKUP_FORMAT};
 pub use datadir::{DataDir, DataDirError};
 pub use init::{init_cluster, InitOptions, InitOutput};
-pub use settings::{AgentSettings, DnsUpstream};
+pub use settings::{parse_registry_mirror, AgentSettings, DnsUpstream, DEFAULT_REGISTRY_CERTS_DIR};
 
 use crate::net::{self, NetConfig};
 use crate::security::{self, ClusterIdentity, JoinToken};
@@ -103,6 +103,11 @@ pub struct RunOptions {
     /// Registries reachable over plain HTTP (checked `host[:port]`); replaces the stored list
     /// when not empty.
     pub insecure_registries: Vec<String>,
+    /// `--registry-certs-dir`; replaces the stored list when not empty.
+    pub registry_certs_dirs: Vec<std::path::PathBuf>,
+    /// `--registry-mirror` (registry, mirror URL) pairs; replace the stored mirrors when not
+    /// empty.
+    pub registry_mirrors: Vec<(String, String)>,
     /// `--dns-upstream` values; replace the stored setting when not empty.
     pub dns_upstreams: Vec<DnsUpstream>,
     /// `--pod-pids-limit`; replaces the stored setting when given.
@@ -216,6 +221,19 @@ fn prepare(opts: &RunOptions) -> Result<(DataDir, AgentSettings, ClusterIdentity
     }
     if !opts.insecure_registries.is_empty() {
         settings.insecure_registries = opts.insecure_registries.clone();
+    }
+    if !opts.registry_certs_dirs.is_empty() {
+        settings.registry_certs_dirs = opts.registry_certs_dirs.clone();
+    }
+    if !opts.registry_mirrors.is_empty() {
+        settings.registry_mirrors.clear();
+        for (registry, url) in &opts.registry_mirrors {
+            settings
+                .registry_mirrors
+                .entry(registry.clone())
+                .or_default()
+                .push(url.clone());
+        }
     }
     if let Some(n) = opts.pod_pids_limit {
         settings.pod_pids_limit = n;
@@ -406,9 +424,11 @@ pub async fn run(
     let puller = match crate::runtime::image::ImageStore::open(&dir.root().join("images")) {
         Ok(store) => {
             let peers = images::ClusterPeers::new(shared.clone(), dir.root().to_path_buf());
-            let config = crate::runtime::image::pull::PullConfig::with_env_proxies(
+            let mut config = crate::runtime::image::pull::PullConfig::with_env_proxies(
                 settings.insecure_registries.clone(),
             );
+            config.certs_dirs = settings.registry_certs_dirs.clone();
+            config.mirrors = settings.registry_mirrors.clone();
             let puller = crate::runtime::image::pull::Puller::new(store, config, Arc::new(peers));
             puller.set_metrics(shared.metrics.clone());
             Some(puller)

@@ -7,9 +7,13 @@
 //!   "insecure_registries": ["10.77.0.1:5000"], "dns_upstreams": ["10.77.0.1:53"] }
 //! ```
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Deserializer, Serialize};
+
+/// Where registry certificates are looked for unless `--registry-certs-dir` says otherwise.
+pub const DEFAULT_REGISTRY_CERTS_DIR: &str = "/etc/shoal/certs.d";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -28,6 +32,14 @@ pub struct AgentSettings {
     /// reached over plain HTTP; every other registry is HTTPS only.
     #[serde(deserialize_with = "registry_hosts")]
     pub insecure_registries: Vec<String>,
+    /// Certs directories in Docker's `certs.d` layout (`DIR/HOST[:PORT]/ca.crt`,
+    /// `client.cert`, `client.key`), first match wins (`--registry-certs-dir`).
+    /// docs/images.md.
+    pub registry_certs_dirs: Vec<std::path::PathBuf>,
+    /// Mirrors by registry (`--registry-mirror REGISTRY=URL`): base URLs tried in order before
+    /// the registry itself. docs/images.md.
+    #[serde(deserialize_with = "registry_mirrors")]
+    pub registry_mirrors: BTreeMap<String, Vec<String>>,
     /// Where the node's DNS server forwards names outside the cluster domain: `None` (the
     /// default) means the host's `/etc/resolv.conf` nameservers that are not loopback, read
     /// at each start; an empty list means nowhere (such names get NXDOMAIN at once).
@@ -58,6 +70,8 @@ impl Default for AgentSettings {
             advertise: None,
             join: Vec::new(),
             insecure_registries: Vec::new(),
+            registry_certs_dirs: vec![DEFAULT_REGISTRY_CERTS_DIR.into()],
+            registry_mirrors: BTreeMap::new(),
             dns_upstreams: None,
             pod_pids_limit: crate::runtime::DEFAULT_POD_PIDS_LIMIT,
             allowed_host_paths: Vec::new(),
@@ -206,6 +220,55 @@ fn parse_registry_host(text: &str) -> Result<String, String> {
     Ok(entry.to_ascii_lowercase())
 }
 
+/// Parses a `--registry-mirror` value `REGISTRY=URL`: the registry as in image references
+/// (`docker.io`, `host:port`) and the mirror's base URL, `https://HOST[:PORT]` or
+/// `http://HOST[:PORT]` (plain HTTP only when written so), with no path. Returns both
+/// normalised (lowercase, no trailing slash).
+pub fn parse_registry_mirror(text: &str) -> Result<(String, String), String> {
+    let (registry, url) = text.split_once('=').ok_or_else(|| {
+        format!("invalid registry mirror {text:?}: expected REGISTRY=URL, e.g. docker.io=https://mirror.local:5000")
+    })?;
+    let registry = parse_registry_host(registry)?;
+    Ok((registry, parse_mirror_url(url)?))
+}
+
+fn parse_mirror_url(url: &str) -> Result<String, String> {
+    let url = url.trim();
+    let bad =
+        |why: &str| format!("invalid mirror URL {url:?}: {why} (expected https://HOST[:PORT])");
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "https" && scheme != "http" {
+        return Err(bad("the scheme must be https or http"));
+    }
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains('/') || authority.contains('?') || authority.contains('#') {
+        return Err(bad("no path allowed (mirrors serve /v2/ at their root)"));
+    }
+    if authority.contains('@') {
+        return Err(bad("no credentials allowed"));
+    }
+    let host = parse_registry_host(authority).map_err(|e| bad(&e))?;
+    Ok(format!("{scheme}://{host}"))
+}
+
+/// Deserializes `registry_mirrors`, refusing what [`parse_registry_mirror`] refuses.
+fn registry_mirrors<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, Vec<String>>, D::Error> {
+    BTreeMap::<String, Vec<String>>::deserialize(deserializer)?
+        .into_iter()
+        .map(|(registry, urls)| {
+            let registry = parse_registry_host(&registry).map_err(serde::de::Error::custom)?;
+            let urls = urls
+                .iter()
+                .map(|u| parse_mirror_url(u).map_err(serde::de::Error::custom))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((registry, urls))
+        })
+        .collect()
+}
+
 /// Deserializes `insecure_registries`, refusing entries [`parse_registry_host`] refuses.
 fn registry_hosts<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     Vec::<String>::deserialize(deserializer)?
@@ -217,6 +280,41 @@ fn registry_hosts<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registry_mirrors_are_registry_equals_base_url() {
+        assert_eq!(
+            parse_registry_mirror("docker.io=https://Mirror.Local:5000/"),
+            Ok(("docker.io".into(), "https://mirror.local:5000".into()))
+        );
+        assert_eq!(
+            parse_registry_mirror("10.0.0.1:5000=http://10.0.0.2:5000"),
+            Ok(("10.0.0.1:5000".into(), "http://10.0.0.2:5000".into()))
+        );
+        for bad in [
+            "docker.io",
+            "docker.io=mirror.local",
+            "docker.io=ftp://mirror.local",
+            "docker.io=https://mirror.local/v2",
+            "docker.io=https://u:p@mirror.local",
+            "http://docker.io=https://m",
+            "docker.io=https://",
+        ] {
+            assert!(parse_registry_mirror(bad).is_err(), "{bad}");
+        }
+        let json = r#"{"registry_mirrors": {"docker.io": ["https://m:5000"]}}"#;
+        let s: AgentSettings = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            s.registry_mirrors["docker.io"],
+            vec!["https://m:5000".to_string()]
+        );
+        assert_eq!(
+            s.registry_certs_dirs,
+            vec![std::path::PathBuf::from(DEFAULT_REGISTRY_CERTS_DIR)]
+        );
+        let bad = r#"{"registry_mirrors": {"docker.io": ["https://m:5000/path"]}}"#;
+        assert!(serde_json::from_str::<AgentSettings>(bad).is_err());
+    }
 
     #[test]
     fn registry_hosts_are_host_or_host_port() {

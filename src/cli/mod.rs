@@ -145,6 +145,27 @@ pub enum Command {
             value_parser = AgentSettings::parse_registry_host
         )]
         insecure_registry: Vec<String>,
+        /// A certs directory in Docker's certs.d layout (DIR/HOST[:PORT]/ca.crt, client.cert,
+        /// client.key); repeatable, the first holding a registry's directory wins. Default
+        /// /etc/shoal/certs.d on first start; e.g. also /etc/docker/certs.d. Saved.
+        #[arg(
+            long = "registry-certs-dir",
+            value_name = "DIR",
+            env = "SHOAL_REGISTRY_CERTS_DIRS",
+            value_delimiter = ','
+        )]
+        registry_certs_dir: Vec<std::path::PathBuf>,
+        /// A mirror tried before a registry: REGISTRY=URL, e.g.
+        /// docker.io=https://mirror.local:5000; repeatable (in order, per registry). The
+        /// registry itself is the fallback. Saved.
+        #[arg(
+            long = "registry-mirror",
+            value_name = "REGISTRY=URL",
+            env = "SHOAL_REGISTRY_MIRRORS",
+            value_delimiter = ',',
+            value_parser = crate::agent::parse_registry_mirror
+        )]
+        registry_mirror: Vec<(String, String)>,
         /// Where the node's DNS server forwards names outside cluster.local: IP[:PORT]
         /// (repeatable, tried in order), `none` (answer NXDOMAIN at once) or `default` (the
         /// host's non-loopback /etc/resolv.conf nameservers, the initial setting). Saved.
@@ -317,6 +338,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 advertise,
                 join: Vec::new(),
                 insecure_registries: Vec::new(),
+                registry_certs_dirs: vec![crate::agent::DEFAULT_REGISTRY_CERTS_DIR.into()],
+                registry_mirrors: Default::default(),
                 dns_upstreams: None,
                 pod_pids_limit: crate::runtime::DEFAULT_POD_PIDS_LIMIT,
                 allowed_host_paths: Vec::new(),
@@ -368,6 +391,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen_api,
             advertise,
             insecure_registry,
+            registry_certs_dir,
+            registry_mirror,
             dns_upstream,
             pod_pids_limit,
             allow_host_path,
@@ -386,6 +411,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 listen_api,
                 advertise,
                 insecure_registries: insecure_registry,
+                registry_certs_dirs: registry_certs_dir,
+                registry_mirrors: registry_mirror,
                 dns_upstreams: dns_upstream,
                 pod_pids_limit,
                 allowed_host_paths: allow_host_path,

@@ -8,6 +8,7 @@ pub mod daemonset;
 pub mod deployment;
 mod gc;
 pub mod hash;
+pub mod hpa;
 pub mod job;
 pub mod liveness;
 mod noexecute;

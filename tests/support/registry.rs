@@ -57,6 +57,13 @@ pub struct RegistryOptions {
     pub auth: Auth,
     /// HTTPS with a fresh self-signed certificate for `127.0.0.1` instead of plain HTTP.
     pub tls: bool,
+    /// With `tls`: the certificate is made by Docker's "use self-signed certificates" recipe
+    /// (`openssl req -newkey rsa -nodes -sha256 -x509` with a subjectAltName): a CA
+    /// certificate (`basicConstraints CA:TRUE`) served as the registry's own.
+    pub docker_recipe_cert: bool,
+    /// With `tls`: clients must present a certificate signed by the harness's client CA
+    /// (`http.tls.clientcas`); [`Registry::client_cert_dir`] holds one, Docker-style.
+    pub client_certs: bool,
 }
 
 impl RegistryOptions {
@@ -67,7 +74,7 @@ impl RegistryOptions {
                 user: user.to_string(),
                 password: password.to_string(),
             },
-            tls: false,
+            ..RegistryOptions::default()
         }
     }
 
@@ -78,7 +85,7 @@ impl RegistryOptions {
                 user: user.to_string(),
                 password: password.to_string(),
             },
-            tls: false,
+            ..RegistryOptions::default()
         }
     }
 }
@@ -113,6 +120,9 @@ impl Registry {
         require_command("curl", "curl");
         if matches!(opts.auth, Auth::Basic { .. }) {
             require_command("htpasswd", "apache2-utils");
+        }
+        if opts.docker_recipe_cert || opts.client_certs {
+            require_command("openssl", "openssl");
         }
         let dir = tempfile::tempdir().expect("a temporary dir for the registry");
         let mut reg = Registry {
@@ -234,6 +244,10 @@ impl Registry {
             args.push("--dest-creds".into());
             args.push(format!("{u}:{p}"));
         }
+        if let Some(dir) = self.client_cert_dir() {
+            args.push("--dest-cert-dir".into());
+            args.push(dir.display().to_string());
+        }
         if let Some(format) = compress {
             assert!(
                 format == "gzip" || format == "zstd",
@@ -290,6 +304,10 @@ impl Registry {
         if let Some((u, p)) = creds {
             args.push("--creds".into());
             args.push(format!("{u}:{p}"));
+        }
+        if let Some(dir) = self.client_cert_dir() {
+            args.push("--cert-dir".into());
+            args.push(dir.display().to_string());
         }
         args.push(format!("docker://{}", self.reference(repo_tag)));
         let out = run("skopeo", &args);
@@ -372,11 +390,13 @@ impl Registry {
 
     /// Runs `curl -sS -k <args>` (without failing on HTTP errors).
     pub fn curl(&self, args: &[&str]) -> Output {
-        Command::new("curl")
-            .args(["-sS", "-k", "--max-time", "30"])
-            .args(args)
-            .output()
-            .expect("run curl")
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-k", "--max-time", "30"]);
+        if let Some(dir) = self.client_cert_dir() {
+            cmd.arg("--cert").arg(dir.join("client.cert"));
+            cmd.arg("--key").arg(dir.join("client.key"));
+        }
+        cmd.args(args).output().expect("run curl")
     }
 
     fn logged(&self) -> Vec<LoggedRequest> {
@@ -418,7 +438,41 @@ impl Registry {
             );
             std::fs::write(self.dir.path().join("htpasswd"), &out.stdout).expect("write htpasswd");
         }
-        if self.opts.tls {
+        if self.opts.tls && self.opts.client_certs {
+            self.write_client_ca();
+        }
+        if self.opts.tls && self.opts.docker_recipe_cert {
+            let d = self.dir.path();
+            let args: Vec<String> = [
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-sha256",
+                "-keyout",
+                &d.join("key.pem").display().to_string(),
+                "-x509",
+                "-days",
+                "365",
+                "-out",
+                &d.join("cert.pem").display().to_string(),
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName = IP:127.0.0.1",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let out = run("openssl", &args);
+            assert!(
+                out.status.success(),
+                "{}",
+                describe("openssl", &args, &out, "")
+            );
+            let pem = std::fs::read_to_string(d.join("cert.pem")).expect("read cert.pem");
+            self.cert_pem = Some(pem);
+        } else if self.opts.tls {
             let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])
                 .expect("a self-signed certificate");
             let pem = cert.cert.pem();
@@ -430,6 +484,88 @@ impl Registry {
             .expect("write key.pem");
             self.cert_pem = Some(pem);
         }
+    }
+
+    /// A client CA and one client certificate it signs, both by `openssl`; the certificate
+    /// and key go to `client/` as `client.cert` and `client.key` (Docker's layout).
+    fn write_client_ca(&self) {
+        let d = self.dir.path();
+        let client = d.join("client");
+        std::fs::create_dir_all(&client).expect("create client/");
+        std::fs::write(d.join("client-ext.cnf"), "extendedKeyUsage = clientAuth\n")
+            .expect("write the extension file");
+        let p = |n: &str| d.join(n).display().to_string();
+        let steps: Vec<Vec<String>> = vec![
+            vec![
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &p("client-ca.key"),
+                "-x509",
+                "-days",
+                "2",
+                "-out",
+                &p("client-ca.pem"),
+                "-subj",
+                "/CN=shoal-test-client-ca",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            vec![
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &p("client/client.key"),
+                "-out",
+                &p("client.csr"),
+                "-subj",
+                "/CN=shoal-test-client",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            vec![
+                "x509",
+                "-req",
+                "-in",
+                &p("client.csr"),
+                "-CA",
+                &p("client-ca.pem"),
+                "-CAkey",
+                &p("client-ca.key"),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &p("client/client.cert"),
+                "-extfile",
+                &p("client-ext.cnf"),
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        ];
+        for args in steps {
+            let out = run("openssl", &args);
+            assert!(
+                out.status.success(),
+                "{}",
+                describe("openssl", &args, &out, "")
+            );
+        }
+    }
+
+    /// With [`RegistryOptions::client_certs`]: a directory with `client.cert` and
+    /// `client.key` that the registry accepts.
+    pub fn client_cert_dir(&self) -> Option<PathBuf> {
+        self.opts
+            .client_certs
+            .then(|| self.dir.path().join("client"))
     }
 
     fn write_config(&self) {
@@ -448,6 +584,12 @@ impl Registry {
                 d.join("cert.pem").display(),
                 d.join("key.pem").display()
             );
+            if self.opts.client_certs {
+                cfg += &format!(
+                    "    clientcas:\n      - {}\n",
+                    d.join("client-ca.pem").display()
+                );
+            }
         }
         match &self.opts.auth {
             Auth::Anonymous => {}

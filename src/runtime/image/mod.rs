@@ -19,7 +19,10 @@
 //! layers into place and updates `index.json` atomically: a refused archive leaves nothing.
 
 mod archive;
+pub mod hosts;
 pub mod pull;
+mod registry;
+pub mod tls;
 pub use crate::model::reference;
 #[cfg(test)]
 mod tests;

@@ -14,7 +14,7 @@
 //! Content addressing makes any source trustworthy after verification: a blob whose sha256 or
 //! size is wrong is discarded and fetched from the next source, never stored or run.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +24,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, watch};
 
+use super::registry::Endpoint;
 use super::{ImageError, ImageStore, ResolvedImage};
 
 pub use crate::model::image::{BlobStream, Credentials, FetchThrough, PullEvent, PullRequest};
@@ -32,8 +33,13 @@ pub use crate::model::image::{BlobStream, Credentials, FetchThrough, PullEvent, 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PullConfig {
     /// Registries (`host` or `host:port`) reached over plain HTTP. All others need HTTPS with
-    /// a certificate the system roots trust.
+    /// a certificate the system roots (or the registry's certs directory) trust.
     pub insecure_registries: Vec<String>,
+    /// Certs directories in Docker's `certs.d` layout, first match wins (see [`super::hosts`]).
+    pub certs_dirs: Vec<PathBuf>,
+    /// Mirrors by registry (`docker.io`, `host:port` as in image references): base URLs
+    /// (`https://mirror:5000`) tried in order before the registry itself.
+    pub mirrors: BTreeMap<String, Vec<String>>,
     /// Proxies for registry requests (peers are always reached directly).
     pub https_proxy: Option<String>,
     pub http_proxy: Option<String>,
@@ -53,6 +59,8 @@ impl PullConfig {
         };
         PullConfig {
             insecure_registries,
+            certs_dirs: Vec::new(),
+            mirrors: BTreeMap::new(),
             https_proxy: env("HTTPS_PROXY"),
             http_proxy: env("HTTP_PROXY"),
             no_proxy: env("NO_PROXY"),
@@ -128,6 +136,9 @@ pub enum PullError {
     },
     #[error("{0}")]
     Unsupported(String),
+    /// This node's registry configuration cannot be used (a corrupt certs directory file...).
+    #[error("{0}")]
+    Config(String),
     #[error(transparent)]
     Store(#[from] ImageError),
 }
@@ -137,7 +148,7 @@ impl PullError {
     pub fn is_caller_error(&self) -> bool {
         match self {
             PullError::Store(e) => e.is_caller_error(),
-            PullError::Unreachable(_) => false,
+            PullError::Unreachable(_) | PullError::Config(_) => false,
             _ => true,
         }
     }
@@ -194,6 +205,7 @@ impl Clone for PullError {
                 actual: actual.clone(),
             },
             PullError::Unsupported(m) => PullError::Unsupported(m.clone()),
+            PullError::Config(m) => PullError::Config(m.clone()),
             PullError::Store(e) => PullError::Store(match e {
                 ImageError::UnsafeLayer(m) => ImageError::UnsafeLayer(m.clone()),
                 ImageError::DigestMismatch {
@@ -239,7 +251,8 @@ enum Kind {
 enum Source {
     Holder(Peer),
     Seed(Peer),
-    Registry,
+    /// `Ctx::endpoints[i]`: a mirror, or the registry itself (the last).
+    Registry(usize),
 }
 
 impl Source {
@@ -247,15 +260,18 @@ impl Source {
         match self {
             Source::Holder(_) => crate::metrics::PullSource::Peer,
             Source::Seed(_) => crate::metrics::PullSource::Seed,
-            Source::Registry => crate::metrics::PullSource::Registry,
+            Source::Registry(_) => crate::metrics::PullSource::Registry,
         }
     }
 
-    fn label(&self) -> String {
+    fn label(&self, ctx: &Ctx) -> String {
         match self {
             Source::Holder(p) => format!("peer {}", p.node),
             Source::Seed(p) => format!("seed {}", p.node),
-            Source::Registry => "registry".into(),
+            Source::Registry(i) => match ctx.endpoints.get(*i) {
+                Some(e) if e.mirror => format!("mirror {}", e.host),
+                _ => "registry".into(),
+            },
         }
     }
 }
@@ -267,8 +283,10 @@ struct Ctx {
     /// It without its digest: the key peers advertise tags under.
     named: String,
     oci_ref: oci_client::Reference,
-    client: oci_client::Client,
-    auth: oci_client::secrets::RegistryAuth,
+    /// The repository path at the registry (`library/busybox` on Docker Hub).
+    repository: String,
+    /// The registry's mirrors in order, then the registry itself (never empty).
+    endpoints: Vec<Endpoint>,
     credentials: Option<Credentials>,
     /// Whether seeds may be asked (not when this node serves a fetch-through: no loops).
     allow_seed: bool,
@@ -283,6 +301,9 @@ impl std::fmt::Debug for Puller {
     }
 }
 
+/// A registry's HTTP client and the fingerprint of the TLS settings it was built with.
+type CachedClient = (Option<[u8; 32]>, reqwest::Client);
+
 /// One node's puller: shares downloads between concurrent pulls and with peers.
 pub struct Puller {
     store: ImageStore,
@@ -295,6 +316,9 @@ pub struct Puller {
     gc_lock: tokio::sync::RwLock<()>,
     /// Where downloaded bytes are counted by source (the agent's metrics).
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
+    /// One HTTP client per registry host, with the fingerprint of the certs directory it was
+    /// built from (a changed directory builds a new one; connections are kept otherwise).
+    clients: Mutex<HashMap<String, CachedClient>>,
 }
 
 impl Puller {
@@ -309,6 +333,7 @@ impl Puller {
             changed: watch::channel(0).0,
             gc_lock: tokio::sync::RwLock::new(()),
             metrics: std::sync::OnceLock::new(),
+            clients: Mutex::new(HashMap::new()),
         })
     }
 
@@ -348,33 +373,104 @@ impl Puller {
         let r = super::reference::parse(&req.reference)
             .map_err(|e| PullError::Store(ImageError::InvalidReference(e)))?;
         let oci_ref = r.oci();
-        let client = oci_client::Client::new(oci_client::client::ClientConfig {
-            protocol: oci_client::client::ClientProtocol::HttpsExcept(
-                self.config.insecure_registries.clone(),
-            ),
-            connect_timeout: Some(CONNECT),
-            read_timeout: Some(STALL),
-            platform_resolver: None,
-            https_proxy: self.config.https_proxy.clone(),
-            http_proxy: self.config.http_proxy.clone(),
-            no_proxy: self.config.no_proxy.clone(),
-            ..Default::default()
-        });
-        let auth = match &req.credentials {
-            Some(c) => {
-                oci_client::secrets::RegistryAuth::Basic(c.username.clone(), c.password.clone())
+        let registry = oci_ref.resolve_registry().to_string();
+        let mut endpoints = Vec::new();
+        let mirrors = self
+            .config
+            .mirrors
+            .get(oci_ref.registry())
+            .or_else(|| self.config.mirrors.get(&registry));
+        for url in mirrors.into_iter().flatten() {
+            let Some((scheme, host)) = url.split_once("://") else {
+                continue;
+            };
+            match self.client_for(host, scheme == "https") {
+                Ok(client) => endpoints.push(Endpoint::new(
+                    url.trim_end_matches('/').to_string(),
+                    host.trim_end_matches('/').to_string(),
+                    true,
+                    client,
+                    None,
+                )),
+                Err(e) => tracing::error!(mirror = %url, error = %e,
+                    "registry mirror skipped: its TLS configuration cannot be used"),
             }
-            None => oci_client::secrets::RegistryAuth::Anonymous,
-        };
+        }
+        let insecure = self.config.insecure_registries.contains(&registry);
+        let scheme = if insecure { "http" } else { "https" };
+        let client = self.client_for(&registry, !insecure).inspect_err(
+            |e| tracing::error!(%registry, error = %e, "registry TLS configuration cannot be used"),
+        )?;
+        endpoints.push(Endpoint::new(
+            format!("{scheme}://{registry}"),
+            registry.clone(),
+            false,
+            client,
+            req.credentials.clone(),
+        ));
         Ok(Arc::new(Ctx {
             reference: r.to_string(),
             named: r.named(),
+            repository: oci_ref.repository().to_string(),
             oci_ref,
-            client,
-            auth,
+            endpoints,
             credentials: req.credentials.clone(),
             allow_seed,
         }))
+    }
+
+    /// The HTTP client for registry (or mirror) `host`: with its certs directory's roots, pins
+    /// and client certificate when `tls` and it has one.
+    fn client_for(&self, host: &str, tls: bool) -> Result<reqwest::Client, PullError> {
+        let material = if tls {
+            super::hosts::load_host(&self.config.certs_dirs, host)
+                .map_err(|e| PullError::Config(format!("registry {host}: {e}")))?
+        } else {
+            None
+        };
+        let fingerprint = material.as_ref().map(|m| m.fingerprint);
+        let key = format!("{}://{host}", if tls { "https" } else { "http" });
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((f, c)) = clients.get(&key) {
+            if *f == fingerprint {
+                return Ok(c.clone());
+            }
+        }
+        if let Some(m) = &material {
+            if m.has_hosts_toml {
+                tracing::warn!(dir = %m.dir.display(),
+                    "hosts.toml is not read by shoal: its certificates (*.crt, NAME.cert/NAME.key) \
+                     are; configure mirrors with --registry-mirror");
+            }
+            tracing::info!(%host, dir = %m.dir.display(), roots = m.roots.len(),
+                client_certificate = m.client.is_some(), "registry certificates loaded");
+        }
+        let client = super::tls::client(self.client_builder()?, material.as_ref())
+            .map_err(|e| PullError::Config(format!("registry {host}: {e}")))?;
+        clients.insert(key, (fingerprint, client.clone()));
+        Ok(client)
+    }
+
+    /// Timeouts and proxies common to every registry client.
+    fn client_builder(&self) -> Result<reqwest::ClientBuilder, PullError> {
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(CONNECT)
+            .read_timeout(STALL)
+            .user_agent(concat!("shoal/", env!("CARGO_PKG_VERSION")));
+        let no_proxy = || {
+            self.config
+                .no_proxy
+                .as_deref()
+                .and_then(reqwest::NoProxy::from_string)
+        };
+        let bad = |e: reqwest::Error| PullError::Config(format!("registry proxy: {e}"));
+        if let Some(p) = &self.config.https_proxy {
+            b = b.proxy(reqwest::Proxy::https(p).map_err(bad)?.no_proxy(no_proxy()));
+        }
+        if let Some(p) = &self.config.http_proxy {
+            b = b.proxy(reqwest::Proxy::http(p).map_err(bad)?.no_proxy(no_proxy()));
+        }
+        Ok(b)
     }
 
     /// Pulls `req.reference` (fetching only the blobs this node lacks) and returns it ready
@@ -492,24 +588,41 @@ impl Puller {
     /// the peers that hold the tag.
     async fn resolve_tag(self: &Arc<Self>, ctx: &Arc<Ctx>) -> Result<String, PullError> {
         let what = ctx.reference.clone();
-        let registry_err = match ctx
-            .client
-            .pull_manifest_raw(&ctx.oci_ref, &ctx.auth, MANIFEST_TYPES)
-            .await
-        {
-            Ok((bytes, _)) => {
-                let hex = sha256_hex(&bytes);
-                if !self.store.has_blob(&hex) {
-                    let path = self.store.download_path(&hex);
-                    tokio::fs::write(&path, &bytes)
-                        .await
-                        .map_err(|e| PullError::Store(ImageError::io(&path, e)))?;
-                    self.store.commit_blob(&hex, &path)?;
+        let tag = ctx.oci_ref.tag().unwrap_or("latest");
+        let mut registry_err = None;
+        for ep in &ctx.endpoints {
+            match ep
+                .manifest(
+                    &ctx.repository,
+                    tag,
+                    MANIFEST_TYPES,
+                    super::archive::MAX_JSON_BYTES,
+                    &what,
+                )
+                .await
+            {
+                Ok(bytes) => {
+                    let hex = sha256_hex(&bytes);
+                    if !self.store.has_blob(&hex) {
+                        let path = self.store.download_path(&hex);
+                        tokio::fs::write(&path, &bytes)
+                            .await
+                            .map_err(|e| PullError::Store(ImageError::io(&path, e)))?;
+                        self.store.commit_blob(&hex, &path)?;
+                    }
+                    return Ok(hex);
                 }
-                return Ok(hex);
+                Err(e) => {
+                    if ep.mirror {
+                        tracing::info!(reference = %what, mirror = %ep.host, error = %e,
+                            "mirror failed to resolve the tag; trying the next endpoint");
+                    }
+                    registry_err = Some(e);
+                }
             }
-            Err(e) => registry_error(ctx.oci_ref.resolve_registry(), &what, e),
-        };
+        }
+        let registry_err = registry_err
+            .unwrap_or_else(|| PullError::Unreachable(format!("{what}: no registry endpoint")));
         if !matches!(registry_err, PullError::Unreachable(_)) {
             return Err(registry_err);
         }
@@ -709,7 +822,7 @@ impl Puller {
                 }
             }
         }
-        sources.push(Source::Registry);
+        sources.extend((0..ctx.endpoints.len()).map(Source::Registry));
         let mut last_err = None;
         for (attempt, source) in sources.iter().enumerate() {
             let path = self.store.download_path(hex);
@@ -718,7 +831,7 @@ impl Puller {
                 path: path.clone(),
                 written: 0,
                 total: size,
-                source: source.label(),
+                source: source.label(ctx),
             });
             let result = self
                 .download_from(ctx, source, hex, size, kind, &path, tx)
@@ -730,8 +843,10 @@ impl Puller {
                 }
                 Err(e) => {
                     let _ = tokio::fs::remove_file(&path).await;
-                    if !matches!(source, Source::Registry) {
-                        tracing::info!(blob = %hex, source = %source.label(), error = %e,
+                    let last =
+                        matches!(source, Source::Registry(i) if *i + 1 == ctx.endpoints.len());
+                    if !last {
+                        tracing::info!(blob = %hex, source = %source.label(ctx), error = %e,
                             "blob source failed; trying the next");
                     }
                     last_err = Some(e);
@@ -754,7 +869,7 @@ impl Puller {
         tx: &watch::Sender<DlState>,
     ) -> Result<(), PullError> {
         let digest = format!("sha256:{hex}");
-        let what = format!("{} {digest} from {}", ctx.reference, source.label());
+        let what = format!("{} {digest} from {}", ctx.reference, source.label(ctx));
         let limit = size.unwrap_or(super::archive::MAX_JSON_BYTES);
         let mut stream: futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>> =
             match source {
@@ -767,28 +882,21 @@ impl Puller {
                     };
                     self.peer_stream(p, hex, Some(&body)).await?
                 }
-                Source::Registry => match kind {
-                    Kind::Manifest => {
-                        let r = ctx.oci_ref.clone_with_digest(digest.clone());
-                        let (bytes, _) = ctx
-                            .client
-                            .pull_manifest_raw(&r, &ctx.auth, MANIFEST_TYPES)
-                            .await
-                            .map_err(|e| registry_error(r.resolve_registry(), &what, e))?;
-                        futures::stream::once(async move { Ok(bytes) }).boxed()
+                Source::Registry(i) => {
+                    let ep = ctx.endpoints.get(*i).ok_or_else(|| {
+                        PullError::Unreachable(format!("{what}: no registry endpoint {i}"))
+                    })?;
+                    match kind {
+                        Kind::Manifest => {
+                            let bytes = ep
+                                .manifest(&ctx.repository, &digest, MANIFEST_TYPES, limit, &what)
+                                .await?;
+                            futures::stream::once(async move { Ok(bytes::Bytes::from(bytes)) })
+                                .boxed()
+                        }
+                        Kind::Blob => ep.blob(&ctx.repository, &digest, &what).await?,
                     }
-                    Kind::Blob => {
-                        // Authenticates (token or basic) for this repository first.
-                        ctx.client
-                            .store_auth_if_needed(ctx.oci_ref.resolve_registry(), &ctx.auth)
-                            .await;
-                        ctx.client
-                            .pull_blob_stream(&ctx.oci_ref, digest.as_str())
-                            .await
-                            .map_err(|e| registry_error(ctx.oci_ref.resolve_registry(), &what, e))?
-                            .stream
-                    }
-                },
+                }
             };
         let mut file = tokio::fs::File::create(path)
             .await
@@ -1080,68 +1188,4 @@ fn digest_hex(d: &str) -> Result<String, PullError> {
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, PullError> {
     serde_json::from_slice(bytes)
         .map_err(|e| PullError::Store(ImageError::Corrupt(format!("{what}: {e}"))))
-}
-
-/// A registry client error as a pull error with the registry's own reason.
-fn registry_error(
-    registry: &str,
-    what: &str,
-    e: oci_client::errors::OciDistributionError,
-) -> PullError {
-    use oci_client::errors::OciDistributionError as E;
-    match e {
-        E::RegistryError { envelope, .. } => {
-            let reasons: Vec<String> = envelope
-                .errors
-                .iter()
-                .map(|err| {
-                    let code = serde_json::to_value(&err.code)
-                        .ok()
-                        .and_then(|v| v.as_str().map(|s| s.to_ascii_lowercase().replace('_', " ")))
-                        .unwrap_or_else(|| "error".into());
-                    if err.message.is_empty() || err.message.eq_ignore_ascii_case(&code) {
-                        code
-                    } else {
-                        format!("{code}: {}", err.message)
-                    }
-                })
-                .collect();
-            PullError::Registry(format!("{what}: {}", reasons.join("; ")))
-        }
-        E::ServerError { code, message, .. } if code >= 500 || code == 429 => {
-            PullError::Unreachable(format!(
-                "{what}: registry {registry} answered HTTP {code}: {message}"
-            ))
-        }
-        E::ServerError { code, message, .. } => {
-            PullError::Registry(format!("{what}: HTTP {code}: {message}"))
-        }
-        E::UnauthorizedError { .. } => {
-            PullError::Registry(format!("{what}: unauthorized: authentication required"))
-        }
-        E::AuthenticationFailure(reason) => {
-            PullError::Registry(format!("{what}: authentication failed: {reason}"))
-        }
-        E::ImageManifestNotFoundError(m) => PullError::Registry(format!("{what}: not found: {m}")),
-        E::RequestError(re) => {
-            let mut chain = re.to_string();
-            let mut src = std::error::Error::source(&re);
-            while let Some(s) = src {
-                chain.push_str(": ");
-                chain.push_str(&s.to_string());
-                src = s.source();
-            }
-            let lower = chain.to_ascii_lowercase();
-            if lower.contains("invalidcontenttype")
-                || lower.contains("corrupt message")
-                || lower.contains("wrong version number")
-            {
-                PullError::Insecure(registry.to_string())
-            } else {
-                PullError::Unreachable(format!("{what}: {chain}"))
-            }
-        }
-        E::IoError(io) => PullError::Unreachable(format!("{what}: {io}")),
-        other => PullError::Registry(format!("{what}: {other}")),
-    }
 }
