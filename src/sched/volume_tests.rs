@@ -298,7 +298,7 @@ fn claims_and_volumes_being_deleted_stay_while_in_use() {
     let s = settle(s, 100);
     assert!(s.pods.is_empty());
     assert!(s.claims.is_empty(), "{:?}", s.claims);
-    let left: Vec<&str> = s.volumes.iter().map(|v| object::name(v)).collect();
+    let left: Vec<&str> = s.volumes.iter().map(object::name).collect();
     assert_eq!(
         left,
         [v0.as_str()],

@@ -368,9 +368,10 @@ spec:
                 .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
                 .filter(|p| p["spec"]["containers"][0]["env"].is_null())
                 .count();
-            (pods.len() == 4 && first == 4)
-                .then_some(())
-                .ok_or(format!("{first} of {} pods at the first template", pods.len()))
+            (pods.len() == 4 && first == 4).then_some(()).ok_or(format!(
+                "{first} of {} pods at the first template",
+                pods.len()
+            ))
         },
     );
     let history = kubectl_ok(ctx, &["rollout", "history", "ds/agent"]);
