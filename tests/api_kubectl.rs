@@ -3769,3 +3769,206 @@ async fn idle_and_unauthenticated_connections_cannot_hold_the_api() {
     assert_eq!(event["object"]["metadata"]["name"], "late");
     h.stop().await;
 }
+
+const STS_V1: &str = "apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: db
+spec:
+  replicas: 2
+  serviceName: db
+  selector:
+    matchLabels:
+      app: db
+  template:
+    metadata:
+      labels:
+        app: db
+    spec:
+      containers:
+      - name: main
+        image: shoal.test/busybox:1
+        command: [sleep, \"3600\"]
+";
+
+const DS_V1: &str = "apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: agent
+  annotations:
+    kubernetes.io/change-cause: first
+spec:
+  selector:
+    matchLabels:
+      app: agent
+  template:
+    metadata:
+      labels:
+        app: agent
+    spec:
+      containers:
+      - name: main
+        image: shoal.test/busybox:1
+        command: [sleep, \"3600\"]
+";
+
+/// What the leader's StatefulSet or DaemonSet controller does to the history of
+/// `resource`/`name` (`sched::revisions::sync`), applied to the fake backend.
+fn keep_history(h: &Harness, resource: &str, kind: &'static str, name: &str) {
+    use shoal::sched::hash::{template_hash, without_nulls};
+    use shoal::sched::revisions;
+    let owner = h.backend.get(resource, name).unwrap();
+    let template = without_nulls(&owner["spec"]["template"]);
+    let sync_owner = revisions::Owner {
+        object: &owner,
+        kind,
+        hash: template_hash(&template),
+        template,
+        live: Default::default(),
+    };
+    let all = h.backend.list_objects("controllerrevisions.apps", None);
+    let (writes, _) = revisions::sync(&sync_owner, &all, Utc::now());
+    for w in writes {
+        match w {
+            shoal::sched::Write::PutObject { object, .. } => {
+                h.backend.put("controllerrevisions.apps", object)
+            }
+            shoal::sched::Write::DeleteObject { name, .. } => {
+                h.backend
+                    .delete_object(&ObjectKey {
+                        resource: "controllerrevisions.apps".into(),
+                        namespace: Some("default".into()),
+                        name,
+                    })
+                    .unwrap();
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// `kubectl rollout history / undo` of StatefulSets and DaemonSets against ControllerRevisions
+/// the controllers' history code wrote (kubectl 1.32 reads them by selector, and undo sends a
+/// revision's `data` back as a strategic-merge patch with `$patch: replace`), the
+/// ControllerRevision table, what users may write, and a claim with a finalizer deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_statefulset_and_daemonset_history_and_undo() {
+    let h = Harness::start().await;
+    h.ok(&["apply", "-f", &h.write("sts.yaml", STS_V1)]).await;
+    keep_history(&h, "statefulsets.apps", "StatefulSet", "db");
+    h.ok(&["set", "image", "sts/db", "main=shoal.test/busybox:2"])
+        .await;
+    keep_history(&h, "statefulsets.apps", "StatefulSet", "db");
+    let history = squeeze(&h.ok(&["rollout", "history", "sts/db"]).await);
+    assert!(
+        history.contains("REVISION CHANGE-CAUSE\n1 <none>\n2 <none>"),
+        "{history}"
+    );
+    let one = h
+        .ok(&["rollout", "history", "sts/db", "--revision=1"])
+        .await;
+    assert!(one.contains("shoal.test/busybox:1"), "{one}");
+    let out = h
+        .ok(&["rollout", "undo", "sts/db", "--to-revision=1"])
+        .await;
+    assert!(out.contains("rolled back"), "{out}");
+    let stored = h.backend.get("statefulsets.apps", "db").unwrap();
+    assert_eq!(
+        stored["spec"]["template"]["spec"]["containers"][0]["image"],
+        "shoal.test/busybox:1"
+    );
+    keep_history(&h, "statefulsets.apps", "StatefulSet", "db");
+    let history = squeeze(&h.ok(&["rollout", "history", "sts/db"]).await);
+    assert!(
+        history.contains("REVISION CHANGE-CAUSE\n2 <none>\n3 <none>"),
+        "the first template's revision renumbered: {history}"
+    );
+    // Undo to the revision that is current again leaves the template as it is.
+    h.ok(&["rollout", "undo", "sts/db", "--to-revision=3"])
+        .await;
+    let again = h.backend.get("statefulsets.apps", "db").unwrap();
+    assert_eq!(again["spec"]["template"], stored["spec"]["template"]);
+    let err = h
+        .fails(&["rollout", "undo", "sts/db", "--to-revision=9"])
+        .await;
+    assert!(err.contains("unable to find specified revision 9"), "{err}");
+
+    // A DaemonSet: the change cause comes from its annotations; plain undo goes to the
+    // previous revision.
+    h.ok(&["create", "-f", &h.write("ds.yaml", DS_V1)]).await;
+    keep_history(&h, "daemonsets.apps", "DaemonSet", "agent");
+    h.ok(&["set", "image", "ds/agent", "main=shoal.test/busybox:2"])
+        .await;
+    keep_history(&h, "daemonsets.apps", "DaemonSet", "agent");
+    let history = squeeze(&h.ok(&["rollout", "history", "ds/agent"]).await);
+    assert!(history.contains("\n1 first\n2 first"), "{history}");
+    h.ok(&["rollout", "undo", "ds/agent"]).await;
+    let stored = h.backend.get("daemonsets.apps", "agent").unwrap();
+    assert_eq!(
+        stored["spec"]["template"]["spec"]["containers"][0]["image"],
+        "shoal.test/busybox:1"
+    );
+
+    // The table, as Kubernetes prints it.
+    let table = h.ok(&["get", "controllerrevisions"]).await;
+    let header = table.lines().next().unwrap_or_default();
+    column_positions(header, &["NAME", "CONTROLLER", "REVISION", "AGE"]);
+    assert!(table.contains("statefulset.apps/db"), "{table}");
+    assert!(table.contains("daemonset.apps/agent"), "{table}");
+
+    // Users may write revisions; `data` is required and immutable.
+    let bad = h.write(
+        "cr.yaml",
+        "apiVersion: apps/v1\nkind: ControllerRevision\nmetadata:\n  name: mine\nrevision: 1\n",
+    );
+    let err = h.fails(&["create", "-f", &bad]).await;
+    assert!(err.contains("data: Required value"), "{err}");
+    let good = h.write(
+        "cr2.yaml",
+        "apiVersion: apps/v1\nkind: ControllerRevision\nmetadata:\n  name: mine\ndata:\n  a: 1\nrevision: 1\n",
+    );
+    h.ok(&["create", "-f", &good]).await;
+    let err = h
+        .fails(&[
+            "patch",
+            "controllerrevision",
+            "mine",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"a":2}}"#,
+        ])
+        .await;
+    assert!(err.contains("field is immutable"), "{err}");
+    h.ok(&["delete", "controllerrevision", "mine"]).await;
+
+    // A claim gets pvc-protection; deleted, it stays Terminating for the leader to remove.
+    let claim = h.write(
+        "pvc.yaml",
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: data\nspec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: 1Gi\n",
+    );
+    h.ok(&["create", "-f", &claim]).await;
+    let stored = h.backend.get("persistentvolumeclaims", "data").unwrap();
+    assert_eq!(
+        stored["metadata"]["finalizers"],
+        json!(["kubernetes.io/pvc-protection"])
+    );
+    h.ok(&["delete", "pvc", "data", "--wait=false"]).await;
+    h.ok(&["delete", "pvc", "data", "--wait=false"]).await;
+    let row = h.ok(&["get", "pvc", "data"]).await;
+    assert!(row.contains("Terminating"), "{row}");
+    // With its finalizer removed by a user, it is removed at once by the next DELETE.
+    h.ok(&[
+        "patch",
+        "pvc",
+        "data",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ])
+    .await;
+    let stored = h.backend.get("persistentvolumeclaims", "data").unwrap();
+    assert!(!stored["metadata"]["deletionTimestamp"].is_null());
+    h.ok(&["delete", "pvc", "data"]).await;
+    assert!(h.backend.get("persistentvolumeclaims", "data").is_none());
+    h.stop().await;
+}

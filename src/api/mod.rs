@@ -54,6 +54,7 @@ mod pod_security;
 pub mod portforward;
 mod proto;
 mod resources;
+mod revisions;
 mod router;
 mod scale;
 pub mod selectors;

@@ -23,6 +23,7 @@ use super::changelog::{key_of, Expired, Snapshot};
 use super::nodes;
 use super::patch::{self, PatchKind};
 use super::resources::{self, ResourceInfo, Storage, Workload};
+use super::revisions;
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{success_status, ApiError, Cause};
 use super::storage;
@@ -1101,6 +1102,13 @@ fn admit(
         None if storage::is_claim(info) => {
             storage::strip_served_volume_name(object);
             storage::default_claim(object);
+            if old.is_none() {
+                // Kubernetes' StorageObjectInUseProtection admission: kept while in use.
+                crate::model::storage::with_finalizer(
+                    object,
+                    crate::model::storage::PVC_PROTECTION,
+                );
+            }
             storage::validate_claim(object, old)
         }
         None if storage::is_class(info) => {
@@ -1108,6 +1116,7 @@ fn admit(
             storage::validate_class(object, old)
         }
         None if storage::is_volume(info) => storage::validate_volume(object, old),
+        None if revisions::is_revision(info) => revisions::validate(object, old),
         None => return Ok(()),
     };
     if causes.is_empty() {
@@ -1629,6 +1638,25 @@ pub(super) fn delete_one(
                 pending: true,
             });
         }
+    }
+    if (storage::is_claim(info) || storage::is_volume(info))
+        && !crate::model::storage::finalizers(&existing).is_empty()
+    {
+        // Kept, terminating, until the leader finds nothing holds it (`sched::volumes::release`).
+        if !existing["metadata"]["deletionTimestamp"].is_null() {
+            return Ok(Deleted {
+                reply: served,
+                pending: true,
+            });
+        }
+        let mut marked = existing.clone();
+        storage::mark_terminating(&mut marked, Utc::now());
+        marked["metadata"]["resourceVersion"] = json!(state.versions.next());
+        let stored = persist(state, info, key(info, namespace, name), marked, dry)?;
+        return Ok(Deleted {
+            reply: as_served(state, info, namespace, name, stored, dry),
+            pending: true,
+        });
     }
     if !dry {
         match info.storage {

@@ -52,6 +52,7 @@ pub enum Columns {
     PersistentVolumeClaim,
     PersistentVolume,
     StorageClass,
+    ControllerRevision,
 }
 
 /// Workload kinds: decoded through `k8s_openapi` types, defaulted, validated and given a
@@ -233,6 +234,15 @@ static NAMESPACE: Schema = Schema::Object(&[
 ]);
 
 static FREE_FORM: Schema = Schema::Any;
+
+/// `apps/v1` ControllerRevision (`data` is free-form: the patch a controller records).
+static CONTROLLER_REVISION: Schema = Schema::Object(&[
+    ("apiVersion", Schema::String),
+    ("kind", Schema::String),
+    ("metadata", Schema::Any),
+    ("data", Schema::Any),
+    ("revision", Schema::Int),
+]);
 
 /// `status`, read only (the controllers write it).
 const STATUS: Subresource = Subresource {
@@ -530,6 +540,26 @@ pub static RESOURCES: &[ResourceInfo] = &[
         storage: Storage::Objects,
         workload: Some(Workload::StatefulSet),
         subresources: WORKLOAD_SUBRESOURCES,
+    },
+    // Written by the StatefulSet and DaemonSet controllers (`sched::revisions`); users may
+    // write them too, as in Kubernetes (`api::revisions`).
+    ResourceInfo {
+        group: "apps",
+        version: "v1",
+        plural: "controllerrevisions",
+        singular: "controllerrevision",
+        kind: "ControllerRevision",
+        short_names: &[],
+        categories: &[],
+        namespaced: true,
+        verbs: ALL_VERBS,
+        name_rule: NameRule::Subdomain,
+        schema: &CONTROLLER_REVISION,
+        merge_keys: service_merge_keys,
+        columns: Columns::ControllerRevision,
+        storage: Storage::Objects,
+        workload: None,
+        subresources: &[],
     },
     ResourceInfo {
         group: "batch",
@@ -897,6 +927,10 @@ mod tests {
             crate::model::workload::DEPLOYMENTS
         );
         assert_eq!(deploy.qualified_kind(), "Deployment.apps");
+        assert_eq!(
+            by_plural("controllerrevisions").unwrap().backend_resource(),
+            crate::model::workload::CONTROLLER_REVISIONS
+        );
         assert_eq!(
             by_plural("replicasets").unwrap().backend_resource(),
             crate::model::workload::REPLICASETS

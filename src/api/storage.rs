@@ -74,6 +74,15 @@ pub fn strip_served_volume_name(claim: &mut Value) {
     }
 }
 
+/// A claim or volume with a finalizer, marked as being deleted (`deletionTimestamp` now,
+/// no grace period): it stays until nothing holds it (`docs/workloads.md`, "Persistent
+/// volumes").
+pub fn mark_terminating(object: &mut Value, now: chrono::DateTime<chrono::Utc>) {
+    let meta = &mut object["metadata"];
+    meta["deletionTimestamp"] = json!(now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    meta["deletionGracePeriodSeconds"] = json!(0);
+}
+
 /// Semantic checks of a defaulted claim; `old`: the stored claim on update.
 pub fn validate_claim(claim: &Value, old: Option<&Value>) -> Vec<Cause> {
     let spec = &claim["spec"];

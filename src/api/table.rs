@@ -310,6 +310,12 @@ fn column_definitions(columns: Columns) -> Vec<Value> {
             column("AllowVolumeExpansion", "string", 0, "Whether volumes of the class may grow."),
             age,
         ],
+        Columns::ControllerRevision => vec![
+            name,
+            column("Controller", "string", 0, "Controller of the object."),
+            column("Revision", "integer", 0, "Revision of the ControllerRevision."),
+            age,
+        ],
         Columns::PodDisruptionBudget => vec![
             name,
             column("Min Available", "string", 0, "The minimum number of pods that must be available."),
@@ -895,7 +901,11 @@ fn cells(columns: Columns, object: &Value, now: DateTime<Utc>) -> Vec<Value> {
                 json!(text(&object["spec"]["capacity"]["storage"])),
                 json!(access_modes(&object["spec"]["accessModes"])),
                 json!(text(&object["spec"]["persistentVolumeReclaimPolicy"])),
-                json!(text(&object["status"]["phase"])),
+                json!(if object["metadata"]["deletionTimestamp"].is_null() {
+                    text(&object["status"]["phase"])
+                } else {
+                    "Terminating".into()
+                }),
                 json!(claim),
                 json!(text(&object["spec"]["storageClassName"])),
                 json!("<unset>"),
@@ -925,6 +935,12 @@ fn cells(columns: Columns, object: &Value, now: DateTime<Utc>) -> Vec<Value> {
                 json!(age(object, now)),
             ]
         }
+        Columns::ControllerRevision => vec![
+            name,
+            json!(controller_name(object)),
+            json!(int(&object["revision"])),
+            json!(age(object, now)),
+        ],
         Columns::PodDisruptionBudget => {
             let shown = |v: &Value| match v {
                 Value::Null => "N/A".to_string(),
@@ -940,6 +956,23 @@ fn cells(columns: Columns, object: &Value, now: DateTime<Utc>) -> Vec<Value> {
             ]
         }
     }
+}
+
+/// kubectl's CONTROLLER of a ControllerRevision: `statefulset.apps/web`, or `<none>`.
+fn controller_name(object: &Value) -> String {
+    let Some(owner) = object["metadata"]["ownerReferences"]
+        .as_array()
+        .and_then(|refs| refs.iter().find(|r| r["controller"] == json!(true)))
+    else {
+        return "<none>".into();
+    };
+    let api_version = owner["apiVersion"].as_str().unwrap_or_default();
+    let kind = owner["kind"].as_str().unwrap_or_default().to_lowercase();
+    let kind = match api_version.rsplit_once('/') {
+        Some((group, _)) if !group.is_empty() => format!("{kind}.{group}"),
+        _ => kind,
+    };
+    format!("{kind}/{}", text(&owner["name"]))
 }
 
 /// A string field, or empty.

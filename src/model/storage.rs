@@ -32,6 +32,40 @@ pub const CAPACITY_KEY: &str = "shoal.io/local-path";
 pub const DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
 /// Annotation on a PersistentVolume: the node whose directory holds it.
 pub const NODE_ANNOTATION: &str = "shoal.io/node";
+/// Finalizer on a claim: kept while a placed pod uses it (Kubernetes' name).
+pub const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
+/// Finalizer on a volume: kept while its claim exists (Kubernetes' name).
+pub const PV_PROTECTION: &str = "kubernetes.io/pv-protection";
+
+/// `metadata.finalizers` of an object.
+pub fn finalizers(object: &Value) -> Vec<&str> {
+    object["metadata"]["finalizers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+/// `object` with `finalizer` in its `metadata.finalizers` (added if missing).
+pub fn with_finalizer(object: &mut Value, finalizer: &str) {
+    if finalizers(object).contains(&finalizer) {
+        return;
+    }
+    match object["metadata"]["finalizers"].as_array_mut() {
+        Some(list) => list.push(json!(finalizer)),
+        None => object["metadata"]["finalizers"] = json!([finalizer]),
+    }
+}
+
+/// Whether a claim or volume being deleted may be removed now (what Kubernetes' protection
+/// controllers and the API server's finalizer handling amount to): nothing but `protection`
+/// holds it, and `protection` is absent or no longer `holds`.
+pub fn may_remove(object: &Value, protection: &str, holds: bool) -> bool {
+    let f = finalizers(object);
+    f.iter().all(|x| *x == protection) && (!holds || f.is_empty())
+}
+
 /// Access modes a local volume supports.
 pub const ACCESS_MODES: [&str; 2] = ["ReadWriteOnce", "ReadWriteOncePod"];
 
@@ -239,6 +273,7 @@ pub fn new_volume(
                 NODE_ANNOTATION: node,
                 "pv.kubernetes.io/provisioned-by": PROVISIONER,
             },
+            "finalizers": [PV_PROTECTION],
         },
         "spec": {
             "capacity": {"storage": claim_request},

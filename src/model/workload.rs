@@ -14,6 +14,8 @@ pub const JOBS: &str = "jobs.batch";
 pub const DAEMONSETS: &str = "daemonsets.apps";
 pub const CRONJOBS: &str = "cronjobs.batch";
 pub const STATEFULSETS: &str = "statefulsets.apps";
+/// The history of StatefulSets' and DaemonSets' templates (`sched::revisions`).
+pub const CONTROLLER_REVISIONS: &str = "controllerrevisions.apps";
 
 /// Annotation on controller-made pods: the replica slot (`0..replicas`) the pod fills.
 pub const SLOT_ANNOTATION: &str = "shoal.io/slot";

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use super::hash::{derived_uid, hash64, safe_suffix, template_hash, without_nulls};
 use super::object::{self, controller};
 use super::podspec::NodePlacement;
+use super::revisions;
 use super::rollout::scaled;
 use super::snapshot::{LeaderCtx, PlannedEvent, PodKey, Write};
 use super::Working;
@@ -249,6 +250,7 @@ pub fn node_of(pod: &Value) -> &str {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn reconcile(
     daemonsets: &[Value],
+    revisions: &[Value],
     nodes: &[NodeRecord],
     settings: &BTreeMap<String, NodeSettings>,
     w: &mut Working<'_>,
@@ -273,6 +275,21 @@ pub(crate) fn reconcile(
         let ns = object::namespace(ds).to_string();
         let spec = &ds["spec"]["template"]["spec"];
         let hash = revision(ds);
+        let owner = revisions::Owner {
+            object: ds,
+            kind: "DaemonSet",
+            hash: hash.clone(),
+            template: without_nulls(&ds["spec"]["template"]),
+            live: owned
+                .get(object::uid(ds))
+                .into_iter()
+                .flatten()
+                .filter_map(|k| w.pods.get(k))
+                .filter_map(|p| p["metadata"]["labels"][REVISION_LABEL].as_str())
+                .map(|h| revisions::name(object::name(ds), h))
+                .collect(),
+        };
+        writes.extend(revisions::sync(&owner, revisions, ctx.now).0);
         let tolerations = taint::tolerations(spec);
         // Taints as Kubernetes' DaemonSet controller reads them: an untolerated NoExecute
         // taint removes the pod, an untolerated NoSchedule one only keeps a new pod off. A

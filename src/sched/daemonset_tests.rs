@@ -156,7 +156,26 @@ fn on_delete_replaces_only_deleted_pods() {
     ));
     let mut s2 = s.clone();
     s2.daemonsets[0]["spec"]["template"]["spec"]["containers"][0]["image"] = json!("img:2");
-    assert!(reconcile(&s2, &ctx(3)).writes.is_empty());
+    // Only the new template's ControllerRevision is written (revision 2).
+    let writes = reconcile(&s2, &ctx(3)).writes;
+    let revisions: Vec<(&str, i64)> = writes
+        .iter()
+        .map(|w| match w {
+            Write::PutObject {
+                resource, object, ..
+            } if *resource == crate::model::workload::CONTROLLER_REVISIONS => {
+                (object::name(object), super::revisions::number(object))
+            }
+            other => panic!("unexpected write {other:?}"),
+        })
+        .collect();
+    let hash = super::daemonset::revision(&s2.daemonsets[0]);
+    assert_eq!(revisions, [(format!("agent-{hash}").as_str(), 2)]);
+    assert_eq!(s.revisions.len(), 1, "the first template's revision");
+    assert_eq!(
+        s.revisions[0]["metadata"]["labels"]["controller-revision-hash"],
+        json!(super::daemonset::revision(&s.daemonsets[0]))
+    );
     let victim = key(&s2.pods[0]);
     s2.pods.remove(0);
     let s2 = settle(s2);

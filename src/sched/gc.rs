@@ -1,5 +1,5 @@
 //! Garbage collection by owner uid: ReplicaSets whose controlling Deployment is gone, Jobs
-//! whose CronJob is gone, pods
+//! whose CronJob is gone, ControllerRevisions whose DaemonSet or StatefulSet is gone, pods
 //! whose controlling ReplicaSet, Job, DaemonSet or StatefulSet is gone, bindings whose pod is gone or has another uid;
 //! and terminating pods no kubelet will finish (never placed, or on a dead node).
 //! The document's changes are causal (a replica holding a ReplicaSet also holds the
@@ -136,6 +136,30 @@ pub(crate) fn terminated_pods(
             namespace: key.0,
             name: key.1,
         });
+    }
+}
+
+/// ControllerRevisions controlled by a DaemonSet or StatefulSet that is not in `daemonsets` /
+/// `statefulsets` (other controllers' and users' own revisions are left alone).
+pub(crate) fn revisions(
+    daemonsets: &[Value],
+    statefulsets: &[Value],
+    revisions: &[Value],
+    writes: &mut Vec<Write>,
+) {
+    let live: BTreeSet<&str> = daemonsets
+        .iter()
+        .chain(statefulsets)
+        .map(object::uid)
+        .collect();
+    for r in revisions {
+        if matches!(controller(r), Some(("DaemonSet" | "StatefulSet", o)) if !live.contains(o)) {
+            writes.push(Write::DeleteObject {
+                resource: workload::CONTROLLER_REVISIONS,
+                namespace: object::namespace(r).to_string(),
+                name: object::name(r).to_string(),
+            });
+        }
     }
 }
 

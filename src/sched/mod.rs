@@ -15,6 +15,7 @@ mod noexecute;
 mod object;
 pub mod podspec;
 pub mod replicaset;
+pub mod revisions;
 pub mod rollout;
 mod scheduler;
 pub mod settle;
@@ -211,6 +212,7 @@ pub fn reconcile(s: &Snapshot, ctx: &LeaderCtx) -> Plan {
     plan.wake = earliest(plan.wake, job_wake);
     let daemon_wake = daemonset::reconcile(
         &s.daemonsets,
+        &s.revisions,
         &s.nodes,
         &s.node_settings,
         &mut w,
@@ -222,6 +224,7 @@ pub fn reconcile(s: &Snapshot, ctx: &LeaderCtx) -> Plan {
     plan.wake = earliest(plan.wake, daemon_wake);
     statefulset::reconcile(
         &s.statefulsets,
+        &s.revisions,
         &mut w,
         &s.ready,
         ctx,
@@ -238,6 +241,13 @@ pub fn reconcile(s: &Snapshot, ctx: &LeaderCtx) -> Plan {
         &s.statefulsets,
         &mut w,
         ctx.now,
+        &mut plan.writes,
+    );
+    volumes::release(&mut w, &s.volumes, &mut plan.writes);
+    gc::revisions(
+        &s.daemonsets,
+        &s.statefulsets,
+        &s.revisions,
         &mut plan.writes,
     );
     gc::bindings(&mut w, &mut plan.writes);

@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use crate::model::storage::{CLUSTER_SCOPE, PVCS, PVS};
 use crate::model::workload::{
-    self, Binding, EventReason, EventType, InvolvedObject, SchedulingRecord, CRONJOBS, DAEMONSETS,
-    DEPLOYMENTS, JOBS, PODS, REPLICASETS, STATEFULSETS,
+    self, Binding, EventReason, EventType, InvolvedObject, SchedulingRecord, CONTROLLER_REVISIONS,
+    CRONJOBS, DAEMONSETS, DEPLOYMENTS, JOBS, PODS, REPLICASETS, STATEFULSETS,
 };
 use crate::model::{NodeRecord, NodeSettings};
 
@@ -50,6 +50,8 @@ pub struct Snapshot {
     pub daemonsets: Vec<Value>,
     pub cronjobs: Vec<Value>,
     pub statefulsets: Vec<Value>,
+    /// ControllerRevisions (the StatefulSets' and DaemonSets' template history).
+    pub revisions: Vec<Value>,
     /// PersistentVolumeClaims, PersistentVolumes and the stored StorageClasses.
     pub claims: Vec<Value>,
     pub volumes: Vec<Value>,
@@ -263,6 +265,7 @@ impl Snapshot {
             (DAEMONSETS, &self.daemonsets),
             (CRONJOBS, &self.cronjobs),
             (STATEFULSETS, &self.statefulsets),
+            (CONTROLLER_REVISIONS, &self.revisions),
             (PVCS, &self.claims),
             (PVS, &self.volumes),
         ] {
@@ -314,6 +317,7 @@ impl Snapshot {
         next.daemonsets = take(DAEMONSETS);
         next.cronjobs = take(CRONJOBS);
         next.statefulsets = take(STATEFULSETS);
+        next.revisions = take(CONTROLLER_REVISIONS);
         next.claims = take(PVCS);
         next.volumes = take(PVS);
         for s in &plan.scheduling {

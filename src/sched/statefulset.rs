@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 
 use super::hash::{derived_uid, template_hash, without_nulls};
 use super::object::{self, controller};
+use super::revisions;
 use super::snapshot::{LeaderCtx, PlannedEvent, PodKey, Write};
 use super::{replicas_of, Working, MAX_REPLICAS};
 use crate::model::workload::{EventReason, EventType, InvolvedObject};
@@ -290,25 +291,18 @@ fn object_or_empty(v: &Value) -> Value {
     }
 }
 
-/// The pod of `ordinal` at `revision`: from the StatefulSet's template when `revision` is
-/// its update revision, else from `like` (a sibling pod of that revision: its labels,
-/// annotations and spec, as a ControllerRevision would hold them).
+/// The pod of `ordinal` at `revision`, made from `template`: the StatefulSet's own when
+/// `revision` is its update revision, else the one its ControllerRevision of that name holds.
 fn new_pod(
     sts: &Value,
     ordinal: usize,
     revision: &str,
-    like: Option<&Value>,
+    template: &Value,
     ctx: &LeaderCtx,
 ) -> Value {
     let sts_name = object::name(sts);
     let name = pod_name(sts_name, ordinal);
-    let (meta, spec) = match like {
-        Some(p) => (&p["metadata"], &p["spec"]),
-        None => (
-            &sts["spec"]["template"]["metadata"],
-            &sts["spec"]["template"]["spec"],
-        ),
-    };
+    let (meta, spec) = (&template["metadata"], &template["spec"]);
     let mut labels = object_or_empty(&meta["labels"]);
     labels[POD_NAME_LABEL] = json!(name);
     labels[POD_INDEX_LABEL] = json!(ordinal.to_string());
@@ -325,14 +319,6 @@ fn new_pod(
         None => {
             if let Some(m) = spec.as_object_mut() {
                 m.remove("subdomain");
-            }
-        }
-    }
-    if like.is_some() {
-        // What the sibling's placement added is not the template's.
-        if let Some(m) = spec.as_object_mut() {
-            if sts["spec"]["template"]["spec"]["nodeName"].is_null() {
-                m.remove("nodeName");
             }
         }
     }
@@ -376,6 +362,7 @@ pub(crate) fn terminating(pod: &Value, now: DateTime<Utc>) -> Value {
 /// Runs the StatefulSet controller over `statefulsets`, updating `w.pods` and the plan.
 pub(crate) fn reconcile(
     statefulsets: &[Value],
+    revisions: &[Value],
     w: &mut Working<'_>,
     ready: &BTreeMap<PodKey, DateTime<Utc>>,
     ctx: &LeaderCtx,
@@ -425,6 +412,17 @@ pub(crate) fn reconcile(
             members.iter().map(|(o, m)| (*o, m.revision.as_str())),
         )
         .to_string();
+        let template = without_nulls(&sts["spec"]["template"]);
+        let owner = revisions::Owner {
+            object: sts,
+            kind: KIND,
+            hash: template_hash(&template),
+            template,
+            live: members.values().map(|m| m.revision.clone()).collect(),
+        };
+        let (history, _) = revisions::sync(&owner, revisions, ctx.now);
+        writes.extend(history);
+        let history_of = revisions::owned(revisions, &ns, object::uid(sts));
         let desired = Desired {
             replicas: replicas.min(MAX_REPLICAS) as usize,
             parallel: sts["spec"]["podManagementPolicy"] == "Parallel",
@@ -439,23 +437,17 @@ pub(crate) fn reconcile(
                     if w.pods.contains_key(&key) {
                         continue; // a stranger holds the name
                     }
-                    let like = (revision != update)
-                        .then(|| {
-                            owned
-                                .get(object::uid(sts))
-                                .into_iter()
-                                .flatten()
-                                .filter_map(|k| w.pods.get(k))
-                                .find(|p| revision_of(p) == revision)
-                        })
+                    // Below the partition: the template of that revision, as its
+                    // ControllerRevision holds it (the update revision if it is gone).
+                    let old = (revision != update)
+                        .then(|| revisions::find(&history_of, &revision))
                         .flatten()
-                        .map(|p| p.as_ref().clone());
-                    let revision = if like.is_some() {
-                        revision
-                    } else {
-                        update.clone()
+                        .and_then(revisions::template_of);
+                    let (revision, template) = match old {
+                        Some(t) => (revision, t),
+                        None => (update.clone(), owner.template.clone()),
                     };
-                    let pod = new_pod(sts, ordinal, &revision, like.as_ref(), ctx);
+                    let pod = new_pod(sts, ordinal, &revision, &template, ctx);
                     creates.push((key, pod, i));
                 }
                 Action::Delete { ordinal } => {
@@ -512,6 +504,31 @@ pub(crate) fn reconcile(
             component: "statefulset-controller",
         });
         w.put_pod(writes, key, pod);
+    }
+    // A pod still waiting to be placed whose claim is gone (deleted while it waited: a
+    // Pending pod does not hold it) gets the claim again, as Kubernetes' controller creates
+    // the missing claims of a pending pod.
+    let mut missing: Vec<(usize, usize)> = Vec::new();
+    for (key, pod) in &w.pods {
+        let Some((KIND, owner)) = controller(pod) else {
+            continue;
+        };
+        let user_node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+        let binding = w.bindings.get(key).map(|b| b.as_ref());
+        if object::is_terminating(pod)
+            || crate::model::workload::placement(object::uid(pod), user_node, binding).is_some()
+        {
+            continue;
+        }
+        let Some(i) = statefulsets.iter().position(|s| object::uid(s) == owner) else {
+            continue;
+        };
+        if let Some(ordinal) = ordinal_of(object::name(&statefulsets[i]), &key.1) {
+            missing.push((i, ordinal));
+        }
+    }
+    for (i, ordinal) in missing {
+        create_claims(&statefulsets[i], ordinal, w, ctx, writes, events);
     }
 }
 

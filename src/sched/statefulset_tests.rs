@@ -216,10 +216,22 @@ fn rolling_update_goes_down_to_the_partition() {
     assert_eq!(rev(&s, "web-1"), json!(new));
     assert_eq!(rev(&s, "web-0"), json!(old), "below the partition");
     assert_eq!(pod(&s, "web-0")["spec"]["containers"][0]["image"], "img:1");
+    // Both revisions are recorded, numbered in order.
+    let history: Vec<(String, i64)> = s
+        .revisions
+        .iter()
+        .map(|r| (object::name(r).to_string(), revisions::number(r)))
+        .collect();
+    assert_eq!(history, [(old.clone(), 1), (new.clone(), 2)]);
     // Raising the partition to 2 and deleting web-1 brings it back at the current revision,
-    // copied from web-0.
+    // made from its ControllerRevision (not from web-0, whose spec is changed here to tell).
     s.statefulsets[0]["spec"]["updateStrategy"]["rollingUpdate"]["partition"] = json!(2);
     s.pods.retain(|p| object::name(p) != "web-1");
+    for p in &mut s.pods {
+        if object::name(p) == "web-0" {
+            p["spec"]["containers"][0]["image"] = json!("tampered");
+        }
+    }
     s = round(s, 50, true);
     assert_eq!(rev(&s, "web-1"), json!(old));
     assert_eq!(pod(&s, "web-1")["spec"]["containers"][0]["image"], "img:1");
@@ -232,6 +244,21 @@ fn rolling_update_goes_down_to_the_partition() {
     for n in ["web-0", "web-1", "web-2"] {
         assert_eq!(rev(&s, n), json!(new), "{n}");
     }
+    // An undo: the first template again reuses its revision, renumbered 3; the set's deletion
+    // takes its history with it.
+    s.statefulsets[0]["spec"]["template"]["spec"]["containers"][0]["image"] = json!("img:1");
+    s = round(s, 90, true);
+    let number_of = |s: &Snapshot, n: &str| {
+        s.revisions
+            .iter()
+            .find(|r| object::name(r) == n)
+            .map(revisions::number)
+    };
+    assert_eq!(number_of(&s, &old), Some(3));
+    assert_eq!(number_of(&s, &new), Some(2));
+    s.statefulsets.clear();
+    s = round(s, 100, true);
+    assert!(s.revisions.is_empty(), "{:?}", s.revisions);
 }
 
 #[test]

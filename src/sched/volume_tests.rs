@@ -237,3 +237,94 @@ fn after_two_leaders_bound_a_claim_differently_the_pod_follows_the_winning_volum
         "one volume, unchanged"
     );
 }
+
+/// `kubernetes.io/pvc-protection` and `pv-protection`: a claim being deleted stays while a
+/// placed pod uses it and goes in the round after its last pod; a `Retain` volume being
+/// deleted stays while its claim exists; a `Delete` one is left to its node.
+#[test]
+fn claims_and_volumes_being_deleted_stay_while_in_use() {
+    let s = Snapshot {
+        statefulsets: vec![web(2, "1Gi")],
+        ..cluster_of(vec![disk_node("n1", 10 << 30), disk_node("n2", 10 << 30)])
+    };
+    let mut s = settle(s, 0);
+    for c in &s.claims {
+        assert_eq!(
+            c["metadata"]["finalizers"],
+            json!([storage::PVC_PROTECTION])
+        );
+    }
+    for v in &s.volumes {
+        assert_eq!(v["metadata"]["finalizers"], json!([storage::PV_PROTECTION]));
+    }
+    let terminating = |v: &mut Value| {
+        v["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    };
+    // data-web-0 is deleted while web-0 runs: it stays.
+    for c in &mut s.claims {
+        if object::name(c) == "data-web-0" {
+            terminating(c);
+        }
+    }
+    // The volume of data-web-1, made `Retain`, is deleted while its claim exists: it stays.
+    let v1 = volume_of(&s, "data-web-1").unwrap().name;
+    for v in &mut s.volumes {
+        if object::name(v) == v1 {
+            terminating(v);
+            v["spec"]["persistentVolumeReclaimPolicy"] = json!("Retain");
+        }
+    }
+    let plan = reconcile(&s, &leader_ctx("n1", t0() + Duration::seconds(50), 50));
+    assert!(plan.is_empty(), "{plan:?}");
+    // A finalizer shoal does not know holds a claim nobody uses.
+    let mut held = s.clone();
+    held.statefulsets = vec![web(0, "1Gi")];
+    for c in &mut held.claims {
+        if object::name(c) == "data-web-0" {
+            c["metadata"]["finalizers"] = json!([storage::PVC_PROTECTION, "example.com/keep"]);
+        }
+    }
+    let held = settle(held, 60);
+    assert!(held.claims.iter().any(|c| object::name(c) == "data-web-0"));
+    // Scaled to 0 (the pods go): both claims' ... data-web-0 goes, and with data-web-1
+    // deleted too, its Retain volume follows.
+    s.statefulsets = vec![web(0, "1Gi")];
+    for c in &mut s.claims {
+        if object::name(c) == "data-web-1" {
+            terminating(c);
+        }
+    }
+    let v0 = volume_of(&s, "data-web-0").unwrap().name;
+    let s = settle(s, 100);
+    assert!(s.pods.is_empty());
+    assert!(s.claims.is_empty(), "{:?}", s.claims);
+    let left: Vec<&str> = s.volumes.iter().map(object::name).collect();
+    assert_eq!(
+        left,
+        [v0.as_str()],
+        "the Delete volume is its node's to remove"
+    );
+    let again = reconcile(&s, &leader_ctx("n1", t0() + Duration::seconds(200), 200));
+    assert!(again.is_empty(), "{again:?}");
+}
+
+/// A StatefulSet pod re-created while its claim was being deleted waits (the claim is being
+/// deleted), does not hold the claim (it is not placed), and gets a new claim once the old one
+/// is gone.
+#[test]
+fn a_pending_pods_deleted_claim_is_made_again() {
+    let s = Snapshot {
+        statefulsets: vec![web(1, "1Gi")],
+        ..cluster_of(vec![disk_node("n1", 10 << 30)])
+    };
+    let mut s = settle(s, 0);
+    let old_uid = object::uid(&s.claims[0]).to_string();
+    s.claims[0]["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    s.pods.clear();
+    let s = settle(s, 100);
+    assert_eq!(s.claims.len(), 1);
+    assert_ne!(object::uid(&s.claims[0]), old_uid, "a new claim");
+    assert!(node_of(&s, "web-0").is_some(), "web-0 placed with it");
+    let again = reconcile(&s, &leader_ctx("n1", t0() + Duration::seconds(300), 300));
+    assert!(again.is_empty(), "{again:?}");
+}

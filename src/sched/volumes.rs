@@ -345,6 +345,58 @@ pub(crate) fn fence(w: &mut Working<'_>, ctx: &LeaderCtx, writes: &mut Vec<Write
     }
 }
 
+/// Claims and volumes being deleted (`deletionTimestamp`, set by the API when they carry a
+/// finalizer) that nothing holds any more, removed: a claim that no **placed** pod (bound, or
+/// `spec.nodeName`) uses (`kubernetes.io/pvc-protection`; a pod still Pending does not hold
+/// it, as in Kubernetes, so a StatefulSet's re-created pod cannot keep its own claim from
+/// going), and a `Retain` volume whose claim is gone (`kubernetes.io/pv-protection`). A
+/// `Delete` volume whose claim is gone is its node's to remove, with its directory
+/// (`kubelet::volumes`). A finalizer shoal does not know keeps the object until a user
+/// removes it. `volumes`: the stored volumes.
+pub(crate) fn release(w: &mut Working<'_>, volumes: &[Value], writes: &mut Vec<Write>) {
+    let mut used: BTreeSet<PodKey> = BTreeSet::new();
+    for (key, pod) in &w.pods {
+        if node_of(w, key, pod).is_none() {
+            continue;
+        }
+        for (_, claim, _) in storage::pod_claims(&pod["spec"]) {
+            used.insert((key.0.clone(), claim));
+        }
+    }
+    let gone: Vec<PodKey> = w
+        .storage
+        .claims
+        .iter()
+        .filter(|(_, c)| object::is_terminating(c))
+        .filter(|(key, c)| storage::may_remove(c, storage::PVC_PROTECTION, used.contains(*key)))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in gone {
+        w.storage.claims.remove(&key);
+        writes.push(Write::DeleteObject {
+            resource: storage::PVCS,
+            namespace: key.0,
+            name: key.1,
+        });
+    }
+    let claim_uids: BTreeSet<&str> = w.storage.claims.values().map(|c| object::uid(c)).collect();
+    for v in volumes.iter().filter(|v| object::is_terminating(v)) {
+        let Some(parsed) = Volume::of(v) else {
+            continue;
+        };
+        let bound = claim_uids.contains(parsed.claim_uid.as_str());
+        let retained = parsed.reclaim == storage::Reclaim::Retain;
+        if storage::may_remove(v, storage::PV_PROTECTION, bound || !retained) {
+            w.storage.volumes.remove(&parsed.name);
+            writes.push(Write::DeleteObject {
+                resource: PVS,
+                namespace: CLUSTER_SCOPE.to_string(),
+                name: parsed.name,
+            });
+        }
+    }
+}
+
 /// Claims a StatefulSet's pod of `ordinal` needs: `<template>-<sts>-<ordinal>` for each of its
 /// `volumeClaimTemplates`, as new claim objects (labels of the template plus the set's
 /// selector labels, as Kubernetes makes them; no owner: the claims are kept, policy `Retain`).
@@ -384,6 +436,7 @@ pub fn statefulset_claims(sts: &Value, ordinal: usize, ctx: &LeaderCtx) -> Vec<(
                     "namespace": ns,
                     "uid": super::hash::derived_uid("PersistentVolumeClaim", object::uid(sts), &format!("{name}@{}", ctx.now.timestamp_micros())),
                     "labels": labels,
+                    "finalizers": [storage::PVC_PROTECTION],
                     "creationTimestamp": object::timestamp(ctx.now),
                     "resourceVersion": object::resource_version(ctx.now),
                 },

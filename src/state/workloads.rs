@@ -37,6 +37,7 @@ impl ClusterDoc {
             daemonsets: objects(DAEMONSETS),
             cronjobs: objects(CRONJOBS),
             statefulsets: objects(STATEFULSETS),
+            revisions: objects(crate::model::workload::CONTROLLER_REVISIONS),
             claims: objects(crate::model::storage::PVCS),
             volumes: objects(crate::model::storage::PVS),
             storage_classes: objects(crate::model::storage::STORAGE_CLASSES),

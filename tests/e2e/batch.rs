@@ -351,6 +351,48 @@ spec:
     );
     roll("2", 4);
 
+    // History (ControllerRevisions): the first template and the two rounds are revisions 1-3
+    // (the strategy change is not a template change); undo to 1 brings the first template
+    // back on every node, as revision 4.
+    let revisions = |history: &str| -> Vec<String> {
+        history
+            .lines()
+            .skip_while(|l| !l.starts_with("REVISION"))
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    };
+    let history = kubectl_ok(ctx, &["rollout", "history", "ds/agent"]);
+    assert_eq!(revisions(&history), ["1", "2", "3"], "{history}");
+    let shown = kubectl_ok(ctx, &["rollout", "history", "ds/agent", "--revision=3"]);
+    assert!(shown.contains("ROUND:") && shown.contains('2'), "{shown}");
+    let undone = kubectl_ok(ctx, &["rollout", "undo", "ds/agent", "--to-revision=1"]);
+    assert!(undone.contains("rolled back"), "{undone}");
+    kubectl_ok(ctx, &["rollout", "status", "ds/agent", "--timeout=150s"]);
+    eventually(
+        "every daemon pod back at the first template",
+        Duration::from_secs(150),
+        || {
+            let pods = items(&get_json(ctx, &["pods", "-l", "app=agent"])?);
+            let first = pods
+                .iter()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .filter(|p| p["spec"]["containers"][0]["env"].is_null())
+                .count();
+            (pods.len() == 4 && first == 4).then_some(()).ok_or(format!(
+                "{first} of {} pods at the first template",
+                pods.len()
+            ))
+        },
+    );
+    let history = kubectl_ok(ctx, &["rollout", "history", "ds/agent"]);
+    assert_eq!(revisions(&history), ["2", "3", "4"], "{history}");
+    let table = kubectl_ok(ctx, &["get", "controllerrevisions"]);
+    assert!(
+        table.contains("daemonset.apps/agent") && table.contains("REVISION"),
+        "{table}"
+    );
+
     // A DaemonSet with a nodeSelector follows node labels: a label added gets the node a pod,
     // a label removed takes it away.
     apply(

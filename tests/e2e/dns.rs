@@ -9,7 +9,7 @@
 //! after its node's agent restarts; bad claims wait with an event or are refused (422); a
 //! claim of policy Delete has its directory removed once released.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -326,6 +326,68 @@ fn statefulset_identities(client: &str) {
         &["rollout", "status", "statefulset/db", "--timeout=120s"],
     );
 
+    // describe, restart, history and undo (ControllerRevisions).
+    let described = kubectl_ok("n1", &["describe", "statefulset", "db"]);
+    assert!(
+        described.contains("Replicas:") && described.contains("Pods Status:"),
+        "{described}"
+    );
+    let first = revision_labels()
+        .into_iter()
+        .next()
+        .expect("a revision label");
+    let history = kubectl_ok("n1", &["rollout", "history", "statefulset/db"]);
+    assert_eq!(history_revisions(&history), ["1"], "{history}");
+    kubectl_ok("n1", &["rollout", "restart", "statefulset/db"]);
+    kubectl_ok(
+        "n1",
+        &["rollout", "status", "statefulset/db", "--timeout=180s"],
+    );
+    let restarted = revision_labels();
+    assert_eq!(restarted.len(), 1, "{restarted:?}");
+    assert!(!restarted.contains(&first), "{restarted:?}");
+    let history = kubectl_ok("n1", &["rollout", "history", "statefulset/db"]);
+    assert_eq!(history_revisions(&history), ["1", "2"], "{history}");
+    let shown = kubectl_ok(
+        "n1",
+        &["rollout", "history", "statefulset/db", "--revision=2"],
+    );
+    assert!(
+        shown.contains("kubectl.kubernetes.io/restartedAt"),
+        "{shown}"
+    );
+    let revisions = kubectl_ok("n1", &["get", "controllerrevisions"]);
+    assert!(
+        revisions
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .contains("CONTROLLER")
+            && revisions.contains(&format!("{first} "))
+            && revisions.contains("statefulset.apps/db"),
+        "{revisions}"
+    );
+    let undone = kubectl_ok(
+        "n1",
+        &["rollout", "undo", "statefulset/db", "--to-revision=1"],
+    );
+    assert!(undone.contains("rolled back"), "{undone}");
+    kubectl_ok(
+        "n1",
+        &["rollout", "status", "statefulset/db", "--timeout=180s"],
+    );
+    eventually("every db pod back at the first revision", WAIT, || {
+        let labels = revision_labels();
+        let pods = db_pods()?;
+        (labels == BTreeSet::from([first.clone()])
+            && pods.len() == 3
+            && pods.values().all(|p| !p.1))
+        .then_some(())
+        .ok_or(format!("{labels:?} {pods:?}"))
+    });
+    let history = kubectl_ok("n1", &["rollout", "history", "statefulset/db"]);
+    assert_eq!(history_revisions(&history), ["2", "3"], "{history}");
+
     // Scale to 1: db-2 goes before db-1 is touched.
     kubectl_ok("n1", &["scale", "statefulset", "db", "--replicas=1"]);
     eventually("db scaled to db-0 alone", WAIT, || {
@@ -340,6 +402,35 @@ fn statefulset_identities(client: &str) {
     });
     let table = kubectl_ok("n1", &["get", "statefulset", "db"]);
     assert!(table.contains("1/1"), "{table}");
+}
+
+/// The `controller-revision-hash` labels of the db pods.
+fn revision_labels() -> BTreeSet<String> {
+    kubectl_ok(
+        "n1",
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=db",
+            "-o",
+            r#"jsonpath={range .items[*]}{.metadata.labels.controller-revision-hash}{"\n"}{end}"#,
+        ],
+    )
+    .lines()
+    .filter(|l| !l.trim().is_empty())
+    .map(|l| l.trim().to_string())
+    .collect()
+}
+
+/// The REVISION column of `kubectl rollout history`.
+fn history_revisions(history: &str) -> Vec<String> {
+    history
+        .lines()
+        .skip_while(|l| !l.starts_with("REVISION"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
 }
 
 const STATEFULSET_WEB: &str = r#"{"apiVersion": "apps/v1", "kind": "StatefulSet",
@@ -591,16 +682,55 @@ fn statefulset_volumes() {
         .join("data/local-path")
         .join(format!("{volume}_default_scratch"));
     assert!(dir.is_dir(), "{}", dir.display());
-    kubectl_ok("n1", &["delete", "pod", "scratch-user"]);
-    kubectl_ok("n1", &["delete", "pvc", "scratch"]);
+    // In use: the claim deleted stays Terminating (pvc-protection), and its volume deleted
+    // stays Terminating while the claim exists (pv-protection); both go once the pod does.
+    let finalizers = kubectl_ok(
+        "n1",
+        &[
+            "get",
+            "pvc",
+            "scratch",
+            "-o",
+            "jsonpath={.metadata.finalizers}",
+        ],
+    );
+    assert!(
+        finalizers.contains("kubernetes.io/pvc-protection"),
+        "{finalizers}"
+    );
+    kubectl_ok("n1", &["delete", "pvc", "scratch", "--wait=false"]);
+    kubectl_ok("n1", &["delete", "pv", &volume, "--wait=false"]);
+    // A pod placed after the deletions: the leader that placed it has seen them.
+    apply(
+        "n1",
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "barrier"},
+            "spec": {"terminationGracePeriodSeconds": 1,
+                     "containers": [{"name": "main", "image": "shoal.test/busybox:1", "command": ["sleep", "3600"]}]}}"#,
+    );
+    eventually("barrier placed", WAIT, || match pod_state("barrier") {
+        Ok((_, node, _)) if !node.is_empty() => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    let row = kubectl_ok("n1", &["get", "pvc", "scratch"]);
+    assert!(row.contains("Terminating"), "{row}");
+    let row = kubectl_ok("n1", &["get", "pv", &volume]);
+    assert!(row.contains("Terminating"), "{row}");
+    assert!(dir.is_dir(), "{}", dir.display());
+    assert!(matches!(pod_state("scratch-user"), Ok((_, _, true))));
+    kubectl_ok("n1", &["delete", "pod", "scratch-user", "barrier"]);
     eventually(
         "the released volume is deleted with its directory",
         WAIT,
         || {
             let pvs = kubectl("n1", &["get", "pv", "-o", "name"])?;
-            (!pvs.contains(&volume) && !dir.exists())
-                .then_some(())
-                .ok_or(format!("{pvs} {}", dir.exists()))
+            let pvcs = kubectl("n1", &["get", "pvc", "-o", "name"])?;
+            (!pvs.contains(&volume)
+                && !dir.exists()
+                && !pvcs
+                    .lines()
+                    .any(|l| l.trim() == "persistentvolumeclaim/scratch"))
+            .then_some(())
+            .ok_or(format!("{pvs} {pvcs} {}", dir.exists()))
         },
     );
 }
