@@ -295,9 +295,11 @@ fn statefulset_identities(client: &str) {
         hosts.contains(&format!("{ip1}\tdb-1.db.default.svc.cluster.local\tdb-1")),
         "{hosts}"
     );
-    eventually(&format!("db-1.db resolves in {client}"), WAIT, || {
-        resolves_to(client, "db-1.db", &ip1)
-    });
+    for (name, pod) in &pods {
+        eventually(&format!("{name}.db resolves in {client}"), WAIT, || {
+            resolves_to(client, &format!("{name}.db"), &pod.2)
+        });
+    }
     // The Service's name answers every ready pod.
     eventually(&format!("db answers every pod in {client}"), WAIT, || {
         let out = text(&exec(
