@@ -354,16 +354,8 @@ spec:
     // History (ControllerRevisions): the first template and the two rounds are revisions 1-3
     // (the strategy change is not a template change); undo to 1 brings the first template
     // back on every node, as revision 4.
-    let revisions = |history: &str| -> Vec<String> {
-        history
-            .lines()
-            .skip_while(|l| !l.starts_with("REVISION"))
-            .skip(1)
-            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-            .collect()
-    };
     let history = kubectl_ok(ctx, &["rollout", "history", "ds/agent"]);
-    assert_eq!(revisions(&history), ["1", "2", "3"], "{history}");
+    assert_eq!(history_revisions(&history), ["1", "2", "3"], "{history}");
     let shown = kubectl_ok(ctx, &["rollout", "history", "ds/agent", "--revision=3"]);
     assert!(shown.contains("ROUND:") && shown.contains('2'), "{shown}");
     let undone = kubectl_ok(ctx, &["rollout", "undo", "ds/agent", "--to-revision=1"]);
@@ -386,7 +378,7 @@ spec:
         },
     );
     let history = kubectl_ok(ctx, &["rollout", "history", "ds/agent"]);
-    assert_eq!(revisions(&history), ["2", "3", "4"], "{history}");
+    assert_eq!(history_revisions(&history), ["2", "3", "4"], "{history}");
     let table = kubectl_ok(ctx, &["get", "controllerrevisions"]);
     assert!(
         table.contains("daemonset.apps/agent") && table.contains("REVISION"),

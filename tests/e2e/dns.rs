@@ -425,16 +425,6 @@ fn revision_labels() -> BTreeSet<String> {
     .collect()
 }
 
-/// The REVISION column of `kubectl rollout history`.
-fn history_revisions(history: &str) -> Vec<String> {
-    history
-        .lines()
-        .skip_while(|l| !l.starts_with("REVISION"))
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect()
-}
-
 const STATEFULSET_WEB: &str = r#"{"apiVersion": "apps/v1", "kind": "StatefulSet",
     "metadata": {"name": "web"},
     "spec": {"replicas": 3, "serviceName": "web", "podManagementPolicy": "Parallel",

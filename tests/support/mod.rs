@@ -519,3 +519,13 @@ pub fn agent_alive(node: &str) -> bool {
             .map(|s| s.split_whitespace().nth(2) == Some("Z"))
             .unwrap_or(true)
 }
+
+/// The REVISION column of `kubectl rollout history`.
+pub fn history_revisions(history: &str) -> Vec<String> {
+    history
+        .lines()
+        .skip_while(|l| !l.starts_with("REVISION"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
