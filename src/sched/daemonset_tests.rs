@@ -188,6 +188,64 @@ fn on_delete_replaces_only_deleted_pods() {
     assert!(!s2.pods.iter().any(|p| key(p) == victim));
 }
 
+/// A template change (`img:1` → `img:2`) rolled out on `n` nodes under `rolling` (the
+/// `rollingUpdate` object), the kubelet making one waiting pod Ready per round (picked by
+/// `ready_order`). `each_round` checks every round's pods by node. Err names the first failed
+/// check, or a rollout that did not end with one updated pod per node.
+fn roll_out(
+    n: usize,
+    rolling: Value,
+    ready_order: Vec<u16>,
+    mut each_round: impl FnMut(usize, &Snapshot, &BTreeMap<String, Vec<&Value>>) -> Result<(), String>,
+) -> Result<(), String> {
+    let nodes: Vec<NodeRecord> = (0..n).map(|i| node(&format!("n{i}"), &[])).collect();
+    let strategy = json!({"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": rolling}});
+    let mut s = settle(cluster(nodes, daemonset("img:1", strategy)));
+    all_ready(&mut s, t0());
+    s.daemonsets[0]["spec"]["template"]["spec"]["containers"][0]["image"] = json!("img:2");
+    let new_hash = daemonset::revision(&s.daemonsets[0]);
+    let mut pick = ready_order.into_iter().cycle();
+    for round in 0..(4 * n + 8) {
+        let plan = reconcile(&s, &ctx(round as u64));
+        s = s.after(&plan);
+        each_round(round, &s, &pods_by_node(&s))?;
+        // The kubelet: one new pod becomes ready per step.
+        let waiting: Vec<PodKey> = s
+            .pods
+            .iter()
+            .map(key)
+            .filter(|k| !s.ready.contains_key(k))
+            .collect();
+        if !waiting.is_empty() {
+            let k = waiting[pick.next().unwrap_or(0) as usize % waiting.len()].clone();
+            s.ready.insert(k, t0());
+        }
+    }
+    let by = pods_by_node(&s);
+    if by.len() != n {
+        return Err(format!("pods on {} of {n} nodes", by.len()));
+    }
+    for (node, pods) in &by {
+        if pods.len() != 1 || pods[0]["metadata"]["labels"][REVISION_LABEL] != json!(new_hash) {
+            return Err(format!(
+                "{node} ends with {} pods, not one updated",
+                pods.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Nodes of `0..n` with a Ready pod.
+fn served(n: usize, s: &Snapshot, by: &BTreeMap<String, Vec<&Value>>) -> usize {
+    (0..n)
+        .filter(|i| {
+            by.get(&format!("n{i}"))
+                .is_some_and(|ps| ps.iter().any(|p| s.ready.contains_key(&key(p))))
+        })
+        .count()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -199,38 +257,15 @@ proptest! {
         max_unavailable in 1i64..4,
         ready_order in prop::collection::vec(any::<u16>(), 1..40),
     ) {
-        let nodes: Vec<NodeRecord> = (0..n).map(|i| node(&format!("n{i}"), &[])).collect();
-        let strategy = json!({"updateStrategy": {"type": "RollingUpdate",
-            "rollingUpdate": {"maxUnavailable": max_unavailable}}});
-        let mut s = settle(cluster(nodes, daemonset("img:1", strategy)));
-        all_ready(&mut s, t0());
-        s.daemonsets[0]["spec"]["template"]["spec"]["containers"][0]["image"] = json!("img:2");
-        let new_hash = daemonset::revision(&s.daemonsets[0]);
-        let mut pick = ready_order.into_iter().cycle();
-        for round in 0..(4 * n + 8) {
-            let plan = reconcile(&s, &ctx(round as u64));
-            s = s.after(&plan);
-            let by = pods_by_node(&s);
-            let unavailable = (0..n)
-                .filter(|i| {
-                    !by.get(&format!("n{i}")).is_some_and(|ps| ps.iter().any(|p| s.ready.contains_key(&key(p))))
-                })
-                .count() as i64;
-            prop_assert!(unavailable <= max_unavailable, "round {round}: {unavailable} unavailable");
-            // The kubelet: one new pod becomes ready per step.
-            let waiting: Vec<PodKey> = s.pods.iter().map(key).filter(|k| !s.ready.contains_key(k)).collect();
-            if !waiting.is_empty() {
-                let k = waiting[pick.next().unwrap() as usize % waiting.len()].clone();
-                s.ready.insert(k, t0());
-            }
-        }
-        let by = pods_by_node(&s);
-        prop_assert_eq!(by.len(), n);
-        for pods in by.values() {
-            prop_assert_eq!(pods.len(), 1);
-            prop_assert_eq!(&pods[0]["metadata"]["labels"][REVISION_LABEL], &json!(new_hash));
-        }
+        let r = roll_out(n, json!({"maxUnavailable": max_unavailable}), ready_order, |round, s, by| {
+            let unavailable = (n - served(n, s, by)) as i64;
+            (unavailable <= max_unavailable)
+                .then_some(())
+                .ok_or(format!("round {round}: {unavailable} unavailable"))
+        });
+        prop_assert!(r.is_ok(), "{:?}", r);
     }
+
     /// With `maxSurge` (and `maxUnavailable: 0`): no node is ever without an available pod,
     /// at most `maxSurge` nodes run two pods at once, and the rollout ends with one updated pod
     /// per node.
@@ -240,38 +275,16 @@ proptest! {
         max_surge in 1i64..4,
         ready_order in prop::collection::vec(any::<u16>(), 1..40),
     ) {
-        let nodes: Vec<NodeRecord> = (0..n).map(|i| node(&format!("n{i}"), &[])).collect();
-        let strategy = json!({"updateStrategy": {"type": "RollingUpdate",
-            "rollingUpdate": {"maxUnavailable": 0, "maxSurge": max_surge}}});
-        let mut s = settle(cluster(nodes, daemonset("img:1", strategy)));
-        all_ready(&mut s, t0());
-        s.daemonsets[0]["spec"]["template"]["spec"]["containers"][0]["image"] = json!("img:2");
-        let new_hash = daemonset::revision(&s.daemonsets[0]);
-        let mut pick = ready_order.into_iter().cycle();
-        for round in 0..(4 * n + 8) {
-            let plan = reconcile(&s, &ctx(round as u64));
-            s = s.after(&plan);
-            let by = pods_by_node(&s);
-            for i in 0..n {
-                let pods = by.get(&format!("n{i}")).cloned().unwrap_or_default();
-                prop_assert!(
-                    pods.iter().any(|p| s.ready.contains_key(&key(p))),
-                    "round {round}: n{i} has no available pod"
-                );
+        let rolling = json!({"maxUnavailable": 0, "maxSurge": max_surge});
+        let r = roll_out(n, rolling, ready_order, |round, s, by| {
+            if served(n, s, by) != n {
+                return Err(format!("round {round}: a node has no available pod"));
             }
             let doubled = by.values().filter(|ps| ps.len() > 1).count() as i64;
-            prop_assert!(doubled <= max_surge, "round {round}: {doubled} nodes with two pods");
-            let waiting: Vec<PodKey> = s.pods.iter().map(key).filter(|k| !s.ready.contains_key(k)).collect();
-            if !waiting.is_empty() {
-                let k = waiting[pick.next().unwrap() as usize % waiting.len()].clone();
-                s.ready.insert(k, t0());
-            }
-        }
-        let by = pods_by_node(&s);
-        prop_assert_eq!(by.len(), n);
-        for pods in by.values() {
-            prop_assert_eq!(pods.len(), 1);
-            prop_assert_eq!(&pods[0]["metadata"]["labels"][REVISION_LABEL], &json!(new_hash));
-        }
+            (doubled <= max_surge)
+                .then_some(())
+                .ok_or(format!("round {round}: {doubled} nodes with two pods"))
+        });
+        prop_assert!(r.is_ok(), "{:?}", r);
     }
 }
